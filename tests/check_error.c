@@ -1,0 +1,82 @@
+/*
+ * check_error.c - unit tests for error.c: messages, prefixes, and the
+ * atomic file writer (nothing under the real name until commit).
+ */
+#include "testutil.h"
+#include "internal.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+START_TEST(test_seterr)
+{
+    lora_error e;
+    lora_error_clear(&e);
+    ck_assert_int_eq(e.code, LORA_OK);
+    ck_assert_int_eq(lora_seterr(&e, LORA_EINPUT, "bad %s", "thing"), LORA_EINPUT);
+    ck_assert_str_eq(e.msg, "bad thing");
+    lora_err_prefix(&e, "file %d", 3);
+    ck_assert_str_eq(e.msg, "file 3: bad thing");
+    ck_assert_int_eq(e.code, LORA_EINPUT);
+    lora_seterr_errno(&e, LORA_EIO, ENOENT, "open x");
+    ck_assert_str_eq(e.msg, "open x: No such file or directory");
+    /* NULL error pointers are allowed everywhere */
+    ck_assert_int_eq(lora_seterr(NULL, LORA_EIO, "x"), LORA_EIO);
+}
+END_TEST
+
+START_TEST(test_atomic_write)
+{
+    char *d = tu_tmpdir();
+    char *p = tu_path(d, "out.txt");
+    lora_error e;
+    ck_assert_int_eq(lora_write_file_atomic(p, "hello", 5, 0644, &e), LORA_OK);
+    size_t n;
+    char *s = tu_read(p, &n);
+    ck_assert_uint_eq(n, 5);
+    ck_assert_str_eq(s, "hello");
+    free(s);
+    /* a folder that does not exist: error, and nothing created */
+    char *q = tu_path(d, "nope/out.txt");
+    ck_assert_int_eq(lora_write_file_atomic(q, "x", 1, 0644, &e), LORA_EIO);
+    struct stat sb;
+    ck_assert_int_ne(stat(q, &sb), 0);
+    free(q);
+    free(p);
+    tu_rmtree(d);
+    free(d);
+}
+END_TEST
+
+START_TEST(test_read_limit)
+{
+    char *d = tu_tmpdir();
+    char *p = tu_path(d, "big");
+    tu_write(p, "0123456789", 10);
+    lora_error e;
+    char *buf;
+    size_t n;
+    ck_assert_int_eq(lora_read_file(p, 9, &buf, &n, &e), LORA_EINPUT);
+    ck_assert_ptr_nonnull(strstr(e.msg, "too large"));
+    ck_assert_int_eq(lora_read_file(p, 10, &buf, &n, &e), LORA_OK);
+    ck_assert_uint_eq(n, 10);
+    free(buf);
+    ck_assert_int_eq(lora_read_file(d, 10, &buf, &n, &e), LORA_EINPUT);
+    free(p);
+    tu_rmtree(d);
+    free(d);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("error");
+    TCase *tc = tcase_create("core");
+    tcase_add_test(tc, test_seterr);
+    tcase_add_test(tc, test_atomic_write);
+    tcase_add_test(tc, test_read_limit);
+    suite_add_tcase(s, tc);
+    return tu_run(s, 0);
+}
