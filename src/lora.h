@@ -251,6 +251,10 @@ typedef struct lora_adapter {
     lora_saved *saved;
     lora_st *st;              /* adapter_model.safetensors */
     uint64_t file_bytes;      /* bytes on disk of the safetensors file */
+    /* Called by lora_adapter_free after st is closed: frees whatever
+     * holds st's bytes (an archive's mapping).  NULL when st owns them. */
+    void (*release)(void *arg);
+    void *release_arg;
 } lora_adapter;
 
 /* Load a PEFT adapter folder (adapter_config.json +
@@ -271,6 +275,23 @@ void lora_adapter_free(lora_adapter *ad);
  * LORA_EINPUT naming the first module missing or mismatched. */
 int lora_adapter_bind(lora_adapter *ad, const lora_ckpt *base, lora_error *err);
 
+/* ---- section: adapter sources (source.c) ---- */
+
+/* Options for opening an adapter named on a command line. */
+typedef struct lora_source_opts {
+    const char *const *pubkeys;  /* minisign public key files for .lora archives,
+                                    NULL-terminated; NULL for none */
+    int no_verify;               /* open archives without checking signatures (warns) */
+    const char *registry;        /* registry database path; NULL: default location */
+    FILE *warn;                  /* where warnings go; NULL: nowhere */
+} lora_source_opts;
+
+/* Open an adapter from SPEC: a PEFT folder, a .lora archive (verified,
+ * safetensors member mapped in place), "task:TASK" or
+ * "reg:NAME@VERSION" (resolved through the registry).  opts may be NULL. */
+int lora_adapter_load(const char *spec, const lora_source_opts *opts,
+                      lora_adapter **out, lora_error *err);
+
 /* ---- section: inspect (inspect.c) ---- */
 
 
@@ -278,6 +299,18 @@ int lora_adapter_bind(lora_adapter *ad, const lora_ckpt *base, lora_error *err);
 
 
 /* ---- section: canonical delta (delta.c) ---- */
+
+/* The canonical delta of DESIGN.md, rows [i0, i1) of ΔW = scale·B·A in
+ * Linear layout:
+ *   dst[(i - i0)·in + j] = scale · Σ_{k=0}^{r-1} (double)B[i·r + k] · (double)A[k·in + j]
+ * with the sum taken over k in increasing order in double, then one
+ * multiplication by scale in double.  B is out×r and A is r×in, row-major,
+ * already decoded (every F32/F16/BF16 value is exact in double).  A
+ * product of two values that came from floats is exact in double, so the
+ * result is the same bytes with or without FMA, on any machine; callers
+ * parallelise over rows (i), never over k. */
+void lora_delta_rows(const double *B, const double *A, uint64_t r, uint64_t in,
+                     double scale, uint64_t i0, uint64_t i1, double *dst);
 
 
 /* ---- section: merge, unmerge, receipts (merge.c, receipt.c) ---- */
