@@ -135,7 +135,8 @@ static void print_human(const lora_report *rep, const char *base_path, int tenso
         pct((double)rep->file_bytes, (double)rep->base_bytes, b, sizeof b);
         printf("  adapter/base   %s of the parameters, %s of the bytes\n", a, b);
         pct((double)rep->lora_params, (double)rep->adapted_params, a, sizeof a);
-        printf("  adapted        %s base parameters stored as %s LoRA parameters (%s)\n",
+        if (rep->adapted_params)
+            printf("  adapted        %s base parameters stored as %s LoRA parameters (%s)\n",
                num(rep->adapted_params, b, sizeof b), num(rep->lora_params, c, sizeof c), a);
     }
     if (tensors) {
