@@ -647,6 +647,21 @@ int64_t lora_archive_member_offset(const lora_archive *ar, const char *name);
  * files, each atomically; refuses existing files unless force. */
 int lora_archive_extract(const lora_archive *ar, const char *dir, int force, lora_error *err);
 void lora_archive_close(lora_archive *ar);
+/* Open (and verify, as lora_archive_open) an archive and load its
+ * adapter without extracting: adapter_model.safetensors is read where
+ * it lies in the mapped file (uncompressed) or from memory (zstd); the
+ * adapter's release frees the archive. */
+int lora_archive_open_adapter(const char *path, const lora_pubkey *keys, size_t n, int flags,
+                              lora_adapter **out, lora_error *err);
+
+/* BLAKE2b-256 over the base tensors an adapter changes (its modules'
+ * targets and its modules_to_save targets, after lora_adapter_bind):
+ * for each tensor in strcmp order of its base name, u64le(len) name,
+ * u64le(len) dtype name, u64le(ndim), u64le(dim) each, u64le(nbytes),
+ * then its bytes.  Tells whether a base is the one the adapter was
+ * made for without hashing the whole checkpoint (lora-archive(5)). */
+int lora_base_hash(const lora_adapter *ad, const lora_ckpt *base,
+                   unsigned char out[LORA_HASH_BYTES], lora_error *err);
 
 
 /* ---- section: registry (registry.c) ---- */

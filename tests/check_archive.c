@@ -577,7 +577,12 @@ START_TEST(test_create_refusals)
     o.adapter_dir = bd;
     ck_assert_int_eq(lora_archive_create(out, &o, sk, &err), LORA_EINPUT);
     /* receipt names a reader would refuse are refused when packing */
-    tu_write(t, "\x08\0\0\0\0\0\0\0{}      ", 16);
+    char *good = tu_path(adir, "adapter_model.safetensors");
+    size_t glen;
+    char *gbytes = tu_read(good, &glen);
+    tu_write(t, gbytes, glen);
+    free(gbytes);
+    free(good);
     char *rc = tu_path(dir, ".hidden");
     tu_write(rc, "r", 1);
     const char *recs[] = {rc, NULL};

@@ -33,7 +33,8 @@ static void usage(FILE *f)
             "                     make a minisign-compatible Ed25519 key pair\n"
             "                     (-W: secret key unencrypted)\n"
             "  create ADAPTER_DIR -s KEY.sec --name NAME --task TASK --version VERSION\n"
-            "         [--readme FILE] [--receipt FILE]... [--compress] -o NAME.lora\n"
+            "         [--base CHECKPOINT] [--readme FILE] [--receipt FILE]... [--compress]\n"
+            "         -o NAME.lora\n"
             "                     pack and sign a PEFT adapter folder\n"
             "  verify ARCHIVE -p KEY.pub [-p KEY.pub]... [-P BASE64] [--json]\n"
             "                     check signature, manifest and every member\n"
@@ -356,6 +357,8 @@ static json_t *manifest_json(const lora_archive *ar)
         json_object_set_new(x, "name", json_string(m->members[i].name));
         json_object_set_new(x, "size", json_integer((json_int_t)m->members[i].size));
         json_object_set_new(x, "blake2b-256", json_string(hex));
+        int64_t off = lora_archive_member_offset(ar, m->members[i].name);
+        json_object_set_new(x, "offset", off >= 0 ? json_integer(off) : json_null());
         json_array_append_new(mem, x);
     }
     json_object_set_new(o, "members", mem);
