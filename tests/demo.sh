@@ -6,3 +6,4 @@ set -eu
 B=$1
 S=$2
 echo "lora-tools demo (build: $B)"
+[ -f "$S/tests/demo-pack.sh" ] && sh "$S/tests/demo-pack.sh" "$B" "$S"
