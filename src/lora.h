@@ -616,7 +616,6 @@ typedef struct lora_archive_priv lora_archive_priv;
 typedef struct lora_archive {
     char *path;
     lora_manifest *manifest;
-    unsigned char file_hash[LORA_HASH_BYTES]; /* BLAKE2b-256 of the whole archive file */
     uint64_t file_size;
     int compressed;                /* zstd */
     int signature_checked;         /* 0 when opened with LORA_ARCHIVE_NO_VERIFY */
@@ -639,6 +638,10 @@ typedef struct lora_archive {
  * malformed or hostile archive; LORA_EIO. */
 int lora_archive_open(const char *path, const lora_pubkey *keys, size_t n, int flags,
                       lora_archive **out, lora_error *err);
+/* BLAKE2b-256 of the whole archive file (the registry's blob name),
+ * computed from the mapping on request: verification does not need it
+ * and it costs a pass over the file. */
+void lora_archive_file_hash(const lora_archive *ar, unsigned char out[LORA_HASH_BYTES]);
 /* A member's verified bytes (valid until close); NULL if absent. */
 const void *lora_archive_member(const lora_archive *ar, const char *name, uint64_t *size);
 /* Data offset of a member in the file (uncompressed archives), or -1. */

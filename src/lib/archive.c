@@ -589,7 +589,6 @@ int lora_archive_open(const char *path, const lora_pubkey *keys, size_t nkeys, i
         goto out;
     }
     ar->file_size = pv->map_len;
-    lora_hash(pv->map, pv->map_len, ar->file_hash, LORA_HASH_BYTES);
 
     a = archive_read_new();
     if (!a) {
@@ -793,6 +792,11 @@ const void *lora_archive_member(const lora_archive *ar, const char *name, uint64
     if (size)
         *size = mm->size;
     return ar->priv->data[i] ? (const void *)ar->priv->data[i] : (const void *)"";
+}
+
+void lora_archive_file_hash(const lora_archive *ar, unsigned char out[LORA_HASH_BYTES])
+{
+    lora_hash(ar->priv->map, ar->priv->map_len, out, LORA_HASH_BYTES);
 }
 
 int64_t lora_archive_member_offset(const lora_archive *ar, const char *name)
