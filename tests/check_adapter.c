@@ -730,6 +730,42 @@ START_TEST(test_inspect_problems)
 }
 END_TEST
 
+START_TEST(test_inspect_targets)
+{
+    const tdef t[] = {{L0 "q_proj.lora_A.weight", 2, 6, 0.1f},
+                      {L0 "q_proj.lora_B.weight", 4, 2, 0.1f},
+                      {PFX "model.layers.1.mlp.down_proj.lora_A.weight", 2, 6, 0.1f},
+                      {PFX "model.layers.1.mlp.down_proj.lora_B.weight", 4, 2, 0.1f}};
+    static const struct { const char *cfg; size_t untargeted, n_targets, first; } cases[] = {
+        /* null: PEFT's defaults, unknown here: nothing reported */
+        {"{\"peft_type\":\"LORA\",\"r\":2}", 0, 0, 0},
+        {"{\"peft_type\":\"LORA\",\"r\":2,\"target_modules\":[\"q_proj\"]}", 1, 1, 1},
+        {"{\"peft_type\":\"LORA\",\"r\":2,\"target_modules\":\"all-linear\"}", 0, 1, 2},
+        {"{\"peft_type\":\"LORA\",\"r\":2,\"target_modules\":\".*\\\\.(q|down)_proj\"}", 0, 1, 2},
+        {"{\"peft_type\":\"LORA\",\"r\":2,\"target_modules\":\"q_proj\"}", 2, 1, 0},
+        {"{\"peft_type\":\"LORA\",\"r\":2,\"target_modules\":[\"q_proj\",\"mlp.down_proj\"],"
+         "\"exclude_modules\":[\"layers.1.mlp.down_proj\"]}", 1, 2, 1},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *d = mk_adapter(cases[i].cfg, t, 4);
+        lora_adapter *ad;
+        lora_report *rep;
+        lora_error e;
+        ck_assert_msg(lora_adapter_open(d, &ad, &e) == 0, "%s", e.msg);
+        ck_assert_int_eq(lora_inspect(ad, NULL, &rep, &e), 0);
+        ck_assert_msg(rep->n_untargeted == cases[i].untargeted, "%s: %zu untargeted",
+                      cases[i].cfg, rep->n_untargeted);
+        ck_assert_uint_eq(rep->n_warnings, cases[i].untargeted);
+        ck_assert_uint_eq(rep->n_targets, cases[i].n_targets);
+        if (rep->n_targets)
+            ck_assert_uint_eq(rep->targets[0].modules, cases[i].first);
+        lora_report_free(rep);
+        lora_adapter_free(ad);
+        rm(d);
+    }
+}
+END_TEST
+
 /* ------------------------------------------------------------------ */
 /* Real adapters (fixtures/real/INDEX.md)                              */
 /* ------------------------------------------------------------------ */
@@ -915,6 +951,7 @@ int main(void)
     tcase_add_test(tc, test_bind);
     tcase_add_test(tc, test_bind_saved_and_embedding);
     tcase_add_test(tc, test_inspect_problems);
+    tcase_add_test(tc, test_inspect_targets);
     suite_add_tcase(s, tc);
     TCase *real = tcase_create("real");
     tcase_set_timeout(real, 120);
