@@ -354,7 +354,8 @@ int lora_st_open(const char *path, lora_st **out, lora_error *err)
     if (!st)
         return LORA_EIO;
     int rc;
-    st->fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO must not hang us before fstat refuses it */
+    st->fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (st->fd < 0) {
         int e = errno;
         rc = lora_seterr_errno(err, e == ENOENT || e == EACCES || e == ENOTDIR ? LORA_EINPUT
