@@ -767,6 +767,94 @@ START_TEST(test_inspect_targets)
 END_TEST
 
 /* ------------------------------------------------------------------ */
+/* tests/mkfixture: its documented contract                            */
+/* ------------------------------------------------------------------ */
+
+static double rms_f32(const lora_tensor *t)
+{
+    float *v = malloc(t->numel * sizeof *v);
+    ck_assert_ptr_nonnull(v);
+    ck_assert_int_eq(lora_decode_f32(t->dtype, t->data, v, t->numel), 0);
+    double s = 0;
+    for (uint64_t i = 0; i < t->numel; i++)
+        s += (double)v[i] * v[i];
+    free(v);
+    return sqrt(s / (double)t->numel);
+}
+
+START_TEST(test_mkfixture_contract)
+{
+    const char *top = getenv("TOP_BUILDDIR");
+    if (!top) {
+        fprintf(stderr, "note: TOP_BUILDDIR unset, mkfixture contract not checked\n");
+        return;
+    }
+    char *d = tu_tmpdir();
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd,
+             "'%s/tests/mkfixture' llama '%s/f' --hidden 128 --intermediate 344 --heads 4 "
+             "--kv-heads 2 --rank 8 --alpha 32 --targets q_proj,k_proj,down_proj --seed 3",
+             top, d);
+    ck_assert_int_eq(system(cmd), 0);
+    char *ap = tu_path(d, "f/adapter"), *bp = tu_path(d, "f/base");
+    lora_adapter *ad;
+    lora_ckpt *ck;
+    lora_error e;
+    ck_assert_msg(lora_adapter_open(ap, &ad, &e) == 0, "%s", e.msg);
+    ck_assert_msg(lora_ckpt_open(bp, &ck, &e) == 0, "%s", e.msg);
+    ck_assert_msg(lora_adapter_bind(ad, ck, &e) == 0, "%s", e.msg);
+    ck_assert_uint_eq(ad->n_modules, 6);
+    ck_assert_uint_eq(lora_ckpt_count(ck), 1 + 2 * (2 + 7) + 2);
+    const lora_tensor *k = lora_ckpt_find(ck, "model.layers.1.self_attn.k_proj.weight", NULL);
+    ck_assert_ptr_nonnull(k);
+    ck_assert_uint_eq(k->shape[0], 64); /* kv_heads * head_dim */
+    ck_assert_uint_eq(k->shape[1], 128);
+    for (size_t i = 0; i < ad->n_modules; i++) {
+        const lora_module *m = &ad->modules[i];
+        const lora_tensor *w = lora_ckpt_find(ck, m->target, NULL);
+        ck_assert_ptr_nonnull(w);
+        ck_assert_int_eq(m->transpose, 0);
+        /* scale·B·A in double, plain loops */
+        float *A = malloc(m->A->numel * 4), *B = malloc(m->B->numel * 4);
+        lora_decode_f32(m->A->dtype, m->A->data, A, m->A->numel);
+        lora_decode_f32(m->B->dtype, m->B->data, B, m->B->numel);
+        double ss = 0, amax = 0;
+        for (uint64_t a = 0; a < m->A->numel; a++)
+            amax = fmax(amax, fabs(A[a]));
+        for (uint64_t r = 0; r < m->out; r++)
+            for (uint64_t c = 0; c < m->in; c++) {
+                double v = 0;
+                for (uint64_t q = 0; q < m->r; q++)
+                    v += (double)B[r * m->r + q] * A[q * m->in + c];
+                v *= m->scale;
+                ss += v * v;
+            }
+        free(A);
+        free(B);
+        double ratio = sqrt(ss / (double)(m->out * m->in)) / rms_f32(w);
+        ck_assert_msg(ratio > 0.008 && ratio < 0.012, "%s: rms(dW)/rms(W) = %g", m->name, ratio);
+        ck_assert_msg(amax <= 1.0 / sqrt((double)m->in) && amax > 0.9 / sqrt((double)m->in),
+                      "%s: max |A| = %g", m->name, amax);
+        ck_assert_msg(fabs(rms_f32(w) - 0.02) < 0.001, "%s: rms(W) = %g", m->name, rms_f32(w));
+    }
+    lora_ckpt_close(ck);
+    lora_adapter_free(ad);
+    /* config.json names the architecture and its sizes */
+    char *cp = tu_path(d, "f/base/config.json");
+    size_t n;
+    char *txt = tu_read(cp, &n);
+    ck_assert_ptr_nonnull(strstr(txt, "\"model_type\": \"llama\""));
+    ck_assert_ptr_nonnull(strstr(txt, "\"num_key_value_heads\": 2"));
+    ck_assert_ptr_nonnull(strstr(txt, "\"intermediate_size\": 344"));
+    free(txt);
+    free(cp);
+    free(ap);
+    free(bp);
+    rm(d);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ */
 /* Real adapters (fixtures/real/INDEX.md)                              */
 /* ------------------------------------------------------------------ */
 
@@ -952,6 +1040,7 @@ int main(void)
     tcase_add_test(tc, test_bind_saved_and_embedding);
     tcase_add_test(tc, test_inspect_problems);
     tcase_add_test(tc, test_inspect_targets);
+    tcase_add_test(tc, test_mkfixture_contract);
     suite_add_tcase(s, tc);
     TCase *real = tcase_create("real");
     tcase_set_timeout(real, 120);
