@@ -166,6 +166,35 @@ START_TEST(test_config_pattern_order)
 }
 END_TEST
 
+/* every proper prefix of a real config is refused, the whole one accepted */
+START_TEST(test_config_truncated)
+{
+    char *p = tu_fixture("real/gpt2-tigrinya-lora/adapter_config.json");
+    size_t n;
+    char *j = tu_read(p, &n);
+    lora_acfg *c;
+    lora_error e;
+    for (size_t len = 0; len < n; len++) {
+        /* a private copy of exactly len bytes, so that reads past it show */
+        char *cut = malloc(len ? len : 1);
+        memcpy(cut, j, len);
+        int rc = lora_acfg_parse(cut, len, &c, &e);
+        free(cut);
+        if (rc == LORA_OK) { /* only when what was cut is trailing whitespace */
+            ck_assert_msg(strspn(j + len, " \n\r\t") == n - len, "prefix %zu accepted", len);
+            lora_acfg_free(c);
+            continue;
+        }
+        ck_assert_int_eq(rc, LORA_EINPUT);
+        ck_assert_ptr_nonnull(strstr(e.msg, "adapter_config.json"));
+    }
+    ck_assert_int_eq(lora_acfg_parse(j, n, &c, &e), 0);
+    lora_acfg_free(c);
+    free(j);
+    free(p);
+}
+END_TEST
+
 START_TEST(test_config_regex_targets)
 {
     char *p = tu_fixture("real/x-qwen25vl-truncated/adapter_config.json");
@@ -1045,6 +1074,7 @@ int main(void)
     TCase *real = tcase_create("real");
     tcase_set_timeout(real, 120);
     tcase_add_test(real, test_config_regex_targets);
+    tcase_add_test(real, test_config_truncated);
     tcase_add_test(real, test_real_tigrinya);
     tcase_add_test(real, test_real_qwen);
     tcase_add_test(real, test_real_opt);
