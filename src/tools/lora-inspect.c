@@ -178,6 +178,7 @@ int main(int argc, char **argv)
         return LORA_EIO;
     }
     int ch;
+    argv[0] = (char *)PROG; /* getopt's own messages must read "lora-inspect: ..." */
     while ((ch = getopt_long(argc, argv, "b:csjtp:qhV", longopts, NULL)) != -1) {
         switch (ch) {
         case 'b': base_path = optarg; break;
