@@ -151,6 +151,9 @@ static const struct hostile {
      (uint64_t)-1, 0, "byte size overflows"},
     {"misaligned F4", "{\"a\":{\"dtype\":\"F4\",\"shape\":[3],\"data_offsets\":[0,1]}}",
      (uint64_t)-1, 1, "do not fill whole bytes"},
+    {"control characters in a name",
+     "{\"\\u001b[2J\\u009b\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}",
+     (uint64_t)-1, 8, "tensor \"?[2J??\": shape"},
     {"entry not an object", "{\"a\":[1,2]}", (uint64_t)-1, 0, "entry is not an object"},
 };
 
