@@ -420,6 +420,59 @@ int lora_reduce(const lora_weighted *in, size_t n, const lora_rank_rule *rule,
                 lora_error *err);
 
 
+/* ---- section: analyses (analysis.c) ---- */
+
+/* The paper's Section 7 analyses of one module (Hu et al. 2021). */
+
+/* Spectrum of ΔW = scale·B·A (from the factors, svd.c). */
+typedef struct lora_spectrum {
+    uint64_t k;               /* min(out, in, r) */
+    double *S;                /* k singular values, descending */
+    double norm;              /* ‖ΔW‖_F = sqrt(Σ σ_i²) */
+    uint64_t rank90, rank99;  /* smallest k keeping 90% / 99% of ‖ΔW‖²_F
+                                 (lora_rank_select's energy rule, so 0 only
+                                 when k = 0 and 1 for ΔW = 0) */
+    double stable_rank;       /* ‖ΔW‖²_F / σ_1², 0 when ΔW = 0 */
+} lora_spectrum;
+
+int lora_spectrum_module(const lora_module *m, lora_spectrum *sp, lora_error *err);
+void lora_spectrum_free(lora_spectrum *sp);
+
+/* Normalized subspace similarity from orthonormal bases:
+ * V1 is n×k1, V2 is n×k2 (column-major, columns ordered by decreasing
+ * singular value); phi receives ni×nj values (ni <= k1, nj <= k2),
+ * phi[(i-1)·nj + (j-1)] = ‖V1[:, :i]ᵀ V2[:, :j]‖²_F / min(i, j).
+ * G = V1ᵀV2 is computed once (dgemm); the double sums over a < i, b < j
+ * are 2-D prefix sums of G², in increasing a then b, in double. */
+void lora_subspace_phi(const double *V1, uint64_t k1, const double *V2, uint64_t k2, uint64_t n,
+                       uint64_t ni, uint64_t nj, double *phi);
+
+/* φ between the right-singular directions of two modules' A matrices
+ * (A: r×in; the SVD of A alone, scale irrelevant), for i <= r1,
+ * j <= r2: phi is r1×r2 as above.  The modules must have the same in
+ * (LORA_EINPUT otherwise).  *phi is malloc'd. */
+int lora_module_phi(const lora_module *m1, const lora_module *m2, double **phi, uint64_t *ni,
+                    uint64_t *nj, lora_error *err);
+
+/* Table 7 of the paper for one module bound to its base tensor W
+ * (Linear layout out×in, decoded to double; the module's transpose
+ * flag is honoured).  r = the module's rank (at most min(out, in)). */
+typedef struct lora_amplification {
+    uint64_t r;
+    double norm_w;            /* ‖W‖_F */
+    double norm_dw;           /* ‖ΔW‖_F */
+    double proj_dw;           /* ‖UᵀWV‖_F, U, V top-r singular directions of ΔW */
+    double proj_w;            /* the same for W's own top-r directions:
+                                 sqrt(Σ_{i<r} σ_i(W)²), singular values of W by
+                                 LAPACK dgesdd (values only) on the dense W */
+    double proj_random;       /* the same for random orthonormal U, V (QR of
+                                 uniform random matrices, fixed seed) */
+    double factor;            /* norm_dw / proj_dw (0 when proj_dw = 0) */
+} lora_amplification;
+
+int lora_module_amplification(const lora_module *m, const lora_tensor *w,
+                              lora_amplification *amp, lora_error *err);
+
 /* ---- section: signatures (sign.c) ---- */
 
 
