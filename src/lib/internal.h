@@ -17,6 +17,22 @@
 #define LORA_PRINTF(a, b) __attribute__((format(printf, a, b)))
 #else
 #define LORA_PRINTF(a, b)
+/* A parsed model.safetensors.index.json (checkpoint.c): only
+ * weight_map is used.  Tensor names sorted; shard names unique,
+ * sorted, plain file names (no "/", no ".."). */
+typedef struct lora_index {
+    size_t n;
+    char **tensor;      /* weight_map keys, sorted */
+    size_t *shard_of;   /* index into shard[] for each tensor */
+    size_t nshards;
+    char **shard;
+} lora_index;
+
+/* Parse and validate an index held in memory; name is used in messages. */
+int lora_index_parse(const char *json, size_t len, const char *name, lora_index **out,
+                     lora_error *err);
+void lora_index_free(lora_index *ix);
+
 /* ---- adapters (adapter_config.c, adapter.c, inspect.c) ---- */
 
 /* adapter_config.json, parsed and checked (refusals done). */
@@ -86,22 +102,6 @@ int lora_module_resolve(const lora_module *m, const lora_ckpt *base, int fan_in_
 /* The base tensor for NAME, trying the spellings with and without a
  * leading "transformer." / "model."; NULL when none exists. */
 const lora_tensor *lora_ckpt_find_alias(const lora_ckpt *ck, const char *name);
-
-/* A parsed model.safetensors.index.json (checkpoint.c): only
- * weight_map is used.  Tensor names sorted; shard names unique,
- * sorted, plain file names (no "/", no ".."). */
-typedef struct lora_index {
-    size_t n;
-    char **tensor;      /* weight_map keys, sorted */
-    size_t *shard_of;   /* index into shard[] for each tensor */
-    size_t nshards;
-    char **shard;
-} lora_index;
-
-/* Parse and validate an index held in memory; name is used in messages. */
-int lora_index_parse(const char *json, size_t len, const char *name, lora_index **out,
-                     lora_error *err);
-void lora_index_free(lora_index *ix);
 
 #endif
 
@@ -145,6 +145,22 @@ int lora_tmpfile_beside(const char *path, int mode, int *fd, char **tmpname, lor
  * temporary is unlinked.  Does not close fd. */
 int lora_commit_tmpfile(int fd, const char *tmpname, const char *path, lora_error *err);
 
+/* A parsed model.safetensors.index.json (checkpoint.c): only
+ * weight_map is used.  Tensor names sorted; shard names unique,
+ * sorted, plain file names (no "/", no ".."). */
+typedef struct lora_index {
+    size_t n;
+    char **tensor;      /* weight_map keys, sorted */
+    size_t *shard_of;   /* index into shard[] for each tensor */
+    size_t nshards;
+    char **shard;
+} lora_index;
+
+/* Parse and validate an index held in memory; name is used in messages. */
+int lora_index_parse(const char *json, size_t len, const char *name, lora_index **out,
+                     lora_error *err);
+void lora_index_free(lora_index *ix);
+
 /* ---- adapters (adapter_config.c, adapter.c, inspect.c) ---- */
 
 /* adapter_config.json, parsed and checked (refusals done). */
@@ -214,21 +230,5 @@ int lora_module_resolve(const lora_module *m, const lora_ckpt *base, int fan_in_
 /* The base tensor for NAME, trying the spellings with and without a
  * leading "transformer." / "model."; NULL when none exists. */
 const lora_tensor *lora_ckpt_find_alias(const lora_ckpt *ck, const char *name);
-
-/* A parsed model.safetensors.index.json (checkpoint.c): only
- * weight_map is used.  Tensor names sorted; shard names unique,
- * sorted, plain file names (no "/", no ".."). */
-typedef struct lora_index {
-    size_t n;
-    char **tensor;      /* weight_map keys, sorted */
-    size_t *shard_of;   /* index into shard[] for each tensor */
-    size_t nshards;
-    char **shard;
-} lora_index;
-
-/* Parse and validate an index held in memory; name is used in messages. */
-int lora_index_parse(const char *json, size_t len, const char *name, lora_index **out,
-                     lora_error *err);
-void lora_index_free(lora_index *ix);
 
 #endif
