@@ -570,6 +570,24 @@ typedef struct lora_amplification {
 int lora_module_amplification(const lora_module *m, const lora_tensor *w,
                               lora_amplification *amp, lora_error *err);
 
+/* The analyses lora-inspect runs (--spectrum, --compare, --amplification),
+ * as one report. */
+typedef struct lora_analysis_opts {
+    int spectrum;
+    const lora_adapter *other;     /* --compare: φ per common module; NULL: none */
+    const lora_ckpt *base;         /* --amplification: base to bind to; NULL: none */
+    const char *const *modules;    /* NULL-terminated names (full, or the part
+                                      after a '.'); NULL: every module */
+    const char *svg_path;          /* with other: φ heat maps written there (atomically) */
+} lora_analysis_opts;
+
+/* Run the analyses asked for and render them: JSON (json != 0; fields in
+ * lora-inspect(1)) or human text, malloc'd in *text.  Binds ad to the
+ * base for the amplification.  LORA_EUSAGE for a --module name no module
+ * has; LORA_EINPUT when two compared adapters share no module. */
+int lora_analyze(lora_adapter *ad, const lora_analysis_opts *o, int json, char **text,
+                 lora_error *err);
+
 /* ---- section: signatures (sign.c) ---- */
 
 

@@ -69,7 +69,9 @@ expect 0 lora-rank-reduce "$Q" -o "$T/q2" --rank 2 --force -q
 [ -s "$T/out" ] && fail "-q printed a report"
 cmp -s "$T/q2.st" "$T/q2/adapter_model.safetensors" || fail "same inputs, different bytes"
 
-# the output is an adapter: it loads and reduces again, exactly at its own rank
+# the output is an adapter: lora-inspect finds nothing wrong with it
+expect 0 lora-inspect --check --strict "$T/q2"
+# it loads and reduces again, exactly at its own rank
 expect 0 lora-rank-reduce "$T/q2" -o "$T/q2b" --rank 2 --json
 e=$(json_num max_rel_error)
 lt "$e" 1e-6 || fail "re-reducing a rank-2 adapter to rank 2 lost $e"
@@ -84,6 +86,7 @@ expect_out '"new_rank": [1-5],'
 grep -q '"new_rank": [6-9]' "$T/out" && fail "--max-rank 5 exceeded"
 e=$(json_num max_rel_error)
 lt 0 "$e" || fail "--energy 0.9 reported no error"
+expect 0 lora-inspect --check --strict --json "$T/o9"
 # BF16 in, BF16 out
 grep -q '"dtype":"BF16"' "$T/o9/adapter_model.safetensors" || fail "dtype not kept"
 
@@ -108,5 +111,7 @@ expect_out '"name": "model.decoder.layers.0.self_attn.q_proj"'
 expect_out '"name": "model.layers.0.self_attn.q_proj"'
 expect_out '"sources": 1'
 grep -q '"sources": 2' "$T/out" && fail "disjoint adapters share a module"
+expect 0 lora-inspect --check --strict "$T/union"
+expect 0 lora-inspect --check --strict "$T/oo"
 
 done_testing
