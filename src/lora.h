@@ -455,6 +455,178 @@ void lora_delta_rows(const double *B, const double *A, uint64_t r, uint64_t in,
 
 /* ---- section: SVD and rank reduction (svd.c, rank.c) ---- */
 
+/* Thin SVD of ΔW = scale·B·A computed from the factors, never forming
+ * ΔW: QR of B (out×r) and of Aᵀ (in×r), SVD of the small core
+ * scale·R_B·R_Aᵀ, then U = Q_B·U_c and V = Q_A·V_c.  O((out+in)·r²) time,
+ * O((out+in)·r) memory.  k = min(out, in, r) triplets; singular values
+ * descending; U and V have orthonormal columns (also when ΔW is rank
+ * deficient: the directions of zero singular values are then some
+ * orthonormal completion).  Everything in double. */
+typedef struct lora_svd {
+    uint64_t out, in, k;
+    double *S;                /* k values, descending, >= 0 */
+    double *U;                /* out×k, column-major: column j at U + j·out */
+    double *V;                /* in×k, column-major: column j at V + j·in */
+} lora_svd;
+
+/* B: out×r row-major, A: r×in row-major (as lora_delta_rows).  On
+ * success *res is filled (free with lora_svd_free); errors: LORA_EIO
+ * (out of memory), LORA_EINPUT (LAPACK did not converge, non-finite
+ * input). */
+int lora_svd_factors(const double *B, const double *A, uint64_t out, uint64_t r,
+                     uint64_t in, double scale, lora_svd *res, lora_error *err);
+/* Frees the arrays and zeroes the struct; accepts a zeroed struct. */
+void lora_svd_free(lora_svd *s);
+
+/* How to choose the rank kept per module. */
+typedef enum lora_rank_kind {
+    LORA_RANK_FIXED = 1,      /* keep `rank` (capped at the singular values there are) */
+    LORA_RANK_ENERGY,         /* smallest k with Σ_{i<k} σ_i² >= energy·Σ σ_i² */
+    LORA_RANK_RATIO           /* every non-zero σ_i >= σ_1 / ratio */
+} lora_rank_kind;
+
+typedef struct lora_rank_rule {
+    lora_rank_kind kind;
+    uint64_t rank;            /* FIXED: >= 1 */
+    double energy;            /* ENERGY: in (0, 1] */
+    double ratio;             /* RATIO: >= 1 */
+    uint64_t max_rank;        /* 0: no cap; else the result is at most this */
+} lora_rank_rule;
+
+/* The rank the rule keeps for singular values S[0..k) (descending).
+ * Contract: sums are of σ_i² in double in increasing i; the energy test
+ * is partial >= energy·total·(1 − 1e-12), so that F = 1 keeps every
+ * non-zero value despite rounding; the ratio test is σ_i > 0 and
+ * σ_i·ratio >= σ_1.
+ * The result is clamped to [1, k] (a PEFT module needs r >= 1) and to
+ * max_rank; 0 only when k = 0. */
+uint64_t lora_rank_select(const double *S, uint64_t k, const lora_rank_rule *rule);
+/* ‖ΔW − ΔW_keep‖_F / ‖ΔW‖_F from the singular values: sqrt of the tail
+ * energy over the total (each summed in increasing i); 0 when ΔW = 0. */
+double lora_rank_rel_error(const double *S, uint64_t k, uint64_t keep);
+
+/* One input of a reduction: an adapter and the weight its ΔW gets. */
+typedef struct lora_weighted {
+    const lora_adapter *ad;
+    double weight;
+} lora_weighted;
+
+/* What happened to one module. */
+typedef struct lora_reduce_module {
+    char *name;
+    uint64_t old_rank;        /* r of the input (sum of the inputs' r when combining) */
+    uint64_t new_rank;
+    double rel_error;         /* ‖ΔW − ΔW_new‖_F / ‖ΔW‖_F, from the singular values */
+    double norm;              /* ‖ΔW‖_F of the (combined) input */
+    int n_sources;            /* how many inputs adapt this module */
+} lora_reduce_module;
+
+typedef struct lora_reduce_report {
+    size_t n_modules;
+    lora_reduce_module *modules;   /* sorted by name */
+    uint64_t old_params, new_params;  /* LoRA parameters (A and B elements) */
+} lora_reduce_report;
+
+void lora_reduce_report_free(lora_reduce_report *rep);
+
+/* Reduce one adapter, or combine several (n > 1, or n = 1 with a
+ * weight ≠ 1), into a new PEFT adapter folder OUT.
+ *
+ * ΔW of each module is Σ_i w_i·s_i·B_i·A_i over the inputs that adapt
+ * it, held as the exact concatenation B = [w_1 s_1 B_1 | w_2 s_2 B_2 ...],
+ * A = [A_1; A_2; ...].  rule == NULL keeps that concatenation as it is
+ * (exact, rank = Σ r_i; the "--rank 0" of lora-rank-reduce); otherwise
+ * the thin SVD of the concatenation is truncated to the rule's rank.
+ *
+ * Output factors: B' = U_k·diag(sqrt σ), A' = diag(sqrt σ)·V_kᵀ (the
+ * split PEFT's own SVD conversions do not balance, this one does, so
+ * both factors have the same norm), lora_alpha = rank, use_rslora
+ * false: every scale is exactly 1.  When ranks differ per module the
+ * config's r and lora_alpha are the most common rank (ties: smaller)
+ * and the others go in rank_pattern / alpha_pattern, keyed by the full
+ * module name.  Tensors are written in the dtype of the first input's
+ * tensors (F64 inputs as F32), with PEFT key names.  OUT is built as a
+ * temporary folder beside it and renamed into place; an existing OUT
+ * is an error (LORA_EUSAGE) unless overwrite is set.
+ *
+ * Inputs must agree on fan_in_fan_out and on each common module's
+ * shape (LORA_EINPUT otherwise); modules_to_save tensors are copied
+ * for a single input and refused when combining. */
+int lora_reduce(const lora_weighted *in, size_t n, const lora_rank_rule *rule,
+                const char *out_dir, int overwrite, lora_reduce_report *rep,
+                lora_error *err);
+
+
+/* ---- section: analyses (analysis.c) ---- */
+
+/* The paper's Section 7 analyses of one module (Hu et al. 2021). */
+
+/* Spectrum of ΔW = scale·B·A (from the factors, svd.c). */
+typedef struct lora_spectrum {
+    uint64_t k;               /* min(out, in, r) */
+    double *S;                /* k singular values, descending */
+    double norm;              /* ‖ΔW‖_F = sqrt(Σ σ_i²) */
+    uint64_t rank90, rank99;  /* smallest k keeping 90% / 99% of ‖ΔW‖²_F
+                                 (lora_rank_select's energy rule, so 0 only
+                                 when k = 0 and 1 for ΔW = 0) */
+    double stable_rank;       /* ‖ΔW‖²_F / σ_1², 0 when ΔW = 0 */
+} lora_spectrum;
+
+int lora_spectrum_module(const lora_module *m, lora_spectrum *sp, lora_error *err);
+void lora_spectrum_free(lora_spectrum *sp);
+
+/* Normalized subspace similarity from orthonormal bases:
+ * V1 is n×k1, V2 is n×k2 (column-major, columns ordered by decreasing
+ * singular value); phi receives ni×nj values (ni <= k1, nj <= k2),
+ * phi[(i-1)·nj + (j-1)] = ‖V1[:, :i]ᵀ V2[:, :j]‖²_F / min(i, j).
+ * G = V1ᵀV2 is computed once (dgemm); the double sums over a < i, b < j
+ * are 2-D prefix sums of G², in increasing a then b, in double. */
+void lora_subspace_phi(const double *V1, uint64_t k1, const double *V2, uint64_t k2, uint64_t n,
+                       uint64_t ni, uint64_t nj, double *phi);
+
+/* φ between the right-singular directions of two modules' A matrices
+ * (A: r×in; the SVD of A alone, scale irrelevant), for i <= r1,
+ * j <= r2: phi is r1×r2 as above.  The modules must have the same in
+ * (LORA_EINPUT otherwise).  *phi is malloc'd. */
+int lora_module_phi(const lora_module *m1, const lora_module *m2, double **phi, uint64_t *ni,
+                    uint64_t *nj, lora_error *err);
+
+/* Table 7 of the paper for one module bound to its base tensor W
+ * (Linear layout out×in, decoded to double; the module's transpose
+ * flag is honoured).  r = the module's rank (at most min(out, in)). */
+typedef struct lora_amplification {
+    uint64_t r;
+    double norm_w;            /* ‖W‖_F */
+    double norm_dw;           /* ‖ΔW‖_F */
+    double proj_dw;           /* ‖UᵀWV‖_F, U, V top-r singular directions of ΔW */
+    double proj_w;            /* the same for W's own top-r directions:
+                                 sqrt(Σ_{i<r} σ_i(W)²), singular values of W by
+                                 LAPACK dgesdd (values only) on the dense W */
+    double proj_random;       /* the same for random orthonormal U, V (QR of
+                                 uniform random matrices, fixed seed) */
+    double factor;            /* norm_dw / proj_dw (0 when proj_dw = 0) */
+} lora_amplification;
+
+int lora_module_amplification(const lora_module *m, const lora_tensor *w,
+                              lora_amplification *amp, lora_error *err);
+
+/* The analyses lora-inspect runs (--spectrum, --compare, --amplification),
+ * as one report. */
+typedef struct lora_analysis_opts {
+    int spectrum;
+    const lora_adapter *other;     /* --compare: φ per common module; NULL: none */
+    const lora_ckpt *base;         /* --amplification: base to bind to; NULL: none */
+    const char *const *modules;    /* NULL-terminated names (full, or the part
+                                      after a '.'); NULL: every module */
+    const char *svg_path;          /* with other: φ heat maps written there (atomically) */
+} lora_analysis_opts;
+
+/* Run the analyses asked for and render them: JSON (json != 0; fields in
+ * lora-inspect(1)) or human text, malloc'd in *text.  Binds ad to the
+ * base for the amplification.  LORA_EUSAGE for a --module name no module
+ * has; LORA_EINPUT when two compared adapters share no module. */
+int lora_analyze(lora_adapter *ad, const lora_analysis_opts *o, int json, char **text,
+                 lora_error *err);
 
 /* ---- section: signatures (sign.c) ---- */
 
