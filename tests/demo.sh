@@ -22,3 +22,4 @@ if [ -d "$R" ]; then
     echo "== lora-inspect: a real adapter (gpt2-tigrinya-lora)"
     "$B/lora-inspect" "$R"
 fi
+[ -f "$S/tests/demo-pack.sh" ] && sh "$S/tests/demo-pack.sh" "$B" "$S"

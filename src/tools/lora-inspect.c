@@ -194,7 +194,8 @@ int main(int argc, char **argv)
         return LORA_EIO;
     }
     int ch;
-    while ((ch = getopt_long(argc, argv, "b:csjtp:qhV", longopts, NULL)) != -1) {
+    opterr = 0; /* our own messages, prefixed with the tool's name */
+    while ((ch = getopt_long(argc, argv, ":b:csjtp:qhV", longopts, NULL)) != -1) {
         switch (ch) {
         case 'b': base_path = optarg; break;
         case 'c': check = 1; break;
@@ -211,7 +212,17 @@ int main(int argc, char **argv)
         case 1003: ao.svg_path = optarg; break;
         case 1004: amplification = 1; break;
         case 1005: if (mods) mods[n_mods++] = optarg; break;
+        case ':':
+            fprintf(stderr, PROG ": option '%s' needs an argument\n", argv[optind - 1]);
+            fprintf(stderr, "Try '" PROG " --help' for more information.\n");
+            free(keys);
+            free(mods);
+            return LORA_EUSAGE;
         default:
+            if (optopt)
+                fprintf(stderr, PROG ": unknown option '-%c'\n", optopt);
+            else
+                fprintf(stderr, PROG ": unknown option '%s'\n", argv[optind - 1]);
             fprintf(stderr, "Try '" PROG " --help' for more information.\n");
             free(keys);
             free(mods);
