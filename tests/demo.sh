@@ -23,3 +23,4 @@ if [ -d "$R" ]; then
     "$B/lora-inspect" "$R"
 fi
 [ -f "$S/tests/demo-pack.sh" ] && sh "$S/tests/demo-pack.sh" "$B" "$S"
+[ -f "$S/tests/demo-numerics.sh" ] && sh "$S/tests/demo-numerics.sh" "$B" "$S"
