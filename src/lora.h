@@ -297,6 +297,35 @@ int lora_adapter_load(const char *spec, const lora_source_opts *opts,
 
 /* ---- section: hashes (hash.c) ---- */
 
+/* BLAKE2b (libsodium crypto_generichash, no key).  256-bit digests
+ * (LORA_HASH_BYTES) name archive members, whole archives, tensors and
+ * registry blobs; 512-bit digests are minisign's prehash.  Hex is
+ * lower case. */
+#define LORA_HASH_BYTES 32
+#define LORA_HASH512_BYTES 64
+#define LORA_HASH_HEX (2 * LORA_HASH_BYTES + 1)   /* hex buffer for a 256-bit digest */
+
+typedef struct lora_hasher lora_hasher;
+
+/* A streaming hasher with an outlen-byte digest (16..64). */
+int lora_hasher_new(size_t outlen, lora_hasher **out, lora_error *err);
+void lora_hasher_update(lora_hasher *h, const void *buf, size_t len);
+/* Write the digest (outlen bytes) to out and free the hasher. */
+void lora_hasher_final(lora_hasher *h, unsigned char *out);
+/* Free without a digest (error paths). */
+void lora_hasher_free(lora_hasher *h);
+/* One buffer (or an mmapped region) at once. */
+void lora_hash(const void *buf, size_t len, unsigned char *out, size_t outlen);
+/* A whole file read in 1 MiB chunks from its current offset; *size
+ * (optional) receives the byte count.  LORA_EINPUT/LORA_EIO. */
+int lora_hash_fd(int fd, size_t outlen, unsigned char *out, uint64_t *size, lora_error *err);
+int lora_hash_file(const char *path, size_t outlen, unsigned char *out, uint64_t *size,
+                   lora_error *err);
+/* hex must hold 2*len+1 bytes. */
+void lora_hex(const unsigned char *bin, size_t len, char *hex);
+/* Exactly 2*len lower-case hex digits -> bin; 0 or -1. */
+int lora_unhex(const char *hex, unsigned char *bin, size_t len);
+
 
 /* ---- section: canonical delta (delta.c) ---- */
 
@@ -320,6 +349,101 @@ void lora_delta_rows(const double *B, const double *A, uint64_t r, uint64_t in,
 
 
 /* ---- section: signatures (sign.c) ---- */
+
+/* Ed25519 keys and signatures byte-compatible with minisign 0.11
+ * (formats.md section 2).  Keys made by `minisign -G` (encrypted or -W)
+ * load; `minisign -V` verifies our signatures.  Secret key bytes live in
+ * sodium_malloc'd (guarded, mlocked) memory and are wiped on free. */
+#define LORA_KEYID_BYTES 8
+#define LORA_KEYID_STR 17          /* buffer for a displayed key id */
+#define LORA_SIG_COMMENT_MAX 1024   /* minisign COMMENTMAXBYTES, line incl. "\n" */
+#define LORA_SIG_TRUSTED_MAX 8192   /* minisign TRUSTEDCOMMENTMAXBYTES, line incl. "\n" */
+/* minisign -G's scrypt parameters (OPSLIMIT/MEMLIMIT_SENSITIVE); also
+ * the largest a secret key may ask for, so a hostile key file cannot
+ * make us allocate more than minisign ever does. */
+#define LORA_SCRYPT_OPSLIMIT 33554432ULL
+#define LORA_SCRYPT_MEMLIMIT 1073741824ULL
+
+typedef struct lora_pubkey {
+    unsigned char key_id[LORA_KEYID_BYTES];
+    unsigned char pk[32];
+} lora_pubkey;
+
+typedef struct lora_seckey lora_seckey;
+
+/* Key id as minisign 0.11 prints it: the 8 bytes read as a
+ * little-endian u64, upper-case hex, no zero padding. */
+void lora_keyid_str(const unsigned char key_id[LORA_KEYID_BYTES], char buf[LORA_KEYID_STR]);
+
+/* A new random key pair (random key id, as minisign -G). */
+int lora_keygen(lora_seckey **sk, lora_error *err);
+/* The public half of a secret key. */
+void lora_seckey_pubkey(const lora_seckey *sk, lora_pubkey *pk);
+void lora_seckey_free(lora_seckey *sk);
+
+/* Write KEY.pub ("untrusted comment: minisign public key ID" + base64)
+ * atomically, mode 0644. */
+int lora_pubkey_write(const char *path, const lora_pubkey *pk, lora_error *err);
+/* The 56-character base64 string (buf >= 57 bytes). */
+void lora_pubkey_b64(const lora_pubkey *pk, char buf[57]);
+/* Write the secret key file atomically, mode 0600.  password NULL:
+ * unencrypted (kdf 00 00, zero salt and limits, as minisign -W, but
+ * with a valid chk).  Otherwise scrypt "Sc" with opslimit/memlimit
+ * (0: minisign's LORA_SCRYPT_*). */
+int lora_seckey_write(const char *path, const lora_seckey *sk, const char *password,
+                      uint64_t opslimit, uint64_t memlimit, lora_error *err);
+
+/* Public keys: the base64 string (minisign -P), the text of a key file
+ * (first line read and ignored, second line the key, as minisign), or
+ * a file.  Malformed: LORA_EINPUT with the reason. */
+int lora_pubkey_from_string(const char *b64, lora_pubkey *pk, lora_error *err);
+int lora_pubkey_parse(const char *text, size_t len, lora_pubkey *pk, lora_error *err);
+int lora_pubkey_load(const char *path, lora_pubkey *pk, lora_error *err);
+
+/* Secret keys from a file's text or a file.  *encrypted (optional)
+ * tells whether a password is needed, without one: */
+int lora_seckey_encrypted(const char *text, size_t len, int *encrypted, lora_error *err);
+/* password is used only for "Sc" keys (NULL there: LORA_EUSAGE).  A
+ * wrong password is LORA_ECHECK "wrong password for that key".  kdf
+ * 00 00 keys load with an all-zero chk (minisign 0.11 -G -W) or a
+ * valid one. */
+int lora_seckey_parse(const char *text, size_t len, const char *password, lora_seckey **out,
+                      lora_error *err);
+int lora_seckey_load(const char *path, const char *password, lora_seckey **out,
+                     lora_error *err);
+
+/* A parsed .minisig file. */
+typedef struct lora_sig {
+    int prehashed;                            /* "ED" (1) or legacy "Ed" (0) */
+    unsigned char key_id[LORA_KEYID_BYTES];
+    unsigned char sig[64];
+    unsigned char global_sig[64];
+    char untrusted[LORA_SIG_COMMENT_MAX];     /* without the prefix and newline */
+    char trusted[LORA_SIG_TRUSTED_MAX];       /* without the prefix and newline */
+} lora_sig;
+
+/* Parse with minisign 0.11's exact line rules: "untrusted comment: "
+ * line of at most 1023 bytes + LF; the signature line; "trusted
+ * comment: " line of at most 8191 bytes + LF; the global signature
+ * line; CR and LF stripped, lines read as fgets with minisign's buffer
+ * sizes, anything after the fourth line ignored.  LORA_EINPUT. */
+int lora_sig_parse(const char *text, size_t len, lora_sig *sig, lora_error *err);
+/* Sign msg prehashed ("ED": Ed25519 over BLAKE2b-512(msg)) with a
+ * trusted comment (printable ASCII and tab, < 8174 bytes) and an
+ * untrusted one (NULL: minisign's default); *text is the .minisig file
+ * (malloc'd, *len bytes, no NUL counted). */
+int lora_sign(const lora_seckey *sk, const void *msg, size_t msglen, const char *trusted,
+              const char *untrusted, char **text, size_t *len, lora_error *err);
+/* Verify sig over msg against one public key: key ids must match, then
+ * the signature (ED or legacy Ed), then the global signature over
+ * sig || trusted comment.  LORA_ECHECK on any mismatch. */
+int lora_sig_verify(const lora_sig *sig, const lora_pubkey *pk, const void *msg,
+                    size_t msglen, lora_error *err);
+/* The same against the key among keys[0..n) with sig's key id; *which
+ * (optional) receives its index.  No such key: LORA_ECHECK "signed by
+ * unknown key ID". */
+int lora_sig_verify_any(const lora_sig *sig, const lora_pubkey *keys, size_t n,
+                        const void *msg, size_t msglen, size_t *which, lora_error *err);
 
 
 /* ---- section: archives (archive.c) ---- */
