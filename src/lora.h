@@ -448,6 +448,109 @@ int lora_sig_verify_any(const lora_sig *sig, const lora_pubkey *keys, size_t n,
 
 /* ---- section: archives (archive.c) ---- */
 
+/* Signed adapter archives (.lora, lora-archive(5)): a POSIX pax tar
+ * (pax_restricted; uncompressed, or zstd with --compress) whose members
+ * are, in this order: lora.json (the manifest), lora.json.minisig (its
+ * minisign signature), adapter_config.json, adapter_model.safetensors,
+ * README.md (optional), receipts/NAME (optional).  Every member after
+ * the signature is named in the manifest with its size and BLAKE2b-256;
+ * nothing else may be in the archive. */
+#define LORA_ARCHIVE_FORMAT_VERSION 1
+#define LORA_MANIFEST_MAX (1024 * 1024)             /* lora.json */
+#define LORA_MINISIG_MAX (16 * 1024)                /* lora.json.minisig */
+#define LORA_ARCHIVE_TEXT_MAX (1024 * 1024)         /* adapter_config.json, README.md */
+#define LORA_ARCHIVE_RECEIPT_MAX (1ULL << 30)       /* each receipts/NAME */
+#define LORA_ARCHIVE_PAYLOAD_MAX (64ULL << 30)      /* adapter_model.safetensors */
+#define LORA_ARCHIVE_MAX_MEMBERS 64
+#define LORA_ARCHIVE_MAX_TARGETS 4096
+
+typedef struct lora_manifest_member {
+    char *name;
+    uint64_t size;
+    unsigned char hash[LORA_HASH_BYTES];   /* BLAKE2b-256 of the member's bytes */
+} lora_manifest_member;
+
+typedef struct lora_manifest {
+    int format_version;
+    char *name, *task, *version;           /* 1..128 bytes of printable ASCII, no spaces */
+    char *base_model;                      /* base model name, or NULL */
+    int has_base_hash;
+    unsigned char base_hash[LORA_HASH_BYTES]; /* lora_base_hash, when recorded */
+    uint64_t r;
+    double alpha;
+    size_t n_targets;
+    char **targets;                        /* target_modules of the config */
+    size_t n_members;
+    lora_manifest_member *members;         /* payload members, archive order */
+} lora_manifest;
+
+/* Parse and validate a manifest: JSON object (duplicate keys refused)
+ * with exactly the fields of lora-archive(5), right types, names and
+ * sizes within the limits above, no duplicate member, both adapter
+ * files present.  len <= LORA_MANIFEST_MAX.  LORA_EINPUT. */
+int lora_manifest_parse(const char *json, size_t len, lora_manifest **out, lora_error *err);
+/* Canonical text: fixed key order, 2-space indent, final LF. */
+int lora_manifest_format(const lora_manifest *m, char **json, size_t *len, lora_error *err);
+void lora_manifest_free(lora_manifest *m);
+const lora_manifest_member *lora_manifest_find(const lora_manifest *m, const char *name);
+/* The trusted comment that signs a manifest:
+ * "lora-archive\tname:NAME\tversion:VERSION\tmanifest:HEX" (malloc'd). */
+char *lora_manifest_trusted_comment(const lora_manifest *m, const unsigned char hash[LORA_HASH_BYTES]);
+
+typedef struct lora_pack_opts {
+    const char *adapter_dir;       /* PEFT folder */
+    const char *name, *task, *version;
+    const char *base;              /* base checkpoint for --base, or NULL */
+    const char *readme;            /* or NULL */
+    const char *const *receipts;   /* NULL-terminated, or NULL */
+    int compress;                  /* zstd instead of no compression */
+} lora_pack_opts;
+
+/* Build, sign and write an archive (temporary beside out_path, fsync,
+ * rename).  Same inputs and key: same bytes (Ed25519 is deterministic
+ * and nothing time-dependent is recorded). */
+int lora_archive_create(const char *out_path, const lora_pack_opts *opts, const lora_seckey *sk,
+                        lora_error *err);
+
+/* An opened, verified archive.  The file is mmapped; uncompressed
+ * members are read in place, zstd members are decompressed into memory
+ * (each within its limit). */
+typedef struct lora_archive_priv lora_archive_priv;
+typedef struct lora_archive {
+    char *path;
+    lora_manifest *manifest;
+    unsigned char file_hash[LORA_HASH_BYTES]; /* BLAKE2b-256 of the whole archive file */
+    uint64_t file_size;
+    int compressed;                /* zstd */
+    int signature_checked;         /* 0 when opened with LORA_ARCHIVE_NO_VERIFY */
+    size_t signer;                 /* index of the key that verified it */
+    unsigned char key_id[LORA_KEYID_BYTES]; /* the signature's key id */
+    char *trusted_comment;
+    lora_archive_priv *priv;
+} lora_archive;
+
+/* Skip the signature check (structure, sizes and hashes still checked). */
+#define LORA_ARCHIVE_NO_VERIFY 1
+
+/* Open and verify: the signature of lora.json by one of keys[0..n)
+ * (its trusted comment must be the manifest's), the manifest, every
+ * member's size and hash, nothing missing, nothing extra.  Refused:
+ * names absolute or with "..", links, devices, directories, sparse
+ * entries, duplicate names, sizes past the limits, truncation.
+ * LORA_ECHECK: bad signature, unknown key, a size or hash that differs
+ * from the manifest, a member not in it or missing; LORA_EINPUT:
+ * malformed or hostile archive; LORA_EIO. */
+int lora_archive_open(const char *path, const lora_pubkey *keys, size_t n, int flags,
+                      lora_archive **out, lora_error *err);
+/* A member's verified bytes (valid until close); NULL if absent. */
+const void *lora_archive_member(const lora_archive *ar, const char *name, uint64_t *size);
+/* Data offset of a member in the file (uncompressed archives), or -1. */
+int64_t lora_archive_member_offset(const lora_archive *ar, const char *name);
+/* Write every payload member into dir (created if missing) as regular
+ * files, each atomically; refuses existing files unless force. */
+int lora_archive_extract(const lora_archive *ar, const char *dir, int force, lora_error *err);
+void lora_archive_close(lora_archive *ar);
+
 
 /* ---- section: registry (registry.c) ---- */
 

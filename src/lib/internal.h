@@ -17,6 +17,22 @@
 #define LORA_PRINTF(a, b) __attribute__((format(printf, a, b)))
 #else
 #define LORA_PRINTF(a, b)
+/* A parsed model.safetensors.index.json (checkpoint.c): only
+ * weight_map is used.  Tensor names sorted; shard names unique,
+ * sorted, plain file names (no "/", no ".."). */
+typedef struct lora_index {
+    size_t n;
+    char **tensor;      /* weight_map keys, sorted */
+    size_t *shard_of;   /* index into shard[] for each tensor */
+    size_t nshards;
+    char **shard;
+} lora_index;
+
+/* Parse and validate an index held in memory; name is used in messages. */
+int lora_index_parse(const char *json, size_t len, const char *name, lora_index **out,
+                     lora_error *err);
+void lora_index_free(lora_index *ix);
+
 #endif
 
 /* Fill err (may be NULL) with code and a formatted message; returns code
@@ -58,5 +74,21 @@ int lora_tmpfile_beside(const char *path, int mode, int *fd, char **tmpname, lor
 /* fsync fd, rename tmp onto path, fsync the folder.  On failure the
  * temporary is unlinked.  Does not close fd. */
 int lora_commit_tmpfile(int fd, const char *tmpname, const char *path, lora_error *err);
+
+/* A parsed model.safetensors.index.json (checkpoint.c): only
+ * weight_map is used.  Tensor names sorted; shard names unique,
+ * sorted, plain file names (no "/", no ".."). */
+typedef struct lora_index {
+    size_t n;
+    char **tensor;      /* weight_map keys, sorted */
+    size_t *shard_of;   /* index into shard[] for each tensor */
+    size_t nshards;
+    char **shard;
+} lora_index;
+
+/* Parse and validate an index held in memory; name is used in messages. */
+int lora_index_parse(const char *json, size_t len, const char *name, lora_index **out,
+                     lora_error *err);
+void lora_index_free(lora_index *ix);
 
 #endif
