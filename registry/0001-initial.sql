@@ -26,7 +26,7 @@ CREATE TABLE adapters (
     v_patch     INTEGER NOT NULL,
     v_release   INTEGER NOT NULL CHECK (v_release IN (0, 1)),
     task        TEXT NOT NULL,
-    base_model  TEXT NOT NULL,         -- base model name from the manifest
+    base_model  TEXT,                  -- base model name from the manifest, or NULL
     base_hash   TEXT,                  -- base hash from the manifest, or NULL
     r           INTEGER NOT NULL,
     alpha       REAL NOT NULL,

@@ -623,8 +623,8 @@ void lora_reg_keys_free(lora_reg_key *keys, size_t n);
 typedef struct lora_reg_adapter {
     int64_t id;
     char *name, *version, *task;
-    char *base_model;
-    char *base_hash;            /* or NULL */
+    char *base_model;           /* or NULL when the manifest names none */
+    char *base_hash;            /* hex, or NULL */
     uint64_t r;
     double alpha;
     char hash[LORA_REG_HASH_HEX];  /* BLAKE2b-256 of the archive */
@@ -638,6 +638,18 @@ typedef struct lora_reg_adapter {
 void lora_reg_adapter_free(lora_reg_adapter *a);          /* one, from show/get/resolve */
 void lora_reg_adapters_free(lora_reg_adapter *a, size_t n); /* an array, from ls */
 
+/* Register a .lora archive: copy it into the blob folder, verify the
+ * copy (signature by a trusted key, manifest, every member's size and
+ * hash; lora_archive_open), then commit blob and row in one
+ * transaction.  An archive no trusted key signed is refused
+ * (LORA_ECHECK) unless allow_untrusted, which registers it marked
+ * untrusted (never resolved) and puts the signature problem in why
+ * (optional, LORA_ERROR_MAX bytes) for the caller's warning.  The same
+ * archive again is a no-op (*added = 0; a trusted add upgrades an
+ * untrusted row); the same NAME@VERSION with other bytes, or a version
+ * that is not semantic, is LORA_EINPUT.  out, added optional. */
+int lora_registry_add(lora_registry *reg, const char *archive, int allow_untrusted,
+                      lora_reg_adapter **out, int *added, char *why, lora_error *err);
 /* Every adapter, or those of one task and/or one base model name (NULL:
  * any), ordered by name then semantic version. */
 int lora_registry_ls(lora_registry *reg, const char *task, const char *base,

@@ -216,37 +216,15 @@ static char *blob_path(const lora_registry *reg, const char *hex, lora_error *er
     return p;
 }
 
-/* BLAKE2b-256 of a file, streamed. */
+/* BLAKE2b-256 of a file from its current offset (hash.c). */
 static int hash_fd(int fd, const char *path, char hex[LORA_REG_HASH_HEX], uint64_t *size,
                    lora_error *err)
 {
-    crypto_generichash_state hs;
-    crypto_generichash_init(&hs, NULL, 0, 32);
-    size_t cap = 1 << 20;
-    unsigned char *buf = malloc(cap);
-    if (!buf)
-        return lora_oom(err);
-    uint64_t total = 0;
-    for (;;) {
-        ssize_t r = read(fd, buf, cap);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0) {
-            int e = errno;
-            free(buf);
-            return lora_seterr_errno(err, LORA_EIO, e, "%s: read", path);
-        }
-        if (r == 0)
-            break;
-        crypto_generichash_update(&hs, buf, (size_t)r);
-        total += (uint64_t)r;
-    }
-    free(buf);
-    unsigned char d[32];
-    crypto_generichash_final(&hs, d, sizeof d);
-    sodium_bin2hex(hex, LORA_REG_HASH_HEX, d, sizeof d);
-    if (size)
-        *size = total;
+    unsigned char d[LORA_HASH_BYTES];
+    int rc = lora_hash_fd(fd, LORA_HASH_BYTES, d, size, err);
+    if (rc)
+        return lora_err_prefix(err, "%s", path);
+    lora_hex(d, sizeof d, hex);
     return LORA_OK;
 }
 
@@ -1020,8 +998,7 @@ int lora_reg_stage(lora_registry *reg, const char *src, int *fd, char **tmpname,
         close(in);
         return rc;
     }
-    crypto_generichash_state hs;
-    crypto_generichash_init(&hs, NULL, 0, 32);
+    lora_hasher *hs = NULL;
     size_t cap = 1 << 20;
     unsigned char *buf = malloc(cap);
     uint64_t total = 0;
@@ -1029,6 +1006,8 @@ int lora_reg_stage(lora_registry *reg, const char *src, int *fd, char **tmpname,
         rc = lora_oom(err);
         goto fail;
     }
+    if ((rc = lora_hasher_new(LORA_HASH_BYTES, &hs, err)))
+        goto fail;
     for (;;) {
         ssize_t r = read(in, buf, cap);
         if (r < 0 && errno == EINTR)
@@ -1039,7 +1018,7 @@ int lora_reg_stage(lora_registry *reg, const char *src, int *fd, char **tmpname,
         }
         if (r == 0)
             break;
-        crypto_generichash_update(&hs, buf, (size_t)r);
+        lora_hasher_update(hs, buf, (size_t)r);
         for (ssize_t done = 0; done < r;) {
             ssize_t w = write(out, buf + done, (size_t)(r - done));
             if (w < 0 && errno == EINTR)
@@ -1058,14 +1037,15 @@ int lora_reg_stage(lora_registry *reg, const char *src, int *fd, char **tmpname,
     }
     free(buf);
     close(in);
-    unsigned char d[32];
-    crypto_generichash_final(&hs, d, sizeof d);
-    sodium_bin2hex(hex, LORA_REG_HASH_HEX, d, sizeof d);
+    unsigned char d[LORA_HASH_BYTES];
+    lora_hasher_final(hs, d);
+    lora_hex(d, sizeof d, hex);
     *size = total;
     *fd = out;
     *tmpname = tmp;
     return LORA_OK;
 fail:
+    lora_hasher_free(hs);
     free(buf);
     close(in);
     lora_reg_unstage(out, tmp);
@@ -1097,9 +1077,6 @@ static int meta_ok(const lora_reg_meta *m, lora_error *err)
     if (!m->task || !*m->task || strchr(m->task, '\n'))
         return lora_seterr(err, LORA_EINPUT, "%s@%s: the manifest names no task", m->name,
                            m->version);
-    if (!m->base_model || !*m->base_model)
-        return lora_seterr(err, LORA_EINPUT, "%s@%s: the manifest names no base model",
-                           m->name, m->version);
     return LORA_OK;
 }
 
@@ -1125,6 +1102,24 @@ int lora_reg_commit(lora_registry *reg, int fd, char *tmpname,
     }
     if ((rc = begin(reg, err)))
         goto out_unstaged;
+
+    /* The key that verified it may have been untrusted since we read
+     * the keys: decide under the lock. */
+    if (m->trusted) {
+        if ((rc = prep(reg, "SELECT 1 FROM keys WHERE key_id = ?1", &st, err)))
+            goto fail;
+        bind_text(st, 1, m->signer);
+        int s0 = sqlite3_step(st);
+        sqlite3_finalize(st);
+        st = NULL;
+        if (s0 != SQLITE_ROW) {
+            rc = s0 == SQLITE_DONE ? lora_seterr(err, LORA_ECHECK,
+                                                 "signing key %s is no longer trusted",
+                                                 m->signer ? m->signer : "(none)")
+                                   : sqlerr(reg, s0, err, "add");
+            goto fail;
+        }
+    }
 
     /* The same archive again: a no-op, or an upgrade to trusted. */
     if ((rc = prep(reg, "SELECT trusted FROM adapters WHERE hash = ?1", &st, err)))
