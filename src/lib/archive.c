@@ -263,6 +263,12 @@ int lora_archive_create(const char *out_path, const lora_pack_opts *o, const lor
     free(p);
     if (rc)
         goto out;
+    /* never sign a tensor file no reader would accept */
+    lora_st *st;
+    if ((rc = lora_st_open_memory(src[1].data ? (const void *)src[1].data : "", src[1].len,
+                                  src[1].path, &st, err)))
+        goto out;
+    lora_st_close(st);
     if (o->readme && (rc = src_load(&src[k++], "README.md", o->readme, LORA_ARCHIVE_TEXT_MAX, err)))
         goto out;
     for (size_t i = 0; i < nrec; i++) {

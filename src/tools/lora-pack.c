@@ -29,7 +29,7 @@ static void usage(FILE *f)
             "Build, sign, verify, list and extract signed LoRA adapter archives (.lora).\n"
             "\n"
             "Commands:\n"
-            "  keygen [-W] [-f] -s KEY.sec -p KEY.pub\n"
+            "  keygen [-W] [-f] [--kdf-memlimit BYTES] -s KEY.sec -p KEY.pub\n"
             "                     make a minisign-compatible Ed25519 key pair\n"
             "                     (-W: secret key unencrypted)\n"
             "  create ADAPTER_DIR -s KEY.sec --name NAME --task TASK --version VERSION\n"
@@ -142,17 +142,27 @@ static int cmd_keygen(int argc, char **argv)
                                          {"force", no_argument, 0, 'f'},
                                          {"secret-key", required_argument, 0, 's'},
                                          {"public-key", required_argument, 0, 'p'},
+                                         {"kdf-memlimit", required_argument, 0, 'M'},
                                          {"quiet", no_argument, 0, 'q'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     const char *sec = NULL, *pub = NULL;
+    unsigned long long memlimit = 0;
     int unencrypted = 0, force = 0, c;
+    char *end;
     while ((c = getopt_long(argc, argv, "Wfs:p:qh", opts, NULL)) != -1) {
         switch (c) {
         case 'W': unencrypted = 1; break;
         case 'f': force = 1; break;
         case 's': sec = optarg; break;
         case 'p': pub = optarg; break;
+        case 'M':
+            errno = 0;
+            memlimit = strtoull(optarg, &end, 10);
+            if (errno || *end || memlimit < (1ULL << 20) || memlimit > LORA_SCRYPT_MEMLIMIT)
+                return usage_err("--kdf-memlimit wants bytes from 1048576 to 1073741824, not '%s'",
+                                 optarg);
+            break;
         case 'q': quiet = 1; break;
         case 'h': usage(stdout); return 0;
         default: return usage_err("%s", "keygen: bad option");
@@ -178,7 +188,8 @@ static int cmd_keygen(int argc, char **argv)
         lora_seckey_pubkey(sk, &pk);
         if (!quiet && !unencrypted)
             fprintf(stderr, "Deriving a key from the password (scrypt)...\n");
-        rc = lora_seckey_write(sec, sk, unencrypted ? NULL : pw, 0, 0, &err);
+        /* minisign's ratio: opslimit = memlimit / 32 */
+        rc = lora_seckey_write(sec, sk, unencrypted ? NULL : pw, memlimit / 32, memlimit, &err);
         if (!rc)
             rc = lora_pubkey_write(pub, &pk, &err);
         lora_seckey_free(sk);
