@@ -223,7 +223,7 @@ static int hash_fd(int fd, const char *path, char hex[LORA_REG_HASH_HEX], uint64
     unsigned char d[LORA_HASH_BYTES];
     int rc = lora_hash_fd(fd, LORA_HASH_BYTES, d, size, err);
     if (rc)
-        return lora_err_prefix(err, "%s", path);
+        return err ? lora_err_prefix(err, "%s", path) : rc;
     lora_hex(d, sizeof d, hex);
     return LORA_OK;
 }
@@ -303,7 +303,7 @@ static int migrate(lora_registry *reg, lora_error *err)
         snprintf(pragma, sizeof pragma, "PRAGMA user_version = %d", v + 1);
         if ((rc = exec(reg, registry_migrations[v], err)) || (rc = exec(reg, pragma, err))) {
             rollback(reg);
-            return lora_err_prefix(err, "applying schema migration %d", v + 1);
+            return err ? lora_err_prefix(err, "applying schema migration %d", v + 1) : rc;
         }
         if ((rc = commit(reg, err)))
             return rc;
@@ -1435,7 +1435,7 @@ int lora_registry_record_eval(lora_registry *reg, const lora_reg_eval *ev, lora_
     lora_reg_adapter *a;
     int rc = lora_registry_get(reg, ev->adapter, 0, &a, err);
     if (rc)
-        return lora_err_prefix(err, "record eval");
+        return err ? lora_err_prefix(err, "record eval") : rc;
     if ((rc = begin(reg, err))) {
         lora_reg_adapter_free(a);
         return rc;
