@@ -4,7 +4,6 @@
  * signature checking so that the fuzzer reaches the manifest and member
  * checks, and once more against a fixed key for the signature path.
  */
-#define _GNU_SOURCE
 #include "lora.h"
 
 #include <stdint.h>

@@ -128,7 +128,8 @@ typedef struct lora_st lora_st;      /* an opened, fully validated file */
  * is checked before any tensor data is touched: the ten rules of the
  * reference reader (formats.md) plus duplicate keys and data running
  * past the end of the file.  Errors: LORA_EINPUT (bad file, message
- * names the rule and the tensor), LORA_EIO (cannot open/map). */
+ * names the rule and the tensor; also a missing file or one that is not
+ * a regular file), LORA_EIO (cannot map, other system errors). */
 int lora_st_open(const char *path, lora_st **out, lora_error *err);
 /* The same over bytes already in memory (an archive member mapped in
  * place, a fuzz input); buf must outlive the object.  name is used in
@@ -164,20 +165,27 @@ int lora_st_fd(const lora_st *st);
 typedef struct lora_stw lora_stw;
 
 int lora_stw_new(const char *path, lora_stw **out, lora_error *err);
+/* Set (or replace) a __metadata__ entry; "format" starts as "pt".
+ * Keys are written sorted.  Before lora_stw_start only. */
 int lora_stw_set_metadata(lora_stw *w, const char *key, const char *value, lora_error *err);
+/* Before lora_stw_start only; a duplicate name makes start fail. */
 int lora_stw_declare(lora_stw *w, const char *name, lora_dtype dt, int ndim,
                      const uint64_t *shape, lora_error *err);
 /* Lay out the declared tensors and write the header to the temporary. */
 int lora_stw_start(lora_stw *w, lora_error *err);
-/* Write len bytes at byte offset off inside tensor NAME's data. */
+/* Write len bytes at byte offset off inside tensor NAME's data.  Safe to
+ * call from several threads at once (on different ranges); bytes are
+ * counted per tensor for the check in commit. */
 int lora_stw_write(lora_stw *w, const char *name, uint64_t off,
                    const void *buf, size_t len, lora_error *err);
 /* Copy a whole tensor's bytes from another file descriptor without
  * decoding (copy_file_range where the kernel allows, else read/write). */
 int lora_stw_copy(lora_stw *w, const char *name, int src_fd, uint64_t src_off,
                   lora_error *err);
-/* Check every tensor was fully written, fsync, rename onto the final path,
- * fsync the folder.  The writer is freed whatever the result. */
+/* Check every tensor was fully written (by byte count; LORA_EIO naming
+ * the tensor otherwise, and nothing is left behind), fsync, rename onto
+ * the final path, fsync the folder.  The writer is freed whatever the
+ * result. */
 int lora_stw_commit(lora_stw *w, lora_error *err);
 /* Remove the temporary and free. */
 void lora_stw_abort(lora_stw *w);
@@ -249,6 +257,8 @@ typedef struct lora_adapter {
     int use_rslora;
     int fan_in_fan_out;
     char *target_modules;     /* as written in the config: JSON text */
+    char *config_json;        /* adapter_config.json as read (NUL-terminated), for
+                                 tools that rewrite or re-examine it */
     size_t n_modules;
     lora_module *modules;     /* sorted by name */
     size_t n_saved;
@@ -322,7 +332,8 @@ typedef struct lora_report_module {
     const lora_module *m;     /* ad->modules[i], same order */
     const char *base_name;    /* base tensor it changes, NULL without base or when missing */
     int transpose;            /* from the base when bound, else the config's guess */
-    int targeted;             /* selected by target_modules (minus exclude_modules) */
+    int targeted;             /* selected by target_modules (minus exclude_modules);
+                                 1 for all when target_modules is null */
     uint64_t params;          /* elements of A and B */
     uint64_t base_params;     /* elements of the base tensor (0 when not bound) */
     uint64_t nonfinite_a, nonfinite_b;  /* NaN/Inf counts (when scanned) */
@@ -616,7 +627,6 @@ typedef struct lora_archive_priv lora_archive_priv;
 typedef struct lora_archive {
     char *path;
     lora_manifest *manifest;
-    unsigned char file_hash[LORA_HASH_BYTES]; /* BLAKE2b-256 of the whole archive file */
     uint64_t file_size;
     int compressed;                /* zstd */
     int signature_checked;         /* 0 when opened with LORA_ARCHIVE_NO_VERIFY */
@@ -639,6 +649,10 @@ typedef struct lora_archive {
  * malformed or hostile archive; LORA_EIO. */
 int lora_archive_open(const char *path, const lora_pubkey *keys, size_t n, int flags,
                       lora_archive **out, lora_error *err);
+/* BLAKE2b-256 of the whole archive file (the registry's blob name),
+ * computed from the mapping on request: verification does not need it
+ * and it costs a pass over the file. */
+void lora_archive_file_hash(const lora_archive *ar, unsigned char out[LORA_HASH_BYTES]);
 /* A member's verified bytes (valid until close); NULL if absent. */
 const void *lora_archive_member(const lora_archive *ar, const char *name, uint64_t *size);
 /* Data offset of a member in the file (uncompressed archives), or -1. */
@@ -647,6 +661,21 @@ int64_t lora_archive_member_offset(const lora_archive *ar, const char *name);
  * files, each atomically; refuses existing files unless force. */
 int lora_archive_extract(const lora_archive *ar, const char *dir, int force, lora_error *err);
 void lora_archive_close(lora_archive *ar);
+/* Open (and verify, as lora_archive_open) an archive and load its
+ * adapter without extracting: adapter_model.safetensors is read where
+ * it lies in the mapped file (uncompressed) or from memory (zstd); the
+ * adapter's release frees the archive. */
+int lora_archive_open_adapter(const char *path, const lora_pubkey *keys, size_t n, int flags,
+                              lora_adapter **out, lora_error *err);
+
+/* BLAKE2b-256 over the base tensors an adapter changes (its modules'
+ * targets and its modules_to_save targets, after lora_adapter_bind):
+ * for each tensor in strcmp order of its base name, u64le(len) name,
+ * u64le(len) dtype name, u64le(ndim), u64le(dim) each, u64le(nbytes),
+ * then its bytes.  Tells whether a base is the one the adapter was
+ * made for without hashing the whole checkpoint (lora-archive(5)). */
+int lora_base_hash(const lora_adapter *ad, const lora_ckpt *base,
+                   unsigned char out[LORA_HASH_BYTES], lora_error *err);
 
 
 /* ---- section: registry (registry.c) ---- */

@@ -117,7 +117,9 @@ START_TEST(test_roundtrip)
         /* the whole-file hash is the file's */
         unsigned char h[32];
         ck_assert_int_eq(lora_hash_file(a, 32, h, NULL, &err), 0);
-        ck_assert_mem_eq(h, ar->file_hash, 32);
+        unsigned char fh[32];
+        lora_archive_file_hash(ar, fh);
+        ck_assert_mem_eq(h, fh, 32);
         /* members are the folder's bytes */
         size_t len;
         char *p = tu_path(adir, "adapter_model.safetensors");
@@ -577,7 +579,12 @@ START_TEST(test_create_refusals)
     o.adapter_dir = bd;
     ck_assert_int_eq(lora_archive_create(out, &o, sk, &err), LORA_EINPUT);
     /* receipt names a reader would refuse are refused when packing */
-    tu_write(t, "\x08\0\0\0\0\0\0\0{}      ", 16);
+    char *good = tu_path(adir, "adapter_model.safetensors");
+    size_t glen;
+    char *gbytes = tu_read(good, &glen);
+    tu_write(t, gbytes, glen);
+    free(gbytes);
+    free(good);
     char *rc = tu_path(dir, ".hidden");
     tu_write(rc, "r", 1);
     const char *recs[] = {rc, NULL};
@@ -596,6 +603,71 @@ START_TEST(test_create_refusals)
 }
 END_TEST
 
+START_TEST(test_open_adapter)
+{
+    lora_error err;
+    char *pubp = tu_path(dir, "k.pub"), *pub2p = tu_path(dir, "o.pub");
+    ck_assert_int_eq(lora_pubkey_write(pubp, &pk, &err), 0);
+    ck_assert_int_eq(lora_pubkey_write(pub2p, &pk2, &err), 0);
+    lora_adapter *folder;
+    ck_assert_int_eq(lora_adapter_open(adir, &folder, &err), 0);
+    for (int z = 0; z < 2; z++) {
+        char *a = make_archive(z ? "oz.lora" : "o.lora", "1.0", z, sk);
+        const char *keys[] = {pub2p, pubp, NULL};
+        lora_source_opts o = {.pubkeys = keys};
+        lora_adapter *ad;
+        ck_assert_msg(lora_adapter_load(a, &o, &ad, &err) == 0, "%s", err.msg);
+        ck_assert_ptr_nonnull(ad->release);
+        ck_assert_uint_eq(ad->n_modules, folder->n_modules);
+        ck_assert_uint_eq(ad->r, 2);
+        for (size_t i = 0; i < ad->n_modules; i++) {
+            ck_assert_str_eq(ad->modules[i].name, folder->modules[i].name);
+            ck_assert_uint_eq(ad->modules[i].A->nbytes, folder->modules[i].A->nbytes);
+            ck_assert_mem_eq(ad->modules[i].A->data, folder->modules[i].A->data,
+                             ad->modules[i].A->nbytes);
+            ck_assert_mem_eq(ad->modules[i].B->data, folder->modules[i].B->data,
+                             ad->modules[i].B->nbytes);
+        }
+        if (!z) {
+            /* in place: the tensor bytes lie in a mapping of the archive
+             * file itself (no copy, no extraction) */
+            const void *d = ad->modules[0].A->data;
+            FILE *maps = fopen("/proc/self/maps", "r");
+            ck_assert_ptr_nonnull(maps);
+            char line[4096];
+            int inside = 0;
+            while (fgets(line, sizeof line, maps)) {
+                unsigned long lo, hi;
+                if (sscanf(line, "%lx-%lx", &lo, &hi) == 2 && strstr(line, a) &&
+                    (unsigned long)d >= lo && (unsigned long)d < hi)
+                    inside = 1;
+            }
+            fclose(maps);
+            ck_assert_msg(inside, "tensor data is not in a mapping of %s", a);
+        }
+        lora_adapter_free(ad);
+        /* wrong key, no key, unverified with a warning */
+        const char *wrong[] = {pub2p, NULL};
+        o.pubkeys = wrong;
+        ck_assert_int_eq(lora_adapter_load(a, &o, &ad, &err), LORA_ECHECK);
+        o.pubkeys = NULL;
+        ck_assert_int_eq(lora_adapter_load(a, &o, &ad, &err), LORA_EUSAGE);
+        char wbuf[512] = "";
+        FILE *w = fmemopen(wbuf, sizeof wbuf, "w");
+        o.no_verify = 1;
+        o.warn = w;
+        ck_assert_int_eq(lora_adapter_load(a, &o, &ad, &err), 0);
+        fclose(w);
+        ck_assert_ptr_nonnull(strstr(wbuf, "NOT verified"));
+        lora_adapter_free(ad);
+        free(a);
+    }
+    lora_adapter_free(folder);
+    free(pubp);
+    free(pub2p);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("archive");
@@ -607,6 +679,7 @@ int main(void)
     tcase_add_test(tc, test_hostile);
     tcase_add_test(tc, test_manifest_parse);
     tcase_add_test(tc, test_create_refusals);
+    tcase_add_test(tc, test_open_adapter);
     suite_add_tcase(s, tc);
     return tu_run(s, 0);
 }

@@ -639,17 +639,18 @@ START_TEST(add_archives_and_load_by_task)
     so.registry = lora_registry_path(reg);
     lora_adapter *la = NULL;
     int rc = lora_adapter_load("task:t", &so, &la, &e);
-    /* .lora loading is source.c's archive branch (pack area): until it
-     * is there the registry part is all this can check. */
-    if (rc == LORA_OK) {
-        ck_assert_uint_eq(la->n_modules, 1);
-        ck_assert_uint_eq(la->r, 1);
-        lora_adapter_free(la);
-    } else {
-        ck_assert_msg(strstr(e.msg, "not available in this build"), "%s", e.msg);
-    }
+    ck_assert_msg(rc == LORA_OK, "%s", e.msg);
+    ck_assert_uint_eq(la->n_modules, 1);
+    ck_assert_uint_eq(la->r, 1);
+    lora_adapter_free(la);
+    ck_assert_int_eq(lora_adapter_load("reg:tiny@1.0.0", &so, &la, &e), 0);
+    lora_adapter_free(la);
     ck_assert_int_eq(lora_adapter_load("reg:tiny@2.0.0", &so, &la, &e), LORA_ECHECK);
     ck_assert_msg(strstr(e.msg, "untrusted"), "%s", e.msg);
+    so.no_verify = 1; /* the user's say-so: opened unverified */
+    ck_assert_msg(lora_adapter_load("reg:tiny@2.0.0", &so, &la, &e) == 0, "%s", e.msg);
+    lora_adapter_free(la);
+    so.no_verify = 0;
     ck_assert_int_eq(lora_adapter_load("reg:tiny", &so, &la, &e), LORA_EUSAGE);
     ck_assert_int_eq(lora_adapter_load("task:nope", &so, &la, &e), LORA_EINPUT);
     ck_assert_msg(strstr(e.msg, "task:nope") && strstr(e.msg, "no trusted adapter"), "%s", e.msg);

@@ -9,11 +9,9 @@ if [ -z "${MINISIGN:-}" ] || [ ! -x "$MINISIGN" ]; then
     echo "SKIP: minisign not found (MINISIGN=${MINISIGN:-})"; exit 77
 fi
 
-mkdir -p "$T/ad"
-printf '{"peft_type":"LORA","r":2,"lora_alpha":4,"target_modules":["q_proj"]}\n' > "$T/ad/adapter_config.json"
-hdr='{"x":{"dtype":"U8","shape":[8],"data_offsets":[0,8]}}'
-{ printf "\\$(printf %o ${#hdr})"; printf '\000\000\000\000\000\000\000'; printf '%s' "$hdr"; printf 'PAYLOAD!'; } \
-    > "$T/ad/adapter_model.safetensors"
+"$TOP_BUILDDIR/tests/mkfixture" gpt2 "$T/fx" --layers 1 --hidden 16 --heads 2 --vocab 32 \
+    --positions 8 --rank 2 >/dev/null || { echo "mkfixture failed"; exit 99; }
+ln -s "$T/fx/adapter" "$T/ad"
 
 # 1. minisign verifies what we sign (unencrypted and encrypted keys)
 expect 0 lora-pack keygen -W -s "$T/k.sec" -p "$T/k.pub"

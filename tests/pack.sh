@@ -5,17 +5,10 @@
 # message, and nothing extracted.
 . "$TOP_SRCDIR/tests/lib.sh"
 
-# A tiny adapter folder: a valid safetensors file written byte by byte.
-mk_adapter() {
-    mkdir -p "$1"
-    printf '{"peft_type":"LORA","r":2,"lora_alpha":4,"target_modules":["c_attn"],"base_model_name_or_path":"gpt2"}\n' \
-        > "$1/adapter_config.json"
-    hdr='{"x":{"dtype":"U8","shape":[8],"data_offsets":[0,8]}}'
-    { printf "\\$(printf %o ${#hdr})"; printf '\000\000\000\000\000\000\000';
-      printf '%s' "$hdr"; printf 'PAYLOAD!'; } \
-        > "$1/adapter_model.safetensors"
-}
-mk_adapter "$T/ad"
+# A tiny GPT-2 base and adapter from the shared generator.
+"$TOP_BUILDDIR/tests/mkfixture" gpt2 "$T/fx" --layers 1 --hidden 16 --heads 2 --vocab 32 \
+    --positions 8 --rank 2 >/dev/null || { echo "mkfixture failed"; exit 99; }
+ln -s "$T/fx/adapter" "$T/ad"
 printf '# tiny\n' > "$T/README.md"
 printf 'receipt bytes\n' > "$T/merge.receipt"
 
@@ -81,7 +74,11 @@ expect 0 lora-pack list --json "$T/z.lora"
 expect_out '"compressed": true'
 
 # hostile: edit bytes of a good archive
-off=$(grep -abo 'PAYLOAD!' "$T/a.lora" | head -n 1 | cut -d: -f1)
+# the last byte of the tensors, found through list --json's offset
+lora-pack list --json "$T/a.lora" > "$T/list.json"
+off=$(tr -d ' \n' < "$T/list.json" | grep -o '"name":"adapter_model.safetensors","size":[0-9]*,"blake2b-256":"[0-9a-f]*","offset":[0-9]*' |
+      sed 's/.*"size":\([0-9]*\),.*"offset":\([0-9]*\)/\1 \2/' | awk '{print $1 + $2 - 1}')
+checks=$((checks + 1)); [ -n "$off" ] || fail "no offset for the tensors in list --json"
 cp "$T/a.lora" "$T/h.lora"
 printf 'X' | dd of="$T/h.lora" bs=1 seek="$off" conv=notrunc 2>/dev/null
 expect 1 lora-pack verify "$T/h.lora" -p "$T/k.pub"
@@ -95,7 +92,7 @@ printf 'b' | dd of="$T/h.lora" bs=1 seek=$((moff + 9)) conv=notrunc 2>/dev/null
 expect 1 lora-pack verify "$T/h.lora" -p "$T/k.pub"
 expect_err "signature verification failed"
 
-head -c $((off + 4)) "$T/a.lora" > "$T/h.lora"
+head -c $((off - 4)) "$T/a.lora" > "$T/h.lora"
 expect 3 lora-pack verify "$T/h.lora" -p "$T/k.pub"
 expect_err "truncated"
 expect 3 lora-pack extract "$T/h.lora" -C "$T/hx" -p "$T/k.pub"
@@ -119,5 +116,26 @@ LORA_PASSWORD_FILE="$T/badpw" expect 1 lora-pack create "$T/ad" -s "$T/e.sec" --
 expect_err "wrong password"
 LORA_PASSWORD_FILE="$T/pw" expect 0 lora-pack create "$T/ad" -s "$T/e.sec" --name tiny --task test --version 1 -o "$T/e.lora"
 expect 0 lora-pack verify "$T/e.lora" -p "$T/e.pub"
+
+# --base: a hash over the base tensors the adapter changes
+expect 0 lora-pack create "$T/ad" -s "$T/k.sec" --name tiny --task test --version 1.0 \
+    --base "$T/fx/base" -o "$T/based.lora"
+expect 0 lora-pack list --json "$T/based.lora"
+expect_out '"base_hash": "[0-9a-f]{64}"'
+expect 3 lora-pack create "$T/ad" -s "$T/k.sec" --name tiny --task test --version 1.0 \
+    --base "$T/README.md" -o "$T/nobase.lora"
+
+# other tools read archives in place: lora-inspect with -p, and refuses
+# without a key or with the wrong one
+if [ -x "$TOP_BUILDDIR/lora-inspect" ]; then
+    expect 0 lora-inspect "$T/a.lora" -p "$T/k.pub"
+    expect 0 lora-inspect "$T/z.lora" -p "$T/k.pub"
+    expect 1 lora-inspect "$T/a.lora" -p "$T/o.pub"
+    expect_err "unknown key"
+    expect 2 lora-inspect "$T/a.lora"
+    expect 0 lora-inspect "$T/a.lora" --no-verify
+    expect_err "NOT verified"
+    expect 1 lora-inspect "$T/h.lora" -p "$T/k.pub"
+fi
 
 done_testing

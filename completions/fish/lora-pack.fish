@@ -18,6 +18,7 @@ complete -c lora-pack -n "__fish_seen_subcommand_from verify extract" -s P -l pu
 complete -c lora-pack -n "__fish_seen_subcommand_from create" -l name -r -d 'archive name'
 complete -c lora-pack -n "__fish_seen_subcommand_from create" -l task -r -d 'task'
 complete -c lora-pack -n "__fish_seen_subcommand_from create" -l version -r -d 'archive version'
+complete -c lora-pack -n "__fish_seen_subcommand_from create" -l base -r -F -d 'base checkpoint'
 complete -c lora-pack -n "__fish_seen_subcommand_from create" -l readme -r -F -d 'README file'
 complete -c lora-pack -n "__fish_seen_subcommand_from create" -l receipt -r -F -d 'merge receipt'
 complete -c lora-pack -n "__fish_seen_subcommand_from create" -l compress -d 'zstd compression'

@@ -224,9 +224,6 @@ int lora_archive_create(const char *out_path, const lora_pack_opts *o, const lor
     if ((rc = name_field_ok("name", o->name, err)) || (rc = name_field_ok("task", o->task, err)) ||
         (rc = name_field_ok("version", o->version, err)))
         return rc;
-    if (o->base)
-        return lora_seterr(err, LORA_EUSAGE, "--base is not available in this build (needs the "
-                                             "adapter loader)");
     size_t nrec = 0;
     while (o->receipts && o->receipts[nrec])
         nrec++;
@@ -263,12 +260,6 @@ int lora_archive_create(const char *out_path, const lora_pack_opts *o, const lor
     free(p);
     if (rc)
         goto out;
-    /* never sign a tensor file no reader would accept */
-    lora_st *st;
-    if ((rc = lora_st_open_memory(src[1].data ? (const void *)src[1].data : "", src[1].len,
-                                  src[1].path, &st, err)))
-        goto out;
-    lora_st_close(st);
     if (o->readme && (rc = src_load(&src[k++], "README.md", o->readme, LORA_ARCHIVE_TEXT_MAX, err)))
         goto out;
     for (size_t i = 0; i < nrec; i++) {
@@ -294,6 +285,27 @@ int lora_archive_create(const char *out_path, const lora_pack_opts *o, const lor
     }
     if ((rc = read_config(src[0].data, src[0].len, m, err)))
         goto out;
+    /* the adapter must load (the same checks every tool makes), and
+     * with --base bind to that checkpoint */
+    {
+        lora_adapter *ad;
+        if ((rc = lora_adapter_open(o->adapter_dir, &ad, err)))
+            goto out;
+        if (o->base) {
+            lora_ckpt *ck;
+            rc = lora_ckpt_open(o->base, &ck, err);
+            if (!rc) {
+                rc = lora_adapter_bind(ad, ck, err);
+                if (!rc)
+                    rc = lora_base_hash(ad, ck, m->base_hash, err);
+                lora_ckpt_close(ck);
+            }
+            m->has_base_hash = rc == LORA_OK;
+        }
+        lora_adapter_free(ad);
+        if (rc)
+            goto out;
+    }
     m->members = calloc(nsrc, sizeof *m->members);
     if (!m->members) {
         rc = lora_oom(err);
@@ -577,7 +589,6 @@ int lora_archive_open(const char *path, const lora_pubkey *keys, size_t nkeys, i
         goto out;
     }
     ar->file_size = pv->map_len;
-    lora_hash(pv->map, pv->map_len, ar->file_hash, LORA_HASH_BYTES);
 
     a = archive_read_new();
     if (!a) {
@@ -783,6 +794,11 @@ const void *lora_archive_member(const lora_archive *ar, const char *name, uint64
     return ar->priv->data[i] ? (const void *)ar->priv->data[i] : (const void *)"";
 }
 
+void lora_archive_file_hash(const lora_archive *ar, unsigned char out[LORA_HASH_BYTES])
+{
+    lora_hash(ar->priv->map, ar->priv->map_len, out, LORA_HASH_BYTES);
+}
+
 int64_t lora_archive_member_offset(const lora_archive *ar, const char *name)
 {
     size_t i;
@@ -844,4 +860,111 @@ int lora_archive_extract(const lora_archive *ar, const char *dir, int force, lor
         free(p);
     }
     return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* the adapter inside, and the base it was made for                    */
+/* ------------------------------------------------------------------ */
+
+static void release_archive(void *arg)
+{
+    lora_archive_close(arg);
+}
+
+int lora_archive_open_adapter(const char *path, const lora_pubkey *keys, size_t n, int flags,
+                              lora_adapter **out, lora_error *err)
+{
+    *out = NULL;
+    lora_archive *ar;
+    int rc = lora_archive_open(path, keys, n, flags, &ar, err);
+    if (rc)
+        return rc;
+    uint64_t clen, slen;
+    const char *cfg = lora_archive_member(ar, "adapter_config.json", &clen);
+    const void *tensors = lora_archive_member(ar, "adapter_model.safetensors", &slen);
+    char *label = NULL;
+    if (asprintf(&label, "%s:adapter_model.safetensors", path) < 0) {
+        lora_archive_close(ar);
+        return lora_oom(err);
+    }
+    lora_st *st;
+    /* the bytes were hashed against the signed manifest just now */
+    rc = lora_st_open_memory(tensors, (size_t)slen, label, &st, err);
+    free(label);
+    if (rc) {
+        lora_archive_close(ar);
+        return rc;
+    }
+    lora_adapter *ad;
+    rc = lora_adapter_open_parts(cfg, (size_t)clen, st, path, &ad, err); /* owns st */
+    if (rc) {
+        lora_archive_close(ar);
+        return rc;
+    }
+    ad->release = release_archive;
+    ad->release_arg = ar;
+    *out = ad;
+    return LORA_OK;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+static void hash_u64(lora_hasher *h, uint64_t v)
+{
+    unsigned char b[8];
+    for (int i = 0; i < 8; i++)
+        b[i] = (unsigned char)(v >> (8 * i));
+    lora_hasher_update(h, b, 8);
+}
+
+static void hash_str(lora_hasher *h, const char *s)
+{
+    hash_u64(h, strlen(s));
+    lora_hasher_update(h, s, strlen(s));
+}
+
+int lora_base_hash(const lora_adapter *ad, const lora_ckpt *base,
+                   unsigned char out[LORA_HASH_BYTES], lora_error *err)
+{
+    size_t n = ad->n_modules + ad->n_saved, k = 0;
+    const char **names = calloc(n ? n : 1, sizeof *names);
+    if (!names)
+        return lora_oom(err);
+    for (size_t i = 0; i < ad->n_modules; i++)
+        names[k++] = ad->modules[i].target;
+    for (size_t i = 0; i < ad->n_saved; i++)
+        names[k++] = ad->saved[i].target;
+    qsort(names, n, sizeof *names, cmp_str);
+    lora_hasher *h;
+    int rc = lora_hasher_new(LORA_HASH_BYTES, &h, err);
+    if (rc) {
+        free(names);
+        return rc;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (i > 0 && strcmp(names[i], names[i - 1]) == 0)
+            continue; /* a module and a saved copy of the same tensor */
+        const lora_tensor *t = lora_ckpt_find(base, names[i], NULL);
+        if (!t) {
+            rc = lora_seterr(err, LORA_EINPUT, "base has no tensor %s", names[i]);
+            break;
+        }
+        hash_str(h, names[i]);
+        hash_str(h, lora_dtype_name(t->dtype));
+        hash_u64(h, (uint64_t)t->ndim);
+        for (int d = 0; d < t->ndim; d++)
+            hash_u64(h, t->shape[d]);
+        hash_u64(h, t->nbytes);
+        lora_hasher_update(h, t->data, (size_t)t->nbytes);
+    }
+    free(names);
+    if (rc) {
+        lora_hasher_free(h);
+        return rc;
+    }
+    lora_hasher_final(h, out);
+    return LORA_OK;
 }

@@ -33,7 +33,8 @@ static void usage(FILE *f)
             "                     make a minisign-compatible Ed25519 key pair\n"
             "                     (-W: secret key unencrypted)\n"
             "  create ADAPTER_DIR -s KEY.sec --name NAME --task TASK --version VERSION\n"
-            "         [--readme FILE] [--receipt FILE]... [--compress] -o NAME.lora\n"
+            "         [--base CHECKPOINT] [--readme FILE] [--receipt FILE]... [--compress]\n"
+            "         -o NAME.lora\n"
             "                     pack and sign a PEFT adapter folder\n"
             "  verify ARCHIVE -p KEY.pub [-p KEY.pub]... [-P BASE64] [--json]\n"
             "                     check signature, manifest and every member\n"
@@ -328,7 +329,9 @@ static json_t *manifest_json(const lora_archive *ar)
     const lora_manifest *m = ar->manifest;
     char hex[LORA_HASH_HEX], id[LORA_KEYID_STR];
     json_t *o = json_object();
-    lora_hex(ar->file_hash, LORA_HASH_BYTES, hex);
+    unsigned char fh[LORA_HASH_BYTES];
+    lora_archive_file_hash(ar, fh);
+    lora_hex(fh, LORA_HASH_BYTES, hex);
     json_object_set_new(o, "archive", json_string(ar->path));
     json_object_set_new(o, "blake2b-256", json_string(hex));
     json_object_set_new(o, "size", json_integer((json_int_t)ar->file_size));
@@ -356,6 +359,8 @@ static json_t *manifest_json(const lora_archive *ar)
         json_object_set_new(x, "name", json_string(m->members[i].name));
         json_object_set_new(x, "size", json_integer((json_int_t)m->members[i].size));
         json_object_set_new(x, "blake2b-256", json_string(hex));
+        int64_t off = lora_archive_member_offset(ar, m->members[i].name);
+        json_object_set_new(x, "offset", off >= 0 ? json_integer(off) : json_null());
         json_array_append_new(mem, x);
     }
     json_object_set_new(o, "members", mem);
@@ -469,7 +474,9 @@ static int cmd_read(int cmd, int argc, char **argv)
                 printf(" %s", m->targets[i]);
             printf("%s\nsigned by:  key %s (signature not checked; use verify)\n",
                    m->n_targets ? "" : " (none)", id);
-            lora_hex(ar->file_hash, LORA_HASH_BYTES, hex);
+            unsigned char fh[LORA_HASH_BYTES];
+            lora_archive_file_hash(ar, fh);
+            lora_hex(fh, LORA_HASH_BYTES, hex);
             printf("archive:    %llu bytes, %s, blake2b-256 %s\nmembers:\n",
                    (unsigned long long)ar->file_size, ar->compressed ? "zstd" : "uncompressed", hex);
             for (size_t i = 0; i < m->n_members; i++) {
