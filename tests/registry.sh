@@ -107,6 +107,16 @@ expect 3 $REG resolve nosuchtask
 expect 0 $REG show sql-a
 expect_out "version: +1.10.0$"
 
+# other tools take task:TASK and reg:NAME@VERSION (source.c)
+if [ -x "$TOP_BUILDDIR/lora-inspect" ]; then
+    expect 0 lora-inspect task:sql
+    expect_out "$(basename "$want")"
+    expect 0 lora-inspect reg:sql-a@1.9.0
+    expect 1 lora-inspect reg:evil@9.0.0
+    expect_err "untrusted in the registry"
+    expect 3 lora-inspect task:nosuchtask
+fi
+
 # ---- 8 writers x 50 archives at once ----
 mkdir -p "$T/conc"
 # the archives first (8 packers at once: lora-pack mostly waits on fsync)
