@@ -852,6 +852,158 @@ int lora_base_hash(const lora_adapter *ad, const lora_ckpt *base,
 
 /* ---- section: registry (registry.c) ---- */
 
+/* The adapter registry: one SQLite database (WAL, foreign keys, busy
+ * timeout; schema from registry/NNNN-*.sql applied in order under
+ * PRAGMA user_version) and a content-addressed blob folder "blobs/"
+ * beside it, where every registered archive is stored as
+ * blobs/<BLAKE2b-256 hex>.lora.  Every change is one transaction; a
+ * blob is written to a temporary in the blob folder, fsync'ed and
+ * renamed under its final name before its row is committed, so a crash
+ * leaves at worst an unreferenced blob (removed by gc), never a row
+ * without its blob nor a partial blob under a final name.  One folder
+ * holds one registry (gc removes every blob its database does not name). */
+typedef struct lora_registry lora_registry;
+
+#define LORA_REG_HASH_HEX 65        /* 64 hex digits + NUL */
+
+/* Semantic versions (semver.org 2.0.0): MAJOR.MINOR.PATCH, optional
+ * -PRE-RELEASE and +BUILD; no leading zeros in numbers.  cmp orders by
+ * precedence (1.10.0 > 1.9.0 > 1.9.0-rc.2 > 1.9.0-rc.1 > 1.9.0-beta;
+ * build metadata ignored), then, so that the order is total, by the
+ * plain text; an invalid version sorts below every valid one. */
+int lora_semver_valid(const char *v);
+int lora_semver_cmp(const char *a, const char *b);
+
+/* The registry path: $LORA_REGISTRY if set and not empty, else
+ * $XDG_DATA_HOME/lora/registry.db (absolute XDG_DATA_HOME only), else
+ * ~/.local/share/lora/registry.db.  *path is malloc'd. */
+int lora_registry_default_path(char **path, lora_error *err);
+
+#define LORA_REG_CREATE 1   /* create the database and its folders if missing */
+
+/* Open (path NULL: the default path).  Without LORA_REG_CREATE a
+ * missing database is LORA_EINPUT ("no registry at PATH").  An older
+ * schema is migrated; a newer one (made by a later lora-tools) is
+ * refused with LORA_EINPUT, as is a file that is not a registry. */
+int lora_registry_open(const char *path, int flags, lora_registry **out, lora_error *err);
+void lora_registry_close(lora_registry *reg);
+const char *lora_registry_path(const lora_registry *reg);
+const char *lora_registry_blob_dir(const lora_registry *reg);
+/* Schema version of the open database (PRAGMA user_version) and the
+ * newest this library knows. */
+int lora_registry_schema_version(const lora_registry *reg);
+int lora_registry_schema_latest(void);
+
+/* Trusted public keys. */
+typedef struct lora_reg_key {
+    char *key_id;       /* as minisign 0.11 prints it */
+    char *pubkey;       /* base64, 56 characters */
+    char *name;         /* or NULL */
+    int64_t added;      /* unix seconds */
+} lora_reg_key;
+
+/* Trust a key (id and base64 as lora_keyid_str / lora_pubkey_b64 give
+ * them).  Trusting a key already trusted updates its name when one is
+ * given; *added (optional) tells whether it was new.  A different key
+ * under the same id is LORA_EINPUT. */
+int lora_registry_trust(lora_registry *reg, const char *key_id, const char *pubkey_b64,
+                        const char *name, int *added, lora_error *err);
+/* Remove a key; every adapter it signed becomes untrusted (no longer
+ * resolved) in the same transaction.  *demoted (optional) counts them.
+ * Unknown key: LORA_EINPUT. */
+int lora_registry_untrust(lora_registry *reg, const char *key_id, size_t *demoted,
+                          lora_error *err);
+/* All trusted keys, by key id. */
+int lora_registry_keys(lora_registry *reg, lora_reg_key **keys, size_t *n, lora_error *err);
+void lora_reg_keys_free(lora_reg_key *keys, size_t n);
+
+/* One registered adapter. */
+typedef struct lora_reg_adapter {
+    int64_t id;
+    char *name, *version, *task;
+    char *base_model;           /* or NULL when the manifest names none */
+    char *base_hash;            /* hex, or NULL */
+    uint64_t r;
+    double alpha;
+    char hash[LORA_REG_HASH_HEX];  /* BLAKE2b-256 of the archive */
+    uint64_t size;              /* archive bytes */
+    char *signer;               /* key id, or NULL */
+    int trusted;                /* 0: added with allow_untrusted, or its key untrusted since */
+    int64_t added;              /* unix seconds */
+    char *path;                 /* the blob: BLOBDIR/<hash>.lora */
+} lora_reg_adapter;
+
+void lora_reg_adapter_free(lora_reg_adapter *a);          /* one, from show/get/resolve */
+void lora_reg_adapters_free(lora_reg_adapter *a, size_t n); /* an array, from ls */
+
+/* Register a .lora archive: copy it into the blob folder, verify the
+ * copy (signature by a trusted key, manifest, every member's size and
+ * hash; lora_archive_open), then commit blob and row in one
+ * transaction.  An archive no trusted key signed is refused
+ * (LORA_ECHECK) unless allow_untrusted, which registers it marked
+ * untrusted (never resolved) and puts the signature problem in why
+ * (optional, LORA_ERROR_MAX bytes) for the caller's warning.  The same
+ * archive again is a no-op (*added = 0; a trusted add upgrades an
+ * untrusted row); the same NAME@VERSION with other bytes, or a version
+ * that is not semantic, is LORA_EINPUT.  out, added optional. */
+int lora_registry_add(lora_registry *reg, const char *archive, int allow_untrusted,
+                      lora_reg_adapter **out, int *added, char *why, lora_error *err);
+/* Every adapter, or those of one task and/or one base model name (NULL:
+ * any), ordered by name then semantic version. */
+int lora_registry_ls(lora_registry *reg, const char *task, const char *base,
+                     lora_reg_adapter **list, size_t *n, lora_error *err);
+/* One adapter by "NAME@VERSION", "NAME" (its newest version), or the
+ * archive hash (64 hex digits, or a unique prefix of at least 8).
+ * check_blob: re-hash the blob and refuse (LORA_ECHECK) a missing or
+ * corrupted one.  Not found: LORA_EINPUT. */
+int lora_registry_get(lora_registry *reg, const char *spec, int check_blob,
+                      lora_reg_adapter **out, lora_error *err);
+/* The adapter serving TASK: among trusted adapters of that task (and of
+ * base model BASE when not NULL; of version VERSION when not NULL), the
+ * newest by semantic version, ties broken by the latest added then by
+ * name.  The blob is re-hashed: a missing or corrupted blob is refused
+ * (LORA_ECHECK), never replaced by another version.  None: LORA_EINPUT. */
+int lora_registry_resolve(lora_registry *reg, const char *task, const char *base,
+                          const char *version, lora_reg_adapter **out, lora_error *err);
+/* Remove NAME@VERSION's row (and its eval results).  Its blob stays
+ * until gc.  Unknown: LORA_EINPUT. */
+int lora_registry_rm(lora_registry *reg, const char *name, const char *version,
+                     lora_error *err);
+/* Remove blobs no row names and temporaries older than an hour (left by
+ * an interrupted add), under the write lock.  Counts are optional. */
+int lora_registry_gc(lora_registry *reg, size_t *blobs, uint64_t *bytes, lora_error *err);
+/* Re-hash every blob.  Each problem (missing blob, size or hash
+ * mismatch) becomes one line "NAME@VERSION: what" in *problems
+ * (malloc'd array of malloc'd strings; free with lora_reg_problems_free).
+ * Returns LORA_ECHECK when there is any, LORA_OK when every blob is
+ * intact; other codes for errors that stopped the check. */
+int lora_registry_verify(lora_registry *reg, char ***problems, size_t *n, lora_error *err);
+void lora_reg_problems_free(char **problems, size_t n);
+
+/* Evaluation results, for `lora-eval --record` and `lora-registry evals`. */
+typedef struct lora_reg_eval {
+    char *adapter;        /* record: "NAME@VERSION", "reg:NAME@VERSION" or the
+                             archive's BLAKE2b-256 hex; lists: "NAME@VERSION" */
+    char *base_hash;      /* hash of the base checkpoint (required) */
+    char *dataset_hash;   /* BLAKE2b-256 hex of the data set file (required) */
+    char *dataset;        /* data set name for people, or NULL */
+    char *metric;         /* "accuracy", "nll", ... (required) */
+    double value;
+    uint64_t items;       /* items evaluated */
+    int64_t time;         /* unix seconds; 0 when recording: now */
+    char *tool_version;   /* NULL when recording: this library's version */
+} lora_reg_eval;
+
+/* Record one result for a registered adapter, in one transaction.
+ * Unknown adapter, empty required field or a non-finite value:
+ * LORA_EINPUT. */
+int lora_registry_record_eval(lora_registry *reg, const lora_reg_eval *ev, lora_error *err);
+/* Results of one adapter ("NAME" for all its versions, "NAME@VERSION")
+ * or of all (NULL), oldest first. */
+int lora_registry_evals(lora_registry *reg, const char *adapter, lora_reg_eval **list,
+                        size_t *n, lora_error *err);
+void lora_reg_evals_free(lora_reg_eval *list, size_t n);
+
 
 /* ---- section: models and evaluation (model.c, dataset.c, eval.c) ---- */
 
