@@ -388,6 +388,72 @@ int lora_tensor_unmerge(lora_dtype dt, lora_dtype out_dt, uint64_t rows, uint64_
                         const lora_fixes *fixes, const void *ref, int nthreads,
                         lora_merge_stats *stats, lora_error *err);
 
+/* Merge receipts (receipt.c, lora-receipt(5)).  A receipt is written
+ * tensor by tensor (corrections go to the file as each tensor is done,
+ * the JSON index last), and read through mmap, corrections of one
+ * tensor at a time, so memory stays flat for any model size. */
+#define LORA_RECEIPT_MAX_JSON (64u << 20)
+
+typedef struct lora_receipt_term {
+    size_t adapter;            /* index into adapters */
+    char *module;              /* module name in that adapter */
+    double scale;              /* the module's scale (alpha/r or alpha/sqrt r) */
+    int transpose;
+} lora_receipt_term;
+
+typedef struct lora_receipt_tensor {
+    char *name;
+    lora_dtype base_dtype, dtype;      /* before and after the merge */
+    uint64_t rows, cols;
+    unsigned char base_hash[32], merged_hash[32];
+    size_t nterms;
+    lora_receipt_term *terms;
+    uint64_t nfixes;
+    uint64_t offset, length;           /* the corrections block in the file */
+    unsigned char fixes_hash[32];      /* BLAKE2b-256 of that block */
+} lora_receipt_tensor;
+
+typedef struct lora_receipt_adapter {
+    char *path;                /* as given when merging */
+    unsigned char hash[32];    /* BLAKE2b-256 of adapter_model.safetensors */
+    double weight;
+} lora_receipt_adapter;
+
+typedef struct lora_receipt lora_receipt;
+
+/* Writer: create (a temporary beside path), add tensors as they are
+ * merged, commit (JSON index, fsync, rename).  abort removes it. */
+int lora_receipt_create(const char *path, lora_rounding mode, lora_receipt **out,
+                        lora_error *err);
+int lora_receipt_add_adapter(lora_receipt *r, const char *path, const unsigned char hash[32],
+                             double weight, lora_error *err);
+/* Copies t (terms, name); writes fixes (indices increasing) to the file. */
+int lora_receipt_add_tensor(lora_receipt *r, const lora_receipt_tensor *t,
+                            const lora_fixes *fixes, lora_error *err);
+int lora_receipt_commit(lora_receipt *r, lora_error *err);   /* frees r */
+void lora_receipt_abort(lora_receipt *r);                     /* frees r */
+
+/* Reader: everything in the JSON index validated (types, dtypes,
+ * shapes, hashes, block offsets inside the file, adapter indices);
+ * LORA_EINPUT with a message for anything wrong. */
+int lora_receipt_open(const char *path, lora_receipt **out, lora_error *err);
+/* The same over bytes in memory (fuzzing); buf must outlive r. */
+int lora_receipt_open_memory(const void *buf, size_t len, const char *name,
+                             lora_receipt **out, lora_error *err);
+void lora_receipt_close(lora_receipt *r);
+lora_rounding lora_receipt_rounding(const lora_receipt *r);
+const char *lora_receipt_tool(const lora_receipt *r);
+size_t lora_receipt_adapter_count(const lora_receipt *r);
+const lora_receipt_adapter *lora_receipt_adapter_at(const lora_receipt *r, size_t i);
+size_t lora_receipt_tensor_count(const lora_receipt *r);
+const lora_receipt_tensor *lora_receipt_tensor_at(const lora_receipt *r, size_t i);
+const lora_receipt_tensor *lora_receipt_find(const lora_receipt *r, const char *name);
+/* Decode tensor i's corrections (block hash checked, indices increasing
+ * and inside the tensor, steps in range) into fixes (reset first). */
+int lora_receipt_fixes(const lora_receipt *r, size_t i, lora_fixes *fixes, lora_error *err);
+/* Total bytes of the receipt file (after commit or open). */
+uint64_t lora_receipt_bytes(const lora_receipt *r);
+
 
 
 /* ---- section: SVD and rank reduction (svd.c, rank.c) ---- */
