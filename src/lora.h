@@ -551,6 +551,76 @@ int lora_receipt_fixes(const lora_receipt *r, size_t i, lora_fixes *fixes, lora_
 /* Total bytes of the receipt file (after commit or open). */
 uint64_t lora_receipt_bytes(const lora_receipt *r);
 
+/* Streaming merge of checkpoints (merge.c): lora-merge, lora-unmerge and
+ * the task switch are one call.  Each tensor of INPUT is read through
+ * the mapping, row block by row block over nthreads threads: the terms
+ * of `undo` are unmerged (with the corrections of receipt_in when
+ * given), those of `add` merged, and the result written to OUT; tensors
+ * no adapter touches are copied without decoding.  OUT has INPUT's form
+ * (file -> file; folder or index -> folder with the same shard layout, a
+ * new index and the config/tokenizer files copied) and appears only when
+ * everything succeeded (temporary + rename); a receipt (receipt_out)
+ * records the merge.  Memory: a few row blocks per thread, plus one
+ * tensor when undoing and adding at once. */
+typedef struct lora_merge_adapter {
+    lora_adapter *ad;          /* opened by the caller; bound here */
+    double weight;
+    int weight_given;          /* the user wrote ADAPTER:WEIGHT */
+    const char *spec;          /* as given, recorded in metadata and receipt */
+} lora_merge_adapter;
+
+typedef struct lora_tensor_report {
+    const char *name;
+    uint64_t elements;
+    uint64_t exact;            /* -check with a reference or a receipt */
+    uint64_t fixes;            /* corrections recorded or applied */
+    uint64_t max_ulps;         /* largest distance to the reference */
+    int hash_ok;               /* 1 matches the receipt, 0 differs, -1 not checked */
+} lora_tensor_report;
+
+typedef struct lora_merge_opts {
+    lora_dtype dtype;          /* output dtype of changed tensors; INVALID: keep */
+    int nthreads;              /* >= 1 */
+    lora_rounding rounding;
+    const char *receipt_out;   /* write a receipt here; NULL: none */
+    const char *receipt_in;    /* receipt of the merge that undo reverses */
+    const char *reference;     /* unmerge check: compare with this checkpoint */
+    int force;                 /* merge an adapter the input already records */
+    int check_only;            /* write nothing (lora-unmerge --check) */
+    void (*progress)(void *arg, uint64_t done, uint64_t total);
+    void *progress_arg;
+    void (*on_tensor)(void *arg, const lora_tensor_report *r);
+    void *on_tensor_arg;
+} lora_merge_opts;
+
+typedef struct lora_merge_result {
+    uint64_t tensors, changed_tensors, copied_tensors;
+    uint64_t elements;         /* elements of changed tensors */
+    uint64_t fixes;            /* corrections written (merge) or applied (unmerge) */
+    uint64_t inexact;          /* unmerge: elements not restored exactly (known) */
+    uint64_t max_ulps;
+    uint64_t hash_mismatches;  /* unmerge with receipt: tensors whose hash differs */
+    uint64_t receipt_bytes;
+} lora_merge_result;
+
+/* Returns LORA_ECHECK (nothing written) when an unmerge with a receipt
+ * does not reproduce the recorded base hashes, or, with check_only,
+ * when any element is not exact. */
+int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
+                   lora_merge_adapter *add, size_t nadd, const char *out,
+                   const lora_merge_opts *opts, lora_merge_result *res, lora_error *err);
+
+/* Parse "SPEC[:WEIGHT]": the weight is what follows the last ':' when
+ * it parses completely as a finite number; otherwise the whole string
+ * is the spec.  *spec is malloc'd. */
+int lora_parse_adapter_arg(const char *arg, char **spec, double *weight, int *given,
+                           lora_error *err);
+
+/* BLAKE2b-256 identity of an adapter's content as merged: for each
+ * module in name order, its name, NUL, scale (IEEE double, LE), and the
+ * bytes of lora_A and lora_B (lora-receipt(5)). */
+void lora_adapter_digest(const lora_adapter *ad, unsigned char out[32]);
+
 
 
 /* ---- section: SVD and rank reduction (svd.c, rank.c) ---- */

@@ -463,6 +463,12 @@ static void run_block(struct tjob *j, int t, uint64_t b)
                 st.fixes++;
             }
             st_elem(dst + x * osz, osz, u);
+            if (!ref && !fx && d != 0 && fp_finite(ik, m) && fp_finite(ok, u) &&
+                fp_round(ik, fp_to_d(ok, u) + d) != m) {
+                /* no reference: u is certainly not W0 when merging it again
+                 * does not give m back (a lower bound on the inexact ones) */
+                st.inexact++;
+            }
             if (ref) {
                 uint32_t want = ld_elem(ref + x * osz, osz);
                 if (want != u) {

@@ -36,7 +36,10 @@ typedef struct lora_tjob {
     int record_fixes;            /* merge: fill out_fixes */
     lora_fixes *out_fixes;       /* merge: appended to */
     const lora_fixes *fixes;     /* unmerge: corrections to apply, or NULL */
-    const void *ref;             /* unmerge: compare with (out_dt), or NULL */
+    const void *ref;             /* unmerge: compare with (out_dt), or NULL; with
+                                    neither ref nor fixes, stats->inexact counts the
+                                    elements that certainly differ from W0 (merging
+                                    them again does not give the input back) */
     int hash;                    /* compute the tree hashes of input and output */
     unsigned char *in_hash, *out_hash; /* 32 bytes each, when hash */
     lora_merge_stats *stats;     /* added to, may be NULL */
