@@ -613,6 +613,10 @@ int lora_module_resolve(const lora_module *m, const lora_ckpt *base, int fan_in_
                            "module %s: the adapter's embedding update is [%llu, %llu] "
                            "(num_embeddings, dim) but base tensor %s is %s",
                            m->name, in, out, t->name, sb);
+    if (in == out)
+        return lora_seterr(err, LORA_EINPUT,
+                           "module %s: the adapter's update is [%llu, %llu] but base tensor %s is %s",
+                           m->name, out, in, t->name, sb);
     return lora_seterr(err, LORA_EINPUT,
                        "module %s: the adapter's update is [%llu, %llu] (out, in; or [%llu, "
                        "%llu] for a Conv1D) but base tensor %s is %s",

@@ -125,10 +125,11 @@ static inline uint32_t f16_bits_to_f32_bits(uint16_t h)
     uint32_t e = (h >> 10) & 0x1fu;
     uint32_t m = h & 0x3ffu;
     uint32_t normal = ((e + (127 - 15)) << 23) | (m << 13);
-    uint32_t special = 0x7f800000u | (m << 13) | (m ? 0x00400000u : 0);
-    uint32_t sub = f2u((float)m * 0x1p-24f);
-    uint32_t r = e == 0 ? sub : (e == 31 ? special : normal);
-    return sign | r;
+    uint32_t special = 0x7f800000u | (m << 13) | ((uint32_t)(m != 0) << 22);
+    uint32_t sub = f2u((float)(int32_t)m * 0x1p-24f);
+    /* masks rather than branches, so that the loops vectorise */
+    uint32_t is0 = -(uint32_t)(e == 0), is31 = -(uint32_t)(e == 31);
+    return sign | (sub & is0) | (special & is31) | (normal & ~(is0 | is31));
 }
 
 /* BF16 is the top half of an F32; a signalling NaN is made quiet. */
@@ -258,8 +259,6 @@ uint16_t lora_f64_to_bf16(double d)
  * bounds are fine: anything near them goes to the general routine. */
 #define F32_LO(TE, TM) ((uint32_t)(127 - ((1 << ((TE)-1)) - 1) + 1) << 23)
 #define F32_HI(TE, TM) ((uint32_t)(127 + ((1 << ((TE)-1)) - 1)) << 23 | 0x7f0000u)
-#define F64_LO(TE, TM) ((uint64_t)(1023 - ((1 << ((TE)-1)) - 1) + 1) << 52)
-#define F64_HI(TE, TM) ((uint64_t)(1023 + ((1 << ((TE)-1)) - 1)) << 52 | 0xfe00000000000ull)
 
 static void enc_f32_small(const float *src, void *dst, size_t n, int bf)
 {
@@ -281,6 +280,36 @@ static void enc_f32_small(const float *src, void *dst, size_t n, int bf)
     }
 }
 
+/*
+ * Fast path of f64 -> 16-bit in 32-bit lanes (SSE2 has no 64-bit
+ * compares): the high word carries sign, exponent and the top 20
+ * mantissa bits, which include the rounding position (bit 13 for
+ * BF16, bit 10 for F16) and the half bit; all that the low word can
+ * change is whether the rest is exactly zero, so it is folded into
+ * bit 0 as a sticky bit.  Then RNE is the same add-and-shift as above.
+ * LO/HI bound the magnitudes (high words) whose result is a finite
+ * normal number; anything else goes to f64_to_small.
+ */
+#define FAST64(TE, TM)                                                                  \
+    do {                                                                                \
+        const uint32_t rebias = (uint32_t)(1023 - ((1 << ((TE)-1)) - 1)) << 20;        \
+        const uint32_t lo_ = (uint32_t)(1023 - ((1 << ((TE)-1)) - 1) + 1) << 20;        \
+        const uint32_t hi_ = (uint32_t)(1023 + ((1 << ((TE)-1)) - 1)) << 20 |           \
+                             (0xfffffu & ~((1u << (20 - (TM))) - 1));                   \
+        unsigned any = 0;                                                               \
+        for (size_t k = 0; k < cnt; k++) {                                              \
+            uint64_t u = d2u(s[k]);                                                     \
+            uint32_t hw = (uint32_t)(u >> 32), lw = (uint32_t)u;                        \
+            uint32_t a = (hw & 0x7fffffffu) | (uint32_t)(lw != 0);                      \
+            any |= (a < lo_) | (a >= hi_);                                              \
+            uint32_t rb = a - rebias;                                                   \
+            uint32_t r = (rb + ((1u << (19 - (TM))) - 1) + ((rb >> (20 - (TM))) & 1)) >> \
+                         (20 - (TM));                                                   \
+            out[k] = (uint16_t)(r | ((hw >> 16) & 0x8000u));                            \
+        }                                                                               \
+        bad = any;                                                                      \
+    } while (0)
+
 static void enc_f64_small(const double *src, void *dst, size_t n, int bf)
 {
     uint16_t out[BLOCK];
@@ -288,16 +317,14 @@ static void enc_f64_small(const double *src, void *dst, size_t n, int bf)
         size_t cnt = n - i < BLOCK ? n - i : BLOCK;
         unsigned bad;
         const double *s = src + i;
-#define SRC64(k) d2u(s[k])
         if (bf)
-            FAST_BLOCK(uint64_t, SRC64, 52, 1023, 8, 7, F64_LO(8, 7), F64_HI(8, 7));
+            FAST64(8, 7);
         else
-            FAST_BLOCK(uint64_t, SRC64, 52, 1023, 5, 10, F64_LO(5, 10), F64_HI(5, 10));
+            FAST64(5, 10);
         if (bad)
             for (size_t k = 0; k < cnt; k++)
                 out[k] = bf ? f64_to_small(d2u(s[k]), 8, 7) : f64_to_small(d2u(s[k]), 5, 10);
         memcpy((unsigned char *)dst + 2 * i, out, 2 * cnt);
-#undef SRC64
     }
 }
 
