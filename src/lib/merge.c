@@ -843,6 +843,7 @@ int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
             tmpdir = NULL;
             goto done;
         }
+        chmod(tmpdir, 0755); /* mkdtemp makes it 0700; a checkpoint folder is shared */
     }
     if (opts->receipt_out && !opts->check_only && nadd &&
         (rc = lora_receipt_create(opts->receipt_out, opts->rounding, &R.rout, err)))

@@ -161,6 +161,10 @@ int main(int argc, char **argv)
         usage(stderr);
         return LORA_EUSAGE;
     }
+    if (check && !o.reference && !o.receipt_in) {
+        fprintf(stderr, PROG ": --check needs --receipt or --base: without either, W0 is unknown\n");
+        return LORA_EUSAGE;
+    }
     if (o.reference && !check) {
         fprintf(stderr, PROG ": --base goes with --check\n");
         return LORA_EUSAGE;
