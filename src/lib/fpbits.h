@@ -15,14 +15,14 @@
 #include <stdint.h>
 #include <string.h>
 
-static inline uint64_t fp_dbits(double x)
+static inline __attribute__((always_inline)) uint64_t fp_dbits(double x)
 {
     uint64_t u;
     memcpy(&u, &x, sizeof u);
     return u;
 }
 
-static inline double fp_bitsd(uint64_t u)
+static inline __attribute__((always_inline)) double fp_bitsd(uint64_t u)
 {
     double x;
     memcpy(&x, &u, sizeof x);
@@ -31,7 +31,7 @@ static inline double fp_bitsd(uint64_t u)
 
 /* double -> BF16 bits, round to nearest even; NaN stays a quiet NaN
  * with its sign; overflow gives infinity. */
-static inline uint32_t fp_round_bf16(double x)
+static inline __attribute__((always_inline)) uint32_t fp_round_bf16(double x)
 {
     uint64_t u = fp_dbits(x);
     uint32_t sign = (uint32_t)(u >> 48) & 0x8000u;
@@ -52,7 +52,7 @@ static inline uint32_t fp_round_bf16(double x)
 }
 
 /* double -> F16 bits, round to nearest even. */
-static inline uint32_t fp_round_f16(double x)
+static inline __attribute__((always_inline)) uint32_t fp_round_f16(double x)
 {
     uint64_t u = fp_dbits(x);
     uint32_t sign = (uint32_t)(u >> 48) & 0x8000u;
@@ -70,7 +70,7 @@ static inline uint32_t fp_round_f16(double x)
     return sign | (uint32_t)rint(fabs(x) * 0x1p24);
 }
 
-static inline uint32_t fp_round_f32(double x)
+static inline __attribute__((always_inline)) uint32_t fp_round_f32(double x)
 {
     float f = (float)x; /* C: round to nearest even in the default mode */
     uint32_t b;
@@ -78,7 +78,7 @@ static inline uint32_t fp_round_f32(double x)
     return b;
 }
 
-static inline double fp_bf16_d(uint32_t b)
+static inline __attribute__((always_inline)) double fp_bf16_d(uint32_t b)
 {
     float f;
     uint32_t w = b << 16;
@@ -86,7 +86,7 @@ static inline double fp_bf16_d(uint32_t b)
     return (double)f;
 }
 
-static inline double fp_f16_d(uint32_t h)
+static inline __attribute__((always_inline)) double fp_f16_d(uint32_t h)
 {
     uint64_t sign = (uint64_t)(h & 0x8000u) << 48;
     uint32_t e = (h >> 10) & 0x1f, m = h & 0x3ff;
@@ -100,7 +100,7 @@ static inline double fp_f16_d(uint32_t h)
     return fp_bitsd(sign | ((uint64_t)(e + 1023 - 15) << 52) | ((uint64_t)m << 42));
 }
 
-static inline double fp_f32_d(uint32_t b)
+static inline __attribute__((always_inline)) double fp_f32_d(uint32_t b)
 {
     float f;
     memcpy(&f, &b, sizeof f);
@@ -110,43 +110,43 @@ static inline double fp_f32_d(uint32_t b)
 /* Element kinds the merge handles: 2 (F16, BF16) or 4 (F32) bytes. */
 enum fp_kind { FP_F32, FP_F16, FP_BF16 };
 
-static inline double fp_to_d(enum fp_kind k, uint32_t b)
+static inline __attribute__((always_inline)) double fp_to_d(enum fp_kind k, uint32_t b)
 {
     return k == FP_BF16 ? fp_bf16_d(b) : k == FP_F16 ? fp_f16_d(b) : fp_f32_d(b);
 }
 
-static inline uint32_t fp_round(enum fp_kind k, double x)
+static inline __attribute__((always_inline)) uint32_t fp_round(enum fp_kind k, double x)
 {
     return k == FP_BF16 ? fp_round_bf16(x) : k == FP_F16 ? fp_round_f16(x) : fp_round_f32(x);
 }
 
-static inline int fp_finite(enum fp_kind k, uint32_t b)
+static inline __attribute__((always_inline)) int fp_finite(enum fp_kind k, uint32_t b)
 {
     return k == FP_BF16 ? (b & 0x7f80u) != 0x7f80u
          : k == FP_F16  ? (b & 0x7c00u) != 0x7c00u
                         : (b & 0x7f800000u) != 0x7f800000u;
 }
 
-static inline uint32_t fp_signbit(enum fp_kind k)
+static inline __attribute__((always_inline)) uint32_t fp_signbit(enum fp_kind k)
 {
     return k == FP_F32 ? 0x80000000u : 0x8000u;
 }
 
 /* A total order on bits where adjacent keys are adjacent representable
  * values (-0 just below +0), so a neighbour is key ± 1. */
-static inline int64_t fp_key(enum fp_kind k, uint32_t b)
+static inline __attribute__((always_inline)) int64_t fp_key(enum fp_kind k, uint32_t b)
 {
     uint32_t s = fp_signbit(k);
     return (b & s) ? -(int64_t)(b & ~s) - 1 : (int64_t)b;
 }
 
-static inline uint32_t fp_unkey(enum fp_kind k, int64_t key)
+static inline __attribute__((always_inline)) uint32_t fp_unkey(enum fp_kind k, int64_t key)
 {
     return key < 0 ? (uint32_t)(-(key + 1)) | fp_signbit(k) : (uint32_t)key;
 }
 
 /* Distance in representable steps between two finite values. */
-static inline uint64_t fp_ulps(enum fp_kind k, uint32_t a, uint32_t b)
+static inline __attribute__((always_inline)) uint64_t fp_ulps(enum fp_kind k, uint32_t a, uint32_t b)
 {
     int64_t x = fp_key(k, a), y = fp_key(k, b);
     return x > y ? (uint64_t)(x - y) : (uint64_t)(y - x);

@@ -20,6 +20,7 @@
 #include <sodium.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -190,6 +191,21 @@ static void progress(struct run *R, uint64_t bytes)
 static lora_dtype out_dtype(struct run *R, lora_dtype in)
 {
     return R->o->dtype != LORA_DT_INVALID ? R->o->dtype : in;
+}
+
+/* Give back the pages of a mapped tensor once it is done: they stay in
+ * the page cache, but no longer count in this process's resident set,
+ * which then stays flat in model size. */
+static void release(const void *data, uint64_t nbytes)
+{
+    long pg = sysconf(_SC_PAGESIZE);
+    if (pg <= 0 || !data || !nbytes)
+        return;
+    uintptr_t a = (uintptr_t)data, e = a + (uintptr_t)nbytes;
+    a = (a + (uintptr_t)pg - 1) & ~((uintptr_t)pg - 1);
+    e &= ~((uintptr_t)pg - 1);
+    if (e > a)
+        madvise((void *)a, e - a, MADV_DONTNEED);
 }
 
 /* One tensor of the input. */
@@ -527,8 +543,14 @@ static int do_shard(struct run *R, size_t si, const char *outpath, lora_error *e
             return rc;
         }
     }
-    for (size_t i = 0; i < lora_st_count(st) && !rc; i++)
-        rc = do_tensor(R, lora_st_tensor(st, i), lora_st_fd(st), err);
+    for (size_t i = 0; i < lora_st_count(st) && !rc; i++) {
+        const lora_tensor *t = lora_st_tensor(st, i);
+        rc = do_tensor(R, t, lora_st_fd(st), err);
+        release(t->data, t->nbytes);
+        const lora_tensor *rt = R->ref ? lora_ckpt_find(R->ref, t->name, NULL) : NULL;
+        if (rt)
+            release(rt->data, rt->nbytes);
+    }
     if (R->w) {
         if (rc || R->res->hash_mismatches)
             lora_stw_abort(R->w);

@@ -63,14 +63,14 @@ int lora_fp_kind(lora_dtype dt, int *kind, size_t *size)
     }
 }
 
-static inline uint32_t ld_elem(const unsigned char *p, size_t sz)
+static inline __attribute__((always_inline)) uint32_t ld_elem(const unsigned char *p, size_t sz)
 {
     if (sz == 2)
         return (uint32_t)p[0] | (uint32_t)p[1] << 8;
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
-static inline void st_elem(unsigned char *p, size_t sz, uint32_t v)
+static inline __attribute__((always_inline)) void st_elem(unsigned char *p, size_t sz, uint32_t v)
 {
     p[0] = (unsigned char)v;
     p[1] = (unsigned char)(v >> 8);
@@ -351,11 +351,64 @@ static void block_delta(struct tjob *j, uint64_t i0, uint64_t i1, double *sum, d
     }
 }
 
-static inline uint32_t unmerge_elem(int mk, int bk, uint32_t m, double d)
+static inline __attribute__((always_inline)) uint32_t unmerge_elem(int mk, int bk, uint32_t m, double d)
 {
     if (d == 0 || !fp_finite(mk, m))
         return mk == bk ? m : fp_round(bk, fp_to_d(mk, m));
     return fp_round(bk, fp_to_d(mk, m) - d);
+}
+
+/* The merge of n elements.  Returns 0, -1 for a non-finite delta (its
+ * element in *bad), -2 when a correction cannot be stored. */
+static inline __attribute__((always_inline)) int
+merge_span(int ik, int ok, size_t isz, size_t osz, int record, int rev,
+           const unsigned char *src, unsigned char *dst, const double *sum, size_t n,
+           uint64_t first, lora_fixes *fx, lora_merge_stats *st, size_t *bad)
+{
+    for (size_t x = 0; x < n; x++) {
+        uint32_t w = ld_elem(src + x * isz, isz);
+        double d = sum[x];
+        uint32_t m;
+        if (d == 0 || !fp_finite(ik, w)) {
+            m = ik == ok ? w : fp_round(ok, fp_to_d(ik, w));
+        } else {
+            if (!isfinite(d)) {
+                *bad = x;
+                return -1;
+            }
+            st->changed++;
+            double sx = fp_to_d(ik, w) + d;
+            m = fp_round(ok, sx);
+            if (record || rev) {
+                uint32_t u = unmerge_elem(ok, ik, m, d);
+                if (u != w && rev) {
+                    double mv = fp_to_d(ok, m);
+                    uint32_t o = fp_unkey(ok, fp_key(ok, m) + (sx > mv ? 1 : -1));
+                    uint32_t uo;
+                    if (fp_finite(ok, o) && (uo = unmerge_elem(ok, ik, o, d)) == w) {
+                        m = o;
+                        u = uo;
+                        st->other++;
+                    }
+                }
+                if (record && u != w) {
+                    if (lora_fixes_push(fx, first + x, fp_key(ik, w) - fp_key(ik, u)))
+                        return -2;
+                    st->fixes++;
+                }
+            }
+        }
+        st_elem(dst + x * osz, osz, m);
+    }
+    return 0;
+}
+
+static __attribute__((noinline)) int
+merge_span_any(int ik, int ok, size_t isz, size_t osz, int record, int rev,
+               const unsigned char *src, unsigned char *dst, const double *sum, size_t n,
+               uint64_t first, lora_fixes *fx, lora_merge_stats *st, size_t *bad)
+{
+    return merge_span(ik, ok, isz, osz, record, rev, src, dst, sum, n, first, fx, st, bad);
 }
 
 static void *tj_worker(void *arg);
@@ -388,46 +441,27 @@ static void run_block(struct tjob *j, int t, uint64_t b)
         fx->n = 0;
         int record = s->record_fixes;
         int rev = s->mode == LORA_ROUND_REVERSIBLE;
-        for (size_t x = 0; x < n; x++) {
-            uint32_t w = ld_elem(src + x * isz, isz);
-            double d = sum[x];
-            uint32_t m;
-            if (d == 0 || !fp_finite(ik, w)) {
-                m = ik == ok ? w : fp_round(ok, fp_to_d(ik, w));
-            } else {
-                if (!isfinite(d)) {
-                    char msg[200];
-                    snprintf(msg, sizeof msg, "%s: the adapter's delta is not finite at element %llu",
-                             s->name, (unsigned long long)(first + x));
-                    tj_fail(j, LORA_EINPUT, msg);
-                    return;
-                }
-                st.changed++;
-                double sx = fp_to_d(ik, w) + d;
-                m = fp_round(ok, sx);
-                if (unmerge_elem(ok, ik, m, d) == w)
-                    goto store;
-                if (rev) {
-                    double mv = fp_to_d(ok, m);
-                    int64_t key = fp_key(ok, m) + (sx > mv ? 1 : -1);
-                    uint32_t o = fp_unkey(ok, key);
-                    if (fp_finite(ok, o) && unmerge_elem(ok, ik, o, d) == w) {
-                        m = o;
-                        st.other++;
-                        goto store;
-                    }
-                }
-            }
-            uint32_t u;
-            if (record && (u = unmerge_elem(ok, ik, m, d)) != w) {
-                if (lora_fixes_push(fx, first + x, fp_key(ik, w) - fp_key(ik, u))) {
-                    tj_fail(j, LORA_EIO, "out of memory");
-                    return;
-                }
-                st.fixes++;
-            }
-        store:
-            st_elem(dst + x * osz, osz, m);
+        size_t bad = 0;
+        int r;
+        /* constant kinds let the compiler fold every dtype branch */
+        if (ik == FP_BF16 && ok == FP_BF16)
+            r = merge_span(FP_BF16, FP_BF16, 2, 2, record, rev, src, dst, sum, n, first, fx, &st, &bad);
+        else if (ik == FP_F16 && ok == FP_F16)
+            r = merge_span(FP_F16, FP_F16, 2, 2, record, rev, src, dst, sum, n, first, fx, &st, &bad);
+        else if (ik == FP_F32 && ok == FP_F32)
+            r = merge_span(FP_F32, FP_F32, 4, 4, record, rev, src, dst, sum, n, first, fx, &st, &bad);
+        else
+            r = merge_span_any(ik, ok, isz, osz, record, rev, src, dst, sum, n, first, fx, &st, &bad);
+        if (r == -1) {
+            char msg[200];
+            snprintf(msg, sizeof msg, "%s: the adapter's delta is not finite at element %llu",
+                     s->name, (unsigned long long)(first + bad));
+            tj_fail(j, LORA_EINPUT, msg);
+            return;
+        }
+        if (r == -2) {
+            tj_fail(j, LORA_EIO, "out of memory");
+            return;
         }
     } else {
         /* unmerge: corrections of this block are the slice of spec->fixes
