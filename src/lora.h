@@ -128,7 +128,8 @@ typedef struct lora_st lora_st;      /* an opened, fully validated file */
  * is checked before any tensor data is touched: the ten rules of the
  * reference reader (formats.md) plus duplicate keys and data running
  * past the end of the file.  Errors: LORA_EINPUT (bad file, message
- * names the rule and the tensor), LORA_EIO (cannot open/map). */
+ * names the rule and the tensor; also a missing file or one that is not
+ * a regular file), LORA_EIO (cannot map, other system errors). */
 int lora_st_open(const char *path, lora_st **out, lora_error *err);
 /* The same over bytes already in memory (an archive member mapped in
  * place, a fuzz input); buf must outlive the object.  name is used in
@@ -164,20 +165,27 @@ int lora_st_fd(const lora_st *st);
 typedef struct lora_stw lora_stw;
 
 int lora_stw_new(const char *path, lora_stw **out, lora_error *err);
+/* Set (or replace) a __metadata__ entry; "format" starts as "pt".
+ * Keys are written sorted.  Before lora_stw_start only. */
 int lora_stw_set_metadata(lora_stw *w, const char *key, const char *value, lora_error *err);
+/* Before lora_stw_start only; a duplicate name makes start fail. */
 int lora_stw_declare(lora_stw *w, const char *name, lora_dtype dt, int ndim,
                      const uint64_t *shape, lora_error *err);
 /* Lay out the declared tensors and write the header to the temporary. */
 int lora_stw_start(lora_stw *w, lora_error *err);
-/* Write len bytes at byte offset off inside tensor NAME's data. */
+/* Write len bytes at byte offset off inside tensor NAME's data.  Safe to
+ * call from several threads at once (on different ranges); bytes are
+ * counted per tensor for the check in commit. */
 int lora_stw_write(lora_stw *w, const char *name, uint64_t off,
                    const void *buf, size_t len, lora_error *err);
 /* Copy a whole tensor's bytes from another file descriptor without
  * decoding (copy_file_range where the kernel allows, else read/write). */
 int lora_stw_copy(lora_stw *w, const char *name, int src_fd, uint64_t src_off,
                   lora_error *err);
-/* Check every tensor was fully written, fsync, rename onto the final path,
- * fsync the folder.  The writer is freed whatever the result. */
+/* Check every tensor was fully written (by byte count; LORA_EIO naming
+ * the tensor otherwise, and nothing is left behind), fsync, rename onto
+ * the final path, fsync the folder.  The writer is freed whatever the
+ * result. */
 int lora_stw_commit(lora_stw *w, lora_error *err);
 /* Remove the temporary and free. */
 void lora_stw_abort(lora_stw *w);
@@ -249,6 +257,8 @@ typedef struct lora_adapter {
     int use_rslora;
     int fan_in_fan_out;
     char *target_modules;     /* as written in the config: JSON text */
+    char *config_json;        /* adapter_config.json as read (NUL-terminated), for
+                                 tools that rewrite or re-examine it */
     size_t n_modules;
     lora_module *modules;     /* sorted by name */
     size_t n_saved;
@@ -322,7 +332,8 @@ typedef struct lora_report_module {
     const lora_module *m;     /* ad->modules[i], same order */
     const char *base_name;    /* base tensor it changes, NULL without base or when missing */
     int transpose;            /* from the base when bound, else the config's guess */
-    int targeted;             /* selected by target_modules (minus exclude_modules) */
+    int targeted;             /* selected by target_modules (minus exclude_modules);
+                                 1 for all when target_modules is null */
     uint64_t params;          /* elements of A and B */
     uint64_t base_params;     /* elements of the base tensor (0 when not bound) */
     uint64_t nonfinite_a, nonfinite_b;  /* NaN/Inf counts (when scanned) */

@@ -259,6 +259,7 @@ static const struct {
     {"{\"weight_map\":{\"a\":\"sub/x.safetensors\"}}", "not a plain file name"},
     {"{\"weight_map\":{\"a\":\"x\\\\y\"}}", "not a plain file name"},
     {"{\"weight_map\":{\"a\":\"\"}}", "not a plain file name"},
+    {"{\"weight_map\":{\"a\\u001b\":\"x\\u001by\"}}", "tensor \"a?\" names shard \"x?y\""},
     {"{\"weight_map\":{\"a\":\"x\",\"a\":\"y\"}}", "duplicate"},
     {"{\"weight_map\":{\"a\":\"x\"},\"weight_map\":{\"b\":\"y\"}}", "duplicate"},
     {"{\"weight_map\":{\"a\":\"\xff\"}}", "not a valid index"},

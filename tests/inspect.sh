@@ -50,6 +50,21 @@ expect_out 'base_model\.model\.model\.layers\.0\.self_attn\.q_proj\.lora_A\.weig
 expect 0 lora-inspect --json --tensors "$T/l/adapter"
 expect_out '"role": "lora_B"'
 
+# mkfixture is deterministic: same seed, same bytes; another seed, other values
+"$MK" llama "$T/l2" --layers 2 --rank 4 --alpha 8 >/dev/null || fail "mkfixture again"
+"$MK" llama "$T/l3" --layers 2 --rank 4 --alpha 8 --seed 7 >/dev/null || fail "mkfixture seed 7"
+for f in base/model.safetensors base/config.json adapter/adapter_model.safetensors adapter/adapter_config.json; do
+    checks=$((checks + 1))
+    cmp -s "$T/l/$f" "$T/l2/$f" || fail "mkfixture output $f differs between two runs"
+done
+checks=$((checks + 1))
+cmp -s "$T/l/base/model.safetensors" "$T/l3/base/model.safetensors" && fail "--seed changes nothing"
+# GPT2LMHeadModel spelling ("transformer." in the base) binds as well
+"$MK" gpt2 "$T/gp" --prefixed --no-adapter >/dev/null || fail "mkfixture --prefixed"
+expect 0 lora-inspect --check --json --base "$T/gp/base" "$T/g/adapter"
+expect_out '"target": "transformer\.h\.0\.attn\.c_attn\.weight"'
+expect_out '"transpose": true'
+
 # --- --check exit codes ----------------------------------------------------
 # missing module: the base has one layer, the adapter two
 "$MK" llama "$T/short" --layers 1 --no-adapter >/dev/null || fail "mkfixture short base"
