@@ -110,6 +110,7 @@ int main(int argc, char **argv)
     memset(&so, 0, sizeof so);
     so.warn = stderr;
     int c;
+    opterr = 0; /* our own messages, prefixed with the tool's name */
     while ((c = getopt_long(argc, argv, "a:o:r:j:k:qhV", longopts, NULL)) != -1) {
         switch (c) {
         case 'a':
@@ -152,7 +153,10 @@ int main(int argc, char **argv)
         case 'q': quiet = 1; break;
         case 'h': usage(stdout); return 0;
         case 'V': printf(PROG " %s\n", lora_version()); return 0;
-        default: usage(stderr); return LORA_EUSAGE;
+        default:
+            fprintf(stderr, PROG ": bad option %s: unknown, or its value is missing (see --help)\n",
+                    argv[optind - 1]);
+            return LORA_EUSAGE;
         }
     }
     if (optind != argc - 1 || !n || (!out && !check) || (out && check)) {
