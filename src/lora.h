@@ -448,9 +448,219 @@ int lora_unhex(const char *hex, unsigned char *bin, size_t len);
  * parallelise over rows (i), never over k. */
 void lora_delta_rows(const double *B, const double *A, uint64_t r, uint64_t in,
                      double scale, uint64_t i0, uint64_t i1, double *dst);
+/* The same rows split into nthreads contiguous blocks of rows, one per
+ * thread (the caller's thread does the first); identical bytes for any
+ * nthreads >= 1.  dst[(i - i0)·in + j] as above. */
+void lora_delta_rows_mt(const double *B, const double *A, uint64_t r, uint64_t in,
+                        double scale, uint64_t i0, uint64_t i1, double *dst, int nthreads);
 
 
 /* ---- section: merge, unmerge, receipts (merge.c, receipt.c) ---- */
+
+/* How a merged element is rounded (lora-receipt(5)).
+ * NEAREST (default): W = round_dt(W0 + d), d = Σ w_i·ΔW_i, ties to even.
+ * REVERSIBLE: of the two representable values that bracket W0 + d, the
+ * nearest first, then the other one, the first from which unmerge
+ * gives W0 back; where neither does, the nearest and a correction.
+ * Measured and argued in lora-receipt(5): the other neighbour almost
+ * never helps (where the nearest fails, the merge has rounded bits of
+ * W0 away and no neighbour keeps them), so the two give nearly the
+ * same merged bytes and the same corrections. */
+typedef enum lora_rounding {
+    LORA_ROUND_NEAREST = 0,
+    LORA_ROUND_REVERSIBLE = 1
+} lora_rounding;
+
+/* One adapter's share of a tensor: d += weight · module->scale · B·A,
+ * transposed when module->transpose.  Terms are summed in array order
+ * into one double per element:
+ *   d = (w_0 s_0)·Σ_k B0 A0  +  (w_1 s_1)·Σ_k B1 A1  + ...
+ * each product (w_i s_i) in double, each Σ_k the canonical delta. */
+typedef struct lora_term {
+    const lora_module *module;
+    double weight;
+} lora_term;
+
+/* Corrections of one tensor: flat element indices (increasing) and, at
+ * each, how many representable steps the base value lies from what
+ * unmerge computes there (base = the value `step` places above it in
+ * the order of values, -0 just below +0).  Steps are small (the bits
+ * the merge rounded away), which keeps receipts small. */
+typedef struct lora_fixes {
+    size_t n, cap;
+    uint64_t *index;
+    int64_t *step;
+} lora_fixes;
+
+void lora_fixes_free(lora_fixes *f);
+
+/* Counts over one merge or unmerge (added to, never reset). */
+typedef struct lora_merge_stats {
+    uint64_t elements;     /* elements visited */
+    uint64_t changed;      /* d != 0 and the base element finite */
+    uint64_t other;        /* reversible: took the farther neighbour */
+    uint64_t fixes;        /* corrections recorded (merge) or applied (unmerge) */
+    uint64_t inexact;      /* unmerge: elements differing from the reference */
+    uint64_t max_ulps;     /* unmerge: largest distance to the reference, ulps */
+} lora_merge_stats;
+
+/* Merge one tensor held in memory: out = round(w0 + d), elementwise,
+ * exactly as lora-merge does it (same code path).  w0 and out hold
+ * rows×cols elements of dt (F32, F16 or BF16; out may equal w0 for an
+ * in-place merge; out_dt is the output dtype, usually dt).  Non-finite
+ * base elements and elements with d == 0 are copied unchanged.
+ * fixes (may be NULL with LORA_ROUND_NEAREST) receives the corrections
+ * for an exact unmerge.  A non-finite d is LORA_EINPUT.  nthreads >= 1. */
+int lora_tensor_merge(lora_dtype dt, lora_dtype out_dt, uint64_t rows, uint64_t cols,
+                      const void *w0, void *out, const lora_term *terms, size_t nterms,
+                      lora_rounding mode, int nthreads, lora_fixes *fixes,
+                      lora_merge_stats *stats, lora_error *err);
+
+/* Unmerge one tensor: out = round_dt(merged − d) in double, then the
+ * corrections (fixes may be NULL: best effort).  out_dt as above.  When
+ * ref is not NULL (rows×cols elements of out_dt, e.g. the original
+ * base), stats->inexact and stats->max_ulps compare out with it. */
+int lora_tensor_unmerge(lora_dtype dt, lora_dtype out_dt, uint64_t rows, uint64_t cols,
+                        const void *merged, void *out, const lora_term *terms, size_t nterms,
+                        const lora_fixes *fixes, const void *ref, int nthreads,
+                        lora_merge_stats *stats, lora_error *err);
+
+/* Merge receipts (receipt.c, lora-receipt(5)).  A receipt is written
+ * tensor by tensor (corrections go to the file as each tensor is done,
+ * the JSON index last), and read through mmap, corrections of one
+ * tensor at a time, so memory stays flat for any model size. */
+#define LORA_RECEIPT_MAX_JSON (64u << 20)
+
+typedef struct lora_receipt_term {
+    size_t adapter;            /* index into adapters */
+    char *module;              /* module name in that adapter */
+    double scale;              /* the module's scale (alpha/r or alpha/sqrt r) */
+    int transpose;
+} lora_receipt_term;
+
+typedef struct lora_receipt_tensor {
+    char *name;
+    lora_dtype base_dtype, dtype;      /* before and after the merge */
+    uint64_t rows, cols;
+    unsigned char base_hash[32], merged_hash[32];
+    size_t nterms;
+    lora_receipt_term *terms;
+    uint64_t nfixes;
+    uint64_t offset, length;           /* the corrections block in the file */
+    unsigned char fixes_hash[32];      /* BLAKE2b-256 of that block */
+} lora_receipt_tensor;
+
+typedef struct lora_receipt_adapter {
+    char *path;                /* as given when merging */
+    unsigned char hash[32];    /* BLAKE2b-256 of adapter_model.safetensors */
+    double weight;
+} lora_receipt_adapter;
+
+typedef struct lora_receipt lora_receipt;
+
+/* Writer: create (a temporary beside path), add tensors as they are
+ * merged, commit (JSON index, fsync, rename).  abort removes it. */
+int lora_receipt_create(const char *path, lora_rounding mode, lora_receipt **out,
+                        lora_error *err);
+int lora_receipt_add_adapter(lora_receipt *r, const char *path, const unsigned char hash[32],
+                             double weight, lora_error *err);
+/* Copies t (terms, name); writes fixes (indices increasing) to the file. */
+int lora_receipt_add_tensor(lora_receipt *r, const lora_receipt_tensor *t,
+                            const lora_fixes *fixes, lora_error *err);
+int lora_receipt_commit(lora_receipt *r, lora_error *err);   /* frees r */
+void lora_receipt_abort(lora_receipt *r);                     /* frees r */
+
+/* Reader: everything in the JSON index validated (types, dtypes,
+ * shapes, hashes, block offsets inside the file, adapter indices);
+ * LORA_EINPUT with a message for anything wrong. */
+int lora_receipt_open(const char *path, lora_receipt **out, lora_error *err);
+/* The same over bytes in memory (fuzzing); buf must outlive r. */
+int lora_receipt_open_memory(const void *buf, size_t len, const char *name,
+                             lora_receipt **out, lora_error *err);
+void lora_receipt_close(lora_receipt *r);
+lora_rounding lora_receipt_rounding(const lora_receipt *r);
+const char *lora_receipt_tool(const lora_receipt *r);
+size_t lora_receipt_adapter_count(const lora_receipt *r);
+const lora_receipt_adapter *lora_receipt_adapter_at(const lora_receipt *r, size_t i);
+size_t lora_receipt_tensor_count(const lora_receipt *r);
+const lora_receipt_tensor *lora_receipt_tensor_at(const lora_receipt *r, size_t i);
+const lora_receipt_tensor *lora_receipt_find(const lora_receipt *r, const char *name);
+/* Decode tensor i's corrections (block hash checked, indices increasing
+ * and inside the tensor, steps in range) into fixes (reset first). */
+int lora_receipt_fixes(const lora_receipt *r, size_t i, lora_fixes *fixes, lora_error *err);
+/* Total bytes of the receipt file (after commit or open). */
+uint64_t lora_receipt_bytes(const lora_receipt *r);
+
+/* Streaming merge of checkpoints (merge.c): lora-merge, lora-unmerge and
+ * the task switch are one call.  Each tensor of INPUT is read through
+ * the mapping, row block by row block over nthreads threads: the terms
+ * of `undo` are unmerged (with the corrections of receipt_in when
+ * given), those of `add` merged, and the result written to OUT; tensors
+ * no adapter touches are copied without decoding.  OUT has INPUT's form
+ * (file -> file; folder or index -> folder with the same shard layout, a
+ * new index and the config/tokenizer files copied) and appears only when
+ * everything succeeded (temporary + rename); a receipt (receipt_out)
+ * records the merge.  Memory: a few row blocks per thread, plus one
+ * tensor when undoing and adding at once. */
+typedef struct lora_merge_adapter {
+    lora_adapter *ad;          /* opened by the caller; bound here */
+    double weight;
+    int weight_given;          /* the user wrote ADAPTER:WEIGHT */
+    const char *spec;          /* as given, recorded in metadata and receipt */
+} lora_merge_adapter;
+
+typedef struct lora_tensor_report {
+    const char *name;
+    uint64_t elements;
+    uint64_t exact;            /* -check with a reference or a receipt */
+    uint64_t fixes;            /* corrections recorded or applied */
+    uint64_t max_ulps;         /* largest distance to the reference */
+    int hash_ok;               /* 1 matches the receipt, 0 differs, -1 not checked */
+} lora_tensor_report;
+
+typedef struct lora_merge_opts {
+    lora_dtype dtype;          /* output dtype of changed tensors; INVALID: keep */
+    int nthreads;              /* >= 1 */
+    lora_rounding rounding;
+    const char *receipt_out;   /* write a receipt here; NULL: none */
+    const char *receipt_in;    /* receipt of the merge that undo reverses */
+    const char *reference;     /* unmerge check: compare with this checkpoint */
+    int force;                 /* merge an adapter the input already records */
+    int check_only;            /* write nothing (lora-unmerge --check) */
+    void (*progress)(void *arg, uint64_t done, uint64_t total);
+    void *progress_arg;
+    void (*on_tensor)(void *arg, const lora_tensor_report *r);
+    void *on_tensor_arg;
+} lora_merge_opts;
+
+typedef struct lora_merge_result {
+    uint64_t tensors, changed_tensors, copied_tensors;
+    uint64_t elements;         /* elements of changed tensors */
+    uint64_t fixes;            /* corrections written (merge) or applied (unmerge) */
+    uint64_t inexact;          /* unmerge: elements not restored exactly (known) */
+    uint64_t max_ulps;
+    uint64_t hash_mismatches;  /* unmerge with receipt: tensors whose hash differs */
+    uint64_t receipt_bytes;
+} lora_merge_result;
+
+/* Returns LORA_ECHECK (nothing written) when an unmerge with a receipt
+ * does not reproduce the recorded base hashes, or, with check_only,
+ * when any element is not exact. */
+int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
+                   lora_merge_adapter *add, size_t nadd, const char *out,
+                   const lora_merge_opts *opts, lora_merge_result *res, lora_error *err);
+
+/* Parse "SPEC[:WEIGHT]": the weight is what follows the last ':' when
+ * it parses completely as a finite number; otherwise the whole string
+ * is the spec.  *spec is malloc'd. */
+int lora_parse_adapter_arg(const char *arg, char **spec, double *weight, int *given,
+                           lora_error *err);
+
+/* BLAKE2b-256 identity of an adapter's content as merged: for each
+ * module in name order, its name, NUL, scale (IEEE double, LE), and the
+ * bytes of lora_A and lora_B (lora-receipt(5)). */
+void lora_adapter_digest(const lora_adapter *ad, unsigned char out[32]);
+
 
 
 /* ---- section: SVD and rank reduction (svd.c, rank.c) ---- */

@@ -15,7 +15,7 @@ echo "== signed adapter archives (lora-pack)"
 "$B/tests/mkfixture" gpt2 "$D/fx" --layers 2 --hidden 32 --heads 2 --vocab 64 --rank 4 >/dev/null
 set -x
 lora-pack keygen -W -s "$D/demo.sec" -p "$D/demo.pub"
-lora-pack create "$D/fx/adapter" -s "$D/demo.sec" --name demo-gpt2 --task demo --version 1.0 \
+lora-pack create "$D/fx/adapter" -s "$D/demo.sec" --name demo-gpt2 --task demo --version 1.0.0 \
     --base "$D/fx/base" -o "$D/demo.lora"
 lora-pack verify "$D/demo.lora" -p "$D/demo.pub"
 lora-pack list "$D/demo.lora"

@@ -22,5 +22,41 @@ if [ -d "$R" ]; then
     echo "== lora-inspect: a real adapter (gpt2-tigrinya-lora)"
     "$B/lora-inspect" "$R"
 fi
+
+# lora-merge / lora-unmerge: merge the adapter above into its base (BF16 copy),
+# show that plain subtraction does not give W0 back and the receipt does.
+D="$B/demo-out/merge"
+rm -rf "$D"
+"$B/tests/mkfixture" llama "$D/fx" --dtype BF16 --layers 2 --hidden 256 --intermediate 688 \
+    --targets q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj --rank 16 --alpha 32
+echo
+echo "== lora-merge: a LLaMA-shaped BF16 base + an r=16 adapter on all 7 linear modules"
+"$B/lora-merge" "$D/fx/base" -a "$D/fx/adapter" -o "$D/merged"
+echo
+echo "== lora-unmerge --check without the receipt (plain subtraction, as PEFT does): not exact"
+"$B/lora-unmerge" --check "$D/merged" -a "$D/fx/adapter" --base "$D/fx/base" | tail -n 1 || true
+echo
+echo "== lora-unmerge with the receipt: the base, bit for bit"
+"$B/lora-unmerge" "$D/merged" -a "$D/fx/adapter" --receipt "$D/merged.receipt" -o "$D/restored"
+cmp "$D/restored/model.safetensors" "$D/fx/base/model.safetensors" && echo "cmp: identical to the base"
 [ -f "$S/tests/demo-pack.sh" ] && sh "$S/tests/demo-pack.sh" "$B" "$S"
 [ -f "$S/tests/demo-numerics.sh" ] && sh "$S/tests/demo-numerics.sh" "$B" "$S"
+
+# lora-registry: register the signed demo archive, then merge by task name.
+D="$B/demo-out/registry"
+P="$B/demo-out/pack"
+rm -rf "$D"
+mkdir -p "$D"
+LORA_REGISTRY="$D/registry.db"
+export LORA_REGISTRY
+echo
+echo "== lora-registry: trust the demo key, add the archive, resolve the task"
+"$B/lora-registry" init
+"$B/lora-registry" trust "$P/demo.pub" --name demo
+"$B/lora-registry" add "$P/demo.lora"
+"$B/lora-registry" ls
+echo "resolve demo -> $("$B/lora-registry" resolve demo)"
+echo
+echo "== lora-merge by task name, then unmerge --check with the receipt"
+"$B/lora-merge" -q "$P/fx/base" -a task:demo -o "$D/merged"
+"$B/lora-unmerge" --check "$D/merged" -a task:demo --receipt "$D/merged.receipt" | tail -n 1

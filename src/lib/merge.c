@@ -1,0 +1,953 @@
+/*
+ * merge.c - streaming merge, unmerge and task switch of whole
+ * checkpoints (lora-merge, lora-unmerge): shard by shard, tensor by
+ * tensor, row block by row block through mergecore.c, untouched
+ * tensors copied without decoding, outputs made atomic (a temporary
+ * file or folder beside OUT, renamed at the very end), receipts
+ * written as tensors finish.  Memory stays flat in model size: the
+ * inputs are mapped, the engine's buffers are sized by the widest
+ * tensor and reused, receipt corrections go to the file per tensor.
+ */
+#include "internal.h"
+#include "mergecore.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <limits.h>
+#include <math.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define MERGES_KEY "lora_merges"
+
+int lora_parse_adapter_arg(const char *arg, char **spec, double *weight, int *given,
+                           lora_error *err)
+{
+    *spec = NULL;
+    *weight = 1.0;
+    *given = 0;
+    const char *c = strrchr(arg, ':');
+    if (c && c[1]) {
+        char *end;
+        errno = 0;
+        double w = strtod(c + 1, &end);
+        if (*end == 0 && errno == 0 && isfinite(w)) {
+            *weight = w;
+            *given = 1;
+            *spec = strndup(arg, (size_t)(c - arg));
+            if (!*spec)
+                return lora_oom(err);
+            if (!**spec)
+                return lora_seterr(err, LORA_EUSAGE, "%s: no adapter before the weight", arg);
+            return LORA_OK;
+        }
+    }
+    if (!(*spec = lora_strdup(arg, err)))
+        return LORA_EIO;
+    return LORA_OK;
+}
+
+void lora_adapter_digest(const lora_adapter *ad, unsigned char out[32])
+{
+    crypto_generichash_state h;
+    crypto_generichash_init(&h, NULL, 0, 32);
+    for (size_t i = 0; i < ad->n_modules; i++) {
+        const lora_module *m = &ad->modules[i];
+        unsigned char sc[8];
+        uint64_t u;
+        memcpy(&u, &m->scale, 8);
+        for (int b = 0; b < 8; b++)
+            sc[b] = (unsigned char)(u >> (8 * b));
+        crypto_generichash_update(&h, (const unsigned char *)m->name, strlen(m->name) + 1);
+        crypto_generichash_update(&h, sc, 8);
+        crypto_generichash_update(&h, m->A->data, (size_t)m->A->nbytes);
+        crypto_generichash_update(&h, m->B->data, (size_t)m->B->nbytes);
+    }
+    crypto_generichash_final(&h, out, 32);
+}
+
+/* ---- run state -------------------------------------------------------- */
+
+struct run {
+    const lora_merge_opts *o;
+    lora_merge_result *res;
+    lora_ckpt *ck, *ref;
+    lora_receipt *rin, *rout;
+    lora_engine *eng;
+    lora_merge_adapter *undo, *add;
+    size_t nundo, nadd;
+    unsigned char (*undo_hash)[32], (*add_hash)[32];
+    size_t *rin_map;           /* receipt adapter i -> index in undo */
+    unsigned char *tmp;        /* one tensor, when undoing and adding */
+    size_t tmpcap;
+    unsigned char *cbuf;       /* dtype conversion of copied tensors */
+    lora_fixes fixes;
+    uint64_t done, total;
+    lora_stw *w;
+    const char *cur;           /* tensor being written */
+};
+
+/* Blocks of the tensor being processed (R->cur, set before the engine
+ * runs and read-only while it does) go to the writer; lora_stw_write is
+ * safe from several threads for different ranges. */
+static int sink_stw(void *arg, uint64_t off, const void *buf, size_t len, lora_error *err)
+{
+    struct run *R = arg;
+    return lora_stw_write(R->w, R->cur, off, buf, len, err);
+}
+
+static int sink_null(void *arg, uint64_t off, const void *buf, size_t len, lora_error *err)
+{
+    (void)arg; (void)off; (void)buf; (void)len; (void)err;
+    return LORA_OK;
+}
+
+/* terms of `set` whose module targets tensor NAME */
+static size_t terms_for(const lora_merge_adapter *set, size_t n, const char *name,
+                        lora_term *terms, size_t max)
+{
+    size_t k = 0;
+    for (size_t a = 0; a < n; a++)
+        for (size_t i = 0; i < set[a].ad->n_modules; i++)
+            if (strcmp(set[a].ad->modules[i].target, name) == 0 && k < max)
+                terms[k++] = (lora_term){&set[a].ad->modules[i], set[a].weight};
+    return k;
+}
+
+static const lora_saved *saved_for(const lora_merge_adapter *set, size_t n, const char *name)
+{
+    const lora_saved *s = NULL;
+    for (size_t a = 0; a < n; a++)
+        for (size_t i = 0; i < set[a].ad->n_saved; i++)
+            if (strcmp(set[a].ad->saved[i].target, name) == 0)
+                s = &set[a].ad->saved[i]; /* the last adapter wins */
+    return s;
+}
+
+static const lora_module *module_named(const lora_adapter *ad, const char *name)
+{
+    for (size_t i = 0; i < ad->n_modules; i++)
+        if (strcmp(ad->modules[i].name, name) == 0)
+            return &ad->modules[i];
+    return NULL;
+}
+
+static int is2d(const lora_tensor *t, uint64_t *rows, uint64_t *cols)
+{
+    if (t->ndim != 2)
+        return 0;
+    *rows = t->shape[0];
+    *cols = t->shape[1];
+    return 1;
+}
+
+/* Convert a whole tensor's elements between readable/writable dtypes in
+ * chunks through a reused buffer, writing at offset 0.. of NAME. */
+static int convert_copy(struct run *R, const lora_tensor *t, const void *src, lora_dtype sdt,
+                        lora_dtype ddt, const char *name, lora_error *err)
+{
+    const size_t CH = 1 << 16;
+    if (!R->cbuf) {
+        R->cbuf = malloc(CH * (8 + 4));
+        if (!R->cbuf)
+            return lora_oom(err);
+    }
+    double *d = (double *)R->cbuf;
+    unsigned char *o = R->cbuf + CH * 8;
+    size_t ssz = lora_dtype_bits(sdt) / 8, dsz = lora_dtype_bits(ddt) / 8;
+    for (uint64_t i = 0; i < t->numel; i += CH) {
+        size_t n = t->numel - i < CH ? (size_t)(t->numel - i) : CH;
+        if (lora_decode_f64(sdt, (const unsigned char *)src + i * ssz, d, n) ||
+            lora_encode_f64(ddt, d, o, n))
+            return lora_seterr(err, LORA_EINPUT, "%s: cannot convert %s to %s", name,
+                               lora_dtype_name(sdt), lora_dtype_name(ddt));
+        int rc = lora_stw_write(R->w, name, i * dsz, o, n * dsz, err);
+        if (rc)
+            return rc;
+    }
+    return LORA_OK;
+}
+
+static void report(struct run *R, const lora_tensor_report *tr)
+{
+    if (R->o->on_tensor)
+        R->o->on_tensor(R->o->on_tensor_arg, tr);
+}
+
+static void progress(struct run *R, uint64_t bytes)
+{
+    R->done += bytes;
+    if (R->o->progress)
+        R->o->progress(R->o->progress_arg, R->done, R->total);
+}
+
+/* Output dtype of a changed tensor. */
+static lora_dtype out_dtype(struct run *R, lora_dtype in)
+{
+    return R->o->dtype != LORA_DT_INVALID ? R->o->dtype : in;
+}
+
+/* Give back the pages of a mapped tensor once it is done: they stay in
+ * the page cache, but no longer count in this process's resident set,
+ * which then stays flat in model size. */
+static void release(const void *data, uint64_t nbytes)
+{
+    long pg = sysconf(_SC_PAGESIZE);
+    if (pg <= 0 || !data || !nbytes)
+        return;
+    uintptr_t a = (uintptr_t)data, e = a + (uintptr_t)nbytes;
+    a = (a + (uintptr_t)pg - 1) & ~((uintptr_t)pg - 1);
+    e &= ~((uintptr_t)pg - 1);
+    if (e > a)
+        madvise((void *)a, e - a, MADV_DONTNEED);
+}
+
+/* One tensor of the input. */
+static int do_tensor(struct run *R, const lora_tensor *t, int fd, lora_error *err)
+{
+    const lora_merge_opts *o = R->o;
+    lora_term oldt[64], newt[64];
+    size_t nold = 0, nnew = terms_for(R->add, R->nadd, t->name, newt, 64);
+    const lora_saved *sv = saved_for(R->add, R->nadd, t->name);
+    const lora_receipt_tensor *rt = NULL;
+    size_t rti = 0;
+    lora_dtype base_dt = t->dtype; /* dtype of W0 */
+    if (R->rin) {
+        for (rti = 0; rti < lora_receipt_tensor_count(R->rin); rti++)
+            if (strcmp(lora_receipt_tensor_at(R->rin, rti)->name, t->name) == 0) {
+                rt = lora_receipt_tensor_at(R->rin, rti);
+                break;
+            }
+        if (rt) {
+            if (rt->nterms > 64)
+                return lora_seterr(err, LORA_EINPUT, "%s: too many terms", t->name);
+            for (size_t k = 0; k < rt->nterms; k++) {
+                const lora_receipt_term *q = &rt->terms[k];
+                lora_merge_adapter *ua = &R->undo[R->rin_map[q->adapter]];
+                const lora_module *m = module_named(ua->ad, q->module);
+                if (!m)
+                    return lora_seterr(err, LORA_EINPUT,
+                                       "%s: the receipt names module %s, which adapter %s lacks",
+                                       t->name, q->module, ua->spec);
+                if (m->scale != q->scale || m->transpose != q->transpose)
+                    return lora_seterr(err, LORA_EINPUT,
+                                       "%s: module %s has scale %.17g%s, the receipt %.17g%s",
+                                       t->name, q->module, m->scale,
+                                       m->transpose ? " (transposed)" : "", q->scale,
+                                       q->transpose ? " (transposed)" : "");
+                oldt[nold++] = (lora_term){m, ua->weight};
+            }
+            base_dt = rt->base_dtype;
+            if (rt->dtype != t->dtype)
+                return lora_seterr(err, LORA_EINPUT, "%s: is %s, the receipt says it was merged as %s",
+                                   t->name, lora_dtype_name(t->dtype), lora_dtype_name(rt->dtype));
+        }
+    } else {
+        nold = terms_for(R->undo, R->nundo, t->name, oldt, 64);
+        if (nold && o->dtype != LORA_DT_INVALID)
+            base_dt = o->dtype; /* unmerge without receipt: --dtype names W0's dtype */
+    }
+    uint64_t rows = 0, cols = 0;
+    R->res->tensors++;
+    if (!nold && !nnew && !sv) {
+        /* untouched: bytes copied (or a dtype change on the whole checkpoint
+         * is not asked for: --dtype applies to changed tensors only) */
+        R->res->copied_tensors++;
+        if (R->w) {
+            int rc = lora_stw_copy(R->w, t->name, fd, t->offset, err);
+            if (rc)
+                return rc;
+        }
+        progress(R, t->nbytes);
+        return LORA_OK;
+    }
+    if (sv && !nnew) {
+        if (nold)
+            return lora_seterr(err, LORA_EUSAGE, "%s: replaced by modules_to_save and adapted at once",
+                               t->name);
+        R->res->changed_tensors++;
+        lora_tensor_report tr = {t->name, t->numel, 0, 0, 0, -1};
+        if (R->w) {
+            lora_dtype od = out_dtype(R, t->dtype);
+            int rc;
+            if (sv->t->dtype == od)
+                rc = lora_stw_write(R->w, t->name, 0, sv->t->data, (size_t)sv->t->nbytes, err);
+            else
+                rc = convert_copy(R, sv->t, sv->t->data, sv->t->dtype, od, t->name, err);
+            if (rc)
+                return rc;
+        }
+        report(R, &tr);
+        progress(R, t->nbytes);
+        return LORA_OK;
+    }
+    if (sv)
+        return lora_seterr(err, LORA_EUSAGE, "%s: replaced by modules_to_save and adapted at once",
+                           t->name);
+    if (!is2d(t, &rows, &cols))
+        return lora_seterr(err, LORA_EINPUT, "%s: an adapted tensor must have two dimensions",
+                           t->name);
+    R->res->changed_tensors++;
+    R->res->elements += t->numel;
+    lora_tensor_report tr = {t->name, t->numel, 0, 0, 0, -1};
+    lora_merge_stats st = {0};
+    lora_merge_stats ust = {0};
+    const void *src = t->data;
+    lora_dtype src_dt = t->dtype;
+    unsigned char in_hash[32], out_hash[32], base_hash[32], merged_hash[32];
+    R->cur = t->name;
+
+    if (nold) {
+        lora_tjob j;
+        memset(&j, 0, sizeof j);
+        j.name = t->name;
+        j.in_dt = t->dtype;
+        j.out_dt = base_dt;
+        j.rows = rows;
+        j.cols = cols;
+        j.src = t->data;
+        j.terms = oldt;
+        j.nterms = nold;
+        j.unmerge = 1;
+        j.stats = &ust;
+        j.hash = 1;
+        j.in_hash = in_hash;
+        j.out_hash = out_hash;
+        R->fixes.n = 0;
+        if (rt) {
+            int rc = lora_receipt_fixes(R->rin, rti, &R->fixes, err);
+            if (rc)
+                return rc;
+            j.fixes = &R->fixes;
+        }
+        const lora_tensor *reft = NULL;
+        if (R->ref) {
+            reft = lora_ckpt_find(R->ref, t->name, NULL);
+            if (!reft || reft->dtype != base_dt || reft->numel != t->numel)
+                return lora_seterr(err, LORA_EINPUT, "%s: the reference has no %s tensor of this shape",
+                                   t->name, lora_dtype_name(base_dt));
+            j.ref = reft->data;
+        }
+        size_t bsz = lora_dtype_bits(base_dt) / 8;
+        if (nnew) {
+            uint64_t need = t->numel * bsz;
+            if (need > R->tmpcap) {
+                unsigned char *n = realloc(R->tmp, need);
+                if (!n)
+                    return lora_oom(err);
+                R->tmp = n;
+                R->tmpcap = need;
+            }
+            j.dst = R->tmp;
+        } else if (R->w) {
+            j.sink = sink_stw;
+            j.sink_arg = R;
+        } else {
+            j.sink = sink_null;
+        }
+        int rc = lora_engine_run(R->eng, &j, err);
+        if (rc)
+            return rc;
+        tr.fixes = ust.fixes;
+        R->res->fixes += nnew ? 0 : ust.fixes;
+        if (rt) {
+            int ok_in = sodium_memcmp(in_hash, rt->merged_hash, 32) == 0;
+            int ok_out = sodium_memcmp(out_hash, rt->base_hash, 32) == 0;
+            tr.hash_ok = ok_in && ok_out;
+            if (!tr.hash_ok)
+                R->res->hash_mismatches++;
+        }
+        if (reft) {
+            tr.exact = t->numel - ust.inexact;
+            tr.max_ulps = ust.max_ulps;
+        } else if (rt) {
+            tr.exact = tr.hash_ok ? t->numel : 0;
+        } else {
+            tr.exact = t->numel - ust.inexact;
+        }
+        R->res->inexact += t->numel - tr.exact;
+        if (ust.max_ulps > R->res->max_ulps)
+            R->res->max_ulps = ust.max_ulps;
+        memcpy(base_hash, out_hash, 32);
+        if (nnew) {
+            src = R->tmp;
+            src_dt = base_dt;
+        }
+    }
+    if (nnew) {
+        lora_tjob j;
+        memset(&j, 0, sizeof j);
+        j.name = t->name;
+        j.in_dt = src_dt;
+        j.out_dt = out_dtype(R, src_dt);
+        j.rows = rows;
+        j.cols = cols;
+        j.src = src;
+        j.terms = newt;
+        j.nterms = nnew;
+        j.mode = o->rounding;
+        j.stats = &st;
+        j.hash = R->rout != NULL;
+        j.in_hash = in_hash;
+        j.out_hash = merged_hash;
+        R->fixes.n = 0;
+        j.record_fixes = R->rout != NULL;
+        j.out_fixes = &R->fixes;
+        if (R->w) {
+            j.sink = sink_stw;
+            j.sink_arg = R;
+        } else {
+            j.sink = sink_null;
+        }
+        int rc = lora_engine_run(R->eng, &j, err);
+        if (rc)
+            return rc;
+        if (!nold)
+            memcpy(base_hash, in_hash, 32);
+        tr.fixes = st.fixes;
+        R->res->fixes += st.fixes;
+        if (R->rout) {
+            lora_receipt_term rterms[64];
+            for (size_t k = 0; k < nnew; k++) {
+                size_t ai = 0;
+                for (size_t a = 0; a < R->nadd; a++)
+                    if (newt[k].module >= R->add[a].ad->modules &&
+                        newt[k].module < R->add[a].ad->modules + R->add[a].ad->n_modules)
+                        ai = a;
+                rterms[k] = (lora_receipt_term){ai, newt[k].module->name, newt[k].module->scale,
+                                                newt[k].module->transpose};
+            }
+            lora_receipt_tensor rt2;
+            memset(&rt2, 0, sizeof rt2);
+            rt2.name = (char *)t->name;
+            rt2.base_dtype = src_dt;
+            rt2.dtype = j.out_dt;
+            rt2.rows = rows;
+            rt2.cols = cols;
+            memcpy(rt2.base_hash, base_hash, 32);
+            memcpy(rt2.merged_hash, merged_hash, 32);
+            rt2.terms = rterms;
+            rt2.nterms = nnew;
+            rc = lora_receipt_add_tensor(R->rout, &rt2, &R->fixes, err);
+            if (rc)
+                return rc;
+        }
+    }
+    report(R, &tr);
+    progress(R, t->nbytes);
+    return LORA_OK;
+}
+
+/* ---- metadata: the merges a checkpoint records ------------------------ */
+
+static json_t *merges_of(lora_st *st)
+{
+    const char *v = lora_st_metadata(st, MERGES_KEY);
+    json_t *j = v ? json_loads(v, 0, NULL) : NULL;
+    if (!json_is_array(j)) {
+        json_decref(j);
+        j = json_array();
+    }
+    return j;
+}
+
+static int records(json_t *merges, const unsigned char h[32])
+{
+    char hex[65];
+    sodium_bin2hex(hex, sizeof hex, h, 32);
+    size_t i;
+    json_t *e;
+    json_array_foreach(merges, i, e) {
+        const char *s = json_string_value(json_object_get(e, "blake2b"));
+        if (s && strcmp(s, hex) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+static char *new_merges(struct run *R, lora_st *st)
+{
+    json_t *m = merges_of(st);
+    for (size_t u = 0; u < R->nundo; u++) {
+        char hex[65];
+        sodium_bin2hex(hex, sizeof hex, R->undo_hash[u], 32);
+        for (size_t i = 0; i < json_array_size(m);) {
+            const char *s = json_string_value(json_object_get(json_array_get(m, i), "blake2b"));
+            if (s && strcmp(s, hex) == 0)
+                json_array_remove(m, i);
+            else
+                i++;
+        }
+    }
+    for (size_t a = 0; a < R->nadd; a++) {
+        char hex[65];
+        sodium_bin2hex(hex, sizeof hex, R->add_hash[a], 32);
+        json_array_append_new(m, json_pack("{sssfss}", "blake2b", hex, "weight", R->add[a].weight,
+                                           "adapter", R->add[a].spec));
+    }
+    char *s = json_array_size(m) ? json_dumps(m, JSON_COMPACT) : NULL;
+    json_decref(m);
+    return s;
+}
+
+/* ---- one shard --------------------------------------------------------- */
+
+static int do_shard(struct run *R, size_t si, const char *outpath, lora_error *err)
+{
+    lora_st *st = lora_ckpt_shard(R->ck, si);
+    int rc = LORA_OK;
+    R->w = NULL;
+    if (outpath) {
+        if ((rc = lora_stw_new(outpath, &R->w, err)))
+            return rc;
+        for (size_t i = 0; i < lora_st_metadata_count(st) && !rc; i++) {
+            const char *k, *v;
+            lora_st_metadata_at(st, i, &k, &v);
+            if (strcmp(k, MERGES_KEY) != 0)
+                rc = lora_stw_set_metadata(R->w, k, v, err);
+        }
+        char *m = rc ? NULL : new_merges(R, st);
+        if (m) {
+            rc = lora_stw_set_metadata(R->w, MERGES_KEY, m, err);
+            free(m);
+        }
+        for (size_t i = 0; i < lora_st_count(st) && !rc; i++) {
+            const lora_tensor *t = lora_st_tensor(st, i);
+            /* the dtypes do_tensor will produce */
+            lora_term tt[1];
+            const lora_receipt_tensor *rt = R->rin ? lora_receipt_find(R->rin, t->name) : NULL;
+            int has_old = R->rin ? rt != NULL : terms_for(R->undo, R->nundo, t->name, tt, 1) > 0;
+            int has_new = terms_for(R->add, R->nadd, t->name, tt, 1) > 0;
+            lora_dtype base = rt ? rt->base_dtype
+                            : has_old && R->o->dtype != LORA_DT_INVALID ? R->o->dtype : t->dtype;
+            lora_dtype dt = t->dtype;
+            if (has_new)
+                dt = out_dtype(R, base);
+            else if (has_old)
+                dt = base;
+            else if (saved_for(R->add, R->nadd, t->name))
+                dt = out_dtype(R, t->dtype);
+            rc = lora_stw_declare(R->w, t->name, dt, t->ndim, t->shape, err);
+        }
+        if (!rc)
+            rc = lora_stw_start(R->w, err);
+        if (rc) {
+            lora_stw_abort(R->w);
+            R->w = NULL;
+            return rc;
+        }
+    }
+    for (size_t i = 0; i < lora_st_count(st) && !rc; i++) {
+        const lora_tensor *t = lora_st_tensor(st, i);
+        rc = do_tensor(R, t, lora_st_fd(st), err);
+        release(t->data, t->nbytes);
+        const lora_tensor *rt = R->ref ? lora_ckpt_find(R->ref, t->name, NULL) : NULL;
+        if (rt)
+            release(rt->data, rt->nbytes);
+    }
+    if (R->w) {
+        if (rc || R->res->hash_mismatches)
+            lora_stw_abort(R->w);
+        else
+            rc = lora_stw_commit(R->w, err);
+        R->w = NULL;
+    }
+    return rc;
+}
+
+/* ---- folders ----------------------------------------------------------- */
+
+static int is_dir(const char *p)
+{
+    struct stat sb;
+    return stat(p, &sb) == 0 && S_ISDIR(sb.st_mode);
+}
+
+static int has_suffix(const char *s, const char *suf)
+{
+    size_t n = strlen(s), m = strlen(suf);
+    return n >= m && strcmp(s + n - m, suf) == 0;
+}
+
+static char *join(const char *a, const char *b)
+{
+    char *s;
+    if (asprintf(&s, "%s/%s", a, b) < 0)
+        return NULL;
+    return s;
+}
+
+static void rm_tree(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+                continue;
+            char *p = join(dir, e->d_name);
+            if (p) {
+                unlink(p);
+                free(p);
+            }
+        }
+        closedir(d);
+    }
+    rmdir(dir);
+}
+
+/* Files that travel with a checkpoint folder: configs and tokenizers. */
+static int aux_file(const char *name)
+{
+    if (name[0] == '.' || has_suffix(name, ".safetensors") || has_suffix(name, ".index.json") ||
+        has_suffix(name, ".receipt") || has_suffix(name, ".bin") || has_suffix(name, ".pt") ||
+        has_suffix(name, ".pth") || has_suffix(name, ".gguf") || has_suffix(name, ".h5") ||
+        has_suffix(name, ".msgpack") || strstr(name, ".tmp-"))
+        return 0;
+    return has_suffix(name, ".json") || has_suffix(name, ".model") || has_suffix(name, ".txt") ||
+           has_suffix(name, ".tiktoken") || has_suffix(name, ".md") || has_suffix(name, ".py");
+}
+
+static int copy_aux(const char *from, const char *to, lora_error *err)
+{
+    DIR *d = opendir(from);
+    if (!d)
+        return lora_seterr_errno(err, LORA_EIO, errno, "%s", from);
+    struct dirent *e;
+    int rc = LORA_OK;
+    while (!rc && (e = readdir(d))) {
+        if (!aux_file(e->d_name))
+            continue;
+        char *s = join(from, e->d_name), *t = join(to, e->d_name);
+        struct stat sb;
+        if (!s || !t)
+            rc = lora_oom(err);
+        else if (stat(s, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_size < (64 << 20)) {
+            char *buf;
+            size_t len;
+            rc = lora_read_file(s, 64 << 20, &buf, &len, err);
+            if (!rc) {
+                rc = lora_write_file_atomic(t, buf, len, 0644, err);
+                free(buf);
+            }
+        }
+        free(s);
+        free(t);
+    }
+    closedir(d);
+    return rc;
+}
+
+static int write_index(struct run *R, const char *dir, lora_error *err)
+{
+    json_t *root = json_object(), *map = json_object(), *meta = json_object();
+    uint64_t total = 0;
+    for (size_t s = 0; s < lora_ckpt_shard_count(R->ck); s++) {
+        lora_st *st = lora_ckpt_shard(R->ck, s);
+        for (size_t i = 0; i < lora_st_count(st); i++) {
+            const lora_tensor *t = lora_st_tensor(st, i);
+            json_object_set_new(map, t->name, json_string(lora_ckpt_shard_name(R->ck, s)));
+            total += t->nbytes; /* adjusted below for converted tensors */
+        }
+    }
+    (void)total;
+    /* total_size: the bytes of tensor data in the new shards */
+    uint64_t sum = 0;
+    for (size_t s = 0; s < lora_ckpt_shard_count(R->ck); s++) {
+        char *p = join(dir, lora_ckpt_shard_name(R->ck, s));
+        lora_st *st;
+        if (!p)
+            return lora_oom(err);
+        if (lora_st_open(p, &st, err) == LORA_OK) {
+            for (size_t i = 0; i < lora_st_count(st); i++)
+                sum += lora_st_tensor(st, i)->nbytes;
+            lora_st_close(st);
+        }
+        free(p);
+    }
+    json_object_set_new(meta, "total_size", json_integer((json_int_t)sum));
+    json_object_set_new(root, "metadata", meta);
+    json_object_set_new(root, "weight_map", map);
+    char *text = json_dumps(root, JSON_INDENT(2) | JSON_SORT_KEYS);
+    json_decref(root);
+    if (!text)
+        return lora_oom(err);
+    char *p = join(dir, "model.safetensors.index.json");
+    int rc = p ? lora_write_file_atomic(p, text, strlen(text), 0644, err) : lora_oom(err);
+    free(p);
+    free(text);
+    return rc;
+}
+
+/* ---- checks before any work ------------------------------------------- */
+
+static int same_file(const char *a, const char *b)
+{
+    struct stat x, y;
+    return stat(a, &x) == 0 && stat(b, &y) == 0 && x.st_dev == y.st_dev && x.st_ino == y.st_ino;
+}
+
+static int out_collides(struct run *R, const char *input, const char *out, lora_error *err)
+{
+    const char *dir = lora_ckpt_dir(R->ck);
+    if (same_file(out, input) || same_file(out, dir))
+        return lora_seterr(err, LORA_EUSAGE, "%s: the output is the input", out);
+    for (size_t s = 0; s < lora_ckpt_shard_count(R->ck); s++) {
+        char *p = join(dir, lora_ckpt_shard_name(R->ck, s));
+        int c = p && same_file(out, p);
+        free(p);
+        if (c)
+            return lora_seterr(err, LORA_EUSAGE, "%s: the output is a shard of the input", out);
+    }
+    lora_merge_adapter *sets[2] = {R->undo, R->add};
+    size_t ns[2] = {R->nundo, R->nadd};
+    for (int k = 0; k < 2; k++)
+        for (size_t a = 0; a < ns[k]; a++)
+            if (sets[k][a].ad->path && same_file(out, sets[k][a].ad->path))
+                return lora_seterr(err, LORA_EUSAGE, "%s: the output is an adapter", out);
+    if (R->o->receipt_in && (same_file(out, R->o->receipt_in) ||
+                             (R->o->receipt_out && same_file(R->o->receipt_out, R->o->receipt_in))))
+        return lora_seterr(err, LORA_EUSAGE, "%s: the output would overwrite the receipt being read",
+                           out);
+    if (R->o->receipt_out && (same_file(R->o->receipt_out, input) ||
+                              same_file(R->o->receipt_out, dir)))
+        return lora_seterr(err, LORA_EUSAGE, "%s: the receipt would overwrite the input",
+                           R->o->receipt_out);
+    return LORA_OK;
+}
+
+static int bind_all(struct run *R, lora_error *err)
+{
+    lora_merge_adapter *sets[2] = {R->undo, R->add};
+    size_t ns[2] = {R->nundo, R->nadd};
+    for (int k = 0; k < 2; k++)
+        for (size_t a = 0; a < ns[k]; a++) {
+            int rc = lora_adapter_bind(sets[k][a].ad, R->ck, err);
+            if (rc)
+                return lora_err_prefix(err, "%s", sets[k][a].spec);
+        }
+    R->undo_hash = calloc(R->nundo + 1, 32);
+    R->add_hash = calloc(R->nadd + 1, 32);
+    if (!R->undo_hash || !R->add_hash)
+        return lora_oom(err);
+    for (size_t a = 0; a < R->nundo; a++)
+        lora_adapter_digest(R->undo[a].ad, R->undo_hash[a]);
+    for (size_t a = 0; a < R->nadd; a++)
+        lora_adapter_digest(R->add[a].ad, R->add_hash[a]);
+    for (size_t a = 0; a < R->nadd; a++)
+        for (size_t b = 0; b < a; b++)
+            if (!memcmp(R->add_hash[a], R->add_hash[b], 32) && !R->o->force)
+                return lora_seterr(err, LORA_EUSAGE,
+                                   "%s and %s are the same adapter (--force to merge it twice)",
+                                   R->add[b].spec, R->add[a].spec);
+    if (!R->o->force) {
+        lora_st *st0 = lora_ckpt_shard(R->ck, 0);
+        json_t *m = merges_of(st0);
+        for (size_t a = 0; a < R->nadd; a++) {
+            int undone = 0;
+            for (size_t u = 0; u < R->nundo; u++)
+                undone |= !memcmp(R->undo_hash[u], R->add_hash[a], 32);
+            if (!undone && records(m, R->add_hash[a])) {
+                json_decref(m);
+                return lora_seterr(err, LORA_EINPUT,
+                                   "%s: the input already records a merge of this adapter "
+                                   "(--force to merge it again)", R->add[a].spec);
+            }
+        }
+        json_decref(m);
+    }
+    if (R->rin) {
+        size_t n = lora_receipt_adapter_count(R->rin);
+        R->rin_map = calloc(n, sizeof *R->rin_map);
+        if (!R->rin_map)
+            return lora_oom(err);
+        for (size_t i = 0; i < n; i++) {
+            const lora_receipt_adapter *ra = lora_receipt_adapter_at(R->rin, i);
+            size_t u = 0;
+            while (u < R->nundo && memcmp(R->undo_hash[u], ra->hash, 32) != 0)
+                u++;
+            if (u == R->nundo)
+                return lora_seterr(err, LORA_EINPUT,
+                                   "the receipt's adapter %s (merged with weight %g) is not among "
+                                   "the adapters given", ra->path, ra->weight);
+            if (R->undo[u].weight_given && R->undo[u].weight != ra->weight)
+                return lora_seterr(err, LORA_EUSAGE, "%s: weight %g, but the receipt records %g",
+                                   R->undo[u].spec, R->undo[u].weight, ra->weight);
+            R->undo[u].weight = ra->weight;
+            R->rin_map[i] = u;
+        }
+        for (size_t u = 0; u < R->nundo; u++) {
+            int found = 0;
+            for (size_t i = 0; i < n; i++)
+                found |= R->rin_map[i] == u;
+            if (!found)
+                return lora_seterr(err, LORA_EINPUT, "%s: the receipt does not record this adapter",
+                                   R->undo[u].spec);
+        }
+        for (size_t i = 0; i < lora_receipt_tensor_count(R->rin); i++) {
+            const lora_receipt_tensor *t = lora_receipt_tensor_at(R->rin, i);
+            const lora_tensor *bt = lora_ckpt_find(R->ck, t->name, NULL);
+            if (!bt || bt->ndim != 2 || bt->shape[0] != t->rows || bt->shape[1] != t->cols)
+                return lora_seterr(err, LORA_EINPUT,
+                                   "%s: the receipt's tensor is missing from the input or has "
+                                   "another shape", t->name);
+        }
+    }
+    return LORA_OK;
+}
+
+int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
+                   lora_merge_adapter *add, size_t nadd, const char *out,
+                   const lora_merge_opts *opts, lora_merge_result *res, lora_error *err)
+{
+    struct run R;
+    memset(&R, 0, sizeof R);
+    memset(res, 0, sizeof *res);
+    R.o = opts;
+    R.res = res;
+    R.undo = undo;
+    R.nundo = nundo;
+    R.add = add;
+    R.nadd = nadd;
+    char *tmpdir = NULL;
+    int rc;
+    if (!nundo && !nadd)
+        return lora_seterr(err, LORA_EUSAGE, "no adapter given");
+    if (opts->dtype != LORA_DT_INVALID && !lora_dtype_writable(opts->dtype))
+        return lora_seterr(err, LORA_EUSAGE, "--dtype must be F32, F16 or BF16");
+    if (!out && !opts->check_only)
+        return lora_seterr(err, LORA_EUSAGE, "no output given");
+    if ((rc = lora_ckpt_open(input, &R.ck, err)))
+        goto done;
+    if (opts->receipt_in && (rc = lora_receipt_open(opts->receipt_in, &R.rin, err)))
+        goto done;
+    if (opts->reference && (rc = lora_ckpt_open(opts->reference, &R.ref, err)))
+        goto done;
+    if (out && (rc = out_collides(&R, input, out, err)))
+        goto done;
+    if ((rc = bind_all(&R, err)))
+        goto done;
+    if ((rc = lora_engine_new(opts->nthreads, &R.eng, err)))
+        goto done;
+    for (size_t s = 0; s < lora_ckpt_shard_count(R.ck); s++)
+        R.total += lora_st_size(lora_ckpt_shard(R.ck, s));
+    int folder = is_dir(input) || has_suffix(input, ".index.json");
+    if (out && !opts->check_only && folder) {
+        struct stat sb;
+        if (stat(out, &sb) == 0) {
+            DIR *d = S_ISDIR(sb.st_mode) ? opendir(out) : NULL;
+            int empty = d != NULL;
+            struct dirent *e;
+            while (d && (e = readdir(d)))
+                if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
+                    empty = 0;
+            if (d)
+                closedir(d);
+            if (!empty) {
+                rc = lora_seterr(err, LORA_EUSAGE, "%s: exists and is not an empty folder", out);
+                goto done;
+            }
+        }
+        if (asprintf(&tmpdir, "%s.tmp-XXXXXX", out) < 0) {
+            tmpdir = NULL;
+            rc = lora_oom(err);
+            goto done;
+        }
+        if (!mkdtemp(tmpdir)) {
+            rc = lora_seterr_errno(err, LORA_EIO, errno, "%s", tmpdir);
+            free(tmpdir);
+            tmpdir = NULL;
+            goto done;
+        }
+        chmod(tmpdir, 0755); /* mkdtemp makes it 0700; a checkpoint folder is shared */
+    }
+    if (opts->receipt_out && !opts->check_only && nadd &&
+        (rc = lora_receipt_create(opts->receipt_out, opts->rounding, &R.rout, err)))
+        goto done;
+    for (size_t a = 0; R.rout && a < nadd; a++)
+        if ((rc = lora_receipt_add_adapter(R.rout, add[a].spec, R.add_hash[a], add[a].weight, err)))
+            goto done;
+    for (size_t s = 0; s < lora_ckpt_shard_count(R.ck) && !rc; s++) {
+        char *path = NULL;
+        if (out && !opts->check_only) {
+            path = folder ? join(tmpdir, lora_ckpt_shard_name(R.ck, s)) : strdup(out);
+            if (!path) {
+                rc = lora_oom(err);
+                break;
+            }
+        }
+        rc = do_shard(&R, s, path, err);
+        free(path);
+    }
+    if (!rc && res->hash_mismatches)
+        rc = lora_seterr(err, LORA_ECHECK,
+                         "%llu tensor(s) do not match the receipt's hashes: not restored, nothing written",
+                         (unsigned long long)res->hash_mismatches);
+    if (!rc && opts->check_only && res->inexact)
+        rc = lora_seterr(err, LORA_ECHECK, "%llu element(s) not restored exactly",
+                         (unsigned long long)res->inexact);
+    if (!rc && tmpdir) {
+        rc = copy_aux(lora_ckpt_dir(R.ck), tmpdir, err);
+        if (!rc && lora_ckpt_is_sharded(R.ck))
+            rc = write_index(&R, tmpdir, err);
+    }
+    if (!rc && R.rout) {
+        rc = lora_receipt_commit(R.rout, err);
+        R.rout = NULL;
+        if (!rc) {
+            lora_receipt *chk;
+            if (lora_receipt_open(opts->receipt_out, &chk, NULL) == LORA_OK) {
+                res->receipt_bytes = lora_receipt_bytes(chk);
+                lora_receipt_close(chk);
+            }
+        }
+    }
+    if (!rc && tmpdir) {
+        struct stat sb;
+        if (stat(out, &sb) == 0)
+            rmdir(out); /* checked empty above */
+        if (rename(tmpdir, out) != 0)
+            rc = lora_seterr_errno(err, LORA_EIO, errno, "rename %s to %s", tmpdir, out);
+        else {
+            char *parent = strdup(out), *slash = parent ? strrchr(parent, '/') : NULL;
+            if (parent) {
+                if (slash)
+                    *slash = 0;
+                int dfd = open(slash ? (*parent ? parent : "/") : ".", O_RDONLY | O_DIRECTORY);
+                if (dfd >= 0) {
+                    fsync(dfd);
+                    close(dfd);
+                }
+                free(parent);
+            }
+        }
+    }
+done:
+    if (R.rout)
+        lora_receipt_abort(R.rout);
+    if (tmpdir) {
+        if (rc)
+            rm_tree(tmpdir);
+        free(tmpdir);
+    }
+    if (R.rin)
+        lora_receipt_close(R.rin);
+    if (R.ref)
+        lora_ckpt_close(R.ref);
+    if (R.ck)
+        lora_ckpt_close(R.ck);
+    lora_engine_free(R.eng);
+    lora_fixes_free(&R.fixes);
+    free(R.tmp);
+    free(R.cbuf);
+    free(R.undo_hash);
+    free(R.add_hash);
+    free(R.rin_map);
+    return rc;
+}

@@ -1,0 +1,635 @@
+/*
+ * receipt.c - merge receipts (lora-receipt(5)): what a merge did, with
+ * the hashes to check an unmerge against and the corrections that make
+ * it exact.
+ *
+ * Layout: an 8-byte magic, the correction blocks of the tensors one
+ * after the other, a JSON index, the index length (u64 little-endian)
+ * and the magic again.  The index comes last so that the writer streams
+ * blocks as tensors finish and never holds the corrections of the whole
+ * model; the reader maps the file and decodes one tensor's block at a
+ * time.  A block is, per correction, varint(index - previous index - 1)
+ * then varint(zigzag(step)) (LEB128, at most 10 bytes each).
+ */
+#include "internal.h"
+#include "mergecore.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <sodium.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static const unsigned char MAGIC[8] = {'L', 'O', 'R', 'A', 'R', 'C', 'P', 1};
+#define RECEIPT_VERSION 1
+
+struct lora_receipt {
+    /* writer */
+    char *path, *tmpname;
+    int fd;
+    uint64_t at;                /* bytes written so far */
+    unsigned char *buf;         /* block encoding buffer */
+    size_t bufcap;
+    /* reader */
+    const unsigned char *map;
+    size_t maplen;
+    int mapped;
+    char *name;                 /* for messages */
+    /* both */
+    lora_rounding mode;
+    char *tool;
+    size_t nad, capad;
+    lora_receipt_adapter *ad;
+    size_t nt, capt;
+    lora_receipt_tensor *t;
+    uint64_t bytes;
+};
+
+static void free_tensor(lora_receipt_tensor *t)
+{
+    free(t->name);
+    for (size_t i = 0; i < t->nterms; i++)
+        free(t->terms[i].module);
+    free(t->terms);
+}
+
+static void receipt_free(lora_receipt *r)
+{
+    if (!r)
+        return;
+    for (size_t i = 0; i < r->nad; i++)
+        free(r->ad[i].path);
+    free(r->ad);
+    for (size_t i = 0; i < r->nt; i++)
+        free_tensor(&r->t[i]);
+    free(r->t);
+    free(r->tool);
+    free(r->path);
+    free(r->tmpname);
+    free(r->buf);
+    free(r->name);
+    if (r->mapped && r->map)
+        munmap((void *)r->map, r->maplen);
+    free(r);
+}
+
+/* ---- writing ---------------------------------------------------------- */
+
+static int write_all(lora_receipt *r, const void *buf, size_t len, lora_error *err)
+{
+    const unsigned char *p = buf;
+    while (len) {
+        ssize_t n = write(r->fd, p, len);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return lora_seterr_errno(err, LORA_EIO, errno, "%s: write", r->tmpname);
+        }
+        p += n;
+        len -= (size_t)n;
+        r->at += (uint64_t)n;
+    }
+    return LORA_OK;
+}
+
+int lora_receipt_create(const char *path, lora_rounding mode, lora_receipt **out,
+                        lora_error *err)
+{
+    *out = NULL;
+    lora_receipt *r = calloc(1, sizeof *r);
+    if (!r)
+        return lora_oom(err);
+    r->fd = -1;
+    r->mode = mode;
+    if (!(r->path = lora_strdup(path, err))) {
+        receipt_free(r);
+        return LORA_EIO;
+    }
+    char tool[64];
+    snprintf(tool, sizeof tool, "lora-tools %s", lora_version());
+    if (!(r->tool = lora_strdup(tool, err))) {
+        receipt_free(r);
+        return LORA_EIO;
+    }
+    int rc = lora_tmpfile_beside(path, 0644, &r->fd, &r->tmpname, err);
+    if (rc) {
+        receipt_free(r);
+        return rc;
+    }
+    if ((rc = write_all(r, MAGIC, sizeof MAGIC, err))) {
+        lora_receipt_abort(r);
+        return rc;
+    }
+    *out = r;
+    return LORA_OK;
+}
+
+int lora_receipt_add_adapter(lora_receipt *r, const char *path, const unsigned char hash[32],
+                             double weight, lora_error *err)
+{
+    if (r->nad == r->capad) {
+        size_t cap = r->capad ? r->capad * 2 : 4;
+        lora_receipt_adapter *n = realloc(r->ad, cap * sizeof *n);
+        if (!n)
+            return lora_oom(err);
+        r->ad = n;
+        r->capad = cap;
+    }
+    lora_receipt_adapter *a = &r->ad[r->nad];
+    memset(a, 0, sizeof *a);
+    if (!(a->path = lora_strdup(path, err)))
+        return LORA_EIO;
+    memcpy(a->hash, hash, 32);
+    a->weight = weight;
+    r->nad++;
+    return LORA_OK;
+}
+
+static size_t put_varint(unsigned char *p, uint64_t v)
+{
+    size_t n = 0;
+    while (v >= 0x80) {
+        p[n++] = (unsigned char)(v | 0x80);
+        v >>= 7;
+    }
+    p[n++] = (unsigned char)v;
+    return n;
+}
+
+static uint64_t zigzag(int64_t v)
+{
+    return ((uint64_t)v << 1) ^ (uint64_t)(v >> 63);
+}
+
+static int64_t unzigzag(uint64_t v)
+{
+    return (int64_t)(v >> 1) ^ -(int64_t)(v & 1);
+}
+
+static int copy_tensor(lora_receipt_tensor *d, const lora_receipt_tensor *s, lora_error *err)
+{
+    *d = *s;
+    d->name = NULL;
+    d->terms = NULL;
+    d->nterms = 0;
+    if (!(d->name = lora_strdup(s->name, err)))
+        return LORA_EIO;
+    if (s->nterms) {
+        d->terms = calloc(s->nterms, sizeof *d->terms);
+        if (!d->terms)
+            return lora_oom(err);
+        for (size_t i = 0; i < s->nterms; i++) {
+            d->terms[i] = s->terms[i];
+            d->terms[i].module = NULL;
+            d->nterms = i + 1;
+            if (!(d->terms[i].module = lora_strdup(s->terms[i].module, err)))
+                return LORA_EIO;
+        }
+    }
+    return LORA_OK;
+}
+
+int lora_receipt_add_tensor(lora_receipt *r, const lora_receipt_tensor *t,
+                            const lora_fixes *fixes, lora_error *err)
+{
+    if (r->nt == r->capt) {
+        size_t cap = r->capt ? r->capt * 2 : 64;
+        lora_receipt_tensor *n = realloc(r->t, cap * sizeof *n);
+        if (!n)
+            return lora_oom(err);
+        r->t = n;
+        r->capt = cap;
+    }
+    lora_receipt_tensor *d = &r->t[r->nt];
+    int rc = copy_tensor(d, t, err);
+    r->nt++; /* counted even when incomplete, so that free finds it */
+    if (rc)
+        return rc;
+    size_t n = fixes ? fixes->n : 0;
+    size_t need = n * 20 + 1;
+    if (need > r->bufcap) {
+        unsigned char *b = realloc(r->buf, need);
+        if (!b)
+            return lora_oom(err);
+        r->buf = b;
+        r->bufcap = need;
+    }
+    size_t len = 0;
+    uint64_t prev = UINT64_MAX; /* so that the first gap is index - 0 */
+    for (size_t i = 0; i < n; i++) {
+        uint64_t gap = fixes->index[i] - (prev + 1);
+        if (i && fixes->index[i] <= prev)
+            return lora_seterr(err, LORA_EIO, "%s: corrections out of order", t->name);
+        len += put_varint(r->buf + len, gap);
+        len += put_varint(r->buf + len, zigzag(fixes->step[i]));
+        prev = fixes->index[i];
+    }
+    d->nfixes = n;
+    d->offset = r->at;
+    d->length = len;
+    crypto_generichash(d->fixes_hash, 32, r->buf, len, NULL, 0);
+    return write_all(r, r->buf, len, err);
+}
+
+static json_t *hexj(const unsigned char h[32])
+{
+    char hex[65];
+    sodium_bin2hex(hex, sizeof hex, h, 32);
+    return json_string(hex);
+}
+
+static json_t *index_json(const lora_receipt *r)
+{
+    json_t *root = json_object(), *ads = json_array(), *ts = json_array();
+    if (!root || !ads || !ts) {
+        json_decref(root);
+        json_decref(ads);
+        json_decref(ts);
+        return NULL;
+    }
+    json_object_set_new(root, "format", json_string("lora-receipt"));
+    json_object_set_new(root, "version", json_integer(RECEIPT_VERSION));
+    json_object_set_new(root, "tool", json_string(r->tool));
+    json_object_set_new(root, "rounding",
+                        json_string(r->mode == LORA_ROUND_REVERSIBLE ? "reversible" : "nearest"));
+    json_object_set_new(root, "hash", json_string("blake2b-256-tree"));
+    for (size_t i = 0; i < r->nad; i++) {
+        json_t *a = json_object();
+        json_object_set_new(a, "path", json_string(r->ad[i].path));
+        json_object_set_new(a, "blake2b", hexj(r->ad[i].hash));
+        json_object_set_new(a, "weight", json_real(r->ad[i].weight));
+        json_array_append_new(ads, a);
+    }
+    json_object_set_new(root, "adapters", ads);
+    for (size_t i = 0; i < r->nt; i++) {
+        const lora_receipt_tensor *t = &r->t[i];
+        json_t *o = json_object(), *terms = json_array();
+        json_object_set_new(o, "name", json_string(t->name));
+        json_object_set_new(o, "base_dtype", json_string(lora_dtype_name(t->base_dtype)));
+        json_object_set_new(o, "dtype", json_string(lora_dtype_name(t->dtype)));
+        json_object_set_new(o, "shape", json_pack("[II]", (json_int_t)t->rows,
+                                                  (json_int_t)t->cols));
+        json_object_set_new(o, "base", hexj(t->base_hash));
+        json_object_set_new(o, "merged", hexj(t->merged_hash));
+        for (size_t k = 0; k < t->nterms; k++)
+            json_array_append_new(terms, json_pack("{sIsssfsb}", "adapter",
+                                                   (json_int_t)t->terms[k].adapter, "module",
+                                                   t->terms[k].module, "scale",
+                                                   t->terms[k].scale, "transpose",
+                                                   t->terms[k].transpose));
+        json_object_set_new(o, "terms", terms);
+        json_object_set_new(o, "fixes", json_integer((json_int_t)t->nfixes));
+        json_object_set_new(o, "offset", json_integer((json_int_t)t->offset));
+        json_object_set_new(o, "length", json_integer((json_int_t)t->length));
+        json_object_set_new(o, "fixes_blake2b", hexj(t->fixes_hash));
+        json_array_append_new(ts, o);
+    }
+    json_object_set_new(root, "tensors", ts);
+    return root;
+}
+
+int lora_receipt_commit(lora_receipt *r, lora_error *err)
+{
+    json_t *j = index_json(r);
+    char *text = j ? json_dumps(j, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
+    json_decref(j);
+    if (!text) {
+        lora_receipt_abort(r);
+        return lora_oom(err);
+    }
+    size_t n = strlen(text);
+    unsigned char trailer[16];
+    for (int i = 0; i < 8; i++)
+        trailer[i] = (unsigned char)((uint64_t)n >> (8 * i));
+    memcpy(trailer + 8, MAGIC, 8);
+    int rc = write_all(r, text, n, err);
+    free(text);
+    if (!rc)
+        rc = write_all(r, trailer, sizeof trailer, err);
+    if (!rc)
+        rc = lora_commit_tmpfile(r->fd, r->tmpname, r->path, err);
+    close(r->fd);
+    r->fd = -1;
+    if (rc) {
+        unlink(r->tmpname);
+        receipt_free(r);
+        return rc;
+    }
+    receipt_free(r);
+    return LORA_OK;
+}
+
+void lora_receipt_abort(lora_receipt *r)
+{
+    if (!r)
+        return;
+    if (r->fd >= 0) {
+        close(r->fd);
+        unlink(r->tmpname);
+    }
+    receipt_free(r);
+}
+
+/* ---- reading ---------------------------------------------------------- */
+
+static int hex32(json_t *v, unsigned char out[32])
+{
+    const char *s = json_string_value(v);
+    size_t bin = 0;
+    if (!s || strlen(s) != 64)
+        return -1;
+    if (sodium_hex2bin(out, 32, s, 64, NULL, &bin, NULL) != 0 || bin != 32)
+        return -1;
+    return 0;
+}
+
+static int get_u64(json_t *v, uint64_t *out)
+{
+    if (!json_is_integer(v) || json_integer_value(v) < 0)
+        return -1;
+    *out = (uint64_t)json_integer_value(v);
+    return 0;
+}
+
+static int parse_index(lora_receipt *r, const char *text, size_t len, uint64_t data_end,
+                       lora_error *err)
+{
+    json_error_t je;
+    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
+    if (!root)
+        return lora_seterr(err, LORA_EINPUT, "%s: index is not valid JSON: %s (line %d)", r->name,
+                           je.text, je.line);
+    int rc = LORA_EINPUT;
+#define BAD(...) do { lora_seterr(err, LORA_EINPUT, __VA_ARGS__); goto out; } while (0)
+    if (!json_is_object(root))
+        BAD("%s: index is not a JSON object", r->name);
+    const char *fmt = json_string_value(json_object_get(root, "format"));
+    if (!fmt || strcmp(fmt, "lora-receipt") != 0)
+        BAD("%s: not a lora receipt (format field)", r->name);
+    json_t *ver = json_object_get(root, "version");
+    if (!json_is_integer(ver) || json_integer_value(ver) != RECEIPT_VERSION)
+        BAD("%s: unsupported receipt version", r->name);
+    const char *tool = json_string_value(json_object_get(root, "tool"));
+    if (!tool || !(r->tool = lora_strdup(tool, err)))
+        BAD("%s: missing tool field", r->name);
+    const char *rnd = json_string_value(json_object_get(root, "rounding"));
+    if (!rnd || (strcmp(rnd, "nearest") && strcmp(rnd, "reversible")))
+        BAD("%s: unknown rounding", r->name);
+    r->mode = strcmp(rnd, "reversible") == 0 ? LORA_ROUND_REVERSIBLE : LORA_ROUND_NEAREST;
+    const char *h = json_string_value(json_object_get(root, "hash"));
+    if (!h || strcmp(h, "blake2b-256-tree"))
+        BAD("%s: unknown hash scheme", r->name);
+    json_t *ads = json_object_get(root, "adapters"), *ts = json_object_get(root, "tensors");
+    if (!json_is_array(ads) || !json_is_array(ts))
+        BAD("%s: adapters and tensors must be arrays", r->name);
+    size_t na = json_array_size(ads), nt = json_array_size(ts);
+    if (na == 0 || na > 64)
+        BAD("%s: %zu adapters (1 to 64 allowed)", r->name, na);
+    r->ad = calloc(na, sizeof *r->ad);
+    r->t = nt ? calloc(nt, sizeof *r->t) : NULL;
+    if (!r->ad || (nt && !r->t)) {
+        rc = lora_oom(err);
+        goto out;
+    }
+    for (size_t i = 0; i < na; i++) {
+        json_t *a = json_array_get(ads, i);
+        const char *p = json_string_value(json_object_get(a, "path"));
+        json_t *w = json_object_get(a, "weight");
+        if (!p || !json_is_number(w) || hex32(json_object_get(a, "blake2b"), r->ad[i].hash))
+            BAD("%s: adapter %zu: needs path, blake2b (64 hex digits), weight", r->name, i);
+        r->ad[i].weight = json_number_value(w);
+        if (!(r->ad[i].path = lora_strdup(p, err))) {
+            rc = LORA_EIO;
+            goto out;
+        }
+        r->nad = i + 1;
+    }
+    uint64_t prev_end = sizeof MAGIC;
+    for (size_t i = 0; i < nt; i++) {
+        json_t *o = json_array_get(ts, i);
+        lora_receipt_tensor *t = &r->t[i];
+        r->nt = i + 1;
+        const char *name = json_string_value(json_object_get(o, "name"));
+        if (!name || !*name)
+            BAD("%s: tensor %zu has no name", r->name, i);
+        if (!(t->name = lora_strdup(name, err))) {
+            rc = LORA_EIO;
+            goto out;
+        }
+        const char *bd = json_string_value(json_object_get(o, "base_dtype"));
+        const char *dd = json_string_value(json_object_get(o, "dtype"));
+        t->base_dtype = bd ? lora_dtype_from_name(bd) : LORA_DT_INVALID;
+        t->dtype = dd ? lora_dtype_from_name(dd) : LORA_DT_INVALID;
+        int k1, k2;
+        size_t s1, s2;
+        if (lora_fp_kind(t->base_dtype, &k1, &s1) || lora_fp_kind(t->dtype, &k2, &s2))
+            BAD("%s: tensor %s: dtypes must be F32, F16 or BF16", r->name, name);
+        json_t *sh = json_object_get(o, "shape");
+        uint64_t numel;
+        if (!json_is_array(sh) || json_array_size(sh) != 2 ||
+            get_u64(json_array_get(sh, 0), &t->rows) || get_u64(json_array_get(sh, 1), &t->cols) ||
+            !lora_mul_ok(t->rows, t->cols, &numel) || numel > (UINT64_C(1) << 48))
+            BAD("%s: tensor %s: bad shape", r->name, name);
+        if (hex32(json_object_get(o, "base"), t->base_hash) ||
+            hex32(json_object_get(o, "merged"), t->merged_hash) ||
+            hex32(json_object_get(o, "fixes_blake2b"), t->fixes_hash))
+            BAD("%s: tensor %s: hashes must be 64 hex digits", r->name, name);
+        uint64_t end;
+        if (get_u64(json_object_get(o, "fixes"), &t->nfixes) ||
+            get_u64(json_object_get(o, "offset"), &t->offset) ||
+            get_u64(json_object_get(o, "length"), &t->length) ||
+            !lora_add_ok(t->offset, t->length, &end) || t->offset < prev_end || end > data_end)
+            BAD("%s: tensor %s: corrections block outside the data", r->name, name);
+        if (t->nfixes > numel || t->nfixes * 2 > t->length || (t->nfixes == 0 && t->length))
+            BAD("%s: tensor %s: %llu corrections cannot fill %llu bytes", r->name, name,
+                (unsigned long long)t->nfixes, (unsigned long long)t->length);
+        prev_end = end;
+        json_t *terms = json_object_get(o, "terms");
+        if (!json_is_array(terms) || json_array_size(terms) == 0 || json_array_size(terms) > 64)
+            BAD("%s: tensor %s: terms must be an array of 1 to 64", r->name, name);
+        t->terms = calloc(json_array_size(terms), sizeof *t->terms);
+        if (!t->terms) {
+            rc = lora_oom(err);
+            goto out;
+        }
+        for (size_t k = 0; k < json_array_size(terms); k++) {
+            json_t *tm = json_array_get(terms, k);
+            uint64_t ai;
+            const char *mod = json_string_value(json_object_get(tm, "module"));
+            json_t *sc = json_object_get(tm, "scale"), *tr = json_object_get(tm, "transpose");
+            if (get_u64(json_object_get(tm, "adapter"), &ai) || ai >= na || !mod ||
+                !json_is_number(sc) || !json_is_boolean(tr))
+                BAD("%s: tensor %s: term %zu needs adapter (an index), module, scale, transpose",
+                    r->name, name, k);
+            t->terms[k].adapter = (size_t)ai;
+            t->terms[k].scale = json_number_value(sc);
+            t->terms[k].transpose = json_is_true(tr);
+            t->nterms = k + 1;
+            if (!(t->terms[k].module = lora_strdup(mod, err))) {
+                rc = LORA_EIO;
+                goto out;
+            }
+        }
+        for (size_t q = 0; q < i; q++)
+            if (strcmp(r->t[q].name, name) == 0)
+                BAD("%s: tensor %s listed twice", r->name, name);
+    }
+    rc = LORA_OK;
+out:
+#undef BAD
+    json_decref(root);
+    return rc;
+}
+
+int lora_receipt_open_memory(const void *buf, size_t len, const char *name, lora_receipt **out,
+                             lora_error *err)
+{
+    *out = NULL;
+    lora_receipt *r = calloc(1, sizeof *r);
+    if (!r)
+        return lora_oom(err);
+    r->fd = -1;
+    r->map = buf;
+    r->maplen = len;
+    r->bytes = len;
+    if (!(r->name = lora_strdup(name ? name : "receipt", err))) {
+        receipt_free(r);
+        return LORA_EIO;
+    }
+    const unsigned char *p = buf;
+    if (len < 32 || memcmp(p, MAGIC, 8) != 0 || memcmp(p + len - 8, MAGIC, 8) != 0) {
+        lora_seterr(err, LORA_EINPUT, "%s: not a lora receipt (bad magic or truncated)", r->name);
+        receipt_free(r);
+        return LORA_EINPUT;
+    }
+    uint64_t n = 0;
+    for (int i = 0; i < 8; i++)
+        n |= (uint64_t)p[len - 16 + i] << (8 * i);
+    if (n > LORA_RECEIPT_MAX_JSON || n > len - 24) {
+        lora_seterr(err, LORA_EINPUT, "%s: index length %llu does not fit the file", r->name,
+                    (unsigned long long)n);
+        receipt_free(r);
+        return LORA_EINPUT;
+    }
+    uint64_t data_end = len - 16 - n;
+    int rc = parse_index(r, (const char *)p + data_end, (size_t)n, data_end, err);
+    if (rc) {
+        receipt_free(r);
+        return rc;
+    }
+    *out = r;
+    return LORA_OK;
+}
+
+int lora_receipt_open(const char *path, lora_receipt **out, lora_error *err)
+{
+    *out = NULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return lora_seterr_errno(err, errno == ENOENT ? LORA_EINPUT : LORA_EIO, errno, "%s", path);
+    struct stat sb;
+    if (fstat(fd, &sb) != 0) {
+        int e = errno;
+        close(fd);
+        return lora_seterr_errno(err, LORA_EIO, e, "%s", path);
+    }
+    if (!S_ISREG(sb.st_mode) || sb.st_size < 32) {
+        close(fd);
+        return lora_seterr(err, LORA_EINPUT, "%s: not a lora receipt (too short or not a file)",
+                           path);
+    }
+    void *m = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    int e = errno;
+    close(fd);
+    if (m == MAP_FAILED)
+        return lora_seterr_errno(err, LORA_EIO, e, "%s: mmap", path);
+    int rc = lora_receipt_open_memory(m, (size_t)sb.st_size, path, out, err);
+    if (rc) {
+        munmap(m, (size_t)sb.st_size);
+        return rc;
+    }
+    (*out)->mapped = 1;
+    return LORA_OK;
+}
+
+void lora_receipt_close(lora_receipt *r)
+{
+    receipt_free(r);
+}
+
+lora_rounding lora_receipt_rounding(const lora_receipt *r) { return r->mode; }
+const char *lora_receipt_tool(const lora_receipt *r) { return r->tool; }
+size_t lora_receipt_adapter_count(const lora_receipt *r) { return r->nad; }
+const lora_receipt_adapter *lora_receipt_adapter_at(const lora_receipt *r, size_t i)
+{
+    return i < r->nad ? &r->ad[i] : NULL;
+}
+size_t lora_receipt_tensor_count(const lora_receipt *r) { return r->nt; }
+const lora_receipt_tensor *lora_receipt_tensor_at(const lora_receipt *r, size_t i)
+{
+    return i < r->nt ? &r->t[i] : NULL;
+}
+const lora_receipt_tensor *lora_receipt_find(const lora_receipt *r, const char *name)
+{
+    for (size_t i = 0; i < r->nt; i++)
+        if (strcmp(r->t[i].name, name) == 0)
+            return &r->t[i];
+    return NULL;
+}
+uint64_t lora_receipt_bytes(const lora_receipt *r) { return r->map ? r->bytes : r->at; }
+
+static int get_varint(const unsigned char **p, const unsigned char *end, uint64_t *out)
+{
+    uint64_t v = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+        if (*p >= end)
+            return -1;
+        unsigned char c = *(*p)++;
+        if (shift == 63 && c > 1)
+            return -1;
+        v |= (uint64_t)(c & 0x7f) << shift;
+        if (!(c & 0x80)) {
+            *out = v;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+int lora_receipt_fixes(const lora_receipt *r, size_t i, lora_fixes *fixes, lora_error *err)
+{
+    fixes->n = 0;
+    if (!r->map || i >= r->nt)
+        return lora_seterr(err, LORA_EUSAGE, "no such receipt tensor");
+    const lora_receipt_tensor *t = &r->t[i];
+    const unsigned char *p = r->map + t->offset, *end = p + t->length;
+    unsigned char h[32];
+    crypto_generichash(h, 32, p, (size_t)t->length, NULL, 0);
+    if (sodium_memcmp(h, t->fixes_hash, 32) != 0)
+        return lora_seterr(err, LORA_EINPUT, "%s: corrections of %s are corrupted (hash mismatch)",
+                           r->name, t->name);
+    uint64_t numel = t->rows * t->cols, prev = UINT64_MAX;
+    for (uint64_t k = 0; k < t->nfixes; k++) {
+        uint64_t gap, zz, idx;
+        if (get_varint(&p, end, &gap) || get_varint(&p, end, &zz))
+            return lora_seterr(err, LORA_EINPUT, "%s: corrections of %s are truncated", r->name,
+                               t->name);
+        if (!lora_add_ok(prev + 1, gap, &idx) || idx >= numel)
+            return lora_seterr(err, LORA_EINPUT, "%s: a correction of %s lies outside the tensor",
+                               r->name, t->name);
+        int64_t step = unzigzag(zz);
+        if (step == 0 || step > (INT64_C(1) << 33) || step < -(INT64_C(1) << 33))
+            return lora_seterr(err, LORA_EINPUT, "%s: a correction of %s is out of range",
+                               r->name, t->name);
+        if (lora_fixes_push(fixes, idx, step))
+            return lora_oom(err);
+        prev = idx;
+    }
+    if (p != end)
+        return lora_seterr(err, LORA_EINPUT, "%s: corrections of %s have trailing bytes", r->name,
+                           t->name);
+    return LORA_OK;
+}

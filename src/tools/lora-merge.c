@@ -1,0 +1,261 @@
+/*
+ * lora-merge - merge LoRA adapters into a checkpoint, streamed, with a
+ * merge receipt for an exact unmerge; also the task switch (unmerge one
+ * adapter and merge another in one pass).  Argument parsing and
+ * printing only: the work is lora_merge_run in liblora.
+ */
+#include "config.h"
+#include "lora.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define PROG "lora-merge"
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "Usage: " PROG " BASE -a ADAPTER[:WEIGHT] [-a ...] -o OUT [options]\n"
+            "       " PROG " MERGED --unmerge OLD --receipt R -a NEW -o OUT [options]\n"
+            "Merge LoRA adapters into a safetensors checkpoint (file, folder or sharded\n"
+            "index), streamed, and write a merge receipt (OUT.receipt) for an exact unmerge.\n"
+            "\n"
+            "  -a, --adapter ADAPTER[:WEIGHT]  adapter to merge (folder, .lora, task:T, reg:N@V)\n"
+            "  -o, --output OUT                output file or folder (same form as BASE)\n"
+            "      --unmerge ADAPTER[:WEIGHT]  first unmerge this adapter (task switch)\n"
+            "      --receipt PATH              receipt to write (default OUT.receipt); with\n"
+            "                                  --unmerge, the receipt of the merge to undo\n"
+            "      --no-receipt                write no receipt (no hashes, no corrections)\n"
+            "      --dtype F32|F16|BF16        dtype of the changed tensors (default: keep)\n"
+            "      --rounding nearest|reversible  rounding of merged values (default nearest)\n"
+            "  -j, --threads N                 worker threads (default: CPUs online)\n"
+            "      --force                     merge an adapter the base already records\n"
+            "  -k, --pubkey FILE               minisign public key for .lora archives\n"
+            "      --no-verify                 open archives without checking signatures\n"
+            "      --json                      print the summary as JSON on stdout\n"
+            "  -q, --quiet                     no progress bar\n"
+            "  -h, --help                      this help\n"
+            "  -V, --version                   print the version\n");
+}
+
+static int tty_progress;
+
+static void on_progress(void *arg, uint64_t done, uint64_t total)
+{
+    (void)arg;
+    if (!tty_progress || !total)
+        return;
+    fprintf(stderr, "\r" PROG ": %3d%% (%llu / %llu MB)", (int)(100 * done / total),
+            (unsigned long long)(done >> 20), (unsigned long long)(total >> 20));
+    if (done >= total)
+        fputc('\n', stderr);
+}
+
+static int load_adapters(char **args, size_t n, lora_merge_adapter *out, char **specs,
+                         const lora_source_opts *so, lora_error *err)
+{
+    for (size_t i = 0; i < n; i++) {
+        int rc = lora_parse_adapter_arg(args[i], &specs[i], &out[i].weight, &out[i].weight_given,
+                                        err);
+        if (rc)
+            return rc;
+        out[i].spec = specs[i];
+        if ((rc = lora_adapter_load(specs[i], so, &out[i].ad, err)))
+            return rc;
+    }
+    return LORA_OK;
+}
+
+int main(int argc, char **argv)
+{
+    enum { O_UNMERGE = 256, O_RECEIPT, O_NORECEIPT, O_DTYPE, O_ROUNDING, O_FORCE, O_NOVERIFY,
+           O_JSON };
+    static const struct option longopts[] = {
+        {"adapter", required_argument, NULL, 'a'},
+        {"output", required_argument, NULL, 'o'},
+        {"unmerge", required_argument, NULL, O_UNMERGE},
+        {"receipt", required_argument, NULL, O_RECEIPT},
+        {"no-receipt", no_argument, NULL, O_NORECEIPT},
+        {"dtype", required_argument, NULL, O_DTYPE},
+        {"rounding", required_argument, NULL, O_ROUNDING},
+        {"threads", required_argument, NULL, 'j'},
+        {"force", no_argument, NULL, O_FORCE},
+        {"pubkey", required_argument, NULL, 'k'},
+        {"no-verify", no_argument, NULL, O_NOVERIFY},
+        {"json", no_argument, NULL, O_JSON},
+        {"quiet", no_argument, NULL, 'q'},
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
+        {NULL, 0, NULL, 0}};
+    char *adds[64], *undos[64];
+    const char *keys[16];
+    size_t nadd = 0, nundo = 0, nkeys = 0;
+    const char *out = NULL, *receipt = NULL;
+    int no_receipt = 0, json = 0, quiet = 0;
+    lora_merge_opts o;
+    memset(&o, 0, sizeof o);
+    o.dtype = LORA_DT_INVALID;
+    o.rounding = LORA_ROUND_NEAREST;
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    o.nthreads = ncpu > 0 ? (int)ncpu : 1;
+    lora_source_opts so;
+    memset(&so, 0, sizeof so);
+    so.warn = stderr;
+    int c;
+    opterr = 0; /* our own messages, prefixed with the tool's name */
+    while ((c = getopt_long(argc, argv, "a:o:j:k:qhV", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'a':
+            if (nadd == 64) {
+                fprintf(stderr, PROG ": too many adapters: at most 64\n");
+                return LORA_EUSAGE;
+            }
+            adds[nadd++] = optarg;
+            break;
+        case O_UNMERGE:
+            if (nundo == 64) {
+                fprintf(stderr, PROG ": too many adapters: at most 64\n");
+                return LORA_EUSAGE;
+            }
+            undos[nundo++] = optarg;
+            break;
+        case 'o': out = optarg; break;
+        case O_RECEIPT: receipt = optarg; break;
+        case O_NORECEIPT: no_receipt = 1; break;
+        case O_DTYPE:
+            o.dtype = lora_dtype_from_name(optarg);
+            if (!lora_dtype_writable(o.dtype)) {
+                fprintf(stderr, PROG ": --dtype %s: must be F32, F16 or BF16\n", optarg);
+                return LORA_EUSAGE;
+            }
+            break;
+        case O_ROUNDING:
+            if (!strcmp(optarg, "nearest"))
+                o.rounding = LORA_ROUND_NEAREST;
+            else if (!strcmp(optarg, "reversible"))
+                o.rounding = LORA_ROUND_REVERSIBLE;
+            else {
+                fprintf(stderr, PROG ": --rounding %s: must be nearest or reversible\n", optarg);
+                return LORA_EUSAGE;
+            }
+            break;
+        case 'j': {
+            char *end;
+            long v = strtol(optarg, &end, 10);
+            if (*end || v < 1 || v > 64) {
+                fprintf(stderr, PROG ": -j %s: must be a number from 1 to 64\n", optarg);
+                return LORA_EUSAGE;
+            }
+            o.nthreads = (int)v;
+            break;
+        }
+        case O_FORCE: o.force = 1; break;
+        case 'k':
+            if (nkeys == 15) {
+                fprintf(stderr, PROG ": too many keys: at most 15\n");
+                return LORA_EUSAGE;
+            }
+            keys[nkeys++] = optarg;
+            break;
+        case O_NOVERIFY: so.no_verify = 1; break;
+        case O_JSON: json = 1; break;
+        case 'q': quiet = 1; break;
+        case 'h': usage(stdout); return 0;
+        case 'V': printf(PROG " %s\n", lora_version()); return 0;
+        default:
+            fprintf(stderr, PROG ": bad option %s: unknown, or its value is missing (see --help)\n",
+                    argv[optind - 1]);
+            return LORA_EUSAGE;
+        }
+    }
+    if (optind != argc - 1 || !nadd || !out) {
+        fprintf(stderr, PROG ": usage: needs BASE, at least one -a ADAPTER and -o OUT\n");
+        usage(stderr);
+        return LORA_EUSAGE;
+    }
+    if (nundo && !receipt && !no_receipt) {
+        /* the task switch is exact only with the old merge's receipt */
+        fprintf(stderr, PROG ": --unmerge needs --receipt (the receipt of the merge to undo)\n");
+        return LORA_EUSAGE;
+    }
+    keys[nkeys] = NULL;
+    so.pubkeys = nkeys ? keys : NULL;
+    lora_error err;
+    lora_error_clear(&err);
+    if (lora_init(&err)) {
+        fprintf(stderr, PROG ": %s\n", err.msg);
+        return err.code;
+    }
+    const char *base = argv[optind];
+    char *receipt_out = NULL;
+    if (!no_receipt) {
+        if (receipt && !nundo)
+            receipt_out = strdup(receipt);
+        else if (asprintf(&receipt_out, "%s.receipt", out) < 0)
+            receipt_out = NULL;
+        if (!receipt_out) {
+            fprintf(stderr, PROG ": out of memory\n");
+            return LORA_EIO;
+        }
+    }
+    o.receipt_out = receipt_out;
+    o.receipt_in = nundo ? receipt : NULL;
+    tty_progress = !quiet && isatty(2);
+    o.progress = on_progress;
+    lora_merge_adapter ua[64], aa[64];
+    char *us[64] = {0}, *as[64] = {0};
+    memset(ua, 0, sizeof ua);
+    memset(aa, 0, sizeof aa);
+    lora_merge_result res;
+    memset(&res, 0, sizeof res);
+    int rc = load_adapters(undos, nundo, ua, us, &so, &err);
+    if (!rc)
+        rc = load_adapters(adds, nadd, aa, as, &so, &err);
+    if (!rc)
+        rc = lora_merge_run(base, ua, nundo, aa, nadd, out, &o, &res, &err);
+    if (rc) {
+        if (tty_progress)
+            fputc('\n', stderr);
+        fprintf(stderr, PROG ": %s\n", err.msg);
+    } else if (json) {
+        json_t *j = json_pack("{sssosIsIsIsIsIsI}", "output", out, "receipt",
+                              receipt_out ? json_string(receipt_out) : json_null(), "tensors",
+                              (json_int_t)res.tensors, "changed_tensors",
+                              (json_int_t)res.changed_tensors, "copied_tensors",
+                              (json_int_t)res.copied_tensors, "elements",
+                              (json_int_t)res.elements, "corrections", (json_int_t)res.fixes,
+                              "receipt_bytes", (json_int_t)res.receipt_bytes);
+        if (j && res.elements)
+            json_object_set_new(j, "receipt_bytes_per_parameter",
+                                json_real((double)res.receipt_bytes / (double)res.elements));
+        char *s = j ? json_dumps(j, JSON_INDENT(2)) : NULL;
+        if (s)
+            puts(s);
+        free(s);
+        json_decref(j);
+    } else if (!quiet) {
+        fprintf(stderr, PROG ": %s: %llu tensors merged, %llu copied", out,
+                (unsigned long long)res.changed_tensors, (unsigned long long)res.copied_tensors);
+        if (receipt_out && res.elements)
+            fprintf(stderr, "; receipt %s: %llu corrections, %llu bytes (%.4f bytes/parameter)",
+                    receipt_out, (unsigned long long)res.fixes,
+                    (unsigned long long)res.receipt_bytes,
+                    (double)res.receipt_bytes / (double)res.elements);
+        fputc('\n', stderr);
+    }
+    for (size_t i = 0; i < nundo; i++) {
+        lora_adapter_free(ua[i].ad);
+        free(us[i]);
+    }
+    for (size_t i = 0; i < nadd; i++) {
+        lora_adapter_free(aa[i].ad);
+        free(as[i]);
+    }
+    free(receipt_out);
+    return rc;
+}

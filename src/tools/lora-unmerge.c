@@ -1,0 +1,247 @@
+/*
+ * lora-unmerge - take merged adapters back out of a checkpoint: bit for
+ * bit with the merge receipt (checked against its hashes), best effort
+ * without; --check reports how exactly W0 comes back and writes
+ * nothing.  Argument parsing and printing only: the work is
+ * lora_merge_run in liblora.
+ */
+#include "config.h"
+#include "lora.h"
+
+#include <getopt.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define PROG "lora-unmerge"
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "Usage: " PROG " MERGED -a ADAPTER[:WEIGHT] [-a ...] [--receipt R] -o OUT [options]\n"
+            "       " PROG " --check MERGED -a ADAPTER ... [--receipt R] [--base BASE] [--json]\n"
+            "Subtract merged LoRA adapters from a checkpoint.  With the merge receipt the\n"
+            "result is the original base bit for bit, checked against the receipt's hashes.\n"
+            "\n"
+            "  -a, --adapter ADAPTER[:WEIGHT]  adapter to take out (weight from the receipt)\n"
+            "  -o, --output OUT                output file or folder (same form as MERGED)\n"
+            "  -r, --receipt R                 the merge receipt (exact unmerge)\n"
+            "      --check                     write nothing; report exact elements per tensor\n"
+            "      --base BASE                 with --check: compare with this checkpoint\n"
+            "      --dtype F32|F16|BF16        without a receipt: dtype of the base\n"
+            "  -j, --threads N                 worker threads (default: CPUs online)\n"
+            "  -k, --pubkey FILE               minisign public key for .lora archives\n"
+            "      --no-verify                 open archives without checking signatures\n"
+            "      --json                      print the report as JSON on stdout\n"
+            "  -q, --quiet                     no progress bar, no summary\n"
+            "  -h, --help                      this help\n"
+            "  -V, --version                   print the version\n");
+}
+
+static int tty_progress;
+
+static void on_progress(void *arg, uint64_t done, uint64_t total)
+{
+    (void)arg;
+    if (!tty_progress || !total)
+        return;
+    fprintf(stderr, "\r" PROG ": %3d%% (%llu / %llu MB)", (int)(100 * done / total),
+            (unsigned long long)(done >> 20), (unsigned long long)(total >> 20));
+    if (done >= total)
+        fputc('\n', stderr);
+}
+
+struct rep {
+    int json, human;
+    json_t *arr;
+};
+
+static void on_tensor(void *arg, const lora_tensor_report *r)
+{
+    struct rep *p = arg;
+    if (p->json) {
+        json_t *o = json_pack("{sssIsIsIsI}", "name", r->name, "elements", (json_int_t)r->elements,
+                              "exact", (json_int_t)r->exact, "corrections", (json_int_t)r->fixes,
+                              "max_ulps", (json_int_t)r->max_ulps);
+        if (o) {
+            json_object_set_new(o, "hash_ok", r->hash_ok < 0 ? json_null()
+                                                              : json_boolean(r->hash_ok));
+            json_array_append_new(p->arr, o);
+        }
+    } else if (p->human) {
+        printf("%-60s %12llu / %-12llu max %llu ulp  %llu corrections%s\n", r->name,
+               (unsigned long long)r->exact, (unsigned long long)r->elements,
+               (unsigned long long)r->max_ulps, (unsigned long long)r->fixes,
+               r->hash_ok < 0 ? "" : r->hash_ok ? "  hash ok" : "  HASH MISMATCH");
+    }
+}
+
+int main(int argc, char **argv)
+{
+    enum { O_CHECK = 256, O_BASE, O_DTYPE, O_NOVERIFY, O_JSON };
+    static const struct option longopts[] = {
+        {"adapter", required_argument, NULL, 'a'},
+        {"output", required_argument, NULL, 'o'},
+        {"receipt", required_argument, NULL, 'r'},
+        {"check", no_argument, NULL, O_CHECK},
+        {"base", required_argument, NULL, O_BASE},
+        {"dtype", required_argument, NULL, O_DTYPE},
+        {"threads", required_argument, NULL, 'j'},
+        {"pubkey", required_argument, NULL, 'k'},
+        {"no-verify", no_argument, NULL, O_NOVERIFY},
+        {"json", no_argument, NULL, O_JSON},
+        {"quiet", no_argument, NULL, 'q'},
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
+        {NULL, 0, NULL, 0}};
+    char *args[64];
+    const char *keys[16];
+    size_t n = 0, nkeys = 0;
+    const char *out = NULL;
+    int check = 0, json = 0, quiet = 0;
+    lora_merge_opts o;
+    memset(&o, 0, sizeof o);
+    o.dtype = LORA_DT_INVALID;
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    o.nthreads = ncpu > 0 ? (int)ncpu : 1;
+    lora_source_opts so;
+    memset(&so, 0, sizeof so);
+    so.warn = stderr;
+    int c;
+    opterr = 0; /* our own messages, prefixed with the tool's name */
+    while ((c = getopt_long(argc, argv, "a:o:r:j:k:qhV", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'a':
+            if (n == 64) {
+                fprintf(stderr, PROG ": too many adapters: at most 64\n");
+                return LORA_EUSAGE;
+            }
+            args[n++] = optarg;
+            break;
+        case 'o': out = optarg; break;
+        case 'r': o.receipt_in = optarg; break;
+        case O_CHECK: check = 1; break;
+        case O_BASE: o.reference = optarg; break;
+        case O_DTYPE:
+            o.dtype = lora_dtype_from_name(optarg);
+            if (!lora_dtype_writable(o.dtype)) {
+                fprintf(stderr, PROG ": --dtype %s: must be F32, F16 or BF16\n", optarg);
+                return LORA_EUSAGE;
+            }
+            break;
+        case 'j': {
+            char *end;
+            long v = strtol(optarg, &end, 10);
+            if (*end || v < 1 || v > 64) {
+                fprintf(stderr, PROG ": -j %s: must be a number from 1 to 64\n", optarg);
+                return LORA_EUSAGE;
+            }
+            o.nthreads = (int)v;
+            break;
+        }
+        case 'k':
+            if (nkeys == 15) {
+                fprintf(stderr, PROG ": too many keys: at most 15\n");
+                return LORA_EUSAGE;
+            }
+            keys[nkeys++] = optarg;
+            break;
+        case O_NOVERIFY: so.no_verify = 1; break;
+        case O_JSON: json = 1; break;
+        case 'q': quiet = 1; break;
+        case 'h': usage(stdout); return 0;
+        case 'V': printf(PROG " %s\n", lora_version()); return 0;
+        default:
+            fprintf(stderr, PROG ": bad option %s: unknown, or its value is missing (see --help)\n",
+                    argv[optind - 1]);
+            return LORA_EUSAGE;
+        }
+    }
+    if (optind != argc - 1 || !n || (!out && !check) || (out && check)) {
+        fprintf(stderr, PROG ": usage: needs MERGED, at least one -a ADAPTER, and -o OUT or "
+                        "--check (not both)\n");
+        usage(stderr);
+        return LORA_EUSAGE;
+    }
+    if (check && !o.reference && !o.receipt_in) {
+        fprintf(stderr, PROG ": --check needs --receipt or --base: without either, W0 is unknown\n");
+        return LORA_EUSAGE;
+    }
+    if (o.reference && !check) {
+        fprintf(stderr, PROG ": --base goes with --check\n");
+        return LORA_EUSAGE;
+    }
+    keys[nkeys] = NULL;
+    so.pubkeys = nkeys ? keys : NULL;
+    lora_error err;
+    lora_error_clear(&err);
+    if (lora_init(&err)) {
+        fprintf(stderr, PROG ": %s\n", err.msg);
+        return err.code;
+    }
+    o.check_only = check;
+    tty_progress = !quiet && !check && isatty(2);
+    o.progress = on_progress;
+    struct rep rp = {json, check && !quiet, json ? json_array() : NULL};
+    o.on_tensor = on_tensor;
+    o.on_tensor_arg = &rp;
+    lora_merge_adapter ad[64];
+    char *specs[64] = {0};
+    memset(ad, 0, sizeof ad);
+    lora_merge_result res;
+    memset(&res, 0, sizeof res);
+    int rc = LORA_OK;
+    for (size_t i = 0; i < n && !rc; i++) {
+        rc = lora_parse_adapter_arg(args[i], &specs[i], &ad[i].weight, &ad[i].weight_given, &err);
+        ad[i].spec = specs[i];
+        if (!rc)
+            rc = lora_adapter_load(specs[i], &so, &ad[i].ad, &err);
+    }
+    if (!rc)
+        rc = lora_merge_run(argv[optind], ad, n, NULL, 0, out, &o, &res, &err);
+    int ran = rc == LORA_OK || (rc == LORA_ECHECK);
+    if (rc && !(rc == LORA_ECHECK && check)) {
+        if (tty_progress)
+            fputc('\n', stderr);
+        fprintf(stderr, PROG ": %s\n", err.msg);
+    }
+    uint64_t exact = res.elements - res.inexact;
+    if (ran && json) {
+        json_t *j = json_pack("{sosIsIsIsIsIsb}", "tensors", rp.arr, "elements",
+                              (json_int_t)res.elements, "exact", (json_int_t)exact,
+                              "max_ulps", (json_int_t)res.max_ulps, "corrections",
+                              (json_int_t)res.fixes, "hash_mismatches",
+                              (json_int_t)res.hash_mismatches, "all_exact", rc == LORA_OK);
+        rp.arr = NULL;
+        if (j && out)
+            json_object_set_new(j, "output", json_string(out));
+        char *s = j ? json_dumps(j, JSON_INDENT(2)) : NULL;
+        if (s)
+            puts(s);
+        free(s);
+        json_decref(j);
+    } else if (ran && check && !quiet) {
+        printf("total: %llu / %llu elements exact, max %llu ulp, %llu corrections%s\n",
+               (unsigned long long)exact, (unsigned long long)res.elements,
+               (unsigned long long)res.max_ulps, (unsigned long long)res.fixes,
+               rc == LORA_OK ? "" : " (NOT all exact)");
+    } else if (rc == LORA_OK && !quiet) {
+        if (o.receipt_in)
+            fprintf(stderr, PROG ": %s: %llu tensors restored bit for bit (hashes match), "
+                            "%llu corrections applied\n", out,
+                    (unsigned long long)res.changed_tensors, (unsigned long long)res.fixes);
+        else
+            fprintf(stderr, PROG ": %s: %llu tensors unmerged without a receipt (best effort): "
+                            "at least %llu of %llu elements are not the original\n", out,
+                    (unsigned long long)res.changed_tensors, (unsigned long long)res.inexact,
+                    (unsigned long long)res.elements);
+    }
+    json_decref(rp.arr);
+    for (size_t i = 0; i < n; i++) {
+        lora_adapter_free(ad[i].ad);
+        free(specs[i]);
+    }
+    return rc;
+}
