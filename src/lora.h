@@ -227,6 +227,10 @@ typedef struct lora_module {
     int transpose;            /* base tensor stores W as [in, out] (GPT-2 Conv1D,
                                  embeddings): ΔW is added transposed.  Guessed
                                  from fan_in_fan_out until bound to a base. */
+    uint64_t config_r;        /* r the config gives this module (r or rank_pattern);
+                                 when it differs from r the adapter loads (so that
+                                 lora-inspect can report it) but lora_adapter_bind
+                                 refuses it */
 } lora_module;
 
 /* A full tensor saved through modules_to_save: it replaces the base's. */
@@ -260,7 +264,9 @@ typedef struct lora_adapter {
 /* Load a PEFT adapter folder (adapter_config.json +
  * adapter_model.safetensors).  Refused, LORA_EINPUT with a message:
  * adapter_model.bin only, peft_type other than LORA, use_dora,
- * lora_bias, keys that pair up wrongly, shapes inconsistent with r. */
+ * lora_bias, DoRA or unknown keys, keys that pair up wrongly, A and B
+ * that disagree on r.  A rank that differs from the config's is kept in
+ * config_r (see lora_module) and refused by lora_adapter_bind. */
 int lora_adapter_open(const char *path, lora_adapter **out, lora_error *err);
 /* The same from an adapter_config.json text and an already-open
  * safetensors file (an archive member mapped in place); takes ownership
@@ -293,6 +299,97 @@ int lora_adapter_load(const char *spec, const lora_source_opts *opts,
                       lora_adapter **out, lora_error *err);
 
 /* ---- section: inspect (inspect.c) ---- */
+
+/* What lora-inspect reports about an adapter: figures, how the config's
+ * patterns matched, and problems.  Problems are findings, not failures:
+ * lora_inspect succeeds on any adapter lora_adapter_open accepted and
+ * lists what is wrong; a tool's --check turns errors into exit 1. */
+enum { LORA_SEV_WARNING = 1, LORA_SEV_ERROR = 2 };
+
+typedef struct lora_problem {
+    int severity;             /* LORA_SEV_*, after strict promotion */
+    char *where;              /* module or tensor concerned, or NULL */
+    char *msg;                /* one line, complete in itself */
+} lora_problem;
+
+typedef struct lora_inspect_opts {
+    const lora_ckpt *base;    /* NULL: no checks against a base */
+    int strict;               /* warnings count as errors */
+    int no_scan;              /* do not read tensor values (NaN/Inf, zero B) */
+} lora_inspect_opts;
+
+typedef struct lora_report_module {
+    const lora_module *m;     /* ad->modules[i], same order */
+    const char *base_name;    /* base tensor it changes, NULL without base or when missing */
+    int transpose;            /* from the base when bound, else the config's guess */
+    int targeted;             /* selected by target_modules (minus exclude_modules) */
+    uint64_t params;          /* elements of A and B */
+    uint64_t base_params;     /* elements of the base tensor (0 when not bound) */
+    uint64_t nonfinite_a, nonfinite_b;  /* NaN/Inf counts (when scanned) */
+    int zero_b;               /* B scanned and all zeros */
+} lora_report_module;
+
+typedef struct lora_report_group {  /* modules sharing r, alpha and scale */
+    uint64_t r;
+    double alpha, scale;
+    size_t modules;
+} lora_report_group;
+
+typedef struct lora_report_target { /* one target_modules entry (or the regex) */
+    char *entry;
+    size_t modules;           /* adapted modules it selects */
+} lora_report_target;
+
+typedef struct lora_report_dtype {
+    lora_dtype dtype;
+    size_t tensors;
+    uint64_t bytes;
+} lora_report_dtype;
+
+typedef struct lora_report_tensor { /* every tensor of the file, in file order */
+    const lora_tensor *t;
+    const char *role;         /* "lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B",
+                                 "saved" (modules_to_save / bias), "copy" (a frozen base copy,
+                                 unused) */
+    const char *owner;        /* module name or saved target */
+} lora_report_tensor;
+
+typedef struct lora_report {
+    const lora_adapter *ad;
+    size_t n_modules;
+    lora_report_module *modules;
+    size_t n_groups;          /* 1: r, alpha and scale are uniform */
+    lora_report_group *groups;    /* in order of first module */
+    int target_is_regex;
+    size_t n_targets;
+    lora_report_target *targets;
+    size_t n_untargeted;      /* adapted modules target_modules does not select */
+    uint64_t lora_params;     /* elements of every A and B */
+    uint64_t saved_params;    /* elements of modules_to_save tensors */
+    uint64_t trainable_params;    /* lora_params + saved_params */
+    uint64_t tensor_bytes;    /* data bytes of every tensor in the file */
+    uint64_t file_bytes;      /* the safetensors file on disk */
+    size_t n_dtypes;
+    lora_report_dtype *dtypes;    /* in dtype enum order */
+    size_t n_tensors;
+    lora_report_tensor *tensors;
+    size_t n_copies;          /* tensors with role "copy" */
+    int has_base;
+    uint64_t base_params;     /* every tensor of the base */
+    uint64_t base_bytes;      /* the base's files on disk */
+    uint64_t adapted_params;  /* elements of the base tensors the modules change */
+    size_t n_problems;
+    lora_problem *problems;
+    size_t n_errors, n_warnings;
+} lora_report;
+
+int lora_inspect(const lora_adapter *ad, const lora_inspect_opts *opts, lora_report **out,
+                 lora_error *err);
+void lora_report_free(lora_report *rep);
+/* The report as one JSON object (text, malloc'd, keys in a fixed order,
+ * indented, ending in a newline); tensors: include the per-tensor list.
+ * Fields: lora-inspect(1). */
+char *lora_report_json(const lora_report *rep, int tensors, lora_error *err);
 
 
 /* ---- section: hashes (hash.c) ---- */
