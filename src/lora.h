@@ -408,6 +408,11 @@ char *lora_report_json(const lora_report *rep, int tensors, lora_error *err);
  * parallelise over rows (i), never over k. */
 void lora_delta_rows(const double *B, const double *A, uint64_t r, uint64_t in,
                      double scale, uint64_t i0, uint64_t i1, double *dst);
+/* The same rows split into nthreads contiguous blocks of rows, one per
+ * thread (the caller's thread does the first); identical bytes for any
+ * nthreads >= 1.  dst[(i - i0)·in + j] as above. */
+void lora_delta_rows_mt(const double *B, const double *A, uint64_t r, uint64_t in,
+                        double scale, uint64_t i0, uint64_t i1, double *dst, int nthreads);
 
 
 /* ---- section: merge, unmerge, receipts (merge.c, receipt.c) ---- */

@@ -1,0 +1,161 @@
+/*
+ * delta.c - the canonical delta ΔW = scale·B·A of DESIGN.md, row by row.
+ *
+ * This is where lora-merge spends its arithmetic (LLaMA-7B, 4 layers,
+ * r = 16: about 13 G multiply-adds), so the kernel is written with GCC
+ * vector types over j and cloned for AVX2 at run time
+ * (target_clones: the binary still runs on any x86-64).  The contract
+ * does not depend on any of that:
+ *
+ *   dst[i][j] = scale · (((0 + B[i,0]·A[0,j]) + B[i,1]·A[1,j]) + ...)
+ *
+ * in double, k increasing.  Each product of two float-born values is
+ * exact in double, so a fused multiply-add rounds exactly like the
+ * separate add; vector lanes are different j, never different k; row
+ * blocks handed to threads are different i.  Hence the same bytes for
+ * any clone, any thread count, any block size.
+ */
+#include "internal.h"
+
+#include <pthread.h>
+#include <string.h>
+
+typedef double v4d __attribute__((vector_size(32)));
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define LORA_CLONES __attribute__((target_clones("default", "avx2")))
+#else
+#define LORA_CLONES
+#endif
+
+/* Unaligned vector load and store (macros: a function returning a
+ * vector would change the ABI of the default clone). */
+#define ld4(p) ({ v4d v_; memcpy(&v_, (p), sizeof v_); v_; })
+#define st4(p, v) do { v4d w_ = (v); memcpy((p), &w_, sizeof w_); } while (0)
+
+/* The k-th row of A is `in` doubles away from the (k-1)-th: for the
+ * usual power-of-two widths every A[k, j..j+15] maps to the same L1
+ * set and the loads thrash.  So a panel of 16 columns of A is first
+ * packed contiguously (P[k·16 + c] = A[k, j + c]) and then reused by
+ * every row of the block. */
+#define JB 16
+
+/* Rows i and i+1 of the panel at once: they share every load of P,
+ * and the eight accumulators stay in registers through the k loop. */
+LORA_CLONES
+static void panel_rows(const double *B, const double *P, uint64_t r, uint64_t in, double scale,
+                       uint64_t i0, uint64_t i1, double *dst)
+{
+    uint64_t i = i0;
+    for (; i + 2 <= i1; i += 2) {
+        const double *b0 = B + i * r, *b1 = b0 + r;
+        v4d a00 = {0, 0, 0, 0}, a01 = a00, a02 = a00, a03 = a00;
+        v4d a10 = a00, a11 = a00, a12 = a00, a13 = a00;
+        for (uint64_t k = 0; k < r; k++) {
+            const double *pk = P + k * JB;
+            v4d x0 = ld4(pk), x1 = ld4(pk + 4), x2 = ld4(pk + 8), x3 = ld4(pk + 12);
+            double s0 = b0[k], s1 = b1[k];
+            a00 += s0 * x0; a01 += s0 * x1; a02 += s0 * x2; a03 += s0 * x3;
+            a10 += s1 * x0; a11 += s1 * x1; a12 += s1 * x2; a13 += s1 * x3;
+        }
+        double *d0 = dst + (i - i0) * in, *d1 = d0 + in;
+        st4(d0, a00 * scale); st4(d0 + 4, a01 * scale);
+        st4(d0 + 8, a02 * scale); st4(d0 + 12, a03 * scale);
+        st4(d1, a10 * scale); st4(d1 + 4, a11 * scale);
+        st4(d1 + 8, a12 * scale); st4(d1 + 12, a13 * scale);
+    }
+    if (i < i1) {
+        const double *b0 = B + i * r;
+        v4d a0 = {0, 0, 0, 0}, a1 = a0, a2 = a0, a3 = a0;
+        for (uint64_t k = 0; k < r; k++) {
+            const double *pk = P + k * JB;
+            double s = b0[k];
+            a0 += s * ld4(pk); a1 += s * ld4(pk + 4);
+            a2 += s * ld4(pk + 8); a3 += s * ld4(pk + 12);
+        }
+        double *d0 = dst + (i - i0) * in;
+        st4(d0, a0 * scale); st4(d0 + 4, a1 * scale);
+        st4(d0 + 8, a2 * scale); st4(d0 + 12, a3 * scale);
+    }
+}
+
+void lora_delta_rows(const double *B, const double *A, uint64_t r, uint64_t in, double scale,
+                     uint64_t i0, uint64_t i1, double *dst)
+{
+    double stackp[256 * JB];
+    double *P = stackp;
+    uint64_t j = 0;
+    if (r > 256 && in >= JB) {
+        P = malloc(r * JB * sizeof *P);
+        if (!P) /* no memory for the panel: the plain loop gives the same bytes */
+            P = NULL;
+    }
+    if (P) {
+        for (; j + JB <= in; j += JB) {
+            for (uint64_t k = 0; k < r; k++)
+                memcpy(P + k * JB, A + k * in + j, JB * sizeof *P);
+            panel_rows(B, P, r, in, scale, i0, i1, dst + j);
+        }
+        if (P != stackp)
+            free(P);
+    }
+    /* the last columns (and everything when the panel could not be had) */
+    for (uint64_t i = i0; i < i1; i++)
+        for (uint64_t jj = j; jj < in; jj++) {
+            double x = 0;
+            for (uint64_t k = 0; k < r; k++)
+                x += B[i * r + k] * A[k * in + jj];
+            dst[(i - i0) * in + jj] = x * scale;
+        }
+}
+
+struct delta_job {
+    const double *B, *A;
+    uint64_t r, in, i0, i1, base;
+    double scale;
+    double *dst;
+};
+
+static void *delta_thread(void *arg)
+{
+    struct delta_job *j = arg;
+    lora_delta_rows(j->B, j->A, j->r, j->in, j->scale, j->i0, j->i1,
+                    j->dst + (j->i0 - j->base) * j->in);
+    return NULL;
+}
+
+void lora_delta_rows_mt(const double *B, const double *A, uint64_t r, uint64_t in, double scale,
+                        uint64_t i0, uint64_t i1, double *dst, int nthreads)
+{
+    if (nthreads < 1)
+        nthreads = 1;
+    if (nthreads > 256)
+        nthreads = 256;
+    uint64_t rows = i1 > i0 ? i1 - i0 : 0;
+    if ((uint64_t)nthreads > rows)
+        nthreads = rows ? (int)rows : 1;
+    if (nthreads == 1) {
+        lora_delta_rows(B, A, r, in, scale, i0, i1, dst);
+        return;
+    }
+    struct delta_job jobs[256];
+    pthread_t tid[256];
+    int created[256];
+    uint64_t per = rows / (uint64_t)nthreads, extra = rows % (uint64_t)nthreads, at = i0;
+    for (int t = 0; t < nthreads; t++) {
+        uint64_t n = per + ((uint64_t)t < extra);
+        jobs[t] = (struct delta_job){B, A, r, in, at, at + n, i0, scale, dst};
+        at += n;
+    }
+    /* A thread that cannot be started has its block done here instead:
+     * the bytes are the same either way. */
+    for (int t = 1; t < nthreads; t++)
+        created[t] = pthread_create(&tid[t], NULL, delta_thread, &jobs[t]) == 0;
+    delta_thread(&jobs[0]);
+    for (int t = 1; t < nthreads; t++) {
+        if (created[t])
+            pthread_join(tid[t], NULL);
+        else
+            delta_thread(&jobs[t]);
+    }
+}
