@@ -417,6 +417,75 @@ void lora_delta_rows_mt(const double *B, const double *A, uint64_t r, uint64_t i
 
 /* ---- section: merge, unmerge, receipts (merge.c, receipt.c) ---- */
 
+/* How a merged element is rounded (lora-receipt(5)).
+ * NEAREST (default): W = round_dt(W0 + d), d = Σ w_i·ΔW_i, ties to even.
+ * REVERSIBLE: of the two representable values that bracket W0 + d, the
+ * nearest first, then the other one, the first from which unmerge
+ * gives W0 back; where neither does, the nearest and a correction.
+ * Measured and argued in lora-receipt(5): the other neighbour almost
+ * never helps (where the nearest fails, the merge has rounded bits of
+ * W0 away and no neighbour keeps them), so the two give nearly the
+ * same merged bytes and the same corrections. */
+typedef enum lora_rounding {
+    LORA_ROUND_NEAREST = 0,
+    LORA_ROUND_REVERSIBLE = 1
+} lora_rounding;
+
+/* One adapter's share of a tensor: d += weight · module->scale · B·A,
+ * transposed when module->transpose.  Terms are summed in array order
+ * into one double per element:
+ *   d = (w_0 s_0)·Σ_k B0 A0  +  (w_1 s_1)·Σ_k B1 A1  + ...
+ * each product (w_i s_i) in double, each Σ_k the canonical delta. */
+typedef struct lora_term {
+    const lora_module *module;
+    double weight;
+} lora_term;
+
+/* Corrections of one tensor: flat element indices (increasing) and, at
+ * each, how many representable steps the base value lies from what
+ * unmerge computes there (base = the value `step` places above it in
+ * the order of values, -0 just below +0).  Steps are small (the bits
+ * the merge rounded away), which keeps receipts small. */
+typedef struct lora_fixes {
+    size_t n, cap;
+    uint64_t *index;
+    int64_t *step;
+} lora_fixes;
+
+void lora_fixes_free(lora_fixes *f);
+
+/* Counts over one merge or unmerge (added to, never reset). */
+typedef struct lora_merge_stats {
+    uint64_t elements;     /* elements visited */
+    uint64_t changed;      /* d != 0 and the base element finite */
+    uint64_t other;        /* reversible: took the farther neighbour */
+    uint64_t fixes;        /* corrections recorded (merge) or applied (unmerge) */
+    uint64_t inexact;      /* unmerge: elements differing from the reference */
+    uint64_t max_ulps;     /* unmerge: largest distance to the reference, ulps */
+} lora_merge_stats;
+
+/* Merge one tensor held in memory: out = round(w0 + d), elementwise,
+ * exactly as lora-merge does it (same code path).  w0 and out hold
+ * rows×cols elements of dt (F32, F16 or BF16; out may equal w0 for an
+ * in-place merge; out_dt is the output dtype, usually dt).  Non-finite
+ * base elements and elements with d == 0 are copied unchanged.
+ * fixes (may be NULL with LORA_ROUND_NEAREST) receives the corrections
+ * for an exact unmerge.  A non-finite d is LORA_EINPUT.  nthreads >= 1. */
+int lora_tensor_merge(lora_dtype dt, lora_dtype out_dt, uint64_t rows, uint64_t cols,
+                      const void *w0, void *out, const lora_term *terms, size_t nterms,
+                      lora_rounding mode, int nthreads, lora_fixes *fixes,
+                      lora_merge_stats *stats, lora_error *err);
+
+/* Unmerge one tensor: out = round_dt(merged − d) in double, then the
+ * corrections (fixes may be NULL: best effort).  out_dt as above.  When
+ * ref is not NULL (rows×cols elements of out_dt, e.g. the original
+ * base), stats->inexact and stats->max_ulps compare out with it. */
+int lora_tensor_unmerge(lora_dtype dt, lora_dtype out_dt, uint64_t rows, uint64_t cols,
+                        const void *merged, void *out, const lora_term *terms, size_t nterms,
+                        const lora_fixes *fixes, const void *ref, int nthreads,
+                        lora_merge_stats *stats, lora_error *err);
+
+
 
 /* ---- section: SVD and rank reduction (svd.c, rank.c) ---- */
 

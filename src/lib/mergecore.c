@@ -1,0 +1,701 @@
+/*
+ * mergecore.c - the element-level merge and unmerge of one tensor, row
+ * block by row block over threads, shared by the in-memory calls
+ * (lora_tensor_merge / lora_tensor_unmerge, used by lora-eval) and the
+ * streaming checkpoint merge (merge.c), so that both are one code path.
+ *
+ * Numerical contract (lora-receipt(5)):
+ *   d     = Σ_t (w_t·s_t) · Σ_k B_t[i,k]·A_t[k,j]     canonical delta, t in order
+ *   merge   m = round_out(W0 + d)       (reversible: the bracketing neighbour
+ *                                        from which unmerge gives W0 back)
+ *   unmerge u = round_base(m − d)       both in double, one rounding each
+ * Elements with d == 0 or a non-finite base value are copied (converted
+ * when the output dtype differs).  A correction records W0 wherever
+ * unmerge(merge(W0)) != W0, so that unmerge plus corrections is exact.
+ * Work buffers live in a lora_engine allocated once and reused for every
+ * tensor: first touch of fresh memory is slow on the target machines.
+ */
+#include "internal.h"
+#include "mergecore.h"
+#include "fpbits.h"
+
+#include <pthread.h>
+#include <sodium.h>
+#include <stdatomic.h>
+#include <string.h>
+
+void lora_fixes_free(lora_fixes *f)
+{
+    if (!f)
+        return;
+    free(f->index);
+    free(f->step);
+    memset(f, 0, sizeof *f);
+}
+
+int lora_fixes_push(lora_fixes *f, uint64_t index, int64_t step)
+{
+    if (f->n == f->cap) {
+        size_t cap = f->cap ? f->cap * 2 : 256;
+        uint64_t *ni = realloc(f->index, cap * sizeof *ni);
+        if (!ni)
+            return -1;
+        f->index = ni;
+        int64_t *nb = realloc(f->step, cap * sizeof *nb);
+        if (!nb)
+            return -1;
+        f->step = nb;
+        f->cap = cap;
+    }
+    f->index[f->n] = index;
+    f->step[f->n] = step;
+    f->n++;
+    return 0;
+}
+
+int lora_fp_kind(lora_dtype dt, int *kind, size_t *size)
+{
+    switch (dt) {
+    case LORA_DT_F32: *kind = FP_F32; *size = 4; return 0;
+    case LORA_DT_F16: *kind = FP_F16; *size = 2; return 0;
+    case LORA_DT_BF16: *kind = FP_BF16; *size = 2; return 0;
+    default: return -1;
+    }
+}
+
+static inline uint32_t ld_elem(const unsigned char *p, size_t sz)
+{
+    if (sz == 2)
+        return (uint32_t)p[0] | (uint32_t)p[1] << 8;
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static inline void st_elem(unsigned char *p, size_t sz, uint32_t v)
+{
+    p[0] = (unsigned char)v;
+    p[1] = (unsigned char)(v >> 8);
+    if (sz == 4) {
+        p[2] = (unsigned char)(v >> 16);
+        p[3] = (unsigned char)(v >> 24);
+    }
+}
+
+/* Decode n elements of a readable dtype to double (factors A and B). */
+int lora_decode_any(lora_dtype dt, const void *src, double *dst, uint64_t n)
+{
+    const unsigned char *p = src;
+    switch (dt) {
+    case LORA_DT_F32:
+        for (uint64_t i = 0; i < n; i++)
+            dst[i] = fp_f32_d(ld_elem(p + 4 * i, 4));
+        return 0;
+    case LORA_DT_F16:
+        for (uint64_t i = 0; i < n; i++)
+            dst[i] = fp_f16_d(ld_elem(p + 2 * i, 2));
+        return 0;
+    case LORA_DT_BF16:
+        for (uint64_t i = 0; i < n; i++)
+            dst[i] = fp_bf16_d(ld_elem(p + 2 * i, 2));
+        return 0;
+    case LORA_DT_F64:
+        for (uint64_t i = 0; i < n; i++) {
+            uint64_t lo = ld_elem(p + 8 * i, 4), hi = ld_elem(p + 8 * i + 4, 4);
+            double v = fp_bitsd(lo | hi << 32);
+            /* the canonical delta needs float-born factors: a product of two
+             * doubles is not exact; round through float, as PEFT computes */
+            dst[i] = (double)(float)v;
+        }
+        return 0;
+    default:
+        return -1;
+    }
+}
+
+/* ---- engine ---------------------------------------------------------- */
+
+struct lora_engine {
+    int nthreads;
+    size_t cap;                 /* elements per worker buffer */
+    double **sum, **tmp;        /* per worker */
+    unsigned char **ibuf;       /* per worker: converted input when the output differs */
+    lora_fixes *bfix;           /* per block */
+    size_t nbfix;
+    unsigned char (*bhash)[2][32]; /* per block: input and output chunk hashes */
+    size_t nbhash;
+    /* decoded factors per term, grown as needed */
+    size_t nfac;
+    double **fB, **fA;
+    size_t *fBcap, *fAcap;
+};
+
+int lora_engine_new(int nthreads, lora_engine **out, lora_error *err)
+{
+    *out = NULL;
+    if (nthreads < 1)
+        nthreads = 1;
+    if (nthreads > 64)
+        nthreads = 64;
+    lora_engine *e = calloc(1, sizeof *e);
+    if (!e)
+        return lora_oom(err);
+    e->nthreads = nthreads;
+    e->sum = calloc((size_t)nthreads, sizeof *e->sum);
+    e->tmp = calloc((size_t)nthreads, sizeof *e->tmp);
+    e->ibuf = calloc((size_t)nthreads, sizeof *e->ibuf);
+    if (!e->sum || !e->tmp || !e->ibuf) {
+        lora_engine_free(e);
+        return lora_oom(err);
+    }
+    *out = e;
+    return LORA_OK;
+}
+
+void lora_engine_free(lora_engine *e)
+{
+    if (!e)
+        return;
+    for (int t = 0; t < e->nthreads; t++) {
+        if (e->sum) free(e->sum[t]);
+        if (e->tmp) free(e->tmp[t]);
+        if (e->ibuf) free(e->ibuf[t]);
+    }
+    free(e->sum);
+    free(e->tmp);
+    free(e->ibuf);
+    for (size_t i = 0; i < e->nbfix; i++)
+        lora_fixes_free(&e->bfix[i]);
+    free(e->bfix);
+    free(e->bhash);
+    for (size_t i = 0; i < e->nfac; i++) {
+        free(e->fB[i]);
+        free(e->fA[i]);
+    }
+    free(e->fB);
+    free(e->fA);
+    free(e->fBcap);
+    free(e->fAcap);
+    free(e);
+}
+
+int lora_engine_threads(const lora_engine *e)
+{
+    return e->nthreads;
+}
+
+/* Rows per block: about 2^18 elements, so that a block's doubles stay in
+ * the L2 cache and the A panel packing is amortised.  Also the chunking
+ * of the tree hash (lora-receipt(5)), hence a function of cols only. */
+uint64_t lora_block_rows(uint64_t cols)
+{
+    uint64_t r = cols ? (1u << 18) / cols : 1;
+    return r ? r : 1;
+}
+
+static int grow(void **p, size_t *cap, size_t need, size_t elsz)
+{
+    if (*cap >= need)
+        return 0;
+    void *n = realloc(*p, need * elsz);
+    if (!n)
+        return -1;
+    *p = n;
+    *cap = need;
+    return 0;
+}
+
+static int engine_reserve(lora_engine *e, uint64_t cols, uint64_t nblocks, size_t nterms,
+                          lora_error *err)
+{
+    uint64_t need = lora_block_rows(cols) * cols;
+    if (need > e->cap) {
+        for (int t = 0; t < e->nthreads; t++) {
+            double *s = realloc(e->sum[t], need * sizeof(double));
+            if (s) e->sum[t] = s;
+            double *m = realloc(e->tmp[t], need * sizeof(double));
+            if (m) e->tmp[t] = m;
+            unsigned char *b = realloc(e->ibuf[t], need * 4);
+            if (b) e->ibuf[t] = b;
+            if (!s || !m || !b)
+                return lora_oom(err);
+        }
+        e->cap = need;
+    }
+    if (nblocks > e->nbfix) {
+        lora_fixes *n = realloc(e->bfix, nblocks * sizeof *n);
+        if (!n)
+            return lora_oom(err);
+        memset(n + e->nbfix, 0, (nblocks - e->nbfix) * sizeof *n);
+        e->bfix = n;
+        e->nbfix = nblocks;
+    }
+    if (nblocks > e->nbhash) {
+        void *n = realloc(e->bhash, nblocks * sizeof *e->bhash);
+        if (!n)
+            return lora_oom(err);
+        e->bhash = n;
+        e->nbhash = nblocks;
+    }
+    if (nterms > e->nfac) {
+        double **b = realloc(e->fB, nterms * sizeof *b);
+        if (b) e->fB = b;
+        double **a = realloc(e->fA, nterms * sizeof *a);
+        if (a) e->fA = a;
+        size_t *bc = realloc(e->fBcap, nterms * sizeof *bc);
+        if (bc) e->fBcap = bc;
+        size_t *ac = realloc(e->fAcap, nterms * sizeof *ac);
+        if (ac) e->fAcap = ac;
+        if (!b || !a || !bc || !ac)
+            return lora_oom(err);
+        for (size_t i = e->nfac; i < nterms; i++) {
+            e->fB[i] = e->fA[i] = NULL;
+            e->fBcap[i] = e->fAcap[i] = 0;
+        }
+        e->nfac = nterms;
+    }
+    return LORA_OK;
+}
+
+/* Decode term t's factors in the orientation of the base tensor: the
+ * delta's rows are the tensor's rows.  Transposed (Conv1D, embeddings):
+ * ΔWᵀ[p][q] = Σ_k A[k,p]·B[q,k], i.e. the canonical delta with Aᵀ in the
+ * role of B and Bᵀ in the role of A — the same products in the same k
+ * order, hence the same bytes as transposing ΔW. */
+static int decode_factors(lora_engine *e, size_t t, const lora_module *m, lora_error *err)
+{
+    uint64_t r = m->r, in = m->in, out = m->out, nA, nB;
+    if (!lora_mul_ok(r, in, &nA) || !lora_mul_ok(r, out, &nB))
+        return lora_seterr(err, LORA_EINPUT, "%s: factor sizes overflow", m->name);
+    if (m->A->numel != nA || m->B->numel != nB)
+        return lora_seterr(err, LORA_EINPUT, "%s: lora_A/lora_B hold %llu/%llu values, expected %llu/%llu",
+                           m->name, (unsigned long long)m->A->numel,
+                           (unsigned long long)m->B->numel, (unsigned long long)nA,
+                           (unsigned long long)nB);
+    if (grow((void **)&e->fB[t], &e->fBcap[t], nB > nA ? nB : nA, sizeof(double)) ||
+        grow((void **)&e->fA[t], &e->fAcap[t], nB > nA ? nB : nA, sizeof(double)))
+        return lora_oom(err);
+    double *fb = e->fB[t], *fa = e->fA[t];
+    if (!m->transpose) {
+        if (lora_decode_any(m->B->dtype, m->B->data, fb, nB) ||
+            lora_decode_any(m->A->dtype, m->A->data, fa, nA))
+            return lora_seterr(err, LORA_EINPUT, "%s: factors of dtype %s cannot be read",
+                               m->name, lora_dtype_name(m->A->dtype));
+        return LORA_OK;
+    }
+    /* fB = Aᵀ (in×r), fA = Bᵀ (r×out); decode into the other buffer then transpose */
+    if (lora_decode_any(m->A->dtype, m->A->data, fa, nA))
+        return lora_seterr(err, LORA_EINPUT, "%s: factors of dtype %s cannot be read", m->name,
+                           lora_dtype_name(m->A->dtype));
+    for (uint64_t k = 0; k < r; k++)
+        for (uint64_t p = 0; p < in; p++)
+            fb[p * r + k] = fa[k * in + p];
+    if (lora_decode_any(m->B->dtype, m->B->data, fa, nB))
+        return lora_seterr(err, LORA_EINPUT, "%s: factors of dtype %s cannot be read", m->name,
+                           lora_dtype_name(m->B->dtype));
+    /* transpose fa (out×r) in place through fb's spare room is not possible;
+     * use sum buffer 0 as scratch when big enough, else a temporary */
+    double *scratch = malloc(nB * sizeof *scratch);
+    if (!scratch)
+        return lora_oom(err);
+    memcpy(scratch, fa, nB * sizeof *scratch);
+    for (uint64_t q = 0; q < out; q++)
+        for (uint64_t k = 0; k < r; k++)
+            fa[k * out + q] = scratch[q * r + k];
+    free(scratch);
+    return LORA_OK;
+}
+
+/* ---- one tensor ------------------------------------------------------- */
+
+struct tjob {
+    lora_engine *e;
+    const lora_tjob *spec;
+    int ik, ok;
+    size_t isz, osz;
+    uint64_t rows, cols, br, nblocks;
+    double *scale;              /* per term: w·s */
+    const double **B, **A;
+    uint64_t *r;
+    size_t nterms;
+    atomic_ullong next;
+    atomic_int failed;
+    lora_error err;             /* first failure */
+    pthread_mutex_t lock;
+    /* unmerge: corrections to apply, and per-block start positions in them */
+    size_t *fixstart;
+};
+
+static void tj_fail(struct tjob *j, int code, const char *msg)
+{
+    pthread_mutex_lock(&j->lock);
+    if (!atomic_load(&j->failed)) {
+        j->err.code = code;
+        snprintf(j->err.msg, sizeof j->err.msg, "%s", msg);
+        atomic_store(&j->failed, 1);
+    }
+    pthread_mutex_unlock(&j->lock);
+}
+
+/* d for rows [i0, i1) into sum (tmp as scratch) */
+static void block_delta(struct tjob *j, uint64_t i0, uint64_t i1, double *sum, double *tmp)
+{
+    size_t n = (size_t)((i1 - i0) * j->cols);
+    if (j->nterms == 0) {
+        memset(sum, 0, n * sizeof *sum);
+        return;
+    }
+    lora_delta_rows(j->B[0], j->A[0], j->r[0], j->cols, j->scale[0], i0, i1, sum);
+    for (size_t t = 1; t < j->nterms; t++) {
+        lora_delta_rows(j->B[t], j->A[t], j->r[t], j->cols, j->scale[t], i0, i1, tmp);
+        for (size_t x = 0; x < n; x++)
+            sum[x] += tmp[x];
+    }
+}
+
+static inline uint32_t unmerge_elem(int mk, int bk, uint32_t m, double d)
+{
+    if (d == 0 || !fp_finite(mk, m))
+        return mk == bk ? m : fp_round(bk, fp_to_d(mk, m));
+    return fp_round(bk, fp_to_d(mk, m) - d);
+}
+
+static void *tj_worker(void *arg);
+
+struct wargs {
+    struct tjob *j;
+    int t;
+};
+
+static void run_block(struct tjob *j, int t, uint64_t b)
+{
+    lora_engine *e = j->e;
+    const lora_tjob *s = j->spec;
+    uint64_t i0 = b * j->br, i1 = i0 + j->br;
+    if (i1 > j->rows)
+        i1 = j->rows;
+    size_t n = (size_t)((i1 - i0) * j->cols);
+    uint64_t first = i0 * j->cols;
+    double *sum = e->sum[t];
+    block_delta(j, i0, i1, sum, e->tmp[t]);
+    const unsigned char *src = (const unsigned char *)s->src + first * j->isz;
+    unsigned char *dst = s->dst ? (unsigned char *)s->dst + first * j->osz : e->ibuf[t];
+    int ik = j->ik, ok = j->ok;
+    size_t isz = j->isz, osz = j->osz;
+    lora_merge_stats st = {0};
+    st.elements = n;
+
+    if (!s->unmerge) {
+        lora_fixes *fx = &e->bfix[b];
+        fx->n = 0;
+        int record = s->record_fixes;
+        int rev = s->mode == LORA_ROUND_REVERSIBLE;
+        for (size_t x = 0; x < n; x++) {
+            uint32_t w = ld_elem(src + x * isz, isz);
+            double d = sum[x];
+            uint32_t m;
+            if (d == 0 || !fp_finite(ik, w)) {
+                m = ik == ok ? w : fp_round(ok, fp_to_d(ik, w));
+            } else {
+                if (!isfinite(d)) {
+                    char msg[200];
+                    snprintf(msg, sizeof msg, "%s: the adapter's delta is not finite at element %llu",
+                             s->name, (unsigned long long)(first + x));
+                    tj_fail(j, LORA_EINPUT, msg);
+                    return;
+                }
+                st.changed++;
+                double sx = fp_to_d(ik, w) + d;
+                m = fp_round(ok, sx);
+                if (unmerge_elem(ok, ik, m, d) == w)
+                    goto store;
+                if (rev) {
+                    double mv = fp_to_d(ok, m);
+                    int64_t key = fp_key(ok, m) + (sx > mv ? 1 : -1);
+                    uint32_t o = fp_unkey(ok, key);
+                    if (fp_finite(ok, o) && unmerge_elem(ok, ik, o, d) == w) {
+                        m = o;
+                        st.other++;
+                        goto store;
+                    }
+                }
+            }
+            uint32_t u;
+            if (record && (u = unmerge_elem(ok, ik, m, d)) != w) {
+                if (lora_fixes_push(fx, first + x, fp_key(ik, w) - fp_key(ik, u))) {
+                    tj_fail(j, LORA_EIO, "out of memory");
+                    return;
+                }
+                st.fixes++;
+            }
+        store:
+            st_elem(dst + x * osz, osz, m);
+        }
+    } else {
+        /* unmerge: corrections of this block are the slice of spec->fixes
+         * starting at fixstart[b] */
+        const lora_fixes *fx = s->fixes;
+        size_t fi = fx && j->fixstart ? j->fixstart[b] : 0, fe = fx ? fx->n : 0;
+        const unsigned char *ref = s->ref ? (const unsigned char *)s->ref + first * osz : NULL;
+        for (size_t x = 0; x < n; x++) {
+            uint32_t m = ld_elem(src + x * isz, isz);
+            double d = sum[x];
+            if (d != 0 && fp_finite(ik, m)) {
+                if (!isfinite(d)) {
+                    char msg[200];
+                    snprintf(msg, sizeof msg, "%s: the adapter's delta is not finite at element %llu",
+                             s->name, (unsigned long long)(first + x));
+                    tj_fail(j, LORA_EINPUT, msg);
+                    return;
+                }
+                st.changed++;
+            }
+            uint32_t u = unmerge_elem(ik, ok, m, d);
+            if (fi < fe && fx->index[fi] == first + x) {
+                int64_t key = fp_key(ok, u), step = fx->step[fi++];
+                int64_t lim = ok == FP_F32 ? INT64_C(0x80000000) : INT64_C(0x8000);
+                if (step < -2 * lim || step > 2 * lim || key + step < -lim || key + step >= lim) {
+                    char msg[200];
+                    snprintf(msg, sizeof msg, "%s: correction at element %llu is out of range",
+                             s->name, (unsigned long long)(first + x));
+                    tj_fail(j, LORA_EINPUT, msg);
+                    return;
+                }
+                u = fp_unkey(ok, key + step);
+                st.fixes++;
+            }
+            st_elem(dst + x * osz, osz, u);
+            if (ref) {
+                uint32_t want = ld_elem(ref + x * osz, osz);
+                if (want != u) {
+                    st.inexact++;
+                    uint64_t du = fp_finite(ok, want) && fp_finite(ok, u) ? fp_ulps(ok, want, u)
+                                                                          : UINT64_MAX;
+                    if (du > st.max_ulps)
+                        st.max_ulps = du;
+                }
+            }
+        }
+    }
+    if (s->hash) {
+        crypto_generichash(e->bhash[b][0], 32, src, n * isz, NULL, 0);
+        crypto_generichash(e->bhash[b][1], 32, dst, n * osz, NULL, 0);
+    }
+    if (s->sink) {
+        lora_error werr;
+        lora_error_clear(&werr);
+        if (s->sink(s->sink_arg, first * osz, dst, n * osz, &werr) != LORA_OK) {
+            tj_fail(j, werr.code ? werr.code : LORA_EIO, werr.msg);
+            return;
+        }
+    }
+    pthread_mutex_lock(&j->lock);
+    if (s->stats) {
+        s->stats->elements += st.elements;
+        s->stats->changed += st.changed;
+        s->stats->other += st.other;
+        s->stats->fixes += st.fixes;
+        s->stats->inexact += st.inexact;
+        if (st.max_ulps > s->stats->max_ulps)
+            s->stats->max_ulps = st.max_ulps;
+    }
+    pthread_mutex_unlock(&j->lock);
+    if (s->progress)
+        s->progress(s->progress_arg, n * isz);
+}
+
+static void *tj_worker(void *arg)
+{
+    struct wargs *w = arg;
+    struct tjob *j = w->j;
+    for (;;) {
+        if (atomic_load(&j->failed))
+            break;
+        uint64_t b = atomic_fetch_add(&j->next, 1);
+        if (b >= j->nblocks)
+            break;
+        run_block(j, w->t, b);
+    }
+    return NULL;
+}
+
+int lora_engine_run(lora_engine *e, const lora_tjob *s, lora_error *err)
+{
+    struct tjob j;
+    memset(&j, 0, sizeof j);
+    j.e = e;
+    j.spec = s;
+    if (lora_fp_kind(s->in_dt, &j.ik, &j.isz) || lora_fp_kind(s->out_dt, &j.ok, &j.osz))
+        return lora_seterr(err, LORA_EINPUT, "%s: dtype %s -> %s cannot be merged (F32, F16, BF16 only)",
+                           s->name, lora_dtype_name(s->in_dt) ? lora_dtype_name(s->in_dt) : "?",
+                           lora_dtype_name(s->out_dt) ? lora_dtype_name(s->out_dt) : "?");
+    j.rows = s->rows;
+    j.cols = s->cols;
+    j.br = lora_block_rows(s->cols);
+    j.nblocks = s->rows ? (s->rows + j.br - 1) / j.br : 0;
+    j.nterms = s->nterms;
+    if (!s->dst && !s->sink)
+        return lora_seterr(err, LORA_EIO, "%s: no output", s->name);
+    int rc = engine_reserve(e, s->cols, j.nblocks ? j.nblocks : 1, s->nterms, err);
+    if (rc)
+        return rc;
+    double scale[64];
+    const double *Bs[64], *As[64];
+    uint64_t rs[64];
+    if (s->nterms > 64)
+        return lora_seterr(err, LORA_EUSAGE, "%s: more than 64 adapters on one tensor", s->name);
+    for (size_t t = 0; t < s->nterms; t++) {
+        const lora_module *m = s->terms[t].module;
+        uint64_t rows = m->transpose ? m->in : m->out, cols = m->transpose ? m->out : m->in;
+        if (rows != s->rows || cols != s->cols)
+            return lora_seterr(err, LORA_EINPUT,
+                               "%s: adapter module %s is %llux%llu, the tensor is %llux%llu",
+                               s->name, m->name, (unsigned long long)rows,
+                               (unsigned long long)cols, (unsigned long long)s->rows,
+                               (unsigned long long)s->cols);
+        if ((rc = decode_factors(e, t, m, err)) != LORA_OK)
+            return rc;
+        scale[t] = s->terms[t].weight * m->scale;
+        if (!isfinite(scale[t]))
+            return lora_seterr(err, LORA_EINPUT, "%s: scale of %s is not finite", s->name, m->name);
+        Bs[t] = e->fB[t];
+        As[t] = e->fA[t];
+        rs[t] = m->r;
+    }
+    j.scale = scale;
+    j.B = Bs;
+    j.A = As;
+    j.r = rs;
+    if (s->unmerge && s->fixes && s->fixes->n) {
+        j.fixstart = malloc((j.nblocks + 1) * sizeof *j.fixstart);
+        if (!j.fixstart)
+            return lora_oom(err);
+        size_t fi = 0;
+        for (uint64_t b = 0; b <= j.nblocks; b++) {
+            uint64_t lim = b * j.br * j.cols;
+            while (fi < s->fixes->n && s->fixes->index[fi] < lim)
+                fi++;
+            j.fixstart[b] = fi;
+        }
+    }
+    atomic_init(&j.next, 0);
+    atomic_init(&j.failed, 0);
+    pthread_mutex_init(&j.lock, NULL);
+    int nt = e->nthreads;
+    if ((uint64_t)nt > j.nblocks)
+        nt = j.nblocks ? (int)j.nblocks : 1;
+    pthread_t tid[64];
+    struct wargs wa[64];
+    int created[64] = {0};
+    for (int t = 0; t < nt; t++)
+        wa[t] = (struct wargs){&j, t};
+    for (int t = 1; t < nt; t++)
+        created[t] = pthread_create(&tid[t], NULL, tj_worker, &wa[t]) == 0;
+    tj_worker(&wa[0]);
+    for (int t = 1; t < nt; t++)
+        if (created[t])
+            pthread_join(tid[t], NULL);
+    pthread_mutex_destroy(&j.lock);
+    free(j.fixstart);
+    if (atomic_load(&j.failed)) {
+        if (err)
+            *err = j.err;
+        return j.err.code;
+    }
+    /* corrections of the blocks, in order */
+    if (!s->unmerge && s->out_fixes) {
+        for (uint64_t b = 0; b < j.nblocks; b++)
+            for (size_t x = 0; x < e->bfix[b].n; x++)
+                if (lora_fixes_push(s->out_fixes, e->bfix[b].index[x], e->bfix[b].step[x]))
+                    return lora_oom(err);
+    }
+    if (s->hash) {
+        crypto_generichash_state h[2];
+        for (int k = 0; k < 2; k++) {
+            crypto_generichash_init(&h[k], NULL, 0, 32);
+            for (uint64_t b = 0; b < j.nblocks; b++)
+                crypto_generichash_update(&h[k], e->bhash[b][k], 32);
+            crypto_generichash_final(&h[k], k == 0 ? s->in_hash : s->out_hash, 32);
+        }
+    }
+    return LORA_OK;
+}
+
+/* ---- the public in-memory calls --------------------------------------- */
+
+static int mem_call(int unmerge, lora_dtype dt, lora_dtype out_dt, uint64_t rows, uint64_t cols,
+                    const void *src, void *out, const lora_term *terms, size_t nterms,
+                    lora_rounding mode, const lora_fixes *apply, lora_fixes *fixes,
+                    const void *ref, int nthreads, lora_merge_stats *stats, lora_error *err)
+{
+    lora_engine *e;
+    int rc = lora_engine_new(nthreads, &e, err);
+    if (rc)
+        return rc;
+    lora_tjob s;
+    memset(&s, 0, sizeof s);
+    s.name = "tensor";
+    s.in_dt = dt;
+    s.out_dt = out_dt;
+    s.rows = rows;
+    s.cols = cols;
+    s.src = src;
+    s.dst = out;
+    s.terms = terms;
+    s.nterms = nterms;
+    s.mode = mode;
+    s.unmerge = unmerge;
+    s.fixes = apply;
+    s.out_fixes = fixes;
+    s.record_fixes = fixes != NULL;
+    s.ref = ref;
+    s.stats = stats;
+    /* out may alias src (in place): each element is read before it is
+     * written, and blocks never overlap */
+    rc = lora_engine_run(e, &s, err);
+    lora_engine_free(e);
+    return rc;
+}
+
+int lora_tensor_merge(lora_dtype dt, lora_dtype out_dt, uint64_t rows, uint64_t cols,
+                      const void *w0, void *out, const lora_term *terms, size_t nterms,
+                      lora_rounding mode, int nthreads, lora_fixes *fixes,
+                      lora_merge_stats *stats, lora_error *err)
+{
+    if (fixes)
+        fixes->n = 0;
+    return mem_call(0, dt, out_dt, rows, cols, w0, out, terms, nterms, mode, NULL, fixes, NULL,
+                    nthreads, stats, err);
+}
+
+int lora_tensor_unmerge(lora_dtype dt, lora_dtype out_dt, uint64_t rows, uint64_t cols,
+                        const void *merged, void *out, const lora_term *terms, size_t nterms,
+                        const lora_fixes *fixes, const void *ref, int nthreads,
+                        lora_merge_stats *stats, lora_error *err)
+{
+    if (fixes)
+        for (size_t i = 1; i < fixes->n; i++)
+            if (fixes->index[i] <= fixes->index[i - 1])
+                return lora_seterr(err, LORA_EINPUT, "corrections are not in increasing order");
+    if (fixes && fixes->n && fixes->index[fixes->n - 1] >= rows * cols)
+        return lora_seterr(err, LORA_EINPUT, "a correction lies outside the tensor");
+    return mem_call(1, dt, out_dt, rows, cols, merged, out, terms, nterms, LORA_ROUND_NEAREST,
+                    fixes, NULL, ref, nthreads, stats, err);
+}
+
+void lora_tree_hash(const void *data, uint64_t rows, uint64_t cols, size_t elsize,
+                    unsigned char out[32])
+{
+    uint64_t br = lora_block_rows(cols);
+    size_t chunk = (size_t)(br * cols) * elsize;
+    const unsigned char *p = data;
+    crypto_generichash_state h;
+    crypto_generichash_init(&h, NULL, 0, 32);
+    for (uint64_t i = 0; i < rows; i += br) {
+        uint64_t n = rows - i < br ? rows - i : br;
+        size_t len = (size_t)(n * cols) * elsize;
+        unsigned char c[32];
+        crypto_generichash(c, 32, p, len, NULL, 0);
+        crypto_generichash_update(&h, c, 32);
+        p += chunk;
+    }
+    crypto_generichash_final(&h, out, 32);
+}

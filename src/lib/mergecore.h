@@ -1,0 +1,64 @@
+/*
+ * mergecore.h - internal interface of the tensor merge engine
+ * (mergecore.c), used by merge.c (streaming checkpoints), receipt.c and
+ * the unit tests.
+ */
+#ifndef LORA_MERGECORE_H
+#define LORA_MERGECORE_H
+
+#include "internal.h"
+
+typedef struct lora_engine lora_engine;
+
+/* Worker buffers for nthreads threads, grown to the widest tensor seen
+ * and then reused for every tensor. */
+int lora_engine_new(int nthreads, lora_engine **out, lora_error *err);
+void lora_engine_free(lora_engine *e);
+int lora_engine_threads(const lora_engine *e);
+
+/* Output of a block: bytes [off, off+len) of the tensor's data. */
+typedef int (*lora_sink_fn)(void *arg, uint64_t off, const void *buf, size_t len,
+                            lora_error *err);
+
+/* One tensor to merge or unmerge. */
+typedef struct lora_tjob {
+    const char *name;            /* for messages */
+    lora_dtype in_dt, out_dt;
+    uint64_t rows, cols;
+    const void *src;             /* rows×cols elements of in_dt */
+    void *dst;                   /* rows×cols of out_dt, or NULL to use sink */
+    lora_sink_fn sink;
+    void *sink_arg;
+    const lora_term *terms;
+    size_t nterms;
+    lora_rounding mode;
+    int unmerge;
+    int record_fixes;            /* merge: fill out_fixes */
+    lora_fixes *out_fixes;       /* merge: appended to */
+    const lora_fixes *fixes;     /* unmerge: corrections to apply, or NULL */
+    const void *ref;             /* unmerge: compare with (out_dt), or NULL */
+    int hash;                    /* compute the tree hashes of input and output */
+    unsigned char *in_hash, *out_hash; /* 32 bytes each, when hash */
+    lora_merge_stats *stats;     /* added to, may be NULL */
+    void (*progress)(void *arg, uint64_t bytes);
+    void *progress_arg;
+} lora_tjob;
+
+int lora_engine_run(lora_engine *e, const lora_tjob *job, lora_error *err);
+
+/* Rows per block (and per hash chunk) for a tensor of cols columns. */
+uint64_t lora_block_rows(uint64_t cols);
+
+/* The receipt's tensor hash of bytes laid out as rows of rowbytes:
+ * BLAKE2b-256 over the BLAKE2b-256 of each chunk of lora_block_rows(cols)
+ * rows (lora-receipt(5)). */
+void lora_tree_hash(const void *data, uint64_t rows, uint64_t cols, size_t elsize,
+                    unsigned char out[32]);
+
+int lora_fixes_push(lora_fixes *f, uint64_t index, int64_t step);
+/* 0 and the element kind/size for F32, F16, BF16; -1 otherwise. */
+int lora_fp_kind(lora_dtype dt, int *kind, size_t *size);
+/* Decode F32/F16/BF16/F64 values to double (F64 through float). */
+int lora_decode_any(lora_dtype dt, const void *src, double *dst, uint64_t n);
+
+#endif

@@ -1,0 +1,419 @@
+/*
+ * check_merge.c - the element-level merge and unmerge (mergecore.c)
+ * through the public in-memory calls: rounding against a reference
+ * nearest-even, merged values against a plain reference computation
+ * W0 + Σ w·s·BA, merge -> unmerge bit-exact for F32, F16 and BF16 with
+ * adversarial values, transposed (Conv1D) modules, several adapters,
+ * dtype changes, and thread-count independence.
+ */
+#include "testutil.h"
+#include "internal.h"
+#include "mergecore.h"
+#include "fpbits.h"
+
+#include <math.h>
+#include <string.h>
+
+/* ---- reference rounding: nearest even by search over all values ---- */
+
+static double ref_maxval(int k)
+{
+    return k == FP_BF16 ? 0x1.fep127 : 65504.0;
+}
+
+/* 16-bit kinds only: the two neighbours by key, pick by the exact midpoint */
+static uint32_t ref_round16(int k, double x)
+{
+    if (isnan(x))
+        return 0xffff; /* caller only checks that it is a NaN */
+    uint32_t inf = k == FP_BF16 ? 0x7f80 : 0x7c00;
+    double top = k == FP_BF16 ? 0x1p128 : 65536.0; /* max + 1 ulp */
+    double ax = fabs(x);
+    uint32_t sign = signbit(x) ? 0x8000 : 0;
+    if (ax >= top)
+        return sign | inf;
+    /* binary search largest non-negative finite b with value <= ax */
+    uint32_t lo = 0, hi = inf - 1;
+    while (lo < hi) {
+        uint32_t mid = (lo + hi + 1) / 2;
+        if (fp_to_d(k, mid) <= ax)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    double vl = fp_to_d(k, lo);
+    double vh = lo == inf - 1 ? top : fp_to_d(k, lo + 1);
+    double mid = (vl + vh) / 2; /* exact: few significant bits */
+    uint32_t r;
+    if (ax < mid)
+        r = lo;
+    else if (ax > mid)
+        r = lo + 1;
+    else
+        r = (lo & 1) ? lo + 1 : lo;
+    (void)ref_maxval;
+    return sign | r;
+}
+
+START_TEST(test_round16)
+{
+    uint64_t st = 7;
+    for (int k = FP_F16; k <= FP_BF16; k++) {
+        /* every value, its neighbours and the midpoints between them */
+        for (uint32_t b = 0; b < 0x7fff; b++) {
+            if (!fp_finite(k, b))
+                continue;
+            double v = fp_to_d(k, b);
+            uint32_t n = b + 1;
+            double vn = fp_finite(k, n) ? fp_to_d(k, n) : (k == FP_BF16 ? 0x1p128 : 65536.0);
+            double pts[5] = {v, (v + vn) / 2, nextafter((v + vn) / 2, 0),
+                             nextafter((v + vn) / 2, INFINITY), -v};
+            for (int p = 0; p < 5; p++)
+                ck_assert_msg(fp_round(k, pts[p]) == ref_round16(k, pts[p]),
+                              "kind %d value %a: %04x vs %04x", k, pts[p],
+                              fp_round(k, pts[p]), ref_round16(k, pts[p]));
+            ck_assert(fp_to_d(k, b) == v && fp_round(k, v) == b);
+        }
+        for (int i = 0; i < 200000; i++) {
+            double x = ldexp(tu_randu(&st), (int)(tu_rand(&st) % 80) - 60);
+            ck_assert_msg(fp_round(k, x) == ref_round16(k, x), "kind %d %a", k, x);
+            /* and the library's own conversions (dtype.c) agree */
+            uint32_t lib = k == FP_BF16 ? lora_f64_to_bf16(x) : lora_f64_to_f16(x);
+            ck_assert_msg(fp_round(k, x) == lib, "kind %d %a: dtype.c differs", k, x);
+            uint32_t b = (uint32_t)(tu_rand(&st) & 0xffff);
+            double back = k == FP_BF16 ? (double)lora_bf16_to_f32((uint16_t)b)
+                                       : (double)lora_f16_to_f32((uint16_t)b);
+            ck_assert(isnan(back) ? isnan(fp_to_d(k, b)) : back == fp_to_d(k, b));
+        }
+        /* NaN stays NaN, infinities and huge values */
+        ck_assert(!fp_finite(k, fp_round(k, NAN)) && isnan(fp_to_d(k, fp_round(k, NAN))));
+        ck_assert(fp_to_d(k, fp_round(k, INFINITY)) == INFINITY);
+        ck_assert(fp_to_d(k, fp_round(k, -1e300)) == -INFINITY);
+        ck_assert(fp_round(k, 1e-300) == 0 && fp_round(k, -1e-300) == 0x8000);
+    }
+}
+END_TEST
+
+START_TEST(test_key)
+{
+    for (int k = FP_F32; k <= FP_BF16; k++) {
+        ck_assert_int_eq(fp_key(k, 0), 0);
+        ck_assert_int_eq(fp_key(k, fp_signbit(k)), -1);
+        ck_assert_uint_eq(fp_unkey(k, -1), fp_signbit(k));
+        ck_assert_uint_eq(fp_unkey(k, fp_key(k, fp_signbit(k) | 5)), fp_signbit(k) | 5);
+        ck_assert(fp_to_d(k, fp_unkey(k, fp_key(k, fp_round(k, 1.0)) + 1)) > 1.0);
+        ck_assert(fp_to_d(k, fp_unkey(k, fp_key(k, fp_round(k, -1.0)) + 1)) > -1.0);
+    }
+}
+END_TEST
+
+/* ---- adapters built in memory ---- */
+
+typedef struct {
+    lora_module m;
+    lora_tensor A, B;
+    float *a, *b;
+} tmod;
+
+static void tmod_make(tmod *t, uint64_t out, uint64_t in, uint64_t r, double scale,
+                      double mag, int transpose, uint64_t *st)
+{
+    memset(t, 0, sizeof *t);
+    t->a = malloc(r * in * sizeof(float));
+    t->b = malloc(out * r * sizeof(float));
+    for (uint64_t i = 0; i < r * in; i++)
+        t->a[i] = (float)(tu_randu(st) * mag);
+    for (uint64_t i = 0; i < out * r; i++)
+        t->b[i] = (float)(tu_randu(st) * mag);
+    t->A = (lora_tensor){.name = "A", .dtype = LORA_DT_F32, .ndim = 2, .shape = {r, in},
+                         .numel = r * in, .nbytes = r * in * 4, .data = t->a};
+    t->B = (lora_tensor){.name = "B", .dtype = LORA_DT_F32, .ndim = 2, .shape = {out, r},
+                         .numel = out * r, .nbytes = out * r * 4, .data = t->b};
+    t->m.name = "mod";
+    t->m.target = "mod.weight";
+    t->m.A = &t->A;
+    t->m.B = &t->B;
+    t->m.r = r;
+    t->m.in = in;
+    t->m.out = out;
+    t->m.alpha = scale * (double)r;
+    t->m.scale = scale;
+    t->m.transpose = transpose;
+}
+
+static void tmod_free(tmod *t)
+{
+    free(t->a);
+    free(t->b);
+}
+
+/* d at tensor element (p, q) by the plainest loop */
+static double ref_d(const lora_term *terms, size_t n, uint64_t p, uint64_t q)
+{
+    double d = 0;
+    for (size_t t = 0; t < n; t++) {
+        const lora_module *m = terms[t].module;
+        const float *A = m->A->data, *B = m->B->data;
+        uint64_t i = m->transpose ? q : p, j = m->transpose ? p : q;
+        double acc = 0;
+        for (uint64_t k = 0; k < m->r; k++)
+            acc += (double)B[i * m->r + k] * (double)A[k * m->in + j];
+        double v = (terms[t].weight * m->scale) * acc;
+        d = t == 0 ? v : d + v;
+    }
+    return d;
+}
+
+static size_t kind_size(int k)
+{
+    return k == FP_F32 ? 4 : 2;
+}
+
+static lora_dtype kind_dt(int k)
+{
+    return k == FP_F32 ? LORA_DT_F32 : k == FP_F16 ? LORA_DT_F16 : LORA_DT_BF16;
+}
+
+static uint32_t get(const void *p, size_t i, size_t sz)
+{
+    if (sz == 2) {
+        uint16_t v;
+        memcpy(&v, (const char *)p + 2 * i, 2);
+        return v;
+    }
+    uint32_t v;
+    memcpy(&v, (const char *)p + 4 * i, 4);
+    return v;
+}
+
+static void put(void *p, size_t i, size_t sz, uint32_t v)
+{
+    if (sz == 2) {
+        uint16_t h = (uint16_t)v;
+        memcpy((char *)p + 2 * i, &h, 2);
+    } else
+        memcpy((char *)p + 4 * i, &v, 4);
+}
+
+/* base values: weights of trained-model scale, then adversarial ones */
+static void *make_base(int k, uint64_t n, uint64_t *st)
+{
+    size_t sz = kind_size(k);
+    void *w = malloc(n * sz);
+    for (uint64_t i = 0; i < n; i++)
+        put(w, i, sz, fp_round(k, tu_randu(st) * 0.05));
+    uint32_t sb = fp_signbit(k);
+    uint32_t one = fp_round(k, 1.0), two = fp_round(k, 2.0);
+    uint32_t special[] = {0, sb, 1, sb | 1, 2, one, one - 1, one + 1, two, two - 1,
+                          fp_round(k, 0.5), fp_round(k, -0.25) - 1, fp_round(k, 1e-3),
+                          fp_round(k, INFINITY), fp_round(k, -INFINITY), fp_round(k, NAN),
+                          fp_round(k, k == FP_F32 ? 1e38 : 60000.0),
+                          fp_round(k, 6e-5) /* near the F16 normal limit */};
+    for (size_t s = 0; s < sizeof special / sizeof *special; s++)
+        for (uint64_t i = s * 7; i < n; i += 97)
+            put(w, i, sz, special[s]);
+    return w;
+}
+
+static void roundtrip(int k, int ok, uint64_t rows, uint64_t cols, const lora_term *terms,
+                      size_t nterms, lora_rounding mode, int threads, lora_merge_stats *stats)
+{
+    uint64_t st = 42 + (uint64_t)k * 3 + (uint64_t)ok;
+    uint64_t n = rows * cols;
+    size_t isz = kind_size(k), osz = kind_size(ok);
+    void *w0 = make_base(k, n, &st);
+    void *m = malloc(n * osz), *u = malloc(n * isz), *m1 = malloc(n * osz);
+    lora_fixes fx = {0}, fx1 = {0};
+    lora_error err;
+    ck_assert_int_eq(lora_tensor_merge(kind_dt(k), kind_dt(ok), rows, cols, w0, m, terms, nterms,
+                                       mode, threads, &fx, stats, &err), LORA_OK);
+    /* same bytes and corrections with one thread */
+    ck_assert_int_eq(lora_tensor_merge(kind_dt(k), kind_dt(ok), rows, cols, w0, m1, terms,
+                                       nterms, mode, 1, &fx1, NULL, &err), LORA_OK);
+    ck_assert(memcmp(m, m1, n * osz) == 0);
+    ck_assert_uint_eq(fx.n, fx1.n);
+    ck_assert(fx.n == 0 || memcmp(fx.index, fx1.index, fx.n * 8) == 0);
+    /* merged values against the reference sum */
+    for (uint64_t p = 0; p < rows; p++)
+        for (uint64_t q = 0; q < cols; q++) {
+            uint64_t i = p * cols + q;
+            uint32_t wb = get(w0, i, isz), mb = get(m, i, osz);
+            double d = ref_d(terms, nterms, p, q);
+            if (!fp_finite(k, wb) || d == 0) {
+                if (k == ok)
+                    ck_assert_uint_eq(mb, wb); /* untouched, bit for bit */
+                continue;
+            }
+            double s = fp_to_d(k, wb) + d;
+            uint32_t near = fp_round(ok, s);
+            if (mode == LORA_ROUND_NEAREST) {
+                ck_assert_msg(mb == near, "element %llu: %x vs nearest %x",
+                              (unsigned long long)i, mb, near);
+            } else if (mb != near) {
+                /* the other neighbour bracketing s: strictly within one ulp */
+                int64_t dir = s > fp_to_d(ok, near) ? 1 : -1;
+                ck_assert_uint_eq(mb, fp_unkey(ok, fp_key(ok, near) + dir));
+            }
+        }
+    /* unmerge with corrections: exact, and counted */
+    lora_merge_stats us = {0};
+    ck_assert_int_eq(lora_tensor_unmerge(kind_dt(ok), kind_dt(k), rows, cols, m, u, terms, nterms,
+                                         &fx, w0, threads, &us, &err), LORA_OK);
+    ck_assert_msg(memcmp(u, w0, n * isz) == 0, "unmerge not exact (%llu inexact)",
+                  (unsigned long long)us.inexact);
+    ck_assert_uint_eq(us.inexact, 0);
+    ck_assert_uint_eq(us.fixes, fx.n);
+    /* without them: best effort, and the count says how many differ */
+    lora_merge_stats bs = {0};
+    ck_assert_int_eq(lora_tensor_unmerge(kind_dt(ok), kind_dt(k), rows, cols, m, u, terms, nterms,
+                                         NULL, w0, threads, &bs, &err), LORA_OK);
+    uint64_t diff = 0;
+    for (uint64_t i = 0; i < n; i++)
+        diff += get(u, i, isz) != get(w0, i, isz);
+    ck_assert_uint_eq(bs.inexact, diff);
+    ck_assert_uint_le(diff, fx.n);
+    lora_fixes_free(&fx);
+    lora_fixes_free(&fx1);
+    free(w0); free(m); free(u); free(m1);
+}
+
+START_TEST(test_roundtrip_kinds)
+{
+    int k = _i; /* F32, F16, BF16 */
+    uint64_t st = 5, rows = 37, cols = 45;
+    tmod a, b;
+    tmod_make(&a, rows, cols, 4, 2.0, 0.1, 0, &st);
+    tmod_make(&b, cols, rows, 3, 0.5, 0.2, 1, &st); /* stored [in, out]: transposed */
+    lora_term one[1] = {{&a.m, 1.0}};
+    lora_term two[2] = {{&a.m, 0.7}, {&b.m, -1.5}};
+    for (int mode = 0; mode < 2; mode++) {
+        lora_merge_stats s = {0};
+        roundtrip(k, k, rows, cols, one, 1, (lora_rounding)mode, 3, &s);
+        ck_assert_uint_gt(s.changed, 0);
+        roundtrip(k, k, rows, cols, two, 2, (lora_rounding)mode, 2, NULL);
+    }
+    /* a huge delta against W0: most elements need corrections, still exact */
+    tmod h;
+    tmod_make(&h, rows, cols, 2, 1e4, 1.0, 0, &st);
+    lora_term big[1] = {{&h.m, 1.0}};
+    lora_merge_stats s = {0};
+    roundtrip(k, k, rows, cols, big, 1, LORA_ROUND_REVERSIBLE, 2, &s);
+    ck_assert_uint_gt(s.fixes, s.changed / 4);
+    /* a tiny delta: nothing to correct in reversible mode except specials */
+    tmod_free(&h);
+    tmod_free(&a);
+    tmod_free(&b);
+}
+END_TEST
+
+START_TEST(test_dtype_change)
+{
+    uint64_t st = 9, rows = 20, cols = 33;
+    tmod a;
+    tmod_make(&a, rows, cols, 4, 1.0, 0.1, 0, &st);
+    lora_term one[1] = {{&a.m, 1.0}};
+    roundtrip(FP_BF16, FP_F32, rows, cols, one, 1, LORA_ROUND_REVERSIBLE, 2, NULL);
+    roundtrip(FP_F32, FP_BF16, rows, cols, one, 1, LORA_ROUND_REVERSIBLE, 2, NULL);
+    roundtrip(FP_F16, FP_BF16, rows, cols, one, 1, LORA_ROUND_NEAREST, 1, NULL);
+    tmod_free(&a);
+}
+END_TEST
+
+/* reversible rounding needs fewer corrections than nearest on a
+ * realistic adapter, and none where the delta is zero */
+START_TEST(test_reversible_saves)
+{
+    uint64_t st = 11, rows = 64, cols = 256, n = rows * cols;
+    tmod a;
+    tmod_make(&a, rows, cols, 16, 2.0, 0.02, 0, &st);
+    lora_term one[1] = {{&a.m, 1.0}};
+    uint16_t *w = malloc(n * 2), *m = malloc(n * 2);
+    for (uint64_t i = 0; i < n; i++)
+        w[i] = (uint16_t)fp_round_bf16(tu_randu(&st) * 0.04);
+    lora_fixes fr = {0}, fn = {0};
+    lora_error err;
+    lora_merge_stats sr = {0}, sn = {0};
+    ck_assert_int_eq(lora_tensor_merge(LORA_DT_BF16, LORA_DT_BF16, rows, cols, w, m, one, 1,
+                                       LORA_ROUND_REVERSIBLE, 2, &fr, &sr, &err), 0);
+    ck_assert_int_eq(lora_tensor_merge(LORA_DT_BF16, LORA_DT_BF16, rows, cols, w, m, one, 1,
+                                       LORA_ROUND_NEAREST, 2, &fn, &sn, &err), 0);
+    /* where the nearest loses bits of W0, no neighbour keeps them
+     * (lora-receipt(5)): the other neighbour is (almost) never taken */
+    ck_assert_uint_le(fr.n, fn.n);
+    ck_assert_uint_le(sr.other, fn.n - fr.n);
+    ck_assert_uint_eq(sn.other, 0);
+    ck_assert_uint_gt(fn.n, 0);
+    size_t small = 0; /* the steps are the few bits rounded away: mostly ±1 */
+    for (size_t i = 0; i < fn.n; i++) {
+        ck_assert(fn.step[i] != 0);
+        small += fn.step[i] >= -2 && fn.step[i] <= 2;
+    }
+    ck_assert_uint_gt(small * 2, fn.n);
+    lora_fixes_free(&fr);
+    lora_fixes_free(&fn);
+    free(w); free(m);
+    tmod_free(&a);
+}
+END_TEST
+
+START_TEST(test_refusals)
+{
+    uint64_t st = 3;
+    tmod a;
+    tmod_make(&a, 4, 5, 2, 1.0, 0.1, 0, &st);
+    lora_term one[1] = {{&a.m, 1.0}};
+    float w[20] = {0}, o[20];
+    lora_error err;
+    /* shape mismatch names the module */
+    ck_assert_int_eq(lora_tensor_merge(LORA_DT_F32, LORA_DT_F32, 5, 4, w, o, one, 1,
+                                       LORA_ROUND_REVERSIBLE, 1, NULL, NULL, &err), LORA_EINPUT);
+    ck_assert(strstr(err.msg, "mod") != NULL);
+    /* unsupported dtype */
+    ck_assert_int_eq(lora_tensor_merge(LORA_DT_I32, LORA_DT_F32, 4, 5, w, o, one, 1,
+                                       LORA_ROUND_REVERSIBLE, 1, NULL, NULL, &err), LORA_EINPUT);
+    /* a non-finite delta */
+    a.a[3] = INFINITY;
+    for (int i = 0; i < 20; i++)
+        w[i] = 1.0f;
+    ck_assert_int_eq(lora_tensor_merge(LORA_DT_F32, LORA_DT_F32, 4, 5, w, o, one, 1,
+                                       LORA_ROUND_REVERSIBLE, 2, NULL, NULL, &err), LORA_EINPUT);
+    ck_assert(strstr(err.msg, "not finite") != NULL);
+    /* corrections out of order or out of range */
+    a.a[3] = 0.5f;
+    uint64_t idx[2] = {3, 2};
+    int64_t steps[2] = {1, 1};
+    lora_fixes bad = {2, 2, idx, steps};
+    ck_assert_int_eq(lora_tensor_unmerge(LORA_DT_F32, LORA_DT_F32, 4, 5, w, o, one, 1, &bad,
+                                         NULL, 1, NULL, &err), LORA_EINPUT);
+    idx[0] = 1; idx[1] = 20;
+    ck_assert_int_eq(lora_tensor_unmerge(LORA_DT_F32, LORA_DT_F32, 4, 5, w, o, one, 1, &bad,
+                                         NULL, 1, NULL, &err), LORA_EINPUT);
+    /* a step past the last representable value */
+    idx[1] = 4;
+    steps[1] = INT64_C(1) << 40;
+    ck_assert_int_eq(lora_tensor_unmerge(LORA_DT_F32, LORA_DT_F32, 4, 5, w, o, one, 1, &bad,
+                                         NULL, 1, NULL, &err), LORA_EINPUT);
+    ck_assert(strstr(err.msg, "out of range") != NULL);
+    tmod_free(&a);
+}
+END_TEST
+
+static Suite *suite(void)
+{
+    Suite *s = suite_create("merge");
+    TCase *tc = tcase_create("merge");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_round16);
+    tcase_add_test(tc, test_key);
+    tcase_add_loop_test(tc, test_roundtrip_kinds, FP_F32, FP_BF16 + 1);
+    tcase_add_test(tc, test_dtype_change);
+    tcase_add_test(tc, test_reversible_saves);
+    tcase_add_test(tc, test_refusals);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    return tu_run(suite(), 0);
+}
