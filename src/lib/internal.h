@@ -91,7 +91,6 @@ int lora_index_parse(const char *json, size_t len, const char *name, lora_index 
                      lora_error *err);
 void lora_index_free(lora_index *ix);
 
-<<<<<<< HEAD
 /* ---- adapters (adapter_config.c, adapter.c, inspect.c) ---- */
 
 /* adapter_config.json, parsed and checked (refusals done). */
@@ -161,22 +160,5 @@ int lora_module_resolve(const lora_module *m, const lora_ckpt *base, int fan_in_
 /* The base tensor for NAME, trying the spellings with and without a
  * leading "transformer." / "model."; NULL when none exists. */
 const lora_tensor *lora_ckpt_find_alias(const lora_ckpt *ck, const char *name);
-=======
-/* A parsed model.safetensors.index.json (checkpoint.c): only
- * weight_map is used.  Tensor names sorted; shard names unique,
- * sorted, plain file names (no "/", no ".."). */
-typedef struct lora_index {
-    size_t n;
-    char **tensor;      /* weight_map keys, sorted */
-    size_t *shard_of;   /* index into shard[] for each tensor */
-    size_t nshards;
-    char **shard;
-} lora_index;
-
-/* Parse and validate an index held in memory; name is used in messages. */
-int lora_index_parse(const char *json, size_t len, const char *name, lora_index **out,
-                     lora_error *err);
-void lora_index_free(lora_index *ix);
->>>>>>> tensors
 
 #endif
