@@ -685,6 +685,23 @@ typedef struct lora_eval_result {
 int lora_eval_run(lora_model *m, const lora_dataset *ds, const lora_eval_opts *opts,
                   lora_eval_result *res, lora_error *err);
 
+/* Exact recovery of W0: for every weight the adapter changes, merge in
+ * memory (lora_tensor_merge, the code lora-merge runs, with its
+ * receipt corrections), unmerge with those corrections
+ * (lora_tensor_unmerge, the code lora-unmerge runs) and compare with
+ * the stored base bytes element by element.  AD is bound to BASE here. */
+typedef struct lora_recovery {
+    char *tensor;              /* base tensor name */
+    lora_dtype dtype;
+    uint64_t total;            /* elements */
+    uint64_t exact;            /* elements whose bytes came back identical */
+    uint64_t fixes;            /* corrections the merge recorded */
+} lora_recovery;
+
+int lora_eval_check_recovery(const lora_ckpt *base, lora_adapter *ad, int nthreads,
+                             lora_recovery **out, size_t *n, lora_error *err);
+void lora_recovery_free(lora_recovery *r, size_t n);
+
 
 
 #ifdef __cplusplus

@@ -283,3 +283,78 @@ out:
     free(tfb);
     return rc;
 }
+
+void lora_recovery_free(lora_recovery *r, size_t n)
+{
+    if (!r)
+        return;
+    for (size_t i = 0; i < n; i++)
+        free(r[i].tensor);
+    free(r);
+}
+
+int lora_eval_check_recovery(const lora_ckpt *base, lora_adapter *ad, int nthreads,
+                             lora_recovery **out, size_t *n, lora_error *err)
+{
+    *out = NULL;
+    *n = 0;
+    int rc = lora_adapter_bind(ad, base, err);
+    if (rc != LORA_OK)
+        return rc;
+    lora_recovery *res = calloc(ad->n_modules ? ad->n_modules : 1, sizeof *res);
+    if (!res)
+        return lora_oom(err);
+    size_t k = 0;
+    for (size_t i = 0; i < ad->n_modules; i++) {
+        const lora_module *mod = &ad->modules[i];
+        const lora_tensor *t = lora_ckpt_find(base, mod->target, NULL);
+        if (!t || t->ndim != 2) {
+            rc = lora_seterr(err, LORA_EINPUT, "%s: not a matrix in the base", mod->target);
+            break;
+        }
+        unsigned esz = lora_dtype_bits(t->dtype) / 8;
+        void *merged = malloc((size_t)t->nbytes), *back = malloc((size_t)t->nbytes);
+        lora_fixes fixes = {0};
+        lora_merge_stats st = {0};
+        lora_term term = {mod, 1.0};
+        res[k].tensor = lora_strdup(mod->target, err);
+        if (!merged || !back || !res[k].tensor) {
+            free(merged);
+            free(back);
+            rc = lora_oom(err);
+            break;
+        }
+        rc = lora_tensor_merge(t->dtype, t->dtype, t->shape[0], t->shape[1], t->data, merged, &term,
+                               1, LORA_ROUND_NEAREST, nthreads, &fixes, &st, err);
+        if (rc == LORA_OK)
+            rc = lora_tensor_unmerge(t->dtype, t->dtype, t->shape[0], t->shape[1], merged, back,
+                                     &term, 1, &fixes, NULL, nthreads, &st, err);
+        if (rc == LORA_OK) {
+            /* bytes, not values: -0 against +0 or one NaN payload against
+             * another is not recovery */
+            const unsigned char *a = t->data, *b = back;
+            uint64_t exact = 0;
+            for (uint64_t e = 0; e < t->numel; e++)
+                exact += memcmp(a + e * esz, b + e * esz, esz) == 0;
+            res[k].dtype = t->dtype;
+            res[k].total = t->numel;
+            res[k].exact = exact;
+            res[k].fixes = fixes.n;
+        }
+        k++;
+        lora_fixes_free(&fixes);
+        free(merged);
+        free(back);
+        if (rc != LORA_OK) {
+            lora_err_prefix(err, "%s", mod->target);
+            break;
+        }
+    }
+    if (rc != LORA_OK) {
+        lora_recovery_free(res, k);
+        return rc;
+    }
+    *out = res;
+    *n = k;
+    return LORA_OK;
+}

@@ -125,7 +125,7 @@ static int parse_gpt2(json_t *o, lora_model_config *c, lora_error *err)
                  err));
     TRY(cfg_num(o, "layer_norm_epsilon", 1e-5, 0.0, 1.0, &c->norm_eps, err));
     TRY(cfg_bool(o, "tie_word_embeddings", 1, &c->tied, err));
-    const char *act;
+    const char *act = NULL;
     TRY(cfg_str(o, "activation_function", "gelu_new", &act, err));
     if (strcmp(act, "gelu_new") != 0 && strcmp(act, "gelu_pytorch_tanh") != 0)
         return lora_seterr(err, LORA_EINPUT,
@@ -235,7 +235,7 @@ static int parse_llama(json_t *o, lora_model_config *c, lora_error *err)
     c->qkv_bias = ab || strcmp(c->architecture, "Qwen2ForCausalLM") == 0;
     c->o_bias = ab;
     c->mlp_bias = mb;
-    const char *act;
+    const char *act = NULL;
     TRY(cfg_str(o, "hidden_act", "silu", &act, err));
     if (strcmp(act, "silu") != 0)
         return lora_seterr(err, LORA_EINPUT, "config.json: hidden_act \"%s\" is not supported (silu only)",
@@ -514,7 +514,7 @@ static int make_inv_freq(lora_model *m, lora_error *err)
 static int load_weights(lora_model *m, lora_error *err)
 {
     const lora_model_config *c = &m->cfg;
-    uint64_t E = c->hidden, V = c->vocab, I = c->inner;
+    uint64_t E = c->hidden, V = c->vocab, FF = c->inner;
     m->L = calloc((size_t)c->layers, sizeof *m->L);
     if (!m->L)
         return lora_oom(err);
@@ -533,8 +533,8 @@ static int load_weights(lora_model *m, lora_error *err)
             TRY(load_tensor(m, P("ln_2.bias"), 1, E, 0, &l->n2b, NULL, err));
             TRY(load_linop(m, &l->qkv, P("attn.c_attn"), E, 3 * E, 1, 1, err));
             TRY(load_linop(m, &l->o, P("attn.c_proj"), E, E, 1, 1, err));
-            TRY(load_linop(m, &l->up, P("mlp.c_fc"), E, I, 1, 1, err));
-            TRY(load_linop(m, &l->down, P("mlp.c_proj"), I, E, 1, 1, err));
+            TRY(load_linop(m, &l->up, P("mlp.c_fc"), E, FF, 1, 1, err));
+            TRY(load_linop(m, &l->down, P("mlp.c_proj"), FF, E, 1, 1, err));
 #undef P
         }
         TRY(load_tensor(m, "ln_f.weight", 1, E, 0, &m->nfw, NULL, err));
@@ -557,9 +557,9 @@ static int load_weights(lora_model *m, lora_error *err)
         TRY(load_linop(m, &l->k, P("self_attn.k_proj"), E, kvd, 0, c->qkv_bias, err));
         TRY(load_linop(m, &l->v, P("self_attn.v_proj"), E, kvd, 0, c->qkv_bias, err));
         TRY(load_linop(m, &l->o, P("self_attn.o_proj"), qd, E, 0, c->o_bias, err));
-        TRY(load_linop(m, &l->gate, P("mlp.gate_proj"), E, I, 0, c->mlp_bias, err));
-        TRY(load_linop(m, &l->up, P("mlp.up_proj"), E, I, 0, c->mlp_bias, err));
-        TRY(load_linop(m, &l->down, P("mlp.down_proj"), I, E, 0, c->mlp_bias, err));
+        TRY(load_linop(m, &l->gate, P("mlp.gate_proj"), E, FF, 0, c->mlp_bias, err));
+        TRY(load_linop(m, &l->up, P("mlp.up_proj"), E, FF, 0, c->mlp_bias, err));
+        TRY(load_linop(m, &l->down, P("mlp.down_proj"), FF, E, 0, c->mlp_bias, err));
 #undef P
     }
     TRY(load_tensor(m, "norm.weight", 1, E, 0, &m->nfw, NULL, err));
@@ -646,7 +646,7 @@ static int decode_new(const lora_tensor *t, float **dst, lora_error *err)
     return lora_decode_f32(t->dtype, t->data, *dst, (size_t)t->numel);
 }
 
-/* Defined in the merge section when the merge engine is built in. */
+/* Below, after the forward pass. */
 static int merged_weight(lora_model *m, const lora_module *mod, linop *op, lora_error *err);
 
 int lora_model_attach(lora_model *m, lora_adapter *ad, int want_merged, lora_error *err)
@@ -930,7 +930,7 @@ static void block_gpt2(lora_run *r, uint64_t l, size_t n)
 {
     const lora_model_config *c = &r->m->cfg;
     layer *L = &r->m->L[l];
-    uint64_t E = c->hidden, I = c->inner;
+    uint64_t E = c->hidden, FF = c->inner;
     layernorm(r->x, r->h, n, E, L->n1w, L->n1b, c->norm_eps);
     linop_run(r, &L->qkv, r->h, E, n, r->qkv, 3 * E);
     for (size_t i = 0; i < n; i++) {
@@ -942,13 +942,13 @@ static void block_gpt2(lora_run *r, uint64_t l, size_t n)
     for (size_t i = 0; i < n * E; i++)
         r->x[i] += r->h[i];
     layernorm(r->x, r->h, n, E, L->n2w, L->n2b, c->norm_eps);
-    linop_run(r, &L->up, r->h, E, n, r->f1, I);
+    linop_run(r, &L->up, r->h, E, n, r->f1, FF);
     const float k0 = 0.7978845608028654f, k1 = 0.044715f;  /* √(2/π) */
-    for (size_t i = 0; i < n * I; i++) {
+    for (size_t i = 0; i < n * FF; i++) {
         float x = r->f1[i];
         r->f1[i] = 0.5f * x * (1.0f + tanhf(k0 * (x + k1 * (x * x * x))));
     }
-    linop_run(r, &L->down, r->f1, I, n, r->h, E);
+    linop_run(r, &L->down, r->f1, FF, n, r->h, E);
     for (size_t i = 0; i < n * E; i++)
         r->x[i] += r->h[i];
 }
@@ -957,7 +957,7 @@ static void block_llama(lora_run *r, uint64_t l, size_t n)
 {
     const lora_model_config *c = &r->m->cfg;
     layer *L = &r->m->L[l];
-    uint64_t E = c->hidden, I = c->inner, qd = c->heads * c->head_dim,
+    uint64_t E = c->hidden, FF = c->inner, qd = c->heads * c->head_dim,
              kvd = c->kv_heads * c->head_dim;
     rmsnorm(r->x, r->h, n, E, L->n1w, c->norm_eps);
     linop_run(r, &L->q, r->h, E, n, r->q, qd);
@@ -970,13 +970,13 @@ static void block_llama(lora_run *r, uint64_t l, size_t n)
     for (size_t i = 0; i < n * E; i++)
         r->x[i] += r->h[i];
     rmsnorm(r->x, r->h, n, E, L->n2w, c->norm_eps);
-    linop_run(r, &L->gate, r->h, E, n, r->f1, I);
-    linop_run(r, &L->up, r->h, E, n, r->f2, I);
-    for (size_t i = 0; i < n * I; i++) {
+    linop_run(r, &L->gate, r->h, E, n, r->f1, FF);
+    linop_run(r, &L->up, r->h, E, n, r->f2, FF);
+    for (size_t i = 0; i < n * FF; i++) {
         float g = r->f1[i];
         r->f1[i] = g / (1.0f + expf(-g)) * r->f2[i];
     }
-    linop_run(r, &L->down, r->f1, I, n, r->h, E);
+    linop_run(r, &L->down, r->f1, FF, n, r->h, E);
     for (size_t i = 0; i < n * E; i++)
         r->x[i] += r->h[i];
 }
@@ -1032,11 +1032,26 @@ int lora_run_forward(lora_run *r, const int32_t *tokens, size_t n, float *logits
 /* merged weights                                                       */
 /* ------------------------------------------------------------------ */
 
+/* The weight lora-merge would write for W0 + ΔW, in the checkpoint's
+ * dtype (same call, same rounding), decoded to F32. */
 static int merged_weight(lora_model *m, const lora_module *mod, linop *op, lora_error *err)
 {
-    (void)m;
-    (void)mod;
-    (void)op;
-    return lora_seterr(err, LORA_EUSAGE, "merged evaluation needs the merge engine, which is not "
-                       "in this build");
+    const lora_tensor *t = lora_ckpt_find(m->ck, op->tensor, NULL);
+    if (!t || t->ndim != 2)
+        return lora_seterr(err, LORA_EINPUT, "%s: not a matrix in the checkpoint", op->tensor);
+    void *buf = malloc((size_t)t->nbytes);
+    op->wm = malloc((size_t)t->numel * sizeof(float));
+    if (!buf || !op->wm) {
+        free(buf);
+        return lora_oom(err);
+    }
+    lora_term term = {mod, 1.0};
+    int rc = lora_tensor_merge(t->dtype, t->dtype, t->shape[0], t->shape[1], t->data, buf, &term, 1,
+                               LORA_ROUND_NEAREST, 1, NULL, NULL, err);
+    if (rc == LORA_OK)
+        rc = lora_decode_f32(t->dtype, buf, op->wm, (size_t)t->numel);
+    free(buf);
+    if (rc != LORA_OK)
+        lora_err_prefix(err, "merging %s", op->tensor);
+    return rc;
 }

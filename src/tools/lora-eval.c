@@ -20,6 +20,7 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "Usage: %s --model DIR [-a ADAPTER] --data FILE [options]\n"
+            "       %s --check-recovery --model DIR -a ADAPTER [--json]\n"
             "\n"
             "Evaluate a Hugging Face causal LM (GPT-2, LLaMA, Mistral, Qwen2), with or\n"
             "without a LoRA adapter, on a JSONL data set of token ids.\n"
@@ -29,6 +30,8 @@ static void usage(FILE *f)
             "  -d, --data FILE        JSONL data set (- for stdin)\n"
             "      --mode MODE        unmerged (default), merged, or both (compare them)\n"
             "      --min-accuracy X   exit 1 when accuracy is below X (0..1)\n"
+            "      --check-recovery   merge in memory, unmerge with the receipt corrections,\n"
+            "                         compare with the base bit for bit (exit 1 unless exact)\n"
             "      --limit N          evaluate the first N items only\n"
             "  -k, --pubkey FILE      minisign public key for .lora archives (repeatable)\n"
             "      --no-verify        open .lora archives without checking signatures\n"
@@ -39,8 +42,8 @@ static void usage(FILE *f)
             "  -V, --version          version\n"
             "\n"
             "Exit status: 0 ok, 1 accuracy below --min-accuracy or merged and unmerged\n"
-            "disagree, 2 usage error, 3 bad input, 4 I/O error.\n",
-            prog);
+            "disagree or recovery is not exact, 2 usage error, 3 bad input, 4 I/O error.\n",
+            prog, prog);
 }
 
 static int die(int code, const lora_error *err)
@@ -60,9 +63,79 @@ static const char *mode_name(int m)
     return m == LORA_MODE_MERGED ? "merged" : m == LORA_MODE_UNMERGED ? "unmerged" : "base";
 }
 
+/* --check-recovery: the base's checkpoint only (no F32 model needed). */
+static int check_recovery(const char *model_dir, const char *adapter, const lora_source_opts *so,
+                          int threads, int json)
+{
+    lora_error err;
+    lora_error_clear(&err);
+    if (lora_init(&err) != LORA_OK)
+        return die(err.code, &err);
+    lora_ckpt *ck = NULL;
+    lora_adapter *ad = NULL;
+    lora_recovery *rec = NULL;
+    size_t n = 0;
+    int rc = lora_ckpt_open(model_dir, &ck, &err);
+    if (rc == LORA_OK)
+        rc = lora_adapter_load(adapter, so, &ad, &err);
+    if (rc == LORA_OK)
+        rc = lora_eval_check_recovery(ck, ad, threads, &rec, &n, &err);
+    if (rc != LORA_OK) {
+        fprintf(stderr, "%s: %s\n", prog, err.msg);
+        goto out;
+    }
+    uint64_t exact = 0, total = 0, fixes = 0;
+    for (size_t i = 0; i < n; i++) {
+        exact += rec[i].exact;
+        total += rec[i].total;
+        fixes += rec[i].fixes;
+    }
+    if (json) {
+        json_t *o = json_object(), *arr = json_array();
+        json_object_set_new(o, "model", json_string(model_dir));
+        json_object_set_new(o, "adapter", json_string(adapter));
+        for (size_t i = 0; i < n; i++) {
+            json_t *t = json_object();
+            json_object_set_new(t, "tensor", json_string(rec[i].tensor));
+            json_object_set_new(t, "dtype", json_string(lora_dtype_name(rec[i].dtype)));
+            json_object_set_new(t, "exact", json_integer((json_int_t)rec[i].exact));
+            json_object_set_new(t, "total", json_integer((json_int_t)rec[i].total));
+            json_object_set_new(t, "fixes", json_integer((json_int_t)rec[i].fixes));
+            json_array_append_new(arr, t);
+        }
+        json_object_set_new(o, "tensors", arr);
+        json_object_set_new(o, "exact", json_integer((json_int_t)exact));
+        json_object_set_new(o, "total", json_integer((json_int_t)total));
+        json_object_set_new(o, "fixes", json_integer((json_int_t)fixes));
+        json_object_set_new(o, "all_exact", json_boolean(exact == total));
+        char *s = json_dumps(o, JSON_INDENT(2));
+        json_decref(o);
+        if (s)
+            puts(s);
+        free(s);
+    } else {
+        for (size_t i = 0; i < n; i++)
+            printf("%-48s %-4s %llu/%llu exact, %llu corrections\n", rec[i].tensor,
+                   lora_dtype_name(rec[i].dtype), (unsigned long long)rec[i].exact,
+                   (unsigned long long)rec[i].total, (unsigned long long)rec[i].fixes);
+        printf("total %llu/%llu elements exact over %zu tensors%s\n", (unsigned long long)exact,
+               (unsigned long long)total, n, exact == total ? "" : ": RECOVERY NOT EXACT");
+    }
+    if (exact != total) {
+        fprintf(stderr, "%s: %llu of %llu elements did not come back bit for bit\n", prog,
+                (unsigned long long)(total - exact), (unsigned long long)total);
+        rc = LORA_ECHECK;
+    }
+out:
+    lora_recovery_free(rec, n);
+    lora_adapter_free(ad);
+    lora_ckpt_close(ck);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
-    enum { OPT_MODE = 256, OPT_MIN, OPT_LIMIT, OPT_JSON, OPT_NOVERIFY };
+    enum { OPT_MODE = 256, OPT_MIN, OPT_LIMIT, OPT_JSON, OPT_NOVERIFY, OPT_RECOVERY };
     static const struct option opts[] = {
         {"model", required_argument, NULL, 'm'},
         {"adapter", required_argument, NULL, 'a'},
@@ -72,6 +145,7 @@ int main(int argc, char **argv)
         {"limit", required_argument, NULL, OPT_LIMIT},
         {"pubkey", required_argument, NULL, 'k'},
         {"no-verify", no_argument, NULL, OPT_NOVERIFY},
+        {"check-recovery", no_argument, NULL, OPT_RECOVERY},
         {"threads", required_argument, NULL, 'j'},
         {"json", no_argument, NULL, OPT_JSON},
         {"quiet", no_argument, NULL, 'q'},
@@ -80,7 +154,7 @@ int main(int argc, char **argv)
         {NULL, 0, NULL, 0}};
     const char *model_dir = NULL, *adapter = NULL, *data = NULL, *mode_s = NULL;
     const char *keys[17] = {0};
-    int nkeys = 0, json = 0, quiet = 0, threads = 1, no_verify = 0;
+    int nkeys = 0, json = 0, quiet = 0, threads = 1, no_verify = 0, recovery = 0;
     double min_acc = -1;
     size_t limit = 0;
     int c;
@@ -112,6 +186,7 @@ int main(int argc, char **argv)
             keys[nkeys++] = optarg;
             break;
         case OPT_NOVERIFY: no_verify = 1; break;
+        case OPT_RECOVERY: recovery = 1; break;
         case 'j': {
             errno = 0;
             long v = strtol(optarg, &end, 10);
@@ -140,6 +215,15 @@ int main(int argc, char **argv)
         return usage_err("unexpected argument (every input is named by an option)");
     if (!model_dir)
         return usage_err("--model DIR is required");
+    if (recovery) {
+        if (!adapter)
+            return usage_err("--check-recovery needs an adapter (-a)");
+        if (data || mode_s || min_acc >= 0 || limit)
+            return usage_err("--check-recovery takes only --model, -a, --json, -j and key options");
+        lora_source_opts so = {.pubkeys = nkeys ? keys : NULL, .no_verify = no_verify,
+                               .registry = NULL, .warn = stderr};
+        return check_recovery(model_dir, adapter, &so, threads, json);
+    }
     if (!data)
         return usage_err("--data FILE is required");
     int mode = adapter ? LORA_MODE_UNMERGED : LORA_MODE_BASE, cmp = -1;
