@@ -662,6 +662,9 @@ typedef struct lora_eval_opts {
     int compare_mode;          /* -1: none; else a second mode run on each item
                                   and compared with the first */
     size_t limit;              /* 0: all items */
+    /* called after each item (may be NULL): items done, items in all */
+    void (*progress)(void *arg, size_t done, size_t total);
+    void *progress_arg;
 } lora_eval_opts;
 
 typedef struct lora_eval_result {

@@ -79,14 +79,14 @@ static int ids(json_t *a, const char *what, uint64_t vocab, const char *name, si
 static int parse_line(const char *s, size_t len, const char *name, size_t line, uint64_t vocab,
                       lora_item *it, lora_error *err)
 {
+    memset(it, 0, sizeof *it);
+    it->line = line;
     json_error_t je;
     json_t *o = json_loadb(s, len, JSON_REJECT_DUPLICATES, &je);
     if (!o)
         return lora_seterr(err, LORA_EINPUT, "%s:%zu: not JSON: %s (column %d)", name, line, je.text,
                            je.column);
     int rc = LORA_OK;
-    memset(it, 0, sizeof *it);
-    it->line = line;
     if (!json_is_object(o)) {
         rc = lora_seterr(err, LORA_EINPUT, "%s:%zu: an item must be a JSON object", name, line);
         goto out;

@@ -256,6 +256,8 @@ int lora_eval_run(lora_model *m, const lora_dataset *ds, const lora_eval_opts *o
             res->nll_tokens += it->n_target;
         }
         res->items++;
+        if (opts->progress)
+            opts->progress(opts->progress_arg, i + 1, n);
         if (!agree) {
             if (!res->disagreements)
                 res->first_disagreement = it->line;

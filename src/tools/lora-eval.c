@@ -13,6 +13,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 static const char *prog = "lora-eval";
 
@@ -56,6 +58,19 @@ static int usage_err(const char *msg)
 {
     fprintf(stderr, "%s: %s\nTry '%s --help'.\n", prog, msg, prog);
     return LORA_EUSAGE;
+}
+
+/* Progress on a terminal only, at most five times a second. */
+static void progress(void *arg, size_t done, size_t total)
+{
+    double *last = arg;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    double t = (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+    if (done < total && t - *last < 0.2)
+        return;
+    *last = t;
+    fprintf(stderr, "\r%s: %zu/%zu items%s", prog, done, total, done == total ? "\n" : "");
 }
 
 static const char *mode_name(int m)
@@ -239,7 +254,6 @@ int main(int argc, char **argv)
         else
             return usage_err("--mode is merged, unmerged or both");
     }
-    (void)quiet;
 
     lora_error err;
     lora_error_clear(&err);
@@ -263,7 +277,12 @@ int main(int argc, char **argv)
         if ((rc = lora_model_attach(m, ad, mode == LORA_MODE_MERGED, &err)) != LORA_OK)
             goto fail;
     }
+    double last = 0;
     lora_eval_opts eo = {.mode = mode, .compare_mode = cmp, .limit = limit};
+    if (!quiet && isatty(2)) {
+        eo.progress = progress;
+        eo.progress_arg = &last;
+    }
     lora_eval_result r;
     if ((rc = lora_eval_run(m, ds, &eo, &r, &err)) != LORA_OK)
         goto fail;
