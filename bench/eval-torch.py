@@ -58,6 +58,10 @@ def main():
         with open(os.path.join(out, "data.jsonl"), "w") as f:
             for s in seqs().tolist():
                 f.write(json.dumps({"prompt": s[:-1], "choices": [[s[-1]]], "label": 0}) + "\n")
+        # generation: 8-token prompts, 64 greedy tokens each (one token per forward)
+        with open(os.path.join(out, "gen.jsonl"), "w") as f:
+            for s in seqs().tolist()[:8]:
+                f.write(json.dumps({"prompt": s[:8], "target": s[8:72]}) + "\n")
         return
     torch.set_num_threads(int(sys.argv[4]))
     ids = seqs()[:, :-1]

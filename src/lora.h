@@ -504,11 +504,12 @@ int lora_tensor_unmerge(lora_dtype dt, lora_dtype out_dt, uint64_t rows, uint64_
 /* Models: a Hugging Face causal-LM folder (config.json + safetensors,
  * one file or sharded) of one of the architectures below, weights
  * decoded to F32 at load, forward pass in F32 with every matrix product
- * through OpenBLAS cblas_sgemm.
+ * through OpenBLAS (cblas_sgemm; cblas_sgemv for a single token).
  *
  * Numerical contract of the forward pass: every weight is the exact F32
  * value of the stored F16/BF16/F32 number; activations are F32; matrix
- * products are cblas_sgemm (F32 accumulation, summation order is
+ * products are cblas_sgemm, or cblas_sgemv for one token (F32
+ * accumulation, summation order is
  * OpenBLAS's and may change with the thread count and the CPU kernel);
  * the reductions of LayerNorm/RMSNorm, softmax and log-softmax are
  * summed in double in increasing index order and rounded once to F32.

@@ -13,7 +13,8 @@
  * Numerical contract (also in lora.h): weights are the exact F32 values
  * of the stored numbers; activations F32; every matrix product, the
  * attention scores and the attention-weighted sums included, is one
- * cblas_sgemm call (OpenBLAS picks the summation order); LayerNorm and
+ * OpenBLAS call: cblas_sgemm, or cblas_sgemv for a single token (sgemm
+ * packs all of W per call); OpenBLAS picks the summation order.  LayerNorm and
  * RMSNorm statistics and softmax denominators are summed in double in
  * increasing index order and rounded once; elementwise functions are the
  * C library's F32 ones (expf, tanhf, cosf, sinf).  This matches PyTorch's
@@ -816,29 +817,43 @@ void lora_run_truncate(lora_run *r, uint64_t pos)
         r->pos = pos;
 }
 
+/* y[n, out] (row stride ldy) = alpha·x[n, in]·op(W) + beta·y, where W is
+ * stored [out, in] (wt: op(W) = Wᵀ, nn.Linear) or [in, out] (op(W) = W,
+ * Conv1D).  One token (n = 1) goes through sgemv: OpenBLAS's sgemm packs
+ * the whole of W on every call, which costs more than the product when
+ * x is a single row (generation with a KV cache). */
+static void matmul(int wt, size_t n, uint64_t out, uint64_t in, float alpha, const float *x,
+                   size_t ldx, const float *W, size_t ldw, float beta, float *y, size_t ldy)
+{
+    if (n == 1) {
+        if (wt)
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)out, (int)in, alpha, W, (int)ldw, x, 1,
+                        beta, y, 1);
+        else
+            cblas_sgemv(CblasRowMajor, CblasTrans, (int)in, (int)out, alpha, W, (int)ldw, x, 1, beta,
+                        y, 1);
+        return;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, wt ? CblasTrans : CblasNoTrans, (int)n, (int)out,
+                (int)in, alpha, x, (int)ldx, W, (int)ldw, beta, y, (int)ldy);
+}
+
 /* y[n, out] (row stride ldy) = x[n, in] (row stride ldx)·W + b, plus
  * scale·(x·Aᵀ)·Bᵀ when the adapter runs unmerged. */
 static void linop_run(const lora_run *r, const linop *op, const float *x, size_t ldx, size_t n,
                       float *y, size_t ldy)
 {
     const float *W = (r->mode == LORA_MODE_MERGED && op->wm) ? op->wm : op->w;
-    int N = (int)n, in = (int)op->in, out = (int)op->out;
-    if (op->conv1d)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, out, in, 1.0f, x, (int)ldx, W,
-                    out, 0.0f, y, (int)ldy);
-    else
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, out, in, 1.0f, x, (int)ldx, W, in,
-                    0.0f, y, (int)ldy);
+    matmul(!op->conv1d, n, op->out, op->in, 1.0f, x, ldx, W, op->conv1d ? op->out : op->in, 0.0f,
+           y, ldy);
     if (op->b)
         for (size_t i = 0; i < n; i++)
             for (uint64_t j = 0; j < op->out; j++)
                 y[i * ldy + j] += op->b[j];
     if (r->mode == LORA_MODE_UNMERGED && op->A) {
-        int R = (int)op->r;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, R, in, 1.0f, x, (int)ldx, op->A, in,
-                    0.0f, r->lt, R);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, out, R, op->scale, r->lt, R, op->B,
-                    R, 1.0f, y, (int)ldy);
+        /* t = x·Aᵀ [n, r], then y += scale·t·Bᵀ: ΔW is never formed */
+        matmul(1, n, op->r, op->in, 1.0f, x, ldx, op->A, op->in, 0.0f, r->lt, op->r);
+        matmul(1, n, op->out, op->r, op->scale, r->lt, op->r, op->B, op->r, 1.0f, y, ldy);
     }
 }
 
@@ -884,8 +899,7 @@ static void attention(lora_run *r, uint64_t l, const float *q, size_t ldq, size_
     float scale = (float)(1.0 / sqrt((double)hd));
     for (uint64_t h = 0; h < c->heads; h++) {
         uint64_t kh = h / group;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)nk, (int)hd, scale,
-                    q + h * hd, (int)ldq, r->kc[l] + kh * hd, (int)kvd, 0.0f, r->sc, (int)nk);
+        matmul(1, n, nk, hd, scale, q + h * hd, ldq, r->kc[l] + kh * hd, kvd, 0.0f, r->sc, nk);
         for (size_t i = 0; i < n; i++) {
             float *s = r->sc + i * nk;
             uint64_t valid = p0 + i + 1;
@@ -904,9 +918,8 @@ static void attention(lora_run *r, uint64_t l, const float *q, size_t ldq, size_
             for (uint64_t j = valid; j < nk; j++)
                 s[j] = 0.0f;
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)hd, (int)nk, 1.0f,
-                    r->sc, (int)nk, r->vc[l] + kh * hd, (int)kvd, 0.0f, out + h * hd,
-                    (int)(c->heads * hd));
+        matmul(0, n, hd, nk, 1.0f, r->sc, nk, r->vc[l] + kh * hd, kvd, 0.0f, out + h * hd,
+               c->heads * hd);
     }
 }
 
@@ -1022,8 +1035,7 @@ int lora_run_forward(lora_run *r, const int32_t *tokens, size_t n, float *logits
             layernorm(xr, r->h, rows, E, m->nfw, m->nfb, c->norm_eps);
         else
             rmsnorm(xr, r->h, rows, E, m->nfw, c->norm_eps);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)c->vocab, (int)E, 1.0f,
-                    r->h, (int)E, m->head, (int)E, 0.0f, logits, (int)c->vocab);
+        matmul(1, rows, c->vocab, E, 1.0f, r->h, E, m->head, E, 0.0f, logits, c->vocab);
     }
     return LORA_OK;
 }
