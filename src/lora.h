@@ -128,7 +128,8 @@ typedef struct lora_st lora_st;      /* an opened, fully validated file */
  * is checked before any tensor data is touched: the ten rules of the
  * reference reader (formats.md) plus duplicate keys and data running
  * past the end of the file.  Errors: LORA_EINPUT (bad file, message
- * names the rule and the tensor), LORA_EIO (cannot open/map). */
+ * names the rule and the tensor; also a missing file or one that is not
+ * a regular file), LORA_EIO (cannot map, other system errors). */
 int lora_st_open(const char *path, lora_st **out, lora_error *err);
 /* The same over bytes already in memory (an archive member mapped in
  * place, a fuzz input); buf must outlive the object.  name is used in
@@ -164,20 +165,27 @@ int lora_st_fd(const lora_st *st);
 typedef struct lora_stw lora_stw;
 
 int lora_stw_new(const char *path, lora_stw **out, lora_error *err);
+/* Set (or replace) a __metadata__ entry; "format" starts as "pt".
+ * Keys are written sorted.  Before lora_stw_start only. */
 int lora_stw_set_metadata(lora_stw *w, const char *key, const char *value, lora_error *err);
+/* Before lora_stw_start only; a duplicate name makes start fail. */
 int lora_stw_declare(lora_stw *w, const char *name, lora_dtype dt, int ndim,
                      const uint64_t *shape, lora_error *err);
 /* Lay out the declared tensors and write the header to the temporary. */
 int lora_stw_start(lora_stw *w, lora_error *err);
-/* Write len bytes at byte offset off inside tensor NAME's data. */
+/* Write len bytes at byte offset off inside tensor NAME's data.  Safe to
+ * call from several threads at once (on different ranges); bytes are
+ * counted per tensor for the check in commit. */
 int lora_stw_write(lora_stw *w, const char *name, uint64_t off,
                    const void *buf, size_t len, lora_error *err);
 /* Copy a whole tensor's bytes from another file descriptor without
  * decoding (copy_file_range where the kernel allows, else read/write). */
 int lora_stw_copy(lora_stw *w, const char *name, int src_fd, uint64_t src_off,
                   lora_error *err);
-/* Check every tensor was fully written, fsync, rename onto the final path,
- * fsync the folder.  The writer is freed whatever the result. */
+/* Check every tensor was fully written (by byte count; LORA_EIO naming
+ * the tensor otherwise, and nothing is left behind), fsync, rename onto
+ * the final path, fsync the folder.  The writer is freed whatever the
+ * result. */
 int lora_stw_commit(lora_stw *w, lora_error *err);
 /* Remove the temporary and free. */
 void lora_stw_abort(lora_stw *w);
@@ -249,6 +257,8 @@ typedef struct lora_adapter {
     int use_rslora;
     int fan_in_fan_out;
     char *target_modules;     /* as written in the config: JSON text */
+    char *config_json;        /* adapter_config.json as read (NUL-terminated), for
+                                 tools that rewrite or re-examine it */
     size_t n_modules;
     lora_module *modules;     /* sorted by name */
     size_t n_saved;
@@ -322,7 +332,8 @@ typedef struct lora_report_module {
     const lora_module *m;     /* ad->modules[i], same order */
     const char *base_name;    /* base tensor it changes, NULL without base or when missing */
     int transpose;            /* from the base when bound, else the config's guess */
-    int targeted;             /* selected by target_modules (minus exclude_modules) */
+    int targeted;             /* selected by target_modules (minus exclude_modules);
+                                 1 for all when target_modules is null */
     uint64_t params;          /* elements of A and B */
     uint64_t base_params;     /* elements of the base tensor (0 when not bound) */
     uint64_t nonfinite_a, nonfinite_b;  /* NaN/Inf counts (when scanned) */
@@ -393,6 +404,35 @@ char *lora_report_json(const lora_report *rep, int tensors, lora_error *err);
 
 
 /* ---- section: hashes (hash.c) ---- */
+
+/* BLAKE2b (libsodium crypto_generichash, no key).  256-bit digests
+ * (LORA_HASH_BYTES) name archive members, whole archives, tensors and
+ * registry blobs; 512-bit digests are minisign's prehash.  Hex is
+ * lower case. */
+#define LORA_HASH_BYTES 32
+#define LORA_HASH512_BYTES 64
+#define LORA_HASH_HEX (2 * LORA_HASH_BYTES + 1)   /* hex buffer for a 256-bit digest */
+
+typedef struct lora_hasher lora_hasher;
+
+/* A streaming hasher with an outlen-byte digest (16..64). */
+int lora_hasher_new(size_t outlen, lora_hasher **out, lora_error *err);
+void lora_hasher_update(lora_hasher *h, const void *buf, size_t len);
+/* Write the digest (outlen bytes) to out and free the hasher. */
+void lora_hasher_final(lora_hasher *h, unsigned char *out);
+/* Free without a digest (error paths). */
+void lora_hasher_free(lora_hasher *h);
+/* One buffer (or an mmapped region) at once. */
+void lora_hash(const void *buf, size_t len, unsigned char *out, size_t outlen);
+/* A whole file read in 1 MiB chunks from its current offset; *size
+ * (optional) receives the byte count.  LORA_EINPUT/LORA_EIO. */
+int lora_hash_fd(int fd, size_t outlen, unsigned char *out, uint64_t *size, lora_error *err);
+int lora_hash_file(const char *path, size_t outlen, unsigned char *out, uint64_t *size,
+                   lora_error *err);
+/* hex must hold 2*len+1 bytes. */
+void lora_hex(const unsigned char *bin, size_t len, char *hex);
+/* Exactly 2*len lower-case hex digits -> bin; 0 or -1. */
+int lora_unhex(const char *hex, unsigned char *bin, size_t len);
 
 
 /* ---- section: canonical delta (delta.c) ---- */
@@ -492,8 +532,224 @@ int lora_tensor_unmerge(lora_dtype dt, lora_dtype out_dt, uint64_t rows, uint64_
 
 /* ---- section: signatures (sign.c) ---- */
 
+/* Ed25519 keys and signatures byte-compatible with minisign 0.11
+ * (formats.md section 2).  Keys made by `minisign -G` (encrypted or -W)
+ * load; `minisign -V` verifies our signatures.  Secret key bytes live in
+ * sodium_malloc'd (guarded, mlocked) memory and are wiped on free. */
+#define LORA_KEYID_BYTES 8
+#define LORA_KEYID_STR 17          /* buffer for a displayed key id */
+#define LORA_SIG_COMMENT_MAX 1024   /* minisign COMMENTMAXBYTES, line incl. "\n" */
+#define LORA_SIG_TRUSTED_MAX 8192   /* minisign TRUSTEDCOMMENTMAXBYTES, line incl. "\n" */
+/* minisign -G's scrypt parameters (OPSLIMIT/MEMLIMIT_SENSITIVE); also
+ * the largest a secret key may ask for, so a hostile key file cannot
+ * make us allocate more than minisign ever does. */
+#define LORA_SCRYPT_OPSLIMIT 33554432ULL
+#define LORA_SCRYPT_MEMLIMIT 1073741824ULL
+
+typedef struct lora_pubkey {
+    unsigned char key_id[LORA_KEYID_BYTES];
+    unsigned char pk[32];
+} lora_pubkey;
+
+typedef struct lora_seckey lora_seckey;
+
+/* Key id as minisign 0.11 prints it: the 8 bytes read as a
+ * little-endian u64, upper-case hex, no zero padding. */
+void lora_keyid_str(const unsigned char key_id[LORA_KEYID_BYTES], char buf[LORA_KEYID_STR]);
+
+/* A new random key pair (random key id, as minisign -G). */
+int lora_keygen(lora_seckey **sk, lora_error *err);
+/* The public half of a secret key. */
+void lora_seckey_pubkey(const lora_seckey *sk, lora_pubkey *pk);
+void lora_seckey_free(lora_seckey *sk);
+
+/* Write KEY.pub ("untrusted comment: minisign public key ID" + base64)
+ * atomically, mode 0644. */
+int lora_pubkey_write(const char *path, const lora_pubkey *pk, lora_error *err);
+/* The 56-character base64 string (buf >= 57 bytes). */
+void lora_pubkey_b64(const lora_pubkey *pk, char buf[57]);
+/* Write the secret key file atomically, mode 0600.  password NULL:
+ * unencrypted (kdf 00 00, zero salt and limits, as minisign -W, but
+ * with a valid chk).  Otherwise scrypt "Sc" with opslimit/memlimit
+ * (0: minisign's LORA_SCRYPT_*). */
+int lora_seckey_write(const char *path, const lora_seckey *sk, const char *password,
+                      uint64_t opslimit, uint64_t memlimit, lora_error *err);
+
+/* Public keys: the base64 string (minisign -P), the text of a key file
+ * (first line read and ignored, second line the key, as minisign), or
+ * a file.  Malformed: LORA_EINPUT with the reason. */
+int lora_pubkey_from_string(const char *b64, lora_pubkey *pk, lora_error *err);
+int lora_pubkey_parse(const char *text, size_t len, lora_pubkey *pk, lora_error *err);
+int lora_pubkey_load(const char *path, lora_pubkey *pk, lora_error *err);
+
+/* Secret keys from a file's text or a file.  *encrypted (optional)
+ * tells whether a password is needed, without one: */
+int lora_seckey_encrypted(const char *text, size_t len, int *encrypted, lora_error *err);
+/* password is used only for "Sc" keys (NULL there: LORA_EUSAGE).  A
+ * wrong password is LORA_ECHECK "wrong password for that key".  kdf
+ * 00 00 keys load with an all-zero chk (minisign 0.11 -G -W) or a
+ * valid one. */
+int lora_seckey_parse(const char *text, size_t len, const char *password, lora_seckey **out,
+                      lora_error *err);
+int lora_seckey_load(const char *path, const char *password, lora_seckey **out,
+                     lora_error *err);
+
+/* A parsed .minisig file. */
+typedef struct lora_sig {
+    int prehashed;                            /* "ED" (1) or legacy "Ed" (0) */
+    unsigned char key_id[LORA_KEYID_BYTES];
+    unsigned char sig[64];
+    unsigned char global_sig[64];
+    char untrusted[LORA_SIG_COMMENT_MAX];     /* without the prefix and newline */
+    char trusted[LORA_SIG_TRUSTED_MAX];       /* without the prefix and newline */
+} lora_sig;
+
+/* Parse with minisign 0.11's exact line rules: "untrusted comment: "
+ * line of at most 1023 bytes + LF; the signature line; "trusted
+ * comment: " line of at most 8191 bytes + LF; the global signature
+ * line; CR and LF stripped, lines read as fgets with minisign's buffer
+ * sizes, anything after the fourth line ignored.  LORA_EINPUT. */
+int lora_sig_parse(const char *text, size_t len, lora_sig *sig, lora_error *err);
+/* Sign msg prehashed ("ED": Ed25519 over BLAKE2b-512(msg)) with a
+ * trusted comment (printable ASCII and tab, < 8174 bytes) and an
+ * untrusted one (NULL: minisign's default); *text is the .minisig file
+ * (malloc'd, *len bytes, no NUL counted). */
+int lora_sign(const lora_seckey *sk, const void *msg, size_t msglen, const char *trusted,
+              const char *untrusted, char **text, size_t *len, lora_error *err);
+/* Verify sig over msg against one public key: key ids must match, then
+ * the signature (ED or legacy Ed), then the global signature over
+ * sig || trusted comment.  LORA_ECHECK on any mismatch. */
+int lora_sig_verify(const lora_sig *sig, const lora_pubkey *pk, const void *msg,
+                    size_t msglen, lora_error *err);
+/* The same against the key among keys[0..n) with sig's key id; *which
+ * (optional) receives its index.  No such key: LORA_ECHECK "signed by
+ * unknown key ID". */
+int lora_sig_verify_any(const lora_sig *sig, const lora_pubkey *keys, size_t n,
+                        const void *msg, size_t msglen, size_t *which, lora_error *err);
+
 
 /* ---- section: archives (archive.c) ---- */
+
+/* Signed adapter archives (.lora, lora-archive(5)): a POSIX pax tar
+ * (pax_restricted; uncompressed, or zstd with --compress) whose members
+ * are, in this order: lora.json (the manifest), lora.json.minisig (its
+ * minisign signature), adapter_config.json, adapter_model.safetensors,
+ * README.md (optional), receipts/NAME (optional).  Every member after
+ * the signature is named in the manifest with its size and BLAKE2b-256;
+ * nothing else may be in the archive. */
+#define LORA_ARCHIVE_FORMAT_VERSION 1
+#define LORA_MANIFEST_MAX (1024 * 1024)             /* lora.json */
+#define LORA_MINISIG_MAX (16 * 1024)                /* lora.json.minisig */
+#define LORA_ARCHIVE_TEXT_MAX (1024 * 1024)         /* adapter_config.json, README.md */
+#define LORA_ARCHIVE_RECEIPT_MAX (1ULL << 30)       /* each receipts/NAME */
+#define LORA_ARCHIVE_PAYLOAD_MAX (64ULL << 30)      /* adapter_model.safetensors */
+#define LORA_ARCHIVE_MAX_MEMBERS 64
+#define LORA_ARCHIVE_MAX_TARGETS 4096
+
+typedef struct lora_manifest_member {
+    char *name;
+    uint64_t size;
+    unsigned char hash[LORA_HASH_BYTES];   /* BLAKE2b-256 of the member's bytes */
+} lora_manifest_member;
+
+typedef struct lora_manifest {
+    int format_version;
+    char *name, *task, *version;           /* 1..128 bytes of printable ASCII, no spaces */
+    char *base_model;                      /* base model name, or NULL */
+    int has_base_hash;
+    unsigned char base_hash[LORA_HASH_BYTES]; /* lora_base_hash, when recorded */
+    uint64_t r;
+    double alpha;
+    size_t n_targets;
+    char **targets;                        /* target_modules of the config */
+    size_t n_members;
+    lora_manifest_member *members;         /* payload members, archive order */
+} lora_manifest;
+
+/* Parse and validate a manifest: JSON object (duplicate keys refused)
+ * with exactly the fields of lora-archive(5), right types, names and
+ * sizes within the limits above, no duplicate member, both adapter
+ * files present.  len <= LORA_MANIFEST_MAX.  LORA_EINPUT. */
+int lora_manifest_parse(const char *json, size_t len, lora_manifest **out, lora_error *err);
+/* Canonical text: fixed key order, 2-space indent, final LF. */
+int lora_manifest_format(const lora_manifest *m, char **json, size_t *len, lora_error *err);
+void lora_manifest_free(lora_manifest *m);
+const lora_manifest_member *lora_manifest_find(const lora_manifest *m, const char *name);
+/* The trusted comment that signs a manifest:
+ * "lora-archive\tname:NAME\tversion:VERSION\tmanifest:HEX" (malloc'd). */
+char *lora_manifest_trusted_comment(const lora_manifest *m, const unsigned char hash[LORA_HASH_BYTES]);
+
+typedef struct lora_pack_opts {
+    const char *adapter_dir;       /* PEFT folder */
+    const char *name, *task, *version;
+    const char *base;              /* base checkpoint for --base, or NULL */
+    const char *readme;            /* or NULL */
+    const char *const *receipts;   /* NULL-terminated, or NULL */
+    int compress;                  /* zstd instead of no compression */
+} lora_pack_opts;
+
+/* Build, sign and write an archive (temporary beside out_path, fsync,
+ * rename).  Same inputs and key: same bytes (Ed25519 is deterministic
+ * and nothing time-dependent is recorded). */
+int lora_archive_create(const char *out_path, const lora_pack_opts *opts, const lora_seckey *sk,
+                        lora_error *err);
+
+/* An opened, verified archive.  The file is mmapped; uncompressed
+ * members are read in place, zstd members are decompressed into memory
+ * (each within its limit). */
+typedef struct lora_archive_priv lora_archive_priv;
+typedef struct lora_archive {
+    char *path;
+    lora_manifest *manifest;
+    uint64_t file_size;
+    int compressed;                /* zstd */
+    int signature_checked;         /* 0 when opened with LORA_ARCHIVE_NO_VERIFY */
+    size_t signer;                 /* index of the key that verified it */
+    unsigned char key_id[LORA_KEYID_BYTES]; /* the signature's key id */
+    char *trusted_comment;
+    lora_archive_priv *priv;
+} lora_archive;
+
+/* Skip the signature check (structure, sizes and hashes still checked). */
+#define LORA_ARCHIVE_NO_VERIFY 1
+
+/* Open and verify: the signature of lora.json by one of keys[0..n)
+ * (its trusted comment must be the manifest's), the manifest, every
+ * member's size and hash, nothing missing, nothing extra.  Refused:
+ * names absolute or with "..", links, devices, directories, sparse
+ * entries, duplicate names, sizes past the limits, truncation.
+ * LORA_ECHECK: bad signature, unknown key, a size or hash that differs
+ * from the manifest, a member not in it or missing; LORA_EINPUT:
+ * malformed or hostile archive; LORA_EIO. */
+int lora_archive_open(const char *path, const lora_pubkey *keys, size_t n, int flags,
+                      lora_archive **out, lora_error *err);
+/* BLAKE2b-256 of the whole archive file (the registry's blob name),
+ * computed from the mapping on request: verification does not need it
+ * and it costs a pass over the file. */
+void lora_archive_file_hash(const lora_archive *ar, unsigned char out[LORA_HASH_BYTES]);
+/* A member's verified bytes (valid until close); NULL if absent. */
+const void *lora_archive_member(const lora_archive *ar, const char *name, uint64_t *size);
+/* Data offset of a member in the file (uncompressed archives), or -1. */
+int64_t lora_archive_member_offset(const lora_archive *ar, const char *name);
+/* Write every payload member into dir (created if missing) as regular
+ * files, each atomically; refuses existing files unless force. */
+int lora_archive_extract(const lora_archive *ar, const char *dir, int force, lora_error *err);
+void lora_archive_close(lora_archive *ar);
+/* Open (and verify, as lora_archive_open) an archive and load its
+ * adapter without extracting: adapter_model.safetensors is read where
+ * it lies in the mapped file (uncompressed) or from memory (zstd); the
+ * adapter's release frees the archive. */
+int lora_archive_open_adapter(const char *path, const lora_pubkey *keys, size_t n, int flags,
+                              lora_adapter **out, lora_error *err);
+
+/* BLAKE2b-256 over the base tensors an adapter changes (its modules'
+ * targets and its modules_to_save targets, after lora_adapter_bind):
+ * for each tensor in strcmp order of its base name, u64le(len) name,
+ * u64le(len) dtype name, u64le(ndim), u64le(dim) each, u64le(nbytes),
+ * then its bytes.  Tells whether a base is the one the adapter was
+ * made for without hashing the whole checkpoint (lora-archive(5)). */
+int lora_base_hash(const lora_adapter *ad, const lora_ckpt *base,
+                   unsigned char out[LORA_HASH_BYTES], lora_error *err);
 
 
 /* ---- section: registry (registry.c) ---- */

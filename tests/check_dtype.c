@@ -199,19 +199,44 @@ END_TEST
 static void midpoints(const fmt16 *f)
 {
     unsigned inf = inf_bits(f);
+    size_t cap = (size_t)inf * 14, n = 0;
+    double *all = malloc(cap * sizeof *all);
+    uint16_t *enc = malloc(cap * sizeof *enc);
+    ck_assert(all && enc);
     for (unsigned p = 0; p < inf; p++) {
         double mid = (ladder(f, p) + ladder(f, p + 1)) / 2;
-        double xs[6] = {mid, nextafter(mid, 0), nextafter(mid, INFINITY),
+        double ulp = ladder(f, p + 1) - ladder(f, p);
+        double xs[7] = {mid, nextafter(mid, 0), nextafter(mid, INFINITY),
                         (double)nextafterf((float)mid, 0),
-                        (double)nextafterf((float)mid, INFINITY), ladder(f, p)};
-        for (int k = 0; k < 6; k++) {
+                        (double)nextafterf((float)mid, INFINITY), ladder(f, p),
+                        mid + ulp * 0x1p-30};
+        for (int k = 0; k < 7; k++) {
             check_value(f, xs[k]);
             check_value(f, -xs[k]);
+            all[n++] = xs[k];
+            all[n++] = -xs[k];
         }
         /* the tie itself goes to the even one of its neighbours */
         unsigned even = (p & 1) ? p + 1 : p;
         ck_assert_uint_eq(to16_f64(f, mid), even);
     }
+    /* the array encoder's fast path gives the same bytes on all of them */
+    lora_dtype dt = f == &F16 ? LORA_DT_F16 : LORA_DT_BF16;
+    ck_assert_int_eq(lora_encode_f64(dt, all, enc, n), LORA_OK);
+    for (size_t i = 0; i < n; i++)
+        if (enc[i] != to16_f64(f, all[i]))
+            ck_abort_msg("%s: array f64 %a -> %04x, scalar %04x", f->name, all[i], enc[i],
+                         to16_f64(f, all[i]));
+    float *fl = malloc(n * sizeof *fl);
+    ck_assert_ptr_nonnull(fl);
+    for (size_t i = 0; i < n; i++)
+        fl[i] = (float)all[i];
+    ck_assert_int_eq(lora_encode_f32(dt, fl, enc, n), LORA_OK);
+    for (size_t i = 0; i < n; i++)
+        ck_assert_uint_eq(enc[i], to16_f32(f, fl[i]));
+    free(fl);
+    free(all);
+    free(enc);
 }
 
 START_TEST(test_midpoints_f16)

@@ -151,6 +151,9 @@ static const struct hostile {
      (uint64_t)-1, 0, "byte size overflows"},
     {"misaligned F4", "{\"a\":{\"dtype\":\"F4\",\"shape\":[3],\"data_offsets\":[0,1]}}",
      (uint64_t)-1, 1, "do not fill whole bytes"},
+    {"control characters in a name",
+     "{\"\\u001b[2J\\u009b\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}",
+     (uint64_t)-1, 8, "tensor \"?[2J??\": shape"},
     {"entry not an object", "{\"a\":[1,2]}", (uint64_t)-1, 0, "entry is not an object"},
 };
 
@@ -184,6 +187,21 @@ START_TEST(test_short_files)
     ck_assert_int_eq(lora_st_open_memory("\x03\0\0\0\0\0\0\0{}\0", 11, "e", &st, &e),
                      LORA_EINPUT);
     ck_assert_ptr_nonnull(strstr(e.msg, "not valid JSON"));
+    /* deep nesting is refused by the JSON parser's depth limit, not the stack */
+    {
+        enum { DEPTH = 200000 };
+        char *h = malloc(DEPTH + 16);
+        ck_assert_ptr_nonnull(h);
+        strcpy(h, "{\"a\":");
+        memset(h + 5, '[', DEPTH);
+        h[5 + DEPTH] = '\0';
+        size_t len;
+        unsigned char *b = image(h, (uint64_t)-1, 0, &len);
+        ck_assert_int_eq(lora_st_open_memory(b, len, "deep", &st, &e), LORA_EINPUT);
+        ck_assert_ptr_nonnull(strstr(e.msg, "not valid JSON"));
+        free(b);
+        free(h);
+    }
     /* the same through the file reader, empty and short files */
     char *d = tu_tmpdir();
     char *p = tu_path(d, "empty.safetensors");
@@ -197,6 +215,12 @@ START_TEST(test_short_files)
     tu_write(p, "\0\0\0\0\0\0\0\x80{}", 10);
     ck_assert_int_eq(lora_st_open(p, &st, &e), LORA_EINPUT);
     ck_assert_ptr_nonnull(strstr(e.msg, "9223372036854775808"));
+    /* a FIFO is refused, not waited on */
+    char *fifo = tu_path(d, "fifo.safetensors");
+    ck_assert_int_eq(mkfifo(fifo, 0600), 0);
+    ck_assert_int_eq(lora_st_open(fifo, &st, &e), LORA_EINPUT);
+    ck_assert_ptr_nonnull(strstr(e.msg, "not a regular file"));
+    free(fifo);
     /* missing files and folders */
     ck_assert_int_eq(lora_st_open(d, &st, &e), LORA_EINPUT);
     char *q = tu_path(d, "nope.safetensors");

@@ -35,7 +35,7 @@ for tool in $LORA_TOOLS; do
     while read -r opt; do
         checks=$((checks + 1))
         # roff escapes hyphens as \- ; accept both spellings
-        esc=$(printf '%s' "$opt" | sed 's/-/\\\\-/g')
+        esc=$(printf '%s' "$opt" | sed 's/-/\\-/g')
         { grep -qF -- "$opt" "$man" 2>/dev/null || grep -qF -- "$esc" "$man" 2>/dev/null; } ||
             fail "$tool: $opt not in man/$tool.1"
         grep -qF -- "$opt" "$bash_c" 2>/dev/null || fail "$tool: $opt not in bash completion"

@@ -63,6 +63,9 @@ static int cmp_str(const void *a, const void *b)
 
 static int plain_file_name(const char *s)
 {
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+        if (*p < 0x20 || *p == 0x7f)
+            return 0;
     return *s && !strchr(s, '/') && !strchr(s, '\\') && !strstr(s, "..") && strcmp(s, ".");
 }
 
@@ -75,8 +78,34 @@ static int cmp_pair(const void *a, const void *b)
     return strcmp(((const pair *)a)->tensor, ((const pair *)b)->tensor);
 }
 
+/* As in safetensors.c: no terminal control characters from a hostile
+ * file in our messages. */
+static void defang(lora_error *err)
+{
+    if (!err)
+        return;
+    for (unsigned char *p = (unsigned char *)err->msg; *p; p++) {
+        if (*p < 0x20 || *p == 0x7f)
+            *p = '?';
+        else if (*p == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f)
+            p[0] = '?', p[1] = '?';
+    }
+}
+
+static int parse_index(const char *json, size_t len, const char *name, lora_index **out,
+                       lora_error *err);
+
 int lora_index_parse(const char *json, size_t len, const char *name, lora_index **out,
                      lora_error *err)
+{
+    int rc = parse_index(json, len, name, out, err);
+    if (rc)
+        defang(err);
+    return rc;
+}
+
+static int parse_index(const char *json, size_t len, const char *name, lora_index **out,
+                       lora_error *err)
 {
     *out = NULL;
     json_error_t je;
@@ -261,11 +290,13 @@ static int build_table(lora_ckpt *ck, const char *what, lora_error *err)
         }
     qsort(ck->by_name, ck->n, sizeof *ck->by_name, cmp_entry_name);
     for (size_t i = 1; i < ck->n; i++)
-        if (strcmp(ck->by_name[i - 1]->t->name, ck->by_name[i]->t->name) == 0)
-            return lora_seterr(err, LORA_EINPUT, "%s: tensor \"%s\" is in two shards, %s and %s",
-                               what, ck->by_name[i]->t->name,
-                               ck->shname[ck->by_name[i - 1]->shard],
-                               ck->shname[ck->by_name[i]->shard]);
+        if (strcmp(ck->by_name[i - 1]->t->name, ck->by_name[i]->t->name) == 0) {
+            lora_seterr(err, LORA_EINPUT, "%s: tensor \"%s\" is in two shards, %s and %s",
+                        what, ck->by_name[i]->t->name, ck->shname[ck->by_name[i - 1]->shard],
+                        ck->shname[ck->by_name[i]->shard]);
+            defang(err);
+            return LORA_EINPUT;
+        }
     return LORA_OK;
 }
 
@@ -344,6 +375,7 @@ static int open_index(lora_ckpt *ck, const char *file, lora_error *err)
                                  "%s: the index puts tensor \"%s\" in shard %s, which does "
                                  "not hold it",
                                  file, ix->tensor[i], ck->shname[s]);
+            defang(err);
             goto out;
         }
     }

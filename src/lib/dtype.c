@@ -30,6 +30,18 @@
 #pragma GCC optimize("O3")
 #endif
 
+/* On x86-64 the array loops are also compiled for AVX2 and picked at
+ * load time (wider lanes, 64-bit compares); same results, bit for bit,
+ * since the loops use integer operations and exact conversions only. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+#define ARRAY_LOOP __attribute__((target_clones("avx2", "default")))
+#endif
+#endif
+#ifndef ARRAY_LOOP
+#define ARRAY_LOOP
+#endif
+
 static const struct {
     const char *name;
     unsigned bits;
@@ -125,10 +137,11 @@ static inline uint32_t f16_bits_to_f32_bits(uint16_t h)
     uint32_t e = (h >> 10) & 0x1fu;
     uint32_t m = h & 0x3ffu;
     uint32_t normal = ((e + (127 - 15)) << 23) | (m << 13);
-    uint32_t special = 0x7f800000u | (m << 13) | (m ? 0x00400000u : 0);
-    uint32_t sub = f2u((float)m * 0x1p-24f);
-    uint32_t r = e == 0 ? sub : (e == 31 ? special : normal);
-    return sign | r;
+    uint32_t special = 0x7f800000u | (m << 13) | ((uint32_t)(m != 0) << 22);
+    uint32_t sub = f2u((float)(int32_t)m * 0x1p-24f);
+    /* masks rather than branches, so that the loops vectorise */
+    uint32_t is0 = -(uint32_t)(e == 0), is31 = -(uint32_t)(e == 31);
+    return sign | (sub & is0) | (special & is31) | (normal & ~(is0 | is31));
 }
 
 /* BF16 is the top half of an F32; a signalling NaN is made quiet. */
@@ -258,10 +271,8 @@ uint16_t lora_f64_to_bf16(double d)
  * bounds are fine: anything near them goes to the general routine. */
 #define F32_LO(TE, TM) ((uint32_t)(127 - ((1 << ((TE)-1)) - 1) + 1) << 23)
 #define F32_HI(TE, TM) ((uint32_t)(127 + ((1 << ((TE)-1)) - 1)) << 23 | 0x7f0000u)
-#define F64_LO(TE, TM) ((uint64_t)(1023 - ((1 << ((TE)-1)) - 1) + 1) << 52)
-#define F64_HI(TE, TM) ((uint64_t)(1023 + ((1 << ((TE)-1)) - 1)) << 52 | 0xfe00000000000ull)
 
-static void enc_f32_small(const float *src, void *dst, size_t n, int bf)
+ARRAY_LOOP static void enc_f32_small(const float *src, void *dst, size_t n, int bf)
 {
     uint16_t out[BLOCK];
     for (size_t i = 0; i < n; i += BLOCK) {
@@ -281,27 +292,55 @@ static void enc_f32_small(const float *src, void *dst, size_t n, int bf)
     }
 }
 
-static void enc_f64_small(const double *src, void *dst, size_t n, int bf)
+/*
+ * Fast path of f64 -> 16-bit in 32-bit lanes (SSE2 has no 64-bit
+ * compares): the high word carries sign, exponent and the top 20
+ * mantissa bits, which include the rounding position (bit 13 for
+ * BF16, bit 10 for F16) and the half bit; all that the low word can
+ * change is whether the rest is exactly zero, so it is folded into
+ * bit 0 as a sticky bit.  Then RNE is the same add-and-shift as above.
+ * LO/HI bound the magnitudes (high words) whose result is a finite
+ * normal number; anything else goes to f64_to_small.
+ */
+#define FAST64(TE, TM)                                                                  \
+    do {                                                                                \
+        const uint32_t rebias = (uint32_t)(1023 - ((1 << ((TE)-1)) - 1)) << 20;        \
+        const uint32_t lo_ = (uint32_t)(1023 - ((1 << ((TE)-1)) - 1) + 1) << 20;        \
+        const uint32_t hi_ = (uint32_t)(1023 + ((1 << ((TE)-1)) - 1)) << 20 |           \
+                             (0xfffffu & ~((1u << (20 - (TM))) - 1));                   \
+        unsigned any = 0;                                                               \
+        for (size_t k = 0; k < cnt; k++) {                                              \
+            uint64_t u = d2u(s[k]);                                                     \
+            uint32_t hw = (uint32_t)(u >> 32), lw = (uint32_t)u;                        \
+            uint32_t a = (hw & 0x7fffffffu) | (uint32_t)(lw != 0);                      \
+            any |= (a < lo_) | (a >= hi_);                                              \
+            uint32_t rb = a - rebias;                                                   \
+            uint32_t r = (rb + ((1u << (19 - (TM))) - 1) + ((rb >> (20 - (TM))) & 1)) >> \
+                         (20 - (TM));                                                   \
+            out[k] = (uint16_t)(r | ((hw >> 16) & 0x8000u));                            \
+        }                                                                               \
+        bad = any;                                                                      \
+    } while (0)
+
+ARRAY_LOOP static void enc_f64_small(const double *src, void *dst, size_t n, int bf)
 {
     uint16_t out[BLOCK];
     for (size_t i = 0; i < n; i += BLOCK) {
         size_t cnt = n - i < BLOCK ? n - i : BLOCK;
         unsigned bad;
         const double *s = src + i;
-#define SRC64(k) d2u(s[k])
         if (bf)
-            FAST_BLOCK(uint64_t, SRC64, 52, 1023, 8, 7, F64_LO(8, 7), F64_HI(8, 7));
+            FAST64(8, 7);
         else
-            FAST_BLOCK(uint64_t, SRC64, 52, 1023, 5, 10, F64_LO(5, 10), F64_HI(5, 10));
+            FAST64(5, 10);
         if (bad)
             for (size_t k = 0; k < cnt; k++)
                 out[k] = bf ? f64_to_small(d2u(s[k]), 8, 7) : f64_to_small(d2u(s[k]), 5, 10);
         memcpy((unsigned char *)dst + 2 * i, out, 2 * cnt);
-#undef SRC64
     }
 }
 
-static void dec_bf16(const unsigned char *src, float *dst, size_t n)
+ARRAY_LOOP static void dec_bf16(const unsigned char *src, float *dst, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         uint16_t b;
@@ -310,7 +349,25 @@ static void dec_bf16(const unsigned char *src, float *dst, size_t n)
     }
 }
 
-static void dec_f16(const unsigned char *src, float *dst, size_t n)
+ARRAY_LOOP static void dec_f16(const unsigned char *src, float *dst, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint16_t h;
+        memcpy(&h, src + 2 * i, 2);
+        dst[i] = u2f(f16_bits_to_f32_bits(h));
+    }
+}
+
+ARRAY_LOOP static void dec_bf16_f64(const unsigned char *src, double *dst, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint16_t b;
+        memcpy(&b, src + 2 * i, 2);
+        dst[i] = u2f(bf16_bits_to_f32_bits(b));
+    }
+}
+
+ARRAY_LOOP static void dec_f16_f64(const unsigned char *src, double *dst, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         uint16_t h;
@@ -350,7 +407,6 @@ int lora_decode_f32(lora_dtype dt, const void *src, float *dst, size_t n)
 int lora_decode_f64(lora_dtype dt, const void *src, double *dst, size_t n)
 {
     const unsigned char *s = src;
-    float blk[BLOCK];
     switch (dt) {
     case LORA_DT_F64:
         memcpy(dst, s, n * 8);
@@ -363,19 +419,10 @@ int lora_decode_f64(lora_dtype dt, const void *src, double *dst, size_t n)
         }
         return LORA_OK;
     case LORA_DT_BF16:
-        for (size_t i = 0; i < n; i++) {
-            uint16_t b;
-            memcpy(&b, s + 2 * i, 2);
-            dst[i] = u2f(bf16_bits_to_f32_bits(b));
-        }
+        dec_bf16_f64(s, dst, n);
         return LORA_OK;
     case LORA_DT_F16:
-        for (size_t i = 0; i < n; i += BLOCK) {
-            size_t cnt = n - i < BLOCK ? n - i : BLOCK;
-            dec_f16(s + 2 * i, blk, cnt);
-            for (size_t k = 0; k < cnt; k++)
-                dst[i + k] = blk[k];
-        }
+        dec_f16_f64(s, dst, n);
         return LORA_OK;
     default:
         return LORA_EINPUT;

@@ -98,7 +98,9 @@ int lora_read_file(const char *path, size_t max, char **buf, size_t *len, lora_e
     *buf = NULL;
     if (len)
         *len = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK so that a FIFO given as a file fails the regular-file
+     * check below instead of blocking the open. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0)
         return lora_seterr_errno(err, errno == ENOENT ? LORA_EINPUT : LORA_EIO, errno,
                                  "%s", path);

@@ -88,19 +88,12 @@ static int scan(const lora_tensor *t, double *buf, uint64_t *nonfinite, int *all
 
 static const lora_acfg *targets_cfg(const lora_adapter *ad, lora_acfg **own, lora_error *err)
 {
-    /* the adapter keeps target_modules as JSON text; parse it back
-     * through the same code that reads configs */
-    const char *tm = ad->target_modules ? ad->target_modules : "null";
-    size_t n = strlen(tm) + 64;
-    char *s = malloc(n);
-    if (!s) {
-        lora_oom(err);
-        return NULL;
-    }
-    snprintf(s, n, "{\"peft_type\":\"LORA\",\"target_modules\":%s}", tm);
-    int rc = lora_acfg_parse(s, strlen(s), own, err);
-    free(s);
-    return rc ? NULL : *own;
+    /* the config was valid when the adapter was opened */
+    if (ad->config_json && lora_acfg_parse(ad->config_json, strlen(ad->config_json), own, err) == 0)
+        return *own;
+    if (!ad->config_json)
+        lora_seterr(err, LORA_EINPUT, "the adapter carries no config");
+    return NULL;
 }
 
 static int fill_targets(lora_report *rep, const lora_adapter *ad, lora_error *err)
@@ -130,8 +123,15 @@ static int fill_targets(lora_report *rep, const lora_adapter *ad, lora_error *er
         }
         rep->n_targets++;
     }
+    /* target_modules null: PEFT filled in its per-architecture defaults
+     * when it trained, which the file does not say; nothing to check */
+    int unknown = !c->target_regex && !c->targets;
     for (size_t i = 0; i < rep->n_modules; i++) {
         const char *name = rep->modules[i].m->name;
+        if (unknown) {
+            rep->modules[i].targeted = 1;
+            continue;
+        }
         lora_error_clear(&e);
         int hit = lora_acfg_targets(c, name, &e);
         if (hit < 0) {
@@ -306,7 +306,11 @@ static int check_base(lora_report *rep, const lora_adapter *ad, const lora_ckpt 
         rep->base_bytes += lora_st_size(lora_ckpt_shard(base, i));
 
     /* the same two passes as lora_adapter_bind: non-square modules
-     * first, their orientation then decides square ones */
+     * first, their orientation then decides square ones; problems are
+     * listed afterwards in module order */
+    lora_error *perr = calloc(rep->n_modules ? rep->n_modules : 1, sizeof *perr);
+    if (!perr)
+        return lora_oom(err);
     int seen[2] = {0, 0};
     for (int pass = 0; pass < 2; pass++) {
         int hint = seen[0] && !seen[1] ? 0 : seen[1] && !seen[0] ? 1 : -1;
@@ -317,17 +321,13 @@ static int check_base(lora_report *rep, const lora_adapter *ad, const lora_ckpt 
                 continue;
             const lora_tensor *t;
             int tr;
-            lora_error e;
-            lora_error_clear(&e);
-            int r = lora_module_resolve(rm->m, base, ad->fan_in_fan_out, hint, &t, &tr, &e);
-            if (r == LORA_EINPUT) {
-                if ((rc = add_problem(rep, LORA_SEV_ERROR, rm->m->name, err, "%s", e.msg)))
-                    return rc;
+            int r = lora_module_resolve(rm->m, base, ad->fan_in_fan_out, hint, &t, &tr, &perr[i]);
+            if (r == LORA_EINPUT)
                 continue;
-            }
             if (r) {
                 if (err)
-                    *err = e;
+                    *err = perr[i];
+                free(perr);
                 return r;
             }
             rm->base_name = t->name;
@@ -338,6 +338,14 @@ static int check_base(lora_report *rep, const lora_adapter *ad, const lora_ckpt 
                 seen[tr] = 1;
         }
     }
+    for (size_t i = 0; i < rep->n_modules; i++)
+        if (perr[i].code &&
+            (rc = add_problem(rep, LORA_SEV_ERROR, rep->modules[i].m->name, err, "%s",
+                              perr[i].msg))) {
+            free(perr);
+            return rc;
+        }
+    free(perr);
     for (size_t i = 0; i < ad->n_saved; i++) {
         const lora_saved *s = &ad->saved[i];
         const lora_tensor *t = lora_ckpt_find_alias(base, s->target);

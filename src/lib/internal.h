@@ -33,6 +33,76 @@ int lora_index_parse(const char *json, size_t len, const char *name, lora_index 
                      lora_error *err);
 void lora_index_free(lora_index *ix);
 
+/* ---- adapters (adapter_config.c, adapter.c, inspect.c) ---- */
+
+/* adapter_config.json, parsed and checked (refusals done). */
+typedef struct lora_acfg {
+    char *peft_type;            /* "LORA" */
+    uint64_t r;
+    double alpha;
+    int use_rslora, use_dora, fan_in_fan_out, lora_bias;
+    char *bias;                 /* "none", "all", "lora_only", or NULL */
+    char *base_model, *peft_version, *task_type;  /* or NULL */
+    char *target_modules_json;  /* compact JSON text of target_modules */
+    char *target_regex;         /* target_modules given as one string, or NULL */
+    char **targets;             /* target_modules given as a list */
+    size_t n_targets;
+    char *exclude_regex;
+    char **exclude;
+    size_t n_exclude;
+    char **rank_keys;           /* rank_pattern, in file order */
+    uint64_t *rank_vals;
+    size_t n_rank;
+    char **alpha_keys;          /* alpha_pattern, in file order */
+    double *alpha_vals;
+    size_t n_alpha;
+    char **modules_to_save;
+    size_t n_save;
+} lora_acfg;
+
+/* Parse adapter_config.json from a buffer (need not be NUL-terminated). */
+int lora_acfg_parse(const char *text, size_t len, lora_acfg **out, lora_error *err);
+void lora_acfg_free(lora_acfg *c);
+/* r and alpha of MODULE after rank_pattern / alpha_pattern. */
+int lora_acfg_module_rank(const lora_acfg *c, const char *module, uint64_t *r, double *alpha,
+                          lora_error *err);
+/* 1 when target_modules (minus exclude_modules) selects MODULE, 0 when
+ * not, -code on a pattern error. */
+int lora_acfg_targets(const lora_acfg *c, const char *module, lora_error *err);
+/* 1 when one target_modules list entry selects MODULE (PEFT's rule:
+ * equal, or ends with "." + entry; "all-linear" selects everything). */
+int lora_acfg_entry_matches(const char *entry, const char *module);
+/* 1 when MODULE is one of modules_to_save (PEFT: name ends with entry). */
+int lora_acfg_saves(const lora_acfg *c, const char *module);
+/* Python-style regex through PCRE2: mode 0 is re.match of
+ * "(.*\.)?(PAT)$", mode 1 is re.fullmatch(PAT).  1, 0, or -code. */
+int lora_regex_match(const char *pat, const char *subject, int mode, lora_error *err);
+
+/* What one adapter tensor key is (PEFT key forms, formats.md section 4). */
+enum {
+    LORA_KEY_A = 1,        /* lora_A.weight */
+    LORA_KEY_B,            /* lora_B.weight */
+    LORA_KEY_EMB_A,        /* lora_embedding_A */
+    LORA_KEY_EMB_B,        /* lora_embedding_B */
+    LORA_KEY_SAVED,        /* a full tensor that replaces the base's */
+    LORA_KEY_COPY          /* a copy of a base tensor (.original_module., .base_layer.): unused */
+};
+/* Classify KEY: *kind, and *name (malloc'd): the module path for A/B
+ * keys, the base tensor name for saved and copied tensors.  LORA_EINPUT
+ * with a message for a key that cannot be classified or is refused. */
+int lora_adapter_classify_key(const lora_acfg *c, const char *key, int *kind, char **name,
+                              lora_error *err);
+
+/* Resolve one module against a base: the base tensor and whether ΔW is
+ * added transposed.  hint: -1 none, else the orientation the adapter's
+ * other (non-square) modules showed, used for a square module that is
+ * not a GPT-2 Conv1D name. */
+int lora_module_resolve(const lora_module *m, const lora_ckpt *base, int fan_in_fan_out, int hint,
+                        const lora_tensor **bt, int *transpose, lora_error *err);
+/* The base tensor for NAME, trying the spellings with and without a
+ * leading "transformer." / "model."; NULL when none exists. */
+const lora_tensor *lora_ckpt_find_alias(const lora_ckpt *ck, const char *name);
+
 #endif
 
 /* Fill err (may be NULL) with code and a formatted message; returns code

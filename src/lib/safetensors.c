@@ -74,6 +74,19 @@ static int get_uint(const json_t *v, uint64_t *out)
     return 1;
 }
 
+/* Names in a hostile header may hold terminal control characters
+ * (JSON escapes decode to raw bytes); they must not reach a terminal
+ * through our messages, so C0 and C1 controls become '?'. */
+static void defang(char *s)
+{
+    for (unsigned char *p = (unsigned char *)s; *p; p++) {
+        if (*p < 0x20 || *p == 0x7f)
+            *p = '?';
+        else if (*p == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f)
+            p[0] = '?', p[1] = '?';
+    }
+}
+
 static int bad(lora_error *err, const char *name, const char *fmt, ...) LORA_PRINTF(3, 4);
 static int bad(lora_error *err, const char *name, const char *fmt, ...)
 {
@@ -82,7 +95,10 @@ static int bad(lora_error *err, const char *name, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    return lora_seterr(err, LORA_EINPUT, "%s: not a valid safetensors file: %s", name, msg);
+    lora_seterr(err, LORA_EINPUT, "%s: not a valid safetensors file: %s", name, msg);
+    if (err)
+        defang(err->msg);
+    return LORA_EINPUT;
 }
 
 static int parse_metadata(lora_st *st, json_t *meta, lora_error *err)
@@ -354,7 +370,8 @@ int lora_st_open(const char *path, lora_st **out, lora_error *err)
     if (!st)
         return LORA_EIO;
     int rc;
-    st->fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO must not hang us before fstat refuses it */
+    st->fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (st->fd < 0) {
         int e = errno;
         rc = lora_seterr_errno(err, e == ENOENT || e == EACCES || e == ENOTDIR ? LORA_EINPUT

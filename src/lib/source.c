@@ -15,6 +15,38 @@ static int has_suffix(const char *s, const char *suf)
     return n >= m && strcmp(s + n - m, suf) == 0;
 }
 
+/* A .lora archive: verified against the public key files in
+ * opts->pubkeys, or opened unverified (with a warning) on request. */
+static int load_archive(const char *spec, const lora_source_opts *opts, lora_adapter **out,
+                        lora_error *err)
+{
+    size_t n = 0;
+    while (opts && opts->pubkeys && opts->pubkeys[n])
+        n++;
+    int no_verify = opts && opts->no_verify;
+    if (!no_verify && n == 0)
+        return lora_seterr(err, LORA_EUSAGE,
+                           "%s: a signed archive needs a public key to verify it (-p KEY.pub), "
+                           "or --no-verify",
+                           spec);
+    lora_pubkey *keys = calloc(n ? n : 1, sizeof *keys);
+    if (!keys)
+        return lora_oom(err);
+    int rc = LORA_OK;
+    for (size_t i = 0; i < n && !rc; i++)
+        rc = lora_pubkey_load(opts->pubkeys[i], &keys[i], err);
+    if (!rc) {
+        if (no_verify && opts->warn)
+            fprintf(opts->warn, "warning: %s: signature NOT verified (--no-verify); member hashes "
+                                "are still checked against the unsigned manifest\n",
+                    spec);
+        rc = lora_archive_open_adapter(spec, keys, n, no_verify ? LORA_ARCHIVE_NO_VERIFY : 0, out,
+                                       err);
+    }
+    free(keys);
+    return rc;
+}
+
 int lora_adapter_load(const char *spec, const lora_source_opts *opts, lora_adapter **out,
                       lora_error *err)
 {
@@ -26,7 +58,6 @@ int lora_adapter_load(const char *spec, const lora_source_opts *opts, lora_adapt
         return lora_seterr(err, LORA_EUSAGE, "%s: registry adapters are not available in this build",
                            spec);
     if (has_suffix(spec, ".lora"))
-        return lora_seterr(err, LORA_EUSAGE, "%s: .lora archives are not available in this build",
-                           spec);
+        return load_archive(spec, opts, out, err);
     return lora_adapter_open(spec, out, err);
 }

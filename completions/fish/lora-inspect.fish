@@ -1,0 +1,11 @@
+# fish completion for lora-inspect
+complete -c lora-inspect -s b -l base -r -F -d 'Check against a base checkpoint'
+complete -c lora-inspect -s c -l check -d 'Exit 1 when an error is found'
+complete -c lora-inspect -s s -l strict -d 'Warnings count as errors'
+complete -c lora-inspect -s j -l json -d 'One JSON object on stdout'
+complete -c lora-inspect -s t -l tensors -d 'List every tensor'
+complete -c lora-inspect -s p -l pubkey -r -F -d 'Minisign public key for .lora archives'
+complete -c lora-inspect -l no-verify -d 'Open archives without checking signatures'
+complete -c lora-inspect -s q -l quiet -d 'No progress messages'
+complete -c lora-inspect -s h -l help -d 'Show help'
+complete -c lora-inspect -s V -l version -d 'Show version'

@@ -1,0 +1,266 @@
+/*
+ * lora-inspect - what an adapter is: modules, rank, alpha, scale,
+ * parameter and byte counts, dtypes, and problems (--check for CI).
+ * Argument parsing and printing only; the figures come from
+ * lora_inspect() in the library.
+ */
+#include "lora.h"
+
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PROG "lora-inspect"
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "Usage: " PROG " [OPTION]... ADAPTER\n"
+            "Show what a LoRA adapter is: modules, rank, alpha, scale, sizes, dtypes, problems.\n"
+            "ADAPTER is a PEFT folder, a .lora archive, task:TASK or reg:NAME@VERSION.\n"
+            "\n"
+            "  -b, --base=CHECKPOINT  check every module against a base checkpoint\n"
+            "                         (.safetensors file, folder, or index) and compare sizes\n"
+            "  -c, --check            exit 1 when an error is found\n"
+            "  -s, --strict           with --check, warnings count as errors\n"
+            "  -j, --json             one JSON object on stdout\n"
+            "  -t, --tensors          list every tensor of the adapter file\n"
+            "  -p, --pubkey=KEY.pub   minisign public key for .lora archives (repeatable)\n"
+            "      --no-verify        open archives without checking signatures\n"
+            "  -q, --quiet            no progress messages\n"
+            "  -h, --help             show this help and exit\n"
+            "  -V, --version          show the version and exit\n"
+            "\n"
+            "Exit status: 0 ok, 1 --check found an error, 2 usage, 3 bad input, 4 I/O error.\n");
+}
+
+/* 1234567 -> "1,234,567" */
+static const char *num(uint64_t v, char *buf, size_t n)
+{
+    char tmp[32];
+    int len = snprintf(tmp, sizeof tmp, "%" PRIu64, v);
+    size_t o = 0;
+    for (int i = 0; i < len && o + 2 < n; i++) {
+        if (i && (len - i) % 3 == 0)
+            buf[o++] = ',';
+        buf[o++] = tmp[i];
+    }
+    buf[o] = '\0';
+    return buf;
+}
+
+static void shape(const lora_tensor *t, char *buf, size_t n)
+{
+    size_t o = snprintf(buf, n, "[");
+    for (int i = 0; i < t->ndim && o < n; i++)
+        o += snprintf(buf + o, n - o, "%s%" PRIu64, i ? ", " : "", t->shape[i]);
+    if (o < n)
+        snprintf(buf + o, n - o, "]");
+}
+
+static void pct(double num_, double den, char *buf, size_t n)
+{
+    if (den <= 0)
+        snprintf(buf, n, "-");
+    else if (num_ / den >= 0.001)
+        snprintf(buf, n, "%.2f%%", 100.0 * num_ / den);
+    else
+        snprintf(buf, n, "%.4f%%", 100.0 * num_ / den);
+}
+
+static void print_human(const lora_report *rep, const char *base_path, int tensors)
+{
+    const lora_adapter *ad = rep->ad;
+    char a[32], b[32], c[32];
+    printf("adapter          %s\n", ad->path);
+    printf("base model       %s\n", ad->base_model ? ad->base_model : "(not named)");
+    printf("PEFT version     %s\n", ad->peft_version ? ad->peft_version : "(not recorded)");
+    if (ad->task_type)
+        printf("task type        %s\n", ad->task_type);
+    const char *how = ad->use_rslora ? "alpha/sqrt(r), rsLoRA" : "alpha/r";
+    if (rep->n_groups == 1)
+        printf("r / alpha        %" PRIu64 " / %g, scale %g (%s), all modules\n",
+               rep->groups[0].r, rep->groups[0].alpha, rep->groups[0].scale, how);
+    else if (rep->n_groups > 1) {
+        printf("r / alpha        config %" PRIu64 " / %g; per module (scale %s):\n", ad->r,
+               ad->alpha, how);
+        for (size_t i = 0; i < rep->n_groups; i++)
+            printf("                   r %" PRIu64 ", alpha %g, scale %g: %zu module%s\n",
+                   rep->groups[i].r, rep->groups[i].alpha, rep->groups[i].scale,
+                   rep->groups[i].modules, rep->groups[i].modules == 1 ? "" : "s");
+        for (size_t i = 0; i < rep->n_modules; i++) {
+            const lora_module *m = rep->modules[i].m;
+            printf("                   %s: r %" PRIu64 ", alpha %g, scale %g\n", m->name, m->r,
+                   m->alpha, m->scale);
+        }
+    } else {
+        printf("r / alpha        %" PRIu64 " / %g (no LoRA modules)\n", ad->r, ad->alpha);
+    }
+    printf("target modules   %s\n", ad->target_modules ? ad->target_modules : "null");
+    for (size_t i = 0; i < rep->n_targets; i++)
+        printf("  matched        %s%s: %zu module%s\n", rep->target_is_regex ? "(regex) " : "",
+               rep->targets[i].entry, rep->targets[i].modules,
+               rep->targets[i].modules == 1 ? "" : "s");
+    if (rep->n_untargeted)
+        printf("  not matched    %zu adapted module%s\n", rep->n_untargeted,
+               rep->n_untargeted == 1 ? "" : "s");
+    printf("modules          %zu adapted\n", rep->n_modules);
+    printf("parameters       %s trainable (LoRA %s, saved %s)\n", num(rep->trainable_params, a, sizeof a),
+           num(rep->lora_params, b, sizeof b), num(rep->saved_params, c, sizeof c));
+    printf("bytes            %s on disk\n", num(rep->file_bytes, a, sizeof a));
+    printf("dtypes          ");
+    for (size_t i = 0; i < rep->n_dtypes; i++)
+        printf(" %s (%zu tensor%s)%s", lora_dtype_name(rep->dtypes[i].dtype),
+               rep->dtypes[i].tensors, rep->dtypes[i].tensors == 1 ? "" : "s",
+               i + 1 < rep->n_dtypes ? "," : "");
+    printf("\n");
+    if (ad->n_saved) {
+        printf("modules_to_save  %zu tensor%s\n", ad->n_saved, ad->n_saved == 1 ? "" : "s");
+        for (size_t i = 0; i < ad->n_saved; i++) {
+            char s[96];
+            shape(ad->saved[i].t, s, sizeof s);
+            printf("                   %s %s %s\n", ad->saved[i].target, s,
+                   lora_dtype_name(ad->saved[i].t->dtype));
+        }
+    }
+    if (rep->n_copies)
+        printf("ignored          %zu frozen base cop%s (.original_module. / .base_layer.)\n",
+               rep->n_copies, rep->n_copies == 1 ? "y" : "ies");
+    if (rep->has_base) {
+        printf("base             %s: %s parameters, %s bytes\n", base_path,
+               num(rep->base_params, a, sizeof a), num(rep->base_bytes, b, sizeof b));
+        pct((double)rep->trainable_params, (double)rep->base_params, a, sizeof a);
+        pct((double)rep->file_bytes, (double)rep->base_bytes, b, sizeof b);
+        printf("  adapter/base   %s of the parameters, %s of the bytes\n", a, b);
+        pct((double)rep->lora_params, (double)rep->adapted_params, a, sizeof a);
+        if (rep->adapted_params)
+            printf("  adapted        %s base parameters stored as %s LoRA parameters (%s)\n",
+               num(rep->adapted_params, b, sizeof b), num(rep->lora_params, c, sizeof c), a);
+    }
+    if (tensors) {
+        printf("tensors          %zu\n", rep->n_tensors);
+        for (size_t i = 0; i < rep->n_tensors; i++) {
+            const lora_report_tensor *t = &rep->tensors[i];
+            char s[96];
+            shape(t->t, s, sizeof s);
+            printf("  %s %s %s %s bytes %s\n", t->t->name, lora_dtype_name(t->t->dtype), s,
+                   num(t->t->nbytes, a, sizeof a), t->role);
+        }
+    }
+    if (!rep->n_problems)
+        printf("problems         none\n");
+    else
+        printf("problems         %zu error%s, %zu warning%s\n", rep->n_errors,
+               rep->n_errors == 1 ? "" : "s", rep->n_warnings, rep->n_warnings == 1 ? "" : "s");
+    for (size_t i = 0; i < rep->n_problems; i++)
+        printf("  %-7s        %s\n",
+               rep->problems[i].severity == LORA_SEV_ERROR ? "error" : "warning",
+               rep->problems[i].msg);
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"base", required_argument, NULL, 'b'}, {"check", no_argument, NULL, 'c'},
+        {"strict", no_argument, NULL, 's'},     {"json", no_argument, NULL, 'j'},
+        {"tensors", no_argument, NULL, 't'},    {"pubkey", required_argument, NULL, 'p'},
+        {"no-verify", no_argument, NULL, 'N'},  {"quiet", no_argument, NULL, 'q'},
+        {"help", no_argument, NULL, 'h'},       {"version", no_argument, NULL, 'V'},
+        {NULL, 0, NULL, 0}};
+    const char *base_path = NULL;
+    int check = 0, strict = 0, json = 0, tensors = 0, no_verify = 0;
+    const char **keys = calloc((size_t)argc + 1, sizeof *keys);
+    size_t n_keys = 0;
+    if (!keys) {
+        fprintf(stderr, PROG ": out of memory\n");
+        return LORA_EIO;
+    }
+    int ch;
+    opterr = 0; /* our own messages, prefixed with the tool's name */
+    while ((ch = getopt_long(argc, argv, ":b:csjtp:qhV", longopts, NULL)) != -1) {
+        switch (ch) {
+        case 'b': base_path = optarg; break;
+        case 'c': check = 1; break;
+        case 's': strict = 1; break;
+        case 'j': json = 1; break;
+        case 't': tensors = 1; break;
+        case 'p': keys[n_keys++] = optarg; break;
+        case 'N': no_verify = 1; break;
+        case 'q': break; /* nothing here is slow enough for progress output */
+        case 'h': usage(stdout); free(keys); return 0;
+        case 'V': printf(PROG " (lora-tools) %s\n", lora_version()); free(keys); return 0;
+        case ':':
+            fprintf(stderr, PROG ": option '%s' needs an argument\n", argv[optind - 1]);
+            fprintf(stderr, "Try '" PROG " --help' for more information.\n");
+            free(keys);
+            return LORA_EUSAGE;
+        default:
+            if (optopt)
+                fprintf(stderr, PROG ": unknown option '-%c'\n", optopt);
+            else
+                fprintf(stderr, PROG ": unknown option '%s'\n", argv[optind - 1]);
+            fprintf(stderr, "Try '" PROG " --help' for more information.\n");
+            free(keys);
+            return LORA_EUSAGE;
+        }
+    }
+    if (optind != argc - 1) {
+        fprintf(stderr, PROG ": %s\nTry '" PROG " --help' for more information.\n",
+                optind >= argc ? "missing ADAPTER" : "only one ADAPTER, please");
+        free(keys);
+        return LORA_EUSAGE;
+    }
+    if (strict)
+        check = 1;
+
+    lora_error err;
+    lora_error_clear(&err);
+    lora_adapter *ad = NULL;
+    lora_ckpt *base = NULL;
+    lora_report *rep = NULL;
+    int rc = lora_init(&err);
+    if (rc)
+        goto fail;
+    lora_source_opts so = {.pubkeys = n_keys ? keys : NULL, .no_verify = no_verify,
+                           .warn = stderr};
+    if ((rc = lora_adapter_load(argv[optind], &so, &ad, &err)))
+        goto fail;
+    if (base_path && (rc = lora_ckpt_open(base_path, &base, &err)))
+        goto fail;
+    lora_inspect_opts io = {.base = base, .strict = strict};
+    if ((rc = lora_inspect(ad, &io, &rep, &err)))
+        goto fail;
+    if (json) {
+        char *s = lora_report_json(rep, tensors, &err);
+        if (!s) {
+            rc = err.code ? err.code : LORA_EIO;
+            goto fail;
+        }
+        fputs(s, stdout);
+        free(s);
+    } else {
+        print_human(rep, base_path, tensors);
+    }
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        fprintf(stderr, PROG ": writing the report failed\n");
+        rc = LORA_EIO;
+    } else if (check && rep->n_errors) {
+        fprintf(stderr, PROG ": check failed: %zu error%s in %s\n", rep->n_errors,
+                rep->n_errors == 1 ? "" : "s", argv[optind]);
+        rc = LORA_ECHECK;
+    }
+    lora_report_free(rep);
+    lora_ckpt_close(base);
+    lora_adapter_free(ad);
+    free(keys);
+    return rc;
+fail:
+    fprintf(stderr, PROG ": %s\n", err.msg[0] ? err.msg : "failed");
+    lora_report_free(rep);
+    lora_ckpt_close(base);
+    lora_adapter_free(ad);
+    free(keys);
+    return rc;
+}
