@@ -365,6 +365,14 @@ START_TEST(compare_detects)
     ck_assert_uint_ge(r.disagreements, 9);
     ck_assert_uint_ge(r.first_disagreement, 1);
     ck_assert(r.max_abs_dlogit > 1.0);
+    /* ids past the vocabulary in a data set parsed without one: refused,
+     * also where they are only scored (the last choice token) */
+    const char *t = "{\"prompt\":[0,5,8],\"choices\":[[8],[9,40]],\"label\":0}\n";
+    lora_dataset *wide = NULL;
+    ck_assert_int_eq(lora_dataset_parse(t, strlen(t), "w", 0, &wide, &err), LORA_OK);
+    ck_assert_int_eq(lora_eval_run(m, wide, &o, &r, &err), LORA_EINPUT);
+    ck_assert_msg(strstr(err.msg, "line 1: token id 40 is outside") != NULL, "%s", err.msg);
+    lora_dataset_free(wide);
     /* without merged weights there is no merged mode */
     o.compare_mode = LORA_MODE_MERGED;
     ck_assert_int_eq(lora_eval_run(m, rev, &o, &r, &err), LORA_EUSAGE);

@@ -176,10 +176,22 @@ int lora_eval_run(lora_model *m, const lora_dataset *ds, const lora_eval_opts *o
         if (l > c->max_positions)
             return lora_seterr(err, LORA_EINPUT, "line %zu: %zu tokens, more than the model's %llu positions",
                                it->line, l, (unsigned long long)c->max_positions);
+        /* every id, also those only scored and never fed (a data set
+         * parsed without a vocabulary must not index past the logits) */
+        int32_t bad = -1;
         for (size_t k = 0; k < it->n_prompt; k++)
-            if ((uint64_t)it->prompt[k] >= V)
-                return lora_seterr(err, LORA_EINPUT, "line %zu: token id %ld is outside the vocabulary (0..%llu)",
-                                   it->line, (long)it->prompt[k], (unsigned long long)V - 1);
+            if (it->prompt[k] < 0 || (uint64_t)it->prompt[k] >= V)
+                bad = it->prompt[k];
+        for (size_t k = 0; k < it->n_target; k++)
+            if (it->target[k] < 0 || (uint64_t)it->target[k] >= V)
+                bad = it->target[k];
+        for (size_t ch = 0; ch < it->n_choices; ch++)
+            for (size_t k = 0; k < it->choice_len[ch]; k++)
+                if (it->choices[ch][k] < 0 || (uint64_t)it->choices[ch][k] >= V)
+                    bad = it->choices[ch][k];
+        if (bad != -1)
+            return lora_seterr(err, LORA_EINPUT, "line %zu: token id %ld is outside the vocabulary (0..%llu)",
+                               it->line, (long)bad, (unsigned long long)V - 1);
         if (l > cap)
             cap = l;
         if (it->n_choices > maxc)
