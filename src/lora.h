@@ -1217,6 +1217,212 @@ void lora_reg_evals_free(lora_reg_eval *list, size_t n);
 
 /* ---- section: models and evaluation (model.c, dataset.c, eval.c) ---- */
 
+/* Models: a Hugging Face causal-LM folder (config.json + safetensors,
+ * one file or sharded) of one of the architectures below, weights
+ * decoded to F32 at load, forward pass in F32 with every matrix product
+ * through OpenBLAS (cblas_sgemm; cblas_sgemv for a single token).
+ *
+ * Numerical contract of the forward pass: every weight is the exact F32
+ * value of the stored F16/BF16/F32 number; activations are F32; matrix
+ * products are cblas_sgemm, or cblas_sgemv for one token (F32
+ * accumulation, summation order is
+ * OpenBLAS's and may change with the thread count and the CPU kernel);
+ * the reductions of LayerNorm/RMSNorm, softmax and log-softmax are
+ * summed in double in increasing index order and rounded once to F32.
+ * Logits agree with PyTorch's F32 computation of the same model to
+ * within 1e-4 of the largest |logit| of the sequence (tests/check_model.c
+ * checks it against committed reference logits). */
+
+enum {
+    LORA_ARCH_GPT2 = 1,    /* GPT2LMHeadModel */
+    LORA_ARCH_LLAMA = 2    /* LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM */
+};
+
+enum { LORA_ROPE_NONE = 0, LORA_ROPE_LINEAR = 1, LORA_ROPE_LLAMA3 = 2 };
+
+/* Limits on what a config may ask for (hostile configs must not make
+ * us allocate without bound). */
+#define LORA_MODEL_MAX_VOCAB 4194304ULL
+#define LORA_MODEL_MAX_HIDDEN 65536ULL
+#define LORA_MODEL_MAX_LAYERS 1024ULL
+#define LORA_MODEL_MAX_POSITIONS 1048576ULL
+#define LORA_MODEL_MAX_CONFIG (1u << 20)   /* config.json bytes */
+
+typedef struct lora_model_config {
+    int arch;                  /* LORA_ARCH_* */
+    char architecture[64];     /* architectures[0] as written */
+    uint64_t vocab;            /* vocab_size */
+    uint64_t hidden;           /* n_embd / hidden_size */
+    uint64_t layers;           /* n_layer / num_hidden_layers */
+    uint64_t heads;            /* n_head / num_attention_heads */
+    uint64_t kv_heads;         /* num_key_value_heads (GPT-2: heads) */
+    uint64_t head_dim;         /* head_dim, or hidden / heads */
+    uint64_t inner;            /* n_inner (null: 4·hidden) / intermediate_size */
+    uint64_t max_positions;    /* n_positions / max_position_embeddings */
+    double norm_eps;           /* layer_norm_epsilon / rms_norm_eps */
+    int tied;                  /* tie_word_embeddings */
+    int qkv_bias;              /* LLaMA family: q/k/v carry biases (Qwen2, attention_bias) */
+    int o_bias;                /* o_proj bias (attention_bias) */
+    int mlp_bias;              /* mlp_bias */
+    double rope_theta;
+    int rope_type;             /* LORA_ROPE_* */
+    double rope_factor, rope_low_freq, rope_high_freq;
+    uint64_t rope_original_max;
+} lora_model_config;
+
+/* Parse and validate a config.json text: architecture known (anything
+ * else refused, naming it), sizes within the limits above and
+ * consistent (heads divide, even head_dim for RoPE), activation
+ * gelu_new/silu, rope_scaling linear or llama3 (others refused).
+ * LORA_EINPUT with a message naming the key. */
+int lora_model_config_parse(const char *json, size_t len, lora_model_config *cfg,
+                            lora_error *err);
+
+typedef struct lora_model lora_model;
+
+/* Open DIR (config.json + model.safetensors or the sharded index),
+ * check every tensor the architecture needs is there with the right
+ * shape and a readable dtype, decode them to F32. */
+int lora_model_open(const char *dir, lora_model **out, lora_error *err);
+void lora_model_free(lora_model *m);
+const lora_model_config *lora_model_cfg(const lora_model *m);
+const lora_ckpt *lora_model_ckpt(const lora_model *m);
+/* Parameters held (F32 elements, adapters excluded). */
+uint64_t lora_model_params(const lora_model *m);
+
+/* OpenBLAS threads for every later forward (process-wide, as OpenBLAS is). */
+void lora_set_threads(int n);
+
+/* Adapters on a model.  attach binds AD to the model's checkpoint
+ * (lora_adapter_bind) and prepares:
+ *  - unmerged: A and B in F32 per adapted weight; the forward adds
+ *    scale·B·(A·x) to W0·x, never forming ΔW;
+ *  - merged (when want_merged): the weight the merge engine writes for
+ *    W0 + ΔW in the checkpoint's dtype (lora_merge_tensor), decoded to F32.
+ * Only weights of the attention and MLP projections may be adapted
+ * (embedding LoRA and modules_to_save are refused with a message).
+ * The adapter must outlive the model or the next detach. */
+int lora_model_attach(lora_model *m, lora_adapter *ad, int want_merged, lora_error *err);
+void lora_model_detach(lora_model *m);
+/* Number of weights the attached adapter changes (0 when none). */
+size_t lora_model_adapted(const lora_model *m);
+
+enum {
+    LORA_MODE_BASE = 0,       /* W0 only */
+    LORA_MODE_UNMERGED = 1,   /* W0·x + s·B·(A·x) */
+    LORA_MODE_MERGED = 2      /* merged weights */
+};
+
+/* A forward session: KV cache and work buffers for up to max_tokens
+ * positions (at most the model's max_positions), in one mode. */
+typedef struct lora_run lora_run;
+
+int lora_run_new(lora_model *m, int mode, uint64_t max_tokens, lora_run **out,
+                 lora_error *err);
+void lora_run_free(lora_run *r);
+/* Tokens in the cache. */
+uint64_t lora_run_pos(const lora_run *r);
+/* Forget the cache past position pos (pos <= lora_run_pos). */
+void lora_run_truncate(lora_run *r, uint64_t pos);
+/* Feed n tokens at the next positions.  logits (may be NULL) receives
+ * the logits of the last `rows` of those positions, rows × vocab,
+ * row-major (rows <= n).  Token ids are checked against the vocabulary. */
+int lora_run_forward(lora_run *r, const int32_t *tokens, size_t n, float *logits,
+                     size_t rows, lora_error *err);
+
+/* Data sets: JSONL, one item a line (blank lines skipped):
+ *   multiple choice {"prompt":[ids], "choices":[[ids],...], "label":i}
+ *   generation      {"prompt":[ids], "target":[ids]}
+ * Unknown keys are refused (a typo must not silently change the task). */
+#define LORA_DS_MAX_LINE (1u << 20)       /* bytes per line */
+#define LORA_DS_MAX_TOKENS 65536u         /* ids per prompt, choice or target */
+#define LORA_DS_MAX_CHOICES 1024u
+#define LORA_DS_MAX_ITEMS 10000000u
+
+enum { LORA_ITEM_CHOICE = 1, LORA_ITEM_GENERATE = 2 };
+
+typedef struct lora_item {
+    int kind;                  /* LORA_ITEM_* */
+    size_t line;               /* 1-based line in the file */
+    int32_t *prompt;
+    size_t n_prompt;
+    int32_t *target;           /* generation */
+    size_t n_target;
+    size_t n_choices;          /* multiple choice */
+    int32_t **choices;
+    size_t *choice_len;
+    size_t label;
+} lora_item;
+
+typedef struct lora_dataset {
+    size_t n;
+    lora_item *items;
+    size_t max_len;            /* longest prompt + choice/target */
+} lora_dataset;
+
+/* Parse JSONL bytes.  vocab > 0: every id must be < vocab.  A bad line
+ * is LORA_EINPUT "NAME:LINE: problem". */
+int lora_dataset_parse(const char *buf, size_t len, const char *name, uint64_t vocab,
+                       lora_dataset **out, lora_error *err);
+/* Read a file ("-" for stdin) and parse it. */
+int lora_dataset_load(const char *path, uint64_t vocab, lora_dataset **out, lora_error *err);
+void lora_dataset_free(lora_dataset *ds);
+
+/* Evaluation.  Multiple choice: the choice with the highest summed
+ * log-probability of its tokens given the prompt wins (ties: the first).
+ * Generation: correct when greedy decoding (KV cache, argmax, ties to
+ * the lowest id) reproduces the target exactly; its NLL is that of the
+ * target under teacher forcing.  NLL and log-probabilities are computed
+ * in double from the F32 logits. */
+typedef struct lora_eval_opts {
+    int mode;                  /* LORA_MODE_* */
+    int compare_mode;          /* -1: none; else a second mode run on each item
+                                  and compared with the first */
+    size_t limit;              /* 0: all items */
+    /* called after each item (may be NULL): items done, items in all */
+    void (*progress)(void *arg, size_t done, size_t total);
+    void *progress_arg;
+} lora_eval_opts;
+
+typedef struct lora_eval_result {
+    size_t items, correct;
+    size_t choice_items, choice_correct;
+    size_t gen_items, gen_correct;
+    double accuracy;           /* correct / items */
+    double nll_sum;            /* over every scored token (choices' tokens of the
+                                  labelled choice, generation targets) */
+    uint64_t nll_tokens;
+    double mean_nll;           /* nll_sum / nll_tokens */
+    uint64_t tokens;           /* positions run through the forward pass (first mode) */
+    double seconds;            /* wall time of the first mode */
+    double tokens_per_second;
+    /* compare_mode only */
+    double max_abs_dlogit;     /* largest |Δlogit| at every scored position */
+    size_t disagreements;      /* items whose prediction differs */
+    size_t first_disagreement; /* line of the first, 0 when none */
+} lora_eval_result;
+
+int lora_eval_run(lora_model *m, const lora_dataset *ds, const lora_eval_opts *opts,
+                  lora_eval_result *res, lora_error *err);
+
+/* Exact recovery of W0: for every weight the adapter changes, merge in
+ * memory (lora_tensor_merge, the code lora-merge runs, with its
+ * receipt corrections), unmerge with those corrections
+ * (lora_tensor_unmerge, the code lora-unmerge runs) and compare with
+ * the stored base bytes element by element.  AD is bound to BASE here. */
+typedef struct lora_recovery {
+    char *tensor;              /* base tensor name */
+    lora_dtype dtype;
+    uint64_t total;            /* elements */
+    uint64_t exact;            /* elements whose bytes came back identical */
+    uint64_t fixes;            /* corrections the merge recorded */
+} lora_recovery;
+
+int lora_eval_check_recovery(const lora_ckpt *base, lora_adapter *ad, int nthreads,
+                             lora_recovery **out, size_t *n, lora_error *err);
+void lora_recovery_free(lora_recovery *r, size_t n);
+
+
 
 #ifdef __cplusplus
 }

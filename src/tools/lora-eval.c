@@ -1,0 +1,367 @@
+/*
+ * lora-eval - forward evaluation of a base model with or without a LoRA
+ * adapter on a JSONL task data set: accuracy, NLL per target token,
+ * tokens per second; merged-against-unmerged agreement.  Arguments and
+ * printing only: the work is in liblora (model.c, dataset.c, eval.c).
+ */
+#include "config.h"
+#include "lora.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static const char *prog = "lora-eval";
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "Usage: %s --model DIR [-a ADAPTER] --data FILE [options]\n"
+            "       %s --check-recovery --model DIR -a ADAPTER [--json]\n"
+            "\n"
+            "Evaluate a Hugging Face causal LM (GPT-2, LLaMA, Mistral, Qwen2), with or\n"
+            "without a LoRA adapter, on a JSONL data set of token ids.\n"
+            "\n"
+            "  -m, --model DIR        base model folder (config.json + safetensors)\n"
+            "  -a, --adapter SPEC     PEFT folder, .lora archive, task:TASK or reg:NAME@VERSION\n"
+            "  -d, --data FILE        JSONL data set (- for stdin)\n"
+            "      --mode MODE        unmerged (default), merged, or both (compare them)\n"
+            "      --min-accuracy X   exit 1 when accuracy is below X (0..1)\n"
+            "      --check-recovery   merge in memory, unmerge with the receipt corrections,\n"
+            "                         compare with the base bit for bit (exit 1 unless exact)\n"
+            "      --limit N          evaluate the first N items only\n"
+            "  -k, --pubkey FILE      minisign public key for .lora archives (repeatable)\n"
+            "      --no-verify        open .lora archives without checking signatures\n"
+            "  -j, --threads N        OpenBLAS threads (default 1)\n"
+            "      --json             machine-readable result on stdout\n"
+            "  -q, --quiet            no progress messages\n"
+            "  -h, --help             this help\n"
+            "  -V, --version          version\n"
+            "\n"
+            "Exit status: 0 ok, 1 accuracy below --min-accuracy or merged and unmerged\n"
+            "disagree or recovery is not exact, 2 usage error, 3 bad input, 4 I/O error.\n",
+            prog, prog);
+}
+
+static int die(int code, const lora_error *err)
+{
+    fprintf(stderr, "%s: %s\n", prog, err->msg);
+    return code;
+}
+
+static int usage_err(const char *msg)
+{
+    fprintf(stderr, "%s: %s\nTry '%s --help'.\n", prog, msg, prog);
+    return LORA_EUSAGE;
+}
+
+/* Progress on a terminal only, at most five times a second. */
+static void progress(void *arg, size_t done, size_t total)
+{
+    double *last = arg;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    double t = (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+    if (done < total && t - *last < 0.2)
+        return;
+    *last = t;
+    fprintf(stderr, "\r%s: %zu/%zu items%s", prog, done, total, done == total ? "\n" : "");
+}
+
+static const char *mode_name(int m)
+{
+    return m == LORA_MODE_MERGED ? "merged" : m == LORA_MODE_UNMERGED ? "unmerged" : "base";
+}
+
+/* --check-recovery: the base's checkpoint only (no F32 model needed). */
+static int check_recovery(const char *model_dir, const char *adapter, const lora_source_opts *so,
+                          int threads, int json)
+{
+    lora_error err;
+    lora_error_clear(&err);
+    if (lora_init(&err) != LORA_OK)
+        return die(err.code, &err);
+    lora_ckpt *ck = NULL;
+    lora_adapter *ad = NULL;
+    lora_recovery *rec = NULL;
+    size_t n = 0;
+    int rc = lora_ckpt_open(model_dir, &ck, &err);
+    if (rc == LORA_OK)
+        rc = lora_adapter_load(adapter, so, &ad, &err);
+    if (rc == LORA_OK)
+        rc = lora_eval_check_recovery(ck, ad, threads, &rec, &n, &err);
+    if (rc != LORA_OK) {
+        fprintf(stderr, "%s: %s\n", prog, err.msg);
+        goto out;
+    }
+    uint64_t exact = 0, total = 0, fixes = 0;
+    for (size_t i = 0; i < n; i++) {
+        exact += rec[i].exact;
+        total += rec[i].total;
+        fixes += rec[i].fixes;
+    }
+    if (json) {
+        json_t *o = json_object(), *arr = json_array();
+        json_object_set_new(o, "model", json_string(model_dir));
+        json_object_set_new(o, "adapter", json_string(adapter));
+        for (size_t i = 0; i < n; i++) {
+            json_t *t = json_object();
+            json_object_set_new(t, "tensor", json_string(rec[i].tensor));
+            json_object_set_new(t, "dtype", json_string(lora_dtype_name(rec[i].dtype)));
+            json_object_set_new(t, "exact", json_integer((json_int_t)rec[i].exact));
+            json_object_set_new(t, "total", json_integer((json_int_t)rec[i].total));
+            json_object_set_new(t, "fixes", json_integer((json_int_t)rec[i].fixes));
+            json_array_append_new(arr, t);
+        }
+        json_object_set_new(o, "tensors", arr);
+        json_object_set_new(o, "exact", json_integer((json_int_t)exact));
+        json_object_set_new(o, "total", json_integer((json_int_t)total));
+        json_object_set_new(o, "fixes", json_integer((json_int_t)fixes));
+        json_object_set_new(o, "all_exact", json_boolean(exact == total));
+        char *s = json_dumps(o, JSON_INDENT(2));
+        json_decref(o);
+        if (s)
+            puts(s);
+        free(s);
+    } else {
+        for (size_t i = 0; i < n; i++)
+            printf("%-48s %-4s %llu/%llu exact, %llu corrections\n", rec[i].tensor,
+                   lora_dtype_name(rec[i].dtype), (unsigned long long)rec[i].exact,
+                   (unsigned long long)rec[i].total, (unsigned long long)rec[i].fixes);
+        printf("total %llu/%llu elements exact over %zu tensors%s\n", (unsigned long long)exact,
+               (unsigned long long)total, n, exact == total ? "" : ": RECOVERY NOT EXACT");
+    }
+    if (exact != total) {
+        fprintf(stderr, "%s: %llu of %llu elements did not come back bit for bit\n", prog,
+                (unsigned long long)(total - exact), (unsigned long long)total);
+        rc = LORA_ECHECK;
+    }
+out:
+    lora_recovery_free(rec, n);
+    lora_adapter_free(ad);
+    lora_ckpt_close(ck);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    enum { OPT_MODE = 256, OPT_MIN, OPT_LIMIT, OPT_JSON, OPT_NOVERIFY, OPT_RECOVERY };
+    static const struct option opts[] = {
+        {"model", required_argument, NULL, 'm'},
+        {"adapter", required_argument, NULL, 'a'},
+        {"data", required_argument, NULL, 'd'},
+        {"mode", required_argument, NULL, OPT_MODE},
+        {"min-accuracy", required_argument, NULL, OPT_MIN},
+        {"limit", required_argument, NULL, OPT_LIMIT},
+        {"pubkey", required_argument, NULL, 'k'},
+        {"no-verify", no_argument, NULL, OPT_NOVERIFY},
+        {"check-recovery", no_argument, NULL, OPT_RECOVERY},
+        {"threads", required_argument, NULL, 'j'},
+        {"json", no_argument, NULL, OPT_JSON},
+        {"quiet", no_argument, NULL, 'q'},
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
+        {NULL, 0, NULL, 0}};
+    const char *model_dir = NULL, *adapter = NULL, *data = NULL, *mode_s = NULL;
+    const char *keys[17] = {0};
+    int nkeys = 0, json = 0, quiet = 0, threads = 1, no_verify = 0, recovery = 0;
+    double min_acc = -1;
+    size_t limit = 0;
+    int c;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":m:a:d:k:j:qhV", opts, NULL)) != -1) {
+        char *end;
+        switch (c) {
+        case 'm': model_dir = optarg; break;
+        case 'a': adapter = optarg; break;
+        case 'd': data = optarg; break;
+        case OPT_MODE: mode_s = optarg; break;
+        case OPT_MIN:
+            errno = 0;
+            min_acc = strtod(optarg, &end);
+            if (errno || *end || end == optarg || !(min_acc >= 0 && min_acc <= 1))
+                return usage_err("--min-accuracy needs a number between 0 and 1");
+            break;
+        case OPT_LIMIT: {
+            errno = 0;
+            unsigned long long v = strtoull(optarg, &end, 10);
+            if (errno || *end || end == optarg || v == 0 || optarg[0] == '-')
+                return usage_err("--limit needs a positive integer");
+            limit = (size_t)v;
+            break;
+        }
+        case 'k':
+            if (nkeys == 16)
+                return usage_err("at most 16 --pubkey options");
+            keys[nkeys++] = optarg;
+            break;
+        case OPT_NOVERIFY: no_verify = 1; break;
+        case OPT_RECOVERY: recovery = 1; break;
+        case 'j': {
+            errno = 0;
+            long v = strtol(optarg, &end, 10);
+            if (errno || *end || end == optarg || v < 1 || v > 256)
+                return usage_err("--threads needs an integer from 1 to 256");
+            threads = (int)v;
+            break;
+        }
+        case OPT_JSON: json = 1; break;
+        case 'q': quiet = 1; break;
+        case 'h': usage(stdout); return 0;
+        case 'V': printf("%s %s\n", prog, lora_version()); return 0;
+        case ':': {
+            char m[128];
+            snprintf(m, sizeof m, "option %s needs an argument", argv[optind - 1]);
+            return usage_err(m);
+        }
+        default: {
+            char m[128];
+            snprintf(m, sizeof m, "unknown option %s", argv[optind - 1]);
+            return usage_err(m);
+        }
+        }
+    }
+    if (optind < argc)
+        return usage_err("unexpected argument (every input is named by an option)");
+    if (!model_dir)
+        return usage_err("--model DIR is required");
+    if (recovery) {
+        if (!adapter)
+            return usage_err("--check-recovery needs an adapter (-a)");
+        if (data || mode_s || min_acc >= 0 || limit)
+            return usage_err("--check-recovery takes only --model, -a, --json, -j and key options");
+        lora_source_opts so = {.pubkeys = nkeys ? keys : NULL, .no_verify = no_verify,
+                               .registry = NULL, .warn = stderr};
+        return check_recovery(model_dir, adapter, &so, threads, json);
+    }
+    if (!data)
+        return usage_err("--data FILE is required");
+    int mode = adapter ? LORA_MODE_UNMERGED : LORA_MODE_BASE, cmp = -1;
+    if (mode_s) {
+        if (!adapter)
+            return usage_err("--mode needs an adapter (-a)");
+        if (strcmp(mode_s, "unmerged") == 0)
+            mode = LORA_MODE_UNMERGED;
+        else if (strcmp(mode_s, "merged") == 0)
+            mode = LORA_MODE_MERGED;
+        else if (strcmp(mode_s, "both") == 0)
+            mode = LORA_MODE_MERGED, cmp = LORA_MODE_UNMERGED;
+        else
+            return usage_err("--mode is merged, unmerged or both");
+    }
+
+    lora_error err;
+    lora_error_clear(&err);
+    if (lora_init(&err) != LORA_OK)
+        return die(err.code, &err);
+    lora_set_threads(threads);
+    lora_model *m = NULL;
+    lora_adapter *ad = NULL;
+    lora_dataset *ds = NULL;
+    int rc = lora_model_open(model_dir, &m, &err);
+    if (rc != LORA_OK)
+        return die(rc, &err);
+    const lora_model_config *cfg = lora_model_cfg(m);
+    if ((rc = lora_dataset_load(data, cfg->vocab, &ds, &err)) != LORA_OK)
+        goto fail;
+    if (adapter) {
+        lora_source_opts so = {.pubkeys = nkeys ? keys : NULL, .no_verify = no_verify,
+                               .registry = NULL, .warn = stderr};
+        if ((rc = lora_adapter_load(adapter, &so, &ad, &err)) != LORA_OK)
+            goto fail;
+        if ((rc = lora_model_attach(m, ad, mode == LORA_MODE_MERGED, &err)) != LORA_OK)
+            goto fail;
+    }
+    double last = 0;
+    lora_eval_opts eo = {.mode = mode, .compare_mode = cmp, .limit = limit};
+    if (!quiet && isatty(2)) {
+        eo.progress = progress;
+        eo.progress_arg = &last;
+    }
+    lora_eval_result r;
+    if ((rc = lora_eval_run(m, ds, &eo, &r, &err)) != LORA_OK)
+        goto fail;
+
+    int below = min_acc >= 0 && r.accuracy < min_acc;
+    int disagree = cmp >= 0 && r.disagreements > 0;
+    if (json) {
+        json_t *o = json_object();
+        json_object_set_new(o, "model", json_string(model_dir));
+        json_object_set_new(o, "architecture", json_string(cfg->architecture));
+        json_object_set_new(o, "adapter", adapter ? json_string(adapter) : json_null());
+        json_object_set_new(o, "data", json_string(data));
+        json_object_set_new(o, "mode", json_string(mode_name(mode)));
+        json_object_set_new(o, "items", json_integer((json_int_t)r.items));
+        json_object_set_new(o, "correct", json_integer((json_int_t)r.correct));
+        json_object_set_new(o, "accuracy", json_real(r.accuracy));
+        json_object_set_new(o, "choice_items", json_integer((json_int_t)r.choice_items));
+        json_object_set_new(o, "choice_correct", json_integer((json_int_t)r.choice_correct));
+        json_object_set_new(o, "generation_items", json_integer((json_int_t)r.gen_items));
+        json_object_set_new(o, "generation_correct", json_integer((json_int_t)r.gen_correct));
+        json_object_set_new(o, "mean_nll", json_real(r.mean_nll));
+        json_object_set_new(o, "nll_tokens", json_integer((json_int_t)r.nll_tokens));
+        json_object_set_new(o, "tokens", json_integer((json_int_t)r.tokens));
+        json_object_set_new(o, "seconds", json_real(r.seconds));
+        json_object_set_new(o, "tokens_per_second", json_real(r.tokens_per_second));
+        json_object_set_new(o, "threads", json_integer(threads));
+        if (cmp >= 0) {
+            json_t *cm = json_object();
+            json_object_set_new(cm, "against", json_string(mode_name(cmp)));
+            json_object_set_new(cm, "max_abs_dlogit", json_real(r.max_abs_dlogit));
+            json_object_set_new(cm, "disagreements", json_integer((json_int_t)r.disagreements));
+            json_object_set_new(cm, "first_disagreement_line",
+                                r.first_disagreement ? json_integer((json_int_t)r.first_disagreement)
+                                                     : json_null());
+            json_object_set_new(cm, "agree", json_boolean(!disagree));
+            json_object_set_new(o, "compare", cm);
+        }
+        json_object_set_new(o, "min_accuracy", min_acc >= 0 ? json_real(min_acc) : json_null());
+        json_object_set_new(o, "passed", json_boolean(!below && !disagree));
+        char *s = json_dumps(o, JSON_INDENT(2) | JSON_REAL_PRECISION(10));
+        json_decref(o);
+        if (!s) {
+            rc = LORA_EIO;
+            fprintf(stderr, "%s: out of memory\n", prog);
+            goto out;
+        }
+        puts(s);
+        free(s);
+    } else {
+        printf("model       %s (%s, %llu parameters)\n", model_dir, cfg->architecture,
+               (unsigned long long)lora_model_params(m));
+        if (adapter)
+            printf("adapter     %s (%zu weights adapted, %s)\n", adapter, lora_model_adapted(m),
+                   mode_name(mode));
+        printf("items       %zu (%zu multiple choice, %zu generation)\n", r.items, r.choice_items,
+               r.gen_items);
+        printf("accuracy    %.4f (%zu/%zu)\n", r.accuracy, r.correct, r.items);
+        printf("mean NLL    %.6f per target token (%llu tokens)\n", r.mean_nll,
+               (unsigned long long)r.nll_tokens);
+        printf("speed       %.0f tokens/s (%llu tokens, %.3f s, %d thread%s)\n", r.tokens_per_second,
+               (unsigned long long)r.tokens, r.seconds, threads, threads == 1 ? "" : "s");
+        if (cmp >= 0) {
+            printf("merged vs unmerged: max |Δlogit| %.3g, %s\n", r.max_abs_dlogit,
+                   disagree ? "predictions DIFFER" : "every prediction agrees");
+        }
+    }
+    if (disagree)
+        fprintf(stderr, "%s: merged and unmerged predictions differ on %zu item%s (first at line %zu)\n",
+                prog, r.disagreements, r.disagreements == 1 ? "" : "s", r.first_disagreement);
+    if (below)
+        fprintf(stderr, "%s: accuracy %.4f is below --min-accuracy %.4f\n", prog, r.accuracy,
+                min_acc);
+    rc = (below || disagree) ? LORA_ECHECK : LORA_OK;
+    goto out;
+fail:
+    fprintf(stderr, "%s: %s\n", prog, err.msg);
+out:
+    lora_dataset_free(ds);
+    lora_model_free(m);
+    lora_adapter_free(ad);
+    return rc;
+}
