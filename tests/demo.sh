@@ -60,3 +60,7 @@ echo
 echo "== lora-merge by task name, then unmerge --check with the receipt"
 "$B/lora-merge" -q "$P/fx/base" -a task:demo -o "$D/merged"
 "$B/lora-unmerge" --check "$D/merged" -a task:demo --receipt "$D/merged.receipt" | tail -n 1
+
+# lora-eval: accuracy by rank and by adapted weight set on the tiny trained
+# models in tests/fixtures/models (the LoRA paper's Table 6, in small).
+sh "$S/tests/eval-table.sh" "$B" "$S"
