@@ -8,7 +8,7 @@ complete -c lora-merge -l dtype -x -a 'F32 F16 BF16' -d 'dtype of changed tensor
 complete -c lora-merge -l rounding -x -a 'nearest reversible' -d 'rounding of merged values'
 complete -c lora-merge -s j -l threads -x -d 'worker threads'
 complete -c lora-merge -l force -d 'merge an adapter the base already records'
-complete -c lora-merge -s k -l pubkey -r -F -d 'minisign public key'
+complete -c lora-merge -s p -l pubkey -r -F -d 'minisign public key'
 complete -c lora-merge -l no-verify -d 'do not check archive signatures'
 complete -c lora-merge -l json -d 'JSON summary on stdout'
 complete -c lora-merge -s q -l quiet -d 'no progress, no summary'

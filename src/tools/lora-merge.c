@@ -35,7 +35,7 @@ static void usage(FILE *f)
             "      --rounding nearest|reversible  rounding of merged values (default nearest)\n"
             "  -j, --threads N                 worker threads (default: CPUs online)\n"
             "      --force                     merge an adapter the base already records\n"
-            "  -k, --pubkey FILE               minisign public key for .lora archives\n"
+            "  -p, --pubkey FILE               minisign public key for .lora archives\n"
             "      --no-verify                 open archives without checking signatures\n"
             "      --json                      print the summary as JSON on stdout\n"
             "  -q, --quiet                     no progress bar\n"
@@ -85,7 +85,7 @@ int main(int argc, char **argv)
         {"rounding", required_argument, NULL, O_ROUNDING},
         {"threads", required_argument, NULL, 'j'},
         {"force", no_argument, NULL, O_FORCE},
-        {"pubkey", required_argument, NULL, 'k'},
+        {"pubkey", required_argument, NULL, 'p'},
         {"no-verify", no_argument, NULL, O_NOVERIFY},
         {"json", no_argument, NULL, O_JSON},
         {"quiet", no_argument, NULL, 'q'},
@@ -108,7 +108,7 @@ int main(int argc, char **argv)
     so.warn = stderr;
     int c;
     opterr = 0; /* our own messages, prefixed with the tool's name */
-    while ((c = getopt_long(argc, argv, "a:o:j:k:qhV", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "a:o:j:p:qhV", longopts, NULL)) != -1) {
         switch (c) {
         case 'a':
             if (nadd == 64) {
@@ -155,7 +155,7 @@ int main(int argc, char **argv)
             break;
         }
         case O_FORCE: o.force = 1; break;
-        case 'k':
+        case 'p':
             if (nkeys == 15) {
                 fprintf(stderr, PROG ": too many keys: at most 15\n");
                 return LORA_EUSAGE;

@@ -32,7 +32,7 @@ static void usage(FILE *f)
             "      --base BASE                 with --check: compare with this checkpoint\n"
             "      --dtype F32|F16|BF16        without a receipt: dtype of the base\n"
             "  -j, --threads N                 worker threads (default: CPUs online)\n"
-            "  -k, --pubkey FILE               minisign public key for .lora archives\n"
+            "  -p, --pubkey FILE               minisign public key for .lora archives\n"
             "      --no-verify                 open archives without checking signatures\n"
             "      --json                      print the report as JSON on stdout\n"
             "  -q, --quiet                     no progress bar, no summary\n"
@@ -89,7 +89,7 @@ int main(int argc, char **argv)
         {"base", required_argument, NULL, O_BASE},
         {"dtype", required_argument, NULL, O_DTYPE},
         {"threads", required_argument, NULL, 'j'},
-        {"pubkey", required_argument, NULL, 'k'},
+        {"pubkey", required_argument, NULL, 'p'},
         {"no-verify", no_argument, NULL, O_NOVERIFY},
         {"json", no_argument, NULL, O_JSON},
         {"quiet", no_argument, NULL, 'q'},
@@ -111,7 +111,7 @@ int main(int argc, char **argv)
     so.warn = stderr;
     int c;
     opterr = 0; /* our own messages, prefixed with the tool's name */
-    while ((c = getopt_long(argc, argv, "a:o:r:j:k:qhV", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "a:o:r:j:p:qhV", longopts, NULL)) != -1) {
         switch (c) {
         case 'a':
             if (n == 64) {
@@ -141,7 +141,7 @@ int main(int argc, char **argv)
             o.nthreads = (int)v;
             break;
         }
-        case 'k':
+        case 'p':
             if (nkeys == 15) {
                 fprintf(stderr, PROG ": too many keys: at most 15\n");
                 return LORA_EUSAGE;
