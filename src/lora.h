@@ -1405,6 +1405,24 @@ typedef struct lora_eval_result {
 int lora_eval_run(lora_model *m, const lora_dataset *ds, const lora_eval_opts *opts,
                   lora_eval_result *res, lora_error *err);
 
+/* lora-eval --record.  The registry row of an adapter SPEC as
+ * lora_adapter_load names it: "task:TASK" (lora_registry_resolve, the
+ * adapter task: loads), "reg:NAME@VERSION", or a .lora archive file
+ * whose BLAKE2b-256 is registered.  A PEFT folder or an unregistered
+ * archive: LORA_EINPUT saying so. */
+int lora_eval_registered(lora_registry *reg, const char *spec, lora_reg_adapter **out,
+                         lora_error *err);
+/* Record a finished evaluation of A's adapter AD (attached to M) as two
+ * eval rows with the same time: "accuracy" (res->accuracy) and "nll"
+ * (res->mean_nll, mean NLL per scored token; left out when no token
+ * was scored), items = res->items, base hash = lora_base_hash(AD, M's
+ * checkpoint) in hex, data set hash DATASET_HASH (hex BLAKE2b-256 of
+ * the data file) and name DATASET.  *recorded (optional): rows written
+ * (each row is its own transaction). */
+int lora_eval_record(lora_registry *reg, const lora_reg_adapter *a, const lora_model *m,
+                     const lora_adapter *ad, const char *dataset_hash, const char *dataset,
+                     const lora_eval_result *res, size_t *recorded, lora_error *err);
+
 /* Exact recovery of W0: for every weight the adapter changes, merge in
  * memory (lora_tensor_merge, the code lora-merge runs, with its
  * receipt corrections), unmerge with those corrections

@@ -46,11 +46,11 @@ if [ -x "$TOP_BUILDDIR/lora-pack" ]; then
     expect 0 lora-pack keygen -W -s "$T/k.sec" -p "$T/k.pub"
     expect 0 lora-pack create "$M/adapters/gpt2-classify-cattn-r4" -s "$T/k.sec" --name cls \
         --task classify --version 1.0.0 -o "$T/cls.lora"
-    expect 0 lora-eval --model "$M/gpt2-base" -a "$T/cls.lora" -k "$T/k.pub" \
+    expect 0 lora-eval --model "$M/gpt2-base" -a "$T/cls.lora" -p "$T/k.pub" \
         --data "$M/data/classify.jsonl" --mode both --min-accuracy 0.9
     expect_out 'every prediction agrees'
     expect 0 lora-pack keygen -W -s "$T/o.sec" -p "$T/o.pub"
-    expect 1 lora-eval --model "$M/gpt2-base" -a "$T/cls.lora" -k "$T/o.pub" \
+    expect 1 lora-eval --model "$M/gpt2-base" -a "$T/cls.lora" -p "$T/o.pub" \
         --data "$M/data/classify.jsonl"
     expect_err '^lora-eval: '
 fi

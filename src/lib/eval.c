@@ -12,8 +12,11 @@
  */
 #include "internal.h"
 
+#include <errno.h>
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 static double now(void)
@@ -371,4 +374,92 @@ int lora_eval_check_recovery(const lora_ckpt *base, lora_adapter *ad, int nthrea
     *out = res;
     *n = k;
     return LORA_OK;
+}
+
+/* --record: an evaluation counts for a registered adapter only, so the
+ * adapter must be found in the registry before anything is run (a
+ * PEFT folder or an unregistered archive would waste the run).  The
+ * row is found the way lora_adapter_load finds the adapter: task: by
+ * lora_registry_resolve (the same choice), reg: by name@version, and
+ * an archive file by the BLAKE2b-256 of its bytes (the registry's
+ * content address). */
+int lora_eval_registered(lora_registry *reg, const char *spec, lora_reg_adapter **out,
+                         lora_error *err)
+{
+    *out = NULL;
+    if (!spec || !*spec)
+        return lora_seterr(err, LORA_EUSAGE, "empty adapter name");
+    int rc;
+    if (strncmp(spec, "task:", 5) == 0) {
+        if (!spec[5])
+            return lora_seterr(err, LORA_EUSAGE, "task: names no task");
+        rc = lora_registry_resolve(reg, spec + 5, NULL, NULL, out, err);
+    } else if (strncmp(spec, "reg:", 4) == 0) {
+        if (!strchr(spec + 4, '@'))
+            return lora_seterr(err, LORA_EUSAGE, "reg: needs NAME@VERSION (or task:TASK)");
+        rc = lora_registry_get(reg, spec + 4, 0, out, err);
+    } else {
+        struct stat sb;
+        if (stat(spec, &sb) != 0)
+            return lora_seterr_errno(err, LORA_EINPUT, errno, "%s", spec);
+        if (!S_ISREG(sb.st_mode))
+            return lora_seterr(err, LORA_EINPUT,
+                               "%s is not in the registry %s (only task:TASK, reg:NAME@VERSION "
+                               "or a registered .lora archive can be recorded)",
+                               spec, lora_registry_path(reg));
+        unsigned char h[LORA_HASH_BYTES];
+        char hex[2 * LORA_HASH_BYTES + 1];
+        if ((rc = lora_hash_file(spec, sizeof h, h, NULL, err)) != LORA_OK)
+            return rc;
+        lora_hex(h, sizeof h, hex);
+        rc = lora_registry_get(reg, hex, 0, out, err);
+        if (rc == LORA_EINPUT)
+            return lora_seterr(err, LORA_EINPUT,
+                               "%s is not in the registry %s (no archive with BLAKE2b-256 %.16s...; "
+                               "lora-registry add it first)",
+                               spec, lora_registry_path(reg), hex);
+    }
+    if (rc != LORA_OK)
+        lora_err_prefix(err, "%s (registry %s)", spec, lora_registry_path(reg));
+    return rc;
+}
+
+int lora_eval_record(lora_registry *reg, const lora_reg_adapter *a, const lora_model *m,
+                     const lora_adapter *ad, const char *dataset_hash, const char *dataset,
+                     const lora_eval_result *res, size_t *recorded, lora_error *err)
+{
+    if (recorded)
+        *recorded = 0;
+    unsigned char bh[LORA_HASH_BYTES];
+    char base_hex[2 * LORA_HASH_BYTES + 1];
+    int rc = lora_base_hash(ad, lora_model_ckpt(m), bh, err);
+    if (rc != LORA_OK)
+        return rc;
+    lora_hex(bh, sizeof bh, base_hex);
+    size_t len = strlen(a->name) + strlen(a->version) + 2;
+    char *id = malloc(len);
+    if (!id)
+        return lora_oom(err);
+    snprintf(id, len, "%s@%s", a->name, a->version);
+    lora_reg_eval ev = {.adapter = id, .base_hash = base_hex,
+                        .dataset_hash = (char *)dataset_hash, .dataset = (char *)dataset,
+                        .items = res->items};
+    /* both metrics share one timestamp, so a query can pair them */
+    ev.time = (int64_t)time(NULL);
+    ev.metric = (char *)"accuracy";
+    ev.value = res->accuracy;
+    rc = lora_registry_record_eval(reg, &ev, err);
+    if (rc == LORA_OK && recorded)
+        *recorded = 1;
+    /* no scored token (cannot happen with a parsed data set): no nll row
+     * rather than a NaN the registry would refuse */
+    if (rc == LORA_OK && res->nll_tokens > 0) {
+        ev.metric = (char *)"nll";
+        ev.value = res->mean_nll;
+        rc = lora_registry_record_eval(reg, &ev, err);
+        if (rc == LORA_OK && recorded)
+            *recorded = 2;
+    }
+    free(id);
+    return rc;
 }

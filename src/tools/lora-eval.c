@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
+#include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,8 +36,13 @@ static void usage(FILE *f)
             "      --check-recovery   merge in memory, unmerge with the receipt corrections,\n"
             "                         compare with the base bit for bit (exit 1 unless exact)\n"
             "      --limit N          evaluate the first N items only\n"
-            "  -k, --pubkey FILE      minisign public key for .lora archives (repeatable)\n"
+            "  -p, --pubkey FILE      minisign public key for .lora archives (repeatable)\n"
             "      --no-verify        open .lora archives without checking signatures\n"
+            "      --record           write accuracy and NLL to the registry's evals table\n"
+            "                         (the adapter must be registered)\n"
+            "      --registry PATH    registry database (default: $LORA_REGISTRY, else\n"
+            "                         $XDG_DATA_HOME/lora/registry.db, else\n"
+            "                         ~/.local/share/lora/registry.db)\n"
             "  -j, --threads N        OpenBLAS threads (default 1)\n"
             "      --json             machine-readable result on stdout\n"
             "  -q, --quiet            no progress messages\n"
@@ -150,7 +156,8 @@ out:
 
 int main(int argc, char **argv)
 {
-    enum { OPT_MODE = 256, OPT_MIN, OPT_LIMIT, OPT_JSON, OPT_NOVERIFY, OPT_RECOVERY };
+    enum { OPT_MODE = 256, OPT_MIN, OPT_LIMIT, OPT_JSON, OPT_NOVERIFY, OPT_RECOVERY, OPT_RECORD,
+           OPT_REGISTRY };
     static const struct option opts[] = {
         {"model", required_argument, NULL, 'm'},
         {"adapter", required_argument, NULL, 'a'},
@@ -158,9 +165,11 @@ int main(int argc, char **argv)
         {"mode", required_argument, NULL, OPT_MODE},
         {"min-accuracy", required_argument, NULL, OPT_MIN},
         {"limit", required_argument, NULL, OPT_LIMIT},
-        {"pubkey", required_argument, NULL, 'k'},
+        {"pubkey", required_argument, NULL, 'p'},
         {"no-verify", no_argument, NULL, OPT_NOVERIFY},
         {"check-recovery", no_argument, NULL, OPT_RECOVERY},
+        {"record", no_argument, NULL, OPT_RECORD},
+        {"registry", required_argument, NULL, OPT_REGISTRY},
         {"threads", required_argument, NULL, 'j'},
         {"json", no_argument, NULL, OPT_JSON},
         {"quiet", no_argument, NULL, 'q'},
@@ -168,13 +177,15 @@ int main(int argc, char **argv)
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0}};
     const char *model_dir = NULL, *adapter = NULL, *data = NULL, *mode_s = NULL;
+    const char *reg_path = NULL;
+    int record = 0;
     const char *keys[17] = {0};
     int nkeys = 0, json = 0, quiet = 0, threads = 1, no_verify = 0, recovery = 0;
     double min_acc = -1;
     size_t limit = 0;
     int c;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, ":m:a:d:k:j:qhV", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":m:a:d:p:j:qhV", opts, NULL)) != -1) {
         char *end;
         switch (c) {
         case 'm': model_dir = optarg; break;
@@ -195,13 +206,15 @@ int main(int argc, char **argv)
             limit = (size_t)v;
             break;
         }
-        case 'k':
+        case 'p':
             if (nkeys == 16)
                 return usage_err("at most 16 --pubkey options");
             keys[nkeys++] = optarg;
             break;
         case OPT_NOVERIFY: no_verify = 1; break;
         case OPT_RECOVERY: recovery = 1; break;
+        case OPT_RECORD: record = 1; break;
+        case OPT_REGISTRY: reg_path = optarg; break;
         case 'j': {
             errno = 0;
             long v = strtol(optarg, &end, 10);
@@ -233,14 +246,18 @@ int main(int argc, char **argv)
     if (recovery) {
         if (!adapter)
             return usage_err("--check-recovery needs an adapter (-a)");
-        if (data || mode_s || min_acc >= 0 || limit)
+        if (data || mode_s || min_acc >= 0 || limit || record)
             return usage_err("--check-recovery takes only --model, -a, --json, -j and key options");
         lora_source_opts so = {.pubkeys = nkeys ? keys : NULL, .no_verify = no_verify,
-                               .registry = NULL, .warn = stderr};
+                               .registry = reg_path, .warn = stderr};
         return check_recovery(model_dir, adapter, &so, threads, json);
     }
     if (!data)
         return usage_err("--data FILE is required");
+    if (record && !adapter)
+        return usage_err("--record needs an adapter (-a): results are recorded per adapter");
+    if (record && strcmp(data, "-") == 0)
+        return usage_err("--record needs a data file, not stdin (its hash is recorded)");
     int mode = adapter ? LORA_MODE_UNMERGED : LORA_MODE_BASE, cmp = -1;
     if (mode_s) {
         if (!adapter)
@@ -263,16 +280,54 @@ int main(int argc, char **argv)
     lora_model *m = NULL;
     lora_adapter *ad = NULL;
     lora_dataset *ds = NULL;
-    int rc = lora_model_open(model_dir, &m, &err);
-    if (rc != LORA_OK)
+    lora_registry *reg = NULL;
+    lora_reg_adapter *ra = NULL;
+    char ds_hex[2 * LORA_HASH_BYTES + 1] = "", ra_id[512] = "";
+    size_t recorded = 0;
+    int rc;
+    /* --record: find the adapter in the registry and hash the data set
+     * before the (long) evaluation, so a run that cannot be recorded
+     * fails at once */
+    if (record) {
+        unsigned char h[LORA_HASH_BYTES];
+        if ((rc = lora_registry_open(reg_path, 0, &reg, &err)) != LORA_OK) {
+            fprintf(stderr, "%s: --record: %s\n", prog, err.msg);
+            return rc;
+        }
+        if ((rc = lora_eval_registered(reg, adapter, &ra, &err)) != LORA_OK) {
+            fprintf(stderr, "%s: --record: %s\n", prog, err.msg);
+            lora_registry_close(reg);
+            return rc;
+        }
+        snprintf(ra_id, sizeof ra_id, "%s@%s", ra->name, ra->version);
+        if ((rc = lora_hash_file(data, sizeof h, h, NULL, &err)) != LORA_OK) {
+            fprintf(stderr, "%s: %s\n", prog, err.msg);
+            lora_reg_adapter_free(ra);
+            lora_registry_close(reg);
+            return rc;
+        }
+        lora_hex(h, sizeof h, ds_hex);
+    }
+    if ((rc = lora_model_open(model_dir, &m, &err)) != LORA_OK) {
+        lora_reg_adapter_free(ra);
+        lora_registry_close(reg);
         return die(rc, &err);
+    }
     const lora_model_config *cfg = lora_model_cfg(m);
     if ((rc = lora_dataset_load(data, cfg->vocab, &ds, &err)) != LORA_OK)
         goto fail;
     if (adapter) {
         lora_source_opts so = {.pubkeys = nkeys ? keys : NULL, .no_verify = no_verify,
-                               .registry = NULL, .warn = stderr};
-        if ((rc = lora_adapter_load(adapter, &so, &ad, &err)) != LORA_OK)
+                               .registry = reg_path, .warn = stderr};
+        /* task: resolves again at load; load the row just found instead,
+         * so that what is recorded is what was evaluated */
+        char spec[sizeof ra_id + 4];
+        const char *load = adapter;
+        if (ra && strncmp(adapter, "task:", 5) == 0) {
+            snprintf(spec, sizeof spec, "reg:%s", ra_id);
+            load = spec;
+        }
+        if ((rc = lora_adapter_load(load, &so, &ad, &err)) != LORA_OK)
             goto fail;
         if ((rc = lora_model_attach(m, ad, mode == LORA_MODE_MERGED, &err)) != LORA_OK)
             goto fail;
@@ -289,6 +344,16 @@ int main(int argc, char **argv)
 
     int below = min_acc >= 0 && r.accuracy < min_acc;
     int disagree = cmp >= 0 && r.disagreements > 0;
+    /* recorded even when below --min-accuracy: CI must see the drop */
+    if (record) {
+        char name[4096];
+        snprintf(name, sizeof name, "%s", data);
+        if ((rc = lora_eval_record(reg, ra, m, ad, ds_hex, basename(name), &r, &recorded,
+                                   &err)) != LORA_OK) {
+            fprintf(stderr, "%s: --record: %s\n", prog, err.msg);
+            goto out;
+        }
+    }
     if (json) {
         json_t *o = json_object();
         json_object_set_new(o, "model", json_string(model_dir));
@@ -322,6 +387,16 @@ int main(int argc, char **argv)
         }
         json_object_set_new(o, "min_accuracy", min_acc >= 0 ? json_real(min_acc) : json_null());
         json_object_set_new(o, "passed", json_boolean(!below && !disagree));
+        if (record) {
+            json_t *rj = json_object();
+            json_object_set_new(rj, "registry", json_string(lora_registry_path(reg)));
+            json_object_set_new(rj, "adapter", json_string(ra_id));
+            json_object_set_new(rj, "dataset_hash", json_string(ds_hex));
+            json_object_set_new(rj, "rows", json_integer((json_int_t)recorded));
+            json_object_set_new(o, "recorded", rj);
+        } else {
+            json_object_set_new(o, "recorded", json_null());
+        }
         char *s = json_dumps(o, JSON_INDENT(2) | JSON_REAL_PRECISION(10));
         json_decref(o);
         if (!s) {
@@ -344,6 +419,9 @@ int main(int argc, char **argv)
                (unsigned long long)r.nll_tokens);
         printf("speed       %.0f tokens/s (%llu tokens, %.3f s, %d thread%s)\n", r.tokens_per_second,
                (unsigned long long)r.tokens, r.seconds, threads, threads == 1 ? "" : "s");
+        if (record)
+            printf("recorded    %zu results for %s in %s\n", recorded, ra_id,
+                   lora_registry_path(reg));
         if (cmp >= 0) {
             printf("merged vs unmerged: max |Δlogit| %.3g, %s\n", r.max_abs_dlogit,
                    disagree ? "predictions DIFFER" : "every prediction agrees");
@@ -363,5 +441,7 @@ out:
     lora_dataset_free(ds);
     lora_model_free(m);
     lora_adapter_free(ad);
+    lora_reg_adapter_free(ra);
+    lora_registry_close(reg);
     return rc;
 }
