@@ -257,6 +257,8 @@ typedef struct lora_adapter {
     int use_rslora;
     int fan_in_fan_out;
     char *target_modules;     /* as written in the config: JSON text */
+    char *config_json;        /* adapter_config.json as read (NUL-terminated), for
+                                 tools that rewrite or re-examine it */
     size_t n_modules;
     lora_module *modules;     /* sorted by name */
     size_t n_saved;
@@ -330,7 +332,8 @@ typedef struct lora_report_module {
     const lora_module *m;     /* ad->modules[i], same order */
     const char *base_name;    /* base tensor it changes, NULL without base or when missing */
     int transpose;            /* from the base when bound, else the config's guess */
-    int targeted;             /* selected by target_modules (minus exclude_modules) */
+    int targeted;             /* selected by target_modules (minus exclude_modules);
+                                 1 for all when target_modules is null */
     uint64_t params;          /* elements of A and B */
     uint64_t base_params;     /* elements of the base tensor (0 when not bound) */
     uint64_t nonfinite_a, nonfinite_b;  /* NaN/Inf counts (when scanned) */

@@ -166,6 +166,35 @@ START_TEST(test_config_pattern_order)
 }
 END_TEST
 
+/* every proper prefix of a real config is refused, the whole one accepted */
+START_TEST(test_config_truncated)
+{
+    char *p = tu_fixture("real/gpt2-tigrinya-lora/adapter_config.json");
+    size_t n;
+    char *j = tu_read(p, &n);
+    lora_acfg *c;
+    lora_error e;
+    for (size_t len = 0; len < n; len++) {
+        /* a private copy of exactly len bytes, so that reads past it show */
+        char *cut = malloc(len ? len : 1);
+        memcpy(cut, j, len);
+        int rc = lora_acfg_parse(cut, len, &c, &e);
+        free(cut);
+        if (rc == LORA_OK) { /* only when what was cut is trailing whitespace */
+            ck_assert_msg(strspn(j + len, " \n\r\t") == n - len, "prefix %zu accepted", len);
+            lora_acfg_free(c);
+            continue;
+        }
+        ck_assert_int_eq(rc, LORA_EINPUT);
+        ck_assert_ptr_nonnull(strstr(e.msg, "adapter_config.json"));
+    }
+    ck_assert_int_eq(lora_acfg_parse(j, n, &c, &e), 0);
+    lora_acfg_free(c);
+    free(j);
+    free(p);
+}
+END_TEST
+
 START_TEST(test_config_regex_targets)
 {
     char *p = tu_fixture("real/x-qwen25vl-truncated/adapter_config.json");
@@ -730,6 +759,130 @@ START_TEST(test_inspect_problems)
 }
 END_TEST
 
+START_TEST(test_inspect_targets)
+{
+    const tdef t[] = {{L0 "q_proj.lora_A.weight", 2, 6, 0.1f},
+                      {L0 "q_proj.lora_B.weight", 4, 2, 0.1f},
+                      {PFX "model.layers.1.mlp.down_proj.lora_A.weight", 2, 6, 0.1f},
+                      {PFX "model.layers.1.mlp.down_proj.lora_B.weight", 4, 2, 0.1f}};
+    static const struct { const char *cfg; size_t untargeted, n_targets, first; } cases[] = {
+        /* null: PEFT's defaults, unknown here: nothing reported */
+        {"{\"peft_type\":\"LORA\",\"r\":2}", 0, 0, 0},
+        {"{\"peft_type\":\"LORA\",\"r\":2,\"target_modules\":[\"q_proj\"]}", 1, 1, 1},
+        {"{\"peft_type\":\"LORA\",\"r\":2,\"target_modules\":\"all-linear\"}", 0, 1, 2},
+        {"{\"peft_type\":\"LORA\",\"r\":2,\"target_modules\":\".*\\\\.(q|down)_proj\"}", 0, 1, 2},
+        {"{\"peft_type\":\"LORA\",\"r\":2,\"target_modules\":\"q_proj\"}", 2, 1, 0},
+        {"{\"peft_type\":\"LORA\",\"r\":2,\"target_modules\":[\"q_proj\",\"mlp.down_proj\"],"
+         "\"exclude_modules\":[\"layers.1.mlp.down_proj\"]}", 1, 2, 1},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *d = mk_adapter(cases[i].cfg, t, 4);
+        lora_adapter *ad;
+        lora_report *rep;
+        lora_error e;
+        ck_assert_msg(lora_adapter_open(d, &ad, &e) == 0, "%s", e.msg);
+        ck_assert_int_eq(lora_inspect(ad, NULL, &rep, &e), 0);
+        ck_assert_msg(rep->n_untargeted == cases[i].untargeted, "%s: %zu untargeted",
+                      cases[i].cfg, rep->n_untargeted);
+        ck_assert_uint_eq(rep->n_warnings, cases[i].untargeted);
+        ck_assert_uint_eq(rep->n_targets, cases[i].n_targets);
+        if (rep->n_targets)
+            ck_assert_uint_eq(rep->targets[0].modules, cases[i].first);
+        lora_report_free(rep);
+        lora_adapter_free(ad);
+        rm(d);
+    }
+}
+END_TEST
+
+/* ------------------------------------------------------------------ */
+/* tests/mkfixture: its documented contract                            */
+/* ------------------------------------------------------------------ */
+
+static double rms_f32(const lora_tensor *t)
+{
+    float *v = malloc(t->numel * sizeof *v);
+    ck_assert_ptr_nonnull(v);
+    ck_assert_int_eq(lora_decode_f32(t->dtype, t->data, v, t->numel), 0);
+    double s = 0;
+    for (uint64_t i = 0; i < t->numel; i++)
+        s += (double)v[i] * v[i];
+    free(v);
+    return sqrt(s / (double)t->numel);
+}
+
+START_TEST(test_mkfixture_contract)
+{
+    const char *top = getenv("TOP_BUILDDIR");
+    if (!top) {
+        fprintf(stderr, "note: TOP_BUILDDIR unset, mkfixture contract not checked\n");
+        return;
+    }
+    char *d = tu_tmpdir();
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd,
+             "'%s/tests/mkfixture' llama '%s/f' --hidden 128 --intermediate 344 --heads 4 "
+             "--kv-heads 2 --rank 8 --alpha 32 --targets q_proj,k_proj,down_proj --seed 3",
+             top, d);
+    ck_assert_int_eq(system(cmd), 0);
+    char *ap = tu_path(d, "f/adapter"), *bp = tu_path(d, "f/base");
+    lora_adapter *ad;
+    lora_ckpt *ck;
+    lora_error e;
+    ck_assert_msg(lora_adapter_open(ap, &ad, &e) == 0, "%s", e.msg);
+    ck_assert_msg(lora_ckpt_open(bp, &ck, &e) == 0, "%s", e.msg);
+    ck_assert_msg(lora_adapter_bind(ad, ck, &e) == 0, "%s", e.msg);
+    ck_assert_uint_eq(ad->n_modules, 6);
+    ck_assert_uint_eq(lora_ckpt_count(ck), 1 + 2 * (2 + 7) + 2);
+    const lora_tensor *k = lora_ckpt_find(ck, "model.layers.1.self_attn.k_proj.weight", NULL);
+    ck_assert_ptr_nonnull(k);
+    ck_assert_uint_eq(k->shape[0], 64); /* kv_heads * head_dim */
+    ck_assert_uint_eq(k->shape[1], 128);
+    for (size_t i = 0; i < ad->n_modules; i++) {
+        const lora_module *m = &ad->modules[i];
+        const lora_tensor *w = lora_ckpt_find(ck, m->target, NULL);
+        ck_assert_ptr_nonnull(w);
+        ck_assert_int_eq(m->transpose, 0);
+        /* scale·B·A in double, plain loops */
+        float *A = malloc(m->A->numel * 4), *B = malloc(m->B->numel * 4);
+        lora_decode_f32(m->A->dtype, m->A->data, A, m->A->numel);
+        lora_decode_f32(m->B->dtype, m->B->data, B, m->B->numel);
+        double ss = 0, amax = 0;
+        for (uint64_t a = 0; a < m->A->numel; a++)
+            amax = fmax(amax, fabs(A[a]));
+        for (uint64_t r = 0; r < m->out; r++)
+            for (uint64_t c = 0; c < m->in; c++) {
+                double v = 0;
+                for (uint64_t q = 0; q < m->r; q++)
+                    v += (double)B[r * m->r + q] * A[q * m->in + c];
+                v *= m->scale;
+                ss += v * v;
+            }
+        free(A);
+        free(B);
+        double ratio = sqrt(ss / (double)(m->out * m->in)) / rms_f32(w);
+        ck_assert_msg(ratio > 0.008 && ratio < 0.012, "%s: rms(dW)/rms(W) = %g", m->name, ratio);
+        ck_assert_msg(amax <= 1.0 / sqrt((double)m->in) && amax > 0.9 / sqrt((double)m->in),
+                      "%s: max |A| = %g", m->name, amax);
+        ck_assert_msg(fabs(rms_f32(w) - 0.02) < 0.001, "%s: rms(W) = %g", m->name, rms_f32(w));
+    }
+    lora_ckpt_close(ck);
+    lora_adapter_free(ad);
+    /* config.json names the architecture and its sizes */
+    char *cp = tu_path(d, "f/base/config.json");
+    size_t n;
+    char *txt = tu_read(cp, &n);
+    ck_assert_ptr_nonnull(strstr(txt, "\"model_type\": \"llama\""));
+    ck_assert_ptr_nonnull(strstr(txt, "\"num_key_value_heads\": 2"));
+    ck_assert_ptr_nonnull(strstr(txt, "\"intermediate_size\": 344"));
+    free(txt);
+    free(cp);
+    free(ap);
+    free(bp);
+    rm(d);
+}
+END_TEST
+
 /* ------------------------------------------------------------------ */
 /* Real adapters (fixtures/real/INDEX.md)                              */
 /* ------------------------------------------------------------------ */
@@ -915,10 +1068,13 @@ int main(void)
     tcase_add_test(tc, test_bind);
     tcase_add_test(tc, test_bind_saved_and_embedding);
     tcase_add_test(tc, test_inspect_problems);
+    tcase_add_test(tc, test_inspect_targets);
+    tcase_add_test(tc, test_mkfixture_contract);
     suite_add_tcase(s, tc);
     TCase *real = tcase_create("real");
     tcase_set_timeout(real, 120);
     tcase_add_test(real, test_config_regex_targets);
+    tcase_add_test(real, test_config_truncated);
     tcase_add_test(real, test_real_tigrinya);
     tcase_add_test(real, test_real_qwen);
     tcase_add_test(real, test_real_opt);

@@ -529,6 +529,8 @@ int main(int argc, char **argv)
     for (char *p = strtok(tl, ","); p; p = strtok(NULL, ","))
         if (o.n_targets < 64)
             o.targets[o.n_targets++] = p;
+        else
+            return usage("at most 64 --targets");
     if (!o.n_targets)
         return usage("empty --targets");
 

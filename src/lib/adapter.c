@@ -416,6 +416,12 @@ int lora_adapter_open_parts(const char *config_json, size_t config_len, lora_st 
         (rc = set_str(&ad->task_type, c->task_type, err)) ||
         (rc = set_str(&ad->target_modules, c->target_modules_json, err)))
         goto fail;
+    if (!(ad->config_json = malloc(config_len + 1))) {
+        rc = lora_oom(err);
+        goto fail;
+    }
+    memcpy(ad->config_json, config_json, config_len);
+    ad->config_json[config_len] = '\0';
     for (size_t i = 0; i < n; i++) {
         e[i].t = lora_st_tensor(st, i);
         if ((rc = lora_adapter_classify_key(c, e[i].t->name, &e[i].kind, &e[i].name, err)))
@@ -536,6 +542,7 @@ void lora_adapter_free(lora_adapter *ad)
     free(ad->peft_version);
     free(ad->task_type);
     free(ad->target_modules);
+    free(ad->config_json);
     free(ad);
 }
 

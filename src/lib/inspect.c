@@ -88,19 +88,12 @@ static int scan(const lora_tensor *t, double *buf, uint64_t *nonfinite, int *all
 
 static const lora_acfg *targets_cfg(const lora_adapter *ad, lora_acfg **own, lora_error *err)
 {
-    /* the adapter keeps target_modules as JSON text; parse it back
-     * through the same code that reads configs */
-    const char *tm = ad->target_modules ? ad->target_modules : "null";
-    size_t n = strlen(tm) + 64;
-    char *s = malloc(n);
-    if (!s) {
-        lora_oom(err);
-        return NULL;
-    }
-    snprintf(s, n, "{\"peft_type\":\"LORA\",\"target_modules\":%s}", tm);
-    int rc = lora_acfg_parse(s, strlen(s), own, err);
-    free(s);
-    return rc ? NULL : *own;
+    /* the config was valid when the adapter was opened */
+    if (ad->config_json && lora_acfg_parse(ad->config_json, strlen(ad->config_json), own, err) == 0)
+        return *own;
+    if (!ad->config_json)
+        lora_seterr(err, LORA_EINPUT, "the adapter carries no config");
+    return NULL;
 }
 
 static int fill_targets(lora_report *rep, const lora_adapter *ad, lora_error *err)
@@ -130,8 +123,15 @@ static int fill_targets(lora_report *rep, const lora_adapter *ad, lora_error *er
         }
         rep->n_targets++;
     }
+    /* target_modules null: PEFT filled in its per-architecture defaults
+     * when it trained, which the file does not say; nothing to check */
+    int unknown = !c->target_regex && !c->targets;
     for (size_t i = 0; i < rep->n_modules; i++) {
         const char *name = rep->modules[i].m->name;
+        if (unknown) {
+            rep->modules[i].targeted = 1;
+            continue;
+        }
         lora_error_clear(&e);
         int hit = lora_acfg_targets(c, name, &e);
         if (hit < 0) {

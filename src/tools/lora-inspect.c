@@ -178,8 +178,8 @@ int main(int argc, char **argv)
         return LORA_EIO;
     }
     int ch;
-    argv[0] = (char *)PROG; /* getopt's own messages must read "lora-inspect: ..." */
-    while ((ch = getopt_long(argc, argv, "b:csjtp:qhV", longopts, NULL)) != -1) {
+    opterr = 0; /* our own messages, prefixed with the tool's name */
+    while ((ch = getopt_long(argc, argv, ":b:csjtp:qhV", longopts, NULL)) != -1) {
         switch (ch) {
         case 'b': base_path = optarg; break;
         case 'c': check = 1; break;
@@ -191,7 +191,16 @@ int main(int argc, char **argv)
         case 'q': break; /* nothing here is slow enough for progress output */
         case 'h': usage(stdout); free(keys); return 0;
         case 'V': printf(PROG " (lora-tools) %s\n", lora_version()); free(keys); return 0;
+        case ':':
+            fprintf(stderr, PROG ": option '%s' needs an argument\n", argv[optind - 1]);
+            fprintf(stderr, "Try '" PROG " --help' for more information.\n");
+            free(keys);
+            return LORA_EUSAGE;
         default:
+            if (optopt)
+                fprintf(stderr, PROG ": unknown option '-%c'\n", optopt);
+            else
+                fprintf(stderr, PROG ": unknown option '%s'\n", argv[optind - 1]);
             fprintf(stderr, "Try '" PROG " --help' for more information.\n");
             free(keys);
             return LORA_EUSAGE;
