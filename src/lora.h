@@ -405,6 +405,35 @@ char *lora_report_json(const lora_report *rep, int tensors, lora_error *err);
 
 /* ---- section: hashes (hash.c) ---- */
 
+/* BLAKE2b (libsodium crypto_generichash, no key).  256-bit digests
+ * (LORA_HASH_BYTES) name archive members, whole archives, tensors and
+ * registry blobs; 512-bit digests are minisign's prehash.  Hex is
+ * lower case. */
+#define LORA_HASH_BYTES 32
+#define LORA_HASH512_BYTES 64
+#define LORA_HASH_HEX (2 * LORA_HASH_BYTES + 1)   /* hex buffer for a 256-bit digest */
+
+typedef struct lora_hasher lora_hasher;
+
+/* A streaming hasher with an outlen-byte digest (16..64). */
+int lora_hasher_new(size_t outlen, lora_hasher **out, lora_error *err);
+void lora_hasher_update(lora_hasher *h, const void *buf, size_t len);
+/* Write the digest (outlen bytes) to out and free the hasher. */
+void lora_hasher_final(lora_hasher *h, unsigned char *out);
+/* Free without a digest (error paths). */
+void lora_hasher_free(lora_hasher *h);
+/* One buffer (or an mmapped region) at once. */
+void lora_hash(const void *buf, size_t len, unsigned char *out, size_t outlen);
+/* A whole file read in 1 MiB chunks from its current offset; *size
+ * (optional) receives the byte count.  LORA_EINPUT/LORA_EIO. */
+int lora_hash_fd(int fd, size_t outlen, unsigned char *out, uint64_t *size, lora_error *err);
+int lora_hash_file(const char *path, size_t outlen, unsigned char *out, uint64_t *size,
+                   lora_error *err);
+/* hex must hold 2*len+1 bytes. */
+void lora_hex(const unsigned char *bin, size_t len, char *hex);
+/* Exactly 2*len lower-case hex digits -> bin; 0 or -1. */
+int lora_unhex(const char *hex, unsigned char *bin, size_t len);
+
 
 /* ---- section: canonical delta (delta.c) ---- */
 
@@ -426,14 +455,554 @@ void lora_delta_rows(const double *B, const double *A, uint64_t r, uint64_t in,
 
 /* ---- section: SVD and rank reduction (svd.c, rank.c) ---- */
 
+/* Thin SVD of ΔW = scale·B·A computed from the factors, never forming
+ * ΔW: QR of B (out×r) and of Aᵀ (in×r), SVD of the small core
+ * scale·R_B·R_Aᵀ, then U = Q_B·U_c and V = Q_A·V_c.  O((out+in)·r²) time,
+ * O((out+in)·r) memory.  k = min(out, in, r) triplets; singular values
+ * descending; U and V have orthonormal columns (also when ΔW is rank
+ * deficient: the directions of zero singular values are then some
+ * orthonormal completion).  Everything in double. */
+typedef struct lora_svd {
+    uint64_t out, in, k;
+    double *S;                /* k values, descending, >= 0 */
+    double *U;                /* out×k, column-major: column j at U + j·out */
+    double *V;                /* in×k, column-major: column j at V + j·in */
+} lora_svd;
+
+/* B: out×r row-major, A: r×in row-major (as lora_delta_rows).  On
+ * success *res is filled (free with lora_svd_free); errors: LORA_EIO
+ * (out of memory), LORA_EINPUT (LAPACK did not converge, non-finite
+ * input). */
+int lora_svd_factors(const double *B, const double *A, uint64_t out, uint64_t r,
+                     uint64_t in, double scale, lora_svd *res, lora_error *err);
+/* Frees the arrays and zeroes the struct; accepts a zeroed struct. */
+void lora_svd_free(lora_svd *s);
+
+/* How to choose the rank kept per module. */
+typedef enum lora_rank_kind {
+    LORA_RANK_FIXED = 1,      /* keep `rank` (capped at the singular values there are) */
+    LORA_RANK_ENERGY,         /* smallest k with Σ_{i<k} σ_i² >= energy·Σ σ_i² */
+    LORA_RANK_RATIO           /* every non-zero σ_i >= σ_1 / ratio */
+} lora_rank_kind;
+
+typedef struct lora_rank_rule {
+    lora_rank_kind kind;
+    uint64_t rank;            /* FIXED: >= 1 */
+    double energy;            /* ENERGY: in (0, 1] */
+    double ratio;             /* RATIO: >= 1 */
+    uint64_t max_rank;        /* 0: no cap; else the result is at most this */
+} lora_rank_rule;
+
+/* The rank the rule keeps for singular values S[0..k) (descending).
+ * Contract: sums are of σ_i² in double in increasing i; the energy test
+ * is partial >= energy·total·(1 − 1e-12), so that F = 1 keeps every
+ * non-zero value despite rounding; the ratio test is σ_i > 0 and
+ * σ_i·ratio >= σ_1.
+ * The result is clamped to [1, k] (a PEFT module needs r >= 1) and to
+ * max_rank; 0 only when k = 0. */
+uint64_t lora_rank_select(const double *S, uint64_t k, const lora_rank_rule *rule);
+/* ‖ΔW − ΔW_keep‖_F / ‖ΔW‖_F from the singular values: sqrt of the tail
+ * energy over the total (each summed in increasing i); 0 when ΔW = 0. */
+double lora_rank_rel_error(const double *S, uint64_t k, uint64_t keep);
+
+/* One input of a reduction: an adapter and the weight its ΔW gets. */
+typedef struct lora_weighted {
+    const lora_adapter *ad;
+    double weight;
+} lora_weighted;
+
+/* What happened to one module. */
+typedef struct lora_reduce_module {
+    char *name;
+    uint64_t old_rank;        /* r of the input (sum of the inputs' r when combining) */
+    uint64_t new_rank;
+    double rel_error;         /* ‖ΔW − ΔW_new‖_F / ‖ΔW‖_F, from the singular values */
+    double norm;              /* ‖ΔW‖_F of the (combined) input */
+    int n_sources;            /* how many inputs adapt this module */
+} lora_reduce_module;
+
+typedef struct lora_reduce_report {
+    size_t n_modules;
+    lora_reduce_module *modules;   /* sorted by name */
+    uint64_t old_params, new_params;  /* LoRA parameters (A and B elements) */
+} lora_reduce_report;
+
+void lora_reduce_report_free(lora_reduce_report *rep);
+
+/* Reduce one adapter, or combine several (n > 1, or n = 1 with a
+ * weight ≠ 1), into a new PEFT adapter folder OUT.
+ *
+ * ΔW of each module is Σ_i w_i·s_i·B_i·A_i over the inputs that adapt
+ * it, held as the exact concatenation B = [w_1 s_1 B_1 | w_2 s_2 B_2 ...],
+ * A = [A_1; A_2; ...].  rule == NULL keeps that concatenation as it is
+ * (exact, rank = Σ r_i; the "--rank 0" of lora-rank-reduce); otherwise
+ * the thin SVD of the concatenation is truncated to the rule's rank.
+ *
+ * Output factors: B' = U_k·diag(sqrt σ), A' = diag(sqrt σ)·V_kᵀ (the
+ * split PEFT's own SVD conversions do not balance, this one does, so
+ * both factors have the same norm), lora_alpha = rank, use_rslora
+ * false: every scale is exactly 1.  When ranks differ per module the
+ * config's r and lora_alpha are the most common rank (ties: smaller)
+ * and the others go in rank_pattern / alpha_pattern, keyed by the full
+ * module name.  Tensors are written in the dtype of the first input's
+ * tensors (F64 inputs as F32), with PEFT key names.  OUT is built as a
+ * temporary folder beside it and renamed into place; an existing OUT
+ * is an error (LORA_EUSAGE) unless overwrite is set.
+ *
+ * Inputs must agree on fan_in_fan_out and on each common module's
+ * shape (LORA_EINPUT otherwise); modules_to_save tensors are copied
+ * for a single input and refused when combining. */
+int lora_reduce(const lora_weighted *in, size_t n, const lora_rank_rule *rule,
+                const char *out_dir, int overwrite, lora_reduce_report *rep,
+                lora_error *err);
+
+
+/* ---- section: analyses (analysis.c) ---- */
+
+/* The paper's Section 7 analyses of one module (Hu et al. 2021). */
+
+/* Spectrum of ΔW = scale·B·A (from the factors, svd.c). */
+typedef struct lora_spectrum {
+    uint64_t k;               /* min(out, in, r) */
+    double *S;                /* k singular values, descending */
+    double norm;              /* ‖ΔW‖_F = sqrt(Σ σ_i²) */
+    uint64_t rank90, rank99;  /* smallest k keeping 90% / 99% of ‖ΔW‖²_F
+                                 (lora_rank_select's energy rule, so 0 only
+                                 when k = 0 and 1 for ΔW = 0) */
+    double stable_rank;       /* ‖ΔW‖²_F / σ_1², 0 when ΔW = 0 */
+} lora_spectrum;
+
+int lora_spectrum_module(const lora_module *m, lora_spectrum *sp, lora_error *err);
+void lora_spectrum_free(lora_spectrum *sp);
+
+/* Normalized subspace similarity from orthonormal bases:
+ * V1 is n×k1, V2 is n×k2 (column-major, columns ordered by decreasing
+ * singular value); phi receives ni×nj values (ni <= k1, nj <= k2),
+ * phi[(i-1)·nj + (j-1)] = ‖V1[:, :i]ᵀ V2[:, :j]‖²_F / min(i, j).
+ * G = V1ᵀV2 is computed once (dgemm); the double sums over a < i, b < j
+ * are 2-D prefix sums of G², in increasing a then b, in double. */
+void lora_subspace_phi(const double *V1, uint64_t k1, const double *V2, uint64_t k2, uint64_t n,
+                       uint64_t ni, uint64_t nj, double *phi);
+
+/* φ between the right-singular directions of two modules' A matrices
+ * (A: r×in; the SVD of A alone, scale irrelevant), for i <= r1,
+ * j <= r2: phi is r1×r2 as above.  The modules must have the same in
+ * (LORA_EINPUT otherwise).  *phi is malloc'd. */
+int lora_module_phi(const lora_module *m1, const lora_module *m2, double **phi, uint64_t *ni,
+                    uint64_t *nj, lora_error *err);
+
+/* Table 7 of the paper for one module bound to its base tensor W
+ * (Linear layout out×in, decoded to double; the module's transpose
+ * flag is honoured).  r = the module's rank (at most min(out, in)). */
+typedef struct lora_amplification {
+    uint64_t r;
+    double norm_w;            /* ‖W‖_F */
+    double norm_dw;           /* ‖ΔW‖_F */
+    double proj_dw;           /* ‖UᵀWV‖_F, U, V top-r singular directions of ΔW */
+    double proj_w;            /* the same for W's own top-r directions:
+                                 sqrt(Σ_{i<r} σ_i(W)²), singular values of W by
+                                 LAPACK dgesdd (values only) on the dense W */
+    double proj_random;       /* the same for random orthonormal U, V (QR of
+                                 uniform random matrices, fixed seed) */
+    double factor;            /* norm_dw / proj_dw (0 when proj_dw = 0) */
+} lora_amplification;
+
+int lora_module_amplification(const lora_module *m, const lora_tensor *w,
+                              lora_amplification *amp, lora_error *err);
+
+/* The analyses lora-inspect runs (--spectrum, --compare, --amplification),
+ * as one report. */
+typedef struct lora_analysis_opts {
+    int spectrum;
+    const lora_adapter *other;     /* --compare: φ per common module; NULL: none */
+    const lora_ckpt *base;         /* --amplification: base to bind to; NULL: none */
+    const char *const *modules;    /* NULL-terminated names (full, or the part
+                                      after a '.'); NULL: every module */
+    const char *svg_path;          /* with other: φ heat maps written there (atomically) */
+} lora_analysis_opts;
+
+/* Run the analyses asked for and render them: JSON (json != 0; fields in
+ * lora-inspect(1)) or human text, malloc'd in *text.  Binds ad to the
+ * base for the amplification.  LORA_EUSAGE for a --module name no module
+ * has; LORA_EINPUT when two compared adapters share no module. */
+int lora_analyze(lora_adapter *ad, const lora_analysis_opts *o, int json, char **text,
+                 lora_error *err);
 
 /* ---- section: signatures (sign.c) ---- */
+
+/* Ed25519 keys and signatures byte-compatible with minisign 0.11
+ * (formats.md section 2).  Keys made by `minisign -G` (encrypted or -W)
+ * load; `minisign -V` verifies our signatures.  Secret key bytes live in
+ * sodium_malloc'd (guarded, mlocked) memory and are wiped on free. */
+#define LORA_KEYID_BYTES 8
+#define LORA_KEYID_STR 17          /* buffer for a displayed key id */
+#define LORA_SIG_COMMENT_MAX 1024   /* minisign COMMENTMAXBYTES, line incl. "\n" */
+#define LORA_SIG_TRUSTED_MAX 8192   /* minisign TRUSTEDCOMMENTMAXBYTES, line incl. "\n" */
+/* minisign -G's scrypt parameters (OPSLIMIT/MEMLIMIT_SENSITIVE); also
+ * the largest a secret key may ask for, so a hostile key file cannot
+ * make us allocate more than minisign ever does. */
+#define LORA_SCRYPT_OPSLIMIT 33554432ULL
+#define LORA_SCRYPT_MEMLIMIT 1073741824ULL
+
+typedef struct lora_pubkey {
+    unsigned char key_id[LORA_KEYID_BYTES];
+    unsigned char pk[32];
+} lora_pubkey;
+
+typedef struct lora_seckey lora_seckey;
+
+/* Key id as minisign 0.11 prints it: the 8 bytes read as a
+ * little-endian u64, upper-case hex, no zero padding. */
+void lora_keyid_str(const unsigned char key_id[LORA_KEYID_BYTES], char buf[LORA_KEYID_STR]);
+
+/* A new random key pair (random key id, as minisign -G). */
+int lora_keygen(lora_seckey **sk, lora_error *err);
+/* The public half of a secret key. */
+void lora_seckey_pubkey(const lora_seckey *sk, lora_pubkey *pk);
+void lora_seckey_free(lora_seckey *sk);
+
+/* Write KEY.pub ("untrusted comment: minisign public key ID" + base64)
+ * atomically, mode 0644. */
+int lora_pubkey_write(const char *path, const lora_pubkey *pk, lora_error *err);
+/* The 56-character base64 string (buf >= 57 bytes). */
+void lora_pubkey_b64(const lora_pubkey *pk, char buf[57]);
+/* Write the secret key file atomically, mode 0600.  password NULL:
+ * unencrypted (kdf 00 00, zero salt and limits, as minisign -W, but
+ * with a valid chk).  Otherwise scrypt "Sc" with opslimit/memlimit
+ * (0: minisign's LORA_SCRYPT_*). */
+int lora_seckey_write(const char *path, const lora_seckey *sk, const char *password,
+                      uint64_t opslimit, uint64_t memlimit, lora_error *err);
+
+/* Public keys: the base64 string (minisign -P), the text of a key file
+ * (first line read and ignored, second line the key, as minisign), or
+ * a file.  Malformed: LORA_EINPUT with the reason. */
+int lora_pubkey_from_string(const char *b64, lora_pubkey *pk, lora_error *err);
+int lora_pubkey_parse(const char *text, size_t len, lora_pubkey *pk, lora_error *err);
+int lora_pubkey_load(const char *path, lora_pubkey *pk, lora_error *err);
+
+/* Secret keys from a file's text or a file.  *encrypted (optional)
+ * tells whether a password is needed, without one: */
+int lora_seckey_encrypted(const char *text, size_t len, int *encrypted, lora_error *err);
+/* password is used only for "Sc" keys (NULL there: LORA_EUSAGE).  A
+ * wrong password is LORA_ECHECK "wrong password for that key".  kdf
+ * 00 00 keys load with an all-zero chk (minisign 0.11 -G -W) or a
+ * valid one. */
+int lora_seckey_parse(const char *text, size_t len, const char *password, lora_seckey **out,
+                      lora_error *err);
+int lora_seckey_load(const char *path, const char *password, lora_seckey **out,
+                     lora_error *err);
+
+/* A parsed .minisig file. */
+typedef struct lora_sig {
+    int prehashed;                            /* "ED" (1) or legacy "Ed" (0) */
+    unsigned char key_id[LORA_KEYID_BYTES];
+    unsigned char sig[64];
+    unsigned char global_sig[64];
+    char untrusted[LORA_SIG_COMMENT_MAX];     /* without the prefix and newline */
+    char trusted[LORA_SIG_TRUSTED_MAX];       /* without the prefix and newline */
+} lora_sig;
+
+/* Parse with minisign 0.11's exact line rules: "untrusted comment: "
+ * line of at most 1023 bytes + LF; the signature line; "trusted
+ * comment: " line of at most 8191 bytes + LF; the global signature
+ * line; CR and LF stripped, lines read as fgets with minisign's buffer
+ * sizes, anything after the fourth line ignored.  LORA_EINPUT. */
+int lora_sig_parse(const char *text, size_t len, lora_sig *sig, lora_error *err);
+/* Sign msg prehashed ("ED": Ed25519 over BLAKE2b-512(msg)) with a
+ * trusted comment (printable ASCII and tab, < 8174 bytes) and an
+ * untrusted one (NULL: minisign's default); *text is the .minisig file
+ * (malloc'd, *len bytes, no NUL counted). */
+int lora_sign(const lora_seckey *sk, const void *msg, size_t msglen, const char *trusted,
+              const char *untrusted, char **text, size_t *len, lora_error *err);
+/* Verify sig over msg against one public key: key ids must match, then
+ * the signature (ED or legacy Ed), then the global signature over
+ * sig || trusted comment.  LORA_ECHECK on any mismatch. */
+int lora_sig_verify(const lora_sig *sig, const lora_pubkey *pk, const void *msg,
+                    size_t msglen, lora_error *err);
+/* The same against the key among keys[0..n) with sig's key id; *which
+ * (optional) receives its index.  No such key: LORA_ECHECK "signed by
+ * unknown key ID". */
+int lora_sig_verify_any(const lora_sig *sig, const lora_pubkey *keys, size_t n,
+                        const void *msg, size_t msglen, size_t *which, lora_error *err);
 
 
 /* ---- section: archives (archive.c) ---- */
 
+/* Signed adapter archives (.lora, lora-archive(5)): a POSIX pax tar
+ * (pax_restricted; uncompressed, or zstd with --compress) whose members
+ * are, in this order: lora.json (the manifest), lora.json.minisig (its
+ * minisign signature), adapter_config.json, adapter_model.safetensors,
+ * README.md (optional), receipts/NAME (optional).  Every member after
+ * the signature is named in the manifest with its size and BLAKE2b-256;
+ * nothing else may be in the archive. */
+#define LORA_ARCHIVE_FORMAT_VERSION 1
+#define LORA_MANIFEST_MAX (1024 * 1024)             /* lora.json */
+#define LORA_MINISIG_MAX (16 * 1024)                /* lora.json.minisig */
+#define LORA_ARCHIVE_TEXT_MAX (1024 * 1024)         /* adapter_config.json, README.md */
+#define LORA_ARCHIVE_RECEIPT_MAX (1ULL << 30)       /* each receipts/NAME */
+#define LORA_ARCHIVE_PAYLOAD_MAX (64ULL << 30)      /* adapter_model.safetensors */
+#define LORA_ARCHIVE_MAX_MEMBERS 64
+#define LORA_ARCHIVE_MAX_TARGETS 4096
+
+typedef struct lora_manifest_member {
+    char *name;
+    uint64_t size;
+    unsigned char hash[LORA_HASH_BYTES];   /* BLAKE2b-256 of the member's bytes */
+} lora_manifest_member;
+
+typedef struct lora_manifest {
+    int format_version;
+    char *name, *task, *version;           /* 1..128 bytes of printable ASCII, no spaces */
+    char *base_model;                      /* base model name, or NULL */
+    int has_base_hash;
+    unsigned char base_hash[LORA_HASH_BYTES]; /* lora_base_hash, when recorded */
+    uint64_t r;
+    double alpha;
+    size_t n_targets;
+    char **targets;                        /* target_modules of the config */
+    size_t n_members;
+    lora_manifest_member *members;         /* payload members, archive order */
+} lora_manifest;
+
+/* Parse and validate a manifest: JSON object (duplicate keys refused)
+ * with exactly the fields of lora-archive(5), right types, names and
+ * sizes within the limits above, no duplicate member, both adapter
+ * files present.  len <= LORA_MANIFEST_MAX.  LORA_EINPUT. */
+int lora_manifest_parse(const char *json, size_t len, lora_manifest **out, lora_error *err);
+/* Canonical text: fixed key order, 2-space indent, final LF. */
+int lora_manifest_format(const lora_manifest *m, char **json, size_t *len, lora_error *err);
+void lora_manifest_free(lora_manifest *m);
+const lora_manifest_member *lora_manifest_find(const lora_manifest *m, const char *name);
+/* The trusted comment that signs a manifest:
+ * "lora-archive\tname:NAME\tversion:VERSION\tmanifest:HEX" (malloc'd). */
+char *lora_manifest_trusted_comment(const lora_manifest *m, const unsigned char hash[LORA_HASH_BYTES]);
+
+typedef struct lora_pack_opts {
+    const char *adapter_dir;       /* PEFT folder */
+    const char *name, *task, *version;
+    const char *base;              /* base checkpoint for --base, or NULL */
+    const char *readme;            /* or NULL */
+    const char *const *receipts;   /* NULL-terminated, or NULL */
+    int compress;                  /* zstd instead of no compression */
+} lora_pack_opts;
+
+/* Build, sign and write an archive (temporary beside out_path, fsync,
+ * rename).  Same inputs and key: same bytes (Ed25519 is deterministic
+ * and nothing time-dependent is recorded). */
+int lora_archive_create(const char *out_path, const lora_pack_opts *opts, const lora_seckey *sk,
+                        lora_error *err);
+
+/* An opened, verified archive.  The file is mmapped; uncompressed
+ * members are read in place, zstd members are decompressed into memory
+ * (each within its limit). */
+typedef struct lora_archive_priv lora_archive_priv;
+typedef struct lora_archive {
+    char *path;
+    lora_manifest *manifest;
+    uint64_t file_size;
+    int compressed;                /* zstd */
+    int signature_checked;         /* 0 when opened with LORA_ARCHIVE_NO_VERIFY */
+    size_t signer;                 /* index of the key that verified it */
+    unsigned char key_id[LORA_KEYID_BYTES]; /* the signature's key id */
+    char *trusted_comment;
+    lora_archive_priv *priv;
+} lora_archive;
+
+/* Skip the signature check (structure, sizes and hashes still checked). */
+#define LORA_ARCHIVE_NO_VERIFY 1
+
+/* Open and verify: the signature of lora.json by one of keys[0..n)
+ * (its trusted comment must be the manifest's), the manifest, every
+ * member's size and hash, nothing missing, nothing extra.  Refused:
+ * names absolute or with "..", links, devices, directories, sparse
+ * entries, duplicate names, sizes past the limits, truncation.
+ * LORA_ECHECK: bad signature, unknown key, a size or hash that differs
+ * from the manifest, a member not in it or missing; LORA_EINPUT:
+ * malformed or hostile archive; LORA_EIO. */
+int lora_archive_open(const char *path, const lora_pubkey *keys, size_t n, int flags,
+                      lora_archive **out, lora_error *err);
+/* BLAKE2b-256 of the whole archive file (the registry's blob name),
+ * computed from the mapping on request: verification does not need it
+ * and it costs a pass over the file. */
+void lora_archive_file_hash(const lora_archive *ar, unsigned char out[LORA_HASH_BYTES]);
+/* A member's verified bytes (valid until close); NULL if absent. */
+const void *lora_archive_member(const lora_archive *ar, const char *name, uint64_t *size);
+/* Data offset of a member in the file (uncompressed archives), or -1. */
+int64_t lora_archive_member_offset(const lora_archive *ar, const char *name);
+/* Write every payload member into dir (created if missing) as regular
+ * files, each atomically; refuses existing files unless force. */
+int lora_archive_extract(const lora_archive *ar, const char *dir, int force, lora_error *err);
+void lora_archive_close(lora_archive *ar);
+/* Open (and verify, as lora_archive_open) an archive and load its
+ * adapter without extracting: adapter_model.safetensors is read where
+ * it lies in the mapped file (uncompressed) or from memory (zstd); the
+ * adapter's release frees the archive. */
+int lora_archive_open_adapter(const char *path, const lora_pubkey *keys, size_t n, int flags,
+                              lora_adapter **out, lora_error *err);
+
+/* BLAKE2b-256 over the base tensors an adapter changes (its modules'
+ * targets and its modules_to_save targets, after lora_adapter_bind):
+ * for each tensor in strcmp order of its base name, u64le(len) name,
+ * u64le(len) dtype name, u64le(ndim), u64le(dim) each, u64le(nbytes),
+ * then its bytes.  Tells whether a base is the one the adapter was
+ * made for without hashing the whole checkpoint (lora-archive(5)). */
+int lora_base_hash(const lora_adapter *ad, const lora_ckpt *base,
+                   unsigned char out[LORA_HASH_BYTES], lora_error *err);
+
 
 /* ---- section: registry (registry.c) ---- */
+
+/* The adapter registry: one SQLite database (WAL, foreign keys, busy
+ * timeout; schema from registry/NNNN-*.sql applied in order under
+ * PRAGMA user_version) and a content-addressed blob folder "blobs/"
+ * beside it, where every registered archive is stored as
+ * blobs/<BLAKE2b-256 hex>.lora.  Every change is one transaction; a
+ * blob is written to a temporary in the blob folder, fsync'ed and
+ * renamed under its final name before its row is committed, so a crash
+ * leaves at worst an unreferenced blob (removed by gc), never a row
+ * without its blob nor a partial blob under a final name.  One folder
+ * holds one registry (gc removes every blob its database does not name). */
+typedef struct lora_registry lora_registry;
+
+#define LORA_REG_HASH_HEX 65        /* 64 hex digits + NUL */
+
+/* Semantic versions (semver.org 2.0.0): MAJOR.MINOR.PATCH, optional
+ * -PRE-RELEASE and +BUILD; no leading zeros in numbers.  cmp orders by
+ * precedence (1.10.0 > 1.9.0 > 1.9.0-rc.2 > 1.9.0-rc.1 > 1.9.0-beta;
+ * build metadata ignored), then, so that the order is total, by the
+ * plain text; an invalid version sorts below every valid one. */
+int lora_semver_valid(const char *v);
+int lora_semver_cmp(const char *a, const char *b);
+
+/* The registry path: $LORA_REGISTRY if set and not empty, else
+ * $XDG_DATA_HOME/lora/registry.db (absolute XDG_DATA_HOME only), else
+ * ~/.local/share/lora/registry.db.  *path is malloc'd. */
+int lora_registry_default_path(char **path, lora_error *err);
+
+#define LORA_REG_CREATE 1   /* create the database and its folders if missing */
+
+/* Open (path NULL: the default path).  Without LORA_REG_CREATE a
+ * missing database is LORA_EINPUT ("no registry at PATH").  An older
+ * schema is migrated; a newer one (made by a later lora-tools) is
+ * refused with LORA_EINPUT, as is a file that is not a registry. */
+int lora_registry_open(const char *path, int flags, lora_registry **out, lora_error *err);
+void lora_registry_close(lora_registry *reg);
+const char *lora_registry_path(const lora_registry *reg);
+const char *lora_registry_blob_dir(const lora_registry *reg);
+/* Schema version of the open database (PRAGMA user_version) and the
+ * newest this library knows. */
+int lora_registry_schema_version(const lora_registry *reg);
+int lora_registry_schema_latest(void);
+
+/* Trusted public keys. */
+typedef struct lora_reg_key {
+    char *key_id;       /* as minisign 0.11 prints it */
+    char *pubkey;       /* base64, 56 characters */
+    char *name;         /* or NULL */
+    int64_t added;      /* unix seconds */
+} lora_reg_key;
+
+/* Trust a key (id and base64 as lora_keyid_str / lora_pubkey_b64 give
+ * them).  Trusting a key already trusted updates its name when one is
+ * given; *added (optional) tells whether it was new.  A different key
+ * under the same id is LORA_EINPUT. */
+int lora_registry_trust(lora_registry *reg, const char *key_id, const char *pubkey_b64,
+                        const char *name, int *added, lora_error *err);
+/* Remove a key; every adapter it signed becomes untrusted (no longer
+ * resolved) in the same transaction.  *demoted (optional) counts them.
+ * Unknown key: LORA_EINPUT. */
+int lora_registry_untrust(lora_registry *reg, const char *key_id, size_t *demoted,
+                          lora_error *err);
+/* All trusted keys, by key id. */
+int lora_registry_keys(lora_registry *reg, lora_reg_key **keys, size_t *n, lora_error *err);
+void lora_reg_keys_free(lora_reg_key *keys, size_t n);
+
+/* One registered adapter. */
+typedef struct lora_reg_adapter {
+    int64_t id;
+    char *name, *version, *task;
+    char *base_model;           /* or NULL when the manifest names none */
+    char *base_hash;            /* hex, or NULL */
+    uint64_t r;
+    double alpha;
+    char hash[LORA_REG_HASH_HEX];  /* BLAKE2b-256 of the archive */
+    uint64_t size;              /* archive bytes */
+    char *signer;               /* key id, or NULL */
+    int trusted;                /* 0: added with allow_untrusted, or its key untrusted since */
+    int64_t added;              /* unix seconds */
+    char *path;                 /* the blob: BLOBDIR/<hash>.lora */
+} lora_reg_adapter;
+
+void lora_reg_adapter_free(lora_reg_adapter *a);          /* one, from show/get/resolve */
+void lora_reg_adapters_free(lora_reg_adapter *a, size_t n); /* an array, from ls */
+
+/* Register a .lora archive: copy it into the blob folder, verify the
+ * copy (signature by a trusted key, manifest, every member's size and
+ * hash; lora_archive_open), then commit blob and row in one
+ * transaction.  An archive no trusted key signed is refused
+ * (LORA_ECHECK) unless allow_untrusted, which registers it marked
+ * untrusted (never resolved) and puts the signature problem in why
+ * (optional, LORA_ERROR_MAX bytes) for the caller's warning.  The same
+ * archive again is a no-op (*added = 0; a trusted add upgrades an
+ * untrusted row); the same NAME@VERSION with other bytes, or a version
+ * that is not semantic, is LORA_EINPUT.  out, added optional. */
+int lora_registry_add(lora_registry *reg, const char *archive, int allow_untrusted,
+                      lora_reg_adapter **out, int *added, char *why, lora_error *err);
+/* Every adapter, or those of one task and/or one base model name (NULL:
+ * any), ordered by name then semantic version. */
+int lora_registry_ls(lora_registry *reg, const char *task, const char *base,
+                     lora_reg_adapter **list, size_t *n, lora_error *err);
+/* One adapter by "NAME@VERSION", "NAME" (its newest version), or the
+ * archive hash (64 hex digits, or a unique prefix of at least 8).
+ * check_blob: re-hash the blob and refuse (LORA_ECHECK) a missing or
+ * corrupted one.  Not found: LORA_EINPUT. */
+int lora_registry_get(lora_registry *reg, const char *spec, int check_blob,
+                      lora_reg_adapter **out, lora_error *err);
+/* The adapter serving TASK: among trusted adapters of that task (and of
+ * base model BASE when not NULL; of version VERSION when not NULL), the
+ * newest by semantic version, ties broken by the latest added then by
+ * name.  The blob is re-hashed: a missing or corrupted blob is refused
+ * (LORA_ECHECK), never replaced by another version.  None: LORA_EINPUT. */
+int lora_registry_resolve(lora_registry *reg, const char *task, const char *base,
+                          const char *version, lora_reg_adapter **out, lora_error *err);
+/* Remove NAME@VERSION's row (and its eval results).  Its blob stays
+ * until gc.  Unknown: LORA_EINPUT. */
+int lora_registry_rm(lora_registry *reg, const char *name, const char *version,
+                     lora_error *err);
+/* Remove blobs no row names and temporaries older than an hour (left by
+ * an interrupted add), under the write lock.  Counts are optional. */
+int lora_registry_gc(lora_registry *reg, size_t *blobs, uint64_t *bytes, lora_error *err);
+/* Re-hash every blob.  Each problem (missing blob, size or hash
+ * mismatch) becomes one line "NAME@VERSION: what" in *problems
+ * (malloc'd array of malloc'd strings; free with lora_reg_problems_free).
+ * Returns LORA_ECHECK when there is any, LORA_OK when every blob is
+ * intact; other codes for errors that stopped the check. */
+int lora_registry_verify(lora_registry *reg, char ***problems, size_t *n, lora_error *err);
+void lora_reg_problems_free(char **problems, size_t n);
+
+/* Evaluation results, for `lora-eval --record` and `lora-registry evals`. */
+typedef struct lora_reg_eval {
+    char *adapter;        /* record: "NAME@VERSION", "reg:NAME@VERSION" or the
+                             archive's BLAKE2b-256 hex; lists: "NAME@VERSION" */
+    char *base_hash;      /* hash of the base checkpoint (required) */
+    char *dataset_hash;   /* BLAKE2b-256 hex of the data set file (required) */
+    char *dataset;        /* data set name for people, or NULL */
+    char *metric;         /* "accuracy", "nll", ... (required) */
+    double value;
+    uint64_t items;       /* items evaluated */
+    int64_t time;         /* unix seconds; 0 when recording: now */
+    char *tool_version;   /* NULL when recording: this library's version */
+} lora_reg_eval;
+
+/* Record one result for a registered adapter, in one transaction.
+ * Unknown adapter, empty required field or a non-finite value:
+ * LORA_EINPUT. */
+int lora_registry_record_eval(lora_registry *reg, const lora_reg_eval *ev, lora_error *err);
+/* Results of one adapter ("NAME" for all its versions, "NAME@VERSION")
+ * or of all (NULL), oldest first. */
+int lora_registry_evals(lora_registry *reg, const char *adapter, lora_reg_eval **list,
+                        size_t *n, lora_error *err);
+void lora_reg_evals_free(lora_reg_eval *list, size_t n);
 
 
 /* ---- section: models and evaluation (model.c, dataset.c, eval.c) ---- */

@@ -22,3 +22,5 @@ if [ -d "$R" ]; then
     echo "== lora-inspect: a real adapter (gpt2-tigrinya-lora)"
     "$B/lora-inspect" "$R"
 fi
+[ -f "$S/tests/demo-pack.sh" ] && sh "$S/tests/demo-pack.sh" "$B" "$S"
+[ -f "$S/tests/demo-numerics.sh" ] && sh "$S/tests/demo-numerics.sh" "$B" "$S"

@@ -9,3 +9,8 @@ complete -c lora-inspect -l no-verify -d 'Open archives without checking signatu
 complete -c lora-inspect -s q -l quiet -d 'No progress messages'
 complete -c lora-inspect -s h -l help -d 'Show help'
 complete -c lora-inspect -s V -l version -d 'Show version'
+complete -c lora-inspect -l spectrum -d 'Singular values, effective and stable rank of each dW'
+complete -c lora-inspect -l compare -r -F -d 'Subspace similarity with another adapter'
+complete -c lora-inspect -l svg -r -F -d 'With --compare: heat maps as SVG'
+complete -c lora-inspect -l amplification -d 'With --base: amplification of W by dW'
+complete -c lora-inspect -l module -x -d 'Only this module (repeatable)'

@@ -29,6 +29,13 @@ static void usage(FILE *f)
             "  -t, --tensors          list every tensor of the adapter file\n"
             "  -p, --pubkey=KEY.pub   minisign public key for .lora archives (repeatable)\n"
             "      --no-verify        open archives without checking signatures\n"
+            "Analyses (Section 7 of the LoRA paper; replace the report above):\n"
+            "      --spectrum         singular values of each dW, effective and stable rank\n"
+            "      --compare=OTHER    subspace similarity phi of the A matrices, per module\n"
+            "                         both adapters adapt\n"
+            "      --svg=FILE         with --compare: heat maps as SVG\n"
+            "      --amplification    with --base: how much dW amplifies directions of W\n"
+            "      --module=NAME      only these modules (repeatable; full name or suffix)\n"
             "  -q, --quiet            no progress messages\n"
             "  -h, --help             show this help and exit\n"
             "  -V, --version          show the version and exit\n"
@@ -168,7 +175,16 @@ int main(int argc, char **argv)
         {"tensors", no_argument, NULL, 't'},    {"pubkey", required_argument, NULL, 'p'},
         {"no-verify", no_argument, NULL, 'N'},  {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},       {"version", no_argument, NULL, 'V'},
+        {"spectrum", no_argument, NULL, 1001},  {"compare", required_argument, NULL, 1002},
+        {"svg", required_argument, NULL, 1003}, {"amplification", no_argument, NULL, 1004},
+        {"module", required_argument, NULL, 1005},
         {NULL, 0, NULL, 0}};
+    /* the analyses (analysis_report.c) */
+    lora_analysis_opts ao = {0};
+    const char *compare_path = NULL;
+    int amplification = 0;
+    const char **mods = calloc((size_t)argc + 1, sizeof *mods);
+    size_t n_mods = 0;
     const char *base_path = NULL;
     int check = 0, strict = 0, json = 0, tensors = 0, no_verify = 0;
     const char **keys = calloc((size_t)argc + 1, sizeof *keys);
@@ -189,12 +205,18 @@ int main(int argc, char **argv)
         case 'p': keys[n_keys++] = optarg; break;
         case 'N': no_verify = 1; break;
         case 'q': break; /* nothing here is slow enough for progress output */
-        case 'h': usage(stdout); free(keys); return 0;
-        case 'V': printf(PROG " (lora-tools) %s\n", lora_version()); free(keys); return 0;
+        case 'h': usage(stdout); free(keys); free(mods); return 0;
+        case 'V': printf(PROG " (lora-tools) %s\n", lora_version()); free(keys); free(mods); return 0;
+        case 1001: ao.spectrum = 1; break;
+        case 1002: compare_path = optarg; break;
+        case 1003: ao.svg_path = optarg; break;
+        case 1004: amplification = 1; break;
+        case 1005: if (mods) mods[n_mods++] = optarg; break;
         case ':':
             fprintf(stderr, PROG ": option '%s' needs an argument\n", argv[optind - 1]);
             fprintf(stderr, "Try '" PROG " --help' for more information.\n");
             free(keys);
+            free(mods);
             return LORA_EUSAGE;
         default:
             if (optopt)
@@ -203,6 +225,7 @@ int main(int argc, char **argv)
                 fprintf(stderr, PROG ": unknown option '%s'\n", argv[optind - 1]);
             fprintf(stderr, "Try '" PROG " --help' for more information.\n");
             free(keys);
+            free(mods);
             return LORA_EUSAGE;
         }
     }
@@ -210,10 +233,20 @@ int main(int argc, char **argv)
         fprintf(stderr, PROG ": %s\nTry '" PROG " --help' for more information.\n",
                 optind >= argc ? "missing ADAPTER" : "only one ADAPTER, please");
         free(keys);
+        free(mods);
         return LORA_EUSAGE;
     }
     if (strict)
         check = 1;
+    if (!mods || (ao.svg_path && !compare_path) || (amplification && !base_path)) {
+        fprintf(stderr, PROG ": %s\nTry '" PROG " --help' for more information.\n",
+                !mods ? "out of memory" : ao.svg_path && !compare_path
+                    ? "--svg needs --compare" : "--amplification needs --base");
+        free(keys);
+        free(mods);
+        return mods ? LORA_EUSAGE : LORA_EIO;
+    }
+    ao.modules = n_mods ? mods : NULL;
 
     lora_error err;
     lora_error_clear(&err);
@@ -229,6 +262,28 @@ int main(int argc, char **argv)
         goto fail;
     if (base_path && (rc = lora_ckpt_open(base_path, &base, &err)))
         goto fail;
+    if (ao.spectrum || compare_path || amplification) {
+        lora_adapter *other = NULL;
+        char *text = NULL;
+        if (compare_path && (rc = lora_adapter_load(compare_path, &so, &other, &err)))
+            goto fail;
+        ao.other = other;
+        ao.base = amplification ? base : NULL;
+        rc = lora_analyze(ad, &ao, json, &text, &err);
+        lora_adapter_free(other);
+        if (rc)
+            goto fail;
+        if (fputs(text, stdout) == EOF || fflush(stdout) != 0)
+            rc = LORA_EIO;
+        free(text);
+        if (rc)
+            fprintf(stderr, PROG ": writing the report failed\n");
+        lora_ckpt_close(base);
+        lora_adapter_free(ad);
+        free(keys);
+        free(mods);
+        return rc;
+    }
     lora_inspect_opts io = {.base = base, .strict = strict};
     if ((rc = lora_inspect(ad, &io, &rep, &err)))
         goto fail;
@@ -255,6 +310,7 @@ int main(int argc, char **argv)
     lora_ckpt_close(base);
     lora_adapter_free(ad);
     free(keys);
+    free(mods);
     return rc;
 fail:
     fprintf(stderr, PROG ": %s\n", err.msg[0] ? err.msg : "failed");
@@ -262,5 +318,6 @@ fail:
     lora_ckpt_close(base);
     lora_adapter_free(ad);
     free(keys);
+    free(mods);
     return rc;
 }

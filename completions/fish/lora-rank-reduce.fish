@@ -1,0 +1,12 @@
+# fish completion for lora-rank-reduce
+complete -c lora-rank-reduce -s a -l adapter -r -F -d 'Input adapter, ADAPTER[:WEIGHT]'
+complete -c lora-rank-reduce -s o -l output -r -F -d 'Output adapter folder'
+complete -c lora-rank-reduce -s r -l rank -x -d 'Keep K singular values (0: exact)'
+complete -c lora-rank-reduce -s e -l energy -x -d 'Keep fraction F of the energy'
+complete -c lora-rank-reduce -s R -l sv-ratio -x -d 'Keep sigma >= sigma_1/R'
+complete -c lora-rank-reduce -s m -l max-rank -x -d 'At most M per module'
+complete -c lora-rank-reduce -s f -l force -d 'Replace the output folder'
+complete -c lora-rank-reduce -l json -d 'Report as JSON'
+complete -c lora-rank-reduce -s q -l quiet -d 'No report'
+complete -c lora-rank-reduce -s h -l help -d 'Show help'
+complete -c lora-rank-reduce -s V -l version -d 'Show version'

@@ -1,0 +1,499 @@
+/*
+ * reduce.c - lora_reduce: a new PEFT adapter whose modules are the
+ * truncated SVDs of one adapter's modules, or of a weighted combination
+ * of several adapters, computed from the factors only (svd.c), written
+ * as a complete folder that appears under its name all at once.
+ *
+ * A combination is first the exact concatenation
+ *   B = [w_1 s_1 B_1 | w_2 s_2 B_2 | ...],  A = [A_1; A_2; ...]
+ * so that B·A = Σ w_i s_i B_i A_i with no cross terms (PEFT's "linear"
+ * combination of A and B separately gets this wrong, peers.md §1.6).
+ * Inputs that do not adapt a module contribute nothing to it.
+ */
+#include "internal.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+void lora_reduce_report_free(lora_reduce_report *rep)
+{
+    if (!rep)
+        return;
+    for (size_t i = 0; i < rep->n_modules; i++)
+        free(rep->modules[i].name);
+    free(rep->modules);
+    memset(rep, 0, sizeof *rep);
+}
+
+/* One output module, held encoded in the output dtypes until the
+ * safetensors writer has all the shapes. */
+typedef struct outmod {
+    const char *name;          /* points into an input's module */
+    int embedding;
+    uint64_t out, in, k;
+    lora_dtype dtA, dtB;
+    void *A, *B;               /* encoded bytes */
+} outmod;
+
+static const lora_module *find_module(const lora_adapter *ad, const char *name)
+{
+    size_t lo = 0, hi = ad->n_modules;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(ad->modules[mid].name, name);
+        if (c == 0)
+            return &ad->modules[mid];
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return NULL;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+static lora_dtype out_dtype(lora_dtype dt)
+{
+    return lora_dtype_writable(dt) ? dt : LORA_DT_F32;
+}
+
+/* Encode n doubles into a fresh buffer of dtype dt. */
+static int encode(lora_dtype dt, const double *src, uint64_t n, void **out, lora_error *err)
+{
+    uint64_t bytes;
+    if (!lora_mul_ok(n, lora_dtype_bits(dt) / 8, &bytes) || bytes > SIZE_MAX)
+        return lora_seterr(err, LORA_EINPUT, "tensor too large");
+    *out = malloc(bytes ? (size_t)bytes : 1);
+    if (!*out)
+        return lora_oom(err);
+    if (lora_encode_f64(dt, src, *out, (size_t)n) != LORA_OK)
+        return lora_seterr(err, LORA_EINPUT, "cannot encode %s", lora_dtype_name(dt));
+    return LORA_OK;
+}
+
+/* Grow a reusable work buffer to at least n doubles (fresh memory is
+ * slow here: keep the largest one for every module). */
+static int reserve(double **buf, uint64_t *cap, uint64_t a, uint64_t b, lora_error *err)
+{
+    uint64_t n, bytes;
+    if (!lora_mul_ok(a, b, &n) || !lora_mul_ok(n ? n : 1, sizeof(double), &bytes) ||
+        bytes > SIZE_MAX)
+        return lora_seterr(err, LORA_EINPUT, "module too large");
+    if (n <= *cap && *buf)
+        return LORA_OK;
+    double *p = realloc(*buf, (size_t)bytes);
+    if (!p)
+        return lora_oom(err);
+    *buf = p;
+    *cap = n;
+    return LORA_OK;
+}
+
+/* PEFT's key for a module's factor. */
+static void key_name(char *dst, size_t cap, const outmod *m, int isA)
+{
+    if (m->embedding)
+        snprintf(dst, cap, "base_model.model.%s.lora_embedding_%c", m->name, isA ? 'A' : 'B');
+    else
+        snprintf(dst, cap, "base_model.model.%s.lora_%c.weight", m->name, isA ? 'A' : 'B');
+}
+
+/* The most common rank (ties: the smaller). */
+static uint64_t common_rank(const outmod *mods, size_t n)
+{
+    uint64_t best = 0;
+    size_t best_count = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t c = 0;
+        for (size_t j = 0; j < n; j++)
+            c += mods[j].k == mods[i].k;
+        if (c > best_count || (c == best_count && mods[i].k < best)) {
+            best = mods[i].k;
+            best_count = c;
+        }
+    }
+    return best;
+}
+
+/* adapter_config.json text.  For a single input whose folder still has
+ * its config, that config is the starting point (it keeps
+ * layers_to_transform, modules_to_save, exclude_modules, ...);
+ * otherwise a fresh one whose target_modules lists every module by its
+ * full name, which PEFT matches exactly. */
+static int make_config(const lora_weighted *in, size_t n, const outmod *mods, size_t nm,
+                       char **text, lora_error *err)
+{
+    json_t *cfg = NULL;
+    if (n == 1 && in[0].ad->path) {
+        char p[4096];
+        struct stat sb;
+        if (snprintf(p, sizeof p, "%s/adapter_config.json", in[0].ad->path) < (int)sizeof p &&
+            stat(in[0].ad->path, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+            json_error_t je;
+            cfg = json_load_file(p, JSON_REJECT_DUPLICATES, &je);
+            if (cfg && !json_is_object(cfg)) {
+                json_decref(cfg);
+                cfg = NULL;
+            }
+        }
+    }
+    if (!cfg) {
+        cfg = json_object();
+        if (!cfg)
+            return lora_oom(err);
+        json_t *tm = json_array();
+        for (size_t i = 0; i < nm; i++)
+            json_array_append_new(tm, json_string(mods[i].name));
+        json_object_set_new(cfg, "target_modules", tm);
+        const lora_adapter *a0 = in[0].ad;
+        json_object_set_new(cfg, "base_model_name_or_path",
+                            a0->base_model ? json_string(a0->base_model) : json_null());
+        json_object_set_new(cfg, "task_type", a0->task_type ? json_string(a0->task_type) : json_null());
+        json_object_set_new(cfg, "bias", json_string("none"));
+        json_object_set_new(cfg, "lora_dropout", json_real(0.0));
+        json_object_set_new(cfg, "inference_mode", json_true());
+        json_object_set_new(cfg, "modules_to_save", json_null());
+    }
+    uint64_t r = common_rank(mods, nm);
+    json_t *rp = json_object(), *ap = json_object();
+    for (size_t i = 0; i < nm; i++)
+        if (mods[i].k != r) {
+            json_object_set_new(rp, mods[i].name, json_integer((json_int_t)mods[i].k));
+            json_object_set_new(ap, mods[i].name, json_integer((json_int_t)mods[i].k));
+        }
+    json_object_set_new(cfg, "peft_type", json_string("LORA"));
+    json_object_set_new(cfg, "r", json_integer((json_int_t)r));
+    json_object_set_new(cfg, "lora_alpha", json_integer((json_int_t)r));
+    json_object_set_new(cfg, "rank_pattern", rp);
+    json_object_set_new(cfg, "alpha_pattern", ap);
+    json_object_set_new(cfg, "use_rslora", json_false());
+    json_object_set_new(cfg, "use_dora", json_false());
+    json_object_set_new(cfg, "fan_in_fan_out", json_boolean(in[0].ad->fan_in_fan_out));
+    *text = json_dumps(cfg, JSON_INDENT(2) | JSON_SORT_KEYS);
+    json_decref(cfg);
+    if (!*text)
+        return lora_oom(err);
+    return LORA_OK;
+}
+
+/* Remove a folder we made (top-level regular files only, then the folder). */
+static void remove_flat_dir(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (d) {
+        struct dirent *de;
+        while ((de = readdir(d)) != NULL) {
+            if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+                continue;
+            unlinkat(dirfd(d), de->d_name, 0);
+        }
+        closedir(d);
+    }
+    rmdir(dir);
+}
+
+static int fsync_parent(const char *path)
+{
+    char *dup = strdup(path);
+    if (!dup)
+        return -1;
+    char *slash = strrchr(dup, '/');
+    const char *dir = ".";
+    if (slash == dup)
+        dir = "/";
+    else if (slash) {
+        *slash = 0;
+        dir = dup;
+    }
+    int fd = open(dir, O_RDONLY | O_DIRECTORY);
+    int rc = fd >= 0 ? fsync(fd) : -1;
+    if (fd >= 0)
+        close(fd);
+    free(dup);
+    return rc;
+}
+
+/* Build the folder as OUT.tmp-XXXXXX beside OUT, then rename it. */
+static int write_folder(const char *out_dir, int overwrite, const lora_weighted *in, size_t n,
+                        const outmod *mods, size_t nm, lora_error *err)
+{
+    size_t len = strlen(out_dir);
+    char *tmp = malloc(len + 16);
+    if (!tmp)
+        return lora_oom(err);
+    while (len > 1 && out_dir[len - 1] == '/')
+        len--;
+    memcpy(tmp, out_dir, len);
+    strcpy(tmp + len, ".tmp-XXXXXX");
+    if (!mkdtemp(tmp)) {
+        int e = errno;
+        free(tmp);
+        return lora_seterr_errno(err, LORA_EIO, e, "%s: cannot create a temporary folder", out_dir);
+    }
+    chmod(tmp, 0755); /* mkdtemp makes it 0700; an adapter folder is for sharing */
+    int rc = LORA_OK;
+    char *cfg = NULL, path[4096], key[4096];
+    lora_stw *w = NULL;
+    if ((rc = make_config(in, n, mods, nm, &cfg, err)) != LORA_OK)
+        goto fail;
+    snprintf(path, sizeof path, "%s/adapter_config.json", tmp);
+    if ((rc = lora_write_file_atomic(path, cfg, strlen(cfg), 0644, err)) != LORA_OK)
+        goto fail;
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", tmp);
+    if ((rc = lora_stw_new(path, &w, err)) != LORA_OK)
+        goto fail;
+    for (size_t i = 0; i < nm && rc == LORA_OK; i++) {
+        uint64_t sa[2] = {mods[i].k, mods[i].in}, sb[2] = {mods[i].out, mods[i].k};
+        key_name(key, sizeof key, &mods[i], 1);
+        rc = lora_stw_declare(w, key, mods[i].dtA, 2, sa, err);
+        key_name(key, sizeof key, &mods[i], 0);
+        if (rc == LORA_OK)
+            rc = lora_stw_declare(w, key, mods[i].dtB, 2, sb, err);
+    }
+    const lora_adapter *a0 = in[0].ad;
+    if (n == 1)
+        for (size_t i = 0; i < a0->n_saved && rc == LORA_OK; i++) {
+            const lora_tensor *t = a0->saved[i].t;
+            rc = lora_stw_declare(w, t->name, t->dtype, t->ndim, t->shape, err);
+        }
+    if (rc == LORA_OK)
+        rc = lora_stw_start(w, err);
+    for (size_t i = 0; i < nm && rc == LORA_OK; i++) {
+        key_name(key, sizeof key, &mods[i], 1);
+        rc = lora_stw_write(w, key, 0, mods[i].A,
+                            (size_t)(mods[i].k * mods[i].in * lora_dtype_bits(mods[i].dtA) / 8), err);
+        key_name(key, sizeof key, &mods[i], 0);
+        if (rc == LORA_OK)
+            rc = lora_stw_write(w, key, 0, mods[i].B,
+                                (size_t)(mods[i].out * mods[i].k * lora_dtype_bits(mods[i].dtB) / 8),
+                                err);
+    }
+    if (n == 1)
+        for (size_t i = 0; i < a0->n_saved && rc == LORA_OK; i++) {
+            const lora_tensor *t = a0->saved[i].t;
+            rc = lora_stw_write(w, t->name, 0, t->data, (size_t)t->nbytes, err);
+        }
+    if (rc != LORA_OK)
+        goto fail;
+    rc = lora_stw_commit(w, err);
+    w = NULL;
+    if (rc != LORA_OK)
+        goto fail;
+
+    if (rename(tmp, out_dir) != 0) {
+        int e = errno;
+        if (overwrite && (e == ENOTEMPTY || e == EEXIST)) {
+            /* Swap the new folder in, then remove the old one. */
+            if (renameat2(AT_FDCWD, tmp, AT_FDCWD, out_dir, RENAME_EXCHANGE) != 0) {
+                rc = lora_seterr_errno(err, LORA_EIO, errno, "%s: cannot replace", out_dir);
+                goto fail;
+            }
+            remove_flat_dir(tmp);
+        } else {
+            rc = lora_seterr_errno(err, e == ENOTEMPTY || e == EEXIST ? LORA_EUSAGE : LORA_EIO, e,
+                                   "%s: cannot create", out_dir);
+            goto fail;
+        }
+    }
+    fsync_parent(out_dir);
+    free(cfg);
+    free(tmp);
+    return LORA_OK;
+fail:
+    if (w)
+        lora_stw_abort(w);
+    free(cfg);
+    remove_flat_dir(tmp);
+    free(tmp);
+    return rc;
+}
+
+int lora_reduce(const lora_weighted *in, size_t n, const lora_rank_rule *rule,
+                const char *out_dir, int overwrite, lora_reduce_report *rep, lora_error *err)
+{
+    memset(rep, 0, sizeof *rep);
+    if (n == 0)
+        return lora_seterr(err, LORA_EUSAGE, "no adapter to reduce");
+    if (rule) {
+        if ((rule->kind == LORA_RANK_FIXED && rule->rank < 1) ||
+            (rule->kind == LORA_RANK_ENERGY && !(rule->energy > 0 && rule->energy <= 1)) ||
+            (rule->kind == LORA_RANK_RATIO && !(rule->ratio >= 1)))
+            return lora_seterr(err, LORA_EUSAGE, "invalid rank rule");
+    }
+    struct stat sb;
+    if (!overwrite && lstat(out_dir, &sb) == 0)
+        return lora_seterr(err, LORA_EUSAGE, "%s: already exists (remove it or use --force)",
+                           out_dir);
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(in[i].weight))
+            return lora_seterr(err, LORA_EUSAGE, "weight of %s is not finite", in[i].ad->path);
+        if (in[i].ad->fan_in_fan_out != in[0].ad->fan_in_fan_out)
+            return lora_seterr(err, LORA_EINPUT, "%s and %s disagree on fan_in_fan_out",
+                               in[0].ad->path, in[i].ad->path);
+        if (n > 1 && in[i].ad->n_saved)
+            return lora_seterr(err, LORA_EINPUT,
+                               "%s: has modules_to_save tensors, which cannot be combined",
+                               in[i].ad->path);
+    }
+
+    /* Every module name any input adapts, sorted, once. */
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++)
+        total += in[i].ad->n_modules;
+    const char **names = malloc((total ? total : 1) * sizeof *names);
+    if (!names)
+        return lora_oom(err);
+    size_t nn = 0;
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = 0; j < in[i].ad->n_modules; j++)
+            names[nn++] = in[i].ad->modules[j].name;
+    qsort(names, nn, sizeof *names, cmp_str);
+    size_t nu = 0;
+    for (size_t i = 0; i < nn; i++)
+        if (nu == 0 || strcmp(names[nu - 1], names[i]) != 0)
+            names[nu++] = names[i];
+
+    int rc = LORA_OK;
+    outmod *mods = calloc(nu ? nu : 1, sizeof *mods);
+    rep->modules = calloc(nu ? nu : 1, sizeof *rep->modules);
+    double *Bc = NULL, *Ac = NULL, *Bt = NULL, *Wb = NULL, *Wa = NULL;
+    uint64_t capB = 0, capA = 0, capT = 0, capWb = 0, capWa = 0;
+    if (!mods || !rep->modules) {
+        rc = lora_oom(err);
+        goto done;
+    }
+    for (size_t mi = 0; mi < nu; mi++) {
+        const char *name = names[mi];
+        const lora_module *first = NULL;
+        uint64_t R = 0;
+        int nsrc = 0;
+        for (size_t i = 0; i < n; i++) {
+            const lora_module *m = find_module(in[i].ad, name);
+            if (!m)
+                continue;
+            if (!first)
+                first = m;
+            else if (m->in != first->in || m->out != first->out || m->embedding != first->embedding) {
+                rc = lora_seterr(err, LORA_EINPUT, "%s: shape %llux%llu in %s but %llux%llu in %s",
+                                 name, (unsigned long long)first->out, (unsigned long long)first->in,
+                                 in[0].ad->path, (unsigned long long)m->out,
+                                 (unsigned long long)m->in, in[i].ad->path);
+                goto done;
+            }
+            if (!lora_add_ok(R, m->r, &R)) {
+                rc = lora_seterr(err, LORA_EINPUT, "%s: rank overflow", name);
+                goto done;
+            }
+            rep->old_params += m->r * (m->in + m->out);
+            nsrc++;
+        }
+        uint64_t out = first->out, inn = first->in;
+        if ((rc = reserve(&Bc, &capB, out, R, err)) || (rc = reserve(&Ac, &capA, R, inn, err)))
+            goto done;
+        /* The exact concatenation, scales and weights folded into B. */
+        uint64_t off = 0;
+        for (size_t i = 0; i < n; i++) {
+            const lora_module *m = find_module(in[i].ad, name);
+            if (!m)
+                continue;
+            if ((rc = reserve(&Bt, &capT, out, m->r, err)))
+                goto done;
+            if (lora_decode_f64(m->B->dtype, m->B->data, Bt, (size_t)(out * m->r)) != LORA_OK ||
+                lora_decode_f64(m->A->dtype, m->A->data, Ac + off * inn, (size_t)(m->r * inn)) !=
+                    LORA_OK) {
+                rc = lora_seterr(err, LORA_EINPUT, "%s: %s: cannot decode the factors", in[i].ad->path,
+                                 name);
+                goto done;
+            }
+            double f = in[i].weight * m->scale;
+            for (uint64_t row = 0; row < out; row++)
+                for (uint64_t c = 0; c < m->r; c++)
+                    Bc[row * R + off + c] = f * Bt[row * m->r + c];
+            off += m->r;
+        }
+        lora_svd sv;
+        if ((rc = lora_svd_factors(Bc, Ac, out, R, inn, 1.0, &sv, err)) != LORA_OK) {
+            lora_err_prefix(err, "%s", name);
+            goto done;
+        }
+        uint64_t keep = rule ? lora_rank_select(sv.S, sv.k, rule) : R;
+        double norm = 0;
+        for (uint64_t i = 0; i < sv.k; i++)
+            norm += sv.S[i] * sv.S[i];
+        lora_reduce_module *rm = &rep->modules[mi];
+        rm->name = strdup(name);
+        if (!rm->name) {
+            lora_svd_free(&sv);
+            rc = lora_oom(err);
+            goto done;
+        }
+        rep->n_modules = mi + 1;
+        rm->old_rank = R;
+        rm->new_rank = keep;
+        rm->norm = sqrt(norm);
+        rm->rel_error = rule ? lora_rank_rel_error(sv.S, sv.k, keep) : 0.0;
+        rm->n_sources = nsrc;
+
+        outmod *om = &mods[mi];
+        om->name = name;
+        om->embedding = first->embedding;
+        om->out = out;
+        om->in = inn;
+        om->k = keep;
+        om->dtA = out_dtype(first->A->dtype);
+        om->dtB = out_dtype(first->B->dtype);
+        rep->new_params += keep * (inn + out);
+        if (rule) {
+            /* B' = U_k·sqrt(Σ_k), A' = sqrt(Σ_k)·V_kᵀ, both row-major. */
+            if ((rc = reserve(&Wb, &capWb, out, keep, err)) ||
+                (rc = reserve(&Wa, &capWa, keep, inn, err))) {
+                lora_svd_free(&sv);
+                goto done;
+            }
+            for (uint64_t j = 0; j < keep; j++) {
+                double s = sqrt(sv.S[j]);
+                for (uint64_t i = 0; i < out; i++)
+                    Wb[i * keep + j] = sv.U[j * out + i] * s;
+                for (uint64_t i = 0; i < inn; i++)
+                    Wa[j * inn + i] = sv.V[j * inn + i] * s;
+            }
+            rc = encode(om->dtB, Wb, out * keep, &om->B, err);
+            if (rc == LORA_OK)
+                rc = encode(om->dtA, Wa, keep * inn, &om->A, err);
+        } else {
+            rc = encode(om->dtB, Bc, out * R, &om->B, err);
+            if (rc == LORA_OK)
+                rc = encode(om->dtA, Ac, R * inn, &om->A, err);
+        }
+        lora_svd_free(&sv);
+        if (rc != LORA_OK)
+            goto done;
+    }
+    rc = write_folder(out_dir, overwrite, in, n, mods, nu, err);
+done:
+    for (size_t i = 0; i < nu && mods; i++) {
+        free(mods[i].A);
+        free(mods[i].B);
+    }
+    free(mods);
+    free(names);
+    free(Bc);
+    free(Ac);
+    free(Bt);
+    free(Wb);
+    free(Wa);
+    if (rc != LORA_OK)
+        lora_reduce_report_free(rep);
+    return rc;
+}

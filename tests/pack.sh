@@ -1,0 +1,141 @@
+#!/bin/sh
+# tests/pack.sh - lora-pack end to end: keys (encrypted and not), create,
+# verify (text and --json), list, extract, determinism, and hostile
+# archives made by editing bytes: each refused with exit 1 or 3, a
+# message, and nothing extracted.
+. "$TOP_SRCDIR/tests/lib.sh"
+
+# A tiny GPT-2 base and adapter from the shared generator.
+"$TOP_BUILDDIR/tests/mkfixture" gpt2 "$T/fx" --layers 1 --hidden 16 --heads 2 --vocab 32 \
+    --positions 8 --rank 2 >/dev/null || { echo "mkfixture failed"; exit 99; }
+ln -s "$T/fx/adapter" "$T/ad"
+printf '# tiny\n' > "$T/README.md"
+printf 'receipt bytes\n' > "$T/merge.receipt"
+
+# keys
+expect 0 lora-pack keygen -W -s "$T/k.sec" -p "$T/k.pub"
+expect_out "Key id [0-9A-F]+"
+expect 2 lora-pack keygen -W -s "$T/k.sec" -p "$T/k.pub"
+expect_err "already exists"
+expect 0 lora-pack keygen -W -s "$T/o.sec" -p "$T/o.pub"
+[ "$(stat -c %a "$T/k.sec")" = 600 ] || fail "secret key mode is not 0600"
+
+# create, deterministic
+expect 0 lora-pack create "$T/ad" -s "$T/k.sec" --name tiny --task test --version 1.0 \
+    --readme "$T/README.md" --receipt "$T/merge.receipt" -o "$T/a.lora"
+expect 0 lora-pack -q create "$T/ad" -s "$T/k.sec" --name tiny --task test --version 1.0 \
+    --readme "$T/README.md" --receipt "$T/merge.receipt" -o "$T/b.lora"
+checks=$((checks + 1)); cmp -s "$T/a.lora" "$T/b.lora" || fail "create is not deterministic"
+ls "$T" | grep -q 'tmp-' && fail "temporary file left behind"
+expect 2 lora-pack create "$T/ad" -s "$T/k.sec" --name tiny --task test -o "$T/c.lora"
+expect 2 lora-pack create "$T/ad" -s "$T/k.sec" --name 'two words' --task test --version 1 -o "$T/c.lora"
+expect 3 lora-pack create "$T/nonexistent" -s "$T/k.sec" --name x --task t --version 1 -o "$T/c.lora"
+[ -e "$T/c.lora" ] && fail "failed create left an archive"
+
+# verify
+expect 0 lora-pack verify "$T/a.lora" -p "$T/k.pub"
+expect_out "a.lora: OK: tiny 1.0 \(task test\), signed by key [0-9A-F]+"
+expect 0 lora-pack verify "$T/a.lora" -p "$T/o.pub" -p "$T/k.pub"
+expect 0 lora-pack verify "$T/a.lora" -P "$(sed -n 2p "$T/k.pub")"
+expect 0 lora-pack verify --json "$T/a.lora" -p "$T/k.pub"
+expect_out '"ok": true'
+expect_out '"blake2b-256": "[0-9a-f]{64}"'
+expect 1 lora-pack verify "$T/a.lora" -p "$T/o.pub"
+expect_err "unknown key"
+expect_out "FAILED"
+expect 1 lora-pack verify --json "$T/a.lora" -p "$T/o.pub"
+expect_out '"ok": false'
+expect 2 lora-pack verify "$T/a.lora"
+expect 3 lora-pack verify "$T/a.lora" -p "$T/README.md"
+expect 3 lora-pack verify "$T/README.md" -p "$T/k.pub"
+
+# list
+expect 0 lora-pack list "$T/a.lora"
+expect_out "receipts/merge.receipt"
+expect_out "README.md"
+expect 0 lora-pack list --json "$T/a.lora"
+expect_out '"signature_checked": false'
+
+# extract
+expect 0 lora-pack extract "$T/a.lora" -C "$T/x" -p "$T/k.pub"
+checks=$((checks + 1))
+cmp -s "$T/x/adapter_model.safetensors" "$T/ad/adapter_model.safetensors" || fail "extracted tensors differ"
+cmp -s "$T/x/receipts/merge.receipt" "$T/merge.receipt" || fail "extracted receipt differs"
+expect 2 lora-pack extract "$T/a.lora" -C "$T/x" -p "$T/k.pub"
+expect_err "exists"
+expect 0 lora-pack extract "$T/a.lora" -C "$T/x" -p "$T/k.pub" --force
+expect 1 lora-pack extract "$T/a.lora" -C "$T/y" -p "$T/o.pub"
+[ -e "$T/y" ] && [ -n "$(ls -A "$T/y")" ] && fail "extract wrote files for an unverified archive"
+
+# compressed
+expect 0 lora-pack create "$T/ad" -s "$T/k.sec" --name tiny --task test --version 1.0 --compress -o "$T/z.lora"
+expect 0 lora-pack verify "$T/z.lora" -p "$T/k.pub"
+expect 0 lora-pack list --json "$T/z.lora"
+expect_out '"compressed": true'
+
+# hostile: edit bytes of a good archive
+# the last byte of the tensors, found through list --json's offset
+lora-pack list --json "$T/a.lora" > "$T/list.json"
+off=$(tr -d ' \n' < "$T/list.json" | grep -o '"name":"adapter_model.safetensors","size":[0-9]*,"blake2b-256":"[0-9a-f]*","offset":[0-9]*' |
+      sed 's/.*"size":\([0-9]*\),.*"offset":\([0-9]*\)/\1 \2/' | awk '{print $1 + $2 - 1}')
+checks=$((checks + 1)); [ -n "$off" ] || fail "no offset for the tensors in list --json"
+cp "$T/a.lora" "$T/h.lora"
+printf 'X' | dd of="$T/h.lora" bs=1 seek="$off" conv=notrunc 2>/dev/null
+expect 1 lora-pack verify "$T/h.lora" -p "$T/k.pub"
+expect_err "adapter_model.safetensors: BLAKE2b-256 differs"
+expect 1 lora-pack extract "$T/h.lora" -C "$T/hx" -p "$T/k.pub"
+[ -n "$(ls -A "$T/hx" 2>/dev/null)" ] && fail "tampered archive extracted files"
+
+moff=$(grep -abo '"task": "test"' "$T/a.lora" | head -n 1 | cut -d: -f1)
+cp "$T/a.lora" "$T/h.lora"
+printf 'b' | dd of="$T/h.lora" bs=1 seek=$((moff + 9)) conv=notrunc 2>/dev/null
+expect 1 lora-pack verify "$T/h.lora" -p "$T/k.pub"
+expect_err "signature verification failed"
+
+head -c $((off - 4)) "$T/a.lora" > "$T/h.lora"
+expect 3 lora-pack verify "$T/h.lora" -p "$T/k.pub"
+expect_err "truncated"
+expect 3 lora-pack extract "$T/h.lora" -C "$T/hx" -p "$T/k.pub"
+[ -n "$(ls -A "$T/hx" 2>/dev/null)" ] && fail "truncated archive extracted files"
+
+# the signature of the 1.0 archive swapped into a 2.0 archive
+expect 0 lora-pack create "$T/ad" -s "$T/k.sec" --name tiny --task test --version 2.0 -o "$T/v2.lora"
+soff1=$(grep -abo 'untrusted comment: ' "$T/a.lora" | head -n 1 | cut -d: -f1)
+soff2=$(grep -abo 'untrusted comment: ' "$T/v2.lora" | head -n 1 | cut -d: -f1)
+cp "$T/v2.lora" "$T/h.lora"
+dd if="$T/a.lora" of="$T/h.lora" bs=1 skip="$soff1" seek="$soff2" count=300 conv=notrunc 2>/dev/null
+expect 1 lora-pack verify "$T/h.lora" -p "$T/k.pub"
+
+# encrypted keys, password from LORA_PASSWORD_FILE (a small scrypt
+# memory limit keeps this quick; minisign's 1 GiB is the default)
+printf 'correct horse\n' > "$T/pw"
+printf 'wrong horse\n' > "$T/badpw"
+LORA_PASSWORD_FILE="$T/pw" expect 0 lora-pack keygen --kdf-memlimit 16777216 -s "$T/e.sec" -p "$T/e.pub"
+grep -q '^RWRTY0Iy' "$T/e.sec" || fail "encrypted key does not say kdf Sc"
+LORA_PASSWORD_FILE="$T/badpw" expect 1 lora-pack create "$T/ad" -s "$T/e.sec" --name tiny --task test --version 1 -o "$T/e.lora"
+expect_err "wrong password"
+LORA_PASSWORD_FILE="$T/pw" expect 0 lora-pack create "$T/ad" -s "$T/e.sec" --name tiny --task test --version 1 -o "$T/e.lora"
+expect 0 lora-pack verify "$T/e.lora" -p "$T/e.pub"
+
+# --base: a hash over the base tensors the adapter changes
+expect 0 lora-pack create "$T/ad" -s "$T/k.sec" --name tiny --task test --version 1.0 \
+    --base "$T/fx/base" -o "$T/based.lora"
+expect 0 lora-pack list --json "$T/based.lora"
+expect_out '"base_hash": "[0-9a-f]{64}"'
+expect 3 lora-pack create "$T/ad" -s "$T/k.sec" --name tiny --task test --version 1.0 \
+    --base "$T/README.md" -o "$T/nobase.lora"
+
+# other tools read archives in place: lora-inspect with -p, and refuses
+# without a key or with the wrong one
+if [ -x "$TOP_BUILDDIR/lora-inspect" ]; then
+    expect 0 lora-inspect "$T/a.lora" -p "$T/k.pub"
+    expect 0 lora-inspect "$T/z.lora" -p "$T/k.pub"
+    expect 1 lora-inspect "$T/a.lora" -p "$T/o.pub"
+    expect_err "unknown key"
+    expect 2 lora-inspect "$T/a.lora"
+    expect 0 lora-inspect "$T/a.lora" --no-verify
+    expect_err "NOT verified"
+    expect 1 lora-inspect "$T/h.lora" -p "$T/k.pub"
+fi
+
+done_testing
