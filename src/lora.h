@@ -631,6 +631,11 @@ typedef struct lora_merge_opts {
     void *progress_arg;
     void (*on_tensor)(void *arg, const lora_tensor_report *r);
     void *on_tensor_arg;
+    /* Process only this shard of a sharded input (its file name, e.g.
+     * "model-00002-of-00004.safetensors"); OUT is then that one file and
+     * no index is written, so that shards can be merged on different
+     * machines and the index copied at the end.  NULL: every shard. */
+    const char *shard;
 } lora_merge_opts;
 
 typedef struct lora_merge_result {

@@ -16,9 +16,11 @@ skip_unless_fixtures() {
     fi
 }
 
-# run CMD...: runs it, saving stdout in $T/out, stderr in $T/err, status in $rc
+# run CMD...: runs it, saving stdout in $T/out, stderr in $T/err, status in $rc.
+# $LORA_WRAP (unquoted: words), when set, goes before CMD: `make
+# check-valgrind` puts valgrind there.
 run() {
-    "$@" >"$T/out" 2>"$T/err"
+    ${LORA_WRAP:-} "$@" >"$T/out" 2>"$T/err"
     rc=$?
     return 0
 }

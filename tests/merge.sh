@@ -130,6 +130,31 @@ sys.exit(0 if a == b else 1)
 PY
     checks=$((checks + 1))
     expect 0 lora-unmerge --check "$T/shm" -a "$T/BF16/adapter" --receipt "$T/shm.receipt" --base "$T/sh"
+    # --shard: one shard at a time (one job per machine) gives the same
+    # files as the whole merge, and unmerges shard by shard to the base's
+    mkdir "$T/sh1" "$T/shb1"
+    for k in 1 2; do
+        f=model-0000$k-of-00002.safetensors
+        expect 0 lora-merge -q "$T/sh/model.safetensors.index.json" --shard "$f" -a "$T/BF16/adapter" -o "$T/sh1/$f"
+        cmp -s "$T/sh1/$f" "$T/shm/$f" || fail "--shard $f: not the bytes of the whole merge"
+        [ -f "$T/sh1/$f.receipt" ] || fail "--shard $f: no receipt"
+    done
+    [ -e "$T/sh1/model.safetensors.index.json" ] && fail "--shard wrote an index"
+    cp "$T/sh/model.safetensors.index.json" "$T/sh1/"
+    for k in 1 2; do
+        f=model-0000$k-of-00002.safetensors
+        expect 0 lora-unmerge -q "$T/sh1" --shard "$f" -a "$T/BF16/adapter" --receipt "$T/sh1/$f.receipt" -o "$T/shb1/$f"
+        cmp -s "$T/shb1/$f" "$T/shb/$f" || fail "--shard $f: unmerge is not the whole unmerge"
+        checks=$((checks + 2))
+    done
+    # a shard's receipt does not fit the other shard
+    expect 1 lora-unmerge -q "$T/sh1" --shard model-00002-of-00002.safetensors -a "$T/BF16/adapter" \
+        --receipt "$T/sh1/model-00001-of-00002.safetensors.receipt" -o "$T/shb1/x"
+    [ -e "$T/shb1/x" ] && fail "--shard with the wrong receipt wrote OUT"
+    expect 2 lora-merge -q "$T/sh" --shard model-00009-of-00002.safetensors -a "$T/BF16/adapter" -o "$T/sh1/x"
+    expect_err "no shard named model-00009-of-00002.safetensors"
+    [ -e "$T/sh1/x" ] && fail "--shard of a missing shard wrote OUT"
+    expect 2 lora-merge -q "$T/BF16/base" --shard model.safetensors -a "$T/BF16/adapter" -o "$T/sh1/x"
 fi
 
 # kill -9 midway: nothing under OUT

@@ -309,10 +309,12 @@ static int open_single(lora_ckpt *ck, const char *file, const char *base, lora_e
     ck->shname[0] = lora_strdup(base, err);
     if (!ck->shname[0])
         return LORA_EIO;
+    /* counted before the open so that lora_ckpt_close frees the name
+     * when the open fails (lora_st_close takes NULL) */
+    ck->nsh = 1;
     int rc = lora_st_open(file, &ck->sh[0], err);
     if (rc)
         return rc;
-    ck->nsh = 1;
     return build_table(ck, file, err);
 }
 

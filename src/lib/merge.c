@@ -9,6 +9,8 @@
  * tensor and reused, receipt corrections go to the file per tensor.
  */
 #include "internal.h"
+
+#include <stdint.h>
 #include "mergecore.h"
 
 #include <dirent.h>
@@ -247,6 +249,13 @@ static int do_tensor(struct run *R, const lora_tensor *t, int fd, lora_error *er
             if (rt->dtype != t->dtype)
                 return lora_seterr(err, LORA_EINPUT, "%s: is %s, the receipt says it was merged as %s",
                                    t->name, lora_dtype_name(t->dtype), lora_dtype_name(rt->dtype));
+        } else if (terms_for(R->undo, R->nundo, t->name, oldt, 64) > 0) {
+            /* The adapter changes this tensor but the receipt never saw
+             * it: the receipt of another merge (or of another shard).
+             * Copying it would leave the adapter in silently. */
+            return lora_seterr(err, LORA_ECHECK,
+                               "%s: the adapter changes this tensor but the receipt does not "
+                               "record it (a receipt of another merge or shard?)", t->name);
         }
     } else {
         nold = terms_for(R->undo, R->nundo, t->name, oldt, 64);
@@ -835,9 +844,21 @@ int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
         goto done;
     if ((rc = lora_engine_new(opts->nthreads, &R.eng, err)))
         goto done;
+    size_t only = SIZE_MAX; /* the one shard to process with opts->shard */
+    if (opts->shard) {
+        const char *want = strrchr(opts->shard, '/') ? strrchr(opts->shard, '/') + 1 : opts->shard;
+        for (size_t s = 0; s < lora_ckpt_shard_count(R.ck); s++)
+            if (strcmp(lora_ckpt_shard_name(R.ck, s), want) == 0)
+                only = s;
+        if (!lora_ckpt_is_sharded(R.ck) || only == SIZE_MAX) {
+            rc = lora_seterr(err, LORA_EUSAGE, "%s: no shard named %s in this checkpoint", input, want);
+            goto done;
+        }
+    }
     for (size_t s = 0; s < lora_ckpt_shard_count(R.ck); s++)
-        R.total += lora_st_size(lora_ckpt_shard(R.ck, s));
-    int folder = is_dir(input) || has_suffix(input, ".index.json");
+        if (only == SIZE_MAX || s == only)
+            R.total += lora_st_size(lora_ckpt_shard(R.ck, s));
+    int folder = only == SIZE_MAX && (is_dir(input) || has_suffix(input, ".index.json"));
     if (out && !opts->check_only && folder) {
         struct stat sb;
         if (stat(out, &sb) == 0) {
@@ -874,6 +895,8 @@ int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
         if ((rc = lora_receipt_add_adapter(R.rout, add[a].spec, R.add_hash[a], add[a].weight, err)))
             goto done;
     for (size_t s = 0; s < lora_ckpt_shard_count(R.ck) && !rc; s++) {
+        if (only != SIZE_MAX && s != only)
+            continue;
         char *path = NULL;
         if (out && !opts->check_only) {
             path = folder ? join(tmpdir, lora_ckpt_shard_name(R.ck, s)) : strdup(out);

@@ -781,12 +781,14 @@ int lora_stw_start(lora_stw *w, lora_error *err)
 {
     if (w->started)
         return LORA_OK;
-    qsort(w->t, w->n, sizeof *w->t, cmp_layout);
     w->by_name = malloc((w->n ? w->n : 1) * sizeof *w->by_name);
     if (!w->by_name)
         return lora_oom(err);
-    memcpy(w->by_name, w->t, w->n * sizeof *w->t);
-    qsort(w->by_name, w->n, sizeof *w->by_name, cmp_stw_name);
+    if (w->n) { /* w->t is NULL for a file with no tensors: no qsort/memcpy of NULL */
+        qsort(w->t, w->n, sizeof *w->t, cmp_layout);
+        memcpy(w->by_name, w->t, w->n * sizeof *w->t);
+        qsort(w->by_name, w->n, sizeof *w->by_name, cmp_stw_name);
+    }
     for (size_t i = 1; i < w->n; i++)
         if (strcmp(w->by_name[i - 1]->name, w->by_name[i]->name) == 0)
             return lora_seterr(err, LORA_EUSAGE, "%s: tensor \"%s\" declared twice", w->path,

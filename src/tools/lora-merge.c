@@ -34,6 +34,8 @@ static void usage(FILE *f)
             "      --dtype F32|F16|BF16        dtype of the changed tensors (default: keep)\n"
             "      --rounding nearest|reversible  rounding of merged values (default nearest)\n"
             "  -j, --threads N                 worker threads (default: CPUs online)\n"
+            "      --shard NAME                only this shard of a sharded checkpoint;\n"
+            "                                  OUT is that one file (no index written)\n"
             "      --force                     merge an adapter the base already records\n"
             "  -p, --pubkey FILE               minisign public key for .lora archives\n"
             "      --no-verify                 open archives without checking signatures\n"
@@ -74,7 +76,7 @@ static int load_adapters(char **args, size_t n, lora_merge_adapter *out, char **
 int main(int argc, char **argv)
 {
     enum { O_UNMERGE = 256, O_RECEIPT, O_NORECEIPT, O_DTYPE, O_ROUNDING, O_FORCE, O_NOVERIFY,
-           O_JSON };
+           O_JSON, O_SHARD };
     static const struct option longopts[] = {
         {"adapter", required_argument, NULL, 'a'},
         {"output", required_argument, NULL, 'o'},
@@ -85,6 +87,7 @@ int main(int argc, char **argv)
         {"rounding", required_argument, NULL, O_ROUNDING},
         {"threads", required_argument, NULL, 'j'},
         {"force", no_argument, NULL, O_FORCE},
+        {"shard", required_argument, NULL, O_SHARD},
         {"pubkey", required_argument, NULL, 'p'},
         {"no-verify", no_argument, NULL, O_NOVERIFY},
         {"json", no_argument, NULL, O_JSON},
@@ -155,6 +158,7 @@ int main(int argc, char **argv)
             break;
         }
         case O_FORCE: o.force = 1; break;
+        case O_SHARD: o.shard = optarg; break;
         case 'p':
             if (nkeys == 15) {
                 fprintf(stderr, PROG ": too many keys: at most 15\n");

@@ -32,6 +32,8 @@ static void usage(FILE *f)
             "      --base BASE                 with --check: compare with this checkpoint\n"
             "      --dtype F32|F16|BF16        without a receipt: dtype of the base\n"
             "  -j, --threads N                 worker threads (default: CPUs online)\n"
+            "      --shard NAME                only this shard of a sharded checkpoint;\n"
+            "                                  OUT is that one file (no index written)\n"
             "  -p, --pubkey FILE               minisign public key for .lora archives\n"
             "      --no-verify                 open archives without checking signatures\n"
             "      --json                      print the report as JSON on stdout\n"
@@ -80,12 +82,13 @@ static void on_tensor(void *arg, const lora_tensor_report *r)
 
 int main(int argc, char **argv)
 {
-    enum { O_CHECK = 256, O_BASE, O_DTYPE, O_NOVERIFY, O_JSON };
+    enum { O_CHECK = 256, O_BASE, O_DTYPE, O_NOVERIFY, O_JSON, O_SHARD };
     static const struct option longopts[] = {
         {"adapter", required_argument, NULL, 'a'},
         {"output", required_argument, NULL, 'o'},
         {"receipt", required_argument, NULL, 'r'},
         {"check", no_argument, NULL, O_CHECK},
+        {"shard", required_argument, NULL, O_SHARD},
         {"base", required_argument, NULL, O_BASE},
         {"dtype", required_argument, NULL, O_DTYPE},
         {"threads", required_argument, NULL, 'j'},
@@ -123,6 +126,7 @@ int main(int argc, char **argv)
         case 'o': out = optarg; break;
         case 'r': o.receipt_in = optarg; break;
         case O_CHECK: check = 1; break;
+        case O_SHARD: o.shard = optarg; break;
         case O_BASE: o.reference = optarg; break;
         case O_DTYPE:
             o.dtype = lora_dtype_from_name(optarg);
