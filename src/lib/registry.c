@@ -756,7 +756,8 @@ int lora_registry_ls(lora_registry *reg, const char *task, const char *base,
     if ((rc = collect(reg, st, list, n, err)))
         return rc;
     /* SQL ordered by the integer parts; pre-releases need the full rule. */
-    qsort(*list, *n, sizeof **list, by_name_version);
+    if (*n > 1) /* qsort(NULL, 0, ...) is undefined */
+        qsort(*list, *n, sizeof **list, by_name_version);
     return LORA_OK;
 }
 
@@ -1291,7 +1292,8 @@ int lora_registry_gc(lora_registry *reg, size_t *blobs, uint64_t *bytes, lora_er
     sqlite3_finalize(st);
     if (rc)
         goto out;
-    qsort(hashes, n, sizeof *hashes, cmp_str);
+    if (n > 1)
+        qsort(hashes, n, sizeof *hashes, cmp_str);
     if (!(d = opendir(reg->blobdir))) {
         if (errno != ENOENT)
             rc = lora_seterr_errno(err, LORA_EIO, errno, "%s", reg->blobdir);
