@@ -147,6 +147,7 @@ START_TEST(open_missing_and_default_path)
     free(blobs);
     free(db);
     tu_rmtree(dir);
+    free(dir);
 }
 END_TEST
 
@@ -184,6 +185,7 @@ START_TEST(newer_schema_refused)
     sqlite3_close(s);
     free(db);
     tu_rmtree(dir);
+    free(dir);
 }
 END_TEST
 
@@ -211,6 +213,7 @@ START_TEST(not_a_registry)
     free(junk);
     free(other);
     tu_rmtree(dir);
+    free(dir);
 }
 END_TEST
 
@@ -230,6 +233,7 @@ START_TEST(wal_and_foreign_keys)
     sqlite3_close(s);
     free(db);
     tu_rmtree(dir);
+    free(dir);
 }
 END_TEST
 
@@ -305,6 +309,7 @@ START_TEST(resolve_newest_semver)
     ck_assert_int_eq(lora_registry_get(reg, "sql-a@9.9.9", 0, &a, &e), LORA_EINPUT);
     lora_registry_close(reg);
     tu_rmtree(dir);
+    free(dir);
 }
 END_TEST
 
@@ -357,6 +362,7 @@ START_TEST(add_twice_and_conflicts)
     free(other);
     lora_registry_close(reg);
     tu_rmtree(dir);
+    free(dir);
 }
 END_TEST
 
@@ -405,6 +411,7 @@ START_TEST(trust_untrust)
     lora_reg_adapter_free(a);
     lora_registry_close(reg);
     tu_rmtree(dir);
+    free(dir);
 }
 END_TEST
 
@@ -459,6 +466,7 @@ START_TEST(corrupted_blob)
     free(path);
     lora_registry_close(reg);
     tu_rmtree(dir);
+    free(dir);
 }
 END_TEST
 
@@ -505,6 +513,7 @@ START_TEST(rm_gc)
     free(stranger);
     lora_registry_close(reg);
     tu_rmtree(dir);
+    free(dir);
 }
 END_TEST
 
@@ -562,6 +571,7 @@ START_TEST(evals_record)
     lora_reg_evals_free(v, n);
     lora_registry_close(reg);
     tu_rmtree(dir);
+    free(dir);
 }
 END_TEST
 
@@ -672,6 +682,7 @@ START_TEST(add_archives_and_load_by_task)
     free(ad);
     lora_registry_close(reg);
     tu_rmtree(dir);
+    free(dir);
 }
 END_TEST
 
@@ -738,6 +749,7 @@ START_TEST(concurrent_writers)
     lora_registry_close(reg);
     free(db);
     tu_rmtree(dir);
+    free(dir);
 }
 END_TEST
 
@@ -823,6 +835,7 @@ START_TEST(killed_writer)
     free(db);
     lora_registry_close(reg);
     tu_rmtree(dir);
+    free(dir);
 }
 END_TEST
 
