@@ -6,6 +6,7 @@
  */
 #include "config.h"
 #include "lora.h"
+#include "progress.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -45,17 +46,17 @@ static void usage(FILE *f)
             "  -V, --version                   print the version\n");
 }
 
-static int tty_progress;
+static tool_progress progress;
 
 static void on_progress(void *arg, uint64_t done, uint64_t total)
 {
     (void)arg;
-    if (!tty_progress || !total)
+    if (!total || !tool_progress_due(&progress, done >= total))
         return;
     fprintf(stderr, "\r" PROG ": %3d%% (%llu / %llu MB)", (int)(100 * done / total),
             (unsigned long long)(done >> 20), (unsigned long long)(total >> 20));
     if (done >= total)
-        fputc('\n', stderr);
+        tool_progress_end(&progress);
 }
 
 static int load_adapters(char **args, size_t n, lora_merge_adapter *out, char **specs,
@@ -209,7 +210,7 @@ int main(int argc, char **argv)
     }
     o.receipt_out = receipt_out;
     o.receipt_in = nundo ? receipt : NULL;
-    tty_progress = !quiet && isatty(2);
+    tool_progress_init(&progress, quiet);
     o.progress = on_progress;
     lora_merge_adapter ua[64], aa[64];
     char *us[64] = {0}, *as[64] = {0};
@@ -223,8 +224,7 @@ int main(int argc, char **argv)
     if (!rc)
         rc = lora_merge_run(base, ua, nundo, aa, nadd, out, &o, &res, &err);
     if (rc) {
-        if (tty_progress)
-            fputc('\n', stderr);
+        tool_progress_end(&progress);
         fprintf(stderr, PROG ": %s\n", err.msg);
     } else if (json) {
         json_t *j = json_pack("{sssosIsIsIsIsIsI}", "output", out, "receipt",

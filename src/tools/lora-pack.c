@@ -166,7 +166,7 @@ static int cmd_keygen(int argc, char **argv)
             break;
         case 'q': quiet = 1; break;
         case 'h': usage(stdout); return 0;
-        default: return usage_err("%s", "keygen: bad option");
+        default: return usage_err("keygen: unknown option, or its value is missing: '%s'", argv[optind - 1]);
         }
     }
     if (!sec || !pub || optind != argc)
@@ -277,7 +277,7 @@ static int cmd_create(int argc, char **argv)
         case O_COMPRESS: po.compress = 1; break;
         case 'q': quiet = 1; break;
         case 'h': usage(stdout); free(receipts); return 0;
-        default: free(receipts); return usage_err("%s", "create: bad option");
+        default: free(receipts); return usage_err("create: unknown option, or its value is missing: '%s'", argv[optind - 1]);
         }
     }
     if (optind + 1 != argc || !sec || !outp || !po.name || !po.task || !po.version) {
@@ -412,7 +412,7 @@ static int cmd_read(int cmd, int argc, char **argv)
         case O_FORCE: force = 1; break;
         case 'q': quiet = 1; break;
         case 'h': usage(stdout); free(ks.keys); return 0;
-        default: free(ks.keys); return usage_err("%s", "bad option");
+        default: free(ks.keys); return usage_err("unknown option, or its value is missing: '%s'", argv[optind - 1]);
         }
     }
     const char *what = cmd == CMD_VERIFY ? "verify" : cmd == CMD_LIST ? "list" : "extract";
@@ -505,6 +505,7 @@ int main(int argc, char **argv)
         usage(stderr);
         return LORA_EUSAGE;
     }
+    opterr = 0; /* our own messages, prefixed with the tool's name */
     const char *cmd = argv[1];
     if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help")) {
         usage(stdout);
