@@ -138,6 +138,25 @@ checks=$((checks + 1))
 grep -q -- '--data -\|\\fB\\-\\fR.*standard input\|standard input' "$TOP_SRCDIR/man/lora-eval.1" ||
     fail "lora-eval.1 does not document --data -"
 
+# '-' where the output is a file committed by rename: a usage error
+# naming the reason, and no file called '-' left behind
+mkdir -p "$T/dash" && cd "$T/dash" || exit 99
+while IFS='|' read -r tool args; do
+    [ -n "$tool" ] || continue
+    eval "expect 2 $tool $args"
+    expect_err "^$tool: .*not (a stream|streams|streamed)"
+    checks=$((checks + 1))
+    [ -z "$(ls -A)" ] || { fail "$tool $args left: $(ls -A)"; rm -rf ./-*; }
+done <<ROWS
+lora-merge|"\$M/llama-base" -a "\$A" -o -
+lora-merge|"\$M/llama-base" -a "\$A" -o out --receipt -
+lora-unmerge|"\$T/merged1" -a "\$A" --receipt "\$T/merged1.receipt" -o -
+lora-rank-reduce|"\$A" --rank 2 -o -
+lora-pack|create "\$A" -s "\$T/k.sec" --name x --task x --version 1.0.0 -o -
+lora-pack|keygen -W -s - -p -
+ROWS
+cd "$T" || exit 99
+
 # on a terminal: -q silences progress, no colour with or without NO_COLOR
 if command -v script >/dev/null 2>&1 && script -qec true /dev/null </dev/null >/dev/null 2>&1; then
     for q in -q ""; do

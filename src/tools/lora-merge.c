@@ -178,6 +178,13 @@ int main(int argc, char **argv)
             return LORA_EUSAGE;
         }
     }
+    /* '-' is no stream here: outputs are committed by rename */
+    if ((out && strcmp(out, "-") == 0) || (receipt && strcmp(receipt, "-") == 0 && !nundo)) {
+        fprintf(stderr, PROG ": %s -: the checkpoint and its receipt are written to a temporary "
+                        "file and renamed, not streamed; give a path (./- for one named -)\n",
+                out && strcmp(out, "-") == 0 ? "-o" : "--receipt");
+        return LORA_EUSAGE;
+    }
     if (optind != argc - 1 || !nadd || !out) {
         fprintf(stderr, PROG ": usage: needs BASE, at least one -a ADAPTER and -o OUT\n");
         usage(stderr);

@@ -178,6 +178,9 @@ int main(int argc, char **argv)
         return die(2, "no adapter given (see --help)%s%s", "", "");
     if (!out)
         return die(2, "no output folder given (-o OUT)%s%s", "", "");
+    if (strcmp(out, "-") == 0)
+        return die(2, "-o -: the output is an adapter folder, not a stream; give a path%s%s", "",
+                   "");
     if (nrules != 1)
         return die(2, "give exactly one of --rank, --energy, --sv-ratio%s%s", "", "");
     if (exact && rule.max_rank)

@@ -164,6 +164,12 @@ int main(int argc, char **argv)
             return LORA_EUSAGE;
         }
     }
+    /* '-' is no stream here: the output is committed by rename */
+    if (out && strcmp(out, "-") == 0) {
+        fprintf(stderr, PROG ": -o -: the checkpoint is written to a temporary file and renamed, "
+                        "not streamed; give a path (./- for one named -)\n");
+        return LORA_EUSAGE;
+    }
     if (optind != argc - 1 || !n || (!out && !check) || (out && check)) {
         fprintf(stderr, PROG ": usage: needs MERGED, at least one -a ADAPTER, and -o OUT or "
                         "--check (not both)\n");
