@@ -157,6 +157,15 @@ lora-pack|keygen -W -s - -p -
 ROWS
 cd "$T" || exit 99
 
+# "-o OUT/" is OUT: the receipt goes beside it as OUT.receipt (README)
+expect 0 lora-merge "$M/llama-base/" -a "$A" -o "$T/slash/" -q
+checks=$((checks + 1))
+[ -f "$T/slash.receipt" ] || fail "lora-merge -o OUT/: no OUT.receipt ($(ls "$T" | tr '\n' ' '))"
+expect 0 lora-unmerge "$T/slash/" -a "$A" --receipt "$T/slash.receipt" -o "$T/slash-base/" -q
+checks=$((checks + 1))
+cmp -s "$T/slash-base/model.safetensors" "$M/llama-base/model.safetensors" ||
+    fail "lora-unmerge -o OUT/: not the base bit for bit"
+
 # on a terminal: -q silences progress, no colour with or without NO_COLOR
 if command -v script >/dev/null 2>&1 && script -qec true /dev/null </dev/null >/dev/null 2>&1; then
     for q in -q ""; do

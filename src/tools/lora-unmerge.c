@@ -45,6 +45,16 @@ static void usage(FILE *f)
 
 static tool_progress progress;
 
+/* "OUT/" names the same output as "OUT": the checkpoint goes there and
+ * (lora-merge) its receipt beside it as OUT.receipt, not OUT/.receipt. */
+static char *trim_slashes(char *s)
+{
+    size_t n = strlen(s);
+    while (n > 1 && s[n - 1] == '/')
+        s[--n] = '\0';
+    return s;
+}
+
 static void on_progress(void *arg, uint64_t done, uint64_t total)
 {
     (void)arg;
@@ -124,7 +134,7 @@ int main(int argc, char **argv)
             }
             args[n++] = optarg;
             break;
-        case 'o': out = optarg; break;
+        case 'o': out = trim_slashes(optarg); break;
         case 'r': o.receipt_in = optarg; break;
         case O_CHECK: check = 1; break;
         case O_SHARD: o.shard = optarg; break;
