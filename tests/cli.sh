@@ -56,6 +56,32 @@ for tool in $LORA_TOOLS; do
         grep -qF -- "${opt#--}" "$fish_c" 2>/dev/null || fail "$tool: $opt not in fish completion"
     done < "$T/opts"
 
+    # every subcommand --help lists (lora-pack, lora-registry): in the
+    # man page and in every completion
+    "$bin" --help | sed -n '/^Commands:/,/^$/p' | grep -oE '^  [a-z]+' | tr -d ' ' > "$T/cmds"
+    while read -r sub; do
+        for f in "$man" "$bash_c" "$zsh_c" "$fish_c"; do
+            checks=$((checks + 1))
+            grep -qw -- "$sub" "$f" 2>/dev/null || fail "$tool: command $sub not in ${f##*/}"
+        done
+    done < "$T/cmds"
+
+    # the sections every tool page has (JSON OUTPUT when --help offers --json)
+    for sec in SYNOPSIS OPTIONS "STANDARD INPUT AND OUTPUT" "EXIT STATUS" EXAMPLES "SEE ALSO"; do
+        checks=$((checks + 1))
+        grep -q "^\.SH \"\{0,1\}$sec" "$man" 2>/dev/null || fail "$tool.1: no $sec section"
+    done
+    if grep -qx -- --json "$T/opts"; then
+        checks=$((checks + 1))
+        grep -q '^\.SH JSON OUTPUT' "$man" || fail "$tool.1: --json but no JSON OUTPUT section"
+    fi
+    # every exit code of DESIGN.md under EXIT STATUS
+    for code in 0 2 3 4; do
+        checks=$((checks + 1))
+        sed -n '/^\.SH EXIT STATUS/,/^\.SH /p' "$man" | grep -qE "(^|[^0-9])$code([^0-9]|$)" ||
+            fail "$tool.1: exit status $code not described"
+    done
+
     # the man page renders without warnings
     if command -v groff >/dev/null 2>&1 && [ -f "$man" ]; then
         checks=$((checks + 1))
@@ -72,6 +98,17 @@ if command -v groff >/dev/null 2>&1; then
         [ -z "$w" ] || fail "${man##*/}: groff warnings: $w"
     done
 fi
+
+# lora.7: the environment and files every tool shares
+for word in LORA_REGISTRY XDG_DATA_HOME NO_COLOR OPENBLAS_NUM_THREADS LORA_PASSWORD_FILE; do
+    checks=$((checks + 1))
+    sed -n '/^\.SH ENVIRONMENT/,/^\.SH /p' "$TOP_SRCDIR/man/lora.7" | grep -q "^\.B $word" ||
+        fail "lora.7: $word not under ENVIRONMENT"
+done
+for sec in FILES "EXIT STATUS" "SEE ALSO"; do
+    checks=$((checks + 1))
+    grep -q "^\.SH $sec" "$TOP_SRCDIR/man/lora.7" || fail "lora.7: no $sec section"
+done
 
 # ---- each tool on small real inputs ----
 M="$TOP_SRCDIR/tests/fixtures/models"
