@@ -1,7 +1,13 @@
 # fish completion for lora-eval
+# task:NAME for each task in the registry (lora-registry tasks -q)
+function __lora_task_specs
+    for t in (lora-registry tasks -q 2>/dev/null)
+        echo task:$t
+    end
+end
 complete -c lora-eval -s m -l model -r -a '(__fish_complete_directories)' -d 'base model folder'
-complete -c lora-eval -s a -l adapter -r -d 'adapter folder, .lora archive, task: or reg:'
-complete -c lora-eval -s d -l data -r -F -d 'JSONL data set'
+complete -c lora-eval -s a -l adapter -r -F -a '(__lora_task_specs)' -d 'adapter folder, .lora archive, task: or reg:'
+complete -c lora-eval -s d -l data -r -F -d 'JSONL data set (- for stdin)'
 complete -c lora-eval -l mode -x -a 'unmerged merged both' -d 'forward mode'
 complete -c lora-eval -l min-accuracy -x -d 'exit 1 below this accuracy'
 complete -c lora-eval -l limit -x -d 'first N items only'

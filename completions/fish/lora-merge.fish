@@ -1,7 +1,13 @@
 # fish completion for lora-merge
-complete -c lora-merge -s a -l adapter -r -F -d 'adapter to merge, ADAPTER[:WEIGHT]'
+# task:NAME for each task in the registry (lora-registry tasks -q)
+function __lora_task_specs
+    for t in (lora-registry tasks -q 2>/dev/null)
+        echo task:$t
+    end
+end
+complete -c lora-merge -s a -l adapter -r -F -a '(__lora_task_specs)' -d 'adapter to merge, ADAPTER[:WEIGHT]'
 complete -c lora-merge -s o -l output -r -F -d 'output file or folder'
-complete -c lora-merge -l unmerge -r -F -d 'adapter to take out first (task switch)'
+complete -c lora-merge -l unmerge -r -F -a '(__lora_task_specs)' -d 'adapter to take out first (task switch)'
 complete -c lora-merge -l receipt -r -F -d 'receipt to write (or read, with --unmerge)'
 complete -c lora-merge -l no-receipt -d 'write no receipt'
 complete -c lora-merge -l dtype -x -a 'F32 F16 BF16' -d 'dtype of changed tensors'

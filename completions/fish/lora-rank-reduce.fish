@@ -1,5 +1,12 @@
 # fish completion for lora-rank-reduce
-complete -c lora-rank-reduce -s a -l adapter -r -F -d 'Input adapter, ADAPTER[:WEIGHT]'
+# task:NAME for each task in the registry (lora-registry tasks -q)
+function __lora_task_specs
+    for t in (lora-registry tasks -q 2>/dev/null)
+        echo task:$t
+    end
+end
+complete -c lora-rank-reduce -n 'not string match -q -- "-*" (commandline -ct)' -a '(__lora_task_specs)' -d 'registry task'
+complete -c lora-rank-reduce -s a -l adapter -r -F -a '(__lora_task_specs)' -d 'Input adapter, ADAPTER[:WEIGHT]'
 complete -c lora-rank-reduce -s o -l output -r -F -d 'Output adapter folder'
 complete -c lora-rank-reduce -s r -l rank -x -d 'Keep K singular values (0: exact)'
 complete -c lora-rank-reduce -s e -l energy -x -d 'Keep fraction F of the energy'

@@ -1,8 +1,13 @@
-# fish completion for lora-registry; task names and NAME@VERSION come
-# from the registry (ls -q columns NAME VERSION TASK BASE ...).
-set -l cmds init trust untrust keys add ls show resolve rm gc verify evals
+# fish completion for lora-registry; task names (tasks -q) and
+# NAME@VERSION (ls -q columns NAME VERSION TASK BASE ...) come from the
+# registry.
+set -l cmds init trust untrust keys add ls tasks show resolve rm gc verify evals
 
 function __lora_registry_col
+    if test "$argv[1]" = task
+        lora-registry tasks -q 2>/dev/null
+        return
+    end
     lora-registry ls -q 2>/dev/null | awk -v c=$argv[1] '
         c == "task" { print $3 } c == "base" { print $4 } c == "ref" { print $1 "@" $2 }
         c == "name" { print $1 }' | sort -u
@@ -15,6 +20,7 @@ complete -c lora-registry -n "not __fish_seen_subcommand_from $cmds" -a untrust 
 complete -c lora-registry -n "not __fish_seen_subcommand_from $cmds" -a keys -d 'list trusted keys'
 complete -c lora-registry -n "not __fish_seen_subcommand_from $cmds" -a add -d 'verify and register an archive'
 complete -c lora-registry -n "not __fish_seen_subcommand_from $cmds" -a ls -d 'list adapters'
+complete -c lora-registry -n "not __fish_seen_subcommand_from $cmds" -a tasks -d 'list task names'
 complete -c lora-registry -n "not __fish_seen_subcommand_from $cmds" -a show -d 'show one adapter'
 complete -c lora-registry -n "not __fish_seen_subcommand_from $cmds" -a resolve -d 'print the archive serving a task'
 complete -c lora-registry -n "not __fish_seen_subcommand_from $cmds" -a rm -d 'remove an adapter'
@@ -32,7 +38,7 @@ complete -c lora-registry -n "__fish_seen_subcommand_from trust" -F -a "(__fish_
 complete -c lora-registry -n "__fish_seen_subcommand_from add" -s u -l allow-untrusted -d 'accept an archive no trusted key signed'
 complete -c lora-registry -n "__fish_seen_subcommand_from add" -F -a "(__fish_complete_suffix .lora)"
 complete -c lora-registry -n "__fish_seen_subcommand_from ls" -s t -l task -x -a "(__lora_registry_col task)" -d 'only this task'
-complete -c lora-registry -n "__fish_seen_subcommand_from ls resolve" -s b -l base -x -a "(__lora_registry_col base)" -d 'only this base model'
+complete -c lora-registry -n "__fish_seen_subcommand_from ls tasks resolve" -s b -l base -x -a "(__lora_registry_col base)" -d 'only this base model'
 complete -c lora-registry -n "__fish_seen_subcommand_from resolve" -l version -x -d 'this version'
 complete -c lora-registry -n "__fish_seen_subcommand_from resolve" -a "(__lora_registry_col task)" -d task
 complete -c lora-registry -n "__fish_seen_subcommand_from show rm" -a "(__lora_registry_col ref)" -d adapter

@@ -1,5 +1,11 @@
 # fish completion for lora-unmerge
-complete -c lora-unmerge -s a -l adapter -r -F -d 'adapter to take out, ADAPTER[:WEIGHT]'
+# task:NAME for each task in the registry (lora-registry tasks -q)
+function __lora_task_specs
+    for t in (lora-registry tasks -q 2>/dev/null)
+        echo task:$t
+    end
+end
+complete -c lora-unmerge -s a -l adapter -r -F -a '(__lora_task_specs)' -d 'adapter to take out, ADAPTER[:WEIGHT]'
 complete -c lora-unmerge -s o -l output -r -F -d 'output file or folder'
 complete -c lora-unmerge -s r -l receipt -r -F -d 'merge receipt'
 complete -c lora-unmerge -l check -d 'report exactness, write nothing'

@@ -6,6 +6,7 @@
  */
 #include "config.h"
 #include "lora.h"
+#include "progress.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -66,17 +67,15 @@ static int usage_err(const char *msg)
     return LORA_EUSAGE;
 }
 
-/* Progress on a terminal only, at most five times a second. */
+/* Progress on a terminal only (progress.h). */
 static void progress(void *arg, size_t done, size_t total)
 {
-    double *last = arg;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    double t = (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-    if (done < total && t - *last < 0.2)
+    tool_progress *p = arg;
+    if (!tool_progress_due(p, done >= total))
         return;
-    *last = t;
-    fprintf(stderr, "\r%s: %zu/%zu items%s", prog, done, total, done == total ? "\n" : "");
+    fprintf(stderr, "\r%s: %zu/%zu items", prog, done, total);
+    if (done >= total)
+        tool_progress_end(p);
 }
 
 static const char *mode_name(int m)
@@ -332,14 +331,17 @@ int main(int argc, char **argv)
         if ((rc = lora_model_attach(m, ad, mode == LORA_MODE_MERGED, &err)) != LORA_OK)
             goto fail;
     }
-    double last = 0;
+    tool_progress pg;
+    tool_progress_init(&pg, quiet);
     lora_eval_opts eo = {.mode = mode, .compare_mode = cmp, .limit = limit};
-    if (!quiet && isatty(2)) {
+    if (pg.on) {
         eo.progress = progress;
-        eo.progress_arg = &last;
+        eo.progress_arg = &pg;
     }
     lora_eval_result r;
-    if ((rc = lora_eval_run(m, ds, &eo, &r, &err)) != LORA_OK)
+    rc = lora_eval_run(m, ds, &eo, &r, &err);
+    tool_progress_end(&pg);
+    if (rc != LORA_OK)
         goto fail;
 
     int below = min_acc >= 0 && r.accuracy < min_acc;

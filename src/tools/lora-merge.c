@@ -6,6 +6,7 @@
  */
 #include "config.h"
 #include "lora.h"
+#include "progress.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -45,17 +46,27 @@ static void usage(FILE *f)
             "  -V, --version                   print the version\n");
 }
 
-static int tty_progress;
+static tool_progress progress;
+
+/* "OUT/" names the same output as "OUT": the checkpoint goes there and
+ * (lora-merge) its receipt beside it as OUT.receipt, not OUT/.receipt. */
+static char *trim_slashes(char *s)
+{
+    size_t n = strlen(s);
+    while (n > 1 && s[n - 1] == '/')
+        s[--n] = '\0';
+    return s;
+}
 
 static void on_progress(void *arg, uint64_t done, uint64_t total)
 {
     (void)arg;
-    if (!tty_progress || !total)
+    if (!total || !tool_progress_due(&progress, done >= total))
         return;
     fprintf(stderr, "\r" PROG ": %3d%% (%llu / %llu MB)", (int)(100 * done / total),
             (unsigned long long)(done >> 20), (unsigned long long)(total >> 20));
     if (done >= total)
-        fputc('\n', stderr);
+        tool_progress_end(&progress);
 }
 
 static int load_adapters(char **args, size_t n, lora_merge_adapter *out, char **specs,
@@ -127,7 +138,7 @@ int main(int argc, char **argv)
             }
             undos[nundo++] = optarg;
             break;
-        case 'o': out = optarg; break;
+        case 'o': out = trim_slashes(optarg); break;
         case O_RECEIPT: receipt = optarg; break;
         case O_NORECEIPT: no_receipt = 1; break;
         case O_DTYPE:
@@ -177,6 +188,13 @@ int main(int argc, char **argv)
             return LORA_EUSAGE;
         }
     }
+    /* '-' is no stream here: outputs are committed by rename */
+    if ((out && strcmp(out, "-") == 0) || (receipt && strcmp(receipt, "-") == 0 && !nundo)) {
+        fprintf(stderr, PROG ": %s -: the checkpoint and its receipt are written to a temporary "
+                        "file and renamed, not streamed; give a path (./- for one named -)\n",
+                out && strcmp(out, "-") == 0 ? "-o" : "--receipt");
+        return LORA_EUSAGE;
+    }
     if (optind != argc - 1 || !nadd || !out) {
         fprintf(stderr, PROG ": usage: needs BASE, at least one -a ADAPTER and -o OUT\n");
         usage(stderr);
@@ -209,7 +227,7 @@ int main(int argc, char **argv)
     }
     o.receipt_out = receipt_out;
     o.receipt_in = nundo ? receipt : NULL;
-    tty_progress = !quiet && isatty(2);
+    tool_progress_init(&progress, quiet);
     o.progress = on_progress;
     lora_merge_adapter ua[64], aa[64];
     char *us[64] = {0}, *as[64] = {0};
@@ -223,8 +241,7 @@ int main(int argc, char **argv)
     if (!rc)
         rc = lora_merge_run(base, ua, nundo, aa, nadd, out, &o, &res, &err);
     if (rc) {
-        if (tty_progress)
-            fputc('\n', stderr);
+        tool_progress_end(&progress);
         fprintf(stderr, PROG ": %s\n", err.msg);
     } else if (json) {
         json_t *j = json_pack("{sssosIsIsIsIsIsI}", "output", out, "receipt",

@@ -166,11 +166,13 @@ static int cmd_keygen(int argc, char **argv)
             break;
         case 'q': quiet = 1; break;
         case 'h': usage(stdout); return 0;
-        default: return usage_err("%s", "keygen: bad option");
+        default: return usage_err("keygen: unknown option, or its value is missing: '%s'", argv[optind - 1]);
         }
     }
     if (!sec || !pub || optind != argc)
         return usage_err("%s", "keygen needs -s KEY.sec and -p KEY.pub");
+    if (strcmp(sec, "-") == 0 || strcmp(pub, "-") == 0)
+        return usage_err("%s", "keygen: keys are files written atomically, not streams; give paths");
     struct stat sb;
     if (!force && (stat(sec, &sb) == 0 || stat(pub, &sb) == 0)) {
         fprintf(stderr, PROG ": %s: key already exists (use -f to overwrite)\n",
@@ -187,8 +189,9 @@ static int cmd_keygen(int argc, char **argv)
     int rc = lora_keygen(&sk, &err);
     if (!rc) {
         lora_seckey_pubkey(sk, &pk);
-        if (!quiet && !unencrypted)
-            fprintf(stderr, "Deriving a key from the password (scrypt)...\n");
+        /* progress: scrypt takes seconds; a terminal only, as every tool */
+        if (!quiet && !unencrypted && isatty(2))
+            fprintf(stderr, PROG ": deriving a key from the password (scrypt)...\n");
         /* minisign's ratio: opslimit = memlimit / 32 */
         rc = lora_seckey_write(sec, sk, unencrypted ? NULL : pw, memlimit / 32, memlimit, &err);
         if (!rc)
@@ -277,8 +280,13 @@ static int cmd_create(int argc, char **argv)
         case O_COMPRESS: po.compress = 1; break;
         case 'q': quiet = 1; break;
         case 'h': usage(stdout); free(receipts); return 0;
-        default: free(receipts); return usage_err("%s", "create: bad option");
+        default: free(receipts); return usage_err("create: unknown option, or its value is missing: '%s'", argv[optind - 1]);
         }
+    }
+    if (outp && strcmp(outp, "-") == 0) {
+        free(receipts);
+        return usage_err("%s", "create: -o -: the archive is signed into a temporary file and "
+                               "renamed, not streamed; give a path");
     }
     if (optind + 1 != argc || !sec || !outp || !po.name || !po.task || !po.version) {
         free(receipts);
@@ -412,7 +420,7 @@ static int cmd_read(int cmd, int argc, char **argv)
         case O_FORCE: force = 1; break;
         case 'q': quiet = 1; break;
         case 'h': usage(stdout); free(ks.keys); return 0;
-        default: free(ks.keys); return usage_err("%s", "bad option");
+        default: free(ks.keys); return usage_err("unknown option, or its value is missing: '%s'", argv[optind - 1]);
         }
     }
     const char *what = cmd == CMD_VERIFY ? "verify" : cmd == CMD_LIST ? "list" : "extract";
@@ -505,6 +513,7 @@ int main(int argc, char **argv)
         usage(stderr);
         return LORA_EUSAGE;
     }
+    opterr = 0; /* our own messages, prefixed with the tool's name */
     const char *cmd = argv[1];
     if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help")) {
         usage(stdout);

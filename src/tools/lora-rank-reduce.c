@@ -105,6 +105,7 @@ int main(int argc, char **argv)
     int nrules = 0, exact = 0, force = 0, json = 0, quiet = 0, c;
     uint64_t u;
     double d;
+    opterr = 0; /* our own messages, prefixed with the tool's name */
     while ((c = getopt_long(argc, argv, "a:o:r:e:R:m:fqhV", opts, NULL)) != -1) {
         switch (c) {
         case 'a':
@@ -161,7 +162,8 @@ int main(int argc, char **argv)
             printf(PROG " %s\n", lora_version());
             return 0;
         default:
-            fprintf(stderr, PROG ": try '" PROG " --help'\n");
+            fprintf(stderr, PROG ": unknown option, or its value is missing: '%s'\n"
+                            "Try '" PROG " --help'.\n", argv[optind - 1]);
             return 2;
         }
     }
@@ -176,6 +178,9 @@ int main(int argc, char **argv)
         return die(2, "no adapter given (see --help)%s%s", "", "");
     if (!out)
         return die(2, "no output folder given (-o OUT)%s%s", "", "");
+    if (strcmp(out, "-") == 0)
+        return die(2, "-o -: the output is an adapter folder, not a stream; give a path%s%s", "",
+                   "");
     if (nrules != 1)
         return die(2, "give exactly one of --rank, --energy, --sv-ratio%s%s", "", "");
     if (exact && rule.max_rank)

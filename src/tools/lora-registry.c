@@ -31,6 +31,7 @@ static void usage(FILE *f)
             "                             verify a .lora archive and register it\n"
             "  ls [--task T] [--base NAME]\n"
             "                             list adapters\n"
+            "  tasks [--base NAME]        list task names (-q: names only, one a line)\n"
             "  show NAME[@VERSION] | HASH show one adapter\n"
             "  resolve TASK [--base NAME] [--version V]\n"
             "                             print the archive serving TASK (newest trusted)\n"
@@ -47,7 +48,7 @@ static void usage(FILE *f)
             "  -u, --allow-untrusted      add: accept an archive no trusted key signed\n"
             "                             (marked untrusted; resolve never picks it)\n"
             "  -t, --task T               ls: only this task\n"
-            "  -b, --base NAME            ls, resolve: only this base model\n"
+            "  -b, --base NAME            ls, tasks, resolve: only this base model\n"
             "      --version V            resolve: this version; before a command: show\n"
             "                             the program version and exit\n"
             "  -j, --json                 machine-readable output on stdout\n"
@@ -349,6 +350,69 @@ static int cmd_ls(const struct args *a)
     return rc;
 }
 
+/* Task names, sorted, with how many adapters serve each (and how many of
+ * them are trusted, the only ones task:TASK resolves to).  -q prints the
+ * bare names, one a line: what the shell completions read. */
+static int cmp_task(const void *x, const void *y)
+{
+    const lora_reg_adapter *const *p = x, *const *q = y;
+    return strcmp((*p)->task, (*q)->task);
+}
+
+static int cmd_tasks(const struct args *a)
+{
+    lora_registry *reg;
+    int rc = open_reg(a, 0, &reg);
+    if (rc)
+        return rc;
+    lora_error e;
+    lora_error_clear(&e);
+    lora_reg_adapter *v;
+    size_t n;
+    rc = lora_registry_ls(reg, NULL, a->base, &v, &n, &e);
+    lora_registry_close(reg);
+    if (rc)
+        return fail(&e, rc);
+    const lora_reg_adapter **s = n ? malloc(n * sizeof *s) : NULL;
+    if (n && !s) {
+        lora_reg_adapters_free(v, n);
+        fprintf(stderr, PROG ": out of memory\n");
+        return LORA_EIO;
+    }
+    for (size_t i = 0; i < n; i++)
+        s[i] = &v[i];
+    if (n)
+        qsort(s, n, sizeof *s, cmp_task);
+    json_t *arr = a->json ? json_array() : NULL;
+    int w = 4;
+    for (size_t i = 0; i < n; i++)
+        if ((int)strlen(s[i]->task) > w)
+            w = (int)strlen(s[i]->task);
+    if (!a->json && !a->quiet && n)
+        printf("%-*s  %8s  %7s\n", w, "TASK", "ADAPTERS", "TRUSTED");
+    for (size_t i = 0, j; i < n; i = j) {
+        size_t trusted = 0;
+        for (j = i; j < n && strcmp(s[j]->task, s[i]->task) == 0; j++)
+            trusted += s[j]->trusted != 0;
+        if (a->json) {
+            json_t *o = json_object();
+            json_object_set_new(o, "task", json_string(s[i]->task));
+            json_object_set_new(o, "adapters", json_integer((json_int_t)(j - i)));
+            json_object_set_new(o, "trusted", json_integer((json_int_t)trusted));
+            json_array_append_new(arr, o);
+        } else if (a->quiet) {
+            printf("%s\n", s[i]->task);
+        } else {
+            printf("%-*s  %8zu  %7zu\n", w, s[i]->task, j - i, trusted);
+        }
+    }
+    if (a->json)
+        rc = print_json(arr);
+    free(s);
+    lora_reg_adapters_free(v, n);
+    return rc;
+}
+
 static int cmd_show(const struct args *a, const char *spec)
 {
     lora_registry *reg;
@@ -615,7 +679,8 @@ int main(int argc, char **argv)
         int nargs_min, nargs_max;
     } const tab[] = {{"init", 0, 0},    {"trust", 1, 1}, {"untrust", 1, 1}, {"keys", 0, 0},
                      {"add", 1, 1},     {"ls", 0, 0},    {"show", 1, 1},    {"resolve", 1, 1},
-                     {"rm", 1, 1},      {"gc", 0, 0},    {"verify", 0, 0},  {"evals", 0, 1}};
+                     {"rm", 1, 1},      {"gc", 0, 0},    {"verify", 0, 0},  {"evals", 0, 1},
+                     {"tasks", 0, 0}};
     size_t k;
     for (k = 0; k < sizeof tab / sizeof tab[0]; k++)
         if (strcmp(tab[k].name, cmd) == 0)
@@ -629,7 +694,7 @@ int main(int argc, char **argv)
     /* Options that mean nothing to a command are refused, not ignored. */
     if ((a.name && strcmp(cmd, "trust")) || (a.allow_untrusted && strcmp(cmd, "add")) ||
         (a.task && strcmp(cmd, "ls")) ||
-        (a.base && strcmp(cmd, "ls") && strcmp(cmd, "resolve")) ||
+        (a.base && strcmp(cmd, "ls") && strcmp(cmd, "resolve") && strcmp(cmd, "tasks")) ||
         (a.version && strcmp(cmd, "resolve")))
         return usage_err("%s: option not valid for this command", cmd);
 
@@ -645,6 +710,7 @@ int main(int argc, char **argv)
     case 8: return cmd_rm(&a, pos[0]);
     case 9: return cmd_gc(&a);
     case 10: return cmd_verify(&a);
-    default: return cmd_evals(&a, npos ? pos[0] : NULL);
+    case 11: return cmd_evals(&a, npos ? pos[0] : NULL);
+    default: return cmd_tasks(&a);
     }
 }

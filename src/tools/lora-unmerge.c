@@ -7,6 +7,7 @@
  */
 #include "config.h"
 #include "lora.h"
+#include "progress.h"
 
 #include <getopt.h>
 #include <jansson.h>
@@ -42,17 +43,27 @@ static void usage(FILE *f)
             "  -V, --version                   print the version\n");
 }
 
-static int tty_progress;
+static tool_progress progress;
+
+/* "OUT/" names the same output as "OUT": the checkpoint goes there and
+ * (lora-merge) its receipt beside it as OUT.receipt, not OUT/.receipt. */
+static char *trim_slashes(char *s)
+{
+    size_t n = strlen(s);
+    while (n > 1 && s[n - 1] == '/')
+        s[--n] = '\0';
+    return s;
+}
 
 static void on_progress(void *arg, uint64_t done, uint64_t total)
 {
     (void)arg;
-    if (!tty_progress || !total)
+    if (!total || !tool_progress_due(&progress, done >= total))
         return;
     fprintf(stderr, "\r" PROG ": %3d%% (%llu / %llu MB)", (int)(100 * done / total),
             (unsigned long long)(done >> 20), (unsigned long long)(total >> 20));
     if (done >= total)
-        fputc('\n', stderr);
+        tool_progress_end(&progress);
 }
 
 struct rep {
@@ -123,7 +134,7 @@ int main(int argc, char **argv)
             }
             args[n++] = optarg;
             break;
-        case 'o': out = optarg; break;
+        case 'o': out = trim_slashes(optarg); break;
         case 'r': o.receipt_in = optarg; break;
         case O_CHECK: check = 1; break;
         case O_SHARD: o.shard = optarg; break;
@@ -163,6 +174,12 @@ int main(int argc, char **argv)
             return LORA_EUSAGE;
         }
     }
+    /* '-' is no stream here: the output is committed by rename */
+    if (out && strcmp(out, "-") == 0) {
+        fprintf(stderr, PROG ": -o -: the checkpoint is written to a temporary file and renamed, "
+                        "not streamed; give a path (./- for one named -)\n");
+        return LORA_EUSAGE;
+    }
     if (optind != argc - 1 || !n || (!out && !check) || (out && check)) {
         fprintf(stderr, PROG ": usage: needs MERGED, at least one -a ADAPTER, and -o OUT or "
                         "--check (not both)\n");
@@ -186,7 +203,7 @@ int main(int argc, char **argv)
         return err.code;
     }
     o.check_only = check;
-    tty_progress = !quiet && !check && isatty(2);
+    tool_progress_init(&progress, quiet || check);
     o.progress = on_progress;
     struct rep rp = {json, check && !quiet, json ? json_array() : NULL};
     o.on_tensor = on_tensor;
@@ -207,8 +224,7 @@ int main(int argc, char **argv)
         rc = lora_merge_run(argv[optind], ad, n, NULL, 0, out, &o, &res, &err);
     int ran = rc == LORA_OK || (rc == LORA_ECHECK);
     if (rc && !(rc == LORA_ECHECK && check)) {
-        if (tty_progress)
-            fputc('\n', stderr);
+        tool_progress_end(&progress);
         fprintf(stderr, PROG ": %s\n", err.msg);
     }
     uint64_t exact = res.elements - res.inexact;
