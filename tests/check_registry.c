@@ -729,6 +729,8 @@ START_TEST(concurrent_writers)
                 free(src);
             }
             lora_registry_close(r);
+            free(db); /* the child's copies: memcheck follows fork */
+            free(dir);
             _exit(0);
         }
     }
