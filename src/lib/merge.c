@@ -825,6 +825,11 @@ int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
     R.add = add;
     R.nadd = nadd;
     char *tmpdir = NULL;
+    /* A single-file OUT is staged under a temporary name and renamed only
+     * after its receipt is in place: a disk that fills while the receipt
+     * is finished must not leave OUT behind, and an interrupted run leaves
+     * at worst a complete receipt without OUT, never OUT without it. */
+    char *stage = NULL;
     int rc;
     if (!nundo && !nadd)
         return lora_seterr(err, LORA_EUSAGE, "no adapter given");
@@ -888,6 +893,12 @@ int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
         }
         chmod(tmpdir, 0755); /* mkdtemp makes it 0700; a checkpoint folder is shared */
     }
+    if (out && !opts->check_only && !folder) {
+        int sfd = -1;
+        if ((rc = lora_tmpfile_beside(out, 0644, &sfd, &stage, err)))
+            goto done;
+        close(sfd); /* reserves the name; the writer renames the finished file onto it */
+    }
     if (opts->receipt_out && !opts->check_only && nadd &&
         (rc = lora_receipt_create(opts->receipt_out, opts->rounding, &R.rout, err)))
         goto done;
@@ -899,7 +910,7 @@ int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
             continue;
         char *path = NULL;
         if (out && !opts->check_only) {
-            path = folder ? join(tmpdir, lora_ckpt_shard_name(R.ck, s)) : strdup(out);
+            path = folder ? join(tmpdir, lora_ckpt_shard_name(R.ck, s)) : strdup(stage);
             if (!path) {
                 rc = lora_oom(err);
                 break;
@@ -931,6 +942,25 @@ int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
             }
         }
     }
+    if (!rc && stage) {
+        if (rename(stage, out) != 0) {
+            rc = lora_seterr_errno(err, LORA_EIO, errno, "rename %s to %s", stage, out);
+            if (opts->receipt_out && nadd)
+                unlink(opts->receipt_out); /* it describes an OUT that is not there */
+        } else {
+            char *parent = strdup(out), *slash = parent ? strrchr(parent, '/') : NULL;
+            if (parent) {
+                if (slash)
+                    *slash = 0;
+                int dfd = open(slash ? (*parent ? parent : "/") : ".", O_RDONLY | O_DIRECTORY);
+                if (dfd >= 0) {
+                    fsync(dfd);
+                    close(dfd);
+                }
+                free(parent);
+            }
+        }
+    }
     if (!rc && tmpdir) {
         struct stat sb;
         if (stat(out, &sb) == 0)
@@ -958,6 +988,11 @@ done:
         if (rc)
             rm_tree(tmpdir);
         free(tmpdir);
+    }
+    if (stage) {
+        if (rc)
+            unlink(stage);
+        free(stage);
     }
     if (R.rin)
         lora_receipt_close(R.rin);
