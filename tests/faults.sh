@@ -15,8 +15,10 @@
 #    bytes of an uninterrupted run (outputs are deterministic), a merged
 #    OUT never stands without its receipt, and a registry passes
 #    `lora-registry verify` with the adapter fully present or absent.
-#  - an input truncated under the tool's mmap (SIGBUS): exit 4 with the
-#    SIGBUS message, or a clean error; never a signal, never an output.
+#  - an input truncated under the tool's mmap (SIGBUS), swept over the
+#    run of lora-inspect --check and lora-merge: exit 4 with the SIGBUS
+#    message, or a clean error; never a signal, never an output, no
+#    temporary left (the handler removes liblora's temporaries).
 # Tools not built yet are skipped one by one; the whole test SKIPs (77)
 # when none is there.
 . "$TOP_SRCDIR/tests/lib.sh"
@@ -342,18 +344,66 @@ if have lora-registry && [ -f "$T/ref.lora" ]; then
 fi
 
 # ---- a file shrinking under the mmap (SIGBUS) ---------------------------
-if [ "${LORA_TEST_SIGBUS:-0}" = 1 ]; then
-    ran=1
-    for d in 0.05 0.1 0.2 0.3 0.4; do
-        rm -rf "$T/v"; cp -r "$T/g/adapter" "$T/v"
-        lora-inspect --check "$T/v" >/dev/null 2>&1 &
+# sigbus_sweep NAME STEP INPUT FILE OUT CMD...: copies of INPUT (a folder
+# holding FILE) truncated to 4 KiB after 0, STEP, 2 STEP ... ms of CMD, until a run
+# finishes first (at most 40 points).  Each run: exit 0 with OUT the same
+# as $ref, or a non-signal failure with a "NAME: " message and neither
+# OUT, OUT.receipt nor any temporary of them (the handler removes them).
+# Over all sweeps at least one run must have met the SIGBUS, else they
+# proved nothing (each tool's count is printed).
+bus_total=0
+sigbus_sweep() {
+    name=$1 step=$2 src=$3 file=$4 out=$5; shift 5
+    k=0 n_bus=0 n_err=0
+    while [ $k -lt 40 ]; do
+        rm -rf "$T/v"; cp -r "$src" "$T/v"
+        case $out in "$T"/?*) rm -rf "$out" "$out".* ;; esac
+        "$@" >/dev/null 2>"$T/bus.err" &
         pid=$!
-        sleep $d
-        truncate -s 200 "$T/v/adapter_model.safetensors"
+        ms=$((k * step))
+        sleep "$((ms / 1000)).$(printf '%03d' $((ms % 1000)))"
+        truncate -s 4096 "$T/v/$file"
         wait $pid; r=$?
         checks=$((checks + 1))
-        [ $r -lt 128 ] || fail "lora-inspect died of signal $((r - 128)) on a file truncated after ${d}s"
+        if [ $r -ge 128 ]; then
+            fail "$name died of signal $((r - 128)) on an input truncated after $ms ms"
+        elif [ $r -eq 0 ]; then
+            [ -z "$out" ] || same "$ref" "$out" || fail "$name: exit 0 but $out is not the full output"
+            break
+        else
+            grep -q "^$name: " "$T/bus.err" || fail "$name, truncated after $ms ms: exit $r without a message"
+            if grep -q "^$name: an input file shrank or became unreadable while being read (SIGBUS); nothing was written$" "$T/bus.err"; then
+                n_bus=$((n_bus + 1))
+                checks=$((checks + 1))
+                [ $r -eq 4 ] || fail "$name: SIGBUS message with exit $r"
+            else
+                n_err=$((n_err + 1))
+            fi
+            if [ -n "$out" ]; then
+                checks=$((checks + 1))
+                left=$(ls -d "$out" "$out".* 2>/dev/null)
+                [ -z "$left" ] || fail "$name, truncated after $ms ms (exit $r): left $left"
+            fi
+        fi
+        k=$((k + 1))
     done
+    echo "$name: input truncated at $k points: $n_bus SIGBUS (exit 4), $n_err other clean errors"
+    bus_total=$((bus_total + n_bus))
+}
+if have lora-inspect; then
+    ran=1
+    ref=
+    sigbus_sweep lora-inspect 5 "$T/big/adapter" adapter_model.safetensors "" lora-inspect --check "$T/v"
+fi
+if have lora-merge && [ -d "$T/refdir" ]; then
+    ref="$T/refdir"
+    sigbus_sweep lora-merge 20 "$T/g/base" model.safetensors "$T/sb" \
+        lora-merge "$T/v" -a "$T/g/adapter" -o "$T/sb" -q
+fi
+
+if have lora-inspect || have lora-merge; then
+    checks=$((checks + 1))
+    [ $bus_total -gt 0 ] || fail "no truncation point met the SIGBUS handler"
 fi
 
 [ $ran = 1 ] || { echo "SKIP: none of the writing tools is built yet"; exit 77; }

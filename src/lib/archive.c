@@ -389,7 +389,7 @@ out:
     if (fd >= 0)
         close(fd);
     if (tmp) {
-        unlink(tmp);
+        lora_tmp_unlink(tmp);
         free(tmp);
     }
     for (size_t i = 0; src && i < nsrc; i++)

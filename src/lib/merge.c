@@ -892,6 +892,7 @@ int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
             goto done;
         }
         chmod(tmpdir, 0755); /* mkdtemp makes it 0700; a checkpoint folder is shared */
+        lora_tmp_track(tmpdir, 1);
     }
     if (out && !opts->check_only && !folder) {
         int sfd = -1;
@@ -948,6 +949,7 @@ int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
             if (opts->receipt_out && nadd)
                 unlink(opts->receipt_out); /* it describes an OUT that is not there */
         } else {
+            lora_tmp_forget(stage);
             char *parent = strdup(out), *slash = parent ? strrchr(parent, '/') : NULL;
             if (parent) {
                 if (slash)
@@ -968,6 +970,7 @@ int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
         if (rename(tmpdir, out) != 0)
             rc = lora_seterr_errno(err, LORA_EIO, errno, "rename %s to %s", tmpdir, out);
         else {
+            lora_tmp_forget(tmpdir);
             char *parent = strdup(out), *slash = parent ? strrchr(parent, '/') : NULL;
             if (parent) {
                 if (slash)
@@ -985,13 +988,15 @@ done:
     if (R.rout)
         lora_receipt_abort(R.rout);
     if (tmpdir) {
-        if (rc)
+        if (rc) {
             rm_tree(tmpdir);
+            lora_tmp_forget(tmpdir);
+        }
         free(tmpdir);
     }
     if (stage) {
         if (rc)
-            unlink(stage);
+            lora_tmp_unlink(stage);
         free(stage);
     }
     if (R.rin)

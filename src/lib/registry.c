@@ -1057,7 +1057,7 @@ void lora_reg_unstage(int fd, char *tmpname)
     if (fd >= 0)
         close(fd);
     if (tmpname) {
-        unlink(tmpname);
+        lora_tmp_unlink(tmpname);
         free(tmpname);
     }
 }
@@ -1219,7 +1219,7 @@ fail:
 done:
     close(fd);
     if (!renamed)
-        unlink(tmpname);
+        lora_tmp_unlink(tmpname);
     free(tmpname);
     free(final);
     return rc;
