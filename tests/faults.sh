@@ -291,7 +291,8 @@ if have lora-registry && [ -f "$T/ref.lora" ]; then
 
     if [ $have_ns = 1 ]; then
         need=$(kb "$R0" "$T/ref.lora")
-        for s in $((need / 2)) $((need - 32)) $((need - 8)); do
+        # the blob fails to fit, then (+16, +32 KiB) the database's commit
+        for s in $((need / 2)) $((need - 8)) $((need + 16)) $((need + 32)); do
             how="disk full (tmpfs of $s KiB)"
             post='lora-registry -r "$FULL/reg/r.db" ls --json 2>&1 | sed "s#$FULL/reg#REG#g" >"$T/ns.ls1"
                   lora-registry -r "$FULL/reg/r.db" verify -q >/dev/null 2>&1; echo $? >"$T/ns.verify"
