@@ -1446,6 +1446,14 @@ int lora_eval_check_recovery(const lora_ckpt *base, lora_adapter *ad, int nthrea
 void lora_recovery_free(lora_recovery *r, size_t n);
 
 
+/* ---- section: reliability (error.c) ---- */
+
+/* Remove every temporary file and folder liblora's writers have open
+ * right now (files named OUT.tmp-XXXXXX beside their outputs, folders
+ * OUT.tmp-XXXXXX; never a final name).  Async-signal-safe: for a tool's
+ * handler of a fatal signal such as SIGBUS, which then calls _exit.
+ * Temporary folders are emptied and removed on Linux only. */
+void lora_tmp_remove_all(void);
 
 #ifdef __cplusplus
 }

@@ -70,6 +70,55 @@ START_TEST(test_read_limit)
 }
 END_TEST
 
+/* The temporaries table behind lora_tmp_remove_all (the tools' SIGBUS
+ * handler): what is live is removed, what was committed or forgotten is
+ * not, a tracked folder goes with its files. */
+START_TEST(test_tmp_remove_all)
+{
+    char *d = tu_tmpdir();
+    char *p = tu_path(d, "out.bin"), *dir = tu_path(d, "out.tmp-folder");
+    char *inner = tu_path(dir, "model.safetensors"), *kept = tu_path(d, "kept.tmp-x");
+    lora_error e;
+    struct stat sb;
+    int fd;
+    char *tmp;
+    /* live temporary file: removed */
+    ck_assert_int_eq(lora_tmpfile_beside(p, 0644, &fd, &tmp, &e), LORA_OK);
+    close(fd);
+    /* a committed one: its final name stays */
+    char *done = tu_path(d, "done.bin"), *tmp2;
+    int fd2;
+    ck_assert_int_eq(lora_tmpfile_beside(done, 0644, &fd2, &tmp2, &e), LORA_OK);
+    ck_assert_int_eq(lora_commit_tmpfile(fd2, tmp2, done, &e), LORA_OK);
+    close(fd2);
+    /* a tracked folder holding a file: removed with it */
+    ck_assert_int_eq(mkdir(dir, 0755), 0);
+    tu_write(inner, "x", 1);
+    lora_tmp_track(dir, 1);
+    /* tracked, then forgotten: stays */
+    tu_write(kept, "y", 1);
+    lora_tmp_track(kept, 0);
+    lora_tmp_forget(kept);
+
+    lora_tmp_remove_all();
+    ck_assert_int_ne(stat(tmp, &sb), 0);
+    ck_assert_int_ne(stat(dir, &sb), 0);
+    ck_assert_int_eq(stat(done, &sb), 0);
+    ck_assert_int_eq(stat(kept, &sb), 0);
+    lora_tmp_forget(tmp);
+    lora_tmp_forget(dir);
+    free(tmp);
+    free(tmp2);
+    free(done);
+    free(kept);
+    free(inner);
+    free(dir);
+    free(p);
+    tu_rmtree(d);
+    free(d);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("error");
@@ -77,6 +126,7 @@ int main(void)
     tcase_add_test(tc, test_seterr);
     tcase_add_test(tc, test_atomic_write);
     tcase_add_test(tc, test_read_limit);
+    tcase_add_test(tc, test_tmp_remove_all);
     suite_add_tcase(s, tc);
     return tu_run(s, 0);
 }

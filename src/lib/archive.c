@@ -93,8 +93,19 @@ static int src_load(srcfile *s, const char *name, const char *path, uint64_t lim
     return LORA_OK;
 }
 
-static int write_member(struct archive *a, const char *name, const void *data, size_t len,
-                        lora_error *err)
+/* A write error of libarchive as "OUT: writing MEMBER: strerror": the
+ * archive's own text alone ("Write error") names neither the file nor
+ * the cause, and a full disk must say so. */
+static int write_failed(struct archive *a, const char *out, const char *name, lora_error *err)
+{
+    int e = archive_errno(a);
+    if (e > 0)
+        return lora_seterr_errno(err, LORA_EIO, e, "%s: writing %s", out, name);
+    return lora_seterr(err, LORA_EIO, "%s: writing %s: %s", out, name, archive_error_string(a));
+}
+
+static int write_member(struct archive *a, const char *out, const char *name, const void *data,
+                        size_t len, lora_error *err)
 {
     struct archive_entry *e = archive_entry_new();
     if (!e)
@@ -108,7 +119,7 @@ static int write_member(struct archive *a, const char *name, const void *data, s
     archive_entry_set_gid(e, 0);
     int rc = LORA_OK;
     if (archive_write_header(a, e) != ARCHIVE_OK) {
-        rc = lora_seterr(err, LORA_EIO, "%s: %s", name, archive_error_string(a));
+        rc = write_failed(a, out, name, err);
         goto out;
     }
     const unsigned char *p = data;
@@ -117,7 +128,7 @@ static int write_member(struct archive *a, const char *name, const void *data, s
         size_t chunk = len - done > (1u << 20) ? (1u << 20) : len - done;
         la_ssize_t w = archive_write_data(a, p + done, chunk);
         if (w <= 0) {
-            rc = lora_seterr(err, LORA_EIO, "%s: %s", name, archive_error_string(a));
+            rc = write_failed(a, out, name, err);
             goto out;
         }
         done += (size_t)w;
@@ -359,14 +370,14 @@ int lora_archive_create(const char *out_path, const lora_pack_opts *o, const lor
         rc = lora_seterr(err, LORA_EIO, "%s: %s", out_path, archive_error_string(a));
         goto out;
     }
-    if ((rc = write_member(a, MANIFEST_NAME, mtext, mlen, err)) ||
-        (rc = write_member(a, SIG_NAME, sigtext, siglen, err)))
+    if ((rc = write_member(a, out_path, MANIFEST_NAME, mtext, mlen, err)) ||
+        (rc = write_member(a, out_path, SIG_NAME, sigtext, siglen, err)))
         goto out;
     for (size_t i = 0; i < nsrc; i++)
-        if ((rc = write_member(a, src[i].name, src[i].data, src[i].len, err)))
+        if ((rc = write_member(a, out_path, src[i].name, src[i].data, src[i].len, err)))
             goto out;
     if (archive_write_close(a) != ARCHIVE_OK) {
-        rc = lora_seterr(err, LORA_EIO, "%s: %s", out_path, archive_error_string(a));
+        rc = write_failed(a, out_path, "the end of the archive", err);
         goto out;
     }
     rc = lora_commit_tmpfile(fd, tmp, out_path, err);
@@ -378,7 +389,7 @@ out:
     if (fd >= 0)
         close(fd);
     if (tmp) {
-        unlink(tmp);
+        lora_tmp_unlink(tmp);
         free(tmp);
     }
     for (size_t i = 0; src && i < nsrc; i++)

@@ -3,17 +3,28 @@
  * file helpers every writer needs: read a small file with a size
  * limit, and write through a temporary file and rename so that no
  * half-written file ever stands under its real name.
+ *
+ * It also keeps the one piece of process-wide state in liblora: the
+ * list of temporary files and folders that exist right now, so that a
+ * tool's fatal-signal handler (SIGBUS when an input shrinks under its
+ * mapping) can remove them with lora_tmp_remove_all() before _exit.
+ * The library itself installs no handler.
  */
 #include "internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <limits.h>
+#include <stdatomic.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#ifdef __linux__
+#include <sys/syscall.h>
+#endif
 
 void lora_error_clear(lora_error *err)
 {
@@ -148,6 +159,97 @@ int lora_read_file(const char *path, size_t max, char **buf, size_t *len, lora_e
     return LORA_OK;
 }
 
+/* ---- temporaries a signal handler may remove ------------------------- */
+
+/* Slots, not a list: claiming and releasing one is a single atomic
+ * operation, so the handler sees either a complete path or no slot.
+ * state: 0 free, 1 being filled, 2 live.  Temporaries beyond the slots
+ * are simply not tracked (a handler then leaves them behind). */
+#define TMP_SLOTS 64
+static struct {
+    atomic_int state;
+    int dir;
+    char path[PATH_MAX];
+} tmp_slots[TMP_SLOTS];
+
+void lora_tmp_track(const char *path, int is_dir)
+{
+    size_t n = strlen(path);
+    if (n >= PATH_MAX)
+        return;
+    for (int i = 0; i < TMP_SLOTS; i++) {
+        int want = 0;
+        if (atomic_compare_exchange_strong(&tmp_slots[i].state, &want, 1)) {
+            memcpy(tmp_slots[i].path, path, n + 1);
+            tmp_slots[i].dir = is_dir;
+            atomic_store(&tmp_slots[i].state, 2);
+            return;
+        }
+    }
+}
+
+void lora_tmp_forget(const char *path)
+{
+    for (int i = 0; i < TMP_SLOTS; i++)
+        if (atomic_load(&tmp_slots[i].state) == 2 && strcmp(tmp_slots[i].path, path) == 0) {
+            atomic_store(&tmp_slots[i].state, 0);
+            return;
+        }
+}
+
+void lora_tmp_unlink(const char *path)
+{
+    unlink(path);
+    lora_tmp_forget(path);
+}
+
+/* Remove a flat folder with async-signal-safe calls only: no opendir
+ * (it allocates); getdents64 through syscall(2) on Linux, where our
+ * temporary folders live.  Elsewhere the folder is left. */
+static void remove_dir_signal_safe(const char *path)
+{
+#ifdef __linux__
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    char buf[4096] __attribute__((aligned(8)));
+    for (int pass = 0; pass < 64; pass++) {
+        long n = syscall(SYS_getdents64, fd, buf, sizeof buf);
+        if (n <= 0)
+            break;
+        for (long off = 0; off < n;) {
+            /* struct linux_dirent64: u64 ino, s64 off, u16 reclen, u8 type, name */
+            unsigned short reclen;
+            memcpy(&reclen, buf + off + 16, sizeof reclen);
+            const char *name = buf + off + 19;
+            if (strcmp(name, ".") != 0 && strcmp(name, "..") != 0)
+                unlinkat(fd, name, 0);
+            if (reclen == 0)
+                break;
+            off += reclen;
+        }
+    }
+    close(fd);
+    rmdir(path);
+#else
+    (void)path;
+#endif
+}
+
+void lora_tmp_remove_all(void)
+{
+    /* files first: a tracked file may sit in a tracked folder */
+    for (int pass = 0; pass < 2; pass++)
+        for (int i = 0; i < TMP_SLOTS; i++) {
+            if (atomic_load(&tmp_slots[i].state) != 2 || tmp_slots[i].dir != pass)
+                continue;
+            if (pass == 0)
+                unlink(tmp_slots[i].path);
+            else
+                remove_dir_signal_safe(tmp_slots[i].path);
+        }
+}
+
 int lora_tmpfile_beside(const char *path, int mode, int *fd, char **tmpname, lora_error *err)
 {
     size_t n = strlen(path) + sizeof ".tmp-XXXXXX";
@@ -169,6 +271,7 @@ int lora_tmpfile_beside(const char *path, int mode, int *fd, char **tmpname, lor
         free(t);
         return lora_seterr_errno(err, LORA_EIO, e, "%s: chmod", path);
     }
+    lora_tmp_track(t, 0);
     *fd = f;
     *tmpname = t;
     return LORA_OK;
@@ -194,14 +297,15 @@ int lora_commit_tmpfile(int fd, const char *tmpname, const char *path, lora_erro
 {
     if (fsync(fd) != 0) {
         int e = errno;
-        unlink(tmpname);
+        lora_tmp_unlink(tmpname);
         return lora_seterr_errno(err, LORA_EIO, e, "%s: fsync", path);
     }
     if (rename(tmpname, path) != 0) {
         int e = errno;
-        unlink(tmpname);
+        lora_tmp_unlink(tmpname);
         return lora_seterr_errno(err, LORA_EIO, e, "cannot rename %s to %s", tmpname, path);
     }
+    lora_tmp_forget(tmpname);
     return fsync_dir_of(path, err);
 }
 
@@ -222,7 +326,7 @@ int lora_write_file_atomic(const char *path, const void *buf, size_t len, int mo
         if (w < 0) {
             int e = errno;
             close(fd);
-            unlink(tmp);
+            lora_tmp_unlink(tmp);
             free(tmp);
             return lora_seterr_errno(err, LORA_EIO, e, "%s: write", path);
         }

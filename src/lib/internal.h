@@ -59,6 +59,15 @@ int lora_tmpfile_beside(const char *path, int mode, int *fd, char **tmpname, lor
  * temporary is unlinked.  Does not close fd. */
 int lora_commit_tmpfile(int fd, const char *tmpname, const char *path, lora_error *err);
 
+/* The temporaries that exist now, for lora_tmp_remove_all() (lora.h):
+ * lora_tmpfile_beside tracks its file and lora_commit_tmpfile forgets
+ * it; a writer that makes a temporary folder (mkdtemp) tracks it with
+ * is_dir 1 and forgets it once renamed or removed; a writer that gives
+ * up on a temporary removes it with lora_tmp_unlink. */
+void lora_tmp_track(const char *path, int is_dir);
+void lora_tmp_forget(const char *path);
+void lora_tmp_unlink(const char *path);
+
 /* A parsed model.safetensors.index.json (checkpoint.c): only
  * weight_map is used.  Tensor names sorted; shard names unique,
  * sorted, plain file names (no "/", no ".."). */

@@ -825,6 +825,11 @@ int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
     R.add = add;
     R.nadd = nadd;
     char *tmpdir = NULL;
+    /* A single-file OUT is staged under a temporary name and renamed only
+     * after its receipt is in place: a disk that fills while the receipt
+     * is finished must not leave OUT behind, and an interrupted run leaves
+     * at worst a complete receipt without OUT, never OUT without it. */
+    char *stage = NULL;
     int rc;
     if (!nundo && !nadd)
         return lora_seterr(err, LORA_EUSAGE, "no adapter given");
@@ -887,6 +892,13 @@ int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
             goto done;
         }
         chmod(tmpdir, 0755); /* mkdtemp makes it 0700; a checkpoint folder is shared */
+        lora_tmp_track(tmpdir, 1);
+    }
+    if (out && !opts->check_only && !folder) {
+        int sfd = -1;
+        if ((rc = lora_tmpfile_beside(out, 0644, &sfd, &stage, err)))
+            goto done;
+        close(sfd); /* reserves the name; the writer renames the finished file onto it */
     }
     if (opts->receipt_out && !opts->check_only && nadd &&
         (rc = lora_receipt_create(opts->receipt_out, opts->rounding, &R.rout, err)))
@@ -899,7 +911,7 @@ int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
             continue;
         char *path = NULL;
         if (out && !opts->check_only) {
-            path = folder ? join(tmpdir, lora_ckpt_shard_name(R.ck, s)) : strdup(out);
+            path = folder ? join(tmpdir, lora_ckpt_shard_name(R.ck, s)) : strdup(stage);
             if (!path) {
                 rc = lora_oom(err);
                 break;
@@ -931,6 +943,26 @@ int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
             }
         }
     }
+    if (!rc && stage) {
+        if (rename(stage, out) != 0) {
+            rc = lora_seterr_errno(err, LORA_EIO, errno, "rename %s to %s", stage, out);
+            if (opts->receipt_out && nadd)
+                unlink(opts->receipt_out); /* it describes an OUT that is not there */
+        } else {
+            lora_tmp_forget(stage);
+            char *parent = strdup(out), *slash = parent ? strrchr(parent, '/') : NULL;
+            if (parent) {
+                if (slash)
+                    *slash = 0;
+                int dfd = open(slash ? (*parent ? parent : "/") : ".", O_RDONLY | O_DIRECTORY);
+                if (dfd >= 0) {
+                    fsync(dfd);
+                    close(dfd);
+                }
+                free(parent);
+            }
+        }
+    }
     if (!rc && tmpdir) {
         struct stat sb;
         if (stat(out, &sb) == 0)
@@ -938,6 +970,7 @@ int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
         if (rename(tmpdir, out) != 0)
             rc = lora_seterr_errno(err, LORA_EIO, errno, "rename %s to %s", tmpdir, out);
         else {
+            lora_tmp_forget(tmpdir);
             char *parent = strdup(out), *slash = parent ? strrchr(parent, '/') : NULL;
             if (parent) {
                 if (slash)
@@ -955,9 +988,16 @@ done:
     if (R.rout)
         lora_receipt_abort(R.rout);
     if (tmpdir) {
-        if (rc)
+        if (rc) {
             rm_tree(tmpdir);
+            lora_tmp_forget(tmpdir);
+        }
         free(tmpdir);
+    }
+    if (stage) {
+        if (rc)
+            lora_tmp_unlink(stage);
+        free(stage);
     }
     if (R.rin)
         lora_receipt_close(R.rin);

@@ -314,7 +314,7 @@ int lora_receipt_commit(lora_receipt *r, lora_error *err)
     close(r->fd);
     r->fd = -1;
     if (rc) {
-        unlink(r->tmpname);
+        lora_tmp_unlink(r->tmpname);
         receipt_free(r);
         return rc;
     }
@@ -328,7 +328,7 @@ void lora_receipt_abort(lora_receipt *r)
         return;
     if (r->fd >= 0) {
         close(r->fd);
-        unlink(r->tmpname);
+        lora_tmp_unlink(r->tmpname);
     }
     receipt_free(r);
 }

@@ -242,6 +242,7 @@ static int write_folder(const char *out_dir, int overwrite, const lora_weighted 
         return lora_seterr_errno(err, LORA_EIO, e, "%s: cannot create a temporary folder", out_dir);
     }
     chmod(tmp, 0755); /* mkdtemp makes it 0700; an adapter folder is for sharing */
+    lora_tmp_track(tmp, 1);
     int rc = LORA_OK;
     char *cfg = NULL, path[4096], key[4096];
     lora_stw *w = NULL;
@@ -307,6 +308,7 @@ static int write_folder(const char *out_dir, int overwrite, const lora_weighted 
         }
     }
     fsync_parent(out_dir);
+    lora_tmp_forget(tmp);
     free(cfg);
     free(tmp);
     return LORA_OK;
@@ -315,6 +317,7 @@ fail:
         lora_stw_abort(w);
     free(cfg);
     remove_flat_dir(tmp);
+    lora_tmp_forget(tmp);
     free(tmp);
     return rc;
 }

@@ -65,6 +65,16 @@ static int sql_code(int rc)
 
 static int sqlerr(lora_registry *reg, int rc, lora_error *err, const char *what)
 {
+    /* A full disk or an I/O error: SQLite's own text ("database or disk
+     * is full") does not say which; the system's errno does.  SQLITE_FULL
+     * keeps no errno (the unix VFS clears it) and means ENOSPC here: the
+     * registry sets no max_page_count. */
+    int prim = rc & 0xff, e = reg->db ? sqlite3_system_errno(reg->db) : 0;
+    if (prim == SQLITE_FULL)
+        e = ENOSPC;
+    if (e > 0 && (prim == SQLITE_FULL || prim == SQLITE_IOERR || prim == SQLITE_CANTOPEN))
+        return lora_seterr_errno(err, sql_code(rc), e, "%s: %s: %s", reg->path, what,
+                                 sqlite3_errmsg(reg->db));
     return lora_seterr(err, sql_code(rc), "%s: %s: %s", reg->path, what,
                        reg->db ? sqlite3_errmsg(reg->db) : sqlite3_errstr(rc));
 }
@@ -1058,7 +1068,7 @@ void lora_reg_unstage(int fd, char *tmpname)
     if (fd >= 0)
         close(fd);
     if (tmpname) {
-        unlink(tmpname);
+        lora_tmp_unlink(tmpname);
         free(tmpname);
     }
 }
@@ -1220,7 +1230,7 @@ fail:
 done:
     close(fd);
     if (!renamed)
-        unlink(tmpname);
+        lora_tmp_unlink(tmpname);
     free(tmpname);
     free(final);
     return rc;

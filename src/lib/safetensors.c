@@ -535,7 +535,7 @@ void lora_stw_abort(lora_stw *w)
     if (!w)
         return;
     if (w->tmp)
-        unlink(w->tmp);
+        lora_tmp_unlink(w->tmp);
     stw_free(w);
 }
 

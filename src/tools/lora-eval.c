@@ -7,6 +7,7 @@
 #include "config.h"
 #include "lora.h"
 #include "progress.h"
+#include "sigbus.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -155,6 +156,7 @@ out:
 
 int main(int argc, char **argv)
 {
+    lora_tool_sigbus("lora-eval");
     enum { OPT_MODE = 256, OPT_MIN, OPT_LIMIT, OPT_JSON, OPT_NOVERIFY, OPT_RECOVERY, OPT_RECORD,
            OPT_REGISTRY };
     static const struct option opts[] = {

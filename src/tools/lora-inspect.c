@@ -5,6 +5,7 @@
  * lora_inspect() in the library.
  */
 #include "lora.h"
+#include "sigbus.h"
 
 #include <getopt.h>
 #include <inttypes.h>
@@ -169,6 +170,7 @@ static void print_human(const lora_report *rep, const char *base_path, int tenso
 
 int main(int argc, char **argv)
 {
+    lora_tool_sigbus(PROG);
     static const struct option longopts[] = {
         {"base", required_argument, NULL, 'b'}, {"check", no_argument, NULL, 'c'},
         {"strict", no_argument, NULL, 's'},     {"json", no_argument, NULL, 'j'},

@@ -7,6 +7,7 @@
 #include "config.h"
 #include "lora.h"
 #include "progress.h"
+#include "sigbus.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -86,6 +87,7 @@ static int load_adapters(char **args, size_t n, lora_merge_adapter *out, char **
 
 int main(int argc, char **argv)
 {
+    lora_tool_sigbus(PROG);
     enum { O_UNMERGE = 256, O_RECEIPT, O_NORECEIPT, O_DTYPE, O_ROUNDING, O_FORCE, O_NOVERIFY,
            O_JSON, O_SHARD };
     static const struct option longopts[] = {

@@ -5,6 +5,7 @@
  */
 #include "config.h"
 #include "lora.h"
+#include "sigbus.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -506,6 +507,7 @@ static int cmd_read(int cmd, int argc, char **argv)
 
 int main(int argc, char **argv)
 {
+    lora_tool_sigbus(PROG);
     lora_error err;
     if (lora_init(&err))
         return fail(&err);

@@ -5,6 +5,7 @@
  * per-module report.
  */
 #include "lora.h"
+#include "sigbus.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -90,6 +91,7 @@ static void split_weight(char *arg, double *w)
 
 int main(int argc, char **argv)
 {
+    lora_tool_sigbus(PROG);
     static const struct option opts[] = {
         {"adapter", required_argument, NULL, 'a'}, {"output", required_argument, NULL, 'o'},
         {"rank", required_argument, NULL, 'r'},    {"energy", required_argument, NULL, 'e'},

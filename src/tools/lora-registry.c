@@ -5,6 +5,7 @@
  */
 #include "config.h"
 #include "lora.h"
+#include "sigbus.h"
 
 #include <getopt.h>
 #include <jansson.h>
@@ -615,6 +616,7 @@ static int cmd_evals(const struct args *a, const char *name)
 
 int main(int argc, char **argv)
 {
+    lora_tool_sigbus(PROG);
     static const struct option opts[] = {
         {"registry", required_argument, 0, 'r'}, {"name", required_argument, 0, 'n'},
         {"allow-untrusted", no_argument, 0, 'u'}, {"task", required_argument, 0, 't'},

@@ -8,6 +8,7 @@
 #include "config.h"
 #include "lora.h"
 #include "progress.h"
+#include "sigbus.h"
 
 #include <getopt.h>
 #include <jansson.h>
@@ -93,6 +94,7 @@ static void on_tensor(void *arg, const lora_tensor_report *r)
 
 int main(int argc, char **argv)
 {
+    lora_tool_sigbus(PROG);
     enum { O_CHECK = 256, O_BASE, O_DTYPE, O_NOVERIFY, O_JSON, O_SHARD };
     static const struct option longopts[] = {
         {"adapter", required_argument, NULL, 'a'},
