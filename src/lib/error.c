@@ -277,7 +277,7 @@ int lora_tmpfile_beside(const char *path, int mode, int *fd, char **tmpname, lor
     return LORA_OK;
 }
 
-static int fsync_dir_of(const char *path, lora_error *err)
+int lora_fsync_dir_of(const char *path, lora_error *err)
 {
     char *copy = strdup(path);
     if (!copy)
@@ -306,7 +306,7 @@ int lora_commit_tmpfile(int fd, const char *tmpname, const char *path, lora_erro
         return lora_seterr_errno(err, LORA_EIO, e, "cannot rename %s to %s", tmpname, path);
     }
     lora_tmp_forget(tmpname);
-    return fsync_dir_of(path, err);
+    return lora_fsync_dir_of(path, err);
 }
 
 int lora_write_file_atomic(const char *path, const void *buf, size_t len, int mode,

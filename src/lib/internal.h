@@ -58,6 +58,9 @@ int lora_tmpfile_beside(const char *path, int mode, int *fd, char **tmpname, lor
 /* fsync fd, rename tmp onto path, fsync the folder.  On failure the
  * temporary is unlinked.  Does not close fd. */
 int lora_commit_tmpfile(int fd, const char *tmpname, const char *path, lora_error *err);
+/* fsync the folder that holds PATH, so that a rename into it is durable.
+ * A folder that cannot be opened is not an error (the rename happened). */
+int lora_fsync_dir_of(const char *path, lora_error *err);
 
 /* The temporaries that exist now, for lora_tmp_remove_all() (lora.h):
  * lora_tmpfile_beside tracks its file and lora_commit_tmpfile forgets

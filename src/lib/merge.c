@@ -950,17 +950,7 @@ int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
                 unlink(opts->receipt_out); /* it describes an OUT that is not there */
         } else {
             lora_tmp_forget(stage);
-            char *parent = strdup(out), *slash = parent ? strrchr(parent, '/') : NULL;
-            if (parent) {
-                if (slash)
-                    *slash = 0;
-                int dfd = open(slash ? (*parent ? parent : "/") : ".", O_RDONLY | O_DIRECTORY);
-                if (dfd >= 0) {
-                    fsync(dfd);
-                    close(dfd);
-                }
-                free(parent);
-            }
+            (void)lora_fsync_dir_of(out, NULL); /* best effort, as before */
         }
     }
     if (!rc && tmpdir) {
@@ -971,17 +961,7 @@ int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
             rc = lora_seterr_errno(err, LORA_EIO, errno, "rename %s to %s", tmpdir, out);
         else {
             lora_tmp_forget(tmpdir);
-            char *parent = strdup(out), *slash = parent ? strrchr(parent, '/') : NULL;
-            if (parent) {
-                if (slash)
-                    *slash = 0;
-                int dfd = open(slash ? (*parent ? parent : "/") : ".", O_RDONLY | O_DIRECTORY);
-                if (dfd >= 0) {
-                    fsync(dfd);
-                    close(dfd);
-                }
-                free(parent);
-            }
+            (void)lora_fsync_dir_of(out, NULL); /* best effort, as before */
         }
     }
 done:

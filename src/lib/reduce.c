@@ -203,27 +203,6 @@ static void remove_flat_dir(const char *dir)
     rmdir(dir);
 }
 
-static int fsync_parent(const char *path)
-{
-    char *dup = strdup(path);
-    if (!dup)
-        return -1;
-    char *slash = strrchr(dup, '/');
-    const char *dir = ".";
-    if (slash == dup)
-        dir = "/";
-    else if (slash) {
-        *slash = 0;
-        dir = dup;
-    }
-    int fd = open(dir, O_RDONLY | O_DIRECTORY);
-    int rc = fd >= 0 ? fsync(fd) : -1;
-    if (fd >= 0)
-        close(fd);
-    free(dup);
-    return rc;
-}
-
 /* Build the folder as OUT.tmp-XXXXXX beside OUT, then rename it. */
 static int write_folder(const char *out_dir, int overwrite, const lora_weighted *in, size_t n,
                         const outmod *mods, size_t nm, lora_error *err)
@@ -307,7 +286,7 @@ static int write_folder(const char *out_dir, int overwrite, const lora_weighted 
             goto fail;
         }
     }
-    fsync_parent(out_dir);
+    (void)lora_fsync_dir_of(out_dir, NULL);
     lora_tmp_forget(tmp);
     free(cfg);
     free(tmp);
