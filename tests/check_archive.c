@@ -463,7 +463,7 @@ START_TEST(test_hostile)
         struct stat sb;
         ck_assert_int_eq(stat(h, &sb), 0);
         ck_assert_int_lt(sb.st_size, 1 << 20);
-        expect_refused("zstd bomb", h, LORA_ECHECK, "268435456 bytes in the archive");
+        expect_refused("zstd bomb", h, LORA_EINPUT, "decompression bomb");
         /* the same signed manifest with the real 10 bytes is fine */
         tent fine[] = {{"lora.json", 'f', m3, m3l}, {"lora.json.minisig", 'f', s3, s3l},
                        {"adapter_config.json", 'f', p.c, p.cl},
@@ -628,23 +628,21 @@ START_TEST(test_open_adapter)
             ck_assert_mem_eq(ad->modules[i].B->data, folder->modules[i].B->data,
                              ad->modules[i].B->nbytes);
         }
-        if (!z) {
-            /* in place: the tensor bytes lie in a mapping of the archive
-             * file itself (no copy, no extraction) */
-            const void *d = ad->modules[0].A->data;
-            FILE *maps = fopen("/proc/self/maps", "r");
-            ck_assert_ptr_nonnull(maps);
-            char line[4096];
-            int inside = 0;
-            while (fgets(line, sizeof line, maps)) {
-                unsigned long lo, hi;
-                if (sscanf(line, "%lx-%lx", &lo, &hi) == 2 && strstr(line, a) &&
-                    (unsigned long)d >= lo && (unsigned long)d < hi)
-                    inside = 1;
-            }
-            fclose(maps);
-            ck_assert_msg(inside, "tensor data is not in a mapping of %s", a);
+        /* private: the tensor bytes are in no mapping of the archive
+         * file (a rewrite of the file after the check cannot reach them) */
+        const void *d = ad->modules[0].A->data;
+        FILE *maps = fopen("/proc/self/maps", "r");
+        ck_assert_ptr_nonnull(maps);
+        char line[4096];
+        int inside = 0;
+        while (fgets(line, sizeof line, maps)) {
+            unsigned long lo, hi;
+            if (sscanf(line, "%lx-%lx", &lo, &hi) == 2 && strstr(line, a) &&
+                (unsigned long)d >= lo && (unsigned long)d < hi)
+                inside = 1;
         }
+        fclose(maps);
+        ck_assert_msg(!inside, "tensor data is in a mapping of %s", a);
         lora_adapter_free(ad);
         /* wrong key, no key, unverified with a warning */
         const char *wrong[] = {pub2p, NULL};
