@@ -314,14 +314,14 @@ START_TEST(test_malformed_sigs)
                              "trusted comment contains a NUL",
                              "global signature line contains a NUL"};
         for (size_t i = 0; i < 4; i++) {
-            size_t n = strlen(MS_SIG_ED);
-            char *x = malloc(n + 1);
-            memcpy(x, MS_SIG_ED, n + 1);
+            size_t sl = strlen(MS_SIG_ED);
+            char *x = malloc(sl + 1);
+            memcpy(x, MS_SIG_ED, sl + 1);
             char *p = strstr(x, at[i]);
             ck_assert_ptr_nonnull(p);
             p[2] = '\0';
             lora_sig sig;
-            ck_assert_int_eq(lora_sig_parse(x, n, &sig, &err), LORA_EINPUT);
+            ck_assert_int_eq(lora_sig_parse(x, sl, &sig, &err), LORA_EINPUT);
             ck_assert_msg(strstr(err.msg, say[i]) != NULL, "%zu: %s", i, err.msg);
             free(x);
         }

@@ -170,7 +170,7 @@ int lora_pubkey_from_string(const char *b64, lora_pubkey *pk, lora_error *err)
 
 int lora_pubkey_parse(const char *text, size_t len, lora_pubkey *pk, lora_error *err)
 {
-    reader r = {text, len};
+    reader r = {text, len, 0};
     char comment[LORA_SIG_COMMENT_MAX], line[B64_LINE(PK_BYTES)];
     if (!rd_fgets(&r, comment, sizeof comment) || !rd_fgets(&r, line, sizeof line))
         return lora_seterr(err, LORA_EINPUT, "public key file: too short (want a comment line "
@@ -220,7 +220,7 @@ static void seckey_chk(const unsigned char *key_id, const unsigned char *sk, uns
  * fixed fields. */
 static int seckey_decode(const char *text, size_t len, unsigned char *b, lora_error *err)
 {
-    reader r = {text, len};
+    reader r = {text, len, 0};
     char comment[LORA_SIG_COMMENT_MAX];
     char *line = sodium_malloc(B64_LINE(SK_BYTES));
     if (!line)
@@ -406,7 +406,7 @@ out:
 int lora_sig_parse(const char *text, size_t len, lora_sig *sig, lora_error *err)
 {
     memset(sig, 0, sizeof *sig);
-    reader r = {text, len};
+    reader r = {text, len, 0};
     char line[LORA_SIG_TRUSTED_MAX];
     static const char *what = "signature";
 
