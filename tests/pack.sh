@@ -242,4 +242,25 @@ if [ -x "$TOP_BUILDDIR/lora-merge" ]; then
     echo "note: 40 merges from an archive rewritten in place: $n_ok exact, $n_refused refused"
 fi
 
+# temporaries of ours that a killed create or extract left (issue 20
+# item 11) are removed by the next run; one a running writer holds
+# (flock) is left alone
+if command -v flock >/dev/null 2>&1; then
+    printf 'stale' > "$T/c.lora.tmp-AbC123"
+    printf 'held' > "$T/c.lora.tmp-HeLd12"
+    mkdir "$T/xs.extract-HeLd12"
+    rm -f "$T/ready"
+    flock "$T/c.lora.tmp-HeLd12" sh -c "flock '$T/xs.extract-HeLd12' sh -c ': > \"$T/ready\"; sleep 5'" &
+    holder=$!
+    n=0; while [ ! -e "$T/ready" ] && [ $n -lt 100 ]; do sleep 0.05; n=$((n + 1)); done
+    expect 0 lora-pack create "$T/ad" -s "$T/k.sec" --name tiny --task test --version 1.0 -o "$T/c.lora" -q
+    mkdir "$T/xs.extract-AbC123"
+    expect 0 lora-pack extract "$T/a.lora" -C "$T/xs" -p "$T/k.pub" -q
+    checks=$((checks + 1)); [ -e "$T/c.lora.tmp-AbC123" ] && fail "create kept a stale temporary"
+    checks=$((checks + 1)); [ -e "$T/xs.extract-AbC123" ] && fail "extract kept a stale temporary"
+    checks=$((checks + 1)); [ -e "$T/c.lora.tmp-HeLd12" ] || fail "create removed a temporary in use"
+    checks=$((checks + 1)); [ -d "$T/xs.extract-HeLd12" ] || fail "extract removed a temporary in use"
+    kill $holder 2>/dev/null; wait $holder 2>/dev/null
+fi
+
 done_testing

@@ -225,6 +225,73 @@ static const char *base_name(const char *p)
     return s ? s + 1 : p;
 }
 
+/* Remove a folder that holds files and folders of files (receipts/). */
+static void remove_tree(const char *path, int depth)
+{
+    DIR *d = opendir(path);
+    if (d) {
+        struct dirent *de;
+        while ((de = readdir(d))) {
+            if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+                continue;
+            char *p = path_join(path, de->d_name);
+            if (!p)
+                break;
+            struct stat sb;
+            if (depth > 0 && lstat(p, &sb) == 0 && S_ISDIR(sb.st_mode))
+                remove_tree(p, depth - 1);
+            else
+                unlink(p);
+            free(p);
+        }
+        closedir(d);
+    }
+    rmdir(path);
+}
+
+/* Temporaries PATH<tag>XXXXXX beside PATH (folders when is_dir, else
+ * files) that no running writer holds locked: what a killed run left. */
+static void remove_stale(const char *path, const char *tag, int is_dir)
+{
+    char *parent = lora_strdup(path, NULL);
+    if (!parent)
+        return;
+    char *slash = strrchr(parent, '/');
+    const char *base = slash ? path + (slash - parent) + 1 : path;
+    if (slash == parent)
+        parent[1] = '\0';
+    else if (slash)
+        *slash = '\0';
+    else
+        strcpy(parent, ".");
+    size_t bl = strlen(base), tl = strlen(tag);
+    DIR *d = opendir(parent);
+    while (d) {
+        struct dirent *de = readdir(d);
+        if (!de)
+            break;
+        const char *nm = de->d_name;
+        if (strlen(nm) != bl + tl + 6 || strncmp(nm, base, bl) != 0 || strncmp(nm + bl, tag, tl) != 0)
+            continue;
+        char *p = path_join(parent, nm);
+        int fd = p ? open(p, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | (is_dir ? O_DIRECTORY : 0)) : -1;
+        struct stat sb;
+        if (fd >= 0 && fstat(fd, &sb) == 0 && (is_dir ? S_ISDIR(sb.st_mode) : S_ISREG(sb.st_mode)) &&
+            flock(fd, LOCK_EX | LOCK_NB) == 0) {
+            if (is_dir)
+                remove_tree(p, 1);
+            else
+                unlink(p);
+        }
+        if (fd >= 0)
+            close(fd);
+        free(p);
+    }
+    if (d)
+        closedir(d);
+    free(parent);
+}
+
 int lora_archive_create(const char *out_path, const lora_pack_opts *o, const lora_seckey *sk,
                         lora_error *err)
 {
@@ -352,8 +419,12 @@ int lora_archive_create(const char *out_path, const lora_pack_opts *o, const lor
     if ((rc = lora_sign(sk, mtext, mlen, tc, untrusted, &sigtext, &siglen, err)))
         goto out;
 
+    /* OUT.tmp-XXXXXX of ours is flock()ed while written: those nobody
+     * holds were left by a killed run (a 64 GiB adapter's, say) */
+    remove_stale(out_path, ".tmp-", 0);
     if ((rc = lora_tmpfile_beside(out_path, 0644, &fd, &tmp, err)))
         goto out;
+    flock(fd, LOCK_EX);
     a = archive_write_new();
     if (!a) {
         rc = lora_oom(err);
@@ -895,68 +966,6 @@ int64_t lora_archive_member_offset(const lora_archive *ar, const char *name)
  * temporaries nobody holds (left by kill -9). */
 #define EXTRACT_TAG ".extract-"
 
-/* Remove a folder that holds files and folders of files (receipts/). */
-static void remove_tree(const char *path, int depth)
-{
-    DIR *d = opendir(path);
-    if (d) {
-        struct dirent *de;
-        while ((de = readdir(d))) {
-            if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
-                continue;
-            char *p = path_join(path, de->d_name);
-            if (!p)
-                break;
-            struct stat sb;
-            if (depth > 0 && lstat(p, &sb) == 0 && S_ISDIR(sb.st_mode))
-                remove_tree(p, depth - 1);
-            else
-                unlink(p);
-            free(p);
-        }
-        closedir(d);
-    }
-    rmdir(path);
-}
-
-/* Temporaries DIR.extract-XXXXXX beside DIR that no running extraction
- * holds: what a killed run left. */
-static void remove_stale(const char *dir)
-{
-    char *parent = lora_strdup(dir, NULL);
-    if (!parent)
-        return;
-    char *slash = strrchr(parent, '/');
-    const char *base = slash ? slash + 1 : dir;
-    if (slash == parent)
-        parent[1] = '\0';
-    else if (slash)
-        *slash = '\0';
-    else
-        strcpy(parent, ".");
-    size_t bl = strlen(base), tl = strlen(EXTRACT_TAG);
-    DIR *d = opendir(parent);
-    while (d) {
-        struct dirent *de = readdir(d);
-        if (!de)
-            break;
-        const char *nm = de->d_name;
-        if (strlen(nm) != bl + tl + 6 || strncmp(nm, base, bl) != 0 ||
-            strncmp(nm + bl, EXTRACT_TAG, tl) != 0)
-            continue;
-        char *p = path_join(parent, nm);
-        int fd = p ? open(p, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) : -1;
-        if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) == 0)
-            remove_tree(p, 1);
-        if (fd >= 0)
-            close(fd);
-        free(p);
-    }
-    if (d)
-        closedir(d);
-    free(parent);
-}
-
 /* What may be replaced: a folder holding only what an extraction
  * writes (and per-file temporaries of older versions).  Anything else
  * is the user's and is not deleted along with the folder. */
@@ -1087,7 +1096,7 @@ int lora_archive_extract(const lora_archive *ar, const char *dir_arg, int force,
     }
     if (rc)
         goto out;
-    remove_stale(dir);
+    remove_stale(dir, EXTRACT_TAG, 1);
     if (asprintf(&tmp, "%s" EXTRACT_TAG "XXXXXX", dir) < 0) {
         tmp = NULL;
         rc = lora_oom(err);
