@@ -174,18 +174,27 @@ expect_err "not a folder"
 # KiB whose manifest states a 1 GiB member (a receipt of zeros) is
 # refused by list (no signature check), verify and registry add -u
 # before 1 GiB is ever allocated
+# (made without LORA_WRAP: hashing and compressing 1 GiB under memcheck
+# would take minutes, and it is not what is tested)
 truncate -s 1G "$T/zeros.receipt"
-expect 0 lora-pack create "$T/ad" -s "$T/k.sec" --name bomb --task test --version 1 --compress \
-    --receipt "$T/zeros.receipt" -o "$T/bomb.lora" -q
+checks=$((checks + 1))
+"$TOP_BUILDDIR/lora-pack" create "$T/ad" -s "$T/k.sec" --name bomb --task test --version 1 \
+    --compress --receipt "$T/zeros.receipt" -o "$T/bomb.lora" -q || fail "cannot make the bomb"
 rm -f "$T/zeros.receipt"
 bsize=$(stat -c %s "$T/bomb.lora")
 checks=$((checks + 1)); [ "$bsize" -lt 200000 ] || fail "the bomb is $bsize bytes, not a few KiB"
-# shellcheck disable=SC2016 # $1 expands in the inner shell
-expect 3 sh -c 'ulimit -v 600000 2>/dev/null; exec "$@"' sh "$TOP_BUILDDIR/lora-pack" list "$T/bomb.lora"
+# (600 MB of address space; not under a sanitizer or valgrind, which
+# reserve far more for themselves)
+if [ -z "${ASAN_OPTIONS:-}" ] && [ -z "${LORA_WRAP:-}" ]; then
+    # shellcheck disable=SC2016 # $1 expands in the inner shell
+    expect 3 sh -c 'ulimit -v 600000 2>/dev/null; exec "$@"' sh "$TOP_BUILDDIR/lora-pack" list "$T/bomb.lora"
+else
+    expect 3 lora-pack list "$T/bomb.lora"
+fi
 expect_err "decompression bomb"
 expect 3 lora-pack verify "$T/bomb.lora" -p "$T/k.pub"
 expect_err "decompression bomb"
-if [ -z "${LORA_WRAP:-}" ] && [ -x /usr/bin/time ]; then
+if [ -z "${LORA_WRAP:-}" ] && [ -z "${ASAN_OPTIONS:-}" ] && [ -x /usr/bin/time ]; then
     /usr/bin/time -f %M -o "$T/rss" "$TOP_BUILDDIR/lora-pack" list "$T/bomb.lora" >/dev/null 2>&1
     rss=$(tail -n 1 "$T/rss")
     echo "note: a $bsize-byte archive stating a 1 GiB member refused at $rss KiB peak RSS"
