@@ -502,6 +502,11 @@ typedef struct lora_merge_stats {
     uint64_t fixes;        /* corrections recorded (merge) or applied (unmerge) */
     uint64_t inexact;      /* unmerge: elements differing from the reference */
     uint64_t max_ulps;     /* unmerge: largest distance to the reference, ulps */
+    uint64_t nonfinite;    /* finite inputs whose result is not finite in the output
+                              dtype (only with allow_nonfinite: otherwise refused) */
+    uint64_t may_differ;   /* unmerge without reference or corrections: elements that
+                              may differ from W0 (u certainly wrong, or another W0
+                              merges to the same value): an upper bound */
 } lora_merge_stats;
 
 /* Merge one tensor held in memory: out = round(w0 + d), elementwise,
@@ -616,6 +621,9 @@ typedef struct lora_tensor_report {
     uint64_t fixes;            /* corrections recorded or applied */
     uint64_t max_ulps;         /* largest distance to the reference */
     int hash_ok;               /* 1 matches the receipt, 0 differs, -1 not checked */
+    int known;                 /* exact is known (receipt or reference); 0: exactness
+                                  unknown, may_differ is an upper bound */
+    uint64_t may_differ;       /* elements that may differ from W0 (known: = elements - exact) */
 } lora_tensor_report;
 
 typedef struct lora_merge_opts {
@@ -636,6 +644,11 @@ typedef struct lora_merge_opts {
      * no index is written, so that shards can be merged on different
      * machines and the index copied at the end.  NULL: every shard. */
     const char *shard;
+    int allow_nonfinite;       /* write values that overflow the output dtype (counted);
+                                  0: such a value is LORA_EINPUT, nothing written */
+    int any_base;              /* merge into a base other than the one an adapter's
+                                  archive records (warns on opts->warn) */
+    FILE *warn;                /* warnings (base identity); NULL: none */
 } lora_merge_opts;
 
 typedef struct lora_merge_result {
@@ -646,6 +659,10 @@ typedef struct lora_merge_result {
     uint64_t max_ulps;
     uint64_t hash_mismatches;  /* unmerge with receipt: tensors whose hash differs */
     uint64_t receipt_bytes;
+    uint64_t nonfinite;        /* values written non-finite (allow_nonfinite) */
+    uint64_t may_differ;       /* unmerge: upper bound of elements not restored exactly
+                                  (= inexact when exactness is known) */
+    int known;                 /* unmerge: exactness known (receipt or reference) */
 } lora_merge_result;
 
 /* Returns LORA_ECHECK (nothing written) when an unmerge with a receipt

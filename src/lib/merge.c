@@ -149,6 +149,33 @@ static int is2d(const lora_tensor *t, uint64_t *rows, uint64_t *cols)
     return 1;
 }
 
+/* Finite values of a conversion chunk that became infinite in DDT:
+ * refused naming the first (as mergecore.c does for merged values), or
+ * counted with allow_nonfinite. */
+static int count_overflow(struct run *R, const double *d, const unsigned char *o, lora_dtype ddt,
+                          size_t n, uint64_t first, const char *name, lora_error *err)
+{
+    double back[256];
+    for (size_t x = 0; x < n; x += 256) {
+        size_t k = n - x < 256 ? n - x : 256;
+        if (lora_decode_f64(ddt, o + x * (lora_dtype_bits(ddt) / 8), back, k))
+            return lora_seterr(err, LORA_EINPUT, "%s: cannot read back %s", name,
+                               lora_dtype_name(ddt));
+        for (size_t y = 0; y < k; y++) {
+            if (isfinite(back[y]) || !isfinite(d[x + y]))
+                continue;
+            if (!R->o->allow_nonfinite)
+                return lora_seterr(err, LORA_EINPUT,
+                                   "%s: value(s) not finite in %s although the inputs are finite "
+                                   "(first: element %llu: %.9g converted); nothing written "
+                                   "(--allow-nonfinite writes them)", name, lora_dtype_name(ddt),
+                                   (unsigned long long)(first + x + y), d[x + y]);
+            R->res->nonfinite++;
+        }
+    }
+    return LORA_OK;
+}
+
 /* Convert a whole tensor's elements between readable/writable dtypes in
  * chunks through a reused buffer, writing at offset 0.. of NAME. */
 static int convert_copy(struct run *R, const lora_tensor *t, const void *src, lora_dtype sdt,
@@ -169,7 +196,10 @@ static int convert_copy(struct run *R, const lora_tensor *t, const void *src, lo
             lora_encode_f64(ddt, d, o, n))
             return lora_seterr(err, LORA_EINPUT, "%s: cannot convert %s to %s", name,
                                lora_dtype_name(sdt), lora_dtype_name(ddt));
-        int rc = lora_stw_write(R->w, name, i * dsz, o, n * dsz, err);
+        int rc = count_overflow(R, d, o, ddt, n, i, name, err);
+        if (rc)
+            return rc;
+        rc = lora_stw_write(R->w, name, i * dsz, o, n * dsz, err);
         if (rc)
             return rc;
     }
@@ -281,7 +311,7 @@ static int do_tensor(struct run *R, const lora_tensor *t, int fd, lora_error *er
             return lora_seterr(err, LORA_EUSAGE, "%s: replaced by modules_to_save and adapted at once",
                                t->name);
         R->res->changed_tensors++;
-        lora_tensor_report tr = {t->name, t->numel, 0, 0, 0, -1};
+        lora_tensor_report tr = {t->name, t->numel, 0, 0, 0, -1, 1, 0};
         if (R->w) {
             lora_dtype od = out_dtype(R, t->dtype);
             int rc;
@@ -304,7 +334,7 @@ static int do_tensor(struct run *R, const lora_tensor *t, int fd, lora_error *er
                            t->name);
     R->res->changed_tensors++;
     R->res->elements += t->numel;
-    lora_tensor_report tr = {t->name, t->numel, 0, 0, 0, -1};
+    lora_tensor_report tr = {t->name, t->numel, 0, 0, 0, -1, 1, 0};
     lora_merge_stats st = {0};
     lora_merge_stats ust = {0};
     const void *src = t->data;
@@ -324,6 +354,7 @@ static int do_tensor(struct run *R, const lora_tensor *t, int fd, lora_error *er
         j.terms = oldt;
         j.nterms = nold;
         j.unmerge = 1;
+        j.allow_nonfinite = o->allow_nonfinite;
         j.stats = &ust;
         j.hash = 1;
         j.in_hash = in_hash;
@@ -375,12 +406,23 @@ static int do_tensor(struct run *R, const lora_tensor *t, int fd, lora_error *er
         if (reft) {
             tr.exact = t->numel - ust.inexact;
             tr.max_ulps = ust.max_ulps;
+            tr.known = 1;
+            tr.may_differ = ust.inexact;
         } else if (rt) {
+            /* the hashes decide; unknown per element when they differ */
             tr.exact = tr.hash_ok ? t->numel : 0;
+            tr.known = tr.hash_ok;
+            tr.may_differ = tr.hash_ok ? 0 : t->numel;
         } else {
+            /* no receipt, no reference: W0 is unknown; exact counts only
+             * what is certainly wrong, may_differ bounds it from above */
             tr.exact = t->numel - ust.inexact;
+            tr.known = 0;
+            tr.may_differ = ust.may_differ;
         }
         R->res->inexact += t->numel - tr.exact;
+        R->res->may_differ += tr.may_differ;
+        R->res->nonfinite += ust.nonfinite;
         if (ust.max_ulps > R->res->max_ulps)
             R->res->max_ulps = ust.max_ulps;
         memcpy(base_hash, out_hash, 32);
@@ -401,6 +443,7 @@ static int do_tensor(struct run *R, const lora_tensor *t, int fd, lora_error *er
         j.terms = newt;
         j.nterms = nnew;
         j.mode = o->rounding;
+        j.allow_nonfinite = o->allow_nonfinite;
         j.stats = &st;
         j.hash = R->rout != NULL;
         j.in_hash = in_hash;
@@ -421,6 +464,7 @@ static int do_tensor(struct run *R, const lora_tensor *t, int fd, lora_error *er
             memcpy(base_hash, in_hash, 32);
         tr.fixes = st.fixes;
         R->res->fixes += st.fixes;
+        R->res->nonfinite += st.nonfinite;
         if (R->rout) {
             lora_receipt_term rterms[64];
             for (size_t k = 0; k < nnew; k++) {
@@ -497,8 +541,11 @@ static char *new_merges(struct run *R, lora_st *st)
     for (size_t a = 0; a < R->nadd; a++) {
         char hex[65];
         sodium_bin2hex(hex, sizeof hex, R->add_hash[a], 32);
-        json_array_append_new(m, json_pack("{sssfss}", "blake2b", hex, "weight", R->add[a].weight,
-                                           "adapter", R->add[a].spec));
+        json_t *e = json_pack("{sssfss}", "blake2b", hex, "weight", R->add[a].weight, "adapter",
+                              R->add[a].spec);
+        if (e && R->o->allow_nonfinite) /* values beyond the dtype may be written as ±inf */
+            json_object_set_new(e, "allow_nonfinite", json_true());
+        json_array_append_new(m, e);
     }
     char *s = json_array_size(m) ? json_dumps(m, JSON_COMPACT) : NULL;
     json_decref(m);
@@ -818,6 +865,7 @@ int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
     struct run R;
     memset(&R, 0, sizeof R);
     memset(res, 0, sizeof *res);
+    res->known = opts->reference != NULL || opts->receipt_in != NULL;
     R.o = opts;
     R.res = res;
     R.undo = undo;

@@ -77,18 +77,27 @@ static void on_tensor(void *arg, const lora_tensor_report *r)
     struct rep *p = arg;
     if (p->json) {
         json_t *o = json_pack("{sssIsIsIsI}", "name", r->name, "elements", (json_int_t)r->elements,
-                              "exact", (json_int_t)r->exact, "corrections", (json_int_t)r->fixes,
-                              "max_ulps", (json_int_t)r->max_ulps);
+                              "corrections", (json_int_t)r->fixes, "max_ulps",
+                              (json_int_t)r->max_ulps, "may_differ", (json_int_t)r->may_differ);
         if (o) {
+            /* exactness is a fact only with a receipt or a reference */
+            json_object_set_new(o, "exact", r->known ? json_boolean(r->may_differ == 0)
+                                                     : json_null());
+            json_object_set_new(o, "exact_elements", r->known ? json_integer((json_int_t)r->exact)
+                                                              : json_null());
             json_object_set_new(o, "hash_ok", r->hash_ok < 0 ? json_null()
                                                               : json_boolean(r->hash_ok));
             json_array_append_new(p->arr, o);
         }
     } else if (p->human) {
-        printf("%-60s %12llu / %-12llu max %llu ulp  %llu corrections%s\n", r->name,
-               (unsigned long long)r->exact, (unsigned long long)r->elements,
-               (unsigned long long)r->max_ulps, (unsigned long long)r->fixes,
-               r->hash_ok < 0 ? "" : r->hash_ok ? "  hash ok" : "  HASH MISMATCH");
+        if (r->known)
+            printf("%-60s %12llu / %-12llu max %llu ulp  %llu corrections%s\n", r->name,
+                   (unsigned long long)r->exact, (unsigned long long)r->elements,
+                   (unsigned long long)r->max_ulps, (unsigned long long)r->fixes,
+                   r->hash_ok < 0 ? "" : r->hash_ok ? "  hash ok" : "  HASH MISMATCH");
+        else
+            printf("%-60s exactness unknown: at most %llu of %llu may differ\n", r->name,
+                   (unsigned long long)r->may_differ, (unsigned long long)r->elements);
     }
 }
 
@@ -231,12 +240,24 @@ int main(int argc, char **argv)
     }
     uint64_t exact = res.elements - res.inexact;
     if (ran && json) {
-        json_t *j = json_pack("{sosIsIsIsIsIsb}", "tensors", rp.arr, "elements",
-                              (json_int_t)res.elements, "exact", (json_int_t)exact,
+        /* "exact": true/false when a receipt or --base tells, null when W0 is
+         * unknown; "may_differ" is then an upper bound of the wrong elements */
+        json_t *j = json_pack("{sosIsIsIsIsI}", "tensors", rp.arr, "elements",
+                              (json_int_t)res.elements, "may_differ", (json_int_t)res.may_differ,
                               "max_ulps", (json_int_t)res.max_ulps, "corrections",
                               (json_int_t)res.fixes, "hash_mismatches",
-                              (json_int_t)res.hash_mismatches, "all_exact", rc == LORA_OK);
+                              (json_int_t)res.hash_mismatches);
         rp.arr = NULL;
+        if (j) {
+            json_t *ex = res.known ? json_boolean(rc == LORA_OK && !res.inexact) : json_null();
+            json_object_set_new(j, "exact", ex);
+            json_object_set(j, "all_exact", ex);
+            json_object_set_new(j, "exact_elements",
+                                res.known ? json_integer((json_int_t)exact) : json_null());
+            json_object_set_new(j, "differ",
+                                res.known ? json_integer((json_int_t)res.inexact) : json_null());
+            json_object_set_new(j, "certainly_differ", json_integer((json_int_t)res.inexact));
+        }
         if (j && out)
             json_object_set_new(j, "output", json_string(out));
         char *s = j ? json_dumps(j, JSON_INDENT(2)) : NULL;
@@ -256,9 +277,10 @@ int main(int argc, char **argv)
                     (unsigned long long)res.changed_tensors, (unsigned long long)res.fixes);
         else
             fprintf(stderr, PROG ": %s: %llu tensors unmerged without a receipt (best effort): "
-                            "at least %llu of %llu elements are not the original\n", out,
-                    (unsigned long long)res.changed_tensors, (unsigned long long)res.inexact,
-                    (unsigned long long)res.elements);
+                            "exactness unknown; at most %llu of %llu elements may differ from "
+                            "the original (%llu certainly do); the receipt makes it exact\n", out,
+                    (unsigned long long)res.changed_tensors, (unsigned long long)res.may_differ,
+                    (unsigned long long)res.elements, (unsigned long long)res.inexact);
     }
     json_decref(rp.arr);
     for (size_t i = 0; i < n; i++) {
