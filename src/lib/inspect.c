@@ -369,6 +369,42 @@ static int check_base(lora_report *rep, const lora_adapter *ad, const lora_ckpt 
     return LORA_OK;
 }
 
+/* A scale that is not finite, or a delta that is not finite in the
+ * dtype it is merged into (the base tensor's, else lora_B's), is an
+ * error: lora-merge refuses it (exit 3), so --check must not pass it. */
+static int check_scale(lora_report *rep, const lora_adapter *ad, const lora_ckpt *base,
+                       int scan_values, lora_error *err)
+{
+    int rc = LORA_OK;
+    for (size_t i = 0; i < rep->n_modules && !rc; i++) {
+        const lora_report_module *rm = &rep->modules[i];
+        const lora_module *m = rm->m;
+        if (!isfinite(m->scale)) {
+            rc = add_problem(rep, LORA_SEV_ERROR, m->name, err,
+                             "module %s: scale %g (lora_alpha %g, r %llu%s) is not finite",
+                             m->name, m->scale, m->alpha, (unsigned long long)m->r,
+                             ad->use_rslora ? ", rsLoRA" : "");
+            continue;
+        }
+        if (!scan_values)
+            continue;
+        const lora_tensor *bt = base && rm->base_name ? lora_ckpt_find(base, rm->base_name, NULL)
+                                                      : NULL;
+        lora_dtype dt = bt ? bt->dtype : m->B->dtype;
+        uint64_t bad = 0;
+        if ((rc = lora_delta_nonfinite(m, dt, &bad, err)))
+            break;
+        if (bad)
+            rc = add_problem(rep, LORA_SEV_ERROR, m->name, err,
+                             "module %s: %llu of %llu delta values are not finite in %s "
+                             "(scale %g = lora_alpha %g / %s%llu): lora-merge refuses it",
+                             m->name, (unsigned long long)bad,
+                             (unsigned long long)(m->out * m->in), lora_dtype_name(dt), m->scale,
+                             m->alpha, ad->use_rslora ? "sqrt " : "", (unsigned long long)m->r);
+    }
+    return rc;
+}
+
 int lora_inspect(const lora_adapter *ad, const lora_inspect_opts *opts, lora_report **out,
                  lora_error *err)
 {
@@ -416,6 +452,8 @@ int lora_inspect(const lora_adapter *ad, const lora_inspect_opts *opts, lora_rep
     if (!opts->no_scan && (rc = check_values(rep, ad, err)))
         goto fail;
     if (opts->base && (rc = check_base(rep, ad, opts->base, err)))
+        goto fail;
+    if ((rc = check_scale(rep, ad, opts->base, !opts->no_scan, err)))
         goto fail;
     for (size_t i = 0; i < rep->n_problems; i++) {
         if (opts->strict)

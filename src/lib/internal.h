@@ -153,6 +153,9 @@ int lora_adapter_classify_key(const lora_acfg *c, const char *key, int *kind, ch
  * not a GPT-2 Conv1D name. */
 int lora_module_resolve(const lora_module *m, const lora_ckpt *base, int fan_in_fan_out, int hint,
                         const lora_tensor **bt, int *transpose, lora_error *err);
+/* Elements of a module's canonical delta that are not finite rounded to
+ * dt (delta.c): a huge scale (lora_alpha 1e308) from finite factors. */
+int lora_delta_nonfinite(const lora_module *m, lora_dtype dt, uint64_t *bad, lora_error *err);
 /* The base tensor for NAME, trying the spellings with and without a
  * leading "transformer." / "model."; NULL when none exists. */
 const lora_tensor *lora_ckpt_find_alias(const lora_ckpt *ck, const char *name);

@@ -654,6 +654,9 @@ static int nonfinite_error(const struct tjob *j, lora_error *err)
     else
         snprintf(what, sizeof what, "%.9g %s %.9g = %.9g", j->nf_in, j->nf_d < 0 ? "-" : "+",
                  fabs(j->nf_d), j->nf_in + j->nf_d);
+    if (j->nf_d != 0 && !fp_finite(j->ok, fp_round(j->ok, fabs(j->nf_d))))
+        snprintf(what + strlen(what), sizeof what - strlen(what),
+                 "; the delta alone overflows: check the adapter's scale (lora_alpha)");
     return lora_seterr(err, LORA_EINPUT,
                        "%s: %llu value(s) not finite in %s although the inputs are finite "
                        "(first: element %llu [%llu, %llu]: %s)%s", s->name,
