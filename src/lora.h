@@ -269,6 +269,12 @@ typedef struct lora_adapter {
      * holds st's bytes (an archive's mapping).  NULL when st owns them. */
     void (*release)(void *arg);
     void *release_arg;
+    /* The base identity an archive's manifest records (lora_base_hash)
+     * and its base name (points into the archive, lives as long as the
+     * adapter); 0 / NULL for a plain folder.  See lora_base_check. */
+    int has_base_hash;
+    unsigned char base_hash[32];
+    const char *recorded_base;
 } lora_adapter;
 
 /* Load a PEFT adapter folder (adapter_config.json +
@@ -663,6 +669,8 @@ typedef struct lora_merge_result {
     uint64_t may_differ;       /* unmerge: upper bound of elements not restored exactly
                                   (= inexact when exactness is known) */
     int known;                 /* unmerge: exactness known (receipt or reference) */
+    int base_confirmed;        /* unmerge without a receipt: the restored tensors an
+                                  archive adapter changes equal its recorded base */
 } lora_merge_result;
 
 /* Returns LORA_ECHECK (nothing written) when an unmerge with a receipt
@@ -1080,6 +1088,19 @@ int lora_archive_open_adapter(const char *path, const lora_pubkey *keys, size_t 
  * made for without hashing the whole checkpoint (lora-archive(5)). */
 int lora_base_hash(const lora_adapter *ad, const lora_ckpt *base,
                    unsigned char out[LORA_HASH_BYTES], lora_error *err);
+
+/* Is BASE the base AD was made for (baseid.c)?  With a recorded
+ * identity (ad->has_base_hash, from an archive manifest): lora_base_hash
+ * of BASE (AD bound to it) must equal it, else LORA_ECHECK naming both
+ * identities and the adapter's base name; any_base turns that into a
+ * loud warning on WARN.  Without one: base_model_name_or_path is
+ * compared with BASE's config.json (_name_or_path; architectures, vocab
+ * and hidden sizes when the name is a local folder) and a mismatch is a
+ * warning.  WHO prefixes warnings (the tool's name). */
+int lora_base_check(const lora_adapter *ad, const lora_ckpt *base, int any_base, const char *who,
+                    FILE *warn, lora_error *err);
+/* Warn on WARN when adapters combined in one merge name different bases. */
+void lora_base_check_several(const lora_adapter *const *ads, size_t n, const char *who, FILE *warn);
 
 
 /* ---- section: registry (registry.c) ---- */

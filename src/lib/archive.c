@@ -914,6 +914,9 @@ int lora_archive_open_adapter(const char *path, const lora_pubkey *keys, size_t 
     }
     ad->release = release_archive;
     ad->release_arg = ar;
+    ad->has_base_hash = ar->manifest->has_base_hash; /* the base identity (baseid.c) */
+    memcpy(ad->base_hash, ar->manifest->base_hash, sizeof ad->base_hash);
+    ad->recorded_base = ar->manifest->base_model;
     *out = ad;
     return LORA_OK;
 }

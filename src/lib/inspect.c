@@ -295,6 +295,55 @@ static void shape_str(const lora_tensor *t, char *buf, size_t n)
         snprintf(buf + o, n - o, "]");
 }
 
+/* Is BASE the one the adapter was made for (baseid.c)?  An archive's
+ * recorded identity that differs is an error (lora-merge refuses it);
+ * a plain folder whose base_model_name_or_path disagrees with the
+ * base's config.json is a warning.  The identity is computed on a
+ * shallow copy whose targets are the base's spellings found above. */
+static int check_identity(lora_report *rep, const lora_adapter *ad, const lora_ckpt *base,
+                          lora_error *err)
+{
+    char msg[600];
+    if (!ad->has_base_hash) {
+        if (lora_base_name_mismatch(ad, base, msg, sizeof msg))
+            return add_problem(rep, LORA_SEV_WARNING, NULL, err, "%s", msg);
+        return LORA_OK;
+    }
+    for (size_t i = 0; i < rep->n_modules; i++)
+        if (!rep->modules[i].base_name)
+            return LORA_OK; /* not bound: reported above */
+    lora_adapter cp = *ad;
+    lora_module *mods = calloc(ad->n_modules ? ad->n_modules : 1, sizeof *mods);
+    lora_saved *sv = calloc(ad->n_saved ? ad->n_saved : 1, sizeof *sv);
+    int rc = LORA_OK;
+    if (!mods || !sv) {
+        rc = lora_oom(err);
+        goto done;
+    }
+    for (size_t i = 0; i < ad->n_modules; i++) {
+        mods[i] = ad->modules[i];
+        mods[i].target = (char *)rep->modules[i].base_name;
+    }
+    for (size_t i = 0; i < ad->n_saved; i++) {
+        const lora_tensor *t = lora_ckpt_find_alias(base, ad->saved[i].target);
+        if (!t)
+            goto done; /* reported above */
+        sv[i] = ad->saved[i];
+        sv[i].target = (char *)t->name;
+    }
+    cp.modules = mods;
+    cp.saved = sv;
+    int r = lora_base_identity_mismatch(&cp, base, msg, sizeof msg, err);
+    if (r < 0)
+        rc = -r;
+    else if (r)
+        rc = add_problem(rep, LORA_SEV_ERROR, NULL, err, "%s: lora-merge refuses it (exit 1)", msg);
+done:
+    free(mods);
+    free(sv);
+    return rc;
+}
+
 static int check_base(lora_report *rep, const lora_adapter *ad, const lora_ckpt *base,
                       lora_error *err)
 {
@@ -366,7 +415,7 @@ static int check_base(lora_report *rep, const lora_adapter *ad, const lora_ckpt 
         if (rc)
             return rc;
     }
-    return LORA_OK;
+    return check_identity(rep, ad, base, err);
 }
 
 /* A scale that is not finite, or a delta that is not finite in the

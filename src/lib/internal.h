@@ -156,6 +156,14 @@ int lora_module_resolve(const lora_module *m, const lora_ckpt *base, int fan_in_
 /* Elements of a module's canonical delta that are not finite rounded to
  * dt (delta.c): a huge scale (lora_alpha 1e308) from finite factors. */
 int lora_delta_nonfinite(const lora_module *m, lora_dtype dt, uint64_t *bad, lora_error *err);
+/* Base identity pieces (baseid.c), for lora_base_check and lora-inspect:
+ * 1 and a message when AD's recorded identity (lora_base_hash, AD bound
+ * or its targets set) differs from BASE's, 0 when equal or none is
+ * recorded, -code on error; and 1 with a message when the plain folder's
+ * base_model_name_or_path does not match BASE's config.json. */
+int lora_base_identity_mismatch(const lora_adapter *ad, const lora_ckpt *base, char *msg,
+                                size_t n, lora_error *err);
+int lora_base_name_mismatch(const lora_adapter *ad, const lora_ckpt *base, char *msg, size_t n);
 /* The base tensor for NAME, trying the spellings with and without a
  * leading "transformer." / "model."; NULL when none exists. */
 const lora_tensor *lora_ckpt_find_alias(const lora_ckpt *ck, const char *name);

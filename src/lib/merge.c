@@ -778,6 +778,85 @@ static int out_collides(struct run *R, const char *input, const char *out, lora_
     return LORA_OK;
 }
 
+static const char *who(const struct run *R)
+{
+    return R->nadd ? "lora-merge" : "lora-unmerge";
+}
+
+/* Is the input (merge) or the reference (unmerge --check --base) the
+ * base each adapter was made for (baseid.c)?  In a task switch the base
+ * exists only tensor by tensor in memory: the receipt's hashes check
+ * it against the first merge's base, the new adapter's recorded
+ * identity cannot be checked (said so). */
+static int rc_bases(struct run *R, lora_error *err)
+{
+    const lora_adapter *ads[128];
+    size_t n = 0;
+    for (size_t a = 0; a < R->nadd; a++) {
+        if (R->nundo && R->add[a].ad->has_base_hash) {
+            if (R->o->warn)
+                fprintf(R->o->warn, "%s: note: %s: the base identity it records is not checked "
+                                    "in a task switch (lora-unmerge first to check it)\n",
+                        who(R), R->add[a].spec);
+        } else if (!R->nundo) {
+            int rc = lora_base_check(R->add[a].ad, R->ck, R->o->any_base, who(R), R->o->warn, err);
+            if (rc)
+                return rc;
+        }
+        if (n < 128)
+            ads[n++] = R->add[a].ad;
+    }
+    for (size_t u = 0; u < R->nundo && R->ref; u++) {
+        int rc = lora_base_check(R->undo[u].ad, R->ref, R->o->any_base, who(R), R->o->warn, err);
+        if (rc)
+            return rc;
+    }
+    lora_base_check_several(ads, n, who(R), R->o->warn);
+    return LORA_OK;
+}
+
+/* After an unmerge, the restored checkpoint at PATH (complete, not yet
+ * renamed) against the identity each adapter's archive records: with a
+ * receipt the restore is exact, so a mismatch means the merge was made
+ * into another base (refused unless any_base); without one a mismatch
+ * may be rounding, so it is a note, and a match proves the base. */
+static int check_restored(struct run *R, const char *path, lora_error *err)
+{
+    int any = 0;
+    for (size_t u = 0; u < R->nundo; u++)
+        any |= R->undo[u].ad->has_base_hash;
+    if (!any || R->nadd || !path)
+        return LORA_OK;
+    lora_ckpt *ck;
+    int rc = lora_ckpt_open(path, &ck, err);
+    if (rc)
+        return rc;
+    for (size_t u = 0; u < R->nundo && !rc; u++) {
+        char msg[600];
+        int r = lora_base_identity_mismatch(R->undo[u].ad, ck, msg, sizeof msg, err);
+        if (r < 0) {
+            rc = -r;
+        } else if (r && !R->rin) {
+            if (R->o->warn)
+                fprintf(R->o->warn, "%s: note: %s: the restored base cannot be matched with the "
+                                    "base identity the archive records (unmerge without a receipt "
+                                    "is not exact)\n", who(R), R->undo[u].spec);
+        } else if (r && R->o->any_base) {
+            if (R->o->warn)
+                fprintf(R->o->warn, "%s: WARNING: --any-base: %s: the restored checkpoint is not "
+                                    "the adapter's base: %s\n", who(R), R->undo[u].spec, msg);
+        } else if (r) {
+            rc = lora_seterr(err, LORA_ECHECK, "%s: the restored checkpoint is not the adapter's "
+                                               "base: %s; nothing written (--any-base to keep it)",
+                             R->undo[u].spec, msg);
+        } else if (!R->rin) {
+            R->res->base_confirmed = 1;
+        }
+    }
+    lora_ckpt_close(ck);
+    return rc;
+}
+
 static int bind_all(struct run *R, lora_error *err)
 {
     lora_merge_adapter *sets[2] = {R->undo, R->add};
@@ -788,6 +867,9 @@ static int bind_all(struct run *R, lora_error *err)
             if (rc)
                 return lora_err_prefix(err, "%s", sets[k][a].spec);
         }
+    int brc = rc_bases(R, err);
+    if (brc)
+        return brc;
     R->undo_hash = calloc(R->nundo + 1, 32);
     R->add_hash = calloc(R->nadd + 1, 32);
     if (!R->undo_hash || !R->add_hash)
@@ -980,6 +1062,8 @@ int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
         if (!rc && lora_ckpt_is_sharded(R.ck))
             rc = write_index(&R, tmpdir, err);
     }
+    if (!rc && only == SIZE_MAX && !opts->check_only)
+        rc = check_restored(&R, tmpdir ? tmpdir : stage, err);
     if (!rc && R.rout) {
         rc = lora_receipt_commit(R.rout, err);
         R.rout = NULL;

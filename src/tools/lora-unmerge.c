@@ -33,6 +33,8 @@ static void usage(FILE *f)
             "      --check                     write nothing; report exact elements per tensor\n"
             "      --base BASE                 with --check: compare with this checkpoint\n"
             "      --dtype F32|F16|BF16        without a receipt: dtype of the base\n"
+            "      --any-base                  keep a restored base other than the one the\n"
+            "                                  adapter's archive records (warns)\n"
             "  -j, --threads N                 worker threads (default: CPUs online)\n"
             "      --shard NAME                only this shard of a sharded checkpoint;\n"
             "                                  OUT is that one file (no index written)\n"
@@ -104,7 +106,7 @@ static void on_tensor(void *arg, const lora_tensor_report *r)
 int main(int argc, char **argv)
 {
     lora_tool_sigbus(PROG);
-    enum { O_CHECK = 256, O_BASE, O_DTYPE, O_NOVERIFY, O_JSON, O_SHARD };
+    enum { O_CHECK = 256, O_BASE, O_DTYPE, O_NOVERIFY, O_JSON, O_SHARD, O_ANYBASE };
     static const struct option longopts[] = {
         {"adapter", required_argument, NULL, 'a'},
         {"output", required_argument, NULL, 'o'},
@@ -112,6 +114,7 @@ int main(int argc, char **argv)
         {"check", no_argument, NULL, O_CHECK},
         {"shard", required_argument, NULL, O_SHARD},
         {"base", required_argument, NULL, O_BASE},
+        {"any-base", no_argument, NULL, O_ANYBASE},
         {"dtype", required_argument, NULL, O_DTYPE},
         {"threads", required_argument, NULL, 'j'},
         {"pubkey", required_argument, NULL, 'p'},
@@ -134,6 +137,7 @@ int main(int argc, char **argv)
     lora_source_opts so;
     memset(&so, 0, sizeof so);
     so.warn = stderr;
+    o.warn = stderr;
     int c;
     opterr = 0; /* our own messages, prefixed with the tool's name */
     while ((c = getopt_long(argc, argv, "a:o:r:j:p:qhV", longopts, NULL)) != -1) {
@@ -150,6 +154,7 @@ int main(int argc, char **argv)
         case O_CHECK: check = 1; break;
         case O_SHARD: o.shard = optarg; break;
         case O_BASE: o.reference = optarg; break;
+        case O_ANYBASE: o.any_base = 1; break;
         case O_DTYPE:
             o.dtype = lora_dtype_from_name(optarg);
             if (!lora_dtype_writable(o.dtype)) {
@@ -233,8 +238,9 @@ int main(int argc, char **argv)
     }
     if (!rc)
         rc = lora_merge_run(argv[optind], ad, n, NULL, 0, out, &o, &res, &err);
-    int ran = rc == LORA_OK || (rc == LORA_ECHECK);
-    if (rc && !(rc == LORA_ECHECK && check)) {
+    /* a refusal before any work (a wrong base) has no summary to print */
+    int ran = rc == LORA_OK || (rc == LORA_ECHECK && res.elements);
+    if (rc && !(ran && check)) {
         tool_progress_end(&progress);
         fprintf(stderr, PROG ": %s\n", err.msg);
     }
@@ -249,13 +255,17 @@ int main(int argc, char **argv)
                               (json_int_t)res.hash_mismatches);
         rp.arr = NULL;
         if (j) {
-            json_t *ex = res.known ? json_boolean(rc == LORA_OK && !res.inexact) : json_null();
+            int known = res.known || res.base_confirmed;
+            if (res.base_confirmed)
+                res.may_differ = res.inexact = 0; /* the recorded base identity matches */
+            json_t *ex = known ? json_boolean(rc == LORA_OK && !res.inexact) : json_null();
             json_object_set_new(j, "exact", ex);
             json_object_set(j, "all_exact", ex);
             json_object_set_new(j, "exact_elements",
-                                res.known ? json_integer((json_int_t)exact) : json_null());
+                                known ? json_integer((json_int_t)(res.elements - res.inexact))
+                                      : json_null());
             json_object_set_new(j, "differ",
-                                res.known ? json_integer((json_int_t)res.inexact) : json_null());
+                                known ? json_integer((json_int_t)res.inexact) : json_null());
             json_object_set_new(j, "certainly_differ", json_integer((json_int_t)res.inexact));
         }
         if (j && out)
@@ -275,6 +285,10 @@ int main(int argc, char **argv)
             fprintf(stderr, PROG ": %s: %llu tensors restored bit for bit (hashes match), "
                             "%llu corrections applied\n", out,
                     (unsigned long long)res.changed_tensors, (unsigned long long)res.fixes);
+        else if (res.base_confirmed)
+            fprintf(stderr, PROG ": %s: %llu tensors unmerged without a receipt, restored "
+                            "exactly: they match the base identity the archive records\n", out,
+                    (unsigned long long)res.changed_tensors);
         else
             fprintf(stderr, PROG ": %s: %llu tensors unmerged without a receipt (best effort): "
                             "exactness unknown; at most %llu of %llu elements may differ from "
