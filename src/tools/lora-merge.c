@@ -280,6 +280,8 @@ int main(int argc, char **argv)
                     receipt_out, (unsigned long long)res.fixes,
                     (unsigned long long)res.receipt_bytes,
                     (double)res.receipt_bytes / (double)res.elements);
+        else if (!receipt_out && res.elements)
+            fputs("; no receipt: lora-unmerge cannot restore the base exactly", stderr);
         fputc('\n', stderr);
         if (res.nonfinite)
             fprintf(stderr, PROG ": %s: WARNING: %llu value(s) written as +-inf or NaN "

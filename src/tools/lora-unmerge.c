@@ -275,6 +275,12 @@ int main(int argc, char **argv)
             puts(s);
         free(s);
         json_decref(j);
+    } else if (ran && check && !quiet && res.hash_mismatches && !o.reference) {
+        /* a hash says that a tensor differs, not how many elements do */
+        printf("total: %llu tensor(s) do not match the receipt's hashes: exactness unknown, "
+               "at most %llu of %llu elements may differ\n",
+               (unsigned long long)res.hash_mismatches, (unsigned long long)res.may_differ,
+               (unsigned long long)res.elements);
     } else if (ran && check && !quiet) {
         printf("total: %llu / %llu elements exact, max %llu ulp, %llu corrections%s\n",
                (unsigned long long)exact, (unsigned long long)res.elements,
