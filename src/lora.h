@@ -189,6 +189,28 @@ int lora_stw_copy(lora_stw *w, const char *name, int src_fd, uint64_t src_off,
 int lora_stw_commit(lora_stw *w, lora_error *err);
 /* Remove the temporary and free. */
 void lora_stw_abort(lora_stw *w);
+/* Keep an existing file's layout (lora-receipt(5): a merge keeps the
+ * base's, an unmerge restores it byte for byte).  HDR is that file's
+ * header JSON (LEN bytes after the 8-byte length, padding included):
+ * tensor order and data offsets come from it; every declared tensor
+ * must be in it with the same dtype and shape, it may hold no other,
+ * and its data must be contiguous from 0, else start fails (LORA_EINPUT).
+ * VERBATIM: HDR is written as it is, __metadata__ included (what was set
+ * is ignored); otherwise HDR's keys keep their order and formatting is
+ * compact, __metadata__ (kept where it was, first when HDR had none)
+ * holds what was set, in the order set, "format" only if set
+ * explicitly.  Before lora_stw_start. */
+int lora_stw_set_layout(lora_stw *w, const void *hdr, size_t len, int verbatim,
+                        lora_error *err);
+/* After start, before commit: overwrite the value of metadata KEY in
+ * the written header with VALUE of exactly the same length (lower-case
+ * hex or ASCII letters and digits): how a value known only at the end
+ * (a hash of the data) gets into a header written at the start. */
+int lora_stw_patch_metadata(lora_stw *w, const char *key, const char *value,
+                            lora_error *err);
+/* The header as written (8-byte length + JSON + padding), after start;
+ * NULL before.  Patches are reflected. */
+const unsigned char *lora_stw_header(const lora_stw *w, size_t *len);
 
 /* ------------------------------------------------------------------ */
 /* Checkpoints: one file, a folder, or a sharded index (checkpoint.c)  */
@@ -569,6 +591,18 @@ typedef struct lora_receipt_adapter {
 
 typedef struct lora_receipt lora_receipt;
 
+/* One file of the merge (receipt version 2): the base's header as it
+ * was, for a byte-identical restore, and the hash of the merged file's
+ * header, which binds the receipt to its output (lora-receipt(5)). */
+typedef struct lora_receipt_file {
+    char *name;                        /* shard file name; the only file: any name */
+    const unsigned char *header;       /* reader: the base's header JSON */
+    uint64_t header_len;
+    uint64_t offset;                   /* of those bytes in the receipt */
+    unsigned char header_hash[32];     /* BLAKE2b-256 of them */
+    unsigned char merged_header[32];   /* BLAKE2b-256 of the merged file's first 8+N bytes */
+} lora_receipt_file;
+
 /* Writer: create (a temporary beside path), add tensors as they are
  * merged, commit (JSON index, fsync, rename).  abort removes it. */
 int lora_receipt_create(const char *path, lora_rounding mode, lora_receipt **out,
@@ -580,6 +614,21 @@ int lora_receipt_add_tensor(lora_receipt *r, const lora_receipt_tensor *t,
                             const lora_fixes *fixes, lora_error *err);
 int lora_receipt_commit(lora_receipt *r, lora_error *err);   /* frees r */
 void lora_receipt_abort(lora_receipt *r);                     /* frees r */
+/* Version 2: each file of the merge (HDR: the base's header JSON, N
+ * bytes after the 8-byte length), and the base's sharded index as it was. */
+int lora_receipt_add_file(lora_receipt *r, const char *name, const void *hdr, size_t len,
+                          const unsigned char merged_header[32], lora_error *err);
+int lora_receipt_set_index(lora_receipt *r, const void *buf, size_t len, lora_error *err);
+/* Commit in two steps, so that a merge commits its output between
+ * them: finish writes the index and fsyncs the temporary; install
+ * renames it onto the path (and the signature lora_receipt_sign made
+ * onto PATH.minisig just before) and frees r (also on failure). */
+int lora_receipt_finish(lora_receipt *r, lora_error *err);
+int lora_receipt_install(lora_receipt *r, lora_error *err);
+/* Between the two, for a re-merge onto an existing receipt: the
+ * finished receipt becomes PATH.new (a name a crash leaves for the user
+ * to find; install then renames it and keeps it on failure). */
+int lora_receipt_stage_new(lora_receipt *r, lora_error *err);
 
 /* Reader: everything in the JSON index validated (types, dtypes,
  * shapes, hashes, block offsets inside the file, adapter indices);
@@ -590,6 +639,13 @@ int lora_receipt_open_memory(const void *buf, size_t len, const char *name,
                              lora_receipt **out, lora_error *err);
 void lora_receipt_close(lora_receipt *r);
 lora_rounding lora_receipt_rounding(const lora_receipt *r);
+int lora_receipt_version(const lora_receipt *r);
+size_t lora_receipt_file_count(const lora_receipt *r);
+const lora_receipt_file *lora_receipt_file_at(const lora_receipt *r, size_t i);
+/* By shard name (NULL: none of that name). */
+const lora_receipt_file *lora_receipt_file_find(const lora_receipt *r, const char *name);
+/* The base's sharded index as it was (NULL when the receipt has none). */
+const unsigned char *lora_receipt_index(const lora_receipt *r, uint64_t *len);
 const char *lora_receipt_tool(const lora_receipt *r);
 size_t lora_receipt_adapter_count(const lora_receipt *r);
 const lora_receipt_adapter *lora_receipt_adapter_at(const lora_receipt *r, size_t i);
@@ -655,6 +711,11 @@ typedef struct lora_merge_opts {
     int any_base;              /* merge into a base other than the one an adapter's
                                   archive records (warns on opts->warn) */
     FILE *warn;                /* warnings (base identity); NULL: none */
+    /* Sign the receipt written (RECEIPT.minisig); NULL: unsigned. */
+    const struct lora_seckey *receipt_key;
+    /* receipt_in must be signed by one of these (RECEIPT.minisig). */
+    const struct lora_pubkey *receipt_pubkeys;
+    size_t n_receipt_pubkeys;
 } lora_merge_opts;
 
 typedef struct lora_merge_result {
@@ -964,6 +1025,16 @@ int lora_sig_verify(const lora_sig *sig, const lora_pubkey *pk, const void *msg,
  * unknown key ID". */
 int lora_sig_verify_any(const lora_sig *sig, const lora_pubkey *keys, size_t n,
                         const void *msg, size_t msglen, size_t *which, lora_error *err);
+
+/* Signed receipts (receipt.c): after lora_receipt_finish, sign the
+ * receipt's bytes into PATH.minisig (written by lora_receipt_install,
+ * before the receipt).  open_signed reads the receipt into private
+ * memory, verifies PATH.minisig over exactly those bytes with one of
+ * keys[0..n) (LORA_ECHECK on a mismatch, LORA_EINPUT when the signature
+ * is missing or malformed), then parses them. */
+int lora_receipt_sign(lora_receipt *r, const lora_seckey *sk, lora_error *err);
+int lora_receipt_open_signed(const char *path, const lora_pubkey *keys, size_t n,
+                             lora_receipt **out, lora_error *err);
 
 
 /* ---- section: archives (archive.c) ---- */
