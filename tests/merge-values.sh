@@ -54,7 +54,7 @@ expect_err "WARNING: 2 value\(s\) written as \+-inf"
 expect 0 lora-unmerge --check "$T/ova.safetensors" -a "$OV/adapter" --receipt "$T/ova.safetensors.receipt" --base "$OV/base.safetensors" --json
 expect_out '"exact": true'
 expect 0 lora-unmerge -q "$T/ova.safetensors" -a "$OV/adapter" --receipt "$T/ova.safetensors.receipt" -o "$T/ovr.safetensors"
-[ "$(u16 "$T/ovr.safetensors" 0)" = "$(u16 "$OV/base.safetensors" 0)" ] || fail "restore through inf: element 0 differs"
+cmp -s "$T/ovr.safetensors" "$OV/base.safetensors" || fail "restore through inf: not the base's bytes"
 checks=$((checks + 1))
 
 # ---- unmerge without a receipt: exactness unknown, an upper bound ----------
@@ -130,6 +130,29 @@ expect 1 lora-unmerge -q "$T/wa.safetensors" -a "$T/a.lora" -p "$T/k.pub" --rece
 expect_err "not the adapter's base"
 nothing_left war
 expect 0 lora-unmerge -q "$T/wa.safetensors" -a "$T/a.lora" -p "$T/k.pub" --receipt "$T/wa.safetensors.receipt" -o "$T/war.safetensors" --any-base
+# lora-eval: an archive packed against a base whose q_proj differs by one
+# byte is refused on the real base, before any item is scored
+M="$TOP_SRCDIR/tests/fixtures/models"
+cp -r "$M/llama-base" "$T/lb"
+chmod -R u+w "$T/lb"
+f="$T/lb/model.safetensors"
+n=$(od -An -tu8 -N8 "$f" | tr -d ' ')
+q=$(dd if="$f" bs=1 skip=8 count="$n" 2>/dev/null |
+    grep -o '"model.layers.0.self_attn.q_proj.weight":{[^}]*}' |
+    sed 's/.*"data_offsets":\[\([0-9]*\),.*/\1/')
+checks=$((checks + 1))
+if [ -z "$q" ]; then
+    fail "no q_proj offset in the llama fixture"
+else
+    printf '\125\125' | dd of="$f" bs=1 seek=$((8 + n + q + 6)) conv=notrunc 2>/dev/null
+    expect 0 lora-pack create "$M/adapters/llama-classify-qv-r1" -s "$T/k.sec" --name c --task t \
+        --version 1.0.0 --base "$T/lb" -o "$T/lb.lora" -q
+    expect 1 lora-eval --model "$M/llama-base" -a "$T/lb.lora" -p "$T/k.pub" --data "$M/data/classify.jsonl" --limit 2
+    expect_err "wrong base"
+    expect 0 lora-eval --model "$M/llama-base" -a "$T/lb.lora" -p "$T/k.pub" --data "$M/data/classify.jsonl" --limit 2 --any-base
+    expect_err "WARNING: --any-base"
+    expect 0 lora-eval --model "$T/lb" -a "$T/lb.lora" -p "$T/k.pub" --data "$M/data/classify.jsonl" --limit 2
+fi
 # a plain folder: base_model_name_or_path against the base's config.json
 mkdir "$T/named"
 cp "$DR/base.safetensors" "$T/named/model.safetensors"
