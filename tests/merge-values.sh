@@ -165,6 +165,12 @@ echo '{"_name_or_path": "/models/tiny-test-base/"}' > "$T/named/config.json"
 expect 0 lora-merge -q "$T/named" -a "$DR/adapter" -o "$T/nm2"
 checks=$((checks + 1))
 grep -q "warning" "$T/err" && fail "a matching base name warned: $(cat "$T/err")"
+# a base name that points at a FIFO named config.json: no hang, no warning
+mkdir -p "$T/fifo/ad"
+mkfifo "$T/fifo/config.json"
+cp "$DR/adapter/adapter_model.safetensors" "$T/fifo/ad/"
+sed "s|\"tiny-test-base\"|\"$T/fifo\"|" "$DR/adapter/adapter_config.json" > "$T/fifo/ad/adapter_config.json"
+expect 0 timeout 60 lora-merge -q "$T/named" -a "$T/fifo/ad" -o "$T/nf"
 # adapters made for different bases, combined
 mkdir "$T/other"
 cp "$DR/adapter/adapter_model.safetensors" "$T/other/"

@@ -18,6 +18,7 @@
 
 #include <jansson.h>
 #include <string.h>
+#include <sys/stat.h>
 
 static const char *last_part(const char *s)
 {
@@ -40,12 +41,22 @@ static int same_name(const char *a, const char *b)
     return strcasecmp(x, y) == 0 || strcasecmp(last_part(x), last_part(y)) == 0;
 }
 
+/* DIR/config.json when it is a regular file of sane size: the name
+ * comes from the adapter's config, so it may point anywhere (a FIFO
+ * would block, a device would never end). */
 static json_t *load_config(const char *dir)
 {
     char *p;
     if (!dir || asprintf(&p, "%s/config.json", dir) < 0)
         return NULL;
-    json_t *j = json_load_file(p, 0, NULL);
+    struct stat sb;
+    char *text = NULL;
+    size_t len = 0;
+    json_t *j = NULL;
+    if (stat(p, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_size < (16 << 20) &&
+        lora_read_file(p, 16 << 20, &text, &len, NULL) == LORA_OK)
+        j = json_loadb(text, len, 0, NULL);
+    free(text);
     free(p);
     if (j && !json_is_object(j)) {
         json_decref(j);
