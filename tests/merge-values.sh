@@ -177,5 +177,17 @@ cp "$DR/adapter/adapter_model.safetensors" "$T/other/"
 sed 's/"tiny-test-base"/"another-base"/' "$DR/adapter/adapter_config.json" > "$T/other/adapter_config.json"
 expect 0 lora-merge -q --force "$DR/base.safetensors" -a "$DR/adapter:0.5" -a "$T/other:0.5" -o "$T/two.safetensors"
 expect_err "adapters made for different bases are combined"
+# a task switch checks the new adapter against the base it restores
+expect 0 lora-merge -q "$DR/base.safetensors" -a "$T/other" -o "$T/s1.safetensors"
+expect 0 lora-merge -q "$T/s1.safetensors" --unmerge "$T/other" --receipt "$T/s1.safetensors.receipt" \
+    -a "$T/a.lora" -p "$T/k.pub" -o "$T/s1b.safetensors"
+expect 0 lora-merge -q "$T/wrong.safetensors" -a "$T/other" -o "$T/s2.safetensors"
+expect 1 lora-merge -q "$T/s2.safetensors" --unmerge "$T/other" --receipt "$T/s2.safetensors.receipt" \
+    -a "$T/a.lora" -p "$T/k.pub" -o "$T/s2b.safetensors"
+expect_err "wrong base: .*the base this task switch restores has identity [0-9a-f]{64}"
+nothing_left s2b
+expect 0 lora-merge -q "$T/s2.safetensors" --unmerge "$T/other" --receipt "$T/s2.safetensors.receipt" \
+    -a "$T/a.lora" -p "$T/k.pub" -o "$T/s2b.safetensors" --any-base
+expect_err "WARNING: --any-base"
 
 done_testing

@@ -181,3 +181,81 @@ void lora_base_check_several(const lora_adapter *const *ads, size_t n, const cha
             }
         }
 }
+
+/* ---- the identity of a base held in pieces (a task switch) ----------- */
+
+static int cmp_name(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+int lora_base_targets(const lora_adapter *ad, const char ***out, size_t *n, lora_error *err)
+{
+    size_t k = 0, m = ad->n_modules + ad->n_saved;
+    const char **names = calloc(m ? m : 1, sizeof *names);
+    if (!names)
+        return lora_oom(err);
+    for (size_t i = 0; i < ad->n_modules; i++)
+        names[k++] = ad->modules[i].target;
+    for (size_t i = 0; i < ad->n_saved; i++)
+        names[k++] = ad->saved[i].target;
+    qsort(names, k, sizeof *names, cmp_name);
+    size_t u = 0;
+    for (size_t i = 0; i < k; i++)
+        if (!u || strcmp(names[i], names[u - 1]))
+            names[u++] = names[i];
+    *out = names;
+    *n = u;
+    return LORA_OK;
+}
+
+static void put_u64(lora_hasher *h, uint64_t v)
+{
+    unsigned char b[8];
+    for (int i = 0; i < 8; i++)
+        b[i] = (unsigned char)(v >> (8 * i));
+    lora_hasher_update(h, b, 8);
+}
+
+void lora_base_hash_tensor(lora_hasher *h, const char *name, lora_dtype dt, int ndim,
+                           const uint64_t *shape, const void *data, uint64_t nbytes)
+{
+    const char *dn = lora_dtype_name(dt);
+    put_u64(h, strlen(name));
+    lora_hasher_update(h, name, strlen(name));
+    put_u64(h, strlen(dn));
+    lora_hasher_update(h, dn, strlen(dn));
+    put_u64(h, (uint64_t)ndim);
+    for (int d = 0; d < ndim; d++)
+        put_u64(h, shape[d]);
+    put_u64(h, nbytes);
+    lora_hasher_update(h, data, (size_t)nbytes);
+}
+
+int lora_base_hash(const lora_adapter *ad, const lora_ckpt *base,
+                   unsigned char out[LORA_HASH_BYTES], lora_error *err)
+{
+    const char **names;
+    size_t n;
+    int rc = lora_base_targets(ad, &names, &n, err);
+    if (rc)
+        return rc;
+    lora_hasher *h;
+    if ((rc = lora_hasher_new(LORA_HASH_BYTES, &h, err))) {
+        free(names);
+        return rc;
+    }
+    for (size_t i = 0; i < n && !rc; i++) {
+        const lora_tensor *t = lora_ckpt_find(base, names[i], NULL);
+        if (!t)
+            rc = lora_seterr(err, LORA_EINPUT, "base has no tensor %s", names[i]);
+        else
+            lora_base_hash_tensor(h, names[i], t->dtype, t->ndim, t->shape, t->data, t->nbytes);
+    }
+    free(names);
+    if (!rc)
+        lora_hasher_final(h, out); /* frees h */
+    else
+        lora_hasher_free(h);
+    return rc;
+}

@@ -164,6 +164,13 @@ int lora_delta_nonfinite(const lora_module *m, lora_dtype dt, uint64_t *bad, lor
 int lora_base_identity_mismatch(const lora_adapter *ad, const lora_ckpt *base, char *msg,
                                 size_t n, lora_error *err);
 int lora_base_name_mismatch(const lora_adapter *ad, const lora_ckpt *base, char *msg, size_t n);
+/* lora_base_hash for a base that exists only tensor by tensor (the
+ * restored base of a task switch): the adapter's targets in the order
+ * hashed (sorted, unique; *out malloc'd, the strings are AD's), and one
+ * tensor's part of the hash, fed in that order. */
+int lora_base_targets(const lora_adapter *ad, const char ***out, size_t *n, lora_error *err);
+void lora_base_hash_tensor(lora_hasher *h, const char *name, lora_dtype dt, int ndim,
+                           const uint64_t *shape, const void *data, uint64_t nbytes);
 /* The base tensor for NAME, trying the spellings with and without a
  * leading "transformer." / "model."; NULL when none exists. */
 const lora_tensor *lora_ckpt_find_alias(const lora_ckpt *ck, const char *name);

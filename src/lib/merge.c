@@ -340,15 +340,22 @@ static void release(const void *data, uint64_t nbytes)
 }
 
 /* One tensor of the input. */
-static int do_tensor(struct run *R, const lora_tensor *t, int fd, lora_error *err)
+/* The terms to take out of tensor T (unmerge, task switch): from the
+ * receipt when there is one (its entry in *rt, index *rti), else the
+ * undo adapters' modules; *base_dt the dtype of W0. */
+static int old_terms(struct run *R, const lora_tensor *t, lora_term *oldt, size_t *pnold,
+                     const lora_receipt_tensor **prt, size_t *prti, lora_dtype *pbase,
+                     lora_error *err)
 {
     const lora_merge_opts *o = R->o;
-    lora_term oldt[64], newt[64];
-    size_t nold = 0, nnew = terms_for(R->add, R->nadd, t->name, newt, 64);
-    const lora_saved *sv = saved_for(R->add, R->nadd, t->name);
+    size_t nold = 0;
     const lora_receipt_tensor *rt = NULL;
     size_t rti = 0;
     lora_dtype base_dt = t->dtype; /* dtype of W0 */
+    *pnold = 0;
+    *prt = NULL;
+    *prti = 0;
+    *pbase = base_dt;
     if (R->rin) {
         for (rti = 0; rti < lora_receipt_tensor_count(R->rin); rti++)
             if (strcmp(lora_receipt_tensor_at(R->rin, rti)->name, t->name) == 0) {
@@ -391,6 +398,25 @@ static int do_tensor(struct run *R, const lora_tensor *t, int fd, lora_error *er
         if (nold && o->dtype != LORA_DT_INVALID)
             base_dt = o->dtype; /* unmerge without receipt: --dtype names W0's dtype */
     }
+    *pnold = nold;
+    *prt = rt;
+    *prti = rti;
+    *pbase = base_dt;
+    return LORA_OK;
+}
+
+static int do_tensor(struct run *R, const lora_tensor *t, int fd, lora_error *err)
+{
+    const lora_merge_opts *o = R->o;
+    lora_term oldt[64], newt[64];
+    size_t nold = 0, nnew = terms_for(R->add, R->nadd, t->name, newt, 64);
+    const lora_saved *sv = saved_for(R->add, R->nadd, t->name);
+    const lora_receipt_tensor *rt = NULL;
+    size_t rti = 0;
+    lora_dtype base_dt = t->dtype; /* dtype of W0 */
+    int orc = old_terms(R, t, oldt, &nold, &rt, &rti, &base_dt, err);
+    if (orc)
+        return orc;
     uint64_t rows = 0, cols = 0;
     R->res->tensors++;
     if (!nold && !nnew && !sv) {
@@ -1004,12 +1030,7 @@ static int rc_bases(struct run *R, lora_error *err)
     const lora_adapter *ads[128];
     size_t n = 0;
     for (size_t a = 0; a < R->nadd; a++) {
-        if (R->nundo && R->add[a].ad->has_base_hash) {
-            if (R->o->warn)
-                fprintf(R->o->warn, "%s: note: %s: the base identity it records is not checked "
-                                    "in a task switch (lora-unmerge first to check it)\n",
-                        who(R), R->add[a].spec);
-        } else if (!R->nundo) {
+        if (!R->nundo) { /* a task switch: switch_bases, once the base can be restored */
             int rc = lora_base_check(R->add[a].ad, R->ck, R->o->any_base, who(R), R->o->warn, err);
             if (rc)
                 return rc;
@@ -1023,6 +1044,127 @@ static int rc_bases(struct run *R, lora_error *err)
             return rc;
     }
     lora_base_check_several(ads, n, who(R), R->o->warn);
+    return LORA_OK;
+}
+
+/* lora_base_hash of the base a task switch restores, for the tensors AD
+ * changes: each unmerged (with the receipt's corrections) into R->tmp,
+ * in the order of the hash.  A pass of its own before the work: the
+ * streaming pass meets the tensors in file order, the hash needs them
+ * sorted. */
+static int switch_identity(struct run *R, const lora_adapter *ad, unsigned char out[32],
+                           lora_error *err)
+{
+    const char **names;
+    size_t n;
+    int rc = lora_base_targets(ad, &names, &n, err);
+    if (rc)
+        return rc;
+    lora_hasher *h = NULL;
+    if ((rc = lora_hasher_new(32, &h, err)))
+        goto done;
+    for (size_t i = 0; i < n && !rc; i++) {
+        const lora_tensor *t = lora_ckpt_find(R->ck, names[i], NULL);
+        if (!t) {
+            rc = lora_seterr(err, LORA_EINPUT, "base has no tensor %s", names[i]);
+            break;
+        }
+        lora_term oldt[64];
+        size_t nold, rti;
+        const lora_receipt_tensor *rt;
+        lora_dtype bdt;
+        if ((rc = old_terms(R, t, oldt, &nold, &rt, &rti, &bdt, err)))
+            break;
+        if (!nold || t->ndim != 2) {
+            lora_base_hash_tensor(h, t->name, t->dtype, t->ndim, t->shape, t->data, t->nbytes);
+            continue;
+        }
+        uint64_t need = t->numel * (lora_dtype_bits(bdt) / 8);
+        if (need > R->tmpcap) {
+            unsigned char *b = realloc(R->tmp, need);
+            if (!b) {
+                rc = lora_oom(err);
+                break;
+            }
+            R->tmp = b;
+            R->tmpcap = need;
+        }
+        lora_tjob j;
+        memset(&j, 0, sizeof j);
+        j.name = t->name;
+        j.in_dt = t->dtype;
+        j.out_dt = bdt;
+        j.rows = t->shape[0];
+        j.cols = t->shape[1];
+        j.src = t->data;
+        j.dst = R->tmp;
+        j.terms = oldt;
+        j.nterms = nold;
+        j.unmerge = 1;
+        R->fixes.n = 0;
+        if (rt && (rc = lora_receipt_fixes(R->rin, rti, &R->fixes, err)))
+            break;
+        j.fixes = rt ? &R->fixes : NULL;
+        unsigned char ih[32], oh[32];
+        j.hash = rt != NULL;
+        j.in_hash = ih;
+        j.out_hash = oh;
+        if ((rc = lora_engine_run(R->eng, &j, err)))
+            break;
+        if (rt && (sodium_memcmp(ih, rt->merged_hash, 32) || sodium_memcmp(oh, rt->base_hash, 32))) {
+            rc = -1; /* not the receipt's merge: the main pass refuses it */
+            break;
+        }
+        lora_base_hash_tensor(h, t->name, bdt, t->ndim, t->shape, R->tmp, need);
+    }
+    if (!rc) {
+        lora_hasher_final(h, out); /* frees h */
+        h = NULL;
+    }
+done:
+    lora_hasher_free(h);
+    free(names);
+    return rc;
+}
+
+/* A task switch: each new adapter's recorded identity against the base
+ * the switch restores.  With the receipt that base is exact, so a
+ * mismatch is refused (any_base: warned); without one it is a note. */
+static int switch_bases(struct run *R, lora_error *err)
+{
+    for (size_t a = 0; a < R->nadd && R->nundo && !R->o->shard; a++) {
+        const lora_adapter *ad = R->add[a].ad;
+        if (!ad->has_base_hash)
+            continue;
+        unsigned char h[32];
+        int rc = switch_identity(R, ad, h, err);
+        if (rc == -1)
+            return LORA_OK; /* the receipt does not fit: said by the main pass */
+        if (rc)
+            return lora_err_prefix(err, "%s: base identity", R->add[a].spec);
+        if (!memcmp(h, ad->base_hash, 32))
+            continue;
+        char want[LORA_HASH_HEX], got[LORA_HASH_HEX];
+        lora_hex(ad->base_hash, 32, want);
+        lora_hex(h, 32, got);
+        const char *name = ad->recorded_base ? ad->recorded_base
+                         : ad->base_model   ? ad->base_model
+                                            : "(unnamed)";
+        if (!R->rin || R->o->any_base) {
+            if (R->o->warn)
+                fprintf(R->o->warn, "%s: %s: %s: the restored base's identity %s is not the one "
+                                    "the adapter was made for (base %s, identity %s)%s\n",
+                        who(R), R->rin ? "WARNING: --any-base" : "note", R->add[a].spec, got,
+                        name, want,
+                        R->rin ? "" : "; without a receipt the restore is not exact, so this "
+                                      "proves nothing");
+            continue;
+        }
+        return lora_seterr(err, LORA_ECHECK,
+                           "%s: wrong base: the adapter was made for base %s (identity %s), the "
+                           "base this task switch restores has identity %s; nothing written "
+                           "(--any-base to use it anyway)", R->add[a].spec, name, want, got);
+    }
     return LORA_OK;
 }
 
@@ -1331,6 +1473,8 @@ int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
     if ((rc = bind_all(&R, err)))
         goto done;
     if ((rc = lora_engine_new(opts->nthreads, &R.eng, err)))
+        goto done;
+    if ((rc = switch_bases(&R, err)))
         goto done;
     size_t only = SIZE_MAX; /* the one shard to process with opts->shard */
     if (opts->shard) {
