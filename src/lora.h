@@ -161,7 +161,8 @@ int lora_st_fd(const lora_st *st);
  * under PATH; abort (or free without commit) removes the temporary.
  * Layout is deterministic: tensors ordered by dtype size descending,
  * then by name, as the reference writer; header padded with spaces to
- * a multiple of 8; __metadata__ always carries "format":"pt". */
+ * a multiple of 8; __metadata__ always carries "format":"pt" (unless
+ * lora_stw_set_layout keeps another file's layout). */
 typedef struct lora_stw lora_stw;
 
 int lora_stw_new(const char *path, lora_stw **out, lora_error *err);

@@ -15,8 +15,13 @@
  * descending enum order, i.e. widest element first, then name), so
  * every tensor is aligned to its element size and the same
  * declarations always give the same bytes; the compact header comes
- * first, __metadata__ first in it with sorted keys.  Tensor bytes may
- * be written in any order, in parts, from several threads at once.
+ * first, __metadata__ first in it with sorted keys.  Or it keeps the
+ * layout of another file's header (lora_stw_set_layout: a merge keeps
+ * the base's key order and offsets, an unmerge writes the base's header
+ * back byte for byte), and patches a metadata value of fixed length
+ * after the header is written (a hash known only at the end).  Tensor
+ * bytes may be written in any order, in parts, from several threads at
+ * once.
  */
 #include "internal.h"
 
