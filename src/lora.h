@@ -200,7 +200,7 @@ void lora_stw_abort(lora_stw *w);
  * is ignored); otherwise HDR's keys keep their order and formatting is
  * compact, __metadata__ (kept where it was, first when HDR had none)
  * holds what was set, in the order set, "format" only if set
- * explicitly.  Before lora_stw_start. */
+ * explicitly or where HDR had no __metadata__.  Before lora_stw_start. */
 int lora_stw_set_layout(lora_stw *w, const void *hdr, size_t len, int verbatim,
                         lora_error *err);
 /* After start, before commit: overwrite the value of metadata KEY in
