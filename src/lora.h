@@ -161,7 +161,8 @@ int lora_st_fd(const lora_st *st);
  * under PATH; abort (or free without commit) removes the temporary.
  * Layout is deterministic: tensors ordered by dtype size descending,
  * then by name, as the reference writer; header padded with spaces to
- * a multiple of 8; __metadata__ always carries "format":"pt". */
+ * a multiple of 8; __metadata__ always carries "format":"pt" (unless
+ * lora_stw_set_layout keeps another file's layout). */
 typedef struct lora_stw lora_stw;
 
 int lora_stw_new(const char *path, lora_stw **out, lora_error *err);
@@ -199,7 +200,7 @@ void lora_stw_abort(lora_stw *w);
  * is ignored); otherwise HDR's keys keep their order and formatting is
  * compact, __metadata__ (kept where it was, first when HDR had none)
  * holds what was set, in the order set, "format" only if set
- * explicitly.  Before lora_stw_start. */
+ * explicitly or where HDR had no __metadata__.  Before lora_stw_start. */
 int lora_stw_set_layout(lora_stw *w, const void *hdr, size_t len, int verbatim,
                         lora_error *err);
 /* After start, before commit: overwrite the value of metadata KEY in

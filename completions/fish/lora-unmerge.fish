@@ -8,6 +8,7 @@ end
 complete -c lora-unmerge -s a -l adapter -r -F -a '(__lora_task_specs)' -d 'adapter to take out, ADAPTER[:WEIGHT]'
 complete -c lora-unmerge -s o -l output -r -F -d 'output file or folder'
 complete -c lora-unmerge -s r -l receipt -r -F -d 'merge receipt'
+complete -c lora-unmerge -l receipt-key -r -F -d 'the receipt must be signed by this public key'
 complete -c lora-unmerge -l check -d 'report exactness, write nothing'
 complete -c lora-unmerge -l base -r -F -d 'with --check, the checkpoint to compare with'
 complete -c lora-unmerge -l dtype -x -a 'F32 F16 BF16' -d 'without a receipt, dtype of the base'

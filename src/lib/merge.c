@@ -1470,12 +1470,6 @@ int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
         goto done;
     if (out && (rc = out_collides(&R, input, out, err)))
         goto done;
-    if ((rc = bind_all(&R, err)))
-        goto done;
-    if ((rc = lora_engine_new(opts->nthreads, &R.eng, err)))
-        goto done;
-    if ((rc = switch_bases(&R, err)))
-        goto done;
     size_t only = SIZE_MAX; /* the one shard to process with opts->shard */
     if (opts->shard) {
         const char *want = strrchr(opts->shard, '/') ? strrchr(opts->shard, '/') + 1 : opts->shard;
@@ -1487,7 +1481,15 @@ int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
             goto done;
         }
     }
+    /* before the adapters are matched: "not this output's receipt" is
+     * the cause when they are not the receipt's either */
     if ((rc = check_pair(&R, only, err)))
+        goto done;
+    if ((rc = bind_all(&R, err)))
+        goto done;
+    if ((rc = lora_engine_new(opts->nthreads, &R.eng, err)))
+        goto done;
+    if ((rc = switch_bases(&R, err)))
         goto done;
     for (size_t s = 0; s < lora_ckpt_shard_count(R.ck); s++)
         if (only == SIZE_MAX || s == only)

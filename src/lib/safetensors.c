@@ -15,8 +15,13 @@
  * descending enum order, i.e. widest element first, then name), so
  * every tensor is aligned to its element size and the same
  * declarations always give the same bytes; the compact header comes
- * first, __metadata__ first in it with sorted keys.  Tensor bytes may
- * be written in any order, in parts, from several threads at once.
+ * first, __metadata__ first in it with sorted keys.  Or it keeps the
+ * layout of another file's header (lora_stw_set_layout: a merge keeps
+ * the base's key order and offsets, an unmerge writes the base's header
+ * back byte for byte), and patches a metadata value of fixed length
+ * after the header is written (a hash known only at the end).  Tensor
+ * bytes may be written in any order, in parts, from several threads at
+ * once.
  */
 #include "internal.h"
 
@@ -844,17 +849,20 @@ static int layout_entry(stw_tensor *t, json_t *v)
 static json_t *layout_root(lora_stw *w, json_t *root)
 {
     json_t *meta = json_object();
+    /* a __metadata__ added where there was none carries "format":"pt":
+     * transformers refuses metadata without a format */
+    int had = json_object_get(root, "__metadata__") != NULL;
     if (!meta)
         return NULL;
     for (size_t i = 0; i < w->nmeta; i++) {
-        if (w->fmt_default && strcmp(w->mkey[i], "format") == 0)
+        if (had && w->fmt_default && strcmp(w->mkey[i], "format") == 0)
             continue;
         if (json_object_set_new(meta, w->mkey[i], json_string(w->mval[i]))) {
             json_decref(meta);
             return NULL;
         }
     }
-    if (json_object_get(root, "__metadata__") || json_object_size(meta) == 0) {
+    if (had || json_object_size(meta) == (w->fmt_default ? 1u : 0u)) {
         if (json_object_get(root, "__metadata__") && json_object_set(root, "__metadata__", meta)) {
             json_decref(meta);
             return NULL;

@@ -30,6 +30,8 @@ static void usage(FILE *f)
             "  -a, --adapter ADAPTER[:WEIGHT]  adapter to take out (weight from the receipt)\n"
             "  -o, --output OUT                output file or folder (same form as MERGED)\n"
             "  -r, --receipt R                 the merge receipt (exact unmerge)\n"
+            "      --receipt-key KEY.pub       R must be signed by this key (R.minisig;\n"
+            "                                  repeatable: any of them)\n"
             "      --check                     write nothing; report exact elements per tensor\n"
             "      --base BASE                 with --check: compare with this checkpoint\n"
             "      --dtype F32|F16|BF16        without a receipt: dtype of the base\n"
@@ -106,11 +108,12 @@ static void on_tensor(void *arg, const lora_tensor_report *r)
 int main(int argc, char **argv)
 {
     lora_tool_sigbus(PROG);
-    enum { O_CHECK = 256, O_BASE, O_DTYPE, O_NOVERIFY, O_JSON, O_SHARD, O_ANYBASE };
+    enum { O_CHECK = 256, O_BASE, O_DTYPE, O_NOVERIFY, O_JSON, O_SHARD, O_RECEIPTKEY, O_ANYBASE };
     static const struct option longopts[] = {
         {"adapter", required_argument, NULL, 'a'},
         {"output", required_argument, NULL, 'o'},
         {"receipt", required_argument, NULL, 'r'},
+        {"receipt-key", required_argument, NULL, O_RECEIPTKEY},
         {"check", no_argument, NULL, O_CHECK},
         {"shard", required_argument, NULL, O_SHARD},
         {"base", required_argument, NULL, O_BASE},
@@ -125,8 +128,9 @@ int main(int argc, char **argv)
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0}};
     char *args[64];
-    const char *keys[16];
-    size_t n = 0, nkeys = 0;
+    const char *keys[16], *rkeys[8];
+    size_t n = 0, nkeys = 0, nrkeys = 0;
+    lora_pubkey rpk[8];
     const char *out = NULL;
     int check = 0, json = 0, quiet = 0;
     lora_merge_opts o;
@@ -151,6 +155,13 @@ int main(int argc, char **argv)
             break;
         case 'o': out = trim_slashes(optarg); break;
         case 'r': o.receipt_in = optarg; break;
+        case O_RECEIPTKEY:
+            if (nrkeys == 8) {
+                fprintf(stderr, PROG ": too many receipt keys: at most 8\n");
+                return LORA_EUSAGE;
+            }
+            rkeys[nrkeys++] = optarg;
+            break;
         case O_CHECK: check = 1; break;
         case O_SHARD: o.shard = optarg; break;
         case O_BASE: o.reference = optarg; break;
@@ -210,6 +221,10 @@ int main(int argc, char **argv)
         fprintf(stderr, PROG ": --base goes with --check\n");
         return LORA_EUSAGE;
     }
+    if (nrkeys && !o.receipt_in) {
+        fprintf(stderr, PROG ": --receipt-key checks the receipt: give --receipt\n");
+        return LORA_EUSAGE;
+    }
     keys[nkeys] = NULL;
     so.pubkeys = nkeys ? keys : NULL;
     lora_error err;
@@ -218,6 +233,13 @@ int main(int argc, char **argv)
         fprintf(stderr, PROG ": %s\n", err.msg);
         return err.code;
     }
+    for (size_t i = 0; i < nrkeys; i++)
+        if (lora_pubkey_load(rkeys[i], &rpk[i], &err)) {
+            fprintf(stderr, PROG ": --receipt-key %s: %s\n", rkeys[i], err.msg);
+            return err.code;
+        }
+    o.receipt_pubkeys = nrkeys ? rpk : NULL;
+    o.n_receipt_pubkeys = nrkeys;
     o.check_only = check;
     tool_progress_init(&progress, quiet || check);
     o.progress = on_progress;
