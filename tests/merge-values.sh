@@ -161,10 +161,29 @@ expect 0 lora-merge -q "$T/named" -a "$DR/adapter" -o "$T/nm"
 expect_err "trained on tiny-test-base, but the base's config.json names someone/other-model"
 expect 0 lora-inspect --check --base "$T/named" "$DR/adapter"
 expect_out "warning .*someone/other-model"
-echo '{"_name_or_path": "/models/tiny-test-base/"}' > "$T/named/config.json"
-expect 0 lora-merge -q "$T/named" -a "$DR/adapter" -o "$T/nm2"
+for same in /models/tiny-test-base/ org/tiny-test-base \
+    /cache/hub/models--org--tiny-test-base/snapshots/0123abcd; do
+    echo "{\"_name_or_path\": \"$same\"}" > "$T/named/config.json"
+    rm -rf "$T/nm2"
+    expect 0 lora-merge -q "$T/named" -a "$DR/adapter" -o "$T/nm2"
+    checks=$((checks + 1))
+    grep -q "warning" "$T/err" && fail "$same: a matching base name warned: $(cat "$T/err")"
+done
+echo '{"_name_or_path": "org/tiny-test-base-Instruct"}' > "$T/named/config.json"
+expect 0 lora-merge -q "$T/named" -a "$DR/adapter" -o "$T/nm3"
+expect_err "config.json names org/tiny-test-base-Instruct"
+# a base name that is a local folder: its config.json against the base's
+mkdir -p "$T/trained/ad"
+echo '{"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "vocab_size": 32000}' > "$T/trained/config.json"
+cp "$DR/adapter/adapter_model.safetensors" "$T/trained/ad/"
+sed "s|\"tiny-test-base\"|\"$T/trained\"|" "$DR/adapter/adapter_config.json" > "$T/trained/ad/adapter_config.json"
+echo '{"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "vocab_size": 32001}' > "$T/named/config.json"
+expect 0 lora-merge -q "$T/named" -a "$T/trained/ad" -o "$T/nt"
+expect_err "config.json differs from the base's \(vocab_size 32000 and 32001\)"
+echo '{"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "vocab_size": 32000, "_name_or_path": "x"}' > "$T/named/config.json"
+expect 0 lora-merge -q "$T/named" -a "$T/trained/ad" -o "$T/nt2"
 checks=$((checks + 1))
-grep -q "warning" "$T/err" && fail "a matching base name warned: $(cat "$T/err")"
+grep -q "warning" "$T/err" && fail "the same config warned: $(cat "$T/err")"
 # a base name that points at a FIFO named config.json: no hang, no warning
 mkdir -p "$T/fifo/ad"
 mkfifo "$T/fifo/config.json"
