@@ -11,9 +11,12 @@
 #  - a huge scale (lora_alpha 1e308, in alpha_pattern, with use_rslora):
 #    lora-inspect --check fails, lora-merge refuses, nothing written;
 #  - base identity: a same-shape base with one element changed is refused
-#    by lora-merge, lora-unmerge and lora-inspect --check --base (exit 1,
-#    both identities, nothing written); --any-base merges with a warning;
-#    plain folders whose base name disagrees with config.json warn.
+#    by lora-merge, lora-unmerge, lora-eval, a task switch and
+#    lora-inspect --check --base (exit 1, both identities, nothing
+#    written); --any-base goes on with a warning; an unmerge without a
+#    receipt that matches the recorded identity is exact and says so;
+#    plain folders whose base name or config disagrees with the base's
+#    config.json warn (and a FIFO named config.json does not hang).
 . "$TOP_SRCDIR/tests/lib.sh"
 C="$TOP_SRCDIR/tests/cases"
 OV="$C/f16-merge-overflow"
@@ -130,6 +133,16 @@ expect 1 lora-unmerge -q "$T/wa.safetensors" -a "$T/a.lora" -p "$T/k.pub" --rece
 expect_err "not the adapter's base"
 nothing_left war
 expect 0 lora-unmerge -q "$T/wa.safetensors" -a "$T/a.lora" -p "$T/k.pub" --receipt "$T/wa.safetensors.receipt" -o "$T/war.safetensors" --any-base
+# without a receipt, a restore that matches the recorded identity is exact
+# and says so (an untrained adapter: B = 0 changes nothing)
+"$TOP_BUILDDIR/tests/mkfixture" llama "$T/un" --dtype BF16 --targets q_proj --untrained >/dev/null || fail "mkfixture"
+expect 0 lora-pack create "$T/un/adapter" -s "$T/k.sec" --name u --task t --version 1.0.0 --base "$T/un/base" -o "$T/un.lora" -q
+expect 0 lora-merge -q "$T/un/base" -a "$T/un.lora" -p "$T/k.pub" -o "$T/unm" --no-receipt
+expect 0 lora-unmerge "$T/unm" -a "$T/un.lora" -p "$T/k.pub" -o "$T/unr" --json
+expect_out '"exact": true'
+expect_out '"may_differ": 0'
+expect 0 lora-unmerge "$T/unm" -a "$T/un.lora" -p "$T/k.pub" -o "$T/unr2"
+expect_err "restored exactly: they match the base identity"
 # lora-eval: an archive packed against a base whose q_proj differs by one
 # byte is refused on the real base, before any item is scored
 M="$TOP_SRCDIR/tests/fixtures/models"
