@@ -292,6 +292,12 @@ typedef struct lora_adapter {
      * holds st's bytes (an archive's mapping).  NULL when st owns them. */
     void (*release)(void *arg);
     void *release_arg;
+    /* The base identity an archive's manifest records (lora_base_hash)
+     * and its base name (points into the archive, lives as long as the
+     * adapter); 0 / NULL for a plain folder.  See lora_base_check. */
+    int has_base_hash;
+    unsigned char base_hash[32];
+    const char *recorded_base;
 } lora_adapter;
 
 /* Load a PEFT adapter folder (adapter_config.json +
@@ -525,6 +531,11 @@ typedef struct lora_merge_stats {
     uint64_t fixes;        /* corrections recorded (merge) or applied (unmerge) */
     uint64_t inexact;      /* unmerge: elements differing from the reference */
     uint64_t max_ulps;     /* unmerge: largest distance to the reference, ulps */
+    uint64_t nonfinite;    /* finite inputs whose result is not finite in the output
+                              dtype (only with allow_nonfinite: otherwise refused) */
+    uint64_t may_differ;   /* unmerge without reference or corrections: elements that
+                              may differ from W0 (u certainly wrong, or another W0
+                              merges to the same value): an upper bound */
 } lora_merge_stats;
 
 /* Merge one tensor held in memory: out = round(w0 + d), elementwise,
@@ -673,6 +684,9 @@ typedef struct lora_tensor_report {
     uint64_t fixes;            /* corrections recorded or applied */
     uint64_t max_ulps;         /* largest distance to the reference */
     int hash_ok;               /* 1 matches the receipt, 0 differs, -1 not checked */
+    int known;                 /* exact is known (receipt or reference); 0: exactness
+                                  unknown, may_differ is an upper bound */
+    uint64_t may_differ;       /* elements that may differ from W0 (known: = elements - exact) */
 } lora_tensor_report;
 
 typedef struct lora_merge_opts {
@@ -693,6 +707,11 @@ typedef struct lora_merge_opts {
      * no index is written, so that shards can be merged on different
      * machines and the index copied at the end.  NULL: every shard. */
     const char *shard;
+    int allow_nonfinite;       /* write values that overflow the output dtype (counted);
+                                  0: such a value is LORA_EINPUT, nothing written */
+    int any_base;              /* merge into a base other than the one an adapter's
+                                  archive records (warns on opts->warn) */
+    FILE *warn;                /* warnings (base identity); NULL: none */
     /* Sign the receipt written (RECEIPT.minisig); NULL: unsigned. */
     const struct lora_seckey *receipt_key;
     /* receipt_in must be signed by one of these (RECEIPT.minisig). */
@@ -708,6 +727,12 @@ typedef struct lora_merge_result {
     uint64_t max_ulps;
     uint64_t hash_mismatches;  /* unmerge with receipt: tensors whose hash differs */
     uint64_t receipt_bytes;
+    uint64_t nonfinite;        /* values written non-finite (allow_nonfinite) */
+    uint64_t may_differ;       /* unmerge: upper bound of elements not restored exactly
+                                  (= inexact when exactness is known) */
+    int known;                 /* unmerge: exactness known (receipt or reference) */
+    int base_confirmed;        /* unmerge without a receipt: the restored tensors an
+                                  archive adapter changes equal its recorded base */
 } lora_merge_result;
 
 /* Returns LORA_ECHECK (nothing written) when an unmerge with a receipt
@@ -1135,6 +1160,19 @@ int lora_archive_open_adapter(const char *path, const lora_pubkey *keys, size_t 
  * made for without hashing the whole checkpoint (lora-archive(5)). */
 int lora_base_hash(const lora_adapter *ad, const lora_ckpt *base,
                    unsigned char out[LORA_HASH_BYTES], lora_error *err);
+
+/* Is BASE the base AD was made for (baseid.c)?  With a recorded
+ * identity (ad->has_base_hash, from an archive manifest): lora_base_hash
+ * of BASE (AD bound to it) must equal it, else LORA_ECHECK naming both
+ * identities and the adapter's base name; any_base turns that into a
+ * loud warning on WARN.  Without one: base_model_name_or_path is
+ * compared with BASE's config.json (_name_or_path; architectures, vocab
+ * and hidden sizes when the name is a local folder) and a mismatch is a
+ * warning.  WHO prefixes warnings (the tool's name). */
+int lora_base_check(const lora_adapter *ad, const lora_ckpt *base, int any_base, const char *who,
+                    FILE *warn, lora_error *err);
+/* Warn on WARN when adapters combined in one merge name different bases. */
+void lora_base_check_several(const lora_adapter *const *ads, size_t n, const char *who, FILE *warn);
 
 
 /* ---- section: registry (registry.c) ---- */

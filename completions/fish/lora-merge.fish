@@ -17,6 +17,8 @@ complete -c lora-merge -l rounding -x -a 'nearest reversible' -d 'rounding of me
 complete -c lora-merge -s j -l threads -x -d 'worker threads'
 complete -c lora-merge -l shard -r -d 'only this shard of a sharded checkpoint'
 complete -c lora-merge -l force -d 'merge an adapter the base already records'
+complete -c lora-merge -l allow-nonfinite -d 'write values beyond the output dtype as inf instead of refusing'
+complete -c lora-merge -l any-base -d 'merge into a base other than the recorded one (warns)'
 complete -c lora-merge -s p -l pubkey -r -F -d 'minisign public key'
 complete -c lora-merge -l no-verify -d 'do not check archive signatures'
 complete -c lora-merge -l json -d 'JSON summary on stdout'

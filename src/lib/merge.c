@@ -248,6 +248,33 @@ static int is2d(const lora_tensor *t, uint64_t *rows, uint64_t *cols)
     return 1;
 }
 
+/* Finite values of a conversion chunk that became infinite in DDT:
+ * refused naming the first (as mergecore.c does for merged values), or
+ * counted with allow_nonfinite. */
+static int count_overflow(struct run *R, const double *d, const unsigned char *o, lora_dtype ddt,
+                          size_t n, uint64_t first, const char *name, lora_error *err)
+{
+    double back[256];
+    for (size_t x = 0; x < n; x += 256) {
+        size_t k = n - x < 256 ? n - x : 256;
+        if (lora_decode_f64(ddt, o + x * (lora_dtype_bits(ddt) / 8), back, k))
+            return lora_seterr(err, LORA_EINPUT, "%s: cannot read back %s", name,
+                               lora_dtype_name(ddt));
+        for (size_t y = 0; y < k; y++) {
+            if (isfinite(back[y]) || !isfinite(d[x + y]))
+                continue;
+            if (!R->o->allow_nonfinite)
+                return lora_seterr(err, LORA_EINPUT,
+                                   "%s: value(s) not finite in %s although the inputs are finite "
+                                   "(first: element %llu: %.9g converted); nothing written "
+                                   "(--allow-nonfinite writes them)", name, lora_dtype_name(ddt),
+                                   (unsigned long long)(first + x + y), d[x + y]);
+            R->res->nonfinite++;
+        }
+    }
+    return LORA_OK;
+}
+
 /* Convert a whole tensor's elements between readable/writable dtypes in
  * chunks through a reused buffer, writing at offset 0.. of NAME. */
 static int convert_copy(struct run *R, const lora_tensor *t, const void *src, lora_dtype sdt,
@@ -268,7 +295,10 @@ static int convert_copy(struct run *R, const lora_tensor *t, const void *src, lo
             lora_encode_f64(ddt, d, o, n))
             return lora_seterr(err, LORA_EINPUT, "%s: cannot convert %s to %s", name,
                                lora_dtype_name(sdt), lora_dtype_name(ddt));
-        int rc = lora_stw_write(R->w, name, i * dsz, o, n * dsz, err);
+        int rc = count_overflow(R, d, o, ddt, n, i, name, err);
+        if (rc)
+            return rc;
+        rc = lora_stw_write(R->w, name, i * dsz, o, n * dsz, err);
         if (rc)
             return rc;
     }
@@ -310,15 +340,22 @@ static void release(const void *data, uint64_t nbytes)
 }
 
 /* One tensor of the input. */
-static int do_tensor(struct run *R, const lora_tensor *t, int fd, lora_error *err)
+/* The terms to take out of tensor T (unmerge, task switch): from the
+ * receipt when there is one (its entry in *rt, index *rti), else the
+ * undo adapters' modules; *base_dt the dtype of W0. */
+static int old_terms(struct run *R, const lora_tensor *t, lora_term *oldt, size_t *pnold,
+                     const lora_receipt_tensor **prt, size_t *prti, lora_dtype *pbase,
+                     lora_error *err)
 {
     const lora_merge_opts *o = R->o;
-    lora_term oldt[64], newt[64];
-    size_t nold = 0, nnew = terms_for(R->add, R->nadd, t->name, newt, 64);
-    const lora_saved *sv = saved_for(R->add, R->nadd, t->name);
+    size_t nold = 0;
     const lora_receipt_tensor *rt = NULL;
     size_t rti = 0;
     lora_dtype base_dt = t->dtype; /* dtype of W0 */
+    *pnold = 0;
+    *prt = NULL;
+    *prti = 0;
+    *pbase = base_dt;
     if (R->rin) {
         for (rti = 0; rti < lora_receipt_tensor_count(R->rin); rti++)
             if (strcmp(lora_receipt_tensor_at(R->rin, rti)->name, t->name) == 0) {
@@ -361,6 +398,25 @@ static int do_tensor(struct run *R, const lora_tensor *t, int fd, lora_error *er
         if (nold && o->dtype != LORA_DT_INVALID)
             base_dt = o->dtype; /* unmerge without receipt: --dtype names W0's dtype */
     }
+    *pnold = nold;
+    *prt = rt;
+    *prti = rti;
+    *pbase = base_dt;
+    return LORA_OK;
+}
+
+static int do_tensor(struct run *R, const lora_tensor *t, int fd, lora_error *err)
+{
+    const lora_merge_opts *o = R->o;
+    lora_term oldt[64], newt[64];
+    size_t nold = 0, nnew = terms_for(R->add, R->nadd, t->name, newt, 64);
+    const lora_saved *sv = saved_for(R->add, R->nadd, t->name);
+    const lora_receipt_tensor *rt = NULL;
+    size_t rti = 0;
+    lora_dtype base_dt = t->dtype; /* dtype of W0 */
+    int orc = old_terms(R, t, oldt, &nold, &rt, &rti, &base_dt, err);
+    if (orc)
+        return orc;
     uint64_t rows = 0, cols = 0;
     R->res->tensors++;
     if (!nold && !nnew && !sv) {
@@ -380,7 +436,7 @@ static int do_tensor(struct run *R, const lora_tensor *t, int fd, lora_error *er
             return lora_seterr(err, LORA_EUSAGE, "%s: replaced by modules_to_save and adapted at once",
                                t->name);
         R->res->changed_tensors++;
-        lora_tensor_report tr = {t->name, t->numel, 0, 0, 0, -1};
+        lora_tensor_report tr = {t->name, t->numel, 0, 0, 0, -1, 1, 0};
         if (R->w) {
             lora_dtype od = out_dtype(R, t->dtype);
             int rc;
@@ -403,7 +459,7 @@ static int do_tensor(struct run *R, const lora_tensor *t, int fd, lora_error *er
                            t->name);
     R->res->changed_tensors++;
     R->res->elements += t->numel;
-    lora_tensor_report tr = {t->name, t->numel, 0, 0, 0, -1};
+    lora_tensor_report tr = {t->name, t->numel, 0, 0, 0, -1, 1, 0};
     lora_merge_stats st = {0};
     lora_merge_stats ust = {0};
     const void *src = t->data;
@@ -423,6 +479,7 @@ static int do_tensor(struct run *R, const lora_tensor *t, int fd, lora_error *er
         j.terms = oldt;
         j.nterms = nold;
         j.unmerge = 1;
+        j.allow_nonfinite = o->allow_nonfinite;
         j.stats = &ust;
         j.hash = 1;
         j.in_hash = in_hash;
@@ -474,12 +531,23 @@ static int do_tensor(struct run *R, const lora_tensor *t, int fd, lora_error *er
         if (reft) {
             tr.exact = t->numel - ust.inexact;
             tr.max_ulps = ust.max_ulps;
+            tr.known = 1;
+            tr.may_differ = ust.inexact;
         } else if (rt) {
+            /* the hashes decide; unknown per element when they differ */
             tr.exact = tr.hash_ok ? t->numel : 0;
+            tr.known = tr.hash_ok;
+            tr.may_differ = tr.hash_ok ? 0 : t->numel;
         } else {
+            /* no receipt, no reference: W0 is unknown; exact counts only
+             * what is certainly wrong, may_differ bounds it from above */
             tr.exact = t->numel - ust.inexact;
+            tr.known = 0;
+            tr.may_differ = ust.may_differ;
         }
         R->res->inexact += t->numel - tr.exact;
+        R->res->may_differ += tr.may_differ;
+        R->res->nonfinite += ust.nonfinite;
         if (ust.max_ulps > R->res->max_ulps)
             R->res->max_ulps = ust.max_ulps;
         memcpy(base_hash, out_hash, 32);
@@ -500,6 +568,7 @@ static int do_tensor(struct run *R, const lora_tensor *t, int fd, lora_error *er
         j.terms = newt;
         j.nterms = nnew;
         j.mode = o->rounding;
+        j.allow_nonfinite = o->allow_nonfinite;
         j.stats = &st;
         j.hash = R->rout != NULL;
         j.in_hash = in_hash;
@@ -520,6 +589,7 @@ static int do_tensor(struct run *R, const lora_tensor *t, int fd, lora_error *er
             memcpy(base_hash, in_hash, 32);
         tr.fixes = st.fixes;
         R->res->fixes += st.fixes;
+        R->res->nonfinite += st.nonfinite;
         if (R->rout) {
             lora_receipt_term rterms[64];
             for (size_t k = 0; k < nnew; k++) {
@@ -606,8 +676,11 @@ static char *new_merges(struct run *R, lora_st *st)
     for (size_t a = 0; a < R->nadd; a++) {
         char hex[65];
         sodium_bin2hex(hex, sizeof hex, R->add_hash[a], 32);
-        json_array_append_new(m, json_pack("{sssfss}", "blake2b", hex, "weight", R->add[a].weight,
-                                           "adapter", R->add[a].spec));
+        json_t *e = json_pack("{sssfss}", "blake2b", hex, "weight", R->add[a].weight, "adapter",
+                              R->add[a].spec);
+        if (e && R->o->allow_nonfinite) /* values beyond the dtype may be written as ±inf */
+            json_object_set_new(e, "allow_nonfinite", json_true());
+        json_array_append_new(m, e);
     }
     char *s = json_array_size(m) ? json_dumps(m, JSON_COMPACT) : NULL;
     json_decref(m);
@@ -942,6 +1015,201 @@ static int out_collides(struct run *R, const char *input, const char *out, lora_
     return LORA_OK;
 }
 
+static const char *who(const struct run *R)
+{
+    return R->nadd ? "lora-merge" : "lora-unmerge";
+}
+
+/* Is the input (merge) or the reference (unmerge --check --base) the
+ * base each adapter was made for (baseid.c)?  In a task switch the base
+ * exists only tensor by tensor in memory: the receipt's hashes check
+ * it against the first merge's base, the new adapter's recorded
+ * identity cannot be checked (said so). */
+static int rc_bases(struct run *R, lora_error *err)
+{
+    const lora_adapter *ads[128];
+    size_t n = 0;
+    for (size_t a = 0; a < R->nadd; a++) {
+        if (!R->nundo) { /* a task switch: switch_bases, once the base can be restored */
+            int rc = lora_base_check(R->add[a].ad, R->ck, R->o->any_base, who(R), R->o->warn, err);
+            if (rc)
+                return rc;
+        }
+        if (n < 128)
+            ads[n++] = R->add[a].ad;
+    }
+    for (size_t u = 0; u < R->nundo && R->ref; u++) {
+        int rc = lora_base_check(R->undo[u].ad, R->ref, R->o->any_base, who(R), R->o->warn, err);
+        if (rc)
+            return rc;
+    }
+    lora_base_check_several(ads, n, who(R), R->o->warn);
+    return LORA_OK;
+}
+
+/* lora_base_hash of the base a task switch restores, for the tensors AD
+ * changes: each unmerged (with the receipt's corrections) into R->tmp,
+ * in the order of the hash.  A pass of its own before the work: the
+ * streaming pass meets the tensors in file order, the hash needs them
+ * sorted. */
+static int switch_identity(struct run *R, const lora_adapter *ad, unsigned char out[32],
+                           lora_error *err)
+{
+    const char **names;
+    size_t n;
+    int rc = lora_base_targets(ad, &names, &n, err);
+    if (rc)
+        return rc;
+    lora_hasher *h = NULL;
+    if ((rc = lora_hasher_new(32, &h, err)))
+        goto done;
+    for (size_t i = 0; i < n && !rc; i++) {
+        const lora_tensor *t = lora_ckpt_find(R->ck, names[i], NULL);
+        if (!t) {
+            rc = lora_seterr(err, LORA_EINPUT, "base has no tensor %s", names[i]);
+            break;
+        }
+        lora_term oldt[64];
+        size_t nold, rti;
+        const lora_receipt_tensor *rt;
+        lora_dtype bdt;
+        if ((rc = old_terms(R, t, oldt, &nold, &rt, &rti, &bdt, err)))
+            break;
+        if (!nold || t->ndim != 2) {
+            lora_base_hash_tensor(h, t->name, t->dtype, t->ndim, t->shape, t->data, t->nbytes);
+            continue;
+        }
+        uint64_t need = t->numel * (lora_dtype_bits(bdt) / 8);
+        if (need > R->tmpcap) {
+            unsigned char *b = realloc(R->tmp, need);
+            if (!b) {
+                rc = lora_oom(err);
+                break;
+            }
+            R->tmp = b;
+            R->tmpcap = need;
+        }
+        lora_tjob j;
+        memset(&j, 0, sizeof j);
+        j.name = t->name;
+        j.in_dt = t->dtype;
+        j.out_dt = bdt;
+        j.rows = t->shape[0];
+        j.cols = t->shape[1];
+        j.src = t->data;
+        j.dst = R->tmp;
+        j.terms = oldt;
+        j.nterms = nold;
+        j.unmerge = 1;
+        R->fixes.n = 0;
+        if (rt && (rc = lora_receipt_fixes(R->rin, rti, &R->fixes, err)))
+            break;
+        j.fixes = rt ? &R->fixes : NULL;
+        unsigned char ih[32], oh[32];
+        j.hash = rt != NULL;
+        j.in_hash = ih;
+        j.out_hash = oh;
+        if ((rc = lora_engine_run(R->eng, &j, err)))
+            break;
+        if (rt && (sodium_memcmp(ih, rt->merged_hash, 32) || sodium_memcmp(oh, rt->base_hash, 32))) {
+            rc = -1; /* not the receipt's merge: the main pass refuses it */
+            break;
+        }
+        lora_base_hash_tensor(h, t->name, bdt, t->ndim, t->shape, R->tmp, need);
+    }
+    if (!rc) {
+        lora_hasher_final(h, out); /* frees h */
+        h = NULL;
+    }
+done:
+    lora_hasher_free(h);
+    free(names);
+    return rc;
+}
+
+/* A task switch: each new adapter's recorded identity against the base
+ * the switch restores.  With the receipt that base is exact, so a
+ * mismatch is refused (any_base: warned); without one it is a note. */
+static int switch_bases(struct run *R, lora_error *err)
+{
+    for (size_t a = 0; a < R->nadd && R->nundo && !R->o->shard; a++) {
+        const lora_adapter *ad = R->add[a].ad;
+        if (!ad->has_base_hash)
+            continue;
+        unsigned char h[32];
+        int rc = switch_identity(R, ad, h, err);
+        if (rc == -1)
+            return LORA_OK; /* the receipt does not fit: said by the main pass */
+        if (rc)
+            return lora_err_prefix(err, "%s: base identity", R->add[a].spec);
+        if (!memcmp(h, ad->base_hash, 32))
+            continue;
+        char want[LORA_HASH_HEX], got[LORA_HASH_HEX];
+        lora_hex(ad->base_hash, 32, want);
+        lora_hex(h, 32, got);
+        const char *name = ad->recorded_base ? ad->recorded_base
+                         : ad->base_model   ? ad->base_model
+                                            : "(unnamed)";
+        if (!R->rin || R->o->any_base) {
+            if (R->o->warn)
+                fprintf(R->o->warn, "%s: %s: %s: the restored base's identity %s is not the one "
+                                    "the adapter was made for (base %s, identity %s)%s\n",
+                        who(R), R->rin ? "WARNING: --any-base" : "note", R->add[a].spec, got,
+                        name, want,
+                        R->rin ? "" : "; without a receipt the restore is not exact, so this "
+                                      "proves nothing");
+            continue;
+        }
+        return lora_seterr(err, LORA_ECHECK,
+                           "%s: wrong base: the adapter was made for base %s (identity %s), the "
+                           "base this task switch restores has identity %s; nothing written "
+                           "(--any-base to use it anyway)", R->add[a].spec, name, want, got);
+    }
+    return LORA_OK;
+}
+
+/* After an unmerge, the restored checkpoint at PATH (complete, not yet
+ * renamed) against the identity each adapter's archive records: with a
+ * receipt the restore is exact, so a mismatch means the merge was made
+ * into another base (refused unless any_base); without one a mismatch
+ * may be rounding, so it is a note, and a match proves the base. */
+static int check_restored(struct run *R, const char *path, lora_error *err)
+{
+    int any = 0;
+    for (size_t u = 0; u < R->nundo; u++)
+        any |= R->undo[u].ad->has_base_hash;
+    if (!any || R->nadd || !path)
+        return LORA_OK;
+    lora_ckpt *ck;
+    int rc = lora_ckpt_open(path, &ck, err);
+    if (rc)
+        return rc;
+    for (size_t u = 0; u < R->nundo && !rc; u++) {
+        char msg[600];
+        int r = lora_base_identity_mismatch(R->undo[u].ad, ck, msg, sizeof msg, err);
+        if (r < 0) {
+            rc = -r;
+        } else if (r && !R->rin) {
+            if (R->o->warn)
+                fprintf(R->o->warn, "%s: note: %s: the restored base cannot be matched with the "
+                                    "base identity the archive records (unmerge without a receipt "
+                                    "is not exact)\n", who(R), R->undo[u].spec);
+        } else if (r && R->o->any_base) {
+            if (R->o->warn)
+                fprintf(R->o->warn, "%s: WARNING: --any-base: %s: the restored checkpoint is not "
+                                    "the adapter's base: %s\n", who(R), R->undo[u].spec, msg);
+        } else if (r) {
+            rc = lora_seterr(err, LORA_ECHECK, "%s: the restored checkpoint is not the adapter's "
+                                               "base: %s; nothing written (--any-base to keep it)",
+                             R->undo[u].spec, msg);
+        } else if (!R->rin) {
+            R->res->base_confirmed = 1;
+        }
+    }
+    lora_ckpt_close(ck);
+    return rc;
+}
+
 static int bind_all(struct run *R, lora_error *err)
 {
     lora_merge_adapter *sets[2] = {R->undo, R->add};
@@ -952,6 +1220,9 @@ static int bind_all(struct run *R, lora_error *err)
             if (rc)
                 return lora_err_prefix(err, "%s", sets[k][a].spec);
         }
+    int brc = rc_bases(R, err);
+    if (brc)
+        return brc;
     R->undo_hash = calloc(R->nundo + 1, 32);
     R->add_hash = calloc(R->nadd + 1, 32);
     if (!R->undo_hash || !R->add_hash)
@@ -1165,6 +1436,7 @@ int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
     struct run R;
     memset(&R, 0, sizeof R);
     memset(res, 0, sizeof *res);
+    res->known = opts->reference != NULL || opts->receipt_in != NULL;
     R.o = opts;
     R.res = res;
     R.undo = undo;
@@ -1216,6 +1488,8 @@ int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
     if ((rc = bind_all(&R, err)))
         goto done;
     if ((rc = lora_engine_new(opts->nthreads, &R.eng, err)))
+        goto done;
+    if ((rc = switch_bases(&R, err)))
         goto done;
     for (size_t s = 0; s < lora_ckpt_shard_count(R.ck); s++)
         if (only == SIZE_MAX || s == only)
@@ -1291,6 +1565,8 @@ int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
         if (!rc && lora_ckpt_is_sharded(R.ck))
             rc = write_index(&R, tmpdir, err);
     }
+    if (!rc && only == SIZE_MAX && !opts->check_only)
+        rc = check_restored(&R, tmpdir ? tmpdir : stage, err);
     if (!rc && (stage || tmpdir)) {
         rc = commit_pair(&R, stage, tmpdir, out, err);
         if (!rc) {

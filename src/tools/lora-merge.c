@@ -43,6 +43,10 @@ static void usage(FILE *f)
             "      --shard NAME                only this shard of a sharded checkpoint;\n"
             "                                  OUT is that one file (no index written)\n"
             "      --force                     merge an adapter the base already records\n"
+            "      --allow-nonfinite           write values beyond the output dtype as +-inf\n"
+            "                                  (counted) instead of refusing the merge\n"
+            "      --any-base                  merge into a base other than the one the\n"
+            "                                  adapter's archive records (warns)\n"
             "  -p, --pubkey FILE               minisign public key for .lora archives\n"
             "      --no-verify                 open archives without checking signatures\n"
             "      --json                      print the summary as JSON on stdout\n"
@@ -93,7 +97,7 @@ int main(int argc, char **argv)
 {
     lora_tool_sigbus(PROG);
     enum { O_UNMERGE = 256, O_RECEIPT, O_NORECEIPT, O_DTYPE, O_ROUNDING, O_FORCE, O_NOVERIFY,
-           O_JSON, O_SHARD, O_SIGNRECEIPT, O_RECEIPTKEY };
+           O_JSON, O_SHARD, O_ALLOWNF, O_ANYBASE, O_SIGNRECEIPT, O_RECEIPTKEY };
     static const struct option longopts[] = {
         {"adapter", required_argument, NULL, 'a'},
         {"output", required_argument, NULL, 'o'},
@@ -106,6 +110,8 @@ int main(int argc, char **argv)
         {"rounding", required_argument, NULL, O_ROUNDING},
         {"threads", required_argument, NULL, 'j'},
         {"force", no_argument, NULL, O_FORCE},
+        {"allow-nonfinite", no_argument, NULL, O_ALLOWNF},
+        {"any-base", no_argument, NULL, O_ANYBASE},
         {"shard", required_argument, NULL, O_SHARD},
         {"pubkey", required_argument, NULL, 'p'},
         {"no-verify", no_argument, NULL, O_NOVERIFY},
@@ -129,6 +135,7 @@ int main(int argc, char **argv)
     lora_source_opts so;
     memset(&so, 0, sizeof so);
     so.warn = stderr;
+    o.warn = stderr;
     int c;
     opterr = 0; /* our own messages, prefixed with the tool's name */
     while ((c = getopt_long(argc, argv, "a:o:j:p:qhV", longopts, NULL)) != -1) {
@@ -186,6 +193,8 @@ int main(int argc, char **argv)
             break;
         }
         case O_FORCE: o.force = 1; break;
+        case O_ALLOWNF: o.allow_nonfinite = 1; break;
+        case O_ANYBASE: o.any_base = 1; break;
         case O_SHARD: o.shard = optarg; break;
         case 'p':
             if (nkeys == 15) {
@@ -293,6 +302,8 @@ int main(int argc, char **argv)
         if (j && res.elements)
             json_object_set_new(j, "receipt_bytes_per_parameter",
                                 json_real((double)res.receipt_bytes / (double)res.elements));
+        if (j)
+            json_object_set_new(j, "nonfinite", json_integer((json_int_t)res.nonfinite));
         char *s = j ? json_dumps(j, JSON_INDENT(2)) : NULL;
         if (s)
             puts(s);
@@ -306,7 +317,14 @@ int main(int argc, char **argv)
                     receipt_out, (unsigned long long)res.fixes,
                     (unsigned long long)res.receipt_bytes,
                     (double)res.receipt_bytes / (double)res.elements);
+        else if (!receipt_out && res.elements)
+            fputs("; no receipt: lora-unmerge cannot restore the base exactly", stderr);
         fputc('\n', stderr);
+        if (res.nonfinite)
+            fprintf(stderr, PROG ": %s: WARNING: %llu value(s) written as +-inf or NaN "
+                            "(--allow-nonfinite): they overflow %s\n", out,
+                    (unsigned long long)res.nonfinite,
+                    o.dtype != LORA_DT_INVALID ? lora_dtype_name(o.dtype) : "the output dtype");
     }
     for (size_t i = 0; i < nundo; i++) {
         lora_adapter_free(ua[i].ad);
