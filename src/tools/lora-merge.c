@@ -97,7 +97,7 @@ int main(int argc, char **argv)
 {
     lora_tool_sigbus(PROG);
     enum { O_UNMERGE = 256, O_RECEIPT, O_NORECEIPT, O_DTYPE, O_ROUNDING, O_FORCE, O_NOVERIFY,
-           O_JSON, O_SHARD, O_SIGNRECEIPT, O_RECEIPTKEY, O_ALLOWNF, O_ANYBASE };
+           O_JSON, O_SHARD, O_ALLOWNF, O_ANYBASE, O_SIGNRECEIPT, O_RECEIPTKEY };
     static const struct option longopts[] = {
         {"adapter", required_argument, NULL, 'a'},
         {"output", required_argument, NULL, 'o'},

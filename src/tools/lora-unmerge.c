@@ -108,7 +108,7 @@ static void on_tensor(void *arg, const lora_tensor_report *r)
 int main(int argc, char **argv)
 {
     lora_tool_sigbus(PROG);
-    enum { O_CHECK = 256, O_BASE, O_DTYPE, O_NOVERIFY, O_JSON, O_SHARD, O_RECEIPTKEY, O_ANYBASE };
+    enum { O_CHECK = 256, O_BASE, O_DTYPE, O_NOVERIFY, O_JSON, O_SHARD, O_ANYBASE, O_RECEIPTKEY };
     static const struct option longopts[] = {
         {"adapter", required_argument, NULL, 'a'},
         {"output", required_argument, NULL, 'o'},
