@@ -158,6 +158,10 @@ expect_err 'holds "notes.txt"'
 checks=$((checks + 1))
 [ -f "$T/x/notes.txt" ] && [ -f "$T/x/receipts/v2.receipt" ] || fail "a refused extract changed the folder"
 rm "$T/x/notes.txt"
+mkdir "$T/x/receipts/sub"
+expect 2 lora-pack extract "$T/a.lora" -C "$T/x" -p "$T/k.pub" --force
+expect_err 'holds "receipts"'
+rmdir "$T/x/receipts/sub"
 mkdir "$T/x.extract-AbC123" && printf 'stale\n' > "$T/x.extract-AbC123/adapter_config.json"
 mkdir "$T/empty"
 expect 0 lora-pack extract "$T/a.lora" -C "$T/empty" -p "$T/k.pub"

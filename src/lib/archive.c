@@ -982,6 +982,30 @@ int64_t lora_archive_member_offset(const lora_archive *ar, const char *name)
  * temporaries nobody holds (left by kill -9). */
 #define EXTRACT_TAG ".extract-"
 
+/* receipts/ of an earlier extraction holds regular files only. */
+static int receipts_only_files(const char *dir)
+{
+    char *p = path_join(dir, "receipts");
+    struct stat sb;
+    int ok = p && lstat(p, &sb) == 0;
+    if (ok && S_ISDIR(sb.st_mode)) {
+        DIR *d = opendir(p);
+        struct dirent *de;
+        ok = d != NULL;
+        while (ok && (de = readdir(d))) {
+            if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+                continue;
+            char *f = path_join(p, de->d_name);
+            ok = f && lstat(f, &sb) == 0 && S_ISREG(sb.st_mode);
+            free(f);
+        }
+        if (d)
+            closedir(d);
+    }
+    free(p);
+    return ok;
+}
+
 /* What may be replaced: a folder holding only what an extraction
  * writes (and per-file temporaries of older versions).  Anything else
  * is the user's and is not deleted along with the folder. */
@@ -1011,6 +1035,8 @@ static int replaceable(const char *dir, int force, int *empty, lora_error *err)
             size_t n = strlen(ours[i]);
             ok = !strncmp(nm, ours[i], n) && (!nm[n] || !strncmp(nm + n, ".tmp-", 5));
         }
+        if (ok && !strcmp(nm, "receipts"))
+            ok = receipts_only_files(dir);
         if (!ok)
             rc = lora_seterr(err, LORA_EUSAGE, "%s holds \"%.200s\", which an extraction does not "
                                                "write: not replacing the folder (move it away "
