@@ -401,13 +401,31 @@ START_TEST(trust_untrust)
     ck_assert_msg(strstr(e.msg, "only untrusted"), "%s", e.msg);
     ck_assert_int_eq(lora_registry_untrust(reg, "ABCDEF", &demoted, &e), LORA_EINPUT);
     ck_assert_msg(strstr(e.msg, "not trusted"), "%s", e.msg);
-    /* Trusting it again does not re-trust rows it was never checked
-     * against; adding the archive again with the key trusted does. */
+    lora_reg_adapter *ls;
+    size_t nls;
+    ck_assert_int_eq(lora_registry_ls(reg, NULL, NULL, &ls, &nls, &e), 0);
+    ck_assert_uint_eq(nls, 2);
+    ck_assert_int_eq(ls[0].trusted, 0);
+    ck_assert_int_eq(ls[1].trusted, 0);
+    lora_reg_adapters_free(ls, nls);
+    /* Trust is derived from the keys table when asked: trusting the key
+     * again makes its rows trusted again, without re-adding them. */
     ck_assert_int_eq(lora_registry_trust(reg, "ABCDEF", k1, NULL, &added, &e), 0);
-    ck_assert_int_eq(lora_registry_resolve(reg, "t", NULL, NULL, &a, &e), LORA_EINPUT);
-    ck_assert_int_eq(add(reg, dir, "a", "1.1.0", "t", "b", 1, 2), 0);
     ck_assert_int_eq(lora_registry_resolve(reg, "t", NULL, NULL, &a, &e), 0);
     ck_assert_str_eq(a->version, "1.1.0");
+    ck_assert_int_eq(a->trusted, 1);
+    lora_reg_adapter_free(a);
+    ck_assert_int_eq(lora_registry_get(reg, "a@1.0.0", 0, &a, &e), 0);
+    ck_assert_int_eq(a->trusted, 1);
+    lora_reg_adapter_free(a);
+    /* ...but never a row whose signature was not verified at add */
+    ck_assert_int_eq(add(reg, dir, "u", "1.0.0", "t2", "b", 0, 9), 0);
+    ck_assert_int_eq(lora_registry_trust(reg, "123",
+                                         "RWQCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCC",
+                                         NULL, &added, &e),
+                     0);
+    ck_assert_int_eq(lora_registry_get(reg, "u", 0, &a, &e), 0);
+    ck_assert_int_eq(a->trusted, 0);
     lora_reg_adapter_free(a);
     lora_registry_close(reg);
     tu_rmtree(dir);
@@ -661,7 +679,13 @@ START_TEST(add_archives_and_load_by_task)
     ck_assert_msg(lora_adapter_load("reg:tiny@2.0.0", &so, &la, &e) == 0, "%s", e.msg);
     lora_adapter_free(la);
     so.no_verify = 0;
-    ck_assert_int_eq(lora_adapter_load("reg:tiny", &so, &la, &e), LORA_EUSAGE);
+    /* reg:NAME without @VERSION is NAME's newest version, as show takes it */
+    ck_assert_int_eq(lora_adapter_load("reg:tiny", &so, &la, &e), LORA_ECHECK);
+    ck_assert_msg(strstr(e.msg, "tiny@2.0.0") && strstr(e.msg, "untrusted"), "%s", e.msg);
+    ck_assert_int_eq(lora_registry_rm(reg, "tiny", "2.0.0", &e), 0);
+    ck_assert_msg(lora_adapter_load("reg:tiny", &so, &la, &e) == 0, "%s", e.msg);
+    ck_assert_str_eq(la->path, "reg:tiny@1.0.0"); /* named by the registry, not a path */
+    lora_adapter_free(la);
     ck_assert_int_eq(lora_adapter_load("task:nope", &so, &la, &e), LORA_EINPUT);
     ck_assert_msg(strstr(e.msg, "task:nope") && strstr(e.msg, "no trusted adapter"), "%s", e.msg);
     so.registry = "/nonexistent/registry.db";
@@ -681,6 +705,133 @@ START_TEST(add_archives_and_load_by_task)
     free(other);
     free(ad);
     lora_registry_close(reg);
+    tu_rmtree(dir);
+    free(dir);
+}
+END_TEST
+
+/* ---- read-only use (issue 20.9) ---- */
+
+/* What a reader does; returns 0 when every read worked and every write
+ * was refused, else the number of the step that went wrong. */
+static int reader_steps(const char *db)
+{
+    lora_registry *reg;
+    lora_error le;
+    if (lora_registry_open(db, LORA_REG_READONLY, &reg, &le) != 0) {
+        fprintf(stderr, "read-only open: %s\n", le.msg);
+        return 10;
+    }
+    int step = 0;
+    lora_reg_adapter *v = NULL, *a = NULL;
+    size_t n = 0;
+    char **p = NULL;
+    size_t np = 0;
+    lora_reg_eval *ev = NULL;
+    size_t nev = 0;
+    if (lora_registry_ls(reg, NULL, NULL, &v, &n, &le) || n != 1)
+        step = 11;
+    else if (lora_registry_resolve(reg, "t", NULL, NULL, &a, &le))
+        step = 12;
+    else if (lora_registry_verify(reg, &p, &np, &le) || np)
+        step = 13;
+    else if (lora_registry_evals(reg, "a", &ev, &nev, &le))
+        step = 14;
+    else if (lora_registry_rm(reg, "a", "1.0.0", &le) == 0 || !strstr(le.msg, "readonly"))
+        step = 15;
+    if (step)
+        fprintf(stderr, "step %d: %s\n", step, le.msg);
+    lora_reg_adapters_free(v, n);
+    lora_reg_adapter_free(a);
+    lora_reg_problems_free(p, np);
+    lora_reg_evals_free(ev, nev);
+    lora_registry_close(reg);
+    return step;
+}
+
+START_TEST(read_only_open)
+{
+    char *dir;
+    lora_registry *reg = fresh(&dir);
+    trust_test_key(reg);
+    ck_assert_int_eq(add(reg, dir, "a", "1.0.0", "t", "b", 1, 1), 0);
+    char *db = strdup(lora_registry_path(reg));
+    lora_registry_close(reg);
+    ck_assert_int_eq(reader_steps(db), 0);
+    /* An empty file is no registry to read (nothing can create its tables). */
+    char *empty = tu_path(dir, "empty.db");
+    tu_write(empty, "", 0);
+    ck_assert_int_eq(lora_registry_open(empty, LORA_REG_READONLY, &reg, &e), LORA_EINPUT);
+    ck_assert_msg(strstr(e.msg, "empty registry"), "%s", e.msg);
+    free(empty);
+
+    /* A user who cannot write the folder: no -shm can be created, so the
+     * WAL database is read as immutable.  Root passes every permission
+     * check, so a child drops to nobody for this part. */
+    if (geteuid() == 0) {
+        char *blobs = tu_path(dir, "blobs");
+        ck_assert_int_eq(chmod(dir, 0755), 0);
+        ck_assert_int_eq(chmod(db, 0644), 0);
+        ck_assert_int_eq(chmod(blobs, 0755), 0);
+        free(blobs);
+        pid_t pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+            int code = 77;
+            if (setgid(65534) == 0 && setuid(65534) == 0)
+                code = access(dir, W_OK) == 0 ? 9 : reader_steps(db);
+            free(db);
+            free(dir);
+            _exit(code);
+        }
+        int status;
+        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+        ck_assert(WIFEXITED(status));
+        ck_assert_msg(WEXITSTATUS(status) == 0 || WEXITSTATUS(status) == 77,
+                      "reader as nobody failed at step %d", WEXITSTATUS(status));
+    }
+    free(db);
+    tu_rmtree(dir);
+    free(dir);
+}
+END_TEST
+
+/* ---- a damaged database (issue 20.11) ---- */
+
+START_TEST(verify_damaged_database)
+{
+    char *dir;
+    lora_registry *reg = fresh(&dir);
+    trust_test_key(reg);
+    for (int i = 0; i < 40; i++) {
+        char v[32];
+        snprintf(v, sizeof v, "1.%d.0", i);
+        ck_assert_int_eq(add(reg, dir, "a", v, "t", "b", 1, (uint64_t)i + 1), 0);
+    }
+    char *db = strdup(lora_registry_path(reg));
+    lora_registry_close(reg);
+    /* Damage the last page (an index or table page; page 1, the schema,
+     * stays whole so that the database still opens). */
+    struct stat sb;
+    ck_assert_int_eq(stat(db, &sb), 0);
+    ck_assert_int_gt(sb.st_size, 4 * 4096);
+    int fd = open(db, O_RDWR);
+    ck_assert_int_ge(fd, 0);
+    unsigned char junk[512];
+    memset(junk, 0xA5, sizeof junk);
+    ck_assert_int_eq(pwrite(fd, junk, sizeof junk, sb.st_size - 4096 + 8), (ssize_t)sizeof junk);
+    ck_assert_int_eq(pwrite(fd, junk, sizeof junk, sb.st_size - 2 * 4096 + 8), (ssize_t)sizeof junk);
+    close(fd);
+    ck_assert_int_eq(lora_registry_open(db, LORA_REG_READONLY, &reg, &e), 0);
+    char **p;
+    size_t n;
+    int rc = lora_registry_verify(reg, &p, &n, &e);
+    ck_assert_int_eq(rc, LORA_ECHECK);
+    ck_assert_uint_ge(n, 1);
+    ck_assert_msg(strstr(p[0], "database damaged"), "%s", p[0]);
+    lora_reg_problems_free(p, n);
+    lora_registry_close(reg);
+    free(db);
     tu_rmtree(dir);
     free(dir);
 }
@@ -860,6 +1011,8 @@ int main(void)
     tcase_add_test(tc, add_archives_and_load_by_task);
     tcase_add_test(tc, concurrent_writers);
     tcase_add_test(tc, killed_writer);
+    tcase_add_test(tc, read_only_open);
+    tcase_add_test(tc, verify_damaged_database);
     suite_add_tcase(s, tc);
     return tu_run(s, 0);
 }

@@ -72,7 +72,11 @@ expect 0 $REG ls --task sql
 expect_out "sql-a"
 grep -q evil "$T/out" && fail "refused archive was registered"
 expect 0 $REG add "$M1" --allow-untrusted
-expect_err "warning: evil@9.0.0 is NOT signed by a trusted key"
+expect_err "warning: evil@9.0.0 registered as UNTRUSTED"
+# the reason in the registry's terms, naming the archive, never the temporary
+expect_err "evil-9.0.0.lora: not signed by any of the registry's 1 trusted keys"
+checks=$((checks + 1))
+grep -q "incoming.tmp" "$T/err" && fail "the warning names a temporary: $(cat "$T/err")"
 expect 0 $REG ls --json
 expect_out '"trusted": false'
 
@@ -110,8 +114,11 @@ expect_out "version: +1.10.0$"
 # other tools take task:TASK and reg:NAME@VERSION (source.c)
 if [ -x "$TOP_BUILDDIR/lora-inspect" ]; then
     expect 0 lora-inspect task:sql
-    expect_out "$(basename "$want")"
+    expect_out "reg:sql-a@1.10.0"
     expect 0 lora-inspect reg:sql-a@1.9.0
+    # reg:NAME without @VERSION: the newest, as show takes it
+    expect 0 lora-inspect reg:sql-a
+    expect_out "reg:sql-a@1.10.0"
     expect 1 lora-inspect reg:evil@9.0.0
     expect_err "untrusted in the registry"
     expect 3 lora-inspect task:nosuchtask
@@ -179,10 +186,14 @@ expect 0 $REG untrust "$ALICE"
 expect_out "no longer trusted"
 expect 3 $REG resolve sql
 expect_err "only untrusted"
+expect 0 $REG ls --task sql
+expect_out "UNTRUSTED"
 expect 3 $REG untrust "$ALICE"
+# trusting the key again restores its adapters, without re-adding them
 expect 0 $REG trust "$T/alice.pub"
-expect 0 $REG add "$A2" -q
 expect 0 $REG resolve sql
+expect 0 $REG show sql-a@1.9.0
+expect_out "trusted: +yes"
 
 # ---- rm, gc ----
 expect 0 $REG rm sql-b@1.2.0
@@ -196,6 +207,15 @@ expect_out "removed 0 files"
 # ---- evals (none recorded by this test) ----
 expect 0 $REG evals sql-a --json
 expect_out '^\[\]$'
+expect 3 $REG evals nosuch
+expect_err "no adapter nosuch"
+expect 3 $REG evals sql-a@9.9.9
+
+# ---- lora-pack create checks the version the registry will want ----
+expect 2 lora-pack create "$T/ad" -s "$T/alice.sec" --name x --task y --version v2 -o "$T/v2.lora"
+expect_err "v2 is not a semantic version"
+checks=$((checks + 1))
+[ -e "$T/v2.lora" ] && fail "an archive with version v2 was written"
 
 # ---- kill -9 of add midway ----
 mkad "$T/bigad" 4000000

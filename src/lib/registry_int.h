@@ -48,4 +48,10 @@ int lora_reg_commit(lora_registry *reg, int fd, char *tmpname,
 int lora_reg_add_meta(lora_registry *reg, const char *src, const lora_reg_meta *m,
                       lora_reg_adapter **out, int *added, lora_error *err);
 
+/* Every trusted adapter of TASK, best first (the order resolve picks
+ * by: newest version, then latest added, then name).  Blobs are not
+ * checked here. */
+int lora_reg_task_candidates(lora_registry *reg, const char *task, lora_reg_adapter **list,
+                             size_t *n, lora_error *err);
+
 #endif
