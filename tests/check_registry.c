@@ -660,7 +660,9 @@ START_TEST(add_archives_and_load_by_task)
     ck_assert_int_eq(lora_registry_add(reg, other, 0, &a, &added, why, &e), LORA_ECHECK);
     ck_assert_int_eq(lora_registry_add(reg, other, 1, &a, &added, why, &e), 0);
     ck_assert_int_eq(a->trusted, 0);
-    ck_assert_msg(why[0] != '\0', "no reason given for the untrusted add");
+    ck_assert_msg(strstr(why, "other.lora: not signed by any of the registry's 1 trusted keys") &&
+                      !strstr(why, "incoming"),
+                  "%s", why);
     lora_reg_adapter_free(a);
 
     lora_source_opts so = {0};
@@ -834,6 +836,166 @@ START_TEST(verify_damaged_database)
     free(db);
     tu_rmtree(dir);
     free(dir);
+}
+END_TEST
+
+/* ---- serving what was checked (issue 20.7), the base (14.1) ---- */
+
+/* A one-tensor base for tiny_adapter: l.q.weight, F32 [1, 2] = {w0, w1}. */
+static char *tiny_base(const char *dir, const char *name, float w0, float w1)
+{
+    char h[128];
+    int n = snprintf(h, sizeof h, "%s",
+                     "{\"l.q.weight\":{\"dtype\":\"F32\",\"shape\":[1,2],\"data_offsets\":[0,8]}}");
+    while (n % 8)
+        h[n++] = ' ';
+    unsigned char buf[256] = {0};
+    buf[0] = (unsigned char)n;
+    memcpy(buf + 8, h, (size_t)n);
+    memcpy(buf + 8 + n, &w0, 4);
+    memcpy(buf + 8 + n + 4, &w1, 4);
+    char *p = tu_path(dir, name);
+    tu_write(p, buf, 8 + (size_t)n + 8);
+    return p;
+}
+
+/* A registry trusting one fresh key, and archives of tiny_adapter
+ * signed by it. */
+struct signed_reg {
+    char *dir, *ad;
+    lora_registry *reg;
+    lora_seckey *sk;
+    lora_source_opts so;
+};
+
+static void signed_reg_init(struct signed_reg *r)
+{
+    r->reg = fresh(&r->dir);
+    r->ad = tu_path(r->dir, "ad");
+    tiny_adapter(r->ad);
+    ck_assert_int_eq(lora_keygen(&r->sk, &e), 0);
+    lora_pubkey pk;
+    lora_seckey_pubkey(r->sk, &pk);
+    char id[LORA_KEYID_STR], b64[57];
+    lora_keyid_str(pk.key_id, id);
+    lora_pubkey_b64(&pk, b64);
+    ck_assert_int_eq(lora_registry_trust(r->reg, id, b64, "me", NULL, &e), 0);
+    memset(&r->so, 0, sizeof r->so);
+    r->so.registry = lora_registry_path(r->reg);
+}
+
+static lora_reg_adapter *signed_add(struct signed_reg *r, const char *name, const char *task,
+                                    const char *version, const char *base)
+{
+    lora_pack_opts po = {0};
+    po.adapter_dir = r->ad;
+    po.name = name;
+    po.task = task;
+    po.version = version;
+    po.base = base;
+    char f[256];
+    snprintf(f, sizeof f, "%s-%s.lora", name, version);
+    char *path = tu_path(r->dir, f);
+    ck_assert_msg(lora_archive_create(path, &po, r->sk, &e) == 0, "%s", e.msg);
+    lora_reg_adapter *a;
+    ck_assert_msg(lora_registry_add(r->reg, path, 0, &a, NULL, NULL, &e) == 0, "%s", e.msg);
+    free(path);
+    return a;
+}
+
+static void signed_reg_free(struct signed_reg *r)
+{
+    lora_seckey_free(r->sk);
+    lora_registry_close(r->reg);
+    free(r->ad);
+    tu_rmtree(r->dir);
+    free(r->dir);
+}
+
+START_TEST(swapped_blob_refused)
+{
+    struct signed_reg r;
+    signed_reg_init(&r);
+    lora_reg_adapter *mine = signed_add(&r, "mine", "t", "1.0.0", NULL);
+    lora_reg_adapter *other = signed_add(&r, "other", "t2", "3.0.0", NULL);
+    lora_adapter *ad = NULL;
+    ck_assert_msg(lora_adapter_load("task:t", &r.so, &ad, &e) == 0, "%s", e.msg);
+    ck_assert_str_eq(ad->path, "reg:mine@1.0.0");
+    lora_adapter_free(ad);
+    /* Another archive signed by the same trusted key put in its place:
+     * the signature alone would pass it; the row does not. */
+    ck_assert_int_eq(rename(other->path, mine->path), 0);
+    ck_assert_int_eq(lora_adapter_load("task:t", &r.so, &ad, &e), LORA_ECHECK);
+    ck_assert_ptr_null(ad);
+    ck_assert_msg(strstr(e.msg, "mine@1.0.0") && strstr(e.msg, "other@3.0.0") &&
+                      strstr(e.msg, "swapped"),
+                  "%s", e.msg);
+    ck_assert_int_eq(lora_adapter_load("reg:mine@1.0.0", &r.so, &ad, &e), LORA_ECHECK);
+    /* A row whose hash matches but whose fields were changed in the
+     * database: the manifest disagrees, and that is refused too. */
+    lora_reg_adapter *again = signed_add(&r, "other", "t2", "3.0.0", NULL); /* restores its blob */
+    lora_reg_adapter_free(again);
+    sqlite3 *db;
+    ck_assert_int_eq(sqlite3_open(lora_registry_path(r.reg), &db), SQLITE_OK);
+    ck_assert_int_eq(sqlite3_exec(db, "UPDATE adapters SET task = 't3' WHERE name = 'other'", NULL,
+                                  NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(db);
+    ck_assert_int_eq(lora_adapter_load("task:t3", &r.so, &ad, &e), LORA_ECHECK);
+    ck_assert_msg(strstr(e.msg, "other@3.0.0") && strstr(e.msg, "task is not the registry row's"),
+                  "%s", e.msg);
+    lora_reg_adapter_free(mine);
+    lora_reg_adapter_free(other);
+    signed_reg_free(&r);
+}
+END_TEST
+
+START_TEST(task_prefers_the_base)
+{
+    struct signed_reg r;
+    signed_reg_init(&r);
+    char *b1 = tiny_base(r.dir, "b1.safetensors", 1.0f, 2.0f);
+    char *b2 = tiny_base(r.dir, "b2.safetensors", 3.0f, 4.0f);
+    char *b3 = tiny_base(r.dir, "b3.safetensors", 5.0f, 6.0f);
+    lora_reg_adapter_free(signed_add(&r, "for-b1", "t", "1.0.0", b1));
+    lora_reg_adapter_free(signed_add(&r, "for-b2", "t", "2.0.0", b2));
+    lora_adapter *ad = NULL;
+    char *buf = NULL;
+    size_t len = 0;
+    r.so.warn = open_memstream(&buf, &len);
+    ck_assert_ptr_nonnull(r.so.warn);
+    /* no base given: the newest */
+    ck_assert_msg(lora_adapter_load("task:t", &r.so, &ad, &e) == 0, "%s", e.msg);
+    ck_assert_str_eq(ad->path, "reg:for-b2@2.0.0");
+    lora_adapter_free(ad);
+    /* base b1: the one registered for it, though older, with a note */
+    r.so.base = b1;
+    ck_assert_msg(lora_adapter_load("task:t", &r.so, &ad, &e) == 0, "%s", e.msg);
+    ck_assert_str_eq(ad->path, "reg:for-b1@1.0.0");
+    lora_adapter_free(ad);
+    fflush(r.so.warn);
+    ck_assert_msg(strstr(buf, "for-b1@1.0.0, the newest registered for base") &&
+                      strstr(buf, "for-b2@2.0.0"),
+                  "%s", buf);
+    r.so.base = b2;
+    ck_assert_msg(lora_adapter_load("task:t", &r.so, &ad, &e) == 0, "%s", e.msg);
+    ck_assert_str_eq(ad->path, "reg:for-b2@2.0.0");
+    lora_adapter_free(ad);
+    /* a base none was made for: the newest, with a warning naming it */
+    r.so.base = b3;
+    ck_assert_msg(lora_adapter_load("task:t", &r.so, &ad, &e) == 0, "%s", e.msg);
+    ck_assert_str_eq(ad->path, "reg:for-b2@2.0.0");
+    lora_adapter_free(ad);
+    fflush(r.so.warn);
+    ck_assert_msg(strstr(buf, "no adapter registered for base") &&
+                      strstr(buf, "using for-b2@2.0.0"),
+                  "%s", buf);
+    fclose(r.so.warn);
+    free(buf);
+    free(b1);
+    free(b2);
+    free(b3);
+    signed_reg_free(&r);
 }
 END_TEST
 
@@ -1013,6 +1175,8 @@ int main(void)
     tcase_add_test(tc, killed_writer);
     tcase_add_test(tc, read_only_open);
     tcase_add_test(tc, verify_damaged_database);
+    tcase_add_test(tc, swapped_blob_refused);
+    tcase_add_test(tc, task_prefers_the_base);
     suite_add_tcase(s, tc);
     return tu_run(s, 0);
 }

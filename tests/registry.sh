@@ -239,6 +239,84 @@ for delay in 0.01 0.03 0.06 0.1 0.2; do
     $REG gc -q
 done
 
+# ---- serving what is checked: a blob swapped with another trusted archive ----
+# mkbase FILE W0 W1: a one-tensor base for $T/ad (l.q.weight, F32 [1,2]);
+# W0, W1 as printf octal escapes of the little-endian floats.
+mkbase() {
+    h='{"l.q.weight":{"dtype":"F32","shape":[1,2],"data_offsets":[0,8]}}'
+    while [ $((${#h} % 8)) -ne 0 ]; do h="$h "; done
+    { printf "\\$(printf %03o ${#h})\\0\\0\\0\\0\\0\\0\\0"; printf '%s' "$h"; printf "$2$3"; } > "$1"
+}
+mkbase "$T/b1.safetensors" '\0\0\200\77' '\0\0\0\100'
+mkbase "$T/b2.safetensors" '\0\0\100\100' '\0\0\200\100'
+SW_A=$(pack alice swap-a swap 1.0.0)
+SW_B=$(pack alice swap-b other 1.0.0)
+expect 0 $REG add "$SW_A" -q
+expect 0 $REG add "$SW_B" -q
+expect 0 lora-merge "$T/b1.safetensors" -a task:swap -o "$T/m1.safetensors" --no-receipt -q
+blob_a=$($REG resolve swap)
+blob_b=$($REG resolve other)
+cp "$blob_a" "$T/blob_a.saved"
+chmod u+w "$blob_a"
+cp "$blob_b" "$blob_a"
+expect 1 lora-merge "$T/b1.safetensors" -a task:swap -o "$T/m2.safetensors" --no-receipt -q
+expect_err "swap-a@1.0.0: blob .* holds swap-b@1.0.0"
+checks=$((checks + 1))
+[ -e "$T/m2.safetensors" ] && fail "lora-merge wrote an output from a swapped blob"
+expect 1 $REG verify
+expect_err "swap-a@1.0.0"
+expect 0 $REG add "$SW_A" -q # repairs the blob
+expect 0 lora-merge "$T/b1.safetensors" -a task:swap -o "$T/m2.safetensors" --no-receipt -q
+checks=$((checks + 1))
+cmp -s "$T/m1.safetensors" "$T/m2.safetensors" || fail "merge after repair differs"
+
+# ---- task: prefers the adapter registered for the base merged into ----
+for v in 1 2; do
+    lora-pack create "$T/ad" -s "$T/alice.sec" --name "for-b$v" --task based --version "$v.0.0" \
+        --base "$T/b$v.safetensors" -o "$T/arc/for-b$v.lora" -q || fail "pack for-b$v"
+    expect 0 $REG add "$T/arc/for-b$v.lora" -q
+done
+expect 0 lora-merge "$T/b1.safetensors" -a task:based -o "$T/mb1.safetensors" --no-receipt -q
+expect_err "task:based: for-b1@1.0.0, the newest registered for base .*b1.safetensors \(newer for-b2@2.0.0"
+expect 0 lora-merge "$T/b2.safetensors" -a task:based -o "$T/mb2.safetensors" --no-receipt -q
+checks=$((checks + 1))
+[ -s "$T/err" ] && fail "task:based on its own base: unexpected message $(cat "$T/err")"
+
+# ---- read-only use: a user who cannot write the registry ----
+if [ "$(id -u)" = 0 ] && command -v setpriv >/dev/null 2>&1; then
+    NOBODY="setpriv --reuid=65534 --regid=65534 --clear-groups"
+    chmod 755 "$T" "$T/reg" "$T/reg/blobs"
+    mkdir -p "$T/roout" && chown 65534 "$T/roout"
+    for cmd in ls keys "show sql-a" "resolve sql" verify "evals sql-a" tasks; do
+        # shellcheck disable=SC2086
+        expect 0 $NOBODY lora-registry $cmd
+    done
+    expect 0 $NOBODY lora-merge "$T/b1.safetensors" -a task:swap -o "$T/roout/m.safetensors" \
+        --no-receipt -q
+    checks=$((checks + 1))
+    cmp -s "$T/m1.safetensors" "$T/roout/m.safetensors" || fail "read-only merge differs"
+    run $NOBODY lora-registry rm sql-a@1.9.0
+    checks=$((checks + 1))
+    [ "$rc" -ne 0 ] || fail "nobody removed a row from root's registry"
+    checks=$((checks + 1))
+    find "$T/reg" -newer "$T/m1.safetensors" -name 'registry.db-*' | grep -q . &&
+        fail "a reader left files in the registry folder"
+else
+    echo "SKIP: read-only rows (need root and setpriv)"
+fi
+
+# ---- a damaged database: verify says so ----
+cp "$R" "$T/reg/dmg.db"
+size=$(wc -c < "$T/reg/dmg.db")
+head -c 1024 /dev/urandom > "$T/junk"
+for back in 1 2 3; do
+    dd if="$T/junk" of="$T/reg/dmg.db" bs=1 seek=$((size - back * 4096 + 16)) conv=notrunc 2>/dev/null
+done
+expect 1 $REG -r "$T/reg/dmg.db" verify
+expect_err "database damaged"
+checks=$((checks + 1))
+grep -q "intact" "$T/out" && fail "verify said intact on a damaged database"
+
 # ---- a registry made by a newer schema ----
 if command -v sqlite3 >/dev/null 2>&1; then
     sqlite3 "$R" "PRAGMA user_version = 99"

@@ -423,9 +423,31 @@ static int readonly_probe(lora_registry *reg, lora_error *err)
  * the message says so. */
 static int open_readonly(lora_registry *reg, lora_error *err)
 {
-    int src = sqlite3_open_v2(reg->path, &reg->db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX,
-                              NULL);
-    int rc;
+    int rc, src;
+    /* A user who may write the registry reads through a read-write
+     * connection that cannot write (query_only): a read-only connection
+     * never removes the -wal and -shm files it makes, a read-write one
+     * does when it closes.  If that fails (a full disk cannot take the
+     * -shm file), read-only as below. */
+    char *dir = strdup(reg->blobdir);
+    if (!dir)
+        return lora_oom(err);
+    dir[strlen(dir) - strlen("/blobs")] = '\0';
+    int writable = access(reg->path, W_OK) == 0 && access(dir, W_OK) == 0;
+    free(dir);
+    if (writable &&
+        sqlite3_open_v2(reg->path, &reg->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) ==
+            SQLITE_OK) {
+        sqlite3_extended_result_codes(reg->db, 1);
+        sqlite3_busy_timeout(reg->db, BUSY_TIMEOUT_MS);
+        lora_error ignored;
+        if (exec(reg, "PRAGMA query_only = 1", &ignored) == LORA_OK &&
+            readonly_probe(reg, &ignored) == LORA_OK)
+            return LORA_OK;
+    }
+    sqlite3_close_v2(reg->db);
+    reg->db = NULL;
+    src = sqlite3_open_v2(reg->path, &reg->db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL);
     if (src == SQLITE_OK) {
         sqlite3_extended_result_codes(reg->db, 1);
         sqlite3_busy_timeout(reg->db, BUSY_TIMEOUT_MS);
