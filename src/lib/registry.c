@@ -923,12 +923,15 @@ static int check_blob(lora_registry *reg, const lora_reg_adapter *a, lora_error 
     close(fd);
     if (rc)
         return rc;
-    if (size != a->size || strcmp(hex, a->hash) != 0)
+    if (size != a->size || strcmp(hex, a->hash) != 0) {
+        char what[600];
+        lora_reg_describe_blob(a->path, a, what, sizeof what);
         return lora_seterr(err, LORA_ECHECK,
-                           "%s@%s: blob %s is corrupted (%llu bytes, BLAKE2b-256 %.16s..., "
+                           "%s@%s: blob %s %s (%llu bytes, BLAKE2b-256 %.16s..., "
                            "expected %llu bytes, %.16s...); refusing it",
-                           a->name, a->version, a->path, (unsigned long long)size, hex,
+                           a->name, a->version, a->path, what, (unsigned long long)size, hex,
                            (unsigned long long)a->size, a->hash);
+    }
     return LORA_OK;
 }
 

@@ -54,4 +54,9 @@ int lora_reg_add_meta(lora_registry *reg, const char *src, const lora_reg_meta *
 int lora_reg_task_candidates(lora_registry *reg, const char *task, lora_reg_adapter **list,
                              size_t *n, lora_error *err);
 
+/* What a blob whose bytes are not its row's holds, for messages:
+ * "holds NAME@VERSION (task T), not ...: swapped or corrupted" when it
+ * is an archive, else "is corrupted" (registry_serve.c). */
+void lora_reg_describe_blob(const char *path, const lora_reg_adapter *a, char *what, size_t n);
+
 #endif

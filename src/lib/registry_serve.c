@@ -87,22 +87,27 @@ static int name_blob(lora_error *err, const char *proc, const lora_reg_adapter *
     return rc;
 }
 
+void lora_reg_describe_blob(const char *path, const lora_reg_adapter *a, char *what, size_t n)
+{
+    lora_archive *other = NULL;
+    lora_error ignored;
+    if (lora_archive_open(path, NULL, 0, LORA_ARCHIVE_NO_VERIFY, &other, &ignored) == LORA_OK) {
+        snprintf(what, n, "holds %s@%s (task %s), not %s@%s: swapped or corrupted",
+                 other->manifest->name, other->manifest->version, other->manifest->task, a->name,
+                 a->version);
+        lora_archive_close(other);
+    } else {
+        snprintf(what, n, "is corrupted");
+    }
+}
+
 /* Size and hash differ from the row: say what the blob holds instead,
  * when it is an archive at all (a swap), so that both are named. */
 static int refuse_mismatch(const char *proc, const lora_reg_adapter *a, uint64_t size,
                            const char *hex, lora_error *err)
 {
-    lora_archive *other = NULL;
-    lora_error ignored;
-    char what[600] = "";
-    if (lora_archive_open(proc, NULL, 0, LORA_ARCHIVE_NO_VERIFY, &other, &ignored) == LORA_OK) {
-        snprintf(what, sizeof what, "holds %s@%s (task %s), not %s@%s: swapped or corrupted",
-                 other->manifest->name, other->manifest->version, other->manifest->task, a->name,
-                 a->version);
-        lora_archive_close(other);
-    } else {
-        snprintf(what, sizeof what, "is corrupted");
-    }
+    char what[600];
+    lora_reg_describe_blob(proc, a, what, sizeof what);
     return lora_seterr(err, LORA_ECHECK,
                        "%s@%s: blob %s %s (%llu bytes, BLAKE2b-256 %.16s..., registered as "
                        "%llu bytes, %.16s...); refusing it",

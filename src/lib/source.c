@@ -108,10 +108,8 @@ static int choose_for_base(lora_registry *reg, const char *spec, const lora_sour
         }
     }
     lora_ckpt_close(ck);
-    if (rc) {
-        lora_err_prefix(err, "%s", spec);
+    if (rc)
         return rc;
-    }
     if (!opts->warn)
         return LORA_OK;
     if (*out && *chosen > 0)
