@@ -305,6 +305,35 @@ else
     echo "SKIP: read-only rows (need root and setpriv)"
 fi
 
+# ---- read commands on a full disk ----
+# A registry with two adapters copied into a private tmpfs, which is then
+# filled: SQLite cannot make its -shm file there, and reads still work.
+SMALL="$T/small/registry.db"
+expect 0 $REG -r "$SMALL" trust "$T/alice.pub" -q
+expect 0 $REG -r "$SMALL" add "$SW_A" -q
+expect 0 $REG -r "$SMALL" add "$SW_B" -q
+mkdir -p "$T/full"
+if unshare -rm sh -c 'mount -t tmpfs -o size=512k tmpfs "$1"' sh "$T/full" 2>/dev/null; then
+    unshare -rm sh -c '
+        T=$1
+        mount -t tmpfs -o size=512k tmpfs "$T/full" || exit 90
+        cp -a "$T/small" "$T/full/" || exit 91
+        dd if=/dev/zero of="$T/full/fill" bs=4k 2>/dev/null
+        export LORA_REGISTRY="$T/full/small/registry.db"
+        for cmd in ls verify "resolve swap" "show swap-a" "evals swap-a"; do
+            lora-registry $cmd >/dev/null 2>>"$T/full.err" || echo "$cmd" >> "$T/full.failed"
+        done
+        lora-merge "$T/b1.safetensors" -a task:swap -o "$T/fullm.safetensors" --no-receipt -q \
+            2>>"$T/full.err" || echo "lora-merge -a task:swap" >> "$T/full.failed"
+        exit 0' sh "$T"
+    checks=$((checks + 1))
+    [ -s "$T/full.failed" ] && fail "on a full disk: $(tr '\n' ',' < "$T/full.failed") failed: $(head -n 2 "$T/full.err")"
+    checks=$((checks + 1))
+    cmp -s "$T/m1.safetensors" "$T/fullm.safetensors" || fail "merge from a full-disk registry differs"
+else
+    echo "SKIP: full-disk reads (no private tmpfs: unshare -rm failed)"
+fi
+
 # ---- a damaged database: verify says so ----
 cp "$R" "$T/reg/dmg.db"
 size=$(wc -c < "$T/reg/dmg.db")
