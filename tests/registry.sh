@@ -249,11 +249,20 @@ mkbase() {
 }
 mkbase "$T/b1.safetensors" '\0\0\200\77' '\0\0\0\100'
 mkbase "$T/b2.safetensors" '\0\0\100\100' '\0\0\200\100'
+# swap-b changes the weights (A and B all ones), swap-a does not (zeros):
+# a merge of the wrong one shows in the output
+mkdir -p "$T/ad2"
+cp "$T/ad/adapter_config.json" "$T/ad2/"
+head -c -12 "$T/ad/adapter_model.safetensors" > "$T/ad2/adapter_model.safetensors"
+printf '\0\0\200\77\0\0\200\77\0\0\200\77' >> "$T/ad2/adapter_model.safetensors"
 SW_A=$(pack alice swap-a swap 1.0.0)
-SW_B=$(pack alice swap-b other 1.0.0)
+SW_B=$(pack alice swap-b other 1.0.0 "$T/ad2")
 expect 0 $REG add "$SW_A" -q
 expect 0 $REG add "$SW_B" -q
 expect 0 lora-merge "$T/b1.safetensors" -a task:swap -o "$T/m1.safetensors" --no-receipt -q
+expect 0 lora-merge "$T/b1.safetensors" -a task:other -o "$T/mb.safetensors" --no-receipt -q
+checks=$((checks + 1))
+cmp -s "$T/m1.safetensors" "$T/mb.safetensors" && fail "swap-a and swap-b merge alike: the swap tests would see nothing"
 blob_a=$($REG resolve swap)
 blob_b=$($REG resolve other)
 cp "$blob_a" "$T/blob_a.saved"
@@ -269,6 +278,42 @@ expect 0 $REG add "$SW_A" -q # repairs the blob
 expect 0 lora-merge "$T/b1.safetensors" -a task:swap -o "$T/m2.safetensors" --no-receipt -q
 checks=$((checks + 1))
 cmp -s "$T/m1.safetensors" "$T/m2.safetensors" || fail "merge after repair differs"
+
+# the swap racing the merges (by rename and by rewriting in place): every
+# run merges swap-a exactly or refuses, none merges swap-b
+cp "$blob_a" "$T/good_a"
+cp "$blob_b" "$T/good_b"
+rm -f "$T/stop"
+(
+    while [ ! -e "$T/stop" ]; do
+        cp "$T/good_b" "$blob_a.x" && mv -f "$blob_a.x" "$blob_a"
+        cp "$T/good_a" "$blob_a.x" && mv -f "$blob_a.x" "$blob_a"
+        cat "$T/good_b" > "$blob_a"
+        cat "$T/good_a" > "$blob_a"
+    done
+) &
+swapper=$!
+i=0 merged=0 refused=0
+while [ $i -lt 40 ]; do
+    out="$T/race$i.safetensors"
+    run lora-merge "$T/b1.safetensors" -a task:swap -o "$out" --no-receipt -q
+    checks=$((checks + 1))
+    if [ "$rc" -eq 0 ]; then
+        merged=$((merged + 1))
+        cmp -s "$T/m1.safetensors" "$out" || fail "race run $i: exit 0 with another adapter merged"
+    elif [ "$rc" -eq 1 ]; then
+        refused=$((refused + 1))
+        [ -e "$out" ] && fail "race run $i: refused but wrote $out"
+    else
+        fail "race run $i: exit $rc: $(head -n 1 "$T/err")"
+    fi
+    rm -f "$out"
+    i=$((i + 1))
+done
+touch "$T/stop"
+wait $swapper
+echo "swap race: $merged merged swap-a, $refused refused"
+cp "$T/good_a" "$blob_a"
 
 # ---- task: prefers the adapter registered for the base merged into ----
 for v in 1 2; do
