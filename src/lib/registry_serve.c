@@ -206,6 +206,13 @@ int lora_registry_open_adapter(lora_registry *reg, const lora_reg_adapter *a,
     char proc[64], hex[LORA_REG_HASH_HEX];
     snprintf(proc, sizeof proc, "/proc/self/fd/%d", mfd);
     lora_hex(h, sizeof h, hex);
+    if (access(proc, R_OK) != 0) {
+        rc = lora_seterr_errno(err, LORA_EIO, errno, "%s@%s: cannot reopen the private copy of "
+                               "its blob through %s (is /proc mounted?)",
+                               a->name, a->version, proc);
+        close(mfd);
+        return rc;
+    }
     if (size != a->size || strcmp(hex, a->hash) != 0) {
         rc = refuse_mismatch(proc, a, size, hex, err);
         close(mfd);
