@@ -1014,9 +1014,10 @@ typedef struct lora_pack_opts {
 int lora_archive_create(const char *out_path, const lora_pack_opts *opts, const lora_seckey *sk,
                         lora_error *err);
 
-/* An opened, verified archive.  The file is mmapped; uncompressed
- * members are read in place, zstd members are decompressed into memory
- * (each within its limit). */
+/* An opened, verified archive.  The file is read into private memory
+ * (never used through a shared mapping: rewriting the file after the
+ * check changes nothing), a zstd stream decompressed there within a
+ * ratio bound; members point into those verified bytes. */
 typedef struct lora_archive_priv lora_archive_priv;
 typedef struct lora_archive {
     char *path;
@@ -1043,8 +1044,16 @@ typedef struct lora_archive {
  * malformed or hostile archive; LORA_EIO. */
 int lora_archive_open(const char *path, const lora_pubkey *keys, size_t n, int flags,
                       lora_archive **out, lora_error *err);
+/* The same on an open file (read from offset 0; label names it in
+ * messages) or on bytes in memory (copied): for a caller that opened
+ * the file once and must verify exactly what it opened. */
+int lora_archive_open_fd(int fd, const char *label, const lora_pubkey *keys, size_t n, int flags,
+                         lora_archive **out, lora_error *err);
+int lora_archive_open_memory(const void *buf, size_t len, const char *label,
+                             const lora_pubkey *keys, size_t n, int flags, lora_archive **out,
+                             lora_error *err);
 /* BLAKE2b-256 of the whole archive file (the registry's blob name),
- * computed from the mapping on request: verification does not need it
+ * computed from the bytes that were verified, on request: verification does not need it
  * and it costs a pass over the file. */
 void lora_archive_file_hash(const lora_archive *ar, unsigned char out[LORA_HASH_BYTES]);
 /* A member's verified bytes (valid until close); NULL if absent. */
@@ -1056,11 +1065,14 @@ int64_t lora_archive_member_offset(const lora_archive *ar, const char *name);
 int lora_archive_extract(const lora_archive *ar, const char *dir, int force, lora_error *err);
 void lora_archive_close(lora_archive *ar);
 /* Open (and verify, as lora_archive_open) an archive and load its
- * adapter without extracting: adapter_model.safetensors is read where
- * it lies in the mapped file (uncompressed) or from memory (zstd); the
- * adapter's release frees the archive. */
+ * adapter without extracting: adapter_model.safetensors is used from
+ * the archive's private, verified bytes; the adapter's release frees
+ * the archive. */
 int lora_archive_open_adapter(const char *path, const lora_pubkey *keys, size_t n, int flags,
                               lora_adapter **out, lora_error *err);
+/* The adapter of an opened archive; takes ar (closed on failure, else
+ * by the adapter's release). */
+int lora_archive_adapter(lora_archive *ar, lora_adapter **out, lora_error *err);
 
 /* BLAKE2b-256 over the base tensors an adapter changes (its modules'
  * targets and its modules_to_save targets, after lora_adapter_bind):

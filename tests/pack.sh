@@ -138,4 +138,108 @@ if [ -x "$TOP_BUILDDIR/lora-inspect" ]; then
     expect 1 lora-inspect "$T/h.lora" -p "$T/k.pub"
 fi
 
+# extract replaces the folder whole (issue 20 item 2): v2 over v1 gives
+# exactly v2's members; a folder holding anything an extraction does not
+# write is left alone; temporaries a killed run left are removed
+printf 'v2 receipt\n' > "$T/v2.receipt"
+expect 0 lora-pack create "$T/ad" -s "$T/k.sec" --name tiny --task test --version 2.0 \
+    --receipt "$T/v2.receipt" -o "$T/w2.lora"
+expect 0 lora-pack extract "$T/w2.lora" -C "$T/x" -p "$T/k.pub" --force
+checks=$((checks + 1))
+[ "$(ls -A "$T/x" | tr '\n' ' ')" = "adapter_config.json adapter_model.safetensors receipts " ] ||
+    fail "extract --force left a mix: $(ls -A "$T/x")"
+checks=$((checks + 1))
+[ "$(ls "$T/x/receipts")" = v2.receipt ] || fail "old receipts kept: $(ls "$T/x/receipts")"
+checks=$((checks + 1))
+ls -d "$T"/x.* >/dev/null 2>&1 && fail "temporaries left beside the folder: $(ls -d "$T"/x.*)"
+printf 'mine\n' > "$T/x/notes.txt"
+expect 2 lora-pack extract "$T/a.lora" -C "$T/x" -p "$T/k.pub" --force
+expect_err 'holds "notes.txt"'
+checks=$((checks + 1))
+[ -f "$T/x/notes.txt" ] && [ -f "$T/x/receipts/v2.receipt" ] || fail "a refused extract changed the folder"
+rm "$T/x/notes.txt"
+mkdir "$T/x.extract-AbC123" && printf 'stale\n' > "$T/x.extract-AbC123/adapter_config.json"
+mkdir "$T/empty"
+expect 0 lora-pack extract "$T/a.lora" -C "$T/empty" -p "$T/k.pub"
+expect 0 lora-pack extract "$T/a.lora" -C "$T/x/" -p "$T/k.pub" --force
+checks=$((checks + 1))
+[ -e "$T/x.extract-AbC123" ] && fail "a stale extract temporary was not removed"
+checks=$((checks + 1))
+cmp -s "$T/x/receipts/merge.receipt" "$T/merge.receipt" && [ ! -e "$T/x/receipts/v2.receipt" ] ||
+    fail "extract --force did not bring back v1"
+expect 3 lora-pack extract "$T/a.lora" -C "$T/README.md" -p "$T/k.pub"
+expect_err "not a folder"
+
+# decompression bomb (issue 20 item 5): a signed zstd archive of a few
+# KiB whose manifest states a 1 GiB member (a receipt of zeros) is
+# refused by list (no signature check), verify and registry add -u
+# before 1 GiB is ever allocated
+truncate -s 1G "$T/zeros.receipt"
+expect 0 lora-pack create "$T/ad" -s "$T/k.sec" --name bomb --task test --version 1 --compress \
+    --receipt "$T/zeros.receipt" -o "$T/bomb.lora" -q
+rm -f "$T/zeros.receipt"
+bsize=$(stat -c %s "$T/bomb.lora")
+checks=$((checks + 1)); [ "$bsize" -lt 200000 ] || fail "the bomb is $bsize bytes, not a few KiB"
+# shellcheck disable=SC2016 # $1 expands in the inner shell
+expect 3 sh -c 'ulimit -v 600000 2>/dev/null; exec "$@"' sh "$TOP_BUILDDIR/lora-pack" list "$T/bomb.lora"
+expect_err "decompression bomb"
+expect 3 lora-pack verify "$T/bomb.lora" -p "$T/k.pub"
+expect_err "decompression bomb"
+if [ -z "${LORA_WRAP:-}" ] && [ -x /usr/bin/time ]; then
+    /usr/bin/time -f %M -o "$T/rss" "$TOP_BUILDDIR/lora-pack" list "$T/bomb.lora" >/dev/null 2>&1
+    rss=$(tail -n 1 "$T/rss")
+    echo "note: a $bsize-byte archive stating a 1 GiB member refused at $rss KiB peak RSS"
+    checks=$((checks + 1)); [ "$rss" -lt 262144 ] || fail "bomb refused only at $rss KiB"
+fi
+if [ -x "$TOP_BUILDDIR/lora-registry" ]; then
+    expect 0 lora-registry -r "$T/reg/r.db" trust "$T/o.pub" -q
+    expect 3 lora-registry -r "$T/reg/r.db" add -u "$T/bomb.lora"
+    expect_err "decompression bomb"
+fi
+
+# verified is what is used (issue 20 item 1): while the archive is
+# rewritten in place, over and over, with +Inf tensor bytes (same inode,
+# same size), lora-merge from it either refuses or writes exactly the
+# merge of the signed bytes: never an output from the unsigned ones
+if [ -x "$TOP_BUILDDIR/lora-merge" ]; then
+    # (the output records the adapter's path: the reference reads live.lora too)
+    cp "$T/a.lora" "$T/live.lora"
+    expect 0 lora-merge "$T/fx/base" -a "$T/live.lora" -p "$T/k.pub" -o "$T/ref.merged" -q
+    cp "$T/a.lora" "$T/evil.lora"
+    tlen=$(tr -d ' \n' < "$T/list.json" | grep -o '"name":"adapter_model.safetensors","size":[0-9]*' |
+           sed 's/.*"size"://')
+    toff=$((off + 1 - tlen))
+    # the tensor data after the safetensors header: +Inf as F32
+    hlen=$(od -An -tu4 -j "$toff" -N4 "$T/a.lora" | tr -d ' ')
+    doff=$((toff + 8 + hlen))
+    n=$(((off + 1 - doff) / 4))
+    i=0; while [ $i -lt "$n" ]; do printf '\000\000\200\177'; i=$((i + 1)); done > "$T/inf.bin"
+    dd if="$T/inf.bin" of="$T/evil.lora" bs=1 seek="$doff" conv=notrunc 2>/dev/null
+    checks=$((checks + 1)); cmp -s "$T/a.lora" "$T/evil.lora" && fail "the unsigned copy is the signed one"
+    ( while [ ! -e "$T/stop" ]; do
+          dd if="$T/evil.lora" of="$T/live.lora" conv=notrunc 2>/dev/null
+          dd if="$T/a.lora" of="$T/live.lora" conv=notrunc 2>/dev/null
+      done ) &
+    writer=$!
+    k=0 n_ok=0 n_refused=0
+    while [ $k -lt 40 ]; do
+        rm -rf "$T/m.out" "$T/m.out.receipt"
+        lora-merge "$T/fx/base" -a "$T/live.lora" -p "$T/k.pub" -o "$T/m.out" -q 2>"$T/m.err"
+        r=$?
+        checks=$((checks + 1))
+        if [ $r -eq 0 ]; then
+            n_ok=$((n_ok + 1))
+            diff -r -q "$T/ref.merged" "$T/m.out" >/dev/null || fail "merge $k: exit 0 with an output that is not the signed adapter's"
+        else
+            n_refused=$((n_refused + 1))
+            [ $r -lt 128 ] || fail "merge $k died of signal $((r - 128))"
+            [ -e "$T/m.out" ] && fail "merge $k: exit $r but an output was written"
+        fi
+        k=$((k + 1))
+    done
+    : > "$T/stop"
+    wait $writer 2>/dev/null
+    echo "note: 40 merges from an archive rewritten in place: $n_ok exact, $n_refused refused"
+fi
+
 done_testing
