@@ -1208,14 +1208,14 @@ int lora_registry_get(lora_registry *reg, const char *spec, int check_blob,
 int lora_registry_resolve(lora_registry *reg, const char *task, const char *base,
                           const char *version, lora_reg_adapter **out, lora_error *err);
 /* Load a registered adapter from the bytes that are checked: the blob
- * is read once into sealed private memory; its size and BLAKE2b-256
+ * is read once into private memory (lora_archive_open_fd); its size and BLAKE2b-256
  * must be the row's (a swapped blob is refused naming what it holds),
  * its signature must verify with the registry's trusted keys (by the
  * row's signer), and its manifest's name, version, task and base must
  * be the row's; the adapter is then loaded from those same bytes and
  * named "reg:NAME@VERSION" (ad->path).  An untrusted row is refused
  * (LORA_ECHECK) unless allow_untrusted, which skips the signature
- * only.  The private copy costs the archive's size in memory. */
+ * only. */
 int lora_registry_open_adapter(lora_registry *reg, const lora_reg_adapter *a,
                                int allow_untrusted, lora_adapter **out, lora_error *err);
 /* Remove NAME@VERSION's row (and its eval results).  Its blob stays

@@ -907,10 +907,8 @@ int lora_registry_ls(lora_registry *reg, const char *task, const char *base,
     return LORA_OK;
 }
 
-/* Re-hash a row's blob against its recorded hash and size. */
-static int check_blob(lora_registry *reg, const lora_reg_adapter *a, lora_error *err)
+int lora_reg_check_blob(const lora_reg_adapter *a, lora_error *err)
 {
-    (void)reg;
     int fd = open(a->path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return errno == ENOENT
@@ -1029,7 +1027,7 @@ int lora_registry_get(lora_registry *reg, const char *spec, int check_blob_flag,
     if (rc)
         return rc;
 found:
-    if (check_blob_flag && (rc = check_blob(reg, *out, err))) {
+    if (check_blob_flag && (rc = lora_reg_check_blob(*out, err))) {
         lora_reg_adapter_free(*out);
         *out = NULL;
         return rc;
@@ -1084,7 +1082,7 @@ int lora_registry_resolve(lora_registry *reg, const char *task, const char *base
     }
     if (rc)
         return rc;
-    if ((rc = check_blob(reg, *out, err))) {
+    if ((rc = lora_reg_check_blob(*out, err))) {
         lora_reg_adapter_free(*out);
         *out = NULL;
         return rc;
@@ -1602,7 +1600,7 @@ int lora_registry_verify(lora_registry *reg, char ***problems, size_t *n, lora_e
     for (size_t i = 0; i < cnt; i++) {
         lora_error e;
         lora_error_clear(&e);
-        int c = check_blob(reg, &v[i], &e);
+        int c = lora_reg_check_blob(&v[i], &e);
         if (c == LORA_OK)
             continue;
         if (c != LORA_ECHECK && c != LORA_EIO) {

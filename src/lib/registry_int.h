@@ -58,5 +58,8 @@ int lora_reg_task_candidates(lora_registry *reg, const char *task, lora_reg_adap
  * "holds NAME@VERSION (task T), not ...: swapped or corrupted" when it
  * is an archive, else "is corrupted" (registry_serve.c). */
 void lora_reg_describe_blob(const char *path, const lora_reg_adapter *a, char *what, size_t n);
+/* Re-hash a row's blob by path against its size and hash: LORA_ECHECK
+ * naming the problem (missing, corrupted, swapped), LORA_EIO (registry.c). */
+int lora_reg_check_blob(const lora_reg_adapter *a, lora_error *err);
 
 #endif
