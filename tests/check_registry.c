@@ -931,6 +931,14 @@ START_TEST(swapped_blob_refused)
                       strstr(e.msg, "swapped"),
                   "%s", e.msg);
     ck_assert_int_eq(lora_adapter_load("reg:mine@1.0.0", &r.so, &ad, &e), LORA_ECHECK);
+    /* ...and one no trusted key signed: named too, not "bad signature" */
+    lora_seckey *sk2;
+    ck_assert_int_eq(lora_keygen(&sk2, &e), 0);
+    lora_pack_opts po = {.adapter_dir = r.ad, .name = "stranger", .task = "t", .version = "9.0.0"};
+    ck_assert_int_eq(lora_archive_create(mine->path, &po, sk2, &e), 0);
+    lora_seckey_free(sk2);
+    ck_assert_int_eq(lora_adapter_load("task:t", &r.so, &ad, &e), LORA_ECHECK);
+    ck_assert_msg(strstr(e.msg, "mine@1.0.0") && strstr(e.msg, "stranger@9.0.0"), "%s", e.msg);
     /* A row whose hash matches but whose fields were changed in the
      * database: the manifest disagrees, and that is refused too. */
     lora_reg_adapter *again = signed_add(&r, "other", "t2", "3.0.0", NULL); /* restores its blob */
