@@ -329,11 +329,18 @@ typedef struct lora_source_opts {
     int no_verify;               /* open archives without checking signatures (warns) */
     const char *registry;        /* registry database path; NULL: default location */
     FILE *warn;                  /* where warnings go; NULL: nowhere */
+    const char *base;            /* base checkpoint the adapter is for (merge input,
+                                    eval model), or NULL: task:TASK then prefers the
+                                    newest adapter registered for this base */
 } lora_source_opts;
 
 /* Open an adapter from SPEC: a PEFT folder, a .lora archive (verified,
  * safetensors member mapped in place), "task:TASK" or
- * "reg:NAME@VERSION" (resolved through the registry).  opts may be NULL. */
+ * "reg:NAME[@VERSION]" (resolved through the registry, opened read-only:
+ * the newest trusted adapter of the task -- of those registered for
+ * opts->base when there are any -- or NAME's newest version; loaded by
+ * lora_registry_open_adapter, ad->path "reg:NAME@VERSION").  opts may
+ * be NULL. */
 int lora_adapter_load(const char *spec, const lora_source_opts *opts,
                       lora_adapter **out, lora_error *err);
 
@@ -1220,6 +1227,14 @@ int lora_semver_cmp(const char *a, const char *b);
 int lora_registry_default_path(char **path, lora_error *err);
 
 #define LORA_REG_CREATE 1   /* create the database and its folders if missing */
+/* Read only: for commands that only read (ls, show, resolve, verify,
+ * evals, loading task:/reg: adapters), so that a registry the user
+ * cannot write (a shared /srv/lora) and a full disk still serve them.
+ * No migration is applied (an older schema is read as it is); every
+ * write function fails.  A WAL database whose -shm cannot be created
+ * (folder not writable) and which has no pending -wal is opened
+ * immutable. */
+#define LORA_REG_READONLY 2
 
 /* Open (path NULL: the default path).  Without LORA_REG_CREATE a
  * missing database is LORA_EINPUT ("no registry at PATH").  An older
@@ -1305,6 +1320,17 @@ int lora_registry_get(lora_registry *reg, const char *spec, int check_blob,
  * (LORA_ECHECK), never replaced by another version.  None: LORA_EINPUT. */
 int lora_registry_resolve(lora_registry *reg, const char *task, const char *base,
                           const char *version, lora_reg_adapter **out, lora_error *err);
+/* Load a registered adapter from the bytes that are checked: the blob
+ * is read once into private memory (lora_archive_open_fd); its size and BLAKE2b-256
+ * must be the row's (a swapped blob is refused naming what it holds),
+ * its signature must verify with the registry's trusted keys (by the
+ * row's signer), and its manifest's name, version, task and base must
+ * be the row's; the adapter is then loaded from those same bytes and
+ * named "reg:NAME@VERSION" (ad->path).  An untrusted row is refused
+ * (LORA_ECHECK) unless allow_untrusted, which skips the signature
+ * only. */
+int lora_registry_open_adapter(lora_registry *reg, const lora_reg_adapter *a,
+                               int allow_untrusted, lora_adapter **out, lora_error *err);
 /* Remove NAME@VERSION's row (and its eval results).  Its blob stays
  * until gc.  Unknown: LORA_EINPUT. */
 int lora_registry_rm(lora_registry *reg, const char *name, const char *version,

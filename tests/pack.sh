@@ -21,20 +21,20 @@ expect 0 lora-pack keygen -W -s "$T/o.sec" -p "$T/o.pub"
 [ "$(stat -c %a "$T/k.sec")" = 600 ] || fail "secret key mode is not 0600"
 
 # create, deterministic
-expect 0 lora-pack create "$T/ad" -s "$T/k.sec" --name tiny --task test --version 1.0 \
+expect 0 lora-pack create "$T/ad" -s "$T/k.sec" --name tiny --task test --version 1.0.0 \
     --readme "$T/README.md" --receipt "$T/merge.receipt" -o "$T/a.lora"
-expect 0 lora-pack -q create "$T/ad" -s "$T/k.sec" --name tiny --task test --version 1.0 \
+expect 0 lora-pack -q create "$T/ad" -s "$T/k.sec" --name tiny --task test --version 1.0.0 \
     --readme "$T/README.md" --receipt "$T/merge.receipt" -o "$T/b.lora"
 checks=$((checks + 1)); cmp -s "$T/a.lora" "$T/b.lora" || fail "create is not deterministic"
 ls "$T" | grep -q 'tmp-' && fail "temporary file left behind"
 expect 2 lora-pack create "$T/ad" -s "$T/k.sec" --name tiny --task test -o "$T/c.lora"
-expect 2 lora-pack create "$T/ad" -s "$T/k.sec" --name 'two words' --task test --version 1 -o "$T/c.lora"
-expect 3 lora-pack create "$T/nonexistent" -s "$T/k.sec" --name x --task t --version 1 -o "$T/c.lora"
+expect 2 lora-pack create "$T/ad" -s "$T/k.sec" --name 'two words' --task test --version 1.0.0 -o "$T/c.lora"
+expect 3 lora-pack create "$T/nonexistent" -s "$T/k.sec" --name x --task t --version 1.0.0 -o "$T/c.lora"
 [ -e "$T/c.lora" ] && fail "failed create left an archive"
 
 # verify
 expect 0 lora-pack verify "$T/a.lora" -p "$T/k.pub"
-expect_out "a.lora: OK: tiny 1.0 \(task test\), signed by key [0-9A-F]+"
+expect_out "a.lora: OK: tiny 1.0.0 \(task test\), signed by key [0-9A-F]+"
 expect 0 lora-pack verify "$T/a.lora" -p "$T/o.pub" -p "$T/k.pub"
 expect 0 lora-pack verify "$T/a.lora" -P "$(sed -n 2p "$T/k.pub")"
 expect 0 lora-pack verify --json "$T/a.lora" -p "$T/k.pub"
@@ -68,7 +68,7 @@ expect 1 lora-pack extract "$T/a.lora" -C "$T/y" -p "$T/o.pub"
 [ -e "$T/y" ] && [ -n "$(ls -A "$T/y")" ] && fail "extract wrote files for an unverified archive"
 
 # compressed
-expect 0 lora-pack create "$T/ad" -s "$T/k.sec" --name tiny --task test --version 1.0 --compress -o "$T/z.lora"
+expect 0 lora-pack create "$T/ad" -s "$T/k.sec" --name tiny --task test --version 1.0.0 --compress -o "$T/z.lora"
 expect 0 lora-pack verify "$T/z.lora" -p "$T/k.pub"
 expect 0 lora-pack list --json "$T/z.lora"
 expect_out '"compressed": true'
@@ -98,8 +98,8 @@ expect_err "truncated"
 expect 3 lora-pack extract "$T/h.lora" -C "$T/hx" -p "$T/k.pub"
 [ -n "$(ls -A "$T/hx" 2>/dev/null)" ] && fail "truncated archive extracted files"
 
-# the signature of the 1.0 archive swapped into a 2.0 archive
-expect 0 lora-pack create "$T/ad" -s "$T/k.sec" --name tiny --task test --version 2.0 -o "$T/v2.lora"
+# the signature of the 1.0.0 archive swapped into a 2.0.0 archive
+expect 0 lora-pack create "$T/ad" -s "$T/k.sec" --name tiny --task test --version 2.0.0 -o "$T/v2.lora"
 soff1=$(grep -abo 'untrusted comment: ' "$T/a.lora" | head -n 1 | cut -d: -f1)
 soff2=$(grep -abo 'untrusted comment: ' "$T/v2.lora" | head -n 1 | cut -d: -f1)
 cp "$T/v2.lora" "$T/h.lora"
@@ -112,17 +112,17 @@ printf 'correct horse\n' > "$T/pw"
 printf 'wrong horse\n' > "$T/badpw"
 LORA_PASSWORD_FILE="$T/pw" expect 0 lora-pack keygen --kdf-memlimit 16777216 -s "$T/e.sec" -p "$T/e.pub"
 grep -q '^RWRTY0Iy' "$T/e.sec" || fail "encrypted key does not say kdf Sc"
-LORA_PASSWORD_FILE="$T/badpw" expect 1 lora-pack create "$T/ad" -s "$T/e.sec" --name tiny --task test --version 1 -o "$T/e.lora"
+LORA_PASSWORD_FILE="$T/badpw" expect 1 lora-pack create "$T/ad" -s "$T/e.sec" --name tiny --task test --version 1.0.0 -o "$T/e.lora"
 expect_err "wrong password"
-LORA_PASSWORD_FILE="$T/pw" expect 0 lora-pack create "$T/ad" -s "$T/e.sec" --name tiny --task test --version 1 -o "$T/e.lora"
+LORA_PASSWORD_FILE="$T/pw" expect 0 lora-pack create "$T/ad" -s "$T/e.sec" --name tiny --task test --version 1.0.0 -o "$T/e.lora"
 expect 0 lora-pack verify "$T/e.lora" -p "$T/e.pub"
 
 # --base: a hash over the base tensors the adapter changes
-expect 0 lora-pack create "$T/ad" -s "$T/k.sec" --name tiny --task test --version 1.0 \
+expect 0 lora-pack create "$T/ad" -s "$T/k.sec" --name tiny --task test --version 1.0.0 \
     --base "$T/fx/base" -o "$T/based.lora"
 expect 0 lora-pack list --json "$T/based.lora"
 expect_out '"base_hash": "[0-9a-f]{64}"'
-expect 3 lora-pack create "$T/ad" -s "$T/k.sec" --name tiny --task test --version 1.0 \
+expect 3 lora-pack create "$T/ad" -s "$T/k.sec" --name tiny --task test --version 1.0.0 \
     --base "$T/README.md" -o "$T/nobase.lora"
 
 # other tools read archives in place: lora-inspect with -p, and refuses
@@ -142,7 +142,7 @@ fi
 # exactly v2's members; a folder holding anything an extraction does not
 # write is left alone; temporaries a killed run left are removed
 printf 'v2 receipt\n' > "$T/v2.receipt"
-expect 0 lora-pack create "$T/ad" -s "$T/k.sec" --name tiny --task test --version 2.0 \
+expect 0 lora-pack create "$T/ad" -s "$T/k.sec" --name tiny --task test --version 2.0.0 \
     --receipt "$T/v2.receipt" -o "$T/w2.lora"
 expect 0 lora-pack extract "$T/w2.lora" -C "$T/x" -p "$T/k.pub" --force
 checks=$((checks + 1))
@@ -182,7 +182,7 @@ expect_err "not a folder"
 # would take minutes, and it is not what is tested)
 truncate -s 1G "$T/zeros.receipt"
 checks=$((checks + 1))
-"$TOP_BUILDDIR/lora-pack" create "$T/ad" -s "$T/k.sec" --name bomb --task test --version 1 \
+"$TOP_BUILDDIR/lora-pack" create "$T/ad" -s "$T/k.sec" --name bomb --task test --version 1.0.0 \
     --compress --receipt "$T/zeros.receipt" -o "$T/bomb.lora" -q || fail "cannot make the bomb"
 rm -f "$T/zeros.receipt"
 bsize=$(stat -c %s "$T/bomb.lora")
@@ -266,7 +266,7 @@ if command -v flock >/dev/null 2>&1; then
     flock "$T/c.lora.tmp-HeLd12" sh -c "flock '$T/xs.extract-HeLd12' sh -c ': > \"$T/ready\"; sleep 5'" &
     holder=$!
     n=0; while [ ! -e "$T/ready" ] && [ $n -lt 100 ]; do sleep 0.05; n=$((n + 1)); done
-    expect 0 lora-pack create "$T/ad" -s "$T/k.sec" --name tiny --task test --version 1.0 -o "$T/c.lora" -q
+    expect 0 lora-pack create "$T/ad" -s "$T/k.sec" --name tiny --task test --version 1.0.0 -o "$T/c.lora" -q
     mkdir "$T/xs.extract-AbC123"
     expect 0 lora-pack extract "$T/a.lora" -C "$T/xs" -p "$T/k.pub" -q
     checks=$((checks + 1)); [ -e "$T/c.lora.tmp-AbC123" ] && fail "create kept a stale temporary"
