@@ -405,6 +405,52 @@ static int old_terms(struct run *R, const lora_tensor *t, lora_term *oldt, size_
     return LORA_OK;
 }
 
+/* A tensor modules_to_save replaces (SV), or replaced in the merge being
+ * undone (KS, the receipt's copy of the base's bytes): the merge keeps
+ * the base's bytes in its receipt, an unmerge writes them back, a task
+ * switch does both (lora-receipt(5)). */
+static int do_replaced(struct run *R, const lora_tensor *t, const lora_saved *sv,
+                       const lora_receipt_saved *ks, lora_error *err)
+{
+    const void *base = t->data;
+    lora_dtype bdt = t->dtype;
+    uint64_t blen = t->nbytes;
+    unsigned char h[32];
+    int rc = LORA_OK;
+    R->res->tensors++;
+    R->res->changed_tensors++;
+    if (ks) {
+        if (ks->ndim != t->ndim || memcmp(ks->shape, t->shape, sizeof(uint64_t) * (size_t)t->ndim))
+            return lora_seterr(err, LORA_EINPUT, "%s: the receipt keeps a tensor of another shape",
+                               t->name);
+        if ((rc = lora_receipt_saved_data(R->rin, ks, &base, err)) ||
+            (rc = push_base(&R->chk, t->name, ks->hash, err)))
+            return rc;
+        bdt = ks->dtype;
+        blen = ks->length;
+    }
+    lora_tensor_report tr = {t->name, t->numel, ks ? t->numel : 0, 0, 0, ks ? 1 : -1, ks != NULL,
+                             0};
+    if (sv && R->rout && ((rc = lora_receipt_add_saved(R->rout, t->name, bdt, t->ndim, t->shape,
+                                                       base, blen, h, err)) ||
+                          (rc = push_base(&R->rec, t->name, h, err))))
+        return rc;
+    if (R->w && sv) {
+        lora_dtype od = out_dtype(R, bdt);
+        if (sv->t->dtype == od)
+            rc = lora_stw_write(R->w, t->name, 0, sv->t->data, (size_t)sv->t->nbytes, err);
+        else
+            rc = convert_copy(R, sv->t, sv->t->data, sv->t->dtype, od, t->name, err);
+    } else if (R->w) {
+        rc = lora_stw_write(R->w, t->name, 0, base, (size_t)blen, err);
+    }
+    if (rc)
+        return rc;
+    report(R, &tr);
+    progress(R, t->nbytes);
+    return LORA_OK;
+}
+
 static int do_tensor(struct run *R, const lora_tensor *t, int fd, lora_error *err)
 {
     const lora_merge_opts *o = R->o;
@@ -417,6 +463,16 @@ static int do_tensor(struct run *R, const lora_tensor *t, int fd, lora_error *er
     int orc = old_terms(R, t, oldt, &nold, &rt, &rti, &base_dt, err);
     if (orc)
         return orc;
+    const lora_receipt_saved *ks = R->rin ? lora_receipt_saved_find(R->rin, t->name) : NULL;
+    if (ks && (nnew || nold))
+        return lora_seterr(err, LORA_EUSAGE, "%s: replaced by modules_to_save in the merge undone "
+                           "and adapted now: unmerge first, then merge", t->name);
+    if (!ks && R->rin && lora_receipt_version(R->rin) >= 2 && saved_for(R->undo, R->nundo, t->name))
+        return lora_seterr(err, LORA_ECHECK, "%s: the adapter replaces this tensor "
+                           "(modules_to_save) but the receipt does not keep its base values (a "
+                           "receipt of another merge?)", t->name);
+    if (ks || (sv && !nnew && !nold))
+        return do_replaced(R, t, sv, ks, err);
     uint64_t rows = 0, cols = 0;
     R->res->tensors++;
     if (!nold && !nnew && !sv) {
@@ -696,6 +752,7 @@ static lora_dtype planned_dtype(struct run *R, const lora_tensor *t)
     const lora_receipt_tensor *rt = R->rin ? lora_receipt_find(R->rin, t->name) : NULL;
     int has_old = R->rin ? rt != NULL : terms_for(R->undo, R->nundo, t->name, tt, 1) > 0;
     int has_new = terms_for(R->add, R->nadd, t->name, tt, 1) > 0;
+    const lora_receipt_saved *ks = R->rin ? lora_receipt_saved_find(R->rin, t->name) : NULL;
     lora_dtype base = rt ? rt->base_dtype
                     : has_old && R->o->dtype != LORA_DT_INVALID ? R->o->dtype : t->dtype;
     if (has_new)
@@ -703,8 +760,8 @@ static lora_dtype planned_dtype(struct run *R, const lora_tensor *t)
     if (has_old)
         return base;
     if (saved_for(R->add, R->nadd, t->name))
-        return out_dtype(R, t->dtype);
-    return t->dtype;
+        return out_dtype(R, ks ? ks->dtype : t->dtype);
+    return ks ? ks->dtype : t->dtype;
 }
 
 /* The receipt's record of shard SI (NULL: none, or a version 1 receipt). */
@@ -730,8 +787,9 @@ static int choose_layout(struct run *R, size_t si, const unsigned char *in_hdr, 
     for (size_t i = 0; i < lora_st_count(st); i++) {
         const lora_tensor *t = lora_st_tensor(st, i);
         const lora_receipt_tensor *rt = R->rin ? lora_receipt_find(R->rin, t->name) : NULL;
+        const lora_receipt_saved *ks = R->rin ? lora_receipt_saved_find(R->rin, t->name) : NULL;
         lora_dtype dt = planned_dtype(R, t);
-        rin_ok &= dt == (rt ? rt->base_dtype : t->dtype);
+        rin_ok &= dt == (rt ? rt->base_dtype : ks ? ks->dtype : t->dtype);
         in_ok &= dt == t->dtype;
     }
     if (rin_ok)
