@@ -11,9 +11,12 @@
 #  - a huge scale (lora_alpha 1e308, in alpha_pattern, with use_rslora):
 #    lora-inspect --check fails, lora-merge refuses, nothing written;
 #  - base identity: a same-shape base with one element changed is refused
-#    by lora-merge, lora-unmerge and lora-inspect --check --base (exit 1,
-#    both identities, nothing written); --any-base merges with a warning;
-#    plain folders whose base name disagrees with config.json warn.
+#    by lora-merge, lora-unmerge, lora-eval, a task switch and
+#    lora-inspect --check --base (exit 1, both identities, nothing
+#    written); --any-base goes on with a warning; an unmerge without a
+#    receipt that matches the recorded identity is exact and says so;
+#    plain folders whose base name or config disagrees with the base's
+#    config.json warn (and a FIFO named config.json does not hang).
 . "$TOP_SRCDIR/tests/lib.sh"
 C="$TOP_SRCDIR/tests/cases"
 OV="$C/f16-merge-overflow"
@@ -130,6 +133,16 @@ expect 1 lora-unmerge -q "$T/wa.safetensors" -a "$T/a.lora" -p "$T/k.pub" --rece
 expect_err "not the adapter's base"
 nothing_left war
 expect 0 lora-unmerge -q "$T/wa.safetensors" -a "$T/a.lora" -p "$T/k.pub" --receipt "$T/wa.safetensors.receipt" -o "$T/war.safetensors" --any-base
+# without a receipt, a restore that matches the recorded identity is exact
+# and says so (an untrained adapter: B = 0 changes nothing)
+"$TOP_BUILDDIR/tests/mkfixture" llama "$T/un" --dtype BF16 --targets q_proj --untrained >/dev/null || fail "mkfixture"
+expect 0 lora-pack create "$T/un/adapter" -s "$T/k.sec" --name u --task t --version 1.0.0 --base "$T/un/base" -o "$T/un.lora" -q
+expect 0 lora-merge -q "$T/un/base" -a "$T/un.lora" -p "$T/k.pub" -o "$T/unm" --no-receipt
+expect 0 lora-unmerge "$T/unm" -a "$T/un.lora" -p "$T/k.pub" -o "$T/unr" --json
+expect_out '"exact": true'
+expect_out '"may_differ": 0'
+expect 0 lora-unmerge "$T/unm" -a "$T/un.lora" -p "$T/k.pub" -o "$T/unr2"
+expect_err "restored exactly: they match the base identity"
 # lora-eval: an archive packed against a base whose q_proj differs by one
 # byte is refused on the real base, before any item is scored
 M="$TOP_SRCDIR/tests/fixtures/models"
@@ -161,10 +174,29 @@ expect 0 lora-merge -q "$T/named" -a "$DR/adapter" -o "$T/nm"
 expect_err "trained on tiny-test-base, but the base's config.json names someone/other-model"
 expect 0 lora-inspect --check --base "$T/named" "$DR/adapter"
 expect_out "warning .*someone/other-model"
-echo '{"_name_or_path": "/models/tiny-test-base/"}' > "$T/named/config.json"
-expect 0 lora-merge -q "$T/named" -a "$DR/adapter" -o "$T/nm2"
+for same in /models/tiny-test-base/ org/tiny-test-base \
+    /cache/hub/models--org--tiny-test-base/snapshots/0123abcd; do
+    echo "{\"_name_or_path\": \"$same\"}" > "$T/named/config.json"
+    rm -rf "$T/nm2"
+    expect 0 lora-merge -q "$T/named" -a "$DR/adapter" -o "$T/nm2"
+    checks=$((checks + 1))
+    grep -q "warning" "$T/err" && fail "$same: a matching base name warned: $(cat "$T/err")"
+done
+echo '{"_name_or_path": "org/tiny-test-base-Instruct"}' > "$T/named/config.json"
+expect 0 lora-merge -q "$T/named" -a "$DR/adapter" -o "$T/nm3"
+expect_err "config.json names org/tiny-test-base-Instruct"
+# a base name that is a local folder: its config.json against the base's
+mkdir -p "$T/trained/ad"
+echo '{"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "vocab_size": 32000}' > "$T/trained/config.json"
+cp "$DR/adapter/adapter_model.safetensors" "$T/trained/ad/"
+sed "s|\"tiny-test-base\"|\"$T/trained\"|" "$DR/adapter/adapter_config.json" > "$T/trained/ad/adapter_config.json"
+echo '{"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "vocab_size": 32001}' > "$T/named/config.json"
+expect 0 lora-merge -q "$T/named" -a "$T/trained/ad" -o "$T/nt"
+expect_err "config.json differs from the base's \(vocab_size 32000 and 32001\)"
+echo '{"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "vocab_size": 32000, "_name_or_path": "x"}' > "$T/named/config.json"
+expect 0 lora-merge -q "$T/named" -a "$T/trained/ad" -o "$T/nt2"
 checks=$((checks + 1))
-grep -q "warning" "$T/err" && fail "a matching base name warned: $(cat "$T/err")"
+grep -q "warning" "$T/err" && fail "the same config warned: $(cat "$T/err")"
 # a base name that points at a FIFO named config.json: no hang, no warning
 mkdir -p "$T/fifo/ad"
 mkfifo "$T/fifo/config.json"

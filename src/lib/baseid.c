@@ -26,18 +26,43 @@ static const char *last_part(const char *s)
     return p && p[1] ? p + 1 : s;
 }
 
+/* A model name as a hub id or a path: trailing slashes dropped, and a
+ * Hugging Face cache path ".../models--ORG--NAME/snapshots/REV" read
+ * as ORG/NAME (what a checkpoint saved from the cache records). */
+static void norm_name(const char *s, char *out, size_t n)
+{
+    snprintf(out, n, "%s", s);
+    for (size_t k = strlen(out); k > 1 && out[k - 1] == '/'; k--)
+        out[k - 1] = 0;
+    char *snap = strstr(out, "/snapshots/");
+    if (!snap)
+        return;
+    *snap = 0;
+    const char *dir = last_part(out);
+    if (strncmp(dir, "models--", 8) != 0)
+        return;
+    char tmp[1100];
+    size_t o = 0;
+    for (const char *p = dir + 8; *p && o + 1 < sizeof tmp; p++) {
+        if (p[0] == '-' && p[1] == '-') {
+            tmp[o++] = '/';
+            p++;
+        } else {
+            tmp[o++] = *p;
+        }
+    }
+    tmp[o] = 0;
+    snprintf(out, n, "%s", tmp);
+}
+
 /* Names equal as a hub id or as the last part of a local path, ignoring
- * case and trailing slashes ("meta-llama/Llama-2-7b-hf" and
- * "/models/llama-2-7b-hf/"). */
+ * case ("meta-llama/Llama-2-7b-hf" and "/models/llama-2-7b-hf/"); an
+ * Instruct or other variant is another name. */
 static int same_name(const char *a, const char *b)
 {
     char x[1100], y[1100];
-    snprintf(x, sizeof x, "%s", a);
-    snprintf(y, sizeof y, "%s", b);
-    for (size_t n = strlen(x); n > 1 && x[n - 1] == '/'; n--)
-        x[n - 1] = 0;
-    for (size_t n = strlen(y); n > 1 && y[n - 1] == '/'; n--)
-        y[n - 1] = 0;
+    norm_name(a, x, sizeof x);
+    norm_name(b, y, sizeof y);
     return strcasecmp(x, y) == 0 || strcasecmp(last_part(x), last_part(y)) == 0;
 }
 
