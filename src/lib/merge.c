@@ -4,7 +4,10 @@
  * tensor, row block by row block through mergecore.c, untouched
  * tensors copied without decoding, outputs made atomic (a temporary
  * file or folder beside OUT, renamed at the very end), receipts
- * written as tensors finish.  Memory stays flat in model size: the
+ * written as tensors finish.  Outputs keep the input's layout, and a
+ * receipt keeps what a byte-identical restore needs and names its
+ * output; the merged file records its base (lora_base), which an unmerge
+ * checks (lora-receipt(5)).  Memory stays flat in model size: the
  * inputs are mapped, the engine's buffers are sized by the widest
  * tensor and reused, receipt corrections go to the file per tensor.
  */
@@ -1399,7 +1402,7 @@ static int check_pair(struct run *R, size_t only, lora_error *err)
 
 /* The base index of a sharded folder: the receipt's when it kept one,
  * else the input's (read for a verbatim copy and for lora_base). */
-static int load_index(struct run *R, const char *input, int folder, lora_error *err)
+static int load_index(struct run *R, const char *input, lora_error *err)
 {
     uint64_t kl = 0;
     const unsigned char *k = R->rin ? lora_receipt_index(R->rin, &kl) : NULL;
@@ -1409,7 +1412,6 @@ static int load_index(struct run *R, const char *input, int folder, lora_error *
     }
     /* a --shard run reads the index too: its shard's lora_base (and so
      * its bytes) must be the whole merge's */
-    (void)folder;
     if (!lora_ckpt_is_sharded(R->ck) || (!is_dir(input) && !has_suffix(input, ".index.json")))
         return LORA_OK;
     char *p = has_suffix(input, ".index.json") ? strdup(input)
@@ -1595,7 +1597,7 @@ int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
     for (size_t a = 0; R.rout && a < nadd; a++)
         if ((rc = lora_receipt_add_adapter(R.rout, add[a].spec, R.add_hash[a], add[a].weight, err)))
             goto done;
-    if ((rc = load_index(&R, input, folder, err)))
+    if ((rc = load_index(&R, input, err)))
         goto done;
     for (size_t s = 0; s < lora_ckpt_shard_count(R.ck) && !rc; s++) {
         if (only != SIZE_MAX && s != only)
