@@ -1380,7 +1380,9 @@ static int check_pair(struct run *R, size_t only, lora_error *err)
         char *nw = NULL;
         lora_receipt *n = NULL;
         const lora_receipt_file *nf = NULL;
-        if (asprintf(&nw, "%s.new", rp) >= 0 && lora_receipt_open(nw, &n, NULL) == LORA_OK) {
+        if (asprintf(&nw, "%s.new", rp) < 0)
+            nw = NULL;
+        if (nw && lora_receipt_open(nw, &n, NULL) == LORA_OK) {
             for (size_t i = 0; i < lora_receipt_file_count(n) && !nf; i++)
                 if (!sodium_memcmp(mh, lora_receipt_file_at(n, i)->merged_header, 32))
                     nf = lora_receipt_file_at(n, i);
@@ -1519,9 +1521,18 @@ int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
         return lora_seterr(err, LORA_EUSAGE, "no output given");
     if ((rc = lora_ckpt_open(input, &R.ck, err)))
         goto done;
-    if (opts->receipt_in && opts->n_receipt_pubkeys)
+    if (opts->receipt_in && opts->n_receipt_pubkeys) {
         rc = lora_receipt_open_signed(opts->receipt_in, opts->receipt_pubkeys,
                                       opts->n_receipt_pubkeys, &R.rin, err);
+        struct stat sb;
+        char *nw = NULL;
+        if (rc == LORA_ECHECK && asprintf(&nw, "%s.new", opts->receipt_in) < 0)
+            nw = NULL;
+        if (nw && stat(nw, &sb) == 0) /* the signature is installed just before the receipt */
+            snprintf(err->msg + strlen(err->msg), sizeof err->msg - strlen(err->msg),
+                     " (%s exists: a re-merge was interrupted before renaming it?)", nw);
+        free(nw);
+    }
     else if (opts->receipt_in)
         rc = lora_receipt_open(opts->receipt_in, &R.rin, err);
     if (rc)
