@@ -187,6 +187,13 @@ if command -v lora-pack >/dev/null 2>&1; then
     cp "$T/forged.receipt" "$T/fs.receipt"; cp "$T/s.st.receipt.minisig" "$T/fs.receipt.minisig"
     expect 1 lora-unmerge -q "$T/s.st" -a "$AD" --receipt "$T/fs.receipt" --receipt-key "$T/k.pub" -o "$T/sx.st"
     expect_err "signature"
+    # a signed re-merge killed between the renames: the old signed pair
+    # still verifies, and the new OUT beside it is refused naming RECEIPT.new
+    (LORA_FAULT_POINT=merge-between-renames exec lora-merge -q "$T/b1.st" -a "$T/g/adapter" \
+        -o "$T/s.st" --sign-receipt "$T/k.sec") >/dev/null 2>&1
+    expect 1 lora-unmerge -q "$T/s.st" -a "$T/g/adapter" --receipt "$T/s.st.receipt" --receipt-key "$T/k.pub" -o "$T/sx.st"
+    expect_err "receipt of this file is .*s.st.receipt.new"
+    [ -e "$T/sx.st" ] && fail "signed, mismatched pair: output written"
     rm -f "$T/s.st.receipt.minisig"
     expect 3 lora-unmerge -q "$T/s.st" -a "$AD" --receipt "$T/s.st.receipt" --receipt-key "$T/k.pub" -o "$T/sx.st"
     expect_err "minisig"
