@@ -612,7 +612,8 @@ static json_t *load_json(const char *path, int must, int *rc, lora_error *err)
     if ((*rc = lora_read_file(path, TK_MAX_FILE, &buf, &len, err)) != LORA_OK)
         return NULL;
     json_error_t je;
-    json_t *j = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &je);
+    /* tokenizer_config.json may hold model_max_length = 1e30 as an integer */
+    json_t *j = json_loadb(buf, len, JSON_REJECT_DUPLICATES | (must ? 0 : JSON_DECODE_INT_AS_REAL), &je);
     free(buf);
     if (!j)
         *rc = lora_seterr(err, LORA_EINPUT, "%s: line %d: %s", path, je.line, je.text);
