@@ -336,13 +336,8 @@ int tk_norm_parse(json_t *j, lora_tokenizer *t, lora_error *err)
     return norm_one(j, t, 0, err);
 }
 
-static int unicode_form(const char *s, size_t len, int kind, tk_buf *out, lora_error *err)
+static int unicode_form_run(const char *s, size_t len, int kind, tk_buf *out, lora_error *err)
 {
-    size_t i = 0;
-    while (i < len && !(s[i] & 0x80))
-        i++;
-    if (i == len)   /* ASCII is in every normal form */
-        return tk_buf_add(out, s, len, err);
     int opt = UTF8PROC_STABLE;
     opt |= (kind == TK_N_NFC || kind == TK_N_NFKC) ? UTF8PROC_COMPOSE : UTF8PROC_DECOMPOSE;
     if (kind == TK_N_NFKC || kind == TK_N_NFKD)
@@ -358,6 +353,32 @@ static int unicode_form(const char *s, size_t len, int kind, tk_buf *out, lora_e
     }
     int rc = tk_buf_add(out, dst, (size_t)n, err);
     free(dst);
+    return rc;
+}
+
+/* ASCII is in every normal form, and no ASCII character composes with
+ * what comes before it: only the runs of non-ASCII characters, each with
+ * the one character before it (a starter they may compose with), go
+ * through utf8proc. */
+static int unicode_form(const char *s, size_t len, int kind, tk_buf *out, lora_error *err)
+{
+    size_t i = 0, done = 0;
+    int rc = LORA_OK;
+    while (rc == LORA_OK && i < len) {
+        if (!(s[i] & 0x80)) {
+            i++;
+            continue;
+        }
+        size_t start = i > done ? i - 1 : i, end = i;
+        while (end < len && (s[end] & 0x80))
+            end++;
+        rc = tk_buf_add(out, s + done, start - done, err);
+        if (rc == LORA_OK)
+            rc = unicode_form_run(s + start, end - start, kind, out, err);
+        done = i = end;
+    }
+    if (rc == LORA_OK)
+        rc = tk_buf_add(out, s + done, len - done, err);
     return rc;
 }
 
