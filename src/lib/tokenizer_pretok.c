@@ -100,33 +100,34 @@ int tk_is_alnum(int32_t c)
 
 /* GPT-2's bytes_to_unicode: printable Latin-1 bytes stand for themselves,
  * the other 68 bytes for U+0100.. in byte order. */
+static int32_t byte_map[256];
+static int16_t char_map[256 + 68];
+static pthread_once_t byte_map_once = PTHREAD_ONCE_INIT;
+
+static void byte_map_init(void)
+{
+    int32_t n = 0;
+    for (int i = 0; i < 256 + 68; i++)
+        char_map[i] = -1;
+    for (int i = 0; i < 256; i++) {
+        int keep = (i >= '!' && i <= '~') || (i >= 0xA1 && i <= 0xAC) || (i >= 0xAE && i <= 0xFF);
+        byte_map[i] = keep ? i : 256 + n++;
+        char_map[byte_map[i]] = (int16_t)i;
+    }
+}
+
 int32_t tk_byte_char(unsigned char b)
 {
-    static int32_t map[256];
-    static int ready;
-    if (!__atomic_load_n(&ready, __ATOMIC_ACQUIRE)) {
-        int32_t tmp[256], n = 0;
-        for (int i = 0; i < 256; i++) {
-            int keep = (i >= '!' && i <= '~') || (i >= 0xA1 && i <= 0xAC) || (i >= 0xAE && i <= 0xFF);
-            tmp[i] = keep ? i : 256 + n++;
-        }
-        memcpy(map, tmp, sizeof map);
-        __atomic_store_n(&ready, 1, __ATOMIC_RELEASE);
-    }
-    return map[b];
+    pthread_once(&byte_map_once, byte_map_init);
+    return byte_map[b];
 }
 
 int tk_char_byte(int32_t c)
 {
     if (c < 0 || c >= 256 + 68)
         return -1;
-    if (c >= 256) {
-        for (int b = 0; b < 256; b++)
-            if (tk_byte_char((unsigned char)b) == c)
-                return b;
-        return -1;
-    }
-    return tk_byte_char((unsigned char)c) == c ? c : -1;
+    pthread_once(&byte_map_once, byte_map_init);
+    return char_map[c];
 }
 
 /* ---- patterns ---- */
