@@ -147,7 +147,9 @@ want --dtype
 complete_line lora-rank-reduce "lora-rank-reduce --en"
 want --energy
 complete_line lora-unmerge "lora-unmerge --rec"
-want --receipt
+want --receipt --receipt-key
+complete_line lora-merge "lora-merge --sig"
+want --sign-receipt
 complete_line lora-inspect "lora-inspect --sp"
 want --spectrum
 complete_line lora-registry "lora-registry ta"

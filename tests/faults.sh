@@ -1,6 +1,7 @@
 #!/bin/sh
 # tests/faults.sh - faults while a tool writes or reads, for every tool
-# that writes: lora-merge (file and folder output, with receipt),
+# that writes: lora-merge (file and folder output, with receipt; a
+# re-merge onto an existing output and receipt),
 # lora-unmerge (with the receipt), lora-rank-reduce, lora-pack create and
 # lora-registry add.
 #
@@ -211,6 +212,45 @@ if have lora-merge; then
     refs="$T/refdir $T/refdir.receipt" finals="$T/md $T/md.receipt"
     setup='rm -rf $finals $T/md.tmp* $T/md.receipt.tmp*'
     kill_points lora-merge 30 check_merge lora-merge "$T/g/base" -a "$T/g/adapter" -o "$T/md" -q
+    setup=
+fi
+
+# ---- a re-merge onto an existing OUT and receipt -------------------------
+# Every crash leaves a pair that restores the base (old or new), or a
+# new OUT beside the old receipt that lora-unmerge refuses with exit 1,
+# naming RECEIPT.new, which then restores it.  Timed kills, and the two
+# exact points between the commit's steps (LORA_FAULT_POINT, merge.c).
+if have lora-merge && have lora-unmerge; then
+    ran=1
+    "$MKF" llama "$T/g2" --no-base --layers 4 --hidden 512 --intermediate 1024 --vocab 64 \
+        --rank 8 --targets q_proj,v_proj --seed 4 >/dev/null || fail "mkfixture g2"
+    expect 0 lora-merge "$BASE" -a "$T/g/adapter" -o "$T/old.st" -q
+    finals="$T/rm.st $T/rm.st.receipt"
+    setup='rm -rf $T/rm.st* ; cp "$T/old.st" "$T/rm.st"; cp "$T/old.st.receipt" "$T/rm.st.receipt"'
+    check_remerge() {
+        pt=$1 ok=
+        for a in g g2; do
+            run lora-unmerge "$T/rm.st" -a "$T/$a/adapter" --receipt "$T/rm.st.receipt" -o "$T/rmu.st" -q
+            [ "$rc" -eq 0 ] && ok=$a && break
+            if [ "$rc" -eq 1 ] && grep -q "receipt of this file is .*rm.st.receipt.new" "$T/err"; then
+                mv "$T/rm.st.receipt.new" "$T/rm.st.receipt"
+                run lora-unmerge "$T/rm.st" -a "$T/g2/adapter" --receipt "$T/rm.st.receipt" -o "$T/rmu.st" -q
+                [ "$rc" -eq 0 ] && ok="$a via RECEIPT.new" && break
+            fi
+        done
+        checks=$((checks + 1))
+        if [ -z "$ok" ]; then fail "re-merge killed at point $pt: no pair restores the base"
+        elif ! cmp -s "$T/rmu.st" "$BASE"; then fail "re-merge killed at point $pt: not the base"; fi
+        rm -f "$T/rmu.st"
+    }
+    for p in merge-before-output merge-between-renames; do
+        eval "$setup"
+        (LORA_FAULT_POINT=$p exec lora-merge "$BASE" -a "$T/g2/adapter" -o "$T/rm.st" -q) \
+            >/dev/null 2>&1
+        check_remerge "$p"
+    done
+    kill_points "lora-merge (re-merge)" 30 check_remerge \
+        lora-merge "$BASE" -a "$T/g2/adapter" -o "$T/rm.st" -q
     setup=
 fi
 

@@ -914,68 +914,11 @@ int lora_archive_open_adapter(const char *path, const lora_pubkey *keys, size_t 
     }
     ad->release = release_archive;
     ad->release_arg = ar;
+    ad->has_base_hash = ar->manifest->has_base_hash; /* the base identity (baseid.c) */
+    memcpy(ad->base_hash, ar->manifest->base_hash, sizeof ad->base_hash);
+    ad->recorded_base = ar->manifest->base_model;
     *out = ad;
     return LORA_OK;
 }
 
-static int cmp_str(const void *a, const void *b)
-{
-    return strcmp(*(const char *const *)a, *(const char *const *)b);
-}
-
-static void hash_u64(lora_hasher *h, uint64_t v)
-{
-    unsigned char b[8];
-    for (int i = 0; i < 8; i++)
-        b[i] = (unsigned char)(v >> (8 * i));
-    lora_hasher_update(h, b, 8);
-}
-
-static void hash_str(lora_hasher *h, const char *s)
-{
-    hash_u64(h, strlen(s));
-    lora_hasher_update(h, s, strlen(s));
-}
-
-int lora_base_hash(const lora_adapter *ad, const lora_ckpt *base,
-                   unsigned char out[LORA_HASH_BYTES], lora_error *err)
-{
-    size_t n = ad->n_modules + ad->n_saved, k = 0;
-    const char **names = calloc(n ? n : 1, sizeof *names);
-    if (!names)
-        return lora_oom(err);
-    for (size_t i = 0; i < ad->n_modules; i++)
-        names[k++] = ad->modules[i].target;
-    for (size_t i = 0; i < ad->n_saved; i++)
-        names[k++] = ad->saved[i].target;
-    qsort(names, n, sizeof *names, cmp_str);
-    lora_hasher *h;
-    int rc = lora_hasher_new(LORA_HASH_BYTES, &h, err);
-    if (rc) {
-        free(names);
-        return rc;
-    }
-    for (size_t i = 0; i < n; i++) {
-        if (i > 0 && strcmp(names[i], names[i - 1]) == 0)
-            continue; /* a module and a saved copy of the same tensor */
-        const lora_tensor *t = lora_ckpt_find(base, names[i], NULL);
-        if (!t) {
-            rc = lora_seterr(err, LORA_EINPUT, "base has no tensor %s", names[i]);
-            break;
-        }
-        hash_str(h, names[i]);
-        hash_str(h, lora_dtype_name(t->dtype));
-        hash_u64(h, (uint64_t)t->ndim);
-        for (int d = 0; d < t->ndim; d++)
-            hash_u64(h, t->shape[d]);
-        hash_u64(h, t->nbytes);
-        lora_hasher_update(h, t->data, (size_t)t->nbytes);
-    }
-    free(names);
-    if (rc) {
-        lora_hasher_free(h);
-        return rc;
-    }
-    lora_hasher_final(h, out);
-    return LORA_OK;
-}
+/* lora_base_hash, what identifies a base for an adapter: baseid.c */

@@ -46,6 +46,8 @@ static void usage(FILE *f)
             "                         detokenizing\n"
             "  -p, --pubkey FILE      minisign public key for .lora archives (repeatable)\n"
             "      --no-verify        open .lora archives without checking signatures\n"
+            "      --any-base         evaluate on a base other than the one the adapter's\n"
+            "                         archive records (warns; refused otherwise)\n"
             "      --record           write accuracy and NLL to the registry's evals table\n"
             "                         (the adapter must be registered)\n"
             "      --registry PATH    registry database (default: $LORA_REGISTRY, else\n"
@@ -190,7 +192,7 @@ int main(int argc, char **argv)
 {
     lora_tool_sigbus("lora-eval");
     enum { OPT_MODE = 256, OPT_MIN, OPT_LIMIT, OPT_JSON, OPT_NOVERIFY, OPT_RECOVERY, OPT_RECORD,
-           OPT_REGISTRY, OPT_TOKENIZE, OPT_DETOKENIZE, OPT_TOKENIZER, OPT_NOSPECIAL };
+           OPT_REGISTRY, OPT_ANYBASE, OPT_TOKENIZE, OPT_DETOKENIZE, OPT_TOKENIZER, OPT_NOSPECIAL };
     static const struct option opts[] = {
         {"model", required_argument, NULL, 'm'},
         {"adapter", required_argument, NULL, 'a'},
@@ -200,6 +202,7 @@ int main(int argc, char **argv)
         {"limit", required_argument, NULL, OPT_LIMIT},
         {"pubkey", required_argument, NULL, 'p'},
         {"no-verify", no_argument, NULL, OPT_NOVERIFY},
+        {"any-base", no_argument, NULL, OPT_ANYBASE},
         {"check-recovery", no_argument, NULL, OPT_RECOVERY},
         {"record", no_argument, NULL, OPT_RECORD},
         {"registry", required_argument, NULL, OPT_REGISTRY},
@@ -218,6 +221,7 @@ int main(int argc, char **argv)
     int record = 0, tokenize = 0, detokenize = 0, no_special = 0;
     const char *keys[17] = {0};
     int nkeys = 0, json = 0, quiet = 0, threads = 1, no_verify = 0, recovery = 0;
+    int any_base = 0;
     double min_acc = -1;
     size_t limit = 0;
     int c;
@@ -249,6 +253,7 @@ int main(int argc, char **argv)
             keys[nkeys++] = optarg;
             break;
         case OPT_NOVERIFY: no_verify = 1; break;
+        case OPT_ANYBASE: any_base = 1; break;
         case OPT_RECOVERY: recovery = 1; break;
         case OPT_RECORD: record = 1; break;
         case OPT_REGISTRY: reg_path = optarg; break;
@@ -379,7 +384,8 @@ int main(int argc, char **argv)
         }
         if ((rc = lora_adapter_load(load, &so, &ad, &err)) != LORA_OK)
             goto fail;
-        if ((rc = lora_model_attach(m, ad, mode == LORA_MODE_MERGED, &err)) != LORA_OK)
+        if ((rc = lora_model_attach(m, ad, mode == LORA_MODE_MERGED, &err)) != LORA_OK ||
+            (rc = lora_base_check(ad, lora_model_ckpt(m), any_base, prog, stderr, &err)) != LORA_OK)
             goto fail;
     }
     tool_progress pg;
