@@ -329,11 +329,18 @@ typedef struct lora_source_opts {
     int no_verify;               /* open archives without checking signatures (warns) */
     const char *registry;        /* registry database path; NULL: default location */
     FILE *warn;                  /* where warnings go; NULL: nowhere */
+    const char *base;            /* base checkpoint the adapter is for (merge input,
+                                    eval model), or NULL: task:TASK then prefers the
+                                    newest adapter registered for this base */
 } lora_source_opts;
 
 /* Open an adapter from SPEC: a PEFT folder, a .lora archive (verified,
  * safetensors member mapped in place), "task:TASK" or
- * "reg:NAME@VERSION" (resolved through the registry).  opts may be NULL. */
+ * "reg:NAME[@VERSION]" (resolved through the registry, opened read-only:
+ * the newest trusted adapter of the task -- of those registered for
+ * opts->base when there are any -- or NAME's newest version; loaded by
+ * lora_registry_open_adapter, ad->path "reg:NAME@VERSION").  opts may
+ * be NULL. */
 int lora_adapter_load(const char *spec, const lora_source_opts *opts,
                       lora_adapter **out, lora_error *err);
 
@@ -1104,9 +1111,10 @@ typedef struct lora_pack_opts {
 int lora_archive_create(const char *out_path, const lora_pack_opts *opts, const lora_seckey *sk,
                         lora_error *err);
 
-/* An opened, verified archive.  The file is mmapped; uncompressed
- * members are read in place, zstd members are decompressed into memory
- * (each within its limit). */
+/* An opened, verified archive.  The file is read into private memory
+ * (never used through a shared mapping: rewriting the file after the
+ * check changes nothing), a zstd stream decompressed there within a
+ * ratio bound; members point into those verified bytes. */
 typedef struct lora_archive_priv lora_archive_priv;
 typedef struct lora_archive {
     char *path;
@@ -1133,8 +1141,16 @@ typedef struct lora_archive {
  * malformed or hostile archive; LORA_EIO. */
 int lora_archive_open(const char *path, const lora_pubkey *keys, size_t n, int flags,
                       lora_archive **out, lora_error *err);
+/* The same on an open file (read from offset 0; label names it in
+ * messages) or on bytes in memory (copied): for a caller that opened
+ * the file once and must verify exactly what it opened. */
+int lora_archive_open_fd(int fd, const char *label, const lora_pubkey *keys, size_t n, int flags,
+                         lora_archive **out, lora_error *err);
+int lora_archive_open_memory(const void *buf, size_t len, const char *label,
+                             const lora_pubkey *keys, size_t n, int flags, lora_archive **out,
+                             lora_error *err);
 /* BLAKE2b-256 of the whole archive file (the registry's blob name),
- * computed from the mapping on request: verification does not need it
+ * computed from the bytes that were verified, on request: verification does not need it
  * and it costs a pass over the file. */
 void lora_archive_file_hash(const lora_archive *ar, unsigned char out[LORA_HASH_BYTES]);
 /* A member's verified bytes (valid until close); NULL if absent. */
@@ -1146,11 +1162,14 @@ int64_t lora_archive_member_offset(const lora_archive *ar, const char *name);
 int lora_archive_extract(const lora_archive *ar, const char *dir, int force, lora_error *err);
 void lora_archive_close(lora_archive *ar);
 /* Open (and verify, as lora_archive_open) an archive and load its
- * adapter without extracting: adapter_model.safetensors is read where
- * it lies in the mapped file (uncompressed) or from memory (zstd); the
- * adapter's release frees the archive. */
+ * adapter without extracting: adapter_model.safetensors is used from
+ * the archive's private, verified bytes; the adapter's release frees
+ * the archive. */
 int lora_archive_open_adapter(const char *path, const lora_pubkey *keys, size_t n, int flags,
                               lora_adapter **out, lora_error *err);
+/* The adapter of an opened archive; takes ar (closed on failure, else
+ * by the adapter's release). */
+int lora_archive_adapter(lora_archive *ar, lora_adapter **out, lora_error *err);
 
 /* BLAKE2b-256 over the base tensors an adapter changes (its modules'
  * targets and its modules_to_save targets, after lora_adapter_bind):
@@ -1205,6 +1224,14 @@ int lora_semver_cmp(const char *a, const char *b);
 int lora_registry_default_path(char **path, lora_error *err);
 
 #define LORA_REG_CREATE 1   /* create the database and its folders if missing */
+/* Read only: for commands that only read (ls, show, resolve, verify,
+ * evals, loading task:/reg: adapters), so that a registry the user
+ * cannot write (a shared /srv/lora) and a full disk still serve them.
+ * No migration is applied (an older schema is read as it is); every
+ * write function fails.  A WAL database whose -shm cannot be created
+ * (folder not writable) and which has no pending -wal is opened
+ * immutable. */
+#define LORA_REG_READONLY 2
 
 /* Open (path NULL: the default path).  Without LORA_REG_CREATE a
  * missing database is LORA_EINPUT ("no registry at PATH").  An older
@@ -1290,6 +1317,17 @@ int lora_registry_get(lora_registry *reg, const char *spec, int check_blob,
  * (LORA_ECHECK), never replaced by another version.  None: LORA_EINPUT. */
 int lora_registry_resolve(lora_registry *reg, const char *task, const char *base,
                           const char *version, lora_reg_adapter **out, lora_error *err);
+/* Load a registered adapter from the bytes that are checked: the blob
+ * is read once into private memory (lora_archive_open_fd); its size and BLAKE2b-256
+ * must be the row's (a swapped blob is refused naming what it holds),
+ * its signature must verify with the registry's trusted keys (by the
+ * row's signer), and its manifest's name, version, task and base must
+ * be the row's; the adapter is then loaded from those same bytes and
+ * named "reg:NAME@VERSION" (ad->path).  An untrusted row is refused
+ * (LORA_ECHECK) unless allow_untrusted, which skips the signature
+ * only. */
+int lora_registry_open_adapter(lora_registry *reg, const lora_reg_adapter *a,
+                               int allow_untrusted, lora_adapter **out, lora_error *err);
 /* Remove NAME@VERSION's row (and its eval results).  Its blob stays
  * until gc.  Unknown: LORA_EINPUT. */
 int lora_registry_rm(lora_registry *reg, const char *name, const char *version,

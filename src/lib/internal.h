@@ -71,6 +71,17 @@ void lora_tmp_track(const char *path, int is_dir);
 void lora_tmp_forget(const char *path);
 void lora_tmp_unlink(const char *path);
 
+/* The strict tar layout of a .lora archive (archive_tar.c): regular
+ * files only (each with at most one pax header of known keywords),
+ * two zero blocks, nothing after.  At most max entries; names malloc'd. */
+typedef struct lora_tar_ent {
+    char *name;
+    uint64_t header_off, data_off, size;
+} lora_tar_ent;
+int lora_tar_walk(const unsigned char *tar, size_t len, size_t max, lora_tar_ent **ents, size_t *n,
+                  lora_error *err);
+void lora_tar_ents_free(lora_tar_ent *ents, size_t n);
+
 /* A parsed model.safetensors.index.json (checkpoint.c): only
  * weight_map is used.  Tensor names sorted; shard names unique,
  * sorted, plain file names (no "/", no ".."). */

@@ -304,7 +304,7 @@ int main(int argc, char **argv)
         if (data || mode_s || min_acc >= 0 || limit || record)
             return usage_err("--check-recovery takes only --model, -a, --json, -j and key options");
         lora_source_opts so = {.pubkeys = nkeys ? keys : NULL, .no_verify = no_verify,
-                               .registry = reg_path, .warn = stderr};
+                               .registry = reg_path, .warn = stderr, .base = model_dir};
         return check_recovery(model_dir, adapter, &so, threads, json);
     }
     if (!data)
@@ -373,7 +373,7 @@ int main(int argc, char **argv)
         goto fail;
     if (adapter) {
         lora_source_opts so = {.pubkeys = nkeys ? keys : NULL, .no_verify = no_verify,
-                               .registry = reg_path, .warn = stderr};
+                               .registry = reg_path, .warn = stderr, .base = model_dir};
         /* task: resolves again at load; load the row just found instead,
          * so that what is recorded is what was evaluated */
         char spec[sizeof ra_id + 4];

@@ -261,7 +261,7 @@ int main(int argc, char **argv)
     if (rc)
         goto fail;
     lora_source_opts so = {.pubkeys = n_keys ? keys : NULL, .no_verify = no_verify,
-                           .warn = stderr};
+                           .warn = stderr, .base = base_path};
     if ((rc = lora_adapter_load(argv[optind], &so, &ad, &err)))
         goto fail;
     if (base_path && (rc = lora_ckpt_open(base_path, &base, &err)))

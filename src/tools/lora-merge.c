@@ -284,6 +284,7 @@ int main(int argc, char **argv)
     lora_merge_result res;
     memset(&res, 0, sizeof res);
     int rc = load_adapters(undos, nundo, ua, us, &so, &err);
+    so.base = nundo ? NULL : base; /* task:T prefers an adapter registered for this base */
     if (!rc)
         rc = load_adapters(adds, nadd, aa, as, &so, &err);
     if (!rc)

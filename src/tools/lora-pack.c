@@ -195,6 +195,11 @@ static int cmd_create(int argc, char **argv)
         return usage_err("%s", "create needs ADAPTER_DIR, -s KEY.sec, --name, --task, --version "
                                "and -o ARCHIVE");
     }
+    if (!lora_semver_valid(po.version)) { /* the registry would refuse it later */
+        free(receipts);
+        return usage_err("create: --version %s is not a semantic version (MAJOR.MINOR.PATCH, "
+                         "e.g. 1.2.0 or 1.2.0-rc.1)", po.version);
+    }
     po.adapter_dir = argv[optind];
     po.receipts = nrec ? receipts : NULL;
     lora_error err;
