@@ -26,6 +26,7 @@ static void usage(FILE *f)
     fprintf(f,
             "Usage: %s --model DIR [-a ADAPTER] --data FILE [options]\n"
             "       %s --check-recovery --model DIR -a ADAPTER [--json]\n"
+            "       %s --tokenize|--detokenize (--tokenizer PATH | --model DIR) [--data FILE]\n"
             "\n"
             "Evaluate a Hugging Face causal LM (GPT-2, LLaMA, Mistral, Qwen2), with or\n"
             "without a LoRA adapter, on a JSONL data set of token ids.\n"
@@ -38,6 +39,11 @@ static void usage(FILE *f)
             "      --check-recovery   merge in memory, unmerge with the receipt corrections,\n"
             "                         compare with the base bit for bit (exit 1 unless exact)\n"
             "      --limit N          evaluate the first N items only\n"
+            "      --tokenize         JSONL \"text\" lines to \"ids\" (other keys echoed)\n"
+            "      --detokenize       JSONL \"ids\" lines to \"text\" (other keys echoed)\n"
+            "      --tokenizer PATH   tokenizer.json or its folder (default: the --model folder)\n"
+            "      --no-special       no BOS/EOS when tokenizing; special tokens dropped when\n"
+            "                         detokenizing\n"
             "  -p, --pubkey FILE      minisign public key for .lora archives (repeatable)\n"
             "      --no-verify        open .lora archives without checking signatures\n"
             "      --any-base         evaluate on a base other than the one the adapter's\n"
@@ -55,7 +61,7 @@ static void usage(FILE *f)
             "\n"
             "Exit status: 0 ok, 1 accuracy below --min-accuracy or merged and unmerged\n"
             "disagree or recovery is not exact, 2 usage error, 3 bad input, 4 I/O error.\n",
-            prog, prog);
+            prog, prog, prog);
 }
 
 static int die(int code, const lora_error *err)
@@ -156,11 +162,37 @@ out:
     return rc;
 }
 
+/* --tokenize / --detokenize: the work is lora_tokenize_jsonl. */
+static int tokenize_main(const char *tok_path, const char *data, int detok, int special)
+{
+    lora_error err;
+    lora_error_clear(&err);
+    lora_tokenizer *tok = NULL;
+    int rc = lora_tokenizer_open(tok_path, &tok, &err);
+    if (rc != LORA_OK)
+        return die(rc, &err);
+    FILE *in = stdin;
+    const char *name = "(stdin)";
+    if (data && strcmp(data, "-") != 0) {
+        if (!(in = fopen(data, "r"))) {
+            fprintf(stderr, "%s: %s: %s\n", prog, data, strerror(errno));
+            lora_tokenizer_free(tok);
+            return errno == ENOENT ? LORA_EINPUT : LORA_EIO;
+        }
+        name = data;
+    }
+    rc = lora_tokenize_jsonl(tok, in, name, stdout, detok, special, NULL, &err);
+    if (in != stdin)
+        fclose(in);
+    lora_tokenizer_free(tok);
+    return rc == LORA_OK ? LORA_OK : die(rc, &err);
+}
+
 int main(int argc, char **argv)
 {
     lora_tool_sigbus("lora-eval");
     enum { OPT_MODE = 256, OPT_MIN, OPT_LIMIT, OPT_JSON, OPT_NOVERIFY, OPT_RECOVERY, OPT_RECORD,
-           OPT_REGISTRY, OPT_ANYBASE };
+           OPT_REGISTRY, OPT_ANYBASE, OPT_TOKENIZE, OPT_DETOKENIZE, OPT_TOKENIZER, OPT_NOSPECIAL };
     static const struct option opts[] = {
         {"model", required_argument, NULL, 'm'},
         {"adapter", required_argument, NULL, 'a'},
@@ -174,6 +206,10 @@ int main(int argc, char **argv)
         {"check-recovery", no_argument, NULL, OPT_RECOVERY},
         {"record", no_argument, NULL, OPT_RECORD},
         {"registry", required_argument, NULL, OPT_REGISTRY},
+        {"tokenize", no_argument, NULL, OPT_TOKENIZE},
+        {"detokenize", no_argument, NULL, OPT_DETOKENIZE},
+        {"tokenizer", required_argument, NULL, OPT_TOKENIZER},
+        {"no-special", no_argument, NULL, OPT_NOSPECIAL},
         {"threads", required_argument, NULL, 'j'},
         {"json", no_argument, NULL, OPT_JSON},
         {"quiet", no_argument, NULL, 'q'},
@@ -181,8 +217,8 @@ int main(int argc, char **argv)
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0}};
     const char *model_dir = NULL, *adapter = NULL, *data = NULL, *mode_s = NULL;
-    const char *reg_path = NULL;
-    int record = 0;
+    const char *reg_path = NULL, *tok_path = NULL;
+    int record = 0, tokenize = 0, detokenize = 0, no_special = 0;
     const char *keys[17] = {0};
     int nkeys = 0, json = 0, quiet = 0, threads = 1, no_verify = 0, recovery = 0;
     int any_base = 0;
@@ -221,6 +257,10 @@ int main(int argc, char **argv)
         case OPT_RECOVERY: recovery = 1; break;
         case OPT_RECORD: record = 1; break;
         case OPT_REGISTRY: reg_path = optarg; break;
+        case OPT_TOKENIZE: tokenize = 1; break;
+        case OPT_DETOKENIZE: detokenize = 1; break;
+        case OPT_TOKENIZER: tok_path = optarg; break;
+        case OPT_NOSPECIAL: no_special = 1; break;
         case 'j': {
             errno = 0;
             long v = strtol(optarg, &end, 10);
@@ -247,6 +287,15 @@ int main(int argc, char **argv)
     }
     if (optind < argc)
         return usage_err("unexpected argument (every input is named by an option)");
+    if (tokenize || detokenize) {
+        if (tokenize && detokenize)
+            return usage_err("--tokenize and --detokenize exclude each other");
+        if (!tok_path && !model_dir)
+            return usage_err("--tokenize and --detokenize need --tokenizer PATH or --model DIR");
+        if (adapter || mode_s || min_acc >= 0 || limit || record || recovery || json)
+            return usage_err("--tokenize and --detokenize take only --tokenizer, --model, --data and --no-special");
+        return tokenize_main(tok_path ? tok_path : model_dir, data, detokenize, !no_special);
+    }
     if (!model_dir)
         return usage_err("--model DIR is required");
     if (recovery) {
