@@ -1446,6 +1446,34 @@ int lora_eval_check_recovery(const lora_ckpt *base, lora_adapter *ad, int nthrea
 void lora_recovery_free(lora_recovery *r, size_t n);
 
 
+/* ---- section: text metrics (metrics.c) ---- */
+
+/* Corpus BLEU-4 exactly as NLTK 3.8's corpus_bleu (one reference per
+ * hypothesis, uniform weights, no smoothing), tokens split on ASCII
+ * whitespace.  Accumulate with lora_bleu_add, read with lora_bleu_score
+ * (NaN when no item was added, a value in [0, 1] otherwise). */
+typedef struct lora_bleu {
+    uint64_t match[4];         /* clipped n-gram matches, n = 1..4 */
+    uint64_t total[4];         /* hypothesis n-grams (at least 1 per item) */
+    uint64_t hyp_len, ref_len; /* tokens */
+    size_t items;
+} lora_bleu;
+
+void lora_bleu_init(lora_bleu *b);
+int lora_bleu_add(lora_bleu *b, const char *hyp, const char *ref, lora_error *err);
+double lora_bleu_score(const lora_bleu *b);
+
+/* ROUGE-1, ROUGE-2 and ROUGE-L (longest common subsequence) F1 of one
+ * hypothesis against one reference, whitespace tokens, lower-cased. */
+typedef struct lora_rouge_f1 {
+    double rouge1, rouge2, rougeL;
+} lora_rouge_f1;
+
+int lora_rouge(const char *hyp, const char *ref, lora_rouge_f1 *out, lora_error *err);
+/* 1 when equal after stripping surrounding whitespace, else 0. */
+int lora_exact_match(const char *hyp, const char *ref);
+
+
 /* ---- section: reliability (error.c) ---- */
 
 /* Remove every temporary file and folder liblora's writers have open
