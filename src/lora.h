@@ -1571,6 +1571,26 @@ int lora_eval_check_recovery(const lora_ckpt *base, lora_adapter *ad, int nthrea
 void lora_recovery_free(lora_recovery *r, size_t n);
 
 
+/* ---- section: tokenizer (tokenizer*.c) ---- */
+
+/* Hugging Face tokenizer.json (model BPE: byte-level as GPT-2, Llama 3
+ * and Qwen2, or SentencePiece-style with byte fallback), ids identical
+ * to Hugging Face tokenizers.  Anything else (WordPiece, Unigram, an
+ * unknown normalizer, pre-tokenizer, post-processor or decoder) is
+ * refused, LORA_EINPUT naming the component.  A tokenizer is read-only
+ * after open; encode and decode may run from several threads. */
+typedef struct lora_tokenizer lora_tokenizer;
+/* PATH: a tokenizer.json file or a folder holding tokenizer.json (and optionally tokenizer_config.json). */
+int lora_tokenizer_open(const char *path, lora_tokenizer **out, lora_error *err);
+void lora_tokenizer_free(lora_tokenizer *tok);
+/* Encode LEN bytes of UTF-8 TEXT. add_special: apply the post_processor (BOS/EOS as tokenizer.json / tokenizer_config.json say). *ids is malloc'd, caller frees. */
+int lora_tokenizer_encode(const lora_tokenizer *tok, const char *text, size_t len, int add_special, int32_t **ids, size_t *n, lora_error *err);
+/* Decode ids to malloc'd NUL-terminated UTF-8. skip_special: drop special added tokens. */
+int lora_tokenizer_decode(const lora_tokenizer *tok, const int32_t *ids, size_t n, int skip_special, char **text, lora_error *err);
+int32_t lora_tokenizer_bos(const lora_tokenizer *tok);   /* -1 when none */
+int32_t lora_tokenizer_eos(const lora_tokenizer *tok);   /* -1 when none */
+size_t lora_tokenizer_vocab_size(const lora_tokenizer *tok);  /* including added tokens */
+
 /* ---- section: reliability (error.c) ---- */
 
 /* Remove every temporary file and folder liblora's writers have open
