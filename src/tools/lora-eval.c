@@ -41,6 +41,8 @@ static void usage(FILE *f)
             "      --check-recovery   merge in memory, unmerge with the receipt corrections,\n"
             "                         compare with the base bit for bit (exit 1 unless exact)\n"
             "      --limit N          evaluate the first N items only\n"
+            "      --tokenizer PATH   tokenizer.json or its folder for text (default: the --model\n"
+            "                         folder)\n"
             "      --predictions FILE one JSON line per item: prediction, log-probs, correct,\n"
             "                         NLL (- for stdout)\n"
             "      --max-new-tokens N generate up to the target's length + N tokens (default 32)\n"
@@ -190,9 +192,12 @@ static int open_tokenizer(const char *path, const char *model_dir, lora_tokenize
                           lora_error *err)
 {
     int rc = lora_tokenizer_open(path ? path : model_dir, tok, err);
-    if (rc != LORA_OK && !path)
-        lora_err_prefix(err, "text needs the model's tokenizer (tokenizer.json in %s, or "
-                             "--tokenizer PATH)", model_dir);
+    if (rc != LORA_OK && !path) {
+        char m[sizeof err->msg];
+        snprintf(m, sizeof m, "text needs the model's tokenizer (tokenizer.json in %s, or "
+                              "--tokenizer PATH): %s", model_dir, err->msg);
+        memcpy(err->msg, m, sizeof m);
+    }
     return rc;
 }
 
@@ -369,7 +374,7 @@ int main(int argc, char **argv)
 {
     lora_tool_sigbus("lora-eval");
     enum { OPT_MODE = 256, OPT_MIN, OPT_LIMIT, OPT_JSON, OPT_NOVERIFY, OPT_RECOVERY, OPT_RECORD,
-           OPT_REGISTRY, OPT_PRED, OPT_TEXT, OPT_CONTEXT, OPT_STRIDE, OPT_MAXNEW };
+           OPT_REGISTRY, OPT_PRED, OPT_TEXT, OPT_CONTEXT, OPT_STRIDE, OPT_MAXNEW, OPT_TOKENIZER };
     static const struct option opts[] = {
         {"model", required_argument, NULL, 'm'},
         {"adapter", required_argument, NULL, 'a'},
@@ -382,6 +387,7 @@ int main(int argc, char **argv)
         {"check-recovery", no_argument, NULL, OPT_RECOVERY},
         {"record", no_argument, NULL, OPT_RECORD},
         {"registry", required_argument, NULL, OPT_REGISTRY},
+        {"tokenizer", required_argument, NULL, OPT_TOKENIZER},
         {"predictions", required_argument, NULL, OPT_PRED},
         {"text", required_argument, NULL, OPT_TEXT},
         {"context", required_argument, NULL, OPT_CONTEXT},
@@ -394,7 +400,7 @@ int main(int argc, char **argv)
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0}};
     const char *model_dir = NULL, *adapter = NULL, *data = NULL, *mode_s = NULL;
-    const char *reg_path = NULL;
+    const char *reg_path = NULL, *tok_path = NULL;
     int record = 0;
     const char *keys[17] = {0};
     int nkeys = 0, json = 0, quiet = 0, threads = 1, no_verify = 0, recovery = 0;
@@ -434,6 +440,7 @@ int main(int argc, char **argv)
         case OPT_RECOVERY: recovery = 1; break;
         case OPT_RECORD: record = 1; break;
         case OPT_REGISTRY: reg_path = optarg; break;
+        case OPT_TOKENIZER: tok_path = optarg; break;
         case OPT_PRED: pred_path = optarg; break;
         case OPT_TEXT: text_path = optarg; break;
         case OPT_CONTEXT:
@@ -532,6 +539,8 @@ int main(int argc, char **argv)
     lora_registry *reg = NULL;
     lora_reg_adapter *ra = NULL;
     lora_eval_result r = {0};
+    lora_tokenizer *tok = NULL;
+    lora_text_codec codec = {0};
     char ds_hex[2 * LORA_HASH_BYTES + 1] = "", ra_id[512] = "";
     size_t recorded = 0;
     int rc;
@@ -566,6 +575,17 @@ int main(int argc, char **argv)
     const lora_model_config *cfg = lora_model_cfg(m);
     if ((rc = lora_dataset_load(data, cfg->vocab, &ds, &err)) != LORA_OK)
         goto fail;
+    if (ds->text_items) {
+        if ((rc = open_tokenizer(tok_path, model_dir, &tok, &err)) != LORA_OK) {
+            fprintf(stderr, "%s: %s:%zu: %s\n", prog, data, ds->first_text_line, err.msg);
+            goto out;
+        }
+        codec = codec_of(tok);
+        if ((rc = lora_dataset_tokenize(ds, &codec, &err)) != LORA_OK) {
+            fprintf(stderr, "%s: %s: %s\n", prog, strcmp(data, "-") == 0 ? "stdin" : data, err.msg);
+            goto out;
+        }
+    }
     if (adapter) {
         lora_source_opts so = {.pubkeys = nkeys ? keys : NULL, .no_verify = no_verify,
                                .registry = reg_path, .warn = stderr};
@@ -585,7 +605,8 @@ int main(int argc, char **argv)
     tool_progress pg;
     tool_progress_init(&pg, quiet);
     lora_eval_opts eo = {.mode = mode, .compare_mode = cmp, .limit = limit,
-                         .max_new_tokens = maxnew, .keep_predictions = pred_path != NULL};
+                         .max_new_tokens = maxnew, .keep_predictions = pred_path != NULL,
+                         .codec = tok ? &codec : NULL};
     if (pg.on) {
         eo.progress = progress;
         eo.progress_arg = &pg;
@@ -698,6 +719,7 @@ fail:
 out:
     lora_eval_result_free(&r);
     lora_dataset_free(ds);
+    lora_tokenizer_free(tok);
     lora_model_free(m);
     lora_adapter_free(ad);
     lora_reg_adapter_free(ra);
