@@ -1207,6 +1207,8 @@ typedef struct lora_reg_eval {
     uint64_t items;       /* items evaluated */
     int64_t time;         /* unix seconds; 0 when recording: now */
     char *tool_version;   /* NULL when recording: this library's version */
+    char *mode;           /* "base", "unmerged", "merged", or NULL (unknown) */
+    char *base_name;      /* base model name for people, or NULL */
 } lora_reg_eval;
 
 /* Record one result for a registered adapter, in one transaction.
@@ -1409,6 +1411,7 @@ typedef struct lora_dataset {
     size_t text_items;         /* items with a text field */
     size_t first_text_line;    /* line of the first, 0 when none */
     int tokenized;             /* lora_dataset_tokenize ran */
+    unsigned char hash[LORA_HASH_BYTES]; /* BLAKE2b-256 of the bytes parsed */
 } lora_dataset;
 
 /* How text becomes token ids and back (a lora_tokenizer's functions, or
@@ -1542,15 +1545,18 @@ int lora_eval_run(lora_model *m, const lora_dataset *ds, const lora_eval_opts *o
  * archive: LORA_EINPUT saying so. */
 int lora_eval_registered(lora_registry *reg, const char *spec, lora_reg_adapter **out,
                          lora_error *err);
-/* Record a finished evaluation of A's adapter AD (attached to M) as two
- * eval rows with the same time: "accuracy" (res->accuracy) and "nll"
- * (res->mean_nll, mean NLL per scored token; left out when no token
- * was scored), items = res->items, base hash = lora_base_hash(AD, M's
+/* Record a finished evaluation of A's adapter AD (attached to M): one
+ * eval row per metric that has items, all with the same time:
+ * "accuracy" (multiple choice), "exact_match", "bleu", "rouge1",
+ * "rouge2", "rougeL" (generation), "nll" (mean per scored token) and
+ * "perplexity"; items = res->items, base hash = lora_base_hash(AD, M's
  * checkpoint) in hex, data set hash DATASET_HASH (hex BLAKE2b-256 of
- * the data file) and name DATASET.  *recorded (optional): rows written
- * (each row is its own transaction). */
+ * the data bytes) and name DATASET, MODE ("unmerged", "merged") and
+ * BASE_NAME (may be NULL).  *recorded (optional): rows written (each row
+ * is its own transaction). */
 int lora_eval_record(lora_registry *reg, const lora_reg_adapter *a, const lora_model *m,
                      const lora_adapter *ad, const char *dataset_hash, const char *dataset,
+                     const char *mode, const char *base_name,
                      const lora_eval_result *res, size_t *recorded, lora_error *err);
 
 /* Exact recovery of W0: for every weight the adapter changes, merge in

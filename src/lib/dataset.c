@@ -251,6 +251,7 @@ int lora_dataset_parse(const char *buf, size_t len, const char *name, uint64_t v
     lora_dataset *ds = calloc(1, sizeof *ds);
     if (!ds)
         return lora_oom(err);
+    lora_hash(buf, len, ds->hash, sizeof ds->hash);
     size_t cap = 0, line = 0, pos = 0;
     int rc = LORA_OK;
     while (pos < len) {

@@ -890,7 +890,8 @@ int lora_eval_registered(lora_registry *reg, const char *spec, lora_reg_adapter 
 
 int lora_eval_record(lora_registry *reg, const lora_reg_adapter *a, const lora_model *m,
                      const lora_adapter *ad, const char *dataset_hash, const char *dataset,
-                     const lora_eval_result *res, size_t *recorded, lora_error *err)
+                     const char *mode, const char *base_name, const lora_eval_result *res,
+                     size_t *recorded, lora_error *err)
 {
     if (recorded)
         *recorded = 0;
@@ -907,22 +908,25 @@ int lora_eval_record(lora_registry *reg, const lora_reg_adapter *a, const lora_m
     snprintf(id, len, "%s@%s", a->name, a->version);
     lora_reg_eval ev = {.adapter = id, .base_hash = base_hex,
                         .dataset_hash = (char *)dataset_hash, .dataset = (char *)dataset,
-                        .items = res->items};
-    /* both metrics share one timestamp, so a query can pair them */
+                        .items = res->items, .mode = (char *)mode, .base_name = (char *)base_name};
+    /* every metric shares one timestamp, so a query can pair them; a
+     * metric no item has (NaN) gets no row rather than a 0 */
     ev.time = (int64_t)time(NULL);
-    ev.metric = (char *)"accuracy";
-    ev.value = res->accuracy;
-    rc = lora_registry_record_eval(reg, &ev, err);
-    if (rc == LORA_OK && recorded)
-        *recorded = 1;
-    /* no scored token (cannot happen with a parsed data set): no nll row
-     * rather than a NaN the registry would refuse */
-    if (rc == LORA_OK && res->nll_tokens > 0) {
-        ev.metric = (char *)"nll";
-        ev.value = res->mean_nll;
+    const struct {
+        const char *name;
+        double value;
+    } rows[] = {{"accuracy", res->choice_accuracy}, {"exact_match", res->exact_match},
+                {"bleu", res->bleu},                {"rouge1", res->rouge1},
+                {"rouge2", res->rouge2},            {"rougeL", res->rougeL},
+                {"nll", res->mean_nll},             {"perplexity", res->perplexity}};
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0] && rc == LORA_OK; i++) {
+        if (!isfinite(rows[i].value))
+            continue;
+        ev.metric = (char *)rows[i].name;
+        ev.value = rows[i].value;
         rc = lora_registry_record_eval(reg, &ev, err);
         if (rc == LORA_OK && recorded)
-            *recorded = 2;
+            (*recorded)++;
     }
     free(id);
     return rc;

@@ -544,11 +544,9 @@ int main(int argc, char **argv)
     char ds_hex[2 * LORA_HASH_BYTES + 1] = "", ra_id[512] = "";
     size_t recorded = 0;
     int rc;
-    /* --record: find the adapter in the registry and hash the data set
-     * before the (long) evaluation, so a run that cannot be recorded
-     * fails at once */
+    /* --record: find the adapter in the registry before the (long)
+     * evaluation, so a run that cannot be recorded fails at once */
     if (record) {
-        unsigned char h[LORA_HASH_BYTES];
         if ((rc = lora_registry_open(reg_path, 0, &reg, &err)) != LORA_OK) {
             fprintf(stderr, "%s: --record: %s\n", prog, err.msg);
             return rc;
@@ -559,13 +557,6 @@ int main(int argc, char **argv)
             return rc;
         }
         snprintf(ra_id, sizeof ra_id, "%s@%s", ra->name, ra->version);
-        if ((rc = lora_hash_file(data, sizeof h, h, NULL, &err)) != LORA_OK) {
-            fprintf(stderr, "%s: %s\n", prog, err.msg);
-            lora_reg_adapter_free(ra);
-            lora_registry_close(reg);
-            return rc;
-        }
-        lora_hex(h, sizeof h, ds_hex);
     }
     if ((rc = lora_model_open(model_dir, &m, &err)) != LORA_OK) {
         lora_reg_adapter_free(ra);
@@ -575,6 +566,8 @@ int main(int argc, char **argv)
     const lora_model_config *cfg = lora_model_cfg(m);
     if ((rc = lora_dataset_load(data, cfg->vocab, &ds, &err)) != LORA_OK)
         goto fail;
+    /* the hash of the bytes read: a pipe cannot be read twice */
+    lora_hex(ds->hash, sizeof ds->hash, ds_hex);
     if (ds->text_items) {
         if ((rc = open_tokenizer(tok_path, model_dir, &tok, &err)) != LORA_OK) {
             fprintf(stderr, "%s: %s:%zu: %s\n", prog, data, ds->first_text_line, err.msg);
@@ -628,7 +621,10 @@ int main(int argc, char **argv)
     if (record) {
         char name[4096];
         snprintf(name, sizeof name, "%s", data);
-        if ((rc = lora_eval_record(reg, ra, m, ad, ds_hex, basename(name), &r, &recorded,
+        char base[4096];
+        snprintf(base, sizeof base, "%s", model_dir);
+        if ((rc = lora_eval_record(reg, ra, m, ad, ds_hex, basename(name), mode_name(mode),
+                                   basename(base), &r, &recorded,
                                    &err)) != LORA_OK) {
             fprintf(stderr, "%s: --record: %s\n", prog, err.msg);
             goto out;
