@@ -5,7 +5,9 @@
  * tiny GPT-2 ($FIXTURES/real/base-tiny-gpt2-e16) through the GPT-2
  * tokenizer, against reference.json made by an independent PyTorch
  * forward with its own Python BPE (make-reference.py): every choice's
- * summed log-probability, every target's NLL, the greedy generation.
+ * summed log-probability, every target's NLL, the greedy generation;
+ * and text.txt's perplexity by the Hugging Face sliding-window recipe
+ * for several context / stride pairs.
  */
 #include "testutil.h"
 
@@ -119,12 +121,73 @@ START_TEST(against_torch)
 }
 END_TEST
 
+START_TEST(perplexity_against_torch)
+{
+    char *mdir = tu_fixture("real/base-tiny-gpt2-e16");
+    char *tdir = tu_fixture("tokenizers/gpt2");
+    if (!mdir || !tdir) {
+        free(mdir);
+        free(tdir);
+        return;
+    }
+    const char *top = getenv("TOP_SRCDIR");
+    char txt[4096], refp[4096];
+    snprintf(txt, sizeof txt, "%s/tests/fixtures/text-eval/text.txt", top ? top : ".");
+    snprintf(refp, sizeof refp, "%s/tests/fixtures/text-eval/reference.json", top ? top : ".");
+    lora_error err;
+    lora_error_clear(&err);
+    lora_model *m = NULL;
+    lora_tokenizer *tok = NULL;
+    ck_assert_msg(lora_model_open(mdir, &m, &err) == LORA_OK, "%s", err.msg);
+    ck_assert_msg(lora_tokenizer_open(tdir, &tok, &err) == LORA_OK, "%s", err.msg);
+    size_t len;
+    char *text = tu_read(txt, &len);
+    int32_t *ids = NULL;
+    size_t n = 0;
+    ck_assert_msg(lora_tokenizer_encode(tok, text, len, 1, &ids, &n, &err) == LORA_OK, "%s", err.msg);
+    json_error_t je;
+    json_t *ref = json_load_file(refp, 0, &je);
+    ck_assert_msg(ref != NULL, "%s: %s", refp, je.text);
+    ck_assert_uint_eq(n, (size_t)json_integer_value(json_object_get(ref, "text_tokens")));
+    json_t *cases = json_object_get(ref, "perplexity"), *c;
+    size_t i;
+    ck_assert_uint_ge(json_array_size(cases), 4);
+    json_array_foreach(cases, i, c) {
+        size_t ctx = (size_t)json_integer_value(json_object_get(c, "context"));
+        size_t st = (size_t)json_integer_value(json_object_get(c, "stride"));
+        lora_ppl_result r;
+        ck_assert_msg(lora_eval_perplexity(m, LORA_MODE_BASE, ids, n, ctx, st, &r, &err) == LORA_OK,
+                      "%s", err.msg);
+        ck_assert_uint_eq(r.tokens, (uint64_t)json_integer_value(json_object_get(c, "tokens")));
+        double w = json_real_value(json_object_get(c, "nll"));
+        ck_assert_msg(fabs(r.mean_nll - w) <= 1e-5 * w, "context %zu stride %zu: %.10f, torch %.10f",
+                      ctx, st, r.mean_nll, w);
+        ck_assert(fabs(r.perplexity - exp(w)) <= 1e-4 * exp(w));
+    }
+    /* bad windows and too little text are refused */
+    lora_ppl_result r;
+    ck_assert_int_eq(lora_eval_perplexity(m, LORA_MODE_BASE, ids, n, 64, 65, &r, &err), LORA_EUSAGE);
+    ck_assert_int_eq(lora_eval_perplexity(m, LORA_MODE_BASE, ids, n, 257, 1, &r, &err), LORA_EUSAGE);
+    ck_assert_int_eq(lora_eval_perplexity(m, LORA_MODE_BASE, ids, 1, 64, 16, &r, &err), LORA_EINPUT);
+    int32_t bad[2] = {1, 50257};
+    ck_assert_int_eq(lora_eval_perplexity(m, LORA_MODE_BASE, bad, 2, 64, 16, &r, &err), LORA_EINPUT);
+    json_decref(ref);
+    free(ids);
+    free(text);
+    lora_tokenizer_free(tok);
+    lora_model_free(m);
+    free(mdir);
+    free(tdir);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("eval_text");
     TCase *tc = tcase_create("eval_text");
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, against_torch);
+    tcase_add_test(tc, perplexity_against_torch);
     suite_add_tcase(s, tc);
     return tu_run(s, 1);
 }

@@ -9,12 +9,12 @@ M="$TOP_SRCDIR/tests/fixtures/models"
 
 # the base cannot reverse; the adapter can
 expect 0 lora-eval --model "$M/gpt2-base" --data "$M/data/reverse.jsonl"
-expect_out '^accuracy +0\.0[0-5]'
+expect_out '^exact match +0\.0[0-5]'
 expect 1 lora-eval --model "$M/gpt2-base" --data "$M/data/reverse.jsonl" --min-accuracy 0.5
 expect_err '^lora-eval: accuracy 0\.0[0-9]+ is below --min-accuracy 0\.5000'
 expect 0 lora-eval --model "$M/gpt2-base" -a "$M/adapters/gpt2-reverse-cattn-r4" \
     --data "$M/data/reverse.jsonl" --min-accuracy 0.9
-expect_out '^accuracy +(0\.9[0-9]|1\.0)'
+expect_out '^exact match +(0\.9[0-9]|1\.0)'
 expect_out 'adapter .*2 weights adapted, unmerged'
 
 # merged and unmerged agree (LLaMA, grouped KV heads, all four projections)
