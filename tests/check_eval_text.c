@@ -7,7 +7,9 @@
  * forward with its own Python BPE (make-reference.py): every choice's
  * summed log-probability, every target's NLL, the greedy generation;
  * and text.txt's perplexity by the Hugging Face sliding-window recipe
- * for several context / stride pairs.
+ * for several context / stride pairs; with a LoRA adapter (adapter/,
+ * PEFT layout) unmerged and merged, the choices' log-probabilities and
+ * the perplexity against the same PyTorch model with PEFT's LoRA.
  */
 #include "testutil.h"
 
@@ -181,6 +183,78 @@ START_TEST(perplexity_against_torch)
 }
 END_TEST
 
+START_TEST(adapted_against_torch)
+{
+    char *mdir = tu_fixture("real/base-tiny-gpt2-e16");
+    char *tdir = tu_fixture("tokenizers/gpt2");
+    if (!mdir || !tdir) {
+        free(mdir);
+        free(tdir);
+        return;
+    }
+    const char *top = getenv("TOP_SRCDIR");
+    char data[4096], refp[4096], adp[4096], txt[4096];
+    snprintf(data, sizeof data, "%s/tests/fixtures/text-eval/data.jsonl", top ? top : ".");
+    snprintf(refp, sizeof refp, "%s/tests/fixtures/text-eval/reference.json", top ? top : ".");
+    snprintf(adp, sizeof adp, "%s/tests/fixtures/text-eval/adapter", top ? top : ".");
+    snprintf(txt, sizeof txt, "%s/tests/fixtures/text-eval/text.txt", top ? top : ".");
+    json_error_t je;
+    json_t *ref = json_load_file(refp, 0, &je);
+    ck_assert_msg(ref != NULL, "%s: %s", refp, je.text);
+    json_t *want = json_object_get(ref, "adapted");
+    lora_error err;
+    lora_error_clear(&err);
+    lora_tokenizer *tok = NULL;
+    ck_assert_msg(lora_tokenizer_open(tdir, &tok, &err) == LORA_OK, "%s", err.msg);
+    lora_text_codec tc = {tok, enc, dec, lora_tokenizer_bos(tok), lora_tokenizer_eos(tok)};
+    for (int merged = 0; merged < 2; merged++) {
+        lora_model *m = NULL;
+        lora_adapter *ad = NULL;
+        lora_dataset *ds = NULL;
+        ck_assert_msg(lora_model_open(mdir, &m, &err) == LORA_OK, "%s", err.msg);
+        lora_source_opts so = {0};
+        ck_assert_msg(lora_adapter_load(adp, &so, &ad, &err) == LORA_OK, "%s", err.msg);
+        ck_assert_msg(lora_model_attach(m, ad, merged, &err) == LORA_OK, "%s", err.msg);
+        int mode = merged ? LORA_MODE_MERGED : LORA_MODE_UNMERGED;
+        ck_assert_msg(lora_dataset_load(data, 50257, &ds, &err) == LORA_OK, "%s", err.msg);
+        ck_assert_msg(lora_dataset_tokenize(ds, &tc, &err) == LORA_OK, "%s", err.msg);
+        lora_eval_opts eo = {.mode = mode, .compare_mode = -1, .codec = &tc, .keep_predictions = 1};
+        lora_eval_result r;
+        ck_assert_msg(lora_eval_run(m, ds, &eo, &r, &err) == LORA_OK, "%s", err.msg);
+        size_t k = 0;
+        for (size_t i = 0; i < r.items; i++) {
+            if (ds->items[i].kind != LORA_ITEM_CHOICE)
+                continue;
+            json_t *lp = json_array_get(json_object_get(want, "logprobs"), k++);
+            for (size_t c = 0; c < ds->items[i].n_choices; c++) {
+                double w = json_real_value(json_array_get(lp, c));
+                ck_assert_msg(close_lp(r.preds[i].logprobs[c], w), "%s item %zu choice %zu: %.10f, torch %.10f",
+                              merged ? "merged" : "unmerged", i, c, r.preds[i].logprobs[c], w);
+            }
+        }
+        ck_assert_uint_eq(k, 7);
+        size_t len, n = 0;
+        char *text = tu_read(txt, &len);
+        int32_t *ids = NULL;
+        ck_assert_int_eq(lora_tokenizer_encode(tok, text, len, 1, &ids, &n, &err), LORA_OK);
+        lora_ppl_result p;
+        ck_assert_msg(lora_eval_perplexity(m, mode, ids, n, 64, 16, &p, &err) == LORA_OK, "%s", err.msg);
+        double w = json_real_value(json_object_get(json_object_get(want, "perplexity"), "nll"));
+        ck_assert_msg(fabs(p.mean_nll - w) <= 1e-5 * w, "%.10f, torch %.10f", p.mean_nll, w);
+        free(ids);
+        free(text);
+        lora_eval_result_free(&r);
+        lora_dataset_free(ds);
+        lora_model_free(m);
+        lora_adapter_free(ad);
+    }
+    lora_tokenizer_free(tok);
+    json_decref(ref);
+    free(mdir);
+    free(tdir);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("eval_text");
@@ -188,6 +262,7 @@ int main(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, against_torch);
     tcase_add_test(tc, perplexity_against_torch);
+    tcase_add_test(tc, adapted_against_torch);
     suite_add_tcase(s, tc);
     return tu_run(s, 1);
 }
