@@ -1596,6 +1596,14 @@ int lora_tokenizer_decode(const lora_tokenizer *tok, const int32_t *ids, size_t 
 int32_t lora_tokenizer_bos(const lora_tokenizer *tok);   /* -1 when none */
 int32_t lora_tokenizer_eos(const lora_tokenizer *tok);   /* -1 when none */
 size_t lora_tokenizer_vocab_size(const lora_tokenizer *tok);  /* including added tokens */
+/* lora-eval --tokenize / --detokenize: JSONL from IN (NAME in messages)
+ * to OUT, one line per non-blank input line.  detokenize 0: the "text"
+ * string becomes "ids" (the post-processor's special tokens added when
+ * SPECIAL); 1: "ids" becomes "text" (special tokens dropped unless
+ * SPECIAL).  Every other key is echoed in its order.  Nothing is written
+ * unless every line succeeds; *lines (optional): lines written. */
+int lora_tokenize_jsonl(const lora_tokenizer *tok, FILE *in, const char *name, FILE *out,
+                        int detokenize, int special, size_t *lines, lora_error *err);
 
 /* ---- section: reliability (error.c) ---- */
 

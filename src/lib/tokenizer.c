@@ -601,22 +601,34 @@ static int parse_all(lora_tokenizer *t, json_t *root, json_t *cfg, lora_error *e
     return tk_cache_new(t, err);
 }
 
-static json_t *load_json(const char *path, int must, int *rc, lora_error *err)
+/* tokenizer.json (and tokenizer_config.json, may be NULL) held in memory. */
+int tk_open_buffers(const char *json, size_t len, const char *cfg, size_t cfglen, const char *name,
+                    lora_tokenizer **out, lora_error *err)
 {
-    char *buf;
-    size_t len;
-    struct stat sb;
-    *rc = LORA_OK;
-    if (!must && stat(path, &sb) != 0 && errno == ENOENT)
-        return NULL;
-    if ((*rc = lora_read_file(path, TK_MAX_FILE, &buf, &len, err)) != LORA_OK)
-        return NULL;
+    *out = NULL;
     json_error_t je;
-    json_t *j = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &je);
-    free(buf);
-    if (!j)
-        *rc = lora_seterr(err, LORA_EINPUT, "%s: line %d: %s", path, je.line, je.text);
-    return j;
+    json_t *root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &je), *cj = NULL;
+    if (!root)
+        return lora_seterr(err, LORA_EINPUT, "%s: line %d: %s", name, je.line, je.text);
+    int rc = LORA_OK;
+    /* tokenizer_config.json may hold model_max_length = 1e30 as an integer */
+    if (cfg && !(cj = json_loadb(cfg, cfglen, JSON_REJECT_DUPLICATES | JSON_DECODE_INT_AS_REAL, &je)))
+        rc = lora_seterr(err, LORA_EINPUT, "tokenizer_config.json: line %d: %s", je.line, je.text);
+    else if (cj && !json_is_object(cj))
+        rc = lora_seterr(err, LORA_EINPUT, "tokenizer_config.json: not a JSON object");
+    lora_tokenizer *t = NULL;
+    if (rc == LORA_OK && !(t = calloc(1, sizeof *t)))
+        rc = lora_oom(err);
+    if (rc == LORA_OK && (rc = parse_all(t, root, cj, err)) != LORA_OK)
+        lora_err_prefix(err, "%s", name);
+    json_decref(root);
+    json_decref(cj);
+    if (rc != LORA_OK) {
+        lora_tokenizer_free(t);
+        return rc;
+    }
+    *out = t;
+    return LORA_OK;
 }
 
 int lora_tokenizer_open(const char *path, lora_tokenizer **out, lora_error *err)
@@ -644,25 +656,16 @@ int lora_tokenizer_open(const char *path, lora_tokenizer **out, lora_error *err)
         else
             cfgpath[0] = '\0';
     }
-    int rc;
-    json_t *root = load_json(file, 1, &rc, err), *cfg = NULL;
-    if (rc == LORA_OK && cfgpath[0])
-        cfg = load_json(cfgpath, 0, &rc, err);
-    if (rc == LORA_OK && cfg && !json_is_object(cfg))
-        rc = lora_seterr(err, LORA_EINPUT, "%s: not a JSON object", cfgpath);
-    lora_tokenizer *t = NULL;
-    if (rc == LORA_OK && !(t = calloc(1, sizeof *t)))
-        rc = lora_oom(err);
-    if (rc == LORA_OK && (rc = parse_all(t, root, cfg, err)) != LORA_OK)
-        lora_err_prefix(err, "%s", file);
-    json_decref(root);
-    json_decref(cfg);
+    char *json = NULL, *cfg = NULL;
+    size_t len = 0, cfglen = 0;
+    int rc = lora_read_file(file, TK_MAX_FILE, &json, &len, err);
+    if (rc == LORA_OK && cfgpath[0] && stat(cfgpath, &sb) == 0)
+        rc = lora_read_file(cfgpath, TK_MAX_FILE, &cfg, &cfglen, err);
+    if (rc == LORA_OK)
+        rc = tk_open_buffers(json, len, cfg, cfglen, file, out, err);
+    free(json);
+    free(cfg);
     free(file);
     free(cfgpath);
-    if (rc != LORA_OK) {
-        lora_tokenizer_free(t);
-        return rc;
-    }
-    *out = t;
-    return LORA_OK;
+    return rc;
 }

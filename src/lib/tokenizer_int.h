@@ -189,6 +189,10 @@ typedef struct tk_work {
     size_t n, cap;
 } tk_work;
 
+/* tokenizer.c: open from memory (tests, fuzzing); CFG may be NULL. */
+int tk_open_buffers(const char *json, size_t len, const char *cfg, size_t cfglen, const char *name,
+                    lora_tokenizer **out, lora_error *err);
+
 /* tokenizer_bpe.c */
 int tk_vocab_build(lora_tokenizer *t, json_t *vocab, json_t *added, lora_error *err);
 int tk_merges_build(lora_tokenizer *t, json_t *merges, lora_error *err);

@@ -28,6 +28,7 @@ static void usage(FILE *f)
             "Usage: %s --model DIR [-a ADAPTER] --data FILE [options]\n"
             "       %s --model DIR [-a ADAPTER] --text FILE [--context N] [--stride S]\n"
             "       %s --check-recovery --model DIR -a ADAPTER [--json]\n"
+            "       %s --tokenize|--detokenize (--tokenizer PATH | --model DIR) [--data FILE]\n"
             "\n"
             "Evaluate a Hugging Face causal LM (GPT-2, LLaMA, Mistral, Qwen2), with or\n"
             "without a LoRA adapter, on a JSONL data set of text or token ids, or its\n"
@@ -37,12 +38,10 @@ static void usage(FILE *f)
             "  -a, --adapter SPEC     PEFT folder, .lora archive, task:TASK or reg:NAME@VERSION\n"
             "  -d, --data FILE        JSONL data set (- for stdin)\n"
             "      --mode MODE        unmerged (default), merged, or both (compare them)\n"
-            "      --min-accuracy X   exit 1 when accuracy is below X (0..1)\n"
+            "      --min-accuracy X   exit 1 when the share of correct items is below X (0..1)\n"
             "      --check-recovery   merge in memory, unmerge with the receipt corrections,\n"
             "                         compare with the base bit for bit (exit 1 unless exact)\n"
             "      --limit N          evaluate the first N items only\n"
-            "      --tokenizer PATH   tokenizer.json or its folder for text (default: the --model\n"
-            "                         folder)\n"
             "      --predictions FILE one JSON line per item: prediction, log-probs, correct,\n"
             "                         NLL (- for stdout)\n"
             "      --max-new-tokens N generate up to the target's length + N tokens (default 32)\n"
@@ -50,6 +49,12 @@ static void usage(FILE *f)
             "                         adapted\n"
             "      --context N        --text window in tokens (default: the model's positions)\n"
             "      --stride S         --text window step (default: half the context)\n"
+            "      --tokenize         JSONL \"text\" lines to \"ids\" (other keys echoed)\n"
+            "      --detokenize       JSONL \"ids\" lines to \"text\" (other keys echoed)\n"
+            "      --tokenizer PATH   tokenizer.json or its folder, for text (default: the --model\n"
+            "                         folder)\n"
+            "      --no-special       no BOS/EOS when tokenizing; special tokens dropped when\n"
+            "                         detokenizing\n"
             "  -p, --pubkey FILE      minisign public key for .lora archives (repeatable)\n"
             "      --no-verify        open .lora archives without checking signatures\n"
             "      --record           write the metrics to the registry's evals table\n"
@@ -63,9 +68,9 @@ static void usage(FILE *f)
             "  -h, --help             this help\n"
             "  -V, --version          version\n"
             "\n"
-            "Exit status: 0 ok, 1 share of correct items below --min-accuracy or merged and unmerged\n"
-            "disagree or recovery is not exact, 2 usage error, 3 bad input, 4 I/O error.\n",
-            prog, prog, prog);
+            "Exit status: 0 ok, 1 share of correct items below --min-accuracy or merged and\n"
+            "unmerged disagree or recovery is not exact, 2 usage error, 3 bad input, 4 I/O error.\n",
+            prog, prog, prog, prog);
 }
 
 static int die(int code, const lora_error *err)
@@ -370,11 +375,38 @@ static void text_metrics(const lora_eval_result *r)
                (unsigned long long)r->nll_tokens, r->perplexity);
 }
 
+/* --tokenize / --detokenize: the work is lora_tokenize_jsonl. */
+static int tokenize_main(const char *tok_path, const char *data, int detok, int special)
+{
+    lora_error err;
+    lora_error_clear(&err);
+    lora_tokenizer *tok = NULL;
+    int rc = lora_tokenizer_open(tok_path, &tok, &err);
+    if (rc != LORA_OK)
+        return die(rc, &err);
+    FILE *in = stdin;
+    const char *name = "(stdin)";
+    if (data && strcmp(data, "-") != 0) {
+        if (!(in = fopen(data, "r"))) {
+            fprintf(stderr, "%s: %s: %s\n", prog, data, strerror(errno));
+            lora_tokenizer_free(tok);
+            return errno == ENOENT ? LORA_EINPUT : LORA_EIO;
+        }
+        name = data;
+    }
+    rc = lora_tokenize_jsonl(tok, in, name, stdout, detok, special, NULL, &err);
+    if (in != stdin)
+        fclose(in);
+    lora_tokenizer_free(tok);
+    return rc == LORA_OK ? LORA_OK : die(rc, &err);
+}
+
 int main(int argc, char **argv)
 {
     lora_tool_sigbus("lora-eval");
     enum { OPT_MODE = 256, OPT_MIN, OPT_LIMIT, OPT_JSON, OPT_NOVERIFY, OPT_RECOVERY, OPT_RECORD,
-           OPT_REGISTRY, OPT_PRED, OPT_TEXT, OPT_CONTEXT, OPT_STRIDE, OPT_MAXNEW, OPT_TOKENIZER };
+           OPT_REGISTRY, OPT_PRED, OPT_TEXT, OPT_CONTEXT, OPT_STRIDE, OPT_MAXNEW, OPT_TOKENIZER,
+           OPT_TOKENIZE, OPT_DETOKENIZE, OPT_NOSPECIAL };
     static const struct option opts[] = {
         {"model", required_argument, NULL, 'm'},
         {"adapter", required_argument, NULL, 'a'},
@@ -387,12 +419,15 @@ int main(int argc, char **argv)
         {"check-recovery", no_argument, NULL, OPT_RECOVERY},
         {"record", no_argument, NULL, OPT_RECORD},
         {"registry", required_argument, NULL, OPT_REGISTRY},
-        {"tokenizer", required_argument, NULL, OPT_TOKENIZER},
         {"predictions", required_argument, NULL, OPT_PRED},
         {"text", required_argument, NULL, OPT_TEXT},
         {"context", required_argument, NULL, OPT_CONTEXT},
         {"stride", required_argument, NULL, OPT_STRIDE},
         {"max-new-tokens", required_argument, NULL, OPT_MAXNEW},
+        {"tokenize", no_argument, NULL, OPT_TOKENIZE},
+        {"detokenize", no_argument, NULL, OPT_DETOKENIZE},
+        {"tokenizer", required_argument, NULL, OPT_TOKENIZER},
+        {"no-special", no_argument, NULL, OPT_NOSPECIAL},
         {"threads", required_argument, NULL, 'j'},
         {"json", no_argument, NULL, OPT_JSON},
         {"quiet", no_argument, NULL, 'q'},
@@ -401,7 +436,7 @@ int main(int argc, char **argv)
         {NULL, 0, NULL, 0}};
     const char *model_dir = NULL, *adapter = NULL, *data = NULL, *mode_s = NULL;
     const char *reg_path = NULL, *tok_path = NULL;
-    int record = 0;
+    int record = 0, tokenize = 0, detokenize = 0, no_special = 0;
     const char *keys[17] = {0};
     int nkeys = 0, json = 0, quiet = 0, threads = 1, no_verify = 0, recovery = 0;
     double min_acc = -1;
@@ -440,7 +475,6 @@ int main(int argc, char **argv)
         case OPT_RECOVERY: recovery = 1; break;
         case OPT_RECORD: record = 1; break;
         case OPT_REGISTRY: reg_path = optarg; break;
-        case OPT_TOKENIZER: tok_path = optarg; break;
         case OPT_PRED: pred_path = optarg; break;
         case OPT_TEXT: text_path = optarg; break;
         case OPT_CONTEXT:
@@ -460,6 +494,10 @@ int main(int argc, char **argv)
                 maxnew = (size_t)v;
             break;
         }
+        case OPT_TOKENIZE: tokenize = 1; break;
+        case OPT_DETOKENIZE: detokenize = 1; break;
+        case OPT_TOKENIZER: tok_path = optarg; break;
+        case OPT_NOSPECIAL: no_special = 1; break;
         case 'j': {
             errno = 0;
             long v = strtol(optarg, &end, 10);
@@ -486,6 +524,18 @@ int main(int argc, char **argv)
     }
     if (optind < argc)
         return usage_err("unexpected argument (every input is named by an option)");
+    if (tokenize || detokenize) {
+        if (tokenize && detokenize)
+            return usage_err("--tokenize and --detokenize exclude each other");
+        if (!tok_path && !model_dir)
+            return usage_err("--tokenize and --detokenize need --tokenizer PATH or --model DIR");
+        if (adapter || mode_s || min_acc >= 0 || limit || record || recovery || json ||
+            pred_path || text_path || context || stride)
+            return usage_err("--tokenize and --detokenize take only --tokenizer, --model, --data and --no-special");
+        return tokenize_main(tok_path ? tok_path : model_dir, data, detokenize, !no_special);
+    }
+    if (no_special)
+        return usage_err("--no-special goes with --tokenize or --detokenize");
     if (!model_dir)
         return usage_err("--model DIR is required");
     if (recovery) {
