@@ -79,6 +79,14 @@ expect 3 lora-eval --model "$G" --data "$D"
 expect_err "data\.jsonl:1: text needs the model's tokenizer \(tokenizer\.json in .*, or --tokenizer PATH\)"
 expect 3 lora-eval --model "$G" --tokenizer "$T/none" --data "$D"
 expect_err '^lora-eval: '
+# another model's tokenizer
+LT="$FIXTURES/tokenizers/llama3"
+if [ -d "$LT" ]; then
+    expect 3 lora-eval --model "$G" --tokenizer "$LT" --data "$D"
+    expect_err 'the tokenizer has 128256 ids, the model only 50257: it is not this model.s tokenizer'
+    expect 3 lora-eval --model "$G" --tokenizer "$LT" --text "$TOP_SRCDIR/tests/fixtures/text-eval/text.txt"
+    expect_err 'not this model.s tokenizer'
+fi
 # a bad line still fails with its number, and no predictions file appears
 { head -n 2 "$D"; printf '{"prompt":"x","choices":["a"],"label":1}\n'; } > "$T/bad.jsonl"
 expect 3 lora-eval --model "$T/gpt2" --data "$T/bad.jsonl" --predictions "$T/bad-p.jsonl"

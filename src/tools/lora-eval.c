@@ -206,6 +206,20 @@ static int open_tokenizer(const char *path, const char *model_dir, lora_tokenize
     return rc;
 }
 
+/* A tokenizer with more ids than the model has rows of logits is not
+ * this model's (a Llama 3 tokenizer on a GPT-2, say): say so once
+ * rather than "id outside the vocabulary" on some line. */
+static int tokenizer_fits(const lora_tokenizer *tok, const lora_model_config *cfg, lora_error *err)
+{
+    size_t tv = lora_tokenizer_vocab_size(tok);
+    if (tv <= cfg->vocab)
+        return LORA_OK;
+    snprintf(err->msg, sizeof err->msg,
+             "the tokenizer has %zu ids, the model only %llu: it is not this model's tokenizer "
+             "(--tokenizer PATH names another)", tv, (unsigned long long)cfg->vocab);
+    return err->code = LORA_EINPUT;
+}
+
 /* Read all of a text file ("-": stdin) for --text. */
 static int slurp(const char *path, char **buf, size_t *len, lora_error *err)
 {
@@ -266,6 +280,8 @@ static int text_main(const char *model_dir, const char *tok_path, const char *ad
     int rc = lora_model_open(model_dir, &m, &err);
     if (rc == LORA_OK)
         rc = open_tokenizer(tok_path, model_dir, &tok, &err);
+    if (rc == LORA_OK)
+        rc = tokenizer_fits(tok, lora_model_cfg(m), &err);
     if (rc == LORA_OK)
         rc = slurp(path, &buf, &len, &err);
     if (rc == LORA_OK && adapter && (rc = lora_adapter_load(adapter, so, &ad, &err)) == LORA_OK)
@@ -623,6 +639,8 @@ int main(int argc, char **argv)
             fprintf(stderr, "%s: %s:%zu: %s\n", prog, data, ds->first_text_line, err.msg);
             goto out;
         }
+        if ((rc = tokenizer_fits(tok, cfg, &err)) != LORA_OK)
+            goto fail;
         codec = codec_of(tok);
         if ((rc = lora_dataset_tokenize(ds, &codec, &err)) != LORA_OK) {
             fprintf(stderr, "%s: %s: %s\n", prog, strcmp(data, "-") == 0 ? "stdin" : data, err.msg);
