@@ -16,7 +16,10 @@
  *    max(1, ...)); 0 when no unigram matches at all; an order with no
  *    match contributes log(DBL_MIN) (sys.float_info.min) instead of
  *    -inf; brevity penalty 1 when c > r, 0 when c = 0, else exp(1 - r/c);
- *  - ROUGE-N / ROUGE-L: per item, after ASCII lower-casing, precision =
+ *  - ROUGE-N / ROUGE-L: per item, after lower-casing (each code point's
+ *    simple lower case, utf8proc_tolower: Python's str.lower() but for
+ *    the few characters whose lower case is several; bytes that are not
+ *    UTF-8 stay as they are), precision =
  *    overlap / max(1, hypothesis count), recall = overlap / max(1,
  *    reference count), F1 = 2PR / (P + R), 0 when P + R = 0 (the
  *    rouge_score package's conventions); ROUGE-L's overlap is the length
@@ -28,6 +31,7 @@
 #include <float.h>
 #include <math.h>
 #include <string.h>
+#include <utf8proc.h>
 
 /* Longest hypothesis or reference handled, in tokens (ROUGE-L's LCS is
  * quadratic in time, linear in memory). */
@@ -59,12 +63,23 @@ static int split(const char *text, int lower, const char *what, toks *t, lora_er
     size_t L = strlen(text);
     const char *src = text;
     if (lower) {
-        if (!(t->low = malloc(L + 1)))
+        /* a lower case is at most 3/2 as long in UTF-8 (2 -> 3 bytes) */
+        if (L > (SIZE_MAX - 1) / 2 || !(t->low = malloc(2 * L + 1)))
             return lora_oom(err);
-        for (size_t i = 0; i <= L; i++) {
-            unsigned char c = (unsigned char)text[i];
-            t->low[i] = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+        size_t o = 0;
+        for (size_t i = 0; i < L;) {
+            utf8proc_int32_t cp;
+            utf8proc_ssize_t k = utf8proc_iterate((const utf8proc_uint8_t *)text + i,
+                                                  (utf8proc_ssize_t)(L - i), &cp);
+            if (k <= 0) {
+                t->low[o++] = text[i++];
+                continue;
+            }
+            o += (size_t)utf8proc_encode_char(utf8proc_tolower(cp), (utf8proc_uint8_t *)t->low + o);
+            i += (size_t)k;
         }
+        t->low[o] = 0;
+        L = o;
         src = t->low;
     }
     size_t n = 0;
