@@ -148,7 +148,18 @@ expect 0 lora-eval --model "$M/gpt2-base" -a reg:cls@1.0.0 --data "$T/fifo" --li
 wait
 jcheck "$T/out" '.recorded.dataset_hash == $h and .items == 5' --arg h "$DS_CLS"
 
-# ---- (f) usage errors ----
+# ---- (f) a registry of schema 1 (before mode and base_name) is migrated on open ----
+if command -v sqlite3 >/dev/null 2>&1; then
+    sqlite3 "$T/old.db" < "$TOP_SRCDIR/registry/0001-initial.sql" && sqlite3 "$T/old.db" 'PRAGMA user_version = 1'
+    expect 0 lora-registry --registry "$T/old.db" evals --json
+    checks=$((checks + 1))
+    [ "$(sqlite3 "$T/old.db" "PRAGMA user_version")" -ge 2 ] || fail "schema 1 was not migrated"
+    checks=$((checks + 1))
+    sqlite3 "$T/old.db" 'SELECT mode, base_name FROM evals' >/dev/null 2>&1 ||
+        fail "no mode and base_name columns after the migration"
+fi
+
+# ---- (g) usage errors ----
 expect 2 sh -c "lora-eval --model '$M/gpt2-base' -a reg:cls@1.0.0 --data - --record \
     --registry '$R' < '$CLS'"
 expect_err 'not stdin'
