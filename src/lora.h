@@ -1448,11 +1448,16 @@ int lora_dataset_load(const char *path, uint64_t vocab, lora_dataset **out, lora
 void lora_dataset_free(lora_dataset *ds);
 
 /* Evaluation.  Multiple choice: the choice with the highest summed
- * log-probability of its tokens given the prompt wins (ties: the first).
- * Generation: correct when greedy decoding (KV cache, argmax, ties to
- * the lowest id) reproduces the target exactly; its NLL is that of the
- * target under teacher forcing.  NLL and log-probabilities are computed
- * in double from the F32 logits. */
+ * log-probability of its scored tokens (past choice_skip) given the
+ * prompt wins (ties: the first).  Generation: greedy decoding (KV cache,
+ * argmax, ties to the lowest id) after the prompt and target_skip
+ * tokens; correct when its text equals the target's up to surrounding
+ * whitespace (text: decoded through opts->codec, required for a text
+ * target; ids: the ids in decimal), which for ids means the same ids;
+ * its NLL is that of the scored target tokens under teacher forcing.
+ * The text metrics are metrics.c's.  NLL and log-probabilities are
+ * computed in double from the F32 logits.  A data set with text must
+ * have been through lora_dataset_tokenize. */
 typedef struct lora_eval_opts {
     int mode;                  /* LORA_MODE_* */
     int compare_mode;          /* -1: none; else a second mode run on each item

@@ -332,7 +332,7 @@ void lora_eval_result_free(lora_eval_result *res)
 /* Check the items to evaluate (lengths, ids against the vocabulary, text
  * tokenized) and size the buffers. */
 static int plan(const lora_dataset *ds, size_t n, const lora_model_config *c, size_t maxnew,
-                size_t *cap, size_t *maxc, size_t *maxt, lora_error *err)
+                const lora_text_codec *tc, size_t *cap, size_t *maxc, size_t *maxt, lora_error *err)
 {
     uint64_t V = c->vocab;
     *cap = 0;
@@ -369,6 +369,10 @@ static int plan(const lora_dataset *ds, size_t n, const lora_model_config *c, si
         if (bad != -1)
             return lora_seterr(err, LORA_EINPUT, "line %zu: token id %ld is outside the vocabulary (0..%llu)",
                                it->line, (long)bad, (unsigned long long)V - 1);
+        if (it->kind == LORA_ITEM_GENERATE && it->target_text && (!tc || !tc->decode))
+            return lora_seterr(err, LORA_EUSAGE,
+                               "line %zu: a text target needs a decoder for the generated ids",
+                               it->line);
         if (it->kind == LORA_ITEM_GENERATE) {
             /* room for the generation past the target */
             l = it->n_prompt + it->target_skip + (it->n_target - it->target_skip) + maxnew;
@@ -529,7 +533,7 @@ int lora_eval_run(lora_model *m, const lora_dataset *ds, const lora_eval_opts *o
     if (opts->limit && opts->limit < n)
         n = opts->limit;
     size_t cap, maxc, maxt;
-    int rc = plan(ds, n, c, e.maxnew, &cap, &maxc, &maxt, err);
+    int rc = plan(ds, n, c, e.maxnew, opts->codec, &cap, &maxc, &maxt, err);
     if (rc != LORA_OK)
         return rc;
     uint64_t lbytes, tbytes;
