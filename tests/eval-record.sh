@@ -148,10 +148,19 @@ expect 0 lora-eval --model "$M/gpt2-base" -a reg:cls@1.0.0 --data "$T/fifo" --li
 wait
 jcheck "$T/out" '.recorded.dataset_hash == $h and .items == 5' --arg h "$DS_CLS"
 
-# ---- (f) a registry of schema 1 (before mode and base_name) is migrated on open ----
+# ---- (f) a registry of schema 1 (before mode and base_name): read as it
+# is (mode and base_name null), migrated by the first writer ----
 if command -v sqlite3 >/dev/null 2>&1; then
     sqlite3 "$T/old.db" < "$TOP_SRCDIR/registry/0001-initial.sql" && sqlite3 "$T/old.db" 'PRAGMA user_version = 1'
+    sqlite3 "$T/old.db" "INSERT INTO adapters (id, name, version, v_major, v_minor, v_patch,
+        v_release, task, base_model, base_hash, r, alpha, hash, size, signer, trusted, added)
+        VALUES (1, 'x', '1.0.0', 1, 0, 0, 1, 't', NULL, 'b', 1, 1.0, 'h', 1, 'k', 1, 0);
+        INSERT INTO evals (adapter_id, base_hash, dataset_hash, dataset, metric, value, items,
+        time, tool_version) VALUES (1, 'b', 'd', 'ds', 'accuracy', 0.5, 10, 0, '0.1.0')" ||
+        fail "sqlite3 could not fill a schema-1 registry"
     expect 0 lora-registry --registry "$T/old.db" evals --json
+    jcheck "$T/out" 'length == 1 and .[0].mode == null and .[0].base_name == null and .[0].value == 0.5'
+    expect 0 lora-registry --registry "$T/old.db" trust "$T/k.pub"
     checks=$((checks + 1))
     [ "$(sqlite3 "$T/old.db" "PRAGMA user_version")" -ge 2 ] || fail "schema 1 was not migrated"
     checks=$((checks + 1))

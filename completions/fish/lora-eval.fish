@@ -20,7 +20,7 @@ complete -c lora-eval -l max-new-tokens -x -d 'generate up to the target length 
 complete -c lora-eval -l text -r -F -d 'perplexity of a plain text file'
 complete -c lora-eval -l context -x -d '--text window in tokens'
 complete -c lora-eval -l stride -x -d '--text window step'
-complete -c lora-eval -l tokenizer -r -F -d 'tokenizer.json or its folder'
+complete -c lora-eval -l any-base -d 'evaluate on a base other than the recorded one (warns)'
 complete -c lora-eval -l registry -r -F -d 'registry database'
 complete -c lora-eval -l tokenize -d 'JSONL text lines to token ids'
 complete -c lora-eval -l detokenize -d 'JSONL token ids to text'

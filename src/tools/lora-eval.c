@@ -57,6 +57,8 @@ static void usage(FILE *f)
             "                         detokenizing\n"
             "  -p, --pubkey FILE      minisign public key for .lora archives (repeatable)\n"
             "      --no-verify        open .lora archives without checking signatures\n"
+            "      --any-base         evaluate on a base other than the one the adapter's\n"
+            "                         archive records (warns; refused otherwise)\n"
             "      --record           write the metrics to the registry's evals table\n"
             "                         (the adapter must be registered)\n"
             "      --registry PATH    registry database (default: $LORA_REGISTRY, else\n"
@@ -263,8 +265,8 @@ static int slurp(const char *path, char **buf, size_t *len, lora_error *err)
 
 /* --text: perplexity of a plain text file, base and (with -a) adapted. */
 static int text_main(const char *model_dir, const char *tok_path, const char *adapter,
-                     const lora_source_opts *so, const char *path, size_t context, size_t stride,
-                     int json)
+                     const lora_source_opts *so, int any_base, const char *path, size_t context,
+                     size_t stride, int json)
 {
     lora_error err;
     lora_error_clear(&err);
@@ -284,8 +286,9 @@ static int text_main(const char *model_dir, const char *tok_path, const char *ad
         rc = tokenizer_fits(tok, lora_model_cfg(m), &err);
     if (rc == LORA_OK)
         rc = slurp(path, &buf, &len, &err);
-    if (rc == LORA_OK && adapter && (rc = lora_adapter_load(adapter, so, &ad, &err)) == LORA_OK)
-        rc = lora_model_attach(m, ad, 0, &err);
+    if (rc == LORA_OK && adapter && (rc = lora_adapter_load(adapter, so, &ad, &err)) == LORA_OK &&
+        (rc = lora_model_attach(m, ad, 0, &err)) == LORA_OK)
+        rc = lora_base_check(ad, lora_model_ckpt(m), any_base, prog, stderr, &err);
     /* the text as one sequence; a BOS the tokenizer adds starts it */
     if (rc == LORA_OK)
         rc = lora_tokenizer_encode(tok, buf, len, 1, &ids, &n, &err);
@@ -422,7 +425,7 @@ int main(int argc, char **argv)
     lora_tool_sigbus("lora-eval");
     enum { OPT_MODE = 256, OPT_MIN, OPT_LIMIT, OPT_JSON, OPT_NOVERIFY, OPT_RECOVERY, OPT_RECORD,
            OPT_REGISTRY, OPT_PRED, OPT_TEXT, OPT_CONTEXT, OPT_STRIDE, OPT_MAXNEW, OPT_TOKENIZER,
-           OPT_TOKENIZE, OPT_DETOKENIZE, OPT_NOSPECIAL };
+           OPT_TOKENIZE, OPT_DETOKENIZE, OPT_NOSPECIAL, OPT_ANYBASE };
     static const struct option opts[] = {
         {"model", required_argument, NULL, 'm'},
         {"adapter", required_argument, NULL, 'a'},
@@ -432,6 +435,7 @@ int main(int argc, char **argv)
         {"limit", required_argument, NULL, OPT_LIMIT},
         {"pubkey", required_argument, NULL, 'p'},
         {"no-verify", no_argument, NULL, OPT_NOVERIFY},
+        {"any-base", no_argument, NULL, OPT_ANYBASE},
         {"check-recovery", no_argument, NULL, OPT_RECOVERY},
         {"record", no_argument, NULL, OPT_RECORD},
         {"registry", required_argument, NULL, OPT_REGISTRY},
@@ -455,6 +459,7 @@ int main(int argc, char **argv)
     int record = 0, tokenize = 0, detokenize = 0, no_special = 0;
     const char *keys[17] = {0};
     int nkeys = 0, json = 0, quiet = 0, threads = 1, no_verify = 0, recovery = 0;
+    int any_base = 0;
     double min_acc = -1;
     size_t limit = 0;
     const char *pred_path = NULL, *text_path = NULL;
@@ -488,6 +493,7 @@ int main(int argc, char **argv)
             keys[nkeys++] = optarg;
             break;
         case OPT_NOVERIFY: no_verify = 1; break;
+        case OPT_ANYBASE: any_base = 1; break;
         case OPT_RECOVERY: recovery = 1; break;
         case OPT_RECORD: record = 1; break;
         case OPT_REGISTRY: reg_path = optarg; break;
@@ -560,7 +566,7 @@ int main(int argc, char **argv)
         if (data || mode_s || min_acc >= 0 || limit || record || pred_path || text_path)
             return usage_err("--check-recovery takes only --model, -a, --json, -j and key options");
         lora_source_opts so = {.pubkeys = nkeys ? keys : NULL, .no_verify = no_verify,
-                               .registry = reg_path, .warn = stderr};
+                               .registry = reg_path, .warn = stderr, .base = model_dir};
         return check_recovery(model_dir, adapter, &so, threads, json);
     }
     if (text_path) {
@@ -569,8 +575,9 @@ int main(int argc, char **argv)
         if (context && stride > context)
             return usage_err("--stride must not exceed --context");
         lora_source_opts so = {.pubkeys = nkeys ? keys : NULL, .no_verify = no_verify,
-                               .registry = reg_path, .warn = stderr};
-        return text_main(model_dir, tok_path, adapter, &so, text_path, context, stride, json);
+                               .registry = reg_path, .warn = stderr, .base = model_dir};
+        return text_main(model_dir, tok_path, adapter, &so, any_base, text_path, context, stride,
+                         json);
     }
     if (context || stride)
         return usage_err("--context and --stride go with --text");
@@ -649,7 +656,7 @@ int main(int argc, char **argv)
     }
     if (adapter) {
         lora_source_opts so = {.pubkeys = nkeys ? keys : NULL, .no_verify = no_verify,
-                               .registry = reg_path, .warn = stderr};
+                               .registry = reg_path, .warn = stderr, .base = model_dir};
         /* task: resolves again at load; load the row just found instead,
          * so that what is recorded is what was evaluated */
         char spec[sizeof ra_id + 4];
@@ -660,7 +667,8 @@ int main(int argc, char **argv)
         }
         if ((rc = lora_adapter_load(load, &so, &ad, &err)) != LORA_OK)
             goto fail;
-        if ((rc = lora_model_attach(m, ad, mode == LORA_MODE_MERGED, &err)) != LORA_OK)
+        if ((rc = lora_model_attach(m, ad, mode == LORA_MODE_MERGED, &err)) != LORA_OK ||
+            (rc = lora_base_check(ad, lora_model_ckpt(m), any_base, prog, stderr, &err)) != LORA_OK)
             goto fail;
     }
     tool_progress pg;
