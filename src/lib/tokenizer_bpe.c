@@ -242,7 +242,7 @@ int tk_merges_build(lora_tokenizer *t, json_t *merges, lora_error *err)
                              ia < 0 ? a : b);
             break;
         }
-        if (bl < plen || memcmp(b, t->cont_prefix, plen) != 0 || al + bl - plen > 2 * TK_MAX_TOKEN) {
+        if (bl < plen || (plen && memcmp(b, t->cont_prefix, plen) != 0) || al + bl - plen > 2 * TK_MAX_TOKEN) {
             rc = lora_seterr(err, LORA_EINPUT,
                              "model.merges[%zu]: the right token lacks the continuing_subword_prefix", i);
             break;

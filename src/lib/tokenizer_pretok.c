@@ -100,33 +100,34 @@ int tk_is_alnum(int32_t c)
 
 /* GPT-2's bytes_to_unicode: printable Latin-1 bytes stand for themselves,
  * the other 68 bytes for U+0100.. in byte order. */
+static int32_t byte_map[256];
+static int16_t char_map[256 + 68];
+static pthread_once_t byte_map_once = PTHREAD_ONCE_INIT;
+
+static void byte_map_init(void)
+{
+    int32_t n = 0;
+    for (int i = 0; i < 256 + 68; i++)
+        char_map[i] = -1;
+    for (int i = 0; i < 256; i++) {
+        int keep = (i >= '!' && i <= '~') || (i >= 0xA1 && i <= 0xAC) || (i >= 0xAE && i <= 0xFF);
+        byte_map[i] = keep ? i : 256 + n++;
+        char_map[byte_map[i]] = (int16_t)i;
+    }
+}
+
 int32_t tk_byte_char(unsigned char b)
 {
-    static int32_t map[256];
-    static int ready;
-    if (!__atomic_load_n(&ready, __ATOMIC_ACQUIRE)) {
-        int32_t tmp[256], n = 0;
-        for (int i = 0; i < 256; i++) {
-            int keep = (i >= '!' && i <= '~') || (i >= 0xA1 && i <= 0xAC) || (i >= 0xAE && i <= 0xFF);
-            tmp[i] = keep ? i : 256 + n++;
-        }
-        memcpy(map, tmp, sizeof map);
-        __atomic_store_n(&ready, 1, __ATOMIC_RELEASE);
-    }
-    return map[b];
+    pthread_once(&byte_map_once, byte_map_init);
+    return byte_map[b];
 }
 
 int tk_char_byte(int32_t c)
 {
     if (c < 0 || c >= 256 + 68)
         return -1;
-    if (c >= 256) {
-        for (int b = 0; b < 256; b++)
-            if (tk_byte_char((unsigned char)b) == c)
-                return b;
-        return -1;
-    }
-    return tk_byte_char((unsigned char)c) == c ? c : -1;
+    pthread_once(&byte_map_once, byte_map_init);
+    return char_map[c];
 }
 
 /* ---- patterns ---- */
@@ -336,13 +337,8 @@ int tk_norm_parse(json_t *j, lora_tokenizer *t, lora_error *err)
     return norm_one(j, t, 0, err);
 }
 
-static int unicode_form(const char *s, size_t len, int kind, tk_buf *out, lora_error *err)
+static int unicode_form_run(const char *s, size_t len, int kind, tk_buf *out, lora_error *err)
 {
-    size_t i = 0;
-    while (i < len && !(s[i] & 0x80))
-        i++;
-    if (i == len)   /* ASCII is in every normal form */
-        return tk_buf_add(out, s, len, err);
     int opt = UTF8PROC_STABLE;
     opt |= (kind == TK_N_NFC || kind == TK_N_NFKC) ? UTF8PROC_COMPOSE : UTF8PROC_DECOMPOSE;
     if (kind == TK_N_NFKC || kind == TK_N_NFKD)
@@ -358,6 +354,32 @@ static int unicode_form(const char *s, size_t len, int kind, tk_buf *out, lora_e
     }
     int rc = tk_buf_add(out, dst, (size_t)n, err);
     free(dst);
+    return rc;
+}
+
+/* ASCII is in every normal form, and no ASCII character composes with
+ * what comes before it: only the runs of non-ASCII characters, each with
+ * the one character before it (a starter they may compose with), go
+ * through utf8proc. */
+static int unicode_form(const char *s, size_t len, int kind, tk_buf *out, lora_error *err)
+{
+    size_t i = 0, done = 0;
+    int rc = LORA_OK;
+    while (rc == LORA_OK && i < len) {
+        if (!(s[i] & 0x80)) {
+            i++;
+            continue;
+        }
+        size_t start = i > done ? i - 1 : i, end = i;
+        while (end < len && (s[end] & 0x80))
+            end++;
+        rc = tk_buf_add(out, s + done, start - done, err);
+        if (rc == LORA_OK)
+            rc = unicode_form_run(s + start, end - start, kind, out, err);
+        done = i = end;
+    }
+    if (rc == LORA_OK)
+        rc = tk_buf_add(out, s + done, len - done, err);
     return rc;
 }
 
