@@ -114,4 +114,6 @@ expect 2 lora-eval --model "$M/gpt2-base" --data "$M/data/reverse.jsonl" extra
 expect 2 lora-eval --model "$M/gpt2-base" --data "$M/data/reverse.jsonl" --context 8
 expect 2 lora-eval --model "$M/gpt2-base" --text "$M/data/reverse.jsonl" --limit 3
 expect 2 lora-eval --model "$M/gpt2-base" --data "$M/data/reverse.jsonl" --max-new-tokens x
+expect 2 lora-eval --model "$M/gpt2-base" --data "$M/data/reverse.jsonl" --predictions - --json
+expect_err 'both write standard output'
 done_testing

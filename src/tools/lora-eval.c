@@ -581,6 +581,8 @@ int main(int argc, char **argv)
     }
     if (context || stride)
         return usage_err("--context and --stride go with --text");
+    if (pred_path && json && strcmp(pred_path, "-") == 0)
+        return usage_err("--predictions - and --json would both write standard output");
     if (!data)
         return usage_err("--data FILE (or --text FILE) is required");
     if (record && !adapter)
