@@ -1157,8 +1157,11 @@ void lora_archive_file_hash(const lora_archive *ar, unsigned char out[LORA_HASH_
 const void *lora_archive_member(const lora_archive *ar, const char *name, uint64_t *size);
 /* Data offset of a member in the file (uncompressed archives), or -1. */
 int64_t lora_archive_member_offset(const lora_archive *ar, const char *name);
-/* Write every payload member into dir (created if missing) as regular
- * files, each atomically; refuses existing files unless force. */
+/* Write every payload member into a new folder beside dir, then put it
+ * in dir's place in one rename (an exchange when dir exists): dir holds
+ * one archive's members or another's, never a mix, whatever fails.
+ * dir may be absent or empty; with force a folder holding only what an
+ * extraction writes is replaced; anything else: LORA_EUSAGE. */
 int lora_archive_extract(const lora_archive *ar, const char *dir, int force, lora_error *err);
 void lora_archive_close(lora_archive *ar);
 /* Open (and verify, as lora_archive_open) an archive and load its
