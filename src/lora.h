@@ -1740,7 +1740,15 @@ void lora_recovery_free(lora_recovery *r, size_t n);
  * to Hugging Face tokenizers.  Anything else (WordPiece, Unigram, an
  * unknown normalizer, pre-tokenizer, post-processor or decoder) is
  * refused, LORA_EINPUT naming the component.  A tokenizer is read-only
- * after open; encode and decode may run from several threads. */
+ * after open; encode and decode may run from several threads.
+ * Special tokens (add_special): the post_processor's template, with
+ * tokenizer_config.json's add_bos_token / add_eos_token overriding it
+ * and Llama 3's <|begin_of_text|> added when it is the bos_token (the
+ * first Llama 3 tokenizer.json lacks the template).  bos/eos: the
+ * config's bos_token / eos_token, else the template's.  vocab_size: the
+ * highest id + 1 (the number of tokens, added ones included, when the
+ * ids are dense as in every real tokenizer).  Invalid UTF-8 text and
+ * ids outside the vocabulary are refused (LORA_EINPUT). */
 typedef struct lora_tokenizer lora_tokenizer;
 /* PATH: a tokenizer.json file or a folder holding tokenizer.json (and optionally tokenizer_config.json). */
 int lora_tokenizer_open(const char *path, lora_tokenizer **out, lora_error *err);

@@ -132,6 +132,7 @@ START_TEST(gpt2)
     lora_tokenizer *tok = open_fixture("gpt2");
     ck_assert_uint_eq(fixture_cases(tok, "gpt2"), 46);
     ck_assert_uint_eq(committed_cases(tok, "gpt2", -1), 71);
+    ck_assert_uint_eq(committed_cases(tok, "gpt2-random", -1), 400);
     ck_assert_uint_eq(lora_tokenizer_vocab_size(tok), 50257);
     ck_assert_int_eq(lora_tokenizer_bos(tok), 50256);
     ck_assert_int_eq(lora_tokenizer_eos(tok), 50256);
@@ -146,6 +147,7 @@ START_TEST(llama3)
     /* add_special: <|begin_of_text|> first (tokenizers itself adds nothing
      * with this first-release tokenizer.json; see tokenizer.c) */
     ck_assert_uint_eq(committed_cases(tok, "llama3", 128000), 71);
+    ck_assert_uint_eq(committed_cases(tok, "llama3-random", 128000), 400);
     ck_assert_uint_eq(lora_tokenizer_vocab_size(tok), 128256);
     ck_assert_int_eq(lora_tokenizer_bos(tok), 128000);
     ck_assert_int_eq(lora_tokenizer_eos(tok), 128001);
@@ -157,6 +159,7 @@ START_TEST(qwen2)
 {
     lora_tokenizer *tok = open_fixture("qwen2");
     ck_assert_uint_eq(committed_cases(tok, "qwen2", -1), 71);
+    ck_assert_uint_eq(committed_cases(tok, "qwen2-random", -1), 400);
     ck_assert_uint_eq(lora_tokenizer_vocab_size(tok), 151669);
     ck_assert_int_eq(lora_tokenizer_bos(tok), -1);
     ck_assert_int_eq(lora_tokenizer_eos(tok), 151645);
