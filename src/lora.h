@@ -1377,6 +1377,8 @@ typedef struct lora_reg_eval {
     uint64_t items;       /* items evaluated */
     int64_t time;         /* unix seconds; 0 when recording: now */
     char *tool_version;   /* NULL when recording: this library's version */
+    char *mode;           /* "base", "unmerged", "merged", or NULL (unknown) */
+    char *base_name;      /* base model name for people, or NULL */
 } lora_reg_eval;
 
 /* Record one result for a registered adapter, in one transaction.
@@ -1388,6 +1390,34 @@ int lora_registry_record_eval(lora_registry *reg, const lora_reg_eval *ev, lora_
 int lora_registry_evals(lora_registry *reg, const char *adapter, lora_reg_eval **list,
                         size_t *n, lora_error *err);
 void lora_reg_evals_free(lora_reg_eval *list, size_t n);
+
+
+/* ---- section: text metrics (metrics.c) ---- */
+
+/* Corpus BLEU-4 exactly as NLTK 3.8's corpus_bleu (one reference per
+ * hypothesis, uniform weights, no smoothing), tokens split on ASCII
+ * whitespace.  Accumulate with lora_bleu_add, read with lora_bleu_score
+ * (NaN when no item was added, a value in [0, 1] otherwise). */
+typedef struct lora_bleu {
+    uint64_t match[4];         /* clipped n-gram matches, n = 1..4 */
+    uint64_t total[4];         /* hypothesis n-grams (at least 1 per item) */
+    uint64_t hyp_len, ref_len; /* tokens */
+    size_t items;
+} lora_bleu;
+
+void lora_bleu_init(lora_bleu *b);
+int lora_bleu_add(lora_bleu *b, const char *hyp, const char *ref, lora_error *err);
+double lora_bleu_score(const lora_bleu *b);
+
+/* ROUGE-1, ROUGE-2 and ROUGE-L (longest common subsequence) F1 of one
+ * hypothesis against one reference, whitespace tokens, lower-cased. */
+typedef struct lora_rouge_f1 {
+    double rouge1, rouge2, rougeL;
+} lora_rouge_f1;
+
+int lora_rouge(const char *hyp, const char *ref, lora_rouge_f1 *out, lora_error *err);
+/* 1 when equal after stripping surrounding whitespace, else 0. */
+int lora_exact_match(const char *hyp, const char *ref);
 
 
 /* ---- section: models and evaluation (model.c, dataset.c, eval.c) ---- */
@@ -1506,9 +1536,12 @@ int lora_run_forward(lora_run *r, const int32_t *tokens, size_t n, float *logits
                      size_t rows, lora_error *err);
 
 /* Data sets: JSONL, one item a line (blank lines skipped):
- *   multiple choice {"prompt":[ids], "choices":[[ids],...], "label":i}
- *   generation      {"prompt":[ids], "target":[ids]}
- * Unknown keys are refused (a typo must not silently change the task). */
+ *   multiple choice {"prompt":P, "choices":[C,...], "label":i}
+ *   generation      {"prompt":P, "target":T}
+ * where P, C and T are each text or a list of token ids.  Other keys are
+ * kept: "id" (any JSON value) is echoed into the predictions, the rest
+ * kept as a JSON object.  Text needs lora_dataset_tokenize before
+ * evaluation. */
 #define LORA_DS_MAX_LINE (1u << 20)       /* bytes per line */
 #define LORA_DS_MAX_TOKENS 65536u         /* ids per prompt, choice or target */
 #define LORA_DS_MAX_CHOICES 1024u
@@ -1527,13 +1560,54 @@ typedef struct lora_item {
     int32_t **choices;
     size_t *choice_len;
     size_t label;
+    /* text as given (NULL where ids were given); tokenized in place */
+    char *prompt_text;
+    char *target_text;
+    char **choice_text;        /* n_choices entries */
+    /* leading continuation tokens that are context, fed but not scored:
+     * the tokens from where prompt+continuation's encoding departs from
+     * the prompt's own to the end of the prompt's own tokens (0 unless a
+     * token straddles the boundary) */
+    size_t target_skip;
+    size_t *choice_skip;       /* n_choices entries */
+    char *id;                  /* the "id" value as compact JSON, or NULL */
+    char *extra;               /* other keys as a compact JSON object, or NULL */
 } lora_item;
 
 typedef struct lora_dataset {
     size_t n;
     lora_item *items;
     size_t max_len;            /* longest prompt + choice/target */
+    size_t text_items;         /* items with a text field */
+    size_t first_text_line;    /* line of the first, 0 when none */
+    int tokenized;             /* lora_dataset_tokenize ran */
+    unsigned char hash[LORA_HASH_BYTES]; /* BLAKE2b-256 of the bytes parsed */
 } lora_dataset;
+
+/* How text becomes token ids and back (a lora_tokenizer's functions, or
+ * a test's own): encode as lora_tokenizer_encode, decode as
+ * lora_tokenizer_decode, with ARG first. */
+typedef struct lora_text_codec {
+    void *arg;
+    int (*encode)(void *arg, const char *text, size_t len, int add_special, int32_t **ids,
+                  size_t *n, lora_error *err);
+    int (*decode)(void *arg, const int32_t *ids, size_t n, int skip_special, char **text,
+                  lora_error *err);
+    int32_t bos, eos;          /* -1: none */
+} lora_text_codec;
+
+/* Tokenize every text field, the lm-evaluation-harness way: a text
+ * prompt is encoded with the special tokens its post-processor adds
+ * (BOS as the tokenizer config says; a trailing EOS is dropped), its
+ * trailing whitespace moved to the front of text continuations; a text
+ * choice or target is scored as the tokens of encode(prompt +
+ * continuation) after the first len(encode(prompt)) tokens.  When a
+ * token straddles the boundary, the prompt fed is the prefix both
+ * encodings share and the tokens between it and len(encode(prompt))
+ * are fed as context (choice_skip, target_skip) but not scored.  A text
+ * continuation of an ids prompt is encoded alone without special
+ * tokens.  Errors are LORA_EINPUT "line N: problem". */
+int lora_dataset_tokenize(lora_dataset *ds, const lora_text_codec *tc, lora_error *err);
 
 /* Parse JSONL bytes.  vocab > 0: every id must be < vocab.  A bad line
  * is LORA_EINPUT "NAME:LINE: problem". */
@@ -1544,11 +1618,16 @@ int lora_dataset_load(const char *path, uint64_t vocab, lora_dataset **out, lora
 void lora_dataset_free(lora_dataset *ds);
 
 /* Evaluation.  Multiple choice: the choice with the highest summed
- * log-probability of its tokens given the prompt wins (ties: the first).
- * Generation: correct when greedy decoding (KV cache, argmax, ties to
- * the lowest id) reproduces the target exactly; its NLL is that of the
- * target under teacher forcing.  NLL and log-probabilities are computed
- * in double from the F32 logits. */
+ * log-probability of its scored tokens (past choice_skip) given the
+ * prompt wins (ties: the first).  Generation: greedy decoding (KV cache,
+ * argmax, ties to the lowest id) after the prompt and target_skip
+ * tokens; correct when its text equals the target's up to surrounding
+ * whitespace (text: decoded through opts->codec, required for a text
+ * target; ids: the ids in decimal), which for ids means the same ids;
+ * its NLL is that of the scored target tokens under teacher forcing.
+ * The text metrics are metrics.c's.  NLL and log-probabilities are
+ * computed in double from the F32 logits.  A data set with text must
+ * have been through lora_dataset_tokenize. */
 typedef struct lora_eval_opts {
     int mode;                  /* LORA_MODE_* */
     int compare_mode;          /* -1: none; else a second mode run on each item
@@ -1557,7 +1636,30 @@ typedef struct lora_eval_opts {
     /* called after each item (may be NULL): items done, items in all */
     void (*progress)(void *arg, size_t done, size_t total);
     void *progress_arg;
+    /* generation: greedy decoding stops at EOS (codec->eos), when the
+     * target is complete (the ids, or for text the text up to
+     * surrounding whitespace), or after target tokens + max_new_tokens
+     * tokens (lora-eval's default: 32), or at the model's last position */
+    size_t max_new_tokens;
+    const lora_text_codec *codec; /* decodes generations of text items (may be NULL) */
+    int keep_predictions;      /* fill res->preds */
 } lora_eval_opts;
+
+/* One item's outcome (lora_eval_opts.keep_predictions). */
+typedef struct lora_prediction {
+    size_t item;               /* index in the data set */
+    int correct;
+    double nll;                /* summed over the scored target tokens */
+    uint64_t nll_tokens;
+    size_t predicted;          /* multiple choice: the winning choice */
+    double *logprobs;          /* multiple choice: each choice's summed log-prob */
+    int32_t *ids;              /* generation: generated ids (EOS excluded) */
+    size_t n_ids;
+    char *text;                /* generation: generated text (ids data: the ids
+                                  in decimal, space-separated) */
+    char *reference;           /* generation: what text was compared with */
+    lora_rouge_f1 rouge;
+} lora_prediction;
 
 typedef struct lora_eval_result {
     size_t items, correct;
@@ -1575,7 +1677,38 @@ typedef struct lora_eval_result {
     double max_abs_dlogit;     /* largest |Δlogit| at every scored position */
     size_t disagreements;      /* items whose prediction differs */
     size_t first_disagreement; /* line of the first, 0 when none */
+    /* the paper's metrics: NaN when no item has them */
+    double choice_accuracy;    /* choice_correct / choice_items */
+    double exact_match;        /* gen_correct / gen_items */
+    double bleu;               /* corpus BLEU-4 over the generations */
+    double rouge1, rouge2, rougeL; /* mean per-item F1 */
+    double perplexity;         /* exp(mean_nll) */
+    lora_prediction *preds;    /* keep_predictions: one per item evaluated */
 } lora_eval_result;
+
+void lora_eval_result_free(lora_eval_result *res);
+
+/* Write res's predictions as JSONL to PATH (atomically; "-": standard
+ * output): one line per item, {"id" (when the item had one), "line",
+ * multiple choice: "predicted", "label", "logprobs"; generation: "text",
+ * "ids", "target", "rouge1/2/L"; "correct", "nll", "nll_tokens"}. */
+int lora_eval_write_predictions(const char *path, const lora_dataset *ds,
+                                const lora_eval_result *res, lora_error *err);
+
+/* Perplexity of a token sequence (lora-eval --text), the Hugging Face
+ * sliding-window recipe: windows of CONTEXT tokens starting every STRIDE
+ * tokens (stride <= context); each window scores the tokens past the
+ * previous window's end, so every token but the first is scored once,
+ * with up to context - stride tokens of context before it. */
+typedef struct lora_ppl_result {
+    double nll_sum;
+    uint64_t tokens;           /* scored */
+    double mean_nll, perplexity;
+    size_t windows;
+} lora_ppl_result;
+
+int lora_eval_perplexity(lora_model *m, int mode, const int32_t *ids, size_t n, size_t context,
+                         size_t stride, lora_ppl_result *res, lora_error *err);
 
 int lora_eval_run(lora_model *m, const lora_dataset *ds, const lora_eval_opts *opts,
                   lora_eval_result *res, lora_error *err);
@@ -1587,15 +1720,18 @@ int lora_eval_run(lora_model *m, const lora_dataset *ds, const lora_eval_opts *o
  * archive: LORA_EINPUT saying so. */
 int lora_eval_registered(lora_registry *reg, const char *spec, lora_reg_adapter **out,
                          lora_error *err);
-/* Record a finished evaluation of A's adapter AD (attached to M) as two
- * eval rows with the same time: "accuracy" (res->accuracy) and "nll"
- * (res->mean_nll, mean NLL per scored token; left out when no token
- * was scored), items = res->items, base hash = lora_base_hash(AD, M's
+/* Record a finished evaluation of A's adapter AD (attached to M): one
+ * eval row per metric that has items, all with the same time:
+ * "accuracy" (multiple choice), "exact_match", "bleu", "rouge1",
+ * "rouge2", "rougeL" (generation), "nll" (mean per scored token) and
+ * "perplexity"; items = res->items, base hash = lora_base_hash(AD, M's
  * checkpoint) in hex, data set hash DATASET_HASH (hex BLAKE2b-256 of
- * the data file) and name DATASET.  *recorded (optional): rows written
- * (each row is its own transaction). */
+ * the data bytes) and name DATASET, MODE ("unmerged", "merged") and
+ * BASE_NAME (may be NULL).  *recorded (optional): rows written (each row
+ * is its own transaction). */
 int lora_eval_record(lora_registry *reg, const lora_reg_adapter *a, const lora_model *m,
                      const lora_adapter *ad, const char *dataset_hash, const char *dataset,
+                     const char *mode, const char *base_name,
                      const lora_eval_result *res, size_t *recorded, lora_error *err);
 
 /* Exact recovery of W0: for every weight the adapter changes, merge in
