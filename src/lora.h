@@ -1623,6 +1623,10 @@ void lora_gguf_adapter_free(lora_gguf_adapter *ga);
 /* The scale llama.cpp applies to a pair at user scale 1: alpha / r, or
  * 1 when alpha is 0 (llama_adapter_lora_weight::get_scale, in float). */
 double lora_gguf_pair_scale(const lora_gguf_adapter *ga, const lora_gguf_pair *p);
+/* lora-inspect's report on a GGUF adapter: architecture, alpha, ranks
+ * and their scales, modules, parameters, bytes; human text or one JSON
+ * object (fields: lora-convert(1), INSPECTING), malloc'd, ending in a newline. */
+char *lora_gguf_adapter_report(const lora_gguf_adapter *ga, int json, lora_error *err);
 
 /* Conversions (convert.c). */
 typedef struct lora_convert_opts {
