@@ -853,6 +853,84 @@ START_TEST(test_convert_refusals)
 }
 END_TEST
 
+/* A GGUF file that is not the adapter llama.cpp would load is refused
+ * with llama.cpp's reason. */
+static void write_adapter_gguf(const char *path, const char *gtype, int alpha_u32,
+                               const char *t1, const uint64_t *ne1, const char *t2,
+                               const uint64_t *ne2)
+{
+    lora_ggw *w;
+    lora_error e;
+    unlink(path);
+    ck_assert_int_eq(lora_ggw_new(path, 0, &w, &e), LORA_OK);
+    ck_assert_int_eq(lora_ggw_kv_str(w, "general.architecture", "llama", &e), LORA_OK);
+    if (gtype)
+        ck_assert_int_eq(lora_ggw_kv_str(w, "general.type", gtype, &e), LORA_OK);
+    ck_assert_int_eq(lora_ggw_kv_str(w, "adapter.type", "lora", &e), LORA_OK);
+    if (alpha_u32)
+        ck_assert_int_eq(lora_ggw_kv_u32(w, "adapter.lora.alpha", 8, &e), LORA_OK);
+    ck_assert_int_eq(lora_ggw_declare(w, t1, LORA_GGML_F32, 2, ne1, &e), LORA_OK);
+    if (t2)
+        ck_assert_int_eq(lora_ggw_declare(w, t2, LORA_GGML_F32, 2, ne2, &e), LORA_OK);
+    ck_assert_int_eq(lora_ggw_start(w, &e), LORA_OK);
+    static const float z[64];
+    ck_assert_int_eq(lora_ggw_write(w, t1, 0, z, (size_t)(ne1[0] * ne1[1] * 4), &e), LORA_OK);
+    if (t2)
+        ck_assert_int_eq(lora_ggw_write(w, t2, 0, z, (size_t)(ne2[0] * ne2[1] * 4), &e), LORA_OK);
+    ck_assert_msg(lora_ggw_commit(w, &e) == LORA_OK, "%s", e.msg);
+}
+
+START_TEST(test_gguf_adapter_refusals)
+{
+    char *tmp = tu_tmpdir(), *p = tu_path(tmp, "a.gguf");
+    uint64_t a[2] = {8, 2}, b[2] = {2, 4}, bad[2] = {3, 4};
+    static const struct {
+        const char *gtype;
+        int alpha_u32;
+        const char *t1, *t2;
+        int bad_b;
+        const char *msg;
+    } cases[] = {
+        {"adapter", 0, "blk.0.attn_q.weight.lora_a", "blk.0.attn_q.weight.lora_b", 0, NULL},
+        {NULL, 0, "blk.0.attn_q.weight.lora_a", "blk.0.attn_q.weight.lora_b", 0,
+         "not a LoRA adapter"},
+        {"model", 0, "blk.0.attn_q.weight.lora_a", "blk.0.attn_q.weight.lora_b", 0,
+         "general.type is \"model\""},
+        {"adapter", 1, "blk.0.attn_q.weight.lora_a", "blk.0.attn_q.weight.lora_b", 0,
+         "adapter.lora.alpha is of type u32"},
+        {"adapter", 0, "blk.0.attn_q.weight.lora_a", NULL, 0, "no .lora_b"},
+        {"adapter", 0, "blk.0.attn_q.weight.lora_a", "blk.0.attn_q.weight.lora_b", 1,
+         "lora_a has rank 2, lora_b 3"},
+        {"adapter", 0, "blk.0.attn_q.weight.lora_a", "blk.0.attn_q.weight.extra", 0,
+         "neither a .lora_a nor a .lora_b"},
+        {"adapter", 0, "blk.0.attn_q.weight.lora_a", "blk.0.attn_norm.weight", 0, "no .lora_b"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        write_adapter_gguf(p, cases[i].gtype, cases[i].alpha_u32, cases[i].t1, a, cases[i].t2,
+                           cases[i].bad_b ? bad : b);
+        lora_gguf_adapter *ga = NULL;
+        lora_error e;
+        int rc = lora_gguf_adapter_open(p, &ga, &e);
+        if (!cases[i].msg) {
+            ck_assert_msg(rc == LORA_OK, "%s", e.msg);
+            ck_assert_uint_eq(ga->n, 1);
+            ck_assert_uint_eq(ga->pairs[0].r, 2);
+            ck_assert_uint_eq(ga->pairs[0].in, 8);
+            ck_assert_uint_eq(ga->pairs[0].out, 4);
+            ck_assert(lora_gguf_pair_scale(ga, &ga->pairs[0]) == 1.0); /* no alpha: scale 1 */
+            lora_gguf_adapter_free(ga);
+        } else {
+            ck_assert_int_eq(rc, LORA_EINPUT);
+            ck_assert_msg(strstr(e.msg, cases[i].msg), "case %zu: \"%s\" lacks \"%s\"", i, e.msg,
+                          cases[i].msg);
+        }
+    }
+    tu_rmtree(tmp);
+    free(tmp);
+    free(p);
+}
+END_TEST
+
 /* The real llama GGUF (F16 + F32, vocab 32000 tokens as a string array). */
 START_TEST(test_real_gguf)
 {
@@ -967,6 +1045,7 @@ int main(void)
     tcase_add_test(tc, test_convert_outtypes);
     tcase_add_test(tc, test_convert_gpt2);
     tcase_add_test(tc, test_convert_refusals);
+    tcase_add_test(tc, test_gguf_adapter_refusals);
     suite_add_tcase(s, tc);
     if (tu_fixtures()) {
         TCase *real = tcase_create("real");
