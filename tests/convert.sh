@@ -116,4 +116,17 @@ checks=$((checks + 1))
 checks=$((checks + 1))
 ls "$T" | grep -q 'tmp-' && fail "temporaries left behind: $(ls "$T" | grep tmp-)"
 
+# ---- disk full (ulimit -f; SIGXFSZ ignored so write() fails): exit 4,
+# nothing under the final name, no temporary left ----
+mkdir "$T/full"
+run sh -c "trap '' XFSZ; ulimit -f 8; exec lora-convert '$LQ' --base '$M/llama-base' -o '$T/full/f.gguf'"
+checks=$((checks + 1))
+[ "$rc" -eq 4 ] || fail "disk full (GGUF): exit $rc, not 4"
+expect_err '^lora-convert: .*(File too large|write)'
+run sh -c "trap '' XFSZ; ulimit -f 8; exec lora-convert '$T/l.gguf' -o '$T/full/p'"
+checks=$((checks + 1))
+[ "$rc" -eq 4 ] || fail "disk full (PEFT): exit $rc, not 4"
+checks=$((checks + 1))
+[ -z "$(ls -A "$T/full")" ] || fail "disk full left: $(ls -A "$T/full")"
+
 done_testing
