@@ -99,6 +99,13 @@ expect_err 'model\.layers\.0\.self_attn\.k_proj: no GGUF tensor .*phi3.*--skip-u
 # tied embeddings: lm_head has no output tensor (gemma2 ties by default)
 printf '{"model_type": "gemma2", "num_attention_heads": 4}\n' > "$T/gemma2.json"
 expect 0 lora-convert "$LQ" --base "$T/gemma2.json" -o "$T/gemma.gguf" -q
+# an activated LoRA: its invocation tokens would be lost, so refused
+variant_dir="$T/alora"
+mkdir "$variant_dir" && cp "$LQ/adapter_model.safetensors" "$variant_dir/"
+sed 's/"use_rslora": false/"use_rslora": false, "alora_invocation_tokens": [1, 2]/' \
+    "$LQ/adapter_config.json" > "$variant_dir/adapter_config.json"
+expect 3 lora-convert "$variant_dir" --base "$M/llama-base" -o "$T/alora.gguf"
+expect_err 'activated LoRA'
 # corrupted and truncated GGUF inputs
 head -c 1000 "$T/l.gguf" > "$T/trunc.gguf"
 expect 3 lora-convert "$T/trunc.gguf" -o "$T/x"

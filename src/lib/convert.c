@@ -347,6 +347,26 @@ static int refuse_existing(const char *out, int overwrite, lora_error *err)
     return LORA_OK;
 }
 
+/* Activated LoRA (PEFT's alora_invocation_tokens, llama.cpp's
+ * adapter.alora.invocation_tokens) changes when the adapter applies;
+ * carrying it over is not implemented, and dropping it would change the
+ * adapter's behaviour in silence. */
+static int refuse_alora(const lora_adapter *ad, lora_error *err)
+{
+    if (!ad->config_json)
+        return LORA_OK;
+    json_t *root = json_loads(ad->config_json, 0, NULL);
+    json_t *t = json_object_get(root, "alora_invocation_tokens");
+    json_t *s = json_object_get(root, "invocation_string");
+    int alora = (t && !json_is_null(t)) || (s && !json_is_null(s));
+    json_decref(root);
+    if (alora)
+        return lora_seterr(err, LORA_EINPUT,
+                           "%s: an activated LoRA (alora_invocation_tokens): not supported by "
+                           "lora-convert", ad->path);
+    return LORA_OK;
+}
+
 int lora_convert_to_gguf(const lora_adapter *ad, const char *out, const lora_convert_opts *o,
                          lora_convert_report *rep, lora_error *err)
 {
@@ -361,6 +381,8 @@ int lora_convert_to_gguf(const lora_adapter *ad, const char *out, const lora_con
     int rc = refuse_existing(out, o->overwrite, err);
     if (!rc)
         rc = read_base_config(o->base, &arch, err);
+    if (!rc)
+        rc = refuse_alora(ad, err);
     if (!rc)
         rc = plan_modules(ad, &arch, o, rep, &p, &n, err);
     if (rc)
@@ -692,6 +714,10 @@ int lora_convert_to_peft(const char *gguf, const char *out, const lora_convert_o
     int rc = refuse_existing(out, o->overwrite, err);
     if (!rc)
         rc = lora_gguf_adapter_open(gguf, &ga, err);
+    if (!rc && lora_gguf_find_kv(ga->g, "adapter.alora.invocation_tokens"))
+        rc = lora_seterr(err, LORA_EINPUT,
+                         "%s: an activated LoRA (adapter.alora.invocation_tokens): not supported "
+                         "by lora-convert", gguf);
     if (!rc && !ga->architecture)
         rc = lora_seterr(err, LORA_EINPUT, "%s: general.architecture is missing", gguf);
     if (!rc && (rc = lora_gguf_arch_from_name(ga->architecture, &arch, err)))
