@@ -1630,8 +1630,10 @@ char *lora_gguf_adapter_report(const lora_gguf_adapter *ga, int json, lora_error
 
 /* Conversions (convert.c). */
 typedef struct lora_convert_opts {
-    const char *base;         /* folder with config.json (to GGUF: required;
-                                 to PEFT: optional, for llama's head counts) */
+    const char *base;         /* folder with config.json, that file, or a GGUF
+                                 model whose tensors modules are checked against
+                                 (to GGUF: required; to PEFT: optional, for
+                                 llama's head counts) */
     lora_dtype outtype;       /* F32, F16, BF16; INVALID: the input's dtype */
     int skip_unsupported;     /* leave out modules_to_save/bias/untranslatable
                                  modules (listed in the report) instead of refusing */

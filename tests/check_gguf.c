@@ -1004,6 +1004,73 @@ START_TEST(test_real_gguf)
 }
 END_TEST
 
+/* A GGUF model as --base: architecture, head counts and tied embeddings
+ * from the file, every module checked against the base tensor's shape. */
+START_TEST(test_real_gguf_base)
+{
+    char *g = tu_fixture("real/gguf-llama2-tiny-random/llama-2-tiny-random.gguf");
+    char *tmp = tu_tmpdir(), *ad = tu_path(tmp, "ad"), *out = tu_path(tmp, "o.gguf");
+    /* the fixture: hidden 8, 2 heads (head_dim 4), ffn 32, vocab 32000 */
+    mod m[5] = {
+        {"model.layers.0.self_attn.q_proj", 8, 8, 2, 0},
+        {"model.layers.0.self_attn.k_proj", 8, 8, 2, 0},
+        {"model.layers.0.mlp.down_proj", 8, 32, 2, 0},
+        {"model.embed_tokens", 8, 32000, 2, 1},
+        {"lm_head", 32000, 8, 2, 0},
+    };
+    write_peft(ad, "{\"peft_type\":\"LORA\",\"r\":2,\"lora_alpha\":4}", m, 5, LORA_DT_F32, 9);
+    lora_adapter *a;
+    lora_error e;
+    ck_assert_int_eq(lora_adapter_open(ad, &a, &e), LORA_OK);
+    lora_convert_opts o = {.base = g};
+    lora_convert_report rep;
+    ck_assert_msg(lora_convert_to_gguf(a, out, &o, &rep, &e) == LORA_OK, "%s", e.msg);
+    ck_assert_str_eq(rep.architecture, "llama");
+    ck_assert_uint_eq(rep.n_modules, 5);
+    lora_convert_report_free(&rep);
+    lora_gguf_adapter *ga;
+    ck_assert_int_eq(lora_gguf_adapter_open(out, &ga, &e), LORA_OK);
+    for (size_t i = 0; i < ga->n; i++) {
+        const lora_gguf_pair *p = &ga->pairs[i];
+        const lora_module *pm = NULL;
+        for (size_t k = 0; k < a->n_modules; k++) {
+            char nm[128];
+            lora_gguf_arch arch;
+            lora_gguf_arch_from_name("llama", &arch, &e);
+            lora_gguf_name_from_hf(&arch, a->modules[k].name, nm, sizeof nm);
+            if (strcmp(nm, p->name) == 0)
+                pm = &a->modules[k];
+        }
+        ck_assert_ptr_nonnull(pm);
+        int qk = strstr(p->name, "attn_q") || strstr(p->name, "attn_k");
+        double *x = peft_delta(pm), *y = gguf_delta(ga, p, qk ? 2 : 0);
+        ck_assert_msg(rel_diff(x, y, pm->out * pm->in) <= 1e-15, "%s", p->name);
+        free(x);
+        free(y);
+    }
+    lora_gguf_adapter_free(ga);
+    lora_adapter_free(a);
+    /* the wrong base: a 16 x 8 update cannot fit attn_q [8, 8] */
+    char *ad2 = tu_path(tmp, "ad2");
+    mod wrong[1] = {{"model.layers.0.self_attn.q_proj", 16, 8, 2, 0}};
+    write_peft(ad2, "{\"peft_type\":\"LORA\",\"r\":2,\"lora_alpha\":4}", wrong, 1,
+               LORA_DT_F32, 10);
+    ck_assert_int_eq(lora_adapter_open(ad2, &a, &e), LORA_OK);
+    unlink(out);
+    ck_assert_int_eq(lora_convert_to_gguf(a, out, &o, &rep, &e), LORA_EINPUT);
+    ck_assert_msg(strstr(e.msg, "does not fit the base's blk.0.attn_q.weight"), "%s", e.msg);
+    ck_assert_int_eq(access(out, F_OK), -1);
+    lora_convert_report_free(&rep);
+    lora_adapter_free(a);
+    tu_rmtree(tmp);
+    free(tmp);
+    free(ad);
+    free(ad2);
+    free(out);
+    free(g);
+}
+END_TEST
+
 /* Real adapters: Qwen2.5 q/v (GQA) and GPT-2 Conv1D, exact round trips. */
 START_TEST(test_real_adapters)
 {
@@ -1052,6 +1119,7 @@ int main(void)
         tcase_set_timeout(real, 120);
         tcase_add_test(real, test_real_gguf);
         tcase_add_test(real, test_real_adapters);
+        tcase_add_test(real, test_real_gguf_base);
         suite_add_tcase(s, real);
     } else {
         printf("SKIP: real GGUF and adapters (FIXTURES not set)\n");

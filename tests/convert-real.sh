@@ -20,6 +20,9 @@ expect 3 lora-inspect "$G"
 expect_err 'a GGUF file, but not a LoRA adapter'
 expect 3 lora-convert "$G" -o "$T/x"
 expect_err 'not a LoRA adapter'
+# the GGUF model as --base: the Qwen adapter does not fit it
+expect 3 lora-convert "$R/qwen2.5-0.5b-qv" --base "$G" -o "$T/x.gguf"
+expect_err 'does not fit the base.s blk\.0\.attn_q\.weight.*wrong base'
 
 for spec in "qwen2.5-0.5b-qv qbase 48" "gpt2-tigrinya-lora gbase 36"; do
     set -- $spec

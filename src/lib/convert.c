@@ -83,10 +83,64 @@ static int add_module(lora_convert_report *rep, const lora_convert_module *m, lo
     return LORA_OK;
 }
 
-static int read_base_config(const char *base, lora_gguf_arch *arch, lora_error *err)
+static int is_gguf_path(const char *path)
+{
+    unsigned char m[4];
+    FILE *f = fopen(path, "rb");
+    size_t n = f ? fread(m, 1, 4, f) : 0;
+    if (f)
+        fclose(f);
+    return lora_gguf_magic(m, n);
+}
+
+/* The base: a Hugging Face folder (or its config.json), or a GGUF model
+ * file, whose architecture, head counts and tensors (output.weight
+ * absent: tied embeddings) then come from the file.  *gbase (optional)
+ * keeps a GGUF base open for shape checks. */
+static int read_base_config(const char *base, lora_gguf_arch *arch, lora_gguf **gbase,
+                            lora_error *err)
 {
     char path[4096];
     struct stat sb;
+    if (gbase)
+        *gbase = NULL;
+    if (is_gguf_path(base)) {
+        lora_gguf *g;
+        int rc = lora_gguf_open(base, &g, err);
+        if (rc)
+            return rc;
+        const char *name = lora_gguf_get_str(g, "general.architecture");
+        const char *gt = lora_gguf_get_str(g, "general.type");
+        if (gt && strcmp(gt, "model") != 0)
+            rc = lora_seterr(err, LORA_EINPUT, "%s: general.type is \"%s\", not a model", base,
+                             gt);
+        else if (!name)
+            rc = lora_seterr(err, LORA_EINPUT, "%s: general.architecture is missing", base);
+        else if ((rc = lora_gguf_arch_from_name(name, arch, err)))
+            lora_err_prefix(err, "%s", base);
+        if (!rc) {
+            char key[96];
+            double h = 0, kv = 0;
+            snprintf(key, sizeof key, "%s.attention.head_count", arch->name);
+            lora_gguf_get_num(g, key, &h);
+            snprintf(key, sizeof key, "%s.attention.head_count_kv", arch->name);
+            if (lora_gguf_get_num(g, key, &kv) != 0)
+                kv = h;
+            if (h >= 1 && h <= 1 << 20 && kv >= 1 && kv <= 1 << 20) {
+                arch->heads = (uint64_t)h;
+                arch->kv_heads = (uint64_t)kv;
+            } else if (arch->permute_qk) {
+                rc = lora_seterr(err, LORA_EINPUT, "%s: %s.attention.head_count is missing", base,
+                                 arch->name);
+            }
+            arch->tied = lora_gguf_find_tensor(g, "output.weight") == NULL;
+        }
+        if (rc || !gbase)
+            lora_gguf_close(g);
+        else
+            *gbase = g;
+        return rc;
+    }
     if (stat(base, &sb) == 0 && S_ISDIR(sb.st_mode))
         snprintf(path, sizeof path, "%s/config.json", base);
     else
@@ -178,8 +232,8 @@ static double choose_alpha(const plan *p, size_t n)
 }
 
 static int plan_modules(const lora_adapter *ad, const lora_gguf_arch *arch,
-                        const lora_convert_opts *o, lora_convert_report *rep, plan **out,
-                        size_t *n_out, lora_error *err)
+                        const lora_gguf *gbase, const lora_convert_opts *o,
+                        lora_convert_report *rep, plan **out, size_t *n_out, lora_error *err)
 {
     plan *p = calloc(ad->n_modules ? ad->n_modules : 1, sizeof *p);
     if (!p)
@@ -218,6 +272,21 @@ static int plan_modules(const lora_adapter *ad, const lora_gguf_arch *arch,
                              m->embedding ? "embedding" : "linear",
                              is_embd ? "an embedding" : "a linear layer");
             continue;
+        }
+        const lora_gguf_tensor *bt = gbase ? lora_gguf_find_tensor(gbase, q->gguf) : NULL;
+        if (gbase && !bt) {
+            rc = unsupported(rep, skip, err, "%s: the base GGUF has no tensor %s", m->name,
+                             q->gguf);
+            continue;
+        }
+        if (bt && (bt->ndim != 2 || bt->ne[0] != (is_embd ? m->out : m->in) ||
+                   bt->ne[1] != (is_embd ? m->in : m->out))) {
+            rc = lora_seterr(err, LORA_EINPUT,
+                             "%s: a %llu x %llu update does not fit the base's %s (ggml ne "
+                             "[%llu, %llu]): wrong base?", m->name, (unsigned long long)m->out,
+                             (unsigned long long)m->in, q->gguf, (unsigned long long)bt->ne[0],
+                             (unsigned long long)bt->ne[1]);
+            break;
         }
         if (strcmp(q->gguf, "position_embd.weight") == 0) {
             rc = unsupported(rep, skip, err, "%s: llama.cpp does not apply LoRA to position_embd",
@@ -375,16 +444,17 @@ int lora_convert_to_gguf(const lora_adapter *ad, const char *out, const lora_con
         return lora_seterr(err, LORA_EUSAGE,
                            "converting to GGUF needs the base model's config.json (--base)");
     lora_gguf_arch arch;
+    lora_gguf *gbase = NULL;
     plan *p = NULL;
     size_t n = 0;
     lora_ggw *w = NULL;
     int rc = refuse_existing(out, o->overwrite, err);
     if (!rc)
-        rc = read_base_config(o->base, &arch, err);
+        rc = read_base_config(o->base, &arch, &gbase, err);
     if (!rc)
         rc = refuse_alora(ad, err);
     if (!rc)
-        rc = plan_modules(ad, &arch, o, rep, &p, &n, err);
+        rc = plan_modules(ad, &arch, gbase, o, rep, &p, &n, err);
     if (rc)
         goto done;
     lora_dtype dt = o->outtype;
@@ -424,6 +494,7 @@ int lora_convert_to_gguf(const lora_adapter *ad, const char *out, const lora_con
         rep->bytes = (uint64_t)sb.st_size;
 done:
     lora_ggw_abort(w);
+    lora_gguf_close(gbase);
     free(p);
     return rc;
 }
@@ -626,7 +697,7 @@ static int head_counts(const lora_gguf_adapter *ga, const lora_convert_opts *o,
 {
     if (o->base) {
         lora_gguf_arch b;
-        int rc = read_base_config(o->base, &b, err);
+        int rc = read_base_config(o->base, &b, NULL, err);
         if (rc)
             return rc;
         if (strcmp(b.name, arch->name) != 0)
