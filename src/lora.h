@@ -1481,6 +1481,8 @@ enum { LORA_GGML_F32 = 0, LORA_GGML_F16 = 1, LORA_GGML_BF16 = 30 };
 
 /* 1 when buf (len bytes, the start of a file) begins with GGUF's magic. */
 int lora_gguf_magic(const void *buf, size_t len);
+/* 1 when the file at PATH begins with GGUF's magic (0 when not, or unreadable). */
+int lora_gguf_is_file(const char *path);
 
 typedef struct lora_gguf_kv {
     const char *key;

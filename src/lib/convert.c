@@ -83,16 +83,6 @@ static int add_module(lora_convert_report *rep, const lora_convert_module *m, lo
     return LORA_OK;
 }
 
-static int is_gguf_path(const char *path)
-{
-    unsigned char m[4];
-    FILE *f = fopen(path, "rb");
-    size_t n = f ? fread(m, 1, 4, f) : 0;
-    if (f)
-        fclose(f);
-    return lora_gguf_magic(m, n);
-}
-
 /* The base: a Hugging Face folder (or its config.json), or a GGUF model
  * file, whose architecture, head counts and tensors (output.weight
  * absent: tied embeddings) then come from the file.  *gbase (optional)
@@ -104,7 +94,7 @@ static int read_base_config(const char *base, lora_gguf_arch *arch, lora_gguf **
     struct stat sb;
     if (gbase)
         *gbase = NULL;
-    if (is_gguf_path(base)) {
+    if (lora_gguf_is_file(base)) {
         lora_gguf *g;
         int rc = lora_gguf_open(base, &g, err);
         if (rc)

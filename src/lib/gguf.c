@@ -79,6 +79,18 @@ int lora_gguf_magic(const void *buf, size_t len)
     return len >= 4 && memcmp(buf, "GGUF", 4) == 0;
 }
 
+int lora_gguf_is_file(const char *path)
+{
+    unsigned char m[4];
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0)
+        return 0;
+    struct stat sb;
+    ssize_t n = fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) ? read(fd, m, 4) : 0;
+    close(fd);
+    return n == 4 && lora_gguf_magic(m, 4);
+}
+
 struct lora_gguf {
     char *name;
     const unsigned char *buf;

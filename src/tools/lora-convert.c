@@ -52,17 +52,6 @@ static int usage_error(const char *msg, const char *arg)
     return LORA_EUSAGE;
 }
 
-static int is_gguf_file(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return 0;
-    unsigned char m[4];
-    size_t n = fread(m, 1, 4, f);
-    fclose(f);
-    return lora_gguf_magic(m, n);
-}
-
 static const char *dt_lower(lora_dtype dt)
 {
     return dt == LORA_DT_F16 ? "f16" : dt == LORA_DT_BF16 ? "bf16" : "f32";
@@ -215,7 +204,7 @@ int main(int argc, char **argv)
     if (strcmp(out, "-") == 0)
         return usage_error("-o -: the output is a file or folder, not a stream; give a path",
                            NULL);
-    int input_gguf = is_gguf_file(in);
+    int input_gguf = lora_gguf_is_file(in);
     int to_gguf = to ? strcmp(to, "gguf") == 0 : !input_gguf;
     if (to_gguf && input_gguf)
         return usage_error(in, ": already a GGUF file (--to peft converts it back)");

@@ -173,16 +173,6 @@ static void print_human(const lora_report *rep, const char *base_path, int tenso
  * A file that starts with GGUF's magic is reported by the library's
  * GGUF reader; the PEFT-only options (--base, --check against a base,
  * the analyses) do not apply to it yet. */
-static int is_gguf(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    unsigned char m[4];
-    size_t n = f ? fread(m, 1, 4, f) : 0;
-    if (f)
-        fclose(f);
-    return lora_gguf_magic(m, n);
-}
-
 static int inspect_gguf(const char *path, int json)
 {
     lora_error err;
@@ -284,7 +274,7 @@ int main(int argc, char **argv)
         return mods ? LORA_EUSAGE : LORA_EIO;
     }
     ao.modules = n_mods ? mods : NULL;
-    if (is_gguf(argv[optind])) { /* issue 17: a llama.cpp GGUF LoRA adapter */
+    if (lora_gguf_is_file(argv[optind])) { /* issue 17: a llama.cpp GGUF LoRA adapter */
         int grc = base_path || ao.spectrum || compare_path || amplification || tensors
                       ? (fprintf(stderr, PROG ": %s: a GGUF adapter; --base, --tensors and the "
                                          "analyses need PEFT (lora-convert --to peft)\n",
