@@ -112,7 +112,7 @@ function ggufName(name) {
   return null;
 }
 
-let checked = 0;
+let checked = 0, worst = 0;
 for (const [name, e] of peft) {
   const g = ggufName(name);
   const a = tensors.get(g + ".lora_a"), b = tensors.get(g + ".lora_b");
@@ -147,9 +147,10 @@ for (const [name, e] of peft) {
     }
   }
   const rel = den ? num / den : num;
+  worst = Math.max(worst, rel);
   if (!(rel <= tol)) fail(`${name}: llama.cpp's delta differs from PEFT's by ${rel.toExponential(3)} (tolerance ${tol})`);
   checked++;
 }
 if (checked === 0) fail("no module checked");
-console.log(`${file}: ${checked} modules, ${parsed.tensorInfos.length} tensors, arch ${arch}, alpha ${alpha}: ${failures ? "FAILED" : "ok"}`);
+console.log(`${path.basename(file)}: ${checked} modules, ${parsed.tensorInfos.length} tensors, arch ${arch}, alpha ${alpha}, largest relative difference ${worst.toExponential(2)}: ${failures ? "FAILED" : "ok"}`);
 process.exit(failures ? 1 : 0);
