@@ -1797,6 +1797,234 @@ int lora_tokenize_jsonl(const lora_tokenizer *tok, FILE *in, const char *name, F
  * Temporary folders are emptied and removed on Linux only. */
 void lora_tmp_remove_all(void);
 
+/* ---- section: GGUF files and llama.cpp LoRA adapters (gguf.c, gguf_write.c,
+ *      gguf_names.c, convert.c) ---- */
+
+/* GGUF (llama.cpp, formats.md §5): versions 2 and 3, little-endian
+ * only.  The reader maps the file and checks every count, string
+ * length, array length, tensor dimension, type, offset and the
+ * alignment against the file size before anything is allocated for
+ * them or read through them; a big-endian file, an unknown value type
+ * or ggml type, duplicate keys or tensor names, overlapping or
+ * misaligned tensors are refused (LORA_EINPUT, naming the problem). */
+enum {
+    LORA_GGUF_U8 = 0, LORA_GGUF_I8 = 1, LORA_GGUF_U16 = 2, LORA_GGUF_I16 = 3,
+    LORA_GGUF_U32 = 4, LORA_GGUF_I32 = 5, LORA_GGUF_F32 = 6, LORA_GGUF_BOOL = 7,
+    LORA_GGUF_STRING = 8, LORA_GGUF_ARRAY = 9, LORA_GGUF_U64 = 10, LORA_GGUF_I64 = 11,
+    LORA_GGUF_F64 = 12
+};
+/* ggml tensor types the tools compute with (others are carried as bytes). */
+enum { LORA_GGML_F32 = 0, LORA_GGML_F16 = 1, LORA_GGML_BF16 = 30 };
+
+#define LORA_GGUF_MAX_DIMS 4
+#define LORA_GGUF_MAX_NAME 63          /* ggml's GGML_MAX_NAME - 1 */
+#define LORA_GGUF_DEFAULT_ALIGNMENT 32
+#define LORA_GGUF_MAX_STRING (1ULL << 30)  /* one key or string value */
+
+/* 1 when buf (len bytes, the start of a file) begins with GGUF's magic. */
+int lora_gguf_magic(const void *buf, size_t len);
+/* 1 when the file at PATH begins with GGUF's magic (0 when not, or unreadable). */
+int lora_gguf_is_file(const char *path);
+
+typedef struct lora_gguf_kv {
+    const char *key;
+    int type;                 /* LORA_GGUF_* */
+    int arr_type;             /* element type of an array, else -1 */
+    uint64_t n;               /* array elements (1 for a scalar) */
+    const void *data;         /* numbers (scalar or array): little-endian bytes
+                                 inside the file; NULL for strings */
+    const char *str;          /* STRING: NUL-terminated copy (len bytes, may hold NUL) */
+    uint64_t len;
+    uint64_t raw_off, raw_len;/* the value's bytes in the file (after the type) */
+} lora_gguf_kv;
+
+typedef struct lora_gguf_tensor {
+    const char *name;
+    uint32_t type;            /* ggml type */
+    int ndim;                 /* 1..4 */
+    uint64_t ne[LORA_GGUF_MAX_DIMS];   /* ne[0] innermost: reverse of the torch shape */
+    uint64_t numel, nbytes;
+    uint64_t offset;          /* absolute offset in the file */
+    const void *data;
+    lora_dtype dtype;         /* F32, F16, BF16; LORA_DT_INVALID for other types */
+} lora_gguf_tensor;
+
+typedef struct lora_gguf lora_gguf;
+
+int lora_gguf_open(const char *path, lora_gguf **out, lora_error *err);
+/* buf must outlive the object; name is used in messages. */
+int lora_gguf_open_memory(const void *buf, size_t len, const char *name, lora_gguf **out,
+                          lora_error *err);
+void lora_gguf_close(lora_gguf *g);
+const char *lora_gguf_path(const lora_gguf *g);
+uint32_t lora_gguf_version(const lora_gguf *g);
+uint64_t lora_gguf_size(const lora_gguf *g);
+uint64_t lora_gguf_alignment(const lora_gguf *g);
+uint64_t lora_gguf_data_offset(const lora_gguf *g);   /* start of the tensor data */
+size_t lora_gguf_kv_count(const lora_gguf *g);
+const lora_gguf_kv *lora_gguf_kv_at(const lora_gguf *g, size_t i);   /* file order */
+const lora_gguf_kv *lora_gguf_find_kv(const lora_gguf *g, const char *key);
+/* Element i of a string array: *s points into the file (not NUL-terminated). */
+int lora_gguf_kv_arr_str(const lora_gguf *g, const lora_gguf_kv *kv, uint64_t i, const char **s,
+                         uint64_t *len);
+/* A STRING value by key, or NULL when absent or of another type. */
+const char *lora_gguf_get_str(const lora_gguf *g, const char *key);
+/* A number by key, converted to double from any numeric or bool type;
+ * 0 when found, -1 when absent or not a number. */
+int lora_gguf_get_num(const lora_gguf *g, const char *key, double *out);
+size_t lora_gguf_tensor_count(const lora_gguf *g);
+const lora_gguf_tensor *lora_gguf_tensor_at(const lora_gguf *g, size_t i);  /* file order */
+const lora_gguf_tensor *lora_gguf_find_tensor(const lora_gguf *g, const char *name);
+/* "F32", "Q4_K", ...; NULL for a type ggml does not define. */
+const char *lora_ggml_type_name(uint32_t type);
+/* Value type name ("u32", "string", ...); NULL when unknown. */
+const char *lora_gguf_type_name(int type);
+
+/* Writer: key/values and tensor declarations first, then start (the
+ * header and its padding are written), then tensor bytes in any order,
+ * then commit (each tensor padded to the alignment, fsync, rename of
+ * the temporary beside PATH).  Tensors are laid out in declaration
+ * order.  alignment 0: 32; otherwise a power of two, written as
+ * general.alignment (u32) when it is not 32. */
+typedef struct lora_ggw lora_ggw;
+
+int lora_ggw_new(const char *path, uint32_t alignment, lora_ggw **out, lora_error *err);
+int lora_ggw_kv_str(lora_ggw *w, const char *key, const char *value, lora_error *err);
+/* A number, or an array of n numbers when arr is non-zero (type is
+ * then the element type); data holds little-endian values. */
+int lora_ggw_kv_num(lora_ggw *w, const char *key, int type, int arr, uint64_t n,
+                    const void *data, lora_error *err);
+int lora_ggw_kv_u32(lora_ggw *w, const char *key, uint32_t v, lora_error *err);
+int lora_ggw_kv_f32(lora_ggw *w, const char *key, float v, lora_error *err);
+/* Copy a key/value of an opened file as it is (any type). */
+int lora_ggw_kv_copy(lora_ggw *w, const lora_gguf *g, const lora_gguf_kv *kv, lora_error *err);
+/* ne in ggml order; type any ggml type (its byte size from ggml's table). */
+int lora_ggw_declare(lora_ggw *w, const char *name, uint32_t type, int ndim, const uint64_t *ne,
+                     lora_error *err);
+int lora_ggw_start(lora_ggw *w, lora_error *err);
+int lora_ggw_write(lora_ggw *w, const char *name, uint64_t off, const void *buf, size_t len,
+                   lora_error *err);
+/* Every tensor must have been written in full (LORA_EIO otherwise,
+ * nothing left behind).  Frees w whatever the result. */
+int lora_ggw_commit(lora_ggw *w, lora_error *err);
+void lora_ggw_abort(lora_ggw *w);
+
+/* Names, HF module path <-> GGUF tensor name (gguf_names.c), after
+ * llama.cpp's gguf-py tensor_mapping.py, for the architectures
+ * lora-convert supports: llama (and mistral), qwen2, gemma2, gemma3,
+ * phi3, gpt2. */
+typedef struct lora_gguf_arch {
+    char name[32];            /* general.architecture: "llama", "qwen2", ... */
+    char model_type[64];      /* config.json model_type */
+    uint64_t heads, kv_heads; /* for llama's q/k row permutation */
+    int permute_qk;           /* llama.cpp's converter permutes q/k rows */
+    int tied;                 /* tie_word_embeddings (no output tensor in GGUF) */
+} lora_gguf_arch;
+
+/* From a config.json text; an architecture not in the list above is
+ * LORA_EINPUT naming it. */
+int lora_gguf_arch_from_config(const char *json, size_t len, lora_gguf_arch *arch,
+                               lora_error *err);
+/* From general.architecture (heads unknown: 0). */
+int lora_gguf_arch_from_name(const char *name, lora_gguf_arch *arch, lora_error *err);
+/* HF module path (PEFT prefixes removed, e.g. "model.layers.3.self_attn.q_proj")
+ * -> GGUF tensor base name ("blk.3.attn_q.weight") in out; 0, or -1 when
+ * the module has no GGUF tensor. */
+int lora_gguf_name_from_hf(const lora_gguf_arch *arch, const char *module, char *out, size_t cap);
+/* The reverse: GGUF base name -> HF module path; 0 or -1. */
+int lora_gguf_name_to_hf(const lora_gguf_arch *arch, const char *gguf, char *out, size_t cap);
+/* llama.cpp's q/k row permutation of a matrix with rows = n_head·hd
+ * rows of `cols` elements of `esize` bytes: new row h·hd + 2j + t =
+ * old row h·hd + t·hd/2 + j.  inverse: the other way.  rows must be a
+ * multiple of 2·n_head (LORA_EINPUT otherwise). */
+int lora_gguf_permute_rows(void *dst, const void *src, uint64_t rows, uint64_t cols,
+                           size_t esize, uint64_t n_head, int inverse, lora_error *err);
+
+/* A GGUF LoRA adapter as llama.cpp reads it (general.type "adapter",
+ * adapter.type "lora"): lora_a / lora_b pairs, shapes checked as
+ * llama.cpp's loader checks them; "_norm.weight" tensors counted and
+ * skipped as llama.cpp skips them. */
+typedef struct lora_gguf_pair {
+    char *name;               /* base tensor name: "blk.0.attn_q.weight" */
+    const lora_gguf_tensor *a, *b;
+    uint64_t r, in, out;      /* token_embd: in = vocab, out = embedding */
+    int embedding;            /* token_embd: lora_a stored transposed */
+} lora_gguf_pair;
+
+typedef struct lora_gguf_adapter {
+    lora_gguf *g;
+    const char *architecture; /* general.architecture, or NULL */
+    double alpha;             /* adapter.lora.alpha (0 when absent, as llama.cpp) */
+    int has_alpha;
+    size_t n;
+    lora_gguf_pair *pairs;    /* sorted by name */
+    size_t n_norms;           /* *_norm.weight tensors llama.cpp ignores */
+    uint64_t tensor_bytes;
+} lora_gguf_adapter;
+
+int lora_gguf_adapter_open(const char *path, lora_gguf_adapter **out, lora_error *err);
+void lora_gguf_adapter_free(lora_gguf_adapter *ga);
+/* The scale llama.cpp applies to a pair at user scale 1: alpha / r, or
+ * 1 when alpha is 0 (llama_adapter_lora_weight::get_scale, in float). */
+double lora_gguf_pair_scale(const lora_gguf_adapter *ga, const lora_gguf_pair *p);
+/* lora-inspect's report on a GGUF adapter: architecture, alpha, ranks
+ * and their scales, modules, parameters, bytes; human text or one JSON
+ * object (fields: lora-convert(1), INSPECTING), malloc'd, ending in a newline. */
+char *lora_gguf_adapter_report(const lora_gguf_adapter *ga, int json, lora_error *err);
+
+/* Conversions (convert.c). */
+typedef struct lora_convert_opts {
+    const char *base;         /* folder with config.json, that file, or a GGUF
+                                 model whose tensors modules are checked against
+                                 (to GGUF: required; to PEFT: optional, for
+                                 llama's head counts) */
+    lora_dtype outtype;       /* F32, F16, BF16; INVALID: the input's dtype */
+    int skip_unsupported;     /* leave out modules_to_save/bias/untranslatable
+                                 modules (listed in the report) instead of refusing */
+    int overwrite;            /* replace an existing output */
+} lora_convert_opts;
+
+typedef struct lora_convert_module {
+    char *from, *to;          /* names on both sides */
+    uint64_t r;
+    double scale;             /* the scale PEFT applies (= what llama.cpp applies after folding) */
+    double fold;              /* factor folded into B (1 when none) */
+    int permuted;             /* lora_b rows permuted (llama q/k) */
+    int transposed;           /* lora_a transposed (token_embd) */
+} lora_convert_module;
+
+typedef struct lora_convert_report {
+    char architecture[32];
+    double alpha;             /* adapter.lora.alpha written or read */
+    lora_dtype dtype;         /* of the tensors written */
+    size_t n_modules;
+    lora_convert_module *modules;
+    size_t n_skipped;
+    char **skipped;           /* "NAME: why" */
+    uint64_t bytes;           /* of the output file(s) */
+} lora_convert_report;
+
+void lora_convert_report_free(lora_convert_report *rep);
+
+/* PEFT adapter -> llama.cpp GGUF LoRA adapter at OUT (one file, atomic).
+ * Per-module scales one adapter.lora.alpha cannot express (rsLoRA,
+ * rank_pattern, alpha_pattern) are folded into B: alpha is chosen as
+ * the most common alpha_m·r_m/… so that most modules keep their bytes,
+ * and B of the others is multiplied by fold = s_m / (alpha_f32 / r_m)
+ * in double before the one rounding to the output dtype.  llama's q/k
+ * lora_b rows are permuted; token_embd's lora_a is transposed. */
+int lora_convert_to_gguf(const lora_adapter *ad, const char *out, const lora_convert_opts *o,
+                         lora_convert_report *rep, lora_error *err);
+/* GGUF LoRA adapter -> PEFT folder OUT (adapter_config.json +
+ * adapter_model.safetensors, built as a temporary folder and renamed).
+ * lora_alpha is the file's alpha and r the most common rank; other
+ * ranks go to rank_pattern (and alpha_pattern keeps alpha), so PEFT's
+ * scale equals llama.cpp's.  llama's q/k permutation is undone (head
+ * counts from o->base's config.json, or llama.attention.head_count[_kv]
+ * in the file). */
+int lora_convert_to_peft(const char *gguf, const char *out, const lora_convert_opts *o,
+                         lora_convert_report *rep, lora_error *err);
+
 #ifdef __cplusplus
 }
 #endif
