@@ -166,6 +166,124 @@ START_TEST(test_config_pattern_order)
 }
 END_TEST
 
+/* Pattern keys of plain name characters skip PCRE2: the result must be
+ * the one PCRE2 gives for re.match("(.*\.)?(KEY)$") on every pair. */
+START_TEST(test_literal_keys)
+{
+    static const char *const keys[] = {"q_proj", "layers.0.q_proj", "0.self_attn.q_proj", "proj",
+                                       "", "self_attn", "layers.1.self_attn.q_proj", "s.q_proj",
+                                       "model.layers.0.self_attn.q_proj", "x", "q.proj"};
+    static const char *const mods[] = {"model.layers.0.self_attn.q_proj", "q_proj", "xq_proj",
+                                       "model.layers.1.self_attn.q_proj", "a.", "", "q_proj\n",
+                                       "layers_0_q_proj", "model.layers.0.self_attn"};
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+        for (size_t k = 0; k < sizeof mods / sizeof mods[0]; k++) {
+            char j[256];
+            snprintf(j, sizeof j, "{\"peft_type\":\"LORA\",\"r\":8,\"rank_pattern\":{\"%s\":3}}",
+                     keys[i]);
+            lora_acfg *c;
+            lora_error e;
+            ck_assert_int_eq(lora_acfg_parse(j, strlen(j), &c, &e), 0);
+            uint64_t r;
+            double a;
+            ck_assert_int_eq(lora_acfg_module_rank(c, mods[k], &r, &a, &e), 0);
+            int want = lora_regex_match(keys[i], mods[k], 0, &e);
+            ck_assert_int_ge(want, 0);
+            ck_assert_msg((r == 3) == want, "key \"%s\" on \"%s\": %d, PCRE2 says %d", keys[i],
+                          mods[k], r == 3, want);
+            lora_acfg_free(c);
+        }
+}
+END_TEST
+
+/* Many keys, long keys and costly patterns are refused, not run for
+ * minutes: a cap on regex keys, on their length, and a budget of steps
+ * over all matches of one config (hostile.sh has the 124 KB config). */
+START_TEST(test_pattern_caps)
+{
+    lora_acfg *c;
+    lora_error e;
+    size_t cap = 1 << 20;
+    char *j = malloc(cap);
+    ck_assert_ptr_nonnull(j);
+    /* 5000 regex keys */
+    size_t o = (size_t)snprintf(j, cap, "{\"peft_type\":\"LORA\",\"rank_pattern\":{");
+    for (int i = 0; i < 5000; i++)
+        o += (size_t)snprintf(j + o, cap - o, "%s\"(?:.*){5}a(?#%d)\":8", i ? "," : "", i);
+    o += (size_t)snprintf(j + o, cap - o, "}}");
+    ck_assert_int_eq(lora_acfg_parse(j, o, &c, &e), LORA_EINPUT);
+    ck_assert_msg(strstr(e.msg, "5000 regular-expression keys"), "%s", e.msg);
+    /* 5000 literal keys (one per module, as per-module rank tools write) are fine */
+    o = (size_t)snprintf(j, cap, "{\"peft_type\":\"LORA\",\"rank_pattern\":{");
+    for (int i = 0; i < 5000; i++)
+        o += (size_t)snprintf(j + o, cap - o, "%s\"layers.%d.q_proj\":%d", i ? "," : "", i,
+                              1 + i % 7);
+    o += (size_t)snprintf(j + o, cap - o, "}}");
+    ck_assert_int_eq(lora_acfg_parse(j, o, &c, &e), 0);
+    uint64_t r;
+    double a;
+    ck_assert_int_eq(lora_acfg_module_rank(c, "model.layers.4999.q_proj", &r, &a, &e), 0);
+    ck_assert_uint_eq(r, 1 + 4999 % 7);
+    lora_acfg_free(c);
+    /* a key longer than the cap */
+    o = (size_t)snprintf(j, cap, "{\"peft_type\":\"LORA\",\"alpha_pattern\":{\"");
+    memset(j + o, 'a', 5000);
+    o += 5000;
+    o += (size_t)snprintf(j + o, cap - o, "\":8}}");
+    ck_assert_int_eq(lora_acfg_parse(j, o, &c, &e), LORA_EINPUT);
+    ck_assert_msg(strstr(e.msg, "alpha_pattern") && strstr(e.msg, "more than"), "%s", e.msg);
+    /* under the key cap but over the budget: each key costs ~10^5 steps */
+    o = (size_t)snprintf(j, cap, "{\"peft_type\":\"LORA\",\"rank_pattern\":{");
+    for (int i = 0; i < 4000; i++)
+        o += (size_t)snprintf(j + o, cap - o, "%s\"(?:.*){3}a(?#%d)\":8", i ? "," : "", i);
+    o += (size_t)snprintf(j + o, cap - o, "}}");
+    ck_assert_int_eq(lora_acfg_parse(j, o, &c, &e), 0);
+    int rc = 0;
+    for (int i = 0; i < 8 && !rc; i++)
+        rc = lora_acfg_module_rank(c, "model.layers.0.self_attn.q_proj", &r, &a, &e);
+    ck_assert_int_eq(rc, LORA_EINPUT);
+    ck_assert_msg(strstr(e.msg, "steps in all"), "%s", e.msg);
+    lora_acfg_free(c);
+    free(j);
+}
+END_TEST
+
+/* Files of other kinds handed over as safetensors are named. */
+START_TEST(test_foreign_files)
+{
+    static const struct { const char *bytes; size_t len; const char *needle; } f[] = {
+        {"GGUF\3\0\0\0\0\0\0\0\0\0\0\0", 16, "a GGUF file"},
+        {"PK\3\4\24\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\20\0\0\0archive/data.pkl", 46,
+         "PyTorch checkpoint"},
+        {"PK\3\4\24\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\12\0\0\0lora_A.npy", 40,
+         "NumPy .npz"},
+        {"PK\3\4\24\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\5\0\0\0a.txt", 35, "a zip archive"},
+        {"\200\2}q\0.\0\0\0\0", 10, "Python pickle"},
+        {"\223NUMPY\1\0v\0{}", 12, "NumPy .npy"},
+        {"\357\273\277  <!DOCTYPE HTML><html>", 30, "HTML"},
+        {"<html><body>404</body></html>", 29, "HTML"},
+        {"version https://git-lfs.github.com/spec/v1\n", 43, "Git LFS pointer"},
+        {"\37\213\10\0\0\0\0\0\0\3", 10, "gzip"},
+    };
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
+        lora_st *st = NULL;
+        lora_error e;
+        ck_assert_int_eq(lora_st_open_memory(f[i].bytes, f[i].len, "x.safetensors", &st, &e),
+                         LORA_EINPUT);
+        ck_assert_msg(strstr(e.msg, f[i].needle) && strstr(e.msg, "not a safetensors file"),
+                      "%zu: %s", i, e.msg);
+    }
+    /* a valid file whose first bytes look like nothing else is read */
+    char ok[64] = "\20\0\0\0\0\0\0\0{\"__metadata__\":{}}";
+    ok[8 + 16] = '\0';
+    memcpy(ok + 8, "{}              ", 16);
+    lora_st *st = NULL;
+    lora_error e;
+    ck_assert_msg(lora_st_open_memory(ok, 24, "ok", &st, &e) == 0, "%s", e.msg);
+    lora_st_close(st);
+}
+END_TEST
+
 /* every proper prefix of a real config is refused, the whole one accepted */
 START_TEST(test_config_truncated)
 {
@@ -1060,6 +1178,9 @@ int main(void)
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_config_fields);
     tcase_add_test(tc, test_config_pattern_order);
+    tcase_add_test(tc, test_literal_keys);
+    tcase_add_test(tc, test_pattern_caps);
+    tcase_add_test(tc, test_foreign_files);
     tcase_add_test(tc, test_config_refusals);
     tcase_add_test(tc, test_key_forms);
     tcase_add_test(tc, test_synthetic_forms);

@@ -87,6 +87,11 @@ int lora_index_parse(const char *json, size_t len, const char *name, lora_index 
                      lora_error *err);
 void lora_index_free(lora_index *ix);
 
+/* What a file that is not safetensors is (filekind.c), from its first
+ * bytes: "a GGUF file (...); ...", a PyTorch zip or pickle, NumPy, an
+ * HTML page, a Git LFS pointer, ...; NULL when none is recognised. */
+const char *lora_foreign_kind(const void *buf, size_t len);
+
 /* ---- adapters (adapter_config.c, adapter.c, inspect.c) ---- */
 
 /* adapter_config.json, parsed and checked (refusals done). */
@@ -112,6 +117,8 @@ typedef struct lora_acfg {
     size_t n_alpha;
     char **modules_to_save;
     size_t n_save;
+    struct lora_rx *rx;         /* compiled patterns and the work budget for
+                                   all matches (adapter_config.c) */
 } lora_acfg;
 
 /* Parse adapter_config.json from a buffer (need not be NUL-terminated). */
