@@ -598,6 +598,9 @@ START_TEST(bad_folders)
         {"{\"model_type\":\"llama\",\"vocab_size\":32,\"hidden_size\":64}",
          "tensor model.embed_tokens.weight is missing"},
         {"{\"architectures\":[\"T5ForConditionalGeneration\"]}", "architecture T5ForConditionalGeneration"},
+        /* fewer layers than the checkpoint holds: never run truncated (issue 20.11) */
+        {"{\"model_type\":\"gpt2\",\"vocab_size\":32,\"n_embd\":64,\"n_head\":4,\"n_layer\":1,"
+         "\"n_positions\":32}", "declares 1 layers (n_layer) but the checkpoint holds 2"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         tu_write(cfgp, cases[i].cfg, strlen(cases[i].cfg));

@@ -571,6 +571,38 @@ static int load_weights(lora_model *m, lora_error *err)
     return make_inv_freq(m, err);
 }
 
+/* A config that declares fewer layers than the checkpoint holds would
+ * run a truncated model without a word: count the layers the tensor
+ * names hold ("h.N." / "layers.N." after the model's prefix). */
+static int check_layer_count(const lora_model *m, lora_error *err)
+{
+    const char *stem = m->cfg.arch == LORA_ARCH_GPT2 ? "h." : "layers.";
+    char lead[32];
+    snprintf(lead, sizeof lead, "%s%s", m->prefix, stem);
+    size_t ll = strlen(lead);
+    uint64_t held = 0;
+    const char *example = NULL;
+    for (size_t i = 0; i < lora_ckpt_count(m->ck); i++) {
+        const char *name = lora_ckpt_tensor(m->ck, i, NULL)->name;
+        if (strncmp(name, lead, ll) != 0 || name[ll] < '0' || name[ll] > '9')
+            continue;
+        char *end;
+        unsigned long long k = strtoull(name + ll, &end, 10);
+        if (*end == '.' && k + 1 > held && k < UINT64_MAX) {
+            held = k + 1;
+            example = name;
+        }
+    }
+    if (held > m->cfg.layers)
+        return lora_seterr(err, LORA_EINPUT,
+                           "%s: config.json declares %llu layers (%s) but the checkpoint holds %llu "
+                           "(it has %s): the model would run truncated",
+                           lora_ckpt_dir(m->ck), (unsigned long long)m->cfg.layers,
+                           m->cfg.arch == LORA_ARCH_GPT2 ? "n_layer" : "num_hidden_layers",
+                           (unsigned long long)held, example);
+    return LORA_OK;
+}
+
 int lora_model_open(const char *dir, lora_model **out, lora_error *err)
 {
     *out = NULL;
@@ -597,6 +629,8 @@ int lora_model_open(const char *dir, lora_model **out, lora_error *err)
         rc = lora_ckpt_open(dir, &m->ck, err);
     if (rc == LORA_OK)
         rc = load_weights(m, err);
+    if (rc == LORA_OK)
+        rc = check_layer_count(m, err);
     if (rc != LORA_OK) {
         lora_model_free(m);
         return rc;
