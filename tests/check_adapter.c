@@ -284,6 +284,127 @@ START_TEST(test_foreign_files)
 }
 END_TEST
 
+/* A SEQ_CLS adapter as older PEFT saves it (DistilBERT: modules_to_save
+ * null in the config, the heads under their plain paths, pre_classifier
+ * pulled in by PEFT's suffix rule), with the .base_layer. copy and LoRA
+ * on a modules_to_save wrapper's copies: it opens, inspects without a
+ * problem, and merges to W0 + ΔW with the heads replaced. */
+START_TEST(test_seqcls_implicit)
+{
+    const char *cfg = "{\"peft_type\":\"LORA\",\"task_type\":\"SEQ_CLS\",\"r\":2,\"lora_alpha\":4,"
+                      "\"target_modules\":[\"q_lin\"],\"modules_to_save\":null}";
+#define DB PFX "distilbert.transformer.layer.0.attention."
+    const tdef t[] = {{DB "q_lin.lora_A.weight", 2, 8, 0.25f},
+                      {DB "q_lin.lora_B.weight", 8, 2, 0.5f},
+                      {DB "q_lin.base_layer.weight", 8, 8, 1},
+                      {PFX "pre_classifier.weight", 8, 8, 3},
+                      {PFX "pre_classifier.bias", 8, 0, 3},
+                      {PFX "classifier.weight", 3, 8, 5},
+                      {PFX "classifier.bias", 3, 0, 5},
+                      {PFX "classifier.original_module.lora_A.weight", 2, 8, 7},
+                      {PFX "classifier.original_module.lora_B.weight", 3, 2, 7}};
+#undef DB
+    char *d = mk_adapter(cfg, t, sizeof t / sizeof t[0]);
+    lora_adapter *ad = NULL;
+    lora_error e;
+    ck_assert_msg(lora_adapter_open(d, &ad, &e) == 0, "%s", e.msg);
+    ck_assert_uint_eq(ad->n_modules, 1);
+    ck_assert_uint_eq(ad->n_saved, 4);
+    ck_assert_str_eq(ad->saved[2].target, "pre_classifier.bias");
+    char *bd;
+    const tdef base[] = {{"distilbert.transformer.layer.0.attention.q_lin.weight", 8, 8, 1},
+                         {"pre_classifier.weight", 8, 8, 2},
+                         {"pre_classifier.bias", 8, 0, 2},
+                         {"classifier.weight", 3, 8, 2},
+                         {"classifier.bias", 3, 0, 2},
+                         {"distilbert.embeddings.word_embeddings.weight", 16, 8, 1}};
+    lora_ckpt *ck = mk_base(&bd, base, sizeof base / sizeof base[0]);
+    lora_report *rep;
+    lora_inspect_opts io = {.base = ck, .strict = 1};
+    ck_assert_int_eq(lora_inspect(ad, &io, &rep, &e), 0);
+    for (size_t i = 0; i < rep->n_problems; i++)
+        ck_abort_msg("problem: %s", rep->problems[i].msg);
+    lora_report_free(rep);
+    lora_ckpt_close(ck);
+
+    char *in = tu_path(bd, "model.safetensors"), *out = tu_path(bd, "merged.safetensors");
+    lora_merge_adapter ma = {.ad = ad, .weight = 1, .spec = d};
+    lora_merge_opts o = {.nthreads = 1, .rounding = LORA_ROUND_NEAREST};
+    lora_merge_result res;
+    ck_assert_msg(lora_merge_run(in, NULL, 0, &ma, 1, out, &o, &res, &e) == 0, "%s", e.msg);
+    ck_assert_msg(lora_ckpt_open(out, &ck, &e) == 0, "%s", e.msg);
+    /* the heads are the adapter's: fill 3 and 5, times (1 + k % 5) */
+    const lora_tensor *pw = lora_ckpt_find(ck, "pre_classifier.bias", NULL);
+    const lora_tensor *cw = lora_ckpt_find(ck, "classifier.weight", NULL);
+    for (uint64_t k = 0; k < 8; k++)
+        ck_assert_float_eq(((const float *)pw->data)[k], 3.0f * (float)(1 + k % 5));
+    for (uint64_t k = 0; k < 24; k++)
+        ck_assert_float_eq(((const float *)cw->data)[k], 5.0f * (float)(1 + k % 5));
+    /* q_lin: W0 + (alpha/r)·B·A, a plain loop in double */
+    const lora_tensor *q = lora_ckpt_find(ck, "distilbert.transformer.layer.0.attention.q_lin.weight",
+                                          NULL);
+    for (uint64_t i = 0; i < 8; i++)
+        for (uint64_t j = 0; j < 8; j++) {
+            double dw = 0;
+            for (uint64_t k = 0; k < 2; k++)
+                dw += 0.5 * (1 + (i * 2 + k) % 5) * 0.25 * (1 + (k * 8 + j) % 5);
+            float want = (float)(1.0 * (1 + (i * 8 + j) % 5) + 2.0 * dw);
+            ck_assert_float_eq(((const float *)q->data)[i * 8 + j], want);
+        }
+    lora_ckpt_close(ck);
+    free(in);
+    free(out);
+    rm(bd);
+    lora_adapter_free(ad);
+    rm(d);
+
+    /* without a task_type, pre_classifier is nobody's: refused as before */
+    const char *plain = "{\"peft_type\":\"LORA\",\"r\":2,\"lora_alpha\":4,"
+                        "\"target_modules\":[\"q_lin\"]}";
+    expect_refused(plain, t, sizeof t / sizeof t[0], "not in modules_to_save");
+    /* QUESTION_ANS adds qa_outputs; a nested head parameter is saved too */
+    const tdef qa[] = {{PFX "x.q_lin.lora_A.weight", 2, 8, 1}, {PFX "x.q_lin.lora_B.weight", 8, 2, 1},
+                       {PFX "qa_outputs.weight", 2, 8, 1}, {PFX "qa_outputs.dense.weight", 2, 8, 1}};
+    d = mk_adapter("{\"peft_type\":\"LORA\",\"task_type\":\"QUESTION_ANS\",\"r\":2,"
+                   "\"target_modules\":[\"q_lin\"]}", qa, 4);
+    ck_assert_msg(lora_adapter_open(d, &ad, &e) == 0, "%s", e.msg);
+    ck_assert_uint_eq(ad->n_saved, 2);
+    lora_adapter_free(ad);
+    rm(d);
+}
+END_TEST
+
+/* --check names a target_modules entry or a pattern key that matches no
+ * module (a typo changes nothing in PEFT, without a word). */
+START_TEST(test_inspect_unmatched_keys)
+{
+    const tdef t[] = {{L0 "q_proj.lora_A.weight", 2, 4, 1}, {L0 "q_proj.lora_B.weight", 4, 2, 1}};
+    char *d = mk_adapter("{\"peft_type\":\"LORA\",\"r\":2,\"lora_alpha\":4,"
+                         "\"target_modules\":[\"q_proj\",\"qproj\"],"
+                         "\"rank_pattern\":{\"q_proj\":2,\"layers\\\\.9\\\\..*\":4},"
+                         "\"alpha_pattern\":{\"v_proj\":1}}",
+                         t, 2);
+    lora_adapter *ad = NULL;
+    lora_error e;
+    ck_assert_msg(lora_adapter_open(d, &ad, &e) == 0, "%s", e.msg);
+    lora_report *rep;
+    ck_assert_int_eq(lora_inspect(ad, NULL, &rep, &e), 0);
+    const char *want[] = {"target_modules entry \"qproj\" matches no module",
+                          "rank_pattern key \"layers\\.9\\..*\" matches no module",
+                          "alpha_pattern key \"v_proj\" matches no module"};
+    ck_assert_uint_eq(rep->n_warnings, 3);
+    for (size_t w = 0; w < 3; w++) {
+        int found = 0;
+        for (size_t i = 0; i < rep->n_problems; i++)
+            found |= strstr(rep->problems[i].msg, want[w]) != NULL;
+        ck_assert_msg(found, "no warning \"%s\"", want[w]);
+    }
+    lora_report_free(rep);
+    lora_adapter_free(ad);
+    rm(d);
+}
+END_TEST
+
 /* every proper prefix of a real config is refused, the whole one accepted */
 START_TEST(test_config_truncated)
 {
@@ -902,7 +1023,8 @@ START_TEST(test_inspect_targets)
         ck_assert_int_eq(lora_inspect(ad, NULL, &rep, &e), 0);
         ck_assert_msg(rep->n_untargeted == cases[i].untargeted, "%s: %zu untargeted",
                       cases[i].cfg, rep->n_untargeted);
-        ck_assert_uint_eq(rep->n_warnings, cases[i].untargeted);
+        /* and one for a target_modules regex that selects nothing */
+        ck_assert_uint_eq(rep->n_warnings, cases[i].untargeted + (i == 4));
         ck_assert_uint_eq(rep->n_targets, cases[i].n_targets);
         if (rep->n_targets)
             ck_assert_uint_eq(rep->targets[0].modules, cases[i].first);
@@ -1181,6 +1303,8 @@ int main(void)
     tcase_add_test(tc, test_literal_keys);
     tcase_add_test(tc, test_pattern_caps);
     tcase_add_test(tc, test_foreign_files);
+    tcase_add_test(tc, test_seqcls_implicit);
+    tcase_add_test(tc, test_inspect_unmatched_keys);
     tcase_add_test(tc, test_config_refusals);
     tcase_add_test(tc, test_key_forms);
     tcase_add_test(tc, test_synthetic_forms);

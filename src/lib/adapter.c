@@ -85,14 +85,31 @@ static int classify(const lora_acfg *c, const char *key, char **segs, size_t n, 
             return lora_seterr(err, LORA_EINPUT,
                                "key \"%s\": cannot classify (%s takes no suffix)", key, segs[i]);
         }
-        /* the module path, without a .base_layer. wrapper */
+        /* LoRA on the frozen copy that a modules_to_save wrapper keeps
+         * (X.original_module.lora_A): PEFT never runs it while the
+         * adapter is active, so it changes nothing */
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(segs[j], "original_module") == 0) {
+                if (!(*name = join(segs, 0, n, err)))
+                    return LORA_EIO;
+                *kind = LORA_KEY_COPY;
+                return LORA_OK;
+            }
+        /* the module path, without a .base_layer. wrapper or the
+         * .modules_to_save.default. of the trained copy */
         char **mod = malloc((i ? i : 1) * sizeof *mod);
         if (!mod)
             return lora_oom(err);
         size_t m = 0;
-        for (size_t j = 0; j < i; j++)
+        for (size_t j = 0; j < i; j++) {
+            if (strcmp(segs[j], "modules_to_save") == 0) {
+                if (j + 1 < i && strcmp(segs[j + 1], "default") == 0)
+                    j++;
+                continue;
+            }
             if (strcmp(segs[j], "base_layer") != 0)
                 mod[m++] = segs[j];
+        }
         if (m == 0) {
             free(mod);
             return lora_seterr(err, LORA_EINPUT, "key \"%s\": no module path", key);
@@ -159,11 +176,17 @@ static int classify(const lora_acfg *c, const char *key, char **segs, size_t n, 
     if (n < 2)
         return lora_seterr(err, LORA_EINPUT,
                            "key \"%s\": cannot classify (not a lora_A/lora_B tensor)", key);
-    char *mod = join(segs, 0, n - 1, err);
-    if (!mod)
-        return LORA_EIO;
-    int saved = lora_acfg_saves(c, mod);
-    free(mod);
+    /* PEFT wraps a module whose name ends with a modules_to_save entry
+     * and saves every parameter under it (classifier.dense.weight of a
+     * RoBERTa head): any ancestor of the parameter may be the module */
+    int saved = 0;
+    for (size_t k = n - 1; k >= 1 && !saved; k--) {
+        char *mod = join(segs, 0, k, err);
+        if (!mod)
+            return LORA_EIO;
+        saved = lora_acfg_saves(c, mod);
+        free(mod);
+    }
     if (!saved && strcmp(segs[n - 1], "bias") == 0 && c->bias && strcmp(c->bias, "none") != 0)
         saved = 1;
     if (!saved)
@@ -575,6 +598,23 @@ const lora_tensor *lora_ckpt_find_alias(const lora_ckpt *ck, const char *name)
     return NULL;
 }
 
+const lora_tensor *lora_tied_embedding(const lora_module *m, const lora_ckpt *base)
+{
+    static const char *const emb[] = {"wte.weight", "embed_tokens.weight",
+                                      "model.embed_tokens.weight", "transformer.wte.weight"};
+    const char *last = strrchr(m->name, '.');
+    if (strcmp(last ? last + 1 : m->name, "lm_head") != 0 || m->embedding)
+        return NULL;
+    if (lora_ckpt_find_alias(base, m->target))
+        return NULL;
+    for (size_t i = 0; i < sizeof emb / sizeof emb[0]; i++) {
+        const lora_tensor *t = lora_ckpt_find(base, emb[i], NULL);
+        if (t && t->ndim == 2 && t->shape[0] == m->out && t->shape[1] == m->in)
+            return t;
+    }
+    return NULL;
+}
+
 /* GPT-2's Conv1D modules (transformers' pytorch_utils.Conv1D users). */
 static int conv1d_name(const char *module)
 {
@@ -589,6 +629,13 @@ int lora_module_resolve(const lora_module *m, const lora_ckpt *base, int fan_in_
 {
     *bt = NULL;
     const lora_tensor *t = lora_ckpt_find_alias(base, m->target);
+    const lora_tensor *tied = t ? NULL : lora_tied_embedding(m, base);
+    if (tied)
+        return lora_seterr(err, LORA_EINPUT,
+                           "module %s: the base has no tensor %s: its output head is tied to the "
+                           "input embeddings (%s, tie_word_embeddings), so the update would "
+                           "change both; lora-eval applies it to the head alone",
+                           m->name, m->target, tied->name);
     if (!t)
         return lora_seterr(err, LORA_EINPUT,
                            "module %s: the base has no tensor %s (with or without a "
@@ -673,9 +720,7 @@ int lora_adapter_bind(lora_adapter *ad, const lora_ckpt *base, lora_error *err)
         char sa[96], sb[96];
         shape_str(s->t, sa, sizeof sa);
         if (!t)
-            return lora_seterr(err, LORA_EINPUT,
-                               "saved tensor %s %s (modules_to_save): the base has no such tensor",
-                               s->target, sa);
+            return lora_seterr(err, LORA_EINPUT, LORA_MISSING_HEAD_FMT, s->target, sa, s->target);
         shape_str(t, sb, sizeof sb);
         int same = t->ndim == s->t->ndim;
         for (int d = 0; same && d < t->ndim; d++)

@@ -186,6 +186,38 @@ static int get_pattern(json_t *root, const char *key, int integer, char ***keys,
     return LORA_OK;
 }
 
+/* PEFT adds the task's head to modules_to_save whatever the config says
+ * (PeftModelForSequenceClassification and ...ForTokenClassification:
+ * "classifier" and "score"; ...ForQuestionAnswering: "qa_outputs"), and
+ * configs saved by older PEFT versions do not list them: read such a
+ * config as PEFT does. */
+static int add_task_heads(lora_acfg *c, lora_error *err)
+{
+    static const char *const cls[] = {"classifier", "score", NULL};
+    static const char *const qa[] = {"qa_outputs", NULL};
+    const char *const *heads = NULL;
+    if (c->task_type && (strcmp(c->task_type, "SEQ_CLS") == 0 ||
+                         strcmp(c->task_type, "TOKEN_CLS") == 0))
+        heads = cls;
+    else if (c->task_type && strcmp(c->task_type, "QUESTION_ANS") == 0)
+        heads = qa;
+    for (size_t h = 0; heads && heads[h]; h++) {
+        size_t i = 0;
+        while (i < c->n_save && strcmp(c->modules_to_save[i], heads[h]) != 0)
+            i++;
+        if (i < c->n_save)
+            continue;
+        char **v = realloc(c->modules_to_save, (c->n_save + 1) * sizeof *v);
+        if (!v)
+            return lora_oom(err);
+        c->modules_to_save = v;
+        if (!(v[c->n_save] = lora_strdup(heads[h], err)))
+            return LORA_EIO;
+        c->n_save++;
+    }
+    return LORA_OK;
+}
+
 static int parse_fields(json_t *root, lora_acfg *c, lora_error *err)
 {
     int rc;
@@ -267,7 +299,8 @@ static int parse_fields(json_t *root, lora_acfg *c, lora_error *err)
                           &c->n_alpha, err)))
         return rc;
     if ((rc = get_list(json_object_get(root, "modules_to_save"), "modules_to_save",
-                       &c->modules_to_save, &c->n_save, err)))
+                       &c->modules_to_save, &c->n_save, err)) ||
+        (rc = add_task_heads(c, err)))
         return rc;
     return check_patterns(c, err);
 }
@@ -583,6 +616,14 @@ int lora_acfg_module_rank(const lora_acfg *c, const char *module, uint64_t *r, d
         }
     }
     return LORA_OK;
+}
+
+int lora_acfg_pattern_matches(const lora_acfg *c, int alpha, size_t i, const char *module,
+                              lora_error *err)
+{
+    if (alpha)
+        return i < c->n_alpha ? rx_match(c, c->n_rank + i, c->alpha_keys[i], 0, module, err) : 0;
+    return i < c->n_rank ? rx_match(c, i, c->rank_keys[i], 0, module, err) : 0;
 }
 
 int lora_acfg_saves(const lora_acfg *c, const char *module)

@@ -115,7 +115,9 @@ typedef struct lora_acfg {
     char **alpha_keys;          /* alpha_pattern, in file order */
     double *alpha_vals;
     size_t n_alpha;
-    char **modules_to_save;
+    char **modules_to_save;     /* as configured, then the heads PEFT adds
+                                   for the task_type (classifier, score;
+                                   qa_outputs) */
     size_t n_save;
     struct lora_rx *rx;         /* compiled patterns and the work budget for
                                    all matches (adapter_config.c) */
@@ -133,7 +135,13 @@ int lora_acfg_targets(const lora_acfg *c, const char *module, lora_error *err);
 /* 1 when one target_modules list entry selects MODULE (PEFT's rule:
  * equal, or ends with "." + entry; "all-linear" selects everything). */
 int lora_acfg_entry_matches(const char *entry, const char *module);
-/* 1 when MODULE is one of modules_to_save (PEFT: name ends with entry). */
+/* 1 when key I of rank_pattern (alpha 0) or alpha_pattern (alpha 1)
+ * matches MODULE, 0 when not, -code on a pattern error or when the
+ * config's matching budget is spent. */
+int lora_acfg_pattern_matches(const lora_acfg *c, int alpha, size_t i, const char *module,
+                              lora_error *err);
+/* 1 when MODULE is one of modules_to_save (PEFT: name ends with entry;
+ * the task's heads included, see adapter_config.c). */
 int lora_acfg_saves(const lora_acfg *c, const char *module);
 /* Python-style regex through PCRE2: mode 0 is re.match of
  * "(.*\.)?(PAT)$", mode 1 is re.fullmatch(PAT).  1, 0, or -code. */
@@ -160,6 +168,16 @@ int lora_adapter_classify_key(const lora_acfg *c, const char *key, int *kind, ch
  * not a GPT-2 Conv1D name. */
 int lora_module_resolve(const lora_module *m, const lora_ckpt *base, int fan_in_fan_out, int hint,
                         const lora_tensor **bt, int *transpose, lora_error *err);
+/* For an lm_head module whose base has no lm_head.weight: the input
+ * embedding of the head's shape it is tied to (tie_word_embeddings), or
+ * NULL when the head is not tied that way. */
+const lora_tensor *lora_tied_embedding(const lora_module *m, const lora_ckpt *base);
+/* A modules_to_save tensor the base lacks (a SEQ_CLS adapter's head on a
+ * causal-LM base): never dropped.  Arguments: name, shape, name. */
+#define LORA_MISSING_HEAD_FMT                                                                   \
+    "saved tensor %s %s (modules_to_save): the base has no such tensor, and merging without " \
+    "it would drop what the adapter trained (a classification head on a base without one?); " \
+    "use a base that has %s, e.g. the checkpoint of the task's model class"
 /* The base tensor for NAME, trying the spellings with and without a
  * leading "transformer." / "model."; NULL when none exists. */
 const lora_tensor *lora_ckpt_find_alias(const lora_ckpt *ck, const char *name);
