@@ -239,6 +239,10 @@ typedef struct lora_module {
                                  when it differs from r the adapter loads (so that
                                  lora-inspect can report it) but lora_adapter_bind
                                  refuses it */
+    int tied_head;            /* an lm_head update on a base whose head is tied to
+                                 the input embeddings (no lm_head.weight): set only
+                                 by the binding lora-eval uses, which applies it to
+                                 the head alone, as PEFT does */
 } lora_module;
 
 /* A full tensor saved through modules_to_save: it replaces the base's. */
@@ -1304,8 +1308,12 @@ void lora_set_threads(int n);
  *    scale·B·(A·x) to W0·x, never forming ΔW;
  *  - merged (when want_merged): the weight the merge engine writes for
  *    W0 + ΔW in the checkpoint's dtype (lora_merge_tensor), decoded to F32.
- * Only weights of the attention and MLP projections may be adapted
- * (embedding LoRA and modules_to_save are refused with a message).
+ * The attention and MLP projections, the input embedding
+ * (lora_embedding_A/B: x += scale·B·A[:, token]) and the head may be
+ * adapted; an lm_head update on a model whose head is tied to the
+ * embeddings changes the head alone (as PEFT applies it), an embedding
+ * update on such a model is refused (a merge would change the head too);
+ * modules_to_save are refused with a message.
  * The adapter must outlive the model or the next detach. */
 int lora_model_attach(lora_model *m, lora_adapter *ad, int want_merged, lora_error *err);
 void lora_model_detach(lora_model *m);

@@ -677,10 +677,23 @@ int lora_module_resolve(const lora_module *m, const lora_ckpt *base, int fan_in_
                        m->name, out, in, in, out, t->name, sb);
 }
 
+static int bind(lora_adapter *ad, const lora_ckpt *base, int allow_tied, lora_error *err);
+
 int lora_adapter_bind(lora_adapter *ad, const lora_ckpt *base, lora_error *err)
+{
+    return bind(ad, base, 0, err);
+}
+
+int lora_adapter_bind_tied(lora_adapter *ad, const lora_ckpt *base, lora_error *err)
+{
+    return bind(ad, base, 1, err);
+}
+
+static int bind(lora_adapter *ad, const lora_ckpt *base, int allow_tied, lora_error *err)
 {
     for (size_t i = 0; i < ad->n_modules; i++) {
         lora_module *m = &ad->modules[i];
+        m->tied_head = 0;
         if (m->r != m->config_r)
             return lora_seterr(err, LORA_EINPUT,
                                "module %s: its tensors have rank %llu but the config gives r=%llu",
@@ -699,6 +712,11 @@ int lora_adapter_bind(lora_adapter *ad, const lora_ckpt *base, lora_error *err)
                 continue;
             const lora_tensor *t;
             int tr;
+            if (allow_tied && lora_tied_embedding(m, base)) {
+                m->tied_head = 1; /* Linear [V, E], like the embedding it reads */
+                m->transpose = 0;
+                continue;
+            }
             int rc = lora_module_resolve(m, base, ad->fan_in_fan_out, hint, &t, &tr, err);
             if (rc)
                 return rc;

@@ -168,6 +168,12 @@ int lora_adapter_classify_key(const lora_acfg *c, const char *key, int *kind, ch
  * not a GPT-2 Conv1D name. */
 int lora_module_resolve(const lora_module *m, const lora_ckpt *base, int fan_in_fan_out, int hint,
                         const lora_tensor **bt, int *transpose, lora_error *err);
+/* lora_adapter_bind, except that an lm_head module on a base whose head
+ * is tied to the input embeddings (lora_tied_embedding) is accepted and
+ * marked tied_head, its target left as "lm_head.weight" (which the base
+ * lacks): for lora-eval, which applies it to the head alone, and for a
+ * merge that unties the head. */
+int lora_adapter_bind_tied(lora_adapter *ad, const lora_ckpt *base, lora_error *err);
 /* For an lm_head module whose base has no lm_head.weight: the input
  * embedding of the head's shape it is tied to (tie_word_embeddings), or
  * NULL when the head is not tied that way. */

@@ -23,7 +23,6 @@
 #include "internal.h"
 
 #include <cblas.h>
-#include <jansson.h>
 #include <math.h>
 #include <string.h>
 
@@ -70,6 +69,15 @@ struct lora_model {
     lora_ckpt *ck;
     char prefix[16];     /* "", "transformer." or "model." */
     float *embed, *wpe, *nfw, *nfb, *head;
+    char embed_name[64];  /* checkpoint names of the input embedding and the */
+    char head_name[64];   /* head ("" when tied: head == embed) */
+    /* Adapters on the embedding and on the head, both never shared with
+     * the transformer blocks' ops: eop.A/B are lora_embedding_A [r, V]
+     * and B [E, r], eop.wm the merged embedding; hop is the head as a
+     * Linear [V, E] (its w is head, not owned), hop.wm the merged head.
+     * With tied embeddings an lm_head update changes the head alone, as
+     * PEFT applies it: hop.wm is embed + ΔW and embed stays. */
+    linop eop, hop;
     layer *L;
     float *inv_freq;     /* [head_dim / 2] */
     uint64_t params;
@@ -188,6 +196,9 @@ void lora_model_free(lora_model *m)
         }
         free(m->L);
     }
+    lora_model_detach(m);
+    free(m->eop.tensor);
+    free(m->hop.tensor);
     if (m->head != m->embed)
         free(m->head);
     free(m->embed); free(m->wpe); free(m->nfw); free(m->nfb); free(m->inv_freq);
@@ -225,6 +236,38 @@ static int make_inv_freq(lora_model *m, lora_error *err)
     return LORA_OK;
 }
 
+/* The output head: lm_head.weight, or the input embedding when tied
+ * (tie_word_embeddings and no lm_head.weight in the checkpoint). */
+static int load_head(lora_model *m, lora_error *err)
+{
+    const lora_model_config *c = &m->cfg;
+    if (c->tied && !lora_ckpt_find(m->ck, "lm_head.weight", NULL)) {
+        m->head = m->embed;
+        m->head_name[0] = '\0';
+        return LORA_OK;
+    }
+    int rc = load_tensor(m, "lm_head.weight", 0, c->vocab, c->hidden, &m->head, NULL, err);
+    if (rc == LORA_EINPUT && !c->tied && !lora_ckpt_find(m->ck, "lm_head.weight", NULL))
+        lora_err_prefix(err, "config.json says tie_word_embeddings false, so the head is not "
+                        "the embeddings");
+    strcpy(m->head_name, "lm_head.weight");
+    return rc;
+}
+
+/* The head and the embedding as ops an adapter can attach to. */
+static int head_ops(lora_model *m, lora_error *err)
+{
+    const lora_model_config *c = &m->cfg;
+    m->hop.w = m->head;
+    m->hop.in = c->hidden;
+    m->hop.out = c->vocab;
+    m->eop.in = c->vocab;
+    m->eop.out = c->hidden;
+    m->hop.tensor = lora_strdup(m->head_name[0] ? m->head_name : m->embed_name, err);
+    m->eop.tensor = m->hop.tensor ? lora_strdup(m->embed_name, err) : NULL;
+    return m->eop.tensor ? LORA_OK : LORA_EIO;
+}
+
 static int load_weights(lora_model *m, lora_error *err)
 {
     const lora_model_config *c = &m->cfg;
@@ -237,6 +280,7 @@ static int load_weights(lora_model *m, lora_error *err)
         /* hub checkpoints have no prefix; ones saved from GPT2LMHeadModel use "transformer." */
         strcpy(m->prefix, lora_ckpt_find(m->ck, "wte.weight", NULL) ? "" : "transformer.");
         TRY(load_tensor(m, "wte.weight", 1, V, E, &m->embed, NULL, err));
+        snprintf(m->embed_name, sizeof m->embed_name, "%swte.weight", m->prefix);
         TRY(load_tensor(m, "wpe.weight", 1, c->max_positions, E, &m->wpe, NULL, err));
         for (uint64_t i = 0; i < c->layers; i++) {
             layer *l = &m->L[i];
@@ -253,15 +297,13 @@ static int load_weights(lora_model *m, lora_error *err)
         }
         TRY(load_tensor(m, "ln_f.weight", 1, E, 0, &m->nfw, NULL, err));
         TRY(load_tensor(m, "ln_f.bias", 1, E, 0, &m->nfb, NULL, err));
-        if (!c->tied || lora_ckpt_find(m->ck, "lm_head.weight", NULL))
-            TRY(load_tensor(m, "lm_head.weight", 0, V, E, &m->head, NULL, err));
-        else
-            m->head = m->embed;
-        return LORA_OK;
+        TRY(load_head(m, err));
+        return head_ops(m, err);
     }
     strcpy(m->prefix, "model.");
     uint64_t qd = c->heads * c->head_dim, kvd = c->kv_heads * c->head_dim;
     TRY(load_tensor(m, "embed_tokens.weight", 1, V, E, &m->embed, NULL, err));
+    snprintf(m->embed_name, sizeof m->embed_name, "%sembed_tokens.weight", m->prefix);
     for (uint64_t i = 0; i < c->layers; i++) {
         layer *l = &m->L[i];
 #define P(s) (snprintf(n, sizeof n, "layers.%llu." s, (unsigned long long)i), n)
@@ -277,10 +319,8 @@ static int load_weights(lora_model *m, lora_error *err)
 #undef P
     }
     TRY(load_tensor(m, "norm.weight", 1, E, 0, &m->nfw, NULL, err));
-    if (!c->tied || lora_ckpt_find(m->ck, "lm_head.weight", NULL))
-        TRY(load_tensor(m, "lm_head.weight", 0, V, E, &m->head, NULL, err));
-    else
-        m->head = m->embed;
+    TRY(load_head(m, err));
+    TRY(head_ops(m, err));
     return make_inv_freq(m, err);
 }
 
@@ -372,12 +412,14 @@ void lora_model_detach(lora_model *m)
 {
     if (!m)
         return;
-    for (uint64_t i = 0; i < m->cfg.layers; i++) {
+    for (uint64_t i = 0; m->L && i < m->cfg.layers; i++) {
         linop *ops[8];
         layer_ops(&m->L[i], ops);
         for (int j = 0; j < 8; j++)
             linop_free_adapter(ops[j]);
     }
+    linop_free_adapter(&m->eop);
+    linop_free_adapter(&m->hop);
     m->ad = NULL;
     m->n_adapted = 0;
     m->merged = 0;
@@ -397,10 +439,46 @@ static int decode_new(const lora_tensor *t, float **dst, lora_error *err)
 /* Below, after the forward pass. */
 static int merged_weight(lora_model *m, const lora_module *mod, linop *op, lora_error *err);
 
+/* The op a module adapts: a projection of a block, the head (its own
+ * lm_head.weight, or with tied embeddings the head alone: tied_head),
+ * or the input embedding; NULL and a message for anything else. */
+static linop *op_for(lora_model *m, const lora_adapter *ad, const lora_module *mod,
+                     lora_error *err)
+{
+    if (mod->embedding) {
+        if (strcmp(mod->target, m->embed_name) != 0) {
+            lora_seterr(err, LORA_EINPUT, "%s: module %s: an embedding update of %s, which is not "
+                        "the model's input embedding %s", ad->path, mod->name, mod->target,
+                        m->embed_name);
+            return NULL;
+        }
+        if (!m->head_name[0]) {
+            /* PEFT adds it to the input lookup at run time, but a merge
+             * changes the tied head too: the two disagree */
+            lora_seterr(err, LORA_EINPUT, "%s: module %s: an embedding update on a model whose "
+                        "head is tied to the embeddings (%s, tie_word_embeddings): at run time "
+                        "it changes the input only, merged it changes the head too, so lora-eval "
+                        "refuses it; evaluate a merged checkpoint instead", ad->path, mod->name,
+                        m->embed_name);
+            return NULL;
+        }
+        return &m->eop;
+    }
+    if (mod->tied_head || (m->head_name[0] && strcmp(mod->target, m->head_name) == 0))
+        return &m->hop;
+    linop *op = find_op(m, mod->target);
+    if (!op)
+        lora_seterr(err, LORA_EINPUT,
+                    "%s: module %s adapts %s, which is not an attention or MLP projection, the "
+                    "input embedding or the head; evaluation supports only those", ad->path,
+                    mod->name, mod->target);
+    return op;
+}
+
 int lora_model_attach(lora_model *m, lora_adapter *ad, int want_merged, lora_error *err)
 {
     lora_model_detach(m);
-    int rc = lora_adapter_bind(ad, m->ck, err);
+    int rc = lora_adapter_bind_tied(ad, m->ck, err);
     if (rc != LORA_OK)
         return rc;
     if (ad->n_saved > 0)
@@ -409,19 +487,18 @@ int lora_model_attach(lora_model *m, lora_adapter *ad, int want_merged, lora_err
                            ad->path, ad->saved[0].target);
     for (size_t i = 0; i < ad->n_modules; i++) {
         const lora_module *mod = &ad->modules[i];
-        linop *op = find_op(m, mod->target);
-        if (mod->embedding || !op) {
-            rc = lora_seterr(err, LORA_EINPUT,
-                             "%s: module %s adapts %s, which is not an attention or MLP "
-                             "projection; evaluation supports only those", ad->path, mod->name,
-                             mod->target);
+        linop *op = op_for(m, ad, mod, err);
+        if (!op) {
+            rc = LORA_EINPUT;
             goto fail;
         }
         if (op->A) {
             rc = lora_seterr(err, LORA_EINPUT, "%s: two modules adapt %s", ad->path, mod->target);
             goto fail;
         }
-        if (mod->in != op->in || mod->out != op->out || mod->transpose != op->conv1d ||
+        /* an embedding stores ΔWᵀ [V, E]: A is [r, V], B [E, r] */
+        int conv = op == &m->eop ? 1 : op->conv1d;
+        if (mod->in != op->in || mod->out != op->out || mod->transpose != conv ||
             mod->A->numel != mod->r * op->in || mod->B->numel != op->out * mod->r) {
             rc = lora_seterr(err, LORA_EINPUT,
                              "%s: module %s does not fit %s (in %llu, out %llu, r %llu)",
@@ -510,7 +587,7 @@ int lora_run_new(lora_model *m, int mode, uint64_t max_tokens, lora_run **out, l
     r->cap = max_tokens;
     uint64_t T = max_tokens, E = c->hidden, qd = c->heads * c->head_dim,
              kvd = c->kv_heads * c->head_dim, hd2 = c->head_dim / 2;
-    r->rmax = 1;
+    r->rmax = m->hop.r > 1 ? m->hop.r : 1;
     for (uint64_t i = 0; i < c->layers; i++) {
         linop *ops[8];
         layer_ops(&m->L[i], ops);
@@ -741,6 +818,19 @@ static void block_llama(lora_run *r, uint64_t l, size_t n)
         r->x[i] += r->h[i];
 }
 
+/* x += scale·B·A[:, tok]: PEFT's Embedding LoRA at run time
+ * (F.embedding(x, A.T) @ B.T · scaling), with A [r, V] and B [E, r]. */
+static void embedding_lora(const linop *op, uint64_t V, int32_t tok, float *x)
+{
+    uint64_t E = op->out, R = op->r;
+    for (uint64_t j = 0; j < E; j++) {
+        float s = 0.0f;
+        for (uint64_t k = 0; k < R; k++)
+            s += op->B[j * R + k] * op->A[k * V + (uint64_t)tok];
+        x[j] += s * op->scale;
+    }
+}
+
 int lora_run_forward(lora_run *r, const int32_t *tokens, size_t n, float *logits, size_t rows,
                      lora_error *err)
 {
@@ -758,8 +848,9 @@ int lora_run_forward(lora_run *r, const int32_t *tokens, size_t n, float *logits
         if (tokens[i] < 0 || (uint64_t)tokens[i] >= c->vocab)
             return lora_seterr(err, LORA_EINPUT, "token id %ld is outside the vocabulary (0..%llu)",
                                (long)tokens[i], (unsigned long long)c->vocab - 1);
+    const float *emb = (r->mode == LORA_MODE_MERGED && m->eop.wm) ? m->eop.wm : m->embed;
     for (size_t i = 0; i < n; i++) {
-        const float *e = m->embed + (uint64_t)tokens[i] * E;
+        const float *e = emb + (uint64_t)tokens[i] * E;
         float *x = r->x + i * E;
         if (c->arch == LORA_ARCH_GPT2) {
             const float *p = m->wpe + (r->pos + i) * E;
@@ -768,6 +859,8 @@ int lora_run_forward(lora_run *r, const int32_t *tokens, size_t n, float *logits
         } else {
             memcpy(x, e, E * sizeof(float));
         }
+        if (r->mode == LORA_MODE_UNMERGED && m->eop.A)
+            embedding_lora(&m->eop, c->vocab, tokens[i], x);
     }
     for (uint64_t l = 0; l < c->layers; l++) {
         if (c->arch == LORA_ARCH_GPT2)
@@ -782,7 +875,7 @@ int lora_run_forward(lora_run *r, const int32_t *tokens, size_t n, float *logits
             layernorm(xr, r->h, rows, E, m->nfw, m->nfb, c->norm_eps);
         else
             rmsnorm(xr, r->h, rows, E, m->nfw, c->norm_eps);
-        matmul(1, rows, c->vocab, E, 1.0f, r->h, E, m->head, E, 0.0f, logits, c->vocab);
+        linop_run(r, &m->hop, r->h, E, rows, logits, c->vocab);
     }
     return LORA_OK;
 }
