@@ -497,6 +497,29 @@ static int exists(const char *path)
     return stat(path, &sb) == 0;
 }
 
+/* A folder without adapter_model.safetensors: say what it holds when
+ * that is a model checkpoint or a GGUF file rather than an adapter. */
+static int not_an_adapter(const char *path, lora_error *err)
+{
+    static const char *const what[][2] = {
+        {"model.safetensors", "a model checkpoint (model.safetensors), not a PEFT adapter"},
+        {"model.safetensors.index.json", "a sharded model checkpoint, not a PEFT adapter"},
+        {"adapter_model.gguf", "a GGUF adapter (llama.cpp's format); lora-tools read PEFT "
+                               "safetensors adapters"},
+    };
+    for (size_t i = 0; i < sizeof what / sizeof what[0]; i++) {
+        char *p = join_path(path, what[i][0], err);
+        if (!p)
+            return LORA_EIO;
+        int there = exists(p);
+        free(p);
+        if (there)
+            return lora_seterr(err, LORA_EINPUT, "%s: no adapter_model.safetensors: the folder "
+                               "holds %s", path, what[i][1]);
+    }
+    return lora_seterr(err, LORA_EINPUT, "%s: no adapter_model.safetensors", path);
+}
+
 int lora_adapter_open(const char *path, lora_adapter **out, lora_error *err)
 {
     *out = NULL;
@@ -525,7 +548,7 @@ int lora_adapter_open(const char *path, lora_adapter **out, lora_error *err)
                              "save_pretrained(..., safe_serialization=True))",
                              path);
         else
-            rc = lora_seterr(err, LORA_EINPUT, "%s: no adapter_model.safetensors", path);
+            rc = not_an_adapter(path, err);
         goto done;
     }
     if (!exists(cfg)) {
@@ -633,8 +656,9 @@ int lora_module_resolve(const lora_module *m, const lora_ckpt *base, int fan_in_
     if (tied)
         return lora_seterr(err, LORA_EINPUT,
                            "module %s: the base has no tensor %s: its output head is tied to the "
-                           "input embeddings (%s, tie_word_embeddings), so the update would "
-                           "change both; lora-eval applies it to the head alone",
+                           "input embeddings (%s, tie_word_embeddings), so merging the update "
+                           "into that tensor would change the input embeddings too and is "
+                           "refused; lora-eval applies it to the head alone, as PEFT does",
                            m->name, m->target, tied->name);
     if (!t)
         return lora_seterr(err, LORA_EINPUT,

@@ -378,6 +378,16 @@ int lora_model_open(const char *dir, lora_model **out, lora_error *err)
     }
     free(json);
     free(path);
+    if (rc != LORA_OK) {
+        /* no config.json, and maybe no checkpoint either: a folder of
+         * GGUF or PyTorch weights is better named as such */
+        lora_error e2;
+        lora_error_clear(&e2);
+        if (lora_ckpt_open(dir, &m->ck, &e2) == LORA_EINPUT && err)
+            *err = e2;
+        lora_ckpt_close(m->ck);
+        m->ck = NULL;
+    }
     if (rc == LORA_OK)
         rc = lora_ckpt_open(dir, &m->ck, err);
     if (rc == LORA_OK)

@@ -332,6 +332,11 @@ int main(int argc, char **argv)
             goto fail;
         if ((rc = lora_model_attach(m, ad, mode == LORA_MODE_MERGED, &err)) != LORA_OK)
             goto fail;
+        for (size_t i = 0; i < ad->n_modules; i++)
+            if (ad->modules[i].tied_head && !quiet)
+                fprintf(stderr, "lora-eval: note: module %s: the model's head is tied to its input "
+                        "embeddings; the update is applied to the head alone, as PEFT does\n",
+                        ad->modules[i].name);
     }
     tool_progress pg;
     tool_progress_init(&pg, quiet);
