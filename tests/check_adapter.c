@@ -10,6 +10,7 @@
 
 #include <math.h>
 #include <string.h>
+#include <unistd.h>
 
 /* ------------------------------------------------------------------ */
 /* Writing small adapters and bases                                    */
@@ -358,6 +359,50 @@ START_TEST(test_seqcls_implicit)
     lora_adapter_free(ad);
     rm(d);
 
+    /* classifier both targeted and a task head (PEFT wraps the LoRA layer
+     * in a ModulesToSaveWrapper): its LoRA twice (X.lora_A and
+     * X.modules_to_save.lora_A, the same bytes), LoRA on the frozen
+     * original_module copy (inactive), and the trained copy's full
+     * weight as X.base_layer.weight, which replaces the base's: read as
+     * such, and a merge that would both replace and adapt it is refused
+     * rather than dropping either */
+    {
+        const char *cc = "{\"peft_type\":\"LORA\",\"task_type\":\"SEQ_CLS\",\"r\":2,"
+                         "\"lora_alpha\":4,\"target_modules\":[\"classifier\"]}";
+        const tdef w[] = {{PFX "classifier.lora_A.weight", 2, 8, 0.25f},
+                          {PFX "classifier.lora_B.weight", 3, 2, 0.5f},
+                          {PFX "classifier.modules_to_save.lora_A.weight", 2, 8, 0.25f},
+                          {PFX "classifier.modules_to_save.lora_B.weight", 3, 2, 0.5f},
+                          {PFX "classifier.original_module.lora_A.weight", 2, 8, 9},
+                          {PFX "classifier.original_module.lora_B.weight", 3, 2, 9},
+                          {PFX "classifier.base_layer.weight", 3, 8, 5},
+                          {PFX "classifier.base_layer.bias", 3, 0, 5},
+                          {PFX "pre_classifier.weight", 8, 8, 3}};
+        d = mk_adapter(cc, w, sizeof w / sizeof w[0]);
+        ck_assert_msg(lora_adapter_open(d, &ad, &e) == 0, "%s", e.msg);
+        ck_assert_uint_eq(ad->n_modules, 1);
+        ck_assert_str_eq(ad->modules[0].name, "classifier");
+        ck_assert_float_eq(((const float *)ad->modules[0].A->data)[0], 0.25f);
+        ck_assert_uint_eq(ad->n_saved, 3);
+        ck_assert_str_eq(ad->saved[1].target, "classifier.weight");
+        const tdef cb[] = {{"classifier.weight", 3, 8, 1}, {"classifier.bias", 3, 0, 1},
+                           {"pre_classifier.weight", 8, 8, 1}};
+        ck = mk_base(&bd, cb, 3);
+        lora_ckpt_close(ck);
+        in = tu_path(bd, "model.safetensors");
+        out = tu_path(bd, "merged.safetensors");
+        ma.ad = ad;
+        ma.spec = d;
+        ck_assert_int_ne(lora_merge_run(in, NULL, 0, &ma, 1, out, &o, &res, &e), 0);
+        ck_assert_msg(strstr(e.msg, "classifier.weight") && strstr(e.msg, "modules_to_save"), "%s",
+                      e.msg);
+        ck_assert_int_ne(access(out, F_OK), 0);
+        free(in);
+        free(out);
+        rm(bd);
+        lora_adapter_free(ad);
+        rm(d);
+    }
     /* without a task_type, pre_classifier is nobody's: refused as before */
     const char *plain = "{\"peft_type\":\"LORA\",\"r\":2,\"lora_alpha\":4,"
                         "\"target_modules\":[\"q_lin\"]}";

@@ -151,7 +151,10 @@ static int classify(const lora_acfg *c, const char *key, char **segs, size_t n, 
         *kind = LORA_KEY_SAVED;
         return LORA_OK;
     }
-    /* X.original_module.P and X.base_layer.P: frozen copies of the base */
+    /* X.original_module.P and X.base_layer.P: frozen copies of the base,
+     * except X.base_layer.P of a module in modules_to_save: PEFT saves
+     * the wrapper's trained copy of a LoRA layer under that name (its
+     * modules_to_save.default part removed), and the whole copy trains */
     for (size_t i = 0; i < n; i++) {
         if (!is_seg(segs[i], "original_module", "base_layer"))
             continue;
@@ -169,6 +172,14 @@ static int classify(const lora_acfg *c, const char *key, char **segs, size_t n, 
         if (!*name)
             return LORA_EIO;
         *kind = LORA_KEY_COPY;
+        if (strcmp(segs[i], "base_layer") == 0) {
+            char *mod = join(segs, 0, i, err);
+            if (!mod)
+                return LORA_EIO;
+            if (lora_acfg_saves(c, mod))
+                *kind = LORA_KEY_SAVED;
+            free(mod);
+        }
         return LORA_OK;
     }
 
@@ -327,6 +338,16 @@ static const char *kind_name(int kind)
     }
 }
 
+static int same_tensor(const lora_tensor *a, const lora_tensor *b)
+{
+    if (a->dtype != b->dtype || a->ndim != b->ndim || a->nbytes != b->nbytes)
+        return 0;
+    for (int d = 0; d < a->ndim; d++)
+        if (a->shape[d] != b->shape[d])
+            return 0;
+    return memcmp(a->data, b->data, (size_t)a->nbytes) == 0;
+}
+
 /* Group the classified entries (sorted by name, kind) into modules and
  * saved tensors. */
 static int build(lora_adapter *ad, const lora_acfg *c, struct entry *e, size_t n, lora_error *err)
@@ -370,6 +391,11 @@ static int build(lora_adapter *ad, const lora_acfg *c, struct entry *e, size_t n
                                "module %s: has both lora_A/lora_B and lora_embedding_A/B tensors",
                                m->name);
         const lora_tensor **slot = isa ? &m->A : &m->B;
+        /* PEFT writes the LoRA of a module in modules_to_save twice (as
+         * X.lora_A and X.modules_to_save.lora_A): the same bytes */
+        if (*slot && same_tensor(*slot, e[i].t) &&
+            (strstr((*slot)->name, ".modules_to_save.") || strstr(e[i].t->name, ".modules_to_save.")))
+            continue;
         if (*slot)
             return lora_seterr(err, LORA_EINPUT,
                                "module %s: two %s tensors (\"%s\" and \"%s\"), e.g. both with and "
@@ -392,7 +418,8 @@ static int build(lora_adapter *ad, const lora_acfg *c, struct entry *e, size_t n
     qsort(ad->modules, ad->n_modules, sizeof *ad->modules, cmp_module);
     qsort(ad->saved, ad->n_saved, sizeof *ad->saved, cmp_saved);
     for (size_t i = 1; i < ad->n_saved; i++)
-        if (strcmp(ad->saved[i - 1].target, ad->saved[i].target) == 0)
+        if (strcmp(ad->saved[i - 1].target, ad->saved[i].target) == 0 &&
+            !same_tensor(ad->saved[i - 1].t, ad->saved[i].t))
             return lora_seterr(err, LORA_EINPUT, "tensor %s is saved twice (\"%s\" and \"%s\")",
                                ad->saved[i].target, ad->saved[i - 1].t->name, ad->saved[i].t->name);
     for (size_t i = 0; i < ad->n_saved; i++)
