@@ -650,6 +650,9 @@ typedef struct lora_merge_result {
     uint64_t max_ulps;
     uint64_t hash_mismatches;  /* unmerge with receipt: tensors whose hash differs */
     uint64_t receipt_bytes;
+    int untied;                /* an lm_head update on a tied head was merged: OUT has
+                                  its own lm_head.weight, config.json says
+                                  tie_word_embeddings false (untie.c) */
 } lora_merge_result;
 
 /* Returns LORA_ECHECK (nothing written) when an unmerge with a receipt

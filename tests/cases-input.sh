@@ -7,8 +7,10 @@
 #  - mts-head-not-in-base: a saved head the base lacks is refused naming
 #    it, nothing written; with a head in the base, the saved one replaces it;
 #  - tied-lm-head: an lm_head update on a GPT-2 with tied embeddings is
-#    evaluated (the head alone, merged and unmerged agreeing); a merge or
-#    a --check against that base says that the head is tied;
+#    evaluated (the head alone, merged and unmerged agreeing); --check
+#    against that base says that the head is tied; lora-merge of a folder
+#    unties it (lm_head.weight, tie_word_embeddings false) with a note,
+#    of a single file refuses;
 #  - issue 20.11: a config.json declaring fewer layers than the
 #    checkpoint holds is refused by lora-eval naming both counts.
 . "$TOP_SRCDIR/tests/lib.sh"
@@ -57,12 +59,26 @@ checks=$((checks + 1))
 a=$(sed -n 's/.*"mean_nll": \([0-9.e+-]*\).*/\1/p' "$T/tied.json" | head -n 1)
 b=$(sed -n 's/.*"mean_nll": \([0-9.e+-]*\).*/\1/p' "$T/out" | head -n 1)
 [ -n "$a" ] && [ "$a" != "$b" ] || fail "tied-lm-head: the adapter changes nothing ($a, $b)"
-expect 3 lora-merge "$M/gpt2-base" -a "$A" -o "$T/tm"
-expect_err 'lm_head\.weight: its output head is tied to the input embeddings \(wte\.weight'
-checks=$((checks + 1))
-[ ! -e "$T/tm" ] || fail "tied-lm-head: an output was written"
 expect 1 lora-inspect --check --base "$M/gpt2-base" "$A"
-expect_out 'tied to the input embeddings'
+expect_out 'lm_head\.weight: its output head is tied to the input embeddings \(wte\.weight'
+# a merge unties: lm_head.weight = wte + ΔW beside the untouched wte, and
+# config.json says tie_word_embeddings false (else transformers would tie
+# the head back on load); the merged folder's NLL is the in-memory merge's
+expect 0 lora-merge --no-receipt "$M/gpt2-base" -a "$A" -o "$T/tm"
+expect_err 'note: the base.s head was tied to its input embeddings'
+checks=$((checks + 1))
+grep -q '"tie_word_embeddings": false' "$T/tm/config.json" || fail "tied-lm-head: config.json still tied"
+expect 0 lora-eval --model "$M/gpt2-base" -a "$A" --data "$M/data/reverse.jsonl" --mode merged --json
+a=$(sed -n 's/.*"mean_nll": \([0-9.e+-]*\).*/\1/p' "$T/out" | head -n 1)
+expect 0 lora-eval --model "$T/tm" --data "$M/data/reverse.jsonl" --json
+b=$(sed -n 's/.*"mean_nll": \([0-9.e+-]*\).*/\1/p' "$T/out" | head -n 1)
+checks=$((checks + 1))
+[ -n "$a" ] && [ "$a" = "$b" ] || fail "tied-lm-head: merged folder NLL $b, in-memory merge $a"
+# a single file has no config.json to untie: refused, nothing written
+expect 3 lora-merge "$M/gpt2-base/model.safetensors" -a "$A" -o "$T/tm.safetensors"
+expect_err 'tied to the input embeddings \(wte\.weight\); merging the update unties the head'
+checks=$((checks + 1))
+[ ! -e "$T/tm.safetensors" ] || fail "tied-lm-head: a single-file output was written"
 
 # --- issue 20.11: fewer layers declared than held -------------------------
 mkdir "$T/short"

@@ -683,9 +683,9 @@ int lora_module_resolve(const lora_module *m, const lora_ckpt *base, int fan_in_
     if (tied)
         return lora_seterr(err, LORA_EINPUT,
                            "module %s: the base has no tensor %s: its output head is tied to the "
-                           "input embeddings (%s, tie_word_embeddings), so merging the update "
-                           "into that tensor would change the input embeddings too and is "
-                           "refused; lora-eval applies it to the head alone, as PEFT does",
+                           "input embeddings (%s, tie_word_embeddings), and the update belongs to "
+                           "the head alone, as PEFT applies it (lora-eval does so; lora-merge of "
+                           "the model folder unties the head)",
                            m->name, m->target, tied->name);
     if (!t)
         return lora_seterr(err, LORA_EINPUT,

@@ -174,6 +174,16 @@ int lora_module_resolve(const lora_module *m, const lora_ckpt *base, int fan_in_
  * lacks): for lora-eval, which applies it to the head alone, and for a
  * merge that unties the head. */
 int lora_adapter_bind_tied(lora_adapter *ad, const lora_ckpt *base, lora_error *err);
+/* Untying a tied head in a merge (untie.c): the tensor name written,
+ * the embedding it starts from (NULL: nothing to untie), binding the
+ * adapters to add (refused unless OUT is a folder, whose config.json
+ * must change), and the config.json edit (tie_word_embeddings false). */
+#define LORA_UNTIED_HEAD "lm_head.weight"
+const lora_tensor *lora_untie_source(const lora_merge_adapter *add, size_t nadd,
+                                     const lora_ckpt *ck);
+int lora_untie_bind(lora_merge_adapter *add, size_t nadd, const lora_ckpt *ck, int folder,
+                    lora_error *err);
+int lora_untie_config(const char *dir, lora_error *err);
 /* For an lm_head module whose base has no lm_head.weight: the input
  * embedding of the head's shape it is tied to (tie_word_embeddings), or
  * NULL when the head is not tied that way. */

@@ -93,6 +93,8 @@ struct run {
     uint64_t done, total;
     lora_stw *w;
     const char *cur;           /* tensor being written */
+    int folder;                /* OUT is a folder (config.json beside the weights) */
+    const lora_tensor *untie;  /* the embedding a tied lm_head update unties (untie.c) */
 };
 
 /* Blocks of the tensor being processed (R->cur, set before the engine
@@ -544,6 +546,9 @@ static int do_shard(struct run *R, size_t si, const char *outpath, lora_error *e
                 dt = out_dtype(R, t->dtype);
             rc = lora_stw_declare(R->w, t->name, dt, t->ndim, t->shape, err);
         }
+        if (!rc && R->untie && lora_st_find(st, R->untie->name) == R->untie)
+            rc = lora_stw_declare(R->w, LORA_UNTIED_HEAD, out_dtype(R, R->untie->dtype),
+                                  R->untie->ndim, R->untie->shape, err);
         if (!rc)
             rc = lora_stw_start(R->w, err);
         if (rc) {
@@ -559,6 +564,13 @@ static int do_shard(struct run *R, size_t si, const char *outpath, lora_error *e
         const lora_tensor *rt = R->ref ? lora_ckpt_find(R->ref, t->name, NULL) : NULL;
         if (rt)
             release(rt->data, rt->nbytes);
+    }
+    if (!rc && R->untie && lora_st_find(st, R->untie->name) == R->untie) {
+        /* the untied head: the embedding's values plus the update */
+        lora_tensor head = *R->untie;
+        head.name = LORA_UNTIED_HEAD;
+        rc = do_tensor(R, &head, lora_st_fd(st), err);
+        R->res->untied = 1;
     }
     if (R->w) {
         if (rc || R->res->hash_mismatches)
@@ -663,6 +675,9 @@ static int write_index(struct run *R, const char *dir, lora_error *err)
             const lora_tensor *t = lora_st_tensor(st, i);
             json_object_set_new(map, t->name, json_string(lora_ckpt_shard_name(R->ck, s)));
             total += t->nbytes; /* adjusted below for converted tensors */
+            if (R->untie == t)
+                json_object_set_new(map, LORA_UNTIED_HEAD,
+                                    json_string(lora_ckpt_shard_name(R->ck, s)));
         }
     }
     (void)total;
@@ -735,12 +750,16 @@ static int bind_all(struct run *R, lora_error *err)
 {
     lora_merge_adapter *sets[2] = {R->undo, R->add};
     size_t ns[2] = {R->nundo, R->nadd};
-    for (int k = 0; k < 2; k++)
-        for (size_t a = 0; a < ns[k]; a++) {
-            int rc = lora_adapter_bind(sets[k][a].ad, R->ck, err);
-            if (rc)
-                return lora_err_prefix(err, "%s", sets[k][a].spec);
-        }
+    for (size_t a = 0; a < ns[0]; a++) {
+        int rc = lora_adapter_bind(sets[0][a].ad, R->ck, err);
+        if (rc)
+            return lora_err_prefix(err, "%s", sets[0][a].spec);
+    }
+    /* an lm_head update on a tied head: merged, it unties (untie.c) */
+    int urc = lora_untie_bind(R->add, R->nadd, R->ck, R->folder, err);
+    if (urc)
+        return urc;
+    R->untie = lora_untie_source(R->add, R->nadd, R->ck);
     R->undo_hash = calloc(R->nundo + 1, 32);
     R->add_hash = calloc(R->nadd + 1, 32);
     if (!R->undo_hash || !R->add_hash)
@@ -845,6 +864,7 @@ int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
         goto done;
     if (out && (rc = out_collides(&R, input, out, err)))
         goto done;
+    R.folder = !opts->shard && (is_dir(input) || has_suffix(input, ".index.json"));
     if ((rc = bind_all(&R, err)))
         goto done;
     if ((rc = lora_engine_new(opts->nthreads, &R.eng, err)))
@@ -931,6 +951,8 @@ int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
         rc = copy_aux(lora_ckpt_dir(R.ck), tmpdir, err);
         if (!rc && lora_ckpt_is_sharded(R.ck))
             rc = write_index(&R, tmpdir, err);
+        if (!rc && R.untie)
+            rc = lora_untie_config(tmpdir, err);
     }
     if (!rc && R.rout) {
         rc = lora_receipt_commit(R.rout, err);
