@@ -185,6 +185,7 @@ void lora_model_free(lora_model *m)
 {
     if (!m)
         return;
+    lora_model_detach(m); /* the head's and embedding's adapter parts */
     if (m->L) {
         for (uint64_t i = 0; i < m->cfg.layers; i++) {
             layer *l = &m->L[i];
@@ -196,7 +197,6 @@ void lora_model_free(lora_model *m)
         }
         free(m->L);
     }
-    lora_model_detach(m);
     free(m->eop.tensor);
     free(m->hop.tensor);
     if (m->head != m->embed)
