@@ -1,7 +1,8 @@
 /*
  * receipt_fuzz.c - libFuzzer target for the merge receipt reader
  * (receipt.c): open the bytes as a receipt, then decode every tensor's
- * corrections.  Any input must give LORA_OK or a clean error.
+ * corrections and read every kept header and the kept index (version 2).
+ * Any input must give LORA_OK or a clean error.
  */
 #include "internal.h"
 
@@ -21,6 +22,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (lora_receipt_fixes(r, i, &f, &err) != LORA_OK)
             break;
     lora_fixes_free(&f);
+    volatile unsigned sum = 0; /* touch every kept byte: they must lie inside the input */
+    for (size_t i = 0; i < lora_receipt_file_count(r); i++) {
+        const lora_receipt_file *rf = lora_receipt_file_at(r, i);
+        for (uint64_t k = 0; k < rf->header_len; k++)
+            sum += rf->header[k];
+    }
+    uint64_t il;
+    const unsigned char *ix = lora_receipt_index(r, &il);
+    for (uint64_t k = 0; ix && k < il; k++)
+        sum += ix[k];
+    (void)sum;
     lora_receipt_close(r);
     return 0;
 }

@@ -161,7 +161,8 @@ int lora_st_fd(const lora_st *st);
  * under PATH; abort (or free without commit) removes the temporary.
  * Layout is deterministic: tensors ordered by dtype size descending,
  * then by name, as the reference writer; header padded with spaces to
- * a multiple of 8; __metadata__ always carries "format":"pt". */
+ * a multiple of 8; __metadata__ always carries "format":"pt" (unless
+ * lora_stw_set_layout keeps another file's layout). */
 typedef struct lora_stw lora_stw;
 
 int lora_stw_new(const char *path, lora_stw **out, lora_error *err);
@@ -189,6 +190,28 @@ int lora_stw_copy(lora_stw *w, const char *name, int src_fd, uint64_t src_off,
 int lora_stw_commit(lora_stw *w, lora_error *err);
 /* Remove the temporary and free. */
 void lora_stw_abort(lora_stw *w);
+/* Keep an existing file's layout (lora-receipt(5): a merge keeps the
+ * base's, an unmerge restores it byte for byte).  HDR is that file's
+ * header JSON (LEN bytes after the 8-byte length, padding included):
+ * tensor order and data offsets come from it; every declared tensor
+ * must be in it with the same dtype and shape, it may hold no other,
+ * and its data must be contiguous from 0, else start fails (LORA_EINPUT).
+ * VERBATIM: HDR is written as it is, __metadata__ included (what was set
+ * is ignored); otherwise HDR's keys keep their order and formatting is
+ * compact, __metadata__ (kept where it was, first when HDR had none)
+ * holds what was set, in the order set, "format" only if set
+ * explicitly or where HDR had no __metadata__.  Before lora_stw_start. */
+int lora_stw_set_layout(lora_stw *w, const void *hdr, size_t len, int verbatim,
+                        lora_error *err);
+/* After start, before commit: overwrite the value of metadata KEY in
+ * the written header with VALUE of exactly the same length (lower-case
+ * hex or ASCII letters and digits): how a value known only at the end
+ * (a hash of the data) gets into a header written at the start. */
+int lora_stw_patch_metadata(lora_stw *w, const char *key, const char *value,
+                            lora_error *err);
+/* The header as written (8-byte length + JSON + padding), after start;
+ * NULL before.  Patches are reflected. */
+const unsigned char *lora_stw_header(const lora_stw *w, size_t *len);
 
 /* ------------------------------------------------------------------ */
 /* Checkpoints: one file, a folder, or a sharded index (checkpoint.c)  */
@@ -273,6 +296,12 @@ typedef struct lora_adapter {
      * holds st's bytes (an archive's mapping).  NULL when st owns them. */
     void (*release)(void *arg);
     void *release_arg;
+    /* The base identity an archive's manifest records (lora_base_hash)
+     * and its base name (points into the archive, lives as long as the
+     * adapter); 0 / NULL for a plain folder.  See lora_base_check. */
+    int has_base_hash;
+    unsigned char base_hash[32];
+    const char *recorded_base;
 } lora_adapter;
 
 /* Load a PEFT adapter folder (adapter_config.json +
@@ -304,11 +333,18 @@ typedef struct lora_source_opts {
     int no_verify;               /* open archives without checking signatures (warns) */
     const char *registry;        /* registry database path; NULL: default location */
     FILE *warn;                  /* where warnings go; NULL: nowhere */
+    const char *base;            /* base checkpoint the adapter is for (merge input,
+                                    eval model), or NULL: task:TASK then prefers the
+                                    newest adapter registered for this base */
 } lora_source_opts;
 
 /* Open an adapter from SPEC: a PEFT folder, a .lora archive (verified,
  * safetensors member mapped in place), "task:TASK" or
- * "reg:NAME@VERSION" (resolved through the registry).  opts may be NULL. */
+ * "reg:NAME[@VERSION]" (resolved through the registry, opened read-only:
+ * the newest trusted adapter of the task -- of those registered for
+ * opts->base when there are any -- or NAME's newest version; loaded by
+ * lora_registry_open_adapter, ad->path "reg:NAME@VERSION").  opts may
+ * be NULL. */
 int lora_adapter_load(const char *spec, const lora_source_opts *opts,
                       lora_adapter **out, lora_error *err);
 
@@ -506,6 +542,11 @@ typedef struct lora_merge_stats {
     uint64_t fixes;        /* corrections recorded (merge) or applied (unmerge) */
     uint64_t inexact;      /* unmerge: elements differing from the reference */
     uint64_t max_ulps;     /* unmerge: largest distance to the reference, ulps */
+    uint64_t nonfinite;    /* finite inputs whose result is not finite in the output
+                              dtype (only with allow_nonfinite: otherwise refused) */
+    uint64_t may_differ;   /* unmerge without reference or corrections: elements that
+                              may differ from W0 (u certainly wrong, or another W0
+                              merges to the same value): an upper bound */
 } lora_merge_stats;
 
 /* Merge one tensor held in memory: out = round(w0 + d), elementwise,
@@ -562,6 +603,18 @@ typedef struct lora_receipt_adapter {
 
 typedef struct lora_receipt lora_receipt;
 
+/* One file of the merge (receipt version 2): the base's header as it
+ * was, for a byte-identical restore, and the hash of the merged file's
+ * header, which binds the receipt to its output (lora-receipt(5)). */
+typedef struct lora_receipt_file {
+    char *name;                        /* shard file name; the only file: any name */
+    const unsigned char *header;       /* reader: the base's header JSON */
+    uint64_t header_len;
+    uint64_t offset;                   /* of those bytes in the receipt */
+    unsigned char header_hash[32];     /* BLAKE2b-256 of them */
+    unsigned char merged_header[32];   /* BLAKE2b-256 of the merged file's first 8+N bytes */
+} lora_receipt_file;
+
 /* Writer: create (a temporary beside path), add tensors as they are
  * merged, commit (JSON index, fsync, rename).  abort removes it. */
 int lora_receipt_create(const char *path, lora_rounding mode, lora_receipt **out,
@@ -573,6 +626,21 @@ int lora_receipt_add_tensor(lora_receipt *r, const lora_receipt_tensor *t,
                             const lora_fixes *fixes, lora_error *err);
 int lora_receipt_commit(lora_receipt *r, lora_error *err);   /* frees r */
 void lora_receipt_abort(lora_receipt *r);                     /* frees r */
+/* Version 2: each file of the merge (HDR: the base's header JSON, N
+ * bytes after the 8-byte length), and the base's sharded index as it was. */
+int lora_receipt_add_file(lora_receipt *r, const char *name, const void *hdr, size_t len,
+                          const unsigned char merged_header[32], lora_error *err);
+int lora_receipt_set_index(lora_receipt *r, const void *buf, size_t len, lora_error *err);
+/* Commit in two steps, so that a merge commits its output between
+ * them: finish writes the index and fsyncs the temporary; install
+ * renames it onto the path (and the signature lora_receipt_sign made
+ * onto PATH.minisig just before) and frees r (also on failure). */
+int lora_receipt_finish(lora_receipt *r, lora_error *err);
+int lora_receipt_install(lora_receipt *r, lora_error *err);
+/* Between the two, for a re-merge onto an existing receipt: the
+ * finished receipt becomes PATH.new (a name a crash leaves for the user
+ * to find; install then renames it and keeps it on failure). */
+int lora_receipt_stage_new(lora_receipt *r, lora_error *err);
 
 /* Reader: everything in the JSON index validated (types, dtypes,
  * shapes, hashes, block offsets inside the file, adapter indices);
@@ -583,6 +651,13 @@ int lora_receipt_open_memory(const void *buf, size_t len, const char *name,
                              lora_receipt **out, lora_error *err);
 void lora_receipt_close(lora_receipt *r);
 lora_rounding lora_receipt_rounding(const lora_receipt *r);
+int lora_receipt_version(const lora_receipt *r);
+size_t lora_receipt_file_count(const lora_receipt *r);
+const lora_receipt_file *lora_receipt_file_at(const lora_receipt *r, size_t i);
+/* By shard name (NULL: none of that name). */
+const lora_receipt_file *lora_receipt_file_find(const lora_receipt *r, const char *name);
+/* The base's sharded index as it was (NULL when the receipt has none). */
+const unsigned char *lora_receipt_index(const lora_receipt *r, uint64_t *len);
 const char *lora_receipt_tool(const lora_receipt *r);
 size_t lora_receipt_adapter_count(const lora_receipt *r);
 const lora_receipt_adapter *lora_receipt_adapter_at(const lora_receipt *r, size_t i);
@@ -620,6 +695,9 @@ typedef struct lora_tensor_report {
     uint64_t fixes;            /* corrections recorded or applied */
     uint64_t max_ulps;         /* largest distance to the reference */
     int hash_ok;               /* 1 matches the receipt, 0 differs, -1 not checked */
+    int known;                 /* exact is known (receipt or reference); 0: exactness
+                                  unknown, may_differ is an upper bound */
+    uint64_t may_differ;       /* elements that may differ from W0 (known: = elements - exact) */
 } lora_tensor_report;
 
 typedef struct lora_merge_opts {
@@ -640,6 +718,16 @@ typedef struct lora_merge_opts {
      * no index is written, so that shards can be merged on different
      * machines and the index copied at the end.  NULL: every shard. */
     const char *shard;
+    int allow_nonfinite;       /* write values that overflow the output dtype (counted);
+                                  0: such a value is LORA_EINPUT, nothing written */
+    int any_base;              /* merge into a base other than the one an adapter's
+                                  archive records (warns on opts->warn) */
+    FILE *warn;                /* warnings (base identity); NULL: none */
+    /* Sign the receipt written (RECEIPT.minisig); NULL: unsigned. */
+    const struct lora_seckey *receipt_key;
+    /* receipt_in must be signed by one of these (RECEIPT.minisig). */
+    const struct lora_pubkey *receipt_pubkeys;
+    size_t n_receipt_pubkeys;
 } lora_merge_opts;
 
 typedef struct lora_merge_result {
@@ -650,6 +738,12 @@ typedef struct lora_merge_result {
     uint64_t max_ulps;
     uint64_t hash_mismatches;  /* unmerge with receipt: tensors whose hash differs */
     uint64_t receipt_bytes;
+    uint64_t nonfinite;        /* values written non-finite (allow_nonfinite) */
+    uint64_t may_differ;       /* unmerge: upper bound of elements not restored exactly
+                                  (= inexact when exactness is known) */
+    int known;                 /* unmerge: exactness known (receipt or reference) */
+    int base_confirmed;        /* unmerge without a receipt: the restored tensors an
+                                  archive adapter changes equal its recorded base */
     int untied;                /* an lm_head update on a tied head was merged: OUT has
                                   its own lm_head.weight, config.json says
                                   tie_word_embeddings false (untie.c) */
@@ -947,6 +1041,16 @@ int lora_sig_verify(const lora_sig *sig, const lora_pubkey *pk, const void *msg,
 int lora_sig_verify_any(const lora_sig *sig, const lora_pubkey *keys, size_t n,
                         const void *msg, size_t msglen, size_t *which, lora_error *err);
 
+/* Signed receipts (receipt.c): after lora_receipt_finish, sign the
+ * receipt's bytes into PATH.minisig (written by lora_receipt_install,
+ * before the receipt).  open_signed reads the receipt into private
+ * memory, verifies PATH.minisig over exactly those bytes with one of
+ * keys[0..n) (LORA_ECHECK on a mismatch, LORA_EINPUT when the signature
+ * is missing or malformed), then parses them. */
+int lora_receipt_sign(lora_receipt *r, const lora_seckey *sk, lora_error *err);
+int lora_receipt_open_signed(const char *path, const lora_pubkey *keys, size_t n,
+                             lora_receipt **out, lora_error *err);
+
 
 /* ---- section: archives (archive.c) ---- */
 
@@ -1014,9 +1118,10 @@ typedef struct lora_pack_opts {
 int lora_archive_create(const char *out_path, const lora_pack_opts *opts, const lora_seckey *sk,
                         lora_error *err);
 
-/* An opened, verified archive.  The file is mmapped; uncompressed
- * members are read in place, zstd members are decompressed into memory
- * (each within its limit). */
+/* An opened, verified archive.  The file is read into private memory
+ * (never used through a shared mapping: rewriting the file after the
+ * check changes nothing), a zstd stream decompressed there within a
+ * ratio bound; members point into those verified bytes. */
 typedef struct lora_archive_priv lora_archive_priv;
 typedef struct lora_archive {
     char *path;
@@ -1043,8 +1148,16 @@ typedef struct lora_archive {
  * malformed or hostile archive; LORA_EIO. */
 int lora_archive_open(const char *path, const lora_pubkey *keys, size_t n, int flags,
                       lora_archive **out, lora_error *err);
+/* The same on an open file (read from offset 0; label names it in
+ * messages) or on bytes in memory (copied): for a caller that opened
+ * the file once and must verify exactly what it opened. */
+int lora_archive_open_fd(int fd, const char *label, const lora_pubkey *keys, size_t n, int flags,
+                         lora_archive **out, lora_error *err);
+int lora_archive_open_memory(const void *buf, size_t len, const char *label,
+                             const lora_pubkey *keys, size_t n, int flags, lora_archive **out,
+                             lora_error *err);
 /* BLAKE2b-256 of the whole archive file (the registry's blob name),
- * computed from the mapping on request: verification does not need it
+ * computed from the bytes that were verified, on request: verification does not need it
  * and it costs a pass over the file. */
 void lora_archive_file_hash(const lora_archive *ar, unsigned char out[LORA_HASH_BYTES]);
 /* A member's verified bytes (valid until close); NULL if absent. */
@@ -1056,11 +1169,14 @@ int64_t lora_archive_member_offset(const lora_archive *ar, const char *name);
 int lora_archive_extract(const lora_archive *ar, const char *dir, int force, lora_error *err);
 void lora_archive_close(lora_archive *ar);
 /* Open (and verify, as lora_archive_open) an archive and load its
- * adapter without extracting: adapter_model.safetensors is read where
- * it lies in the mapped file (uncompressed) or from memory (zstd); the
- * adapter's release frees the archive. */
+ * adapter without extracting: adapter_model.safetensors is used from
+ * the archive's private, verified bytes; the adapter's release frees
+ * the archive. */
 int lora_archive_open_adapter(const char *path, const lora_pubkey *keys, size_t n, int flags,
                               lora_adapter **out, lora_error *err);
+/* The adapter of an opened archive; takes ar (closed on failure, else
+ * by the adapter's release). */
+int lora_archive_adapter(lora_archive *ar, lora_adapter **out, lora_error *err);
 
 /* BLAKE2b-256 over the base tensors an adapter changes (its modules'
  * targets and its modules_to_save targets, after lora_adapter_bind):
@@ -1070,6 +1186,19 @@ int lora_archive_open_adapter(const char *path, const lora_pubkey *keys, size_t 
  * made for without hashing the whole checkpoint (lora-archive(5)). */
 int lora_base_hash(const lora_adapter *ad, const lora_ckpt *base,
                    unsigned char out[LORA_HASH_BYTES], lora_error *err);
+
+/* Is BASE the base AD was made for (baseid.c)?  With a recorded
+ * identity (ad->has_base_hash, from an archive manifest): lora_base_hash
+ * of BASE (AD bound to it) must equal it, else LORA_ECHECK naming both
+ * identities and the adapter's base name; any_base turns that into a
+ * loud warning on WARN.  Without one: base_model_name_or_path is
+ * compared with BASE's config.json (_name_or_path; architectures, vocab
+ * and hidden sizes when the name is a local folder) and a mismatch is a
+ * warning.  WHO prefixes warnings (the tool's name). */
+int lora_base_check(const lora_adapter *ad, const lora_ckpt *base, int any_base, const char *who,
+                    FILE *warn, lora_error *err);
+/* Warn on WARN when adapters combined in one merge name different bases. */
+void lora_base_check_several(const lora_adapter *const *ads, size_t n, const char *who, FILE *warn);
 
 
 /* ---- section: registry (registry.c) ---- */
@@ -1102,6 +1231,14 @@ int lora_semver_cmp(const char *a, const char *b);
 int lora_registry_default_path(char **path, lora_error *err);
 
 #define LORA_REG_CREATE 1   /* create the database and its folders if missing */
+/* Read only: for commands that only read (ls, show, resolve, verify,
+ * evals, loading task:/reg: adapters), so that a registry the user
+ * cannot write (a shared /srv/lora) and a full disk still serve them.
+ * No migration is applied (an older schema is read as it is); every
+ * write function fails.  A WAL database whose -shm cannot be created
+ * (folder not writable) and which has no pending -wal is opened
+ * immutable. */
+#define LORA_REG_READONLY 2
 
 /* Open (path NULL: the default path).  Without LORA_REG_CREATE a
  * missing database is LORA_EINPUT ("no registry at PATH").  An older
@@ -1187,6 +1324,17 @@ int lora_registry_get(lora_registry *reg, const char *spec, int check_blob,
  * (LORA_ECHECK), never replaced by another version.  None: LORA_EINPUT. */
 int lora_registry_resolve(lora_registry *reg, const char *task, const char *base,
                           const char *version, lora_reg_adapter **out, lora_error *err);
+/* Load a registered adapter from the bytes that are checked: the blob
+ * is read once into private memory (lora_archive_open_fd); its size and BLAKE2b-256
+ * must be the row's (a swapped blob is refused naming what it holds),
+ * its signature must verify with the registry's trusted keys (by the
+ * row's signer), and its manifest's name, version, task and base must
+ * be the row's; the adapter is then loaded from those same bytes and
+ * named "reg:NAME@VERSION" (ad->path).  An untrusted row is refused
+ * (LORA_ECHECK) unless allow_untrusted, which skips the signature
+ * only. */
+int lora_registry_open_adapter(lora_registry *reg, const lora_reg_adapter *a,
+                               int allow_untrusted, lora_adapter **out, lora_error *err);
 /* Remove NAME@VERSION's row (and its eval results).  Its blob stays
  * until gc.  Unknown: LORA_EINPUT. */
 int lora_registry_rm(lora_registry *reg, const char *name, const char *version,

@@ -398,6 +398,154 @@ START_TEST(test_refusals)
 }
 END_TEST
 
+
+/* Unmerge without corrections or reference: may_differ counts exactly
+ * the elements where u is not the only W0 that merges to m (checked by
+ * searching the neighbourhood of u), it bounds the true number of wrong
+ * elements from above, and inexact bounds it from below. */
+START_TEST(test_may_differ)
+{
+    uint64_t st = 21, rows = 48, cols = 64, n = rows * cols;
+    tmod a;
+    tmod_make(&a, rows, cols, 8, 2.0, 0.05, 0, &st);
+    lora_term one[1] = {{&a.m, 1.0}};
+    uint16_t *w = malloc(n * 2), *m = malloc(n * 2), *u = malloc(n * 2);
+    for (uint64_t i = 0; i < n; i++)
+        w[i] = (uint16_t)fp_round_bf16(tu_randu(&st) * 0.04);
+    w[0] = 0; /* +0: -0 merges to the same value */
+    lora_error err;
+    lora_merge_stats sm = {0}, su = {0};
+    ck_assert_int_eq(lora_tensor_merge(LORA_DT_BF16, LORA_DT_BF16, rows, cols, w, m, one, 1,
+                                       LORA_ROUND_NEAREST, 2, NULL, &sm, &err), 0);
+    ck_assert_int_eq(lora_tensor_unmerge(LORA_DT_BF16, LORA_DT_BF16, rows, cols, m, u, one, 1,
+                                         NULL, NULL, 3, &su, &err), 0);
+    uint64_t ref = 0, wrong = 0, certain = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        double d = ref_d(one, 1, i / cols, i % cols);
+        wrong += u[i] != w[i];
+        size_t same = 0;
+        int64_t k = fp_key(FP_BF16, u[i]);
+        for (int64_t x = k - 64; x <= k + 64; x++) {
+            uint32_t c = fp_unkey(FP_BF16, x);
+            if (fp_finite(FP_BF16, c) && fp_round_bf16(fp_bf16_d(c) + (d == 0 ? 0 : d)) == m[i])
+                same++;
+        }
+        int bad = d != 0 && fp_round_bf16(fp_bf16_d(u[i]) + d) != m[i];
+        certain += bad;
+        ref += bad || (d != 0 && same > 1);
+    }
+    ck_assert_uint_eq(su.may_differ, ref);
+    ck_assert_uint_eq(su.inexact, certain);
+    ck_assert_uint_ge(su.may_differ, wrong);
+    ck_assert_uint_le(su.inexact, wrong);
+    ck_assert_uint_gt(wrong, 0);
+    ck_assert_uint_lt(su.may_differ, n / 4); /* a bound, not everything */
+    /* with the reference the count is exact and may_differ is not used */
+    lora_merge_stats sr = {0};
+    ck_assert_int_eq(lora_tensor_unmerge(LORA_DT_BF16, LORA_DT_BF16, rows, cols, m, u, one, 1,
+                                         NULL, w, 1, &sr, &err), 0);
+    ck_assert_uint_eq(sr.inexact, wrong);
+    free(w); free(m); free(u);
+    tmod_free(&a);
+}
+END_TEST
+
+/* A finite W0 + d (or a converted W0) beyond the output dtype: refused
+ * naming the tensor, the count and the first element; with
+ * allow_nonfinite written as inf and counted.  Unmerge too. */
+START_TEST(test_nonfinite)
+{
+    uint64_t st = 4;
+    tmod a;
+    tmod_make(&a, 4, 4, 1, 1.0, 0.0, 0, &st);
+    a.a[0] = 1; a.a[1] = 1;     /* A = [1 1 0 0] */
+    a.b[0] = 1000; a.b[1] = -1000; /* d[0,0] = 1000, d[1,1] = -1000 */
+    lora_term one[1] = {{&a.m, 1.0}};
+    uint16_t w[16] = {0}, o[16];
+    w[0] = (uint16_t)fp_round_f16(65000); w[5] = (uint16_t)fp_round_f16(-65000);
+    w[10] = (uint16_t)fp_round_f16(1.0);
+    lora_error err;
+    ck_assert_int_eq(lora_tensor_merge(LORA_DT_F16, LORA_DT_F16, 4, 4, w, o, one, 1,
+                                       LORA_ROUND_NEAREST, 2, NULL, NULL, &err), LORA_EINPUT);
+    ck_assert_msg(strstr(err.msg, "2 value(s) not finite in F16") && strstr(err.msg, "element 0 [0, 0]"),
+                  "%s", err.msg);
+    /* F32 -> F16: an untouched 1e5 (d = 0) overflows in the conversion */
+    float w32[16] = {0};
+    w32[15] = 1e5f;
+    ck_assert_int_eq(lora_tensor_merge(LORA_DT_F32, LORA_DT_F16, 4, 4, w32, o, one, 1,
+                                       LORA_ROUND_NEAREST, 1, NULL, NULL, &err), LORA_EINPUT);
+    ck_assert_msg(strstr(err.msg, "1 value(s)") && strstr(err.msg, "element 15 [3, 3]: 100000 converted"),
+                  "%s", err.msg);
+    /* allowed: written as ±inf, counted; an inf base element is not counted */
+    lora_engine *e;
+    ck_assert_int_eq(lora_engine_new(2, &e, &err), 0);
+    lora_merge_stats s = {0};
+    w[15] = 0x7c00;
+    lora_tjob j;
+    memset(&j, 0, sizeof j);
+    j.name = "t";
+    j.in_dt = j.out_dt = LORA_DT_F16;
+    j.rows = j.cols = 4;
+    j.src = w;
+    j.dst = o;
+    j.terms = one;
+    j.nterms = 1;
+    j.allow_nonfinite = 1;
+    j.stats = &s;
+    ck_assert_int_eq(lora_engine_run(e, &j, &err), 0);
+    ck_assert_uint_eq(s.nonfinite, 2);
+    ck_assert_uint_eq(o[0], 0x7c00);
+    ck_assert_uint_eq(o[5], 0xfc00);
+    /* unmerge of a finite merged value that leaves the range: the wrong adapter */
+    uint16_t mm[16] = {0};
+    mm[0] = (uint16_t)fp_round_f16(-65000);
+    ck_assert_int_eq(lora_tensor_unmerge(LORA_DT_F16, LORA_DT_F16, 4, 4, mm, o, one, 1, NULL,
+                                         NULL, 1, NULL, &err), LORA_EINPUT);
+    ck_assert_msg(strstr(err.msg, "1 value(s) not finite") != NULL, "%s", err.msg);
+    lora_engine_free(e);
+    tmod_free(&a);
+}
+END_TEST
+
+
+/* lora_delta_nonfinite against a plain loop: the elements of s·B·A that
+ * round to ±inf in the dtype; none when the bound shows it cannot. */
+START_TEST(test_delta_nonfinite)
+{
+    uint64_t st = 8, rows = 30, cols = 40;
+    tmod a;
+    tmod_make(&a, rows, cols, 4, 1.0, 1.0, 0, &st);
+    lora_term one[1] = {{&a.m, 1.0}};
+    lora_error err;
+    uint64_t bad;
+    ck_assert_int_eq(lora_delta_nonfinite(&a.m, LORA_DT_F16, &bad, &err), 0);
+    ck_assert_uint_eq(bad, 0);
+    double scales[] = {2e4, 6e4, 1.25e307};
+    for (size_t c = 0; c < 3; c++) {
+        a.m.scale = scales[c];
+        uint64_t ref16 = 0, ref32 = 0;
+        for (uint64_t p = 0; p < rows; p++)
+            for (uint64_t q = 0; q < cols; q++) {
+                double d = ref_d(one, 1, p, q);
+                ref16 += !isfinite(d) || !fp_finite(FP_F16, fp_round_f16(d));
+                ref32 += !isfinite(d) || !fp_finite(FP_F32, fp_round_f32(d));
+            }
+        ck_assert_int_eq(lora_delta_nonfinite(&a.m, LORA_DT_F16, &bad, &err), 0);
+        ck_assert_uint_eq(bad, ref16);
+        ck_assert_int_eq(lora_delta_nonfinite(&a.m, LORA_DT_F32, &bad, &err), 0);
+        ck_assert_uint_eq(bad, ref32);
+        if (c == 1)
+            ck_assert(ref16 > 0 && ref16 < rows * cols); /* some, not all */
+        if (c == 2)
+            ck_assert_uint_gt(ref32, rows * cols / 2);
+    }
+    a.m.scale = INFINITY;
+    ck_assert_int_eq(lora_delta_nonfinite(&a.m, LORA_DT_BF16, &bad, &err), 0);
+    ck_assert_uint_eq(bad, rows * cols);
+    tmod_free(&a);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("merge");
@@ -409,6 +557,9 @@ static Suite *suite(void)
     tcase_add_test(tc, test_dtype_change);
     tcase_add_test(tc, test_reversible_saves);
     tcase_add_test(tc, test_refusals);
+    tcase_add_test(tc, test_may_differ);
+    tcase_add_test(tc, test_nonfinite);
+    tcase_add_test(tc, test_delta_nonfinite);
     suite_add_tcase(s, tc);
     return s;
 }

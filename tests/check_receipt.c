@@ -3,7 +3,10 @@
  * corrections round trip (varints, zigzag steps, gaps), and hostile
  * files: every truncation, corrupted bytes, and hand-made indexes that
  * lie about offsets, counts, types, dtypes and shapes.  Each must give
- * LORA_EINPUT with a message, never a crash.
+ * LORA_EINPUT with a message, never a crash.  Version 2: the kept
+ * headers and index (round trip, hostile blocks), the two-step commit
+ * with RECEIPT.new, signed receipts (a changed byte, another key, no
+ * signature).
  */
 #include "testutil.h"
 #include "internal.h"
@@ -12,6 +15,7 @@
 #include <sodium.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 static char *make_receipt(const char *dir, size_t *len, lora_fixes *fx)
 {
@@ -49,6 +53,15 @@ static char *make_receipt(const char *dir, size_t *len, lora_fixes *fx)
     t.nterms = 1;
     t.dtype = LORA_DT_F32;
     ck_assert_int_eq(lora_receipt_add_tensor(r, &t, NULL, &err), LORA_OK);
+    static const char hdr1[] = "{\"__metadata__\":{\"format\":\"pt\"},\"w\":{}}   ";
+    static const char ixj[] = "{\"weight_map\": {\"w\": \"a.safetensors\"}}\n";
+    unsigned char mh[32];
+    memset(mh, 0x5c, 32);
+    ck_assert_int_eq(lora_receipt_add_file(r, "a.safetensors", hdr1, sizeof hdr1 - 1, mh, &err),
+                     LORA_OK);
+    mh[0] = 1;
+    ck_assert_int_eq(lora_receipt_add_file(r, "b.safetensors", "{}", 2, mh, &err), LORA_OK);
+    ck_assert_int_eq(lora_receipt_set_index(r, ixj, sizeof ixj - 1, &err), LORA_OK);
     ck_assert_int_eq(lora_receipt_commit(r, &err), LORA_OK);
     char *buf = tu_read(p, len);
     free(p);
@@ -85,6 +98,20 @@ START_TEST(test_roundtrip)
     ck_assert_int_eq(lora_receipt_fixes(r, 1, &got, &err), LORA_OK);
     ck_assert_uint_eq(got.n, 0);
     ck_assert_int_eq(lora_receipt_tensor_at(r, 1)->dtype, LORA_DT_F32);
+    /* version 2: the kept headers and index come back as written */
+    ck_assert_int_eq(lora_receipt_version(r), 2);
+    ck_assert_uint_eq(lora_receipt_file_count(r), 2);
+    const lora_receipt_file *f = lora_receipt_file_find(r, "a.safetensors");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_uint_eq(f->header_len, 42);
+    ck_assert(memcmp(f->header, "{\"__metadata__\":{\"format\":\"pt\"},\"w\":{}}   ", 42) == 0);
+    ck_assert_int_eq(f->merged_header[0], 0x5c);
+    f = lora_receipt_file_find(r, "b.safetensors");
+    ck_assert(f && f->header_len == 2 && f->merged_header[0] == 1);
+    ck_assert_ptr_null(lora_receipt_file_find(r, "c.safetensors"));
+    uint64_t il;
+    const unsigned char *ix = lora_receipt_index(r, &il);
+    ck_assert(ix && il == 39 && memcmp(ix, "{\"weight_map\"", 13) == 0);
     /* compact: two varints of about a byte each per correction */
     ck_assert_uint_lt(t->length, fx.n * 3);
     lora_receipt_close(r);
@@ -248,6 +275,169 @@ START_TEST(test_hostile_index)
 }
 END_TEST
 
+/* version 2 indexes whose files or index lie; the data is the two
+ * bytes "{}" at offset 8 */
+START_TEST(test_hostile_files)
+{
+    unsigned char h[32];
+    char hex[65], good[160], json[8192], buf[16384];
+    crypto_generichash(h, 32, (const unsigned char *)"{}", 2, NULL, 0);
+    sodium_bin2hex(hex, sizeof hex, h, 32);
+    snprintf(good, sizeof good, "{\"offset\":8,\"length\":2,\"blake2b\":\"%s\"}", hex);
+#define V2 "{\"format\":\"lora-receipt\",\"version\":2,\"tool\":\"x\",\"rounding\":\"nearest\"," \
+           "\"hash\":\"blake2b-256-tree\",\"adapters\":[{\"path\":\"a\",\"blake2b\":\"" H64 \
+           "\",\"weight\":1}],\"tensors\":[]"
+    const char *cases[][2] = {
+        /* {files, index}; %s is the good block */
+        {"[{\"name\":\"a\",\"header\":%s,\"merged_header\":\"" H64 "\"}]", NULL}, /* fine */
+        {"[{\"name\":\"a\",\"header\":%s,\"merged_header\":\"" H64 "\"}]", "%s"}, /* fine */
+        {NULL, NULL},                                     /* no files in a version 2 receipt */
+        {"{}", NULL},
+        {"[7]", NULL},
+        {"[{\"header\":%s,\"merged_header\":\"" H64 "\"}]", NULL},
+        {"[{\"name\":\"\",\"header\":%s,\"merged_header\":\"" H64 "\"}]", NULL},
+        {"[{\"name\":\"a\",\"header\":%s,\"merged_header\":\"zz\"}]", NULL},
+        {"[{\"name\":\"a\",\"header\":%s,\"merged_header\":\"" H64 "\"},"
+         "{\"name\":\"a\",\"header\":%s,\"merged_header\":\"" H64 "\"}]", NULL},
+        {"[{\"name\":\"a\",\"header\":{\"offset\":0,\"length\":2,\"blake2b\":\"" H64 "\"},"
+         "\"merged_header\":\"" H64 "\"}]", NULL},
+        {"[{\"name\":\"a\",\"header\":{\"offset\":8,\"length\":2,\"blake2b\":\"" H64 "\"},"
+         "\"merged_header\":\"" H64 "\"}]", NULL},
+        {"[{\"name\":\"a\",\"header\":{\"offset\":8,\"length\":0,\"blake2b\":\"" H64 "\"},"
+         "\"merged_header\":\"" H64 "\"}]", NULL},
+        {"[{\"name\":\"a\",\"header\":{\"offset\":9,\"length\":18446744073709551615,"
+         "\"blake2b\":\"" H64 "\"},\"merged_header\":\"" H64 "\"}]", NULL},
+        {"[{\"name\":\"a\",\"header\":{\"offset\":8,\"length\":3000,\"blake2b\":\"" H64 "\"},"
+         "\"merged_header\":\"" H64 "\"}]", NULL},
+        {"[{\"name\":\"a\",\"header\":\"x\",\"merged_header\":\"" H64 "\"}]", NULL},
+        {"[]", "{\"offset\":8,\"length\":2,\"blake2b\":\"" H64 "\"}"},
+        {"[]", "{\"offset\":8,\"length\":-2,\"blake2b\":\"" H64 "\"}"},
+        {"[]", "[]"},
+    };
+    lora_error err;
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char files[4096] = "", index[1024] = "";
+        if (cases[i][0])
+            snprintf(files, sizeof files, cases[i][0], good, good);
+        if (cases[i][1])
+            snprintf(index, sizeof index, cases[i][1], good);
+        snprintf(json, sizeof json, V2 "%s%s%s%s%s}", cases[i][0] ? ",\"files\":" : "", files,
+                 cases[i][1] ? ",\"index\":" : "", index, "");
+        size_t n = forge(buf, json, "{}", 2);
+        int rc = try_all(buf, n, &err);
+        if (i < 2) {
+            ck_assert_msg(rc == LORA_OK, "case %zu: %s", i, err.msg);
+            continue;
+        }
+        ck_assert_msg(rc == LORA_EINPUT, "case %zu accepted", i);
+        ck_assert(strlen(err.msg) > 0);
+    }
+    /* version 1 (no files) is still read; version 3 is not */
+    size_t n = forge(buf, HEAD "]}", "", 0);
+    lora_receipt *r;
+    ck_assert_int_eq(lora_receipt_open_memory(buf, n, "v1", &r, &err), LORA_OK);
+    ck_assert_int_eq(lora_receipt_version(r), 1);
+    ck_assert_uint_eq(lora_receipt_file_count(r), 0);
+    uint64_t il;
+    ck_assert_ptr_null(lora_receipt_index(r, &il));
+    lora_receipt_close(r);
+    snprintf(json, sizeof json, "%s", HEAD "]}");
+    json[strstr(json, "\"version\":1") - json + 10] = '3';
+    n = forge(buf, json, "", 0);
+    ck_assert_int_eq(try_all(buf, n, &err), LORA_EINPUT);
+}
+END_TEST
+
+static int exists(const char *dir, const char *name)
+{
+    char *p = tu_path(dir, name);
+    int e = access(p, F_OK) == 0;
+    free(p);
+    return e;
+}
+
+static lora_receipt *small_receipt(const char *p)
+{
+    lora_receipt *r;
+    lora_error err;
+    unsigned char h[32] = {0};
+    ck_assert_int_eq(lora_receipt_create(p, LORA_ROUND_NEAREST, &r, &err), LORA_OK);
+    ck_assert_int_eq(lora_receipt_add_adapter(r, "a", h, 1.0, &err), LORA_OK);
+    ck_assert_int_eq(lora_receipt_add_file(r, "m.safetensors", "{}", 2, h, &err), LORA_OK);
+    ck_assert_int_eq(lora_receipt_finish(r, &err), LORA_OK);
+    return r;
+}
+
+/* a re-merge's receipt goes to PATH.new before OUT is renamed, then onto
+ * PATH; an abort after staging removes PATH.new */
+START_TEST(test_stage_install)
+{
+    char *d = tu_tmpdir();
+    char *p = tu_path(d, "x.receipt");
+    lora_error err;
+    lora_receipt *r = small_receipt(p);
+    ck_assert_int_eq(lora_receipt_stage_new(r, &err), LORA_OK);
+    ck_assert(exists(d, "x.receipt.new") && !exists(d, "x.receipt"));
+    ck_assert_int_eq(lora_receipt_install(r, &err), LORA_OK);
+    ck_assert(!exists(d, "x.receipt.new") && exists(d, "x.receipt"));
+    r = small_receipt(p);
+    ck_assert_int_eq(lora_receipt_stage_new(r, &err), LORA_OK);
+    lora_receipt_abort(r);
+    ck_assert(!exists(d, "x.receipt.new") && exists(d, "x.receipt"));
+    /* unfinished: install refuses and leaves nothing */
+    ck_assert_int_eq(lora_receipt_create(p, LORA_ROUND_NEAREST, &r, &err), LORA_OK);
+    ck_assert_int_eq(lora_receipt_install(r, &err), LORA_EUSAGE);
+    char *cmd;
+    ck_assert_int_gt(asprintf(&cmd, "test \"$(ls -A '%s')\" = x.receipt", d), 0);
+    ck_assert_int_eq(system(cmd), 0);
+    free(cmd);
+    free(p);
+    tu_rmtree(d);
+    free(d);
+}
+END_TEST
+
+/* signed receipts: verified over the bytes parsed; a changed byte,
+ * another key, no signature are refused */
+START_TEST(test_signed)
+{
+    char *d = tu_tmpdir();
+    char *p = tu_path(d, "s.receipt"), *sp = tu_path(d, "s.receipt.minisig");
+    lora_error err;
+    lora_seckey *sk, *sk2;
+    lora_pubkey pk[2];
+    ck_assert_int_eq(lora_init(&err), LORA_OK); /* libsodium's secure memory */
+    ck_assert_int_eq(lora_keygen(&sk, &err), LORA_OK);
+    ck_assert_int_eq(lora_keygen(&sk2, &err), LORA_OK);
+    lora_seckey_pubkey(sk, &pk[0]);
+    lora_seckey_pubkey(sk2, &pk[1]);
+    lora_receipt *r = small_receipt(p);
+    ck_assert_int_eq(lora_receipt_sign(r, sk, &err), LORA_OK);
+    ck_assert_int_eq(lora_receipt_install(r, &err), LORA_OK);
+    ck_assert_int_eq(lora_receipt_open_signed(p, pk, 2, &r, &err), LORA_OK);
+    ck_assert_uint_eq(lora_receipt_file_count(r), 1);
+    lora_receipt_close(r);
+    ck_assert_int_eq(lora_receipt_open_signed(p, &pk[1], 1, &r, &err), LORA_ECHECK);
+    size_t len;
+    char *b = tu_read(p, &len);
+    b[9] ^= 1; /* inside the kept header: the receipt itself would catch it too */
+    FILE *f = fopen(p, "wb");
+    ck_assert(f && fwrite(b, 1, len, f) == len && fclose(f) == 0);
+    ck_assert_int_eq(lora_receipt_open_signed(p, pk, 2, &r, &err), LORA_ECHECK);
+    ck_assert(strstr(err.msg, "signature") != NULL);
+    unlink(sp);
+    ck_assert_int_eq(lora_receipt_open_signed(p, pk, 2, &r, &err), LORA_EINPUT);
+    ck_assert(strstr(err.msg, "minisig") != NULL);
+    free(b);
+    lora_seckey_free(sk);
+    lora_seckey_free(sk2);
+    free(p);
+    free(sp);
+    tu_rmtree(d);
+    free(d);
+}
+END_TEST
+
 START_TEST(test_abort_leaves_nothing)
 {
     char *d = tu_tmpdir();
@@ -275,6 +465,9 @@ static Suite *suite(void)
     tcase_add_test(tc, test_truncated_corrupted);
     tcase_add_test(tc, test_hostile_index);
     tcase_add_test(tc, test_abort_leaves_nothing);
+    tcase_add_test(tc, test_hostile_files);
+    tcase_add_test(tc, test_stage_install);
+    tcase_add_test(tc, test_signed);
     suite_add_tcase(s, tc);
     return s;
 }

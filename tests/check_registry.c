@@ -401,13 +401,31 @@ START_TEST(trust_untrust)
     ck_assert_msg(strstr(e.msg, "only untrusted"), "%s", e.msg);
     ck_assert_int_eq(lora_registry_untrust(reg, "ABCDEF", &demoted, &e), LORA_EINPUT);
     ck_assert_msg(strstr(e.msg, "not trusted"), "%s", e.msg);
-    /* Trusting it again does not re-trust rows it was never checked
-     * against; adding the archive again with the key trusted does. */
+    lora_reg_adapter *ls;
+    size_t nls;
+    ck_assert_int_eq(lora_registry_ls(reg, NULL, NULL, &ls, &nls, &e), 0);
+    ck_assert_uint_eq(nls, 2);
+    ck_assert_int_eq(ls[0].trusted, 0);
+    ck_assert_int_eq(ls[1].trusted, 0);
+    lora_reg_adapters_free(ls, nls);
+    /* Trust is derived from the keys table when asked: trusting the key
+     * again makes its rows trusted again, without re-adding them. */
     ck_assert_int_eq(lora_registry_trust(reg, "ABCDEF", k1, NULL, &added, &e), 0);
-    ck_assert_int_eq(lora_registry_resolve(reg, "t", NULL, NULL, &a, &e), LORA_EINPUT);
-    ck_assert_int_eq(add(reg, dir, "a", "1.1.0", "t", "b", 1, 2), 0);
     ck_assert_int_eq(lora_registry_resolve(reg, "t", NULL, NULL, &a, &e), 0);
     ck_assert_str_eq(a->version, "1.1.0");
+    ck_assert_int_eq(a->trusted, 1);
+    lora_reg_adapter_free(a);
+    ck_assert_int_eq(lora_registry_get(reg, "a@1.0.0", 0, &a, &e), 0);
+    ck_assert_int_eq(a->trusted, 1);
+    lora_reg_adapter_free(a);
+    /* ...but never a row whose signature was not verified at add */
+    ck_assert_int_eq(add(reg, dir, "u", "1.0.0", "t2", "b", 0, 9), 0);
+    ck_assert_int_eq(lora_registry_trust(reg, "123",
+                                         "RWQCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCC",
+                                         NULL, &added, &e),
+                     0);
+    ck_assert_int_eq(lora_registry_get(reg, "u", 0, &a, &e), 0);
+    ck_assert_int_eq(a->trusted, 0);
     lora_reg_adapter_free(a);
     lora_registry_close(reg);
     tu_rmtree(dir);
@@ -642,7 +660,9 @@ START_TEST(add_archives_and_load_by_task)
     ck_assert_int_eq(lora_registry_add(reg, other, 0, &a, &added, why, &e), LORA_ECHECK);
     ck_assert_int_eq(lora_registry_add(reg, other, 1, &a, &added, why, &e), 0);
     ck_assert_int_eq(a->trusted, 0);
-    ck_assert_msg(why[0] != '\0', "no reason given for the untrusted add");
+    ck_assert_msg(strstr(why, "other.lora: not signed by any of the registry's 1 trusted keys") &&
+                      !strstr(why, "incoming"),
+                  "%s", why);
     lora_reg_adapter_free(a);
 
     lora_source_opts so = {0};
@@ -661,7 +681,13 @@ START_TEST(add_archives_and_load_by_task)
     ck_assert_msg(lora_adapter_load("reg:tiny@2.0.0", &so, &la, &e) == 0, "%s", e.msg);
     lora_adapter_free(la);
     so.no_verify = 0;
-    ck_assert_int_eq(lora_adapter_load("reg:tiny", &so, &la, &e), LORA_EUSAGE);
+    /* reg:NAME without @VERSION is NAME's newest version, as show takes it */
+    ck_assert_int_eq(lora_adapter_load("reg:tiny", &so, &la, &e), LORA_ECHECK);
+    ck_assert_msg(strstr(e.msg, "tiny@2.0.0") && strstr(e.msg, "untrusted"), "%s", e.msg);
+    ck_assert_int_eq(lora_registry_rm(reg, "tiny", "2.0.0", &e), 0);
+    ck_assert_msg(lora_adapter_load("reg:tiny", &so, &la, &e) == 0, "%s", e.msg);
+    ck_assert_str_eq(la->path, "reg:tiny@1.0.0"); /* named by the registry, not a path */
+    lora_adapter_free(la);
     ck_assert_int_eq(lora_adapter_load("task:nope", &so, &la, &e), LORA_EINPUT);
     ck_assert_msg(strstr(e.msg, "task:nope") && strstr(e.msg, "no trusted adapter"), "%s", e.msg);
     so.registry = "/nonexistent/registry.db";
@@ -683,6 +709,301 @@ START_TEST(add_archives_and_load_by_task)
     lora_registry_close(reg);
     tu_rmtree(dir);
     free(dir);
+}
+END_TEST
+
+/* ---- read-only use (issue 20.9) ---- */
+
+/* What a reader does; returns 0 when every read worked and every write
+ * was refused, else the number of the step that went wrong. */
+static int reader_steps(const char *db)
+{
+    lora_registry *reg;
+    lora_error le;
+    if (lora_registry_open(db, LORA_REG_READONLY, &reg, &le) != 0) {
+        fprintf(stderr, "read-only open: %s\n", le.msg);
+        return 10;
+    }
+    int step = 0;
+    lora_reg_adapter *v = NULL, *a = NULL;
+    size_t n = 0;
+    char **p = NULL;
+    size_t np = 0;
+    lora_reg_eval *ev = NULL;
+    size_t nev = 0;
+    if (lora_registry_ls(reg, NULL, NULL, &v, &n, &le) || n != 1)
+        step = 11;
+    else if (lora_registry_resolve(reg, "t", NULL, NULL, &a, &le))
+        step = 12;
+    else if (lora_registry_verify(reg, &p, &np, &le) || np)
+        step = 13;
+    else if (lora_registry_evals(reg, "a", &ev, &nev, &le))
+        step = 14;
+    else if (lora_registry_rm(reg, "a", "1.0.0", &le) == 0 || !strstr(le.msg, "readonly"))
+        step = 15;
+    if (step)
+        fprintf(stderr, "step %d: %s\n", step, le.msg);
+    lora_reg_adapters_free(v, n);
+    lora_reg_adapter_free(a);
+    lora_reg_problems_free(p, np);
+    lora_reg_evals_free(ev, nev);
+    lora_registry_close(reg);
+    return step;
+}
+
+START_TEST(read_only_open)
+{
+    char *dir;
+    lora_registry *reg = fresh(&dir);
+    trust_test_key(reg);
+    ck_assert_int_eq(add(reg, dir, "a", "1.0.0", "t", "b", 1, 1), 0);
+    char *db = strdup(lora_registry_path(reg));
+    lora_registry_close(reg);
+    ck_assert_int_eq(reader_steps(db), 0);
+    /* An empty file is no registry to read (nothing can create its tables). */
+    char *empty = tu_path(dir, "empty.db");
+    tu_write(empty, "", 0);
+    ck_assert_int_eq(lora_registry_open(empty, LORA_REG_READONLY, &reg, &e), LORA_EINPUT);
+    ck_assert_msg(strstr(e.msg, "empty registry"), "%s", e.msg);
+    free(empty);
+
+    /* A user who cannot write the folder: no -shm can be created, so the
+     * WAL database is read as immutable.  Root passes every permission
+     * check, so a child drops to nobody for this part. */
+    if (geteuid() == 0) {
+        char *blobs = tu_path(dir, "blobs");
+        ck_assert_int_eq(chmod(dir, 0755), 0);
+        ck_assert_int_eq(chmod(db, 0644), 0);
+        ck_assert_int_eq(chmod(blobs, 0755), 0);
+        free(blobs);
+        pid_t pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+            int code = 77;
+            if (setgid(65534) == 0 && setuid(65534) == 0)
+                code = access(dir, W_OK) == 0 ? 9 : reader_steps(db);
+            free(db);
+            free(dir);
+            _exit(code);
+        }
+        int status;
+        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+        ck_assert(WIFEXITED(status));
+        ck_assert_msg(WEXITSTATUS(status) == 0 || WEXITSTATUS(status) == 77,
+                      "reader as nobody failed at step %d", WEXITSTATUS(status));
+    }
+    free(db);
+    tu_rmtree(dir);
+    free(dir);
+}
+END_TEST
+
+/* ---- a damaged database (issue 20.11) ---- */
+
+START_TEST(verify_damaged_database)
+{
+    char *dir;
+    lora_registry *reg = fresh(&dir);
+    trust_test_key(reg);
+    for (int i = 0; i < 40; i++) {
+        char v[32];
+        snprintf(v, sizeof v, "1.%d.0", i);
+        ck_assert_int_eq(add(reg, dir, "a", v, "t", "b", 1, (uint64_t)i + 1), 0);
+    }
+    char *db = strdup(lora_registry_path(reg));
+    lora_registry_close(reg);
+    /* Damage the last page (an index or table page; page 1, the schema,
+     * stays whole so that the database still opens). */
+    struct stat sb;
+    ck_assert_int_eq(stat(db, &sb), 0);
+    ck_assert_int_gt(sb.st_size, 4 * 4096);
+    int fd = open(db, O_RDWR);
+    ck_assert_int_ge(fd, 0);
+    unsigned char junk[512];
+    memset(junk, 0xA5, sizeof junk);
+    ck_assert_int_eq(pwrite(fd, junk, sizeof junk, sb.st_size - 4096 + 8), (ssize_t)sizeof junk);
+    ck_assert_int_eq(pwrite(fd, junk, sizeof junk, sb.st_size - 2 * 4096 + 8), (ssize_t)sizeof junk);
+    close(fd);
+    ck_assert_int_eq(lora_registry_open(db, LORA_REG_READONLY, &reg, &e), 0);
+    char **p;
+    size_t n;
+    int rc = lora_registry_verify(reg, &p, &n, &e);
+    ck_assert_int_eq(rc, LORA_ECHECK);
+    ck_assert_uint_ge(n, 1);
+    ck_assert_msg(strstr(p[0], "database damaged"), "%s", p[0]);
+    lora_reg_problems_free(p, n);
+    lora_registry_close(reg);
+    free(db);
+    tu_rmtree(dir);
+    free(dir);
+}
+END_TEST
+
+/* ---- serving what was checked (issue 20.7), the base (14.1) ---- */
+
+/* A one-tensor base for tiny_adapter: l.q.weight, F32 [1, 2] = {w0, w1}. */
+static char *tiny_base(const char *dir, const char *name, float w0, float w1)
+{
+    char h[128];
+    int n = snprintf(h, sizeof h, "%s",
+                     "{\"l.q.weight\":{\"dtype\":\"F32\",\"shape\":[1,2],\"data_offsets\":[0,8]}}");
+    while (n % 8)
+        h[n++] = ' ';
+    unsigned char buf[256] = {0};
+    buf[0] = (unsigned char)n;
+    memcpy(buf + 8, h, (size_t)n);
+    memcpy(buf + 8 + n, &w0, 4);
+    memcpy(buf + 8 + n + 4, &w1, 4);
+    char *p = tu_path(dir, name);
+    tu_write(p, buf, 8 + (size_t)n + 8);
+    return p;
+}
+
+/* A registry trusting one fresh key, and archives of tiny_adapter
+ * signed by it. */
+struct signed_reg {
+    char *dir, *ad;
+    lora_registry *reg;
+    lora_seckey *sk;
+    lora_source_opts so;
+};
+
+static void signed_reg_init(struct signed_reg *r)
+{
+    r->reg = fresh(&r->dir);
+    r->ad = tu_path(r->dir, "ad");
+    tiny_adapter(r->ad);
+    ck_assert_int_eq(lora_keygen(&r->sk, &e), 0);
+    lora_pubkey pk;
+    lora_seckey_pubkey(r->sk, &pk);
+    char id[LORA_KEYID_STR], b64[57];
+    lora_keyid_str(pk.key_id, id);
+    lora_pubkey_b64(&pk, b64);
+    ck_assert_int_eq(lora_registry_trust(r->reg, id, b64, "me", NULL, &e), 0);
+    memset(&r->so, 0, sizeof r->so);
+    r->so.registry = lora_registry_path(r->reg);
+}
+
+static lora_reg_adapter *signed_add(struct signed_reg *r, const char *name, const char *task,
+                                    const char *version, const char *base)
+{
+    lora_pack_opts po = {0};
+    po.adapter_dir = r->ad;
+    po.name = name;
+    po.task = task;
+    po.version = version;
+    po.base = base;
+    char f[256];
+    snprintf(f, sizeof f, "%s-%s.lora", name, version);
+    char *path = tu_path(r->dir, f);
+    ck_assert_msg(lora_archive_create(path, &po, r->sk, &e) == 0, "%s", e.msg);
+    lora_reg_adapter *a;
+    ck_assert_msg(lora_registry_add(r->reg, path, 0, &a, NULL, NULL, &e) == 0, "%s", e.msg);
+    free(path);
+    return a;
+}
+
+static void signed_reg_free(struct signed_reg *r)
+{
+    lora_seckey_free(r->sk);
+    lora_registry_close(r->reg);
+    free(r->ad);
+    tu_rmtree(r->dir);
+    free(r->dir);
+}
+
+START_TEST(swapped_blob_refused)
+{
+    struct signed_reg r;
+    signed_reg_init(&r);
+    lora_reg_adapter *mine = signed_add(&r, "mine", "t", "1.0.0", NULL);
+    lora_reg_adapter *other = signed_add(&r, "other", "t2", "3.0.0", NULL);
+    lora_adapter *ad = NULL;
+    ck_assert_msg(lora_adapter_load("task:t", &r.so, &ad, &e) == 0, "%s", e.msg);
+    ck_assert_str_eq(ad->path, "reg:mine@1.0.0");
+    lora_adapter_free(ad);
+    /* Another archive signed by the same trusted key put in its place:
+     * the signature alone would pass it; the row does not. */
+    ck_assert_int_eq(rename(other->path, mine->path), 0);
+    ck_assert_int_eq(lora_adapter_load("task:t", &r.so, &ad, &e), LORA_ECHECK);
+    ck_assert_ptr_null(ad);
+    ck_assert_msg(strstr(e.msg, "mine@1.0.0") && strstr(e.msg, "other@3.0.0") &&
+                      strstr(e.msg, "swapped"),
+                  "%s", e.msg);
+    ck_assert_int_eq(lora_adapter_load("reg:mine@1.0.0", &r.so, &ad, &e), LORA_ECHECK);
+    /* ...and one no trusted key signed: named too, not "bad signature" */
+    lora_seckey *sk2;
+    ck_assert_int_eq(lora_keygen(&sk2, &e), 0);
+    lora_pack_opts po = {.adapter_dir = r.ad, .name = "stranger", .task = "t", .version = "9.0.0"};
+    ck_assert_int_eq(lora_archive_create(mine->path, &po, sk2, &e), 0);
+    lora_seckey_free(sk2);
+    ck_assert_int_eq(lora_adapter_load("task:t", &r.so, &ad, &e), LORA_ECHECK);
+    ck_assert_msg(strstr(e.msg, "mine@1.0.0") && strstr(e.msg, "stranger@9.0.0"), "%s", e.msg);
+    /* A row whose hash matches but whose fields were changed in the
+     * database: the manifest disagrees, and that is refused too. */
+    lora_reg_adapter *again = signed_add(&r, "other", "t2", "3.0.0", NULL); /* restores its blob */
+    lora_reg_adapter_free(again);
+    sqlite3 *db;
+    ck_assert_int_eq(sqlite3_open(lora_registry_path(r.reg), &db), SQLITE_OK);
+    ck_assert_int_eq(sqlite3_exec(db, "UPDATE adapters SET task = 't3' WHERE name = 'other'", NULL,
+                                  NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(db);
+    ck_assert_int_eq(lora_adapter_load("task:t3", &r.so, &ad, &e), LORA_ECHECK);
+    ck_assert_msg(strstr(e.msg, "other@3.0.0") && strstr(e.msg, "task is not the registry row's"),
+                  "%s", e.msg);
+    lora_reg_adapter_free(mine);
+    lora_reg_adapter_free(other);
+    signed_reg_free(&r);
+}
+END_TEST
+
+START_TEST(task_prefers_the_base)
+{
+    struct signed_reg r;
+    signed_reg_init(&r);
+    char *b1 = tiny_base(r.dir, "b1.safetensors", 1.0f, 2.0f);
+    char *b2 = tiny_base(r.dir, "b2.safetensors", 3.0f, 4.0f);
+    char *b3 = tiny_base(r.dir, "b3.safetensors", 5.0f, 6.0f);
+    lora_reg_adapter_free(signed_add(&r, "for-b1", "t", "1.0.0", b1));
+    lora_reg_adapter_free(signed_add(&r, "for-b2", "t", "2.0.0", b2));
+    lora_adapter *ad = NULL;
+    char *buf = NULL;
+    size_t len = 0;
+    r.so.warn = open_memstream(&buf, &len);
+    ck_assert_ptr_nonnull(r.so.warn);
+    /* no base given: the newest */
+    ck_assert_msg(lora_adapter_load("task:t", &r.so, &ad, &e) == 0, "%s", e.msg);
+    ck_assert_str_eq(ad->path, "reg:for-b2@2.0.0");
+    lora_adapter_free(ad);
+    /* base b1: the one registered for it, though older, with a note */
+    r.so.base = b1;
+    ck_assert_msg(lora_adapter_load("task:t", &r.so, &ad, &e) == 0, "%s", e.msg);
+    ck_assert_str_eq(ad->path, "reg:for-b1@1.0.0");
+    lora_adapter_free(ad);
+    fflush(r.so.warn);
+    ck_assert_msg(strstr(buf, "for-b1@1.0.0, the newest registered for base") &&
+                      strstr(buf, "for-b2@2.0.0"),
+                  "%s", buf);
+    r.so.base = b2;
+    ck_assert_msg(lora_adapter_load("task:t", &r.so, &ad, &e) == 0, "%s", e.msg);
+    ck_assert_str_eq(ad->path, "reg:for-b2@2.0.0");
+    lora_adapter_free(ad);
+    /* a base none was made for: the newest, with a warning naming it */
+    r.so.base = b3;
+    ck_assert_msg(lora_adapter_load("task:t", &r.so, &ad, &e) == 0, "%s", e.msg);
+    ck_assert_str_eq(ad->path, "reg:for-b2@2.0.0");
+    lora_adapter_free(ad);
+    fflush(r.so.warn);
+    ck_assert_msg(strstr(buf, "no adapter registered for base") &&
+                      strstr(buf, "using for-b2@2.0.0"),
+                  "%s", buf);
+    fclose(r.so.warn);
+    free(buf);
+    free(b1);
+    free(b2);
+    free(b3);
+    signed_reg_free(&r);
 }
 END_TEST
 
@@ -860,6 +1181,10 @@ int main(void)
     tcase_add_test(tc, add_archives_and_load_by_task);
     tcase_add_test(tc, concurrent_writers);
     tcase_add_test(tc, killed_writer);
+    tcase_add_test(tc, read_only_open);
+    tcase_add_test(tc, verify_damaged_database);
+    tcase_add_test(tc, swapped_blob_refused);
+    tcase_add_test(tc, task_prefers_the_base);
     suite_add_tcase(s, tc);
     return tu_run(s, 0);
 }

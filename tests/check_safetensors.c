@@ -496,6 +496,133 @@ START_TEST(test_exact_bytes)
 }
 END_TEST
 
+/* lora_stw_set_layout: another writer's header kept byte for byte
+ * (verbatim), or its order and offsets kept under new metadata; headers
+ * that do not match the declarations refused at start; metadata patched
+ * after start. */
+static const char KEPT[] = "{\"b\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [2, 6]},"
+                           " \"__metadata__\": {\"z\": \"1\", \"a\": \"2\"}, \"a\": {\"dtype\": "
+                           "\"F16\", \"shape\": [1], \"data_offsets\": [0, 2]}}     \n  ";
+
+static lora_stw *kept_writer(const char *p, const char *hdr, int verbatim, lora_error *e)
+{
+    lora_stw *w;
+    uint64_t sh[1] = {1};
+    ck_assert_int_eq(lora_stw_new(p, &w, e), LORA_OK);
+    ck_assert_int_eq(lora_stw_declare(w, "b", LORA_DT_F32, 1, sh, e), LORA_OK);
+    ck_assert_int_eq(lora_stw_declare(w, "a", LORA_DT_F16, 1, sh, e), LORA_OK);
+    ck_assert_int_eq(lora_stw_set_layout(w, hdr, strlen(hdr), verbatim, e), LORA_OK);
+    return w;
+}
+
+static void kept_data(lora_stw *w, lora_error *e)
+{
+    const unsigned char a[2] = {0x11, 0x22}, b[4] = {1, 2, 3, 4};
+    ck_assert_int_eq(lora_stw_write(w, "b", 0, b, 4, e), LORA_OK);
+    ck_assert_int_eq(lora_stw_write(w, "a", 0, a, 2, e), LORA_OK);
+}
+
+START_TEST(test_kept_layout)
+{
+    char *d = tu_tmpdir();
+    char *p = tu_path(d, "x.safetensors");
+    lora_error e;
+    size_t n, hl = strlen(KEPT);
+    /* verbatim: the very bytes, odd padding and all */
+    lora_stw *w = kept_writer(p, KEPT, 1, &e);
+    ck_assert_int_eq(lora_stw_set_metadata(w, "ignored", "x", &e), LORA_OK);
+    ck_assert_int_eq(lora_stw_start(w, &e), LORA_OK);
+    size_t got;
+    ck_assert_ptr_nonnull(lora_stw_header(w, &got));
+    ck_assert_uint_eq(got, 8 + hl);
+    kept_data(w, &e);
+    ck_assert_int_eq(lora_stw_commit(w, &e), LORA_OK);
+    char *b = tu_read(p, &n);
+    ck_assert_uint_eq(n, 8 + hl + 6);
+    ck_assert_uint_eq((unsigned char)b[0], hl);
+    ck_assert(memcmp(b + 8, KEPT, hl) == 0);
+    ck_assert(memcmp(b + 8 + hl, "\x11\x22\x01\x02\x03\x04", 6) == 0);
+    lora_st *st;
+    ck_assert_int_eq(lora_st_open(p, &st, &e), LORA_OK);
+    lora_st_close(st);
+    free(b);
+    /* kept order and offsets, new metadata where __metadata__ was, in the
+     * order set, "format" only when set */
+    w = kept_writer(p, KEPT, 0, &e);
+    ck_assert_int_eq(lora_stw_set_metadata(w, "z", "1", &e), LORA_OK);
+    ck_assert_int_eq(lora_stw_set_metadata(w, "a", "2", &e), LORA_OK);
+    ck_assert_int_eq(lora_stw_set_metadata(w, "lora_base", "0000", &e), LORA_OK);
+    ck_assert_int_eq(lora_stw_patch_metadata(w, "lora_base", "abcd", &e), LORA_EUSAGE);
+    ck_assert_int_eq(lora_stw_start(w, &e), LORA_OK);
+    ck_assert_int_eq(lora_stw_patch_metadata(w, "lora_base", "abc", &e), LORA_EUSAGE);
+    ck_assert_int_eq(lora_stw_patch_metadata(w, "lora_base", "ab\"d", &e), LORA_EUSAGE);
+    ck_assert_int_eq(lora_stw_patch_metadata(w, "z", "1", &e), LORA_OK);
+    ck_assert_int_eq(lora_stw_patch_metadata(w, "nope", "1234", &e), LORA_EUSAGE);
+    ck_assert_int_eq(lora_stw_patch_metadata(w, "lora_base", "abcd", &e), LORA_OK);
+    kept_data(w, &e);
+    ck_assert_int_eq(lora_stw_commit(w, &e), LORA_OK);
+    b = tu_read(p, &n);
+    const char want[] = "{\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[2,6]},"
+                        "\"__metadata__\":{\"z\":\"1\",\"a\":\"2\",\"lora_base\":\"abcd\"},"
+                        "\"a\":{\"dtype\":\"F16\",\"shape\":[1],\"data_offsets\":[0,2]}}";
+    size_t wl = strlen(want), pad = (wl + 7) / 8 * 8;
+    ck_assert_uint_eq(n, 8 + pad + 6);
+    ck_assert(memcmp(b + 8, want, wl) == 0);
+    ck_assert(memcmp(b + 8 + pad, "\x11\x22\x01\x02\x03\x04", 6) == 0);
+    free(b);
+    /* a header without __metadata__ gets it first, with "format":"pt"
+     * (transformers refuses metadata without a format) */
+    const char nometa[] = "{\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+                          "\"a\":{\"dtype\":\"F16\",\"shape\":[1],\"data_offsets\":[4,6]}}";
+    w = kept_writer(p, nometa, 0, &e);
+    ck_assert_int_eq(lora_stw_set_metadata(w, "k", "v", &e), LORA_OK);
+    ck_assert_int_eq(lora_stw_start(w, &e), LORA_OK);
+    kept_data(w, &e);
+    ck_assert_int_eq(lora_stw_commit(w, &e), LORA_OK);
+    b = tu_read(p, &n);
+    ck_assert(memcmp(b + 8, "{\"__metadata__\":{\"format\":\"pt\",\"k\":\"v\"},\"b\":", 43) == 0);
+    ck_assert(memcmp(b + n - 6, "\x01\x02\x03\x04\x11\x22", 6) == 0);
+    free(b);
+    /* headers that do not fit the declarations: refused, nothing left */
+    static const char *bad[] = {
+        "{\"b\":{\"dtype\":\"F16\",\"shape\":[1],\"data_offsets\":[0,2]},"
+        "\"a\":{\"dtype\":\"F16\",\"shape\":[1],\"data_offsets\":[2,4]}}",        /* dtype */
+        "{\"b\":{\"dtype\":\"F32\",\"shape\":[1,1],\"data_offsets\":[0,4]},"
+        "\"a\":{\"dtype\":\"F16\",\"shape\":[1],\"data_offsets\":[4,6]}}",        /* shape */
+        "{\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}",      /* a missing */
+        "{\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+        "\"a\":{\"dtype\":\"F16\",\"shape\":[1],\"data_offsets\":[4,6]},"
+        "\"c\":{\"dtype\":\"F16\",\"shape\":[1],\"data_offsets\":[6,8]}}",        /* extra */
+        "{\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+        "\"a\":{\"dtype\":\"F16\",\"shape\":[1],\"data_offsets\":[8,10]}}",       /* a hole */
+        "{\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+        "\"a\":{\"dtype\":\"F16\",\"shape\":[1],\"data_offsets\":[2,4]}}",        /* overlap */
+        "{\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+        "\"a\":{\"dtype\":\"F16\",\"shape\":[1],\"data_offsets\":[4]}}",          /* offsets */
+        "{\"b\":{\"dtype\":\"F32\",\"shape\":[-1],\"data_offsets\":[0,4]},"
+        "\"a\":{\"dtype\":\"F16\",\"shape\":[1],\"data_offsets\":[4,6]}}",
+        "{\"b\":{},\"b\":{}}", "[1]", "{\"b\":", "null",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        w = kept_writer(p, bad[i], i % 2, &e);
+        ck_assert_msg(lora_stw_start(w, &e) == LORA_EINPUT, "case %zu accepted", i);
+        ck_assert(strlen(e.msg) > 0);
+        lora_stw_abort(w);
+    }
+    ck_assert_int_eq(lora_stw_new(p, &w, &e), LORA_OK);
+    ck_assert_int_eq(lora_stw_set_layout(w, "", 0, 1, &e), LORA_EINPUT);
+    lora_stw_abort(w);
+    unlink(p);
+    char *cmd;
+    ck_assert_int_gt(asprintf(&cmd, "test -z \"$(ls -A '%s')\"", d), 0);
+    ck_assert_int_eq(system(cmd), 0);
+    free(cmd);
+    free(p);
+    tu_rmtree(d);
+    free(d);
+}
+END_TEST
+
 START_TEST(test_writer_failures)
 {
     char *d = tu_tmpdir();
@@ -684,6 +811,7 @@ int main(void)
     tcase_add_test(tw, test_exact_bytes);
     tcase_add_test(tw, test_writer_failures);
     tcase_add_test(tw, test_parallel_and_copy);
+    tcase_add_test(tw, test_kept_layout);
     suite_add_tcase(s, tw);
     return tu_run(s, 0);
 }

@@ -306,6 +306,26 @@ START_TEST(test_malformed_sigs)
     free(t);
     free(tc);
     free(ok);
+    /* a NUL byte in a line is named as such (issue 20 item 11), not
+     * reported as a line too long: in each of the four lines */
+    {
+        const char *at[] = {"signature from", "RUSp5Kgw", "tc ED", "nwHtimM0"};
+        const char *say[] = {"untrusted comment contains a NUL", "signature line contains a NUL",
+                             "trusted comment contains a NUL",
+                             "global signature line contains a NUL"};
+        for (size_t i = 0; i < 4; i++) {
+            size_t sl = strlen(MS_SIG_ED);
+            char *x = malloc(sl + 1);
+            memcpy(x, MS_SIG_ED, sl + 1);
+            char *p = strstr(x, at[i]);
+            ck_assert_ptr_nonnull(p);
+            p[2] = '\0';
+            lora_sig sig;
+            ck_assert_int_eq(lora_sig_parse(x, sl, &sig, &err), LORA_EINPUT);
+            ck_assert_msg(strstr(err.msg, say[i]) != NULL, "%zu: %s", i, err.msg);
+            free(x);
+        }
+    }
     /* signing refuses what minisign could not read back */
     lora_seckey *sk;
     ck_assert_int_eq(lora_seckey_parse(MS_SEC, strlen(MS_SEC), NULL, &sk, &err), 0);

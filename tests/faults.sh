@@ -1,8 +1,9 @@
 #!/bin/sh
 # tests/faults.sh - faults while a tool writes or reads, for every tool
-# that writes: lora-merge (file and folder output, with receipt),
+# that writes: lora-merge (file and folder output, with receipt; a
+# re-merge onto an existing output and receipt),
 # lora-unmerge (with the receipt), lora-rank-reduce, lora-pack create and
-# lora-registry add.
+# extract --force (the folder is v1 or v2, whole), and lora-registry add.
 #
 #  - disk full: ulimit -f with SIGXFSZ ignored (write() fails with EFBIG),
 #    and, where a private mount namespace can be made (unshare -rm), a
@@ -214,6 +215,45 @@ if have lora-merge; then
     setup=
 fi
 
+# ---- a re-merge onto an existing OUT and receipt -------------------------
+# Every crash leaves a pair that restores the base (old or new), or a
+# new OUT beside the old receipt that lora-unmerge refuses with exit 1,
+# naming RECEIPT.new, which then restores it.  Timed kills, and the two
+# exact points between the commit's steps (LORA_FAULT_POINT, merge.c).
+if have lora-merge && have lora-unmerge; then
+    ran=1
+    "$MKF" llama "$T/g2" --no-base --layers 4 --hidden 512 --intermediate 1024 --vocab 64 \
+        --rank 8 --targets q_proj,v_proj --seed 4 >/dev/null || fail "mkfixture g2"
+    expect 0 lora-merge "$BASE" -a "$T/g/adapter" -o "$T/old.st" -q
+    finals="$T/rm.st $T/rm.st.receipt"
+    setup='rm -rf $T/rm.st* ; cp "$T/old.st" "$T/rm.st"; cp "$T/old.st.receipt" "$T/rm.st.receipt"'
+    check_remerge() {
+        pt=$1 ok=
+        for a in g g2; do
+            run lora-unmerge "$T/rm.st" -a "$T/$a/adapter" --receipt "$T/rm.st.receipt" -o "$T/rmu.st" -q
+            [ "$rc" -eq 0 ] && ok=$a && break
+            if [ "$rc" -eq 1 ] && grep -q "receipt of this file is .*rm.st.receipt.new" "$T/err"; then
+                mv "$T/rm.st.receipt.new" "$T/rm.st.receipt"
+                run lora-unmerge "$T/rm.st" -a "$T/g2/adapter" --receipt "$T/rm.st.receipt" -o "$T/rmu.st" -q
+                [ "$rc" -eq 0 ] && ok="$a via RECEIPT.new" && break
+            fi
+        done
+        checks=$((checks + 1))
+        if [ -z "$ok" ]; then fail "re-merge killed at point $pt: no pair restores the base"
+        elif ! cmp -s "$T/rmu.st" "$BASE"; then fail "re-merge killed at point $pt: not the base"; fi
+        rm -f "$T/rmu.st"
+    }
+    for p in merge-before-output merge-between-renames; do
+        eval "$setup"
+        (LORA_FAULT_POINT=$p exec lora-merge "$BASE" -a "$T/g2/adapter" -o "$T/rm.st" -q) \
+            >/dev/null 2>&1
+        check_remerge "$p"
+    done
+    kill_points "lora-merge (re-merge)" 30 check_remerge \
+        lora-merge "$BASE" -a "$T/g2/adapter" -o "$T/rm.st" -q
+    setup=
+fi
+
 # ---- lora-unmerge, with the receipt ------------------------------------
 if have lora-unmerge && [ -f "$T/ref.st.receipt" ]; then
     ran=1
@@ -255,6 +295,80 @@ if have lora-pack; then
     setup='rm -rf $finals $T/a.lora.tmp*'
     kill_points lora-pack 40 check_plain $PACK -o "$T/a.lora" -q
     setup=
+fi
+
+# ---- lora-pack extract --force: the folder is v1 or v2, whole -------------
+# (issue 20 item 2) X holds v1 (the small adapter's archive); extracting
+# v2 (the large one) over it with --force under a full disk or a kill -9
+# leaves X exactly v1 or exactly v2, never v2's config beside v1's
+# tensors.  A kill may leave X.extract-XXXXXX; the next run removes it.
+if have lora-pack && [ -f "$T/ref.lora" ]; then
+    ran=1
+    expect 0 lora-pack create "$T/g/adapter" -s "$T/k.sec" --name small --task s --version 1.0.0 \
+        -o "$T/v1.lora" -q
+    expect 0 lora-pack extract "$T/v1.lora" -C "$T/xv1" -p "$T/k.pub" -q
+    expect 0 lora-pack extract "$T/ref.lora" -C "$T/xv2" -p "$T/k.pub" -q
+    # version_of DIR: v1, v2 or mixed
+    version_of() {
+        if diff -r -q "$T/xv1" "$1" >/dev/null 2>&1; then echo v1
+        elif diff -r -q "$T/xv2" "$1" >/dev/null 2>&1; then echo v2
+        else echo mixed; fi
+    }
+    checks=$((checks + 1)); [ "$(version_of "$T/xv1")" = v1 ] && [ "$(version_of "$T/xv2")" = v2 ] &&
+        mkdir "$T/xmix" && cp "$T/xv2/adapter_config.json" "$T/xmix/" &&
+        cp "$T/xv1/adapter_model.safetensors" "$T/xmix/" &&
+        [ "$(version_of "$T/xmix")" = mixed ] || fail "extract: the v1/v2/mixed verifier does not tell them apart"
+    EXTRACT="lora-pack extract $T/ref.lora -p $T/k.pub --force -q"
+
+    how="disk full (ulimit -f)"
+    rm -rf "$T/x" "$T"/x.extract-*; cp -r "$T/xv1" "$T/x"
+    run sh -c 'ulimit -f 64; trap "" XFSZ; exec "$@"' sh $EXTRACT -C "$T/x"
+    checks=$((checks + 1)); [ "$rc" -eq 4 ] || fail "lora-pack extract, $how: expected exit 4, got $rc"
+    expect_err "^lora-pack: .*File too large"
+    checks=$((checks + 1)); [ "$(version_of "$T/x")" = v1 ] || fail "lora-pack extract, $how: X is $(version_of "$T/x")"
+    checks=$((checks + 1)); ! ls -d "$T"/x.* >/dev/null 2>&1 || fail "lora-pack extract, $how: left $(ls -d "$T"/x.*)"
+
+    if [ $have_ns = 1 ]; then
+        v1kb=$(kb "$T/xv1") v2kb=$(kb "$T/xv2")
+        for s in $((v1kb + 64)) $((v1kb + v2kb / 2)) $((v1kb + v2kb - 32)) $((v1kb + v2kb + 256)); do
+            post='if diff -r -q "$T/xv1" "$FULL/x" >/dev/null 2>&1; then echo v1
+                  elif diff -r -q "$T/xv2" "$FULL/x" >/dev/null 2>&1; then echo v2
+                  else echo mixed; fi >"$T/ns.which"'
+            export post
+            rm -f "$T/ns.which"
+            # shellcheck disable=SC2086
+            enospc "lora-pack" "$s" 'lora-pack extract "$T/v1.lora" -C "$FULL/x" -p "$T/k.pub" -q' "" \
+                $EXTRACT -C "$FULL/x"
+            post=
+            checks=$((checks + 1))
+            w=$(cat "$T/ns.which" 2>/dev/null)
+            if [ "$rc" -eq 0 ]; then [ "$w" = v2 ] || fail "lora-pack extract, $how: exit 0 and X is '$w'"
+            else [ "$w" = v1 ] || fail "lora-pack extract, $how: exit $rc and X is '$w'"; fi
+            checks=$((checks + 1))
+            ! grep -q '^x\.' "$T/ns.ls" || fail "lora-pack extract, $how: left $(grep '^x\.' "$T/ns.ls" | tr '\n' ' ')"
+        done
+    fi
+
+    i=0 n_v1=0 n_v2=0
+    while [ $i -lt 20 ]; do
+        rm -rf "$T/x"; cp -r "$T/xv1" "$T/x"
+        $EXTRACT -C "$T/x" >/dev/null 2>&1 &
+        pid=$!
+        ms=$((i * 25))
+        sleep "$((ms / 1000)).$(printf '%03d' $((ms % 1000)))"
+        kill -9 $pid 2>/dev/null
+        wait $pid 2>/dev/null
+        w=$(version_of "$T/x")
+        checks=$((checks + 1))
+        case $w in v1) n_v1=$((n_v1 + 1)) ;; v2) n_v2=$((n_v2 + 1)) ;;
+        *) fail "lora-pack extract killed after $ms ms: X is $w" ;; esac
+        i=$((i + 1))
+    done
+    echo "lora-pack extract: 20 kill points: $n_v1 left v1, $n_v2 left v2, none mixed"
+    # what the kills left beside X is removed by the next run
+    expect 0 $EXTRACT -C "$T/x"
+    checks=$((checks + 1)); ! ls -d "$T"/x.* >/dev/null 2>&1 || fail "lora-pack extract: stale temporaries kept: $(ls -d "$T"/x.*)"
+    checks=$((checks + 1)); [ "$(version_of "$T/x")" = v2 ] || fail "lora-pack extract: X is not v2 after a clean run"
 fi
 
 if have lora-registry && [ -f "$T/ref.lora" ]; then

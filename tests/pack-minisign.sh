@@ -15,11 +15,11 @@ ln -s "$T/fx/adapter" "$T/ad"
 
 # 1. minisign verifies what we sign (unencrypted and encrypted keys)
 expect 0 lora-pack keygen -W -s "$T/k.sec" -p "$T/k.pub"
-expect 0 lora-pack create "$T/ad" -s "$T/k.sec" --name mini --task t --version 1 -o "$T/a.lora"
+expect 0 lora-pack create "$T/ad" -s "$T/k.sec" --name mini --task t --version 1.0.0 -o "$T/a.lora"
 mkdir "$T/x"
 (cd "$T/x" && tar xf "$T/a.lora" lora.json lora.json.minisig) || fail "tar cannot read the archive"
 expect 0 "$MINISIGN" -Vm "$T/x/lora.json" -x "$T/x/lora.json.minisig" -p "$T/k.pub"
-expect_out "Trusted comment: lora-archive	name:mini	version:1	manifest:[0-9a-f]{64}"
+expect_out "Trusted comment: lora-archive	name:mini	version:1.0.0	manifest:[0-9a-f]{64}"
 expect 0 "$MINISIGN" -Vm "$T/x/lora.json" -x "$T/x/lora.json.minisig" -P "$(sed -n 2p "$T/k.pub")"
 # and refuses a tampered manifest, as we do
 printf ' ' >> "$T/x/lora.json"
@@ -27,7 +27,7 @@ expect 1 "$MINISIGN" -Vm "$T/x/lora.json" -x "$T/x/lora.json.minisig" -p "$T/k.p
 
 printf 'pw\n' > "$T/pw"
 LORA_PASSWORD_FILE="$T/pw" expect 0 lora-pack keygen --kdf-memlimit 16777216 -s "$T/e.sec" -p "$T/e.pub"
-LORA_PASSWORD_FILE="$T/pw" expect 0 lora-pack create "$T/ad" -s "$T/e.sec" --name mini --task t --version 2 -o "$T/e.lora"
+LORA_PASSWORD_FILE="$T/pw" expect 0 lora-pack create "$T/ad" -s "$T/e.sec" --name mini --task t --version 2.0.0 -o "$T/e.lora"
 mkdir "$T/y"
 (cd "$T/y" && tar xf "$T/e.lora" lora.json lora.json.minisig) || fail "tar cannot read the archive"
 expect 0 "$MINISIGN" -Vm "$T/y/lora.json" -x "$T/y/lora.json.minisig" -p "$T/e.pub"
@@ -39,7 +39,7 @@ expect 0 "$MINISIGN" -Vm "$T/msg" -p "$T/e.pub"
 
 # 2. keys made by minisign -G -W sign archives we verify
 expect 0 "$MINISIGN" -G -W -p "$T/m.pub" -s "$T/m.key"
-expect 0 lora-pack create "$T/ad" -s "$T/m.key" --name mini --task t --version 3 -o "$T/m.lora"
+expect 0 lora-pack create "$T/ad" -s "$T/m.key" --name mini --task t --version 3.0.0 -o "$T/m.lora"
 expect 0 lora-pack verify "$T/m.lora" -p "$T/m.pub"
 expect_out "OK: mini 3"
 id=$(sed -n 1p "$T/m.pub" | sed 's/.*public key //')

@@ -21,20 +21,20 @@ expect 0 lora-pack keygen -W -s "$T/o.sec" -p "$T/o.pub"
 [ "$(stat -c %a "$T/k.sec")" = 600 ] || fail "secret key mode is not 0600"
 
 # create, deterministic
-expect 0 lora-pack create "$T/ad" -s "$T/k.sec" --name tiny --task test --version 1.0 \
+expect 0 lora-pack create "$T/ad" -s "$T/k.sec" --name tiny --task test --version 1.0.0 \
     --readme "$T/README.md" --receipt "$T/merge.receipt" -o "$T/a.lora"
-expect 0 lora-pack -q create "$T/ad" -s "$T/k.sec" --name tiny --task test --version 1.0 \
+expect 0 lora-pack -q create "$T/ad" -s "$T/k.sec" --name tiny --task test --version 1.0.0 \
     --readme "$T/README.md" --receipt "$T/merge.receipt" -o "$T/b.lora"
 checks=$((checks + 1)); cmp -s "$T/a.lora" "$T/b.lora" || fail "create is not deterministic"
 ls "$T" | grep -q 'tmp-' && fail "temporary file left behind"
 expect 2 lora-pack create "$T/ad" -s "$T/k.sec" --name tiny --task test -o "$T/c.lora"
-expect 2 lora-pack create "$T/ad" -s "$T/k.sec" --name 'two words' --task test --version 1 -o "$T/c.lora"
-expect 3 lora-pack create "$T/nonexistent" -s "$T/k.sec" --name x --task t --version 1 -o "$T/c.lora"
+expect 2 lora-pack create "$T/ad" -s "$T/k.sec" --name 'two words' --task test --version 1.0.0 -o "$T/c.lora"
+expect 3 lora-pack create "$T/nonexistent" -s "$T/k.sec" --name x --task t --version 1.0.0 -o "$T/c.lora"
 [ -e "$T/c.lora" ] && fail "failed create left an archive"
 
 # verify
 expect 0 lora-pack verify "$T/a.lora" -p "$T/k.pub"
-expect_out "a.lora: OK: tiny 1.0 \(task test\), signed by key [0-9A-F]+"
+expect_out "a.lora: OK: tiny 1.0.0 \(task test\), signed by key [0-9A-F]+"
 expect 0 lora-pack verify "$T/a.lora" -p "$T/o.pub" -p "$T/k.pub"
 expect 0 lora-pack verify "$T/a.lora" -P "$(sed -n 2p "$T/k.pub")"
 expect 0 lora-pack verify --json "$T/a.lora" -p "$T/k.pub"
@@ -68,7 +68,7 @@ expect 1 lora-pack extract "$T/a.lora" -C "$T/y" -p "$T/o.pub"
 [ -e "$T/y" ] && [ -n "$(ls -A "$T/y")" ] && fail "extract wrote files for an unverified archive"
 
 # compressed
-expect 0 lora-pack create "$T/ad" -s "$T/k.sec" --name tiny --task test --version 1.0 --compress -o "$T/z.lora"
+expect 0 lora-pack create "$T/ad" -s "$T/k.sec" --name tiny --task test --version 1.0.0 --compress -o "$T/z.lora"
 expect 0 lora-pack verify "$T/z.lora" -p "$T/k.pub"
 expect 0 lora-pack list --json "$T/z.lora"
 expect_out '"compressed": true'
@@ -98,8 +98,8 @@ expect_err "truncated"
 expect 3 lora-pack extract "$T/h.lora" -C "$T/hx" -p "$T/k.pub"
 [ -n "$(ls -A "$T/hx" 2>/dev/null)" ] && fail "truncated archive extracted files"
 
-# the signature of the 1.0 archive swapped into a 2.0 archive
-expect 0 lora-pack create "$T/ad" -s "$T/k.sec" --name tiny --task test --version 2.0 -o "$T/v2.lora"
+# the signature of the 1.0.0 archive swapped into a 2.0.0 archive
+expect 0 lora-pack create "$T/ad" -s "$T/k.sec" --name tiny --task test --version 2.0.0 -o "$T/v2.lora"
 soff1=$(grep -abo 'untrusted comment: ' "$T/a.lora" | head -n 1 | cut -d: -f1)
 soff2=$(grep -abo 'untrusted comment: ' "$T/v2.lora" | head -n 1 | cut -d: -f1)
 cp "$T/v2.lora" "$T/h.lora"
@@ -112,17 +112,17 @@ printf 'correct horse\n' > "$T/pw"
 printf 'wrong horse\n' > "$T/badpw"
 LORA_PASSWORD_FILE="$T/pw" expect 0 lora-pack keygen --kdf-memlimit 16777216 -s "$T/e.sec" -p "$T/e.pub"
 grep -q '^RWRTY0Iy' "$T/e.sec" || fail "encrypted key does not say kdf Sc"
-LORA_PASSWORD_FILE="$T/badpw" expect 1 lora-pack create "$T/ad" -s "$T/e.sec" --name tiny --task test --version 1 -o "$T/e.lora"
+LORA_PASSWORD_FILE="$T/badpw" expect 1 lora-pack create "$T/ad" -s "$T/e.sec" --name tiny --task test --version 1.0.0 -o "$T/e.lora"
 expect_err "wrong password"
-LORA_PASSWORD_FILE="$T/pw" expect 0 lora-pack create "$T/ad" -s "$T/e.sec" --name tiny --task test --version 1 -o "$T/e.lora"
+LORA_PASSWORD_FILE="$T/pw" expect 0 lora-pack create "$T/ad" -s "$T/e.sec" --name tiny --task test --version 1.0.0 -o "$T/e.lora"
 expect 0 lora-pack verify "$T/e.lora" -p "$T/e.pub"
 
 # --base: a hash over the base tensors the adapter changes
-expect 0 lora-pack create "$T/ad" -s "$T/k.sec" --name tiny --task test --version 1.0 \
+expect 0 lora-pack create "$T/ad" -s "$T/k.sec" --name tiny --task test --version 1.0.0 \
     --base "$T/fx/base" -o "$T/based.lora"
 expect 0 lora-pack list --json "$T/based.lora"
 expect_out '"base_hash": "[0-9a-f]{64}"'
-expect 3 lora-pack create "$T/ad" -s "$T/k.sec" --name tiny --task test --version 1.0 \
+expect 3 lora-pack create "$T/ad" -s "$T/k.sec" --name tiny --task test --version 1.0.0 \
     --base "$T/README.md" -o "$T/nobase.lora"
 
 # other tools read archives in place: lora-inspect with -p, and refuses
@@ -136,6 +136,110 @@ if [ -x "$TOP_BUILDDIR/lora-inspect" ]; then
     expect 0 lora-inspect "$T/a.lora" --no-verify
     expect_err "NOT verified"
     expect 1 lora-inspect "$T/h.lora" -p "$T/k.pub"
+fi
+
+# extract replaces the folder whole (issue 20 item 2): v2 over v1 gives
+# exactly v2's members; a folder holding anything an extraction does not
+# write is left alone; temporaries a killed run left are removed
+printf 'v2 receipt\n' > "$T/v2.receipt"
+expect 0 lora-pack create "$T/ad" -s "$T/k.sec" --name tiny --task test --version 2.0.0 \
+    --receipt "$T/v2.receipt" -o "$T/w2.lora"
+expect 0 lora-pack extract "$T/w2.lora" -C "$T/x" -p "$T/k.pub" --force
+checks=$((checks + 1))
+[ "$(ls -A "$T/x" | tr '\n' ' ')" = "adapter_config.json adapter_model.safetensors receipts " ] ||
+    fail "extract --force left a mix: $(ls -A "$T/x")"
+checks=$((checks + 1))
+[ "$(ls "$T/x/receipts")" = v2.receipt ] || fail "old receipts kept: $(ls "$T/x/receipts")"
+checks=$((checks + 1))
+ls -d "$T"/x.* >/dev/null 2>&1 && fail "temporaries left beside the folder: $(ls -d "$T"/x.*)"
+printf 'mine\n' > "$T/x/notes.txt"
+expect 2 lora-pack extract "$T/a.lora" -C "$T/x" -p "$T/k.pub" --force
+expect_err 'holds "notes.txt"'
+checks=$((checks + 1))
+[ -f "$T/x/notes.txt" ] && [ -f "$T/x/receipts/v2.receipt" ] || fail "a refused extract changed the folder"
+rm "$T/x/notes.txt"
+mkdir "$T/x.extract-AbC123" && printf 'stale\n' > "$T/x.extract-AbC123/adapter_config.json"
+mkdir "$T/empty"
+expect 0 lora-pack extract "$T/a.lora" -C "$T/empty" -p "$T/k.pub"
+expect 0 lora-pack extract "$T/a.lora" -C "$T/x/" -p "$T/k.pub" --force
+checks=$((checks + 1))
+[ -e "$T/x.extract-AbC123" ] && fail "a stale extract temporary was not removed"
+checks=$((checks + 1))
+cmp -s "$T/x/receipts/merge.receipt" "$T/merge.receipt" && [ ! -e "$T/x/receipts/v2.receipt" ] ||
+    fail "extract --force did not bring back v1"
+expect 3 lora-pack extract "$T/a.lora" -C "$T/README.md" -p "$T/k.pub"
+expect_err "not a folder"
+
+# decompression bomb (issue 20 item 5): a signed zstd archive of a few
+# KiB whose manifest states a 1 GiB member (a receipt of zeros) is
+# refused by list (no signature check), verify and registry add -u
+# before 1 GiB is ever allocated
+truncate -s 1G "$T/zeros.receipt"
+expect 0 lora-pack create "$T/ad" -s "$T/k.sec" --name bomb --task test --version 1.0.0 --compress \
+    --receipt "$T/zeros.receipt" -o "$T/bomb.lora" -q
+rm -f "$T/zeros.receipt"
+bsize=$(stat -c %s "$T/bomb.lora")
+checks=$((checks + 1)); [ "$bsize" -lt 200000 ] || fail "the bomb is $bsize bytes, not a few KiB"
+# shellcheck disable=SC2016 # $1 expands in the inner shell
+expect 3 sh -c 'ulimit -v 600000 2>/dev/null; exec "$@"' sh "$TOP_BUILDDIR/lora-pack" list "$T/bomb.lora"
+expect_err "decompression bomb"
+expect 3 lora-pack verify "$T/bomb.lora" -p "$T/k.pub"
+expect_err "decompression bomb"
+if [ -z "${LORA_WRAP:-}" ] && [ -x /usr/bin/time ]; then
+    /usr/bin/time -f %M -o "$T/rss" "$TOP_BUILDDIR/lora-pack" list "$T/bomb.lora" >/dev/null 2>&1
+    rss=$(tail -n 1 "$T/rss")
+    echo "note: a $bsize-byte archive stating a 1 GiB member refused at $rss KiB peak RSS"
+    checks=$((checks + 1)); [ "$rss" -lt 262144 ] || fail "bomb refused only at $rss KiB"
+fi
+if [ -x "$TOP_BUILDDIR/lora-registry" ]; then
+    expect 0 lora-registry -r "$T/reg/r.db" trust "$T/o.pub" -q
+    expect 3 lora-registry -r "$T/reg/r.db" add -u "$T/bomb.lora"
+    expect_err "decompression bomb"
+fi
+
+# verified is what is used (issue 20 item 1): while the archive is
+# rewritten in place, over and over, with +Inf tensor bytes (same inode,
+# same size), lora-merge from it either refuses or writes exactly the
+# merge of the signed bytes: never an output from the unsigned ones
+if [ -x "$TOP_BUILDDIR/lora-merge" ]; then
+    # (the output records the adapter's path: the reference reads live.lora too)
+    cp "$T/a.lora" "$T/live.lora"
+    expect 0 lora-merge "$T/fx/base" -a "$T/live.lora" -p "$T/k.pub" -o "$T/ref.merged" -q
+    cp "$T/a.lora" "$T/evil.lora"
+    tlen=$(tr -d ' \n' < "$T/list.json" | grep -o '"name":"adapter_model.safetensors","size":[0-9]*' |
+           sed 's/.*"size"://')
+    toff=$((off + 1 - tlen))
+    # the tensor data after the safetensors header: +Inf as F32
+    hlen=$(od -An -tu4 -j "$toff" -N4 "$T/a.lora" | tr -d ' ')
+    doff=$((toff + 8 + hlen))
+    n=$(((off + 1 - doff) / 4))
+    i=0; while [ $i -lt "$n" ]; do printf '\000\000\200\177'; i=$((i + 1)); done > "$T/inf.bin"
+    dd if="$T/inf.bin" of="$T/evil.lora" bs=1 seek="$doff" conv=notrunc 2>/dev/null
+    checks=$((checks + 1)); cmp -s "$T/a.lora" "$T/evil.lora" && fail "the unsigned copy is the signed one"
+    ( while [ ! -e "$T/stop" ]; do
+          dd if="$T/evil.lora" of="$T/live.lora" conv=notrunc 2>/dev/null
+          dd if="$T/a.lora" of="$T/live.lora" conv=notrunc 2>/dev/null
+      done ) &
+    writer=$!
+    k=0 n_ok=0 n_refused=0
+    while [ $k -lt 40 ]; do
+        rm -rf "$T/m.out" "$T/m.out.receipt"
+        lora-merge "$T/fx/base" -a "$T/live.lora" -p "$T/k.pub" -o "$T/m.out" -q 2>"$T/m.err"
+        r=$?
+        checks=$((checks + 1))
+        if [ $r -eq 0 ]; then
+            n_ok=$((n_ok + 1))
+            diff -r -q "$T/ref.merged" "$T/m.out" >/dev/null || fail "merge $k: exit 0 with an output that is not the signed adapter's"
+        else
+            n_refused=$((n_refused + 1))
+            [ $r -lt 128 ] || fail "merge $k died of signal $((r - 128))"
+            [ -e "$T/m.out" ] && fail "merge $k: exit $r but an output was written"
+        fi
+        k=$((k + 1))
+    done
+    : > "$T/stop"
+    wait $writer 2>/dev/null
+    echo "note: 40 merges from an archive rewritten in place: $n_ok exact, $n_refused refused"
 fi
 
 done_testing

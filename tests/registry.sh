@@ -72,7 +72,11 @@ expect 0 $REG ls --task sql
 expect_out "sql-a"
 grep -q evil "$T/out" && fail "refused archive was registered"
 expect 0 $REG add "$M1" --allow-untrusted
-expect_err "warning: evil@9.0.0 is NOT signed by a trusted key"
+expect_err "warning: evil@9.0.0 registered as UNTRUSTED"
+# the reason in the registry's terms, naming the archive, never the temporary
+expect_err "evil-9.0.0.lora: not signed by any of the registry's 1 trusted keys"
+checks=$((checks + 1))
+grep -q "incoming.tmp" "$T/err" && fail "the warning names a temporary: $(cat "$T/err")"
 expect 0 $REG ls --json
 expect_out '"trusted": false'
 
@@ -110,8 +114,11 @@ expect_out "version: +1.10.0$"
 # other tools take task:TASK and reg:NAME@VERSION (source.c)
 if [ -x "$TOP_BUILDDIR/lora-inspect" ]; then
     expect 0 lora-inspect task:sql
-    expect_out "$(basename "$want")"
+    expect_out "reg:sql-a@1.10.0"
     expect 0 lora-inspect reg:sql-a@1.9.0
+    # reg:NAME without @VERSION: the newest, as show takes it
+    expect 0 lora-inspect reg:sql-a
+    expect_out "reg:sql-a@1.10.0"
     expect 1 lora-inspect reg:evil@9.0.0
     expect_err "untrusted in the registry"
     expect 3 lora-inspect task:nosuchtask
@@ -179,10 +186,14 @@ expect 0 $REG untrust "$ALICE"
 expect_out "no longer trusted"
 expect 3 $REG resolve sql
 expect_err "only untrusted"
+expect 0 $REG ls --task sql
+expect_out "UNTRUSTED"
 expect 3 $REG untrust "$ALICE"
+# trusting the key again restores its adapters, without re-adding them
 expect 0 $REG trust "$T/alice.pub"
-expect 0 $REG add "$A2" -q
 expect 0 $REG resolve sql
+expect 0 $REG show sql-a@1.9.0
+expect_out "trusted: +yes"
 
 # ---- rm, gc ----
 expect 0 $REG rm sql-b@1.2.0
@@ -196,6 +207,15 @@ expect_out "removed 0 files"
 # ---- evals (none recorded by this test) ----
 expect 0 $REG evals sql-a --json
 expect_out '^\[\]$'
+expect 3 $REG evals nosuch
+expect_err "no adapter nosuch"
+expect 3 $REG evals sql-a@9.9.9
+
+# ---- lora-pack create checks the version the registry will want ----
+expect 2 lora-pack create "$T/ad" -s "$T/alice.sec" --name x --task y --version v2 -o "$T/v2.lora"
+expect_err "v2 is not a semantic version"
+checks=$((checks + 1))
+[ -e "$T/v2.lora" ] && fail "an archive with version v2 was written"
 
 # ---- kill -9 of add midway ----
 mkad "$T/bigad" 4000000
@@ -218,6 +238,158 @@ for delay in 0.01 0.03 0.06 0.1 0.2; do
     $REG rm big@1.0.0 -q 2>/dev/null
     $REG gc -q
 done
+
+# ---- serving what is checked: a blob swapped with another trusted archive ----
+# mkbase FILE W0 W1: a one-tensor base for $T/ad (l.q.weight, F32 [1,2]);
+# W0, W1 as printf octal escapes of the little-endian floats.
+mkbase() {
+    h='{"l.q.weight":{"dtype":"F32","shape":[1,2],"data_offsets":[0,8]}}'
+    while [ $((${#h} % 8)) -ne 0 ]; do h="$h "; done
+    { printf "\\$(printf %03o ${#h})\\0\\0\\0\\0\\0\\0\\0"; printf '%s' "$h"; printf "$2$3"; } > "$1"
+}
+mkbase "$T/b1.safetensors" '\0\0\200\77' '\0\0\0\100'
+mkbase "$T/b2.safetensors" '\0\0\100\100' '\0\0\200\100'
+# swap-b changes the weights (A and B all ones), swap-a does not (zeros):
+# a merge of the wrong one shows in the output
+mkdir -p "$T/ad2"
+cp "$T/ad/adapter_config.json" "$T/ad2/"
+head -c -12 "$T/ad/adapter_model.safetensors" > "$T/ad2/adapter_model.safetensors"
+printf '\0\0\200\77\0\0\200\77\0\0\200\77' >> "$T/ad2/adapter_model.safetensors"
+SW_A=$(pack alice swap-a swap 1.0.0)
+SW_B=$(pack alice swap-b other 1.0.0 "$T/ad2")
+expect 0 $REG add "$SW_A" -q
+expect 0 $REG add "$SW_B" -q
+expect 0 lora-merge "$T/b1.safetensors" -a task:swap -o "$T/m1.safetensors" --no-receipt -q
+expect 0 lora-merge "$T/b1.safetensors" -a task:other -o "$T/mb.safetensors" --no-receipt -q
+checks=$((checks + 1))
+cmp -s "$T/m1.safetensors" "$T/mb.safetensors" && fail "swap-a and swap-b merge alike: the swap tests would see nothing"
+blob_a=$($REG resolve swap)
+blob_b=$($REG resolve other)
+cp "$blob_a" "$T/blob_a.saved"
+chmod u+w "$blob_a"
+cp "$blob_b" "$blob_a"
+expect 1 lora-merge "$T/b1.safetensors" -a task:swap -o "$T/m2.safetensors" --no-receipt -q
+expect_err "swap-a@1.0.0: blob .* holds swap-b@1.0.0"
+checks=$((checks + 1))
+[ -e "$T/m2.safetensors" ] && fail "lora-merge wrote an output from a swapped blob"
+expect 1 $REG verify
+expect_err "swap-a@1.0.0"
+expect 0 $REG add "$SW_A" -q # repairs the blob
+expect 0 lora-merge "$T/b1.safetensors" -a task:swap -o "$T/m2.safetensors" --no-receipt -q
+checks=$((checks + 1))
+cmp -s "$T/m1.safetensors" "$T/m2.safetensors" || fail "merge after repair differs"
+
+# the swap racing the merges (by rename and by rewriting in place): every
+# run merges swap-a exactly or refuses, none merges swap-b
+cp "$blob_a" "$T/good_a"
+cp "$blob_b" "$T/good_b"
+rm -f "$T/stop"
+(
+    while [ ! -e "$T/stop" ]; do
+        cp "$T/good_b" "$blob_a.x" && mv -f "$blob_a.x" "$blob_a"
+        cp "$T/good_a" "$blob_a.x" && mv -f "$blob_a.x" "$blob_a"
+        cat "$T/good_b" > "$blob_a"
+        cat "$T/good_a" > "$blob_a"
+    done
+) &
+swapper=$!
+i=0 merged=0 refused=0
+while [ $i -lt 40 ]; do
+    out="$T/race$i.safetensors"
+    run lora-merge "$T/b1.safetensors" -a task:swap -o "$out" --no-receipt -q
+    checks=$((checks + 1))
+    if [ "$rc" -eq 0 ]; then
+        merged=$((merged + 1))
+        cmp -s "$T/m1.safetensors" "$out" || fail "race run $i: exit 0 with another adapter merged"
+    elif [ "$rc" -eq 1 ]; then
+        refused=$((refused + 1))
+        [ -e "$out" ] && fail "race run $i: refused but wrote $out"
+    else
+        fail "race run $i: exit $rc: $(head -n 1 "$T/err")"
+    fi
+    rm -f "$out"
+    i=$((i + 1))
+done
+touch "$T/stop"
+wait $swapper
+echo "swap race: $merged merged swap-a, $refused refused"
+cp "$T/good_a" "$blob_a"
+
+# ---- task: prefers the adapter registered for the base merged into ----
+for v in 1 2; do
+    lora-pack create "$T/ad" -s "$T/alice.sec" --name "for-b$v" --task based --version "$v.0.0" \
+        --base "$T/b$v.safetensors" -o "$T/arc/for-b$v.lora" -q || fail "pack for-b$v"
+    expect 0 $REG add "$T/arc/for-b$v.lora" -q
+done
+expect 0 lora-merge "$T/b1.safetensors" -a task:based -o "$T/mb1.safetensors" --no-receipt -q
+expect_err "task:based: for-b1@1.0.0, the newest registered for base .*b1.safetensors \(newer for-b2@2.0.0"
+expect 0 lora-merge "$T/b2.safetensors" -a task:based -o "$T/mb2.safetensors" --no-receipt -q
+checks=$((checks + 1))
+[ -s "$T/err" ] && fail "task:based on its own base: unexpected message $(cat "$T/err")"
+
+# ---- read-only use: a user who cannot write the registry ----
+if [ "$(id -u)" = 0 ] && command -v setpriv >/dev/null 2>&1; then
+    NOBODY="setpriv --reuid=65534 --regid=65534 --clear-groups"
+    chmod 755 "$T" "$T/reg" "$T/reg/blobs"
+    mkdir -p "$T/roout" && chown 65534 "$T/roout"
+    for cmd in ls keys "show sql-a" "resolve sql" verify "evals sql-a" tasks; do
+        # shellcheck disable=SC2086
+        expect 0 $NOBODY lora-registry $cmd
+    done
+    expect 0 $NOBODY lora-merge "$T/b1.safetensors" -a task:swap -o "$T/roout/m.safetensors" \
+        --no-receipt -q
+    checks=$((checks + 1))
+    cmp -s "$T/m1.safetensors" "$T/roout/m.safetensors" || fail "read-only merge differs"
+    run $NOBODY lora-registry rm sql-a@1.9.0
+    checks=$((checks + 1))
+    [ "$rc" -ne 0 ] || fail "nobody removed a row from root's registry"
+    checks=$((checks + 1))
+    find "$T/reg" -newer "$T/m1.safetensors" -name 'registry.db-*' | grep -q . &&
+        fail "a reader left files in the registry folder"
+else
+    echo "SKIP: read-only rows (need root and setpriv)"
+fi
+
+# ---- read commands on a full disk ----
+# A registry with two adapters copied into a private tmpfs, which is then
+# filled: SQLite cannot make its -shm file there, and reads still work.
+SMALL="$T/small/registry.db"
+expect 0 $REG -r "$SMALL" trust "$T/alice.pub" -q
+expect 0 $REG -r "$SMALL" add "$SW_A" -q
+expect 0 $REG -r "$SMALL" add "$SW_B" -q
+mkdir -p "$T/full"
+if unshare -rm sh -c 'mount -t tmpfs -o size=512k tmpfs "$1"' sh "$T/full" 2>/dev/null; then
+    unshare -rm sh -c '
+        T=$1
+        mount -t tmpfs -o size=512k tmpfs "$T/full" || exit 90
+        cp -a "$T/small" "$T/full/" || exit 91
+        dd if=/dev/zero of="$T/full/fill" bs=4k 2>/dev/null
+        export LORA_REGISTRY="$T/full/small/registry.db"
+        for cmd in ls verify "resolve swap" "show swap-a" "evals swap-a"; do
+            lora-registry $cmd >/dev/null 2>>"$T/full.err" || echo "$cmd" >> "$T/full.failed"
+        done
+        lora-merge "$T/b1.safetensors" -a task:swap -o "$T/fullm.safetensors" --no-receipt -q \
+            2>>"$T/full.err" || echo "lora-merge -a task:swap" >> "$T/full.failed"
+        exit 0' sh "$T"
+    checks=$((checks + 1))
+    [ -s "$T/full.failed" ] && fail "on a full disk: $(tr '\n' ',' < "$T/full.failed") failed: $(head -n 2 "$T/full.err")"
+    checks=$((checks + 1))
+    cmp -s "$T/m1.safetensors" "$T/fullm.safetensors" || fail "merge from a full-disk registry differs"
+else
+    echo "SKIP: full-disk reads (no private tmpfs: unshare -rm failed)"
+fi
+
+# ---- a damaged database: verify says so ----
+cp "$R" "$T/reg/dmg.db"
+size=$(wc -c < "$T/reg/dmg.db")
+head -c 1024 /dev/urandom > "$T/junk"
+for back in 1 2 3; do
+    dd if="$T/junk" of="$T/reg/dmg.db" bs=1 seek=$((size - back * 4096 + 16)) conv=notrunc 2>/dev/null
+done
+expect 1 $REG -r "$T/reg/dmg.db" verify
+expect_err "database damaged"
+checks=$((checks + 1))
+grep -q "intact" "$T/out" && fail "verify said intact on a damaged database"
 
 # ---- a registry made by a newer schema ----
 if command -v sqlite3 >/dev/null 2>&1; then

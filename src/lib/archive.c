@@ -2,13 +2,15 @@
  * archive.c - .lora archives (lora-archive(5)): write a signed pax tar
  * of an adapter; open one and verify everything in it before any byte
  * is used (signature, manifest, each member's size and BLAKE2b-256,
- * nothing missing, nothing extra, no hostile entry); extract; hand the
- * safetensors member to the adapter loader in place through mmap.
+ * nothing missing, nothing extra, no hostile entry); extract into a
+ * folder that appears whole; hand the safetensors member to the
+ * adapter loader.
  *
- * Reading maps the whole file once: uncompressed members are then used
- * where they lie (their data offset is archive_filter_bytes(a, 0) right
- * after the header, formats.md section 3), and the whole-file hash the
- * registry keys blobs by costs one pass over the mapping.
+ * Reading copies the whole file into private memory once (a zstd
+ * archive is then decompressed, within a ratio bound): what is hashed
+ * and verified is exactly what every consumer uses, whatever happens
+ * to the file afterwards.  The tar stream is read twice, by libarchive
+ * and by a strict walker (archive_tar.c), which must agree.
  */
 #include "internal.h"
 
@@ -19,6 +21,9 @@
 #include <jansson.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/file.h>
+#include <dirent.h>
+#include <stdio.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -28,14 +33,6 @@
  * bounding how far a zstd stream may expand. */
 #define HEADER_SLACK (64 * 1024)
 
-struct lora_archive_priv {
-    void *map;
-    size_t map_len;
-    /* per payload member (manifest order): where its verified bytes are */
-    const unsigned char **data;
-    int64_t *offset;
-    unsigned char **owned; /* decompressed copies (zstd) */
-};
 
 /* ------------------------------------------------------------------ */
 /* writing                                                             */
@@ -409,19 +406,40 @@ out:
 /* reading and verifying                                               */
 /* ------------------------------------------------------------------ */
 
+/* Every consumer uses the bytes that were verified: the file is read
+ * (pread, not mmap) into private memory once, and the hashes, the
+ * signature check and every later use work on that copy.  A file
+ * rewritten in place after the check, or truncated, changes nothing a
+ * tool reads (issue 20 item 1). */
+
+/* A zstd archive may expand at most EXPAND_RATIO times its size, and
+ * always to EXPAND_FLOOR bytes: adapters compress 1.1 to 3 times, a
+ * stream of zeros thousands of times (a decompression bomb). */
+#define EXPAND_RATIO 256
+#define EXPAND_FLOOR (16u << 20)
+#define ARCHIVE_FILE_MAX                                                                           \
+    (LORA_ARCHIVE_PAYLOAD_MAX + (uint64_t)LORA_ARCHIVE_MAX_MEMBERS *                               \
+                                    (LORA_ARCHIVE_RECEIPT_MAX + HEADER_SLACK))
+
+struct lora_archive_priv {
+    unsigned char *file;  /* the file's bytes, read into private memory */
+    size_t file_len;
+    unsigned char *tar;   /* the tar stream: file, or its decompressed copy */
+    size_t tar_len;
+    lora_tar_ent *ents;   /* every entry, as the strict walker read it */
+    size_t n_ents;
+};
+
 void lora_archive_close(lora_archive *ar)
 {
     if (!ar)
         return;
     if (ar->priv) {
         lora_archive_priv *pv = ar->priv;
-        for (size_t i = 0; ar->manifest && pv->owned && i < ar->manifest->n_members; i++)
-            free(pv->owned[i]);
-        free(pv->owned);
-        free(pv->data);
-        free(pv->offset);
-        if (pv->map)
-            munmap(pv->map, pv->map_len);
+        if (pv->tar != pv->file)
+            free(pv->tar);
+        free(pv->file);
+        lora_tar_ents_free(pv->ents, pv->n_ents);
         free(pv);
     }
     lora_manifest_free(ar->manifest);
@@ -447,29 +465,9 @@ static int check_entry(struct archive_entry *e, const char *name, lora_error *er
         if (*s == '/')
             s++;
     }
-    if (archive_entry_hardlink(e))
-        return lora_seterr(err, LORA_EINPUT, "member \"%.200s\": hard link (only regular files "
-                                             "may be in an archive)",
-                           name);
-    switch (archive_entry_filetype(e)) {
-    case AE_IFREG:
-        break;
-    case AE_IFLNK:
-        return lora_seterr(err, LORA_EINPUT, "member \"%.200s\": symbolic link (only regular "
-                                             "files may be in an archive)",
-                           name);
-    case AE_IFCHR:
-    case AE_IFBLK:
-        return lora_seterr(err, LORA_EINPUT, "member \"%.200s\": device (only regular files may "
-                                             "be in an archive)",
-                           name);
-    case AE_IFDIR:
-        return lora_seterr(err, LORA_EINPUT, "member \"%.200s\": directory (only regular files "
-                                             "may be in an archive)",
-                           name);
-    default:
+    if (archive_entry_hardlink(e) || archive_entry_symlink(e) ||
+        archive_entry_filetype(e) != AE_IFREG)
         return lora_seterr(err, LORA_EINPUT, "member \"%.200s\": not a regular file", name);
-    }
     if (archive_entry_sparse_count(e) > 0)
         return lora_seterr(err, LORA_EINPUT, "member \"%.200s\": sparse entry", name);
     if (!archive_entry_size_is_set(e) || archive_entry_size(e) < 0)
@@ -477,196 +475,191 @@ static int check_entry(struct archive_entry *e, const char *name, lora_error *er
     return LORA_OK;
 }
 
-typedef struct rd {
-    struct archive *a;
-    lora_archive *ar;
-    const unsigned char *map;
-    size_t len;
-    uint64_t bound;  /* most decompressed bytes the stream may yield */
-} rd;
-
-static int read_fail(rd *r, const char *what, lora_error *err)
+/* The file's bytes into private memory, all of them: a file that
+ * shrinks or grows while it is read is refused. */
+static int read_private(int fd, const char *label, lora_archive_priv *pv, lora_error *err)
 {
-    const char *msg = archive_error_string(r->a);
-    return lora_seterr(err, LORA_EINPUT, "%s: %s", what, msg ? msg : "malformed archive");
-}
-
-static int next_header(rd *r, struct archive_entry **e, const char *expect, lora_error *err)
-{
-    int st = archive_read_next_header(r->a, e);
-    if (st == ARCHIVE_EOF)
-        return expect ? lora_seterr(err, LORA_EINPUT, "not a lora archive: %s missing", expect)
-                      : ARCHIVE_EOF;
-    if (st != ARCHIVE_OK)
-        return read_fail(r, expect ? "not a lora archive" : "archive", err);
-    if ((uint64_t)archive_filter_bytes(r->a, 0) > r->bound)
-        return lora_seterr(err, LORA_EINPUT, "archive expands past its stated size (%llu bytes)",
-                           (unsigned long long)r->bound);
-    return LORA_OK;
-}
-
-/* Bytes of the current entry (size bytes): in place for uncompressed
- * archives (checked to lie inside the file), else decompressed into a
- * new buffer in *owned.  *off receives the data offset (or -1). */
-static int entry_bytes(rd *r, const char *name, uint64_t size, const unsigned char **data,
-                       unsigned char **owned, int64_t *off, lora_error *err)
-{
-    *owned = NULL;
-    *off = -1;
-    if (!r->ar->compressed) {
-        uint64_t at = (uint64_t)archive_filter_bytes(r->a, 0), end;
-        if (!lora_add_ok(at, size, &end) || end > r->len)
-            return lora_seterr(err, LORA_EINPUT, "%s: truncated archive (member runs past the end "
-                                                 "of the file)",
-                               name);
-        *data = r->map + at;
-        *off = (int64_t)at;
-        return LORA_OK;
-    }
-    unsigned char *buf = malloc(size ? size : 1);
-    if (!buf)
-        return lora_oom(err);
-    uint64_t got = 0;
-    while (got < size) {
-        la_ssize_t n = archive_read_data(r->a, buf + got, size - got);
-        if (n < 0) {
-            free(buf);
-            return read_fail(r, name, err);
-        }
-        if (n == 0) {
-            free(buf);
-            return lora_seterr(err, LORA_EINPUT, "%s: truncated archive", name);
-        }
-        got += (uint64_t)n;
-        if ((uint64_t)archive_filter_bytes(r->a, 0) > r->bound) {
-            free(buf);
-            return lora_seterr(err, LORA_EINPUT, "archive expands past its stated size");
-        }
-    }
-    *data = buf;
-    *owned = buf;
-    return LORA_OK;
-}
-
-int lora_archive_open(const char *path, const lora_pubkey *keys, size_t nkeys, int flags,
-                      lora_archive **out, lora_error *err)
-{
-    *out = NULL;
-    int rc = LORA_OK;
-    lora_archive *ar = calloc(1, sizeof *ar);
-    lora_archive_priv *pv = calloc(1, sizeof *pv);
-    struct archive *a = NULL;
-    unsigned char *mown = NULL, *sown = NULL;
-    lora_sig *sig = NULL;
-    char *want_tc = NULL;
-    char *seen = NULL;
-    if (!ar || !pv) {
-        free(ar);
-        free(pv);
-        return lora_oom(err);
-    }
-    ar->priv = pv;
-    if (!(ar->path = lora_strdup(path, err))) {
-        rc = LORA_EIO;
-        goto out;
-    }
-    if (!(flags & LORA_ARCHIVE_NO_VERIFY) && nkeys == 0) {
-        rc = lora_seterr(err, LORA_EUSAGE, "%s: no public key to verify the archive with", path);
-        goto out;
-    }
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        rc = lora_seterr_errno(err, errno == ENOENT ? LORA_EINPUT : LORA_EIO, errno, "%s", path);
-        goto out;
-    }
     struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        close(fd);
-        rc = lora_seterr(err, LORA_EINPUT, "%s: not a regular file", path);
-        goto out;
+    if (fstat(fd, &sb) != 0)
+        return lora_seterr_errno(err, LORA_EIO, errno, "%s", label);
+    if (!S_ISREG(sb.st_mode))
+        return lora_seterr(err, LORA_EINPUT, "%s: not a regular file", label);
+    if (sb.st_size == 0)
+        return lora_seterr(err, LORA_EINPUT, "%s: empty file", label);
+    if ((uint64_t)sb.st_size > ARCHIVE_FILE_MAX || (uint64_t)sb.st_size > SIZE_MAX)
+        return lora_seterr(err, LORA_EINPUT, "%s: %lld bytes, more than any archive may hold",
+                           label, (long long)sb.st_size);
+    size_t n = (size_t)sb.st_size, got = 0;
+    if (!(pv->file = malloc(n)))
+        return lora_oom(err);
+    while (got < n) {
+        ssize_t r = pread(fd, pv->file + got, n - got, (off_t)got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return lora_seterr_errno(err, LORA_EIO, errno, "%s: read", label);
+        if (r == 0)
+            return lora_seterr(err, LORA_EINPUT, "%s: the file shrank while it was read", label);
+        got += (size_t)r;
     }
-    if (sb.st_size == 0) {
-        close(fd);
-        rc = lora_seterr(err, LORA_EINPUT, "%s: empty file", path);
-        goto out;
-    }
-    pv->map_len = (size_t)sb.st_size;
-    pv->map = mmap(NULL, pv->map_len, PROT_READ, MAP_PRIVATE, fd, 0);
-    int e = errno;
-    close(fd);
-    if (pv->map == MAP_FAILED) {
-        pv->map = NULL;
-        rc = lora_seterr_errno(err, LORA_EIO, e, "%s: mmap", path);
-        goto out;
-    }
-    ar->file_size = pv->map_len;
+    char c;
+    if (pread(fd, &c, 1, (off_t)n) > 0)
+        return lora_seterr(err, LORA_EINPUT, "%s: the file grew while it was read", label);
+    pv->file_len = n;
+    return LORA_OK;
+}
 
-    a = archive_read_new();
-    if (!a) {
-        rc = lora_oom(err);
+static int is_zstd(const unsigned char *p, size_t n)
+{
+    return n >= 4 && p[0] == 0x28 && p[1] == 0xb5 && p[2] == 0x2f && p[3] == 0xfd;
+}
+
+/* The tar stream of a zstd archive, decompressed into private memory
+ * that grows with what arrives, never past the ratio bound: a bomb is
+ * refused within EXPAND_FLOOR (or RATIO x file) bytes, whatever sizes
+ * its headers or its (unsigned) manifest state. */
+static int inflate_zstd(lora_archive_priv *pv, lora_error *err)
+{
+    uint64_t cap = (uint64_t)pv->file_len * EXPAND_RATIO;
+    if (cap < EXPAND_FLOOR)
+        cap = EXPAND_FLOOR;
+    if (cap > ARCHIVE_FILE_MAX)
+        cap = ARCHIVE_FILE_MAX;
+    struct archive *a = archive_read_new();
+    if (!a)
+        return lora_oom(err);
+    int rc = LORA_OK;
+    struct archive_entry *e;
+    unsigned char *buf = NULL;
+    size_t have = 0, got = 0;
+    archive_read_support_filter_zstd(a);
+    archive_read_support_format_raw(a);
+    if (archive_read_open_memory(a, pv->file, pv->file_len) != ARCHIVE_OK ||
+        archive_read_next_header(a, &e) != ARCHIVE_OK) {
+        rc = lora_seterr(err, LORA_EINPUT, "not a lora archive: zstd: %s", archive_error_string(a));
         goto out;
     }
+    for (;;) {
+        if (got == have) {
+            size_t want = have ? 2 * have : (1u << 20);
+            if (want > cap)
+                want = (size_t)cap + 1; /* room to see one byte too many */
+            if (want <= have) {
+                rc = lora_seterr(err, LORA_EINPUT, "decompresses past %llu bytes (%d times its "
+                                                   "%zu bytes): refused as a decompression bomb",
+                                 (unsigned long long)cap, EXPAND_RATIO, pv->file_len);
+                goto out;
+            }
+            unsigned char *nb = realloc(buf, want);
+            if (!nb) {
+                rc = lora_oom(err);
+                goto out;
+            }
+            buf = nb;
+            have = want;
+        }
+        la_ssize_t n = archive_read_data(a, buf + got, have - got);
+        if (n < 0) {
+            rc = lora_seterr(err, LORA_EINPUT, "zstd: %s", archive_error_string(a));
+            goto out;
+        }
+        if (n == 0)
+            break;
+        got += (size_t)n;
+        if (got > cap) {
+            rc = lora_seterr(err, LORA_EINPUT, "decompresses past %llu bytes (%d times its %zu "
+                                               "bytes): refused as a decompression bomb",
+                             (unsigned long long)cap, EXPAND_RATIO, pv->file_len);
+            goto out;
+        }
+    }
+    pv->tar = buf;
+    pv->tar_len = got;
+    buf = NULL;
+out:
+    free(buf);
+    archive_read_free(a);
+    return rc;
+}
+
+/* libarchive's reading of the headers must be the strict walker's,
+ * entry for entry (name, size, data offset), and end where it ends:
+ * bytes that two tar readers read differently are refused. */
+static int check_headers(lora_archive_priv *pv, lora_error *err)
+{
+    struct archive *a = archive_read_new();
+    if (!a)
+        return lora_oom(err);
+    int rc = LORA_OK;
     archive_read_support_format_tar(a);
     archive_read_support_filter_none(a);
-    archive_read_support_filter_zstd(a);
-    if (archive_read_open_memory(a, pv->map, pv->map_len) != ARCHIVE_OK) {
-        rc = lora_seterr(err, LORA_EINPUT, "%s: not a lora archive: %s", path,
-                         archive_error_string(a));
+    if (archive_read_open_memory(a, pv->tar, pv->tar_len) != ARCHIVE_OK) {
+        rc = lora_seterr(err, LORA_EINPUT, "not a lora archive: %s", archive_error_string(a));
         goto out;
     }
-    rd r = {a, ar, pv->map, pv->map_len, LORA_MANIFEST_MAX + LORA_MINISIG_MAX + HEADER_SLACK};
-    struct archive_entry *ent;
+    for (size_t i = 0; i <= pv->n_ents; i++) {
+        struct archive_entry *e;
+        int st = archive_read_next_header(a, &e);
+        if (i == pv->n_ents && st == ARCHIVE_EOF)
+            break;
+        if (st != ARCHIVE_OK) {
+            const char *msg = archive_error_string(a);
+            rc = lora_seterr(err, LORA_EINPUT, "archive: %s", msg ? msg : "malformed header");
+            goto out;
+        }
+        const char *name = archive_entry_pathname(e);
+        if (!name) {
+            rc = lora_seterr(err, LORA_EINPUT, "member without a name");
+            goto out;
+        }
+        if ((rc = check_entry(e, name, err)))
+            goto out;
+        const lora_tar_ent *t = &pv->ents[i];
+        if (i == pv->n_ents || strcmp(name, t->name) != 0 ||
+            (uint64_t)archive_entry_size(e) != t->size ||
+            (uint64_t)archive_filter_bytes(a, 0) != t->data_off) {
+            rc = lora_seterr(err, LORA_EINPUT, "member %zu (\"%.200s\") reads differently to "
+                                               "libarchive and to a strict tar reader (ambiguous "
+                                               "archive)",
+                             i + 1, name);
+            goto out;
+        }
+    }
+out:
+    archive_read_free(a);
+    return rc;
+}
 
-    /* 1. the manifest */
-    if ((rc = next_header(&r, &ent, MANIFEST_NAME, err)))
-        goto out;
-    ar->compressed = archive_filter_count(a) > 1;
-    const char *name = archive_entry_pathname(ent);
-    if (!name || strcmp(name, MANIFEST_NAME) != 0) {
-        rc = lora_seterr(err, LORA_EINPUT, "not a lora archive: first member is \"%.200s\", not "
-                                           "%s",
-                         name ? name : "", MANIFEST_NAME);
-        goto out;
+/* The first two entries, lora.json and its signature; the signature
+ * is checked (unless NO_VERIFY) before the manifest is even parsed, so
+ * a parser bug cannot be reached by anyone without a trusted key. */
+static int open_manifest(lora_archive *ar, const lora_pubkey *keys, size_t nkeys, int flags,
+                         lora_error *err)
+{
+    lora_archive_priv *pv = ar->priv;
+    static const char *const want[2] = {MANIFEST_NAME, SIG_NAME};
+    static const uint64_t max[2] = {LORA_MANIFEST_MAX, LORA_MINISIG_MAX};
+    for (size_t i = 0; i < 2; i++) {
+        if (pv->n_ents <= i)
+            return lora_seterr(err, LORA_EINPUT, "not a lora archive: %s missing", want[i]);
+        if (strcmp(pv->ents[i].name, want[i]) != 0)
+            return lora_seterr(err, LORA_EINPUT, "not a lora archive: %s member is \"%.200s\", "
+                                                 "not %s",
+                               i ? "second" : "first", pv->ents[i].name, want[i]);
+        if (pv->ents[i].size > max[i])
+            return lora_seterr(err, LORA_EINPUT, "%s: %llu bytes, limit %llu%s", want[i],
+                               (unsigned long long)pv->ents[i].size, (unsigned long long)max[i],
+                               i ? "" : " (oversized manifest)");
     }
-    if ((rc = check_entry(ent, name, err)))
-        goto out;
-    uint64_t mlen = (uint64_t)archive_entry_size(ent);
-    if (mlen > LORA_MANIFEST_MAX) {
-        rc = lora_seterr(err, LORA_EINPUT, "%s: %llu bytes, limit %d (oversized manifest)",
-                         MANIFEST_NAME, (unsigned long long)mlen, LORA_MANIFEST_MAX);
-        goto out;
-    }
-    const unsigned char *mdata;
-    int64_t off;
-    if ((rc = entry_bytes(&r, MANIFEST_NAME, mlen, &mdata, &mown, &off, err)))
-        goto out;
-
-    /* 2. its signature */
-    if ((rc = next_header(&r, &ent, SIG_NAME, err)))
-        goto out;
-    name = archive_entry_pathname(ent);
-    if (!name || strcmp(name, SIG_NAME) != 0) {
-        rc = lora_seterr(err, LORA_EINPUT, "not a lora archive: second member is \"%.200s\", not "
-                                           "%s",
-                         name ? name : "", SIG_NAME);
-        goto out;
-    }
-    if ((rc = check_entry(ent, name, err)))
-        goto out;
-    uint64_t slen = (uint64_t)archive_entry_size(ent);
-    if (slen > LORA_MINISIG_MAX) {
-        rc = lora_seterr(err, LORA_EINPUT, "%s: %llu bytes, limit %d", SIG_NAME,
-                         (unsigned long long)slen, LORA_MINISIG_MAX);
-        goto out;
-    }
-    const unsigned char *sdata;
-    if ((rc = entry_bytes(&r, SIG_NAME, slen, &sdata, &sown, &off, err)))
-        goto out;
-    if (!(sig = malloc(sizeof *sig))) {
-        rc = lora_oom(err);
-        goto out;
-    }
-    if ((rc = lora_sig_parse((const char *)sdata, slen, sig, err))) {
+    const unsigned char *mdata = pv->tar + pv->ents[0].data_off;
+    size_t mlen = (size_t)pv->ents[0].size;
+    lora_sig *sig = malloc(sizeof *sig);
+    char *want_tc = NULL;
+    int rc = LORA_OK;
+    if (!sig)
+        return lora_oom(err);
+    if ((rc = lora_sig_parse((const char *)pv->tar + pv->ents[1].data_off,
+                             (size_t)pv->ents[1].size, sig, err))) {
         lora_err_prefix(err, "%s", SIG_NAME);
         goto out;
     }
@@ -675,8 +668,6 @@ int lora_archive_open(const char *path, const lora_pubkey *keys, size_t nkeys, i
         rc = LORA_EIO;
         goto out;
     }
-    /* the signature comes before the manifest is even parsed: a parser
-     * bug cannot be reached by anyone without a trusted key */
     if (!(flags & LORA_ARCHIVE_NO_VERIFY)) {
         if ((rc = lora_sig_verify_any(sig, keys, nkeys, mdata, mlen, &ar->signer, err))) {
             lora_err_prefix(err, "%s", SIG_NAME);
@@ -692,93 +683,122 @@ int lora_archive_open(const char *path, const lora_pubkey *keys, size_t nkeys, i
         rc = lora_oom(err);
         goto out;
     }
-    if (ar->signature_checked && strcmp(want_tc, sig->trusted) != 0) {
+    if (ar->signature_checked && strcmp(want_tc, sig->trusted) != 0)
         rc = lora_seterr(err, LORA_ECHECK, "%s: trusted comment \"%.300s\" does not name this "
                                            "manifest",
                          SIG_NAME, sig->trusted);
-        goto out;
-    }
-
-    /* 3. the payload, every member exactly as the manifest says */
-    lora_manifest *m = ar->manifest;
-    pv->data = calloc(m->n_members + 1, sizeof *pv->data);
-    pv->offset = calloc(m->n_members + 1, sizeof *pv->offset);
-    pv->owned = calloc(m->n_members + 1, sizeof *pv->owned);
-    seen = calloc(m->n_members + 1, 1);
-    if (!pv->data || !pv->offset || !pv->owned || !seen) {
-        rc = lora_oom(err);
-        goto out;
-    }
-    r.bound = mlen + slen + HEADER_SLACK * (m->n_members + 3);
-    for (size_t i = 0; i < m->n_members; i++) {
-        r.bound += m->members[i].size;
-        pv->offset[i] = -1;
-    }
-    for (;;) {
-        rc = next_header(&r, &ent, NULL, err);
-        if (rc == ARCHIVE_EOF) {
-            rc = LORA_OK;
-            break;
-        }
-        if (rc)
-            goto out;
-        name = archive_entry_pathname(ent);
-        if (!name) {
-            rc = lora_seterr(err, LORA_EINPUT, "member without a name");
-            goto out;
-        }
-        if ((rc = check_entry(ent, name, err)))
-            goto out;
-        if (strcmp(name, MANIFEST_NAME) == 0 || strcmp(name, SIG_NAME) == 0) {
-            rc = lora_seterr(err, LORA_EINPUT, "duplicate member %s", name);
-            goto out;
-        }
-        const lora_manifest_member *mm = lora_manifest_find(m, name);
-        if (!mm) {
-            rc = lora_seterr(err, LORA_ECHECK, "member \"%.200s\" is not in the manifest", name);
-            goto out;
-        }
-        size_t idx = (size_t)(mm - m->members);
-        if (seen[idx]) {
-            rc = lora_seterr(err, LORA_EINPUT, "duplicate member %s", name);
-            goto out;
-        }
-        seen[idx] = 1;
-        uint64_t size = (uint64_t)archive_entry_size(ent);
-        if (size != mm->size) {
-            rc = lora_seterr(err, LORA_ECHECK, "%s: %llu bytes in the archive, %llu in the manifest",
-                             name, (unsigned long long)size, (unsigned long long)mm->size);
-            goto out;
-        }
-        if ((rc = entry_bytes(&r, name, size, &pv->data[idx], &pv->owned[idx], &pv->offset[idx],
-                              err)))
-            goto out;
-        unsigned char h[LORA_HASH_BYTES];
-        lora_hash(pv->data[idx], size, h, sizeof h);
-        if (memcmp(h, mm->hash, LORA_HASH_BYTES) != 0) {
-            rc = lora_seterr(err, LORA_ECHECK, "%s: BLAKE2b-256 differs from the manifest (member "
-                                               "altered)",
-                             name);
-            goto out;
-        }
-    }
-    for (size_t i = 0; i < m->n_members; i++)
-        if (!seen[i]) {
-            rc = lora_seterr(err, LORA_ECHECK, "member %s of the manifest is missing",
-                             m->members[i].name);
-            goto out;
-        }
 out:
-    if (a)
-        archive_read_free(a);
-    free(mown);
-    free(sown);
     free(sig);
     free(want_tc);
-    free(seen);
+    return rc;
+}
+
+/* What a member's first bytes must be: the tensor file starts with a
+ * safetensors header that fits in it. */
+static int check_magic(const char *name, const unsigned char *p, uint64_t size, lora_error *err)
+{
+    if (strcmp(name, "adapter_model.safetensors") != 0)
+        return LORA_OK;
+    uint64_t hlen = 0;
+    for (int i = 7; size >= 8 && i >= 0; i--)
+        hlen = hlen << 8 | p[i];
+    if (size < 10 || hlen < 2 || hlen > LORA_ST_MAX_HEADER || hlen > size - 8 || p[8] != '{')
+        return lora_seterr(err, LORA_EINPUT, "%s: not a safetensors file (no header at its "
+                                             "start)",
+                           name);
+    return LORA_OK;
+}
+
+/* Every entry after the signature is the manifest's next member, in
+ * the manifest's order, with the size and BLAKE2b-256 it gives. */
+static int check_payload(lora_archive *ar, lora_error *err)
+{
+    lora_archive_priv *pv = ar->priv;
+    const lora_manifest *m = ar->manifest;
+    for (size_t i = 2; i < pv->n_ents; i++) {
+        const lora_tar_ent *t = &pv->ents[i];
+        const char *name = t->name;
+        if (strcmp(name, MANIFEST_NAME) == 0 || strcmp(name, SIG_NAME) == 0)
+            return lora_seterr(err, LORA_EINPUT, "duplicate member %s", name);
+        const lora_manifest_member *mm = lora_manifest_find(m, name);
+        if (!mm)
+            return lora_seterr(err, LORA_ECHECK, "member \"%.200s\" is not in the manifest", name);
+        size_t idx = (size_t)(mm - m->members);
+        if (idx < i - 2)
+            return lora_seterr(err, LORA_EINPUT, "duplicate member %s", name);
+        if (idx > i - 2)
+            return lora_seterr(err, LORA_EINPUT, "member %s out of order (the manifest lists %s "
+                                                 "there)",
+                               name, m->members[i - 2].name);
+        if (t->size != mm->size)
+            return lora_seterr(err, LORA_ECHECK, "%s: %llu bytes in the archive, %llu in the "
+                                                 "manifest",
+                               name, (unsigned long long)t->size, (unsigned long long)mm->size);
+        const unsigned char *data = pv->tar + t->data_off;
+        unsigned char h[LORA_HASH_BYTES];
+        lora_hash(data, (size_t)t->size, h, sizeof h);
+        if (memcmp(h, mm->hash, LORA_HASH_BYTES) != 0)
+            return lora_seterr(err, LORA_ECHECK, "%s: BLAKE2b-256 differs from the manifest "
+                                                 "(member altered)",
+                               name);
+        int rc = check_magic(name, data, t->size, err);
+        if (rc)
+            return rc;
+    }
+    if (pv->n_ents - 2 < m->n_members)
+        return lora_seterr(err, LORA_ECHECK, "member %s of the manifest is missing",
+                           m->members[pv->n_ents - 2].name);
+    return LORA_OK;
+}
+
+/* The steps of opening, on the file's bytes already in pv->file. */
+static int verify_bytes(lora_archive *ar, const lora_pubkey *keys, size_t nkeys, int flags,
+                        lora_error *err)
+{
+    lora_archive_priv *pv = ar->priv;
+    int rc;
+    ar->file_size = pv->file_len;
+    if (is_zstd(pv->file, pv->file_len)) {
+        ar->compressed = 1;
+        if ((rc = inflate_zstd(pv, err)))
+            return rc;
+    } else {
+        pv->tar = pv->file;
+        pv->tar_len = pv->file_len;
+    }
+    if ((rc = lora_tar_walk(pv->tar, pv->tar_len, LORA_ARCHIVE_MAX_MEMBERS + 2, &pv->ents,
+                            &pv->n_ents, err)) ||
+        (rc = check_headers(pv, err)) || (rc = open_manifest(ar, keys, nkeys, flags, err)))
+        return rc;
+    return check_payload(ar, err);
+}
+
+/* A new archive object for label; the usage check comes before any
+ * byte is read. */
+static int archive_new(const char *label, size_t nkeys, int flags, lora_archive **out,
+                       lora_error *err)
+{
+    *out = NULL;
+    if (!(flags & LORA_ARCHIVE_NO_VERIFY) && nkeys == 0)
+        return lora_seterr(err, LORA_EUSAGE, "%s: no public key to verify the archive with", label);
+    lora_archive *ar = calloc(1, sizeof *ar);
+    if (!ar || !(ar->priv = calloc(1, sizeof *ar->priv))) {
+        free(ar);
+        return lora_oom(err);
+    }
+    if (!(ar->path = lora_strdup(label, err))) {
+        lora_archive_close(ar);
+        return LORA_EIO;
+    }
+    *out = ar;
+    return LORA_OK;
+}
+
+static int archive_done(lora_archive *ar, int rc, lora_archive **out, lora_error *err)
+{
     if (rc) {
-        if (!strstr(err ? err->msg : "", path))
-            lora_err_prefix(err, "%s", path);
+        if (!strstr(err ? err->msg : "", ar->path))
+            lora_err_prefix(err, "%s", ar->path);
         lora_archive_close(ar);
         return rc;
     }
@@ -786,90 +806,316 @@ out:
     return LORA_OK;
 }
 
-static const lora_manifest_member *find_idx(const lora_archive *ar, const char *name, size_t *idx)
+int lora_archive_open_fd(int fd, const char *label, const lora_pubkey *keys, size_t nkeys,
+                         int flags, lora_archive **out, lora_error *err)
+{
+    lora_archive *ar;
+    int rc = archive_new(label, nkeys, flags, &ar, err);
+    if (rc)
+        return rc;
+    rc = read_private(fd, label, ar->priv, err);
+    if (!rc)
+        rc = verify_bytes(ar, keys, nkeys, flags, err);
+    return archive_done(ar, rc, out, err);
+}
+
+int lora_archive_open_memory(const void *buf, size_t len, const char *label,
+                             const lora_pubkey *keys, size_t nkeys, int flags, lora_archive **out,
+                             lora_error *err)
+{
+    lora_archive *ar;
+    int rc = archive_new(label, nkeys, flags, &ar, err);
+    if (rc)
+        return rc;
+    lora_archive_priv *pv = ar->priv;
+    if (len == 0)
+        rc = lora_seterr(err, LORA_EINPUT, "%s: empty file", label);
+    else if (!(pv->file = malloc(len)))
+        rc = lora_oom(err);
+    if (!rc) {
+        memcpy(pv->file, buf, len);
+        pv->file_len = len;
+        rc = verify_bytes(ar, keys, nkeys, flags, err);
+    }
+    return archive_done(ar, rc, out, err);
+}
+
+int lora_archive_open(const char *path, const lora_pubkey *keys, size_t nkeys, int flags,
+                      lora_archive **out, lora_error *err)
+{
+    *out = NULL;
+    if (!(flags & LORA_ARCHIVE_NO_VERIFY) && nkeys == 0)
+        return lora_seterr(err, LORA_EUSAGE, "%s: no public key to verify the archive with", path);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return lora_seterr_errno(err, errno == ENOENT ? LORA_EINPUT : LORA_EIO, errno, "%s", path);
+    int rc = lora_archive_open_fd(fd, path, keys, nkeys, flags, out, err);
+    close(fd);
+    return rc;
+}
+
+/* The entry of a payload member (manifest order i): entries 0 and 1
+ * are the manifest and its signature. */
+static const lora_tar_ent *member_ent(const lora_archive *ar, const char *name)
 {
     const lora_manifest_member *mm = lora_manifest_find(ar->manifest, name);
-    if (mm)
-        *idx = (size_t)(mm - ar->manifest->members);
-    return mm;
+    return mm ? &ar->priv->ents[2 + (size_t)(mm - ar->manifest->members)] : NULL;
 }
 
 const void *lora_archive_member(const lora_archive *ar, const char *name, uint64_t *size)
 {
-    size_t i;
-    const lora_manifest_member *mm = find_idx(ar, name, &i);
-    if (!mm)
+    const lora_tar_ent *t = member_ent(ar, name);
+    if (!t)
         return NULL;
     if (size)
-        *size = mm->size;
-    return ar->priv->data[i] ? (const void *)ar->priv->data[i] : (const void *)"";
+        *size = t->size;
+    return ar->priv->tar + t->data_off;
 }
 
 void lora_archive_file_hash(const lora_archive *ar, unsigned char out[LORA_HASH_BYTES])
 {
-    lora_hash(ar->priv->map, ar->priv->map_len, out, LORA_HASH_BYTES);
+    lora_hash(ar->priv->file, ar->priv->file_len, out, LORA_HASH_BYTES);
 }
 
 int64_t lora_archive_member_offset(const lora_archive *ar, const char *name)
 {
-    size_t i;
-    return find_idx(ar, name, &i) ? ar->priv->offset[i] : -1;
+    const lora_tar_ent *t = member_ent(ar, name);
+    return t && !ar->compressed ? (int64_t)t->data_off : -1;
 }
 
-int lora_archive_extract(const lora_archive *ar, const char *dir, int force, lora_error *err)
+/* ------------------------------------------------------------------ */
+/* extraction: a folder that appears whole                             */
+/* ------------------------------------------------------------------ */
+
+/* The members are written into DIR.extract-XXXXXX beside DIR, which
+ * then takes DIR's place in one rename (an exchange when DIR exists),
+ * so that DIR holds one archive's members or the other's, never a mix
+ * (issue 20 item 2).  While it is being filled the temporary folder is
+ * flock()ed: a later extraction beside the same DIR removes the
+ * temporaries nobody holds (left by kill -9). */
+#define EXTRACT_TAG ".extract-"
+
+/* Remove a folder that holds files and folders of files (receipts/). */
+static void remove_tree(const char *path, int depth)
+{
+    DIR *d = opendir(path);
+    if (d) {
+        struct dirent *de;
+        while ((de = readdir(d))) {
+            if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+                continue;
+            char *p = path_join(path, de->d_name);
+            if (!p)
+                break;
+            struct stat sb;
+            if (depth > 0 && lstat(p, &sb) == 0 && S_ISDIR(sb.st_mode))
+                remove_tree(p, depth - 1);
+            else
+                unlink(p);
+            free(p);
+        }
+        closedir(d);
+    }
+    rmdir(path);
+}
+
+/* Temporaries DIR.extract-XXXXXX beside DIR that no running extraction
+ * holds: what a killed run left. */
+static void remove_stale(const char *dir)
+{
+    char *parent = lora_strdup(dir, NULL);
+    if (!parent)
+        return;
+    char *slash = strrchr(parent, '/');
+    const char *base = slash ? slash + 1 : dir;
+    if (slash == parent)
+        parent[1] = '\0';
+    else if (slash)
+        *slash = '\0';
+    else
+        strcpy(parent, ".");
+    size_t bl = strlen(base), tl = strlen(EXTRACT_TAG);
+    DIR *d = opendir(parent);
+    while (d) {
+        struct dirent *de = readdir(d);
+        if (!de)
+            break;
+        const char *nm = de->d_name;
+        if (strlen(nm) != bl + tl + 6 || strncmp(nm, base, bl) != 0 ||
+            strncmp(nm + bl, EXTRACT_TAG, tl) != 0)
+            continue;
+        char *p = path_join(parent, nm);
+        int fd = p ? open(p, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) : -1;
+        if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) == 0)
+            remove_tree(p, 1);
+        if (fd >= 0)
+            close(fd);
+        free(p);
+    }
+    if (d)
+        closedir(d);
+    free(parent);
+}
+
+/* What may be replaced: a folder holding only what an extraction
+ * writes (and per-file temporaries of older versions).  Anything else
+ * is the user's and is not deleted along with the folder. */
+static int replaceable(const char *dir, int force, int *empty, lora_error *err)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return lora_seterr_errno(err, LORA_EIO, errno, "%s", dir);
+    int rc = LORA_OK;
+    *empty = 1;
+    struct dirent *de;
+    while (!rc && (de = readdir(d))) {
+        const char *nm = de->d_name;
+        if (!strcmp(nm, ".") || !strcmp(nm, ".."))
+            continue;
+        *empty = 0;
+        if (!force) {
+            rc = lora_seterr(err, LORA_EUSAGE, "%s: exists and is not empty (use --force to "
+                                               "replace it)",
+                             dir);
+            break;
+        }
+        static const char *const ours[] = {"adapter_config.json", "adapter_model.safetensors",
+                                           "README.md", "receipts"};
+        int ok = 0;
+        for (size_t i = 0; i < 4 && !ok; i++) {
+            size_t n = strlen(ours[i]);
+            ok = !strncmp(nm, ours[i], n) && (!nm[n] || !strncmp(nm + n, ".tmp-", 5));
+        }
+        if (!ok)
+            rc = lora_seterr(err, LORA_EUSAGE, "%s holds \"%.200s\", which an extraction does not "
+                                               "write: not replacing the folder (move it away "
+                                               "first)",
+                             dir, nm);
+    }
+    closedir(d);
+    return rc;
+}
+
+/* Every member into the (empty, private) folder tmp, each fsynced, and
+ * the folders themselves. */
+static int write_members(const lora_archive *ar, const char *tmp, lora_error *err)
 {
     const lora_manifest *m = ar->manifest;
-    struct stat sb;
-    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
-        return lora_seterr_errno(err, LORA_EIO, errno, "%s", dir);
-    if (lstat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
-        return lora_seterr(err, LORA_EINPUT, "%s: not a folder", dir);
-    int rc = LORA_OK;
-    /* check everything first, so that a refusal writes nothing */
-    for (size_t i = 0; i < m->n_members; i++) {
-        const char *name = m->members[i].name;
-        char *p = path_join(dir, name);
-        if (!p)
-            return lora_oom(err);
-        if (strncmp(name, "receipts/", 9) == 0) {
-            char *d = path_join(dir, "receipts");
-            if (!d) {
-                free(p);
-                return lora_oom(err);
-            }
-            if (lstat(d, &sb) == 0 && !S_ISDIR(sb.st_mode))
-                rc = lora_seterr(err, LORA_EINPUT, "%s: exists and is not a folder", d);
-            free(d);
-        }
-        if (!rc && lstat(p, &sb) == 0) {
-            if (!S_ISREG(sb.st_mode))
-                rc = lora_seterr(err, LORA_EINPUT, "%s: exists and is not a regular file", p);
-            else if (!force)
-                rc = lora_seterr(err, LORA_EUSAGE, "%s: exists (use --force to overwrite)", p);
-        }
-        free(p);
-        if (rc)
-            return rc;
-    }
+    int rc = LORA_OK, have_receipts = 0;
     for (size_t i = 0; i < m->n_members && !rc; i++) {
         const char *name = m->members[i].name;
-        if (strncmp(name, "receipts/", 9) == 0) {
-            char *d = path_join(dir, "receipts");
+        if (strncmp(name, "receipts/", 9) == 0 && !have_receipts) {
+            char *d = path_join(tmp, "receipts");
             if (!d)
                 return lora_oom(err);
-            if (mkdir(d, 0755) != 0 && errno != EEXIST)
+            if (mkdir(d, 0755) != 0)
                 rc = lora_seterr_errno(err, LORA_EIO, errno, "%s", d);
             free(d);
+            have_receipts = 1;
             if (rc)
                 break;
         }
-        char *p = path_join(dir, name);
+        char *p = path_join(tmp, name);
         if (!p)
             return lora_oom(err);
         rc = lora_write_file_atomic(p, lora_archive_member(ar, name, NULL), m->members[i].size,
                                     0644, err);
         free(p);
     }
+    char *p = path_join(tmp, ".");
+    if (!rc && !p)
+        rc = lora_oom(err);
+    if (!rc)
+        rc = lora_fsync_dir_of(p, err);
+    free(p);
+    return rc;
+}
+
+/* tmp (complete) takes dir's place.  exists: dir is a folder, replaced
+ * by an exchange (the old one is then at tmp, for the caller to
+ * remove); else tmp is renamed onto dir (absent, or empty). */
+static int install(const char *tmp, const char *dir, int exists, int empty, lora_error *err)
+{
+    if (!exists || empty) {
+        if (rename(tmp, dir) == 0)
+            return LORA_OK;
+        int e = errno;
+        return lora_seterr_errno(err, e == EEXIST || e == ENOTEMPTY ? LORA_EUSAGE : LORA_EIO, e,
+                                 "%s: cannot create", dir);
+    }
+    if (renameat2(AT_FDCWD, tmp, AT_FDCWD, dir, RENAME_EXCHANGE) == 0)
+        return LORA_OK;
+    if (errno != EINVAL && errno != ENOSYS)
+        return lora_seterr_errno(err, LORA_EIO, errno, "%s: cannot replace", dir);
+    /* no atomic exchange here: old aside, new in, old back on failure */
+    char *old = NULL;
+    if (asprintf(&old, "%s.old-XXXXXX", dir) < 0)
+        return lora_oom(err);
+    int rc = LORA_OK;
+    if (!mkdtemp(old) || rename(dir, old) != 0) {
+        rc = lora_seterr_errno(err, LORA_EIO, errno, "%s: cannot move the old folder aside", dir);
+    } else if (rename(tmp, dir) != 0) {
+        rc = lora_seterr_errno(err, LORA_EIO, errno, "%s: cannot replace", dir);
+        if (rename(old, dir) != 0)
+            lora_err_prefix(err, "the old folder is at %s", old);
+    } else {
+        rename(old, tmp); /* the caller removes tmp, now the old folder */
+    }
+    rmdir(old);
+    free(old);
+    return rc;
+}
+
+int lora_archive_extract(const lora_archive *ar, const char *dir_arg, int force, lora_error *err)
+{
+    char *dir = lora_strdup(dir_arg, err);
+    if (!dir)
+        return LORA_EIO;
+    for (size_t n = strlen(dir); n > 1 && dir[n - 1] == '/'; n--)
+        dir[n - 1] = '\0';
+    char *tmp = NULL;
+    int rc = LORA_OK, empty = 1, lockfd = -1, exists = 0;
+    struct stat sb;
+    if (lstat(dir, &sb) == 0) {
+        exists = 1;
+        if (!S_ISDIR(sb.st_mode))
+            rc = lora_seterr(err, LORA_EINPUT, "%s: not a folder", dir);
+        else
+            rc = replaceable(dir, force, &empty, err);
+    } else if (errno != ENOENT) {
+        rc = lora_seterr_errno(err, LORA_EIO, errno, "%s", dir);
+    }
+    if (rc)
+        goto out;
+    remove_stale(dir);
+    if (asprintf(&tmp, "%s" EXTRACT_TAG "XXXXXX", dir) < 0) {
+        tmp = NULL;
+        rc = lora_oom(err);
+        goto out;
+    }
+    if (!mkdtemp(tmp)) {
+        rc = lora_seterr_errno(err, LORA_EIO, errno, "%s: cannot create a temporary folder", dir);
+        free(tmp);
+        tmp = NULL;
+        goto out;
+    }
+    lora_tmp_track(tmp, 1);
+    chmod(tmp, 0755); /* mkdtemp makes it 0700; an adapter folder is for sharing */
+    lockfd = open(tmp, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (lockfd >= 0)
+        flock(lockfd, LOCK_EX);
+    if ((rc = write_members(ar, tmp, err)) || (rc = install(tmp, dir, exists, empty, err)))
+        goto out;
+    (void)lora_fsync_dir_of(dir, NULL);
+out:
+    if (tmp) {
+        remove_tree(tmp, 1); /* what failed, or the old folder */
+        lora_tmp_forget(tmp);
+        free(tmp);
+    }
+    if (lockfd >= 0)
+        close(lockfd);
+    free(dir);
     return rc;
 }
 
@@ -882,100 +1128,47 @@ static void release_archive(void *arg)
     lora_archive_close(arg);
 }
 
-int lora_archive_open_adapter(const char *path, const lora_pubkey *keys, size_t n, int flags,
-                              lora_adapter **out, lora_error *err)
+int lora_archive_adapter(lora_archive *ar, lora_adapter **out, lora_error *err)
 {
     *out = NULL;
-    lora_archive *ar;
-    int rc = lora_archive_open(path, keys, n, flags, &ar, err);
-    if (rc)
-        return rc;
     uint64_t clen, slen;
     const char *cfg = lora_archive_member(ar, "adapter_config.json", &clen);
     const void *tensors = lora_archive_member(ar, "adapter_model.safetensors", &slen);
     char *label = NULL;
-    if (asprintf(&label, "%s:adapter_model.safetensors", path) < 0) {
+    if (asprintf(&label, "%s:adapter_model.safetensors", ar->path) < 0) {
         lora_archive_close(ar);
         return lora_oom(err);
     }
     lora_st *st;
-    /* the bytes were hashed against the signed manifest just now */
-    rc = lora_st_open_memory(tensors, (size_t)slen, label, &st, err);
+    /* the archive's private bytes, hashed against the manifest */
+    int rc = lora_st_open_memory(tensors, (size_t)slen, label, &st, err);
     free(label);
     if (rc) {
         lora_archive_close(ar);
         return rc;
     }
     lora_adapter *ad;
-    rc = lora_adapter_open_parts(cfg, (size_t)clen, st, path, &ad, err); /* owns st */
+    rc = lora_adapter_open_parts(cfg, (size_t)clen, st, ar->path, &ad, err); /* owns st */
     if (rc) {
         lora_archive_close(ar);
         return rc;
     }
     ad->release = release_archive;
     ad->release_arg = ar;
+    ad->has_base_hash = ar->manifest->has_base_hash; /* the base identity (baseid.c) */
+    memcpy(ad->base_hash, ar->manifest->base_hash, sizeof ad->base_hash);
+    ad->recorded_base = ar->manifest->base_model;
     *out = ad;
     return LORA_OK;
 }
 
-static int cmp_str(const void *a, const void *b)
+int lora_archive_open_adapter(const char *path, const lora_pubkey *keys, size_t n, int flags,
+                              lora_adapter **out, lora_error *err)
 {
-    return strcmp(*(const char *const *)a, *(const char *const *)b);
+    *out = NULL;
+    lora_archive *ar;
+    int rc = lora_archive_open(path, keys, n, flags, &ar, err);
+    return rc ? rc : lora_archive_adapter(ar, out, err);
 }
 
-static void hash_u64(lora_hasher *h, uint64_t v)
-{
-    unsigned char b[8];
-    for (int i = 0; i < 8; i++)
-        b[i] = (unsigned char)(v >> (8 * i));
-    lora_hasher_update(h, b, 8);
-}
-
-static void hash_str(lora_hasher *h, const char *s)
-{
-    hash_u64(h, strlen(s));
-    lora_hasher_update(h, s, strlen(s));
-}
-
-int lora_base_hash(const lora_adapter *ad, const lora_ckpt *base,
-                   unsigned char out[LORA_HASH_BYTES], lora_error *err)
-{
-    size_t n = ad->n_modules + ad->n_saved, k = 0;
-    const char **names = calloc(n ? n : 1, sizeof *names);
-    if (!names)
-        return lora_oom(err);
-    for (size_t i = 0; i < ad->n_modules; i++)
-        names[k++] = ad->modules[i].target;
-    for (size_t i = 0; i < ad->n_saved; i++)
-        names[k++] = ad->saved[i].target;
-    qsort(names, n, sizeof *names, cmp_str);
-    lora_hasher *h;
-    int rc = lora_hasher_new(LORA_HASH_BYTES, &h, err);
-    if (rc) {
-        free(names);
-        return rc;
-    }
-    for (size_t i = 0; i < n; i++) {
-        if (i > 0 && strcmp(names[i], names[i - 1]) == 0)
-            continue; /* a module and a saved copy of the same tensor */
-        const lora_tensor *t = lora_ckpt_find(base, names[i], NULL);
-        if (!t) {
-            rc = lora_seterr(err, LORA_EINPUT, "base has no tensor %s", names[i]);
-            break;
-        }
-        hash_str(h, names[i]);
-        hash_str(h, lora_dtype_name(t->dtype));
-        hash_u64(h, (uint64_t)t->ndim);
-        for (int d = 0; d < t->ndim; d++)
-            hash_u64(h, t->shape[d]);
-        hash_u64(h, t->nbytes);
-        lora_hasher_update(h, t->data, (size_t)t->nbytes);
-    }
-    free(names);
-    if (rc) {
-        lora_hasher_free(h);
-        return rc;
-    }
-    lora_hasher_final(h, out);
-    return LORA_OK;
-}
+/* lora_base_hash, what identifies a base for an adapter: baseid.c */

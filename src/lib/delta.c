@@ -159,3 +159,76 @@ void lora_delta_rows_mt(const double *B, const double *A, uint64_t r, uint64_t i
             delta_thread(&jobs[t]);
     }
 }
+
+/* ---- overflow of a module's delta ------------------------------------ */
+
+#include "mergecore.h"
+#include "fpbits.h"
+
+#include <math.h>
+
+/* Elements of ΔW = scale·B·A (the canonical delta) that are not finite
+ * once rounded to dt (F32, F16 or BF16; other dtypes count as F32):
+ * a scale like lora_alpha = 1e308 gives such a delta from finite
+ * factors.  The bound |scale|·max_i Σ_k |B[i,k]|·max |A| is checked
+ * first, so the delta is formed (row by row) only when it could
+ * overflow.  Factors with NaN/Inf values are not examined (*bad = 0:
+ * lora-inspect reports them on their own). */
+int lora_delta_nonfinite(const lora_module *m, lora_dtype dt, uint64_t *bad, lora_error *err)
+{
+    *bad = 0;
+    int kind;
+    size_t sz;
+    if (lora_fp_kind(dt, &kind, &sz))
+        kind = FP_F32;
+    uint64_t r = m->r, in = m->in, out = m->out, nA, nB;
+    if (!lora_mul_ok(r, in, &nA) || !lora_mul_ok(r, out, &nB) || m->A->numel != nA ||
+        m->B->numel != nB)
+        return LORA_OK; /* a shape problem, reported elsewhere */
+    if (!isfinite(m->scale)) {
+        *bad = out * in;
+        return LORA_OK;
+    }
+    double *A = malloc((nA ? nA : 1) * sizeof *A), *B = malloc((nB ? nB : 1) * sizeof *B);
+    double *row = malloc((in ? in : 1) * sizeof *row);
+    int rc = LORA_OK;
+    if (!A || !B || !row) {
+        rc = lora_oom(err);
+        goto done;
+    }
+    if (lora_decode_f64(m->A->dtype, m->A->data, A, nA) ||
+        lora_decode_f64(m->B->dtype, m->B->data, B, nB)) {
+        rc = lora_seterr(err, LORA_EINPUT, "%s: factors of dtype %s cannot be read", m->name,
+                         lora_dtype_name(m->A->dtype));
+        goto done;
+    }
+    double amax = 0, bmax = 0;
+    for (uint64_t x = 0; x < nA; x++) {
+        if (!isfinite(A[x]))
+            goto done;
+        amax = fmax(amax, fabs(A[x]));
+    }
+    for (uint64_t i = 0; i < out; i++) {
+        double s = 0;
+        for (uint64_t k = 0; k < r; k++) {
+            if (!isfinite(B[i * r + k]))
+                goto done;
+            s += fabs(B[i * r + k]);
+        }
+        bmax = fmax(bmax, s);
+    }
+    double bound = fabs(m->scale) * bmax * amax;
+    if (isfinite(bound) && fp_finite(kind, fp_round(kind, bound)))
+        goto done;
+    for (uint64_t i = 0; i < out; i++) {
+        lora_delta_rows(B, A, r, in, m->scale, i, i + 1, row);
+        for (uint64_t j = 0; j < in; j++)
+            if (!isfinite(row[j]) || !fp_finite(kind, fp_round(kind, row[j])))
+                (*bad)++;
+    }
+done:
+    free(A);
+    free(B);
+    free(row);
+    return rc;
+}

@@ -341,6 +341,55 @@ static void shape_str(const lora_tensor *t, char *buf, size_t n)
         snprintf(buf + o, n - o, "]");
 }
 
+/* Is BASE the one the adapter was made for (baseid.c)?  An archive's
+ * recorded identity that differs is an error (lora-merge refuses it);
+ * a plain folder whose base_model_name_or_path disagrees with the
+ * base's config.json is a warning.  The identity is computed on a
+ * shallow copy whose targets are the base's spellings found above. */
+static int check_identity(lora_report *rep, const lora_adapter *ad, const lora_ckpt *base,
+                          lora_error *err)
+{
+    char msg[600];
+    if (!ad->has_base_hash) {
+        if (lora_base_name_mismatch(ad, base, msg, sizeof msg))
+            return add_problem(rep, LORA_SEV_WARNING, NULL, err, "%s", msg);
+        return LORA_OK;
+    }
+    for (size_t i = 0; i < rep->n_modules; i++)
+        if (!rep->modules[i].base_name)
+            return LORA_OK; /* not bound: reported above */
+    lora_adapter cp = *ad;
+    lora_module *mods = calloc(ad->n_modules ? ad->n_modules : 1, sizeof *mods);
+    lora_saved *sv = calloc(ad->n_saved ? ad->n_saved : 1, sizeof *sv);
+    int rc = LORA_OK;
+    if (!mods || !sv) {
+        rc = lora_oom(err);
+        goto done;
+    }
+    for (size_t i = 0; i < ad->n_modules; i++) {
+        mods[i] = ad->modules[i];
+        mods[i].target = (char *)rep->modules[i].base_name;
+    }
+    for (size_t i = 0; i < ad->n_saved; i++) {
+        const lora_tensor *t = lora_ckpt_find_alias(base, ad->saved[i].target);
+        if (!t)
+            goto done; /* reported above */
+        sv[i] = ad->saved[i];
+        sv[i].target = (char *)t->name;
+    }
+    cp.modules = mods;
+    cp.saved = sv;
+    int r = lora_base_identity_mismatch(&cp, base, msg, sizeof msg, err);
+    if (r < 0)
+        rc = -r;
+    else if (r)
+        rc = add_problem(rep, LORA_SEV_ERROR, NULL, err, "%s: lora-merge refuses it (exit 1)", msg);
+done:
+    free(mods);
+    free(sv);
+    return rc;
+}
+
 static int check_base(lora_report *rep, const lora_adapter *ad, const lora_ckpt *base,
                       lora_error *err)
 {
@@ -411,7 +460,43 @@ static int check_base(lora_report *rep, const lora_adapter *ad, const lora_ckpt 
         if (rc)
             return rc;
     }
-    return LORA_OK;
+    return check_identity(rep, ad, base, err);
+}
+
+/* A scale that is not finite, or a delta that is not finite in the
+ * dtype it is merged into (the base tensor's, else lora_B's), is an
+ * error: lora-merge refuses it (exit 3), so --check must not pass it. */
+static int check_scale(lora_report *rep, const lora_adapter *ad, const lora_ckpt *base,
+                       int scan_values, lora_error *err)
+{
+    int rc = LORA_OK;
+    for (size_t i = 0; i < rep->n_modules && !rc; i++) {
+        const lora_report_module *rm = &rep->modules[i];
+        const lora_module *m = rm->m;
+        if (!isfinite(m->scale)) {
+            rc = add_problem(rep, LORA_SEV_ERROR, m->name, err,
+                             "module %s: scale %g (lora_alpha %g, r %llu%s) is not finite",
+                             m->name, m->scale, m->alpha, (unsigned long long)m->r,
+                             ad->use_rslora ? ", rsLoRA" : "");
+            continue;
+        }
+        if (!scan_values)
+            continue;
+        const lora_tensor *bt = base && rm->base_name ? lora_ckpt_find(base, rm->base_name, NULL)
+                                                      : NULL;
+        lora_dtype dt = bt ? bt->dtype : m->B->dtype;
+        uint64_t bad = 0;
+        if ((rc = lora_delta_nonfinite(m, dt, &bad, err)))
+            break;
+        if (bad)
+            rc = add_problem(rep, LORA_SEV_ERROR, m->name, err,
+                             "module %s: %llu of %llu delta values are not finite in %s "
+                             "(scale %g = lora_alpha %g / %s%llu): lora-merge refuses it",
+                             m->name, (unsigned long long)bad,
+                             (unsigned long long)(m->out * m->in), lora_dtype_name(dt), m->scale,
+                             m->alpha, ad->use_rslora ? "sqrt " : "", (unsigned long long)m->r);
+    }
+    return rc;
 }
 
 int lora_inspect(const lora_adapter *ad, const lora_inspect_opts *opts, lora_report **out,
@@ -461,6 +546,8 @@ int lora_inspect(const lora_adapter *ad, const lora_inspect_opts *opts, lora_rep
     if (!opts->no_scan && (rc = check_values(rep, ad, err)))
         goto fail;
     if (opts->base && (rc = check_base(rep, ad, opts->base, err)))
+        goto fail;
+    if ((rc = check_scale(rep, ad, opts->base, !opts->no_scan, err)))
         goto fail;
     for (size_t i = 0; i < rep->n_problems; i++) {
         if (opts->strict)

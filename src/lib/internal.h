@@ -71,6 +71,17 @@ void lora_tmp_track(const char *path, int is_dir);
 void lora_tmp_forget(const char *path);
 void lora_tmp_unlink(const char *path);
 
+/* The strict tar layout of a .lora archive (archive_tar.c): regular
+ * files only (each with at most one pax header of known keywords),
+ * two zero blocks, nothing after.  At most max entries; names malloc'd. */
+typedef struct lora_tar_ent {
+    char *name;
+    uint64_t header_off, data_off, size;
+} lora_tar_ent;
+int lora_tar_walk(const unsigned char *tar, size_t len, size_t max, lora_tar_ent **ents, size_t *n,
+                  lora_error *err);
+void lora_tar_ents_free(lora_tar_ent *ents, size_t n);
+
 /* A parsed model.safetensors.index.json (checkpoint.c): only
  * weight_map is used.  Tensor names sorted; shard names unique,
  * sorted, plain file names (no "/", no ".."). */
@@ -194,6 +205,24 @@ const lora_tensor *lora_tied_embedding(const lora_module *m, const lora_ckpt *ba
     "saved tensor %s %s (modules_to_save): the base has no such tensor, and merging without " \
     "it would drop what the adapter trained (a classification head on a base without one?); " \
     "use a base that has %s, e.g. the checkpoint of the task's model class"
+/* Elements of a module's canonical delta that are not finite rounded to
+ * dt (delta.c): a huge scale (lora_alpha 1e308) from finite factors. */
+int lora_delta_nonfinite(const lora_module *m, lora_dtype dt, uint64_t *bad, lora_error *err);
+/* Base identity pieces (baseid.c), for lora_base_check and lora-inspect:
+ * 1 and a message when AD's recorded identity (lora_base_hash, AD bound
+ * or its targets set) differs from BASE's, 0 when equal or none is
+ * recorded, -code on error; and 1 with a message when the plain folder's
+ * base_model_name_or_path does not match BASE's config.json. */
+int lora_base_identity_mismatch(const lora_adapter *ad, const lora_ckpt *base, char *msg,
+                                size_t n, lora_error *err);
+int lora_base_name_mismatch(const lora_adapter *ad, const lora_ckpt *base, char *msg, size_t n);
+/* lora_base_hash for a base that exists only tensor by tensor (the
+ * restored base of a task switch): the adapter's targets in the order
+ * hashed (sorted, unique; *out malloc'd, the strings are AD's), and one
+ * tensor's part of the hash, fed in that order. */
+int lora_base_targets(const lora_adapter *ad, const char ***out, size_t *n, lora_error *err);
+void lora_base_hash_tensor(lora_hasher *h, const char *name, lora_dtype dt, int ndim,
+                           const uint64_t *shape, const void *data, uint64_t nbytes);
 /* The base tensor for NAME, trying the spellings with and without a
  * leading "transformer." / "model."; NULL when none exists. */
 const lora_tensor *lora_ckpt_find_alias(const lora_ckpt *ck, const char *name);

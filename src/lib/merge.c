@@ -23,10 +23,27 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #define MERGES_KEY "lora_merges"
+/* The base a merged file restores to (lora-receipt(5)): BLAKE2b-256 over
+ * the base's header, its index (sharded folders) and the base hashes of
+ * the tensors the merge changed, so that a receipt alone cannot vouch
+ * for what it restores. */
+#define BASE_KEY "lora_base"
+#define BASE_PLACEHOLDER "0000000000000000000000000000000000000000000000000000000000000000"
+
+/* Test hook (tests/faults.sh): LORA_FAULT_POINT=NAME kills the process
+ * with SIGKILL when the run reaches point NAME, so that a crash lands
+ * exactly between two steps of a commit. */
+static void fault_point(const char *name)
+{
+    const char *p = getenv("LORA_FAULT_POINT");
+    if (p && strcmp(p, name) == 0)
+        raise(SIGKILL);
+}
 
 int lora_parse_adapter_arg(const char *arg, char **spec, double *weight, int *given,
                            lora_error *err)
@@ -93,9 +110,91 @@ struct run {
     uint64_t done, total;
     lora_stw *w;
     const char *cur;           /* tensor being written */
+    /* layout and provenance (lora-receipt(5)) */
+    /* base hashes of a shard's tensors: those the input's merge changed
+     * (checked), those this merge changes (recorded) */
+    struct basepairs { struct basepair { const char *name; unsigned char h[32]; } *p;
+                       size_t n, cap; } chk, rec;
+    int kept_all;              /* every shard written in its input's layout */
+    int has_idx;               /* the base index is part of lora_base */
+    unsigned char idx_hash[32];
+    char *in_index;            /* the input's index file, sharded folders */
+    size_t in_index_len;
     int folder;                /* OUT is a folder (config.json beside the weights) */
     const lora_tensor *untie;  /* the embedding a tied lm_head update unties (untie.c) */
 };
+
+static int push_base(struct basepairs *B, const char *name, const unsigned char h[32],
+                     lora_error *err)
+{
+    if (B->n == B->cap) {
+        size_t cap = B->cap ? 2 * B->cap : 64;
+        struct basepair *n = realloc(B->p, cap * sizeof *n);
+        if (!n)
+            return lora_oom(err);
+        B->p = n;
+        B->cap = cap;
+    }
+    B->p[B->n].name = name;
+    memcpy(B->p[B->n].h, h, 32);
+    B->n++;
+    return LORA_OK;
+}
+
+static int cmp_basepair(const void *a, const void *b)
+{
+    return strcmp(((const struct basepair *)a)->name, ((const struct basepair *)b)->name);
+}
+
+/* lora_base of one shard, in hex: the base's header JSON (HDR), the
+ * index when there is one, then (name, base hash) by name, so that the
+ * order tensors were processed in does not matter. */
+static void base_digest(struct run *R, struct basepairs *B, const unsigned char *hdr,
+                        size_t hlen, char hex[65])
+{
+    crypto_generichash_state st;
+    unsigned char h[32];
+    static const char tag[] = "lora-base 1";
+    if (B->n)
+        qsort(B->p, B->n, sizeof *B->p, cmp_basepair);
+    crypto_generichash_init(&st, NULL, 0, 32);
+    crypto_generichash_update(&st, (const unsigned char *)tag, sizeof tag);
+    crypto_generichash(h, 32, hdr, hlen, NULL, 0);
+    crypto_generichash_update(&st, h, 32);
+    if (R->has_idx)
+        crypto_generichash_update(&st, R->idx_hash, 32);
+    for (size_t i = 0; i < B->n; i++) {
+        crypto_generichash_update(&st, (const unsigned char *)B->p[i].name,
+                                  strlen(B->p[i].name) + 1);
+        crypto_generichash_update(&st, B->p[i].h, 32);
+    }
+    crypto_generichash_final(&st, h, 32);
+    sodium_bin2hex(hex, 65, h, 32);
+}
+
+/* The first 8+N bytes of a shard (its length and header JSON), read
+ * through its descriptor. */
+static int read_header(lora_st *st, unsigned char **out, size_t *len, lora_error *err)
+{
+    size_t n = (size_t)(8 + lora_st_header_size(st)), got = 0;
+    unsigned char *b = malloc(n);
+    if (!b)
+        return lora_oom(err);
+    while (got < n) {
+        ssize_t r = pread(lora_st_fd(st), b + got, n - got, (off_t)got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            free(b);
+            return lora_seterr_errno(err, LORA_EIO, r ? errno : EIO, "%s: reading its header",
+                                     lora_st_path(st));
+        }
+        got += (size_t)r;
+    }
+    *out = b;
+    *len = n;
+    return LORA_OK;
+}
 
 /* Blocks of the tensor being processed (R->cur, set before the engine
  * runs and read-only while it does) go to the writer; lora_stw_write is
@@ -151,6 +250,33 @@ static int is2d(const lora_tensor *t, uint64_t *rows, uint64_t *cols)
     return 1;
 }
 
+/* Finite values of a conversion chunk that became infinite in DDT:
+ * refused naming the first (as mergecore.c does for merged values), or
+ * counted with allow_nonfinite. */
+static int count_overflow(struct run *R, const double *d, const unsigned char *o, lora_dtype ddt,
+                          size_t n, uint64_t first, const char *name, lora_error *err)
+{
+    double back[256];
+    for (size_t x = 0; x < n; x += 256) {
+        size_t k = n - x < 256 ? n - x : 256;
+        if (lora_decode_f64(ddt, o + x * (lora_dtype_bits(ddt) / 8), back, k))
+            return lora_seterr(err, LORA_EINPUT, "%s: cannot read back %s", name,
+                               lora_dtype_name(ddt));
+        for (size_t y = 0; y < k; y++) {
+            if (isfinite(back[y]) || !isfinite(d[x + y]))
+                continue;
+            if (!R->o->allow_nonfinite)
+                return lora_seterr(err, LORA_EINPUT,
+                                   "%s: value(s) not finite in %s although the inputs are finite "
+                                   "(first: element %llu: %.9g converted); nothing written "
+                                   "(--allow-nonfinite writes them)", name, lora_dtype_name(ddt),
+                                   (unsigned long long)(first + x + y), d[x + y]);
+            R->res->nonfinite++;
+        }
+    }
+    return LORA_OK;
+}
+
 /* Convert a whole tensor's elements between readable/writable dtypes in
  * chunks through a reused buffer, writing at offset 0.. of NAME. */
 static int convert_copy(struct run *R, const lora_tensor *t, const void *src, lora_dtype sdt,
@@ -171,7 +297,10 @@ static int convert_copy(struct run *R, const lora_tensor *t, const void *src, lo
             lora_encode_f64(ddt, d, o, n))
             return lora_seterr(err, LORA_EINPUT, "%s: cannot convert %s to %s", name,
                                lora_dtype_name(sdt), lora_dtype_name(ddt));
-        int rc = lora_stw_write(R->w, name, i * dsz, o, n * dsz, err);
+        int rc = count_overflow(R, d, o, ddt, n, i, name, err);
+        if (rc)
+            return rc;
+        rc = lora_stw_write(R->w, name, i * dsz, o, n * dsz, err);
         if (rc)
             return rc;
     }
@@ -213,15 +342,22 @@ static void release(const void *data, uint64_t nbytes)
 }
 
 /* One tensor of the input. */
-static int do_tensor(struct run *R, const lora_tensor *t, int fd, lora_error *err)
+/* The terms to take out of tensor T (unmerge, task switch): from the
+ * receipt when there is one (its entry in *rt, index *rti), else the
+ * undo adapters' modules; *base_dt the dtype of W0. */
+static int old_terms(struct run *R, const lora_tensor *t, lora_term *oldt, size_t *pnold,
+                     const lora_receipt_tensor **prt, size_t *prti, lora_dtype *pbase,
+                     lora_error *err)
 {
     const lora_merge_opts *o = R->o;
-    lora_term oldt[64], newt[64];
-    size_t nold = 0, nnew = terms_for(R->add, R->nadd, t->name, newt, 64);
-    const lora_saved *sv = saved_for(R->add, R->nadd, t->name);
+    size_t nold = 0;
     const lora_receipt_tensor *rt = NULL;
     size_t rti = 0;
     lora_dtype base_dt = t->dtype; /* dtype of W0 */
+    *pnold = 0;
+    *prt = NULL;
+    *prti = 0;
+    *pbase = base_dt;
     if (R->rin) {
         for (rti = 0; rti < lora_receipt_tensor_count(R->rin); rti++)
             if (strcmp(lora_receipt_tensor_at(R->rin, rti)->name, t->name) == 0) {
@@ -264,6 +400,25 @@ static int do_tensor(struct run *R, const lora_tensor *t, int fd, lora_error *er
         if (nold && o->dtype != LORA_DT_INVALID)
             base_dt = o->dtype; /* unmerge without receipt: --dtype names W0's dtype */
     }
+    *pnold = nold;
+    *prt = rt;
+    *prti = rti;
+    *pbase = base_dt;
+    return LORA_OK;
+}
+
+static int do_tensor(struct run *R, const lora_tensor *t, int fd, lora_error *err)
+{
+    const lora_merge_opts *o = R->o;
+    lora_term oldt[64], newt[64];
+    size_t nold = 0, nnew = terms_for(R->add, R->nadd, t->name, newt, 64);
+    const lora_saved *sv = saved_for(R->add, R->nadd, t->name);
+    const lora_receipt_tensor *rt = NULL;
+    size_t rti = 0;
+    lora_dtype base_dt = t->dtype; /* dtype of W0 */
+    int orc = old_terms(R, t, oldt, &nold, &rt, &rti, &base_dt, err);
+    if (orc)
+        return orc;
     uint64_t rows = 0, cols = 0;
     R->res->tensors++;
     if (!nold && !nnew && !sv) {
@@ -283,7 +438,7 @@ static int do_tensor(struct run *R, const lora_tensor *t, int fd, lora_error *er
             return lora_seterr(err, LORA_EUSAGE, "%s: replaced by modules_to_save and adapted at once",
                                t->name);
         R->res->changed_tensors++;
-        lora_tensor_report tr = {t->name, t->numel, 0, 0, 0, -1};
+        lora_tensor_report tr = {t->name, t->numel, 0, 0, 0, -1, 1, 0};
         if (R->w) {
             lora_dtype od = out_dtype(R, t->dtype);
             int rc;
@@ -306,7 +461,7 @@ static int do_tensor(struct run *R, const lora_tensor *t, int fd, lora_error *er
                            t->name);
     R->res->changed_tensors++;
     R->res->elements += t->numel;
-    lora_tensor_report tr = {t->name, t->numel, 0, 0, 0, -1};
+    lora_tensor_report tr = {t->name, t->numel, 0, 0, 0, -1, 1, 0};
     lora_merge_stats st = {0};
     lora_merge_stats ust = {0};
     const void *src = t->data;
@@ -326,6 +481,7 @@ static int do_tensor(struct run *R, const lora_tensor *t, int fd, lora_error *er
         j.terms = oldt;
         j.nterms = nold;
         j.unmerge = 1;
+        j.allow_nonfinite = o->allow_nonfinite;
         j.stats = &ust;
         j.hash = 1;
         j.in_hash = in_hash;
@@ -377,12 +533,23 @@ static int do_tensor(struct run *R, const lora_tensor *t, int fd, lora_error *er
         if (reft) {
             tr.exact = t->numel - ust.inexact;
             tr.max_ulps = ust.max_ulps;
+            tr.known = 1;
+            tr.may_differ = ust.inexact;
         } else if (rt) {
+            /* the hashes decide; unknown per element when they differ */
             tr.exact = tr.hash_ok ? t->numel : 0;
+            tr.known = tr.hash_ok;
+            tr.may_differ = tr.hash_ok ? 0 : t->numel;
         } else {
+            /* no receipt, no reference: W0 is unknown; exact counts only
+             * what is certainly wrong, may_differ bounds it from above */
             tr.exact = t->numel - ust.inexact;
+            tr.known = 0;
+            tr.may_differ = ust.may_differ;
         }
         R->res->inexact += t->numel - tr.exact;
+        R->res->may_differ += tr.may_differ;
+        R->res->nonfinite += ust.nonfinite;
         if (ust.max_ulps > R->res->max_ulps)
             R->res->max_ulps = ust.max_ulps;
         memcpy(base_hash, out_hash, 32);
@@ -403,6 +570,7 @@ static int do_tensor(struct run *R, const lora_tensor *t, int fd, lora_error *er
         j.terms = newt;
         j.nterms = nnew;
         j.mode = o->rounding;
+        j.allow_nonfinite = o->allow_nonfinite;
         j.stats = &st;
         j.hash = R->rout != NULL;
         j.in_hash = in_hash;
@@ -423,6 +591,7 @@ static int do_tensor(struct run *R, const lora_tensor *t, int fd, lora_error *er
             memcpy(base_hash, in_hash, 32);
         tr.fixes = st.fixes;
         R->res->fixes += st.fixes;
+        R->res->nonfinite += st.nonfinite;
         if (R->rout) {
             lora_receipt_term rterms[64];
             for (size_t k = 0; k < nnew; k++) {
@@ -449,6 +618,16 @@ static int do_tensor(struct run *R, const lora_tensor *t, int fd, lora_error *er
             if (rc)
                 return rc;
         }
+    }
+    if (rt) {
+        int rc = push_base(&R->chk, t->name, base_hash, err);
+        if (rc)
+            return rc;
+    }
+    if (nnew && R->rout) {
+        int rc = push_base(&R->rec, t->name, base_hash, err);
+        if (rc)
+            return rc;
     }
     report(R, &tr);
     progress(R, t->nbytes);
@@ -499,8 +678,11 @@ static char *new_merges(struct run *R, lora_st *st)
     for (size_t a = 0; a < R->nadd; a++) {
         char hex[65];
         sodium_bin2hex(hex, sizeof hex, R->add_hash[a], 32);
-        json_array_append_new(m, json_pack("{sssfss}", "blake2b", hex, "weight", R->add[a].weight,
-                                           "adapter", R->add[a].spec));
+        json_t *e = json_pack("{sssfss}", "blake2b", hex, "weight", R->add[a].weight, "adapter",
+                              R->add[a].spec);
+        if (e && R->o->allow_nonfinite) /* values beyond the dtype may be written as ±inf */
+            json_object_set_new(e, "allow_nonfinite", json_true());
+        json_array_append_new(m, e);
     }
     char *s = json_array_size(m) ? json_dumps(m, JSON_COMPACT) : NULL;
     json_decref(m);
@@ -509,54 +691,142 @@ static char *new_merges(struct run *R, lora_st *st)
 
 /* ---- one shard --------------------------------------------------------- */
 
+/* The dtype do_tensor will write tensor T in. */
+static lora_dtype planned_dtype(struct run *R, const lora_tensor *t)
+{
+    lora_term tt[1];
+    const lora_receipt_tensor *rt = R->rin ? lora_receipt_find(R->rin, t->name) : NULL;
+    int has_old = R->rin ? rt != NULL : terms_for(R->undo, R->nundo, t->name, tt, 1) > 0;
+    int has_new = terms_for(R->add, R->nadd, t->name, tt, 1) > 0;
+    lora_dtype base = rt ? rt->base_dtype
+                    : has_old && R->o->dtype != LORA_DT_INVALID ? R->o->dtype : t->dtype;
+    if (has_new)
+        return out_dtype(R, base);
+    if (has_old)
+        return base;
+    if (saved_for(R->add, R->nadd, t->name))
+        return out_dtype(R, t->dtype);
+    return t->dtype;
+}
+
+/* The receipt's record of shard SI (NULL: none, or a version 1 receipt). */
+static const lora_receipt_file *rin_file(struct run *R, size_t si)
+{
+    if (!R->rin)
+        return NULL;
+    const lora_receipt_file *f = lora_receipt_file_find(R->rin, lora_ckpt_shard_name(R->ck, si));
+    if (!f && !lora_ckpt_is_sharded(R->ck) && lora_receipt_file_count(R->rin) == 1)
+        f = lora_receipt_file_at(R->rin, 0); /* a single file merged under another name */
+    return f;
+}
+
+/* Which layout the output of shard SI keeps: the base's as the receipt
+ * kept it (an unmerge writes it verbatim: the base's bytes come back),
+ * else the input's, else (dtypes changed) the writer's own. */
+static int choose_layout(struct run *R, size_t si, const unsigned char *in_hdr, size_t in_len,
+                         lora_error *err)
+{
+    lora_st *st = lora_ckpt_shard(R->ck, si);
+    const lora_receipt_file *rf = rin_file(R, si);
+    int rin_ok = rf != NULL, in_ok = 1;
+    for (size_t i = 0; i < lora_st_count(st); i++) {
+        const lora_tensor *t = lora_st_tensor(st, i);
+        const lora_receipt_tensor *rt = R->rin ? lora_receipt_find(R->rin, t->name) : NULL;
+        lora_dtype dt = planned_dtype(R, t);
+        rin_ok &= dt == (rt ? rt->base_dtype : t->dtype);
+        in_ok &= dt == t->dtype;
+    }
+    if (rin_ok)
+        return lora_stw_set_layout(R->w, rf->header, (size_t)rf->header_len, R->nadd == 0, err);
+    if (in_ok)
+        return lora_stw_set_layout(R->w, in_hdr + 8, in_len - 8, 0, err);
+    R->kept_all = 0;
+    return LORA_OK;
+}
+
+static int start_writer(struct run *R, size_t si, const char *outpath,
+                        const unsigned char *in_hdr, size_t in_len, lora_error *err)
+{
+    lora_st *st = lora_ckpt_shard(R->ck, si);
+    int rc = lora_stw_new(outpath, &R->w, err);
+    if (rc)
+        return rc;
+    for (size_t i = 0; i < lora_st_metadata_count(st) && !rc; i++) {
+        const char *k, *v;
+        lora_st_metadata_at(st, i, &k, &v);
+        if (strcmp(k, MERGES_KEY) != 0 && strcmp(k, BASE_KEY) != 0)
+            rc = lora_stw_set_metadata(R->w, k, v, err);
+    }
+    char *m = rc ? NULL : new_merges(R, st);
+    if (m) {
+        rc = lora_stw_set_metadata(R->w, MERGES_KEY, m, err);
+        free(m);
+    }
+    if (!rc && R->rout) /* the value is known at the end: patched in */
+        rc = lora_stw_set_metadata(R->w, BASE_KEY, BASE_PLACEHOLDER, err);
+    for (size_t i = 0; i < lora_st_count(st) && !rc; i++) {
+        const lora_tensor *t = lora_st_tensor(st, i);
+        rc = lora_stw_declare(R->w, t->name, planned_dtype(R, t), t->ndim, t->shape, err);
+    }
+    int untie = R->untie && lora_st_find(st, R->untie->name) == R->untie;
+    if (!rc && untie) /* a new tensor: the input's layout cannot be kept */
+        rc = lora_stw_declare(R->w, LORA_UNTIED_HEAD, out_dtype(R, R->untie->dtype),
+                              R->untie->ndim, R->untie->shape, err);
+    if (untie)
+        R->kept_all = 0;
+    else if (!rc)
+        rc = choose_layout(R, si, in_hdr, in_len, err);
+    if (!rc)
+        rc = lora_stw_start(R->w, err);
+    if (rc) {
+        lora_stw_abort(R->w);
+        R->w = NULL;
+    }
+    return rc;
+}
+
+/* After the tensors of shard SI: the restored tensors must be the base
+ * the merged file itself records (not only the receipt), and a merge
+ * records that base in its output and the output in its receipt. */
+static int finish_provenance(struct run *R, size_t si, const unsigned char *in_hdr,
+                             size_t in_len, lora_error *err)
+{
+    lora_st *st = lora_ckpt_shard(R->ck, si);
+    const lora_receipt_file *rf = rin_file(R, si);
+    const unsigned char *bh = rf ? rf->header : in_hdr + 8;
+    size_t bl = rf ? (size_t)rf->header_len : in_len - 8;
+    char hex[65];
+    base_digest(R, &R->chk, bh, bl, hex);
+    const char *rec = lora_st_metadata(st, BASE_KEY);
+    if (R->rin && rec && strcmp(rec, hex) != 0)
+        return lora_seterr(err, LORA_ECHECK,
+                           "%s: the restored tensors are not the base this merged file records "
+                           "(%s %.16s..., restored %.16s...): the receipt was altered or is not "
+                           "this file's; nothing written",
+                           lora_ckpt_shard_name(R->ck, si), BASE_KEY, rec, hex);
+    if (!R->rout || !R->w)
+        return LORA_OK;
+    base_digest(R, &R->rec, bh, bl, hex);
+    int rc = lora_stw_patch_metadata(R->w, BASE_KEY, hex, err);
+    size_t hl;
+    const unsigned char *h = lora_stw_header(R->w, &hl);
+    unsigned char mh[32];
+    crypto_generichash(mh, 32, h, hl, NULL, 0);
+    if (!rc)
+        rc = lora_receipt_add_file(R->rout, lora_ckpt_shard_name(R->ck, si), bh, bl, mh, err);
+    return rc;
+}
+
 static int do_shard(struct run *R, size_t si, const char *outpath, lora_error *err)
 {
     lora_st *st = lora_ckpt_shard(R->ck, si);
-    int rc = LORA_OK;
+    unsigned char *in_hdr = NULL;
+    size_t in_len = 0;
+    int rc = read_header(st, &in_hdr, &in_len, err);
     R->w = NULL;
-    if (outpath) {
-        if ((rc = lora_stw_new(outpath, &R->w, err)))
-            return rc;
-        for (size_t i = 0; i < lora_st_metadata_count(st) && !rc; i++) {
-            const char *k, *v;
-            lora_st_metadata_at(st, i, &k, &v);
-            if (strcmp(k, MERGES_KEY) != 0)
-                rc = lora_stw_set_metadata(R->w, k, v, err);
-        }
-        char *m = rc ? NULL : new_merges(R, st);
-        if (m) {
-            rc = lora_stw_set_metadata(R->w, MERGES_KEY, m, err);
-            free(m);
-        }
-        for (size_t i = 0; i < lora_st_count(st) && !rc; i++) {
-            const lora_tensor *t = lora_st_tensor(st, i);
-            /* the dtypes do_tensor will produce */
-            lora_term tt[1];
-            const lora_receipt_tensor *rt = R->rin ? lora_receipt_find(R->rin, t->name) : NULL;
-            int has_old = R->rin ? rt != NULL : terms_for(R->undo, R->nundo, t->name, tt, 1) > 0;
-            int has_new = terms_for(R->add, R->nadd, t->name, tt, 1) > 0;
-            lora_dtype base = rt ? rt->base_dtype
-                            : has_old && R->o->dtype != LORA_DT_INVALID ? R->o->dtype : t->dtype;
-            lora_dtype dt = t->dtype;
-            if (has_new)
-                dt = out_dtype(R, base);
-            else if (has_old)
-                dt = base;
-            else if (saved_for(R->add, R->nadd, t->name))
-                dt = out_dtype(R, t->dtype);
-            rc = lora_stw_declare(R->w, t->name, dt, t->ndim, t->shape, err);
-        }
-        if (!rc && R->untie && lora_st_find(st, R->untie->name) == R->untie)
-            rc = lora_stw_declare(R->w, LORA_UNTIED_HEAD, out_dtype(R, R->untie->dtype),
-                                  R->untie->ndim, R->untie->shape, err);
-        if (!rc)
-            rc = lora_stw_start(R->w, err);
-        if (rc) {
-            lora_stw_abort(R->w);
-            R->w = NULL;
-            return rc;
-        }
-    }
+    R->chk.n = R->rec.n = 0;
+    if (!rc && outpath)
+        rc = start_writer(R, si, outpath, in_hdr, in_len, err);
     for (size_t i = 0; i < lora_st_count(st) && !rc; i++) {
         const lora_tensor *t = lora_st_tensor(st, i);
         rc = do_tensor(R, t, lora_st_fd(st), err);
@@ -572,6 +842,8 @@ static int do_shard(struct run *R, size_t si, const char *outpath, lora_error *e
         rc = do_tensor(R, &head, lora_st_fd(st), err);
         R->res->untied = 1;
     }
+    if (!rc && !R->res->hash_mismatches)
+        rc = finish_provenance(R, si, in_hdr, in_len, err);
     if (R->w) {
         if (rc || R->res->hash_mismatches)
             lora_stw_abort(R->w);
@@ -579,6 +851,7 @@ static int do_shard(struct run *R, size_t si, const char *outpath, lora_error *e
             rc = lora_stw_commit(R->w, err);
         R->w = NULL;
     }
+    free(in_hdr);
     return rc;
 }
 
@@ -667,6 +940,20 @@ static int copy_aux(const char *from, const char *to, lora_error *err)
 
 static int write_index(struct run *R, const char *dir, lora_error *err)
 {
+    /* the base's index as the receipt kept it, or the input's when every
+     * shard kept its layout (the index then says the same) */
+    uint64_t klen = 0;
+    const unsigned char *kept = R->rin && !R->nadd ? lora_receipt_index(R->rin, &klen) : NULL;
+    if (!kept && R->kept_all && R->in_index) {
+        kept = (const unsigned char *)R->in_index;
+        klen = R->in_index_len;
+    }
+    if (kept) {
+        char *p = join(dir, "model.safetensors.index.json");
+        int rc = p ? lora_write_file_atomic(p, kept, (size_t)klen, 0644, err) : lora_oom(err);
+        free(p);
+        return rc;
+    }
     json_t *root = json_object(), *map = json_object(), *meta = json_object();
     uint64_t total = 0;
     for (size_t s = 0; s < lora_ckpt_shard_count(R->ck); s++) {
@@ -746,6 +1033,201 @@ static int out_collides(struct run *R, const char *input, const char *out, lora_
     return LORA_OK;
 }
 
+static const char *who(const struct run *R)
+{
+    return R->nadd ? "lora-merge" : "lora-unmerge";
+}
+
+/* Is the input (merge) or the reference (unmerge --check --base) the
+ * base each adapter was made for (baseid.c)?  In a task switch the base
+ * exists only tensor by tensor in memory: the receipt's hashes check
+ * it against the first merge's base, the new adapter's recorded
+ * identity cannot be checked (said so). */
+static int rc_bases(struct run *R, lora_error *err)
+{
+    const lora_adapter *ads[128];
+    size_t n = 0;
+    for (size_t a = 0; a < R->nadd; a++) {
+        if (!R->nundo) { /* a task switch: switch_bases, once the base can be restored */
+            int rc = lora_base_check(R->add[a].ad, R->ck, R->o->any_base, who(R), R->o->warn, err);
+            if (rc)
+                return rc;
+        }
+        if (n < 128)
+            ads[n++] = R->add[a].ad;
+    }
+    for (size_t u = 0; u < R->nundo && R->ref; u++) {
+        int rc = lora_base_check(R->undo[u].ad, R->ref, R->o->any_base, who(R), R->o->warn, err);
+        if (rc)
+            return rc;
+    }
+    lora_base_check_several(ads, n, who(R), R->o->warn);
+    return LORA_OK;
+}
+
+/* lora_base_hash of the base a task switch restores, for the tensors AD
+ * changes: each unmerged (with the receipt's corrections) into R->tmp,
+ * in the order of the hash.  A pass of its own before the work: the
+ * streaming pass meets the tensors in file order, the hash needs them
+ * sorted. */
+static int switch_identity(struct run *R, const lora_adapter *ad, unsigned char out[32],
+                           lora_error *err)
+{
+    const char **names;
+    size_t n;
+    int rc = lora_base_targets(ad, &names, &n, err);
+    if (rc)
+        return rc;
+    lora_hasher *h = NULL;
+    if ((rc = lora_hasher_new(32, &h, err)))
+        goto done;
+    for (size_t i = 0; i < n && !rc; i++) {
+        const lora_tensor *t = lora_ckpt_find(R->ck, names[i], NULL);
+        if (!t) {
+            rc = lora_seterr(err, LORA_EINPUT, "base has no tensor %s", names[i]);
+            break;
+        }
+        lora_term oldt[64];
+        size_t nold, rti;
+        const lora_receipt_tensor *rt;
+        lora_dtype bdt;
+        if ((rc = old_terms(R, t, oldt, &nold, &rt, &rti, &bdt, err)))
+            break;
+        if (!nold || t->ndim != 2) {
+            lora_base_hash_tensor(h, t->name, t->dtype, t->ndim, t->shape, t->data, t->nbytes);
+            continue;
+        }
+        uint64_t need = t->numel * (lora_dtype_bits(bdt) / 8);
+        if (need > R->tmpcap) {
+            unsigned char *b = realloc(R->tmp, need);
+            if (!b) {
+                rc = lora_oom(err);
+                break;
+            }
+            R->tmp = b;
+            R->tmpcap = need;
+        }
+        lora_tjob j;
+        memset(&j, 0, sizeof j);
+        j.name = t->name;
+        j.in_dt = t->dtype;
+        j.out_dt = bdt;
+        j.rows = t->shape[0];
+        j.cols = t->shape[1];
+        j.src = t->data;
+        j.dst = R->tmp;
+        j.terms = oldt;
+        j.nterms = nold;
+        j.unmerge = 1;
+        R->fixes.n = 0;
+        if (rt && (rc = lora_receipt_fixes(R->rin, rti, &R->fixes, err)))
+            break;
+        j.fixes = rt ? &R->fixes : NULL;
+        unsigned char ih[32], oh[32];
+        j.hash = rt != NULL;
+        j.in_hash = ih;
+        j.out_hash = oh;
+        if ((rc = lora_engine_run(R->eng, &j, err)))
+            break;
+        if (rt && (sodium_memcmp(ih, rt->merged_hash, 32) || sodium_memcmp(oh, rt->base_hash, 32))) {
+            rc = -1; /* not the receipt's merge: the main pass refuses it */
+            break;
+        }
+        lora_base_hash_tensor(h, t->name, bdt, t->ndim, t->shape, R->tmp, need);
+    }
+    if (!rc) {
+        lora_hasher_final(h, out); /* frees h */
+        h = NULL;
+    }
+done:
+    lora_hasher_free(h);
+    free(names);
+    return rc;
+}
+
+/* A task switch: each new adapter's recorded identity against the base
+ * the switch restores.  With the receipt that base is exact, so a
+ * mismatch is refused (any_base: warned); without one it is a note. */
+static int switch_bases(struct run *R, lora_error *err)
+{
+    for (size_t a = 0; a < R->nadd && R->nundo && !R->o->shard; a++) {
+        const lora_adapter *ad = R->add[a].ad;
+        if (!ad->has_base_hash)
+            continue;
+        unsigned char h[32];
+        int rc = switch_identity(R, ad, h, err);
+        if (rc == -1)
+            return LORA_OK; /* the receipt does not fit: said by the main pass */
+        if (rc)
+            return lora_err_prefix(err, "%s: base identity", R->add[a].spec);
+        if (!memcmp(h, ad->base_hash, 32))
+            continue;
+        char want[LORA_HASH_HEX], got[LORA_HASH_HEX];
+        lora_hex(ad->base_hash, 32, want);
+        lora_hex(h, 32, got);
+        const char *name = ad->recorded_base ? ad->recorded_base
+                         : ad->base_model   ? ad->base_model
+                                            : "(unnamed)";
+        if (!R->rin || R->o->any_base) {
+            if (R->o->warn)
+                fprintf(R->o->warn, "%s: %s: %s: the restored base's identity %s is not the one "
+                                    "the adapter was made for (base %s, identity %s)%s\n",
+                        who(R), R->rin ? "WARNING: --any-base" : "note", R->add[a].spec, got,
+                        name, want,
+                        R->rin ? "" : "; without a receipt the restore is not exact, so this "
+                                      "proves nothing");
+            continue;
+        }
+        return lora_seterr(err, LORA_ECHECK,
+                           "%s: wrong base: the adapter was made for base %s (identity %s), the "
+                           "base this task switch restores has identity %s; nothing written "
+                           "(--any-base to use it anyway)", R->add[a].spec, name, want, got);
+    }
+    return LORA_OK;
+}
+
+/* After an unmerge, the restored checkpoint at PATH (complete, not yet
+ * renamed) against the identity each adapter's archive records: with a
+ * receipt the restore is exact, so a mismatch means the merge was made
+ * into another base (refused unless any_base); without one a mismatch
+ * may be rounding, so it is a note, and a match proves the base. */
+static int check_restored(struct run *R, const char *path, lora_error *err)
+{
+    int any = 0;
+    for (size_t u = 0; u < R->nundo; u++)
+        any |= R->undo[u].ad->has_base_hash;
+    if (!any || R->nadd || !path)
+        return LORA_OK;
+    lora_ckpt *ck;
+    int rc = lora_ckpt_open(path, &ck, err);
+    if (rc)
+        return rc;
+    for (size_t u = 0; u < R->nundo && !rc; u++) {
+        char msg[600];
+        int r = lora_base_identity_mismatch(R->undo[u].ad, ck, msg, sizeof msg, err);
+        if (r < 0) {
+            rc = -r;
+        } else if (r && !R->rin) {
+            if (R->o->warn)
+                fprintf(R->o->warn, "%s: note: %s: the restored base cannot be matched with the "
+                                    "base identity the archive records (unmerge without a receipt "
+                                    "is not exact)\n", who(R), R->undo[u].spec);
+        } else if (r && R->o->any_base) {
+            if (R->o->warn)
+                fprintf(R->o->warn, "%s: WARNING: --any-base: %s: the restored checkpoint is not "
+                                    "the adapter's base: %s\n", who(R), R->undo[u].spec, msg);
+        } else if (r) {
+            rc = lora_seterr(err, LORA_ECHECK, "%s: the restored checkpoint is not the adapter's "
+                                               "base: %s; nothing written (--any-base to keep it)",
+                             R->undo[u].spec, msg);
+        } else if (!R->rin) {
+            R->res->base_confirmed = 1;
+        }
+    }
+    lora_ckpt_close(ck);
+    return rc;
+}
+
 static int bind_all(struct run *R, lora_error *err)
 {
     lora_merge_adapter *sets[2] = {R->undo, R->add};
@@ -756,10 +1238,13 @@ static int bind_all(struct run *R, lora_error *err)
             return lora_err_prefix(err, "%s", sets[0][a].spec);
     }
     /* an lm_head update on a tied head: merged, it unties (untie.c) */
-    int urc = lora_untie_bind(R->add, R->nadd, R->ck, R->folder, err);
+    int urc = lora_untie_bind(sets[1], ns[1], R->ck, R->folder, err);
     if (urc)
         return urc;
-    R->untie = lora_untie_source(R->add, R->nadd, R->ck);
+    R->untie = lora_untie_source(sets[1], ns[1], R->ck);
+    int brc = rc_bases(R, err);
+    if (brc)
+        return brc;
     R->undo_hash = calloc(R->nundo + 1, 32);
     R->add_hash = calloc(R->nadd + 1, 32);
     if (!R->undo_hash || !R->add_hash)
@@ -830,6 +1315,142 @@ static int bind_all(struct run *R, lora_error *err)
     return LORA_OK;
 }
 
+/* The receipt must be this output's (a version 2 receipt names the
+ * header of every file it merged): a crash between the renames of a
+ * re-merge leaves the new output beside the old receipt, and its
+ * receipt as RECEIPT.new, which is then named. */
+static int check_pair(struct run *R, size_t only, lora_error *err)
+{
+    const char *rp = R->o->receipt_in;
+    if (!R->rin || lora_receipt_version(R->rin) < 2)
+        return LORA_OK;
+    for (size_t s = 0; s < lora_ckpt_shard_count(R->ck); s++) {
+        if (only != SIZE_MAX && s != only)
+            continue;
+        const lora_receipt_file *f = rin_file(R, s);
+        unsigned char *h;
+        size_t hl;
+        unsigned char mh[32];
+        int rc = read_header(lora_ckpt_shard(R->ck, s), &h, &hl, err);
+        if (rc)
+            return rc;
+        crypto_generichash(mh, 32, h, hl, NULL, 0);
+        free(h);
+        if (f && sodium_memcmp(mh, f->merged_header, 32) == 0)
+            continue;
+        char *nw = NULL;
+        lora_receipt *n = NULL;
+        const lora_receipt_file *nf = NULL;
+        if (asprintf(&nw, "%s.new", rp) >= 0 && lora_receipt_open(nw, &n, NULL) == LORA_OK) {
+            for (size_t i = 0; i < lora_receipt_file_count(n) && !nf; i++)
+                if (!sodium_memcmp(mh, lora_receipt_file_at(n, i)->merged_header, 32))
+                    nf = lora_receipt_file_at(n, i);
+        }
+        rc = lora_seterr(err, LORA_ECHECK,
+                         "%s: %s; %s is the receipt of another merge%s%s%s",
+                         lora_ckpt_shard_name(R->ck, s),
+                         f ? "not the file this receipt's merge wrote (its header differs)"
+                           : "the receipt records no file of this name",
+                         rp, nf ? " -- the receipt of this file is " : "", nf ? nw : "",
+                         nf ? " (a re-merge was interrupted before renaming it): rename it"
+                            : "");
+        lora_receipt_close(n);
+        free(nw);
+        return rc;
+    }
+    return LORA_OK;
+}
+
+/* The base index of a sharded folder: the receipt's when it kept one,
+ * else the input's (read for a verbatim copy and for lora_base). */
+static int load_index(struct run *R, const char *input, int folder, lora_error *err)
+{
+    uint64_t kl = 0;
+    const unsigned char *k = R->rin ? lora_receipt_index(R->rin, &kl) : NULL;
+    if (k) {
+        R->has_idx = 1;
+        crypto_generichash(R->idx_hash, 32, k, (size_t)kl, NULL, 0);
+    }
+    /* a --shard run reads the index too: its shard's lora_base (and so
+     * its bytes) must be the whole merge's */
+    (void)folder;
+    if (!lora_ckpt_is_sharded(R->ck) || (!is_dir(input) && !has_suffix(input, ".index.json")))
+        return LORA_OK;
+    char *p = has_suffix(input, ".index.json") ? strdup(input)
+                                                : join(input, "model.safetensors.index.json");
+    if (!p)
+        return lora_oom(err);
+    int rc = lora_read_file(p, 64 << 20, &R->in_index, &R->in_index_len, err);
+    free(p);
+    if (rc)
+        return rc;
+    if (!k && R->rout) {
+        R->has_idx = 1;
+        crypto_generichash(R->idx_hash, 32, (const unsigned char *)R->in_index,
+                           R->in_index_len, NULL, 0);
+    }
+    if (R->rout) {
+        const void *b = k ? (const void *)k : (const void *)R->in_index;
+        size_t bl = k ? (size_t)kl : R->in_index_len;
+        rc = lora_receipt_set_index(R->rout, b, bl, err);
+    }
+    return rc;
+}
+
+/* Commit the output (a staged file or a folder) and its receipt so that
+ * every crash leaves a matching pair: a first merge puts the receipt in
+ * place first (at worst a receipt without OUT); a re-merge onto an
+ * existing receipt moves the new one to RECEIPT.new, then renames OUT,
+ * then RECEIPT.new onto RECEIPT (a crash between is caught by
+ * check_pair, which names RECEIPT.new). */
+static int commit_pair(struct run *R, const char *stage, const char *tmpdir, const char *out,
+                       lora_error *err)
+{
+    const char *rp = R->o->receipt_out;
+    int rc = LORA_OK, remerge = 0;
+    struct stat sb;
+    if (R->rout) {
+        rc = lora_receipt_finish(R->rout, err);
+        R->res->receipt_bytes = lora_receipt_bytes(R->rout);
+        if (!rc && R->o->receipt_key)
+            rc = lora_receipt_sign(R->rout, R->o->receipt_key, err);
+        remerge = !rc && lstat(rp, &sb) == 0;
+        if (!rc && remerge)
+            rc = lora_receipt_stage_new(R->rout, err);
+        if (!rc && !remerge) {
+            rc = lora_receipt_install(R->rout, err);
+            R->rout = NULL;
+        }
+        if (rc)
+            return rc;
+    }
+    fault_point("merge-before-output");
+    const char *from = stage ? stage : tmpdir;
+    if (tmpdir && stat(out, &sb) == 0)
+        rmdir(out); /* checked empty before */
+    if (rename(from, out) != 0) {
+        rc = lora_seterr_errno(err, LORA_EIO, errno, "rename %s to %s", from, out);
+        if (R->rout) {
+            lora_receipt_abort(R->rout); /* the old pair stays */
+            R->rout = NULL;
+        } else if (rp) {
+            unlink(rp); /* it describes an OUT that is not there */
+        }
+        return rc;
+    }
+    lora_tmp_forget(from);
+    (void)lora_fsync_dir_of(out, NULL); /* best effort, as before */
+    fault_point("merge-between-renames");
+    if (R->rout) {
+        rc = lora_receipt_install(R->rout, err);
+        R->rout = NULL;
+        if (rc)
+            lora_err_prefix(err, "%s is written but its receipt is not (%s.new holds it)", out,
+                            rp);
+    }
+    return rc;
+}
+
 int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
                    lora_merge_adapter *add, size_t nadd, const char *out,
                    const lora_merge_opts *opts, lora_merge_result *res, lora_error *err)
@@ -837,17 +1458,19 @@ int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
     struct run R;
     memset(&R, 0, sizeof R);
     memset(res, 0, sizeof *res);
+    res->known = opts->reference != NULL || opts->receipt_in != NULL;
     R.o = opts;
     R.res = res;
     R.undo = undo;
     R.nundo = nundo;
     R.add = add;
     R.nadd = nadd;
+    R.kept_all = 1;
     char *tmpdir = NULL;
     /* A single-file OUT is staged under a temporary name and renamed only
-     * after its receipt is in place: a disk that fills while the receipt
-     * is finished must not leave OUT behind, and an interrupted run leaves
-     * at worst a complete receipt without OUT, never OUT without it. */
+     * when its receipt is finished (commit_pair): a disk that fills while
+     * the receipt is finished must not leave OUT behind, and an
+     * interrupted run never leaves OUT beside a receipt that is not its. */
     char *stage = NULL;
     int rc;
     if (!nundo && !nadd)
@@ -858,16 +1481,16 @@ int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
         return lora_seterr(err, LORA_EUSAGE, "no output given");
     if ((rc = lora_ckpt_open(input, &R.ck, err)))
         goto done;
-    if (opts->receipt_in && (rc = lora_receipt_open(opts->receipt_in, &R.rin, err)))
+    if (opts->receipt_in && opts->n_receipt_pubkeys)
+        rc = lora_receipt_open_signed(opts->receipt_in, opts->receipt_pubkeys,
+                                      opts->n_receipt_pubkeys, &R.rin, err);
+    else if (opts->receipt_in)
+        rc = lora_receipt_open(opts->receipt_in, &R.rin, err);
+    if (rc)
         goto done;
     if (opts->reference && (rc = lora_ckpt_open(opts->reference, &R.ref, err)))
         goto done;
     if (out && (rc = out_collides(&R, input, out, err)))
-        goto done;
-    R.folder = !opts->shard && (is_dir(input) || has_suffix(input, ".index.json"));
-    if ((rc = bind_all(&R, err)))
-        goto done;
-    if ((rc = lora_engine_new(opts->nthreads, &R.eng, err)))
         goto done;
     size_t only = SIZE_MAX; /* the one shard to process with opts->shard */
     if (opts->shard) {
@@ -880,6 +1503,17 @@ int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
             goto done;
         }
     }
+    /* before the adapters are matched: "not this output's receipt" is
+     * the cause when they are not the receipt's either */
+    if ((rc = check_pair(&R, only, err)))
+        goto done;
+    R.folder = only == SIZE_MAX && (is_dir(input) || has_suffix(input, ".index.json"));
+    if ((rc = bind_all(&R, err)))
+        goto done;
+    if ((rc = lora_engine_new(opts->nthreads, &R.eng, err)))
+        goto done;
+    if ((rc = switch_bases(&R, err)))
+        goto done;
     for (size_t s = 0; s < lora_ckpt_shard_count(R.ck); s++)
         if (only == SIZE_MAX || s == only)
             R.total += lora_st_size(lora_ckpt_shard(R.ck, s));
@@ -926,6 +1560,8 @@ int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
     for (size_t a = 0; R.rout && a < nadd; a++)
         if ((rc = lora_receipt_add_adapter(R.rout, add[a].spec, R.add_hash[a], add[a].weight, err)))
             goto done;
+    if ((rc = load_index(&R, input, folder, err)))
+        goto done;
     for (size_t s = 0; s < lora_ckpt_shard_count(R.ck) && !rc; s++) {
         if (only != SIZE_MAX && s != only)
             continue;
@@ -954,36 +1590,18 @@ int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
         if (!rc && R.untie)
             rc = lora_untie_config(tmpdir, err);
     }
-    if (!rc && R.rout) {
-        rc = lora_receipt_commit(R.rout, err);
-        R.rout = NULL;
+    if (!rc && only == SIZE_MAX && !opts->check_only)
+        rc = check_restored(&R, tmpdir ? tmpdir : stage, err);
+    if (!rc && (stage || tmpdir)) {
+        rc = commit_pair(&R, stage, tmpdir, out, err);
         if (!rc) {
-            lora_receipt *chk;
-            if (lora_receipt_open(opts->receipt_out, &chk, NULL) == LORA_OK) {
-                res->receipt_bytes = lora_receipt_bytes(chk);
-                lora_receipt_close(chk);
+            if (stage) {
+                free(stage);
+                stage = NULL;
+            } else {
+                free(tmpdir);
+                tmpdir = NULL;
             }
-        }
-    }
-    if (!rc && stage) {
-        if (rename(stage, out) != 0) {
-            rc = lora_seterr_errno(err, LORA_EIO, errno, "rename %s to %s", stage, out);
-            if (opts->receipt_out && nadd)
-                unlink(opts->receipt_out); /* it describes an OUT that is not there */
-        } else {
-            lora_tmp_forget(stage);
-            (void)lora_fsync_dir_of(out, NULL); /* best effort, as before */
-        }
-    }
-    if (!rc && tmpdir) {
-        struct stat sb;
-        if (stat(out, &sb) == 0)
-            rmdir(out); /* checked empty above */
-        if (rename(tmpdir, out) != 0)
-            rc = lora_seterr_errno(err, LORA_EIO, errno, "rename %s to %s", tmpdir, out);
-        else {
-            lora_tmp_forget(tmpdir);
-            (void)lora_fsync_dir_of(out, NULL); /* best effort, as before */
         }
     }
 done:
@@ -1014,5 +1632,8 @@ done:
     free(R.undo_hash);
     free(R.add_hash);
     free(R.rin_map);
+    free(R.chk.p);
+    free(R.rec.p);
+    free(R.in_index);
     return rc;
 }

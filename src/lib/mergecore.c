@@ -12,6 +12,16 @@
  * Elements with d == 0 or a non-finite base value are copied (converted
  * when the output dtype differs).  A correction records W0 wherever
  * unmerge(merge(W0)) != W0, so that unmerge plus corrections is exact.
+ * A finite input whose result (merged, unmerged or converted) is not
+ * finite in the output dtype fails the tensor naming the count and the
+ * first element, unless the job allows it (then it is counted): never
+ * an infinity in silence (PEFT's safe_merge refuses the same way).
+ * Unmerge without a receipt or a reference cannot know W0; it counts
+ * the elements that may differ: u = round(m − d) is certainly wrong
+ * when merging it again does not give m, and possibly wrong when a
+ * neighbour of u merges to m as well (round is monotonic, so the W0
+ * that merge to m are a run of consecutive values: more than one
+ * exactly when u and a neighbour both do).
  * Work buffers live in a lora_engine allocated once and reused for every
  * tensor: first touch of fresh memory is slow on the target machines.
  */
@@ -322,7 +332,25 @@ struct tjob {
     pthread_mutex_t lock;
     /* unmerge: corrections to apply, and per-block start positions in them */
     size_t *fixstart;
+    /* values not finite in the output dtype from finite inputs (under lock) */
+    uint64_t nf, nf_first;
+    double nf_in, nf_d;
 };
+
+/* The first non-finite result of a block: index, input value, delta. */
+typedef struct nonfin {
+    uint64_t n, first;
+    double in, d;
+} nonfin;
+
+static inline __attribute__((always_inline)) void nf_note(nonfin *nf, uint64_t i, double in, double d)
+{
+    if (!nf->n++) {
+        nf->first = i;
+        nf->in = in;
+        nf->d = d;
+    }
+}
 
 static void tj_fail(struct tjob *j, int code, const char *msg)
 {
@@ -359,18 +387,25 @@ static inline __attribute__((always_inline)) uint32_t unmerge_elem(int mk, int b
 }
 
 /* The merge of n elements.  Returns 0, -1 for a non-finite delta (its
- * element in *bad), -2 when a correction cannot be stored. */
+ * element in *bad), -2 when a correction cannot be stored.  Results that
+ * are not finite in the output dtype from a finite W0 go to *nf. */
 static inline __attribute__((always_inline)) int
 merge_span(int ik, int ok, size_t isz, size_t osz, int record, int rev,
            const unsigned char *src, unsigned char *dst, const double *sum, size_t n,
-           uint64_t first, lora_fixes *fx, lora_merge_stats *st, size_t *bad)
+           uint64_t first, lora_fixes *fx, lora_merge_stats *st, size_t *bad, nonfin *nf)
 {
     for (size_t x = 0; x < n; x++) {
         uint32_t w = ld_elem(src + x * isz, isz);
         double d = sum[x];
         uint32_t m;
         if (d == 0 || !fp_finite(ik, w)) {
-            m = ik == ok ? w : fp_round(ok, fp_to_d(ik, w));
+            if (ik == ok) {
+                m = w;
+            } else {
+                m = fp_round(ok, fp_to_d(ik, w));
+                if (!fp_finite(ok, m) && fp_finite(ik, w))
+                    nf_note(nf, first + x, fp_to_d(ik, w), 0);
+            }
         } else {
             if (!isfinite(d)) {
                 *bad = x;
@@ -397,6 +432,8 @@ merge_span(int ik, int ok, size_t isz, size_t osz, int record, int rev,
                     st->fixes++;
                 }
             }
+            if (!fp_finite(ok, m))
+                nf_note(nf, first + x, fp_to_d(ik, w), d);
         }
         st_elem(dst + x * osz, osz, m);
     }
@@ -406,9 +443,49 @@ merge_span(int ik, int ok, size_t isz, size_t osz, int record, int rev,
 static __attribute__((noinline)) int
 merge_span_any(int ik, int ok, size_t isz, size_t osz, int record, int rev,
                const unsigned char *src, unsigned char *dst, const double *sum, size_t n,
-               uint64_t first, lora_fixes *fx, lora_merge_stats *st, size_t *bad)
+               uint64_t first, lora_fixes *fx, lora_merge_stats *st, size_t *bad, nonfin *nf)
 {
-    return merge_span(ik, ok, isz, osz, record, rev, src, dst, sum, n, first, fx, st, bad);
+    return merge_span(ik, ok, isz, osz, record, rev, src, dst, sum, n, first, fx, st, bad, nf);
+}
+
+/* What merging x (a candidate W0, dtype bk) gives in the merged dtype
+ * mk: the merge's rule, copies for d == 0. */
+static uint32_t remerge(int mk, int bk, uint32_t x, double d)
+{
+    if (d == 0)
+        return mk == bk ? x : fp_round(mk, fp_to_d(bk, x));
+    return fp_round(mk, fp_to_d(bk, x) + d);
+}
+
+/* Unmerge with neither corrections nor a reference: u = unmerge(m) is
+ * certainly not W0 when merging it again does not give m (inexact, a
+ * lower bound), and may not be W0 when a neighbour of u merges to m too
+ * (may_differ, an upper bound: elsewhere u is the only W0 possible).  A
+ * non-finite m with d != 0 or a dtype change may hide a finite W0. */
+static void count_unknown(int mk, int bk, uint32_t m, uint32_t u, double d, lora_merge_stats *st)
+{
+    if (!fp_finite(mk, m)) {
+        if (d != 0 || mk != bk)
+            st->may_differ++;
+        return;
+    }
+    if (!fp_finite(bk, u)) {
+        st->inexact++;
+        st->may_differ++;
+        return;
+    }
+    if (d == 0 && mk == bk)
+        return; /* copied: u is m */
+    if (remerge(mk, bk, u, d) != m) {
+        st->inexact++;
+        st->may_differ++;
+        return;
+    }
+    int64_t k = fp_key(bk, u);
+    uint32_t lo = fp_unkey(bk, k - 1), hi = fp_unkey(bk, k + 1);
+    if ((fp_finite(bk, lo) && remerge(mk, bk, lo, d) == m) ||
+        (fp_finite(bk, hi) && remerge(mk, bk, hi, d) == m))
+        st->may_differ++;
 }
 
 static void *tj_worker(void *arg);
@@ -435,6 +512,7 @@ static void run_block(struct tjob *j, int t, uint64_t b)
     size_t isz = j->isz, osz = j->osz;
     lora_merge_stats st = {0};
     st.elements = n;
+    nonfin nf = {0, 0, 0, 0};
 
     if (!s->unmerge) {
         lora_fixes *fx = &e->bfix[b];
@@ -445,13 +523,13 @@ static void run_block(struct tjob *j, int t, uint64_t b)
         int r;
         /* constant kinds let the compiler fold every dtype branch */
         if (ik == FP_BF16 && ok == FP_BF16)
-            r = merge_span(FP_BF16, FP_BF16, 2, 2, record, rev, src, dst, sum, n, first, fx, &st, &bad);
+            r = merge_span(FP_BF16, FP_BF16, 2, 2, record, rev, src, dst, sum, n, first, fx, &st, &bad, &nf);
         else if (ik == FP_F16 && ok == FP_F16)
-            r = merge_span(FP_F16, FP_F16, 2, 2, record, rev, src, dst, sum, n, first, fx, &st, &bad);
+            r = merge_span(FP_F16, FP_F16, 2, 2, record, rev, src, dst, sum, n, first, fx, &st, &bad, &nf);
         else if (ik == FP_F32 && ok == FP_F32)
-            r = merge_span(FP_F32, FP_F32, 4, 4, record, rev, src, dst, sum, n, first, fx, &st, &bad);
+            r = merge_span(FP_F32, FP_F32, 4, 4, record, rev, src, dst, sum, n, first, fx, &st, &bad, &nf);
         else
-            r = merge_span_any(ik, ok, isz, osz, record, rev, src, dst, sum, n, first, fx, &st, &bad);
+            r = merge_span_any(ik, ok, isz, osz, record, rev, src, dst, sum, n, first, fx, &st, &bad, &nf);
         if (r == -1) {
             char msg[200];
             snprintf(msg, sizeof msg, "%s: the adapter's delta is not finite at element %llu",
@@ -497,12 +575,10 @@ static void run_block(struct tjob *j, int t, uint64_t b)
                 st.fixes++;
             }
             st_elem(dst + x * osz, osz, u);
-            if (!ref && !fx && d != 0 && fp_finite(ik, m) && fp_finite(ok, u) &&
-                fp_round(ik, fp_to_d(ok, u) + d) != m) {
-                /* no reference: u is certainly not W0 when merging it again
-                 * does not give m back (a lower bound on the inexact ones) */
-                st.inexact++;
-            }
+            if (!fp_finite(ok, u) && fp_finite(ik, m))
+                nf_note(&nf, first + x, fp_to_d(ik, m), -d);
+            if (!ref && !fx)
+                count_unknown(ik, ok, m, u, d, &st);
             if (ref) {
                 uint32_t want = ld_elem(ref + x * osz, osz);
                 if (want != u) {
@@ -528,12 +604,21 @@ static void run_block(struct tjob *j, int t, uint64_t b)
         }
     }
     pthread_mutex_lock(&j->lock);
+    if (nf.n) {
+        if (!j->nf || nf.first < j->nf_first) {
+            j->nf_first = nf.first;
+            j->nf_in = nf.in;
+            j->nf_d = nf.d;
+        }
+        j->nf += nf.n;
+    }
     if (s->stats) {
         s->stats->elements += st.elements;
         s->stats->changed += st.changed;
         s->stats->other += st.other;
         s->stats->fixes += st.fixes;
         s->stats->inexact += st.inexact;
+        s->stats->may_differ += st.may_differ;
         if (st.max_ulps > s->stats->max_ulps)
             s->stats->max_ulps = st.max_ulps;
     }
@@ -555,6 +640,30 @@ static void *tj_worker(void *arg)
         run_block(j, w->t, b);
     }
     return NULL;
+}
+
+/* The refusal of a tensor with results beyond the output dtype: the
+ * tensor, the count and the first element, as a user can find it. */
+static int nonfinite_error(const struct tjob *j, lora_error *err)
+{
+    const lora_tjob *s = j->spec;
+    uint64_t row = j->cols ? j->nf_first / j->cols : 0, col = j->cols ? j->nf_first % j->cols : 0;
+    char what[160];
+    if (j->nf_d == 0)
+        snprintf(what, sizeof what, "%.9g converted", j->nf_in);
+    else
+        snprintf(what, sizeof what, "%.9g %s %.9g = %.9g", j->nf_in, j->nf_d < 0 ? "-" : "+",
+                 fabs(j->nf_d), j->nf_in + j->nf_d);
+    if (j->nf_d != 0 && !fp_finite(j->ok, fp_round(j->ok, fabs(j->nf_d))))
+        snprintf(what + strlen(what), sizeof what - strlen(what),
+                 "; the delta alone overflows: check the adapter's scale (lora_alpha)");
+    return lora_seterr(err, LORA_EINPUT,
+                       "%s: %llu value(s) not finite in %s although the inputs are finite "
+                       "(first: element %llu [%llu, %llu]: %s)%s", s->name,
+                       (unsigned long long)j->nf, lora_dtype_name(s->out_dt),
+                       (unsigned long long)j->nf_first, (unsigned long long)row,
+                       (unsigned long long)col, what,
+                       s->unmerge ? "" : "; nothing written (--allow-nonfinite writes them)");
 }
 
 int lora_engine_run(lora_engine *e, const lora_tjob *s, lora_error *err)
@@ -639,6 +748,12 @@ int lora_engine_run(lora_engine *e, const lora_tjob *s, lora_error *err)
         if (err)
             *err = j.err;
         return j.err.code;
+    }
+    if (j.nf) {
+        if (!s->allow_nonfinite)
+            return nonfinite_error(&j, err);
+        if (s->stats)
+            s->stats->nonfinite += j.nf;
     }
     /* corrections of the blocks, in order */
     if (!s->unmerge && s->out_fixes) {

@@ -39,7 +39,11 @@ typedef struct lora_tjob {
     const void *ref;             /* unmerge: compare with (out_dt), or NULL; with
                                     neither ref nor fixes, stats->inexact counts the
                                     elements that certainly differ from W0 (merging
-                                    them again does not give the input back) */
+                                    them again does not give the input back) and
+                                    stats->may_differ those that may (an upper bound) */
+    int allow_nonfinite;         /* a finite input whose result is not finite in the
+                                    output dtype: counted in stats->nonfinite; 0: the
+                                    run fails (LORA_EINPUT) naming the first one */
     int hash;                    /* compute the tree hashes of input and output */
     unsigned char *in_hash, *out_hash; /* 32 bytes each, when hash */
     lora_merge_stats *stats;     /* added to, may be NULL */

@@ -10,6 +10,12 @@
  * model; the reader maps the file and decodes one tensor's block at a
  * time.  A block is, per correction, varint(index - previous index - 1)
  * then varint(zigzag(step)) (LEB128, at most 10 bytes each).
+ *
+ * Version 2 adds, per file of the merge, the base's header bytes as a
+ * block (a byte-identical restore) and the hash of the merged file's
+ * header (the receipt names its output, so a crash between the renames
+ * of a re-merge cannot pair an output with another merge's receipt),
+ * and the base's sharded index as a block.  Version 1 is still read.
  */
 #include "internal.h"
 #include "mergecore.h"
@@ -24,7 +30,8 @@
 #include <unistd.h>
 
 static const unsigned char MAGIC[8] = {'L', 'O', 'R', 'A', 'R', 'C', 'P', 1};
-#define RECEIPT_VERSION 1
+#define RECEIPT_VERSION 2
+#define RECEIPT_MAX_FILES 65536
 
 struct lora_receipt {
     /* writer */
@@ -46,6 +53,16 @@ struct lora_receipt {
     size_t nt, capt;
     lora_receipt_tensor *t;
     uint64_t bytes;
+    int version;
+    size_t nf, capf;
+    lora_receipt_file *f;
+    int has_index;
+    uint64_t idx_off, idx_len;
+    unsigned char idx_hash[32];
+    int finished, staged;
+    char *sig_text, *sig_path;  /* lora_receipt_sign: PATH.minisig to install */
+    size_t sig_len;
+    void *owned;                /* open_signed: the bytes read, freed with r */
 };
 
 static void free_tensor(lora_receipt_tensor *t)
@@ -67,6 +84,12 @@ static void receipt_free(lora_receipt *r)
         free_tensor(&r->t[i]);
     free(r->t);
     free(r->tool);
+    for (size_t i = 0; i < r->nf; i++)
+        free(r->f[i].name);
+    free(r->f);
+    free(r->sig_text);
+    free(r->sig_path);
+    free(r->owned);
     free(r->path);
     free(r->tmpname);
     free(r->buf);
@@ -104,6 +127,7 @@ int lora_receipt_create(const char *path, lora_rounding mode, lora_receipt **out
         return lora_oom(err);
     r->fd = -1;
     r->mode = mode;
+    r->version = RECEIPT_VERSION;
     if (!(r->path = lora_strdup(path, err))) {
         receipt_free(r);
         return LORA_EIO;
@@ -234,6 +258,46 @@ int lora_receipt_add_tensor(lora_receipt *r, const lora_receipt_tensor *t,
     return write_all(r, r->buf, len, err);
 }
 
+/* A block of bytes kept as they are (a header, an index). */
+static int put_block(lora_receipt *r, const void *buf, size_t len, uint64_t *off,
+                     unsigned char hash[32], lora_error *err)
+{
+    *off = r->at;
+    crypto_generichash(hash, 32, buf, len, NULL, 0);
+    return write_all(r, buf, len, err);
+}
+
+int lora_receipt_add_file(lora_receipt *r, const char *name, const void *hdr, size_t len,
+                          const unsigned char merged_header[32], lora_error *err)
+{
+    if (r->nf == RECEIPT_MAX_FILES)
+        return lora_seterr(err, LORA_EUSAGE, "more than %d files in one receipt",
+                           RECEIPT_MAX_FILES);
+    if (r->nf == r->capf) {
+        size_t cap = r->capf ? r->capf * 2 : 4;
+        lora_receipt_file *n = realloc(r->f, cap * sizeof *n);
+        if (!n)
+            return lora_oom(err);
+        r->f = n;
+        r->capf = cap;
+    }
+    lora_receipt_file *f = &r->f[r->nf];
+    memset(f, 0, sizeof *f);
+    if (!(f->name = lora_strdup(name, err)))
+        return LORA_EIO;
+    r->nf++;
+    f->header_len = len;
+    memcpy(f->merged_header, merged_header, 32);
+    return put_block(r, hdr, len, &f->offset, f->header_hash, err);
+}
+
+int lora_receipt_set_index(lora_receipt *r, const void *buf, size_t len, lora_error *err)
+{
+    r->has_index = 1;
+    r->idx_len = len;
+    return put_block(r, buf, len, &r->idx_off, r->idx_hash, err);
+}
+
 static json_t *hexj(const unsigned char h[32])
 {
     char hex[65];
@@ -288,18 +352,29 @@ static json_t *index_json(const lora_receipt *r)
         json_array_append_new(ts, o);
     }
     json_object_set_new(root, "tensors", ts);
+    json_t *fs = json_array();
+    for (size_t i = 0; fs && i < r->nf; i++)
+        json_array_append_new(fs, json_pack("{sss{sIsIso}so}", "name", r->f[i].name, "header",
+                                            "offset", (json_int_t)r->f[i].offset, "length",
+                                            (json_int_t)r->f[i].header_len, "blake2b",
+                                            hexj(r->f[i].header_hash), "merged_header",
+                                            hexj(r->f[i].merged_header)));
+    json_object_set_new(root, "files", fs);
+    if (r->has_index)
+        json_object_set_new(root, "index", json_pack("{sIsIso}", "offset",
+                                                     (json_int_t)r->idx_off, "length",
+                                                     (json_int_t)r->idx_len, "blake2b",
+                                                     hexj(r->idx_hash)));
     return root;
 }
 
-int lora_receipt_commit(lora_receipt *r, lora_error *err)
+int lora_receipt_finish(lora_receipt *r, lora_error *err)
 {
     json_t *j = index_json(r);
     char *text = j ? json_dumps(j, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
     json_decref(j);
-    if (!text) {
-        lora_receipt_abort(r);
+    if (!text)
         return lora_oom(err);
-    }
     size_t n = strlen(text);
     unsigned char trailer[16];
     for (int i = 0; i < 8; i++)
@@ -309,17 +384,107 @@ int lora_receipt_commit(lora_receipt *r, lora_error *err)
     free(text);
     if (!rc)
         rc = write_all(r, trailer, sizeof trailer, err);
+    if (!rc && fsync(r->fd) != 0)
+        rc = lora_seterr_errno(err, LORA_EIO, errno, "%s: fsync", r->tmpname);
     if (!rc)
+        r->finished = 1;
+    return rc;
+}
+
+int lora_receipt_sign(lora_receipt *r, const lora_seckey *sk, lora_error *err)
+{
+    if (!r->finished)
+        return lora_seterr(err, LORA_EUSAGE, "%s: signed before it was finished", r->path);
+    unsigned char *buf = malloc(r->at ? (size_t)r->at : 1);
+    if (!buf)
+        return lora_oom(err);
+    size_t got = 0;
+    while (got < r->at) {
+        ssize_t n = pread(r->fd, buf + got, (size_t)r->at - got, (off_t)got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            free(buf);
+            return lora_seterr_errno(err, LORA_EIO, n ? errno : EIO, "%s: read back",
+                                     r->tmpname);
+        }
+        got += (size_t)n;
+    }
+    const char *base = strrchr(r->path, '/') ? strrchr(r->path, '/') + 1 : r->path;
+    char trusted[512];
+    snprintf(trusted, sizeof trusted, "lora-receipt file:%.400s", base);
+    for (char *c = trusted; *c; c++)
+        if (*c < 0x20 || *c >= 0x7f)
+            *c = '_';
+    free(r->sig_text);
+    r->sig_text = NULL;
+    int rc = lora_sign(sk, buf, (size_t)r->at, trusted, "lora-tools receipt signature",
+                       &r->sig_text, &r->sig_len, err);
+    free(buf);
+    if (!rc && !r->sig_path && asprintf(&r->sig_path, "%s.minisig", r->path) < 0) {
+        r->sig_path = NULL;
+        rc = lora_oom(err);
+    }
+    return rc;
+}
+
+int lora_receipt_install(lora_receipt *r, lora_error *err)
+{
+    int rc = r->finished ? LORA_OK
+                         : lora_seterr(err, LORA_EUSAGE, "%s: installed before it was finished",
+                                       r->path);
+    /* the signature first: a crash between leaves the old receipt with a
+     * signature that does not match it, refused, never a new receipt
+     * passing under an old signature */
+    if (!rc && r->sig_text)
+        rc = lora_write_file_atomic(r->sig_path, r->sig_text, r->sig_len, 0644, err);
+    if (!rc && r->staged) {
+        /* PATH.new stays where it is on failure: it is the output's receipt */
+        if (rename(r->tmpname, r->path) != 0)
+            rc = lora_seterr_errno(err, LORA_EIO, errno, "cannot rename %s to %s", r->tmpname,
+                                   r->path);
+        else
+            (void)lora_fsync_dir_of(r->path, NULL);
+    } else if (!rc) {
         rc = lora_commit_tmpfile(r->fd, r->tmpname, r->path, err);
+    } else if (!r->staged) {
+        lora_tmp_unlink(r->tmpname);
+    }
     close(r->fd);
     r->fd = -1;
+    receipt_free(r);
+    return rc;
+}
+
+int lora_receipt_stage_new(lora_receipt *r, lora_error *err)
+{
+    char *nw;
+    if (!r->finished || r->staged)
+        return lora_seterr(err, LORA_EUSAGE, "%s: staged twice or unfinished", r->path);
+    if (asprintf(&nw, "%s.new", r->path) < 0)
+        return lora_oom(err);
+    if (rename(r->tmpname, nw) != 0) {
+        int e = errno;
+        free(nw);
+        return lora_seterr_errno(err, LORA_EIO, e, "cannot rename %s to %s.new", r->tmpname,
+                                 r->path);
+    }
+    lora_tmp_forget(r->tmpname);
+    free(r->tmpname);
+    r->tmpname = nw;
+    r->staged = 1;
+    (void)lora_fsync_dir_of(nw, NULL);
+    return LORA_OK;
+}
+
+int lora_receipt_commit(lora_receipt *r, lora_error *err)
+{
+    int rc = lora_receipt_finish(r, err);
     if (rc) {
-        lora_tmp_unlink(r->tmpname);
-        receipt_free(r);
+        lora_receipt_abort(r);
         return rc;
     }
-    receipt_free(r);
-    return LORA_OK;
+    return lora_receipt_install(r, err);
 }
 
 void lora_receipt_abort(lora_receipt *r)
@@ -354,6 +519,65 @@ static int get_u64(json_t *v, uint64_t *out)
     return 0;
 }
 
+/* A kept block {offset, length, blake2b}: inside the data, at most MAX
+ * bytes, its hash right (checked now: these blocks are small). */
+static int parse_block(lora_receipt *r, json_t *o, uint64_t data_end, uint64_t max,
+                       uint64_t *off, uint64_t *len, unsigned char hash[32])
+{
+    uint64_t end;
+    unsigned char h[32];
+    if (!json_is_object(o) || get_u64(json_object_get(o, "offset"), off) ||
+        get_u64(json_object_get(o, "length"), len) ||
+        hex32(json_object_get(o, "blake2b"), hash) || *off < sizeof MAGIC ||
+        !lora_add_ok(*off, *len, &end) || end > data_end || *len > max)
+        return -1;
+    crypto_generichash(h, 32, r->map + *off, (size_t)*len, NULL, 0);
+    return sodium_memcmp(h, hash, 32) == 0 ? 0 : -1;
+}
+
+/* Version 2: files (the base's headers, the merged headers' hashes) and
+ * the base's index. */
+static int parse_files(lora_receipt *r, json_t *root, uint64_t data_end, lora_error *err)
+{
+    json_t *fs = json_object_get(root, "files"), *ix = json_object_get(root, "index");
+    if (!json_is_array(fs) || json_array_size(fs) > RECEIPT_MAX_FILES)
+        return lora_seterr(err, LORA_EINPUT, "%s: files must be an array of at most %d",
+                           r->name, RECEIPT_MAX_FILES);
+    size_t n = json_array_size(fs);
+    if (n && !(r->f = calloc(n, sizeof *r->f)))
+        return lora_oom(err);
+    for (size_t i = 0; i < n; i++) {
+        json_t *o = json_array_get(fs, i);
+        lora_receipt_file *f = &r->f[i];
+        const char *name = json_string_value(json_object_get(o, "name"));
+        if (!name || !*name)
+            return lora_seterr(err, LORA_EINPUT, "%s: file %zu has no name", r->name, i);
+        if (!(f->name = lora_strdup(name, err)))
+            return LORA_EIO;
+        r->nf = i + 1;
+        if (parse_block(r, json_object_get(o, "header"), data_end, LORA_ST_MAX_HEADER,
+                        &f->offset, &f->header_len, f->header_hash) ||
+            f->header_len == 0)
+            return lora_seterr(err, LORA_EINPUT, "%s: file %s: the kept header is outside the "
+                               "data, too long or corrupted (hash mismatch)", r->name, name);
+        f->header = r->map + f->offset;
+        if (hex32(json_object_get(o, "merged_header"), f->merged_header))
+            return lora_seterr(err, LORA_EINPUT, "%s: file %s: merged_header must be 64 hex "
+                               "digits", r->name, name);
+        for (size_t q = 0; q < i; q++)
+            if (strcmp(r->f[q].name, name) == 0)
+                return lora_seterr(err, LORA_EINPUT, "%s: file %s listed twice", r->name, name);
+    }
+    if (ix) {
+        if (parse_block(r, ix, data_end, LORA_RECEIPT_MAX_JSON, &r->idx_off, &r->idx_len,
+                        r->idx_hash))
+            return lora_seterr(err, LORA_EINPUT, "%s: the kept index is outside the data, too "
+                               "long or corrupted (hash mismatch)", r->name);
+        r->has_index = 1;
+    }
+    return LORA_OK;
+}
+
 static int parse_index(lora_receipt *r, const char *text, size_t len, uint64_t data_end,
                        lora_error *err)
 {
@@ -370,8 +594,10 @@ static int parse_index(lora_receipt *r, const char *text, size_t len, uint64_t d
     if (!fmt || strcmp(fmt, "lora-receipt") != 0)
         BAD("%s: not a lora receipt (format field)", r->name);
     json_t *ver = json_object_get(root, "version");
-    if (!json_is_integer(ver) || json_integer_value(ver) != RECEIPT_VERSION)
+    if (!json_is_integer(ver) || json_integer_value(ver) < 1 ||
+        json_integer_value(ver) > RECEIPT_VERSION)
         BAD("%s: unsupported receipt version", r->name);
+    r->version = (int)json_integer_value(ver);
     const char *tool = json_string_value(json_object_get(root, "tool"));
     if (!tool || !(r->tool = lora_strdup(tool, err)))
         BAD("%s: missing tool field", r->name);
@@ -477,6 +703,8 @@ static int parse_index(lora_receipt *r, const char *text, size_t len, uint64_t d
             if (strcmp(r->t[q].name, name) == 0)
                 BAD("%s: tensor %s listed twice", r->name, name);
     }
+    if (r->version >= 2 && (rc = parse_files(r, root, data_end, err)))
+        goto out;
     rc = LORA_OK;
 out:
 #undef BAD
@@ -561,6 +789,24 @@ void lora_receipt_close(lora_receipt *r)
 }
 
 lora_rounding lora_receipt_rounding(const lora_receipt *r) { return r->mode; }
+int lora_receipt_version(const lora_receipt *r) { return r->version; }
+size_t lora_receipt_file_count(const lora_receipt *r) { return r->nf; }
+const lora_receipt_file *lora_receipt_file_at(const lora_receipt *r, size_t i)
+{
+    return i < r->nf ? &r->f[i] : NULL;
+}
+const lora_receipt_file *lora_receipt_file_find(const lora_receipt *r, const char *name)
+{
+    for (size_t i = 0; i < r->nf; i++)
+        if (strcmp(r->f[i].name, name) == 0)
+            return &r->f[i];
+    return NULL;
+}
+const unsigned char *lora_receipt_index(const lora_receipt *r, uint64_t *len)
+{
+    *len = r->has_index && r->map ? r->idx_len : 0;
+    return r->has_index && r->map ? r->map + r->idx_off : NULL;
+}
 const char *lora_receipt_tool(const lora_receipt *r) { return r->tool; }
 size_t lora_receipt_adapter_count(const lora_receipt *r) { return r->nad; }
 const lora_receipt_adapter *lora_receipt_adapter_at(const lora_receipt *r, size_t i)
@@ -631,5 +877,34 @@ int lora_receipt_fixes(const lora_receipt *r, size_t i, lora_fixes *fixes, lora_
     if (p != end)
         return lora_seterr(err, LORA_EINPUT, "%s: corrections of %s have trailing bytes", r->name,
                            t->name);
+    return LORA_OK;
+}
+
+int lora_receipt_open_signed(const char *path, const lora_pubkey *keys, size_t n,
+                             lora_receipt **out, lora_error *err)
+{
+    *out = NULL;
+    char *buf = NULL, *sig = NULL, *sp = NULL;
+    size_t len = 0, slen = 0;
+    lora_sig s;
+    if (asprintf(&sp, "%s.minisig", path) < 0)
+        return lora_oom(err);
+    /* private bytes: what is verified is what is parsed and used */
+    int rc = lora_read_file(path, (size_t)1 << 36, &buf, &len, err);
+    if (!rc && (rc = lora_read_file(sp, LORA_MINISIG_MAX, &sig, &slen, err)))
+        lora_err_prefix(err, "the receipt's signature");
+    if (!rc)
+        rc = lora_sig_parse(sig, slen, &s, err);
+    if (!rc && (rc = lora_sig_verify_any(&s, keys, n, buf, len, NULL, err)))
+        lora_err_prefix(err, "%s: the receipt's signature does not verify", path);
+    if (!rc)
+        rc = lora_receipt_open_memory(buf, len, path, out, err);
+    free(sig);
+    free(sp);
+    if (rc) {
+        free(buf);
+        return rc;
+    }
+    (*out)->owned = buf;
     return LORA_OK;
 }

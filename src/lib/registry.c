@@ -41,9 +41,14 @@ struct lora_registry {
     int schema;
 };
 
+/* A row is trusted when its signature was verified at add (the trusted
+ * column) by a key that is trusted now: derived at query time from the
+ * keys table, so that untrusting a key and trusting it again takes
+ * effect without re-adding its archives. */
+#define TRUSTED_SQL "(trusted = 1 AND EXISTS (SELECT 1 FROM keys k WHERE k.key_id = signer))"
 #define ADAPTER_COLS                                                                       \
     "id, name, version, task, base_model, base_hash, r, alpha, hash, size, signer, "     \
-    "trusted, added"
+    TRUSTED_SQL ", added"
 
 /* ---- small helpers ---- */
 
@@ -372,6 +377,123 @@ static int set_wal(lora_registry *reg, lora_error *err)
     }
 }
 
+/* "file:PATH?mode=ro&immutable=1", PATH percent-encoded where a URI
+ * needs it. */
+static char *immutable_uri(const char *path)
+{
+    size_t n = strlen(path);
+    char *u = malloc(3 * n + 64);
+    if (!u)
+        return NULL;
+    char *p = u + sprintf(u, "file:");
+    for (const unsigned char *s = (const unsigned char *)path; *s; s++) {
+        if (*s == '%' || *s == '?' || *s == '#' || *s <= ' ' || *s >= 0x7f)
+            p += sprintf(p, "%%%02X", *s);
+        else
+            *p++ = (char)*s;
+    }
+    strcpy(p, "?mode=ro&immutable=1");
+    return u;
+}
+
+/* The first read of a read-only connection: the schema version, which
+ * also tells whether the database can be read at all. */
+static int readonly_probe(lora_registry *reg, lora_error *err)
+{
+    int rc = check_schema(reg, err);
+    if (rc)
+        return rc;
+    int v;
+    if ((rc = user_version(reg, &v, err)))
+        return rc;
+    if (v == 0)
+        return lora_seterr(err, LORA_EINPUT,
+                           "%s: an empty registry (lora-registry init, by a user who can write "
+                           "it, creates the tables)",
+                           reg->path);
+    reg->schema = v;
+    return LORA_OK;
+}
+
+/* Read-only open.  A WAL database needs its -shm file, which a reader
+ * creates if missing; in a folder the user cannot write (or on a full
+ * disk) that fails.  When no -wal file holds pending transactions, the
+ * database file alone is the whole registry, and SQLite may read it as
+ * immutable (no -shm, no locks); with a pending -wal it may not, and
+ * the message says so. */
+static int open_readonly(lora_registry *reg, lora_error *err)
+{
+    int rc, src;
+    /* A user who may write the registry reads through a read-write
+     * connection that cannot write (query_only): a read-only connection
+     * never removes the -wal and -shm files it makes, a read-write one
+     * does when it closes.  If that fails (a full disk cannot take the
+     * -shm file), read-only as below. */
+    char *dir = strdup(reg->blobdir);
+    if (!dir)
+        return lora_oom(err);
+    dir[strlen(dir) - strlen("/blobs")] = '\0';
+    int writable = access(reg->path, W_OK) == 0 && access(dir, W_OK) == 0;
+    free(dir);
+    if (writable &&
+        sqlite3_open_v2(reg->path, &reg->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) ==
+            SQLITE_OK) {
+        sqlite3_extended_result_codes(reg->db, 1);
+        sqlite3_busy_timeout(reg->db, BUSY_TIMEOUT_MS);
+        lora_error ignored;
+        if (exec(reg, "PRAGMA query_only = 1", &ignored) == LORA_OK &&
+            readonly_probe(reg, &ignored) == LORA_OK)
+            return LORA_OK;
+    }
+    sqlite3_close_v2(reg->db);
+    reg->db = NULL;
+    src = sqlite3_open_v2(reg->path, &reg->db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL);
+    if (src == SQLITE_OK) {
+        sqlite3_extended_result_codes(reg->db, 1);
+        sqlite3_busy_timeout(reg->db, BUSY_TIMEOUT_MS);
+        lora_error first;
+        lora_error_clear(&first);
+        if ((rc = readonly_probe(reg, &first)) == LORA_OK)
+            return exec(reg, "PRAGMA query_only = 1", err);
+        if (rc == LORA_EINPUT && !strstr(first.msg, "file is not a database")) {
+            if (err)
+                *err = first;
+            return rc;
+        }
+        char *wal;
+        struct stat sb;
+        if (asprintf(&wal, "%s-wal", reg->path) < 0)
+            return lora_oom(err);
+        int pending = stat(wal, &sb) == 0 && sb.st_size > 0;
+        free(wal);
+        if (pending || strstr(first.msg, "file is not a database")) {
+            if (err) {
+                *err = first;
+                if (pending)
+                    lora_err_prefix(err, "reading (a write is pending in its -wal file, and "
+                                         "this user cannot open its -shm file)");
+            }
+            return rc;
+        }
+    } else {
+        rc = sqlerr(reg, src, err, "cannot open");
+    }
+    sqlite3_close_v2(reg->db);
+    reg->db = NULL;
+    char *uri = immutable_uri(reg->path);
+    if (!uri)
+        return lora_oom(err);
+    src = sqlite3_open_v2(uri, &reg->db,
+                          SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_URI, NULL);
+    free(uri);
+    if (src != SQLITE_OK)
+        return sqlerr(reg, src, err, "cannot open");
+    sqlite3_extended_result_codes(reg->db, 1);
+    if ((rc = readonly_probe(reg, err)))
+        return rc;
+    return exec(reg, "PRAGMA query_only = 1", err);
+}
+
 int lora_registry_open(const char *path, int flags, lora_registry **out, lora_error *err)
 {
     *out = NULL;
@@ -434,6 +556,17 @@ int lora_registry_open(const char *path, int flags, lora_registry **out, lora_er
         return rc;
     }
 
+    if (flags & LORA_REG_READONLY) {
+        if ((rc = open_readonly(reg, err))) {
+            if (err && strstr(err->msg, "file is not a database"))
+                lora_seterr(err, LORA_EINPUT,
+                            "%s: not a registry: file is not an SQLite database", reg->path);
+            lora_registry_close(reg);
+            return rc;
+        }
+        *out = reg;
+        return LORA_OK;
+    }
     int oflags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX |
                  ((flags & LORA_REG_CREATE) ? SQLITE_OPEN_CREATE : 0);
     int src = sqlite3_open_v2(reg->path, &reg->db, oflags, NULL);
@@ -556,16 +689,19 @@ int lora_registry_untrust(lora_registry *reg, const char *key_id, size_t *demote
         goto fail;
     }
     sqlite3_finalize(st);
-    if ((rc = prep(reg, "UPDATE adapters SET trusted = 0 WHERE signer = ?1 AND trusted = 1", &st,
+    /* The rows keep their verified-at-add mark: trust is derived from
+     * the keys table (TRUSTED_SQL), so trusting the key again restores
+     * them.  Count the rows this key was vouching for. */
+    if ((rc = prep(reg, "SELECT count(*) FROM adapters WHERE signer = ?1 AND trusted = 1", &st,
                    err)))
         goto fail;
     bind_text(st, 1, key_id);
-    if ((s = sqlite3_step(st)) != SQLITE_DONE) {
+    if ((s = sqlite3_step(st)) != SQLITE_ROW) {
         rc = sqlerr(reg, s, err, "untrust");
         goto fail;
     }
     if (demoted)
-        *demoted = (size_t)sqlite3_changes(reg->db);
+        *demoted = (size_t)sqlite3_column_int64(st, 0);
     sqlite3_finalize(st);
     return commit(reg, err);
 fail:
@@ -771,10 +907,8 @@ int lora_registry_ls(lora_registry *reg, const char *task, const char *base,
     return LORA_OK;
 }
 
-/* Re-hash a row's blob against its recorded hash and size. */
-static int check_blob(lora_registry *reg, const lora_reg_adapter *a, lora_error *err)
+int lora_reg_check_blob(const lora_reg_adapter *a, lora_error *err)
 {
-    (void)reg;
     int fd = open(a->path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return errno == ENOENT
@@ -787,12 +921,15 @@ static int check_blob(lora_registry *reg, const lora_reg_adapter *a, lora_error 
     close(fd);
     if (rc)
         return rc;
-    if (size != a->size || strcmp(hex, a->hash) != 0)
+    if (size != a->size || strcmp(hex, a->hash) != 0) {
+        char what[600];
+        lora_reg_describe_blob(a->path, a, what, sizeof what);
         return lora_seterr(err, LORA_ECHECK,
-                           "%s@%s: blob %s is corrupted (%llu bytes, BLAKE2b-256 %.16s..., "
+                           "%s@%s: blob %s %s (%llu bytes, BLAKE2b-256 %.16s..., "
                            "expected %llu bytes, %.16s...); refusing it",
-                           a->name, a->version, a->path, (unsigned long long)size, hex,
+                           a->name, a->version, a->path, what, (unsigned long long)size, hex,
                            (unsigned long long)a->size, a->hash);
+    }
     return LORA_OK;
 }
 
@@ -890,7 +1027,7 @@ int lora_registry_get(lora_registry *reg, const char *spec, int check_blob_flag,
     if (rc)
         return rc;
 found:
-    if (check_blob_flag && (rc = check_blob(reg, *out, err))) {
+    if (check_blob_flag && (rc = lora_reg_check_blob(*out, err))) {
         lora_reg_adapter_free(*out);
         *out = NULL;
         return rc;
@@ -908,9 +1045,9 @@ int lora_registry_resolve(lora_registry *reg, const char *task, const char *base
     int rc;
     /* ?2 is NULL when no base is asked for; the two spellings let the
      * planner pick the index with or without base_model. */
-    const char *where = base ? "task = ?1 AND base_model = ?2 AND trusted = 1"
-                             : "task = ?1 AND trusted = 1";
-    char sql[640];
+    const char *where = base ? "task = ?1 AND base_model = ?2 AND " TRUSTED_SQL
+                             : "task = ?1 AND " TRUSTED_SQL;
+    char sql[2048];
     if (version)
         snprintf(sql, sizeof sql, "SELECT " ADAPTER_COLS " FROM adapters WHERE %s AND version = ?3",
                  where);
@@ -931,7 +1068,7 @@ int lora_registry_resolve(lora_registry *reg, const char *task, const char *base
     if (rc == NOT_FOUND) {
         /* Say why: nothing at all, or only untrusted rows. */
         long untrusted = 0;
-        if (prep(reg, "SELECT count(*) FROM adapters WHERE task = ?1 AND trusted = 0", &st,
+        if (prep(reg, "SELECT count(*) FROM adapters WHERE task = ?1 AND NOT " TRUSTED_SQL, &st,
                  NULL) == LORA_OK) {
             bind_text(st, 1, task);
             if (sqlite3_step(st) == SQLITE_ROW)
@@ -945,11 +1082,35 @@ int lora_registry_resolve(lora_registry *reg, const char *task, const char *base
     }
     if (rc)
         return rc;
-    if ((rc = check_blob(reg, *out, err))) {
+    if ((rc = lora_reg_check_blob(*out, err))) {
         lora_reg_adapter_free(*out);
         *out = NULL;
         return rc;
     }
+    return LORA_OK;
+}
+
+static int best_first(const void *pa, const void *pb)
+{
+    const lora_reg_adapter *a = pa, *b = pb;
+    return better(a, b) ? -1 : better(b, a) ? 1 : 0;
+}
+
+int lora_reg_task_candidates(lora_registry *reg, const char *task, lora_reg_adapter **list,
+                             size_t *n, lora_error *err)
+{
+    *list = NULL;
+    *n = 0;
+    sqlite3_stmt *st;
+    int rc = prep(reg, "SELECT " ADAPTER_COLS " FROM adapters WHERE task = ?1 AND " TRUSTED_SQL,
+                  &st, err);
+    if (rc)
+        return rc;
+    bind_text(st, 1, task);
+    if ((rc = collect(reg, st, list, n, err)))
+        return rc;
+    if (*n > 1)
+        qsort(*list, *n, sizeof **list, best_first);
     return LORA_OK;
 }
 
@@ -1374,21 +1535,72 @@ void lora_reg_problems_free(char **problems, size_t n)
     free(problems);
 }
 
+/* Append "PATH: database: what" to the problem list. */
+static int add_problem(char ***p, size_t *np, const char *fmt, const char *a, const char *b,
+                       lora_error *err)
+{
+    char **n2 = realloc(*p, (*np + 1) * sizeof **p);
+    if (!n2)
+        return lora_oom(err);
+    *p = n2;
+    if (asprintf(&n2[*np], fmt, a, b) < 0)
+        return lora_oom(err);
+    (*np)++;
+    return LORA_OK;
+}
+
+/* PRAGMA integrity_check: SQLite's own check of every page, every
+ * index against its table, every constraint.  Each line it reports
+ * (at most 100) is a problem; an error running it (page 1 damaged,
+ * say) is one too. */
+static int check_database(lora_registry *reg, char ***p, size_t *np, lora_error *err)
+{
+    sqlite3_stmt *st;
+    int s = sqlite3_prepare_v2(reg->db, "PRAGMA integrity_check(100)", -1, &st, NULL);
+    int rc = LORA_OK;
+    if (s == SQLITE_OK) {
+        while ((s = sqlite3_step(st)) == SQLITE_ROW && !rc) {
+            const char *line = (const char *)sqlite3_column_text(st, 0);
+            if (line && strcmp(line, "ok") != 0)
+                rc = add_problem(p, np, "%s: database damaged: %s", reg->path, line, err);
+        }
+        sqlite3_finalize(st);
+    }
+    if (!rc && s != SQLITE_DONE && s != SQLITE_ROW) {
+        if ((s & 0xff) != SQLITE_CORRUPT && (s & 0xff) != SQLITE_NOTADB)
+            return sqlerr(reg, s, err, "integrity check");
+        rc = add_problem(p, np, "%s: database damaged: %s", reg->path, sqlite3_errmsg(reg->db),
+                         err);
+    }
+    return rc;
+}
+
 int lora_registry_verify(lora_registry *reg, char ***problems, size_t *n, lora_error *err)
 {
     *problems = NULL;
     *n = 0;
-    lora_reg_adapter *v;
-    size_t cnt;
-    int rc = lora_registry_ls(reg, NULL, NULL, &v, &cnt, err);
-    if (rc)
-        return rc;
     char **p = NULL;
     size_t np = 0;
+    int rc = check_database(reg, &p, &np, err);
+    lora_reg_adapter *v = NULL;
+    size_t cnt = 0;
+    if (!rc) {
+        lora_error le;
+        lora_error_clear(&le);
+        rc = lora_registry_ls(reg, NULL, NULL, &v, &cnt, &le);
+        if (rc == LORA_EINPUT && np) /* the damage found above stops the listing */
+            rc = LORA_OK;
+        else if (rc && err)
+            *err = le;
+    }
+    if (rc) {
+        lora_reg_problems_free(p, np);
+        return rc;
+    }
     for (size_t i = 0; i < cnt; i++) {
         lora_error e;
         lora_error_clear(&e);
-        int c = check_blob(reg, &v[i], &e);
+        int c = lora_reg_check_blob(&v[i], &e);
         if (c == LORA_OK)
             continue;
         if (c != LORA_ECHECK && c != LORA_EIO) {

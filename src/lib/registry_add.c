@@ -39,6 +39,55 @@ static int trusted_keys(lora_registry *reg, lora_pubkey **out, size_t *n, lora_e
     return LORA_OK;
 }
 
+/* Messages from the staged copy name the temporary
+ * (blobs/incoming.tmp-...), which means nothing to the user: put the
+ * archive's own name in its place, or in front. */
+static void name_archive(char *msg, const char *tmp, const char *archive)
+{
+    char *p = tmp ? strstr(msg, tmp) : NULL;
+    char out[LORA_ERROR_MAX];
+    if (p)
+        snprintf(out, sizeof out, "%.*s%s%s", (int)(p - msg), msg, archive, p + strlen(tmp));
+    else if (strncmp(msg, archive, strlen(archive)) != 0)
+        snprintf(out, sizeof out, "%s: %s", archive, msg);
+    else
+        return;
+    memcpy(msg, out, sizeof out);
+}
+
+static int key_among(const unsigned char id[LORA_KEYID_BYTES], const lora_pubkey *keys, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (memcmp(keys[i].key_id, id, LORA_KEYID_BYTES) == 0)
+            return 1;
+    return 0;
+}
+
+/* The signature was refused: open the staged copy without it (its
+ * structure, sizes and hashes still checked against the unsigned
+ * manifest) and say why in the registry's terms.  *ar is the archive
+ * opened that way, or NULL when even that fails (err says why). */
+static int explain_untrusted(const char *tmp, const char *archive, const lora_pubkey *keys,
+                             size_t nkeys, lora_error *sig_err, lora_archive **ar,
+                             lora_error *err)
+{
+    int rc = lora_archive_open(tmp, NULL, 0, LORA_ARCHIVE_NO_VERIFY, ar, err);
+    if (rc)
+        return rc;
+    if (key_among((*ar)->key_id, keys, nkeys)) {
+        /* signed by a trusted key, but the signature is wrong */
+        name_archive(sig_err->msg, tmp, archive);
+        return LORA_OK;
+    }
+    char id[LORA_KEYID_STR];
+    lora_keyid_str((*ar)->key_id, id);
+    lora_seterr(sig_err, LORA_ECHECK,
+                "%s: not signed by any of the registry's %zu trusted keys (signed by key %s%s)",
+                archive, nkeys, id,
+                nkeys ? "" : "; lora-registry trust KEY.pub adds one");
+    return LORA_OK;
+}
+
 int lora_registry_add(lora_registry *reg, const char *archive, int allow_untrusted,
                       lora_reg_adapter **out, int *added, char *why,
                       lora_error *err)
@@ -65,32 +114,27 @@ int lora_registry_add(lora_registry *reg, const char *archive, int allow_untrust
     lora_archive *ar = NULL;
     int trusted = 1;
     rc = lora_archive_open(tmp, keys, nkeys, 0, &ar, err);
-    free(keys);
-    if (rc == LORA_ECHECK && allow_untrusted) {
-        /* Signature refused: with the user's say-so, accept an archive
-         * whose structure, sizes and hashes still check out. */
+    if (rc == LORA_ECHECK || (rc == LORA_EUSAGE && nkeys == 0)) {
         lora_error sig_err = *err;
         lora_error_clear(err);
-        rc = lora_archive_open(tmp, NULL, 0, LORA_ARCHIVE_NO_VERIFY, &ar, err);
-        if (rc == LORA_OK) {
+        rc = explain_untrusted(tmp, archive, keys, nkeys, &sig_err, &ar, err);
+        if (rc == LORA_OK && !allow_untrusted) {
+            lora_archive_close(ar);
+            ar = NULL;
+            *err = sig_err;
+            err->code = LORA_ECHECK;
+            rc = LORA_ECHECK;
+        } else if (rc == LORA_OK) {
+            /* with the user's say-so: registered, marked untrusted */
             trusted = 0;
             if (why)
                 snprintf(why, LORA_ERROR_MAX, "%s", sig_err.msg);
         }
     }
+    free(keys);
     if (rc) {
-        /* Messages name the temporary; say which archive it was. */
-        if (err && tmp) {
-            char *p = strstr(err->msg, tmp);
-            if (p) {
-                char msg[LORA_ERROR_MAX];
-                snprintf(msg, sizeof msg, "%.*s%s%s", (int)(p - err->msg), err->msg, archive,
-                         p + strlen(tmp));
-                memcpy(err->msg, msg, sizeof msg);
-            } else {
-                lora_err_prefix(err, "%s", archive);
-            }
-        }
+        if (err)
+            name_archive(err->msg, tmp, archive);
         lora_reg_unstage(fd, tmp);
         return rc;
     }

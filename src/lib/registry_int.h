@@ -48,4 +48,18 @@ int lora_reg_commit(lora_registry *reg, int fd, char *tmpname,
 int lora_reg_add_meta(lora_registry *reg, const char *src, const lora_reg_meta *m,
                       lora_reg_adapter **out, int *added, lora_error *err);
 
+/* Every trusted adapter of TASK, best first (the order resolve picks
+ * by: newest version, then latest added, then name).  Blobs are not
+ * checked here. */
+int lora_reg_task_candidates(lora_registry *reg, const char *task, lora_reg_adapter **list,
+                             size_t *n, lora_error *err);
+
+/* What a blob whose bytes are not its row's holds, for messages:
+ * "holds NAME@VERSION (task T), not ...: swapped or corrupted" when it
+ * is an archive, else "is corrupted" (registry_serve.c). */
+void lora_reg_describe_blob(const char *path, const lora_reg_adapter *a, char *what, size_t n);
+/* Re-hash a row's blob by path against its size and hash: LORA_ECHECK
+ * naming the problem (missing, corrupted, swapped), LORA_EIO (registry.c). */
+int lora_reg_check_blob(const lora_reg_adapter *a, lora_error *err);
+
 #endif

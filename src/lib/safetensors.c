@@ -15,8 +15,13 @@
  * descending enum order, i.e. widest element first, then name), so
  * every tensor is aligned to its element size and the same
  * declarations always give the same bytes; the compact header comes
- * first, __metadata__ first in it with sorted keys.  Tensor bytes may
- * be written in any order, in parts, from several threads at once.
+ * first, __metadata__ first in it with sorted keys.  Or it keeps the
+ * layout of another file's header (lora_stw_set_layout: a merge keeps
+ * the base's key order and offsets, an unmerge writes the base's header
+ * back byte for byte), and patches a metadata value of fixed length
+ * after the header is written (a hash known only at the end).  Tensor
+ * bytes may be written in any order, in parts, from several threads at
+ * once.
  */
 #include "internal.h"
 
@@ -519,6 +524,12 @@ struct lora_stw {
     stw_tensor **by_name;       /* after start: name order */
     size_t nmeta, mcap;
     char **mkey, **mval;
+    int fmt_default;            /* "format":"pt" is the writer's, not the caller's */
+    char *layout;               /* lora_stw_set_layout: the header to follow */
+    size_t layout_len;
+    int verbatim;
+    unsigned char *head;        /* after start: the header as written */
+    size_t head_len;
 };
 
 static void stw_free(lora_stw *w)
@@ -537,6 +548,8 @@ static void stw_free(lora_stw *w)
     }
     free(w->mkey);
     free(w->mval);
+    free(w->layout);
+    free(w->head);
     if (w->fd >= 0)
         close(w->fd);
     free(w->tmp);
@@ -576,6 +589,7 @@ int lora_stw_new(const char *path, lora_stw **out, lora_error *err)
         lora_stw_abort(w);
         return rc;
     }
+    w->fmt_default = 1;
     *out = w;
     return LORA_OK;
 }
@@ -597,6 +611,8 @@ int lora_stw_set_metadata(lora_stw *w, const char *key, const char *value, lora_
     if (!valid_utf8_json(key) || !valid_utf8_json(value))
         return lora_seterr(err, LORA_EINPUT, "%s: metadata \"%s\" is not valid UTF-8", w->path,
                            key);
+    if (strcmp(key, "format") == 0)
+        w->fmt_default = 0;
     for (size_t i = 0; i < w->nmeta; i++)
         if (strcmp(w->mkey[i], key) == 0) {
             char *v = strdup(value);
@@ -791,6 +807,158 @@ oom:
     return NULL;
 }
 
+int lora_stw_set_layout(lora_stw *w, const void *hdr, size_t len, int verbatim,
+                        lora_error *err)
+{
+    if (w->started)
+        return lora_seterr(err, LORA_EUSAGE, "%s: layout set after the header was written",
+                           w->path);
+    if (len == 0 || len > LORA_ST_MAX_HEADER)
+        return lora_seterr(err, LORA_EINPUT, "%s: a header of %zu bytes cannot be kept", w->path,
+                           len);
+    char *c = malloc(len);
+    if (!c)
+        return lora_oom(err);
+    memcpy(c, hdr, len);
+    free(w->layout);
+    w->layout = c;
+    w->layout_len = len;
+    w->verbatim = verbatim != 0;
+    return LORA_OK;
+}
+
+static int cmp_stw_offset(const void *a, const void *b)
+{
+    const stw_tensor *x = *(stw_tensor *const *)a, *y = *(stw_tensor *const *)b;
+    if (x->offset != y->offset)
+        return x->offset < y->offset ? -1 : 1;
+    if (x->nbytes != y->nbytes)
+        return x->nbytes < y->nbytes ? -1 : 1;
+    return strcmp(x->name, y->name);
+}
+
+static stw_tensor *stw_find(const lora_stw *w, const char *name);
+
+/* One entry of the header to follow against its declaration: same dtype
+ * and shape, offsets spanning exactly its bytes. */
+static int layout_entry(stw_tensor *t, json_t *v)
+{
+    json_t *dt = json_object_get(v, "dtype"), *sh = json_object_get(v, "shape");
+    json_t *of = json_object_get(v, "data_offsets");
+    uint64_t b, e, d;
+    if (!json_is_string(dt) || lora_dtype_from_name(json_string_value(dt)) != t->dt ||
+        !json_is_array(sh) || json_array_size(sh) != (size_t)t->ndim || !json_is_array(of) ||
+        json_array_size(of) != 2 || !get_uint(json_array_get(of, 0), &b) ||
+        !get_uint(json_array_get(of, 1), &e) || e < b || e - b != t->nbytes)
+        return -1;
+    for (int k = 0; k < t->ndim; k++)
+        if (!get_uint(json_array_get(sh, (size_t)k), &d) || d != t->shape[k])
+            return -1;
+    t->offset = b;
+    return 0;
+}
+
+/* The kept layout's __metadata__: what was set, in the order set, where
+ * the header had it (first when it had none). */
+static json_t *layout_root(lora_stw *w, json_t *root)
+{
+    json_t *meta = json_object();
+    /* a __metadata__ added where there was none carries "format":"pt":
+     * transformers refuses metadata without a format */
+    int had = json_object_get(root, "__metadata__") != NULL;
+    if (!meta)
+        return NULL;
+    for (size_t i = 0; i < w->nmeta; i++) {
+        if (had && w->fmt_default && strcmp(w->mkey[i], "format") == 0)
+            continue;
+        if (json_object_set_new(meta, w->mkey[i], json_string(w->mval[i]))) {
+            json_decref(meta);
+            return NULL;
+        }
+    }
+    if (had || json_object_size(meta) == (w->fmt_default ? 1u : 0u)) {
+        if (json_object_get(root, "__metadata__") && json_object_set(root, "__metadata__", meta)) {
+            json_decref(meta);
+            return NULL;
+        }
+        json_decref(meta);
+        return json_incref(root);
+    }
+    json_t *n = json_object();
+    const char *k;
+    json_t *v;
+    if (!n || json_object_set_new(n, "__metadata__", meta)) {
+        json_decref(n);
+        return NULL;
+    }
+    json_object_foreach(root, k, v)
+        if (json_object_set(n, k, v)) {
+            json_decref(n);
+            return NULL;
+        }
+    return n;
+}
+
+/* Offsets from the header to follow (w->layout), checked against the
+ * declarations; *text is the header to write (*hl bytes). */
+static int layout_header(lora_stw *w, char **text, size_t *hl, lora_error *err)
+{
+    json_error_t je;
+    json_t *root = json_loadb(w->layout, w->layout_len, JSON_REJECT_DUPLICATES, &je);
+    *text = NULL;
+    if (!json_is_object(root)) {
+        json_decref(root);
+        return lora_seterr(err, LORA_EINPUT, "%s: the layout to keep is not a safetensors header",
+                           w->path);
+    }
+    size_t matched = 0;
+    const char *key;
+    json_t *v;
+    json_object_foreach(root, key, v) {
+        if (strcmp(key, "__metadata__") == 0)
+            continue;
+        stw_tensor *t = stw_find(w, key);
+        if (!t || layout_entry(t, v)) {
+            json_decref(root);
+            return lora_seterr(err, LORA_EINPUT, "%s: the layout to keep %s tensor \"%s\"%s",
+                               w->path, t ? "has another" : "has a", key,
+                               t ? " (dtype, shape or size)" : " that is not written");
+        }
+        matched++;
+    }
+    if (matched != w->n) {
+        json_decref(root);
+        return lora_seterr(err, LORA_EINPUT, "%s: the layout to keep has %zu of the %zu tensors",
+                           w->path, matched, w->n);
+    }
+    if (w->n)
+        qsort(w->t, w->n, sizeof *w->t, cmp_stw_offset);
+    for (size_t i = 0; i < w->n; i++) {
+        uint64_t want = i ? w->t[i - 1]->offset + w->t[i - 1]->nbytes : 0;
+        if (w->t[i]->offset != want) {
+            json_decref(root);
+            return lora_seterr(err, LORA_EINPUT, "%s: the layout to keep is not contiguous at "
+                               "tensor \"%s\"", w->path, w->t[i]->name);
+        }
+    }
+    if (w->verbatim) {
+        json_decref(root);
+        if (!(*text = malloc(w->layout_len)))
+            return lora_oom(err);
+        memcpy(*text, w->layout, w->layout_len);
+        *hl = w->layout_len;
+        return LORA_OK;
+    }
+    json_t *out = layout_root(w, root);
+    json_decref(root);
+    *text = out ? json_dumps(out, JSON_COMPACT) : NULL;
+    json_decref(out);
+    if (!*text)
+        return lora_oom(err);
+    *hl = strlen(*text);
+    return LORA_OK;
+}
+
 int lora_stw_start(lora_stw *w, lora_error *err)
 {
     if (w->started)
@@ -811,11 +979,19 @@ int lora_stw_start(lora_stw *w, lora_error *err)
     for (size_t i = 0; i < w->n; i++)
         if (!lora_add_ok(total, w->t[i]->nbytes, &total) || total > INT64_MAX / 2)
             return lora_seterr(err, LORA_EINPUT, "%s: total size overflows", w->path);
-    char *text = build_header(w, err);
-    if (!text)
-        return LORA_EIO;
-    size_t hl = strlen(text);
-    uint64_t n = ((uint64_t)hl + 7) & ~(uint64_t)7;
+    char *text;
+    size_t hl;
+    if (w->layout) {
+        int rc = layout_header(w, &text, &hl, err);
+        if (rc)
+            return rc;
+    } else {
+        if (!(text = build_header(w, err)))
+            return LORA_EIO;
+        hl = strlen(text);
+    }
+    /* a kept header keeps its own padding */
+    uint64_t n = w->layout && w->verbatim ? (uint64_t)hl : ((uint64_t)hl + 7) & ~(uint64_t)7;
     unsigned char *head = malloc(8 + n);
     if (!head) {
         free(text);
@@ -834,10 +1010,54 @@ int lora_stw_start(lora_stw *w, lora_error *err)
                                w->path);
     else if (pwrite_all(w->fd, head, 8 + n, 0) != 0)
         rc = lora_seterr_errno(err, LORA_EIO, errno, "%s: write", w->path);
-    free(head);
-    if (!rc)
+    if (!rc) {
         w->started = 1;
+        w->head = head;
+        w->head_len = 8 + n;
+    } else {
+        free(head);
+    }
     return rc;
+}
+
+const unsigned char *lora_stw_header(const lora_stw *w, size_t *len)
+{
+    *len = w->started ? w->head_len : 0;
+    return w->started ? w->head : NULL;
+}
+
+int lora_stw_patch_metadata(lora_stw *w, const char *key, const char *value, lora_error *err)
+{
+    size_t kl = strlen(key), vl = strlen(value);
+    if (!w->started)
+        return lora_seterr(err, LORA_EUSAGE, "%s: metadata patched before the header was written",
+                           w->path);
+    for (const char *c = value; *c; c++)
+        if (!((*c >= '0' && *c <= '9') || (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z')))
+            return lora_seterr(err, LORA_EUSAGE, "%s: a patched value is letters and digits",
+                               w->path);
+    /* "KEY":" cannot occur inside a JSON string, where every quote is
+     * escaped, so the first match is the key itself */
+    char *pat = malloc(kl + 5);
+    if (!pat)
+        return lora_oom(err);
+    snprintf(pat, kl + 5, "\"%s\":\"", key);
+    unsigned char *h = w->head + 8, *at = NULL;
+    size_t n = w->head_len - 8, pl = kl + 4;
+    for (size_t i = 0; i + pl <= n && !at; i++)
+        if (memcmp(h + i, pat, pl) == 0)
+            at = h + i + pl;
+    free(pat);
+    size_t old = 0;
+    while (at && at + old < h + n && at[old] != '"' && at[old] != '\\')
+        old++;
+    if (!at || at + old >= h + n || at[old] != '"' || old != vl)
+        return lora_seterr(err, LORA_EUSAGE, "%s: no metadata \"%s\" of %zu characters to patch",
+                           w->path, key, vl);
+    memcpy(at, value, vl);
+    if (pwrite_all(w->fd, at, vl, (uint64_t)(at - w->head)) != 0)
+        return lora_seterr_errno(err, LORA_EIO, errno, "%s: write", w->path);
+    return LORA_OK;
 }
 
 static stw_tensor *stw_find(const lora_stw *w, const char *name)

@@ -100,6 +100,7 @@ static int b64_exact(const char *s, unsigned char *bin, size_t want)
 typedef struct reader {
     const char *p;
     size_t left;
+    size_t last; /* bytes of the last line read */
 } reader;
 
 /* fgets(buf, size, fp) over memory: at most size-1 bytes, stopping after
@@ -118,7 +119,15 @@ static int rd_fgets(reader *r, char *buf, size_t size)
             break;
     }
     buf[i] = '\0';
+    r->last = i;
     return 1;
+}
+
+/* The line rd_fgets just read holds a NUL byte (which C strings, and
+ * minisign's fgets, would silently cut it at). */
+static int had_nul(const reader *r, const char *line)
+{
+    return strlen(line) != r->last;
 }
 
 /* minisign's trim(): cut at the first CR or LF; 1 if the line had its LF. */
@@ -161,7 +170,7 @@ int lora_pubkey_from_string(const char *b64, lora_pubkey *pk, lora_error *err)
 
 int lora_pubkey_parse(const char *text, size_t len, lora_pubkey *pk, lora_error *err)
 {
-    reader r = {text, len};
+    reader r = {text, len, 0};
     char comment[LORA_SIG_COMMENT_MAX], line[B64_LINE(PK_BYTES)];
     if (!rd_fgets(&r, comment, sizeof comment) || !rd_fgets(&r, line, sizeof line))
         return lora_seterr(err, LORA_EINPUT, "public key file: too short (want a comment line "
@@ -211,7 +220,7 @@ static void seckey_chk(const unsigned char *key_id, const unsigned char *sk, uns
  * fixed fields. */
 static int seckey_decode(const char *text, size_t len, unsigned char *b, lora_error *err)
 {
-    reader r = {text, len};
+    reader r = {text, len, 0};
     char comment[LORA_SIG_COMMENT_MAX];
     char *line = sodium_malloc(B64_LINE(SK_BYTES));
     if (!line)
@@ -397,12 +406,14 @@ out:
 int lora_sig_parse(const char *text, size_t len, lora_sig *sig, lora_error *err)
 {
     memset(sig, 0, sizeof *sig);
-    reader r = {text, len};
+    reader r = {text, len, 0};
     char line[LORA_SIG_TRUSTED_MAX];
     static const char *what = "signature";
 
     if (!rd_fgets(&r, line, LORA_SIG_COMMENT_MAX))
         return lora_seterr(err, LORA_EINPUT, "%s: empty file", what);
+    if (had_nul(&r, line))
+        return lora_seterr(err, LORA_EINPUT, "%s: untrusted comment contains a NUL byte", what);
     if (!trim(line))
         return lora_seterr(err, LORA_EINPUT, "%s: untrusted comment line too long (limit %d "
                                              "bytes with its newline)",
@@ -414,6 +425,8 @@ int lora_sig_parse(const char *text, size_t len, lora_sig *sig, lora_error *err)
 
     if (!rd_fgets(&r, line, B64_LINE(SIG_BYTES)))
         return lora_seterr(err, LORA_EINPUT, "%s: signature line missing", what);
+    if (had_nul(&r, line))
+        return lora_seterr(err, LORA_EINPUT, "%s: signature line contains a NUL byte", what);
     if (!trim(line))
         return lora_seterr(err, LORA_EINPUT, "%s: signature line too long", what);
     unsigned char b[SIG_BYTES];
@@ -435,6 +448,8 @@ int lora_sig_parse(const char *text, size_t len, lora_sig *sig, lora_error *err)
     if (strncmp(line, TRUSTED_PREFIX, strlen(TRUSTED_PREFIX)) != 0)
         return lora_seterr(err, LORA_EINPUT, "%s: third line should start with \"%s\"", what,
                            TRUSTED_PREFIX);
+    if (had_nul(&r, line))
+        return lora_seterr(err, LORA_EINPUT, "%s: trusted comment contains a NUL byte", what);
     if (!trim(line))
         return lora_seterr(err, LORA_EINPUT, "%s: trusted comment line too long (limit %d "
                                              "bytes with its newline)",
@@ -444,6 +459,8 @@ int lora_sig_parse(const char *text, size_t len, lora_sig *sig, lora_error *err)
     /* minisign 0.11 does not insist on the global signature line's LF */
     if (!rd_fgets(&r, line, B64_LINE(64)))
         return lora_seterr(err, LORA_EINPUT, "%s: global signature line missing", what);
+    if (had_nul(&r, line))
+        return lora_seterr(err, LORA_EINPUT, "%s: global signature line contains a NUL byte", what);
     trim(line);
     if (b64_exact(line, sig->global_sig, 64) != 0)
         return lora_seterr(err, LORA_EINPUT,

@@ -40,6 +40,8 @@ static void usage(FILE *f)
             "      --limit N          evaluate the first N items only\n"
             "  -p, --pubkey FILE      minisign public key for .lora archives (repeatable)\n"
             "      --no-verify        open .lora archives without checking signatures\n"
+            "      --any-base         evaluate on a base other than the one the adapter's\n"
+            "                         archive records (warns; refused otherwise)\n"
             "      --record           write accuracy and NLL to the registry's evals table\n"
             "                         (the adapter must be registered)\n"
             "      --registry PATH    registry database (default: $LORA_REGISTRY, else\n"
@@ -158,7 +160,7 @@ int main(int argc, char **argv)
 {
     lora_tool_sigbus("lora-eval");
     enum { OPT_MODE = 256, OPT_MIN, OPT_LIMIT, OPT_JSON, OPT_NOVERIFY, OPT_RECOVERY, OPT_RECORD,
-           OPT_REGISTRY };
+           OPT_REGISTRY, OPT_ANYBASE };
     static const struct option opts[] = {
         {"model", required_argument, NULL, 'm'},
         {"adapter", required_argument, NULL, 'a'},
@@ -168,6 +170,7 @@ int main(int argc, char **argv)
         {"limit", required_argument, NULL, OPT_LIMIT},
         {"pubkey", required_argument, NULL, 'p'},
         {"no-verify", no_argument, NULL, OPT_NOVERIFY},
+        {"any-base", no_argument, NULL, OPT_ANYBASE},
         {"check-recovery", no_argument, NULL, OPT_RECOVERY},
         {"record", no_argument, NULL, OPT_RECORD},
         {"registry", required_argument, NULL, OPT_REGISTRY},
@@ -182,6 +185,7 @@ int main(int argc, char **argv)
     int record = 0;
     const char *keys[17] = {0};
     int nkeys = 0, json = 0, quiet = 0, threads = 1, no_verify = 0, recovery = 0;
+    int any_base = 0;
     double min_acc = -1;
     size_t limit = 0;
     int c;
@@ -213,6 +217,7 @@ int main(int argc, char **argv)
             keys[nkeys++] = optarg;
             break;
         case OPT_NOVERIFY: no_verify = 1; break;
+        case OPT_ANYBASE: any_base = 1; break;
         case OPT_RECOVERY: recovery = 1; break;
         case OPT_RECORD: record = 1; break;
         case OPT_REGISTRY: reg_path = optarg; break;
@@ -250,7 +255,7 @@ int main(int argc, char **argv)
         if (data || mode_s || min_acc >= 0 || limit || record)
             return usage_err("--check-recovery takes only --model, -a, --json, -j and key options");
         lora_source_opts so = {.pubkeys = nkeys ? keys : NULL, .no_verify = no_verify,
-                               .registry = reg_path, .warn = stderr};
+                               .registry = reg_path, .warn = stderr, .base = model_dir};
         return check_recovery(model_dir, adapter, &so, threads, json);
     }
     if (!data)
@@ -319,7 +324,7 @@ int main(int argc, char **argv)
         goto fail;
     if (adapter) {
         lora_source_opts so = {.pubkeys = nkeys ? keys : NULL, .no_verify = no_verify,
-                               .registry = reg_path, .warn = stderr};
+                               .registry = reg_path, .warn = stderr, .base = model_dir};
         /* task: resolves again at load; load the row just found instead,
          * so that what is recorded is what was evaluated */
         char spec[sizeof ra_id + 4];
@@ -330,7 +335,8 @@ int main(int argc, char **argv)
         }
         if ((rc = lora_adapter_load(load, &so, &ad, &err)) != LORA_OK)
             goto fail;
-        if ((rc = lora_model_attach(m, ad, mode == LORA_MODE_MERGED, &err)) != LORA_OK)
+        if ((rc = lora_model_attach(m, ad, mode == LORA_MODE_MERGED, &err)) != LORA_OK ||
+            (rc = lora_base_check(ad, lora_model_ckpt(m), any_base, prog, stderr, &err)) != LORA_OK)
             goto fail;
         for (size_t i = 0; i < ad->n_modules; i++)
             if (ad->modules[i].tied_head && !quiet)

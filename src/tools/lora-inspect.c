@@ -158,7 +158,9 @@ static void print_human(const lora_report *rep, const char *base_path, int tenso
         }
     }
     if (!rep->n_problems)
-        printf("problems         none\n");
+        /* without a base, "none" cannot see a wrong base or a bad shape */
+        printf("problems         none%s\n",
+               rep->has_base ? "" : " (no --base: shapes and base identity not checked)");
     else
         printf("problems         %zu error%s, %zu warning%s\n", rep->n_errors,
                rep->n_errors == 1 ? "" : "s", rep->n_warnings, rep->n_warnings == 1 ? "" : "s");
@@ -259,7 +261,7 @@ int main(int argc, char **argv)
     if (rc)
         goto fail;
     lora_source_opts so = {.pubkeys = n_keys ? keys : NULL, .no_verify = no_verify,
-                           .warn = stderr};
+                           .warn = stderr, .base = base_path};
     if ((rc = lora_adapter_load(argv[optind], &so, &ad, &err)))
         goto fail;
     if (base_path && (rc = lora_ckpt_open(base_path, &base, &err)))

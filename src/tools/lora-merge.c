@@ -7,6 +7,7 @@
 #include "config.h"
 #include "lora.h"
 #include "progress.h"
+#include "seckey.h"
 #include "sigbus.h"
 
 #include <errno.h>
@@ -33,12 +34,19 @@ static void usage(FILE *f)
             "      --receipt PATH              receipt to write (default OUT.receipt); with\n"
             "                                  --unmerge, the receipt of the merge to undo\n"
             "      --no-receipt                write no receipt (no hashes, no corrections)\n"
+            "      --sign-receipt KEY.sec      sign the receipt written (RECEIPT.minisig)\n"
+            "      --receipt-key KEY.pub       with --unmerge: the receipt read must be signed\n"
+            "                                  by this key (repeatable)\n"
             "      --dtype F32|F16|BF16        dtype of the changed tensors (default: keep)\n"
             "      --rounding nearest|reversible  rounding of merged values (default nearest)\n"
             "  -j, --threads N                 worker threads (default: CPUs online)\n"
             "      --shard NAME                only this shard of a sharded checkpoint;\n"
             "                                  OUT is that one file (no index written)\n"
             "      --force                     merge an adapter the base already records\n"
+            "      --allow-nonfinite           write values beyond the output dtype as +-inf\n"
+            "                                  (counted) instead of refusing the merge\n"
+            "      --any-base                  merge into a base other than the one the\n"
+            "                                  adapter's archive records (warns)\n"
             "  -p, --pubkey FILE               minisign public key for .lora archives\n"
             "      --no-verify                 open archives without checking signatures\n"
             "      --json                      print the summary as JSON on stdout\n"
@@ -89,17 +97,21 @@ int main(int argc, char **argv)
 {
     lora_tool_sigbus(PROG);
     enum { O_UNMERGE = 256, O_RECEIPT, O_NORECEIPT, O_DTYPE, O_ROUNDING, O_FORCE, O_NOVERIFY,
-           O_JSON, O_SHARD };
+           O_JSON, O_SHARD, O_ALLOWNF, O_ANYBASE, O_SIGNRECEIPT, O_RECEIPTKEY };
     static const struct option longopts[] = {
         {"adapter", required_argument, NULL, 'a'},
         {"output", required_argument, NULL, 'o'},
         {"unmerge", required_argument, NULL, O_UNMERGE},
         {"receipt", required_argument, NULL, O_RECEIPT},
         {"no-receipt", no_argument, NULL, O_NORECEIPT},
+        {"sign-receipt", required_argument, NULL, O_SIGNRECEIPT},
+        {"receipt-key", required_argument, NULL, O_RECEIPTKEY},
         {"dtype", required_argument, NULL, O_DTYPE},
         {"rounding", required_argument, NULL, O_ROUNDING},
         {"threads", required_argument, NULL, 'j'},
         {"force", no_argument, NULL, O_FORCE},
+        {"allow-nonfinite", no_argument, NULL, O_ALLOWNF},
+        {"any-base", no_argument, NULL, O_ANYBASE},
         {"shard", required_argument, NULL, O_SHARD},
         {"pubkey", required_argument, NULL, 'p'},
         {"no-verify", no_argument, NULL, O_NOVERIFY},
@@ -111,7 +123,8 @@ int main(int argc, char **argv)
     char *adds[64], *undos[64];
     const char *keys[16];
     size_t nadd = 0, nundo = 0, nkeys = 0;
-    const char *out = NULL, *receipt = NULL;
+    const char *out = NULL, *receipt = NULL, *sign_key = NULL, *rkeys[8];
+    size_t nrkeys = 0;
     int no_receipt = 0, json = 0, quiet = 0;
     lora_merge_opts o;
     memset(&o, 0, sizeof o);
@@ -122,6 +135,7 @@ int main(int argc, char **argv)
     lora_source_opts so;
     memset(&so, 0, sizeof so);
     so.warn = stderr;
+    o.warn = stderr;
     int c;
     opterr = 0; /* our own messages, prefixed with the tool's name */
     while ((c = getopt_long(argc, argv, "a:o:j:p:qhV", longopts, NULL)) != -1) {
@@ -143,6 +157,14 @@ int main(int argc, char **argv)
         case 'o': out = trim_slashes(optarg); break;
         case O_RECEIPT: receipt = optarg; break;
         case O_NORECEIPT: no_receipt = 1; break;
+        case O_SIGNRECEIPT: sign_key = optarg; break;
+        case O_RECEIPTKEY:
+            if (nrkeys == 8) {
+                fprintf(stderr, PROG ": too many receipt keys: at most 8\n");
+                return LORA_EUSAGE;
+            }
+            rkeys[nrkeys++] = optarg;
+            break;
         case O_DTYPE:
             o.dtype = lora_dtype_from_name(optarg);
             if (!lora_dtype_writable(o.dtype)) {
@@ -171,6 +193,8 @@ int main(int argc, char **argv)
             break;
         }
         case O_FORCE: o.force = 1; break;
+        case O_ALLOWNF: o.allow_nonfinite = 1; break;
+        case O_ANYBASE: o.any_base = 1; break;
         case O_SHARD: o.shard = optarg; break;
         case 'p':
             if (nkeys == 15) {
@@ -207,6 +231,14 @@ int main(int argc, char **argv)
         fprintf(stderr, PROG ": --unmerge needs --receipt (the receipt of the merge to undo)\n");
         return LORA_EUSAGE;
     }
+    if (sign_key && no_receipt) {
+        fprintf(stderr, PROG ": --sign-receipt and --no-receipt: there is no receipt to sign\n");
+        return LORA_EUSAGE;
+    }
+    if (nrkeys && !nundo) {
+        fprintf(stderr, PROG ": --receipt-key checks the receipt read with --unmerge\n");
+        return LORA_EUSAGE;
+    }
     keys[nkeys] = NULL;
     so.pubkeys = nkeys ? keys : NULL;
     lora_error err;
@@ -215,6 +247,20 @@ int main(int argc, char **argv)
         fprintf(stderr, PROG ": %s\n", err.msg);
         return err.code;
     }
+    lora_seckey *sk = NULL;
+    lora_pubkey rpk[8];
+    for (size_t i = 0; i < nrkeys; i++)
+        if (lora_pubkey_load(rkeys[i], &rpk[i], &err)) {
+            fprintf(stderr, PROG ": --receipt-key %s: %s\n", rkeys[i], err.msg);
+            return err.code;
+        }
+    if (sign_key && tool_load_seckey(sign_key, &sk, &err)) {
+        fprintf(stderr, PROG ": --sign-receipt %s: %s\n", sign_key, err.msg);
+        return err.code ? err.code : LORA_EINPUT;
+    }
+    o.receipt_key = sk;
+    o.receipt_pubkeys = nrkeys ? rpk : NULL;
+    o.n_receipt_pubkeys = nrkeys;
     const char *base = argv[optind];
     char *receipt_out = NULL;
     if (!no_receipt) {
@@ -238,6 +284,7 @@ int main(int argc, char **argv)
     lora_merge_result res;
     memset(&res, 0, sizeof res);
     int rc = load_adapters(undos, nundo, ua, us, &so, &err);
+    so.base = nundo ? NULL : base; /* task:T prefers an adapter registered for this base */
     if (!rc)
         rc = load_adapters(adds, nadd, aa, as, &so, &err);
     if (!rc)
@@ -260,6 +307,8 @@ int main(int argc, char **argv)
         if (j && res.elements)
             json_object_set_new(j, "receipt_bytes_per_parameter",
                                 json_real((double)res.receipt_bytes / (double)res.elements));
+        if (j)
+            json_object_set_new(j, "nonfinite", json_integer((json_int_t)res.nonfinite));
         char *s = j ? json_dumps(j, JSON_INDENT(2)) : NULL;
         if (s)
             puts(s);
@@ -273,7 +322,14 @@ int main(int argc, char **argv)
                     receipt_out, (unsigned long long)res.fixes,
                     (unsigned long long)res.receipt_bytes,
                     (double)res.receipt_bytes / (double)res.elements);
+        else if (!receipt_out && res.elements)
+            fputs("; no receipt: lora-unmerge cannot restore the base exactly", stderr);
         fputc('\n', stderr);
+        if (res.nonfinite)
+            fprintf(stderr, PROG ": %s: WARNING: %llu value(s) written as +-inf or NaN "
+                            "(--allow-nonfinite): they overflow %s\n", out,
+                    (unsigned long long)res.nonfinite,
+                    o.dtype != LORA_DT_INVALID ? lora_dtype_name(o.dtype) : "the output dtype");
     }
     for (size_t i = 0; i < nundo; i++) {
         lora_adapter_free(ua[i].ad);
@@ -284,5 +340,6 @@ int main(int argc, char **argv)
         free(as[i]);
     }
     free(receipt_out);
+    lora_seckey_free(sk);
     return rc;
 }

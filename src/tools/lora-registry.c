@@ -38,7 +38,8 @@ static void usage(FILE *f)
             "                             print the archive serving TASK (newest trusted)\n"
             "  rm NAME@VERSION            remove an adapter (its blob stays until gc)\n"
             "  gc                         remove blobs no adapter refers to\n"
-            "  verify                     re-hash every blob (exit 1 on corruption)\n"
+            "  verify                     check the database, re-hash every blob (exit 1\n"
+            "                             on damage)\n"
             "  evals [NAME[@VERSION]]     list recorded eval results\n"
             "\n"
             "Options:\n"
@@ -148,18 +149,21 @@ static void print_adapter(const lora_reg_adapter *a)
     printf("path:       %s\n", a->path);
 }
 
-static int open_reg(const struct args *a, int create, lora_registry **reg)
+/* flags: LORA_REG_CREATE for init, trust, add; LORA_REG_READONLY for
+ * the commands that only read, so that they work on a registry the
+ * user cannot write and on a full disk. */
+static int open_reg(const struct args *a, int flags, lora_registry **reg)
 {
     lora_error e;
     lora_error_clear(&e);
-    int rc = lora_registry_open(a->registry, create ? LORA_REG_CREATE : 0, reg, &e);
+    int rc = lora_registry_open(a->registry, flags, reg, &e);
     return rc ? fail(&e, rc) : LORA_OK;
 }
 
 static int cmd_init(const struct args *a)
 {
     lora_registry *reg;
-    int rc = open_reg(a, 1, &reg);
+    int rc = open_reg(a, LORA_REG_CREATE, &reg);
     if (rc)
         return rc;
     if (a->json) {
@@ -188,7 +192,7 @@ static int cmd_trust(const struct args *a, const char *keyfile)
     lora_keyid_str(pk.key_id, id);
     lora_pubkey_b64(&pk, b64);
     lora_registry *reg;
-    if ((rc = open_reg(a, 1, &reg)))
+    if ((rc = open_reg(a, LORA_REG_CREATE, &reg)))
         return rc;
     int added = 0;
     rc = lora_registry_trust(reg, id, b64, a->name, &added, &e);
@@ -237,7 +241,7 @@ static int cmd_untrust(const struct args *a, const char *id)
 static int cmd_keys(const struct args *a)
 {
     lora_registry *reg;
-    int rc = open_reg(a, 0, &reg);
+    int rc = open_reg(a, LORA_REG_READONLY, &reg);
     if (rc)
         return rc;
     lora_error e;
@@ -276,7 +280,7 @@ static int cmd_keys(const struct args *a)
 static int cmd_add(const struct args *a, const char *archive)
 {
     lora_registry *reg;
-    int rc = open_reg(a, 1, &reg);
+    int rc = open_reg(a, LORA_REG_CREATE, &reg);
     if (rc)
         return rc;
     lora_error e;
@@ -291,9 +295,8 @@ static int cmd_add(const struct args *a, const char *archive)
         return fail(&e, rc);
     if (!ad->trusted)
         fprintf(stderr,
-                PROG ": warning: %s@%s is NOT signed by a trusted key (%s); registered as "
-                "untrusted: resolve will not pick it\n",
-                ad->name, ad->version, why[0] ? why : "signer not trusted");
+                PROG ": warning: %s@%s registered as UNTRUSTED (resolve will not pick it): %s\n",
+                ad->name, ad->version, why[0] ? why : "its signer is not trusted");
     if (a->json) {
         json_t *o = adapter_json(ad);
         json_object_set_new(o, "new", json_boolean(added));
@@ -309,7 +312,7 @@ static int cmd_add(const struct args *a, const char *archive)
 static int cmd_ls(const struct args *a)
 {
     lora_registry *reg;
-    int rc = open_reg(a, 0, &reg);
+    int rc = open_reg(a, LORA_REG_READONLY, &reg);
     if (rc)
         return rc;
     lora_error e;
@@ -363,7 +366,7 @@ static int cmp_task(const void *x, const void *y)
 static int cmd_tasks(const struct args *a)
 {
     lora_registry *reg;
-    int rc = open_reg(a, 0, &reg);
+    int rc = open_reg(a, LORA_REG_READONLY, &reg);
     if (rc)
         return rc;
     lora_error e;
@@ -417,7 +420,7 @@ static int cmd_tasks(const struct args *a)
 static int cmd_show(const struct args *a, const char *spec)
 {
     lora_registry *reg;
-    int rc = open_reg(a, 0, &reg);
+    int rc = open_reg(a, LORA_REG_READONLY, &reg);
     if (rc)
         return rc;
     lora_error e;
@@ -455,7 +458,7 @@ static int cmd_resolve(const struct args *a, const char *task)
     if (strncmp(task, "task:", 5) == 0)
         task += 5;
     lora_registry *reg;
-    int rc = open_reg(a, 0, &reg);
+    int rc = open_reg(a, LORA_REG_READONLY, &reg);
     if (rc)
         return rc;
     lora_error e;
@@ -537,7 +540,7 @@ static int cmd_gc(const struct args *a)
 static int cmd_verify(const struct args *a)
 {
     lora_registry *reg;
-    int rc = open_reg(a, 0, &reg);
+    int rc = open_reg(a, LORA_REG_READONLY, &reg);
     if (rc)
         return rc;
     lora_error e;
@@ -560,7 +563,8 @@ static int cmd_verify(const struct args *a)
         if (jr)
             rc = jr;
     } else if (!a->quiet) {
-        printf(n ? "%zu problem%s found\n" : "every blob intact\n", n, n == 1 ? "" : "s");
+        printf(n ? "%zu problem%s found\n" : "database and every blob intact\n", n,
+               n == 1 ? "" : "s");
     }
     lora_reg_problems_free(p, n);
     return rc;
@@ -569,11 +573,18 @@ static int cmd_verify(const struct args *a)
 static int cmd_evals(const struct args *a, const char *name)
 {
     lora_registry *reg;
-    int rc = open_reg(a, 0, &reg);
+    int rc = open_reg(a, LORA_REG_READONLY, &reg);
     if (rc)
         return rc;
     lora_error e;
     lora_error_clear(&e);
+    /* An adapter that is not registered is an error, not an empty list. */
+    lora_reg_adapter *known = NULL;
+    if (name && (rc = lora_registry_get(reg, name, 0, &known, &e))) {
+        lora_registry_close(reg);
+        return fail(&e, rc);
+    }
+    lora_reg_adapter_free(known);
     lora_reg_eval *v;
     size_t n;
     rc = lora_registry_evals(reg, name, &v, &n, &e);

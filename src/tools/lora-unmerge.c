@@ -30,9 +30,13 @@ static void usage(FILE *f)
             "  -a, --adapter ADAPTER[:WEIGHT]  adapter to take out (weight from the receipt)\n"
             "  -o, --output OUT                output file or folder (same form as MERGED)\n"
             "  -r, --receipt R                 the merge receipt (exact unmerge)\n"
+            "      --receipt-key KEY.pub       R must be signed by this key (R.minisig;\n"
+            "                                  repeatable: any of them)\n"
             "      --check                     write nothing; report exact elements per tensor\n"
             "      --base BASE                 with --check: compare with this checkpoint\n"
             "      --dtype F32|F16|BF16        without a receipt: dtype of the base\n"
+            "      --any-base                  keep a restored base other than the one the\n"
+            "                                  adapter's archive records (warns)\n"
             "  -j, --threads N                 worker threads (default: CPUs online)\n"
             "      --shard NAME                only this shard of a sharded checkpoint;\n"
             "                                  OUT is that one file (no index written)\n"
@@ -77,32 +81,43 @@ static void on_tensor(void *arg, const lora_tensor_report *r)
     struct rep *p = arg;
     if (p->json) {
         json_t *o = json_pack("{sssIsIsIsI}", "name", r->name, "elements", (json_int_t)r->elements,
-                              "exact", (json_int_t)r->exact, "corrections", (json_int_t)r->fixes,
-                              "max_ulps", (json_int_t)r->max_ulps);
+                              "corrections", (json_int_t)r->fixes, "max_ulps",
+                              (json_int_t)r->max_ulps, "may_differ", (json_int_t)r->may_differ);
         if (o) {
+            /* exactness is a fact only with a receipt or a reference */
+            json_object_set_new(o, "exact", r->known ? json_boolean(r->may_differ == 0)
+                                                     : json_null());
+            json_object_set_new(o, "exact_elements", r->known ? json_integer((json_int_t)r->exact)
+                                                              : json_null());
             json_object_set_new(o, "hash_ok", r->hash_ok < 0 ? json_null()
                                                               : json_boolean(r->hash_ok));
             json_array_append_new(p->arr, o);
         }
     } else if (p->human) {
-        printf("%-60s %12llu / %-12llu max %llu ulp  %llu corrections%s\n", r->name,
-               (unsigned long long)r->exact, (unsigned long long)r->elements,
-               (unsigned long long)r->max_ulps, (unsigned long long)r->fixes,
-               r->hash_ok < 0 ? "" : r->hash_ok ? "  hash ok" : "  HASH MISMATCH");
+        if (r->known)
+            printf("%-60s %12llu / %-12llu max %llu ulp  %llu corrections%s\n", r->name,
+                   (unsigned long long)r->exact, (unsigned long long)r->elements,
+                   (unsigned long long)r->max_ulps, (unsigned long long)r->fixes,
+                   r->hash_ok < 0 ? "" : r->hash_ok ? "  hash ok" : "  HASH MISMATCH");
+        else
+            printf("%-60s exactness unknown: at most %llu of %llu may differ\n", r->name,
+                   (unsigned long long)r->may_differ, (unsigned long long)r->elements);
     }
 }
 
 int main(int argc, char **argv)
 {
     lora_tool_sigbus(PROG);
-    enum { O_CHECK = 256, O_BASE, O_DTYPE, O_NOVERIFY, O_JSON, O_SHARD };
+    enum { O_CHECK = 256, O_BASE, O_DTYPE, O_NOVERIFY, O_JSON, O_SHARD, O_ANYBASE, O_RECEIPTKEY };
     static const struct option longopts[] = {
         {"adapter", required_argument, NULL, 'a'},
         {"output", required_argument, NULL, 'o'},
         {"receipt", required_argument, NULL, 'r'},
+        {"receipt-key", required_argument, NULL, O_RECEIPTKEY},
         {"check", no_argument, NULL, O_CHECK},
         {"shard", required_argument, NULL, O_SHARD},
         {"base", required_argument, NULL, O_BASE},
+        {"any-base", no_argument, NULL, O_ANYBASE},
         {"dtype", required_argument, NULL, O_DTYPE},
         {"threads", required_argument, NULL, 'j'},
         {"pubkey", required_argument, NULL, 'p'},
@@ -113,8 +128,9 @@ int main(int argc, char **argv)
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0}};
     char *args[64];
-    const char *keys[16];
-    size_t n = 0, nkeys = 0;
+    const char *keys[16], *rkeys[8];
+    size_t n = 0, nkeys = 0, nrkeys = 0;
+    lora_pubkey rpk[8];
     const char *out = NULL;
     int check = 0, json = 0, quiet = 0;
     lora_merge_opts o;
@@ -125,6 +141,7 @@ int main(int argc, char **argv)
     lora_source_opts so;
     memset(&so, 0, sizeof so);
     so.warn = stderr;
+    o.warn = stderr;
     int c;
     opterr = 0; /* our own messages, prefixed with the tool's name */
     while ((c = getopt_long(argc, argv, "a:o:r:j:p:qhV", longopts, NULL)) != -1) {
@@ -138,9 +155,17 @@ int main(int argc, char **argv)
             break;
         case 'o': out = trim_slashes(optarg); break;
         case 'r': o.receipt_in = optarg; break;
+        case O_RECEIPTKEY:
+            if (nrkeys == 8) {
+                fprintf(stderr, PROG ": too many receipt keys: at most 8\n");
+                return LORA_EUSAGE;
+            }
+            rkeys[nrkeys++] = optarg;
+            break;
         case O_CHECK: check = 1; break;
         case O_SHARD: o.shard = optarg; break;
         case O_BASE: o.reference = optarg; break;
+        case O_ANYBASE: o.any_base = 1; break;
         case O_DTYPE:
             o.dtype = lora_dtype_from_name(optarg);
             if (!lora_dtype_writable(o.dtype)) {
@@ -196,6 +221,10 @@ int main(int argc, char **argv)
         fprintf(stderr, PROG ": --base goes with --check\n");
         return LORA_EUSAGE;
     }
+    if (nrkeys && !o.receipt_in) {
+        fprintf(stderr, PROG ": --receipt-key checks the receipt: give --receipt\n");
+        return LORA_EUSAGE;
+    }
     keys[nkeys] = NULL;
     so.pubkeys = nkeys ? keys : NULL;
     lora_error err;
@@ -204,6 +233,13 @@ int main(int argc, char **argv)
         fprintf(stderr, PROG ": %s\n", err.msg);
         return err.code;
     }
+    for (size_t i = 0; i < nrkeys; i++)
+        if (lora_pubkey_load(rkeys[i], &rpk[i], &err)) {
+            fprintf(stderr, PROG ": --receipt-key %s: %s\n", rkeys[i], err.msg);
+            return err.code;
+        }
+    o.receipt_pubkeys = nrkeys ? rpk : NULL;
+    o.n_receipt_pubkeys = nrkeys;
     o.check_only = check;
     tool_progress_init(&progress, quiet || check);
     o.progress = on_progress;
@@ -224,19 +260,36 @@ int main(int argc, char **argv)
     }
     if (!rc)
         rc = lora_merge_run(argv[optind], ad, n, NULL, 0, out, &o, &res, &err);
-    int ran = rc == LORA_OK || (rc == LORA_ECHECK);
-    if (rc && !(rc == LORA_ECHECK && check)) {
+    /* a refusal before any work (a wrong base) has no summary to print */
+    int ran = rc == LORA_OK || (rc == LORA_ECHECK && res.elements);
+    if (rc && !(ran && check)) {
         tool_progress_end(&progress);
         fprintf(stderr, PROG ": %s\n", err.msg);
     }
     uint64_t exact = res.elements - res.inexact;
     if (ran && json) {
-        json_t *j = json_pack("{sosIsIsIsIsIsb}", "tensors", rp.arr, "elements",
-                              (json_int_t)res.elements, "exact", (json_int_t)exact,
+        /* "exact": true/false when a receipt or --base tells, null when W0 is
+         * unknown; "may_differ" is then an upper bound of the wrong elements */
+        json_t *j = json_pack("{sosIsIsIsIsI}", "tensors", rp.arr, "elements",
+                              (json_int_t)res.elements, "may_differ", (json_int_t)res.may_differ,
                               "max_ulps", (json_int_t)res.max_ulps, "corrections",
                               (json_int_t)res.fixes, "hash_mismatches",
-                              (json_int_t)res.hash_mismatches, "all_exact", rc == LORA_OK);
+                              (json_int_t)res.hash_mismatches);
         rp.arr = NULL;
+        if (j) {
+            int known = res.known || res.base_confirmed;
+            if (res.base_confirmed)
+                res.may_differ = res.inexact = 0; /* the recorded base identity matches */
+            json_t *ex = known ? json_boolean(rc == LORA_OK && !res.inexact) : json_null();
+            json_object_set_new(j, "exact", ex);
+            json_object_set(j, "all_exact", ex);
+            json_object_set_new(j, "exact_elements",
+                                known ? json_integer((json_int_t)(res.elements - res.inexact))
+                                      : json_null());
+            json_object_set_new(j, "differ",
+                                known ? json_integer((json_int_t)res.inexact) : json_null());
+            json_object_set_new(j, "certainly_differ", json_integer((json_int_t)res.inexact));
+        }
         if (j && out)
             json_object_set_new(j, "output", json_string(out));
         char *s = j ? json_dumps(j, JSON_INDENT(2)) : NULL;
@@ -244,6 +297,12 @@ int main(int argc, char **argv)
             puts(s);
         free(s);
         json_decref(j);
+    } else if (ran && check && !quiet && res.hash_mismatches && !o.reference) {
+        /* a hash says that a tensor differs, not how many elements do */
+        printf("total: %llu tensor(s) do not match the receipt's hashes: exactness unknown, "
+               "at most %llu of %llu elements may differ\n",
+               (unsigned long long)res.hash_mismatches, (unsigned long long)res.may_differ,
+               (unsigned long long)res.elements);
     } else if (ran && check && !quiet) {
         printf("total: %llu / %llu elements exact, max %llu ulp, %llu corrections%s\n",
                (unsigned long long)exact, (unsigned long long)res.elements,
@@ -254,11 +313,16 @@ int main(int argc, char **argv)
             fprintf(stderr, PROG ": %s: %llu tensors restored bit for bit (hashes match), "
                             "%llu corrections applied\n", out,
                     (unsigned long long)res.changed_tensors, (unsigned long long)res.fixes);
+        else if (res.base_confirmed)
+            fprintf(stderr, PROG ": %s: %llu tensors unmerged without a receipt, restored "
+                            "exactly: they match the base identity the archive records\n", out,
+                    (unsigned long long)res.changed_tensors);
         else
             fprintf(stderr, PROG ": %s: %llu tensors unmerged without a receipt (best effort): "
-                            "at least %llu of %llu elements are not the original\n", out,
-                    (unsigned long long)res.changed_tensors, (unsigned long long)res.inexact,
-                    (unsigned long long)res.elements);
+                            "exactness unknown; at most %llu of %llu elements may differ from "
+                            "the original (%llu certainly do); the receipt makes it exact\n", out,
+                    (unsigned long long)res.changed_tensors, (unsigned long long)res.may_differ,
+                    (unsigned long long)res.elements, (unsigned long long)res.inexact);
     }
     json_decref(rp.arr);
     for (size_t i = 0; i < n; i++) {
