@@ -74,6 +74,12 @@ expect 0 lora-eval --model "$T/tm" --data "$M/data/reverse.jsonl" --json
 b=$(sed -n 's/.*"mean_nll": \([0-9.e+-]*\).*/\1/p' "$T/out" | head -n 1)
 checks=$((checks + 1))
 [ -n "$a" ] && [ "$a" = "$b" ] || fail "tied-lm-head: merged folder NLL $b, in-memory merge $a"
+# with its receipt, the untied output cannot be restored yet (the base's
+# kept layout has no lm_head.weight): refused, nothing written
+expect 0 lora-merge "$M/gpt2-base" -a "$A" -o "$T/tr"
+expect 3 lora-unmerge "$T/tr" -a "$A" -r "$T/tr.receipt" -o "$T/back"
+checks=$((checks + 1))
+[ ! -e "$T/back" ] || fail "tied-lm-head: an unmerge output was written"
 # a single file has no config.json to untie: refused, nothing written
 expect 3 lora-merge "$M/gpt2-base/model.safetensors" -a "$A" -o "$T/tm.safetensors"
 expect_err 'tied to the input embeddings \(wte\.weight\); merging the update unties the head'
