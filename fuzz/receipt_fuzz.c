@@ -1,7 +1,8 @@
 /*
  * receipt_fuzz.c - libFuzzer target for the merge receipt reader
  * (receipt.c): open the bytes as a receipt, then decode every tensor's
- * corrections and read every kept header and the kept index (version 2).
+ * corrections and read every kept header, the kept index and every kept
+ * tensor (version 2).
  * Any input must give LORA_OK or a clean error.
  */
 #include "internal.h"
@@ -32,6 +33,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const unsigned char *ix = lora_receipt_index(r, &il);
     for (uint64_t k = 0; ix && k < il; k++)
         sum += ix[k];
+    for (size_t i = 0; i < lora_receipt_saved_count(r); i++) {
+        const void *d;
+        const lora_receipt_saved *s = lora_receipt_saved_at(r, i);
+        if (lora_receipt_saved_data(r, s, &d, &err) == LORA_OK && s->length)
+            sum += ((const unsigned char *)d)[s->length - 1];
+    }
     (void)sum;
     lora_receipt_close(r);
     return 0;

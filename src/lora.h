@@ -631,6 +631,19 @@ void lora_receipt_abort(lora_receipt *r);                     /* frees r */
 int lora_receipt_add_file(lora_receipt *r, const char *name, const void *hdr, size_t len,
                           const unsigned char merged_header[32], lora_error *err);
 int lora_receipt_set_index(lora_receipt *r, const void *buf, size_t len, lora_error *err);
+/* A tensor that modules_to_save replaced: its base bytes kept as they
+ * were (LEN bytes of DT, shape), *hash (optional) their BLAKE2b-256. */
+typedef struct lora_receipt_saved {
+    char *name;
+    lora_dtype dtype;
+    int ndim;
+    uint64_t shape[LORA_MAX_DIMS];
+    uint64_t offset, length;
+    unsigned char hash[32];
+} lora_receipt_saved;
+int lora_receipt_add_saved(lora_receipt *r, const char *name, lora_dtype dt, int ndim,
+                           const uint64_t *shape, const void *data, uint64_t len,
+                           unsigned char hash[32], lora_error *err);
 /* Commit in two steps, so that a merge commits its output between
  * them: finish writes the index and fsyncs the temporary; install
  * renames it onto the path (and the signature lora_receipt_sign made
@@ -658,6 +671,12 @@ const lora_receipt_file *lora_receipt_file_at(const lora_receipt *r, size_t i);
 const lora_receipt_file *lora_receipt_file_find(const lora_receipt *r, const char *name);
 /* The base's sharded index as it was (NULL when the receipt has none). */
 const unsigned char *lora_receipt_index(const lora_receipt *r, uint64_t *len);
+size_t lora_receipt_saved_count(const lora_receipt *r);
+const lora_receipt_saved *lora_receipt_saved_at(const lora_receipt *r, size_t i);
+const lora_receipt_saved *lora_receipt_saved_find(const lora_receipt *r, const char *name);
+/* The kept bytes of S, their hash checked first (LORA_EINPUT). */
+int lora_receipt_saved_data(const lora_receipt *r, const lora_receipt_saved *s,
+                            const void **data, lora_error *err);
 const char *lora_receipt_tool(const lora_receipt *r);
 size_t lora_receipt_adapter_count(const lora_receipt *r);
 const lora_receipt_adapter *lora_receipt_adapter_at(const lora_receipt *r, size_t i);
@@ -1164,8 +1183,11 @@ void lora_archive_file_hash(const lora_archive *ar, unsigned char out[LORA_HASH_
 const void *lora_archive_member(const lora_archive *ar, const char *name, uint64_t *size);
 /* Data offset of a member in the file (uncompressed archives), or -1. */
 int64_t lora_archive_member_offset(const lora_archive *ar, const char *name);
-/* Write every payload member into dir (created if missing) as regular
- * files, each atomically; refuses existing files unless force. */
+/* Write every payload member into a new folder beside dir, then put it
+ * in dir's place in one rename (an exchange when dir exists): dir holds
+ * one archive's members or another's, never a mix, whatever fails.
+ * dir may be absent or empty; with force a folder holding only what an
+ * extraction writes is replaced; anything else: LORA_EUSAGE. */
 int lora_archive_extract(const lora_archive *ar, const char *dir, int force, lora_error *err);
 void lora_archive_close(lora_archive *ar);
 /* Open (and verify, as lora_archive_open) an archive and load its

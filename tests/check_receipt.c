@@ -62,6 +62,10 @@ static char *make_receipt(const char *dir, size_t *len, lora_fixes *fx)
     mh[0] = 1;
     ck_assert_int_eq(lora_receipt_add_file(r, "b.safetensors", "{}", 2, mh, &err), LORA_OK);
     ck_assert_int_eq(lora_receipt_set_index(r, ixj, sizeof ixj - 1, &err), LORA_OK);
+    const uint64_t ssh[2] = {2, 3};
+    const unsigned char sdata[12] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12};
+    ck_assert_int_eq(lora_receipt_add_saved(r, "score.weight", LORA_DT_F16, 2, ssh, sdata, 12,
+                                            NULL, &err), LORA_OK);
     ck_assert_int_eq(lora_receipt_commit(r, &err), LORA_OK);
     char *buf = tu_read(p, len);
     free(p);
@@ -112,6 +116,13 @@ START_TEST(test_roundtrip)
     uint64_t il;
     const unsigned char *ix = lora_receipt_index(r, &il);
     ck_assert(ix && il == 39 && memcmp(ix, "{\"weight_map\"", 13) == 0);
+    ck_assert_uint_eq(lora_receipt_saved_count(r), 1);
+    const lora_receipt_saved *sv = lora_receipt_saved_find(r, "score.weight");
+    const void *sd;
+    ck_assert(sv && sv->dtype == LORA_DT_F16 && sv->ndim == 2 && sv->shape[1] == 3);
+    ck_assert_int_eq(lora_receipt_saved_data(r, sv, &sd, &err), LORA_OK);
+    ck_assert(memcmp(sd, "\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c", 12) == 0);
+    ck_assert_ptr_null(lora_receipt_saved_find(r, "x"));
     /* compact: two varints of about a byte each per correction */
     ck_assert_uint_lt(t->length, fx.n * 3);
     lora_receipt_close(r);
@@ -134,6 +145,15 @@ static int try_all(const void *buf, size_t len, lora_error *err)
     lora_fixes f = {0};
     for (size_t i = 0; i < lora_receipt_tensor_count(r) && !rc; i++)
         rc = lora_receipt_fixes(r, i, &f, err);
+    for (size_t i = 0; i < lora_receipt_saved_count(r) && !rc; i++) {
+        const char *names[] = {"score.weight", "s"};
+        const void *d;
+        for (size_t k = 0; k < 2 && !rc; k++) {
+            const lora_receipt_saved *s = lora_receipt_saved_find(r, names[k]);
+            if (s)
+                rc = lora_receipt_saved_data(r, s, &d, err);
+        }
+    }
     lora_fixes_free(&f);
     lora_receipt_close(r);
     return rc;
@@ -331,6 +351,34 @@ START_TEST(test_hostile_files)
         }
         ck_assert_msg(rc == LORA_EINPUT, "case %zu accepted", i);
         ck_assert(strlen(err.msg) > 0);
+    }
+    /* saved tensors: a block of exactly the tensor's bytes inside the
+     * file, its hash checked when used */
+    static const char *saved[] = {
+        "[{\"name\":\"s\",\"dtype\":\"F16\",\"shape\":[1],\"data\":%s}]",  /* fine */
+        "[{\"name\":\"s\",\"dtype\":\"F32\",\"shape\":[1],\"data\":%s}]",
+        "[{\"name\":\"s\",\"dtype\":\"I9\",\"shape\":[1],\"data\":%s}]",
+        "[{\"name\":\"s\",\"dtype\":\"F16\",\"shape\":[1,1,1,1,1,1,1,1,1],\"data\":%s}]",
+        "[{\"name\":\"s\",\"dtype\":\"F16\",\"shape\":[4294967296,4294967296,8],"
+        "\"data\":%s}]",
+        "[{\"name\":\"s\",\"dtype\":\"F16\",\"shape\":[-1],\"data\":%s}]",
+        "[{\"name\":\"s\",\"dtype\":\"F16\",\"shape\":[1],\"data\":7}]",
+        "[{\"dtype\":\"F16\",\"shape\":[1],\"data\":%s}]",
+        "[{\"name\":\"s\",\"dtype\":\"F16\",\"shape\":[1],\"data\":%s},"
+        "{\"name\":\"s\",\"dtype\":\"F16\",\"shape\":[1],\"data\":%s}]",
+        "[{\"name\":\"s\",\"dtype\":\"F16\",\"shape\":[1],\"data\":{\"offset\":9,"
+        "\"length\":2,\"blake2b\":\"" H64 "\"}}]",
+        "[{\"name\":\"s\",\"dtype\":\"F16\",\"shape\":[1],\"data\":{\"offset\":8,"
+        "\"length\":2,\"blake2b\":\"" H64 "\"}}]",                     /* wrong hash */
+        "{}",
+    };
+    for (size_t i = 0; i < sizeof saved / sizeof *saved; i++) {
+        char sv[2048];
+        snprintf(sv, sizeof sv, saved[i], good, good);
+        snprintf(json, sizeof json, V2 ",\"files\":[],\"saved\":%s}", sv);
+        size_t n = forge(buf, json, "{}", 2);
+        int rc = try_all(buf, n, &err);
+        ck_assert_msg(rc == (i == 0 ? LORA_OK : LORA_EINPUT), "saved case %zu: %d", i, rc);
     }
     /* version 1 (no files) is still read; version 3 is not */
     size_t n = forge(buf, HEAD "]}", "", 0);

@@ -354,7 +354,7 @@ if have lora-pack && [ -f "$T/ref.lora" ]; then
         rm -rf "$T/x"; cp -r "$T/xv1" "$T/x"
         $EXTRACT -C "$T/x" >/dev/null 2>&1 &
         pid=$!
-        ms=$((i * 25))
+        ms=$((i * 40))
         sleep "$((ms / 1000)).$(printf '%03d' $((ms % 1000)))"
         kill -9 $pid 2>/dev/null
         wait $pid 2>/dev/null

@@ -16,10 +16,14 @@
  *   mklayout shard IN OUTDIR K [--style ...]
  *       IN split into K shards with model.safetensors.index.json written
  *       as transformers writes it (indent 2, sorted weight_map).
- *   mklayout order FILE
+ *   mklayout order FILE [TENSOR]
  *       one line per header entry in header order: the name (metadata
  *       keys as "meta:KEY", lora_merges and lora_base left out) and the
- *       data offsets.
+ *       data offsets; with TENSOR, only the BLAKE2b-256 of its bytes.
+ *   mklayout addsaved ADAPTER BASEFILE TENSOR
+ *       adds to ADAPTER/adapter_model.safetensors a modules_to_save copy
+ *       of BASEFILE's TENSOR with its elements in reverse order (PEFT's
+ *       key base_model.model.X.modules_to_save.default.weight).
  *   mklayout forge RECEIPT MERGED ADAPTER OUT
  *       RECEIPT with the first correction of its first tensor changed
  *       (one added when it has none), every hash the receipt holds
@@ -31,6 +35,7 @@
 #include "mergecore.h"
 
 #include <jansson.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -300,6 +305,24 @@ static int shard(int argc, char **argv)
 
 /* ---- a file's layout --------------------------------------------------- */
 
+static int tensor_hash(const char *path, const char *name)
+{
+    lora_error err;
+    lora_st *st;
+    if (lora_st_open(path, &st, &err))
+        return die("open", &err);
+    const lora_tensor *t = lora_st_find(st, name);
+    if (!t)
+        return die("no such tensor", NULL);
+    unsigned char h[32];
+    char hex[65];
+    crypto_generichash(h, 32, t->data, (size_t)t->nbytes, NULL, 0);
+    sodium_bin2hex(hex, sizeof hex, h, 32);
+    puts(hex);
+    lora_st_close(st);
+    return 0;
+}
+
 static int order(const char *path)
 {
     FILE *f = fopen(path, "rb");
@@ -331,6 +354,56 @@ static int order(const char *path)
                (long long)json_integer_value(json_array_get(o, 1)));
     }
     json_decref(root);
+    return 0;
+}
+
+/* ---- an adapter with a modules_to_save tensor ----------------------------- */
+
+static int addsaved(char **argv)
+{
+    char in[4096], out[4096], key[1024];
+    lora_error err;
+    lora_st *ad, *base;
+    snprintf(in, sizeof in, "%s/adapter_model.safetensors", argv[2]);
+    snprintf(out, sizeof out, "%s/adapter_model.safetensors.new", argv[2]);
+    if (lora_st_open(in, &ad, &err) || lora_st_open(argv[3], &base, &err))
+        return die("open", &err);
+    const lora_tensor *bt = lora_st_find(base, argv[4]);
+    size_t tl = strlen(argv[4]);
+    if (!bt || tl < 8 || strcmp(argv[4] + tl - 7, ".weight"))
+        return die("no such base tensor X.weight", NULL);
+    snprintf(key, sizeof key, "base_model.model.%.*s.modules_to_save.default.weight",
+             (int)(tl - 7), argv[4]);
+    lora_stw *w;
+    if (lora_stw_new(out, &w, &err))
+        return die("write", &err);
+    for (size_t i = 0; i < lora_st_metadata_count(ad); i++) {
+        const char *k, *v;
+        lora_st_metadata_at(ad, i, &k, &v);
+        lora_stw_set_metadata(w, k, v, &err);
+    }
+    for (size_t i = 0; i < lora_st_count(ad); i++) {
+        const lora_tensor *t = lora_st_tensor(ad, i);
+        lora_stw_declare(w, t->name, t->dtype, t->ndim, t->shape, &err);
+    }
+    lora_stw_declare(w, key, bt->dtype, bt->ndim, bt->shape, &err);
+    if (lora_stw_start(w, &err))
+        return die("write", &err);
+    for (size_t i = 0; i < lora_st_count(ad); i++) {
+        const lora_tensor *t = lora_st_tensor(ad, i);
+        lora_stw_write(w, t->name, 0, t->data, (size_t)t->nbytes, &err);
+    }
+    size_t es = lora_dtype_bits(bt->dtype) / 8;
+    unsigned char *rev = malloc((size_t)bt->nbytes + 1);
+    for (uint64_t i = 0; i < bt->numel; i++)
+        memcpy(rev + i * es, (const unsigned char *)bt->data + (bt->numel - 1 - i) * es, es);
+    lora_stw_write(w, key, 0, rev, (size_t)bt->nbytes, &err);
+    free(rev);
+    int rc = lora_stw_commit(w, &err);
+    lora_st_close(ad);
+    lora_st_close(base);
+    if (rc || rename(out, in))
+        return die("commit", &err);
     return 0;
 }
 
@@ -430,8 +503,12 @@ int main(int argc, char **argv)
         return shard(argc, argv);
     if (argc == 3 && !strcmp(argv[1], "order"))
         return order(argv[2]);
+    if (argc == 4 && !strcmp(argv[1], "order"))
+        return tensor_hash(argv[2], argv[3]);
     if (argc == 6 && !strcmp(argv[1], "forge"))
         return forge(argv);
+    if (argc == 5 && !strcmp(argv[1], "addsaved"))
+        return addsaved(argv);
     return die("usage: relayout IN OUT [...] | shard IN OUTDIR K | order FILE | "
                "forge RECEIPT MERGED ADAPTER OUT (see the top of tests/mklayout.c)", NULL);
 }

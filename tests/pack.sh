@@ -158,6 +158,10 @@ expect_err 'holds "notes.txt"'
 checks=$((checks + 1))
 [ -f "$T/x/notes.txt" ] && [ -f "$T/x/receipts/v2.receipt" ] || fail "a refused extract changed the folder"
 rm "$T/x/notes.txt"
+mkdir "$T/x/receipts/sub"
+expect 2 lora-pack extract "$T/a.lora" -C "$T/x" -p "$T/k.pub" --force
+expect_err 'holds "receipts"'
+rmdir "$T/x/receipts/sub"
 mkdir "$T/x.extract-AbC123" && printf 'stale\n' > "$T/x.extract-AbC123/adapter_config.json"
 mkdir "$T/empty"
 expect 0 lora-pack extract "$T/a.lora" -C "$T/empty" -p "$T/k.pub"
@@ -174,18 +178,27 @@ expect_err "not a folder"
 # KiB whose manifest states a 1 GiB member (a receipt of zeros) is
 # refused by list (no signature check), verify and registry add -u
 # before 1 GiB is ever allocated
+# (made without LORA_WRAP: hashing and compressing 1 GiB under memcheck
+# would take minutes, and it is not what is tested)
 truncate -s 1G "$T/zeros.receipt"
-expect 0 lora-pack create "$T/ad" -s "$T/k.sec" --name bomb --task test --version 1.0.0 --compress \
-    --receipt "$T/zeros.receipt" -o "$T/bomb.lora" -q
+checks=$((checks + 1))
+"$TOP_BUILDDIR/lora-pack" create "$T/ad" -s "$T/k.sec" --name bomb --task test --version 1.0.0 \
+    --compress --receipt "$T/zeros.receipt" -o "$T/bomb.lora" -q || fail "cannot make the bomb"
 rm -f "$T/zeros.receipt"
 bsize=$(stat -c %s "$T/bomb.lora")
 checks=$((checks + 1)); [ "$bsize" -lt 200000 ] || fail "the bomb is $bsize bytes, not a few KiB"
-# shellcheck disable=SC2016 # $1 expands in the inner shell
-expect 3 sh -c 'ulimit -v 600000 2>/dev/null; exec "$@"' sh "$TOP_BUILDDIR/lora-pack" list "$T/bomb.lora"
+# (600 MB of address space; not under a sanitizer or valgrind, which
+# reserve far more for themselves)
+if [ -z "${ASAN_OPTIONS:-}" ] && [ -z "${LORA_WRAP:-}" ]; then
+    # shellcheck disable=SC2016 # $1 expands in the inner shell
+    expect 3 sh -c 'ulimit -v 600000 2>/dev/null; exec "$@"' sh "$TOP_BUILDDIR/lora-pack" list "$T/bomb.lora"
+else
+    expect 3 lora-pack list "$T/bomb.lora"
+fi
 expect_err "decompression bomb"
 expect 3 lora-pack verify "$T/bomb.lora" -p "$T/k.pub"
 expect_err "decompression bomb"
-if [ -z "${LORA_WRAP:-}" ] && [ -x /usr/bin/time ]; then
+if [ -z "${LORA_WRAP:-}" ] && [ -z "${ASAN_OPTIONS:-}" ] && [ -x /usr/bin/time ]; then
     /usr/bin/time -f %M -o "$T/rss" "$TOP_BUILDDIR/lora-pack" list "$T/bomb.lora" >/dev/null 2>&1
     rss=$(tail -n 1 "$T/rss")
     echo "note: a $bsize-byte archive stating a 1 GiB member refused at $rss KiB peak RSS"
@@ -240,6 +253,27 @@ if [ -x "$TOP_BUILDDIR/lora-merge" ]; then
     : > "$T/stop"
     wait $writer 2>/dev/null
     echo "note: 40 merges from an archive rewritten in place: $n_ok exact, $n_refused refused"
+fi
+
+# temporaries of ours that a killed create or extract left (issue 20
+# item 11) are removed by the next run; one a running writer holds
+# (flock) is left alone
+if command -v flock >/dev/null 2>&1; then
+    printf 'stale' > "$T/c.lora.tmp-AbC123"
+    printf 'held' > "$T/c.lora.tmp-HeLd12"
+    mkdir "$T/xs.extract-HeLd12"
+    rm -f "$T/ready"
+    flock "$T/c.lora.tmp-HeLd12" sh -c "flock '$T/xs.extract-HeLd12' sh -c ': > \"$T/ready\"; sleep 5'" &
+    holder=$!
+    n=0; while [ ! -e "$T/ready" ] && [ $n -lt 100 ]; do sleep 0.05; n=$((n + 1)); done
+    expect 0 lora-pack create "$T/ad" -s "$T/k.sec" --name tiny --task test --version 1.0.0 -o "$T/c.lora" -q
+    mkdir "$T/xs.extract-AbC123"
+    expect 0 lora-pack extract "$T/a.lora" -C "$T/xs" -p "$T/k.pub" -q
+    checks=$((checks + 1)); [ -e "$T/c.lora.tmp-AbC123" ] && fail "create kept a stale temporary"
+    checks=$((checks + 1)); [ -e "$T/xs.extract-AbC123" ] && fail "extract kept a stale temporary"
+    checks=$((checks + 1)); [ -e "$T/c.lora.tmp-HeLd12" ] || fail "create removed a temporary in use"
+    checks=$((checks + 1)); [ -d "$T/xs.extract-HeLd12" ] || fail "extract removed a temporary in use"
+    kill $holder 2>/dev/null; wait $holder 2>/dev/null
 fi
 
 done_testing

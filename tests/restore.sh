@@ -76,6 +76,23 @@ roundtrip "reversible rounding" "$T/b3.st" --rounding reversible
 # a dtype change cannot keep the offsets; the restore is still exact
 roundtrip "--dtype F32" "$T/b2.st" --dtype F32
 
+# an adapter whose modules_to_save replaces a tensor: the receipt keeps
+# the base's values, the unmerge writes them back (also after --dtype)
+cp -r "$AD" "$T/sad"
+"$ML" addsaved "$T/sad" "$SRC" model.norm.weight || fail "mklayout addsaved"
+for opt in "--dtype F32" ""; do
+    rm -f "$T/ms.st" "$T/ms.st.receipt" "$T/us.st"
+    # shellcheck disable=SC2086
+    expect 0 lora-merge -q "$T/b2.st" -a "$T/sad" -o "$T/ms.st" $opt
+    expect 0 lora-unmerge -q "$T/ms.st" -a "$T/sad" --receipt "$T/ms.st.receipt" -o "$T/us.st"
+    checks=$((checks + 1))
+    cmp -s "$T/b2.st" "$T/us.st" || fail "modules_to_save $opt: the replaced tensor not restored"
+done
+# the merge did replace it (the test can fail)
+checks=$((checks + 1))
+[ "$("$ML" order "$T/b2.st" model.norm.weight)" = "$("$ML" order "$T/ms.st" model.norm.weight)" ] &&
+    fail "modules_to_save: the merge did not replace the tensor"
+
 # a folder (config.json travels)
 mkdir "$T/fold"
 "$ML" relayout "$SRC" "$T/fold/model.safetensors" --keys reverse --style python --meta last
@@ -170,6 +187,13 @@ if command -v lora-pack >/dev/null 2>&1; then
     cp "$T/forged.receipt" "$T/fs.receipt"; cp "$T/s.st.receipt.minisig" "$T/fs.receipt.minisig"
     expect 1 lora-unmerge -q "$T/s.st" -a "$AD" --receipt "$T/fs.receipt" --receipt-key "$T/k.pub" -o "$T/sx.st"
     expect_err "signature"
+    # a signed re-merge killed between the renames: the old signed pair
+    # still verifies, and the new OUT beside it is refused naming RECEIPT.new
+    (LORA_FAULT_POINT=merge-between-renames exec lora-merge -q "$T/b1.st" -a "$T/g/adapter" \
+        -o "$T/s.st" --sign-receipt "$T/k.sec") >/dev/null 2>&1
+    expect 1 lora-unmerge -q "$T/s.st" -a "$T/g/adapter" --receipt "$T/s.st.receipt" --receipt-key "$T/k.pub" -o "$T/sx.st"
+    expect_err "receipt of this file is .*s.st.receipt.new"
+    [ -e "$T/sx.st" ] && fail "signed, mismatched pair: output written"
     rm -f "$T/s.st.receipt.minisig"
     expect 3 lora-unmerge -q "$T/s.st" -a "$AD" --receipt "$T/s.st.receipt" --receipt-key "$T/k.pub" -o "$T/sx.st"
     expect_err "minisig"

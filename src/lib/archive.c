@@ -225,141 +225,202 @@ static const char *base_name(const char *p)
     return s ? s + 1 : p;
 }
 
-int lora_archive_create(const char *out_path, const lora_pack_opts *o, const lora_seckey *sk,
+/* Remove a folder that holds files and folders of files (receipts/). */
+static void remove_tree(const char *path, int depth)
+{
+    DIR *d = opendir(path);
+    if (d) {
+        struct dirent *de;
+        while ((de = readdir(d))) {
+            if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+                continue;
+            char *p = path_join(path, de->d_name);
+            if (!p)
+                break;
+            struct stat sb;
+            if (depth > 0 && lstat(p, &sb) == 0 && S_ISDIR(sb.st_mode))
+                remove_tree(p, depth - 1);
+            else
+                unlink(p);
+            free(p);
+        }
+        closedir(d);
+    }
+    rmdir(path);
+}
+
+/* Temporaries PATH<tag>XXXXXX beside PATH (folders when is_dir, else
+ * files) that no running writer holds locked: what a killed run left. */
+static void remove_stale(const char *path, const char *tag, int is_dir)
+{
+    char *parent = lora_strdup(path, NULL);
+    if (!parent)
+        return;
+    char *slash = strrchr(parent, '/');
+    const char *base = slash ? path + (slash - parent) + 1 : path;
+    if (slash == parent)
+        parent[1] = '\0';
+    else if (slash)
+        *slash = '\0';
+    else
+        strcpy(parent, ".");
+    size_t bl = strlen(base), tl = strlen(tag);
+    DIR *d = opendir(parent);
+    while (d) {
+        struct dirent *de = readdir(d);
+        if (!de)
+            break;
+        const char *nm = de->d_name;
+        if (strlen(nm) != bl + tl + 6 || strncmp(nm, base, bl) != 0 || strncmp(nm + bl, tag, tl) != 0)
+            continue;
+        char *p = path_join(parent, nm);
+        int fd = p ? open(p, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | (is_dir ? O_DIRECTORY : 0)) : -1;
+        struct stat sb;
+        if (fd >= 0 && fstat(fd, &sb) == 0 && (is_dir ? S_ISDIR(sb.st_mode) : S_ISREG(sb.st_mode)) &&
+            flock(fd, LOCK_EX | LOCK_NB) == 0) {
+            if (is_dir)
+                remove_tree(p, 1);
+            else
+                unlink(p);
+        }
+        if (fd >= 0)
+            close(fd);
+        free(p);
+    }
+    if (d)
+        closedir(d);
+    free(parent);
+}
+
+/* The files to pack, in archive order: the config, the tensors, the
+ * README, the receipts (named receipts/BASENAME, unique). */
+static int load_sources(const lora_pack_opts *o, srcfile *src, char **recnames, size_t nrec,
                         lora_error *err)
 {
-    int rc;
-    if ((rc = name_field_ok("name", o->name, err)) || (rc = name_field_ok("task", o->task, err)) ||
-        (rc = name_field_ok("version", o->version, err)))
-        return rc;
-    size_t nrec = 0;
-    while (o->receipts && o->receipts[nrec])
-        nrec++;
-    size_t nsrc = 2 + (o->readme ? 1 : 0) + nrec;
-    if (nsrc > LORA_ARCHIVE_MAX_MEMBERS)
-        return lora_seterr(err, LORA_EUSAGE, "too many receipts (limit %d members)",
-                           LORA_ARCHIVE_MAX_MEMBERS);
-    srcfile *src = calloc(nsrc, sizeof *src);
-    char **recnames = calloc(nrec + 1, sizeof *recnames);
-    lora_manifest *m = calloc(1, sizeof *m);
-    char *mtext = NULL, *sigtext = NULL, *tc = NULL, *tmp = NULL;
-    size_t mlen = 0, siglen = 0;
-    struct archive *a = NULL;
-    int fd = -1;
-    if (!src || !recnames || !m) {
-        rc = lora_oom(err);
-        goto out;
-    }
-    char *p;
+    static const char *const parts[2] = {"adapter_config.json", "adapter_model.safetensors"};
+    static const uint64_t limit[2] = {LORA_ARCHIVE_TEXT_MAX, LORA_ARCHIVE_PAYLOAD_MAX};
     size_t k = 0;
-    if (!(p = path_join(o->adapter_dir, "adapter_config.json"))) {
-        rc = lora_oom(err);
-        goto out;
+    int rc;
+    for (int i = 0; i < 2; i++) {
+        char *p = path_join(o->adapter_dir, parts[i]);
+        if (!p)
+            return lora_oom(err);
+        rc = src_load(&src[k++], parts[i], p, limit[i], err);
+        free(p);
+        if (rc)
+            return rc;
     }
-    rc = src_load(&src[k++], "adapter_config.json", p, LORA_ARCHIVE_TEXT_MAX, err);
-    free(p);
-    if (rc)
-        goto out;
-    if (!(p = path_join(o->adapter_dir, "adapter_model.safetensors"))) {
-        rc = lora_oom(err);
-        goto out;
-    }
-    rc = src_load(&src[k++], "adapter_model.safetensors", p, LORA_ARCHIVE_PAYLOAD_MAX, err);
-    free(p);
-    if (rc)
-        goto out;
     if (o->readme && (rc = src_load(&src[k++], "README.md", o->readme, LORA_ARCHIVE_TEXT_MAX, err)))
-        goto out;
+        return rc;
     for (size_t i = 0; i < nrec; i++) {
         if (asprintf(&recnames[i], "receipts/%s", base_name(o->receipts[i])) < 0) {
             recnames[i] = NULL;
-            rc = lora_oom(err);
-            goto out;
+            return lora_oom(err);
         }
         for (size_t j = 0; j < i; j++)
-            if (strcmp(recnames[i], recnames[j]) == 0) {
-                rc = lora_seterr(err, LORA_EUSAGE, "two receipts named %s", recnames[i] + 9);
-                goto out;
-            }
+            if (strcmp(recnames[i], recnames[j]) == 0)
+                return lora_seterr(err, LORA_EUSAGE, "two receipts named %s", recnames[i] + 9);
         if ((rc = src_load(&src[k++], recnames[i], o->receipts[i], LORA_ARCHIVE_RECEIPT_MAX, err)))
-            goto out;
+            return rc;
     }
+    return LORA_OK;
+}
 
+/* The adapter must load (the same checks every tool makes), and with
+ * --base bind to that checkpoint, whose hash the manifest records. */
+static int check_adapter(const lora_pack_opts *o, lora_manifest *m, lora_error *err)
+{
+    lora_adapter *ad;
+    int rc = lora_adapter_open(o->adapter_dir, &ad, err);
+    if (rc)
+        return rc;
+    if (o->base) {
+        lora_ckpt *ck;
+        rc = lora_ckpt_open(o->base, &ck, err);
+        if (!rc) {
+            rc = lora_adapter_bind(ad, ck, err);
+            if (!rc)
+                rc = lora_base_hash(ad, ck, m->base_hash, err);
+            lora_ckpt_close(ck);
+        }
+        m->has_base_hash = rc == LORA_OK;
+    }
+    lora_adapter_free(ad);
+    return rc;
+}
+
+/* The manifest of the sources, as canonical text that the reader
+ * accepts (what we write must be what we read: a receipt name or a
+ * field the reader would refuse stops here, not at the consumer). */
+static int build_manifest(const lora_pack_opts *o, const srcfile *src, size_t nsrc,
+                          lora_manifest *m, char **mtext, size_t *mlen, lora_error *err)
+{
+    int rc;
     m->format_version = LORA_ARCHIVE_FORMAT_VERSION;
     if (!(m->name = lora_strdup(o->name, err)) || !(m->task = lora_strdup(o->task, err)) ||
-        !(m->version = lora_strdup(o->version, err))) {
-        rc = LORA_EIO;
-        goto out;
-    }
-    if ((rc = read_config(src[0].data, src[0].len, m, err)))
-        goto out;
-    /* the adapter must load (the same checks every tool makes), and
-     * with --base bind to that checkpoint */
-    {
-        lora_adapter *ad;
-        if ((rc = lora_adapter_open(o->adapter_dir, &ad, err)))
-            goto out;
-        if (o->base) {
-            lora_ckpt *ck;
-            rc = lora_ckpt_open(o->base, &ck, err);
-            if (!rc) {
-                rc = lora_adapter_bind(ad, ck, err);
-                if (!rc)
-                    rc = lora_base_hash(ad, ck, m->base_hash, err);
-                lora_ckpt_close(ck);
-            }
-            m->has_base_hash = rc == LORA_OK;
-        }
-        lora_adapter_free(ad);
-        if (rc)
-            goto out;
-    }
-    m->members = calloc(nsrc, sizeof *m->members);
-    if (!m->members) {
-        rc = lora_oom(err);
-        goto out;
-    }
+        !(m->version = lora_strdup(o->version, err)))
+        return LORA_EIO;
+    if ((rc = read_config(src[0].data, src[0].len, m, err)) || (rc = check_adapter(o, m, err)))
+        return rc;
+    if (!(m->members = calloc(nsrc, sizeof *m->members)))
+        return lora_oom(err);
     for (size_t i = 0; i < nsrc; i++) {
-        if (!(m->members[i].name = lora_strdup(src[i].name, err))) {
-            rc = LORA_EIO;
-            goto out;
-        }
+        if (!(m->members[i].name = lora_strdup(src[i].name, err)))
+            return LORA_EIO;
         m->members[i].size = src[i].len;
         lora_hash(src[i].data, src[i].len, m->members[i].hash, LORA_HASH_BYTES);
         m->n_members = i + 1;
     }
-    if ((rc = lora_manifest_format(m, &mtext, &mlen, err)))
-        goto out;
-    /* what we write must be what we read: a receipt name or a field the
-     * reader would refuse stops here, not at the consumer */
+    if ((rc = lora_manifest_format(m, mtext, mlen, err)))
+        return rc;
     lora_manifest *check;
-    if ((rc = lora_manifest_parse(mtext, mlen, &check, err))) {
+    if ((rc = lora_manifest_parse(*mtext, *mlen, &check, err))) {
         lora_err_prefix(err, "cannot pack");
-        goto out;
+        return rc;
     }
     lora_manifest_free(check);
+    return LORA_OK;
+}
+
+/* The minisign signature of the manifest text, its trusted comment
+ * naming the archive and the manifest's hash. */
+static int sign_manifest(const lora_manifest *m, const char *mtext, size_t mlen,
+                         const lora_seckey *sk, char **sigtext, size_t *siglen, lora_error *err)
+{
     unsigned char mh[LORA_HASH_BYTES];
     lora_hash(mtext, mlen, mh, sizeof mh);
-    if (!(tc = lora_manifest_trusted_comment(m, mh))) {
-        rc = lora_oom(err);
-        goto out;
-    }
+    char *tc = lora_manifest_trusted_comment(m, mh);
+    if (!tc)
+        return lora_oom(err);
     char untrusted[128], id[LORA_KEYID_STR];
     lora_pubkey pk;
     lora_seckey_pubkey(sk, &pk);
     lora_keyid_str(pk.key_id, id);
     snprintf(untrusted, sizeof untrusted, "signature from lora-pack secret key %s", id);
-    if ((rc = lora_sign(sk, mtext, mlen, tc, untrusted, &sigtext, &siglen, err)))
-        goto out;
+    int rc = lora_sign(sk, mtext, mlen, tc, untrusted, sigtext, siglen, err);
+    free(tc);
+    return rc;
+}
 
+/* The tar (temporary beside out_path, fsync, rename).  OUT.tmp-XXXXXX
+ * of ours is flock()ed while written: those nobody holds were left by
+ * a killed run (a 64 GiB adapter's, say) and are removed first. */
+static int write_archive(const char *out_path, int compress, const char *mtext, size_t mlen,
+                         const char *sigtext, size_t siglen, const srcfile *src, size_t nsrc,
+                         lora_error *err)
+{
+    int fd = -1, rc;
+    char *tmp = NULL;
+    remove_stale(out_path, ".tmp-", 0);
     if ((rc = lora_tmpfile_beside(out_path, 0644, &fd, &tmp, err)))
-        goto out;
-    a = archive_write_new();
+        return rc;
+    flock(fd, LOCK_EX);
+    struct archive *a = archive_write_new();
     if (!a) {
         rc = lora_oom(err);
         goto out;
     }
-    if ((o->compress ? archive_write_add_filter_zstd(a) : archive_write_add_filter_none(a)) !=
+    if ((compress ? archive_write_add_filter_zstd(a) : archive_write_add_filter_none(a)) !=
             ARCHIVE_OK ||
         archive_write_set_format_pax_restricted(a) != ARCHIVE_OK ||
         archive_write_set_bytes_in_last_block(a, 1) != ARCHIVE_OK ||
@@ -383,12 +444,39 @@ int lora_archive_create(const char *out_path, const lora_pack_opts *o, const lor
 out:
     if (a)
         archive_write_free(a);
-    if (fd >= 0)
-        close(fd);
+    close(fd);
     if (tmp) {
         lora_tmp_unlink(tmp);
         free(tmp);
     }
+    return rc;
+}
+
+int lora_archive_create(const char *out_path, const lora_pack_opts *o, const lora_seckey *sk,
+                        lora_error *err)
+{
+    int rc;
+    if ((rc = name_field_ok("name", o->name, err)) || (rc = name_field_ok("task", o->task, err)) ||
+        (rc = name_field_ok("version", o->version, err)))
+        return rc;
+    size_t nrec = 0;
+    while (o->receipts && o->receipts[nrec])
+        nrec++;
+    size_t nsrc = 2 + (o->readme ? 1 : 0) + nrec;
+    if (nsrc > LORA_ARCHIVE_MAX_MEMBERS)
+        return lora_seterr(err, LORA_EUSAGE, "too many receipts (limit %d members)",
+                           LORA_ARCHIVE_MAX_MEMBERS);
+    srcfile *src = calloc(nsrc, sizeof *src);
+    char **recnames = calloc(nrec + 1, sizeof *recnames);
+    lora_manifest *m = calloc(1, sizeof *m);
+    char *mtext = NULL, *sigtext = NULL;
+    size_t mlen = 0, siglen = 0;
+    if (!src || !recnames || !m)
+        rc = lora_oom(err);
+    else if (!(rc = load_sources(o, src, recnames, nrec, err)) &&
+             !(rc = build_manifest(o, src, nsrc, m, &mtext, &mlen, err)) &&
+             !(rc = sign_manifest(m, mtext, mlen, sk, &sigtext, &siglen, err)))
+        rc = write_archive(out_path, o->compress, mtext, mlen, sigtext, siglen, src, nsrc, err);
     for (size_t i = 0; src && i < nsrc; i++)
         src_free(&src[i]);
     free(src);
@@ -398,7 +486,6 @@ out:
     lora_manifest_free(m);
     free(mtext);
     free(sigtext);
-    free(tc);
     return rc;
 }
 
@@ -895,66 +982,28 @@ int64_t lora_archive_member_offset(const lora_archive *ar, const char *name)
  * temporaries nobody holds (left by kill -9). */
 #define EXTRACT_TAG ".extract-"
 
-/* Remove a folder that holds files and folders of files (receipts/). */
-static void remove_tree(const char *path, int depth)
+/* receipts/ of an earlier extraction holds regular files only. */
+static int receipts_only_files(const char *dir)
 {
-    DIR *d = opendir(path);
-    if (d) {
+    char *p = path_join(dir, "receipts");
+    struct stat sb;
+    int ok = p && lstat(p, &sb) == 0;
+    if (ok && S_ISDIR(sb.st_mode)) {
+        DIR *d = opendir(p);
         struct dirent *de;
-        while ((de = readdir(d))) {
+        ok = d != NULL;
+        while (ok && (de = readdir(d))) {
             if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
                 continue;
-            char *p = path_join(path, de->d_name);
-            if (!p)
-                break;
-            struct stat sb;
-            if (depth > 0 && lstat(p, &sb) == 0 && S_ISDIR(sb.st_mode))
-                remove_tree(p, depth - 1);
-            else
-                unlink(p);
-            free(p);
+            char *f = path_join(p, de->d_name);
+            ok = f && lstat(f, &sb) == 0 && S_ISREG(sb.st_mode);
+            free(f);
         }
-        closedir(d);
+        if (d)
+            closedir(d);
     }
-    rmdir(path);
-}
-
-/* Temporaries DIR.extract-XXXXXX beside DIR that no running extraction
- * holds: what a killed run left. */
-static void remove_stale(const char *dir)
-{
-    char *parent = lora_strdup(dir, NULL);
-    if (!parent)
-        return;
-    char *slash = strrchr(parent, '/');
-    const char *base = slash ? slash + 1 : dir;
-    if (slash == parent)
-        parent[1] = '\0';
-    else if (slash)
-        *slash = '\0';
-    else
-        strcpy(parent, ".");
-    size_t bl = strlen(base), tl = strlen(EXTRACT_TAG);
-    DIR *d = opendir(parent);
-    while (d) {
-        struct dirent *de = readdir(d);
-        if (!de)
-            break;
-        const char *nm = de->d_name;
-        if (strlen(nm) != bl + tl + 6 || strncmp(nm, base, bl) != 0 ||
-            strncmp(nm + bl, EXTRACT_TAG, tl) != 0)
-            continue;
-        char *p = path_join(parent, nm);
-        int fd = p ? open(p, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) : -1;
-        if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) == 0)
-            remove_tree(p, 1);
-        if (fd >= 0)
-            close(fd);
-        free(p);
-    }
-    if (d)
-        closedir(d);
-    free(parent);
+    free(p);
+    return ok;
 }
 
 /* What may be replaced: a folder holding only what an extraction
@@ -986,6 +1035,8 @@ static int replaceable(const char *dir, int force, int *empty, lora_error *err)
             size_t n = strlen(ours[i]);
             ok = !strncmp(nm, ours[i], n) && (!nm[n] || !strncmp(nm + n, ".tmp-", 5));
         }
+        if (ok && !strcmp(nm, "receipts"))
+            ok = receipts_only_files(dir);
         if (!ok)
             rc = lora_seterr(err, LORA_EUSAGE, "%s holds \"%.200s\", which an extraction does not "
                                                "write: not replacing the folder (move it away "
@@ -1087,7 +1138,7 @@ int lora_archive_extract(const lora_archive *ar, const char *dir_arg, int force,
     }
     if (rc)
         goto out;
-    remove_stale(dir);
+    remove_stale(dir, EXTRACT_TAG, 1);
     if (asprintf(&tmp, "%s" EXTRACT_TAG "XXXXXX", dir) < 0) {
         tmp = NULL;
         rc = lora_oom(err);

@@ -4,7 +4,10 @@
  * tensor, row block by row block through mergecore.c, untouched
  * tensors copied without decoding, outputs made atomic (a temporary
  * file or folder beside OUT, renamed at the very end), receipts
- * written as tensors finish.  Memory stays flat in model size: the
+ * written as tensors finish.  Outputs keep the input's layout, and a
+ * receipt keeps what a byte-identical restore needs and names its
+ * output; the merged file records its base (lora_base), which an unmerge
+ * checks (lora-receipt(5)).  Memory stays flat in model size: the
  * inputs are mapped, the engine's buffers are sized by the widest
  * tensor and reused, receipt corrections go to the file per tensor.
  */
@@ -407,6 +410,52 @@ static int old_terms(struct run *R, const lora_tensor *t, lora_term *oldt, size_
     return LORA_OK;
 }
 
+/* A tensor modules_to_save replaces (SV), or replaced in the merge being
+ * undone (KS, the receipt's copy of the base's bytes): the merge keeps
+ * the base's bytes in its receipt, an unmerge writes them back, a task
+ * switch does both (lora-receipt(5)). */
+static int do_replaced(struct run *R, const lora_tensor *t, const lora_saved *sv,
+                       const lora_receipt_saved *ks, lora_error *err)
+{
+    const void *base = t->data;
+    lora_dtype bdt = t->dtype;
+    uint64_t blen = t->nbytes;
+    unsigned char h[32];
+    int rc = LORA_OK;
+    R->res->tensors++;
+    R->res->changed_tensors++;
+    if (ks) {
+        if (ks->ndim != t->ndim || memcmp(ks->shape, t->shape, sizeof(uint64_t) * (size_t)t->ndim))
+            return lora_seterr(err, LORA_EINPUT, "%s: the receipt keeps a tensor of another shape",
+                               t->name);
+        if ((rc = lora_receipt_saved_data(R->rin, ks, &base, err)) ||
+            (rc = push_base(&R->chk, t->name, ks->hash, err)))
+            return rc;
+        bdt = ks->dtype;
+        blen = ks->length;
+    }
+    lora_tensor_report tr = {t->name, t->numel, ks ? t->numel : 0, 0, 0, ks ? 1 : -1, ks != NULL,
+                             0};
+    if (sv && R->rout && ((rc = lora_receipt_add_saved(R->rout, t->name, bdt, t->ndim, t->shape,
+                                                       base, blen, h, err)) ||
+                          (rc = push_base(&R->rec, t->name, h, err))))
+        return rc;
+    if (R->w && sv) {
+        lora_dtype od = out_dtype(R, bdt);
+        if (sv->t->dtype == od)
+            rc = lora_stw_write(R->w, t->name, 0, sv->t->data, (size_t)sv->t->nbytes, err);
+        else
+            rc = convert_copy(R, sv->t, sv->t->data, sv->t->dtype, od, t->name, err);
+    } else if (R->w) {
+        rc = lora_stw_write(R->w, t->name, 0, base, (size_t)blen, err);
+    }
+    if (rc)
+        return rc;
+    report(R, &tr);
+    progress(R, t->nbytes);
+    return LORA_OK;
+}
+
 static int do_tensor(struct run *R, const lora_tensor *t, int fd, lora_error *err)
 {
     const lora_merge_opts *o = R->o;
@@ -419,6 +468,16 @@ static int do_tensor(struct run *R, const lora_tensor *t, int fd, lora_error *er
     int orc = old_terms(R, t, oldt, &nold, &rt, &rti, &base_dt, err);
     if (orc)
         return orc;
+    const lora_receipt_saved *ks = R->rin ? lora_receipt_saved_find(R->rin, t->name) : NULL;
+    if (ks && (nnew || nold))
+        return lora_seterr(err, LORA_EUSAGE, "%s: replaced by modules_to_save in the merge undone "
+                           "and adapted now: unmerge first, then merge", t->name);
+    if (!ks && R->rin && lora_receipt_version(R->rin) >= 2 && saved_for(R->undo, R->nundo, t->name))
+        return lora_seterr(err, LORA_ECHECK, "%s: the adapter replaces this tensor "
+                           "(modules_to_save) but the receipt does not keep its base values (a "
+                           "receipt of another merge?)", t->name);
+    if (ks || (sv && !nnew && !nold))
+        return do_replaced(R, t, sv, ks, err);
     uint64_t rows = 0, cols = 0;
     R->res->tensors++;
     if (!nold && !nnew && !sv) {
@@ -698,6 +757,7 @@ static lora_dtype planned_dtype(struct run *R, const lora_tensor *t)
     const lora_receipt_tensor *rt = R->rin ? lora_receipt_find(R->rin, t->name) : NULL;
     int has_old = R->rin ? rt != NULL : terms_for(R->undo, R->nundo, t->name, tt, 1) > 0;
     int has_new = terms_for(R->add, R->nadd, t->name, tt, 1) > 0;
+    const lora_receipt_saved *ks = R->rin ? lora_receipt_saved_find(R->rin, t->name) : NULL;
     lora_dtype base = rt ? rt->base_dtype
                     : has_old && R->o->dtype != LORA_DT_INVALID ? R->o->dtype : t->dtype;
     if (has_new)
@@ -705,8 +765,8 @@ static lora_dtype planned_dtype(struct run *R, const lora_tensor *t)
     if (has_old)
         return base;
     if (saved_for(R->add, R->nadd, t->name))
-        return out_dtype(R, t->dtype);
-    return t->dtype;
+        return out_dtype(R, ks ? ks->dtype : t->dtype);
+    return ks ? ks->dtype : t->dtype;
 }
 
 /* The receipt's record of shard SI (NULL: none, or a version 1 receipt). */
@@ -732,8 +792,9 @@ static int choose_layout(struct run *R, size_t si, const unsigned char *in_hdr, 
     for (size_t i = 0; i < lora_st_count(st); i++) {
         const lora_tensor *t = lora_st_tensor(st, i);
         const lora_receipt_tensor *rt = R->rin ? lora_receipt_find(R->rin, t->name) : NULL;
+        const lora_receipt_saved *ks = R->rin ? lora_receipt_saved_find(R->rin, t->name) : NULL;
         lora_dtype dt = planned_dtype(R, t);
-        rin_ok &= dt == (rt ? rt->base_dtype : t->dtype);
+        rin_ok &= dt == (rt ? rt->base_dtype : ks ? ks->dtype : t->dtype);
         in_ok &= dt == t->dtype;
     }
     if (rin_ok)
@@ -1341,7 +1402,9 @@ static int check_pair(struct run *R, size_t only, lora_error *err)
         char *nw = NULL;
         lora_receipt *n = NULL;
         const lora_receipt_file *nf = NULL;
-        if (asprintf(&nw, "%s.new", rp) >= 0 && lora_receipt_open(nw, &n, NULL) == LORA_OK) {
+        if (asprintf(&nw, "%s.new", rp) < 0)
+            nw = NULL;
+        if (nw && lora_receipt_open(nw, &n, NULL) == LORA_OK) {
             for (size_t i = 0; i < lora_receipt_file_count(n) && !nf; i++)
                 if (!sodium_memcmp(mh, lora_receipt_file_at(n, i)->merged_header, 32))
                     nf = lora_receipt_file_at(n, i);
@@ -1363,7 +1426,7 @@ static int check_pair(struct run *R, size_t only, lora_error *err)
 
 /* The base index of a sharded folder: the receipt's when it kept one,
  * else the input's (read for a verbatim copy and for lora_base). */
-static int load_index(struct run *R, const char *input, int folder, lora_error *err)
+static int load_index(struct run *R, const char *input, lora_error *err)
 {
     uint64_t kl = 0;
     const unsigned char *k = R->rin ? lora_receipt_index(R->rin, &kl) : NULL;
@@ -1373,7 +1436,6 @@ static int load_index(struct run *R, const char *input, int folder, lora_error *
     }
     /* a --shard run reads the index too: its shard's lora_base (and so
      * its bytes) must be the whole merge's */
-    (void)folder;
     if (!lora_ckpt_is_sharded(R->ck) || (!is_dir(input) && !has_suffix(input, ".index.json")))
         return LORA_OK;
     char *p = has_suffix(input, ".index.json") ? strdup(input)
@@ -1481,9 +1543,18 @@ int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
         return lora_seterr(err, LORA_EUSAGE, "no output given");
     if ((rc = lora_ckpt_open(input, &R.ck, err)))
         goto done;
-    if (opts->receipt_in && opts->n_receipt_pubkeys)
+    if (opts->receipt_in && opts->n_receipt_pubkeys) {
         rc = lora_receipt_open_signed(opts->receipt_in, opts->receipt_pubkeys,
                                       opts->n_receipt_pubkeys, &R.rin, err);
+        struct stat sb;
+        char *nw = NULL;
+        if (rc == LORA_ECHECK && asprintf(&nw, "%s.new", opts->receipt_in) < 0)
+            nw = NULL;
+        if (nw && stat(nw, &sb) == 0) /* the signature is installed just before the receipt */
+            snprintf(err->msg + strlen(err->msg), sizeof err->msg - strlen(err->msg),
+                     " (%s exists: a re-merge was interrupted before renaming it?)", nw);
+        free(nw);
+    }
     else if (opts->receipt_in)
         rc = lora_receipt_open(opts->receipt_in, &R.rin, err);
     if (rc)
@@ -1560,7 +1631,7 @@ int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
     for (size_t a = 0; R.rout && a < nadd; a++)
         if ((rc = lora_receipt_add_adapter(R.rout, add[a].spec, R.add_hash[a], add[a].weight, err)))
             goto done;
-    if ((rc = load_index(&R, input, folder, err)))
+    if ((rc = load_index(&R, input, err)))
         goto done;
     for (size_t s = 0; s < lora_ckpt_shard_count(R.ck) && !rc; s++) {
         if (only != SIZE_MAX && s != only)

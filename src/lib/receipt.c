@@ -56,6 +56,8 @@ struct lora_receipt {
     int version;
     size_t nf, capf;
     lora_receipt_file *f;
+    size_t ns, caps;
+    lora_receipt_saved *s;
     int has_index;
     uint64_t idx_off, idx_len;
     unsigned char idx_hash[32];
@@ -87,6 +89,9 @@ static void receipt_free(lora_receipt *r)
     for (size_t i = 0; i < r->nf; i++)
         free(r->f[i].name);
     free(r->f);
+    for (size_t i = 0; i < r->ns; i++)
+        free(r->s[i].name);
+    free(r->s);
     free(r->sig_text);
     free(r->sig_path);
     free(r->owned);
@@ -291,6 +296,36 @@ int lora_receipt_add_file(lora_receipt *r, const char *name, const void *hdr, si
     return put_block(r, hdr, len, &f->offset, f->header_hash, err);
 }
 
+int lora_receipt_add_saved(lora_receipt *r, const char *name, lora_dtype dt, int ndim,
+                           const uint64_t *shape, const void *data, uint64_t len,
+                           unsigned char hash[32], lora_error *err)
+{
+    if (ndim < 0 || ndim > LORA_MAX_DIMS || !lora_dtype_bits(dt))
+        return lora_seterr(err, LORA_EUSAGE, "%s: cannot keep this tensor", name);
+    if (r->ns == r->caps) {
+        size_t cap = r->caps ? r->caps * 2 : 4;
+        lora_receipt_saved *n = realloc(r->s, cap * sizeof *n);
+        if (!n)
+            return lora_oom(err);
+        r->s = n;
+        r->caps = cap;
+    }
+    lora_receipt_saved *s = &r->s[r->ns];
+    memset(s, 0, sizeof *s);
+    if (!(s->name = lora_strdup(name, err)))
+        return LORA_EIO;
+    r->ns++;
+    s->dtype = dt;
+    s->ndim = ndim;
+    for (int d = 0; d < ndim; d++)
+        s->shape[d] = shape[d];
+    s->length = len;
+    int rc = put_block(r, data, (size_t)len, &s->offset, s->hash, err);
+    if (!rc && hash)
+        memcpy(hash, s->hash, 32);
+    return rc;
+}
+
 int lora_receipt_set_index(lora_receipt *r, const void *buf, size_t len, lora_error *err)
 {
     r->has_index = 1;
@@ -360,6 +395,18 @@ static json_t *index_json(const lora_receipt *r)
                                             hexj(r->f[i].header_hash), "merged_header",
                                             hexj(r->f[i].merged_header)));
     json_object_set_new(root, "files", fs);
+    json_t *ss = json_array();
+    for (size_t i = 0; ss && i < r->ns; i++) {
+        const lora_receipt_saved *s = &r->s[i];
+        json_t *sh = json_array();
+        for (int d = 0; sh && d < s->ndim; d++)
+            json_array_append_new(sh, json_integer((json_int_t)s->shape[d]));
+        json_array_append_new(ss, json_pack("{sssssos{sIsIso}}", "name", s->name, "dtype",
+                                            lora_dtype_name(s->dtype), "shape", sh, "data",
+                                            "offset", (json_int_t)s->offset, "length",
+                                            (json_int_t)s->length, "blake2b", hexj(s->hash)));
+    }
+    json_object_set_new(root, "saved", ss);
     if (r->has_index)
         json_object_set_new(root, "index", json_pack("{sIsIso}", "offset",
                                                      (json_int_t)r->idx_off, "length",
@@ -535,6 +582,52 @@ static int parse_block(lora_receipt *r, json_t *o, uint64_t data_end, uint64_t m
     return sodium_memcmp(h, hash, 32) == 0 ? 0 : -1;
 }
 
+/* Version 2: the tensors modules_to_save replaced, their base bytes kept
+ * as blocks whose hash is checked when they are used (they may be large). */
+static int parse_saved(lora_receipt *r, json_t *ss, uint64_t data_end, lora_error *err)
+{
+    if (!ss)
+        return LORA_OK;
+    if (!json_is_array(ss) || json_array_size(ss) > RECEIPT_MAX_FILES)
+        return lora_seterr(err, LORA_EINPUT, "%s: saved must be an array of at most %d",
+                           r->name, RECEIPT_MAX_FILES);
+    size_t n = json_array_size(ss);
+    if (n && !(r->s = calloc(n, sizeof *r->s)))
+        return lora_oom(err);
+    for (size_t i = 0; i < n; i++) {
+        json_t *o = json_array_get(ss, i), *sh = json_object_get(o, "shape");
+        json_t *b = json_object_get(o, "data");
+        lora_receipt_saved *s = &r->s[i];
+        const char *name = json_string_value(json_object_get(o, "name"));
+        const char *dt = json_string_value(json_object_get(o, "dtype"));
+        if (!name || !*name)
+            return lora_seterr(err, LORA_EINPUT, "%s: saved tensor %zu has no name", r->name, i);
+        if (!(s->name = lora_strdup(name, err)))
+            return LORA_EIO;
+        r->ns = i + 1;
+        s->dtype = dt ? lora_dtype_from_name(dt) : LORA_DT_INVALID;
+        uint64_t numel = 1, bits, end;
+        int ok = lora_dtype_bits(s->dtype) && json_is_array(sh) &&
+                 json_array_size(sh) <= LORA_MAX_DIMS;
+        s->ndim = ok ? (int)json_array_size(sh) : 0;
+        for (int d = 0; ok && d < s->ndim; d++)
+            ok = !get_u64(json_array_get(sh, (size_t)d), &s->shape[d]) &&
+                 lora_mul_ok(numel, s->shape[d], &numel);
+        ok = ok && lora_mul_ok(numel, lora_dtype_bits(s->dtype), &bits) && bits % 8 == 0;
+        if (!ok || !json_is_object(b) || get_u64(json_object_get(b, "offset"), &s->offset) ||
+            get_u64(json_object_get(b, "length"), &s->length) ||
+            hex32(json_object_get(b, "blake2b"), s->hash) || s->length != bits / 8 ||
+            s->offset < sizeof MAGIC || !lora_add_ok(s->offset, s->length, &end) || end > data_end)
+            return lora_seterr(err, LORA_EINPUT, "%s: saved tensor %s: needs a dtype, a shape and "
+                               "a data block of that size inside the file", r->name, name);
+        for (size_t q = 0; q < i; q++)
+            if (strcmp(r->s[q].name, name) == 0)
+                return lora_seterr(err, LORA_EINPUT, "%s: saved tensor %s listed twice", r->name,
+                                   name);
+    }
+    return LORA_OK;
+}
+
 /* Version 2: files (the base's headers, the merged headers' hashes) and
  * the base's index. */
 static int parse_files(lora_receipt *r, json_t *root, uint64_t data_end, lora_error *err)
@@ -568,6 +661,9 @@ static int parse_files(lora_receipt *r, json_t *root, uint64_t data_end, lora_er
             if (strcmp(r->f[q].name, name) == 0)
                 return lora_seterr(err, LORA_EINPUT, "%s: file %s listed twice", r->name, name);
     }
+    int rc = parse_saved(r, json_object_get(root, "saved"), data_end, err);
+    if (rc)
+        return rc;
     if (ix) {
         if (parse_block(r, ix, data_end, LORA_RECEIPT_MAX_JSON, &r->idx_off, &r->idx_len,
                         r->idx_hash))
@@ -802,6 +898,32 @@ const lora_receipt_file *lora_receipt_file_find(const lora_receipt *r, const cha
             return &r->f[i];
     return NULL;
 }
+size_t lora_receipt_saved_count(const lora_receipt *r) { return r->ns; }
+const lora_receipt_saved *lora_receipt_saved_at(const lora_receipt *r, size_t i)
+{
+    return i < r->ns ? &r->s[i] : NULL;
+}
+const lora_receipt_saved *lora_receipt_saved_find(const lora_receipt *r, const char *name)
+{
+    for (size_t i = 0; i < r->ns; i++)
+        if (strcmp(r->s[i].name, name) == 0)
+            return &r->s[i];
+    return NULL;
+}
+int lora_receipt_saved_data(const lora_receipt *r, const lora_receipt_saved *s,
+                            const void **data, lora_error *err)
+{
+    unsigned char h[32];
+    if (!r->map)
+        return lora_seterr(err, LORA_EUSAGE, "%s: not an open receipt", r->name);
+    crypto_generichash(h, 32, r->map + s->offset, (size_t)s->length, NULL, 0);
+    if (sodium_memcmp(h, s->hash, 32) != 0)
+        return lora_seterr(err, LORA_EINPUT, "%s: the kept values of %s are corrupted (hash "
+                           "mismatch)", r->name, s->name);
+    *data = r->map + s->offset;
+    return LORA_OK;
+}
+
 const unsigned char *lora_receipt_index(const lora_receipt *r, uint64_t *len)
 {
     *len = r->has_index && r->map ? r->idx_len : 0;
