@@ -262,6 +262,10 @@ typedef struct lora_module {
                                  when it differs from r the adapter loads (so that
                                  lora-inspect can report it) but lora_adapter_bind
                                  refuses it */
+    int tied_head;            /* an lm_head update on a base whose head is tied to
+                                 the input embeddings (no lm_head.weight): set only
+                                 by the binding lora-eval uses, which applies it to
+                                 the head alone, as PEFT does */
 } lora_module;
 
 /* A full tensor saved through modules_to_save: it replaces the base's. */
@@ -759,6 +763,9 @@ typedef struct lora_merge_result {
     int known;                 /* unmerge: exactness known (receipt or reference) */
     int base_confirmed;        /* unmerge without a receipt: the restored tensors an
                                   archive adapter changes equal its recorded base */
+    int untied;                /* an lm_head update on a tied head was merged: OUT has
+                                  its own lm_head.weight, config.json says
+                                  tie_word_embeddings false (untie.c) */
 } lora_merge_result;
 
 /* Returns LORA_ECHECK (nothing written) when an unmerge with a receipt
@@ -1504,8 +1511,12 @@ void lora_set_threads(int n);
  *    scale·B·(A·x) to W0·x, never forming ΔW;
  *  - merged (when want_merged): the weight the merge engine writes for
  *    W0 + ΔW in the checkpoint's dtype (lora_merge_tensor), decoded to F32.
- * Only weights of the attention and MLP projections may be adapted
- * (embedding LoRA and modules_to_save are refused with a message).
+ * The attention and MLP projections, the input embedding
+ * (lora_embedding_A/B: x += scale·B·A[:, token]) and the head may be
+ * adapted; an lm_head update on a model whose head is tied to the
+ * embeddings changes the head alone (as PEFT applies it), an embedding
+ * update on such a model is refused (a merge would change the head too);
+ * modules_to_save are refused with a message.
  * The adapter must outlive the model or the next detach. */
 int lora_model_attach(lora_model *m, lora_adapter *ad, int want_merged, lora_error *err);
 void lora_model_detach(lora_model *m);

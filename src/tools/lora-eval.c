@@ -672,6 +672,11 @@ int main(int argc, char **argv)
         if ((rc = lora_model_attach(m, ad, mode == LORA_MODE_MERGED, &err)) != LORA_OK ||
             (rc = lora_base_check(ad, lora_model_ckpt(m), any_base, prog, stderr, &err)) != LORA_OK)
             goto fail;
+        for (size_t i = 0; i < ad->n_modules; i++)
+            if (ad->modules[i].tied_head && !quiet)
+                fprintf(stderr, "lora-eval: note: module %s: the model's head is tied to its input "
+                        "embeddings; the update is applied to the head alone, as PEFT does\n",
+                        ad->modules[i].name);
     }
     tool_progress pg;
     tool_progress_init(&pg, quiet);
