@@ -1447,7 +1447,9 @@ int lora_exact_match(const char *hyp, const char *ref);
 
 enum {
     LORA_ARCH_GPT2 = 1,    /* GPT2LMHeadModel */
-    LORA_ARCH_LLAMA = 2    /* LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM */
+    LORA_ARCH_LLAMA = 2,   /* LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM */
+    LORA_ARCH_QWEN3 = 3,   /* Qwen3ForCausalLM */
+    LORA_ARCH_OPT = 4      /* OPTForCausalLM */
 };
 
 enum { LORA_ROPE_NONE = 0, LORA_ROPE_LINEAR = 1, LORA_ROPE_LLAMA3 = 2 };
@@ -1480,6 +1482,11 @@ typedef struct lora_model_config {
     int rope_type;             /* LORA_ROPE_* */
     double rope_factor, rope_low_freq, rope_high_freq;
     uint64_t rope_original_max;
+    /* Sliding-window attention: query i sees keys j with 0 <= i - j <
+     * sliding_window on layers >= window_from (0: no window). */
+    uint64_t sliding_window, window_from;
+    int post_norm;             /* OPT do_layer_norm_before false: norms after the residual add */
+    uint64_t embed_dim;        /* OPT word_embed_proj_dim (others: hidden) */
 } lora_model_config;
 
 /* Parse and validate a config.json text: architecture known (anything

@@ -530,7 +530,9 @@ START_TEST(config_parse)
     ck_assert_uint_eq(c.head_dim, 16);
     ck_assert_int_eq(c.rope_type, LORA_ROPE_LINEAR);
     ck_assert(c.rope_factor == 4.0);
-    ck_assert_uint_eq(c.max_positions, 128);  /* the window caps what we accept */
+    ck_assert_uint_eq(c.max_positions, 1024);  /* a window limits attention, not the sequence */
+    ck_assert_uint_eq(c.sliding_window, 128);
+    ck_assert_uint_eq(c.window_from, 28);       /* Qwen2: layers >= max_window_layers */
     const char *v5 = "{\"architectures\":[\"LlamaForCausalLM\"],\"rope_parameters\":{"
                      "\"rope_type\":\"llama3\",\"rope_theta\":500000.0,\"factor\":32.0,"
                      "\"low_freq_factor\":1.0,\"high_freq_factor\":4.0,"
@@ -541,7 +543,8 @@ START_TEST(config_parse)
     ck_assert_uint_eq(c.rope_original_max, 8192);
 
     cfg_bad("{\"architectures\":[\"BertForMaskedLM\"]}", "architecture BertForMaskedLM is not supported");
-    cfg_bad("{\"model_type\":\"opt\"}", "model_type \"opt\" is not supported");
+    cfg_bad("{\"model_type\":\"bert\"}", "model_type \"bert\" is not supported");
+    cfg_bad("{\"architectures\":[\"FooForCausalLM\"]}", "Qwen3ForCausalLM, OPTForCausalLM are");
     cfg_bad("{}", "neither \"architectures\" nor \"model_type\"");
     cfg_bad("[1]", "not a JSON object");
     cfg_bad("{\"architectures\":", "config.json: line 1");

@@ -1,12 +1,12 @@
 /*
  * model_config.c - Hugging Face config.json for the causal language
- * models of model.c: the architecture (GPT-2 or the LLaMA family), sizes
+ * models of model.c: the architecture (GPT-2, the LLaMA family, Qwen3, OPT), sizes
  * within the limits of lora.h and consistent with each other, and every
  * option that would change the forward pass in a way model.c does not
  * compute (activations, attention scaling, RoPE scaling types, sliding
  * windows) refused by name rather than ignored.
  */
-#include "internal.h"
+#include "model_internal.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -84,13 +84,6 @@ static int cfg_str(json_t *o, const char *key, const char *dflt, const char **ou
     return LORA_OK;
 }
 
-#define TRY(x)                  \
-    do {                        \
-        int rc_ = (x);          \
-        if (rc_ != LORA_OK)     \
-            return rc_;         \
-    } while (0)
-
 static int parse_gpt2(json_t *o, lora_model_config *c, lora_error *err)
 {
     TRY(cfg_uint(o, "vocab_size", 50257, 1, LORA_MODEL_MAX_VOCAB, &c->vocab, err));
@@ -126,6 +119,8 @@ static int parse_gpt2(json_t *o, lora_model_config *c, lora_error *err)
                            (unsigned long long)c->hidden, (unsigned long long)c->heads);
     c->kv_heads = c->heads;
     c->head_dim = c->hidden / c->heads;
+    c->qkv_bias = c->o_bias = c->mlp_bias = 1;
+    c->embed_dim = c->hidden;
     return LORA_OK;
 }
 
@@ -178,6 +173,65 @@ static int parse_rope(json_t *o, lora_model_config *c, lora_error *err)
                        "(linear and llama3 are)", type);
 }
 
+/* layer_types as written by current transformers: the sliding layers
+ * must be the last ones (Qwen2/3: i >= max_window_layers; Mistral: all),
+ * the one pattern the forward's window_from expresses. */
+static int parse_layer_types(json_t *o, lora_model_config *c, lora_error *err)
+{
+    json_t *lt = json_object_get(o, "layer_types");
+    if (!lt || json_is_null(lt))
+        return LORA_OK;
+    if (!json_is_array(lt) || json_array_size(lt) != c->layers)
+        return lora_seterr(err, LORA_EINPUT, "config.json: \"layer_types\" is not a list of "
+                           "num_hidden_layers names");
+    uint64_t first = c->layers;
+    for (uint64_t i = 0; i < c->layers; i++) {
+        const char *s = json_string_value(json_array_get(lt, i));
+        int sliding = s && strcmp(s, "sliding_attention") == 0;
+        if (!s || (!sliding && strcmp(s, "full_attention") != 0))
+            return lora_seterr(err, LORA_EINPUT, "config.json: layer_types[%llu] is not "
+                               "\"full_attention\" or \"sliding_attention\"",
+                               (unsigned long long)i);
+        if (sliding && first == c->layers)
+            first = i;
+        if (!sliding && first < c->layers)
+            return lora_seterr(err, LORA_EINPUT, "config.json: layer_types: a full-attention "
+                               "layer after a sliding one is not supported");
+    }
+    if (first == c->layers)
+        c->sliding_window = 0;
+    else if (!c->sliding_window)
+        return lora_seterr(err, LORA_EINPUT, "config.json: layer_types has sliding layers but "
+                           "sliding_window is null");
+    c->window_from = first;
+    return LORA_OK;
+}
+
+/* Sliding-window attention, as transformers' configs define it: Mistral
+ * windows every layer (sliding_window absent: 4096, null: none); Qwen2
+ * and Qwen3 only with use_sliding_window, on layers >= max_window_layers;
+ * LLaMA has none.  The window limits attention, not the sequence. */
+static int parse_window(json_t *o, lora_model_config *c, lora_error *err)
+{
+    const char *a = c->architecture;
+    int mistral = strcmp(a, "MistralForCausalLM") == 0;
+    int qwen = strcmp(a, "Qwen2ForCausalLM") == 0 || strcmp(a, "Qwen3ForCausalLM") == 0;
+    c->sliding_window = 0;
+    c->window_from = 0;
+    if (!mistral && !qwen)
+        return LORA_OK;
+    int use = 1;
+    if (qwen)
+        TRY(cfg_bool(o, "use_sliding_window", 0, &use, err));
+    json_t *sw = json_object_get(o, "sliding_window");
+    if (use && !(sw && json_is_null(sw)))
+        TRY(cfg_uint(o, "sliding_window", 4096, 1, LORA_MODEL_MAX_POSITIONS, &c->sliding_window,
+                     err));
+    if (qwen && c->sliding_window)
+        TRY(cfg_uint(o, "max_window_layers", 28, 0, LORA_MODEL_MAX_LAYERS, &c->window_from, err));
+    return parse_layer_types(o, c, err);
+}
+
 static int parse_llama(json_t *o, lora_model_config *c, lora_error *err)
 {
     TRY(cfg_uint(o, "vocab_size", 32000, 1, LORA_MODEL_MAX_VOCAB, &c->vocab, err));
@@ -191,7 +245,9 @@ static int parse_llama(json_t *o, lora_model_config *c, lora_error *err)
                            "config.json: num_attention_heads %llu is not a multiple of "
                            "num_key_value_heads %llu",
                            (unsigned long long)c->heads, (unsigned long long)c->kv_heads);
-    TRY(cfg_uint(o, "head_dim", 0, 2, LORA_MODEL_MAX_HIDDEN, &c->head_dim, err));
+    /* Qwen3Config's head_dim defaults to 128, not hidden / heads */
+    TRY(cfg_uint(o, "head_dim", c->arch == LORA_ARCH_QWEN3 ? 128 : 0, 2, LORA_MODEL_MAX_HIDDEN,
+                 &c->head_dim, err));
     if (c->head_dim == 0) {
         if (c->hidden % c->heads != 0)
             return lora_seterr(err, LORA_EINPUT,
@@ -216,24 +272,62 @@ static int parse_llama(json_t *o, lora_model_config *c, lora_error *err)
     c->qkv_bias = ab || strcmp(c->architecture, "Qwen2ForCausalLM") == 0;
     c->o_bias = ab;
     c->mlp_bias = mb;
+    c->embed_dim = c->hidden;
     const char *act = NULL;
     TRY(cfg_str(o, "hidden_act", "silu", &act, err));
     if (strcmp(act, "silu") != 0)
         return lora_seterr(err, LORA_EINPUT, "config.json: hidden_act \"%s\" is not supported (silu only)",
                            act);
-    /* A sliding window changes attention only past its length: refuse
-     * sequences that long instead of computing them wrongly. */
-    json_t *sw = json_object_get(o, "sliding_window");
-    int use_sw = 1;
-    TRY(cfg_bool(o, "use_sliding_window", 1, &use_sw, err));
-    if (use_sw && sw && !json_is_null(sw)) {
-        uint64_t w;
-        TRY(cfg_uint(o, "sliding_window", 0, 1, LORA_MODEL_MAX_POSITIONS, &w, err));
-        if (w < c->max_positions)
-            c->max_positions = w;
-    }
+    TRY(parse_window(o, c, err));
     return parse_rope(o, c, err);
 }
+
+/* OPTConfig: LayerNorm (eps 1e-5, nn.LayerNorm's default), ReLU,
+ * learned positions offset by 2, biases unless enable_bias false,
+ * project_in/out when word_embed_proj_dim differs from hidden_size. */
+static int parse_opt(json_t *o, lora_model_config *c, lora_error *err)
+{
+    TRY(cfg_uint(o, "vocab_size", 50272, 1, LORA_MODEL_MAX_VOCAB, &c->vocab, err));
+    TRY(cfg_uint(o, "hidden_size", 768, 1, LORA_MODEL_MAX_HIDDEN, &c->hidden, err));
+    TRY(cfg_uint(o, "ffn_dim", 3072, 1, 16 * LORA_MODEL_MAX_HIDDEN, &c->inner, err));
+    TRY(cfg_uint(o, "num_hidden_layers", 12, 1, LORA_MODEL_MAX_LAYERS, &c->layers, err));
+    TRY(cfg_uint(o, "num_attention_heads", 12, 1, LORA_MODEL_MAX_HIDDEN, &c->heads, err));
+    TRY(cfg_uint(o, "max_position_embeddings", 2048, 1, LORA_MODEL_MAX_POSITIONS, &c->max_positions,
+                 err));
+    TRY(cfg_uint(o, "word_embed_proj_dim", (int64_t)c->hidden, 1, LORA_MODEL_MAX_HIDDEN,
+                 &c->embed_dim, err));
+    TRY(cfg_bool(o, "tie_word_embeddings", 1, &c->tied, err));
+    int pre = 1, bias = 1, affine = 1, remove_final = 0;
+    TRY(cfg_bool(o, "do_layer_norm_before", 1, &pre, err));
+    TRY(cfg_bool(o, "enable_bias", 1, &bias, err));
+    TRY(cfg_bool(o, "layer_norm_elementwise_affine", 1, &affine, err));
+    TRY(cfg_bool(o, "_remove_final_layer_norm", 0, &remove_final, err));
+    if (!affine)
+        return lora_seterr(err, LORA_EINPUT,
+                           "config.json: layer_norm_elementwise_affine false is not supported");
+    if (remove_final && pre)
+        return lora_seterr(err, LORA_EINPUT,
+                           "config.json: _remove_final_layer_norm is not supported");
+    c->post_norm = !pre;
+    c->qkv_bias = c->o_bias = c->mlp_bias = bias;
+    c->norm_eps = 1e-5;
+    const char *act = NULL;
+    TRY(cfg_str(o, "activation_function", "relu", &act, err));
+    if (strcmp(act, "relu") != 0)
+        return lora_seterr(err, LORA_EINPUT,
+                           "config.json: activation_function \"%s\" is not supported (relu only)",
+                           act);
+    if (c->hidden % c->heads != 0)
+        return lora_seterr(err, LORA_EINPUT,
+                           "config.json: hidden_size %llu is not a multiple of num_attention_heads %llu",
+                           (unsigned long long)c->hidden, (unsigned long long)c->heads);
+    c->kv_heads = c->heads;
+    c->head_dim = c->hidden / c->heads;
+    return LORA_OK;
+}
+
+#define SUPPORTED "GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, " \
+                  "Qwen3ForCausalLM, OPTForCausalLM"
 
 int lora_model_config_parse(const char *json, size_t len, lora_model_config *cfg,
                             lora_error *err)
@@ -273,13 +367,15 @@ int lora_model_config_parse(const char *json, size_t len, lora_model_config *cfg
         static const char *const map[][2] = {{"gpt2", "GPT2LMHeadModel"},
                                              {"llama", "LlamaForCausalLM"},
                                              {"mistral", "MistralForCausalLM"},
-                                             {"qwen2", "Qwen2ForCausalLM"}};
+                                             {"qwen2", "Qwen2ForCausalLM"},
+                                             {"qwen3", "Qwen3ForCausalLM"},
+                                             {"opt", "OPTForCausalLM"}};
         for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
             if (strcmp(mt, map[i][0]) == 0)
                 arch = map[i][1];
         if (!arch) {
             rc = lora_seterr(err, LORA_EINPUT, "config.json: model_type \"%.64s\" is not supported "
-                             "(gpt2, llama, mistral, qwen2 are)", mt);
+                             "(gpt2, llama, mistral, qwen2, qwen3, opt are)", mt);
             goto out;
         }
     }
@@ -295,10 +391,15 @@ int lora_model_config_parse(const char *json, size_t len, lora_model_config *cfg
                strcmp(arch, "Qwen2ForCausalLM") == 0) {
         cfg->arch = LORA_ARCH_LLAMA;
         rc = parse_llama(o, cfg, err);
+    } else if (strcmp(arch, "Qwen3ForCausalLM") == 0) {
+        cfg->arch = LORA_ARCH_QWEN3;
+        rc = parse_llama(o, cfg, err);
+    } else if (strcmp(arch, "OPTForCausalLM") == 0) {
+        cfg->arch = LORA_ARCH_OPT;
+        rc = parse_opt(o, cfg, err);
     } else {
         rc = lora_seterr(err, LORA_EINPUT,
-                         "config.json: architecture %s is not supported (GPT2LMHeadModel, "
-                         "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM are)", arch);
+                         "config.json: architecture %s is not supported (" SUPPORTED " are)", arch);
     }
 out:
     json_decref(o);
