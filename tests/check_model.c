@@ -172,6 +172,42 @@ START_TEST(reference_logits_adapter)
 }
 END_TEST
 
+/* The families beyond GPT-2 and LLaMA (tests/fixtures/make-families.py):
+ * base logits, then an adapter on attention and MLP weights unmerged and
+ * merged, all against PyTorch; the base against the adapter's logits
+ * must be far off, so the comparison can fail. */
+static const char *const FAMILY_MODELS[] = {"qwen3-random", "mistral-window", "opt-random",
+                                            "opt-postnorm"};
+
+START_TEST(reference_logits_families)
+{
+    for (size_t i = 0; i < sizeof FAMILY_MODELS / sizeof *FAMILY_MODELS; i++) {
+        const char *name = FAMILY_MODELS[i];
+        char ref[128], an[128];
+        snprintf(ref, sizeof ref, "reference/%s.safetensors", name);
+        snprintf(an, sizeof an, "%s-lora", name);
+        lora_model *m = open_model(name);
+        double wb = compare_ref(m, LORA_MODE_BASE, ref, "logits");
+        lora_adapter *ad = open_adapter(an);
+        lora_error err;
+        lora_error_clear(&err);
+        ck_assert_msg(lora_model_attach(m, ad, 1, &err) == LORA_OK, "%s: %s", name, err.msg);
+        ck_assert_uint_gt(lora_model_adapted(m), 4);
+        double wu = compare_ref(m, LORA_MODE_UNMERGED, ref, "adapter_logits");
+        double wm = compare_ref(m, LORA_MODE_MERGED, ref, "adapter_logits");
+        double wx = compare_ref(m, LORA_MODE_BASE, ref, "adapter_logits");
+        printf("%-16s base %.3g, + adapter unmerged %.3g, merged %.3g (base against them %.3g)\n",
+               name, wb, wu, wm, wx);
+        ck_assert_msg(wb <= REF_BOUND, "%s base: %g", name, wb);
+        ck_assert_msg(wu <= REF_BOUND, "%s unmerged: %g", name, wu);
+        ck_assert_msg(wm <= REF_BOUND, "%s merged: %g", name, wm);
+        ck_assert_msg(wx > 100 * REF_BOUND, "%s: base too close to the adapter's: %g", name, wx);
+        lora_model_free(m);
+        lora_adapter_free(ad);
+    }
+}
+END_TEST
+
 START_TEST(reference_logits_bf16)
 {
     const char *bases[] = {"gpt2-base", "llama-base"};
@@ -274,10 +310,11 @@ END_TEST
 /* Token by token through the KV cache gives the one-pass logits. */
 START_TEST(kv_cache)
 {
-    const char *names[] = {"gpt2-base", "llama-base", "qwen2-random"};
+    const char *names[] = {"gpt2-base", "llama-base", "qwen2-random", "qwen3-random",
+                           "mistral-window", "opt-random", "opt-postnorm"};
     int32_t tok[] = {0, 30, 3, 17, 25, 1, 9, 9, 31, 0, 2, 18};
     size_t n = sizeof tok / sizeof *tok;
-    for (int k = 0; k < 3; k++) {
+    for (size_t k = 0; k < sizeof names / sizeof *names; k++) {
         lora_model *m = open_model(names[k]);
         uint64_t V = lora_model_cfg(m)->vocab;
         float *all = malloc(n * V * sizeof *all), *one = malloc(V * sizeof *one);
@@ -787,6 +824,7 @@ int main(void)
     tcase_add_test(tc, config_parse);
     tcase_add_test(tc, reference_logits);
     tcase_add_test(tc, reference_logits_adapter);
+    tcase_add_test(tc, reference_logits_families);
     tcase_add_test(tc, reference_logits_bf16);
     tcase_add_test(tc, kv_cache);
     tcase_add_test(tc, sharded);
