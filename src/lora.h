@@ -1449,7 +1449,9 @@ enum {
     LORA_ARCH_GPT2 = 1,    /* GPT2LMHeadModel */
     LORA_ARCH_LLAMA = 2,   /* LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM */
     LORA_ARCH_QWEN3 = 3,   /* Qwen3ForCausalLM */
-    LORA_ARCH_OPT = 4      /* OPTForCausalLM */
+    LORA_ARCH_OPT = 4,     /* OPTForCausalLM */
+    LORA_ARCH_PHI = 5,     /* PhiForCausalLM */
+    LORA_ARCH_NEOX = 6     /* GPTNeoXForCausalLM */
 };
 
 enum { LORA_ROPE_NONE = 0, LORA_ROPE_LINEAR = 1, LORA_ROPE_LLAMA3 = 2 };
@@ -1487,6 +1489,9 @@ typedef struct lora_model_config {
     uint64_t sliding_window, window_from;
     int post_norm;             /* OPT do_layer_norm_before false: norms after the residual add */
     uint64_t embed_dim;        /* OPT word_embed_proj_dim (others: hidden) */
+    uint64_t rotary_dim;       /* RoPE on the first rotary_dim of each head (partial rotary) */
+    int parallel;              /* x += attn(n1(x)) + mlp(n2 or n1(x)) (Phi, GPT-NeoX) */
+    int act;                   /* activation when the family has a choice (0: its default) */
 } lora_model_config;
 
 /* Parse and validate a config.json text: architecture known (anything

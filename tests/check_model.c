@@ -177,7 +177,8 @@ END_TEST
  * merged, all against PyTorch; the base against the adapter's logits
  * must be far off, so the comparison can fail. */
 static const char *const FAMILY_MODELS[] = {"qwen3-random", "mistral-window", "opt-random",
-                                            "opt-postnorm"};
+                                            "opt-postnorm", "phi-random", "neox-random",
+                                            "neox-sequential"};
 
 START_TEST(reference_logits_families)
 {
@@ -311,7 +312,8 @@ END_TEST
 START_TEST(kv_cache)
 {
     const char *names[] = {"gpt2-base", "llama-base", "qwen2-random", "qwen3-random",
-                           "mistral-window", "opt-random", "opt-postnorm"};
+                           "mistral-window", "opt-random", "opt-postnorm", "phi-random",
+                           "neox-random", "neox-sequential"};
     int32_t tok[] = {0, 30, 3, 17, 25, 1, 9, 9, 31, 0, 2, 18};
     size_t n = sizeof tok / sizeof *tok;
     for (size_t k = 0; k < sizeof names / sizeof *names; k++) {
@@ -581,7 +583,41 @@ START_TEST(config_parse)
 
     cfg_bad("{\"architectures\":[\"BertForMaskedLM\"]}", "architecture BertForMaskedLM is not supported");
     cfg_bad("{\"model_type\":\"bert\"}", "model_type \"bert\" is not supported");
-    cfg_bad("{\"architectures\":[\"FooForCausalLM\"]}", "Qwen3ForCausalLM, OPTForCausalLM are");
+    cfg_bad("{\"architectures\":[\"FooForCausalLM\"]}", "PhiForCausalLM, GPTNeoXForCausalLM are");
+    cfg_bad("{\"model_type\":\"phi\",\"hidden_size\":32,\"num_attention_heads\":4,"
+            "\"qk_layernorm\":true}", "qk_layernorm");
+    cfg_bad("{\"model_type\":\"gpt_neox\",\"hidden_size\":32,\"num_attention_heads\":4,"
+            "\"rotary_pct\":0.1}", "RoPE needs an even");
+    cfg_bad("{\"model_type\":\"gpt_neox\",\"hidden_size\":32,\"num_attention_heads\":4,"
+            "\"hidden_act\":\"relu\"}", "hidden_act \"relu\"");
+    cfg_bad("{\"model_type\":\"opt\",\"activation_function\":\"gelu\"}", "activation_function");
+    cfg_bad("{\"model_type\":\"opt\",\"layer_norm_elementwise_affine\":false}",
+            "layer_norm_elementwise_affine");
+    cfg_bad("{\"model_type\":\"qwen3\",\"num_hidden_layers\":2,\"use_sliding_window\":true,"
+            "\"sliding_window\":8,\"layer_types\":[\"sliding_attention\",\"full_attention\"]}",
+            "a full-attention layer after a sliding one");
+    cfg_bad("{\"model_type\":\"qwen3\",\"num_hidden_layers\":2,"
+            "\"layer_types\":[\"full_attention\"]}", "layer_types");
+    /* the families' defaults and key names, as transformers' configs have them */
+    const char *nx = "{\"model_type\":\"gpt_neox\",\"hidden_size\":64,\"num_attention_heads\":4,"
+                     "\"rope_parameters\":{\"rope_theta\":500.0,\"partial_rotary_factor\":0.5}}";
+    ck_assert_int_eq(lora_model_config_parse(nx, strlen(nx), &c, &err), LORA_OK);
+    ck_assert_int_eq(c.arch, LORA_ARCH_NEOX);
+    ck_assert_uint_eq(c.rotary_dim, 8);
+    ck_assert(c.rope_theta == 500.0);
+    ck_assert_int_eq(c.parallel, 1);
+    const char *q3 = "{\"model_type\":\"qwen3\",\"hidden_size\":64,\"num_attention_heads\":4}";
+    ck_assert_int_eq(lora_model_config_parse(q3, strlen(q3), &c, &err), LORA_OK);
+    ck_assert_uint_eq(c.head_dim, 128);  /* Qwen3Config's default, not hidden / heads */
+    ck_assert_uint_eq(c.sliding_window, 0);
+    const char *mi = "{\"model_type\":\"mistral\",\"hidden_size\":64,\"num_attention_heads\":4}";
+    ck_assert_int_eq(lora_model_config_parse(mi, strlen(mi), &c, &err), LORA_OK);
+    ck_assert_uint_eq(c.sliding_window, 4096);  /* MistralConfig's default */
+    ck_assert_uint_eq(c.window_from, 0);
+    const char *op = "{\"model_type\":\"opt\",\"do_layer_norm_before\":false}";
+    ck_assert_int_eq(lora_model_config_parse(op, strlen(op), &c, &err), LORA_OK);
+    ck_assert_int_eq(c.post_norm, 1);
+    ck_assert_uint_eq(c.embed_dim, 768);
     cfg_bad("{}", "neither \"architectures\" nor \"model_type\"");
     cfg_bad("[1]", "not a JSON object");
     cfg_bad("{\"architectures\":", "config.json: line 1");

@@ -71,6 +71,7 @@ void lora_model_free(lora_model *m)
     linop_free(&m->pout);
     free(m->eop.tensor);
     free(m->hop.tensor);
+    free(m->hop.b);
     if (m->head != m->embed)
         free(m->head);
     free(m->embed); free(m->wpe); free(m->nfw); free(m->nfb); free(m->inv_freq);

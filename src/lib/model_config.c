@@ -1,6 +1,7 @@
 /*
  * model_config.c - Hugging Face config.json for the causal language
- * models of model.c: the architecture (GPT-2, the LLaMA family, Qwen3, OPT), sizes
+ * models of model.c: the architecture (GPT-2, the LLaMA family, Qwen3, OPT,
+ * Phi, GPT-NeoX), sizes
  * within the limits of lora.h and consistent with each other, and every
  * option that would change the forward pass in a way model.c does not
  * compute (activations, attention scaling, RoPE scaling types, sliding
@@ -326,8 +327,112 @@ static int parse_opt(json_t *o, lora_model_config *c, lora_error *err)
     return LORA_OK;
 }
 
+/* The gelu variants of config.json's hidden_act. */
+static int parse_gelu(json_t *o, const char *dflt, lora_model_config *c, lora_error *err)
+{
+    const char *act = NULL;
+    TRY(cfg_str(o, "hidden_act", dflt, &act, err));
+    if (strcmp(act, "gelu_new") == 0 || strcmp(act, "gelu_pytorch_tanh") == 0)
+        c->act = ACT_GELU_TANH;
+    else if (strcmp(act, "gelu") == 0)
+        c->act = ACT_GELU;
+    else
+        return lora_seterr(err, LORA_EINPUT, "config.json: hidden_act \"%s\" is not supported "
+                           "(gelu, gelu_new, gelu_pytorch_tanh are)", act);
+    return LORA_OK;
+}
+
+/* Partial rotary: RoPE on int(head_dim · fraction) dimensions, as
+ * transformers truncates it; refused when that is odd or zero. */
+static int set_rotary(lora_model_config *c, double frac, lora_error *err)
+{
+    c->rotary_dim = (uint64_t)((double)c->head_dim * frac);
+    if (c->rotary_dim < 2 || c->rotary_dim % 2 != 0)
+        return lora_seterr(err, LORA_EINPUT, "config.json: a rotary fraction of %g of head_dim %llu "
+                           "gives %llu dimensions (RoPE needs an even, non-zero number)", frac,
+                           (unsigned long long)c->head_dim, (unsigned long long)c->rotary_dim);
+    return LORA_OK;
+}
+
+/* Sizes shared by Phi and GPT-NeoX: hidden_size / num_attention_heads heads. */
+static int parse_heads(json_t *o, lora_model_config *c, lora_error *err)
+{
+    TRY(cfg_uint(o, "num_attention_heads", 32, 1, LORA_MODEL_MAX_HIDDEN, &c->heads, err));
+    if (c->hidden % c->heads != 0)
+        return lora_seterr(err, LORA_EINPUT,
+                           "config.json: hidden_size %llu is not a multiple of num_attention_heads %llu",
+                           (unsigned long long)c->hidden, (unsigned long long)c->heads);
+    c->head_dim = c->hidden / c->heads;
+    c->embed_dim = c->hidden;
+    return LORA_OK;
+}
+
+/* PhiConfig (phi-1, 1.5, 2): LayerNorm, parallel attention and MLP from
+ * one norm, partial_rotary_factor, biases, gelu_new; qk_layernorm refused. */
+static int parse_phi(json_t *o, lora_model_config *c, lora_error *err)
+{
+    TRY(cfg_uint(o, "vocab_size", 51200, 1, LORA_MODEL_MAX_VOCAB, &c->vocab, err));
+    TRY(cfg_uint(o, "hidden_size", 2048, 1, LORA_MODEL_MAX_HIDDEN, &c->hidden, err));
+    TRY(cfg_uint(o, "intermediate_size", 8192, 1, 16 * LORA_MODEL_MAX_HIDDEN, &c->inner, err));
+    TRY(cfg_uint(o, "num_hidden_layers", 24, 1, LORA_MODEL_MAX_LAYERS, &c->layers, err));
+    TRY(parse_heads(o, c, err));
+    TRY(cfg_uint(o, "num_key_value_heads", (int64_t)c->heads, 1, c->heads, &c->kv_heads, err));
+    if (c->heads % c->kv_heads != 0)
+        return lora_seterr(err, LORA_EINPUT, "config.json: num_attention_heads is not a multiple "
+                           "of num_key_value_heads");
+    TRY(cfg_uint(o, "max_position_embeddings", 2048, 1, LORA_MODEL_MAX_POSITIONS,
+                 &c->max_positions, err));
+    TRY(cfg_num(o, "layer_norm_eps", 1e-5, 0.0, 1.0, &c->norm_eps, err));
+    TRY(cfg_num(o, "rope_theta", 10000.0, 1e-6, 1e30, &c->rope_theta, err));
+    TRY(cfg_bool(o, "tie_word_embeddings", 0, &c->tied, err));
+    int qkln = 0;
+    TRY(cfg_bool(o, "qk_layernorm", 0, &qkln, err));
+    if (qkln)
+        return lora_seterr(err, LORA_EINPUT, "config.json: qk_layernorm true is not supported");
+    TRY(parse_gelu(o, "gelu_new", c, err));
+    double frac;
+    TRY(cfg_num(o, "partial_rotary_factor", 0.5, 0.0, 1.0, &frac, err));
+    TRY(set_rotary(c, frac, err));
+    c->qkv_bias = c->o_bias = c->mlp_bias = 1;
+    c->parallel = 1;
+    return parse_rope(o, c, err);
+}
+
+/* GPTNeoXConfig: rotary_pct / rotary_emb_base (or the newer
+ * partial_rotary_factor / rope_theta), use_parallel_residual,
+ * attention_bias, hidden_act gelu by default. */
+static int parse_neox(json_t *o, lora_model_config *c, lora_error *err)
+{
+    TRY(cfg_uint(o, "vocab_size", 50432, 1, LORA_MODEL_MAX_VOCAB, &c->vocab, err));
+    TRY(cfg_uint(o, "hidden_size", 6144, 1, LORA_MODEL_MAX_HIDDEN, &c->hidden, err));
+    TRY(cfg_uint(o, "intermediate_size", 24576, 1, 16 * LORA_MODEL_MAX_HIDDEN, &c->inner, err));
+    TRY(cfg_uint(o, "num_hidden_layers", 44, 1, LORA_MODEL_MAX_LAYERS, &c->layers, err));
+    TRY(parse_heads(o, c, err));
+    c->kv_heads = c->heads;
+    TRY(cfg_uint(o, "max_position_embeddings", 2048, 1, LORA_MODEL_MAX_POSITIONS,
+                 &c->max_positions, err));
+    TRY(cfg_num(o, "layer_norm_eps", 1e-5, 0.0, 1.0, &c->norm_eps, err));
+    double base, frac;
+    TRY(cfg_num(o, "rotary_emb_base", 10000.0, 1e-6, 1e30, &base, err));
+    TRY(cfg_num(o, "rope_theta", base, 1e-6, 1e30, &c->rope_theta, err));
+    TRY(cfg_num(o, "rotary_pct", 0.25, 0.0, 1.0, &frac, err));
+    TRY(cfg_num(o, "partial_rotary_factor", frac, 0.0, 1.0, &frac, err));
+    json_t *rp = json_object_get(o, "rope_parameters");
+    if (json_is_object(rp))
+        TRY(cfg_num(rp, "partial_rotary_factor", frac, 0.0, 1.0, &frac, err));
+    TRY(set_rotary(c, frac, err));
+    TRY(cfg_bool(o, "tie_word_embeddings", 0, &c->tied, err));
+    TRY(cfg_bool(o, "use_parallel_residual", 1, &c->parallel, err));
+    int bias = 1;
+    TRY(cfg_bool(o, "attention_bias", 1, &bias, err));
+    c->qkv_bias = c->o_bias = bias;
+    c->mlp_bias = 1;
+    TRY(parse_gelu(o, "gelu", c, err));
+    return parse_rope(o, c, err);
+}
+
 #define SUPPORTED "GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, " \
-                  "Qwen3ForCausalLM, OPTForCausalLM"
+                  "Qwen3ForCausalLM, OPTForCausalLM, PhiForCausalLM, GPTNeoXForCausalLM"
 
 int lora_model_config_parse(const char *json, size_t len, lora_model_config *cfg,
                             lora_error *err)
@@ -369,13 +474,15 @@ int lora_model_config_parse(const char *json, size_t len, lora_model_config *cfg
                                              {"mistral", "MistralForCausalLM"},
                                              {"qwen2", "Qwen2ForCausalLM"},
                                              {"qwen3", "Qwen3ForCausalLM"},
-                                             {"opt", "OPTForCausalLM"}};
+                                             {"opt", "OPTForCausalLM"},
+                                             {"phi", "PhiForCausalLM"},
+                                             {"gpt_neox", "GPTNeoXForCausalLM"}};
         for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
             if (strcmp(mt, map[i][0]) == 0)
                 arch = map[i][1];
         if (!arch) {
             rc = lora_seterr(err, LORA_EINPUT, "config.json: model_type \"%.64s\" is not supported "
-                             "(gpt2, llama, mistral, qwen2, qwen3, opt are)", mt);
+                             "(gpt2, llama, mistral, qwen2, qwen3, opt, phi, gpt_neox are)", mt);
             goto out;
         }
     }
@@ -397,10 +504,18 @@ int lora_model_config_parse(const char *json, size_t len, lora_model_config *cfg
     } else if (strcmp(arch, "OPTForCausalLM") == 0) {
         cfg->arch = LORA_ARCH_OPT;
         rc = parse_opt(o, cfg, err);
+    } else if (strcmp(arch, "PhiForCausalLM") == 0) {
+        cfg->arch = LORA_ARCH_PHI;
+        rc = parse_phi(o, cfg, err);
+    } else if (strcmp(arch, "GPTNeoXForCausalLM") == 0) {
+        cfg->arch = LORA_ARCH_NEOX;
+        rc = parse_neox(o, cfg, err);
     } else {
         rc = lora_seterr(err, LORA_EINPUT,
                          "config.json: architecture %s is not supported (" SUPPORTED " are)", arch);
     }
+    if (rc == LORA_OK && cfg->rotary_dim == 0)
+        cfg->rotary_dim = cfg->head_dim;
 out:
     json_decref(o);
     return rc;

@@ -11,16 +11,18 @@
 
 static const lora_family FAMILIES[] = {
     {.arch = LORA_ARCH_GPT2, .prefixes = {"", "transformer."}, .embed = "wte", .pos_embed = "wpe",
-     .final_norm = "ln_f", .layers = "h.", .n1 = "ln_1", .n2 = "ln_2", .qkv = "attn.c_attn",
+     .final_norm = "ln_f", .head = "lm_head.weight", .layers = "h.", .n1 = "ln_1", .n2 = "ln_2", .qkv = "attn.c_attn",
      .o = "attn.c_proj", .up = "mlp.c_fc", .down = "mlp.c_proj", .conv1d = 1, .norm = NORM_LAYER,
      .norm_bias = 1, .act = ACT_GELU_TANH, .pos = POS_LEARNED},
     {.arch = LORA_ARCH_LLAMA, .prefixes = {"model."}, .embed = "embed_tokens", .final_norm = "norm",
+     .head = "lm_head.weight",
      .layers = "layers.", .n1 = "input_layernorm", .n2 = "post_attention_layernorm",
      .q = "self_attn.q_proj", .k = "self_attn.k_proj", .v = "self_attn.v_proj",
      .o = "self_attn.o_proj", .gate = "mlp.gate_proj", .up = "mlp.up_proj",
      .down = "mlp.down_proj", .norm = NORM_RMS, .act = ACT_SILU, .pos = POS_ROPE},
     /* Qwen3: LLaMA plus an RMSNorm over each head of q and of k, before RoPE */
     {.arch = LORA_ARCH_QWEN3, .prefixes = {"model."}, .embed = "embed_tokens", .final_norm = "norm",
+     .head = "lm_head.weight",
      .layers = "layers.", .n1 = "input_layernorm", .n2 = "post_attention_layernorm",
      .q = "self_attn.q_proj", .k = "self_attn.k_proj", .v = "self_attn.v_proj",
      .o = "self_attn.o_proj", .q_norm = "self_attn.q_norm", .k_norm = "self_attn.k_norm",
@@ -30,10 +32,26 @@ static const lora_family FAMILIES[] = {
      * block's norms are self_attn_layer_norm and final_layer_norm */
     {.arch = LORA_ARCH_OPT, .prefixes = {"model.decoder.", "decoder."}, .embed = "embed_tokens",
      .pos_embed = "embed_positions", .pos_offset = 2, .final_norm = "final_layer_norm",
+     .head = "lm_head.weight",
      .proj_in = "project_in", .proj_out = "project_out", .layers = "layers.",
      .n1 = "self_attn_layer_norm", .n2 = "final_layer_norm", .q = "self_attn.q_proj",
      .k = "self_attn.k_proj", .v = "self_attn.v_proj", .o = "self_attn.out_proj", .up = "fc1",
      .down = "fc2", .norm = NORM_LAYER, .norm_bias = 1, .act = ACT_RELU, .pos = POS_LEARNED},
+    /* Phi (1, 1.5, 2): attention and MLP in parallel from input_layernorm,
+     * partial rotary, dense / fc1 / fc2, biases everywhere, the head too */
+    {.arch = LORA_ARCH_PHI, .prefixes = {"model."}, .embed = "embed_tokens",
+     .final_norm = "final_layernorm", .head = "lm_head.weight", .head_bias = 1,
+     .layers = "layers.", .n1 = "input_layernorm", .q = "self_attn.q_proj",
+     .k = "self_attn.k_proj", .v = "self_attn.v_proj", .o = "self_attn.dense", .up = "mlp.fc1",
+     .down = "mlp.fc2", .norm = NORM_LAYER, .norm_bias = 1, .act = ACT_GELU_TANH,
+     .pos = POS_ROPE},
+    /* GPT-NeoX: query_key_value fused per head, partial rotary, embed_out */
+    {.arch = LORA_ARCH_NEOX, .prefixes = {"gpt_neox."}, .embed = "embed_in",
+     .final_norm = "final_layer_norm", .head = "embed_out.weight", .layers = "layers.",
+     .n1 = "input_layernorm", .n2 = "post_attention_layernorm",
+     .qkv = "attention.query_key_value", .qkv_interleaved = 1, .o = "attention.dense",
+     .up = "mlp.dense_h_to_4h", .down = "mlp.dense_4h_to_h", .norm = NORM_LAYER, .norm_bias = 1,
+     .act = ACT_GELU, .pos = POS_ROPE},
 };
 
 const lora_family *lora_family_of(int arch)

@@ -36,7 +36,7 @@ void lora_run_free(lora_run *r)
             free(r->vc[i]);
     free(r->kc); free(r->vc);
     free(r->x); free(r->h); free(r->q); free(r->att); free(r->sc); free(r->f1); free(r->f2);
-    free(r->lt); free(r->qkv); free(r->e); free(r->cosv); free(r->sinv);
+    free(r->lt); free(r->qkv); free(r->e); free(r->y); free(r->z); free(r->cosv); free(r->sinv);
     free(r);
 }
 
@@ -59,7 +59,7 @@ static void alloc_buffers(lora_run *r, int *bad)
     const lora_model *m = r->m;
     const lora_model_config *c = &m->cfg;
     uint64_t T = r->cap, E = c->hidden, qd = c->heads * c->head_dim,
-             kvd = c->kv_heads * c->head_dim, hd2 = c->head_dim / 2;
+             kvd = c->kv_heads * c->head_dim, hd2 = c->rotary_dim / 2;
     r->kc = calloc((size_t)c->layers, sizeof *r->kc);
     r->vc = calloc((size_t)c->layers, sizeof *r->vc);
     if (!r->kc || !r->vc)
@@ -80,6 +80,10 @@ static void alloc_buffers(lora_run *r, int *bad)
         r->qkv = alloc_floats(T, qd + 2 * kvd, bad);
     if (m->pin.w)
         r->e = alloc_floats(T, c->embed_dim, bad);
+    if (c->parallel) {
+        r->y = alloc_floats(T, E, bad);
+        r->z = alloc_floats(T, E, bad);
+    }
     if (m->fam->pos == POS_ROPE) {
         r->cosv = alloc_floats(T, hd2, bad);
         r->sinv = alloc_floats(T, hd2, bad);
@@ -131,9 +135,36 @@ void lora_run_truncate(lora_run *r, uint64_t pos)
         r->pos = pos;
 }
 
-/* h[n, E] (the normed input) -> h: q, k, v (fused or not) with the
- * new k and v stored in the cache, q/k norms, RoPE, attention, o. */
-static void block_attention(lora_run *r, uint64_t l, size_t n)
+/* The fused projection's output [n, qd + 2·kvd] split into q (r->q)
+ * and the cache's new k and v: [q; k; v] (GPT-2) or per head
+ * [q_h; k_h; v_h] (GPT-NeoX's view(heads, 3·head_dim)). */
+static void split_qkv(lora_run *r, uint64_t l, size_t n)
+{
+    const lora_model_config *c = &r->m->cfg;
+    uint64_t hd = c->head_dim, qd = c->heads * hd, kvd = c->kv_heads * hd, ld = qd + 2 * kvd;
+    size_t hb = hd * sizeof(float);
+    for (size_t i = 0; i < n; i++) {
+        const float *s = r->qkv + i * ld;
+        float *q = r->q + i * qd, *k = r->kc[l] + (r->pos + i) * kvd,
+              *v = r->vc[l] + (r->pos + i) * kvd;
+        if (!r->m->fam->qkv_interleaved) {
+            memcpy(q, s, qd * sizeof(float));
+            memcpy(k, s + qd, kvd * sizeof(float));
+            memcpy(v, s + qd + kvd, kvd * sizeof(float));
+            continue;
+        }
+        for (uint64_t h = 0; h < c->heads; h++) {
+            memcpy(q + h * hd, s + 3 * h * hd, hb);
+            memcpy(k + h * hd, s + 3 * h * hd + hd, hb);
+            memcpy(v + h * hd, s + 3 * h * hd + 2 * hd, hb);
+        }
+    }
+}
+
+/* in[n, E] (the normed input) -> out: q, k, v (fused or not) with the
+ * new k and v stored in the cache, q/k norms, RoPE, attention, o.  out
+ * may be in. */
+static void block_attention(lora_run *r, uint64_t l, size_t n, const float *in, float *out)
 {
     const lora_model *m = r->m;
     const lora_model_config *c = &m->cfg;
@@ -142,17 +173,12 @@ static void block_attention(lora_run *r, uint64_t l, size_t n)
     float *q = r->q, *k = r->kc[l] + r->pos * kvd;
     size_t ldq = qd;
     if (m->fam->qkv) {
-        ldq = qd + 2 * kvd;
-        linop_run(r, &L->qkv, r->h, E, n, r->qkv, ldq);
-        for (size_t i = 0; i < n; i++) {
-            memcpy(k + i * kvd, r->qkv + i * ldq + qd, kvd * sizeof(float));
-            memcpy(r->vc[l] + (r->pos + i) * kvd, r->qkv + i * ldq + qd + kvd, kvd * sizeof(float));
-        }
-        q = r->qkv;
+        linop_run(r, &L->qkv, in, E, n, r->qkv, qd + 2 * kvd);
+        split_qkv(r, l, n);
     } else {
-        linop_run(r, &L->q, r->h, E, n, q, qd);
-        linop_run(r, &L->k, r->h, E, n, k, kvd);
-        linop_run(r, &L->v, r->h, E, n, r->vc[l] + r->pos * kvd, kvd);
+        linop_run(r, &L->q, in, E, n, q, qd);
+        linop_run(r, &L->k, in, E, n, k, kvd);
+        linop_run(r, &L->v, in, E, n, r->vc[l] + r->pos * kvd, kvd);
     }
     if (L->qnw) {
         head_rmsnorm(q, ldq, n, c->heads, c->head_dim, L->qnw, c->norm_eps);
@@ -163,31 +189,50 @@ static void block_attention(lora_run *r, uint64_t l, size_t n)
         rope(r, k, kvd, n, c->kv_heads);
     }
     attention(r, l, q, ldq, n, r->att);
-    linop_run(r, &L->o, r->att, qd, n, r->h, E);
+    linop_run(r, &L->o, r->att, qd, n, out, E);
 }
 
-/* h[n, E] (the normed input) -> h: act(up(h)) or act(gate(h))·up(h), then down. */
-static void block_mlp(lora_run *r, uint64_t l, size_t n)
+/* in[n, E] (the normed input) -> out: act(up(in)) or act(gate(in))·up(in),
+ * then down.  out may be in. */
+static void block_mlp(lora_run *r, uint64_t l, size_t n, const float *in, float *out)
 {
     const lora_model *m = r->m;
     layer *L = &m->L[l];
     uint64_t E = m->cfg.hidden, FF = m->cfg.inner;
-    linop_run(r, &L->up, r->h, E, n, r->f1, FF);
+    linop_run(r, &L->up, in, E, n, r->f1, FF);
     if (m->fam->gate) {
-        linop_run(r, &L->gate, r->h, E, n, r->f2, FF);
-        activate(m->fam->act, r->f2, n * FF);
+        linop_run(r, &L->gate, in, E, n, r->f2, FF);
+        activate(model_act(m), r->f2, n * FF);
         for (size_t i = 0; i < n * FF; i++)
             r->f1[i] = r->f2[i] * r->f1[i];
     } else {
-        activate(m->fam->act, r->f1, n * FF);
+        activate(model_act(m), r->f1, n * FF);
     }
-    linop_run(r, &L->down, r->f1, FF, n, r->h, E);
+    linop_run(r, &L->down, r->f1, FF, n, out, E);
 }
 
 static void add(float *x, const float *y, size_t n)
 {
     for (size_t i = 0; i < n; i++)
         x[i] += y[i];
+}
+
+/* Parallel: x = (attn(n1(x)) + mlp(n2(x))) + x, n2 = n1 when the family
+ * has one norm (Phi); in that order, as PyTorch adds them. */
+static void block_parallel(lora_run *r, uint64_t l, size_t n)
+{
+    const lora_model *m = r->m;
+    const layer *L = &m->L[l];
+    size_t nE = n * m->cfg.hidden;
+    model_norm(m, r->x, r->h, n, L->n1w, L->n1b);
+    if (L->n2w)
+        model_norm(m, r->x, r->y, n, L->n2w, L->n2b);
+    else
+        memcpy(r->y, r->h, nE * sizeof(float));
+    block_attention(r, l, n, r->h, r->z);
+    block_mlp(r, l, n, r->y, r->y);
+    for (size_t i = 0; i < nE; i++)
+        r->x[i] = (r->z[i] + r->y[i]) + r->x[i];
 }
 
 /* Pre-norm: x += attn(n1(x)); x += mlp(n2(x)).  Post-norm (OPT with
@@ -198,11 +243,15 @@ static void block(lora_run *r, uint64_t l, size_t n)
     const layer *L = &m->L[l];
     size_t nE = n * m->cfg.hidden;
     int post = m->cfg.post_norm;
+    if (m->cfg.parallel) {
+        block_parallel(r, l, n);
+        return;
+    }
     if (post)
         memcpy(r->h, r->x, nE * sizeof(float));
     else
         model_norm(m, r->x, r->h, n, L->n1w, L->n1b);
-    block_attention(r, l, n);
+    block_attention(r, l, n, r->h, r->h);
     add(r->x, r->h, nE);
     if (post) {
         model_norm(m, r->x, r->x, n, L->n1w, L->n1b);
@@ -210,7 +259,7 @@ static void block(lora_run *r, uint64_t l, size_t n)
     } else {
         model_norm(m, r->x, r->h, n, L->n2w, L->n2b);
     }
-    block_mlp(r, l, n);
+    block_mlp(r, l, n, r->h, r->h);
     add(r->x, r->h, nE);
     if (post)
         model_norm(m, r->x, r->x, n, L->n2w, L->n2b);

@@ -18,7 +18,7 @@
     } while (0)
 
 enum { NORM_LAYER = 1, NORM_RMS = 2 };
-enum { ACT_GELU_TANH = 1, ACT_SILU = 2, ACT_RELU = 3 };
+enum { ACT_GELU_TANH = 1, ACT_SILU = 2, ACT_RELU = 3, ACT_GELU = 4 };
 enum { POS_LEARNED = 1, POS_ROPE = 2 };
 
 /* One decoder-only family as the forward computes it.  Tensor names
@@ -33,9 +33,12 @@ typedef struct lora_family {
     const char *layers;        /* "h." / "layers." */
     const char *n1, *n2;       /* the block's two norms */
     const char *qkv;           /* fused [q; k; v] (GPT-2 c_attn) or NULL */
+    int qkv_interleaved;       /* fused per head [q_h; k_h; v_h] (GPT-NeoX) */
     const char *q, *k, *v, *o;
     const char *q_norm, *k_norm; /* per-head RMSNorm of q and k (Qwen3) */
     const char *gate, *up, *down; /* gate NULL: plain MLP */
+    const char *head;          /* "lm_head.weight" / "embed_out.weight" (no prefix) */
+    int head_bias;             /* the head has a bias (Phi) */
     int conv1d;                /* weights stored [in, out] (GPT-2 Conv1D) */
     int norm;                  /* NORM_* */
     int norm_bias;             /* LayerNorm with bias */
@@ -90,7 +93,7 @@ struct lora_model {
      * PEFT applies it: hop.wm is embed + ΔW and embed stays. */
     linop eop, hop;
     layer *L;
-    float *inv_freq;     /* [head_dim / 2] */
+    float *inv_freq;     /* [rotary_dim / 2] */
     uint64_t params;
     lora_adapter *ad;
     size_t n_adapted;
@@ -111,7 +114,8 @@ struct lora_run {
     uint64_t cap, pos;
     float **kc, **vc;       /* per layer [cap, kv_dim] */
     float *x, *h, *q, *att, *sc, *f1, *f2, *lt, *qkv, *e;
-    float *cosv, *sinv;     /* [cap, head_dim/2] */
+    float *y, *z;           /* parallel blocks: the MLP's input, attention's output */
+    float *cosv, *sinv;     /* [cap, rotary_dim/2] */
     uint64_t rmax;
 };
 
@@ -126,6 +130,7 @@ void rmsnorm(const float *x, float *y, size_t n, uint64_t E, const float *w, dou
 void model_norm(const lora_model *m, const float *x, float *y, size_t n, const float *w,
                 const float *b);
 void activate(int act, float *x, size_t n);
+int model_act(const lora_model *m);
 void rope(const lora_run *r, float *v, size_t ld, size_t n, uint64_t nheads);
 void head_rmsnorm(float *v, size_t ld, size_t n, uint64_t nheads, uint64_t hd, const float *w,
                   double eps);

@@ -103,7 +103,13 @@ void model_norm(const lora_model *m, const float *x, float *y, size_t n, const f
         rmsnorm(x, y, n, m->cfg.hidden, w, m->cfg.norm_eps);
 }
 
-/* x = act(x) elementwise: gelu_new (tanh approximation), SiLU, ReLU. */
+int model_act(const lora_model *m)
+{
+    return m->cfg.act ? m->cfg.act : m->fam->act;
+}
+
+/* x = act(x) elementwise: gelu_new (tanh approximation), SiLU, ReLU,
+ * GELU (erf, PyTorch's exact nn.GELU). */
 void activate(int act, float *x, size_t n)
 {
     const float k0 = 0.7978845608028654f, k1 = 0.044715f; /* √(2/π) */
@@ -113,6 +119,8 @@ void activate(int act, float *x, size_t n)
             x[i] = 0.5f * v * (1.0f + tanhf(k0 * (v + k1 * (v * v * v))));
         else if (act == ACT_SILU)
             x[i] = v / (1.0f + expf(-v));
+        else if (act == ACT_GELU)
+            x[i] = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
         else
             x[i] = v > 0.0f ? v : 0.0f;
     }
@@ -166,9 +174,11 @@ void attention(lora_run *r, uint64_t l, const float *q, size_t ldq, size_t n, fl
     }
 }
 
+/* rotate_half RoPE on the first rotary_dim of every head (the rest
+ * passes through: Phi's and GPT-NeoX's partial rotary). */
 void rope(const lora_run *r, float *v, size_t ld, size_t n, uint64_t nheads)
 {
-    uint64_t hd = r->m->cfg.head_dim, hd2 = hd / 2;
+    uint64_t hd = r->m->cfg.head_dim, hd2 = r->m->cfg.rotary_dim / 2;
     for (size_t i = 0; i < n; i++) {
         const float *cs = r->cosv + (r->pos + i) * hd2, *sn = r->sinv + (r->pos + i) * hd2;
         for (uint64_t h = 0; h < nheads; h++) {

@@ -103,12 +103,12 @@ static int load_norm(lora_model *m, const char *name, uint64_t n, float **w, flo
 static int make_inv_freq(lora_model *m, lora_error *err)
 {
     const lora_model_config *c = &m->cfg;
-    uint64_t half = c->head_dim / 2;
+    uint64_t half = c->rotary_dim / 2;
     m->inv_freq = malloc((size_t)half * sizeof(float));
     if (!m->inv_freq)
         return lora_oom(err);
     for (uint64_t i = 0; i < half; i++) {
-        float e = (float)(2 * i) / (float)c->head_dim;
+        float e = (float)(2 * i) / (float)c->rotary_dim;
         float f = 1.0f / powf((float)c->rope_theta, e);
         if (c->rope_type == LORA_ROPE_LINEAR) {
             f = (float)(f / c->rope_factor);
@@ -128,22 +128,30 @@ static int make_inv_freq(lora_model *m, lora_error *err)
     return LORA_OK;
 }
 
-/* The output head: lm_head.weight, or the input embedding when tied
- * (tie_word_embeddings and no lm_head.weight in the checkpoint). */
+/* The output head: lm_head.weight (GPT-NeoX: embed_out.weight), or the
+ * input embedding when tied (tie_word_embeddings and no head in the
+ * checkpoint); Phi's head has a bias. */
 static int load_head(lora_model *m, lora_error *err)
 {
     const lora_model_config *c = &m->cfg;
-    if (c->tied && !lora_ckpt_find(m->ck, "lm_head.weight", NULL)) {
+    const char *hn = m->fam->head;
+    if (c->tied && !lora_ckpt_find(m->ck, hn, NULL)) {
         m->head = m->embed;
         m->head_name[0] = '\0';
-        return LORA_OK;
+    } else {
+        int rc = load_tensor(m, hn, 0, c->vocab, c->embed_dim, &m->head, NULL, err);
+        if (rc == LORA_EINPUT && !c->tied && !lora_ckpt_find(m->ck, hn, NULL))
+            lora_err_prefix(err, "config.json says tie_word_embeddings false, so the head is not "
+                            "the embeddings");
+        if (rc != LORA_OK)
+            return rc;
+        snprintf(m->head_name, sizeof m->head_name, "%s", hn);
     }
-    int rc = load_tensor(m, "lm_head.weight", 0, c->vocab, c->embed_dim, &m->head, NULL, err);
-    if (rc == LORA_EINPUT && !c->tied && !lora_ckpt_find(m->ck, "lm_head.weight", NULL))
-        lora_err_prefix(err, "config.json says tie_word_embeddings false, so the head is not "
-                        "the embeddings");
-    strcpy(m->head_name, "lm_head.weight");
-    return rc;
+    if (!m->fam->head_bias)
+        return LORA_OK;
+    char bn[64];
+    snprintf(bn, sizeof bn, "%.*s.bias", (int)(strlen(hn) - strlen(".weight")), hn);
+    return load_tensor(m, bn, 0, c->vocab, 0, &m->hop.b, NULL, err);
 }
 
 /* The head and the embedding as ops an adapter can attach to. */
@@ -170,7 +178,8 @@ static int load_layer(lora_model *m, uint64_t i, lora_error *err)
     char n[160];
 #define N(what) layer_name(n, sizeof n, m, i, what, "")
     TRY(load_norm(m, N(f->n1), E, &l->n1w, &l->n1b, err));
-    TRY(load_norm(m, N(f->n2), E, &l->n2w, &l->n2b, err));
+    if (f->n2)
+        TRY(load_norm(m, N(f->n2), E, &l->n2w, &l->n2b, err));
     if (f->qkv) {
         TRY(load_linop(m, &l->qkv, N(f->qkv), E, qd + 2 * kvd, c->qkv_bias, err));
     } else {
