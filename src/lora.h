@@ -1451,7 +1451,9 @@ enum {
     LORA_ARCH_QWEN3 = 3,   /* Qwen3ForCausalLM */
     LORA_ARCH_OPT = 4,     /* OPTForCausalLM */
     LORA_ARCH_PHI = 5,     /* PhiForCausalLM */
-    LORA_ARCH_NEOX = 6     /* GPTNeoXForCausalLM */
+    LORA_ARCH_NEOX = 6,    /* GPTNeoXForCausalLM */
+    LORA_ARCH_GEMMA2 = 7,  /* Gemma2ForCausalLM */
+    LORA_ARCH_GEMMA3 = 8   /* Gemma3ForCausalLM */
 };
 
 enum { LORA_ROPE_NONE = 0, LORA_ROPE_LINEAR = 1, LORA_ROPE_LLAMA3 = 2 };
@@ -1485,13 +1487,18 @@ typedef struct lora_model_config {
     double rope_factor, rope_low_freq, rope_high_freq;
     uint64_t rope_original_max;
     /* Sliding-window attention: query i sees keys j with 0 <= i - j <
-     * sliding_window on layers >= window_from (0: no window). */
-    uint64_t sliding_window, window_from;
+     * sliding_window on layers l >= window_from, except, with a
+     * window_period P, those with (l + 1) % P == 0 (Gemma's pattern). */
+    uint64_t sliding_window, window_from, window_period;
     int post_norm;             /* OPT do_layer_norm_before false: norms after the residual add */
     uint64_t embed_dim;        /* OPT word_embed_proj_dim (others: hidden) */
     uint64_t rotary_dim;       /* RoPE on the first rotary_dim of each head (partial rotary) */
     int parallel;              /* x += attn(n1(x)) + mlp(n2 or n1(x)) (Phi, GPT-NeoX) */
     int act;                   /* activation when the family has a choice (0: its default) */
+    /* Gemma: embeddings times embed_scale, attention scores times
+     * attn_scale (0: 1/sqrt(head_dim)), tanh soft-capping of the scores and
+     * of the logits (0: none), RoPE theta of the sliding layers (0: rope_theta) */
+    double embed_scale, attn_scale, attn_softcap, final_softcap, rope_local_theta;
 } lora_model_config;
 
 /* Parse and validate a config.json text: architecture known (anything

@@ -178,7 +178,8 @@ END_TEST
  * must be far off, so the comparison can fail. */
 static const char *const FAMILY_MODELS[] = {"qwen3-random", "mistral-window", "opt-random",
                                             "opt-postnorm", "phi-random", "neox-random",
-                                            "neox-sequential"};
+                                            "neox-sequential", "gemma2-random",
+                                            "gemma3-random"};
 
 START_TEST(reference_logits_families)
 {
@@ -313,7 +314,7 @@ START_TEST(kv_cache)
 {
     const char *names[] = {"gpt2-base", "llama-base", "qwen2-random", "qwen3-random",
                            "mistral-window", "opt-random", "opt-postnorm", "phi-random",
-                           "neox-random", "neox-sequential"};
+                           "neox-random", "neox-sequential", "gemma2-random", "gemma3-random"};
     int32_t tok[] = {0, 30, 3, 17, 25, 1, 9, 9, 31, 0, 2, 18};
     size_t n = sizeof tok / sizeof *tok;
     for (size_t k = 0; k < sizeof names / sizeof *names; k++) {
@@ -583,7 +584,7 @@ START_TEST(config_parse)
 
     cfg_bad("{\"architectures\":[\"BertForMaskedLM\"]}", "architecture BertForMaskedLM is not supported");
     cfg_bad("{\"model_type\":\"bert\"}", "model_type \"bert\" is not supported");
-    cfg_bad("{\"architectures\":[\"FooForCausalLM\"]}", "PhiForCausalLM, GPTNeoXForCausalLM are");
+    cfg_bad("{\"architectures\":[\"FooForCausalLM\"]}", "Gemma2ForCausalLM, Gemma3ForCausalLM are");
     cfg_bad("{\"model_type\":\"phi\",\"hidden_size\":32,\"num_attention_heads\":4,"
             "\"qk_layernorm\":true}", "qk_layernorm");
     cfg_bad("{\"model_type\":\"gpt_neox\",\"hidden_size\":32,\"num_attention_heads\":4,"
@@ -593,9 +594,10 @@ START_TEST(config_parse)
     cfg_bad("{\"model_type\":\"opt\",\"activation_function\":\"gelu\"}", "activation_function");
     cfg_bad("{\"model_type\":\"opt\",\"layer_norm_elementwise_affine\":false}",
             "layer_norm_elementwise_affine");
-    cfg_bad("{\"model_type\":\"qwen3\",\"num_hidden_layers\":2,\"use_sliding_window\":true,"
-            "\"sliding_window\":8,\"layer_types\":[\"sliding_attention\",\"full_attention\"]}",
-            "a full-attention layer after a sliding one");
+    cfg_bad("{\"model_type\":\"qwen3\",\"num_hidden_layers\":3,\"use_sliding_window\":true,"
+            "\"sliding_window\":8,\"layer_types\":[\"full_attention\",\"sliding_attention\","
+            "\"full_attention\"]}",
+            "this pattern of sliding and full-attention");
     cfg_bad("{\"model_type\":\"qwen3\",\"num_hidden_layers\":2,"
             "\"layer_types\":[\"full_attention\"]}", "layer_types");
     /* the families' defaults and key names, as transformers' configs have them */
@@ -614,6 +616,18 @@ START_TEST(config_parse)
     ck_assert_int_eq(lora_model_config_parse(mi, strlen(mi), &c, &err), LORA_OK);
     ck_assert_uint_eq(c.sliding_window, 4096);  /* MistralConfig's default */
     ck_assert_uint_eq(c.window_from, 0);
+    const char *g2 = "{\"model_type\":\"gemma2\",\"num_hidden_layers\":4}";
+    ck_assert_int_eq(lora_model_config_parse(g2, strlen(g2), &c, &err), LORA_OK);
+    ck_assert_uint_eq(c.window_period, 2);  /* layers 0 and 2 slide */
+    ck_assert(c.final_softcap == 30.0 && c.attn_softcap == 50.0);
+    const char *g3 = "{\"model_type\":\"gemma3_text\",\"num_hidden_layers\":4,"
+                     "\"attn_logit_softcapping\":50.0,\"rope_parameters\":{\"full_attention\":"
+                     "{\"rope_type\":\"linear\",\"factor\":8.0,\"rope_theta\":1000000.0},"
+                     "\"sliding_attention\":{\"rope_type\":\"default\",\"rope_theta\":10000.0}}}";
+    ck_assert_int_eq(lora_model_config_parse(g3, strlen(g3), &c, &err), LORA_OK);
+    ck_assert(c.attn_softcap == 0.0);  /* Gemma 3 ignores it */
+    ck_assert_int_eq(c.rope_type, LORA_ROPE_LINEAR);
+    ck_assert(c.rope_local_theta == 10000.0 && c.rope_theta == 1000000.0);
     const char *op = "{\"model_type\":\"opt\",\"do_layer_norm_before\":false}";
     ck_assert_int_eq(lora_model_config_parse(op, strlen(op), &c, &err), LORA_OK);
     ck_assert_int_eq(c.post_norm, 1);

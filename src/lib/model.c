@@ -63,7 +63,7 @@ void lora_model_free(lora_model *m)
             for (int j = 0; j < LAYER_OPS; j++)
                 linop_free(ops[j]);
             free(l->n1w); free(l->n1b); free(l->n2w); free(l->n2b);
-            free(l->qnw); free(l->knw);
+            free(l->qnw); free(l->knw); free(l->p1w); free(l->p2w);
         }
         free(m->L);
     }
@@ -75,6 +75,7 @@ void lora_model_free(lora_model *m)
     if (m->head != m->embed)
         free(m->head);
     free(m->embed); free(m->wpe); free(m->nfw); free(m->nfb); free(m->inv_freq);
+    free(m->inv_freq_local);
     lora_ckpt_close(m->ck);
     free(m);
 }
@@ -185,6 +186,15 @@ static linop *op_for(lora_model *m, const lora_adapter *ad, const lora_module *m
             lora_seterr(err, LORA_EINPUT, "%s: module %s: an embedding update of %s, which is not "
                         "the model's input embedding %s", ad->path, mod->name, mod->target,
                         m->embed_name);
+            return NULL;
+        }
+        if (m->cfg.embed_scale > 0) {
+            /* Gemma 2 scales after PEFT's lookup LoRA, Gemma 3's scaled
+             * embedding module before it; merged, both scale ΔW */
+            lora_seterr(err, LORA_EINPUT, "%s: module %s: an embedding update on %s, whose "
+                        "embeddings are scaled by sqrt(hidden_size): merged and at run time it "
+                        "would not agree, so lora-eval refuses it", ad->path, mod->name,
+                        m->cfg.architecture);
             return NULL;
         }
         if (!m->head_name[0]) {

@@ -174,9 +174,10 @@ static int parse_rope(json_t *o, lora_model_config *c, lora_error *err)
                        "(linear and llama3 are)", type);
 }
 
-/* layer_types as written by current transformers: the sliding layers
- * must be the last ones (Qwen2/3: i >= max_window_layers; Mistral: all),
- * the one pattern the forward's window_from expresses. */
+/* layer_types as written by current transformers, in one of the two
+ * patterns the forward expresses: the last layers sliding (Qwen2/3:
+ * i >= max_window_layers; Mistral: all), or every layer but each P-th
+ * (Gemma: sliding iff (i + 1) % P != 0).  Anything else is refused. */
 static int parse_layer_types(json_t *o, lora_model_config *c, lora_error *err)
 {
     json_t *lt = json_object_get(o, "layer_types");
@@ -185,7 +186,8 @@ static int parse_layer_types(json_t *o, lora_model_config *c, lora_error *err)
     if (!json_is_array(lt) || json_array_size(lt) != c->layers)
         return lora_seterr(err, LORA_EINPUT, "config.json: \"layer_types\" is not a list of "
                            "num_hidden_layers names");
-    uint64_t first = c->layers;
+    uint64_t first_sliding = c->layers, first_full = c->layers;
+    char kind[LORA_MODEL_MAX_LAYERS];
     for (uint64_t i = 0; i < c->layers; i++) {
         const char *s = json_string_value(json_array_get(lt, i));
         int sliding = s && strcmp(s, "sliding_attention") == 0;
@@ -193,18 +195,23 @@ static int parse_layer_types(json_t *o, lora_model_config *c, lora_error *err)
             return lora_seterr(err, LORA_EINPUT, "config.json: layer_types[%llu] is not "
                                "\"full_attention\" or \"sliding_attention\"",
                                (unsigned long long)i);
-        if (sliding && first == c->layers)
-            first = i;
-        if (!sliding && first < c->layers)
-            return lora_seterr(err, LORA_EINPUT, "config.json: layer_types: a full-attention "
-                               "layer after a sliding one is not supported");
+        kind[i] = (char)sliding;
+        if (sliding && first_sliding == c->layers)
+            first_sliding = i;
+        if (!sliding && first_full == c->layers)
+            first_full = i;
     }
-    if (first == c->layers)
+    c->window_from = first_sliding;
+    c->window_period = first_sliding == 0 && first_full < c->layers ? first_full + 1 : 0;
+    if (first_sliding == c->layers)
         c->sliding_window = 0;
     else if (!c->sliding_window)
         return lora_seterr(err, LORA_EINPUT, "config.json: layer_types has sliding layers but "
                            "sliding_window is null");
-    c->window_from = first;
+    for (uint64_t i = 0; i < c->layers; i++)
+        if ((char)layer_windowed(c, i) != kind[i])
+            return lora_seterr(err, LORA_EINPUT, "config.json: layer_types: this pattern of "
+                               "sliding and full-attention layers is not supported");
     return LORA_OK;
 }
 
@@ -328,17 +335,18 @@ static int parse_opt(json_t *o, lora_model_config *c, lora_error *err)
 }
 
 /* The gelu variants of config.json's hidden_act. */
-static int parse_gelu(json_t *o, const char *dflt, lora_model_config *c, lora_error *err)
+static int parse_gelu(json_t *o, const char *key, const char *dflt, lora_model_config *c,
+                      lora_error *err)
 {
     const char *act = NULL;
-    TRY(cfg_str(o, "hidden_act", dflt, &act, err));
+    TRY(cfg_str(o, key, dflt, &act, err));
     if (strcmp(act, "gelu_new") == 0 || strcmp(act, "gelu_pytorch_tanh") == 0)
         c->act = ACT_GELU_TANH;
     else if (strcmp(act, "gelu") == 0)
         c->act = ACT_GELU;
     else
-        return lora_seterr(err, LORA_EINPUT, "config.json: hidden_act \"%s\" is not supported "
-                           "(gelu, gelu_new, gelu_pytorch_tanh are)", act);
+        return lora_seterr(err, LORA_EINPUT, "config.json: %s \"%s\" is not supported "
+                           "(gelu, gelu_new, gelu_pytorch_tanh are)", key, act);
     return LORA_OK;
 }
 
@@ -389,7 +397,7 @@ static int parse_phi(json_t *o, lora_model_config *c, lora_error *err)
     TRY(cfg_bool(o, "qk_layernorm", 0, &qkln, err));
     if (qkln)
         return lora_seterr(err, LORA_EINPUT, "config.json: qk_layernorm true is not supported");
-    TRY(parse_gelu(o, "gelu_new", c, err));
+    TRY(parse_gelu(o, "hidden_act", "gelu_new", c, err));
     double frac;
     TRY(cfg_num(o, "partial_rotary_factor", 0.5, 0.0, 1.0, &frac, err));
     TRY(set_rotary(c, frac, err));
@@ -427,12 +435,95 @@ static int parse_neox(json_t *o, lora_model_config *c, lora_error *err)
     TRY(cfg_bool(o, "attention_bias", 1, &bias, err));
     c->qkv_bias = c->o_bias = bias;
     c->mlp_bias = 1;
-    TRY(parse_gelu(o, "gelu", c, err));
+    TRY(parse_gelu(o, "hidden_act", "gelu", c, err));
+    return parse_rope(o, c, err);
+}
+
+/* Gemma 3's RoPE: rope_theta (scaled by rope_scaling) on the global
+ * layers, rope_local_base_freq unscaled on the sliding ones; or, in
+ * transformers v5, rope_parameters per layer type. */
+static int parse_gemma3_rope(json_t *o, lora_model_config *c, lora_error *err)
+{
+    TRY(cfg_num(o, "rope_theta", 1000000.0, 1e-6, 1e30, &c->rope_theta, err));
+    TRY(cfg_num(o, "rope_local_base_freq", 10000.0, 1e-6, 1e30, &c->rope_local_theta, err));
+    json_t *rp = json_object_get(o, "rope_parameters");
+    json_t *full = json_is_object(rp) ? json_object_get(rp, "full_attention") : NULL;
+    if (!full)
+        return parse_rope(o, c, err);
+    json_t *slide = json_object_get(rp, "sliding_attention");
+    if (json_is_object(slide)) {
+        const char *type = NULL;
+        TRY(cfg_str(slide, "rope_type", "default", &type, err));
+        if (strcmp(type, "default") != 0)
+            return lora_seterr(err, LORA_EINPUT, "config.json: rope_parameters.sliding_attention "
+                               "type \"%s\" is not supported", type);
+        TRY(cfg_num(slide, "rope_theta", c->rope_local_theta, 1e-6, 1e30, &c->rope_local_theta,
+                    err));
+    }
+    json_t *wrap = json_pack("{sO}", "rope_parameters", full);
+    if (!wrap)
+        return lora_oom(err);
+    int rc = parse_rope(wrap, c, err);
+    json_decref(wrap);
+    return rc;
+}
+
+/* Gemma2Config / Gemma3TextConfig: embeddings scaled by sqrt(hidden_size),
+ * scores by query_pre_attn_scalar^-0.5, GeGLU, soft caps (Gemma 3 ignores
+ * attn_logit_softcapping, as transformers does), sliding layers every
+ * layer but each 2nd (Gemma 2) or sliding_window_pattern-th (Gemma 3). */
+static int parse_gemma(json_t *o, lora_model_config *c, lora_error *err)
+{
+    int g3 = c->arch == LORA_ARCH_GEMMA3;
+    TRY(cfg_uint(o, "vocab_size", g3 ? 262208 : 256000, 1, LORA_MODEL_MAX_VOCAB, &c->vocab, err));
+    TRY(cfg_uint(o, "hidden_size", 2304, 1, LORA_MODEL_MAX_HIDDEN, &c->hidden, err));
+    TRY(cfg_uint(o, "intermediate_size", 9216, 1, 16 * LORA_MODEL_MAX_HIDDEN, &c->inner, err));
+    TRY(cfg_uint(o, "num_hidden_layers", 26, 1, LORA_MODEL_MAX_LAYERS, &c->layers, err));
+    TRY(cfg_uint(o, "num_attention_heads", 8, 1, LORA_MODEL_MAX_HIDDEN, &c->heads, err));
+    TRY(cfg_uint(o, "num_key_value_heads", 4, 1, c->heads, &c->kv_heads, err));
+    if (c->heads % c->kv_heads != 0)
+        return lora_seterr(err, LORA_EINPUT, "config.json: num_attention_heads is not a multiple "
+                           "of num_key_value_heads");
+    TRY(cfg_uint(o, "head_dim", 256, 2, LORA_MODEL_MAX_HIDDEN, &c->head_dim, err));
+    if (c->head_dim % 2 != 0 || c->heads * c->head_dim > LORA_MODEL_MAX_HIDDEN * 4)
+        return lora_seterr(err, LORA_EINPUT, "config.json: head_dim %llu is odd or too large",
+                           (unsigned long long)c->head_dim);
+    TRY(cfg_uint(o, "max_position_embeddings", g3 ? 131072 : 8192, 1, LORA_MODEL_MAX_POSITIONS,
+                 &c->max_positions, err));
+    TRY(cfg_num(o, "rms_norm_eps", 1e-6, 0.0, 1.0, &c->norm_eps, err));
+    TRY(cfg_bool(o, "tie_word_embeddings", 1, &c->tied, err));
+    int ab = 0;
+    TRY(cfg_bool(o, "attention_bias", 0, &ab, err));
+    c->qkv_bias = c->o_bias = ab;
+    const char *hidden_act = NULL;
+    TRY(cfg_str(o, "hidden_act", "gelu_pytorch_tanh", &hidden_act, err));
+    TRY(parse_gelu(o, "hidden_activation", hidden_act, c, err));
+    double qpas;
+    TRY(cfg_num(o, "query_pre_attn_scalar", 256.0, 1e-6, 1e12, &qpas, err));
+    c->attn_scale = pow(qpas, -0.5);
+    c->embed_scale = (double)(float)sqrt((double)c->hidden);
+    TRY(cfg_num(o, "final_logit_softcapping", g3 ? 0.0 : 30.0, 0.0, 1e12, &c->final_softcap, err));
+    if (!g3)
+        TRY(cfg_num(o, "attn_logit_softcapping", 50.0, 0.0, 1e12, &c->attn_softcap, err));
+    c->embed_dim = c->hidden;
+    json_t *sw = json_object_get(o, "sliding_window");
+    if (!(sw && json_is_null(sw)))
+        TRY(cfg_uint(o, "sliding_window", 4096, 1, LORA_MODEL_MAX_POSITIONS, &c->sliding_window,
+                     err));
+    c->window_period = 2;
+    if (g3)
+        TRY(cfg_uint(o, "sliding_window_pattern", 6, 1, LORA_MODEL_MAX_LAYERS, &c->window_period,
+                     err));
+    TRY(parse_layer_types(o, c, err));
+    if (g3)
+        return parse_gemma3_rope(o, c, err);
+    TRY(cfg_num(o, "rope_theta", 10000.0, 1e-6, 1e30, &c->rope_theta, err));
     return parse_rope(o, c, err);
 }
 
 #define SUPPORTED "GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, " \
-                  "Qwen3ForCausalLM, OPTForCausalLM, PhiForCausalLM, GPTNeoXForCausalLM"
+                  "Qwen3ForCausalLM, OPTForCausalLM, PhiForCausalLM, GPTNeoXForCausalLM, " \
+                  "Gemma2ForCausalLM, Gemma3ForCausalLM"
 
 int lora_model_config_parse(const char *json, size_t len, lora_model_config *cfg,
                             lora_error *err)
@@ -476,13 +567,16 @@ int lora_model_config_parse(const char *json, size_t len, lora_model_config *cfg
                                              {"qwen3", "Qwen3ForCausalLM"},
                                              {"opt", "OPTForCausalLM"},
                                              {"phi", "PhiForCausalLM"},
-                                             {"gpt_neox", "GPTNeoXForCausalLM"}};
+                                             {"gpt_neox", "GPTNeoXForCausalLM"},
+                                             {"gemma2", "Gemma2ForCausalLM"},
+                                             {"gemma3_text", "Gemma3ForCausalLM"}};
         for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
             if (strcmp(mt, map[i][0]) == 0)
                 arch = map[i][1];
         if (!arch) {
             rc = lora_seterr(err, LORA_EINPUT, "config.json: model_type \"%.64s\" is not supported "
-                             "(gpt2, llama, mistral, qwen2, qwen3, opt, phi, gpt_neox are)", mt);
+                             "(gpt2, llama, mistral, qwen2, qwen3, opt, phi, gpt_neox, gemma2, "
+                             "gemma3_text are)", mt);
             goto out;
         }
     }
@@ -510,6 +604,9 @@ int lora_model_config_parse(const char *json, size_t len, lora_model_config *cfg
     } else if (strcmp(arch, "GPTNeoXForCausalLM") == 0) {
         cfg->arch = LORA_ARCH_NEOX;
         rc = parse_neox(o, cfg, err);
+    } else if (strcmp(arch, "Gemma2ForCausalLM") == 0 || strcmp(arch, "Gemma3ForCausalLM") == 0) {
+        cfg->arch = arch[5] == '2' ? LORA_ARCH_GEMMA2 : LORA_ARCH_GEMMA3;
+        rc = parse_gemma(o, cfg, err);
     } else {
         rc = lora_seterr(err, LORA_EINPUT,
                          "config.json: architecture %s is not supported (" SUPPORTED " are)", arch);

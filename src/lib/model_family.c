@@ -52,6 +52,25 @@ static const lora_family FAMILIES[] = {
      .qkv = "attention.query_key_value", .qkv_interleaved = 1, .o = "attention.dense",
      .up = "mlp.dense_h_to_4h", .down = "mlp.dense_4h_to_h", .norm = NORM_LAYER, .norm_bias = 1,
      .act = ACT_GELU, .pos = POS_ROPE},
+    /* Gemma 2: RMSNorm scaling by (1 + w), a norm before and after both
+     * attention and the MLP, GeGLU (gelu tanh); the embedding scale, soft
+     * caps, query_pre_attn_scalar and windows come from config.json */
+    {.arch = LORA_ARCH_GEMMA2, .prefixes = {"model."}, .embed = "embed_tokens",
+     .final_norm = "norm", .head = "lm_head.weight", .layers = "layers.",
+     .n1 = "input_layernorm", .pn1 = "post_attention_layernorm",
+     .n2 = "pre_feedforward_layernorm", .pn2 = "post_feedforward_layernorm", .norm_plus_one = 1,
+     .q = "self_attn.q_proj", .k = "self_attn.k_proj", .v = "self_attn.v_proj",
+     .o = "self_attn.o_proj", .gate = "mlp.gate_proj", .up = "mlp.up_proj",
+     .down = "mlp.down_proj", .norm = NORM_RMS, .act = ACT_GELU_TANH, .pos = POS_ROPE},
+    /* Gemma 3 (text): Gemma 2 plus (1 + w) RMSNorms of q and k per head */
+    {.arch = LORA_ARCH_GEMMA3, .prefixes = {"model."}, .embed = "embed_tokens",
+     .final_norm = "norm", .head = "lm_head.weight", .layers = "layers.",
+     .n1 = "input_layernorm", .pn1 = "post_attention_layernorm",
+     .n2 = "pre_feedforward_layernorm", .pn2 = "post_feedforward_layernorm", .norm_plus_one = 1,
+     .q = "self_attn.q_proj", .k = "self_attn.k_proj", .v = "self_attn.v_proj",
+     .o = "self_attn.o_proj", .q_norm = "self_attn.q_norm", .k_norm = "self_attn.k_norm",
+     .gate = "mlp.gate_proj", .up = "mlp.up_proj", .down = "mlp.down_proj", .norm = NORM_RMS,
+     .act = ACT_GELU_TANH, .pos = POS_ROPE},
 };
 
 const lora_family *lora_family_of(int arch)

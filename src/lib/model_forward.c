@@ -37,6 +37,7 @@ void lora_run_free(lora_run *r)
     free(r->kc); free(r->vc);
     free(r->x); free(r->h); free(r->q); free(r->att); free(r->sc); free(r->f1); free(r->f2);
     free(r->lt); free(r->qkv); free(r->e); free(r->y); free(r->z); free(r->cosv); free(r->sinv);
+    free(r->cosl); free(r->sinl);
     free(r);
 }
 
@@ -52,6 +53,20 @@ static uint64_t max_rank(const lora_model *m)
                 rmax = ops[j]->r;
     }
     return rmax;
+}
+
+/* cos and sin of p·inv_freq[i], in F32 as transformers computes them. */
+static void rope_tables(const float *inv, uint64_t T, uint64_t hd2, float **cosv, float **sinv,
+                        int *bad)
+{
+    *cosv = alloc_floats(T, hd2, bad);
+    *sinv = alloc_floats(T, hd2, bad);
+    for (uint64_t p = 0; !*bad && p < T; p++)
+        for (uint64_t i = 0; i < hd2; i++) {
+            float a = (float)p * inv[i];
+            (*cosv)[p * hd2 + i] = cosf(a);
+            (*sinv)[p * hd2 + i] = sinf(a);
+        }
 }
 
 static void alloc_buffers(lora_run *r, int *bad)
@@ -84,16 +99,10 @@ static void alloc_buffers(lora_run *r, int *bad)
         r->y = alloc_floats(T, E, bad);
         r->z = alloc_floats(T, E, bad);
     }
-    if (m->fam->pos == POS_ROPE) {
-        r->cosv = alloc_floats(T, hd2, bad);
-        r->sinv = alloc_floats(T, hd2, bad);
-        for (uint64_t p = 0; !*bad && p < T; p++)
-            for (uint64_t i = 0; i < hd2; i++) {
-                float a = (float)p * m->inv_freq[i];
-                r->cosv[p * hd2 + i] = cosf(a);
-                r->sinv[p * hd2 + i] = sinf(a);
-            }
-    }
+    if (m->fam->pos == POS_ROPE)
+        rope_tables(m->inv_freq, T, hd2, &r->cosv, &r->sinv, bad);
+    if (m->inv_freq_local)
+        rope_tables(m->inv_freq_local, T, hd2, &r->cosl, &r->sinl, bad);
 }
 
 int lora_run_new(lora_model *m, int mode, uint64_t max_tokens, lora_run **out, lora_error *err)
@@ -185,8 +194,8 @@ static void block_attention(lora_run *r, uint64_t l, size_t n, const float *in, 
         head_rmsnorm(k, kvd, n, c->kv_heads, c->head_dim, L->knw, c->norm_eps);
     }
     if (m->fam->pos == POS_ROPE) {
-        rope(r, q, ldq, n, c->heads);
-        rope(r, k, kvd, n, c->kv_heads);
+        rope(r, l, q, ldq, n, c->heads);
+        rope(r, l, k, kvd, n, c->kv_heads);
     }
     attention(r, l, q, ldq, n, r->att);
     linop_run(r, &L->o, r->att, qd, n, out, E);
@@ -235,8 +244,9 @@ static void block_parallel(lora_run *r, uint64_t l, size_t n)
         r->x[i] = (r->z[i] + r->y[i]) + r->x[i];
 }
 
-/* Pre-norm: x += attn(n1(x)); x += mlp(n2(x)).  Post-norm (OPT with
- * do_layer_norm_before false): x = n1(x + attn(x)); x = n2(x + mlp(x)). */
+/* Pre-norm: x += attn(n1(x)); x += mlp(n2(x)), Gemma with a norm of each
+ * output too: x += pn1(attn(n1(x))); x += pn2(mlp(n2(x))).  Post-norm (OPT
+ * with do_layer_norm_before false): x = n1(x + attn(x)); x = n2(x + mlp(x)). */
 static void block(lora_run *r, uint64_t l, size_t n)
 {
     const lora_model *m = r->m;
@@ -252,6 +262,8 @@ static void block(lora_run *r, uint64_t l, size_t n)
     else
         model_norm(m, r->x, r->h, n, L->n1w, L->n1b);
     block_attention(r, l, n, r->h, r->h);
+    if (L->p1w)
+        rmsnorm(r->h, r->h, n, m->cfg.hidden, L->p1w, m->cfg.norm_eps);
     add(r->x, r->h, nE);
     if (post) {
         model_norm(m, r->x, r->x, n, L->n1w, L->n1b);
@@ -260,6 +272,8 @@ static void block(lora_run *r, uint64_t l, size_t n)
         model_norm(m, r->x, r->h, n, L->n2w, L->n2b);
     }
     block_mlp(r, l, n, r->h, r->h);
+    if (L->p2w)
+        rmsnorm(r->h, r->h, n, m->cfg.hidden, L->p2w, m->cfg.norm_eps);
     add(r->x, r->h, nE);
     if (post)
         model_norm(m, r->x, r->x, n, L->n2w, L->n2b);
@@ -283,6 +297,11 @@ static void embed(lora_run *r, const int32_t *tokens, size_t n)
     if (m->wpe)
         for (size_t i = 0; i < n; i++)
             add(r->x + i * E, m->wpe + (r->pos + i + m->fam->pos_offset) * E, E);
+    if (c->embed_scale > 0) {
+        float s = (float)c->embed_scale; /* Gemma: torch.tensor(hidden ** 0.5) in F32 */
+        for (size_t i = 0; i < n * E; i++)
+            r->x[i] *= s;
+    }
 }
 
 int lora_run_forward(lora_run *r, const int32_t *tokens, size_t n, float *logits, size_t rows,
@@ -318,6 +337,10 @@ int lora_run_forward(lora_run *r, const int32_t *tokens, size_t n, float *logits
             hin = r->e;
         }
         linop_run(r, &m->hop, hin, c->embed_dim, rows, logits, c->vocab);
+        float cap = (float)c->final_softcap;
+        if (cap > 0)
+            for (size_t i = 0; i < rows * c->vocab; i++)
+                logits[i] = tanhf(logits[i] / cap) * cap;
     }
     return LORA_OK;
 }

@@ -31,7 +31,9 @@ typedef struct lora_family {
     const char *embed, *pos_embed, *final_norm, *proj_in, *proj_out; /* ".weight" implied */
     uint64_t pos_offset;       /* OPT's learned positions start at row 2 */
     const char *layers;        /* "h." / "layers." */
-    const char *n1, *n2;       /* the block's two norms */
+    const char *n1, *n2;       /* the block's two norms (before attention, before the MLP) */
+    const char *pn1, *pn2;     /* Gemma: norms of attention's and the MLP's outputs */
+    int norm_plus_one;         /* Gemma's RMSNorm scales by (1 + w) */
     const char *qkv;           /* fused [q; k; v] (GPT-2 c_attn) or NULL */
     int qkv_interleaved;       /* fused per head [q_h; k_h; v_h] (GPT-NeoX) */
     const char *q, *k, *v, *o;
@@ -70,6 +72,7 @@ typedef struct linop {
 typedef struct layer {
     float *n1w, *n1b, *n2w, *n2b;     /* norms (RMSNorm: no biases) */
     float *qnw, *knw;                 /* q/k norms [head_dim] */
+    float *p1w, *p2w;                 /* Gemma's post-attention / post-MLP norms */
     linop qkv;                        /* fused */
     linop q, k, v;
     linop o;
@@ -94,6 +97,7 @@ struct lora_model {
     linop eop, hop;
     layer *L;
     float *inv_freq;     /* [rotary_dim / 2] */
+    float *inv_freq_local; /* Gemma 3's sliding layers (rope_local_theta), or NULL */
     uint64_t params;
     lora_adapter *ad;
     size_t n_adapted;
@@ -116,6 +120,7 @@ struct lora_run {
     float *x, *h, *q, *att, *sc, *f1, *f2, *lt, *qkv, *e;
     float *y, *z;           /* parallel blocks: the MLP's input, attention's output */
     float *cosv, *sinv;     /* [cap, rotary_dim/2] */
+    float *cosl, *sinl;     /* the same for inv_freq_local */
     uint64_t rmax;
 };
 
@@ -131,7 +136,8 @@ void model_norm(const lora_model *m, const float *x, float *y, size_t n, const f
                 const float *b);
 void activate(int act, float *x, size_t n);
 int model_act(const lora_model *m);
-void rope(const lora_run *r, float *v, size_t ld, size_t n, uint64_t nheads);
+void rope(const lora_run *r, uint64_t l, float *v, size_t ld, size_t n, uint64_t nheads);
+int layer_windowed(const lora_model_config *c, uint64_t l);
 void head_rmsnorm(float *v, size_t ld, size_t n, uint64_t nheads, uint64_t hd, const float *w,
                   double eps);
 void attention(lora_run *r, uint64_t l, const float *q, size_t ldq, size_t n, float *out);

@@ -135,23 +135,35 @@ void head_rmsnorm(float *v, size_t ld, size_t n, uint64_t nheads, uint64_t hd, c
         rmsnorm(v + i * ld, v + i * ld, nheads, hd, w, eps);
 }
 
+int layer_windowed(const lora_model_config *c, uint64_t l)
+{
+    return c->sliding_window && l >= c->window_from &&
+           (!c->window_period || (l + 1) % c->window_period != 0);
+}
+
 /* Causal attention of n new queries at positions p0.. over the p0 + n
  * cached keys, every head; q rows have stride ldq, out rows qd.  On a
  * windowed layer query p sees keys j with 0 <= p - j < W (transformers'
- * sliding_window_overlay: kv > q - W); the others are masked. */
+ * sliding_window_overlay: kv > q - W); the others are masked.  Scores
+ * are scaled by attn_scale (default 1/sqrt(head_dim)) and, with Gemma 2's
+ * attn_softcap c, replaced by c·tanh(s / c) before the mask. */
 void attention(lora_run *r, uint64_t l, const float *q, size_t ldq, size_t n, float *out)
 {
     const lora_model_config *c = &r->m->cfg;
     uint64_t hd = c->head_dim, kvd = c->kv_heads * hd, group = c->heads / c->kv_heads;
     uint64_t p0 = r->pos, nk = p0 + n;
-    uint64_t W = (c->sliding_window && l >= c->window_from) ? c->sliding_window : 0;
-    float scale = (float)(1.0 / sqrt((double)hd));
+    uint64_t W = layer_windowed(c, l) ? c->sliding_window : 0;
+    float scale = (float)(c->attn_scale > 0 ? c->attn_scale : 1.0 / sqrt((double)hd));
+    float cap = (float)c->attn_softcap;
     for (uint64_t h = 0; h < c->heads; h++) {
         uint64_t kh = h / group;
         matmul(1, n, nk, hd, scale, q + h * hd, ldq, r->kc[l] + kh * hd, kvd, 0.0f, r->sc, nk);
         for (size_t i = 0; i < n; i++) {
             float *s = r->sc + i * nk;
             uint64_t valid = p0 + i + 1, lo = (W && valid > W) ? valid - W : 0;
+            if (cap > 0)
+                for (uint64_t j = lo; j < valid; j++)
+                    s[j] = tanhf(s[j] / cap) * cap;
             float mx = s[lo];
             for (uint64_t j = lo + 1; j < valid; j++)
                 if (s[j] > mx)
@@ -176,11 +188,13 @@ void attention(lora_run *r, uint64_t l, const float *q, size_t ldq, size_t n, fl
 
 /* rotate_half RoPE on the first rotary_dim of every head (the rest
  * passes through: Phi's and GPT-NeoX's partial rotary). */
-void rope(const lora_run *r, float *v, size_t ld, size_t n, uint64_t nheads)
+void rope(const lora_run *r, uint64_t l, float *v, size_t ld, size_t n, uint64_t nheads)
 {
     uint64_t hd = r->m->cfg.head_dim, hd2 = r->m->cfg.rotary_dim / 2;
+    int local = r->cosl && layer_windowed(&r->m->cfg, l);
+    const float *ct = local ? r->cosl : r->cosv, *st = local ? r->sinl : r->sinv;
     for (size_t i = 0; i < n; i++) {
-        const float *cs = r->cosv + (r->pos + i) * hd2, *sn = r->sinv + (r->pos + i) * hd2;
+        const float *cs = ct + (r->pos + i) * hd2, *sn = st + (r->pos + i) * hd2;
         for (uint64_t h = 0; h < nheads; h++) {
             float *x = v + i * ld + h * hd;
             for (uint64_t j = 0; j < hd2; j++) {

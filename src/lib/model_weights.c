@@ -85,32 +85,38 @@ static int load_linop(lora_model *m, linop *op, const char *name, uint64_t in, u
     return LORA_OK;
 }
 
-/* A norm's weight [n] and, for a LayerNorm with bias, its bias. */
+/* A norm's weight [n] (Gemma: 1 + w, in F32 as Gemma's RMSNorm adds it)
+ * and, for a LayerNorm with bias, its bias. */
 static int load_norm(lora_model *m, const char *name, uint64_t n, float **w, float **b,
                      lora_error *err)
 {
     char buf[224];
     snprintf(buf, sizeof buf, "%s.weight", name);
     TRY(load_tensor(m, buf, 1, n, 0, w, NULL, err));
-    if (!m->fam->norm_bias)
+    if (m->fam->norm_plus_one)
+        for (uint64_t j = 0; j < n; j++)
+            (*w)[j] = 1.0f + (*w)[j];
+    if (!m->fam->norm_bias || !b)
         return LORA_OK;
     snprintf(buf, sizeof buf, "%s.bias", name);
     return load_tensor(m, buf, 1, n, 0, b, NULL, err);
 }
 
 /* RoPE inverse frequencies as transformers computes them: in F32,
- * 1 / theta^(2i/d), then the configured scaling. */
-static int make_inv_freq(lora_model *m, lora_error *err)
+ * 1 / theta^(2i/d), then the configured scaling when `scaled` (Gemma 3's
+ * sliding layers use rope_local_theta unscaled). */
+static int make_inv_freq(const lora_model_config *c, double theta, int scaled, float **out,
+                         lora_error *err)
 {
-    const lora_model_config *c = &m->cfg;
     uint64_t half = c->rotary_dim / 2;
-    m->inv_freq = malloc((size_t)half * sizeof(float));
-    if (!m->inv_freq)
+    float *inv = *out = malloc((size_t)half * sizeof(float));
+    if (!inv)
         return lora_oom(err);
     for (uint64_t i = 0; i < half; i++) {
         float e = (float)(2 * i) / (float)c->rotary_dim;
-        float f = 1.0f / powf((float)c->rope_theta, e);
-        if (c->rope_type == LORA_ROPE_LINEAR) {
+        float f = 1.0f / powf((float)theta, e);
+        if (!scaled) {
+        } else if (c->rope_type == LORA_ROPE_LINEAR) {
             f = (float)(f / c->rope_factor);
         } else if (c->rope_type == LORA_ROPE_LLAMA3) {
             double L = (double)c->rope_original_max;
@@ -123,7 +129,7 @@ static int make_inv_freq(lora_model *m, lora_error *err)
                 f = (float)((1 - s) * f / c->rope_factor + s * f);
             }
         }
-        m->inv_freq[i] = f;
+        inv[i] = f;
     }
     return LORA_OK;
 }
@@ -180,6 +186,10 @@ static int load_layer(lora_model *m, uint64_t i, lora_error *err)
     TRY(load_norm(m, N(f->n1), E, &l->n1w, &l->n1b, err));
     if (f->n2)
         TRY(load_norm(m, N(f->n2), E, &l->n2w, &l->n2b, err));
+    if (f->pn1) {
+        TRY(load_norm(m, N(f->pn1), E, &l->p1w, NULL, err));
+        TRY(load_norm(m, N(f->pn2), E, &l->p2w, NULL, err));
+    }
     if (f->qkv) {
         TRY(load_linop(m, &l->qkv, N(f->qkv), E, qd + 2 * kvd, c->qkv_bias, err));
     } else {
@@ -189,10 +199,8 @@ static int load_layer(lora_model *m, uint64_t i, lora_error *err)
     }
     TRY(load_linop(m, &l->o, N(f->o), qd, E, c->o_bias, err));
     if (f->q_norm) {
-        TRY(load_tensor(m, layer_name(n, sizeof n, m, i, f->q_norm, ".weight"), 1, hd, 0, &l->qnw,
-                        NULL, err));
-        TRY(load_tensor(m, layer_name(n, sizeof n, m, i, f->k_norm, ".weight"), 1, hd, 0, &l->knw,
-                        NULL, err));
+        TRY(load_norm(m, N(f->q_norm), hd, &l->qnw, NULL, err));
+        TRY(load_norm(m, N(f->k_norm), hd, &l->knw, NULL, err));
     }
     if (f->gate)
         TRY(load_linop(m, &l->gate, N(f->gate), E, FF, c->mlp_bias, err));
@@ -246,7 +254,12 @@ int model_load_weights(lora_model *m, lora_error *err)
         TRY(load_norm(m, f->final_norm, E, &m->nfw, &m->nfb, err));
     TRY(load_head(m, err));
     TRY(head_ops(m, err));
-    return f->pos == POS_ROPE ? make_inv_freq(m, err) : LORA_OK;
+    if (f->pos != POS_ROPE)
+        return LORA_OK;
+    TRY(make_inv_freq(c, c->rope_theta, 1, &m->inv_freq, err));
+    if (c->rope_local_theta > 0)
+        TRY(make_inv_freq(c, c->rope_local_theta, 0, &m->inv_freq_local, err));
+    return LORA_OK;
 }
 
 /* A config that declares fewer layers than the checkpoint holds would
