@@ -210,6 +210,129 @@ START_TEST(reference_logits_families)
 }
 END_TEST
 
+/* A BF16 tensor of deterministic small values, written in row chunks. */
+static void write_bf16(lora_stw *w, const char *name, int ndim, const uint64_t *shape,
+                       float base, float amp)
+{
+    lora_error e;
+    uint64_t n = shape[0] * (ndim == 2 ? shape[1] : 1), row = ndim == 2 ? shape[1] : shape[0];
+    uint16_t *buf = malloc(row * sizeof *buf);
+    ck_assert_ptr_nonnull(buf);
+    for (uint64_t off = 0; off < n; off += row) {
+        for (uint64_t k = 0; k < row; k++)
+            buf[k] = lora_f32_to_bf16(base + amp * sinf(0.37f * (float)(off + k) + base));
+        ck_assert_msg(lora_stw_write(w, name, off * 2, buf, row * 2, &e) == 0, "%s", e.msg);
+    }
+    free(buf);
+}
+
+/* The real PEFT adapter of facebook/opt-125m (shared fixtures: q_proj and
+ * v_proj of 12 layers, r 16, BF16, keys model.decoder.*) on a tiny OPT base
+ * of matching names and attention shapes (hidden 768, 12 layers, bare
+ * decoder.* keys as the hub checkpoint has them; a small vocabulary and
+ * MLP): it binds every module, changes the logits, and merged and
+ * unmerged agree. */
+START_TEST(real_opt_adapter)
+{
+    char *ap = tu_fixture("real/opt125m-bf16");
+    if (!ap)
+        return;
+    enum { E = 768, L = 12, FF = 8, V = 16, P = 8 };
+    char *d = tu_tmpdir(), *cp = tu_path(d, "config.json"), *sp = tu_path(d, "model.safetensors");
+    const char *cfg = "{\"architectures\":[\"OPTForCausalLM\"],\"hidden_size\":768,"
+                      "\"num_attention_heads\":12,\"num_hidden_layers\":12,\"ffn_dim\":8,"
+                      "\"vocab_size\":16,\"max_position_embeddings\":8,"
+                      "\"word_embed_proj_dim\":768}";
+    tu_write(cp, cfg, strlen(cfg));
+    lora_stw *w;
+    lora_error err;
+    lora_error_clear(&err);
+    ck_assert_int_eq(lora_stw_new(sp, &w, &err), 0);
+    char names[L * 16 + 8][96];
+    uint64_t shapes[L * 16 + 8][2];
+    int nd[L * 16 + 8], n = 0;
+#define T2(nm, a, b) (snprintf(names[n], 96, "%s", nm), shapes[n][0] = a, shapes[n][1] = b, nd[n++] = 2)
+#define T1(nm, a) (snprintf(names[n], 96, "%s", nm), shapes[n][0] = a, shapes[n][1] = 0, nd[n++] = 1)
+    T2("decoder.embed_tokens.weight", V, E);
+    T2("decoder.embed_positions.weight", P + 2, E);
+    T1("decoder.final_layer_norm.weight", E);
+    T1("decoder.final_layer_norm.bias", E);
+    for (int l = 0; l < L; l++) {
+        char b[96];
+        static const char *const proj[] = {"q_proj", "k_proj", "v_proj", "out_proj"};
+        for (int j = 0; j < 4; j++) {
+            snprintf(b, sizeof b, "decoder.layers.%d.self_attn.%s.weight", l, proj[j]);
+            T2(b, E, E);
+            snprintf(b, sizeof b, "decoder.layers.%d.self_attn.%s.bias", l, proj[j]);
+            T1(b, E);
+        }
+        static const char *const ln[] = {"self_attn_layer_norm", "final_layer_norm"};
+        for (int j = 0; j < 2; j++) {
+            snprintf(b, sizeof b, "decoder.layers.%d.%s.weight", l, ln[j]);
+            T1(b, E);
+            snprintf(b, sizeof b, "decoder.layers.%d.%s.bias", l, ln[j]);
+            T1(b, E);
+        }
+        snprintf(b, sizeof b, "decoder.layers.%d.fc1.weight", l);
+        T2(b, FF, E);
+        snprintf(b, sizeof b, "decoder.layers.%d.fc1.bias", l);
+        T1(b, FF);
+        snprintf(b, sizeof b, "decoder.layers.%d.fc2.weight", l);
+        T2(b, E, FF);
+        snprintf(b, sizeof b, "decoder.layers.%d.fc2.bias", l);
+        T1(b, E);
+    }
+#undef T1
+#undef T2
+    for (int i = 0; i < n; i++)
+        ck_assert_int_eq(lora_stw_declare(w, names[i], LORA_DT_BF16, nd[i], shapes[i], &err), 0);
+    ck_assert_msg(lora_stw_start(w, &err) == 0, "%s", err.msg);
+    for (int i = 0; i < n; i++) {
+        int norm_w = nd[i] == 1 && strstr(names[i], "norm.weight") != NULL;
+        /* q and v small: the merge rounds W0 + ΔW to BF16, whose spacing
+         * near W0 must stay below the adapter's update */
+        int qv = strstr(names[i], "q_proj.weight") || strstr(names[i], "v_proj.weight");
+        write_bf16(w, names[i], nd[i], shapes[i], norm_w ? 1.0f : 0.0f,
+                   qv ? 1e-3f : nd[i] == 2 ? 0.05f : 0.02f);
+    }
+    ck_assert_msg(lora_stw_commit(w, &err) == 0, "%s", err.msg);
+    lora_model *m = NULL;
+    ck_assert_msg(lora_model_open(d, &m, &err) == LORA_OK, "%s", err.msg);
+    lora_adapter *ad = NULL;
+    ck_assert_msg(lora_adapter_open(ap, &ad, &err) == LORA_OK, "%s", err.msg);
+    ck_assert_msg(lora_model_attach(m, ad, 1, &err) == LORA_OK, "%s", err.msg);
+    ck_assert_uint_eq(lora_model_adapted(m), 2 * L);
+    int32_t tok[] = {2, 9, 4, 15, 7, 1};
+    size_t nt = sizeof tok / sizeof *tok;
+    float lg[3][sizeof tok / sizeof *tok * V];
+    for (int mode = 0; mode < 3; mode++) {
+        lora_run *r = NULL;
+        ck_assert_msg(lora_run_new(m, mode, nt, &r, &err) == LORA_OK, "%s", err.msg);
+        ck_assert_msg(lora_run_forward(r, tok, nt, lg[mode], nt, &err) == LORA_OK, "%s", err.msg);
+        lora_run_free(r);
+    }
+    double dmu = 0, dbu = 0, mx = 0;
+    for (size_t k = 0; k < nt * V; k++) {
+        dmu = fmax(dmu, fabs((double)lg[LORA_MODE_MERGED][k] - lg[LORA_MODE_UNMERGED][k]));
+        dbu = fmax(dbu, fabs((double)lg[LORA_MODE_BASE][k] - lg[LORA_MODE_UNMERGED][k]));
+        mx = fmax(mx, fabs((double)lg[LORA_MODE_UNMERGED][k]));
+    }
+    printf("opt125m-bf16 on a tiny OPT base: merged vs unmerged %.3g, base vs adapter %.3g "
+           "(max |logit| %.3g)\n", dmu, dbu, mx);
+    fflush(stdout);
+    /* merged weights are rounded to BF16, the unmerged product is not */
+    ck_assert_msg(dmu <= 2e-2 * fmax(mx, 1.0), "merged vs unmerged %g", dmu);
+    ck_assert_msg(dbu > 10 * dmu, "the adapter changes nothing: %g", dbu);
+    lora_model_free(m);
+    lora_adapter_free(ad);
+    tu_rmtree(d);
+    free(d);
+    free(cp);
+    free(sp);
+    free(ap);
+}
+END_TEST
+
 START_TEST(reference_logits_bf16)
 {
     const char *bases[] = {"gpt2-base", "llama-base"};
@@ -875,6 +998,7 @@ int main(void)
     tcase_add_test(tc, reference_logits);
     tcase_add_test(tc, reference_logits_adapter);
     tcase_add_test(tc, reference_logits_families);
+    tcase_add_test(tc, real_opt_adapter);
     tcase_add_test(tc, reference_logits_bf16);
     tcase_add_test(tc, kv_cache);
     tcase_add_test(tc, sharded);
