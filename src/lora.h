@@ -1453,7 +1453,8 @@ enum {
     LORA_ARCH_PHI = 5,     /* PhiForCausalLM */
     LORA_ARCH_NEOX = 6,    /* GPTNeoXForCausalLM */
     LORA_ARCH_GEMMA2 = 7,  /* Gemma2ForCausalLM */
-    LORA_ARCH_GEMMA3 = 8   /* Gemma3ForCausalLM */
+    LORA_ARCH_GEMMA3 = 8,  /* Gemma3ForCausalLM */
+    LORA_ARCH_PHI3 = 9     /* Phi3ForCausalLM */
 };
 
 enum { LORA_ROPE_NONE = 0, LORA_ROPE_LINEAR = 1, LORA_ROPE_LLAMA3 = 2 };

@@ -179,7 +179,7 @@ END_TEST
 static const char *const FAMILY_MODELS[] = {"qwen3-random", "mistral-window", "opt-random",
                                             "opt-postnorm", "phi-random", "neox-random",
                                             "neox-sequential", "gemma2-random",
-                                            "gemma3-random"};
+                                            "gemma3-random", "phi3-random"};
 
 START_TEST(reference_logits_families)
 {
@@ -437,7 +437,8 @@ START_TEST(kv_cache)
 {
     const char *names[] = {"gpt2-base", "llama-base", "qwen2-random", "qwen3-random",
                            "mistral-window", "opt-random", "opt-postnorm", "phi-random",
-                           "neox-random", "neox-sequential", "gemma2-random", "gemma3-random"};
+                           "neox-random", "neox-sequential", "gemma2-random", "gemma3-random",
+                           "phi3-random"};
     int32_t tok[] = {0, 30, 3, 17, 25, 1, 9, 9, 31, 0, 2, 18};
     size_t n = sizeof tok / sizeof *tok;
     for (size_t k = 0; k < sizeof names / sizeof *names; k++) {
@@ -707,7 +708,7 @@ START_TEST(config_parse)
 
     cfg_bad("{\"architectures\":[\"BertForMaskedLM\"]}", "architecture BertForMaskedLM is not supported");
     cfg_bad("{\"model_type\":\"bert\"}", "model_type \"bert\" is not supported");
-    cfg_bad("{\"architectures\":[\"FooForCausalLM\"]}", "Gemma2ForCausalLM, Gemma3ForCausalLM are");
+    cfg_bad("{\"architectures\":[\"FooForCausalLM\"]}", "Gemma3ForCausalLM, Phi3ForCausalLM are");
     cfg_bad("{\"model_type\":\"phi\",\"hidden_size\":32,\"num_attention_heads\":4,"
             "\"qk_layernorm\":true}", "qk_layernorm");
     cfg_bad("{\"model_type\":\"gpt_neox\",\"hidden_size\":32,\"num_attention_heads\":4,"
@@ -751,6 +752,8 @@ START_TEST(config_parse)
     ck_assert(c.attn_softcap == 0.0);  /* Gemma 3 ignores it */
     ck_assert_int_eq(c.rope_type, LORA_ROPE_LINEAR);
     ck_assert(c.rope_local_theta == 10000.0 && c.rope_theta == 1000000.0);
+    cfg_bad("{\"model_type\":\"phi3\",\"rope_scaling\":{\"type\":\"longrope\","
+            "\"long_factor\":[1],\"short_factor\":[1]}}", "rope_scaling type \"longrope\"");
     const char *op = "{\"model_type\":\"opt\",\"do_layer_norm_before\":false}";
     ck_assert_int_eq(lora_model_config_parse(op, strlen(op), &c, &err), LORA_OK);
     ck_assert_int_eq(c.post_norm, 1);

@@ -48,6 +48,7 @@ void layer_ops(layer *l, linop **ops)
 {
     ops[0] = &l->qkv; ops[1] = &l->q; ops[2] = &l->k; ops[3] = &l->v;
     ops[4] = &l->o; ops[5] = &l->up; ops[6] = &l->down; ops[7] = &l->gate;
+    ops[8] = &l->gate_up;
 }
 
 void lora_model_free(lora_model *m)

@@ -223,18 +223,20 @@ static int parse_window(json_t *o, lora_model_config *c, lora_error *err)
 {
     const char *a = c->architecture;
     int mistral = strcmp(a, "MistralForCausalLM") == 0;
+    int phi3 = strcmp(a, "Phi3ForCausalLM") == 0;
     int qwen = strcmp(a, "Qwen2ForCausalLM") == 0 || strcmp(a, "Qwen3ForCausalLM") == 0;
     c->sliding_window = 0;
     c->window_from = 0;
-    if (!mistral && !qwen)
+    if (!mistral && !qwen && !phi3)
         return LORA_OK;
     int use = 1;
     if (qwen)
         TRY(cfg_bool(o, "use_sliding_window", 0, &use, err));
     json_t *sw = json_object_get(o, "sliding_window");
+    /* Phi3Config's sliding_window defaults to None, Mistral's to 4096 */
     if (use && !(sw && json_is_null(sw)))
-        TRY(cfg_uint(o, "sliding_window", 4096, 1, LORA_MODEL_MAX_POSITIONS, &c->sliding_window,
-                     err));
+        TRY(cfg_uint(o, "sliding_window", phi3 ? 0 : 4096, 0, LORA_MODEL_MAX_POSITIONS,
+                     &c->sliding_window, err));
     if (qwen && c->sliding_window)
         TRY(cfg_uint(o, "max_window_layers", 28, 0, LORA_MODEL_MAX_LAYERS, &c->window_from, err));
     return parse_layer_types(o, c, err);
@@ -523,7 +525,7 @@ static int parse_gemma(json_t *o, lora_model_config *c, lora_error *err)
 
 #define SUPPORTED "GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, " \
                   "Qwen3ForCausalLM, OPTForCausalLM, PhiForCausalLM, GPTNeoXForCausalLM, " \
-                  "Gemma2ForCausalLM, Gemma3ForCausalLM"
+                  "Gemma2ForCausalLM, Gemma3ForCausalLM, Phi3ForCausalLM"
 
 int lora_model_config_parse(const char *json, size_t len, lora_model_config *cfg,
                             lora_error *err)
@@ -569,14 +571,15 @@ int lora_model_config_parse(const char *json, size_t len, lora_model_config *cfg
                                              {"phi", "PhiForCausalLM"},
                                              {"gpt_neox", "GPTNeoXForCausalLM"},
                                              {"gemma2", "Gemma2ForCausalLM"},
-                                             {"gemma3_text", "Gemma3ForCausalLM"}};
+                                             {"gemma3_text", "Gemma3ForCausalLM"},
+                                             {"phi3", "Phi3ForCausalLM"}};
         for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
             if (strcmp(mt, map[i][0]) == 0)
                 arch = map[i][1];
         if (!arch) {
             rc = lora_seterr(err, LORA_EINPUT, "config.json: model_type \"%.64s\" is not supported "
                              "(gpt2, llama, mistral, qwen2, qwen3, opt, phi, gpt_neox, gemma2, "
-                             "gemma3_text are)", mt);
+                             "gemma3_text, phi3 are)", mt);
             goto out;
         }
     }
@@ -595,6 +598,16 @@ int lora_model_config_parse(const char *json, size_t len, lora_model_config *cfg
     } else if (strcmp(arch, "Qwen3ForCausalLM") == 0) {
         cfg->arch = LORA_ARCH_QWEN3;
         rc = parse_llama(o, cfg, err);
+    } else if (strcmp(arch, "Phi3ForCausalLM") == 0) {
+        /* LLaMA's sizes and RoPE; partial_rotary_factor (Phi-3.5/4 mini);
+         * longrope scaling is refused by parse_rope, naming it */
+        cfg->arch = LORA_ARCH_PHI3;
+        double frac = 1.0;
+        rc = parse_llama(o, cfg, err);
+        if (rc == LORA_OK)
+            rc = cfg_num(o, "partial_rotary_factor", 1.0, 0.0, 1.0, &frac, err);
+        if (rc == LORA_OK && frac < 1.0)
+            rc = set_rotary(cfg, frac, err);
     } else if (strcmp(arch, "OPTForCausalLM") == 0) {
         cfg->arch = LORA_ARCH_OPT;
         rc = parse_opt(o, cfg, err);

@@ -71,6 +71,13 @@ static const lora_family FAMILIES[] = {
      .o = "self_attn.o_proj", .q_norm = "self_attn.q_norm", .k_norm = "self_attn.k_norm",
      .gate = "mlp.gate_proj", .up = "mlp.up_proj", .down = "mlp.down_proj", .norm = NORM_RMS,
      .act = ACT_GELU_TANH, .pos = POS_ROPE},
+    /* Phi-3: LLaMA with qkv_proj fused as [q; k; v] and gate_up_proj as
+     * [gate; up]; an adapter on a fused weight covers all its slices */
+    {.arch = LORA_ARCH_PHI3, .prefixes = {"model."}, .embed = "embed_tokens", .final_norm = "norm",
+     .head = "lm_head.weight", .layers = "layers.", .n1 = "input_layernorm",
+     .n2 = "post_attention_layernorm", .qkv = "self_attn.qkv_proj", .o = "self_attn.o_proj",
+     .gate_up = "mlp.gate_up_proj", .down = "mlp.down_proj", .norm = NORM_RMS, .act = ACT_SILU,
+     .pos = POS_ROPE},
 };
 
 const lora_family *lora_family_of(int arch)

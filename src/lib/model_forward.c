@@ -88,7 +88,7 @@ static void alloc_buffers(lora_run *r, int *bad)
     r->q = alloc_floats(T, qd, bad);
     r->att = alloc_floats(T, qd, bad);
     r->sc = alloc_floats(T, T, bad);
-    r->f1 = alloc_floats(T, c->inner, bad);
+    r->f1 = alloc_floats(T, m->fam->gate_up ? 2 * c->inner : c->inner, bad);
     r->f2 = alloc_floats(T, c->inner, bad);
     r->lt = alloc_floats(T, r->rmax, bad);
     if (m->fam->qkv)
@@ -208,6 +208,18 @@ static void block_mlp(lora_run *r, uint64_t l, size_t n, const float *in, float 
     const lora_model *m = r->m;
     layer *L = &m->L[l];
     uint64_t E = m->cfg.hidden, FF = m->cfg.inner;
+    if (m->fam->gate_up) {
+        /* Phi-3: gate, up = gate_up_proj(x).chunk(2); up · act(gate) */
+        linop_run(r, &L->gate_up, in, E, n, r->f1, 2 * FF);
+        for (size_t i = 0; i < n; i++) {
+            float *g = r->f1 + i * 2 * FF;
+            activate(model_act(m), g, FF);
+            for (uint64_t j = 0; j < FF; j++)
+                r->f2[i * FF + j] = g[FF + j] * g[j];
+        }
+        linop_run(r, &L->down, r->f2, FF, n, out, E);
+        return;
+    }
     linop_run(r, &L->up, in, E, n, r->f1, FF);
     if (m->fam->gate) {
         linop_run(r, &L->gate, in, E, n, r->f2, FF);

@@ -39,6 +39,7 @@ typedef struct lora_family {
     const char *q, *k, *v, *o;
     const char *q_norm, *k_norm; /* per-head RMSNorm of q and k (Qwen3) */
     const char *gate, *up, *down; /* gate NULL: plain MLP */
+    const char *gate_up;       /* fused [gate; up] (Phi-3), or NULL */
     const char *head;          /* "lm_head.weight" / "embed_out.weight" (no prefix) */
     int head_bias;             /* the head has a bias (Phi) */
     int conv1d;                /* weights stored [in, out] (GPT-2 Conv1D) */
@@ -67,7 +68,7 @@ typedef struct linop {
     float *wm;           /* merged W, same layout as w */
 } linop;
 
-#define LAYER_OPS 8
+#define LAYER_OPS 9
 
 typedef struct layer {
     float *n1w, *n1b, *n2w, *n2b;     /* norms (RMSNorm: no biases) */
@@ -77,6 +78,7 @@ typedef struct layer {
     linop q, k, v;
     linop o;
     linop up, down, gate;
+    linop gate_up;                    /* fused (Phi-3) */
 } layer;
 
 struct lora_model {

@@ -204,7 +204,10 @@ static int load_layer(lora_model *m, uint64_t i, lora_error *err)
     }
     if (f->gate)
         TRY(load_linop(m, &l->gate, N(f->gate), E, FF, c->mlp_bias, err));
-    TRY(load_linop(m, &l->up, N(f->up), E, FF, c->mlp_bias, err));
+    if (f->gate_up)
+        TRY(load_linop(m, &l->gate_up, N(f->gate_up), E, 2 * FF, c->mlp_bias, err));
+    else
+        TRY(load_linop(m, &l->up, N(f->up), E, FF, c->mlp_bias, err));
     TRY(load_linop(m, &l->down, N(f->down), FF, E, c->mlp_bias, err));
 #undef N
     return LORA_OK;
