@@ -179,7 +179,7 @@ END_TEST
 static const char *const FAMILY_MODELS[] = {"qwen3-random", "mistral-window", "opt-random",
                                             "opt-postnorm", "phi-random", "neox-random",
                                             "neox-sequential", "gemma2-random",
-                                            "gemma3-random", "phi3-random"};
+                                            "gemma3-random", "gemma3-cg", "phi3-random"};
 
 START_TEST(reference_logits_families)
 {
@@ -708,7 +708,7 @@ START_TEST(config_parse)
 
     cfg_bad("{\"architectures\":[\"BertForMaskedLM\"]}", "architecture BertForMaskedLM is not supported");
     cfg_bad("{\"model_type\":\"bert\"}", "model_type \"bert\" is not supported");
-    cfg_bad("{\"architectures\":[\"FooForCausalLM\"]}", "Gemma3ForCausalLM, Phi3ForCausalLM are");
+    cfg_bad("{\"architectures\":[\"FooForCausalLM\"]}", "(its language model), Phi3ForCausalLM are");
     cfg_bad("{\"model_type\":\"phi\",\"hidden_size\":32,\"num_attention_heads\":4,"
             "\"qk_layernorm\":true}", "qk_layernorm");
     cfg_bad("{\"model_type\":\"gpt_neox\",\"hidden_size\":32,\"num_attention_heads\":4,"

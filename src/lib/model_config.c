@@ -525,7 +525,8 @@ static int parse_gemma(json_t *o, lora_model_config *c, lora_error *err)
 
 #define SUPPORTED "GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, " \
                   "Qwen3ForCausalLM, OPTForCausalLM, PhiForCausalLM, GPTNeoXForCausalLM, " \
-                  "Gemma2ForCausalLM, Gemma3ForCausalLM, Phi3ForCausalLM"
+                  "Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3ForConditionalGeneration (its " \
+                  "language model), Phi3ForCausalLM"
 
 int lora_model_config_parse(const char *json, size_t len, lora_model_config *cfg,
                             lora_error *err)
@@ -620,6 +621,16 @@ int lora_model_config_parse(const char *json, size_t len, lora_model_config *cfg
     } else if (strcmp(arch, "Gemma2ForCausalLM") == 0 || strcmp(arch, "Gemma3ForCausalLM") == 0) {
         cfg->arch = arch[5] == '2' ? LORA_ARCH_GEMMA2 : LORA_ARCH_GEMMA3;
         rc = parse_gemma(o, cfg, err);
+    } else if (strcmp(arch, "Gemma3ForConditionalGeneration") == 0) {
+        /* the language model alone: text_config, tensors under
+         * model.language_model. or language_model.model. */
+        json_t *text = json_object_get(o, "text_config");
+        cfg->arch = LORA_ARCH_GEMMA3;
+        if (!json_is_object(text))
+            rc = lora_seterr(err, LORA_EINPUT, "config.json: %s without a \"text_config\" object",
+                             arch);
+        else
+            rc = parse_gemma(text, cfg, err);
     } else {
         rc = lora_seterr(err, LORA_EINPUT,
                          "config.json: architecture %s is not supported (" SUPPORTED " are)", arch);

@@ -62,8 +62,11 @@ static const lora_family FAMILIES[] = {
      .q = "self_attn.q_proj", .k = "self_attn.k_proj", .v = "self_attn.v_proj",
      .o = "self_attn.o_proj", .gate = "mlp.gate_proj", .up = "mlp.up_proj",
      .down = "mlp.down_proj", .norm = NORM_RMS, .act = ACT_GELU_TANH, .pos = POS_ROPE},
-    /* Gemma 3 (text): Gemma 2 plus (1 + w) RMSNorms of q and k per head */
-    {.arch = LORA_ARCH_GEMMA3, .prefixes = {"model."}, .embed = "embed_tokens",
+    /* Gemma 3 (text, or Gemma3ForConditionalGeneration's language model):
+     * Gemma 2 plus (1 + w) RMSNorms of q and k per head */
+    {.arch = LORA_ARCH_GEMMA3,
+     .prefixes = {"model.", "model.language_model.", "language_model.model."},
+     .embed = "embed_tokens",
      .final_norm = "norm", .head = "lm_head.weight", .layers = "layers.",
      .n1 = "input_layernorm", .pn1 = "post_attention_layernorm",
      .n2 = "pre_feedforward_layernorm", .pn2 = "post_feedforward_layernorm", .norm_plus_one = 1,
