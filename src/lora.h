@@ -1457,7 +1457,8 @@ enum {
     LORA_ARCH_PHI3 = 9     /* Phi3ForCausalLM */
 };
 
-enum { LORA_ROPE_NONE = 0, LORA_ROPE_LINEAR = 1, LORA_ROPE_LLAMA3 = 2 };
+enum { LORA_ROPE_NONE = 0, LORA_ROPE_LINEAR = 1, LORA_ROPE_LLAMA3 = 2, LORA_ROPE_LONGROPE = 3 };
+#define LORA_ROPE_MAX_FACTORS 512   /* longrope long/short factors (rotary_dim / 2) */
 
 /* Limits on what a config may ask for (hostile configs must not make
  * us allocate without bound). */
@@ -1500,6 +1501,12 @@ typedef struct lora_model_config {
      * attn_scale (0: 1/sqrt(head_dim)), tanh soft-capping of the scores and
      * of the logits (0: none), RoPE theta of the sliding layers (0: rope_theta) */
     double embed_scale, attn_scale, attn_softcap, final_softcap, rope_local_theta;
+    /* Phi-3 longrope: per-frequency divisors, the short ones for a forward
+     * whose last position is below rope_original_max, the long ones past
+     * it; cos and sin times rope_attn_factor */
+    double rope_long[LORA_ROPE_MAX_FACTORS], rope_short[LORA_ROPE_MAX_FACTORS];
+    uint64_t rope_nfactors;
+    double rope_attn_factor;
 } lora_model_config;
 
 /* Parse and validate a config.json text: architecture known (anything

@@ -179,7 +179,8 @@ END_TEST
 static const char *const FAMILY_MODELS[] = {"qwen3-random", "mistral-window", "opt-random",
                                             "opt-postnorm", "phi-random", "neox-random",
                                             "neox-sequential", "gemma2-random",
-                                            "gemma3-random", "gemma3-cg", "phi3-random"};
+                                            "gemma3-random", "gemma3-cg", "phi3-random",
+                                            "phi3-longrope"};
 
 START_TEST(reference_logits_families)
 {
@@ -752,8 +753,14 @@ START_TEST(config_parse)
     ck_assert(c.attn_softcap == 0.0);  /* Gemma 3 ignores it */
     ck_assert_int_eq(c.rope_type, LORA_ROPE_LINEAR);
     ck_assert(c.rope_local_theta == 10000.0 && c.rope_theta == 1000000.0);
-    cfg_bad("{\"model_type\":\"phi3\",\"rope_scaling\":{\"type\":\"longrope\","
-            "\"long_factor\":[1],\"short_factor\":[1]}}", "rope_scaling type \"longrope\"");
+    cfg_bad("{\"model_type\":\"phi3\",\"hidden_size\":32,\"num_attention_heads\":4,"
+            "\"rope_scaling\":{\"type\":\"longrope\",\"long_factor\":[1],\"short_factor\":[1]}}",
+            "\"long_factor\" is not a list of 4 numbers");
+    cfg_bad("{\"model_type\":\"phi3\",\"hidden_size\":16,\"num_attention_heads\":4,"
+            "\"rope_scaling\":{\"type\":\"longrope\",\"long_factor\":[1,0],\"short_factor\":[1,1]}}",
+            "long_factor[1] is not a positive number");
+    cfg_bad("{\"model_type\":\"llama\",\"rope_scaling\":{\"type\":\"longrope\"}}",
+            "for Phi3ForCausalLM only");
     const char *op = "{\"model_type\":\"opt\",\"do_layer_norm_before\":false}";
     ck_assert_int_eq(lora_model_config_parse(op, strlen(op), &c, &err), LORA_OK);
     ck_assert_int_eq(c.post_norm, 1);

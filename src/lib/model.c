@@ -77,6 +77,7 @@ void lora_model_free(lora_model *m)
         free(m->head);
     free(m->embed); free(m->wpe); free(m->nfw); free(m->nfb); free(m->inv_freq);
     free(m->inv_freq_local);
+    free(m->inv_freq_long);
     lora_ckpt_close(m->ck);
     free(m);
 }

@@ -125,6 +125,46 @@ static int parse_gpt2(json_t *o, lora_model_config *c, lora_error *err)
     return LORA_OK;
 }
 
+/* A list of n positive numbers. */
+static int cfg_factors(json_t *s, const char *key, uint64_t n, double *out, lora_error *err)
+{
+    json_t *a = json_object_get(s, key);
+    if (!json_is_array(a) || json_array_size(a) != n)
+        return lora_seterr(err, LORA_EINPUT, "config.json: rope_scaling longrope: \"%s\" is not a "
+                           "list of %llu numbers (rotary dimensions / 2)", key, (unsigned long long)n);
+    for (uint64_t i = 0; i < n; i++) {
+        json_t *v = json_array_get(a, i);
+        out[i] = json_is_number(v) ? json_number_value(v) : -1;
+        if (!(out[i] > 0 && out[i] < 1e12))
+            return lora_seterr(err, LORA_EINPUT, "config.json: rope_scaling longrope: %s[%llu] is "
+                               "not a positive number", key, (unsigned long long)i);
+    }
+    return LORA_OK;
+}
+
+/* transformers' _compute_longrope_parameters: factors per frequency,
+ * attention_factor (default sqrt(1 + ln(max / original_max) /
+ * ln(original_max)) when max_position_embeddings exceeds
+ * original_max_position_embeddings, else 1).  rotary_dim must be known. */
+static int parse_longrope(json_t *o, json_t *s, lora_model_config *c, lora_error *err)
+{
+    uint64_t n = (c->rotary_dim ? c->rotary_dim : c->head_dim) / 2;
+    if (n > LORA_ROPE_MAX_FACTORS)
+        return lora_seterr(err, LORA_EINPUT, "config.json: longrope over %llu frequencies is more "
+                           "than %d", (unsigned long long)n, LORA_ROPE_MAX_FACTORS);
+    c->rope_nfactors = n;
+    TRY(cfg_factors(s, "long_factor", n, c->rope_long, err));
+    TRY(cfg_factors(s, "short_factor", n, c->rope_short, err));
+    TRY(cfg_uint(o, "original_max_position_embeddings", (int64_t)c->max_positions, 1,
+                 LORA_MODEL_MAX_POSITIONS, &c->rope_original_max, err));
+    double factor = (double)c->max_positions / (double)c->rope_original_max;
+    double dflt = factor <= 1.0 || c->rope_original_max < 2
+                      ? 1.0
+                      : sqrt(1 + log(factor) / log((double)c->rope_original_max));
+    TRY(cfg_num(s, "attention_factor", dflt, 1e-6, 1e6, &c->rope_attn_factor, err));
+    return LORA_OK;
+}
+
 static int parse_rope(json_t *o, lora_model_config *c, lora_error *err)
 {
     json_t *params = json_object_get(o, "rope_parameters");  /* transformers v5 */
@@ -170,8 +210,12 @@ static int parse_rope(json_t *o, lora_model_config *c, lora_error *err)
                                "low_freq_factor");
         return LORA_OK;
     }
+    if (strcmp(type, "longrope") == 0 || strcmp(type, "su") == 0) {
+        c->rope_type = LORA_ROPE_LONGROPE;
+        return parse_longrope(o, scaling, c, err);
+    }
     return lora_seterr(err, LORA_EINPUT, "config.json: rope_scaling type \"%s\" is not supported "
-                       "(linear and llama3 are)", type);
+                       "(linear, llama3 and longrope are)", type);
 }
 
 /* layer_types as written by current transformers, in one of the two
@@ -242,6 +286,8 @@ static int parse_window(json_t *o, lora_model_config *c, lora_error *err)
     return parse_layer_types(o, c, err);
 }
 
+static int set_rotary(lora_model_config *c, double frac, lora_error *err);
+
 static int parse_llama(json_t *o, lora_model_config *c, lora_error *err)
 {
     TRY(cfg_uint(o, "vocab_size", 32000, 1, LORA_MODEL_MAX_VOCAB, &c->vocab, err));
@@ -289,6 +335,22 @@ static int parse_llama(json_t *o, lora_model_config *c, lora_error *err)
         return lora_seterr(err, LORA_EINPUT, "config.json: hidden_act \"%s\" is not supported (silu only)",
                            act);
     TRY(parse_window(o, c, err));
+    if (c->arch == LORA_ARCH_PHI3) {
+        /* partial_rotary_factor (Phi-3.5/4 mini), before the longrope factors */
+        double frac = 1.0;
+        TRY(cfg_num(o, "partial_rotary_factor", 1.0, 0.0, 1.0, &frac, err));
+        if (frac < 1.0)
+            TRY(set_rotary(c, frac, err));
+    } else if (json_is_object(json_object_get(o, "rope_scaling"))) {
+        const char *ty = NULL;
+        json_t *rs = json_object_get(o, "rope_scaling");
+        TRY(cfg_str(rs, "rope_type", NULL, &ty, err));
+        if (!ty)
+            TRY(cfg_str(rs, "type", "", &ty, err));
+        if (strcmp(ty, "longrope") == 0 || strcmp(ty, "su") == 0)
+            return lora_seterr(err, LORA_EINPUT, "config.json: rope_scaling longrope is supported "
+                               "for Phi3ForCausalLM only");
+    }
     return parse_rope(o, c, err);
 }
 
@@ -603,12 +665,7 @@ int lora_model_config_parse(const char *json, size_t len, lora_model_config *cfg
         /* LLaMA's sizes and RoPE; partial_rotary_factor (Phi-3.5/4 mini);
          * longrope scaling is refused by parse_rope, naming it */
         cfg->arch = LORA_ARCH_PHI3;
-        double frac = 1.0;
         rc = parse_llama(o, cfg, err);
-        if (rc == LORA_OK)
-            rc = cfg_num(o, "partial_rotary_factor", 1.0, 0.0, 1.0, &frac, err);
-        if (rc == LORA_OK && frac < 1.0)
-            rc = set_rotary(cfg, frac, err);
     } else if (strcmp(arch, "OPTForCausalLM") == 0) {
         cfg->arch = LORA_ARCH_OPT;
         rc = parse_opt(o, cfg, err);

@@ -37,7 +37,7 @@ void lora_run_free(lora_run *r)
     free(r->kc); free(r->vc);
     free(r->x); free(r->h); free(r->q); free(r->att); free(r->sc); free(r->f1); free(r->f2);
     free(r->lt); free(r->qkv); free(r->e); free(r->y); free(r->z); free(r->cosv); free(r->sinv);
-    free(r->cosl); free(r->sinl);
+    free(r->cosl); free(r->sinl); free(r->cosg); free(r->sing);
     free(r);
 }
 
@@ -55,17 +55,18 @@ static uint64_t max_rank(const lora_model *m)
     return rmax;
 }
 
-/* cos and sin of p·inv_freq[i], in F32 as transformers computes them. */
-static void rope_tables(const float *inv, uint64_t T, uint64_t hd2, float **cosv, float **sinv,
-                        int *bad)
+/* cos and sin of p·inv_freq[i] times attention scaling, in F32 as
+ * transformers computes them. */
+static void rope_tables(const float *inv, uint64_t T, uint64_t hd2, float scale, float **cosv,
+                        float **sinv, int *bad)
 {
     *cosv = alloc_floats(T, hd2, bad);
     *sinv = alloc_floats(T, hd2, bad);
     for (uint64_t p = 0; !*bad && p < T; p++)
         for (uint64_t i = 0; i < hd2; i++) {
             float a = (float)p * inv[i];
-            (*cosv)[p * hd2 + i] = cosf(a);
-            (*sinv)[p * hd2 + i] = sinf(a);
+            (*cosv)[p * hd2 + i] = scale == 1.0f ? cosf(a) : cosf(a) * scale;
+            (*sinv)[p * hd2 + i] = scale == 1.0f ? sinf(a) : sinf(a) * scale;
         }
 }
 
@@ -99,10 +100,13 @@ static void alloc_buffers(lora_run *r, int *bad)
         r->y = alloc_floats(T, E, bad);
         r->z = alloc_floats(T, E, bad);
     }
+    float as = c->rope_type == LORA_ROPE_LONGROPE ? (float)c->rope_attn_factor : 1.0f;
     if (m->fam->pos == POS_ROPE)
-        rope_tables(m->inv_freq, T, hd2, &r->cosv, &r->sinv, bad);
+        rope_tables(m->inv_freq, T, hd2, as, &r->cosv, &r->sinv, bad);
     if (m->inv_freq_local)
-        rope_tables(m->inv_freq_local, T, hd2, &r->cosl, &r->sinl, bad);
+        rope_tables(m->inv_freq_local, T, hd2, 1.0f, &r->cosl, &r->sinl, bad);
+    if (m->inv_freq_long)
+        rope_tables(m->inv_freq_long, T, hd2, as, &r->cosg, &r->sing, bad);
 }
 
 int lora_run_new(lora_model *m, int mode, uint64_t max_tokens, lora_run **out, lora_error *err)

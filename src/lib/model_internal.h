@@ -100,6 +100,7 @@ struct lora_model {
     layer *L;
     float *inv_freq;     /* [rotary_dim / 2] */
     float *inv_freq_local; /* Gemma 3's sliding layers (rope_local_theta), or NULL */
+    float *inv_freq_long;  /* longrope past rope_original_max (inv_freq: the short one) */
     uint64_t params;
     lora_adapter *ad;
     size_t n_adapted;
@@ -123,6 +124,7 @@ struct lora_run {
     float *y, *z;           /* parallel blocks: the MLP's input, attention's output */
     float *cosv, *sinv;     /* [cap, rotary_dim/2] */
     float *cosl, *sinl;     /* the same for inv_freq_local */
+    float *cosg, *sing;     /* the same for inv_freq_long */
     uint64_t rmax;
 };
 

@@ -192,7 +192,13 @@ void rope(const lora_run *r, uint64_t l, float *v, size_t ld, size_t n, uint64_t
 {
     uint64_t hd = r->m->cfg.head_dim, hd2 = r->m->cfg.rotary_dim / 2;
     int local = r->cosl && layer_windowed(&r->m->cfg, l);
-    const float *ct = local ? r->cosl : r->cosv, *st = local ? r->sinl : r->sinv;
+    /* longrope: the long factors when this forward reaches past
+     * original_max_position_embeddings (transformers'
+     * _longrope_frequency_update on max(position_ids) + 1); keys cached
+     * by earlier forwards keep the rotation they got */
+    int lng = r->cosg && r->pos + n > r->m->cfg.rope_original_max;
+    const float *ct = local ? r->cosl : lng ? r->cosg : r->cosv;
+    const float *st = local ? r->sinl : lng ? r->sing : r->sinv;
     for (size_t i = 0; i < n; i++) {
         const float *cs = ct + (r->pos + i) * hd2, *sn = st + (r->pos + i) * hd2;
         for (uint64_t h = 0; h < nheads; h++) {

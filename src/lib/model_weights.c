@@ -103,8 +103,9 @@ static int load_norm(lora_model *m, const char *name, uint64_t n, float **w, flo
 }
 
 /* RoPE inverse frequencies as transformers computes them: in F32,
- * 1 / theta^(2i/d), then the configured scaling when `scaled` (Gemma 3's
- * sliding layers use rope_local_theta unscaled). */
+ * 1 / theta^(2i/d), then the configured scaling when `scaled` is 1 (Gemma
+ * 3's sliding layers use rope_local_theta unscaled: 0); longrope's short
+ * (-1) and long (2) factors divide it. */
 static int make_inv_freq(const lora_model_config *c, double theta, int scaled, float **out,
                          lora_error *err)
 {
@@ -115,7 +116,11 @@ static int make_inv_freq(const lora_model_config *c, double theta, int scaled, f
     for (uint64_t i = 0; i < half; i++) {
         float e = (float)(2 * i) / (float)c->rotary_dim;
         float f = 1.0f / powf((float)theta, e);
-        if (!scaled) {
+        if (scaled < 0 || scaled > 1) {
+            /* longrope: 1 / (ext · theta^e) in F32; scaled 2 long, -1 short */
+            double ext = scaled > 1 ? c->rope_long[i] : c->rope_short[i];
+            f = 1.0f / ((float)ext * powf((float)theta, e));
+        } else if (!scaled) {
         } else if (c->rope_type == LORA_ROPE_LINEAR) {
             f = (float)(f / c->rope_factor);
         } else if (c->rope_type == LORA_ROPE_LLAMA3) {
@@ -259,7 +264,12 @@ int model_load_weights(lora_model *m, lora_error *err)
     TRY(head_ops(m, err));
     if (f->pos != POS_ROPE)
         return LORA_OK;
-    TRY(make_inv_freq(c, c->rope_theta, 1, &m->inv_freq, err));
+    if (c->rope_type == LORA_ROPE_LONGROPE) {
+        TRY(make_inv_freq(c, c->rope_theta, -1, &m->inv_freq, err));
+        TRY(make_inv_freq(c, c->rope_theta, 2, &m->inv_freq_long, err));
+    } else {
+        TRY(make_inv_freq(c, c->rope_theta, 1, &m->inv_freq, err));
+    }
     if (c->rope_local_theta > 0)
         TRY(make_inv_freq(c, c->rope_local_theta, 0, &m->inv_freq_local, err));
     return LORA_OK;
