@@ -1511,8 +1511,9 @@ typedef struct lora_model_config {
 
 /* Parse and validate a config.json text: architecture known (anything
  * else refused, naming it), sizes within the limits above and
- * consistent (heads divide, even head_dim for RoPE), activation
- * gelu_new/silu, rope_scaling linear or llama3 (others refused).
+ * consistent (heads divide, even head_dim for RoPE), the family's
+ * activations, rope_scaling linear, llama3 or (Phi-3) longrope, sliding
+ * windows in the layer patterns the forward computes (others refused).
  * LORA_EINPUT with a message naming the key. */
 int lora_model_config_parse(const char *json, size_t len, lora_model_config *cfg,
                             lora_error *err);
