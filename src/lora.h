@@ -336,6 +336,7 @@ typedef struct lora_source_opts {
     const char *base;            /* base checkpoint the adapter is for (merge input,
                                     eval model), or NULL: task:TASK then prefers the
                                     newest adapter registered for this base */
+    const char *prog;            /* tool name prefixed to warnings, or NULL */
 } lora_source_opts;
 
 /* Open an adapter from SPEC: a PEFT folder, a .lora archive (verified,

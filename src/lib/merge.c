@@ -69,6 +69,11 @@ int lora_parse_adapter_arg(const char *arg, char **spec, double *weight, int *gi
                 return lora_seterr(err, LORA_EUSAGE, "%s: no adapter before the weight", arg);
             return LORA_OK;
         }
+        /* a suffix that reads as a number but is not a finite one is a
+         * mistyped weight, not part of a path */
+        if (*end == 0 && end != c + 1 && c != arg && (errno == ERANGE ? fabs(w) > 1 : 1))
+            return lora_seterr(err, LORA_EUSAGE, "%s: weight '%s' is not a finite number", arg,
+                               c + 1);
     }
     if (!(*spec = lora_strdup(arg, err)))
         return LORA_EIO;

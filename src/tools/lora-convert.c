@@ -5,6 +5,7 @@
  * conversions are lora_convert_to_gguf / lora_convert_to_peft.
  */
 #include "lora.h"
+#include "jsonerr.h"
 #include "sigbus.h"
 
 #include <getopt.h>
@@ -126,6 +127,7 @@ static void print_human(const lora_convert_report *rep, const char *out)
 
 int main(int argc, char **argv)
 {
+    lora_tool_json_errors(argc, argv, PROG);
     lora_tool_sigbus(PROG);
     enum { OPT_OUTTYPE = 256, OPT_SKIP, OPT_NOVERIFY };
     static const struct option opts[] = {

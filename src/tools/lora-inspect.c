@@ -5,6 +5,8 @@
  * lora_inspect() in the library.
  */
 #include "lora.h"
+#include "adapteropts.h"
+#include "jsonerr.h"
 #include "sigbus.h"
 
 #include <getopt.h>
@@ -29,8 +31,7 @@ static void usage(FILE *f)
             "  -s, --strict           with --check, warnings count as errors\n"
             "  -j, --json             one JSON object on stdout\n"
             "  -t, --tensors          list every tensor of the adapter file\n"
-            "  -p, --pubkey=KEY.pub   minisign public key for .lora archives (repeatable)\n"
-            "      --no-verify        open archives without checking signatures\n"
+            ADAPTER_HELP
             "Analyses (Section 7 of the LoRA paper; replace the report above):\n"
             "      --spectrum         singular values of each dW, effective and stable rank\n"
             "      --compare=OTHER    subspace similarity phi of the A matrices, per module\n"
@@ -38,7 +39,7 @@ static void usage(FILE *f)
             "      --svg=FILE         with --compare: heat maps as SVG\n"
             "      --amplification    with --base: how much dW amplifies directions of W\n"
             "      --module=NAME      only these modules (repeatable; full name or suffix)\n"
-            "  -q, --quiet            no progress messages\n"
+            "  -q, --quiet            no report: the exit status only (with --check)\n"
             "  -h, --help             show this help and exit\n"
             "  -V, --version          show the version and exit\n"
             "\n"
@@ -197,12 +198,13 @@ static int inspect_gguf(const char *path, int json)
 
 int main(int argc, char **argv)
 {
+    lora_tool_json_errors(argc, argv, PROG);
     lora_tool_sigbus(PROG);
     static const struct option longopts[] = {
         {"base", required_argument, NULL, 'b'}, {"check", no_argument, NULL, 'c'},
         {"strict", no_argument, NULL, 's'},     {"json", no_argument, NULL, 'j'},
-        {"tensors", no_argument, NULL, 't'},    {"pubkey", required_argument, NULL, 'p'},
-        {"no-verify", no_argument, NULL, 'N'},  {"quiet", no_argument, NULL, 'q'},
+        {"tensors", no_argument, NULL, 't'},    {"quiet", no_argument, NULL, 'q'},
+        ADAPTER_LONGOPTS,
         {"help", no_argument, NULL, 'h'},       {"version", no_argument, NULL, 'V'},
         {"spectrum", no_argument, NULL, 1001},  {"compare", required_argument, NULL, 1002},
         {"svg", required_argument, NULL, 1003}, {"amplification", no_argument, NULL, 1004},
@@ -215,9 +217,9 @@ int main(int argc, char **argv)
     const char **mods = calloc((size_t)argc + 1, sizeof *mods);
     size_t n_mods = 0;
     const char *base_path = NULL;
-    int check = 0, strict = 0, json = 0, tensors = 0, no_verify = 0;
+    int check = 0, strict = 0, json = 0, tensors = 0, quiet = 0;
+    adapter_opts src = {0};
     const char **keys = calloc((size_t)argc + 1, sizeof *keys);
-    size_t n_keys = 0;
     if (!keys) {
         fprintf(stderr, PROG ": out of memory\n");
         return LORA_EIO;
@@ -231,9 +233,7 @@ int main(int argc, char **argv)
         case 's': strict = 1; break;
         case 'j': json = 1; break;
         case 't': tensors = 1; break;
-        case 'p': keys[n_keys++] = optarg; break;
-        case 'N': no_verify = 1; break;
-        case 'q': break; /* nothing here is slow enough for progress output */
+        case 'q': quiet = 1; break;
         case 'h': usage(stdout); free(keys); free(mods); return 0;
         case 'V': printf(PROG " (lora-tools) %s\n", lora_version()); free(keys); free(mods); return 0;
         case 1001: ao.spectrum = 1; break;
@@ -248,7 +248,11 @@ int main(int argc, char **argv)
             free(mods);
             return LORA_EUSAGE;
         default:
-            if (optopt)
+            if ((ch = adapter_opt(&src, ch, optarg, PROG)) > 0)
+                break;
+            if (ch < 0)
+                ;
+            else if (optopt)
                 fprintf(stderr, PROG ": unknown option '-%c'\n", optopt);
             else
                 fprintf(stderr, PROG ": unknown option '%s'\n", argv[optind - 1]);
@@ -295,8 +299,7 @@ int main(int argc, char **argv)
     int rc = lora_init(&err);
     if (rc)
         goto fail;
-    lora_source_opts so = {.pubkeys = n_keys ? keys : NULL, .no_verify = no_verify,
-                           .warn = stderr, .base = base_path};
+    lora_source_opts so = adapter_source(&src, PROG, base_path);
     if ((rc = lora_adapter_load(argv[optind], &so, &ad, &err)))
         goto fail;
     if (base_path && (rc = lora_ckpt_open(base_path, &base, &err)))
@@ -312,7 +315,7 @@ int main(int argc, char **argv)
         lora_adapter_free(other);
         if (rc)
             goto fail;
-        if (fputs(text, stdout) == EOF || fflush(stdout) != 0)
+        if ((!quiet && fputs(text, stdout) == EOF) || fflush(stdout) != 0)
             rc = LORA_EIO;
         free(text);
         if (rc)
@@ -326,7 +329,8 @@ int main(int argc, char **argv)
     lora_inspect_opts io = {.base = base, .strict = strict};
     if ((rc = lora_inspect(ad, &io, &rep, &err)))
         goto fail;
-    if (json) {
+    if (quiet) {
+    } else if (json) {
         char *s = lora_report_json(rep, tensors, &err);
         if (!s) {
             rc = err.code ? err.code : LORA_EIO;

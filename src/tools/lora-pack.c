@@ -6,6 +6,7 @@
 #include "config.h"
 #include "lora.h"
 #include "seckey.h"
+#include "jsonerr.h"
 #include "sigbus.h"
 
 #include <errno.h>
@@ -413,6 +414,7 @@ static int cmd_read(int cmd, int argc, char **argv)
 
 int main(int argc, char **argv)
 {
+    lora_tool_json_errors(argc, argv, PROG);
     lora_tool_sigbus(PROG);
     lora_error err;
     if (lora_init(&err))

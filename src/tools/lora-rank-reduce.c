@@ -5,6 +5,8 @@
  * per-module report.
  */
 #include "lora.h"
+#include "adapteropts.h"
+#include "jsonerr.h"
 #include "sigbus.h"
 
 #include <errno.h>
@@ -36,6 +38,7 @@ static void usage(FILE *f)
             "  -R, --sv-ratio R        keep the singular values >= sigma_1 / R (R >= 1)\n"
             "  -m, --max-rank M        never more than M per module\n"
             "  -f, --force             replace OUT if it exists\n"
+            ADAPTER_HELP
             "      --json              the report as JSON on stdout\n"
             "  -q, --quiet             no report on stdout (errors still on stderr)\n"
             "  -h, --help              this help\n"
@@ -76,21 +79,9 @@ static int parse_double(const char *s, double *v)
     return 1;
 }
 
-/* "SPEC[:WEIGHT]": the weight is what follows the last ':' when it
- * parses as a number (so "task:foo" and paths with ':' still work). */
-static void split_weight(char *arg, double *w)
-{
-    *w = 1.0;
-    char *c = strrchr(arg, ':');
-    double x;
-    if (c && c != arg && parse_double(c + 1, &x)) {
-        *c = '\0';
-        *w = x;
-    }
-}
-
 int main(int argc, char **argv)
 {
+    lora_tool_json_errors(argc, argv, PROG);
     lora_tool_sigbus(PROG);
     static const struct option opts[] = {
         {"adapter", required_argument, NULL, 'a'}, {"output", required_argument, NULL, 'o'},
@@ -98,7 +89,9 @@ int main(int argc, char **argv)
         {"sv-ratio", required_argument, NULL, 'R'}, {"max-rank", required_argument, NULL, 'm'},
         {"force", no_argument, NULL, 'f'},         {"json", no_argument, NULL, 'J'},
         {"quiet", no_argument, NULL, 'q'},         {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},       {NULL, 0, NULL, 0}};
+        {"version", no_argument, NULL, 'V'},       ADAPTER_LONGOPTS,
+        {NULL, 0, NULL, 0}};
+    adapter_opts ao = {0};
     char *specs[MAX_INPUTS];
     double weights[MAX_INPUTS];
     size_t n = 0;
@@ -108,13 +101,14 @@ int main(int argc, char **argv)
     uint64_t u;
     double d;
     opterr = 0; /* our own messages, prefixed with the tool's name */
-    while ((c = getopt_long(argc, argv, "a:o:r:e:R:m:fqhV", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "a:o:r:e:R:m:p:fqhV", opts, NULL)) != -1) {
         switch (c) {
         case 'a':
             if (n == MAX_INPUTS)
                 return die(2, "too many adapters (at most %s)%s", "256", "");
             specs[n] = optarg;
-            split_weight(optarg, &weights[n]);
+            if (adapter_split_weight(optarg, &weights[n], PROG))
+                return 2;
             n++;
             break;
         case 'o':
@@ -164,6 +158,11 @@ int main(int argc, char **argv)
             printf(PROG " %s\n", lora_version());
             return 0;
         default:
+            if ((c = adapter_opt(&ao, c, optarg, PROG)) != 0) {
+                if (c < 0)
+                    return 2;
+                break;
+            }
             fprintf(stderr, PROG ": unknown option, or its value is missing: '%s'\n"
                             "Try '" PROG " --help'.\n", argv[optind - 1]);
             return 2;
@@ -173,7 +172,8 @@ int main(int argc, char **argv)
         if (n == MAX_INPUTS)
             return die(2, "too many adapters (at most %s)%s", "256", "");
         specs[n] = argv[optind];
-        split_weight(argv[optind], &weights[n]);
+        if (adapter_split_weight(argv[optind], &weights[n], PROG))
+            return 2;
         n++;
     }
     if (n == 0)
@@ -195,7 +195,7 @@ int main(int argc, char **argv)
         return die(rc, "%s%s", err.msg, "");
     lora_adapter *ads[MAX_INPUTS] = {0};
     lora_weighted in[MAX_INPUTS];
-    lora_source_opts so = {.warn = stderr};
+    lora_source_opts so = adapter_source(&ao, PROG, NULL);
     for (size_t i = 0; i < n && rc == LORA_OK; i++) {
         rc = lora_adapter_load(specs[i], &so, &ads[i], &err);
         in[i].ad = ads[i];
