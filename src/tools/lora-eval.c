@@ -568,7 +568,8 @@ int main(int argc, char **argv)
         if (data || mode_s || min_acc >= 0 || limit || record || pred_path || text_path)
             return usage_err("--check-recovery takes only --model, -a, --json, -j and key options");
         lora_source_opts so = {.pubkeys = nkeys ? keys : NULL, .no_verify = no_verify,
-                               .registry = reg_path, .warn = stderr, .base = model_dir};
+                               .registry = reg_path, .warn = stderr, .base = model_dir,
+                               .prog = "lora-eval"};
         return check_recovery(model_dir, adapter, &so, threads, json);
     }
     if (text_path) {
@@ -577,7 +578,8 @@ int main(int argc, char **argv)
         if (context && stride > context)
             return usage_err("--stride must not exceed --context");
         lora_source_opts so = {.pubkeys = nkeys ? keys : NULL, .no_verify = no_verify,
-                               .registry = reg_path, .warn = stderr, .base = model_dir};
+                               .registry = reg_path, .warn = stderr, .base = model_dir,
+                               .prog = "lora-eval"};
         return text_main(model_dir, tok_path, adapter, &so, any_base, text_path, context, stride,
                          json);
     }
@@ -660,7 +662,8 @@ int main(int argc, char **argv)
     }
     if (adapter) {
         lora_source_opts so = {.pubkeys = nkeys ? keys : NULL, .no_verify = no_verify,
-                               .registry = reg_path, .warn = stderr, .base = model_dir};
+                               .registry = reg_path, .warn = stderr, .base = model_dir,
+                               .prog = "lora-eval"};
         /* task: resolves again at load; load the row just found instead,
          * so that what is recorded is what was evaluated */
         char spec[sizeof ra_id + 4];

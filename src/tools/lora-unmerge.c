@@ -8,6 +8,7 @@
 #include "config.h"
 #include "lora.h"
 #include "progress.h"
+#include "adapteropts.h"
 #include "jsonerr.h"
 #include "sigbus.h"
 
@@ -41,8 +42,7 @@ static void usage(FILE *f)
             "  -j, --threads N                 worker threads (default: CPUs online)\n"
             "      --shard NAME                only this shard of a sharded checkpoint;\n"
             "                                  OUT is that one file (no index written)\n"
-            "  -p, --pubkey FILE               minisign public key for .lora archives\n"
-            "      --no-verify                 open archives without checking signatures\n"
+            ADAPTER_HELP
             "      --json                      print the report as JSON on stdout\n"
             "  -q, --quiet                     no progress bar, no summary\n"
             "  -h, --help                      this help\n"
@@ -110,7 +110,7 @@ int main(int argc, char **argv)
 {
     lora_tool_json_errors(argc, argv, PROG);
     lora_tool_sigbus(PROG);
-    enum { O_CHECK = 256, O_BASE, O_DTYPE, O_NOVERIFY, O_JSON, O_SHARD, O_ANYBASE, O_RECEIPTKEY };
+    enum { O_CHECK = 256, O_BASE, O_DTYPE, O_JSON, O_SHARD, O_ANYBASE, O_RECEIPTKEY };
     static const struct option longopts[] = {
         {"adapter", required_argument, NULL, 'a'},
         {"output", required_argument, NULL, 'o'},
@@ -122,16 +122,16 @@ int main(int argc, char **argv)
         {"any-base", no_argument, NULL, O_ANYBASE},
         {"dtype", required_argument, NULL, O_DTYPE},
         {"threads", required_argument, NULL, 'j'},
-        {"pubkey", required_argument, NULL, 'p'},
-        {"no-verify", no_argument, NULL, O_NOVERIFY},
+        ADAPTER_LONGOPTS,
         {"json", no_argument, NULL, O_JSON},
         {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0}};
     char *args[64];
-    const char *keys[16], *rkeys[8];
-    size_t n = 0, nkeys = 0, nrkeys = 0;
+    const char *rkeys[8];
+    adapter_opts ao = {0};
+    size_t n = 0, nrkeys = 0;
     lora_pubkey rpk[8];
     const char *out = NULL;
     int check = 0, json = 0, quiet = 0;
@@ -185,19 +185,16 @@ int main(int argc, char **argv)
             o.nthreads = (int)v;
             break;
         }
-        case 'p':
-            if (nkeys == 15) {
-                fprintf(stderr, PROG ": too many keys: at most 15\n");
-                return LORA_EUSAGE;
-            }
-            keys[nkeys++] = optarg;
-            break;
-        case O_NOVERIFY: so.no_verify = 1; break;
         case O_JSON: json = 1; break;
         case 'q': quiet = 1; break;
         case 'h': usage(stdout); return 0;
         case 'V': printf(PROG " %s\n", lora_version()); return 0;
         default:
+            if ((c = adapter_opt(&ao, c, optarg, PROG)) != 0) {
+                if (c < 0)
+                    return LORA_EUSAGE;
+                break;
+            }
             fprintf(stderr, PROG ": bad option %s: unknown, or its value is missing (see --help)\n",
                     argv[optind - 1]);
             return LORA_EUSAGE;
@@ -210,9 +207,8 @@ int main(int argc, char **argv)
         return LORA_EUSAGE;
     }
     if (optind != argc - 1 || !n || (!out && !check) || (out && check)) {
-        fprintf(stderr, PROG ": usage: needs MERGED, at least one -a ADAPTER, and -o OUT or "
-                        "--check (not both)\n");
-        usage(stderr);
+        fprintf(stderr, PROG ": needs MERGED, at least one -a ADAPTER, and -o OUT or "
+                        "--check, not both (see --help)\n");
         return LORA_EUSAGE;
     }
     if (check && !o.reference && !o.receipt_in) {
@@ -227,8 +223,7 @@ int main(int argc, char **argv)
         fprintf(stderr, PROG ": --receipt-key checks the receipt: give --receipt\n");
         return LORA_EUSAGE;
     }
-    keys[nkeys] = NULL;
-    so.pubkeys = nkeys ? keys : NULL;
+    so = adapter_source(&ao, PROG, NULL);
     lora_error err;
     lora_error_clear(&err);
     if (lora_init(&err)) {
