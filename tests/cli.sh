@@ -233,4 +233,88 @@ if command -v script >/dev/null 2>&1 && script -qec true /dev/null </dev/null >/
 else
     echo "note: no script(1): terminal rows not run"
 fi
+# ---- issue 19: one command-line surface ----
+# 19.1: every tool that opens an adapter takes the same options
+for tool in lora-inspect lora-merge lora-unmerge lora-rank-reduce lora-eval lora-convert; do
+    "$tool" --help > "$T/h" 2>&1
+    for o in --pubkey --no-verify --registry; do
+        checks=$((checks + 1))
+        grep -q -- "$o" "$T/h" || fail "$tool --help: no $o"
+    done
+done
+# an archive with its key, in every tool that opens one
+expect 0 lora-inspect "$T/a1.lora" -p "$T/k.pub" -q
+expect 0 lora-rank-reduce "$T/a1.lora" -p "$T/k.pub" --rank 2 -o "$T/rr-key" -q
+expect 0 lora-merge "$M/llama-base" -a "$T/a1.lora" -p "$T/k.pub" -o "$T/m-key" -q
+expect 0 lora-unmerge "$T/m-key" -a "$T/a1.lora" -p "$T/k.pub" --receipt "$T/m-key.receipt" -o "$T/u-key" -q
+expect 0 lora-convert "$T/a1.lora" -p "$T/k.pub" --base "$M/llama-base" -o "$T/cv-key.gguf" -q
+expect 0 lora-eval --model "$M/llama-base" -a "$T/a1.lora" -p "$T/k.pub" --data "$M/data/classify.jsonl" --limit 3 -q
+# no -p: the keys the registry trusts (--registry or $LORA_REGISTRY)
+expect 0 lora-rank-reduce "$T/a1.lora" --registry "$R" --rank 2 -o "$T/rr-reg" -q
+expect 0 lora-convert "$T/a1.lora" --registry "$R" --base "$M/llama-base" -o "$T/cv-reg.gguf" -q
+expect 0 env LORA_REGISTRY="$R" lora-inspect "$T/a1.lora"
+expect 0 env LORA_REGISTRY="$R" lora-merge "$M/llama-base" -a "$T/a1.lora" -o "$T/m-reg" -q
+# neither a key nor a registry: a usage error naming both ways
+expect 2 env LORA_REGISTRY="$T/none.db" lora-inspect "$T/a1.lora"
+expect_err "^lora-inspect: .*-p KEY.pub.*registry.*--no-verify"
+# --no-verify warns with the tool's name
+expect 0 env LORA_REGISTRY="$T/none.db" lora-rank-reduce "$T/a1.lora" --no-verify --rank 2 -o "$T/rr-nv" -q
+expect_err "^lora-rank-reduce: warning: .*NOT verified"
+
+# 19.2 and 19.4: on failure, --json prints one error object on stdout
+# whose exit matches the status; usage errors are one line and a
+# pointer to --help, never the whole help
+while IFS='|' read -r want class args; do
+    [ -n "$want" ] || continue
+    eval "run $args --json"
+    tool=${args%% *}
+    checks=$((checks + 1))
+    [ "$rc" = "$want" ] || fail "$args: exit $rc, not $want"
+    checks=$((checks + 1))
+    if command -v jq >/dev/null 2>&1; then
+        got=$(jq -r '.error | "\(.exit) \(.class) \(.message | length > 0)"' "$T/out" 2>/dev/null)
+        [ "$got" = "$want $class true" ] || fail "$args --json: error object '$got', not '$want $class': $(cat "$T/out")"
+    else
+        grep -q "\"exit\":$want,\"class\":\"$class\"" "$T/out" || fail "$args --json: $(cat "$T/out")"
+    fi
+    checks=$((checks + 1))
+    grep -q "^$tool: " "$T/err" || fail "$args --json: no human message on stderr"
+    checks=$((checks + 1))
+    [ "$(wc -l < "$T/err")" -le 2 ] || fail "$args: $(wc -l < "$T/err") lines on stderr (whole help?)"
+done <<ROWS
+3|input|lora-inspect /nonexistent
+2|usage|lora-inspect
+3|input|lora-merge /nonexistent -a "\$A" -o "\$T/x1"
+2|usage|lora-merge
+2|usage|lora-merge "\$M/llama-base" -a "\$A":1e400 -o "\$T/x2"
+2|usage|lora-merge "\$M/llama-base" -a "\$A":nan -o "\$T/x2"
+3|input|lora-unmerge /nonexistent -a "\$A" -o "\$T/x3"
+2|usage|lora-unmerge
+2|usage|lora-unmerge "\$T/m-key" -a "\$A":inf --receipt "\$T/m-key.receipt" -o "\$T/x3"
+3|input|lora-rank-reduce /nonexistent --rank 2 -o "\$T/x4"
+2|usage|lora-rank-reduce
+2|usage|lora-rank-reduce -a "\$A":1e400 --rank 2 -o "\$T/x4"
+3|input|lora-convert /nonexistent --base "\$M/llama-base" -o "\$T/x5.gguf"
+2|usage|lora-convert
+3|input|lora-eval --model /nonexistent --data "\$M/data/classify.jsonl"
+3|input|lora-eval --model "\$M/llama-base/model.safetensors" --data "\$M/data/classify.jsonl"
+2|usage|lora-eval
+3|input|lora-pack list /nonexistent.lora
+3|input|lora-registry -r "\$T/none.db" ls
+2|usage|lora-registry
+ROWS
+
+# a file where a folder is needed is bad input (3), not I/O (4)
+expect 3 lora-pack create "$A/adapter_model.safetensors" -s "$T/k.sec" --name x --task x --version 1.0.0 -o "$T/x6.lora"
+expect_err "^lora-pack: .*Not a directory"
+# lora-pack verify --json reports the failure in its own report
+expect 3 lora-pack verify /nonexistent.lora -p "$T/k.pub" --json
+checks=$((checks + 1))
+json_ok "$T/out" && grep -q '"ok": false' "$T/out" || fail "lora-pack verify --json: $(cat "$T/out")"
+
+# 19.7: lora-inspect -q is silent, the exit status tells
+expect 0 lora-inspect -q "$A"
+checks=$((checks + 1))
+[ -s "$T/out" ] && fail "lora-inspect -q printed: $(head -c 200 "$T/out")"
+
 done_testing
