@@ -312,6 +312,40 @@ expect 3 lora-pack verify /nonexistent.lora -p "$T/k.pub" --json
 checks=$((checks + 1))
 json_ok "$T/out" && grep -q '"ok": false' "$T/out" || fail "lora-pack verify --json: $(cat "$T/out")"
 
+# 19.3: "-o OUT/" or an existing folder OUT with a one-file output
+# writes the file inside it; an output that cannot be committed is
+# refused before any work, with nothing written
+expect 0 lora-merge "$M/llama-base/model.safetensors" -a "$A" -o "$T/fo/" -q
+checks=$((checks + 1))
+[ -f "$T/fo/model.safetensors" ] || fail "lora-merge FILE -o OUT/: no OUT/model.safetensors ($(ls -d "$T"/fo*))"
+mkdir "$T/fe"
+expect 0 lora-merge "$M/llama-base/model.safetensors" -a "$A" -o "$T/fe" -q
+checks=$((checks + 1))
+[ -f "$T/fe/model.safetensors" ] || fail "lora-merge FILE -o EXISTING-FOLDER: nothing inside"
+expect 0 lora-unmerge "$T/fe/model.safetensors" -a "$A" --receipt "$T/fe/model.safetensors.receipt" -o "$T/fu/" -q
+checks=$((checks + 1))
+cmp -s "$T/fu/model.safetensors" "$M/llama-base/model.safetensors" || fail "lora-unmerge -o OUT/: not the base"
+expect 0 lora-convert "$A" --base "$M/llama-base" -o "$T/fg/" -q
+checks=$((checks + 1))
+[ -f "$T/fg/llama-classify-qv-r4.gguf" ] || fail "lora-convert -o OUT/: $(ls "$T/fg" 2>&1)"
+: > "$T/plain"
+while IFS='|' read -r want args; do
+    [ -n "$want" ] || continue
+    eval "expect $want $args"
+    tool=${args%% *}
+    expect_err "^$tool: .*(cannot write here|exists and is)"
+    checks=$((checks + 1))
+    ls "$T"/plain.tmp-* "$T"/nodir* >/dev/null 2>&1 && fail "$args: left files behind"
+done <<ROWS
+3|lora-merge "\$M/llama-base/model.safetensors" -a "\$A" -o "\$T/plain/x" -q
+4|lora-merge "\$M/llama-base/model.safetensors" -a "\$A" -o "\$T/nodir/x" -q
+2|lora-merge "\$M/llama-base" -a "\$A" -o "\$T/plain" -q
+2|lora-rank-reduce "\$A" --rank 2 -o "\$T/plain" -q
+4|lora-rank-reduce "\$A" --rank 2 -o "\$T/nodir/x" -q
+3|lora-convert "\$A" --base "\$M/llama-base" -o "\$T/plain/x.gguf" -q
+3|lora-unmerge "\$T/fe/model.safetensors" -a "\$A" --receipt "\$T/fe/model.safetensors.receipt" -o "\$T/plain/x" -q
+ROWS
+
 # 19.7: lora-inspect -q is silent, the exit status tells
 expect 0 lora-inspect -q "$A"
 checks=$((checks + 1))

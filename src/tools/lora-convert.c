@@ -7,6 +7,7 @@
 #include "lora.h"
 #include "adapteropts.h"
 #include "jsonerr.h"
+#include "outpath.h"
 #include "sigbus.h"
 
 #include <getopt.h>
@@ -211,6 +212,25 @@ int main(int argc, char **argv)
     if (to_gguf && !co.base)
         return usage_error("--to gguf needs the base model's config.json (--base BASE)", NULL);
 
+    /* -o DIR/ or an existing folder: the GGUF file goes inside, named
+     * after the adapter; checked before any work */
+    char *out_owned = NULL, gguf_name[256];
+    {
+        size_t l = strlen(in);
+        while (l > 1 && in[l - 1] == '/')
+            l--;
+        size_t b = l;
+        while (b > 0 && in[b - 1] != '/')
+            b--;
+        size_t stem = l - b;
+        if (stem > 5 && !strncmp(in + l - 5, ".lora", 5))
+            stem -= 5;
+        snprintf(gguf_name, sizeof gguf_name, "%.*s.gguf", (int)(stem > 200 ? 200 : stem), in + b);
+        int orc = to_gguf ? outpath_file(&out, &out_owned, 0, gguf_name, PROG)
+                          : outpath_folder(out, PROG);
+        if (orc)
+            return orc;
+    }
     lora_error err;
     lora_error_clear(&err);
     lora_convert_report rep = {0};
@@ -241,5 +261,6 @@ int main(int argc, char **argv)
     }
     lora_convert_report_free(&rep);
     lora_adapter_free(ad);
+    free(out_owned);
     return rc;
 }

@@ -10,6 +10,7 @@
 #include "seckey.h"
 #include "adapteropts.h"
 #include "jsonerr.h"
+#include "outpath.h"
 #include "sigbus.h"
 
 #include <errno.h>
@@ -18,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define PROG "lora-merge"
@@ -124,6 +126,7 @@ int main(int argc, char **argv)
     char *adds[64], *undos[64];
     adapter_opts ao = {0};
     size_t nadd = 0, nundo = 0;
+    int out_slash = 0;
     const char *out = NULL, *receipt = NULL, *sign_key = NULL, *rkeys[8];
     size_t nrkeys = 0;
     int no_receipt = 0, json = 0, quiet = 0;
@@ -155,7 +158,10 @@ int main(int argc, char **argv)
             }
             undos[nundo++] = optarg;
             break;
-        case 'o': out = trim_slashes(optarg); break;
+        case 'o':
+            out_slash = *optarg && optarg[strlen(optarg) - 1] == '/';
+            out = trim_slashes(optarg);
+            break;
         case O_RECEIPT: receipt = optarg; break;
         case O_NORECEIPT: no_receipt = 1; break;
         case O_SIGNRECEIPT: sign_key = optarg; break;
@@ -257,6 +263,20 @@ int main(int argc, char **argv)
     o.receipt_key = sk;
     o.receipt_pubkeys = nrkeys ? rpk : NULL;
     o.n_receipt_pubkeys = nrkeys;
+    /* what -o means, and whether it can be committed, before any work */
+    char *out_owned = NULL;
+    {
+        struct stat sb;
+        size_t bl = strlen(argv[optind]);
+        int folder_in = !o.shard && ((stat(argv[optind], &sb) == 0 && S_ISDIR(sb.st_mode)) ||
+                                     (bl > 11 && !strcmp(argv[optind] + bl - 11, ".index.json")));
+        int orc = folder_in ? outpath_folder(out, PROG)
+                            : outpath_file(&out, &out_owned, out_slash, o.shard ? o.shard : argv[optind], PROG);
+        if (orc) {
+            lora_seckey_free(sk);
+            return orc;
+        }
+    }
     const char *base = argv[optind];
     char *receipt_out = NULL;
     if (!no_receipt) {
@@ -266,6 +286,8 @@ int main(int argc, char **argv)
             receipt_out = NULL;
         if (!receipt_out) {
             fprintf(stderr, PROG ": out of memory\n");
+            free(out_owned);
+            lora_seckey_free(sk);
             return LORA_EIO;
         }
     }
@@ -336,6 +358,7 @@ int main(int argc, char **argv)
         free(as[i]);
     }
     free(receipt_out);
+    free(out_owned);
     lora_seckey_free(sk);
     return rc;
 }

@@ -7,6 +7,7 @@
 #include "lora.h"
 #include "adapteropts.h"
 #include "jsonerr.h"
+#include "outpath.h"
 #include "sigbus.h"
 
 #include <errno.h>
@@ -188,6 +189,8 @@ int main(int argc, char **argv)
     if (exact && rule.max_rank)
         return die(2, "--max-rank does not apply to --rank 0 (no truncation)%s%s", "", "");
 
+    if ((c = outpath_folder(out, PROG)) != 0)
+        return c;
     lora_error err;
     lora_error_clear(&err);
     int rc = lora_init(&err);

@@ -10,6 +10,7 @@
 #include "progress.h"
 #include "adapteropts.h"
 #include "jsonerr.h"
+#include "outpath.h"
 #include "sigbus.h"
 
 #include <getopt.h>
@@ -17,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define PROG "lora-unmerge"
@@ -133,6 +135,7 @@ int main(int argc, char **argv)
     adapter_opts ao = {0};
     size_t n = 0, nrkeys = 0;
     lora_pubkey rpk[8];
+    int out_slash = 0;
     const char *out = NULL;
     int check = 0, json = 0, quiet = 0;
     lora_merge_opts o;
@@ -155,7 +158,10 @@ int main(int argc, char **argv)
             }
             args[n++] = optarg;
             break;
-        case 'o': out = trim_slashes(optarg); break;
+        case 'o':
+            out_slash = *optarg && optarg[strlen(optarg) - 1] == '/';
+            out = trim_slashes(optarg);
+            break;
         case 'r': o.receipt_in = optarg; break;
         case O_RECEIPTKEY:
             if (nrkeys == 8) {
@@ -237,6 +243,18 @@ int main(int argc, char **argv)
         }
     o.receipt_pubkeys = nrkeys ? rpk : NULL;
     o.n_receipt_pubkeys = nrkeys;
+    /* what -o means, and whether it can be committed, before any work */
+    char *out_owned = NULL;
+    if (out) {
+        struct stat sb;
+        size_t bl = strlen(argv[optind]);
+        int folder_in = !o.shard && ((stat(argv[optind], &sb) == 0 && S_ISDIR(sb.st_mode)) ||
+                                     (bl > 11 && !strcmp(argv[optind] + bl - 11, ".index.json")));
+        int orc = folder_in ? outpath_folder(out, PROG)
+                            : outpath_file(&out, &out_owned, out_slash, o.shard ? o.shard : argv[optind], PROG);
+        if (orc)
+            return orc;
+    }
     o.check_only = check;
     tool_progress_init(&progress, quiet || check);
     o.progress = on_progress;
@@ -326,5 +344,6 @@ int main(int argc, char **argv)
         lora_adapter_free(ad[i].ad);
         free(specs[i]);
     }
+    free(out_owned);
     return rc;
 }
