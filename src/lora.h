@@ -302,6 +302,9 @@ typedef struct lora_adapter {
     int has_base_hash;
     unsigned char base_hash[32];
     const char *recorded_base;
+    /* NAME and VERSION from an archive's manifest (same lifetime), NULL
+     * for a folder: what provenance records instead of a local path. */
+    const char *recorded_name, *recorded_version;
 } lora_adapter;
 
 /* Load a PEFT adapter folder (adapter_config.json +

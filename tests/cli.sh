@@ -346,6 +346,19 @@ done <<ROWS
 3|lora-unmerge "\$T/fe/model.safetensors" -a "\$A" --receipt "\$T/fe/model.safetensors.receipt" -o "\$T/plain/x" -q
 ROWS
 
+# 19.5: provenance names NAME@VERSION (archive, registry) or the folder's
+# own name, with the BLAKE2b, never a local path
+expect 0 lora-merge "$M/llama-base" -a "$T/a1.lora":0.5 -a "$A/" -p "$T/k.pub" --force -o "$T/prov" -q
+for f in "$T/prov/model.safetensors" "$T/prov.receipt"; do
+    checks=$((checks + 1))
+    grep -aqF -- "$T" "$f" && fail "${f##*/}: a local path in the provenance"
+    checks=$((checks + 1))
+    grep -aqF '"cli@1.0.1"' "$f" || grep -aqF 'cli@1.0.1' "$f" || fail "${f##*/}: no cli@1.0.1"
+done
+checks=$((checks + 1))
+grep -aqE 'blake2b\\":\\"[0-9a-f]{64}\\",\\"weight\\":1(\.0)?,\\"adapter\\":\\"llama-classify-qv-r4\\"' "$T/prov/model.safetensors" ||
+    fail "merged metadata: no folder name with its BLAKE2b"
+
 # 19.7: lora-inspect -q is silent, the exit status tells
 expect 0 lora-inspect -q "$A"
 checks=$((checks + 1))

@@ -1209,6 +1209,8 @@ int lora_archive_adapter(lora_archive *ar, lora_adapter **out, lora_error *err)
     ad->has_base_hash = ar->manifest->has_base_hash; /* the base identity (baseid.c) */
     memcpy(ad->base_hash, ar->manifest->base_hash, sizeof ad->base_hash);
     ad->recorded_base = ar->manifest->base_model;
+    ad->recorded_name = ar->manifest->name;
+    ad->recorded_version = ar->manifest->version;
     *out = ad;
     return LORA_OK;
 }

@@ -76,3 +76,22 @@ int adapter_split_weight(char *arg, double *w, const char *prog)
     *w = x;
     return 0;
 }
+
+char *adapter_provenance(const lora_adapter *ad, const char *spec)
+{
+    char *s = NULL;
+    if (ad && ad->recorded_name && ad->recorded_version) {
+        if (asprintf(&s, "%s@%s", ad->recorded_name, ad->recorded_version) < 0)
+            s = NULL;
+        return s;
+    }
+    if (strncmp(spec, "reg:", 4) == 0 || strncmp(spec, "task:", 5) == 0)
+        return strdup(ad && ad->path && strncmp(ad->path, "reg:", 4) == 0 ? ad->path : spec);
+    size_t l = strlen(spec);
+    while (l > 1 && spec[l - 1] == '/')
+        l--;
+    size_t b = l;
+    while (b > 0 && spec[b - 1] != '/')
+        b--;
+    return strndup(spec + b, l - b);
+}

@@ -47,4 +47,10 @@ lora_source_opts adapter_source(const adapter_opts *ao, const char *prog, const 
  * (task:chat, paths with ':').  *w is 1 without a weight. */
 int adapter_split_weight(char *arg, double *w, const char *prog);
 
+/* What a merged file's metadata and a receipt record for an adapter:
+ * NAME@VERSION from its archive or the registry, else the folder's own
+ * name, never a local path (issue 19.5); malloc'd, NULL when out of
+ * memory. */
+char *adapter_provenance(const lora_adapter *ad, const char *spec);
+
 #endif

@@ -92,6 +92,13 @@ static int load_adapters(char **args, size_t n, lora_merge_adapter *out, char **
         out[i].spec = specs[i];
         if ((rc = lora_adapter_load(specs[i], so, &out[i].ad, err)))
             return rc;
+        char *prov = adapter_provenance(out[i].ad, specs[i]);
+        if (!prov) {
+            snprintf(err->msg, sizeof err->msg, "out of memory");
+            return err->code = LORA_EIO;
+        }
+        free(specs[i]);
+        out[i].spec = specs[i] = prov;
     }
     return LORA_OK;
 }
