@@ -359,6 +359,25 @@ checks=$((checks + 1))
 grep -aqE 'blake2b\\":\\"[0-9a-f]{64}\\",\\"weight\\":1(\.0)?,\\"adapter\\":\\"llama-classify-qv-r4\\"' "$T/prov/model.safetensors" ||
     fail "merged metadata: no folder name with its BLAKE2b"
 
+# 19.7: layers listed numerically (2 before 10), in the module and tensor lists
+"$TOP_BUILDDIR/tests/mkfixture" llama "$T/l12" --layers 12 --hidden 16 --heads 2 --intermediate 32 \
+    --vocab 32 --rank 2 --no-base >/dev/null || fail "mkfixture"
+expect 0 lora-inspect -t "$T/l12/adapter"
+checks=$((checks + 1))
+order=$(grep -oE 'layers\.[0-9]+\.self_attn\.q_proj\.lora_A' "$T/out" | grep -oE '[0-9]+' | tr '\n' ' ')
+[ "$order" = "0 1 2 3 4 5 6 7 8 9 10 11 " ] || fail "lora-inspect -t: layers in order '$order'"
+# real values in rewritten configs in their shortest form (0.05, not 0.050000000000000003)
+cp -r "$A" "$T/drop"
+sed 's/"lora_dropout": 0.0/"lora_dropout": 0.05/' "$A/adapter_config.json" > "$T/drop/adapter_config.json"
+expect 0 lora-rank-reduce "$T/drop" --rank 2 -o "$T/drop-rr" -q
+checks=$((checks + 1))
+grep -q '"lora_dropout": 0.05,' "$T/drop-rr/adapter_config.json" ||
+    fail "lora-rank-reduce: $(grep dropout "$T/drop-rr/adapter_config.json")"
+# one prefix per message: no "lora-pack: extract: lora-pack: usage:"
+expect 2 lora-pack extract "$T/a1.lora" -C "$T/ex"
+checks=$((checks + 1))
+[ "$(grep -o 'lora-pack:' "$T/err" | wc -l)" = 1 ] || fail "lora-pack extract without a key: $(cat "$T/err")"
+
 # 19.7: lora-inspect -q is silent, the exit status tells
 expect 0 lora-inspect -q "$A"
 checks=$((checks + 1))

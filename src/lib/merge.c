@@ -1051,7 +1051,7 @@ static int write_index(struct run *R, const char *dir, lora_error *err)
     json_object_set_new(meta, "total_size", json_integer((json_int_t)sum));
     json_object_set_new(root, "metadata", meta);
     json_object_set_new(root, "weight_map", map);
-    char *text = json_dumps(root, JSON_INDENT(2) | JSON_SORT_KEYS);
+    char *text = lora_json_dumps(root, JSON_INDENT(2) | JSON_SORT_KEYS);
     json_decref(root);
     if (!text)
         return lora_oom(err);

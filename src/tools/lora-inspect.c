@@ -9,6 +9,7 @@
 #include "jsonerr.h"
 #include "sigbus.h"
 
+#include <ctype.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -80,6 +81,51 @@ static void pct(double num_, double den, char *buf, size_t n)
         snprintf(buf, n, "%.4f%%", 100.0 * num_ / den);
 }
 
+/* Names with numbers compared as people read them: layers.2 before
+ * layers.10 (strcmp puts 10 first).  Runs of digits compare by value
+ * (length after leading zeros, then digits), the rest byte by byte. */
+static int natcmp(const char *a, const char *b)
+{
+    while (*a && *b) {
+        if (isdigit((unsigned char)*a) && isdigit((unsigned char)*b)) {
+            while (*a == '0')
+                a++;
+            while (*b == '0')
+                b++;
+            size_t la = 0, lb = 0;
+            while (isdigit((unsigned char)a[la]))
+                la++;
+            while (isdigit((unsigned char)b[lb]))
+                lb++;
+            if (la != lb)
+                return la < lb ? -1 : 1;
+            int c = strncmp(a, b, la);
+            if (c)
+                return c;
+            a += la;
+            b += lb;
+        } else {
+            if (*a != *b)
+                return (unsigned char)*a < (unsigned char)*b ? -1 : 1;
+            a++;
+            b++;
+        }
+    }
+    return *a ? 1 : *b ? -1 : 0;
+}
+
+static int cmp_module(const void *x, const void *y)
+{
+    return natcmp((*(const lora_report_module *const *)x)->m->name,
+                  (*(const lora_report_module *const *)y)->m->name);
+}
+
+static int cmp_tensor(const void *x, const void *y)
+{
+    return natcmp((*(const lora_report_tensor *const *)x)->t->name,
+                  (*(const lora_report_tensor *const *)y)->t->name);
+}
+
 static void print_human(const lora_report *rep, const char *base_path, int tensors)
 {
     const lora_adapter *ad = rep->ad;
@@ -100,11 +146,17 @@ static void print_human(const lora_report *rep, const char *base_path, int tenso
             printf("                   r %" PRIu64 ", alpha %g, scale %g: %zu module%s\n",
                    rep->groups[i].r, rep->groups[i].alpha, rep->groups[i].scale,
                    rep->groups[i].modules, rep->groups[i].modules == 1 ? "" : "s");
+        const lora_report_module **ms = malloc((rep->n_modules ? rep->n_modules : 1) * sizeof *ms);
+        for (size_t i = 0; ms && i < rep->n_modules; i++)
+            ms[i] = &rep->modules[i];
+        if (ms)
+            qsort(ms, rep->n_modules, sizeof *ms, cmp_module);
         for (size_t i = 0; i < rep->n_modules; i++) {
-            const lora_module *m = rep->modules[i].m;
+            const lora_module *m = ms ? ms[i]->m : rep->modules[i].m;
             printf("                   %s: r %" PRIu64 ", alpha %g, scale %g\n", m->name, m->r,
                    m->alpha, m->scale);
         }
+        free(ms);
     } else {
         printf("r / alpha        %" PRIu64 " / %g (no LoRA modules)\n", ad->r, ad->alpha);
     }
@@ -151,13 +203,19 @@ static void print_human(const lora_report *rep, const char *base_path, int tenso
     }
     if (tensors) {
         printf("tensors          %zu\n", rep->n_tensors);
+        const lora_report_tensor **ts = malloc((rep->n_tensors ? rep->n_tensors : 1) * sizeof *ts);
+        for (size_t i = 0; ts && i < rep->n_tensors; i++)
+            ts[i] = &rep->tensors[i];
+        if (ts)
+            qsort(ts, rep->n_tensors, sizeof *ts, cmp_tensor);
         for (size_t i = 0; i < rep->n_tensors; i++) {
-            const lora_report_tensor *t = &rep->tensors[i];
+            const lora_report_tensor *t = ts ? ts[i] : &rep->tensors[i];
             char s[96];
             shape(t->t, s, sizeof s);
             printf("  %s %s %s %s bytes %s\n", t->t->name, lora_dtype_name(t->t->dtype), s,
                    num(t->t->nbytes, a, sizeof a), t->role);
         }
+        free(ts);
     }
     if (!rep->n_problems)
         /* without a base, "none" cannot see a wrong base or a bad shape */

@@ -331,15 +331,13 @@ static int cmd_read(int cmd, int argc, char **argv)
         default: free(ks.keys); return usage_err("unknown option, or its value is missing: '%s'", argv[optind - 1]);
         }
     }
-    const char *what = cmd == CMD_VERIFY ? "verify" : cmd == CMD_LIST ? "list" : "extract";
     if (optind + 1 != argc || (cmd != CMD_LIST && ks.n == 0) || (cmd == CMD_EXTRACT && !dir) ||
         (cmd != CMD_EXTRACT && (dir || force)) || (cmd == CMD_EXTRACT && json)) {
         free(ks.keys);
-        fprintf(stderr, PROG ": %s: ", what);
         return usage_err("%s",
-                         cmd == CMD_VERIFY ? "usage: verify ARCHIVE -p KEY.pub [-p ...] [--json]"
-                         : cmd == CMD_LIST ? "usage: list ARCHIVE [--json]"
-                                           : "usage: extract ARCHIVE -C DIR -p KEY.pub [--force]");
+                         cmd == CMD_VERIFY ? "verify: usage: verify ARCHIVE -p KEY.pub [-p ...] [--json]"
+                         : cmd == CMD_LIST ? "list: usage: list ARCHIVE [--json]"
+                                           : "extract: usage: extract ARCHIVE -C DIR -p KEY.pub [--force]");
     }
     const char *path = argv[optind];
     lora_archive *ar = NULL;
