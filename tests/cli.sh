@@ -378,6 +378,19 @@ expect 2 lora-pack extract "$T/a1.lora" -C "$T/ex"
 checks=$((checks + 1))
 [ "$(grep -o 'lora-pack:' "$T/err" | wc -l)" = 1 ] || fail "lora-pack extract without a key: $(cat "$T/err")"
 
+# 19.7: one of two merged adapters out: lora-unmerge refuses naming the
+# way, and that way (lora-unmerge(1)) is the direct merge bit for bit
+B2="$M/adapters/llama-reverse-qv-r4"
+expect 0 lora-merge "$M/llama-base" -a "$A" -a "$B2" -o "$T/two" -q
+expect 3 lora-unmerge "$T/two" -a "$A" --receipt "$T/two.receipt" -o "$T/two-a"
+expect_err "^lora-unmerge: to take out only some .*lora-merge MERGED .*--unmerge"
+expect 0 lora-merge "$T/two" --receipt "$T/two.receipt" --unmerge "$A" --unmerge "$B2" -a "$B2" -o "$T/two-b" -q
+expect 0 lora-merge "$M/llama-base" -a "$B2" -o "$T/b-only" -q
+checks=$((checks + 1))
+cmp -s "$T/two-b/model.safetensors" "$T/b-only/model.safetensors" || fail "task switch to one of two: not the direct merge"
+checks=$((checks + 1))
+grep -qF -- '\-\-unmerge adapters/sql' "$TOP_SRCDIR/man/lora-unmerge.1" || fail "lora-unmerge.1: no way to take one adapter out"
+
 # 19.7: lora-inspect -q is silent, the exit status tells
 expect 0 lora-inspect -q "$A"
 checks=$((checks + 1))

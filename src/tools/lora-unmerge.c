@@ -280,6 +280,10 @@ int main(int argc, char **argv)
     if (rc && !(ran && check)) {
         tool_progress_end(&progress);
         fprintf(stderr, PROG ": %s\n", err.msg);
+        if (o.receipt_in && strstr(err.msg, "is not among the adapters given"))
+            fprintf(stderr, PROG ": to take out only some of the adapters merged: lora-merge MERGED "
+                            "--receipt R --unmerge EACH-MERGED-ADAPTER... -a EACH-ONE-TO-KEEP... "
+                            "-o OUT (see lora-unmerge(1))\n");
     }
     uint64_t exact = res.elements - res.inexact;
     if (ran && json) {
