@@ -391,6 +391,43 @@ cmp -s "$T/two-b/model.safetensors" "$T/b-only/model.safetensors" || fail "task 
 checks=$((checks + 1))
 grep -qF -- '\-\-unmerge adapters/sql' "$TOP_SRCDIR/man/lora-unmerge.1" || fail "lora-unmerge.1: no way to take one adapter out"
 
+# 19.4: a missing argument or value is a usage error (2): one line and
+# a pointer to --help, never the whole help
+while read -r args; do
+    [ -n "$args" ] || continue
+    eval "run $args"
+    checks=$((checks + 1))
+    [ "$rc" = 2 ] || fail "$args: exit $rc, not 2"
+    checks=$((checks + 1))
+    [ "$(wc -l < "$T/err")" -le 2 ] && grep -q -- '--help' "$T/err" ||
+        fail "$args: not one line and --help: $(head -n 3 "$T/err")"
+    checks=$((checks + 1))
+    [ -s "$T/out" ] && fail "$args: wrote to stdout"
+done <<ROWS
+lora-inspect
+lora-inspect --base
+lora-merge
+lora-merge -a
+lora-merge "\$M/llama-base" -o "\$T/x"
+lora-unmerge
+lora-unmerge -a
+lora-rank-reduce
+lora-rank-reduce --rank
+lora-rank-reduce "\$A" -o "\$T/x"
+lora-convert
+lora-convert -o
+lora-eval
+lora-eval --model
+lora-pack
+lora-pack create
+lora-pack keygen
+lora-pack verify
+lora-pack extract "\$T/a1.lora"
+lora-registry
+lora-registry add
+lora-registry trust
+ROWS
+
 # 19.7: lora-inspect -q is silent, the exit status tells
 expect 0 lora-inspect -q "$A"
 checks=$((checks + 1))

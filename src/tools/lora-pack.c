@@ -417,10 +417,8 @@ int main(int argc, char **argv)
     lora_error err;
     if (lora_init(&err))
         return fail(&err);
-    if (argc < 2) {
-        usage(stderr);
-        return LORA_EUSAGE;
-    }
+    if (argc < 2)
+        return usage_err("%s", "no command (keygen, create, verify, list, extract)");
     opterr = 0; /* our own messages, prefixed with the tool's name */
     const char *cmd = argv[1];
     if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help")) {

@@ -53,6 +53,8 @@ static int die(int code, const char *fmt, const char *a, const char *b)
     fprintf(stderr, PROG ": ");
     fprintf(stderr, fmt, a, b);
     fputc('\n', stderr);
+    if (code == 2 && !strstr(fmt, "--help"))
+        fprintf(stderr, "Try '" PROG " --help'.\n");
     return code;
 }
 
