@@ -234,7 +234,7 @@ static void print_human(const lora_report *rep, const char *base_path, int tenso
  * A file that starts with GGUF's magic is reported by the library's
  * GGUF reader; the PEFT-only options (--base, --check against a base,
  * the analyses) do not apply to it yet. */
-static int inspect_gguf(const char *path, int json)
+static int inspect_gguf(const char *path, int json, int quiet)
 {
     lora_error err;
     lora_error_clear(&err);
@@ -245,7 +245,7 @@ static int inspect_gguf(const char *path, int json)
         rc = err.code ? err.code : LORA_EIO;
     if (rc)
         fprintf(stderr, PROG ": %s\n", err.msg[0] ? err.msg : "failed");
-    else if (fputs(text, stdout) == EOF || fflush(stdout) != 0) {
+    else if ((!quiet && fputs(text, stdout) == EOF) || fflush(stdout) != 0) {
         fprintf(stderr, PROG ": writing the report failed\n");
         rc = LORA_EIO;
     }
@@ -343,7 +343,7 @@ int main(int argc, char **argv)
                       ? (fprintf(stderr, PROG ": %s: a GGUF adapter; --base, --tensors and the "
                                          "analyses need PEFT (lora-convert --to peft)\n",
                                  argv[optind]), LORA_EUSAGE)
-                      : inspect_gguf(argv[optind], json);
+                      : inspect_gguf(argv[optind], json, quiet);
         free(keys);
         free(mods);
         return grc;
