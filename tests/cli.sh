@@ -304,6 +304,12 @@ done <<ROWS
 2|usage|lora-registry
 ROWS
 
+# the short spelling of --json too
+for args in "lora-inspect -cj /nonexistent" "lora-convert -j /nonexistent --base x -o x.gguf"; do
+    run $args
+    checks=$((checks + 1))
+    grep -q '"error":{"exit":3,"class":"input"' "$T/out" || fail "$args: no JSON error: $(cat "$T/out")"
+done
 # a file where a folder is needed is bad input (3), not I/O (4)
 expect 3 lora-pack create "$A/adapter_model.safetensors" -s "$T/k.sec" --name x --task x --version 1.0.0 -o "$T/x6.lora"
 expect_err "^lora-pack: .*Not a directory"

@@ -107,7 +107,7 @@ static void on_fail(int status, void *arg)
     json_decref(o);
 }
 
-void lora_tool_json_errors(int argc, char **argv, const char *prog)
+void lora_tool_json_errors(int argc, char **argv, const char *prog, char short_json)
 {
     int json = 0;
     for (int i = 1; i < argc; i++) {
@@ -115,6 +115,12 @@ void lora_tool_json_errors(int argc, char **argv, const char *prog)
             break;
         if (strcmp(argv[i], "--json") == 0)
             json = 1;
+        /* a cluster of short flags ("-cj"); stops at the first letter
+         * that may take a value, as getopt would not see -j after it */
+        if (short_json && argv[i][0] == '-' && argv[i][1] && argv[i][1] != '-')
+            for (const char *c = argv[i] + 1; *c && strchr("csjtqhVfN", *c); c++)
+                if (*c == short_json)
+                    json = 1;
     }
     if (!json)
         return;

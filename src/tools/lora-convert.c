@@ -127,7 +127,7 @@ static void print_human(const lora_convert_report *rep, const char *out)
 
 int main(int argc, char **argv)
 {
-    lora_tool_json_errors(argc, argv, PROG);
+    lora_tool_json_errors(argc, argv, PROG, 'j');
     lora_tool_sigbus(PROG);
     enum { OPT_OUTTYPE = 256, OPT_SKIP };
     static const struct option opts[] = {

@@ -423,7 +423,7 @@ static int tokenize_main(const char *tok_path, const char *data, int detok, int 
 
 int main(int argc, char **argv)
 {
-    lora_tool_json_errors(argc, argv, "lora-eval");
+    lora_tool_json_errors(argc, argv, "lora-eval", 0);
     lora_tool_sigbus("lora-eval");
     enum { OPT_MODE = 256, OPT_MIN, OPT_LIMIT, OPT_JSON, OPT_NOVERIFY, OPT_RECOVERY, OPT_RECORD,
            OPT_REGISTRY, OPT_PRED, OPT_TEXT, OPT_CONTEXT, OPT_STRIDE, OPT_MAXNEW, OPT_TOKENIZER,

@@ -256,7 +256,7 @@ static int inspect_gguf(const char *path, int json, int quiet)
 
 int main(int argc, char **argv)
 {
-    lora_tool_json_errors(argc, argv, PROG);
+    lora_tool_json_errors(argc, argv, PROG, 'j');
     lora_tool_sigbus(PROG);
     static const struct option longopts[] = {
         {"base", required_argument, NULL, 'b'}, {"check", no_argument, NULL, 'c'},

@@ -105,7 +105,7 @@ static int load_adapters(char **args, size_t n, lora_merge_adapter *out, char **
 
 int main(int argc, char **argv)
 {
-    lora_tool_json_errors(argc, argv, PROG);
+    lora_tool_json_errors(argc, argv, PROG, 0);
     lora_tool_sigbus(PROG);
     enum { O_UNMERGE = 256, O_RECEIPT, O_NORECEIPT, O_DTYPE, O_ROUNDING, O_FORCE,
            O_JSON, O_SHARD, O_ALLOWNF, O_ANYBASE, O_SIGNRECEIPT, O_RECEIPTKEY };

@@ -412,7 +412,7 @@ static int cmd_read(int cmd, int argc, char **argv)
 
 int main(int argc, char **argv)
 {
-    lora_tool_json_errors(argc, argv, PROG);
+    lora_tool_json_errors(argc, argv, PROG, 0);
     lora_tool_sigbus(PROG);
     lora_error err;
     if (lora_init(&err))

@@ -84,7 +84,7 @@ static int parse_double(const char *s, double *v)
 
 int main(int argc, char **argv)
 {
-    lora_tool_json_errors(argc, argv, PROG);
+    lora_tool_json_errors(argc, argv, PROG, 0);
     lora_tool_sigbus(PROG);
     static const struct option opts[] = {
         {"adapter", required_argument, NULL, 'a'}, {"output", required_argument, NULL, 'o'},

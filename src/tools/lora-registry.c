@@ -631,7 +631,7 @@ static int cmd_evals(const struct args *a, const char *name)
 
 int main(int argc, char **argv)
 {
-    lora_tool_json_errors(argc, argv, PROG);
+    lora_tool_json_errors(argc, argv, PROG, 0);
     lora_tool_sigbus(PROG);
     static const struct option opts[] = {
         {"registry", required_argument, 0, 'r'}, {"name", required_argument, 0, 'n'},

@@ -110,7 +110,7 @@ static void on_tensor(void *arg, const lora_tensor_report *r)
 
 int main(int argc, char **argv)
 {
-    lora_tool_json_errors(argc, argv, PROG);
+    lora_tool_json_errors(argc, argv, PROG, 0);
     lora_tool_sigbus(PROG);
     enum { O_CHECK = 256, O_BASE, O_DTYPE, O_JSON, O_SHARD, O_ANYBASE, O_RECEIPTKEY };
     static const struct option longopts[] = {
