@@ -331,6 +331,9 @@ checks=$((checks + 1))
 expect 0 lora-unmerge "$T/fe/model.safetensors" -a "$A" --receipt "$T/fe/model.safetensors.receipt" -o "$T/fu/" -q
 checks=$((checks + 1))
 cmp -s "$T/fu/model.safetensors" "$M/llama-base/model.safetensors" || fail "lora-unmerge -o OUT/: not the base"
+expect 0 lora-pack create "$A" -s "$T/k.sec" --name cli --task cli --version 1.0.3 -o "$T/fp/" -q
+checks=$((checks + 1))
+[ -f "$T/fp/cli-1.0.3.lora" ] || fail "lora-pack create -o OUT/: $(ls "$T/fp" 2>&1)"
 expect 0 lora-convert "$A" --base "$M/llama-base" -o "$T/fg/" -q
 checks=$((checks + 1))
 [ -f "$T/fg/llama-classify-qv-r4.gguf" ] || fail "lora-convert -o OUT/: $(ls "$T/fg" 2>&1)"
@@ -349,6 +352,7 @@ done <<ROWS
 2|lora-rank-reduce "\$A" --rank 2 -o "\$T/plain" -q
 4|lora-rank-reduce "\$A" --rank 2 -o "\$T/nodir/x" -q
 3|lora-convert "\$A" --base "\$M/llama-base" -o "\$T/plain/x.gguf" -q
+3|lora-pack create "\$A" -s "\$T/k.sec" --name x --task x --version 1.0.0 -o "\$T/plain/x.lora" -q
 3|lora-unmerge "\$T/fe/model.safetensors" -a "\$A" --receipt "\$T/fe/model.safetensors.receipt" -o "\$T/plain/x" -q
 ROWS
 

@@ -7,6 +7,7 @@
 #include "lora.h"
 #include "seckey.h"
 #include "jsonerr.h"
+#include "outpath.h"
 #include "sigbus.h"
 
 #include <errno.h>
@@ -203,6 +204,15 @@ static int cmd_create(int argc, char **argv)
     }
     po.adapter_dir = argv[optind];
     po.receipts = nrec ? receipts : NULL;
+    /* -o DIR/ or an existing folder: DIR/NAME-VERSION.lora; an archive
+     * that could not be committed is refused before the signing */
+    char archive_name[512], *out_owned = NULL;
+    snprintf(archive_name, sizeof archive_name, "%s-%s.lora", po.name, po.version);
+    int orc = strchr(po.name, '/') ? 0 : outpath_file(&outp, &out_owned, 0, archive_name, PROG);
+    if (orc) {
+        free(receipts);
+        return orc;
+    }
     lora_error err;
     lora_error_clear(&err);
     lora_seckey *sk = NULL;
@@ -211,10 +221,13 @@ static int cmd_create(int argc, char **argv)
         rc = lora_archive_create(outp, &po, sk, &err);
     lora_seckey_free(sk);
     free(receipts);
-    if (rc)
+    if (rc) {
+        free(out_owned);
         return fail(&err);
+    }
     if (!quiet)
         fprintf(stderr, PROG ": wrote %s\n", outp);
+    free(out_owned);
     return 0;
 }
 
