@@ -9,7 +9,6 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 int adapter_opt(adapter_opts *ao, int c, const char *arg, const char *prog)
 {

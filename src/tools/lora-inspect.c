@@ -277,11 +277,6 @@ int main(int argc, char **argv)
     const char *base_path = NULL;
     int check = 0, strict = 0, json = 0, tensors = 0, quiet = 0;
     adapter_opts src = {0};
-    const char **keys = calloc((size_t)argc + 1, sizeof *keys);
-    if (!keys) {
-        fprintf(stderr, PROG ": out of memory\n");
-        return LORA_EIO;
-    }
     int ch;
     opterr = 0; /* our own messages, prefixed with the tool's name */
     while ((ch = getopt_long(argc, argv, ":b:csjtp:qhV", longopts, NULL)) != -1) {
@@ -292,8 +287,8 @@ int main(int argc, char **argv)
         case 'j': json = 1; break;
         case 't': tensors = 1; break;
         case 'q': quiet = 1; break;
-        case 'h': usage(stdout); free(keys); free(mods); return 0;
-        case 'V': printf(PROG " (lora-tools) %s\n", lora_version()); free(keys); free(mods); return 0;
+        case 'h': usage(stdout); free(mods); return 0;
+        case 'V': printf(PROG " (lora-tools) %s\n", lora_version()); free(mods); return 0;
         case 1001: ao.spectrum = 1; break;
         case 1002: compare_path = optarg; break;
         case 1003: ao.svg_path = optarg; break;
@@ -302,7 +297,6 @@ int main(int argc, char **argv)
         case ':':
             fprintf(stderr, PROG ": option '%s' needs an argument\n", argv[optind - 1]);
             fprintf(stderr, "Try '" PROG " --help' for more information.\n");
-            free(keys);
             free(mods);
             return LORA_EUSAGE;
         default:
@@ -315,7 +309,6 @@ int main(int argc, char **argv)
             else
                 fprintf(stderr, PROG ": unknown option '%s'\n", argv[optind - 1]);
             fprintf(stderr, "Try '" PROG " --help' for more information.\n");
-            free(keys);
             free(mods);
             return LORA_EUSAGE;
         }
@@ -323,7 +316,6 @@ int main(int argc, char **argv)
     if (optind != argc - 1) {
         fprintf(stderr, PROG ": %s\nTry '" PROG " --help' for more information.\n",
                 optind >= argc ? "missing ADAPTER" : "only one ADAPTER, please");
-        free(keys);
         free(mods);
         return LORA_EUSAGE;
     }
@@ -333,7 +325,6 @@ int main(int argc, char **argv)
         fprintf(stderr, PROG ": %s\nTry '" PROG " --help' for more information.\n",
                 !mods ? "out of memory" : ao.svg_path && !compare_path
                     ? "--svg needs --compare" : "--amplification needs --base");
-        free(keys);
         free(mods);
         return mods ? LORA_EUSAGE : LORA_EIO;
     }
@@ -344,7 +335,6 @@ int main(int argc, char **argv)
                                          "analyses need PEFT (lora-convert --to peft)\n",
                                  argv[optind]), LORA_EUSAGE)
                       : inspect_gguf(argv[optind], json, quiet);
-        free(keys);
         free(mods);
         return grc;
     }
@@ -380,7 +370,6 @@ int main(int argc, char **argv)
             fprintf(stderr, PROG ": writing the report failed\n");
         lora_ckpt_close(base);
         lora_adapter_free(ad);
-        free(keys);
         free(mods);
         return rc;
     }
@@ -410,7 +399,6 @@ int main(int argc, char **argv)
     lora_report_free(rep);
     lora_ckpt_close(base);
     lora_adapter_free(ad);
-    free(keys);
     free(mods);
     return rc;
 fail:
@@ -418,7 +406,6 @@ fail:
     lora_report_free(rep);
     lora_ckpt_close(base);
     lora_adapter_free(ad);
-    free(keys);
     free(mods);
     return rc;
 }
