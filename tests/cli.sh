@@ -436,6 +436,7 @@ lora-pack extract "\$T/a1.lora"
 lora-registry
 lora-registry add
 lora-registry trust
+lora-registry -r
 ROWS
 
 # 19.7: lora-inspect -q is silent, the exit status tells

@@ -118,7 +118,7 @@ void lora_tool_json_errors(int argc, char **argv, const char *prog, char short_j
         /* a cluster of short flags ("-cj"); stops at the first letter
          * that may take a value, as getopt would not see -j after it */
         if (short_json && argv[i][0] == '-' && argv[i][1] && argv[i][1] != '-')
-            for (const char *c = argv[i] + 1; *c && strchr("csjtqhVfN", *c); c++)
+            for (const char *c = argv[i] + 1; *c && strchr("csjtqhVfNu", *c); c++)
                 if (*c == short_json)
                     json = 1;
     }
