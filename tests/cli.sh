@@ -257,6 +257,11 @@ expect 0 env LORA_REGISTRY="$R" lora-merge "$M/llama-base" -a "$T/a1.lora" -o "$
 # neither a key nor a registry: a usage error naming both ways
 expect 2 env LORA_REGISTRY="$T/none.db" lora-inspect "$T/a1.lora"
 expect_err "^lora-inspect: .*-p KEY.pub.*registry.*--no-verify"
+# an unreadable default registry is no registry; one named with --registry must be read
+echo garbage > "$T/bad.db"
+expect 2 env LORA_REGISTRY="$T/bad.db" lora-inspect "$T/a1.lora"
+expect 3 lora-inspect --registry "$T/bad.db" "$T/a1.lora"
+expect_err "^lora-inspect: trusted keys of .*bad.db"
 # --no-verify warns with the tool's name
 expect 0 env LORA_REGISTRY="$T/none.db" lora-rank-reduce "$T/a1.lora" --no-verify --rank 2 -o "$T/rr-nv" -q
 expect_err "^lora-rank-reduce: warning: .*NOT verified"

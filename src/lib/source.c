@@ -24,7 +24,8 @@ static int has_suffix(const char *s, const char *suf)
 /* The keys a registry trusts, for archives given without -p: a user
  * who ran `lora-registry trust` should not have to repeat the key on
  * every command.  Only when a registry exists (opts->registry, or the
- * default location); *n stays 0 otherwise. */
+ * default location); *n stays 0 otherwise, and when the default one
+ * cannot be read (only a registry named with --registry must be). */
 static int registry_keys(const lora_source_opts *opts, lora_pubkey **keys, size_t *n,
                          lora_error *err)
 {
@@ -55,8 +56,14 @@ static int registry_keys(const lora_source_opts *opts, lora_pubkey **keys, size_
         if (!rc)
             *n = nk;
         lora_reg_keys_free(rk, nk);
-        if (rc && err)
+        if (rc && !(opts && opts->registry)) { /* the default one was not asked for: no keys */
+            free(*keys);
+            *keys = NULL;
+            *n = 0;
+            rc = LORA_OK;
+        } else if (rc && err) {
             lora_err_prefix(err, "trusted keys of %s", path);
+        }
     }
     free(path);
     return rc;
