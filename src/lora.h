@@ -266,6 +266,11 @@ typedef struct lora_module {
                                  the input embeddings (no lm_head.weight): set only
                                  by the binding lora-eval uses, which applies it to
                                  the head alone, as PEFT does */
+    const lora_tensor *magnitude; /* DoRA (use_dora): lora_magnitude_vector, [out],
+                                 the norm of each output row of W0 + ΔW that PEFT
+                                 rescales to (after the Conv1D transpose); NULL
+                                 for plain LoRA.  lora_adapter_bind refuses it:
+                                 merging and applying DoRA are not implemented */
 } lora_module;
 
 /* A full tensor saved through modules_to_save: it replaces the base's. */
@@ -283,6 +288,7 @@ typedef struct lora_adapter {
     double alpha;             /* config lora_alpha */
     int use_rslora;
     int fan_in_fan_out;
+    int use_dora;             /* every module has a magnitude vector */
     char *target_modules;     /* as written in the config: JSON text */
     char *config_json;        /* adapter_config.json as read (NUL-terminated), for
                                  tools that rewrite or re-examine it */
@@ -378,6 +384,7 @@ typedef struct lora_report_module {
     uint64_t base_params;     /* elements of the base tensor (0 when not bound) */
     uint64_t nonfinite_a, nonfinite_b;  /* NaN/Inf counts (when scanned) */
     int zero_b;               /* B scanned and all zeros */
+    double mag_min, mag_max;  /* DoRA: range of lora_magnitude_vector (0 without) */
 } lora_report_module;
 
 typedef struct lora_report_group {  /* modules sharing r, alpha and scale */
@@ -417,7 +424,10 @@ typedef struct lora_report {
     size_t n_untargeted;      /* adapted modules target_modules does not select */
     uint64_t lora_params;     /* elements of every A and B */
     uint64_t saved_params;    /* elements of modules_to_save tensors */
-    uint64_t trainable_params;    /* lora_params + saved_params */
+    uint64_t trainable_params;    /* lora_params + saved_params + dora_params */
+    size_t n_dora;            /* DoRA modules (with a lora_magnitude_vector) */
+    uint64_t dora_params;     /* elements of the magnitude vectors */
+    double mag_min, mag_max;  /* their range over every DoRA module */
     uint64_t tensor_bytes;    /* data bytes of every tensor in the file */
     uint64_t file_bytes;      /* the safetensors file on disk */
     size_t n_dtypes;

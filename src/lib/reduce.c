@@ -349,6 +349,10 @@ int lora_reduce_combine(const lora_weighted *in, size_t n, const lora_rank_rule 
     for (size_t i = 0; i < n; i++) {
         if (!isfinite(in[i].weight))
             return lora_seterr(err, LORA_EUSAGE, "weight of %s is not finite", in[i].ad->path);
+        if (in[i].ad->use_dora)
+            return lora_seterr(err, LORA_EINPUT,
+                               "%s: a DoRA adapter (use_dora): its magnitude vectors cannot be "
+                               "carried through a rank reduction", in[i].ad->path);
         if (in[i].ad->fan_in_fan_out != in[0].ad->fan_in_fan_out)
             return lora_seterr(err, LORA_EINPUT, "%s and %s disagree on fan_in_fan_out",
                                in[0].ad->path, in[i].ad->path);
