@@ -322,6 +322,42 @@ START_TEST(test_ties_by_hand)
 }
 END_TEST
 
+/* One workspace across methods and sizes: buffers a method needs first
+ * on a module smaller than the largest seen must still hold the largest
+ * (found by ASan in CI if not); results as with a fresh workspace. */
+START_TEST(test_ws_reuse)
+{
+    static const struct { lora_combine_method m; uint64_t out, in; } seq[] = {
+        {LORA_COMBINE_DARE_LINEAR, 20, 30}, {LORA_COMBINE_TIES, 3, 4},
+        {LORA_COMBINE_TIES, 19, 31}, {LORA_COMBINE_MAGNITUDE_PRUNE, 25, 24},
+        {LORA_COMBINE_DARE_TIES, 40, 20}};
+    uint64_t st = 9, streams[2] = {0, 1};
+    double w[2] = {1.0, -0.5};
+    lora_combine_ws ws = {0};
+    for (size_t k = 0; k < sizeof seq / sizeof *seq; k++) {
+        uint64_t N = seq[k].out * seq[k].in;
+        double **d = make_deltas(2, N, seq[k].in, 1, 0, &st);
+        double *a = malloc(N * sizeof *a), *b = malloc(N * sizeof *b);
+        dense_src src = {d, N};
+        lora_combine_opts o = {seq[k].m, 0.4, LORA_SIGN_TOTAL, 5};
+        lora_combine_ws fresh = {0};
+        lora_error e;
+        ck_assert_int_eq(lora_combine_module(&o, "m", seq[k].out, seq[k].in, 2, w, streams,
+                                             from_dense, &src, a, &ws, &e), LORA_OK);
+        ck_assert_int_eq(lora_combine_module(&o, "m", seq[k].out, seq[k].in, 2, w, streams,
+                                             from_dense, &src, b, &fresh, &e), LORA_OK);
+        ck_assert(memcmp(a, b, N * sizeof *a) == 0);
+        lora_combine_ws_free(&fresh);
+        free(d[0]);
+        free(d[1]);
+        free(d);
+        free(a);
+        free(b);
+    }
+    lora_combine_ws_free(&ws);
+}
+END_TEST
+
 START_TEST(test_dare_fraction_rescale)
 {
     uint64_t out = 300, in = 200, N = out * in, st = 7;
@@ -435,6 +471,7 @@ int main(void)
     tcase_add_test(tc, test_threshold_ties);
     tcase_add_test(tc, test_ties_by_hand);
     tcase_add_test(tc, test_dare_fraction_rescale);
+    tcase_add_test(tc, test_ws_reuse);
     tcase_add_test(tc, test_svd_dense);
     tcase_add_test(tc, test_names);
     suite_add_tcase(s, tc);

@@ -199,21 +199,28 @@ void lora_combine_ws_free(lora_combine_ws *ws)
     memset(ws, 0, sizeof *ws);
 }
 
-static int ws_reserve(lora_combine_ws *ws, uint64_t n, lora_error *err)
+/* Grow the buffers a method needs to n doubles each: the delta always,
+ * the sign sums and counts for TIES, the magnitudes for pruning by
+ * magnitude.  Buffers not needed stay as they are (NULL, or a size
+ * ws->cap; a buffer exists at size cap or not at all). */
+static int ws_reserve(lora_combine_ws *ws, uint64_t n, int ties, int mag, lora_error *err)
 {
-    uint64_t bytes;
-    if (!lora_mul_ok(n ? n : 1, sizeof(double), &bytes) || bytes > SIZE_MAX)
+    int grow = n > ws->cap;
+    uint64_t bytes, size = grow ? n : ws->cap; /* every buffer holds cap */
+    if (!lora_mul_ok(size ? size : 1, sizeof(double), &bytes) || bytes > SIZE_MAX)
         return lora_seterr(err, LORA_EINPUT, "module too large");
-    if (n <= ws->cap && ws->d)
-        return LORA_OK;
-    double **bufs[4] = {&ws->d, &ws->acc, &ws->tmp, &ws->cnt};
+    double **bufs[4] = {&ws->d, &ws->acc, &ws->cnt, &ws->tmp};
+    int need[4] = {1, ties, ties, mag};
     for (int i = 0; i < 4; i++) {
+        if (!(grow ? need[i] || *bufs[i] : need[i] && !*bufs[i]))
+            continue;
         double *p = realloc(*bufs[i], (size_t)bytes);
         if (!p)
             return lora_oom(err);
         *bufs[i] = p;
     }
-    ws->cap = n;
+    if (grow)
+        ws->cap = n;
     return LORA_OK;
 }
 
@@ -260,13 +267,14 @@ int lora_combine_module(const lora_combine_opts *o, const char *name, uint64_t o
     uint64_t N;
     if (!lora_mul_ok(out, in, &N))
         return lora_seterr(err, LORA_EINPUT, "%s: module too large", name);
-    int rc = ws_reserve(ws, N, err);
+    int ties = o->method == LORA_COMBINE_TIES || o->method == LORA_COMBINE_DARE_TIES;
+    int mag = o->method == LORA_COMBINE_TIES || o->method == LORA_COMBINE_MAGNITUDE_PRUNE;
+    int rc = ws_reserve(ws, N, ties, mag, err);
     if (rc != LORA_OK)
         return rc;
     mag_rule *rules = calloc(n ? n : 1, sizeof *rules);
     if (!rules)
         return lora_oom(err);
-    int ties = o->method == LORA_COMBINE_TIES || o->method == LORA_COMBINE_DARE_TIES;
     memset(dst, 0, (size_t)N * sizeof *dst);
     if (!ties) {
         for (size_t i = 0; i < n && rc == LORA_OK; i++) {
