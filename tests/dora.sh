@@ -44,4 +44,20 @@ expect_err "DoRA"
 [ -e "$T/a.gguf" ] && fail "convert wrote output"
 ls "$T" | grep -q 'tmp' && fail "temporary file left behind"
 
+# real-shaped: a DoRA adapter on c_attn and both c_proj of the real tiny
+# GPT-2 (Conv1D, stored [in, out]): the magnitudes are [out] and bind to it
+if [ -n "${FIXTURES:-}" ] && [ -d "$FIXTURES/real/base-tiny-gpt2-e16" ]; then
+    RB=$FIXTURES/real/base-tiny-gpt2-e16
+    "$MKF" gpt2 "$T/r" --layers 1 --hidden 16 --heads 1 --vocab 50257 --positions 256 --rank 4 \
+        --targets c_attn,c_proj --dora --no-base >/dev/null || fail "mkfixture (real shape)"
+    expect 0 lora-inspect --check --strict --base "$RB" "$T/r/adapter"
+    expect_out '^DoRA +3 of 3 modules'
+    expect_out '^problems +none'
+    expect 3 lora-merge "$RB" -a "$T/r/adapter" -o "$T/rm"
+    expect_err "transformer\.h\.0\.attn\.c_attn: a DoRA module"
+    [ -e "$T/rm" ] && fail "merge wrote output"
+else
+    echo "note: FIXTURES not set: the real-shaped GPT-2 DoRA case not checked"
+fi
+
 done_testing
