@@ -308,6 +308,9 @@ typedef struct lora_adapter {
     int has_base_hash;
     unsigned char base_hash[32];
     const char *recorded_base;
+    /* NAME and VERSION from an archive's manifest (same lifetime), NULL
+     * for a folder: what provenance records instead of a local path. */
+    const char *recorded_name, *recorded_version;
 } lora_adapter;
 
 /* Load a PEFT adapter folder (adapter_config.json +
@@ -342,6 +345,7 @@ typedef struct lora_source_opts {
     const char *base;            /* base checkpoint the adapter is for (merge input,
                                     eval model), or NULL: task:TASK then prefers the
                                     newest adapter registered for this base */
+    const char *prog;            /* tool name prefixed to warnings, or NULL */
 } lora_source_opts;
 
 /* Open an adapter from SPEC: a PEFT folder, a .lora archive (verified,

@@ -552,7 +552,7 @@ static char *make_config(const lora_gguf_adapter *ga, const lora_gguf_arch *arch
     json_object_set_new(cfg, "lora_dropout", json_real(0.0));
     json_object_set_new(cfg, "inference_mode", json_true());
     json_object_set_new(cfg, "modules_to_save", json_null());
-    char *text = json_dumps(cfg, JSON_INDENT(2) | JSON_SORT_KEYS);
+    char *text = lora_json_dumps(cfg, JSON_INDENT(2) | JSON_SORT_KEYS);
     json_decref(cfg);
     return text;
 }

@@ -180,7 +180,7 @@ static int make_config(const lora_weighted *in, size_t n, const outmod *mods, si
     json_object_set_new(cfg, "use_rslora", json_false());
     json_object_set_new(cfg, "use_dora", json_false());
     json_object_set_new(cfg, "fan_in_fan_out", json_boolean(in[0].ad->fan_in_fan_out));
-    *text = json_dumps(cfg, JSON_INDENT(2) | JSON_SORT_KEYS);
+    *text = lora_json_dumps(cfg, JSON_INDENT(2) | JSON_SORT_KEYS);
     json_decref(cfg);
     if (!*text)
         return lora_oom(err);

@@ -5,6 +5,9 @@
  * per-module report.
  */
 #include "lora.h"
+#include "adapteropts.h"
+#include "jsonerr.h"
+#include "outpath.h"
 #include "sigbus.h"
 
 #include <errno.h>
@@ -43,6 +46,7 @@ static void usage(FILE *f)
             "      --majority-sign S   TIES sign election: total (default) or frequency\n"
             "      --seed N            seed of the DARE generator (default 0)\n"
             "  -f, --force             replace OUT if it exists\n"
+            ADAPTER_HELP
             "      --json              the report as JSON on stdout\n"
             "  -q, --quiet             no report on stdout (errors still on stderr)\n"
             "  -h, --help              this help\n"
@@ -56,6 +60,8 @@ static int die(int code, const char *fmt, const char *a, const char *b)
     fprintf(stderr, PROG ": ");
     fprintf(stderr, fmt, a, b);
     fputc('\n', stderr);
+    if (code == 2 && !strstr(fmt, "--help"))
+        fprintf(stderr, "Try '" PROG " --help'.\n");
     return code;
 }
 
@@ -83,21 +89,9 @@ static int parse_double(const char *s, double *v)
     return 1;
 }
 
-/* "SPEC[:WEIGHT]": the weight is what follows the last ':' when it
- * parses as a number (so "task:foo" and paths with ':' still work). */
-static void split_weight(char *arg, double *w)
-{
-    *w = 1.0;
-    char *c = strrchr(arg, ':');
-    double x;
-    if (c && c != arg && parse_double(c + 1, &x)) {
-        *c = '\0';
-        *w = x;
-    }
-}
-
 int main(int argc, char **argv)
 {
+    lora_tool_json_errors(argc, argv, PROG, 0);
     lora_tool_sigbus(PROG);
     static const struct option opts[] = {
         {"adapter", required_argument, NULL, 'a'}, {"output", required_argument, NULL, 'o'},
@@ -107,7 +101,9 @@ int main(int argc, char **argv)
         {"quiet", no_argument, NULL, 'q'},         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},       {"method", required_argument, NULL, 'M'},
         {"density", required_argument, NULL, 'd'}, {"majority-sign", required_argument, NULL, 'S'},
-        {"seed", required_argument, NULL, 's'},    {NULL, 0, NULL, 0}};
+        {"seed", required_argument, NULL, 's'},    ADAPTER_LONGOPTS,
+        {NULL, 0, NULL, 0}};
+    adapter_opts ao = {0};
     char *specs[MAX_INPUTS];
     double weights[MAX_INPUTS];
     size_t n = 0;
@@ -119,13 +115,14 @@ int main(int argc, char **argv)
     uint64_t u;
     double d;
     opterr = 0; /* our own messages, prefixed with the tool's name */
-    while ((c = getopt_long(argc, argv, "a:o:r:e:R:m:M:d:fqhV", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "a:o:r:e:R:m:M:d:p:fqhV", opts, NULL)) != -1) {
         switch (c) {
         case 'a':
             if (n == MAX_INPUTS)
                 return die(2, "too many adapters (at most %s)%s", "256", "");
             specs[n] = optarg;
-            split_weight(optarg, &weights[n]);
+            if (adapter_split_weight(optarg, &weights[n], PROG))
+                return 2;
             n++;
             break;
         case 'o':
@@ -204,6 +201,11 @@ int main(int argc, char **argv)
             printf(PROG " %s\n", lora_version());
             return 0;
         default:
+            if ((c = adapter_opt(&ao, c, optarg, PROG)) != 0) {
+                if (c < 0)
+                    return 2;
+                break;
+            }
             fprintf(stderr, PROG ": unknown option, or its value is missing: '%s'\n"
                             "Try '" PROG " --help'.\n", argv[optind - 1]);
             return 2;
@@ -213,7 +215,8 @@ int main(int argc, char **argv)
         if (n == MAX_INPUTS)
             return die(2, "too many adapters (at most %s)%s", "256", "");
         specs[n] = argv[optind];
-        split_weight(argv[optind], &weights[n]);
+        if (adapter_split_weight(argv[optind], &weights[n], PROG))
+            return 2;
         n++;
     }
     if (n == 0)
@@ -239,6 +242,8 @@ int main(int argc, char **argv)
     if (have_seed && !is_dare)
         return die(2, "--seed applies to --method dare_linear and dare_ties only%s%s", "", "");
 
+    if ((c = outpath_folder(out, PROG)) != 0)
+        return c;
     lora_error err;
     lora_error_clear(&err);
     int rc = lora_init(&err);
@@ -246,7 +251,7 @@ int main(int argc, char **argv)
         return die(rc, "%s%s", err.msg, "");
     lora_adapter *ads[MAX_INPUTS] = {0};
     lora_weighted in[MAX_INPUTS];
-    lora_source_opts so = {.warn = stderr};
+    lora_source_opts so = adapter_source(&ao, PROG, NULL);
     for (size_t i = 0; i < n && rc == LORA_OK; i++) {
         rc = lora_adapter_load(specs[i], &so, &ads[i], &err);
         in[i].ad = ads[i];
