@@ -4,11 +4,47 @@
  */
 #include "testutil.h"
 #include "internal.h"
+#include <jansson.h>
+#include <stdlib.h>
 
 #include <errno.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+/* lora_json_dumps: reals in their shortest round-trip form, each read
+ * back to the same double (checked with strtod against the value put
+ * in), integers and strings (with digits, escapes, "e") untouched. */
+START_TEST(test_json_shortest)
+{
+    const double v[] = {0.05, 0.1, 1e-6, -0.0, 1.0, 16.0, 1e300, 2.2250738585072014e-308,
+                        0.30000000000000004, 123456789.123456789, -7.5e-12, 5e-324};
+    json_t *a = json_array();
+    for (size_t i = 0; i < sizeof v / sizeof v[0]; i++)
+        json_array_append_new(a, json_real(v[i]));
+    json_array_append_new(a, json_integer(-42));
+    json_array_append_new(a, json_string("0.050000000000000003 \"1e5\" \\ 7"));
+    char *s = lora_json_dumps(a, JSON_COMPACT);
+    ck_assert_ptr_nonnull(s);
+    ck_assert_ptr_null(strstr(s, "0.050000000000000003,"));
+    ck_assert_ptr_nonnull(strstr(s, "[0.05,0.1,1e-06,"));
+    json_error_t je;
+    json_t *b = json_loads(s, 0, &je);
+    ck_assert_msg(b != NULL, "not JSON: %s", s);
+    for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
+        json_t *x = json_array_get(b, i);
+        ck_assert_msg(json_is_real(x), "element %zu not a real in %s", i, s);
+        ck_assert_msg(json_real_value(x) == v[i], "element %zu: %.17g != %.17g", i,
+                      json_real_value(x), v[i]);
+    }
+    ck_assert_int_eq(json_integer_value(json_array_get(b, sizeof v / sizeof v[0])), -42);
+    ck_assert_str_eq(json_string_value(json_array_get(b, sizeof v / sizeof v[0] + 1)),
+                     "0.050000000000000003 \"1e5\" \\ 7");
+    json_decref(b);
+    free(s);
+    json_decref(a);
+}
+END_TEST
 
 START_TEST(test_seterr)
 {
@@ -127,6 +163,7 @@ int main(void)
     tcase_add_test(tc, test_atomic_write);
     tcase_add_test(tc, test_read_limit);
     tcase_add_test(tc, test_tmp_remove_all);
+    tcase_add_test(tc, test_json_shortest);
     suite_add_tcase(s, tc);
     return tu_run(s, 0);
 }

@@ -233,4 +233,220 @@ if command -v script >/dev/null 2>&1 && script -qec true /dev/null </dev/null >/
 else
     echo "note: no script(1): terminal rows not run"
 fi
+# ---- issue 19: one command-line surface ----
+# 19.1: every tool that opens an adapter takes the same options
+for tool in lora-inspect lora-merge lora-unmerge lora-rank-reduce lora-eval lora-convert; do
+    "$tool" --help > "$T/h" 2>&1
+    for o in --pubkey --no-verify --registry; do
+        checks=$((checks + 1))
+        grep -q -- "$o" "$T/h" || fail "$tool --help: no $o"
+    done
+done
+# an archive with its key, in every tool that opens one
+expect 0 lora-inspect "$T/a1.lora" -p "$T/k.pub" -q
+expect 0 lora-rank-reduce "$T/a1.lora" -p "$T/k.pub" --rank 2 -o "$T/rr-key" -q
+expect 0 lora-merge "$M/llama-base" -a "$T/a1.lora" -p "$T/k.pub" -o "$T/m-key" -q
+expect 0 lora-unmerge "$T/m-key" -a "$T/a1.lora" -p "$T/k.pub" --receipt "$T/m-key.receipt" -o "$T/u-key" -q
+expect 0 lora-convert "$T/a1.lora" -p "$T/k.pub" --base "$M/llama-base" -o "$T/cv-key.gguf" -q
+expect 0 lora-eval --model "$M/llama-base" -a "$T/a1.lora" -p "$T/k.pub" --data "$M/data/classify.jsonl" --limit 3 -q
+# no -p: the keys the registry trusts (--registry or $LORA_REGISTRY)
+expect 0 lora-rank-reduce "$T/a1.lora" --registry "$R" --rank 2 -o "$T/rr-reg" -q
+expect 0 lora-convert "$T/a1.lora" --registry "$R" --base "$M/llama-base" -o "$T/cv-reg.gguf" -q
+expect 0 env LORA_REGISTRY="$R" lora-inspect "$T/a1.lora"
+expect 0 env LORA_REGISTRY="$R" lora-merge "$M/llama-base" -a "$T/a1.lora" -o "$T/m-reg" -q
+# neither a key nor a registry: a usage error naming both ways
+expect 2 env LORA_REGISTRY="$T/none.db" lora-inspect "$T/a1.lora"
+expect_err "^lora-inspect: .*-p KEY.pub.*registry.*--no-verify"
+# an unreadable default registry is no registry; one named with --registry must be read
+echo garbage > "$T/bad.db"
+expect 2 env LORA_REGISTRY="$T/bad.db" lora-inspect "$T/a1.lora"
+expect 3 lora-inspect --registry "$T/bad.db" "$T/a1.lora"
+expect_err "^lora-inspect: trusted keys of .*bad.db"
+# --no-verify warns with the tool's name
+expect 0 env LORA_REGISTRY="$T/none.db" lora-rank-reduce "$T/a1.lora" --no-verify --rank 2 -o "$T/rr-nv" -q
+expect_err "^lora-rank-reduce: warning: .*NOT verified"
+
+# 19.2 and 19.4: on failure, --json prints one error object on stdout
+# whose exit matches the status; usage errors are one line and a
+# pointer to --help, never the whole help
+while IFS='|' read -r want class args; do
+    [ -n "$want" ] || continue
+    eval "run $args --json"
+    tool=${args%% *}
+    checks=$((checks + 1))
+    [ "$rc" = "$want" ] || fail "$args: exit $rc, not $want"
+    checks=$((checks + 1))
+    if command -v jq >/dev/null 2>&1; then
+        got=$(jq -r '.error | "\(.exit) \(.class) \(.message | length > 0)"' "$T/out" 2>/dev/null)
+        [ "$got" = "$want $class true" ] || fail "$args --json: error object '$got', not '$want $class': $(cat "$T/out")"
+    else
+        grep -q "\"exit\":$want,\"class\":\"$class\"" "$T/out" || fail "$args --json: $(cat "$T/out")"
+    fi
+    checks=$((checks + 1))
+    grep -q "^$tool: " "$T/err" || fail "$args --json: no human message on stderr"
+    checks=$((checks + 1))
+    [ "$(wc -l < "$T/err")" -le 2 ] || fail "$args: $(wc -l < "$T/err") lines on stderr (whole help?)"
+done <<ROWS
+3|input|lora-inspect /nonexistent
+2|usage|lora-inspect
+3|input|lora-merge /nonexistent -a "\$A" -o "\$T/x1"
+2|usage|lora-merge
+2|usage|lora-merge "\$M/llama-base" -a "\$A":1e400 -o "\$T/x2"
+2|usage|lora-merge "\$M/llama-base" -a "\$A":nan -o "\$T/x2"
+3|input|lora-unmerge /nonexistent -a "\$A" -o "\$T/x3"
+2|usage|lora-unmerge
+2|usage|lora-unmerge "\$T/m-key" -a "\$A":inf --receipt "\$T/m-key.receipt" -o "\$T/x3"
+3|input|lora-rank-reduce /nonexistent --rank 2 -o "\$T/x4"
+2|usage|lora-rank-reduce
+2|usage|lora-rank-reduce -a "\$A":1e400 --rank 2 -o "\$T/x4"
+3|input|lora-convert /nonexistent --base "\$M/llama-base" -o "\$T/x5.gguf"
+2|usage|lora-convert
+3|input|lora-eval --model /nonexistent --data "\$M/data/classify.jsonl"
+3|input|lora-eval --model "\$M/llama-base/model.safetensors" --data "\$M/data/classify.jsonl"
+2|usage|lora-eval
+3|input|lora-pack list /nonexistent.lora
+3|input|lora-registry -r "\$T/none.db" ls
+2|usage|lora-registry
+ROWS
+
+# the short spelling of --json too
+for args in "lora-inspect -cj /nonexistent" "lora-convert -j /nonexistent --base x -o x.gguf"; do
+    run $args
+    checks=$((checks + 1))
+    grep -q '"error":{"exit":3,"class":"input"' "$T/out" || fail "$args: no JSON error: $(cat "$T/out")"
+done
+# a file where a folder is needed is bad input (3), not I/O (4)
+expect 3 lora-pack create "$A/adapter_model.safetensors" -s "$T/k.sec" --name x --task x --version 1.0.0 -o "$T/x6.lora"
+expect_err "^lora-pack: .*Not a directory"
+# lora-pack verify --json reports the failure in its own report
+expect 3 lora-pack verify /nonexistent.lora -p "$T/k.pub" --json
+checks=$((checks + 1))
+json_ok "$T/out" && grep -q '"ok": false' "$T/out" || fail "lora-pack verify --json: $(cat "$T/out")"
+
+# 19.3: "-o OUT/" or an existing folder OUT with a one-file output
+# writes the file inside it; an output that cannot be committed is
+# refused before any work, with nothing written
+expect 0 lora-merge "$M/llama-base/model.safetensors" -a "$A" -o "$T/fo/" -q
+checks=$((checks + 1))
+[ -f "$T/fo/model.safetensors" ] || fail "lora-merge FILE -o OUT/: no OUT/model.safetensors ($(ls -d "$T"/fo*))"
+mkdir "$T/fe"
+expect 0 lora-merge "$M/llama-base/model.safetensors" -a "$A" -o "$T/fe" -q
+checks=$((checks + 1))
+[ -f "$T/fe/model.safetensors" ] || fail "lora-merge FILE -o EXISTING-FOLDER: nothing inside"
+expect 0 lora-unmerge "$T/fe/model.safetensors" -a "$A" --receipt "$T/fe/model.safetensors.receipt" -o "$T/fu/" -q
+checks=$((checks + 1))
+cmp -s "$T/fu/model.safetensors" "$M/llama-base/model.safetensors" || fail "lora-unmerge -o OUT/: not the base"
+expect 0 lora-pack create "$A" -s "$T/k.sec" --name cli --task cli --version 1.0.3 -o "$T/fp/" -q
+checks=$((checks + 1))
+[ -f "$T/fp/cli-1.0.3.lora" ] || fail "lora-pack create -o OUT/: $(ls "$T/fp" 2>&1)"
+expect 0 lora-convert "$A" --base "$M/llama-base" -o "$T/fg/" -q
+checks=$((checks + 1))
+[ -f "$T/fg/llama-classify-qv-r4.gguf" ] || fail "lora-convert -o OUT/: $(ls "$T/fg" 2>&1)"
+: > "$T/plain"
+while IFS='|' read -r want args; do
+    [ -n "$want" ] || continue
+    eval "expect $want $args"
+    tool=${args%% *}
+    expect_err "^$tool: .*(cannot write here|exists and is)"
+    checks=$((checks + 1))
+    ls "$T"/plain.tmp-* "$T"/nodir* >/dev/null 2>&1 && fail "$args: left files behind"
+done <<ROWS
+3|lora-merge "\$M/llama-base/model.safetensors" -a "\$A" -o "\$T/plain/x" -q
+4|lora-merge "\$M/llama-base/model.safetensors" -a "\$A" -o "\$T/nodir/x" -q
+2|lora-merge "\$M/llama-base" -a "\$A" -o "\$T/plain" -q
+2|lora-rank-reduce "\$A" --rank 2 -o "\$T/plain" -q
+4|lora-rank-reduce "\$A" --rank 2 -o "\$T/nodir/x" -q
+3|lora-convert "\$A" --base "\$M/llama-base" -o "\$T/plain/x.gguf" -q
+3|lora-pack create "\$A" -s "\$T/k.sec" --name x --task x --version 1.0.0 -o "\$T/plain/x.lora" -q
+3|lora-unmerge "\$T/fe/model.safetensors" -a "\$A" --receipt "\$T/fe/model.safetensors.receipt" -o "\$T/plain/x" -q
+ROWS
+
+# 19.5: provenance names NAME@VERSION (archive, registry) or the folder's
+# own name, with the BLAKE2b, never a local path
+expect 0 lora-merge "$M/llama-base" -a "$T/a1.lora":0.5 -a "$A/" -p "$T/k.pub" --force -o "$T/prov" -q
+for f in "$T/prov/model.safetensors" "$T/prov.receipt"; do
+    checks=$((checks + 1))
+    grep -aqF -- "$T" "$f" && fail "${f##*/}: a local path in the provenance"
+    checks=$((checks + 1))
+    grep -aqF '"cli@1.0.1"' "$f" || grep -aqF 'cli@1.0.1' "$f" || fail "${f##*/}: no cli@1.0.1"
+done
+checks=$((checks + 1))
+grep -aqE 'blake2b\\":\\"[0-9a-f]{64}\\",\\"weight\\":1(\.0)?,\\"adapter\\":\\"llama-classify-qv-r4\\"' "$T/prov/model.safetensors" ||
+    fail "merged metadata: no folder name with its BLAKE2b"
+
+# 19.7: layers listed numerically (2 before 10), in the module and tensor lists
+"$TOP_BUILDDIR/tests/mkfixture" llama "$T/l12" --layers 12 --hidden 16 --heads 2 --intermediate 32 \
+    --vocab 32 --rank 2 --no-base >/dev/null || fail "mkfixture"
+expect 0 lora-inspect -t "$T/l12/adapter"
+checks=$((checks + 1))
+order=$(grep -oE 'layers\.[0-9]+\.self_attn\.q_proj\.lora_A' "$T/out" | grep -oE '[0-9]+' | tr '\n' ' ')
+[ "$order" = "0 1 2 3 4 5 6 7 8 9 10 11 " ] || fail "lora-inspect -t: layers in order '$order'"
+# real values in rewritten configs in their shortest form (0.05, not 0.050000000000000003)
+cp -r "$A" "$T/drop"
+sed 's/"lora_dropout": 0.0/"lora_dropout": 0.05/' "$A/adapter_config.json" > "$T/drop/adapter_config.json"
+expect 0 lora-rank-reduce "$T/drop" --rank 2 -o "$T/drop-rr" -q
+checks=$((checks + 1))
+grep -q '"lora_dropout": 0.05,' "$T/drop-rr/adapter_config.json" ||
+    fail "lora-rank-reduce: $(grep dropout "$T/drop-rr/adapter_config.json")"
+# one prefix per message: no "lora-pack: extract: lora-pack: usage:"
+expect 2 lora-pack extract "$T/a1.lora" -C "$T/ex"
+checks=$((checks + 1))
+[ "$(grep -o 'lora-pack:' "$T/err" | wc -l)" = 1 ] || fail "lora-pack extract without a key: $(cat "$T/err")"
+
+# 19.7: one of two merged adapters out: lora-unmerge refuses naming the
+# way, and that way (lora-unmerge(1)) is the direct merge bit for bit
+B2="$M/adapters/llama-reverse-qv-r4"
+expect 0 lora-merge "$M/llama-base" -a "$A" -a "$B2" -o "$T/two" -q
+expect 3 lora-unmerge "$T/two" -a "$A" --receipt "$T/two.receipt" -o "$T/two-a"
+expect_err "^lora-unmerge: to take out only some .*lora-merge MERGED .*--unmerge"
+expect 0 lora-merge "$T/two" --receipt "$T/two.receipt" --unmerge "$A" --unmerge "$B2" -a "$B2" -o "$T/two-b" -q
+expect 0 lora-merge "$M/llama-base" -a "$B2" -o "$T/b-only" -q
+checks=$((checks + 1))
+cmp -s "$T/two-b/model.safetensors" "$T/b-only/model.safetensors" || fail "task switch to one of two: not the direct merge"
+checks=$((checks + 1))
+grep -qF -- '\-\-unmerge adapters/sql' "$TOP_SRCDIR/man/lora-unmerge.1" || fail "lora-unmerge.1: no way to take one adapter out"
+
+# 19.4: a missing argument or value is a usage error (2): one line and
+# a pointer to --help, never the whole help
+while read -r args; do
+    [ -n "$args" ] || continue
+    eval "run $args"
+    checks=$((checks + 1))
+    [ "$rc" = 2 ] || fail "$args: exit $rc, not 2"
+    checks=$((checks + 1))
+    [ "$(wc -l < "$T/err")" -le 2 ] && grep -q -- '--help' "$T/err" ||
+        fail "$args: not one line and --help: $(head -n 3 "$T/err")"
+    checks=$((checks + 1))
+    [ -s "$T/out" ] && fail "$args: wrote to stdout"
+done <<ROWS
+lora-inspect
+lora-inspect --base
+lora-merge
+lora-merge -a
+lora-merge "\$M/llama-base" -o "\$T/x"
+lora-unmerge
+lora-unmerge -a
+lora-rank-reduce
+lora-rank-reduce --rank
+lora-rank-reduce "\$A" -o "\$T/x"
+lora-convert
+lora-convert -o
+lora-eval
+lora-eval --model
+lora-pack
+lora-pack create
+lora-pack keygen
+lora-pack verify
+lora-pack extract "\$T/a1.lora"
+lora-registry
+lora-registry add
+lora-registry trust
+lora-registry -r
+ROWS
+
+# 19.7: lora-inspect -q is silent, the exit status tells
+expect 0 lora-inspect -q "$A"
+checks=$((checks + 1))
+[ -s "$T/out" ] && fail "lora-inspect -q printed: $(head -c 200 "$T/out")"
+
 done_testing

@@ -13,6 +13,7 @@ complete -c lora-convert -l outtype -x -a 'f32 f16 bf16' -d 'Dtype of the tensor
 complete -c lora-convert -l skip-unsupported -d 'Leave out and list what the target cannot hold'
 complete -c lora-convert -s p -l pubkey -r -F -d 'Minisign public key for archives'
 complete -c lora-convert -l no-verify -d 'Open archives without checking signatures'
+complete -c lora-convert -l registry -r -F -d 'registry database'
 complete -c lora-convert -s f -l force -d 'Replace the output'
 complete -c lora-convert -s j -l json -d 'Report as JSON'
 complete -c lora-convert -s q -l quiet -d 'No report'

@@ -21,6 +21,7 @@ complete -c lora-merge -l allow-nonfinite -d 'write values beyond the output dty
 complete -c lora-merge -l any-base -d 'merge into a base other than the recorded one (warns)'
 complete -c lora-merge -s p -l pubkey -r -F -d 'minisign public key'
 complete -c lora-merge -l no-verify -d 'do not check archive signatures'
+complete -c lora-merge -l registry -r -F -d 'registry database'
 complete -c lora-merge -l json -d 'JSON summary on stdout'
 complete -c lora-merge -s q -l quiet -d 'no progress, no summary'
 complete -c lora-merge -s h -l help -d 'show help'

@@ -63,7 +63,7 @@ static int src_load(srcfile *s, const char *name, const char *path, uint64_t lim
         return LORA_EIO;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return lora_seterr_errno(err, errno == ENOENT ? LORA_EINPUT : LORA_EIO, errno, "%s", path);
+        return lora_seterr_errno(err, errno == ENOENT || errno == ENOTDIR ? LORA_EINPUT : LORA_EIO, errno, "%s", path);
     struct stat sb;
     if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
         close(fd);
@@ -935,7 +935,7 @@ int lora_archive_open(const char *path, const lora_pubkey *keys, size_t nkeys, i
         return lora_seterr(err, LORA_EUSAGE, "%s: no public key to verify the archive with", path);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return lora_seterr_errno(err, errno == ENOENT ? LORA_EINPUT : LORA_EIO, errno, "%s", path);
+        return lora_seterr_errno(err, errno == ENOENT || errno == ENOTDIR ? LORA_EINPUT : LORA_EIO, errno, "%s", path);
     int rc = lora_archive_open_fd(fd, path, keys, nkeys, flags, out, err);
     close(fd);
     return rc;
@@ -1209,6 +1209,8 @@ int lora_archive_adapter(lora_archive *ar, lora_adapter **out, lora_error *err)
     ad->has_base_hash = ar->manifest->has_base_hash; /* the base identity (baseid.c) */
     memcpy(ad->base_hash, ar->manifest->base_hash, sizeof ad->base_hash);
     ad->recorded_base = ar->manifest->base_model;
+    ad->recorded_name = ar->manifest->name;
+    ad->recorded_version = ar->manifest->version;
     *out = ad;
     return LORA_OK;
 }

@@ -443,6 +443,9 @@ int lora_convert_to_gguf(const lora_adapter *ad, const char *out, const lora_con
         rc = read_base_config(o->base, &arch, &gbase, err);
     if (!rc)
         rc = refuse_alora(ad, err);
+    if (!rc && ad->use_dora)
+        rc = lora_seterr(err, LORA_EINPUT, "%s: a DoRA adapter (use_dora): GGUF LoRA has no "
+                         "magnitude vectors, converting it would drop them", ad->path);
     if (!rc)
         rc = plan_modules(ad, &arch, gbase, o, rep, &p, &n, err);
     if (rc)
@@ -549,7 +552,7 @@ static char *make_config(const lora_gguf_adapter *ga, const lora_gguf_arch *arch
     json_object_set_new(cfg, "lora_dropout", json_real(0.0));
     json_object_set_new(cfg, "inference_mode", json_true());
     json_object_set_new(cfg, "modules_to_save", json_null());
-    char *text = json_dumps(cfg, JSON_INDENT(2) | JSON_SORT_KEYS);
+    char *text = lora_json_dumps(cfg, JSON_INDENT(2) | JSON_SORT_KEYS);
     json_decref(cfg);
     return text;
 }

@@ -113,7 +113,7 @@ int lora_read_file(const char *path, size_t max, char **buf, size_t *len, lora_e
      * check below instead of blocking the open. */
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0)
-        return lora_seterr_errno(err, errno == ENOENT ? LORA_EINPUT : LORA_EIO, errno,
+        return lora_seterr_errno(err, errno == ENOENT || errno == ENOTDIR ? LORA_EINPUT : LORA_EIO, errno,
                                  "%s", path);
     struct stat sb;
     if (fstat(fd, &sb) != 0) {

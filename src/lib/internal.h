@@ -105,6 +105,12 @@ const char *lora_foreign_kind(const void *buf, size_t len);
 
 /* ---- adapters (adapter_config.c, adapter.c, inspect.c) ---- */
 
+/* json_dumps with every real in its shortest round-trip form (0.05,
+ * not 0.050000000000000003); FLAGS as json_dumps, precision ignored.
+ * jsonfmt.c. */
+struct json_t;
+char *lora_json_dumps(const struct json_t *j, size_t flags);
+
 /* adapter_config.json, parsed and checked (refusals done). */
 typedef struct lora_acfg {
     char *peft_type;            /* "LORA" */
@@ -165,7 +171,8 @@ enum {
     LORA_KEY_EMB_A,        /* lora_embedding_A */
     LORA_KEY_EMB_B,        /* lora_embedding_B */
     LORA_KEY_SAVED,        /* a full tensor that replaces the base's */
-    LORA_KEY_COPY          /* a copy of a base tensor (.original_module., .base_layer.): unused */
+    LORA_KEY_COPY,         /* a copy of a base tensor (.original_module., .base_layer.): unused */
+    LORA_KEY_MAG           /* DoRA lora_magnitude_vector[.default][.weight] */
 };
 /* Classify KEY: *kind, and *name (malloc'd): the module path for A/B
  * keys, the base tensor name for saved and copied tensors.  LORA_EINPUT

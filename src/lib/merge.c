@@ -69,6 +69,11 @@ int lora_parse_adapter_arg(const char *arg, char **spec, double *weight, int *gi
                 return lora_seterr(err, LORA_EUSAGE, "%s: no adapter before the weight", arg);
             return LORA_OK;
         }
+        /* a suffix that reads as a number but is not a finite one is a
+         * mistyped weight, not part of a path */
+        if (*end == 0 && end != c + 1 && c != arg && (errno == ERANGE ? fabs(w) > 1 : 1))
+            return lora_seterr(err, LORA_EUSAGE, "%s: weight '%s' is not a finite number", arg,
+                               c + 1);
     }
     if (!(*spec = lora_strdup(arg, err)))
         return LORA_EIO;
@@ -1046,7 +1051,7 @@ static int write_index(struct run *R, const char *dir, lora_error *err)
     json_object_set_new(meta, "total_size", json_integer((json_int_t)sum));
     json_object_set_new(root, "metadata", meta);
     json_object_set_new(root, "weight_map", map);
-    char *text = json_dumps(root, JSON_INDENT(2) | JSON_SORT_KEYS);
+    char *text = lora_json_dumps(root, JSON_INDENT(2) | JSON_SORT_KEYS);
     json_decref(root);
     if (!text)
         return lora_oom(err);

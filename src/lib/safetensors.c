@@ -919,10 +919,12 @@ static int layout_header(lora_stw *w, char **text, size_t *hl, lora_error *err)
             continue;
         stw_tensor *t = stw_find(w, key);
         if (!t || layout_entry(t, v)) {
+            /* KEY lives in ROOT: format the message before letting go */
+            int rc = lora_seterr(err, LORA_EINPUT, "%s: the layout to keep %s tensor \"%s\"%s",
+                                 w->path, t ? "has another" : "has a", key,
+                                 t ? " (dtype, shape or size)" : " that is not written");
             json_decref(root);
-            return lora_seterr(err, LORA_EINPUT, "%s: the layout to keep %s tensor \"%s\"%s",
-                               w->path, t ? "has another" : "has a", key,
-                               t ? " (dtype, shape or size)" : " that is not written");
+            return rc;
         }
         matched++;
     }

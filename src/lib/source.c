@@ -10,6 +10,10 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
+
+/* "lora-TOOL: " before a warning when the tool said who it is. */
+#define PFX(o) ((o)->prog ? (o)->prog : ""), ((o)->prog ? ": " : "")
 
 static int has_suffix(const char *s, const char *suf)
 {
@@ -17,8 +21,57 @@ static int has_suffix(const char *s, const char *suf)
     return n >= m && strcmp(s + n - m, suf) == 0;
 }
 
+/* The keys a registry trusts, for archives given without -p: a user
+ * who ran `lora-registry trust` should not have to repeat the key on
+ * every command.  Only when a registry exists (opts->registry, or the
+ * default location); *n stays 0 otherwise, and when the default one
+ * cannot be read (only a registry named with --registry must be). */
+static int registry_keys(const lora_source_opts *opts, lora_pubkey **keys, size_t *n,
+                         lora_error *err)
+{
+    *keys = NULL;
+    *n = 0;
+    char *path = NULL;
+    if (opts && opts->registry) {
+        if (!(path = lora_strdup(opts->registry, err)))
+            return LORA_EIO;
+    } else {
+        lora_error ignored;
+        if (lora_registry_default_path(&path, &ignored))
+            return LORA_OK;
+    }
+    int rc = LORA_OK;
+    if (access(path, F_OK) == 0) {
+        lora_registry *reg;
+        lora_reg_key *rk = NULL;
+        size_t nk = 0;
+        if (!(rc = lora_registry_open(path, LORA_REG_READONLY, &reg, err))) {
+            rc = lora_registry_keys(reg, &rk, &nk, err);
+            lora_registry_close(reg);
+        }
+        if (!rc && nk && !(*keys = calloc(nk, sizeof **keys)))
+            rc = lora_oom(err);
+        for (size_t i = 0; i < nk && !rc; i++)
+            rc = lora_pubkey_from_string(rk[i].pubkey, &(*keys)[*n], err);
+        if (!rc)
+            *n = nk;
+        lora_reg_keys_free(rk, nk);
+        if (rc && !(opts && opts->registry)) { /* the default one was not asked for: no keys */
+            free(*keys);
+            *keys = NULL;
+            *n = 0;
+            rc = LORA_OK;
+        } else if (rc && err) {
+            lora_err_prefix(err, "trusted keys of %s", path);
+        }
+    }
+    free(path);
+    return rc;
+}
+
 /* A .lora archive: verified against the public key files in
- * opts->pubkeys, or opened unverified (with a warning) on request. */
+ * opts->pubkeys, else against the keys the registry trusts, or opened
+ * unverified (with a warning) on request. */
 static int load_archive(const char *spec, const lora_source_opts *opts, lora_adapter **out,
                         lora_error *err)
 {
@@ -26,22 +79,27 @@ static int load_archive(const char *spec, const lora_source_opts *opts, lora_ada
     while (opts && opts->pubkeys && opts->pubkeys[n])
         n++;
     int no_verify = opts && opts->no_verify;
-    if (!no_verify && n == 0)
-        return lora_seterr(err, LORA_EUSAGE,
-                           "%s: a signed archive needs a public key to verify it (-p KEY.pub), "
-                           "or --no-verify",
-                           spec);
-    lora_pubkey *keys = calloc(n ? n : 1, sizeof *keys);
-    if (!keys)
-        return lora_oom(err);
+    lora_pubkey *keys = NULL;
     int rc = LORA_OK;
-    for (size_t i = 0; i < n && !rc; i++)
-        rc = lora_pubkey_load(opts->pubkeys[i], &keys[i], err);
+    if (!no_verify && n == 0) {
+        if ((rc = registry_keys(opts, &keys, &n, err)))
+            return rc;
+        if (n == 0)
+            return lora_seterr(err, LORA_EUSAGE,
+                               "%s: a signed archive needs a public key to verify it (-p KEY.pub, "
+                               "or a key trusted by the registry), or --no-verify",
+                               spec);
+    } else {
+        if (!(keys = calloc(n ? n : 1, sizeof *keys)))
+            return lora_oom(err);
+        for (size_t i = 0; i < n && !rc; i++)
+            rc = lora_pubkey_load(opts->pubkeys[i], &keys[i], err);
+    }
     if (!rc) {
         if (no_verify && opts->warn)
-            fprintf(opts->warn, "warning: %s: signature NOT verified (--no-verify); member hashes "
-                                "are still checked against the unsigned manifest\n",
-                    spec);
+            fprintf(opts->warn, "%s%swarning: %s: signature NOT verified (--no-verify); member "
+                                "hashes are still checked against the unsigned manifest\n",
+                    PFX(opts), spec);
         rc = lora_archive_open_adapter(spec, keys, n, no_verify ? LORA_ARCHIVE_NO_VERIFY : 0, out,
                                        err);
     }
@@ -113,12 +171,12 @@ static int choose_for_base(lora_registry *reg, const char *spec, const lora_sour
     if (!opts->warn)
         return LORA_OK;
     if (*out && *chosen > 0)
-        fprintf(opts->warn, "note: %s: %s@%s, the newest registered for base %s (newer %s@%s "
-                            "was made for another base)\n",
+        fprintf(opts->warn, "%s%snote: %s: %s@%s, the newest registered for base %s (newer %s@%s "
+                            "was made for another base)\n", PFX(opts),
                 spec, v[*chosen].name, v[*chosen].version, opts->base, v[0].name, v[0].version);
     else if (!*out && other_base)
-        fprintf(opts->warn, "warning: %s: no adapter registered for base %s; using %s@%s, made "
-                            "for %s (base hash %.16s...)\n",
+        fprintf(opts->warn, "%s%swarning: %s: no adapter registered for base %s; using %s@%s, made "
+                            "for %s (base hash %.16s...)\n", PFX(opts),
                 spec, opts->base, v[0].name, v[0].version,
                 v[0].base_model ? v[0].base_model : "an unnamed base",
                 v[0].base_hash ? v[0].base_hash : "-");
@@ -173,8 +231,8 @@ static int pick_name(lora_registry *reg, const char *spec, const lora_source_opt
         return rc;
     if (opts && opts->no_verify) {
         if (opts->warn)
-            fprintf(opts->warn, "warning: %s (%s@%s) is untrusted in the registry; loading it "
-                                "anyway, signature NOT verified (--no-verify)\n",
+            fprintf(opts->warn, "%s%swarning: %s (%s@%s) is untrusted in the registry; loading it "
+                                "anyway, signature NOT verified (--no-verify)\n", PFX(opts),
                     spec, (*row)->name, (*row)->version);
         return LORA_OK;
     }

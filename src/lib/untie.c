@@ -68,7 +68,7 @@ int lora_untie_config(const char *dir, lora_error *err)
     if (rc == LORA_OK) {
         /* jansson keeps the keys in the file's order */
         json_object_set_new(o, "tie_word_embeddings", json_false());
-        out = json_dumps(o, JSON_INDENT(2) | JSON_REAL_PRECISION(17));
+        out = lora_json_dumps(o, JSON_INDENT(2));
         rc = out ? LORA_OK : lora_oom(err);
     }
     if (rc == LORA_OK) {

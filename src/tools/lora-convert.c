@@ -5,6 +5,9 @@
  * conversions are lora_convert_to_gguf / lora_convert_to_peft.
  */
 #include "lora.h"
+#include "adapteropts.h"
+#include "jsonerr.h"
+#include "outpath.h"
 #include "sigbus.h"
 
 #include <getopt.h>
@@ -14,7 +17,6 @@
 #include <string.h>
 
 #define PROG "lora-convert"
-#define MAX_KEYS 16
 
 static void usage(FILE *f)
 {
@@ -34,8 +36,7 @@ static void usage(FILE *f)
             "      --outtype=TYPE       f32, f16 or bf16 (default: the input's dtype)\n"
             "      --skip-unsupported   leave out (and list) what the target format cannot\n"
             "                           hold instead of refusing\n"
-            "  -p, --pubkey=KEY.pub     minisign public key for .lora archives (repeatable)\n"
-            "      --no-verify          open archives without checking signatures\n"
+            ADAPTER_HELP
             "  -f, --force              replace OUT if it exists\n"
             "  -j, --json               the report as JSON on stdout\n"
             "  -q, --quiet              no report on stdout\n"
@@ -126,20 +127,21 @@ static void print_human(const lora_convert_report *rep, const char *out)
 
 int main(int argc, char **argv)
 {
+    lora_tool_json_errors(argc, argv, PROG, 'j');
     lora_tool_sigbus(PROG);
-    enum { OPT_OUTTYPE = 256, OPT_SKIP, OPT_NOVERIFY };
+    enum { OPT_OUTTYPE = 256, OPT_SKIP };
     static const struct option opts[] = {
         {"to", required_argument, NULL, 't'},         {"base", required_argument, NULL, 'b'},
         {"output", required_argument, NULL, 'o'},     {"outtype", required_argument, NULL, OPT_OUTTYPE},
         {"skip-unsupported", no_argument, NULL, OPT_SKIP},
-        {"pubkey", required_argument, NULL, 'p'},     {"no-verify", no_argument, NULL, OPT_NOVERIFY},
+        ADAPTER_LONGOPTS,
         {"force", no_argument, NULL, 'f'},            {"json", no_argument, NULL, 'j'},
         {"quiet", no_argument, NULL, 'q'},            {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},          {NULL, 0, NULL, 0}};
-    const char *to = NULL, *out = NULL, *keys[MAX_KEYS + 1] = {0};
-    size_t n_keys = 0;
+    const char *to = NULL, *out = NULL;
+    adapter_opts ao = {0};
     lora_convert_opts co = {0};
-    int json = 0, quiet = 0, no_verify = 0, c;
+    int json = 0, quiet = 0, c;
     opterr = 0;
     while ((c = getopt_long(argc, argv, "t:b:o:p:fjqhV", opts, NULL)) != -1) {
         switch (c) {
@@ -167,14 +169,6 @@ int main(int argc, char **argv)
         case OPT_SKIP:
             co.skip_unsupported = 1;
             break;
-        case 'p':
-            if (n_keys == MAX_KEYS)
-                return usage_error("too many public keys", NULL);
-            keys[n_keys++] = optarg;
-            break;
-        case OPT_NOVERIFY:
-            no_verify = 1;
-            break;
         case 'f':
             co.overwrite = 1;
             break;
@@ -191,6 +185,11 @@ int main(int argc, char **argv)
             printf(PROG " %s\n", lora_version());
             return 0;
         default:
+            if ((c = adapter_opt(&ao, c, optarg, PROG)) != 0) {
+                if (c < 0)
+                    return LORA_EUSAGE;
+                break;
+            }
             fprintf(stderr, PROG ": unknown option, or its value is missing: '%s'\n"
                             "Try '" PROG " --help'.\n", argv[optind - 1]);
             return LORA_EUSAGE;
@@ -213,14 +212,32 @@ int main(int argc, char **argv)
     if (to_gguf && !co.base)
         return usage_error("--to gguf needs the base model's config.json (--base BASE)", NULL);
 
+    /* -o DIR/ or an existing folder: the GGUF file goes inside, named
+     * after the adapter; checked before any work */
+    char *out_owned = NULL, gguf_name[256];
+    {
+        size_t l = strlen(in);
+        while (l > 1 && in[l - 1] == '/')
+            l--;
+        size_t b = l;
+        while (b > 0 && in[b - 1] != '/')
+            b--;
+        size_t stem = l - b;
+        if (stem > 5 && !strncmp(in + l - 5, ".lora", 5))
+            stem -= 5;
+        snprintf(gguf_name, sizeof gguf_name, "%.*s.gguf", (int)(stem > 200 ? 200 : stem), in + b);
+        int orc = to_gguf ? outpath_file(&out, &out_owned, 0, gguf_name, PROG)
+                          : outpath_folder(out, PROG);
+        if (orc)
+            return orc;
+    }
     lora_error err;
     lora_error_clear(&err);
     lora_convert_report rep = {0};
     lora_adapter *ad = NULL;
     int rc = lora_init(&err);
     if (!rc && to_gguf) {
-        lora_source_opts so = {.pubkeys = n_keys ? keys : NULL, .no_verify = no_verify,
-                               .warn = stderr};
+        lora_source_opts so = adapter_source(&ao, PROG, NULL);
         rc = lora_adapter_load(in, &so, &ad, &err);
         if (!rc)
             rc = lora_convert_to_gguf(ad, out, &co, &rep, &err);
@@ -244,5 +261,6 @@ int main(int argc, char **argv)
     }
     lora_convert_report_free(&rep);
     lora_adapter_free(ad);
+    free(out_owned);
     return rc;
 }

@@ -7,6 +7,8 @@
 #include "config.h"
 #include "lora.h"
 #include "progress.h"
+#include "adapteropts.h"
+#include "jsonerr.h"
 #include "sigbus.h"
 
 #include <errno.h>
@@ -422,9 +424,10 @@ static int tokenize_main(const char *tok_path, const char *data, int detok, int 
 
 int main(int argc, char **argv)
 {
+    lora_tool_json_errors(argc, argv, "lora-eval", 0);
     lora_tool_sigbus("lora-eval");
-    enum { OPT_MODE = 256, OPT_MIN, OPT_LIMIT, OPT_JSON, OPT_NOVERIFY, OPT_RECOVERY, OPT_RECORD,
-           OPT_REGISTRY, OPT_PRED, OPT_TEXT, OPT_CONTEXT, OPT_STRIDE, OPT_MAXNEW, OPT_TOKENIZER,
+    enum { OPT_MODE = 256, OPT_MIN, OPT_LIMIT, OPT_JSON, OPT_RECOVERY, OPT_RECORD,
+           OPT_PRED, OPT_TEXT, OPT_CONTEXT, OPT_STRIDE, OPT_MAXNEW, OPT_TOKENIZER,
            OPT_TOKENIZE, OPT_DETOKENIZE, OPT_NOSPECIAL, OPT_ANYBASE };
     static const struct option opts[] = {
         {"model", required_argument, NULL, 'm'},
@@ -433,12 +436,10 @@ int main(int argc, char **argv)
         {"mode", required_argument, NULL, OPT_MODE},
         {"min-accuracy", required_argument, NULL, OPT_MIN},
         {"limit", required_argument, NULL, OPT_LIMIT},
-        {"pubkey", required_argument, NULL, 'p'},
-        {"no-verify", no_argument, NULL, OPT_NOVERIFY},
         {"any-base", no_argument, NULL, OPT_ANYBASE},
         {"check-recovery", no_argument, NULL, OPT_RECOVERY},
         {"record", no_argument, NULL, OPT_RECORD},
-        {"registry", required_argument, NULL, OPT_REGISTRY},
+        ADAPTER_LONGOPTS, /* --pubkey, --no-verify, --registry */
         {"predictions", required_argument, NULL, OPT_PRED},
         {"text", required_argument, NULL, OPT_TEXT},
         {"context", required_argument, NULL, OPT_CONTEXT},
@@ -457,8 +458,8 @@ int main(int argc, char **argv)
     const char *model_dir = NULL, *adapter = NULL, *data = NULL, *mode_s = NULL;
     const char *reg_path = NULL, *tok_path = NULL;
     int record = 0, tokenize = 0, detokenize = 0, no_special = 0;
-    const char *keys[17] = {0};
-    int nkeys = 0, json = 0, quiet = 0, threads = 1, no_verify = 0, recovery = 0;
+    adapter_opts ao = {0};
+    int json = 0, quiet = 0, threads = 1, recovery = 0;
     int any_base = 0;
     double min_acc = -1;
     size_t limit = 0;
@@ -487,16 +488,9 @@ int main(int argc, char **argv)
             limit = (size_t)v;
             break;
         }
-        case 'p':
-            if (nkeys == 16)
-                return usage_err("at most 16 --pubkey options");
-            keys[nkeys++] = optarg;
-            break;
-        case OPT_NOVERIFY: no_verify = 1; break;
         case OPT_ANYBASE: any_base = 1; break;
         case OPT_RECOVERY: recovery = 1; break;
         case OPT_RECORD: record = 1; break;
-        case OPT_REGISTRY: reg_path = optarg; break;
         case OPT_PRED: pred_path = optarg; break;
         case OPT_TEXT: text_path = optarg; break;
         case OPT_CONTEXT:
@@ -538,6 +532,12 @@ int main(int argc, char **argv)
             return usage_err(m);
         }
         default: {
+            if ((c = adapter_opt(&ao, c, optarg, "lora-eval")) != 0) {
+                if (c < 0)
+                    return LORA_EUSAGE;
+                reg_path = ao.registry; /* --record writes there too */
+                break;
+            }
             char m[128];
             snprintf(m, sizeof m, "unknown option %s", argv[optind - 1]);
             return usage_err(m);
@@ -565,8 +565,7 @@ int main(int argc, char **argv)
             return usage_err("--check-recovery needs an adapter (-a)");
         if (data || mode_s || min_acc >= 0 || limit || record || pred_path || text_path)
             return usage_err("--check-recovery takes only --model, -a, --json, -j and key options");
-        lora_source_opts so = {.pubkeys = nkeys ? keys : NULL, .no_verify = no_verify,
-                               .registry = reg_path, .warn = stderr, .base = model_dir};
+        lora_source_opts so = adapter_source(&ao, "lora-eval", model_dir);
         return check_recovery(model_dir, adapter, &so, threads, json);
     }
     if (text_path) {
@@ -574,8 +573,7 @@ int main(int argc, char **argv)
             return usage_err("--text takes only --model, -a, --context, --stride, --json, -j and key options");
         if (context && stride > context)
             return usage_err("--stride must not exceed --context");
-        lora_source_opts so = {.pubkeys = nkeys ? keys : NULL, .no_verify = no_verify,
-                               .registry = reg_path, .warn = stderr, .base = model_dir};
+        lora_source_opts so = adapter_source(&ao, "lora-eval", model_dir);
         return text_main(model_dir, tok_path, adapter, &so, any_base, text_path, context, stride,
                          json);
     }
@@ -657,8 +655,7 @@ int main(int argc, char **argv)
         }
     }
     if (adapter) {
-        lora_source_opts so = {.pubkeys = nkeys ? keys : NULL, .no_verify = no_verify,
-                               .registry = reg_path, .warn = stderr, .base = model_dir};
+        lora_source_opts so = adapter_source(&ao, "lora-eval", model_dir);
         /* task: resolves again at load; load the row just found instead,
          * so that what is recorded is what was evaluated */
         char spec[sizeof ra_id + 4];

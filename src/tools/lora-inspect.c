@@ -5,8 +5,11 @@
  * lora_inspect() in the library.
  */
 #include "lora.h"
+#include "adapteropts.h"
+#include "jsonerr.h"
 #include "sigbus.h"
 
+#include <ctype.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -29,8 +32,7 @@ static void usage(FILE *f)
             "  -s, --strict           with --check, warnings count as errors\n"
             "  -j, --json             one JSON object on stdout\n"
             "  -t, --tensors          list every tensor of the adapter file\n"
-            "  -p, --pubkey=KEY.pub   minisign public key for .lora archives (repeatable)\n"
-            "      --no-verify        open archives without checking signatures\n"
+            ADAPTER_HELP
             "Analyses (Section 7 of the LoRA paper; replace the report above):\n"
             "      --spectrum         singular values of each dW, effective and stable rank\n"
             "      --compare=OTHER    subspace similarity phi of the A matrices, per module\n"
@@ -38,7 +40,7 @@ static void usage(FILE *f)
             "      --svg=FILE         with --compare: heat maps as SVG\n"
             "      --amplification    with --base: how much dW amplifies directions of W\n"
             "      --module=NAME      only these modules (repeatable; full name or suffix)\n"
-            "  -q, --quiet            no progress messages\n"
+            "  -q, --quiet            no report: the exit status only (with --check)\n"
             "  -h, --help             show this help and exit\n"
             "  -V, --version          show the version and exit\n"
             "\n"
@@ -79,6 +81,51 @@ static void pct(double num_, double den, char *buf, size_t n)
         snprintf(buf, n, "%.4f%%", 100.0 * num_ / den);
 }
 
+/* Names with numbers compared as people read them: layers.2 before
+ * layers.10 (strcmp puts 10 first).  Runs of digits compare by value
+ * (length after leading zeros, then digits), the rest byte by byte. */
+static int natcmp(const char *a, const char *b)
+{
+    while (*a && *b) {
+        if (isdigit((unsigned char)*a) && isdigit((unsigned char)*b)) {
+            while (*a == '0')
+                a++;
+            while (*b == '0')
+                b++;
+            size_t la = 0, lb = 0;
+            while (isdigit((unsigned char)a[la]))
+                la++;
+            while (isdigit((unsigned char)b[lb]))
+                lb++;
+            if (la != lb)
+                return la < lb ? -1 : 1;
+            int c = strncmp(a, b, la);
+            if (c)
+                return c;
+            a += la;
+            b += lb;
+        } else {
+            if (*a != *b)
+                return (unsigned char)*a < (unsigned char)*b ? -1 : 1;
+            a++;
+            b++;
+        }
+    }
+    return *a ? 1 : *b ? -1 : 0;
+}
+
+static int cmp_module(const void *x, const void *y)
+{
+    return natcmp((*(const lora_report_module *const *)x)->m->name,
+                  (*(const lora_report_module *const *)y)->m->name);
+}
+
+static int cmp_tensor(const void *x, const void *y)
+{
+    return natcmp((*(const lora_report_tensor *const *)x)->t->name,
+                  (*(const lora_report_tensor *const *)y)->t->name);
+}
+
 static void print_human(const lora_report *rep, const char *base_path, int tensors)
 {
     const lora_adapter *ad = rep->ad;
@@ -99,13 +146,27 @@ static void print_human(const lora_report *rep, const char *base_path, int tenso
             printf("                   r %" PRIu64 ", alpha %g, scale %g: %zu module%s\n",
                    rep->groups[i].r, rep->groups[i].alpha, rep->groups[i].scale,
                    rep->groups[i].modules, rep->groups[i].modules == 1 ? "" : "s");
+        const lora_report_module **ms = malloc((rep->n_modules ? rep->n_modules : 1) * sizeof *ms);
+        for (size_t i = 0; ms && i < rep->n_modules; i++)
+            ms[i] = &rep->modules[i];
+        if (ms)
+            qsort(ms, rep->n_modules, sizeof *ms, cmp_module);
         for (size_t i = 0; i < rep->n_modules; i++) {
-            const lora_module *m = rep->modules[i].m;
+            const lora_module *m = ms ? ms[i]->m : rep->modules[i].m;
             printf("                   %s: r %" PRIu64 ", alpha %g, scale %g\n", m->name, m->r,
                    m->alpha, m->scale);
         }
+        free(ms);
     } else {
         printf("r / alpha        %" PRIu64 " / %g (no LoRA modules)\n", ad->r, ad->alpha);
+    }
+    if (rep->n_dora) {
+        printf("DoRA             %zu of %zu modules, lora_magnitude_vector in [%g, %g]\n",
+               rep->n_dora, rep->n_modules, rep->mag_min, rep->mag_max);
+        for (size_t i = 0; i < rep->n_modules; i++)
+            if (rep->modules[i].m->magnitude)
+                printf("                   %s: [%g, %g]\n", rep->modules[i].m->name,
+                       rep->modules[i].mag_min, rep->modules[i].mag_max);
     }
     printf("target modules   %s\n", ad->target_modules ? ad->target_modules : "null");
     for (size_t i = 0; i < rep->n_targets; i++)
@@ -116,8 +177,11 @@ static void print_human(const lora_report *rep, const char *base_path, int tenso
         printf("  not matched    %zu adapted module%s\n", rep->n_untargeted,
                rep->n_untargeted == 1 ? "" : "s");
     printf("modules          %zu adapted\n", rep->n_modules);
-    printf("parameters       %s trainable (LoRA %s, saved %s)\n", num(rep->trainable_params, a, sizeof a),
-           num(rep->lora_params, b, sizeof b), num(rep->saved_params, c, sizeof c));
+    printf("parameters       %s trainable (LoRA %s, ", num(rep->trainable_params, a, sizeof a),
+           num(rep->lora_params, b, sizeof b));
+    if (rep->n_dora)
+        printf("DoRA magnitudes %s, ", num(rep->dora_params, a, sizeof a));
+    printf("saved %s)\n", num(rep->saved_params, c, sizeof c));
     printf("bytes            %s on disk\n", num(rep->file_bytes, a, sizeof a));
     printf("dtypes          ");
     for (size_t i = 0; i < rep->n_dtypes; i++)
@@ -150,13 +214,19 @@ static void print_human(const lora_report *rep, const char *base_path, int tenso
     }
     if (tensors) {
         printf("tensors          %zu\n", rep->n_tensors);
+        const lora_report_tensor **ts = malloc((rep->n_tensors ? rep->n_tensors : 1) * sizeof *ts);
+        for (size_t i = 0; ts && i < rep->n_tensors; i++)
+            ts[i] = &rep->tensors[i];
+        if (ts)
+            qsort(ts, rep->n_tensors, sizeof *ts, cmp_tensor);
         for (size_t i = 0; i < rep->n_tensors; i++) {
-            const lora_report_tensor *t = &rep->tensors[i];
+            const lora_report_tensor *t = ts ? ts[i] : &rep->tensors[i];
             char s[96];
             shape(t->t, s, sizeof s);
             printf("  %s %s %s %s bytes %s\n", t->t->name, lora_dtype_name(t->t->dtype), s,
                    num(t->t->nbytes, a, sizeof a), t->role);
         }
+        free(ts);
     }
     if (!rep->n_problems)
         /* without a base, "none" cannot see a wrong base or a bad shape */
@@ -175,7 +245,7 @@ static void print_human(const lora_report *rep, const char *base_path, int tenso
  * A file that starts with GGUF's magic is reported by the library's
  * GGUF reader; the PEFT-only options (--base, --check against a base,
  * the analyses) do not apply to it yet. */
-static int inspect_gguf(const char *path, int json)
+static int inspect_gguf(const char *path, int json, int quiet)
 {
     lora_error err;
     lora_error_clear(&err);
@@ -186,7 +256,7 @@ static int inspect_gguf(const char *path, int json)
         rc = err.code ? err.code : LORA_EIO;
     if (rc)
         fprintf(stderr, PROG ": %s\n", err.msg[0] ? err.msg : "failed");
-    else if (fputs(text, stdout) == EOF || fflush(stdout) != 0) {
+    else if ((!quiet && fputs(text, stdout) == EOF) || fflush(stdout) != 0) {
         fprintf(stderr, PROG ": writing the report failed\n");
         rc = LORA_EIO;
     }
@@ -197,12 +267,13 @@ static int inspect_gguf(const char *path, int json)
 
 int main(int argc, char **argv)
 {
+    lora_tool_json_errors(argc, argv, PROG, 'j');
     lora_tool_sigbus(PROG);
     static const struct option longopts[] = {
         {"base", required_argument, NULL, 'b'}, {"check", no_argument, NULL, 'c'},
         {"strict", no_argument, NULL, 's'},     {"json", no_argument, NULL, 'j'},
-        {"tensors", no_argument, NULL, 't'},    {"pubkey", required_argument, NULL, 'p'},
-        {"no-verify", no_argument, NULL, 'N'},  {"quiet", no_argument, NULL, 'q'},
+        {"tensors", no_argument, NULL, 't'},    {"quiet", no_argument, NULL, 'q'},
+        ADAPTER_LONGOPTS,
         {"help", no_argument, NULL, 'h'},       {"version", no_argument, NULL, 'V'},
         {"spectrum", no_argument, NULL, 1001},  {"compare", required_argument, NULL, 1002},
         {"svg", required_argument, NULL, 1003}, {"amplification", no_argument, NULL, 1004},
@@ -215,13 +286,8 @@ int main(int argc, char **argv)
     const char **mods = calloc((size_t)argc + 1, sizeof *mods);
     size_t n_mods = 0;
     const char *base_path = NULL;
-    int check = 0, strict = 0, json = 0, tensors = 0, no_verify = 0;
-    const char **keys = calloc((size_t)argc + 1, sizeof *keys);
-    size_t n_keys = 0;
-    if (!keys) {
-        fprintf(stderr, PROG ": out of memory\n");
-        return LORA_EIO;
-    }
+    int check = 0, strict = 0, json = 0, tensors = 0, quiet = 0;
+    adapter_opts src = {0};
     int ch;
     opterr = 0; /* our own messages, prefixed with the tool's name */
     while ((ch = getopt_long(argc, argv, ":b:csjtp:qhV", longopts, NULL)) != -1) {
@@ -231,11 +297,9 @@ int main(int argc, char **argv)
         case 's': strict = 1; break;
         case 'j': json = 1; break;
         case 't': tensors = 1; break;
-        case 'p': keys[n_keys++] = optarg; break;
-        case 'N': no_verify = 1; break;
-        case 'q': break; /* nothing here is slow enough for progress output */
-        case 'h': usage(stdout); free(keys); free(mods); return 0;
-        case 'V': printf(PROG " (lora-tools) %s\n", lora_version()); free(keys); free(mods); return 0;
+        case 'q': quiet = 1; break;
+        case 'h': usage(stdout); free(mods); return 0;
+        case 'V': printf(PROG " (lora-tools) %s\n", lora_version()); free(mods); return 0;
         case 1001: ao.spectrum = 1; break;
         case 1002: compare_path = optarg; break;
         case 1003: ao.svg_path = optarg; break;
@@ -244,16 +308,18 @@ int main(int argc, char **argv)
         case ':':
             fprintf(stderr, PROG ": option '%s' needs an argument\n", argv[optind - 1]);
             fprintf(stderr, "Try '" PROG " --help' for more information.\n");
-            free(keys);
             free(mods);
             return LORA_EUSAGE;
         default:
-            if (optopt)
+            if ((ch = adapter_opt(&src, ch, optarg, PROG)) > 0)
+                break;
+            if (ch < 0)
+                ;
+            else if (optopt)
                 fprintf(stderr, PROG ": unknown option '-%c'\n", optopt);
             else
                 fprintf(stderr, PROG ": unknown option '%s'\n", argv[optind - 1]);
             fprintf(stderr, "Try '" PROG " --help' for more information.\n");
-            free(keys);
             free(mods);
             return LORA_EUSAGE;
         }
@@ -261,7 +327,6 @@ int main(int argc, char **argv)
     if (optind != argc - 1) {
         fprintf(stderr, PROG ": %s\nTry '" PROG " --help' for more information.\n",
                 optind >= argc ? "missing ADAPTER" : "only one ADAPTER, please");
-        free(keys);
         free(mods);
         return LORA_EUSAGE;
     }
@@ -271,7 +336,6 @@ int main(int argc, char **argv)
         fprintf(stderr, PROG ": %s\nTry '" PROG " --help' for more information.\n",
                 !mods ? "out of memory" : ao.svg_path && !compare_path
                     ? "--svg needs --compare" : "--amplification needs --base");
-        free(keys);
         free(mods);
         return mods ? LORA_EUSAGE : LORA_EIO;
     }
@@ -281,8 +345,7 @@ int main(int argc, char **argv)
                       ? (fprintf(stderr, PROG ": %s: a GGUF adapter; --base, --tensors and the "
                                          "analyses need PEFT (lora-convert --to peft)\n",
                                  argv[optind]), LORA_EUSAGE)
-                      : inspect_gguf(argv[optind], json);
-        free(keys);
+                      : inspect_gguf(argv[optind], json, quiet);
         free(mods);
         return grc;
     }
@@ -295,8 +358,7 @@ int main(int argc, char **argv)
     int rc = lora_init(&err);
     if (rc)
         goto fail;
-    lora_source_opts so = {.pubkeys = n_keys ? keys : NULL, .no_verify = no_verify,
-                           .warn = stderr, .base = base_path};
+    lora_source_opts so = adapter_source(&src, PROG, base_path);
     if ((rc = lora_adapter_load(argv[optind], &so, &ad, &err)))
         goto fail;
     if (base_path && (rc = lora_ckpt_open(base_path, &base, &err)))
@@ -312,21 +374,21 @@ int main(int argc, char **argv)
         lora_adapter_free(other);
         if (rc)
             goto fail;
-        if (fputs(text, stdout) == EOF || fflush(stdout) != 0)
+        if ((!quiet && fputs(text, stdout) == EOF) || fflush(stdout) != 0)
             rc = LORA_EIO;
         free(text);
         if (rc)
             fprintf(stderr, PROG ": writing the report failed\n");
         lora_ckpt_close(base);
         lora_adapter_free(ad);
-        free(keys);
         free(mods);
         return rc;
     }
     lora_inspect_opts io = {.base = base, .strict = strict};
     if ((rc = lora_inspect(ad, &io, &rep, &err)))
         goto fail;
-    if (json) {
+    if (quiet) {
+    } else if (json) {
         char *s = lora_report_json(rep, tensors, &err);
         if (!s) {
             rc = err.code ? err.code : LORA_EIO;
@@ -348,7 +410,6 @@ int main(int argc, char **argv)
     lora_report_free(rep);
     lora_ckpt_close(base);
     lora_adapter_free(ad);
-    free(keys);
     free(mods);
     return rc;
 fail:
@@ -356,7 +417,6 @@ fail:
     lora_report_free(rep);
     lora_ckpt_close(base);
     lora_adapter_free(ad);
-    free(keys);
     free(mods);
     return rc;
 }

@@ -8,6 +8,9 @@
 #include "lora.h"
 #include "progress.h"
 #include "seckey.h"
+#include "adapteropts.h"
+#include "jsonerr.h"
+#include "outpath.h"
 #include "sigbus.h"
 
 #include <errno.h>
@@ -16,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define PROG "lora-merge"
@@ -47,8 +51,7 @@ static void usage(FILE *f)
             "                                  (counted) instead of refusing the merge\n"
             "      --any-base                  merge into a base other than the one the\n"
             "                                  adapter's archive records (warns)\n"
-            "  -p, --pubkey FILE               minisign public key for .lora archives\n"
-            "      --no-verify                 open archives without checking signatures\n"
+            ADAPTER_HELP
             "      --json                      print the summary as JSON on stdout\n"
             "  -q, --quiet                     no progress bar\n"
             "  -h, --help                      this help\n"
@@ -89,14 +92,22 @@ static int load_adapters(char **args, size_t n, lora_merge_adapter *out, char **
         out[i].spec = specs[i];
         if ((rc = lora_adapter_load(specs[i], so, &out[i].ad, err)))
             return rc;
+        char *prov = adapter_provenance(out[i].ad, specs[i]);
+        if (!prov) {
+            snprintf(err->msg, sizeof err->msg, "out of memory");
+            return err->code = LORA_EIO;
+        }
+        free(specs[i]);
+        out[i].spec = specs[i] = prov;
     }
     return LORA_OK;
 }
 
 int main(int argc, char **argv)
 {
+    lora_tool_json_errors(argc, argv, PROG, 0);
     lora_tool_sigbus(PROG);
-    enum { O_UNMERGE = 256, O_RECEIPT, O_NORECEIPT, O_DTYPE, O_ROUNDING, O_FORCE, O_NOVERIFY,
+    enum { O_UNMERGE = 256, O_RECEIPT, O_NORECEIPT, O_DTYPE, O_ROUNDING, O_FORCE,
            O_JSON, O_SHARD, O_ALLOWNF, O_ANYBASE, O_SIGNRECEIPT, O_RECEIPTKEY };
     static const struct option longopts[] = {
         {"adapter", required_argument, NULL, 'a'},
@@ -113,16 +124,16 @@ int main(int argc, char **argv)
         {"allow-nonfinite", no_argument, NULL, O_ALLOWNF},
         {"any-base", no_argument, NULL, O_ANYBASE},
         {"shard", required_argument, NULL, O_SHARD},
-        {"pubkey", required_argument, NULL, 'p'},
-        {"no-verify", no_argument, NULL, O_NOVERIFY},
+        ADAPTER_LONGOPTS,
         {"json", no_argument, NULL, O_JSON},
         {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0}};
     char *adds[64], *undos[64];
-    const char *keys[16];
-    size_t nadd = 0, nundo = 0, nkeys = 0;
+    adapter_opts ao = {0};
+    size_t nadd = 0, nundo = 0;
+    int out_slash = 0;
     const char *out = NULL, *receipt = NULL, *sign_key = NULL, *rkeys[8];
     size_t nrkeys = 0;
     int no_receipt = 0, json = 0, quiet = 0;
@@ -154,7 +165,10 @@ int main(int argc, char **argv)
             }
             undos[nundo++] = optarg;
             break;
-        case 'o': out = trim_slashes(optarg); break;
+        case 'o':
+            out_slash = *optarg && optarg[strlen(optarg) - 1] == '/';
+            out = trim_slashes(optarg);
+            break;
         case O_RECEIPT: receipt = optarg; break;
         case O_NORECEIPT: no_receipt = 1; break;
         case O_SIGNRECEIPT: sign_key = optarg; break;
@@ -196,19 +210,16 @@ int main(int argc, char **argv)
         case O_ALLOWNF: o.allow_nonfinite = 1; break;
         case O_ANYBASE: o.any_base = 1; break;
         case O_SHARD: o.shard = optarg; break;
-        case 'p':
-            if (nkeys == 15) {
-                fprintf(stderr, PROG ": too many keys: at most 15\n");
-                return LORA_EUSAGE;
-            }
-            keys[nkeys++] = optarg;
-            break;
-        case O_NOVERIFY: so.no_verify = 1; break;
         case O_JSON: json = 1; break;
         case 'q': quiet = 1; break;
         case 'h': usage(stdout); return 0;
         case 'V': printf(PROG " %s\n", lora_version()); return 0;
         default:
+            if ((c = adapter_opt(&ao, c, optarg, PROG)) != 0) {
+                if (c < 0)
+                    return LORA_EUSAGE;
+                break;
+            }
             fprintf(stderr, PROG ": bad option %s: unknown, or its value is missing (see --help)\n",
                     argv[optind - 1]);
             return LORA_EUSAGE;
@@ -222,8 +233,7 @@ int main(int argc, char **argv)
         return LORA_EUSAGE;
     }
     if (optind != argc - 1 || !nadd || !out) {
-        fprintf(stderr, PROG ": usage: needs BASE, at least one -a ADAPTER and -o OUT\n");
-        usage(stderr);
+        fprintf(stderr, PROG ": needs BASE, at least one -a ADAPTER and -o OUT (see --help)\n");
         return LORA_EUSAGE;
     }
     if (nundo && !receipt && !no_receipt) {
@@ -239,8 +249,7 @@ int main(int argc, char **argv)
         fprintf(stderr, PROG ": --receipt-key checks the receipt read with --unmerge\n");
         return LORA_EUSAGE;
     }
-    keys[nkeys] = NULL;
-    so.pubkeys = nkeys ? keys : NULL;
+    so = adapter_source(&ao, PROG, NULL);
     lora_error err;
     lora_error_clear(&err);
     if (lora_init(&err)) {
@@ -261,6 +270,20 @@ int main(int argc, char **argv)
     o.receipt_key = sk;
     o.receipt_pubkeys = nrkeys ? rpk : NULL;
     o.n_receipt_pubkeys = nrkeys;
+    /* what -o means, and whether it can be committed, before any work */
+    char *out_owned = NULL;
+    {
+        struct stat sb;
+        size_t bl = strlen(argv[optind]);
+        int folder_in = !o.shard && ((stat(argv[optind], &sb) == 0 && S_ISDIR(sb.st_mode)) ||
+                                     (bl > 11 && !strcmp(argv[optind] + bl - 11, ".index.json")));
+        int orc = folder_in ? outpath_folder(out, PROG)
+                            : outpath_file(&out, &out_owned, out_slash, o.shard ? o.shard : argv[optind], PROG);
+        if (orc) {
+            lora_seckey_free(sk);
+            return orc;
+        }
+    }
     const char *base = argv[optind];
     char *receipt_out = NULL;
     if (!no_receipt) {
@@ -270,6 +293,8 @@ int main(int argc, char **argv)
             receipt_out = NULL;
         if (!receipt_out) {
             fprintf(stderr, PROG ": out of memory\n");
+            free(out_owned);
+            lora_seckey_free(sk);
             return LORA_EIO;
         }
     }
@@ -340,6 +365,7 @@ int main(int argc, char **argv)
         free(as[i]);
     }
     free(receipt_out);
+    free(out_owned);
     lora_seckey_free(sk);
     return rc;
 }

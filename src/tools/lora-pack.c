@@ -6,6 +6,8 @@
 #include "config.h"
 #include "lora.h"
 #include "seckey.h"
+#include "jsonerr.h"
+#include "outpath.h"
 #include "sigbus.h"
 
 #include <errno.h>
@@ -202,6 +204,15 @@ static int cmd_create(int argc, char **argv)
     }
     po.adapter_dir = argv[optind];
     po.receipts = nrec ? receipts : NULL;
+    /* -o DIR/ or an existing folder: DIR/NAME-VERSION.lora; an archive
+     * that could not be committed is refused before the signing */
+    char archive_name[512], *out_owned = NULL;
+    snprintf(archive_name, sizeof archive_name, "%s-%s.lora", po.name, po.version);
+    int orc = strchr(po.name, '/') ? 0 : outpath_file(&outp, &out_owned, 0, archive_name, PROG);
+    if (orc) {
+        free(receipts);
+        return orc;
+    }
     lora_error err;
     lora_error_clear(&err);
     lora_seckey *sk = NULL;
@@ -210,10 +221,13 @@ static int cmd_create(int argc, char **argv)
         rc = lora_archive_create(outp, &po, sk, &err);
     lora_seckey_free(sk);
     free(receipts);
-    if (rc)
+    if (rc) {
+        free(out_owned);
         return fail(&err);
+    }
     if (!quiet)
         fprintf(stderr, PROG ": wrote %s\n", outp);
+    free(out_owned);
     return 0;
 }
 
@@ -330,15 +344,13 @@ static int cmd_read(int cmd, int argc, char **argv)
         default: free(ks.keys); return usage_err("unknown option, or its value is missing: '%s'", argv[optind - 1]);
         }
     }
-    const char *what = cmd == CMD_VERIFY ? "verify" : cmd == CMD_LIST ? "list" : "extract";
     if (optind + 1 != argc || (cmd != CMD_LIST && ks.n == 0) || (cmd == CMD_EXTRACT && !dir) ||
         (cmd != CMD_EXTRACT && (dir || force)) || (cmd == CMD_EXTRACT && json)) {
         free(ks.keys);
-        fprintf(stderr, PROG ": %s: ", what);
         return usage_err("%s",
-                         cmd == CMD_VERIFY ? "usage: verify ARCHIVE -p KEY.pub [-p ...] [--json]"
-                         : cmd == CMD_LIST ? "usage: list ARCHIVE [--json]"
-                                           : "usage: extract ARCHIVE -C DIR -p KEY.pub [--force]");
+                         cmd == CMD_VERIFY ? "verify: usage: verify ARCHIVE -p KEY.pub [-p ...] [--json]"
+                         : cmd == CMD_LIST ? "list: usage: list ARCHIVE [--json]"
+                                           : "extract: usage: extract ARCHIVE -C DIR -p KEY.pub [--force]");
     }
     const char *path = argv[optind];
     lora_archive *ar = NULL;
@@ -413,14 +425,13 @@ static int cmd_read(int cmd, int argc, char **argv)
 
 int main(int argc, char **argv)
 {
+    lora_tool_json_errors(argc, argv, PROG, 0);
     lora_tool_sigbus(PROG);
     lora_error err;
     if (lora_init(&err))
         return fail(&err);
-    if (argc < 2) {
-        usage(stderr);
-        return LORA_EUSAGE;
-    }
+    if (argc < 2)
+        return usage_err("%s", "no command (keygen, create, verify, list, extract)");
     opterr = 0; /* our own messages, prefixed with the tool's name */
     const char *cmd = argv[1];
     if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help")) {

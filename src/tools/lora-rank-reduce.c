@@ -5,6 +5,9 @@
  * per-module report.
  */
 #include "lora.h"
+#include "adapteropts.h"
+#include "jsonerr.h"
+#include "outpath.h"
 #include "sigbus.h"
 
 #include <errno.h>
@@ -30,12 +33,20 @@ static void usage(FILE *f)
             "  -a, --adapter SPEC[:W]  an input adapter with weight W (default 1); repeat\n"
             "  -o, --output OUT        the new PEFT adapter folder (must not exist)\n"
             "  -r, --rank K            keep K singular values per module; 0: no truncation\n"
-            "                          (the exact weighted concatenation)\n"
+            "                          (sum: the exact weighted concatenation; other\n"
+            "                          methods: every singular value)\n"
             "  -e, --energy F          per module the smallest rank keeping fraction F\n"
             "                          (0 < F <= 1) of ||dW||_F^2\n"
             "  -R, --sv-ratio R        keep the singular values >= sigma_1 / R (R >= 1)\n"
             "  -m, --max-rank M        never more than M per module\n"
+            "  -M, --method M          how the inputs combine: sum (default, exact and low\n"
+            "                          rank), ties, dare_linear, dare_ties, magnitude_prune\n"
+            "                          (on each dense delta, then a dense SVD per module)\n"
+            "  -d, --density D         fraction of each delta kept (D > 0; D >= 1 keeps all)\n"
+            "      --majority-sign S   TIES sign election: total (default) or frequency\n"
+            "      --seed N            seed of the DARE generator (default 0)\n"
             "  -f, --force             replace OUT if it exists\n"
+            ADAPTER_HELP
             "      --json              the report as JSON on stdout\n"
             "  -q, --quiet             no report on stdout (errors still on stderr)\n"
             "  -h, --help              this help\n"
@@ -49,6 +60,8 @@ static int die(int code, const char *fmt, const char *a, const char *b)
     fprintf(stderr, PROG ": ");
     fprintf(stderr, fmt, a, b);
     fputc('\n', stderr);
+    if (code == 2 && !strstr(fmt, "--help"))
+        fprintf(stderr, "Try '" PROG " --help'.\n");
     return code;
 }
 
@@ -76,21 +89,9 @@ static int parse_double(const char *s, double *v)
     return 1;
 }
 
-/* "SPEC[:WEIGHT]": the weight is what follows the last ':' when it
- * parses as a number (so "task:foo" and paths with ':' still work). */
-static void split_weight(char *arg, double *w)
-{
-    *w = 1.0;
-    char *c = strrchr(arg, ':');
-    double x;
-    if (c && c != arg && parse_double(c + 1, &x)) {
-        *c = '\0';
-        *w = x;
-    }
-}
-
 int main(int argc, char **argv)
 {
+    lora_tool_json_errors(argc, argv, PROG, 0);
     lora_tool_sigbus(PROG);
     static const struct option opts[] = {
         {"adapter", required_argument, NULL, 'a'}, {"output", required_argument, NULL, 'o'},
@@ -98,23 +99,30 @@ int main(int argc, char **argv)
         {"sv-ratio", required_argument, NULL, 'R'}, {"max-rank", required_argument, NULL, 'm'},
         {"force", no_argument, NULL, 'f'},         {"json", no_argument, NULL, 'J'},
         {"quiet", no_argument, NULL, 'q'},         {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},       {NULL, 0, NULL, 0}};
+        {"version", no_argument, NULL, 'V'},       {"method", required_argument, NULL, 'M'},
+        {"density", required_argument, NULL, 'd'}, {"majority-sign", required_argument, NULL, 'S'},
+        {"seed", required_argument, NULL, 's'},    ADAPTER_LONGOPTS,
+        {NULL, 0, NULL, 0}};
+    adapter_opts ao = {0};
     char *specs[MAX_INPUTS];
     double weights[MAX_INPUTS];
     size_t n = 0;
     const char *out = NULL;
     lora_rank_rule rule = {0};
     int nrules = 0, exact = 0, force = 0, json = 0, quiet = 0, c;
+    lora_combine_opts copts = {.method = LORA_COMBINE_SUM, .sign = LORA_SIGN_TOTAL};
+    int have_density = 0, have_sign = 0, have_seed = 0;
     uint64_t u;
     double d;
     opterr = 0; /* our own messages, prefixed with the tool's name */
-    while ((c = getopt_long(argc, argv, "a:o:r:e:R:m:fqhV", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "a:o:r:e:R:m:M:d:p:fqhV", opts, NULL)) != -1) {
         switch (c) {
         case 'a':
             if (n == MAX_INPUTS)
                 return die(2, "too many adapters (at most %s)%s", "256", "");
             specs[n] = optarg;
-            split_weight(optarg, &weights[n]);
+            if (adapter_split_weight(optarg, &weights[n], PROG))
+                return 2;
             n++;
             break;
         case 'o':
@@ -148,6 +156,35 @@ int main(int argc, char **argv)
                 return die(2, "--max-rank %s: must be a positive integer%s", optarg, "");
             rule.max_rank = u;
             break;
+        case 'M': {
+            int m = lora_combine_method_parse(optarg);
+            if (m < 0)
+                return die(2, "--method %s: not one of sum, ties, dare_linear, dare_ties, "
+                              "magnitude_prune%s", optarg, "");
+            copts.method = (lora_combine_method)m;
+            break;
+        }
+        case 'd':
+            if (!parse_double(optarg, &d) || !(d > 0))
+                return die(2, "--density %s: must be a number > 0%s", optarg, "");
+            copts.density = d;
+            have_density = 1;
+            break;
+        case 'S':
+            if (strcmp(optarg, "total") == 0)
+                copts.sign = LORA_SIGN_TOTAL;
+            else if (strcmp(optarg, "frequency") == 0)
+                copts.sign = LORA_SIGN_FREQUENCY;
+            else
+                return die(2, "--majority-sign %s: not total or frequency%s", optarg, "");
+            have_sign = 1;
+            break;
+        case 's':
+            if (!parse_u64(optarg, &u))
+                return die(2, "--seed %s: not a non-negative integer%s", optarg, "");
+            copts.seed = u;
+            have_seed = 1;
+            break;
         case 'f':
             force = 1;
             break;
@@ -164,6 +201,11 @@ int main(int argc, char **argv)
             printf(PROG " %s\n", lora_version());
             return 0;
         default:
+            if ((c = adapter_opt(&ao, c, optarg, PROG)) != 0) {
+                if (c < 0)
+                    return 2;
+                break;
+            }
             fprintf(stderr, PROG ": unknown option, or its value is missing: '%s'\n"
                             "Try '" PROG " --help'.\n", argv[optind - 1]);
             return 2;
@@ -173,7 +215,8 @@ int main(int argc, char **argv)
         if (n == MAX_INPUTS)
             return die(2, "too many adapters (at most %s)%s", "256", "");
         specs[n] = argv[optind];
-        split_weight(argv[optind], &weights[n]);
+        if (adapter_split_weight(argv[optind], &weights[n], PROG))
+            return 2;
         n++;
     }
     if (n == 0)
@@ -187,7 +230,20 @@ int main(int argc, char **argv)
         return die(2, "give exactly one of --rank, --energy, --sv-ratio%s%s", "", "");
     if (exact && rule.max_rank)
         return die(2, "--max-rank does not apply to --rank 0 (no truncation)%s%s", "", "");
+    int is_ties = copts.method == LORA_COMBINE_TIES || copts.method == LORA_COMBINE_DARE_TIES;
+    int is_dare = copts.method == LORA_COMBINE_DARE_LINEAR || copts.method == LORA_COMBINE_DARE_TIES;
+    if (copts.method == LORA_COMBINE_SUM && have_density)
+        return die(2, "--density needs --method ties, dare_linear, dare_ties or magnitude_prune%s%s",
+                   "", "");
+    if (copts.method != LORA_COMBINE_SUM && !have_density)
+        return die(2, "--method %s needs --density D%s", lora_combine_method_name(copts.method), "");
+    if (have_sign && !is_ties)
+        return die(2, "--majority-sign applies to --method ties and dare_ties only%s%s", "", "");
+    if (have_seed && !is_dare)
+        return die(2, "--seed applies to --method dare_linear and dare_ties only%s%s", "", "");
 
+    if ((c = outpath_folder(out, PROG)) != 0)
+        return c;
     lora_error err;
     lora_error_clear(&err);
     int rc = lora_init(&err);
@@ -195,7 +251,7 @@ int main(int argc, char **argv)
         return die(rc, "%s%s", err.msg, "");
     lora_adapter *ads[MAX_INPUTS] = {0};
     lora_weighted in[MAX_INPUTS];
-    lora_source_opts so = {.warn = stderr};
+    lora_source_opts so = adapter_source(&ao, PROG, NULL);
     for (size_t i = 0; i < n && rc == LORA_OK; i++) {
         rc = lora_adapter_load(specs[i], &so, &ads[i], &err);
         in[i].ad = ads[i];
@@ -203,7 +259,7 @@ int main(int argc, char **argv)
     }
     lora_reduce_report rep = {0};
     if (rc == LORA_OK)
-        rc = lora_reduce(in, n, exact ? NULL : &rule, out, force, &rep, &err);
+        rc = lora_reduce_combine(in, n, exact ? NULL : &rule, &copts, out, force, &rep, &err);
     if (rc != LORA_OK) {
         fprintf(stderr, PROG ": %s\n", err.msg);
     } else if (json) {
@@ -235,6 +291,14 @@ int main(int argc, char **argv)
                          : rule.kind == LORA_RANK_ENERGY ? "energy"
                                                          : "sv-ratio";
         json_object_set_new(root, "rule", json_string(rn));
+        json_object_set_new(root, "method", json_string(lora_combine_method_name(copts.method)));
+        if (copts.method != LORA_COMBINE_SUM)
+            json_object_set_new(root, "density", json_real(copts.density));
+        if (is_ties)
+            json_object_set_new(root, "majority_sign",
+                                json_string(copts.sign == LORA_SIGN_TOTAL ? "total" : "frequency"));
+        if (is_dare)
+            json_object_set_new(root, "seed", json_integer((json_int_t)copts.seed));
         json_object_set_new(root, "modules", mods);
         json_object_set_new(root, "old_params", json_integer((json_int_t)rep.old_params));
         json_object_set_new(root, "new_params", json_integer((json_int_t)rep.new_params));

@@ -5,6 +5,7 @@
  */
 #include "config.h"
 #include "lora.h"
+#include "jsonerr.h"
 #include "sigbus.h"
 
 #include <getopt.h>
@@ -630,6 +631,7 @@ static int cmd_evals(const struct args *a, const char *name)
 
 int main(int argc, char **argv)
 {
+    lora_tool_json_errors(argc, argv, PROG, 'j');
     lora_tool_sigbus(PROG);
     static const struct option opts[] = {
         {"registry", required_argument, 0, 'r'}, {"name", required_argument, 0, 'n'},
@@ -646,7 +648,7 @@ int main(int argc, char **argv)
      * version filter.  '-' in optstring returns operands in order. */
     int c;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, "-r:n:ut:b:jqh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "-:r:n:ut:b:jqh", opts, NULL)) != -1) {
         switch (c) {
         case 1:
             if (!cmd)

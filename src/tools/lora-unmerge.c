@@ -8,6 +8,9 @@
 #include "config.h"
 #include "lora.h"
 #include "progress.h"
+#include "adapteropts.h"
+#include "jsonerr.h"
+#include "outpath.h"
 #include "sigbus.h"
 
 #include <getopt.h>
@@ -15,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define PROG "lora-unmerge"
@@ -40,8 +44,7 @@ static void usage(FILE *f)
             "  -j, --threads N                 worker threads (default: CPUs online)\n"
             "      --shard NAME                only this shard of a sharded checkpoint;\n"
             "                                  OUT is that one file (no index written)\n"
-            "  -p, --pubkey FILE               minisign public key for .lora archives\n"
-            "      --no-verify                 open archives without checking signatures\n"
+            ADAPTER_HELP
             "      --json                      print the report as JSON on stdout\n"
             "  -q, --quiet                     no progress bar, no summary\n"
             "  -h, --help                      this help\n"
@@ -107,8 +110,9 @@ static void on_tensor(void *arg, const lora_tensor_report *r)
 
 int main(int argc, char **argv)
 {
+    lora_tool_json_errors(argc, argv, PROG, 0);
     lora_tool_sigbus(PROG);
-    enum { O_CHECK = 256, O_BASE, O_DTYPE, O_NOVERIFY, O_JSON, O_SHARD, O_ANYBASE, O_RECEIPTKEY };
+    enum { O_CHECK = 256, O_BASE, O_DTYPE, O_JSON, O_SHARD, O_ANYBASE, O_RECEIPTKEY };
     static const struct option longopts[] = {
         {"adapter", required_argument, NULL, 'a'},
         {"output", required_argument, NULL, 'o'},
@@ -120,17 +124,18 @@ int main(int argc, char **argv)
         {"any-base", no_argument, NULL, O_ANYBASE},
         {"dtype", required_argument, NULL, O_DTYPE},
         {"threads", required_argument, NULL, 'j'},
-        {"pubkey", required_argument, NULL, 'p'},
-        {"no-verify", no_argument, NULL, O_NOVERIFY},
+        ADAPTER_LONGOPTS,
         {"json", no_argument, NULL, O_JSON},
         {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0}};
     char *args[64];
-    const char *keys[16], *rkeys[8];
-    size_t n = 0, nkeys = 0, nrkeys = 0;
+    const char *rkeys[8];
+    adapter_opts ao = {0};
+    size_t n = 0, nrkeys = 0;
     lora_pubkey rpk[8];
+    int out_slash = 0;
     const char *out = NULL;
     int check = 0, json = 0, quiet = 0;
     lora_merge_opts o;
@@ -153,7 +158,10 @@ int main(int argc, char **argv)
             }
             args[n++] = optarg;
             break;
-        case 'o': out = trim_slashes(optarg); break;
+        case 'o':
+            out_slash = *optarg && optarg[strlen(optarg) - 1] == '/';
+            out = trim_slashes(optarg);
+            break;
         case 'r': o.receipt_in = optarg; break;
         case O_RECEIPTKEY:
             if (nrkeys == 8) {
@@ -183,19 +191,16 @@ int main(int argc, char **argv)
             o.nthreads = (int)v;
             break;
         }
-        case 'p':
-            if (nkeys == 15) {
-                fprintf(stderr, PROG ": too many keys: at most 15\n");
-                return LORA_EUSAGE;
-            }
-            keys[nkeys++] = optarg;
-            break;
-        case O_NOVERIFY: so.no_verify = 1; break;
         case O_JSON: json = 1; break;
         case 'q': quiet = 1; break;
         case 'h': usage(stdout); return 0;
         case 'V': printf(PROG " %s\n", lora_version()); return 0;
         default:
+            if ((c = adapter_opt(&ao, c, optarg, PROG)) != 0) {
+                if (c < 0)
+                    return LORA_EUSAGE;
+                break;
+            }
             fprintf(stderr, PROG ": bad option %s: unknown, or its value is missing (see --help)\n",
                     argv[optind - 1]);
             return LORA_EUSAGE;
@@ -208,9 +213,8 @@ int main(int argc, char **argv)
         return LORA_EUSAGE;
     }
     if (optind != argc - 1 || !n || (!out && !check) || (out && check)) {
-        fprintf(stderr, PROG ": usage: needs MERGED, at least one -a ADAPTER, and -o OUT or "
-                        "--check (not both)\n");
-        usage(stderr);
+        fprintf(stderr, PROG ": needs MERGED, at least one -a ADAPTER, and -o OUT or "
+                        "--check, not both (see --help)\n");
         return LORA_EUSAGE;
     }
     if (check && !o.reference && !o.receipt_in) {
@@ -225,8 +229,7 @@ int main(int argc, char **argv)
         fprintf(stderr, PROG ": --receipt-key checks the receipt: give --receipt\n");
         return LORA_EUSAGE;
     }
-    keys[nkeys] = NULL;
-    so.pubkeys = nkeys ? keys : NULL;
+    so = adapter_source(&ao, PROG, NULL);
     lora_error err;
     lora_error_clear(&err);
     if (lora_init(&err)) {
@@ -240,6 +243,18 @@ int main(int argc, char **argv)
         }
     o.receipt_pubkeys = nrkeys ? rpk : NULL;
     o.n_receipt_pubkeys = nrkeys;
+    /* what -o means, and whether it can be committed, before any work */
+    char *out_owned = NULL;
+    if (out) {
+        struct stat sb;
+        size_t bl = strlen(argv[optind]);
+        int folder_in = !o.shard && ((stat(argv[optind], &sb) == 0 && S_ISDIR(sb.st_mode)) ||
+                                     (bl > 11 && !strcmp(argv[optind] + bl - 11, ".index.json")));
+        int orc = folder_in ? outpath_folder(out, PROG)
+                            : outpath_file(&out, &out_owned, out_slash, o.shard ? o.shard : argv[optind], PROG);
+        if (orc)
+            return orc;
+    }
     o.check_only = check;
     tool_progress_init(&progress, quiet || check);
     o.progress = on_progress;
@@ -265,6 +280,10 @@ int main(int argc, char **argv)
     if (rc && !(ran && check)) {
         tool_progress_end(&progress);
         fprintf(stderr, PROG ": %s\n", err.msg);
+        if (o.receipt_in && strstr(err.msg, "is not among the adapters given"))
+            fprintf(stderr, PROG ": to take out only some of the adapters merged: lora-merge MERGED "
+                            "--receipt R --unmerge EACH-MERGED-ADAPTER... -a EACH-ONE-TO-KEEP... "
+                            "-o OUT (see lora-unmerge(1))\n");
     }
     uint64_t exact = res.elements - res.inexact;
     if (ran && json) {
@@ -329,5 +348,6 @@ int main(int argc, char **argv)
         lora_adapter_free(ad[i].ad);
         free(specs[i]);
     }
+    free(out_owned);
     return rc;
 }

@@ -1,0 +1,56 @@
+/*
+ * adapteropts.h - the options every tool that opens an adapter takes
+ * (-p/--pubkey, --no-verify, --registry) and the strict SPEC[:WEIGHT]
+ * split, so that the tools cannot drift apart (issue 19.1).
+ */
+#ifndef LORA_TOOLS_ADAPTEROPTS_H
+#define LORA_TOOLS_ADAPTEROPTS_H
+
+#include "lora.h"
+
+#include <getopt.h>
+#include <stdio.h>
+
+#define ADAPTER_MAX_KEYS 16
+enum { ADAPTER_OPT_NOVERIFY = 0x1001, ADAPTER_OPT_REGISTRY };
+
+/* Entries for a tool's struct option table, and the lines of its --help. */
+#define ADAPTER_LONGOPTS                                                                       \
+    {"pubkey", required_argument, NULL, 'p'},                                                  \
+        {"no-verify", no_argument, NULL, ADAPTER_OPT_NOVERIFY},                                \
+        {"registry", required_argument, NULL, ADAPTER_OPT_REGISTRY}
+#define ADAPTER_HELP                                                                           \
+    "  -p, --pubkey KEY.pub    minisign public key for .lora archives (repeatable;\n"         \
+    "                          default: the keys the registry trusts)\n"                       \
+    "      --no-verify         open archives without checking signatures\n"                   \
+    "      --registry PATH     registry for task:T, reg:NAME[@VERSION] and trusted keys\n"    \
+    "                          (default: $LORA_REGISTRY, else the per-user registry)\n"
+
+typedef struct adapter_opts {
+    const char *keys[ADAPTER_MAX_KEYS + 1]; /* NULL-terminated */
+    size_t n_keys;
+    int no_verify;
+    const char *registry;
+} adapter_opts;
+
+/* Handle option C (from getopt_long) if it is one of ADAPTER_LONGOPTS:
+ * 1 taken, 0 not an adapter option, -1 refused (message printed on
+ * stderr; the tool exits 2). */
+int adapter_opt(adapter_opts *ao, int c, const char *arg, const char *prog);
+
+/* The lora_source_opts for lora_adapter_load. */
+lora_source_opts adapter_source(const adapter_opts *ao, const char *prog, const char *base);
+
+/* "SPEC[:WEIGHT]" split in place: a suffix that reads as a number must
+ * be a finite one ("x:1e400", "x:nan" are refused: -1, message printed
+ * on stderr, exit 2); a suffix that is not a number belongs to SPEC
+ * (task:chat, paths with ':').  *w is 1 without a weight. */
+int adapter_split_weight(char *arg, double *w, const char *prog);
+
+/* What a merged file's metadata and a receipt record for an adapter:
+ * NAME@VERSION from its archive or the registry, else the folder's own
+ * name, never a local path (issue 19.5); malloc'd, NULL when out of
+ * memory. */
+char *adapter_provenance(const lora_adapter *ad, const char *spec);
+
+#endif
