@@ -1550,10 +1550,18 @@ int lora_exact_match(const char *hyp, const char *ref);
 
 enum {
     LORA_ARCH_GPT2 = 1,    /* GPT2LMHeadModel */
-    LORA_ARCH_LLAMA = 2    /* LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM */
+    LORA_ARCH_LLAMA = 2,   /* LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM */
+    LORA_ARCH_QWEN3 = 3,   /* Qwen3ForCausalLM */
+    LORA_ARCH_OPT = 4,     /* OPTForCausalLM */
+    LORA_ARCH_PHI = 5,     /* PhiForCausalLM */
+    LORA_ARCH_NEOX = 6,    /* GPTNeoXForCausalLM */
+    LORA_ARCH_GEMMA2 = 7,  /* Gemma2ForCausalLM */
+    LORA_ARCH_GEMMA3 = 8,  /* Gemma3ForCausalLM */
+    LORA_ARCH_PHI3 = 9     /* Phi3ForCausalLM */
 };
 
-enum { LORA_ROPE_NONE = 0, LORA_ROPE_LINEAR = 1, LORA_ROPE_LLAMA3 = 2 };
+enum { LORA_ROPE_NONE = 0, LORA_ROPE_LINEAR = 1, LORA_ROPE_LLAMA3 = 2, LORA_ROPE_LONGROPE = 3 };
+#define LORA_ROPE_MAX_FACTORS 512   /* longrope long/short factors (rotary_dim / 2) */
 
 /* Limits on what a config may ask for (hostile configs must not make
  * us allocate without bound). */
@@ -1583,12 +1591,32 @@ typedef struct lora_model_config {
     int rope_type;             /* LORA_ROPE_* */
     double rope_factor, rope_low_freq, rope_high_freq;
     uint64_t rope_original_max;
+    /* Sliding-window attention: query i sees keys j with 0 <= i - j <
+     * sliding_window on layers l >= window_from, except, with a
+     * window_period P, those with (l + 1) % P == 0 (Gemma's pattern). */
+    uint64_t sliding_window, window_from, window_period;
+    int post_norm;             /* OPT do_layer_norm_before false: norms after the residual add */
+    uint64_t embed_dim;        /* OPT word_embed_proj_dim (others: hidden) */
+    uint64_t rotary_dim;       /* RoPE on the first rotary_dim of each head (partial rotary) */
+    int parallel;              /* x += attn(n1(x)) + mlp(n2 or n1(x)) (Phi, GPT-NeoX) */
+    int act;                   /* activation when the family has a choice (0: its default) */
+    /* Gemma: embeddings times embed_scale, attention scores times
+     * attn_scale (0: 1/sqrt(head_dim)), tanh soft-capping of the scores and
+     * of the logits (0: none), RoPE theta of the sliding layers (0: rope_theta) */
+    double embed_scale, attn_scale, attn_softcap, final_softcap, rope_local_theta;
+    /* Phi-3 longrope: per-frequency divisors, the short ones for a forward
+     * whose last position is below rope_original_max, the long ones past
+     * it; cos and sin times rope_attn_factor */
+    double rope_long[LORA_ROPE_MAX_FACTORS], rope_short[LORA_ROPE_MAX_FACTORS];
+    uint64_t rope_nfactors;
+    double rope_attn_factor;
 } lora_model_config;
 
 /* Parse and validate a config.json text: architecture known (anything
  * else refused, naming it), sizes within the limits above and
- * consistent (heads divide, even head_dim for RoPE), activation
- * gelu_new/silu, rope_scaling linear or llama3 (others refused).
+ * consistent (heads divide, even head_dim for RoPE), the family's
+ * activations, rope_scaling linear, llama3 or (Phi-3) longrope, sliding
+ * windows in the layer patterns the forward computes (others refused).
  * LORA_EINPUT with a message naming the key. */
 int lora_model_config_parse(const char *json, size_t len, lora_model_config *cfg,
                             lora_error *err);
