@@ -706,6 +706,39 @@ static void count_unknown(int mk, int bk, uint32_t m, uint32_t u, double d, lora
 
 static void *tj_worker(void *arg);
 
+/* Index of the next flagged element at or after x (n when none). */
+static inline size_t next_flag(const unsigned char *flag, size_t x, size_t n)
+{
+    while (x + 8 <= n) {
+        uint64_t w;
+        memcpy(&w, flag + x, 8);
+        if (w)
+            return x + (size_t)(__builtin_ctzll(w) / 8);
+        x += 8;
+    }
+    while (x < n && !flag[x])
+        x++;
+    return x;
+}
+
+/* BF16 merge: the branch-free pass (mergefast.c), then the full element
+ * logic (merge_span) on the elements it flagged. */
+static int merge_bf16_fast(const unsigned char *src, unsigned char *dst, const double *sum,
+                           unsigned char *flag, size_t n, uint64_t first, int record,
+                           lora_fixes *fx, lora_merge_stats *st, size_t *bad, nonfin *nf)
+{
+    st->changed += lora_fast_merge_bf16(src, dst, sum, flag, n, record);
+    for (size_t x = next_flag(flag, 0, n); x < n; x = next_flag(flag, x + 1, n)) {
+        int r = merge_span(FP_BF16, FP_BF16, 2, 2, record, 0, 1, src + 2 * x, dst + 2 * x,
+                           sum + x, 1, first + x, fx, st, bad, nf);
+        if (r) {
+            *bad += x;
+            return r;
+        }
+    }
+    return 0;
+}
+
 struct wargs {
     struct tjob *j;
     int t;
@@ -740,7 +773,10 @@ static void run_block(struct tjob *j, int t, uint64_t b)
         size_t bad = 0;
         int r;
         /* constant kinds let the compiler fold every dtype branch */
-        if (ik == FP_BF16 && ok == FP_BF16)
+        if (ik == FP_BF16 && ok == FP_BF16 && !rev && (!record || coded))
+            r = merge_bf16_fast(src, dst, sum, (unsigned char *)e->tmp[t], n, first, record,
+                                fx, &st, &bad, &nf);
+        else if (ik == FP_BF16 && ok == FP_BF16)
             r = merge_span(FP_BF16, FP_BF16, 2, 2, record, rev, coded, src, dst, sum, n, first, fx, &st, &bad, &nf);
         else if (ik == FP_F16 && ok == FP_F16)
             r = merge_span(FP_F16, FP_F16, 2, 2, record, rev, coded, src, dst, sum, n, first, fx, &st, &bad, &nf);
@@ -769,10 +805,24 @@ static void run_block(struct tjob *j, int t, uint64_t b)
         int coded = fx && fx->coded;
         if (coded)
             rd = (bitrd){fx->bits, fx->bstart[b], fx->bstart[b + 1]};
+        /* BF16 with corrections: the branch-free pass does the elements it
+         * proves, the loop below the flagged ones and the corrections */
+        int fast = fx && !ref && ik == FP_BF16 && ok == FP_BF16;
+        unsigned char *flag = (unsigned char *)e->tmp[t];
+        if (fast)
+            st.changed += lora_fast_unmerge_bf16(src, dst, sum, flag, n);
         for (size_t x = 0; x < n; x++) {
+            if (fast) {
+                size_t nx = next_flag(flag, x, n);
+                if (fi < fe && fx->index[fi] - first < nx)
+                    nx = (size_t)(fx->index[fi] - first);
+                if (nx >= n)
+                    break;
+                x = nx;
+            }
             uint32_t m = ld_elem(src + x * isz, isz);
             double d = sum[x];
-            if (d != 0 && fp_finite(ik, m)) {
+            if (d != 0 && fp_finite(ik, m) && (!fast || flag[x])) {
                 if (!isfinite(d)) {
                     char msg[200];
                     snprintf(msg, sizeof msg, "%s: the adapter's delta is not finite at element %llu",
