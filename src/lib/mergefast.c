@@ -52,45 +52,44 @@ static inline __attribute__((always_inline)) int bf16_single(uint16_t x, uint16_
            (fabs(s - bf16_d(m)) < lim);
 }
 
-/* Four lanes at a time with GCC's vector types (the loops above in
- * scalar form do not vectorise: mixed widths). */
+/* Four lanes at a time with GCC's vector types (the loops in scalar
+ * form do not vectorise: mixed widths).  Element bits and masks in
+ * 32-bit lanes, the double arithmetic and rounding in 64-bit lanes. */
 typedef double v4d __attribute__((vector_size(32)));
 typedef int64_t v4l __attribute__((vector_size(32)));
+typedef uint64_t v4u __attribute__((vector_size(32))); /* shifts: AVX2 has no 64-bit arithmetic one */
 typedef float v4f __attribute__((vector_size(16)));
 typedef int32_t v4i __attribute__((vector_size(16)));
+typedef uint32_t v4w __attribute__((vector_size(16)));
+typedef uint16_t v4h __attribute__((vector_size(8)));
+typedef unsigned char v4c __attribute__((vector_size(4)));
 
 #define V_LD_D(p) ({ v4d v_; memcpy(&v_, (p), sizeof v_); v_; })
+#define V_LD_H(p) ({ v4h v_; memcpy(&v_, (p), sizeof v_); __builtin_convertvector(v_, v4w); })
+#define V_ST_H(p, v) do { v4h v_ = __builtin_convertvector((v), v4h); memcpy((p), &v_, sizeof v_); } while (0)
+#define V_ST_FLAG(p, f) do { v4c c_ = __builtin_convertvector((f) & 1, v4c); memcpy((p), &c_, 4); } while (0)
 
-/* BF16 bits in the low 16 bits of each lane -> double */
-#define V_BF16_D(w) __builtin_convertvector((v4f)(__builtin_convertvector((w), v4i) << 16), v4d)
+/* BF16 bits (32-bit lanes) -> double */
+#define V_BF16_D(w) __builtin_convertvector((v4f)((w) << 16), v4d)
 
 /* bf16_round_normal over four lanes: bits in m, all-ones lanes in bad */
 #define V_ROUND(x, m, bad) do {                                                   \
-        v4l u_ = (v4l)(x), a_ = u_ & INT64_C(0x7fffffffffffffff);                  \
-        v4l r_ = a_ + (INT64_C(1) << 44) - 1 + ((a_ >> 45) & 1);                   \
-        /* r_ >= 0 always: a_ < 2^63 - 2^44 unless x is a NaN, caught by a_ */      \
-        (bad) = ((a_ >> 52) < 897) | (((r_ >> 52) & 0xfff) > 1150) | (r_ < 0);     \
-        (m) = (((r_ >> 45) - (896 << 7)) & 0x7fff) | ((u_ >> 48) & 0x8000);        \
+        v4u u_ = (v4u)(x), a_ = u_ & UINT64_C(0x7fffffffffffffff);                 \
+        v4u r_ = a_ + (UINT64_C(1) << 44) - 1 + ((a_ >> 45) & 1);                  \
+        /* r_ >> 52 <= 2048: the compares below are of small signed values */     \
+        (bad) = __builtin_convertvector(((v4l)(a_ >> 52) < 897) | ((v4l)(r_ >> 52) > 1150), v4i); \
+        (m) = __builtin_convertvector((((r_ >> 45) - (896 << 7)) & 0x7fff) | ((u_ >> 48) & 0x8000), v4w); \
     } while (0)
 
 /* bf16_single over four lanes: all-ones where proven */
 #define V_SINGLE(x, m, s, res) do {                                               \
-        v4l ex_ = ((x) >> 7) & 0xff, em_ = ((m) >> 7) & 0xff;                      \
-        v4d lim_ = (v4d)((em_ + 888) << 52) * (1 - 0x1p-19);                        \
+        v4w ex_ = ((x) >> 7) & 0xff, em_ = ((m) >> 7) & 0xff;                      \
+        v4d lim_ = (v4d)(__builtin_convertvector(em_ + 888, v4u) << 52) * (1 - 0x1p-19); \
         v4d df_ = (s) - V_BF16_D(m);                                               \
-        v4d ad_ = (v4d)((v4l)df_ & INT64_C(0x7fffffffffffffff));                    \
-        (res) = (ex_ == em_) & (((x) & 0x7f) != 0) & ((((x) ^ (m)) & 0x8000) == 0) & \
-                (ad_ < lim_);                                                      \
+        v4d ad_ = (v4d)((v4u)df_ & UINT64_C(0x7fffffffffffffff));                   \
+        (res) = (v4i)((ex_ == em_) & (((x) & 0x7f) != 0) & ((((x) ^ (m)) & 0x8000) == 0)) & \
+                __builtin_convertvector(ad_ < lim_, v4i);                          \
     } while (0)
-
-/* four BF16 values <-> the low bits of four lanes (macros: functions
- * passing vectors would change the default clone's ABI) */
-#define ld4_u16(p) ({ uint16_t a_[4]; memcpy(a_, (p), sizeof a_);                  \
-                      (v4l){a_[0], a_[1], a_[2], a_[3]}; })
-#define st4_u16(p, v) do { v4l v_ = (v);                                           \
-        uint16_t a_[4] = {(uint16_t)v_[0], (uint16_t)v_[1], (uint16_t)v_[2],       \
-                          (uint16_t)v_[3]};                                        \
-        memcpy((p), a_, sizeof a_); } while (0)
 
 LORA_CLONES
 uint64_t lora_fast_merge_bf16(const unsigned char *src, unsigned char *dst, const double *sum,
@@ -98,20 +97,20 @@ uint64_t lora_fast_merge_bf16(const unsigned char *src, unsigned char *dst, cons
 {
     uint64_t changed = 0;
     size_t x = 0;
-    v4l rec = (v4l){0, 0, 0, 0} - (record != 0);
-    v4l nch = {0, 0, 0, 0};
+    v4i rec = (v4i){0, 0, 0, 0} - (record != 0);
+    v4i nch = {0, 0, 0, 0};
     for (; x + 4 <= n; x += 4) {
-        v4l w = ld4_u16(src + 2 * x), m, bad, one;
+        v4w w = V_LD_H(src + 2 * x), m;
+        v4i bad, one;
         v4d d = V_LD_D(sum + x), s = V_BF16_D(w) + d;
         V_ROUND(s, m, bad);
         V_SINGLE(w, m, s, one);
-        v4l f = bad | (rec & ~one);
-        st4_u16(dst + 2 * x, m);
-        for (int k = 0; k < 4; k++)
-            flag[x + k] = (unsigned char)(f[k] & 1);
-        nch -= ~f & (d != 0);
+        v4i f = bad | (rec & ~one);
+        V_ST_H(dst + 2 * x, m);
+        V_ST_FLAG(flag + x, f);
+        nch -= ~f & __builtin_convertvector(d != 0, v4i);
     }
-    changed = (uint64_t)(nch[0] + nch[1] + nch[2] + nch[3]);
+    changed = (uint64_t)nch[0] + (uint64_t)nch[1] + (uint64_t)nch[2] + (uint64_t)nch[3];
     for (; x < n; x++) {
         uint16_t w, m;
         memcpy(&w, src + 2 * x, 2);
@@ -132,21 +131,21 @@ uint64_t lora_fast_unmerge_bf16(const unsigned char *src, unsigned char *dst, co
 {
     uint64_t changed = 0;
     size_t x = 0;
-    v4l nch = {0, 0, 0, 0};
+    v4i nch = {0, 0, 0, 0};
     for (; x + 4 <= n; x += 4) {
-        v4l m = ld4_u16(src + 2 * x), u, m2, bad1, bad2, one;
+        v4w m = V_LD_H(src + 2 * x), u, m2;
+        v4i bad1, bad2, one;
         v4d d = V_LD_D(sum + x);
         V_ROUND(V_BF16_D(m) - d, u, bad1);
         v4d s = V_BF16_D(u) + d;
         V_ROUND(s, m2, bad2);
         V_SINGLE(u, m, s, one);
-        v4l f = bad1 | bad2 | (m2 != m) | ~one;
-        st4_u16(dst + 2 * x, u);
-        for (int k = 0; k < 4; k++)
-            flag[x + k] = (unsigned char)(f[k] & 1);
-        nch -= ~f & (d != 0);
+        v4i f = bad1 | bad2 | (v4i)(m2 != m) | ~one;
+        V_ST_H(dst + 2 * x, u);
+        V_ST_FLAG(flag + x, f);
+        nch -= ~f & __builtin_convertvector(d != 0, v4i);
     }
-    changed = (uint64_t)(nch[0] + nch[1] + nch[2] + nch[3]);
+    changed = (uint64_t)nch[0] + (uint64_t)nch[1] + (uint64_t)nch[2] + (uint64_t)nch[3];
     for (; x < n; x++) {
         uint16_t m, u, m2;
         memcpy(&m, src + 2 * x, 2);
