@@ -415,11 +415,12 @@ static inline __attribute__((always_inline)) void fp_layout(int k, int *mb, int 
 
 /* Cheap proof that x is the only base value merging to m (same dtype,
  * s = x + d as the merge computed it, m = round(s) finite): x and m are
- * normal in the same binade with the same sign, x's neighbours are an
- * ulp away (mantissa not 0), and s is less than half an ulp of m from m
- * by a margin (2^-20 ulp) far above the double rounding of x±ulp + d.
- * Then x±ulp + d rounds away from m.  False means "look" (slow path),
- * never "ambiguous". */
+ * normal, x's binade is m's or a higher one and x's mantissa is not 0
+ * (so both neighbours of x are at least an ulp of m away: ulp(x) >=
+ * ulp(m)), and s is less than half an ulp of m from m by a margin
+ * (2^-20 ulp) far above the double rounding of x±ulp + d.  Then
+ * x±ulp(x) + d lies more than half an ulp of m from m and rounds
+ * elsewhere.  False means "look" (slow path), never "ambiguous". */
 static inline __attribute__((always_inline)) int single_fast(int k, uint32_t x, uint32_t m, double s)
 {
     int mb, bias;
@@ -427,7 +428,7 @@ static inline __attribute__((always_inline)) int single_fast(int k, uint32_t x, 
     uint32_t sh = k == FP_F32 ? 31 : 15;
     uint32_t mmask = (1u << mb) - 1, emask = (1u << (sh - mb)) - 1;
     uint32_t ex = (x >> mb) & emask, em = (m >> mb) & emask;
-    if (ex != em || ex == 0 || (x & mmask) == 0 || ((x ^ m) >> sh))
+    if (ex < em || em == 0 || ex == emask || (x & mmask) == 0)
         return 0;
     /* half an ulp of m, less 2^-20 ulp */
     double half = fp_bitsd((uint64_t)((int)em - bias - mb - 1 + 1023) << 52);
@@ -442,7 +443,8 @@ static inline __attribute__((always_inline)) int64_t fp_kmax(int k)
 }
 
 /* Order of merged values: <0, 0, >0 as remerge(key) is below, at, above m. */
-static int cmp_at(int mk, int bk, int64_t key, uint32_t m, double d)
+static inline __attribute__((always_inline)) int cmp_at(int mk, int bk, int64_t key, uint32_t m,
+                                                       double d)
 {
     uint32_t r = remerge(mk, bk, fp_unkey(bk, key), d);
     if (!fp_finite(mk, r) && (r & (mk == FP_F32 ? 0x007fffffu : mk == FP_F16 ? 0x3ffu : 0x7fu)))
@@ -454,8 +456,9 @@ static int cmp_at(int mk, int bk, int64_t key, uint32_t m, double d)
 /* First key in (from, lim] (dir +1) or [lim, from) (dir -1), walking
  * from `from`, where cmp_at changes from `was` to something else:
  * galloping then bisection.  Returns lim + dir when none. */
-static int64_t gallop(int mk, int bk, int64_t from, int dir, int64_t lim, int was, uint32_t m,
-                      double d)
+static inline __attribute__((always_inline)) int64_t gallop(int mk, int bk, int64_t from, int dir,
+                                                           int64_t lim, int was, uint32_t m,
+                                                           double d)
 {
     int64_t good = from, step = 1; /* good: last key known to be `was` */
     int64_t bad;
@@ -489,7 +492,8 @@ static int64_t gallop(int mk, int bk, int64_t from, int dir, int64_t lim, int wa
 
 /* S = [*lo, *hi] (keys of bk), the finite base values merging to m
  * (finite), searched from u (unmerge's value).  0 when S is empty. */
-static int amb_set(int mk, int bk, uint32_t m, double d, uint32_t u, int64_t *lo, int64_t *hi)
+static inline __attribute__((always_inline)) int amb_set(int mk, int bk, uint32_t m, double d,
+                                                        uint32_t u, int64_t *lo, int64_t *hi)
 {
     int64_t kmax = fp_kmax(bk), kmin = -kmax - 1;
     int64_t ku = fp_finite(bk, u) ? fp_key(bk, u) : (fp_key(bk, u) < 0 ? kmin : kmax);
@@ -545,8 +549,9 @@ typedef struct bitrd {
  * has ambiguous results, read (rd) or write (wr, W0 = w) the rank.
  * Returns -1 for bits that run out or a rank beyond S (rd), -2 for
  * memory (wr). */
-static int coded_elem(int mk, int bk, uint32_t m, double d, uint32_t w, lora_fixes *wr, bitrd *rd,
-                      uint32_t *out)
+static inline __attribute__((always_inline)) int coded_elem(int mk, int bk, uint32_t m, double d,
+                                                           uint32_t w, lora_fixes *wr, bitrd *rd,
+                                                           uint32_t *out)
 {
     uint32_t u = unmerge_elem(mk, bk, m, d);
     *out = u;
@@ -585,10 +590,23 @@ static int coded_elem(int mk, int bk, uint32_t m, double d, uint32_t w, lora_fix
 
 /* Merge side of a coded element: write its rank when ambiguous, and an
  * exception when unmerge would still decode something else than w. */
-static __attribute__((noinline)) int coded_fix(int mk, int bk, uint32_t m, double d, uint32_t w,
-                                               uint64_t index, lora_fixes *fx, lora_merge_stats *st)
+static inline __attribute__((always_inline)) int
+coded_fix_k(int mk, int bk, uint32_t m, double d, uint32_t w, uint64_t index, lora_fixes *fx,
+            lora_merge_stats *st)
 {
     uint32_t got;
+    /* the usual case: W0 merges to m (nearest), so S is the run around W0 */
+    if (mk == bk && d != 0 && fp_finite(mk, m) && remerge(mk, bk, w, d) == m) {
+        int64_t kw = fp_key(bk, w), kmax = fp_kmax(bk);
+        int64_t lo = gallop(mk, bk, kw, -1, -kmax - 1, 0, m, d) + 1;
+        int64_t hi = gallop(mk, bk, kw, 1, kmax, 0, m, d) - 1;
+        if (lo == hi)
+            return 0;
+        if (bits_put(fx, (uint64_t)(kw - lo), nbits_for((uint64_t)(hi - lo))))
+            return -2;
+        fx->nambig++;
+        return 0;
+    }
     if (coded_elem(mk, bk, m, d, w, fx, NULL, &got))
         return -2;
     if (got != w) {
@@ -597,6 +615,19 @@ static __attribute__((noinline)) int coded_fix(int mk, int bk, uint32_t m, doubl
         st->fixes++;
     }
     return 0;
+}
+
+/* coded_fix_k with constant kinds for the common dtypes */
+static __attribute__((noinline)) int coded_fix(int mk, int bk, uint32_t m, double d, uint32_t w,
+                                               uint64_t index, lora_fixes *fx, lora_merge_stats *st)
+{
+    if (mk == FP_BF16 && bk == FP_BF16)
+        return coded_fix_k(FP_BF16, FP_BF16, m, d, w, index, fx, st);
+    if (mk == FP_F16 && bk == FP_F16)
+        return coded_fix_k(FP_F16, FP_F16, m, d, w, index, fx, st);
+    if (mk == FP_F32 && bk == FP_F32)
+        return coded_fix_k(FP_F32, FP_F32, m, d, w, index, fx, st);
+    return coded_fix_k(mk, bk, m, d, w, index, fx, st);
 }
 
 /* The merge of n elements.  Returns 0, -1 for a non-finite delta (its

@@ -10,9 +10,9 @@
  * the fast pass only decides which elements need no more work.
  *
  * Proof used for "not ambiguous" (mergecore.c, single_fast): x and
- * m = round(x + d) normal in the same binade with the same sign, x's
- * mantissa not 0 (both neighbours an ulp away), |x + d - m| below half
- * an ulp of m by 2^-20 ulp; then x ± ulp + d rounds away from m.
+ * m = round(x + d) normal, x's binade not below m's and x's mantissa not
+ * 0 (both neighbours at least an ulp of m away), |x + d - m| below half
+ * an ulp of m by 2^-20 ulp; then x ± ulp(x) + d rounds away from m.
  */
 #include "internal.h"
 #include "mergecore.h"
@@ -48,7 +48,7 @@ static inline __attribute__((always_inline)) int bf16_single(uint16_t x, uint16_
 {
     uint32_t ex = (x >> 7) & 0xff, em = (m >> 7) & 0xff;
     double lim = fp_bitsd((uint64_t)(em + 888) << 52) * (1 - 0x1p-19);
-    return (ex == em) & ((x & 0x7f) != 0) & (((x ^ m) & 0x8000) == 0) &
+    return (ex >= em) & (em != 0) & (ex != 0xff) & ((x & 0x7f) != 0) &
            (fabs(s - bf16_d(m)) < lim);
 }
 
@@ -87,7 +87,7 @@ typedef unsigned char v4c __attribute__((vector_size(4)));
         v4d lim_ = (v4d)(__builtin_convertvector(em_ + 888, v4u) << 52) * (1 - 0x1p-19); \
         v4d df_ = (s) - V_BF16_D(m);                                               \
         v4d ad_ = (v4d)((v4u)df_ & UINT64_C(0x7fffffffffffffff));                   \
-        (res) = (v4i)((ex_ == em_) & (((x) & 0x7f) != 0) & ((((x) ^ (m)) & 0x8000) == 0)) & \
+        (res) = (v4i)((ex_ >= em_) & (em_ != 0) & (ex_ != 0xff) & (((x) & 0x7f) != 0)) & \
                 __builtin_convertvector(ad_ < lim_, v4i);                          \
     } while (0)
 
