@@ -262,6 +262,10 @@ typedef struct lora_module {
                                  when it differs from r the adapter loads (so that
                                  lora-inspect can report it) but lora_adapter_bind
                                  refuses it */
+    int tied_head;            /* an lm_head update on a base whose head is tied to
+                                 the input embeddings (no lm_head.weight): set only
+                                 by the binding lora-eval uses, which applies it to
+                                 the head alone, as PEFT does */
 } lora_module;
 
 /* A full tensor saved through modules_to_save: it replaces the base's. */
@@ -771,6 +775,9 @@ typedef struct lora_merge_result {
     int known;                 /* unmerge: exactness known (receipt or reference) */
     int base_confirmed;        /* unmerge without a receipt: the restored tensors an
                                   archive adapter changes equal its recorded base */
+    int untied;                /* an lm_head update on a tied head was merged: OUT has
+                                  its own lm_head.weight, config.json says
+                                  tie_word_embeddings false (untie.c) */
 } lora_merge_result;
 
 /* Returns LORA_ECHECK (nothing written) when an unmerge with a receipt
@@ -1389,6 +1396,8 @@ typedef struct lora_reg_eval {
     uint64_t items;       /* items evaluated */
     int64_t time;         /* unix seconds; 0 when recording: now */
     char *tool_version;   /* NULL when recording: this library's version */
+    char *mode;           /* "base", "unmerged", "merged", or NULL (unknown) */
+    char *base_name;      /* base model name for people, or NULL */
 } lora_reg_eval;
 
 /* Record one result for a registered adapter, in one transaction.
@@ -1400,6 +1409,34 @@ int lora_registry_record_eval(lora_registry *reg, const lora_reg_eval *ev, lora_
 int lora_registry_evals(lora_registry *reg, const char *adapter, lora_reg_eval **list,
                         size_t *n, lora_error *err);
 void lora_reg_evals_free(lora_reg_eval *list, size_t n);
+
+
+/* ---- section: text metrics (metrics.c) ---- */
+
+/* Corpus BLEU-4 exactly as NLTK 3.8's corpus_bleu (one reference per
+ * hypothesis, uniform weights, no smoothing), tokens split on ASCII
+ * whitespace.  Accumulate with lora_bleu_add, read with lora_bleu_score
+ * (NaN when no item was added, a value in [0, 1] otherwise). */
+typedef struct lora_bleu {
+    uint64_t match[4];         /* clipped n-gram matches, n = 1..4 */
+    uint64_t total[4];         /* hypothesis n-grams (at least 1 per item) */
+    uint64_t hyp_len, ref_len; /* tokens */
+    size_t items;
+} lora_bleu;
+
+void lora_bleu_init(lora_bleu *b);
+int lora_bleu_add(lora_bleu *b, const char *hyp, const char *ref, lora_error *err);
+double lora_bleu_score(const lora_bleu *b);
+
+/* ROUGE-1, ROUGE-2 and ROUGE-L (longest common subsequence) F1 of one
+ * hypothesis against one reference, whitespace tokens, lower-cased. */
+typedef struct lora_rouge_f1 {
+    double rouge1, rouge2, rougeL;
+} lora_rouge_f1;
+
+int lora_rouge(const char *hyp, const char *ref, lora_rouge_f1 *out, lora_error *err);
+/* 1 when equal after stripping surrounding whitespace, else 0. */
+int lora_exact_match(const char *hyp, const char *ref);
 
 
 /* ---- section: models and evaluation (model.c, dataset.c, eval.c) ---- */
@@ -1486,8 +1523,12 @@ void lora_set_threads(int n);
  *    scale·B·(A·x) to W0·x, never forming ΔW;
  *  - merged (when want_merged): the weight the merge engine writes for
  *    W0 + ΔW in the checkpoint's dtype (lora_merge_tensor), decoded to F32.
- * Only weights of the attention and MLP projections may be adapted
- * (embedding LoRA and modules_to_save are refused with a message).
+ * The attention and MLP projections, the input embedding
+ * (lora_embedding_A/B: x += scale·B·A[:, token]) and the head may be
+ * adapted; an lm_head update on a model whose head is tied to the
+ * embeddings changes the head alone (as PEFT applies it), an embedding
+ * update on such a model is refused (a merge would change the head too);
+ * modules_to_save are refused with a message.
  * The adapter must outlive the model or the next detach. */
 int lora_model_attach(lora_model *m, lora_adapter *ad, int want_merged, lora_error *err);
 void lora_model_detach(lora_model *m);
@@ -1518,9 +1559,12 @@ int lora_run_forward(lora_run *r, const int32_t *tokens, size_t n, float *logits
                      size_t rows, lora_error *err);
 
 /* Data sets: JSONL, one item a line (blank lines skipped):
- *   multiple choice {"prompt":[ids], "choices":[[ids],...], "label":i}
- *   generation      {"prompt":[ids], "target":[ids]}
- * Unknown keys are refused (a typo must not silently change the task). */
+ *   multiple choice {"prompt":P, "choices":[C,...], "label":i}
+ *   generation      {"prompt":P, "target":T}
+ * where P, C and T are each text or a list of token ids.  Other keys are
+ * kept: "id" (any JSON value) is echoed into the predictions, the rest
+ * kept as a JSON object.  Text needs lora_dataset_tokenize before
+ * evaluation. */
 #define LORA_DS_MAX_LINE (1u << 20)       /* bytes per line */
 #define LORA_DS_MAX_TOKENS 65536u         /* ids per prompt, choice or target */
 #define LORA_DS_MAX_CHOICES 1024u
@@ -1539,13 +1583,54 @@ typedef struct lora_item {
     int32_t **choices;
     size_t *choice_len;
     size_t label;
+    /* text as given (NULL where ids were given); tokenized in place */
+    char *prompt_text;
+    char *target_text;
+    char **choice_text;        /* n_choices entries */
+    /* leading continuation tokens that are context, fed but not scored:
+     * the tokens from where prompt+continuation's encoding departs from
+     * the prompt's own to the end of the prompt's own tokens (0 unless a
+     * token straddles the boundary) */
+    size_t target_skip;
+    size_t *choice_skip;       /* n_choices entries */
+    char *id;                  /* the "id" value as compact JSON, or NULL */
+    char *extra;               /* other keys as a compact JSON object, or NULL */
 } lora_item;
 
 typedef struct lora_dataset {
     size_t n;
     lora_item *items;
     size_t max_len;            /* longest prompt + choice/target */
+    size_t text_items;         /* items with a text field */
+    size_t first_text_line;    /* line of the first, 0 when none */
+    int tokenized;             /* lora_dataset_tokenize ran */
+    unsigned char hash[LORA_HASH_BYTES]; /* BLAKE2b-256 of the bytes parsed */
 } lora_dataset;
+
+/* How text becomes token ids and back (a lora_tokenizer's functions, or
+ * a test's own): encode as lora_tokenizer_encode, decode as
+ * lora_tokenizer_decode, with ARG first. */
+typedef struct lora_text_codec {
+    void *arg;
+    int (*encode)(void *arg, const char *text, size_t len, int add_special, int32_t **ids,
+                  size_t *n, lora_error *err);
+    int (*decode)(void *arg, const int32_t *ids, size_t n, int skip_special, char **text,
+                  lora_error *err);
+    int32_t bos, eos;          /* -1: none */
+} lora_text_codec;
+
+/* Tokenize every text field, the lm-evaluation-harness way: a text
+ * prompt is encoded with the special tokens its post-processor adds
+ * (BOS as the tokenizer config says; a trailing EOS is dropped), its
+ * trailing whitespace moved to the front of text continuations; a text
+ * choice or target is scored as the tokens of encode(prompt +
+ * continuation) after the first len(encode(prompt)) tokens.  When a
+ * token straddles the boundary, the prompt fed is the prefix both
+ * encodings share and the tokens between it and len(encode(prompt))
+ * are fed as context (choice_skip, target_skip) but not scored.  A text
+ * continuation of an ids prompt is encoded alone without special
+ * tokens.  Errors are LORA_EINPUT "line N: problem". */
+int lora_dataset_tokenize(lora_dataset *ds, const lora_text_codec *tc, lora_error *err);
 
 /* Parse JSONL bytes.  vocab > 0: every id must be < vocab.  A bad line
  * is LORA_EINPUT "NAME:LINE: problem". */
@@ -1556,11 +1641,16 @@ int lora_dataset_load(const char *path, uint64_t vocab, lora_dataset **out, lora
 void lora_dataset_free(lora_dataset *ds);
 
 /* Evaluation.  Multiple choice: the choice with the highest summed
- * log-probability of its tokens given the prompt wins (ties: the first).
- * Generation: correct when greedy decoding (KV cache, argmax, ties to
- * the lowest id) reproduces the target exactly; its NLL is that of the
- * target under teacher forcing.  NLL and log-probabilities are computed
- * in double from the F32 logits. */
+ * log-probability of its scored tokens (past choice_skip) given the
+ * prompt wins (ties: the first).  Generation: greedy decoding (KV cache,
+ * argmax, ties to the lowest id) after the prompt and target_skip
+ * tokens; correct when its text equals the target's up to surrounding
+ * whitespace (text: decoded through opts->codec, required for a text
+ * target; ids: the ids in decimal), which for ids means the same ids;
+ * its NLL is that of the scored target tokens under teacher forcing.
+ * The text metrics are metrics.c's.  NLL and log-probabilities are
+ * computed in double from the F32 logits.  A data set with text must
+ * have been through lora_dataset_tokenize. */
 typedef struct lora_eval_opts {
     int mode;                  /* LORA_MODE_* */
     int compare_mode;          /* -1: none; else a second mode run on each item
@@ -1569,7 +1659,30 @@ typedef struct lora_eval_opts {
     /* called after each item (may be NULL): items done, items in all */
     void (*progress)(void *arg, size_t done, size_t total);
     void *progress_arg;
+    /* generation: greedy decoding stops at EOS (codec->eos), when the
+     * target is complete (the ids, or for text the text up to
+     * surrounding whitespace), or after target tokens + max_new_tokens
+     * tokens (lora-eval's default: 32), or at the model's last position */
+    size_t max_new_tokens;
+    const lora_text_codec *codec; /* decodes generations of text items (may be NULL) */
+    int keep_predictions;      /* fill res->preds */
 } lora_eval_opts;
+
+/* One item's outcome (lora_eval_opts.keep_predictions). */
+typedef struct lora_prediction {
+    size_t item;               /* index in the data set */
+    int correct;
+    double nll;                /* summed over the scored target tokens */
+    uint64_t nll_tokens;
+    size_t predicted;          /* multiple choice: the winning choice */
+    double *logprobs;          /* multiple choice: each choice's summed log-prob */
+    int32_t *ids;              /* generation: generated ids (EOS excluded) */
+    size_t n_ids;
+    char *text;                /* generation: generated text (ids data: the ids
+                                  in decimal, space-separated) */
+    char *reference;           /* generation: what text was compared with */
+    lora_rouge_f1 rouge;
+} lora_prediction;
 
 typedef struct lora_eval_result {
     size_t items, correct;
@@ -1587,7 +1700,38 @@ typedef struct lora_eval_result {
     double max_abs_dlogit;     /* largest |Δlogit| at every scored position */
     size_t disagreements;      /* items whose prediction differs */
     size_t first_disagreement; /* line of the first, 0 when none */
+    /* the paper's metrics: NaN when no item has them */
+    double choice_accuracy;    /* choice_correct / choice_items */
+    double exact_match;        /* gen_correct / gen_items */
+    double bleu;               /* corpus BLEU-4 over the generations */
+    double rouge1, rouge2, rougeL; /* mean per-item F1 */
+    double perplexity;         /* exp(mean_nll) */
+    lora_prediction *preds;    /* keep_predictions: one per item evaluated */
 } lora_eval_result;
+
+void lora_eval_result_free(lora_eval_result *res);
+
+/* Write res's predictions as JSONL to PATH (atomically; "-": standard
+ * output): one line per item, {"id" (when the item had one), "line",
+ * multiple choice: "predicted", "label", "logprobs"; generation: "text",
+ * "ids", "target", "rouge1/2/L"; "correct", "nll", "nll_tokens"}. */
+int lora_eval_write_predictions(const char *path, const lora_dataset *ds,
+                                const lora_eval_result *res, lora_error *err);
+
+/* Perplexity of a token sequence (lora-eval --text), the Hugging Face
+ * sliding-window recipe: windows of CONTEXT tokens starting every STRIDE
+ * tokens (stride <= context); each window scores the tokens past the
+ * previous window's end, so every token but the first is scored once,
+ * with up to context - stride tokens of context before it. */
+typedef struct lora_ppl_result {
+    double nll_sum;
+    uint64_t tokens;           /* scored */
+    double mean_nll, perplexity;
+    size_t windows;
+} lora_ppl_result;
+
+int lora_eval_perplexity(lora_model *m, int mode, const int32_t *ids, size_t n, size_t context,
+                         size_t stride, lora_ppl_result *res, lora_error *err);
 
 int lora_eval_run(lora_model *m, const lora_dataset *ds, const lora_eval_opts *opts,
                   lora_eval_result *res, lora_error *err);
@@ -1599,15 +1743,18 @@ int lora_eval_run(lora_model *m, const lora_dataset *ds, const lora_eval_opts *o
  * archive: LORA_EINPUT saying so. */
 int lora_eval_registered(lora_registry *reg, const char *spec, lora_reg_adapter **out,
                          lora_error *err);
-/* Record a finished evaluation of A's adapter AD (attached to M) as two
- * eval rows with the same time: "accuracy" (res->accuracy) and "nll"
- * (res->mean_nll, mean NLL per scored token; left out when no token
- * was scored), items = res->items, base hash = lora_base_hash(AD, M's
+/* Record a finished evaluation of A's adapter AD (attached to M): one
+ * eval row per metric that has items, all with the same time:
+ * "accuracy" (multiple choice), "exact_match", "bleu", "rouge1",
+ * "rouge2", "rougeL" (generation), "nll" (mean per scored token) and
+ * "perplexity"; items = res->items, base hash = lora_base_hash(AD, M's
  * checkpoint) in hex, data set hash DATASET_HASH (hex BLAKE2b-256 of
- * the data file) and name DATASET.  *recorded (optional): rows written
- * (each row is its own transaction). */
+ * the data bytes) and name DATASET, MODE ("unmerged", "merged") and
+ * BASE_NAME (may be NULL).  *recorded (optional): rows written (each row
+ * is its own transaction). */
 int lora_eval_record(lora_registry *reg, const lora_reg_adapter *a, const lora_model *m,
                      const lora_adapter *ad, const char *dataset_hash, const char *dataset,
+                     const char *mode, const char *base_name,
                      const lora_eval_result *res, size_t *recorded, lora_error *err);
 
 /* Exact recovery of W0: for every weight the adapter changes, merge in
@@ -1628,6 +1775,42 @@ int lora_eval_check_recovery(const lora_ckpt *base, lora_adapter *ad, int nthrea
 void lora_recovery_free(lora_recovery *r, size_t n);
 
 
+/* ---- section: tokenizer (tokenizer*.c) ---- */
+
+/* Hugging Face tokenizer.json (model BPE: byte-level as GPT-2, Llama 3
+ * and Qwen2, or SentencePiece-style with byte fallback), ids identical
+ * to Hugging Face tokenizers.  Anything else (WordPiece, Unigram, an
+ * unknown normalizer, pre-tokenizer, post-processor or decoder) is
+ * refused, LORA_EINPUT naming the component.  A tokenizer is read-only
+ * after open; encode and decode may run from several threads.
+ * Special tokens (add_special): the post_processor's template, with
+ * tokenizer_config.json's add_bos_token / add_eos_token overriding it
+ * and Llama 3's <|begin_of_text|> added when it is the bos_token (the
+ * first Llama 3 tokenizer.json lacks the template).  bos/eos: the
+ * config's bos_token / eos_token, else the template's.  vocab_size: the
+ * highest id + 1 (the number of tokens, added ones included, when the
+ * ids are dense as in every real tokenizer).  Invalid UTF-8 text and
+ * ids outside the vocabulary are refused (LORA_EINPUT). */
+typedef struct lora_tokenizer lora_tokenizer;
+/* PATH: a tokenizer.json file or a folder holding tokenizer.json (and optionally tokenizer_config.json). */
+int lora_tokenizer_open(const char *path, lora_tokenizer **out, lora_error *err);
+void lora_tokenizer_free(lora_tokenizer *tok);
+/* Encode LEN bytes of UTF-8 TEXT. add_special: apply the post_processor (BOS/EOS as tokenizer.json / tokenizer_config.json say). *ids is malloc'd, caller frees. */
+int lora_tokenizer_encode(const lora_tokenizer *tok, const char *text, size_t len, int add_special, int32_t **ids, size_t *n, lora_error *err);
+/* Decode ids to malloc'd NUL-terminated UTF-8. skip_special: drop special added tokens. */
+int lora_tokenizer_decode(const lora_tokenizer *tok, const int32_t *ids, size_t n, int skip_special, char **text, lora_error *err);
+int32_t lora_tokenizer_bos(const lora_tokenizer *tok);   /* -1 when none */
+int32_t lora_tokenizer_eos(const lora_tokenizer *tok);   /* -1 when none */
+size_t lora_tokenizer_vocab_size(const lora_tokenizer *tok);  /* including added tokens */
+/* lora-eval --tokenize / --detokenize: JSONL from IN (NAME in messages)
+ * to OUT, one line per non-blank input line.  detokenize 0: the "text"
+ * string becomes "ids" (the post-processor's special tokens added when
+ * SPECIAL); 1: "ids" becomes "text" (special tokens dropped unless
+ * SPECIAL).  Every other key is echoed in its order.  Nothing is written
+ * unless every line succeeds; *lines (optional): lines written. */
+int lora_tokenize_jsonl(const lora_tokenizer *tok, FILE *in, const char *name, FILE *out,
+                        int detokenize, int special, size_t *lines, lora_error *err);
+
 /* ---- section: reliability (error.c) ---- */
 
 /* Remove every temporary file and folder liblora's writers have open
@@ -1636,6 +1819,234 @@ void lora_recovery_free(lora_recovery *r, size_t n);
  * handler of a fatal signal such as SIGBUS, which then calls _exit.
  * Temporary folders are emptied and removed on Linux only. */
 void lora_tmp_remove_all(void);
+
+/* ---- section: GGUF files and llama.cpp LoRA adapters (gguf.c, gguf_write.c,
+ *      gguf_names.c, convert.c) ---- */
+
+/* GGUF (llama.cpp, formats.md §5): versions 2 and 3, little-endian
+ * only.  The reader maps the file and checks every count, string
+ * length, array length, tensor dimension, type, offset and the
+ * alignment against the file size before anything is allocated for
+ * them or read through them; a big-endian file, an unknown value type
+ * or ggml type, duplicate keys or tensor names, overlapping or
+ * misaligned tensors are refused (LORA_EINPUT, naming the problem). */
+enum {
+    LORA_GGUF_U8 = 0, LORA_GGUF_I8 = 1, LORA_GGUF_U16 = 2, LORA_GGUF_I16 = 3,
+    LORA_GGUF_U32 = 4, LORA_GGUF_I32 = 5, LORA_GGUF_F32 = 6, LORA_GGUF_BOOL = 7,
+    LORA_GGUF_STRING = 8, LORA_GGUF_ARRAY = 9, LORA_GGUF_U64 = 10, LORA_GGUF_I64 = 11,
+    LORA_GGUF_F64 = 12
+};
+/* ggml tensor types the tools compute with (others are carried as bytes). */
+enum { LORA_GGML_F32 = 0, LORA_GGML_F16 = 1, LORA_GGML_BF16 = 30 };
+
+#define LORA_GGUF_MAX_DIMS 4
+#define LORA_GGUF_MAX_NAME 63          /* ggml's GGML_MAX_NAME - 1 */
+#define LORA_GGUF_DEFAULT_ALIGNMENT 32
+#define LORA_GGUF_MAX_STRING (1ULL << 30)  /* one key or string value */
+
+/* 1 when buf (len bytes, the start of a file) begins with GGUF's magic. */
+int lora_gguf_magic(const void *buf, size_t len);
+/* 1 when the file at PATH begins with GGUF's magic (0 when not, or unreadable). */
+int lora_gguf_is_file(const char *path);
+
+typedef struct lora_gguf_kv {
+    const char *key;
+    int type;                 /* LORA_GGUF_* */
+    int arr_type;             /* element type of an array, else -1 */
+    uint64_t n;               /* array elements (1 for a scalar) */
+    const void *data;         /* numbers (scalar or array): little-endian bytes
+                                 inside the file; NULL for strings */
+    const char *str;          /* STRING: NUL-terminated copy (len bytes, may hold NUL) */
+    uint64_t len;
+    uint64_t raw_off, raw_len;/* the value's bytes in the file (after the type) */
+} lora_gguf_kv;
+
+typedef struct lora_gguf_tensor {
+    const char *name;
+    uint32_t type;            /* ggml type */
+    int ndim;                 /* 1..4 */
+    uint64_t ne[LORA_GGUF_MAX_DIMS];   /* ne[0] innermost: reverse of the torch shape */
+    uint64_t numel, nbytes;
+    uint64_t offset;          /* absolute offset in the file */
+    const void *data;
+    lora_dtype dtype;         /* F32, F16, BF16; LORA_DT_INVALID for other types */
+} lora_gguf_tensor;
+
+typedef struct lora_gguf lora_gguf;
+
+int lora_gguf_open(const char *path, lora_gguf **out, lora_error *err);
+/* buf must outlive the object; name is used in messages. */
+int lora_gguf_open_memory(const void *buf, size_t len, const char *name, lora_gguf **out,
+                          lora_error *err);
+void lora_gguf_close(lora_gguf *g);
+const char *lora_gguf_path(const lora_gguf *g);
+uint32_t lora_gguf_version(const lora_gguf *g);
+uint64_t lora_gguf_size(const lora_gguf *g);
+uint64_t lora_gguf_alignment(const lora_gguf *g);
+uint64_t lora_gguf_data_offset(const lora_gguf *g);   /* start of the tensor data */
+size_t lora_gguf_kv_count(const lora_gguf *g);
+const lora_gguf_kv *lora_gguf_kv_at(const lora_gguf *g, size_t i);   /* file order */
+const lora_gguf_kv *lora_gguf_find_kv(const lora_gguf *g, const char *key);
+/* Element i of a string array: *s points into the file (not NUL-terminated). */
+int lora_gguf_kv_arr_str(const lora_gguf *g, const lora_gguf_kv *kv, uint64_t i, const char **s,
+                         uint64_t *len);
+/* A STRING value by key, or NULL when absent or of another type. */
+const char *lora_gguf_get_str(const lora_gguf *g, const char *key);
+/* A number by key, converted to double from any numeric or bool type;
+ * 0 when found, -1 when absent or not a number. */
+int lora_gguf_get_num(const lora_gguf *g, const char *key, double *out);
+size_t lora_gguf_tensor_count(const lora_gguf *g);
+const lora_gguf_tensor *lora_gguf_tensor_at(const lora_gguf *g, size_t i);  /* file order */
+const lora_gguf_tensor *lora_gguf_find_tensor(const lora_gguf *g, const char *name);
+/* "F32", "Q4_K", ...; NULL for a type ggml does not define. */
+const char *lora_ggml_type_name(uint32_t type);
+/* Value type name ("u32", "string", ...); NULL when unknown. */
+const char *lora_gguf_type_name(int type);
+
+/* Writer: key/values and tensor declarations first, then start (the
+ * header and its padding are written), then tensor bytes in any order,
+ * then commit (each tensor padded to the alignment, fsync, rename of
+ * the temporary beside PATH).  Tensors are laid out in declaration
+ * order.  alignment 0: 32; otherwise a power of two, written as
+ * general.alignment (u32) when it is not 32. */
+typedef struct lora_ggw lora_ggw;
+
+int lora_ggw_new(const char *path, uint32_t alignment, lora_ggw **out, lora_error *err);
+int lora_ggw_kv_str(lora_ggw *w, const char *key, const char *value, lora_error *err);
+/* A number, or an array of n numbers when arr is non-zero (type is
+ * then the element type); data holds little-endian values. */
+int lora_ggw_kv_num(lora_ggw *w, const char *key, int type, int arr, uint64_t n,
+                    const void *data, lora_error *err);
+int lora_ggw_kv_u32(lora_ggw *w, const char *key, uint32_t v, lora_error *err);
+int lora_ggw_kv_f32(lora_ggw *w, const char *key, float v, lora_error *err);
+/* Copy a key/value of an opened file as it is (any type). */
+int lora_ggw_kv_copy(lora_ggw *w, const lora_gguf *g, const lora_gguf_kv *kv, lora_error *err);
+/* ne in ggml order; type any ggml type (its byte size from ggml's table). */
+int lora_ggw_declare(lora_ggw *w, const char *name, uint32_t type, int ndim, const uint64_t *ne,
+                     lora_error *err);
+int lora_ggw_start(lora_ggw *w, lora_error *err);
+int lora_ggw_write(lora_ggw *w, const char *name, uint64_t off, const void *buf, size_t len,
+                   lora_error *err);
+/* Every tensor must have been written in full (LORA_EIO otherwise,
+ * nothing left behind).  Frees w whatever the result. */
+int lora_ggw_commit(lora_ggw *w, lora_error *err);
+void lora_ggw_abort(lora_ggw *w);
+
+/* Names, HF module path <-> GGUF tensor name (gguf_names.c), after
+ * llama.cpp's gguf-py tensor_mapping.py, for the architectures
+ * lora-convert supports: llama (and mistral), qwen2, gemma2, gemma3,
+ * phi3, gpt2. */
+typedef struct lora_gguf_arch {
+    char name[32];            /* general.architecture: "llama", "qwen2", ... */
+    char model_type[64];      /* config.json model_type */
+    uint64_t heads, kv_heads; /* for llama's q/k row permutation */
+    int permute_qk;           /* llama.cpp's converter permutes q/k rows */
+    int tied;                 /* tie_word_embeddings (no output tensor in GGUF) */
+} lora_gguf_arch;
+
+/* From a config.json text; an architecture not in the list above is
+ * LORA_EINPUT naming it. */
+int lora_gguf_arch_from_config(const char *json, size_t len, lora_gguf_arch *arch,
+                               lora_error *err);
+/* From general.architecture (heads unknown: 0). */
+int lora_gguf_arch_from_name(const char *name, lora_gguf_arch *arch, lora_error *err);
+/* HF module path (PEFT prefixes removed, e.g. "model.layers.3.self_attn.q_proj")
+ * -> GGUF tensor base name ("blk.3.attn_q.weight") in out; 0, or -1 when
+ * the module has no GGUF tensor. */
+int lora_gguf_name_from_hf(const lora_gguf_arch *arch, const char *module, char *out, size_t cap);
+/* The reverse: GGUF base name -> HF module path; 0 or -1. */
+int lora_gguf_name_to_hf(const lora_gguf_arch *arch, const char *gguf, char *out, size_t cap);
+/* llama.cpp's q/k row permutation of a matrix with rows = n_head·hd
+ * rows of `cols` elements of `esize` bytes: new row h·hd + 2j + t =
+ * old row h·hd + t·hd/2 + j.  inverse: the other way.  rows must be a
+ * multiple of 2·n_head (LORA_EINPUT otherwise). */
+int lora_gguf_permute_rows(void *dst, const void *src, uint64_t rows, uint64_t cols,
+                           size_t esize, uint64_t n_head, int inverse, lora_error *err);
+
+/* A GGUF LoRA adapter as llama.cpp reads it (general.type "adapter",
+ * adapter.type "lora"): lora_a / lora_b pairs, shapes checked as
+ * llama.cpp's loader checks them; "_norm.weight" tensors counted and
+ * skipped as llama.cpp skips them. */
+typedef struct lora_gguf_pair {
+    char *name;               /* base tensor name: "blk.0.attn_q.weight" */
+    const lora_gguf_tensor *a, *b;
+    uint64_t r, in, out;      /* token_embd: in = vocab, out = embedding */
+    int embedding;            /* token_embd: lora_a stored transposed */
+} lora_gguf_pair;
+
+typedef struct lora_gguf_adapter {
+    lora_gguf *g;
+    const char *architecture; /* general.architecture, or NULL */
+    double alpha;             /* adapter.lora.alpha (0 when absent, as llama.cpp) */
+    int has_alpha;
+    size_t n;
+    lora_gguf_pair *pairs;    /* sorted by name */
+    size_t n_norms;           /* *_norm.weight tensors llama.cpp ignores */
+    uint64_t tensor_bytes;
+} lora_gguf_adapter;
+
+int lora_gguf_adapter_open(const char *path, lora_gguf_adapter **out, lora_error *err);
+void lora_gguf_adapter_free(lora_gguf_adapter *ga);
+/* The scale llama.cpp applies to a pair at user scale 1: alpha / r, or
+ * 1 when alpha is 0 (llama_adapter_lora_weight::get_scale, in float). */
+double lora_gguf_pair_scale(const lora_gguf_adapter *ga, const lora_gguf_pair *p);
+/* lora-inspect's report on a GGUF adapter: architecture, alpha, ranks
+ * and their scales, modules, parameters, bytes; human text or one JSON
+ * object (fields: lora-convert(1), INSPECTING), malloc'd, ending in a newline. */
+char *lora_gguf_adapter_report(const lora_gguf_adapter *ga, int json, lora_error *err);
+
+/* Conversions (convert.c). */
+typedef struct lora_convert_opts {
+    const char *base;         /* folder with config.json, that file, or a GGUF
+                                 model whose tensors modules are checked against
+                                 (to GGUF: required; to PEFT: optional, for
+                                 llama's head counts) */
+    lora_dtype outtype;       /* F32, F16, BF16; INVALID: the input's dtype */
+    int skip_unsupported;     /* leave out modules_to_save/bias/untranslatable
+                                 modules (listed in the report) instead of refusing */
+    int overwrite;            /* replace an existing output */
+} lora_convert_opts;
+
+typedef struct lora_convert_module {
+    char *from, *to;          /* names on both sides */
+    uint64_t r;
+    double scale;             /* the scale PEFT applies (= what llama.cpp applies after folding) */
+    double fold;              /* factor folded into B (1 when none) */
+    int permuted;             /* lora_b rows permuted (llama q/k) */
+    int transposed;           /* lora_a transposed (token_embd) */
+} lora_convert_module;
+
+typedef struct lora_convert_report {
+    char architecture[32];
+    double alpha;             /* adapter.lora.alpha written or read */
+    lora_dtype dtype;         /* of the tensors written */
+    size_t n_modules;
+    lora_convert_module *modules;
+    size_t n_skipped;
+    char **skipped;           /* "NAME: why" */
+    uint64_t bytes;           /* of the output file(s) */
+} lora_convert_report;
+
+void lora_convert_report_free(lora_convert_report *rep);
+
+/* PEFT adapter -> llama.cpp GGUF LoRA adapter at OUT (one file, atomic).
+ * Per-module scales one adapter.lora.alpha cannot express (rsLoRA,
+ * rank_pattern, alpha_pattern) are folded into B: alpha is chosen as
+ * the most common alpha_m·r_m/… so that most modules keep their bytes,
+ * and B of the others is multiplied by fold = s_m / (alpha_f32 / r_m)
+ * in double before the one rounding to the output dtype.  llama's q/k
+ * lora_b rows are permuted; token_embd's lora_a is transposed. */
+int lora_convert_to_gguf(const lora_adapter *ad, const char *out, const lora_convert_opts *o,
+                         lora_convert_report *rep, lora_error *err);
+/* GGUF LoRA adapter -> PEFT folder OUT (adapter_config.json +
+ * adapter_model.safetensors, built as a temporary folder and renamed).
+ * lora_alpha is the file's alpha and r the most common rank; other
+ * ranks go to rank_pattern (and alpha_pattern keeps alpha), so PEFT's
+ * scale equals llama.cpp's.  llama's q/k permutation is undone (head
+ * counts from o->base's config.json, or llama.attention.head_count[_kv]
+ * in the file). */
+int lora_convert_to_peft(const char *gguf, const char *out, const lora_convert_opts *o,
+                         lora_convert_report *rep, lora_error *err);
 
 #ifdef __cplusplus
 }

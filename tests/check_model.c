@@ -577,6 +577,149 @@ START_TEST(config_parse)
 }
 END_TEST
 
+/* ------------------------------------------------------------------ */
+/* Adapters on the embedding and the head (issue 14.6)                 */
+/* ------------------------------------------------------------------ */
+
+/* An adapter folder (config text, F32 tensors of values amp·sin(...)) in
+ * a fresh temporary folder. */
+static char *write_adapter(const char *cfg, const char *const *names, const uint64_t (*shapes)[2],
+                           size_t n, float amp)
+{
+    char *d = tu_tmpdir();
+    char *p = tu_path(d, "adapter_config.json");
+    tu_write(p, cfg, strlen(cfg));
+    free(p);
+    p = tu_path(d, "adapter_model.safetensors");
+    lora_stw *w;
+    lora_error e;
+    ck_assert_int_eq(lora_stw_new(p, &w, &e), 0);
+    for (size_t i = 0; i < n; i++)
+        ck_assert_msg(lora_stw_declare(w, names[i], LORA_DT_F32, 2, shapes[i], &e) == 0, "%s",
+                      e.msg);
+    ck_assert_msg(lora_stw_start(w, &e) == 0, "%s", e.msg);
+    for (size_t i = 0; i < n; i++) {
+        uint64_t cnt = shapes[i][0] * shapes[i][1];
+        float *v = malloc(cnt * sizeof *v);
+        ck_assert_ptr_nonnull(v);
+        for (uint64_t k = 0; k < cnt; k++)
+            v[k] = amp * sinf(0.7f * (float)k + (float)i);
+        ck_assert_msg(lora_stw_write(w, names[i], 0, v, cnt * 4, &e) == 0, "%s", e.msg);
+        free(v);
+    }
+    ck_assert_msg(lora_stw_commit(w, &e) == 0, "%s", e.msg);
+    free(p);
+    return d;
+}
+
+/* An embedding update (lora_embedding_A [r, V], B [E, r]) and an untied
+ * lm_head update on the LLaMA fixture: at run time and merged in memory
+ * the same predictions, and the NLL equal to that of the checkpoint
+ * lora-merge writes (exactly for the in-memory merge, which is the same
+ * computation; to 1e-5 relative at run time). */
+START_TEST(embedding_and_head)
+{
+    static const char *const names[] = {
+        "base_model.model.model.embed_tokens.lora_embedding_A",
+        "base_model.model.model.embed_tokens.lora_embedding_B",
+        "base_model.model.lm_head.lora_A.weight", "base_model.model.lm_head.lora_B.weight",
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight",
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"};
+    static const uint64_t shapes[][2] = {{2, 32}, {64, 2}, {2, 64}, {32, 2}, {2, 64}, {64, 2}};
+    char *ad_dir = write_adapter("{\"peft_type\":\"LORA\",\"r\":2,\"lora_alpha\":4,"
+                                 "\"target_modules\":[\"embed_tokens\",\"lm_head\",\"q_proj\"]}",
+                                 names, shapes, 6, 0.5f);
+    lora_adapter *ad = NULL;
+    lora_error err;
+    lora_error_clear(&err);
+    ck_assert_msg(lora_adapter_open(ad_dir, &ad, &err) == 0, "%s", err.msg);
+    lora_model *m = open_model("llama-base");
+    lora_dataset *ds = load_data("reverse", 32);
+    lora_eval_result base = run_eval(m, ds, LORA_MODE_BASE, 0);
+    ck_assert_msg(lora_model_attach(m, ad, 1, &err) == LORA_OK, "%s", err.msg);
+    ck_assert_uint_eq(lora_model_adapted(m), 3);
+    lora_eval_result run = run_eval(m, ds, LORA_MODE_UNMERGED, LORA_MODE_MERGED);
+    ck_assert_uint_eq(run.disagreements, 0);
+    lora_eval_result mem = run_eval(m, ds, LORA_MODE_MERGED, 0);
+    ck_assert_msg(fabs(run.mean_nll - base.mean_nll) > 1e-3, "the adapter changes nothing: %g %g",
+                  run.mean_nll, base.mean_nll);
+    lora_model_free(m);
+
+    char *tmp = tu_tmpdir(), *out = tu_path(tmp, "merged"), *in = fx("llama-base");
+    lora_merge_adapter ma = {.ad = ad, .weight = 1, .spec = ad_dir};
+    lora_merge_opts o = {.nthreads = 1, .rounding = LORA_ROUND_NEAREST};
+    lora_merge_result res;
+    ck_assert_msg(lora_merge_run(in, NULL, 0, &ma, 1, out, &o, &res, &err) == 0, "%s", err.msg);
+    ck_assert_msg(lora_model_open(out, &m, &err) == 0, "%s", err.msg);
+    lora_eval_result file = run_eval(m, ds, LORA_MODE_BASE, 0);
+    lora_model_free(m);
+    ck_assert_msg(file.mean_nll == mem.mean_nll, "merged file %.17g, merged in memory %.17g",
+                  file.mean_nll, mem.mean_nll);
+    ck_assert_msg(fabs(run.mean_nll - file.mean_nll) <= 1e-5 * fabs(file.mean_nll),
+                  "run time %.17g, merged file %.17g", run.mean_nll, file.mean_nll);
+    lora_dataset_free(ds);
+    lora_adapter_free(ad);
+    tu_rmtree(ad_dir);
+    free(ad_dir);
+    tu_rmtree(tmp);
+    free(tmp);
+    free(out);
+    free(in);
+}
+END_TEST
+
+/* An lm_head update on GPT-2 with tied embeddings (no lm_head.weight):
+ * lora-eval applies it to the head alone, at run time and merged alike;
+ * binding for a merge refuses it saying the head is tied; an embedding
+ * update on a tied model is refused by evaluation, saying why. */
+START_TEST(tied_head)
+{
+    static const char *const names[] = {"base_model.model.lm_head.lora_A.weight",
+                                        "base_model.model.lm_head.lora_B.weight"};
+    static const uint64_t shapes[][2] = {{2, 64}, {32, 2}};
+    char *ad_dir = write_adapter("{\"peft_type\":\"LORA\",\"r\":2,\"lora_alpha\":4,"
+                                 "\"target_modules\":[\"lm_head\"]}", names, shapes, 2, 0.5f);
+    lora_adapter *ad = NULL;
+    lora_error err;
+    lora_error_clear(&err);
+    ck_assert_msg(lora_adapter_open(ad_dir, &ad, &err) == 0, "%s", err.msg);
+    lora_model *m = open_model("gpt2-base");
+    ck_assert_int_eq(lora_adapter_bind(ad, lora_model_ckpt(m), &err), LORA_EINPUT);
+    ck_assert_msg(strstr(err.msg, "lm_head.weight") && strstr(err.msg, "tied"), "%s", err.msg);
+    lora_dataset *ds = load_data("reverse", 32);
+    lora_eval_result base = run_eval(m, ds, LORA_MODE_BASE, 0);
+    ck_assert_msg(lora_model_attach(m, ad, 1, &err) == LORA_OK, "%s", err.msg);
+    lora_eval_result run = run_eval(m, ds, LORA_MODE_UNMERGED, LORA_MODE_MERGED);
+    ck_assert_uint_eq(run.disagreements, 0);
+    lora_eval_result mem = run_eval(m, ds, LORA_MODE_MERGED, 0);
+    ck_assert_msg(fabs(run.mean_nll - mem.mean_nll) <= 1e-5 * fabs(mem.mean_nll), "%.17g %.17g",
+                  run.mean_nll, mem.mean_nll);
+    ck_assert(fabs(run.mean_nll - base.mean_nll) > 1e-3);
+    /* detached, the tied embedding is the base's again (the merged head
+     * was a copy, never written into the shared embedding) */
+    lora_model_detach(m);
+    lora_eval_result again = run_eval(m, ds, LORA_MODE_BASE, 0);
+    ck_assert(again.mean_nll == base.mean_nll);
+    lora_adapter_free(ad);
+    tu_rmtree(ad_dir);
+    free(ad_dir);
+
+    static const char *const en[] = {"base_model.model.transformer.wte.lora_embedding_A",
+                                     "base_model.model.transformer.wte.lora_embedding_B"};
+    static const uint64_t es[][2] = {{2, 32}, {64, 2}};
+    ad_dir = write_adapter("{\"peft_type\":\"LORA\",\"r\":2,\"lora_alpha\":4,"
+                           "\"target_modules\":[\"wte\"]}", en, es, 2, 0.5f);
+    ck_assert_msg(lora_adapter_open(ad_dir, &ad, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(lora_model_attach(m, ad, 0, &err), LORA_EINPUT);
+    ck_assert_msg(strstr(err.msg, "tied to the embeddings"), "%s", err.msg);
+    lora_adapter_free(ad);
+    tu_rmtree(ad_dir);
+    free(ad_dir);
+    lora_dataset_free(ds);
+    lora_model_free(m);
+}
+END_TEST
+
 /* Model folders whose tensors do not fit their config. */
 START_TEST(bad_folders)
 {
@@ -598,6 +741,9 @@ START_TEST(bad_folders)
         {"{\"model_type\":\"llama\",\"vocab_size\":32,\"hidden_size\":64}",
          "tensor model.embed_tokens.weight is missing"},
         {"{\"architectures\":[\"T5ForConditionalGeneration\"]}", "architecture T5ForConditionalGeneration"},
+        /* fewer layers than the checkpoint holds: never run truncated (issue 20.11) */
+        {"{\"model_type\":\"gpt2\",\"vocab_size\":32,\"n_embd\":64,\"n_head\":4,\"n_layer\":1,"
+         "\"n_positions\":32}", "declares 1 layers (n_layer) but the checkpoint holds 2"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         tu_write(cfgp, cases[i].cfg, strlen(cases[i].cfg));
@@ -643,6 +789,8 @@ int main(void)
     tcase_add_test(tc, sharded);
     tcase_add_test(tc, wrong_base);
     tcase_add_test(tc, bad_folders);
+    tcase_add_test(tc, embedding_and_head);
+    tcase_add_test(tc, tied_head);
     tcase_add_test(tc, recovery);
     tcase_add_test(tc, compare_detects);
     tcase_add_test(tc, task_accuracy);

@@ -9,7 +9,10 @@
 #include "testutil.h"
 #include "internal.h"
 
+#include <dirent.h>
+#include <math.h>
 #include <string.h>
+#include <sys/stat.h>
 
 static const struct {
     const char *file;
@@ -113,6 +116,152 @@ START_TEST(test_base_checkpoint)
 }
 END_TEST
 
+/* Every folder of fixtures/real, whatever INDEX.md says today: an
+ * adapter folder opens and inspects without an error (a negative one,
+ * x-*, is refused cleanly); a model folder opens as a checkpoint or is
+ * refused naming what is missing or what it holds (GGUF). */
+START_TEST(test_every_fixture)
+{
+    char *root = tu_fixture("real");
+    DIR *d = opendir(root);
+    ck_assert_ptr_nonnull(d);
+    struct dirent *de;
+    size_t seen = 0;
+    while ((de = readdir(d))) {
+        if (de->d_name[0] == '.')
+            continue;
+        char *dir = tu_path(root, de->d_name), *cfg = tu_path(dir, "adapter_config.json");
+        struct stat sb;
+        if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
+            free(dir);
+            free(cfg);
+            continue;
+        }
+        seen++;
+        lora_error e;
+        lora_error_clear(&e);
+        int negative = strncmp(de->d_name, "x-", 2) == 0;
+        if (stat(cfg, &sb) == 0) {
+            lora_adapter *ad = NULL;
+            int rc = lora_adapter_open(dir, &ad, &e);
+            if (negative) {
+                ck_assert_msg(rc == LORA_EINPUT && e.msg[0], "%s: rc %d", de->d_name, rc);
+            } else {
+                ck_assert_msg(rc == LORA_OK, "%s: %s", de->d_name, e.msg);
+                lora_report *rep;
+                ck_assert_int_eq(lora_inspect(ad, NULL, &rep, &e), LORA_OK);
+                for (size_t i = 0; i < rep->n_problems; i++)
+                    ck_abort_msg("%s: %s", de->d_name, rep->problems[i].msg);
+                lora_report_free(rep);
+                lora_adapter_free(ad);
+            }
+        } else {
+            lora_ckpt *ck = NULL;
+            int rc = lora_ckpt_open(dir, &ck, &e);
+            if (rc == LORA_OK) {
+                ck_assert_uint_gt(lora_ckpt_count(ck), 0);
+                lora_ckpt_close(ck);
+            } else {
+                ck_assert_msg(rc == LORA_EINPUT && (strstr(e.msg, "missing") ||
+                                                    strstr(e.msg, "GGUF")),
+                              "%s: %s", de->d_name, e.msg);
+            }
+        }
+        free(cfg);
+        free(dir);
+    }
+    closedir(d);
+    ck_assert_uint_ge(seen, 8);
+    free(root);
+}
+END_TEST
+
+/* A GGUF model is named as such, by the reader and by the folder opener. */
+START_TEST(test_gguf_named)
+{
+    char *p = tu_fixture("real/gguf-llama2-tiny-random/llama-2-tiny-random.gguf");
+    lora_st *st = NULL;
+    lora_error e;
+    ck_assert_int_eq(lora_st_open(p, &st, &e), LORA_EINPUT);
+    ck_assert_msg(strstr(e.msg, "this is a GGUF file"), "%s", e.msg);
+    free(p);
+    p = tu_fixture("real/gguf-llama2-tiny-random");
+    lora_ckpt *ck = NULL;
+    ck_assert_int_eq(lora_ckpt_open(p, &ck, &e), LORA_EINPUT);
+    ck_assert_msg(strstr(e.msg, "llama-2-tiny-random.gguf, a GGUF file"), "%s", e.msg);
+    free(p);
+}
+END_TEST
+
+/* The real SEQ_CLS adapter (GPT-2, LoRA on c_attn, a score head saved
+ * whole) merged into a GPT-2-shaped base that has a score head: every
+ * c_attn is W0 + s·(B·A)ᵀ (Conv1D) at sampled elements against a plain
+ * loop in double, and score.weight is the adapter's, value for value. */
+START_TEST(test_seqcls_merge)
+{
+    char *ap = tu_fixture("real/gpt2-seqcls-r2");
+    lora_adapter *ad = NULL;
+    lora_error e;
+    ck_assert_msg(lora_adapter_open(ap, &ad, &e) == LORA_OK, "%s", e.msg);
+    char *tmp = tu_tmpdir(), *in = tu_path(tmp, "base.safetensors"),
+         *out = tu_path(tmp, "merged.safetensors");
+    lora_stw *w;
+    ck_assert_int_eq(lora_stw_new(in, &w, &e), 0);
+    char name[64];
+    uint64_t cs[2] = {768, 2304}, ss[2] = {4, 768};
+    for (int l = 0; l < 12; l++) {
+        snprintf(name, sizeof name, "h.%d.attn.c_attn.weight", l);
+        ck_assert_int_eq(lora_stw_declare(w, name, LORA_DT_F32, 2, cs, &e), 0);
+    }
+    ck_assert_int_eq(lora_stw_declare(w, "score.weight", LORA_DT_F32, 2, ss, &e), 0);
+    ck_assert_int_eq(lora_stw_start(w, &e), 0);
+    float *v = malloc(768 * 2304 * sizeof *v);
+    ck_assert_ptr_nonnull(v);
+    for (size_t k = 0; k < 768 * 2304; k++)
+        v[k] = 0.01f * (float)(k % 97) - 0.5f;
+    for (int l = 0; l < 12; l++) {
+        snprintf(name, sizeof name, "h.%d.attn.c_attn.weight", l);
+        ck_assert_int_eq(lora_stw_write(w, name, 0, v, 768 * 2304 * 4, &e), 0);
+    }
+    ck_assert_int_eq(lora_stw_write(w, "score.weight", 0, v, 4 * 768 * 4, &e), 0);
+    ck_assert_msg(lora_stw_commit(w, &e) == 0, "%s", e.msg);
+
+    lora_merge_adapter ma = {.ad = ad, .weight = 1, .spec = ap};
+    lora_merge_opts o = {.nthreads = 2, .rounding = LORA_ROUND_NEAREST};
+    lora_merge_result res;
+    ck_assert_msg(lora_merge_run(in, NULL, 0, &ma, 1, out, &o, &res, &e) == 0, "%s", e.msg);
+    ck_assert_uint_eq(res.changed_tensors, 13);
+    lora_ckpt *ck;
+    ck_assert_msg(lora_ckpt_open(out, &ck, &e) == 0, "%s", e.msg);
+    const lora_tensor *sc = lora_ckpt_find(ck, "score.weight", NULL);
+    ck_assert_int_eq(memcmp(sc->data, ad->saved[0].t->data, 4 * 768 * 4), 0);
+    for (size_t mi = 0; mi < ad->n_modules; mi++) {
+        const lora_module *m = &ad->modules[mi];
+        const lora_tensor *t = lora_ckpt_find(ck, m->target, NULL);
+        ck_assert_ptr_nonnull(t);
+        const float *A = m->A->data, *B = m->B->data, *W = t->data;
+        for (uint64_t i = 0; i < 768; i += 37)        /* in */
+            for (uint64_t j = 0; j < 2304; j += 101) { /* out */
+                double dw = 0;
+                for (uint64_t k = 0; k < m->r; k++)
+                    dw += (double)B[j * m->r + k] * (double)A[k * 768 + i];
+                float want = (float)((double)v[i * 2304 + j] + dw * m->scale);
+                ck_assert_msg(W[i * 2304 + j] == want, "%s [%llu, %llu]: %.9g, want %.9g",
+                              m->target, (unsigned long long)i, (unsigned long long)j,
+                              W[i * 2304 + j], want);
+            }
+    }
+    lora_ckpt_close(ck);
+    lora_adapter_free(ad);
+    free(v);
+    free(in);
+    free(out);
+    tu_rmtree(tmp);
+    free(tmp);
+    free(ap);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("realfiles");
@@ -122,6 +271,9 @@ int main(void)
     tcase_add_test(tc, test_truncated);
     tcase_add_test(tc, test_llama_index);
     tcase_add_test(tc, test_base_checkpoint);
+    tcase_add_test(tc, test_every_fixture);
+    tcase_add_test(tc, test_gguf_named);
+    tcase_add_test(tc, test_seqcls_merge);
     suite_add_tcase(s, tc);
     return tu_run(s, 1);
 }

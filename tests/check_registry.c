@@ -542,7 +542,7 @@ START_TEST(evals_record)
     trust_test_key(reg);
     ck_assert_int_eq(add(reg, dir, "a", "1.0.0", "t", "b", 1, 1), 0);
     ck_assert_int_eq(add(reg, dir, "a", "1.1.0", "t", "b", 1, 2), 0);
-    lora_reg_eval ev = {"a@1.0.0", "bh", "dh", "mmlu", "accuracy", 0.5, 100, 1000, "0.1.0"};
+    lora_reg_eval ev = {"a@1.0.0", "bh", "dh", "mmlu", "accuracy", 0.5, 100, 1000, "0.1.0", NULL, NULL};
     ck_assert_int_eq(lora_registry_record_eval(reg, &ev, &e), 0);
     ev.adapter = "reg:a@1.1.0";
     ev.value = 0.625;

@@ -161,6 +161,7 @@ lora-merge|json|"\$M/llama-base" -a "\$A" -o "\$T/merged\$S"
 lora-unmerge|json|"\$T/merged\$S" -a "\$A" --receipt "\$T/merged\$S.receipt" -o "\$T/base\$S"
 lora-unmerge|json|--check "\$T/merged\$S" -a "\$A" --receipt "\$T/merged\$S.receipt"
 lora-rank-reduce|json|"\$A" --rank 2 -o "\$T/rr\$S"
+lora-convert|json|"\$A" --base "\$M/llama-base" -o "\$T/cv\$S.gguf"
 lora-pack|-|create "\$A" -s "\$T/k.sec" --name cli --task cli --version 1.0.\$S -o "\$T/a\$S.lora" -q
 lora-pack|json|verify "\$T/a\$S.lora" -p "\$T/k.pub"
 lora-registry|json|-r "\$R" add "\$T/a\$S.lora"
@@ -189,6 +190,7 @@ lora-merge|"\$M/llama-base" -a "\$A" -o -
 lora-merge|"\$M/llama-base" -a "\$A" -o out --receipt -
 lora-unmerge|"\$T/merged1" -a "\$A" --receipt "\$T/merged1.receipt" -o -
 lora-rank-reduce|"\$A" --rank 2 -o -
+lora-convert|"\$A" --base "\$M/llama-base" -o -
 lora-pack|create "\$A" -s "\$T/k.sec" --name x --task x --version 1.0.0 -o -
 lora-pack|keygen -W -s - -p -
 ROWS

@@ -64,3 +64,31 @@ echo "== lora-merge by task name, then unmerge --check with the receipt"
 # lora-eval: accuracy by rank and by adapted weight set on the tiny trained
 # models in tests/fixtures/models (the LoRA paper's Table 6, in small).
 sh "$S/tests/eval-table.sh" "$B" "$S"
+
+# lora-eval on text: the committed text data set (multiple choice and
+# generation, with ids) through the real GPT-2 tokenizer on the tiny real
+# GPT-2, the paper's metrics and each item's prediction; then perplexity
+# of a text file, base and with the committed random adapter.
+G="$S/../shared/fixtures/real/base-tiny-gpt2-e16"
+TK="$S/../shared/fixtures/tokenizers/gpt2"
+if [ -d "$G" ] && [ -d "$TK" ]; then
+    D="$B/demo-out/text"
+    rm -rf "$D"
+    mkdir -p "$D"
+    X="$S/tests/fixtures/text-eval"
+    echo
+    echo "== lora-eval on a text data set (GPT-2 tokenizer, tiny real GPT-2)"
+    head -n 2 "$X/data.jsonl"
+    "$B/lora-eval" --model "$G" --tokenizer "$TK" --data "$X/data.jsonl" \
+        --predictions "$D/predictions.jsonl" -q
+    echo "-- first predictions ($D/predictions.jsonl):"
+    head -n 2 "$D/predictions.jsonl"
+    sed -n 7p "$D/predictions.jsonl" | cut -c 1-200
+    echo
+    echo "== lora-eval --text: perplexity of a text file, base and adapted"
+    "$B/lora-eval" --model "$G" --tokenizer "$TK" -a "$X/adapter" --text "$X/text.txt" \
+        --context 64 --stride 16
+else
+    echo
+    echo "(lora-eval on text skipped: $G or $TK absent)"
+fi

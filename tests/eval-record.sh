@@ -1,4 +1,4 @@
-# tests/eval-record.sh - lora-eval --record: accuracy and NLL rows in the
+# tests/eval-record.sh - lora-eval --record: a row per metric (mode, base name) in the
 # registry's evals table (checked through lora-registry evals --json and
 # an independent BLAKE2b-256 of the data file by b2sum), refusal of an
 # unregistered adapter before any evaluation, recording below
@@ -47,18 +47,19 @@ for a in cls-1.0.0 rev-1.0.0 rev-1.1.0; do
     expect 0 $REG add "$T/arc/$a.lora"
 done
 
-# ---- (a) a registered archive: two rows, the values lora-eval printed ----
+# ---- (a) a registered archive: a row per metric, the values lora-eval printed ----
 expect 0 lora-eval --model "$M/gpt2-base" -a "$T/arc/cls-1.0.0.lora" -p "$T/k.pub" \
     --data "$CLS" --record --registry "$R" --json
 cp "$T/out" "$T/a.json"
-jcheck "$T/a.json" '.recorded.adapter == "cls@1.0.0" and .recorded.rows == 2'
+jcheck "$T/a.json" '.recorded.adapter == "cls@1.0.0" and .recorded.rows == 3'
 jcheck "$T/a.json" '.recorded.dataset_hash == $h and .recorded.registry == $r' \
     --arg h "$DS_CLS" --arg r "$R"
 jcheck "$T/a.json" '.items == 100 and .accuracy > 0 and .accuracy < 1 and .mean_nll > 0'
 $REG show cls@1.0.0 --json >"$T/show.json" 2>/dev/null || fail "lora-registry show cls@1.0.0"
 BASE=$(jq -r .base_hash "$T/show.json")
 evals cls@1.0.0
-jcheck "$T/ev.json" 'length == 2 and ([.[].metric] | sort) == ["accuracy", "nll"]'
+jcheck "$T/ev.json" 'length == 3 and ([.[].metric] | sort) == ["accuracy", "nll", "perplexity"]'
+jcheck "$T/ev.json" 'all(.[]; .mode == "unmerged" and .base_name == "gpt2-base")'
 jcheck "$T/ev.json" '. as $all | all(.[]; .adapter == "cls@1.0.0" and .items == 100
     and .dataset == "classify.jsonl" and .dataset_hash == $h and .base_hash == $b
     and .time == $all[0].time)' --arg h "$DS_CLS" --arg b "$BASE"
@@ -67,12 +68,14 @@ jcheck "$T/ev.json" '.[] | select(.metric == "accuracy") | .value == $e[0].accur
 # lora-eval prints 10 significant digits, the registry all 17
 jcheck "$T/ev.json" '.[] | select(.metric == "nll")
     | ((.value - $e[0].mean_nll) | fabs) <= 1e-9 * $e[0].mean_nll' --slurpfile e "$T/a.json"
+jcheck "$T/ev.json" '.[] | select(.metric == "perplexity")
+    | ((.value - $e[0].perplexity) | fabs) <= 1e-9 * $e[0].perplexity' --slurpfile e "$T/a.json"
 # the human form says the same
 expect 0 lora-eval --model "$M/gpt2-base" -a "$T/arc/cls-1.0.0.lora" -p "$T/k.pub" \
     --data "$CLS" --limit 10 --record --registry "$R"
-expect_out "^recorded +2 results for cls@1\.0\.0 in $R\$"
+expect_out "^recorded +3 results for cls@1\.0\.0 in $R\$"
 evals cls@1.0.0
-jcheck "$T/ev.json" 'length == 4 and ([.[] | select(.items == 10)] | length) == 2'
+jcheck "$T/ev.json" 'length == 6 and ([.[] | select(.items == 10)] | length) == 3'
 # without --record: nothing written, "recorded": null
 n=$(nrows)
 expect 0 lora-eval --model "$M/gpt2-base" -a "$T/arc/cls-1.0.0.lora" -p "$T/k.pub" \
@@ -113,11 +116,12 @@ expect 1 lora-eval --model "$M/gpt2-base" -a reg:cls@1.0.0 --data "$CLS" --min-a
     --record --registry "$R" --json
 expect_err "below --min-accuracy"
 cp "$T/out" "$T/c.json"
-jcheck "$T/c.json" '.passed == false and .accuracy < 1 and .recorded.rows == 2'
-[ "$(nrows)" -eq $((n + 2)) ] || fail "below --min-accuracy: expected $((n + 2)) rows, have $(nrows)"
+jcheck "$T/c.json" '.passed == false and .accuracy < 1 and .recorded.rows == 3'
+[ "$(nrows)" -eq $((n + 3)) ] || fail "below --min-accuracy: expected $((n + 3)) rows, have $(nrows)"
 evals cls@1.0.0
-jcheck "$T/ev.json" '.[-1].metric == "nll" and .[-2].metric == "accuracy"
-    and .[-2].value == $e[0].accuracy and .[-2].items == 100' --slurpfile e "$T/c.json"
+jcheck "$T/ev.json" '.[-1].metric == "perplexity" and .[-2].metric == "nll"
+    and .[-3].metric == "accuracy" and .[-3].value == $e[0].accuracy and .[-3].items == 100' \
+    --slurpfile e "$T/c.json"
 
 # ---- (d) task:TASK records the version it resolved (and evaluated) ----
 $REG resolve reverse --json >"$T/res.json" 2>/dev/null || fail "lora-registry resolve reverse"
@@ -125,16 +129,46 @@ WANT=$(jq -r '.name + "@" + .version' "$T/res.json")
 [ "$WANT" = rev@1.1.0 ] || fail "resolve reverse gave $WANT, this test expects rev@1.1.0"
 expect 0 lora-eval --model "$M/gpt2-base" -a task:reverse --data "$REV" --record \
     --registry "$R" --json
-jcheck "$T/out" '.recorded.adapter == $w and .recorded.rows == 2' --arg w "$WANT"
+# generation only: no accuracy row (never a 0 for a metric without items)
+jcheck "$T/out" '.recorded.adapter == $w and .recorded.rows == 7 and .accuracy == null' --arg w "$WANT"
 cp "$T/out" "$T/d.json"
 evals "$WANT"
-jcheck "$T/ev.json" 'length == 2 and all(.[]; .dataset_hash == $h and .base_hash == $b)
-    and (.[] | select(.metric == "accuracy") | .value == $e[0].accuracy)' \
+jcheck "$T/ev.json" 'length == 7 and all(.[]; .dataset_hash == $h and .base_hash == $b)
+    and ([.[].metric] | sort) == ["bleu", "exact_match", "nll", "perplexity", "rouge1", "rouge2", "rougeL"]
+    and all(.[]; .metric as $k | .value == $e[0][$k] or $k == "nll" or $k == "perplexity")' \
     --arg h "$DS_REV" --arg b "$(jq -r .base_hash "$T/res.json")" --slurpfile e "$T/d.json"
 evals rev@1.0.0
 jcheck "$T/ev.json" 'length == 0'
 
-# ---- (e) usage errors ----
+# ---- (e) a data set through a pipe (process substitution): the hash of the bytes read ----
+mkfifo "$T/fifo"
+cat "$CLS" >"$T/fifo" &
+expect 0 lora-eval --model "$M/gpt2-base" -a reg:cls@1.0.0 --data "$T/fifo" --limit 5 --record \
+    --registry "$R" --json
+wait
+jcheck "$T/out" '.recorded.dataset_hash == $h and .items == 5' --arg h "$DS_CLS"
+
+# ---- (f) a registry of schema 1 (before mode and base_name): read as it
+# is (mode and base_name null), migrated by the first writer ----
+if command -v sqlite3 >/dev/null 2>&1; then
+    sqlite3 "$T/old.db" < "$TOP_SRCDIR/registry/0001-initial.sql" && sqlite3 "$T/old.db" 'PRAGMA user_version = 1'
+    sqlite3 "$T/old.db" "INSERT INTO adapters (id, name, version, v_major, v_minor, v_patch,
+        v_release, task, base_model, base_hash, r, alpha, hash, size, signer, trusted, added)
+        VALUES (1, 'x', '1.0.0', 1, 0, 0, 1, 't', NULL, 'b', 1, 1.0, 'h', 1, 'k', 1, 0);
+        INSERT INTO evals (adapter_id, base_hash, dataset_hash, dataset, metric, value, items,
+        time, tool_version) VALUES (1, 'b', 'd', 'ds', 'accuracy', 0.5, 10, 0, '0.1.0')" ||
+        fail "sqlite3 could not fill a schema-1 registry"
+    expect 0 lora-registry --registry "$T/old.db" evals --json
+    jcheck "$T/out" 'length == 1 and .[0].mode == null and .[0].base_name == null and .[0].value == 0.5'
+    expect 0 lora-registry --registry "$T/old.db" trust "$T/k.pub"
+    checks=$((checks + 1))
+    [ "$(sqlite3 "$T/old.db" "PRAGMA user_version")" -ge 2 ] || fail "schema 1 was not migrated"
+    checks=$((checks + 1))
+    sqlite3 "$T/old.db" 'SELECT mode, base_name FROM evals' >/dev/null 2>&1 ||
+        fail "no mode and base_name columns after the migration"
+fi
+
+# ---- (g) usage errors ----
 expect 2 sh -c "lora-eval --model '$M/gpt2-base' -a reg:cls@1.0.0 --data - --record \
     --registry '$R' < '$CLS'"
 expect_err 'not stdin'

@@ -9,9 +9,10 @@ B=${1:-.}
 S=${2:-$(cd "$(dirname "$0")/.." && pwd)}
 M="$S/tests/fixtures/models"
 EVAL="$B/lora-eval"
-acc() {  # accuracy, marked with ! when merged and unmerged disagree
+acc() {  # accuracy (exact match for generation), marked with ! when merged and unmerged disagree
     out=$("$EVAL" "$@" --json) || [ $? -eq 1 ]
-    a=$(printf '%s\n' "$out" | sed -n 's/.*"accuracy": \([0-9.]*\).*/\1/p')
+    a=$(printf '%s\n' "$out" | sed -n 's/.*"accuracy": \([0-9.][0-9.]*\).*/\1/p')
+    [ -n "$a" ] || a=$(printf '%s\n' "$out" | sed -n 's/.*"exact_match": \([0-9.][0-9.]*\).*/\1/p')
     ag=$(printf '%s\n' "$out" | sed -n 's/.*"agree": \(true\|false\).*/\1/p')
     printf '%.2f%s' "$a" "$([ "$ag" = false ] && echo '!' || echo ' ')"
 }

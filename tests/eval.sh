@@ -9,12 +9,12 @@ M="$TOP_SRCDIR/tests/fixtures/models"
 
 # the base cannot reverse; the adapter can
 expect 0 lora-eval --model "$M/gpt2-base" --data "$M/data/reverse.jsonl"
-expect_out '^accuracy +0\.0[0-5]'
+expect_out '^exact match +0\.0[0-5]'
 expect 1 lora-eval --model "$M/gpt2-base" --data "$M/data/reverse.jsonl" --min-accuracy 0.5
 expect_err '^lora-eval: accuracy 0\.0[0-9]+ is below --min-accuracy 0\.5000'
 expect 0 lora-eval --model "$M/gpt2-base" -a "$M/adapters/gpt2-reverse-cattn-r4" \
     --data "$M/data/reverse.jsonl" --min-accuracy 0.9
-expect_out '^accuracy +(0\.9[0-9]|1\.0)'
+expect_out '^exact match +(0\.9[0-9]|1\.0)'
 expect_out 'adapter .*2 weights adapted, unmerged'
 
 # merged and unmerged agree (LLaMA, grouped KV heads, all four projections)
@@ -33,6 +33,26 @@ expect_out '"passed": true'
 # --limit, stdin
 expect 0 sh -c "lora-eval --model '$M/gpt2-base' --data - --limit 7 --json < '$M/data/classify.jsonl'"
 expect_out '"items": 7,'
+
+# token-id data: "id" and unknown keys kept, predictions as JSON lines
+# (the generated ids in decimal are the text the metrics compare)
+printf '{"id":"r1","prompt":[0,4,9,10,11,12,1],"target":[12,11,10,9],"note":"kept"}\n{"id":[1,2],"prompt":[0,5,8],"choices":[[8],[9]],"label":0}\n' > "$T/ids.jsonl"
+expect 0 lora-eval --model "$M/gpt2-base" -a "$M/adapters/gpt2-reverse-cattn-r4" \
+    --data "$T/ids.jsonl" --predictions "$T/p.jsonl" --json
+expect_out '"exact_match": 1'
+expect_out '"bleu": (null|0|1)'
+checks=$((checks + 1))
+grep -q '^{"id":"r1","line":1,"text":"12 11 10 9","ids":\[12,11,10,9\],"target":"12 11 10 9",.*"correct":true' \
+    "$T/p.jsonl" || fail "prediction of line 1: $(head -n 1 "$T/p.jsonl")"
+checks=$((checks + 1))
+grep -q '^{"id":\[1,2\],"line":2,"predicted":[01],"label":0,"logprobs":\[-[0-9.e-]*,-[0-9.e-]*\],' \
+    "$T/p.jsonl" || fail "prediction of line 2: $(sed -n 2p "$T/p.jsonl")"
+# text with a model folder that has no tokenizer: the hint
+printf '{"prompt":[1],"target":[2]}\n{"prompt":"Hello","target":" world"}\n' > "$T/text.jsonl"
+expect 3 lora-eval --model "$M/gpt2-base" --data "$T/text.jsonl"
+expect_err "text\.jsonl:2: text needs the model's tokenizer \(tokenizer\.json in "
+expect 3 lora-eval --model "$M/gpt2-base" --text "$T/text.jsonl"
+expect_err "text needs the model's tokenizer"
 
 # exact recovery, F32 and BF16 bases
 expect 0 lora-eval --check-recovery --model "$M/llama-base" -a "$M/adapters/llama-reverse-qkvo-r8"
@@ -91,4 +111,9 @@ expect 2 lora-eval --model "$M/gpt2-base" --data "$M/data/reverse.jsonl" --limit
 expect 2 lora-eval --model "$M/gpt2-base" --data "$M/data/reverse.jsonl" -j 0
 expect 2 lora-eval --check-recovery --model "$M/gpt2-base"
 expect 2 lora-eval --model "$M/gpt2-base" --data "$M/data/reverse.jsonl" extra
+expect 2 lora-eval --model "$M/gpt2-base" --data "$M/data/reverse.jsonl" --context 8
+expect 2 lora-eval --model "$M/gpt2-base" --text "$M/data/reverse.jsonl" --limit 3
+expect 2 lora-eval --model "$M/gpt2-base" --data "$M/data/reverse.jsonl" --max-new-tokens x
+expect 2 lora-eval --model "$M/gpt2-base" --data "$M/data/reverse.jsonl" --predictions - --json
+expect_err 'both write standard output'
 done_testing

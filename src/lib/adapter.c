@@ -85,14 +85,31 @@ static int classify(const lora_acfg *c, const char *key, char **segs, size_t n, 
             return lora_seterr(err, LORA_EINPUT,
                                "key \"%s\": cannot classify (%s takes no suffix)", key, segs[i]);
         }
-        /* the module path, without a .base_layer. wrapper */
+        /* LoRA on the frozen copy that a modules_to_save wrapper keeps
+         * (X.original_module.lora_A): PEFT never runs it while the
+         * adapter is active, so it changes nothing */
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(segs[j], "original_module") == 0) {
+                if (!(*name = join(segs, 0, n, err)))
+                    return LORA_EIO;
+                *kind = LORA_KEY_COPY;
+                return LORA_OK;
+            }
+        /* the module path, without a .base_layer. wrapper or the
+         * .modules_to_save.default. of the trained copy */
         char **mod = malloc((i ? i : 1) * sizeof *mod);
         if (!mod)
             return lora_oom(err);
         size_t m = 0;
-        for (size_t j = 0; j < i; j++)
+        for (size_t j = 0; j < i; j++) {
+            if (strcmp(segs[j], "modules_to_save") == 0) {
+                if (j + 1 < i && strcmp(segs[j + 1], "default") == 0)
+                    j++;
+                continue;
+            }
             if (strcmp(segs[j], "base_layer") != 0)
                 mod[m++] = segs[j];
+        }
         if (m == 0) {
             free(mod);
             return lora_seterr(err, LORA_EINPUT, "key \"%s\": no module path", key);
@@ -134,7 +151,10 @@ static int classify(const lora_acfg *c, const char *key, char **segs, size_t n, 
         *kind = LORA_KEY_SAVED;
         return LORA_OK;
     }
-    /* X.original_module.P and X.base_layer.P: frozen copies of the base */
+    /* X.original_module.P and X.base_layer.P: frozen copies of the base,
+     * except X.base_layer.P of a module in modules_to_save: PEFT saves
+     * the wrapper's trained copy of a LoRA layer under that name (its
+     * modules_to_save.default part removed), and the whole copy trains */
     for (size_t i = 0; i < n; i++) {
         if (!is_seg(segs[i], "original_module", "base_layer"))
             continue;
@@ -152,6 +172,14 @@ static int classify(const lora_acfg *c, const char *key, char **segs, size_t n, 
         if (!*name)
             return LORA_EIO;
         *kind = LORA_KEY_COPY;
+        if (strcmp(segs[i], "base_layer") == 0) {
+            char *mod = join(segs, 0, i, err);
+            if (!mod)
+                return LORA_EIO;
+            if (lora_acfg_saves(c, mod))
+                *kind = LORA_KEY_SAVED;
+            free(mod);
+        }
         return LORA_OK;
     }
 
@@ -159,11 +187,17 @@ static int classify(const lora_acfg *c, const char *key, char **segs, size_t n, 
     if (n < 2)
         return lora_seterr(err, LORA_EINPUT,
                            "key \"%s\": cannot classify (not a lora_A/lora_B tensor)", key);
-    char *mod = join(segs, 0, n - 1, err);
-    if (!mod)
-        return LORA_EIO;
-    int saved = lora_acfg_saves(c, mod);
-    free(mod);
+    /* PEFT wraps a module whose name ends with a modules_to_save entry
+     * and saves every parameter under it (classifier.dense.weight of a
+     * RoBERTa head): any ancestor of the parameter may be the module */
+    int saved = 0;
+    for (size_t k = n - 1; k >= 1 && !saved; k--) {
+        char *mod = join(segs, 0, k, err);
+        if (!mod)
+            return LORA_EIO;
+        saved = lora_acfg_saves(c, mod);
+        free(mod);
+    }
     if (!saved && strcmp(segs[n - 1], "bias") == 0 && c->bias && strcmp(c->bias, "none") != 0)
         saved = 1;
     if (!saved)
@@ -304,6 +338,16 @@ static const char *kind_name(int kind)
     }
 }
 
+static int same_tensor(const lora_tensor *a, const lora_tensor *b)
+{
+    if (a->dtype != b->dtype || a->ndim != b->ndim || a->nbytes != b->nbytes)
+        return 0;
+    for (int d = 0; d < a->ndim; d++)
+        if (a->shape[d] != b->shape[d])
+            return 0;
+    return memcmp(a->data, b->data, (size_t)a->nbytes) == 0;
+}
+
 /* Group the classified entries (sorted by name, kind) into modules and
  * saved tensors. */
 static int build(lora_adapter *ad, const lora_acfg *c, struct entry *e, size_t n, lora_error *err)
@@ -347,6 +391,11 @@ static int build(lora_adapter *ad, const lora_acfg *c, struct entry *e, size_t n
                                "module %s: has both lora_A/lora_B and lora_embedding_A/B tensors",
                                m->name);
         const lora_tensor **slot = isa ? &m->A : &m->B;
+        /* PEFT writes the LoRA of a module in modules_to_save twice (as
+         * X.lora_A and X.modules_to_save.lora_A): the same bytes */
+        if (*slot && same_tensor(*slot, e[i].t) &&
+            (strstr((*slot)->name, ".modules_to_save.") || strstr(e[i].t->name, ".modules_to_save.")))
+            continue;
         if (*slot)
             return lora_seterr(err, LORA_EINPUT,
                                "module %s: two %s tensors (\"%s\" and \"%s\"), e.g. both with and "
@@ -369,7 +418,8 @@ static int build(lora_adapter *ad, const lora_acfg *c, struct entry *e, size_t n
     qsort(ad->modules, ad->n_modules, sizeof *ad->modules, cmp_module);
     qsort(ad->saved, ad->n_saved, sizeof *ad->saved, cmp_saved);
     for (size_t i = 1; i < ad->n_saved; i++)
-        if (strcmp(ad->saved[i - 1].target, ad->saved[i].target) == 0)
+        if (strcmp(ad->saved[i - 1].target, ad->saved[i].target) == 0 &&
+            !same_tensor(ad->saved[i - 1].t, ad->saved[i].t))
             return lora_seterr(err, LORA_EINPUT, "tensor %s is saved twice (\"%s\" and \"%s\")",
                                ad->saved[i].target, ad->saved[i - 1].t->name, ad->saved[i].t->name);
     for (size_t i = 0; i < ad->n_saved; i++)
@@ -474,6 +524,29 @@ static int exists(const char *path)
     return stat(path, &sb) == 0;
 }
 
+/* A folder without adapter_model.safetensors: say what it holds when
+ * that is a model checkpoint or a GGUF file rather than an adapter. */
+static int not_an_adapter(const char *path, lora_error *err)
+{
+    static const char *const what[][2] = {
+        {"model.safetensors", "a model checkpoint (model.safetensors), not a PEFT adapter"},
+        {"model.safetensors.index.json", "a sharded model checkpoint, not a PEFT adapter"},
+        {"adapter_model.gguf", "a GGUF adapter (llama.cpp's format); lora-tools read PEFT "
+                               "safetensors adapters"},
+    };
+    for (size_t i = 0; i < sizeof what / sizeof what[0]; i++) {
+        char *p = join_path(path, what[i][0], err);
+        if (!p)
+            return LORA_EIO;
+        int there = exists(p);
+        free(p);
+        if (there)
+            return lora_seterr(err, LORA_EINPUT, "%s: no adapter_model.safetensors: the folder "
+                               "holds %s", path, what[i][1]);
+    }
+    return lora_seterr(err, LORA_EINPUT, "%s: no adapter_model.safetensors", path);
+}
+
 int lora_adapter_open(const char *path, lora_adapter **out, lora_error *err)
 {
     *out = NULL;
@@ -502,7 +575,7 @@ int lora_adapter_open(const char *path, lora_adapter **out, lora_error *err)
                              "save_pretrained(..., safe_serialization=True))",
                              path);
         else
-            rc = lora_seterr(err, LORA_EINPUT, "%s: no adapter_model.safetensors", path);
+            rc = not_an_adapter(path, err);
         goto done;
     }
     if (!exists(cfg)) {
@@ -575,6 +648,23 @@ const lora_tensor *lora_ckpt_find_alias(const lora_ckpt *ck, const char *name)
     return NULL;
 }
 
+const lora_tensor *lora_tied_embedding(const lora_module *m, const lora_ckpt *base)
+{
+    static const char *const emb[] = {"wte.weight", "embed_tokens.weight",
+                                      "model.embed_tokens.weight", "transformer.wte.weight"};
+    const char *last = strrchr(m->name, '.');
+    if (strcmp(last ? last + 1 : m->name, "lm_head") != 0 || m->embedding)
+        return NULL;
+    if (lora_ckpt_find_alias(base, m->target))
+        return NULL;
+    for (size_t i = 0; i < sizeof emb / sizeof emb[0]; i++) {
+        const lora_tensor *t = lora_ckpt_find(base, emb[i], NULL);
+        if (t && t->ndim == 2 && t->shape[0] == m->out && t->shape[1] == m->in)
+            return t;
+    }
+    return NULL;
+}
+
 /* GPT-2's Conv1D modules (transformers' pytorch_utils.Conv1D users). */
 static int conv1d_name(const char *module)
 {
@@ -589,6 +679,14 @@ int lora_module_resolve(const lora_module *m, const lora_ckpt *base, int fan_in_
 {
     *bt = NULL;
     const lora_tensor *t = lora_ckpt_find_alias(base, m->target);
+    const lora_tensor *tied = t ? NULL : lora_tied_embedding(m, base);
+    if (tied)
+        return lora_seterr(err, LORA_EINPUT,
+                           "module %s: the base has no tensor %s: its output head is tied to the "
+                           "input embeddings (%s, tie_word_embeddings), and the update belongs to "
+                           "the head alone, as PEFT applies it (lora-eval does so; lora-merge of "
+                           "the model folder unties the head)",
+                           m->name, m->target, tied->name);
     if (!t)
         return lora_seterr(err, LORA_EINPUT,
                            "module %s: the base has no tensor %s (with or without a "
@@ -630,10 +728,23 @@ int lora_module_resolve(const lora_module *m, const lora_ckpt *base, int fan_in_
                        m->name, out, in, in, out, t->name, sb);
 }
 
+static int bind(lora_adapter *ad, const lora_ckpt *base, int allow_tied, lora_error *err);
+
 int lora_adapter_bind(lora_adapter *ad, const lora_ckpt *base, lora_error *err)
+{
+    return bind(ad, base, 0, err);
+}
+
+int lora_adapter_bind_tied(lora_adapter *ad, const lora_ckpt *base, lora_error *err)
+{
+    return bind(ad, base, 1, err);
+}
+
+static int bind(lora_adapter *ad, const lora_ckpt *base, int allow_tied, lora_error *err)
 {
     for (size_t i = 0; i < ad->n_modules; i++) {
         lora_module *m = &ad->modules[i];
+        m->tied_head = 0;
         if (m->r != m->config_r)
             return lora_seterr(err, LORA_EINPUT,
                                "module %s: its tensors have rank %llu but the config gives r=%llu",
@@ -652,6 +763,11 @@ int lora_adapter_bind(lora_adapter *ad, const lora_ckpt *base, lora_error *err)
                 continue;
             const lora_tensor *t;
             int tr;
+            if (allow_tied && lora_tied_embedding(m, base)) {
+                m->tied_head = 1; /* Linear [V, E], like the embedding it reads */
+                m->transpose = 0;
+                continue;
+            }
             int rc = lora_module_resolve(m, base, ad->fan_in_fan_out, hint, &t, &tr, err);
             if (rc)
                 return rc;
@@ -673,9 +789,7 @@ int lora_adapter_bind(lora_adapter *ad, const lora_ckpt *base, lora_error *err)
         char sa[96], sb[96];
         shape_str(s->t, sa, sizeof sa);
         if (!t)
-            return lora_seterr(err, LORA_EINPUT,
-                               "saved tensor %s %s (modules_to_save): the base has no such tensor",
-                               s->target, sa);
+            return lora_seterr(err, LORA_EINPUT, LORA_MISSING_HEAD_FMT, s->target, sa, s->target);
         shape_str(t, sb, sizeof sb);
         int same = t->ndim == s->t->ndim;
         for (int d = 0; same && d < t->ndim; d++)

@@ -23,6 +23,10 @@
 #define ACFG_MAX_LIST 100000
 #define ACFG_MAX_R (1u << 20)
 
+struct lora_rx;
+static void rx_free(struct lora_rx *rx);
+static int check_patterns(lora_acfg *c, lora_error *err);
+
 static void free_list(char **v, size_t n)
 {
     for (size_t i = 0; i < n; i++)
@@ -49,6 +53,7 @@ void lora_acfg_free(lora_acfg *c)
     free_list(c->alpha_keys, c->n_alpha);
     free(c->alpha_vals);
     free_list(c->modules_to_save, c->n_save);
+    rx_free(c->rx);
     free(c);
 }
 
@@ -181,6 +186,38 @@ static int get_pattern(json_t *root, const char *key, int integer, char ***keys,
     return LORA_OK;
 }
 
+/* PEFT adds the task's head to modules_to_save whatever the config says
+ * (PeftModelForSequenceClassification and ...ForTokenClassification:
+ * "classifier" and "score"; ...ForQuestionAnswering: "qa_outputs"), and
+ * configs saved by older PEFT versions do not list them: read such a
+ * config as PEFT does. */
+static int add_task_heads(lora_acfg *c, lora_error *err)
+{
+    static const char *const cls[] = {"classifier", "score", NULL};
+    static const char *const qa[] = {"qa_outputs", NULL};
+    const char *const *heads = NULL;
+    if (c->task_type && (strcmp(c->task_type, "SEQ_CLS") == 0 ||
+                         strcmp(c->task_type, "TOKEN_CLS") == 0))
+        heads = cls;
+    else if (c->task_type && strcmp(c->task_type, "QUESTION_ANS") == 0)
+        heads = qa;
+    for (size_t h = 0; heads && heads[h]; h++) {
+        size_t i = 0;
+        while (i < c->n_save && strcmp(c->modules_to_save[i], heads[h]) != 0)
+            i++;
+        if (i < c->n_save)
+            continue;
+        char **v = realloc(c->modules_to_save, (c->n_save + 1) * sizeof *v);
+        if (!v)
+            return lora_oom(err);
+        c->modules_to_save = v;
+        if (!(v[c->n_save] = lora_strdup(heads[h], err)))
+            return LORA_EIO;
+        c->n_save++;
+    }
+    return LORA_OK;
+}
+
 static int parse_fields(json_t *root, lora_acfg *c, lora_error *err)
 {
     int rc;
@@ -261,8 +298,11 @@ static int parse_fields(json_t *root, lora_acfg *c, lora_error *err)
         (rc = get_pattern(root, "alpha_pattern", 0, &c->alpha_keys, (void **)&c->alpha_vals,
                           &c->n_alpha, err)))
         return rc;
-    return get_list(json_object_get(root, "modules_to_save"), "modules_to_save",
-                    &c->modules_to_save, &c->n_save, err);
+    if ((rc = get_list(json_object_get(root, "modules_to_save"), "modules_to_save",
+                       &c->modules_to_save, &c->n_save, err)) ||
+        (rc = add_task_heads(c, err)))
+        return rc;
+    return check_patterns(c, err);
 }
 
 int lora_acfg_parse(const char *text, size_t len, lora_acfg **out, lora_error *err)
@@ -292,18 +332,79 @@ int lora_acfg_parse(const char *text, size_t len, lora_acfg **out, lora_error *e
     return LORA_OK;
 }
 
-/* Python-style regex match of SUBJECT.  mode 0: re.match of
- * "(.*\.)?(PAT)$" (PEFT's pattern keys); mode 1: re.fullmatch(PAT).
- * Returns 1 match, 0 no match, or -code with err filled. */
-int lora_regex_match(const char *pat, const char *subject, int mode, lora_error *err)
+/* ------------------------------------------------------------------ */
+/* Regular expressions, with the total work bounded                    */
+/* ------------------------------------------------------------------ */
+
+/* A config is hostile input: its patterns run against every module name
+ * (and lora-inspect --check runs every pattern against every module).
+ * A per-match limit alone does not bound that (5000 keys of
+ * "(?:.*){5}a" took 36 s), so each config gets a budget of PCRE2 steps
+ * for all its matches; each pattern is compiled once; keys are capped in
+ * number and length.  A match first runs with a small limit (charged in
+ * full, whatever it used) and only a pattern that needs more is retried
+ * with the per-match limit (charged in full too), so an honest config
+ * with thousands of modules costs a few steps per match and a hostile
+ * one runs out of budget after a few thousand expensive matches. */
+#define RX_MAX_KEYS 4096          /* regex keys in rank_pattern + alpha_pattern */
+#define RX_MAX_KEY_LEN 4096       /* bytes in one pattern key */
+#define RX_MAX_TARGET_LEN 65536   /* target_modules / exclude_modules as one regex */
+#define RX_SMALL_LIMIT 1000
+#define RX_MATCH_LIMIT 100000
+#define RX_DEPTH_LIMIT 10000
+#define RX_BUDGET 300000000ull
+
+struct lora_rx {
+    size_t n;                     /* slots: rank keys, alpha keys, target, exclude */
+    pcre2_code **code;
+    pcre2_match_data *md;
+    pcre2_match_context *mc;
+    uint64_t budget;              /* steps left */
+};
+
+static void rx_free(struct lora_rx *rx)
+{
+    if (!rx)
+        return;
+    for (size_t i = 0; i < rx->n; i++)
+        pcre2_code_free(rx->code[i]);
+    free(rx->code);
+    pcre2_match_data_free(rx->md);
+    pcre2_match_context_free(rx->mc);
+    free(rx);
+}
+
+static struct lora_rx *rx_new(size_t n, lora_error *err)
+{
+    struct lora_rx *rx = calloc(1, sizeof *rx);
+    if (rx && (rx->code = calloc(n ? n : 1, sizeof *rx->code)) &&
+        (rx->md = pcre2_match_data_create(1, NULL)) && (rx->mc = pcre2_match_context_create(NULL))) {
+        rx->n = n;
+        rx->budget = RX_BUDGET;
+        pcre2_set_depth_limit(rx->mc, RX_DEPTH_LIMIT);
+        return rx;
+    }
+    if (rx) {
+        rx->n = 0;
+        rx_free(rx);
+    }
+    lora_oom(err);
+    return NULL;
+}
+
+/* Compile PAT as Python would run it: mode 0 is re.match of
+ * "(.*\.)?(PAT)$", mode 1 re.fullmatch(PAT). */
+static pcre2_code *rx_compile(const char *pat, int mode, lora_error *err)
 {
     char *full = NULL;
     const char *p = pat;
     uint32_t opts = PCRE2_UTF | PCRE2_ANCHORED;
     if (mode == 0) {
         size_t n = strlen(pat) + 16;
-        if (!(full = malloc(n)))
-            return -lora_oom(err);
+        if (!(full = malloc(n))) {
+            lora_oom(err);
+            return NULL;
+        }
         snprintf(full, n, "(.*\\.)?(%s)$", pat);
         p = full;
     } else {
@@ -316,24 +417,14 @@ int lora_regex_match(const char *pat, const char *subject, int mode, lora_error 
     if (!re) {
         PCRE2_UCHAR msg[160];
         pcre2_get_error_message(ecode, msg, sizeof msg);
-        return -lora_seterr(err, LORA_EINPUT, "pattern \"%.200s\" is not a valid regular expression: %s",
-                            pat, (const char *)msg);
+        lora_seterr(err, LORA_EINPUT, "pattern \"%.200s\" is not a valid regular expression: %s",
+                    pat, (const char *)msg);
     }
-    pcre2_match_data *md = pcre2_match_data_create_from_pattern(re, NULL);
-    pcre2_match_context *mc = pcre2_match_context_create(NULL);
-    if (!md || !mc) {
-        pcre2_match_data_free(md);
-        pcre2_match_context_free(mc);
-        pcre2_code_free(re);
-        return -lora_oom(err);
-    }
-    /* module names are short; these limits only stop runaway backtracking */
-    pcre2_set_match_limit(mc, 1000000);
-    pcre2_set_depth_limit(mc, 10000);
-    int m = pcre2_match(re, (PCRE2_SPTR)subject, PCRE2_ZERO_TERMINATED, 0, 0, md, mc);
-    pcre2_match_data_free(md);
-    pcre2_match_context_free(mc);
-    pcre2_code_free(re);
+    return re;
+}
+
+static int rx_result(int m, const char *pat, const char *subject, lora_error *err)
+{
     if (m >= 0)
         return 1;
     if (m == PCRE2_ERROR_NOMATCH)
@@ -342,6 +433,118 @@ int lora_regex_match(const char *pat, const char *subject, int mode, lora_error 
     pcre2_get_error_message(m, msg, sizeof msg);
     return -lora_seterr(err, LORA_EINPUT, "pattern \"%.200s\" on \"%.200s\": %s", pat, subject,
                         (const char *)msg);
+}
+
+/* Python-style regex match of SUBJECT, compiled for this one call
+ * (callers with many matches go through a config's cache below).
+ * Returns 1 match, 0 no match, or -code with err filled. */
+int lora_regex_match(const char *pat, const char *subject, int mode, lora_error *err)
+{
+    pcre2_code *re = rx_compile(pat, mode, err);
+    if (!re)
+        return -(err ? err->code : LORA_EINPUT);
+    pcre2_match_data *md = pcre2_match_data_create_from_pattern(re, NULL);
+    pcre2_match_context *mc = pcre2_match_context_create(NULL);
+    if (!md || !mc) {
+        pcre2_match_data_free(md);
+        pcre2_match_context_free(mc);
+        pcre2_code_free(re);
+        return -lora_oom(err);
+    }
+    pcre2_set_match_limit(mc, RX_MATCH_LIMIT);
+    pcre2_set_depth_limit(mc, RX_DEPTH_LIMIT);
+    int m = pcre2_match(re, (PCRE2_SPTR)subject, PCRE2_ZERO_TERMINATED, 0, 0, md, mc);
+    pcre2_match_data_free(md);
+    pcre2_match_context_free(mc);
+    pcre2_code_free(re);
+    return rx_result(m, pat, subject, err);
+}
+
+/* A pattern key made of [A-Za-z0-9_.] only (module names, the usual
+ * case): matched without PCRE2, exactly as re.match("(.*\.)?(K)$")
+ * would: the last len(K) characters equal K, '.' in K matching any
+ * character, preceded by nothing or a '.'. */
+static int literal_key(const char *k)
+{
+    for (const unsigned char *p = (const unsigned char *)k; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+              *p == '_' || *p == '.'))
+            return 0;
+    return 1;
+}
+
+static int literal_match(const char *k, const char *module)
+{
+    size_t n = strlen(module), l = strlen(k);
+    if (n && module[n - 1] == '\n') /* Python's $ also matches before a final newline */
+        n--;
+    if (n < l || (n > l && module[n - l - 1] != '.'))
+        return 0;
+    for (size_t i = 0; i < l; i++)
+        if (k[i] != '.' && k[i] != module[n - l + i])
+            return 0;
+    return 1;
+}
+
+/* Match through the config's cache and budget: slot SLOT holds PAT. */
+static int rx_match(const lora_acfg *c, size_t slot, const char *pat, int mode,
+                    const char *module, lora_error *err)
+{
+    if (mode == 0 && literal_key(pat))
+        return literal_match(pat, module);
+    struct lora_rx *rx = c->rx;
+    if (!rx->code[slot] && !(rx->code[slot] = rx_compile(pat, mode, err)))
+        return -(err ? err->code : LORA_EINPUT);
+    static const uint32_t limits[] = {RX_SMALL_LIMIT, RX_MATCH_LIMIT};
+    int m = PCRE2_ERROR_MATCHLIMIT;
+    for (size_t t = 0; t < 2 && m == PCRE2_ERROR_MATCHLIMIT; t++) {
+        if (rx->budget < limits[t])
+            return -lora_seterr(err, LORA_EINPUT,
+                                "matching the config's patterns against module names needs more "
+                                "than %llu steps in all (last \"%.200s\"): refused, a config "
+                                "this costly is hostile or broken",
+                                (unsigned long long)RX_BUDGET, pat);
+        rx->budget -= limits[t];
+        pcre2_set_match_limit(rx->mc, limits[t]);
+        m = pcre2_match(rx->code[slot], (PCRE2_SPTR)module, PCRE2_ZERO_TERMINATED, 0, 0, rx->md,
+                        rx->mc);
+    }
+    return rx_result(m, pat, module, err);
+}
+
+/* Slots of the cache. */
+static size_t slot_target(const lora_acfg *c) { return c->n_rank + c->n_alpha; }
+static size_t slot_exclude(const lora_acfg *c) { return c->n_rank + c->n_alpha + 1; }
+
+/* The caps, checked once the config is parsed. */
+static int check_patterns(lora_acfg *c, lora_error *err)
+{
+    size_t regex = 0;
+    for (int w = 0; w < 2; w++) {
+        char **k = w ? c->alpha_keys : c->rank_keys;
+        size_t n = w ? c->n_alpha : c->n_rank;
+        for (size_t i = 0; i < n; i++) {
+            if (strlen(k[i]) > RX_MAX_KEY_LEN)
+                return lora_seterr(err, LORA_EINPUT,
+                                   "\"%s\": a key of %zu bytes, more than %d",
+                                   w ? "alpha_pattern" : "rank_pattern", strlen(k[i]),
+                                   RX_MAX_KEY_LEN);
+            regex += !literal_key(k[i]);
+        }
+    }
+    if (regex > RX_MAX_KEYS)
+        return lora_seterr(err, LORA_EINPUT,
+                           "rank_pattern and alpha_pattern hold %zu regular-expression keys, "
+                           "more than %d",
+                           regex, RX_MAX_KEYS);
+    const char *rx[2] = {c->target_regex, c->exclude_regex};
+    for (int i = 0; i < 2; i++)
+        if (rx[i] && strlen(rx[i]) > RX_MAX_TARGET_LEN)
+            return lora_seterr(err, LORA_EINPUT, "\"%s\": a regular expression of %zu bytes, more "
+                               "than %d", i ? "exclude_modules" : "target_modules",
+                               strlen(rx[i]), RX_MAX_TARGET_LEN);
+    c->rx = rx_new(c->n_rank + c->n_alpha + 2, err);
+    return c->rx ? LORA_OK : LORA_EIO;
 }
 
 static int name_matches(const char *module, const char *name)
@@ -365,7 +568,7 @@ int lora_acfg_targets(const lora_acfg *c, const char *module, lora_error *err)
     if (c->target_regex) {
         hit = strcmp(c->target_regex, "all-linear") == 0
                   ? 1
-                  : lora_regex_match(c->target_regex, module, 1, err);
+                  : rx_match(c, slot_target(c), c->target_regex, 1, module, err);
         if (hit < 0)
             return hit;
     } else {
@@ -375,7 +578,7 @@ int lora_acfg_targets(const lora_acfg *c, const char *module, lora_error *err)
     if (!hit)
         return 0;
     if (c->exclude_regex) {
-        int x = lora_regex_match(c->exclude_regex, module, 1, err);
+        int x = rx_match(c, slot_exclude(c), c->exclude_regex, 1, module, err);
         if (x)
             return x < 0 ? x : 0;
     }
@@ -391,7 +594,7 @@ int lora_acfg_module_rank(const lora_acfg *c, const char *module, uint64_t *r, d
     *r = c->r;
     *alpha = c->alpha;
     for (size_t i = 0; i < c->n_rank; i++) {
-        int m = lora_regex_match(c->rank_keys[i], module, 0, err);
+        int m = rx_match(c, i, c->rank_keys[i], 0, module, err);
         if (m < 0) {
             lora_err_prefix(err, "rank_pattern");
             return -m;
@@ -402,7 +605,7 @@ int lora_acfg_module_rank(const lora_acfg *c, const char *module, uint64_t *r, d
         }
     }
     for (size_t i = 0; i < c->n_alpha; i++) {
-        int m = lora_regex_match(c->alpha_keys[i], module, 0, err);
+        int m = rx_match(c, c->n_rank + i, c->alpha_keys[i], 0, module, err);
         if (m < 0) {
             lora_err_prefix(err, "alpha_pattern");
             return -m;
@@ -413,6 +616,14 @@ int lora_acfg_module_rank(const lora_acfg *c, const char *module, uint64_t *r, d
         }
     }
     return LORA_OK;
+}
+
+int lora_acfg_pattern_matches(const lora_acfg *c, int alpha, size_t i, const char *module,
+                              lora_error *err)
+{
+    if (alpha)
+        return i < c->n_alpha ? rx_match(c, c->n_rank + i, c->alpha_keys[i], 0, module, err) : 0;
+    return i < c->n_rank ? rx_match(c, i, c->rank_keys[i], 0, module, err) : 0;
 }
 
 int lora_acfg_saves(const lora_acfg *c, const char *module)

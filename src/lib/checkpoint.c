@@ -16,6 +16,7 @@
  */
 #include "internal.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <jansson.h>
 #include <string.h>
@@ -392,6 +393,43 @@ static int ends_with(const char *s, const char *suf)
     return a >= b && strcmp(s + a - b, suf) == 0;
 }
 
+/* A folder without safetensors: name the weights it does hold (a GGUF
+ * or PyTorch checkpoint), so that the user knows to convert them. */
+static int no_safetensors(const char *path, lora_error *err)
+{
+    static const char *const kinds[][2] = {
+        {".gguf", "a GGUF file (llama.cpp's format)"},
+        {".bin", "PyTorch weights"},
+        {".pt", "PyTorch weights"},
+        {".pth", "PyTorch weights"},
+        {".ckpt", "a checkpoint in another format"},
+        {".npz", "NumPy arrays"},
+    };
+    DIR *d = opendir(path);
+    char found[256] = "";
+    const char *what = NULL;
+    struct dirent *de;
+    while (d && !what && (de = readdir(d)))
+        for (size_t i = 0; i < sizeof kinds / sizeof kinds[0] && !what; i++)
+            if (ends_with(de->d_name, kinds[i][0])) {
+                snprintf(found, sizeof found, "%s", de->d_name);
+                what = kinds[i][1];
+            }
+    if (d)
+        closedir(d);
+    if (what) {
+        lora_seterr(err, LORA_EINPUT,
+                    "%s: no model.safetensors or model.safetensors.index.json in this folder; "
+                    "it holds %s, %s: lora-tools read safetensors, convert it first",
+                    path, found, what);
+        defang(err);
+        return LORA_EINPUT;
+    }
+    return lora_seterr(err, LORA_EINPUT,
+                       "%s: no model.safetensors or model.safetensors.index.json in this folder",
+                       path);
+}
+
 int lora_ckpt_open(const char *path, lora_ckpt **out, lora_error *err)
 {
     *out = NULL;
@@ -420,10 +458,7 @@ int lora_ckpt_open(const char *path, lora_ckpt **out, lora_error *err)
         else if (is_file(index))
             rc = open_index(ck, index, err);
         else
-            rc = lora_seterr(err, LORA_EINPUT,
-                             "%s: no model.safetensors or model.safetensors.index.json in this "
-                             "folder",
-                             path);
+            rc = no_safetensors(path, err);
         free(single);
         free(index);
     } else {

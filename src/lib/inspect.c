@@ -96,6 +96,36 @@ static const lora_acfg *targets_cfg(const lora_adapter *ad, lora_acfg **own, lor
     return NULL;
 }
 
+/* rank_pattern / alpha_pattern keys that match no module of the
+ * adapter do nothing: usually a typo or a pattern for another model.
+ * Matching runs under the config's budget; a spent budget is reported
+ * as a finding too. */
+static int check_pattern_keys(lora_report *rep, const lora_acfg *c, lora_error *err)
+{
+    for (int alpha = 0; alpha < 2; alpha++) {
+        size_t n = alpha ? c->n_alpha : c->n_rank;
+        char **keys = alpha ? c->alpha_keys : c->rank_keys;
+        const char *what = alpha ? "alpha_pattern" : "rank_pattern";
+        for (size_t i = 0; i < n; i++) {
+            int hit = 0;
+            lora_error e;
+            lora_error_clear(&e);
+            for (size_t k = 0; k < rep->n_modules && hit == 0; k++)
+                hit = lora_acfg_pattern_matches(c, alpha, i, rep->modules[k].m->name, &e);
+            if (hit < 0)
+                return add_problem(rep, LORA_SEV_WARNING, NULL, err, "%s: %s", what, e.msg);
+            if (!hit) {
+                int rc = add_problem(rep, LORA_SEV_WARNING, NULL, err,
+                                     "%s key \"%.200s\" matches no module of the adapter", what,
+                                     keys[i]);
+                if (rc)
+                    return rc;
+            }
+        }
+    }
+    return LORA_OK;
+}
+
 static int fill_targets(lora_report *rep, const lora_adapter *ad, lora_error *err)
 {
     lora_acfg *own = NULL;
@@ -152,6 +182,22 @@ static int fill_targets(lora_report *rep, const lora_adapter *ad, lora_error *er
             for (size_t k = 0; k < c->n_targets; k++)
                 rep->targets[k].modules += lora_acfg_entry_matches(c->targets[k], name);
     }
+    /* an entry that selects nothing, exclusions aside (an entry whose
+     * modules are all excluded does select them) */
+    for (size_t k = 0; !unknown && k < rep->n_targets && !rc; k++) {
+        size_t any = rep->targets[k].modules;
+        for (size_t i = 0; !c->target_regex && !any && i < rep->n_modules; i++)
+            any = lora_acfg_entry_matches(c->targets[k], rep->modules[i].m->name);
+        if (c->target_regex && (c->exclude_regex || c->n_exclude))
+            any = 1; /* cannot tell an excluded match from none */
+        if (!any)
+            rc = add_problem(rep, LORA_SEV_WARNING, NULL, err,
+                                 "target_modules %s \"%.200s\" matches no module of the adapter "
+                                 "(a typo, or a module this model does not have?)",
+                                 c->target_regex ? "regex" : "entry", rep->targets[k].entry);
+    }
+    if (!rc)
+        rc = check_pattern_keys(rep, c, err);
 done:
     lora_acfg_free(own);
     return rc;
@@ -401,9 +447,8 @@ static int check_base(lora_report *rep, const lora_adapter *ad, const lora_ckpt 
         char sa[96], sb[96];
         shape_str(s->t, sa, sizeof sa);
         if (!t) {
-            rc = add_problem(rep, LORA_SEV_ERROR, s->target, err,
-                             "saved tensor %s %s (modules_to_save): the base has no such tensor",
-                             s->target, sa);
+            rc = add_problem(rep, LORA_SEV_ERROR, s->target, err, LORA_MISSING_HEAD_FMT,
+                             s->target, sa, s->target);
         } else if (!same_shape(s->t, t)) {
             shape_str(t, sb, sizeof sb);
             rc = add_problem(rep, LORA_SEV_ERROR, s->target, err,

@@ -98,6 +98,11 @@ int lora_index_parse(const char *json, size_t len, const char *name, lora_index 
                      lora_error *err);
 void lora_index_free(lora_index *ix);
 
+/* What a file that is not safetensors is (filekind.c), from its first
+ * bytes: "a GGUF file (...); ...", a PyTorch zip or pickle, NumPy, an
+ * HTML page, a Git LFS pointer, ...; NULL when none is recognised. */
+const char *lora_foreign_kind(const void *buf, size_t len);
+
 /* ---- adapters (adapter_config.c, adapter.c, inspect.c) ---- */
 
 /* adapter_config.json, parsed and checked (refusals done). */
@@ -121,8 +126,12 @@ typedef struct lora_acfg {
     char **alpha_keys;          /* alpha_pattern, in file order */
     double *alpha_vals;
     size_t n_alpha;
-    char **modules_to_save;
+    char **modules_to_save;     /* as configured, then the heads PEFT adds
+                                   for the task_type (classifier, score;
+                                   qa_outputs) */
     size_t n_save;
+    struct lora_rx *rx;         /* compiled patterns and the work budget for
+                                   all matches (adapter_config.c) */
 } lora_acfg;
 
 /* Parse adapter_config.json from a buffer (need not be NUL-terminated). */
@@ -137,7 +146,13 @@ int lora_acfg_targets(const lora_acfg *c, const char *module, lora_error *err);
 /* 1 when one target_modules list entry selects MODULE (PEFT's rule:
  * equal, or ends with "." + entry; "all-linear" selects everything). */
 int lora_acfg_entry_matches(const char *entry, const char *module);
-/* 1 when MODULE is one of modules_to_save (PEFT: name ends with entry). */
+/* 1 when key I of rank_pattern (alpha 0) or alpha_pattern (alpha 1)
+ * matches MODULE, 0 when not, -code on a pattern error or when the
+ * config's matching budget is spent. */
+int lora_acfg_pattern_matches(const lora_acfg *c, int alpha, size_t i, const char *module,
+                              lora_error *err);
+/* 1 when MODULE is one of modules_to_save (PEFT: name ends with entry;
+ * the task's heads included, see adapter_config.c). */
 int lora_acfg_saves(const lora_acfg *c, const char *module);
 /* Python-style regex through PCRE2: mode 0 is re.match of
  * "(.*\.)?(PAT)$", mode 1 is re.fullmatch(PAT).  1, 0, or -code. */
@@ -164,6 +179,32 @@ int lora_adapter_classify_key(const lora_acfg *c, const char *key, int *kind, ch
  * not a GPT-2 Conv1D name. */
 int lora_module_resolve(const lora_module *m, const lora_ckpt *base, int fan_in_fan_out, int hint,
                         const lora_tensor **bt, int *transpose, lora_error *err);
+/* lora_adapter_bind, except that an lm_head module on a base whose head
+ * is tied to the input embeddings (lora_tied_embedding) is accepted and
+ * marked tied_head, its target left as "lm_head.weight" (which the base
+ * lacks): for lora-eval, which applies it to the head alone, and for a
+ * merge that unties the head. */
+int lora_adapter_bind_tied(lora_adapter *ad, const lora_ckpt *base, lora_error *err);
+/* Untying a tied head in a merge (untie.c): the tensor name written,
+ * the embedding it starts from (NULL: nothing to untie), binding the
+ * adapters to add (refused unless OUT is a folder, whose config.json
+ * must change), and the config.json edit (tie_word_embeddings false). */
+#define LORA_UNTIED_HEAD "lm_head.weight"
+const lora_tensor *lora_untie_source(const lora_merge_adapter *add, size_t nadd,
+                                     const lora_ckpt *ck);
+int lora_untie_bind(lora_merge_adapter *add, size_t nadd, const lora_ckpt *ck, int folder,
+                    lora_error *err);
+int lora_untie_config(const char *dir, lora_error *err);
+/* For an lm_head module whose base has no lm_head.weight: the input
+ * embedding of the head's shape it is tied to (tie_word_embeddings), or
+ * NULL when the head is not tied that way. */
+const lora_tensor *lora_tied_embedding(const lora_module *m, const lora_ckpt *base);
+/* A modules_to_save tensor the base lacks (a SEQ_CLS adapter's head on a
+ * causal-LM base): never dropped.  Arguments: name, shape, name. */
+#define LORA_MISSING_HEAD_FMT                                                                   \
+    "saved tensor %s %s (modules_to_save): the base has no such tensor, and merging without " \
+    "it would drop what the adapter trained (a classification head on a base without one?); " \
+    "use a base that has %s, e.g. the checkpoint of the task's model class"
 /* Elements of a module's canonical delta that are not finite rounded to
  * dt (delta.c): a huge scale (lora_alpha 1e308) from finite factors. */
 int lora_delta_nonfinite(const lora_module *m, lora_dtype dt, uint64_t *bad, lora_error *err);

@@ -123,6 +123,8 @@ struct run {
     unsigned char idx_hash[32];
     char *in_index;            /* the input's index file, sharded folders */
     size_t in_index_len;
+    int folder;                /* OUT is a folder (config.json beside the weights) */
+    const lora_tensor *untie;  /* the embedding a tied lm_head update unties (untie.c) */
 };
 
 static int push_base(struct basepairs *B, const char *name, const unsigned char h[32],
@@ -828,7 +830,13 @@ static int start_writer(struct run *R, size_t si, const char *outpath,
         const lora_tensor *t = lora_st_tensor(st, i);
         rc = lora_stw_declare(R->w, t->name, planned_dtype(R, t), t->ndim, t->shape, err);
     }
-    if (!rc)
+    int untie = R->untie && lora_st_find(st, R->untie->name) == R->untie;
+    if (!rc && untie) /* a new tensor: the input's layout cannot be kept */
+        rc = lora_stw_declare(R->w, LORA_UNTIED_HEAD, out_dtype(R, R->untie->dtype),
+                              R->untie->ndim, R->untie->shape, err);
+    if (untie)
+        R->kept_all = 0;
+    else if (!rc)
         rc = choose_layout(R, si, in_hdr, in_len, err);
     if (!rc)
         rc = lora_stw_start(R->w, err);
@@ -888,6 +896,13 @@ static int do_shard(struct run *R, size_t si, const char *outpath, lora_error *e
         const lora_tensor *rt = R->ref ? lora_ckpt_find(R->ref, t->name, NULL) : NULL;
         if (rt)
             release(rt->data, rt->nbytes);
+    }
+    if (!rc && R->untie && lora_st_find(st, R->untie->name) == R->untie) {
+        /* the untied head: the embedding's values plus the update */
+        lora_tensor head = *R->untie;
+        head.name = LORA_UNTIED_HEAD;
+        rc = do_tensor(R, &head, lora_st_fd(st), err);
+        R->res->untied = 1;
     }
     if (!rc && !R->res->hash_mismatches)
         rc = finish_provenance(R, si, in_hdr, in_len, err);
@@ -1009,6 +1024,9 @@ static int write_index(struct run *R, const char *dir, lora_error *err)
             const lora_tensor *t = lora_st_tensor(st, i);
             json_object_set_new(map, t->name, json_string(lora_ckpt_shard_name(R->ck, s)));
             total += t->nbytes; /* adjusted below for converted tensors */
+            if (R->untie == t)
+                json_object_set_new(map, LORA_UNTIED_HEAD,
+                                    json_string(lora_ckpt_shard_name(R->ck, s)));
         }
     }
     (void)total;
@@ -1276,12 +1294,16 @@ static int bind_all(struct run *R, lora_error *err)
 {
     lora_merge_adapter *sets[2] = {R->undo, R->add};
     size_t ns[2] = {R->nundo, R->nadd};
-    for (int k = 0; k < 2; k++)
-        for (size_t a = 0; a < ns[k]; a++) {
-            int rc = lora_adapter_bind(sets[k][a].ad, R->ck, err);
-            if (rc)
-                return lora_err_prefix(err, "%s", sets[k][a].spec);
-        }
+    for (size_t a = 0; a < ns[0]; a++) {
+        int rc = lora_adapter_bind(sets[0][a].ad, R->ck, err);
+        if (rc)
+            return lora_err_prefix(err, "%s", sets[0][a].spec);
+    }
+    /* an lm_head update on a tied head: merged, it unties (untie.c) */
+    int urc = lora_untie_bind(sets[1], ns[1], R->ck, R->folder, err);
+    if (urc)
+        return urc;
+    R->untie = lora_untie_source(sets[1], ns[1], R->ck);
     int brc = rc_bases(R, err);
     if (brc)
         return brc;
@@ -1557,6 +1579,7 @@ int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
      * the cause when they are not the receipt's either */
     if ((rc = check_pair(&R, only, err)))
         goto done;
+    R.folder = only == SIZE_MAX && (is_dir(input) || has_suffix(input, ".index.json"));
     if ((rc = bind_all(&R, err)))
         goto done;
     if ((rc = lora_engine_new(opts->nthreads, &R.eng, err)))
@@ -1636,6 +1659,8 @@ int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
         rc = copy_aux(lora_ckpt_dir(R.ck), tmpdir, err);
         if (!rc && lora_ckpt_is_sharded(R.ck))
             rc = write_index(&R, tmpdir, err);
+        if (!rc && R.untie)
+            rc = lora_untie_config(tmpdir, err);
     }
     if (!rc && only == SIZE_MAX && !opts->check_only)
         rc = check_restored(&R, tmpdir ? tmpdir : stage, err);

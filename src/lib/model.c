@@ -1,7 +1,7 @@
 /*
  * model.c - causal language models from Hugging Face folders, for
- * forward evaluation: the config.json parser, the weights (decoded to
- * F32 once at load), LoRA adapters applied at run time or merged, and
+ * forward evaluation (config.json is parsed in model_config.c): the
+ * weights (decoded to F32 once at load), LoRA adapters applied at run time or merged, and
  * the forward pass with a KV cache.
  *
  * Two families: GPT-2 (Conv1D weights stored [in, out], learned
@@ -23,7 +23,6 @@
 #include "internal.h"
 
 #include <cblas.h>
-#include <jansson.h>
 #include <math.h>
 #include <string.h>
 
@@ -31,299 +30,12 @@
  * header found first is another cblas.h (configure checked the symbol). */
 void openblas_set_num_threads(int num_threads);
 
-/* ------------------------------------------------------------------ */
-/* config.json                                                          */
-/* ------------------------------------------------------------------ */
-
-/* An unsigned integer key: absent or null gives dflt (a negative dflt
- * means the key is required); anything but an integer in [lo, hi] is an
- * error naming the key. */
-static int cfg_uint(json_t *o, const char *key, int64_t dflt, uint64_t lo, uint64_t hi,
-                    uint64_t *out, lora_error *err)
-{
-    json_t *v = json_object_get(o, key);
-    if (!v || json_is_null(v)) {
-        if (dflt < 0)
-            return lora_seterr(err, LORA_EINPUT, "config.json: \"%s\" is missing", key);
-        *out = (uint64_t)dflt;
-        return LORA_OK;
-    }
-    if (!json_is_integer(v))
-        return lora_seterr(err, LORA_EINPUT, "config.json: \"%s\" is not an integer", key);
-    json_int_t x = json_integer_value(v);
-    if (x < 0 || (uint64_t)x < lo || (uint64_t)x > hi)
-        return lora_seterr(err, LORA_EINPUT,
-                           "config.json: \"%s\" = %lld is out of range [%llu, %llu]", key,
-                           (long long)x, (unsigned long long)lo, (unsigned long long)hi);
-    *out = (uint64_t)x;
-    return LORA_OK;
-}
-
-static int cfg_num(json_t *o, const char *key, double dflt, double lo, double hi, double *out,
-                   lora_error *err)
-{
-    json_t *v = json_object_get(o, key);
-    if (!v || json_is_null(v)) {
-        *out = dflt;
-        return LORA_OK;
-    }
-    if (!json_is_number(v))
-        return lora_seterr(err, LORA_EINPUT, "config.json: \"%s\" is not a number", key);
-    double x = json_number_value(v);
-    if (!(x >= lo && x <= hi))
-        return lora_seterr(err, LORA_EINPUT, "config.json: \"%s\" = %g is out of range [%g, %g]",
-                           key, x, lo, hi);
-    *out = x;
-    return LORA_OK;
-}
-
-static int cfg_bool(json_t *o, const char *key, int dflt, int *out, lora_error *err)
-{
-    json_t *v = json_object_get(o, key);
-    if (!v || json_is_null(v)) {
-        *out = dflt;
-        return LORA_OK;
-    }
-    if (!json_is_boolean(v))
-        return lora_seterr(err, LORA_EINPUT, "config.json: \"%s\" is not true or false", key);
-    *out = json_is_true(v);
-    return LORA_OK;
-}
-
-static int cfg_str(json_t *o, const char *key, const char *dflt, const char **out,
-                   lora_error *err)
-{
-    json_t *v = json_object_get(o, key);
-    if (!v || json_is_null(v)) {
-        *out = dflt;
-        return LORA_OK;
-    }
-    if (!json_is_string(v))
-        return lora_seterr(err, LORA_EINPUT, "config.json: \"%s\" is not a string", key);
-    *out = json_string_value(v);
-    return LORA_OK;
-}
-
 #define TRY(x)                  \
     do {                        \
         int rc_ = (x);          \
         if (rc_ != LORA_OK)     \
             return rc_;         \
     } while (0)
-
-static int parse_gpt2(json_t *o, lora_model_config *c, lora_error *err)
-{
-    TRY(cfg_uint(o, "vocab_size", 50257, 1, LORA_MODEL_MAX_VOCAB, &c->vocab, err));
-    TRY(cfg_uint(o, "n_embd", 768, 1, LORA_MODEL_MAX_HIDDEN, &c->hidden, err));
-    TRY(cfg_uint(o, "n_layer", 12, 1, LORA_MODEL_MAX_LAYERS, &c->layers, err));
-    TRY(cfg_uint(o, "n_head", 12, 1, LORA_MODEL_MAX_HIDDEN, &c->heads, err));
-    TRY(cfg_uint(o, "n_inner", 0, 1, 16 * LORA_MODEL_MAX_HIDDEN, &c->inner, err));
-    if (c->inner == 0)
-        c->inner = 4 * c->hidden;
-    uint64_t ctx;
-    TRY(cfg_uint(o, "n_ctx", 1024, 1, LORA_MODEL_MAX_POSITIONS, &ctx, err));
-    TRY(cfg_uint(o, "n_positions", (int64_t)ctx, 1, LORA_MODEL_MAX_POSITIONS, &c->max_positions,
-                 err));
-    TRY(cfg_num(o, "layer_norm_epsilon", 1e-5, 0.0, 1.0, &c->norm_eps, err));
-    TRY(cfg_bool(o, "tie_word_embeddings", 1, &c->tied, err));
-    const char *act = NULL;
-    TRY(cfg_str(o, "activation_function", "gelu_new", &act, err));
-    if (strcmp(act, "gelu_new") != 0 && strcmp(act, "gelu_pytorch_tanh") != 0)
-        return lora_seterr(err, LORA_EINPUT,
-                           "config.json: activation_function \"%s\" is not supported "
-                           "(gelu_new only)", act);
-    int b;
-    TRY(cfg_bool(o, "scale_attn_weights", 1, &b, err));
-    if (!b)
-        return lora_seterr(err, LORA_EINPUT,
-                           "config.json: scale_attn_weights false is not supported");
-    TRY(cfg_bool(o, "scale_attn_by_inverse_layer_idx", 0, &b, err));
-    if (b)
-        return lora_seterr(err, LORA_EINPUT,
-                           "config.json: scale_attn_by_inverse_layer_idx is not supported");
-    if (c->hidden % c->heads != 0)
-        return lora_seterr(err, LORA_EINPUT, "config.json: n_embd %llu is not a multiple of n_head %llu",
-                           (unsigned long long)c->hidden, (unsigned long long)c->heads);
-    c->kv_heads = c->heads;
-    c->head_dim = c->hidden / c->heads;
-    return LORA_OK;
-}
-
-static int parse_rope(json_t *o, lora_model_config *c, lora_error *err)
-{
-    json_t *params = json_object_get(o, "rope_parameters");  /* transformers v5 */
-    json_t *scaling = json_object_get(o, "rope_scaling");
-    if (params && !json_is_null(params)) {
-        if (!json_is_object(params))
-            return lora_seterr(err, LORA_EINPUT, "config.json: \"rope_parameters\" is not an object");
-        scaling = params;
-        TRY(cfg_num(params, "rope_theta", c->rope_theta, 1e-6, 1e30, &c->rope_theta, err));
-    }
-    c->rope_type = LORA_ROPE_NONE;
-    if (!scaling || json_is_null(scaling))
-        return LORA_OK;
-    if (!json_is_object(scaling))
-        return lora_seterr(err, LORA_EINPUT, "config.json: \"rope_scaling\" is not an object");
-    const char *type = NULL;
-    TRY(cfg_str(scaling, "rope_type", NULL, &type, err));
-    if (!type)
-        TRY(cfg_str(scaling, "type", NULL, &type, err));
-    if (!type || strcmp(type, "default") == 0)
-        return LORA_OK;
-    if (strcmp(type, "linear") == 0) {
-        c->rope_type = LORA_ROPE_LINEAR;
-        TRY(cfg_num(scaling, "factor", NAN, 1e-6, 1e6, &c->rope_factor, err));
-        if (isnan(c->rope_factor))
-            return lora_seterr(err, LORA_EINPUT, "config.json: rope_scaling linear lacks \"factor\"");
-        return LORA_OK;
-    }
-    if (strcmp(type, "llama3") == 0) {
-        c->rope_type = LORA_ROPE_LLAMA3;
-        TRY(cfg_num(scaling, "factor", NAN, 1e-6, 1e6, &c->rope_factor, err));
-        TRY(cfg_num(scaling, "low_freq_factor", NAN, 1e-6, 1e6, &c->rope_low_freq, err));
-        TRY(cfg_num(scaling, "high_freq_factor", NAN, 1e-6, 1e6, &c->rope_high_freq, err));
-        TRY(cfg_uint(scaling, "original_max_position_embeddings", -1, 1, LORA_MODEL_MAX_POSITIONS,
-                     &c->rope_original_max, err));
-        if (isnan(c->rope_factor) || isnan(c->rope_low_freq) || isnan(c->rope_high_freq))
-            return lora_seterr(err, LORA_EINPUT,
-                               "config.json: rope_scaling llama3 needs factor, low_freq_factor "
-                               "and high_freq_factor");
-        if (!(c->rope_high_freq > c->rope_low_freq))
-            return lora_seterr(err, LORA_EINPUT,
-                               "config.json: rope_scaling llama3: high_freq_factor must exceed "
-                               "low_freq_factor");
-        return LORA_OK;
-    }
-    return lora_seterr(err, LORA_EINPUT, "config.json: rope_scaling type \"%s\" is not supported "
-                       "(linear and llama3 are)", type);
-}
-
-static int parse_llama(json_t *o, lora_model_config *c, lora_error *err)
-{
-    TRY(cfg_uint(o, "vocab_size", 32000, 1, LORA_MODEL_MAX_VOCAB, &c->vocab, err));
-    TRY(cfg_uint(o, "hidden_size", 4096, 1, LORA_MODEL_MAX_HIDDEN, &c->hidden, err));
-    TRY(cfg_uint(o, "intermediate_size", 11008, 1, 16 * LORA_MODEL_MAX_HIDDEN, &c->inner, err));
-    TRY(cfg_uint(o, "num_hidden_layers", 32, 1, LORA_MODEL_MAX_LAYERS, &c->layers, err));
-    TRY(cfg_uint(o, "num_attention_heads", 32, 1, LORA_MODEL_MAX_HIDDEN, &c->heads, err));
-    TRY(cfg_uint(o, "num_key_value_heads", (int64_t)c->heads, 1, c->heads, &c->kv_heads, err));
-    if (c->heads % c->kv_heads != 0)
-        return lora_seterr(err, LORA_EINPUT,
-                           "config.json: num_attention_heads %llu is not a multiple of "
-                           "num_key_value_heads %llu",
-                           (unsigned long long)c->heads, (unsigned long long)c->kv_heads);
-    TRY(cfg_uint(o, "head_dim", 0, 2, LORA_MODEL_MAX_HIDDEN, &c->head_dim, err));
-    if (c->head_dim == 0) {
-        if (c->hidden % c->heads != 0)
-            return lora_seterr(err, LORA_EINPUT,
-                               "config.json: hidden_size %llu is not a multiple of "
-                               "num_attention_heads %llu",
-                               (unsigned long long)c->hidden, (unsigned long long)c->heads);
-        c->head_dim = c->hidden / c->heads;
-    }
-    if (c->head_dim % 2 != 0)
-        return lora_seterr(err, LORA_EINPUT, "config.json: head_dim %llu is odd (RoPE needs pairs)",
-                           (unsigned long long)c->head_dim);
-    if (c->heads * c->head_dim > LORA_MODEL_MAX_HIDDEN * 4)
-        return lora_seterr(err, LORA_EINPUT, "config.json: num_attention_heads × head_dim is too large");
-    TRY(cfg_uint(o, "max_position_embeddings", 2048, 1, LORA_MODEL_MAX_POSITIONS,
-                 &c->max_positions, err));
-    TRY(cfg_num(o, "rms_norm_eps", 1e-6, 0.0, 1.0, &c->norm_eps, err));
-    TRY(cfg_num(o, "rope_theta", 10000.0, 1e-6, 1e30, &c->rope_theta, err));
-    TRY(cfg_bool(o, "tie_word_embeddings", 0, &c->tied, err));
-    int ab, mb;
-    TRY(cfg_bool(o, "attention_bias", 0, &ab, err));
-    TRY(cfg_bool(o, "mlp_bias", 0, &mb, err));
-    c->qkv_bias = ab || strcmp(c->architecture, "Qwen2ForCausalLM") == 0;
-    c->o_bias = ab;
-    c->mlp_bias = mb;
-    const char *act = NULL;
-    TRY(cfg_str(o, "hidden_act", "silu", &act, err));
-    if (strcmp(act, "silu") != 0)
-        return lora_seterr(err, LORA_EINPUT, "config.json: hidden_act \"%s\" is not supported (silu only)",
-                           act);
-    /* A sliding window changes attention only past its length: refuse
-     * sequences that long instead of computing them wrongly. */
-    json_t *sw = json_object_get(o, "sliding_window");
-    int use_sw = 1;
-    TRY(cfg_bool(o, "use_sliding_window", 1, &use_sw, err));
-    if (use_sw && sw && !json_is_null(sw)) {
-        uint64_t w;
-        TRY(cfg_uint(o, "sliding_window", 0, 1, LORA_MODEL_MAX_POSITIONS, &w, err));
-        if (w < c->max_positions)
-            c->max_positions = w;
-    }
-    return parse_rope(o, c, err);
-}
-
-int lora_model_config_parse(const char *json, size_t len, lora_model_config *cfg,
-                            lora_error *err)
-{
-    memset(cfg, 0, sizeof *cfg);
-    if (len > LORA_MODEL_MAX_CONFIG)
-        return lora_seterr(err, LORA_EINPUT, "config.json: larger than %u bytes",
-                           LORA_MODEL_MAX_CONFIG);
-    json_error_t je;
-    json_t *o = json_loadb(json, len, JSON_REJECT_DUPLICATES, &je);
-    if (!o)
-        return lora_seterr(err, LORA_EINPUT, "config.json: line %d: %s", je.line, je.text);
-    int rc = LORA_OK;
-    if (!json_is_object(o)) {
-        rc = lora_seterr(err, LORA_EINPUT, "config.json: not a JSON object");
-        goto out;
-    }
-    const char *arch = NULL;
-    json_t *archs = json_object_get(o, "architectures");
-    if (archs && !json_is_null(archs)) {
-        if (!json_is_array(archs) || json_array_size(archs) < 1 ||
-            !json_is_string(json_array_get(archs, 0))) {
-            rc = lora_seterr(err, LORA_EINPUT,
-                             "config.json: \"architectures\" is not a list of names");
-            goto out;
-        }
-        arch = json_string_value(json_array_get(archs, 0));
-    } else {
-        const char *mt = NULL;
-        if ((rc = cfg_str(o, "model_type", NULL, &mt, err)) != LORA_OK)
-            goto out;
-        if (!mt) {
-            rc = lora_seterr(err, LORA_EINPUT,
-                             "config.json: neither \"architectures\" nor \"model_type\" is given");
-            goto out;
-        }
-        static const char *const map[][2] = {{"gpt2", "GPT2LMHeadModel"},
-                                             {"llama", "LlamaForCausalLM"},
-                                             {"mistral", "MistralForCausalLM"},
-                                             {"qwen2", "Qwen2ForCausalLM"}};
-        for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
-            if (strcmp(mt, map[i][0]) == 0)
-                arch = map[i][1];
-        if (!arch) {
-            rc = lora_seterr(err, LORA_EINPUT, "config.json: model_type \"%.64s\" is not supported "
-                             "(gpt2, llama, mistral, qwen2 are)", mt);
-            goto out;
-        }
-    }
-    if (strlen(arch) >= sizeof cfg->architecture) {
-        rc = lora_seterr(err, LORA_EINPUT, "config.json: architecture name too long");
-        goto out;
-    }
-    strcpy(cfg->architecture, arch);
-    if (strcmp(arch, "GPT2LMHeadModel") == 0) {
-        cfg->arch = LORA_ARCH_GPT2;
-        rc = parse_gpt2(o, cfg, err);
-    } else if (strcmp(arch, "LlamaForCausalLM") == 0 || strcmp(arch, "MistralForCausalLM") == 0 ||
-               strcmp(arch, "Qwen2ForCausalLM") == 0) {
-        cfg->arch = LORA_ARCH_LLAMA;
-        rc = parse_llama(o, cfg, err);
-    } else {
-        rc = lora_seterr(err, LORA_EINPUT,
-                         "config.json: architecture %s is not supported (GPT2LMHeadModel, "
-                         "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM are)", arch);
-    }
-out:
-    json_decref(o);
-    return rc;
-}
 
 /* ------------------------------------------------------------------ */
 /* weights                                                              */
@@ -357,6 +69,15 @@ struct lora_model {
     lora_ckpt *ck;
     char prefix[16];     /* "", "transformer." or "model." */
     float *embed, *wpe, *nfw, *nfb, *head;
+    char embed_name[64];  /* checkpoint names of the input embedding and the */
+    char head_name[64];   /* head ("" when tied: head == embed) */
+    /* Adapters on the embedding and on the head, both never shared with
+     * the transformer blocks' ops: eop.A/B are lora_embedding_A [r, V]
+     * and B [E, r], eop.wm the merged embedding; hop is the head as a
+     * Linear [V, E] (its w is head, not owned), hop.wm the merged head.
+     * With tied embeddings an lm_head update changes the head alone, as
+     * PEFT applies it: hop.wm is embed + ΔW and embed stays. */
+    linop eop, hop;
     layer *L;
     float *inv_freq;     /* [head_dim / 2] */
     uint64_t params;
@@ -464,6 +185,7 @@ void lora_model_free(lora_model *m)
 {
     if (!m)
         return;
+    lora_model_detach(m); /* the head's and embedding's adapter parts */
     if (m->L) {
         for (uint64_t i = 0; i < m->cfg.layers; i++) {
             layer *l = &m->L[i];
@@ -475,6 +197,8 @@ void lora_model_free(lora_model *m)
         }
         free(m->L);
     }
+    free(m->eop.tensor);
+    free(m->hop.tensor);
     if (m->head != m->embed)
         free(m->head);
     free(m->embed); free(m->wpe); free(m->nfw); free(m->nfb); free(m->inv_freq);
@@ -512,6 +236,38 @@ static int make_inv_freq(lora_model *m, lora_error *err)
     return LORA_OK;
 }
 
+/* The output head: lm_head.weight, or the input embedding when tied
+ * (tie_word_embeddings and no lm_head.weight in the checkpoint). */
+static int load_head(lora_model *m, lora_error *err)
+{
+    const lora_model_config *c = &m->cfg;
+    if (c->tied && !lora_ckpt_find(m->ck, "lm_head.weight", NULL)) {
+        m->head = m->embed;
+        m->head_name[0] = '\0';
+        return LORA_OK;
+    }
+    int rc = load_tensor(m, "lm_head.weight", 0, c->vocab, c->hidden, &m->head, NULL, err);
+    if (rc == LORA_EINPUT && !c->tied && !lora_ckpt_find(m->ck, "lm_head.weight", NULL))
+        lora_err_prefix(err, "config.json says tie_word_embeddings false, so the head is not "
+                        "the embeddings");
+    strcpy(m->head_name, "lm_head.weight");
+    return rc;
+}
+
+/* The head and the embedding as ops an adapter can attach to. */
+static int head_ops(lora_model *m, lora_error *err)
+{
+    const lora_model_config *c = &m->cfg;
+    m->hop.w = m->head;
+    m->hop.in = c->hidden;
+    m->hop.out = c->vocab;
+    m->eop.in = c->vocab;
+    m->eop.out = c->hidden;
+    m->hop.tensor = lora_strdup(m->head_name[0] ? m->head_name : m->embed_name, err);
+    m->eop.tensor = m->hop.tensor ? lora_strdup(m->embed_name, err) : NULL;
+    return m->eop.tensor ? LORA_OK : LORA_EIO;
+}
+
 static int load_weights(lora_model *m, lora_error *err)
 {
     const lora_model_config *c = &m->cfg;
@@ -524,6 +280,7 @@ static int load_weights(lora_model *m, lora_error *err)
         /* hub checkpoints have no prefix; ones saved from GPT2LMHeadModel use "transformer." */
         strcpy(m->prefix, lora_ckpt_find(m->ck, "wte.weight", NULL) ? "" : "transformer.");
         TRY(load_tensor(m, "wte.weight", 1, V, E, &m->embed, NULL, err));
+        snprintf(m->embed_name, sizeof m->embed_name, "%swte.weight", m->prefix);
         TRY(load_tensor(m, "wpe.weight", 1, c->max_positions, E, &m->wpe, NULL, err));
         for (uint64_t i = 0; i < c->layers; i++) {
             layer *l = &m->L[i];
@@ -540,15 +297,13 @@ static int load_weights(lora_model *m, lora_error *err)
         }
         TRY(load_tensor(m, "ln_f.weight", 1, E, 0, &m->nfw, NULL, err));
         TRY(load_tensor(m, "ln_f.bias", 1, E, 0, &m->nfb, NULL, err));
-        if (!c->tied || lora_ckpt_find(m->ck, "lm_head.weight", NULL))
-            TRY(load_tensor(m, "lm_head.weight", 0, V, E, &m->head, NULL, err));
-        else
-            m->head = m->embed;
-        return LORA_OK;
+        TRY(load_head(m, err));
+        return head_ops(m, err);
     }
     strcpy(m->prefix, "model.");
     uint64_t qd = c->heads * c->head_dim, kvd = c->kv_heads * c->head_dim;
     TRY(load_tensor(m, "embed_tokens.weight", 1, V, E, &m->embed, NULL, err));
+    snprintf(m->embed_name, sizeof m->embed_name, "%sembed_tokens.weight", m->prefix);
     for (uint64_t i = 0; i < c->layers; i++) {
         layer *l = &m->L[i];
 #define P(s) (snprintf(n, sizeof n, "layers.%llu." s, (unsigned long long)i), n)
@@ -564,11 +319,41 @@ static int load_weights(lora_model *m, lora_error *err)
 #undef P
     }
     TRY(load_tensor(m, "norm.weight", 1, E, 0, &m->nfw, NULL, err));
-    if (!c->tied || lora_ckpt_find(m->ck, "lm_head.weight", NULL))
-        TRY(load_tensor(m, "lm_head.weight", 0, V, E, &m->head, NULL, err));
-    else
-        m->head = m->embed;
+    TRY(load_head(m, err));
+    TRY(head_ops(m, err));
     return make_inv_freq(m, err);
+}
+
+/* A config that declares fewer layers than the checkpoint holds would
+ * run a truncated model without a word: count the layers the tensor
+ * names hold ("h.N." / "layers.N." after the model's prefix). */
+static int check_layer_count(const lora_model *m, lora_error *err)
+{
+    const char *stem = m->cfg.arch == LORA_ARCH_GPT2 ? "h." : "layers.";
+    char lead[32];
+    snprintf(lead, sizeof lead, "%s%s", m->prefix, stem);
+    size_t ll = strlen(lead);
+    uint64_t held = 0;
+    const char *example = NULL;
+    for (size_t i = 0; i < lora_ckpt_count(m->ck); i++) {
+        const char *name = lora_ckpt_tensor(m->ck, i, NULL)->name;
+        if (strncmp(name, lead, ll) != 0 || name[ll] < '0' || name[ll] > '9')
+            continue;
+        char *end;
+        unsigned long long k = strtoull(name + ll, &end, 10);
+        if (*end == '.' && k + 1 > held && k < UINT64_MAX) {
+            held = k + 1;
+            example = name;
+        }
+    }
+    if (held > m->cfg.layers)
+        return lora_seterr(err, LORA_EINPUT,
+                           "%s: config.json declares %llu layers (%s) but the checkpoint holds %llu "
+                           "(it has %s): the model would run truncated",
+                           lora_ckpt_dir(m->ck), (unsigned long long)m->cfg.layers,
+                           m->cfg.arch == LORA_ARCH_GPT2 ? "n_layer" : "num_hidden_layers",
+                           (unsigned long long)held, example);
+    return LORA_OK;
 }
 
 int lora_model_open(const char *dir, lora_model **out, lora_error *err)
@@ -593,10 +378,22 @@ int lora_model_open(const char *dir, lora_model **out, lora_error *err)
     }
     free(json);
     free(path);
+    if (rc != LORA_OK) {
+        /* no config.json, and maybe no checkpoint either: a folder of
+         * GGUF or PyTorch weights is better named as such */
+        lora_error e2;
+        lora_error_clear(&e2);
+        if (lora_ckpt_open(dir, &m->ck, &e2) == LORA_EINPUT && err)
+            *err = e2;
+        lora_ckpt_close(m->ck);
+        m->ck = NULL;
+    }
     if (rc == LORA_OK)
         rc = lora_ckpt_open(dir, &m->ck, err);
     if (rc == LORA_OK)
         rc = load_weights(m, err);
+    if (rc == LORA_OK)
+        rc = check_layer_count(m, err);
     if (rc != LORA_OK) {
         lora_model_free(m);
         return rc;
@@ -625,12 +422,14 @@ void lora_model_detach(lora_model *m)
 {
     if (!m)
         return;
-    for (uint64_t i = 0; i < m->cfg.layers; i++) {
+    for (uint64_t i = 0; m->L && i < m->cfg.layers; i++) {
         linop *ops[8];
         layer_ops(&m->L[i], ops);
         for (int j = 0; j < 8; j++)
             linop_free_adapter(ops[j]);
     }
+    linop_free_adapter(&m->eop);
+    linop_free_adapter(&m->hop);
     m->ad = NULL;
     m->n_adapted = 0;
     m->merged = 0;
@@ -650,10 +449,46 @@ static int decode_new(const lora_tensor *t, float **dst, lora_error *err)
 /* Below, after the forward pass. */
 static int merged_weight(lora_model *m, const lora_module *mod, linop *op, lora_error *err);
 
+/* The op a module adapts: a projection of a block, the head (its own
+ * lm_head.weight, or with tied embeddings the head alone: tied_head),
+ * or the input embedding; NULL and a message for anything else. */
+static linop *op_for(lora_model *m, const lora_adapter *ad, const lora_module *mod,
+                     lora_error *err)
+{
+    if (mod->embedding) {
+        if (strcmp(mod->target, m->embed_name) != 0) {
+            lora_seterr(err, LORA_EINPUT, "%s: module %s: an embedding update of %s, which is not "
+                        "the model's input embedding %s", ad->path, mod->name, mod->target,
+                        m->embed_name);
+            return NULL;
+        }
+        if (!m->head_name[0]) {
+            /* PEFT adds it to the input lookup at run time, but a merge
+             * changes the tied head too: the two disagree */
+            lora_seterr(err, LORA_EINPUT, "%s: module %s: an embedding update on a model whose "
+                        "head is tied to the embeddings (%s, tie_word_embeddings): at run time "
+                        "it changes the input only, merged it changes the head too, so lora-eval "
+                        "refuses it; evaluate a merged checkpoint instead", ad->path, mod->name,
+                        m->embed_name);
+            return NULL;
+        }
+        return &m->eop;
+    }
+    if (mod->tied_head || (m->head_name[0] && strcmp(mod->target, m->head_name) == 0))
+        return &m->hop;
+    linop *op = find_op(m, mod->target);
+    if (!op)
+        lora_seterr(err, LORA_EINPUT,
+                    "%s: module %s adapts %s, which is not an attention or MLP projection, the "
+                    "input embedding or the head; evaluation supports only those", ad->path,
+                    mod->name, mod->target);
+    return op;
+}
+
 int lora_model_attach(lora_model *m, lora_adapter *ad, int want_merged, lora_error *err)
 {
     lora_model_detach(m);
-    int rc = lora_adapter_bind(ad, m->ck, err);
+    int rc = lora_adapter_bind_tied(ad, m->ck, err);
     if (rc != LORA_OK)
         return rc;
     if (ad->n_saved > 0)
@@ -662,19 +497,18 @@ int lora_model_attach(lora_model *m, lora_adapter *ad, int want_merged, lora_err
                            ad->path, ad->saved[0].target);
     for (size_t i = 0; i < ad->n_modules; i++) {
         const lora_module *mod = &ad->modules[i];
-        linop *op = find_op(m, mod->target);
-        if (mod->embedding || !op) {
-            rc = lora_seterr(err, LORA_EINPUT,
-                             "%s: module %s adapts %s, which is not an attention or MLP "
-                             "projection; evaluation supports only those", ad->path, mod->name,
-                             mod->target);
+        linop *op = op_for(m, ad, mod, err);
+        if (!op) {
+            rc = LORA_EINPUT;
             goto fail;
         }
         if (op->A) {
             rc = lora_seterr(err, LORA_EINPUT, "%s: two modules adapt %s", ad->path, mod->target);
             goto fail;
         }
-        if (mod->in != op->in || mod->out != op->out || mod->transpose != op->conv1d ||
+        /* an embedding stores ΔWᵀ [V, E]: A is [r, V], B [E, r] */
+        int conv = op == &m->eop ? 1 : op->conv1d;
+        if (mod->in != op->in || mod->out != op->out || mod->transpose != conv ||
             mod->A->numel != mod->r * op->in || mod->B->numel != op->out * mod->r) {
             rc = lora_seterr(err, LORA_EINPUT,
                              "%s: module %s does not fit %s (in %llu, out %llu, r %llu)",
@@ -763,7 +597,7 @@ int lora_run_new(lora_model *m, int mode, uint64_t max_tokens, lora_run **out, l
     r->cap = max_tokens;
     uint64_t T = max_tokens, E = c->hidden, qd = c->heads * c->head_dim,
              kvd = c->kv_heads * c->head_dim, hd2 = c->head_dim / 2;
-    r->rmax = 1;
+    r->rmax = m->hop.r > 1 ? m->hop.r : 1;
     for (uint64_t i = 0; i < c->layers; i++) {
         linop *ops[8];
         layer_ops(&m->L[i], ops);
@@ -994,6 +828,19 @@ static void block_llama(lora_run *r, uint64_t l, size_t n)
         r->x[i] += r->h[i];
 }
 
+/* x += scale·B·A[:, tok]: PEFT's Embedding LoRA at run time
+ * (F.embedding(x, A.T) @ B.T · scaling), with A [r, V] and B [E, r]. */
+static void embedding_lora(const linop *op, uint64_t V, int32_t tok, float *x)
+{
+    uint64_t E = op->out, R = op->r;
+    for (uint64_t j = 0; j < E; j++) {
+        float s = 0.0f;
+        for (uint64_t k = 0; k < R; k++)
+            s += op->B[j * R + k] * op->A[k * V + (uint64_t)tok];
+        x[j] += s * op->scale;
+    }
+}
+
 int lora_run_forward(lora_run *r, const int32_t *tokens, size_t n, float *logits, size_t rows,
                      lora_error *err)
 {
@@ -1011,8 +858,9 @@ int lora_run_forward(lora_run *r, const int32_t *tokens, size_t n, float *logits
         if (tokens[i] < 0 || (uint64_t)tokens[i] >= c->vocab)
             return lora_seterr(err, LORA_EINPUT, "token id %ld is outside the vocabulary (0..%llu)",
                                (long)tokens[i], (unsigned long long)c->vocab - 1);
+    const float *emb = (r->mode == LORA_MODE_MERGED && m->eop.wm) ? m->eop.wm : m->embed;
     for (size_t i = 0; i < n; i++) {
-        const float *e = m->embed + (uint64_t)tokens[i] * E;
+        const float *e = emb + (uint64_t)tokens[i] * E;
         float *x = r->x + i * E;
         if (c->arch == LORA_ARCH_GPT2) {
             const float *p = m->wpe + (r->pos + i) * E;
@@ -1021,6 +869,8 @@ int lora_run_forward(lora_run *r, const int32_t *tokens, size_t n, float *logits
         } else {
             memcpy(x, e, E * sizeof(float));
         }
+        if (r->mode == LORA_MODE_UNMERGED && m->eop.A)
+            embedding_lora(&m->eop, c->vocab, tokens[i], x);
     }
     for (uint64_t l = 0; l < c->layers; l++) {
         if (c->arch == LORA_ARCH_GPT2)
@@ -1035,7 +885,7 @@ int lora_run_forward(lora_run *r, const int32_t *tokens, size_t n, float *logits
             layernorm(xr, r->h, rows, E, m->nfw, m->nfb, c->norm_eps);
         else
             rmsnorm(xr, r->h, rows, E, m->nfw, c->norm_eps);
-        matmul(1, rows, c->vocab, E, 1.0f, r->h, E, m->head, E, 0.0f, logits, c->vocab);
+        linop_run(r, &m->hop, r->h, E, rows, logits, c->vocab);
     }
     return LORA_OK;
 }

@@ -1642,6 +1642,8 @@ void lora_reg_evals_free(lora_reg_eval *list, size_t n)
         free(list[i].dataset);
         free(list[i].metric);
         free(list[i].tool_version);
+        free(list[i].mode);
+        free(list[i].base_name);
     }
     free(list);
 }
@@ -1666,8 +1668,8 @@ int lora_registry_record_eval(lora_registry *reg, const lora_reg_eval *ev, lora_
     }
     sqlite3_stmt *st;
     if ((rc = prep(reg, "INSERT INTO evals (adapter_id, base_hash, dataset_hash, dataset, metric, "
-                        "value, items, time, tool_version) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, "
-                        "?9)",
+                        "value, items, time, tool_version, mode, base_name) VALUES (?1, ?2, ?3, ?4, "
+                        "?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                    &st, err))) {
         rollback(reg);
         lora_reg_adapter_free(a);
@@ -1682,6 +1684,8 @@ int lora_registry_record_eval(lora_registry *reg, const lora_reg_eval *ev, lora_
     sqlite3_bind_int64(st, 7, (sqlite3_int64)ev->items);
     sqlite3_bind_int64(st, 8, ev->time ? ev->time : (sqlite3_int64)time(NULL));
     bind_text(st, 9, ev->tool_version ? ev->tool_version : lora_version());
+    bind_text(st, 10, ev->mode);
+    bind_text(st, 11, ev->base_name);
     int s = sqlite3_step(st);
     sqlite3_finalize(st);
     lora_reg_adapter_free(a);
@@ -1701,10 +1705,12 @@ int lora_registry_evals(lora_registry *reg, const char *adapter, lora_reg_eval *
     const char *at = adapter ? strrchr(adapter, '@') : NULL;
     const char *sql =
         "SELECT a.name || '@' || a.version, e.base_hash, e.dataset_hash, e.dataset, e.metric, "
-        "e.value, e.items, e.time, e.tool_version FROM evals e JOIN adapters a ON a.id = "
+        "e.value, e.items, e.time, e.tool_version, %s FROM evals e JOIN adapters a ON a.id = "
         "e.adapter_id %s ORDER BY e.time, e.id";
-    char q[512];
-    snprintf(q, sizeof q, sql,
+    char q[640];
+    /* a read-only reader of a schema-1 database (no migration) has no
+     * mode and base_name columns: NULL for both */
+    snprintf(q, sizeof q, sql, reg->schema >= 2 ? "e.mode, e.base_name" : "NULL, NULL",
              !adapter ? "" : at ? "WHERE a.name = ?1 AND a.version = ?2" : "WHERE a.name = ?1");
     sqlite3_stmt *st;
     int rc = prep(reg, q, &st, err);
@@ -1742,6 +1748,8 @@ int lora_registry_evals(lora_registry *reg, const char *adapter, lora_reg_eval *
         e->items = (uint64_t)sqlite3_column_int64(st, 6);
         e->time = sqlite3_column_int64(st, 7);
         e->tool_version = col_dup(st, 8, &oom);
+        e->mode = col_dup(st, 9, &oom);
+        e->base_name = col_dup(st, 10, &oom);
         if (oom)
             break;
     }

@@ -123,8 +123,16 @@ int lora_registry_open_adapter(lora_registry *reg, const lora_reg_adapter *a,
             if (err)
                 *err = why;
             rc = LORA_ECHECK;
-        } else if (rc && err) {
-            lora_err_prefix(err, "blob %s", a->path);
+        } else if (rc) {
+            /* A registered blob that does not even parse was damaged or
+             * swapped after it was checked in: that is a failed check of
+             * the registry (exit 1), whatever the parser called it. */
+            if (rc == LORA_EINPUT)
+                rc = LORA_ECHECK;
+            if (err) {
+                err->code = rc;
+                lora_err_prefix(err, "blob %s", a->path);
+            }
         }
     }
     free(keys);

@@ -243,7 +243,7 @@ static int check_layout(lora_st *st, lora_error *err)
     return LORA_OK;
 }
 
-static int parse(lora_st *st, lora_error *err)
+static int parse_header(lora_st *st, lora_error *err)
 {
     /* rule 1 */
     if (st->len < 8)
@@ -314,6 +314,20 @@ static int parse(lora_st *st, lora_error *err)
     }
     qsort(st->by_name, st->n, sizeof *st->by_name, cmp_name_ptr);
     return LORA_OK;
+}
+
+/* A file that fails as safetensors but is another known kind (GGUF,
+ * PyTorch, NumPy, HTML, ...) is named as that kind: its "header length"
+ * would mean nothing to the user.  A valid file is never renamed. */
+static int parse(lora_st *st, lora_error *err)
+{
+    int rc = parse_header(st, err);
+    if (rc != LORA_EINPUT)
+        return rc;
+    const char *kind = lora_foreign_kind(st->buf, (size_t)st->len);
+    if (kind)
+        lora_seterr(err, LORA_EINPUT, "%s: not a safetensors file: this is %s", st->name, kind);
+    return rc;
 }
 
 void lora_st_close(lora_st *st)

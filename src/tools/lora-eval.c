@@ -13,6 +13,7 @@
 #include <getopt.h>
 #include <jansson.h>
 #include <libgen.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,24 +26,40 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "Usage: %s --model DIR [-a ADAPTER] --data FILE [options]\n"
+            "       %s --model DIR [-a ADAPTER] --text FILE [--context N] [--stride S]\n"
             "       %s --check-recovery --model DIR -a ADAPTER [--json]\n"
+            "       %s --tokenize|--detokenize (--tokenizer PATH | --model DIR) [--data FILE]\n"
             "\n"
             "Evaluate a Hugging Face causal LM (GPT-2, LLaMA, Mistral, Qwen2), with or\n"
-            "without a LoRA adapter, on a JSONL data set of token ids.\n"
+            "without a LoRA adapter, on a JSONL data set of text or token ids, or its\n"
+            "perplexity over a plain text file.\n"
             "\n"
             "  -m, --model DIR        base model folder (config.json + safetensors)\n"
             "  -a, --adapter SPEC     PEFT folder, .lora archive, task:TASK or reg:NAME@VERSION\n"
             "  -d, --data FILE        JSONL data set (- for stdin)\n"
             "      --mode MODE        unmerged (default), merged, or both (compare them)\n"
-            "      --min-accuracy X   exit 1 when accuracy is below X (0..1)\n"
+            "      --min-accuracy X   exit 1 when the share of correct items is below X (0..1)\n"
             "      --check-recovery   merge in memory, unmerge with the receipt corrections,\n"
             "                         compare with the base bit for bit (exit 1 unless exact)\n"
             "      --limit N          evaluate the first N items only\n"
+            "      --predictions FILE one JSON line per item: prediction, log-probs, correct,\n"
+            "                         NLL (- for stdout)\n"
+            "      --max-new-tokens N generate up to the target's length + N tokens (default 32)\n"
+            "      --text FILE        perplexity of a plain text file (- for stdin), base and\n"
+            "                         adapted\n"
+            "      --context N        --text window in tokens (default: the model's positions)\n"
+            "      --stride S         --text window step (default: half the context)\n"
+            "      --tokenize         JSONL \"text\" lines to \"ids\" (other keys echoed)\n"
+            "      --detokenize       JSONL \"ids\" lines to \"text\" (other keys echoed)\n"
+            "      --tokenizer PATH   tokenizer.json or its folder, for text (default: the --model\n"
+            "                         folder)\n"
+            "      --no-special       no BOS/EOS when tokenizing; special tokens dropped when\n"
+            "                         detokenizing\n"
             "  -p, --pubkey FILE      minisign public key for .lora archives (repeatable)\n"
             "      --no-verify        open .lora archives without checking signatures\n"
             "      --any-base         evaluate on a base other than the one the adapter's\n"
             "                         archive records (warns; refused otherwise)\n"
-            "      --record           write accuracy and NLL to the registry's evals table\n"
+            "      --record           write the metrics to the registry's evals table\n"
             "                         (the adapter must be registered)\n"
             "      --registry PATH    registry database (default: $LORA_REGISTRY, else\n"
             "                         $XDG_DATA_HOME/lora/registry.db, else\n"
@@ -53,9 +70,9 @@ static void usage(FILE *f)
             "  -h, --help             this help\n"
             "  -V, --version          version\n"
             "\n"
-            "Exit status: 0 ok, 1 accuracy below --min-accuracy or merged and unmerged\n"
-            "disagree or recovery is not exact, 2 usage error, 3 bad input, 4 I/O error.\n",
-            prog, prog);
+            "Exit status: 0 ok, 1 share of correct items below --min-accuracy or merged and\n"
+            "unmerged disagree or recovery is not exact, 2 usage error, 3 bad input, 4 I/O error.\n",
+            prog, prog, prog, prog);
 }
 
 static int die(int code, const lora_error *err)
@@ -156,11 +173,259 @@ out:
     return rc;
 }
 
+/* lora_tokenizer as the library's text codec. */
+static int codec_encode(void *arg, const char *text, size_t len, int add_special, int32_t **ids,
+                        size_t *n, lora_error *err)
+{
+    return lora_tokenizer_encode(arg, text, len, add_special, ids, n, err);
+}
+
+static int codec_decode(void *arg, const int32_t *ids, size_t n, int skip_special, char **text,
+                        lora_error *err)
+{
+    return lora_tokenizer_decode(arg, ids, n, skip_special, text, err);
+}
+
+static lora_text_codec codec_of(lora_tokenizer *tok)
+{
+    lora_text_codec tc = {.arg = tok, .encode = codec_encode, .decode = codec_decode,
+                          .bos = lora_tokenizer_bos(tok), .eos = lora_tokenizer_eos(tok)};
+    return tc;
+}
+
+/* The model's own tokenizer (PATH, else the model folder), with a
+ * message that says where it looked. */
+static int open_tokenizer(const char *path, const char *model_dir, lora_tokenizer **tok,
+                          lora_error *err)
+{
+    int rc = lora_tokenizer_open(path ? path : model_dir, tok, err);
+    if (rc != LORA_OK && !path) {
+        char m[sizeof err->msg];
+        snprintf(m, sizeof m, "text needs the model's tokenizer (tokenizer.json in %s, or "
+                              "--tokenizer PATH): %s", model_dir, err->msg);
+        memcpy(err->msg, m, sizeof m);
+    }
+    return rc;
+}
+
+/* A tokenizer with more ids than the model has rows of logits is not
+ * this model's (a Llama 3 tokenizer on a GPT-2, say): say so once
+ * rather than "id outside the vocabulary" on some line. */
+static int tokenizer_fits(const lora_tokenizer *tok, const lora_model_config *cfg, lora_error *err)
+{
+    size_t tv = lora_tokenizer_vocab_size(tok);
+    if (tv <= cfg->vocab)
+        return LORA_OK;
+    snprintf(err->msg, sizeof err->msg,
+             "the tokenizer has %zu ids, the model only %llu: it is not this model's tokenizer "
+             "(--tokenizer PATH names another)", tv, (unsigned long long)cfg->vocab);
+    return err->code = LORA_EINPUT;
+}
+
+/* Read all of a text file ("-": stdin) for --text. */
+static int slurp(const char *path, char **buf, size_t *len, lora_error *err)
+{
+    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
+    if (!f) {
+        int e = errno;
+        snprintf(err->msg, sizeof err->msg, "%s: %s", path, strerror(e));
+        return err->code = e == ENOENT || e == EACCES || e == EISDIR ? LORA_EINPUT : LORA_EIO;
+    }
+    size_t cap = 1 << 16, n = 0;
+    char *p = malloc(cap);
+    while (p) {
+        if (n == cap) {
+            char *q = cap < (1u << 30) ? realloc(p, cap * 2) : NULL;
+            if (!q) {
+                free(p);
+                p = NULL;
+                break;
+            }
+            p = q;
+            cap *= 2;
+        }
+        size_t k = fread(p + n, 1, cap - n, f);
+        n += k;
+        if (k == 0)
+            break;
+    }
+    int bad = ferror(f);
+    if (f != stdin)
+        fclose(f);
+    if (!p || bad) {
+        free(p);
+        snprintf(err->msg, sizeof err->msg, "%s: %s", path,
+                 bad ? "read error" : "more than 1 GiB or out of memory");
+        return err->code = bad ? LORA_EIO : LORA_EINPUT;
+    }
+    *buf = p;
+    *len = n;
+    return LORA_OK;
+}
+
+/* --text: perplexity of a plain text file, base and (with -a) adapted. */
+static int text_main(const char *model_dir, const char *tok_path, const char *adapter,
+                     const lora_source_opts *so, int any_base, const char *path, size_t context,
+                     size_t stride, int json)
+{
+    lora_error err;
+    lora_error_clear(&err);
+    if (lora_init(&err) != LORA_OK)
+        return die(err.code, &err);
+    lora_model *m = NULL;
+    lora_adapter *ad = NULL;
+    lora_tokenizer *tok = NULL;
+    char *buf = NULL;
+    int32_t *ids = NULL;
+    size_t len = 0, n = 0;
+    lora_ppl_result pb, pa;
+    int rc = lora_model_open(model_dir, &m, &err);
+    if (rc == LORA_OK)
+        rc = open_tokenizer(tok_path, model_dir, &tok, &err);
+    if (rc == LORA_OK)
+        rc = tokenizer_fits(tok, lora_model_cfg(m), &err);
+    if (rc == LORA_OK)
+        rc = slurp(path, &buf, &len, &err);
+    if (rc == LORA_OK && adapter && (rc = lora_adapter_load(adapter, so, &ad, &err)) == LORA_OK &&
+        (rc = lora_model_attach(m, ad, 0, &err)) == LORA_OK)
+        rc = lora_base_check(ad, lora_model_ckpt(m), any_base, prog, stderr, &err);
+    /* the text as one sequence; a BOS the tokenizer adds starts it */
+    if (rc == LORA_OK)
+        rc = lora_tokenizer_encode(tok, buf, len, 1, &ids, &n, &err);
+    const lora_model_config *cfg = m ? lora_model_cfg(m) : NULL;
+    if (rc == LORA_OK) {
+        if (!context)
+            context = (size_t)cfg->max_positions;
+        if (!stride)
+            stride = context > 1 ? context / 2 : 1;
+        rc = lora_eval_perplexity(m, LORA_MODE_BASE, ids, n, context, stride, &pb, &err);
+    }
+    if (rc == LORA_OK && ad)
+        rc = lora_eval_perplexity(m, LORA_MODE_UNMERGED, ids, n, context, stride, &pa, &err);
+    if (rc != LORA_OK) {
+        fprintf(stderr, "%s: %s\n", prog, err.msg);
+        goto out;
+    }
+    if (json) {
+        json_t *o = json_object();
+        json_object_set_new(o, "model", json_string(model_dir));
+        json_object_set_new(o, "adapter", adapter ? json_string(adapter) : json_null());
+        json_object_set_new(o, "text", json_string(path));
+        json_object_set_new(o, "tokens", json_integer((json_int_t)n));
+        json_object_set_new(o, "scored_tokens", json_integer((json_int_t)pb.tokens));
+        json_object_set_new(o, "context", json_integer((json_int_t)context));
+        json_object_set_new(o, "stride", json_integer((json_int_t)stride));
+        json_object_set_new(o, "windows", json_integer((json_int_t)pb.windows));
+        json_t *b = json_object();
+        json_object_set_new(b, "nll", json_real(pb.mean_nll));
+        json_object_set_new(b, "perplexity", json_real(pb.perplexity));
+        json_object_set_new(o, "base", b);
+        if (ad) {
+            json_t *a = json_object();
+            json_object_set_new(a, "nll", json_real(pa.mean_nll));
+            json_object_set_new(a, "perplexity", json_real(pa.perplexity));
+            json_object_set_new(o, "adapted", a);
+        } else {
+            json_object_set_new(o, "adapted", json_null());
+        }
+        char *js = json_dumps(o, JSON_INDENT(2) | JSON_REAL_PRECISION(10));
+        json_decref(o);
+        if (js)
+            puts(js);
+        free(js);
+    } else {
+        printf("model       %s (%s)\n", model_dir, cfg->architecture);
+        printf("text        %s: %zu tokens, %llu scored in %zu windows of %zu (stride %zu)\n",
+               path, n, (unsigned long long)pb.tokens, pb.windows, context, stride);
+        printf("base        NLL %.6f per token, perplexity %.4f\n", pb.mean_nll, pb.perplexity);
+        if (ad)
+            printf("adapted     NLL %.6f per token, perplexity %.4f (%s)\n", pa.mean_nll,
+                   pa.perplexity, adapter);
+    }
+out:
+    free(ids);
+    free(buf);
+    lora_tokenizer_free(tok);
+    lora_adapter_free(ad);
+    lora_model_free(m);
+    return rc;
+}
+
+/* A metric for --json: null when no item has it (never 0 in its place). */
+static json_t *metric(double x)
+{
+    return isfinite(x) ? json_real(x) : json_null();
+}
+
+/* A metric for people: "-" when no item has it. */
+static void print_metric(const char *name, double x, const char *extra)
+{
+    if (isfinite(x))
+        printf("%-11s %.4f%s\n", name, x, extra ? extra : "");
+    else
+        printf("%-11s -\n", name);
+}
+
+static void json_metrics(json_t *o, const lora_eval_result *r)
+{
+    json_object_set_new(o, "accuracy", metric(r->choice_accuracy));
+    json_object_set_new(o, "exact_match", metric(r->exact_match));
+    json_object_set_new(o, "bleu", metric(r->bleu));
+    json_object_set_new(o, "rouge1", metric(r->rouge1));
+    json_object_set_new(o, "rouge2", metric(r->rouge2));
+    json_object_set_new(o, "rougeL", metric(r->rougeL));
+    json_object_set_new(o, "nll", metric(r->mean_nll));
+    json_object_set_new(o, "perplexity", metric(r->perplexity));
+}
+
+static void text_metrics(const lora_eval_result *r)
+{
+    char b[64];
+    snprintf(b, sizeof b, " (%zu/%zu)", r->choice_correct, r->choice_items);
+    print_metric("accuracy", r->choice_accuracy, b);
+    snprintf(b, sizeof b, " (%zu/%zu)", r->gen_correct, r->gen_items);
+    print_metric("exact match", r->exact_match, b);
+    print_metric("BLEU", r->bleu, NULL);
+    print_metric("ROUGE-1", r->rouge1, NULL);
+    print_metric("ROUGE-2", r->rouge2, NULL);
+    print_metric("ROUGE-L", r->rougeL, NULL);
+    if (r->nll_tokens)
+        printf("mean NLL    %.6f per target token (%llu tokens), perplexity %.4f\n", r->mean_nll,
+               (unsigned long long)r->nll_tokens, r->perplexity);
+}
+
+/* --tokenize / --detokenize: the work is lora_tokenize_jsonl. */
+static int tokenize_main(const char *tok_path, const char *data, int detok, int special)
+{
+    lora_error err;
+    lora_error_clear(&err);
+    lora_tokenizer *tok = NULL;
+    int rc = lora_tokenizer_open(tok_path, &tok, &err);
+    if (rc != LORA_OK)
+        return die(rc, &err);
+    FILE *in = stdin;
+    const char *name = "(stdin)";
+    if (data && strcmp(data, "-") != 0) {
+        if (!(in = fopen(data, "r"))) {
+            fprintf(stderr, "%s: %s: %s\n", prog, data, strerror(errno));
+            lora_tokenizer_free(tok);
+            return errno == ENOENT ? LORA_EINPUT : LORA_EIO;
+        }
+        name = data;
+    }
+    rc = lora_tokenize_jsonl(tok, in, name, stdout, detok, special, NULL, &err);
+    if (in != stdin)
+        fclose(in);
+    lora_tokenizer_free(tok);
+    return rc == LORA_OK ? LORA_OK : die(rc, &err);
+}
+
 int main(int argc, char **argv)
 {
     lora_tool_sigbus("lora-eval");
     enum { OPT_MODE = 256, OPT_MIN, OPT_LIMIT, OPT_JSON, OPT_NOVERIFY, OPT_RECOVERY, OPT_RECORD,
-           OPT_REGISTRY, OPT_ANYBASE };
+           OPT_REGISTRY, OPT_PRED, OPT_TEXT, OPT_CONTEXT, OPT_STRIDE, OPT_MAXNEW, OPT_TOKENIZER,
+           OPT_TOKENIZE, OPT_DETOKENIZE, OPT_NOSPECIAL, OPT_ANYBASE };
     static const struct option opts[] = {
         {"model", required_argument, NULL, 'm'},
         {"adapter", required_argument, NULL, 'a'},
@@ -174,6 +439,15 @@ int main(int argc, char **argv)
         {"check-recovery", no_argument, NULL, OPT_RECOVERY},
         {"record", no_argument, NULL, OPT_RECORD},
         {"registry", required_argument, NULL, OPT_REGISTRY},
+        {"predictions", required_argument, NULL, OPT_PRED},
+        {"text", required_argument, NULL, OPT_TEXT},
+        {"context", required_argument, NULL, OPT_CONTEXT},
+        {"stride", required_argument, NULL, OPT_STRIDE},
+        {"max-new-tokens", required_argument, NULL, OPT_MAXNEW},
+        {"tokenize", no_argument, NULL, OPT_TOKENIZE},
+        {"detokenize", no_argument, NULL, OPT_DETOKENIZE},
+        {"tokenizer", required_argument, NULL, OPT_TOKENIZER},
+        {"no-special", no_argument, NULL, OPT_NOSPECIAL},
         {"threads", required_argument, NULL, 'j'},
         {"json", no_argument, NULL, OPT_JSON},
         {"quiet", no_argument, NULL, 'q'},
@@ -181,13 +455,15 @@ int main(int argc, char **argv)
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0}};
     const char *model_dir = NULL, *adapter = NULL, *data = NULL, *mode_s = NULL;
-    const char *reg_path = NULL;
-    int record = 0;
+    const char *reg_path = NULL, *tok_path = NULL;
+    int record = 0, tokenize = 0, detokenize = 0, no_special = 0;
     const char *keys[17] = {0};
     int nkeys = 0, json = 0, quiet = 0, threads = 1, no_verify = 0, recovery = 0;
     int any_base = 0;
     double min_acc = -1;
     size_t limit = 0;
+    const char *pred_path = NULL, *text_path = NULL;
+    size_t context = 0, stride = 0, maxnew = 32;
     int c;
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":m:a:d:p:j:qhV", opts, NULL)) != -1) {
@@ -221,6 +497,29 @@ int main(int argc, char **argv)
         case OPT_RECOVERY: recovery = 1; break;
         case OPT_RECORD: record = 1; break;
         case OPT_REGISTRY: reg_path = optarg; break;
+        case OPT_PRED: pred_path = optarg; break;
+        case OPT_TEXT: text_path = optarg; break;
+        case OPT_CONTEXT:
+        case OPT_STRIDE:
+        case OPT_MAXNEW: {
+            errno = 0;
+            unsigned long long v = strtoull(optarg, &end, 10);
+            if (errno || *end || end == optarg || optarg[0] == '-' || v > 1000000 ||
+                (v == 0 && c != OPT_MAXNEW))
+                return usage_err(c == OPT_MAXNEW ? "--max-new-tokens needs an integer from 0 to 1000000"
+                                                 : "--context and --stride need an integer from 1 to 1000000");
+            if (c == OPT_CONTEXT)
+                context = (size_t)v;
+            else if (c == OPT_STRIDE)
+                stride = (size_t)v;
+            else
+                maxnew = (size_t)v;
+            break;
+        }
+        case OPT_TOKENIZE: tokenize = 1; break;
+        case OPT_DETOKENIZE: detokenize = 1; break;
+        case OPT_TOKENIZER: tok_path = optarg; break;
+        case OPT_NOSPECIAL: no_special = 1; break;
         case 'j': {
             errno = 0;
             long v = strtol(optarg, &end, 10);
@@ -247,19 +546,45 @@ int main(int argc, char **argv)
     }
     if (optind < argc)
         return usage_err("unexpected argument (every input is named by an option)");
+    if (tokenize || detokenize) {
+        if (tokenize && detokenize)
+            return usage_err("--tokenize and --detokenize exclude each other");
+        if (!tok_path && !model_dir)
+            return usage_err("--tokenize and --detokenize need --tokenizer PATH or --model DIR");
+        if (adapter || mode_s || min_acc >= 0 || limit || record || recovery || json ||
+            pred_path || text_path || context || stride)
+            return usage_err("--tokenize and --detokenize take only --tokenizer, --model, --data and --no-special");
+        return tokenize_main(tok_path ? tok_path : model_dir, data, detokenize, !no_special);
+    }
+    if (no_special)
+        return usage_err("--no-special goes with --tokenize or --detokenize");
     if (!model_dir)
         return usage_err("--model DIR is required");
     if (recovery) {
         if (!adapter)
             return usage_err("--check-recovery needs an adapter (-a)");
-        if (data || mode_s || min_acc >= 0 || limit || record)
+        if (data || mode_s || min_acc >= 0 || limit || record || pred_path || text_path)
             return usage_err("--check-recovery takes only --model, -a, --json, -j and key options");
         lora_source_opts so = {.pubkeys = nkeys ? keys : NULL, .no_verify = no_verify,
                                .registry = reg_path, .warn = stderr, .base = model_dir};
         return check_recovery(model_dir, adapter, &so, threads, json);
     }
+    if (text_path) {
+        if (data || mode_s || min_acc >= 0 || limit || record || pred_path)
+            return usage_err("--text takes only --model, -a, --context, --stride, --json, -j and key options");
+        if (context && stride > context)
+            return usage_err("--stride must not exceed --context");
+        lora_source_opts so = {.pubkeys = nkeys ? keys : NULL, .no_verify = no_verify,
+                               .registry = reg_path, .warn = stderr, .base = model_dir};
+        return text_main(model_dir, tok_path, adapter, &so, any_base, text_path, context, stride,
+                         json);
+    }
+    if (context || stride)
+        return usage_err("--context and --stride go with --text");
+    if (pred_path && json && strcmp(pred_path, "-") == 0)
+        return usage_err("--predictions - and --json would both write standard output");
     if (!data)
-        return usage_err("--data FILE is required");
+        return usage_err("--data FILE (or --text FILE) is required");
     if (record && !adapter)
         return usage_err("--record needs an adapter (-a): results are recorded per adapter");
     if (record && strcmp(data, "-") == 0)
@@ -288,14 +613,15 @@ int main(int argc, char **argv)
     lora_dataset *ds = NULL;
     lora_registry *reg = NULL;
     lora_reg_adapter *ra = NULL;
+    lora_eval_result r = {0};
+    lora_tokenizer *tok = NULL;
+    lora_text_codec codec = {0};
     char ds_hex[2 * LORA_HASH_BYTES + 1] = "", ra_id[512] = "";
     size_t recorded = 0;
     int rc;
-    /* --record: find the adapter in the registry and hash the data set
-     * before the (long) evaluation, so a run that cannot be recorded
-     * fails at once */
+    /* --record: find the adapter in the registry before the (long)
+     * evaluation, so a run that cannot be recorded fails at once */
     if (record) {
-        unsigned char h[LORA_HASH_BYTES];
         if ((rc = lora_registry_open(reg_path, 0, &reg, &err)) != LORA_OK) {
             fprintf(stderr, "%s: --record: %s\n", prog, err.msg);
             return rc;
@@ -306,13 +632,6 @@ int main(int argc, char **argv)
             return rc;
         }
         snprintf(ra_id, sizeof ra_id, "%s@%s", ra->name, ra->version);
-        if ((rc = lora_hash_file(data, sizeof h, h, NULL, &err)) != LORA_OK) {
-            fprintf(stderr, "%s: %s\n", prog, err.msg);
-            lora_reg_adapter_free(ra);
-            lora_registry_close(reg);
-            return rc;
-        }
-        lora_hex(h, sizeof h, ds_hex);
     }
     if ((rc = lora_model_open(model_dir, &m, &err)) != LORA_OK) {
         lora_reg_adapter_free(ra);
@@ -322,6 +641,21 @@ int main(int argc, char **argv)
     const lora_model_config *cfg = lora_model_cfg(m);
     if ((rc = lora_dataset_load(data, cfg->vocab, &ds, &err)) != LORA_OK)
         goto fail;
+    /* the hash of the bytes read: a pipe cannot be read twice */
+    lora_hex(ds->hash, sizeof ds->hash, ds_hex);
+    if (ds->text_items) {
+        if ((rc = open_tokenizer(tok_path, model_dir, &tok, &err)) != LORA_OK) {
+            fprintf(stderr, "%s: %s:%zu: %s\n", prog, data, ds->first_text_line, err.msg);
+            goto out;
+        }
+        if ((rc = tokenizer_fits(tok, cfg, &err)) != LORA_OK)
+            goto fail;
+        codec = codec_of(tok);
+        if ((rc = lora_dataset_tokenize(ds, &codec, &err)) != LORA_OK) {
+            fprintf(stderr, "%s: %s: %s\n", prog, strcmp(data, "-") == 0 ? "stdin" : data, err.msg);
+            goto out;
+        }
+    }
     if (adapter) {
         lora_source_opts so = {.pubkeys = nkeys ? keys : NULL, .no_verify = no_verify,
                                .registry = reg_path, .warn = stderr, .base = model_dir};
@@ -338,27 +672,42 @@ int main(int argc, char **argv)
         if ((rc = lora_model_attach(m, ad, mode == LORA_MODE_MERGED, &err)) != LORA_OK ||
             (rc = lora_base_check(ad, lora_model_ckpt(m), any_base, prog, stderr, &err)) != LORA_OK)
             goto fail;
+        for (size_t i = 0; i < ad->n_modules; i++)
+            if (ad->modules[i].tied_head && !quiet)
+                fprintf(stderr, "lora-eval: note: module %s: the model's head is tied to its input "
+                        "embeddings; the update is applied to the head alone, as PEFT does\n",
+                        ad->modules[i].name);
     }
     tool_progress pg;
     tool_progress_init(&pg, quiet);
-    lora_eval_opts eo = {.mode = mode, .compare_mode = cmp, .limit = limit};
+    lora_eval_opts eo = {.mode = mode, .compare_mode = cmp, .limit = limit,
+                         .max_new_tokens = maxnew, .keep_predictions = pred_path != NULL,
+                         .codec = tok ? &codec : NULL};
     if (pg.on) {
         eo.progress = progress;
         eo.progress_arg = &pg;
     }
-    lora_eval_result r;
     rc = lora_eval_run(m, ds, &eo, &r, &err);
     tool_progress_end(&pg);
     if (rc != LORA_OK)
         goto fail;
 
+    /* the predictions first: a run whose predictions cannot be written
+     * records nothing */
+    if (pred_path && (rc = lora_eval_write_predictions(pred_path, ds, &r, &err)) != LORA_OK) {
+        fprintf(stderr, "%s: --predictions %s: %s\n", prog, pred_path, err.msg);
+        goto out;
+    }
     int below = min_acc >= 0 && r.accuracy < min_acc;
     int disagree = cmp >= 0 && r.disagreements > 0;
     /* recorded even when below --min-accuracy: CI must see the drop */
     if (record) {
         char name[4096];
         snprintf(name, sizeof name, "%s", data);
-        if ((rc = lora_eval_record(reg, ra, m, ad, ds_hex, basename(name), &r, &recorded,
+        char base[4096];
+        snprintf(base, sizeof base, "%s", model_dir);
+        if ((rc = lora_eval_record(reg, ra, m, ad, ds_hex, basename(name), mode_name(mode),
+                                   basename(base), &r, &recorded,
                                    &err)) != LORA_OK) {
             fprintf(stderr, "%s: --record: %s\n", prog, err.msg);
             goto out;
@@ -373,12 +722,12 @@ int main(int argc, char **argv)
         json_object_set_new(o, "mode", json_string(mode_name(mode)));
         json_object_set_new(o, "items", json_integer((json_int_t)r.items));
         json_object_set_new(o, "correct", json_integer((json_int_t)r.correct));
-        json_object_set_new(o, "accuracy", json_real(r.accuracy));
+        json_metrics(o, &r);
         json_object_set_new(o, "choice_items", json_integer((json_int_t)r.choice_items));
         json_object_set_new(o, "choice_correct", json_integer((json_int_t)r.choice_correct));
         json_object_set_new(o, "generation_items", json_integer((json_int_t)r.gen_items));
         json_object_set_new(o, "generation_correct", json_integer((json_int_t)r.gen_correct));
-        json_object_set_new(o, "mean_nll", json_real(r.mean_nll));
+        json_object_set_new(o, "mean_nll", metric(r.mean_nll));
         json_object_set_new(o, "nll_tokens", json_integer((json_int_t)r.nll_tokens));
         json_object_set_new(o, "tokens", json_integer((json_int_t)r.tokens));
         json_object_set_new(o, "seconds", json_real(r.seconds));
@@ -424,9 +773,8 @@ int main(int argc, char **argv)
                    mode_name(mode));
         printf("items       %zu (%zu multiple choice, %zu generation)\n", r.items, r.choice_items,
                r.gen_items);
-        printf("accuracy    %.4f (%zu/%zu)\n", r.accuracy, r.correct, r.items);
-        printf("mean NLL    %.6f per target token (%llu tokens)\n", r.mean_nll,
-               (unsigned long long)r.nll_tokens);
+        printf("correct     %.4f (%zu/%zu)\n", r.accuracy, r.correct, r.items);
+        text_metrics(&r);
         printf("speed       %.0f tokens/s (%llu tokens, %.3f s, %d thread%s)\n", r.tokens_per_second,
                (unsigned long long)r.tokens, r.seconds, threads, threads == 1 ? "" : "s");
         if (record)
@@ -448,7 +796,9 @@ int main(int argc, char **argv)
 fail:
     fprintf(stderr, "%s: %s\n", prog, err.msg);
 out:
+    lora_eval_result_free(&r);
     lora_dataset_free(ds);
+    lora_tokenizer_free(tok);
     lora_model_free(m);
     lora_adapter_free(ad);
     lora_reg_adapter_free(ra);

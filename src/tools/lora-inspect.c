@@ -20,7 +20,8 @@ static void usage(FILE *f)
     fprintf(f,
             "Usage: " PROG " [OPTION]... ADAPTER\n"
             "Show what a LoRA adapter is: modules, rank, alpha, scale, sizes, dtypes, problems.\n"
-            "ADAPTER is a PEFT folder, a .lora archive, task:TASK or reg:NAME@VERSION.\n"
+            "ADAPTER is a PEFT folder, a .lora archive, task:TASK, reg:NAME@VERSION or a\n"
+            "llama.cpp GGUF LoRA adapter file.\n"
             "\n"
             "  -b, --base=CHECKPOINT  check every module against a base checkpoint\n"
             "                         (.safetensors file, folder, or index) and compare sizes\n"
@@ -170,6 +171,30 @@ static void print_human(const lora_report *rep, const char *base_path, int tenso
                rep->problems[i].msg);
 }
 
+/* ---- GGUF LoRA adapters (llama.cpp), issue 17 ----
+ * A file that starts with GGUF's magic is reported by the library's
+ * GGUF reader; the PEFT-only options (--base, --check against a base,
+ * the analyses) do not apply to it yet. */
+static int inspect_gguf(const char *path, int json)
+{
+    lora_error err;
+    lora_error_clear(&err);
+    lora_gguf_adapter *ga = NULL;
+    char *text = NULL;
+    int rc = lora_gguf_adapter_open(path, &ga, &err);
+    if (!rc && !(text = lora_gguf_adapter_report(ga, json, &err)))
+        rc = err.code ? err.code : LORA_EIO;
+    if (rc)
+        fprintf(stderr, PROG ": %s\n", err.msg[0] ? err.msg : "failed");
+    else if (fputs(text, stdout) == EOF || fflush(stdout) != 0) {
+        fprintf(stderr, PROG ": writing the report failed\n");
+        rc = LORA_EIO;
+    }
+    free(text);
+    lora_gguf_adapter_free(ga);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     lora_tool_sigbus(PROG);
@@ -251,6 +276,16 @@ int main(int argc, char **argv)
         return mods ? LORA_EUSAGE : LORA_EIO;
     }
     ao.modules = n_mods ? mods : NULL;
+    if (lora_gguf_is_file(argv[optind])) { /* issue 17: a llama.cpp GGUF LoRA adapter */
+        int grc = base_path || ao.spectrum || compare_path || amplification || tensors
+                      ? (fprintf(stderr, PROG ": %s: a GGUF adapter; --base, --tensors and the "
+                                         "analyses need PEFT (lora-convert --to peft)\n",
+                                 argv[optind]), LORA_EUSAGE)
+                      : inspect_gguf(argv[optind], json);
+        free(keys);
+        free(mods);
+        return grc;
+    }
 
     lora_error err;
     lora_error_clear(&err);

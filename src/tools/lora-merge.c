@@ -289,6 +289,10 @@ int main(int argc, char **argv)
         rc = load_adapters(adds, nadd, aa, as, &so, &err);
     if (!rc)
         rc = lora_merge_run(base, ua, nundo, aa, nadd, out, &o, &res, &err);
+    if (!rc && res.untied)
+        fprintf(stderr, PROG ": note: the base's head was tied to its input embeddings; the "
+                "lm_head update is merged into a new lm_head.weight and %s/config.json says "
+                "tie_word_embeddings false\n", out);
     if (rc) {
         tool_progress_end(&progress);
         fprintf(stderr, PROG ": %s\n", err.msg);

@@ -606,6 +606,9 @@ static int cmd_evals(const struct args *a, const char *name)
             json_object_set_new(o, "base_hash", json_string(v[i].base_hash));
             json_object_set_new(o, "time", json_string(t));
             json_object_set_new(o, "tool_version", json_string(v[i].tool_version));
+            json_object_set_new(o, "mode", v[i].mode ? json_string(v[i].mode) : json_null());
+            json_object_set_new(o, "base_name",
+                                v[i].base_name ? json_string(v[i].base_name) : json_null());
             json_array_append_new(arr, o);
         }
         rc = print_json(arr);
