@@ -673,6 +673,11 @@ START_TEST(test_coded)
     coded_roundtrip(k, rows, cols, two, 2, LORA_ROUND_NEAREST, 2);
     coded_roundtrip(k, rows, cols, big, 1, LORA_ROUND_NEAREST, 3);
     coded_roundtrip(k, rows, cols, two, 2, LORA_ROUND_REVERSIBLE, 3);
+    /* the portable BF16 kernel too (mergefast.c: AVX2 where the CPU has it) */
+    setenv("LORA_NO_AVX2", "1", 1);
+    coded_roundtrip(k, rows, cols, two, 2, LORA_ROUND_NEAREST, 3);
+    coded_roundtrip(k, rows, cols, big, 1, LORA_ROUND_NEAREST, 2);
+    unsetenv("LORA_NO_AVX2");
     tmod_free(&a);
     tmod_free(&b);
     tmod_free(&h);
@@ -705,6 +710,12 @@ START_TEST(test_merged_digest)
     ck_assert_int_eq(lora_tensor_merge(kind_dt(k), kind_dt(k), rows, cols, w0, m, one, 1,
                                        LORA_ROUND_NEAREST, 2, NULL, NULL, &err), LORA_OK);
     uint64_t h = fnv64(m, rows * cols * kind_size(k));
+    /* the portable BF16 kernel gives the same bytes */
+    setenv("LORA_NO_AVX2", "1", 1);
+    ck_assert_int_eq(lora_tensor_merge(kind_dt(k), kind_dt(k), rows, cols, w0, m, one, 1,
+                                       LORA_ROUND_NEAREST, 2, NULL, NULL, &err), LORA_OK);
+    unsetenv("LORA_NO_AVX2");
+    ck_assert(fnv64(m, rows * cols * kind_size(k)) == h);
     ck_assert_msg(h == want[k], "merged bytes of kind %d: digest %016llx, pinned %016llx", k,
                   (unsigned long long)h, (unsigned long long)want[k]);
     tmod_free(&a);

@@ -18,11 +18,14 @@
 #include "mergecore.h"
 #include "fpbits.h"
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
-#define LORA_CLONES __attribute__((target_clones("default", "avx2"), optimize("tree-vectorize")))
-#else
-#define LORA_CLONES
+#include <stdlib.h>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define LORA_AVX2 1
+#include <immintrin.h>
 #endif
+/* the portable kernels (GCC vector types, which SSE2 runs) */
+#define LORA_CLONES static
 
 static inline __attribute__((always_inline)) double bf16_d(uint16_t b)
 {
@@ -92,7 +95,7 @@ typedef unsigned char v4c __attribute__((vector_size(4)));
     } while (0)
 
 LORA_CLONES
-uint64_t lora_fast_merge_bf16(const unsigned char *src, unsigned char *dst, const double *sum,
+uint64_t fast_merge_vec(const unsigned char *src, unsigned char *dst, const double *sum,
                               unsigned char *flag, size_t n, int record)
 {
     uint64_t changed = 0;
@@ -126,7 +129,7 @@ uint64_t lora_fast_merge_bf16(const unsigned char *src, unsigned char *dst, cons
 }
 
 LORA_CLONES
-uint64_t lora_fast_unmerge_bf16(const unsigned char *src, unsigned char *dst, const double *sum,
+uint64_t fast_unmerge_vec(const unsigned char *src, unsigned char *dst, const double *sum,
                                 unsigned char *flag, size_t n)
 {
     uint64_t changed = 0;
@@ -160,4 +163,143 @@ uint64_t lora_fast_unmerge_bf16(const unsigned char *src, unsigned char *dst, co
         changed += (uint64_t)(!f & (d != 0));
     }
     return changed;
+}
+
+#ifdef LORA_AVX2
+/* AVX2 (4 elements per step): the same computation as the vector-type
+ * kernels and bf16_round_normal / bf16_single, lane for lane; the
+ * portable form above is what the tests compare with the scalar code,
+ * and run_block's tests compare both with the reference. */
+#define AVX2 __attribute__((target("avx2")))
+
+/* 4 BF16 values (32-bit lanes) -> 4 doubles */
+static inline AVX2 __m256d a_bf16_d(__m128i w32)
+{
+    return _mm256_cvtps_pd(_mm_castsi128_ps(_mm_slli_epi32(w32, 16)));
+}
+
+/* 64-bit lanes' low 32 bits -> 4 x 32 bits */
+static inline AVX2 __m128i a_lo32(__m256i v)
+{
+    return _mm256_castsi256_si128(
+        _mm256_permutevar8x32_epi32(v, _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6)));
+}
+
+/* bf16_round_normal: bits (64-bit lanes), all-ones lanes in *bad */
+static inline AVX2 __m256i a_round(__m256d x, __m256i *bad)
+{
+    __m256i u = _mm256_castpd_si256(x);
+    __m256i a = _mm256_and_si256(u, _mm256_set1_epi64x(INT64_C(0x7fffffffffffffff)));
+    __m256i r = _mm256_add_epi64(_mm256_add_epi64(a, _mm256_set1_epi64x((INT64_C(1) << 44) - 1)),
+                                 _mm256_and_si256(_mm256_srli_epi64(a, 45), _mm256_set1_epi64x(1)));
+    *bad = _mm256_or_si256(_mm256_cmpgt_epi64(_mm256_set1_epi64x(897), _mm256_srli_epi64(a, 52)),
+                           _mm256_cmpgt_epi64(_mm256_srli_epi64(r, 52), _mm256_set1_epi64x(1150)));
+    __m256i m = _mm256_and_si256(_mm256_sub_epi64(_mm256_srli_epi64(r, 45),
+                                                  _mm256_set1_epi64x(896 << 7)),
+                                 _mm256_set1_epi64x(0x7fff));
+    return _mm256_or_si256(m, _mm256_and_si256(_mm256_srli_epi64(u, 48),
+                                               _mm256_set1_epi64x(0x8000)));
+}
+
+/* bf16_single: all-ones lanes where proven; x, m in 64-bit lanes, mv = m as double */
+static inline AVX2 __m256i a_single(__m256i x, __m256i m, __m256d s, __m256d mv)
+{
+    __m256i ff = _mm256_set1_epi64x(0xff), zero = _mm256_setzero_si256();
+    __m256i ex = _mm256_and_si256(_mm256_srli_epi64(x, 7), ff);
+    __m256i em = _mm256_and_si256(_mm256_srli_epi64(m, 7), ff);
+    __m256d lim = _mm256_mul_pd(
+        _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_add_epi64(em, _mm256_set1_epi64x(888)), 52)),
+        _mm256_set1_pd(1 - 0x1p-19));
+    __m256d ad = _mm256_and_pd(_mm256_sub_pd(s, mv),
+                               _mm256_castsi256_pd(_mm256_set1_epi64x(INT64_C(0x7fffffffffffffff))));
+    __m256i no = _mm256_or_si256(
+        _mm256_or_si256(_mm256_cmpgt_epi64(em, ex), _mm256_cmpeq_epi64(em, zero)),
+        _mm256_or_si256(_mm256_cmpeq_epi64(ex, ff),
+                        _mm256_cmpeq_epi64(_mm256_and_si256(x, _mm256_set1_epi64x(0x7f)), zero)));
+    return _mm256_andnot_si256(no, _mm256_castpd_si256(_mm256_cmp_pd(ad, lim, _CMP_LT_OQ)));
+}
+
+static inline AVX2 void a_flags(unsigned char *flag, int bits)
+{
+    for (int k = 0; k < 4; k++)
+        flag[k] = (unsigned char)((bits >> k) & 1);
+}
+
+static AVX2 uint64_t fast_merge_avx2(const unsigned char *src, unsigned char *dst,
+                                     const double *sum, unsigned char *flag, size_t n, int record)
+{
+    uint64_t changed = 0;
+    size_t x = 0;
+    for (; x + 4 <= n; x += 4) {
+        __m128i w32 = _mm_cvtepu16_epi32(_mm_loadl_epi64((const __m128i *)(src + 2 * x)));
+        __m256d d = _mm256_loadu_pd(sum + x);
+        __m256d s = _mm256_add_pd(a_bf16_d(w32), d);
+        __m256i bad;
+        __m256i m = a_round(s, &bad);
+        __m128i m32 = a_lo32(m);
+        __m256i one = a_single(_mm256_cvtepu32_epi64(w32), m, s, a_bf16_d(m32));
+        int fb = _mm256_movemask_pd(_mm256_castsi256_pd(bad)) |
+                 (record ? ~_mm256_movemask_pd(_mm256_castsi256_pd(one)) & 15 : 0);
+        _mm_storel_epi64((__m128i *)(dst + 2 * x), _mm_packus_epi32(m32, m32));
+        a_flags(flag + x, fb);
+        int nz = _mm256_movemask_pd(_mm256_cmp_pd(d, _mm256_setzero_pd(), _CMP_NEQ_UQ));
+        changed += (uint64_t)__builtin_popcount((unsigned)(nz & ~fb & 15));
+    }
+    return changed + fast_merge_vec(src + 2 * x, dst + 2 * x, sum + x, flag + x, n - x, record);
+}
+
+static AVX2 uint64_t fast_unmerge_avx2(const unsigned char *src, unsigned char *dst,
+                                       const double *sum, unsigned char *flag, size_t n)
+{
+    uint64_t changed = 0;
+    size_t x = 0;
+    for (; x + 4 <= n; x += 4) {
+        __m128i m32 = _mm_cvtepu16_epi32(_mm_loadl_epi64((const __m128i *)(src + 2 * x)));
+        __m256d d = _mm256_loadu_pd(sum + x), mv = a_bf16_d(m32);
+        __m256i bad1, bad2;
+        __m256i u = a_round(_mm256_sub_pd(mv, d), &bad1);
+        __m128i u32 = a_lo32(u);
+        __m256d s = _mm256_add_pd(a_bf16_d(u32), d);
+        __m256i m64 = _mm256_cvtepu32_epi64(m32);
+        __m256i m2 = a_round(s, &bad2);
+        __m256i one = a_single(u, m64, s, mv);
+        __m256i f = _mm256_or_si256(_mm256_or_si256(bad1, bad2),
+                                    _mm256_or_si256(_mm256_xor_si256(_mm256_cmpeq_epi64(m2, m64),
+                                                                     _mm256_set1_epi64x(-1)),
+                                                    _mm256_xor_si256(one, _mm256_set1_epi64x(-1))));
+        int fb = _mm256_movemask_pd(_mm256_castsi256_pd(f));
+        _mm_storel_epi64((__m128i *)(dst + 2 * x), _mm_packus_epi32(u32, u32));
+        a_flags(flag + x, fb);
+        int nz = _mm256_movemask_pd(_mm256_cmp_pd(d, _mm256_setzero_pd(), _CMP_NEQ_UQ));
+        changed += (uint64_t)__builtin_popcount((unsigned)(nz & ~fb & 15));
+    }
+    return changed + fast_unmerge_vec(src + 2 * x, dst + 2 * x, sum + x, flag + x, n - x);
+}
+
+/* AVX2 unless the CPU lacks it or LORA_NO_AVX2 is set (the tests run
+ * both kernels) */
+static int use_avx2(void)
+{
+    return __builtin_cpu_supports("avx2") && !getenv("LORA_NO_AVX2");
+}
+#endif
+
+uint64_t lora_fast_merge_bf16(const unsigned char *src, unsigned char *dst, const double *sum,
+                              unsigned char *flag, size_t n, int record)
+{
+#ifdef LORA_AVX2
+    if (use_avx2())
+        return fast_merge_avx2(src, dst, sum, flag, n, record);
+#endif
+    return fast_merge_vec(src, dst, sum, flag, n, record);
+}
+
+uint64_t lora_fast_unmerge_bf16(const unsigned char *src, unsigned char *dst, const double *sum,
+                                unsigned char *flag, size_t n)
+{
+#ifdef LORA_AVX2
+    if (use_avx2())
+        return fast_unmerge_avx2(src, dst, sum, flag, n);
+#endif
+    return fast_unmerge_vec(src, dst, sum, flag, n);
 }
