@@ -2,8 +2,9 @@
  * adapter_fuzz.c - libFuzzer entry point for the adapter model: any
  * bytes taken as adapter_model.safetensors, under a fixed config with
  * every pattern kind (regex targets, rank_pattern, alpha_pattern,
- * modules_to_save, bias "all"), must be refused cleanly or give modules
- * whose tensors agree with their shapes; lora_inspect then reads every
+ * modules_to_save, bias "all"), and again with use_dora (DoRA magnitude
+ * vectors), must be refused cleanly or give modules whose tensors agree
+ * with their shapes; lora_inspect then reads every
  * value (NaN/Inf and zero scans) and builds the JSON report.
  */
 #include "internal.h"
@@ -19,6 +20,9 @@ static const char config[] =
     "\"target_modules\":\"(?:.*\\\\.)?(q_proj|c_attn|c_proj)\","
     "\"rank_pattern\":{\"q_proj\":4},\"alpha_pattern\":{\"layers\\\\.0\\\\..*\":8},"
     "\"modules_to_save\":[\"score\"],\"bias\":\"all\"}";
+static const char config_dora[] =
+    "{\"peft_type\":\"LORA\",\"r\":4,\"lora_alpha\":16,\"use_dora\":true,"
+    "\"fan_in_fan_out\":true,\"target_modules\":[\"c_attn\",\"q_proj\",\"v_proj\"]}";
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -28,13 +32,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     memcpy(buf, data, size);
     lora_st *st;
     lora_error err;
+    const char *cfgs[2] = {config, config_dora};
+    for (int c = 0; c < 2; c++) {
     if (lora_st_open_memory(buf, size, "fuzz", &st, &err) == LORA_OK) {
         lora_adapter *ad;
-        if (lora_adapter_open_parts(config, strlen(config), st, NULL, &ad, &err) == LORA_OK) {
+        if (lora_adapter_open_parts(cfgs[c], strlen(cfgs[c]), st, NULL, &ad, &err) == LORA_OK) {
             for (size_t i = 0; i < ad->n_modules; i++) {
                 const lora_module *m = &ad->modules[i];
                 if (m->A->shape[0] != m->r || m->B->shape[1] != m->r || m->A->shape[1] != m->in ||
                     m->B->shape[0] != m->out || m->r == 0)
+                    abort();
+                if (c == 1 && (!m->magnitude || m->magnitude->ndim != 1 ||
+                               m->magnitude->shape[0] != m->out))
                     abort();
             }
             lora_report *rep;
@@ -45,6 +54,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             }
             lora_adapter_free(ad);
         }
+    }
     }
     free(buf);
     return 0;

@@ -266,6 +266,11 @@ typedef struct lora_module {
                                  the input embeddings (no lm_head.weight): set only
                                  by the binding lora-eval uses, which applies it to
                                  the head alone, as PEFT does */
+    const lora_tensor *magnitude; /* DoRA (use_dora): lora_magnitude_vector, [out],
+                                 the norm of each output row of W0 + ΔW that PEFT
+                                 rescales to (after the Conv1D transpose); NULL
+                                 for plain LoRA.  lora_adapter_bind refuses it:
+                                 merging and applying DoRA are not implemented */
 } lora_module;
 
 /* A full tensor saved through modules_to_save: it replaces the base's. */
@@ -283,6 +288,7 @@ typedef struct lora_adapter {
     double alpha;             /* config lora_alpha */
     int use_rslora;
     int fan_in_fan_out;
+    int use_dora;             /* every module has a magnitude vector */
     char *target_modules;     /* as written in the config: JSON text */
     char *config_json;        /* adapter_config.json as read (NUL-terminated), for
                                  tools that rewrite or re-examine it */
@@ -378,6 +384,7 @@ typedef struct lora_report_module {
     uint64_t base_params;     /* elements of the base tensor (0 when not bound) */
     uint64_t nonfinite_a, nonfinite_b;  /* NaN/Inf counts (when scanned) */
     int zero_b;               /* B scanned and all zeros */
+    double mag_min, mag_max;  /* DoRA: range of lora_magnitude_vector (0 without) */
 } lora_report_module;
 
 typedef struct lora_report_group {  /* modules sharing r, alpha and scale */
@@ -417,7 +424,10 @@ typedef struct lora_report {
     size_t n_untargeted;      /* adapted modules target_modules does not select */
     uint64_t lora_params;     /* elements of every A and B */
     uint64_t saved_params;    /* elements of modules_to_save tensors */
-    uint64_t trainable_params;    /* lora_params + saved_params */
+    uint64_t trainable_params;    /* lora_params + saved_params + dora_params */
+    size_t n_dora;            /* DoRA modules (with a lora_magnitude_vector) */
+    uint64_t dora_params;     /* elements of the magnitude vectors */
+    double mag_min, mag_max;  /* their range over every DoRA module */
     uint64_t tensor_bytes;    /* data bytes of every tensor in the file */
     uint64_t file_bytes;      /* the safetensors file on disk */
     size_t n_dtypes;
@@ -902,6 +912,95 @@ void lora_reduce_report_free(lora_reduce_report *rep);
 int lora_reduce(const lora_weighted *in, size_t n, const lora_rank_rule *rule,
                 const char *out_dir, int overwrite, lora_reduce_report *rep,
                 lora_error *err);
+
+
+/* ---- section: combination methods (combine.c) ---- */
+
+/* How several adapters' deltas are combined on one module, as PEFT's
+ * utils/merge_utils.py defines it, but on each input's exact dense delta
+ * d_i = s_i·B_i·A_i (out×in, row-major, the canonical delta):
+ *   SUM            Σ w_i·d_i (lora_reduce keeps this one low rank, exact)
+ *   MAGNITUDE_PRUNE Σ w_i·prune_mag(d_i)
+ *   TIES           disjoint_merge(w_i·prune_mag(d_i)) with the sign
+ *                  elected on the unweighted prune_mag(d_i)
+ *   DARE_LINEAR    Σ w_i·prune_rand(d_i)
+ *   DARE_TIES      disjoint_merge as TIES on prune_rand(d_i)
+ * prune_mag keeps the k = floor(D·numel) largest |d| of the module (equal
+ * magnitudes at the threshold: the lowest row-major index first), zeroes
+ * the rest; prune_rand keeps each element when u < D, u the next uniform
+ * double of the input's stream (lora_combine_stream_init), and divides
+ * the kept ones by D.  D >= 1 prunes nothing (and rescales nothing).
+ * Sign election: TOTAL, the sign of Σ_i p_i (>= 0 is +); FREQUENCY, the
+ * sign of Σ_i sign(p_i) (>= 0 is +).  disjoint_merge: Σ over the i whose
+ * p_i has the elected sign (zeros never agree) of w_i·p_i, divided by
+ * max(1, how many agree).  All in double, sums in increasing i. */
+typedef enum lora_combine_method {
+    LORA_COMBINE_SUM = 0,
+    LORA_COMBINE_TIES,
+    LORA_COMBINE_DARE_LINEAR,
+    LORA_COMBINE_DARE_TIES,
+    LORA_COMBINE_MAGNITUDE_PRUNE
+} lora_combine_method;
+
+typedef enum lora_sign_method {
+    LORA_SIGN_TOTAL = 0,
+    LORA_SIGN_FREQUENCY
+} lora_sign_method;
+
+typedef struct lora_combine_opts {
+    lora_combine_method method;
+    double density;           /* D > 0 (methods other than SUM) */
+    lora_sign_method sign;
+    uint64_t seed;            /* DARE */
+} lora_combine_opts;
+
+/* The method's name ("sum", "ties", "dare_linear", "dare_ties",
+ * "magnitude_prune") and back; -1 for an unknown name. */
+const char *lora_combine_method_name(lora_combine_method m);
+int lora_combine_method_parse(const char *s);
+
+/* The DARE stream of input STREAM (its 0-based position among the
+ * inputs) on module NAME: x = seed ^ FNV-1a-64(NAME) ^
+ * (0x9E3779B97F4A7C15·(STREAM+1)) mod 2^64; the four words of the
+ * xoshiro256** state are four successive splitmix64(x) outputs.  Each
+ * element, in row-major order, takes one draw v; u = (v >> 11)·2^-53. */
+void lora_combine_stream_init(uint64_t state[4], uint64_t seed, const char *name,
+                              uint64_t stream);
+uint64_t lora_combine_next(uint64_t state[4]);
+
+/* Fills dst (out×in) with input i's delta d_i; LORA_OK or an error. */
+typedef int (*lora_delta_source)(void *ctx, size_t i, double *dst, lora_error *err);
+
+/* Work buffers reused across modules (zero-initialise; free with
+ * lora_combine_ws_free). */
+typedef struct lora_combine_ws {
+    double *d, *acc, *tmp, *cnt;
+    uint64_t cap;
+} lora_combine_ws;
+void lora_combine_ws_free(lora_combine_ws *ws);
+
+/* Combine n inputs of one out×in module into dst (out×in).  The deltas
+ * come from src (called up to twice per input: memory stays a few
+ * out×in buffers for any n); weights[i] and streams[i] (DARE stream
+ * number) per input.  Errors: LORA_EUSAGE (D not > 0, unknown method),
+ * LORA_EINPUT (a delta not finite), LORA_EIO (memory). */
+int lora_combine_module(const lora_combine_opts *o, const char *name, uint64_t out,
+                        uint64_t in, size_t n, const double *weights, const uint64_t *streams,
+                        lora_delta_source src, void *ctx, double *dst, lora_combine_ws *ws,
+                        lora_error *err);
+
+/* lora_reduce with a combination method (NULL or SUM: lora_reduce).
+ * Other methods build each module's combined ΔW densely (one module at
+ * a time) and take its dense SVD (lora_svd_dense); rule == NULL then
+ * keeps every singular value (rank min(out, in)). */
+int lora_reduce_combine(const lora_weighted *in, size_t n, const lora_rank_rule *rule,
+                        const lora_combine_opts *copts, const char *out_dir, int overwrite,
+                        lora_reduce_report *rep, lora_error *err);
+
+/* Thin SVD of a dense out×in row-major matrix W (overwritten) by LAPACK
+ * dgesdd; k = min(out, in); the result as lora_svd_factors gives it.
+ * Errors: LORA_EINPUT (non-finite, no convergence), LORA_EIO (memory). */
+int lora_svd_dense(double *W, uint64_t out, uint64_t in, lora_svd *res, lora_error *err);
 
 
 /* ---- section: analyses (analysis.c) ---- */

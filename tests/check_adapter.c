@@ -508,7 +508,6 @@ START_TEST(test_config_refusals)
         {"{\"r\":8}", "peft_type"},
         {"{\"peft_type\":\"IA3\"}", "IA3"},
         {"{\"peft_type\":\"LOHA\",\"r\":8}", "LOHA"},
-        {"{\"peft_type\":\"LORA\",\"use_dora\":true}", "DoRA"},
         {"{\"peft_type\":\"LORA\",\"lora_bias\":true}", "lora_bias"},
         {"{\"peft_type\":\"LORA\",\"r\":0}", "\"r\""},
         {"{\"peft_type\":\"LORA\",\"r\":-3}", "\"r\""},
@@ -577,6 +576,10 @@ START_TEST(test_key_forms)
         {PFX "score.modules_to_save.bias", LORA_KEY_SAVED, "score.bias"},
         {PFX "score.original_module.weight", LORA_KEY_COPY, "score.weight"},
         {PFX "m.q.base_layer.weight", LORA_KEY_COPY, "m.q.weight"},
+        {PFX "m.q.lora_magnitude_vector", LORA_KEY_MAG, "m.q"},
+        {PFX "m.q.lora_magnitude_vector.weight", LORA_KEY_MAG, "m.q"},
+        {PFX "m.q.base_layer.lora_magnitude_vector.default.weight", LORA_KEY_MAG, "m.q"},
+        {PFX "m.q.lora_magnitude_vector.default", LORA_KEY_MAG, "m.q"},
     };
     for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
         int kind;
@@ -589,8 +592,7 @@ START_TEST(test_key_forms)
     }
     static const struct { const char *key, *needle; } bad[] = {
         {"model.layers.0.q.lora_A.weight", "prefix"},
-        {PFX "m.q.lora_magnitude_vector", "DoRA"},
-        {PFX "m.q.lora_magnitude_vector.weight", "DoRA"},
+        {PFX "m.q.lora_magnitude_vector.weight.x", "lora_magnitude_vector[.default][.weight]"},
         {PFX "m.q.lora_B.bias", "lora_bias"},
         {PFX "m.q.lora_A.other.weight", "cannot classify"},
         {PFX "m.q.lora_A", "cannot classify"},
@@ -1338,6 +1340,77 @@ START_TEST(test_real_truncated)
 }
 END_TEST
 
+/* DoRA (issue 16.1): the magnitude vector in the form PEFT saves and in
+ * the in-memory forms, attached to its module; refused when it does not
+ * fit (shape, NaN, two of them, use_dora disagreeing, embeddings), and
+ * by lora_adapter_bind, since merging DoRA is not implemented. */
+START_TEST(test_dora)
+{
+    static const char *forms[] = {"lora_magnitude_vector", "lora_magnitude_vector.weight",
+                                  "lora_magnitude_vector.default.weight",
+                                  "lora_magnitude_vector.default"};
+    char key[256];
+    for (size_t f = 0; f < 4; f++) {
+        snprintf(key, sizeof key, L0 "q_proj.%s", forms[f]);
+        const tdef t[] = {{L0 "q_proj.lora_A.weight", 2, 6, 0.1f},
+                          {L0 "q_proj.lora_B.weight", 4, 2, 0.1f},
+                          {key, 4, 0, 0.5f}};
+        char *d = mk_adapter(CFG(",\"use_dora\":true"), t, 3);
+        lora_adapter *ad;
+        lora_error e;
+        ck_assert_msg(lora_adapter_open(d, &ad, &e) == LORA_OK, "%s: %s", forms[f], e.msg);
+        ck_assert_int_eq(ad->use_dora, 1);
+        ck_assert_uint_eq(ad->n_modules, 1);
+        const lora_module *m = &ad->modules[0];
+        ck_assert_str_eq(m->name, "model.layers.0.self_attn.q_proj");
+        ck_assert_ptr_nonnull(m->magnitude);
+        ck_assert_str_eq(m->magnitude->name, key);
+        lora_report *rep;
+        ck_assert_int_eq(lora_inspect(ad, NULL, &rep, &e), LORA_OK);
+        ck_assert_uint_eq(rep->n_dora, 1);
+        ck_assert_uint_eq(rep->dora_params, 4);
+        ck_assert(rep->mag_min == 0.5 && rep->mag_max == 2.0); /* 0.5·(1..4) */
+        lora_report_free(rep);
+        /* bind refuses, naming the module and what is missing */
+        const tdef bt[] = {{"model.layers.0.self_attn.q_proj.weight", 4, 6, 0.1f}};
+        char *bd;
+        lora_ckpt *ck = mk_base(&bd, bt, 1);
+        ck_assert_int_eq(lora_adapter_bind(ad, ck, &e), LORA_EINPUT);
+        ck_assert_msg(strstr(e.msg, "q_proj: a DoRA module") && strstr(e.msg, "not implemented"),
+                      "%s", e.msg);
+        lora_ckpt_close(ck);
+        rm(bd);
+        lora_adapter_free(ad);
+        rm(d);
+    }
+    const tdef ab[] = {{L0 "q_proj.lora_A.weight", 2, 6, 0.1f},
+                       {L0 "q_proj.lora_B.weight", 4, 2, 0.1f}};
+    const tdef shape3[] = {ab[0], ab[1], {L0 "q_proj.lora_magnitude_vector", 3, 0, 1}};
+    expect_refused(CFG(",\"use_dora\":true"), shape3, 3, "is [3], expected [4]");
+    const tdef shape2d[] = {ab[0], ab[1], {L0 "q_proj.lora_magnitude_vector", 1, 4, 1}};
+    expect_refused(CFG(",\"use_dora\":true"), shape2d, 3, "expected [4]");
+    const tdef nan[] = {ab[0], ab[1], {L0 "q_proj.lora_magnitude_vector", 4, 0, NAN}};
+    expect_refused(CFG(",\"use_dora\":true"), nan, 3, "NaN");
+    const tdef two[] = {ab[0], ab[1], {L0 "q_proj.lora_magnitude_vector", 4, 0, 1},
+                        {L0 "q_proj.lora_magnitude_vector.default.weight", 4, 0, 1}};
+    expect_refused(CFG(",\"use_dora\":true"), two, 4, "two lora_magnitude_vector");
+    const tdef bad[] = {ab[0], ab[1], {L0 "q_proj.lora_magnitude_vector.foo", 4, 0, 1}};
+    expect_refused(CFG(",\"use_dora\":true"), bad, 3, "cannot classify");
+    const tdef alone[] = {{L0 "q_proj.lora_magnitude_vector", 4, 0, 1}};
+    expect_refused(CFG(",\"use_dora\":true"), alone, 1, "without lora_A and lora_B");
+    /* one module with DoRA, one without */
+    const tdef half[] = {ab[0], ab[1], {L0 "q_proj.lora_magnitude_vector", 4, 0, 1},
+                         {L0 "v_proj.lora_A.weight", 2, 6, 0.1f},
+                         {L0 "v_proj.lora_B.weight", 4, 2, 0.1f}};
+    expect_refused(CFG(",\"use_dora\":true"), half, 5, "v_proj: use_dora is true but");
+    const tdef emb[] = {{PFX "model.embed_tokens.lora_embedding_A", 2, 10, 0.1f},
+                        {PFX "model.embed_tokens.lora_embedding_B", 6, 2, 0.1f},
+                        {PFX "model.embed_tokens.lora_magnitude_vector", 6, 0, 1}};
+    expect_refused("{\"peft_type\":\"LORA\",\"r\":2,\"lora_alpha\":4,\"use_dora\":true,"
+                   "\"target_modules\":[\"embed_tokens\"]}", emb, 3, "DoRA on an embedding");
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("adapter");
@@ -1355,6 +1428,7 @@ int main(void)
     tcase_add_test(tc, test_synthetic_forms);
     tcase_add_test(tc, test_scales);
     tcase_add_test(tc, test_refusals);
+    tcase_add_test(tc, test_dora);
     tcase_add_test(tc, test_bind);
     tcase_add_test(tc, test_bind_saved_and_embedding);
     tcase_add_test(tc, test_inspect_problems);

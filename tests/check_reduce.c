@@ -420,6 +420,123 @@ START_TEST(test_combine)
 }
 END_TEST
 
+typedef struct dsrc {
+    double **d;
+    uint64_t N;
+} dsrc;
+
+static int from_dense(void *ctx, size_t i, double *dst, lora_error *err)
+{
+    (void)err;
+    const dsrc *s = ctx;
+    memcpy(dst, s->d[i], s->N * sizeof *dst);
+    return LORA_OK;
+}
+
+/* The combination methods end to end: each input's delta with its own
+ * scale once (plain loops here), combined by lora_combine_module with
+ * the input's position as its DARE stream (a module the first input
+ * lacks gets stream 1 from the second), is what the written adapter
+ * holds at full rank (up to its F32 factors); a rank-K truncation is
+ * off by the reported error (Eckart–Young). */
+START_TEST(test_combine_methods)
+{
+    char *d = tu_tmpdir();
+    uint64_t st = 5, out = 18, in = 14, N = out * in;
+    float *A1 = frand(3 * in, &st), *B1 = frand(out * 3, &st);
+    float *A2 = frand(5 * in, &st), *B2 = frand(out * 5, &st);
+    float *A3 = frand(2 * in, &st), *B3 = frand(out * 2, &st);
+    for (uint64_t i = 0; i < out * 5; i++)
+        B2[i] -= 0.5f;                       /* signs disagree with input 1 */
+    spec s1[1] = {{"model.layers.0.self_attn.q_proj", out, in, 3, A1, B1}};
+    spec s2[2] = {{"model.layers.0.self_attn.q_proj", out, in, 5, A2, B2},
+                  {"model.layers.0.self_attn.v_proj", out, in, 2, A3, B3}};
+    char *p1 = tu_path(d, "one"), *p2 = tu_path(d, "two");
+    write_adapter(p1, "{\"peft_type\":\"LORA\",\"r\":3,\"lora_alpha\":6,"
+                      "\"target_modules\":[\"q_proj\"]}", s1, 1, LORA_DT_F32);
+    write_adapter(p2, "{\"peft_type\":\"LORA\",\"r\":5,\"lora_alpha\":4,\"use_rslora\":true,"
+                      "\"rank_pattern\":{\"v_proj\":2},\"alpha_pattern\":{\"v_proj\":1},"
+                      "\"target_modules\":[\"q_proj\",\"v_proj\"]}", s2, 2, LORA_DT_F32);
+    lora_adapter *a1, *a2, *red;
+    lora_error e;
+    ck_assert_msg(lora_adapter_open(p1, &a1, &e) == LORA_OK, "%s", e.msg);
+    ck_assert_msg(lora_adapter_open(p2, &a2, &e) == LORA_OK, "%s", e.msg);
+    double w[2] = {0.8, -1.5};
+    double *d1q = calloc(N, sizeof(double)), *d2q = calloc(N, sizeof(double)),
+           *d2v = calloc(N, sizeof(double));
+    add_delta(d1q, B1, A1, out, 3, in, 6.0 / 3);
+    add_delta(d2q, B2, A2, out, 5, in, 4.0 / sqrt(5));
+    add_delta(d2v, B3, A3, out, 2, in, 1.0 / sqrt(2));
+    lora_weighted in2[2] = {{a1, w[0]}, {a2, w[1]}};
+    static const lora_combine_opts methods[] = {
+        {LORA_COMBINE_TIES, 0.4, LORA_SIGN_TOTAL, 0},
+        {LORA_COMBINE_DARE_TIES, 0.5, LORA_SIGN_FREQUENCY, 77},
+        {LORA_COMBINE_DARE_LINEAR, 0.3, LORA_SIGN_TOTAL, 78},
+        {LORA_COMBINE_MAGNITUDE_PRUNE, 0.25, LORA_SIGN_TOTAL, 0}};
+    lora_combine_ws ws = {0};
+    for (size_t c = 0; c < sizeof methods / sizeof *methods; c++) {
+        double *wq = malloc(N * sizeof(double)), *wv = malloc(N * sizeof(double));
+        double *qd[2] = {d1q, d2q}, *vd[1] = {d2v};
+        dsrc sq = {qd, N}, sv = {vd, N};
+        uint64_t sq_streams[2] = {0, 1}, sv_streams[1] = {1};
+        ck_assert_int_eq(lora_combine_module(&methods[c], "model.layers.0.self_attn.q_proj", out,
+                                             in, 2, w, sq_streams, from_dense, &sq, wq, &ws, &e),
+                         LORA_OK);
+        ck_assert_int_eq(lora_combine_module(&methods[c], "model.layers.0.self_attn.v_proj", out,
+                                             in, 1, &w[1], sv_streams, from_dense, &sv, wv, &ws,
+                                             &e), LORA_OK);
+        for (int k = 0; k < 2; k++) {
+            lora_rank_rule rule = {.kind = LORA_RANK_FIXED, .rank = k ? 4 : 100};
+            char name[32];
+            snprintf(name, sizeof name, "m%zu-%d", c, k);
+            char *dst = tu_path(d, name);
+            lora_reduce_report rep;
+            ck_assert_msg(lora_reduce_combine(in2, 2, &rule, &methods[c], dst, 0, &rep, &e) ==
+                              LORA_OK, "%s", e.msg);
+            ck_assert_uint_eq(rep.n_modules, 2);
+            ck_assert_uint_eq(rep.modules[0].new_rank, k ? 4 : 14);
+            ck_assert_msg(lora_adapter_open(dst, &red, &e) == LORA_OK, "%s", e.msg);
+            const double *want[2] = {wq, wv};
+            const char *mn[2] = {"model.layers.0.self_attn.q_proj",
+                                 "model.layers.0.self_attn.v_proj"};
+            for (int m = 0; m < 2; m++) {
+                const lora_module *rm = find(red, mn[m]);
+                ck_assert_ptr_nonnull(rm);
+                double *got = module_delta(rm), rd = rel_diff(got, want[m], N);
+                double expect = k ? rep.modules[m].rel_error : 0;
+                ck_assert_msg(fabs(rd - expect) < 1e-6,
+                              "%s %s rank %d: relative difference %g, reported %g",
+                              lora_combine_method_name(methods[c].method), mn[m], k ? 4 : 14, rd,
+                              expect);
+                if (k)
+                    ck_assert(expect > 1e-3); /* the truncation did cut something */
+                free(got);
+            }
+            lora_adapter_free(red);
+            lora_reduce_report_free(&rep);
+            free(dst);
+        }
+        free(wq);
+        free(wv);
+    }
+    lora_combine_ws_free(&ws);
+    /* Refused: density 0, with nothing written. */
+    lora_combine_opts bad = {LORA_COMBINE_TIES, 0, LORA_SIGN_TOTAL, 0};
+    char *dst = tu_path(d, "bad");
+    lora_reduce_report rep;
+    ck_assert_int_eq(lora_reduce_combine(in2, 2, NULL, &bad, dst, 0, &rep, &e), LORA_EUSAGE);
+    struct stat sb;
+    ck_assert_int_ne(stat(dst, &sb), 0);
+    free(dst);
+    lora_adapter_free(a1);
+    lora_adapter_free(a2);
+    free(d1q); free(d2q); free(d2v); free(A1); free(B1); free(A2); free(B2); free(A3); free(B3);
+    free(p1); free(p2);
+    tu_rmtree(d);
+    free(d);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("reduce");
@@ -428,6 +545,7 @@ int main(void)
     tcase_add_test(tc, test_true_rank_exact);
     tcase_add_test(tc, test_energy_patterns_bf16);
     tcase_add_test(tc, test_combine);
+    tcase_add_test(tc, test_combine_methods);
     suite_add_tcase(s, tc);
     return tu_run(s, 0);
 }

@@ -36,6 +36,8 @@
  *   --no-base / --no-adapter skip one of the two
  *   --untrained              lora_B all zeros (PEFT's initialisation)
  *   --nan                    the first lora_B all NaN (for --check tests)
+ *   --dora                   DoRA: use_dora true and a lora_magnitude_vector [out]
+ *                            per module, values in [0.9, 1.1]
  *
  * Layouts: llama tensors are model.embed_tokens.weight [V,H], per layer
  * model.layers.N.{input_layernorm,post_attention_layernorm}.weight [H],
@@ -78,7 +80,7 @@ typedef struct opts {
     char *targets[64];
     size_t n_targets;
     uint64_t seed;
-    int prefixed, no_base, no_adapter, untrained, nan;
+    int prefixed, no_base, no_adapter, untrained, nan, dora;
 } opts;
 
 /* One tensor to generate: uniform in [center - bound, center + bound). */
@@ -357,6 +359,10 @@ static int make_adapter(const opts *o, const char *dir, lora_error *err)
         bad |= add(&g, &n, &cap, nm, lv[i].out, o->rank, 0, o->untrained ? 0 : U_BOUND(std_b));
         if (o->nan && used == 1 && !bad)
             g[n - 1].center = NAN; /* every value NaN: bound * u + NaN */
+        if (o->dora) {
+            snprintf(nm, sizeof nm, "base_model.model.%s.lora_magnitude_vector", lv[i].name);
+            bad |= add(&g, &n, &cap, nm, lv[i].out, 0, 1.0, 0.1);
+        }
     }
     free(lv);
     if (bad) {
@@ -389,7 +395,7 @@ static int make_adapter(const opts *o, const char *dir, lora_error *err)
         (json_int_t)o->rank, "lora_alpha",
         o->alpha == floor(o->alpha) ? json_integer((json_int_t)o->alpha) : json_real(o->alpha),
         "lora_dropout", 0.0, "modules_to_save", json_null(), "rank_pattern", json_object(),
-        "target_modules", tm, "task_type", "CAUSAL_LM", "use_dora", 0, "use_rslora", 0,
+        "target_modules", tm, "task_type", "CAUSAL_LM", "use_dora", o->dora, "use_rslora", 0,
         "layers_to_transform", json_null());
     char *s = c ? json_dumps(c, JSON_INDENT(2) | JSON_SORT_KEYS | JSON_REAL_PRECISION(12)) : NULL;
     json_decref(c);
@@ -447,7 +453,7 @@ static int usage(const char *msg)
     fprintf(stderr, "usage: mkfixture llama|gpt2 OUTDIR [--dtype D] [--adapter-dtype D] "
                     "[--layers N] [--hidden H] [--intermediate I] [--heads N] [--kv-heads N] "
                     "[--vocab V] [--positions P] [--rank R] [--alpha A] [--targets a,b] "
-                    "[--seed S] [--prefixed] [--no-base] [--no-adapter] [--untrained] [--nan]\n"
+                    "[--seed S] [--prefixed] [--no-base] [--no-adapter] [--untrained] [--nan] [--dora]\n"
                     "(the interface is documented at the top of tests/mkfixture.c)\n");
     return LORA_EUSAGE;
 }
@@ -460,7 +466,7 @@ int main(int argc, char **argv)
         {"kv-heads", 1, NULL, 'k'}, {"vocab", 1, NULL, 'v'},       {"positions", 1, NULL, 'P'},
         {"rank", 1, NULL, 'r'},   {"alpha", 1, NULL, 'a'},         {"targets", 1, NULL, 't'},
         {"seed", 1, NULL, 's'},   {"prefixed", 0, NULL, 'x'},      {"no-base", 0, NULL, 'B'},
-        {"no-adapter", 0, NULL, 'A'}, {"untrained", 0, NULL, 'Z'}, {"nan", 0, NULL, 'Q'},
+        {"no-adapter", 0, NULL, 'A'}, {"untrained", 0, NULL, 'Z'}, {"nan", 0, NULL, 'Q'}, {"dora", 0, NULL, 'O'},
         {NULL, 0, NULL, 0}};
     opts o = {.dtype = LORA_DT_F32, .adtype = LORA_DT_F32, .layers = 2, .hidden = 64,
               .heads = 4, .vocab = 256, .positions = 128, .rank = 8, .alpha = 16, .seed = 1};
@@ -503,6 +509,7 @@ int main(int argc, char **argv)
         case 'A': o.no_adapter = 1; break;
         case 'Z': o.untrained = 1; break;
         case 'Q': o.nan = 1; break;
+        case 'O': o.dora = 1; break;
         default: return usage(NULL);
         }
         if (u && parse_u64(optarg, u, big))

@@ -114,4 +114,66 @@ grep -q '"sources": 2' "$T/out" && fail "disjoint adapters share a module"
 expect 0 lora-inspect --check --strict "$T/union"
 expect 0 lora-inspect --check --strict "$T/oo"
 
+# --- combination methods (issue 16.5) ---
+expect 2 lora-rank-reduce -a "$Q" -a "$Q" -o "$T/x" --rank 2 --method bogus
+expect_err "method bogus: not one of sum, ties, dare_linear, dare_ties, magnitude_prune"
+expect 2 lora-rank-reduce -a "$Q" -a "$Q" -o "$T/x" --rank 2 --method ties
+expect_err "method ties needs --density"
+expect 2 lora-rank-reduce -a "$Q" -a "$Q" -o "$T/x" --rank 2 --density 0.5
+expect_err "density needs --method"
+expect 2 lora-rank-reduce -a "$Q" -o "$T/x" --rank 2 --method ties --density 0
+expect_err "density 0: must be a number > 0"
+expect 2 lora-rank-reduce -a "$Q" -o "$T/x" --rank 2 --method dare_linear --density 0.5 \
+    --majority-sign total
+expect_err "majority-sign applies to"
+expect 2 lora-rank-reduce -a "$Q" -o "$T/x" --rank 2 --method ties --density 0.5 --seed 3
+expect_err "seed applies to"
+expect 2 lora-rank-reduce -a "$Q" -o "$T/x" --rank 2 --method ties --density 0.5 \
+    --majority-sign most
+expect_err "not total or frequency"
+[ -e "$T/x" ] && fail "usage error created the output"
+
+# small generated adapters (the dense SVD costs out*in*min(out,in) per module)
+"$TOP_BUILDDIR/tests/mkfixture" llama "$T/g1" --hidden 32 --intermediate 48 --rank 4 \
+    --seed 11 --no-base >/dev/null || fail "mkfixture"
+"$TOP_BUILDDIR/tests/mkfixture" llama "$T/g2" --hidden 32 --intermediate 48 --rank 4 \
+    --seed 12 --no-base >/dev/null || fail "mkfixture"
+G1=$T/g1/adapter G2=$T/g2/adapter
+expect 0 lora-rank-reduce -a "$G1" -a "$G2:0.5" --method ties --density 0.3 -o "$T/ties" \
+    --rank 4 --json
+expect_out '"method": "ties"'
+expect_out '"density": 0\.(3|2999)'
+expect_out '"majority_sign": "total"'
+expect_out '"old_rank": 8,'
+expect_out '"new_rank": 4,'
+e=$(json_num max_rel_error)
+lt 0 "$e" || fail "a pruned combination truncated to rank 4 reported no error"
+expect 0 lora-inspect --check --strict "$T/ties"
+# no truncation (--rank 0): every singular value of the dense update
+expect 0 lora-rank-reduce -a "$G1" -a "$G2" --method magnitude_prune --density 0.5 \
+    -o "$T/mp" --rank 0 --json
+expect_out '"rule": "exact"'
+expect_out '"new_rank": 32,'
+e=$(json_num max_rel_error)
+lt "$e" 1e-12 || fail "--rank 0 lost $e"
+# DARE: the same seed gives the same bytes, another seed other bytes
+expect 0 lora-rank-reduce -a "$G1" -a "$G2" --method dare_ties --density 0.5 --seed 7 \
+    --majority-sign frequency -o "$T/d7" --rank 4 --json
+expect_out '"seed": 7'
+expect_out '"majority_sign": "frequency"'
+expect 0 lora-rank-reduce -a "$G1" -a "$G2" --method dare_ties --density 0.5 --seed 7 \
+    --majority-sign frequency -o "$T/d7b" --rank 4 -q
+cmp -s "$T/d7/adapter_model.safetensors" "$T/d7b/adapter_model.safetensors" ||
+    fail "same seed, different bytes"
+expect 0 lora-rank-reduce -a "$G1" -a "$G2" --method dare_ties --density 0.5 --seed 8 \
+    --majority-sign frequency -o "$T/d8" --rank 4 -q
+cmp -s "$T/d7/adapter_model.safetensors" "$T/d8/adapter_model.safetensors" &&
+    fail "another seed, same bytes"
+# D >= 1 prunes nothing: dare_linear is then the exact sum
+expect 0 lora-rank-reduce -a "$G1" -a "$G2" --method dare_linear --density 1 -o "$T/dl1" \
+    --rank 8 --json
+e=$(json_num max_rel_error)
+lt "$e" 1e-12 || fail "dare_linear with D = 1 at the summed rank lost $e"
+ls "$T" | grep -q 'tmp-' && fail "temporary folder left behind"
+
 done_testing

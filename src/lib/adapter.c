@@ -58,22 +58,27 @@ static int classify(const lora_acfg *c, const char *key, char **segs, size_t n, 
     for (size_t i = 0; i < n; i++)
         if (segs[i][0] == '\0')
             return lora_seterr(err, LORA_EINPUT, "key \"%s\": empty name part", key);
-    for (size_t i = 0; i < n; i++)
-        if (strcmp(segs[i], "lora_magnitude_vector") == 0)
-            return lora_seterr(err, LORA_EINPUT,
-                               "key \"%s\": DoRA magnitude vectors are not supported", key);
-
-    /* lora_A / lora_B / lora_embedding_A / lora_embedding_B */
+    /* lora_A / lora_B / lora_embedding_A / lora_embedding_B, and DoRA's
+     * lora_magnitude_vector (PEFT saves it bare; in-memory state dicts
+     * add .default and/or .weight) */
     for (size_t i = 0; i < n; i++) {
         int emb = is_seg(segs[i], "lora_embedding_A", "lora_embedding_B");
         int lin = is_seg(segs[i], "lora_A", "lora_B");
-        if (!emb && !lin)
+        int mag = strcmp(segs[i], "lora_magnitude_vector") == 0;
+        if (!emb && !lin && !mag)
             continue;
         int isb = segs[i][strlen(segs[i]) - 1] == 'B';
         size_t t = i + 1;
         if (t < n && strcmp(segs[t], "default") == 0)
             t++; /* the in-memory adapter name, lenient */
-        if (lin) {
+        if (mag) {
+            if (t < n && strcmp(segs[t], "weight") == 0)
+                t++;
+            if (t != n)
+                return lora_seterr(err, LORA_EINPUT,
+                                   "key \"%s\": cannot classify (expected "
+                                   "lora_magnitude_vector[.default][.weight])", key);
+        } else if (lin) {
             if (t + 1 == n && strcmp(segs[t], "bias") == 0)
                 return lora_seterr(err, LORA_EINPUT,
                                    "key \"%s\": a bias on lora_A/lora_B (lora_bias) is not supported",
@@ -118,7 +123,8 @@ static int classify(const lora_acfg *c, const char *key, char **segs, size_t n, 
         free(mod);
         if (!*name)
             return LORA_EIO;
-        *kind = emb ? (isb ? LORA_KEY_EMB_B : LORA_KEY_EMB_A) : (isb ? LORA_KEY_B : LORA_KEY_A);
+        *kind = mag ? LORA_KEY_MAG
+                    : emb ? (isb ? LORA_KEY_EMB_B : LORA_KEY_EMB_A) : (isb ? LORA_KEY_B : LORA_KEY_A);
         return LORA_OK;
     }
     for (size_t i = 0; i < n; i++)
@@ -327,6 +333,52 @@ static int make_module(const lora_acfg *c, lora_module *m, lora_error *err)
     return LORA_OK;
 }
 
+/* DoRA's magnitude vector: only with use_dora, on every module then,
+ * one value per output row ([out]: PEFT takes the row norms after the
+ * Conv1D transpose, so fan_in_fan_out does not change it), finite
+ * (trained, so not necessarily positive).  PEFT defines DoRA for Linear (and
+ * Conv1D), Embedding and ConvNd layers; this library reads it on Linear
+ * and Conv1D modules and says so for embeddings. */
+static int check_dora(const lora_acfg *c, const lora_module *m, lora_error *err)
+{
+    const lora_tensor *v = m->magnitude;
+    if (!v && !c->use_dora)
+        return LORA_OK;
+    if (!v)
+        return lora_seterr(err, LORA_EINPUT,
+                           "module %s: use_dora is true but the module has no DoRA "
+                           "lora_magnitude_vector", m->name);
+    if (!c->use_dora)
+        return lora_seterr(err, LORA_EINPUT,
+                           "module %s: a DoRA lora_magnitude_vector (\"%s\") but use_dora is "
+                           "not true in adapter_config.json", m->name, v->name);
+    if (m->embedding)
+        return lora_seterr(err, LORA_EINPUT,
+                           "module %s: DoRA on an embedding layer (lora_embedding_A/B) is not "
+                           "supported; DoRA is read on Linear and Conv1D modules only", m->name);
+    char s[96];
+    shape_str(v, s, sizeof s);
+    if (!(v->ndim == 1 && v->shape[0] == m->out))
+        return lora_seterr(err, LORA_EINPUT,
+                           "module %s: lora_magnitude_vector is %s, expected [%llu] (one value "
+                           "per output row)", m->name, s, (unsigned long long)m->out);
+    if (!lora_dtype_readable(v->dtype))
+        return lora_seterr(err, LORA_EINPUT, "module %s: lora_magnitude_vector is %s; only F32, "
+                           "F16, BF16 and F64 are supported", m->name, lora_dtype_name(v->dtype));
+    double *x = malloc((size_t)v->numel * sizeof *x);
+    if (!x)
+        return lora_oom(err);
+    int rc = lora_decode_f64(v->dtype, v->data, x, (size_t)v->numel) == LORA_OK ? LORA_OK : -1;
+    for (uint64_t i = 0; i < v->numel && rc == LORA_OK; i++)
+        if (!isfinite(x[i]))
+            rc = -1;
+    free(x);
+    if (rc != LORA_OK)
+        return lora_seterr(err, LORA_EINPUT, "module %s: lora_magnitude_vector holds NaN or "
+                           "infinity", m->name);
+    return LORA_OK;
+}
+
 static const char *kind_name(int kind)
 {
     switch (kind) {
@@ -374,7 +426,7 @@ static int build(lora_adapter *ad, const lora_acfg *c, struct entry *e, size_t n
             s->t = e[i].t;
             continue;
         }
-        /* entries of one module are adjacent: A, B, EMB_A, EMB_B */
+        /* entries of one module are adjacent: A, B, EMB_A, EMB_B, MAG */
         lora_module *m = NULL;
         if (ad->n_modules && strcmp(ad->modules[ad->n_modules - 1].name, e[i].name) == 0)
             m = &ad->modules[ad->n_modules - 1];
@@ -383,6 +435,14 @@ static int build(lora_adapter *ad, const lora_acfg *c, struct entry *e, size_t n
             m->name = e[i].name;
             e[i].name = NULL;
             m->embedding = e[i].kind == LORA_KEY_EMB_A || e[i].kind == LORA_KEY_EMB_B;
+        }
+        if (e[i].kind == LORA_KEY_MAG) {
+            if (m->magnitude)
+                return lora_seterr(err, LORA_EINPUT,
+                                   "module %s: two lora_magnitude_vector tensors (\"%s\" and "
+                                   "\"%s\")", m->name, m->magnitude->name, e[i].t->name);
+            m->magnitude = e[i].t;
+            continue;
         }
         int emb = e[i].kind == LORA_KEY_EMB_A || e[i].kind == LORA_KEY_EMB_B;
         int isa = e[i].kind == LORA_KEY_A || e[i].kind == LORA_KEY_EMB_A;
@@ -405,6 +465,10 @@ static int build(lora_adapter *ad, const lora_acfg *c, struct entry *e, size_t n
     }
     for (size_t i = 0; i < ad->n_modules; i++) {
         lora_module *m = &ad->modules[i];
+        if (!m->A && !m->B)
+            return lora_seterr(err, LORA_EINPUT,
+                               "module %s: a lora_magnitude_vector without lora_A and lora_B",
+                               m->name);
         if (!m->A || !m->B)
             return lora_seterr(err, LORA_EINPUT, "module %s: has %s but no %s", m->name,
                                m->A ? (m->embedding ? "lora_embedding_A" : "lora_A")
@@ -412,9 +476,10 @@ static int build(lora_adapter *ad, const lora_acfg *c, struct entry *e, size_t n
                                m->A ? (m->embedding ? "lora_embedding_B" : "lora_B")
                                     : (m->embedding ? "lora_embedding_A" : "lora_A"));
         int rc = make_module(c, m, err);
-        if (rc)
+        if (rc || (rc = check_dora(c, m, err)))
             return rc;
     }
+    ad->use_dora = c->use_dora;
     qsort(ad->modules, ad->n_modules, sizeof *ad->modules, cmp_module);
     qsort(ad->saved, ad->n_saved, sizeof *ad->saved, cmp_saved);
     for (size_t i = 1; i < ad->n_saved; i++)
@@ -745,6 +810,12 @@ static int bind(lora_adapter *ad, const lora_ckpt *base, int allow_tied, lora_er
     for (size_t i = 0; i < ad->n_modules; i++) {
         lora_module *m = &ad->modules[i];
         m->tied_head = 0;
+        if (m->magnitude)
+            return lora_seterr(err, LORA_EINPUT,
+                               "module %s: a DoRA module (lora_magnitude_vector): merging or "
+                               "applying DoRA, W' = (m / ||W0 + dW||) * (W0 + dW) per output "
+                               "row, is not implemented",
+                               m->name);
         if (m->r != m->config_r)
             return lora_seterr(err, LORA_EINPUT,
                                "module %s: its tensors have rank %llu but the config gives r=%llu",

@@ -254,10 +254,6 @@ static int parse_fields(json_t *root, lora_acfg *c, lora_error *err)
         (rc = get_bool(root, "fan_in_fan_out", &c->fan_in_fan_out, err)) ||
         (rc = get_bool(root, "lora_bias", &c->lora_bias, err)))
         return rc;
-    if (c->use_dora)
-        return lora_seterr(err, LORA_EINPUT,
-                           "use_dora is true: DoRA adapters are not supported (their magnitude "
-                           "vectors change W in a way a LoRA merge does not)");
     if (c->lora_bias)
         return lora_seterr(err, LORA_EINPUT,
                            "lora_bias is true: adapters with a bias on lora_B are not supported");

@@ -443,6 +443,9 @@ int lora_convert_to_gguf(const lora_adapter *ad, const char *out, const lora_con
         rc = read_base_config(o->base, &arch, &gbase, err);
     if (!rc)
         rc = refuse_alora(ad, err);
+    if (!rc && ad->use_dora)
+        rc = lora_seterr(err, LORA_EINPUT, "%s: a DoRA adapter (use_dora): GGUF LoRA has no "
+                         "magnitude vectors, converting it would drop them", ad->path);
     if (!rc)
         rc = plan_modules(ad, &arch, gbase, o, rep, &p, &n, err);
     if (rc)

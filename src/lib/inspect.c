@@ -225,6 +225,32 @@ static int fill_groups(lora_report *rep, lora_error *err)
     return LORA_OK;
 }
 
+/* DoRA: the range of one module's magnitude vector (checked finite
+ * and [out] by the loader), folded into the report's. */
+static int magnitude_range(lora_report *rep, lora_report_module *rm, lora_error *err)
+{
+    const lora_tensor *v = rm->m->magnitude;
+    double *x = malloc((size_t)(v->numel ? v->numel : 1) * sizeof *x);
+    if (!x)
+        return lora_oom(err);
+    if (lora_decode_f64(v->dtype, v->data, x, (size_t)v->numel) != LORA_OK) {
+        free(x);
+        return lora_seterr(err, LORA_EINPUT, "module %s: cannot decode lora_magnitude_vector",
+                           rm->m->name);
+    }
+    rm->mag_min = rm->mag_max = v->numel ? x[0] : 0;
+    for (uint64_t i = 1; i < v->numel; i++) {
+        rm->mag_min = fmin(rm->mag_min, x[i]);
+        rm->mag_max = fmax(rm->mag_max, x[i]);
+    }
+    free(x);
+    rep->mag_min = rep->n_dora ? fmin(rep->mag_min, rm->mag_min) : rm->mag_min;
+    rep->mag_max = rep->n_dora ? fmax(rep->mag_max, rm->mag_max) : rm->mag_max;
+    rep->n_dora++;
+    rep->dora_params += v->numel;
+    return LORA_OK;
+}
+
 static int fill_tensors(lora_report *rep, const lora_adapter *ad, lora_error *err)
 {
     size_t n = lora_st_count(ad->st);
@@ -245,6 +271,8 @@ static int fill_tensors(lora_report *rep, const lora_adapter *ad, lora_error *er
                 rt->role = m->embedding ? "lora_embedding_A" : "lora_A";
             else if (m->B == t)
                 rt->role = m->embedding ? "lora_embedding_B" : "lora_B";
+            else if (m->magnitude == t)
+                rt->role = "lora_magnitude_vector";
             else
                 continue;
             rt->owner = m->name;
@@ -524,6 +552,8 @@ int lora_inspect(const lora_adapter *ad, const lora_inspect_opts *opts, lora_rep
         rm->transpose = rm->m->transpose;
         rm->params = rm->m->A->numel + rm->m->B->numel;
         rep->lora_params += rm->params;
+        if (rm->m->magnitude && (rc = magnitude_range(rep, rm, err)))
+            goto fail;
         if (rm->m->r != rm->m->config_r &&
             (rc = add_problem(rep, LORA_SEV_ERROR, rm->m->name, err,
                               "module %s: its tensors have rank %llu but the config gives r=%llu",
@@ -533,7 +563,7 @@ int lora_inspect(const lora_adapter *ad, const lora_inspect_opts *opts, lora_rep
     }
     for (size_t i = 0; i < ad->n_saved; i++)
         rep->saved_params += ad->saved[i].t->numel;
-    rep->trainable_params = rep->lora_params + rep->saved_params;
+    rep->trainable_params = rep->lora_params + rep->saved_params + rep->dora_params;
     if ((rc = fill_groups(rep, err)) || (rc = fill_tensors(rep, ad, err)) ||
         (rc = fill_targets(rep, ad, err)))
         goto fail;
@@ -608,6 +638,11 @@ static json_t *build_json(const lora_report *rep, int tensors)
     json_object_set_new(o, "lora_alpha", jnum(ad->alpha));
     json_object_set_new(o, "use_rslora", json_boolean(ad->use_rslora));
     json_object_set_new(o, "fan_in_fan_out", json_boolean(ad->fan_in_fan_out));
+    json_object_set_new(o, "use_dora", json_boolean(ad->use_dora));
+    json_object_set_new(o, "dora_modules", json_integer((json_int_t)rep->n_dora));
+    json_object_set_new(o, "magnitude_range",
+                        rep->n_dora ? json_pack("[f, f]", rep->mag_min, rep->mag_max)
+                                    : json_null());
     json_object_set_new(o, "uniform", json_boolean(rep->n_groups <= 1));
     json_object_set_new(o, "scale",
                         rep->n_groups == 1 ? json_real(rep->groups[0].scale) : json_null());
@@ -653,14 +688,18 @@ static json_t *build_json(const lora_report *rep, int tensors)
     for (size_t i = 0; i < rep->n_modules; i++) {
         const lora_report_module *rm = &rep->modules[i];
         const lora_module *m = rm->m;
-        json_array_append_new(
-            ml, json_pack("{s:s, s:s, s:I, s:I, s:I, s:o, s:f, s:b, s:b, s:b, s:I, s:s, s:s}",
+        json_t *mo = json_pack("{s:s, s:s, s:I, s:I, s:I, s:o, s:f, s:b, s:b, s:b, s:I, s:s, s:s}",
                           "name", m->name, "target", rm->base_name ? rm->base_name : m->target,
                           "r", (json_int_t)m->r, "in", (json_int_t)m->in, "out",
                           (json_int_t)m->out, "lora_alpha", jnum(m->alpha), "scale", m->scale,
                           "embedding", m->embedding, "transpose", rm->transpose, "targeted",
                           rm->targeted, "parameters", (json_int_t)rm->params, "dtype_A",
-                          lora_dtype_name(m->A->dtype), "dtype_B", lora_dtype_name(m->B->dtype)));
+                          lora_dtype_name(m->A->dtype), "dtype_B", lora_dtype_name(m->B->dtype));
+        if (mo)
+            json_object_set_new(mo, "magnitude",
+                                m->magnitude ? json_pack("[f, f]", rm->mag_min, rm->mag_max)
+                                             : json_null());
+        json_array_append_new(ml, mo);
     }
     json_object_set_new(o, "module_list", ml);
     if (rep->has_base)

@@ -165,7 +165,8 @@ enum {
     LORA_KEY_EMB_A,        /* lora_embedding_A */
     LORA_KEY_EMB_B,        /* lora_embedding_B */
     LORA_KEY_SAVED,        /* a full tensor that replaces the base's */
-    LORA_KEY_COPY          /* a copy of a base tensor (.original_module., .base_layer.): unused */
+    LORA_KEY_COPY,         /* a copy of a base tensor (.original_module., .base_layer.): unused */
+    LORA_KEY_MAG           /* DoRA lora_magnitude_vector[.default][.weight] */
 };
 /* Classify KEY: *kind, and *name (malloc'd): the module path for A/B
  * keys, the base tensor name for saved and copied tensors.  LORA_EINPUT

@@ -301,10 +301,39 @@ fail:
     return rc;
 }
 
+/* The inputs of one module for the dense methods: each present input's
+ * factors decoded (B_j at Bp + off_j·out, out×r_j; A_j at Ac + off_j·in,
+ * r_j×in), its scale, weight and stream (its position among the inputs). */
+typedef struct dense_src {
+    const double *Bp, *Ac;
+    uint64_t out, in;
+    uint64_t *r, *off, *stream;
+    double *scale, *weight;
+} dense_src;
+
+static int dense_delta(void *ctx, size_t j, double *dst, lora_error *err)
+{
+    (void)err;
+    const dense_src *d = ctx;
+    lora_delta_rows(d->Bp + d->off[j] * d->out, d->Ac + d->off[j] * d->in, d->r[j], d->in,
+                    d->scale[j], 0, d->out, dst);
+    return LORA_OK;
+}
+
 int lora_reduce(const lora_weighted *in, size_t n, const lora_rank_rule *rule,
                 const char *out_dir, int overwrite, lora_reduce_report *rep, lora_error *err)
 {
+    return lora_reduce_combine(in, n, rule, NULL, out_dir, overwrite, rep, err);
+}
+
+int lora_reduce_combine(const lora_weighted *in, size_t n, const lora_rank_rule *rule,
+                        const lora_combine_opts *copts, const char *out_dir, int overwrite,
+                        lora_reduce_report *rep, lora_error *err)
+{
     memset(rep, 0, sizeof *rep);
+    int dense = copts && copts->method != LORA_COMBINE_SUM;
+    if (dense && !(copts->density > 0 && isfinite(copts->density)))
+        return lora_seterr(err, LORA_EUSAGE, "density must be a number > 0");
     if (n == 0)
         return lora_seterr(err, LORA_EUSAGE, "no adapter to reduce");
     if (rule) {
@@ -320,6 +349,10 @@ int lora_reduce(const lora_weighted *in, size_t n, const lora_rank_rule *rule,
     for (size_t i = 0; i < n; i++) {
         if (!isfinite(in[i].weight))
             return lora_seterr(err, LORA_EUSAGE, "weight of %s is not finite", in[i].ad->path);
+        if (in[i].ad->use_dora)
+            return lora_seterr(err, LORA_EINPUT,
+                               "%s: a DoRA adapter (use_dora): its magnitude vectors cannot be "
+                               "carried through a rank reduction", in[i].ad->path);
         if (in[i].ad->fan_in_fan_out != in[0].ad->fan_in_fan_out)
             return lora_seterr(err, LORA_EINPUT, "%s and %s disagree on fan_in_fan_out",
                                in[0].ad->path, in[i].ad->path);
@@ -349,9 +382,16 @@ int lora_reduce(const lora_weighted *in, size_t n, const lora_rank_rule *rule,
     int rc = LORA_OK;
     outmod *mods = calloc(nu ? nu : 1, sizeof *mods);
     rep->modules = calloc(nu ? nu : 1, sizeof *rep->modules);
-    double *Bc = NULL, *Ac = NULL, *Bt = NULL, *Wb = NULL, *Wa = NULL;
-    uint64_t capB = 0, capA = 0, capT = 0, capWb = 0, capWa = 0;
-    if (!mods || !rep->modules) {
+    double *Bc = NULL, *Ac = NULL, *Bt = NULL, *Wb = NULL, *Wa = NULL, *Wd = NULL;
+    uint64_t capB = 0, capA = 0, capT = 0, capWb = 0, capWa = 0, capWd = 0;
+    lora_combine_ws ws = {0};
+    dense_src ds = {0};
+    ds.r = calloc(n, sizeof *ds.r);
+    ds.off = calloc(n, sizeof *ds.off);
+    ds.stream = calloc(n, sizeof *ds.stream);
+    ds.scale = calloc(n, sizeof *ds.scale);
+    ds.weight = calloc(n, sizeof *ds.weight);
+    if (!mods || !rep->modules || !ds.r || !ds.off || !ds.stream || !ds.scale || !ds.weight) {
         rc = lora_oom(err);
         goto done;
     }
@@ -383,15 +423,26 @@ int lora_reduce(const lora_weighted *in, size_t n, const lora_rank_rule *rule,
         uint64_t out = first->out, inn = first->in;
         if ((rc = reserve(&Bc, &capB, out, R, err)) || (rc = reserve(&Ac, &capA, R, inn, err)))
             goto done;
-        /* The exact concatenation, scales and weights folded into B. */
+        /* The exact concatenation, scales and weights folded into B; for
+         * the dense methods each B_j decoded as it is, packed in Bc. */
         uint64_t off = 0;
+        size_t np = 0;
         for (size_t i = 0; i < n; i++) {
             const lora_module *m = find_module(in[i].ad, name);
             if (!m)
                 continue;
             if ((rc = reserve(&Bt, &capT, out, m->r, err)))
                 goto done;
-            if (lora_decode_f64(m->B->dtype, m->B->data, Bt, (size_t)(out * m->r)) != LORA_OK ||
+            if (dense) {
+                ds.r[np] = m->r;
+                ds.off[np] = off;
+                ds.stream[np] = i;
+                ds.scale[np] = m->scale;
+                ds.weight[np] = in[i].weight;
+                np++;
+            }
+            if (lora_decode_f64(m->B->dtype, m->B->data, dense ? Bc + off * out : Bt,
+                                (size_t)(out * m->r)) != LORA_OK ||
                 lora_decode_f64(m->A->dtype, m->A->data, Ac + off * inn, (size_t)(m->r * inn)) !=
                     LORA_OK) {
                 rc = lora_seterr(err, LORA_EINPUT, "%s: %s: cannot decode the factors", in[i].ad->path,
@@ -399,17 +450,29 @@ int lora_reduce(const lora_weighted *in, size_t n, const lora_rank_rule *rule,
                 goto done;
             }
             double f = in[i].weight * m->scale;
-            for (uint64_t row = 0; row < out; row++)
+            for (uint64_t row = 0; row < out && !dense; row++)
                 for (uint64_t c = 0; c < m->r; c++)
                     Bc[row * R + off + c] = f * Bt[row * m->r + c];
             off += m->r;
         }
         lora_svd sv;
-        if ((rc = lora_svd_factors(Bc, Ac, out, R, inn, 1.0, &sv, err)) != LORA_OK) {
+        if (dense) {
+            ds.Bp = Bc;
+            ds.Ac = Ac;
+            ds.out = out;
+            ds.in = inn;
+            if ((rc = reserve(&Wd, &capWd, out, inn, err)) ||
+                (rc = lora_combine_module(copts, name, out, inn, np, ds.weight, ds.stream,
+                                          dense_delta, &ds, Wd, &ws, err)) ||
+                (rc = lora_svd_dense(Wd, out, inn, &sv, err))) {
+                lora_err_prefix(err, "%s", name);
+                goto done;
+            }
+        } else if ((rc = lora_svd_factors(Bc, Ac, out, R, inn, 1.0, &sv, err)) != LORA_OK) {
             lora_err_prefix(err, "%s", name);
             goto done;
         }
-        uint64_t keep = rule ? lora_rank_select(sv.S, sv.k, rule) : R;
+        uint64_t keep = rule ? lora_rank_select(sv.S, sv.k, rule) : dense ? sv.k : R;
         double norm = 0;
         for (uint64_t i = 0; i < sv.k; i++)
             norm += sv.S[i] * sv.S[i];
@@ -436,7 +499,7 @@ int lora_reduce(const lora_weighted *in, size_t n, const lora_rank_rule *rule,
         om->dtA = out_dtype(first->A->dtype);
         om->dtB = out_dtype(first->B->dtype);
         rep->new_params += keep * (inn + out);
-        if (rule) {
+        if (rule || dense) {
             /* B' = U_k·sqrt(Σ_k), A' = sqrt(Σ_k)·V_kᵀ, both row-major. */
             if ((rc = reserve(&Wb, &capWb, out, keep, err)) ||
                 (rc = reserve(&Wa, &capWa, keep, inn, err))) {
@@ -475,6 +538,13 @@ done:
     free(Bt);
     free(Wb);
     free(Wa);
+    free(Wd);
+    lora_combine_ws_free(&ws);
+    free(ds.r);
+    free(ds.off);
+    free(ds.stream);
+    free(ds.scale);
+    free(ds.weight);
     if (rc != LORA_OK)
         lora_reduce_report_free(rep);
     return rc;

@@ -158,3 +158,52 @@ done:
         lora_svd_free(res);
     return rc;
 }
+
+/* The dense path, for combined deltas that are no longer low rank
+ * (combine.c).  A row-major out×in W is the column-major in×out Wᵀ, so
+ * LAPACK factors Wᵀ = U'·Σ·V'ᵀ in place and the SVD of W is
+ * V'·Σ·U'ᵀ: U of W is V' (the rows of V'ᵀ), V of W is U'. */
+int lora_svd_dense(double *W, uint64_t out, uint64_t in, lora_svd *res, lora_error *err)
+{
+    memset(res, 0, sizeof *res);
+    res->out = out;
+    res->in = in;
+    if (out > INT32_MAX / 2 || in > INT32_MAX / 2)
+        return lora_seterr(err, LORA_EINPUT, "matrix too large for LAPACK (%llu×%llu)",
+                           (unsigned long long)out, (unsigned long long)in);
+    uint64_t k = out < in ? out : in;
+    res->k = k;
+    res->S = dalloc(k, 1);
+    res->U = dalloc(out, k);
+    res->V = dalloc(in, k);
+    double *VTp = dalloc(k, out);
+    int rc = LORA_OK;
+    if (!res->S || !res->U || !res->V || !VTp) {
+        rc = lora_oom(err);
+        goto done;
+    }
+    if (k == 0)
+        goto done;
+    if (!all_finite(W, out * in)) {
+        rc = lora_seterr(err, LORA_EINPUT, "matrix holds NaN or infinity");
+        goto done;
+    }
+    lapack_int info = LAPACKE_dgesdd(LAPACK_COL_MAJOR, 'S', (lapack_int)in, (lapack_int)out, W,
+                                     (lapack_int)in, res->S, res->V, (lapack_int)in, VTp,
+                                     (lapack_int)k);
+    if (info != 0) {
+        rc = lora_seterr(err, info < 0 ? LORA_EIO : LORA_EINPUT,
+                         "dgesdd of the %llu×%llu matrix did not converge (%d)",
+                         (unsigned long long)out, (unsigned long long)in, (int)info);
+        goto done;
+    }
+    /* V'ᵀ is k×out column-major: element (j, i) at VTp[i·k + j] = U[i, j]. */
+    for (uint64_t j = 0; j < k; j++)
+        for (uint64_t i = 0; i < out; i++)
+            res->U[j * out + i] = VTp[i * k + j];
+done:
+    free(VTp);
+    if (rc != LORA_OK)
+        lora_svd_free(res);
+    return rc;
+}

@@ -107,6 +107,14 @@ static void print_human(const lora_report *rep, const char *base_path, int tenso
     } else {
         printf("r / alpha        %" PRIu64 " / %g (no LoRA modules)\n", ad->r, ad->alpha);
     }
+    if (rep->n_dora) {
+        printf("DoRA             %zu of %zu modules, lora_magnitude_vector in [%g, %g]\n",
+               rep->n_dora, rep->n_modules, rep->mag_min, rep->mag_max);
+        for (size_t i = 0; i < rep->n_modules; i++)
+            if (rep->modules[i].m->magnitude)
+                printf("                   %s: [%g, %g]\n", rep->modules[i].m->name,
+                       rep->modules[i].mag_min, rep->modules[i].mag_max);
+    }
     printf("target modules   %s\n", ad->target_modules ? ad->target_modules : "null");
     for (size_t i = 0; i < rep->n_targets; i++)
         printf("  matched        %s%s: %zu module%s\n", rep->target_is_regex ? "(regex) " : "",
@@ -116,8 +124,11 @@ static void print_human(const lora_report *rep, const char *base_path, int tenso
         printf("  not matched    %zu adapted module%s\n", rep->n_untargeted,
                rep->n_untargeted == 1 ? "" : "s");
     printf("modules          %zu adapted\n", rep->n_modules);
-    printf("parameters       %s trainable (LoRA %s, saved %s)\n", num(rep->trainable_params, a, sizeof a),
-           num(rep->lora_params, b, sizeof b), num(rep->saved_params, c, sizeof c));
+    printf("parameters       %s trainable (LoRA %s, ", num(rep->trainable_params, a, sizeof a),
+           num(rep->lora_params, b, sizeof b));
+    if (rep->n_dora)
+        printf("DoRA magnitudes %s, ", num(rep->dora_params, a, sizeof a));
+    printf("saved %s)\n", num(rep->saved_params, c, sizeof c));
     printf("bytes            %s on disk\n", num(rep->file_bytes, a, sizeof a));
     printf("dtypes          ");
     for (size_t i = 0; i < rep->n_dtypes; i++)

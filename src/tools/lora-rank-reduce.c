@@ -30,11 +30,18 @@ static void usage(FILE *f)
             "  -a, --adapter SPEC[:W]  an input adapter with weight W (default 1); repeat\n"
             "  -o, --output OUT        the new PEFT adapter folder (must not exist)\n"
             "  -r, --rank K            keep K singular values per module; 0: no truncation\n"
-            "                          (the exact weighted concatenation)\n"
+            "                          (sum: the exact weighted concatenation; other\n"
+            "                          methods: every singular value)\n"
             "  -e, --energy F          per module the smallest rank keeping fraction F\n"
             "                          (0 < F <= 1) of ||dW||_F^2\n"
             "  -R, --sv-ratio R        keep the singular values >= sigma_1 / R (R >= 1)\n"
             "  -m, --max-rank M        never more than M per module\n"
+            "  -M, --method M          how the inputs combine: sum (default, exact and low\n"
+            "                          rank), ties, dare_linear, dare_ties, magnitude_prune\n"
+            "                          (on each dense delta, then a dense SVD per module)\n"
+            "  -d, --density D         fraction of each delta kept (D > 0; D >= 1 keeps all)\n"
+            "      --majority-sign S   TIES sign election: total (default) or frequency\n"
+            "      --seed N            seed of the DARE generator (default 0)\n"
             "  -f, --force             replace OUT if it exists\n"
             "      --json              the report as JSON on stdout\n"
             "  -q, --quiet             no report on stdout (errors still on stderr)\n"
@@ -98,17 +105,21 @@ int main(int argc, char **argv)
         {"sv-ratio", required_argument, NULL, 'R'}, {"max-rank", required_argument, NULL, 'm'},
         {"force", no_argument, NULL, 'f'},         {"json", no_argument, NULL, 'J'},
         {"quiet", no_argument, NULL, 'q'},         {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},       {NULL, 0, NULL, 0}};
+        {"version", no_argument, NULL, 'V'},       {"method", required_argument, NULL, 'M'},
+        {"density", required_argument, NULL, 'd'}, {"majority-sign", required_argument, NULL, 'S'},
+        {"seed", required_argument, NULL, 's'},    {NULL, 0, NULL, 0}};
     char *specs[MAX_INPUTS];
     double weights[MAX_INPUTS];
     size_t n = 0;
     const char *out = NULL;
     lora_rank_rule rule = {0};
     int nrules = 0, exact = 0, force = 0, json = 0, quiet = 0, c;
+    lora_combine_opts copts = {.method = LORA_COMBINE_SUM, .sign = LORA_SIGN_TOTAL};
+    int have_density = 0, have_sign = 0, have_seed = 0;
     uint64_t u;
     double d;
     opterr = 0; /* our own messages, prefixed with the tool's name */
-    while ((c = getopt_long(argc, argv, "a:o:r:e:R:m:fqhV", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "a:o:r:e:R:m:M:d:fqhV", opts, NULL)) != -1) {
         switch (c) {
         case 'a':
             if (n == MAX_INPUTS)
@@ -147,6 +158,35 @@ int main(int argc, char **argv)
             if (!parse_u64(optarg, &u) || u == 0)
                 return die(2, "--max-rank %s: must be a positive integer%s", optarg, "");
             rule.max_rank = u;
+            break;
+        case 'M': {
+            int m = lora_combine_method_parse(optarg);
+            if (m < 0)
+                return die(2, "--method %s: not one of sum, ties, dare_linear, dare_ties, "
+                              "magnitude_prune%s", optarg, "");
+            copts.method = (lora_combine_method)m;
+            break;
+        }
+        case 'd':
+            if (!parse_double(optarg, &d) || !(d > 0))
+                return die(2, "--density %s: must be a number > 0%s", optarg, "");
+            copts.density = d;
+            have_density = 1;
+            break;
+        case 'S':
+            if (strcmp(optarg, "total") == 0)
+                copts.sign = LORA_SIGN_TOTAL;
+            else if (strcmp(optarg, "frequency") == 0)
+                copts.sign = LORA_SIGN_FREQUENCY;
+            else
+                return die(2, "--majority-sign %s: not total or frequency%s", optarg, "");
+            have_sign = 1;
+            break;
+        case 's':
+            if (!parse_u64(optarg, &u))
+                return die(2, "--seed %s: not a non-negative integer%s", optarg, "");
+            copts.seed = u;
+            have_seed = 1;
             break;
         case 'f':
             force = 1;
@@ -187,6 +227,17 @@ int main(int argc, char **argv)
         return die(2, "give exactly one of --rank, --energy, --sv-ratio%s%s", "", "");
     if (exact && rule.max_rank)
         return die(2, "--max-rank does not apply to --rank 0 (no truncation)%s%s", "", "");
+    int is_ties = copts.method == LORA_COMBINE_TIES || copts.method == LORA_COMBINE_DARE_TIES;
+    int is_dare = copts.method == LORA_COMBINE_DARE_LINEAR || copts.method == LORA_COMBINE_DARE_TIES;
+    if (copts.method == LORA_COMBINE_SUM && have_density)
+        return die(2, "--density needs --method ties, dare_linear, dare_ties or magnitude_prune%s%s",
+                   "", "");
+    if (copts.method != LORA_COMBINE_SUM && !have_density)
+        return die(2, "--method %s needs --density D%s", lora_combine_method_name(copts.method), "");
+    if (have_sign && !is_ties)
+        return die(2, "--majority-sign applies to --method ties and dare_ties only%s%s", "", "");
+    if (have_seed && !is_dare)
+        return die(2, "--seed applies to --method dare_linear and dare_ties only%s%s", "", "");
 
     lora_error err;
     lora_error_clear(&err);
@@ -203,7 +254,7 @@ int main(int argc, char **argv)
     }
     lora_reduce_report rep = {0};
     if (rc == LORA_OK)
-        rc = lora_reduce(in, n, exact ? NULL : &rule, out, force, &rep, &err);
+        rc = lora_reduce_combine(in, n, exact ? NULL : &rule, &copts, out, force, &rep, &err);
     if (rc != LORA_OK) {
         fprintf(stderr, PROG ": %s\n", err.msg);
     } else if (json) {
@@ -235,6 +286,14 @@ int main(int argc, char **argv)
                          : rule.kind == LORA_RANK_ENERGY ? "energy"
                                                          : "sv-ratio";
         json_object_set_new(root, "rule", json_string(rn));
+        json_object_set_new(root, "method", json_string(lora_combine_method_name(copts.method)));
+        if (copts.method != LORA_COMBINE_SUM)
+            json_object_set_new(root, "density", json_real(copts.density));
+        if (is_ties)
+            json_object_set_new(root, "majority_sign",
+                                json_string(copts.sign == LORA_SIGN_TOTAL ? "total" : "frequency"));
+        if (is_dare)
+            json_object_set_new(root, "seed", json_integer((json_int_t)copts.seed));
         json_object_set_new(root, "modules", mods);
         json_object_set_new(root, "old_params", json_integer((json_int_t)rep.old_params));
         json_object_set_new(root, "new_params", json_integer((json_int_t)rep.new_params));
