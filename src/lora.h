@@ -544,6 +544,17 @@ typedef struct lora_fixes {
     size_t n, cap;
     uint64_t *index;
     int64_t *step;
+    /* Coded corrections (receipt version 3; set coded before a merge to
+     * get them): the merged value and the delta tell which elements are
+     * ambiguous (several base values merge to the same value); bits
+     * holds, for each in element order, its base value's rank among
+     * them in ceil(log2 count) bits, LSB first, row block b's bits
+     * starting at bit bstart[b] (nblocks + 1 offsets).  index/step
+     * are then the rare exceptions, relative to the decoded value. */
+    int coded;
+    uint64_t nblocks, *bstart;
+    unsigned char *bits;
+    uint64_t nbits, bitcap, nambig;
 } lora_fixes;
 
 void lora_fixes_free(lora_fixes *f);
@@ -607,6 +618,7 @@ typedef struct lora_receipt_tensor {
     uint64_t nfixes;
     uint64_t offset, length;           /* the corrections block in the file */
     unsigned char fixes_hash[32];      /* BLAKE2b-256 of that block */
+    uint64_t ambiguous;                /* version 3: elements whose rank the block holds */
 } lora_receipt_tensor;
 
 typedef struct lora_receipt_adapter {

@@ -382,7 +382,7 @@ START_TEST(test_refusals)
     a.a[3] = 0.5f;
     uint64_t idx[2] = {3, 2};
     int64_t steps[2] = {1, 1};
-    lora_fixes bad = {2, 2, idx, steps};
+    lora_fixes bad = {.n = 2, .cap = 2, .index = idx, .step = steps};
     ck_assert_int_eq(lora_tensor_unmerge(LORA_DT_F32, LORA_DT_F32, 4, 5, w, o, one, 1, &bad,
                                          NULL, 1, NULL, &err), LORA_EINPUT);
     idx[0] = 1; idx[1] = 20;
@@ -546,6 +546,184 @@ START_TEST(test_delta_nonfinite)
 }
 END_TEST
 
+/* digests of test_merged_digest's merges, from the merge as of commit
+ * d56d01d (before the fast BF16 pass): the numerical contract pinned */
+#define PINNED_F32 UINT64_C(0xc9b6b3b58c95e388)
+#define PINNED_F16 UINT64_C(0xb418942111724f4b)
+#define PINNED_BF16 UINT64_C(0x4edacd5d4f67883a)
+/* ---- coded corrections (receipt version 3) ---- */
+
+/* Elements several base values merge to, by the plainest walk from W0
+ * (merge is monotonic): the run of keys x with round(x + d) == m.
+ * Returns the run length, 0 when longer than cap. */
+static uint64_t ref_run(int k, int ok, uint32_t w, double d, uint32_t m, uint64_t cap)
+{
+    uint64_t len = 1;
+    for (int dir = -1; dir <= 1; dir += 2)
+        for (int64_t key = fp_key(k, w) + dir;; key += dir) {
+            uint32_t x = fp_unkey(k, key);
+            if (!fp_finite(k, x) || fp_round(ok, fp_to_d(k, x) + d) != m)
+                break;
+            if (++len > cap)
+                return 0;
+        }
+    return len;
+}
+
+/* Merge with coded corrections: the merged bytes those of the plain
+ * merge; bits and exceptions the same for any thread count; unmerge
+ * exact; and, in nearest mode, exactly one rank per ambiguous element
+ * of ceil(log2 run) bits, as the reference walk counts them. */
+static void coded_roundtrip(int k, uint64_t rows, uint64_t cols, const lora_term *terms,
+                            size_t nterms, lora_rounding mode, int threads)
+{
+    uint64_t st = 7 + (uint64_t)k, n = rows * cols;
+    size_t sz = kind_size(k);
+    void *w0 = make_base(k, n, &st);
+    void *m = malloc(n * sz), *m1 = malloc(n * sz), *mp = malloc(n * sz), *u = malloc(n * sz);
+    lora_fixes fx = {.coded = 1}, fx1 = {.coded = 1}, plain = {0};
+    lora_error err;
+    lora_merge_stats ms = {0};
+    ck_assert_int_eq(lora_tensor_merge(kind_dt(k), kind_dt(k), rows, cols, w0, m, terms, nterms,
+                                       mode, threads, &fx, &ms, &err), LORA_OK);
+    ck_assert_int_eq(lora_tensor_merge(kind_dt(k), kind_dt(k), rows, cols, w0, m1, terms, nterms,
+                                       mode, 1, &fx1, NULL, &err), LORA_OK);
+    ck_assert_int_eq(lora_tensor_merge(kind_dt(k), kind_dt(k), rows, cols, w0, mp, terms, nterms,
+                                       mode, threads, &plain, NULL, &err), LORA_OK);
+    ck_assert(memcmp(m, mp, n * sz) == 0);
+    ck_assert(memcmp(m, m1, n * sz) == 0);
+    ck_assert_uint_eq(fx.nbits, fx1.nbits);
+    ck_assert_uint_eq(fx.nblocks, fx1.nblocks);
+    ck_assert(memcmp(fx.bstart, fx1.bstart, (fx.nblocks + 1) * 8) == 0);
+    for (uint64_t i = 0; i < fx.nbits; i++)
+        ck_assert_int_eq((fx.bits[i / 8] >> (i % 8)) & 1, (fx1.bits[i / 8] >> (i % 8)) & 1);
+    ck_assert_uint_eq(fx.n, fx1.n);
+    ck_assert(fx.n == 0 || memcmp(fx.index, fx1.index, fx.n * 8) == 0);
+    ck_assert(fx.n == 0 || memcmp(fx.step, fx1.step, fx.n * 8) == 0);
+    ck_assert_uint_le(fx.n, plain.n);
+    if (mode == LORA_ROUND_NEAREST) {
+        uint64_t amb = 0, bits = 0;
+        int counted = 1;
+        for (uint64_t p = 0; p < rows && counted; p++)
+            for (uint64_t q = 0; q < cols; q++) {
+                uint64_t i = p * cols + q;
+                uint32_t wb = get(w0, i, sz), mb = get(m, i, sz);
+                double d = ref_d(terms, nterms, p, q);
+                if (!fp_finite(k, wb) || d == 0 || !fp_finite(k, mb))
+                    continue;
+                uint64_t len = ref_run(k, k, wb, d, mb, 1 << 12);
+                if (!len) {
+                    counted = 0;
+                    break;
+                }
+                if (len > 1) {
+                    amb++;
+                    bits += (uint64_t)(64 - __builtin_clzll(len - 1));
+                }
+            }
+        if (counted) {
+            ck_assert_uint_eq(fx.nambig, amb);
+            ck_assert_uint_eq(fx.nbits, bits);
+        }
+    }
+    lora_merge_stats us = {0};
+    ck_assert_int_eq(lora_tensor_unmerge(kind_dt(k), kind_dt(k), rows, cols, m, u, terms, nterms,
+                                         &fx, w0, threads, &us, &err), LORA_OK);
+    ck_assert_uint_eq(us.inexact, 0);
+    /* without the reference (the streaming unmerge's path) */
+    memset(u, 0, n * sz);
+    ck_assert_int_eq(lora_tensor_unmerge(kind_dt(k), kind_dt(k), rows, cols, m, u, terms, nterms,
+                                         &fx, NULL, threads, &us, &err), LORA_OK);
+    ck_assert(memcmp(u, w0, n * sz) == 0);
+    /* a bit flipped changes the result or is refused, never passes silently */
+    if (fx.nbits) {
+        fx.bits[0] ^= 1;
+        int rc = lora_tensor_unmerge(kind_dt(k), kind_dt(k), rows, cols, m, u, terms, nterms,
+                                     &fx, NULL, threads, NULL, &err);
+        ck_assert(rc != LORA_OK || memcmp(u, w0, n * sz) != 0);
+        fx.bits[0] ^= 1;
+        /* bits of a block cut short, or the wrong block count: refused */
+        fx.bstart[fx.nblocks] -= 1;
+        ck_assert_int_eq(lora_tensor_unmerge(kind_dt(k), kind_dt(k), rows, cols, m, u, terms,
+                                             nterms, &fx, NULL, threads, NULL, &err), LORA_EINPUT);
+        fx.bstart[fx.nblocks] += 1;
+        fx.nblocks++;
+        ck_assert_int_eq(lora_tensor_unmerge(kind_dt(k), kind_dt(k), rows, cols, m, u, terms,
+                                             nterms, &fx, NULL, threads, NULL, &err), LORA_EINPUT);
+        fx.nblocks--;
+    }
+    lora_fixes_free(&fx);
+    lora_fixes_free(&fx1);
+    lora_fixes_free(&plain);
+    free(w0); free(m); free(m1); free(mp); free(u);
+}
+
+START_TEST(test_coded)
+{
+    int k = _i;
+    uint64_t st = 11, rows = 600, cols = 1000; /* 3 row blocks */
+    tmod a, b, h;
+    tmod_make(&a, rows, cols, 8, 2.0, 0.1, 0, &st);
+    tmod_make(&b, cols, rows, 3, 0.5, 0.3, 1, &st);
+    tmod_make(&h, rows, cols, 2, 30.0, 1.0, 0, &st); /* |d| >> |W0|: long runs */
+    lora_term one[1] = {{&a.m, 1.0}};
+    lora_term two[2] = {{&a.m, 0.7}, {&b.m, -1.5}};
+    lora_term big[1] = {{&h.m, 1.0}};
+    coded_roundtrip(k, rows, cols, one, 1, LORA_ROUND_NEAREST, 3);
+    coded_roundtrip(k, rows, cols, two, 2, LORA_ROUND_NEAREST, 2);
+    coded_roundtrip(k, rows, cols, big, 1, LORA_ROUND_NEAREST, 3);
+    coded_roundtrip(k, rows, cols, two, 2, LORA_ROUND_REVERSIBLE, 3);
+    /* the portable BF16 kernel too (mergefast.c: AVX2 where the CPU has it) */
+    setenv("LORA_NO_AVX2", "1", 1);
+    coded_roundtrip(k, rows, cols, two, 2, LORA_ROUND_NEAREST, 3);
+    coded_roundtrip(k, rows, cols, big, 1, LORA_ROUND_NEAREST, 2);
+    unsetenv("LORA_NO_AVX2");
+    tmod_free(&a);
+    tmod_free(&b);
+    tmod_free(&h);
+}
+END_TEST
+
+/* The merged bytes are pinned: a digest (FNV-1a 64) of a merge of a
+ * fixed base and adapter, per dtype, recorded with the merge before the
+ * fast BF16 pass and the coded corrections existed.  A change to the
+ * arithmetic changes it. */
+static uint64_t fnv64(const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    uint64_t h = UINT64_C(0xcbf29ce484222325);
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ b[i]) * UINT64_C(0x100000001b3);
+    return h;
+}
+
+START_TEST(test_merged_digest)
+{
+    static const uint64_t want[3] = {PINNED_F32, PINNED_F16, PINNED_BF16};
+    int k = _i;
+    uint64_t st = 2026, rows = 700, cols = 900;
+    tmod a;
+    tmod_make(&a, rows, cols, 16, 2.0, 0.08, 0, &st);
+    lora_term one[1] = {{&a.m, 1.0}};
+    void *w0 = make_base(k, rows * cols, &st), *m = malloc(rows * cols * kind_size(k));
+    lora_error err;
+    ck_assert_int_eq(lora_tensor_merge(kind_dt(k), kind_dt(k), rows, cols, w0, m, one, 1,
+                                       LORA_ROUND_NEAREST, 2, NULL, NULL, &err), LORA_OK);
+    uint64_t h = fnv64(m, rows * cols * kind_size(k));
+    /* the portable BF16 kernel gives the same bytes */
+    setenv("LORA_NO_AVX2", "1", 1);
+    ck_assert_int_eq(lora_tensor_merge(kind_dt(k), kind_dt(k), rows, cols, w0, m, one, 1,
+                                       LORA_ROUND_NEAREST, 2, NULL, NULL, &err), LORA_OK);
+    unsetenv("LORA_NO_AVX2");
+    ck_assert(fnv64(m, rows * cols * kind_size(k)) == h);
+    ck_assert_msg(h == want[k], "merged bytes of kind %d: digest %016llx, pinned %016llx", k,
+                  (unsigned long long)h, (unsigned long long)want[k]);
+    tmod_free(&a);
+    free(w0);
+    free(m);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("merge");
@@ -560,6 +738,8 @@ static Suite *suite(void)
     tcase_add_test(tc, test_may_differ);
     tcase_add_test(tc, test_nonfinite);
     tcase_add_test(tc, test_delta_nonfinite);
+    tcase_add_loop_test(tc, test_coded, FP_F32, FP_BF16 + 1);
+    tcase_add_loop_test(tc, test_merged_digest, FP_F32, FP_BF16 + 1);
     suite_add_tcase(s, tc);
     return s;
 }

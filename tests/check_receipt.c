@@ -17,6 +17,28 @@
 #include <string.h>
 #include <unistd.h>
 
+/* Coded corrections (version 3) of a 300x1000 tensor: 2 row blocks of
+ * 13 and 7 bits, 9 ambiguous elements, 2 exceptions. */
+static void make_coded(lora_fixes *c)
+{
+    memset(c, 0, sizeof *c);
+    c->coded = 1;
+    c->nblocks = 2;
+    c->bstart = malloc(3 * sizeof *c->bstart);
+    c->bstart[0] = 0;
+    c->bstart[1] = 13;
+    c->bstart[2] = 20;
+    c->nbits = 20;
+    c->bitcap = 3;
+    c->bits = malloc(3);
+    c->bits[0] = 0xa5;
+    c->bits[1] = 0x3c;
+    c->bits[2] = 0xf7; /* the high 4 bits are not the tensor's: written as 0 */
+    c->nambig = 9;
+    ck_assert_int_eq(lora_fixes_push(c, 17, 1), 0);
+    ck_assert_int_eq(lora_fixes_push(c, 299999, -2), 0);
+}
+
 static char *make_receipt(const char *dir, size_t *len, lora_fixes *fx)
 {
     char *p = tu_path(dir, "r.receipt");
@@ -53,6 +75,12 @@ static char *make_receipt(const char *dir, size_t *len, lora_fixes *fx)
     t.nterms = 1;
     t.dtype = LORA_DT_F32;
     ck_assert_int_eq(lora_receipt_add_tensor(r, &t, NULL, &err), LORA_OK);
+    lora_fixes coded;
+    make_coded(&coded);
+    t.name = "model.layers.0.k_proj.weight";
+    t.dtype = LORA_DT_BF16;
+    ck_assert_int_eq(lora_receipt_add_tensor(r, &t, &coded, &err), LORA_OK);
+    lora_fixes_free(&coded);
     static const char hdr1[] = "{\"__metadata__\":{\"format\":\"pt\"},\"w\":{}}   ";
     static const char ixj[] = "{\"weight_map\": {\"w\": \"a.safetensors\"}}\n";
     unsigned char mh[32];
@@ -87,7 +115,7 @@ START_TEST(test_roundtrip)
     ck_assert_str_eq(lora_receipt_adapter_at(r, 0)->path, "ad/one");
     ck_assert(lora_receipt_adapter_at(r, 0)->weight == 0.75);
     ck_assert(lora_receipt_adapter_at(r, 1)->weight == -1.0);
-    ck_assert_uint_eq(lora_receipt_tensor_count(r), 2);
+    ck_assert_uint_eq(lora_receipt_tensor_count(r), 3);
     const lora_receipt_tensor *t = lora_receipt_find(r, "model.layers.0.q_proj.weight");
     ck_assert_ptr_nonnull(t);
     ck_assert_uint_eq(t->rows, 300);
@@ -102,8 +130,26 @@ START_TEST(test_roundtrip)
     ck_assert_int_eq(lora_receipt_fixes(r, 1, &got, &err), LORA_OK);
     ck_assert_uint_eq(got.n, 0);
     ck_assert_int_eq(lora_receipt_tensor_at(r, 1)->dtype, LORA_DT_F32);
+    ck_assert(!got.coded);
+    /* version 3: coded corrections come back as written */
+    lora_fixes want;
+    make_coded(&want);
+    ck_assert_int_eq(lora_receipt_fixes(r, 2, &got, &err), LORA_OK);
+    ck_assert(got.coded);
+    ck_assert_uint_eq(got.nblocks, 2);
+    ck_assert(memcmp(got.bstart, want.bstart, 3 * 8) == 0);
+    ck_assert_uint_eq(got.nbits, 20);
+    ck_assert_uint_eq(got.nambig, 9);
+    ck_assert_uint_eq(lora_receipt_tensor_at(r, 2)->ambiguous, 9);
+    ck_assert(got.bits[0] == 0xa5 && got.bits[1] == 0x3c && got.bits[2] == 0x07);
+    ck_assert_uint_eq(got.n, 2);
+    ck_assert(got.index[1] == 299999 && got.step[1] == -2);
+    lora_fixes_free(&want);
+    /* and a plain tensor read after a coded one is plain again */
+    ck_assert_int_eq(lora_receipt_fixes(r, 0, &got, &err), LORA_OK);
+    ck_assert(!got.coded && got.n == fx.n);
+    ck_assert_int_eq(lora_receipt_version(r), 3);
     /* version 2: the kept headers and index come back as written */
-    ck_assert_int_eq(lora_receipt_version(r), 2);
     ck_assert_uint_eq(lora_receipt_file_count(r), 2);
     const lora_receipt_file *f = lora_receipt_file_find(r, "a.safetensors");
     ck_assert_ptr_nonnull(f);
@@ -292,6 +338,64 @@ START_TEST(test_hostile_index)
     lora_receipt *r;
     ck_assert_int_eq(lora_receipt_open("/nonexistent/x.receipt", &r, &err), LORA_EINPUT);
     ck_assert_int_eq(lora_receipt_open("/", &r, &err), LORA_EINPUT);
+}
+END_TEST
+
+/* Version 3 bit sections that lie, each with its hash right: a 2x3
+ * tensor (one row block). */
+#define HEAD3 "{\"format\":\"lora-receipt\",\"version\":3,\"tool\":\"x\",\"rounding\":\"nearest\"," \
+             "\"hash\":\"blake2b-256-tree\",\"files\":[],\"adapters\":[{\"path\":\"a\",\"blake2b\":\"" H64 \
+             "\",\"weight\":1}],\"tensors\":["
+#define T3(amb, fixes, len) \
+    "{\"name\":\"w\",\"base_dtype\":\"BF16\",\"dtype\":\"BF16\",\"shape\":[2,3]" \
+    ",\"base\":\"" H64 "\",\"merged\":\"" H64 "\",\"terms\":" TERM ",\"fixes\":" fixes \
+    ",\"ambiguous\":" amb ",\"offset\":8,\"length\":" len ",\"fixes_blake2b\":\"" H64 "\"}"
+
+START_TEST(test_hostile_bits)
+{
+    static const struct {
+        const char *json;
+        unsigned char block[6];
+        size_t len;
+        int ok;
+    } cases[] = {
+        {HEAD3 T3("1", "0", "3") "]}", {0x01, 0x02, 0x01}, 3, 1},   /* 2 bits, one rank */
+        {HEAD3 T3("0", "0", "1") "]}", {0x00}, 1, 1},               /* no bits */
+        {HEAD3 T3("1", "1", "5") "]}", {0x01, 0x02, 0x01, 0x05, 0x02}, 5, 1}, /* and a fix */
+        {HEAD3 T3("1", "0", "3") "]}", {0x02, 0x02, 0x01}, 3, 0},   /* 2 blocks for 1 */
+        {HEAD3 T3("1", "0", "3") "]}", {0x01, 0x09, 0x01}, 3, 0},   /* 9 bits in 1 byte */
+        {HEAD3 T3("1", "0", "3") "]}", {0x01, 0x02, 0x05}, 3, 0},   /* a stray bit */
+        {HEAD3 T3("1", "0", "1") "]}", {0x00}, 1, 0},               /* ambiguous, no bits */
+        {HEAD3 T3("3", "0", "3") "]}", {0x01, 0x02, 0x01}, 3, 0},   /* 3 ranks in 2 bits */
+        {HEAD3 T3("0", "0", "4") "]}", {0x01, 0xc1, 0x01, 0x00}, 4, 0}, /* 193 bits > 6x32 */
+        {HEAD3 T3("1", "0", "2") "]}", {0x01, 0x80}, 2, 0},         /* truncated varint */
+        {HEAD3 T3("7", "0", "1") "]}", {0x00}, 1, 0},               /* more than the tensor */
+        {HEAD3 T3("0", "0", "0") "]}", {0}, 0, 0},                  /* no block at all */
+        {HEAD3 T3("0", "0", "2") "]}", {0x00, 0x00}, 2, 0},         /* trailing byte */
+        {HEAD3 T3("\"1\"", "0", "3") "]}", {0x01, 0x02, 0x01}, 3, 0}, /* not a number */
+    };
+    char buf[8192];
+    lora_error err;
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        unsigned char h[32];
+        crypto_generichash(h, 32, cases[i].block, cases[i].len, NULL, 0);
+        char hex[65], json[4096];
+        sodium_bin2hex(hex, sizeof hex, h, 32);
+        snprintf(json, sizeof json, "%s", cases[i].json);
+        char *at = strstr(json, "\"fixes_blake2b\":\"") + strlen("\"fixes_blake2b\":\"");
+        memcpy(at, hex, 64);
+        size_t n = forge(buf, json, cases[i].block, cases[i].len);
+        int rc = try_all(buf, n, &err);
+        ck_assert_msg(cases[i].ok ? rc == LORA_OK : rc == LORA_EINPUT, "case %zu: %d %s", i, rc,
+                      err.msg);
+    }
+    /* a missing "ambiguous" in version 3 */
+    char json[4096];
+    snprintf(json, sizeof json, "%s", HEAD3 T3("0", "0", "1") "]}");
+    char *a = strstr(json, "\"ambiguous\"");
+    memcpy(a, "\"ambiguouz\"", 11);
+    size_t n = forge(buf, json, "\0", 1);
+    ck_assert_int_eq(try_all(buf, n, &err), LORA_EINPUT);
 }
 END_TEST
 
@@ -512,6 +616,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_roundtrip);
     tcase_add_test(tc, test_truncated_corrupted);
     tcase_add_test(tc, test_hostile_index);
+    tcase_add_test(tc, test_hostile_bits);
     tcase_add_test(tc, test_abort_leaves_nothing);
     tcase_add_test(tc, test_hostile_files);
     tcase_add_test(tc, test_stage_install);

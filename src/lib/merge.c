@@ -640,6 +640,7 @@ static int do_tensor(struct run *R, const lora_tensor *t, int fd, lora_error *er
         j.in_hash = in_hash;
         j.out_hash = merged_hash;
         R->fixes.n = 0;
+        R->fixes.coded = 1; /* receipt version 3: ranks of ambiguous elements */
         j.record_fixes = R->rout != NULL;
         j.out_fixes = &R->fixes;
         if (R->w) {

@@ -40,6 +40,8 @@ void lora_fixes_free(lora_fixes *f)
         return;
     free(f->index);
     free(f->step);
+    free(f->bstart);
+    free(f->bits);
     memset(f, 0, sizeof *f);
 }
 
@@ -386,14 +388,257 @@ static inline __attribute__((always_inline)) uint32_t unmerge_elem(int mk, int b
     return fp_round(bk, fp_to_d(mk, m) - d);
 }
 
+/* ---- coded corrections (receipt version 3) ---------------------------
+ * The base values that merge to m form a run of consecutive keys S (the
+ * merge is monotonic); unmerge knows m and d, hence S.  Where S has one
+ * member it is W0; where it has several, the receipt holds W0's rank in
+ * S in ceil(log2 |S|) bits.  Merge and unmerge decide "how many members"
+ * with the same functions below, so they agree on which elements carry
+ * bits; anything else (reversible rounding's other neighbour, values not
+ * finite) is an exception stored as before, relative to the decoded value. */
+
+/* What merging x (a candidate W0, dtype bk) gives in the merged dtype
+ * mk: the merge's rule, copies for d == 0. */
+static inline __attribute__((always_inline)) uint32_t remerge(int mk, int bk, uint32_t x, double d)
+{
+    if (d == 0)
+        return mk == bk ? x : fp_round(mk, fp_to_d(bk, x));
+    return fp_round(mk, fp_to_d(bk, x) + d);
+}
+
+/* Exponent field, mantissa width and bias of a kind. */
+static inline __attribute__((always_inline)) void fp_layout(int k, int *mb, int *bias)
+{
+    *mb = k == FP_F32 ? 23 : k == FP_F16 ? 10 : 7;
+    *bias = k == FP_F32 ? 127 : k == FP_F16 ? 15 : 127;
+}
+
+/* Cheap proof that x is the only base value merging to m (same dtype,
+ * s = x + d as the merge computed it, m = round(s) finite): x and m are
+ * normal, x's binade is m's or a higher one and x's mantissa is not 0
+ * (so both neighbours of x are at least an ulp of m away: ulp(x) >=
+ * ulp(m)), and s is less than half an ulp of m from m by a margin
+ * (2^-20 ulp) far above the double rounding of x±ulp + d.  Then
+ * x±ulp(x) + d lies more than half an ulp of m from m and rounds
+ * elsewhere.  False means "look" (slow path), never "ambiguous". */
+static inline __attribute__((always_inline)) int single_fast(int k, uint32_t x, uint32_t m, double s)
+{
+    int mb, bias;
+    fp_layout(k, &mb, &bias);
+    uint32_t sh = k == FP_F32 ? 31 : 15;
+    uint32_t mmask = (1u << mb) - 1, emask = (1u << (sh - mb)) - 1;
+    uint32_t ex = (x >> mb) & emask, em = (m >> mb) & emask;
+    if (ex < em || em == 0 || ex == emask || (x & mmask) == 0)
+        return 0;
+    /* half an ulp of m, less 2^-20 ulp */
+    double half = fp_bitsd((uint64_t)((int)em - bias - mb - 1 + 1023) << 52);
+    double lim = half - half * 0x1p-19;
+    return fabs(s - fp_to_d(k, m)) < lim;
+}
+
+/* Keys of the finite values of a kind: [-kmax - 1, kmax]. */
+static inline __attribute__((always_inline)) int64_t fp_kmax(int k)
+{
+    return k == FP_F32 ? 0x7f7fffff : k == FP_F16 ? 0x7bff : 0x7f7f;
+}
+
+/* Order of merged values: <0, 0, >0 as remerge(key) is below, at, above m. */
+static inline __attribute__((always_inline)) int cmp_at(int mk, int bk, int64_t key, uint32_t m,
+                                                       double d)
+{
+    uint32_t r = remerge(mk, bk, fp_unkey(bk, key), d);
+    if (!fp_finite(mk, r) && (r & (mk == FP_F32 ? 0x007fffffu : mk == FP_F16 ? 0x3ffu : 0x7fu)))
+        return 1; /* NaN from a finite value cannot happen; be total anyway */
+    int64_t a = fp_key(mk, r), b = fp_key(mk, m);
+    return a < b ? -1 : a > b;
+}
+
+/* First key in (from, lim] (dir +1) or [lim, from) (dir -1), walking
+ * from `from`, where cmp_at changes from `was` to something else:
+ * galloping then bisection.  Returns lim + dir when none. */
+static inline __attribute__((always_inline)) int64_t gallop(int mk, int bk, int64_t from, int dir,
+                                                           int64_t lim, int was, uint32_t m,
+                                                           double d)
+{
+    int64_t good = from, step = 1; /* good: last key known to be `was` */
+    int64_t bad;
+    for (;;) {
+        int64_t k = good + dir * step;
+        if ((dir > 0 && k > lim) || (dir < 0 && k < lim)) {
+            k = lim;
+            if (k == good)
+                return lim + dir;
+            if (cmp_at(mk, bk, k, m, d) == was)
+                return lim + dir;
+            bad = k;
+            break;
+        }
+        if (cmp_at(mk, bk, k, m, d) != was) {
+            bad = k;
+            break;
+        }
+        good = k;
+        step *= 2;
+    }
+    while ((bad - good) * dir > 1) {
+        int64_t mid = good + (bad - good) / 2;
+        if (cmp_at(mk, bk, mid, m, d) == was)
+            good = mid;
+        else
+            bad = mid;
+    }
+    return bad;
+}
+
+/* S = [*lo, *hi] (keys of bk), the finite base values merging to m
+ * (finite), searched from u (unmerge's value).  0 when S is empty. */
+static inline __attribute__((always_inline)) int amb_set(int mk, int bk, uint32_t m, double d,
+                                                        uint32_t u, int64_t *lo, int64_t *hi)
+{
+    int64_t kmax = fp_kmax(bk), kmin = -kmax - 1;
+    int64_t ku = fp_finite(bk, u) ? fp_key(bk, u) : (fp_key(bk, u) < 0 ? kmin : kmax);
+    int c = cmp_at(mk, bk, ku, m, d);
+    if (c < 0) { /* S lies above */
+        int64_t k = gallop(mk, bk, ku, 1, kmax, -1, m, d);
+        if (k > kmax || cmp_at(mk, bk, k, m, d) != 0)
+            return 0;
+        ku = k;
+    } else if (c > 0) {
+        int64_t k = gallop(mk, bk, ku, -1, kmin, 1, m, d);
+        if (k < kmin || cmp_at(mk, bk, k, m, d) != 0)
+            return 0;
+        ku = k;
+    }
+    *lo = gallop(mk, bk, ku, -1, kmin, 0, m, d) + 1;
+    *hi = gallop(mk, bk, ku, 1, kmax, 0, m, d) - 1;
+    return 1;
+}
+
+static inline int nbits_for(uint64_t span) /* span = |S| - 1 >= 1 */
+{
+    return 64 - __builtin_clzll(span);
+}
+
+static int bits_put(lora_fixes *f, uint64_t v, int nb)
+{
+    if (f->nbits + (uint64_t)nb > f->bitcap * 8) {
+        uint64_t cap = f->bitcap ? f->bitcap * 2 : 4096;
+        while (cap * 8 < f->nbits + (uint64_t)nb)
+            cap *= 2;
+        unsigned char *b = realloc(f->bits, (size_t)cap);
+        if (!b)
+            return -1;
+        memset(b + f->bitcap, 0, (size_t)(cap - f->bitcap));
+        f->bits = b;
+        f->bitcap = cap;
+    }
+    for (int i = 0; i < nb; i++, f->nbits++) {
+        unsigned char *c = &f->bits[f->nbits >> 3], bit = (unsigned char)(1u << (f->nbits & 7));
+        *c = (unsigned char)((v >> i) & 1 ? *c | bit : *c & ~bit);
+    }
+    return 0;
+}
+
+/* Bits of one block being decoded. */
+typedef struct bitrd {
+    const unsigned char *bits;
+    uint64_t at, end;
+} bitrd;
+
+/* The value unmerge decodes for m (before exceptions): where the merge
+ * has ambiguous results, read (rd) or write (wr, W0 = w) the rank.
+ * Returns -1 for bits that run out or a rank beyond S (rd), -2 for
+ * memory (wr). */
+static inline __attribute__((always_inline)) int coded_elem(int mk, int bk, uint32_t m, double d,
+                                                           uint32_t w, lora_fixes *wr, bitrd *rd,
+                                                           uint32_t *out)
+{
+    uint32_t u = unmerge_elem(mk, bk, m, d);
+    *out = u;
+    if (!fp_finite(mk, m) || (d == 0 && mk == bk))
+        return 0;
+    if (mk == bk && remerge(mk, bk, u, d) == m && single_fast(mk, u, m, fp_to_d(bk, u) + d))
+        return 0;
+    int64_t lo, hi;
+    if (!amb_set(mk, bk, m, d, u, &lo, &hi))
+        return 0;
+    if (lo == hi) {
+        *out = fp_unkey(bk, lo);
+        return 0;
+    }
+    uint64_t span = (uint64_t)(hi - lo);
+    int nb = nbits_for(span);
+    uint64_t r = 0;
+    if (wr) {
+        int64_t kw = fp_key(bk, w);
+        if (fp_finite(bk, w) && kw >= lo && kw <= hi)
+            r = (uint64_t)(kw - lo);
+        if (bits_put(wr, r, nb))
+            return -2;
+        wr->nambig++;
+    } else {
+        if (rd->end - rd->at < (uint64_t)nb)
+            return -1;
+        for (int i = 0; i < nb; i++, rd->at++)
+            r |= (uint64_t)((rd->bits[rd->at >> 3] >> (rd->at & 7)) & 1) << i;
+        if (r > span)
+            return -1;
+    }
+    *out = fp_unkey(bk, lo + (int64_t)r);
+    return 0;
+}
+
+/* Merge side of a coded element: write its rank when ambiguous, and an
+ * exception when unmerge would still decode something else than w. */
+static inline __attribute__((always_inline)) int
+coded_fix_k(int mk, int bk, uint32_t m, double d, uint32_t w, uint64_t index, lora_fixes *fx,
+            lora_merge_stats *st)
+{
+    uint32_t got;
+    /* the usual case: W0 merges to m (nearest), so S is the run around W0 */
+    if (mk == bk && d != 0 && fp_finite(mk, m) && remerge(mk, bk, w, d) == m) {
+        int64_t kw = fp_key(bk, w), kmax = fp_kmax(bk);
+        int64_t lo = gallop(mk, bk, kw, -1, -kmax - 1, 0, m, d) + 1;
+        int64_t hi = gallop(mk, bk, kw, 1, kmax, 0, m, d) - 1;
+        if (lo == hi)
+            return 0;
+        if (bits_put(fx, (uint64_t)(kw - lo), nbits_for((uint64_t)(hi - lo))))
+            return -2;
+        fx->nambig++;
+        return 0;
+    }
+    if (coded_elem(mk, bk, m, d, w, fx, NULL, &got))
+        return -2;
+    if (got != w) {
+        if (lora_fixes_push(fx, index, fp_key(bk, w) - fp_key(bk, got)))
+            return -2;
+        st->fixes++;
+    }
+    return 0;
+}
+
+/* coded_fix_k with constant kinds for the common dtypes */
+static __attribute__((noinline)) int coded_fix(int mk, int bk, uint32_t m, double d, uint32_t w,
+                                               uint64_t index, lora_fixes *fx, lora_merge_stats *st)
+{
+    if (mk == FP_BF16 && bk == FP_BF16)
+        return coded_fix_k(FP_BF16, FP_BF16, m, d, w, index, fx, st);
+    if (mk == FP_F16 && bk == FP_F16)
+        return coded_fix_k(FP_F16, FP_F16, m, d, w, index, fx, st);
+    if (mk == FP_F32 && bk == FP_F32)
+        return coded_fix_k(FP_F32, FP_F32, m, d, w, index, fx, st);
+    return coded_fix_k(mk, bk, m, d, w, index, fx, st);
+}
+
 /* The merge of n elements.  Returns 0, -1 for a non-finite delta (its
  * element in *bad), -2 when a correction cannot be stored.  Results that
  * are not finite in the output dtype from a finite W0 go to *nf. */
 static inline __attribute__((always_inline)) int
-merge_span(int ik, int ok, size_t isz, size_t osz, int record, int rev,
+merge_span(int ik, int ok, size_t isz, size_t osz, int record, int rev, int coded,
            const unsigned char *src, unsigned char *dst, const double *sum, size_t n,
            uint64_t first, lora_fixes *fx, lora_merge_stats *st, size_t *bad, nonfin *nf)
 {
+    int r;
     for (size_t x = 0; x < n; x++) {
         uint32_t w = ld_elem(src + x * isz, isz);
         double d = sum[x];
@@ -405,6 +650,8 @@ merge_span(int ik, int ok, size_t isz, size_t osz, int record, int rev,
                 m = fp_round(ok, fp_to_d(ik, w));
                 if (!fp_finite(ok, m) && fp_finite(ik, w))
                     nf_note(nf, first + x, fp_to_d(ik, w), 0);
+                if (record && coded && (r = coded_fix(ok, ik, m, d, w, first + x, fx, st)))
+                    return r;
             }
         } else {
             if (!isfinite(d)) {
@@ -414,7 +661,12 @@ merge_span(int ik, int ok, size_t isz, size_t osz, int record, int rev,
             st->changed++;
             double sx = fp_to_d(ik, w) + d;
             m = fp_round(ok, sx);
-            if (record || rev) {
+            if (record && coded && !rev) {
+                /* most elements: the cheap proof that nothing is ambiguous */
+                if (!(ik == ok && fp_finite(ok, m) && single_fast(ok, w, m, sx)) &&
+                    (r = coded_fix(ok, ik, m, d, w, first + x, fx, st)))
+                    return r;
+            } else if (record || rev) {
                 uint32_t u = unmerge_elem(ok, ik, m, d);
                 if (u != w && rev) {
                     double mv = fp_to_d(ok, m);
@@ -426,7 +678,10 @@ merge_span(int ik, int ok, size_t isz, size_t osz, int record, int rev,
                         st->other++;
                     }
                 }
-                if (record && u != w) {
+                if (record && coded) {
+                    if ((r = coded_fix(ok, ik, m, d, w, first + x, fx, st)))
+                        return r;
+                } else if (record && u != w) {
                     if (lora_fixes_push(fx, first + x, fp_key(ik, w) - fp_key(ik, u)))
                         return -2;
                     st->fixes++;
@@ -441,21 +696,13 @@ merge_span(int ik, int ok, size_t isz, size_t osz, int record, int rev,
 }
 
 static __attribute__((noinline)) int
-merge_span_any(int ik, int ok, size_t isz, size_t osz, int record, int rev,
+merge_span_any(int ik, int ok, size_t isz, size_t osz, int record, int rev, int coded,
                const unsigned char *src, unsigned char *dst, const double *sum, size_t n,
                uint64_t first, lora_fixes *fx, lora_merge_stats *st, size_t *bad, nonfin *nf)
 {
-    return merge_span(ik, ok, isz, osz, record, rev, src, dst, sum, n, first, fx, st, bad, nf);
+    return merge_span(ik, ok, isz, osz, record, rev, coded, src, dst, sum, n, first, fx, st, bad, nf);
 }
 
-/* What merging x (a candidate W0, dtype bk) gives in the merged dtype
- * mk: the merge's rule, copies for d == 0. */
-static uint32_t remerge(int mk, int bk, uint32_t x, double d)
-{
-    if (d == 0)
-        return mk == bk ? x : fp_round(mk, fp_to_d(bk, x));
-    return fp_round(mk, fp_to_d(bk, x) + d);
-}
 
 /* Unmerge with neither corrections nor a reference: u = unmerge(m) is
  * certainly not W0 when merging it again does not give m (inexact, a
@@ -490,6 +737,39 @@ static void count_unknown(int mk, int bk, uint32_t m, uint32_t u, double d, lora
 
 static void *tj_worker(void *arg);
 
+/* Index of the next flagged element at or after x (n when none). */
+static inline size_t next_flag(const unsigned char *flag, size_t x, size_t n)
+{
+    while (x + 8 <= n) {
+        uint64_t w;
+        memcpy(&w, flag + x, 8);
+        if (w)
+            return x + (size_t)(__builtin_ctzll(w) / 8);
+        x += 8;
+    }
+    while (x < n && !flag[x])
+        x++;
+    return x;
+}
+
+/* BF16 merge: the branch-free pass (mergefast.c), then the full element
+ * logic (merge_span) on the elements it flagged. */
+static int merge_bf16_fast(const unsigned char *src, unsigned char *dst, const double *sum,
+                           unsigned char *flag, size_t n, uint64_t first, int record,
+                           lora_fixes *fx, lora_merge_stats *st, size_t *bad, nonfin *nf)
+{
+    st->changed += lora_fast_merge_bf16(src, dst, sum, flag, n, record);
+    for (size_t x = next_flag(flag, 0, n); x < n; x = next_flag(flag, x + 1, n)) {
+        int r = merge_span(FP_BF16, FP_BF16, 2, 2, record, 0, 1, src + 2 * x, dst + 2 * x,
+                           sum + x, 1, first + x, fx, st, bad, nf);
+        if (r) {
+            *bad += x;
+            return r;
+        }
+    }
+    return 0;
+}
+
 struct wargs {
     struct tjob *j;
     int t;
@@ -517,19 +797,24 @@ static void run_block(struct tjob *j, int t, uint64_t b)
     if (!s->unmerge) {
         lora_fixes *fx = &e->bfix[b];
         fx->n = 0;
+        fx->nbits = fx->nambig = 0;
         int record = s->record_fixes;
+        int coded = record && s->out_fixes && s->out_fixes->coded;
         int rev = s->mode == LORA_ROUND_REVERSIBLE;
         size_t bad = 0;
         int r;
         /* constant kinds let the compiler fold every dtype branch */
-        if (ik == FP_BF16 && ok == FP_BF16)
-            r = merge_span(FP_BF16, FP_BF16, 2, 2, record, rev, src, dst, sum, n, first, fx, &st, &bad, &nf);
+        if (ik == FP_BF16 && ok == FP_BF16 && !rev && (!record || coded))
+            r = merge_bf16_fast(src, dst, sum, (unsigned char *)e->tmp[t], n, first, record,
+                                fx, &st, &bad, &nf);
+        else if (ik == FP_BF16 && ok == FP_BF16)
+            r = merge_span(FP_BF16, FP_BF16, 2, 2, record, rev, coded, src, dst, sum, n, first, fx, &st, &bad, &nf);
         else if (ik == FP_F16 && ok == FP_F16)
-            r = merge_span(FP_F16, FP_F16, 2, 2, record, rev, src, dst, sum, n, first, fx, &st, &bad, &nf);
+            r = merge_span(FP_F16, FP_F16, 2, 2, record, rev, coded, src, dst, sum, n, first, fx, &st, &bad, &nf);
         else if (ik == FP_F32 && ok == FP_F32)
-            r = merge_span(FP_F32, FP_F32, 4, 4, record, rev, src, dst, sum, n, first, fx, &st, &bad, &nf);
+            r = merge_span(FP_F32, FP_F32, 4, 4, record, rev, coded, src, dst, sum, n, first, fx, &st, &bad, &nf);
         else
-            r = merge_span_any(ik, ok, isz, osz, record, rev, src, dst, sum, n, first, fx, &st, &bad, &nf);
+            r = merge_span_any(ik, ok, isz, osz, record, rev, coded, src, dst, sum, n, first, fx, &st, &bad, &nf);
         if (r == -1) {
             char msg[200];
             snprintf(msg, sizeof msg, "%s: the adapter's delta is not finite at element %llu",
@@ -547,10 +832,28 @@ static void run_block(struct tjob *j, int t, uint64_t b)
         const lora_fixes *fx = s->fixes;
         size_t fi = fx && j->fixstart ? j->fixstart[b] : 0, fe = fx ? fx->n : 0;
         const unsigned char *ref = s->ref ? (const unsigned char *)s->ref + first * osz : NULL;
+        bitrd rd = {NULL, 0, 0};
+        int coded = fx && fx->coded;
+        if (coded)
+            rd = (bitrd){fx->bits, fx->bstart[b], fx->bstart[b + 1]};
+        /* BF16 with corrections: the branch-free pass does the elements it
+         * proves, the loop below the flagged ones and the corrections */
+        int fast = fx && !ref && ik == FP_BF16 && ok == FP_BF16;
+        unsigned char *flag = (unsigned char *)e->tmp[t];
+        if (fast)
+            st.changed += lora_fast_unmerge_bf16(src, dst, sum, flag, n);
         for (size_t x = 0; x < n; x++) {
+            if (fast) {
+                size_t nx = next_flag(flag, x, n);
+                if (fi < fe && fx->index[fi] - first < nx)
+                    nx = (size_t)(fx->index[fi] - first);
+                if (nx >= n)
+                    break;
+                x = nx;
+            }
             uint32_t m = ld_elem(src + x * isz, isz);
             double d = sum[x];
-            if (d != 0 && fp_finite(ik, m)) {
+            if (d != 0 && fp_finite(ik, m) && (!fast || flag[x])) {
                 if (!isfinite(d)) {
                     char msg[200];
                     snprintf(msg, sizeof msg, "%s: the adapter's delta is not finite at element %llu",
@@ -560,7 +863,17 @@ static void run_block(struct tjob *j, int t, uint64_t b)
                 }
                 st.changed++;
             }
-            uint32_t u = unmerge_elem(ik, ok, m, d);
+            uint32_t u;
+            if (!coded) {
+                u = unmerge_elem(ik, ok, m, d);
+            } else if (coded_elem(ik, ok, m, d, 0, NULL, &rd, &u)) {
+                char msg[200];
+                snprintf(msg, sizeof msg, "%s: the receipt's bits do not match the merged "
+                         "tensor and adapter (element %llu)", s->name,
+                         (unsigned long long)(first + x));
+                tj_fail(j, LORA_EINPUT, msg);
+                return;
+            }
             if (fi < fe && fx->index[fi] == first + x) {
                 int64_t key = fp_key(ok, u), step = fx->step[fi++];
                 int64_t lim = ok == FP_F32 ? INT64_C(0x80000000) : INT64_C(0x8000);
@@ -589,6 +902,14 @@ static void run_block(struct tjob *j, int t, uint64_t b)
                         st.max_ulps = du;
                 }
             }
+        }
+        if (coded && rd.at != rd.end) {
+            char msg[200];
+            snprintf(msg, sizeof msg, "%s: the receipt holds %llu bits more than the merged "
+                     "tensor and adapter use (rows from %llu)", s->name,
+                     (unsigned long long)(rd.end - rd.at), (unsigned long long)i0);
+            tj_fail(j, LORA_EINPUT, msg);
+            return;
         }
     }
     if (s->hash) {
@@ -666,6 +987,32 @@ static int nonfinite_error(const struct tjob *j, lora_error *err)
                        s->unmerge ? "" : "; nothing written (--allow-nonfinite writes them)");
 }
 
+/* The bits of the blocks, in order, into out (reset: a coded tensor's
+ * bits and corrections are one tensor's). */
+static int gather_bits(lora_fixes *out, const lora_fixes *bf, uint64_t nblocks, lora_error *err)
+{
+    out->n = 0;
+    out->nbits = out->nambig = 0;
+    uint64_t *bs = realloc(out->bstart, (size_t)(nblocks + 1) * sizeof *bs);
+    if (!bs)
+        return lora_oom(err);
+    out->bstart = bs;
+    out->nblocks = nblocks;
+    for (uint64_t b = 0; b < nblocks; b++) {
+        bs[b] = out->nbits;
+        out->nambig += bf[b].nambig;
+        uint64_t i = 0;
+        for (; i + 8 <= bf[b].nbits; i += 8)
+            if (bits_put(out, bf[b].bits[i / 8], 8))
+                return lora_oom(err);
+        for (; i < bf[b].nbits; i++)
+            if (bits_put(out, (bf[b].bits[i / 8] >> (i % 8)) & 1, 1))
+                return lora_oom(err);
+    }
+    bs[nblocks] = out->nbits;
+    return LORA_OK;
+}
+
 int lora_engine_run(lora_engine *e, const lora_tjob *s, lora_error *err)
 {
     struct tjob j;
@@ -713,6 +1060,18 @@ int lora_engine_run(lora_engine *e, const lora_tjob *s, lora_error *err)
     j.B = Bs;
     j.A = As;
     j.r = rs;
+    if (s->unmerge && s->fixes && s->fixes->coded) {
+        const lora_fixes *f = s->fixes;
+        if (f->nblocks != j.nblocks || !f->bstart || f->bstart[0] != 0 ||
+            f->bstart[j.nblocks] > f->nbits || (f->nbits && !f->bits))
+            return lora_seterr(err, LORA_EINPUT, "%s: the receipt's bits are for %llu row "
+                               "blocks, the tensor has %llu", s->name,
+                               (unsigned long long)f->nblocks, (unsigned long long)j.nblocks);
+        for (uint64_t b = 0; b < j.nblocks; b++)
+            if (f->bstart[b + 1] < f->bstart[b])
+                return lora_seterr(err, LORA_EINPUT, "%s: the receipt's bit offsets decrease",
+                                   s->name);
+    }
     if (s->unmerge && s->fixes && s->fixes->n) {
         j.fixstart = malloc((j.nblocks + 1) * sizeof *j.fixstart);
         if (!j.fixstart)
@@ -756,6 +1115,9 @@ int lora_engine_run(lora_engine *e, const lora_tjob *s, lora_error *err)
             s->stats->nonfinite += j.nf;
     }
     /* corrections of the blocks, in order */
+    if (!s->unmerge && s->out_fixes && s->record_fixes && s->out_fixes->coded &&
+        (rc = gather_bits(s->out_fixes, e->bfix, j.nblocks, err)))
+        return rc;
     if (!s->unmerge && s->out_fixes) {
         for (uint64_t b = 0; b < j.nblocks; b++)
             for (size_t x = 0; x < e->bfix[b].n; x++)

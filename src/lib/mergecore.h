@@ -68,4 +68,12 @@ int lora_fp_kind(lora_dtype dt, int *kind, size_t *size);
 /* Decode F32/F16/BF16/F64 values to double (F64 through float). */
 int lora_decode_any(lora_dtype dt, const void *src, double *dst, uint64_t n);
 
+/* mergefast.c: the BF16 merge (record: also prove "not ambiguous") and
+ * coded unmerge of n elements into dst, flag[x] = 1 where mergecore.c
+ * must redo the element; returns the unflagged elements with d != 0. */
+uint64_t lora_fast_merge_bf16(const unsigned char *src, unsigned char *dst, const double *sum,
+                              unsigned char *flag, size_t n, int record);
+uint64_t lora_fast_unmerge_bf16(const unsigned char *src, unsigned char *dst, const double *sum,
+                                unsigned char *flag, size_t n);
+
 #endif

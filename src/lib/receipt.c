@@ -30,7 +30,7 @@
 #include <unistd.h>
 
 static const unsigned char MAGIC[8] = {'L', 'O', 'R', 'A', 'R', 'C', 'P', 1};
-#define RECEIPT_VERSION 2
+#define RECEIPT_VERSION 3
 #define RECEIPT_MAX_FILES 65536
 
 struct lora_receipt {
@@ -238,7 +238,9 @@ int lora_receipt_add_tensor(lora_receipt *r, const lora_receipt_tensor *t,
     if (rc)
         return rc;
     size_t n = fixes ? fixes->n : 0;
-    size_t need = n * 20 + 1;
+    uint64_t nb = fixes && fixes->coded ? fixes->nblocks : 0;
+    size_t bitbytes = nb ? (size_t)((fixes->nbits + 7) / 8) : 0;
+    size_t need = n * 20 + 11 + (size_t)nb * 10 + bitbytes;
     if (need > r->bufcap) {
         unsigned char *b = realloc(r->buf, need);
         if (!b)
@@ -247,6 +249,18 @@ int lora_receipt_add_tensor(lora_receipt *r, const lora_receipt_tensor *t,
         r->bufcap = need;
     }
     size_t len = 0;
+    /* version 3: the rank bits first (block count 0: none, corrections as
+     * in version 2) */
+    len += put_varint(r->buf + len, nb);
+    for (uint64_t b = 0; b < nb; b++)
+        len += put_varint(r->buf + len, fixes->bstart[b + 1] - fixes->bstart[b]);
+    if (bitbytes) {
+        memcpy(r->buf + len, fixes->bits, bitbytes);
+        if (fixes->nbits & 7) /* the last byte's unused bits are 0 */
+            r->buf[len + bitbytes - 1] &= (unsigned char)((1u << (fixes->nbits & 7)) - 1);
+    }
+    len += bitbytes;
+    d->ambiguous = nb ? fixes->nambig : 0;
     uint64_t prev = UINT64_MAX; /* so that the first gap is index - 0 */
     for (size_t i = 0; i < n; i++) {
         uint64_t gap = fixes->index[i] - (prev + 1);
@@ -381,6 +395,7 @@ static json_t *index_json(const lora_receipt *r)
                                                    t->terms[k].transpose));
         json_object_set_new(o, "terms", terms);
         json_object_set_new(o, "fixes", json_integer((json_int_t)t->nfixes));
+        json_object_set_new(o, "ambiguous", json_integer((json_int_t)t->ambiguous));
         json_object_set_new(o, "offset", json_integer((json_int_t)t->offset));
         json_object_set_new(o, "length", json_integer((json_int_t)t->length));
         json_object_set_new(o, "fixes_blake2b", hexj(t->fixes_hash));
@@ -765,7 +780,12 @@ static int parse_index(lora_receipt *r, const char *text, size_t len, uint64_t d
             get_u64(json_object_get(o, "length"), &t->length) ||
             !lora_add_ok(t->offset, t->length, &end) || t->offset < prev_end || end > data_end)
             BAD("%s: tensor %s: corrections block outside the data", r->name, name);
-        if (t->nfixes > numel || t->nfixes * 2 > t->length || (t->nfixes == 0 && t->length))
+        if (r->version >= 3 &&
+            (get_u64(json_object_get(o, "ambiguous"), &t->ambiguous) || t->ambiguous > numel))
+            BAD("%s: tensor %s: ambiguous must count elements of the tensor", r->name, name);
+        if (t->nfixes > numel ||
+            (r->version < 3 && (t->nfixes * 2 > t->length || (t->nfixes == 0 && t->length))) ||
+            (r->version >= 3 && t->nfixes * 2 + 1 > t->length))
             BAD("%s: tensor %s: %llu corrections cannot fill %llu bytes", r->name, name,
                 (unsigned long long)t->nfixes, (unsigned long long)t->length);
         prev_end = end;
@@ -967,6 +987,64 @@ static int get_varint(const unsigned char **p, const unsigned char *end, uint64_
     return -1;
 }
 
+/* Version 3: the rank bits of tensor t (lora-receipt(5)): a block count
+ * (0 or the tensor's row blocks), the bits of each block, the bits. */
+static int read_bits(const lora_receipt *r, const lora_receipt_tensor *t,
+                     const unsigned char **p, const unsigned char *end, lora_fixes *fixes,
+                     lora_error *err)
+{
+    uint64_t nb, br = lora_block_rows(t->cols), want = (t->rows + br - 1) / br;
+    if (get_varint(p, end, &nb))
+        return lora_seterr(err, LORA_EINPUT, "%s: bits of %s are truncated", r->name, t->name);
+    if (nb == 0) {
+        if (t->ambiguous)
+            return lora_seterr(err, LORA_EINPUT, "%s: %s counts %llu ambiguous elements but "
+                               "holds no bits", r->name, t->name,
+                               (unsigned long long)t->ambiguous);
+        return LORA_OK;
+    }
+    if (nb != want)
+        return lora_seterr(err, LORA_EINPUT, "%s: bits of %s are in %llu row blocks, the tensor "
+                           "has %llu", r->name, t->name, (unsigned long long)nb,
+                           (unsigned long long)want);
+    uint64_t *bs = realloc(fixes->bstart, (size_t)(nb + 1) * sizeof *bs);
+    if (!bs)
+        return lora_oom(err);
+    fixes->bstart = bs;
+    fixes->nblocks = nb;
+    bs[0] = 0;
+    for (uint64_t b = 0; b < nb; b++) {
+        uint64_t n, rows = t->rows - b * br < br ? t->rows - b * br : br;
+        /* at most 32 bits per element (an F32 rank), and t->ambiguous ranks
+         * of at least one bit each */
+        if (get_varint(p, end, &n) || n > rows * t->cols * 32)
+            return lora_seterr(err, LORA_EINPUT, "%s: bit counts of %s are truncated or too "
+                               "large", r->name, t->name);
+        bs[b + 1] = bs[b] + n;
+    }
+    uint64_t total = bs[nb], bytes = (total + 7) / 8;
+    if (total < t->ambiguous || (uint64_t)(end - *p) < bytes)
+        return lora_seterr(err, LORA_EINPUT, "%s: bits of %s are truncated (%llu bits for %llu "
+                           "ambiguous elements)", r->name, t->name, (unsigned long long)total,
+                           (unsigned long long)t->ambiguous);
+    if ((total & 7) && ((*p)[bytes - 1] >> (total & 7)))
+        return lora_seterr(err, LORA_EINPUT, "%s: bits of %s have stray bits", r->name, t->name);
+    if (bytes > fixes->bitcap) {
+        unsigned char *nbuf = realloc(fixes->bits, (size_t)bytes);
+        if (!nbuf)
+            return lora_oom(err);
+        fixes->bits = nbuf;
+        fixes->bitcap = bytes;
+    }
+    if (bytes)
+        memcpy(fixes->bits, *p, (size_t)bytes);
+    *p += bytes;
+    fixes->nbits = total;
+    fixes->nambig = t->ambiguous;
+    fixes->coded = 1;
+    return LORA_OK;
+}
+
 int lora_receipt_fixes(const lora_receipt *r, size_t i, lora_fixes *fixes, lora_error *err)
 {
     fixes->n = 0;
@@ -980,6 +1058,13 @@ int lora_receipt_fixes(const lora_receipt *r, size_t i, lora_fixes *fixes, lora_
         return lora_seterr(err, LORA_EINPUT, "%s: corrections of %s are corrupted (hash mismatch)",
                            r->name, t->name);
     uint64_t numel = t->rows * t->cols, prev = UINT64_MAX;
+    fixes->coded = 0;
+    fixes->nbits = fixes->nambig = 0;
+    if (r->version >= 3) {
+        int rc = read_bits(r, t, &p, end, fixes, err);
+        if (rc)
+            return rc;
+    }
     for (uint64_t k = 0; k < t->nfixes; k++) {
         uint64_t gap, zz, idx;
         if (get_varint(&p, end, &gap) || get_varint(&p, end, &zz))

@@ -1,0 +1,305 @@
+/*
+ * mergefast.c - the common case of the merge and the unmerge of BF16
+ * tensors (the dtype of most checkpoints), branch-free so that the
+ * compiler vectorises it: one pass computes every element as if it were
+ * a normal number whose merge is not ambiguous, and flags the elements
+ * where that is not proven (zeros, subnormals, results out of the normal
+ * range, non-finite inputs, binade changes, near-ties).  mergecore.c then
+ * redoes the flagged elements (a few percent) with the full element
+ * logic, so every element's result is the one the scalar code gives:
+ * the fast pass only decides which elements need no more work.
+ *
+ * Proof used for "not ambiguous" (mergecore.c, single_fast): x and
+ * m = round(x + d) normal, x's binade not below m's and x's mantissa not
+ * 0 (both neighbours at least an ulp of m away), |x + d - m| below half
+ * an ulp of m by 2^-20 ulp; then x ± ulp(x) + d rounds away from m.
+ */
+#include "internal.h"
+#include "mergecore.h"
+#include "fpbits.h"
+
+#include <stdlib.h>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define LORA_AVX2 1
+#include <immintrin.h>
+#endif
+/* the portable kernels (GCC vector types, which SSE2 runs) */
+#define LORA_CLONES static
+
+static inline __attribute__((always_inline)) double bf16_d(uint16_t b)
+{
+    uint32_t w = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &w, sizeof f);
+    return (double)f;
+}
+
+/* Round to BF16 where the result is surely normal (else *bad): the
+ * rounding of fp_round_bf16's normal branch, without branches. */
+static inline __attribute__((always_inline)) uint16_t bf16_round_normal(double x, int *bad)
+{
+    uint64_t u = fp_dbits(x);
+    uint64_t a = u & 0x7fffffffffffffffULL;
+    uint64_t r = a + ((1ULL << 44) - 1) + ((a >> 45) & 1);
+    *bad = (a >> 52) < 897 || (r >> 52) > 1150;
+    return (uint16_t)((((r >> 45) - (896u << 7)) & 0x7fff) | ((u >> 48) & 0x8000));
+}
+
+/* single_fast (mergecore.c) for BF16, without branches. */
+static inline __attribute__((always_inline)) int bf16_single(uint16_t x, uint16_t m, double s)
+{
+    uint32_t ex = (x >> 7) & 0xff, em = (m >> 7) & 0xff;
+    double lim = fp_bitsd((uint64_t)(em + 888) << 52) * (1 - 0x1p-19);
+    return (ex >= em) & (em != 0) & (ex != 0xff) & ((x & 0x7f) != 0) &
+           (fabs(s - bf16_d(m)) < lim);
+}
+
+/* Four lanes at a time with GCC's vector types (the loops in scalar
+ * form do not vectorise: mixed widths).  Element bits and masks in
+ * 32-bit lanes, the double arithmetic and rounding in 64-bit lanes. */
+typedef double v4d __attribute__((vector_size(32)));
+typedef int64_t v4l __attribute__((vector_size(32)));
+typedef uint64_t v4u __attribute__((vector_size(32))); /* shifts: AVX2 has no 64-bit arithmetic one */
+typedef float v4f __attribute__((vector_size(16)));
+typedef int32_t v4i __attribute__((vector_size(16)));
+typedef uint32_t v4w __attribute__((vector_size(16)));
+typedef uint16_t v4h __attribute__((vector_size(8)));
+typedef unsigned char v4c __attribute__((vector_size(4)));
+
+#define V_LD_D(p) ({ v4d v_; memcpy(&v_, (p), sizeof v_); v_; })
+#define V_LD_H(p) ({ v4h v_; memcpy(&v_, (p), sizeof v_); __builtin_convertvector(v_, v4w); })
+#define V_ST_H(p, v) do { v4h v_ = __builtin_convertvector((v), v4h); memcpy((p), &v_, sizeof v_); } while (0)
+#define V_ST_FLAG(p, f) do { v4c c_ = __builtin_convertvector((f) & 1, v4c); memcpy((p), &c_, 4); } while (0)
+
+/* BF16 bits (32-bit lanes) -> double */
+#define V_BF16_D(w) __builtin_convertvector((v4f)((w) << 16), v4d)
+
+/* bf16_round_normal over four lanes: bits in m, all-ones lanes in bad */
+#define V_ROUND(x, m, bad) do {                                                   \
+        v4u u_ = (v4u)(x), a_ = u_ & UINT64_C(0x7fffffffffffffff);                 \
+        v4u r_ = a_ + (UINT64_C(1) << 44) - 1 + ((a_ >> 45) & 1);                  \
+        /* r_ >> 52 <= 2048: the compares below are of small signed values */     \
+        (bad) = __builtin_convertvector(((v4l)(a_ >> 52) < 897) | ((v4l)(r_ >> 52) > 1150), v4i); \
+        (m) = __builtin_convertvector((((r_ >> 45) - (896 << 7)) & 0x7fff) | ((u_ >> 48) & 0x8000), v4w); \
+    } while (0)
+
+/* bf16_single over four lanes: all-ones where proven */
+#define V_SINGLE(x, m, s, res) do {                                               \
+        v4w ex_ = ((x) >> 7) & 0xff, em_ = ((m) >> 7) & 0xff;                      \
+        v4d lim_ = (v4d)(__builtin_convertvector(em_ + 888, v4u) << 52) * (1 - 0x1p-19); \
+        v4d df_ = (s) - V_BF16_D(m);                                               \
+        v4d ad_ = (v4d)((v4u)df_ & UINT64_C(0x7fffffffffffffff));                   \
+        (res) = (v4i)((ex_ >= em_) & (em_ != 0) & (ex_ != 0xff) & (((x) & 0x7f) != 0)) & \
+                __builtin_convertvector(ad_ < lim_, v4i);                          \
+    } while (0)
+
+LORA_CLONES
+uint64_t fast_merge_vec(const unsigned char *src, unsigned char *dst, const double *sum,
+                              unsigned char *flag, size_t n, int record)
+{
+    uint64_t changed = 0;
+    size_t x = 0;
+    v4i rec = (v4i){0, 0, 0, 0} - (record != 0);
+    v4i nch = {0, 0, 0, 0};
+    for (; x + 4 <= n; x += 4) {
+        v4w w = V_LD_H(src + 2 * x), m;
+        v4i bad, one;
+        v4d d = V_LD_D(sum + x), s = V_BF16_D(w) + d;
+        V_ROUND(s, m, bad);
+        V_SINGLE(w, m, s, one);
+        v4i f = bad | (rec & ~one);
+        V_ST_H(dst + 2 * x, m);
+        V_ST_FLAG(flag + x, f);
+        nch -= ~f & __builtin_convertvector(d != 0, v4i);
+    }
+    changed = (uint64_t)nch[0] + (uint64_t)nch[1] + (uint64_t)nch[2] + (uint64_t)nch[3];
+    for (; x < n; x++) {
+        uint16_t w, m;
+        memcpy(&w, src + 2 * x, 2);
+        double d = sum[x], s = bf16_d(w) + d;
+        int bad;
+        m = bf16_round_normal(s, &bad);
+        int f = bad | (record & !bf16_single(w, m, s));
+        memcpy(dst + 2 * x, &m, 2);
+        flag[x] = (unsigned char)f;
+        changed += (uint64_t)(!f & (d != 0));
+    }
+    return changed;
+}
+
+LORA_CLONES
+uint64_t fast_unmerge_vec(const unsigned char *src, unsigned char *dst, const double *sum,
+                                unsigned char *flag, size_t n)
+{
+    uint64_t changed = 0;
+    size_t x = 0;
+    v4i nch = {0, 0, 0, 0};
+    for (; x + 4 <= n; x += 4) {
+        v4w m = V_LD_H(src + 2 * x), u, m2;
+        v4i bad1, bad2, one;
+        v4d d = V_LD_D(sum + x);
+        V_ROUND(V_BF16_D(m) - d, u, bad1);
+        v4d s = V_BF16_D(u) + d;
+        V_ROUND(s, m2, bad2);
+        V_SINGLE(u, m, s, one);
+        v4i f = bad1 | bad2 | (v4i)(m2 != m) | ~one;
+        V_ST_H(dst + 2 * x, u);
+        V_ST_FLAG(flag + x, f);
+        nch -= ~f & __builtin_convertvector(d != 0, v4i);
+    }
+    changed = (uint64_t)nch[0] + (uint64_t)nch[1] + (uint64_t)nch[2] + (uint64_t)nch[3];
+    for (; x < n; x++) {
+        uint16_t m, u, m2;
+        memcpy(&m, src + 2 * x, 2);
+        double d = sum[x];
+        int bad1, bad2;
+        u = bf16_round_normal(bf16_d(m) - d, &bad1);
+        double s = bf16_d(u) + d;
+        m2 = bf16_round_normal(s, &bad2);
+        int f = bad1 | bad2 | (m2 != m) | !bf16_single(u, m, s);
+        memcpy(dst + 2 * x, &u, 2);
+        flag[x] = (unsigned char)f;
+        changed += (uint64_t)(!f & (d != 0));
+    }
+    return changed;
+}
+
+#ifdef LORA_AVX2
+/* AVX2 (4 elements per step): the same computation as the vector-type
+ * kernels and bf16_round_normal / bf16_single, lane for lane; the
+ * portable form above is what the tests compare with the scalar code,
+ * and run_block's tests compare both with the reference. */
+#define AVX2 __attribute__((target("avx2")))
+
+/* 4 BF16 values (32-bit lanes) -> 4 doubles */
+static inline AVX2 __m256d a_bf16_d(__m128i w32)
+{
+    return _mm256_cvtps_pd(_mm_castsi128_ps(_mm_slli_epi32(w32, 16)));
+}
+
+/* 64-bit lanes' low 32 bits -> 4 x 32 bits */
+static inline AVX2 __m128i a_lo32(__m256i v)
+{
+    return _mm256_castsi256_si128(
+        _mm256_permutevar8x32_epi32(v, _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6)));
+}
+
+/* bf16_round_normal: bits (64-bit lanes), all-ones lanes in *bad */
+static inline AVX2 __m256i a_round(__m256d x, __m256i *bad)
+{
+    __m256i u = _mm256_castpd_si256(x);
+    __m256i a = _mm256_and_si256(u, _mm256_set1_epi64x(INT64_C(0x7fffffffffffffff)));
+    __m256i r = _mm256_add_epi64(_mm256_add_epi64(a, _mm256_set1_epi64x((INT64_C(1) << 44) - 1)),
+                                 _mm256_and_si256(_mm256_srli_epi64(a, 45), _mm256_set1_epi64x(1)));
+    *bad = _mm256_or_si256(_mm256_cmpgt_epi64(_mm256_set1_epi64x(897), _mm256_srli_epi64(a, 52)),
+                           _mm256_cmpgt_epi64(_mm256_srli_epi64(r, 52), _mm256_set1_epi64x(1150)));
+    __m256i m = _mm256_and_si256(_mm256_sub_epi64(_mm256_srli_epi64(r, 45),
+                                                  _mm256_set1_epi64x(896 << 7)),
+                                 _mm256_set1_epi64x(0x7fff));
+    return _mm256_or_si256(m, _mm256_and_si256(_mm256_srli_epi64(u, 48),
+                                               _mm256_set1_epi64x(0x8000)));
+}
+
+/* bf16_single: all-ones lanes where proven; x, m in 64-bit lanes, mv = m as double */
+static inline AVX2 __m256i a_single(__m256i x, __m256i m, __m256d s, __m256d mv)
+{
+    __m256i ff = _mm256_set1_epi64x(0xff), zero = _mm256_setzero_si256();
+    __m256i ex = _mm256_and_si256(_mm256_srli_epi64(x, 7), ff);
+    __m256i em = _mm256_and_si256(_mm256_srli_epi64(m, 7), ff);
+    __m256d lim = _mm256_mul_pd(
+        _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_add_epi64(em, _mm256_set1_epi64x(888)), 52)),
+        _mm256_set1_pd(1 - 0x1p-19));
+    __m256d ad = _mm256_and_pd(_mm256_sub_pd(s, mv),
+                               _mm256_castsi256_pd(_mm256_set1_epi64x(INT64_C(0x7fffffffffffffff))));
+    __m256i no = _mm256_or_si256(
+        _mm256_or_si256(_mm256_cmpgt_epi64(em, ex), _mm256_cmpeq_epi64(em, zero)),
+        _mm256_or_si256(_mm256_cmpeq_epi64(ex, ff),
+                        _mm256_cmpeq_epi64(_mm256_and_si256(x, _mm256_set1_epi64x(0x7f)), zero)));
+    return _mm256_andnot_si256(no, _mm256_castpd_si256(_mm256_cmp_pd(ad, lim, _CMP_LT_OQ)));
+}
+
+static inline AVX2 void a_flags(unsigned char *flag, int bits)
+{
+    for (int k = 0; k < 4; k++)
+        flag[k] = (unsigned char)((bits >> k) & 1);
+}
+
+static AVX2 uint64_t fast_merge_avx2(const unsigned char *src, unsigned char *dst,
+                                     const double *sum, unsigned char *flag, size_t n, int record)
+{
+    uint64_t changed = 0;
+    size_t x = 0;
+    for (; x + 4 <= n; x += 4) {
+        __m128i w32 = _mm_cvtepu16_epi32(_mm_loadl_epi64((const __m128i *)(src + 2 * x)));
+        __m256d d = _mm256_loadu_pd(sum + x);
+        __m256d s = _mm256_add_pd(a_bf16_d(w32), d);
+        __m256i bad;
+        __m256i m = a_round(s, &bad);
+        __m128i m32 = a_lo32(m);
+        __m256i one = a_single(_mm256_cvtepu32_epi64(w32), m, s, a_bf16_d(m32));
+        int fb = _mm256_movemask_pd(_mm256_castsi256_pd(bad)) |
+                 (record ? ~_mm256_movemask_pd(_mm256_castsi256_pd(one)) & 15 : 0);
+        _mm_storel_epi64((__m128i *)(dst + 2 * x), _mm_packus_epi32(m32, m32));
+        a_flags(flag + x, fb);
+        int nz = _mm256_movemask_pd(_mm256_cmp_pd(d, _mm256_setzero_pd(), _CMP_NEQ_UQ));
+        changed += (uint64_t)__builtin_popcount((unsigned)(nz & ~fb & 15));
+    }
+    return changed + fast_merge_vec(src + 2 * x, dst + 2 * x, sum + x, flag + x, n - x, record);
+}
+
+static AVX2 uint64_t fast_unmerge_avx2(const unsigned char *src, unsigned char *dst,
+                                       const double *sum, unsigned char *flag, size_t n)
+{
+    uint64_t changed = 0;
+    size_t x = 0;
+    for (; x + 4 <= n; x += 4) {
+        __m128i m32 = _mm_cvtepu16_epi32(_mm_loadl_epi64((const __m128i *)(src + 2 * x)));
+        __m256d d = _mm256_loadu_pd(sum + x), mv = a_bf16_d(m32);
+        __m256i bad1, bad2;
+        __m256i u = a_round(_mm256_sub_pd(mv, d), &bad1);
+        __m128i u32 = a_lo32(u);
+        __m256d s = _mm256_add_pd(a_bf16_d(u32), d);
+        __m256i m64 = _mm256_cvtepu32_epi64(m32);
+        __m256i m2 = a_round(s, &bad2);
+        __m256i one = a_single(u, m64, s, mv);
+        __m256i f = _mm256_or_si256(_mm256_or_si256(bad1, bad2),
+                                    _mm256_or_si256(_mm256_xor_si256(_mm256_cmpeq_epi64(m2, m64),
+                                                                     _mm256_set1_epi64x(-1)),
+                                                    _mm256_xor_si256(one, _mm256_set1_epi64x(-1))));
+        int fb = _mm256_movemask_pd(_mm256_castsi256_pd(f));
+        _mm_storel_epi64((__m128i *)(dst + 2 * x), _mm_packus_epi32(u32, u32));
+        a_flags(flag + x, fb);
+        int nz = _mm256_movemask_pd(_mm256_cmp_pd(d, _mm256_setzero_pd(), _CMP_NEQ_UQ));
+        changed += (uint64_t)__builtin_popcount((unsigned)(nz & ~fb & 15));
+    }
+    return changed + fast_unmerge_vec(src + 2 * x, dst + 2 * x, sum + x, flag + x, n - x);
+}
+
+/* AVX2 unless the CPU lacks it or LORA_NO_AVX2 is set (the tests run
+ * both kernels) */
+static int use_avx2(void)
+{
+    return __builtin_cpu_supports("avx2") && !getenv("LORA_NO_AVX2");
+}
+#endif
+
+uint64_t lora_fast_merge_bf16(const unsigned char *src, unsigned char *dst, const double *sum,
+                              unsigned char *flag, size_t n, int record)
+{
+#ifdef LORA_AVX2
+    if (use_avx2())
+        return fast_merge_avx2(src, dst, sum, flag, n, record);
+#endif
+    return fast_merge_vec(src, dst, sum, flag, n, record);
+}
+
+uint64_t lora_fast_unmerge_bf16(const unsigned char *src, unsigned char *dst, const double *sum,
+                                unsigned char *flag, size_t n)
+{
+#ifdef LORA_AVX2
+    if (use_avx2())
+        return fast_unmerge_avx2(src, dst, sum, flag, n);
+#endif
+    return fast_unmerge_vec(src, dst, sum, flag, n);
+}
