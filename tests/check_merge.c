@@ -678,6 +678,11 @@ START_TEST(test_coded)
     coded_roundtrip(k, rows, cols, two, 2, LORA_ROUND_NEAREST, 3);
     coded_roundtrip(k, rows, cols, big, 1, LORA_ROUND_NEAREST, 2);
     unsetenv("LORA_NO_AVX2");
+    /* and the AVX2 one where the CPU has AVX-512 */
+    setenv("LORA_NO_AVX512", "1", 1);
+    coded_roundtrip(k, rows, cols, two, 2, LORA_ROUND_NEAREST, 3);
+    coded_roundtrip(k, rows, cols, big, 1, LORA_ROUND_NEAREST, 2);
+    unsetenv("LORA_NO_AVX512");
     tmod_free(&a);
     tmod_free(&b);
     tmod_free(&h);
@@ -715,6 +720,11 @@ START_TEST(test_merged_digest)
     ck_assert_int_eq(lora_tensor_merge(kind_dt(k), kind_dt(k), rows, cols, w0, m, one, 1,
                                        LORA_ROUND_NEAREST, 2, NULL, NULL, &err), LORA_OK);
     unsetenv("LORA_NO_AVX2");
+    ck_assert(fnv64(m, rows * cols * kind_size(k)) == h);
+    setenv("LORA_NO_AVX512", "1", 1);
+    ck_assert_int_eq(lora_tensor_merge(kind_dt(k), kind_dt(k), rows, cols, w0, m, one, 1,
+                                       LORA_ROUND_NEAREST, 2, NULL, NULL, &err), LORA_OK);
+    unsetenv("LORA_NO_AVX512");
     ck_assert(fnv64(m, rows * cols * kind_size(k)) == h);
     ck_assert_msg(h == want[k], "merged bytes of kind %d: digest %016llx, pinned %016llx", k,
                   (unsigned long long)h, (unsigned long long)want[k]);
