@@ -79,6 +79,64 @@ static void panel_rows(const double *B, const double *P, uint64_t r, uint64_t in
     }
 }
 
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#include <immintrin.h>
+#include <stdlib.h>
+#define LORA_DELTA512 1
+#define AVX512 __attribute__((target("avx512f")))
+
+/* panel_rows with AVX-512: four rows at a time, the 16 columns of the
+ * panel in two registers, eight accumulators.  A fused multiply-add
+ * gives the same bytes (the product is exact: see the top). */
+static AVX512 void panel_rows_avx512(const double *B, const double *P, uint64_t r, uint64_t in,
+                                     double scale, uint64_t i0, uint64_t i1, double *dst)
+{
+    __m512d sc = _mm512_set1_pd(scale);
+    uint64_t i = i0;
+    for (; i + 4 <= i1; i += 4) {
+        const double *b0 = B + i * r, *b1 = b0 + r, *b2 = b1 + r, *b3 = b2 + r;
+        __m512d a00 = _mm512_setzero_pd(), a01 = a00, a10 = a00, a11 = a00;
+        __m512d a20 = a00, a21 = a00, a30 = a00, a31 = a00;
+        for (uint64_t k = 0; k < r; k++) {
+            __m512d x0 = _mm512_loadu_pd(P + k * JB), x1 = _mm512_loadu_pd(P + k * JB + 8);
+            __m512d s0 = _mm512_set1_pd(b0[k]), s1 = _mm512_set1_pd(b1[k]);
+            __m512d s2 = _mm512_set1_pd(b2[k]), s3 = _mm512_set1_pd(b3[k]);
+            a00 = _mm512_fmadd_pd(s0, x0, a00); a01 = _mm512_fmadd_pd(s0, x1, a01);
+            a10 = _mm512_fmadd_pd(s1, x0, a10); a11 = _mm512_fmadd_pd(s1, x1, a11);
+            a20 = _mm512_fmadd_pd(s2, x0, a20); a21 = _mm512_fmadd_pd(s2, x1, a21);
+            a30 = _mm512_fmadd_pd(s3, x0, a30); a31 = _mm512_fmadd_pd(s3, x1, a31);
+        }
+        double *d0 = dst + (i - i0) * in;
+        _mm512_storeu_pd(d0, _mm512_mul_pd(a00, sc));
+        _mm512_storeu_pd(d0 + 8, _mm512_mul_pd(a01, sc));
+        _mm512_storeu_pd(d0 + in, _mm512_mul_pd(a10, sc));
+        _mm512_storeu_pd(d0 + in + 8, _mm512_mul_pd(a11, sc));
+        _mm512_storeu_pd(d0 + 2 * in, _mm512_mul_pd(a20, sc));
+        _mm512_storeu_pd(d0 + 2 * in + 8, _mm512_mul_pd(a21, sc));
+        _mm512_storeu_pd(d0 + 3 * in, _mm512_mul_pd(a30, sc));
+        _mm512_storeu_pd(d0 + 3 * in + 8, _mm512_mul_pd(a31, sc));
+    }
+    for (; i < i1; i++) {
+        const double *b0 = B + i * r;
+        __m512d a0 = _mm512_setzero_pd(), a1 = a0;
+        for (uint64_t k = 0; k < r; k++) {
+            __m512d s0 = _mm512_set1_pd(b0[k]);
+            a0 = _mm512_fmadd_pd(s0, _mm512_loadu_pd(P + k * JB), a0);
+            a1 = _mm512_fmadd_pd(s0, _mm512_loadu_pd(P + k * JB + 8), a1);
+        }
+        double *d0 = dst + (i - i0) * in;
+        _mm512_storeu_pd(d0, _mm512_mul_pd(a0, sc));
+        _mm512_storeu_pd(d0 + 8, _mm512_mul_pd(a1, sc));
+    }
+}
+
+/* AVX-512 unless the CPU lacks it or LORA_NO_AVX512 is set (tests) */
+static int delta_avx512(void)
+{
+    return __builtin_cpu_supports("avx512f") && !getenv("LORA_NO_AVX512");
+}
+#endif
+
 void lora_delta_rows(const double *B, const double *A, uint64_t r, uint64_t in, double scale,
                      uint64_t i0, uint64_t i1, double *dst)
 {
@@ -91,9 +149,18 @@ void lora_delta_rows(const double *B, const double *A, uint64_t r, uint64_t in, 
             P = NULL;
     }
     if (P) {
+#ifdef LORA_DELTA512
+        int z = delta_avx512();
+#endif
         for (; j + JB <= in; j += JB) {
             for (uint64_t k = 0; k < r; k++)
                 memcpy(P + k * JB, A + k * in + j, JB * sizeof *P);
+#ifdef LORA_DELTA512
+            if (z) {
+                panel_rows_avx512(B, P, r, in, scale, i0, i1, dst + j);
+                continue;
+            }
+#endif
             panel_rows(B, P, r, in, scale, i0, i1, dst + j);
         }
         if (P != stackp)
