@@ -45,6 +45,7 @@ typedef struct lora_tjob {
                                     output dtype: counted in stats->nonfinite; 0: the
                                     run fails (LORA_EINPUT) naming the first one */
     int hash;                    /* compute the tree hashes of input and output */
+    int in_hk, out_hk;           /* their kinds (LORA_TH_*; 0: BLAKE2b) */
     unsigned char *in_hash, *out_hash; /* 32 bytes each, when hash */
     lora_merge_stats *stats;     /* added to, may be NULL */
     void (*progress)(void *arg, uint64_t bytes);
@@ -62,6 +63,23 @@ uint64_t lora_block_rows(uint64_t cols);
 void lora_tree_hash(const void *data, uint64_t rows, uint64_t cols, size_t elsize,
                     unsigned char out[32]);
 
+/* tensorhash.c: digest kinds of the tree hash (lora-receipt(5)). */
+enum { LORA_TH_BLAKE2B = 0, LORA_TH_XXH3 = 1, LORA_TH_SKIP = 2 };
+/* The digest of one chunk (32 bytes; XXH3-128 fills the first 16). */
+void lora_th_chunk(int kind, const void *data, size_t len, unsigned char out[32]);
+/* The tensor's digest from its n chunk digests, stride bytes apart. */
+void lora_th_combine(int kind, const unsigned char *chunks, size_t stride, size_t n,
+                     unsigned char out[32]);
+/* lora_tree_hash of another kind. */
+void lora_tree_hash_kind(int kind, const void *data, uint64_t rows, uint64_t cols,
+                         size_t elsize, unsigned char out[32]);
+
+/* The kind of a receipt's merged-tensor digests. */
+static inline int lora_receipt_merged_kind(const lora_receipt *r)
+{
+    return lora_receipt_version(r) >= 4 ? LORA_TH_XXH3 : LORA_TH_BLAKE2B;
+}
+
 int lora_fixes_push(lora_fixes *f, uint64_t index, int64_t step);
 /* 0 and the element kind/size for F32, F16, BF16; -1 otherwise. */
 int lora_fp_kind(lora_dtype dt, int *kind, size_t *size);
@@ -73,6 +91,10 @@ int lora_decode_any(lora_dtype dt, const void *src, double *dst, uint64_t n);
  * must redo the element; returns the unflagged elements with d != 0. */
 uint64_t lora_fast_merge_bf16(const unsigned char *src, unsigned char *dst, const double *sum,
                               unsigned char *flag, size_t n, int record);
+/* The run of BF16 base values merging to m around a member c (delta d)
+ * where it needs no search: a | b << 1 (the neighbour of smaller / larger
+ * magnitude is in it too), or -1. */
+int lora_fast_run_bf16(uint16_t c, uint16_t m, double d);
 uint64_t lora_fast_unmerge_bf16(const unsigned char *src, unsigned char *dst, const double *sum,
                                 unsigned char *flag, size_t n);
 

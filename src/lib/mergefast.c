@@ -423,3 +423,34 @@ uint64_t lora_fast_unmerge_bf16(const unsigned char *src, unsigned char *dst, co
 #endif
     return fast_unmerge_vec(src, dst, sum, flag, n);
 }
+
+/* The run S of base values that merge to m, for flagged elements of
+ * BF16 merges and unmerges, without mergecore.c's search: found from
+ * the four nearest neighbours of a member c at once, branch-free (most
+ * flagged elements are binade changes whose S has one or two members,
+ * and the search's branches were mispredicted about every other time).
+ * Where c merges to m, c, its neighbours within two steps and every sum
+ * are normal BF16 of one sign, d is finite and not 0, and neither
+ * neighbour two steps away merges to m (so |S| <= 3), S is exact:
+ * merging is monotonic, and within one sign a neighbour's bits are its
+ * magnitude's.  Returns a | b << 1 (a: the neighbour of smaller
+ * magnitude is in S, b: the larger one), or -1 for the full logic. */
+int lora_fast_run_bf16(uint16_t c, uint16_t m, double d)
+{
+    uint32_t mag = c & 0x7fffu, sg = c & 0x8000u;
+    int b0, bm1, bp1, bm2, bp2;
+    uint16_t mc = bf16_round_normal(bf16_d(c) + d, &b0);
+    /* neighbours' magnitudes stay normal: [0x0080, 0x7f7f] */
+    int far = mag < 0x0082u || mag > 0x7f7du;
+    uint32_t lo1 = sg | ((mag - 1) & 0x7fffu), hi1 = sg | ((mag + 1) & 0x7fffu);
+    uint32_t lo2 = sg | ((mag - 2) & 0x7fffu), hi2 = sg | ((mag + 2) & 0x7fffu);
+    uint16_t rm1 = bf16_round_normal(bf16_d((uint16_t)lo1) + d, &bm1);
+    uint16_t rp1 = bf16_round_normal(bf16_d((uint16_t)hi1) + d, &bp1);
+    uint16_t rm2 = bf16_round_normal(bf16_d((uint16_t)lo2) + d, &bm2);
+    uint16_t rp2 = bf16_round_normal(bf16_d((uint16_t)hi2) + d, &bp2);
+    int bad = far | b0 | bm1 | bp1 | bm2 | bp2 | (d == 0) | !isfinite(d) | (mc != m) |
+              (rm2 == m) | (rp2 == m);
+    if (bad)
+        return -1;
+    return (rm1 == m) | (rp1 == m) << 1;
+}

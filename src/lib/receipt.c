@@ -30,7 +30,7 @@
 #include <unistd.h>
 
 static const unsigned char MAGIC[8] = {'L', 'O', 'R', 'A', 'R', 'C', 'P', 1};
-#define RECEIPT_VERSION 3
+#define RECEIPT_VERSION 4
 #define RECEIPT_MAX_FILES 65536
 
 struct lora_receipt {
@@ -354,6 +354,14 @@ static json_t *hexj(const unsigned char h[32])
     return json_string(hex);
 }
 
+/* A merged tensor's digest: XXH3-128 since version 4 (tensorhash.c) */
+static json_t *hexj_merged(const unsigned char h[32])
+{
+    char hex[33];
+    sodium_bin2hex(hex, sizeof hex, h, 16);
+    return json_string(hex);
+}
+
 static json_t *index_json(const lora_receipt *r)
 {
     json_t *root = json_object(), *ads = json_array(), *ts = json_array();
@@ -369,6 +377,7 @@ static json_t *index_json(const lora_receipt *r)
     json_object_set_new(root, "rounding",
                         json_string(r->mode == LORA_ROUND_REVERSIBLE ? "reversible" : "nearest"));
     json_object_set_new(root, "hash", json_string("blake2b-256-tree"));
+    json_object_set_new(root, "merged_hash", json_string("xxh3-128-tree"));
     for (size_t i = 0; i < r->nad; i++) {
         json_t *a = json_object();
         json_object_set_new(a, "path", json_string(r->ad[i].path));
@@ -386,7 +395,7 @@ static json_t *index_json(const lora_receipt *r)
         json_object_set_new(o, "shape", json_pack("[II]", (json_int_t)t->rows,
                                                   (json_int_t)t->cols));
         json_object_set_new(o, "base", hexj(t->base_hash));
-        json_object_set_new(o, "merged", hexj(t->merged_hash));
+        json_object_set_new(o, "merged", hexj_merged(t->merged_hash));
         for (size_t k = 0; k < t->nterms; k++)
             json_array_append_new(terms, json_pack("{sIsssfsb}", "adapter",
                                                    (json_int_t)t->terms[k].adapter, "module",
@@ -573,6 +582,19 @@ static int hex32(json_t *v, unsigned char out[32])
     return 0;
 }
 
+/* 32 hex digits into the first 16 bytes, the rest zero (XXH3-128) */
+static int hex16(json_t *v, unsigned char out[32])
+{
+    const char *s = json_string_value(v);
+    size_t bin = 0;
+    memset(out, 0, 32);
+    if (!s || strlen(s) != 32)
+        return -1;
+    if (sodium_hex2bin(out, 16, s, 32, NULL, &bin, NULL) != 0 || bin != 16)
+        return -1;
+    return 0;
+}
+
 static int get_u64(json_t *v, uint64_t *out)
 {
     if (!json_is_integer(v) || json_integer_value(v) < 0)
@@ -719,6 +741,10 @@ static int parse_index(lora_receipt *r, const char *text, size_t len, uint64_t d
     const char *h = json_string_value(json_object_get(root, "hash"));
     if (!h || strcmp(h, "blake2b-256-tree"))
         BAD("%s: unknown hash scheme", r->name);
+    /* version 4: merged tensors' digests are XXH3-128 trees */
+    const char *mh = json_string_value(json_object_get(root, "merged_hash"));
+    if (r->version >= 4 ? !mh || strcmp(mh, "xxh3-128-tree") : mh != NULL)
+        BAD("%s: unknown merged_hash scheme", r->name);
     json_t *ads = json_object_get(root, "adapters"), *ts = json_object_get(root, "tensors");
     if (!json_is_array(ads) || !json_is_array(ts))
         BAD("%s: adapters and tensors must be arrays", r->name);
@@ -771,9 +797,11 @@ static int parse_index(lora_receipt *r, const char *text, size_t len, uint64_t d
             !lora_mul_ok(t->rows, t->cols, &numel) || numel > (UINT64_C(1) << 48))
             BAD("%s: tensor %s: bad shape", r->name, name);
         if (hex32(json_object_get(o, "base"), t->base_hash) ||
-            hex32(json_object_get(o, "merged"), t->merged_hash) ||
+            (r->version >= 4 ? hex16(json_object_get(o, "merged"), t->merged_hash)
+                             : hex32(json_object_get(o, "merged"), t->merged_hash)) ||
             hex32(json_object_get(o, "fixes_blake2b"), t->fixes_hash))
-            BAD("%s: tensor %s: hashes must be 64 hex digits", r->name, name);
+            BAD("%s: tensor %s: hashes must be 64 hex digits (merged: 32 from version 4)",
+                r->name, name);
         uint64_t end;
         if (get_u64(json_object_get(o, "fixes"), &t->nfixes) ||
             get_u64(json_object_get(o, "offset"), &t->offset) ||

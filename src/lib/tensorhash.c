@@ -1,0 +1,106 @@
+/*
+ * tensorhash.c - the per-tensor tree digests of merge receipts
+ * (lora-receipt(5)): a digest of each chunk of lora_block_rows(cols)
+ * rows, computed by the worker that just produced the chunk while it is
+ * in cache, then a digest of the chunk digests in order.
+ *
+ * Two kinds, chosen by what the digest has to prove:
+ *   LORA_TH_BLAKE2B  BLAKE2b-256 (libsodium).  The base tensors: their
+ *                    digests make lora_base, which must resist a forged
+ *                    receipt (lora(7), THREAT MODEL), so a cryptographic
+ *                    hash.
+ *   LORA_TH_XXH3     XXH3-128 (libxxhash), in the first 16 of the 32
+ *                    bytes, the rest zero.  The merged tensors (receipt
+ *                    version 4): that digest only tells an unmerge early
+ *                    that the merged file is not the one the receipt was
+ *                    written for.  It guards nothing by itself: whatever
+ *                    the merged bytes, the restored tensors are checked
+ *                    against the BLAKE2b base digests (the receipt's and
+ *                    lora_base), so a crafted collision gains nothing.
+ *                    XXH3 runs at about 10 GB/s here against 0.7 GB/s
+ *                    for BLAKE2b, which was a third of a merge's time.
+ *   LORA_TH_SKIP     no digest (the bytes were hashed already).
+ */
+#include "internal.h"
+#include "mergecore.h"
+
+#include <sodium.h>
+#include <string.h>
+#define XXH_STATIC_LINKING_ONLY /* XXH3_state_t on the stack: no allocation */
+#include <xxhash.h>
+
+void lora_th_chunk(int kind, const void *data, size_t len, unsigned char out[32])
+{
+    if (kind == LORA_TH_XXH3) {
+        XXH128_canonical_t c;
+        XXH128_canonicalFromHash(&c, XXH3_128bits(data, len));
+        memcpy(out, c.digest, 16);
+        memset(out + 16, 0, 16);
+        return;
+    }
+    if (kind == LORA_TH_SKIP) {
+        memset(out, 0, 32);
+        return;
+    }
+    crypto_generichash(out, 32, data, len, NULL, 0);
+}
+
+void lora_th_combine(int kind, const unsigned char *chunks, size_t stride, size_t n,
+                     unsigned char out[32])
+{
+    if (kind == LORA_TH_SKIP) {
+        memset(out, 0, 32);
+        return;
+    }
+    if (kind == LORA_TH_XXH3) {
+        XXH3_state_t st;
+        XXH3_INITSTATE(&st);
+        XXH3_128bits_reset(&st);
+        for (size_t i = 0; i < n; i++)
+            XXH3_128bits_update(&st, chunks + i * stride, 16);
+        XXH128_canonical_t c;
+        XXH128_canonicalFromHash(&c, XXH3_128bits_digest(&st));
+        memcpy(out, c.digest, 16);
+        memset(out + 16, 0, 16);
+        return;
+    }
+    crypto_generichash_state h;
+    crypto_generichash_init(&h, NULL, 0, 32);
+    for (size_t i = 0; i < n; i++)
+        crypto_generichash_update(&h, chunks + i * stride, 32);
+    crypto_generichash_final(&h, out, 32);
+}
+
+void lora_tree_hash_kind(int kind, const void *data, uint64_t rows, uint64_t cols,
+                         size_t elsize, unsigned char out[32])
+{
+    uint64_t br = lora_block_rows(cols);
+    size_t chunk = (size_t)(br * cols) * elsize;
+    const unsigned char *p = data;
+    uint64_t nb = rows ? (rows + br - 1) / br : 0;
+    unsigned char c[32];
+    /* combine as we go: the same bytes as lora_th_combine over all chunks */
+    if (kind == LORA_TH_XXH3) {
+        XXH3_state_t st;
+        XXH3_INITSTATE(&st);
+        XXH3_128bits_reset(&st);
+        for (uint64_t b = 0; b < nb; b++, p += chunk) {
+            uint64_t n = rows - b * br < br ? rows - b * br : br;
+            lora_th_chunk(kind, p, (size_t)(n * cols) * elsize, c);
+            XXH3_128bits_update(&st, c, 16);
+        }
+        XXH128_canonical_t cc;
+        XXH128_canonicalFromHash(&cc, XXH3_128bits_digest(&st));
+        memcpy(out, cc.digest, 16);
+        memset(out + 16, 0, 16);
+        return;
+    }
+    crypto_generichash_state h;
+    crypto_generichash_init(&h, NULL, 0, 32);
+    for (uint64_t b = 0; b < nb; b++, p += chunk) {
+        uint64_t n = rows - b * br < br ? rows - b * br : br;
+        lora_th_chunk(kind, p, (size_t)(n * cols) * elsize, c);
+        crypto_generichash_update(&h, c, 32);
+    }
+    crypto_generichash_final(&h, out, 32);
+}
