@@ -542,7 +542,7 @@ static int unmerge_step(struct run *R, struct tstate *S, lora_error *err)
 {
     const lora_tensor *t = S->t;
     lora_merge_stats ust = {0};
-    unsigned char in_hash[32], out_hash[32];
+    unsigned char in_hash[32] = {0}, out_hash[32] = {0};
     lora_tjob j;
     memset(&j, 0, sizeof j);
     j.name = t->name;
@@ -556,7 +556,11 @@ static int unmerge_step(struct run *R, struct tstate *S, lora_error *err)
     j.unmerge = 1;
     j.allow_nonfinite = R->o->allow_nonfinite;
     j.stats = &ust;
-    j.hash = 1;
+    /* the restored base's digest is checked against the receipt or goes
+     * into the new one; the merged one only against the receipt, in its
+     * kind (lora-receipt(5)) */
+    j.hash = S->rt || (S->nnew && R->rout);
+    j.in_hk = S->rt ? lora_receipt_merged_kind(R->rin) : LORA_TH_SKIP;
     j.in_hash = in_hash;
     j.out_hash = out_hash;
     R->fixes.n = 0;
@@ -646,10 +650,14 @@ static int merge_step(struct run *R, struct tstate *S, lora_error *err)
     j.allow_nonfinite = R->o->allow_nonfinite;
     j.stats = &st;
     j.hash = R->rout != NULL;
+    /* base digest: BLAKE2b (lora_base), hashed by unmerge_step in a task
+     * switch; merged digest: XXH3-128 (receipt version 4) */
+    j.in_hk = S->nold ? LORA_TH_SKIP : LORA_TH_BLAKE2B;
+    j.out_hk = LORA_TH_XXH3;
     j.in_hash = in_hash;
     j.out_hash = merged_hash;
     R->fixes.n = 0;
-    R->fixes.coded = 1; /* receipt version 3: ranks of ambiguous elements */
+    R->fixes.coded = 1; /* receipt version 3 and 4: ranks of ambiguous elements */
     j.record_fixes = R->rout != NULL;
     j.out_fixes = &R->fixes;
     j.sink = R->w ? sink_stw : sink_null;
@@ -1217,6 +1225,7 @@ static int switch_identity(struct run *R, const lora_adapter *ad, unsigned char 
         j.fixes = rt ? &R->fixes : NULL;
         unsigned char ih[32], oh[32];
         j.hash = rt != NULL;
+        j.in_hk = rt ? lora_receipt_merged_kind(R->rin) : LORA_TH_BLAKE2B;
         j.in_hash = ih;
         j.out_hash = oh;
         if ((rc = lora_engine_run(R->eng, &j, err)))

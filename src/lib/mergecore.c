@@ -761,6 +761,22 @@ static int merge_bf16_fast(const unsigned char *src, unsigned char *dst, const d
 {
     st->changed += lora_fast_merge_bf16(src, dst, sum, flag, n, record);
     for (size_t x = next_flag(flag, 0, n); x < n; x = next_flag(flag, x + 1, n)) {
+        if (record) {
+            /* most flagged elements: their run found without a search
+             * (mergefast.c); what coded_fix would store, as it would */
+            uint16_t w = (uint16_t)ld_elem(src + 2 * x, 2), m = (uint16_t)ld_elem(dst + 2 * x, 2);
+            int ab = lora_fast_run_bf16(w, m, sum[x]);
+            if (ab >= 0) {
+                int a = ab & 1, b = ab >> 1;
+                st->changed++;
+                if (a | b) {
+                    if (bits_put(fx, (uint64_t)((w & 0x8000) ? b : a), a + b))
+                        return -2;
+                    fx->nambig++;
+                }
+                continue;
+            }
+        }
         int r = merge_span(FP_BF16, FP_BF16, 2, 2, record, 0, 1, src + 2 * x, dst + 2 * x,
                            sum + x, 1, first + x, fx, st, bad, nf);
         if (r) {
@@ -786,6 +802,8 @@ struct block {
     unsigned char *flag;       /* scratch for the fast passes' flags */
     lora_merge_stats st;
     nonfin nf;
+    size_t fi;                 /* unmerge: next correction */
+    bitrd rd;                  /* unmerge: the block's rank bits */
 };
 
 /* tj_fail(LORA_EINPUT) with the tensor's name before the message. */
@@ -807,9 +825,7 @@ static void block_fail(struct tjob *j, const char *fmt, ...)
 static int merge_block(struct tjob *j, struct block *k)
 {
     const lora_tjob *s = j->spec;
-    lora_fixes *fx = &j->e->bfix[k->b];
-    fx->n = 0;
-    fx->nbits = fx->nambig = 0;
+    lora_fixes *fx = &j->e->bfix[k->b]; /* emptied by run_block */
     int ik = j->ik, ok = j->ok;
     int record = s->record_fixes;
     int coded = record && s->out_fixes && s->out_fixes->coded;
@@ -902,20 +918,59 @@ static int unmerge_one(struct tjob *j, struct block *k, size_t x, const lora_fix
     return 0;
 }
 
+/* A flagged element of a coded BF16 unmerge whose run needs no search
+ * (lora_fast_run_bf16): what coded_elem decodes, without its search.
+ * 1 done, 0 not such an element, -1 after tj_fail. */
+static int unmerge_run(struct tjob *j, struct block *k, size_t x)
+{
+    uint16_t m = (uint16_t)ld_elem(k->src + 2 * x, 2);
+    double d = k->sum[x];
+    uint16_t u = (uint16_t)fp_round(FP_BF16, fp_to_d(FP_BF16, m) - d);
+    int ab = lora_fast_run_bf16(u, m, d);
+    if (ab < 0)
+        return 0;
+    int a = ab & 1, b = ab >> 1, nb = a + b;
+    uint32_t r = 0;
+    bitrd *rd = &k->rd;
+    if (rd->end - rd->at < (uint64_t)nb)
+        goto bad;
+    for (int i = 0; i < nb; i++, rd->at++)
+        r |= (uint32_t)((rd->bits[rd->at >> 3] >> (rd->at & 7)) & 1) << i;
+    if (r > (uint32_t)nb) /* ranks 0 .. |S| - 1 */
+        goto bad;
+    /* the member of rank r, in value order: magnitudes fall as values
+     * rise for a negative sign */
+    uint32_t mag = u & 0x7fffu, sg = u & 0x8000u;
+    k->st.changed++;
+    st_elem(k->dst + 2 * x, 2, sg | (sg ? mag + (uint32_t)b - r : mag - (uint32_t)a + r));
+    return 1;
+bad:
+    block_fail(j, "the receipt's bits do not match the merged tensor and adapter "
+               "(element %llu)", (unsigned long long)(k->first + x));
+    return -1;
+}
+
 /* Unmerge: the corrections of this block are the slice of spec->fixes
- * starting at fixstart[b] (and its bits, bstart[b] .. bstart[b+1]).
- * 0, or -1 after tj_fail. */
-static int unmerge_block(struct tjob *j, struct block *k)
+ * starting at fixstart[b] (and its bits, bstart[b] .. bstart[b+1]). */
+static void unmerge_start(struct tjob *j, struct block *k)
+{
+    const lora_fixes *fx = j->spec->fixes;
+    k->fi = fx && j->fixstart ? j->fixstart[k->b] : 0;
+    if (fx && fx->coded)
+        k->rd = (bitrd){fx->bits, fx->bstart[k->b], fx->bstart[k->b + 1]};
+}
+
+/* Unmerge of a part of the block (k: its elements, the block's fi and
+ * rd).  0, or -1 after tj_fail. */
+static int unmerge_part(struct tjob *j, struct block *k)
 {
     const lora_tjob *s = j->spec;
     const lora_fixes *fx = s->fixes;
-    size_t fi = fx && j->fixstart ? j->fixstart[k->b] : 0, fe = fx ? fx->n : 0;
-    bitrd rd = {NULL, 0, 0};
+    size_t fe = fx ? fx->n : 0;
     int coded = fx && fx->coded;
-    if (coded)
-        rd = (bitrd){fx->bits, fx->bstart[k->b], fx->bstart[k->b + 1]};
     /* BF16 with corrections: the branch-free pass does the elements it
-     * proves, unmerge_one the flagged ones and the corrections */
+     * proves, unmerge_run most flagged ones, unmerge_one the others and
+     * the corrections */
     int fast = fx && !s->ref && j->ik == FP_BF16 && j->ok == FP_BF16;
     size_t n = k->n;
     if (fast)
@@ -923,24 +978,51 @@ static int unmerge_block(struct tjob *j, struct block *k)
     for (size_t x = 0; x < n; x++) {
         if (fast) {
             size_t nx = next_flag(k->flag, x, n);
-            if (fi < fe && fx->index[fi] - k->first < nx)
-                nx = (size_t)(fx->index[fi] - k->first);
+            if (k->fi < fe && fx->index[k->fi] - k->first < nx)
+                nx = (size_t)(fx->index[k->fi] - k->first);
             if (nx >= n)
                 break;
             x = nx;
+            if (coded && k->flag[x] && !(k->fi < fe && fx->index[k->fi] == k->first + x)) {
+                int r = unmerge_run(j, k, x);
+                if (r < 0)
+                    return -1;
+                if (r)
+                    continue;
+            }
         }
-        if (unmerge_one(j, k, x, fx, &fi, fe, coded, &rd, fast))
+        if (unmerge_one(j, k, x, fx, &k->fi, fe, coded, &k->rd, fast))
             return -1;
     }
-    if (coded && rd.at != rd.end) {
+    return 0;
+}
+
+/* The end of an unmerged block: every rank bit used.  0, or -1. */
+static int unmerge_end(struct tjob *j, struct block *k)
+{
+    const lora_fixes *fx = j->spec->fixes;
+    if (fx && fx->coded && k->rd.at != k->rd.end) {
         char msg[200];
         snprintf(msg, sizeof msg, "%s: the receipt holds %llu bits more than the merged "
-                 "tensor and adapter use (rows from %llu)", s->name,
-                 (unsigned long long)(rd.end - rd.at), (unsigned long long)k->i0);
+                 "tensor and adapter use (rows from %llu)", j->spec->name,
+                 (unsigned long long)(k->rd.end - k->rd.at), (unsigned long long)k->i0);
         tj_fail(j, LORA_EINPUT, msg);
         return -1;
     }
     return 0;
+}
+
+/* The counts of a part into its block's. */
+static void stats_add(lora_merge_stats *to, const lora_merge_stats *st)
+{
+    to->elements += st->elements;
+    to->changed += st->changed;
+    to->other += st->other;
+    to->fixes += st->fixes;
+    to->inexact += st->inexact;
+    to->may_differ += st->may_differ;
+    if (st->max_ulps > to->max_ulps)
+        to->max_ulps = st->max_ulps;
 }
 
 /* The block's hashes, its bytes to the sink, its counts into the job's. */
@@ -949,8 +1031,8 @@ static void finish_block(struct tjob *j, struct block *k)
     const lora_tjob *s = j->spec;
     lora_engine *e = j->e;
     if (s->hash) {
-        crypto_generichash(e->bhash[k->b][0], 32, k->src, k->n * j->isz, NULL, 0);
-        crypto_generichash(e->bhash[k->b][1], 32, k->dst, k->n * j->osz, NULL, 0);
+        lora_th_chunk(s->in_hk, k->src, k->n * j->isz, e->bhash[k->b][0]);
+        lora_th_chunk(s->out_hk, k->dst, k->n * j->osz, e->bhash[k->b][1]);
     }
     if (s->sink) {
         lora_error werr;
@@ -969,23 +1051,25 @@ static void finish_block(struct tjob *j, struct block *k)
         }
         j->nf += k->nf.n;
     }
-    if (s->stats) {
-        lora_merge_stats *st = s->stats;
-        st->elements += k->st.elements;
-        st->changed += k->st.changed;
-        st->other += k->st.other;
-        st->fixes += k->st.fixes;
-        st->inexact += k->st.inexact;
-        st->may_differ += k->st.may_differ;
-        if (k->st.max_ulps > st->max_ulps)
-            st->max_ulps = k->st.max_ulps;
-    }
+    if (s->stats)
+        stats_add(s->stats, &k->st);
     pthread_mutex_unlock(&j->lock);
     if (s->progress)
         s->progress(s->progress_arg, k->n * j->isz);
 }
 
-/* Block b of the job on worker t: its delta, then merge or unmerge. */
+/* Rows of a part of a block: the delta of about 2^16 elements (512 KB)
+ * is still in the L2 cache when the merge reads it (a whole block's,
+ * 2 MB, was not).  The block stays the unit of hashes, rank bits and
+ * writes; parts only change the order of the work, not its results. */
+static uint64_t part_rows(uint64_t cols)
+{
+    uint64_t r = cols ? (1u << 16) / cols : 1;
+    return r ? r : 1;
+}
+
+/* Block b of the job on worker t: part by part, the delta then the
+ * merge or unmerge; then its hashes and its write. */
 static void run_block(struct tjob *j, int t, uint64_t b)
 {
     lora_engine *e = j->e;
@@ -997,14 +1081,46 @@ static void run_block(struct tjob *j, int t, uint64_t b)
     k.i1 = k.i0 + j->br < j->rows ? k.i0 + j->br : j->rows;
     k.n = (size_t)((k.i1 - k.i0) * j->cols);
     k.first = k.i0 * j->cols;
-    block_delta(j, k.i0, k.i1, e->sum[t], e->tmp[t]);
     k.sum = e->sum[t];
     k.flag = (unsigned char *)e->tmp[t];
     k.src = (const unsigned char *)s->src + k.first * j->isz;
     k.dst = s->dst ? (unsigned char *)s->dst + k.first * j->osz : e->ibuf[t];
     k.st.elements = k.n;
-    if ((s->unmerge ? unmerge_block(j, &k) : merge_block(j, &k)) == 0)
-        finish_block(j, &k);
+    if (s->unmerge) {
+        unmerge_start(j, &k);
+    } else {
+        lora_fixes *fx = &e->bfix[b];
+        fx->n = 0;
+        fx->nbits = fx->nambig = 0;
+    }
+    uint64_t pr = part_rows(j->cols);
+    for (uint64_t a = k.i0; a < k.i1; a += pr) {
+        uint64_t c = a + pr < k.i1 ? a + pr : k.i1;
+        size_t off = (size_t)((a - k.i0) * j->cols);
+        block_delta(j, a, c, e->sum[t], e->tmp[t]);
+        struct block v = k;
+        v.first = k.first + off;
+        v.n = (size_t)((c - a) * j->cols);
+        v.src = k.src + off * j->isz;
+        v.dst = k.dst + off * j->osz;
+        memset(&v.st, 0, sizeof v.st);
+        memset(&v.nf, 0, sizeof v.nf);
+        int rc = s->unmerge ? unmerge_part(j, &v) : merge_block(j, &v);
+        k.fi = v.fi;
+        k.rd = v.rd;
+        stats_add(&k.st, &v.st);
+        if (v.nf.n) { /* the first in element order: parts go in order */
+            if (!k.nf.n)
+                k.nf = v.nf;
+            else
+                k.nf.n += v.nf.n;
+        }
+        if (rc)
+            return;
+    }
+    if (s->unmerge && unmerge_end(j, &k))
+        return;
+    finish_block(j, &k);
 }
 
 static void *tj_worker(void *arg)
@@ -1184,13 +1300,12 @@ int lora_engine_run(lora_engine *e, const lora_tjob *s, lora_error *err)
                     return lora_oom(err);
     }
     if (s->hash) {
-        crypto_generichash_state h[2];
-        for (int k = 0; k < 2; k++) {
-            crypto_generichash_init(&h[k], NULL, 0, 32);
-            for (uint64_t b = 0; b < j.nblocks; b++)
-                crypto_generichash_update(&h[k], e->bhash[b][k], 32);
-            crypto_generichash_final(&h[k], k == 0 ? s->in_hash : s->out_hash, 32);
-        }
+        if (s->in_hash)
+            lora_th_combine(s->in_hk, e->bhash[0][0], sizeof *e->bhash, (size_t)j.nblocks,
+                            s->in_hash);
+        if (s->out_hash)
+            lora_th_combine(s->out_hk, e->bhash[0][1], sizeof *e->bhash, (size_t)j.nblocks,
+                            s->out_hash);
     }
     return LORA_OK;
 }
@@ -1260,18 +1375,5 @@ int lora_tensor_unmerge(lora_dtype dt, lora_dtype out_dt, uint64_t rows, uint64_
 void lora_tree_hash(const void *data, uint64_t rows, uint64_t cols, size_t elsize,
                     unsigned char out[32])
 {
-    uint64_t br = lora_block_rows(cols);
-    size_t chunk = (size_t)(br * cols) * elsize;
-    const unsigned char *p = data;
-    crypto_generichash_state h;
-    crypto_generichash_init(&h, NULL, 0, 32);
-    for (uint64_t i = 0; i < rows; i += br) {
-        uint64_t n = rows - i < br ? rows - i : br;
-        size_t len = (size_t)(n * cols) * elsize;
-        unsigned char c[32];
-        crypto_generichash(c, 32, p, len, NULL, 0);
-        crypto_generichash_update(&h, c, 32);
-        p += chunk;
-    }
-    crypto_generichash_final(&h, out, 32);
+    lora_tree_hash_kind(LORA_TH_BLAKE2B, data, rows, cols, elsize, out);
 }
