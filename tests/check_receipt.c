@@ -274,7 +274,7 @@ static size_t forge(char *out, const char *json, const void *data, size_t dlen)
 #define TERM "[{\"adapter\":0,\"module\":\"m\",\"scale\":1.0,\"transpose\":false}]"
 #define H32 "00000000000000000000000000000000"
 #define HEAD4(mh) "{\"format\":\"lora-receipt\",\"version\":4,\"tool\":\"x\",\"rounding\":\"nearest\"," \
-             "\"hash\":\"blake2b-256-tree\"" mh ",\"files\":[],\"adapters\":[{\"path\":\"a\",\"blake2b\":\"" \
+             "\"hash\":\"sha256-tree\"" mh ",\"files\":[],\"adapters\":[{\"path\":\"a\",\"blake2b\":\"" \
              H64 "\",\"weight\":1}],\"tensors\":["
 /* a version 4 tensor with merged digest M, no corrections */
 #define T1M(shape, M) \
@@ -310,6 +310,10 @@ START_TEST(test_hostile_index)
         HEAD4(",\"merged_hash\":\"blake2b-256-tree\"") T1M("[2,3]", H32) "]}",
         HEAD4(",\"merged_hash\":\"xxh3-128-tree\"") T1M("[2,3]", H64) "]}",
         HEAD4(",\"merged_hash\":\"xxh3-128-tree\"") T1M("[2,3]", H32 "0") "]}",
+        /* version 4's base digests are SHA-256 trees */
+        "{\"format\":\"lora-receipt\",\"version\":4,\"tool\":\"x\",\"rounding\":\"nearest\","
+        "\"hash\":\"blake2b-256-tree\",\"merged_hash\":\"xxh3-128-tree\",\"adapters\":[{\"path\":"
+        "\"a\",\"blake2b\":\"" H64 "\",\"weight\":1}],\"tensors\":[]}",
         /* and a version 3 receipt does not name one */
         "{\"format\":\"lora-receipt\",\"version\":3,\"tool\":\"x\",\"rounding\":\"nearest\","
         "\"hash\":\"blake2b-256-tree\",\"merged_hash\":\"xxh3-128-tree\",\"adapters\":[{\"path\":"

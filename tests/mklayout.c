@@ -479,7 +479,10 @@ static int forge(char **argv)
     if (!w0 || lora_tensor_unmerge(mt->dtype, rt->base_dtype, rt->rows, rt->cols, mt->data, w0,
                                    terms, nt, &fx, NULL, 1, &stt, &err))
         return die("unmerge", &err);
-    lora_tree_hash(w0, rt->rows, rt->cols, es, h);
+    /* the base digest of the receipt written (lora_receipt_create: the
+     * current version) */
+    if (lora_tree_hash_kind(LORA_TH_NEW_BASE, w0, rt->rows, rt->cols, es, h))
+        return die("hash", NULL);
     int rc = lora_receipt_create(argv[5], lora_receipt_rounding(in), &out, &err) ||
              copy_receipt(in, out, 0, &fx, h, &err) || lora_receipt_commit(out, &err);
     if (rc)

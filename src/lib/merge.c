@@ -160,16 +160,17 @@ static int cmp_basepair(const void *a, const void *b)
 /* lora_base of one shard, in hex: the base's header JSON (HDR), the
  * index when there is one, then (name, base hash) by name, so that the
  * order tensors were processed in does not matter. */
-static void base_digest(struct run *R, struct basepairs *B, const unsigned char *hdr,
+static void base_digest(struct run *R, struct basepairs *B, int kind, const unsigned char *hdr,
                         size_t hlen, char hex[65])
 {
     crypto_generichash_state st;
     unsigned char h[32];
-    static const char tag[] = "lora-base 1";
+    /* "2": the tensors' digests are SHA-256 trees (receipt version 4) */
+    const char *tag = kind == LORA_TH_SHA256 ? "lora-base 2" : "lora-base 1";
     if (B->n)
         qsort(B->p, B->n, sizeof *B->p, cmp_basepair);
     crypto_generichash_init(&st, NULL, 0, 32);
-    crypto_generichash_update(&st, (const unsigned char *)tag, sizeof tag);
+    crypto_generichash_update(&st, (const unsigned char *)tag, strlen(tag) + 1);
     crypto_generichash(h, 32, hdr, hlen, NULL, 0);
     crypto_generichash_update(&st, h, 32);
     if (R->has_idx)
@@ -477,7 +478,8 @@ struct tstate {
     const void *src;               /* what merge_step starts from: t, or W0 in R->tmp */
     lora_dtype src_dt;
     lora_tensor_report tr;
-    unsigned char base_hash[32];   /* of W0 */
+    unsigned char base_hash[32];   /* of W0, in the kind of the receipt undone */
+    unsigned char rec_hash[32];    /* of W0, in the kind of the receipt written */
 };
 
 /* A tensor no adapter changes: its bytes copied (--dtype applies to
@@ -561,6 +563,7 @@ static int unmerge_step(struct run *R, struct tstate *S, lora_error *err)
      * kind (lora-receipt(5)) */
     j.hash = S->rt || (S->nnew && R->rout);
     j.in_hk = S->rt ? lora_receipt_merged_kind(R->rin) : LORA_TH_SKIP;
+    j.out_hk = S->rt ? lora_receipt_base_kind(R->rin) : LORA_TH_NEW_BASE;
     j.in_hash = in_hash;
     j.out_hash = out_hash;
     R->fixes.n = 0;
@@ -624,7 +627,7 @@ static int record_tensor(struct run *R, const struct tstate *S, lora_dtype out_d
     rt2.dtype = out_dt;
     rt2.rows = S->rows;
     rt2.cols = S->cols;
-    memcpy(rt2.base_hash, S->base_hash, 32);
+    memcpy(rt2.base_hash, S->rec_hash, 32);
     memcpy(rt2.merged_hash, merged_hash, 32);
     rt2.terms = rterms;
     rt2.nterms = S->nnew;
@@ -650,9 +653,11 @@ static int merge_step(struct run *R, struct tstate *S, lora_error *err)
     j.allow_nonfinite = R->o->allow_nonfinite;
     j.stats = &st;
     j.hash = R->rout != NULL;
-    /* base digest: BLAKE2b (lora_base), hashed by unmerge_step in a task
-     * switch; merged digest: XXH3-128 (receipt version 4) */
-    j.in_hk = S->nold ? LORA_TH_SKIP : LORA_TH_BLAKE2B;
+    /* base digest: SHA-256 (lora_base), already taken by unmerge_step in
+     * a task switch unless the receipt undone is of another kind; merged
+     * digest: XXH3-128 (receipt version 4) */
+    int hashed = S->nold && (!S->rt || lora_receipt_base_kind(R->rin) == LORA_TH_NEW_BASE);
+    j.in_hk = hashed ? LORA_TH_SKIP : LORA_TH_NEW_BASE;
     j.out_hk = LORA_TH_XXH3;
     j.in_hash = in_hash;
     j.out_hash = merged_hash;
@@ -665,8 +670,7 @@ static int merge_step(struct run *R, struct tstate *S, lora_error *err)
     int rc = lora_engine_run(R->eng, &j, err);
     if (rc)
         return rc;
-    if (!S->nold)
-        memcpy(S->base_hash, in_hash, 32);
+    memcpy(S->rec_hash, hashed ? S->base_hash : in_hash, 32);
     S->tr.fixes = st.fixes;
     R->res->fixes += st.fixes;
     R->res->nonfinite += st.nonfinite;
@@ -725,7 +729,7 @@ static int do_tensor(struct run *R, const lora_tensor *t, int fd, lora_error *er
         return rc;
     if (S.rt && (rc = push_base(&R->chk, t->name, S.base_hash, err)))
         return rc;
-    if (S.nnew && R->rout && (rc = push_base(&R->rec, t->name, S.base_hash, err)))
+    if (S.nnew && R->rout && (rc = push_base(&R->rec, t->name, S.rec_hash, err)))
         return rc;
     report(R, &S.tr);
     progress(R, t->nbytes);
@@ -896,7 +900,8 @@ static int finish_provenance(struct run *R, size_t si, const unsigned char *in_h
     const unsigned char *bh = rf ? rf->header : in_hdr + 8;
     size_t bl = rf ? (size_t)rf->header_len : in_len - 8;
     char hex[65];
-    base_digest(R, &R->chk, bh, bl, hex);
+    base_digest(R, &R->chk, R->rin ? lora_receipt_base_kind(R->rin) : LORA_TH_BLAKE2B, bh, bl,
+                hex);
     const char *rec = lora_st_metadata(st, BASE_KEY);
     if (R->rin && rec && strcmp(rec, hex) != 0)
         return lora_seterr(err, LORA_ECHECK,
@@ -906,7 +911,7 @@ static int finish_provenance(struct run *R, size_t si, const unsigned char *in_h
                            lora_ckpt_shard_name(R->ck, si), BASE_KEY, rec, hex);
     if (!R->rout || !R->w)
         return LORA_OK;
-    base_digest(R, &R->rec, bh, bl, hex);
+    base_digest(R, &R->rec, LORA_TH_NEW_BASE, bh, bl, hex);
     int rc = lora_stw_patch_metadata(R->w, BASE_KEY, hex, err);
     size_t hl;
     const unsigned char *h = lora_stw_header(R->w, &hl);
@@ -1226,6 +1231,7 @@ static int switch_identity(struct run *R, const lora_adapter *ad, unsigned char 
         unsigned char ih[32], oh[32];
         j.hash = rt != NULL;
         j.in_hk = rt ? lora_receipt_merged_kind(R->rin) : LORA_TH_BLAKE2B;
+        j.out_hk = rt ? lora_receipt_base_kind(R->rin) : LORA_TH_BLAKE2B;
         j.in_hash = ih;
         j.out_hash = oh;
         if ((rc = lora_engine_run(R->eng, &j, err)))

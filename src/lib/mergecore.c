@@ -1031,8 +1031,11 @@ static void finish_block(struct tjob *j, struct block *k)
     const lora_tjob *s = j->spec;
     lora_engine *e = j->e;
     if (s->hash) {
-        lora_th_chunk(s->in_hk, k->src, k->n * j->isz, e->bhash[k->b][0]);
-        lora_th_chunk(s->out_hk, k->dst, k->n * j->osz, e->bhash[k->b][1]);
+        if (lora_th_chunk(s->in_hk, k->src, k->n * j->isz, e->bhash[k->b][0]) ||
+            lora_th_chunk(s->out_hk, k->dst, k->n * j->osz, e->bhash[k->b][1])) {
+            tj_fail(j, LORA_EIO, "SHA-256 is not available (libcrypto)");
+            return;
+        }
     }
     if (s->sink) {
         lora_error werr;
@@ -1300,12 +1303,12 @@ int lora_engine_run(lora_engine *e, const lora_tjob *s, lora_error *err)
                     return lora_oom(err);
     }
     if (s->hash) {
-        if (s->in_hash)
-            lora_th_combine(s->in_hk, e->bhash[0][0], sizeof *e->bhash, (size_t)j.nblocks,
-                            s->in_hash);
-        if (s->out_hash)
-            lora_th_combine(s->out_hk, e->bhash[0][1], sizeof *e->bhash, (size_t)j.nblocks,
-                            s->out_hash);
+        if ((s->in_hash && lora_th_combine(s->in_hk, e->bhash[0][0], sizeof *e->bhash,
+                                           (size_t)j.nblocks, s->in_hash)) ||
+            (s->out_hash && lora_th_combine(s->out_hk, e->bhash[0][1], sizeof *e->bhash,
+                                            (size_t)j.nblocks, s->out_hash)))
+            return lora_seterr(err, LORA_EIO, "%s: SHA-256 is not available (libcrypto)",
+                               s->name);
     }
     return LORA_OK;
 }
@@ -1375,5 +1378,17 @@ int lora_tensor_unmerge(lora_dtype dt, lora_dtype out_dt, uint64_t rows, uint64_
 void lora_tree_hash(const void *data, uint64_t rows, uint64_t cols, size_t elsize,
                     unsigned char out[32])
 {
-    lora_tree_hash_kind(LORA_TH_BLAKE2B, data, rows, cols, elsize, out);
+    uint64_t br = lora_block_rows(cols);
+    size_t chunk = (size_t)(br * cols) * elsize;
+    const unsigned char *p = data;
+    crypto_generichash_state h;
+    crypto_generichash_init(&h, NULL, 0, 32);
+    for (uint64_t i = 0; i < rows; i += br) {
+        uint64_t n = rows - i < br ? rows - i : br;
+        unsigned char c[32];
+        crypto_generichash(c, 32, p, (size_t)(n * cols) * elsize, NULL, 0);
+        crypto_generichash_update(&h, c, 32);
+        p += chunk;
+    }
+    crypto_generichash_final(&h, out, 32);
 }

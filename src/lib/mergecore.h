@@ -64,21 +64,28 @@ void lora_tree_hash(const void *data, uint64_t rows, uint64_t cols, size_t elsiz
                     unsigned char out[32]);
 
 /* tensorhash.c: digest kinds of the tree hash (lora-receipt(5)). */
-enum { LORA_TH_BLAKE2B = 0, LORA_TH_XXH3 = 1, LORA_TH_SKIP = 2 };
-/* The digest of one chunk (32 bytes; XXH3-128 fills the first 16). */
-void lora_th_chunk(int kind, const void *data, size_t len, unsigned char out[32]);
+enum { LORA_TH_BLAKE2B = 0, LORA_TH_XXH3 = 1, LORA_TH_SKIP = 2, LORA_TH_SHA256 = 3 };
+/* The digest of one chunk (32 bytes; XXH3-128 fills the first 16).
+ * 0, or -1 when the hash is not available (libcrypto). */
+int lora_th_chunk(int kind, const void *data, size_t len, unsigned char out[32]);
 /* The tensor's digest from its n chunk digests, stride bytes apart. */
-void lora_th_combine(int kind, const unsigned char *chunks, size_t stride, size_t n,
-                     unsigned char out[32]);
-/* lora_tree_hash of another kind. */
-void lora_tree_hash_kind(int kind, const void *data, uint64_t rows, uint64_t cols,
-                         size_t elsize, unsigned char out[32]);
+int lora_th_combine(int kind, const unsigned char *chunks, size_t stride, size_t n,
+                    unsigned char out[32]);
+/* lora_tree_hash of another kind (0, or -1: memory, libcrypto). */
+int lora_tree_hash_kind(int kind, const void *data, uint64_t rows, uint64_t cols,
+                        size_t elsize, unsigned char out[32]);
 
-/* The kind of a receipt's merged-tensor digests. */
+/* The kinds of a receipt's digests of merged and of base tensors, and
+ * of those lora-merge writes (version 4). */
 static inline int lora_receipt_merged_kind(const lora_receipt *r)
 {
     return lora_receipt_version(r) >= 4 ? LORA_TH_XXH3 : LORA_TH_BLAKE2B;
 }
+static inline int lora_receipt_base_kind(const lora_receipt *r)
+{
+    return lora_receipt_version(r) >= 4 ? LORA_TH_SHA256 : LORA_TH_BLAKE2B;
+}
+#define LORA_TH_NEW_BASE LORA_TH_SHA256
 
 int lora_fixes_push(lora_fixes *f, uint64_t index, int64_t step);
 /* 0 and the element kind/size for F32, F16, BF16; -1 otherwise. */

@@ -376,7 +376,7 @@ static json_t *index_json(const lora_receipt *r)
     json_object_set_new(root, "tool", json_string(r->tool));
     json_object_set_new(root, "rounding",
                         json_string(r->mode == LORA_ROUND_REVERSIBLE ? "reversible" : "nearest"));
-    json_object_set_new(root, "hash", json_string("blake2b-256-tree"));
+    json_object_set_new(root, "hash", json_string("sha256-tree"));
     json_object_set_new(root, "merged_hash", json_string("xxh3-128-tree"));
     for (size_t i = 0; i < r->nad; i++) {
         json_t *a = json_object();
@@ -739,7 +739,8 @@ static int parse_index(lora_receipt *r, const char *text, size_t len, uint64_t d
         BAD("%s: unknown rounding", r->name);
     r->mode = strcmp(rnd, "reversible") == 0 ? LORA_ROUND_REVERSIBLE : LORA_ROUND_NEAREST;
     const char *h = json_string_value(json_object_get(root, "hash"));
-    if (!h || strcmp(h, "blake2b-256-tree"))
+    /* base digests: BLAKE2b-256 trees up to version 3, SHA-256 from 4 */
+    if (!h || strcmp(h, r->version >= 4 ? "sha256-tree" : "blake2b-256-tree"))
         BAD("%s: unknown hash scheme", r->name);
     /* version 4: merged tensors' digests are XXH3-128 trees */
     const char *mh = json_string_value(json_object_get(root, "merged_hash"));
