@@ -6,6 +6,7 @@
  */
 #include "testutil.h"
 #include "internal.h"
+#include "mergecore.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -62,6 +63,19 @@ START_TEST(test_shapes)
                 lora_delta_rows(B, A, r, in, scale, 0, out, y);
                 unsetenv("LORA_NO_AVX512");
                 ck_assert(memcmp(x, y, out * in * sizeof(double)) == 0);
+                /* A packed once (the merge engine's way) */
+                double *P = malloc((lora_delta_packed_size(r, in) + 1) * sizeof *P);
+                ck_assert_ptr_nonnull(P);
+                lora_delta_pack(A, r, in, P);
+                memset(y, 0, out * in * sizeof(double));
+                lora_delta_rows_packed(B, A, P, r, in, scale, 0, out, y);
+                ck_assert(memcmp(x, y, out * in * sizeof(double)) == 0);
+                if (out > 1) { /* rows from inside */
+                    memset(y, 0, out * in * sizeof(double));
+                    lora_delta_rows_packed(B, A, P, r, in, scale, 1, out, y);
+                    ck_assert(memcmp(x + in, y, (out - 1) * in * sizeof(double)) == 0);
+                }
+                free(P);
                 /* a range starting inside */
                 if (out > 1) {
                     memset(y, 0, out * in * sizeof(double));

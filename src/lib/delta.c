@@ -16,6 +16,7 @@
  * any clone, any thread count, any block size.
  */
 #include "internal.h"
+#include "mergecore.h"
 
 #include <pthread.h>
 #include <string.h>
@@ -137,6 +138,65 @@ static int delta_avx512(void)
 }
 #endif
 
+/* Columns [j, in) of rows [i0, i1), plainly (the columns after the last
+ * full panel, or everything when no panel could be had). */
+static void delta_tail(const double *B, const double *A, uint64_t r, uint64_t in, double scale,
+                       uint64_t i0, uint64_t i1, uint64_t j, double *dst)
+{
+    for (uint64_t i = i0; i < i1; i++)
+        for (uint64_t jj = j; jj < in; jj++) {
+            double x = 0;
+            for (uint64_t k = 0; k < r; k++)
+                x += B[i * r + k] * A[k * in + jj];
+            dst[(i - i0) * in + jj] = x * scale;
+        }
+}
+
+/* One panel of rows [i0, i1), the best kernel the CPU has. */
+static void panel(const double *B, const double *P, uint64_t r, uint64_t in, double scale,
+                  uint64_t i0, uint64_t i1, double *dst, int z)
+{
+#ifdef LORA_DELTA512
+    if (z) {
+        panel_rows_avx512(B, P, r, in, scale, i0, i1, dst);
+        return;
+    }
+#endif
+    (void)z;
+    panel_rows(B, P, r, in, scale, i0, i1, dst);
+}
+
+static int use_avx512(void)
+{
+#ifdef LORA_DELTA512
+    return delta_avx512();
+#else
+    return 0;
+#endif
+}
+
+size_t lora_delta_packed_size(uint64_t r, uint64_t in)
+{
+    return (size_t)(r * (in / JB * JB));
+}
+
+void lora_delta_pack(const double *A, uint64_t r, uint64_t in, double *P)
+{
+    for (uint64_t j = 0; j + JB <= in; j += JB)
+        for (uint64_t k = 0; k < r; k++)
+            memcpy(P + j * r + k * JB, A + k * in + j, JB * sizeof *P);
+}
+
+void lora_delta_rows_packed(const double *B, const double *A, const double *P, uint64_t r,
+                            uint64_t in, double scale, uint64_t i0, uint64_t i1, double *dst)
+{
+    int z = use_avx512();
+    uint64_t j = 0;
+    for (; j + JB <= in; j += JB)
+        panel(B, P + j * r, r, in, scale, i0, i1, dst + j, z);
+    delta_tail(B, A, r, in, scale, i0, i1, j, dst);
+}
+
 void lora_delta_rows(const double *B, const double *A, uint64_t r, uint64_t in, double scale,
                      uint64_t i0, uint64_t i1, double *dst)
 {
@@ -149,31 +209,16 @@ void lora_delta_rows(const double *B, const double *A, uint64_t r, uint64_t in, 
             P = NULL;
     }
     if (P) {
-#ifdef LORA_DELTA512
-        int z = delta_avx512();
-#endif
+        int z = use_avx512();
         for (; j + JB <= in; j += JB) {
             for (uint64_t k = 0; k < r; k++)
                 memcpy(P + k * JB, A + k * in + j, JB * sizeof *P);
-#ifdef LORA_DELTA512
-            if (z) {
-                panel_rows_avx512(B, P, r, in, scale, i0, i1, dst + j);
-                continue;
-            }
-#endif
-            panel_rows(B, P, r, in, scale, i0, i1, dst + j);
+            panel(B, P, r, in, scale, i0, i1, dst + j, z);
         }
         if (P != stackp)
             free(P);
     }
-    /* the last columns (and everything when the panel could not be had) */
-    for (uint64_t i = i0; i < i1; i++)
-        for (uint64_t jj = j; jj < in; jj++) {
-            double x = 0;
-            for (uint64_t k = 0; k < r; k++)
-                x += B[i * r + k] * A[k * in + jj];
-            dst[(i - i0) * in + jj] = x * scale;
-        }
+    delta_tail(B, A, r, in, scale, i0, i1, j, dst);
 }
 
 struct delta_job {

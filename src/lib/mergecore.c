@@ -139,6 +139,8 @@ struct lora_engine {
     size_t nfac;
     double **fB, **fA;
     size_t *fBcap, *fAcap;
+    double **fP;                /* fA's column panels, packed (lora_delta_pack) */
+    size_t *fPcap;
 };
 
 int lora_engine_new(int nthreads, lora_engine **out, lora_error *err)
@@ -183,10 +185,14 @@ void lora_engine_free(lora_engine *e)
         free(e->fB[i]);
         free(e->fA[i]);
     }
+    for (size_t i = 0; i < e->nfac; i++)
+        free(e->fP[i]);
     free(e->fB);
     free(e->fA);
     free(e->fBcap);
     free(e->fAcap);
+    free(e->fP);
+    free(e->fPcap);
     free(e);
 }
 
@@ -257,11 +263,15 @@ static int engine_reserve(lora_engine *e, uint64_t cols, uint64_t nblocks, size_
         if (bc) e->fBcap = bc;
         size_t *ac = realloc(e->fAcap, nterms * sizeof *ac);
         if (ac) e->fAcap = ac;
-        if (!b || !a || !bc || !ac)
+        double **p = realloc(e->fP, nterms * sizeof *p);
+        if (p) e->fP = p;
+        size_t *pc = realloc(e->fPcap, nterms * sizeof *pc);
+        if (pc) e->fPcap = pc;
+        if (!b || !a || !bc || !ac || !p || !pc)
             return lora_oom(err);
         for (size_t i = e->nfac; i < nterms; i++) {
-            e->fB[i] = e->fA[i] = NULL;
-            e->fBcap[i] = e->fAcap[i] = 0;
+            e->fB[i] = e->fA[i] = e->fP[i] = NULL;
+            e->fBcap[i] = e->fAcap[i] = e->fPcap[i] = 0;
         }
         e->nfac = nterms;
     }
@@ -327,6 +337,7 @@ struct tjob {
     uint64_t rows, cols, br, nblocks;
     double *scale;              /* per term: w·s */
     const double **B, **A;
+    const double **P;           /* per term: A's panels, packed */
     uint64_t *r;
     size_t nterms;
     atomic_ullong next;
@@ -374,9 +385,11 @@ static void block_delta(struct tjob *j, uint64_t i0, uint64_t i1, double *sum, d
         memset(sum, 0, n * sizeof *sum);
         return;
     }
-    lora_delta_rows(j->B[0], j->A[0], j->r[0], j->cols, j->scale[0], i0, i1, sum);
+    lora_delta_rows_packed(j->B[0], j->A[0], j->P[0], j->r[0], j->cols, j->scale[0], i0, i1,
+                           sum);
     for (size_t t = 1; t < j->nterms; t++) {
-        lora_delta_rows(j->B[t], j->A[t], j->r[t], j->cols, j->scale[t], i0, i1, tmp);
+        lora_delta_rows_packed(j->B[t], j->A[t], j->P[t], j->r[t], j->cols, j->scale[t], i0, i1,
+                               tmp);
         for (size_t x = 0; x < n; x++)
             sum[x] += tmp[x];
     }
@@ -1212,7 +1225,7 @@ int lora_engine_run(lora_engine *e, const lora_tjob *s, lora_error *err)
     if (rc)
         return rc;
     double scale[64];
-    const double *Bs[64], *As[64];
+    const double *Bs[64], *As[64], *Ps[64];
     uint64_t rs[64];
     if (s->nterms > 64)
         return lora_seterr(err, LORA_EUSAGE, "%s: more than 64 adapters on one tensor", s->name);
@@ -1230,13 +1243,20 @@ int lora_engine_run(lora_engine *e, const lora_tjob *s, lora_error *err)
         scale[t] = s->terms[t].weight * m->scale;
         if (!isfinite(scale[t]))
             return lora_seterr(err, LORA_EINPUT, "%s: scale of %s is not finite", s->name, m->name);
+        /* A's panels packed once for the tensor, not at every block part */
+        size_t np = lora_delta_packed_size(m->r, s->cols);
+        if (grow((void **)&e->fP[t], &e->fPcap[t], np ? np : 1, sizeof(double)))
+            return lora_oom(err);
+        lora_delta_pack(e->fA[t], m->r, s->cols, e->fP[t]);
         Bs[t] = e->fB[t];
         As[t] = e->fA[t];
+        Ps[t] = e->fP[t];
         rs[t] = m->r;
     }
     j.scale = scale;
     j.B = Bs;
     j.A = As;
+    j.P = Ps;
     j.r = rs;
     if (s->unmerge && s->fixes && s->fixes->coded) {
         const lora_fixes *f = s->fixes;

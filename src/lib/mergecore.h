@@ -87,6 +87,14 @@ static inline int lora_receipt_base_kind(const lora_receipt *r)
 }
 #define LORA_TH_NEW_BASE LORA_TH_SHA256
 
+/* delta.c: lora_delta_rows with A's panels packed once (per tensor)
+ * instead of at every call: P holds lora_delta_packed_size(r, in)
+ * doubles from lora_delta_pack.  The same bytes as lora_delta_rows. */
+size_t lora_delta_packed_size(uint64_t r, uint64_t in);
+void lora_delta_pack(const double *A, uint64_t r, uint64_t in, double *P);
+void lora_delta_rows_packed(const double *B, const double *A, const double *P, uint64_t r,
+                            uint64_t in, double scale, uint64_t i0, uint64_t i1, double *dst);
+
 int lora_fixes_push(lora_fixes *f, uint64_t index, int64_t step);
 /* 0 and the element kind/size for F32, F16, BF16; -1 otherwise. */
 int lora_fp_kind(lora_dtype dt, int *kind, size_t *size);
