@@ -773,22 +773,22 @@ static int merge_bf16_fast(const unsigned char *src, unsigned char *dst, const d
                            lora_fixes *fx, lora_merge_stats *st, size_t *bad, nonfin *nf)
 {
     st->changed += lora_fast_merge_bf16(src, dst, sum, flag, n, record);
+    /* most flagged elements: their run found without a search
+     * (mergefast.c), as flag codes 2..5; what coded_fix would store */
+    if (record)
+        lora_fast_runs_bf16(src, dst, sum, flag, n);
     for (size_t x = next_flag(flag, 0, n); x < n; x = next_flag(flag, x + 1, n)) {
-        if (record) {
-            /* most flagged elements: their run found without a search
-             * (mergefast.c); what coded_fix would store, as it would */
-            uint16_t w = (uint16_t)ld_elem(src + 2 * x, 2), m = (uint16_t)ld_elem(dst + 2 * x, 2);
-            int ab = lora_fast_run_bf16(w, m, sum[x]);
-            if (ab >= 0) {
-                int a = ab & 1, b = ab >> 1;
-                st->changed++;
-                if (a | b) {
-                    if (bits_put(fx, (uint64_t)((w & 0x8000) ? b : a), a + b))
-                        return -2;
-                    fx->nambig++;
-                }
-                continue;
+        if (flag[x] >= 2) {
+            /* the rank: the run's members below W0 (for a negative W0,
+             * those of larger magnitude) */
+            int ab = flag[x] - 2, a = ab & 1, b = ab >> 1;
+            st->changed++;
+            if (a | b) {
+                if (bits_put(fx, (uint64_t)((src[2 * x + 1] & 0x80) ? b : a), a + b))
+                    return -2;
+                fx->nambig++;
             }
+            continue;
         }
         int r = merge_span(FP_BF16, FP_BF16, 2, 2, record, 0, 1, src + 2 * x, dst + 2 * x,
                            sum + x, 1, first + x, fx, st, bad, nf);
@@ -937,13 +937,11 @@ unmerge_one(struct tjob *j, struct block *k, size_t x, const lora_fixes *fx,
  * 1 done, 0 not such an element, -1 after tj_fail. */
 static int unmerge_run(struct tjob *j, struct block *k, size_t x)
 {
-    uint16_t m = (uint16_t)ld_elem(k->src + 2 * x, 2);
-    double d = k->sum[x];
-    uint16_t u = (uint16_t)fp_round(FP_BF16, fp_to_d(FP_BF16, m) - d);
-    int ab = lora_fast_run_bf16(u, m, d);
-    if (ab < 0)
+    if (k->flag[x] < 2)
         return 0;
-    int a = ab & 1, b = ab >> 1, nb = a + b;
+    /* the run around u, the fast pass's value in dst (lora_fast_runs_bf16) */
+    uint16_t u = (uint16_t)ld_elem(k->dst + 2 * x, 2);
+    int ab = k->flag[x] - 2, a = ab & 1, b = ab >> 1, nb = a + b;
     uint32_t r = 0;
     bitrd *rd = &k->rd;
     if (rd->end - rd->at < (uint64_t)nb)
@@ -989,6 +987,8 @@ static int unmerge_part(struct tjob *j, struct block *k)
     size_t n = k->n;
     if (fast)
         k->st.changed += lora_fast_unmerge_bf16(k->src, k->dst, k->sum, k->flag, n);
+    if (fast && coded)
+        lora_fast_runs_bf16(k->dst, k->src, k->sum, k->flag, n);
     for (size_t x = 0; x < n; x++) {
         if (fast) {
             size_t nx = next_flag(k->flag, x, n);

@@ -110,6 +110,11 @@ uint64_t lora_fast_merge_bf16(const unsigned char *src, unsigned char *dst, cons
  * where it needs no search: a | b << 1 (the neighbour of smaller / larger
  * magnitude is in it too), or -1. */
 int lora_fast_run_bf16(uint16_t c, uint16_t m, double d);
+/* The same for every flagged element of n (flag[x] != 0), as codes in
+ * flag: 1 the full logic, 2 + (a | b << 1) the run found; c and m read
+ * from cb and mb (merge: src, dst; unmerge: dst, src). */
+void lora_fast_runs_bf16(const unsigned char *cb, const unsigned char *mb, const double *sum,
+                         unsigned char *flag, size_t n);
 uint64_t lora_fast_unmerge_bf16(const unsigned char *src, unsigned char *dst, const double *sum,
                                 unsigned char *flag, size_t n);
 

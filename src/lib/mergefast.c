@@ -383,6 +383,76 @@ static AVX512 uint64_t fast_unmerge_avx512(const unsigned char *src, unsigned ch
     return changed + fast_unmerge_vec(src + 2 * x, dst + 2 * x, sum + x, flag + x, n - x);
 }
 
+/* lora_fast_run_bf16 for 8 flagged elements at once (k of them real):
+ * the same steps lane for lane, codes into flag[] (run_code). */
+static AVX512 void z_runs8(const unsigned char *cb, const unsigned char *mb, const double *sum,
+                           unsigned char *flag, const uint32_t *idx, int k)
+{
+    uint16_t c16[8], m16[8];
+    double dd[8];
+    for (int i = 0; i < 8; i++) {
+        uint32_t x = idx[i < k ? i : 0];
+        memcpy(&c16[i], cb + 2 * (size_t)x, 2);
+        memcpy(&m16[i], mb + 2 * (size_t)x, 2);
+        dd[i] = sum[x];
+    }
+    __m512i c, m, tmp;
+    __m512d cv = z_bf16_d(_mm_loadu_si128((const __m128i *)c16), &c);
+    (void)z_bf16_d(_mm_loadu_si128((const __m128i *)m16), &m);
+    __m512d d = _mm512_loadu_pd(dd);
+    __m512i mag = _mm512_and_si512(c, _mm512_set1_epi64(0x7fff));
+    __m512i sg = _mm512_and_si512(c, _mm512_set1_epi64(0x8000));
+    __mmask8 bad = _mm512_cmplt_epu64_mask(mag, _mm512_set1_epi64(0x0082)) |
+                   _mm512_cmpgt_epu64_mask(mag, _mm512_set1_epi64(0x7f7d));
+    __mmask8 b;
+    __m512i mc = z_round(_mm512_add_pd(cv, d), &b);
+    bad |= b | _mm512_cmpneq_epi64_mask(mc, m);
+    __m512i r[4];
+    static const int64_t step[4] = {-1, 1, -2, 2};
+    for (int q = 0; q < 4; q++) {
+        __m512i nb = _mm512_or_si512(sg, _mm512_and_si512(
+                                             _mm512_add_epi64(mag, _mm512_set1_epi64(step[q])),
+                                             _mm512_set1_epi64(0x7fff)));
+        __m512d nv = z_bf16_d(_mm512_cvtepi64_epi16(nb), &tmp);
+        r[q] = z_round(_mm512_add_pd(nv, d), &b);
+        bad |= b;
+    }
+    __m512i ad = _mm512_and_si512(_mm512_castpd_si512(d), _mm512_set1_epi64(INT64_C(0x7fffffffffffffff)));
+    bad |= _mm512_cmp_pd_mask(d, _mm512_setzero_pd(), _CMP_EQ_OQ) |
+           _mm512_cmpge_epu64_mask(ad, _mm512_set1_epi64(INT64_C(0x7ff0000000000000))) |
+           _mm512_cmpeq_epi64_mask(r[2], m) | _mm512_cmpeq_epi64_mask(r[3], m);
+    unsigned a = _mm512_cmpeq_epi64_mask(r[0], m), bb = _mm512_cmpeq_epi64_mask(r[1], m);
+    for (int i = 0; i < k; i++)
+        flag[idx[i]] = (unsigned char)((bad >> i) & 1 ? 1 : 2 + ((a >> i) & 1) + 2 * ((bb >> i) & 1));
+}
+
+static AVX512 void fast_runs_avx512(const unsigned char *cb, const unsigned char *mb,
+                                    const double *sum, unsigned char *flag, size_t n)
+{
+    uint32_t idx[8];
+    int k = 0;
+    for (size_t x = 0; x < n; x += 64) {
+        uint64_t bits = 0;
+        if (x + 64 <= n) {
+            __m512i v = _mm512_loadu_si512((const void *)(flag + x));
+            bits = _mm512_test_epi8_mask(v, v);
+        } else {
+            for (size_t y = x; y < n; y++)
+                bits |= (uint64_t)(flag[y] != 0) << (y - x);
+        }
+        while (bits) {
+            idx[k++] = (uint32_t)(x + (size_t)__builtin_ctzll(bits));
+            bits &= bits - 1;
+            if (k == 8) {
+                z_runs8(cb, mb, sum, flag, idx, 8);
+                k = 0;
+            }
+        }
+    }
+    if (k)
+        z_runs8(cb, mb, sum, flag, idx, k);
+}
+
 /* The kernel to use: 2 AVX-512, 1 AVX2, 0 the portable one.
  * LORA_NO_AVX2 forces the portable kernel and LORA_NO_AVX512 the AVX2
  * one (the tests run all three and compare). */
@@ -453,4 +523,30 @@ int lora_fast_run_bf16(uint16_t c, uint16_t m, double d)
     if (bad)
         return -1;
     return (rm1 == m) | (rp1 == m) << 1;
+}
+
+/* Flagged elements' runs, as flag codes: 1 the full logic, 2 + (a | b << 1)
+ * the run lora_fast_run_bf16 finds around c (merge: c = W0 from src and
+ * m from dst; unmerge: c = the fast pass's u from dst and m from src).
+ * Any c that merges to m gives the same run, so a c the fast pass could
+ * not round (out of the normal range) only sends its element to the
+ * full logic.  Blocks are at most 2^32 elements (lora_block_rows). */
+void lora_fast_runs_bf16(const unsigned char *cb, const unsigned char *mb, const double *sum,
+                         unsigned char *flag, size_t n)
+{
+#ifdef LORA_AVX2
+    if (fast_level() == 2) {
+        fast_runs_avx512(cb, mb, sum, flag, n);
+        return;
+    }
+#endif
+    for (size_t x = 0; x < n; x++) {
+        if (!flag[x])
+            continue;
+        uint16_t c, m;
+        memcpy(&c, cb + 2 * x, 2);
+        memcpy(&m, mb + 2 * x, 2);
+        int ab = lora_fast_run_bf16(c, m, sum[x]);
+        flag[x] = (unsigned char)(ab < 0 ? 1 : 2 + ab);
+    }
 }
