@@ -617,7 +617,7 @@ int lora_adapter_open(const char *path, lora_adapter **out, lora_error *err)
     *out = NULL;
     struct stat sb;
     if (stat(path, &sb) != 0)
-        return lora_seterr_errno(err, errno == ENOENT || errno == ENOTDIR ? LORA_EINPUT : LORA_EIO, errno, "%s", path);
+        return lora_seterr_path(err, errno, 0, path);
     if (!S_ISDIR(sb.st_mode))
         return lora_seterr(err, LORA_EINPUT,
                            "%s: not an adapter folder (expected a folder holding "

@@ -63,7 +63,7 @@ static int src_load(srcfile *s, const char *name, const char *path, uint64_t lim
         return LORA_EIO;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return lora_seterr_errno(err, errno == ENOENT || errno == ENOTDIR ? LORA_EINPUT : LORA_EIO, errno, "%s", path);
+        return lora_seterr_path(err, errno, 0, path);
     struct stat sb;
     if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
         close(fd);
@@ -935,7 +935,7 @@ int lora_archive_open(const char *path, const lora_pubkey *keys, size_t nkeys, i
         return lora_seterr(err, LORA_EUSAGE, "%s: no public key to verify the archive with", path);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return lora_seterr_errno(err, errno == ENOENT || errno == ENOTDIR ? LORA_EINPUT : LORA_EIO, errno, "%s", path);
+        return lora_seterr_path(err, errno, 0, path);
     int rc = lora_archive_open_fd(fd, path, keys, nkeys, flags, out, err);
     close(fd);
     return rc;

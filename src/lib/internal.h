@@ -25,6 +25,12 @@ int lora_seterr(lora_error *err, int code, const char *fmt, ...) LORA_PRINTF(3, 
 /* Same, appending ": strerror(errno_value)". */
 int lora_seterr_errno(lora_error *err, int code, int errno_value, const char *fmt, ...)
     LORA_PRINTF(4, 5);
+/* "PATH: strerror(errno_value)" for a path that could not be opened or
+ * stat'ed: a missing path or a file where a folder should be is bad input
+ * (LORA_EINPUT), and so is EACCES when LORA_PATH_EACCES_INPUT is in
+ * flags; anything else is an I/O failure (LORA_EIO).  Returns the code. */
+#define LORA_PATH_EACCES_INPUT 0x1
+int lora_seterr_path(lora_error *err, int errno_value, int flags, const char *path);
 /* Prefix the existing message with "context: " (keeps the code). */
 int lora_err_prefix(lora_error *err, const char *fmt, ...) LORA_PRINTF(2, 3);
 /* LORA_EIO "out of memory" */
