@@ -77,6 +77,18 @@ void lora_tmp_track(const char *path, int is_dir);
 void lora_tmp_forget(const char *path);
 void lora_tmp_unlink(const char *path);
 
+/* The whole of an archive file read once into private memory (archive.c):
+ * a regular file, not empty, within the archive size limit, not growing
+ * or shrinking while read.  *buf is malloc'd. */
+int lora_archive_read_fd(int fd, const char *label, unsigned char **buf, size_t *len,
+                         lora_error *err);
+/* lora_archive_open_memory without the copy: on success the archive owns
+ * *buf (set to NULL); on failure *buf stays the caller's, so that it can
+ * still tell what those bytes are (registry_serve.c). */
+int lora_archive_open_owned(unsigned char **buf, size_t len, const char *label,
+                            const lora_pubkey *keys, size_t nkeys, int flags, lora_archive **out,
+                            lora_error *err);
+
 /* The strict tar layout of a .lora archive (archive_tar.c): regular
  * files only (each with at most one pax header of known keywords),
  * two zero blocks, nothing after.  At most max entries; names malloc'd. */
