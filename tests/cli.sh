@@ -361,6 +361,41 @@ done <<ROWS
 3|lora-unmerge "\$T/fe/model.safetensors" -a "\$A" --receipt "\$T/fe/model.safetensors.receipt" -o "\$T/plain/x" -q
 ROWS
 
+# 19.3: an output folder that exists but may not be written is refused
+# before any work (4).  chmod a-w does not stop root, so as root the
+# folder is made immutable (chattr +i), which stops root too; where
+# chattr is refused (no CAP_LINUX_IMMUTABLE, a filesystem without
+# attributes) these rows SKIP with the reason.
+mkdir "$T/ro"
+ro=
+if [ "$(id -u)" != 0 ]; then
+    chmod a-w "$T/ro" && ro=chmod
+elif chattr +i "$T/ro" 2>/dev/null; then
+    ro=chattr
+    trap 'chattr -i "$T/ro" 2>/dev/null; rm -rf "$T"' EXIT
+else
+    echo "SKIP: output not writable: running as root and 'chattr +i' is refused here"
+fi
+[ -n "$ro" ] && while IFS='|' read -r want args; do
+    [ -n "$want" ] || continue
+    eval "expect $want $args"
+    tool=${args%% *}
+    expect_err "^$tool: .*/ro/x.*: cannot write here: .*/ro: (Permission denied|Operation not permitted)"
+    checks=$((checks + 1))
+    [ -z "$(ls -A "$T/ro")" ] || fail "$args: wrote into the read-only folder"
+done <<ROWS
+4|lora-merge "\$M/llama-base/model.safetensors" -a "\$A" -o "\$T/ro/x" -q
+4|lora-merge "\$M/llama-base" -a "\$A" -o "\$T/ro/x" -q
+4|lora-unmerge "\$T/fe/model.safetensors" -a "\$A" --receipt "\$T/fe/model.safetensors.receipt" -o "\$T/ro/x" -q
+4|lora-rank-reduce "\$A" --rank 2 -o "\$T/ro/x" -q
+4|lora-convert "\$A" --base "\$M/llama-base" -o "\$T/ro/x.gguf" -q
+4|lora-pack create "\$A" -s "\$T/k.sec" --name x --task x --version 1.0.0 -o "\$T/ro/x.lora" -q
+ROWS
+case $ro in
+chmod) chmod u+w "$T/ro" ;;
+chattr) chattr -i "$T/ro" ;;
+esac
+
 # 19.5: provenance names NAME@VERSION (archive, registry) or the folder's
 # own name, with the BLAKE2b, never a local path
 expect 0 lora-merge "$M/llama-base" -a "$T/a1.lora":0.5 -a "$A/" -p "$T/k.pub" --force -o "$T/prov" -q
