@@ -139,9 +139,9 @@ int main(int argc, char **argv)
         {"quiet", no_argument, NULL, 'q'},            {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},          {NULL, 0, NULL, 0}};
     const char *to = NULL, *out = NULL;
-    adapter_opts ao = {0};
+    tool_opts t = {.prog = PROG, .usage = usage, .json_short = 'j'};
     lora_convert_opts co = {0};
-    int json = 0, quiet = 0, c;
+    int c;
     opterr = 0;
     while ((c = getopt_long(argc, argv, "t:b:o:p:fjqhV", opts, NULL)) != -1) {
         switch (c) {
@@ -172,27 +172,10 @@ int main(int argc, char **argv)
         case 'f':
             co.overwrite = 1;
             break;
-        case 'j':
-            json = 1;
-            break;
-        case 'q':
-            quiet = 1;
-            break;
-        case 'h':
-            usage(stdout);
-            return 0;
-        case 'V':
-            printf(PROG " %s\n", lora_version());
-            return 0;
         default:
-            if ((c = adapter_opt(&ao, c, optarg, PROG)) != 0) {
-                if (c < 0)
-                    return LORA_EUSAGE;
-                break;
-            }
-            fprintf(stderr, PROG ": unknown option, or its value is missing: '%s'\n"
-                            "Try '" PROG " --help'.\n", argv[optind - 1]);
-            return LORA_EUSAGE;
+            if ((c = tool_opt(&t, c, optarg, argv)) != TOOL_OPT_NEXT)
+                return c;
+            break;
         }
     }
     if (optind != argc - 1)
@@ -237,7 +220,7 @@ int main(int argc, char **argv)
     lora_adapter *ad = NULL;
     int rc = lora_init(&err);
     if (!rc && to_gguf) {
-        lora_source_opts so = adapter_source(&ao, PROG, NULL);
+        lora_source_opts so = adapter_source(&t.ao, PROG, NULL);
         rc = lora_adapter_load(in, &so, &ad, &err);
         if (!rc)
             rc = lora_convert_to_gguf(ad, out, &co, &rep, &err);
@@ -246,10 +229,10 @@ int main(int argc, char **argv)
     }
     if (rc) {
         fprintf(stderr, PROG ": %s\n", err.msg[0] ? err.msg : "failed");
-    } else if (json) {
+    } else if (t.json) {
         rc = print_json(&rep, in, out, to_gguf);
     } else {
-        if (!quiet)
+        if (!t.quiet)
             print_human(&rep, out);
         else
             for (size_t i = 0; i < rep.n_skipped; i++)

@@ -450,15 +450,12 @@ int main(int argc, char **argv)
         {"tokenizer", required_argument, NULL, OPT_TOKENIZER},
         {"no-special", no_argument, NULL, OPT_NOSPECIAL},
         {"threads", required_argument, NULL, 'j'},
-        {"json", no_argument, NULL, OPT_JSON},
-        {"quiet", no_argument, NULL, 'q'},
-        {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},
+        TOOL_LONGOPTS,
         {NULL, 0, NULL, 0}};
     const char *model_dir = NULL, *adapter = NULL, *data = NULL, *mode_s = NULL;
     const char *reg_path = NULL, *tok_path = NULL;
     int record = 0, tokenize = 0, detokenize = 0, no_special = 0;
-    adapter_opts ao = {0};
+    tool_opts t = {.prog = "lora-eval", .usage = usage, .threads_max = 256, .threads = 1};
     int json = 0, quiet = 0, threads = 1, recovery = 0;
     int any_base = 0;
     double min_acc = -1;
@@ -514,36 +511,16 @@ int main(int argc, char **argv)
         case OPT_DETOKENIZE: detokenize = 1; break;
         case OPT_TOKENIZER: tok_path = optarg; break;
         case OPT_NOSPECIAL: no_special = 1; break;
-        case 'j': {
-            errno = 0;
-            long v = strtol(optarg, &end, 10);
-            if (errno || *end || end == optarg || v < 1 || v > 256)
-                return usage_err("--threads needs an integer from 1 to 256");
-            threads = (int)v;
+        default:
+            if ((c = tool_opt(&t, c, optarg, argv)) != TOOL_OPT_NEXT)
+                return c;
             break;
         }
-        case OPT_JSON: json = 1; break;
-        case 'q': quiet = 1; break;
-        case 'h': usage(stdout); return 0;
-        case 'V': printf("%s %s\n", prog, lora_version()); return 0;
-        case ':': {
-            char m[128];
-            snprintf(m, sizeof m, "option %s needs an argument", argv[optind - 1]);
-            return usage_err(m);
-        }
-        default: {
-            if ((c = adapter_opt(&ao, c, optarg, "lora-eval")) != 0) {
-                if (c < 0)
-                    return LORA_EUSAGE;
-                reg_path = ao.registry; /* --record writes there too */
-                break;
-            }
-            char m[128];
-            snprintf(m, sizeof m, "unknown option %s", argv[optind - 1]);
-            return usage_err(m);
-        }
-        }
     }
+    json = t.json;
+    quiet = t.quiet;
+    threads = t.threads;
+    reg_path = t.ao.registry; /* --record writes there too */
     if (optind < argc)
         return usage_err("unexpected argument (every input is named by an option)");
     if (tokenize || detokenize) {
@@ -565,7 +542,7 @@ int main(int argc, char **argv)
             return usage_err("--check-recovery needs an adapter (-a)");
         if (data || mode_s || min_acc >= 0 || limit || record || pred_path || text_path)
             return usage_err("--check-recovery takes only --model, -a, --json, -j and key options");
-        lora_source_opts so = adapter_source(&ao, "lora-eval", model_dir);
+        lora_source_opts so = adapter_source(&t.ao, "lora-eval", model_dir);
         return check_recovery(model_dir, adapter, &so, threads, json);
     }
     if (text_path) {
@@ -573,7 +550,7 @@ int main(int argc, char **argv)
             return usage_err("--text takes only --model, -a, --context, --stride, --json, -j and key options");
         if (context && stride > context)
             return usage_err("--stride must not exceed --context");
-        lora_source_opts so = adapter_source(&ao, "lora-eval", model_dir);
+        lora_source_opts so = adapter_source(&t.ao, "lora-eval", model_dir);
         return text_main(model_dir, tok_path, adapter, &so, any_base, text_path, context, stride,
                          json);
     }
@@ -655,7 +632,7 @@ int main(int argc, char **argv)
         }
     }
     if (adapter) {
-        lora_source_opts so = adapter_source(&ao, "lora-eval", model_dir);
+        lora_source_opts so = adapter_source(&t.ao, "lora-eval", model_dir);
         /* task: resolves again at load; load the row just found instead,
          * so that what is recorded is what was evaluated */
         char spec[sizeof ra_id + 4];

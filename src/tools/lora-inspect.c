@@ -286,8 +286,8 @@ int main(int argc, char **argv)
     const char **mods = calloc((size_t)argc + 1, sizeof *mods);
     size_t n_mods = 0;
     const char *base_path = NULL;
-    int check = 0, strict = 0, json = 0, tensors = 0, quiet = 0;
-    adapter_opts src = {0};
+    int check = 0, strict = 0, tensors = 0;
+    tool_opts t = {.prog = PROG, .usage = usage, .json_short = 'j'};
     int ch;
     opterr = 0; /* our own messages, prefixed with the tool's name */
     while ((ch = getopt_long(argc, argv, ":b:csjtp:qhV", longopts, NULL)) != -1) {
@@ -295,35 +295,21 @@ int main(int argc, char **argv)
         case 'b': base_path = optarg; break;
         case 'c': check = 1; break;
         case 's': strict = 1; break;
-        case 'j': json = 1; break;
         case 't': tensors = 1; break;
-        case 'q': quiet = 1; break;
-        case 'h': usage(stdout); free(mods); return 0;
-        case 'V': printf(PROG " (lora-tools) %s\n", lora_version()); free(mods); return 0;
         case 1001: ao.spectrum = 1; break;
         case 1002: compare_path = optarg; break;
         case 1003: ao.svg_path = optarg; break;
         case 1004: amplification = 1; break;
         case 1005: if (mods) mods[n_mods++] = optarg; break;
-        case ':':
-            fprintf(stderr, PROG ": option '%s' needs an argument\n", argv[optind - 1]);
-            fprintf(stderr, "Try '" PROG " --help' for more information.\n");
-            free(mods);
-            return LORA_EUSAGE;
         default:
-            if ((ch = adapter_opt(&src, ch, optarg, PROG)) > 0)
-                break;
-            if (ch < 0)
-                ;
-            else if (optopt)
-                fprintf(stderr, PROG ": unknown option '-%c'\n", optopt);
-            else
-                fprintf(stderr, PROG ": unknown option '%s'\n", argv[optind - 1]);
-            fprintf(stderr, "Try '" PROG " --help' for more information.\n");
-            free(mods);
-            return LORA_EUSAGE;
+            if ((ch = tool_opt(&t, ch, optarg, argv)) != TOOL_OPT_NEXT) {
+                free(mods);
+                return ch;
+            }
+            break;
         }
     }
+    int json = t.json, quiet = t.quiet;
     if (optind != argc - 1) {
         fprintf(stderr, PROG ": %s\nTry '" PROG " --help' for more information.\n",
                 optind >= argc ? "missing ADAPTER" : "only one ADAPTER, please");
@@ -358,7 +344,7 @@ int main(int argc, char **argv)
     int rc = lora_init(&err);
     if (rc)
         goto fail;
-    lora_source_opts so = adapter_source(&src, PROG, base_path);
+    lora_source_opts so = adapter_source(&t.ao, PROG, base_path);
     if ((rc = lora_adapter_load(argv[optind], &so, &ad, &err)))
         goto fail;
     if (base_path && (rc = lora_ckpt_open(base_path, &base, &err)))

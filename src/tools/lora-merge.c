@@ -125,13 +125,10 @@ int main(int argc, char **argv)
         {"any-base", no_argument, NULL, O_ANYBASE},
         {"shard", required_argument, NULL, O_SHARD},
         ADAPTER_LONGOPTS,
-        {"json", no_argument, NULL, O_JSON},
-        {"quiet", no_argument, NULL, 'q'},
-        {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},
+        TOOL_LONGOPTS,
         {NULL, 0, NULL, 0}};
     char *adds[64], *undos[64];
-    adapter_opts ao = {0};
+    tool_opts t = {.prog = PROG, .usage = usage, .threads_max = 64};
     size_t nadd = 0, nundo = 0;
     int out_slash = 0;
     const char *out = NULL, *receipt = NULL, *sign_key = NULL, *rkeys[8];
@@ -142,7 +139,7 @@ int main(int argc, char **argv)
     o.dtype = LORA_DT_INVALID;
     o.rounding = LORA_ROUND_NEAREST;
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    o.nthreads = ncpu > 0 ? (int)ncpu : 1;
+    t.threads = ncpu > 0 ? (int)ncpu : 1;
     lora_source_opts so;
     memset(&so, 0, sizeof so);
     so.warn = stderr;
@@ -196,35 +193,19 @@ int main(int argc, char **argv)
                 return LORA_EUSAGE;
             }
             break;
-        case 'j': {
-            char *end;
-            long v = strtol(optarg, &end, 10);
-            if (*end || v < 1 || v > 64) {
-                fprintf(stderr, PROG ": -j %s: must be a number from 1 to 64\n", optarg);
-                return LORA_EUSAGE;
-            }
-            o.nthreads = (int)v;
-            break;
-        }
         case O_FORCE: o.force = 1; break;
         case O_ALLOWNF: o.allow_nonfinite = 1; break;
         case O_ANYBASE: o.any_base = 1; break;
         case O_SHARD: o.shard = optarg; break;
-        case O_JSON: json = 1; break;
-        case 'q': quiet = 1; break;
-        case 'h': usage(stdout); return 0;
-        case 'V': printf(PROG " %s\n", lora_version()); return 0;
         default:
-            if ((c = adapter_opt(&ao, c, optarg, PROG)) != 0) {
-                if (c < 0)
-                    return LORA_EUSAGE;
-                break;
-            }
-            fprintf(stderr, PROG ": bad option %s: unknown, or its value is missing (see --help)\n",
-                    argv[optind - 1]);
-            return LORA_EUSAGE;
+            if ((c = tool_opt(&t, c, optarg, argv)) != TOOL_OPT_NEXT)
+                return c;
+            break;
         }
     }
+    o.nthreads = t.threads;
+    json = t.json;
+    quiet = t.quiet;
     /* '-' is no stream here: outputs are committed by rename */
     if ((out && strcmp(out, "-") == 0) || (receipt && strcmp(receipt, "-") == 0 && !nundo)) {
         fprintf(stderr, PROG ": %s -: the checkpoint and its receipt are written to a temporary "
@@ -249,7 +230,7 @@ int main(int argc, char **argv)
         fprintf(stderr, PROG ": --receipt-key checks the receipt read with --unmerge\n");
         return LORA_EUSAGE;
     }
-    so = adapter_source(&ao, PROG, NULL);
+    so = adapter_source(&t.ao, PROG, NULL);
     lora_error err;
     lora_error_clear(&err);
     if (lora_init(&err)) {

@@ -97,19 +97,17 @@ int main(int argc, char **argv)
         {"adapter", required_argument, NULL, 'a'}, {"output", required_argument, NULL, 'o'},
         {"rank", required_argument, NULL, 'r'},    {"energy", required_argument, NULL, 'e'},
         {"sv-ratio", required_argument, NULL, 'R'}, {"max-rank", required_argument, NULL, 'm'},
-        {"force", no_argument, NULL, 'f'},         {"json", no_argument, NULL, 'J'},
-        {"quiet", no_argument, NULL, 'q'},         {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},       {"method", required_argument, NULL, 'M'},
+        {"force", no_argument, NULL, 'f'},         {"method", required_argument, NULL, 'M'},
         {"density", required_argument, NULL, 'd'}, {"majority-sign", required_argument, NULL, 'S'},
         {"seed", required_argument, NULL, 's'},    ADAPTER_LONGOPTS,
-        {NULL, 0, NULL, 0}};
-    adapter_opts ao = {0};
+        TOOL_LONGOPTS,                             {NULL, 0, NULL, 0}};
+    tool_opts t = {.prog = PROG, .usage = usage};
     char *specs[MAX_INPUTS];
     double weights[MAX_INPUTS];
     size_t n = 0;
     const char *out = NULL;
     lora_rank_rule rule = {0};
-    int nrules = 0, exact = 0, force = 0, json = 0, quiet = 0, c;
+    int nrules = 0, exact = 0, force = 0, c;
     lora_combine_opts copts = {.method = LORA_COMBINE_SUM, .sign = LORA_SIGN_TOTAL};
     int have_density = 0, have_sign = 0, have_seed = 0;
     uint64_t u;
@@ -188,27 +186,10 @@ int main(int argc, char **argv)
         case 'f':
             force = 1;
             break;
-        case 'J':
-            json = 1;
-            break;
-        case 'q':
-            quiet = 1;
-            break;
-        case 'h':
-            usage(stdout);
-            return 0;
-        case 'V':
-            printf(PROG " %s\n", lora_version());
-            return 0;
         default:
-            if ((c = adapter_opt(&ao, c, optarg, PROG)) != 0) {
-                if (c < 0)
-                    return 2;
-                break;
-            }
-            fprintf(stderr, PROG ": unknown option, or its value is missing: '%s'\n"
-                            "Try '" PROG " --help'.\n", argv[optind - 1]);
-            return 2;
+            if ((c = tool_opt(&t, c, optarg, argv)) != TOOL_OPT_NEXT)
+                return c;
+            break;
         }
     }
     for (; optind < argc; optind++) {
@@ -251,7 +232,7 @@ int main(int argc, char **argv)
         return die(rc, "%s%s", err.msg, "");
     lora_adapter *ads[MAX_INPUTS] = {0};
     lora_weighted in[MAX_INPUTS];
-    lora_source_opts so = adapter_source(&ao, PROG, NULL);
+    lora_source_opts so = adapter_source(&t.ao, PROG, NULL);
     for (size_t i = 0; i < n && rc == LORA_OK; i++) {
         rc = lora_adapter_load(specs[i], &so, &ads[i], &err);
         in[i].ad = ads[i];
@@ -262,7 +243,7 @@ int main(int argc, char **argv)
         rc = lora_reduce_combine(in, n, exact ? NULL : &rule, &copts, out, force, &rep, &err);
     if (rc != LORA_OK) {
         fprintf(stderr, PROG ": %s\n", err.msg);
-    } else if (json) {
+    } else if (t.json) {
         json_t *root = json_object(), *mods = json_array(), *inputs = json_array();
         for (size_t i = 0; i < n; i++) {
             json_t *o = json_object();
@@ -310,7 +291,7 @@ int main(int argc, char **argv)
             rc = LORA_EIO;
         }
         free(s);
-    } else if (!quiet) {
+    } else if (!t.quiet) {
         size_t w = 6;
         for (size_t i = 0; i < rep.n_modules; i++)
             if (strlen(rep.modules[i].name) > w)
