@@ -220,6 +220,16 @@ const lora_tensor *lora_untie_source(const lora_merge_adapter *add, size_t nadd,
 int lora_untie_bind(lora_merge_adapter *add, size_t nadd, const lora_ckpt *ck, int folder,
                     lora_error *err);
 int lora_untie_config(const char *dir, lora_error *err);
+/* The output folder's config.json (config_edit.c), keys changed in place
+ * (every other key kept, in order): tie_word_embeddings false; the dtype
+ * keys (torch_dtype, and dtype where present) set to DT's torch name
+ * ("bfloat16"), nothing done without a config.json.  read gives its
+ * text (NULL without one); write puts TEXT back verbatim. */
+int lora_config_set_untied(const char *dir, lora_error *err);
+int lora_config_set_dtype(const char *dir, lora_dtype dt, lora_error *err);
+const char *lora_torch_dtype_name(lora_dtype dt);
+int lora_config_read(const char *dir, char **text, lora_error *err);
+int lora_config_write(const char *dir, const char *text, lora_error *err);
 /* For an lm_head module whose base has no lm_head.weight: the input
  * embedding of the head's shape it is tied to (tie_word_embeddings), or
  * NULL when the head is not tied that way. */

@@ -42,6 +42,8 @@ static void usage(FILE *f)
             "      --receipt-key KEY.pub       with --unmerge: the receipt read must be signed\n"
             "                                  by this key (repeatable)\n"
             "      --dtype F32|F16|BF16        dtype of the changed tensors (default: keep)\n"
+            "      --convert-all               with --dtype: every floating tensor, and\n"
+            "                                  config.json's torch_dtype\n"
             "      --rounding nearest|reversible  rounding of merged values (default nearest)\n"
             "  -j, --threads N                 worker threads (default: CPUs online)\n"
             "      --shard NAME                only this shard of a sharded checkpoint;\n"
@@ -109,6 +111,7 @@ int main(int argc, char **argv)
     lora_tool_sigbus(PROG);
     enum { O_UNMERGE = 256, O_RECEIPT, O_NORECEIPT, O_DTYPE, O_ROUNDING, O_FORCE,
            O_JSON, O_SHARD, O_ALLOWNF, O_ANYBASE, O_SIGNRECEIPT, O_RECEIPTKEY };
+    enum { O_CONVERTALL = 0x2000 };
     static const struct option longopts[] = {
         {"adapter", required_argument, NULL, 'a'},
         {"output", required_argument, NULL, 'o'},
@@ -118,6 +121,7 @@ int main(int argc, char **argv)
         {"sign-receipt", required_argument, NULL, O_SIGNRECEIPT},
         {"receipt-key", required_argument, NULL, O_RECEIPTKEY},
         {"dtype", required_argument, NULL, O_DTYPE},
+        {"convert-all", no_argument, NULL, O_CONVERTALL},
         {"rounding", required_argument, NULL, O_ROUNDING},
         {"threads", required_argument, NULL, 'j'},
         {"force", no_argument, NULL, O_FORCE},
@@ -183,6 +187,7 @@ int main(int argc, char **argv)
                 return LORA_EUSAGE;
             }
             break;
+        case O_CONVERTALL: o.convert_all = 1; break;
         case O_ROUNDING:
             if (!strcmp(optarg, "nearest"))
                 o.rounding = LORA_ROUND_NEAREST;
@@ -220,6 +225,11 @@ int main(int argc, char **argv)
     if (nundo && !receipt && !no_receipt) {
         /* the task switch is exact only with the old merge's receipt */
         fprintf(stderr, PROG ": --unmerge needs --receipt (the receipt of the merge to undo)\n");
+        return LORA_EUSAGE;
+    }
+    if (o.convert_all && (o.dtype == LORA_DT_INVALID || nundo)) {
+        fprintf(stderr, PROG ": --convert-all %s\n", nundo ? "and --unmerge: convert in a merge "
+                        "of its own" : "needs --dtype (the dtype to convert to)");
         return LORA_EUSAGE;
     }
     if (sign_key && no_receipt) {
@@ -315,6 +325,9 @@ int main(int argc, char **argv)
                                 json_real((double)res.receipt_bytes / (double)res.elements));
         if (j)
             json_object_set_new(j, "nonfinite", json_integer((json_int_t)res.nonfinite));
+        if (j)
+            json_object_set_new(j, "converted_tensors",
+                                json_integer((json_int_t)res.converted_tensors));
         char *s = j ? json_dumps(j, JSON_INDENT(2)) : NULL;
         if (s)
             puts(s);
@@ -323,6 +336,9 @@ int main(int argc, char **argv)
     } else if (!quiet) {
         fprintf(stderr, PROG ": %s: %llu tensors merged, %llu copied", out,
                 (unsigned long long)res.changed_tensors, (unsigned long long)res.copied_tensors);
+        if (res.converted_tensors)
+            fprintf(stderr, " (%llu converted to %s)", (unsigned long long)res.converted_tensors,
+                    lora_dtype_name(o.dtype));
         if (receipt_out && res.elements)
             fprintf(stderr, "; receipt %s: %llu corrections, %llu bytes (%.4f bytes/parameter)",
                     receipt_out, (unsigned long long)res.fixes,
