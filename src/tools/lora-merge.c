@@ -19,7 +19,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #define PROG "lora-merge"
@@ -61,16 +60,6 @@ static void usage(FILE *f)
 }
 
 static tool_progress progress;
-
-/* "OUT/" names the same output as "OUT": the checkpoint goes there and
- * (lora-merge) its receipt beside it as OUT.receipt, not OUT/.receipt. */
-static char *trim_slashes(char *s)
-{
-    size_t n = strlen(s);
-    while (n > 1 && s[n - 1] == '/')
-        s[--n] = '\0';
-    return s;
-}
 
 static void on_progress(void *arg, uint64_t done, uint64_t total)
 {
@@ -143,7 +132,7 @@ static int parse_option(merge_args *a, int c, char *arg, char **argv)
         return push_arg((const char **)a->undos, &a->nundo, 64, arg, "adapters");
     case 'o':
         a->out_slash = *arg && arg[strlen(arg) - 1] == '/';
-        a->out = trim_slashes(arg);
+        a->out = outpath_trim_slashes(arg);
         break;
     case O_RECEIPT: a->receipt = arg; break;
     case O_NORECEIPT: a->no_receipt = 1; break;
@@ -261,20 +250,6 @@ static int load_keys(merge_args *a, lora_pubkey rpk[8], lora_seckey **sk, lora_e
     a->o.receipt_pubkeys = a->nrkeys ? rpk : NULL;
     a->o.n_receipt_pubkeys = a->nrkeys;
     return 0;
-}
-
-/* What -o means, and whether it can be committed, before any work: a
- * folder for a folder or index input, else a file (inside OUT/ or an
- * existing folder OUT).  0, or the exit status. */
-static int resolve_output(merge_args *a, const char *base, char **out_owned)
-{
-    struct stat sb;
-    size_t bl = strlen(base);
-    int folder_in = !a->o.shard && ((stat(base, &sb) == 0 && S_ISDIR(sb.st_mode)) ||
-                                    (bl > 11 && !strcmp(base + bl - 11, ".index.json")));
-    return folder_in ? outpath_folder(a->out, PROG)
-                     : outpath_file(&a->out, out_owned, a->out_slash,
-                                    a->o.shard ? a->o.shard : base, PROG);
 }
 
 /* Where the receipt goes: --receipt (when not undoing), else OUT.receipt;
@@ -402,7 +377,7 @@ int main(int argc, char **argv)
     const char *base = argv[optind];
     rc = load_keys(&a, rpk, &sk, &err);
     if (!rc)
-        rc = resolve_output(&a, base, &out_owned);
+        rc = outpath_checkpoint(&a.out, &out_owned, a.out_slash, base, a.o.shard, PROG);
     if (!rc)
         rc = receipt_path(&a, &receipt_out);
     if (rc) {
