@@ -294,6 +294,13 @@ int lora_analyze(lora_adapter *ad, const lora_analysis_opts *o, int json, char *
                                      m->target);
                     break;
                 }
+                if (m->magnitude) {
+                    /* DoRA also rescales each row of W0 + dW: dW alone is not its update */
+                    rc = lora_seterr(err, LORA_EINPUT, "%s: a DoRA module: the amplification "
+                                     "of W by dW does not describe it (DoRA rescales every "
+                                     "output row too)", m->name);
+                    break;
+                }
                 lora_amplification a;
                 if ((rc = lora_module_amplification(m, w, &a, err)) != LORA_OK)
                     break;

@@ -1,0 +1,505 @@
+/*
+ * dora.c - DoRA (weight-decomposed LoRA, PEFT's use_dora) merged into a
+ * tensor and taken out again exactly.
+ *
+ * Contract (PEFT's merge, lora/variants.py and get_weight_norm in
+ * lora/dora.py, with the arithmetic of DESIGN.md's canonical delta):
+ *
+ *   d[i][j] = the canonical delta s·B·A in the tensor's orientation
+ *             (Conv1D [in, out]: its transpose), in double;
+ *   n[o]    = sqrt(Σ (W0 + d)²) over output row o, in double: for a
+ *             Linear [out, in] the stored row o summed over j in
+ *             increasing order, for a Conv1D [in, out] the stored
+ *             column o summed over i in increasing order;
+ *   f[o]    = m[o] / n[o] in double (m = lora_magnitude_vector);
+ *   W'[i][j]= round_out(f[o]·((double)W0[i][j] + d[i][j])): the only
+ *             rounding into the output dtype (nearest, ties to even).
+ *
+ * A row whose norm is 0 or not finite, or whose factor is 0 or not
+ * finite, is refused (no W' can be given for it, and W0 could not come
+ * back).  Unmerge is u = round_base(W'/f[o] − d) with the same n (kept
+ * in the receipt: W' alone does not tell n, since ‖W'[o]‖ ≈ |m[o]| for
+ * every W0), then the receipt's corrections: at element x the base
+ * value lies `step` representable values above u.  Merge computes u
+ * exactly as unmerge will and records a correction wherever u ≠ W0, so
+ * unmerge with the receipt is bit-exact by construction.  Reversible
+ * rounding (lora_rounding) takes the other neighbour of f·(W0 + d) when
+ * that one gives W0 back and the nearest does not.
+ *
+ * Work goes block by block of lora_block_rows(cols) rows (the receipt's
+ * hash chunks), twice for a merge (norms, then values): memory is a few
+ * blocks of doubles plus one double per output row; the delta of a
+ * block is recomputed rather than kept for the whole tensor.
+ */
+#include "internal.h"
+#include "dora.h"
+#include "fpbits.h"
+
+#include <math.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <string.h>
+
+/* The module's factors in the tensor's orientation: rows of the delta
+ * are rows of the stored tensor.  Transposed, ΔWᵀ = (Aᵀ)(Bᵀ) with the
+ * same products in the same k order as ΔW, hence the same doubles. */
+struct dctx {
+    const lora_module *m;
+    uint64_t rows, cols, r;
+    int tr;
+    double scale;
+    double *fb, *fa;
+    double *d, *w;          /* one block of delta and of decoded input */
+    uint64_t br;
+};
+
+static void ctx_free(struct dctx *c)
+{
+    free(c->fb);
+    free(c->fa);
+    free(c->d);
+    free(c->w);
+}
+
+static int decode_factor(const lora_tensor *t, double *dst, const char *name, lora_error *err)
+{
+    if (lora_decode_any(t->dtype, t->data, dst, t->numel))
+        return lora_seterr(err, LORA_EINPUT, "%s: factors of dtype %s cannot be read", name,
+                           lora_dtype_name(t->dtype) ? lora_dtype_name(t->dtype) : "?");
+    return LORA_OK;
+}
+
+static int ctx_open(struct dctx *c, const lora_module *m, uint64_t rows, uint64_t cols,
+                    lora_error *err)
+{
+    memset(c, 0, sizeof *c);
+    c->m = m;
+    c->rows = rows;
+    c->cols = cols;
+    c->r = m->r;
+    c->tr = m->transpose;
+    c->scale = m->scale;
+    uint64_t nA, nB, er = c->tr ? m->in : m->out, ec = c->tr ? m->out : m->in;
+    if (rows != er || cols != ec)
+        return lora_seterr(err, LORA_EINPUT, "%s: DoRA module is %llux%llu, the tensor is %llux%llu",
+                           m->name, (unsigned long long)er, (unsigned long long)ec,
+                           (unsigned long long)rows, (unsigned long long)cols);
+    if (!m->magnitude || m->magnitude->numel != m->out)
+        return lora_seterr(err, LORA_EINPUT,
+                           "%s: the DoRA magnitude vector has %llu values, the module %llu output rows",
+                           m->name, m->magnitude ? (unsigned long long)m->magnitude->numel : 0ULL,
+                           (unsigned long long)m->out);
+    if (!isfinite(c->scale))
+        return lora_seterr(err, LORA_EINPUT, "%s: scale is not finite", m->name);
+    if (!lora_mul_ok(m->r, m->in, &nA) || !lora_mul_ok(m->r, m->out, &nB) || m->A->numel != nA ||
+        m->B->numel != nB)
+        return lora_seterr(err, LORA_EINPUT, "%s: lora_A/lora_B do not hold r·in/out·r values",
+                           m->name);
+    c->br = lora_block_rows(cols);
+    uint64_t blk = c->br * cols;
+    c->fb = malloc((nA > nB ? nA : nB) * sizeof(double) + 8);
+    c->fa = malloc((nA > nB ? nA : nB) * sizeof(double) + 8);
+    c->d = malloc(blk * sizeof(double));
+    c->w = malloc(blk * sizeof(double));
+    if (!c->fb || !c->fa || !c->d || !c->w)
+        return lora_oom(err);
+    if (!c->tr) {
+        int rc = decode_factor(m->B, c->fb, m->name, err);
+        return rc ? rc : decode_factor(m->A, c->fa, m->name, err);
+    }
+    /* fb = Aᵀ (in×r), fa = Bᵀ (r×out), through the d/w block buffers
+     * when they are big enough, else a temporary */
+    double *tmp = malloc((nA > nB ? nA : nB) * sizeof(double) + 8);
+    if (!tmp)
+        return lora_oom(err);
+    int rc = decode_factor(m->A, tmp, m->name, err);
+    for (uint64_t k = 0; !rc && k < m->r; k++)
+        for (uint64_t p = 0; p < m->in; p++)
+            c->fb[p * m->r + k] = tmp[k * m->in + p];
+    if (!rc)
+        rc = decode_factor(m->B, tmp, m->name, err);
+    for (uint64_t q = 0; !rc && q < m->out; q++)
+        for (uint64_t k = 0; k < m->r; k++)
+            c->fa[k * m->out + q] = tmp[q * m->r + k];
+    free(tmp);
+    return rc;
+}
+
+/* rows [i0, i1): the delta into c->d and the input decoded into c->w */
+static int ctx_block(struct dctx *c, lora_dtype dt, const void *src, uint64_t i0, uint64_t i1,
+                     int nthreads)
+{
+    size_t sz = lora_dtype_bits(dt) / 8;
+    lora_delta_rows_mt(c->fb, c->fa, c->r, c->cols, c->scale, i0, i1, c->d,
+                       nthreads > 0 ? nthreads : 1);
+    return lora_decode_any(dt, (const unsigned char *)src + i0 * c->cols * sz, c->w,
+                           (i1 - i0) * c->cols);
+}
+
+static int norms_of(struct dctx *c, lora_dtype dt, const void *w0, double *norm, int nthreads,
+                    lora_error *err)
+{
+    const lora_module *m = c->m;
+    memset(norm, 0, m->out * sizeof *norm);
+    for (uint64_t i0 = 0; i0 < c->rows; i0 += c->br) {
+        uint64_t i1 = c->rows - i0 < c->br ? c->rows : i0 + c->br;
+        if (ctx_block(c, dt, w0, i0, i1, nthreads))
+            return lora_seterr(err, LORA_EINPUT, "%s: dtype %s cannot be merged", m->name,
+                               lora_dtype_name(dt) ? lora_dtype_name(dt) : "?");
+        for (uint64_t i = i0; i < i1; i++) {
+            const double *d = c->d + (i - i0) * c->cols, *w = c->w + (i - i0) * c->cols;
+            if (c->tr) {
+                for (uint64_t j = 0; j < c->cols; j++) {
+                    double v = w[j] + d[j];
+                    norm[j] += v * v;
+                }
+            } else {
+                double s = 0;
+                for (uint64_t j = 0; j < c->cols; j++) {
+                    double v = w[j] + d[j];
+                    s += v * v;
+                }
+                norm[i] = s;
+            }
+        }
+    }
+    for (uint64_t o = 0; o < m->out; o++) {
+        norm[o] = sqrt(norm[o]);
+        if (!isfinite(norm[o]) || norm[o] == 0)
+            return lora_seterr(err, LORA_EINPUT,
+                               "%s: output row %llu: the norm of W0 + dW is %s: DoRA's factor "
+                               "m / norm is not defined there", m->name, (unsigned long long)o,
+                               norm[o] == 0 ? "0" : "not finite (a non-finite weight)");
+    }
+    return LORA_OK;
+}
+
+int lora_dora_norms(const lora_module *m, lora_dtype dt, uint64_t rows, uint64_t cols,
+                    const void *w0, double *norm, int nthreads, lora_error *err)
+{
+    struct dctx c;
+    int rc = ctx_open(&c, m, rows, cols, err);
+    if (!rc)
+        rc = norms_of(&c, dt, w0, norm, nthreads, err);
+    ctx_free(&c);
+    return rc;
+}
+
+int lora_dora_factors(const lora_module *m, const double *norm, double *f, lora_error *err)
+{
+    if (!m->magnitude || m->magnitude->numel != m->out)
+        return lora_seterr(err, LORA_EINPUT, "%s: the DoRA magnitude vector has %llu values, the "
+                           "module %llu output rows", m->name,
+                           m->magnitude ? (unsigned long long)m->magnitude->numel : 0ULL,
+                           (unsigned long long)m->out);
+    if (lora_decode_f64(m->magnitude->dtype, m->magnitude->data, f, (size_t)m->out))
+        return lora_seterr(err, LORA_EINPUT, "%s: the DoRA magnitude vector (%s) cannot be read",
+                           m->name, lora_dtype_name(m->magnitude->dtype) ?
+                           lora_dtype_name(m->magnitude->dtype) : "?");
+    for (uint64_t o = 0; o < m->out; o++) {
+        double mg = f[o];
+        f[o] = mg / norm[o];
+        if (!isfinite(mg) || !isfinite(norm[o]) || norm[o] <= 0 || !isfinite(f[o]) || f[o] == 0)
+            return lora_seterr(err, LORA_EINPUT,
+                               "%s: output row %llu: DoRA's factor m / norm = %.9g / %.9g is %s",
+                               m->name, (unsigned long long)o, mg, norm[o],
+                               f[o] == 0 ? "0 (the merge would erase the row)" : "not finite");
+    }
+    return LORA_OK;
+}
+
+static inline uint32_t ld_el(const unsigned char *p, size_t sz)
+{
+    if (sz == 4) {
+        uint32_t v;
+        memcpy(&v, p, 4);
+        return v;
+    }
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return h;
+}
+
+static inline void st_el(unsigned char *p, size_t sz, uint32_t v)
+{
+    if (sz == 4) {
+        memcpy(p, &v, 4);
+        return;
+    }
+    uint16_t h = (uint16_t)v;
+    memcpy(p, &h, 2);
+}
+
+/* What unmerge computes for a merged element u: round_base(u/f − d). */
+static inline uint32_t unmerge_el(int ok, int bk, uint32_t u, double f, double d)
+{
+    return fp_round(bk, fp_to_d(ok, u) / f - d);
+}
+
+/* Shared by merge and unmerge: the job checked and its context made,
+ * the factors f (job->norm given or computed), the output block buffer. */
+struct drun {
+    struct dctx c;
+    int ik, ok;
+    size_t isz, osz;
+    double *f;
+    unsigned char *ob;
+    crypto_generichash_state h[2];
+};
+
+static void drun_free(struct drun *R)
+{
+    ctx_free(&R->c);
+    free(R->f);
+    free(R->ob);
+}
+
+static int drun_open(struct drun *R, const lora_dora_job *j, int merge, lora_error *err)
+{
+    memset(R, 0, sizeof *R);
+    if (lora_fp_kind(j->in_dt, &R->ik, &R->isz) || lora_fp_kind(j->out_dt, &R->ok, &R->osz))
+        return lora_seterr(err, LORA_EINPUT, "%s: dtype %s -> %s cannot be merged (F32, F16, BF16 "
+                           "only)", j->name, lora_dtype_name(j->in_dt) ? lora_dtype_name(j->in_dt)
+                           : "?", lora_dtype_name(j->out_dt) ? lora_dtype_name(j->out_dt) : "?");
+    if (!j->dst && !j->sink)
+        return lora_seterr(err, LORA_EIO, "%s: no output", j->name);
+    int rc = ctx_open(&R->c, j->m, j->rows, j->cols, err);
+    if (rc)
+        return rc;
+    R->f = malloc((j->m->out + 1) * sizeof *R->f);
+    R->ob = malloc((size_t)(R->c.br * j->cols) * R->osz + 4);
+    if (!R->f || !R->ob)
+        return lora_oom(err);
+    if (merge && (rc = norms_of(&R->c, j->in_dt, j->src, j->norm, j->nthreads, err)))
+        return rc;
+    if ((rc = lora_dora_factors(j->m, j->norm, R->f, err))) {
+        lora_err_prefix(err, "%s", j->name);
+        return rc;
+    }
+    crypto_generichash_init(&R->h[0], NULL, 0, 32);
+    crypto_generichash_init(&R->h[1], NULL, 0, 32);
+    return LORA_OK;
+}
+
+/* A finished block: its chunk hashes, then its bytes to dst or the sink. */
+static int drun_emit(struct drun *R, const lora_dora_job *j, uint64_t i0, uint64_t i1,
+                     lora_error *err)
+{
+    size_t n = (size_t)((i1 - i0) * j->cols);
+    const unsigned char *in = (const unsigned char *)j->src + i0 * j->cols * R->isz;
+    if (j->hash) {
+        unsigned char c[32];
+        crypto_generichash(c, 32, in, n * R->isz, NULL, 0);
+        crypto_generichash_update(&R->h[0], c, 32);
+        crypto_generichash(c, 32, R->ob, n * R->osz, NULL, 0);
+        crypto_generichash_update(&R->h[1], c, 32);
+    }
+    uint64_t off = i0 * j->cols * R->osz;
+    if (j->dst) {
+        memcpy((unsigned char *)j->dst + off, R->ob, n * R->osz);
+        return LORA_OK;
+    }
+    return j->sink(j->sink_arg, off, R->ob, n * R->osz, err);
+}
+
+static void drun_finish(struct drun *R, const lora_dora_job *j)
+{
+    if (j->hash) {
+        crypto_generichash_final(&R->h[0], j->in_hash, 32);
+        crypto_generichash_final(&R->h[1], j->out_hash, 32);
+    }
+}
+
+/* One merged element: the nearest value, or with reversible rounding its
+ * other neighbour when only that one gives w back; *step the correction
+ * (0: none needed). */
+static inline uint32_t merge_el(const struct drun *R, int rev, uint32_t w, double f, double d,
+                                int64_t *step, int *other)
+{
+    int ik = R->ik, ok = R->ok;
+    double y = f * (fp_to_d(ik, w) + d);
+    uint32_t u = fp_round(ok, y);
+    *other = 0;
+    uint32_t b = unmerge_el(ok, ik, u, f, d);
+    if (b != w && rev && fp_finite(ok, u)) {
+        double uv = fp_to_d(ok, u);
+        if (uv != y) {
+            uint32_t u2 = fp_unkey(ok, fp_key(ok, u) + (uv < y ? 1 : -1));
+            if (fp_finite(ok, u2) && unmerge_el(ok, ik, u2, f, d) == w) {
+                *other = 1;
+                *step = 0;
+                return u2;
+            }
+        }
+    }
+    *step = b == w ? 0 : fp_key(ik, w) - fp_key(ik, b);
+    return u;
+}
+
+int lora_dora_merge(const lora_dora_job *j, lora_error *err)
+{
+    struct drun R;
+    int rc = drun_open(&R, j, 1, err);
+    int rev = j->mode == LORA_ROUND_REVERSIBLE;
+    lora_merge_stats st = {0};
+    for (uint64_t i0 = 0; !rc && i0 < j->rows; i0 += R.c.br) {
+        uint64_t i1 = j->rows - i0 < R.c.br ? j->rows : i0 + R.c.br;
+        lora_delta_rows_mt(R.c.fb, R.c.fa, R.c.r, j->cols, R.c.scale, i0, i1, R.c.d,
+                           j->nthreads > 0 ? j->nthreads : 1);
+        const unsigned char *in = (const unsigned char *)j->src + i0 * j->cols * R.isz;
+        for (uint64_t i = i0; !rc && i < i1; i++)
+            for (uint64_t c = 0; c < j->cols; c++) {
+                uint64_t x = (i - i0) * j->cols + c;
+                double f = R.f[R.c.tr ? c : i];
+                int64_t step;
+                int other;
+                uint32_t u = merge_el(&R, rev, ld_el(in + x * R.isz, R.isz), f, R.c.d[x], &step,
+                                      &other);
+                if (!fp_finite(R.ok, u)) {
+                    rc = lora_seterr(err, LORA_EINPUT, "%s: element %llu: the DoRA merge gives a "
+                                     "value not finite in %s (factor %.9g); nothing written",
+                                     j->name, (unsigned long long)(i * j->cols + c),
+                                     lora_dtype_name(j->out_dt), f);
+                    break;
+                }
+                st_el(R.ob + x * R.osz, R.osz, u);
+                st.other += (uint64_t)other;
+                if (step && j->out_fixes) {
+                    if (lora_fixes_push(j->out_fixes, i * j->cols + c, step)) {
+                        rc = lora_oom(err);
+                        break;
+                    }
+                    st.fixes++;
+                }
+            }
+        if (!rc)
+            rc = drun_emit(&R, j, i0, i1, err);
+    }
+    if (!rc) {
+        drun_finish(&R, j);
+        if (j->stats) {
+            j->stats->elements += j->rows * j->cols;
+            j->stats->changed += j->rows * j->cols;
+            j->stats->other += st.other;
+            j->stats->fixes += st.fixes;
+        }
+    }
+    drun_free(&R);
+    return rc;
+}
+
+int lora_dora_unmerge(const lora_dora_job *j, lora_error *err)
+{
+    struct drun R;
+    int rc = drun_open(&R, j, 0, err);
+    const lora_fixes *fx = j->fixes;
+    size_t fi = 0;
+    lora_merge_stats st = {0};
+    if (!rc && fx && fx->coded)
+        rc = lora_seterr(err, LORA_EINPUT, "%s: coded corrections on a DoRA tensor", j->name);
+    for (uint64_t i0 = 0; !rc && i0 < j->rows; i0 += R.c.br) {
+        uint64_t i1 = j->rows - i0 < R.c.br ? j->rows : i0 + R.c.br;
+        lora_delta_rows_mt(R.c.fb, R.c.fa, R.c.r, j->cols, R.c.scale, i0, i1, R.c.d,
+                           j->nthreads > 0 ? j->nthreads : 1);
+        const unsigned char *in = (const unsigned char *)j->src + i0 * j->cols * R.isz;
+        const unsigned char *ref = j->ref ? (const unsigned char *)j->ref + i0 * j->cols * R.osz
+                                          : NULL;
+        uint64_t n = (i1 - i0) * j->cols;
+        for (uint64_t x = 0; x < n; x++) {
+            uint64_t i = i0 + x / j->cols, c = x % j->cols, at = i0 * j->cols + x;
+            uint32_t b = unmerge_el(R.ik, R.ok, ld_el(in + x * R.isz, R.isz),
+                                    R.f[R.c.tr ? c : i], R.c.d[x]);
+            if (fx && fi < fx->n && fx->index[fi] == at) {
+                b = fp_unkey(R.ok, fp_key(R.ok, b) + fx->step[fi++]);
+                st.fixes++;
+            }
+            st_el(R.ob + x * R.osz, R.osz, b);
+            if (ref) {
+                uint32_t w = ld_el(ref + x * R.osz, R.osz);
+                if (w != b) {
+                    st.inexact++;
+                    uint64_t u = fp_finite(R.ok, w) && fp_finite(R.ok, b) ? fp_ulps(R.ok, w, b)
+                                                                          : UINT64_MAX;
+                    if (u > st.max_ulps)
+                        st.max_ulps = u;
+                }
+            }
+        }
+        rc = drun_emit(&R, j, i0, i1, err);
+    }
+    if (!rc && fx && fi != fx->n)
+        rc = lora_seterr(err, LORA_EINPUT, "%s: a correction lies outside the tensor", j->name);
+    if (!rc) {
+        drun_finish(&R, j);
+        if (j->stats) {
+            j->stats->elements += j->rows * j->cols;
+            j->stats->fixes += st.fixes;
+            j->stats->inexact += st.inexact;
+            if (st.max_ulps > j->stats->max_ulps)
+                j->stats->max_ulps = st.max_ulps;
+        }
+    }
+    drun_free(&R);
+    return rc;
+}
+
+int lora_terms_dora(const lora_term *terms, size_t n, const char *tensor, lora_error *err)
+{
+    size_t k = n;
+    for (size_t i = 0; i < n; i++)
+        if (terms[i].module->magnitude) {
+            if (k < n)
+                return -lora_seterr(err, LORA_EINPUT,
+                                    "%s: two DoRA modules on one tensor (%s and %s): each "
+                                    "rescales the rows by its own norm of W0 + its dW, and "
+                                    "their combination is not defined; merge one, or merge "
+                                    "them one after the other", tensor,
+                                    terms[k].module->name, terms[i].module->name);
+            k = i;
+        }
+    if (k == n)
+        return 0;
+    if (n > 1)
+        return -lora_seterr(err, LORA_EINPUT,
+                            "%s: DoRA module %s and another adapter's module on one tensor: "
+                            "the order would matter (DoRA rescales whatever it is merged "
+                            "into), so it is refused; merge them one after the other",
+                            tensor, terms[k].module->name);
+    if (terms[k].weight != 1.0)
+        return -lora_seterr(err, LORA_EINPUT,
+                            "%s: DoRA module %s with weight %g: a DoRA adapter is merged whole "
+                            "(weight 1); its magnitudes are not a delta that a weight could scale",
+                            tensor, terms[k].module->name, terms[k].weight);
+    return 1;
+}
+
+int lora_dora_run(const lora_tjob *s, double *norm, int nthreads, lora_error *err)
+{
+    lora_dora_job j;
+    memset(&j, 0, sizeof j);
+    if (s->nterms != 1 || !s->terms[0].module->magnitude)
+        return lora_seterr(err, LORA_EUSAGE, "%s: not one DoRA term", s->name);
+    j.name = s->name;
+    j.in_dt = s->in_dt;
+    j.out_dt = s->out_dt;
+    j.rows = s->rows;
+    j.cols = s->cols;
+    j.src = s->src;
+    j.dst = s->dst;
+    j.sink = s->sink;
+    j.sink_arg = s->sink_arg;
+    j.m = s->terms[0].module;
+    j.mode = s->mode;
+    j.norm = norm;
+    j.out_fixes = s->record_fixes ? s->out_fixes : NULL;
+    j.fixes = s->fixes;
+    j.ref = s->ref;
+    j.hash = s->hash;
+    j.in_hash = s->in_hash;
+    j.out_hash = s->out_hash;
+    j.stats = s->stats;
+    j.nthreads = nthreads;
+    if (j.out_fixes)
+        j.out_fixes->coded = 0; /* plain corrections (version 2 encoding) */
+    return s->unmerge ? lora_dora_unmerge(&j, err) : lora_dora_merge(&j, err);
+}
