@@ -18,13 +18,13 @@
  * A row whose norm is 0 or not finite, or whose factor is 0 or not
  * finite, is refused (no W' can be given for it, and W0 could not come
  * back).  Unmerge is u = round_base(W'/f[o] − d) with the same n (kept
- * in the receipt: W' alone does not tell n, since ‖W'[o]‖ ≈ |m[o]| for
- * every W0), then the receipt's corrections: at element x the base
- * value lies `step` representable values above u.  Merge computes u
- * exactly as unmerge will and records a correction wherever u ≠ W0, so
- * unmerge with the receipt is bit-exact by construction.  Reversible
- * rounding (lora_rounding) takes the other neighbour of f·(W0 + d) when
- * that one gives W0 back and the nearest does not.
+ * in the receipt: W' alone does not tell n, since ||W'[o]|| ≈ |m[o]| for
+ * every W0), then the receipt's corrections, coded as receipt version 3
+ * codes them for LoRA (ranks of ambiguous elements, below), which the
+ * merge computes exactly as unmerge will: unmerge with the receipt is
+ * bit-exact by construction.  DoRA tensors always round to nearest
+ * (reversible rounding never helped LoRA, lora-receipt(5), and would
+ * break the runs the ranks count in).
  *
  * Work goes block by block of lora_block_rows(cols) rows (the receipt's
  * hash chunks), twice for a merge (norms, then values): memory is a few
@@ -236,6 +236,102 @@ static inline uint32_t unmerge_el(int ok, int bk, uint32_t u, double f, double d
     return fp_round(bk, fp_to_d(ok, u) / f - d);
 }
 
+/* ---- corrections: ranks of ambiguous elements --------------------------
+ *
+ * As receipt version 3 does for LoRA (lora-receipt(5)): the merge
+ * g(v) = round_out(f·(v + d)) is monotonic in the base value v (either
+ * direction, by the sign of f), so the base values that merge to a
+ * given u form a run S of consecutive representable values, which
+ * unmerge can find from (u, f, d) alone, starting from U = unmerge(u).
+ * Where S has one member it is W0; where it has several the receipt
+ * holds W0's rank in S in ceil(log2 |S|) bits; where U is not in S (or
+ * not finite) an exception (index, step) gives W0 = U + step. */
+struct elem {
+    int ok, bk;
+    double f, d;
+    uint32_t u;
+    int64_t kmax;            /* largest key of a finite base value */
+};
+
+static inline int64_t kmax_of(int k)
+{
+    return k == FP_F32 ? 0x7f7fffff : k == FP_F16 ? 0x7bff : 0x7f7f;
+}
+
+/* Does the base value of key k merge to u? */
+static inline int in_run(const struct elem *e, int64_t k)
+{
+    if (k > e->kmax || k < -e->kmax - 1)
+        return 0;
+    return fp_round(e->ok, e->f * (fp_to_d(e->bk, fp_unkey(e->bk, k)) + e->d)) == e->u;
+}
+
+/* The last key of the run through k0 (which is in it) in direction dir:
+ * galloping out, then bisecting. */
+static int64_t run_end(const struct elem *e, int64_t k0, int dir)
+{
+    int64_t in = k0, out, step = 1;
+    for (;;) {
+        int64_t k = k0 + dir * step;
+        if (!in_run(e, k)) {
+            out = k;
+            break;
+        }
+        in = k;
+        step *= 2;
+    }
+    while ((out - in) * dir > 1) {
+        int64_t mid = in + (out - in) / 2;
+        if (in_run(e, mid))
+            in = mid;
+        else
+            out = mid;
+    }
+    return in;
+}
+
+static inline int nbits_for(uint64_t span) /* span = |S| - 1 >= 1 */
+{
+    return 64 - __builtin_clzll(span);
+}
+
+static int bits_put(lora_fixes *f, uint64_t v, int nb)
+{
+    if (f->nbits + (uint64_t)nb > f->bitcap * 8) {
+        uint64_t cap = f->bitcap ? f->bitcap * 2 : 4096;
+        while (cap * 8 < f->nbits + (uint64_t)nb)
+            cap *= 2;
+        unsigned char *b = realloc(f->bits, (size_t)cap);
+        if (!b)
+            return -1;
+        memset(b + f->bitcap, 0, (size_t)(cap - f->bitcap));
+        f->bits = b;
+        f->bitcap = cap;
+    }
+    for (int i = 0; i < nb; i++, f->nbits++)
+        if ((v >> i) & 1)
+            f->bits[f->nbits >> 3] |= (unsigned char)(1u << (f->nbits & 7));
+    return 0;
+}
+
+/* What a merge records for base value w merged to e->u: nothing, a rank
+ * (appended to fx's bits) or an exception (appended to its list).
+ * Returns -1 when out of memory, else 1 for an exception, 0 otherwise. */
+static int record_el(const struct elem *e, uint32_t w, uint64_t index, lora_fixes *fx)
+{
+    uint32_t U = unmerge_el(e->ok, e->bk, e->u, e->f, e->d);
+    int64_t kU = fp_key(e->bk, U), kw = fp_key(e->bk, w);
+    if (!in_run(e, kU))
+        return lora_fixes_push(fx, index, kw - kU) ? -1 : 1;
+    int64_t lo = run_end(e, kU, -1), hi = run_end(e, kU, 1);
+    if (hi == lo)
+        return 0;
+    if (bits_put(fx, (uint64_t)(kw - lo), nbits_for((uint64_t)(hi - lo))))
+        return -1;
+    fx->nambig++;
+    return 0;
+}
+
 /* Shared by merge and unmerge: the job checked and its context made,
  * the factors f (job->norm given or computed), the output block buffer. */
 struct drun {
@@ -310,68 +406,64 @@ static void drun_finish(struct drun *R, const lora_dora_job *j)
     }
 }
 
-/* One merged element: the nearest value, or with reversible rounding its
- * other neighbour when only that one gives w back; *step the correction
- * (0: none needed). */
-static inline uint32_t merge_el(const struct drun *R, int rev, uint32_t w, double f, double d,
-                                int64_t *step, int *other)
+/* Corrections of a merge: coded (ranks) in row blocks of the hash. */
+static int fixes_start(lora_fixes *fx, uint64_t nblocks, lora_error *err)
 {
-    int ik = R->ik, ok = R->ok;
-    double y = f * (fp_to_d(ik, w) + d);
-    uint32_t u = fp_round(ok, y);
-    *other = 0;
-    uint32_t b = unmerge_el(ok, ik, u, f, d);
-    if (b != w && rev && fp_finite(ok, u)) {
-        double uv = fp_to_d(ok, u);
-        if (uv != y) {
-            uint32_t u2 = fp_unkey(ok, fp_key(ok, u) + (uv < y ? 1 : -1));
-            if (fp_finite(ok, u2) && unmerge_el(ok, ik, u2, f, d) == w) {
-                *other = 1;
-                *step = 0;
-                return u2;
+    fx->coded = 1;
+    fx->nblocks = nblocks;
+    fx->nbits = fx->nambig = 0;
+    uint64_t *bs = realloc(fx->bstart, (size_t)(nblocks + 1) * sizeof *bs);
+    if (!bs)
+        return lora_oom(err);
+    fx->bstart = bs;
+    bs[0] = 0;
+    return LORA_OK;
+}
+
+/* One row block of a merge: values into R->ob, corrections into fx. */
+static int merge_block(struct drun *R, const lora_dora_job *j, uint64_t i0, uint64_t i1,
+                       lora_fixes *fx, lora_merge_stats *st, lora_error *err)
+{
+    const unsigned char *in = (const unsigned char *)j->src + i0 * j->cols * R->isz;
+    struct elem e = {R->ok, R->ik, 0, 0, 0, kmax_of(R->ik)};
+    for (uint64_t i = i0; i < i1; i++)
+        for (uint64_t c = 0; c < j->cols; c++) {
+            uint64_t x = (i - i0) * j->cols + c;
+            uint32_t w = ld_el(in + x * R->isz, R->isz);
+            e.f = R->f[R->c.tr ? c : i];
+            e.d = R->c.d[x];
+            e.u = fp_round(R->ok, e.f * (fp_to_d(R->ik, w) + e.d));
+            if (!fp_finite(R->ok, e.u))
+                return lora_seterr(err, LORA_EINPUT, "%s: element %llu: the DoRA merge gives a "
+                                   "value not finite in %s (factor %.9g); nothing written",
+                                   j->name, (unsigned long long)(i * j->cols + c),
+                                   lora_dtype_name(j->out_dt), e.f);
+            st_el(R->ob + x * R->osz, R->osz, e.u);
+            if (fx) {
+                int r = record_el(&e, w, i * j->cols + c, fx);
+                if (r < 0)
+                    return lora_oom(err);
+                st->fixes += (uint64_t)r;
             }
         }
-    }
-    *step = b == w ? 0 : fp_key(ik, w) - fp_key(ik, b);
-    return u;
+    return LORA_OK;
 }
 
 int lora_dora_merge(const lora_dora_job *j, lora_error *err)
 {
     struct drun R;
     int rc = drun_open(&R, j, 1, err);
-    int rev = j->mode == LORA_ROUND_REVERSIBLE;
     lora_merge_stats st = {0};
-    for (uint64_t i0 = 0; !rc && i0 < j->rows; i0 += R.c.br) {
+    uint64_t b = 0;
+    if (!rc && j->out_fixes)
+        rc = fixes_start(j->out_fixes, (j->rows + R.c.br - 1) / R.c.br, err);
+    for (uint64_t i0 = 0; !rc && i0 < j->rows; i0 += R.c.br, b++) {
         uint64_t i1 = j->rows - i0 < R.c.br ? j->rows : i0 + R.c.br;
         lora_delta_rows_mt(R.c.fb, R.c.fa, R.c.r, j->cols, R.c.scale, i0, i1, R.c.d,
                            j->nthreads > 0 ? j->nthreads : 1);
-        const unsigned char *in = (const unsigned char *)j->src + i0 * j->cols * R.isz;
-        for (uint64_t i = i0; !rc && i < i1; i++)
-            for (uint64_t c = 0; c < j->cols; c++) {
-                uint64_t x = (i - i0) * j->cols + c;
-                double f = R.f[R.c.tr ? c : i];
-                int64_t step;
-                int other;
-                uint32_t u = merge_el(&R, rev, ld_el(in + x * R.isz, R.isz), f, R.c.d[x], &step,
-                                      &other);
-                if (!fp_finite(R.ok, u)) {
-                    rc = lora_seterr(err, LORA_EINPUT, "%s: element %llu: the DoRA merge gives a "
-                                     "value not finite in %s (factor %.9g); nothing written",
-                                     j->name, (unsigned long long)(i * j->cols + c),
-                                     lora_dtype_name(j->out_dt), f);
-                    break;
-                }
-                st_el(R.ob + x * R.osz, R.osz, u);
-                st.other += (uint64_t)other;
-                if (step && j->out_fixes) {
-                    if (lora_fixes_push(j->out_fixes, i * j->cols + c, step)) {
-                        rc = lora_oom(err);
-                        break;
-                    }
-                    st.fixes++;
-                }
-            }
+        rc = merge_block(&R, j, i0, i1, j->out_fixes, &st, err);
+        if (!rc && j->out_fixes)
+            j->out_fixes->bstart[b + 1] = j->out_fixes->nbits;
         if (!rc)
             rc = drun_emit(&R, j, i0, i1, err);
     }
@@ -380,12 +472,60 @@ int lora_dora_merge(const lora_dora_job *j, lora_error *err)
         if (j->stats) {
             j->stats->elements += j->rows * j->cols;
             j->stats->changed += j->rows * j->cols;
-            j->stats->other += st.other;
             j->stats->fixes += st.fixes;
         }
     }
     drun_free(&R);
     return rc;
+}
+
+/* The coded corrections fit the tensor's row blocks. */
+static int fixes_fit(const lora_fixes *f, uint64_t nblocks, const char *name, lora_error *err)
+{
+    if (!f->coded)
+        return LORA_OK; /* no bits: an ambiguous element is then an error */
+    if (f->nblocks != nblocks || !f->bstart || f->bstart[0] != 0 ||
+        f->bstart[nblocks] > f->nbits || (f->nbits && !f->bits))
+        return lora_seterr(err, LORA_EINPUT, "%s: the receipt's bits are for %llu row blocks, "
+                           "the tensor has %llu", name, (unsigned long long)f->nblocks,
+                           (unsigned long long)nblocks);
+    for (uint64_t b = 0; b < nblocks; b++)
+        if (f->bstart[b + 1] < f->bstart[b])
+            return lora_seterr(err, LORA_EINPUT, "%s: the receipt's bit offsets decrease", name);
+    return LORA_OK;
+}
+
+/* One unmerged element from merged u: W0 through the run, the rank bits
+ * (*at, up to end) and the exceptions (*fi); without corrections (fx
+ * NULL), U.  Returns 0, or -1 for corrections that do not fit. */
+static int unmerge_elem(const struct elem *e, uint64_t index, const lora_fixes *fx, size_t *fi,
+                        uint64_t *at, uint64_t end, uint32_t *out, uint64_t *used)
+{
+    uint32_t U = unmerge_el(e->ok, e->bk, e->u, e->f, e->d);
+    int64_t kU = fp_key(e->bk, U);
+    *out = U;
+    if (!fx)
+        return 0;
+    if (!in_run(e, kU)) {
+        if (*fi < fx->n && fx->index[*fi] == index) {
+            *out = fp_unkey(e->bk, kU + fx->step[(*fi)++]);
+            (*used)++;
+        }
+        return 0;
+    }
+    int64_t lo = run_end(e, kU, -1), hi = run_end(e, kU, 1);
+    if (hi == lo)
+        return 0;
+    int nb = nbits_for((uint64_t)(hi - lo));
+    if (!fx->coded || *at + (uint64_t)nb > end)
+        return -1;
+    uint64_t rank = 0;
+    for (int k = 0; k < nb; k++, (*at)++)
+        rank |= (uint64_t)((fx->bits[*at >> 3] >> (*at & 7)) & 1) << k;
+    if (rank > (uint64_t)(hi - lo))
+        return -1;
+    *out = fp_unkey(e->bk, lo + (int64_t)rank);
+    return 0;
 }
 
 int lora_dora_unmerge(const lora_dora_job *j, lora_error *err)
@@ -395,9 +535,11 @@ int lora_dora_unmerge(const lora_dora_job *j, lora_error *err)
     const lora_fixes *fx = j->fixes;
     size_t fi = 0;
     lora_merge_stats st = {0};
-    if (!rc && fx && fx->coded)
-        rc = lora_seterr(err, LORA_EINPUT, "%s: coded corrections on a DoRA tensor", j->name);
-    for (uint64_t i0 = 0; !rc && i0 < j->rows; i0 += R.c.br) {
+    uint64_t nblocks = rc ? 0 : (j->rows + R.c.br - 1) / R.c.br, b = 0;
+    if (!rc && fx)
+        rc = fixes_fit(fx, nblocks, j->name, err);
+    struct elem e = {R.ik, R.ok, 0, 0, 0, kmax_of(R.ok)};
+    for (uint64_t i0 = 0; !rc && i0 < j->rows; i0 += R.c.br, b++) {
         uint64_t i1 = j->rows - i0 < R.c.br ? j->rows : i0 + R.c.br;
         lora_delta_rows_mt(R.c.fb, R.c.fa, R.c.r, j->cols, R.c.scale, i0, i1, R.c.d,
                            j->nthreads > 0 ? j->nthreads : 1);
@@ -405,30 +547,38 @@ int lora_dora_unmerge(const lora_dora_job *j, lora_error *err)
         const unsigned char *ref = j->ref ? (const unsigned char *)j->ref + i0 * j->cols * R.osz
                                           : NULL;
         uint64_t n = (i1 - i0) * j->cols;
-        for (uint64_t x = 0; x < n; x++) {
-            uint64_t i = i0 + x / j->cols, c = x % j->cols, at = i0 * j->cols + x;
-            uint32_t b = unmerge_el(R.ik, R.ok, ld_el(in + x * R.isz, R.isz),
-                                    R.f[R.c.tr ? c : i], R.c.d[x]);
-            if (fx && fi < fx->n && fx->index[fi] == at) {
-                b = fp_unkey(R.ok, fp_key(R.ok, b) + fx->step[fi++]);
-                st.fixes++;
-            }
-            st_el(R.ob + x * R.osz, R.osz, b);
+        uint64_t at = fx && fx->coded ? fx->bstart[b] : 0, end = fx && fx->coded ? fx->bstart[b + 1] : 0;
+        for (uint64_t x = 0; !rc && x < n; x++) {
+            uint64_t i = i0 + x / j->cols, c = x % j->cols;
+            uint32_t w;
+            e.f = R.f[R.c.tr ? c : i];
+            e.d = R.c.d[x];
+            e.u = ld_el(in + x * R.isz, R.isz);
+            if (unmerge_elem(&e, i0 * j->cols + x, fx, &fi, &at, end, &w, &st.fixes))
+                rc = lora_seterr(err, LORA_EINPUT, "%s: element %llu: the receipt's rank bits do "
+                                 "not fit this merged tensor and adapter", j->name,
+                                 (unsigned long long)(i0 * j->cols + x));
+            st_el(R.ob + x * R.osz, R.osz, w);
             if (ref) {
-                uint32_t w = ld_el(ref + x * R.osz, R.osz);
-                if (w != b) {
+                uint32_t r0 = ld_el(ref + x * R.osz, R.osz);
+                if (r0 != w) {
                     st.inexact++;
-                    uint64_t u = fp_finite(R.ok, w) && fp_finite(R.ok, b) ? fp_ulps(R.ok, w, b)
-                                                                          : UINT64_MAX;
+                    uint64_t u = fp_finite(R.ok, r0) && fp_finite(R.ok, w) ? fp_ulps(R.ok, r0, w)
+                                                                           : UINT64_MAX;
                     if (u > st.max_ulps)
                         st.max_ulps = u;
                 }
             }
         }
-        rc = drun_emit(&R, j, i0, i1, err);
+        if (!rc && at != end)
+            rc = lora_seterr(err, LORA_EINPUT, "%s: row block %llu: the receipt holds rank bits "
+                             "this merged tensor does not use", j->name, (unsigned long long)b);
+        if (!rc)
+            rc = drun_emit(&R, j, i0, i1, err);
     }
     if (!rc && fx && fi != fx->n)
-        rc = lora_seterr(err, LORA_EINPUT, "%s: a correction lies outside the tensor", j->name);
+        rc = lora_seterr(err, LORA_EINPUT, "%s: a correction at an element that needs none "
+                         "(element %llu)", j->name, (unsigned long long)fx->index[fi]);
     if (!rc) {
         drun_finish(&R, j);
         if (j->stats) {
@@ -489,7 +639,6 @@ int lora_dora_run(const lora_tjob *s, double *norm, int nthreads, lora_error *er
     j.sink = s->sink;
     j.sink_arg = s->sink_arg;
     j.m = s->terms[0].module;
-    j.mode = s->mode;
     j.norm = norm;
     j.out_fixes = s->record_fixes ? s->out_fixes : NULL;
     j.fixes = s->fixes;
@@ -499,7 +648,5 @@ int lora_dora_run(const lora_tjob *s, double *norm, int nthreads, lora_error *er
     j.out_hash = s->out_hash;
     j.stats = s->stats;
     j.nthreads = nthreads;
-    if (j.out_fixes)
-        j.out_fixes->coded = 0; /* plain corrections (version 2 encoding) */
     return s->unmerge ? lora_dora_unmerge(&j, err) : lora_dora_merge(&j, err);
 }

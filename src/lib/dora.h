@@ -18,10 +18,9 @@ typedef struct lora_dora_job {
     lora_sink_fn sink;
     void *sink_arg;
     const lora_module *m;        /* has a magnitude vector */
-    lora_rounding mode;          /* merge */
     double *norm;                /* [m->out]: merge fills it, unmerge reads it */
-    lora_fixes *out_fixes;       /* merge: appended to (plain, not coded), or NULL */
-    const lora_fixes *fixes;     /* unmerge: corrections to apply (plain), or NULL */
+    lora_fixes *out_fixes;       /* merge: the corrections (coded, reset first), or NULL */
+    const lora_fixes *fixes;     /* unmerge: the corrections to apply, or NULL (U as is) */
     const void *ref;             /* unmerge: compare with (out_dt), or NULL */
     int hash;                    /* compute the tree hashes of input and output */
     unsigned char *in_hash, *out_hash;
@@ -46,8 +45,8 @@ int lora_dora_unmerge(const lora_dora_job *j, lora_error *err);
  * message (two DoRA modules, DoRA beside other terms, a weight). */
 int lora_terms_dora(const lora_term *terms, size_t n, const char *tensor, lora_error *err);
 /* lora_engine_run for a job whose one term is a DoRA module (merge.c):
- * the same fields and outputs (hashes, stats; corrections plain, not
- * coded), and NORM ([out]) filled by a merge, read by an unmerge. */
+ * the same fields and outputs (hashes, stats, coded corrections; the
+ * rounding is always nearest), and NORM ([out]) filled by a merge, read by an unmerge. */
 int lora_dora_run(const lora_tjob *s, double *norm, int nthreads, lora_error *err);
 
 #endif

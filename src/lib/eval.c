@@ -789,7 +789,7 @@ static int dora_roundtrip(const lora_tensor *t, const lora_module *mod, void *me
         return lora_oom(err);
     lora_dora_job j = {.name = t->name, .in_dt = t->dtype, .out_dt = t->dtype,
                        .rows = t->shape[0], .cols = t->shape[1], .src = t->data, .dst = merged,
-                       .m = mod, .mode = LORA_ROUND_NEAREST, .norm = norm, .out_fixes = fixes,
+                       .m = mod, .norm = norm, .out_fixes = fixes,
                        .nthreads = nthreads};
     int rc = lora_dora_merge(&j, err);
     if (rc == LORA_OK) {

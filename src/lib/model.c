@@ -325,7 +325,7 @@ static int merged_weight(lora_model *m, const lora_module *mod, linop *op, lora_
         double *norm = malloc((size_t)mod->out * sizeof *norm);
         lora_dora_job j = {.name = t->name, .in_dt = t->dtype, .out_dt = t->dtype,
                            .rows = t->shape[0], .cols = t->shape[1], .src = t->data, .dst = buf,
-                           .m = mod, .mode = LORA_ROUND_NEAREST, .norm = norm, .nthreads = 1};
+                           .m = mod, .norm = norm, .nthreads = 1};
         rc = norm ? lora_dora_merge(&j, err) : lora_oom(err);
         free(norm);
     } else {
