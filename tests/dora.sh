@@ -36,20 +36,21 @@ expect 0 lora-merge -q "$T/g/base" -a "$A" -o "$T/merged"
 expect 0 lora-unmerge -q "$T/merged" -a "$A" --receipt "$T/merged.receipt" -o "$T/back"
 cmp -s "$T/back/model.safetensors" "$T/g/base/model.safetensors" || fail "DoRA unmerge not exact"
 expect 0 lora-unmerge --check "$T/merged" -a "$A" --receipt "$T/merged.receipt" --base "$T/g/base"
-expect_out 'total 6144/6144 elements exact'
+expect_out 'total: 6144 / 6144 elements exact, max 0 ulp'
 expect 0 lora-unmerge --check --json "$T/merged" -a "$A" --receipt "$T/merged.receipt"
-expect_out '"inexact": 0'
+expect_out '"all_exact": true'
+expect_out '"exact_elements": 6144'
 # without the receipt the row norms are unknown: refused, nothing written
 expect 3 lora-unmerge -q "$T/merged" -a "$A" -o "$T/guess"
 expect_err "c_attn.*DoRA.*without the merge receipt"
 [ -e "$T/guess" ] && fail "unmerge without receipt wrote output"
-expect 3 lora-unmerge --check "$T/merged" -a "$A"
+expect 3 lora-unmerge --check "$T/merged" -a "$A" --base "$T/g/base"
 expect_err "without the merge receipt"
 
 # BF16 and F16 bases, Linear and Conv1D: the committed reference's bases
 for L in linear conv1d; do for DT in F32 F16 BF16; do
     expect 0 lora-merge -q "$D/$L/base-$DT.safetensors" -a "$D/$L/adapter" -o "$T/$L$DT.safetensors"
-    expect 0 lora-unmerge -q "$T/$L$DT.safetensors" -a "$D/$L/adapter" -o "$T/$L$DT-back.safetensors"
+    expect 0 lora-unmerge -q "$T/$L$DT.safetensors" -a "$D/$L/adapter" --receipt "$T/$L$DT.safetensors.receipt" -o "$T/$L$DT-back.safetensors"
     cmp -s "$T/$L$DT-back.safetensors" "$D/$L/base-$DT.safetensors" || fail "$L $DT: unmerge not exact"
 done; done
 # the receipt keeps one norm per output row (8 bytes each)

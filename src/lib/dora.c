@@ -308,9 +308,11 @@ static int bits_put(lora_fixes *f, uint64_t v, int nb)
         f->bits = b;
         f->bitcap = cap;
     }
-    for (int i = 0; i < nb; i++, f->nbits++)
-        if ((v >> i) & 1)
-            f->bits[f->nbits >> 3] |= (unsigned char)(1u << (f->nbits & 7));
+    /* set and clear: the buffer is reused from tensor to tensor */
+    for (int i = 0; i < nb; i++, f->nbits++) {
+        unsigned char *c = &f->bits[f->nbits >> 3], bit = (unsigned char)(1u << (f->nbits & 7));
+        *c = (unsigned char)((v >> i) & 1 ? *c | bit : *c & ~bit);
+    }
     return 0;
 }
 
