@@ -113,6 +113,10 @@ cmp -s "$T/nll.base" "$T/nll.unmerged" && fail "eval: the DoRA adapter changes n
 expect 0 lora-eval --check-recovery --model "$T/g/base" -a "$A"
 expect_out 'total 6144/6144 elements exact'
 
+# the amplification of W by dW does not describe a DoRA module: refused
+expect 3 lora-inspect --amplification --base "$T/g/base" "$A"
+expect_err "c_attn: a DoRA module: the amplification"
+
 # still refused: tools that cannot carry the magnitudes
 expect 3 lora-rank-reduce "$A" -o "$T/reduced" --rank 2
 expect_err "a DoRA adapter \(use_dora\)"
