@@ -290,6 +290,30 @@ static int64_t run_end(const struct elem *e, int64_t k0, int dir)
     return in;
 }
 
+/* A sufficient test for S = {v} (v in S): v normal with a mantissa that
+ * is not 0, so both its neighbours lie one ulp(v) away, and u normal;
+ * then one step of v moves f·(v + d) by |f|·ulp(v), and when that is
+ * more than u's whole rounding interval (at most ulp(u) wide), by a
+ * margin far above the double's rounding, both neighbours merge
+ * elsewhere.  Sound, so it only shortcuts the search: merge and unmerge
+ * decide the same either way. */
+static inline int single_fast(const struct elem *e, uint32_t v)
+{
+    static const int prec[3] = {24, 11, 8};      /* FP_F32, FP_F16, FP_BF16 */
+    static const double minn[3] = {0x1p-126, 0x1p-14, 0x1p-126};
+    static const uint32_t mant[3] = {0x7fffffu, 0x3ffu, 0x7fu};
+    if (!(v & mant[e->bk]))
+        return 0;
+    double x = fabs(fp_to_d(e->bk, v)), y = fabs(fp_to_d(e->ok, e->u));
+    if (!(x >= minn[e->bk]) || !(y >= minn[e->ok]) || !isfinite(x) || !isfinite(y))
+        return 0;
+    int ex, ey;
+    frexp(x, &ex);
+    frexp(y, &ey);
+    return fabs(e->f) * ldexp(1.0, ex - prec[e->bk]) >
+           ldexp(1.0, ey - prec[e->ok]) * (1 + 0x1p-20);
+}
+
 static inline int nbits_for(uint64_t span) /* span = |S| - 1 >= 1 */
 {
     return 64 - __builtin_clzll(span);
@@ -322,6 +346,8 @@ static int bits_put(lora_fixes *f, uint64_t v, int nb)
 static int record_el(const struct elem *e, uint32_t w, uint64_t index, lora_fixes *fx)
 {
     uint32_t U = unmerge_el(e->ok, e->bk, e->u, e->f, e->d);
+    if (U == w && single_fast(e, w))
+        return 0;
     int64_t kU = fp_key(e->bk, U), kw = fp_key(e->bk, w);
     if (!in_run(e, kU))
         return lora_fixes_push(fx, index, kw - kU) ? -1 : 1;
@@ -508,7 +534,10 @@ static int unmerge_elem(const struct elem *e, uint64_t index, const lora_fixes *
     *out = U;
     if (!fx)
         return 0;
-    if (!in_run(e, kU)) {
+    int in = in_run(e, kU);
+    if (in && single_fast(e, U))
+        return 0;
+    if (!in) {
         if (*fi < fx->n && fx->index[*fi] == index) {
             *out = fp_unkey(e->bk, kU + fx->step[(*fi)++]);
             (*used)++;
