@@ -821,7 +821,8 @@ int lora_parse_adapter_arg(const char *arg, char **spec, double *weight, int *gi
 
 /* BLAKE2b-256 identity of an adapter's content as merged: for each
  * module in name order, its name, NUL, scale (IEEE double, LE), and the
- * bytes of lora_A and lora_B (lora-receipt(5)). */
+ * bytes of lora_A and lora_B, and a DoRA module's magnitude vector
+ * (lora-receipt(5)). */
 void lora_adapter_digest(const lora_adapter *ad, unsigned char out[32]);
 
 

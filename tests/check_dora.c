@@ -17,6 +17,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static char *fx(const char *rel)
@@ -280,6 +281,58 @@ START_TEST(test_hostile)
 }
 END_TEST
 
+/* The same A and B with other magnitudes are another adapter: their
+ * digest differs, and an unmerge with them is refused (the receipt
+ * names the adapter merged), not done with the wrong factors. */
+START_TEST(test_other_magnitudes)
+{
+    char *base = fx("linear/base-BF16.safetensors"), *adp = fx("linear/adapter");
+    char *d = tu_tmpdir(), *ad2 = tu_path(d, "ad2"), *out = tu_path(d, "m.safetensors");
+    char *rec = tu_path(d, "m.safetensors.receipt"), *back = tu_path(d, "b.safetensors");
+    ck_assert_int_eq(mkdir(ad2, 0755), 0);
+    char *src = tu_path(adp, "adapter_config.json"), *dst = tu_path(ad2, "adapter_config.json");
+    size_t len;
+    char *buf = tu_read(src, &len);
+    tu_write(dst, buf, len);
+    free(buf); free(src); free(dst);
+    src = tu_path(adp, "adapter_model.safetensors");
+    dst = tu_path(ad2, "adapter_model.safetensors");
+    buf = tu_read(src, &len);
+    buf[len - 10] ^= 0x10; /* the magnitude vector is the file's last tensor */
+    tu_write(dst, buf, len);
+    free(buf); free(src); free(dst);
+    lora_error err;
+    lora_adapter *a1, *a2;
+    ck_assert_int_eq(lora_adapter_open(adp, &a1, &err), LORA_OK);
+    ck_assert_msg(lora_adapter_open(ad2, &a2, &err) == LORA_OK, "%s", err.msg);
+    unsigned char h1[32], h2[32];
+    lora_adapter_digest(a1, h1);
+    lora_adapter_digest(a2, h2);
+    ck_assert(memcmp(h1, h2, 32) != 0);
+    lora_merge_adapter ma = {a1, 1.0, 0, adp};
+    lora_merge_opts o;
+    memset(&o, 0, sizeof o);
+    o.dtype = LORA_DT_INVALID;
+    o.nthreads = 1;
+    o.receipt_out = rec;
+    lora_merge_result res;
+    ck_assert_msg(lora_merge_run(base, NULL, 0, &ma, 1, out, &o, &res, &err) == LORA_OK, "%s",
+                  err.msg);
+    lora_merge_adapter ub = {a2, 1.0, 0, ad2};
+    memset(&o, 0, sizeof o);
+    o.dtype = LORA_DT_INVALID;
+    o.nthreads = 1;
+    o.receipt_in = rec;
+    ck_assert_int_ne(lora_merge_run(out, &ub, 1, NULL, 0, back, &o, &res, &err), LORA_OK);
+    ck_assert_msg(strstr(err.msg, "not among the adapters given"), "%s", err.msg);
+    ck_assert(access(back, F_OK) != 0);
+    lora_adapter_free(a1);
+    lora_adapter_free(a2);
+    tu_rmtree(d);
+    free(d); free(ad2); free(out); free(rec); free(back); free(base); free(adp);
+}
+END_TEST
+
 /* A hostile receipt: norms of the wrong count or corrupted are refused. */
 START_TEST(test_receipt_norms)
 {
@@ -357,6 +410,7 @@ static Suite *suite(void)
     tcase_add_loop_test(tc, test_conv1d, 0, 3);
     tcase_add_test(tc, test_plain_loop);
     tcase_add_test(tc, test_hostile);
+    tcase_add_test(tc, test_other_magnitudes);
     tcase_add_test(tc, test_receipt_norms);
     suite_add_tcase(s, tc);
     return s;

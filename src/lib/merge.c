@@ -96,6 +96,8 @@ void lora_adapter_digest(const lora_adapter *ad, unsigned char out[32])
         crypto_generichash_update(&h, sc, 8);
         crypto_generichash_update(&h, m->A->data, (size_t)m->A->nbytes);
         crypto_generichash_update(&h, m->B->data, (size_t)m->B->nbytes);
+        if (m->magnitude) /* DoRA: the magnitudes are part of what was merged */
+            crypto_generichash_update(&h, m->magnitude->data, (size_t)m->magnitude->nbytes);
     }
     crypto_generichash_final(&h, out, 32);
 }
@@ -547,6 +549,11 @@ static int dora_steps(const struct run *R, struct tstate *S, lora_error *err)
         return -S->odora;
     if ((S->ndora = lora_terms_dora(S->newt, S->nnew, S->t->name, err)) < 0)
         return -S->ndora;
+    if (S->rt && S->odora != S->rt->dora)
+        return lora_seterr(err, LORA_EINPUT, "%s: the receipt says it was merged %s DoRA, but "
+                           "module %s is %sa DoRA module", S->t->name,
+                           S->rt->dora ? "with" : "without", S->oldt[0].module->name,
+                           S->odora ? "" : "not ");
     if (S->odora && !S->rt)
         return lora_seterr(err, LORA_EINPUT,
                            "%s: merged with DoRA module %s: without the merge receipt W0 cannot "
