@@ -36,6 +36,7 @@
 #include "fpbits.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <string.h>
@@ -290,28 +291,30 @@ static int64_t run_end(const struct elem *e, int64_t k0, int dir)
     return in;
 }
 
-/* A sufficient test for S = {v} (v in S): v normal with a mantissa that
- * is not 0, so both its neighbours lie one ulp(v) away, and u normal;
- * then one step of v moves f·(v + d) by |f|·ulp(v), and when that is
- * more than u's whole rounding interval (at most ulp(u) wide), by a
- * margin far above the double's rounding, both neighbours merge
- * elsewhere.  Sound, so it only shortcuts the search: merge and unmerge
- * decide the same either way. */
-static inline int single_fast(const struct elem *e, uint32_t v)
+/* A sufficient test for S = {v}, v in S, y = f·(v + d) as merged: v
+ * normal with a mantissa that is not 0, so its neighbours lie ulp(v)
+ * below and above; u normal with a mantissa that is not 0, so it
+ * rounds from [u − ulp(u)/2, u + ulp(u)/2].  A neighbour moves y by
+ * |f|·ulp(v), one each way; when both land outside that interval by a
+ * margin (2^-20 ulp(u), far above the double rounding of y), neither
+ * merges to u.  Sound, so it only shortcuts the search: merge and
+ * unmerge decide the same either way. */
+static inline int single_fast(const struct elem *e, uint32_t v, double y)
 {
     static const int prec[3] = {24, 11, 8};      /* FP_F32, FP_F16, FP_BF16 */
     static const double minn[3] = {0x1p-126, 0x1p-14, 0x1p-126};
     static const uint32_t mant[3] = {0x7fffffu, 0x3ffu, 0x7fu};
-    if (!(v & mant[e->bk]))
+    if (!(v & mant[e->bk]) || !(e->u & mant[e->ok]))
         return 0;
-    double x = fabs(fp_to_d(e->bk, v)), y = fabs(fp_to_d(e->ok, e->u));
-    if (!(x >= minn[e->bk]) || !(y >= minn[e->ok]) || !isfinite(x) || !isfinite(y))
+    double x = fabs(fp_to_d(e->bk, v)), uv = fp_to_d(e->ok, e->u), au = fabs(uv);
+    if (!(x >= minn[e->bk]) || !(au >= minn[e->ok]) || !isfinite(x) || !isfinite(au))
         return 0;
-    int ex, ey;
+    int ex, eu;
     frexp(x, &ex);
-    frexp(y, &ey);
-    return fabs(e->f) * ldexp(1.0, ex - prec[e->bk]) >
-           ldexp(1.0, ey - prec[e->ok]) * (1 + 0x1p-20);
+    frexp(au, &eu);
+    double step = fabs(e->f) * ldexp(1.0, ex - prec[e->bk]);
+    double half = ldexp(1.0, eu - prec[e->ok] - 1), margin = half * 0x1p-19;
+    return y + step > uv + half + margin && y - step < uv - half - margin;
 }
 
 static inline int nbits_for(uint64_t span) /* span = |S| - 1 >= 1 */
@@ -346,7 +349,7 @@ static int bits_put(lora_fixes *f, uint64_t v, int nb)
 static int record_el(const struct elem *e, uint32_t w, uint64_t index, lora_fixes *fx)
 {
     uint32_t U = unmerge_el(e->ok, e->bk, e->u, e->f, e->d);
-    if (U == w && single_fast(e, w))
+    if (U == w && single_fast(e, w, e->f * (fp_to_d(e->bk, w) + e->d)))
         return 0;
     int64_t kU = fp_key(e->bk, U), kw = fp_key(e->bk, w);
     if (!in_run(e, kU))
@@ -361,21 +364,21 @@ static int record_el(const struct elem *e, uint32_t w, uint64_t index, lora_fixe
 }
 
 /* Shared by merge and unmerge: the job checked and its context made,
- * the factors f (job->norm given or computed), the output block buffer. */
+ * the factors f (job->norm given or computed), the chunk hashes. */
 struct drun {
     struct dctx c;
     int ik, ok;
     size_t isz, osz;
     double *f;
-    unsigned char *ob;
-    crypto_generichash_state h[2];
+    uint64_t nblocks;
+    unsigned char (*bh)[2][32];   /* per row block: input and output chunk hashes */
 };
 
 static void drun_free(struct drun *R)
 {
     ctx_free(&R->c);
     free(R->f);
-    free(R->ob);
+    free(R->bh);
 }
 
 static int drun_open(struct drun *R, const lora_dora_job *j, int merge, lora_error *err)
@@ -390,9 +393,10 @@ static int drun_open(struct drun *R, const lora_dora_job *j, int merge, lora_err
     int rc = ctx_open(&R->c, j->m, j->rows, j->cols, err);
     if (rc)
         return rc;
+    R->nblocks = (j->rows + R->c.br - 1) / R->c.br;
     R->f = malloc((j->m->out + 1) * sizeof *R->f);
-    R->ob = malloc((size_t)(R->c.br * j->cols) * R->osz + 4);
-    if (!R->f || !R->ob)
+    R->bh = malloc((R->nblocks + 1) * sizeof *R->bh);
+    if (!R->f || !R->bh)
         return lora_oom(err);
     if (merge && (rc = norms_of(&R->c, j->in_dt, j->src, j->norm, j->nthreads, err)))
         return rc;
@@ -400,37 +404,39 @@ static int drun_open(struct drun *R, const lora_dora_job *j, int merge, lora_err
         lora_err_prefix(err, "%s", j->name);
         return rc;
     }
-    crypto_generichash_init(&R->h[0], NULL, 0, 32);
-    crypto_generichash_init(&R->h[1], NULL, 0, 32);
     return LORA_OK;
 }
 
-/* A finished block: its chunk hashes, then its bytes to dst or the sink. */
-static int drun_emit(struct drun *R, const lora_dora_job *j, uint64_t i0, uint64_t i1,
-                     lora_error *err)
+/* A finished block: its chunk hashes, then its bytes to dst or the sink
+ * (the sink writes at an offset and may be called from any thread). */
+static int drun_emit(struct drun *R, const lora_dora_job *j, uint64_t b, uint64_t i0, uint64_t i1,
+                     const unsigned char *ob, lora_error *err)
 {
     size_t n = (size_t)((i1 - i0) * j->cols);
     const unsigned char *in = (const unsigned char *)j->src + i0 * j->cols * R->isz;
     if (j->hash) {
-        unsigned char c[32];
-        crypto_generichash(c, 32, in, n * R->isz, NULL, 0);
-        crypto_generichash_update(&R->h[0], c, 32);
-        crypto_generichash(c, 32, R->ob, n * R->osz, NULL, 0);
-        crypto_generichash_update(&R->h[1], c, 32);
+        crypto_generichash(R->bh[b][0], 32, in, n * R->isz, NULL, 0);
+        crypto_generichash(R->bh[b][1], 32, ob, n * R->osz, NULL, 0);
     }
     uint64_t off = i0 * j->cols * R->osz;
     if (j->dst) {
-        memcpy((unsigned char *)j->dst + off, R->ob, n * R->osz);
+        memcpy((unsigned char *)j->dst + off, ob, n * R->osz);
         return LORA_OK;
     }
-    return j->sink(j->sink_arg, off, R->ob, n * R->osz, err);
+    return j->sink(j->sink_arg, off, ob, n * R->osz, err);
 }
 
+/* The tree hashes from the chunk hashes, in block order. */
 static void drun_finish(struct drun *R, const lora_dora_job *j)
 {
-    if (j->hash) {
-        crypto_generichash_final(&R->h[0], j->in_hash, 32);
-        crypto_generichash_final(&R->h[1], j->out_hash, 32);
+    if (!j->hash)
+        return;
+    for (int k = 0; k < 2; k++) {
+        crypto_generichash_state h;
+        crypto_generichash_init(&h, NULL, 0, 32);
+        for (uint64_t b = 0; b < R->nblocks; b++)
+            crypto_generichash_update(&h, R->bh[b][k], 32);
+        crypto_generichash_final(&h, k ? j->out_hash : j->in_hash, 32);
     }
 }
 
@@ -448,9 +454,10 @@ static int fixes_start(lora_fixes *fx, uint64_t nblocks, lora_error *err)
     return LORA_OK;
 }
 
-/* One row block of a merge: values into R->ob, corrections into fx. */
-static int merge_block(struct drun *R, const lora_dora_job *j, uint64_t i0, uint64_t i1,
-                       lora_fixes *fx, lora_merge_stats *st, lora_error *err)
+/* One row block of a merge: values into ob, corrections into fx. */
+static int merge_block(const struct drun *R, const lora_dora_job *j, uint64_t i0, uint64_t i1,
+                       const double *d, unsigned char *ob, lora_fixes *fx, lora_merge_stats *st,
+                       lora_error *err)
 {
     const unsigned char *in = (const unsigned char *)j->src + i0 * j->cols * R->isz;
     struct elem e = {R->ok, R->ik, 0, 0, 0, kmax_of(R->ik)};
@@ -459,14 +466,14 @@ static int merge_block(struct drun *R, const lora_dora_job *j, uint64_t i0, uint
             uint64_t x = (i - i0) * j->cols + c;
             uint32_t w = ld_el(in + x * R->isz, R->isz);
             e.f = R->f[R->c.tr ? c : i];
-            e.d = R->c.d[x];
+            e.d = d[x];
             e.u = fp_round(R->ok, e.f * (fp_to_d(R->ik, w) + e.d));
             if (!fp_finite(R->ok, e.u))
                 return lora_seterr(err, LORA_EINPUT, "%s: element %llu: the DoRA merge gives a "
                                    "value not finite in %s (factor %.9g); nothing written",
                                    j->name, (unsigned long long)(i * j->cols + c),
                                    lora_dtype_name(j->out_dt), e.f);
-            st_el(R->ob + x * R->osz, R->osz, e.u);
+            st_el(ob + x * R->osz, R->osz, e.u);
             if (fx) {
                 int r = record_el(&e, w, i * j->cols + c, fx);
                 if (r < 0)
@@ -475,36 +482,6 @@ static int merge_block(struct drun *R, const lora_dora_job *j, uint64_t i0, uint
             }
         }
     return LORA_OK;
-}
-
-int lora_dora_merge(const lora_dora_job *j, lora_error *err)
-{
-    struct drun R;
-    int rc = drun_open(&R, j, 1, err);
-    lora_merge_stats st = {0};
-    uint64_t b = 0;
-    if (!rc && j->out_fixes)
-        rc = fixes_start(j->out_fixes, (j->rows + R.c.br - 1) / R.c.br, err);
-    for (uint64_t i0 = 0; !rc && i0 < j->rows; i0 += R.c.br, b++) {
-        uint64_t i1 = j->rows - i0 < R.c.br ? j->rows : i0 + R.c.br;
-        lora_delta_rows_mt(R.c.fb, R.c.fa, R.c.r, j->cols, R.c.scale, i0, i1, R.c.d,
-                           j->nthreads > 0 ? j->nthreads : 1);
-        rc = merge_block(&R, j, i0, i1, j->out_fixes, &st, err);
-        if (!rc && j->out_fixes)
-            j->out_fixes->bstart[b + 1] = j->out_fixes->nbits;
-        if (!rc)
-            rc = drun_emit(&R, j, i0, i1, err);
-    }
-    if (!rc) {
-        drun_finish(&R, j);
-        if (j->stats) {
-            j->stats->elements += j->rows * j->cols;
-            j->stats->changed += j->rows * j->cols;
-            j->stats->fixes += st.fixes;
-        }
-    }
-    drun_free(&R);
-    return rc;
 }
 
 /* The coded corrections fit the tensor's row blocks. */
@@ -535,7 +512,7 @@ static int unmerge_elem(const struct elem *e, uint64_t index, const lora_fixes *
     if (!fx)
         return 0;
     int in = in_run(e, kU);
-    if (in && single_fast(e, U))
+    if (in && single_fast(e, U, e->f * (fp_to_d(e->bk, U) + e->d)))
         return 0;
     if (!in) {
         if (*fi < fx->n && fx->index[*fi] == index) {
@@ -559,57 +536,215 @@ static int unmerge_elem(const struct elem *e, uint64_t index, const lora_fixes *
     return 0;
 }
 
+/* One row block of an unmerge: values into ob; *fi walks the exceptions. */
+static int unmerge_block(const struct drun *R, const lora_dora_job *j, uint64_t b, uint64_t i0,
+                         uint64_t i1, const double *d, unsigned char *ob, size_t *fi,
+                         lora_merge_stats *st, lora_error *err)
+{
+    const lora_fixes *fx = j->fixes;
+    const unsigned char *in = (const unsigned char *)j->src + i0 * j->cols * R->isz;
+    const unsigned char *ref = j->ref ? (const unsigned char *)j->ref + i0 * j->cols * R->osz : NULL;
+    uint64_t n = (i1 - i0) * j->cols;
+    uint64_t at = fx && fx->coded ? fx->bstart[b] : 0, end = fx && fx->coded ? fx->bstart[b + 1] : 0;
+    struct elem e = {R->ik, R->ok, 0, 0, 0, kmax_of(R->ok)};
+    for (uint64_t x = 0; x < n; x++) {
+        uint64_t i = i0 + x / j->cols, c = x % j->cols;
+        uint32_t w;
+        e.f = R->f[R->c.tr ? c : i];
+        e.d = d[x];
+        e.u = ld_el(in + x * R->isz, R->isz);
+        if (unmerge_elem(&e, i0 * j->cols + x, fx, fi, &at, end, &w, &st->fixes))
+            return lora_seterr(err, LORA_EINPUT, "%s: element %llu: the receipt's rank bits do "
+                               "not fit this merged tensor and adapter", j->name,
+                               (unsigned long long)(i0 * j->cols + x));
+        st_el(ob + x * R->osz, R->osz, w);
+        if (ref) {
+            uint32_t r0 = ld_el(ref + x * R->osz, R->osz);
+            if (r0 != w) {
+                st->inexact++;
+                uint64_t u = fp_finite(R->ok, r0) && fp_finite(R->ok, w) ? fp_ulps(R->ok, r0, w)
+                                                                         : UINT64_MAX;
+                if (u > st->max_ulps)
+                    st->max_ulps = u;
+            }
+        }
+    }
+    if (at != end)
+        return lora_seterr(err, LORA_EINPUT, "%s: row block %llu: the receipt holds rank bits "
+                           "this merged tensor does not use", j->name, (unsigned long long)b);
+    return LORA_OK;
+}
+
+/* ---- threads: contiguous ranges of row blocks ---------------------------
+ * Each thread takes blocks [b0, b1) with its own buffers; a merge's
+ * corrections are kept per thread and joined in block order, so the
+ * results are the same bytes for any number of threads. */
+struct dpart {
+    struct drun *R;
+    const lora_dora_job *j;
+    int unmerge;
+    uint64_t b0, b1;
+    double *d;
+    unsigned char *ob;
+    lora_fixes fx;            /* merge: this range's corrections */
+    size_t fi, fend;          /* unmerge: this range's exceptions */
+    lora_merge_stats st;
+    int rc;
+    lora_error err;
+};
+
+static void *part_run(void *arg)
+{
+    struct dpart *P = arg;
+    struct drun *R = P->R;
+    const lora_dora_job *j = P->j;
+    lora_fixes *fx = !P->unmerge && j->out_fixes ? &P->fx : NULL;
+    if (fx && (P->rc = fixes_start(fx, P->b1 - P->b0, &P->err)))
+        return NULL;
+    for (uint64_t b = P->b0; b < P->b1 && !P->rc; b++) {
+        uint64_t i0 = b * R->c.br, i1 = j->rows - i0 < R->c.br ? j->rows : i0 + R->c.br;
+        lora_delta_rows(R->c.fb, R->c.fa, R->c.r, j->cols, R->c.scale, i0, i1, P->d);
+        if (P->unmerge)
+            P->rc = unmerge_block(R, j, b, i0, i1, P->d, P->ob, &P->fi, &P->st, &P->err);
+        else
+            P->rc = merge_block(R, j, i0, i1, P->d, P->ob, fx, &P->st, &P->err);
+        if (!P->rc && fx)
+            fx->bstart[b - P->b0 + 1] = fx->nbits;
+        if (!P->rc)
+            P->rc = drun_emit(R, j, b, i0, i1, P->ob, &P->err);
+    }
+    if (!P->rc && P->unmerge && j->fixes && P->fi != P->fend)
+        P->rc = lora_seterr(&P->err, LORA_EINPUT, "%s: a correction at an element that needs "
+                            "none (element %llu)", j->name,
+                            (unsigned long long)j->fixes->index[P->fi]);
+    return NULL;
+}
+
+/* Append NB bits of SRC (from bit 0) to DST. */
+static int bits_append(lora_fixes *dst, const unsigned char *src, uint64_t nb)
+{
+    for (uint64_t at = 0; at < nb; at += 56) {
+        int k = nb - at < 56 ? (int)(nb - at) : 56;
+        uint64_t v = 0;
+        for (int i = 0; i < k; i++)
+            v |= (uint64_t)((src[(at + (uint64_t)i) >> 3] >> ((at + (uint64_t)i) & 7)) & 1) << i;
+        if (bits_put(dst, v, k))
+            return -1;
+    }
+    return 0;
+}
+
+/* The merge's corrections: each range's, in block order. */
+static int join_fixes(struct drun *R, struct dpart *P, int np, lora_fixes *out, lora_error *err)
+{
+    int rc = fixes_start(out, R->nblocks, err);
+    for (int t = 0; !rc && t < np; t++) {
+        uint64_t base = out->nbits;
+        for (size_t x = 0; x < P[t].fx.n; x++)
+            if (lora_fixes_push(out, P[t].fx.index[x], P[t].fx.step[x]))
+                return lora_oom(err);
+        if (bits_append(out, P[t].fx.bits, P[t].fx.nbits))
+            return lora_oom(err);
+        for (uint64_t b = P[t].b0; b < P[t].b1; b++)
+            out->bstart[b + 1] = base + P[t].fx.bstart[b - P[t].b0 + 1];
+        out->nambig += P[t].fx.nambig;
+    }
+    return rc;
+}
+
+/* Run every row block over j->nthreads threads; stats added to *st. */
+static int run_parts(struct drun *R, const lora_dora_job *j, int unmerge, lora_merge_stats *st,
+                     lora_error *err)
+{
+    int np = j->nthreads > 0 ? j->nthreads : 1;
+    if (np > 64)
+        np = 64;
+    if ((uint64_t)np > R->nblocks)
+        np = R->nblocks ? (int)R->nblocks : 1;
+    struct dpart P[64];
+    pthread_t tid[64];
+    int created[64] = {0};
+    int rc = LORA_OK;
+    memset(P, 0, sizeof P);
+    size_t blk = (size_t)(R->c.br * j->cols);
+    for (int t = 0; t < np && !rc; t++) {
+        P[t] = (struct dpart){.R = R, .j = j, .unmerge = unmerge,
+                              .b0 = R->nblocks * (uint64_t)t / (uint64_t)np,
+                              .b1 = R->nblocks * (uint64_t)(t + 1) / (uint64_t)np};
+        P[t].d = malloc(blk * sizeof *P[t].d + 8);
+        P[t].ob = malloc(blk * R->osz + 4);
+        if (!P[t].d || !P[t].ob)
+            rc = lora_oom(err);
+        const lora_fixes *fx = j->fixes;
+        if (unmerge && fx) { /* the exceptions of blocks [b0, b1) */
+            uint64_t lo = P[t].b0 * blk, hi = P[t].b1 * blk;
+            while (P[t].fi < fx->n && fx->index[P[t].fi] < lo)
+                P[t].fi++;
+            for (P[t].fend = P[t].fi; P[t].fend < fx->n && fx->index[P[t].fend] < hi;)
+                P[t].fend++;
+            if (t == np - 1 && P[t].fend != fx->n)
+                rc = lora_seterr(err, LORA_EINPUT, "%s: a correction lies outside the tensor",
+                                 j->name);
+        }
+    }
+    for (int t = 1; t < np && !rc; t++)
+        created[t] = pthread_create(&tid[t], NULL, part_run, &P[t]) == 0;
+    if (!rc)
+        part_run(&P[0]);
+    for (int t = 1; t < np && !rc; t++) {
+        if (created[t])
+            pthread_join(tid[t], NULL);
+        else
+            part_run(&P[t]);
+    }
+    for (int t = 0; t < np && !rc; t++)
+        if (P[t].rc) {
+            rc = P[t].rc;
+            if (err)
+                *err = P[t].err;
+        }
+    if (!rc && !unmerge && j->out_fixes)
+        rc = join_fixes(R, P, np, j->out_fixes, err);
+    for (int t = 0; t < np; t++) {
+        st->fixes += P[t].st.fixes;
+        st->inexact += P[t].st.inexact;
+        if (P[t].st.max_ulps > st->max_ulps)
+            st->max_ulps = P[t].st.max_ulps;
+        free(P[t].d);
+        free(P[t].ob);
+        lora_fixes_free(&P[t].fx);
+    }
+    return rc;
+}
+
+int lora_dora_merge(const lora_dora_job *j, lora_error *err)
+{
+    struct drun R;
+    lora_merge_stats st = {0};
+    int rc = drun_open(&R, j, 1, err);
+    if (!rc)
+        rc = run_parts(&R, j, 0, &st, err);
+    if (!rc) {
+        drun_finish(&R, j);
+        if (j->stats) {
+            j->stats->elements += j->rows * j->cols;
+            j->stats->changed += j->rows * j->cols;
+            j->stats->fixes += st.fixes;
+        }
+    }
+    drun_free(&R);
+    return rc;
+}
+
 int lora_dora_unmerge(const lora_dora_job *j, lora_error *err)
 {
     struct drun R;
-    int rc = drun_open(&R, j, 0, err);
-    const lora_fixes *fx = j->fixes;
-    size_t fi = 0;
     lora_merge_stats st = {0};
-    uint64_t nblocks = rc ? 0 : (j->rows + R.c.br - 1) / R.c.br, b = 0;
-    if (!rc && fx)
-        rc = fixes_fit(fx, nblocks, j->name, err);
-    struct elem e = {R.ik, R.ok, 0, 0, 0, kmax_of(R.ok)};
-    for (uint64_t i0 = 0; !rc && i0 < j->rows; i0 += R.c.br, b++) {
-        uint64_t i1 = j->rows - i0 < R.c.br ? j->rows : i0 + R.c.br;
-        lora_delta_rows_mt(R.c.fb, R.c.fa, R.c.r, j->cols, R.c.scale, i0, i1, R.c.d,
-                           j->nthreads > 0 ? j->nthreads : 1);
-        const unsigned char *in = (const unsigned char *)j->src + i0 * j->cols * R.isz;
-        const unsigned char *ref = j->ref ? (const unsigned char *)j->ref + i0 * j->cols * R.osz
-                                          : NULL;
-        uint64_t n = (i1 - i0) * j->cols;
-        uint64_t at = fx && fx->coded ? fx->bstart[b] : 0, end = fx && fx->coded ? fx->bstart[b + 1] : 0;
-        for (uint64_t x = 0; !rc && x < n; x++) {
-            uint64_t i = i0 + x / j->cols, c = x % j->cols;
-            uint32_t w;
-            e.f = R.f[R.c.tr ? c : i];
-            e.d = R.c.d[x];
-            e.u = ld_el(in + x * R.isz, R.isz);
-            if (unmerge_elem(&e, i0 * j->cols + x, fx, &fi, &at, end, &w, &st.fixes))
-                rc = lora_seterr(err, LORA_EINPUT, "%s: element %llu: the receipt's rank bits do "
-                                 "not fit this merged tensor and adapter", j->name,
-                                 (unsigned long long)(i0 * j->cols + x));
-            st_el(R.ob + x * R.osz, R.osz, w);
-            if (ref) {
-                uint32_t r0 = ld_el(ref + x * R.osz, R.osz);
-                if (r0 != w) {
-                    st.inexact++;
-                    uint64_t u = fp_finite(R.ok, r0) && fp_finite(R.ok, w) ? fp_ulps(R.ok, r0, w)
-                                                                           : UINT64_MAX;
-                    if (u > st.max_ulps)
-                        st.max_ulps = u;
-                }
-            }
-        }
-        if (!rc && at != end)
-            rc = lora_seterr(err, LORA_EINPUT, "%s: row block %llu: the receipt holds rank bits "
-                             "this merged tensor does not use", j->name, (unsigned long long)b);
-        if (!rc)
-            rc = drun_emit(&R, j, i0, i1, err);
-    }
-    if (!rc && fx && fi != fx->n)
-        rc = lora_seterr(err, LORA_EINPUT, "%s: a correction at an element that needs none "
-                         "(element %llu)", j->name, (unsigned long long)fx->index[fi]);
+    int rc = drun_open(&R, j, 0, err);
+    if (!rc && j->fixes)
+        rc = fixes_fit(j->fixes, R.nblocks, j->name, err);
+    if (!rc)
+        rc = run_parts(&R, j, 1, &st, err);
     if (!rc) {
         drun_finish(&R, j);
         if (j->stats) {
