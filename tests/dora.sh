@@ -57,6 +57,17 @@ done; done
 expect 0 lora-merge -q --json "$D/linear/base-BF16.safetensors" -a "$D/linear/adapter" -o "$T/j.safetensors"
 expect_out '"receipt_bytes"'
 
+# tensors of several row blocks (LLaMA MLP, BF16): the same bytes for any
+# -j, and back bit for bit
+"$MKF" llama "$T/big" --dtype BF16 --layers 1 --hidden 512 --intermediate 1024 --heads 4 --kv-heads 2 \
+    --vocab 64 --rank 4 --targets up_proj,down_proj --dora >/dev/null || fail "mkfixture llama --dora"
+expect 0 lora-merge -q -j 1 "$T/big/base" -a "$T/big/adapter" -o "$T/bj1"
+expect 0 lora-merge -q -j 2 "$T/big/base" -a "$T/big/adapter" -o "$T/bj2"
+cmp -s "$T/bj1/model.safetensors" "$T/bj2/model.safetensors" || fail "DoRA merge: -j 1 and -j 2 differ"
+cmp -s "$T/bj1.receipt" "$T/bj2.receipt" || fail "DoRA receipt: -j 1 and -j 2 differ"
+expect 0 lora-unmerge -q -j 2 "$T/bj2" -a "$T/big/adapter" --receipt "$T/bj2.receipt" -o "$T/bjb"
+cmp -s "$T/bjb/model.safetensors" "$T/big/base/model.safetensors" || fail "DoRA multi-block unmerge not exact"
+
 # task switch: DoRA out, a plain adapter in, in one pass; and back to DoRA
 "$MKF" gpt2 "$T/p2" --layers 2 --hidden 32 --heads 2 --vocab 64 --rank 4 --seed 7 --no-base >/dev/null
 expect 0 lora-merge -q "$T/merged" --unmerge "$A" --receipt "$T/merged.receipt" -a "$T/p2/adapter" -o "$T/sw"
