@@ -104,6 +104,8 @@ expect 3 lora-merge -q "$D/linear/base-F32.safetensors" -a "$D/hostile/adapter-s
 expect_err "lora_magnitude_vector is \[23\], expected \[24\]"
 expect 3 lora-merge -q "$D/linear/base-F32.safetensors" -a "$D/hostile/adapter-zero-mag" -o "$T/h.safetensors"
 expect_err "output row 2: DoRA's factor"
+expect 3 lora-merge -q --allow-nonfinite "$D/linear/base-F16.safetensors" -a "$D/hostile/adapter-huge-mag" -o "$T/h.safetensors"
+expect_err "q_proj.*the DoRA merge gives a value not finite in F16"
 [ -e "$T/h.safetensors" ] && fail "hostile DoRA merge wrote output"
 
 # lora-eval: at run time and merged agree; the merged checkpoint lora-merge
