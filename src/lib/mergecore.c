@@ -849,8 +849,9 @@ static int merge_block(struct tjob *j, struct block *k)
 /* Unmerge of element x of the block: W0 from m - d, by the receipt's
  * bits when coded, then the correction at *fi when it is this
  * element's.  0, or -1 after tj_fail. */
-static int unmerge_one(struct tjob *j, struct block *k, size_t x, const lora_fixes *fx,
-                       size_t *fi, size_t fe, int coded, bitrd *rd, int fast)
+static inline __attribute__((always_inline)) int
+unmerge_one(struct tjob *j, struct block *k, size_t x, const lora_fixes *fx,
+            size_t *fi, size_t fe, int coded, bitrd *rd, int fast)
 {
     int ik = j->ik, ok = j->ok;
     uint64_t first = k->first;
