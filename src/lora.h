@@ -785,6 +785,12 @@ typedef struct lora_merge_opts {
     /* receipt_in must be signed by one of these (RECEIPT.minisig). */
     const struct lora_pubkey *receipt_pubkeys;
     size_t n_receipt_pubkeys;
+    /* With dtype: convert the untouched tensors too (floating ones), and
+     * an output folder's config.json dtype with them.  Values beyond the
+     * dtype are refused as merged ones are (allow_nonfinite); the receipt
+     * keeps each converted tensor's original bytes, so that an unmerge
+     * restores them exactly (lora-receipt(5)). */
+    int convert_all;
 } lora_merge_opts;
 
 typedef struct lora_merge_result {
@@ -804,6 +810,7 @@ typedef struct lora_merge_result {
     int untied;                /* an lm_head update on a tied head was merged: OUT has
                                   its own lm_head.weight, config.json says
                                   tie_word_embeddings false (untie.c) */
+    uint64_t converted_tensors; /* untouched tensors converted (convert_all) */
 } lora_merge_result;
 
 /* Returns LORA_ECHECK (nothing written) when an unmerge with a receipt

@@ -136,6 +136,9 @@ struct run {
     size_t only;               /* the one shard --shard names, SIZE_MAX for all */
     char *tmpdir;              /* staged folder output (stage_output) */
     char *stage;               /* staged file output */
+    /* --convert-all: the input's config.json, recorded in lora_merges;
+     * and the one an undone converting merge recorded, put back */
+    char *config_orig, *config_was;
 };
 
 static int push_base(struct basepairs *B, const char *name, const unsigned char h[32],
@@ -486,9 +489,38 @@ struct tstate {
 
 /* A tensor no adapter changes: its bytes copied (--dtype applies to
  * changed tensors only). */
+/* Does --convert-all change untouched tensor T (a floating one in
+ * another dtype)? */
+static int converts(const struct run *R, const lora_tensor *t)
+{
+    return R->o->convert_all && R->o->dtype != LORA_DT_INVALID && t->dtype != R->o->dtype &&
+           (lora_dtype_writable(t->dtype) || t->dtype == LORA_DT_F64);
+}
+
+/* An untouched tensor --convert-all changes: converted (a value beyond
+ * the dtype refused as a merged one is), its original bytes kept in the
+ * receipt as a replaced tensor's are, so that an unmerge writes them
+ * back (a narrowing loses bits no arithmetic recovers; lora-receipt(5)). */
+static int convert_untouched(struct run *R, const lora_tensor *t, lora_error *err)
+{
+    unsigned char h[32];
+    int rc = LORA_OK;
+    R->res->converted_tensors++;
+    if (R->rout && ((rc = lora_receipt_add_saved(R->rout, t->name, t->dtype, t->ndim, t->shape,
+                                                 t->data, t->nbytes, h, err)) ||
+                    (rc = push_base(&R->rec, t->name, h, err))))
+        return rc;
+    if (R->w && (rc = convert_copy(R, t, t->data, t->dtype, R->o->dtype, t->name, err)))
+        return rc;
+    progress(R, t->nbytes);
+    return LORA_OK;
+}
+
 static int copy_untouched(struct run *R, const lora_tensor *t, int fd, lora_error *err)
 {
     R->res->copied_tensors++;
+    if (converts(R, t))
+        return convert_untouched(R, t, err);
     if (R->w) {
         int rc = lora_stw_copy(R->w, t->name, fd, t->offset, err);
         if (rc)
@@ -830,6 +862,10 @@ static char *new_merges(struct run *R, lora_st *st)
                               R->add[a].spec);
         if (e && R->o->allow_nonfinite) /* values beyond the dtype may be written as ±inf */
             json_object_set_new(e, "allow_nonfinite", json_true());
+        if (e && R->o->convert_all) /* what only the receipt undoes, and the config it changed */
+            json_object_set_new(e, "convert_all", json_string(lora_dtype_name(R->o->dtype)));
+        if (e && R->config_orig && a == 0)
+            json_object_set_new(e, "config_json", json_string(R->config_orig));
         json_array_append_new(m, e);
     }
     char *s = json_array_size(m) ? json_dumps(m, JSON_COMPACT) : NULL;
@@ -855,6 +891,8 @@ static lora_dtype planned_dtype(struct run *R, const lora_tensor *t)
         return base;
     if (saved_for(R->add, R->nadd, t->name))
         return out_dtype(R, ks ? ks->dtype : t->dtype);
+    if (!ks && converts(R, t))
+        return R->o->dtype;
     return ks ? ks->dtype : t->dtype;
 }
 
@@ -1748,6 +1786,10 @@ static int finish_output(struct run *R, const char *out, lora_error *err)
             rc = write_index(R, R->tmpdir, err);
         if (!rc && R->untie)
             rc = lora_untie_config(R->tmpdir, err);
+        if (!rc && R->config_was)
+            rc = lora_config_write(R->tmpdir, R->config_was, err);
+        if (!rc && opts->convert_all)
+            rc = lora_config_set_dtype(R->tmpdir, opts->dtype, err);
     }
     if (!rc && R->only == SIZE_MAX && !opts->check_only)
         rc = check_restored(R, R->tmpdir ? R->tmpdir : R->stage, err);
@@ -1760,6 +1802,46 @@ static int finish_output(struct run *R, const char *out, lora_error *err)
     free(R->tmpdir);
     R->stage = R->tmpdir = NULL;
     return LORA_OK;
+}
+
+/* --convert-all: the config.json to record (a folder written).  An
+ * undone merge that converted: its recorded config.json to put back, and
+ * without its receipt a refusal (the original bytes of the converted
+ * tensors are only there). */
+static int conversions(struct run *R, int writing, lora_error *err)
+{
+    if (R->o->convert_all && R->folder && writing)
+        return lora_config_read(lora_ckpt_dir(R->ck), &R->config_orig, err);
+    if (!R->nundo)
+        return LORA_OK;
+    json_t *m = merges_of(lora_ckpt_shard(R->ck, 0)), *e;
+    size_t i;
+    int rc = LORA_OK;
+    json_array_foreach(m, i, e) {
+        const char *h = json_string_value(json_object_get(e, "blake2b"));
+        const char *to = json_string_value(json_object_get(e, "convert_all"));
+        const char *cfg = json_string_value(json_object_get(e, "config_json"));
+        int undone = 0;
+        for (size_t u = 0; h && u < R->nundo && !undone; u++) {
+            char hex[65];
+            sodium_bin2hex(hex, sizeof hex, R->undo_hash[u], 32);
+            undone = strcmp(hex, h) == 0;
+        }
+        if (!undone || !to)
+            continue;
+        if (!R->rin) {
+            rc = lora_seterr(err, LORA_EINPUT, "%s was merged with --convert-all (every tensor "
+                             "converted to %s): only its receipt restores the tensors no adapter "
+                             "changed; give --receipt", lora_ckpt_dir(R->ck), to);
+            break;
+        }
+        if (cfg && !R->config_was && !(R->config_was = lora_strdup(cfg, err))) {
+            rc = LORA_EIO;
+            break;
+        }
+    }
+    json_decref(m);
+    return rc;
 }
 
 /* Release R; after a failure, remove what was staged. */
@@ -1791,6 +1873,8 @@ static void run_free(struct run *R, int failed)
     free(R->chk.p);
     free(R->rec.p);
     free(R->in_index);
+    free(R->config_orig);
+    free(R->config_was);
 }
 
 int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
@@ -1812,6 +1896,8 @@ int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
         return lora_seterr(err, LORA_EUSAGE, "no adapter given");
     if (opts->dtype != LORA_DT_INVALID && !lora_dtype_writable(opts->dtype))
         return lora_seterr(err, LORA_EUSAGE, "--dtype must be F32, F16 or BF16");
+    if (opts->convert_all && (opts->dtype == LORA_DT_INVALID || nundo))
+        return lora_seterr(err, LORA_EUSAGE, "--convert-all needs --dtype, and no --unmerge");
     if (!out && !opts->check_only)
         return lora_seterr(err, LORA_EUSAGE, "no output given");
     int writing = out && !opts->check_only;
@@ -1827,6 +1913,8 @@ int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
     R.folder = R.only == SIZE_MAX && (is_dir(input) || has_suffix(input, ".index.json"));
     if (!rc)
         rc = bind_all(&R, err);
+    if (!rc)
+        rc = conversions(&R, writing, err);
     if (!rc)
         rc = lora_engine_new(opts->nthreads, &R.eng, err);
     if (!rc)
