@@ -877,7 +877,7 @@ int lora_eval_check_recovery(const lora_ckpt *base, lora_adapter *ad, int nthrea
  * adapter must be found in the registry before anything is run (a
  * PEFT folder or an unregistered archive would waste the run).  The
  * row is found the way lora_adapter_load finds the adapter: task: by
- * lora_registry_resolve (the same choice), reg: by name@version, and
+ * lora_registry_resolve (the same choice), reg: by name[@version], and
  * an archive file by the BLAKE2b-256 of its bytes (the registry's
  * content address). */
 int lora_eval_registered(lora_registry *reg, const char *spec, lora_reg_adapter **out,
@@ -892,8 +892,8 @@ int lora_eval_registered(lora_registry *reg, const char *spec, lora_reg_adapter 
             return lora_seterr(err, LORA_EUSAGE, "task: names no task");
         rc = lora_registry_resolve(reg, spec + 5, NULL, NULL, out, err);
     } else if (strncmp(spec, "reg:", 4) == 0) {
-        if (!strchr(spec + 4, '@'))
-            return lora_seterr(err, LORA_EUSAGE, "reg: needs NAME@VERSION (or task:TASK)");
+        /* without @VERSION the newest, as loading takes it (the caller
+         * loads the row found here, reg:NAME@VERSION) */
         rc = lora_registry_get(reg, spec + 4, 0, out, err);
     } else {
         struct stat sb;
