@@ -148,7 +148,7 @@ START_TEST(test_roundtrip)
     /* and a plain tensor read after a coded one is plain again */
     ck_assert_int_eq(lora_receipt_fixes(r, 0, &got, &err), LORA_OK);
     ck_assert(!got.coded && got.n == fx.n);
-    ck_assert_int_eq(lora_receipt_version(r), 4);
+    ck_assert_int_eq(lora_receipt_version(r), 5);
     /* version 2: the kept headers and index come back as written */
     ck_assert_uint_eq(lora_receipt_file_count(r), 2);
     const lora_receipt_file *f = lora_receipt_file_find(r, "a.safetensors");
@@ -273,10 +273,10 @@ static size_t forge(char *out, const char *json, const void *data, size_t dlen)
     ",\"offset\":" off ",\"length\":" len ",\"fixes_blake2b\":\"" H64 "\"}"
 #define TERM "[{\"adapter\":0,\"module\":\"m\",\"scale\":1.0,\"transpose\":false}]"
 #define H32 "00000000000000000000000000000000"
-#define HEAD4(mh) "{\"format\":\"lora-receipt\",\"version\":4,\"tool\":\"x\",\"rounding\":\"nearest\"," \
+#define HEAD5(mh) "{\"format\":\"lora-receipt\",\"version\":5,\"tool\":\"x\",\"rounding\":\"nearest\"," \
              "\"hash\":\"sha256-tree\"" mh ",\"files\":[],\"adapters\":[{\"path\":\"a\",\"blake2b\":\"" \
              H64 "\",\"weight\":1}],\"tensors\":["
-/* a version 4 tensor with merged digest M, no corrections */
+/* a version 5 tensor with merged digest M, no corrections */
 #define T1M(shape, M) \
     "{\"name\":\"w\",\"base_dtype\":\"BF16\",\"dtype\":\"BF16\",\"shape\":" shape \
     ",\"base\":\"" H64 "\",\"merged\":\"" M "\",\"terms\":" TERM ",\"fixes\":0,\"ambiguous\":0" \
@@ -305,16 +305,16 @@ START_TEST(test_hostile_index)
         HEAD T1("[2,3]", "BF16", TERM, "0", "8", "0") "," T1("[2,3]", "BF16", TERM, "0", "8", "0") "]}",
         HEAD "7]}",
         "{\"format\":\"lora-receipt\",\"version\":1,\"tool\":\"x\",\"rounding\":\"up\"}",
-        /* version 4: merged digests are XXH3-128 (32 hex digits), said so */
-        HEAD4("") T1M("[2,3]", H32) "]}",
-        HEAD4(",\"merged_hash\":\"blake2b-256-tree\"") T1M("[2,3]", H32) "]}",
-        HEAD4(",\"merged_hash\":\"xxh3-128-tree\"") T1M("[2,3]", H64) "]}",
-        HEAD4(",\"merged_hash\":\"xxh3-128-tree\"") T1M("[2,3]", H32 "0") "]}",
-        /* version 4's base digests are SHA-256 trees */
-        "{\"format\":\"lora-receipt\",\"version\":4,\"tool\":\"x\",\"rounding\":\"nearest\","
+        /* version 5: merged digests are XXH3-128 (32 hex digits), said so */
+        HEAD5("") T1M("[2,3]", H32) "]}",
+        HEAD5(",\"merged_hash\":\"blake2b-256-tree\"") T1M("[2,3]", H32) "]}",
+        HEAD5(",\"merged_hash\":\"xxh3-128-tree\"") T1M("[2,3]", H64) "]}",
+        HEAD5(",\"merged_hash\":\"xxh3-128-tree\"") T1M("[2,3]", H32 "0") "]}",
+        /* version 5's base digests are SHA-256 trees */
+        "{\"format\":\"lora-receipt\",\"version\":5,\"tool\":\"x\",\"rounding\":\"nearest\","
         "\"hash\":\"blake2b-256-tree\",\"merged_hash\":\"xxh3-128-tree\",\"adapters\":[{\"path\":"
         "\"a\",\"blake2b\":\"" H64 "\",\"weight\":1}],\"tensors\":[]}",
-        /* and a version 3 receipt does not name one */
+        /* and a receipt of version 4 or older does not name one */
         "{\"format\":\"lora-receipt\",\"version\":3,\"tool\":\"x\",\"rounding\":\"nearest\","
         "\"hash\":\"blake2b-256-tree\",\"merged_hash\":\"xxh3-128-tree\",\"adapters\":[{\"path\":"
         "\"a\",\"blake2b\":\"" H64 "\",\"weight\":1}],\"tensors\":[]}",
@@ -351,7 +351,7 @@ START_TEST(test_hostile_index)
         size_t n = forge(buf, json, blocks[b], 2);
         ck_assert_int_eq(try_all(buf, n, &err), b == 0 ? LORA_OK : LORA_EINPUT);
     }
-    /* version 4 as lora-merge writes it: read (the cases above fail for
+    /* version 5 as lora-merge writes it: read (the cases above fail for
      * what they change, not for something else) */
     {
         static const unsigned char blk[1] = {0}; /* no rank bits, no corrections */
@@ -360,7 +360,7 @@ START_TEST(test_hostile_index)
         char hex[65], json[2048];
         sodium_bin2hex(hex, sizeof hex, h, 32);
         snprintf(json, sizeof json, "%s",
-                 HEAD4(",\"merged_hash\":\"xxh3-128-tree\"") T1M("[2,3]", H32) "]}");
+                 HEAD5(",\"merged_hash\":\"xxh3-128-tree\"") T1M("[2,3]", H32) "]}");
         char *at = strstr(json, "\"fixes_blake2b\":\"") + strlen("\"fixes_blake2b\":\"");
         memcpy(at, hex, 64);
         ck_assert_int_eq(try_all(buf, forge(buf, json, blk, 1), &err), LORA_OK);

@@ -828,12 +828,6 @@ static int bind(lora_adapter *ad, const lora_ckpt *base, int allow_tied, lora_er
     for (size_t i = 0; i < ad->n_modules; i++) {
         lora_module *m = &ad->modules[i];
         m->tied_head = 0;
-        if (m->magnitude)
-            return lora_seterr(err, LORA_EINPUT,
-                               "module %s: a DoRA module (lora_magnitude_vector): merging or "
-                               "applying DoRA, W' = (m / ||W0 + dW||) * (W0 + dW) per output "
-                               "row, is not implemented",
-                               m->name);
         if (m->r != m->config_r)
             return lora_seterr(err, LORA_EINPUT,
                                "module %s: its tensors have rank %llu but the config gives r=%llu",

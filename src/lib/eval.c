@@ -11,6 +11,7 @@
  * argmax, ties to the lowest id.
  */
 #include "internal.h"
+#include "dora.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -778,6 +779,30 @@ void lora_recovery_free(lora_recovery *r, size_t n)
     free(r);
 }
 
+/* --check-recovery of a DoRA module: merged as lora-merge does it, then
+ * unmerged with the norms and corrections a receipt would keep. */
+static int dora_roundtrip(const lora_tensor *t, const lora_module *mod, void *merged, void *back,
+                          lora_fixes *fixes, int nthreads, lora_error *err)
+{
+    double *norm = malloc((size_t)mod->out * sizeof *norm);
+    if (!norm)
+        return lora_oom(err);
+    lora_dora_job j = {.name = t->name, .in_dt = t->dtype, .out_dt = t->dtype,
+                       .rows = t->shape[0], .cols = t->shape[1], .src = t->data, .dst = merged,
+                       .m = mod, .norm = norm, .out_fixes = fixes,
+                       .nthreads = nthreads};
+    int rc = lora_dora_merge(&j, err);
+    if (rc == LORA_OK) {
+        j.src = merged;
+        j.dst = back;
+        j.out_fixes = NULL;
+        j.fixes = fixes;
+        rc = lora_dora_unmerge(&j, err);
+    }
+    free(norm);
+    return rc;
+}
+
 int lora_eval_check_recovery(const lora_ckpt *base, lora_adapter *ad, int nthreads,
                              lora_recovery **out, size_t *n, lora_error *err)
 {
@@ -809,11 +834,15 @@ int lora_eval_check_recovery(const lora_ckpt *base, lora_adapter *ad, int nthrea
             rc = lora_oom(err);
             break;
         }
-        rc = lora_tensor_merge(t->dtype, t->dtype, t->shape[0], t->shape[1], t->data, merged, &term,
-                               1, LORA_ROUND_NEAREST, nthreads, &fixes, &st, err);
-        if (rc == LORA_OK)
-            rc = lora_tensor_unmerge(t->dtype, t->dtype, t->shape[0], t->shape[1], merged, back,
-                                     &term, 1, &fixes, NULL, nthreads, &st, err);
+        if (mod->magnitude) {
+            rc = dora_roundtrip(t, mod, merged, back, &fixes, nthreads, err);
+        } else {
+            rc = lora_tensor_merge(t->dtype, t->dtype, t->shape[0], t->shape[1], t->data, merged,
+                                   &term, 1, LORA_ROUND_NEAREST, nthreads, &fixes, &st, err);
+            if (rc == LORA_OK)
+                rc = lora_tensor_unmerge(t->dtype, t->dtype, t->shape[0], t->shape[1], merged, back,
+                                         &term, 1, &fixes, NULL, nthreads, &st, err);
+        }
         if (rc == LORA_OK) {
             /* bytes, not values: -0 against +0 or one NaN payload against
              * another is not recovery */

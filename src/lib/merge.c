@@ -15,6 +15,7 @@
 
 #include <stdint.h>
 #include "mergecore.h"
+#include "dora.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -95,6 +96,8 @@ void lora_adapter_digest(const lora_adapter *ad, unsigned char out[32])
         crypto_generichash_update(&h, sc, 8);
         crypto_generichash_update(&h, m->A->data, (size_t)m->A->nbytes);
         crypto_generichash_update(&h, m->B->data, (size_t)m->B->nbytes);
+        if (m->magnitude) /* DoRA: the magnitudes are part of what was merged */
+            crypto_generichash_update(&h, m->magnitude->data, (size_t)m->magnitude->nbytes);
     }
     crypto_generichash_final(&h, out, 32);
 }
@@ -168,7 +171,7 @@ static void base_digest(struct run *R, struct basepairs *B, int kind, const unsi
 {
     crypto_generichash_state st;
     unsigned char h[32];
-    /* "2": the tensors' digests are SHA-256 trees (receipt version 4) */
+    /* "2": the tensors' digests are SHA-256 trees (receipt version 5) */
     const char *tag = kind == LORA_TH_SHA256 ? "lora-base 2" : "lora-base 1";
     if (B->n)
         qsort(B->p, B->n, sizeof *B->p, cmp_basepair);
@@ -483,6 +486,7 @@ struct tstate {
     lora_tensor_report tr;
     unsigned char base_hash[32];   /* of W0, in the kind of the receipt undone */
     unsigned char rec_hash[32];    /* of W0, in the kind of the receipt written */
+    int odora, ndora;              /* the step takes a DoRA module out / puts one in (dora.c) */
 };
 
 /* A tensor no adapter changes: its bytes copied (--dtype applies to
@@ -570,6 +574,44 @@ static void judge_unmerge(struct run *R, struct tstate *S, const lora_merge_stat
         R->res->max_ulps = ust->max_ulps;
 }
 
+/* DoRA (dora.c): which steps take a DoRA module out or put one in,
+ * checked before any work.  A DoRA merge is undone only with the row
+ * norms its receipt keeps. */
+static int dora_steps(const struct run *R, struct tstate *S, lora_error *err)
+{
+    if ((S->odora = lora_terms_dora(S->oldt, S->nold, S->t->name, err)) < 0)
+        return -S->odora;
+    if ((S->ndora = lora_terms_dora(S->newt, S->nnew, S->t->name, err)) < 0)
+        return -S->ndora;
+    if (S->rt && S->odora != S->rt->dora)
+        return lora_seterr(err, LORA_EINPUT, "%s: the receipt says it was merged %s DoRA, but "
+                           "module %s is %sa DoRA module", S->t->name,
+                           S->rt->dora ? "with" : "without", S->oldt[0].module->name,
+                           S->odora ? "" : "not ");
+    if (S->odora && !S->rt)
+        return lora_seterr(err, LORA_EINPUT,
+                           "%s: merged with DoRA module %s: without the merge receipt W0 cannot "
+                           "be known (the merge rescaled each output row by m / ||W0 + dW||, "
+                           "which the merged weights do not record); give the receipt%s",
+                           S->t->name, S->oldt[0].module->name,
+                           R->rin ? "" : " (--receipt)");
+    return LORA_OK;
+}
+
+static int dora_unmerge(struct run *R, const struct tstate *S, const lora_tjob *j,
+                        lora_error *err)
+{
+    uint64_t out = S->oldt[0].module->out;
+    double *norm = malloc((size_t)out * sizeof *norm);
+    if (!norm)
+        return lora_oom(err);
+    int rc = lora_receipt_dora_norms(R->rin, S->rti, norm, out, err);
+    if (!rc)
+        rc = lora_dora_run(j, norm, lora_engine_threads(R->eng), err);
+    free(norm);
+    return rc;
+}
+
 /* Take the old adapters out of S->t: W0 goes to the output, or to
  * R->tmp when new adapters go in next. */
 static int unmerge_step(struct run *R, struct tstate *S, lora_error *err)
@@ -626,7 +668,7 @@ static int unmerge_step(struct run *R, struct tstate *S, lora_error *err)
         j.sink = R->w ? sink_stw : sink_null;
         j.sink_arg = R->w ? R : NULL;
     }
-    int rc = lora_engine_run(R->eng, &j, err);
+    int rc = S->odora ? dora_unmerge(R, S, &j, err) : lora_engine_run(R->eng, &j, err);
     if (rc)
         return rc;
     judge_unmerge(R, S, &ust, in_hash, out_hash, j.ref != NULL);
@@ -641,7 +683,8 @@ static int unmerge_step(struct run *R, struct tstate *S, lora_error *err)
 /* The receipt's entry for a tensor merge_step wrote: its terms, both
  * hashes and the corrections in R->fixes. */
 static int record_tensor(struct run *R, const struct tstate *S, lora_dtype out_dt,
-                         const unsigned char merged_hash[32], lora_error *err)
+                         const unsigned char merged_hash[32], const double *norm,
+                         lora_error *err)
 {
     lora_receipt_term rterms[64];
     for (size_t k = 0; k < S->nnew; k++) {
@@ -663,6 +706,11 @@ static int record_tensor(struct run *R, const struct tstate *S, lora_dtype out_d
     memcpy(rt2.merged_hash, merged_hash, 32);
     rt2.terms = rterms;
     rt2.nterms = S->nnew;
+    if (norm) { /* a DoRA merge: its row norms (receipt version 4) */
+        rt2.dora = 1;
+        rt2.dora_norm = norm;
+        rt2.dora_length = 8 * S->newt[0].module->out;
+    }
     return lora_receipt_add_tensor(R->rout, &rt2, &R->fixes, err);
 }
 
@@ -687,7 +735,7 @@ static int merge_step(struct run *R, struct tstate *S, lora_error *err)
     j.hash = R->rout != NULL;
     /* base digest: SHA-256 (lora_base), already taken by unmerge_step in
      * a task switch unless the receipt undone is of another kind; merged
-     * digest: XXH3-128 (receipt version 4) */
+     * digest: XXH3-128 (receipt version 5) */
     int hashed = S->nold && (!S->rt || lora_receipt_base_kind(R->rin) == LORA_TH_NEW_BASE);
     j.in_hk = hashed ? LORA_TH_SKIP : LORA_TH_NEW_BASE;
     j.out_hk = LORA_TH_XXH3;
@@ -699,14 +747,23 @@ static int merge_step(struct run *R, struct tstate *S, lora_error *err)
     j.out_fixes = &R->fixes;
     j.sink = R->w ? sink_stw : sink_null;
     j.sink_arg = R->w ? R : NULL;
-    int rc = lora_engine_run(R->eng, &j, err);
-    if (rc)
-        return rc;
-    memcpy(S->rec_hash, hashed ? S->base_hash : in_hash, 32);
+    double *norm = NULL;
+    int rc;
+    if (S->ndora)
+        rc = !(norm = malloc((size_t)S->newt[0].module->out * sizeof *norm))
+                 ? lora_oom(err)
+                 : lora_dora_run(&j, norm, lora_engine_threads(R->eng), err);
+    else
+        rc = lora_engine_run(R->eng, &j, err);
+    if (!rc)
+        memcpy(S->rec_hash, hashed ? S->base_hash : in_hash, 32);
     S->tr.fixes = st.fixes;
     R->res->fixes += st.fixes;
     R->res->nonfinite += st.nonfinite;
-    return R->rout ? record_tensor(R, S, j.out_dt, merged_hash, err) : LORA_OK;
+    if (!rc && R->rout)
+        rc = record_tensor(R, S, j.out_dt, merged_hash, norm, err);
+    free(norm);
+    return rc;
 }
 
 /* The rules between modules_to_save and adapters on one tensor: a
@@ -755,6 +812,8 @@ static int do_tensor(struct run *R, const lora_tensor *t, int fd, lora_error *er
     S.src = t->data;
     S.src_dt = t->dtype;
     R->cur = t->name;
+    if ((rc = dora_steps(R, &S, err)))
+        return rc;
     if (S.nold && (rc = unmerge_step(R, &S, err)))
         return rc;
     if (S.nnew && (rc = merge_step(R, &S, err)))

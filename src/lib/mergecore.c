@@ -1233,6 +1233,9 @@ int lora_engine_run(lora_engine *e, const lora_tjob *s, lora_error *err)
     for (size_t t = 0; t < s->nterms; t++) {
         const lora_module *m = s->terms[t].module;
         uint64_t rows = m->transpose ? m->in : m->out, cols = m->transpose ? m->out : m->in;
+        if (m->magnitude) /* never ΔW alone: dora.c merges DoRA modules */
+            return lora_seterr(err, LORA_EUSAGE, "%s: DoRA module %s: not a plain LoRA term",
+                               s->name, m->name);
         if (rows != s->rows || cols != s->cols)
             return lora_seterr(err, LORA_EINPUT,
                                "%s: adapter module %s is %llux%llu, the tensor is %llux%llu",

@@ -76,14 +76,14 @@ int lora_tree_hash_kind(int kind, const void *data, uint64_t rows, uint64_t cols
                         size_t elsize, unsigned char out[32]);
 
 /* The kinds of a receipt's digests of merged and of base tensors, and
- * of those lora-merge writes (version 4). */
+ * of those lora-merge writes (version 5). */
 static inline int lora_receipt_merged_kind(const lora_receipt *r)
 {
-    return lora_receipt_version(r) >= 4 ? LORA_TH_XXH3 : LORA_TH_BLAKE2B;
+    return lora_receipt_version(r) >= 5 ? LORA_TH_XXH3 : LORA_TH_BLAKE2B;
 }
 static inline int lora_receipt_base_kind(const lora_receipt *r)
 {
-    return lora_receipt_version(r) >= 4 ? LORA_TH_SHA256 : LORA_TH_BLAKE2B;
+    return lora_receipt_version(r) >= 5 ? LORA_TH_SHA256 : LORA_TH_BLAKE2B;
 }
 #define LORA_TH_NEW_BASE LORA_TH_SHA256
 

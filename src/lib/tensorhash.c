@@ -6,7 +6,7 @@
  *
  * The kinds, chosen by what the digest has to prove:
  *   LORA_TH_SHA256   SHA-256 (OpenSSL's libcrypto).  The base tensors
- *                    (receipt version 4): their digests make lora_base,
+ *                    (receipt version 5): their digests make lora_base,
  *                    which must resist a forged receipt (lora(7), THREAT
  *                    MODEL), so a cryptographic hash; SHA-256 because
  *                    CPUs run it in hardware (SHA-NI, ARMv8 SHA2): 1.2
@@ -15,7 +15,7 @@
  *                    up to version 3.
  *   LORA_TH_XXH3     XXH3-128 (libxxhash), in the first 16 of the 32
  *                    bytes, the rest zero.  The merged tensors (receipt
- *                    version 4): that digest only tells an unmerge early
+ *                    version 5): that digest only tells an unmerge early
  *                    that the merged file is not the one the receipt was
  *                    written for.  It guards nothing by itself: whatever
  *                    the merged bytes, the restored tensors are checked
