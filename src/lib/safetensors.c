@@ -1105,6 +1105,13 @@ int lora_stw_write(lora_stw *w, const char *name, uint64_t off, const void *buf,
         return rc;
     if (pwrite_all(w->fd, buf, len, t->offset + off) != 0)
         return lora_seterr_errno(err, LORA_EIO, errno, "%s: write", w->path);
+#ifdef SYNC_FILE_RANGE_WRITE
+    /* start writing these pages back now, while the caller computes the
+     * next ones, so that the commit's fsync finds little left to do (it
+     * was a serial 0.37 s at the end of a 0.8 GB merge); only starts the
+     * I/O: errors still come from that fsync */
+    (void)sync_file_range(w->fd, (off_t)(t->offset + off), (off_t)len, SYNC_FILE_RANGE_WRITE);
+#endif
     atomic_fetch_add(&t->written, (uint64_t)len);
     return LORA_OK;
 }
