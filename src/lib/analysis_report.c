@@ -294,6 +294,13 @@ int lora_analyze(lora_adapter *ad, const lora_analysis_opts *o, int json, char *
                                      m->target);
                     break;
                 }
+                if (lora_ckpt_permuted_heads(o->base, w)) { /* rows in llama.cpp's order */
+                    rc = lora_seterr(err, LORA_EINPUT, "%s: base tensor %s of a GGUF base has "
+                                     "its rows permuted by llama.cpp's converter: the "
+                                     "amplification needs the Hugging Face checkpoint",
+                                     m->name, m->target);
+                    break;
+                }
                 lora_amplification a;
                 if ((rc = lora_module_amplification(m, w, &a, err)) != LORA_OK)
                     break;

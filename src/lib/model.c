@@ -85,6 +85,12 @@ void lora_model_free(lora_model *m)
 int lora_model_open(const char *dir, lora_model **out, lora_error *err)
 {
     *out = NULL;
+    if (lora_gguf_is_file(dir)) /* merged and unmerged, not evaluated (issue 17) */
+        return lora_seterr(err, LORA_EINPUT,
+                           "%s: a GGUF model: lora-eval evaluates Hugging Face checkpoints "
+                           "(config.json + safetensors); GGUF bases can be merged and unmerged "
+                           "(lora-merge, lora-unmerge) but not evaluated: evaluate the checkpoint "
+                           "the GGUF file was converted from", dir);
     lora_model *m = calloc(1, sizeof *m);
     if (!m)
         return lora_oom(err);
