@@ -216,34 +216,52 @@ static int build_view(gview *v, lora_tensor **pt, const char ***mk, const char *
     return LORA_OK;
 }
 
-int lora_gguf_st_open(const char *path, lora_st **out, lora_error *err)
+int lora_gguf_st_from(lora_gguf *gg, int fd, lora_st **out, lora_error *err)
 {
     *out = NULL;
     gview *v = calloc(1, sizeof *v);
-    if (!v)
+    if (!v) {
+        lora_gguf_close(gg);
+        if (fd >= 0)
+            close(fd);
         return lora_oom(err);
+    }
+    v->g = gg;
     lora_tensor *t = NULL;
     const char **mk = NULL, **mv = NULL;
     size_t nmeta = 0;
-    int fd = -1;
-    int rc = lora_gguf_open(path, &v->g, err);
-    if (!rc)
-        rc = build_view(v, &t, &mk, &mv, &nmeta, err);
-    if (!rc && (fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
-        rc = lora_seterr_errno(err, LORA_EIO, errno, "%s", path);
+    int rc = build_view(v, &t, &mk, &mv, &nmeta, err);
     if (rc) {
         free(t);
         free(mk);
         free(mv);
         gview_free(v);
+        if (fd >= 0)
+            close(fd);
         return rc;
     }
-    lora_gguf *g = v->g;
     /* the "header" merge.c hashes and a receipt keeps: every byte before
      * the tensor data (magic, version, counts, key/values, tensor infos,
      * padding), less the 8 bytes lora_st_header_size leaves out */
-    return lora_st_view(path, fd, NULL, lora_gguf_size(g), lora_gguf_data_offset(g) - 8, t,
-                        v->n, mk, mv, nmeta, v, gview_free, out, err);
+    return lora_st_view(lora_gguf_path(gg), fd, NULL, lora_gguf_size(gg),
+                        lora_gguf_data_offset(gg) - 8, t, v->n, mk, mv, nmeta, v, gview_free,
+                        out, err);
+}
+
+int lora_gguf_st_open(const char *path, lora_st **out, lora_error *err)
+{
+    *out = NULL;
+    lora_gguf *g;
+    int rc = lora_gguf_open(path, &g, err);
+    if (rc)
+        return rc;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        rc = lora_seterr_errno(err, LORA_EIO, errno, "%s", path);
+        lora_gguf_close(g);
+        return rc;
+    }
+    return lora_gguf_st_from(g, fd, out, err);
 }
 
 static long find_index(const gview *v, const char *name)

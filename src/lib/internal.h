@@ -259,6 +259,9 @@ int lora_stw_new_gguf(lora_gstw *gg, lora_stw **out, lora_error *err);
  * opens it): tensors under their Hugging Face names, PyTorch dimension
  * order; metadata: lora_merges and lora_base only. */
 int lora_gguf_st_open(const char *path, lora_st **out, lora_error *err);
+/* The same over an opened file (taken over, as FD, -1 for none: closed
+ * with the view or on failure); for the fuzz target. */
+int lora_gguf_st_from(lora_gguf *g, int fd, lora_st **out, lora_error *err);
 int lora_st_is_gguf(const lora_st *st);
 int lora_ckpt_is_gguf(const lora_ckpt *ck);
 /* "Q8_0" for a GGUF tensor, else the dtype's name. */

@@ -515,7 +515,8 @@ int lora_st_view(const char *name, int fd, const void *buf, uint64_t len, uint64
         free(mkey);
         free(mval);
         owner_free(owner);
-        close(fd);
+        if (fd >= 0)
+            close(fd);
         return LORA_EIO;
     }
     st->fd = fd;
