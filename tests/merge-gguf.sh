@@ -9,7 +9,8 @@
 # file back byte for byte; a Q8_0 tensor the adapter does not change is
 # copied byte for byte, an adapted one is refused naming its type with
 # nothing written; --dtype is refused; the base identity of a GGUF base is
-# that of its safetensors twin; lora-eval refuses a GGUF base clearly;
+# that of its safetensors twin; lora-eval gives the same report on a llama
+# GGUF model as on its twin (and refuses other architectures);
 # @huggingface/gguf reads the merged file (tests/gguf-model-check.mjs, when
 # node and the package are there).  With $FIXTURES: the same on the real
 # llama.cpp file gguf-llama2-tiny-random.
@@ -137,10 +138,42 @@ expect 1 lora-merge -q "$T/bf16/base.gguf" -a "$d/a.lora" -p "$T/k.pub" -o "$d/o
 expect_err "wrong base"
 [ -e "$d/out-wrong.gguf" ] && fail "wrong base: written"
 
-# lora-eval does not evaluate a GGUF base: a clear refusal
-printf '{"prompt": "a", "choices": ["b", "c"], "label": 0}\n' > "$T/set.jsonl"
-expect 3 lora-eval --model "$T/f16/base.gguf" --data "$T/set.jsonl"
-expect_err "a GGUF model: lora-eval evaluates"
+# lora-eval on a GGUF model of the llama family: config from its key/values,
+# q/k rows put back: the same report as on the safetensors twin, merged,
+# unmerged, and the exact-recovery check (an RMS epsilon exact in F32, as
+# GGUF stores it)
+d="$T/ev"
+"$MK" llama "$d" --layers 2 --hidden 64 --heads 4 --kv-heads 2 --intermediate 128 --vocab 64 \
+    --rank 4 --targets q_proj,k_proj,v_proj,o_proj --seed 4 >/dev/null || fail "mkfixture ev"
+sed 's/"rms_norm_eps": [0-9.e-]*/"rms_norm_eps": 9.5367431640625e-07/' "$d/base/config.json" > "$d/c" &&
+    mv "$d/c" "$d/base/config.json"
+"$GG" from-st "$d/base/model.safetensors" "$d/base/config.json" "$d/base.gguf" || fail "mkgguf ev"
+cat > "$d/set.jsonl" <<'EOF2'
+{"prompt": [3, 17, 40, 2, 9], "choices": [[5], [60, 3]], "label": 0}
+{"prompt": [1, 2, 3, 4], "choices": [[7], [8]], "label": 1}
+{"prompt": [30, 31, 7], "choices": [[1, 2], [33]], "label": 1}
+{"prompt": [1, 2, 3], "target": [4, 5, 6]}
+EOF2
+report() { sed -e '/"seconds"/d' -e '/tokens_per_second/d' -e '/"model"/d' "$T/out"; }
+for mode in unmerged merged both; do
+    expect 0 lora-eval --model "$d/base" -a "$d/adapter" --data "$d/set.jsonl" --mode $mode --json
+    report > "$d/st.$mode"
+    expect 0 lora-eval --model "$d/base.gguf" -a "$d/adapter" --data "$d/set.jsonl" --mode $mode --json
+    report > "$d/gg.$mode"
+    checks=$((checks + 1))
+    cmp -s "$d/st.$mode" "$d/gg.$mode" || { fail "eval $mode: GGUF and safetensors differ";
+        diff "$d/st.$mode" "$d/gg.$mode" | head -n 6 >&2; }
+done
+grep -q '"nll": [0-9]' "$d/gg.unmerged" || fail "eval: no NLL in the report"
+expect 0 lora-eval --check-recovery --model "$d/base" -a "$d/adapter" --json
+report > "$d/st.rec"
+expect 0 lora-eval --check-recovery --model "$d/base.gguf" -a "$d/adapter" --json
+report > "$d/gg.rec"
+checks=$((checks + 1))
+cmp -s "$d/st.rec" "$d/gg.rec" || fail "check-recovery: GGUF and safetensors differ"
+# other architectures are not evaluated from GGUF: said so
+expect 3 lora-eval --model "$T/gpt2/base.gguf" --data "$d/set.jsonl"
+expect_err "llama family only"
 
 if [ -n "${FIXTURES:-}" ] && [ -f "$FIXTURES/real/gguf-llama2-tiny-random/llama-2-tiny-random.gguf" ]; then
     R="$FIXTURES/real/gguf-llama2-tiny-random/llama-2-tiny-random.gguf"
@@ -164,6 +197,9 @@ if [ -n "${FIXTURES:-}" ] && [ -f "$FIXTURES/real/gguf-llama2-tiny-random/llama-
     expect 0 "$GG" from-st "$d/mst/model.safetensors" "$d/st/config.json" "$d/ref.gguf"
     expect 0 "$GG" same "$d/m.gguf" "$d/ref.gguf"
     node_check "$R" "$d/m.gguf" "$d/adapter"
+    # the real file evaluated: merged and unmerged agree
+    expect 0 lora-eval --model "$R" -a "$d/adapter" --data "$T/ev/set.jsonl" --mode both --json
+    expect_out '"agree": true' 
 else
     echo "note: FIXTURES not set: the real llama.cpp GGUF file not merged"
 fi

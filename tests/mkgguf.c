@@ -9,8 +9,9 @@
  *       q/k rows permuted per head as LlamaModel.permute does (k with the
  *       key/value heads), dtypes kept, 1-D tensors F32 with --f32-norms
  *       (as llama.cpp stores norms), gpt2's Conv1D weights transposed to
- *       [out, in]; general.*, <arch>.* hyperparameters and a string
- *       array (a stand-in vocabulary) as key/values.
+ *       [out, in]; general.*, <arch>.* hyperparameters (from the
+ *       config: context, embedding and feed-forward lengths, heads, RMS
+ *       epsilon, rope base) and an array as key/values.
  *         --q8 NAME         store tensor NAME (Hugging Face name) as Q8_0
  *         --alignment N     general.alignment
  *         --f32-norms       1-D tensors as F32
@@ -30,6 +31,7 @@
  */
 #include "../src/lib/gguf_int.h"
 
+#include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -133,6 +135,7 @@ static int from_st(int argc, char **argv)
     if (lora_read_file(argv[3], 1 << 20, &cfg, &cl, &err) ||
         lora_gguf_arch_from_config(cfg, cl, &arch, &err))
         return die(argv[3], &err);
+    json_t *cj = json_loadb(cfg, cl, 0, NULL);
     free(cfg);
     int gpt2 = !strcmp(arch.name, "gpt2");
     size_t n = lora_st_count(st);
@@ -161,7 +164,25 @@ static int from_st(int argc, char **argv)
     /* an array and a float: key/values of every kind travel */
     int32_t tt[5] = {1, 3, 3, 1, 6};
     rc = rc || lora_ggw_kv_num(w, "tokenizer.ggml.token_type", LORA_GGUF_I32, 1, 5, tt, &err);
-    rc = rc || lora_ggw_kv_f32(w, "llama.rope.freq_base", 10000.0f, &err);
+    /* llama's hyperparameters, as convert_hf_to_gguf.py writes them */
+    static const char *const hp[][2] = {
+        {"max_position_embeddings", "llama.context_length"},
+        {"hidden_size", "llama.embedding_length"},
+        {"intermediate_size", "llama.feed_forward_length"},
+    };
+    for (size_t k = 0; !gpt2 && k < 3; k++) {
+        json_t *x = json_object_get(cj, hp[k][0]);
+        if (json_is_integer(x))
+            rc = rc || lora_ggw_kv_u32(w, hp[k][1], (uint32_t)json_integer_value(x), &err);
+    }
+    json_t *eps = json_object_get(cj, "rms_norm_eps"), *th = json_object_get(cj, "rope_theta");
+    if (!gpt2 && json_is_number(eps))
+        rc = rc || lora_ggw_kv_f32(w, "llama.attention.layer_norm_rms_epsilon",
+                                   (float)json_number_value(eps), &err);
+    if (!gpt2)
+        rc = rc || lora_ggw_kv_f32(w, "llama.rope.freq_base",
+                                   json_is_number(th) ? (float)json_number_value(th) : 10000.0f, &err);
+    json_decref(cj);
     if (rc)
         return die("key/values", &err);
     for (size_t i = 0; i < n; i++) {

@@ -809,15 +809,19 @@ int lora_eval_check_recovery(const lora_ckpt *base, lora_adapter *ad, int nthrea
             rc = lora_oom(err);
             break;
         }
-        rc = lora_tensor_merge(t->dtype, t->dtype, t->shape[0], t->shape[1], t->data, merged, &term,
-                               1, LORA_ROUND_NEAREST, nthreads, &fixes, &st, err);
+        void *hf = NULL; /* a GGUF base's q/k in Hugging Face row order, as B */
+        rc = lora_ckpt_hf_rows(base, t, &hf, err);
+        const unsigned char *w0 = hf ? hf : t->data;
+        if (rc == LORA_OK)
+            rc = lora_tensor_merge(t->dtype, t->dtype, t->shape[0], t->shape[1], w0, merged,
+                                   &term, 1, LORA_ROUND_NEAREST, nthreads, &fixes, &st, err);
         if (rc == LORA_OK)
             rc = lora_tensor_unmerge(t->dtype, t->dtype, t->shape[0], t->shape[1], merged, back,
                                      &term, 1, &fixes, NULL, nthreads, &st, err);
         if (rc == LORA_OK) {
             /* bytes, not values: -0 against +0 or one NaN payload against
              * another is not recovery */
-            const unsigned char *a = t->data, *b = back;
+            const unsigned char *a = w0, *b = back;
             uint64_t exact = 0;
             for (uint64_t e = 0; e < t->numel; e++)
                 exact += memcmp(a + e * esz, b + e * esz, esz) == 0;
@@ -828,6 +832,7 @@ int lora_eval_check_recovery(const lora_ckpt *base, lora_adapter *ad, int nthrea
         }
         k++;
         lora_fixes_free(&fixes);
+        free(hf);
         free(merged);
         free(back);
         if (rc != LORA_OK) {

@@ -124,6 +124,22 @@ uint64_t lora_ckpt_permuted_heads(const lora_ckpt *ck, const lora_tensor *t)
     return v && v->heads[i] != HEADS_UNKNOWN ? v->heads[i] : 0;
 }
 
+/* The llama family's norms, which gguf_names.c (LoRA targets only) does
+ * not name: what the forward (model_weights.c) looks for. */
+static int llama_norm(const char *g, char *out, size_t cap)
+{
+    unsigned long b;
+    char rest[64];
+    if (strcmp(g, "output_norm.weight") == 0)
+        return snprintf(out, cap, "model.norm.weight") < (int)cap ? 0 : -1;
+    if (sscanf(g, "blk.%lu.%63s", &b, rest) != 2 || b > 100000)
+        return -1;
+    const char *hf = strcmp(rest, "attn_norm.weight") == 0 ? "input_layernorm"
+                   : strcmp(rest, "ffn_norm.weight") == 0  ? "post_attention_layernorm"
+                                                            : NULL;
+    return hf && snprintf(out, cap, "model.layers.%lu.%s.weight", b, hf) < (int)cap ? 0 : -1;
+}
+
 /* The name a tensor is shown under, and the heads its rows are permuted by. */
 static int show_name(gview *v, const lora_gguf_arch *arch, int known, size_t i, double h,
                      double kvh, lora_error *err)
@@ -133,6 +149,8 @@ static int show_name(gview *v, const lora_gguf_arch *arch, int known, size_t i, 
     const char *name = gt->name;
     if (known && lora_gguf_name_to_hf(arch, gt->name, hf, sizeof hf - 8) == 0) {
         strcat(hf, ".weight");
+        name = hf;
+    } else if (known && arch->permute_qk && llama_norm(gt->name, hf, sizeof hf) == 0) {
         name = hf;
     }
     if (!(v->names[i] = lora_strdup(name, err)))
@@ -553,4 +571,85 @@ int lora_gstw_commit(lora_gstw *g, lora_error *err)
     g->w = NULL;
     lora_gstw_free(g);
     return rc;
+}
+
+/* ---- evaluation (model.c, eval.c) ------------------------------------- */
+
+int lora_ckpt_hf_rows(const lora_ckpt *ck, const lora_tensor *t, void **out, lora_error *err)
+{
+    *out = NULL;
+    uint64_t heads = lora_ckpt_permuted_heads(ck, t);
+    if (!heads)
+        return LORA_OK;
+    size_t es = lora_dtype_bits(t->dtype) / 8;
+    void *b = malloc(t->nbytes ? (size_t)t->nbytes : 1);
+    if (!b)
+        return lora_oom(err);
+    int rc = lora_gguf_permute_rows(b, t->data, t->shape[0], t->shape[1], es, heads, 1, err);
+    if (rc) {
+        free(b);
+        return lora_err_prefix(err, "%s", t->name);
+    }
+    *out = b;
+    return LORA_OK;
+}
+
+/* A config.json for the llama family from the GGUF key/values
+ * (llama.cpp's names, as convert_hf_to_gguf.py writes them). */
+int lora_gguf_model_config(const lora_ckpt *ck, char **json, size_t *len, lora_error *err)
+{
+    *json = NULL;
+    const gview *v = lora_ckpt_is_gguf(ck) ? view_of(lora_ckpt_shard(ck, 0)) : NULL;
+    const char *path = v ? lora_gguf_path(v->g) : "?";
+    const char *an = v ? lora_gguf_get_str(v->g, "general.architecture") : NULL;
+    if (!an || strcmp(an, "llama") != 0)
+        return lora_seterr(err, LORA_EINPUT, "%s: a GGUF model of architecture %s: lora-eval "
+                           "evaluates GGUF models of the llama family only; evaluate the "
+                           "checkpoint it was converted from", path, an ? an : "(none)");
+    static const char *const need[][2] = {
+        {"llama.embedding_length", "hidden_size"},
+        {"llama.feed_forward_length", "intermediate_size"},
+        {"llama.block_count", "num_hidden_layers"},
+        {"llama.attention.head_count", "num_attention_heads"},
+    };
+    double val[4], kv, eps = 1e-6, theta = 10000, ctx = 2048, rdim = 0, kl = 0;
+    for (int i = 0; i < 4; i++)
+        if (lora_gguf_get_num(v->g, need[i][0], &val[i]) != 0)
+            return lora_seterr(err, LORA_EINPUT, "%s: %s is missing: no config for lora-eval",
+                               path, need[i][0]);
+    if (lora_gguf_get_num(v->g, "llama.attention.head_count_kv", &kv) != 0)
+        kv = val[3];
+    lora_gguf_get_num(v->g, "llama.attention.layer_norm_rms_epsilon", &eps);
+    lora_gguf_get_num(v->g, "llama.rope.freq_base", &theta);
+    lora_gguf_get_num(v->g, "llama.context_length", &ctx);
+    const char *scaling = lora_gguf_get_str(v->g, "llama.rope.scaling.type");
+    if (scaling && strcmp(scaling, "none") != 0)
+        return lora_seterr(err, LORA_EINPUT, "%s: llama.rope.scaling.type %s: lora-eval does "
+                           "not read GGUF rope scaling; evaluate the checkpoint it was "
+                           "converted from", path, scaling);
+    double hd = val[0] / (val[3] ? val[3] : 1);
+    if (lora_gguf_get_num(v->g, "llama.attention.key_length", &kl) == 0)
+        hd = kl;
+    if (lora_gguf_get_num(v->g, "llama.rope.dimension_count", &rdim) == 0 && rdim != hd)
+        return lora_seterr(err, LORA_EINPUT, "%s: llama.rope.dimension_count %g is not the head "
+                           "size %g: partial rotary is not read from GGUF", path, rdim, hd);
+    const lora_gguf_tensor *emb = lora_gguf_find_tensor(v->g, "token_embd.weight");
+    if (!emb || emb->ndim != 2)
+        return lora_seterr(err, LORA_EINPUT, "%s: no token_embd.weight", path);
+    int tied = lora_gguf_find_tensor(v->g, "output.weight") == NULL;
+    char *s = NULL;
+    int n = asprintf(&s,
+                     "{\"model_type\": \"llama\", \"architectures\": [\"LlamaForCausalLM\"], "
+                     "\"vocab_size\": %llu, \"hidden_size\": %.0f, \"intermediate_size\": %.0f, "
+                     "\"num_hidden_layers\": %.0f, \"num_attention_heads\": %.0f, "
+                     "\"num_key_value_heads\": %.0f, \"head_dim\": %.0f, "
+                     "\"max_position_embeddings\": %.0f, \"rms_norm_eps\": %.17g, "
+                     "\"rope_theta\": %.17g, \"tie_word_embeddings\": %s}",
+                     (unsigned long long)emb->ne[1], val[0], val[1], val[2], val[3], kv, hd, ctx,
+                     eps, theta, tied ? "true" : "false");
+    if (n < 0)
+        return lora_oom(err);
+    *json = s;
+    *len = (size_t)n;
+    return LORA_OK;
 }

@@ -292,6 +292,13 @@ int lora_gstw_write(lora_gstw *g, const char *name, uint64_t off, const void *bu
 int lora_gstw_copy(lora_gstw *g, const char *name, int src_fd, uint64_t src_off,
                    lora_error *err);
 int lora_gstw_commit(lora_gstw *g, lora_error *err);
+/* T's bytes in Hugging Face row order in *OUT (malloc'd) when CK holds
+ * it with llama.cpp's q/k permutation; *OUT NULL when T is in that order. */
+int lora_ckpt_hf_rows(const lora_ckpt *ck, const lora_tensor *t, void **out, lora_error *err);
+/* A Hugging Face config.json (malloc'd text) for a GGUF model of the llama
+ * family, from its key/values; LORA_EINPUT naming what is missing or not
+ * supported. */
+int lora_gguf_model_config(const lora_ckpt *ck, char **json, size_t *len, lora_error *err);
 /* lora_base_hash_tensor of a tensor whose rows are permuted per HEADS
  * heads (0: none), fed in Hugging Face row order. */
 void lora_base_hash_tensor_heads(lora_hasher *h, const char *name, lora_dtype dt, int ndim,

@@ -85,12 +85,6 @@ void lora_model_free(lora_model *m)
 int lora_model_open(const char *dir, lora_model **out, lora_error *err)
 {
     *out = NULL;
-    if (lora_gguf_is_file(dir)) /* merged and unmerged, not evaluated (issue 17) */
-        return lora_seterr(err, LORA_EINPUT,
-                           "%s: a GGUF model: lora-eval evaluates Hugging Face checkpoints "
-                           "(config.json + safetensors); GGUF bases can be merged and unmerged "
-                           "(lora-merge, lora-unmerge) but not evaluated: evaluate the checkpoint "
-                           "the GGUF file was converted from", dir);
     lora_model *m = calloc(1, sizeof *m);
     if (!m)
         return lora_oom(err);
@@ -102,7 +96,14 @@ int lora_model_open(const char *dir, lora_model **out, lora_error *err)
     sprintf(path, "%s/config.json", dir);
     char *json = NULL;
     size_t len = 0;
-    int rc = lora_read_file(path, LORA_MODEL_MAX_CONFIG, &json, &len, err);
+    int gguf = lora_gguf_is_file(dir), rc;
+    if (gguf) { /* a llama.cpp model: the config from its key/values (gguf_checkpoint.c) */
+        rc = lora_ckpt_open(dir, &m->ck, err);
+        if (rc == LORA_OK)
+            rc = lora_gguf_model_config(m->ck, &json, &len, err);
+    } else {
+        rc = lora_read_file(path, LORA_MODEL_MAX_CONFIG, &json, &len, err);
+    }
     if (rc == LORA_OK) {
         rc = lora_model_config_parse(json, len, &m->cfg, err);
         if (rc != LORA_OK)
@@ -110,7 +111,7 @@ int lora_model_open(const char *dir, lora_model **out, lora_error *err)
     }
     free(json);
     free(path);
-    if (rc != LORA_OK) {
+    if (rc != LORA_OK && !gguf) {
         /* no config.json, and maybe no checkpoint either: a folder of
          * GGUF or PyTorch weights is better named as such */
         lora_error e2;
@@ -120,7 +121,7 @@ int lora_model_open(const char *dir, lora_model **out, lora_error *err)
         lora_ckpt_close(m->ck);
         m->ck = NULL;
     }
-    if (rc == LORA_OK)
+    if (rc == LORA_OK && !gguf)
         rc = lora_ckpt_open(dir, &m->ck, err);
     if (rc == LORA_OK) {
         m->fam = lora_family_of(m->cfg.arch);
@@ -294,8 +295,12 @@ static int merged_weight(lora_model *m, const lora_module *mod, linop *op, lora_
         return lora_oom(err);
     }
     lora_term term = {mod, 1.0};
-    int rc = lora_tensor_merge(t->dtype, t->dtype, t->shape[0], t->shape[1], t->data, buf, &term, 1,
-                               LORA_ROUND_NEAREST, 1, NULL, NULL, err);
+    void *hf = NULL; /* a GGUF base's q/k in Hugging Face row order, as B */
+    int rc = lora_ckpt_hf_rows(m->ck, t, &hf, err);
+    if (rc == LORA_OK)
+        rc = lora_tensor_merge(t->dtype, t->dtype, t->shape[0], t->shape[1], hf ? hf : t->data,
+                               buf, &term, 1, LORA_ROUND_NEAREST, 1, NULL, NULL, err);
+    free(hf);
     if (rc == LORA_OK)
         rc = lora_decode_f32(t->dtype, buf, op->wm, (size_t)t->numel);
     free(buf);
