@@ -170,180 +170,209 @@ static json_t *jarray_d(const double *x, uint64_t n)
     return a;
 }
 
+/* Every --module name must name something. */
+static int check_module_names(const lora_adapter *ad, const lora_analysis_opts *o,
+                              lora_error *err)
+{
+    for (const char *const *p = o->modules; p && *p; p++) {
+        int hit = 0;
+        for (size_t i = 0; i < ad->n_modules && !hit; i++)
+            hit = name_matches(*p, ad->modules[i].name);
+        if (!hit)
+            return lora_seterr(err, LORA_EUSAGE, "--module %s: no such module in %s", *p,
+                               ad->path);
+    }
+    return LORA_OK;
+}
+
+/* --spectrum: the singular values of each selected module's dW. */
+static int analyze_spectrum(lora_adapter *ad, const lora_analysis_opts *o, json_t *root,
+                            sbuf *t, lora_error *err)
+{
+    json_t *arr = json_array();
+    json_object_set_new(root, "spectrum", arr);
+    sb_printf(t, "Spectrum of each module's dW (singular values, descending)\n");
+    sb_printf(t, "%-44s %4s %6s %6s %8s %11s  %s\n", "module", "r", "rank90", "rank99",
+              "stable", "||dW||_F", "singular values");
+    for (size_t i = 0; i < ad->n_modules; i++) {
+        const lora_module *m = &ad->modules[i];
+        if (!selected(o, m->name))
+            continue;
+        lora_spectrum sp;
+        int rc = lora_spectrum_module(m, &sp, err);
+        if (rc)
+            return rc;
+        json_t *e = json_object();
+        json_object_set_new(e, "name", json_string(m->name));
+        json_object_set_new(e, "r", json_integer((json_int_t)m->r));
+        json_object_set_new(e, "singular_values", jarray_d(sp.S, sp.k));
+        json_object_set_new(e, "norm", json_real(sp.norm));
+        json_object_set_new(e, "rank90", json_integer((json_int_t)sp.rank90));
+        json_object_set_new(e, "rank99", json_integer((json_int_t)sp.rank99));
+        json_object_set_new(e, "stable_rank", json_real(sp.stable_rank));
+        json_array_append_new(arr, e);
+        sb_printf(t, "%-44s %4llu %6llu %6llu %8.3f %11.4e ", m->name, (unsigned long long)m->r,
+                  (unsigned long long)sp.rank90, (unsigned long long)sp.rank99, sp.stable_rank,
+                  sp.norm);
+        for (uint64_t k = 0; k < sp.k && k < 8; k++)
+            sb_printf(t, " %.3e", sp.S[k]);
+        sb_printf(t, "%s\n", sp.k > 8 ? " ..." : "");
+        lora_spectrum_free(&sp);
+    }
+    return LORA_OK;
+}
+
+/* One module's phi panel, as JSON (into arr) and as a table. */
+static void print_panel(const phi_panel *pp, json_t *arr, sbuf *t)
+{
+    json_t *e = json_object(), *rows = json_array();
+    json_object_set_new(e, "name", json_string(pp->name));
+    json_object_set_new(e, "r1", json_integer((json_int_t)pp->ni));
+    json_object_set_new(e, "r2", json_integer((json_int_t)pp->nj));
+    for (uint64_t a = 0; a < pp->ni; a++)
+        json_array_append_new(rows, jarray_d(pp->phi + a * pp->nj, pp->nj));
+    json_object_set_new(e, "phi", rows);
+    json_array_append_new(arr, e);
+    sb_printf(t, "%s\n", pp->name);
+    sb_printf(t, "  i\\j");
+    for (uint64_t b = 0; b < pp->nj; b++)
+        sb_printf(t, " %6llu", (unsigned long long)(b + 1));
+    sb_printf(t, "\n");
+    for (uint64_t a = 0; a < pp->ni; a++) {
+        sb_printf(t, "%5llu", (unsigned long long)(a + 1));
+        for (uint64_t b = 0; b < pp->nj; b++)
+            sb_printf(t, " %6.3f", pp->phi[a * pp->nj + b]);
+        sb_printf(t, "\n");
+    }
+}
+
+/* --compare: subspace similarity of the modules two adapters share,
+ * and the SVG of the panels when asked. */
+static int analyze_compare(lora_adapter *ad, const lora_analysis_opts *o, json_t *root,
+                           sbuf *t, lora_error *err)
+{
+    json_t *cmp = json_object(), *arr = json_array();
+    json_object_set_new(cmp, "other", json_string(o->other->path ? o->other->path : ""));
+    json_object_set_new(cmp, "modules", arr);
+    json_object_set_new(root, "compare", cmp);
+    phi_panel *panels = calloc(ad->n_modules + 1, sizeof *panels);
+    size_t n_panels = 0;
+    if (!panels)
+        return lora_oom(err);
+    sb_printf(t, "%sSubspace similarity phi(i, j) of the A matrices' top right-singular "
+                 "directions\n(this adapter: rows i; %s: columns j)\n",
+              t->len ? "\n" : "", o->other->path ? o->other->path : "other");
+    int rc = LORA_OK;
+    for (size_t i = 0; i < ad->n_modules && rc == LORA_OK; i++) {
+        const lora_module *m = &ad->modules[i];
+        const lora_module *m2 = find_module(o->other, m->name);
+        if (!m2 || !selected(o, m->name))
+            continue;
+        phi_panel *pp = &panels[n_panels];
+        if ((rc = lora_module_phi(m, m2, &pp->phi, &pp->ni, &pp->nj, err)) != LORA_OK)
+            break;
+        pp->name = m->name;
+        n_panels++;
+        print_panel(pp, arr, t);
+    }
+    if (rc == LORA_OK && n_panels == 0)
+        rc = lora_seterr(err, LORA_EINPUT, "%s and %s have no module in common%s", ad->path,
+                         o->other->path, o->modules ? " (among those --module names)" : "");
+    if (rc == LORA_OK && o->svg_path)
+        rc = write_svg(o->svg_path, panels, n_panels, ad->path ? ad->path : "",
+                       o->other->path ? o->other->path : "", err);
+    for (size_t i = 0; i < n_panels; i++)
+        free(panels[i].phi);
+    free(panels);
+    return rc;
+}
+
+/* --base: how much each module's dW amplifies directions of W. */
+static int analyze_amplification(lora_adapter *ad, const lora_analysis_opts *o, json_t *root,
+                                 sbuf *t, lora_error *err)
+{
+    int rc = lora_adapter_bind(ad, o->base, err);
+    if (rc)
+        return rc;
+    json_t *arr = json_array();
+    json_object_set_new(root, "amplification", arr);
+    sb_printf(t, "%sAmplification of W by dW (||U^T W V||_F for the top-r directions "
+                 "U, V of dW, of W, of random)\n",
+              t->len ? "\n" : "");
+    sb_printf(t, "%-44s %4s %11s %11s %11s %11s %11s %9s\n", "module", "r", "||W||_F",
+              "||dW||_F", "dW dirs", "W dirs", "random", "factor");
+    for (size_t i = 0; i < ad->n_modules; i++) {
+        const lora_module *m = &ad->modules[i];
+        if (!selected(o, m->name))
+            continue;
+        const lora_tensor *w = lora_ckpt_find(o->base, m->target, NULL);
+        if (!w)
+            return lora_seterr(err, LORA_EINPUT, "%s: base has no tensor %s", m->name, m->target);
+        if (lora_ckpt_permuted_heads(o->base, w)) /* rows in llama.cpp's order */
+            return lora_seterr(err, LORA_EINPUT, "%s: base tensor %s of a GGUF base has its rows "
+                               "permuted by llama.cpp's converter: the amplification needs the "
+                               "Hugging Face checkpoint", m->name, m->target);
+        lora_amplification a;
+        if ((rc = lora_module_amplification(m, w, &a, err)) != LORA_OK)
+            return rc;
+        json_t *e = json_object();
+        json_object_set_new(e, "name", json_string(m->name));
+        json_object_set_new(e, "r", json_integer((json_int_t)a.r));
+        json_object_set_new(e, "norm_w", json_real(a.norm_w));
+        json_object_set_new(e, "norm_dw", json_real(a.norm_dw));
+        json_object_set_new(e, "proj_dw", json_real(a.proj_dw));
+        json_object_set_new(e, "proj_w", json_real(a.proj_w));
+        json_object_set_new(e, "proj_random", json_real(a.proj_random));
+        json_object_set_new(e, "factor", json_real(a.factor));
+        json_array_append_new(arr, e);
+        sb_printf(t, "%-44s %4llu %11.4e %11.4e %11.4e %11.4e %11.4e %9.3f\n", m->name,
+                  (unsigned long long)a.r, a.norm_w, a.norm_dw, a.proj_dw, a.proj_w,
+                  a.proj_random, a.factor);
+    }
+    return LORA_OK;
+}
+
+/* The report as JSON (ROOT) or as the tables in T, into *text. */
+static int render(json_t *root, int json, sbuf *t, char **text, lora_error *err)
+{
+    if (json) {
+        char *s = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+        size_t n = s ? strlen(s) : 0;
+        *text = s ? malloc(n + 2) : NULL;
+        if (*text) {
+            memcpy(*text, s, n);
+            memcpy(*text + n, "\n", 2);
+        }
+        free(s);
+        return *text ? LORA_OK : lora_oom(err);
+    }
+    if (t->oom)
+        return lora_oom(err);
+    *text = t->s ? t->s : strdup("");
+    t->s = NULL;
+    return *text ? LORA_OK : lora_oom(err);
+}
+
 int lora_analyze(lora_adapter *ad, const lora_analysis_opts *o, int json, char **text,
                  lora_error *err)
 {
     *text = NULL;
-    /* every --module name must name something */
-    if (o->modules)
-        for (const char *const *p = o->modules; *p; p++) {
-            int hit = 0;
-            for (size_t i = 0; i < ad->n_modules && !hit; i++)
-                hit = name_matches(*p, ad->modules[i].name);
-            if (!hit)
-                return lora_seterr(err, LORA_EUSAGE, "--module %s: no such module in %s", *p,
-                                   ad->path);
-        }
-    int rc = LORA_OK;
+    int rc = check_module_names(ad, o, err);
+    if (rc)
+        return rc;
     json_t *root = json_object();
     sbuf t = {0};
-    phi_panel *panels = NULL;
-    size_t n_panels = 0;
     if (!root)
         return lora_oom(err);
     json_object_set_new(root, "adapter", json_string(ad->path ? ad->path : ""));
-
-    if (o->spectrum) {
-        json_t *arr = json_array();
-        json_object_set_new(root, "spectrum", arr);
-        sb_printf(&t, "Spectrum of each module's dW (singular values, descending)\n");
-        sb_printf(&t, "%-44s %4s %6s %6s %8s %11s  %s\n", "module", "r", "rank90", "rank99",
-                  "stable", "||dW||_F", "singular values");
-        for (size_t i = 0; i < ad->n_modules && rc == LORA_OK; i++) {
-            const lora_module *m = &ad->modules[i];
-            if (!selected(o, m->name))
-                continue;
-            lora_spectrum sp;
-            if ((rc = lora_spectrum_module(m, &sp, err)) != LORA_OK)
-                break;
-            json_t *e = json_object();
-            json_object_set_new(e, "name", json_string(m->name));
-            json_object_set_new(e, "r", json_integer((json_int_t)m->r));
-            json_object_set_new(e, "singular_values", jarray_d(sp.S, sp.k));
-            json_object_set_new(e, "norm", json_real(sp.norm));
-            json_object_set_new(e, "rank90", json_integer((json_int_t)sp.rank90));
-            json_object_set_new(e, "rank99", json_integer((json_int_t)sp.rank99));
-            json_object_set_new(e, "stable_rank", json_real(sp.stable_rank));
-            json_array_append_new(arr, e);
-            sb_printf(&t, "%-44s %4llu %6llu %6llu %8.3f %11.4e ", m->name,
-                      (unsigned long long)m->r, (unsigned long long)sp.rank90,
-                      (unsigned long long)sp.rank99, sp.stable_rank, sp.norm);
-            for (uint64_t k = 0; k < sp.k && k < 8; k++)
-                sb_printf(&t, " %.3e", sp.S[k]);
-            sb_printf(&t, "%s\n", sp.k > 8 ? " ..." : "");
-            lora_spectrum_free(&sp);
-        }
-    }
-
-    if (rc == LORA_OK && o->other) {
-        json_t *cmp = json_object(), *arr = json_array();
-        json_object_set_new(cmp, "other", json_string(o->other->path ? o->other->path : ""));
-        json_object_set_new(cmp, "modules", arr);
-        json_object_set_new(root, "compare", cmp);
-        panels = calloc(ad->n_modules + 1, sizeof *panels);
-        if (!panels)
-            rc = lora_oom(err);
-        if (rc == LORA_OK)
-            sb_printf(&t, "%sSubspace similarity phi(i, j) of the A matrices' top right-singular "
-                          "directions\n(this adapter: rows i; %s: columns j)\n",
-                      t.len ? "\n" : "", o->other->path ? o->other->path : "other");
-        for (size_t i = 0; i < ad->n_modules && rc == LORA_OK; i++) {
-            const lora_module *m = &ad->modules[i];
-            const lora_module *m2 = find_module(o->other, m->name);
-            if (!m2 || !selected(o, m->name))
-                continue;
-            phi_panel *pp = &panels[n_panels];
-            if ((rc = lora_module_phi(m, m2, &pp->phi, &pp->ni, &pp->nj, err)) != LORA_OK)
-                break;
-            pp->name = m->name;
-            n_panels++;
-            json_t *e = json_object(), *rows = json_array();
-            json_object_set_new(e, "name", json_string(m->name));
-            json_object_set_new(e, "r1", json_integer((json_int_t)pp->ni));
-            json_object_set_new(e, "r2", json_integer((json_int_t)pp->nj));
-            for (uint64_t a = 0; a < pp->ni; a++)
-                json_array_append_new(rows, jarray_d(pp->phi + a * pp->nj, pp->nj));
-            json_object_set_new(e, "phi", rows);
-            json_array_append_new(arr, e);
-            sb_printf(&t, "%s\n", m->name);
-            sb_printf(&t, "  i\\j");
-            for (uint64_t b = 0; b < pp->nj; b++)
-                sb_printf(&t, " %6llu", (unsigned long long)(b + 1));
-            sb_printf(&t, "\n");
-            for (uint64_t a = 0; a < pp->ni; a++) {
-                sb_printf(&t, "%5llu", (unsigned long long)(a + 1));
-                for (uint64_t b = 0; b < pp->nj; b++)
-                    sb_printf(&t, " %6.3f", pp->phi[a * pp->nj + b]);
-                sb_printf(&t, "\n");
-            }
-        }
-        if (rc == LORA_OK && n_panels == 0)
-            rc = lora_seterr(err, LORA_EINPUT, "%s and %s have no module in common%s", ad->path,
-                             o->other->path, o->modules ? " (among those --module names)" : "");
-        if (rc == LORA_OK && o->svg_path)
-            rc = write_svg(o->svg_path, panels, n_panels, ad->path ? ad->path : "",
-                           o->other->path ? o->other->path : "", err);
-    }
-
-    if (rc == LORA_OK && o->base) {
-        if ((rc = lora_adapter_bind(ad, o->base, err)) == LORA_OK) {
-            json_t *arr = json_array();
-            json_object_set_new(root, "amplification", arr);
-            sb_printf(&t, "%sAmplification of W by dW (||U^T W V||_F for the top-r directions "
-                          "U, V of dW, of W, of random)\n",
-                      t.len ? "\n" : "");
-            sb_printf(&t, "%-44s %4s %11s %11s %11s %11s %11s %9s\n", "module", "r", "||W||_F",
-                      "||dW||_F", "dW dirs", "W dirs", "random", "factor");
-            for (size_t i = 0; i < ad->n_modules && rc == LORA_OK; i++) {
-                const lora_module *m = &ad->modules[i];
-                if (!selected(o, m->name))
-                    continue;
-                const lora_tensor *w = lora_ckpt_find(o->base, m->target, NULL);
-                if (!w) {
-                    rc = lora_seterr(err, LORA_EINPUT, "%s: base has no tensor %s", m->name,
-                                     m->target);
-                    break;
-                }
-                if (lora_ckpt_permuted_heads(o->base, w)) { /* rows in llama.cpp's order */
-                    rc = lora_seterr(err, LORA_EINPUT, "%s: base tensor %s of a GGUF base has "
-                                     "its rows permuted by llama.cpp's converter: the "
-                                     "amplification needs the Hugging Face checkpoint",
-                                     m->name, m->target);
-                    break;
-                }
-                lora_amplification a;
-                if ((rc = lora_module_amplification(m, w, &a, err)) != LORA_OK)
-                    break;
-                json_t *e = json_object();
-                json_object_set_new(e, "name", json_string(m->name));
-                json_object_set_new(e, "r", json_integer((json_int_t)a.r));
-                json_object_set_new(e, "norm_w", json_real(a.norm_w));
-                json_object_set_new(e, "norm_dw", json_real(a.norm_dw));
-                json_object_set_new(e, "proj_dw", json_real(a.proj_dw));
-                json_object_set_new(e, "proj_w", json_real(a.proj_w));
-                json_object_set_new(e, "proj_random", json_real(a.proj_random));
-                json_object_set_new(e, "factor", json_real(a.factor));
-                json_array_append_new(arr, e);
-                sb_printf(&t, "%-44s %4llu %11.4e %11.4e %11.4e %11.4e %11.4e %9.3f\n", m->name,
-                          (unsigned long long)a.r, a.norm_w, a.norm_dw, a.proj_dw, a.proj_w,
-                          a.proj_random, a.factor);
-            }
-        }
-    }
-
-    if (rc == LORA_OK) {
-        if (json) {
-            char *s = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
-            size_t n = s ? strlen(s) : 0;
-            *text = s ? malloc(n + 2) : NULL;
-            if (*text) {
-                memcpy(*text, s, n);
-                memcpy(*text + n, "\n", 2);
-            } else
-                rc = lora_oom(err);
-            free(s);
-        } else if (t.oom) {
-            rc = lora_oom(err);
-        } else {
-            *text = t.s ? t.s : strdup("");
-            t.s = NULL;
-            if (!*text)
-                rc = lora_oom(err);
-        }
-    }
-    for (size_t i = 0; i < n_panels; i++)
-        free(panels[i].phi);
-    free(panels);
+    if (o->spectrum)
+        rc = analyze_spectrum(ad, o, root, &t, err);
+    if (rc == LORA_OK && o->other)
+        rc = analyze_compare(ad, o, root, &t, err);
+    if (rc == LORA_OK && o->base)
+        rc = analyze_amplification(ad, o, root, &t, err);
+    if (rc == LORA_OK)
+        rc = render(root, json, &t, text, err);
     free(t.s);
     json_decref(root);
     return rc;

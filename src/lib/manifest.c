@@ -103,6 +103,157 @@ static int only_keys(json_t *o, const char *const *keys, const char *where, lora
     return LORA_OK;
 }
 
+/* "format", "format_version", name, task and version. */
+static int parse_identity(json_t *root, lora_manifest *m, lora_error *err)
+{
+    json_t *v = json_object_get(root, "format");
+    if (!json_is_string(v) || strcmp(json_string_value(v), "lora-archive") != 0)
+        return lora_seterr(err, LORA_EINPUT, "manifest: \"format\" is not \"lora-archive\"");
+    v = json_object_get(root, "format_version");
+    if (!json_is_integer(v))
+        return lora_seterr(err, LORA_EINPUT, "manifest: \"format_version\" missing or not an integer");
+    if (json_integer_value(v) != LORA_ARCHIVE_FORMAT_VERSION)
+        return lora_seterr(err, LORA_EINPUT, "manifest: format version %lld not supported (this "
+                                             "build reads version %d)",
+                           (long long)json_integer_value(v), LORA_ARCHIVE_FORMAT_VERSION);
+    m->format_version = LORA_ARCHIVE_FORMAT_VERSION;
+    int rc;
+    if ((rc = get_str(root, "name", 0, &m->name, err)) ||
+        (rc = get_str(root, "task", 0, &m->task, err)) ||
+        (rc = get_str(root, "version", 0, &m->version, err)))
+        return rc;
+    return LORA_OK;
+}
+
+/* A string of 1 to 1024 bytes with no NUL inside. */
+static int short_string(json_t *v)
+{
+    return json_is_string(v) && json_string_length(v) > 0 && json_string_length(v) <= 1024 &&
+           strlen(json_string_value(v)) == json_string_length(v);
+}
+
+/* "base_model": {"name", "hash"}, each may be null. */
+static int parse_base(json_t *root, lora_manifest *m, lora_error *err)
+{
+    json_t *base = json_object_get(root, "base_model");
+    static const char *const basekeys[] = {"name", "hash", NULL};
+    if (!json_is_object(base))
+        return lora_seterr(err, LORA_EINPUT, "manifest: \"base_model\" missing or not an object");
+    int rc = only_keys(base, basekeys, "base_model", err);
+    if (rc)
+        return rc;
+    json_t *v = json_object_get(base, "name");
+    if (v && !json_is_null(v)) {
+        if (!short_string(v))
+            return lora_seterr(err, LORA_EINPUT, "manifest: base_model.name must be a string of 1 "
+                                                 "to 1024 bytes or null");
+        if (!(m->base_model = lora_strdup(json_string_value(v), err)))
+            return LORA_EIO;
+    }
+    v = json_object_get(base, "hash");
+    if (v && !json_is_null(v)) {
+        if (!json_is_string(v) || lora_unhex(json_string_value(v), m->base_hash, LORA_HASH_BYTES))
+            return lora_seterr(err, LORA_EINPUT, "manifest: base_model.hash must be 64 lower-case "
+                                                 "hex digits or null");
+        m->has_base_hash = 1;
+    }
+    return LORA_OK;
+}
+
+/* "r", "alpha" and "targets". */
+static int parse_shape(json_t *root, lora_manifest *m, lora_error *err)
+{
+    json_t *v = json_object_get(root, "r");
+    if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 1 << 20)
+        return lora_seterr(err, LORA_EINPUT, "manifest: \"r\" must be an integer in 1..1048576");
+    m->r = (uint64_t)json_integer_value(v);
+    v = json_object_get(root, "alpha");
+    if (!json_is_number(v) || !isfinite(json_number_value(v)))
+        return lora_seterr(err, LORA_EINPUT, "manifest: \"alpha\" must be a finite number");
+    m->alpha = json_number_value(v);
+    json_t *tg = json_object_get(root, "targets");
+    if (!json_is_array(tg) || json_array_size(tg) > LORA_ARCHIVE_MAX_TARGETS)
+        return lora_seterr(err, LORA_EINPUT, "manifest: \"targets\" must be an array of at most %d "
+                                             "strings",
+                           LORA_ARCHIVE_MAX_TARGETS);
+    m->targets = calloc(json_array_size(tg) + 1, sizeof *m->targets);
+    if (!m->targets)
+        return lora_oom(err);
+    size_t i;
+    json_array_foreach(tg, i, v)
+    {
+        if (!short_string(v))
+            return lora_seterr(err, LORA_EINPUT, "manifest: targets[%zu] must be a string of 1 to "
+                                                 "1024 bytes",
+                               i);
+        if (!(m->targets[i] = lora_strdup(json_string_value(v), err)))
+            return LORA_EIO;
+        m->n_targets = i + 1;
+    }
+    return LORA_OK;
+}
+
+/* members[i]: a name an archive may hold, listed once, a size within
+ * that member's limit, its BLAKE2b-256. */
+static int parse_member(json_t *v, size_t i, lora_manifest *m, lora_error *err)
+{
+    static const char *const memkeys[] = {"name", "size", "blake2b-256", NULL};
+    json_t *n = json_object_get(v, "name"), *s = json_object_get(v, "size"),
+           *h = json_object_get(v, "blake2b-256");
+    if (!json_is_object(v) || !json_is_string(n) || !json_is_integer(s) || !json_is_string(h))
+        return lora_seterr(err, LORA_EINPUT, "manifest: members[%zu] must be an object with "
+                                             "name, size and blake2b-256",
+                           i);
+    int rc = only_keys(v, memkeys, "a member", err);
+    if (rc)
+        return rc;
+    const char *name = json_string_value(n);
+    uint64_t limit = strlen(name) == json_string_length(n) ? member_limit(name) : 0;
+    if (!limit)
+        return lora_seterr(err, LORA_EINPUT, "manifest: members[%zu]: \"%.200s\" is not a member "
+                                             "name an archive may hold",
+                           i, name);
+    if (json_integer_value(s) < 0 || (uint64_t)json_integer_value(s) > limit)
+        return lora_seterr(err, LORA_EINPUT, "manifest: %s: size %lld outside 0..%llu", name,
+                           (long long)json_integer_value(s), (unsigned long long)limit);
+    if (lora_manifest_find(m, name))
+        return lora_seterr(err, LORA_EINPUT, "manifest: %s listed twice", name);
+    lora_manifest_member *mm = &m->members[i];
+    if (lora_unhex(json_string_value(h), mm->hash, LORA_HASH_BYTES))
+        return lora_seterr(err, LORA_EINPUT, "manifest: %s: blake2b-256 must be 64 lower-case "
+                                             "hex digits",
+                           name);
+    mm->size = (uint64_t)json_integer_value(s);
+    if (!(mm->name = lora_strdup(name, err)))
+        return LORA_EIO;
+    m->n_members = i + 1;
+    return LORA_OK;
+}
+
+static int parse_members(json_t *root, lora_manifest *m, lora_error *err)
+{
+    json_t *mem = json_object_get(root, "members"), *v;
+    if (!json_is_array(mem) || json_array_size(mem) > LORA_ARCHIVE_MAX_MEMBERS)
+        return lora_seterr(err, LORA_EINPUT, "manifest: \"members\" must be an array of at most %d "
+                                             "objects",
+                           LORA_ARCHIVE_MAX_MEMBERS);
+    m->members = calloc(json_array_size(mem) + 1, sizeof *m->members);
+    if (!m->members)
+        return lora_oom(err);
+    size_t i;
+    json_array_foreach(mem, i, v)
+    {
+        int rc = parse_member(v, i, m, err);
+        if (rc)
+            return rc;
+    }
+    if (!lora_manifest_find(m, "adapter_config.json") ||
+        !lora_manifest_find(m, "adapter_model.safetensors"))
+        return lora_seterr(err, LORA_EINPUT, "manifest: adapter_config.json and "
+                                             "adapter_model.safetensors must both be listed");
+    return LORA_OK;
+}
+
 int lora_manifest_parse(const char *text, size_t len, lora_manifest **out, lora_error *err)
 {
     *out = NULL;
@@ -114,179 +265,19 @@ int lora_manifest_parse(const char *text, size_t len, lora_manifest **out, lora_
     if (!root)
         return lora_seterr(err, LORA_EINPUT, "manifest: not valid JSON: %s (line %d)", je.text,
                            je.line);
-    lora_manifest *m = calloc(1, sizeof *m);
-    int rc = LORA_OK;
-    if (!m) {
-        rc = lora_oom(err);
-        goto out;
-    }
-    if (!json_is_object(root)) {
-        rc = lora_seterr(err, LORA_EINPUT, "manifest: not a JSON object");
-        goto out;
-    }
     static const char *const top[] = {"format",  "format_version", "name",    "task",
                                       "version", "base_model",     "r",       "alpha",
                                       "targets", "members",        NULL};
-    if ((rc = only_keys(root, top, "the manifest", err)))
-        goto out;
-    json_t *v = json_object_get(root, "format");
-    if (!json_is_string(v) || strcmp(json_string_value(v), "lora-archive") != 0) {
-        rc = lora_seterr(err, LORA_EINPUT, "manifest: \"format\" is not \"lora-archive\"");
-        goto out;
-    }
-    v = json_object_get(root, "format_version");
-    if (!json_is_integer(v)) {
-        rc = lora_seterr(err, LORA_EINPUT, "manifest: \"format_version\" missing or not an integer");
-        goto out;
-    }
-    if (json_integer_value(v) != LORA_ARCHIVE_FORMAT_VERSION) {
-        rc = lora_seterr(err, LORA_EINPUT, "manifest: format version %lld not supported (this "
-                                           "build reads version %d)",
-                         (long long)json_integer_value(v), LORA_ARCHIVE_FORMAT_VERSION);
-        goto out;
-    }
-    m->format_version = LORA_ARCHIVE_FORMAT_VERSION;
-    if ((rc = get_str(root, "name", 0, &m->name, err)) ||
-        (rc = get_str(root, "task", 0, &m->task, err)) ||
-        (rc = get_str(root, "version", 0, &m->version, err)))
-        goto out;
-
-    json_t *base = json_object_get(root, "base_model");
-    static const char *const basekeys[] = {"name", "hash", NULL};
-    if (!json_is_object(base)) {
-        rc = lora_seterr(err, LORA_EINPUT, "manifest: \"base_model\" missing or not an object");
-        goto out;
-    }
-    if ((rc = only_keys(base, basekeys, "base_model", err)))
-        goto out;
-    v = json_object_get(base, "name");
-    if (v && !json_is_null(v)) {
-        if (!json_is_string(v) || json_string_length(v) == 0 || json_string_length(v) > 1024 ||
-            strlen(json_string_value(v)) != json_string_length(v)) {
-            rc = lora_seterr(err, LORA_EINPUT, "manifest: base_model.name must be a string of 1 "
-                                               "to 1024 bytes or null");
-            goto out;
-        }
-        if (!(m->base_model = lora_strdup(json_string_value(v), err))) {
-            rc = LORA_EIO;
-            goto out;
-        }
-    }
-    v = json_object_get(base, "hash");
-    if (v && !json_is_null(v)) {
-        if (!json_is_string(v) || lora_unhex(json_string_value(v), m->base_hash, LORA_HASH_BYTES)) {
-            rc = lora_seterr(err, LORA_EINPUT, "manifest: base_model.hash must be 64 lower-case "
-                                               "hex digits or null");
-            goto out;
-        }
-        m->has_base_hash = 1;
-    }
-
-    v = json_object_get(root, "r");
-    if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 1 << 20) {
-        rc = lora_seterr(err, LORA_EINPUT, "manifest: \"r\" must be an integer in 1..1048576");
-        goto out;
-    }
-    m->r = (uint64_t)json_integer_value(v);
-    v = json_object_get(root, "alpha");
-    if (!json_is_number(v) || !isfinite(json_number_value(v))) {
-        rc = lora_seterr(err, LORA_EINPUT, "manifest: \"alpha\" must be a finite number");
-        goto out;
-    }
-    m->alpha = json_number_value(v);
-
-    json_t *tg = json_object_get(root, "targets");
-    if (!json_is_array(tg) || json_array_size(tg) > LORA_ARCHIVE_MAX_TARGETS) {
-        rc = lora_seterr(err, LORA_EINPUT, "manifest: \"targets\" must be an array of at most %d "
-                                           "strings",
-                         LORA_ARCHIVE_MAX_TARGETS);
-        goto out;
-    }
-    m->targets = calloc(json_array_size(tg) + 1, sizeof *m->targets);
-    if (!m->targets) {
+    lora_manifest *m = calloc(1, sizeof *m);
+    int rc;
+    if (!m)
         rc = lora_oom(err);
-        goto out;
-    }
-    size_t i;
-    json_array_foreach(tg, i, v)
-    {
-        if (!json_is_string(v) || json_string_length(v) == 0 || json_string_length(v) > 1024 ||
-            strlen(json_string_value(v)) != json_string_length(v)) {
-            rc = lora_seterr(err, LORA_EINPUT, "manifest: targets[%zu] must be a string of 1 to "
-                                               "1024 bytes",
-                             i);
-            goto out;
-        }
-        if (!(m->targets[i] = lora_strdup(json_string_value(v), err))) {
-            rc = LORA_EIO;
-            goto out;
-        }
-        m->n_targets = i + 1;
-    }
-
-    json_t *mem = json_object_get(root, "members");
-    if (!json_is_array(mem) || json_array_size(mem) > LORA_ARCHIVE_MAX_MEMBERS) {
-        rc = lora_seterr(err, LORA_EINPUT, "manifest: \"members\" must be an array of at most %d "
-                                           "objects",
-                         LORA_ARCHIVE_MAX_MEMBERS);
-        goto out;
-    }
-    m->members = calloc(json_array_size(mem) + 1, sizeof *m->members);
-    if (!m->members) {
-        rc = lora_oom(err);
-        goto out;
-    }
-    static const char *const memkeys[] = {"name", "size", "blake2b-256", NULL};
-    json_array_foreach(mem, i, v)
-    {
-        json_t *n = json_object_get(v, "name"), *s = json_object_get(v, "size"),
-               *h = json_object_get(v, "blake2b-256");
-        if (!json_is_object(v) || !json_is_string(n) || !json_is_integer(s) || !json_is_string(h)) {
-            rc = lora_seterr(err, LORA_EINPUT, "manifest: members[%zu] must be an object with "
-                                               "name, size and blake2b-256",
-                             i);
-            goto out;
-        }
-        if ((rc = only_keys(v, memkeys, "a member", err)))
-            goto out;
-        const char *name = json_string_value(n);
-        uint64_t limit = strlen(name) == json_string_length(n) ? member_limit(name) : 0;
-        if (!limit) {
-            rc = lora_seterr(err, LORA_EINPUT, "manifest: members[%zu]: \"%.200s\" is not a member "
-                                               "name an archive may hold",
-                             i, name);
-            goto out;
-        }
-        if (json_integer_value(s) < 0 || (uint64_t)json_integer_value(s) > limit) {
-            rc = lora_seterr(err, LORA_EINPUT, "manifest: %s: size %lld outside 0..%llu", name,
-                             (long long)json_integer_value(s), (unsigned long long)limit);
-            goto out;
-        }
-        if (lora_manifest_find(m, name)) {
-            rc = lora_seterr(err, LORA_EINPUT, "manifest: %s listed twice", name);
-            goto out;
-        }
-        lora_manifest_member *mm = &m->members[i];
-        if (lora_unhex(json_string_value(h), mm->hash, LORA_HASH_BYTES)) {
-            rc = lora_seterr(err, LORA_EINPUT, "manifest: %s: blake2b-256 must be 64 lower-case "
-                                               "hex digits",
-                             name);
-            goto out;
-        }
-        mm->size = (uint64_t)json_integer_value(s);
-        if (!(mm->name = lora_strdup(name, err))) {
-            rc = LORA_EIO;
-            goto out;
-        }
-        m->n_members = i + 1;
-    }
-    if (!lora_manifest_find(m, "adapter_config.json") ||
-        !lora_manifest_find(m, "adapter_model.safetensors")) {
-        rc = lora_seterr(err, LORA_EINPUT, "manifest: adapter_config.json and "
-                                           "adapter_model.safetensors must both be listed");
-        goto out;
-    }
-out:
+    else if (!json_is_object(root))
+        rc = lora_seterr(err, LORA_EINPUT, "manifest: not a JSON object");
+    else if (!(rc = only_keys(root, top, "the manifest", err)) &&
+             !(rc = parse_identity(root, m, err)) && !(rc = parse_base(root, m, err)) &&
+             !(rc = parse_shape(root, m, err)))
+        rc = parse_members(root, m, err);
     json_decref(root);
     if (rc)
         lora_manifest_free(m);

@@ -130,6 +130,9 @@ struct run {
     size_t in_index_len;
     int folder;                /* OUT is a folder (config.json beside the weights) */
     const lora_tensor *untie;  /* the embedding a tied lm_head update unties (untie.c) */
+    size_t only;               /* the one shard --shard names, SIZE_MAX for all */
+    char *tmpdir;              /* staged folder output (stage_output) */
+    char *stage;               /* staged file output */
 };
 
 static int push_base(struct basepairs *B, const char *name, const unsigned char h[32],
@@ -461,240 +464,262 @@ static int do_replaced(struct run *R, const lora_tensor *t, const lora_saved *sv
     return LORA_OK;
 }
 
-static int do_tensor(struct run *R, const lora_tensor *t, int fd, lora_error *err)
-{
-    const lora_merge_opts *o = R->o;
+/* One adapted tensor on its way through the steps below: the old
+ * adapters taken out (unmerge_step), the new ones put in (merge_step). */
+struct tstate {
+    const lora_tensor *t;
+    uint64_t rows, cols;
     lora_term oldt[64], newt[64];
-    size_t nold = 0, nnew = terms_for(R->add, R->nadd, t->name, newt, 64);
-    const lora_saved *sv = saved_for(R->add, R->nadd, t->name);
-    const lora_receipt_tensor *rt = NULL;
-    size_t rti = 0;
-    lora_dtype base_dt = t->dtype; /* dtype of W0 */
-    int orc = old_terms(R, t, oldt, &nold, &rt, &rti, &base_dt, err);
-    if (orc)
-        return orc;
-    const lora_receipt_saved *ks = R->rin ? lora_receipt_saved_find(R->rin, t->name) : NULL;
-    if (ks && (nnew || nold))
+    size_t nold, nnew;
+    const lora_receipt_tensor *rt; /* the receipt's entry for t, when undoing with one */
+    size_t rti;
+    lora_dtype base_dt;            /* dtype of W0 */
+    const void *src;               /* what merge_step starts from: t, or W0 in R->tmp */
+    lora_dtype src_dt;
+    lora_tensor_report tr;
+    unsigned char base_hash[32];   /* of W0 */
+};
+
+/* A tensor no adapter changes: its bytes copied (--dtype applies to
+ * changed tensors only). */
+static int copy_untouched(struct run *R, const lora_tensor *t, int fd, lora_error *err)
+{
+    R->res->copied_tensors++;
+    if (R->w) {
+        int rc = lora_stw_copy(R->w, t->name, fd, t->offset, err);
+        if (rc)
+            return rc;
+    }
+    progress(R, t->nbytes);
+    return LORA_OK;
+}
+
+/* What the unmerge of S says about W0: exact per element against a
+ * reference, all-or-nothing from the receipt's hashes, or only a bound
+ * without either. */
+static void judge_unmerge(struct run *R, struct tstate *S, const lora_merge_stats *ust,
+                          const unsigned char in_hash[32], const unsigned char out_hash[32],
+                          int have_ref)
+{
+    lora_tensor_report *tr = &S->tr;
+    uint64_t numel = S->t->numel;
+    tr->fixes = ust->fixes;
+    R->res->fixes += S->nnew ? 0 : ust->fixes;
+    if (S->rt) {
+        int ok_in = sodium_memcmp(in_hash, S->rt->merged_hash, 32) == 0;
+        int ok_out = sodium_memcmp(out_hash, S->rt->base_hash, 32) == 0;
+        tr->hash_ok = ok_in && ok_out;
+        if (!tr->hash_ok)
+            R->res->hash_mismatches++;
+    }
+    if (have_ref) {
+        tr->exact = numel - ust->inexact;
+        tr->max_ulps = ust->max_ulps;
+        tr->known = 1;
+        tr->may_differ = ust->inexact;
+    } else if (S->rt) {
+        /* the hashes decide; unknown per element when they differ */
+        tr->exact = tr->hash_ok ? numel : 0;
+        tr->known = tr->hash_ok;
+        tr->may_differ = tr->hash_ok ? 0 : numel;
+    } else {
+        /* no receipt, no reference: W0 is unknown; exact counts only
+         * what is certainly wrong, may_differ bounds it from above */
+        tr->exact = numel - ust->inexact;
+        tr->known = 0;
+        tr->may_differ = ust->may_differ;
+    }
+    R->res->inexact += numel - tr->exact;
+    R->res->may_differ += tr->may_differ;
+    R->res->nonfinite += ust->nonfinite;
+    if (ust->max_ulps > R->res->max_ulps)
+        R->res->max_ulps = ust->max_ulps;
+}
+
+/* Take the old adapters out of S->t: W0 goes to the output, or to
+ * R->tmp when new adapters go in next. */
+static int unmerge_step(struct run *R, struct tstate *S, lora_error *err)
+{
+    const lora_tensor *t = S->t;
+    lora_merge_stats ust = {0};
+    unsigned char in_hash[32], out_hash[32];
+    lora_tjob j;
+    memset(&j, 0, sizeof j);
+    j.name = t->name;
+    j.in_dt = t->dtype;
+    j.out_dt = S->base_dt;
+    j.rows = S->rows;
+    j.cols = S->cols;
+    j.src = t->data;
+    j.terms = S->oldt;
+    j.nterms = S->nold;
+    j.unmerge = 1;
+    j.allow_nonfinite = R->o->allow_nonfinite;
+    j.stats = &ust;
+    j.hash = 1;
+    j.in_hash = in_hash;
+    j.out_hash = out_hash;
+    R->fixes.n = 0;
+    if (S->rt) {
+        int rc = lora_receipt_fixes(R->rin, S->rti, &R->fixes, err);
+        if (rc)
+            return rc;
+        j.fixes = &R->fixes;
+    }
+    if (R->ref) {
+        const lora_tensor *reft = lora_ckpt_find(R->ref, t->name, NULL);
+        if (!reft || reft->dtype != S->base_dt || reft->numel != t->numel)
+            return lora_seterr(err, LORA_EINPUT, "%s: the reference has no %s tensor of this shape",
+                               t->name, lora_dtype_name(S->base_dt));
+        j.ref = reft->data;
+    }
+    if (S->nnew) {
+        uint64_t need = t->numel * (lora_dtype_bits(S->base_dt) / 8);
+        if (need > R->tmpcap) {
+            unsigned char *n = realloc(R->tmp, need);
+            if (!n)
+                return lora_oom(err);
+            R->tmp = n;
+            R->tmpcap = need;
+        }
+        j.dst = R->tmp;
+    } else {
+        j.sink = R->w ? sink_stw : sink_null;
+        j.sink_arg = R->w ? R : NULL;
+    }
+    int rc = lora_engine_run(R->eng, &j, err);
+    if (rc)
+        return rc;
+    judge_unmerge(R, S, &ust, in_hash, out_hash, j.ref != NULL);
+    memcpy(S->base_hash, out_hash, 32);
+    if (S->nnew) {
+        S->src = R->tmp;
+        S->src_dt = S->base_dt;
+    }
+    return LORA_OK;
+}
+
+/* The receipt's entry for a tensor merge_step wrote: its terms, both
+ * hashes and the corrections in R->fixes. */
+static int record_tensor(struct run *R, const struct tstate *S, lora_dtype out_dt,
+                         const unsigned char merged_hash[32], lora_error *err)
+{
+    lora_receipt_term rterms[64];
+    for (size_t k = 0; k < S->nnew; k++) {
+        const lora_module *m = S->newt[k].module;
+        size_t ai = 0;
+        for (size_t a = 0; a < R->nadd; a++)
+            if (m >= R->add[a].ad->modules && m < R->add[a].ad->modules + R->add[a].ad->n_modules)
+                ai = a;
+        rterms[k] = (lora_receipt_term){ai, m->name, m->scale, m->transpose};
+    }
+    lora_receipt_tensor rt2;
+    memset(&rt2, 0, sizeof rt2);
+    rt2.name = (char *)S->t->name;
+    rt2.base_dtype = S->src_dt;
+    rt2.dtype = out_dt;
+    rt2.rows = S->rows;
+    rt2.cols = S->cols;
+    memcpy(rt2.base_hash, S->base_hash, 32);
+    memcpy(rt2.merged_hash, merged_hash, 32);
+    rt2.terms = rterms;
+    rt2.nterms = S->nnew;
+    return lora_receipt_add_tensor(R->rout, &rt2, &R->fixes, err);
+}
+
+/* Put the new adapters into S->src and write the result. */
+static int merge_step(struct run *R, struct tstate *S, lora_error *err)
+{
+    lora_merge_stats st = {0};
+    unsigned char in_hash[32], merged_hash[32];
+    lora_tjob j;
+    memset(&j, 0, sizeof j);
+    j.name = S->t->name;
+    j.in_dt = S->src_dt;
+    j.out_dt = out_dtype(R, S->src_dt);
+    j.rows = S->rows;
+    j.cols = S->cols;
+    j.src = S->src;
+    j.terms = S->newt;
+    j.nterms = S->nnew;
+    j.mode = R->o->rounding;
+    j.allow_nonfinite = R->o->allow_nonfinite;
+    j.stats = &st;
+    j.hash = R->rout != NULL;
+    j.in_hash = in_hash;
+    j.out_hash = merged_hash;
+    R->fixes.n = 0;
+    R->fixes.coded = 1; /* receipt version 3: ranks of ambiguous elements */
+    j.record_fixes = R->rout != NULL;
+    j.out_fixes = &R->fixes;
+    j.sink = R->w ? sink_stw : sink_null;
+    j.sink_arg = R->w ? R : NULL;
+    int rc = lora_engine_run(R->eng, &j, err);
+    if (rc)
+        return rc;
+    if (!S->nold)
+        memcpy(S->base_hash, in_hash, 32);
+    S->tr.fixes = st.fixes;
+    R->res->fixes += st.fixes;
+    R->res->nonfinite += st.nonfinite;
+    return R->rout ? record_tensor(R, S, j.out_dt, merged_hash, err) : LORA_OK;
+}
+
+/* The rules between modules_to_save and adapters on one tensor: a
+ * tensor is replaced or adapted, never both, and a receipt that does not
+ * keep what it replaced is not this merge's. */
+static int check_saved(struct run *R, const lora_tensor *t, const struct tstate *S,
+                       const lora_saved *sv, const lora_receipt_saved *ks, lora_error *err)
+{
+    if (ks && (S->nnew || S->nold))
         return lora_seterr(err, LORA_EUSAGE, "%s: replaced by modules_to_save in the merge undone "
                            "and adapted now: unmerge first, then merge", t->name);
     if (!ks && R->rin && lora_receipt_version(R->rin) >= 2 && saved_for(R->undo, R->nundo, t->name))
         return lora_seterr(err, LORA_ECHECK, "%s: the adapter replaces this tensor "
                            "(modules_to_save) but the receipt does not keep its base values (a "
                            "receipt of another merge?)", t->name);
-    if (ks || (sv && !nnew && !nold))
-        return do_replaced(R, t, sv, ks, err);
-    uint64_t rows = 0, cols = 0;
-    R->res->tensors++;
-    if (!nold && !nnew && !sv) {
-        /* untouched: bytes copied (or a dtype change on the whole checkpoint
-         * is not asked for: --dtype applies to changed tensors only) */
-        R->res->copied_tensors++;
-        if (R->w) {
-            int rc = lora_stw_copy(R->w, t->name, fd, t->offset, err);
-            if (rc)
-                return rc;
-        }
-        progress(R, t->nbytes);
-        return LORA_OK;
-    }
-    if (sv && !nnew) {
-        if (nold)
-            return lora_seterr(err, LORA_EUSAGE, "%s: replaced by modules_to_save and adapted at once",
-                               t->name);
-        R->res->changed_tensors++;
-        lora_tensor_report tr = {t->name, t->numel, 0, 0, 0, -1, 1, 0};
-        if (R->w) {
-            lora_dtype od = out_dtype(R, t->dtype);
-            int rc;
-            if (sv->t->dtype == od)
-                rc = lora_stw_write(R->w, t->name, 0, sv->t->data, (size_t)sv->t->nbytes, err);
-            else
-                rc = convert_copy(R, sv->t, sv->t->data, sv->t->dtype, od, t->name, err);
-            if (rc)
-                return rc;
-        }
-        report(R, &tr);
-        progress(R, t->nbytes);
-        return LORA_OK;
-    }
-    if (sv)
+    if (sv && !ks && (S->nnew || S->nold))
         return lora_seterr(err, LORA_EUSAGE, "%s: replaced by modules_to_save and adapted at once",
                            t->name);
-    if (!is2d(t, &rows, &cols))
+    return LORA_OK;
+}
+
+static int do_tensor(struct run *R, const lora_tensor *t, int fd, lora_error *err)
+{
+    struct tstate S;
+    memset(&S, 0, sizeof S);
+    S.t = t;
+    S.nnew = terms_for(R->add, R->nadd, t->name, S.newt, 64);
+    const lora_saved *sv = saved_for(R->add, R->nadd, t->name);
+    int rc = old_terms(R, t, S.oldt, &S.nold, &S.rt, &S.rti, &S.base_dt, err);
+    if (rc)
+        return rc;
+    const lora_receipt_saved *ks = R->rin ? lora_receipt_saved_find(R->rin, t->name) : NULL;
+    if ((rc = check_saved(R, t, &S, sv, ks, err)))
+        return rc;
+    if (ks || sv)
+        return do_replaced(R, t, sv, ks, err);
+    R->res->tensors++;
+    if (!S.nold && !S.nnew)
+        return copy_untouched(R, t, fd, err);
+    if (!is2d(t, &S.rows, &S.cols))
         return lora_seterr(err, LORA_EINPUT, "%s: an adapted tensor must have two dimensions",
                            t->name);
     R->res->changed_tensors++;
     R->res->elements += t->numel;
-    lora_tensor_report tr = {t->name, t->numel, 0, 0, 0, -1, 1, 0};
-    lora_merge_stats st = {0};
-    lora_merge_stats ust = {0};
-    const void *src = t->data;
-    lora_dtype src_dt = t->dtype;
-    unsigned char in_hash[32], out_hash[32], base_hash[32], merged_hash[32];
+    S.tr = (lora_tensor_report){t->name, t->numel, 0, 0, 0, -1, 1, 0};
+    S.src = t->data;
+    S.src_dt = t->dtype;
     R->cur = t->name;
-
-    if (nold) {
-        lora_tjob j;
-        memset(&j, 0, sizeof j);
-        j.name = t->name;
-        j.in_dt = t->dtype;
-        j.out_dt = base_dt;
-        j.rows = rows;
-        j.cols = cols;
-        j.src = t->data;
-        j.terms = oldt;
-        j.nterms = nold;
-        j.unmerge = 1;
-        j.allow_nonfinite = o->allow_nonfinite;
-        j.stats = &ust;
-        j.hash = 1;
-        j.in_hash = in_hash;
-        j.out_hash = out_hash;
-        R->fixes.n = 0;
-        if (rt) {
-            int rc = lora_receipt_fixes(R->rin, rti, &R->fixes, err);
-            if (rc)
-                return rc;
-            j.fixes = &R->fixes;
-        }
-        const lora_tensor *reft = NULL;
-        if (R->ref) {
-            reft = lora_ckpt_find(R->ref, t->name, NULL);
-            if (!reft || reft->dtype != base_dt || reft->numel != t->numel)
-                return lora_seterr(err, LORA_EINPUT, "%s: the reference has no %s tensor of this shape",
-                                   t->name, lora_dtype_name(base_dt));
-            j.ref = reft->data;
-        }
-        size_t bsz = lora_dtype_bits(base_dt) / 8;
-        if (nnew) {
-            uint64_t need = t->numel * bsz;
-            if (need > R->tmpcap) {
-                unsigned char *n = realloc(R->tmp, need);
-                if (!n)
-                    return lora_oom(err);
-                R->tmp = n;
-                R->tmpcap = need;
-            }
-            j.dst = R->tmp;
-        } else if (R->w) {
-            j.sink = sink_stw;
-            j.sink_arg = R;
-        } else {
-            j.sink = sink_null;
-        }
-        int rc = lora_engine_run(R->eng, &j, err);
-        if (rc)
-            return rc;
-        tr.fixes = ust.fixes;
-        R->res->fixes += nnew ? 0 : ust.fixes;
-        if (rt) {
-            int ok_in = sodium_memcmp(in_hash, rt->merged_hash, 32) == 0;
-            int ok_out = sodium_memcmp(out_hash, rt->base_hash, 32) == 0;
-            tr.hash_ok = ok_in && ok_out;
-            if (!tr.hash_ok)
-                R->res->hash_mismatches++;
-        }
-        if (reft) {
-            tr.exact = t->numel - ust.inexact;
-            tr.max_ulps = ust.max_ulps;
-            tr.known = 1;
-            tr.may_differ = ust.inexact;
-        } else if (rt) {
-            /* the hashes decide; unknown per element when they differ */
-            tr.exact = tr.hash_ok ? t->numel : 0;
-            tr.known = tr.hash_ok;
-            tr.may_differ = tr.hash_ok ? 0 : t->numel;
-        } else {
-            /* no receipt, no reference: W0 is unknown; exact counts only
-             * what is certainly wrong, may_differ bounds it from above */
-            tr.exact = t->numel - ust.inexact;
-            tr.known = 0;
-            tr.may_differ = ust.may_differ;
-        }
-        R->res->inexact += t->numel - tr.exact;
-        R->res->may_differ += tr.may_differ;
-        R->res->nonfinite += ust.nonfinite;
-        if (ust.max_ulps > R->res->max_ulps)
-            R->res->max_ulps = ust.max_ulps;
-        memcpy(base_hash, out_hash, 32);
-        if (nnew) {
-            src = R->tmp;
-            src_dt = base_dt;
-        }
-    }
-    if (nnew) {
-        lora_tjob j;
-        memset(&j, 0, sizeof j);
-        j.name = t->name;
-        j.in_dt = src_dt;
-        j.out_dt = out_dtype(R, src_dt);
-        j.rows = rows;
-        j.cols = cols;
-        j.src = src;
-        j.terms = newt;
-        j.nterms = nnew;
-        j.mode = o->rounding;
-        j.allow_nonfinite = o->allow_nonfinite;
-        j.stats = &st;
-        j.hash = R->rout != NULL;
-        j.in_hash = in_hash;
-        j.out_hash = merged_hash;
-        R->fixes.n = 0;
-        R->fixes.coded = 1; /* receipt version 3: ranks of ambiguous elements */
-        j.record_fixes = R->rout != NULL;
-        j.out_fixes = &R->fixes;
-        if (R->w) {
-            j.sink = sink_stw;
-            j.sink_arg = R;
-        } else {
-            j.sink = sink_null;
-        }
-        int rc = lora_engine_run(R->eng, &j, err);
-        if (rc)
-            return rc;
-        if (!nold)
-            memcpy(base_hash, in_hash, 32);
-        tr.fixes = st.fixes;
-        R->res->fixes += st.fixes;
-        R->res->nonfinite += st.nonfinite;
-        if (R->rout) {
-            lora_receipt_term rterms[64];
-            for (size_t k = 0; k < nnew; k++) {
-                size_t ai = 0;
-                for (size_t a = 0; a < R->nadd; a++)
-                    if (newt[k].module >= R->add[a].ad->modules &&
-                        newt[k].module < R->add[a].ad->modules + R->add[a].ad->n_modules)
-                        ai = a;
-                rterms[k] = (lora_receipt_term){ai, newt[k].module->name, newt[k].module->scale,
-                                                newt[k].module->transpose};
-            }
-            lora_receipt_tensor rt2;
-            memset(&rt2, 0, sizeof rt2);
-            rt2.name = (char *)t->name;
-            rt2.base_dtype = src_dt;
-            rt2.dtype = j.out_dt;
-            rt2.rows = rows;
-            rt2.cols = cols;
-            memcpy(rt2.base_hash, base_hash, 32);
-            memcpy(rt2.merged_hash, merged_hash, 32);
-            rt2.terms = rterms;
-            rt2.nterms = nnew;
-            rc = lora_receipt_add_tensor(R->rout, &rt2, &R->fixes, err);
-            if (rc)
-                return rc;
-        }
-    }
-    if (rt) {
-        int rc = push_base(&R->chk, t->name, base_hash, err);
-        if (rc)
-            return rc;
-    }
-    if (nnew && R->rout) {
-        int rc = push_base(&R->rec, t->name, base_hash, err);
-        if (rc)
-            return rc;
-    }
-    report(R, &tr);
+    if (S.nold && (rc = unmerge_step(R, &S, err)))
+        return rc;
+    if (S.nnew && (rc = merge_step(R, &S, err)))
+        return rc;
+    if (S.rt && (rc = push_base(&R->chk, t->name, S.base_hash, err)))
+        return rc;
+    if (S.nnew && R->rout && (rc = push_base(&R->rec, t->name, S.base_hash, err)))
+        return rc;
+    report(R, &S.tr);
     progress(R, t->nbytes);
     return LORA_OK;
 }
@@ -1519,6 +1544,197 @@ static int commit_pair(struct run *R, const char *stage, const char *tmpdir, con
     return rc;
 }
 
+/* The checkpoint, the receipt to undo (signed or not) and the reference. */
+static int open_inputs(struct run *R, const char *input, lora_error *err)
+{
+    const lora_merge_opts *opts = R->o;
+    int rc = lora_ckpt_open(input, &R->ck, err);
+    if (rc)
+        return rc;
+    if (opts->receipt_in && opts->n_receipt_pubkeys) {
+        rc = lora_receipt_open_signed(opts->receipt_in, opts->receipt_pubkeys,
+                                      opts->n_receipt_pubkeys, &R->rin, err);
+        struct stat sb;
+        char *nw = NULL;
+        if (rc == LORA_ECHECK && asprintf(&nw, "%s.new", opts->receipt_in) < 0)
+            nw = NULL;
+        if (nw && stat(nw, &sb) == 0) /* the signature is installed just before the receipt */
+            snprintf(err->msg + strlen(err->msg), sizeof err->msg - strlen(err->msg),
+                     " (%s exists: a re-merge was interrupted before renaming it?)", nw);
+        free(nw);
+    } else if (opts->receipt_in) {
+        rc = lora_receipt_open(opts->receipt_in, &R->rin, err);
+    }
+    if (rc)
+        return rc;
+    if (opts->reference)
+        return lora_ckpt_open(opts->reference, &R->ref, err);
+    return LORA_OK;
+}
+
+/* R->only: the one shard --shard names, or SIZE_MAX for all. */
+static int find_shard(struct run *R, const char *input, lora_error *err)
+{
+    const char *shard = R->o->shard;
+    R->only = SIZE_MAX;
+    if (!shard)
+        return LORA_OK;
+    const char *want = strrchr(shard, '/') ? strrchr(shard, '/') + 1 : shard;
+    for (size_t s = 0; s < lora_ckpt_shard_count(R->ck); s++)
+        if (strcmp(lora_ckpt_shard_name(R->ck, s), want) == 0)
+            R->only = s;
+    if (!lora_ckpt_is_sharded(R->ck) || R->only == SIZE_MAX)
+        return lora_seterr(err, LORA_EUSAGE, "%s: no shard named %s in this checkpoint", input, want);
+    return LORA_OK;
+}
+
+static int empty_or_absent_dir(const char *path)
+{
+    struct stat sb;
+    if (stat(path, &sb) != 0)
+        return 1;
+    DIR *d = S_ISDIR(sb.st_mode) ? opendir(path) : NULL;
+    int empty = d != NULL;
+    struct dirent *e;
+    while (d && (e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
+            empty = 0;
+    if (d)
+        closedir(d);
+    return empty;
+}
+
+/* Where the output is written until it is complete: a temporary folder
+ * beside a folder OUT (R->tmpdir), or a reserved temporary name beside a
+ * file OUT (R->stage) that is renamed only when its receipt is finished
+ * (commit_pair): a disk that fills while the receipt is finished must
+ * not leave OUT behind, and an interrupted run never leaves OUT beside a
+ * receipt that is not its. */
+static int stage_output(struct run *R, const char *out, lora_error *err)
+{
+    if (!R->folder) {
+        int sfd = -1;
+        int rc = lora_tmpfile_beside(out, 0644, &sfd, &R->stage, err);
+        if (rc)
+            return rc;
+        close(sfd); /* reserves the name; the writer renames the finished file onto it */
+        return LORA_OK;
+    }
+    if (!empty_or_absent_dir(out))
+        return lora_seterr(err, LORA_EUSAGE, "%s: exists and is not an empty folder", out);
+    if (asprintf(&R->tmpdir, "%s.tmp-XXXXXX", out) < 0) {
+        R->tmpdir = NULL;
+        return lora_oom(err);
+    }
+    if (!mkdtemp(R->tmpdir)) {
+        int rc = lora_seterr_errno(err, LORA_EIO, errno, "%s", R->tmpdir);
+        free(R->tmpdir);
+        R->tmpdir = NULL;
+        return rc;
+    }
+    chmod(R->tmpdir, 0755); /* mkdtemp makes it 0700; a checkpoint folder is shared */
+    lora_tmp_track(R->tmpdir, 1);
+    return LORA_OK;
+}
+
+static int start_receipt(struct run *R, lora_error *err)
+{
+    const lora_merge_opts *opts = R->o;
+    if (!opts->receipt_out || opts->check_only || !R->nadd)
+        return LORA_OK;
+    int rc = lora_receipt_create(opts->receipt_out, opts->rounding, &R->rout, err);
+    for (size_t a = 0; !rc && a < R->nadd; a++)
+        rc = lora_receipt_add_adapter(R->rout, R->add[a].spec, R->add_hash[a], R->add[a].weight,
+                                      err);
+    return rc;
+}
+
+/* Every shard (or the one --shard names) through do_shard, into the
+ * staged output when there is one. */
+static int process_shards(struct run *R, int writing, lora_error *err)
+{
+    int rc = LORA_OK;
+    for (size_t s = 0; s < lora_ckpt_shard_count(R->ck) && !rc; s++) {
+        if (R->only != SIZE_MAX && s != R->only)
+            continue;
+        char *path = NULL;
+        if (writing) {
+            path = R->folder ? join(R->tmpdir, lora_ckpt_shard_name(R->ck, s)) : strdup(R->stage);
+            if (!path)
+                return lora_oom(err);
+        }
+        rc = do_shard(R, s, path, err);
+        free(path);
+    }
+    return rc;
+}
+
+/* After the tensors: refuse what the checks found, complete a folder
+ * (aux files, index, untied config), check the restore, then commit the
+ * output and its receipt together. */
+static int finish_output(struct run *R, const char *out, lora_error *err)
+{
+    const lora_merge_opts *opts = R->o;
+    lora_merge_result *res = R->res;
+    int rc = LORA_OK;
+    if (res->hash_mismatches)
+        return lora_seterr(err, LORA_ECHECK,
+                           "%llu tensor(s) do not match the receipt's hashes: not restored, nothing written",
+                           (unsigned long long)res->hash_mismatches);
+    if (opts->check_only && res->inexact)
+        return lora_seterr(err, LORA_ECHECK, "%llu element(s) not restored exactly",
+                           (unsigned long long)res->inexact);
+    if (R->tmpdir) {
+        rc = copy_aux(lora_ckpt_dir(R->ck), R->tmpdir, err);
+        if (!rc && lora_ckpt_is_sharded(R->ck))
+            rc = write_index(R, R->tmpdir, err);
+        if (!rc && R->untie)
+            rc = lora_untie_config(R->tmpdir, err);
+    }
+    if (!rc && R->only == SIZE_MAX && !opts->check_only)
+        rc = check_restored(R, R->tmpdir ? R->tmpdir : R->stage, err);
+    if (rc || (!R->stage && !R->tmpdir))
+        return rc;
+    if ((rc = commit_pair(R, R->stage, R->tmpdir, out, err)))
+        return rc;
+    /* committed: nothing left to remove */
+    free(R->stage);
+    free(R->tmpdir);
+    R->stage = R->tmpdir = NULL;
+    return LORA_OK;
+}
+
+/* Release R; after a failure, remove what was staged. */
+static void run_free(struct run *R, int failed)
+{
+    if (R->rout)
+        lora_receipt_abort(R->rout);
+    if (R->tmpdir && failed) {
+        rm_tree(R->tmpdir);
+        lora_tmp_forget(R->tmpdir);
+    }
+    free(R->tmpdir);
+    if (R->stage && failed)
+        lora_tmp_unlink(R->stage);
+    free(R->stage);
+    if (R->rin)
+        lora_receipt_close(R->rin);
+    if (R->ref)
+        lora_ckpt_close(R->ref);
+    if (R->ck)
+        lora_ckpt_close(R->ck);
+    lora_engine_free(R->eng);
+    lora_fixes_free(&R->fixes);
+    free(R->tmp);
+    free(R->cbuf);
+    free(R->undo_hash);
+    free(R->add_hash);
+    free(R->rin_map);
+    free(R->chk.p);
+    free(R->rec.p);
+    free(R->in_index);
+}
+
 int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
                    lora_merge_adapter *add, size_t nadd, const char *out,
                    const lora_merge_opts *opts, lora_merge_result *res, lora_error *err)
@@ -1534,183 +1750,42 @@ int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
     R.add = add;
     R.nadd = nadd;
     R.kept_all = 1;
-    char *tmpdir = NULL;
-    /* A single-file OUT is staged under a temporary name and renamed only
-     * when its receipt is finished (commit_pair): a disk that fills while
-     * the receipt is finished must not leave OUT behind, and an
-     * interrupted run never leaves OUT beside a receipt that is not its. */
-    char *stage = NULL;
-    int rc;
     if (!nundo && !nadd)
         return lora_seterr(err, LORA_EUSAGE, "no adapter given");
     if (opts->dtype != LORA_DT_INVALID && !lora_dtype_writable(opts->dtype))
         return lora_seterr(err, LORA_EUSAGE, "--dtype must be F32, F16 or BF16");
     if (!out && !opts->check_only)
         return lora_seterr(err, LORA_EUSAGE, "no output given");
-    if ((rc = lora_ckpt_open(input, &R.ck, err)))
-        goto done;
-    if (opts->receipt_in && opts->n_receipt_pubkeys) {
-        rc = lora_receipt_open_signed(opts->receipt_in, opts->receipt_pubkeys,
-                                      opts->n_receipt_pubkeys, &R.rin, err);
-        struct stat sb;
-        char *nw = NULL;
-        if (rc == LORA_ECHECK && asprintf(&nw, "%s.new", opts->receipt_in) < 0)
-            nw = NULL;
-        if (nw && stat(nw, &sb) == 0) /* the signature is installed just before the receipt */
-            snprintf(err->msg + strlen(err->msg), sizeof err->msg - strlen(err->msg),
-                     " (%s exists: a re-merge was interrupted before renaming it?)", nw);
-        free(nw);
-    }
-    else if (opts->receipt_in)
-        rc = lora_receipt_open(opts->receipt_in, &R.rin, err);
-    if (rc)
-        goto done;
-    if (opts->reference && (rc = lora_ckpt_open(opts->reference, &R.ref, err)))
-        goto done;
-    if (out && (rc = out_collides(&R, input, out, err)))
-        goto done;
-    size_t only = SIZE_MAX; /* the one shard to process with opts->shard */
-    if (opts->shard) {
-        const char *want = strrchr(opts->shard, '/') ? strrchr(opts->shard, '/') + 1 : opts->shard;
-        for (size_t s = 0; s < lora_ckpt_shard_count(R.ck); s++)
-            if (strcmp(lora_ckpt_shard_name(R.ck, s), want) == 0)
-                only = s;
-        if (!lora_ckpt_is_sharded(R.ck) || only == SIZE_MAX) {
-            rc = lora_seterr(err, LORA_EUSAGE, "%s: no shard named %s in this checkpoint", input, want);
-            goto done;
-        }
-    }
+    int writing = out && !opts->check_only;
+    int rc = open_inputs(&R, input, err);
+    if (!rc && out)
+        rc = out_collides(&R, input, out, err);
+    if (!rc)
+        rc = find_shard(&R, input, err);
     /* before the adapters are matched: "not this output's receipt" is
      * the cause when they are not the receipt's either */
-    if ((rc = check_pair(&R, only, err)))
-        goto done;
-    R.folder = only == SIZE_MAX && (is_dir(input) || has_suffix(input, ".index.json"));
-    if ((rc = bind_all(&R, err)))
-        goto done;
-    if ((rc = lora_engine_new(opts->nthreads, &R.eng, err)))
-        goto done;
-    if ((rc = switch_bases(&R, err)))
-        goto done;
-    for (size_t s = 0; s < lora_ckpt_shard_count(R.ck); s++)
-        if (only == SIZE_MAX || s == only)
+    if (!rc)
+        rc = check_pair(&R, R.only, err);
+    R.folder = R.only == SIZE_MAX && (is_dir(input) || has_suffix(input, ".index.json"));
+    if (!rc)
+        rc = bind_all(&R, err);
+    if (!rc)
+        rc = lora_engine_new(opts->nthreads, &R.eng, err);
+    if (!rc)
+        rc = switch_bases(&R, err);
+    for (size_t s = 0; !rc && s < lora_ckpt_shard_count(R.ck); s++)
+        if (R.only == SIZE_MAX || s == R.only)
             R.total += lora_st_size(lora_ckpt_shard(R.ck, s));
-    int folder = only == SIZE_MAX && (is_dir(input) || has_suffix(input, ".index.json"));
-    if (out && !opts->check_only && folder) {
-        struct stat sb;
-        if (stat(out, &sb) == 0) {
-            DIR *d = S_ISDIR(sb.st_mode) ? opendir(out) : NULL;
-            int empty = d != NULL;
-            struct dirent *e;
-            while (d && (e = readdir(d)))
-                if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
-                    empty = 0;
-            if (d)
-                closedir(d);
-            if (!empty) {
-                rc = lora_seterr(err, LORA_EUSAGE, "%s: exists and is not an empty folder", out);
-                goto done;
-            }
-        }
-        if (asprintf(&tmpdir, "%s.tmp-XXXXXX", out) < 0) {
-            tmpdir = NULL;
-            rc = lora_oom(err);
-            goto done;
-        }
-        if (!mkdtemp(tmpdir)) {
-            rc = lora_seterr_errno(err, LORA_EIO, errno, "%s", tmpdir);
-            free(tmpdir);
-            tmpdir = NULL;
-            goto done;
-        }
-        chmod(tmpdir, 0755); /* mkdtemp makes it 0700; a checkpoint folder is shared */
-        lora_tmp_track(tmpdir, 1);
-    }
-    if (out && !opts->check_only && !folder) {
-        int sfd = -1;
-        if ((rc = lora_tmpfile_beside(out, 0644, &sfd, &stage, err)))
-            goto done;
-        close(sfd); /* reserves the name; the writer renames the finished file onto it */
-    }
-    if (opts->receipt_out && !opts->check_only && nadd &&
-        (rc = lora_receipt_create(opts->receipt_out, opts->rounding, &R.rout, err)))
-        goto done;
-    for (size_t a = 0; R.rout && a < nadd; a++)
-        if ((rc = lora_receipt_add_adapter(R.rout, add[a].spec, R.add_hash[a], add[a].weight, err)))
-            goto done;
-    if ((rc = load_index(&R, input, err)))
-        goto done;
-    for (size_t s = 0; s < lora_ckpt_shard_count(R.ck) && !rc; s++) {
-        if (only != SIZE_MAX && s != only)
-            continue;
-        char *path = NULL;
-        if (out && !opts->check_only) {
-            path = folder ? join(tmpdir, lora_ckpt_shard_name(R.ck, s)) : strdup(stage);
-            if (!path) {
-                rc = lora_oom(err);
-                break;
-            }
-        }
-        rc = do_shard(&R, s, path, err);
-        free(path);
-    }
-    if (!rc && res->hash_mismatches)
-        rc = lora_seterr(err, LORA_ECHECK,
-                         "%llu tensor(s) do not match the receipt's hashes: not restored, nothing written",
-                         (unsigned long long)res->hash_mismatches);
-    if (!rc && opts->check_only && res->inexact)
-        rc = lora_seterr(err, LORA_ECHECK, "%llu element(s) not restored exactly",
-                         (unsigned long long)res->inexact);
-    if (!rc && tmpdir) {
-        rc = copy_aux(lora_ckpt_dir(R.ck), tmpdir, err);
-        if (!rc && lora_ckpt_is_sharded(R.ck))
-            rc = write_index(&R, tmpdir, err);
-        if (!rc && R.untie)
-            rc = lora_untie_config(tmpdir, err);
-    }
-    if (!rc && only == SIZE_MAX && !opts->check_only)
-        rc = check_restored(&R, tmpdir ? tmpdir : stage, err);
-    if (!rc && (stage || tmpdir)) {
-        rc = commit_pair(&R, stage, tmpdir, out, err);
-        if (!rc) {
-            if (stage) {
-                free(stage);
-                stage = NULL;
-            } else {
-                free(tmpdir);
-                tmpdir = NULL;
-            }
-        }
-    }
-done:
-    if (R.rout)
-        lora_receipt_abort(R.rout);
-    if (tmpdir) {
-        if (rc) {
-            rm_tree(tmpdir);
-            lora_tmp_forget(tmpdir);
-        }
-        free(tmpdir);
-    }
-    if (stage) {
-        if (rc)
-            lora_tmp_unlink(stage);
-        free(stage);
-    }
-    if (R.rin)
-        lora_receipt_close(R.rin);
-    if (R.ref)
-        lora_ckpt_close(R.ref);
-    if (R.ck)
-        lora_ckpt_close(R.ck);
-    lora_engine_free(R.eng);
-    lora_fixes_free(&R.fixes);
-    free(R.tmp);
-    free(R.cbuf);
-    free(R.undo_hash);
-    free(R.add_hash);
-    free(R.rin_map);
-    free(R.chk.p);
-    free(R.rec.p);
-    free(R.in_index);
+    if (!rc && writing)
+        rc = stage_output(&R, out, err);
+    if (!rc)
+        rc = start_receipt(&R, err);
+    if (!rc)
+        rc = load_index(&R, input, err);
+    if (!rc)
+        rc = process_shards(&R, writing, err);
+    if (!rc)
+        rc = finish_output(&R, out, err);
+    run_free(&R, rc != LORA_OK);
     return rc;
 }

@@ -31,6 +31,7 @@
 
 #include <pthread.h>
 #include <sodium.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <string.h>
 
@@ -775,177 +776,235 @@ struct wargs {
     int t;
 };
 
-static void run_block(struct tjob *j, int t, uint64_t b)
-{
-    lora_engine *e = j->e;
-    const lora_tjob *s = j->spec;
-    uint64_t i0 = b * j->br, i1 = i0 + j->br;
-    if (i1 > j->rows)
-        i1 = j->rows;
-    size_t n = (size_t)((i1 - i0) * j->cols);
-    uint64_t first = i0 * j->cols;
-    double *sum = e->sum[t];
-    block_delta(j, i0, i1, sum, e->tmp[t]);
-    const unsigned char *src = (const unsigned char *)s->src + first * j->isz;
-    unsigned char *dst = s->dst ? (unsigned char *)s->dst + first * j->osz : e->ibuf[t];
-    int ik = j->ik, ok = j->ok;
-    size_t isz = j->isz, osz = j->osz;
-    lora_merge_stats st = {0};
-    st.elements = n;
-    nonfin nf = {0, 0, 0, 0};
+/* One block of rows of a tensor job, as run_block's steps see it. */
+struct block {
+    uint64_t b, i0, i1, first; /* block index, rows [i0, i1), first element */
+    size_t n;                  /* elements */
+    const double *sum;         /* the delta of each element */
+    const unsigned char *src;
+    unsigned char *dst;
+    unsigned char *flag;       /* scratch for the fast passes' flags */
+    lora_merge_stats st;
+    nonfin nf;
+};
 
-    if (!s->unmerge) {
-        lora_fixes *fx = &e->bfix[b];
-        fx->n = 0;
-        fx->nbits = fx->nambig = 0;
-        int record = s->record_fixes;
-        int coded = record && s->out_fixes && s->out_fixes->coded;
-        int rev = s->mode == LORA_ROUND_REVERSIBLE;
-        size_t bad = 0;
-        int r;
-        /* constant kinds let the compiler fold every dtype branch */
-        if (ik == FP_BF16 && ok == FP_BF16 && !rev && (!record || coded))
-            r = merge_bf16_fast(src, dst, sum, (unsigned char *)e->tmp[t], n, first, record,
-                                fx, &st, &bad, &nf);
-        else if (ik == FP_BF16 && ok == FP_BF16)
-            r = merge_span(FP_BF16, FP_BF16, 2, 2, record, rev, coded, src, dst, sum, n, first, fx, &st, &bad, &nf);
-        else if (ik == FP_F16 && ok == FP_F16)
-            r = merge_span(FP_F16, FP_F16, 2, 2, record, rev, coded, src, dst, sum, n, first, fx, &st, &bad, &nf);
-        else if (ik == FP_F32 && ok == FP_F32)
-            r = merge_span(FP_F32, FP_F32, 4, 4, record, rev, coded, src, dst, sum, n, first, fx, &st, &bad, &nf);
-        else
-            r = merge_span_any(ik, ok, isz, osz, record, rev, coded, src, dst, sum, n, first, fx, &st, &bad, &nf);
-        if (r == -1) {
-            char msg[200];
-            snprintf(msg, sizeof msg, "%s: the adapter's delta is not finite at element %llu",
-                     s->name, (unsigned long long)(first + bad));
-            tj_fail(j, LORA_EINPUT, msg);
-            return;
+/* tj_fail(LORA_EINPUT) with the tensor's name before the message. */
+static void block_fail(struct tjob *j, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void block_fail(struct tjob *j, const char *fmt, ...)
+{
+    char what[160], msg[200];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    snprintf(msg, sizeof msg, "%s: %s", j->spec->name, what);
+    tj_fail(j, LORA_EINPUT, msg);
+}
+
+/* Merge: the block's W0 + d rounded into dst, corrections recorded in
+ * the block's own list (gathered in order by lora_engine_run).  0, or -1
+ * after tj_fail. */
+static int merge_block(struct tjob *j, struct block *k)
+{
+    const lora_tjob *s = j->spec;
+    lora_fixes *fx = &j->e->bfix[k->b];
+    fx->n = 0;
+    fx->nbits = fx->nambig = 0;
+    int ik = j->ik, ok = j->ok;
+    int record = s->record_fixes;
+    int coded = record && s->out_fixes && s->out_fixes->coded;
+    int rev = s->mode == LORA_ROUND_REVERSIBLE;
+    size_t bad = 0, n = k->n;
+    uint64_t first = k->first;
+    const double *sum = k->sum;
+    int r;
+    /* constant kinds let the compiler fold every dtype branch */
+    if (ik == FP_BF16 && ok == FP_BF16 && !rev && (!record || coded))
+        r = merge_bf16_fast(k->src, k->dst, sum, k->flag, n, first, record, fx, &k->st, &bad,
+                            &k->nf);
+    else if (ik == FP_BF16 && ok == FP_BF16)
+        r = merge_span(FP_BF16, FP_BF16, 2, 2, record, rev, coded, k->src, k->dst, sum, n, first,
+                       fx, &k->st, &bad, &k->nf);
+    else if (ik == FP_F16 && ok == FP_F16)
+        r = merge_span(FP_F16, FP_F16, 2, 2, record, rev, coded, k->src, k->dst, sum, n, first,
+                       fx, &k->st, &bad, &k->nf);
+    else if (ik == FP_F32 && ok == FP_F32)
+        r = merge_span(FP_F32, FP_F32, 4, 4, record, rev, coded, k->src, k->dst, sum, n, first,
+                       fx, &k->st, &bad, &k->nf);
+    else
+        r = merge_span_any(ik, ok, j->isz, j->osz, record, rev, coded, k->src, k->dst, sum, n,
+                           first, fx, &k->st, &bad, &k->nf);
+    if (r == -1) {
+        block_fail(j, "the adapter's delta is not finite at element %llu",
+                   (unsigned long long)(first + bad));
+        return -1;
+    }
+    if (r == -2) {
+        tj_fail(j, LORA_EIO, "out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+/* Unmerge of element x of the block: W0 from m - d, by the receipt's
+ * bits when coded, then the correction at *fi when it is this
+ * element's.  0, or -1 after tj_fail. */
+static int unmerge_one(struct tjob *j, struct block *k, size_t x, const lora_fixes *fx,
+                       size_t *fi, size_t fe, int coded, bitrd *rd, int fast)
+{
+    int ik = j->ik, ok = j->ok;
+    uint64_t first = k->first;
+    uint32_t m = ld_elem(k->src + x * j->isz, j->isz);
+    double d = k->sum[x];
+    if (d != 0 && fp_finite(ik, m) && (!fast || k->flag[x])) {
+        if (!isfinite(d)) {
+            block_fail(j, "the adapter's delta is not finite at element %llu",
+                       (unsigned long long)(first + x));
+            return -1;
         }
-        if (r == -2) {
-            tj_fail(j, LORA_EIO, "out of memory");
-            return;
+        k->st.changed++;
+    }
+    uint32_t u;
+    if (!coded) {
+        u = unmerge_elem(ik, ok, m, d);
+    } else if (coded_elem(ik, ok, m, d, 0, NULL, rd, &u)) {
+        block_fail(j, "the receipt's bits do not match the merged tensor and adapter "
+                   "(element %llu)", (unsigned long long)(first + x));
+        return -1;
+    }
+    if (*fi < fe && fx->index[*fi] == first + x) {
+        int64_t key = fp_key(ok, u), step = fx->step[(*fi)++];
+        int64_t lim = ok == FP_F32 ? INT64_C(0x80000000) : INT64_C(0x8000);
+        if (step < -2 * lim || step > 2 * lim || key + step < -lim || key + step >= lim) {
+            block_fail(j, "correction at element %llu is out of range",
+                       (unsigned long long)(first + x));
+            return -1;
         }
-    } else {
-        /* unmerge: corrections of this block are the slice of spec->fixes
-         * starting at fixstart[b] */
-        const lora_fixes *fx = s->fixes;
-        size_t fi = fx && j->fixstart ? j->fixstart[b] : 0, fe = fx ? fx->n : 0;
-        const unsigned char *ref = s->ref ? (const unsigned char *)s->ref + first * osz : NULL;
-        bitrd rd = {NULL, 0, 0};
-        int coded = fx && fx->coded;
-        if (coded)
-            rd = (bitrd){fx->bits, fx->bstart[b], fx->bstart[b + 1]};
-        /* BF16 with corrections: the branch-free pass does the elements it
-         * proves, the loop below the flagged ones and the corrections */
-        int fast = fx && !ref && ik == FP_BF16 && ok == FP_BF16;
-        unsigned char *flag = (unsigned char *)e->tmp[t];
-        if (fast)
-            st.changed += lora_fast_unmerge_bf16(src, dst, sum, flag, n);
-        for (size_t x = 0; x < n; x++) {
-            if (fast) {
-                size_t nx = next_flag(flag, x, n);
-                if (fi < fe && fx->index[fi] - first < nx)
-                    nx = (size_t)(fx->index[fi] - first);
-                if (nx >= n)
-                    break;
-                x = nx;
-            }
-            uint32_t m = ld_elem(src + x * isz, isz);
-            double d = sum[x];
-            if (d != 0 && fp_finite(ik, m) && (!fast || flag[x])) {
-                if (!isfinite(d)) {
-                    char msg[200];
-                    snprintf(msg, sizeof msg, "%s: the adapter's delta is not finite at element %llu",
-                             s->name, (unsigned long long)(first + x));
-                    tj_fail(j, LORA_EINPUT, msg);
-                    return;
-                }
-                st.changed++;
-            }
-            uint32_t u;
-            if (!coded) {
-                u = unmerge_elem(ik, ok, m, d);
-            } else if (coded_elem(ik, ok, m, d, 0, NULL, &rd, &u)) {
-                char msg[200];
-                snprintf(msg, sizeof msg, "%s: the receipt's bits do not match the merged "
-                         "tensor and adapter (element %llu)", s->name,
-                         (unsigned long long)(first + x));
-                tj_fail(j, LORA_EINPUT, msg);
-                return;
-            }
-            if (fi < fe && fx->index[fi] == first + x) {
-                int64_t key = fp_key(ok, u), step = fx->step[fi++];
-                int64_t lim = ok == FP_F32 ? INT64_C(0x80000000) : INT64_C(0x8000);
-                if (step < -2 * lim || step > 2 * lim || key + step < -lim || key + step >= lim) {
-                    char msg[200];
-                    snprintf(msg, sizeof msg, "%s: correction at element %llu is out of range",
-                             s->name, (unsigned long long)(first + x));
-                    tj_fail(j, LORA_EINPUT, msg);
-                    return;
-                }
-                u = fp_unkey(ok, key + step);
-                st.fixes++;
-            }
-            st_elem(dst + x * osz, osz, u);
-            if (!fp_finite(ok, u) && fp_finite(ik, m))
-                nf_note(&nf, first + x, fp_to_d(ik, m), -d);
-            if (!ref && !fx)
-                count_unknown(ik, ok, m, u, d, &st);
-            if (ref) {
-                uint32_t want = ld_elem(ref + x * osz, osz);
-                if (want != u) {
-                    st.inexact++;
-                    uint64_t du = fp_finite(ok, want) && fp_finite(ok, u) ? fp_ulps(ok, want, u)
-                                                                          : UINT64_MAX;
-                    if (du > st.max_ulps)
-                        st.max_ulps = du;
-                }
-            }
-        }
-        if (coded && rd.at != rd.end) {
-            char msg[200];
-            snprintf(msg, sizeof msg, "%s: the receipt holds %llu bits more than the merged "
-                     "tensor and adapter use (rows from %llu)", s->name,
-                     (unsigned long long)(rd.end - rd.at), (unsigned long long)i0);
-            tj_fail(j, LORA_EINPUT, msg);
-            return;
+        u = fp_unkey(ok, key + step);
+        k->st.fixes++;
+    }
+    st_elem(k->dst + x * j->osz, j->osz, u);
+    if (!fp_finite(ok, u) && fp_finite(ik, m))
+        nf_note(&k->nf, first + x, fp_to_d(ik, m), -d);
+    if (!j->spec->ref && !fx)
+        count_unknown(ik, ok, m, u, d, &k->st);
+    if (j->spec->ref) {
+        const unsigned char *ref = (const unsigned char *)j->spec->ref + first * j->osz;
+        uint32_t want = ld_elem(ref + x * j->osz, j->osz);
+        if (want != u) {
+            k->st.inexact++;
+            uint64_t du = fp_finite(ok, want) && fp_finite(ok, u) ? fp_ulps(ok, want, u)
+                                                                  : UINT64_MAX;
+            if (du > k->st.max_ulps)
+                k->st.max_ulps = du;
         }
     }
+    return 0;
+}
+
+/* Unmerge: the corrections of this block are the slice of spec->fixes
+ * starting at fixstart[b] (and its bits, bstart[b] .. bstart[b+1]).
+ * 0, or -1 after tj_fail. */
+static int unmerge_block(struct tjob *j, struct block *k)
+{
+    const lora_tjob *s = j->spec;
+    const lora_fixes *fx = s->fixes;
+    size_t fi = fx && j->fixstart ? j->fixstart[k->b] : 0, fe = fx ? fx->n : 0;
+    bitrd rd = {NULL, 0, 0};
+    int coded = fx && fx->coded;
+    if (coded)
+        rd = (bitrd){fx->bits, fx->bstart[k->b], fx->bstart[k->b + 1]};
+    /* BF16 with corrections: the branch-free pass does the elements it
+     * proves, unmerge_one the flagged ones and the corrections */
+    int fast = fx && !s->ref && j->ik == FP_BF16 && j->ok == FP_BF16;
+    size_t n = k->n;
+    if (fast)
+        k->st.changed += lora_fast_unmerge_bf16(k->src, k->dst, k->sum, k->flag, n);
+    for (size_t x = 0; x < n; x++) {
+        if (fast) {
+            size_t nx = next_flag(k->flag, x, n);
+            if (fi < fe && fx->index[fi] - k->first < nx)
+                nx = (size_t)(fx->index[fi] - k->first);
+            if (nx >= n)
+                break;
+            x = nx;
+        }
+        if (unmerge_one(j, k, x, fx, &fi, fe, coded, &rd, fast))
+            return -1;
+    }
+    if (coded && rd.at != rd.end) {
+        char msg[200];
+        snprintf(msg, sizeof msg, "%s: the receipt holds %llu bits more than the merged "
+                 "tensor and adapter use (rows from %llu)", s->name,
+                 (unsigned long long)(rd.end - rd.at), (unsigned long long)k->i0);
+        tj_fail(j, LORA_EINPUT, msg);
+        return -1;
+    }
+    return 0;
+}
+
+/* The block's hashes, its bytes to the sink, its counts into the job's. */
+static void finish_block(struct tjob *j, struct block *k)
+{
+    const lora_tjob *s = j->spec;
+    lora_engine *e = j->e;
     if (s->hash) {
-        crypto_generichash(e->bhash[b][0], 32, src, n * isz, NULL, 0);
-        crypto_generichash(e->bhash[b][1], 32, dst, n * osz, NULL, 0);
+        crypto_generichash(e->bhash[k->b][0], 32, k->src, k->n * j->isz, NULL, 0);
+        crypto_generichash(e->bhash[k->b][1], 32, k->dst, k->n * j->osz, NULL, 0);
     }
     if (s->sink) {
         lora_error werr;
         lora_error_clear(&werr);
-        if (s->sink(s->sink_arg, first * osz, dst, n * osz, &werr) != LORA_OK) {
+        if (s->sink(s->sink_arg, k->first * j->osz, k->dst, k->n * j->osz, &werr) != LORA_OK) {
             tj_fail(j, werr.code ? werr.code : LORA_EIO, werr.msg);
             return;
         }
     }
     pthread_mutex_lock(&j->lock);
-    if (nf.n) {
-        if (!j->nf || nf.first < j->nf_first) {
-            j->nf_first = nf.first;
-            j->nf_in = nf.in;
-            j->nf_d = nf.d;
+    if (k->nf.n) {
+        if (!j->nf || k->nf.first < j->nf_first) {
+            j->nf_first = k->nf.first;
+            j->nf_in = k->nf.in;
+            j->nf_d = k->nf.d;
         }
-        j->nf += nf.n;
+        j->nf += k->nf.n;
     }
     if (s->stats) {
-        s->stats->elements += st.elements;
-        s->stats->changed += st.changed;
-        s->stats->other += st.other;
-        s->stats->fixes += st.fixes;
-        s->stats->inexact += st.inexact;
-        s->stats->may_differ += st.may_differ;
-        if (st.max_ulps > s->stats->max_ulps)
-            s->stats->max_ulps = st.max_ulps;
+        lora_merge_stats *st = s->stats;
+        st->elements += k->st.elements;
+        st->changed += k->st.changed;
+        st->other += k->st.other;
+        st->fixes += k->st.fixes;
+        st->inexact += k->st.inexact;
+        st->may_differ += k->st.may_differ;
+        if (k->st.max_ulps > st->max_ulps)
+            st->max_ulps = k->st.max_ulps;
     }
     pthread_mutex_unlock(&j->lock);
     if (s->progress)
-        s->progress(s->progress_arg, n * isz);
+        s->progress(s->progress_arg, k->n * j->isz);
+}
+
+/* Block b of the job on worker t: its delta, then merge or unmerge. */
+static void run_block(struct tjob *j, int t, uint64_t b)
+{
+    lora_engine *e = j->e;
+    const lora_tjob *s = j->spec;
+    struct block k;
+    memset(&k, 0, sizeof k);
+    k.b = b;
+    k.i0 = b * j->br;
+    k.i1 = k.i0 + j->br < j->rows ? k.i0 + j->br : j->rows;
+    k.n = (size_t)((k.i1 - k.i0) * j->cols);
+    k.first = k.i0 * j->cols;
+    block_delta(j, k.i0, k.i1, e->sum[t], e->tmp[t]);
+    k.sum = e->sum[t];
+    k.flag = (unsigned char *)e->tmp[t];
+    k.src = (const unsigned char *)s->src + k.first * j->isz;
+    k.dst = s->dst ? (unsigned char *)s->dst + k.first * j->osz : e->ibuf[t];
+    k.st.elements = k.n;
+    if ((s->unmerge ? unmerge_block(j, &k) : merge_block(j, &k)) == 0)
+        finish_block(j, &k);
 }
 
 static void *tj_worker(void *arg)
