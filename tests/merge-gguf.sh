@@ -133,6 +133,18 @@ expect 0 lora-pack keygen -W -s "$T/k.sec" -p "$T/k.pub"
 expect 0 lora-pack create "$d/adapter" -o "$d/a.lora" -s "$T/k.sec" --name t --version 1.0.0 \
     --task t --base "$d/base"
 expect 0 lora-merge -q "$d/base.gguf" -a "$d/a.lora" -p "$T/k.pub" -o "$d/out-id.gguf"
+# a task switch on the GGUF file: the restored base's identity (q/k rows in
+# Hugging Face order) is checked for the new adapter; the result is the
+# bytes of a merge of the new adapter into the base
+"$MK" llama "$T/f16b" $SMALL --dtype F16 --targets $ALL --seed 8 --no-base >/dev/null ||
+    fail "mkfixture f16b"
+expect 0 lora-pack create "$T/f16b/adapter" -o "$d/b.lora" -s "$T/k.sec" --name u --version 1.0.0 \
+    --task u --base "$d/base"
+expect 0 lora-merge -q "$d/out-id.gguf" --unmerge "$d/a.lora" --receipt "$d/out-id.gguf.receipt" \
+    -a "$d/b.lora" -p "$T/k.pub" -o "$d/sw.gguf"
+expect 0 lora-merge -q "$d/base.gguf" -a "$d/b.lora" -p "$T/k.pub" -o "$d/direct.gguf"
+checks=$((checks + 1))
+cmp -s "$d/sw.gguf" "$d/direct.gguf" || fail "task switch: not the bytes of a direct merge"
 # ... and a GGUF base with other weights is refused, nothing written
 expect 1 lora-merge -q "$T/bf16/base.gguf" -a "$d/a.lora" -p "$T/k.pub" -o "$d/out-wrong.gguf"
 expect_err "wrong base"
