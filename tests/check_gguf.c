@@ -530,6 +530,22 @@ START_TEST(test_base_view)
     write_model(path, "model.layers.0.self_attn.q_proj.weight", 1);
     ck_assert_int_eq(lora_ckpt_open(path, &ck, &e), LORA_EINPUT);
     ck_assert_ptr_nonnull(strstr(e.msg, "two tensors are named"));
+    /* one file of a split model: refused */
+    unlink(path);
+    {
+        lora_ggw *w;
+        uint64_t ne[1] = {8};
+        float f[8] = {0};
+        ck_assert_int_eq(lora_ggw_new(path, 0, &w, &e), LORA_OK);
+        ck_assert_int_eq(lora_ggw_kv_str(w, "general.architecture", "llama", &e), LORA_OK);
+        ck_assert_int_eq(lora_ggw_kv_u32(w, "split.count", 2, &e), LORA_OK);
+        ck_assert_int_eq(lora_ggw_declare(w, "output_norm.weight", LORA_GGML_F32, 1, ne, &e), LORA_OK);
+        ck_assert_int_eq(lora_ggw_start(w, &e), LORA_OK);
+        ck_assert_int_eq(lora_ggw_write(w, "output_norm.weight", 0, f, sizeof f, &e), LORA_OK);
+        ck_assert_int_eq(lora_ggw_commit(w, &e), LORA_OK);
+    }
+    ck_assert_int_eq(lora_ckpt_open(path, &ck, &e), LORA_EINPUT);
+    ck_assert_ptr_nonnull(strstr(e.msg, "split GGUF"));
     /* no head counts: the q/k tensors are not claimed to be in HF order */
     unlink(path);
     write_model(path, NULL, 0);

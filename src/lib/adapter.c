@@ -755,8 +755,12 @@ int lora_module_resolve(const lora_module *m, const lora_ckpt *base, int fan_in_
     if (!t)
         return lora_seterr(err, LORA_EINPUT,
                            "module %s: the base has no tensor %s (with or without a "
-                           "\"transformer.\" or \"model.\" prefix)",
-                           m->name, m->target);
+                           "\"transformer.\" or \"model.\" prefix)%s",
+                           m->name, m->target,
+                           lora_ckpt_is_gguf(base)
+                               ? "; a GGUF base's tensors are matched through llama.cpp's names "
+                                 "for llama, mistral, qwen2, gemma2, gemma3, phi3 and gpt2"
+                               : "");
     if (t->dtype == LORA_DT_INVALID) /* a quantized GGUF tensor */
         return lora_seterr(err, LORA_EINPUT,
                            "module %s: base tensor %s is %s: an update can be merged only into "

@@ -183,6 +183,11 @@ static int build_view(gview *v, lora_tensor **pt, const char ***mk, const char *
     if (gt && strcmp(gt, "model") != 0)
         return lora_seterr(err, LORA_EINPUT, "%s: a GGUF %s (general.type), not a model: a base "
                            "must be a model", lora_gguf_path(g), gt);
+    double split = 1;
+    if (lora_gguf_get_num(g, "split.count", &split) == 0 && split > 1)
+        return lora_seterr(err, LORA_EINPUT, "%s: one file of a split GGUF model (split.count "
+                           "%.0f): join it first (llama-gguf-split --merge)", lora_gguf_path(g),
+                           split);
     int known = an && lora_gguf_arch_from_name(an, &arch, NULL) == LORA_OK;
     double h = 0, kvh = 0;
     char key[96];
