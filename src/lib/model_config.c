@@ -590,41 +590,25 @@ static int parse_gemma(json_t *o, lora_model_config *c, lora_error *err)
                   "Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3ForConditionalGeneration (its " \
                   "language model), Phi3ForCausalLM"
 
-int lora_model_config_parse(const char *json, size_t len, lora_model_config *cfg,
-                            lora_error *err)
+/* The architecture: "architectures"[0], or the one model_type names. */
+static int architecture_of(json_t *o, const char **parch, lora_error *err)
 {
-    memset(cfg, 0, sizeof *cfg);
-    if (len > LORA_MODEL_MAX_CONFIG)
-        return lora_seterr(err, LORA_EINPUT, "config.json: larger than %u bytes",
-                           LORA_MODEL_MAX_CONFIG);
-    json_error_t je;
-    json_t *o = json_loadb(json, len, JSON_REJECT_DUPLICATES, &je);
-    if (!o)
-        return lora_seterr(err, LORA_EINPUT, "config.json: line %d: %s", je.line, je.text);
-    int rc = LORA_OK;
-    if (!json_is_object(o)) {
-        rc = lora_seterr(err, LORA_EINPUT, "config.json: not a JSON object");
-        goto out;
-    }
     const char *arch = NULL;
+    int rc;
     json_t *archs = json_object_get(o, "architectures");
     if (archs && !json_is_null(archs)) {
         if (!json_is_array(archs) || json_array_size(archs) < 1 ||
-            !json_is_string(json_array_get(archs, 0))) {
-            rc = lora_seterr(err, LORA_EINPUT,
-                             "config.json: \"architectures\" is not a list of names");
-            goto out;
-        }
+            !json_is_string(json_array_get(archs, 0)))
+            return lora_seterr(err, LORA_EINPUT,
+                               "config.json: \"architectures\" is not a list of names");
         arch = json_string_value(json_array_get(archs, 0));
     } else {
         const char *mt = NULL;
         if ((rc = cfg_str(o, "model_type", NULL, &mt, err)) != LORA_OK)
-            goto out;
-        if (!mt) {
-            rc = lora_seterr(err, LORA_EINPUT,
-                             "config.json: neither \"architectures\" nor \"model_type\" is given");
-            goto out;
-        }
+            return rc;
+        if (!mt)
+            return lora_seterr(err, LORA_EINPUT,
+                               "config.json: neither \"architectures\" nor \"model_type\" is given");
         static const char *const map[][2] = {{"gpt2", "GPT2LMHeadModel"},
                                              {"llama", "LlamaForCausalLM"},
                                              {"mistral", "MistralForCausalLM"},
@@ -639,18 +623,20 @@ int lora_model_config_parse(const char *json, size_t len, lora_model_config *cfg
         for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
             if (strcmp(mt, map[i][0]) == 0)
                 arch = map[i][1];
-        if (!arch) {
-            rc = lora_seterr(err, LORA_EINPUT, "config.json: model_type \"%.64s\" is not supported "
-                             "(gpt2, llama, mistral, qwen2, qwen3, opt, phi, gpt_neox, gemma2, "
-                             "gemma3_text, phi3 are)", mt);
-            goto out;
-        }
+        if (!arch)
+            return lora_seterr(err, LORA_EINPUT,
+                               "config.json: model_type \"%.64s\" is not supported (gpt2, llama, "
+                               "mistral, qwen2, qwen3, opt, phi, gpt_neox, gemma2, gemma3_text, "
+                               "phi3 are)", mt);
     }
-    if (strlen(arch) >= sizeof cfg->architecture) {
-        rc = lora_seterr(err, LORA_EINPUT, "config.json: architecture name too long");
-        goto out;
-    }
-    strcpy(cfg->architecture, arch);
+    *parch = arch;
+    return LORA_OK;
+}
+
+/* The family's own keys, by architecture name. */
+static int parse_family(json_t *o, const char *arch, lora_model_config *cfg, lora_error *err)
+{
+    int rc;
     if (strcmp(arch, "GPT2LMHeadModel") == 0) {
         cfg->arch = LORA_ARCH_GPT2;
         rc = parse_gpt2(o, cfg, err);
@@ -692,9 +678,31 @@ int lora_model_config_parse(const char *json, size_t len, lora_model_config *cfg
         rc = lora_seterr(err, LORA_EINPUT,
                          "config.json: architecture %s is not supported (" SUPPORTED " are)", arch);
     }
+    return rc;
+}
+
+int lora_model_config_parse(const char *json, size_t len, lora_model_config *cfg,
+                            lora_error *err)
+{
+    memset(cfg, 0, sizeof *cfg);
+    if (len > LORA_MODEL_MAX_CONFIG)
+        return lora_seterr(err, LORA_EINPUT, "config.json: larger than %u bytes",
+                           LORA_MODEL_MAX_CONFIG);
+    json_error_t je;
+    json_t *o = json_loadb(json, len, JSON_REJECT_DUPLICATES, &je);
+    if (!o)
+        return lora_seterr(err, LORA_EINPUT, "config.json: line %d: %s", je.line, je.text);
+    const char *arch = NULL;
+    int rc = json_is_object(o) ? architecture_of(o, &arch, err)
+                               : lora_seterr(err, LORA_EINPUT, "config.json: not a JSON object");
+    if (rc == LORA_OK && strlen(arch) >= sizeof cfg->architecture)
+        rc = lora_seterr(err, LORA_EINPUT, "config.json: architecture name too long");
+    if (rc == LORA_OK) {
+        strcpy(cfg->architecture, arch);
+        rc = parse_family(o, arch, cfg, err);
+    }
     if (rc == LORA_OK && cfg->rotary_dim == 0)
         cfg->rotary_dim = cfg->head_dim;
-out:
     json_decref(o);
     return rc;
 }

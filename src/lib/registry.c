@@ -1252,6 +1252,132 @@ static int meta_ok(const lora_reg_meta *m, lora_error *err)
     return LORA_OK;
 }
 
+/* The key that verified an archive may have been untrusted since the
+ * keys were read: decided again inside the transaction. */
+static int signer_still_trusted(lora_registry *reg, const lora_reg_meta *m, lora_error *err)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = prep(reg, "SELECT 1 FROM keys WHERE key_id = ?1", &st, err);
+    if (rc)
+        return rc;
+    bind_text(st, 1, m->signer);
+    int s = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (s == SQLITE_ROW)
+        return LORA_OK;
+    return s == SQLITE_DONE ? lora_seterr(err, LORA_ECHECK, "signing key %s is no longer trusted",
+                                          m->signer ? m->signer : "(none)")
+                            : sqlerr(reg, s, err, "add");
+}
+
+/* The same archive again: its blob replaced by the verified copy (the
+ * blob may have been lost or damaged; same bytes, same name), and the
+ * row upgraded to trusted when it now is. */
+static int readd(lora_registry *reg, int fd, const char *tmpname, const char *final,
+                 const char *hex, const lora_reg_meta *m, int was_trusted, lora_error *err)
+{
+    int rc = lora_commit_tmpfile(fd, tmpname, final, err);
+    if (rc || !m->trusted || was_trusted)
+        return rc;
+    sqlite3_stmt *st = NULL;
+    if ((rc = prep(reg, "UPDATE adapters SET trusted = 1, signer = ?2 WHERE hash = ?1", &st, err)))
+        return rc;
+    bind_text(st, 1, hex);
+    bind_text(st, 2, m->signer);
+    int s = sqlite3_step(st);
+    sqlite3_finalize(st);
+    return s == SQLITE_DONE ? LORA_OK : sqlerr(reg, s, err, "add");
+}
+
+/* Same name and version with other bytes: refused, never replaced. */
+static int version_free(lora_registry *reg, const lora_reg_meta *m, lora_error *err)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = prep(reg, "SELECT hash FROM adapters WHERE name = ?1 AND version = ?2", &st, err);
+    if (rc)
+        return rc;
+    bind_text(st, 1, m->name);
+    bind_text(st, 2, m->version);
+    if (sqlite3_step(st) == SQLITE_ROW)
+        rc = lora_seterr(err, LORA_EINPUT,
+                         "%s@%s is already registered with a different archive (%.16s...); "
+                         "publish a new version or rm this one first",
+                         m->name, m->version, (const char *)sqlite3_column_text(st, 0));
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* A new archive: blob first (fsync'ed, renamed, folder fsync'ed), then
+ * the row: a crash in between leaves only an unreferenced blob. */
+static int add_new(lora_registry *reg, int fd, const char *tmpname, const char *final,
+                   const char *hex, uint64_t size, const lora_reg_meta *m, lora_error *err)
+{
+    lora_semver_parts sv;
+    lora_semver_split(m->version, &sv);
+    int rc = lora_commit_tmpfile(fd, tmpname, final, err);
+    if (rc)
+        return rc;
+    sqlite3_stmt *st = NULL;
+    if ((rc = prep(reg, "INSERT INTO adapters (name, version, v_major, v_minor, v_patch, "
+                        "v_release, task, base_model, base_hash, r, alpha, hash, size, "
+                        "signer, trusted, added) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, "
+                        "?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                   &st, err)))
+        return rc;
+    bind_text(st, 1, m->name);
+    bind_text(st, 2, m->version);
+    sqlite3_bind_int64(st, 3, sv.major);
+    sqlite3_bind_int64(st, 4, sv.minor);
+    sqlite3_bind_int64(st, 5, sv.patch);
+    sqlite3_bind_int(st, 6, sv.pre == NULL);
+    bind_text(st, 7, m->task);
+    bind_text(st, 8, m->base_model);
+    bind_text(st, 9, m->base_hash);
+    sqlite3_bind_int64(st, 10, (sqlite3_int64)m->r);
+    sqlite3_bind_double(st, 11, m->alpha);
+    bind_text(st, 12, hex);
+    sqlite3_bind_int64(st, 13, (sqlite3_int64)size);
+    bind_text(st, 14, m->signer);
+    sqlite3_bind_int(st, 15, m->trusted ? 1 : 0);
+    sqlite3_bind_int64(st, 16, (sqlite3_int64)time(NULL));
+    int s = sqlite3_step(st);
+    sqlite3_finalize(st);
+    return s == SQLITE_DONE ? LORA_OK : sqlerr(reg, s, err, "add");
+}
+
+/* Inside the transaction: the archive re-added or added.  *renamed is
+ * set once lora_commit_tmpfile has run (the temporary is gone either
+ * way). */
+static int commit_locked(lora_registry *reg, int fd, const char *tmpname, const char *final,
+                         const char *hex, uint64_t size, const lora_reg_meta *m, int *added,
+                         int *renamed, lora_error *err)
+{
+    int rc;
+    if (m->trusted && (rc = signer_still_trusted(reg, m, err)))
+        return rc;
+    sqlite3_stmt *st = NULL;
+    if ((rc = prep(reg, "SELECT trusted FROM adapters WHERE hash = ?1", &st, err)))
+        return rc;
+    bind_text(st, 1, hex);
+    int s = sqlite3_step(st);
+    int was_trusted = s == SQLITE_ROW ? sqlite3_column_int(st, 0) : 0;
+    sqlite3_finalize(st);
+    if (s == SQLITE_ROW) {
+        *renamed = 1;
+        return readd(reg, fd, tmpname, final, hex, m, was_trusted, err);
+    }
+    if (s != SQLITE_DONE)
+        return sqlerr(reg, s, err, "add");
+    if ((rc = version_free(reg, m, err)))
+        return rc;
+    *renamed = 1;
+    if ((rc = add_new(reg, fd, tmpname, final, hex, size, m, err)))
+        return rc;
+    if (added)
+        *added = 1;
+    return LORA_OK;
+}
+
 int lora_reg_commit(lora_registry *reg, int fd, char *tmpname,
                     const char hex[LORA_REG_HASH_HEX], uint64_t size, const lora_reg_meta *m,
                     lora_reg_adapter **out, int *added, lora_error *err)
@@ -1260,143 +1386,32 @@ int lora_reg_commit(lora_registry *reg, int fd, char *tmpname,
         *out = NULL;
     if (added)
         *added = 0;
-    lora_semver_parts sv;
-    sqlite3_stmt *st = NULL;
     char *final = NULL;
-    int renamed = 0; /* lora_commit_tmpfile ran: the temporary is gone either way */
     int rc = meta_ok(m, err);
-    if (rc)
-        goto out_unstaged;
-    lora_semver_split(m->version, &sv);
-    if (!(final = blob_path(reg, hex, err))) {
+    if (!rc && !(final = blob_path(reg, hex, err)))
         rc = LORA_EIO;
-        goto out_unstaged;
+    if (!rc)
+        rc = begin(reg, err);
+    if (rc) {
+        lora_reg_unstage(fd, tmpname);
+        free(final);
+        return rc;
     }
-    if ((rc = begin(reg, err)))
-        goto out_unstaged;
-
-    /* The key that verified it may have been untrusted since we read
-     * the keys: decide under the lock. */
-    if (m->trusted) {
-        if ((rc = prep(reg, "SELECT 1 FROM keys WHERE key_id = ?1", &st, err)))
-            goto fail;
-        bind_text(st, 1, m->signer);
-        int s0 = sqlite3_step(st);
-        sqlite3_finalize(st);
-        st = NULL;
-        if (s0 != SQLITE_ROW) {
-            rc = s0 == SQLITE_DONE ? lora_seterr(err, LORA_ECHECK,
-                                                 "signing key %s is no longer trusted",
-                                                 m->signer ? m->signer : "(none)")
-                                   : sqlerr(reg, s0, err, "add");
-            goto fail;
-        }
-    }
-
-    /* The same archive again: a no-op, or an upgrade to trusted. */
-    if ((rc = prep(reg, "SELECT trusted FROM adapters WHERE hash = ?1", &st, err)))
-        goto fail;
-    bind_text(st, 1, hex);
-    int s = sqlite3_step(st);
-    if (s == SQLITE_ROW) {
-        int was_trusted = sqlite3_column_int(st, 0);
-        sqlite3_finalize(st);
-        st = NULL;
-        /* The blob may have been lost or damaged: the verified copy
-         * replaces it (same bytes, same name). */
-        renamed = 1;
-        if ((rc = lora_commit_tmpfile(fd, tmpname, final, err)))
-            goto fail;
-        if (m->trusted && !was_trusted) {
-            if ((rc = prep(reg, "UPDATE adapters SET trusted = 1, signer = ?2 WHERE hash = ?1",
-                           &st, err)))
-                goto fail;
-            bind_text(st, 1, hex);
-            bind_text(st, 2, m->signer);
-            if ((s = sqlite3_step(st)) != SQLITE_DONE) {
-                rc = sqlerr(reg, s, err, "add");
-                goto fail;
-            }
-            sqlite3_finalize(st);
-            st = NULL;
-        }
-    } else if (s == SQLITE_DONE) {
-        sqlite3_finalize(st);
-        st = NULL;
-        /* Same name and version with other bytes: refuse, never replace. */
-        if ((rc = prep(reg, "SELECT hash FROM adapters WHERE name = ?1 AND version = ?2", &st,
-                       err)))
-            goto fail;
-        bind_text(st, 1, m->name);
-        bind_text(st, 2, m->version);
-        if ((s = sqlite3_step(st)) == SQLITE_ROW) {
-            rc = lora_seterr(err, LORA_EINPUT,
-                             "%s@%s is already registered with a different archive (%.16s...); "
-                             "publish a new version or rm this one first",
-                             m->name, m->version, (const char *)sqlite3_column_text(st, 0));
-            goto fail;
-        }
-        sqlite3_finalize(st);
-        st = NULL;
-        /* Blob first (fsync'ed, renamed, folder fsync'ed), then the row:
-         * a crash in between leaves only an unreferenced blob. */
-        renamed = 1;
-        if ((rc = lora_commit_tmpfile(fd, tmpname, final, err)))
-            goto fail;
-        if ((rc = prep(reg, "INSERT INTO adapters (name, version, v_major, v_minor, v_patch, "
-                            "v_release, task, base_model, base_hash, r, alpha, hash, size, "
-                            "signer, trusted, added) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, "
-                            "?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-                       &st, err)))
-            goto fail;
-        bind_text(st, 1, m->name);
-        bind_text(st, 2, m->version);
-        sqlite3_bind_int64(st, 3, sv.major);
-        sqlite3_bind_int64(st, 4, sv.minor);
-        sqlite3_bind_int64(st, 5, sv.patch);
-        sqlite3_bind_int(st, 6, sv.pre == NULL);
-        bind_text(st, 7, m->task);
-        bind_text(st, 8, m->base_model);
-        bind_text(st, 9, m->base_hash);
-        sqlite3_bind_int64(st, 10, (sqlite3_int64)m->r);
-        sqlite3_bind_double(st, 11, m->alpha);
-        bind_text(st, 12, hex);
-        sqlite3_bind_int64(st, 13, (sqlite3_int64)size);
-        bind_text(st, 14, m->signer);
-        sqlite3_bind_int(st, 15, m->trusted ? 1 : 0);
-        sqlite3_bind_int64(st, 16, (sqlite3_int64)time(NULL));
-        if ((s = sqlite3_step(st)) != SQLITE_DONE) {
-            rc = sqlerr(reg, s, err, "add");
-            goto fail;
-        }
-        sqlite3_finalize(st);
-        st = NULL;
+    int renamed = 0;
+    rc = commit_locked(reg, fd, tmpname, final, hex, size, m, added, &renamed, err);
+    if (rc) {
+        rollback(reg);
         if (added)
-            *added = 1;
-    } else {
-        rc = sqlerr(reg, s, err, "add");
-        goto fail;
-    }
-    if ((rc = commit(reg, err)))
-        goto done;
-    if (out) {
+            *added = 0;
+    } else if (!(rc = commit(reg, err)) && out) {
         char spec[80];
         snprintf(spec, sizeof spec, "%s", hex);
         rc = lora_registry_get(reg, spec, 0, out, err);
     }
-    goto done;
-fail:
-    sqlite3_finalize(st);
-    rollback(reg);
-done:
     close(fd);
     if (!renamed)
         lora_tmp_unlink(tmpname);
     free(tmpname);
-    free(final);
-    return rc;
-out_unstaged:
-    lora_reg_unstage(fd, tmpname);
     free(final);
     return rc;
 }
