@@ -110,6 +110,137 @@ static uint32_t ggml_of(lora_dtype dt)
     return dt == LORA_DT_F32 ? 0 : dt == LORA_DT_F16 ? 1 : 30;
 }
 
+/* The key/values: general.*, the hyperparameters, an array. */
+static int write_kvs(lora_ggw *w, const lora_gguf_arch *arch, json_t *cj, const lora_st *st,
+                     lora_error *err)
+{
+    int gpt2 = !strcmp(arch->name, "gpt2");
+    uint32_t nl = 0;
+    for (size_t i = 0; i < lora_st_count(st); i++) {
+        unsigned l;
+        if (sscanf(lora_st_tensor(st, i)->name, gpt2 ? "h.%u." : "model.layers.%u.", &l) == 1 &&
+            l + 1 > nl)
+            nl = l + 1;
+    }
+    int rc = lora_ggw_kv_str(w, "general.architecture", arch->name, err) ||
+             lora_ggw_kv_str(w, "general.type", "model", err) ||
+             lora_ggw_kv_str(w, "general.name", "mkgguf test model", err);
+    char key[96];
+    snprintf(key, sizeof key, "%s.block_count", arch->name);
+    rc = rc || lora_ggw_kv_u32(w, key, nl, err);
+    snprintf(key, sizeof key, "%s.attention.head_count", arch->name);
+    rc = rc || lora_ggw_kv_u32(w, key, (uint32_t)arch->heads, err);
+    snprintf(key, sizeof key, "%s.attention.head_count_kv", arch->name);
+    rc = rc || lora_ggw_kv_u32(w, key, (uint32_t)arch->kv_heads, err);
+    /* an array and a float: key/values of every kind travel */
+    int32_t tt[5] = {1, 3, 3, 1, 6};
+    rc = rc || lora_ggw_kv_num(w, "tokenizer.ggml.token_type", LORA_GGUF_I32, 1, 5, tt, err);
+    if (gpt2)
+        return rc;
+    /* llama's hyperparameters, as convert_hf_to_gguf.py writes them */
+    static const char *const hp[][2] = {
+        {"max_position_embeddings", "llama.context_length"},
+        {"hidden_size", "llama.embedding_length"},
+        {"intermediate_size", "llama.feed_forward_length"},
+    };
+    for (size_t k = 0; k < 3; k++) {
+        json_t *x = json_object_get(cj, hp[k][0]);
+        if (json_is_integer(x))
+            rc = rc || lora_ggw_kv_u32(w, hp[k][1], (uint32_t)json_integer_value(x), err);
+    }
+    json_t *eps = json_object_get(cj, "rms_norm_eps"), *th = json_object_get(cj, "rope_theta");
+    if (json_is_number(eps))
+        rc = rc || lora_ggw_kv_f32(w, "llama.attention.layer_norm_rms_epsilon",
+                                   (float)json_number_value(eps), err);
+    rc = rc || lora_ggw_kv_f32(w, "llama.rope.freq_base",
+                               json_is_number(th) ? (float)json_number_value(th) : 10000.0f, err);
+    return rc;
+}
+
+/* Name, type, layout of each tensor, declared. */
+static int declare_all(lora_ggw *w, const lora_gguf_arch *arch, const lora_st *st, plan *p,
+                       const char *q8, int f32norms, lora_error *err)
+{
+    int gpt2 = !strcmp(arch->name, "gpt2");
+    for (size_t i = 0; i < lora_st_count(st); i++) {
+        const lora_tensor *t = lora_st_tensor(st, i);
+        plan *q = &p[i];
+        q->t = t;
+        char mod[128];
+        snprintf(mod, sizeof mod, "%s", t->name);
+        char *dot = strrchr(mod, '.');
+        int is_w = dot && !strcmp(dot, ".weight");
+        if (is_w)
+            *dot = 0;
+        if (!(is_w && lora_gguf_name_from_hf(arch, mod, q->name, sizeof q->name) == 0) &&
+            norm_name(arch->name, t->name, q->name, sizeof q->name) != 0) {
+            if (strncmp(t->name, "blk.", 4) && strncmp(t->name, "output_norm.", 12))
+                return fprintf(stderr, "mkgguf: no GGUF name for %s\n", t->name), 2;
+            snprintf(q->name, sizeof q->name, "%s", t->name); /* already one (to-st) */
+        }
+        q->dt = f32norms && t->ndim == 1 ? LORA_DT_F32 : t->dtype;
+        q->type = q8 && !strcmp(q8, t->name) ? 8 : ggml_of(q->dt);
+        q->transpose = gpt2 && t->ndim == 2 && strstr(t->name, ".c_");
+        if (arch->permute_qk && strstr(q->name, ".attn_q.weight"))
+            q->permute_heads = (int)arch->heads;
+        if (arch->permute_qk && strstr(q->name, ".attn_k.weight"))
+            q->permute_heads = (int)arch->kv_heads;
+        uint64_t ne[4];
+        for (int d = 0; d < t->ndim; d++)
+            ne[d] = t->shape[t->ndim - 1 - d];
+        if (q->transpose) {
+            uint64_t x = ne[0];
+            ne[0] = ne[1];
+            ne[1] = x;
+        }
+        if (lora_ggw_declare(w, q->name, q->type, t->ndim, ne, err))
+            return die(q->name, err);
+    }
+    return 0;
+}
+
+/* One tensor's bytes: transposed, permuted, quantized or converted. */
+static int write_one(lora_ggw *w, const plan *q, lora_error *err)
+{
+    const lora_tensor *t = q->t;
+    uint64_t rows = t->ndim == 2 ? t->shape[0] : 1, cols = t->numel / rows;
+    float *f = malloc(t->numel * sizeof *f), *g = malloc(t->numel * sizeof *g);
+    unsigned char *out = malloc(t->numel * 4 + 64);
+    if (!f || !g || !out || lora_decode_f32(t->dtype, t->data, f, t->numel))
+        return die(t->name, NULL);
+    if (q->transpose) {
+        for (uint64_t r = 0; r < rows; r++)
+            for (uint64_t c = 0; c < cols; c++)
+                g[c * rows + r] = f[r * cols + c];
+        memcpy(f, g, t->numel * sizeof *f);
+    }
+    if (q->permute_heads &&
+        lora_gguf_permute_rows(g, f, rows, cols, 4, (uint64_t)q->permute_heads, 0, err))
+        return die(t->name, err);
+    if (q->permute_heads)
+        memcpy(f, g, t->numel * sizeof *f);
+    size_t nb;
+    if (q->type == 8) {
+        if (quantize_q8(f, t->numel, out))
+            return fprintf(stderr, "mkgguf: %s: not whole Q8_0 blocks\n", t->name), 2;
+        nb = (size_t)(t->numel / 32 * 34);
+    } else if (q->dt == t->dtype && !q->transpose && !q->permute_heads) {
+        memcpy(out, t->data, (size_t)t->nbytes); /* the bytes, not a round trip */
+        nb = (size_t)t->nbytes;
+    } else {
+        lora_encode_f32(q->dt, f, out, t->numel);
+        nb = (size_t)(t->numel * (lora_dtype_bits(q->dt) / 8));
+        if (q->permute_heads && q->dt == t->dtype) /* the bytes, permuted */
+            lora_gguf_permute_rows(out, t->data, rows, cols, lora_dtype_bits(q->dt) / 8,
+                                   (uint64_t)q->permute_heads, 0, err);
+    }
+    int rc = lora_ggw_write(w, q->name, 0, out, nb, err) ? die(q->name, err) : 0;
+    free(f);
+    free(g);
+    free(out);
+    return rc;
+}
+
 static int from_st(int argc, char **argv)
 {
     const char *q8 = NULL;
@@ -137,131 +268,22 @@ static int from_st(int argc, char **argv)
         return die(argv[3], &err);
     json_t *cj = json_loadb(cfg, cl, 0, NULL);
     free(cfg);
-    int gpt2 = !strcmp(arch.name, "gpt2");
     size_t n = lora_st_count(st);
-    plan *p = calloc(n, sizeof *p);
+    plan *p = calloc(n ? n : 1, sizeof *p);
     lora_ggw *w;
     if (!p || lora_ggw_new(argv[4], align, &w, &err))
         return die(argv[4], &err);
-    uint32_t nl = 0;
-    for (size_t i = 0; i < n; i++) {
-        const lora_tensor *t = lora_st_tensor(st, i);
-        unsigned l;
-        if (sscanf(t->name, gpt2 ? "h.%u." : "model.layers.%u.", &l) == 1 && l + 1 > nl)
-            nl = l + 1;
-    }
-    int rc = lora_ggw_kv_str(w, "general.architecture", arch.name, &err) ||
-             lora_ggw_kv_str(w, "general.type", "model", &err) ||
-             lora_ggw_kv_str(w, "general.name", "mkgguf test model", &err);
-    char key[96];
-    uint32_t u[2] = {(uint32_t)arch.heads, (uint32_t)arch.kv_heads};
-    snprintf(key, sizeof key, "%s.block_count", arch.name);
-    rc = rc || lora_ggw_kv_u32(w, key, nl, &err);
-    snprintf(key, sizeof key, "%s.attention.head_count", arch.name);
-    rc = rc || lora_ggw_kv_u32(w, key, u[0], &err);
-    snprintf(key, sizeof key, "%s.attention.head_count_kv", arch.name);
-    rc = rc || lora_ggw_kv_u32(w, key, u[1], &err);
-    /* an array and a float: key/values of every kind travel */
-    int32_t tt[5] = {1, 3, 3, 1, 6};
-    rc = rc || lora_ggw_kv_num(w, "tokenizer.ggml.token_type", LORA_GGUF_I32, 1, 5, tt, &err);
-    /* llama's hyperparameters, as convert_hf_to_gguf.py writes them */
-    static const char *const hp[][2] = {
-        {"max_position_embeddings", "llama.context_length"},
-        {"hidden_size", "llama.embedding_length"},
-        {"intermediate_size", "llama.feed_forward_length"},
-    };
-    for (size_t k = 0; !gpt2 && k < 3; k++) {
-        json_t *x = json_object_get(cj, hp[k][0]);
-        if (json_is_integer(x))
-            rc = rc || lora_ggw_kv_u32(w, hp[k][1], (uint32_t)json_integer_value(x), &err);
-    }
-    json_t *eps = json_object_get(cj, "rms_norm_eps"), *th = json_object_get(cj, "rope_theta");
-    if (!gpt2 && json_is_number(eps))
-        rc = rc || lora_ggw_kv_f32(w, "llama.attention.layer_norm_rms_epsilon",
-                                   (float)json_number_value(eps), &err);
-    if (!gpt2)
-        rc = rc || lora_ggw_kv_f32(w, "llama.rope.freq_base",
-                                   json_is_number(th) ? (float)json_number_value(th) : 10000.0f, &err);
-    json_decref(cj);
-    if (rc)
+    if (write_kvs(w, &arch, cj, st, &err))
         return die("key/values", &err);
-    for (size_t i = 0; i < n; i++) {
-        const lora_tensor *t = lora_st_tensor(st, i);
-        plan *q = &p[i];
-        q->t = t;
-        char mod[128];
-        snprintf(mod, sizeof mod, "%s", t->name);
-        char *dot = strrchr(mod, '.');
-        int is_w = dot && !strcmp(dot, ".weight");
-        if (is_w)
-            *dot = 0;
-        if (!(is_w && lora_gguf_name_from_hf(&arch, mod, q->name, sizeof q->name) == 0) &&
-            norm_name(arch.name, t->name, q->name, sizeof q->name) != 0) {
-            if (strncmp(t->name, "blk.", 4) && strncmp(t->name, "output_norm.", 12))
-                return fprintf(stderr, "mkgguf: no GGUF name for %s\n", t->name), 2;
-            snprintf(q->name, sizeof q->name, "%s", t->name); /* already one (to-st) */
-        }
-        q->dt = f32norms && t->ndim == 1 ? LORA_DT_F32 : t->dtype;
-        q->type = q8 && !strcmp(q8, t->name) ? 8 : ggml_of(q->dt);
-        q->transpose = gpt2 && t->ndim == 2 && strstr(t->name, ".c_");
-        if (arch.permute_qk && strstr(q->name, ".attn_q.weight"))
-            q->permute_heads = (int)arch.heads;
-        if (arch.permute_qk && strstr(q->name, ".attn_k.weight"))
-            q->permute_heads = (int)arch.kv_heads;
-        uint64_t ne[4];
-        for (int d = 0; d < t->ndim; d++)
-            ne[d] = t->shape[t->ndim - 1 - d];
-        if (q->transpose) {
-            uint64_t x = ne[0];
-            ne[0] = ne[1];
-            ne[1] = x;
-        }
-        if (lora_ggw_declare(w, q->name, q->type, t->ndim, ne, &err))
-            return die(q->name, &err);
-    }
+    json_decref(cj);
+    int rc = declare_all(w, &arch, st, p, q8, f32norms, &err);
+    if (rc)
+        return rc;
     if (lora_ggw_start(w, &err))
         return die("start", &err);
-    for (size_t i = 0; i < n; i++) {
-        plan *q = &p[i];
-        const lora_tensor *t = q->t;
-        uint64_t rows = t->ndim == 2 ? t->shape[0] : 1, cols = t->numel / rows;
-        float *f = malloc(t->numel * sizeof *f), *g = malloc(t->numel * sizeof *g);
-        unsigned char *out = malloc(t->numel * 4 + 64);
-        if (!f || !g || !out || lora_decode_f32(t->dtype, t->data, f, t->numel))
-            return die(t->name, NULL);
-        if (q->transpose) {
-            for (uint64_t r = 0; r < rows; r++)
-                for (uint64_t c = 0; c < cols; c++)
-                    g[c * rows + r] = f[r * cols + c];
-            memcpy(f, g, t->numel * sizeof *f);
-        }
-        if (q->permute_heads &&
-            lora_gguf_permute_rows(g, f, rows, cols, 4, (uint64_t)q->permute_heads, 0, &err))
-            return die(t->name, &err);
-        if (q->permute_heads)
-            memcpy(f, g, t->numel * sizeof *f);
-        size_t nb;
-        if (q->type == 8) {
-            if (quantize_q8(f, t->numel, out))
-                return fprintf(stderr, "mkgguf: %s: not whole Q8_0 blocks\n", t->name), 2;
-            nb = (size_t)(t->numel / 32 * 34);
-        } else if (q->dt == t->dtype && !q->transpose && !q->permute_heads) {
-            memcpy(out, t->data, (size_t)t->nbytes); /* the bytes, not a round trip */
-            nb = (size_t)t->nbytes;
-        } else {
-            lora_encode_f32(q->dt, f, out, t->numel);
-            nb = (size_t)(t->numel * (lora_dtype_bits(q->dt) / 8));
-            if (q->permute_heads && q->dt == t->dtype) { /* the bytes, permuted */
-                lora_gguf_permute_rows(out, t->data, rows, cols, lora_dtype_bits(q->dt) / 8,
-                                       (uint64_t)q->permute_heads, 0, &err);
-            }
-        }
-        if (lora_ggw_write(w, q->name, 0, out, nb, &err))
-            return die(q->name, &err);
-        free(f);
-        free(g);
-        free(out);
-    }
+    for (size_t i = 0; i < n; i++)
+        if ((rc = write_one(w, &p[i], &err)))
+            return rc;
     if (lora_ggw_commit(w, &err))
         return die(argv[4], &err);
     lora_st_close(st);
