@@ -122,6 +122,12 @@ expect_err "model.layers.0.self_attn.v_proj.weight is Q8_0"
 no_leftovers "$d/refuse"
 [ -e "$d/refuse/out.gguf.receipt" ] && fail "q8: a receipt was written"
 
+# the output's kind is the input's
+expect 2 lora-unmerge -q "$T/f16/m.gguf" -a "$T/f16/adapter" -o "$T/f16/out.safetensors"
+expect_err "the input is a GGUF model, and so is the output"
+expect 2 lora-merge -q "$T/f16/base" -a "$T/f16/adapter" -o "$T/f16/out.gguf"
+expect_err "a .gguf output needs a GGUF base"
+
 # --dtype cannot change a GGUF tensor's type
 expect 2 lora-merge -q "$T/f16/base.gguf" -a "$T/f16/adapter" -o "$T/f16/out-dt.gguf" --dtype F32
 expect_err "keeps each tensor's type"

@@ -423,8 +423,12 @@ static int no_safetensors(const char *path, lora_error *err)
     if (what) {
         lora_seterr(err, LORA_EINPUT,
                     "%s: no model.safetensors or model.safetensors.index.json in this folder; "
-                    "it holds %s, %s: lora-tools read safetensors, convert it first",
-                    path, found, what);
+                    "it holds %s, %s: %s",
+                    path, found, what,
+                    ends_with(found, ".gguf")
+                        ? "give that file itself (lora-merge and lora-unmerge read unquantized "
+                          "GGUF models), or convert it to safetensors"
+                        : "lora-tools read safetensors, convert it first");
         defang(err);
         return LORA_EINPUT;
     }

@@ -167,10 +167,30 @@ static int show_name(gview *v, const lora_gguf_arch *arch, int known, size_t i, 
     return LORA_OK;
 }
 
-static gview *cmp_v;
-static int cmp_view_name(const void *a, const void *b)
+typedef struct named {
+    const char *name;
+    size_t i;
+} named;
+
+static int cmp_named(const void *a, const void *b)
 {
-    return strcmp(cmp_v->names[*(const size_t *)a], cmp_v->names[*(const size_t *)b]);
+    return strcmp(((const named *)a)->name, ((const named *)b)->name);
+}
+
+/* v->by_name: tensor indices in name order (no global state: checkpoints
+ * may be opened from several threads). */
+static int sort_names(gview *v, lora_error *err)
+{
+    named *tmp = malloc((v->n ? v->n : 1) * sizeof *tmp);
+    if (!tmp)
+        return lora_oom(err);
+    for (size_t i = 0; i < v->n; i++)
+        tmp[i] = (named){v->names[i], i};
+    qsort(tmp, v->n, sizeof *tmp, cmp_named);
+    for (size_t i = 0; i < v->n; i++)
+        v->by_name[i] = tmp[i].i;
+    free(tmp);
+    return LORA_OK;
 }
 
 static int build_view(gview *v, lora_tensor **pt, const char ***mk, const char ***mv,
@@ -223,10 +243,10 @@ static int build_view(gview *v, lora_tensor **pt, const char ***mk, const char *
         t[i].nbytes = x->nbytes;
         t[i].offset = x->offset;
         t[i].data = x->data;
-        v->by_name[i] = i;
     }
-    cmp_v = v;
-    qsort(v->by_name, v->n, sizeof *v->by_name, cmp_view_name);
+    int rc = sort_names(v, err);
+    if (rc)
+        return rc;
     v->t = t;
     static const char *const keys[2] = {MERGES_KEY, BASE_KEY};
     for (int k = 0; k < 2; k++) {
@@ -361,9 +381,10 @@ int lora_gguf_merge_prepare(const lora_ckpt *ck, lora_merge_adapter *undo, size_
                     continue;
                 if (v->heads[ti] == HEADS_UNKNOWN)
                     return lora_seterr(err, LORA_EINPUT,
-                                       "%s: %s: the GGUF base has no attention.head_count, "
-                                       "needed to permute the rows as llama.cpp's converter did",
-                                       sets[k][a].spec, m->name);
+                                       "%s: %s: the GGUF base %s has no usable "
+                                       "llama.attention.head_count[_kv], needed to permute the "
+                                       "rows as llama.cpp's converter did",
+                                       sets[k][a].spec, m->name, lora_gguf_path(v->g));
                 int rc = v->heads[ti] ? permute_b(v, m, v->heads[ti], m->target, err) : 0;
                 if (rc)
                     return lora_err_prefix(err, "%s", sets[k][a].spec);
@@ -656,5 +677,23 @@ int lora_gguf_model_config(const lora_ckpt *ck, char **json, size_t *len, lora_e
         return lora_oom(err);
     *json = s;
     *len = (size_t)n;
+    return LORA_OK;
+}
+
+static int ends_with(const char *s, const char *suf)
+{
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && strcmp(s + a - b, suf) == 0;
+}
+
+int lora_gguf_check_output(const lora_ckpt *ck, const char *out, lora_error *err)
+{
+    int gguf = lora_ckpt_is_gguf(ck);
+    if (gguf && !ends_with(out, ".gguf"))
+        return lora_seterr(err, LORA_EUSAGE, "%s: the input is a GGUF model, and so is the "
+                           "output: name it .gguf", out);
+    if (!gguf && ends_with(out, ".gguf"))
+        return lora_seterr(err, LORA_EUSAGE, "%s: the input is safetensors, and so is the "
+                           "output: a .gguf output needs a GGUF base", out);
     return LORA_OK;
 }

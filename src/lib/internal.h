@@ -274,6 +274,9 @@ uint64_t lora_ckpt_permuted_heads(const lora_ckpt *ck, const lora_tensor *t);
  * back when CK is closed). */
 int lora_gguf_merge_prepare(const lora_ckpt *ck, lora_merge_adapter *undo, size_t nundo,
                             lora_merge_adapter *add, size_t nadd, lora_error *err);
+/* LORA_EUSAGE when OUT's name says another kind than the input's: a
+ * GGUF base merges into a .gguf file, safetensors into anything else. */
+int lora_gguf_check_output(const lora_ckpt *ck, const char *out, lora_error *err);
 /* A writer for the output of shard IN: GGUF in the input's layout when
  * IN is a GGUF view, else lora_stw_new. */
 int lora_stw_new_for(const char *path, const lora_st *in, lora_stw **out, lora_error *err);

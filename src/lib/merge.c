@@ -1762,6 +1762,8 @@ int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
     int rc = open_inputs(&R, input, err);
     if (!rc && out)
         rc = out_collides(&R, input, out, err);
+    if (!rc && out) /* GGUF in, GGUF out */
+        rc = lora_gguf_check_output(R.ck, out, err);
     if (!rc)
         rc = find_shard(&R, input, err);
     /* before the adapters are matched: "not this output's receipt" is
