@@ -6,21 +6,15 @@
 #   eval-families.py list                          the family names
 #   eval-families.py make FAMILY OUTDIR            write OUTDIR/{model,data.jsonl}
 #   eval-families.py time FAMILY OUTDIR THREADS    print tokens per second of torch
-import importlib.util
-import json
 import os
 import sys
-import time
 
 import torch
 
-here = os.path.dirname(os.path.abspath(__file__))
-spec = importlib.util.spec_from_file_location(
-    "mf", os.path.join(here, "..", "tests", "fixtures", "make-families.py"))
-mf = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(mf)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from evaltorch import VOCAB, fixture_module, print_forward_speed, write_choice_data  # noqa: E402
 
-SEQ, NSEQ, VOCAB = 128, 16, 8192
+mf = fixture_module("mf", "make-families.py")
 BIG = dict(hidden_size=512, num_attention_heads=8, num_key_value_heads=4, num_hidden_layers=6,
            max_position_embeddings=256, vocab_size=VOCAB, intermediate_size=1408, ffn_dim=1408,
            head_dim=64)
@@ -46,11 +40,6 @@ def build(name):
     return cls(cfg), cfg
 
 
-def seqs():
-    g = torch.Generator().manual_seed(4)
-    return torch.randint(0, VOCAB, (NSEQ, SEQ), generator=g)
-
-
 def main():
     if sys.argv[1] == "list":
         print(" ".join(FAMILIES))
@@ -63,21 +52,9 @@ def main():
         d = os.path.join(out, "model")
         mf.mm.write_json(os.path.join(d, "config.json"), cfg)
         mf.mm.write_safetensors(os.path.join(d, "model.safetensors"), model.state())
-        with open(os.path.join(out, "data.jsonl"), "w") as f:
-            for s in seqs().tolist():
-                f.write(json.dumps({"prompt": s[:-1], "choices": [[s[-1]]], "label": 0}) + "\n")
+        write_choice_data(os.path.join(out, "data.jsonl"))
         return
-    torch.set_num_threads(int(sys.argv[4]))
-    ids = seqs()[:, :-1]
-    with torch.no_grad():
-        model(ids[:1])
-        best = 1e30
-        for _ in range(3):
-            t0 = time.perf_counter()
-            for i in range(NSEQ):
-                model(ids[i:i + 1])
-            best = min(best, time.perf_counter() - t0)
-    print("%.1f" % (NSEQ * (SEQ - 1) / best))
+    print_forward_speed(model, int(sys.argv[4]))
 
 
 if __name__ == "__main__":

@@ -5,22 +5,16 @@
 # same sequences.  Usage:
 #   eval-torch.py make ARCH OUTDIR        write OUTDIR/{model,adapter,data.jsonl}
 #   eval-torch.py time ARCH OUTDIR THREADS  print tokens per second of torch
-import importlib.util
 import json
 import os
 import sys
-import time
 
 import torch
 
-here = os.path.dirname(os.path.abspath(__file__))
-spec = importlib.util.spec_from_file_location(
-    "mm", os.path.join(here, "..", "tests", "fixtures", "make-models.py"))
-mm = importlib.util.module_from_spec(spec)
-sys.argv_saved = sys.argv
-spec.loader.exec_module(mm)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from evaltorch import VOCAB, fixture_module, print_forward_speed, seqs, write_choice_data  # noqa: E402
 
-SEQ, NSEQ, VOCAB = 128, 16, 8192
+mm = fixture_module("mm", "make-models.py")
 GPT2 = dict(mm.GPT2_CFG, n_embd=512, n_head=8, n_layer=6, n_positions=256, n_ctx=256,
             vocab_size=VOCAB)
 LLAMA = dict(mm.LLAMA_CFG, hidden_size=512, intermediate_size=1408, num_attention_heads=8,
@@ -31,11 +25,6 @@ LLAMA = dict(mm.LLAMA_CFG, hidden_size=512, intermediate_size=1408, num_attentio
 def build(arch):
     torch.manual_seed(3)
     return mm.GPT2(GPT2) if arch == "gpt2" else mm.Llama(LLAMA)
-
-
-def seqs():
-    g = torch.Generator().manual_seed(4)
-    return torch.randint(0, VOCAB, (NSEQ, SEQ), generator=g)
 
 
 def main():
@@ -54,26 +43,13 @@ def main():
             for l in loras.values():
                 l.B.normal_(0, 0.02, generator=gen)
         mm.write_adapter(os.path.join(out, "adapter"), arch, loras, 8, 16, wset, "bench")
-        # one-token choices after a SEQ-1 prompt: the forward runs the prompt in one pass
-        with open(os.path.join(out, "data.jsonl"), "w") as f:
-            for s in seqs().tolist():
-                f.write(json.dumps({"prompt": s[:-1], "choices": [[s[-1]]], "label": 0}) + "\n")
+        write_choice_data(os.path.join(out, "data.jsonl"))
         # generation: 8-token prompts, 64 greedy tokens each (one token per forward)
         with open(os.path.join(out, "gen.jsonl"), "w") as f:
             for s in seqs().tolist()[:8]:
                 f.write(json.dumps({"prompt": s[:8], "target": s[8:72]}) + "\n")
         return
-    torch.set_num_threads(int(sys.argv[4]))
-    ids = seqs()[:, :-1]
-    with torch.no_grad():
-        model(ids[:1])
-        best = 1e30
-        for _ in range(3):
-            t0 = time.perf_counter()
-            for i in range(NSEQ):
-                model(ids[i:i + 1])
-            best = min(best, time.perf_counter() - t0)
-    print("%.1f" % (NSEQ * (SEQ - 1) / best))
+    print_forward_speed(model, int(sys.argv[4]))
 
 
 if __name__ == "__main__":

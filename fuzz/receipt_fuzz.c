@@ -2,7 +2,7 @@
  * receipt_fuzz.c - libFuzzer target for the merge receipt reader
  * (receipt.c): open the bytes as a receipt, then decode every tensor's
  * corrections and read every kept header, the kept index and every kept
- * tensor (version 2).
+ * tensor (version 2), and every DoRA tensor's row norms (version 4).
  * Any input must give LORA_OK or a clean error.
  */
 #include "internal.h"
@@ -23,6 +23,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (lora_receipt_fixes(r, i, &f, &err) != LORA_OK)
             break;
     lora_fixes_free(&f);
+    for (size_t i = 0; i < lora_receipt_tensor_count(r); i++) {
+        const lora_receipt_tensor *t = lora_receipt_tensor_at(r, i);
+        double *n = t->dora ? malloc((size_t)t->dora_length + 8) : NULL;
+        if (n)
+            (void)lora_receipt_dora_norms(r, i, n, t->dora_length / 8, &err);
+        free(n);
+    }
     volatile unsigned sum = 0; /* touch every kept byte: they must lie inside the input */
     for (size_t i = 0; i < lora_receipt_file_count(r); i++) {
         const lora_receipt_file *rf = lora_receipt_file_at(r, i);

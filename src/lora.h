@@ -269,8 +269,8 @@ typedef struct lora_module {
     const lora_tensor *magnitude; /* DoRA (use_dora): lora_magnitude_vector, [out],
                                  the norm of each output row of W0 + ΔW that PEFT
                                  rescales to (after the Conv1D transpose); NULL
-                                 for plain LoRA.  lora_adapter_bind refuses it:
-                                 merging and applying DoRA are not implemented */
+                                 for plain LoRA.  Merged and unmerged by dora.c,
+                                 applied at run time by lora-eval */
 } lora_module;
 
 /* A full tensor saved through modules_to_save: it replaces the base's. */
@@ -619,6 +619,13 @@ typedef struct lora_receipt_tensor {
     uint64_t offset, length;           /* the corrections block in the file */
     unsigned char fixes_hash[32];      /* BLAKE2b-256 of that block */
     uint64_t ambiguous;                /* version 3: elements whose rank the block holds */
+    /* version 4: a DoRA merge (one term with a magnitude vector) keeps
+     * the row norms n = ||W0 + dW|| it divided by, one little-endian
+     * double per output row, in a block after the corrections */
+    int dora;
+    uint64_t dora_offset, dora_length;
+    unsigned char dora_hash[32];
+    const double *dora_norm;           /* writer: the norms to keep (dora_length / 8) */
 } lora_receipt_tensor;
 
 typedef struct lora_receipt_adapter {
@@ -712,6 +719,11 @@ const lora_receipt_tensor *lora_receipt_find(const lora_receipt *r, const char *
 /* Decode tensor i's corrections (block hash checked, indices increasing
  * and inside the tensor, steps in range) into fixes (reset first). */
 int lora_receipt_fixes(const lora_receipt *r, size_t i, lora_fixes *fixes, lora_error *err);
+/* Decode tensor i's DoRA row norms (version 4; block hash checked, each
+ * finite and > 0) into norm, which holds n values: LORA_EINPUT when the
+ * tensor has none or another count. */
+int lora_receipt_dora_norms(const lora_receipt *r, size_t i, double *norm, uint64_t n,
+                            lora_error *err);
 /* Total bytes of the receipt file (after commit or open). */
 uint64_t lora_receipt_bytes(const lora_receipt *r);
 
@@ -773,6 +785,12 @@ typedef struct lora_merge_opts {
     /* receipt_in must be signed by one of these (RECEIPT.minisig). */
     const struct lora_pubkey *receipt_pubkeys;
     size_t n_receipt_pubkeys;
+    /* With dtype: convert the untouched tensors too (floating ones), and
+     * an output folder's config.json dtype with them.  Values beyond the
+     * dtype are refused as merged ones are (allow_nonfinite); the receipt
+     * keeps each converted tensor's original bytes, so that an unmerge
+     * restores them exactly (lora-receipt(5)). */
+    int convert_all;
 } lora_merge_opts;
 
 typedef struct lora_merge_result {
@@ -792,6 +810,7 @@ typedef struct lora_merge_result {
     int untied;                /* an lm_head update on a tied head was merged: OUT has
                                   its own lm_head.weight, config.json says
                                   tie_word_embeddings false (untie.c) */
+    uint64_t converted_tensors; /* untouched tensors converted (convert_all) */
 } lora_merge_result;
 
 /* Returns LORA_ECHECK (nothing written) when an unmerge with a receipt
@@ -809,7 +828,8 @@ int lora_parse_adapter_arg(const char *arg, char **spec, double *weight, int *gi
 
 /* BLAKE2b-256 identity of an adapter's content as merged: for each
  * module in name order, its name, NUL, scale (IEEE double, LE), and the
- * bytes of lora_A and lora_B (lora-receipt(5)). */
+ * bytes of lora_A and lora_B, and a DoRA module's magnitude vector
+ * (lora-receipt(5)). */
 void lora_adapter_digest(const lora_adapter *ad, unsigned char out[32]);
 
 

@@ -63,6 +63,32 @@ START_TEST(test_seterr)
 }
 END_TEST
 
+/* A path that cannot be opened: missing or a file where a folder should
+ * be is bad input (3), EACCES only where the caller says so, the rest I/O. */
+START_TEST(test_seterr_path)
+{
+    static const struct { int e, flags, code; } cases[] = {
+        {ENOENT, 0, LORA_EINPUT},
+        {ENOTDIR, 0, LORA_EINPUT},
+        {EACCES, 0, LORA_EIO},
+        {EACCES, LORA_PATH_EACCES_INPUT, LORA_EINPUT},
+        {EIO, LORA_PATH_EACCES_INPUT, LORA_EIO},
+        {EMFILE, 0, LORA_EIO},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        lora_error err;
+        lora_error_clear(&err);
+        int rc = lora_seterr_path(&err, cases[i].e, cases[i].flags, "some/path");
+        ck_assert_int_eq(rc, cases[i].code);
+        ck_assert_int_eq(err.code, cases[i].code);
+        char want[LORA_ERROR_MAX];
+        snprintf(want, sizeof want, "some/path: %s", strerror(cases[i].e));
+        ck_assert_str_eq(err.msg, want);
+    }
+    ck_assert_int_eq(lora_seterr_path(NULL, ENOENT, 0, "x"), LORA_EINPUT);
+}
+END_TEST
+
 START_TEST(test_atomic_write)
 {
     char *d = tu_tmpdir();
@@ -160,6 +186,7 @@ int main(void)
     Suite *s = suite_create("error");
     TCase *tc = tcase_create("core");
     tcase_add_test(tc, test_seterr);
+    tcase_add_test(tc, test_seterr_path);
     tcase_add_test(tc, test_atomic_write);
     tcase_add_test(tc, test_read_limit);
     tcase_add_test(tc, test_tmp_remove_all);

@@ -36,38 +36,103 @@ static int dec(void *arg, const int32_t *ids, size_t n, int skip, char **text, l
     return lora_tokenizer_decode(arg, ids, n, skip, text, err);
 }
 
-START_TEST(against_torch)
+/* What every test here opens: the real tiny GPT-2, its tokenizer, the
+ * text-eval files and reference.json. */
+typedef struct fix {
+    char *mdir, *tdir;
+    char data[4096], refp[4096], adp[4096], txt[4096];
+    json_t *ref;
+    lora_tokenizer *tok;
+    lora_text_codec tc;
+} fix;
+
+/* 0 when the shared fixtures are absent (the test then passes nothing
+ * and tu_fixture has said why), else 1 with everything open. */
+static int fix_open(fix *f)
 {
-    char *mdir = tu_fixture("real/base-tiny-gpt2-e16");
-    char *tdir = tu_fixture("tokenizers/gpt2");
-    if (!mdir || !tdir) {
-        free(mdir);
-        free(tdir);
-        return;
+    memset(f, 0, sizeof *f);
+    f->mdir = tu_fixture("real/base-tiny-gpt2-e16");
+    f->tdir = tu_fixture("tokenizers/gpt2");
+    if (!f->mdir || !f->tdir) {
+        free(f->mdir);
+        free(f->tdir);
+        return 0;
     }
     const char *top = getenv("TOP_SRCDIR");
-    char data[4096], refp[4096];
-    snprintf(data, sizeof data, "%s/tests/fixtures/text-eval/data.jsonl", top ? top : ".");
-    snprintf(refp, sizeof refp, "%s/tests/fixtures/text-eval/reference.json", top ? top : ".");
+    top = top ? top : ".";
+    snprintf(f->data, sizeof f->data, "%s/tests/fixtures/text-eval/data.jsonl", top);
+    snprintf(f->refp, sizeof f->refp, "%s/tests/fixtures/text-eval/reference.json", top);
+    snprintf(f->adp, sizeof f->adp, "%s/tests/fixtures/text-eval/adapter", top);
+    snprintf(f->txt, sizeof f->txt, "%s/tests/fixtures/text-eval/text.txt", top);
+    json_error_t je;
+    f->ref = json_load_file(f->refp, 0, &je);
+    ck_assert_msg(f->ref != NULL, "%s: %s", f->refp, je.text);
+    lora_error err;
+    lora_error_clear(&err);
+    ck_assert_msg(lora_tokenizer_open(f->tdir, &f->tok, &err) == LORA_OK, "%s", err.msg);
+    f->tc = (lora_text_codec){f->tok, enc, dec, lora_tokenizer_bos(f->tok),
+                              lora_tokenizer_eos(f->tok)};
+    return 1;
+}
+
+static void fix_close(fix *f)
+{
+    json_decref(f->ref);
+    lora_tokenizer_free(f->tok);
+    free(f->mdir);
+    free(f->tdir);
+}
+
+static lora_model *open_model(const fix *f)
+{
     lora_error err;
     lora_error_clear(&err);
     lora_model *m = NULL;
-    lora_tokenizer *tok = NULL;
+    ck_assert_msg(lora_model_open(f->mdir, &m, &err) == LORA_OK, "%s", err.msg);
+    return m;
+}
+
+/* data.jsonl, tokenized with the GPT-2 tokenizer. */
+static lora_dataset *open_data(fix *f)
+{
+    lora_error err;
+    lora_error_clear(&err);
     lora_dataset *ds = NULL;
-    ck_assert_msg(lora_model_open(mdir, &m, &err) == LORA_OK, "%s", err.msg);
-    ck_assert_msg(lora_tokenizer_open(tdir, &tok, &err) == LORA_OK, "%s", err.msg);
-    ck_assert_msg(lora_dataset_load(data, 50257, &ds, &err) == LORA_OK, "%s", err.msg);
-    lora_text_codec tc = {tok, enc, dec, lora_tokenizer_bos(tok), lora_tokenizer_eos(tok)};
-    ck_assert_msg(lora_dataset_tokenize(ds, &tc, &err) == LORA_OK, "%s", err.msg);
+    ck_assert_msg(lora_dataset_load(f->data, 50257, &ds, &err) == LORA_OK, "%s", err.msg);
+    ck_assert_msg(lora_dataset_tokenize(ds, &f->tc, &err) == LORA_OK, "%s", err.msg);
+    return ds;
+}
+
+/* text.txt's token ids (malloc'd). */
+static int32_t *text_ids(const fix *f, size_t *n)
+{
+    lora_error err;
+    lora_error_clear(&err);
+    size_t len;
+    char *text = tu_read(f->txt, &len);
+    int32_t *ids = NULL;
+    *n = 0;
+    ck_assert_msg(lora_tokenizer_encode(f->tok, text, len, 1, &ids, n, &err) == LORA_OK, "%s",
+                  err.msg);
+    free(text);
+    return ids;
+}
+
+START_TEST(against_torch)
+{
+    fix f;
+    if (!fix_open(&f))
+        return;
+    lora_error err;
+    lora_error_clear(&err);
+    lora_model *m = open_model(&f);
+    lora_dataset *ds = open_data(&f);
     lora_eval_opts eo = {.mode = LORA_MODE_BASE, .compare_mode = -1, .max_new_tokens = 32,
-                         .codec = &tc, .keep_predictions = 1};
+                         .codec = &f.tc, .keep_predictions = 1};
     lora_eval_result r;
     ck_assert_msg(lora_eval_run(m, ds, &eo, &r, &err) == LORA_OK, "%s", err.msg);
 
-    json_error_t je;
-    json_t *ref = json_load_file(refp, 0, &je);
-    ck_assert_msg(ref != NULL, "%s: %s", refp, je.text);
-    json_t *items = json_object_get(ref, "items");
+    json_t *items = json_object_get(f.ref, "items");
     ck_assert_uint_eq(json_array_size(items), r.items);
     ck_assert_uint_eq(r.items, 12);
     size_t nchoice = 0, ngen = 0;
@@ -113,45 +178,25 @@ START_TEST(against_torch)
     ck_assert_uint_eq(ds->items[3].n_prompt, 2);
     ck_assert_uint_eq(ds->items[3].choice_skip[0], 2);
     ck_assert_uint_eq(ds->items[3].choice_len[0], 3);
-    json_decref(ref);
     lora_eval_result_free(&r);
     lora_dataset_free(ds);
-    lora_tokenizer_free(tok);
     lora_model_free(m);
-    free(mdir);
-    free(tdir);
+    fix_close(&f);
 }
 END_TEST
 
 START_TEST(perplexity_against_torch)
 {
-    char *mdir = tu_fixture("real/base-tiny-gpt2-e16");
-    char *tdir = tu_fixture("tokenizers/gpt2");
-    if (!mdir || !tdir) {
-        free(mdir);
-        free(tdir);
+    fix f;
+    if (!fix_open(&f))
         return;
-    }
-    const char *top = getenv("TOP_SRCDIR");
-    char txt[4096], refp[4096];
-    snprintf(txt, sizeof txt, "%s/tests/fixtures/text-eval/text.txt", top ? top : ".");
-    snprintf(refp, sizeof refp, "%s/tests/fixtures/text-eval/reference.json", top ? top : ".");
     lora_error err;
     lora_error_clear(&err);
-    lora_model *m = NULL;
-    lora_tokenizer *tok = NULL;
-    ck_assert_msg(lora_model_open(mdir, &m, &err) == LORA_OK, "%s", err.msg);
-    ck_assert_msg(lora_tokenizer_open(tdir, &tok, &err) == LORA_OK, "%s", err.msg);
-    size_t len;
-    char *text = tu_read(txt, &len);
-    int32_t *ids = NULL;
-    size_t n = 0;
-    ck_assert_msg(lora_tokenizer_encode(tok, text, len, 1, &ids, &n, &err) == LORA_OK, "%s", err.msg);
-    json_error_t je;
-    json_t *ref = json_load_file(refp, 0, &je);
-    ck_assert_msg(ref != NULL, "%s: %s", refp, je.text);
-    ck_assert_uint_eq(n, (size_t)json_integer_value(json_object_get(ref, "text_tokens")));
-    json_t *cases = json_object_get(ref, "perplexity"), *c;
+    lora_model *m = open_model(&f);
+    size_t n;
+    int32_t *ids = text_ids(&f, &n);
+    ck_assert_uint_eq(n, (size_t)json_integer_value(json_object_get(f.ref, "text_tokens")));
+    json_t *cases = json_object_get(f.ref, "perplexity"), *c;
     size_t i;
     ck_assert_uint_ge(json_array_size(cases), 4);
     json_array_foreach(cases, i, c) {
@@ -173,52 +218,30 @@ START_TEST(perplexity_against_torch)
     ck_assert_int_eq(lora_eval_perplexity(m, LORA_MODE_BASE, ids, 1, 64, 16, &r, &err), LORA_EINPUT);
     int32_t bad[2] = {1, 50257};
     ck_assert_int_eq(lora_eval_perplexity(m, LORA_MODE_BASE, bad, 2, 64, 16, &r, &err), LORA_EINPUT);
-    json_decref(ref);
     free(ids);
-    free(text);
-    lora_tokenizer_free(tok);
     lora_model_free(m);
-    free(mdir);
-    free(tdir);
+    fix_close(&f);
 }
 END_TEST
 
 START_TEST(adapted_against_torch)
 {
-    char *mdir = tu_fixture("real/base-tiny-gpt2-e16");
-    char *tdir = tu_fixture("tokenizers/gpt2");
-    if (!mdir || !tdir) {
-        free(mdir);
-        free(tdir);
+    fix f;
+    if (!fix_open(&f))
         return;
-    }
-    const char *top = getenv("TOP_SRCDIR");
-    char data[4096], refp[4096], adp[4096], txt[4096];
-    snprintf(data, sizeof data, "%s/tests/fixtures/text-eval/data.jsonl", top ? top : ".");
-    snprintf(refp, sizeof refp, "%s/tests/fixtures/text-eval/reference.json", top ? top : ".");
-    snprintf(adp, sizeof adp, "%s/tests/fixtures/text-eval/adapter", top ? top : ".");
-    snprintf(txt, sizeof txt, "%s/tests/fixtures/text-eval/text.txt", top ? top : ".");
-    json_error_t je;
-    json_t *ref = json_load_file(refp, 0, &je);
-    ck_assert_msg(ref != NULL, "%s: %s", refp, je.text);
-    json_t *want = json_object_get(ref, "adapted");
+    json_t *want = json_object_get(f.ref, "adapted");
     lora_error err;
     lora_error_clear(&err);
-    lora_tokenizer *tok = NULL;
-    ck_assert_msg(lora_tokenizer_open(tdir, &tok, &err) == LORA_OK, "%s", err.msg);
-    lora_text_codec tc = {tok, enc, dec, lora_tokenizer_bos(tok), lora_tokenizer_eos(tok)};
     for (int merged = 0; merged < 2; merged++) {
-        lora_model *m = NULL;
+        lora_model *m = open_model(&f);
         lora_adapter *ad = NULL;
-        lora_dataset *ds = NULL;
-        ck_assert_msg(lora_model_open(mdir, &m, &err) == LORA_OK, "%s", err.msg);
         lora_source_opts so = {0};
-        ck_assert_msg(lora_adapter_load(adp, &so, &ad, &err) == LORA_OK, "%s", err.msg);
+        ck_assert_msg(lora_adapter_load(f.adp, &so, &ad, &err) == LORA_OK, "%s", err.msg);
         ck_assert_msg(lora_model_attach(m, ad, merged, &err) == LORA_OK, "%s", err.msg);
         int mode = merged ? LORA_MODE_MERGED : LORA_MODE_UNMERGED;
-        ck_assert_msg(lora_dataset_load(data, 50257, &ds, &err) == LORA_OK, "%s", err.msg);
-        ck_assert_msg(lora_dataset_tokenize(ds, &tc, &err) == LORA_OK, "%s", err.msg);
-        lora_eval_opts eo = {.mode = mode, .compare_mode = -1, .codec = &tc, .keep_predictions = 1};
+        lora_dataset *ds = open_data(&f);
+        lora_eval_opts eo = {.mode = mode, .compare_mode = -1, .codec = &f.tc,
+                             .keep_predictions = 1};
         lora_eval_result r;
         ck_assert_msg(lora_eval_run(m, ds, &eo, &r, &err) == LORA_OK, "%s", err.msg);
         size_t k = 0;
@@ -233,25 +256,19 @@ START_TEST(adapted_against_torch)
             }
         }
         ck_assert_uint_eq(k, 7);
-        size_t len, n = 0;
-        char *text = tu_read(txt, &len);
-        int32_t *ids = NULL;
-        ck_assert_int_eq(lora_tokenizer_encode(tok, text, len, 1, &ids, &n, &err), LORA_OK);
+        size_t n;
+        int32_t *ids = text_ids(&f, &n);
         lora_ppl_result p;
         ck_assert_msg(lora_eval_perplexity(m, mode, ids, n, 64, 16, &p, &err) == LORA_OK, "%s", err.msg);
         double w = json_real_value(json_object_get(json_object_get(want, "perplexity"), "nll"));
         ck_assert_msg(fabs(p.mean_nll - w) <= 1e-5 * w, "%.10f, torch %.10f", p.mean_nll, w);
         free(ids);
-        free(text);
         lora_eval_result_free(&r);
         lora_dataset_free(ds);
         lora_model_free(m);
         lora_adapter_free(ad);
     }
-    lora_tokenizer_free(tok);
-    json_decref(ref);
-    free(mdir);
-    free(tdir);
+    fix_close(&f);
 }
 END_TEST
 

@@ -361,6 +361,82 @@ done <<ROWS
 3|lora-unmerge "\$T/fe/model.safetensors" -a "\$A" --receipt "\$T/fe/model.safetensors.receipt" -o "\$T/plain/x" -q
 ROWS
 
+# 19.3: an output folder that exists but may not be written is refused
+# before any work (4).  chmod a-w does not stop root, so as root the
+# folder is made immutable (chattr +i), which stops root too; where
+# chattr is refused (no CAP_LINUX_IMMUTABLE, a filesystem without
+# attributes) these rows SKIP with the reason.
+mkdir "$T/ro"
+ro=
+if [ "$(id -u)" != 0 ]; then
+    chmod a-w "$T/ro" && ro=chmod
+elif chattr +i "$T/ro" 2>/dev/null; then
+    ro=chattr
+    trap 'chattr -i "$T/ro" 2>/dev/null; rm -rf "$T"' EXIT
+else
+    echo "SKIP: output not writable: running as root and 'chattr +i' is refused here"
+fi
+[ -n "$ro" ] && while IFS='|' read -r want args; do
+    [ -n "$want" ] || continue
+    eval "expect $want $args"
+    tool=${args%% *}
+    expect_err "^$tool: .*/ro/x.*: cannot write here: .*/ro: (Permission denied|Operation not permitted)"
+    checks=$((checks + 1))
+    [ -z "$(ls -A "$T/ro")" ] || fail "$args: wrote into the read-only folder"
+done <<ROWS
+4|lora-merge "\$M/llama-base/model.safetensors" -a "\$A" -o "\$T/ro/x" -q
+4|lora-merge "\$M/llama-base" -a "\$A" -o "\$T/ro/x" -q
+4|lora-unmerge "\$T/fe/model.safetensors" -a "\$A" --receipt "\$T/fe/model.safetensors.receipt" -o "\$T/ro/x" -q
+4|lora-rank-reduce "\$A" --rank 2 -o "\$T/ro/x" -q
+4|lora-convert "\$A" --base "\$M/llama-base" -o "\$T/ro/x.gguf" -q
+4|lora-pack create "\$A" -s "\$T/k.sec" --name x --task x --version 1.0.0 -o "\$T/ro/x.lora" -q
+ROWS
+case $ro in
+chmod) chmod u+w "$T/ro" ;;
+chattr) chattr -i "$T/ro" ;;
+esac
+
+# 19.7: --dtype --convert-all converts the whole checkpoint (untouched
+# tensors and config.json's torch_dtype too); narrowing F32 to BF16 loses
+# bits, so the receipt keeps the originals and the unmerge gives back the
+# original base byte for byte, config.json included; without the receipt
+# the unmerge refuses (3) rather than return a converted base
+expect 2 lora-merge "$M/llama-base" -a "$A" --convert-all -o "$T/cv0" -q
+expect_err "^lora-merge: --convert-all needs --dtype"
+expect 0 lora-merge "$M/llama-base" -a "$A" --dtype BF16 --convert-all -o "$T/cv" --json
+checks=$((checks + 1))
+grep -q '"converted_tensors": [1-9]' "$T/out" || fail "--convert-all: no converted_tensors: $(cat "$T/out")"
+checks=$((checks + 1))
+head -c 4096 "$T/cv/model.safetensors" | grep -aq '"dtype":"F32"' && fail "--convert-all: an F32 tensor is left"
+checks=$((checks + 1))
+grep -q '"torch_dtype": "bfloat16"' "$T/cv/config.json" || fail "--convert-all: $(grep dtype "$T/cv/config.json")"
+expect 0 lora-unmerge "$T/cv" -a "$A" --receipt "$T/cv.receipt" -o "$T/cvu" -q
+for f in model.safetensors config.json; do
+    checks=$((checks + 1))
+    cmp -s "$T/cvu/$f" "$M/llama-base/$f" || fail "unmerge after --convert-all: $f is not the base's"
+done
+expect 3 lora-unmerge "$T/cv" -a "$A" -o "$T/cvn" -q
+expect_err "^lora-unmerge: .*--convert-all.*--receipt"
+checks=$((checks + 1))
+[ -e "$T/cvn" ] && fail "unmerge of a converted checkpoint without its receipt wrote $T/cvn"
+# a value no adapter touches beyond F16 (1e5 in model.norm.weight) is
+# refused as a merged one is: exit 3 naming the tensor, nothing written
+h='{"model.layers.0.mlp.down_proj.weight":{"dtype":"F32","shape":[4,4],"data_offsets":[0,64]},"model.norm.weight":{"dtype":"F32","shape":[1],"data_offsets":[64,68]}}'
+while [ $((${#h} % 8)) -ne 0 ]; do h="$h "; done
+{
+    printf "\\$(printf %03o $((${#h} % 256)))\\$(printf %03o $((${#h} / 256)))\\0\\0\\0\\0\\0\\0"
+    printf '%s' "$h"
+    head -c 64 /dev/zero
+    printf '\000\120\303\107' # 1e5, F32 little-endian
+} > "$T/big.safetensors"
+expect 3 lora-merge "$T/big.safetensors" -a "$TOP_SRCDIR/tests/cases/f16-merge-overflow/adapter" \
+    --dtype F16 --convert-all -o "$T/big16.safetensors" -q
+expect_err "^lora-merge: model.norm.weight: value\(s\) not finite in F16.*first: element 0: 100000"
+checks=$((checks + 1))
+ls "$T"/big16* >/dev/null 2>&1 && fail "--convert-all overflow: something was written"
+expect 0 lora-merge "$T/big.safetensors" -a "$TOP_SRCDIR/tests/cases/f16-merge-overflow/adapter" \
+    --dtype F16 -o "$T/big16b.safetensors" -q
+
 # 19.5: provenance names NAME@VERSION (archive, registry) or the folder's
 # own name, with the BLAKE2b, never a local path
 expect 0 lora-merge "$M/llama-base" -a "$T/a1.lora":0.5 -a "$A/" -p "$T/k.pub" --force -o "$T/prov" -q

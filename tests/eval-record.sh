@@ -170,7 +170,15 @@ if command -v sqlite3 >/dev/null 2>&1; then
         fail "no mode and base_name columns after the migration"
 fi
 
-# ---- (g) usage errors ----
+# ---- (g) reg:NAME without @VERSION: the newest version, the one loaded ----
+n=$(nrows)
+expect 0 lora-eval --model "$M/gpt2-base" -a reg:rev --data "$CLS" --limit 5 --record \
+    --registry "$R" --json
+jcheck "$T/out" '.recorded.adapter == "rev@1.1.0" and .recorded.rows > 0'
+checks=$((checks + 1))
+[ "$(nrows)" -gt "$n" ] || fail "reg:rev recorded no row"
+
+# ---- (h) usage errors ----
 expect 2 sh -c "lora-eval --model '$M/gpt2-base' -a reg:cls@1.0.0 --data - --record \
     --registry '$R' < '$CLS'"
 expect_err 'not stdin'

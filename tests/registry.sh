@@ -179,6 +179,11 @@ expect_out '"ok": false'
 expect 1 $REG resolve sql
 expect_err "corrupted"
 [ -s "$T/out" ] && fail "resolve printed a path for a corrupted blob"
+# served to a tool: the message comes from the bytes read, not a re-read
+if [ -x "$TOP_BUILDDIR/lora-inspect" ]; then
+    expect 1 lora-inspect reg:sql-a@1.10.0
+    expect_err "sql-a@1.10.0: blob .* is corrupted \\([0-9]+ bytes, BLAKE2b-256"
+fi
 # re-adding the archive repairs it
 expect 0 $REG add "$A2"
 expect 0 $REG verify

@@ -52,144 +52,135 @@ static int is_seg(const char *s, const char *a, const char *b)
     return strcmp(s, a) == 0 || (b && strcmp(s, b) == 0);
 }
 
-static int classify(const lora_acfg *c, const char *key, char **segs, size_t n, int *kind,
-                    char **name, lora_error *err)
+/* SEGS[I] is lora_A, lora_B, lora_embedding_A/B or lora_magnitude_vector. */
+static int classify_lora(const char *key, char **segs, size_t n, size_t i, int *kind, char **name,
+                         lora_error *err)
 {
-    for (size_t i = 0; i < n; i++)
-        if (segs[i][0] == '\0')
-            return lora_seterr(err, LORA_EINPUT, "key \"%s\": empty name part", key);
-    /* lora_A / lora_B / lora_embedding_A / lora_embedding_B, and DoRA's
-     * lora_magnitude_vector (PEFT saves it bare; in-memory state dicts
-     * add .default and/or .weight) */
-    for (size_t i = 0; i < n; i++) {
-        int emb = is_seg(segs[i], "lora_embedding_A", "lora_embedding_B");
-        int lin = is_seg(segs[i], "lora_A", "lora_B");
-        int mag = strcmp(segs[i], "lora_magnitude_vector") == 0;
-        if (!emb && !lin && !mag)
-            continue;
-        int isb = segs[i][strlen(segs[i]) - 1] == 'B';
-        size_t t = i + 1;
-        if (t < n && strcmp(segs[t], "default") == 0)
-            t++; /* the in-memory adapter name, lenient */
-        if (mag) {
-            if (t < n && strcmp(segs[t], "weight") == 0)
-                t++;
-            if (t != n)
-                return lora_seterr(err, LORA_EINPUT,
-                                   "key \"%s\": cannot classify (expected "
-                                   "lora_magnitude_vector[.default][.weight])", key);
-        } else if (lin) {
-            if (t + 1 == n && strcmp(segs[t], "bias") == 0)
-                return lora_seterr(err, LORA_EINPUT,
-                                   "key \"%s\": a bias on lora_A/lora_B (lora_bias) is not supported",
-                                   key);
-            if (!(t + 1 == n && strcmp(segs[t], "weight") == 0))
-                return lora_seterr(err, LORA_EINPUT,
-                                   "key \"%s\": cannot classify (expected %s.weight)", key, segs[i]);
-        } else if (t != n) {
-            return lora_seterr(err, LORA_EINPUT,
-                               "key \"%s\": cannot classify (%s takes no suffix)", key, segs[i]);
-        }
-        /* LoRA on the frozen copy that a modules_to_save wrapper keeps
-         * (X.original_module.lora_A): PEFT never runs it while the
-         * adapter is active, so it changes nothing */
-        for (size_t j = 0; j < i; j++)
-            if (strcmp(segs[j], "original_module") == 0) {
-                if (!(*name = join(segs, 0, n, err)))
-                    return LORA_EIO;
-                *kind = LORA_KEY_COPY;
-                return LORA_OK;
-            }
-        /* the module path, without a .base_layer. wrapper or the
-         * .modules_to_save.default. of the trained copy */
-        char **mod = malloc((i ? i : 1) * sizeof *mod);
-        if (!mod)
-            return lora_oom(err);
-        size_t m = 0;
-        for (size_t j = 0; j < i; j++) {
-            if (strcmp(segs[j], "modules_to_save") == 0) {
-                if (j + 1 < i && strcmp(segs[j + 1], "default") == 0)
-                    j++;
-                continue;
-            }
-            if (strcmp(segs[j], "base_layer") != 0)
-                mod[m++] = segs[j];
-        }
-        if (m == 0) {
-            free(mod);
-            return lora_seterr(err, LORA_EINPUT, "key \"%s\": no module path", key);
-        }
-        *name = join(mod, 0, m, err);
-        free(mod);
-        if (!*name)
-            return LORA_EIO;
-        *kind = mag ? LORA_KEY_MAG
-                    : emb ? (isb ? LORA_KEY_EMB_B : LORA_KEY_EMB_A) : (isb ? LORA_KEY_B : LORA_KEY_A);
-        return LORA_OK;
-    }
-    for (size_t i = 0; i < n; i++)
-        if (strncmp(segs[i], "lora_", 5) == 0)
-            return lora_seterr(err, LORA_EINPUT,
-                               "key \"%s\": \"%s\" is not a LoRA tensor this tool knows", key,
-                               segs[i]);
-
-    /* X.modules_to_save[.default].P: the trained copy that replaces X.P */
-    for (size_t i = 0; i < n; i++) {
-        if (strcmp(segs[i], "modules_to_save") != 0)
-            continue;
-        size_t t = i + 1;
-        if (t < n && strcmp(segs[t], "default") == 0)
+    int emb = is_seg(segs[i], "lora_embedding_A", "lora_embedding_B");
+    int lin = is_seg(segs[i], "lora_A", "lora_B");
+    int mag = strcmp(segs[i], "lora_magnitude_vector") == 0;
+    int isb = segs[i][strlen(segs[i]) - 1] == 'B';
+    size_t t = i + 1;
+    if (t < n && strcmp(segs[t], "default") == 0)
+        t++; /* the in-memory adapter name, lenient */
+    if (mag) {
+        if (t < n && strcmp(segs[t], "weight") == 0)
             t++;
-        if (i == 0 || t >= n)
-            return lora_seterr(err, LORA_EINPUT, "key \"%s\": cannot classify", key);
-        char *a = join(segs, 0, i, err), *b = a ? join(segs, t, n, err) : NULL;
-        if (!b) {
-            free(a);
-            return LORA_EIO;
-        }
-        size_t len = strlen(a) + strlen(b) + 2;
-        if ((*name = malloc(len)))
-            snprintf(*name, len, "%s.%s", a, b);
-        free(a);
-        free(b);
-        if (!*name)
-            return lora_oom(err);
-        *kind = LORA_KEY_SAVED;
-        return LORA_OK;
+        if (t != n)
+            return lora_seterr(err, LORA_EINPUT,
+                               "key \"%s\": cannot classify (expected "
+                               "lora_magnitude_vector[.default][.weight])", key);
+    } else if (lin) {
+        if (t + 1 == n && strcmp(segs[t], "bias") == 0)
+            return lora_seterr(err, LORA_EINPUT,
+                               "key \"%s\": a bias on lora_A/lora_B (lora_bias) is not supported",
+                               key);
+        if (!(t + 1 == n && strcmp(segs[t], "weight") == 0))
+            return lora_seterr(err, LORA_EINPUT,
+                               "key \"%s\": cannot classify (expected %s.weight)", key, segs[i]);
+    } else if (t != n) {
+        return lora_seterr(err, LORA_EINPUT,
+                           "key \"%s\": cannot classify (%s takes no suffix)", key, segs[i]);
     }
-    /* X.original_module.P and X.base_layer.P: frozen copies of the base,
-     * except X.base_layer.P of a module in modules_to_save: PEFT saves
-     * the wrapper's trained copy of a LoRA layer under that name (its
-     * modules_to_save.default part removed), and the whole copy trains */
-    for (size_t i = 0; i < n; i++) {
-        if (!is_seg(segs[i], "original_module", "base_layer"))
-            continue;
-        if (i == 0 || i + 1 >= n)
-            return lora_seterr(err, LORA_EINPUT, "key \"%s\": cannot classify", key);
-        char **v = malloc(n * sizeof *v);
-        if (!v)
-            return lora_oom(err);
-        size_t m = 0;
-        for (size_t j = 0; j < n; j++)
-            if (j != i)
-                v[m++] = segs[j];
-        *name = join(v, 0, m, err);
-        free(v);
-        if (!*name)
-            return LORA_EIO;
-        *kind = LORA_KEY_COPY;
-        if (strcmp(segs[i], "base_layer") == 0) {
-            char *mod = join(segs, 0, i, err);
-            if (!mod)
+    /* LoRA on the frozen copy that a modules_to_save wrapper keeps
+     * (X.original_module.lora_A): PEFT never runs it while the
+     * adapter is active, so it changes nothing */
+    for (size_t j = 0; j < i; j++)
+        if (strcmp(segs[j], "original_module") == 0) {
+            if (!(*name = join(segs, 0, n, err)))
                 return LORA_EIO;
-            if (lora_acfg_saves(c, mod))
-                *kind = LORA_KEY_SAVED;
-            free(mod);
+            *kind = LORA_KEY_COPY;
+            return LORA_OK;
         }
-        return LORA_OK;
+    /* the module path, without a .base_layer. wrapper or the
+     * .modules_to_save.default. of the trained copy */
+    char **mod = malloc((i ? i : 1) * sizeof *mod);
+    if (!mod)
+        return lora_oom(err);
+    size_t m = 0;
+    for (size_t j = 0; j < i; j++) {
+        if (strcmp(segs[j], "modules_to_save") == 0) {
+            if (j + 1 < i && strcmp(segs[j + 1], "default") == 0)
+                j++;
+            continue;
+        }
+        if (strcmp(segs[j], "base_layer") != 0)
+            mod[m++] = segs[j];
     }
+    if (m == 0) {
+        free(mod);
+        return lora_seterr(err, LORA_EINPUT, "key \"%s\": no module path", key);
+    }
+    *name = join(mod, 0, m, err);
+    free(mod);
+    if (!*name)
+        return LORA_EIO;
+    *kind = mag ? LORA_KEY_MAG
+                : emb ? (isb ? LORA_KEY_EMB_B : LORA_KEY_EMB_A) : (isb ? LORA_KEY_B : LORA_KEY_A);
+    return LORA_OK;
+}
 
-    /* A plain path: a modules_to_save tensor, or a trained bias. */
+/* X.modules_to_save[.default].P: the trained copy that replaces X.P */
+static int classify_saved_copy(const char *key, char **segs, size_t n, size_t i, int *kind,
+                               char **name, lora_error *err)
+{
+    size_t t = i + 1;
+    if (t < n && strcmp(segs[t], "default") == 0)
+        t++;
+    if (i == 0 || t >= n)
+        return lora_seterr(err, LORA_EINPUT, "key \"%s\": cannot classify", key);
+    char *a = join(segs, 0, i, err), *b = a ? join(segs, t, n, err) : NULL;
+    if (!b) {
+        free(a);
+        return LORA_EIO;
+    }
+    size_t len = strlen(a) + strlen(b) + 2;
+    if ((*name = malloc(len)))
+        snprintf(*name, len, "%s.%s", a, b);
+    free(a);
+    free(b);
+    if (!*name)
+        return lora_oom(err);
+    *kind = LORA_KEY_SAVED;
+    return LORA_OK;
+}
+
+/* X.original_module.P and X.base_layer.P: frozen copies of the base,
+ * except X.base_layer.P of a module in modules_to_save: PEFT saves
+ * the wrapper's trained copy of a LoRA layer under that name (its
+ * modules_to_save.default part removed), and the whole copy trains */
+static int classify_frozen(const lora_acfg *c, const char *key, char **segs, size_t n, size_t i,
+                           int *kind, char **name, lora_error *err)
+{
+    if (i == 0 || i + 1 >= n)
+        return lora_seterr(err, LORA_EINPUT, "key \"%s\": cannot classify", key);
+    char **v = malloc(n * sizeof *v);
+    if (!v)
+        return lora_oom(err);
+    size_t m = 0;
+    for (size_t j = 0; j < n; j++)
+        if (j != i)
+            v[m++] = segs[j];
+    *name = join(v, 0, m, err);
+    free(v);
+    if (!*name)
+        return LORA_EIO;
+    *kind = LORA_KEY_COPY;
+    if (strcmp(segs[i], "base_layer") == 0) {
+        char *mod = join(segs, 0, i, err);
+        if (!mod)
+            return LORA_EIO;
+        if (lora_acfg_saves(c, mod))
+            *kind = LORA_KEY_SAVED;
+        free(mod);
+    }
+    return LORA_OK;
+}
+
+/* A plain path: a modules_to_save tensor, or a trained bias. */
+static int classify_plain(const lora_acfg *c, const char *key, char **segs, size_t n, int *kind,
+                          char **name, lora_error *err)
+{
     if (n < 2)
         return lora_seterr(err, LORA_EINPUT,
                            "key \"%s\": cannot classify (not a lora_A/lora_B tensor)", key);
@@ -215,6 +206,33 @@ static int classify(const lora_acfg *c, const char *key, char **segs, size_t n, 
         return LORA_EIO;
     *kind = LORA_KEY_SAVED;
     return LORA_OK;
+}
+
+static int classify(const lora_acfg *c, const char *key, char **segs, size_t n, int *kind,
+                    char **name, lora_error *err)
+{
+    for (size_t i = 0; i < n; i++)
+        if (segs[i][0] == '\0')
+            return lora_seterr(err, LORA_EINPUT, "key \"%s\": empty name part", key);
+    /* lora_A / lora_B / lora_embedding_A / lora_embedding_B, and DoRA's
+     * lora_magnitude_vector (PEFT saves it bare; in-memory state dicts
+     * add .default and/or .weight) */
+    for (size_t i = 0; i < n; i++)
+        if (is_seg(segs[i], "lora_embedding_A", "lora_embedding_B") ||
+            is_seg(segs[i], "lora_A", "lora_B") || strcmp(segs[i], "lora_magnitude_vector") == 0)
+            return classify_lora(key, segs, n, i, kind, name, err);
+    for (size_t i = 0; i < n; i++)
+        if (strncmp(segs[i], "lora_", 5) == 0)
+            return lora_seterr(err, LORA_EINPUT,
+                               "key \"%s\": \"%s\" is not a LoRA tensor this tool knows", key,
+                               segs[i]);
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(segs[i], "modules_to_save") == 0)
+            return classify_saved_copy(key, segs, n, i, kind, name, err);
+    for (size_t i = 0; i < n; i++)
+        if (is_seg(segs[i], "original_module", "base_layer"))
+            return classify_frozen(c, key, segs, n, i, kind, name, err);
+    return classify_plain(c, key, segs, n, kind, name, err);
 }
 
 int lora_adapter_classify_key(const lora_acfg *c, const char *key, int *kind, char **name,
@@ -617,7 +635,7 @@ int lora_adapter_open(const char *path, lora_adapter **out, lora_error *err)
     *out = NULL;
     struct stat sb;
     if (stat(path, &sb) != 0)
-        return lora_seterr_errno(err, errno == ENOENT || errno == ENOTDIR ? LORA_EINPUT : LORA_EIO, errno, "%s", path);
+        return lora_seterr_path(err, errno, 0, path);
     if (!S_ISDIR(sb.st_mode))
         return lora_seterr(err, LORA_EINPUT,
                            "%s: not an adapter folder (expected a folder holding "
@@ -822,12 +840,6 @@ static int bind(lora_adapter *ad, const lora_ckpt *base, int allow_tied, lora_er
     for (size_t i = 0; i < ad->n_modules; i++) {
         lora_module *m = &ad->modules[i];
         m->tied_head = 0;
-        if (m->magnitude)
-            return lora_seterr(err, LORA_EINPUT,
-                               "module %s: a DoRA module (lora_magnitude_vector): merging or "
-                               "applying DoRA, W' = (m / ||W0 + dW||) * (W0 + dW) per output "
-                               "row, is not implemented",
-                               m->name);
         if (m->r != m->config_r)
             return lora_seterr(err, LORA_EINPUT,
                                "module %s: its tensors have rank %llu but the config gives r=%llu",

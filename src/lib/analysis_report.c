@@ -312,6 +312,10 @@ static int analyze_amplification(lora_adapter *ad, const lora_analysis_opts *o, 
             return lora_seterr(err, LORA_EINPUT, "%s: base tensor %s of a GGUF base has its rows "
                                "permuted by llama.cpp's converter: the amplification needs the "
                                "Hugging Face checkpoint", m->name, m->target);
+        if (m->magnitude) /* DoRA also rescales each row of W0 + dW: dW alone is not its update */
+            return lora_seterr(err, LORA_EINPUT, "%s: a DoRA module: the amplification of W by "
+                               "dW does not describe it (DoRA rescales every output row too)",
+                               m->name);
         lora_amplification a;
         if ((rc = lora_module_amplification(m, w, &a, err)) != LORA_OK)
             return rc;

@@ -63,7 +63,7 @@ static int src_load(srcfile *s, const char *name, const char *path, uint64_t lim
         return LORA_EIO;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return lora_seterr_errno(err, errno == ENOENT || errno == ENOTDIR ? LORA_EINPUT : LORA_EIO, errno, "%s", path);
+        return lora_seterr_path(err, errno, 0, path);
     struct stat sb;
     if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
         close(fd);
@@ -564,8 +564,11 @@ static int check_entry(struct archive_entry *e, const char *name, lora_error *er
 
 /* The file's bytes into private memory, all of them: a file that
  * shrinks or grows while it is read is refused. */
-static int read_private(int fd, const char *label, lora_archive_priv *pv, lora_error *err)
+int lora_archive_read_fd(int fd, const char *label, unsigned char **buf, size_t *len,
+                         lora_error *err)
 {
+    *buf = NULL;
+    *len = 0;
     struct stat sb;
     if (fstat(fd, &sb) != 0)
         return lora_seterr_errno(err, LORA_EIO, errno, "%s", label);
@@ -577,22 +580,30 @@ static int read_private(int fd, const char *label, lora_archive_priv *pv, lora_e
         return lora_seterr(err, LORA_EINPUT, "%s: %lld bytes, more than any archive may hold",
                            label, (long long)sb.st_size);
     size_t n = (size_t)sb.st_size, got = 0;
-    if (!(pv->file = malloc(n)))
+    unsigned char *p = malloc(n);
+    if (!p)
         return lora_oom(err);
-    while (got < n) {
-        ssize_t r = pread(fd, pv->file + got, n - got, (off_t)got);
+    int rc = LORA_OK;
+    while (!rc && got < n) {
+        ssize_t r = pread(fd, p + got, n - got, (off_t)got);
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0)
-            return lora_seterr_errno(err, LORA_EIO, errno, "%s: read", label);
-        if (r == 0)
-            return lora_seterr(err, LORA_EINPUT, "%s: the file shrank while it was read", label);
-        got += (size_t)r;
+            rc = lora_seterr_errno(err, LORA_EIO, errno, "%s: read", label);
+        else if (r == 0)
+            rc = lora_seterr(err, LORA_EINPUT, "%s: the file shrank while it was read", label);
+        else
+            got += (size_t)r;
     }
     char c;
-    if (pread(fd, &c, 1, (off_t)n) > 0)
-        return lora_seterr(err, LORA_EINPUT, "%s: the file grew while it was read", label);
-    pv->file_len = n;
+    if (!rc && pread(fd, &c, 1, (off_t)n) > 0)
+        rc = lora_seterr(err, LORA_EINPUT, "%s: the file grew while it was read", label);
+    if (rc) {
+        free(p);
+        return rc;
+    }
+    *buf = p;
+    *len = n;
     return LORA_OK;
 }
 
@@ -893,17 +904,43 @@ static int archive_done(lora_archive *ar, int rc, lora_archive **out, lora_error
     return LORA_OK;
 }
 
-int lora_archive_open_fd(int fd, const char *label, const lora_pubkey *keys, size_t nkeys,
-                         int flags, lora_archive **out, lora_error *err)
+int lora_archive_open_owned(unsigned char **buf, size_t len, const char *label,
+                            const lora_pubkey *keys, size_t nkeys, int flags, lora_archive **out,
+                            lora_error *err)
 {
     lora_archive *ar;
     int rc = archive_new(label, nkeys, flags, &ar, err);
     if (rc)
         return rc;
-    rc = read_private(fd, label, ar->priv, err);
-    if (!rc)
-        rc = verify_bytes(ar, keys, nkeys, flags, err);
+    lora_archive_priv *pv = ar->priv;
+    pv->file = *buf;
+    pv->file_len = len;
+    rc = verify_bytes(ar, keys, nkeys, flags, err);
+    if (rc) { /* the bytes stay the caller's */
+        if (pv->tar == pv->file)
+            pv->tar = NULL;
+        pv->file = NULL;
+    } else {
+        *buf = NULL;
+    }
     return archive_done(ar, rc, out, err);
+}
+
+int lora_archive_open_fd(int fd, const char *label, const lora_pubkey *keys, size_t nkeys,
+                         int flags, lora_archive **out, lora_error *err)
+{
+    *out = NULL;
+    if (!(flags & LORA_ARCHIVE_NO_VERIFY) && nkeys == 0)
+        return lora_seterr(err, LORA_EUSAGE, "%s: no public key to verify the archive with", label);
+    unsigned char *buf;
+    size_t len;
+    int rc = lora_archive_read_fd(fd, label, &buf, &len, err);
+    if (!rc)
+        rc = lora_archive_open_owned(&buf, len, label, keys, nkeys, flags, out, err);
+    else if (!strstr(err ? err->msg : "", label))
+        lora_err_prefix(err, "%s", label);
+    free(buf);
+    return rc;
 }
 
 int lora_archive_open_memory(const void *buf, size_t len, const char *label,
@@ -935,7 +972,7 @@ int lora_archive_open(const char *path, const lora_pubkey *keys, size_t nkeys, i
         return lora_seterr(err, LORA_EUSAGE, "%s: no public key to verify the archive with", path);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return lora_seterr_errno(err, errno == ENOENT || errno == ENOTDIR ? LORA_EINPUT : LORA_EIO, errno, "%s", path);
+        return lora_seterr_path(err, errno, 0, path);
     int rc = lora_archive_open_fd(fd, path, keys, nkeys, flags, out, err);
     close(fd);
     return rc;

@@ -442,10 +442,7 @@ int lora_ckpt_open(const char *path, lora_ckpt **out, lora_error *err)
     *out = NULL;
     struct stat sb;
     if (stat(path, &sb) != 0)
-        return lora_seterr_errno(err, errno == ENOENT || errno == ENOTDIR || errno == EACCES
-                                          ? LORA_EINPUT
-                                          : LORA_EIO,
-                                 errno, "%s", path);
+        return lora_seterr_path(err, errno, LORA_PATH_EACCES_INPUT, path);
     lora_ckpt *ck = calloc(1, sizeof *ck);
     if (!ck)
         return lora_oom(err);

@@ -65,6 +65,13 @@ int lora_seterr_errno(lora_error *err, int code, int errno_value, const char *fm
     return code;
 }
 
+int lora_seterr_path(lora_error *err, int errno_value, int flags, const char *path)
+{
+    int input = errno_value == ENOENT || errno_value == ENOTDIR ||
+                (errno_value == EACCES && (flags & LORA_PATH_EACCES_INPUT));
+    return lora_seterr_errno(err, input ? LORA_EINPUT : LORA_EIO, errno_value, "%s", path);
+}
+
 int lora_err_prefix(lora_error *err, const char *fmt, ...)
 {
     if (!err)
@@ -113,8 +120,7 @@ int lora_read_file(const char *path, size_t max, char **buf, size_t *len, lora_e
      * check below instead of blocking the open. */
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0)
-        return lora_seterr_errno(err, errno == ENOENT || errno == ENOTDIR ? LORA_EINPUT : LORA_EIO, errno,
-                                 "%s", path);
+        return lora_seterr_path(err, errno, 0, path);
     struct stat sb;
     if (fstat(fd, &sb) != 0) {
         int e = errno;

@@ -11,6 +11,7 @@
  * argmax, ties to the lowest id.
  */
 #include "internal.h"
+#include "dora.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -778,6 +779,31 @@ void lora_recovery_free(lora_recovery *r, size_t n)
     free(r);
 }
 
+/* --check-recovery of a DoRA module: merged as lora-merge does it, then
+ * unmerged with the norms and corrections a receipt would keep. */
+static int dora_roundtrip(const lora_tensor *t, const void *src, const lora_module *mod,
+                          void *merged, void *back, lora_fixes *fixes, int nthreads,
+                          lora_error *err)
+{
+    double *norm = malloc((size_t)mod->out * sizeof *norm);
+    if (!norm)
+        return lora_oom(err);
+    lora_dora_job j = {.name = t->name, .in_dt = t->dtype, .out_dt = t->dtype,
+                       .rows = t->shape[0], .cols = t->shape[1], .src = src, .dst = merged,
+                       .m = mod, .norm = norm, .out_fixes = fixes,
+                       .nthreads = nthreads};
+    int rc = lora_dora_merge(&j, err);
+    if (rc == LORA_OK) {
+        j.src = merged;
+        j.dst = back;
+        j.out_fixes = NULL;
+        j.fixes = fixes;
+        rc = lora_dora_unmerge(&j, err);
+    }
+    free(norm);
+    return rc;
+}
+
 int lora_eval_check_recovery(const lora_ckpt *base, lora_adapter *ad, int nthreads,
                              lora_recovery **out, size_t *n, lora_error *err)
 {
@@ -812,12 +838,15 @@ int lora_eval_check_recovery(const lora_ckpt *base, lora_adapter *ad, int nthrea
         void *hf = NULL; /* a GGUF base's q/k in Hugging Face row order, as B */
         rc = lora_ckpt_hf_rows(base, t, &hf, err);
         const unsigned char *w0 = hf ? hf : t->data;
-        if (rc == LORA_OK)
+        if (rc == LORA_OK && mod->magnitude) {
+            rc = dora_roundtrip(t, w0, mod, merged, back, &fixes, nthreads, err);
+        } else if (rc == LORA_OK) {
             rc = lora_tensor_merge(t->dtype, t->dtype, t->shape[0], t->shape[1], w0, merged,
                                    &term, 1, LORA_ROUND_NEAREST, nthreads, &fixes, &st, err);
-        if (rc == LORA_OK)
-            rc = lora_tensor_unmerge(t->dtype, t->dtype, t->shape[0], t->shape[1], merged, back,
-                                     &term, 1, &fixes, NULL, nthreads, &st, err);
+            if (rc == LORA_OK)
+                rc = lora_tensor_unmerge(t->dtype, t->dtype, t->shape[0], t->shape[1], merged, back,
+                                         &term, 1, &fixes, NULL, nthreads, &st, err);
+        }
         if (rc == LORA_OK) {
             /* bytes, not values: -0 against +0 or one NaN payload against
              * another is not recovery */
@@ -853,7 +882,7 @@ int lora_eval_check_recovery(const lora_ckpt *base, lora_adapter *ad, int nthrea
  * adapter must be found in the registry before anything is run (a
  * PEFT folder or an unregistered archive would waste the run).  The
  * row is found the way lora_adapter_load finds the adapter: task: by
- * lora_registry_resolve (the same choice), reg: by name@version, and
+ * lora_registry_resolve (the same choice), reg: by name[@version], and
  * an archive file by the BLAKE2b-256 of its bytes (the registry's
  * content address). */
 int lora_eval_registered(lora_registry *reg, const char *spec, lora_reg_adapter **out,
@@ -868,8 +897,8 @@ int lora_eval_registered(lora_registry *reg, const char *spec, lora_reg_adapter 
             return lora_seterr(err, LORA_EUSAGE, "task: names no task");
         rc = lora_registry_resolve(reg, spec + 5, NULL, NULL, out, err);
     } else if (strncmp(spec, "reg:", 4) == 0) {
-        if (!strchr(spec + 4, '@'))
-            return lora_seterr(err, LORA_EUSAGE, "reg: needs NAME@VERSION (or task:TASK)");
+        /* without @VERSION the newest, as loading takes it (the caller
+         * loads the row found here, reg:NAME@VERSION) */
         rc = lora_registry_get(reg, spec + 4, 0, out, err);
     } else {
         struct stat sb;

@@ -542,9 +542,7 @@ int lora_gguf_open(const char *path, lora_gguf **out, lora_error *err)
     g->fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (g->fd < 0) {
         int e = errno;
-        rc = lora_seterr_errno(err, e == ENOENT || e == EACCES || e == ENOTDIR ? LORA_EINPUT
-                                                                              : LORA_EIO,
-                               e, "%s", path);
+        rc = lora_seterr_path(err, e, LORA_PATH_EACCES_INPUT, path);
         goto fail;
     }
     if (fstat(g->fd, &sb) != 0) {

@@ -16,8 +16,9 @@
  *
  * llama.cpp's converter permutes the rows of the llama family's q and
  * k projections (LlamaModel.permute: rotate-half order to interleaved
- * pairs, per head).  A merge into such a tensor uses B with its rows
- * permuted the same way (lora_gguf_merge_prepare), so each element is
+ * pairs, per head).  A merge into such a tensor uses B (and DoRA's
+ * magnitudes) with its rows permuted the same way (lora_gguf_merge_prepare),
+ * so each element is
  * the very sum a merge into the safetensors base computes for the row
  * it came from: merging and then converting gives the same bytes as
  * converting and then merging.  The base identity (baseid.c) hashes
@@ -45,9 +46,9 @@
 
 typedef struct swap {
     lora_module *m;
-    const lora_tensor *orig;
-    lora_tensor perm;
-    void *data;
+    const lora_tensor *orig, *orig_mag;
+    lora_tensor perm, perm_mag;   /* B and DoRA's magnitudes, rows permuted */
+    void *data, *mag_data;
 } swap;
 
 typedef struct gview {
@@ -69,7 +70,10 @@ static void gview_free(void *p)
         return;
     for (size_t i = 0; i < v->nswaps; i++) { /* the adapters outlive the base */
         v->swaps[i]->m->B = v->swaps[i]->orig;
+        if (v->swaps[i]->orig_mag)
+            v->swaps[i]->m->magnitude = v->swaps[i]->orig_mag;
         free(v->swaps[i]->data);
+        free(v->swaps[i]->mag_data);
         free(v->swaps[i]);
     }
     free(v->swaps);
@@ -349,10 +353,27 @@ static int permute_b(gview *v, lora_module *m, uint64_t heads, const char *tname
                                                  m->name, lora_dtype_name(m->B->dtype));
     }
     int rc = lora_gguf_permute_rows(s->data, m->B->data, m->out, m->r, es, heads, 0, err);
+    const lora_tensor *mg = m->magnitude; /* DoRA: one magnitude per output row */
+    size_t ms = mg ? lora_dtype_bits(mg->dtype) / 8 : 0;
+    if (!rc && mg && (mg->numel != m->out || !ms))
+        rc = lora_seterr(err, LORA_EINPUT, "module %s: magnitude vector of %llu values for %llu "
+                         "rows", m->name, (unsigned long long)mg->numel,
+                         (unsigned long long)m->out);
+    if (!rc && mg && !(s->mag_data = malloc((size_t)mg->nbytes)))
+        rc = lora_oom(err);
+    if (!rc && mg)
+        rc = lora_gguf_permute_rows(s->mag_data, mg->data, m->out, 1, ms, heads, 0, err);
     if (rc) {
         free(s->data);
+        free(s->mag_data);
         free(s);
         return lora_err_prefix(err, "module %s: base tensor %s", m->name, tname);
+    }
+    if (mg) {
+        s->orig_mag = mg;
+        s->perm_mag = *mg;
+        s->perm_mag.data = s->mag_data;
+        m->magnitude = &s->perm_mag;
     }
     s->m = m;
     s->orig = m->B;

@@ -98,8 +98,7 @@ int lora_hash_file(const char *path, size_t outlen, unsigned char *out, uint64_t
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return lora_seterr_errno(err, errno == ENOENT || errno == ENOTDIR ? LORA_EINPUT : LORA_EIO, errno, "%s",
-                                 path);
+        return lora_seterr_path(err, errno, 0, path);
     struct stat sb;
     if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
         close(fd);

@@ -624,12 +624,10 @@ static json_t *jratio(uint64_t a, uint64_t b)
     return b ? json_real((double)a / (double)b) : json_null();
 }
 
-static json_t *build_json(const lora_report *rep, int tensors)
+/* What the adapter is: its config, scales and the targets matched. */
+static void json_config(json_t *o, const lora_report *rep)
 {
     const lora_adapter *ad = rep->ad;
-    json_t *o = json_object();
-    if (!o)
-        return NULL;
     json_object_set_new(o, "adapter", jstr(ad->path));
     json_object_set_new(o, "base_model", jstr(ad->base_model));
     json_object_set_new(o, "peft_version", jstr(ad->peft_version));
@@ -661,6 +659,12 @@ static json_t *build_json(const lora_report *rep, int tensors)
         json_array_append_new(tg, json_pack("{s:s, s:I}", "target", rep->targets[i].entry,
                                             "modules", (json_int_t)rep->targets[i].modules));
     json_object_set_new(o, "targets_matched", tg);
+}
+
+/* Counts and sizes, dtypes, modules_to_save. */
+static void json_sizes(json_t *o, const lora_report *rep)
+{
+    const lora_adapter *ad = rep->ad;
     json_object_set_new(o, "untargeted_modules", json_integer((json_int_t)rep->n_untargeted));
     json_object_set_new(o, "modules", json_integer((json_int_t)rep->n_modules));
     json_object_set_new(o, "trainable_parameters", json_integer((json_int_t)rep->trainable_params));
@@ -684,6 +688,11 @@ static json_t *build_json(const lora_report *rep, int tensors)
                                             (json_int_t)ad->saved[i].t->numel));
     json_object_set_new(o, "modules_to_save", sv);
     json_object_set_new(o, "copies_ignored", json_integer((json_int_t)rep->n_copies));
+}
+
+/* One entry per module. */
+static void json_module_list(json_t *o, const lora_report *rep)
+{
     json_t *ml = json_array();
     for (size_t i = 0; i < rep->n_modules; i++) {
         const lora_report_module *rm = &rep->modules[i];
@@ -702,6 +711,11 @@ static json_t *build_json(const lora_report *rep, int tensors)
         json_array_append_new(ml, mo);
     }
     json_object_set_new(o, "module_list", ml);
+}
+
+/* Against the base (--base), or null. */
+static void json_base(json_t *o, const lora_report *rep)
+{
     if (rep->has_base)
         json_object_set_new(
             o, "base",
@@ -713,6 +727,11 @@ static json_t *build_json(const lora_report *rep, int tensors)
                       jratio(rep->lora_params, rep->adapted_params)));
     else
         json_object_set_new(o, "base", json_null());
+}
+
+/* The problems found, with their counts. */
+static void json_problems(json_t *o, const lora_report *rep)
+{
     json_t *pr = json_array();
     for (size_t i = 0; i < rep->n_problems; i++) {
         const lora_problem *p = &rep->problems[i];
@@ -723,17 +742,34 @@ static json_t *build_json(const lora_report *rep, int tensors)
     json_object_set_new(o, "problems", pr);
     json_object_set_new(o, "errors", json_integer((json_int_t)rep->n_errors));
     json_object_set_new(o, "warnings", json_integer((json_int_t)rep->n_warnings));
-    if (tensors) {
-        json_t *ts = json_array();
-        for (size_t i = 0; i < rep->n_tensors; i++) {
-            const lora_report_tensor *rt = &rep->tensors[i];
-            json_array_append_new(
-                ts, json_pack("{s:s, s:s, s:o, s:I, s:s, s:o}", "name", rt->t->name, "dtype",
-                              lora_dtype_name(rt->t->dtype), "shape", jshape(rt->t), "bytes",
-                              (json_int_t)rt->t->nbytes, "role", rt->role, "of", jstr(rt->owner)));
-        }
-        json_object_set_new(o, "tensors", ts);
+}
+
+/* Every tensor of the file (--tensors). */
+static void json_tensors(json_t *o, const lora_report *rep)
+{
+    json_t *ts = json_array();
+    for (size_t i = 0; i < rep->n_tensors; i++) {
+        const lora_report_tensor *rt = &rep->tensors[i];
+        json_array_append_new(
+            ts, json_pack("{s:s, s:s, s:o, s:I, s:s, s:o}", "name", rt->t->name, "dtype",
+                          lora_dtype_name(rt->t->dtype), "shape", jshape(rt->t), "bytes",
+                          (json_int_t)rt->t->nbytes, "role", rt->role, "of", jstr(rt->owner)));
     }
+    json_object_set_new(o, "tensors", ts);
+}
+
+static json_t *build_json(const lora_report *rep, int tensors)
+{
+    json_t *o = json_object();
+    if (!o)
+        return NULL;
+    json_config(o, rep);
+    json_sizes(o, rep);
+    json_module_list(o, rep);
+    json_base(o, rep);
+    json_problems(o, rep);
+    if (tensors)
+        json_tensors(o, rep);
     return o;
 }
 

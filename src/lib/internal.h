@@ -25,6 +25,12 @@ int lora_seterr(lora_error *err, int code, const char *fmt, ...) LORA_PRINTF(3, 
 /* Same, appending ": strerror(errno_value)". */
 int lora_seterr_errno(lora_error *err, int code, int errno_value, const char *fmt, ...)
     LORA_PRINTF(4, 5);
+/* "PATH: strerror(errno_value)" for a path that could not be opened or
+ * stat'ed: a missing path or a file where a folder should be is bad input
+ * (LORA_EINPUT), and so is EACCES when LORA_PATH_EACCES_INPUT is in
+ * flags; anything else is an I/O failure (LORA_EIO).  Returns the code. */
+#define LORA_PATH_EACCES_INPUT 0x1
+int lora_seterr_path(lora_error *err, int errno_value, int flags, const char *path);
 /* Prefix the existing message with "context: " (keeps the code). */
 int lora_err_prefix(lora_error *err, const char *fmt, ...) LORA_PRINTF(2, 3);
 /* LORA_EIO "out of memory" */
@@ -70,6 +76,18 @@ int lora_fsync_dir_of(const char *path, lora_error *err);
 void lora_tmp_track(const char *path, int is_dir);
 void lora_tmp_forget(const char *path);
 void lora_tmp_unlink(const char *path);
+
+/* The whole of an archive file read once into private memory (archive.c):
+ * a regular file, not empty, within the archive size limit, not growing
+ * or shrinking while read.  *buf is malloc'd. */
+int lora_archive_read_fd(int fd, const char *label, unsigned char **buf, size_t *len,
+                         lora_error *err);
+/* lora_archive_open_memory without the copy: on success the archive owns
+ * *buf (set to NULL); on failure *buf stays the caller's, so that it can
+ * still tell what those bytes are (registry_serve.c). */
+int lora_archive_open_owned(unsigned char **buf, size_t len, const char *label,
+                            const lora_pubkey *keys, size_t nkeys, int flags, lora_archive **out,
+                            lora_error *err);
 
 /* The strict tar layout of a .lora archive (archive_tar.c): regular
  * files only (each with at most one pax header of known keywords),
@@ -202,6 +220,16 @@ const lora_tensor *lora_untie_source(const lora_merge_adapter *add, size_t nadd,
 int lora_untie_bind(lora_merge_adapter *add, size_t nadd, const lora_ckpt *ck, int folder,
                     lora_error *err);
 int lora_untie_config(const char *dir, lora_error *err);
+/* The output folder's config.json (config_edit.c), keys changed in place
+ * (every other key kept, in order): tie_word_embeddings false; the dtype
+ * keys (torch_dtype, and dtype where present) set to DT's torch name
+ * ("bfloat16"), nothing done without a config.json.  read gives its
+ * text (NULL without one); write puts TEXT back verbatim. */
+int lora_config_set_untied(const char *dir, lora_error *err);
+int lora_config_set_dtype(const char *dir, lora_dtype dt, lora_error *err);
+const char *lora_torch_dtype_name(lora_dtype dt);
+int lora_config_read(const char *dir, char **text, lora_error *err);
+int lora_config_write(const char *dir, const char *text, lora_error *err);
 /* For an lm_head module whose base has no lm_head.weight: the input
  * embedding of the head's shape it is tied to (tie_word_embeddings), or
  * NULL when the head is not tied that way. */

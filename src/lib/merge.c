@@ -15,6 +15,7 @@
 
 #include <stdint.h>
 #include "mergecore.h"
+#include "dora.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -95,6 +96,8 @@ void lora_adapter_digest(const lora_adapter *ad, unsigned char out[32])
         crypto_generichash_update(&h, sc, 8);
         crypto_generichash_update(&h, m->A->data, (size_t)m->A->nbytes);
         crypto_generichash_update(&h, m->B->data, (size_t)m->B->nbytes);
+        if (m->magnitude) /* DoRA: the magnitudes are part of what was merged */
+            crypto_generichash_update(&h, m->magnitude->data, (size_t)m->magnitude->nbytes);
     }
     crypto_generichash_final(&h, out, 32);
 }
@@ -133,6 +136,9 @@ struct run {
     size_t only;               /* the one shard --shard names, SIZE_MAX for all */
     char *tmpdir;              /* staged folder output (stage_output) */
     char *stage;               /* staged file output */
+    /* --convert-all: the input's config.json, recorded in lora_merges;
+     * and the one an undone converting merge recorded, put back */
+    char *config_orig, *config_was;
 };
 
 static int push_base(struct basepairs *B, const char *name, const unsigned char h[32],
@@ -478,13 +484,43 @@ struct tstate {
     lora_dtype src_dt;
     lora_tensor_report tr;
     unsigned char base_hash[32];   /* of W0 */
+    int odora, ndora;              /* the step takes a DoRA module out / puts one in (dora.c) */
 };
 
 /* A tensor no adapter changes: its bytes copied (--dtype applies to
  * changed tensors only). */
+/* Does --convert-all change untouched tensor T (a floating one in
+ * another dtype)? */
+static int converts(const struct run *R, const lora_tensor *t)
+{
+    return R->o->convert_all && R->o->dtype != LORA_DT_INVALID && t->dtype != R->o->dtype &&
+           (lora_dtype_writable(t->dtype) || t->dtype == LORA_DT_F64);
+}
+
+/* An untouched tensor --convert-all changes: converted (a value beyond
+ * the dtype refused as a merged one is), its original bytes kept in the
+ * receipt as a replaced tensor's are, so that an unmerge writes them
+ * back (a narrowing loses bits no arithmetic recovers; lora-receipt(5)). */
+static int convert_untouched(struct run *R, const lora_tensor *t, lora_error *err)
+{
+    unsigned char h[32];
+    int rc = LORA_OK;
+    R->res->converted_tensors++;
+    if (R->rout && ((rc = lora_receipt_add_saved(R->rout, t->name, t->dtype, t->ndim, t->shape,
+                                                 t->data, t->nbytes, h, err)) ||
+                    (rc = push_base(&R->rec, t->name, h, err))))
+        return rc;
+    if (R->w && (rc = convert_copy(R, t, t->data, t->dtype, R->o->dtype, t->name, err)))
+        return rc;
+    progress(R, t->nbytes);
+    return LORA_OK;
+}
+
 static int copy_untouched(struct run *R, const lora_tensor *t, int fd, lora_error *err)
 {
     R->res->copied_tensors++;
+    if (converts(R, t))
+        return convert_untouched(R, t, err);
     if (R->w) {
         int rc = lora_stw_copy(R->w, t->name, fd, t->offset, err);
         if (rc)
@@ -534,6 +570,44 @@ static void judge_unmerge(struct run *R, struct tstate *S, const lora_merge_stat
     R->res->nonfinite += ust->nonfinite;
     if (ust->max_ulps > R->res->max_ulps)
         R->res->max_ulps = ust->max_ulps;
+}
+
+/* DoRA (dora.c): which steps take a DoRA module out or put one in,
+ * checked before any work.  A DoRA merge is undone only with the row
+ * norms its receipt keeps. */
+static int dora_steps(const struct run *R, struct tstate *S, lora_error *err)
+{
+    if ((S->odora = lora_terms_dora(S->oldt, S->nold, S->t->name, err)) < 0)
+        return -S->odora;
+    if ((S->ndora = lora_terms_dora(S->newt, S->nnew, S->t->name, err)) < 0)
+        return -S->ndora;
+    if (S->rt && S->odora != S->rt->dora)
+        return lora_seterr(err, LORA_EINPUT, "%s: the receipt says it was merged %s DoRA, but "
+                           "module %s is %sa DoRA module", S->t->name,
+                           S->rt->dora ? "with" : "without", S->oldt[0].module->name,
+                           S->odora ? "" : "not ");
+    if (S->odora && !S->rt)
+        return lora_seterr(err, LORA_EINPUT,
+                           "%s: merged with DoRA module %s: without the merge receipt W0 cannot "
+                           "be known (the merge rescaled each output row by m / ||W0 + dW||, "
+                           "which the merged weights do not record); give the receipt%s",
+                           S->t->name, S->oldt[0].module->name,
+                           R->rin ? "" : " (--receipt)");
+    return LORA_OK;
+}
+
+static int dora_unmerge(struct run *R, const struct tstate *S, const lora_tjob *j,
+                        lora_error *err)
+{
+    uint64_t out = S->oldt[0].module->out;
+    double *norm = malloc((size_t)out * sizeof *norm);
+    if (!norm)
+        return lora_oom(err);
+    int rc = lora_receipt_dora_norms(R->rin, S->rti, norm, out, err);
+    if (!rc)
+        rc = lora_dora_run(j, norm, lora_engine_threads(R->eng), err);
+    free(norm);
+    return rc;
 }
 
 /* Take the old adapters out of S->t: W0 goes to the output, or to
@@ -587,7 +661,7 @@ static int unmerge_step(struct run *R, struct tstate *S, lora_error *err)
         j.sink = R->w ? sink_stw : sink_null;
         j.sink_arg = R->w ? R : NULL;
     }
-    int rc = lora_engine_run(R->eng, &j, err);
+    int rc = S->odora ? dora_unmerge(R, S, &j, err) : lora_engine_run(R->eng, &j, err);
     if (rc)
         return rc;
     judge_unmerge(R, S, &ust, in_hash, out_hash, j.ref != NULL);
@@ -602,7 +676,8 @@ static int unmerge_step(struct run *R, struct tstate *S, lora_error *err)
 /* The receipt's entry for a tensor merge_step wrote: its terms, both
  * hashes and the corrections in R->fixes. */
 static int record_tensor(struct run *R, const struct tstate *S, lora_dtype out_dt,
-                         const unsigned char merged_hash[32], lora_error *err)
+                         const unsigned char merged_hash[32], const double *norm,
+                         lora_error *err)
 {
     lora_receipt_term rterms[64];
     for (size_t k = 0; k < S->nnew; k++) {
@@ -624,6 +699,11 @@ static int record_tensor(struct run *R, const struct tstate *S, lora_dtype out_d
     memcpy(rt2.merged_hash, merged_hash, 32);
     rt2.terms = rterms;
     rt2.nterms = S->nnew;
+    if (norm) { /* a DoRA merge: its row norms (receipt version 4) */
+        rt2.dora = 1;
+        rt2.dora_norm = norm;
+        rt2.dora_length = 8 * S->newt[0].module->out;
+    }
     return lora_receipt_add_tensor(R->rout, &rt2, &R->fixes, err);
 }
 
@@ -654,15 +734,23 @@ static int merge_step(struct run *R, struct tstate *S, lora_error *err)
     j.out_fixes = &R->fixes;
     j.sink = R->w ? sink_stw : sink_null;
     j.sink_arg = R->w ? R : NULL;
-    int rc = lora_engine_run(R->eng, &j, err);
-    if (rc)
-        return rc;
-    if (!S->nold)
+    double *norm = NULL;
+    int rc;
+    if (S->ndora)
+        rc = !(norm = malloc((size_t)S->newt[0].module->out * sizeof *norm))
+                 ? lora_oom(err)
+                 : lora_dora_run(&j, norm, lora_engine_threads(R->eng), err);
+    else
+        rc = lora_engine_run(R->eng, &j, err);
+    if (!rc && !S->nold)
         memcpy(S->base_hash, in_hash, 32);
     S->tr.fixes = st.fixes;
     R->res->fixes += st.fixes;
     R->res->nonfinite += st.nonfinite;
-    return R->rout ? record_tensor(R, S, j.out_dt, merged_hash, err) : LORA_OK;
+    if (!rc && R->rout)
+        rc = record_tensor(R, S, j.out_dt, merged_hash, norm, err);
+    free(norm);
+    return rc;
 }
 
 /* The rules between modules_to_save and adapters on one tensor: a
@@ -711,6 +799,8 @@ static int do_tensor(struct run *R, const lora_tensor *t, int fd, lora_error *er
     S.src = t->data;
     S.src_dt = t->dtype;
     R->cur = t->name;
+    if ((rc = dora_steps(R, &S, err)))
+        return rc;
     if (S.nold && (rc = unmerge_step(R, &S, err)))
         return rc;
     if (S.nnew && (rc = merge_step(R, &S, err)))
@@ -772,6 +862,10 @@ static char *new_merges(struct run *R, lora_st *st)
                               R->add[a].spec);
         if (e && R->o->allow_nonfinite) /* values beyond the dtype may be written as ±inf */
             json_object_set_new(e, "allow_nonfinite", json_true());
+        if (e && R->o->convert_all) /* what only the receipt undoes, and the config it changed */
+            json_object_set_new(e, "convert_all", json_string(lora_dtype_name(R->o->dtype)));
+        if (e && R->config_orig && a == 0)
+            json_object_set_new(e, "config_json", json_string(R->config_orig));
         json_array_append_new(m, e);
     }
     char *s = json_array_size(m) ? json_dumps(m, JSON_COMPACT) : NULL;
@@ -797,6 +891,8 @@ static lora_dtype planned_dtype(struct run *R, const lora_tensor *t)
         return base;
     if (saved_for(R->add, R->nadd, t->name))
         return out_dtype(R, ks ? ks->dtype : t->dtype);
+    if (!ks && converts(R, t))
+        return R->o->dtype;
     return ks ? ks->dtype : t->dtype;
 }
 
@@ -1692,6 +1788,10 @@ static int finish_output(struct run *R, const char *out, lora_error *err)
             rc = write_index(R, R->tmpdir, err);
         if (!rc && R->untie)
             rc = lora_untie_config(R->tmpdir, err);
+        if (!rc && R->config_was)
+            rc = lora_config_write(R->tmpdir, R->config_was, err);
+        if (!rc && opts->convert_all)
+            rc = lora_config_set_dtype(R->tmpdir, opts->dtype, err);
     }
     if (!rc && R->only == SIZE_MAX && !opts->check_only)
         rc = check_restored(R, R->tmpdir ? R->tmpdir : R->stage, err);
@@ -1704,6 +1804,46 @@ static int finish_output(struct run *R, const char *out, lora_error *err)
     free(R->tmpdir);
     R->stage = R->tmpdir = NULL;
     return LORA_OK;
+}
+
+/* --convert-all: the config.json to record (a folder written).  An
+ * undone merge that converted: its recorded config.json to put back, and
+ * without its receipt a refusal (the original bytes of the converted
+ * tensors are only there). */
+static int conversions(struct run *R, int writing, lora_error *err)
+{
+    if (R->o->convert_all && R->folder && writing)
+        return lora_config_read(lora_ckpt_dir(R->ck), &R->config_orig, err);
+    if (!R->nundo)
+        return LORA_OK;
+    json_t *m = merges_of(lora_ckpt_shard(R->ck, 0)), *e;
+    size_t i;
+    int rc = LORA_OK;
+    json_array_foreach(m, i, e) {
+        const char *h = json_string_value(json_object_get(e, "blake2b"));
+        const char *to = json_string_value(json_object_get(e, "convert_all"));
+        const char *cfg = json_string_value(json_object_get(e, "config_json"));
+        int undone = 0;
+        for (size_t u = 0; h && u < R->nundo && !undone; u++) {
+            char hex[65];
+            sodium_bin2hex(hex, sizeof hex, R->undo_hash[u], 32);
+            undone = strcmp(hex, h) == 0;
+        }
+        if (!undone || !to)
+            continue;
+        if (!R->rin) {
+            rc = lora_seterr(err, LORA_EINPUT, "%s was merged with --convert-all (every tensor "
+                             "converted to %s): only its receipt restores the tensors no adapter "
+                             "changed; give --receipt", lora_ckpt_dir(R->ck), to);
+            break;
+        }
+        if (cfg && !R->config_was && !(R->config_was = lora_strdup(cfg, err))) {
+            rc = LORA_EIO;
+            break;
+        }
+    }
+    json_decref(m);
+    return rc;
 }
 
 /* Release R; after a failure, remove what was staged. */
@@ -1735,6 +1875,8 @@ static void run_free(struct run *R, int failed)
     free(R->chk.p);
     free(R->rec.p);
     free(R->in_index);
+    free(R->config_orig);
+    free(R->config_was);
 }
 
 int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
@@ -1756,6 +1898,8 @@ int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
         return lora_seterr(err, LORA_EUSAGE, "no adapter given");
     if (opts->dtype != LORA_DT_INVALID && !lora_dtype_writable(opts->dtype))
         return lora_seterr(err, LORA_EUSAGE, "--dtype must be F32, F16 or BF16");
+    if (opts->convert_all && (opts->dtype == LORA_DT_INVALID || nundo))
+        return lora_seterr(err, LORA_EUSAGE, "--convert-all needs --dtype, and no --unmerge");
     if (!out && !opts->check_only)
         return lora_seterr(err, LORA_EUSAGE, "no output given");
     int writing = out && !opts->check_only;
@@ -1775,6 +1919,8 @@ int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
         rc = bind_all(&R, err);
     if (!rc) /* a GGUF base's permuted q/k rows: B permuted alike (gguf_checkpoint.c) */
         rc = lora_gguf_merge_prepare(R.ck, undo, nundo, add, nadd, err);
+    if (!rc)
+        rc = conversions(&R, writing, err);
     if (!rc)
         rc = lora_engine_new(opts->nthreads, &R.eng, err);
     if (!rc)

@@ -849,8 +849,9 @@ static int merge_block(struct tjob *j, struct block *k)
 /* Unmerge of element x of the block: W0 from m - d, by the receipt's
  * bits when coded, then the correction at *fi when it is this
  * element's.  0, or -1 after tj_fail. */
-static int unmerge_one(struct tjob *j, struct block *k, size_t x, const lora_fixes *fx,
-                       size_t *fi, size_t fe, int coded, bitrd *rd, int fast)
+static inline __attribute__((always_inline)) int
+unmerge_one(struct tjob *j, struct block *k, size_t x, const lora_fixes *fx,
+            size_t *fi, size_t fe, int coded, bitrd *rd, int fast)
 {
     int ik = j->ik, ok = j->ok;
     uint64_t first = k->first;
@@ -1100,6 +1101,9 @@ int lora_engine_run(lora_engine *e, const lora_tjob *s, lora_error *err)
     for (size_t t = 0; t < s->nterms; t++) {
         const lora_module *m = s->terms[t].module;
         uint64_t rows = m->transpose ? m->in : m->out, cols = m->transpose ? m->out : m->in;
+        if (m->magnitude) /* never ΔW alone: dora.c merges DoRA modules */
+            return lora_seterr(err, LORA_EUSAGE, "%s: DoRA module %s: not a plain LoRA term",
+                               s->name, m->name);
         if (rows != s->rows || cols != s->cols)
             return lora_seterr(err, LORA_EINPUT,
                                "%s: adapter module %s is %llux%llu, the tensor is %llux%llu",

@@ -8,6 +8,7 @@
  * formats.md section 4 has the facts these files follow.
  */
 #include "model_internal.h"
+#include "dora.h"
 
 #include <cblas.h>
 #include <string.h>
@@ -32,7 +33,8 @@ void linop_free_adapter(linop *op)
     free(op->A);
     free(op->B);
     free(op->wm);
-    op->A = op->B = op->wm = NULL;
+    free(op->dora);
+    op->A = op->B = op->wm = op->dora = NULL;
     op->r = 0;
 }
 
@@ -183,6 +185,7 @@ static int decode_new(const lora_tensor *t, float **dst, lora_error *err)
 
 /* Below. */
 static int merged_weight(lora_model *m, const lora_module *mod, linop *op, lora_error *err);
+static int dora_factors(lora_model *m, const lora_module *mod, linop *op, lora_error *err);
 
 /* The op a module adapts: a projection of a block, the head (its own
  * lm_head.weight, or with tied embeddings the head alone: tied_head),
@@ -265,6 +268,8 @@ int lora_model_attach(lora_model *m, lora_adapter *ad, int want_merged, lora_err
         if ((rc = decode_new(mod->A, &op->A, err)) != LORA_OK ||
             (rc = decode_new(mod->B, &op->B, err)) != LORA_OK)
             goto fail;
+        if (mod->magnitude && (rc = dora_factors(m, mod, op, err)) != LORA_OK)
+            goto fail;
         if (want_merged && (rc = merged_weight(m, mod, op, err)) != LORA_OK)
             goto fail;
         m->n_adapted++;
@@ -281,8 +286,35 @@ fail:
 /* merged weights                                                       */
 /* ------------------------------------------------------------------ */
 
+/* A DoRA module at run time (PEFT's DoraLinearLayer.forward with the
+ * norm taken once, as for inference): y = f ⊙ (W0·x + s·B·(A·x)) + b
+ * with f[o] = m[o] / ||W0 + ΔW||[o] computed by dora.c in double from
+ * the checkpoint's W0 and the canonical delta, as lora-merge does, then
+ * kept as floats. */
+static int dora_factors(lora_model *m, const lora_module *mod, linop *op, lora_error *err)
+{
+    const lora_tensor *t = mod->tied_head ? NULL : lora_ckpt_find(m->ck, op->tensor, NULL);
+    if (!t || t->ndim != 2)
+        return lora_seterr(err, LORA_EINPUT, "module %s: a DoRA module on %s, which is not a "
+                           "matrix of the checkpoint (a head tied to the embeddings?): lora-eval "
+                           "does not apply DoRA there", mod->name, mod->target);
+    double *n = malloc((size_t)mod->out * sizeof *n), *f = malloc((size_t)mod->out * sizeof *f);
+    op->dora = malloc((size_t)mod->out * sizeof *op->dora);
+    int rc = !n || !f || !op->dora ? lora_oom(err) : LORA_OK;
+    if (!rc)
+        rc = lora_dora_norms(mod, t->dtype, t->shape[0], t->shape[1], t->data, n, 1, err);
+    if (!rc)
+        rc = lora_dora_factors(mod, n, f, err);
+    for (uint64_t o = 0; !rc && o < mod->out; o++)
+        op->dora[o] = (float)f[o];
+    free(n);
+    free(f);
+    return rc;
+}
+
 /* The weight lora-merge would write for W0 + ΔW, in the checkpoint's
- * dtype (same call, same rounding), decoded to F32. */
+ * dtype (same call, same rounding), decoded to F32; for a DoRA module
+ * f ⊙ (W0 + ΔW) through dora.c, again as lora-merge writes it. */
 static int merged_weight(lora_model *m, const lora_module *mod, linop *op, lora_error *err)
 {
     const lora_tensor *t = lora_ckpt_find(m->ck, op->tensor, NULL);
@@ -297,9 +329,18 @@ static int merged_weight(lora_model *m, const lora_module *mod, linop *op, lora_
     lora_term term = {mod, 1.0};
     void *hf = NULL; /* a GGUF base's q/k in Hugging Face row order, as B */
     int rc = lora_ckpt_hf_rows(m->ck, t, &hf, err);
-    if (rc == LORA_OK)
-        rc = lora_tensor_merge(t->dtype, t->dtype, t->shape[0], t->shape[1], hf ? hf : t->data,
-                               buf, &term, 1, LORA_ROUND_NEAREST, 1, NULL, NULL, err);
+    const void *w0 = hf ? hf : t->data;
+    if (rc == LORA_OK && mod->magnitude) {
+        double *norm = malloc((size_t)mod->out * sizeof *norm);
+        lora_dora_job j = {.name = t->name, .in_dt = t->dtype, .out_dt = t->dtype,
+                           .rows = t->shape[0], .cols = t->shape[1], .src = w0, .dst = buf,
+                           .m = mod, .norm = norm, .nthreads = 1};
+        rc = norm ? lora_dora_merge(&j, err) : lora_oom(err);
+        free(norm);
+    } else if (rc == LORA_OK) {
+        rc = lora_tensor_merge(t->dtype, t->dtype, t->shape[0], t->shape[1], w0, buf, &term, 1,
+                               LORA_ROUND_NEAREST, 1, NULL, NULL, err);
+    }
     free(hf);
     if (rc == LORA_OK)
         rc = lora_decode_f32(t->dtype, buf, op->wm, (size_t)t->numel);

@@ -66,6 +66,7 @@ typedef struct linop {
     uint64_t r;
     float scale;
     float *wm;           /* merged W, same layout as w */
+    float *dora;         /* DoRA at run time: [out] factors m / ||W0 + dW|| (dora.c), or NULL */
 } linop;
 
 #define LAYER_OPS 9

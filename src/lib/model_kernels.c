@@ -49,6 +49,15 @@ void linop_run(const lora_run *r, const linop *op, const float *x, size_t ldx, s
     const float *W = (r->mode == LORA_MODE_MERGED && op->wm) ? op->wm : op->w;
     matmul(!op->conv1d, n, op->out, op->in, 1.0f, x, ldx, W, op->conv1d ? op->out : op->in, 0.0f,
            y, ldy);
+    if (r->mode == LORA_MODE_UNMERGED && op->A && op->dora) {
+        /* DoRA: y = f ⊙ (x·W0ᵀ + scale·(x·Aᵀ)·Bᵀ) + b; the bias is not rescaled */
+        matmul(1, n, op->r, op->in, 1.0f, x, ldx, op->A, op->in, 0.0f, r->lt, op->r);
+        matmul(1, n, op->out, op->r, op->scale, r->lt, op->r, op->B, op->r, 1.0f, y, ldy);
+        for (size_t i = 0; i < n; i++)
+            for (uint64_t j = 0; j < op->out; j++)
+                y[i * ldy + j] = y[i * ldy + j] * op->dora[j] + (op->b ? op->b[j] : 0.0f);
+        return;
+    }
     if (op->b)
         for (size_t i = 0; i < n; i++)
             for (uint64_t j = 0; j < op->out; j++)

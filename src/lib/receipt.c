@@ -15,7 +15,13 @@
  * block (a byte-identical restore) and the hash of the merged file's
  * header (the receipt names its output, so a crash between the renames
  * of a re-merge cannot pair an output with another merge's receipt),
- * and the base's sharded index as a block.  Version 1 is still read.
+ * and the base's sharded index as a block.  Version 3 codes the
+ * corrections as ranks among the ambiguous elements.  Version 4 adds,
+ * for a tensor merged with a DoRA module, the row norms it divided by
+ * (one little-endian double per output row, a block right after the
+ * tensor's corrections); a receipt without DoRA is still written as
+ * version 3, so tools that predate DoRA keep reading it.  Versions 1
+ * to 3 are still read.
  */
 #include "internal.h"
 #include "mergecore.h"
@@ -23,6 +29,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <math.h>
 #include <sodium.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -30,7 +37,8 @@
 #include <unistd.h>
 
 static const unsigned char MAGIC[8] = {'L', 'O', 'R', 'A', 'R', 'C', 'P', 1};
-#define RECEIPT_VERSION 3
+#define RECEIPT_VERSION 4    /* the newest read */
+#define RECEIPT_VERSION_PLAIN 3 /* written when no tensor is DoRA */
 #define RECEIPT_MAX_FILES 65536
 
 struct lora_receipt {
@@ -132,7 +140,7 @@ int lora_receipt_create(const char *path, lora_rounding mode, lora_receipt **out
         return lora_oom(err);
     r->fd = -1;
     r->mode = mode;
-    r->version = RECEIPT_VERSION;
+    r->version = RECEIPT_VERSION_PLAIN;
     if (!(r->path = lora_strdup(path, err))) {
         receipt_free(r);
         return LORA_EIO;
@@ -204,6 +212,7 @@ static int copy_tensor(lora_receipt_tensor *d, const lora_receipt_tensor *s, lor
     d->name = NULL;
     d->terms = NULL;
     d->nterms = 0;
+    d->dora_norm = NULL; /* the writer's buffer, not kept */
     if (!(d->name = lora_strdup(s->name, err)))
         return LORA_EIO;
     if (s->nterms) {
@@ -218,6 +227,45 @@ static int copy_tensor(lora_receipt_tensor *d, const lora_receipt_tensor *s, lor
                 return LORA_EIO;
         }
     }
+    return LORA_OK;
+}
+
+static int write_all(lora_receipt *r, const void *buf, size_t len, lora_error *err);
+
+/* Version 4: a DoRA tensor's row norms as little-endian doubles, hashed
+ * and written in chunks through the encoding buffer. */
+static int put_norms(lora_receipt *r, lora_receipt_tensor *d, const double *norm, uint64_t n,
+                     lora_error *err)
+{
+    if (!norm || !n)
+        return lora_seterr(err, LORA_EUSAGE, "%s: DoRA tensor without its norms", d->name);
+    if (r->bufcap < 8 * 256) {
+        unsigned char *b = realloc(r->buf, 8 * 256);
+        if (!b)
+            return lora_oom(err);
+        r->buf = b;
+        r->bufcap = 8 * 256;
+    }
+    crypto_generichash_state h;
+    crypto_generichash_init(&h, NULL, 0, 32);
+    d->dora = 1;
+    d->dora_offset = r->at;
+    d->dora_length = 8 * n;
+    for (uint64_t i = 0; i < n; i += 256) {
+        size_t k = n - i < 256 ? (size_t)(n - i) : 256;
+        for (size_t x = 0; x < k; x++) {
+            uint64_t u;
+            memcpy(&u, &norm[i + x], 8);
+            for (int b = 0; b < 8; b++)
+                r->buf[8 * x + (size_t)b] = (unsigned char)(u >> (8 * b));
+        }
+        crypto_generichash_update(&h, r->buf, 8 * k);
+        int rc = write_all(r, r->buf, 8 * k, err);
+        if (rc)
+            return rc;
+    }
+    crypto_generichash_final(&h, d->dora_hash, 32);
+    r->version = RECEIPT_VERSION;
     return LORA_OK;
 }
 
@@ -274,7 +322,10 @@ int lora_receipt_add_tensor(lora_receipt *r, const lora_receipt_tensor *t,
     d->offset = r->at;
     d->length = len;
     crypto_generichash(d->fixes_hash, 32, r->buf, len, NULL, 0);
-    return write_all(r, r->buf, len, err);
+    rc = write_all(r, r->buf, len, err);
+    if (rc || !t->dora)
+        return rc;
+    return put_norms(r, d, t->dora_norm, t->dora_length / 8, err);
 }
 
 /* A block of bytes kept as they are (a header, an index). */
@@ -364,7 +415,7 @@ static json_t *index_json(const lora_receipt *r)
         return NULL;
     }
     json_object_set_new(root, "format", json_string("lora-receipt"));
-    json_object_set_new(root, "version", json_integer(RECEIPT_VERSION));
+    json_object_set_new(root, "version", json_integer(r->version));
     json_object_set_new(root, "tool", json_string(r->tool));
     json_object_set_new(root, "rounding",
                         json_string(r->mode == LORA_ROUND_REVERSIBLE ? "reversible" : "nearest"));
@@ -399,6 +450,11 @@ static json_t *index_json(const lora_receipt *r)
         json_object_set_new(o, "offset", json_integer((json_int_t)t->offset));
         json_object_set_new(o, "length", json_integer((json_int_t)t->length));
         json_object_set_new(o, "fixes_blake2b", hexj(t->fixes_hash));
+        if (t->dora)
+            json_object_set_new(o, "dora_norms", json_pack("{sIsIso}", "offset",
+                                                           (json_int_t)t->dora_offset, "length",
+                                                           (json_int_t)t->dora_length, "blake2b",
+                                                           hexj(t->dora_hash)));
         json_array_append_new(ts, o);
     }
     json_object_set_new(root, "tensors", ts);
@@ -815,6 +871,24 @@ static int parse_index(lora_receipt *r, const char *text, size_t len, uint64_t d
                 goto out;
             }
         }
+        json_t *dn = json_object_get(o, "dora_norms");
+        if (dn) {
+            /* one term (a DoRA module is refused beside any other), one
+             * double per output row, right after the corrections */
+            uint64_t out = t->terms[0].transpose ? t->cols : t->rows;
+            if (r->version < 4)
+                BAD("%s: tensor %s: DoRA norms in a version %d receipt", r->name, name,
+                    r->version);
+            if (!json_is_object(dn) || get_u64(json_object_get(dn, "offset"), &t->dora_offset) ||
+                get_u64(json_object_get(dn, "length"), &t->dora_length) ||
+                hex32(json_object_get(dn, "blake2b"), t->dora_hash) || t->nterms != 1 ||
+                t->dora_length != 8 * out || t->dora_offset < prev_end ||
+                !lora_add_ok(t->dora_offset, t->dora_length, &end) || end > data_end)
+                BAD("%s: tensor %s: dora_norms must be one term's %llu norms (offset, length, "
+                    "blake2b) inside the data", r->name, name, (unsigned long long)out);
+            t->dora = 1;
+            prev_end = end;
+        }
         for (size_t q = 0; q < i; q++)
             if (strcmp(r->t[q].name, name) == 0)
                 BAD("%s: tensor %s listed twice", r->name, name);
@@ -1084,6 +1158,34 @@ int lora_receipt_fixes(const lora_receipt *r, size_t i, lora_fixes *fixes, lora_
     if (p != end)
         return lora_seterr(err, LORA_EINPUT, "%s: corrections of %s have trailing bytes", r->name,
                            t->name);
+    return LORA_OK;
+}
+
+int lora_receipt_dora_norms(const lora_receipt *r, size_t i, double *norm, uint64_t n,
+                            lora_error *err)
+{
+    if (!r->map || i >= r->nt)
+        return lora_seterr(err, LORA_EUSAGE, "no such receipt tensor");
+    const lora_receipt_tensor *t = &r->t[i];
+    if (!t->dora || t->dora_length != 8 * n)
+        return lora_seterr(err, LORA_EINPUT, "%s: %s: %s", r->name, t->name,
+                           t->dora ? "the DoRA norms are for another number of rows"
+                                   : "merged without DoRA norms (not a DoRA merge)");
+    const unsigned char *p = r->map + t->dora_offset;
+    unsigned char h[32];
+    crypto_generichash(h, 32, p, (size_t)t->dora_length, NULL, 0);
+    if (sodium_memcmp(h, t->dora_hash, 32) != 0)
+        return lora_seterr(err, LORA_EINPUT, "%s: DoRA norms of %s are corrupted (hash mismatch)",
+                           r->name, t->name);
+    for (uint64_t k = 0; k < n; k++) {
+        uint64_t u = 0;
+        for (int b = 0; b < 8; b++)
+            u |= (uint64_t)p[8 * k + (uint64_t)b] << (8 * b);
+        memcpy(&norm[k], &u, 8);
+        if (!isfinite(norm[k]) || norm[k] <= 0)
+            return lora_seterr(err, LORA_EINPUT, "%s: DoRA norm %llu of %s is %g (not a norm)",
+                               r->name, (unsigned long long)k, t->name, norm[k]);
+    }
     return LORA_OK;
 }
 

@@ -326,11 +326,11 @@ int lora_reduce(const lora_weighted *in, size_t n, const lora_rank_rule *rule,
     return lora_reduce_combine(in, n, rule, NULL, out_dir, overwrite, rep, err);
 }
 
-int lora_reduce_combine(const lora_weighted *in, size_t n, const lora_rank_rule *rule,
+/* The arguments, checked before any work. */
+static int check_inputs(const lora_weighted *in, size_t n, const lora_rank_rule *rule,
                         const lora_combine_opts *copts, const char *out_dir, int overwrite,
-                        lora_reduce_report *rep, lora_error *err)
+                        lora_error *err)
 {
-    memset(rep, 0, sizeof *rep);
     int dense = copts && copts->method != LORA_COMBINE_SUM;
     if (dense && !(copts->density > 0 && isfinite(copts->density)))
         return lora_seterr(err, LORA_EUSAGE, "density must be a number > 0");
@@ -361,190 +361,261 @@ int lora_reduce_combine(const lora_weighted *in, size_t n, const lora_rank_rule 
                                "%s: has modules_to_save tensors, which cannot be combined",
                                in[i].ad->path);
     }
+    return LORA_OK;
+}
 
-    /* Every module name any input adapts, sorted, once. */
+/* Every module name any input adapts, sorted, once (*names malloc'd,
+ * pointing into the inputs). */
+static int module_names(const lora_weighted *in, size_t n, const char ***names, size_t *nu,
+                        lora_error *err)
+{
     size_t total = 0;
     for (size_t i = 0; i < n; i++)
         total += in[i].ad->n_modules;
-    const char **names = malloc((total ? total : 1) * sizeof *names);
-    if (!names)
+    const char **v = malloc((total ? total : 1) * sizeof *v);
+    if (!v)
         return lora_oom(err);
     size_t nn = 0;
     for (size_t i = 0; i < n; i++)
         for (size_t j = 0; j < in[i].ad->n_modules; j++)
-            names[nn++] = in[i].ad->modules[j].name;
-    qsort(names, nn, sizeof *names, cmp_str);
-    size_t nu = 0;
+            v[nn++] = in[i].ad->modules[j].name;
+    qsort(v, nn, sizeof *v, cmp_str);
+    size_t u = 0;
     for (size_t i = 0; i < nn; i++)
-        if (nu == 0 || strcmp(names[nu - 1], names[i]) != 0)
-            names[nu++] = names[i];
+        if (u == 0 || strcmp(v[u - 1], v[i]) != 0)
+            v[u++] = v[i];
+    *names = v;
+    *nu = u;
+    return LORA_OK;
+}
 
-    int rc = LORA_OK;
+/* Buffers reused from module to module. */
+typedef struct reduce_ws {
+    double *Bc, *Ac, *Bt, *Wb, *Wa, *Wd;
+    uint64_t capB, capA, capT, capWb, capWa, capWd;
+    lora_combine_ws cws;
+    dense_src ds;
+} reduce_ws;
+
+static int ws_init(reduce_ws *w, size_t n, lora_error *err)
+{
+    memset(w, 0, sizeof *w);
+    w->ds.r = calloc(n, sizeof *w->ds.r);
+    w->ds.off = calloc(n, sizeof *w->ds.off);
+    w->ds.stream = calloc(n, sizeof *w->ds.stream);
+    w->ds.scale = calloc(n, sizeof *w->ds.scale);
+    w->ds.weight = calloc(n, sizeof *w->ds.weight);
+    if (!w->ds.r || !w->ds.off || !w->ds.stream || !w->ds.scale || !w->ds.weight)
+        return lora_oom(err);
+    return LORA_OK;
+}
+
+static void ws_free(reduce_ws *w)
+{
+    free(w->Bc);
+    free(w->Ac);
+    free(w->Bt);
+    free(w->Wb);
+    free(w->Wa);
+    free(w->Wd);
+    lora_combine_ws_free(&w->cws);
+    free(w->ds.r);
+    free(w->ds.off);
+    free(w->ds.stream);
+    free(w->ds.scale);
+    free(w->ds.weight);
+}
+
+/* Module NAME in the inputs that adapt it: shapes agree; *first one of
+ * them, *R the total rank, *nsrc how many. */
+static int module_sources(const lora_weighted *in, size_t n, const char *name,
+                          const lora_module **first, uint64_t *R, int *nsrc,
+                          lora_reduce_report *rep, lora_error *err)
+{
+    *first = NULL;
+    *R = 0;
+    *nsrc = 0;
+    for (size_t i = 0; i < n; i++) {
+        const lora_module *m = find_module(in[i].ad, name);
+        if (!m)
+            continue;
+        const lora_module *f = *first;
+        if (!f)
+            *first = m;
+        else if (m->in != f->in || m->out != f->out || m->embedding != f->embedding)
+            return lora_seterr(err, LORA_EINPUT, "%s: shape %llux%llu in %s but %llux%llu in %s",
+                               name, (unsigned long long)f->out, (unsigned long long)f->in,
+                               in[0].ad->path, (unsigned long long)m->out,
+                               (unsigned long long)m->in, in[i].ad->path);
+        if (!lora_add_ok(*R, m->r, R))
+            return lora_seterr(err, LORA_EINPUT, "%s: rank overflow", name);
+        rep->old_params += m->r * (m->in + m->out);
+        (*nsrc)++;
+    }
+    return LORA_OK;
+}
+
+/* The factors of module NAME decoded: the exact concatenation, scales
+ * and weights folded into B (w->Bc, out×R; w->Ac, R×in); for the dense
+ * methods each B_j decoded as it is, packed in Bc, and w->ds filled
+ * (*np sources). */
+static int gather_factors(const lora_weighted *in, size_t n, const char *name, uint64_t out,
+                          uint64_t inn, uint64_t R, int dense, reduce_ws *w, size_t *np,
+                          lora_error *err)
+{
+    int rc;
+    if ((rc = reserve(&w->Bc, &w->capB, out, R, err)) ||
+        (rc = reserve(&w->Ac, &w->capA, R, inn, err)))
+        return rc;
+    uint64_t off = 0;
+    *np = 0;
+    for (size_t i = 0; i < n; i++) {
+        const lora_module *m = find_module(in[i].ad, name);
+        if (!m)
+            continue;
+        if ((rc = reserve(&w->Bt, &w->capT, out, m->r, err)))
+            return rc;
+        if (dense) {
+            w->ds.r[*np] = m->r;
+            w->ds.off[*np] = off;
+            w->ds.stream[*np] = i;
+            w->ds.scale[*np] = m->scale;
+            w->ds.weight[*np] = in[i].weight;
+            (*np)++;
+        }
+        if (lora_decode_f64(m->B->dtype, m->B->data, dense ? w->Bc + off * out : w->Bt,
+                            (size_t)(out * m->r)) != LORA_OK ||
+            lora_decode_f64(m->A->dtype, m->A->data, w->Ac + off * inn, (size_t)(m->r * inn)) !=
+                LORA_OK)
+            return lora_seterr(err, LORA_EINPUT, "%s: %s: cannot decode the factors",
+                               in[i].ad->path, name);
+        double f = in[i].weight * m->scale;
+        for (uint64_t row = 0; row < out && !dense; row++)
+            for (uint64_t c = 0; c < m->r; c++)
+                w->Bc[row * R + off + c] = f * w->Bt[row * m->r + c];
+        off += m->r;
+    }
+    return LORA_OK;
+}
+
+/* The module's new factors into OM: B' = U_k·sqrt(Σ_k), A' =
+ * sqrt(Σ_k)·V_kᵀ (row-major) after a truncation or a dense method,
+ * else the exact concatenation as it is. */
+static int emit_factors(outmod *om, const lora_svd *sv, uint64_t R, int truncated,
+                        reduce_ws *w, lora_error *err)
+{
+    uint64_t out = om->out, inn = om->in, keep = om->k;
+    int rc;
+    if (!truncated) {
+        rc = encode(om->dtB, w->Bc, out * R, &om->B, err);
+        return rc ? rc : encode(om->dtA, w->Ac, R * inn, &om->A, err);
+    }
+    if ((rc = reserve(&w->Wb, &w->capWb, out, keep, err)) ||
+        (rc = reserve(&w->Wa, &w->capWa, keep, inn, err)))
+        return rc;
+    for (uint64_t j = 0; j < keep; j++) {
+        double s = sqrt(sv->S[j]);
+        for (uint64_t i = 0; i < out; i++)
+            w->Wb[i * keep + j] = sv->U[j * out + i] * s;
+        for (uint64_t i = 0; i < inn; i++)
+            w->Wa[j * inn + i] = sv->V[j * inn + i] * s;
+    }
+    rc = encode(om->dtB, w->Wb, out * keep, &om->B, err);
+    return rc ? rc : encode(om->dtA, w->Wa, keep * inn, &om->A, err);
+}
+
+/* Module MI (NAME): gather, decompose, select the rank, report and
+ * emit its new factors into OM. */
+static int reduce_module(const lora_weighted *in, size_t n, const char *name, size_t mi,
+                         const lora_rank_rule *rule, const lora_combine_opts *copts, int dense,
+                         reduce_ws *w, outmod *om, lora_reduce_report *rep, lora_error *err)
+{
+    const lora_module *first;
+    uint64_t R;
+    int nsrc;
+    size_t np;
+    int rc = module_sources(in, n, name, &first, &R, &nsrc, rep, err);
+    uint64_t out = first ? first->out : 0, inn = first ? first->in : 0;
+    if (!rc)
+        rc = gather_factors(in, n, name, out, inn, R, dense, w, &np, err);
+    if (rc)
+        return rc;
+    lora_svd sv;
+    if (dense) {
+        w->ds.Bp = w->Bc;
+        w->ds.Ac = w->Ac;
+        w->ds.out = out;
+        w->ds.in = inn;
+        if ((rc = reserve(&w->Wd, &w->capWd, out, inn, err)) ||
+            (rc = lora_combine_module(copts, name, out, inn, np, w->ds.weight, w->ds.stream,
+                                      dense_delta, &w->ds, w->Wd, &w->cws, err)) ||
+            (rc = lora_svd_dense(w->Wd, out, inn, &sv, err))) {
+            lora_err_prefix(err, "%s", name);
+            return rc;
+        }
+    } else if ((rc = lora_svd_factors(w->Bc, w->Ac, out, R, inn, 1.0, &sv, err)) != LORA_OK) {
+        lora_err_prefix(err, "%s", name);
+        return rc;
+    }
+    uint64_t keep = rule ? lora_rank_select(sv.S, sv.k, rule) : dense ? sv.k : R;
+    double norm = 0;
+    for (uint64_t i = 0; i < sv.k; i++)
+        norm += sv.S[i] * sv.S[i];
+    lora_reduce_module *rm = &rep->modules[mi];
+    rm->name = strdup(name);
+    if (!rm->name) {
+        lora_svd_free(&sv);
+        return lora_oom(err);
+    }
+    rep->n_modules = mi + 1;
+    rm->old_rank = R;
+    rm->new_rank = keep;
+    rm->norm = sqrt(norm);
+    rm->rel_error = rule ? lora_rank_rel_error(sv.S, sv.k, keep) : 0.0;
+    rm->n_sources = nsrc;
+    om->name = name;
+    om->embedding = first->embedding;
+    om->out = out;
+    om->in = inn;
+    om->k = keep;
+    om->dtA = out_dtype(first->A->dtype);
+    om->dtB = out_dtype(first->B->dtype);
+    rep->new_params += keep * (inn + out);
+    rc = emit_factors(om, &sv, R, rule || dense, w, err);
+    lora_svd_free(&sv);
+    return rc;
+}
+
+int lora_reduce_combine(const lora_weighted *in, size_t n, const lora_rank_rule *rule,
+                        const lora_combine_opts *copts, const char *out_dir, int overwrite,
+                        lora_reduce_report *rep, lora_error *err)
+{
+    memset(rep, 0, sizeof *rep);
+    int dense = copts && copts->method != LORA_COMBINE_SUM;
+    int rc = check_inputs(in, n, rule, copts, out_dir, overwrite, err);
+    if (rc)
+        return rc;
+    const char **names = NULL;
+    size_t nu = 0;
+    if ((rc = module_names(in, n, &names, &nu, err)))
+        return rc;
     outmod *mods = calloc(nu ? nu : 1, sizeof *mods);
     rep->modules = calloc(nu ? nu : 1, sizeof *rep->modules);
-    double *Bc = NULL, *Ac = NULL, *Bt = NULL, *Wb = NULL, *Wa = NULL, *Wd = NULL;
-    uint64_t capB = 0, capA = 0, capT = 0, capWb = 0, capWa = 0, capWd = 0;
-    lora_combine_ws ws = {0};
-    dense_src ds = {0};
-    ds.r = calloc(n, sizeof *ds.r);
-    ds.off = calloc(n, sizeof *ds.off);
-    ds.stream = calloc(n, sizeof *ds.stream);
-    ds.scale = calloc(n, sizeof *ds.scale);
-    ds.weight = calloc(n, sizeof *ds.weight);
-    if (!mods || !rep->modules || !ds.r || !ds.off || !ds.stream || !ds.scale || !ds.weight) {
+    reduce_ws w;
+    rc = ws_init(&w, n, err);
+    if (!rc && (!mods || !rep->modules))
         rc = lora_oom(err);
-        goto done;
-    }
-    for (size_t mi = 0; mi < nu; mi++) {
-        const char *name = names[mi];
-        const lora_module *first = NULL;
-        uint64_t R = 0;
-        int nsrc = 0;
-        for (size_t i = 0; i < n; i++) {
-            const lora_module *m = find_module(in[i].ad, name);
-            if (!m)
-                continue;
-            if (!first)
-                first = m;
-            else if (m->in != first->in || m->out != first->out || m->embedding != first->embedding) {
-                rc = lora_seterr(err, LORA_EINPUT, "%s: shape %llux%llu in %s but %llux%llu in %s",
-                                 name, (unsigned long long)first->out, (unsigned long long)first->in,
-                                 in[0].ad->path, (unsigned long long)m->out,
-                                 (unsigned long long)m->in, in[i].ad->path);
-                goto done;
-            }
-            if (!lora_add_ok(R, m->r, &R)) {
-                rc = lora_seterr(err, LORA_EINPUT, "%s: rank overflow", name);
-                goto done;
-            }
-            rep->old_params += m->r * (m->in + m->out);
-            nsrc++;
-        }
-        uint64_t out = first->out, inn = first->in;
-        if ((rc = reserve(&Bc, &capB, out, R, err)) || (rc = reserve(&Ac, &capA, R, inn, err)))
-            goto done;
-        /* The exact concatenation, scales and weights folded into B; for
-         * the dense methods each B_j decoded as it is, packed in Bc. */
-        uint64_t off = 0;
-        size_t np = 0;
-        for (size_t i = 0; i < n; i++) {
-            const lora_module *m = find_module(in[i].ad, name);
-            if (!m)
-                continue;
-            if ((rc = reserve(&Bt, &capT, out, m->r, err)))
-                goto done;
-            if (dense) {
-                ds.r[np] = m->r;
-                ds.off[np] = off;
-                ds.stream[np] = i;
-                ds.scale[np] = m->scale;
-                ds.weight[np] = in[i].weight;
-                np++;
-            }
-            if (lora_decode_f64(m->B->dtype, m->B->data, dense ? Bc + off * out : Bt,
-                                (size_t)(out * m->r)) != LORA_OK ||
-                lora_decode_f64(m->A->dtype, m->A->data, Ac + off * inn, (size_t)(m->r * inn)) !=
-                    LORA_OK) {
-                rc = lora_seterr(err, LORA_EINPUT, "%s: %s: cannot decode the factors", in[i].ad->path,
-                                 name);
-                goto done;
-            }
-            double f = in[i].weight * m->scale;
-            for (uint64_t row = 0; row < out && !dense; row++)
-                for (uint64_t c = 0; c < m->r; c++)
-                    Bc[row * R + off + c] = f * Bt[row * m->r + c];
-            off += m->r;
-        }
-        lora_svd sv;
-        if (dense) {
-            ds.Bp = Bc;
-            ds.Ac = Ac;
-            ds.out = out;
-            ds.in = inn;
-            if ((rc = reserve(&Wd, &capWd, out, inn, err)) ||
-                (rc = lora_combine_module(copts, name, out, inn, np, ds.weight, ds.stream,
-                                          dense_delta, &ds, Wd, &ws, err)) ||
-                (rc = lora_svd_dense(Wd, out, inn, &sv, err))) {
-                lora_err_prefix(err, "%s", name);
-                goto done;
-            }
-        } else if ((rc = lora_svd_factors(Bc, Ac, out, R, inn, 1.0, &sv, err)) != LORA_OK) {
-            lora_err_prefix(err, "%s", name);
-            goto done;
-        }
-        uint64_t keep = rule ? lora_rank_select(sv.S, sv.k, rule) : dense ? sv.k : R;
-        double norm = 0;
-        for (uint64_t i = 0; i < sv.k; i++)
-            norm += sv.S[i] * sv.S[i];
-        lora_reduce_module *rm = &rep->modules[mi];
-        rm->name = strdup(name);
-        if (!rm->name) {
-            lora_svd_free(&sv);
-            rc = lora_oom(err);
-            goto done;
-        }
-        rep->n_modules = mi + 1;
-        rm->old_rank = R;
-        rm->new_rank = keep;
-        rm->norm = sqrt(norm);
-        rm->rel_error = rule ? lora_rank_rel_error(sv.S, sv.k, keep) : 0.0;
-        rm->n_sources = nsrc;
-
-        outmod *om = &mods[mi];
-        om->name = name;
-        om->embedding = first->embedding;
-        om->out = out;
-        om->in = inn;
-        om->k = keep;
-        om->dtA = out_dtype(first->A->dtype);
-        om->dtB = out_dtype(first->B->dtype);
-        rep->new_params += keep * (inn + out);
-        if (rule || dense) {
-            /* B' = U_k·sqrt(Σ_k), A' = sqrt(Σ_k)·V_kᵀ, both row-major. */
-            if ((rc = reserve(&Wb, &capWb, out, keep, err)) ||
-                (rc = reserve(&Wa, &capWa, keep, inn, err))) {
-                lora_svd_free(&sv);
-                goto done;
-            }
-            for (uint64_t j = 0; j < keep; j++) {
-                double s = sqrt(sv.S[j]);
-                for (uint64_t i = 0; i < out; i++)
-                    Wb[i * keep + j] = sv.U[j * out + i] * s;
-                for (uint64_t i = 0; i < inn; i++)
-                    Wa[j * inn + i] = sv.V[j * inn + i] * s;
-            }
-            rc = encode(om->dtB, Wb, out * keep, &om->B, err);
-            if (rc == LORA_OK)
-                rc = encode(om->dtA, Wa, keep * inn, &om->A, err);
-        } else {
-            rc = encode(om->dtB, Bc, out * R, &om->B, err);
-            if (rc == LORA_OK)
-                rc = encode(om->dtA, Ac, R * inn, &om->A, err);
-        }
-        lora_svd_free(&sv);
-        if (rc != LORA_OK)
-            goto done;
-    }
-    rc = write_folder(out_dir, overwrite, in, n, mods, nu, err);
-done:
+    for (size_t mi = 0; mi < nu && !rc; mi++)
+        rc = reduce_module(in, n, names[mi], mi, rule, copts, dense, &w, &mods[mi], rep, err);
+    if (!rc)
+        rc = write_folder(out_dir, overwrite, in, n, mods, nu, err);
     for (size_t i = 0; i < nu && mods; i++) {
         free(mods[i].A);
         free(mods[i].B);
     }
     free(mods);
     free(names);
-    free(Bc);
-    free(Ac);
-    free(Bt);
-    free(Wb);
-    free(Wa);
-    free(Wd);
-    lora_combine_ws_free(&ws);
-    free(ds.r);
-    free(ds.off);
-    free(ds.stream);
-    free(ds.scale);
-    free(ds.weight);
+    ws_free(&w);
     if (rc != LORA_OK)
         lora_reduce_report_free(rep);
     return rc;

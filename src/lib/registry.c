@@ -924,13 +924,19 @@ int lora_reg_check_blob(const lora_reg_adapter *a, lora_error *err)
     if (size != a->size || strcmp(hex, a->hash) != 0) {
         char what[600];
         lora_reg_describe_blob(a->path, a, what, sizeof what);
-        return lora_seterr(err, LORA_ECHECK,
-                           "%s@%s: blob %s %s (%llu bytes, BLAKE2b-256 %.16s..., "
-                           "expected %llu bytes, %.16s...); refusing it",
-                           a->name, a->version, a->path, what, (unsigned long long)size, hex,
-                           (unsigned long long)a->size, a->hash);
+        return lora_reg_blob_mismatch(a, what, size, hex, err);
     }
     return LORA_OK;
+}
+
+int lora_reg_blob_mismatch(const lora_reg_adapter *a, const char *what, uint64_t size,
+                           const char *hex, lora_error *err)
+{
+    return lora_seterr(err, LORA_ECHECK,
+                       "%s@%s: blob %s %s (%llu bytes, BLAKE2b-256 %.16s..., "
+                       "expected %llu bytes, %.16s...); refusing it",
+                       a->name, a->version, a->path, what, (unsigned long long)size, hex,
+                       (unsigned long long)a->size, a->hash);
 }
 
 static int get_one(lora_registry *reg, sqlite3_stmt *st, lora_reg_adapter **out,

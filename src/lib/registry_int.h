@@ -61,5 +61,9 @@ void lora_reg_describe_blob(const char *path, const lora_reg_adapter *a, char *w
 /* Re-hash a row's blob by path against its size and hash: LORA_ECHECK
  * naming the problem (missing, corrupted, swapped), LORA_EIO (registry.c). */
 int lora_reg_check_blob(const lora_reg_adapter *a, lora_error *err);
+/* The LORA_ECHECK message of a blob of SIZE bytes and BLAKE2b-256 HEX
+ * that is not its row's; WHAT as lora_reg_describe_blob words it. */
+int lora_reg_blob_mismatch(const lora_reg_adapter *a, const char *what, uint64_t size,
+                           const char *hex, lora_error *err);
 
 #endif

@@ -19,18 +19,45 @@
 #include <string.h>
 #include <unistd.h>
 
+/* OTHER (NULL: not an archive) as lora_reg_describe_blob words it. */
+static void describe(const lora_archive *other, const lora_reg_adapter *a, char *what, size_t n)
+{
+    if (other)
+        snprintf(what, n, "holds %s@%s (task %s), not %s@%s: swapped or corrupted",
+                 other->manifest->name, other->manifest->version, other->manifest->task, a->name,
+                 a->version);
+    else
+        snprintf(what, n, "is corrupted");
+}
+
 void lora_reg_describe_blob(const char *path, const lora_reg_adapter *a, char *what, size_t n)
 {
     lora_archive *other = NULL;
     lora_error ignored;
-    if (lora_archive_open(path, NULL, 0, LORA_ARCHIVE_NO_VERIFY, &other, &ignored) == LORA_OK) {
-        snprintf(what, n, "holds %s@%s (task %s), not %s@%s: swapped or corrupted",
-                 other->manifest->name, other->manifest->version, other->manifest->task, a->name,
-                 a->version);
-        lora_archive_close(other);
-    } else {
-        snprintf(what, n, "is corrupted");
-    }
+    lora_archive_open(path, NULL, 0, LORA_ARCHIVE_NO_VERIFY, &other, &ignored);
+    describe(other, a, what, n);
+    lora_archive_close(other);
+}
+
+/* The bytes read, refused by the archive reader: when they are not the
+ * row's archive at all, the LORA_ECHECK lora_reg_check_blob would give,
+ * worded from these same bytes (no second read by path, which could
+ * meet other bytes); LORA_OK when they are the row's. */
+static int check_refused_bytes(unsigned char **buf, size_t len, const lora_reg_adapter *a,
+                               lora_error *err)
+{
+    unsigned char h[LORA_HASH_BYTES];
+    char hex[LORA_REG_HASH_HEX], what[600];
+    lora_hash(*buf, len, h, LORA_HASH_BYTES);
+    lora_hex(h, sizeof h, hex);
+    if (len == a->size && strcmp(hex, a->hash) == 0)
+        return LORA_OK;
+    lora_archive *other = NULL;
+    lora_error ignored;
+    lora_archive_open_owned(buf, len, a->path, NULL, 0, LORA_ARCHIVE_NO_VERIFY, &other, &ignored);
+    describe(other, a, what, sizeof what);
+    lora_archive_close(other);
+    return lora_reg_blob_mismatch(a, what, len, hex, err);
 }
 
 /* The bytes read against the row's size and BLAKE2b-256. */
@@ -109,17 +136,21 @@ int lora_registry_open_adapter(lora_registry *reg, const lora_reg_adapter *a,
                              : lora_seterr_errno(err, LORA_EIO, errno, "%s@%s: %s", a->name,
                                                  a->version, a->path);
     lora_archive *ar = NULL;
+    unsigned char *bytes = NULL;
+    size_t len = 0;
     if (!rc) {
         /* one read into private memory: everything below checks, and the
          * adapter uses, these bytes */
-        rc = lora_archive_open_fd(fd, label, keys, nk, a->trusted ? 0 : LORA_ARCHIVE_NO_VERIFY,
-                                  &ar, err);
+        rc = lora_archive_read_fd(fd, label, &bytes, &len, err);
         close(fd);
+        if (!rc)
+            rc = lora_archive_open_owned(&bytes, len, label, keys, nk,
+                                         a->trusted ? 0 : LORA_ARCHIVE_NO_VERIFY, &ar, err);
         /* Refused: when the blob is not the row's archive at all, say
          * that (naming what it holds) rather than how it fails. */
         lora_error why;
         lora_error_clear(&why);
-        if (rc && lora_reg_check_blob(a, &why) == LORA_ECHECK) {
+        if (rc && bytes && check_refused_bytes(&bytes, len, a, &why) == LORA_ECHECK) {
             if (err)
                 *err = why;
             rc = LORA_ECHECK;
@@ -135,6 +166,7 @@ int lora_registry_open_adapter(lora_registry *reg, const lora_reg_adapter *a,
             }
         }
     }
+    free(bytes);
     free(keys);
     free(label);
     if (!rc)

@@ -397,9 +397,7 @@ int lora_st_open(const char *path, lora_st **out, lora_error *err)
     st->fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (st->fd < 0) {
         int e = errno;
-        rc = lora_seterr_errno(err, e == ENOENT || e == EACCES || e == ENOTDIR ? LORA_EINPUT
-                                                                              : LORA_EIO,
-                               e, "%s", path);
+        rc = lora_seterr_path(err, e, LORA_PATH_EACCES_INPUT, path);
         goto fail;
     }
     struct stat sb;

@@ -636,7 +636,7 @@ int lora_tokenizer_open(const char *path, lora_tokenizer **out, lora_error *err)
     *out = NULL;
     struct stat sb;
     if (stat(path, &sb) != 0)
-        return lora_seterr_errno(err, errno == ENOENT || errno == ENOTDIR ? LORA_EINPUT : LORA_EIO, errno, "%s", path);
+        return lora_seterr_path(err, errno, 0, path);
     size_t pl = strlen(path);
     char *file = malloc(pl + 32), *cfgpath = malloc(pl + 32);
     if (!file || !cfgpath) {

@@ -12,7 +12,6 @@
  */
 #include "internal.h"
 
-#include <jansson.h>
 #include <string.h>
 
 const lora_tensor *lora_untie_source(const lora_merge_adapter *add, size_t nadd,
@@ -48,44 +47,5 @@ int lora_untie_bind(lora_merge_adapter *add, size_t nadd, const lora_ckpt *ck, i
 
 int lora_untie_config(const char *dir, lora_error *err)
 {
-    size_t n = strlen(dir) + sizeof "/config.json";
-    char *path = malloc(n);
-    if (!path)
-        return lora_oom(err);
-    snprintf(path, n, "%s/config.json", dir);
-    char *text = NULL;
-    size_t len = 0;
-    int rc = lora_read_file(path, LORA_MODEL_MAX_CONFIG, &text, &len, err);
-    json_t *o = NULL;
-    if (rc == LORA_OK) {
-        json_error_t je;
-        o = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
-        if (!o || !json_is_object(o))
-            rc = lora_seterr(err, LORA_EINPUT, "%s: cannot set tie_word_embeddings: not a JSON "
-                             "object", path);
-    }
-    char *out = NULL;
-    if (rc == LORA_OK) {
-        /* jansson keeps the keys in the file's order */
-        json_object_set_new(o, "tie_word_embeddings", json_false());
-        out = lora_json_dumps(o, JSON_INDENT(2));
-        rc = out ? LORA_OK : lora_oom(err);
-    }
-    if (rc == LORA_OK) {
-        size_t ol = strlen(out);
-        char *nl = realloc(out, ol + 2);
-        if (!nl) {
-            rc = lora_oom(err);
-        } else {
-            out = nl;
-            out[ol] = '\n';
-            out[ol + 1] = '\0';
-            rc = lora_write_file_atomic(path, out, ol + 1, 0644, err);
-        }
-    }
-    json_decref(o);
-    free(out);
-    free(text);
-    free(path);
-    return rc;
+    return lora_config_set_untied(dir, err);
 }

@@ -1,6 +1,7 @@
 /*
  * adapteropts.c - one parser for the adapter-opening options of every
- * tool; see adapteropts.h.
+ * tool, and for the options every tool shares (--json, -q, -h, -V,
+ * -j); see adapteropts.h.
  */
 #include "adapteropts.h"
 
@@ -93,4 +94,59 @@ char *adapter_provenance(const lora_adapter *ad, const char *spec)
     while (b > 0 && spec[b - 1] != '/')
         b--;
     return strndup(spec + b, l - b);
+}
+
+/* What getopt_long refused: an unknown option, or one without its value. */
+static int bad_option(const tool_opts *t, int c, char **argv)
+{
+    const char *word = argv[optind - 1];
+    if (c == ':')
+        fprintf(stderr, "%s: option '%s' needs a value\n", t->prog, word);
+    else if (optopt > 0 && optopt < 128 && strncmp(word, "--", 2) != 0)
+        fprintf(stderr, "%s: unknown option, or its value is missing: '-%c'\n", t->prog, optopt);
+    else
+        fprintf(stderr, "%s: unknown option, or its value is missing: '%s'\n", t->prog, word);
+    fprintf(stderr, "Try '%s --help'.\n", t->prog);
+    return LORA_EUSAGE;
+}
+
+int tool_opt(tool_opts *t, int c, const char *arg, char **argv)
+{
+    if (c == TOOL_OPT_JSON || (t->json_short && c == t->json_short)) {
+        t->json = 1;
+        return TOOL_OPT_NEXT;
+    }
+    switch (c) {
+    case 'q':
+        t->quiet = 1;
+        return TOOL_OPT_NEXT;
+    case 'h':
+        t->usage(stdout);
+        return 0;
+    case 'V':
+        printf("%s (lora-tools) %s\n", t->prog, lora_version());
+        return 0;
+    case 'j':
+        if (t->threads_max) {
+            char *end;
+            errno = 0;
+            long v = strtol(arg, &end, 10);
+            if (errno || end == arg || *end || v < 1 || v > t->threads_max) {
+                fprintf(stderr, "%s: --threads %s: must be an integer from 1 to %d\nTry '%s --help'.\n",
+                        t->prog, arg, t->threads_max, t->prog);
+                return LORA_EUSAGE;
+            }
+            t->threads = (int)v;
+            return TOOL_OPT_NEXT;
+        }
+        break;
+    default:
+        break;
+    }
+    int r = adapter_opt(&t->ao, c, arg, t->prog);
+    if (r > 0)
+        return TOOL_OPT_NEXT;
+    if (r < 0)
+        return LORA_EUSAGE;
+    return bad_option(t, c, argv);
 }

@@ -53,4 +53,32 @@ int adapter_split_weight(char *arg, double *w, const char *prog);
  * memory. */
 char *adapter_provenance(const lora_adapter *ad, const char *spec);
 
+/* ---- the options every tool takes, adapter or not ---- */
+
+enum { TOOL_OPT_JSON = 0x1010 };
+#define TOOL_OPT_NEXT (-1)
+
+/* Entries for --json, --quiet, --help, --version (a tool whose -j means
+ * --json lists {"json", no_argument, NULL, 'j'} itself instead). */
+#define TOOL_LONGOPTS                                                                          \
+    {"json", no_argument, NULL, TOOL_OPT_JSON}, {"quiet", no_argument, NULL, 'q'},             \
+        {"help", no_argument, NULL, 'h'}, {"version", no_argument, NULL, 'V'}
+
+typedef struct tool_opts {
+    const char *prog;
+    void (*usage)(FILE *);
+    char json_short;  /* 'j' where -j means --json (lora-inspect, lora-convert) */
+    int threads_max;  /* -j/--threads N takes 1..threads_max; 0: no such option */
+    int json, quiet;
+    int threads;      /* the tool's default until -j */
+    adapter_opts ao;
+} tool_opts;
+
+/* The default of a step of a tool's getopt_long loop (opterr = 0): C is
+ * --json, -q, -h, -V, -j/--threads, an adapter option (ADAPTER_LONGOPTS),
+ * or else an unknown option or a missing value, with one message and a
+ * pointer to --help.  TOOL_OPT_NEXT: taken, keep parsing; otherwise the
+ * status main returns (0 after --help or --version, 2 usage error). */
+int tool_opt(tool_opts *t, int c, const char *arg, char **argv);
+
 #endif

@@ -125,11 +125,94 @@ static void print_human(const lora_convert_report *rep, const char *out)
     printf("wrote %s (%llu bytes)\n", out, (unsigned long long)rep->bytes);
 }
 
+enum { OPT_OUTTYPE = 256, OPT_SKIP };
+
+/* The GGUF file's name in an output folder: the adapter's, without a
+ * trailing slash or .lora. */
+static void gguf_name_of(const char *in, char *name, size_t n)
+{
+    size_t l = strlen(in);
+    while (l > 1 && in[l - 1] == '/')
+        l--;
+    size_t b = l;
+    while (b > 0 && in[b - 1] != '/')
+        b--;
+    size_t stem = l - b;
+    if (stem > 5 && !strncmp(in + l - 5, ".lora", 5))
+        stem -= 5;
+    snprintf(name, n, "%.*s.gguf", (int)(stem > 200 ? 200 : stem), in + b);
+}
+
+/* One option: TOOL_OPT_NEXT, or the exit status. */
+static int parse_option(int c, const char *arg, char **argv, tool_opts *t, lora_convert_opts *co,
+                        const char **to, const char **out)
+{
+    switch (c) {
+    case 't':
+        if (strcmp(arg, "gguf") && strcmp(arg, "peft"))
+            return usage_error("--to must be gguf or peft, not ", arg);
+        *to = arg;
+        return TOOL_OPT_NEXT;
+    case 'b':
+        co->base = arg;
+        return TOOL_OPT_NEXT;
+    case 'o':
+        *out = arg;
+        return TOOL_OPT_NEXT;
+    case OPT_OUTTYPE:
+        if (!strcmp(arg, "f32"))
+            co->outtype = LORA_DT_F32;
+        else if (!strcmp(arg, "f16"))
+            co->outtype = LORA_DT_F16;
+        else if (!strcmp(arg, "bf16"))
+            co->outtype = LORA_DT_BF16;
+        else
+            return usage_error("--outtype must be f32, f16 or bf16, not ", arg);
+        return TOOL_OPT_NEXT;
+    case OPT_SKIP:
+        co->skip_unsupported = 1;
+        return TOOL_OPT_NEXT;
+    case 'f':
+        co->overwrite = 1;
+        return TOOL_OPT_NEXT;
+    default:
+        return tool_opt(t, c, arg, argv);
+    }
+}
+
+/* Convert and report: the exit status. */
+static int run(const tool_opts *t, const lora_convert_opts *co, const char *in, const char *out,
+               int to_gguf, lora_adapter **ad, lora_convert_report *rep)
+{
+    lora_error err;
+    lora_error_clear(&err);
+    int rc = lora_init(&err);
+    if (!rc && to_gguf) {
+        lora_source_opts so = adapter_source(&t->ao, PROG, NULL);
+        rc = lora_adapter_load(in, &so, ad, &err);
+        if (!rc)
+            rc = lora_convert_to_gguf(*ad, out, co, rep, &err);
+    } else if (!rc) {
+        rc = lora_convert_to_peft(in, out, co, rep, &err);
+    }
+    if (rc) {
+        fprintf(stderr, PROG ": %s\n", err.msg[0] ? err.msg : "failed");
+    } else if (t->json) {
+        rc = print_json(rep, in, out, to_gguf);
+    } else {
+        if (!t->quiet)
+            print_human(rep, out);
+        else
+            for (size_t i = 0; i < rep->n_skipped; i++)
+                fprintf(stderr, PROG ": skipped %s\n", rep->skipped[i]);
+    }
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     lora_tool_json_errors(argc, argv, PROG, 'j');
     lora_tool_sigbus(PROG);
-    enum { OPT_OUTTYPE = 256, OPT_SKIP };
     static const struct option opts[] = {
         {"to", required_argument, NULL, 't'},         {"base", required_argument, NULL, 'b'},
         {"output", required_argument, NULL, 'o'},     {"outtype", required_argument, NULL, OPT_OUTTYPE},
@@ -139,62 +222,13 @@ int main(int argc, char **argv)
         {"quiet", no_argument, NULL, 'q'},            {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},          {NULL, 0, NULL, 0}};
     const char *to = NULL, *out = NULL;
-    adapter_opts ao = {0};
+    tool_opts t = {.prog = PROG, .usage = usage, .json_short = 'j'};
     lora_convert_opts co = {0};
-    int json = 0, quiet = 0, c;
+    int c;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, "t:b:o:p:fjqhV", opts, NULL)) != -1) {
-        switch (c) {
-        case 't':
-            if (strcmp(optarg, "gguf") && strcmp(optarg, "peft"))
-                return usage_error("--to must be gguf or peft, not ", optarg);
-            to = optarg;
-            break;
-        case 'b':
-            co.base = optarg;
-            break;
-        case 'o':
-            out = optarg;
-            break;
-        case OPT_OUTTYPE:
-            if (!strcmp(optarg, "f32"))
-                co.outtype = LORA_DT_F32;
-            else if (!strcmp(optarg, "f16"))
-                co.outtype = LORA_DT_F16;
-            else if (!strcmp(optarg, "bf16"))
-                co.outtype = LORA_DT_BF16;
-            else
-                return usage_error("--outtype must be f32, f16 or bf16, not ", optarg);
-            break;
-        case OPT_SKIP:
-            co.skip_unsupported = 1;
-            break;
-        case 'f':
-            co.overwrite = 1;
-            break;
-        case 'j':
-            json = 1;
-            break;
-        case 'q':
-            quiet = 1;
-            break;
-        case 'h':
-            usage(stdout);
-            return 0;
-        case 'V':
-            printf(PROG " %s\n", lora_version());
-            return 0;
-        default:
-            if ((c = adapter_opt(&ao, c, optarg, PROG)) != 0) {
-                if (c < 0)
-                    return LORA_EUSAGE;
-                break;
-            }
-            fprintf(stderr, PROG ": unknown option, or its value is missing: '%s'\n"
-                            "Try '" PROG " --help'.\n", argv[optind - 1]);
-            return LORA_EUSAGE;
-        }
-    }
+    while ((c = getopt_long(argc, argv, "t:b:o:p:fjqhV", opts, NULL)) != -1)
+        if ((c = parse_option(c, optarg, argv, &t, &co, &to, &out)) != TOOL_OPT_NEXT)
+            return c;
     if (optind != argc - 1)
         return usage_error(optind >= argc ? "missing ADAPTER" : "only one ADAPTER, please", NULL);
     const char *in = argv[optind];
@@ -215,46 +249,14 @@ int main(int argc, char **argv)
     /* -o DIR/ or an existing folder: the GGUF file goes inside, named
      * after the adapter; checked before any work */
     char *out_owned = NULL, gguf_name[256];
-    {
-        size_t l = strlen(in);
-        while (l > 1 && in[l - 1] == '/')
-            l--;
-        size_t b = l;
-        while (b > 0 && in[b - 1] != '/')
-            b--;
-        size_t stem = l - b;
-        if (stem > 5 && !strncmp(in + l - 5, ".lora", 5))
-            stem -= 5;
-        snprintf(gguf_name, sizeof gguf_name, "%.*s.gguf", (int)(stem > 200 ? 200 : stem), in + b);
-        int orc = to_gguf ? outpath_file(&out, &out_owned, 0, gguf_name, PROG)
-                          : outpath_folder(out, PROG);
-        if (orc)
-            return orc;
-    }
-    lora_error err;
-    lora_error_clear(&err);
+    gguf_name_of(in, gguf_name, sizeof gguf_name);
+    int orc = to_gguf ? outpath_file(&out, &out_owned, 0, gguf_name, PROG)
+                      : outpath_folder(out, PROG);
+    if (orc)
+        return orc;
     lora_convert_report rep = {0};
     lora_adapter *ad = NULL;
-    int rc = lora_init(&err);
-    if (!rc && to_gguf) {
-        lora_source_opts so = adapter_source(&ao, PROG, NULL);
-        rc = lora_adapter_load(in, &so, &ad, &err);
-        if (!rc)
-            rc = lora_convert_to_gguf(ad, out, &co, &rep, &err);
-    } else if (!rc) {
-        rc = lora_convert_to_peft(in, out, &co, &rep, &err);
-    }
-    if (rc) {
-        fprintf(stderr, PROG ": %s\n", err.msg[0] ? err.msg : "failed");
-    } else if (json) {
-        rc = print_json(&rep, in, out, to_gguf);
-    } else {
-        if (!quiet)
-            print_human(&rep, out);
-        else
-            for (size_t i = 0; i < rep.n_skipped; i++)
-                fprintf(stderr, PROG ": skipped %s\n", rep.skipped[i]);
-    }
+    int rc = run(&t, &co, in, out, to_gguf, &ad, &rep);
     if (fflush(stdout) != 0 && rc == LORA_OK) {
         fprintf(stderr, PROG ": cannot write to stdout\n");
         rc = LORA_EIO;

@@ -422,13 +422,96 @@ static int tokenize_main(const char *tok_path, const char *data, int detok, int 
     return rc == LORA_OK ? LORA_OK : die(rc, &err);
 }
 
-int main(int argc, char **argv)
+enum { OPT_MODE = 256, OPT_MIN, OPT_LIMIT, OPT_JSON, OPT_RECOVERY, OPT_RECORD,
+       OPT_PRED, OPT_TEXT, OPT_CONTEXT, OPT_STRIDE, OPT_MAXNEW, OPT_TOKENIZER,
+       OPT_TOKENIZE, OPT_DETOKENIZE, OPT_NOSPECIAL, OPT_ANYBASE };
+
+/* The command line, parsed. */
+typedef struct eval_args {
+    tool_opts t;
+    const char *model_dir, *adapter, *data, *mode_s, *tok_path, *pred_path, *text_path;
+    int record, tokenize, detokenize, no_special, recovery, any_base;
+    double min_acc;
+    size_t limit, context, stride, maxnew;
+    int mode, cmp; /* from --mode (cmp: the mode compared against, -1: none) */
+} eval_args;
+
+/* One evaluation: what it opened and what it found. */
+typedef struct eval_run {
+    lora_model *m;
+    lora_adapter *ad;
+    lora_dataset *ds;
+    lora_registry *reg;
+    lora_reg_adapter *ra;
+    lora_eval_result r;
+    lora_tokenizer *tok;
+    lora_text_codec codec;
+    char ds_hex[2 * LORA_HASH_BYTES + 1], ra_id[512];
+    size_t recorded;
+    int below, disagree;
+} eval_run;
+
+/* --context, --stride, --max-new-tokens */
+static int parse_count(eval_args *a, int c, const char *arg)
 {
-    lora_tool_json_errors(argc, argv, "lora-eval", 0);
-    lora_tool_sigbus("lora-eval");
-    enum { OPT_MODE = 256, OPT_MIN, OPT_LIMIT, OPT_JSON, OPT_RECOVERY, OPT_RECORD,
-           OPT_PRED, OPT_TEXT, OPT_CONTEXT, OPT_STRIDE, OPT_MAXNEW, OPT_TOKENIZER,
-           OPT_TOKENIZE, OPT_DETOKENIZE, OPT_NOSPECIAL, OPT_ANYBASE };
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(arg, &end, 10);
+    if (errno || *end || end == arg || arg[0] == '-' || v > 1000000 ||
+        (v == 0 && c != OPT_MAXNEW))
+        return usage_err(c == OPT_MAXNEW ? "--max-new-tokens needs an integer from 0 to 1000000"
+                                         : "--context and --stride need an integer from 1 to 1000000");
+    if (c == OPT_CONTEXT)
+        a->context = (size_t)v;
+    else if (c == OPT_STRIDE)
+        a->stride = (size_t)v;
+    else
+        a->maxnew = (size_t)v;
+    return TOOL_OPT_NEXT;
+}
+
+/* One option: TOOL_OPT_NEXT, or the exit status. */
+static int parse_option(eval_args *a, int c, const char *arg, char **argv)
+{
+    char *end;
+    switch (c) {
+    case 'm': a->model_dir = arg; break;
+    case 'a': a->adapter = arg; break;
+    case 'd': a->data = arg; break;
+    case OPT_MODE: a->mode_s = arg; break;
+    case OPT_MIN:
+        errno = 0;
+        a->min_acc = strtod(arg, &end);
+        if (errno || *end || end == arg || !(a->min_acc >= 0 && a->min_acc <= 1))
+            return usage_err("--min-accuracy needs a number between 0 and 1");
+        break;
+    case OPT_LIMIT: {
+        errno = 0;
+        unsigned long long v = strtoull(arg, &end, 10);
+        if (errno || *end || end == arg || v == 0 || arg[0] == '-')
+            return usage_err("--limit needs a positive integer");
+        a->limit = (size_t)v;
+        break;
+    }
+    case OPT_ANYBASE: a->any_base = 1; break;
+    case OPT_RECOVERY: a->recovery = 1; break;
+    case OPT_RECORD: a->record = 1; break;
+    case OPT_PRED: a->pred_path = arg; break;
+    case OPT_TEXT: a->text_path = arg; break;
+    case OPT_CONTEXT:
+    case OPT_STRIDE:
+    case OPT_MAXNEW: return parse_count(a, c, arg);
+    case OPT_TOKENIZE: a->tokenize = 1; break;
+    case OPT_DETOKENIZE: a->detokenize = 1; break;
+    case OPT_TOKENIZER: a->tok_path = arg; break;
+    case OPT_NOSPECIAL: a->no_special = 1; break;
+    default: return tool_opt(&a->t, c, arg, argv);
+    }
+    return TOOL_OPT_NEXT;
+}
+
+static int parse_args(eval_args *a, int argc, char **argv)
+{
     static const struct option opts[] = {
         {"model", required_argument, NULL, 'm'},
         {"adapter", required_argument, NULL, 'a'},
@@ -450,355 +533,328 @@ int main(int argc, char **argv)
         {"tokenizer", required_argument, NULL, OPT_TOKENIZER},
         {"no-special", no_argument, NULL, OPT_NOSPECIAL},
         {"threads", required_argument, NULL, 'j'},
-        {"json", no_argument, NULL, OPT_JSON},
-        {"quiet", no_argument, NULL, 'q'},
-        {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},
+        TOOL_LONGOPTS,
         {NULL, 0, NULL, 0}};
-    const char *model_dir = NULL, *adapter = NULL, *data = NULL, *mode_s = NULL;
-    const char *reg_path = NULL, *tok_path = NULL;
-    int record = 0, tokenize = 0, detokenize = 0, no_special = 0;
-    adapter_opts ao = {0};
-    int json = 0, quiet = 0, threads = 1, recovery = 0;
-    int any_base = 0;
-    double min_acc = -1;
-    size_t limit = 0;
-    const char *pred_path = NULL, *text_path = NULL;
-    size_t context = 0, stride = 0, maxnew = 32;
-    int c;
+    int c, r;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, ":m:a:d:p:j:qhV", opts, NULL)) != -1) {
-        char *end;
-        switch (c) {
-        case 'm': model_dir = optarg; break;
-        case 'a': adapter = optarg; break;
-        case 'd': data = optarg; break;
-        case OPT_MODE: mode_s = optarg; break;
-        case OPT_MIN:
-            errno = 0;
-            min_acc = strtod(optarg, &end);
-            if (errno || *end || end == optarg || !(min_acc >= 0 && min_acc <= 1))
-                return usage_err("--min-accuracy needs a number between 0 and 1");
-            break;
-        case OPT_LIMIT: {
-            errno = 0;
-            unsigned long long v = strtoull(optarg, &end, 10);
-            if (errno || *end || end == optarg || v == 0 || optarg[0] == '-')
-                return usage_err("--limit needs a positive integer");
-            limit = (size_t)v;
-            break;
-        }
-        case OPT_ANYBASE: any_base = 1; break;
-        case OPT_RECOVERY: recovery = 1; break;
-        case OPT_RECORD: record = 1; break;
-        case OPT_PRED: pred_path = optarg; break;
-        case OPT_TEXT: text_path = optarg; break;
-        case OPT_CONTEXT:
-        case OPT_STRIDE:
-        case OPT_MAXNEW: {
-            errno = 0;
-            unsigned long long v = strtoull(optarg, &end, 10);
-            if (errno || *end || end == optarg || optarg[0] == '-' || v > 1000000 ||
-                (v == 0 && c != OPT_MAXNEW))
-                return usage_err(c == OPT_MAXNEW ? "--max-new-tokens needs an integer from 0 to 1000000"
-                                                 : "--context and --stride need an integer from 1 to 1000000");
-            if (c == OPT_CONTEXT)
-                context = (size_t)v;
-            else if (c == OPT_STRIDE)
-                stride = (size_t)v;
-            else
-                maxnew = (size_t)v;
-            break;
-        }
-        case OPT_TOKENIZE: tokenize = 1; break;
-        case OPT_DETOKENIZE: detokenize = 1; break;
-        case OPT_TOKENIZER: tok_path = optarg; break;
-        case OPT_NOSPECIAL: no_special = 1; break;
-        case 'j': {
-            errno = 0;
-            long v = strtol(optarg, &end, 10);
-            if (errno || *end || end == optarg || v < 1 || v > 256)
-                return usage_err("--threads needs an integer from 1 to 256");
-            threads = (int)v;
-            break;
-        }
-        case OPT_JSON: json = 1; break;
-        case 'q': quiet = 1; break;
-        case 'h': usage(stdout); return 0;
-        case 'V': printf("%s %s\n", prog, lora_version()); return 0;
-        case ':': {
-            char m[128];
-            snprintf(m, sizeof m, "option %s needs an argument", argv[optind - 1]);
-            return usage_err(m);
-        }
-        default: {
-            if ((c = adapter_opt(&ao, c, optarg, "lora-eval")) != 0) {
-                if (c < 0)
-                    return LORA_EUSAGE;
-                reg_path = ao.registry; /* --record writes there too */
-                break;
-            }
-            char m[128];
-            snprintf(m, sizeof m, "unknown option %s", argv[optind - 1]);
-            return usage_err(m);
-        }
-        }
-    }
+    while ((c = getopt_long(argc, argv, ":m:a:d:p:j:qhV", opts, NULL)) != -1)
+        if ((r = parse_option(a, c, optarg, argv)) != TOOL_OPT_NEXT)
+            return r;
     if (optind < argc)
         return usage_err("unexpected argument (every input is named by an option)");
-    if (tokenize || detokenize) {
-        if (tokenize && detokenize)
+    return TOOL_OPT_NEXT;
+}
+
+/* --tokenize / --detokenize, --check-recovery and --text: the exit
+ * status of the one that applies; TOOL_OPT_NEXT when none does. */
+static int other_modes(const eval_args *a)
+{
+    if (a->tokenize || a->detokenize) {
+        if (a->tokenize && a->detokenize)
             return usage_err("--tokenize and --detokenize exclude each other");
-        if (!tok_path && !model_dir)
+        if (!a->tok_path && !a->model_dir)
             return usage_err("--tokenize and --detokenize need --tokenizer PATH or --model DIR");
-        if (adapter || mode_s || min_acc >= 0 || limit || record || recovery || json ||
-            pred_path || text_path || context || stride)
+        if (a->adapter || a->mode_s || a->min_acc >= 0 || a->limit || a->record || a->recovery ||
+            a->t.json || a->pred_path || a->text_path || a->context || a->stride)
             return usage_err("--tokenize and --detokenize take only --tokenizer, --model, --data and --no-special");
-        return tokenize_main(tok_path ? tok_path : model_dir, data, detokenize, !no_special);
+        return tokenize_main(a->tok_path ? a->tok_path : a->model_dir, a->data, a->detokenize,
+                             !a->no_special);
     }
-    if (no_special)
+    if (a->no_special)
         return usage_err("--no-special goes with --tokenize or --detokenize");
-    if (!model_dir)
+    if (!a->model_dir)
         return usage_err("--model DIR is required");
-    if (recovery) {
-        if (!adapter)
+    lora_source_opts so = adapter_source(&a->t.ao, "lora-eval", a->model_dir);
+    if (a->recovery) {
+        if (!a->adapter)
             return usage_err("--check-recovery needs an adapter (-a)");
-        if (data || mode_s || min_acc >= 0 || limit || record || pred_path || text_path)
+        if (a->data || a->mode_s || a->min_acc >= 0 || a->limit || a->record || a->pred_path ||
+            a->text_path)
             return usage_err("--check-recovery takes only --model, -a, --json, -j and key options");
-        lora_source_opts so = adapter_source(&ao, "lora-eval", model_dir);
-        return check_recovery(model_dir, adapter, &so, threads, json);
+        return check_recovery(a->model_dir, a->adapter, &so, a->t.threads, a->t.json);
     }
-    if (text_path) {
-        if (data || mode_s || min_acc >= 0 || limit || record || pred_path)
+    if (a->text_path) {
+        if (a->data || a->mode_s || a->min_acc >= 0 || a->limit || a->record || a->pred_path)
             return usage_err("--text takes only --model, -a, --context, --stride, --json, -j and key options");
-        if (context && stride > context)
+        if (a->context && a->stride > a->context)
             return usage_err("--stride must not exceed --context");
-        lora_source_opts so = adapter_source(&ao, "lora-eval", model_dir);
-        return text_main(model_dir, tok_path, adapter, &so, any_base, text_path, context, stride,
-                         json);
+        return text_main(a->model_dir, a->tok_path, a->adapter, &so, a->any_base, a->text_path,
+                         a->context, a->stride, a->t.json);
     }
-    if (context || stride)
+    return TOOL_OPT_NEXT;
+}
+
+/* What a data-set evaluation needs besides --model: 0 or the status. */
+static int check_eval_args(eval_args *a)
+{
+    if (a->context || a->stride)
         return usage_err("--context and --stride go with --text");
-    if (pred_path && json && strcmp(pred_path, "-") == 0)
+    if (a->pred_path && a->t.json && strcmp(a->pred_path, "-") == 0)
         return usage_err("--predictions - and --json would both write standard output");
-    if (!data)
+    if (!a->data)
         return usage_err("--data FILE (or --text FILE) is required");
-    if (record && !adapter)
+    if (a->record && !a->adapter)
         return usage_err("--record needs an adapter (-a): results are recorded per adapter");
-    if (record && strcmp(data, "-") == 0)
+    if (a->record && strcmp(a->data, "-") == 0)
         return usage_err("--record needs a data file, not stdin (its hash is recorded)");
-    int mode = adapter ? LORA_MODE_UNMERGED : LORA_MODE_BASE, cmp = -1;
-    if (mode_s) {
-        if (!adapter)
+    a->mode = a->adapter ? LORA_MODE_UNMERGED : LORA_MODE_BASE;
+    a->cmp = -1;
+    if (a->mode_s) {
+        if (!a->adapter)
             return usage_err("--mode needs an adapter (-a)");
-        if (strcmp(mode_s, "unmerged") == 0)
-            mode = LORA_MODE_UNMERGED;
-        else if (strcmp(mode_s, "merged") == 0)
-            mode = LORA_MODE_MERGED;
-        else if (strcmp(mode_s, "both") == 0)
-            mode = LORA_MODE_MERGED, cmp = LORA_MODE_UNMERGED;
+        if (strcmp(a->mode_s, "unmerged") == 0)
+            a->mode = LORA_MODE_UNMERGED;
+        else if (strcmp(a->mode_s, "merged") == 0)
+            a->mode = LORA_MODE_MERGED;
+        else if (strcmp(a->mode_s, "both") == 0)
+            a->mode = LORA_MODE_MERGED, a->cmp = LORA_MODE_UNMERGED;
         else
             return usage_err("--mode is merged, unmerged or both");
     }
+    return 0;
+}
 
-    lora_error err;
-    lora_error_clear(&err);
-    if (lora_init(&err) != LORA_OK)
-        return die(err.code, &err);
-    lora_set_threads(threads);
-    lora_model *m = NULL;
-    lora_adapter *ad = NULL;
-    lora_dataset *ds = NULL;
-    lora_registry *reg = NULL;
-    lora_reg_adapter *ra = NULL;
-    lora_eval_result r = {0};
-    lora_tokenizer *tok = NULL;
-    lora_text_codec codec = {0};
-    char ds_hex[2 * LORA_HASH_BYTES + 1] = "", ra_id[512] = "";
-    size_t recorded = 0;
-    int rc;
-    /* --record: find the adapter in the registry before the (long)
-     * evaluation, so a run that cannot be recorded fails at once */
-    if (record) {
-        if ((rc = lora_registry_open(reg_path, 0, &reg, &err)) != LORA_OK) {
-            fprintf(stderr, "%s: --record: %s\n", prog, err.msg);
-            return rc;
-        }
-        if ((rc = lora_eval_registered(reg, adapter, &ra, &err)) != LORA_OK) {
-            fprintf(stderr, "%s: --record: %s\n", prog, err.msg);
-            lora_registry_close(reg);
-            return rc;
-        }
-        snprintf(ra_id, sizeof ra_id, "%s@%s", ra->name, ra->version);
+/* --record: the adapter's row found before the (long) evaluation, so a
+ * run that cannot be recorded fails at once.  Messages printed. */
+static int open_record(const eval_args *a, eval_run *R, lora_error *err)
+{
+    int rc = lora_registry_open(a->t.ao.registry, 0, &R->reg, err);
+    if (!rc)
+        rc = lora_eval_registered(R->reg, a->adapter, &R->ra, err);
+    if (rc) {
+        fprintf(stderr, "%s: --record: %s\n", prog, err->msg);
+        return rc;
     }
-    if ((rc = lora_model_open(model_dir, &m, &err)) != LORA_OK) {
-        lora_reg_adapter_free(ra);
-        lora_registry_close(reg);
-        return die(rc, &err);
-    }
-    const lora_model_config *cfg = lora_model_cfg(m);
-    if ((rc = lora_dataset_load(data, cfg->vocab, &ds, &err)) != LORA_OK)
-        goto fail;
+    snprintf(R->ra_id, sizeof R->ra_id, "%s@%s", R->ra->name, R->ra->version);
+    return LORA_OK;
+}
+
+/* The data set, tokenized when it holds text.  Messages printed. */
+static int open_data(const eval_args *a, eval_run *R, lora_error *err)
+{
+    const lora_model_config *cfg = lora_model_cfg(R->m);
+    int rc = lora_dataset_load(a->data, cfg->vocab, &R->ds, err);
+    if (rc)
+        return die(rc, err);
     /* the hash of the bytes read: a pipe cannot be read twice */
-    lora_hex(ds->hash, sizeof ds->hash, ds_hex);
-    if (ds->text_items) {
-        if ((rc = open_tokenizer(tok_path, model_dir, &tok, &err)) != LORA_OK) {
-            fprintf(stderr, "%s: %s:%zu: %s\n", prog, data, ds->first_text_line, err.msg);
-            goto out;
-        }
-        if ((rc = tokenizer_fits(tok, cfg, &err)) != LORA_OK)
-            goto fail;
-        codec = codec_of(tok);
-        if ((rc = lora_dataset_tokenize(ds, &codec, &err)) != LORA_OK) {
-            fprintf(stderr, "%s: %s: %s\n", prog, strcmp(data, "-") == 0 ? "stdin" : data, err.msg);
-            goto out;
-        }
+    lora_hex(R->ds->hash, sizeof R->ds->hash, R->ds_hex);
+    if (!R->ds->text_items)
+        return LORA_OK;
+    if ((rc = open_tokenizer(a->tok_path, a->model_dir, &R->tok, err)) != LORA_OK) {
+        fprintf(stderr, "%s: %s:%zu: %s\n", prog, a->data, R->ds->first_text_line, err->msg);
+        return rc;
     }
-    if (adapter) {
-        lora_source_opts so = adapter_source(&ao, "lora-eval", model_dir);
-        /* task: resolves again at load; load the row just found instead,
-         * so that what is recorded is what was evaluated */
-        char spec[sizeof ra_id + 4];
-        const char *load = adapter;
-        if (ra && strncmp(adapter, "task:", 5) == 0) {
-            snprintf(spec, sizeof spec, "reg:%s", ra_id);
-            load = spec;
-        }
-        if ((rc = lora_adapter_load(load, &so, &ad, &err)) != LORA_OK)
-            goto fail;
-        if ((rc = lora_model_attach(m, ad, mode == LORA_MODE_MERGED, &err)) != LORA_OK ||
-            (rc = lora_base_check(ad, lora_model_ckpt(m), any_base, prog, stderr, &err)) != LORA_OK)
-            goto fail;
-        for (size_t i = 0; i < ad->n_modules; i++)
-            if (ad->modules[i].tied_head && !quiet)
-                fprintf(stderr, "lora-eval: note: module %s: the model's head is tied to its input "
-                        "embeddings; the update is applied to the head alone, as PEFT does\n",
-                        ad->modules[i].name);
+    if ((rc = tokenizer_fits(R->tok, cfg, err)) != LORA_OK)
+        return die(rc, err);
+    R->codec = codec_of(R->tok);
+    if ((rc = lora_dataset_tokenize(R->ds, &R->codec, err)) != LORA_OK)
+        fprintf(stderr, "%s: %s: %s\n", prog, strcmp(a->data, "-") == 0 ? "stdin" : a->data,
+                err->msg);
+    return rc;
+}
+
+/* The adapter, attached merged or at run time.  Messages printed. */
+static int open_adapter(const eval_args *a, eval_run *R, lora_error *err)
+{
+    lora_source_opts so = adapter_source(&a->t.ao, "lora-eval", a->model_dir);
+    /* task: and reg:NAME resolve again at load (a version may be added
+     * meanwhile); load the row just found instead, so that what is
+     * recorded is what was evaluated */
+    char spec[sizeof R->ra_id + 4];
+    const char *load = a->adapter;
+    if (R->ra && (strncmp(a->adapter, "task:", 5) == 0 ||
+                  (strncmp(a->adapter, "reg:", 4) == 0 && !strchr(a->adapter, '@')))) {
+        snprintf(spec, sizeof spec, "reg:%s", R->ra_id);
+        load = spec;
     }
+    int rc = lora_adapter_load(load, &so, &R->ad, err);
+    if (!rc)
+        rc = lora_model_attach(R->m, R->ad, a->mode == LORA_MODE_MERGED, err);
+    if (!rc)
+        rc = lora_base_check(R->ad, lora_model_ckpt(R->m), a->any_base, prog, stderr, err);
+    if (rc)
+        return die(rc, err);
+    for (size_t i = 0; i < R->ad->n_modules; i++)
+        if (R->ad->modules[i].tied_head && !a->t.quiet)
+            fprintf(stderr, "lora-eval: note: module %s: the model's head is tied to its input "
+                    "embeddings; the update is applied to the head alone, as PEFT does\n",
+                    R->ad->modules[i].name);
+    return LORA_OK;
+}
+
+/* Evaluate, then write the predictions and record (in that order: a run
+ * whose predictions cannot be written records nothing).  Messages printed. */
+static int evaluate(const eval_args *a, eval_run *R, lora_error *err)
+{
     tool_progress pg;
-    tool_progress_init(&pg, quiet);
-    lora_eval_opts eo = {.mode = mode, .compare_mode = cmp, .limit = limit,
-                         .max_new_tokens = maxnew, .keep_predictions = pred_path != NULL,
-                         .codec = tok ? &codec : NULL};
+    tool_progress_init(&pg, a->t.quiet);
+    lora_eval_opts eo = {.mode = a->mode, .compare_mode = a->cmp, .limit = a->limit,
+                         .max_new_tokens = a->maxnew, .keep_predictions = a->pred_path != NULL,
+                         .codec = R->tok ? &R->codec : NULL};
     if (pg.on) {
         eo.progress = progress;
         eo.progress_arg = &pg;
     }
-    rc = lora_eval_run(m, ds, &eo, &r, &err);
+    int rc = lora_eval_run(R->m, R->ds, &eo, &R->r, err);
     tool_progress_end(&pg);
     if (rc != LORA_OK)
-        goto fail;
-
-    /* the predictions first: a run whose predictions cannot be written
-     * records nothing */
-    if (pred_path && (rc = lora_eval_write_predictions(pred_path, ds, &r, &err)) != LORA_OK) {
-        fprintf(stderr, "%s: --predictions %s: %s\n", prog, pred_path, err.msg);
-        goto out;
+        return die(rc, err);
+    if (a->pred_path &&
+        (rc = lora_eval_write_predictions(a->pred_path, R->ds, &R->r, err)) != LORA_OK) {
+        fprintf(stderr, "%s: --predictions %s: %s\n", prog, a->pred_path, err->msg);
+        return rc;
     }
-    int below = min_acc >= 0 && r.accuracy < min_acc;
-    int disagree = cmp >= 0 && r.disagreements > 0;
+    R->below = a->min_acc >= 0 && R->r.accuracy < a->min_acc;
+    R->disagree = a->cmp >= 0 && R->r.disagreements > 0;
     /* recorded even when below --min-accuracy: CI must see the drop */
-    if (record) {
+    if (a->record) {
         char name[4096];
-        snprintf(name, sizeof name, "%s", data);
+        snprintf(name, sizeof name, "%s", a->data);
         char base[4096];
-        snprintf(base, sizeof base, "%s", model_dir);
-        if ((rc = lora_eval_record(reg, ra, m, ad, ds_hex, basename(name), mode_name(mode),
-                                   basename(base), &r, &recorded,
-                                   &err)) != LORA_OK) {
-            fprintf(stderr, "%s: --record: %s\n", prog, err.msg);
-            goto out;
+        snprintf(base, sizeof base, "%s", a->model_dir);
+        if ((rc = lora_eval_record(R->reg, R->ra, R->m, R->ad, R->ds_hex, basename(name),
+                                   mode_name(a->mode), basename(base), &R->r, &R->recorded,
+                                   err)) != LORA_OK) {
+            fprintf(stderr, "%s: --record: %s\n", prog, err->msg);
+            return rc;
         }
     }
-    if (json) {
-        json_t *o = json_object();
-        json_object_set_new(o, "model", json_string(model_dir));
-        json_object_set_new(o, "architecture", json_string(cfg->architecture));
-        json_object_set_new(o, "adapter", adapter ? json_string(adapter) : json_null());
-        json_object_set_new(o, "data", json_string(data));
-        json_object_set_new(o, "mode", json_string(mode_name(mode)));
-        json_object_set_new(o, "items", json_integer((json_int_t)r.items));
-        json_object_set_new(o, "correct", json_integer((json_int_t)r.correct));
-        json_metrics(o, &r);
-        json_object_set_new(o, "choice_items", json_integer((json_int_t)r.choice_items));
-        json_object_set_new(o, "choice_correct", json_integer((json_int_t)r.choice_correct));
-        json_object_set_new(o, "generation_items", json_integer((json_int_t)r.gen_items));
-        json_object_set_new(o, "generation_correct", json_integer((json_int_t)r.gen_correct));
-        json_object_set_new(o, "mean_nll", metric(r.mean_nll));
-        json_object_set_new(o, "nll_tokens", json_integer((json_int_t)r.nll_tokens));
-        json_object_set_new(o, "tokens", json_integer((json_int_t)r.tokens));
-        json_object_set_new(o, "seconds", json_real(r.seconds));
-        json_object_set_new(o, "tokens_per_second", json_real(r.tokens_per_second));
-        json_object_set_new(o, "threads", json_integer(threads));
-        if (cmp >= 0) {
-            json_t *cm = json_object();
-            json_object_set_new(cm, "against", json_string(mode_name(cmp)));
-            json_object_set_new(cm, "max_abs_dlogit", json_real(r.max_abs_dlogit));
-            json_object_set_new(cm, "disagreements", json_integer((json_int_t)r.disagreements));
-            json_object_set_new(cm, "first_disagreement_line",
-                                r.first_disagreement ? json_integer((json_int_t)r.first_disagreement)
-                                                     : json_null());
-            json_object_set_new(cm, "agree", json_boolean(!disagree));
-            json_object_set_new(o, "compare", cm);
-        }
-        json_object_set_new(o, "min_accuracy", min_acc >= 0 ? json_real(min_acc) : json_null());
-        json_object_set_new(o, "passed", json_boolean(!below && !disagree));
-        if (record) {
-            json_t *rj = json_object();
-            json_object_set_new(rj, "registry", json_string(lora_registry_path(reg)));
-            json_object_set_new(rj, "adapter", json_string(ra_id));
-            json_object_set_new(rj, "dataset_hash", json_string(ds_hex));
-            json_object_set_new(rj, "rows", json_integer((json_int_t)recorded));
-            json_object_set_new(o, "recorded", rj);
-        } else {
-            json_object_set_new(o, "recorded", json_null());
-        }
-        char *s = json_dumps(o, JSON_INDENT(2) | JSON_REAL_PRECISION(10));
-        json_decref(o);
-        if (!s) {
-            rc = LORA_EIO;
-            fprintf(stderr, "%s: out of memory\n", prog);
-            goto out;
-        }
-        puts(s);
-        free(s);
+    return LORA_OK;
+}
+
+static int print_json(const eval_args *a, const eval_run *R)
+{
+    const lora_eval_result *r = &R->r;
+    json_t *o = json_object();
+    json_object_set_new(o, "model", json_string(a->model_dir));
+    json_object_set_new(o, "architecture", json_string(lora_model_cfg(R->m)->architecture));
+    json_object_set_new(o, "adapter", a->adapter ? json_string(a->adapter) : json_null());
+    json_object_set_new(o, "data", json_string(a->data));
+    json_object_set_new(o, "mode", json_string(mode_name(a->mode)));
+    json_object_set_new(o, "items", json_integer((json_int_t)r->items));
+    json_object_set_new(o, "correct", json_integer((json_int_t)r->correct));
+    json_metrics(o, r);
+    json_object_set_new(o, "choice_items", json_integer((json_int_t)r->choice_items));
+    json_object_set_new(o, "choice_correct", json_integer((json_int_t)r->choice_correct));
+    json_object_set_new(o, "generation_items", json_integer((json_int_t)r->gen_items));
+    json_object_set_new(o, "generation_correct", json_integer((json_int_t)r->gen_correct));
+    json_object_set_new(o, "mean_nll", metric(r->mean_nll));
+    json_object_set_new(o, "nll_tokens", json_integer((json_int_t)r->nll_tokens));
+    json_object_set_new(o, "tokens", json_integer((json_int_t)r->tokens));
+    json_object_set_new(o, "seconds", json_real(r->seconds));
+    json_object_set_new(o, "tokens_per_second", json_real(r->tokens_per_second));
+    json_object_set_new(o, "threads", json_integer(a->t.threads));
+    if (a->cmp >= 0) {
+        json_t *cm = json_object();
+        json_object_set_new(cm, "against", json_string(mode_name(a->cmp)));
+        json_object_set_new(cm, "max_abs_dlogit", json_real(r->max_abs_dlogit));
+        json_object_set_new(cm, "disagreements", json_integer((json_int_t)r->disagreements));
+        json_object_set_new(cm, "first_disagreement_line",
+                            r->first_disagreement ? json_integer((json_int_t)r->first_disagreement)
+                                                  : json_null());
+        json_object_set_new(cm, "agree", json_boolean(!R->disagree));
+        json_object_set_new(o, "compare", cm);
+    }
+    json_object_set_new(o, "min_accuracy", a->min_acc >= 0 ? json_real(a->min_acc) : json_null());
+    json_object_set_new(o, "passed", json_boolean(!R->below && !R->disagree));
+    if (a->record) {
+        json_t *rj = json_object();
+        json_object_set_new(rj, "registry", json_string(lora_registry_path(R->reg)));
+        json_object_set_new(rj, "adapter", json_string(R->ra_id));
+        json_object_set_new(rj, "dataset_hash", json_string(R->ds_hex));
+        json_object_set_new(rj, "rows", json_integer((json_int_t)R->recorded));
+        json_object_set_new(o, "recorded", rj);
     } else {
-        printf("model       %s (%s, %llu parameters)\n", model_dir, cfg->architecture,
-               (unsigned long long)lora_model_params(m));
-        if (adapter)
-            printf("adapter     %s (%zu weights adapted, %s)\n", adapter, lora_model_adapted(m),
-                   mode_name(mode));
-        printf("items       %zu (%zu multiple choice, %zu generation)\n", r.items, r.choice_items,
-               r.gen_items);
-        printf("correct     %.4f (%zu/%zu)\n", r.accuracy, r.correct, r.items);
-        text_metrics(&r);
-        printf("speed       %.0f tokens/s (%llu tokens, %.3f s, %d thread%s)\n", r.tokens_per_second,
-               (unsigned long long)r.tokens, r.seconds, threads, threads == 1 ? "" : "s");
-        if (record)
-            printf("recorded    %zu results for %s in %s\n", recorded, ra_id,
-                   lora_registry_path(reg));
-        if (cmp >= 0) {
-            printf("merged vs unmerged: max |Δlogit| %.3g, %s\n", r.max_abs_dlogit,
-                   disagree ? "predictions DIFFER" : "every prediction agrees");
-        }
+        json_object_set_new(o, "recorded", json_null());
     }
-    if (disagree)
+    char *s = json_dumps(o, JSON_INDENT(2) | JSON_REAL_PRECISION(10));
+    json_decref(o);
+    if (!s) {
+        fprintf(stderr, "%s: out of memory\n", prog);
+        return LORA_EIO;
+    }
+    puts(s);
+    free(s);
+    return LORA_OK;
+}
+
+static void print_text(const eval_args *a, const eval_run *R)
+{
+    const lora_eval_result *r = &R->r;
+    int threads = a->t.threads;
+    printf("model       %s (%s, %llu parameters)\n", a->model_dir,
+           lora_model_cfg(R->m)->architecture, (unsigned long long)lora_model_params(R->m));
+    if (a->adapter)
+        printf("adapter     %s (%zu weights adapted, %s)\n", a->adapter, lora_model_adapted(R->m),
+               mode_name(a->mode));
+    printf("items       %zu (%zu multiple choice, %zu generation)\n", r->items, r->choice_items,
+           r->gen_items);
+    printf("correct     %.4f (%zu/%zu)\n", r->accuracy, r->correct, r->items);
+    text_metrics(r);
+    printf("speed       %.0f tokens/s (%llu tokens, %.3f s, %d thread%s)\n", r->tokens_per_second,
+           (unsigned long long)r->tokens, r->seconds, threads, threads == 1 ? "" : "s");
+    if (a->record)
+        printf("recorded    %zu results for %s in %s\n", R->recorded, R->ra_id,
+               lora_registry_path(R->reg));
+    if (a->cmp >= 0) {
+        printf("merged vs unmerged: max |Δlogit| %.3g, %s\n", r->max_abs_dlogit,
+               R->disagree ? "predictions DIFFER" : "every prediction agrees");
+    }
+}
+
+/* The data-set evaluation: open, evaluate, report.  The exit status. */
+static int eval_main(const eval_args *a)
+{
+    lora_error err;
+    lora_error_clear(&err);
+    if (lora_init(&err) != LORA_OK)
+        return die(err.code, &err);
+    lora_set_threads(a->t.threads);
+    eval_run R = {0};
+    int rc = a->record ? open_record(a, &R, &err) : LORA_OK;
+    if (!rc && (rc = lora_model_open(a->model_dir, &R.m, &err)) != LORA_OK)
+        die(rc, &err);
+    if (!rc)
+        rc = open_data(a, &R, &err);
+    if (!rc && a->adapter)
+        rc = open_adapter(a, &R, &err);
+    if (!rc)
+        rc = evaluate(a, &R, &err);
+    if (!rc && a->t.json)
+        rc = print_json(a, &R);
+    else if (!rc)
+        print_text(a, &R);
+    if (!rc && R.disagree)
         fprintf(stderr, "%s: merged and unmerged predictions differ on %zu item%s (first at line %zu)\n",
-                prog, r.disagreements, r.disagreements == 1 ? "" : "s", r.first_disagreement);
-    if (below)
-        fprintf(stderr, "%s: accuracy %.4f is below --min-accuracy %.4f\n", prog, r.accuracy,
-                min_acc);
-    rc = (below || disagree) ? LORA_ECHECK : LORA_OK;
-    goto out;
-fail:
-    fprintf(stderr, "%s: %s\n", prog, err.msg);
-out:
-    lora_eval_result_free(&r);
-    lora_dataset_free(ds);
-    lora_tokenizer_free(tok);
-    lora_model_free(m);
-    lora_adapter_free(ad);
-    lora_reg_adapter_free(ra);
-    lora_registry_close(reg);
+                prog, R.r.disagreements, R.r.disagreements == 1 ? "" : "s", R.r.first_disagreement);
+    if (!rc && R.below)
+        fprintf(stderr, "%s: accuracy %.4f is below --min-accuracy %.4f\n", prog, R.r.accuracy,
+                a->min_acc);
+    if (!rc)
+        rc = (R.below || R.disagree) ? LORA_ECHECK : LORA_OK;
+    lora_eval_result_free(&R.r);
+    lora_dataset_free(R.ds);
+    lora_tokenizer_free(R.tok);
+    lora_model_free(R.m);
+    lora_adapter_free(R.ad);
+    lora_reg_adapter_free(R.ra);
+    lora_registry_close(R.reg);
     return rc;
+}
+
+int main(int argc, char **argv)
+{
+    lora_tool_json_errors(argc, argv, "lora-eval", 0);
+    lora_tool_sigbus("lora-eval");
+    eval_args a = {.t = {.prog = "lora-eval", .usage = usage, .threads_max = 256, .threads = 1},
+                   .min_acc = -1,
+                   .maxnew = 32};
+    int rc = parse_args(&a, argc, argv);
+    if (rc != TOOL_OPT_NEXT)
+        return rc;
+    if ((rc = other_modes(&a)) != TOOL_OPT_NEXT)
+        return rc;
+    if ((rc = check_eval_args(&a)) != 0)
+        return rc;
+    return eval_main(&a);
 }

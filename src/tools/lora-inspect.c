@@ -126,15 +126,10 @@ static int cmp_tensor(const void *x, const void *y)
                   (*(const lora_report_tensor *const *)y)->t->name);
 }
 
-static void print_human(const lora_report *rep, const char *base_path, int tensors)
+/* r, alpha and scale: one line, or one per group and module. */
+static void print_rank(const lora_report *rep)
 {
     const lora_adapter *ad = rep->ad;
-    char a[32], b[32], c[32];
-    printf("adapter          %s\n", ad->path);
-    printf("base model       %s\n", ad->base_model ? ad->base_model : "(not named)");
-    printf("PEFT version     %s\n", ad->peft_version ? ad->peft_version : "(not recorded)");
-    if (ad->task_type)
-        printf("task type        %s\n", ad->task_type);
     const char *how = ad->use_rslora ? "alpha/sqrt(r), rsLoRA" : "alpha/r";
     if (rep->n_groups == 1)
         printf("r / alpha        %" PRIu64 " / %g, scale %g (%s), all modules\n",
@@ -160,6 +155,38 @@ static void print_human(const lora_report *rep, const char *base_path, int tenso
     } else {
         printf("r / alpha        %" PRIu64 " / %g (no LoRA modules)\n", ad->r, ad->alpha);
     }
+}
+
+/* --tensors: every tensor, layers in numeric order. */
+static void print_tensors(const lora_report *rep)
+{
+    char a[32];
+    printf("tensors          %zu\n", rep->n_tensors);
+    const lora_report_tensor **ts = malloc((rep->n_tensors ? rep->n_tensors : 1) * sizeof *ts);
+    for (size_t i = 0; ts && i < rep->n_tensors; i++)
+        ts[i] = &rep->tensors[i];
+    if (ts)
+        qsort(ts, rep->n_tensors, sizeof *ts, cmp_tensor);
+    for (size_t i = 0; i < rep->n_tensors; i++) {
+        const lora_report_tensor *t = ts ? ts[i] : &rep->tensors[i];
+        char s[96];
+        shape(t->t, s, sizeof s);
+        printf("  %s %s %s %s bytes %s\n", t->t->name, lora_dtype_name(t->t->dtype), s,
+               num(t->t->nbytes, a, sizeof a), t->role);
+    }
+    free(ts);
+}
+
+static void print_human(const lora_report *rep, const char *base_path, int tensors)
+{
+    const lora_adapter *ad = rep->ad;
+    char a[32], b[32], c[32];
+    printf("adapter          %s\n", ad->path);
+    printf("base model       %s\n", ad->base_model ? ad->base_model : "(not named)");
+    printf("PEFT version     %s\n", ad->peft_version ? ad->peft_version : "(not recorded)");
+    if (ad->task_type)
+        printf("task type        %s\n", ad->task_type);
+    print_rank(rep);
     if (rep->n_dora) {
         printf("DoRA             %zu of %zu modules, lora_magnitude_vector in [%g, %g]\n",
                rep->n_dora, rep->n_modules, rep->mag_min, rep->mag_max);
@@ -212,22 +239,8 @@ static void print_human(const lora_report *rep, const char *base_path, int tenso
             printf("  adapted        %s base parameters stored as %s LoRA parameters (%s)\n",
                num(rep->adapted_params, b, sizeof b), num(rep->lora_params, c, sizeof c), a);
     }
-    if (tensors) {
-        printf("tensors          %zu\n", rep->n_tensors);
-        const lora_report_tensor **ts = malloc((rep->n_tensors ? rep->n_tensors : 1) * sizeof *ts);
-        for (size_t i = 0; ts && i < rep->n_tensors; i++)
-            ts[i] = &rep->tensors[i];
-        if (ts)
-            qsort(ts, rep->n_tensors, sizeof *ts, cmp_tensor);
-        for (size_t i = 0; i < rep->n_tensors; i++) {
-            const lora_report_tensor *t = ts ? ts[i] : &rep->tensors[i];
-            char s[96];
-            shape(t->t, s, sizeof s);
-            printf("  %s %s %s %s bytes %s\n", t->t->name, lora_dtype_name(t->t->dtype), s,
-                   num(t->t->nbytes, a, sizeof a), t->role);
-        }
-        free(ts);
-    }
+    if (tensors)
+        print_tensors(rep);
     if (!rep->n_problems)
         /* without a base, "none" cannot see a wrong base or a bad shape */
         printf("problems         none%s\n",
@@ -265,6 +278,64 @@ static int inspect_gguf(const char *path, int json, int quiet)
     return rc;
 }
 
+/* The paper's analyses (--spectrum, --compare, --amplification). */
+static int analyses(lora_adapter *ad, lora_ckpt *base, lora_analysis_opts *ao,
+                    const char *compare_path, int amplification, const lora_source_opts *so,
+                    int json, int quiet, lora_error *err)
+{
+    lora_adapter *other = NULL;
+    char *text = NULL;
+    int rc = compare_path ? lora_adapter_load(compare_path, so, &other, err) : LORA_OK;
+    if (!rc) {
+        ao->other = other;
+        ao->base = amplification ? base : NULL;
+        rc = lora_analyze(ad, ao, json, &text, err);
+        lora_adapter_free(other);
+    }
+    if (rc) {
+        fprintf(stderr, PROG ": %s\n", err->msg[0] ? err->msg : "failed");
+        return rc;
+    }
+    if ((!quiet && fputs(text, stdout) == EOF) || fflush(stdout) != 0)
+        rc = LORA_EIO;
+    free(text);
+    if (rc)
+        fprintf(stderr, PROG ": writing the report failed\n");
+    return rc;
+}
+
+/* The report (human or JSON), and with --check its verdict. */
+static int report(lora_adapter *ad, lora_ckpt *base, const char *base_path, const char *path,
+                  int check, int strict, int tensors, int json, int quiet, lora_error *err)
+{
+    lora_report *rep = NULL;
+    lora_inspect_opts io = {.base = base, .strict = strict};
+    int rc = lora_inspect(ad, &io, &rep, err);
+    char *s = NULL;
+    if (!rc && !quiet && json && !(s = lora_report_json(rep, tensors, err)))
+        rc = err->code ? err->code : LORA_EIO;
+    if (rc) {
+        fprintf(stderr, PROG ": %s\n", err->msg[0] ? err->msg : "failed");
+        lora_report_free(rep);
+        return rc;
+    }
+    if (s)
+        fputs(s, stdout);
+    else if (!quiet && !json)
+        print_human(rep, base_path, tensors);
+    free(s);
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        fprintf(stderr, PROG ": writing the report failed\n");
+        rc = LORA_EIO;
+    } else if (check && rep->n_errors) {
+        fprintf(stderr, PROG ": check failed: %zu error%s in %s\n", rep->n_errors,
+                rep->n_errors == 1 ? "" : "s", path);
+        rc = LORA_ECHECK;
+    }
+    lora_report_free(rep);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     lora_tool_json_errors(argc, argv, PROG, 'j');
@@ -286,8 +357,8 @@ int main(int argc, char **argv)
     const char **mods = calloc((size_t)argc + 1, sizeof *mods);
     size_t n_mods = 0;
     const char *base_path = NULL;
-    int check = 0, strict = 0, json = 0, tensors = 0, quiet = 0;
-    adapter_opts src = {0};
+    int check = 0, strict = 0, tensors = 0;
+    tool_opts t = {.prog = PROG, .usage = usage, .json_short = 'j'};
     int ch;
     opterr = 0; /* our own messages, prefixed with the tool's name */
     while ((ch = getopt_long(argc, argv, ":b:csjtp:qhV", longopts, NULL)) != -1) {
@@ -295,35 +366,21 @@ int main(int argc, char **argv)
         case 'b': base_path = optarg; break;
         case 'c': check = 1; break;
         case 's': strict = 1; break;
-        case 'j': json = 1; break;
         case 't': tensors = 1; break;
-        case 'q': quiet = 1; break;
-        case 'h': usage(stdout); free(mods); return 0;
-        case 'V': printf(PROG " (lora-tools) %s\n", lora_version()); free(mods); return 0;
         case 1001: ao.spectrum = 1; break;
         case 1002: compare_path = optarg; break;
         case 1003: ao.svg_path = optarg; break;
         case 1004: amplification = 1; break;
         case 1005: if (mods) mods[n_mods++] = optarg; break;
-        case ':':
-            fprintf(stderr, PROG ": option '%s' needs an argument\n", argv[optind - 1]);
-            fprintf(stderr, "Try '" PROG " --help' for more information.\n");
-            free(mods);
-            return LORA_EUSAGE;
         default:
-            if ((ch = adapter_opt(&src, ch, optarg, PROG)) > 0)
-                break;
-            if (ch < 0)
-                ;
-            else if (optopt)
-                fprintf(stderr, PROG ": unknown option '-%c'\n", optopt);
-            else
-                fprintf(stderr, PROG ": unknown option '%s'\n", argv[optind - 1]);
-            fprintf(stderr, "Try '" PROG " --help' for more information.\n");
-            free(mods);
-            return LORA_EUSAGE;
+            if ((ch = tool_opt(&t, ch, optarg, argv)) != TOOL_OPT_NEXT) {
+                free(mods);
+                return ch;
+            }
+            break;
         }
     }
+    int json = t.json, quiet = t.quiet;
     if (optind != argc - 1) {
         fprintf(stderr, PROG ": %s\nTry '" PROG " --help' for more information.\n",
                 optind >= argc ? "missing ADAPTER" : "only one ADAPTER, please");
@@ -354,67 +411,25 @@ int main(int argc, char **argv)
     lora_error_clear(&err);
     lora_adapter *ad = NULL;
     lora_ckpt *base = NULL;
-    lora_report *rep = NULL;
     int rc = lora_init(&err);
     if (rc)
         goto fail;
-    lora_source_opts so = adapter_source(&src, PROG, base_path);
+    lora_source_opts so = adapter_source(&t.ao, PROG, base_path);
     if ((rc = lora_adapter_load(argv[optind], &so, &ad, &err)))
         goto fail;
     if (base_path && (rc = lora_ckpt_open(base_path, &base, &err)))
         goto fail;
-    if (ao.spectrum || compare_path || amplification) {
-        lora_adapter *other = NULL;
-        char *text = NULL;
-        if (compare_path && (rc = lora_adapter_load(compare_path, &so, &other, &err)))
-            goto fail;
-        ao.other = other;
-        ao.base = amplification ? base : NULL;
-        rc = lora_analyze(ad, &ao, json, &text, &err);
-        lora_adapter_free(other);
-        if (rc)
-            goto fail;
-        if ((!quiet && fputs(text, stdout) == EOF) || fflush(stdout) != 0)
-            rc = LORA_EIO;
-        free(text);
-        if (rc)
-            fprintf(stderr, PROG ": writing the report failed\n");
-        lora_ckpt_close(base);
-        lora_adapter_free(ad);
-        free(mods);
-        return rc;
-    }
-    lora_inspect_opts io = {.base = base, .strict = strict};
-    if ((rc = lora_inspect(ad, &io, &rep, &err)))
-        goto fail;
-    if (quiet) {
-    } else if (json) {
-        char *s = lora_report_json(rep, tensors, &err);
-        if (!s) {
-            rc = err.code ? err.code : LORA_EIO;
-            goto fail;
-        }
-        fputs(s, stdout);
-        free(s);
-    } else {
-        print_human(rep, base_path, tensors);
-    }
-    if (fflush(stdout) != 0 || ferror(stdout)) {
-        fprintf(stderr, PROG ": writing the report failed\n");
-        rc = LORA_EIO;
-    } else if (check && rep->n_errors) {
-        fprintf(stderr, PROG ": check failed: %zu error%s in %s\n", rep->n_errors,
-                rep->n_errors == 1 ? "" : "s", argv[optind]);
-        rc = LORA_ECHECK;
-    }
-    lora_report_free(rep);
+    if (ao.spectrum || compare_path || amplification)
+        rc = analyses(ad, base, &ao, compare_path, amplification, &so, json, quiet, &err);
+    else
+        rc = report(ad, base, base_path, argv[optind], check, strict, tensors, json, quiet,
+                    &err);
     lora_ckpt_close(base);
     lora_adapter_free(ad);
     free(mods);
     return rc;
 fail:
     fprintf(stderr, PROG ": %s\n", err.msg[0] ? err.msg : "failed");
-    lora_report_free(rep);
     lora_ckpt_close(base);
     lora_adapter_free(ad);
     free(mods);

@@ -19,7 +19,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #define PROG "lora-merge"
@@ -42,6 +41,8 @@ static void usage(FILE *f)
             "      --receipt-key KEY.pub       with --unmerge: the receipt read must be signed\n"
             "                                  by this key (repeatable)\n"
             "      --dtype F32|F16|BF16        dtype of the changed tensors (default: keep)\n"
+            "      --convert-all               with --dtype: every floating tensor, and\n"
+            "                                  config.json's torch_dtype\n"
             "      --rounding nearest|reversible  rounding of merged values (default nearest)\n"
             "  -j, --threads N                 worker threads (default: CPUs online)\n"
             "      --shard NAME                only this shard of a sharded checkpoint;\n"
@@ -59,16 +60,6 @@ static void usage(FILE *f)
 }
 
 static tool_progress progress;
-
-/* "OUT/" names the same output as "OUT": the checkpoint goes there and
- * (lora-merge) its receipt beside it as OUT.receipt, not OUT/.receipt. */
-static char *trim_slashes(char *s)
-{
-    size_t n = strlen(s);
-    while (n > 1 && s[n - 1] == '/')
-        s[--n] = '\0';
-    return s;
-}
 
 static void on_progress(void *arg, uint64_t done, uint64_t total)
 {
@@ -103,12 +94,117 @@ static int load_adapters(char **args, size_t n, lora_merge_adapter *out, char **
     return LORA_OK;
 }
 
-int main(int argc, char **argv)
+enum { O_UNMERGE = 256, O_RECEIPT, O_NORECEIPT, O_DTYPE, O_ROUNDING, O_FORCE,
+       O_JSON, O_SHARD, O_ALLOWNF, O_ANYBASE, O_SIGNRECEIPT, O_RECEIPTKEY };
+enum { O_CONVERTALL = 0x2000 };
+
+/* The command line, parsed. */
+typedef struct merge_args {
+    tool_opts t;
+    char *adds[64], *undos[64];
+    size_t nadd, nundo;
+    int out_slash;
+    const char *out, *receipt, *sign_key, *rkeys[8];
+    size_t nrkeys;
+    int no_receipt;
+    lora_merge_opts o;
+} merge_args;
+
+/* Append ARG to LIST (at most MAX): TOOL_OPT_NEXT, or the usage status. */
+static int push_arg(const char **list, size_t *n, size_t max, const char *arg, const char *what)
 {
-    lora_tool_json_errors(argc, argv, PROG, 0);
-    lora_tool_sigbus(PROG);
-    enum { O_UNMERGE = 256, O_RECEIPT, O_NORECEIPT, O_DTYPE, O_ROUNDING, O_FORCE,
-           O_JSON, O_SHARD, O_ALLOWNF, O_ANYBASE, O_SIGNRECEIPT, O_RECEIPTKEY };
+    if (*n == max) {
+        fprintf(stderr, PROG ": too many %s: at most %zu\n", what, max);
+        return LORA_EUSAGE;
+    }
+    list[(*n)++] = arg;
+    return TOOL_OPT_NEXT;
+}
+
+/* One option: TOOL_OPT_NEXT, or the exit status. */
+static int parse_option(merge_args *a, int c, char *arg, char **argv)
+{
+    lora_merge_opts *o = &a->o;
+    switch (c) {
+    case 'a':
+        return push_arg((const char **)a->adds, &a->nadd, 64, arg, "adapters");
+    case O_UNMERGE:
+        return push_arg((const char **)a->undos, &a->nundo, 64, arg, "adapters");
+    case 'o':
+        a->out_slash = *arg && arg[strlen(arg) - 1] == '/';
+        a->out = outpath_trim_slashes(arg);
+        break;
+    case O_RECEIPT: a->receipt = arg; break;
+    case O_NORECEIPT: a->no_receipt = 1; break;
+    case O_SIGNRECEIPT: a->sign_key = arg; break;
+    case O_RECEIPTKEY:
+        return push_arg(a->rkeys, &a->nrkeys, 8, arg, "receipt keys");
+    case O_DTYPE:
+        o->dtype = lora_dtype_from_name(arg);
+        if (!lora_dtype_writable(o->dtype)) {
+            fprintf(stderr, PROG ": --dtype %s: must be F32, F16 or BF16\n", arg);
+            return LORA_EUSAGE;
+        }
+        break;
+    case O_CONVERTALL: o->convert_all = 1; break;
+    case O_ROUNDING:
+        if (!strcmp(arg, "nearest"))
+            o->rounding = LORA_ROUND_NEAREST;
+        else if (!strcmp(arg, "reversible"))
+            o->rounding = LORA_ROUND_REVERSIBLE;
+        else {
+            fprintf(stderr, PROG ": --rounding %s: must be nearest or reversible\n", arg);
+            return LORA_EUSAGE;
+        }
+        break;
+    case O_FORCE: o->force = 1; break;
+    case O_ALLOWNF: o->allow_nonfinite = 1; break;
+    case O_ANYBASE: o->any_base = 1; break;
+    case O_SHARD: o->shard = arg; break;
+    default: return tool_opt(&a->t, c, arg, argv);
+    }
+    return TOOL_OPT_NEXT;
+}
+
+/* What the options say together: 0, or the usage status. */
+static int check_args(const merge_args *a, int argc)
+{
+    /* '-' is no stream here: outputs are committed by rename */
+    if ((a->out && strcmp(a->out, "-") == 0) ||
+        (a->receipt && strcmp(a->receipt, "-") == 0 && !a->nundo)) {
+        fprintf(stderr, PROG ": %s -: the checkpoint and its receipt are written to a temporary "
+                        "file and renamed, not streamed; give a path (./- for one named -)\n",
+                a->out && strcmp(a->out, "-") == 0 ? "-o" : "--receipt");
+        return LORA_EUSAGE;
+    }
+    if (optind != argc - 1 || !a->nadd || !a->out) {
+        fprintf(stderr, PROG ": needs BASE, at least one -a ADAPTER and -o OUT (see --help)\n");
+        return LORA_EUSAGE;
+    }
+    if (a->nundo && !a->receipt && !a->no_receipt) {
+        /* the task switch is exact only with the old merge's receipt */
+        fprintf(stderr, PROG ": --unmerge needs --receipt (the receipt of the merge to undo)\n");
+        return LORA_EUSAGE;
+    }
+    if (a->o.convert_all && (a->o.dtype == LORA_DT_INVALID || a->nundo)) {
+        fprintf(stderr, PROG ": --convert-all %s\n", a->nundo ? "and --unmerge: convert in a merge "
+                        "of its own" : "needs --dtype (the dtype to convert to)");
+        return LORA_EUSAGE;
+    }
+    if (a->sign_key && a->no_receipt) {
+        fprintf(stderr, PROG ": --sign-receipt and --no-receipt: there is no receipt to sign\n");
+        return LORA_EUSAGE;
+    }
+    if (a->nrkeys && !a->nundo) {
+        fprintf(stderr, PROG ": --receipt-key checks the receipt read with --unmerge\n");
+        return LORA_EUSAGE;
+    }
+    return 0;
+}
+
+/* TOOL_OPT_NEXT when the command line makes a merge, else the exit status. */
+static int parse_args(merge_args *a, int argc, char **argv)
+{
     static const struct option longopts[] = {
         {"adapter", required_argument, NULL, 'a'},
         {"output", required_argument, NULL, 'o'},
@@ -118,6 +214,7 @@ int main(int argc, char **argv)
         {"sign-receipt", required_argument, NULL, O_SIGNRECEIPT},
         {"receipt-key", required_argument, NULL, O_RECEIPTKEY},
         {"dtype", required_argument, NULL, O_DTYPE},
+        {"convert-all", no_argument, NULL, O_CONVERTALL},
         {"rounding", required_argument, NULL, O_ROUNDING},
         {"threads", required_argument, NULL, 'j'},
         {"force", no_argument, NULL, O_FORCE},
@@ -125,131 +222,149 @@ int main(int argc, char **argv)
         {"any-base", no_argument, NULL, O_ANYBASE},
         {"shard", required_argument, NULL, O_SHARD},
         ADAPTER_LONGOPTS,
-        {"json", no_argument, NULL, O_JSON},
-        {"quiet", no_argument, NULL, 'q'},
-        {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},
+        TOOL_LONGOPTS,
         {NULL, 0, NULL, 0}};
-    char *adds[64], *undos[64];
-    adapter_opts ao = {0};
-    size_t nadd = 0, nundo = 0;
-    int out_slash = 0;
-    const char *out = NULL, *receipt = NULL, *sign_key = NULL, *rkeys[8];
-    size_t nrkeys = 0;
-    int no_receipt = 0, json = 0, quiet = 0;
-    lora_merge_opts o;
-    memset(&o, 0, sizeof o);
-    o.dtype = LORA_DT_INVALID;
-    o.rounding = LORA_ROUND_NEAREST;
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    o.nthreads = ncpu > 0 ? (int)ncpu : 1;
-    lora_source_opts so;
-    memset(&so, 0, sizeof so);
-    so.warn = stderr;
-    o.warn = stderr;
-    int c;
+    int c, r;
     opterr = 0; /* our own messages, prefixed with the tool's name */
-    while ((c = getopt_long(argc, argv, "a:o:j:p:qhV", longopts, NULL)) != -1) {
-        switch (c) {
-        case 'a':
-            if (nadd == 64) {
-                fprintf(stderr, PROG ": too many adapters: at most 64\n");
-                return LORA_EUSAGE;
-            }
-            adds[nadd++] = optarg;
-            break;
-        case O_UNMERGE:
-            if (nundo == 64) {
-                fprintf(stderr, PROG ": too many adapters: at most 64\n");
-                return LORA_EUSAGE;
-            }
-            undos[nundo++] = optarg;
-            break;
-        case 'o':
-            out_slash = *optarg && optarg[strlen(optarg) - 1] == '/';
-            out = trim_slashes(optarg);
-            break;
-        case O_RECEIPT: receipt = optarg; break;
-        case O_NORECEIPT: no_receipt = 1; break;
-        case O_SIGNRECEIPT: sign_key = optarg; break;
-        case O_RECEIPTKEY:
-            if (nrkeys == 8) {
-                fprintf(stderr, PROG ": too many receipt keys: at most 8\n");
-                return LORA_EUSAGE;
-            }
-            rkeys[nrkeys++] = optarg;
-            break;
-        case O_DTYPE:
-            o.dtype = lora_dtype_from_name(optarg);
-            if (!lora_dtype_writable(o.dtype)) {
-                fprintf(stderr, PROG ": --dtype %s: must be F32, F16 or BF16\n", optarg);
-                return LORA_EUSAGE;
-            }
-            break;
-        case O_ROUNDING:
-            if (!strcmp(optarg, "nearest"))
-                o.rounding = LORA_ROUND_NEAREST;
-            else if (!strcmp(optarg, "reversible"))
-                o.rounding = LORA_ROUND_REVERSIBLE;
-            else {
-                fprintf(stderr, PROG ": --rounding %s: must be nearest or reversible\n", optarg);
-                return LORA_EUSAGE;
-            }
-            break;
-        case 'j': {
-            char *end;
-            long v = strtol(optarg, &end, 10);
-            if (*end || v < 1 || v > 64) {
-                fprintf(stderr, PROG ": -j %s: must be a number from 1 to 64\n", optarg);
-                return LORA_EUSAGE;
-            }
-            o.nthreads = (int)v;
-            break;
+    while ((c = getopt_long(argc, argv, "a:o:j:p:qhV", longopts, NULL)) != -1)
+        if ((r = parse_option(a, c, optarg, argv)) != TOOL_OPT_NEXT)
+            return r;
+    a->o.nthreads = a->t.threads;
+    return (r = check_args(a, argc)) != 0 ? r : TOOL_OPT_NEXT;
+}
+
+/* The receipt keys and the signing key, loaded into O: 0, or the exit
+ * status (message printed). */
+static int load_keys(merge_args *a, lora_pubkey rpk[8], lora_seckey **sk, lora_error *err)
+{
+    for (size_t i = 0; i < a->nrkeys; i++)
+        if (lora_pubkey_load(a->rkeys[i], &rpk[i], err)) {
+            fprintf(stderr, PROG ": --receipt-key %s: %s\n", a->rkeys[i], err->msg);
+            return err->code;
         }
-        case O_FORCE: o.force = 1; break;
-        case O_ALLOWNF: o.allow_nonfinite = 1; break;
-        case O_ANYBASE: o.any_base = 1; break;
-        case O_SHARD: o.shard = optarg; break;
-        case O_JSON: json = 1; break;
-        case 'q': quiet = 1; break;
-        case 'h': usage(stdout); return 0;
-        case 'V': printf(PROG " %s\n", lora_version()); return 0;
-        default:
-            if ((c = adapter_opt(&ao, c, optarg, PROG)) != 0) {
-                if (c < 0)
-                    return LORA_EUSAGE;
-                break;
-            }
-            fprintf(stderr, PROG ": bad option %s: unknown, or its value is missing (see --help)\n",
-                    argv[optind - 1]);
-            return LORA_EUSAGE;
-        }
+    if (a->sign_key && tool_load_seckey(a->sign_key, sk, err)) {
+        fprintf(stderr, PROG ": --sign-receipt %s: %s\n", a->sign_key, err->msg);
+        return err->code ? err->code : LORA_EINPUT;
     }
-    /* '-' is no stream here: outputs are committed by rename */
-    if ((out && strcmp(out, "-") == 0) || (receipt && strcmp(receipt, "-") == 0 && !nundo)) {
-        fprintf(stderr, PROG ": %s -: the checkpoint and its receipt are written to a temporary "
-                        "file and renamed, not streamed; give a path (./- for one named -)\n",
-                out && strcmp(out, "-") == 0 ? "-o" : "--receipt");
-        return LORA_EUSAGE;
+    a->o.receipt_key = *sk;
+    a->o.receipt_pubkeys = a->nrkeys ? rpk : NULL;
+    a->o.n_receipt_pubkeys = a->nrkeys;
+    return 0;
+}
+
+/* Where the receipt goes: --receipt (when not undoing), else OUT.receipt;
+ * NULL with --no-receipt.  0, or the exit status. */
+static int receipt_path(const merge_args *a, char **receipt_out)
+{
+    *receipt_out = NULL;
+    if (a->no_receipt)
+        return 0;
+    if (a->receipt && !a->nundo)
+        *receipt_out = strdup(a->receipt);
+    else if (asprintf(receipt_out, "%s.receipt", a->out) < 0)
+        *receipt_out = NULL;
+    if (!*receipt_out) {
+        fprintf(stderr, PROG ": out of memory\n");
+        return LORA_EIO;
     }
-    if (optind != argc - 1 || !nadd || !out) {
-        fprintf(stderr, PROG ": needs BASE, at least one -a ADAPTER and -o OUT (see --help)\n");
-        return LORA_EUSAGE;
+    return 0;
+}
+
+static void print_json(const lora_merge_result *res, const char *out, const char *receipt_out)
+{
+    json_t *j = json_pack("{sssosIsIsIsIsIsI}", "output", out, "receipt",
+                          receipt_out ? json_string(receipt_out) : json_null(), "tensors",
+                          (json_int_t)res->tensors, "changed_tensors",
+                          (json_int_t)res->changed_tensors, "copied_tensors",
+                          (json_int_t)res->copied_tensors, "elements",
+                          (json_int_t)res->elements, "corrections", (json_int_t)res->fixes,
+                          "receipt_bytes", (json_int_t)res->receipt_bytes);
+    if (j && res->elements)
+        json_object_set_new(j, "receipt_bytes_per_parameter",
+                            json_real((double)res->receipt_bytes / (double)res->elements));
+    if (j)
+        json_object_set_new(j, "nonfinite", json_integer((json_int_t)res->nonfinite));
+    if (j)
+        json_object_set_new(j, "converted_tensors",
+                            json_integer((json_int_t)res->converted_tensors));
+    char *s = j ? json_dumps(j, JSON_INDENT(2)) : NULL;
+    if (s)
+        puts(s);
+    free(s);
+    json_decref(j);
+}
+
+static void print_human(const lora_merge_result *res, const lora_merge_opts *o, const char *out,
+                        const char *receipt_out)
+{
+    fprintf(stderr, PROG ": %s: %llu tensors merged, %llu copied", out,
+            (unsigned long long)res->changed_tensors, (unsigned long long)res->copied_tensors);
+    if (res->converted_tensors)
+        fprintf(stderr, " (%llu converted to %s)", (unsigned long long)res->converted_tensors,
+                lora_dtype_name(o->dtype));
+    if (receipt_out && res->elements)
+        fprintf(stderr, "; receipt %s: %llu corrections, %llu bytes (%.4f bytes/parameter)",
+                receipt_out, (unsigned long long)res->fixes,
+                (unsigned long long)res->receipt_bytes,
+                (double)res->receipt_bytes / (double)res->elements);
+    else if (!receipt_out && res->elements)
+        fputs("; no receipt: lora-unmerge cannot restore the base exactly", stderr);
+    fputc('\n', stderr);
+    if (res->nonfinite)
+        fprintf(stderr, PROG ": %s: WARNING: %llu value(s) written as +-inf or NaN "
+                        "(--allow-nonfinite): they overflow %s\n", out,
+                (unsigned long long)res->nonfinite,
+                o->dtype != LORA_DT_INVALID ? lora_dtype_name(o->dtype) : "the output dtype");
+}
+
+/* Load the adapters and merge: the library's status (message printed). */
+static int run(merge_args *a, const char *base, lora_merge_result *res, lora_error *err)
+{
+    lora_source_opts so = adapter_source(&a->t.ao, PROG, NULL);
+    lora_merge_adapter ua[64], aa[64];
+    char *us[64] = {0}, *as[64] = {0};
+    memset(ua, 0, sizeof ua);
+    memset(aa, 0, sizeof aa);
+    int rc = load_adapters(a->undos, a->nundo, ua, us, &so, err);
+    so.base = a->nundo ? NULL : base; /* task:T prefers an adapter registered for this base */
+    if (!rc)
+        rc = load_adapters(a->adds, a->nadd, aa, as, &so, err);
+    if (!rc)
+        rc = lora_merge_run(base, ua, a->nundo, aa, a->nadd, a->out, &a->o, res, err);
+    if (!rc && res->untied)
+        fprintf(stderr, PROG ": note: the base's head was tied to its input embeddings; the "
+                "lm_head update is merged into a new lm_head.weight and %s/config.json says "
+                "tie_word_embeddings false\n", a->out);
+    if (rc) {
+        tool_progress_end(&progress);
+        fprintf(stderr, PROG ": %s\n", err->msg);
     }
-    if (nundo && !receipt && !no_receipt) {
-        /* the task switch is exact only with the old merge's receipt */
-        fprintf(stderr, PROG ": --unmerge needs --receipt (the receipt of the merge to undo)\n");
-        return LORA_EUSAGE;
+    for (size_t i = 0; i < a->nundo; i++) {
+        lora_adapter_free(ua[i].ad);
+        free(us[i]);
     }
-    if (sign_key && no_receipt) {
-        fprintf(stderr, PROG ": --sign-receipt and --no-receipt: there is no receipt to sign\n");
-        return LORA_EUSAGE;
+    for (size_t i = 0; i < a->nadd; i++) {
+        lora_adapter_free(aa[i].ad);
+        free(as[i]);
     }
-    if (nrkeys && !nundo) {
-        fprintf(stderr, PROG ": --receipt-key checks the receipt read with --unmerge\n");
-        return LORA_EUSAGE;
-    }
-    so = adapter_source(&ao, PROG, NULL);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    lora_tool_json_errors(argc, argv, PROG, 0);
+    lora_tool_sigbus(PROG);
+    merge_args a;
+    memset(&a, 0, sizeof a);
+    a.t = (tool_opts){.prog = PROG, .usage = usage, .threads_max = 64};
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    a.t.threads = ncpu > 0 ? (int)ncpu : 1;
+    a.o.dtype = LORA_DT_INVALID;
+    a.o.rounding = LORA_ROUND_NEAREST;
+    a.o.warn = stderr;
+    int rc = parse_args(&a, argc, argv);
+    if (rc != TOOL_OPT_NEXT)
+        return rc;
     lora_error err;
     lora_error_clear(&err);
     if (lora_init(&err)) {
@@ -258,112 +373,29 @@ int main(int argc, char **argv)
     }
     lora_seckey *sk = NULL;
     lora_pubkey rpk[8];
-    for (size_t i = 0; i < nrkeys; i++)
-        if (lora_pubkey_load(rkeys[i], &rpk[i], &err)) {
-            fprintf(stderr, PROG ": --receipt-key %s: %s\n", rkeys[i], err.msg);
-            return err.code;
-        }
-    if (sign_key && tool_load_seckey(sign_key, &sk, &err)) {
-        fprintf(stderr, PROG ": --sign-receipt %s: %s\n", sign_key, err.msg);
-        return err.code ? err.code : LORA_EINPUT;
-    }
-    o.receipt_key = sk;
-    o.receipt_pubkeys = nrkeys ? rpk : NULL;
-    o.n_receipt_pubkeys = nrkeys;
-    /* what -o means, and whether it can be committed, before any work */
-    char *out_owned = NULL;
-    {
-        struct stat sb;
-        size_t bl = strlen(argv[optind]);
-        int folder_in = !o.shard && ((stat(argv[optind], &sb) == 0 && S_ISDIR(sb.st_mode)) ||
-                                     (bl > 11 && !strcmp(argv[optind] + bl - 11, ".index.json")));
-        int orc = folder_in ? outpath_folder(out, PROG)
-                            : outpath_file(&out, &out_owned, out_slash, o.shard ? o.shard : argv[optind], PROG);
-        if (orc) {
-            lora_seckey_free(sk);
-            return orc;
-        }
-    }
+    char *out_owned = NULL, *receipt_out = NULL;
     const char *base = argv[optind];
-    char *receipt_out = NULL;
-    if (!no_receipt) {
-        if (receipt && !nundo)
-            receipt_out = strdup(receipt);
-        else if (asprintf(&receipt_out, "%s.receipt", out) < 0)
-            receipt_out = NULL;
-        if (!receipt_out) {
-            fprintf(stderr, PROG ": out of memory\n");
-            free(out_owned);
-            lora_seckey_free(sk);
-            return LORA_EIO;
-        }
+    rc = load_keys(&a, rpk, &sk, &err);
+    if (!rc)
+        rc = outpath_checkpoint(&a.out, &out_owned, a.out_slash, base, a.o.shard, PROG);
+    if (!rc)
+        rc = receipt_path(&a, &receipt_out);
+    if (rc) {
+        free(out_owned);
+        lora_seckey_free(sk);
+        return rc;
     }
-    o.receipt_out = receipt_out;
-    o.receipt_in = nundo ? receipt : NULL;
-    tool_progress_init(&progress, quiet);
-    o.progress = on_progress;
-    lora_merge_adapter ua[64], aa[64];
-    char *us[64] = {0}, *as[64] = {0};
-    memset(ua, 0, sizeof ua);
-    memset(aa, 0, sizeof aa);
+    a.o.receipt_out = receipt_out;
+    a.o.receipt_in = a.nundo ? a.receipt : NULL;
+    tool_progress_init(&progress, a.t.quiet);
+    a.o.progress = on_progress;
     lora_merge_result res;
     memset(&res, 0, sizeof res);
-    int rc = load_adapters(undos, nundo, ua, us, &so, &err);
-    so.base = nundo ? NULL : base; /* task:T prefers an adapter registered for this base */
-    if (!rc)
-        rc = load_adapters(adds, nadd, aa, as, &so, &err);
-    if (!rc)
-        rc = lora_merge_run(base, ua, nundo, aa, nadd, out, &o, &res, &err);
-    if (!rc && res.untied)
-        fprintf(stderr, PROG ": note: the base's head was tied to its input embeddings; the "
-                "lm_head update is merged into a new lm_head.weight and %s/config.json says "
-                "tie_word_embeddings false\n", out);
-    if (rc) {
-        tool_progress_end(&progress);
-        fprintf(stderr, PROG ": %s\n", err.msg);
-    } else if (json) {
-        json_t *j = json_pack("{sssosIsIsIsIsIsI}", "output", out, "receipt",
-                              receipt_out ? json_string(receipt_out) : json_null(), "tensors",
-                              (json_int_t)res.tensors, "changed_tensors",
-                              (json_int_t)res.changed_tensors, "copied_tensors",
-                              (json_int_t)res.copied_tensors, "elements",
-                              (json_int_t)res.elements, "corrections", (json_int_t)res.fixes,
-                              "receipt_bytes", (json_int_t)res.receipt_bytes);
-        if (j && res.elements)
-            json_object_set_new(j, "receipt_bytes_per_parameter",
-                                json_real((double)res.receipt_bytes / (double)res.elements));
-        if (j)
-            json_object_set_new(j, "nonfinite", json_integer((json_int_t)res.nonfinite));
-        char *s = j ? json_dumps(j, JSON_INDENT(2)) : NULL;
-        if (s)
-            puts(s);
-        free(s);
-        json_decref(j);
-    } else if (!quiet) {
-        fprintf(stderr, PROG ": %s: %llu tensors merged, %llu copied", out,
-                (unsigned long long)res.changed_tensors, (unsigned long long)res.copied_tensors);
-        if (receipt_out && res.elements)
-            fprintf(stderr, "; receipt %s: %llu corrections, %llu bytes (%.4f bytes/parameter)",
-                    receipt_out, (unsigned long long)res.fixes,
-                    (unsigned long long)res.receipt_bytes,
-                    (double)res.receipt_bytes / (double)res.elements);
-        else if (!receipt_out && res.elements)
-            fputs("; no receipt: lora-unmerge cannot restore the base exactly", stderr);
-        fputc('\n', stderr);
-        if (res.nonfinite)
-            fprintf(stderr, PROG ": %s: WARNING: %llu value(s) written as +-inf or NaN "
-                            "(--allow-nonfinite): they overflow %s\n", out,
-                    (unsigned long long)res.nonfinite,
-                    o.dtype != LORA_DT_INVALID ? lora_dtype_name(o.dtype) : "the output dtype");
-    }
-    for (size_t i = 0; i < nundo; i++) {
-        lora_adapter_free(ua[i].ad);
-        free(us[i]);
-    }
-    for (size_t i = 0; i < nadd; i++) {
-        lora_adapter_free(aa[i].ad);
-        free(as[i]);
-    }
+    rc = run(&a, base, &res, &err);
+    if (!rc && a.t.json)
+        print_json(&res, a.out, receipt_out);
+    else if (!rc && !a.t.quiet)
+        print_human(&res, &a.o, a.out, receipt_out);
     free(receipt_out);
     free(out_owned);
     lora_seckey_free(sk);

@@ -90,3 +90,21 @@ int outpath_file(const char **out, char **owned, int slash, const char *name, co
     }
     return parent_ok(*out, prog);
 }
+
+int outpath_checkpoint(const char **out, char **owned, int slash, const char *input,
+                       const char *shard, const char *prog)
+{
+    *owned = NULL;
+    size_t bl = strlen(input);
+    int folder_in = !shard && (is_dir(input) || (bl > 11 && !strcmp(input + bl - 11, ".index.json")));
+    return folder_in ? outpath_folder(*out, prog)
+                     : outpath_file(out, owned, slash, shard ? shard : input, prog);
+}
+
+char *outpath_trim_slashes(char *s)
+{
+    size_t n = strlen(s);
+    while (n > 1 && s[n - 1] == '/')
+        s[--n] = '\0';
+    return s;
+}

@@ -16,4 +16,14 @@ int outpath_file(const char **out, char **owned, int slash, const char *name, co
  * any work.  Returns 0 or an exit status (message printed). */
 int outpath_folder(const char *out, const char *prog);
 
+/* lora-merge and lora-unmerge: the output has the input's form, a
+ * folder for a folder or an .index.json INPUT (outpath_folder), else
+ * one file (outpath_file, named after SHARD or INPUT). */
+int outpath_checkpoint(const char **out, char **owned, int slash, const char *input,
+                       const char *shard, const char *prog);
+
+/* "OUT/" names the same output as "OUT": trailing slashes removed in
+ * place (lora-merge then writes OUT.receipt, not OUT/.receipt). */
+char *outpath_trim_slashes(char *s);
+
 #endif
