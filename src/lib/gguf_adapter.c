@@ -185,115 +185,135 @@ static const char *type_of(const lora_gguf_tensor *t)
     return n ? n : "?";
 }
 
-char *lora_gguf_adapter_report(const lora_gguf_adapter *ga, int json, lora_error *err)
+/* The ranks of an adapter as groups of modules sharing r (and so the
+ * scale), and its LoRA parameters. */
+struct rank_groups {
+    uint64_t *r;
+    size_t *n;
+    size_t count;
+    uint64_t params;
+};
+
+static int rank_groups(const lora_gguf_adapter *ga, struct rank_groups *G)
 {
-    /* ranks as groups of modules sharing r (and so the scale) */
-    uint64_t params = 0;
-    size_t ngroups = 0;
-    uint64_t *gr = calloc(ga->n ? ga->n : 1, sizeof *gr);
-    size_t *gn = calloc(ga->n ? ga->n : 1, sizeof *gn);
-    if (!gr || !gn) {
-        free(gr);
-        free(gn);
-        lora_oom(err);
-        return NULL;
-    }
+    memset(G, 0, sizeof *G);
+    G->r = calloc(ga->n ? ga->n : 1, sizeof *G->r);
+    G->n = calloc(ga->n ? ga->n : 1, sizeof *G->n);
+    if (!G->r || !G->n)
+        return -1;
     for (size_t i = 0; i < ga->n; i++) {
         const lora_gguf_pair *p = &ga->pairs[i];
-        params += p->a->numel + p->b->numel;
+        G->params += p->a->numel + p->b->numel;
         size_t g = 0;
-        while (g < ngroups && gr[g] != p->r)
+        while (g < G->count && G->r[g] != p->r)
             g++;
-        if (g == ngroups)
-            gr[ngroups++] = p->r;
-        gn[g]++;
+        if (g == G->count)
+            G->r[G->count++] = p->r;
+        G->n[g]++;
     }
+    return 0;
+}
+
+static json_t *module_json(const lora_gguf_adapter *ga, const lora_gguf_pair *p)
+{
+    json_t *m = json_object();
+    json_object_set_new(m, "name", json_string(p->name));
+    json_object_set_new(m, "r", json_integer((json_int_t)p->r));
+    json_object_set_new(m, "in", json_integer((json_int_t)p->in));
+    json_object_set_new(m, "out", json_integer((json_int_t)p->out));
+    json_object_set_new(m, "scale", json_real(lora_gguf_pair_scale(ga, p)));
+    json_object_set_new(m, "type_a", json_string(type_of(p->a)));
+    json_object_set_new(m, "type_b", json_string(type_of(p->b)));
+    json_object_set_new(m, "embedding", json_boolean(p->embedding));
+    json_object_set_new(m, "bytes", json_integer((json_int_t)(p->a->nbytes + p->b->nbytes)));
+    return m;
+}
+
+static char *report_json(const lora_gguf_adapter *ga, const struct rank_groups *G)
+{
     const lora_gguf *g = ga->g;
-    char *text = NULL;
-    if (json) {
-        json_t *o = json_object(), *mods = json_array(), *ranks = json_array();
-        json_object_set_new(o, "adapter", json_string(lora_gguf_path(g)));
-        json_object_set_new(o, "format", json_string("gguf"));
-        json_object_set_new(o, "gguf_version", json_integer(lora_gguf_version(g)));
-        json_object_set_new(o, "alignment", json_integer((json_int_t)lora_gguf_alignment(g)));
-        json_object_set_new(o, "architecture",
-                            ga->architecture ? json_string(ga->architecture) : json_null());
-        json_object_set_new(o, "alpha", ga->has_alpha ? json_real(ga->alpha) : json_null());
-        for (size_t i = 0; i < ngroups; i++) {
-            json_t *r = json_object();
-            json_object_set_new(r, "r", json_integer((json_int_t)gr[i]));
-            lora_gguf_pair tmp = {.r = gr[i]};
-            json_object_set_new(r, "scale", json_real(lora_gguf_pair_scale(ga, &tmp)));
-            json_object_set_new(r, "modules", json_integer((json_int_t)gn[i]));
-            json_array_append_new(ranks, r);
-        }
-        json_object_set_new(o, "ranks", ranks);
-        for (size_t i = 0; i < ga->n; i++) {
-            const lora_gguf_pair *p = &ga->pairs[i];
-            json_t *m = json_object();
-            json_object_set_new(m, "name", json_string(p->name));
-            json_object_set_new(m, "r", json_integer((json_int_t)p->r));
-            json_object_set_new(m, "in", json_integer((json_int_t)p->in));
-            json_object_set_new(m, "out", json_integer((json_int_t)p->out));
-            json_object_set_new(m, "scale", json_real(lora_gguf_pair_scale(ga, p)));
-            json_object_set_new(m, "type_a", json_string(type_of(p->a)));
-            json_object_set_new(m, "type_b", json_string(type_of(p->b)));
-            json_object_set_new(m, "embedding", json_boolean(p->embedding));
-            json_object_set_new(m, "bytes", json_integer((json_int_t)(p->a->nbytes + p->b->nbytes)));
-            json_array_append_new(mods, m);
-        }
-        json_object_set_new(o, "modules", mods);
-        json_object_set_new(o, "n_modules", json_integer((json_int_t)ga->n));
-        json_object_set_new(o, "lora_params", json_integer((json_int_t)params));
-        json_object_set_new(o, "ignored_norms", json_integer((json_int_t)ga->n_norms));
-        json_object_set_new(o, "tensor_bytes", json_integer((json_int_t)ga->tensor_bytes));
-        json_object_set_new(o, "file_bytes", json_integer((json_int_t)lora_gguf_size(g)));
-        char *s = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
-        json_decref(o);
-        if (s && (text = malloc(strlen(s) + 2)))
-            sprintf(text, "%s\n", s);
-        free(s);
-    } else {
-        char *buf = NULL;
-        size_t len = 0;
-        FILE *f = open_memstream(&buf, &len);
-        if (f) {
-            fprintf(f, "adapter          %s\n", lora_gguf_path(g));
-            fprintf(f, "format           GGUF v%u llama.cpp LoRA adapter (alignment %llu)\n",
-                    lora_gguf_version(g), (unsigned long long)lora_gguf_alignment(g));
-            fprintf(f, "architecture     %s\n", ga->architecture ? ga->architecture : "(missing)");
-            if (ga->has_alpha)
-                fprintf(f, "alpha            %.9g (scale alpha/r per module)\n", ga->alpha);
-            else
-                fprintf(f, "alpha            absent (llama.cpp: scale 1)\n");
-            for (size_t i = 0; i < ngroups; i++) {
-                lora_gguf_pair tmp = {.r = gr[i]};
-                fprintf(f, "rank             r %llu, scale %.9g: %zu module%s\n",
-                        (unsigned long long)gr[i], lora_gguf_pair_scale(ga, &tmp), gn[i],
-                        gn[i] == 1 ? "" : "s");
-            }
-            fprintf(f, "modules          %zu adapted\n", ga->n);
-            for (size_t i = 0; i < ga->n; i++) {
-                const lora_gguf_pair *p = &ga->pairs[i];
-                fprintf(f, "  %s r %llu [%llu -> %llu] %s/%s%s\n", p->name,
-                        (unsigned long long)p->r, (unsigned long long)p->in,
-                        (unsigned long long)p->out, type_of(p->a), type_of(p->b),
-                        p->embedding ? " (embedding)" : "");
-            }
-            fprintf(f, "parameters       %llu LoRA\n", (unsigned long long)params);
-            fprintf(f, "bytes            %llu on disk, %llu of tensors\n",
-                    (unsigned long long)lora_gguf_size(g), (unsigned long long)ga->tensor_bytes);
-            if (ga->n_norms)
-                fprintf(f, "ignored          %zu *_norm.weight tensor%s (llama.cpp skips them)\n",
-                        ga->n_norms, ga->n_norms == 1 ? "" : "s");
-            if (fclose(f) == 0)
-                text = buf;
-            else
-                free(buf);
-        }
+    json_t *o = json_object(), *mods = json_array(), *ranks = json_array();
+    json_object_set_new(o, "adapter", json_string(lora_gguf_path(g)));
+    json_object_set_new(o, "format", json_string("gguf"));
+    json_object_set_new(o, "gguf_version", json_integer(lora_gguf_version(g)));
+    json_object_set_new(o, "alignment", json_integer((json_int_t)lora_gguf_alignment(g)));
+    json_object_set_new(o, "architecture",
+                        ga->architecture ? json_string(ga->architecture) : json_null());
+    json_object_set_new(o, "alpha", ga->has_alpha ? json_real(ga->alpha) : json_null());
+    for (size_t i = 0; i < G->count; i++) {
+        json_t *r = json_object();
+        json_object_set_new(r, "r", json_integer((json_int_t)G->r[i]));
+        lora_gguf_pair tmp = {.r = G->r[i]};
+        json_object_set_new(r, "scale", json_real(lora_gguf_pair_scale(ga, &tmp)));
+        json_object_set_new(r, "modules", json_integer((json_int_t)G->n[i]));
+        json_array_append_new(ranks, r);
     }
-    free(gr);
-    free(gn);
+    json_object_set_new(o, "ranks", ranks);
+    for (size_t i = 0; i < ga->n; i++)
+        json_array_append_new(mods, module_json(ga, &ga->pairs[i]));
+    json_object_set_new(o, "modules", mods);
+    json_object_set_new(o, "n_modules", json_integer((json_int_t)ga->n));
+    json_object_set_new(o, "lora_params", json_integer((json_int_t)G->params));
+    json_object_set_new(o, "ignored_norms", json_integer((json_int_t)ga->n_norms));
+    json_object_set_new(o, "tensor_bytes", json_integer((json_int_t)ga->tensor_bytes));
+    json_object_set_new(o, "file_bytes", json_integer((json_int_t)lora_gguf_size(g)));
+    char *s = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER), *text = NULL;
+    json_decref(o);
+    if (s && (text = malloc(strlen(s) + 2)))
+        sprintf(text, "%s\n", s);
+    free(s);
+    return text;
+}
+
+static char *report_text(const lora_gguf_adapter *ga, const struct rank_groups *G)
+{
+    const lora_gguf *g = ga->g;
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f)
+        return NULL;
+    fprintf(f, "adapter          %s\n", lora_gguf_path(g));
+    fprintf(f, "format           GGUF v%u llama.cpp LoRA adapter (alignment %llu)\n",
+            lora_gguf_version(g), (unsigned long long)lora_gguf_alignment(g));
+    fprintf(f, "architecture     %s\n", ga->architecture ? ga->architecture : "(missing)");
+    if (ga->has_alpha)
+        fprintf(f, "alpha            %.9g (scale alpha/r per module)\n", ga->alpha);
+    else
+        fprintf(f, "alpha            absent (llama.cpp: scale 1)\n");
+    for (size_t i = 0; i < G->count; i++) {
+        lora_gguf_pair tmp = {.r = G->r[i]};
+        fprintf(f, "rank             r %llu, scale %.9g: %zu module%s\n",
+                (unsigned long long)G->r[i], lora_gguf_pair_scale(ga, &tmp), G->n[i],
+                G->n[i] == 1 ? "" : "s");
+    }
+    fprintf(f, "modules          %zu adapted\n", ga->n);
+    for (size_t i = 0; i < ga->n; i++) {
+        const lora_gguf_pair *p = &ga->pairs[i];
+        fprintf(f, "  %s r %llu [%llu -> %llu] %s/%s%s\n", p->name, (unsigned long long)p->r,
+                (unsigned long long)p->in, (unsigned long long)p->out, type_of(p->a),
+                type_of(p->b), p->embedding ? " (embedding)" : "");
+    }
+    fprintf(f, "parameters       %llu LoRA\n", (unsigned long long)G->params);
+    fprintf(f, "bytes            %llu on disk, %llu of tensors\n",
+            (unsigned long long)lora_gguf_size(g), (unsigned long long)ga->tensor_bytes);
+    if (ga->n_norms)
+        fprintf(f, "ignored          %zu *_norm.weight tensor%s (llama.cpp skips them)\n",
+                ga->n_norms, ga->n_norms == 1 ? "" : "s");
+    if (fclose(f) == 0)
+        return buf;
+    free(buf);
+    return NULL;
+}
+
+char *lora_gguf_adapter_report(const lora_gguf_adapter *ga, int json, lora_error *err)
+{
+    struct rank_groups G;
+    char *text = NULL;
+    if (rank_groups(ga, &G) == 0)
+        text = json ? report_json(ga, &G) : report_text(ga, &G);
+    free(G.r);
+    free(G.n);
     if (!text)
         lora_oom(err);
     return text;

@@ -307,6 +307,61 @@ static void print_json(json_t *o)
 
 enum { CMD_VERIFY, CMD_LIST, CMD_EXTRACT };
 
+/* verify's report: JSON, or one line unless -q. */
+static int report_verify(const char *path, lora_archive *ar, int json, int rc, lora_error *err)
+{
+    if (json) {
+        json_t *o = rc ? json_object() : manifest_json(ar);
+        if (rc)
+            json_object_set_new(o, "archive", json_string(path));
+        json_object_set_new(o, "ok", json_boolean(rc == 0));
+        json_object_set_new(o, "error", rc ? json_string(err->msg) : json_null());
+        print_json(o);
+    } else if (!quiet) {
+        if (rc) {
+            printf("%s: FAILED\n", path);
+        } else {
+            char id[LORA_KEYID_STR];
+            lora_keyid_str(ar->key_id, id);
+            printf("%s: OK: %s %s (task %s), signed by key %s\n", path, ar->manifest->name,
+                   ar->manifest->version, ar->manifest->task, id);
+        }
+    }
+    if (rc)
+        fail(err);
+    lora_archive_close(ar);
+    return rc;
+}
+
+/* list's report: the manifest, the archive's hash and its members. */
+static void print_list(const lora_archive *ar)
+{
+    const lora_manifest *m = ar->manifest;
+    char hex[LORA_HASH_HEX], id[LORA_KEYID_STR];
+    lora_keyid_str(ar->key_id, id);
+    printf("name:       %s\nversion:    %s\ntask:       %s\n", m->name, m->version, m->task);
+    printf("base model: %s\n", m->base_model ? m->base_model : "(not recorded)");
+    if (m->has_base_hash) {
+        lora_hex(m->base_hash, LORA_HASH_BYTES, hex);
+        printf("base hash:  %s\n", hex);
+    }
+    printf("r:          %llu\nalpha:      %g\ntargets:   ", (unsigned long long)m->r, m->alpha);
+    for (size_t i = 0; i < m->n_targets; i++)
+        printf(" %s", m->targets[i]);
+    printf("%s\nsigned by:  key %s (signature not checked; use verify)\n",
+           m->n_targets ? "" : " (none)", id);
+    unsigned char fh[LORA_HASH_BYTES];
+    lora_archive_file_hash(ar, fh);
+    lora_hex(fh, LORA_HASH_BYTES, hex);
+    printf("archive:    %llu bytes, %s, blake2b-256 %s\nmembers:\n",
+           (unsigned long long)ar->file_size, ar->compressed ? "zstd" : "uncompressed", hex);
+    for (size_t i = 0; i < m->n_members; i++) {
+        lora_hex(m->members[i].hash, LORA_HASH_BYTES, hex);
+        printf("  %12llu  %s  %s\n", (unsigned long long)m->members[i].size, hex,
+               m->members[i].name);
+    }
+}
+
 static int cmd_read(int cmd, int argc, char **argv)
 {
     enum { O_JSON = 256, O_FORCE };
@@ -357,61 +412,15 @@ static int cmd_read(int cmd, int argc, char **argv)
     rc = lora_archive_open(path, ks.keys, ks.n, cmd == CMD_LIST ? LORA_ARCHIVE_NO_VERIFY : 0, &ar,
                            &err);
     free(ks.keys);
-    if (cmd == CMD_VERIFY) {
-        if (json) {
-            json_t *o = rc ? json_object() : manifest_json(ar);
-            if (rc)
-                json_object_set_new(o, "archive", json_string(path));
-            json_object_set_new(o, "ok", json_boolean(rc == 0));
-            json_object_set_new(o, "error", rc ? json_string(err.msg) : json_null());
-            print_json(o);
-        } else if (!quiet) {
-            if (rc) {
-                printf("%s: FAILED\n", path);
-            } else {
-                char id[LORA_KEYID_STR];
-                lora_keyid_str(ar->key_id, id);
-                printf("%s: OK: %s %s (task %s), signed by key %s\n", path, ar->manifest->name,
-                       ar->manifest->version, ar->manifest->task, id);
-            }
-        }
-        if (rc)
-            fail(&err);
-        lora_archive_close(ar);
-        return rc;
-    }
+    if (cmd == CMD_VERIFY)
+        return report_verify(path, ar, json, rc, &err);
     if (rc)
         return fail(&err);
     if (cmd == CMD_LIST) {
-        if (json) {
+        if (json)
             print_json(manifest_json(ar));
-        } else {
-            const lora_manifest *m = ar->manifest;
-            char hex[LORA_HASH_HEX], id[LORA_KEYID_STR];
-            lora_keyid_str(ar->key_id, id);
-            printf("name:       %s\nversion:    %s\ntask:       %s\n", m->name, m->version, m->task);
-            printf("base model: %s\n", m->base_model ? m->base_model : "(not recorded)");
-            if (m->has_base_hash) {
-                lora_hex(m->base_hash, LORA_HASH_BYTES, hex);
-                printf("base hash:  %s\n", hex);
-            }
-            printf("r:          %llu\nalpha:      %g\ntargets:   ", (unsigned long long)m->r,
-                   m->alpha);
-            for (size_t i = 0; i < m->n_targets; i++)
-                printf(" %s", m->targets[i]);
-            printf("%s\nsigned by:  key %s (signature not checked; use verify)\n",
-                   m->n_targets ? "" : " (none)", id);
-            unsigned char fh[LORA_HASH_BYTES];
-            lora_archive_file_hash(ar, fh);
-            lora_hex(fh, LORA_HASH_BYTES, hex);
-            printf("archive:    %llu bytes, %s, blake2b-256 %s\nmembers:\n",
-                   (unsigned long long)ar->file_size, ar->compressed ? "zstd" : "uncompressed", hex);
-            for (size_t i = 0; i < m->n_members; i++) {
-                lora_hex(m->members[i].hash, LORA_HASH_BYTES, hex);
-                printf("  %12llu  %s  %s\n", (unsigned long long)m->members[i].size, hex,
-                       m->members[i].name);
-            }
-        }
+        else
+            print_list(ar);
         lora_archive_close(ar);
         return 0;
     }
