@@ -4,8 +4,11 @@
  * with a message) or yield keys, strings, arrays and tensors whose
  * every byte lies inside the input.  Everything the reader hands out is
  * read, so the sanitizers see any pointer the validation let through.
+ * A file the reader takes is then opened as a base checkpoint would be
+ * (gguf_checkpoint.c: Hugging Face names, reversed dimensions), and
+ * every tensor of that view is checked against the bytes.
  */
-#include "lora.h"
+#include "../src/lib/internal.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -68,6 +71,29 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             }
         }
         lora_gguf_close(g);
+        lora_st *st;
+        if (lora_gguf_open_memory(buf, size, "fuzz", &g, &err) != LORA_OK)
+            abort();
+        if (lora_gguf_st_from(g, -1, &st, &err) == LORA_OK) {
+            for (size_t i = 0; i < lora_st_count(st); i++) {
+                const lora_tensor *t = lora_st_tensor(st, i);
+                uint64_t n = 1;
+                for (int d = 0; d < t->ndim; d++)
+                    n *= t->shape[d];
+                if (lora_st_find(st, t->name) != t || n != t->numel ||
+                    (const uint8_t *)t->data + t->nbytes > buf + size)
+                    abort();
+                sum += (unsigned)strlen(t->name);
+            }
+            for (size_t i = 0; i < lora_st_metadata_count(st); i++) {
+                const char *k, *v;
+                lora_st_metadata_at(st, i, &k, &v);
+                sum += (unsigned)strlen(v);
+            }
+            lora_st_close(st);
+        } else if (err.code != LORA_EINPUT || !err.msg[0]) {
+            abort();
+        }
     } else if (err.code != LORA_EINPUT || !err.msg[0]) {
         abort();
     }

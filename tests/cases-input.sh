@@ -1,9 +1,11 @@
 #!/bin/sh
 # tests/cases-input.sh - the cases of ../shared/cases about inputs, as
 # tests with their right results (copies in tests/fixtures/cases/):
-#  - gguf-input: a GGUF file, a folder holding only a GGUF file, GGUF
-#    bytes under adapter_model.safetensors and a PyTorch zip are named as
-#    what they are (exit 3), never "header length 14064895815";
+#  - gguf-input: a folder holding only a GGUF file, GGUF bytes under
+#    adapter_model.safetensors and a PyTorch zip are named as what they
+#    are (exit 3), never "header length 14064895815"; a GGUF model, now a
+#    base, is merged into a .gguf only, and one without head counts is
+#    refused saying so;
 #  - mts-head-not-in-base: a saved head the base lacks is refused naming
 #    it, nothing written; with a head in the base, the saved one replaces it;
 #  - tied-lm-head: an lm_head update on a GPT-2 with tied embeddings is
@@ -19,10 +21,14 @@ M=$TOP_SRCDIR/tests/fixtures/models
 
 # --- gguf-input ---------------------------------------------------------
 G=$C/gguf-input
-expect 3 lora-merge "$G/model.gguf" -a "$G/adapter" -o "$T/m.safetensors"
-expect_err '^lora-merge: .*model\.gguf: not a safetensors file: this is a GGUF file'
+# a GGUF model is a base now (issue 17): merged into a .gguf file only, and
+# this one, without head counts, cannot have its q rows permuted: said so
+expect 2 lora-merge "$G/model.gguf" -a "$G/adapter" -o "$T/m.safetensors"
+expect_err '^lora-merge: .*m\.safetensors: the input is a GGUF model, and so is the output'
+expect 3 lora-merge "$G/model.gguf" -a "$G/adapter" -o "$T/m.gguf"
+expect_err 'model\.gguf has no usable llama\.attention\.head_count'
 checks=$((checks + 1))
-[ ! -e "$T/m.safetensors" ] || fail "gguf-input: an output was written"
+[ ! -e "$T/m.safetensors" ] && [ ! -e "$T/m.gguf" ] || fail "gguf-input: an output was written"
 expect 3 lora-merge "$G/base" -a "$G/adapter" -o "$T/m.safetensors"
 expect_err 'it holds model\.gguf, a GGUF file'
 expect 3 lora-merge "$G/pytorch_model.bin" -a "$G/adapter" -o "$T/m.safetensors"

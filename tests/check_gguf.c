@@ -1,6 +1,7 @@
 /*
  * check_gguf.c - unit tests for the GGUF reader and writer (gguf.c,
- * gguf_write.c), llama.cpp's names and q/k permutation (gguf_names.c),
+ * gguf_write.c), GGUF models as base checkpoints (gguf_checkpoint.c),
+ * llama.cpp's names and q/k permutation (gguf_names.c),
  * GGUF LoRA adapters (gguf_adapter.c) and the PEFT <-> GGUF conversions
  * (convert.c).
  *
@@ -13,6 +14,7 @@
  */
 #include "testutil.h"
 #include "internal.h"
+#include "gguf_int.h"
 
 #include <math.h>
 #include <string.h>
@@ -436,6 +438,158 @@ START_TEST(test_writer_roundtrip)
         ck_assert_int_eq(access(path, F_OK), -1);
         ck_assert_int_eq(lora_ggw_new(path, 48, &w, &e), LORA_EUSAGE);
     }
+    tu_rmtree(dir);
+    free(dir);
+    free(path);
+}
+END_TEST
+
+/* ---- a GGUF model as a base checkpoint (gguf_checkpoint.c) ---------- */
+
+/* A llama model: q [4 out, 4 in] permuted over 2 heads, k [2, 4] over 1
+ * kv head, a Q8_0 token_embd [2, 32], and EXTRA (a tensor name) when given. */
+static void write_model(const char *path, const char *extra, int heads)
+{
+    lora_ggw *w;
+    lora_error e;
+    ck_assert_int_eq(lora_ggw_new(path, 0, &w, &e), LORA_OK);
+    ck_assert_int_eq(lora_ggw_kv_str(w, "general.architecture", "llama", &e), LORA_OK);
+    if (heads) {
+        ck_assert_int_eq(lora_ggw_kv_u32(w, "llama.attention.head_count", 2, &e), LORA_OK);
+        ck_assert_int_eq(lora_ggw_kv_u32(w, "llama.attention.head_count_kv", 1, &e), LORA_OK);
+    }
+    uint64_t q[2] = {4, 4}, k[2] = {4, 2}, emb[2] = {32, 2};
+    ck_assert_int_eq(lora_ggw_declare(w, "blk.0.attn_q.weight", LORA_GGML_F32, 2, q, &e), LORA_OK);
+    ck_assert_int_eq(lora_ggw_declare(w, "blk.0.attn_k.weight", LORA_GGML_F16, 2, k, &e), LORA_OK);
+    ck_assert_int_eq(lora_ggw_declare(w, "token_embd.weight", 8, 2, emb, &e), LORA_OK);
+    if (extra)
+        ck_assert_int_eq(lora_ggw_declare(w, extra, LORA_GGML_F32, 2, q, &e), LORA_OK);
+    ck_assert_int_eq(lora_ggw_start(w, &e), LORA_OK);
+    float f[16];
+    uint16_t h[8];
+    unsigned char z[68] = {0};
+    for (int i = 0; i < 16; i++)
+        f[i] = (float)i;
+    for (int i = 0; i < 8; i++)
+        h[i] = lora_f32_to_f16((float)(100 + i));
+    ck_assert_int_eq(lora_ggw_write(w, "blk.0.attn_q.weight", 0, f, sizeof f, &e), LORA_OK);
+    ck_assert_int_eq(lora_ggw_write(w, "blk.0.attn_k.weight", 0, h, sizeof h, &e), LORA_OK);
+    ck_assert_int_eq(lora_ggw_write(w, "token_embd.weight", 0, z, sizeof z, &e), LORA_OK);
+    if (extra)
+        ck_assert_int_eq(lora_ggw_write(w, extra, 0, f, sizeof f, &e), LORA_OK);
+    ck_assert_msg(lora_ggw_commit(w, &e) == LORA_OK, "%s", e.msg);
+}
+
+START_TEST(test_base_view)
+{
+    char *dir = tu_tmpdir(), *path = tu_path(dir, "m.gguf");
+    lora_error e;
+    lora_ckpt *ck;
+    write_model(path, NULL, 1);
+    ck_assert_msg(lora_ckpt_open(path, &ck, &e) == LORA_OK, "%s", e.msg);
+    ck_assert(lora_ckpt_is_gguf(ck));
+    const lora_tensor *q = lora_ckpt_find(ck, "model.layers.0.self_attn.q_proj.weight", NULL);
+    const lora_tensor *k = lora_ckpt_find(ck, "model.layers.0.self_attn.k_proj.weight", NULL);
+    const lora_tensor *t = lora_ckpt_find(ck, "model.embed_tokens.weight", NULL);
+    ck_assert_ptr_nonnull(q);
+    ck_assert_ptr_nonnull(k);
+    ck_assert_ptr_nonnull(t);
+    /* PyTorch order: [out, in] */
+    ck_assert_uint_eq(k->shape[0], 2);
+    ck_assert_uint_eq(k->shape[1], 4);
+    ck_assert_int_eq(k->dtype, LORA_DT_F16);
+    ck_assert_uint_eq(lora_ckpt_permuted_heads(ck, q), 2);
+    ck_assert_uint_eq(lora_ckpt_permuted_heads(ck, k), 1);
+    ck_assert_uint_eq(lora_ckpt_permuted_heads(ck, t), 0);
+    ck_assert_int_eq(t->dtype, LORA_DT_INVALID);
+    ck_assert_str_eq(lora_ckpt_type_name(ck, t), "Q8_0");
+    ck_assert_uint_eq(t->nbytes, 68);
+    ck_assert_uint_eq(lora_st_metadata_count(lora_ckpt_shard(ck, 0)), 0);
+    /* the identity hashes permuted rows in Hugging Face order: with one
+     * head of 4 rows, HF row h*hd + t*hd/2 + j is GGUF row h*hd + 2j + t,
+     * so HF rows 0,1,2,3 are GGUF rows 0,2,1,3 (a plain loop below) */
+    unsigned char h1[32], h2[32];
+    float hf[16];
+    const float *g = q->data;
+    for (int r = 0; r < 4; r++) {
+        int src = r == 1 ? 2 : r == 2 ? 1 : r; /* HF row r is GGUF row src */
+        memcpy(hf + 4 * r, g + 4 * src, 16);
+    }
+    lora_hasher *hs;
+    ck_assert_int_eq(lora_hasher_new(32, &hs, &e), LORA_OK);
+    lora_base_hash_tensor_heads(hs, "x", LORA_DT_F32, 2, q->shape, q->data, 64, 1);
+    lora_hasher_final(hs, h1);
+    ck_assert_int_eq(lora_hasher_new(32, &hs, &e), LORA_OK);
+    lora_base_hash_tensor(hs, "x", LORA_DT_F32, 2, q->shape, hf, 64);
+    lora_hasher_final(hs, h2);
+    ck_assert_int_eq(memcmp(h1, h2, 32), 0);
+    lora_ckpt_close(ck);
+
+    /* a GGUF name that maps onto another tensor's: refused */
+    unlink(path);
+    write_model(path, "model.layers.0.self_attn.q_proj.weight", 1);
+    ck_assert_int_eq(lora_ckpt_open(path, &ck, &e), LORA_EINPUT);
+    ck_assert_ptr_nonnull(strstr(e.msg, "two tensors are named"));
+    /* one file of a split model: refused */
+    unlink(path);
+    {
+        lora_ggw *w;
+        uint64_t ne[1] = {8};
+        float f[8] = {0};
+        ck_assert_int_eq(lora_ggw_new(path, 0, &w, &e), LORA_OK);
+        ck_assert_int_eq(lora_ggw_kv_str(w, "general.architecture", "llama", &e), LORA_OK);
+        ck_assert_int_eq(lora_ggw_kv_u32(w, "split.count", 2, &e), LORA_OK);
+        ck_assert_int_eq(lora_ggw_declare(w, "output_norm.weight", LORA_GGML_F32, 1, ne, &e), LORA_OK);
+        ck_assert_int_eq(lora_ggw_start(w, &e), LORA_OK);
+        ck_assert_int_eq(lora_ggw_write(w, "output_norm.weight", 0, f, sizeof f, &e), LORA_OK);
+        ck_assert_int_eq(lora_ggw_commit(w, &e), LORA_OK);
+    }
+    ck_assert_int_eq(lora_ckpt_open(path, &ck, &e), LORA_EINPUT);
+    ck_assert_ptr_nonnull(strstr(e.msg, "split GGUF"));
+    /* no head counts: the q/k tensors are not claimed to be in HF order */
+    unlink(path);
+    write_model(path, NULL, 0);
+    ck_assert_int_eq(lora_ckpt_open(path, &ck, &e), LORA_OK);
+    q = lora_ckpt_find(ck, "model.layers.0.self_attn.q_proj.weight", NULL);
+    ck_assert_uint_eq(lora_ckpt_permuted_heads(ck, q), 0);
+    lora_ckpt_close(ck);
+    unlink(path);
+    tu_rmtree(dir);
+    free(dir);
+    free(path);
+}
+END_TEST
+
+START_TEST(test_writer_kept_layout)
+{
+    char *dir = tu_tmpdir(), *path = tu_path(dir, "k.gguf");
+    lora_ggw *w;
+    lora_error e;
+    uint64_t ne[1] = {8};
+    float f[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    /* a gap kept, a misaligned or overlapping offset refused */
+    ck_assert_int_eq(lora_ggw_new(path, 0, &w, &e), LORA_OK);
+    ck_assert_int_eq(lora_ggw_declare_at(w, "a", LORA_GGML_F32, 1, ne, 0, &e), LORA_OK);
+    ck_assert_int_eq(lora_ggw_declare_at(w, "b", LORA_GGML_F32, 1, ne, 96, &e), LORA_OK);
+    ck_assert_int_eq(lora_ggw_kv_str(w, "lora_base", "0000", &e), LORA_OK);
+    ck_assert_int_eq(lora_ggw_start(w, &e), LORA_OK);
+    ck_assert_int_eq(lora_ggw_write_at(w, 0, 0, f, 32, &e), LORA_OK);
+    ck_assert_int_eq(lora_ggw_write_at(w, 1, 0, f, 32, &e), LORA_OK);
+    ck_assert_int_eq(lora_ggw_write_at(w, 1, 4, f, 32, &e), LORA_EUSAGE);
+    ck_assert_int_eq(lora_ggw_patch_str(w, "lora_base", "abcd", &e), LORA_OK);
+    ck_assert_int_eq(lora_ggw_patch_str(w, "lora_base", "abc", &e), LORA_EUSAGE);
+    ck_assert_msg(lora_ggw_commit(w, &e) == LORA_OK, "%s", e.msg);
+    lora_gguf *g;
+    ck_assert_int_eq(lora_gguf_open(path, &g, &e), LORA_OK);
+    ck_assert_uint_eq(lora_gguf_find_tensor(g, "b")->offset - lora_gguf_data_offset(g), 96);
+    ck_assert_str_eq(lora_gguf_get_str(g, "lora_base"), "abcd");
+    lora_gguf_close(g);
+    ck_assert_int_eq(lora_ggw_new(path, 0, &w, &e), LORA_OK);
+    ck_assert_int_eq(lora_ggw_declare_at(w, "a", LORA_GGML_F32, 1, ne, 0, &e), LORA_OK);
+    ck_assert_int_eq(lora_ggw_declare_at(w, "b", LORA_GGML_F32, 1, ne, 16, &e), LORA_OK);
+    ck_assert_int_eq(lora_ggw_start(w, &e), LORA_EINPUT);
+    lora_ggw_abort(w);
+    unlink(path);
     tu_rmtree(dir);
     free(dir);
     free(path);
@@ -1105,6 +1259,8 @@ int main(void)
     tcase_add_test(tc, test_reader_hostile);
     tcase_add_test(tc, test_reader_header_refusals);
     tcase_add_test(tc, test_writer_roundtrip);
+    tcase_add_test(tc, test_base_view);
+    tcase_add_test(tc, test_writer_kept_layout);
     tcase_add_test(tc, test_names);
     tcase_add_test(tc, test_permute);
     tcase_add_test(tc, test_convert_plain_f32);

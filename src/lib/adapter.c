@@ -773,8 +773,18 @@ int lora_module_resolve(const lora_module *m, const lora_ckpt *base, int fan_in_
     if (!t)
         return lora_seterr(err, LORA_EINPUT,
                            "module %s: the base has no tensor %s (with or without a "
-                           "\"transformer.\" or \"model.\" prefix)",
-                           m->name, m->target);
+                           "\"transformer.\" or \"model.\" prefix)%s",
+                           m->name, m->target,
+                           lora_ckpt_is_gguf(base)
+                               ? "; a GGUF base's tensors are matched through llama.cpp's names "
+                                 "for llama, mistral, qwen2, gemma2, gemma3, phi3 and gpt2"
+                               : "");
+    if (t->dtype == LORA_DT_INVALID) /* a quantized GGUF tensor */
+        return lora_seterr(err, LORA_EINPUT,
+                           "module %s: base tensor %s is %s: an update can be merged only into "
+                           "F32, F16 or BF16 tensors (quantized tensors the adapter does not "
+                           "change are copied as they are)",
+                           m->name, t->name, lora_ckpt_type_name(base, t));
     char sb[96];
     shape_str(t, sb, sizeof sb);
     unsigned long long out = m->out, in = m->in;
@@ -788,7 +798,9 @@ int lora_module_resolve(const lora_module *m, const lora_ckpt *base, int fan_in_
             return LORA_OK;
         }
         if (!m->embedding && (lin || conv)) {
-            if (lin && conv) /* square: the shape cannot tell */
+            if (lin && conv && lora_ckpt_is_gguf(base)) /* GGUF: every weight [out, in] */
+                *transpose = 0;
+            else if (lin && conv) /* square: the shape cannot tell */
                 *transpose = conv1d_name(m->name) ? 1 : hint >= 0 ? hint : fan_in_fan_out;
             else
                 *transpose = conv;
@@ -874,6 +886,11 @@ static int bind(lora_adapter *ad, const lora_ckpt *base, int allow_tied, lora_er
         if (!t)
             return lora_seterr(err, LORA_EINPUT, LORA_MISSING_HEAD_FMT, s->target, sa, s->target);
         shape_str(t, sb, sizeof sb);
+        if (t->dtype == LORA_DT_INVALID)
+            return lora_seterr(err, LORA_EINPUT,
+                               "saved tensor %s (modules_to_save) would replace base tensor %s, "
+                               "which is %s: not supported", s->target, t->name,
+                               lora_ckpt_type_name(base, t));
         int same = t->ndim == s->t->ndim;
         for (int d = 0; same && d < t->ndim; d++)
             same = t->shape[d] == s->t->shape[d];

@@ -308,6 +308,10 @@ static int analyze_amplification(lora_adapter *ad, const lora_analysis_opts *o, 
         const lora_tensor *w = lora_ckpt_find(o->base, m->target, NULL);
         if (!w)
             return lora_seterr(err, LORA_EINPUT, "%s: base has no tensor %s", m->name, m->target);
+        if (lora_ckpt_permuted_heads(o->base, w)) /* rows in llama.cpp's order */
+            return lora_seterr(err, LORA_EINPUT, "%s: base tensor %s of a GGUF base has its rows "
+                               "permuted by llama.cpp's converter: the amplification needs the "
+                               "Hugging Face checkpoint", m->name, m->target);
         if (m->magnitude) /* DoRA also rescales each row of W0 + dW: dW alone is not its update */
             return lora_seterr(err, LORA_EINPUT, "%s: a DoRA module: the amplification of W by "
                                "dW does not describe it (DoRA rescales every output row too)",

@@ -245,7 +245,18 @@ static void put_u64(lora_hasher *h, uint64_t v)
 void lora_base_hash_tensor(lora_hasher *h, const char *name, lora_dtype dt, int ndim,
                            const uint64_t *shape, const void *data, uint64_t nbytes)
 {
-    const char *dn = lora_dtype_name(dt);
+    lora_base_hash_tensor_heads(h, name, dt, ndim, shape, data, nbytes, 0);
+}
+
+/* A GGUF base's q/k rows are in llama.cpp's order (gguf_checkpoint.c):
+ * fed in Hugging Face order, so that the identity is the content's, not
+ * the container's.  Hugging Face row h·hd + t·hd/2 + j is GGUF row
+ * h·hd + 2j + t (lora_gguf_permute_rows). */
+void lora_base_hash_tensor_heads(lora_hasher *h, const char *name, lora_dtype dt, int ndim,
+                                 const uint64_t *shape, const void *data, uint64_t nbytes,
+                                 uint64_t heads)
+{
+    const char *dn = lora_dtype_name(dt) ? lora_dtype_name(dt) : "?";
     put_u64(h, strlen(name));
     lora_hasher_update(h, name, strlen(name));
     put_u64(h, strlen(dn));
@@ -254,7 +265,16 @@ void lora_base_hash_tensor(lora_hasher *h, const char *name, lora_dtype dt, int 
     for (int d = 0; d < ndim; d++)
         put_u64(h, shape[d]);
     put_u64(h, nbytes);
-    lora_hasher_update(h, data, (size_t)nbytes);
+    if (!heads || ndim != 2 || shape[0] % (2 * heads) || nbytes % shape[0]) {
+        lora_hasher_update(h, data, (size_t)nbytes);
+        return;
+    }
+    uint64_t hd = shape[0] / heads, half = hd / 2, row = nbytes / shape[0];
+    const unsigned char *p = data;
+    for (uint64_t r = 0; r < shape[0]; r++) {
+        uint64_t hh = r / hd, t = (r % hd) / half, j = r % half;
+        lora_hasher_update(h, p + (hh * hd + 2 * j + t) * row, (size_t)row);
+    }
 }
 
 int lora_base_hash(const lora_adapter *ad, const lora_ckpt *base,
@@ -275,7 +295,8 @@ int lora_base_hash(const lora_adapter *ad, const lora_ckpt *base,
         if (!t)
             rc = lora_seterr(err, LORA_EINPUT, "base has no tensor %s", names[i]);
         else
-            lora_base_hash_tensor(h, names[i], t->dtype, t->ndim, t->shape, t->data, t->nbytes);
+            lora_base_hash_tensor_heads(h, names[i], t->dtype, t->ndim, t->shape, t->data,
+                                        t->nbytes, lora_ckpt_permuted_heads(base, t));
     }
     free(names);
     if (!rc)

@@ -313,7 +313,10 @@ static int open_single(lora_ckpt *ck, const char *file, const char *base, lora_e
     /* counted before the open so that lora_ckpt_close frees the name
      * when the open fails (lora_st_close takes NULL) */
     ck->nsh = 1;
-    int rc = lora_st_open(file, &ck->sh[0], err);
+    /* an unquantized GGUF model: its tensors under Hugging Face names
+     * (gguf_checkpoint.c) */
+    int rc = lora_gguf_is_file(file) ? lora_gguf_st_open(file, &ck->sh[0], err)
+                                     : lora_st_open(file, &ck->sh[0], err);
     if (rc)
         return rc;
     return build_table(ck, file, err);
@@ -420,8 +423,12 @@ static int no_safetensors(const char *path, lora_error *err)
     if (what) {
         lora_seterr(err, LORA_EINPUT,
                     "%s: no model.safetensors or model.safetensors.index.json in this folder; "
-                    "it holds %s, %s: lora-tools read safetensors, convert it first",
-                    path, found, what);
+                    "it holds %s, %s: %s",
+                    path, found, what,
+                    ends_with(found, ".gguf")
+                        ? "give that file itself (lora-merge and lora-unmerge read unquantized "
+                          "GGUF models), or convert it to safetensors"
+                        : "lora-tools read safetensors, convert it first");
         defang(err);
         return LORA_EINPUT;
     }

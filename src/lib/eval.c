@@ -781,14 +781,15 @@ void lora_recovery_free(lora_recovery *r, size_t n)
 
 /* --check-recovery of a DoRA module: merged as lora-merge does it, then
  * unmerged with the norms and corrections a receipt would keep. */
-static int dora_roundtrip(const lora_tensor *t, const lora_module *mod, void *merged, void *back,
-                          lora_fixes *fixes, int nthreads, lora_error *err)
+static int dora_roundtrip(const lora_tensor *t, const void *src, const lora_module *mod,
+                          void *merged, void *back, lora_fixes *fixes, int nthreads,
+                          lora_error *err)
 {
     double *norm = malloc((size_t)mod->out * sizeof *norm);
     if (!norm)
         return lora_oom(err);
     lora_dora_job j = {.name = t->name, .in_dt = t->dtype, .out_dt = t->dtype,
-                       .rows = t->shape[0], .cols = t->shape[1], .src = t->data, .dst = merged,
+                       .rows = t->shape[0], .cols = t->shape[1], .src = src, .dst = merged,
                        .m = mod, .norm = norm, .out_fixes = fixes,
                        .nthreads = nthreads};
     int rc = lora_dora_merge(&j, err);
@@ -834,10 +835,13 @@ int lora_eval_check_recovery(const lora_ckpt *base, lora_adapter *ad, int nthrea
             rc = lora_oom(err);
             break;
         }
-        if (mod->magnitude) {
-            rc = dora_roundtrip(t, mod, merged, back, &fixes, nthreads, err);
-        } else {
-            rc = lora_tensor_merge(t->dtype, t->dtype, t->shape[0], t->shape[1], t->data, merged,
+        void *hf = NULL; /* a GGUF base's q/k in Hugging Face row order, as B */
+        rc = lora_ckpt_hf_rows(base, t, &hf, err);
+        const unsigned char *w0 = hf ? hf : t->data;
+        if (rc == LORA_OK && mod->magnitude) {
+            rc = dora_roundtrip(t, w0, mod, merged, back, &fixes, nthreads, err);
+        } else if (rc == LORA_OK) {
+            rc = lora_tensor_merge(t->dtype, t->dtype, t->shape[0], t->shape[1], w0, merged,
                                    &term, 1, LORA_ROUND_NEAREST, nthreads, &fixes, &st, err);
             if (rc == LORA_OK)
                 rc = lora_tensor_unmerge(t->dtype, t->dtype, t->shape[0], t->shape[1], merged, back,
@@ -846,7 +850,7 @@ int lora_eval_check_recovery(const lora_ckpt *base, lora_adapter *ad, int nthrea
         if (rc == LORA_OK) {
             /* bytes, not values: -0 against +0 or one NaN payload against
              * another is not recovery */
-            const unsigned char *a = t->data, *b = back;
+            const unsigned char *a = w0, *b = back;
             uint64_t exact = 0;
             for (uint64_t e = 0; e < t->numel; e++)
                 exact += memcmp(a + e * esz, b + e * esz, esz) == 0;
@@ -857,6 +861,7 @@ int lora_eval_check_recovery(const lora_ckpt *base, lora_adapter *ad, int nthrea
         }
         k++;
         lora_fixes_free(&fixes);
+        free(hf);
         free(merged);
         free(back);
         if (rc != LORA_OK) {

@@ -13,6 +13,7 @@
 #include "gguf_int.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -21,6 +22,7 @@ typedef struct ggw_kv {
     uint32_t type;
     unsigned char *raw;       /* the value's bytes after its type */
     size_t len;
+    uint64_t at;              /* after start: where raw is in the file */
 } ggw_kv;
 
 typedef struct ggw_tensor {
@@ -28,14 +30,19 @@ typedef struct ggw_tensor {
     uint32_t type;
     int ndim;
     uint64_t ne[LORA_GGUF_MAX_DIMS];
-    uint64_t nbytes, offset, written;   /* offset: absolute, after start */
+    uint64_t nbytes, offset;  /* offset: absolute, after start */
+    uint64_t fixed;           /* lora_ggw_declare_at: offset in the data section, else UINT64_MAX */
+    _Atomic uint64_t written; /* from any thread */
 } ggw_tensor;
 
 struct lora_ggw {
     char *path, *tmp;
     int fd;
     int started;
+    uint32_t version;
     uint64_t alignment, total;
+    unsigned char *head;      /* after start: the bytes before the tensor data */
+    size_t head_len;
     size_t nkv, kvcap, nt, tcap;
     ggw_kv *kv;
     ggw_tensor *t;
@@ -53,6 +60,7 @@ static void ggw_free(lora_ggw *w)
         free(w->t[i].name);
     free(w->kv);
     free(w->t);
+    free(w->head);
     if (w->fd >= 0)
         close(w->fd);
     free(w->tmp);
@@ -121,7 +129,7 @@ static int add_kv(lora_ggw *w, const char *key, uint32_t type, unsigned char *ra
         free(raw);
         return lora_oom(err);
     }
-    w->kv[w->nkv++] = (ggw_kv){k, type, raw, len};
+    w->kv[w->nkv++] = (ggw_kv){k, type, raw, len, 0};
     return LORA_OK;
 }
 
@@ -223,6 +231,7 @@ int lora_ggw_new(const char *path, uint32_t alignment, lora_ggw **out, lora_erro
     if (!w)
         return lora_oom(err);
     w->fd = -1;
+    w->version = 3;
     w->alignment = LORA_GGUF_DEFAULT_ALIGNMENT;
     if (!(w->path = strdup(path))) {
         free(w);
@@ -246,6 +255,12 @@ int lora_ggw_new(const char *path, uint32_t alignment, lora_ggw **out, lora_erro
 int lora_ggw_declare(lora_ggw *w, const char *name, uint32_t type, int ndim, const uint64_t *ne,
                      lora_error *err)
 {
+    return lora_ggw_declare_at(w, name, type, ndim, ne, UINT64_MAX, err);
+}
+
+int lora_ggw_declare_at(lora_ggw *w, const char *name, uint32_t type, int ndim,
+                        const uint64_t *ne, uint64_t offset, lora_error *err)
+{
     size_t n = strlen(name);
     if (w->started)
         return lora_seterr(err, LORA_EUSAGE, "%s: tensor \"%s\" declared after start", w->path,
@@ -261,6 +276,7 @@ int lora_ggw_declare(lora_ggw *w, const char *name, uint32_t type, int ndim, con
         if (strcmp(w->t[i].name, name) == 0)
             return lora_seterr(err, LORA_EINPUT, "%s: duplicate tensor \"%s\"", w->path, name);
     ggw_tensor t = {0};
+    t.fixed = offset;
     t.type = type;
     t.ndim = ndim;
     memcpy(t.ne, ne, (size_t)ndim * sizeof *ne);
@@ -277,7 +293,9 @@ int lora_ggw_declare(lora_ggw *w, const char *name, uint32_t type, int ndim, con
     }
     if (!(t.name = strdup(name)))
         return lora_oom(err);
-    w->t[w->nt++] = t;
+    w->t[w->nt] = t;
+    atomic_init(&w->t[w->nt].written, 0);
+    w->nt++;
     return LORA_OK;
 }
 
@@ -319,7 +337,7 @@ int lora_ggw_start(lora_ggw *w, lora_error *err)
         return lora_oom(err);
     unsigned char *p = h;
     memcpy(p, "GGUF", 4);
-    put_le(p + 4, 3, 4);
+    put_le(p + 4, w->version, 4);
     put_le(p + 8, w->nt, 8);
     put_le(p + 16, w->nkv, 8);
     p += 24;
@@ -329,6 +347,7 @@ int lora_ggw_start(lora_ggw *w, lora_error *err)
         memcpy(p + 8, w->kv[i].key, k);
         put_le(p + 8 + k, w->kv[i].type, 4);
         memcpy(p + 12 + k, w->kv[i].raw, w->kv[i].len);
+        w->kv[i].at = (uint64_t)(p + 12 + k - h);
         p += 12 + k + w->kv[i].len;
     }
     uint64_t off = 0;
@@ -342,6 +361,17 @@ int lora_ggw_start(lora_ggw *w, lora_error *err)
         p += 4;
         for (int d = 0; d < t->ndim; d++, p += 8)
             put_le(p, t->ne[d], 8);
+        if (t->fixed != UINT64_MAX) { /* a kept layout: aligned, in order, no overlap */
+            if (t->fixed % w->alignment || t->fixed < off) {
+                free(h);
+                return lora_seterr(err, LORA_EINPUT,
+                                   "%s: tensor \"%s\": offset %llu is not aligned to %llu or "
+                                   "overlaps the tensor before it", w->path, t->name,
+                                   (unsigned long long)t->fixed,
+                                   (unsigned long long)w->alignment);
+            }
+            off = t->fixed;
+        }
         put_le(p, t->type, 4);
         put_le(p + 4, off, 8);
         p += 12;
@@ -350,9 +380,12 @@ int lora_ggw_start(lora_ggw *w, lora_error *err)
     }
     w->total = data + off;
     int rc = pwrite_all(w, h, (size_t)data, 0, err);
-    free(h);
-    if (rc)
+    if (rc) {
+        free(h);
         return rc;
+    }
+    w->head = h;
+    w->head_len = (size_t)data;
     w->started = 1;
     return LORA_OK;
 }
@@ -372,7 +405,7 @@ int lora_ggw_write(lora_ggw *w, const char *name, uint64_t off, const void *buf,
                                w->path, name);
         int rc = pwrite_all(w, buf, len, t->offset + off, err);
         if (rc == LORA_OK)
-            t->written += len;
+            atomic_fetch_add(&t->written, (uint64_t)len);
         return rc;
     }
     return lora_seterr(err, LORA_EUSAGE, "%s: no tensor \"%s\" was declared", w->path, name);
@@ -384,9 +417,9 @@ int lora_ggw_commit(lora_ggw *w, lora_error *err)
     int rc = lora_ggw_start(w, err);
     for (size_t i = 0; !rc && i < w->nt; i++) {
         ggw_tensor *t = &w->t[i];
-        if (t->written != t->nbytes) {
+        if (atomic_load(&t->written) != t->nbytes) {
             rc = lora_seterr(err, LORA_EIO, "%s: tensor \"%s\": %llu of its %llu bytes were written",
-                             w->path, t->name, (unsigned long long)t->written,
+                             w->path, t->name, (unsigned long long)atomic_load(&t->written),
                              (unsigned long long)t->nbytes);
             break;
         }
@@ -406,4 +439,60 @@ int lora_ggw_commit(lora_ggw *w, lora_error *err)
     rc = lora_commit_tmpfile(w->fd, w->tmp, w->path, err);
     ggw_free(w);
     return rc;
+}
+
+/* ---- what a merge into a GGUF base needs (gguf_checkpoint.c) ---- */
+
+void lora_ggw_set_version(lora_ggw *w, uint32_t version)
+{
+    w->version = version;
+}
+
+int lora_ggw_write_at(lora_ggw *w, size_t i, uint64_t off, const void *buf, size_t len,
+                      lora_error *err)
+{
+    if (!w->started || i >= w->nt)
+        return lora_seterr(err, LORA_EUSAGE, "%s: tensor bytes written before start", w->path);
+    ggw_tensor *t = &w->t[i];
+    uint64_t end;
+    if (!lora_add_ok(off, len, &end) || end > t->nbytes)
+        return lora_seterr(err, LORA_EUSAGE, "%s: write past the end of tensor \"%s\"", w->path,
+                           t->name);
+    int rc = pwrite_all(w, buf, len, t->offset + off, err);
+    if (rc == LORA_OK)
+        atomic_fetch_add(&t->written, (uint64_t)len);
+    return rc;
+}
+
+int lora_ggw_copy_at(lora_ggw *w, size_t i, int src_fd, uint64_t src_off, lora_error *err)
+{
+    if (!w->started || i >= w->nt)
+        return lora_seterr(err, LORA_EUSAGE, "%s: tensor bytes written before start", w->path);
+    ggw_tensor *t = &w->t[i];
+    int rc = lora_copy_range(src_fd, src_off, w->fd, t->offset, t->nbytes, w->path, t->name, err);
+    if (rc)
+        return rc;
+    atomic_fetch_add(&t->written, t->nbytes);
+    return LORA_OK;
+}
+
+const unsigned char *lora_ggw_header(const lora_ggw *w, size_t *len)
+{
+    *len = w->started ? w->head_len : 0;
+    return w->started ? w->head : NULL;
+}
+
+int lora_ggw_patch_str(lora_ggw *w, const char *key, const char *value, lora_error *err)
+{
+    size_t vl = strlen(value);
+    for (size_t i = 0; w->started && i < w->nkv; i++) {
+        ggw_kv *k = &w->kv[i];
+        if (strcmp(k->key, key) != 0 || k->type != LORA_GGUF_STRING || k->len != 8 + vl)
+            continue;
+        memcpy(w->head + k->at + 8, value, vl);
+        memcpy(k->raw + 8, value, vl);
+        return pwrite_all(w, value, vl, k->at + 8, err);
+    }
+    return lora_seterr(err, LORA_EUSAGE, "%s: no string \"%s\" of %zu bytes to patch", w->path,
+                       key, vl);
 }

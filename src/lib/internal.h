@@ -262,4 +262,78 @@ void lora_base_hash_tensor(lora_hasher *h, const char *name, lora_dtype dt, int 
  * leading "transformer." / "model."; NULL when none exists. */
 const lora_tensor *lora_ckpt_find_alias(const lora_ckpt *ck, const char *name);
 
+/* ---- GGUF bases (gguf_checkpoint.c; lora_st_view and the dispatch of
+ *      lora_stw_* to a GGUF output in safetensors.c) ---- */
+
+/* A lora_st over tensors another reader parsed: T (N tensors, freed by
+ * close), metadata arrays MKEY/MVAL (freed; their strings OWNER's), FD
+ * (closed), HLEN what lora_st_header_size answers; OWNER_FREE(OWNER) at
+ * close.  On failure everything given is freed. */
+int lora_st_view(const char *name, int fd, const void *buf, uint64_t len, uint64_t hlen,
+                 lora_tensor *t, size_t n, const char **mkey, const char **mval, size_t nmeta,
+                 void *owner, void (*owner_free)(void *), lora_st **out, lora_error *err);
+/* OWNER of a view made with OWNER_FREE, else NULL. */
+void *lora_st_view_owner(const lora_st *st, void (*owner_free)(void *));
+typedef struct lora_gstw lora_gstw;
+/* Copy LEN bytes between files at the given offsets (copy_file_range
+ * where the kernel allows, else read and write); PATH and NAME (the
+ * destination and the tensor) for messages. */
+int lora_copy_range(int src_fd, uint64_t src_off, int dst_fd, uint64_t dst_off, uint64_t len,
+                    const char *path, const char *name, lora_error *err);
+/* A lora_stw whose every call goes to GG (taken over, freed on failure). */
+int lora_stw_new_gguf(lora_gstw *gg, lora_stw **out, lora_error *err);
+
+/* An unquantized GGUF model file as a one-file checkpoint (checkpoint.c
+ * opens it): tensors under their Hugging Face names, PyTorch dimension
+ * order; metadata: lora_merges and lora_base only. */
+int lora_gguf_st_open(const char *path, lora_st **out, lora_error *err);
+/* The same over an opened file (taken over, as FD, -1 for none: closed
+ * with the view or on failure); for the fuzz target. */
+int lora_gguf_st_from(lora_gguf *g, int fd, lora_st **out, lora_error *err);
+int lora_st_is_gguf(const lora_st *st);
+int lora_ckpt_is_gguf(const lora_ckpt *ck);
+/* "Q8_0" for a GGUF tensor, else the dtype's name. */
+const char *lora_ckpt_type_name(const lora_ckpt *ck, const lora_tensor *t);
+/* The head count llama.cpp's q/k row permutation used on T, 0 when its
+ * rows are in Hugging Face order. */
+uint64_t lora_ckpt_permuted_heads(const lora_ckpt *ck, const lora_tensor *t);
+/* After binding, before any tensor is merged: B of every module whose
+ * base tensor has permuted rows is replaced by a permuted copy (put
+ * back when CK is closed). */
+int lora_gguf_merge_prepare(const lora_ckpt *ck, lora_merge_adapter *undo, size_t nundo,
+                            lora_merge_adapter *add, size_t nadd, lora_error *err);
+/* LORA_EUSAGE when OUT's name says another kind than the input's: a
+ * GGUF base merges into a .gguf file, safetensors into anything else. */
+int lora_gguf_check_output(const lora_ckpt *ck, const char *out, lora_error *err);
+/* A writer for the output of shard IN: GGUF in the input's layout when
+ * IN is a GGUF view, else lora_stw_new. */
+int lora_stw_new_for(const char *path, const lora_st *in, lora_stw **out, lora_error *err);
+void lora_gstw_free(lora_gstw *g);
+void lora_gstw_abort(lora_gstw *g);
+int lora_gstw_set_metadata(lora_gstw *g, const char *key, const char *value, lora_error *err);
+int lora_gstw_declare(lora_gstw *g, const char *name, lora_dtype dt, int ndim,
+                      const uint64_t *shape, lora_error *err);
+int lora_gstw_set_layout(lora_gstw *g, const void *hdr, size_t len, int verbatim,
+                         lora_error *err);
+int lora_gstw_start(lora_gstw *g, lora_error *err);
+const unsigned char *lora_gstw_header(const lora_gstw *g, size_t *len);
+int lora_gstw_patch_metadata(lora_gstw *g, const char *key, const char *value, lora_error *err);
+int lora_gstw_write(lora_gstw *g, const char *name, uint64_t off, const void *buf, size_t len,
+                    lora_error *err);
+int lora_gstw_copy(lora_gstw *g, const char *name, int src_fd, uint64_t src_off,
+                   lora_error *err);
+int lora_gstw_commit(lora_gstw *g, lora_error *err);
+/* T's bytes in Hugging Face row order in *OUT (malloc'd) when CK holds
+ * it with llama.cpp's q/k permutation; *OUT NULL when T is in that order. */
+int lora_ckpt_hf_rows(const lora_ckpt *ck, const lora_tensor *t, void **out, lora_error *err);
+/* A Hugging Face config.json (malloc'd text) for a GGUF model of the llama
+ * family, from its key/values; LORA_EINPUT naming what is missing or not
+ * supported. */
+int lora_gguf_model_config(const lora_ckpt *ck, char **json, size_t *len, lora_error *err);
+/* lora_base_hash_tensor of a tensor whose rows are permuted per HEADS
+ * heads (0: none), fed in Hugging Face row order. */
+void lora_base_hash_tensor_heads(lora_hasher *h, const char *name, lora_dtype dt, int ndim,
+                                 const uint64_t *shape, const void *data, uint64_t nbytes,
+                                 uint64_t heads);
+
 #endif

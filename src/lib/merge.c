@@ -949,7 +949,7 @@ static int start_writer(struct run *R, size_t si, const char *outpath,
                         const unsigned char *in_hdr, size_t in_len, lora_error *err)
 {
     lora_st *st = lora_ckpt_shard(R->ck, si);
-    int rc = lora_stw_new(outpath, &R->w, err);
+    int rc = lora_stw_new_for(outpath, st, &R->w, err); /* GGUF in, GGUF out */
     if (rc)
         return rc;
     for (size_t i = 0; i < lora_st_metadata_count(st) && !rc; i++) {
@@ -1296,7 +1296,8 @@ static int switch_identity(struct run *R, const lora_adapter *ad, unsigned char 
         if ((rc = old_terms(R, t, oldt, &nold, &rt, &rti, &bdt, err)))
             break;
         if (!nold || t->ndim != 2) {
-            lora_base_hash_tensor(h, t->name, t->dtype, t->ndim, t->shape, t->data, t->nbytes);
+            lora_base_hash_tensor_heads(h, t->name, t->dtype, t->ndim, t->shape, t->data,
+                                        t->nbytes, lora_ckpt_permuted_heads(R->ck, t));
             continue;
         }
         uint64_t need = t->numel * (lora_dtype_bits(bdt) / 8);
@@ -1337,7 +1338,8 @@ static int switch_identity(struct run *R, const lora_adapter *ad, unsigned char 
             rc = -1; /* not the receipt's merge: the main pass refuses it */
             break;
         }
-        lora_base_hash_tensor(h, t->name, bdt, t->ndim, t->shape, R->tmp, need);
+        lora_base_hash_tensor_heads(h, t->name, bdt, t->ndim, t->shape, R->tmp, need,
+                                    lora_ckpt_permuted_heads(R->ck, t));
     }
     if (!rc) {
         lora_hasher_final(h, out); /* frees h */
@@ -1920,6 +1922,8 @@ int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
     int rc = open_inputs(&R, input, err);
     if (!rc && out)
         rc = out_collides(&R, input, out, err);
+    if (!rc && out) /* GGUF in, GGUF out */
+        rc = lora_gguf_check_output(R.ck, out, err);
     if (!rc)
         rc = find_shard(&R, input, err);
     /* before the adapters are matched: "not this output's receipt" is
@@ -1929,6 +1933,8 @@ int lora_merge_run(const char *input, lora_merge_adapter *undo, size_t nundo,
     R.folder = R.only == SIZE_MAX && (is_dir(input) || has_suffix(input, ".index.json"));
     if (!rc)
         rc = bind_all(&R, err);
+    if (!rc) /* a GGUF base's permuted q/k rows: B permuted alike (gguf_checkpoint.c) */
+        rc = lora_gguf_merge_prepare(R.ck, undo, nundo, add, nadd, err);
     if (!rc)
         rc = conversions(&R, writing, err);
     if (!rc)

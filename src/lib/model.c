@@ -98,7 +98,14 @@ int lora_model_open(const char *dir, lora_model **out, lora_error *err)
     sprintf(path, "%s/config.json", dir);
     char *json = NULL;
     size_t len = 0;
-    int rc = lora_read_file(path, LORA_MODEL_MAX_CONFIG, &json, &len, err);
+    int gguf = lora_gguf_is_file(dir), rc;
+    if (gguf) { /* a llama.cpp model: the config from its key/values (gguf_checkpoint.c) */
+        rc = lora_ckpt_open(dir, &m->ck, err);
+        if (rc == LORA_OK)
+            rc = lora_gguf_model_config(m->ck, &json, &len, err);
+    } else {
+        rc = lora_read_file(path, LORA_MODEL_MAX_CONFIG, &json, &len, err);
+    }
     if (rc == LORA_OK) {
         rc = lora_model_config_parse(json, len, &m->cfg, err);
         if (rc != LORA_OK)
@@ -106,7 +113,7 @@ int lora_model_open(const char *dir, lora_model **out, lora_error *err)
     }
     free(json);
     free(path);
-    if (rc != LORA_OK) {
+    if (rc != LORA_OK && !gguf) {
         /* no config.json, and maybe no checkpoint either: a folder of
          * GGUF or PyTorch weights is better named as such */
         lora_error e2;
@@ -116,7 +123,7 @@ int lora_model_open(const char *dir, lora_model **out, lora_error *err)
         lora_ckpt_close(m->ck);
         m->ck = NULL;
     }
-    if (rc == LORA_OK)
+    if (rc == LORA_OK && !gguf)
         rc = lora_ckpt_open(dir, &m->ck, err);
     if (rc == LORA_OK) {
         m->fam = lora_family_of(m->cfg.arch);
@@ -320,18 +327,21 @@ static int merged_weight(lora_model *m, const lora_module *mod, linop *op, lora_
         return lora_oom(err);
     }
     lora_term term = {mod, 1.0};
-    int rc;
-    if (mod->magnitude) {
+    void *hf = NULL; /* a GGUF base's q/k in Hugging Face row order, as B */
+    int rc = lora_ckpt_hf_rows(m->ck, t, &hf, err);
+    const void *w0 = hf ? hf : t->data;
+    if (rc == LORA_OK && mod->magnitude) {
         double *norm = malloc((size_t)mod->out * sizeof *norm);
         lora_dora_job j = {.name = t->name, .in_dt = t->dtype, .out_dt = t->dtype,
-                           .rows = t->shape[0], .cols = t->shape[1], .src = t->data, .dst = buf,
+                           .rows = t->shape[0], .cols = t->shape[1], .src = w0, .dst = buf,
                            .m = mod, .norm = norm, .nthreads = 1};
         rc = norm ? lora_dora_merge(&j, err) : lora_oom(err);
         free(norm);
-    } else {
-        rc = lora_tensor_merge(t->dtype, t->dtype, t->shape[0], t->shape[1], t->data, buf, &term, 1,
+    } else if (rc == LORA_OK) {
+        rc = lora_tensor_merge(t->dtype, t->dtype, t->shape[0], t->shape[1], w0, buf, &term, 1,
                                LORA_ROUND_NEAREST, 1, NULL, NULL, err);
     }
+    free(hf);
     if (rc == LORA_OK)
         rc = lora_decode_f32(t->dtype, buf, op->wm, (size_t)t->numel);
     free(buf);

@@ -45,7 +45,14 @@ static int load_tensor(lora_model *m, const char *name, int prefixed, uint64_t d
     float *p = malloc((size_t)t->numel * sizeof *p);
     if (!p)
         return lora_oom(err);
-    int rc = lora_decode_f32(t->dtype, t->data, p, (size_t)t->numel);
+    void *hf = NULL; /* a GGUF base's q/k rows back in Hugging Face order */
+    int rc = lora_ckpt_hf_rows(m->ck, t, &hf, err);
+    if (rc != LORA_OK) {
+        free(p);
+        return rc;
+    }
+    rc = lora_decode_f32(t->dtype, hf ? hf : t->data, p, (size_t)t->numel);
+    free(hf);
     if (rc != LORA_OK) {
         free(p);
         return lora_seterr(err, rc, "%s: tensor %s: cannot decode %s", lora_ckpt_dir(m->ck), buf,

@@ -47,6 +47,8 @@ struct lora_st {
     const lora_tensor **by_name;
     size_t nmeta;
     const char **mkey, **mval;
+    void *owner;               /* lora_st_view: the reader behind the view */
+    void (*owner_free)(void *);
 };
 
 /* ------------------------------------------------------------------ */
@@ -339,6 +341,8 @@ void lora_st_close(lora_st *st)
     free(st->by_name);
     free(st->mkey);
     free(st->mval);
+    if (st->owner_free)
+        st->owner_free(st->owner);
     if (st->map)
         munmap(st->map, (size_t)st->len);
     if (st->fd >= 0)
@@ -498,6 +502,56 @@ int lora_st_fd(const lora_st *st)
     return st->fd;
 }
 
+int lora_st_view(const char *name, int fd, const void *buf, uint64_t len, uint64_t hlen,
+                 lora_tensor *t, size_t n, const char **mkey, const char **mval, size_t nmeta,
+                 void *owner, void (*owner_free)(void *), lora_st **out, lora_error *err)
+{
+    *out = NULL;
+    lora_st *st = st_new(name, err);
+    if (!st) {
+        free(t);
+        free(mkey);
+        free(mval);
+        owner_free(owner);
+        if (fd >= 0)
+            close(fd);
+        return LORA_EIO;
+    }
+    st->fd = fd;
+    st->buf = buf;
+    st->len = len;
+    st->hlen = hlen;
+    st->t = t;
+    st->n = n;
+    st->mkey = mkey;
+    st->mval = mval;
+    st->nmeta = nmeta;
+    st->owner = owner;
+    st->owner_free = owner_free;
+    st->by_name = malloc((n ? n : 1) * sizeof *st->by_name);
+    if (!st->by_name) {
+        lora_st_close(st);
+        return lora_oom(err);
+    }
+    for (size_t i = 0; i < n; i++)
+        st->by_name[i] = &t[i];
+    qsort(st->by_name, n, sizeof *st->by_name, cmp_name_ptr);
+    for (size_t i = 1; i < n; i++)
+        if (strcmp(st->by_name[i - 1]->name, st->by_name[i]->name) == 0) {
+            int rc = lora_seterr(err, LORA_EINPUT, "%s: two tensors are named \"%s\"", name,
+                                 st->by_name[i]->name);
+            lora_st_close(st);
+            return rc;
+        }
+    *out = st;
+    return LORA_OK;
+}
+
+void *lora_st_view_owner(const lora_st *st, void (*owner_free)(void *))
+{
+    return st && st->owner_free == owner_free ? st->owner : NULL;
+}
+
 /* ------------------------------------------------------------------ */
 /* writer                                                              */
 /* ------------------------------------------------------------------ */
@@ -528,6 +582,7 @@ struct lora_stw {
     int verbatim;
     unsigned char *head;        /* after start: the header as written */
     size_t head_len;
+    lora_gstw *gg;              /* a GGUF output (gguf_checkpoint.c): every call goes there */
 };
 
 static void stw_free(lora_stw *w)
@@ -548,6 +603,7 @@ static void stw_free(lora_stw *w)
     free(w->mval);
     free(w->layout);
     free(w->head);
+    lora_gstw_free(w->gg);
     if (w->fd >= 0)
         close(w->fd);
     free(w->tmp);
@@ -559,6 +615,9 @@ void lora_stw_abort(lora_stw *w)
 {
     if (!w)
         return;
+    if (w->gg)
+        lora_gstw_abort(w->gg);
+    w->gg = NULL;
     if (w->tmp)
         lora_tmp_unlink(w->tmp);
     stw_free(w);
@@ -592,6 +651,18 @@ int lora_stw_new(const char *path, lora_stw **out, lora_error *err)
     return LORA_OK;
 }
 
+int lora_stw_new_gguf(lora_gstw *gg, lora_stw **out, lora_error *err)
+{
+    *out = calloc(1, sizeof **out);
+    if (!*out) {
+        lora_gstw_abort(gg);
+        return lora_oom(err);
+    }
+    (*out)->fd = -1;
+    (*out)->gg = gg;
+    return LORA_OK;
+}
+
 static int valid_utf8_json(const char *s)
 {
     json_t *j = json_string(s);
@@ -603,6 +674,8 @@ static int valid_utf8_json(const char *s)
 
 int lora_stw_set_metadata(lora_stw *w, const char *key, const char *value, lora_error *err)
 {
+    if (w->gg)
+        return lora_gstw_set_metadata(w->gg, key, value, err);
     if (w->started)
         return lora_seterr(err, LORA_EUSAGE, "%s: metadata set after the header was written",
                            w->path);
@@ -647,6 +720,8 @@ int lora_stw_set_metadata(lora_stw *w, const char *key, const char *value, lora_
 int lora_stw_declare(lora_stw *w, const char *name, lora_dtype dt, int ndim,
                      const uint64_t *shape, lora_error *err)
 {
+    if (w->gg)
+        return lora_gstw_declare(w->gg, name, dt, ndim, shape, err);
     if (w->started)
         return lora_seterr(err, LORA_EUSAGE, "%s: tensor \"%s\" declared after the header "
                            "was written", w->path, name);
@@ -808,6 +883,8 @@ oom:
 int lora_stw_set_layout(lora_stw *w, const void *hdr, size_t len, int verbatim,
                         lora_error *err)
 {
+    if (w->gg)
+        return lora_gstw_set_layout(w->gg, hdr, len, verbatim, err);
     if (w->started)
         return lora_seterr(err, LORA_EUSAGE, "%s: layout set after the header was written",
                            w->path);
@@ -961,6 +1038,8 @@ static int layout_header(lora_stw *w, char **text, size_t *hl, lora_error *err)
 
 int lora_stw_start(lora_stw *w, lora_error *err)
 {
+    if (w->gg)
+        return lora_gstw_start(w->gg, err);
     if (w->started)
         return LORA_OK;
     w->by_name = malloc((w->n ? w->n : 1) * sizeof *w->by_name);
@@ -1022,12 +1101,16 @@ int lora_stw_start(lora_stw *w, lora_error *err)
 
 const unsigned char *lora_stw_header(const lora_stw *w, size_t *len)
 {
+    if (w->gg)
+        return lora_gstw_header(w->gg, len);
     *len = w->started ? w->head_len : 0;
     return w->started ? w->head : NULL;
 }
 
 int lora_stw_patch_metadata(lora_stw *w, const char *key, const char *value, lora_error *err)
 {
+    if (w->gg)
+        return lora_gstw_patch_metadata(w->gg, key, value, err);
     size_t kl = strlen(key), vl = strlen(value);
     if (!w->started)
         return lora_seterr(err, LORA_EUSAGE, "%s: metadata patched before the header was written",
@@ -1099,6 +1182,8 @@ static int stw_target(lora_stw *w, const char *name, uint64_t off, uint64_t len,
 int lora_stw_write(lora_stw *w, const char *name, uint64_t off, const void *buf, size_t len,
                    lora_error *err)
 {
+    if (w->gg)
+        return lora_gstw_write(w->gg, name, off, buf, len, err);
     stw_tensor *t;
     int rc = stw_target(w, name, off, len, &t, err);
     if (rc)
@@ -1116,18 +1201,15 @@ int lora_stw_write(lora_stw *w, const char *name, uint64_t off, const void *buf,
     return LORA_OK;
 }
 
-int lora_stw_copy(lora_stw *w, const char *name, int src_fd, uint64_t src_off, lora_error *err)
+int lora_copy_range(int src_fd, uint64_t src_off, int dst_fd, uint64_t dst_off, uint64_t len,
+                    const char *path, const char *name, lora_error *err)
 {
-    stw_tensor *t;
-    int rc = stw_target(w, name, 0, 0, &t, err);
-    if (rc)
-        return rc;
-    uint64_t left = t->nbytes;
-    loff_t in = (loff_t)src_off, out = (loff_t)t->offset;
+    uint64_t left = len;
+    loff_t in = (loff_t)src_off, out = (loff_t)dst_off;
     int fallback = 0;
     while (left && !fallback) {
         size_t chunk = left > (1u << 30) ? (1u << 30) : (size_t)left;
-        ssize_t c = copy_file_range(src_fd, &in, w->fd, &out, chunk, 0);
+        ssize_t c = copy_file_range(src_fd, &in, dst_fd, &out, chunk, 0);
         if (c < 0 && errno == EINTR)
             continue;
         if (c < 0 && (errno == EXDEV || errno == ENOSYS || errno == EINVAL ||
@@ -1137,10 +1219,10 @@ int lora_stw_copy(lora_stw *w, const char *name, int src_fd, uint64_t src_off, l
         }
         if (c < 0)
             return lora_seterr_errno(err, LORA_EIO, errno, "%s: copying tensor \"%s\"",
-                                     w->path, name);
+                                     path, name);
         if (c == 0)
             return lora_seterr(err, LORA_EINPUT,
-                               "%s: copying tensor \"%s\": the source ends early", w->path,
+                               "%s: copying tensor \"%s\": the source ends early", path,
                                name);
         left -= (uint64_t)c;
     }
@@ -1160,14 +1242,14 @@ int lora_stw_copy(lora_stw *w, const char *name, int src_fd, uint64_t src_off, l
                 if (r == 0)
                     return lora_seterr(err, LORA_EINPUT,
                                        "%s: copying tensor \"%s\": the source ends early",
-                                       w->path, name);
+                                       path, name);
                 return lora_seterr_errno(err, LORA_EIO, e, "%s: copying tensor \"%s\"",
-                                         w->path, name);
+                                         path, name);
             }
-            if (pwrite_all(w->fd, b, (size_t)r, (uint64_t)out) != 0) {
+            if (pwrite_all(dst_fd, b, (size_t)r, (uint64_t)out) != 0) {
                 int e = errno;
                 free(b);
-                return lora_seterr_errno(err, LORA_EIO, e, "%s: write", w->path);
+                return lora_seterr_errno(err, LORA_EIO, e, "%s: write", path);
             }
             in += r;
             out += r;
@@ -1175,12 +1257,32 @@ int lora_stw_copy(lora_stw *w, const char *name, int src_fd, uint64_t src_off, l
         }
         free(b);
     }
+    return LORA_OK;
+}
+
+int lora_stw_copy(lora_stw *w, const char *name, int src_fd, uint64_t src_off, lora_error *err)
+{
+    if (w->gg)
+        return lora_gstw_copy(w->gg, name, src_fd, src_off, err);
+    stw_tensor *t;
+    int rc = stw_target(w, name, 0, 0, &t, err);
+    if (rc)
+        return rc;
+    rc = lora_copy_range(src_fd, src_off, w->fd, t->offset, t->nbytes, w->path, name, err);
+    if (rc)
+        return rc;
     atomic_fetch_add(&t->written, t->nbytes);
     return LORA_OK;
 }
 
 int lora_stw_commit(lora_stw *w, lora_error *err)
 {
+    if (w->gg) {
+        lora_gstw *gg = w->gg;
+        w->gg = NULL;
+        stw_free(w);
+        return lora_gstw_commit(gg, err);
+    }
     int rc = lora_stw_start(w, err);
     for (size_t i = 0; !rc && i < w->n; i++) {
         uint64_t got = atomic_load(&w->t[i]->written);
