@@ -364,14 +364,10 @@ static int to_st(const char *in, const char *dir)
     return 0;
 }
 
-static int same(int argc, char **argv)
+/* The first difference between the two files' tensors (all, or those
+ * named), printed; 1 when there is one. */
+static int first_difference(lora_gguf *a, lora_gguf *b, int argc, char **argv)
 {
-    lora_error err = {0};
-    lora_gguf *a, *b;
-    if (lora_gguf_open(argv[2], &a, &err))
-        return die(argv[2], &err);
-    if (lora_gguf_open(argv[3], &b, &err))
-        return die(argv[3], &err);
     size_t n = argc > 4 ? (size_t)(argc - 4) : lora_gguf_tensor_count(a);
     if (argc <= 4 && n != lora_gguf_tensor_count(b)) {
         printf("tensor counts differ: %zu and %zu\n", n, lora_gguf_tensor_count(b));
@@ -396,9 +392,23 @@ static int same(int argc, char **argv)
         }
     }
     printf("%zu tensors the same\n", n);
+    return 0;
+}
+
+static int same(int argc, char **argv)
+{
+    lora_error err = {0};
+    lora_gguf *a, *b;
+    if (lora_gguf_open(argv[2], &a, &err))
+        return die(argv[2], &err);
+    if (lora_gguf_open(argv[3], &b, &err)) {
+        lora_gguf_close(a);
+        return die(argv[3], &err);
+    }
+    int rc = first_difference(a, b, argc, argv);
     lora_gguf_close(a);
     lora_gguf_close(b);
-    return 0;
+    return rc;
 }
 
 static int types(const char *in)
