@@ -317,32 +317,6 @@ static inline int single_fast(const struct elem *e, uint32_t v, double y)
     return y + step > uv + half + margin && y - step < uv - half - margin;
 }
 
-static inline int nbits_for(uint64_t span) /* span = |S| - 1 >= 1 */
-{
-    return 64 - __builtin_clzll(span);
-}
-
-static int bits_put(lora_fixes *f, uint64_t v, int nb)
-{
-    if (f->nbits + (uint64_t)nb > f->bitcap * 8) {
-        uint64_t cap = f->bitcap ? f->bitcap * 2 : 4096;
-        while (cap * 8 < f->nbits + (uint64_t)nb)
-            cap *= 2;
-        unsigned char *b = realloc(f->bits, (size_t)cap);
-        if (!b)
-            return -1;
-        memset(b + f->bitcap, 0, (size_t)(cap - f->bitcap));
-        f->bits = b;
-        f->bitcap = cap;
-    }
-    /* set and clear: the buffer is reused from tensor to tensor */
-    for (int i = 0; i < nb; i++, f->nbits++) {
-        unsigned char *c = &f->bits[f->nbits >> 3], bit = (unsigned char)(1u << (f->nbits & 7));
-        *c = (unsigned char)((v >> i) & 1 ? *c | bit : *c & ~bit);
-    }
-    return 0;
-}
-
 /* What a merge records for base value w merged to e->u: nothing, a rank
  * (appended to fx's bits) or an exception (appended to its list).
  * Returns -1 when out of memory, else 1 for an exception, 0 otherwise. */
@@ -357,7 +331,7 @@ static int record_el(const struct elem *e, uint32_t w, uint64_t index, lora_fixe
     int64_t lo = run_end(e, kU, -1), hi = run_end(e, kU, 1);
     if (hi == lo)
         return 0;
-    if (bits_put(fx, (uint64_t)(kw - lo), nbits_for((uint64_t)(hi - lo))))
+    if (lora_bits_put(fx, (uint64_t)(kw - lo), lora_nbits_for((uint64_t)(hi - lo))))
         return -1;
     fx->nambig++;
     return 0;
@@ -520,7 +494,7 @@ static int unmerge_elem(const struct elem *e, uint64_t index, const lora_fixes *
     int64_t lo = run_end(e, kU, -1), hi = run_end(e, kU, 1);
     if (hi == lo)
         return 0;
-    int nb = nbits_for((uint64_t)(hi - lo));
+    int nb = lora_nbits_for((uint64_t)(hi - lo));
     if (!fx->coded || *at + (uint64_t)nb > end)
         return -1;
     uint64_t rank = 0;
@@ -624,7 +598,7 @@ static int bits_append(lora_fixes *dst, const unsigned char *src, uint64_t nb)
         uint64_t v = 0;
         for (int i = 0; i < k; i++)
             v |= (uint64_t)((src[(at + (uint64_t)i) >> 3] >> ((at + (uint64_t)i) & 7)) & 1) << i;
-        if (bits_put(dst, v, k))
+        if (lora_bits_put(dst, v, k))
             return -1;
     }
     return 0;

@@ -528,12 +528,7 @@ static inline __attribute__((always_inline)) int amb_set(int mk, int bk, uint32_
     return 1;
 }
 
-static inline int nbits_for(uint64_t span) /* span = |S| - 1 >= 1 */
-{
-    return 64 - __builtin_clzll(span);
-}
-
-static int bits_put(lora_fixes *f, uint64_t v, int nb)
+int lora_bits_put(lora_fixes *f, uint64_t v, int nb)
 {
     if (f->nbits + (uint64_t)nb > f->bitcap * 8) {
         uint64_t cap = f->bitcap ? f->bitcap * 2 : 4096;
@@ -546,6 +541,7 @@ static int bits_put(lora_fixes *f, uint64_t v, int nb)
         f->bits = b;
         f->bitcap = cap;
     }
+    /* set and clear: the buffer is reused from tensor to tensor */
     for (int i = 0; i < nb; i++, f->nbits++) {
         unsigned char *c = &f->bits[f->nbits >> 3], bit = (unsigned char)(1u << (f->nbits & 7));
         *c = (unsigned char)((v >> i) & 1 ? *c | bit : *c & ~bit);
@@ -581,13 +577,13 @@ static inline __attribute__((always_inline)) int coded_elem(int mk, int bk, uint
         return 0;
     }
     uint64_t span = (uint64_t)(hi - lo);
-    int nb = nbits_for(span);
+    int nb = lora_nbits_for(span);
     uint64_t r = 0;
     if (wr) {
         int64_t kw = fp_key(bk, w);
         if (fp_finite(bk, w) && kw >= lo && kw <= hi)
             r = (uint64_t)(kw - lo);
-        if (bits_put(wr, r, nb))
+        if (lora_bits_put(wr, r, nb))
             return -2;
         wr->nambig++;
     } else {
@@ -616,7 +612,7 @@ coded_fix_k(int mk, int bk, uint32_t m, double d, uint32_t w, uint64_t index, lo
         int64_t hi = gallop(mk, bk, kw, 1, kmax, 0, m, d) - 1;
         if (lo == hi)
             return 0;
-        if (bits_put(fx, (uint64_t)(kw - lo), nbits_for((uint64_t)(hi - lo))))
+        if (lora_bits_put(fx, (uint64_t)(kw - lo), lora_nbits_for((uint64_t)(hi - lo))))
             return -2;
         fx->nambig++;
         return 0;
@@ -784,7 +780,7 @@ static int merge_bf16_fast(const unsigned char *src, unsigned char *dst, const d
             int ab = flag[x] - 2, a = ab & 1, b = ab >> 1;
             st->changed++;
             if (a | b) {
-                if (bits_put(fx, (uint64_t)((src[2 * x + 1] & 0x80) ? b : a), a + b))
+                if (lora_bits_put(fx, (uint64_t)((src[2 * x + 1] & 0x80) ? b : a), a + b))
                     return -2;
                 fx->nambig++;
             }
@@ -1195,10 +1191,10 @@ static int gather_bits(lora_fixes *out, const lora_fixes *bf, uint64_t nblocks, 
         out->nambig += bf[b].nambig;
         uint64_t i = 0;
         for (; i + 8 <= bf[b].nbits; i += 8)
-            if (bits_put(out, bf[b].bits[i / 8], 8))
+            if (lora_bits_put(out, bf[b].bits[i / 8], 8))
                 return lora_oom(err);
         for (; i < bf[b].nbits; i++)
-            if (bits_put(out, (bf[b].bits[i / 8] >> (i % 8)) & 1, 1))
+            if (lora_bits_put(out, (bf[b].bits[i / 8] >> (i % 8)) & 1, 1))
                 return lora_oom(err);
     }
     bs[nblocks] = out->nbits;

@@ -96,6 +96,15 @@ void lora_delta_rows_packed(const double *B, const double *A, const double *P, u
                             uint64_t in, double scale, uint64_t i0, uint64_t i1, double *dst);
 
 int lora_fixes_push(lora_fixes *f, uint64_t index, int64_t step);
+/* Rank bits (receipt version 3 and later, lora-receipt(5)): the bits of
+ * a rank in a run of SPAN + 1 values (SPAN >= 1), and the NB low bits
+ * of V appended to F's bit buffer, set and cleared since the buffer is
+ * reused from tensor to tensor.  -1 when out of memory. */
+static inline int lora_nbits_for(uint64_t span)
+{
+    return 64 - __builtin_clzll(span);
+}
+int lora_bits_put(lora_fixes *f, uint64_t v, int nb);
 /* 0 and the element kind/size for F32, F16, BF16; -1 otherwise. */
 int lora_fp_kind(lora_dtype dt, int *kind, size_t *size);
 /* Decode F32/F16/BF16/F64 values to double (F64 through float). */
