@@ -767,16 +767,12 @@ static int parse_files(lora_receipt *r, json_t *root, uint64_t data_end, lora_er
     return LORA_OK;
 }
 
-static int parse_index(lora_receipt *r, const char *text, size_t len, uint64_t data_end,
-                       lora_error *err)
+/* In the index parsers below: refuse with a message, as bad input. */
+#define BAD(...) return lora_seterr(err, LORA_EINPUT, __VA_ARGS__)
+
+/* format, version, tool, rounding and the hash schemes. */
+static int parse_header(lora_receipt *r, json_t *root, lora_error *err)
 {
-    json_error_t je;
-    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
-    if (!root)
-        return lora_seterr(err, LORA_EINPUT, "%s: index is not valid JSON: %s (line %d)", r->name,
-                           je.text, je.line);
-    int rc = LORA_EINPUT;
-#define BAD(...) do { lora_seterr(err, LORA_EINPUT, __VA_ARGS__); goto out; } while (0)
     if (!json_is_object(root))
         BAD("%s: index is not a JSON object", r->name);
     const char *fmt = json_string_value(json_object_get(root, "format"));
@@ -802,6 +798,149 @@ static int parse_index(lora_receipt *r, const char *text, size_t len, uint64_t d
     const char *mh = json_string_value(json_object_get(root, "merged_hash"));
     if (r->version >= 5 ? !mh || strcmp(mh, "xxh3-128-tree") : mh != NULL)
         BAD("%s: unknown merged_hash scheme", r->name);
+    return LORA_OK;
+}
+
+/* The adapters merged: path, BLAKE2b, weight. */
+static int parse_adapters(lora_receipt *r, json_t *ads, lora_error *err)
+{
+    size_t na = json_array_size(ads);
+    for (size_t i = 0; i < na; i++) {
+        json_t *a = json_array_get(ads, i);
+        const char *p = json_string_value(json_object_get(a, "path"));
+        json_t *w = json_object_get(a, "weight");
+        if (!p || !json_is_number(w) || hex32(json_object_get(a, "blake2b"), r->ad[i].hash))
+            BAD("%s: adapter %zu: needs path, blake2b (64 hex digits), weight", r->name, i);
+        r->ad[i].weight = json_number_value(w);
+        if (!(r->ad[i].path = lora_strdup(p, err)))
+            return LORA_EIO;
+        r->nad = i + 1;
+    }
+    return LORA_OK;
+}
+
+/* A tensor's terms: which adapter (an index below NA), module, scale,
+ * transpose. */
+static int parse_terms(lora_receipt *r, lora_receipt_tensor *t, json_t *terms, size_t na,
+                       lora_error *err)
+{
+    if (!json_is_array(terms) || json_array_size(terms) == 0 || json_array_size(terms) > 64)
+        BAD("%s: tensor %s: terms must be an array of 1 to 64", r->name, t->name);
+    t->terms = calloc(json_array_size(terms), sizeof *t->terms);
+    if (!t->terms)
+        return lora_oom(err);
+    for (size_t k = 0; k < json_array_size(terms); k++) {
+        json_t *tm = json_array_get(terms, k);
+        uint64_t ai;
+        const char *mod = json_string_value(json_object_get(tm, "module"));
+        json_t *sc = json_object_get(tm, "scale"), *tr = json_object_get(tm, "transpose");
+        if (get_u64(json_object_get(tm, "adapter"), &ai) || ai >= na || !mod ||
+            !json_is_number(sc) || !json_is_boolean(tr))
+            BAD("%s: tensor %s: term %zu needs adapter (an index), module, scale, transpose",
+                r->name, t->name, k);
+        t->terms[k].adapter = (size_t)ai;
+        t->terms[k].scale = json_number_value(sc);
+        t->terms[k].transpose = json_is_true(tr);
+        t->nterms = k + 1;
+        if (!(t->terms[k].module = lora_strdup(mod, err)))
+            return LORA_EIO;
+    }
+    return LORA_OK;
+}
+
+/* A DoRA tensor's norms: one term (a DoRA module is refused beside any
+ * other), one double per output row, after *prev_end and inside the
+ * data. */
+static int parse_dora_norms(lora_receipt *r, lora_receipt_tensor *t, json_t *dn,
+                            uint64_t *prev_end, uint64_t data_end, lora_error *err)
+{
+    uint64_t out = t->terms[0].transpose ? t->cols : t->rows, end;
+    if (r->version < 4)
+        BAD("%s: tensor %s: DoRA norms in a version %d receipt", r->name, t->name, r->version);
+    if (!json_is_object(dn) || get_u64(json_object_get(dn, "offset"), &t->dora_offset) ||
+        get_u64(json_object_get(dn, "length"), &t->dora_length) ||
+        hex32(json_object_get(dn, "blake2b"), t->dora_hash) || t->nterms != 1 ||
+        t->dora_length != 8 * out || t->dora_offset < *prev_end ||
+        !lora_add_ok(t->dora_offset, t->dora_length, &end) || end > data_end)
+        BAD("%s: tensor %s: dora_norms must be one term's %llu norms (offset, length, "
+            "blake2b) inside the data", r->name, t->name, (unsigned long long)out);
+    t->dora = 1;
+    *prev_end = end;
+    return LORA_OK;
+}
+
+/* A tensor's dtypes, shape and hashes. */
+static int parse_tensor_kind(lora_receipt *r, lora_receipt_tensor *t, json_t *o, uint64_t *numel,
+                             lora_error *err)
+{
+    const char *name = t->name;
+    const char *bd = json_string_value(json_object_get(o, "base_dtype"));
+    const char *dd = json_string_value(json_object_get(o, "dtype"));
+    t->base_dtype = bd ? lora_dtype_from_name(bd) : LORA_DT_INVALID;
+    t->dtype = dd ? lora_dtype_from_name(dd) : LORA_DT_INVALID;
+    int k1, k2;
+    size_t s1, s2;
+    if (lora_fp_kind(t->base_dtype, &k1, &s1) || lora_fp_kind(t->dtype, &k2, &s2))
+        BAD("%s: tensor %s: dtypes must be F32, F16 or BF16", r->name, name);
+    json_t *sh = json_object_get(o, "shape");
+    if (!json_is_array(sh) || json_array_size(sh) != 2 ||
+        get_u64(json_array_get(sh, 0), &t->rows) || get_u64(json_array_get(sh, 1), &t->cols) ||
+        !lora_mul_ok(t->rows, t->cols, numel) || *numel > (UINT64_C(1) << 48))
+        BAD("%s: tensor %s: bad shape", r->name, name);
+    if (hex32(json_object_get(o, "base"), t->base_hash) ||
+        (r->version >= 5 ? hex16(json_object_get(o, "merged"), t->merged_hash)
+                         : hex32(json_object_get(o, "merged"), t->merged_hash)) ||
+        hex32(json_object_get(o, "fixes_blake2b"), t->fixes_hash))
+        BAD("%s: tensor %s: hashes must be 64 hex digits (merged: 32 from version 5)", r->name,
+            name);
+    return LORA_OK;
+}
+
+/* Tensor I of the index: its kind, its corrections block (after
+ * *prev_end, inside the data), its terms and DoRA norms, a name not
+ * listed before. */
+static int parse_tensor(lora_receipt *r, json_t *o, size_t i, size_t na, uint64_t *prev_end,
+                        uint64_t data_end, lora_error *err)
+{
+    lora_receipt_tensor *t = &r->t[i];
+    r->nt = i + 1;
+    const char *name = json_string_value(json_object_get(o, "name"));
+    if (!name || !*name)
+        BAD("%s: tensor %zu has no name", r->name, i);
+    if (!(t->name = lora_strdup(name, err)))
+        return LORA_EIO;
+    uint64_t numel = 0, end;
+    int rc = parse_tensor_kind(r, t, o, &numel, err);
+    if (rc)
+        return rc;
+    if (get_u64(json_object_get(o, "fixes"), &t->nfixes) ||
+        get_u64(json_object_get(o, "offset"), &t->offset) ||
+        get_u64(json_object_get(o, "length"), &t->length) ||
+        !lora_add_ok(t->offset, t->length, &end) || t->offset < *prev_end || end > data_end)
+        BAD("%s: tensor %s: corrections block outside the data", r->name, name);
+    if (r->version >= 3 &&
+        (get_u64(json_object_get(o, "ambiguous"), &t->ambiguous) || t->ambiguous > numel))
+        BAD("%s: tensor %s: ambiguous must count elements of the tensor", r->name, name);
+    if (t->nfixes > numel ||
+        (r->version < 3 && (t->nfixes * 2 > t->length || (t->nfixes == 0 && t->length))) ||
+        (r->version >= 3 && t->nfixes * 2 + 1 > t->length))
+        BAD("%s: tensor %s: %llu corrections cannot fill %llu bytes", r->name, name,
+            (unsigned long long)t->nfixes, (unsigned long long)t->length);
+    *prev_end = end;
+    if ((rc = parse_terms(r, t, json_object_get(o, "terms"), na, err)))
+        return rc;
+    json_t *dn = json_object_get(o, "dora_norms");
+    if (dn && (rc = parse_dora_norms(r, t, dn, prev_end, data_end, err)))
+        return rc;
+    for (size_t q = 0; q < i; q++)
+        if (strcmp(r->t[q].name, name) == 0)
+            BAD("%s: tensor %s listed twice", r->name, name);
+    return LORA_OK;
+}
+
+/* The adapters and tensors arrays, and (version 2 on) the files. */
+static int parse_body(lora_receipt *r, json_t *root, uint64_t data_end, lora_error *err)
+{
     json_t *ads = json_object_get(root, "adapters"), *ts = json_object_get(root, "tensors");
     if (!json_is_array(ads) || !json_is_array(ts))
         BAD("%s: adapters and tensors must be arrays", r->name);
@@ -810,123 +949,29 @@ static int parse_index(lora_receipt *r, const char *text, size_t len, uint64_t d
         BAD("%s: %zu adapters (1 to 64 allowed)", r->name, na);
     r->ad = calloc(na, sizeof *r->ad);
     r->t = nt ? calloc(nt, sizeof *r->t) : NULL;
-    if (!r->ad || (nt && !r->t)) {
-        rc = lora_oom(err);
-        goto out;
-    }
-    for (size_t i = 0; i < na; i++) {
-        json_t *a = json_array_get(ads, i);
-        const char *p = json_string_value(json_object_get(a, "path"));
-        json_t *w = json_object_get(a, "weight");
-        if (!p || !json_is_number(w) || hex32(json_object_get(a, "blake2b"), r->ad[i].hash))
-            BAD("%s: adapter %zu: needs path, blake2b (64 hex digits), weight", r->name, i);
-        r->ad[i].weight = json_number_value(w);
-        if (!(r->ad[i].path = lora_strdup(p, err))) {
-            rc = LORA_EIO;
-            goto out;
-        }
-        r->nad = i + 1;
-    }
+    if (!r->ad || (nt && !r->t))
+        return lora_oom(err);
+    int rc = parse_adapters(r, ads, err);
     uint64_t prev_end = sizeof MAGIC;
-    for (size_t i = 0; i < nt; i++) {
-        json_t *o = json_array_get(ts, i);
-        lora_receipt_tensor *t = &r->t[i];
-        r->nt = i + 1;
-        const char *name = json_string_value(json_object_get(o, "name"));
-        if (!name || !*name)
-            BAD("%s: tensor %zu has no name", r->name, i);
-        if (!(t->name = lora_strdup(name, err))) {
-            rc = LORA_EIO;
-            goto out;
-        }
-        const char *bd = json_string_value(json_object_get(o, "base_dtype"));
-        const char *dd = json_string_value(json_object_get(o, "dtype"));
-        t->base_dtype = bd ? lora_dtype_from_name(bd) : LORA_DT_INVALID;
-        t->dtype = dd ? lora_dtype_from_name(dd) : LORA_DT_INVALID;
-        int k1, k2;
-        size_t s1, s2;
-        if (lora_fp_kind(t->base_dtype, &k1, &s1) || lora_fp_kind(t->dtype, &k2, &s2))
-            BAD("%s: tensor %s: dtypes must be F32, F16 or BF16", r->name, name);
-        json_t *sh = json_object_get(o, "shape");
-        uint64_t numel;
-        if (!json_is_array(sh) || json_array_size(sh) != 2 ||
-            get_u64(json_array_get(sh, 0), &t->rows) || get_u64(json_array_get(sh, 1), &t->cols) ||
-            !lora_mul_ok(t->rows, t->cols, &numel) || numel > (UINT64_C(1) << 48))
-            BAD("%s: tensor %s: bad shape", r->name, name);
-        if (hex32(json_object_get(o, "base"), t->base_hash) ||
-            (r->version >= 5 ? hex16(json_object_get(o, "merged"), t->merged_hash)
-                             : hex32(json_object_get(o, "merged"), t->merged_hash)) ||
-            hex32(json_object_get(o, "fixes_blake2b"), t->fixes_hash))
-            BAD("%s: tensor %s: hashes must be 64 hex digits (merged: 32 from version 5)",
-                r->name, name);
-        uint64_t end;
-        if (get_u64(json_object_get(o, "fixes"), &t->nfixes) ||
-            get_u64(json_object_get(o, "offset"), &t->offset) ||
-            get_u64(json_object_get(o, "length"), &t->length) ||
-            !lora_add_ok(t->offset, t->length, &end) || t->offset < prev_end || end > data_end)
-            BAD("%s: tensor %s: corrections block outside the data", r->name, name);
-        if (r->version >= 3 &&
-            (get_u64(json_object_get(o, "ambiguous"), &t->ambiguous) || t->ambiguous > numel))
-            BAD("%s: tensor %s: ambiguous must count elements of the tensor", r->name, name);
-        if (t->nfixes > numel ||
-            (r->version < 3 && (t->nfixes * 2 > t->length || (t->nfixes == 0 && t->length))) ||
-            (r->version >= 3 && t->nfixes * 2 + 1 > t->length))
-            BAD("%s: tensor %s: %llu corrections cannot fill %llu bytes", r->name, name,
-                (unsigned long long)t->nfixes, (unsigned long long)t->length);
-        prev_end = end;
-        json_t *terms = json_object_get(o, "terms");
-        if (!json_is_array(terms) || json_array_size(terms) == 0 || json_array_size(terms) > 64)
-            BAD("%s: tensor %s: terms must be an array of 1 to 64", r->name, name);
-        t->terms = calloc(json_array_size(terms), sizeof *t->terms);
-        if (!t->terms) {
-            rc = lora_oom(err);
-            goto out;
-        }
-        for (size_t k = 0; k < json_array_size(terms); k++) {
-            json_t *tm = json_array_get(terms, k);
-            uint64_t ai;
-            const char *mod = json_string_value(json_object_get(tm, "module"));
-            json_t *sc = json_object_get(tm, "scale"), *tr = json_object_get(tm, "transpose");
-            if (get_u64(json_object_get(tm, "adapter"), &ai) || ai >= na || !mod ||
-                !json_is_number(sc) || !json_is_boolean(tr))
-                BAD("%s: tensor %s: term %zu needs adapter (an index), module, scale, transpose",
-                    r->name, name, k);
-            t->terms[k].adapter = (size_t)ai;
-            t->terms[k].scale = json_number_value(sc);
-            t->terms[k].transpose = json_is_true(tr);
-            t->nterms = k + 1;
-            if (!(t->terms[k].module = lora_strdup(mod, err))) {
-                rc = LORA_EIO;
-                goto out;
-            }
-        }
-        json_t *dn = json_object_get(o, "dora_norms");
-        if (dn) {
-            /* one term (a DoRA module is refused beside any other), one
-             * double per output row, right after the corrections */
-            uint64_t out = t->terms[0].transpose ? t->cols : t->rows;
-            if (r->version < 4)
-                BAD("%s: tensor %s: DoRA norms in a version %d receipt", r->name, name,
-                    r->version);
-            if (!json_is_object(dn) || get_u64(json_object_get(dn, "offset"), &t->dora_offset) ||
-                get_u64(json_object_get(dn, "length"), &t->dora_length) ||
-                hex32(json_object_get(dn, "blake2b"), t->dora_hash) || t->nterms != 1 ||
-                t->dora_length != 8 * out || t->dora_offset < prev_end ||
-                !lora_add_ok(t->dora_offset, t->dora_length, &end) || end > data_end)
-                BAD("%s: tensor %s: dora_norms must be one term's %llu norms (offset, length, "
-                    "blake2b) inside the data", r->name, name, (unsigned long long)out);
-            t->dora = 1;
-            prev_end = end;
-        }
-        for (size_t q = 0; q < i; q++)
-            if (strcmp(r->t[q].name, name) == 0)
-                BAD("%s: tensor %s listed twice", r->name, name);
-    }
-    if (r->version >= 2 && (rc = parse_files(r, root, data_end, err)))
-        goto out;
-    rc = LORA_OK;
-out:
+    for (size_t i = 0; i < nt && !rc; i++)
+        rc = parse_tensor(r, json_array_get(ts, i), i, na, &prev_end, data_end, err);
+    if (!rc && r->version >= 2)
+        rc = parse_files(r, root, data_end, err);
+    return rc;
+}
 #undef BAD
+
+static int parse_index(lora_receipt *r, const char *text, size_t len, uint64_t data_end,
+                       lora_error *err)
+{
+    json_error_t je;
+    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
+    if (!root)
+        return lora_seterr(err, LORA_EINPUT, "%s: index is not valid JSON: %s (line %d)", r->name,
+                           je.text, je.line);
+    int rc = parse_header(r, root, err);
+    if (!rc)
+        rc = parse_body(r, root, data_end, err);
     json_decref(root);
     return rc;
 }
