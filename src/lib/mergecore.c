@@ -1201,6 +1201,138 @@ static int gather_bits(lora_fixes *out, const lora_fixes *bf, uint64_t nblocks, 
     return LORA_OK;
 }
 
+/* The job's terms: shapes checked, factors decoded, w·s, A's panels
+ * packed once for the tensor (not at every block part). */
+struct terms {
+    double scale[64];
+    const double *B[64], *A[64], *P[64];
+    uint64_t r[64];
+};
+
+static int prepare_terms(lora_engine *e, const lora_tjob *s, struct terms *T, lora_error *err)
+{
+    if (s->nterms > 64)
+        return lora_seterr(err, LORA_EUSAGE, "%s: more than 64 adapters on one tensor", s->name);
+    for (size_t t = 0; t < s->nterms; t++) {
+        const lora_module *m = s->terms[t].module;
+        uint64_t rows = m->transpose ? m->in : m->out, cols = m->transpose ? m->out : m->in;
+        int rc;
+        if (m->magnitude) /* never ΔW alone: dora.c merges DoRA modules */
+            return lora_seterr(err, LORA_EUSAGE, "%s: DoRA module %s: not a plain LoRA term",
+                               s->name, m->name);
+        if (rows != s->rows || cols != s->cols)
+            return lora_seterr(err, LORA_EINPUT,
+                               "%s: adapter module %s is %llux%llu, the tensor is %llux%llu",
+                               s->name, m->name, (unsigned long long)rows,
+                               (unsigned long long)cols, (unsigned long long)s->rows,
+                               (unsigned long long)s->cols);
+        if ((rc = decode_factors(e, t, m, err)) != LORA_OK)
+            return rc;
+        T->scale[t] = s->terms[t].weight * m->scale;
+        if (!isfinite(T->scale[t]))
+            return lora_seterr(err, LORA_EINPUT, "%s: scale of %s is not finite", s->name, m->name);
+        size_t np = lora_delta_packed_size(m->r, s->cols);
+        if (grow((void **)&e->fP[t], &e->fPcap[t], np ? np : 1, sizeof(double)))
+            return lora_oom(err);
+        lora_delta_pack(e->fA[t], m->r, s->cols, e->fP[t]);
+        T->B[t] = e->fB[t];
+        T->A[t] = e->fA[t];
+        T->P[t] = e->fP[t];
+        T->r[t] = m->r;
+    }
+    return LORA_OK;
+}
+
+/* Unmerge: the receipt's bits must be cut in this tensor's blocks, and
+ * each block's corrections start where fixstart says. */
+static int prepare_fixes(const lora_tjob *s, struct tjob *j, lora_error *err)
+{
+    const lora_fixes *f = s->fixes;
+    if (!s->unmerge || !f)
+        return LORA_OK;
+    if (f->coded) {
+        if (f->nblocks != j->nblocks || !f->bstart || f->bstart[0] != 0 ||
+            f->bstart[j->nblocks] > f->nbits || (f->nbits && !f->bits))
+            return lora_seterr(err, LORA_EINPUT, "%s: the receipt's bits are for %llu row "
+                               "blocks, the tensor has %llu", s->name,
+                               (unsigned long long)f->nblocks, (unsigned long long)j->nblocks);
+        for (uint64_t b = 0; b < j->nblocks; b++)
+            if (f->bstart[b + 1] < f->bstart[b])
+                return lora_seterr(err, LORA_EINPUT, "%s: the receipt's bit offsets decrease",
+                                   s->name);
+    }
+    if (!f->n)
+        return LORA_OK;
+    j->fixstart = malloc((j->nblocks + 1) * sizeof *j->fixstart);
+    if (!j->fixstart)
+        return lora_oom(err);
+    size_t fi = 0;
+    for (uint64_t b = 0; b <= j->nblocks; b++) {
+        uint64_t lim = b * j->br * j->cols;
+        while (fi < f->n && f->index[fi] < lim)
+            fi++;
+        j->fixstart[b] = fi;
+    }
+    return LORA_OK;
+}
+
+/* The blocks on the engine's threads (this one included). */
+static void run_workers(lora_engine *e, struct tjob *j)
+{
+    atomic_init(&j->next, 0);
+    atomic_init(&j->failed, 0);
+    pthread_mutex_init(&j->lock, NULL);
+    int nt = e->nthreads;
+    if ((uint64_t)nt > j->nblocks)
+        nt = j->nblocks ? (int)j->nblocks : 1;
+    pthread_t tid[64];
+    struct wargs wa[64];
+    int created[64] = {0};
+    for (int t = 0; t < nt; t++)
+        wa[t] = (struct wargs){j, t};
+    for (int t = 1; t < nt; t++)
+        created[t] = pthread_create(&tid[t], NULL, tj_worker, &wa[t]) == 0;
+    tj_worker(&wa[0]);
+    for (int t = 1; t < nt; t++)
+        if (created[t])
+            pthread_join(tid[t], NULL);
+    pthread_mutex_destroy(&j->lock);
+}
+
+/* After the blocks: the first failure, values beyond the dtype, the
+ * blocks' corrections and bits in order, the tensor's digests. */
+static int collect(lora_engine *e, const lora_tjob *s, struct tjob *j, lora_error *err)
+{
+    if (atomic_load(&j->failed)) {
+        if (err)
+            *err = j->err;
+        return j->err.code;
+    }
+    if (j->nf) {
+        if (!s->allow_nonfinite)
+            return nonfinite_error(j, err);
+        if (s->stats)
+            s->stats->nonfinite += j->nf;
+    }
+    int rc;
+    if (!s->unmerge && s->out_fixes && s->record_fixes && s->out_fixes->coded &&
+        (rc = gather_bits(s->out_fixes, e->bfix, j->nblocks, err)))
+        return rc;
+    if (!s->unmerge && s->out_fixes) {
+        for (uint64_t b = 0; b < j->nblocks; b++)
+            for (size_t x = 0; x < e->bfix[b].n; x++)
+                if (lora_fixes_push(s->out_fixes, e->bfix[b].index[x], e->bfix[b].step[x]))
+                    return lora_oom(err);
+    }
+    if (s->hash &&
+        ((s->in_hash && lora_th_combine(s->in_hk, e->bhash[0][0], sizeof *e->bhash,
+                                        (size_t)j->nblocks, s->in_hash)) ||
+         (s->out_hash && lora_th_combine(s->out_hk, e->bhash[0][1], sizeof *e->bhash,
+                                         (size_t)j->nblocks, s->out_hash))))
+        return lora_seterr(err, LORA_EIO, "%s: SHA-256 is not available (libcrypto)", s->name);
+    return LORA_OK;
+}
+
 int lora_engine_run(lora_engine *e, const lora_tjob *s, lora_error *err)
 {
     struct tjob j;
@@ -1219,118 +1351,21 @@ int lora_engine_run(lora_engine *e, const lora_tjob *s, lora_error *err)
     if (!s->dst && !s->sink)
         return lora_seterr(err, LORA_EIO, "%s: no output", s->name);
     int rc = engine_reserve(e, s->cols, j.nblocks ? j.nblocks : 1, s->nterms, err);
+    struct terms T;
+    if (!rc)
+        rc = prepare_terms(e, s, &T, err);
     if (rc)
         return rc;
-    double scale[64];
-    const double *Bs[64], *As[64], *Ps[64];
-    uint64_t rs[64];
-    if (s->nterms > 64)
-        return lora_seterr(err, LORA_EUSAGE, "%s: more than 64 adapters on one tensor", s->name);
-    for (size_t t = 0; t < s->nterms; t++) {
-        const lora_module *m = s->terms[t].module;
-        uint64_t rows = m->transpose ? m->in : m->out, cols = m->transpose ? m->out : m->in;
-        if (m->magnitude) /* never ΔW alone: dora.c merges DoRA modules */
-            return lora_seterr(err, LORA_EUSAGE, "%s: DoRA module %s: not a plain LoRA term",
-                               s->name, m->name);
-        if (rows != s->rows || cols != s->cols)
-            return lora_seterr(err, LORA_EINPUT,
-                               "%s: adapter module %s is %llux%llu, the tensor is %llux%llu",
-                               s->name, m->name, (unsigned long long)rows,
-                               (unsigned long long)cols, (unsigned long long)s->rows,
-                               (unsigned long long)s->cols);
-        if ((rc = decode_factors(e, t, m, err)) != LORA_OK)
-            return rc;
-        scale[t] = s->terms[t].weight * m->scale;
-        if (!isfinite(scale[t]))
-            return lora_seterr(err, LORA_EINPUT, "%s: scale of %s is not finite", s->name, m->name);
-        /* A's panels packed once for the tensor, not at every block part */
-        size_t np = lora_delta_packed_size(m->r, s->cols);
-        if (grow((void **)&e->fP[t], &e->fPcap[t], np ? np : 1, sizeof(double)))
-            return lora_oom(err);
-        lora_delta_pack(e->fA[t], m->r, s->cols, e->fP[t]);
-        Bs[t] = e->fB[t];
-        As[t] = e->fA[t];
-        Ps[t] = e->fP[t];
-        rs[t] = m->r;
-    }
-    j.scale = scale;
-    j.B = Bs;
-    j.A = As;
-    j.P = Ps;
-    j.r = rs;
-    if (s->unmerge && s->fixes && s->fixes->coded) {
-        const lora_fixes *f = s->fixes;
-        if (f->nblocks != j.nblocks || !f->bstart || f->bstart[0] != 0 ||
-            f->bstart[j.nblocks] > f->nbits || (f->nbits && !f->bits))
-            return lora_seterr(err, LORA_EINPUT, "%s: the receipt's bits are for %llu row "
-                               "blocks, the tensor has %llu", s->name,
-                               (unsigned long long)f->nblocks, (unsigned long long)j.nblocks);
-        for (uint64_t b = 0; b < j.nblocks; b++)
-            if (f->bstart[b + 1] < f->bstart[b])
-                return lora_seterr(err, LORA_EINPUT, "%s: the receipt's bit offsets decrease",
-                                   s->name);
-    }
-    if (s->unmerge && s->fixes && s->fixes->n) {
-        j.fixstart = malloc((j.nblocks + 1) * sizeof *j.fixstart);
-        if (!j.fixstart)
-            return lora_oom(err);
-        size_t fi = 0;
-        for (uint64_t b = 0; b <= j.nblocks; b++) {
-            uint64_t lim = b * j.br * j.cols;
-            while (fi < s->fixes->n && s->fixes->index[fi] < lim)
-                fi++;
-            j.fixstart[b] = fi;
-        }
-    }
-    atomic_init(&j.next, 0);
-    atomic_init(&j.failed, 0);
-    pthread_mutex_init(&j.lock, NULL);
-    int nt = e->nthreads;
-    if ((uint64_t)nt > j.nblocks)
-        nt = j.nblocks ? (int)j.nblocks : 1;
-    pthread_t tid[64];
-    struct wargs wa[64];
-    int created[64] = {0};
-    for (int t = 0; t < nt; t++)
-        wa[t] = (struct wargs){&j, t};
-    for (int t = 1; t < nt; t++)
-        created[t] = pthread_create(&tid[t], NULL, tj_worker, &wa[t]) == 0;
-    tj_worker(&wa[0]);
-    for (int t = 1; t < nt; t++)
-        if (created[t])
-            pthread_join(tid[t], NULL);
-    pthread_mutex_destroy(&j.lock);
-    free(j.fixstart);
-    if (atomic_load(&j.failed)) {
-        if (err)
-            *err = j.err;
-        return j.err.code;
-    }
-    if (j.nf) {
-        if (!s->allow_nonfinite)
-            return nonfinite_error(&j, err);
-        if (s->stats)
-            s->stats->nonfinite += j.nf;
-    }
-    /* corrections of the blocks, in order */
-    if (!s->unmerge && s->out_fixes && s->record_fixes && s->out_fixes->coded &&
-        (rc = gather_bits(s->out_fixes, e->bfix, j.nblocks, err)))
+    j.scale = T.scale;
+    j.B = T.B;
+    j.A = T.A;
+    j.P = T.P;
+    j.r = T.r;
+    if ((rc = prepare_fixes(s, &j, err)))
         return rc;
-    if (!s->unmerge && s->out_fixes) {
-        for (uint64_t b = 0; b < j.nblocks; b++)
-            for (size_t x = 0; x < e->bfix[b].n; x++)
-                if (lora_fixes_push(s->out_fixes, e->bfix[b].index[x], e->bfix[b].step[x]))
-                    return lora_oom(err);
-    }
-    if (s->hash) {
-        if ((s->in_hash && lora_th_combine(s->in_hk, e->bhash[0][0], sizeof *e->bhash,
-                                           (size_t)j.nblocks, s->in_hash)) ||
-            (s->out_hash && lora_th_combine(s->out_hk, e->bhash[0][1], sizeof *e->bhash,
-                                            (size_t)j.nblocks, s->out_hash)))
-            return lora_seterr(err, LORA_EIO, "%s: SHA-256 is not available (libcrypto)",
-                               s->name);
-    }
-    return LORA_OK;
+    run_workers(e, &j);
+    free(j.fixstart);
+    return collect(e, s, &j, err);
 }
 
 /* ---- the public in-memory calls --------------------------------------- */
