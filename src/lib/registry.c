@@ -1442,6 +1442,107 @@ static int cmp_str(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+/* The hashes of every row, sorted (for bsearch). */
+struct hashlist {
+    char **h;
+    size_t n, cap;
+};
+
+static void hashlist_free(struct hashlist *L)
+{
+    for (size_t i = 0; i < L->n; i++)
+        free(L->h[i]);
+    free(L->h);
+}
+
+static int row_hashes(lora_registry *reg, struct hashlist *L, lora_error *err)
+{
+    sqlite3_stmt *st;
+    int rc = prep(reg, "SELECT hash FROM adapters", &st, err), s;
+    if (rc)
+        return rc;
+    while ((s = sqlite3_step(st)) == SQLITE_ROW) {
+        if (L->n == L->cap) {
+            size_t nc = L->cap ? 2 * L->cap : 64;
+            char **nh = realloc(L->h, nc * sizeof *nh);
+            if (!nh) {
+                rc = lora_oom(err);
+                break;
+            }
+            L->h = nh;
+            L->cap = nc;
+        }
+        if (!(L->h[L->n] = strdup((const char *)sqlite3_column_text(st, 0)))) {
+            rc = lora_oom(err);
+            break;
+        }
+        L->n++;
+    }
+    if (!rc && s != SQLITE_DONE)
+        rc = sqlerr(reg, s, err, "gc");
+    sqlite3_finalize(st);
+    if (!rc && L->n > 1)
+        qsort(L->h, L->n, sizeof *L->h, cmp_str);
+    return rc;
+}
+
+/* Whether blobs/NAME is garbage: a blob no row names, or a staging
+ * temporary older than STALE_TMP_SECONDS.  *size its size. */
+static int is_garbage(const char *path, const char *nm, const struct hashlist *L, time_t now,
+                      uint64_t *size)
+{
+    size_t len = strlen(nm);
+    int is_blob = len == 64 + 5 && hex_ok(nm, 64) && strcmp(nm + 64, ".lora") == 0;
+    struct stat sb;
+    if (lstat(path, &sb) != 0 || !S_ISREG(sb.st_mode))
+        return 0;
+    *size = (uint64_t)sb.st_size;
+    if (!is_blob)
+        return now - sb.st_mtime > STALE_TMP_SECONDS;
+    char key[65];
+    memcpy(key, nm, 64);
+    key[64] = '\0';
+    char *kp = key;
+    return !bsearch(&kp, L->h, L->n, sizeof *L->h, cmp_str);
+}
+
+/* Remove the garbage in the blob folder, counted in *nb and *by. */
+static int sweep_blobs(lora_registry *reg, const struct hashlist *L, size_t *nb, uint64_t *by,
+                       lora_error *err)
+{
+    DIR *d = opendir(reg->blobdir);
+    if (!d)
+        return errno == ENOENT ? LORA_OK
+                               : lora_seterr_errno(err, LORA_EIO, errno, "%s", reg->blobdir);
+    struct dirent *de;
+    time_t now = time(NULL);
+    int rc = LORA_OK;
+    while (!rc && (de = readdir(d))) {
+        const char *nm = de->d_name;
+        size_t len = strlen(nm);
+        int is_blob = len == 64 + 5 && hex_ok(nm, 64) && strcmp(nm + 64, ".lora") == 0;
+        if (!is_blob && strncmp(nm, "incoming.tmp-", 13) != 0)
+            continue;
+        char *p;
+        if (asprintf(&p, "%s/%s", reg->blobdir, nm) < 0) {
+            rc = lora_oom(err);
+            break;
+        }
+        uint64_t size = 0;
+        if (is_garbage(p, nm, L, now, &size)) {
+            if (unlink(p) == 0) {
+                (*nb)++;
+                *by += size;
+            } else if (errno != ENOENT) {
+                rc = lora_seterr_errno(err, LORA_EIO, errno, "cannot remove %s", p);
+            }
+        }
+        free(p);
+    }
+    closedir(d);
+    return rc;
+}
+
 int lora_registry_gc(lora_registry *reg, size_t *blobs, uint64_t *bytes, lora_error *err)
 {
     size_t nb = 0;
@@ -1455,87 +1556,11 @@ int lora_registry_gc(lora_registry *reg, size_t *blobs, uint64_t *bytes, lora_er
     int rc = begin(reg, err);
     if (rc)
         return rc;
-    char **hashes = NULL;
-    size_t n = 0, cap = 0;
-    DIR *d = NULL;
-    sqlite3_stmt *st;
-    if ((rc = prep(reg, "SELECT hash FROM adapters", &st, err)))
-        goto out;
-    int s;
-    while ((s = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == cap) {
-            size_t nc = cap ? 2 * cap : 64;
-            char **nh = realloc(hashes, nc * sizeof *nh);
-            if (!nh) {
-                rc = lora_oom(err);
-                break;
-            }
-            hashes = nh;
-            cap = nc;
-        }
-        if (!(hashes[n] = strdup((const char *)sqlite3_column_text(st, 0)))) {
-            rc = lora_oom(err);
-            break;
-        }
-        n++;
-    }
-    if (!rc && s != SQLITE_DONE)
-        rc = sqlerr(reg, s, err, "gc");
-    sqlite3_finalize(st);
-    if (rc)
-        goto out;
-    if (n > 1)
-        qsort(hashes, n, sizeof *hashes, cmp_str);
-    if (!(d = opendir(reg->blobdir))) {
-        if (errno != ENOENT)
-            rc = lora_seterr_errno(err, LORA_EIO, errno, "%s", reg->blobdir);
-        goto out;
-    }
-    struct dirent *de;
-    time_t now = time(NULL);
-    while ((de = readdir(d))) {
-        const char *nm = de->d_name;
-        size_t len = strlen(nm);
-        int is_blob = len == 64 + 5 && hex_ok(nm, 64) && strcmp(nm + 64, ".lora") == 0;
-        int is_tmp = strncmp(nm, "incoming.tmp-", 13) == 0;
-        if (!is_blob && !is_tmp)
-            continue;
-        char *p;
-        if (asprintf(&p, "%s/%s", reg->blobdir, nm) < 0) {
-            rc = lora_oom(err);
-            goto out;
-        }
-        struct stat sb;
-        int gone = 0;
-        if (lstat(p, &sb) == 0 && S_ISREG(sb.st_mode)) {
-            if (is_blob) {
-                char key[65];
-                memcpy(key, nm, 64);
-                key[64] = '\0';
-                char *kp = key;
-                gone = !bsearch(&kp, hashes, n, sizeof *hashes, cmp_str);
-            } else {
-                gone = now - sb.st_mtime > STALE_TMP_SECONDS;
-            }
-        }
-        if (gone) {
-            if (unlink(p) == 0) {
-                nb++;
-                by += (uint64_t)sb.st_size;
-            } else if (errno != ENOENT) {
-                rc = lora_seterr_errno(err, LORA_EIO, errno, "cannot remove %s", p);
-                free(p);
-                goto out;
-            }
-        }
-        free(p);
-    }
-out:
-    if (d)
-        closedir(d);
-    for (size_t i = 0; i < n; i++)
-        free(hashes[i]);
-    free(hashes);
+    struct hashlist L = {NULL, 0, 0};
+    rc = row_hashes(reg, &L, err);
+    if (!rc)
+        rc = sweep_blobs(reg, &L, &nb, &by, err);
+    hashlist_free(&L);
     if (rc) {
         rollback(reg);
         return rc;
