@@ -105,6 +105,98 @@ int lora_index_parse(const char *json, size_t len, const char *name, lora_index 
     return rc;
 }
 
+/* weight_map's entries as (tensor, shard) pairs, each shard a plain
+ * file name in the index's folder. */
+static int read_pairs(json_t *wm, const char *name, pair *pairs, lora_error *err)
+{
+    size_t k = 0;
+    const char *key;
+    json_t *v;
+    json_object_foreach(wm, key, v)
+    {
+        if (!json_is_string(v))
+            return lora_seterr(err, LORA_EINPUT,
+                               "%s: not a valid index: weight_map entry \"%s\" is not a string",
+                               name, key);
+        if (!plain_file_name(json_string_value(v)))
+            return lora_seterr(err, LORA_EINPUT,
+                               "%s: not a valid index: tensor \"%s\" names shard \"%s\", which "
+                               "is not a plain file name in the index's folder",
+                               name, key, json_string_value(v));
+        pairs[k].tensor = key;
+        pairs[k].shard = json_string_value(v);
+        k++;
+    }
+    return LORA_OK;
+}
+
+/* ix->shard: the N pairs' shard names, unique and sorted. */
+static int unique_shards(lora_index *ix, const pair *pairs, size_t n, lora_error *err)
+{
+    const char **names = malloc(n * sizeof *names);
+    if (!names)
+        return lora_oom(err);
+    for (size_t i = 0; i < n; i++)
+        names[i] = pairs[i].shard;
+    qsort(names, n, sizeof *names, cmp_str);
+    int rc = LORA_OK;
+    for (size_t i = 0; i < n && !rc; i++) {
+        if (ix->nshards && strcmp(ix->shard[ix->nshards - 1], names[i]) == 0)
+            continue;
+        if (!(ix->shard[ix->nshards] = strdup(names[i])))
+            rc = lora_oom(err);
+        else
+            ix->nshards++;
+    }
+    free(names);
+    return rc;
+}
+
+/* ix->tensor sorted by name, and ix->shard_of each one's shard. */
+static int index_tensors(lora_index *ix, pair *pairs, size_t n, lora_error *err)
+{
+    qsort(pairs, n, sizeof *pairs, cmp_pair);
+    for (size_t i = 0; i < n; i++) {
+        char *t = strdup(pairs[i].tensor);
+        if (!t)
+            return lora_oom(err);
+        ix->tensor[ix->n++] = t;
+        char **f = bsearch(&pairs[i].shard, ix->shard, ix->nshards, sizeof *ix->shard, cmp_str);
+        ix->shard_of[i] = (size_t)(f - ix->shard);
+    }
+    return LORA_OK;
+}
+
+/* The weight_map object of ROOT, naming at least one tensor. */
+static int weight_map(json_t *root, const char *name, json_t **wm, lora_error *err)
+{
+    if (!json_is_object(root))
+        return lora_seterr(err, LORA_EINPUT, "%s: not a valid index: not a JSON object", name);
+    *wm = json_object_get(root, "weight_map");
+    if (!json_is_object(*wm))
+        return lora_seterr(err, LORA_EINPUT,
+                           "%s: not a valid index: no \"weight_map\" object", name);
+    if (json_object_size(*wm) == 0)
+        return lora_seterr(err, LORA_EINPUT, "%s: not a valid index: weight_map names no tensors",
+                           name);
+    return LORA_OK;
+}
+
+static lora_index *index_new(size_t n)
+{
+    lora_index *ix = calloc(1, sizeof *ix);
+    if (!ix)
+        return NULL;
+    ix->tensor = calloc(n, sizeof *ix->tensor);
+    ix->shard_of = calloc(n, sizeof *ix->shard_of);
+    ix->shard = calloc(n, sizeof *ix->shard);
+    if (!ix->tensor || !ix->shard_of || !ix->shard) {
+        lora_index_free(ix);
+        return NULL;
+    }
+    return ix;
+}
+
 static int parse_index(const char *json, size_t len, const char *name, lora_index **out,
                        lora_error *err)
 {
@@ -117,93 +209,24 @@ static int parse_index(const char *json, size_t len, const char *name, lora_inde
         return lora_seterr(err, LORA_EINPUT, "%s: not a valid index: %s (line %d)", name,
                            je.text, je.line);
     }
-    int rc = LORA_OK;
+    json_t *wm = NULL;
     lora_index *ix = NULL;
     pair *pairs = NULL;
-    json_t *wm = json_is_object(root) ? json_object_get(root, "weight_map") : NULL;
-    if (!json_is_object(root)) {
-        rc = lora_seterr(err, LORA_EINPUT, "%s: not a valid index: not a JSON object", name);
-        goto out;
-    }
-    if (!json_is_object(wm)) {
-        rc = lora_seterr(err, LORA_EINPUT,
-                         "%s: not a valid index: no \"weight_map\" object", name);
-        goto out;
-    }
-    size_t n = json_object_size(wm);
-    if (n == 0) {
-        rc = lora_seterr(err, LORA_EINPUT, "%s: not a valid index: weight_map names no tensors",
-                         name);
-        goto out;
-    }
-    ix = calloc(1, sizeof *ix);
-    pairs = calloc(n, sizeof *pairs);
-    if (!ix || !pairs) {
-        rc = lora_oom(err);
-        goto out;
-    }
-    ix->tensor = calloc(n, sizeof *ix->tensor);
-    ix->shard_of = calloc(n, sizeof *ix->shard_of);
-    ix->shard = calloc(n, sizeof *ix->shard);
-    if (!ix->tensor || !ix->shard_of || !ix->shard) {
-        rc = lora_oom(err);
-        goto out;
-    }
-    size_t k = 0;
-    const char *key;
-    json_t *v;
-    json_object_foreach(wm, key, v)
-    {
-        if (!json_is_string(v)) {
-            rc = lora_seterr(err, LORA_EINPUT,
-                             "%s: not a valid index: weight_map entry \"%s\" is not a string",
-                             name, key);
-            goto out;
-        }
-        if (!plain_file_name(json_string_value(v))) {
-            rc = lora_seterr(err, LORA_EINPUT,
-                             "%s: not a valid index: tensor \"%s\" names shard \"%s\", which "
-                             "is not a plain file name in the index's folder",
-                             name, key, json_string_value(v));
-            goto out;
-        }
-        pairs[k].tensor = key;
-        pairs[k].shard = json_string_value(v);
-        k++;
-    }
-    /* unique shard names, sorted */
-    const char **names = malloc(n * sizeof *names);
-    if (!names) {
-        rc = lora_oom(err);
-        goto out;
-    }
-    for (size_t i = 0; i < n; i++)
-        names[i] = pairs[i].shard;
-    qsort(names, n, sizeof *names, cmp_str);
-    for (size_t i = 0; i < n; i++) {
-        if (ix->nshards && strcmp(ix->shard[ix->nshards - 1], names[i]) == 0)
-            continue;
-        ix->shard[ix->nshards] = strdup(names[i]);
-        if (!ix->shard[ix->nshards]) {
-            free(names);
+    size_t n = 0;
+    int rc = weight_map(root, name, &wm, err);
+    if (!rc) {
+        n = json_object_size(wm);
+        ix = index_new(n);
+        pairs = calloc(n, sizeof *pairs);
+        if (!ix || !pairs)
             rc = lora_oom(err);
-            goto out;
-        }
-        ix->nshards++;
     }
-    free(names);
-    qsort(pairs, n, sizeof *pairs, cmp_pair);
-    for (size_t i = 0; i < n; i++) {
-        char *t = strdup(pairs[i].tensor);
-        if (!t) {
-            rc = lora_oom(err);
-            goto out;
-        }
-        ix->tensor[ix->n++] = t;
-        char **f = bsearch(&pairs[i].shard, ix->shard, ix->nshards, sizeof *ix->shard, cmp_str);
-        ix->shard_of[i] = (size_t)(f - ix->shard);
-    }
-out:
+    if (!rc)
+        rc = read_pairs(wm, name, pairs, err);
+    if (!rc)
+        rc = unique_shards(ix, pairs, n, err);
+    if (!rc)
+        rc = index_tensors(ix, pairs, n, err);
     free(pairs);
     json_decref(root);
     if (rc) {
