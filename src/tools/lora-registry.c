@@ -629,45 +629,43 @@ static int cmd_evals(const struct args *a, const char *name)
     return rc;
 }
 
-int main(int argc, char **argv)
+enum { GO_ON = -1 }; /* a step's "no exit status yet" */
+
+/* Options and operands, in any order: *cmd the command, pos[] its
+ * operands.  "--version" before any command shows the program version,
+ * after one it is resolve's version filter.  '-' in optstring returns
+ * operands in order.  GO_ON, or the exit status. */
+static int parse_cli(int argc, char **argv, struct args *a, const char **cmd, char *pos[4],
+                     int *npos)
 {
-    lora_tool_json_errors(argc, argv, PROG, 'j');
-    lora_tool_sigbus(PROG);
     static const struct option opts[] = {
         {"registry", required_argument, 0, 'r'}, {"name", required_argument, 0, 'n'},
         {"allow-untrusted", no_argument, 0, 'u'}, {"task", required_argument, 0, 't'},
         {"base", required_argument, 0, 'b'},     {"version", optional_argument, 0, O_VERSION},
         {"json", no_argument, 0, 'j'},           {"quiet", no_argument, 0, 'q'},
         {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
-    struct args a = {0};
-    const char *cmd = NULL;
-    char *pos[4];
-    int npos = 0;
-    /* Options may come before or after the command; "--version" before
-     * any command shows the program version, after one it is resolve's
-     * version filter.  '-' in optstring returns operands in order. */
     int c;
     opterr = 0;
     while ((c = getopt_long(argc, argv, "-:r:n:ut:b:jqh", opts, NULL)) != -1) {
         switch (c) {
         case 1:
-            if (!cmd)
-                cmd = optarg;
-            else if (npos < 4)
-                pos[npos++] = optarg;
+            if (!*cmd)
+                *cmd = optarg;
+            else if (*npos < 4)
+                pos[(*npos)++] = optarg;
             else
                 return usage_err("too many arguments (at '%s')", optarg);
             break;
-        case 'r': a.registry = optarg; break;
-        case 'n': a.name = optarg; break;
-        case 'u': a.allow_untrusted = 1; break;
-        case 't': a.task = optarg; break;
-        case 'b': a.base = optarg; break;
-        case 'j': a.json = 1; break;
-        case 'q': a.quiet = 1; break;
+        case 'r': a->registry = optarg; break;
+        case 'n': a->name = optarg; break;
+        case 'u': a->allow_untrusted = 1; break;
+        case 't': a->task = optarg; break;
+        case 'b': a->base = optarg; break;
+        case 'j': a->json = 1; break;
+        case 'q': a->quiet = 1; break;
         case 'h': usage(stdout); return 0;
         case O_VERSION:
-            if (!cmd) {
+            if (!*cmd) {
                 printf(PROG " (lora-tools) %s\n", lora_version());
                 return 0;
             }
@@ -675,9 +673,9 @@ int main(int argc, char **argv)
                 if (optind < argc && argv[optind][0] != '-')
                     optarg = argv[optind++];
                 else
-                    return usage_err("%s: --version needs a value here", cmd);
+                    return usage_err("%s: --version needs a value here", *cmd);
             }
-            a.version = optarg;
+            a->version = optarg;
             break;
         case ':':
             return usage_err("option '%s' needs a value", argv[optind - 1]);
@@ -685,37 +683,57 @@ int main(int argc, char **argv)
             return usage_err("unknown option '%s'", argv[optind - 1]);
         }
     }
-    if (!cmd)
-        return usage_err("%s", "no command given");
+    return *cmd ? GO_ON : usage_err("%s", "no command given");
+}
+
+static const struct {
+    const char *name;
+    int nargs_min, nargs_max;
+} commands[] = {{"init", 0, 0}, {"trust", 1, 1}, {"untrust", 1, 1}, {"keys", 0, 0},
+                {"add", 1, 1},  {"ls", 0, 0},    {"show", 1, 1},    {"resolve", 1, 1},
+                {"rm", 1, 1},   {"gc", 0, 0},    {"verify", 0, 0},  {"evals", 0, 1},
+                {"tasks", 0, 0}};
+
+/* *k the command's index in commands[], its operand count and its
+ * options checked: options that mean nothing to a command are refused,
+ * not ignored.  GO_ON, or the exit status. */
+static int check_command(const char *cmd, int npos, const struct args *a, size_t *k)
+{
+    for (*k = 0; *k < sizeof commands / sizeof commands[0]; (*k)++)
+        if (strcmp(commands[*k].name, cmd) == 0)
+            break;
+    if (*k == sizeof commands / sizeof commands[0])
+        return usage_err("unknown command '%s'", cmd);
+    if (npos < commands[*k].nargs_min)
+        return usage_err("%s: missing argument", cmd);
+    if (npos > commands[*k].nargs_max)
+        return usage_err("%s: too many arguments", cmd);
+    if ((a->name && strcmp(cmd, "trust")) || (a->allow_untrusted && strcmp(cmd, "add")) ||
+        (a->task && strcmp(cmd, "ls")) ||
+        (a->base && strcmp(cmd, "ls") && strcmp(cmd, "resolve") && strcmp(cmd, "tasks")) ||
+        (a->version && strcmp(cmd, "resolve")))
+        return usage_err("%s: option not valid for this command", cmd);
+    return GO_ON;
+}
+
+int main(int argc, char **argv)
+{
+    lora_tool_json_errors(argc, argv, PROG, 'j');
+    lora_tool_sigbus(PROG);
+    struct args a = {0};
+    const char *cmd = NULL;
+    char *pos[4];
+    int npos = 0;
+    int rc = parse_cli(argc, argv, &a, &cmd, pos, &npos);
+    if (rc != GO_ON)
+        return rc;
     lora_error e;
     lora_error_clear(&e);
     if (lora_init(&e))
         return fail(&e, LORA_EIO);
-
-    struct {
-        const char *name;
-        int nargs_min, nargs_max;
-    } const tab[] = {{"init", 0, 0},    {"trust", 1, 1}, {"untrust", 1, 1}, {"keys", 0, 0},
-                     {"add", 1, 1},     {"ls", 0, 0},    {"show", 1, 1},    {"resolve", 1, 1},
-                     {"rm", 1, 1},      {"gc", 0, 0},    {"verify", 0, 0},  {"evals", 0, 1},
-                     {"tasks", 0, 0}};
     size_t k;
-    for (k = 0; k < sizeof tab / sizeof tab[0]; k++)
-        if (strcmp(tab[k].name, cmd) == 0)
-            break;
-    if (k == sizeof tab / sizeof tab[0])
-        return usage_err("unknown command '%s'", cmd);
-    if (npos < tab[k].nargs_min)
-        return usage_err("%s: missing argument", cmd);
-    if (npos > tab[k].nargs_max)
-        return usage_err("%s: too many arguments", cmd);
-    /* Options that mean nothing to a command are refused, not ignored. */
-    if ((a.name && strcmp(cmd, "trust")) || (a.allow_untrusted && strcmp(cmd, "add")) ||
-        (a.task && strcmp(cmd, "ls")) ||
-        (a.base && strcmp(cmd, "ls") && strcmp(cmd, "resolve") && strcmp(cmd, "tasks")) ||
-        (a.version && strcmp(cmd, "resolve")))
-        return usage_err("%s: option not valid for this command", cmd);
-
+    if ((rc = check_command(cmd, npos, &a, &k)) != GO_ON)
+        return rc;
     switch (k) {
     case 0: return cmd_init(&a);
     case 1: return cmd_trust(&a, pos[0]);
