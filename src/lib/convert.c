@@ -407,9 +407,10 @@ static int refuse_existing(const char *out, int overwrite, lora_error *err)
 }
 
 /* Activated LoRA (PEFT's alora_invocation_tokens, llama.cpp's
- * adapter.alora.invocation_tokens) changes when the adapter applies;
- * carrying it over is not implemented, and dropping it would change the
- * adapter's behaviour in silence. */
+ * adapter.alora.invocation_tokens) changes when the adapter applies.
+ * lora-convert does not write that key, so it refuses such an adapter
+ * with a message: dropping the key would change the adapter's behaviour
+ * in silence. */
 static int refuse_alora(const lora_adapter *ad, lora_error *err)
 {
     if (!ad->config_json)

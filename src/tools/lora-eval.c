@@ -657,13 +657,12 @@ static int open_data(const eval_args *a, eval_run *R, lora_error *err)
 static int open_adapter(const eval_args *a, eval_run *R, lora_error *err)
 {
     lora_source_opts so = adapter_source(&a->t.ao, "lora-eval", a->model_dir);
-    /* task: and reg:NAME resolve again at load (a version may be added
-     * meanwhile); load the row just found instead, so that what is
+    /* task: and reg: resolve again at load (a version may be added
+     * meanwhile); load the row --record found instead, so that what is
      * recorded is what was evaluated */
     char spec[sizeof R->ra_id + 4];
     const char *load = a->adapter;
-    if (R->ra && (strncmp(a->adapter, "task:", 5) == 0 ||
-                  (strncmp(a->adapter, "reg:", 4) == 0 && !strchr(a->adapter, '@')))) {
+    if (R->ra && (strncmp(a->adapter, "task:", 5) == 0 || strncmp(a->adapter, "reg:", 4) == 0)) {
         snprintf(spec, sizeof spec, "reg:%s", R->ra_id);
         load = spec;
     }
