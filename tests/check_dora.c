@@ -104,10 +104,10 @@ static void check_case(const char *layout, const char *dt, lora_rounding mode)
     lora_ckpt_close(b0);
     lora_ckpt_close(m);
     lora_ckpt_close(w);
-    /* the receipt is version 4 or later (5: its digests) and keeps one norm per output row */
+    /* the receipt is version 4 or later (6: its digests) and keeps one norm per output row */
     lora_receipt *r;
     ck_assert_int_eq(lora_receipt_open(rec, &r, &err), LORA_OK);
-    ck_assert_int_eq(lora_receipt_version(r), 5);
+    ck_assert_int_eq(lora_receipt_version(r), 6);
     const lora_receipt_tensor *rt = lora_receipt_find(r, ad->modules[0].target);
     ck_assert_ptr_nonnull(rt);
     ck_assert(rt->dora);
@@ -399,7 +399,7 @@ START_TEST(test_receipt_norms)
     lora_fixes_free(&fx0);
     lora_receipt *r;
     ck_assert_msg(lora_receipt_open(p, &r, &err) == LORA_OK, "%s", err.msg);
-    ck_assert_int_eq(lora_receipt_version(r), 5);
+    ck_assert_int_eq(lora_receipt_version(r), 6);
     double back[3];
     ck_assert_int_eq(lora_receipt_dora_norms(r, 0, back, 3, &err), LORA_OK);
     ck_assert(memcmp(back, norm, sizeof norm) == 0);

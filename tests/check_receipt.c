@@ -100,6 +100,49 @@ static char *make_receipt(const char *dir, size_t *len, lora_fixes *fx)
     return buf;
 }
 
+/* The digest kinds against published answers ("abc": FIPS 180-2 for
+ * SHA-256, the BLAKE3 reference implementation's for BLAKE3), and a
+ * tree as lora-receipt(5) defines it: the digest of the chunks'
+ * digests in order. */
+START_TEST(test_digest_kinds)
+{
+    static const struct {
+        int kind;
+        const char *hex;
+    } kat[] = {
+        {LORA_TH_SHA256, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"},
+        {LORA_TH_BLAKE3, "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85"},
+    };
+    for (size_t i = 0; i < sizeof kat / sizeof *kat; i++) {
+        unsigned char h[32];
+        char hex[65];
+        ck_assert_int_eq(lora_th_chunk(kat[i].kind, "abc", 3, h), 0);
+        sodium_bin2hex(hex, sizeof hex, h, 32);
+        ck_assert_str_eq(hex, kat[i].hex);
+    }
+    /* 1 MiB as 256 rows of 4096 one-byte elements: chunks of
+     * lora_block_rows(4096) = 64 rows, the last one shorter */
+    static unsigned char data[(1 << 20) - 4096];
+    for (size_t i = 0; i < sizeof data; i++)
+        data[i] = (unsigned char)(i * 2654435761u >> 13);
+    uint64_t cols = 4096, rows = sizeof data / cols, br = lora_block_rows(cols);
+    ck_assert_uint_gt(rows, br); /* more than one chunk */
+    int kinds[] = {LORA_TH_BLAKE3, LORA_TH_SHA256, LORA_TH_BLAKE2B};
+    for (size_t k = 0; k < 3; k++) {
+        unsigned char tree[32], want[32], cat[64 * 32];
+        size_t nc = 0;
+        for (uint64_t r = 0; r < rows; r += br, nc++) {
+            uint64_t n = rows - r < br ? rows - r : br;
+            ck_assert_int_eq(lora_th_chunk(kinds[k], data + r * cols, n * cols, cat + nc * 32),
+                             0);
+        }
+        ck_assert_int_eq(lora_th_chunk(kinds[k], cat, nc * 32, want), 0);
+        ck_assert_int_eq(lora_tree_hash_kind(kinds[k], data, rows, cols, 1, tree), 0);
+        ck_assert(memcmp(tree, want, 32) == 0);
+    }
+}
+END_TEST
+
 START_TEST(test_roundtrip)
 {
     char *d = tu_tmpdir();
@@ -148,7 +191,7 @@ START_TEST(test_roundtrip)
     /* and a plain tensor read after a coded one is plain again */
     ck_assert_int_eq(lora_receipt_fixes(r, 0, &got, &err), LORA_OK);
     ck_assert(!got.coded && got.n == fx.n);
-    ck_assert_int_eq(lora_receipt_version(r), 5);
+    ck_assert_int_eq(lora_receipt_version(r), 6);
     /* version 2: the kept headers and index come back as written */
     ck_assert_uint_eq(lora_receipt_file_count(r), 2);
     const lora_receipt_file *f = lora_receipt_file_find(r, "a.safetensors");
@@ -276,6 +319,11 @@ static size_t forge(char *out, const char *json, const void *data, size_t dlen)
 #define HEAD5(mh) "{\"format\":\"lora-receipt\",\"version\":5,\"tool\":\"x\",\"rounding\":\"nearest\"," \
              "\"hash\":\"sha256-tree\"" mh ",\"files\":[],\"adapters\":[{\"path\":\"a\",\"blake2b\":\"" \
              H64 "\",\"weight\":1}],\"tensors\":["
+/* version V with base digest scheme H (version 6: "blake3-tree") */
+#define HEADV(v, h) "{\"format\":\"lora-receipt\",\"version\":" v ",\"tool\":\"x\"," \
+             "\"rounding\":\"nearest\",\"hash\":\"" h "\",\"merged_hash\":\"xxh3-128-tree\"," \
+             "\"files\":[],\"adapters\":[{\"path\":\"a\",\"blake2b\":\"" H64 "\",\"weight\":1}]," \
+             "\"tensors\":["
 /* a version 5 tensor with merged digest M, no corrections */
 #define T1M(shape, M) \
     "{\"name\":\"w\",\"base_dtype\":\"BF16\",\"dtype\":\"BF16\",\"shape\":" shape \
@@ -318,6 +366,13 @@ START_TEST(test_hostile_index)
         "{\"format\":\"lora-receipt\",\"version\":3,\"tool\":\"x\",\"rounding\":\"nearest\","
         "\"hash\":\"blake2b-256-tree\",\"merged_hash\":\"xxh3-128-tree\",\"adapters\":[{\"path\":"
         "\"a\",\"blake2b\":\"" H64 "\",\"weight\":1}],\"tensors\":[]}",
+        /* version 6's base digests are BLAKE3 trees, version 5's SHA-256
+         * ones: each names its own, and a version from the future is
+         * refused */
+        HEADV("6", "sha256-tree") T1M("[2,3]", H32) "]}",
+        HEADV("6", "blake2b-256-tree") T1M("[2,3]", H32) "]}",
+        HEADV("5", "blake3-tree") T1M("[2,3]", H32) "]}",
+        HEADV("7", "blake3-tree") T1M("[2,3]", H32) "]}",
         "{\"format\":\"lora-receipt\",\"format\":\"lora-receipt\"}",
         "not json at all",
     };
@@ -362,6 +417,11 @@ START_TEST(test_hostile_index)
         snprintf(json, sizeof json, "%s",
                  HEAD5(",\"merged_hash\":\"xxh3-128-tree\"") T1M("[2,3]", H32) "]}");
         char *at = strstr(json, "\"fixes_blake2b\":\"") + strlen("\"fixes_blake2b\":\"");
+        memcpy(at, hex, 64);
+        ck_assert_int_eq(try_all(buf, forge(buf, json, blk, 1), &err), LORA_OK);
+        /* and version 6, which only renames the base digests' scheme */
+        snprintf(json, sizeof json, "%s", HEADV("6", "blake3-tree") T1M("[2,3]", H32) "]}");
+        at = strstr(json, "\"fixes_blake2b\":\"") + strlen("\"fixes_blake2b\":\"");
         memcpy(at, hex, 64);
         ck_assert_int_eq(try_all(buf, forge(buf, json, blk, 1), &err), LORA_OK);
     }
@@ -649,6 +709,7 @@ static Suite *suite(void)
     Suite *s = suite_create("receipt");
     TCase *tc = tcase_create("receipt");
     tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_digest_kinds);
     tcase_add_test(tc, test_roundtrip);
     tcase_add_test(tc, test_truncated_corrupted);
     tcase_add_test(tc, test_hostile_index);

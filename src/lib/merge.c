@@ -171,8 +171,11 @@ static void base_digest(struct run *R, struct basepairs *B, int kind, const unsi
 {
     crypto_generichash_state st;
     unsigned char h[32];
-    /* "2": the tensors' digests are SHA-256 trees (receipt version 5) */
-    const char *tag = kind == LORA_TH_SHA256 ? "lora-base 2" : "lora-base 1";
+    /* the kind of the tensors' digests: "3" BLAKE3 trees (receipt
+     * version 6), "2" SHA-256 trees (version 5), "1" BLAKE2b trees */
+    const char *tag = kind == LORA_TH_BLAKE3   ? "lora-base 3"
+                      : kind == LORA_TH_SHA256 ? "lora-base 2"
+                                               : "lora-base 1";
     if (B->n)
         qsort(B->p, B->n, sizeof *B->p, cmp_basepair);
     crypto_generichash_init(&st, NULL, 0, 32);

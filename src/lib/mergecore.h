@@ -64,7 +64,8 @@ void lora_tree_hash(const void *data, uint64_t rows, uint64_t cols, size_t elsiz
                     unsigned char out[32]);
 
 /* tensorhash.c: digest kinds of the tree hash (lora-receipt(5)). */
-enum { LORA_TH_BLAKE2B = 0, LORA_TH_XXH3 = 1, LORA_TH_SKIP = 2, LORA_TH_SHA256 = 3 };
+enum { LORA_TH_BLAKE2B = 0, LORA_TH_XXH3 = 1, LORA_TH_SKIP = 2, LORA_TH_SHA256 = 3,
+       LORA_TH_BLAKE3 = 4 };
 /* The digest of one chunk (32 bytes; XXH3-128 fills the first 16).
  * 0, or -1 when the hash is not available (libcrypto). */
 int lora_th_chunk(int kind, const void *data, size_t len, unsigned char out[32]);
@@ -76,16 +77,17 @@ int lora_tree_hash_kind(int kind, const void *data, uint64_t rows, uint64_t cols
                         size_t elsize, unsigned char out[32]);
 
 /* The kinds of a receipt's digests of merged and of base tensors, and
- * of those lora-merge writes (version 5). */
+ * of the base tensors' digests lora-merge writes (version 6). */
 static inline int lora_receipt_merged_kind(const lora_receipt *r)
 {
     return lora_receipt_version(r) >= 5 ? LORA_TH_XXH3 : LORA_TH_BLAKE2B;
 }
 static inline int lora_receipt_base_kind(const lora_receipt *r)
 {
-    return lora_receipt_version(r) >= 5 ? LORA_TH_SHA256 : LORA_TH_BLAKE2B;
+    int v = lora_receipt_version(r);
+    return v >= 6 ? LORA_TH_BLAKE3 : v == 5 ? LORA_TH_SHA256 : LORA_TH_BLAKE2B;
 }
-#define LORA_TH_NEW_BASE LORA_TH_SHA256
+#define LORA_TH_NEW_BASE LORA_TH_BLAKE3
 
 /* delta.c: lora_delta_rows with A's panels packed once (per tensor)
  * instead of at every call: P holds lora_delta_packed_size(r, in)

@@ -19,9 +19,10 @@
  * corrections as ranks among the ambiguous elements.  Version 4 adds,
  * for a tensor merged with a DoRA module, the row norms it divided by
  * (one little-endian double per output row, a block right after the
- * tensor's corrections); a receipt without DoRA is still written as
- * version 3, so tools that predate DoRA keep reading it.  Versions 1
- * to 3 are still read.
+ * tensor's corrections).  Version 5 changes the digests of the tensors
+ * (SHA-256 trees of the base, XXH3-128 trees of the merged), version 6
+ * those of the base again (BLAKE3 trees: tensorhash.c says why).  Every
+ * older version is still read.
  */
 #include "internal.h"
 #include "mergecore.h"
@@ -37,10 +38,17 @@
 #include <unistd.h>
 
 static const unsigned char MAGIC[8] = {'L', 'O', 'R', 'A', 'R', 'C', 'P', 1};
-/* 5: tensors' digests SHA-256 (base) and XXH3-128 (merged) trees;
- * 4: DoRA row norms; 3: rank bits (lora-receipt(5)) */
-#define RECEIPT_VERSION 5
+/* 6: base tensors' digests BLAKE3 trees; 5: tensors' digests SHA-256
+ * (base) and XXH3-128 (merged) trees; 4: DoRA row norms; 3: rank bits
+ * (lora-receipt(5)) */
+#define RECEIPT_VERSION 6
 #define RECEIPT_MAX_FILES 65536
+
+/* The name of a version's base digest scheme in the index. */
+static const char *base_scheme(int version)
+{
+    return version >= 6 ? "blake3-tree" : version == 5 ? "sha256-tree" : "blake2b-256-tree";
+}
 
 struct lora_receipt {
     /* writer */
@@ -427,7 +435,7 @@ static json_t *index_json(const lora_receipt *r)
     json_object_set_new(root, "tool", json_string(r->tool));
     json_object_set_new(root, "rounding",
                         json_string(r->mode == LORA_ROUND_REVERSIBLE ? "reversible" : "nearest"));
-    json_object_set_new(root, "hash", json_string("sha256-tree"));
+    json_object_set_new(root, "hash", json_string(base_scheme(r->version)));
     json_object_set_new(root, "merged_hash", json_string("xxh3-128-tree"));
     for (size_t i = 0; i < r->nad; i++) {
         json_t *a = json_object();
@@ -791,8 +799,9 @@ static int parse_header(lora_receipt *r, json_t *root, lora_error *err)
         BAD("%s: unknown rounding", r->name);
     r->mode = strcmp(rnd, "reversible") == 0 ? LORA_ROUND_REVERSIBLE : LORA_ROUND_NEAREST;
     const char *h = json_string_value(json_object_get(root, "hash"));
-    /* base digests: BLAKE2b-256 trees up to version 4, SHA-256 from 5 */
-    if (!h || strcmp(h, r->version >= 5 ? "sha256-tree" : "blake2b-256-tree"))
+    /* base digests: BLAKE2b-256 trees up to version 4, SHA-256 in 5,
+     * BLAKE3 from 6 */
+    if (!h || strcmp(h, base_scheme(r->version)))
         BAD("%s: unknown hash scheme", r->name);
     /* version 5: merged tensors' digests are XXH3-128 trees */
     const char *mh = json_string_value(json_object_get(root, "merged_hash"));

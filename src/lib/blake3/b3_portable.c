@@ -1,0 +1,7 @@
+/*
+ * b3_portable.c - BLAKE3's blake3_portable.c, the official C implementation as Debian
+ * ships it (librust-blake3-dev, found by configure as BLAKE3_SRC),
+ * compiled into liblora unchanged.  Receipt version 6 hashes base
+ * tensors with BLAKE3 (tensorhash.c says why).
+ */
+#include "blake3_portable.c"

@@ -1,0 +1,8 @@
+/*
+ * b3_sse41.S - BLAKE3's sse41 kernels for x86-64 (the official assembly from
+ * Debian's librust-blake3-dev, unchanged); elsewhere nothing, and
+ * BLAKE3's dispatch uses its portable code.
+ */
+#if defined(__x86_64__) && defined(__ELF__)
+#include "blake3_sse41_x86-64_unix.S"
+#endif
