@@ -528,19 +528,27 @@ static inline __attribute__((always_inline)) int amb_set(int mk, int bk, uint32_
     return 1;
 }
 
+/* Room in F's bit buffer for NB more bits; -1 when out of memory. */
+static int bits_reserve(lora_fixes *f, uint64_t nb)
+{
+    if (f->nbits + nb <= f->bitcap * 8)
+        return 0;
+    uint64_t cap = f->bitcap ? f->bitcap * 2 : 4096;
+    while (cap * 8 < f->nbits + nb)
+        cap *= 2;
+    unsigned char *b = realloc(f->bits, (size_t)cap);
+    if (!b)
+        return -1;
+    memset(b + f->bitcap, 0, (size_t)(cap - f->bitcap));
+    f->bits = b;
+    f->bitcap = cap;
+    return 0;
+}
+
 int lora_bits_put(lora_fixes *f, uint64_t v, int nb)
 {
-    if (f->nbits + (uint64_t)nb > f->bitcap * 8) {
-        uint64_t cap = f->bitcap ? f->bitcap * 2 : 4096;
-        while (cap * 8 < f->nbits + (uint64_t)nb)
-            cap *= 2;
-        unsigned char *b = realloc(f->bits, (size_t)cap);
-        if (!b)
-            return -1;
-        memset(b + f->bitcap, 0, (size_t)(cap - f->bitcap));
-        f->bits = b;
-        f->bitcap = cap;
-    }
+    if (bits_reserve(f, (uint64_t)nb))
+        return -1;
     /* set and clear: the buffer is reused from tensor to tensor */
     for (int i = 0; i < nb; i++, f->nbits++) {
         unsigned char *c = &f->bits[f->nbits >> 3], bit = (unsigned char)(1u << (f->nbits & 7));
@@ -762,8 +770,54 @@ static inline size_t next_flag(const unsigned char *flag, size_t x, size_t n)
     return x;
 }
 
+/* Appending rank bits to a lora_fixes in a register: the bits of the
+ * buffer's last, partial byte, then whole bytes stored as they fill, in
+ * the order lora_bits_put lays them (LSB first).  The caller reserves
+ * the room first; bw_end gives the buffer back (lora_bits_put may then
+ * append more, and bw_start takes it again). */
+typedef struct bitw {
+    uint64_t acc;      /* bits not yet stored, from bit 0 of byte at */
+    unsigned nacc;
+    uint64_t at;       /* byte index */
+    uint64_t nbits;    /* bits in the buffer, these included */
+} bitw;
+
+static inline void bw_start(bitw *w, const lora_fixes *f)
+{
+    w->at = f->nbits >> 3;
+    w->nacc = (unsigned)(f->nbits & 7);
+    w->acc = w->nacc ? f->bits[w->at] & ((1u << w->nacc) - 1) : 0;
+    w->nbits = f->nbits;
+}
+
+/* V's low NB bits (NB <= 32, V < 2^NB); no branch on the bits */
+static inline void bw_put(bitw *w, unsigned char *bits, uint64_t v, unsigned nb)
+{
+    w->acc |= v << w->nacc;
+    w->nacc += nb;
+    w->nbits += nb;
+    if (w->nacc >= 32) {
+        uint32_t lo = (uint32_t)w->acc;
+        memcpy(bits + w->at, &lo, 4);
+        w->at += 4;
+        w->acc >>= 32;
+        w->nacc -= 32;
+    }
+}
+
+static inline void bw_end(bitw *w, lora_fixes *f)
+{
+    for (unsigned k = 0; k < w->nacc; k += 8)
+        f->bits[w->at + k / 8] = (unsigned char)(w->acc >> k);
+    f->nbits = w->nbits;
+}
+
 /* BF16 merge: the branch-free pass (mergefast.c), then the full element
- * logic (merge_span) on the elements it flagged. */
+ * logic (merge_span) on the elements it flagged.  The runs the fast
+ * passes found (flag codes 2..5, nearly all flagged elements) append
+ * their rank bits through a bitw, without a branch on the code: the
+ * rank is the run's members below W0 (for a negative W0, those of
+ * larger magnitude). */
 static int merge_bf16_fast(const unsigned char *src, unsigned char *dst, const double *sum,
                            unsigned char *flag, size_t n, uint64_t first, int record,
                            lora_fixes *fx, lora_merge_stats *st, size_t *bad, nonfin *nf)
@@ -773,26 +827,39 @@ static int merge_bf16_fast(const unsigned char *src, unsigned char *dst, const d
      * (mergefast.c), as flag codes 2..5; what coded_fix would store */
     if (record)
         lora_fast_runs_bf16(src, dst, sum, flag, n);
+    /* at most 2 bits per element from the codes */
+    if (record && bits_reserve(fx, 2 * (uint64_t)n + 64))
+        return -2;
+    bitw w = {0};
+    if (record)
+        bw_start(&w, fx);
+    uint64_t nrun = 0, namb = 0;
     for (size_t x = next_flag(flag, 0, n); x < n; x = next_flag(flag, x + 1, n)) {
         if (flag[x] >= 2) {
-            /* the rank: the run's members below W0 (for a negative W0,
-             * those of larger magnitude) */
-            int ab = flag[x] - 2, a = ab & 1, b = ab >> 1;
-            st->changed++;
-            if (a | b) {
-                if (lora_bits_put(fx, (uint64_t)((src[2 * x + 1] & 0x80) ? b : a), a + b))
-                    return -2;
-                fx->nambig++;
-            }
+            unsigned ab = flag[x] - 2u, a = ab & 1, b = ab >> 1, neg = src[2 * x + 1] >> 7;
+            bw_put(&w, fx->bits, neg ? b : a, a + b);
+            nrun++;
+            namb += (a | b);
             continue;
         }
+        if (record)
+            bw_end(&w, fx);
         int r = merge_span(FP_BF16, FP_BF16, 2, 2, record, 0, 1, src + 2 * x, dst + 2 * x,
                            sum + x, 1, first + x, fx, st, bad, nf);
         if (r) {
             *bad += x;
             return r;
         }
+        if (record) {
+            if (bits_reserve(fx, 2 * (uint64_t)(n - x) + 64))
+                return -2;
+            bw_start(&w, fx);
+        }
     }
+    if (record)
+        bw_end(&w, fx);
+    st->changed += nrun;
+    fx->nambig += namb;
     return 0;
 }
 
@@ -1186,17 +1253,23 @@ static int gather_bits(lora_fixes *out, const lora_fixes *bf, uint64_t nblocks, 
         return lora_oom(err);
     out->bstart = bs;
     out->nblocks = nblocks;
+    uint64_t total = 0;
+    for (uint64_t b = 0; b < nblocks; b++)
+        total += bf[b].nbits;
+    if (bits_reserve(out, total + 64))
+        return lora_oom(err);
+    bitw w;
+    bw_start(&w, out);
     for (uint64_t b = 0; b < nblocks; b++) {
-        bs[b] = out->nbits;
+        bs[b] = w.nbits;
         out->nambig += bf[b].nambig;
         uint64_t i = 0;
         for (; i + 8 <= bf[b].nbits; i += 8)
-            if (lora_bits_put(out, bf[b].bits[i / 8], 8))
-                return lora_oom(err);
+            bw_put(&w, out->bits, bf[b].bits[i / 8], 8);
         for (; i < bf[b].nbits; i++)
-            if (lora_bits_put(out, (bf[b].bits[i / 8] >> (i % 8)) & 1, 1))
-                return lora_oom(err);
+            bw_put(&w, out->bits, (bf[b].bits[i / 8] >> (i % 8)) & 1, 1);
     }
+    bw_end(&w, out);
     bs[nblocks] = out->nbits;
     return LORA_OK;
 }
