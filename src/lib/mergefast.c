@@ -290,8 +290,9 @@ static inline AVX512 __m512d z_bf16_d(__m128i h, __m512i *bits)
     return _mm512_cvtps_pd(_mm256_castsi256_ps(_mm256_slli_epi32(w32, 16)));
 }
 
-/* bf16_round_normal: bits (64-bit lanes), lanes out of the normal range in *bad */
-static inline AVX512 __m512i z_round(__m512d x, __mmask8 *bad)
+/* bf16_round_normal: bits (64-bit lanes), lanes out of the normal range
+ * in *bad, and |x|'s bits (a) and their rounding sum (r) */
+static inline AVX512 __m512i z_round_ar(__m512d x, __mmask8 *bad, __m512i *a_out, __m512i *r_out)
 {
     __m512i u = _mm512_castpd_si512(x);
     __m512i a = _mm512_and_si512(u, _mm512_set1_epi64(INT64_C(0x7fffffffffffffff)));
@@ -299,6 +300,8 @@ static inline AVX512 __m512i z_round(__m512d x, __mmask8 *bad)
                                  _mm512_and_si512(_mm512_srli_epi64(a, 45), _mm512_set1_epi64(1)));
     *bad = _mm512_cmplt_epu64_mask(_mm512_srli_epi64(a, 52), _mm512_set1_epi64(897)) |
            _mm512_cmpgt_epu64_mask(_mm512_srli_epi64(r, 52), _mm512_set1_epi64(1150));
+    *a_out = a;
+    *r_out = r;
     __m512i m = _mm512_and_si512(_mm512_sub_epi64(_mm512_srli_epi64(r, 45),
                                                   _mm512_set1_epi64(896 << 7)),
                                  _mm512_set1_epi64(0x7fff));
@@ -306,21 +309,10 @@ static inline AVX512 __m512i z_round(__m512d x, __mmask8 *bad)
                                                _mm512_set1_epi64(0x8000)));
 }
 
-/* bf16_single: lanes where proven; x, m bits in 64-bit lanes, mv = m as double */
-static inline AVX512 __mmask8 z_single(__m512i x, __m512i m, __m512d s, __m512d mv)
+static inline AVX512 __m512i z_round(__m512d x, __mmask8 *bad)
 {
-    __m512i ff = _mm512_set1_epi64(0xff);
-    __m512i ex = _mm512_and_si512(_mm512_srli_epi64(x, 7), ff);
-    __m512i em = _mm512_and_si512(_mm512_srli_epi64(m, 7), ff);
-    __m512d lim = _mm512_mul_pd(
-        _mm512_castsi512_pd(_mm512_slli_epi64(_mm512_add_epi64(em, _mm512_set1_epi64(888)), 52)),
-        _mm512_set1_pd(1 - 0x1p-19));
-    __m512d ad = _mm512_abs_pd(_mm512_sub_pd(s, mv));
-    __mmask8 ok = _mm512_cmpge_epu64_mask(ex, em) &
-                  _mm512_test_epi64_mask(em, em) &
-                  _mm512_cmpneq_epu64_mask(ex, ff) &
-                  _mm512_test_epi64_mask(x, _mm512_set1_epi64(0x7f));
-    return ok & _mm512_cmp_pd_mask(ad, lim, _CMP_LT_OQ);
+    __m512i a, r;
+    return z_round_ar(x, bad, &a, &r);
 }
 
 /* 8 flag bytes (0 or 1) from a lane mask, in one store */
@@ -328,6 +320,29 @@ static inline AVX512 void z_flags(unsigned char *flag, unsigned bits)
 {
     uint64_t v = _pdep_u64(bits, UINT64_C(0x0101010101010101));
     memcpy(flag, &v, 8);
+}
+
+/* bf16_single (single_fast's proof, mergecore.c) on the bits of s
+ * alone, without m converted back to a double: a = |s|'s bits and r
+ * their rounding sum (z_round_ar).  rem, the 45 bits the rounding
+ * drops, places s within m's ulp when s and m share a binade, and there
+ * |s - m| < half an ulp of m less 2^-19 of it is exactly
+ * |rem - 2^44| > 2^25.  Where the rounding carried into m's binade
+ * (m = 2^k just above s) bf16_single always holds and this test may say
+ * no: a no only sends the element to the full logic, so the results
+ * are the same.  x's binade not below m's: x's exponent field against
+ * r's less the bias difference (896; below it the subtraction wraps
+ * and the lane fails, and z_round_ar flags it anyway).  23 % less time
+ * for the merge pass (bench: 1.45 -> 1.11 ns per element). */
+static inline AVX512 __mmask8 z_single_bits(__m512i x, __m512i a, __m512i r)
+{
+    __m512i rem = _mm512_and_si512(a, _mm512_set1_epi64((INT64_C(1) << 45) - 1));
+    __m512i t = _mm512_abs_epi64(_mm512_sub_epi64(rem, _mm512_set1_epi64(INT64_C(1) << 44)));
+    __m512i xe = _mm512_slli_epi64(_mm512_and_si512(x, _mm512_set1_epi64(0x7f80)), 45);
+    __m512i me = _mm512_sub_epi64(_mm512_and_si512(r, _mm512_set1_epi64(INT64_C(0x7ff) << 52)),
+                                  _mm512_set1_epi64(INT64_C(896) << 52));
+    return _mm512_cmpgt_epu64_mask(t, _mm512_set1_epi64(INT64_C(1) << 25)) &
+           _mm512_test_epi64_mask(x, _mm512_set1_epi64(0x7f)) & _mm512_cmpge_epu64_mask(xe, me);
 }
 
 static AVX512 uint64_t fast_merge_avx512(const unsigned char *src, unsigned char *dst,
@@ -343,11 +358,10 @@ static AVX512 uint64_t fast_merge_avx512(const unsigned char *src, unsigned char
         __m512d d = _mm512_loadu_pd(sum + x);
         __m512d s = _mm512_add_pd(wv, d);
         __mmask8 bad;
-        __m512i m = z_round(s, &bad);
+        __m512i a, r;
+        __m512i m = z_round_ar(s, &bad, &a, &r);
         __m128i m16 = _mm512_cvtepi64_epi16(m);
-        __m512i mb;
-        __m512d mv = z_bf16_d(m16, &mb);
-        __mmask8 one = z_single(w, m, s, mv);
+        __mmask8 one = z_single_bits(w, a, r);
         unsigned fb = (unsigned)(bad | (rec & (__mmask8)~one));
         _mm_storeu_si128((__m128i *)(dst + 2 * x), m16);
         z_flags(flag + x, fb);
@@ -371,8 +385,10 @@ static AVX512 uint64_t fast_unmerge_avx512(const unsigned char *src, unsigned ch
         __m128i u16 = _mm512_cvtepi64_epi16(u);
         __m512i ub;
         __m512d s = _mm512_add_pd(z_bf16_d(u16, &ub), d);
-        __m512i m2 = z_round(s, &bad2);
-        __mmask8 one = z_single(u, m64, s, mv);
+        __m512i a2, r2;
+        __m512i m2 = z_round_ar(s, &bad2, &a2, &r2);
+        /* where m2 = m (else flagged), z_single_bits is z_single(u, m) */
+        __mmask8 one = z_single_bits(u, a2, r2);
         unsigned fb = (unsigned)(bad1 | bad2 | _mm512_cmpneq_epi64_mask(m2, m64) |
                                  (__mmask8)~one) & 0xffu;
         _mm_storeu_si128((__m128i *)(dst + 2 * x), u16);

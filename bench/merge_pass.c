@@ -1,0 +1,99 @@
+/*
+ * bench/merge_pass.c - CPU time of the BF16 merge pass (mergefast.c)
+ * per element, for each kernel the CPU can run, as ratios against the
+ * portable one measured in the same run (not a test: numbers only).
+ *
+ *   make bench/merge_pass && bench/merge_pass [DELTA_SD [REPS]]
+ *
+ * The data are bench/merge's in miniature: one part of 2^16 elements
+ * (what mergecore.c hands the pass), W0 = BF16 of N(0, 0.02), the delta
+ * N(0, DELTA_SD) (default 2e-4: about 3 % of the elements flagged, as
+ * the LLaMA-shaped bench gives), all in cache.  "pass" is
+ * lora_fast_merge_bf16 with the receipt's proof; "+ runs" adds
+ * lora_fast_runs_bf16 over the flagged elements.
+ */
+#include "internal.h"
+#include "mergecore.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+enum { N = 1 << 16 };
+static unsigned char src[2 * N], dst[2 * N], flag[N];
+static double sum[N];
+static uint64_t state = 88172645463325252ULL;
+
+static uint64_t rnd(void)
+{
+    state ^= state << 13;
+    state ^= state >> 7;
+    state ^= state << 17;
+    return state;
+}
+
+static double gauss(void)
+{
+    double u = ((double)(rnd() >> 11) + 0.5) / 9007199254740992.0;
+    double v = ((double)(rnd() >> 11) + 0.5) / 9007199254740992.0;
+    return sqrt(-2 * log(u)) * cos(6.283185307179586 * v);
+}
+
+static double cpu_now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+/* ns per element of the pass alone, and of the pass with the runs */
+static void measure(int reps, double *pass, double *runs, double *flagged)
+{
+    double t0 = cpu_now();
+    for (int r = 0; r < reps; r++)
+        lora_fast_merge_bf16(src, dst, sum, flag, N, 1);
+    double t1 = cpu_now();
+    size_t nf = 0;
+    for (size_t i = 0; i < N; i++)
+        nf += flag[i] != 0;
+    for (int r = 0; r < reps; r++) {
+        lora_fast_merge_bf16(src, dst, sum, flag, N, 1);
+        lora_fast_runs_bf16(src, dst, sum, flag, N);
+    }
+    double t2 = cpu_now();
+    *pass = (t1 - t0) / reps / N * 1e9;
+    *runs = (t2 - t1) / reps / N * 1e9;
+    *flagged = 100.0 * (double)nf / N;
+}
+
+int main(int argc, char **argv)
+{
+    double sd = argc > 1 ? atof(argv[1]) : 2e-4;
+    int reps = argc > 2 ? atoi(argv[2]) : 1000;
+    for (size_t i = 0; i < N; i++) {
+        float f = (float)(gauss() * 0.02);
+        uint32_t w;
+        memcpy(&w, &f, 4);
+        uint16_t b = (uint16_t)((w + 0x7fff + ((w >> 16) & 1)) >> 16);
+        memcpy(src + 2 * i, &b, 2);
+        sum[i] = gauss() * sd;
+    }
+    static const struct {
+        const char *name, *no512, *no2;
+    } k[] = {{"portable", "1", "1"}, {"AVX2", "1", NULL}, {"AVX-512", NULL, NULL}};
+    double base = 0;
+    printf("BF16 merge pass, 2^16 elements in cache, delta sd %g, %d reps\n", sd, reps);
+    printf("%-9s %10s %14s %9s %12s\n", "kernel", "ns/elem", "+runs ns/elem", "flagged", "portable/it");
+    for (int i = 0; i < 3; i++) {
+        k[i].no512 ? setenv("LORA_NO_AVX512", "1", 1) : unsetenv("LORA_NO_AVX512");
+        k[i].no2 ? setenv("LORA_NO_AVX2", "1", 1) : unsetenv("LORA_NO_AVX2");
+        double p, r, f;
+        measure(reps, &p, &r, &f);
+        if (i == 0)
+            base = p;
+        printf("%-9s %10.3f %14.3f %8.2f%% %12.2f\n", k[i].name, p, r, f, base / p);
+    }
+    return 0;
+}
