@@ -812,6 +812,26 @@ static inline void bw_end(bitw *w, lora_fixes *f)
     f->nbits = w->nbits;
 }
 
+/* Bit i set where flag[i] != 0, for the first min(64, n) flags: eight
+ * bytes at a time, each byte's "not zero" gathered by a multiply (flags
+ * are at most 5, three bits). */
+static inline uint64_t flag_mask64(const unsigned char *flag, size_t n)
+{
+    uint64_t mk = 0;
+    if (n >= 64) {
+        for (int k = 0; k < 8; k++) {
+            uint64_t v;
+            memcpy(&v, flag + 8 * k, 8);
+            v = (v | v >> 1 | v >> 2) & UINT64_C(0x0101010101010101);
+            mk |= ((v * UINT64_C(0x0102040810204080)) >> 56) << (8 * k);
+        }
+        return mk;
+    }
+    for (size_t i = 0; i < n; i++)
+        mk |= (uint64_t)(flag[i] != 0) << i;
+    return mk;
+}
+
 /* BF16 merge: the branch-free pass (mergefast.c), then the full element
  * logic (merge_span) on the elements it flagged.  The runs the fast
  * passes found (flag codes 2..5, nearly all flagged elements) append
@@ -834,26 +854,31 @@ static int merge_bf16_fast(const unsigned char *src, unsigned char *dst, const d
     if (record)
         bw_start(&w, fx);
     uint64_t nrun = 0, namb = 0;
-    for (size_t x = next_flag(flag, 0, n); x < n; x = next_flag(flag, x + 1, n)) {
-        if (flag[x] >= 2) {
-            unsigned ab = flag[x] - 2u, a = ab & 1, b = ab >> 1, neg = src[2 * x + 1] >> 7;
-            bw_put(&w, fx->bits, neg ? b : a, a + b);
-            nrun++;
-            namb += (a | b);
-            continue;
-        }
-        if (record)
-            bw_end(&w, fx);
-        int r = merge_span(FP_BF16, FP_BF16, 2, 2, record, 0, 1, src + 2 * x, dst + 2 * x,
-                           sum + x, 1, first + x, fx, st, bad, nf);
-        if (r) {
-            *bad += x;
-            return r;
-        }
-        if (record) {
-            if (bits_reserve(fx, 2 * (uint64_t)(n - x) + 64))
-                return -2;
-            bw_start(&w, fx);
+    for (size_t g = 0; g < n; g += 64) {
+        /* the flagged elements of 64, from a mask: a branch per element
+         * found, not per 8 bytes scanned */
+        for (uint64_t mk = flag_mask64(flag + g, n - g); mk; mk &= mk - 1) {
+            size_t x = g + (size_t)__builtin_ctzll(mk);
+            if (flag[x] >= 2) {
+                unsigned ab = flag[x] - 2u, a = ab & 1, b = ab >> 1, neg = src[2 * x + 1] >> 7;
+                bw_put(&w, fx->bits, neg ? b : a, a + b);
+                nrun++;
+                namb += (a | b);
+                continue;
+            }
+            if (record)
+                bw_end(&w, fx);
+            int r = merge_span(FP_BF16, FP_BF16, 2, 2, record, 0, 1, src + 2 * x, dst + 2 * x,
+                               sum + x, 1, first + x, fx, st, bad, nf);
+            if (r) {
+                *bad += x;
+                return r;
+            }
+            if (record) {
+                if (bits_reserve(fx, 2 * (uint64_t)(n - x) + 64))
+                    return -2;
+                bw_start(&w, fx);
+            }
         }
     }
     if (record)
