@@ -755,21 +755,6 @@ static void count_unknown(int mk, int bk, uint32_t m, uint32_t u, double d, lora
 
 static void *tj_worker(void *arg);
 
-/* Index of the next flagged element at or after x (n when none). */
-static inline size_t next_flag(const unsigned char *flag, size_t x, size_t n)
-{
-    while (x + 8 <= n) {
-        uint64_t w;
-        memcpy(&w, flag + x, 8);
-        if (w)
-            return x + (size_t)(__builtin_ctzll(w) / 8);
-        x += 8;
-    }
-    while (x < n && !flag[x])
-        x++;
-    return x;
-}
-
 /* Appending rank bits to a lora_fixes in a register: the bits of the
  * buffer's last, partial byte, then whole bytes stored as they fill, in
  * the order lora_bits_put lays them (LSB first).  The caller reserves
@@ -1073,18 +1058,24 @@ static int unmerge_part(struct tjob *j, struct block *k)
      * the corrections */
     int fast = fx && !s->ref && j->ik == FP_BF16 && j->ok == FP_BF16;
     size_t n = k->n;
-    if (fast)
-        k->st.changed += lora_fast_unmerge_bf16(k->src, k->dst, k->sum, k->flag, n);
-    if (fast && coded)
+    if (!fast) {
+        for (size_t x = 0; x < n; x++)
+            if (unmerge_one(j, k, x, fx, &k->fi, fe, coded, &k->rd, 0))
+                return -1;
+        return 0;
+    }
+    k->st.changed += lora_fast_unmerge_bf16(k->src, k->dst, k->sum, k->flag, n);
+    if (coded)
         lora_fast_runs_bf16(k->dst, k->src, k->sum, k->flag, n);
-    for (size_t x = 0; x < n; x++) {
-        if (fast) {
-            size_t nx = next_flag(k->flag, x, n);
-            if (k->fi < fe && fx->index[k->fi] - k->first < nx)
-                nx = (size_t)(fx->index[k->fi] - k->first);
-            if (nx >= n)
-                break;
-            x = nx;
+    /* the flagged elements and the corrections' elements, 64 at a time
+     * from a mask, in element order (the rank bits are read in it) */
+    for (size_t g = 0; g < n; g += 64) {
+        uint64_t mk = flag_mask64(k->flag + g, n - g);
+        size_t ge = g + 64 < n ? g + 64 : n;
+        for (size_t f = k->fi; f < fe && fx->index[f] - k->first < ge; f++)
+            mk |= UINT64_C(1) << (fx->index[f] - k->first - g);
+        for (; mk; mk &= mk - 1) {
+            size_t x = g + (size_t)__builtin_ctzll(mk);
             if (coded && k->flag[x] && !(k->fi < fe && fx->index[k->fi] == k->first + x)) {
                 int r = unmerge_run(j, k, x);
                 if (r < 0)
@@ -1092,9 +1083,9 @@ static int unmerge_part(struct tjob *j, struct block *k)
                 if (r)
                     continue;
             }
+            if (unmerge_one(j, k, x, fx, &k->fi, fe, coded, &k->rd, 1))
+                return -1;
         }
-        if (unmerge_one(j, k, x, fx, &k->fi, fe, coded, &k->rd, fast))
-            return -1;
     }
     return 0;
 }
