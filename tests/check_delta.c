@@ -109,6 +109,39 @@ START_TEST(test_threads)
 }
 END_TEST
 
+/* A rank above the panels' stack buffer (lora_delta_rows packs into the
+ * heap), with column pairs, an odd panel and a column tail, and every
+ * row remainder of the 4-row tiles; every kernel and the packed form. */
+START_TEST(test_large_rank)
+{
+    uint64_t st = 7, r = 130, in = 16 * 5 + 3;
+    for (uint64_t out = 4; out <= 7; out++) {
+        double *A = rand_floats(r * in, &st), *B = rand_floats(out * r, &st);
+        double *x = calloc(out * in, sizeof(double)), *y = calloc(out * in, sizeof(double));
+        double *P = malloc(lora_delta_packed_size(r, in) * sizeof *P);
+        ck_assert_ptr_nonnull(x);
+        ck_assert_ptr_nonnull(y);
+        ck_assert_ptr_nonnull(P);
+        lora_delta_pack(A, r, in, P);
+        ref_rows(B, A, r, in, -3.0, 0, out, x);
+        for (int no512 = 0; no512 <= 1; no512++) {
+            if (no512)
+                setenv("LORA_NO_AVX512", "1", 1);
+            memset(y, 0xff, out * in * sizeof(double));
+            lora_delta_rows(B, A, r, in, -3.0, 0, out, y);
+            ck_assert_msg(memcmp(x, y, out * in * sizeof(double)) == 0, "out=%lu no512=%d",
+                          (unsigned long)out, no512);
+            memset(y, 0xff, out * in * sizeof(double));
+            lora_delta_rows_packed(B, A, P, r, in, -3.0, 0, out, y);
+            ck_assert_msg(memcmp(x, y, out * in * sizeof(double)) == 0, "packed out=%lu no512=%d",
+                          (unsigned long)out, no512);
+            unsetenv("LORA_NO_AVX512");
+        }
+        free(A); free(B); free(x); free(y); free(P);
+    }
+}
+END_TEST
+
 /* Sums where the order over k matters: a different order would give
  * different bytes, so this shows the kernel keeps k increasing. */
 START_TEST(test_order)
@@ -135,6 +168,7 @@ static Suite *suite(void)
     TCase *tc = tcase_create("delta");
     tcase_add_test(tc, test_shapes);
     tcase_add_test(tc, test_threads);
+    tcase_add_test(tc, test_large_rank);
     tcase_add_test(tc, test_order);
     suite_add_tcase(s, tc);
     return s;

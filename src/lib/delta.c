@@ -86,49 +86,82 @@ static void panel_rows(const double *B, const double *P, uint64_t r, uint64_t in
 #define LORA_DELTA512 1
 #define AVX512 __attribute__((target("avx512f")))
 
-/* panel_rows with AVX-512: four rows at a time, the 16 columns of the
- * panel in two registers, eight accumulators.  A fused multiply-add
- * gives the same bytes (the product is exact: see the top). */
-static AVX512 void panel_rows_avx512(const double *B, const double *P, uint64_t r, uint64_t in,
-                                     double scale, uint64_t i0, uint64_t i1, double *dst)
+/* The AVX-512 kernel: tiles of RB rows x NP panels (16·NP columns),
+ * RB·2·NP accumulators held in registers through the k loop (the
+ * constant loops are unrolled; the callers below pass constants only).
+ * Per k, 2·NP loads of P and RB broadcasts of B feed 2·NP·RB fused
+ * multiply-adds (the same bytes: the product is exact, see the top).
+ * The old 4 x 16 tile needed 6 loads per 8 FMAs and was as long as its
+ * FMA latency chain; 4 x 32 needs 8 per 16, with 16 independent sums. */
+static inline __attribute__((always_inline)) AVX512 void
+tile512(const double *b, uint64_t r, const double *P, uint64_t in, __m512d sc, double *d,
+        const int RB, const int NP)
+{
+    __m512d acc[4][4];
+    const uint64_t ps = r * JB; /* the next panel of P */
+#pragma GCC unroll 4
+    for (int x = 0; x < RB; x++)
+#pragma GCC unroll 4
+        for (int c = 0; c < 2 * NP; c++)
+            acc[x][c] = _mm512_setzero_pd();
+    for (uint64_t k = 0; k < r; k++) {
+        __m512d v[4];
+#pragma GCC unroll 2
+        for (int q = 0; q < NP; q++) {
+            v[2 * q] = _mm512_loadu_pd(P + q * ps + k * JB);
+            v[2 * q + 1] = _mm512_loadu_pd(P + q * ps + k * JB + 8);
+        }
+#pragma GCC unroll 4
+        for (int x = 0; x < RB; x++) {
+            __m512d s = _mm512_set1_pd(b[x * r + k]);
+#pragma GCC unroll 4
+            for (int c = 0; c < 2 * NP; c++)
+                acc[x][c] = _mm512_fmadd_pd(s, v[c], acc[x][c]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int x = 0; x < RB; x++)
+#pragma GCC unroll 4
+        for (int c = 0; c < 2 * NP; c++)
+            _mm512_storeu_pd(d + x * in + c * 8, _mm512_mul_pd(acc[x][c], sc));
+}
+
+/* Rows [i0, i1) of NP panels from P (columns j .. j + 16·NP of dst):
+ * four rows at a time, then the 1-3 left. */
+static inline __attribute__((always_inline)) AVX512 void
+rows512(const double *B, const double *P, uint64_t r, uint64_t in, __m512d sc, uint64_t i0,
+        uint64_t i1, double *dst, const int NP)
+{
+    uint64_t i = i0;
+    for (; i + 4 <= i1; i += 4)
+        tile512(B + i * r, r, P, in, sc, dst + (i - i0) * in, 4, NP);
+    switch (i1 - i) {
+    case 3:
+        tile512(B + i * r, r, P, in, sc, dst + (i - i0) * in, 3, NP);
+        break;
+    case 2:
+        tile512(B + i * r, r, P, in, sc, dst + (i - i0) * in, 2, NP);
+        break;
+    case 1:
+        tile512(B + i * r, r, P, in, sc, dst + (i - i0) * in, 1, NP);
+        break;
+    default:
+        break;
+    }
+}
+
+/* np consecutive panels of P (panel q at P + q·16·r) into columns
+ * [0, 16·np) of dst: two panels at a time, so that a panel pair (4 KB
+ * at r = 16) is read from L1 by every row of the range. */
+static AVX512 void panels_avx512(const double *B, const double *P, uint64_t np, uint64_t r,
+                                 uint64_t in, double scale, uint64_t i0, uint64_t i1, double *dst)
 {
     __m512d sc = _mm512_set1_pd(scale);
-    uint64_t i = i0;
-    for (; i + 4 <= i1; i += 4) {
-        const double *b0 = B + i * r, *b1 = b0 + r, *b2 = b1 + r, *b3 = b2 + r;
-        __m512d a00 = _mm512_setzero_pd(), a01 = a00, a10 = a00, a11 = a00;
-        __m512d a20 = a00, a21 = a00, a30 = a00, a31 = a00;
-        for (uint64_t k = 0; k < r; k++) {
-            __m512d x0 = _mm512_loadu_pd(P + k * JB), x1 = _mm512_loadu_pd(P + k * JB + 8);
-            __m512d s0 = _mm512_set1_pd(b0[k]), s1 = _mm512_set1_pd(b1[k]);
-            __m512d s2 = _mm512_set1_pd(b2[k]), s3 = _mm512_set1_pd(b3[k]);
-            a00 = _mm512_fmadd_pd(s0, x0, a00); a01 = _mm512_fmadd_pd(s0, x1, a01);
-            a10 = _mm512_fmadd_pd(s1, x0, a10); a11 = _mm512_fmadd_pd(s1, x1, a11);
-            a20 = _mm512_fmadd_pd(s2, x0, a20); a21 = _mm512_fmadd_pd(s2, x1, a21);
-            a30 = _mm512_fmadd_pd(s3, x0, a30); a31 = _mm512_fmadd_pd(s3, x1, a31);
-        }
-        double *d0 = dst + (i - i0) * in;
-        _mm512_storeu_pd(d0, _mm512_mul_pd(a00, sc));
-        _mm512_storeu_pd(d0 + 8, _mm512_mul_pd(a01, sc));
-        _mm512_storeu_pd(d0 + in, _mm512_mul_pd(a10, sc));
-        _mm512_storeu_pd(d0 + in + 8, _mm512_mul_pd(a11, sc));
-        _mm512_storeu_pd(d0 + 2 * in, _mm512_mul_pd(a20, sc));
-        _mm512_storeu_pd(d0 + 2 * in + 8, _mm512_mul_pd(a21, sc));
-        _mm512_storeu_pd(d0 + 3 * in, _mm512_mul_pd(a30, sc));
-        _mm512_storeu_pd(d0 + 3 * in + 8, _mm512_mul_pd(a31, sc));
-    }
-    for (; i < i1; i++) {
-        const double *b0 = B + i * r;
-        __m512d a0 = _mm512_setzero_pd(), a1 = a0;
-        for (uint64_t k = 0; k < r; k++) {
-            __m512d s0 = _mm512_set1_pd(b0[k]);
-            a0 = _mm512_fmadd_pd(s0, _mm512_loadu_pd(P + k * JB), a0);
-            a1 = _mm512_fmadd_pd(s0, _mm512_loadu_pd(P + k * JB + 8), a1);
-        }
-        double *d0 = dst + (i - i0) * in;
-        _mm512_storeu_pd(d0, _mm512_mul_pd(a0, sc));
-        _mm512_storeu_pd(d0 + 8, _mm512_mul_pd(a1, sc));
-    }
+    uint64_t q = 0;
+    for (; q + 2 <= np; q += 2)
+        rows512(B, P + q * JB * r, r, in, sc, i0, i1, dst + q * JB, 2);
+    if (q < np)
+        rows512(B, P + q * JB * r, r, in, sc, i0, i1, dst + q * JB, 1);
 }
 
 /* AVX-512 unless the CPU lacks it or LORA_NO_AVX512 is set (tests) */
@@ -152,18 +185,20 @@ static void delta_tail(const double *B, const double *A, uint64_t r, uint64_t in
         }
 }
 
-/* One panel of rows [i0, i1), the best kernel the CPU has. */
-static void panel(const double *B, const double *P, uint64_t r, uint64_t in, double scale,
-                  uint64_t i0, uint64_t i1, double *dst, int z)
+/* np consecutive panels of P into columns [0, 16·np) of dst for rows
+ * [i0, i1), with the best kernel the CPU has (z: AVX-512). */
+static void panels(const double *B, const double *P, uint64_t np, uint64_t r, uint64_t in,
+                   double scale, uint64_t i0, uint64_t i1, double *dst, int z)
 {
 #ifdef LORA_DELTA512
     if (z) {
-        panel_rows_avx512(B, P, r, in, scale, i0, i1, dst);
+        panels_avx512(B, P, np, r, in, scale, i0, i1, dst);
         return;
     }
 #endif
     (void)z;
-    panel_rows(B, P, r, in, scale, i0, i1, dst);
+    for (uint64_t q = 0; q < np; q++)
+        panel_rows(B, P + q * JB * r, r, in, scale, i0, i1, dst + q * JB);
 }
 
 static int use_avx512(void)
@@ -180,40 +215,51 @@ size_t lora_delta_packed_size(uint64_t r, uint64_t in)
     return (size_t)(r * (in / JB * JB));
 }
 
+/* np panels of A (row stride lda) from its column 0: panel q at
+ * P + q·16·r, P[q·16·r + k·16 + c] = A[k, q·16 + c]. */
+static void pack_panels(const double *A, uint64_t lda, uint64_t r, uint64_t np, double *P)
+{
+    for (uint64_t q = 0; q < np; q++)
+        for (uint64_t k = 0; k < r; k++)
+            memcpy(P + (q * r + k) * JB, A + k * lda + q * JB, JB * sizeof *P);
+}
+
 void lora_delta_pack(const double *A, uint64_t r, uint64_t in, double *P)
 {
-    for (uint64_t j = 0; j + JB <= in; j += JB)
-        for (uint64_t k = 0; k < r; k++)
-            memcpy(P + j * r + k * JB, A + k * in + j, JB * sizeof *P);
+    pack_panels(A, in, r, in / JB, P);
 }
 
 void lora_delta_rows_packed(const double *B, const double *A, const double *P, uint64_t r,
                             uint64_t in, double scale, uint64_t i0, uint64_t i1, double *dst)
 {
-    int z = use_avx512();
-    uint64_t j = 0;
-    for (; j + JB <= in; j += JB)
-        panel(B, P + j * r, r, in, scale, i0, i1, dst + j, z);
-    delta_tail(B, A, r, in, scale, i0, i1, j, dst);
+    uint64_t np = in / JB;
+    panels(B, P, np, r, in, scale, i0, i1, dst, use_avx512());
+    delta_tail(B, A, r, in, scale, i0, i1, np * JB, dst);
 }
+
+/* Panels packed on the stack (NPS at a time, the AVX-512 kernel's pair)
+ * for r up to RSTACK; a larger r packs into the heap. */
+#define NPS 2
+#define RSTACK 128
 
 void lora_delta_rows(const double *B, const double *A, uint64_t r, uint64_t in, double scale,
                      uint64_t i0, uint64_t i1, double *dst)
 {
-    double stackp[256 * JB];
+    double stackp[RSTACK * NPS * JB] __attribute__((aligned(64)));
     double *P = stackp;
     uint64_t j = 0;
-    if (r > 256 && in >= JB) {
-        P = malloc(r * JB * sizeof *P);
-        if (!P) /* no memory for the panel: the plain loop gives the same bytes */
+    if (r > RSTACK && in >= JB) {
+        P = malloc(r * NPS * JB * sizeof *P);
+        if (!P) /* no memory for the panels: the plain loop gives the same bytes */
             P = NULL;
     }
     if (P) {
         int z = use_avx512();
-        for (; j + JB <= in; j += JB) {
-            for (uint64_t k = 0; k < r; k++)
-                memcpy(P + k * JB, A + k * in + j, JB * sizeof *P);
-            panel(B, P, r, in, scale, i0, i1, dst + j, z);
+        while (j + JB <= in) {
+            uint64_t np = (in - j) / JB < NPS ? (in - j) / JB : NPS;
+            pack_panels(A + j, in, r, np, P);
+            panels(B, P, np, r, in, scale, i0, i1, dst + j, z);
+            j += np * JB;
         }
         if (P != stackp)
             free(P);
