@@ -114,7 +114,7 @@ END_TEST
  * row remainder of the 4-row tiles; every kernel and the packed form. */
 START_TEST(test_large_rank)
 {
-    uint64_t st = 7, r = 130, in = 16 * 5 + 3;
+    uint64_t st = 7, r = 130, in = 16 * 7 + 3; /* 3 pairs (one prefetching), an odd panel */
     for (uint64_t out = 4; out <= 7; out++) {
         double *A = rand_floats(r * in, &st), *B = rand_floats(out * r, &st);
         double *x = calloc(out * in, sizeof(double)), *y = calloc(out * in, sizeof(double));

@@ -95,7 +95,7 @@ static void panel_rows(const double *B, const double *P, uint64_t r, uint64_t in
  * FMA latency chain; 4 x 32 needs 8 per 16, with 16 independent sums. */
 static inline __attribute__((always_inline)) AVX512 void
 tile512(const double *b, uint64_t r, const double *P, uint64_t in, __m512d sc, double *d,
-        const int RB, const int NP)
+        const int RB, const int NP, const double *pf)
 {
     __m512d acc[4][4];
     const uint64_t ps = r * JB; /* the next panel of P */
@@ -106,6 +106,12 @@ tile512(const double *b, uint64_t r, const double *P, uint64_t in, __m512d sc, d
             acc[x][c] = _mm512_setzero_pd();
     for (uint64_t k = 0; k < r; k++) {
         __m512d v[4];
+        if (pf) {
+            _mm_prefetch((const char *)(pf + k * JB), _MM_HINT_T0);
+            _mm_prefetch((const char *)(pf + k * JB + 8), _MM_HINT_T0);
+            _mm_prefetch((const char *)(pf + ps + k * JB), _MM_HINT_T0);
+            _mm_prefetch((const char *)(pf + ps + k * JB + 8), _MM_HINT_T0);
+        }
 #pragma GCC unroll 2
         for (int q = 0; q < NP; q++) {
             v[2 * q] = _mm512_loadu_pd(P + q * ps + k * JB);
@@ -127,23 +133,28 @@ tile512(const double *b, uint64_t r, const double *P, uint64_t in, __m512d sc, d
 }
 
 /* Rows [i0, i1) of NP panels from P (columns j .. j + 16·NP of dst):
- * four rows at a time, then the 1-3 left. */
+ * four rows at a time, then the 1-3 left; the first 4-row tile also
+ * prefetches the pair at pf (NULL: none). */
 static inline __attribute__((always_inline)) AVX512 void
 rows512(const double *B, const double *P, uint64_t r, uint64_t in, __m512d sc, uint64_t i0,
-        uint64_t i1, double *dst, const int NP)
+        uint64_t i1, double *dst, const int NP, const double *pf)
 {
     uint64_t i = i0;
+    if (pf && i + 4 <= i1) {
+        tile512(B + i * r, r, P, in, sc, dst, 4, NP, pf);
+        i += 4;
+    }
     for (; i + 4 <= i1; i += 4)
-        tile512(B + i * r, r, P, in, sc, dst + (i - i0) * in, 4, NP);
+        tile512(B + i * r, r, P, in, sc, dst + (i - i0) * in, 4, NP, NULL);
     switch (i1 - i) {
     case 3:
-        tile512(B + i * r, r, P, in, sc, dst + (i - i0) * in, 3, NP);
+        tile512(B + i * r, r, P, in, sc, dst + (i - i0) * in, 3, NP, NULL);
         break;
     case 2:
-        tile512(B + i * r, r, P, in, sc, dst + (i - i0) * in, 2, NP);
+        tile512(B + i * r, r, P, in, sc, dst + (i - i0) * in, 2, NP, NULL);
         break;
     case 1:
-        tile512(B + i * r, r, P, in, sc, dst + (i - i0) * in, 1, NP);
+        tile512(B + i * r, r, P, in, sc, dst + (i - i0) * in, 1, NP, NULL);
         break;
     default:
         break;
@@ -152,16 +163,27 @@ rows512(const double *B, const double *P, uint64_t r, uint64_t in, __m512d sc, u
 
 /* np consecutive panels of P (panel q at P + q·16·r) into columns
  * [0, 16·np) of dst: two panels at a time, so that a panel pair (4 KB
- * at r = 16) is read from L1 by every row of the range. */
+ * at r = 16) is read from L1 by every row of the range.  The first tile
+ * of each pair prefetches the pair PF_PAIRS ahead: with the few rows of
+ * a part of a wide tensor (5 rows of down_proj's 11008 columns), P
+ * (1.4 MB) comes from L3 at every part and its loads were the kernel's
+ * stall (bench/README, session 5). */
+#define PF_PAIRS 2
+
 static AVX512 void panels_avx512(const double *B, const double *P, uint64_t np, uint64_t r,
                                  uint64_t in, double scale, uint64_t i0, uint64_t i1, double *dst)
 {
     __m512d sc = _mm512_set1_pd(scale);
-    uint64_t q = 0;
-    for (; q + 2 <= np; q += 2)
-        rows512(B, P + q * JB * r, r, in, sc, i0, i1, dst + q * JB, 2);
+    uint64_t q = 0, ahead = 2 * PF_PAIRS;
+    for (; q + 2 <= np; q += 2) {
+        const double *pq = P + q * JB * r;
+        if (q + ahead + 2 <= np)
+            rows512(B, pq, r, in, sc, i0, i1, dst + q * JB, 2, P + (q + ahead) * JB * r);
+        else
+            rows512(B, pq, r, in, sc, i0, i1, dst + q * JB, 2, NULL);
+    }
     if (q < np)
-        rows512(B, P + q * JB * r, r, in, sc, i0, i1, dst + q * JB, 1);
+        rows512(B, P + q * JB * r, r, in, sc, i0, i1, dst + q * JB, 1, NULL);
 }
 
 /* AVX-512 unless the CPU lacks it or LORA_NO_AVX512 is set (tests) */
