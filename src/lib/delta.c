@@ -2,10 +2,12 @@
  * delta.c - the canonical delta ΔW = scale·B·A of DESIGN.md, row by row.
  *
  * This is where lora-merge spends its arithmetic (LLaMA-7B, 4 layers,
- * r = 16: about 13 G multiply-adds), so the kernel is written with GCC
- * vector types over j and cloned for AVX2 at run time
- * (target_clones: the binary still runs on any x86-64).  The contract
- * does not depend on any of that:
+ * r = 16: about 13 G multiply-adds), so there are three kernels, chosen
+ * at run time (the binary still runs on any x86-64): AVX-512 (tiles of
+ * 4 rows x 32 columns), AVX2 with FMA (6 rows x 8 columns), and a
+ * generic one in GCC vector types over j (cloned for AVX2 without FMA).
+ * bench/delta_bench measures them.  The contract does not depend on any
+ * of that:
  *
  *   dst[i][j] = scale · (((0 + B[i,0]·A[0,j]) + B[i,1]·A[1,j]) + ...)
  *
@@ -13,7 +15,7 @@
  * exact in double, so a fused multiply-add rounds exactly like the
  * separate add; vector lanes are different j, never different k; row
  * blocks handed to threads are different i.  Hence the same bytes for
- * any clone, any thread count, any block size.
+ * any kernel, any thread count, any block size.
  */
 #include "internal.h"
 #include "mergecore.h"
@@ -41,8 +43,9 @@ typedef double v4d __attribute__((vector_size(32)));
  * every row of the block. */
 #define JB 16
 
-/* Rows i and i+1 of the panel at once: they share every load of P,
- * and the eight accumulators stay in registers through the k loop. */
+/* The generic kernel: rows i and i+1 of the panel at once: they share
+ * every load of P, and the eight accumulators stay in registers
+ * through the k loop. */
 LORA_CLONES
 static void panel_rows(const double *B, const double *P, uint64_t r, uint64_t in, double scale,
                        uint64_t i0, uint64_t i1, double *dst)
@@ -83,7 +86,7 @@ static void panel_rows(const double *B, const double *P, uint64_t r, uint64_t in
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
 #include <immintrin.h>
 #include <stdlib.h>
-#define LORA_DELTA512 1
+#define LORA_DELTA_X86 1
 #define AVX512 __attribute__((target("avx512f")))
 
 /* The AVX-512 kernel: tiles of RB rows x NP panels (16·NP columns),
@@ -186,10 +189,72 @@ static AVX512 void panels_avx512(const double *B, const double *P, uint64_t np, 
         rows512(B, P + q * JB * r, r, in, sc, i0, i1, dst + q * JB, 1, NULL);
 }
 
-/* AVX-512 unless the CPU lacks it or LORA_NO_AVX512 is set (tests) */
-static int delta_avx512(void)
+/* The AVX2 kernel (CPUs with AVX2 and FMA but not AVX-512): sixteen
+ * 256-bit registers, so tiles of RB <= 6 rows x 8 columns (half a
+ * panel), 2·RB independent sums, 2 loads of P and RB broadcasts per
+ * 2·RB FMAs.  The generic kernel (panel_rows' AVX2 clone, no FMA: GCC
+ * does not contract in ISO C) took 2 rows x 16 columns. */
+#define AVX2FMA __attribute__((target("avx2,fma")))
+
+static inline __attribute__((always_inline)) AVX2FMA void
+tile256(const double *b, uint64_t r, const double *P, uint64_t in, __m256d sc, double *d,
+        const int RB)
 {
-    return __builtin_cpu_supports("avx512f") && !getenv("LORA_NO_AVX512");
+    __m256d acc[6][2];
+#pragma GCC unroll 6
+    for (int x = 0; x < RB; x++)
+        acc[x][0] = acc[x][1] = _mm256_setzero_pd();
+    for (uint64_t k = 0; k < r; k++) {
+        __m256d v0 = _mm256_loadu_pd(P + k * JB), v1 = _mm256_loadu_pd(P + k * JB + 4);
+#pragma GCC unroll 6
+        for (int x = 0; x < RB; x++) {
+            __m256d s = _mm256_broadcast_sd(b + x * r + k);
+            acc[x][0] = _mm256_fmadd_pd(s, v0, acc[x][0]);
+            acc[x][1] = _mm256_fmadd_pd(s, v1, acc[x][1]);
+        }
+    }
+#pragma GCC unroll 6
+    for (int x = 0; x < RB; x++) {
+        _mm256_storeu_pd(d + x * in, _mm256_mul_pd(acc[x][0], sc));
+        _mm256_storeu_pd(d + x * in + 4, _mm256_mul_pd(acc[x][1], sc));
+    }
+}
+
+/* np panels into columns [0, 16·np) of dst, rows [i0, i1): per panel
+ * (2 KB at r = 16, in L1 for every row), each half, six rows at a time. */
+static AVX2FMA void panels_avx2(const double *B, const double *P, uint64_t np, uint64_t r,
+                                uint64_t in, double scale, uint64_t i0, uint64_t i1, double *dst)
+{
+    __m256d sc = _mm256_set1_pd(scale);
+    for (uint64_t q = 0; q < np * 2; q++) {
+        const double *ph = P + q / 2 * JB * r + q % 2 * 8;
+        double *dh = dst + q * 8;
+        uint64_t i = i0;
+        for (; i + 6 <= i1; i += 6)
+            tile256(B + i * r, r, ph, in, sc, dh + (i - i0) * in, 6);
+        const double *b = B + i * r;
+        double *d = dh + (i - i0) * in;
+        switch (i1 - i) {
+        case 5: tile256(b, r, ph, in, sc, d, 5); break;
+        case 4: tile256(b, r, ph, in, sc, d, 4); break;
+        case 3: tile256(b, r, ph, in, sc, d, 3); break;
+        case 2: tile256(b, r, ph, in, sc, d, 2); break;
+        case 1: tile256(b, r, ph, in, sc, d, 1); break;
+        default: break;
+        }
+    }
+}
+
+/* The kernel for this CPU: 2 AVX-512, 1 AVX2 with FMA, 0 the generic
+ * one.  LORA_NO_AVX512 and LORA_NO_AVX2 (tests, bench) take the next
+ * one down, as in mergefast.c. */
+static int delta_kernel(void)
+{
+    if (__builtin_cpu_supports("avx512f") && !getenv("LORA_NO_AVX512"))
+        return 2;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && !getenv("LORA_NO_AVX2"))
+        return 1;
+    return 0;
 }
 #endif
 
@@ -208,13 +273,17 @@ static void delta_tail(const double *B, const double *A, uint64_t r, uint64_t in
 }
 
 /* np consecutive panels of P into columns [0, 16·np) of dst for rows
- * [i0, i1), with the best kernel the CPU has (z: AVX-512). */
+ * [i0, i1), with kernel z (delta_kernel). */
 static void panels(const double *B, const double *P, uint64_t np, uint64_t r, uint64_t in,
                    double scale, uint64_t i0, uint64_t i1, double *dst, int z)
 {
-#ifdef LORA_DELTA512
-    if (z) {
+#ifdef LORA_DELTA_X86
+    if (z == 2) {
         panels_avx512(B, P, np, r, in, scale, i0, i1, dst);
+        return;
+    }
+    if (z == 1) {
+        panels_avx2(B, P, np, r, in, scale, i0, i1, dst);
         return;
     }
 #endif
@@ -223,10 +292,10 @@ static void panels(const double *B, const double *P, uint64_t np, uint64_t r, ui
         panel_rows(B, P + q * JB * r, r, in, scale, i0, i1, dst + q * JB);
 }
 
-static int use_avx512(void)
+static int use_kernel(void)
 {
-#ifdef LORA_DELTA512
-    return delta_avx512();
+#ifdef LORA_DELTA_X86
+    return delta_kernel();
 #else
     return 0;
 #endif
@@ -255,7 +324,7 @@ void lora_delta_rows_packed(const double *B, const double *A, const double *P, u
                             uint64_t in, double scale, uint64_t i0, uint64_t i1, double *dst)
 {
     uint64_t np = in / JB;
-    panels(B, P, np, r, in, scale, i0, i1, dst, use_avx512());
+    panels(B, P, np, r, in, scale, i0, i1, dst, use_kernel());
     delta_tail(B, A, r, in, scale, i0, i1, np * JB, dst);
 }
 
@@ -276,7 +345,7 @@ void lora_delta_rows(const double *B, const double *A, uint64_t r, uint64_t in, 
             P = NULL;
     }
     if (P) {
-        int z = use_avx512();
+        int z = use_kernel();
         while (j + JB <= in) {
             uint64_t np = (in - j) / JB < NPS ? (in - j) / JB : NPS;
             pack_panels(A + j, in, r, np, P);
