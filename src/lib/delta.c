@@ -2,10 +2,12 @@
  * delta.c - the canonical delta ΔW = scale·B·A of DESIGN.md, row by row.
  *
  * This is where lora-merge spends its arithmetic (LLaMA-7B, 4 layers,
- * r = 16: about 13 G multiply-adds), so the kernel is written with GCC
- * vector types over j and cloned for AVX2 at run time
- * (target_clones: the binary still runs on any x86-64).  The contract
- * does not depend on any of that:
+ * r = 16: about 13 G multiply-adds), so there are three kernels, chosen
+ * at run time (the binary still runs on any x86-64): AVX-512 (tiles of
+ * 4 rows x 32 columns), AVX2 with FMA (6 rows x 8 columns), and a
+ * generic one in GCC vector types over j (cloned for AVX2 without FMA).
+ * bench/delta_bench measures them.  The contract does not depend on any
+ * of that:
  *
  *   dst[i][j] = scale · (((0 + B[i,0]·A[0,j]) + B[i,1]·A[1,j]) + ...)
  *
@@ -13,7 +15,7 @@
  * exact in double, so a fused multiply-add rounds exactly like the
  * separate add; vector lanes are different j, never different k; row
  * blocks handed to threads are different i.  Hence the same bytes for
- * any clone, any thread count, any block size.
+ * any kernel, any thread count, any block size.
  */
 #include "internal.h"
 #include "mergecore.h"
@@ -41,8 +43,9 @@ typedef double v4d __attribute__((vector_size(32)));
  * every row of the block. */
 #define JB 16
 
-/* Rows i and i+1 of the panel at once: they share every load of P,
- * and the eight accumulators stay in registers through the k loop. */
+/* The generic kernel: rows i and i+1 of the panel at once: they share
+ * every load of P, and the eight accumulators stay in registers
+ * through the k loop. */
 LORA_CLONES
 static void panel_rows(const double *B, const double *P, uint64_t r, uint64_t in, double scale,
                        uint64_t i0, uint64_t i1, double *dst)
@@ -83,58 +86,175 @@ static void panel_rows(const double *B, const double *P, uint64_t r, uint64_t in
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
 #include <immintrin.h>
 #include <stdlib.h>
-#define LORA_DELTA512 1
+#define LORA_DELTA_X86 1
 #define AVX512 __attribute__((target("avx512f")))
 
-/* panel_rows with AVX-512: four rows at a time, the 16 columns of the
- * panel in two registers, eight accumulators.  A fused multiply-add
- * gives the same bytes (the product is exact: see the top). */
-static AVX512 void panel_rows_avx512(const double *B, const double *P, uint64_t r, uint64_t in,
-                                     double scale, uint64_t i0, uint64_t i1, double *dst)
+/* The AVX-512 kernel: tiles of RB rows x NP panels (16·NP columns),
+ * RB·2·NP accumulators held in registers through the k loop (the
+ * constant loops are unrolled; the callers below pass constants only).
+ * Per k, 2·NP loads of P and RB broadcasts of B feed 2·NP·RB fused
+ * multiply-adds (the same bytes: the product is exact, see the top).
+ * The old 4 x 16 tile needed 6 loads per 8 FMAs and was as long as its
+ * FMA latency chain; 4 x 32 needs 8 per 16, with 16 independent sums. */
+static inline __attribute__((always_inline)) AVX512 void
+tile512(const double *b, uint64_t r, const double *P, uint64_t in, __m512d sc, double *d,
+        const int RB, const int NP, const double *pf)
 {
-    __m512d sc = _mm512_set1_pd(scale);
-    uint64_t i = i0;
-    for (; i + 4 <= i1; i += 4) {
-        const double *b0 = B + i * r, *b1 = b0 + r, *b2 = b1 + r, *b3 = b2 + r;
-        __m512d a00 = _mm512_setzero_pd(), a01 = a00, a10 = a00, a11 = a00;
-        __m512d a20 = a00, a21 = a00, a30 = a00, a31 = a00;
-        for (uint64_t k = 0; k < r; k++) {
-            __m512d x0 = _mm512_loadu_pd(P + k * JB), x1 = _mm512_loadu_pd(P + k * JB + 8);
-            __m512d s0 = _mm512_set1_pd(b0[k]), s1 = _mm512_set1_pd(b1[k]);
-            __m512d s2 = _mm512_set1_pd(b2[k]), s3 = _mm512_set1_pd(b3[k]);
-            a00 = _mm512_fmadd_pd(s0, x0, a00); a01 = _mm512_fmadd_pd(s0, x1, a01);
-            a10 = _mm512_fmadd_pd(s1, x0, a10); a11 = _mm512_fmadd_pd(s1, x1, a11);
-            a20 = _mm512_fmadd_pd(s2, x0, a20); a21 = _mm512_fmadd_pd(s2, x1, a21);
-            a30 = _mm512_fmadd_pd(s3, x0, a30); a31 = _mm512_fmadd_pd(s3, x1, a31);
+    __m512d acc[4][4];
+    const uint64_t ps = r * JB; /* the next panel of P */
+#pragma GCC unroll 4
+    for (int x = 0; x < RB; x++)
+#pragma GCC unroll 4
+        for (int c = 0; c < 2 * NP; c++)
+            acc[x][c] = _mm512_setzero_pd();
+    for (uint64_t k = 0; k < r; k++) {
+        __m512d v[4];
+        if (pf) {
+            _mm_prefetch((const char *)(pf + k * JB), _MM_HINT_T0);
+            _mm_prefetch((const char *)(pf + k * JB + 8), _MM_HINT_T0);
+            _mm_prefetch((const char *)(pf + ps + k * JB), _MM_HINT_T0);
+            _mm_prefetch((const char *)(pf + ps + k * JB + 8), _MM_HINT_T0);
         }
-        double *d0 = dst + (i - i0) * in;
-        _mm512_storeu_pd(d0, _mm512_mul_pd(a00, sc));
-        _mm512_storeu_pd(d0 + 8, _mm512_mul_pd(a01, sc));
-        _mm512_storeu_pd(d0 + in, _mm512_mul_pd(a10, sc));
-        _mm512_storeu_pd(d0 + in + 8, _mm512_mul_pd(a11, sc));
-        _mm512_storeu_pd(d0 + 2 * in, _mm512_mul_pd(a20, sc));
-        _mm512_storeu_pd(d0 + 2 * in + 8, _mm512_mul_pd(a21, sc));
-        _mm512_storeu_pd(d0 + 3 * in, _mm512_mul_pd(a30, sc));
-        _mm512_storeu_pd(d0 + 3 * in + 8, _mm512_mul_pd(a31, sc));
+#pragma GCC unroll 2
+        for (int q = 0; q < NP; q++) {
+            v[2 * q] = _mm512_loadu_pd(P + q * ps + k * JB);
+            v[2 * q + 1] = _mm512_loadu_pd(P + q * ps + k * JB + 8);
+        }
+#pragma GCC unroll 4
+        for (int x = 0; x < RB; x++) {
+            __m512d s = _mm512_set1_pd(b[x * r + k]);
+#pragma GCC unroll 4
+            for (int c = 0; c < 2 * NP; c++)
+                acc[x][c] = _mm512_fmadd_pd(s, v[c], acc[x][c]);
+        }
     }
-    for (; i < i1; i++) {
-        const double *b0 = B + i * r;
-        __m512d a0 = _mm512_setzero_pd(), a1 = a0;
-        for (uint64_t k = 0; k < r; k++) {
-            __m512d s0 = _mm512_set1_pd(b0[k]);
-            a0 = _mm512_fmadd_pd(s0, _mm512_loadu_pd(P + k * JB), a0);
-            a1 = _mm512_fmadd_pd(s0, _mm512_loadu_pd(P + k * JB + 8), a1);
-        }
-        double *d0 = dst + (i - i0) * in;
-        _mm512_storeu_pd(d0, _mm512_mul_pd(a0, sc));
-        _mm512_storeu_pd(d0 + 8, _mm512_mul_pd(a1, sc));
+#pragma GCC unroll 4
+    for (int x = 0; x < RB; x++)
+#pragma GCC unroll 4
+        for (int c = 0; c < 2 * NP; c++)
+            _mm512_storeu_pd(d + x * in + c * 8, _mm512_mul_pd(acc[x][c], sc));
+}
+
+/* Rows [i0, i1) of NP panels from P (columns j .. j + 16·NP of dst):
+ * four rows at a time, then the 1-3 left; the first 4-row tile also
+ * prefetches the pair at pf (NULL: none). */
+static inline __attribute__((always_inline)) AVX512 void
+rows512(const double *B, const double *P, uint64_t r, uint64_t in, __m512d sc, uint64_t i0,
+        uint64_t i1, double *dst, const int NP, const double *pf)
+{
+    uint64_t i = i0;
+    if (pf && i + 4 <= i1) {
+        tile512(B + i * r, r, P, in, sc, dst, 4, NP, pf);
+        i += 4;
+    }
+    for (; i + 4 <= i1; i += 4)
+        tile512(B + i * r, r, P, in, sc, dst + (i - i0) * in, 4, NP, NULL);
+    switch (i1 - i) {
+    case 3:
+        tile512(B + i * r, r, P, in, sc, dst + (i - i0) * in, 3, NP, NULL);
+        break;
+    case 2:
+        tile512(B + i * r, r, P, in, sc, dst + (i - i0) * in, 2, NP, NULL);
+        break;
+    case 1:
+        tile512(B + i * r, r, P, in, sc, dst + (i - i0) * in, 1, NP, NULL);
+        break;
+    default:
+        break;
     }
 }
 
-/* AVX-512 unless the CPU lacks it or LORA_NO_AVX512 is set (tests) */
-static int delta_avx512(void)
+/* np consecutive panels of P (panel q at P + q·16·r) into columns
+ * [0, 16·np) of dst: two panels at a time, so that a panel pair (4 KB
+ * at r = 16) is read from L1 by every row of the range.  The first tile
+ * of each pair prefetches the pair PF_PAIRS ahead: with the few rows of
+ * a part of a wide tensor (5 rows of down_proj's 11008 columns), P
+ * (1.4 MB) comes from L3 at every part and its loads were the kernel's
+ * stall (bench/README, session 5). */
+#define PF_PAIRS 2
+
+static AVX512 void panels_avx512(const double *B, const double *P, uint64_t np, uint64_t r,
+                                 uint64_t in, double scale, uint64_t i0, uint64_t i1, double *dst)
 {
-    return __builtin_cpu_supports("avx512f") && !getenv("LORA_NO_AVX512");
+    __m512d sc = _mm512_set1_pd(scale);
+    uint64_t q = 0, ahead = 2 * PF_PAIRS;
+    for (; q + 2 <= np; q += 2) {
+        const double *pq = P + q * JB * r;
+        if (q + ahead + 2 <= np)
+            rows512(B, pq, r, in, sc, i0, i1, dst + q * JB, 2, P + (q + ahead) * JB * r);
+        else
+            rows512(B, pq, r, in, sc, i0, i1, dst + q * JB, 2, NULL);
+    }
+    if (q < np)
+        rows512(B, P + q * JB * r, r, in, sc, i0, i1, dst + q * JB, 1, NULL);
+}
+
+/* The AVX2 kernel (CPUs with AVX2 and FMA but not AVX-512): sixteen
+ * 256-bit registers, so tiles of RB <= 6 rows x 8 columns (half a
+ * panel), 2·RB independent sums, 2 loads of P and RB broadcasts per
+ * 2·RB FMAs.  The generic kernel (panel_rows' AVX2 clone, no FMA: GCC
+ * does not contract in ISO C) took 2 rows x 16 columns. */
+#define AVX2FMA __attribute__((target("avx2,fma")))
+
+static inline __attribute__((always_inline)) AVX2FMA void
+tile256(const double *b, uint64_t r, const double *P, uint64_t in, __m256d sc, double *d,
+        const int RB)
+{
+    __m256d acc[6][2];
+#pragma GCC unroll 6
+    for (int x = 0; x < RB; x++)
+        acc[x][0] = acc[x][1] = _mm256_setzero_pd();
+    for (uint64_t k = 0; k < r; k++) {
+        __m256d v0 = _mm256_loadu_pd(P + k * JB), v1 = _mm256_loadu_pd(P + k * JB + 4);
+#pragma GCC unroll 6
+        for (int x = 0; x < RB; x++) {
+            __m256d s = _mm256_broadcast_sd(b + x * r + k);
+            acc[x][0] = _mm256_fmadd_pd(s, v0, acc[x][0]);
+            acc[x][1] = _mm256_fmadd_pd(s, v1, acc[x][1]);
+        }
+    }
+#pragma GCC unroll 6
+    for (int x = 0; x < RB; x++) {
+        _mm256_storeu_pd(d + x * in, _mm256_mul_pd(acc[x][0], sc));
+        _mm256_storeu_pd(d + x * in + 4, _mm256_mul_pd(acc[x][1], sc));
+    }
+}
+
+/* np panels into columns [0, 16·np) of dst, rows [i0, i1): per panel
+ * (2 KB at r = 16, in L1 for every row), each half, six rows at a time. */
+static AVX2FMA void panels_avx2(const double *B, const double *P, uint64_t np, uint64_t r,
+                                uint64_t in, double scale, uint64_t i0, uint64_t i1, double *dst)
+{
+    __m256d sc = _mm256_set1_pd(scale);
+    for (uint64_t q = 0; q < np * 2; q++) {
+        const double *ph = P + q / 2 * JB * r + q % 2 * 8;
+        double *dh = dst + q * 8;
+        uint64_t i = i0;
+        for (; i + 6 <= i1; i += 6)
+            tile256(B + i * r, r, ph, in, sc, dh + (i - i0) * in, 6);
+        const double *b = B + i * r;
+        double *d = dh + (i - i0) * in;
+        switch (i1 - i) {
+        case 5: tile256(b, r, ph, in, sc, d, 5); break;
+        case 4: tile256(b, r, ph, in, sc, d, 4); break;
+        case 3: tile256(b, r, ph, in, sc, d, 3); break;
+        case 2: tile256(b, r, ph, in, sc, d, 2); break;
+        case 1: tile256(b, r, ph, in, sc, d, 1); break;
+        default: break;
+        }
+    }
+}
+
+/* The kernel for this CPU: 2 AVX-512, 1 AVX2 with FMA, 0 the generic
+ * one.  LORA_NO_AVX512 and LORA_NO_AVX2 (tests, bench) take the next
+ * one down, as in mergefast.c. */
+static int delta_kernel(void)
+{
+    if (__builtin_cpu_supports("avx512f") && !getenv("LORA_NO_AVX512"))
+        return 2;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && !getenv("LORA_NO_AVX2"))
+        return 1;
+    return 0;
 }
 #endif
 
@@ -152,24 +272,30 @@ static void delta_tail(const double *B, const double *A, uint64_t r, uint64_t in
         }
 }
 
-/* One panel of rows [i0, i1), the best kernel the CPU has. */
-static void panel(const double *B, const double *P, uint64_t r, uint64_t in, double scale,
-                  uint64_t i0, uint64_t i1, double *dst, int z)
+/* np consecutive panels of P into columns [0, 16·np) of dst for rows
+ * [i0, i1), with kernel z (delta_kernel). */
+static void panels(const double *B, const double *P, uint64_t np, uint64_t r, uint64_t in,
+                   double scale, uint64_t i0, uint64_t i1, double *dst, int z)
 {
-#ifdef LORA_DELTA512
-    if (z) {
-        panel_rows_avx512(B, P, r, in, scale, i0, i1, dst);
+#ifdef LORA_DELTA_X86
+    if (z == 2) {
+        panels_avx512(B, P, np, r, in, scale, i0, i1, dst);
+        return;
+    }
+    if (z == 1) {
+        panels_avx2(B, P, np, r, in, scale, i0, i1, dst);
         return;
     }
 #endif
     (void)z;
-    panel_rows(B, P, r, in, scale, i0, i1, dst);
+    for (uint64_t q = 0; q < np; q++)
+        panel_rows(B, P + q * JB * r, r, in, scale, i0, i1, dst + q * JB);
 }
 
-static int use_avx512(void)
+static int use_kernel(void)
 {
-#ifdef LORA_DELTA512
-    return delta_avx512();
+#ifdef LORA_DELTA_X86
+    return delta_kernel();
 #else
     return 0;
 #endif
@@ -180,40 +306,51 @@ size_t lora_delta_packed_size(uint64_t r, uint64_t in)
     return (size_t)(r * (in / JB * JB));
 }
 
+/* np panels of A (row stride lda) from its column 0: panel q at
+ * P + q·16·r, P[q·16·r + k·16 + c] = A[k, q·16 + c]. */
+static void pack_panels(const double *A, uint64_t lda, uint64_t r, uint64_t np, double *P)
+{
+    for (uint64_t q = 0; q < np; q++)
+        for (uint64_t k = 0; k < r; k++)
+            memcpy(P + (q * r + k) * JB, A + k * lda + q * JB, JB * sizeof *P);
+}
+
 void lora_delta_pack(const double *A, uint64_t r, uint64_t in, double *P)
 {
-    for (uint64_t j = 0; j + JB <= in; j += JB)
-        for (uint64_t k = 0; k < r; k++)
-            memcpy(P + j * r + k * JB, A + k * in + j, JB * sizeof *P);
+    pack_panels(A, in, r, in / JB, P);
 }
 
 void lora_delta_rows_packed(const double *B, const double *A, const double *P, uint64_t r,
                             uint64_t in, double scale, uint64_t i0, uint64_t i1, double *dst)
 {
-    int z = use_avx512();
-    uint64_t j = 0;
-    for (; j + JB <= in; j += JB)
-        panel(B, P + j * r, r, in, scale, i0, i1, dst + j, z);
-    delta_tail(B, A, r, in, scale, i0, i1, j, dst);
+    uint64_t np = in / JB;
+    panels(B, P, np, r, in, scale, i0, i1, dst, use_kernel());
+    delta_tail(B, A, r, in, scale, i0, i1, np * JB, dst);
 }
+
+/* Panels packed on the stack (NPS at a time, the AVX-512 kernel's pair)
+ * for r up to RSTACK; a larger r packs into the heap. */
+#define NPS 2
+#define RSTACK 128
 
 void lora_delta_rows(const double *B, const double *A, uint64_t r, uint64_t in, double scale,
                      uint64_t i0, uint64_t i1, double *dst)
 {
-    double stackp[256 * JB];
+    double stackp[RSTACK * NPS * JB] __attribute__((aligned(64)));
     double *P = stackp;
     uint64_t j = 0;
-    if (r > 256 && in >= JB) {
-        P = malloc(r * JB * sizeof *P);
-        if (!P) /* no memory for the panel: the plain loop gives the same bytes */
+    if (r > RSTACK && in >= JB) {
+        P = malloc(r * NPS * JB * sizeof *P);
+        if (!P) /* no memory for the panels: the plain loop gives the same bytes */
             P = NULL;
     }
     if (P) {
-        int z = use_avx512();
-        for (; j + JB <= in; j += JB) {
-            for (uint64_t k = 0; k < r; k++)
-                memcpy(P + k * JB, A + k * in + j, JB * sizeof *P);
-            panel(B, P, r, in, scale, i0, i1, dst + j, z);
+        int z = use_kernel();
+        while (j + JB <= in) {
+            uint64_t np = (in - j) / JB < NPS ? (in - j) / JB : NPS;
+            pack_panels(A + j, in, r, np, P);
+            panels(B, P, np, r, in, scale, i0, i1, dst + j, z);
+            j += np * JB;
         }
         if (P != stackp)
             free(P);
