@@ -51,6 +51,15 @@ void lora_error_clear(lora_error *err);
  * process; safe to call more than once and from any tool. */
 int lora_init(lora_error *err);
 
+/* Stop BLAS's idle worker threads.  OpenBLAS starts a pool at load
+ * time whose threads spin (sched_yield) for about 0.1 s of CPU before
+ * they sleep: on a 2-core machine that is CPU a merge's workers lose.
+ * For tools that make no BLAS call (lora-merge, lora-unmerge), before
+ * their work and while no other thread is in BLAS; OpenBLAS starts the
+ * pool again when a later call needs it.  Nothing where the BLAS has
+ * no such pool. */
+void lora_blas_idle(void);
+
 /* Library version string ("0.1.0"). */
 const char *lora_version(void);
 

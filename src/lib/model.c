@@ -28,6 +28,18 @@ void lora_set_threads(int n)
         openblas_set_num_threads(n);
 }
 
+#ifdef HAVE_BLAS_THREAD_SHUTDOWN_
+/* exported by OpenBLAS's pthreads build (its fork handler uses it) */
+int blas_thread_shutdown_(void);
+#endif
+
+void lora_blas_idle(void)
+{
+#ifdef HAVE_BLAS_THREAD_SHUTDOWN_
+    blas_thread_shutdown_();
+#endif
+}
+
 void linop_free_adapter(linop *op)
 {
     free(op->A);

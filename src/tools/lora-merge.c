@@ -371,6 +371,7 @@ int main(int argc, char **argv)
         fprintf(stderr, PROG ": %s\n", err.msg);
         return err.code;
     }
+    lora_blas_idle(); /* no BLAS here: both cores for the workers */
     lora_seckey *sk = NULL;
     lora_pubkey rpk[8];
     char *out_owned = NULL, *receipt_out = NULL;

@@ -331,6 +331,7 @@ int main(int argc, char **argv)
         fprintf(stderr, PROG ": %s\n", err.msg);
         return err.code;
     }
+    lora_blas_idle(); /* no BLAS here: both cores for the workers */
     lora_pubkey rpk[8];
     for (size_t i = 0; i < a.nrkeys; i++)
         if (lora_pubkey_load(a.rkeys[i], &rpk[i], &err)) {
