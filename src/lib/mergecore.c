@@ -1036,12 +1036,17 @@ static int unmerge_run(struct tjob *j, struct block *k, size_t x)
     /* the run around u, the fast pass's value in dst (lora_fast_runs_bf16) */
     uint16_t u = (uint16_t)ld_elem(k->dst + 2 * x, 2);
     int ab = k->flag[x] - 2, a = ab & 1, b = ab >> 1, nb = a + b;
-    uint32_t r = 0;
     bitrd *rd = &k->rd;
     if (rd->end - rd->at < (uint64_t)nb)
         goto bad;
-    for (int i = 0; i < nb; i++, rd->at++)
-        r |= (uint32_t)((rd->bits[rd->at >> 3] >> (rd->at & 7)) & 1) << i;
+    /* the nb (<= 2) bits at rd->at, without a branch on nb: the two
+     * bytes they can span (the second only inside the block's bits) */
+    uint64_t byte = rd->at >> 3;
+    uint32_t v = rd->bits[byte];
+    if (byte + 1 < (rd->end + 7) >> 3)
+        v |= (uint32_t)rd->bits[byte + 1] << 8;
+    uint32_t r = (v >> (rd->at & 7)) & ((1u << nb) - 1);
+    rd->at += (uint64_t)nb;
     if (r > (uint32_t)nb) /* ranks 0 .. |S| - 1 */
         goto bad;
     /* the member of rank r, in value order: magnitudes fall as values
