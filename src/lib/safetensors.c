@@ -1209,11 +1209,12 @@ int lora_stw_write(lora_stw *w, const char *name, uint64_t off, const void *buf,
      * page is on the disk, so dropping it changes nothing the final fsync
      * makes durable).  The output then holds a few tens of MB of page
      * cache instead of its whole size, and the pages it writes into come
-     * back from the free list where they were just used: on this VM a
-     * page cache that grows by the output's size cost 1.2-1.8 s of kernel
-     * time per GB written, against 0.3 with the drops (bench/README,
-     * "Session 5").  The price: whoever reads the merged file next reads
-     * it from the disk. */
+     * back from the free list where they were just used: on this VM
+     * (free page reporting to the host) a page cache that grows by the
+     * output's size cost 0.35-1.8 s of kernel time per GB written, the
+     * more the colder the free memory, against 0.3 with the drops
+     * (bench/README, "Session 5").  The price: whoever reads the merged
+     * file next reads it from the disk. */
     uint64_t before = atomic_fetch_add(&w->wbytes, (uint64_t)len);
     if (before / STW_DROP_EVERY != (before + len) / STW_DROP_EVERY)
         (void)posix_fadvise(w->fd, 0, 0, POSIX_FADV_DONTNEED);
