@@ -818,24 +818,14 @@ static inline void bw_end(bitw *w, lora_fixes *f)
     f->nbits = w->nbits;
 }
 
-/* Bit i set where flag[i] != 0, for the first min(64, n) flags: eight
- * bytes at a time, each byte's "not zero" gathered by a multiply (flags
- * are at most 5, three bits). */
-static inline uint64_t flag_mask64(const unsigned char *flag, size_t n)
+/* lora_flag_masks of a part's flags, into the scratch right after them
+ * (flags are the engine's tmp buffer, a block's worth of doubles: far
+ * more than a part's bytes and masks). */
+static uint64_t *flag_masks(unsigned char *flag, size_t n)
 {
-    uint64_t mk = 0;
-    if (n >= 64) {
-        for (int k = 0; k < 8; k++) {
-            uint64_t v;
-            memcpy(&v, flag + 8 * k, 8);
-            v = (v | v >> 1 | v >> 2) & UINT64_C(0x0101010101010101);
-            mk |= ((v * UINT64_C(0x0102040810204080)) >> 56) << (8 * k);
-        }
-        return mk;
-    }
-    for (size_t i = 0; i < n; i++)
-        mk |= (uint64_t)(flag[i] != 0) << i;
-    return mk;
+    uint64_t *masks = (uint64_t *)(void *)(flag + ((n + 63) & ~(size_t)63));
+    lora_flag_masks(flag, n, masks);
+    return masks;
 }
 
 /* BF16 merge: the branch-free pass (mergefast.c), then the full element
@@ -860,10 +850,12 @@ static int merge_bf16_fast(const unsigned char *src, unsigned char *dst, const d
     if (record)
         bw_start(&w, fx);
     uint64_t nrun = 0, namb = 0;
+    /* the flagged elements, 64 at a time from a mask: a branch per
+     * element found, not per 8 bytes scanned; the masks after the flags
+     * in the same scratch (a part is far smaller than the block) */
+    uint64_t *masks = flag_masks(flag, n);
     for (size_t g = 0; g < n; g += 64) {
-        /* the flagged elements of 64, from a mask: a branch per element
-         * found, not per 8 bytes scanned */
-        for (uint64_t mk = flag_mask64(flag + g, n - g); mk; mk &= mk - 1) {
+        for (uint64_t mk = masks[g / 64]; mk; mk &= mk - 1) {
             size_t x = g + (size_t)__builtin_ctzll(mk);
             if (flag[x] >= 2) {
                 unsigned ab = flag[x] - 2u, a = ab & 1, b = ab >> 1, neg = src[2 * x + 1] >> 7;
@@ -1095,8 +1087,9 @@ static int unmerge_part(struct tjob *j, struct block *k)
         lora_fast_runs_bf16(k->dst, k->src, k->sum, k->flag, n);
     /* the flagged elements and the corrections' elements, 64 at a time
      * from a mask, in element order (the rank bits are read in it) */
+    uint64_t *masks = flag_masks(k->flag, n);
     for (size_t g = 0; g < n; g += 64) {
-        uint64_t mk = flag_mask64(k->flag + g, n - g);
+        uint64_t mk = masks[g / 64];
         size_t ge = g + 64 < n ? g + 64 : n;
         for (size_t f = k->fi; f < fe && fx->index[f] - k->first < ge; f++)
             mk |= UINT64_C(1) << (fx->index[f] - k->first - g);

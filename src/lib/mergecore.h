@@ -126,6 +126,9 @@ int lora_fast_run_bf16(uint16_t c, uint16_t m, double d);
  * from cb and mb (merge: src, dst; unmerge: dst, src). */
 void lora_fast_runs_bf16(const unsigned char *cb, const unsigned char *mb, const double *sum,
                          unsigned char *flag, size_t n);
+/* out[w] bit i set where flag[64 w + i] != 0, for the ceil(n / 64)
+ * words of n flags (bits past n clear). */
+void lora_flag_masks(const unsigned char *flag, size_t n, uint64_t *out);
 uint64_t lora_fast_unmerge_bf16(const unsigned char *src, unsigned char *dst, const double *sum,
                                 unsigned char *flag, size_t n);
 

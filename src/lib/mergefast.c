@@ -469,6 +469,15 @@ static AVX512 void fast_runs_avx512(const unsigned char *cb, const unsigned char
         z_runs8(cb, mb, sum, flag, idx, k);
 }
 
+/* lora_flag_masks' 64 flags at a time: one byte test each */
+static AVX512 void flag_masks_avx512(const unsigned char *flag, size_t nfull, uint64_t *out)
+{
+    for (size_t w = 0; w < nfull; w++) {
+        __m512i v = _mm512_loadu_si512((const void *)(flag + 64 * w));
+        out[w] = _mm512_test_epi8_mask(v, v);
+    }
+}
+
 /* The kernel to use: 2 AVX-512, 1 AVX2, 0 the portable one.
  * LORA_NO_AVX2 forces the portable kernel and LORA_NO_AVX512 the AVX2
  * one (the tests run all three and compare). */
@@ -495,6 +504,35 @@ uint64_t lora_fast_merge_bf16(const unsigned char *src, unsigned char *dst, cons
         return fast_merge_avx2(src, dst, sum, flag, n, record);
 #endif
     return fast_merge_vec(src, dst, sum, flag, n, record);
+}
+
+/* Eight bytes at a time without AVX-512: each byte's "not zero" (flags
+ * are at most 5, three bits) gathered into one byte by a multiply. */
+void lora_flag_masks(const unsigned char *flag, size_t n, uint64_t *out)
+{
+    size_t nfull = n / 64, w = 0;
+#ifdef LORA_AVX2
+    if (fast_level() == 2) {
+        flag_masks_avx512(flag, nfull, out);
+        w = nfull;
+    }
+#endif
+    for (; w < nfull; w++) {
+        uint64_t mk = 0;
+        for (int k = 0; k < 8; k++) {
+            uint64_t v;
+            memcpy(&v, flag + 64 * w + 8 * k, 8);
+            v = (v | v >> 1 | v >> 2) & UINT64_C(0x0101010101010101);
+            mk |= ((v * UINT64_C(0x0102040810204080)) >> 56) << (8 * k);
+        }
+        out[w] = mk;
+    }
+    if (n % 64) {
+        uint64_t mk = 0;
+        for (size_t i = 0; i < n % 64; i++)
+            mk |= (uint64_t)(flag[64 * nfull + i] != 0) << i;
+        out[nfull] = mk;
+    }
 }
 
 uint64_t lora_fast_unmerge_bf16(const unsigned char *src, unsigned char *dst, const double *sum,
