@@ -734,6 +734,39 @@ START_TEST(test_merged_digest)
 }
 END_TEST
 
+/* lora_flag_masks against a plain loop, every byte value, lengths that
+ * end inside a word, with AVX-512 and without (the multiply trick once
+ * assumed flags below 8; the run codes go to 69). */
+START_TEST(test_flag_masks)
+{
+    static unsigned char flag[1000];
+    uint64_t out[16], st = 99;
+    for (size_t i = 0; i < sizeof flag; i++) {
+        st = st * 6364136223846793005ULL + 1442695040888963407ULL;
+        flag[i] = (st >> 60) < 9 ? 0 : (unsigned char)(st >> 33); /* about half zeros */
+    }
+    for (int i = 0; i < 256; i++)
+        flag[3 * i % 1000] = (unsigned char)i;
+    static const size_t lens[] = {1000, 999, 960, 64, 63, 1};
+    for (int kernel = 0; kernel < 2; kernel++) {
+        if (kernel)
+            setenv("LORA_NO_AVX512", "1", 1);
+        for (size_t l = 0; l < sizeof lens / sizeof *lens; l++) {
+            size_t n = lens[l];
+            memset(out, 0xa5, sizeof out);
+            lora_flag_masks(flag, n, out);
+            for (size_t w = 0; w < (n + 63) / 64; w++) {
+                uint64_t want = 0;
+                for (size_t i = 64 * w; i < n && i < 64 * w + 64; i++)
+                    want |= (uint64_t)(flag[i] != 0) << (i - 64 * w);
+                ck_assert_msg(out[w] == want, "n %zu word %zu kernel %d", n, w, kernel);
+            }
+        }
+    }
+    unsetenv("LORA_NO_AVX512");
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("merge");
@@ -750,6 +783,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_delta_nonfinite);
     tcase_add_loop_test(tc, test_coded, FP_F32, FP_BF16 + 1);
     tcase_add_loop_test(tc, test_merged_digest, FP_F32, FP_BF16 + 1);
+    tcase_add_test(tc, test_flag_masks);
     suite_add_tcase(s, tc);
     return s;
 }

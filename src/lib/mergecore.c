@@ -858,10 +858,12 @@ static int merge_bf16_fast(const unsigned char *src, unsigned char *dst, const d
         for (uint64_t mk = masks[g / 64]; mk; mk &= mk - 1) {
             size_t x = g + (size_t)__builtin_ctzll(mk);
             if (flag[x] >= 2) {
-                unsigned ab = flag[x] - 2u, a = ab & 1, b = ab >> 1, neg = src[2 * x + 1] >> 7;
-                bw_put(&w, fx->bits, neg ? b : a, a + b);
+                unsigned a, b, neg = src[2 * x + 1] >> 7;
+                lora_run_decode(flag[x], &a, &b);
+                /* a + b <= 2 * (LORA_RUN_WIDE - 1): 4 bits at most */
+                bw_put(&w, fx->bits, neg ? b : a, a + b ? (unsigned)lora_nbits_for(a + b) : 0);
                 nrun++;
-                namb += (a | b);
+                namb += (a | b) != 0;
                 continue;
             }
             if (record)
@@ -1027,11 +1029,13 @@ static int unmerge_run(struct tjob *j, struct block *k, size_t x)
         return 0;
     /* the run around u, the fast pass's value in dst (lora_fast_runs_bf16) */
     uint16_t u = (uint16_t)ld_elem(k->dst + 2 * x, 2);
-    int ab = k->flag[x] - 2, a = ab & 1, b = ab >> 1, nb = a + b;
+    unsigned a, b;
+    lora_run_decode(k->flag[x], &a, &b);
+    int nb = a + b ? lora_nbits_for(a + b) : 0;
     bitrd *rd = &k->rd;
     if (rd->end - rd->at < (uint64_t)nb)
         goto bad;
-    /* the nb (<= 2) bits at rd->at, without a branch on nb: the two
+    /* the nb (<= 4) bits at rd->at, without a branch on nb: the two
      * bytes they can span (the second only inside the block's bits) */
     uint64_t byte = rd->at >> 3;
     uint32_t v = rd->bits[byte];
@@ -1039,7 +1043,7 @@ static int unmerge_run(struct tjob *j, struct block *k, size_t x)
         v |= (uint32_t)rd->bits[byte + 1] << 8;
     uint32_t r = (v >> (rd->at & 7)) & ((1u << nb) - 1);
     rd->at += (uint64_t)nb;
-    if (r > (uint32_t)nb) /* ranks 0 .. |S| - 1 */
+    if (r > a + b) /* ranks 0 .. |S| - 1 */
         goto bad;
     /* the member of rank r, in value order: magnitudes fall as values
      * rise for a negative sign */

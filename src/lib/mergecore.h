@@ -121,6 +121,20 @@ uint64_t lora_fast_merge_bf16(const unsigned char *src, unsigned char *dst, cons
  * where it needs no search: a | b << 1 (the neighbour of smaller / larger
  * magnitude is in it too), or -1. */
 int lora_fast_run_bf16(uint16_t c, uint16_t m, double d);
+/* Flag codes of runs found without a search: 2 + (a | b << 1) (runs of
+ * at most 3 members, lora_fast_run_bf16) and LORA_RUN_CODE(below,
+ * above) for runs of up to 2 * LORA_RUN_WIDE - 1 members: the members of
+ * smaller and of larger magnitude than the value the run was found
+ * around.  W0's rank is below for a positive sign, above for a negative
+ * one (ranks go in value order), in lora_nbits_for(below + above) bits. */
+#define LORA_RUN_WIDE 8
+#define LORA_RUN_CODE(below, above) (6 + (below) * LORA_RUN_WIDE + (above))
+static inline void lora_run_decode(unsigned code, unsigned *below, unsigned *above)
+{
+    unsigned c = code - 6, ab = code - 2;
+    *below = code < 6 ? ab & 1 : c / LORA_RUN_WIDE;
+    *above = code < 6 ? ab >> 1 : c % LORA_RUN_WIDE;
+}
 /* The same for every flagged element of n (flag[x] != 0), as codes in
  * flag: 1 the full logic, 2 + (a | b << 1) the run found; c and m read
  * from cb and mb (merge: src, dst; unmerge: dst, src). */
