@@ -734,6 +734,46 @@ START_TEST(test_merged_digest)
 }
 END_TEST
 
+/* Every element in a run of 8 or more members: W0 of magnitude in
+ * [2^-10, 2^-9), d = 3 * 2^-8 (three binades up), so each element
+ * carries 3 or 4 rank bits, more than a merge once reserved per element
+ * (2): the bits must all be there and give W0 back, with and without
+ * AVX-512 (a short reserve writes past the buffer: ASan's distcheck). */
+START_TEST(test_dense_runs)
+{
+    uint64_t rows = 64, cols = 4096, n = rows * cols, st = 5;
+    tmod t;
+    tmod_make(&t, rows, cols, 1, 1.0, 1.0, 0, &st);
+    for (uint64_t i = 0; i < cols; i++)
+        t.a[i] = 1.0f;
+    for (uint64_t i = 0; i < rows; i++)
+        t.b[i] = 3.0f / 256.0f;
+    lora_term one[1] = {{&t.m, 1.0}};
+    uint16_t *w0 = malloc(n * 2), *m = malloc(n * 2), *u = malloc(n * 2);
+    for (uint64_t i = 0; i < n; i++) /* 2^-10 (1 + k/128): exponent 117 */
+        w0[i] = (uint16_t)((117u << 7) | (tu_rand(&st) >> 57));
+    for (int kernel = 0; kernel < 2; kernel++) {
+        if (kernel)
+            setenv("LORA_NO_AVX512", "1", 1);
+        lora_fixes fx = {.coded = 1};
+        lora_error err;
+        ck_assert_int_eq(lora_tensor_merge(LORA_DT_BF16, LORA_DT_BF16, rows, cols, w0, m, one, 1,
+                                           LORA_ROUND_NEAREST, 2, &fx, NULL, &err), LORA_OK);
+        ck_assert_uint_eq(fx.nambig, n);
+        ck_assert_uint_ge(fx.nbits, 3 * n); /* 3 or 4 bits each (runs of 8 to 12) */
+        ck_assert_int_eq(lora_tensor_unmerge(LORA_DT_BF16, LORA_DT_BF16, rows, cols, m, u, one, 1,
+                                             &fx, NULL, 2, NULL, &err), LORA_OK);
+        ck_assert(memcmp(u, w0, n * 2) == 0);
+        lora_fixes_free(&fx);
+    }
+    unsetenv("LORA_NO_AVX512");
+    tmod_free(&t);
+    free(w0);
+    free(m);
+    free(u);
+}
+END_TEST
+
 /* lora_flag_masks against a plain loop, every byte value, lengths that
  * end inside a word, with AVX-512 and without (the multiply trick once
  * assumed flags below 8; the run codes go to 69). */
@@ -784,6 +824,7 @@ static Suite *suite(void)
     tcase_add_loop_test(tc, test_coded, FP_F32, FP_BF16 + 1);
     tcase_add_loop_test(tc, test_merged_digest, FP_F32, FP_BF16 + 1);
     tcase_add_test(tc, test_flag_masks);
+    tcase_add_test(tc, test_dense_runs);
     suite_add_tcase(s, tc);
     return s;
 }

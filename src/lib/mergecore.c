@@ -830,21 +830,21 @@ static uint64_t *flag_masks(unsigned char *flag, size_t n)
 
 /* BF16 merge: the branch-free pass (mergefast.c), then the full element
  * logic (merge_span) on the elements it flagged.  The runs the fast
- * passes found (flag codes 2..5, nearly all flagged elements) append
- * their rank bits through a bitw, without a branch on the code: the
- * rank is the run's members below W0 (for a negative W0, those of
- * larger magnitude). */
+ * passes found (flag codes 2 and up, nearly all flagged elements)
+ * append their rank bits through a bitw: the rank is the run's members
+ * below W0 (for a negative W0, those of larger magnitude). */
 static int merge_bf16_fast(const unsigned char *src, unsigned char *dst, const double *sum,
                            unsigned char *flag, size_t n, uint64_t first, int record,
                            lora_fixes *fx, lora_merge_stats *st, size_t *bad, nonfin *nf)
 {
     st->changed += lora_fast_merge_bf16(src, dst, sum, flag, n, record);
     /* most flagged elements: their run found without a search
-     * (mergefast.c), as flag codes 2..5; what coded_fix would store */
+     * (mergefast.c), as flag codes 2 and up; what coded_fix would store */
     if (record)
         lora_fast_runs_bf16(src, dst, sum, flag, n);
-    /* at most 2 bits per element from the codes */
-    if (record && bits_reserve(fx, 2 * (uint64_t)n + 64))
+    /* at most 4 bits per element from the codes (runs of up to 15
+     * members, lora_run_decode) */
+    if (record && bits_reserve(fx, 4 * (uint64_t)n + 64))
         return -2;
     bitw w = {0};
     if (record)
@@ -875,7 +875,7 @@ static int merge_bf16_fast(const unsigned char *src, unsigned char *dst, const d
                 return r;
             }
             if (record) {
-                if (bits_reserve(fx, 2 * (uint64_t)(n - x) + 64))
+                if (bits_reserve(fx, 4 * (uint64_t)(n - x) + 64))
                     return -2;
                 bw_start(&w, fx);
             }

@@ -135,9 +135,10 @@ static inline void lora_run_decode(unsigned code, unsigned *below, unsigned *abo
     *below = code < 6 ? ab & 1 : c / LORA_RUN_WIDE;
     *above = code < 6 ? ab >> 1 : c % LORA_RUN_WIDE;
 }
-/* The same for every flagged element of n (flag[x] != 0), as codes in
- * flag: 1 the full logic, 2 + (a | b << 1) the run found; c and m read
- * from cb and mb (merge: src, dst; unmerge: dst, src). */
+/* lora_fast_run_bf16 for every flagged element of n (flag[x] != 0), as
+ * codes in flag: 1 the full logic, 2 + (a | b << 1) or LORA_RUN_CODE the
+ * run found; c and m read from cb and mb (merge: src, dst; unmerge: dst,
+ * src). */
 void lora_fast_runs_bf16(const unsigned char *cb, const unsigned char *mb, const double *sum,
                          unsigned char *flag, size_t n);
 /* out[w] bit i set where flag[64 w + i] != 0, for the ceil(n / 64)
