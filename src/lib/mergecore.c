@@ -1036,10 +1036,11 @@ static int unmerge_run(struct tjob *j, struct block *k, size_t x)
     if (rd->end - rd->at < (uint64_t)nb)
         goto bad;
     /* the nb (<= 4) bits at rd->at, without a branch on nb: the two
-     * bytes they can span (the second only inside the block's bits) */
-    uint64_t byte = rd->at >> 3;
-    uint32_t v = rd->bits[byte];
-    if (byte + 1 < (rd->end + 7) >> 3)
+     * bytes they can span, each only inside the block's bits (with nb =
+     * 0, at may be the end of the buffer) */
+    uint64_t byte = rd->at >> 3, lim = (rd->end + 7) >> 3;
+    uint32_t v = byte < lim ? rd->bits[byte] : 0;
+    if (byte + 1 < lim)
         v |= (uint32_t)rd->bits[byte + 1] << 8;
     uint32_t r = (v >> (rd->at & 7)) & ((1u << nb) - 1);
     rd->at += (uint64_t)nb;
