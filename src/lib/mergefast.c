@@ -55,6 +55,17 @@ static inline __attribute__((always_inline)) int bf16_single(uint16_t x, uint16_
            (fabs(s - bf16_d(m)) < lim);
 }
 
+/* The conditions of wide_run_scalar that do not need the neighbours'
+ * sums: c and its 16 neighbours normal (one sign), d finite and not 0,
+ * c merging to m. */
+static inline int wide_run_may(uint16_t c, uint16_t m, double d)
+{
+    uint32_t mag = c & 0x7fffu;
+    int bad;
+    return mag >= 0x0080u + LORA_RUN_WIDE && mag <= 0x7f7fu - LORA_RUN_WIDE && d != 0 &&
+           isfinite(d) && bf16_round_normal(bf16_d(c) + d, &bad) == m && !bad;
+}
+
 /* Four lanes at a time with GCC's vector types (the loops in scalar
  * form do not vectorise: mixed widths).  Element bits and masks in
  * 32-bit lanes, the double arithmetic and rounding in 64-bit lanes. */
@@ -403,12 +414,8 @@ static AVX512 uint64_t fast_unmerge_avx512(const unsigned char *src, unsigned ch
  * conditions and result. */
 static AVX512 int z_wide_run(uint16_t c, uint16_t m, double d)
 {
-    uint32_t mag = c & 0x7fffu;
     __m512i tmp;
-    if (mag < 0x0080u + LORA_RUN_WIDE || mag > 0x7f7fu - LORA_RUN_WIDE || d == 0 || !isfinite(d))
-        return 1;
-    int b0;
-    if (bf16_round_normal(bf16_d(c) + d, &b0) != m || b0)
+    if (!wide_run_may(c, m, d))
         return 1;
     const __m512i steps = _mm512_setr_epi64(1, 2, 3, 4, 5, 6, 7, 8);
     __m512i cv = _mm512_set1_epi64(c), mv = _mm512_set1_epi64(m);
@@ -595,9 +602,7 @@ uint64_t lora_fast_unmerge_bf16(const unsigned char *src, unsigned char *dst, co
 static int wide_run_scalar(uint16_t c, uint16_t m, double d)
 {
     uint32_t mag = c & 0x7fffu, sg = c & 0x8000u;
-    int bad;
-    if (mag < 0x0080u + LORA_RUN_WIDE || mag > 0x7f7fu - LORA_RUN_WIDE || d == 0 ||
-        !isfinite(d) || bf16_round_normal(bf16_d(c) + d, &bad) != m || bad)
+    if (!wide_run_may(c, m, d))
         return 1;
     unsigned below = 0, above = 0, inb = 1, ina = 1;
     for (uint32_t j = 1; j <= LORA_RUN_WIDE; j++) {

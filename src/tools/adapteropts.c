@@ -10,6 +10,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 int adapter_opt(adapter_opts *ao, int c, const char *arg, const char *prog)
 {
@@ -149,4 +150,22 @@ int tool_opt(tool_opts *t, int c, const char *arg, char **argv)
     if (r < 0)
         return LORA_EUSAGE;
     return bad_option(t, c, argv);
+}
+
+int tool_cpus(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+int tool_init_no_blas(const char *prog)
+{
+    lora_error err;
+    lora_error_clear(&err);
+    if (lora_init(&err)) {
+        fprintf(stderr, "%s: %s\n", prog, err.msg);
+        return err.code;
+    }
+    lora_blas_idle(); /* no BLAS in these tools: both cores for the workers */
+    return 0;
 }

@@ -81,4 +81,12 @@ typedef struct tool_opts {
  * status main returns (0 after --help or --version, 2 usage error). */
 int tool_opt(tool_opts *t, int c, const char *arg, char **argv);
 
+/* CPUs online (at least 1): the default of -j for the merge tools. */
+int tool_cpus(void);
+
+/* lora_init, its failure printed as "PROG: MSG", then lora_blas_idle:
+ * for lora-merge and lora-unmerge, which make no BLAS call.  0, or the
+ * status main returns. */
+int tool_init_no_blas(const char *prog);
+
 #endif

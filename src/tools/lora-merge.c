@@ -357,21 +357,17 @@ int main(int argc, char **argv)
     merge_args a;
     memset(&a, 0, sizeof a);
     a.t = (tool_opts){.prog = PROG, .usage = usage, .threads_max = 64};
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    a.t.threads = ncpu > 0 ? (int)ncpu : 1;
+    a.t.threads = tool_cpus();
     a.o.dtype = LORA_DT_INVALID;
     a.o.rounding = LORA_ROUND_NEAREST;
     a.o.warn = stderr;
     int rc = parse_args(&a, argc, argv);
     if (rc != TOOL_OPT_NEXT)
         return rc;
+    if ((rc = tool_init_no_blas(PROG)))
+        return rc;
     lora_error err;
     lora_error_clear(&err);
-    if (lora_init(&err)) {
-        fprintf(stderr, PROG ": %s\n", err.msg);
-        return err.code;
-    }
-    lora_blas_idle(); /* no BLAS here: both cores for the workers */
     lora_seckey *sk = NULL;
     lora_pubkey rpk[8];
     char *out_owned = NULL, *receipt_out = NULL;
