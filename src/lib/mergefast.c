@@ -382,6 +382,49 @@ static AVX512 uint64_t fast_merge_avx512(const unsigned char *src, unsigned char
     return changed + fast_merge_vec(src + 2 * x, dst + 2 * x, sum + x, flag + x, n - x, record);
 }
 
+/* The unmerge's proof in one rounding: u = round(t), t = m - d in
+ * double, without the second rounding (of s = u + d) that
+ * fast_unmerge_vec checks.  u's mantissa is not 0 (a rounding of t
+ * that carried into the next binade leaves it 0), m is normal.  rem, the bits of |t| the rounding drops, in units U of 2^-45 of
+ * u's ulp (one double ulp of u's binade), puts u within
+ * 2^44 - |rem - 2^44| units of t; t is within U / 2 of m - d and s
+ * within U / 2 of u + d, so |s - m| is below that plus one unit.  With q
+ * m's ulp, single_fast(u, m, s) (mergecore.c) needs |s - m| < q / 2
+ * (1 - 2^-19), and s must round to m (m's sign does not enter: d
+ * may carry the value across 0):
+ *   u, m one binade (U = 2^-45 q), m's mantissa not 0: s stays in m's
+ *     binade; |rem - 2^44| > 2^25 + 2 suffices;
+ *   the same, m = 2^k and u of m's sign: above m as before (rem >
+ *     2^44 + 2^25 + 2), below it the spacing is q / 2, so |s - m| <
+ *     q / 4: rem < 2^43 - 2 (|s| < |m| where |u| < |t|: one sign);
+ *   u j >= 1 binades above m (U = 2^(j-45) q), m's mantissa and
+ *     exponent not 0: |rem - 2^44| > 2^44 - 2^(44-j) + 2^25 + 2, the
+ *     first form's test at j = 0 (and never true for j < 0, where the
+ *     shift is past 63 bits).
+ * Any other lane is flagged for the full logic, so the results are the
+ * two-rounding pass's; a lane that pass proves and this one flags costs
+ * time, never a different value (tests/check_merge: test_unmerge_pass
+ * checks every unflagged lane against a plain loop). */
+static inline AVX512 __mmask8 z_unmerge_single(__m512i u, __m512i m, __m512i a)
+{
+    const __m512i c7f = _mm512_set1_epi64(0x7f), cff = _mm512_set1_epi64(0xff);
+    const __m512i h44 = _mm512_set1_epi64(INT64_C(1) << 44);
+    __m512i rem = _mm512_and_si512(a, _mm512_set1_epi64((INT64_C(1) << 45) - 1));
+    __m512i t = _mm512_abs_epi64(_mm512_sub_epi64(rem, h44));
+    __m512i j = _mm512_sub_epi64(_mm512_and_si512(_mm512_srli_epi64(u, 7), cff),
+                                 _mm512_and_si512(_mm512_srli_epi64(m, 7), cff));
+    __m512i thr = _mm512_add_epi64(_mm512_sub_epi64(h44, _mm512_srlv_epi64(h44, j)),
+                                   _mm512_set1_epi64((INT64_C(1) << 25) + 2));
+    __mmask8 base = _mm512_test_epi64_mask(u, c7f) & _mm512_test_epi64_mask(m, _mm512_set1_epi64(0x7f80));
+    __mmask8 mnz = _mm512_test_epi64_mask(m, c7f);
+    __mmask8 pow2 = _mm512_cmpeq_epu64_mask(j, _mm512_setzero_si512()) &
+                    _mm512_testn_epi64_mask(_mm512_xor_si512(u, m), _mm512_set1_epi64(0x8000)) &
+                    (_mm512_cmpgt_epu64_mask(rem, _mm512_set1_epi64((INT64_C(1) << 44) +
+                                                                     (INT64_C(1) << 25) + 2)) |
+                     _mm512_cmplt_epu64_mask(rem, _mm512_set1_epi64((INT64_C(1) << 43) - 2)));
+    return base & ((mnz & _mm512_cmpgt_epu64_mask(t, thr)) | ((__mmask8)~mnz & pow2));
+}
+
 static AVX512 uint64_t fast_unmerge_avx512(const unsigned char *src, unsigned char *dst,
                                            const double *sum, unsigned char *flag, size_t n)
 {
@@ -391,18 +434,12 @@ static AVX512 uint64_t fast_unmerge_avx512(const unsigned char *src, unsigned ch
         __m512i m64;
         __m512d mv = z_bf16_d(_mm_loadu_si128((const __m128i *)(src + 2 * x)), &m64);
         __m512d d = _mm512_loadu_pd(sum + x);
-        __mmask8 bad1, bad2;
-        __m512i u = z_round(_mm512_sub_pd(mv, d), &bad1);
-        __m128i u16 = _mm512_cvtepi64_epi16(u);
-        __m512i ub;
-        __m512d s = _mm512_add_pd(z_bf16_d(u16, &ub), d);
-        __m512i a2, r2;
-        __m512i m2 = z_round_ar(s, &bad2, &a2, &r2);
-        /* where m2 = m (else flagged), z_single_bits is z_single(u, m) */
-        __mmask8 one = z_single_bits(u, a2, r2);
-        unsigned fb = (unsigned)(bad1 | bad2 | _mm512_cmpneq_epi64_mask(m2, m64) |
-                                 (__mmask8)~one) & 0xffu;
-        _mm_storeu_si128((__m128i *)(dst + 2 * x), u16);
+        __mmask8 bad;
+        __m512i a, r;
+        __m512i u = z_round_ar(_mm512_sub_pd(mv, d), &bad, &a, &r);
+        __mmask8 one = z_unmerge_single(u, m64, a);
+        unsigned fb = (unsigned)(bad | (__mmask8)~one) & 0xffu;
+        _mm_storeu_si128((__m128i *)(dst + 2 * x), _mm512_cvtepi64_epi16(u));
         z_flags(flag + x, fb);
         unsigned nz = _mm512_cmp_pd_mask(d, _mm512_setzero_pd(), _CMP_NEQ_UQ);
         changed += (uint64_t)__builtin_popcount(nz & ~fb & 0xffu);
