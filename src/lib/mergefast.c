@@ -333,6 +333,47 @@ static inline AVX512 void z_flags(unsigned char *flag, unsigned bits)
     memcpy(flag, &v, 8);
 }
 
+/* Float-lane steps of the two passes below.  16 BF16 values at p (as
+ * 32-bit lanes into *v) plus, or minus (sub, a constant once inlined),
+ * their 16 deltas rounded to float: the float bits of the sum; the
+ * deltas in *d0, *d1. */
+static inline AVX512 __m512i z16_sum(const unsigned char *p, const double *sum, int sub,
+                                     __m512i *v, __m512d *d0, __m512d *d1)
+{
+    *v = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
+    *d0 = _mm512_loadu_pd(sum);
+    *d1 = _mm512_loadu_pd(sum + 8);
+    __m512 df = _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(*d0)),
+                                   _mm512_cvtpd_ps(*d1), 1);
+    __m512 vf = _mm512_castsi512_ps(_mm512_slli_epi32(*v, 16));
+    return _mm512_castps_si512(sub ? _mm512_sub_ps(vf, df) : _mm512_add_ps(vf, df));
+}
+
+/* Float bits sb rounded to BF16 (nearest even), in 32-bit lanes: |sb|
+ * in *a, its rounding sum in *r, lanes not normal BF16 in *bad */
+static inline AVX512 __m512i z16_round(__m512i sb, __m512i *a, __m512i *r, __mmask16 *bad)
+{
+    *a = _mm512_and_si512(sb, _mm512_set1_epi32(0x7fffffff));
+    *r = _mm512_add_epi32(_mm512_add_epi32(*a, _mm512_set1_epi32(0x7fff)),
+                          _mm512_and_si512(_mm512_srli_epi32(*a, 16), _mm512_set1_epi32(1)));
+    *bad = _mm512_cmplt_epu32_mask(*a, _mm512_set1_epi32(0x00800000)) |
+           _mm512_cmpge_epu32_mask(*r, _mm512_set1_epi32(0x7f800000));
+    return _mm512_or_si512(_mm512_srli_epi32(*r, 16),
+                           _mm512_and_si512(_mm512_srli_epi32(sb, 16), _mm512_set1_epi32(0x8000)));
+}
+
+/* The step's 16 results and flags stored; its changed elements (not
+ * flagged, d != 0) */
+static inline AVX512 unsigned z16_store(unsigned char *dst, unsigned char *flag, __m512i v,
+                                        __mmask16 fb, __m512d d0, __m512d d1)
+{
+    _mm256_storeu_si256((__m256i *)dst, _mm512_cvtepi32_epi16(v));
+    _mm_storeu_si128((__m128i *)flag, _mm_maskz_set1_epi8(fb, 1));
+    unsigned nz = (unsigned)_mm512_cmp_pd_mask(d0, _mm512_setzero_pd(), _CMP_NEQ_UQ) |
+                  (unsigned)_mm512_cmp_pd_mask(d1, _mm512_setzero_pd(), _CMP_NEQ_UQ) << 8;
+    return (unsigned)__builtin_popcount(nz & ~(unsigned)fb & 0xffffu);
+}
+
 /* The merge in float lanes, 16 elements a step (twice the double
  * form's width, and under half its instructions per element).  The
  * contract is m = round_bf16(fl64(W0 + d)); here sf = fl32(W0 + fl32(d))
@@ -367,20 +408,12 @@ static AVX512 uint64_t fast_merge_avx512(const unsigned char *src, unsigned char
     uint64_t changed = 0;
     size_t x = 0;
     __mmask16 rec = record ? 0xffff : 0;
-    const __m512i c7fff = _mm512_set1_epi32(0x7fff), cff = _mm512_set1_epi32(0xff);
+    const __m512i cff = _mm512_set1_epi32(0xff);
     for (; x + 16 <= n; x += 16) {
-        __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(src + 2 * x)));
-        __m512d d0 = _mm512_loadu_pd(sum + x), d1 = _mm512_loadu_pd(sum + x + 8);
-        __m512 df = _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(d0)),
-                                       _mm512_cvtpd_ps(d1), 1);
-        __m512i sb = _mm512_castps_si512(_mm512_add_ps(_mm512_castsi512_ps(_mm512_slli_epi32(w, 16)), df));
-        __m512i a = _mm512_and_si512(sb, _mm512_set1_epi32(0x7fffffff));
-        __m512i r = _mm512_add_epi32(_mm512_add_epi32(a, c7fff),
-                                     _mm512_and_si512(_mm512_srli_epi32(a, 16), _mm512_set1_epi32(1)));
-        __mmask16 bad = _mm512_cmplt_epu32_mask(a, _mm512_set1_epi32(0x00800000)) |
-                        _mm512_cmpge_epu32_mask(r, _mm512_set1_epi32(0x7f800000));
-        __m512i m = _mm512_or_si512(_mm512_srli_epi32(r, 16),
-                                    _mm512_and_si512(_mm512_srli_epi32(sb, 16), _mm512_set1_epi32(0x8000)));
+        __m512i w, a, r;
+        __m512d d0, d1;
+        __mmask16 bad;
+        __m512i m = z16_round(z16_sum(src + 2 * x, sum + x, 0, &w, &d0, &d1), &a, &r, &bad);
         __m512i ew = _mm512_and_si512(_mm512_srli_epi32(w, 7), cff);
         __m512i j = _mm512_min_epi32(_mm512_max_epi32(_mm512_sub_epi32(ew, _mm512_srli_epi32(a, 23)),
                                                       _mm512_setzero_si512()),
@@ -392,12 +425,7 @@ static AVX512 uint64_t fast_merge_avx512(const unsigned char *src, unsigned char
         __mmask16 one = far & _mm512_test_epi32_mask(w, _mm512_set1_epi32(0x7f)) &
                         _mm512_cmpge_epu32_mask(ew, _mm512_srli_epi32(r, 23));
         __mmask16 fb = bad | (__mmask16)~far | (rec & (__mmask16)~one);
-        _mm256_storeu_si256((__m256i *)(dst + 2 * x), _mm512_cvtepi32_epi16(m));
-        __m128i fl = _mm_maskz_set1_epi8(fb, 1);
-        _mm_storeu_si128((__m128i *)(flag + x), fl);
-        unsigned nz = (unsigned)_mm512_cmp_pd_mask(d0, _mm512_setzero_pd(), _CMP_NEQ_UQ) |
-                      (unsigned)_mm512_cmp_pd_mask(d1, _mm512_setzero_pd(), _CMP_NEQ_UQ) << 8;
-        changed += (uint64_t)__builtin_popcount(nz & ~(unsigned)fb & 0xffffu);
+        changed += z16_store(dst + 2 * x, flag + x, m, fb, d0, d1);
     }
     return changed + fast_merge_vec(src + 2 * x, dst + 2 * x, sum + x, flag + x, n - x, record);
 }
@@ -434,18 +462,10 @@ static AVX512 uint64_t fast_unmerge_avx512(const unsigned char *src, unsigned ch
     const __m512i c7f = _mm512_set1_epi32(0x7f), cff = _mm512_set1_epi32(0xff);
     const __m512i h15 = _mm512_set1_epi32(0x8000);
     for (; x + 16 <= n; x += 16) {
-        __m512i m = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(src + 2 * x)));
-        __m512d d0 = _mm512_loadu_pd(sum + x), d1 = _mm512_loadu_pd(sum + x + 8);
-        __m512 df = _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(d0)),
-                                       _mm512_cvtpd_ps(d1), 1);
-        __m512i tb = _mm512_castps_si512(_mm512_sub_ps(_mm512_castsi512_ps(_mm512_slli_epi32(m, 16)), df));
-        __m512i a = _mm512_and_si512(tb, _mm512_set1_epi32(0x7fffffff));
-        __m512i r = _mm512_add_epi32(_mm512_add_epi32(a, _mm512_set1_epi32(0x7fff)),
-                                     _mm512_and_si512(_mm512_srli_epi32(a, 16), _mm512_set1_epi32(1)));
-        __mmask16 bad = _mm512_cmplt_epu32_mask(a, _mm512_set1_epi32(0x00800000)) |
-                        _mm512_cmpge_epu32_mask(r, _mm512_set1_epi32(0x7f800000));
-        __m512i u = _mm512_or_si512(_mm512_srli_epi32(r, 16),
-                                    _mm512_and_si512(_mm512_srli_epi32(tb, 16), h15));
+        __m512i m, a, r;
+        __m512d d0, d1;
+        __mmask16 bad;
+        __m512i u = z16_round(z16_sum(src + 2 * x, sum + x, 1, &m, &d0, &d1), &a, &r, &bad);
         __m512i rem = _mm512_and_si512(a, _mm512_set1_epi32(0xffff));
         __m512i t = _mm512_abs_epi32(_mm512_sub_epi32(rem, h15));
         __m512i j = _mm512_sub_epi32(_mm512_and_si512(_mm512_srli_epi32(u, 7), cff),
@@ -460,12 +480,7 @@ static AVX512 uint64_t fast_unmerge_avx512(const unsigned char *src, unsigned ch
                          (_mm512_cmpgt_epu32_mask(rem, _mm512_set1_epi32(0x8000 + 16)) |
                           _mm512_cmplt_epu32_mask(rem, _mm512_set1_epi32(0x4000 - 16)));
         __mmask16 one = base & ((mnz & _mm512_cmpgt_epu32_mask(t, thr)) | ((__mmask16)~mnz & pow2));
-        __mmask16 fb = bad | (__mmask16)~one;
-        _mm256_storeu_si256((__m256i *)(dst + 2 * x), _mm512_cvtepi32_epi16(u));
-        _mm_storeu_si128((__m128i *)(flag + x), _mm_maskz_set1_epi8(fb, 1));
-        unsigned nz = (unsigned)_mm512_cmp_pd_mask(d0, _mm512_setzero_pd(), _CMP_NEQ_UQ) |
-                      (unsigned)_mm512_cmp_pd_mask(d1, _mm512_setzero_pd(), _CMP_NEQ_UQ) << 8;
-        changed += (uint64_t)__builtin_popcount(nz & ~(unsigned)fb & 0xffffu);
+        changed += z16_store(dst + 2 * x, flag + x, u, bad | (__mmask16)~one, d0, d1);
     }
     return changed + fast_unmerge_vec(src + 2 * x, dst + 2 * x, sum + x, flag + x, n - x);
 }
