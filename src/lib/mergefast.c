@@ -374,6 +374,36 @@ static inline AVX512 unsigned z16_store(unsigned char *dst, unsigned char *flag,
     return (unsigned)__builtin_popcount(nz & ~(unsigned)fb & 0xffffu);
 }
 
+/* The merge's proof for W0 = +-2^k (mantissa 0, a fifth of the flagged
+ * elements, four in five of them not ambiguous): its neighbour toward 0
+ * is q / 2 away, q its ulp above, so single_fast's argument does not
+ * hold as it stands.  Lanes (already "far": m is right) where W0 is
+ * still the only base value that merges to m:
+ *   m below W0's binade: both neighbours at least an ulp of m away;
+ *   m in W0's binade, one sign, m's mantissa not 0: the neighbour
+ *     lands q / 2 inside of s, and m's rounding boundary below is
+ *     q / 2 inside of m, so |s| < |m| with the error E (<= T / 4) to
+ *     spare: 2^15 + T < rem < 2^16 - T (sf rounded outward to m);
+ *   m = W0, one sign: below m the spacing is q / 2, so s may be at
+ *     most q / 4 outside of m: rem < 2^14 - T in W0's binade (s rounded
+ *     inward), or sf in the binade below (es < ew: s inside m).
+ * The other lanes of W0 = 2^k go to the full logic, as before.  (The
+ * caller keeps only W0 = 2^k lanes, and asks only for the steps that
+ * have one: in the pass's every step, this cost more than it saves.) */
+static inline AVX512 __mmask16 z16_pow2_single(__m512i w, __m512i m, __m512i ew, __m512i em,
+                                               __m512i a, __m512i thr)
+{
+    __m512i rem = _mm512_and_si512(a, _mm512_set1_epi32(0xffff));
+    __mmask16 same = _mm512_testn_epi32_mask(_mm512_xor_si512(w, m), _mm512_set1_epi32(0x8000)) &
+                     _mm512_cmpeq_epi32_mask(ew, em);
+    __mmask16 out = _mm512_cmpgt_epu32_mask(rem, _mm512_add_epi32(_mm512_set1_epi32(0x8000), thr)) &
+                    _mm512_cmplt_epu32_mask(rem, _mm512_sub_epi32(_mm512_set1_epi32(0x10000), thr));
+    __mmask16 in = _mm512_cmplt_epu32_mask(_mm512_srli_epi32(a, 23), ew) |
+                   _mm512_cmplt_epu32_mask(rem, _mm512_sub_epi32(_mm512_set1_epi32(0x4000), thr));
+    __mmask16 mnz = _mm512_test_epi32_mask(m, _mm512_set1_epi32(0x7f));
+    return _mm512_cmpgt_epu32_mask(ew, em) | (same & ((mnz & out) | ((__mmask16)~mnz & in)));
+}
+
 /* The merge in float lanes, 16 elements a step (twice the double
  * form's width, and under half its instructions per element).  The
  * contract is m = round_bf16(fl64(W0 + d)); here sf = fl32(W0 + fl32(d))
@@ -408,7 +438,7 @@ static AVX512 uint64_t fast_merge_avx512(const unsigned char *src, unsigned char
     uint64_t changed = 0;
     size_t x = 0;
     __mmask16 rec = record ? 0xffff : 0;
-    const __m512i cff = _mm512_set1_epi32(0xff);
+    const __m512i cff = _mm512_set1_epi32(0xff), c7f = _mm512_set1_epi32(0x7f);
     for (; x + 16 <= n; x += 16) {
         __m512i w, a, r;
         __m512d d0, d1;
@@ -422,8 +452,11 @@ static AVX512 uint64_t fast_merge_avx512(const unsigned char *src, unsigned char
         __m512i t = _mm512_abs_epi32(_mm512_sub_epi32(_mm512_and_si512(a, _mm512_set1_epi32(0xffff)),
                                                       _mm512_set1_epi32(0x8000)));
         __mmask16 far = _mm512_cmpgt_epu32_mask(t, thr);
-        __mmask16 one = far & _mm512_test_epi32_mask(w, _mm512_set1_epi32(0x7f)) &
-                        _mm512_cmpge_epu32_mask(ew, _mm512_srli_epi32(r, 23));
+        __m512i em = _mm512_srli_epi32(r, 23);
+        __mmask16 xnz = _mm512_test_epi32_mask(w, c7f);
+        __mmask16 one = far & xnz & _mm512_cmpge_epu32_mask(ew, em);
+        if (__builtin_expect(xnz != 0xffff, 0)) /* in one step of 8 */
+            one |= far & (__mmask16)~xnz & z16_pow2_single(w, m, ew, em, a, thr);
         __mmask16 fb = bad | (__mmask16)~far | (rec & (__mmask16)~one);
         changed += z16_store(dst + 2 * x, flag + x, m, fb, d0, d1);
     }
