@@ -809,6 +809,8 @@ static double pass_delta(int v, uint16_t x, uint64_t *st)
     case 7: return -xv * (2 + g * 0.1);    /* across 0 */
     case 8: return -xv * (0.75 + g * 0.05); /* two binades down */
     case 9: return xv * (3 + g);            /* binades up */
+    case 10: /* one binade up, by about its width (runs of two) */
+        return copysign(ldexp(1.0, ilogb(xv) + 1), xv) * (1 + g * 0x1p-3) - xv;
     default: {
         static const double sp[] = {0, -0.0, NAN, INFINITY, -INFINITY, 1e38, 1e-40, -3e38};
         return sp[tu_rand(st) % 8];
@@ -825,7 +827,7 @@ static int merges_to(uint32_t x, double d, uint32_t m)
 /* mode 0: unmerge; 1: merge with the proof; 2: merge without it */
 static void pass_check(int mode)
 {
-    enum { NV = 11, N = 65536 * NV };
+    enum { NV = 12, N = 65536 * NV };
     uint16_t *in = malloc(N * 2), *out = malloc(N * 2);
     double *d = malloc(N * sizeof *d);
     unsigned char *flag = malloc(N);
