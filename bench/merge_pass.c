@@ -10,7 +10,9 @@
  * N(0, DELTA_SD) (default 2e-4: about 3 % of the elements flagged, as
  * the LLaMA-shaped bench gives), all in cache.  "pass" is
  * lora_fast_merge_bf16 with the receipt's proof; "+ runs" adds
- * lora_fast_runs_bf16 over the flagged elements.
+ * lora_fast_runs_bf16 over the flagged elements; "unmerge" is
+ * lora_fast_unmerge_bf16 taking the merged part back, with the share
+ * of elements it flags.
  */
 #include "internal.h"
 #include "mergecore.h"
@@ -22,7 +24,7 @@
 #include <time.h>
 
 enum { N = 1 << 16 };
-static unsigned char src[2 * N], dst[2 * N], flag[N];
+static unsigned char src[2 * N], dst[2 * N], back[2 * N], flag[N];
 static double sum[N];
 static uint64_t state = 88172645463325252ULL;
 
@@ -48,8 +50,10 @@ static double cpu_now(void)
     return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
 }
 
-/* ns per element of the pass alone, and of the pass with the runs */
-static void measure(int reps, double *pass, double *runs, double *flagged)
+/* ns per element of the pass alone, of the pass with the runs and of
+ * the unmerge pass; the shares of elements each flags */
+static void measure(int reps, double *pass, double *runs, double *flagged, double *unmerge,
+                    double *uflagged)
 {
     double t0 = cpu_now();
     for (int r = 0; r < reps; r++)
@@ -63,9 +67,17 @@ static void measure(int reps, double *pass, double *runs, double *flagged)
         lora_fast_runs_bf16(src, dst, sum, flag, N);
     }
     double t2 = cpu_now();
+    for (int r = 0; r < reps; r++)
+        lora_fast_unmerge_bf16(dst, back, sum, flag, N);
+    double t3 = cpu_now();
+    size_t nu = 0;
+    for (size_t i = 0; i < N; i++)
+        nu += flag[i] != 0;
     *pass = (t1 - t0) / reps / N * 1e9;
     *runs = (t2 - t1) / reps / N * 1e9;
     *flagged = 100.0 * (double)nf / N;
+    *unmerge = (t3 - t2) / reps / N * 1e9;
+    *uflagged = 100.0 * (double)nu / N;
 }
 
 int main(int argc, char **argv)
@@ -85,15 +97,17 @@ int main(int argc, char **argv)
     } k[] = {{"portable", "1", "1"}, {"AVX2", "1", NULL}, {"AVX-512", NULL, NULL}};
     double base = 0;
     printf("BF16 merge pass, 2^16 elements in cache, delta sd %g, %d reps\n", sd, reps);
-    printf("%-9s %10s %14s %9s %12s\n", "kernel", "ns/elem", "+runs ns/elem", "flagged", "portable/it");
+    printf("%-9s %10s %14s %9s %12s %14s %9s\n", "kernel", "ns/elem", "+runs ns/elem", "flagged",
+           "portable/it", "unmerge ns/el", "flagged");
     for (int i = 0; i < 3; i++) {
         k[i].no512 ? setenv("LORA_NO_AVX512", "1", 1) : unsetenv("LORA_NO_AVX512");
         k[i].no2 ? setenv("LORA_NO_AVX2", "1", 1) : unsetenv("LORA_NO_AVX2");
-        double p, r, f;
-        measure(reps, &p, &r, &f);
+        double p, r, f, u, uf;
+        measure(reps, &p, &r, &f, &u, &uf);
         if (i == 0)
             base = p;
-        printf("%-9s %10.3f %14.3f %8.2f%% %12.2f\n", k[i].name, p, r, f, base / p);
+        printf("%-9s %10.3f %14.3f %8.2f%% %12.2f %14.3f %8.2f%%\n", k[i].name, p, r, f,
+               base / p, u, uf);
     }
     return 0;
 }

@@ -774,6 +774,118 @@ START_TEST(test_dense_runs)
 }
 END_TEST
 
+/* The BF16 passes (mergefast.c) with every kernel: each lane a pass
+ * leaves unflagged must be right by the reference rounding.  The merge:
+ * m = round(W0 + d), and with the receipt's proof W0's neighbours do
+ * not merge to m.  The unmerge: u + d merges to m and u's neighbours do
+ * not (merging is monotonic), so u is the only base value.  Every BF16
+ * bit pattern as the pass's input, against deltas of a few ulps,
+ * near-ties down to double ulps, cancellations to and across 0 and
+ * non-finite deltas.  And a pass must prove most lanes of ordinary data,
+ * or it would pass this by flagging everything. */
+static double bf16_ulp(uint16_t v)
+{
+    int e = (v >> 7) & 0xff;
+    return ldexp(1.0, (e ? e : 1) - 134);
+}
+
+static double pass_delta(int v, uint16_t x, uint64_t *st)
+{
+    double q = bf16_ulp(x), xv = fp_to_d(FP_BF16, x);
+    double g = tu_randu(st) + tu_randu(st) + tu_randu(st); /* about N(0, 1) */
+    /* near-ties: at the proofs' margins (2^-20 q, float ulps) and at
+     * double ulps */
+    static const double tie[] = {0x1p-20, -0x1p-20, 0x1p-19, -0x1p-19, 0x1p-16,  -0x1p-16,
+                                 0x1p-12, -0x1p-12, 0x1p-11, -0x1p-11, 0x1p-45,  -0x1p-45,
+                                 0x1p-44, -0x1p-44, 0x3p-45, -0x3p-45, 0,        0x1p-18};
+    switch (v) {
+    case 0: return g * 0.3 * q;
+    case 1: return g * q;
+    case 2: return g * 3 * q;
+    case 3: return g * 40 * q;
+    case 4: return ((double)(int)(g * 3) + 0.5 + tie[tu_rand(st) % 18]) * q;
+    case 5: return ((double)(int)(g * 3) - 0.5 + tie[tu_rand(st) % 18]) * q * 2;
+    case 6: return -xv * (1 + g * 0x1p-6); /* x + d near 0 */
+    case 7: return -xv * (2 + g * 0.1);    /* across 0 */
+    case 8: return -xv * (0.75 + g * 0.05); /* two binades down */
+    case 9: return xv * (3 + g);            /* binades up */
+    default: {
+        static const double sp[] = {0, -0.0, NAN, INFINITY, -INFINITY, 1e38, 1e-40, -3e38};
+        return sp[tu_rand(st) % 8];
+    }
+    }
+}
+
+/* Does base value x merge to m (reference rounding of the double sum)? */
+static int merges_to(uint32_t x, double d, uint32_t m)
+{
+    return fp_finite(FP_BF16, x) && ref_round16(FP_BF16, fp_to_d(FP_BF16, x) + d) == m;
+}
+
+/* mode 0: unmerge; 1: merge with the proof; 2: merge without it */
+static void pass_check(int mode)
+{
+    enum { NV = 11, N = 65536 * NV };
+    uint16_t *in = malloc(N * 2), *out = malloc(N * 2);
+    double *d = malloc(N * sizeof *d);
+    unsigned char *flag = malloc(N);
+    uint64_t st = 31 + (uint64_t)mode;
+    ck_assert(in && out && d && flag);
+    for (size_t i = 0; i < N; i++) {
+        in[i] = (uint16_t)(i & 0xffff);
+        d[i] = pass_delta((int)(i >> 16), in[i], &st);
+    }
+    static const char *const kernels[][2] = {{NULL, NULL}, {"1", NULL}, {"1", "1"}};
+    for (int kv = 0; kv < 3; kv++) {
+        kernels[kv][0] ? setenv("LORA_NO_AVX512", "1", 1) : unsetenv("LORA_NO_AVX512");
+        kernels[kv][1] ? setenv("LORA_NO_AVX2", "1", 1) : unsetenv("LORA_NO_AVX2");
+        if (mode)
+            lora_fast_merge_bf16((const unsigned char *)in, (unsigned char *)out, d, flag, N,
+                                 mode == 1);
+        else
+            lora_fast_unmerge_bf16((const unsigned char *)in, (unsigned char *)out, d, flag, N);
+        uint64_t ordinary = 0, ordinary_proven = 0;
+        for (size_t i = 0; i < N; i++) {
+            int plain = (i >> 16) < 3 && (in[i] & 0x7f80) && (in[i] & 0x7f80) != 0x7f80;
+            ordinary += (uint64_t)plain;
+            if (flag[i])
+                continue;
+            ordinary_proven += (uint64_t)plain;
+            ck_assert_msg(isfinite(d[i]) && fp_finite(FP_BF16, in[i]),
+                          "mode %d kernel %d: lane %zu proven with a non-finite input", mode, kv,
+                          i);
+            /* base value and merged value of the lane */
+            uint16_t w = mode ? in[i] : out[i], m = mode ? out[i] : in[i];
+            ck_assert_msg(merges_to(w, d[i], m), "mode %d kernel %d: %04x + %a does not give %04x",
+                          mode, kv, w, d[i], m);
+            if (mode == 2)
+                continue;
+            int64_t key = fp_key(FP_BF16, w);
+            for (int dir = -1; dir <= 1; dir += 2) {
+                uint32_t x = fp_unkey(FP_BF16, key + dir);
+                ck_assert_msg(!merges_to(x, d[i], m),
+                              "mode %d kernel %d: %04x + %a proven the only base of %04x, but "
+                              "%04x merges to it too", mode, kv, w, d[i], m, x);
+            }
+        }
+        /* deltas of under 3 ulps of normal values: nearly all proven */
+        ck_assert_msg(ordinary_proven * 10 > ordinary * 9, "mode %d kernel %d proves %llu of %llu",
+                      mode, kv, (unsigned long long)ordinary_proven, (unsigned long long)ordinary);
+    }
+    unsetenv("LORA_NO_AVX512");
+    unsetenv("LORA_NO_AVX2");
+    free(in);
+    free(out);
+    free(d);
+    free(flag);
+}
+
+START_TEST(test_pass_lanes)
+{
+    pass_check(_i);
+}
+END_TEST
+
 /* lora_flag_masks against a plain loop, every byte value, lengths that
  * end inside a word, with AVX-512 and without (the multiply trick once
  * assumed flags below 8; the run codes go to 69). */
@@ -825,6 +937,7 @@ static Suite *suite(void)
     tcase_add_loop_test(tc, test_merged_digest, FP_F32, FP_BF16 + 1);
     tcase_add_test(tc, test_flag_masks);
     tcase_add_test(tc, test_dense_runs);
+    tcase_add_loop_test(tc, test_pass_lanes, 0, 3);
     suite_add_tcase(s, tc);
     return s;
 }

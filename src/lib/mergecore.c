@@ -1020,21 +1020,20 @@ unmerge_one(struct tjob *j, struct block *k, size_t x, const lora_fixes *fx,
     return 0;
 }
 
-/* A flagged element of a coded BF16 unmerge whose run needs no search
- * (lora_fast_run_bf16): what coded_elem decodes, without its search.
- * 1 done, 0 not such an element, -1 after tj_fail. */
-static int unmerge_run(struct tjob *j, struct block *k, size_t x)
+/* A flagged element of a coded BF16 unmerge whose run the fast pass
+ * found (flag code c >= 2, lora_fast_runs_bf16): W0 is the member of
+ * the rank the receipt's bits give, from u, the pass's value.  What
+ * coded_elem decodes, without its search; rd is the caller's local
+ * copy, so that the loop keeps it in registers.  0, or -1 when the bits
+ * run out or name no member. */
+static inline __attribute__((always_inline)) int run_member(bitrd *rd, unsigned c, uint16_t u,
+                                                            uint16_t *w0)
 {
-    if (k->flag[x] < 2)
-        return 0;
-    /* the run around u, the fast pass's value in dst (lora_fast_runs_bf16) */
-    uint16_t u = (uint16_t)ld_elem(k->dst + 2 * x, 2);
     unsigned a, b;
-    lora_run_decode(k->flag[x], &a, &b);
+    lora_run_decode(c, &a, &b);
     int nb = a + b ? lora_nbits_for(a + b) : 0;
-    bitrd *rd = &k->rd;
     if (rd->end - rd->at < (uint64_t)nb)
-        goto bad;
+        return -1;
     /* the nb (<= 4) bits at rd->at, without a branch on nb: the two
      * bytes they can span, each only inside the block's bits (with nb =
      * 0, at may be the end of the buffer) */
@@ -1045,17 +1044,12 @@ static int unmerge_run(struct tjob *j, struct block *k, size_t x)
     uint32_t r = (v >> (rd->at & 7)) & ((1u << nb) - 1);
     rd->at += (uint64_t)nb;
     if (r > a + b) /* ranks 0 .. |S| - 1 */
-        goto bad;
+        return -1;
     /* the member of rank r, in value order: magnitudes fall as values
      * rise for a negative sign */
     uint32_t mag = u & 0x7fffu, sg = u & 0x8000u;
-    k->st.changed++;
-    st_elem(k->dst + 2 * x, 2, sg | (sg ? mag + (uint32_t)b - r : mag - (uint32_t)a + r));
-    return 1;
-bad:
-    block_fail(j, "the receipt's bits do not match the merged tensor and adapter "
-               "(element %llu)", (unsigned long long)(k->first + x));
-    return -1;
+    *w0 = (uint16_t)(sg | (sg ? mag + b - r : mag - a + r));
+    return 0;
 }
 
 /* Unmerge: the corrections of this block are the slice of spec->fixes
@@ -1077,7 +1071,7 @@ static int unmerge_part(struct tjob *j, struct block *k)
     size_t fe = fx ? fx->n : 0;
     int coded = fx && fx->coded;
     /* BF16 with corrections: the branch-free pass does the elements it
-     * proves, unmerge_run most flagged ones, unmerge_one the others and
+     * proves, run_member most flagged ones, unmerge_one the others and
      * the corrections */
     int fast = fx && !s->ref && j->ik == FP_BF16 && j->ok == FP_BF16;
     size_t n = k->n;
@@ -1091,8 +1085,12 @@ static int unmerge_part(struct tjob *j, struct block *k)
     if (coded)
         lora_fast_runs_bf16(k->dst, k->src, k->sum, k->flag, n);
     /* the flagged elements and the corrections' elements, 64 at a time
-     * from a mask, in element order (the rank bits are read in it) */
+     * from a mask, in element order (the rank bits are read in it); the
+     * next correction's element and the bit reader in locals */
     uint64_t *masks = flag_masks(k->flag, n);
+    size_t next = k->fi < fe ? (size_t)(fx->index[k->fi] - k->first) : SIZE_MAX;
+    bitrd rd = k->rd;
+    uint64_t nrun = 0;
     for (size_t g = 0; g < n; g += 64) {
         uint64_t mk = masks[g / 64];
         size_t ge = g + 64 < n ? g + 64 : n;
@@ -1100,17 +1098,28 @@ static int unmerge_part(struct tjob *j, struct block *k)
             mk |= UINT64_C(1) << (fx->index[f] - k->first - g);
         for (; mk; mk &= mk - 1) {
             size_t x = g + (size_t)__builtin_ctzll(mk);
-            if (coded && k->flag[x] && !(k->fi < fe && fx->index[k->fi] == k->first + x)) {
-                int r = unmerge_run(j, k, x);
-                if (r < 0)
+            unsigned c = k->flag[x];
+            if (coded && c >= 2 && x != next) {
+                uint16_t w0;
+                if (run_member(&rd, c, (uint16_t)ld_elem(k->dst + 2 * x, 2), &w0)) {
+                    block_fail(j, "the receipt's bits do not match the merged tensor and "
+                               "adapter (element %llu)", (unsigned long long)(k->first + x));
                     return -1;
-                if (r)
-                    continue;
+                }
+                st_elem(k->dst + 2 * x, 2, w0);
+                nrun++;
+                continue;
             }
-            if (unmerge_one(j, k, x, fx, &k->fi, fe, coded, &k->rd, 1))
+            k->rd = rd;
+            int r = unmerge_one(j, k, x, fx, &k->fi, fe, coded, &k->rd, 1);
+            rd = k->rd;
+            if (r)
                 return -1;
+            next = k->fi < fe ? (size_t)(fx->index[k->fi] - k->first) : SIZE_MAX;
         }
     }
+    k->rd = rd;
+    k->st.changed += nrun;
     return 0;
 }
 

@@ -333,53 +333,116 @@ static inline AVX512 void z_flags(unsigned char *flag, unsigned bits)
     memcpy(flag, &v, 8);
 }
 
-/* bf16_single (single_fast's proof, mergecore.c) on the bits of s
- * alone, without m converted back to a double: a = |s|'s bits and r
- * their rounding sum (z_round_ar).  rem, the 45 bits the rounding
- * drops, places s within m's ulp when s and m share a binade, and there
- * |s - m| < half an ulp of m less 2^-19 of it is exactly
- * |rem - 2^44| > 2^25.  Where the rounding carried into m's binade
- * (m = 2^k just above s) bf16_single always holds and this test may say
- * no: a no only sends the element to the full logic, so the results
- * are the same.  x's binade not below m's: x's exponent field against
- * r's less the bias difference (896; below it the subtraction wraps
- * and the lane fails, and z_round_ar flags it anyway).  23 % less time
- * for the merge pass (bench: 1.45 -> 1.11 ns per element). */
-static inline AVX512 __mmask8 z_single_bits(__m512i x, __m512i a, __m512i r)
-{
-    __m512i rem = _mm512_and_si512(a, _mm512_set1_epi64((INT64_C(1) << 45) - 1));
-    __m512i t = _mm512_abs_epi64(_mm512_sub_epi64(rem, _mm512_set1_epi64(INT64_C(1) << 44)));
-    __m512i xe = _mm512_slli_epi64(_mm512_and_si512(x, _mm512_set1_epi64(0x7f80)), 45);
-    __m512i me = _mm512_sub_epi64(_mm512_and_si512(r, _mm512_set1_epi64(INT64_C(0x7ff) << 52)),
-                                  _mm512_set1_epi64(INT64_C(896) << 52));
-    return _mm512_cmpgt_epu64_mask(t, _mm512_set1_epi64(INT64_C(1) << 25)) &
-           _mm512_test_epi64_mask(x, _mm512_set1_epi64(0x7f)) & _mm512_cmpge_epu64_mask(xe, me);
-}
-
+/* The merge in float lanes, 16 elements a step (twice the double
+ * form's width, and a third of its instructions per element).  The
+ * contract is m = round_bf16(fl64(W0 + d)); here sf = fl32(W0 + fl32(d))
+ * stands in for fl64(W0 + d), and a lane is kept only where that cannot
+ * change m or the proof.  Error bound, in float ulps u of sf's binade
+ * (exponent field es), with j = W0's exponent field - es:
+ *   fl32(d) is within 2^-24 |d| of d, and |d| <= |W0| + |W0 + d| <
+ *   2^(ew+1) + 2^(es+1) (plus the bound itself), so within 2^j + 1 u
+ *   (j >= 0; 2 u for j < 0); the float add rounds by u / 2 at most, and
+ *   fl64 is within 2^-29 u of the exact sum: E <= 2^max(j,0) + 2 u.
+ * rem = the 16 bits the rounding to BF16 drops; |rem - 2^15| > T =
+ * 2^(max(j,0) + 4) u puts sf farther than 4 E from every rounding
+ * boundary of its binade (the boundaries next to it at a binade change
+ * are farther still), so fl64(W0 + d) rounds to the same m, and lanes
+ * with |rem - 2^15| <= T are flagged for the full logic (j is clamped
+ * at 12, where T = 2^16 is above every |rem - 2^15|: W0 + d that
+ * cancels down 12 binades or more is always flagged).  The proof of
+ * single_fast (mergecore.c) then follows as in z_single_bits: with m
+ * in sf's binade, |fl64(W0 + d) - m| <= (2^15 - T + E) u < q / 2
+ * (1 - 2^-19), q = 2^16 u m's ulp; where the rounding carried into the
+ * next binade the test only says no (conservative).  W0's binade not
+ * below m's, W0's mantissa not 0, s normal and finite as before.  Lanes
+ * this flags and the double form proves (about 2^-11 of them) cost
+ * time, never a different value: every flagged lane is redone or
+ * checked in double (mergecore.c merge_bf16_fast, lora_fast_runs_bf16).
+ * tests/check_merge test_pass_lanes checks every unflagged lane against
+ * the reference rounding. */
 static AVX512 uint64_t fast_merge_avx512(const unsigned char *src, unsigned char *dst,
                                          const double *sum, unsigned char *flag, size_t n,
                                          int record)
 {
     uint64_t changed = 0;
     size_t x = 0;
-    __mmask8 rec = record ? 0xff : 0;
-    for (; x + 8 <= n; x += 8) {
-        __m512i w;
-        __m512d wv = z_bf16_d(_mm_loadu_si128((const __m128i *)(src + 2 * x)), &w);
-        __m512d d = _mm512_loadu_pd(sum + x);
-        __m512d s = _mm512_add_pd(wv, d);
-        __mmask8 bad;
-        __m512i a, r;
-        __m512i m = z_round_ar(s, &bad, &a, &r);
-        __m128i m16 = _mm512_cvtepi64_epi16(m);
-        __mmask8 one = z_single_bits(w, a, r);
-        unsigned fb = (unsigned)(bad | (rec & (__mmask8)~one));
-        _mm_storeu_si128((__m128i *)(dst + 2 * x), m16);
-        z_flags(flag + x, fb);
-        unsigned nz = _mm512_cmp_pd_mask(d, _mm512_setzero_pd(), _CMP_NEQ_UQ);
-        changed += (uint64_t)__builtin_popcount(nz & ~fb & 0xffu);
+    __mmask16 rec = record ? 0xffff : 0;
+    const __m512i c7fff = _mm512_set1_epi32(0x7fff), cff = _mm512_set1_epi32(0xff);
+    for (; x + 16 <= n; x += 16) {
+        __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(src + 2 * x)));
+        __m512d d0 = _mm512_loadu_pd(sum + x), d1 = _mm512_loadu_pd(sum + x + 8);
+        __m512 df = _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(d0)),
+                                       _mm512_cvtpd_ps(d1), 1);
+        __m512i sb = _mm512_castps_si512(_mm512_add_ps(_mm512_castsi512_ps(_mm512_slli_epi32(w, 16)), df));
+        __m512i a = _mm512_and_si512(sb, _mm512_set1_epi32(0x7fffffff));
+        __m512i r = _mm512_add_epi32(_mm512_add_epi32(a, c7fff),
+                                     _mm512_and_si512(_mm512_srli_epi32(a, 16), _mm512_set1_epi32(1)));
+        __mmask16 bad = _mm512_cmplt_epu32_mask(a, _mm512_set1_epi32(0x00800000)) |
+                        _mm512_cmpge_epu32_mask(r, _mm512_set1_epi32(0x7f800000));
+        __m512i m = _mm512_or_si512(_mm512_srli_epi32(r, 16),
+                                    _mm512_and_si512(_mm512_srli_epi32(sb, 16), _mm512_set1_epi32(0x8000)));
+        __m512i ew = _mm512_and_si512(_mm512_srli_epi32(w, 7), cff);
+        __m512i j = _mm512_min_epi32(_mm512_max_epi32(_mm512_sub_epi32(ew, _mm512_srli_epi32(a, 23)),
+                                                      _mm512_setzero_si512()),
+                                     _mm512_set1_epi32(12));
+        __m512i thr = _mm512_sllv_epi32(_mm512_set1_epi32(16), j);
+        __m512i t = _mm512_abs_epi32(_mm512_sub_epi32(_mm512_and_si512(a, _mm512_set1_epi32(0xffff)),
+                                                      _mm512_set1_epi32(0x8000)));
+        __mmask16 far = _mm512_cmpgt_epu32_mask(t, thr);
+        __mmask16 one = far & _mm512_test_epi32_mask(w, _mm512_set1_epi32(0x7f)) &
+                        _mm512_cmpge_epu32_mask(ew, _mm512_srli_epi32(r, 23));
+        __mmask16 fb = bad | (__mmask16)~far | (rec & (__mmask16)~one);
+        _mm256_storeu_si256((__m256i *)(dst + 2 * x), _mm512_cvtepi32_epi16(m));
+        __m128i fl = _mm_maskz_set1_epi8(fb, 1);
+        _mm_storeu_si128((__m128i *)(flag + x), fl);
+        unsigned nz = (unsigned)_mm512_cmp_pd_mask(d0, _mm512_setzero_pd(), _CMP_NEQ_UQ) |
+                      (unsigned)_mm512_cmp_pd_mask(d1, _mm512_setzero_pd(), _CMP_NEQ_UQ) << 8;
+        changed += (uint64_t)__builtin_popcount(nz & ~(unsigned)fb & 0xffffu);
     }
     return changed + fast_merge_vec(src + 2 * x, dst + 2 * x, sum + x, flag + x, n - x, record);
+}
+
+/* The unmerge's proof in one rounding: u = round(t), t = m - d in
+ * double, without the second rounding (of s = u + d) that
+ * fast_unmerge_vec checks.  u's mantissa is not 0 (a rounding of t
+ * that carried into the next binade leaves it 0), m is normal.  rem, the bits of |t| the rounding drops, in units U of 2^-45 of
+ * u's ulp (one double ulp of u's binade), puts u within
+ * 2^44 - |rem - 2^44| units of t; t is within U / 2 of m - d and s
+ * within U / 2 of u + d, so |s - m| is below that plus one unit.  With q
+ * m's ulp, single_fast(u, m, s) (mergecore.c) needs |s - m| < q / 2
+ * (1 - 2^-19), and s must round to m (m's sign does not enter: d
+ * may carry the value across 0):
+ *   u, m one binade (U = 2^-45 q), m's mantissa not 0: s stays in m's
+ *     binade; |rem - 2^44| > 2^25 + 2 suffices;
+ *   the same, m = 2^k and u of m's sign: above m as before (rem >
+ *     2^44 + 2^25 + 2), below it the spacing is q / 2, so |s - m| <
+ *     q / 4: rem < 2^43 - 2 (|s| < |m| where |u| < |t|: one sign);
+ *   u j >= 1 binades above m (U = 2^(j-45) q), m's mantissa and
+ *     exponent not 0: |rem - 2^44| > 2^44 - 2^(44-j) + 2^25 + 2, the
+ *     first form's test at j = 0 (and never true for j < 0, where the
+ *     shift is past 63 bits).
+ * Any other lane is flagged for the full logic, so the results are the
+ * two-rounding pass's; a lane that pass proves and this one flags costs
+ * time, never a different value (tests/check_merge: test_pass_lanes
+ * checks every unflagged lane against a plain loop). */
+static inline AVX512 __mmask8 z_unmerge_single(__m512i u, __m512i m, __m512i a)
+{
+    const __m512i c7f = _mm512_set1_epi64(0x7f), cff = _mm512_set1_epi64(0xff);
+    const __m512i h44 = _mm512_set1_epi64(INT64_C(1) << 44);
+    __m512i rem = _mm512_and_si512(a, _mm512_set1_epi64((INT64_C(1) << 45) - 1));
+    __m512i t = _mm512_abs_epi64(_mm512_sub_epi64(rem, h44));
+    __m512i j = _mm512_sub_epi64(_mm512_and_si512(_mm512_srli_epi64(u, 7), cff),
+                                 _mm512_and_si512(_mm512_srli_epi64(m, 7), cff));
+    __m512i thr = _mm512_add_epi64(_mm512_sub_epi64(h44, _mm512_srlv_epi64(h44, j)),
+                                   _mm512_set1_epi64((INT64_C(1) << 25) + 2));
+    __mmask8 base = _mm512_test_epi64_mask(u, c7f) & _mm512_test_epi64_mask(m, _mm512_set1_epi64(0x7f80));
+    __mmask8 mnz = _mm512_test_epi64_mask(m, c7f);
+    __mmask8 pow2 = _mm512_cmpeq_epu64_mask(j, _mm512_setzero_si512()) &
+                    _mm512_testn_epi64_mask(_mm512_xor_si512(u, m), _mm512_set1_epi64(0x8000)) &
+                    (_mm512_cmpgt_epu64_mask(rem, _mm512_set1_epi64((INT64_C(1) << 44) +
+                                                                     (INT64_C(1) << 25) + 2)) |
+                     _mm512_cmplt_epu64_mask(rem, _mm512_set1_epi64((INT64_C(1) << 43) - 2)));
+    return base & ((mnz & _mm512_cmpgt_epu64_mask(t, thr)) | ((__mmask8)~mnz & pow2));
 }
 
 static AVX512 uint64_t fast_unmerge_avx512(const unsigned char *src, unsigned char *dst,
@@ -391,18 +454,12 @@ static AVX512 uint64_t fast_unmerge_avx512(const unsigned char *src, unsigned ch
         __m512i m64;
         __m512d mv = z_bf16_d(_mm_loadu_si128((const __m128i *)(src + 2 * x)), &m64);
         __m512d d = _mm512_loadu_pd(sum + x);
-        __mmask8 bad1, bad2;
-        __m512i u = z_round(_mm512_sub_pd(mv, d), &bad1);
-        __m128i u16 = _mm512_cvtepi64_epi16(u);
-        __m512i ub;
-        __m512d s = _mm512_add_pd(z_bf16_d(u16, &ub), d);
-        __m512i a2, r2;
-        __m512i m2 = z_round_ar(s, &bad2, &a2, &r2);
-        /* where m2 = m (else flagged), z_single_bits is z_single(u, m) */
-        __mmask8 one = z_single_bits(u, a2, r2);
-        unsigned fb = (unsigned)(bad1 | bad2 | _mm512_cmpneq_epi64_mask(m2, m64) |
-                                 (__mmask8)~one) & 0xffu;
-        _mm_storeu_si128((__m128i *)(dst + 2 * x), u16);
+        __mmask8 bad;
+        __m512i a, r;
+        __m512i u = z_round_ar(_mm512_sub_pd(mv, d), &bad, &a, &r);
+        __mmask8 one = z_unmerge_single(u, m64, a);
+        unsigned fb = (unsigned)(bad | (__mmask8)~one) & 0xffu;
+        _mm_storeu_si128((__m128i *)(dst + 2 * x), _mm512_cvtepi64_epi16(u));
         z_flags(flag + x, fb);
         unsigned nz = _mm512_cmp_pd_mask(d, _mm512_setzero_pd(), _CMP_NEQ_UQ);
         changed += (uint64_t)__builtin_popcount(nz & ~fb & 0xffu);
