@@ -1,15 +1,16 @@
 /*
  * direct_io.c - O_DIRECT writes of a file being written, behind a small
- * queue, for the writers' large writes (lora_stw_write): the bytes are
- * copied once into one of a few page-aligned buffers, and two threads of
- * the writer send them to the device from there with a second, O_DIRECT
- * descriptor of the same file.  Against a write through the page cache
- * this saves the kernel's copy into fresh page-cache pages, ext4's
- * per-page delayed allocation and buffer heads, and the page cache's
- * growth (on this project's VMs fresh page-cache pages cost host
- * faults); the queue keeps the caller from waiting for the device, which
- * an O_DIRECT write does until the data is there (bench/README,
- * "Session 6").
+ * queue, for the writers' large writes (lora_stw_write): two threads of
+ * the writer send page-aligned buffers to the device with a second,
+ * O_DIRECT descriptor of the same file.  The merge engine fills those
+ * buffers itself (lora_dio_lend: no copy at all); other callers' bytes
+ * are copied into one.  Against a write through the page cache this
+ * saves the kernel's copy into fresh page-cache pages, ext4's per-page
+ * delayed allocation and buffer heads, the writeback threads' work, and
+ * the page cache's growth (on this project's VMs fresh page-cache pages
+ * cost host faults); the queue keeps the caller from waiting for the
+ * device, which an O_DIRECT write does until the data is there
+ * (bench/README, "Session 6").
  *
  * Why mixing it with buffered writes of the same file is safe: a direct
  * write first writes back and drops the cached pages of its range, and
@@ -29,8 +30,8 @@
  * lora_dio_write and from lora_dio_finish.
  *
  * None (buffered writes only) when LORA_NO_DIRECT is set, when the file
- * system refuses O_DIRECT (tmpfs: EINVAL), when statx does not report
- * its alignment (kernels before 6.1), or when no thread can be started.
+ * system refuses O_DIRECT or statx does not report its alignment for the
+ * file (tmpfs; kernels before 6.1), or when no thread can be started.
  */
 #include "internal.h"
 
@@ -41,9 +42,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
 
 #define DIO_THREADS 2
 #define DIO_SLOTS 8
@@ -62,7 +60,7 @@ typedef struct dio_slot {
 struct lora_dio {
     int fd;                     /* O_DIRECT */
     int cfd;                    /* the caller's (cached) descriptor */
-    uint64_t mem, blk;          /* buffer alignment; offset and length unit */
+    uint64_t mem, blk;          /* the kernel's buffer alignment; offset and length unit */
     pthread_mutex_t mu;
     pthread_cond_t work, freed; /* a slot was queued; a slot came back */
     dio_slot slot[DIO_SLOTS];
@@ -135,31 +133,6 @@ static void *dio_thread(void *arg)
     return NULL;
 }
 
-/* Copy into a queue buffer that only the device reads next: streaming
- * stores, which do not first read the destination's cache lines into
- * the cache (a plain memcpy cost more than the kernel's copy into the
- * page cache that it replaces).  DST is aligned to 64 bytes or more. */
-static void copy_out(unsigned char *dst, const unsigned char *src, size_t n)
-{
-#if defined(__SSE2__)
-    size_t i = 0;
-    for (; i + 64 <= n; i += 64) {
-        __m128i a = _mm_loadu_si128((const __m128i *)(src + i));
-        __m128i b = _mm_loadu_si128((const __m128i *)(src + i + 16));
-        __m128i c = _mm_loadu_si128((const __m128i *)(src + i + 32));
-        __m128i e = _mm_loadu_si128((const __m128i *)(src + i + 48));
-        _mm_stream_si128((__m128i *)(dst + i), a);
-        _mm_stream_si128((__m128i *)(dst + i + 16), b);
-        _mm_stream_si128((__m128i *)(dst + i + 32), c);
-        _mm_stream_si128((__m128i *)(dst + i + 48), e);
-    }
-    _mm_sfence(); /* the stores reach memory before the write is queued */
-    memcpy(dst + i, src + i, n - i);
-#else
-    memcpy(dst, src, n);
-#endif
-}
-
 static void dio_free(lora_dio *d)
 {
     for (int i = 0; i < DIO_SLOTS; i++)
@@ -201,8 +174,8 @@ static int dio_fd(int fd, const char *path, uint64_t *mem, uint64_t *blk)
         *blk = sx.stx_dio_offset_align;
     if (pow2((uint64_t)a.st_blksize) && (uint64_t)a.st_blksize > *blk)
         *blk = (uint64_t)a.st_blksize;
-    *mem = sx.stx_dio_mem_align > *blk ? sx.stx_dio_mem_align : *blk;
-    if (*blk > DIO_SLOT_BYTES || *mem > DIO_SLOT_BYTES) {
+    *mem = sx.stx_dio_mem_align;
+    if (*blk > DIO_SLOT_BYTES || *mem > *blk) {
         close(dfd);
         return -1;
     }
@@ -236,7 +209,7 @@ lora_dio *lora_dio_open(int fd, const char *path)
     pthread_cond_init(&d->freed, NULL);
     for (int i = 0; i < DIO_SLOTS; i++) {
         void *b = NULL;
-        if (posix_memalign(&b, (size_t)mem, DIO_SLOT_BYTES) != 0) {
+        if (posix_memalign(&b, (size_t)blk, DIO_SLOT_BYTES) != 0) {
             dio_free(d);
             return NULL;
         }
@@ -345,7 +318,7 @@ int lora_dio_write(lora_dio *d, const void *buf, size_t len, uint64_t off, void 
         pthread_mutex_unlock(&d->mu);
         if (e)
             return e;
-        copy_out(d->slot[i].buf, p, n);
+        memcpy(d->slot[i].buf, p, n);
         enqueue(d, i, d->slot[i].buf, n, off);
         p += n;
         len -= n;

@@ -1000,7 +1000,7 @@ static int start_writer(struct run *R, size_t si, const char *outpath,
      * page-aligned buffers, then go to the disk directly (direct_io.c);
      * an unmerge's verbatim layout keeps the base's header instead */
     if (!rc)
-        rc = lora_stw_set_align(R->w, getenv("XX_NOPAD") ? 0 : 4096, err); /* XXX experiment */
+        rc = lora_stw_set_align(R->w, 4096, err);
     if (!rc)
         rc = lora_stw_start(R->w, err);
     if (rc) {
