@@ -333,8 +333,79 @@ static inline AVX512 void z_flags(unsigned char *flag, unsigned bits)
     memcpy(flag, &v, 8);
 }
 
+/* Float-lane steps of the two passes below.  16 BF16 values at p (as
+ * 32-bit lanes into *v) plus, or minus (sub, a constant once inlined),
+ * their 16 deltas rounded to float: the float bits of the sum; the
+ * deltas in *d0, *d1. */
+static inline AVX512 __m512i z16_sum(const unsigned char *p, const double *sum, int sub,
+                                     __m512i *v, __m512d *d0, __m512d *d1)
+{
+    *v = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
+    *d0 = _mm512_loadu_pd(sum);
+    *d1 = _mm512_loadu_pd(sum + 8);
+    __m512 df = _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(*d0)),
+                                   _mm512_cvtpd_ps(*d1), 1);
+    __m512 vf = _mm512_castsi512_ps(_mm512_slli_epi32(*v, 16));
+    return _mm512_castps_si512(sub ? _mm512_sub_ps(vf, df) : _mm512_add_ps(vf, df));
+}
+
+/* Float bits sb rounded to BF16 (nearest even), in 32-bit lanes: |sb|
+ * in *a, its rounding sum in *r, lanes not normal BF16 in *bad */
+static inline AVX512 __m512i z16_round(__m512i sb, __m512i *a, __m512i *r, __mmask16 *bad)
+{
+    *a = _mm512_and_si512(sb, _mm512_set1_epi32(0x7fffffff));
+    *r = _mm512_add_epi32(_mm512_add_epi32(*a, _mm512_set1_epi32(0x7fff)),
+                          _mm512_and_si512(_mm512_srli_epi32(*a, 16), _mm512_set1_epi32(1)));
+    *bad = _mm512_cmplt_epu32_mask(*a, _mm512_set1_epi32(0x00800000)) |
+           _mm512_cmpge_epu32_mask(*r, _mm512_set1_epi32(0x7f800000));
+    return _mm512_or_si512(_mm512_srli_epi32(*r, 16),
+                           _mm512_and_si512(_mm512_srli_epi32(sb, 16), _mm512_set1_epi32(0x8000)));
+}
+
+/* The step's 16 results and flags stored; its changed elements (not
+ * flagged, d != 0) */
+static inline AVX512 unsigned z16_store(unsigned char *dst, unsigned char *flag, __m512i v,
+                                        __mmask16 fb, __m512d d0, __m512d d1)
+{
+    _mm256_storeu_si256((__m256i *)dst, _mm512_cvtepi32_epi16(v));
+    _mm_storeu_si128((__m128i *)flag, _mm_maskz_set1_epi8(fb, 1));
+    unsigned nz = (unsigned)_mm512_cmp_pd_mask(d0, _mm512_setzero_pd(), _CMP_NEQ_UQ) |
+                  (unsigned)_mm512_cmp_pd_mask(d1, _mm512_setzero_pd(), _CMP_NEQ_UQ) << 8;
+    return (unsigned)__builtin_popcount(nz & ~(unsigned)fb & 0xffffu);
+}
+
+/* The merge's proof for W0 = +-2^k (mantissa 0, a fifth of the flagged
+ * elements, four in five of them not ambiguous): its neighbour toward 0
+ * is q / 2 away, q its ulp above, so single_fast's argument does not
+ * hold as it stands.  Lanes (already "far": m is right) where W0 is
+ * still the only base value that merges to m:
+ *   m below W0's binade: both neighbours at least an ulp of m away;
+ *   m in W0's binade, one sign, m's mantissa not 0: the neighbour
+ *     lands q / 2 inside of s, and m's rounding boundary below is
+ *     q / 2 inside of m, so |s| < |m| with the error E (<= T / 4) to
+ *     spare: 2^15 + T < rem < 2^16 - T (sf rounded outward to m);
+ *   m = W0, one sign: below m the spacing is q / 2, so s may be at
+ *     most q / 4 outside of m: rem < 2^14 - T in W0's binade (s rounded
+ *     inward), or sf in the binade below (es < ew: s inside m).
+ * The other lanes of W0 = 2^k go to the full logic, as before.  (The
+ * caller keeps only W0 = 2^k lanes, and asks only for the steps that
+ * have one: in the pass's every step, this cost more than it saves.) */
+static inline AVX512 __mmask16 z16_pow2_single(__m512i w, __m512i m, __m512i ew, __m512i em,
+                                               __m512i a, __m512i thr)
+{
+    __m512i rem = _mm512_and_si512(a, _mm512_set1_epi32(0xffff));
+    __mmask16 same = _mm512_testn_epi32_mask(_mm512_xor_si512(w, m), _mm512_set1_epi32(0x8000)) &
+                     _mm512_cmpeq_epi32_mask(ew, em);
+    __mmask16 out = _mm512_cmpgt_epu32_mask(rem, _mm512_add_epi32(_mm512_set1_epi32(0x8000), thr)) &
+                    _mm512_cmplt_epu32_mask(rem, _mm512_sub_epi32(_mm512_set1_epi32(0x10000), thr));
+    __mmask16 in = _mm512_cmplt_epu32_mask(_mm512_srli_epi32(a, 23), ew) |
+                   _mm512_cmplt_epu32_mask(rem, _mm512_sub_epi32(_mm512_set1_epi32(0x4000), thr));
+    __mmask16 mnz = _mm512_test_epi32_mask(m, _mm512_set1_epi32(0x7f));
+    return _mm512_cmpgt_epu32_mask(ew, em) | (same & ((mnz & out) | ((__mmask16)~mnz & in)));
+}
+
 /* The merge in float lanes, 16 elements a step (twice the double
- * form's width, and a third of its instructions per element).  The
+ * form's width, and under half its instructions per element).  The
  * contract is m = round_bf16(fl64(W0 + d)); here sf = fl32(W0 + fl32(d))
  * stands in for fl64(W0 + d), and a lane is kept only where that cannot
  * change m or the proof.  Error bound, in float ulps u of sf's binade
@@ -367,20 +438,12 @@ static AVX512 uint64_t fast_merge_avx512(const unsigned char *src, unsigned char
     uint64_t changed = 0;
     size_t x = 0;
     __mmask16 rec = record ? 0xffff : 0;
-    const __m512i c7fff = _mm512_set1_epi32(0x7fff), cff = _mm512_set1_epi32(0xff);
+    const __m512i cff = _mm512_set1_epi32(0xff), c7f = _mm512_set1_epi32(0x7f);
     for (; x + 16 <= n; x += 16) {
-        __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(src + 2 * x)));
-        __m512d d0 = _mm512_loadu_pd(sum + x), d1 = _mm512_loadu_pd(sum + x + 8);
-        __m512 df = _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(d0)),
-                                       _mm512_cvtpd_ps(d1), 1);
-        __m512i sb = _mm512_castps_si512(_mm512_add_ps(_mm512_castsi512_ps(_mm512_slli_epi32(w, 16)), df));
-        __m512i a = _mm512_and_si512(sb, _mm512_set1_epi32(0x7fffffff));
-        __m512i r = _mm512_add_epi32(_mm512_add_epi32(a, c7fff),
-                                     _mm512_and_si512(_mm512_srli_epi32(a, 16), _mm512_set1_epi32(1)));
-        __mmask16 bad = _mm512_cmplt_epu32_mask(a, _mm512_set1_epi32(0x00800000)) |
-                        _mm512_cmpge_epu32_mask(r, _mm512_set1_epi32(0x7f800000));
-        __m512i m = _mm512_or_si512(_mm512_srli_epi32(r, 16),
-                                    _mm512_and_si512(_mm512_srli_epi32(sb, 16), _mm512_set1_epi32(0x8000)));
+        __m512i w, a, r;
+        __m512d d0, d1;
+        __mmask16 bad;
+        __m512i m = z16_round(z16_sum(src + 2 * x, sum + x, 0, &w, &d0, &d1), &a, &r, &bad);
         __m512i ew = _mm512_and_si512(_mm512_srli_epi32(w, 7), cff);
         __m512i j = _mm512_min_epi32(_mm512_max_epi32(_mm512_sub_epi32(ew, _mm512_srli_epi32(a, 23)),
                                                       _mm512_setzero_si512()),
@@ -389,80 +452,68 @@ static AVX512 uint64_t fast_merge_avx512(const unsigned char *src, unsigned char
         __m512i t = _mm512_abs_epi32(_mm512_sub_epi32(_mm512_and_si512(a, _mm512_set1_epi32(0xffff)),
                                                       _mm512_set1_epi32(0x8000)));
         __mmask16 far = _mm512_cmpgt_epu32_mask(t, thr);
-        __mmask16 one = far & _mm512_test_epi32_mask(w, _mm512_set1_epi32(0x7f)) &
-                        _mm512_cmpge_epu32_mask(ew, _mm512_srli_epi32(r, 23));
+        __m512i em = _mm512_srli_epi32(r, 23);
+        __mmask16 xnz = _mm512_test_epi32_mask(w, c7f);
+        __mmask16 one = far & xnz & _mm512_cmpge_epu32_mask(ew, em);
+        if (__builtin_expect(xnz != 0xffff, 0)) /* in one step of 8 */
+            one |= far & (__mmask16)~xnz & z16_pow2_single(w, m, ew, em, a, thr);
         __mmask16 fb = bad | (__mmask16)~far | (rec & (__mmask16)~one);
-        _mm256_storeu_si256((__m256i *)(dst + 2 * x), _mm512_cvtepi32_epi16(m));
-        __m128i fl = _mm_maskz_set1_epi8(fb, 1);
-        _mm_storeu_si128((__m128i *)(flag + x), fl);
-        unsigned nz = (unsigned)_mm512_cmp_pd_mask(d0, _mm512_setzero_pd(), _CMP_NEQ_UQ) |
-                      (unsigned)_mm512_cmp_pd_mask(d1, _mm512_setzero_pd(), _CMP_NEQ_UQ) << 8;
-        changed += (uint64_t)__builtin_popcount(nz & ~(unsigned)fb & 0xffffu);
+        changed += z16_store(dst + 2 * x, flag + x, m, fb, d0, d1);
     }
     return changed + fast_merge_vec(src + 2 * x, dst + 2 * x, sum + x, flag + x, n - x, record);
 }
 
-/* The unmerge's proof in one rounding: u = round(t), t = m - d in
- * double, without the second rounding (of s = u + d) that
- * fast_unmerge_vec checks.  u's mantissa is not 0 (a rounding of t
- * that carried into the next binade leaves it 0), m is normal.  rem, the bits of |t| the rounding drops, in units U of 2^-45 of
- * u's ulp (one double ulp of u's binade), puts u within
- * 2^44 - |rem - 2^44| units of t; t is within U / 2 of m - d and s
- * within U / 2 of u + d, so |s - m| is below that plus one unit.  With q
- * m's ulp, single_fast(u, m, s) (mergecore.c) needs |s - m| < q / 2
- * (1 - 2^-19), and s must round to m (m's sign does not enter: d
- * may carry the value across 0):
- *   u, m one binade (U = 2^-45 q), m's mantissa not 0: s stays in m's
- *     binade; |rem - 2^44| > 2^25 + 2 suffices;
- *   the same, m = 2^k and u of m's sign: above m as before (rem >
- *     2^44 + 2^25 + 2), below it the spacing is q / 2, so |s - m| <
- *     q / 4: rem < 2^43 - 2 (|s| < |m| where |u| < |t|: one sign);
- *   u j >= 1 binades above m (U = 2^(j-45) q), m's mantissa and
- *     exponent not 0: |rem - 2^44| > 2^44 - 2^(44-j) + 2^25 + 2, the
- *     first form's test at j = 0 (and never true for j < 0, where the
- *     shift is past 63 bits).
+/* The unmerge in float lanes, 16 elements a step, in one rounding:
+ * u = round_bf16(tf), tf = fl32(m - fl32(d)), without the second
+ * rounding (of s = u + d) that fast_unmerge_vec checks; a lane is kept
+ * only where u is proven the only base value that merges to m.  u's
+ * mantissa is not 0 (a rounding of tf that carried into the next binade
+ * leaves it 0), so tf and u share a binade; m is normal.  In float ulps
+ * f of that binade (q_u = 2^16 f, u's ulp) rem, the 16 bits of |tf| the
+ * rounding drops, puts u within 2^15 - |rem - 2^15| f of tf, and tf is
+ * within E <= 3 f of T = m - d, the exact value (fast_merge_avx512's
+ * bound, with m's binade not above u's): u + d - m = u - T.  With j =
+ * u's binade above m's (q_m = 2^-j q_u, m's ulp), single_fast(u, m, s)
+ * (mergecore.c) needs |s - m| < q_m / 2 (1 - 2^-19), and s must round
+ * to m (m's sign does not enter: d may carry the value across 0):
+ *   m's mantissa not 0: s stays in m's binade, and |rem - 2^15| >
+ *     2^15 - 2^(15-j) + 16 suffices (never true for j < 0 or j >= 16,
+ *     where the shift leaves 0);
+ *   m = 2^k, j = 0, u of m's sign: below m the spacing is q_m / 2, so
+ *     |u - T| < q_m / 4 on that side: rem < 2^14 - 16 (|u| under |tf|,
+ *     by less than a quarter ulp either way), or rem > 2^15 + 16 (|u|
+ *     above |tf|: s above m but by 3 f at most below it).
  * Any other lane is flagged for the full logic, so the results are the
- * two-rounding pass's; a lane that pass proves and this one flags costs
- * time, never a different value (tests/check_merge: test_pass_lanes
- * checks every unflagged lane against a plain loop). */
-static inline AVX512 __mmask8 z_unmerge_single(__m512i u, __m512i m, __m512i a)
-{
-    const __m512i c7f = _mm512_set1_epi64(0x7f), cff = _mm512_set1_epi64(0xff);
-    const __m512i h44 = _mm512_set1_epi64(INT64_C(1) << 44);
-    __m512i rem = _mm512_and_si512(a, _mm512_set1_epi64((INT64_C(1) << 45) - 1));
-    __m512i t = _mm512_abs_epi64(_mm512_sub_epi64(rem, h44));
-    __m512i j = _mm512_sub_epi64(_mm512_and_si512(_mm512_srli_epi64(u, 7), cff),
-                                 _mm512_and_si512(_mm512_srli_epi64(m, 7), cff));
-    __m512i thr = _mm512_add_epi64(_mm512_sub_epi64(h44, _mm512_srlv_epi64(h44, j)),
-                                   _mm512_set1_epi64((INT64_C(1) << 25) + 2));
-    __mmask8 base = _mm512_test_epi64_mask(u, c7f) & _mm512_test_epi64_mask(m, _mm512_set1_epi64(0x7f80));
-    __mmask8 mnz = _mm512_test_epi64_mask(m, c7f);
-    __mmask8 pow2 = _mm512_cmpeq_epu64_mask(j, _mm512_setzero_si512()) &
-                    _mm512_testn_epi64_mask(_mm512_xor_si512(u, m), _mm512_set1_epi64(0x8000)) &
-                    (_mm512_cmpgt_epu64_mask(rem, _mm512_set1_epi64((INT64_C(1) << 44) +
-                                                                     (INT64_C(1) << 25) + 2)) |
-                     _mm512_cmplt_epu64_mask(rem, _mm512_set1_epi64((INT64_C(1) << 43) - 2)));
-    return base & ((mnz & _mm512_cmpgt_epu64_mask(t, thr)) | ((__mmask8)~mnz & pow2));
-}
-
+ * two-rounding double pass's; a lane that pass proves and this one
+ * flags costs time, never a different value (tests/check_merge:
+ * test_pass_lanes checks every unflagged lane against a plain loop). */
 static AVX512 uint64_t fast_unmerge_avx512(const unsigned char *src, unsigned char *dst,
                                            const double *sum, unsigned char *flag, size_t n)
 {
     uint64_t changed = 0;
     size_t x = 0;
-    for (; x + 8 <= n; x += 8) {
-        __m512i m64;
-        __m512d mv = z_bf16_d(_mm_loadu_si128((const __m128i *)(src + 2 * x)), &m64);
-        __m512d d = _mm512_loadu_pd(sum + x);
-        __mmask8 bad;
-        __m512i a, r;
-        __m512i u = z_round_ar(_mm512_sub_pd(mv, d), &bad, &a, &r);
-        __mmask8 one = z_unmerge_single(u, m64, a);
-        unsigned fb = (unsigned)(bad | (__mmask8)~one) & 0xffu;
-        _mm_storeu_si128((__m128i *)(dst + 2 * x), _mm512_cvtepi64_epi16(u));
-        z_flags(flag + x, fb);
-        unsigned nz = _mm512_cmp_pd_mask(d, _mm512_setzero_pd(), _CMP_NEQ_UQ);
-        changed += (uint64_t)__builtin_popcount(nz & ~fb & 0xffu);
+    const __m512i c7f = _mm512_set1_epi32(0x7f), cff = _mm512_set1_epi32(0xff);
+    const __m512i h15 = _mm512_set1_epi32(0x8000);
+    for (; x + 16 <= n; x += 16) {
+        __m512i m, a, r;
+        __m512d d0, d1;
+        __mmask16 bad;
+        __m512i u = z16_round(z16_sum(src + 2 * x, sum + x, 1, &m, &d0, &d1), &a, &r, &bad);
+        __m512i rem = _mm512_and_si512(a, _mm512_set1_epi32(0xffff));
+        __m512i t = _mm512_abs_epi32(_mm512_sub_epi32(rem, h15));
+        __m512i j = _mm512_sub_epi32(_mm512_and_si512(_mm512_srli_epi32(u, 7), cff),
+                                     _mm512_and_si512(_mm512_srli_epi32(m, 7), cff));
+        __m512i thr = _mm512_add_epi32(_mm512_sub_epi32(h15, _mm512_srlv_epi32(h15, j)),
+                                       _mm512_set1_epi32(16));
+        __mmask16 base = _mm512_test_epi32_mask(u, c7f) &
+                         _mm512_test_epi32_mask(m, _mm512_set1_epi32(0x7f80));
+        __mmask16 mnz = _mm512_test_epi32_mask(m, c7f);
+        __mmask16 pow2 = _mm512_cmpeq_epi32_mask(j, _mm512_setzero_si512()) &
+                         _mm512_testn_epi32_mask(_mm512_xor_si512(u, m), h15) &
+                         (_mm512_cmpgt_epu32_mask(rem, _mm512_set1_epi32(0x8000 + 16)) |
+                          _mm512_cmplt_epu32_mask(rem, _mm512_set1_epi32(0x4000 - 16)));
+        __mmask16 one = base & ((mnz & _mm512_cmpgt_epu32_mask(t, thr)) | ((__mmask16)~mnz & pow2));
+        changed += z16_store(dst + 2 * x, flag + x, u, bad | (__mmask16)~one, d0, d1);
     }
     return changed + fast_unmerge_vec(src + 2 * x, dst + 2 * x, sum + x, flag + x, n - x);
 }
