@@ -463,6 +463,41 @@ static AVX512 uint64_t fast_merge_avx512(const unsigned char *src, unsigned char
     return changed + fast_merge_vec(src + 2 * x, dst + 2 * x, sum + x, flag + x, n - x, record);
 }
 
+/* The unmerge's proof for u = +-2^k (mantissa 0, a fifth of the
+ * flagged elements, most of them not ambiguous): its neighbour toward 0
+ * is q / 2 away (q its ulp above), so u + d = m + e must round to m
+ * while that neighbour's m + e - q / 2 must not.  In the terms of
+ * fast_unmerge_avx512 (E <= 4 float ulps f of tf's binade, 16 spare):
+ *   tf in u's binade (rounded inward to u: e < 0 by rem f), and
+ *     m below u's binade (j >= 1): the neighbour is q_m away at least;
+ *       |e| < q_m / 2 as for other u;
+ *     m in it, one sign, m's mantissa not 0: e < 0 and |e| < q / 2,
+ *       so 16 < rem < 2^15 - 16;
+ *     m = u: |e| < q / 4, rem < 2^14 - 16;
+ *   tf in the binade below (rounded outward to u), m = u, one sign:
+ *     0 < e < q / 4, rem > 2^15 + 16 (in units f / 2).
+ * m is normal (the caller checks); other lanes go to the full logic. */
+static inline AVX512 __mmask16 z16_pow2_unmerge(__m512i u, __m512i m, __m512i a, __m512i j,
+                                                __m512i t, __m512i thr)
+{
+    __m512i rem = _mm512_and_si512(a, _mm512_set1_epi32(0xffff));
+    __m512i es = _mm512_srli_epi32(a, 23);
+    __m512i eu = _mm512_and_si512(_mm512_srli_epi32(u, 7), _mm512_set1_epi32(0xff));
+    __mmask16 in = _mm512_cmpeq_epi32_mask(es, eu);
+    __mmask16 below = _mm512_cmpeq_epi32_mask(_mm512_add_epi32(es, _mm512_set1_epi32(1)), eu);
+    __mmask16 same = _mm512_testn_epi32_mask(_mm512_xor_si512(u, m), _mm512_set1_epi32(0x8000)) &
+                     _mm512_cmpeq_epi32_mask(j, _mm512_setzero_si512());
+    __mmask16 mnz = _mm512_test_epi32_mask(m, _mm512_set1_epi32(0x7f));
+    __mmask16 up = in & mnz & _mm512_cmpgt_epi32_mask(j, _mm512_setzero_si512()) &
+                   _mm512_cmpgt_epu32_mask(t, thr);
+    __mmask16 inside = in & same & mnz & _mm512_cmpgt_epu32_mask(rem, _mm512_set1_epi32(16)) &
+                       _mm512_cmplt_epu32_mask(rem, _mm512_set1_epi32(0x8000 - 16));
+    __mmask16 equal = same & (__mmask16)~mnz &
+                      ((in & _mm512_cmplt_epu32_mask(rem, _mm512_set1_epi32(0x4000 - 16))) |
+                       (below & _mm512_cmpgt_epu32_mask(rem, _mm512_set1_epi32(0x8000 + 16))));
+    return up | inside | equal;
+}
+
 /* The unmerge in float lanes, 16 elements a step, in one rounding:
  * u = round_bf16(tf), tf = fl32(m - fl32(d)), without the second
  * rounding (of s = u + d) that fast_unmerge_vec checks; a lane is kept
@@ -513,6 +548,10 @@ static AVX512 uint64_t fast_unmerge_avx512(const unsigned char *src, unsigned ch
                          (_mm512_cmpgt_epu32_mask(rem, _mm512_set1_epi32(0x8000 + 16)) |
                           _mm512_cmplt_epu32_mask(rem, _mm512_set1_epi32(0x4000 - 16)));
         __mmask16 one = base & ((mnz & _mm512_cmpgt_epu32_mask(t, thr)) | ((__mmask16)~mnz & pow2));
+        __mmask16 unz = _mm512_test_epi32_mask(u, c7f);
+        if (__builtin_expect(unz != 0xffff, 0)) /* in one step of 8 */
+            one |= (__mmask16)~unz & _mm512_test_epi32_mask(m, _mm512_set1_epi32(0x7f80)) &
+                   z16_pow2_unmerge(u, m, a, j, t, thr);
         changed += z16_store(dst + 2 * x, flag + x, u, bad | (__mmask16)~one, d0, d1);
     }
     return changed + fast_unmerge_vec(src + 2 * x, dst + 2 * x, sum + x, flag + x, n - x);
