@@ -3,9 +3,9 @@
  * malformed files (each refused with LORA_EINPUT and a message naming
  * the problem), valid corner cases (whitespace, unaligned N, empty and
  * zero-element tensors, scalars), and the writer: round trips, exact
- * bytes, determinism, alignment, parallel writes, copies, and that
- * nothing stands under the final name before commit or after a
- * failure.
+ * bytes, determinism, alignment, parallel writes, copies, direct
+ * (O_DIRECT) writes against cached ones, and that nothing stands under
+ * the final name before commit or after a failure.
  */
 #include "testutil.h"
 #include "internal.h"
@@ -13,7 +13,9 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -796,6 +798,191 @@ START_TEST(test_parallel_and_copy)
 }
 END_TEST
 
+/* Direct writes (direct_io.c): what they write equals what the cache
+ * path writes, whether the data starts page-aligned (lora_stw_set_align)
+ * or not, for tensors whose sizes are not multiples of 512, written in
+ * parts of assorted lengths from two threads, from lent buffers and
+ * from the caller's own; LORA_NO_DIRECT turns them off. */
+enum { DW_BIG = 9u << 20, DW_ODD = 3003, DW_MID = 175001 };
+static const uint64_t dw_parts[] = {506368, 524288, 300001, 4096, 65536, 1048576, 77};
+
+static unsigned char dw_byte(int t, uint64_t k)
+{
+    return (unsigned char)((k * 31 + (uint64_t)t * 7) ^ (k >> 9));
+}
+
+struct dw_job {
+    lora_stw *w;
+    int id, lend, rc, lent;
+};
+
+static void *dw_thread(void *arg)
+{
+    struct dw_job *j = arg;
+    static const char *names[] = {"big", "odd", "mid"};
+    const uint64_t size[] = {2ull * DW_BIG, 2ull * DW_ODD, 4ull * DW_MID};
+    unsigned char *own = malloc(1 << 20);
+    lora_error e;
+    size_t np = 0;
+    if (!own) {
+        j->rc = 1;
+        return NULL;
+    }
+    for (int t = 0; t < 3; t++)
+        for (uint64_t off = 0; off < size[t]; np++) {
+            uint64_t n = dw_parts[np % (sizeof dw_parts / sizeof *dw_parts)];
+            if (n > size[t] - off)
+                n = size[t] - off;
+            if ((int)(np % 2) == j->id) {
+                unsigned char *b = j->lend ? lora_stw_lend(j->w, (size_t)n) : NULL;
+                j->lent += b != NULL;
+                if (!b)
+                    b = own;
+                for (uint64_t k = 0; k < n; k++)
+                    b[k] = dw_byte(t, off + k);
+                if (lora_stw_write(j->w, names[t], off, b, (size_t)n, &e) != LORA_OK)
+                    j->rc = 1;
+            }
+            off += n;
+        }
+    free(own);
+    return NULL;
+}
+
+/* PATH written with the parts above; *LENT counts lent buffers. */
+static void dw_write(const char *path, uint32_t align, int lend, int *lent)
+{
+    lora_stw *w;
+    lora_error e;
+    uint64_t big[2] = {DW_BIG / 1024, 1024}, odd[2] = {3, 1001}, mid[1] = {DW_MID};
+    ck_assert_int_eq(lora_stw_new(path, &w, &e), LORA_OK);
+    ck_assert_int_eq(lora_stw_set_metadata(w, "pad", "an odd length.", &e), LORA_OK);
+    ck_assert_int_eq(lora_stw_declare(w, "big", LORA_DT_BF16, 2, big, &e), LORA_OK);
+    ck_assert_int_eq(lora_stw_declare(w, "odd", LORA_DT_BF16, 2, odd, &e), LORA_OK);
+    ck_assert_int_eq(lora_stw_declare(w, "mid", LORA_DT_F32, 1, mid, &e), LORA_OK);
+    ck_assert_int_eq(lora_stw_set_align(w, align, &e), LORA_OK);
+    ck_assert_int_eq(lora_stw_start(w, &e), LORA_OK);
+    pthread_t th[2];
+    struct dw_job jobs[2];
+    for (int i = 0; i < 2; i++) {
+        jobs[i] = (struct dw_job){w, i, lend, 0, 0};
+        ck_assert_int_eq(pthread_create(&th[i], NULL, dw_thread, &jobs[i]), 0);
+    }
+    *lent = 0;
+    for (int i = 0; i < 2; i++) {
+        pthread_join(th[i], NULL);
+        ck_assert_int_eq(jobs[i].rc, 0);
+        *lent += jobs[i].lent;
+    }
+    ck_assert_int_eq(lora_stw_commit(w, &e), LORA_OK);
+}
+
+START_TEST(test_direct_writes)
+{
+    uint32_t align = _i ? 4096 : 0;
+    char *d = tu_tmpdir();
+    char *pd = tu_path(d, "direct.safetensors"), *pc = tu_path(d, "cached.safetensors");
+    char *pl = tu_path(d, "copied.safetensors");
+    int lent_d, lent_c, lent_l;
+    unsetenv("LORA_NO_DIRECT");
+    dw_write(pd, align, 1, &lent_d);
+    dw_write(pl, align, 0, &lent_l);
+    setenv("LORA_NO_DIRECT", "1", 1);
+    dw_write(pc, align, 1, &lent_c);
+    unsetenv("LORA_NO_DIRECT");
+    ck_assert_int_eq(lent_c, 0); /* the switch: no direct writes at all */
+    ck_assert_int_eq(lent_l, 0);
+    if (!lent_d)
+        fprintf(stderr, "note: %s refuses direct writes: only the cache path was tested\n", d);
+    size_t ld, lc, ll;
+    char *bd = tu_read(pd, &ld), *bc = tu_read(pc, &lc), *bl = tu_read(pl, &ll);
+    ck_assert_uint_eq(ld, lc);
+    ck_assert_uint_eq(ll, lc);
+    ck_assert(memcmp(bd, bc, lc) == 0);
+    ck_assert(memcmp(bl, bc, lc) == 0);
+    uint64_t n = 0;
+    for (int i = 0; i < 8; i++)
+        n |= (uint64_t)(unsigned char)bd[i] << (8 * i);
+    ck_assert_int_eq((8 + n) % 4096 == 0, align == 4096);
+    lora_st *st;
+    lora_error e;
+    ck_assert_int_eq(lora_st_open(pd, &st, &e), LORA_OK);
+    static const char *names[] = {"big", "odd", "mid"};
+    for (int t = 0; t < 3; t++) {
+        const lora_tensor *x = lora_st_find(st, names[t]);
+        ck_assert_ptr_nonnull(x);
+        const unsigned char *b = x->data;
+        for (uint64_t k = 0; k < x->nbytes; k++)
+            if (b[k] != dw_byte(t, k))
+                ck_abort_msg("%s byte %llu", names[t], (unsigned long long)k);
+    }
+    lora_st_close(st);
+    free(bd);
+    free(bc);
+    free(bl);
+    free(pd);
+    free(pc);
+    free(pl);
+    tu_rmtree(d);
+    free(d);
+}
+END_TEST
+
+/* A lent buffer comes back when its write is refused; a direct write
+ * that fails (past RLIMIT_FSIZE: EFBIG) fails the commit, which leaves
+ * nothing behind. */
+START_TEST(test_direct_failures)
+{
+    char *d = tu_tmpdir();
+    char *p = tu_path(d, "fail.safetensors");
+    lora_stw *w;
+    lora_error e;
+    uint64_t big[1] = {DW_BIG};
+    unsetenv("LORA_NO_DIRECT");
+    ck_assert_int_eq(lora_stw_new(p, &w, &e), LORA_OK);
+    ck_assert_int_eq(lora_stw_declare(w, "big", LORA_DT_BF16, 1, big, &e), LORA_OK);
+    ck_assert_int_eq(lora_stw_set_align(w, 4096, &e), LORA_OK);
+    ck_assert_int_eq(lora_stw_start(w, &e), LORA_OK);
+    void *b = lora_stw_lend(w, 1 << 19);
+    if (!b) {
+        fprintf(stderr, "note: %s refuses direct writes: failures not tested\n", d);
+        lora_stw_abort(w);
+    } else {
+        lora_stw_unlend(w, b);
+        for (int i = 0; i < 40; i++) { /* more than the writer has buffers */
+            b = lora_stw_lend(w, 1 << 19);
+            ck_assert_ptr_nonnull(b);
+            ck_assert_int_eq(lora_stw_write(w, "nope", 0, b, 1 << 19, &e), LORA_EUSAGE);
+            b = lora_stw_lend(w, 1 << 19);
+            ck_assert_ptr_nonnull(b);
+            ck_assert_int_eq(lora_stw_write(w, "big", 2ull * DW_BIG, b, 1 << 19, &e),
+                             LORA_EUSAGE);
+        }
+        ck_assert_ptr_null(lora_stw_lend(w, (2 << 20) + 1)); /* longer than a buffer */
+        signal(SIGXFSZ, SIG_IGN);
+        struct rlimit rl;
+        ck_assert_int_eq(getrlimit(RLIMIT_FSIZE, &rl), 0);
+        struct rlimit small = {1 << 20, rl.rlim_max};
+        ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &small), 0);
+        int failed = 0;
+        for (uint64_t off = 4 << 20; off < (8 << 20) && !failed; off += 1 << 19) {
+            b = lora_stw_lend(w, 1 << 19);
+            if (!b) /* none lent once a direct write has failed */
+                break;
+            memset(b, 1, 1 << 19);
+            failed = lora_stw_write(w, "big", off, b, 1 << 19, &e) != LORA_OK;
+        }
+        ck_assert_int_eq(lora_stw_commit(w, &e), LORA_EIO);
+        ck_assert_ptr_nonnull(strstr(e.msg, "write"));
+        ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &rl), 0);
+    }
+    ck_assert_int_eq(dir_entries(d), 0);
+    free(p);
+    tu_rmtree(d);
+    free(d);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("safetensors");
@@ -812,6 +999,8 @@ int main(void)
     tcase_add_test(tw, test_writer_failures);
     tcase_add_test(tw, test_parallel_and_copy);
     tcase_add_test(tw, test_kept_layout);
+    tcase_add_loop_test(tw, test_direct_writes, 0, 2);
+    tcase_add_test(tw, test_direct_failures);
     suite_add_tcase(s, tw);
     return tu_run(s, 0);
 }

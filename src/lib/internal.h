@@ -280,6 +280,40 @@ typedef struct lora_gstw lora_gstw;
  * destination and the tensor) for messages. */
 int lora_copy_range(int src_fd, uint64_t src_off, int dst_fd, uint64_t dst_off, uint64_t len,
                     const char *path, const char *name, lora_error *err);
+/* ---- O_DIRECT writes (direct_io.c) ---- */
+typedef struct lora_dio lora_dio;
+/* Direct writes to the file open as FD at PATH (just created by this
+ * process); NULL when LORA_NO_DIRECT is set or they are refused. */
+lora_dio *lora_dio_open(int fd, const char *path);
+/* How a write of LEN bytes at file offset OFF splits: *HEAD bytes
+ * through the cache, then *MID (0: none) for lora_dio_write, the rest
+ * through the cache again.  D may be NULL (all through the cache). */
+void lora_dio_split(const lora_dio *d, size_t len, uint64_t off, size_t *head, size_t *mid);
+/* Queue a *MID part: copied (BUF may be reused on return), or, when
+ * LENT is a buffer lora_dio_lend gave and BUF lies in it, LENT itself
+ * (given back: the caller must not touch it again); 0 or the errno of a
+ * direct write that failed. */
+int lora_dio_write(lora_dio *d, const void *buf, size_t len, uint64_t off, void *lent);
+/* A page-aligned buffer of LEN bytes to fill and give to lora_dio_write
+ * (no copy), or NULL (none free, LEN too long, D NULL); one not given
+ * to lora_dio_write goes back with lora_dio_unlend. */
+void *lora_dio_lend(lora_dio *d, size_t len);
+void lora_dio_unlend(lora_dio *d, void *buf);
+/* BUF is a buffer lora_dio_lend gave (to this caller). */
+int lora_dio_lent(const lora_dio *d, const void *buf);
+/* Wait for every queued write and free D (NULL: nothing); 0 or the
+ * errno of the first that failed. */
+int lora_dio_finish(lora_dio *d);
+/* Before lora_stw_start: the tensor data starts at a multiple of ALIGN
+ * (a power of two, at most 64 KiB) from the file's start, the header
+ * padded with spaces to get there; not for a verbatim layout, whose
+ * header is kept as it is. */
+int lora_stw_set_align(lora_stw *w, uint32_t align, lora_error *err);
+/* A buffer for LEN bytes of output that lora_stw_write then writes
+ * without a copy (lora_dio_lend), or NULL; lora_stw_write takes it back
+ * in any case; one not written goes back with lora_stw_unlend. */
+void *lora_stw_lend(lora_stw *w, size_t len);
+void lora_stw_unlend(lora_stw *w, void *buf);
 /* A lora_stw whose every call goes to GG (taken over, freed on failure). */
 int lora_stw_new_gguf(lora_gstw *gg, lora_stw **out, lora_error *err);
 

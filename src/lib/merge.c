@@ -226,6 +226,18 @@ static int sink_stw(void *arg, uint64_t off, const void *buf, size_t len, lora_e
     return lora_stw_write(R->w, R->cur, off, buf, len, err);
 }
 
+static void *sink_stw_lend(void *arg, size_t len)
+{
+    struct run *R = arg;
+    return lora_stw_lend(R->w, len);
+}
+
+static void sink_stw_unlend(void *arg, void *buf)
+{
+    struct run *R = arg;
+    lora_stw_unlend(R->w, buf);
+}
+
 static int sink_null(void *arg, uint64_t off, const void *buf, size_t len, lora_error *err)
 {
     (void)arg; (void)off; (void)buf; (void)len; (void)err;
@@ -670,6 +682,8 @@ static int unmerge_step(struct run *R, struct tstate *S, lora_error *err)
     } else {
         j.sink = R->w ? sink_stw : sink_null;
         j.sink_arg = R->w ? R : NULL;
+        j.sink_lend = R->w ? sink_stw_lend : NULL;
+        j.sink_unlend = R->w ? sink_stw_unlend : NULL;
     }
     int rc = S->odora ? dora_unmerge(R, S, &j, err) : lora_engine_run(R->eng, &j, err);
     if (rc)
@@ -750,6 +764,8 @@ static int merge_step(struct run *R, struct tstate *S, lora_error *err)
     j.out_fixes = &R->fixes;
     j.sink = R->w ? sink_stw : sink_null;
     j.sink_arg = R->w ? R : NULL;
+    j.sink_lend = R->w ? sink_stw_lend : NULL;
+    j.sink_unlend = R->w ? sink_stw_unlend : NULL;
     double *norm = NULL;
     int rc;
     if (S->ndora)
@@ -980,6 +996,11 @@ static int start_writer(struct run *R, size_t si, const char *outpath,
         R->kept_all = 0;
     else if (!rc)
         rc = choose_layout(R, si, in_hdr, in_len, err);
+    /* tensor data page-aligned in the file: the engine's blocks, from
+     * page-aligned buffers, then go to the disk directly (direct_io.c);
+     * an unmerge's verbatim layout keeps the base's header instead */
+    if (!rc)
+        rc = lora_stw_set_align(R->w, 4096, err);
     if (!rc)
         rc = lora_stw_start(R->w, err);
     if (rc) {

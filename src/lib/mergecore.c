@@ -1151,8 +1151,9 @@ static void stats_add(lora_merge_stats *to, const lora_merge_stats *st)
         to->max_ulps = st->max_ulps;
 }
 
-/* The block's hashes, its bytes to the sink, its counts into the job's. */
-static void finish_block(struct tjob *j, struct block *k)
+/* The block's hashes, its bytes to the sink, its counts into the job's;
+ * 0 when it failed before the sink had the bytes. */
+static int finish_block(struct tjob *j, struct block *k)
 {
     const lora_tjob *s = j->spec;
     lora_engine *e = j->e;
@@ -1160,7 +1161,7 @@ static void finish_block(struct tjob *j, struct block *k)
         if (lora_th_chunk(s->in_hk, k->src, k->n * j->isz, e->bhash[k->b][0]) ||
             lora_th_chunk(s->out_hk, k->dst, k->n * j->osz, e->bhash[k->b][1])) {
             tj_fail(j, LORA_EIO, "SHA-256 is not available (libcrypto)");
-            return;
+            return 0;
         }
     }
     if (s->sink) {
@@ -1168,7 +1169,7 @@ static void finish_block(struct tjob *j, struct block *k)
         lora_error_clear(&werr);
         if (s->sink(s->sink_arg, k->first * j->osz, k->dst, k->n * j->osz, &werr) != LORA_OK) {
             tj_fail(j, werr.code ? werr.code : LORA_EIO, werr.msg);
-            return;
+            return 1;
         }
     }
     pthread_mutex_lock(&j->lock);
@@ -1185,6 +1186,7 @@ static void finish_block(struct tjob *j, struct block *k)
     pthread_mutex_unlock(&j->lock);
     if (s->progress)
         s->progress(s->progress_arg, k->n * j->isz);
+    return 1;
 }
 
 /* Rows of a part of a block: the delta of about 2^16 elements (512 KB)
@@ -1214,6 +1216,11 @@ static void run_block(struct tjob *j, int t, uint64_t b)
     k.flag = (unsigned char *)e->tmp[t];
     k.src = (const unsigned char *)s->src + k.first * j->isz;
     k.dst = s->dst ? (unsigned char *)s->dst + k.first * j->osz : e->ibuf[t];
+    /* the writer's own buffer, where it has one: no copy on the way out */
+    void *lent = !s->dst && s->sink && s->sink_lend ? s->sink_lend(s->sink_arg, k.n * j->osz)
+                                                    : NULL;
+    if (lent)
+        k.dst = lent;
     k.st.elements = k.n;
     if (s->unmerge) {
         unmerge_start(j, &k);
@@ -1223,6 +1230,7 @@ static void run_block(struct tjob *j, int t, uint64_t b)
         fx->nbits = fx->nambig = 0;
     }
     uint64_t pr = part_rows(j->cols);
+    int rc = 0;
     for (uint64_t a = k.i0; a < k.i1; a += pr) {
         uint64_t c = a + pr < k.i1 ? a + pr : k.i1;
         size_t off = (size_t)((a - k.i0) * j->cols);
@@ -1234,7 +1242,7 @@ static void run_block(struct tjob *j, int t, uint64_t b)
         v.dst = k.dst + off * j->osz;
         memset(&v.st, 0, sizeof v.st);
         memset(&v.nf, 0, sizeof v.nf);
-        int rc = s->unmerge ? unmerge_part(j, &v) : merge_block(j, &v);
+        rc = s->unmerge ? unmerge_part(j, &v) : merge_block(j, &v);
         k.fi = v.fi;
         k.rd = v.rd;
         stats_add(&k.st, &v.st);
@@ -1245,11 +1253,12 @@ static void run_block(struct tjob *j, int t, uint64_t b)
                 k.nf.n += v.nf.n;
         }
         if (rc)
-            return;
+            break;
     }
-    if (s->unmerge && unmerge_end(j, &k))
+    if (!rc && !(s->unmerge && unmerge_end(j, &k)) && finish_block(j, &k))
         return;
-    finish_block(j, &k);
+    if (lent)
+        s->sink_unlend(s->sink_arg, lent);
 }
 
 static void *tj_worker(void *arg)

@@ -50,6 +50,11 @@ typedef struct lora_tjob {
     lora_merge_stats *stats;     /* added to, may be NULL */
     void (*progress)(void *arg, uint64_t bytes);
     void *progress_arg;
+    /* optional, with sink: a buffer for a block's LEN output bytes that
+     * the sink then writes without a copy (NULL: the engine's own); the
+     * sink call takes it back, sink_unlend one the sink never got */
+    void *(*sink_lend)(void *arg, size_t len);
+    void (*sink_unlend)(void *arg, void *buf);
 } lora_tjob;
 
 int lora_engine_run(lora_engine *e, const lora_tjob *job, lora_error *err);
