@@ -824,6 +824,25 @@ static int merges_to(uint32_t x, double d, uint32_t m)
     return fp_finite(FP_BF16, x) && ref_round16(FP_BF16, fp_to_d(FP_BF16, x) + d) == m;
 }
 
+/* A run code lora_fast_runs_bf16 gave (flag >= 2, lora_run_decode) for
+ * base value c and merged value m: c must merge to m, and the run's
+ * members by the reference walk, by magnitude within c's sign, are a
+ * below c and b above it. */
+static void check_run_code(uint16_t c, uint16_t m, double d, unsigned code, int kv)
+{
+    unsigned a, b, na = 0, nb = 0;
+    lora_run_decode(code, &a, &b);
+    uint32_t sg = c & 0x8000u, mag = c & 0x7fffu;
+    ck_assert_msg(merges_to(c, d, m), "kernel %d: code %u: %04x + %a does not give %04x", kv,
+                  code, c, d, m);
+    while (na < mag && na < 64 && merges_to(sg | (mag - na - 1), d, m))
+        na++;
+    while (mag + nb + 1 < 0x7f80u && nb < 64 && merges_to(sg | (mag + nb + 1), d, m))
+        nb++;
+    ck_assert_msg(na == a && nb == b, "kernel %d: %04x + %a -> %04x: code %u (%u below, %u above), "
+                  "the run has %u below and %u above", kv, c, d, m, code, a, b, na, nb);
+}
+
 /* mode 0: unmerge; 1: merge with the proof; 2: merge without it */
 static void pass_check(int mode)
 {
@@ -847,7 +866,17 @@ static void pass_check(int mode)
         else
             lora_fast_unmerge_bf16((const unsigned char *)in, (unsigned char *)out, d, flag, N);
         uint64_t ordinary = 0, ordinary_proven = 0;
+        /* the runs of the flagged lanes (mergefast.c), checked below
+         * against the reference walk: base values in in (merge) or out */
+        unsigned char *code = malloc(N);
+        ck_assert(code != NULL);
+        memcpy(code, flag, N);
+        if (mode != 2)
+            lora_fast_runs_bf16((const unsigned char *)(mode ? in : out),
+                                (const unsigned char *)(mode ? out : in), d, code, N);
         for (size_t i = 0; i < N; i++) {
+            if (code[i] >= 2)
+                check_run_code(mode ? in[i] : out[i], mode ? out[i] : in[i], d[i], code[i], kv);
             int plain = (i >> 16) < 3 && (in[i] & 0x7f80) && (in[i] & 0x7f80) != 0x7f80;
             ordinary += (uint64_t)plain;
             if (flag[i])
@@ -870,6 +899,7 @@ static void pass_check(int mode)
                               "%04x merges to it too", mode, kv, w, d[i], m, x);
             }
         }
+        free(code);
         /* deltas of under 3 ulps of normal values: nearly all proven */
         ck_assert_msg(ordinary_proven * 10 > ordinary * 9, "mode %d kernel %d proves %llu of %llu",
                       mode, kv, (unsigned long long)ordinary_proven, (unsigned long long)ordinary);
@@ -885,6 +915,48 @@ static void pass_check(int mode)
 START_TEST(test_pass_lanes)
 {
     pass_check(_i);
+}
+END_TEST
+
+/* The receipt's rank bits are the data's, not the kernel's: the same
+ * bits with AVX-512, AVX2 and the portable kernels (whose fast passes
+ * and runs decide different lanes), on data with long runs too. */
+START_TEST(test_bits_kernels)
+{
+    uint64_t st = 77, rows = 300, cols = 1000;
+    tmod a, h;
+    tmod_make(&a, rows, cols, 8, 2.0, 0.1, 0, &st);
+    tmod_make(&h, rows, cols, 2, 30.0, 1.0, 0, &st);
+    void *w0 = make_base(FP_BF16, rows * cols, &st), *m = malloc(rows * cols * 2);
+    for (int t = 0; t < 2; t++) {
+        lora_term one[1] = {{t ? &h.m : &a.m, 1.0}};
+        lora_fixes fx[3] = {{.coded = 1}, {.coded = 1}, {.coded = 1}};
+        static const char *const kernels[][2] = {{NULL, NULL}, {"1", NULL}, {"1", "1"}};
+        for (int kv = 0; kv < 3; kv++) {
+            kernels[kv][0] ? setenv("LORA_NO_AVX512", "1", 1) : unsetenv("LORA_NO_AVX512");
+            kernels[kv][1] ? setenv("LORA_NO_AVX2", "1", 1) : unsetenv("LORA_NO_AVX2");
+            lora_error err;
+            ck_assert_int_eq(lora_tensor_merge(LORA_DT_BF16, LORA_DT_BF16, rows, cols, w0, m, one,
+                                               1, LORA_ROUND_NEAREST, 2, &fx[kv], NULL, &err),
+                             LORA_OK);
+        }
+        unsetenv("LORA_NO_AVX512");
+        unsetenv("LORA_NO_AVX2");
+        for (int kv = 1; kv < 3; kv++) {
+            ck_assert_uint_eq(fx[kv].nbits, fx[0].nbits);
+            ck_assert_uint_eq(fx[kv].n, fx[0].n);
+            for (uint64_t i = 0; i < fx[0].nbits; i++)
+                ck_assert_msg(((fx[kv].bits[i / 8] ^ fx[0].bits[i / 8]) >> (i % 8) & 1) == 0,
+                              "adapter %d kernel %d: rank bit %llu differs", t, kv,
+                              (unsigned long long)i);
+        }
+        for (int kv = 0; kv < 3; kv++)
+            lora_fixes_free(&fx[kv]);
+    }
+    tmod_free(&a);
+    tmod_free(&h);
+    free(w0);
+    free(m);
 }
 END_TEST
 
@@ -940,6 +1012,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_flag_masks);
     tcase_add_test(tc, test_dense_runs);
     tcase_add_loop_test(tc, test_pass_lanes, 0, 3);
+    tcase_add_test(tc, test_bits_kernels);
     suite_add_tcase(s, tc);
     return s;
 }
