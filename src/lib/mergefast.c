@@ -335,16 +335,21 @@ static inline AVX512 void z_flags(unsigned char *flag, unsigned bits)
 
 /* Float-lane steps of the two passes below.  16 BF16 values at p (as
  * 32-bit lanes into *v) plus, or minus (sub, a constant once inlined),
- * their 16 deltas rounded to float: the float bits of the sum; the
- * deltas in *d0, *d1. */
+ * their 16 deltas rounded to float (z16_delta): the float bits of the
+ * sum; the deltas in *d0, *d1. */
+static inline AVX512 __m512 z16_delta(const double *sum, __m512d *d0, __m512d *d1)
+{
+    *d0 = _mm512_loadu_pd(sum);
+    *d1 = _mm512_loadu_pd(sum + 8);
+    return _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(*d0)),
+                              _mm512_cvtpd_ps(*d1), 1);
+}
+
 static inline AVX512 __m512i z16_sum(const unsigned char *p, const double *sum, int sub,
                                      __m512i *v, __m512d *d0, __m512d *d1)
 {
     *v = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
-    *d0 = _mm512_loadu_pd(sum);
-    *d1 = _mm512_loadu_pd(sum + 8);
-    __m512 df = _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(*d0)),
-                                   _mm512_cvtpd_ps(*d1), 1);
+    __m512 df = z16_delta(sum, d0, d1);
     __m512 vf = _mm512_castsi512_ps(_mm512_slli_epi32(*v, 16));
     return _mm512_castps_si512(sub ? _mm512_sub_ps(vf, df) : _mm512_add_ps(vf, df));
 }
@@ -582,54 +587,72 @@ static AVX512 int z_wide_run(uint16_t c, uint16_t m, double d)
     return LORA_RUN_CODE(below, above);
 }
 
-/* lora_fast_run_bf16 for 8 flagged elements at once (k of them real):
- * the same steps lane for lane, codes into flag[] (run_code). */
-static AVX512 void z_runs8(const unsigned char *cb, const unsigned char *mb, const double *sum,
-                           unsigned char *flag, const uint32_t *idx, int k)
+/* lora_fast_run_bf16 for 16 flagged elements at once (k of them real),
+ * in float lanes: the five sums (c and its neighbours -+1, -+2 by
+ * magnitude, plus d) as fl32(x + fl32(d)), each kept only where its
+ * rounding is "far" in fast_merge_avx512's sense (more than 2^(j+4)
+ * ulps from a rounding boundary, j its x's binade above the sum's), so
+ * that it rounds as the double sum does; a lane with any sum not far,
+ * or whose run is not one of lora_fast_run_bf16's, goes to z_wide_run
+ * (double), as a bad lane always did.  The codes are lora_fast_run_bf16's
+ * for the same runs.  Twice the lanes of the double form per step
+ * (whose 8-lane steps were a third of the flagged elements' cost). */
+static AVX512 void z_runs16(const unsigned char *cb, const unsigned char *mb, const double *sum,
+                            unsigned char *flag, const uint32_t *idx, int k)
 {
-    uint16_t c16[8], m16[8];
-    double dd[8];
-    for (int i = 0; i < 8; i++) {
+    uint16_t c16[16], m16[16];
+    double dd[16];
+    for (int i = 0; i < 16; i++) {
         uint32_t x = idx[i < k ? i : 0];
         memcpy(&c16[i], cb + 2 * (size_t)x, 2);
         memcpy(&m16[i], mb + 2 * (size_t)x, 2);
         dd[i] = sum[x];
     }
-    __m512i c, m, tmp;
-    __m512d cv = z_bf16_d(_mm_loadu_si128((const __m128i *)c16), &c);
-    (void)z_bf16_d(_mm_loadu_si128((const __m128i *)m16), &m);
-    __m512d d = _mm512_loadu_pd(dd);
-    __m512i mag = _mm512_and_si512(c, _mm512_set1_epi64(0x7fff));
-    __m512i sg = _mm512_and_si512(c, _mm512_set1_epi64(0x8000));
-    __mmask8 bad = _mm512_cmplt_epu64_mask(mag, _mm512_set1_epi64(0x0082)) |
-                   _mm512_cmpgt_epu64_mask(mag, _mm512_set1_epi64(0x7f7d));
-    __mmask8 b;
-    __m512i mc = z_round(_mm512_add_pd(cv, d), &b);
-    bad |= b | _mm512_cmpneq_epi64_mask(mc, m);
-    __m512i r[4];
-    static const int64_t step[4] = {-1, 1, -2, 2};
-    for (int q = 0; q < 4; q++) {
-        __m512i nb = _mm512_or_si512(sg, _mm512_and_si512(
-                                             _mm512_add_epi64(mag, _mm512_set1_epi64(step[q])),
-                                             _mm512_set1_epi64(0x7fff)));
-        __m512d nv = z_bf16_d(_mm512_cvtepi64_epi16(nb), &tmp);
-        r[q] = z_round(_mm512_add_pd(nv, d), &b);
-        bad |= b;
+    __m512i c = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)c16));
+    __m512i m = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)m16));
+    __m512d d0, d1;
+    __m512 df = z16_delta(dd, &d0, &d1);
+    const __m512i cff = _mm512_set1_epi32(0xff);
+    __m512i mag = _mm512_and_si512(c, _mm512_set1_epi32(0x7fff));
+    __m512i sg = _mm512_and_si512(c, _mm512_set1_epi32(0x8000));
+    /* the neighbours stay normal, d is finite and not 0 (in float too) */
+    __m512i dfa = _mm512_and_si512(_mm512_castps_si512(df), _mm512_set1_epi32(0x7fffffff));
+    __mmask16 bad = _mm512_cmplt_epu32_mask(mag, _mm512_set1_epi32(0x0082)) |
+                    _mm512_cmpgt_epu32_mask(mag, _mm512_set1_epi32(0x7f7d)) |
+                    _mm512_cmpeq_epi32_mask(dfa, _mm512_setzero_si512()) |
+                    _mm512_cmpge_epu32_mask(dfa, _mm512_set1_epi32(0x7f800000));
+    __mmask16 eq[5];
+    static const int step[5] = {0, -1, 1, -2, 2};
+    for (int q = 0; q < 5; q++) {
+        __m512i x = _mm512_or_si512(sg, _mm512_and_si512(
+                                            _mm512_add_epi32(mag, _mm512_set1_epi32(step[q])),
+                                            _mm512_set1_epi32(0x7fff)));
+        __m512i a, r;
+        __mmask16 b;
+        __m512i rx = z16_round(_mm512_castps_si512(_mm512_add_ps(
+                                   _mm512_castsi512_ps(_mm512_slli_epi32(x, 16)), df)),
+                               &a, &r, &b);
+        __m512i j = _mm512_min_epi32(
+            _mm512_max_epi32(_mm512_sub_epi32(_mm512_and_si512(_mm512_srli_epi32(x, 7), cff),
+                                              _mm512_srli_epi32(a, 23)),
+                             _mm512_setzero_si512()),
+            _mm512_set1_epi32(12));
+        __m512i t = _mm512_abs_epi32(_mm512_sub_epi32(_mm512_and_si512(a, _mm512_set1_epi32(0xffff)),
+                                                      _mm512_set1_epi32(0x8000)));
+        bad |= b | _mm512_cmple_epu32_mask(t, _mm512_sllv_epi32(_mm512_set1_epi32(16), j));
+        eq[q] = _mm512_cmpeq_epi32_mask(rx, m);
     }
-    __m512i ad = _mm512_and_si512(_mm512_castpd_si512(d), _mm512_set1_epi64(INT64_C(0x7fffffffffffffff)));
-    bad |= _mm512_cmp_pd_mask(d, _mm512_setzero_pd(), _CMP_EQ_OQ) |
-           _mm512_cmpge_epu64_mask(ad, _mm512_set1_epi64(INT64_C(0x7ff0000000000000))) |
-           _mm512_cmpeq_epi64_mask(r[2], m) | _mm512_cmpeq_epi64_mask(r[3], m);
-    unsigned a = _mm512_cmpeq_epi64_mask(r[0], m), bb = _mm512_cmpeq_epi64_mask(r[1], m);
+    bad |= (__mmask16)~eq[0] | eq[3] | eq[4];
     for (int i = 0; i < k; i++)
         flag[idx[i]] = (unsigned char)((bad >> i) & 1 ? (unsigned)z_wide_run(c16[i], m16[i], dd[i])
-                                                       : 2 + ((a >> i) & 1) + 2 * ((bb >> i) & 1));
+                                                       : 2u + ((eq[1] >> i) & 1u) +
+                                                             2u * ((eq[2] >> i) & 1u));
 }
 
 static AVX512 void fast_runs_avx512(const unsigned char *cb, const unsigned char *mb,
                                     const double *sum, unsigned char *flag, size_t n)
 {
-    uint32_t idx[8];
+    uint32_t idx[16];
     int k = 0;
     for (size_t x = 0; x < n; x += 64) {
         uint64_t bits = 0;
@@ -643,14 +666,14 @@ static AVX512 void fast_runs_avx512(const unsigned char *cb, const unsigned char
         while (bits) {
             idx[k++] = (uint32_t)(x + (size_t)__builtin_ctzll(bits));
             bits &= bits - 1;
-            if (k == 8) {
-                z_runs8(cb, mb, sum, flag, idx, 8);
+            if (k == 16) {
+                z_runs16(cb, mb, sum, flag, idx, 16);
                 k = 0;
             }
         }
     }
     if (k)
-        z_runs8(cb, mb, sum, flag, idx, k);
+        z_runs16(cb, mb, sum, flag, idx, k);
 }
 
 /* lora_flag_masks' 64 flags at a time: one byte test each */
