@@ -833,15 +833,52 @@ static uint64_t *flag_masks(unsigned char *flag, size_t n)
  * passes found (flag codes 2 and up, nearly all flagged elements)
  * append their rank bits through a bitw: the rank is the run's members
  * below W0 (for a negative W0, those of larger magnitude). */
+/* One flagged element of merge_bf16_fast: its run's rank bits when the
+ * fast passes found the run (flag code >= 2), else the full element
+ * logic (merge_span).  0, or merge_span's error. */
+static inline __attribute__((always_inline)) int
+flagged_elem(const unsigned char *src, unsigned char *dst, const double *sum,
+             const unsigned char *flag, size_t x, size_t n, uint64_t first, int record,
+             lora_fixes *fx, lora_merge_stats *st, size_t *bad, nonfin *nf, bitw *w,
+             uint64_t *nrun, uint64_t *namb)
+{
+    if (flag[x] >= 2) {
+        unsigned a, b, neg = src[2 * x + 1] >> 7;
+        lora_run_decode(flag[x], &a, &b);
+        /* a + b <= 2 * (LORA_RUN_WIDE - 1): 4 bits at most */
+        bw_put(w, fx->bits, neg ? b : a, a + b ? (unsigned)lora_nbits_for(a + b) : 0);
+        (*nrun)++;
+        *namb += (a | b) != 0;
+        return 0;
+    }
+    if (record)
+        bw_end(w, fx);
+    int r = merge_span(FP_BF16, FP_BF16, 2, 2, record, 0, 1, src + 2 * x, dst + 2 * x, sum + x, 1,
+                       first + x, fx, st, bad, nf);
+    if (r) {
+        *bad += x;
+        return r;
+    }
+    if (record) {
+        if (bits_reserve(fx, 4 * (uint64_t)(n - x) + 64))
+            return -2;
+        bw_start(w, fx);
+    }
+    return 0;
+}
+
+/* BF16 merge: the branch-free pass (mergefast.c), then the full element
+ * logic (merge_span) on the elements it flagged.  The runs the fast
+ * passes found (flag codes 2 and up, nearly all flagged elements)
+ * append their rank bits through a bitw: the rank is the run's members
+ * below W0 (for a negative W0, those of larger magnitude).  With the
+ * receipt the flagged elements come as a list from the runs' pass (in
+ * the scratch after the flags); without it, from masks. */
 static int merge_bf16_fast(const unsigned char *src, unsigned char *dst, const double *sum,
                            unsigned char *flag, size_t n, uint64_t first, int record,
                            lora_fixes *fx, lora_merge_stats *st, size_t *bad, nonfin *nf)
 {
     st->changed += lora_fast_merge_bf16(src, dst, sum, flag, n, record);
-    /* most flagged elements: their run found without a search
-     * (mergefast.c), as flag codes 2 and up; what coded_fix would store */
-    if (record)
-        lora_fast_runs_bf16(src, dst, sum, flag, n);
     /* at most 4 bits per element from the codes (runs of up to 15
      * members, lora_run_decode) */
     if (record && bits_reserve(fx, 4 * (uint64_t)n + 64))
@@ -850,37 +887,27 @@ static int merge_bf16_fast(const unsigned char *src, unsigned char *dst, const d
     if (record)
         bw_start(&w, fx);
     uint64_t nrun = 0, namb = 0;
-    /* the flagged elements, 64 at a time from a mask: a branch per
-     * element found, not per 8 bytes scanned; the masks after the flags
-     * in the same scratch (a part is far smaller than the block) */
-    uint64_t *masks = flag_masks(flag, n);
-    for (size_t g = 0; g < n; g += 64) {
-        for (uint64_t mk = masks[g / 64]; mk; mk &= mk - 1) {
-            size_t x = g + (size_t)__builtin_ctzll(mk);
-            if (flag[x] >= 2) {
-                unsigned a, b, neg = src[2 * x + 1] >> 7;
-                lora_run_decode(flag[x], &a, &b);
-                /* a + b <= 2 * (LORA_RUN_WIDE - 1): 4 bits at most */
-                bw_put(&w, fx->bits, neg ? b : a, a + b ? (unsigned)lora_nbits_for(a + b) : 0);
-                nrun++;
-                namb += (a | b) != 0;
-                continue;
-            }
-            if (record)
-                bw_end(&w, fx);
-            int r = merge_span(FP_BF16, FP_BF16, 2, 2, record, 0, 1, src + 2 * x, dst + 2 * x,
-                               sum + x, 1, first + x, fx, st, bad, nf);
-            if (r) {
-                *bad += x;
-                return r;
-            }
-            if (record) {
-                if (bits_reserve(fx, 4 * (uint64_t)(n - x) + 64))
-                    return -2;
-                bw_start(&w, fx);
-            }
-        }
+    int r = 0;
+    if (record) {
+        /* most flagged elements: their run found without a search
+         * (mergefast.c), as flag codes 2 and up; what coded_fix would
+         * store */
+        uint32_t *list = (uint32_t *)(void *)(flag + ((n + 63) & ~(size_t)63));
+        size_t nl = lora_fast_runs_list_bf16(src, dst, sum, flag, n, list);
+        for (size_t i = 0; i < nl && !r; i++)
+            r = flagged_elem(src, dst, sum, flag, list[i], n, first, record, fx, st, bad, nf, &w,
+                             &nrun, &namb);
+    } else {
+        /* the flagged elements, 64 at a time from a mask: a branch per
+         * element found, not per 8 bytes scanned */
+        uint64_t *masks = flag_masks(flag, n);
+        for (size_t g = 0; g < n && !r; g += 64)
+            for (uint64_t mk = masks[g / 64]; mk && !r; mk &= mk - 1)
+                r = flagged_elem(src, dst, sum, flag, g + (size_t)__builtin_ctzll(mk), n, first,
+                                 record, fx, st, bad, nf, &w, &nrun, &namb);
     }
+    if (r)
+        return r;
     if (record)
         bw_end(&w, fx);
     st->changed += nrun;

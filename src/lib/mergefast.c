@@ -649,31 +649,36 @@ static AVX512 void z_runs16(const unsigned char *cb, const unsigned char *mb, co
                                                              2u * ((eq[2] >> i) & 1u));
 }
 
-static AVX512 void fast_runs_avx512(const unsigned char *cb, const unsigned char *mb,
-                                    const double *sum, unsigned char *flag, size_t n)
+static AVX512 size_t fast_runs_avx512(const unsigned char *cb, const unsigned char *mb,
+                                      const double *sum, unsigned char *flag, size_t n,
+                                      uint32_t *list)
 {
-    uint32_t idx[16];
+    uint32_t idx[16], *at = list ? list : idx;
+    size_t nl = 0;
     int k = 0;
     for (size_t x = 0; x < n; x += 64) {
         uint64_t bits = 0;
         if (x + 64 <= n) {
             __m512i v = _mm512_loadu_si512((const void *)(flag + x));
-            bits = _mm512_test_epi8_mask(v, v);
+            bits = _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8(1));
         } else {
             for (size_t y = x; y < n; y++)
-                bits |= (uint64_t)(flag[y] != 0) << (y - x);
+                bits |= (uint64_t)(flag[y] == 1) << (y - x);
         }
         while (bits) {
-            idx[k++] = (uint32_t)(x + (size_t)__builtin_ctzll(bits));
+            at[k++] = (uint32_t)(x + (size_t)__builtin_ctzll(bits));
             bits &= bits - 1;
             if (k == 16) {
-                z_runs16(cb, mb, sum, flag, idx, 16);
+                z_runs16(cb, mb, sum, flag, at, 16);
+                nl += 16;
+                at = list ? list + nl : idx;
                 k = 0;
             }
         }
     }
     if (k)
-        z_runs16(cb, mb, sum, flag, idx, k);
+        z_runs16(cb, mb, sum, flag, at, k);
+    return nl + (size_t)k;
 }
 
 /* lora_flag_masks' 64 flags at a time: one byte test each */
@@ -830,22 +835,31 @@ int lora_fast_run_bf16(uint16_t c, uint16_t m, double d)
  * full logic.  Where that run is not found, runs of up to 15 members are
  * looked for (wide_run), as codes LORA_RUN_CODE.  Blocks are at most
  * 2^32 elements (lora_block_rows). */
-void lora_fast_runs_bf16(const unsigned char *cb, const unsigned char *mb, const double *sum,
-                         unsigned char *flag, size_t n)
+size_t lora_fast_runs_list_bf16(const unsigned char *cb, const unsigned char *mb,
+                                const double *sum, unsigned char *flag, size_t n, uint32_t *list)
 {
 #ifdef LORA_AVX2
-    if (fast_level() == 2) {
-        fast_runs_avx512(cb, mb, sum, flag, n);
-        return;
-    }
+    if (fast_level() == 2)
+        return fast_runs_avx512(cb, mb, sum, flag, n, list);
 #endif
+    size_t nl = 0;
     for (size_t x = 0; x < n; x++) {
-        if (!flag[x])
+        if (flag[x] != 1) /* 0, or a code the pass found */
             continue;
         uint16_t c, m;
         memcpy(&c, cb + 2 * x, 2);
         memcpy(&m, mb + 2 * x, 2);
         int ab = lora_fast_run_bf16(c, m, sum[x]);
         flag[x] = (unsigned char)(ab < 0 ? wide_run_scalar(c, m, sum[x]) : 2 + ab);
+        if (list)
+            list[nl] = (uint32_t)x;
+        nl++;
     }
+    return nl;
+}
+
+void lora_fast_runs_bf16(const unsigned char *cb, const unsigned char *mb, const double *sum,
+                         unsigned char *flag, size_t n)
+{
+    (void)lora_fast_runs_list_bf16(cb, mb, sum, flag, n, NULL);
 }
