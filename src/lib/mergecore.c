@@ -1089,6 +1089,41 @@ static void unmerge_start(struct tjob *j, struct block *k)
         k->rd = (bitrd){fx->bits, fx->bstart[k->b], fx->bstart[k->b + 1]};
 }
 
+/* unmerge_part's loop state: the bit reader and the next correction's
+ * element in locals (not reloaded from the block per element), the
+ * runs' members decoded */
+struct uloop {
+    bitrd rd;
+    size_t next;
+    uint64_t nrun;
+};
+
+/* One flagged element (or correction's element) x of unmerge_part: the
+ * member of its run the receipt's bits name when the fast passes found
+ * the run (run_member), else unmerge_one.  0, or -1 after tj_fail. */
+static inline __attribute__((always_inline)) int
+unmerge_flagged(struct tjob *j, struct block *k, size_t x, struct uloop *L, const lora_fixes *fx,
+                size_t fe, int coded)
+{
+    unsigned c = k->flag[x];
+    if (coded && c >= 2 && x != L->next) {
+        uint16_t w0;
+        if (run_member(&L->rd, c, (uint16_t)ld_elem(k->dst + 2 * x, 2), &w0)) {
+            block_fail(j, "the receipt's bits do not match the merged tensor and adapter "
+                       "(element %llu)", (unsigned long long)(k->first + x));
+            return -1;
+        }
+        st_elem(k->dst + 2 * x, 2, w0);
+        L->nrun++;
+        return 0;
+    }
+    k->rd = L->rd;
+    int r = unmerge_one(j, k, x, fx, &k->fi, fe, coded, &k->rd, 1);
+    L->rd = k->rd;
+    L->next = k->fi < fe ? (size_t)(fx->index[k->fi] - k->first) : SIZE_MAX;
+    return r;
+}
+
 /* Unmerge of a part of the block (k: its elements, the block's fi and
  * rd).  0, or -1 after tj_fail. */
 static int unmerge_part(struct tjob *j, struct block *k)
@@ -1109,45 +1144,39 @@ static int unmerge_part(struct tjob *j, struct block *k)
         return 0;
     }
     k->st.changed += lora_fast_unmerge_bf16(k->src, k->dst, k->sum, k->flag, n);
-    if (coded)
-        lora_fast_runs_bf16(k->dst, k->src, k->sum, k->flag, n);
-    /* the flagged elements and the corrections' elements, 64 at a time
-     * from a mask, in element order (the rank bits are read in it); the
-     * next correction's element and the bit reader in locals */
-    uint64_t *masks = flag_masks(k->flag, n);
-    size_t next = k->fi < fe ? (size_t)(fx->index[k->fi] - k->first) : SIZE_MAX;
-    bitrd rd = k->rd;
-    uint64_t nrun = 0;
-    for (size_t g = 0; g < n; g += 64) {
-        uint64_t mk = masks[g / 64];
-        size_t ge = g + 64 < n ? g + 64 : n;
-        for (size_t f = k->fi; f < fe && fx->index[f] - k->first < ge; f++)
-            mk |= UINT64_C(1) << (fx->index[f] - k->first - g);
-        for (; mk; mk &= mk - 1) {
-            size_t x = g + (size_t)__builtin_ctzll(mk);
-            unsigned c = k->flag[x];
-            if (coded && c >= 2 && x != next) {
-                uint16_t w0;
-                if (run_member(&rd, c, (uint16_t)ld_elem(k->dst + 2 * x, 2), &w0)) {
-                    block_fail(j, "the receipt's bits do not match the merged tensor and "
-                               "adapter (element %llu)", (unsigned long long)(k->first + x));
-                    return -1;
-                }
-                st_elem(k->dst + 2 * x, 2, w0);
-                nrun++;
-                continue;
-            }
-            k->rd = rd;
-            int r = unmerge_one(j, k, x, fx, &k->fi, fe, coded, &k->rd, 1);
-            rd = k->rd;
-            if (r)
-                return -1;
-            next = k->fi < fe ? (size_t)(fx->index[k->fi] - k->first) : SIZE_MAX;
+    /* the flagged elements and the corrections' elements in element
+     * order (the rank bits are read in it) */
+    struct uloop L = {k->rd, k->fi < fe ? (size_t)(fx->index[k->fi] - k->first) : SIZE_MAX, 0};
+    int r = 0;
+    if (coded) {
+        /* the flagged ones as a list from the runs' pass, in the
+         * scratch after the flags, merged with the corrections' */
+        uint32_t *list = (uint32_t *)(void *)(k->flag + ((n + 63) & ~(size_t)63));
+        size_t nl = lora_fast_runs_list_bf16(k->dst, k->src, k->sum, k->flag, n, list);
+        for (size_t li = 0; !r;) {
+            size_t x = li < nl ? list[li] : SIZE_MAX;
+            if (L.next < x)
+                x = L.next;
+            if (x >= n)
+                break;
+            li += li < nl && list[li] == x;
+            r = unmerge_flagged(j, k, x, &L, fx, fe, coded);
+        }
+    } else {
+        /* 64 at a time from a mask, with the corrections' bits */
+        uint64_t *masks = flag_masks(k->flag, n);
+        for (size_t g = 0; g < n && !r; g += 64) {
+            uint64_t mk = masks[g / 64];
+            size_t ge = g + 64 < n ? g + 64 : n;
+            for (size_t f = k->fi; f < fe && fx->index[f] - k->first < ge; f++)
+                mk |= UINT64_C(1) << (fx->index[f] - k->first - g);
+            for (; mk && !r; mk &= mk - 1)
+                r = unmerge_flagged(j, k, g + (size_t)__builtin_ctzll(mk), &L, fx, fe, coded);
         }
     }
-    k->rd = rd;
-    k->st.changed += nrun;
-    return 0;
+    k->rd = L.rd;
+    k->st.changed += L.nrun;
+    return r;
 }
 
 /* The end of an unmerged block: every rank bit used.  0, or -1. */
