@@ -960,6 +960,57 @@ START_TEST(test_bits_kernels)
 }
 END_TEST
 
+/* Long runs with ties at their ends: d = +-2^-8 (and a hair off), every
+ * finite BF16 value as W0, so that W0 + d lands exactly on the rounding
+ * midpoints of tiny and not so tiny W0 (runs of thousands of members
+ * across 0, whose ends run_ends estimates and must verify): the rank
+ * bits are one rank of ceil(log2 run) bits per ambiguous element, as the
+ * reference walk counts them, and the unmerge gives W0 back. */
+START_TEST(test_run_ties)
+{
+    static const double ds[] = {0x1p-8, -0x1p-8, 0x1.0001p-8, 0x3p-9};
+    uint64_t cols = 65536, rows = 1, st = 3;
+    uint16_t *w0 = malloc(cols * 2), *m = malloc(cols * 2), *u = malloc(cols * 2);
+    for (uint64_t i = 0; i < cols; i++) /* finite ones; NaN and inf patterns as 0 */
+        w0[i] = ((i >> 7) & 0xff) == 0xff ? 0 : (uint16_t)i;
+    for (size_t v = 0; v < sizeof ds / sizeof *ds; v++) {
+        tmod t;
+        tmod_make(&t, rows, cols, 1, 1.0, 1.0, 0, &st);
+        for (uint64_t i = 0; i < cols; i++)
+            t.a[i] = 1.0f;
+        t.b[0] = (float)ds[v];
+        lora_term one[1] = {{&t.m, 1.0}};
+        lora_fixes fx = {.coded = 1};
+        lora_error err;
+        ck_assert_int_eq(lora_tensor_merge(LORA_DT_BF16, LORA_DT_BF16, rows, cols, w0, m, one, 1,
+                                           LORA_ROUND_NEAREST, 2, &fx, NULL, &err), LORA_OK);
+        uint64_t amb = 0, bits = 0;
+        for (uint64_t i = 0; i < cols; i++) {
+            if (!fp_finite(FP_BF16, m[i]))
+                continue;
+            uint64_t len = ref_run(FP_BF16, FP_BF16, w0[i], ds[v], m[i], 1 << 16);
+            ck_assert_uint_gt(len, 0);
+            if (len > 1) {
+                amb++;
+                bits += (uint64_t)(64 - __builtin_clzll(len - 1));
+            }
+        }
+        ck_assert_uint_eq(fx.nambig, amb);
+        ck_assert_uint_eq(fx.nbits, bits);
+        ck_assert_int_eq(lora_tensor_unmerge(LORA_DT_BF16, LORA_DT_BF16, rows, cols, m, u, one, 1,
+                                             &fx, NULL, 2, NULL, &err), LORA_OK);
+        for (uint64_t i = 0; i < cols; i++)
+            ck_assert_msg(u[i] == w0[i], "d %a: W0 %04x came back as %04x (m %04x)", ds[v], w0[i],
+                          u[i], m[i]);
+        lora_fixes_free(&fx);
+        tmod_free(&t);
+    }
+    free(w0);
+    free(m);
+    free(u);
+}
+END_TEST
+
 /* lora_flag_masks against a plain loop, every byte value, lengths that
  * end inside a word, with AVX-512 and without (the multiply trick once
  * assumed flags below 8; the run codes go to 69). */
@@ -1013,6 +1064,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_dense_runs);
     tcase_add_loop_test(tc, test_pass_lanes, 0, 3);
     tcase_add_test(tc, test_bits_kernels);
+    tcase_add_test(tc, test_run_ties);
     suite_add_tcase(s, tc);
     return s;
 }
