@@ -287,10 +287,11 @@ static AVX2 uint64_t fast_unmerge_avx2(const unsigned char *src, unsigned char *
     return changed + fast_unmerge_vec(src + 2 * x, dst + 2 * x, sum + x, flag + x, n - x);
 }
 
-/* AVX-512 (8 elements per step, Zen 4/5, Intel since Skylake-SP): the
- * same computation again, lane for lane, with mask registers for the
- * lane tests and one 8-byte store of the flags.  The AVX2 form spent a
- * third of its time storing flags a byte at a time. */
+/* AVX-512 (Zen 4/5, Intel since Skylake-SP): the passes and the runs in
+ * float lanes, 16 elements a step, under an error bound that sends
+ * every lane it cannot decide to the double logic (fast_merge_avx512);
+ * the wide runs (z_wide_run) in double lanes, lane for lane the plain
+ * form's computation. */
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,bmi2")))
 
 /* 8 BF16 values (16 bytes) -> 8 doubles, and their bits in 64-bit lanes */
@@ -301,9 +302,9 @@ static inline AVX512 __m512d z_bf16_d(__m128i h, __m512i *bits)
     return _mm512_cvtps_pd(_mm256_castsi256_ps(_mm256_slli_epi32(w32, 16)));
 }
 
-/* bf16_round_normal: bits (64-bit lanes), lanes out of the normal range
- * in *bad, and |x|'s bits (a) and their rounding sum (r) */
-static inline AVX512 __m512i z_round_ar(__m512d x, __mmask8 *bad, __m512i *a_out, __m512i *r_out)
+/* bf16_round_normal in 64-bit lanes: the bits, lanes out of the normal
+ * range in *bad */
+static inline AVX512 __m512i z_round(__m512d x, __mmask8 *bad)
 {
     __m512i u = _mm512_castpd_si512(x);
     __m512i a = _mm512_and_si512(u, _mm512_set1_epi64(INT64_C(0x7fffffffffffffff)));
@@ -311,26 +312,11 @@ static inline AVX512 __m512i z_round_ar(__m512d x, __mmask8 *bad, __m512i *a_out
                                  _mm512_and_si512(_mm512_srli_epi64(a, 45), _mm512_set1_epi64(1)));
     *bad = _mm512_cmplt_epu64_mask(_mm512_srli_epi64(a, 52), _mm512_set1_epi64(897)) |
            _mm512_cmpgt_epu64_mask(_mm512_srli_epi64(r, 52), _mm512_set1_epi64(1150));
-    *a_out = a;
-    *r_out = r;
     __m512i m = _mm512_and_si512(_mm512_sub_epi64(_mm512_srli_epi64(r, 45),
                                                   _mm512_set1_epi64(896 << 7)),
                                  _mm512_set1_epi64(0x7fff));
     return _mm512_or_si512(m, _mm512_and_si512(_mm512_srli_epi64(u, 48),
                                                _mm512_set1_epi64(0x8000)));
-}
-
-static inline AVX512 __m512i z_round(__m512d x, __mmask8 *bad)
-{
-    __m512i a, r;
-    return z_round_ar(x, bad, &a, &r);
-}
-
-/* 8 flag bytes (0 or 1) from a lane mask, in one store */
-static inline AVX512 void z_flags(unsigned char *flag, unsigned bits)
-{
-    uint64_t v = _pdep_u64(bits, UINT64_C(0x0101010101010101));
-    memcpy(flag, &v, 8);
 }
 
 /* Float-lane steps of the two passes below.  16 BF16 values at p (as
@@ -426,14 +412,15 @@ static inline AVX512 __mmask16 z16_pow2_single(__m512i w, __m512i m, __m512i ew,
  * with |rem - 2^15| <= T are flagged for the full logic (j is clamped
  * at 12, where T = 2^16 is above every |rem - 2^15|: W0 + d that
  * cancels down 12 binades or more is always flagged).  The proof of
- * single_fast (mergecore.c) then follows as in z_single_bits: with m
- * in sf's binade, |fl64(W0 + d) - m| <= (2^15 - T + E) u < q / 2
- * (1 - 2^-19), q = 2^16 u m's ulp; where the rounding carried into the
- * next binade the test only says no (conservative).  W0's binade not
- * below m's, W0's mantissa not 0, s normal and finite as before.  Lanes
- * this flags and the double form proves (about 2^-11 of them) cost
- * time, never a different value: every flagged lane is redone or
- * checked in double (mergecore.c merge_bf16_fast, lora_fast_runs_bf16).
+ * single_fast (mergecore.c) then follows as the double form's did on
+ * the bits of s: with m in sf's binade, |fl64(W0 + d) - m| <= (2^15 -
+ * T + E) u < q / 2 (1 - 2^-19), q = 2^16 u m's ulp; where the rounding
+ * carried into the next binade the test only says no (conservative).
+ * W0's binade not below m's, W0's mantissa not 0 (but z16_pow2_single),
+ * s normal and finite as before.  Lanes this flags and the double form
+ * proved (about 2^-11 of them) cost time, never a different value:
+ * every flagged lane is redone in double (merge_span) or found a run by
+ * z_runs16 under the same bound, whose codes are the double ones.
  * tests/check_merge test_pass_lanes checks every unflagged lane against
  * the reference rounding. */
 static AVX512 uint64_t fast_merge_avx512(const unsigned char *src, unsigned char *dst,
