@@ -810,6 +810,8 @@ static double pass_delta(int v, uint16_t x, uint64_t *st)
     case 8: return -xv * (0.75 + g * 0.05); /* two binades down */
     case 9: return xv * (3 + g);            /* binades up */
     case 10: /* one binade up, by about its width (runs of two) */
+        if (xv == 0 || !isfinite(xv)) /* ilogb has no binade for them */
+            return g * q;
         return copysign(ldexp(1.0, ilogb(xv) + 1), xv) * (1 + g * 0x1p-3) - xv;
     default: {
         static const double sp[] = {0, -0.0, NAN, INFINITY, -INFINITY, 1e38, 1e-40, -3e38};
