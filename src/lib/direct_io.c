@@ -77,28 +77,19 @@ static int pow2(uint64_t x)
     return x && !(x & (x - 1));
 }
 
-static int pwrite_full(int fd, const unsigned char *p, size_t len, uint64_t off)
+/* lora_pwrite_all's result as an errno value, 0 when written */
+static int pwrite_errno(int fd, const unsigned char *p, size_t len, uint64_t off)
 {
-    while (len) {
-        ssize_t w = pwrite(fd, p, len, (off_t)off);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return w < 0 ? errno : EIO;
-        p += w;
-        len -= (size_t)w;
-        off += (uint64_t)w;
-    }
-    return 0;
+    return lora_pwrite_all(fd, p, len, off) ? errno : 0;
 }
 
 /* One queued slot to the file: directly, or through the cache when the
  * file system refuses this one (an alignment rule statx did not tell). */
 static int slot_write(lora_dio *d, const dio_slot *s)
 {
-    int e = pwrite_full(d->fd, s->data, s->len, s->off);
+    int e = pwrite_errno(d->fd, s->data, s->len, s->off);
     if (e == EINVAL) {
-        e = pwrite_full(d->cfd, s->data, s->len, s->off);
+        e = pwrite_errno(d->cfd, s->data, s->len, s->off);
 #ifdef SYNC_FILE_RANGE_WRITE
         if (!e)
             (void)sync_file_range(d->cfd, (off_t)s->off, (off_t)s->len, SYNC_FILE_RANGE_WRITE);

@@ -281,6 +281,10 @@ typedef struct lora_gstw lora_gstw;
 int lora_copy_range(int src_fd, uint64_t src_off, int dst_fd, uint64_t dst_off, uint64_t len,
                     const char *path, const char *name, lora_error *err);
 /* ---- O_DIRECT writes (direct_io.c) ---- */
+/* safetensors.c: all LEN bytes of BUF written at OFF, through EINTR and
+ * short writes; 0, or -1 with errno set (EIO for a write of 0 bytes). */
+int lora_pwrite_all(int fd, const void *buf, size_t len, uint64_t off);
+
 typedef struct lora_dio lora_dio;
 /* Direct writes to the file open as FD at PATH (just created by this
  * process); NULL when LORA_NO_DIRECT is set or they are refused. */

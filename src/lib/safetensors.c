@@ -803,7 +803,7 @@ static int cmp_cstr(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-static int pwrite_all(int fd, const void *buf, size_t len, uint64_t off)
+int lora_pwrite_all(int fd, const void *buf, size_t len, uint64_t off)
 {
     const unsigned char *p = buf;
     while (len) {
@@ -1117,7 +1117,7 @@ int lora_stw_start(lora_stw *w, lora_error *err)
     if (ftruncate(w->fd, (off_t)(8 + n + total)) != 0)
         rc = lora_seterr_errno(err, LORA_EIO, errno, "%s: cannot size the temporary file",
                                w->path);
-    else if (pwrite_all(w->fd, head, 8 + n, 0) != 0)
+    else if (lora_pwrite_all(w->fd, head, 8 + n, 0) != 0)
         rc = lora_seterr_errno(err, LORA_EIO, errno, "%s: write", w->path);
     if (!rc && total >= STW_DIRECT_FROM) {
         w->dio = lora_dio_open(w->fd, w->tmp);
@@ -1177,7 +1177,7 @@ int lora_stw_patch_metadata(lora_stw *w, const char *key, const char *value, lor
         return lora_seterr(err, LORA_EUSAGE, "%s: no metadata \"%s\" of %zu characters to patch",
                            w->path, key, vl);
     memcpy(at, value, vl);
-    if (pwrite_all(w->fd, at, vl, (uint64_t)(at - w->head)) != 0)
+    if (lora_pwrite_all(w->fd, at, vl, (uint64_t)(at - w->head)) != 0)
         return lora_seterr_errno(err, LORA_EIO, errno, "%s: write", w->path);
     return LORA_OK;
 }
@@ -1268,7 +1268,7 @@ void lora_stw_unlend(lora_stw *w, void *buf)
 static int stw_write_cached(lora_stw *w, const unsigned char *buf, size_t len, uint64_t at,
                             lora_error *err)
 {
-    if (pwrite_all(w->fd, buf, len, at) != 0)
+    if (lora_pwrite_all(w->fd, buf, len, at) != 0)
         return lora_seterr_errno(err, LORA_EIO, errno, "%s: write", w->path);
 #ifdef SYNC_FILE_RANGE_WRITE
     /* start writing these pages back now, while the caller computes the
@@ -1341,7 +1341,7 @@ int lora_copy_range(int src_fd, uint64_t src_off, int dst_fd, uint64_t dst_off, 
                 return lora_seterr_errno(err, LORA_EIO, e, "%s: copying tensor \"%s\"",
                                          path, name);
             }
-            if (pwrite_all(dst_fd, b, (size_t)r, (uint64_t)out) != 0) {
+            if (lora_pwrite_all(dst_fd, b, (size_t)r, (uint64_t)out) != 0) {
                 int e = errno;
                 free(b);
                 return lora_seterr_errno(err, LORA_EIO, e, "%s: write", path);
