@@ -176,12 +176,46 @@ uint64_t fast_unmerge_vec(const unsigned char *src, unsigned char *dst, const do
     return changed;
 }
 
+/* The flagged lanes (flag[x] != 0) of [from, n) appended to q at nf,
+ * as the AVX-512 pass queues its own (the portable and AVX2 passes, and
+ * the AVX-512 pass's tail, flag them); returns the new count. */
+static size_t queue_flags(lora_flagq *q, size_t nf, const unsigned char *src,
+                          const unsigned char *dst, const double *sum, const unsigned char *flag,
+                          size_t from, size_t n)
+{
+    for (size_t x = from; x < n; x++) {
+        if (!flag[x])
+            continue;
+        uint16_t c, m;
+        memcpy(&c, src + 2 * x, 2);
+        memcpy(&m, dst + 2 * x, 2);
+        q->idx[nf] = (uint32_t)x;
+        q->cm[nf] = c | (uint32_t)m << 16;
+        q->df[nf] = (float)sum[x]; /* as _mm512_cvtpd_ps: nearest */
+        nf++;
+    }
+    return nf;
+}
+
+/* A run's flag code (lora_run_decode) as the rank word of its member c
+ * (lora_fast_ranks_bf16); code 1 (the full logic) as LORA_RANK_SLOW. */
+static inline uint32_t code_rank(unsigned code, uint32_t c)
+{
+    if (code < 2)
+        return LORA_RANK_SLOW;
+    unsigned a, b;
+    lora_run_decode(code, &a, &b);
+    uint32_t nb = a + b ? (uint32_t)lora_nbits_for(a + b) : 0;
+    return (c & 0x8000u ? b : a) | nb << 16;
+}
+
 #ifdef LORA_AVX2
 /* AVX2 (4 elements per step): the same computation as the vector-type
  * kernels and bf16_round_normal / bf16_single, lane for lane; the
  * portable form above is what the tests compare with the scalar code,
  * and run_block's tests compare both with the reference. */
 #define AVX2 __attribute__((target("avx2")))
+
 
 /* 4 BF16 values (32-bit lanes) -> 4 doubles */
 static inline AVX2 __m256d a_bf16_d(__m128i w32)
@@ -332,10 +366,11 @@ static inline AVX512 __m512 z16_delta(const double *sum, __m512d *d0, __m512d *d
 }
 
 static inline AVX512 __m512i z16_sum(const unsigned char *p, const double *sum, int sub,
-                                     __m512i *v, __m512d *d0, __m512d *d1)
+                                     __m512i *v, __m512d *d0, __m512d *d1, __m512 *dfo)
 {
     *v = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
     __m512 df = z16_delta(sum, d0, d1);
+    *dfo = df;
     __m512 vf = _mm512_castsi512_ps(_mm512_slli_epi32(*v, 16));
     return _mm512_castps_si512(sub ? _mm512_sub_ps(vf, df) : _mm512_add_ps(vf, df));
 }
@@ -353,16 +388,37 @@ static inline AVX512 __m512i z16_round(__m512i sb, __m512i *a, __m512i *r, __mma
                            _mm512_and_si512(_mm512_srli_epi32(sb, 16), _mm512_set1_epi32(0x8000)));
 }
 
-/* The step's 16 results and flags stored; its changed elements (not
- * flagged, d != 0) */
+/* A step's changed elements: not flagged (fb), d != 0 */
+static inline AVX512 unsigned z16_changed(__mmask16 fb, __m512d d0, __m512d d1)
+{
+    unsigned nz = (unsigned)_mm512_cmp_pd_mask(d0, _mm512_setzero_pd(), _CMP_NEQ_UQ) |
+                  (unsigned)_mm512_cmp_pd_mask(d1, _mm512_setzero_pd(), _CMP_NEQ_UQ) << 8;
+    return (unsigned)__builtin_popcount(nz & ~(unsigned)fb & 0xffffu);
+}
+
+/* The step's 16 results and flags stored; its changed elements */
 static inline AVX512 unsigned z16_store(unsigned char *dst, unsigned char *flag, __m512i v,
                                         __mmask16 fb, __m512d d0, __m512d d1)
 {
     _mm256_storeu_si256((__m256i *)dst, _mm512_cvtepi32_epi16(v));
     _mm_storeu_si128((__m128i *)flag, _mm_maskz_set1_epi8(fb, 1));
-    unsigned nz = (unsigned)_mm512_cmp_pd_mask(d0, _mm512_setzero_pd(), _CMP_NEQ_UQ) |
-                  (unsigned)_mm512_cmp_pd_mask(d1, _mm512_setzero_pd(), _CMP_NEQ_UQ) << 8;
-    return (unsigned)__builtin_popcount(nz & ~(unsigned)fb & 0xffffu);
+    return z16_changed(fb, d0, d1);
+}
+
+/* The step's flagged lanes (fb) appended to q at nf, in lane order,
+ * without a branch: each of the three stores writes 16 entries (q has
+ * that slack), the count moves by the lanes kept.  Returns the new
+ * count. */
+static inline AVX512 size_t z16_queue(lora_flagq *q, size_t nf, size_t x, __mmask16 fb,
+                                      __m512i w, __m512i m, __m512 df)
+{
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    __m512i idx = _mm512_add_epi32(lane, _mm512_set1_epi32((int)x));
+    _mm512_storeu_si512((void *)(q->idx + nf), _mm512_maskz_compress_epi32(fb, idx));
+    _mm512_storeu_si512((void *)(q->cm + nf),
+                        _mm512_maskz_compress_epi32(fb, _mm512_or_si512(w, _mm512_slli_epi32(m, 16))));
+    _mm512_storeu_ps(q->df + nf, _mm512_maskz_compress_ps(fb, df));
+    return nf + (size_t)__builtin_popcount(fb);
 }
 
 /* The merge's proof for W0 = +-2^k (mantissa 0, a fifth of the flagged
@@ -425,17 +481,18 @@ static inline AVX512 __mmask16 z16_pow2_single(__m512i w, __m512i m, __m512i ew,
  * the reference rounding. */
 static AVX512 uint64_t fast_merge_avx512(const unsigned char *src, unsigned char *dst,
                                          const double *sum, unsigned char *flag, size_t n,
-                                         int record)
+                                         int record, lora_flagq *q, size_t *nq)
 {
     uint64_t changed = 0;
-    size_t x = 0;
+    size_t x = 0, nf = 0;
     __mmask16 rec = record ? 0xffff : 0;
     const __m512i cff = _mm512_set1_epi32(0xff), c7f = _mm512_set1_epi32(0x7f);
     for (; x + 16 <= n; x += 16) {
         __m512i w, a, r;
         __m512d d0, d1;
+        __m512 df;
         __mmask16 bad;
-        __m512i m = z16_round(z16_sum(src + 2 * x, sum + x, 0, &w, &d0, &d1), &a, &r, &bad);
+        __m512i m = z16_round(z16_sum(src + 2 * x, sum + x, 0, &w, &d0, &d1, &df), &a, &r, &bad);
         __m512i ew = _mm512_and_si512(_mm512_srli_epi32(w, 7), cff);
         __m512i j = _mm512_min_epi32(_mm512_max_epi32(_mm512_sub_epi32(ew, _mm512_srli_epi32(a, 23)),
                                                       _mm512_setzero_si512()),
@@ -450,9 +507,18 @@ static AVX512 uint64_t fast_merge_avx512(const unsigned char *src, unsigned char
         if (__builtin_expect(xnz != 0xffff, 0)) /* in one step of 8 */
             one |= far & (__mmask16)~xnz & z16_pow2_single(w, m, ew, em, a, thr);
         __mmask16 fb = bad | (__mmask16)~far | (rec & (__mmask16)~one);
-        changed += z16_store(dst + 2 * x, flag + x, m, fb, d0, d1);
+        if (q) {
+            changed += z16_changed(fb, d0, d1);
+            _mm256_storeu_si256((__m256i *)(dst + 2 * x), _mm512_cvtepi32_epi16(m));
+            nf = z16_queue(q, nf, x, fb, w, m, df);
+        } else {
+            changed += z16_store(dst + 2 * x, flag + x, m, fb, d0, d1);
+        }
     }
-    return changed + fast_merge_vec(src + 2 * x, dst + 2 * x, sum + x, flag + x, n - x, record);
+    changed += fast_merge_vec(src + 2 * x, dst + 2 * x, sum + x, flag + x, n - x, record);
+    if (q)
+        *nq = queue_flags(q, nf, src, dst, sum, flag, x, n);
+    return changed;
 }
 
 /* The unmerge's proof for u = +-2^k (mantissa 0, a fifth of the
@@ -525,7 +591,8 @@ static AVX512 uint64_t fast_unmerge_avx512(const unsigned char *src, unsigned ch
         __m512i m, a, r;
         __m512d d0, d1;
         __mmask16 bad;
-        __m512i u = z16_round(z16_sum(src + 2 * x, sum + x, 1, &m, &d0, &d1), &a, &r, &bad);
+        __m512 df;
+        __m512i u = z16_round(z16_sum(src + 2 * x, sum + x, 1, &m, &d0, &d1, &df), &a, &r, &bad);
         __m512i rem = _mm512_and_si512(a, _mm512_set1_epi32(0xffff));
         __m512i t = _mm512_abs_epi32(_mm512_sub_epi32(rem, h15));
         __m512i j = _mm512_sub_epi32(_mm512_and_si512(_mm512_srli_epi32(u, 7), cff),
@@ -574,31 +641,20 @@ static AVX512 int z_wide_run(uint16_t c, uint16_t m, double d)
     return LORA_RUN_CODE(below, above);
 }
 
-/* lora_fast_run_bf16 for 16 flagged elements at once (k of them real),
- * in float lanes: the five sums (c and its neighbours -+1, -+2 by
- * magnitude, plus d) as fl32(x + fl32(d)), each kept only where its
- * rounding is "far" in fast_merge_avx512's sense (more than 2^(j+4)
- * ulps from a rounding boundary, j its x's binade above the sum's), so
- * that it rounds as the double sum does; a lane with any sum not far,
- * or whose run is not one of lora_fast_run_bf16's, goes to z_wide_run
- * (double), as a bad lane always did.  The codes are lora_fast_run_bf16's
- * for the same runs.  Twice the lanes of the double form per step
+/* lora_fast_run_bf16 for 16 flagged elements at once (members c,
+ * merged values m, fl32(d) df), in float lanes: the five sums (c and
+ * its neighbours -+1, -+2 by magnitude, plus d) as fl32(x + fl32(d)),
+ * each kept only where its rounding is "far" in fast_merge_avx512's
+ * sense (more than 2^(j+4) ulps from a rounding boundary, j its x's
+ * binade above the sum's), so that it rounds as the double sum does.
+ * Returns the lanes this does not decide (a sum not far, or a run that
+ * is not one of lora_fast_run_bf16's): they go to z_wide_run (double),
+ * as a bad lane always did.  Elsewhere the run is lora_fast_run_bf16's:
+ * *a, *b its a and b.  Twice the lanes of the double form per step
  * (whose 8-lane steps were a third of the flagged elements' cost). */
-static AVX512 void z_runs16(const unsigned char *cb, const unsigned char *mb, const double *sum,
-                            unsigned char *flag, const uint32_t *idx, int k)
+static AVX512 __mmask16 z16_run_masks(__m512i c, __m512i m, __m512 df, __mmask16 *a,
+                                       __mmask16 *b)
 {
-    uint16_t c16[16], m16[16];
-    double dd[16];
-    for (int i = 0; i < 16; i++) {
-        uint32_t x = idx[i < k ? i : 0];
-        memcpy(&c16[i], cb + 2 * (size_t)x, 2);
-        memcpy(&m16[i], mb + 2 * (size_t)x, 2);
-        dd[i] = sum[x];
-    }
-    __m512i c = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)c16));
-    __m512i m = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)m16));
-    __m512d d0, d1;
-    __m512 df = z16_delta(dd, &d0, &d1);
     const __m512i cff = _mm512_set1_epi32(0xff);
     __m512i mag = _mm512_and_si512(c, _mm512_set1_epi32(0x7fff));
     __m512i sg = _mm512_and_si512(c, _mm512_set1_epi32(0x8000));
@@ -614,26 +670,83 @@ static AVX512 void z_runs16(const unsigned char *cb, const unsigned char *mb, co
         __m512i x = _mm512_or_si512(sg, _mm512_and_si512(
                                             _mm512_add_epi32(mag, _mm512_set1_epi32(step[q])),
                                             _mm512_set1_epi32(0x7fff)));
-        __m512i a, r;
-        __mmask16 b;
+        __m512i ax, r;
+        __mmask16 bx;
         __m512i rx = z16_round(_mm512_castps_si512(_mm512_add_ps(
                                    _mm512_castsi512_ps(_mm512_slli_epi32(x, 16)), df)),
-                               &a, &r, &b);
+                               &ax, &r, &bx);
         __m512i j = _mm512_min_epi32(
             _mm512_max_epi32(_mm512_sub_epi32(_mm512_and_si512(_mm512_srli_epi32(x, 7), cff),
-                                              _mm512_srli_epi32(a, 23)),
+                                              _mm512_srli_epi32(ax, 23)),
                              _mm512_setzero_si512()),
             _mm512_set1_epi32(12));
-        __m512i t = _mm512_abs_epi32(_mm512_sub_epi32(_mm512_and_si512(a, _mm512_set1_epi32(0xffff)),
+        __m512i t = _mm512_abs_epi32(_mm512_sub_epi32(_mm512_and_si512(ax, _mm512_set1_epi32(0xffff)),
                                                       _mm512_set1_epi32(0x8000)));
-        bad |= b | _mm512_cmple_epu32_mask(t, _mm512_sllv_epi32(_mm512_set1_epi32(16), j));
+        bad |= bx | _mm512_cmple_epu32_mask(t, _mm512_sllv_epi32(_mm512_set1_epi32(16), j));
         eq[q] = _mm512_cmpeq_epi32_mask(rx, m);
     }
-    bad |= (__mmask16)~eq[0] | eq[3] | eq[4];
+    *a = eq[1];
+    *b = eq[2];
+    return bad | (__mmask16)~eq[0] | eq[3] | eq[4];
+}
+
+/* lora_fast_run_bf16 for 16 flagged elements at once (k of them real),
+ * from their indices: z16_run_masks on the gathered lanes, the codes
+ * into flag (the unmerge's runs). */
+static AVX512 void z_runs16(const unsigned char *cb, const unsigned char *mb, const double *sum,
+                            unsigned char *flag, const uint32_t *idx, int k)
+{
+    uint16_t c16[16], m16[16];
+    double dd[16];
+    for (int i = 0; i < 16; i++) {
+        uint32_t x = idx[i < k ? i : 0];
+        memcpy(&c16[i], cb + 2 * (size_t)x, 2);
+        memcpy(&m16[i], mb + 2 * (size_t)x, 2);
+        dd[i] = sum[x];
+    }
+    __m512i c = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)c16));
+    __m512i m = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)m16));
+    __m512d d0, d1;
+    __mmask16 a, b;
+    __mmask16 bad = z16_run_masks(c, m, z16_delta(dd, &d0, &d1), &a, &b);
     for (int i = 0; i < k; i++)
         flag[idx[i]] = (unsigned char)((bad >> i) & 1 ? (unsigned)z_wide_run(c16[i], m16[i], dd[i])
-                                                       : 2u + ((eq[1] >> i) & 1u) +
-                                                             2u * ((eq[2] >> i) & 1u));
+                                                       : 2u + ((a >> i) & 1u) + 2u * ((b >> i) & 1u));
+}
+
+/* The merge's queued lanes i0 .. i0 + k - 1 (k <= 16) as rank words
+ * (lora_fast_ranks_bf16), from z16_run_masks on the queue's contiguous
+ * c | m << 16 and fl32(d): no gather, no flag codes.  Lanes it does not
+ * decide go to z_wide_run, whose code gives the word.  rank may be q->cm
+ * (every lane is read before the words are stored). */
+static AVX512 void z_ranks16(const lora_flagq *q, size_t i0, int k, const double *sum,
+                             uint32_t *rank)
+{
+    __m512i cm = _mm512_loadu_si512((const void *)(q->cm + i0));
+    __m512i c = _mm512_and_si512(cm, _mm512_set1_epi32(0xffff));
+    __mmask16 a, b;
+    __mmask16 bad = z16_run_masks(c, _mm512_srli_epi32(cm, 16), _mm512_loadu_ps(q->df + i0), &a, &b);
+    /* a run of 1 + a + b members (a, b <= 1): nbits_for(a + b) = a + b */
+    const __m512i one = _mm512_set1_epi32(1);
+    __m512i va = _mm512_maskz_mov_epi32(a, one), vb = _mm512_maskz_mov_epi32(b, one);
+    __mmask16 neg = _mm512_test_epi32_mask(c, _mm512_set1_epi32(0x8000));
+    __m512i r = _mm512_or_si512(_mm512_mask_blend_epi32(neg, va, vb),
+                                _mm512_slli_epi32(_mm512_add_epi32(va, vb), 16));
+    bad &= (__mmask16)(k >= 16 ? 0xffffu : (1u << k) - 1);
+    if (!bad) {
+        _mm512_storeu_si512((void *)(rank + i0), r);
+        return;
+    }
+    uint32_t rk[16], cms[16];
+    _mm512_storeu_si512((void *)rk, r);
+    _mm512_storeu_si512((void *)cms, cm);
+    for (unsigned bb = bad; bb; bb &= bb - 1) {
+        int i = __builtin_ctz(bb);
+        rk[i] = code_rank((unsigned)z_wide_run((uint16_t)cms[i], (uint16_t)(cms[i] >> 16),
+                                               sum[q->idx[i0 + (size_t)i]]),
+                          cms[i]);
+    }
+    _mm512_storeu_si512((void *)(rank + i0), _mm512_loadu_si512((const void *)rk));
 }
 
 static AVX512 size_t fast_runs_avx512(const unsigned char *cb, const unsigned char *mb,
@@ -668,6 +781,13 @@ static AVX512 size_t fast_runs_avx512(const unsigned char *cb, const unsigned ch
     return nl + (size_t)k;
 }
 
+static AVX512 void fast_ranks_avx512(const lora_flagq *q, size_t nl, const double *sum,
+                                     uint32_t *rank)
+{
+    for (size_t i = 0; i < nl; i += 16)
+        z_ranks16(q, i, nl - i < 16 ? (int)(nl - i) : 16, sum, rank);
+}
+
 /* lora_flag_masks' 64 flags at a time: one byte test each */
 static AVX512 void flag_masks_avx512(const unsigned char *flag, size_t nfull, uint64_t *out)
 {
@@ -698,7 +818,7 @@ uint64_t lora_fast_merge_bf16(const unsigned char *src, unsigned char *dst, cons
 #ifdef LORA_AVX2
     int lv = fast_level();
     if (lv == 2)
-        return fast_merge_avx512(src, dst, sum, flag, n, record);
+        return fast_merge_avx512(src, dst, sum, flag, n, record, NULL, NULL);
     if (lv == 1)
         return fast_merge_avx2(src, dst, sum, flag, n, record);
 #endif
@@ -849,4 +969,33 @@ void lora_fast_runs_bf16(const unsigned char *cb, const unsigned char *mb, const
                          unsigned char *flag, size_t n)
 {
     (void)lora_fast_runs_list_bf16(cb, mb, sum, flag, n, NULL);
+}
+
+uint64_t lora_fast_merge_q_bf16(const unsigned char *src, unsigned char *dst, const double *sum,
+                                unsigned char *flag, size_t n, lora_flagq *q, size_t *nq)
+{
+#ifdef LORA_AVX2
+    if (fast_level() == 2)
+        return fast_merge_avx512(src, dst, sum, flag, n, 1, q, nq);
+#endif
+    uint64_t changed = lora_fast_merge_bf16(src, dst, sum, flag, n, 1);
+    *nq = queue_flags(q, 0, src, dst, sum, flag, 0, n);
+    return changed;
+}
+
+void lora_fast_ranks_bf16(const lora_flagq *q, size_t nl, const double *sum, uint32_t *rank)
+{
+#ifdef LORA_AVX2
+    if (fast_level() == 2) {
+        fast_ranks_avx512(q, nl, sum, rank);
+        return;
+    }
+#endif
+    for (size_t i = 0; i < nl; i++) {
+        uint32_t cm = q->cm[i];
+        uint16_t c = (uint16_t)cm, m = (uint16_t)(cm >> 16);
+        double d = sum[q->idx[i]];
+        int ab = lora_fast_run_bf16(c, m, d);
+        rank[i] = code_rank(ab < 0 ? (unsigned)wide_run_scalar(c, m, d) : 2u + (unsigned)ab, c);
+    }
 }
