@@ -896,37 +896,17 @@ static uint64_t *flag_masks(unsigned char *flag, size_t n)
     return masks;
 }
 
-/* A flagged element of merge_bf16_fast that the fast runs did not
- * decide: the full element logic (merge_span), its rank bits or
- * correction through fx itself (the bitw gives the buffer back and
- * takes it again).  0, or merge_span's error (*bad the element). */
-static int slow_elem(const unsigned char *src, unsigned char *dst, const double *sum, size_t x,
-                     size_t n, uint64_t first, int record, lora_fixes *fx, lora_merge_stats *st,
-                     size_t *bad, nonfin *nf, bitw *w)
-{
-    if (record)
-        bw_end(w, fx);
-    int r = merge_span(FP_BF16, FP_BF16, 2, 2, record, 0, 1, src + 2 * x, dst + 2 * x, sum + x, 1,
-                       first + x, fx, st, bad, nf);
-    if (r) {
-        *bad += x;
-        return r;
-    }
-    if (record) {
-        if (bits_reserve(fx, 4 * (uint64_t)(n - x) + 64))
-            return -2;
-        bw_start(w, fx);
-    }
-    return 0;
-}
-
 /* One flagged element of merge_bf16_fast without the receipt (flag 1):
- * the full element logic. */
+ * the full element logic.  0, or merge_span's error (*bad the element). */
 static inline __attribute__((always_inline)) int
-flagged_elem(const unsigned char *src, unsigned char *dst, const double *sum, size_t x, size_t n,
+flagged_elem(const unsigned char *src, unsigned char *dst, const double *sum, size_t x,
              uint64_t first, lora_merge_stats *st, size_t *bad, nonfin *nf)
 {
-    return slow_elem(src, dst, sum, x, n, first, 0, NULL, st, bad, nf, NULL);
+    int r = merge_span(FP_BF16, FP_BF16, 2, 2, 0, 0, 1, src + 2 * x, dst + 2 * x, sum + x, 1,
+                       first + x, NULL, st, bad, nf);
+    if (r)
+        *bad += x;
+    return r;
 }
 
 /* The flagged-lane queue of a part (lora_flagq), in the scratch after
@@ -936,32 +916,43 @@ static lora_flagq flag_queue(unsigned char *flag, size_t n)
 {
     size_t cap = ((n + 15) & ~(size_t)15) + 16;
     uint32_t *at = (uint32_t *)(void *)(flag + ((n + 63) & ~(size_t)63));
-    lora_flagq q = {at, at + cap, (float *)(void *)(at + 2 * cap)};
+    lora_flagq q = {at, at + cap, at + 2 * cap};
     return q;
 }
 
 /* The merge's queued lanes in element order: the rank words' bits
- * through a bitw (nearly all), the full logic for LORA_RANK_SLOW.  0, or
- * slow_elem's error. */
+ * through a bitw (nearly all), the full logic (merge_span, which appends
+ * its own bits or correction to fx) for LORA_RANK_SLOW.  0, or
+ * merge_span's error (*bad the element). */
 static int queued_ranks(const unsigned char *src, unsigned char *dst, const double *sum,
-                        const lora_flagq *q, size_t nl, size_t n, uint64_t first, lora_fixes *fx,
+                        const lora_flagq *q, size_t nl, uint64_t first, lora_fixes *fx,
                         lora_merge_stats *st, size_t *bad, nonfin *nf)
 {
     uint64_t nrun = 0, namb = 0;
     bitw w;
+    /* at most 15 bits a lane (rank words) */
+    if (bits_reserve(fx, 16 * (uint64_t)nl + 64))
+        return -2;
     bw_start(&w, fx);
     for (size_t i = 0; i < nl; i++) {
-        uint32_t rk = q->cm[i];
+        uint32_t rk = q->df[i];
         if (__builtin_expect(rk != LORA_RANK_SLOW, 1)) {
-            /* at most 4 bits (runs of up to 15 members) */
             bw_put(&w, fx->bits, rk & 0xffffu, rk >> 16);
             nrun++;
             namb += rk > 0xffffu;
             continue;
         }
-        int r = slow_elem(src, dst, sum, q->idx[i], n, first, 1, fx, st, bad, nf, &w);
-        if (r)
+        size_t x = q->idx[i];
+        bw_end(&w, fx);
+        int r = merge_span(FP_BF16, FP_BF16, 2, 2, 1, 0, 1, src + 2 * x, dst + 2 * x, sum + x, 1,
+                           first + x, fx, st, bad, nf);
+        if (r) {
+            *bad += x;
             return r;
+        }
+        if (bits_reserve(fx, 16 * (uint64_t)(nl - i) + 64))
+            return -2;
+        bw_start(&w, fx);
     }
     bw_end(&w, fx);
     st->changed += nrun;
@@ -984,11 +975,8 @@ static int merge_bf16_fast(const unsigned char *src, unsigned char *dst, const d
         lora_flagq q = flag_queue(flag, n);
         size_t nl;
         st->changed += lora_fast_merge_q_bf16(src, dst, sum, flag, n, &q, &nl);
-        /* at most 4 bits per element from the rank words */
-        if (bits_reserve(fx, 4 * (uint64_t)n + 64))
-            return -2;
-        lora_fast_ranks_bf16(&q, nl, sum, q.cm);
-        return queued_ranks(src, dst, sum, &q, nl, n, first, fx, st, bad, nf);
+        lora_fast_ranks_bf16(&q, nl, sum, q.df);
+        return queued_ranks(src, dst, sum, &q, nl, first, fx, st, bad, nf);
     }
     st->changed += lora_fast_merge_bf16(src, dst, sum, flag, n, 0);
     /* the flagged elements, 64 at a time from a mask: a branch per
@@ -997,8 +985,7 @@ static int merge_bf16_fast(const unsigned char *src, unsigned char *dst, const d
     int r = 0;
     for (size_t g = 0; g < n && !r; g += 64)
         for (uint64_t mk = masks[g / 64]; mk && !r; mk &= mk - 1)
-            r = flagged_elem(src, dst, sum, g + (size_t)__builtin_ctzll(mk), n, first, st, bad,
-                             nf);
+            r = flagged_elem(src, dst, sum, g + (size_t)__builtin_ctzll(mk), first, st, bad, nf);
     return r;
 }
 

@@ -191,7 +191,8 @@ static size_t queue_flags(lora_flagq *q, size_t nf, const unsigned char *src,
         memcpy(&m, dst + 2 * x, 2);
         q->idx[nf] = (uint32_t)x;
         q->cm[nf] = c | (uint32_t)m << 16;
-        q->df[nf] = (float)sum[x]; /* as _mm512_cvtpd_ps: nearest */
+        float f = (float)sum[x]; /* as _mm512_cvtpd_ps: nearest */
+        memcpy(&q->df[nf], &f, 4);
         nf++;
     }
     return nf;
@@ -417,7 +418,7 @@ static inline AVX512 size_t z16_queue(lora_flagq *q, size_t nf, size_t x, __mmas
     _mm512_storeu_si512((void *)(q->idx + nf), _mm512_maskz_compress_epi32(fb, idx));
     _mm512_storeu_si512((void *)(q->cm + nf),
                         _mm512_maskz_compress_epi32(fb, _mm512_or_si512(w, _mm512_slli_epi32(m, 16))));
-    _mm512_storeu_ps(q->df + nf, _mm512_maskz_compress_ps(fb, df));
+    _mm512_storeu_ps((void *)(q->df + nf), _mm512_maskz_compress_ps(fb, df));
     return nf + (size_t)__builtin_popcount(fb);
 }
 
@@ -714,39 +715,133 @@ static AVX512 void z_runs16(const unsigned char *cb, const unsigned char *mb, co
                                                        : 2u + ((a >> i) & 1u) + 2u * ((b >> i) & 1u));
 }
 
+/* BF16 bits in 64-bit lanes -> doubles (exact) */
+static inline AVX512 __m512d z8_val(__m512i b)
+{
+    __m256i w = _mm512_cvtepi64_epi32(b);
+    return _mm512_cvtps_pd(_mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
+}
+
+/* Lanes where BF16 x + d (double) rounds to m, a normal result; the
+ * lanes whose sum is out of the normal range in *bad (their result is
+ * then at most 0x0080 or at least 0x7f7f in magnitude: not an m of
+ * z8_run_ends, whose magnitudes are in [0x0081, 0x7f7e]) */
+static inline AVX512 __mmask8 z8_merges_to(__m512i x, __m512d d, __m512i m, __mmask8 *bad)
+{
+    __m512i r = z_round(_mm512_add_pd(z8_val(x), d), bad);
+    return _mm512_cmpeq_epi64_mask(r, m) & (__mmask8)~*bad;
+}
+
+/* The runs of 8 queued lanes of any length, as rank words, without a
+ * search: run_ends (mergecore.c) in double lanes.  The base values that
+ * merge to m lie where x + d is inside m's rounding interval, between the
+ * midpoints to m's neighbours (exact in double: few bits); the nearest
+ * BF16 values inside those midpoints less d are the candidate ends a and
+ * b.  Merging is monotonic, so the run is exactly [a, b] where a and b
+ * merge to m and the values just outside them do not: four roundings of
+ * x + d as the merge computes it (fl64, then to BF16), whatever the
+ * error of the candidates.  A lane is kept only where m, a and b are
+ * normal with normal neighbours, a and b have c's sign, c lies in [a, b]
+ * and d is finite and not 0 (the others go to the full logic): then
+ * W0 = c's rank is its members below it in value and the run's span
+ * b - a (in bits, one sign) gives its width, as coded_fix_k stores them.
+ * Lanes past k are not looked at.  Returns the lanes kept; words in
+ * out[0 .. 7]. */
+static AVX512 __mmask8 z8_run_ends(const uint32_t *cm, const double *dd, uint32_t *out)
+{
+    __m512i cmv = _mm512_cvtepu32_epi64(_mm256_loadu_si256((const __m256i *)cm));
+    __m512d d = _mm512_loadu_pd(dd);
+    const __m512i s15 = _mm512_set1_epi64(0x8000), mag = _mm512_set1_epi64(0x7fff);
+    const __m512i lo_ok = _mm512_set1_epi64(0x0081), hi_ok = _mm512_set1_epi64(0x7f7e);
+    const __m512i one = _mm512_set1_epi64(1), minus = _mm512_set1_epi64(-1);
+    __m512i c = _mm512_and_si512(cmv, _mm512_set1_epi64(0xffff)), m = _mm512_srli_epi64(cmv, 16);
+    __m512i mm = _mm512_and_si512(m, mag);
+    __mmask8 ok = _mm512_cmpge_epu64_mask(mm, lo_ok) & _mm512_cmple_epu64_mask(mm, hi_ok) &
+                  _mm512_cmp_pd_mask(d, _mm512_setzero_pd(), _CMP_NEQ_OQ) &
+                  _mm512_cmp_pd_mask(_mm512_abs_pd(d), _mm512_set1_pd(INFINITY), _CMP_LT_OQ);
+    /* one step up in value, in bits: +1 for a positive value, -1 else */
+    __m512i mup = _mm512_mask_blend_epi64(_mm512_test_epi64_mask(m, s15), one, minus);
+    __m512i cup = _mm512_mask_blend_epi64(_mm512_test_epi64_mask(c, s15), one, minus);
+    __m512d mv = z8_val(m), half = _mm512_set1_pd(0.5);
+    __m512d L = _mm512_sub_pd(_mm512_mul_pd(_mm512_add_pd(z8_val(_mm512_sub_epi64(m, mup)), mv), half), d);
+    __m512d U = _mm512_sub_pd(_mm512_mul_pd(_mm512_add_pd(z8_val(_mm512_add_epi64(m, mup)), mv), half), d);
+    __mmask8 bl, bu, b0, b1, b2, b3;
+    __m512i rl = z_round(L, &bl), ru = z_round(U, &bu);
+    /* a: the first value at or above L, b: the last at or below U */
+    __m512i a = _mm512_mask_add_epi64(rl, _mm512_cmp_pd_mask(z8_val(rl), L, _CMP_LT_OQ), rl, cup);
+    __m512i b = _mm512_mask_sub_epi64(ru, _mm512_cmp_pd_mask(z8_val(ru), U, _CMP_GT_OQ), ru, cup);
+    __m512i ma = _mm512_and_si512(a, mag), mb = _mm512_and_si512(b, mag);
+    ok &= _mm512_testn_epi64_mask(_mm512_xor_si512(a, c), s15) &
+          _mm512_testn_epi64_mask(_mm512_xor_si512(b, c), s15) &
+          _mm512_cmpge_epu64_mask(ma, lo_ok) & _mm512_cmple_epu64_mask(ma, hi_ok) &
+          _mm512_cmpge_epu64_mask(mb, lo_ok) & _mm512_cmple_epu64_mask(mb, hi_ok);
+    /* a sum out of the normal range: not m (z8_merges_to) */
+    ok &= (__mmask8)~(bl | bu) & z8_merges_to(a, d, m, &b0) & z8_merges_to(b, d, m, &b1) &
+          (__mmask8)~z8_merges_to(_mm512_sub_epi64(a, cup), d, m, &b2) &
+          (__mmask8)~z8_merges_to(_mm512_add_epi64(b, cup), d, m, &b3);
+    __m512d cv = z8_val(c);
+    ok &= _mm512_cmp_pd_mask(z8_val(a), cv, _CMP_LE_OQ) & _mm512_cmp_pd_mask(cv, z8_val(b), _CMP_LE_OQ);
+    /* one sign: ranks and span from the magnitudes */
+    __m512i rank = _mm512_abs_epi64(_mm512_sub_epi64(_mm512_and_si512(c, mag), ma));
+    __m512i span = _mm512_abs_epi64(_mm512_sub_epi64(mb, ma));
+    /* lora_nbits_for(span): the exponent of (double)span, 0 for 0 */
+    __m512i e = _mm512_srli_epi64(_mm512_castpd_si512(_mm512_cvtepi64_pd(span)), 52);
+    __m512i nb = _mm512_max_epi64(_mm512_sub_epi64(e, _mm512_set1_epi64(1022)), _mm512_setzero_si512());
+    __m512i w = _mm512_or_si512(rank, _mm512_slli_epi64(nb, 16));
+    _mm256_storeu_si256((__m256i *)out, _mm512_cvtepi64_epi32(w));
+    return ok;
+}
+
+/* Queued lanes the masks did not decide, gathered 8 at a time for
+ * z8_run_ends: their c | m << 16, d and place in the rank words. */
+struct wide8 {
+    uint32_t cm[8], pos[8];
+    double d[8];
+    int n;
+};
+
+static AVX512 void wide8_flush(struct wide8 *w, uint32_t *rank)
+{
+    uint32_t word[8];
+    for (int i = w->n; i < 8; i++) { /* a lane that fails: d = 0 */
+        w->cm[i] = 0;
+        w->d[i] = 0;
+    }
+    __mmask8 ok = z8_run_ends(w->cm, w->d, word);
+    for (int i = 0; i < w->n; i++)
+        rank[w->pos[i]] = (ok >> i) & 1 ? word[i] : LORA_RANK_SLOW;
+    w->n = 0;
+}
+
 /* The merge's queued lanes i0 .. i0 + k - 1 (k <= 16) as rank words
  * (lora_fast_ranks_bf16), from z16_run_masks on the queue's contiguous
- * c | m << 16 and fl32(d): no gather, no flag codes.  Lanes it does not
- * decide go to z_wide_run, whose code gives the word.  rank may be q->cm
- * (every lane is read before the words are stored). */
+ * c | m << 16 and fl32(d): no gather, no flag codes.  The lanes it does
+ * not decide go to z8_run_ends through w.  rank is q->df: the lanes are
+ * read before the words are stored. */
 static AVX512 void z_ranks16(const lora_flagq *q, size_t i0, int k, const double *sum,
-                             uint32_t *rank)
+                             uint32_t *rank, struct wide8 *w)
 {
     __m512i cm = _mm512_loadu_si512((const void *)(q->cm + i0));
     __m512i c = _mm512_and_si512(cm, _mm512_set1_epi32(0xffff));
     __mmask16 a, b;
-    __mmask16 bad = z16_run_masks(c, _mm512_srli_epi32(cm, 16), _mm512_loadu_ps(q->df + i0), &a, &b);
+    __mmask16 bad = z16_run_masks(c, _mm512_srli_epi32(cm, 16),
+                                  _mm512_loadu_ps((const void *)(q->df + i0)), &a, &b);
     /* a run of 1 + a + b members (a, b <= 1): nbits_for(a + b) = a + b */
     const __m512i one = _mm512_set1_epi32(1);
     __m512i va = _mm512_maskz_mov_epi32(a, one), vb = _mm512_maskz_mov_epi32(b, one);
     __mmask16 neg = _mm512_test_epi32_mask(c, _mm512_set1_epi32(0x8000));
     __m512i r = _mm512_or_si512(_mm512_mask_blend_epi32(neg, va, vb),
                                 _mm512_slli_epi32(_mm512_add_epi32(va, vb), 16));
+    _mm512_storeu_si512((void *)(rank + i0), r);
     bad &= (__mmask16)(k >= 16 ? 0xffffu : (1u << k) - 1);
-    if (!bad) {
-        _mm512_storeu_si512((void *)(rank + i0), r);
-        return;
-    }
-    uint32_t rk[16], cms[16];
-    _mm512_storeu_si512((void *)rk, r);
-    _mm512_storeu_si512((void *)cms, cm);
     for (unsigned bb = bad; bb; bb &= bb - 1) {
-        int i = __builtin_ctz(bb);
-        rk[i] = code_rank((unsigned)z_wide_run((uint16_t)cms[i], (uint16_t)(cms[i] >> 16),
-                                               sum[q->idx[i0 + (size_t)i]]),
-                          cms[i]);
+        size_t i = i0 + (size_t)__builtin_ctz(bb);
+        w->cm[w->n] = q->cm[i];
+        w->d[w->n] = sum[q->idx[i]];
+        w->pos[w->n] = (uint32_t)i;
+        if (++w->n == 8)
+            wide8_flush(w, rank);
     }
-    _mm512_storeu_si512((void *)(rank + i0), _mm512_loadu_si512((const void *)rk));
 }
 
 static AVX512 size_t fast_runs_avx512(const unsigned char *cb, const unsigned char *mb,
@@ -784,8 +879,12 @@ static AVX512 size_t fast_runs_avx512(const unsigned char *cb, const unsigned ch
 static AVX512 void fast_ranks_avx512(const lora_flagq *q, size_t nl, const double *sum,
                                      uint32_t *rank)
 {
+    struct wide8 w;
+    w.n = 0;
     for (size_t i = 0; i < nl; i += 16)
-        z_ranks16(q, i, nl - i < 16 ? (int)(nl - i) : 16, sum, rank);
+        z_ranks16(q, i, nl - i < 16 ? (int)(nl - i) : 16, sum, rank, &w);
+    if (w.n)
+        wide8_flush(&w, rank);
 }
 
 /* lora_flag_masks' 64 flags at a time: one byte test each */
