@@ -10,7 +10,9 @@
  * N(0, DELTA_SD) (default 2e-4: about 3 % of the elements flagged, as
  * the LLaMA-shaped bench gives), all in cache.  "pass" is
  * lora_fast_merge_bf16 with the receipt's proof; "+ runs" adds
- * lora_fast_runs_bf16 over the flagged elements; "unmerge" is
+ * lora_fast_runs_bf16 over the flagged elements (the unmerge's way);
+ * "queued" is the merge with the receipt: lora_fast_merge_q_bf16, the
+ * flagged lanes queued, and "+ ranks" adds lora_fast_ranks_bf16; "unmerge" is
  * lora_fast_unmerge_bf16 taking the merged part back, with the share
  * of elements it flags.
  */
@@ -25,6 +27,7 @@
 
 enum { N = 1 << 16 };
 static unsigned char src[2 * N], dst[2 * N], back[2 * N], flag[N];
+static uint32_t qbuf[3 * (N + 16)];
 static double sum[N];
 static uint64_t state = 88172645463325252ULL;
 
@@ -53,8 +56,21 @@ static double cpu_now(void)
 /* ns per element of the pass alone, of the pass with the runs and of
  * the unmerge pass; the shares of elements each flags */
 static void measure(int reps, double *pass, double *runs, double *flagged, double *unmerge,
-                    double *uflagged)
+                    double *uflagged, double *queued, double *ranks)
 {
+    lora_flagq q = {qbuf, qbuf + N + 16, qbuf + 2 * (N + 16)};
+    size_t nq;
+    double q0 = cpu_now();
+    for (int r = 0; r < reps; r++)
+        lora_fast_merge_q_bf16(src, dst, sum, flag, N, &q, &nq);
+    double q1 = cpu_now();
+    for (int r = 0; r < reps; r++) {
+        lora_fast_merge_q_bf16(src, dst, sum, flag, N, &q, &nq);
+        lora_fast_ranks_bf16(&q, nq, sum, q.df);
+    }
+    double q2 = cpu_now();
+    *queued = (q1 - q0) / reps / N * 1e9;
+    *ranks = (q2 - q1) / reps / N * 1e9;
     double t0 = cpu_now();
     for (int r = 0; r < reps; r++)
         lora_fast_merge_bf16(src, dst, sum, flag, N, 1);
@@ -97,17 +113,17 @@ int main(int argc, char **argv)
     } k[] = {{"portable", "1", "1"}, {"AVX2", "1", NULL}, {"AVX-512", NULL, NULL}};
     double base = 0;
     printf("BF16 merge pass, 2^16 elements in cache, delta sd %g, %d reps\n", sd, reps);
-    printf("%-9s %10s %14s %9s %12s %14s %9s\n", "kernel", "ns/elem", "+runs ns/elem", "flagged",
-           "portable/it", "unmerge ns/el", "flagged");
+    printf("%-9s %10s %14s %9s %12s %14s %9s %10s %10s\n", "kernel", "ns/elem", "+runs ns/elem",
+           "flagged", "portable/it", "unmerge ns/el", "flagged", "queued", "+ ranks");
     for (int i = 0; i < 3; i++) {
         k[i].no512 ? setenv("LORA_NO_AVX512", "1", 1) : unsetenv("LORA_NO_AVX512");
         k[i].no2 ? setenv("LORA_NO_AVX2", "1", 1) : unsetenv("LORA_NO_AVX2");
-        double p, r, f, u, uf;
-        measure(reps, &p, &r, &f, &u, &uf);
+        double p, r, f, u, uf, qd, rk;
+        measure(reps, &p, &r, &f, &u, &uf, &qd, &rk);
         if (i == 0)
             base = p;
-        printf("%-9s %10.3f %14.3f %8.2f%% %12.2f %14.3f %8.2f%%\n", k[i].name, p, r, f,
-               base / p, u, uf);
+        printf("%-9s %10.3f %14.3f %8.2f%% %12.2f %14.3f %8.2f%% %10.3f %10.3f\n", k[i].name, p, r,
+               f, base / p, u, uf, qd, rk);
     }
     return 0;
 }

@@ -975,6 +975,9 @@ START_TEST(test_rank_words)
                                              flag, N, &q, &nl);
         uint64_t ch2 = lora_fast_merge_bf16((const unsigned char *)in, (unsigned char *)out2, d,
                                             flag2, N, 1);
+        /* the queued pass counts the flagged lanes' d != 0 too */
+        for (size_t i = 0; i < N; i++)
+            ch2 += flag2[i] && d[i] != 0;
         ck_assert_uint_eq(ch, ch2);
         ck_assert_msg(memcmp(out, out2, N * 2) == 0, "kernel %d: queued pass, other values", kv);
         size_t at = 0;
@@ -1052,17 +1055,27 @@ START_TEST(test_bits_kernels)
     for (int t = 0; t < 2; t++) {
         lora_term one[1] = {{t ? &h.m : &a.m, 1.0}};
         lora_fixes fx[3] = {{.coded = 1}, {.coded = 1}, {.coded = 1}};
+        lora_merge_stats sts[4];
+        memset(sts, 0, sizeof sts);
         static const char *const kernels[][2] = {{NULL, NULL}, {"1", NULL}, {"1", "1"}};
+        lora_error err;
         for (int kv = 0; kv < 3; kv++) {
             kernels[kv][0] ? setenv("LORA_NO_AVX512", "1", 1) : unsetenv("LORA_NO_AVX512");
             kernels[kv][1] ? setenv("LORA_NO_AVX2", "1", 1) : unsetenv("LORA_NO_AVX2");
-            lora_error err;
             ck_assert_int_eq(lora_tensor_merge(LORA_DT_BF16, LORA_DT_BF16, rows, cols, w0, m, one,
-                                               1, LORA_ROUND_NEAREST, 2, &fx[kv], NULL, &err),
+                                               1, LORA_ROUND_NEAREST, 2, &fx[kv], &sts[kv], &err),
                              LORA_OK);
         }
         unsetenv("LORA_NO_AVX512");
         unsetenv("LORA_NO_AVX2");
+        /* the elements changed (d != 0, W0 finite), counted by the
+         * receipt's queued pass as by the pass without a receipt */
+        ck_assert_int_eq(lora_tensor_merge(LORA_DT_BF16, LORA_DT_BF16, rows, cols, w0, m, one, 1,
+                                           LORA_ROUND_NEAREST, 2, NULL, &sts[3], &err),
+                         LORA_OK);
+        for (int kv = 0; kv < 3; kv++)
+            ck_assert_uint_eq(sts[kv].changed, sts[3].changed);
+        ck_assert_uint_gt(sts[3].changed, rows * cols / 2);
         for (int kv = 1; kv < 3; kv++) {
             ck_assert_uint_eq(fx[kv].nbits, fx[0].nbits);
             ck_assert_uint_eq(fx[kv].n, fx[0].n);

@@ -922,13 +922,14 @@ static lora_flagq flag_queue(unsigned char *flag, size_t n)
 
 /* The merge's queued lanes in element order: the rank words' bits
  * through a bitw (nearly all), the full logic (merge_span, which appends
- * its own bits or correction to fx) for LORA_RANK_SLOW.  0, or
- * merge_span's error (*bad the element). */
+ * its own bits or correction to fx) for LORA_RANK_SLOW.  The pass counted
+ * every d != 0 as changed: a rank word's lane is (d != 0), merge_span
+ * counts its own.  0, or merge_span's error (*bad the element). */
 static int queued_ranks(const unsigned char *src, unsigned char *dst, const double *sum,
                         const lora_flagq *q, size_t nl, uint64_t first, lora_fixes *fx,
                         lora_merge_stats *st, size_t *bad, nonfin *nf)
 {
-    uint64_t nrun = 0, namb = 0;
+    uint64_t namb = 0;
     bitw w;
     /* at most 15 bits a lane (rank words) */
     if (bits_reserve(fx, 16 * (uint64_t)nl + 64))
@@ -938,11 +939,11 @@ static int queued_ranks(const unsigned char *src, unsigned char *dst, const doub
         uint32_t rk = q->df[i];
         if (__builtin_expect(rk != LORA_RANK_SLOW, 1)) {
             bw_put(&w, fx->bits, rk & 0xffffu, rk >> 16);
-            nrun++;
             namb += rk > 0xffffu;
             continue;
         }
         size_t x = q->idx[i];
+        st->changed -= sum[x] != 0;
         bw_end(&w, fx);
         int r = merge_span(FP_BF16, FP_BF16, 2, 2, 1, 0, 1, src + 2 * x, dst + 2 * x, sum + x, 1,
                            first + x, fx, st, bad, nf);
@@ -955,7 +956,6 @@ static int queued_ranks(const unsigned char *src, unsigned char *dst, const doub
         bw_start(&w, fx);
     }
     bw_end(&w, fx);
-    st->changed += nrun;
     fx->nambig += namb;
     return 0;
 }

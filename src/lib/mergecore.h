@@ -164,7 +164,8 @@ typedef struct lora_flagq {
     uint32_t *idx, *cm, *df;
 } lora_flagq;
 /* lora_fast_merge_bf16 with record, its flagged lanes queued in q (their
- * count in *nq); flag: scratch for n flags. */
+ * count in *nq); flag: scratch for n flags.  Returns the elements with
+ * d != 0, flagged or not. */
 uint64_t lora_fast_merge_q_bf16(const unsigned char *src, unsigned char *dst, const double *sum,
                                 unsigned char *flag, size_t n, lora_flagq *q, size_t *nq);
 /* The queued lanes' runs as rank words: the rank of W0 in its run (its

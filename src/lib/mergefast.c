@@ -480,45 +480,83 @@ static inline AVX512 __mmask16 z16_pow2_single(__m512i w, __m512i m, __m512i ew,
  * z_runs16 under the same bound, whose codes are the double ones.
  * tests/check_merge test_pass_lanes checks every unflagged lane against
  * the reference rounding. */
+/* One step of the merge pass: the 16 results m of src + 16 x, and the
+ * lanes to flag (rec: all those not proven the only base value of m);
+ * W0's bits, the deltas and fl32(d) in *w, *d0, *d1, *df. */
+static inline AVX512 __m512i z16_merge_step(const unsigned char *src, const double *sum,
+                                            __mmask16 rec, __m512i *w, __m512d *d0, __m512d *d1,
+                                            __m512 *df, __mmask16 *fb)
+{
+    const __m512i cff = _mm512_set1_epi32(0xff), c7f = _mm512_set1_epi32(0x7f);
+    __m512i a, r;
+    __mmask16 bad;
+    __m512i m = z16_round(z16_sum(src, sum, 0, w, d0, d1, df), &a, &r, &bad);
+    __m512i ew = _mm512_and_si512(_mm512_srli_epi32(*w, 7), cff);
+    __m512i j = _mm512_min_epi32(_mm512_max_epi32(_mm512_sub_epi32(ew, _mm512_srli_epi32(a, 23)),
+                                                  _mm512_setzero_si512()),
+                                 _mm512_set1_epi32(12));
+    __m512i thr = _mm512_sllv_epi32(_mm512_set1_epi32(16), j);
+    __m512i t = _mm512_abs_epi32(_mm512_sub_epi32(_mm512_and_si512(a, _mm512_set1_epi32(0xffff)),
+                                                  _mm512_set1_epi32(0x8000)));
+    __mmask16 far = _mm512_cmpgt_epu32_mask(t, thr);
+    __m512i em = _mm512_srli_epi32(r, 23);
+    __mmask16 xnz = _mm512_test_epi32_mask(*w, c7f);
+    __mmask16 one = far & xnz & _mm512_cmpge_epu32_mask(ew, em);
+    if (__builtin_expect(xnz != 0xffff, 0)) /* in one step of 8 */
+        one |= far & (__mmask16)~xnz & z16_pow2_single(*w, m, ew, em, a, thr);
+    *fb = bad | (__mmask16)~far | (rec & (__mmask16)~one);
+    return m;
+}
+
 static AVX512 uint64_t fast_merge_avx512(const unsigned char *src, unsigned char *dst,
                                          const double *sum, unsigned char *flag, size_t n,
-                                         int record, lora_flagq *q, size_t *nq)
+                                         int record)
 {
     uint64_t changed = 0;
-    size_t x = 0, nf = 0;
+    size_t x = 0;
     __mmask16 rec = record ? 0xffff : 0;
-    const __m512i cff = _mm512_set1_epi32(0xff), c7f = _mm512_set1_epi32(0x7f);
     for (; x + 16 <= n; x += 16) {
-        __m512i w, a, r;
+        __m512i w;
         __m512d d0, d1;
         __m512 df;
-        __mmask16 bad;
-        __m512i m = z16_round(z16_sum(src + 2 * x, sum + x, 0, &w, &d0, &d1, &df), &a, &r, &bad);
-        __m512i ew = _mm512_and_si512(_mm512_srli_epi32(w, 7), cff);
-        __m512i j = _mm512_min_epi32(_mm512_max_epi32(_mm512_sub_epi32(ew, _mm512_srli_epi32(a, 23)),
-                                                      _mm512_setzero_si512()),
-                                     _mm512_set1_epi32(12));
-        __m512i thr = _mm512_sllv_epi32(_mm512_set1_epi32(16), j);
-        __m512i t = _mm512_abs_epi32(_mm512_sub_epi32(_mm512_and_si512(a, _mm512_set1_epi32(0xffff)),
-                                                      _mm512_set1_epi32(0x8000)));
-        __mmask16 far = _mm512_cmpgt_epu32_mask(t, thr);
-        __m512i em = _mm512_srli_epi32(r, 23);
-        __mmask16 xnz = _mm512_test_epi32_mask(w, c7f);
-        __mmask16 one = far & xnz & _mm512_cmpge_epu32_mask(ew, em);
-        if (__builtin_expect(xnz != 0xffff, 0)) /* in one step of 8 */
-            one |= far & (__mmask16)~xnz & z16_pow2_single(w, m, ew, em, a, thr);
-        __mmask16 fb = bad | (__mmask16)~far | (rec & (__mmask16)~one);
-        if (q) {
-            changed += z16_changed(fb, d0, d1);
-            _mm256_storeu_si256((__m256i *)(dst + 2 * x), _mm512_cvtepi32_epi16(m));
-            nf = z16_queue(q, nf, x, fb, w, m, df);
-        } else {
-            changed += z16_store(dst + 2 * x, flag + x, m, fb, d0, d1);
-        }
+        __mmask16 fb;
+        __m512i m = z16_merge_step(src + 2 * x, sum + x, rec, &w, &d0, &d1, &df, &fb);
+        changed += z16_store(dst + 2 * x, flag + x, m, fb, d0, d1);
     }
-    changed += fast_merge_vec(src + 2 * x, dst + 2 * x, sum + x, flag + x, n - x, record);
-    if (q)
-        *nq = queue_flags(q, nf, src, dst, sum, flag, x, n);
+    return changed + fast_merge_vec(src + 2 * x, dst + 2 * x, sum + x, flag + x, n - x, record);
+}
+
+/* The pass with the receipt, its flagged lanes queued (z16_queue).
+ * Returns the elements with d != 0, flagged or not, counted in vector
+ * lanes (the popcount of each step's unflagged lanes was a chain of
+ * mask moves on the pass's critical path). */
+static AVX512 uint64_t fast_merge_q_avx512(const unsigned char *src, unsigned char *dst,
+                                           const double *sum, unsigned char *flag, size_t n,
+                                           lora_flagq *q, size_t *nq)
+{
+    size_t x = 0, nf = 0;
+    lora_flagq lq = *q; /* in registers: the stores below may not alias it */
+    __m512i nz = _mm512_setzero_si512();
+    const __m512i minus = _mm512_set1_epi64(-1);
+    for (; x + 16 <= n; x += 16) {
+        __m512i w;
+        __m512d d0, d1;
+        __m512 df;
+        __mmask16 fb;
+        __m512i m = z16_merge_step(src + 2 * x, sum + x, 0xffff, &w, &d0, &d1, &df, &fb);
+        _mm256_storeu_si256((__m256i *)(dst + 2 * x), _mm512_cvtepi32_epi16(m));
+        nz = _mm512_mask_sub_epi64(nz, _mm512_cmp_pd_mask(d0, _mm512_setzero_pd(), _CMP_NEQ_UQ),
+                                   nz, minus);
+        nz = _mm512_mask_sub_epi64(nz, _mm512_cmp_pd_mask(d1, _mm512_setzero_pd(), _CMP_NEQ_UQ),
+                                   nz, minus);
+        if (fb)
+            nf = z16_queue(&lq, nf, x, fb, w, m, df);
+    }
+    uint64_t changed = (uint64_t)_mm512_reduce_add_epi64(nz);
+    (void)fast_merge_vec(src + 2 * x, dst + 2 * x, sum + x, flag + x, n - x, 1);
+    for (size_t y = x; y < n; y++)
+        changed += sum[y] != 0;
+    *nq = queue_flags(&lq, nf, src, dst, sum, flag, x, n);
     return changed;
 }
 
@@ -917,7 +955,7 @@ uint64_t lora_fast_merge_bf16(const unsigned char *src, unsigned char *dst, cons
 #ifdef LORA_AVX2
     int lv = fast_level();
     if (lv == 2)
-        return fast_merge_avx512(src, dst, sum, flag, n, record, NULL, NULL);
+        return fast_merge_avx512(src, dst, sum, flag, n, record);
     if (lv == 1)
         return fast_merge_avx2(src, dst, sum, flag, n, record);
 #endif
@@ -1075,10 +1113,12 @@ uint64_t lora_fast_merge_q_bf16(const unsigned char *src, unsigned char *dst, co
 {
 #ifdef LORA_AVX2
     if (fast_level() == 2)
-        return fast_merge_avx512(src, dst, sum, flag, n, 1, q, nq);
+        return fast_merge_q_avx512(src, dst, sum, flag, n, q, nq);
 #endif
     uint64_t changed = lora_fast_merge_bf16(src, dst, sum, flag, n, 1);
     *nq = queue_flags(q, 0, src, dst, sum, flag, 0, n);
+    for (size_t i = 0; i < *nq; i++) /* the flagged ones with d != 0 too */
+        changed += sum[q->idx[i]] != 0;
     return changed;
 }
 
