@@ -938,7 +938,7 @@ static int queued_ranks(const unsigned char *src, unsigned char *dst, const doub
     for (size_t i = 0; i < nl; i++) {
         uint32_t rk = q->df[i];
         if (__builtin_expect(rk != LORA_RANK_SLOW, 1)) {
-            bw_put(&w, fx->bits, rk & 0xffffu, rk >> 16);
+            bw_put(&w, fx->bits, rk & 0xffffu, lora_word_bits(rk));
             namb += rk > 0xffffu;
             continue;
         }
@@ -1121,35 +1121,32 @@ unmerge_one(struct tjob *j, struct block *k, size_t x, const lora_fixes *fx,
     return 0;
 }
 
-/* A flagged element of a coded BF16 unmerge whose run the fast pass
- * found (flag code c >= 2, lora_fast_runs_bf16): W0 is the member of
- * the rank the receipt's bits give, from u, the pass's value.  What
- * coded_elem decodes, without its search; rd is the caller's local
- * copy, so that the loop keeps it in registers.  0, or -1 when the bits
- * run out or name no member. */
-static inline __attribute__((always_inline)) int run_member(bitrd *rd, unsigned c, uint16_t u,
-                                                            uint16_t *w0)
+/* A queued element of a coded BF16 unmerge whose run was found (rank
+ * word, lora_fast_ranks_bf16, of u, the pass's value): W0 is the member
+ * of the rank the receipt's bits give.  What coded_elem decodes, without
+ * its search; rd is the caller's local copy, so that the loop keeps it
+ * in registers.  0, or -1 when the bits run out or name no member. */
+static inline __attribute__((always_inline)) int rank_member(bitrd *rd, uint32_t word, uint16_t u,
+                                                             uint16_t *w0)
 {
-    unsigned a, b;
-    lora_run_decode(c, &a, &b);
-    int nb = a + b ? lora_nbits_for(a + b) : 0;
+    unsigned nb = lora_word_bits(word), below = word & 0xffffu, span = word >> 16;
     if (rd->end - rd->at < (uint64_t)nb)
         return -1;
-    /* the nb (<= 4) bits at rd->at, without a branch on nb: the two
+    /* the nb (<= 15) bits at rd->at, without a branch on nb: the three
      * bytes they can span, each only inside the block's bits (with nb =
      * 0, at may be the end of the buffer) */
     uint64_t byte = rd->at >> 3, lim = (rd->end + 7) >> 3;
-    uint32_t v = byte < lim ? rd->bits[byte] : 0;
-    if (byte + 1 < lim)
-        v |= (uint32_t)rd->bits[byte + 1] << 8;
+    uint32_t v = 0;
+    for (unsigned i = 0; i < 3; i++)
+        v |= byte + i < lim ? (uint32_t)rd->bits[byte + i] << (8 * i) : 0;
     uint32_t r = (v >> (rd->at & 7)) & ((1u << nb) - 1);
     rd->at += (uint64_t)nb;
-    if (r > a + b) /* ranks 0 .. |S| - 1 */
+    if (r > span) /* ranks 0 .. |S| - 1 */
         return -1;
     /* the member of rank r, in value order: magnitudes fall as values
      * rise for a negative sign */
     uint32_t mag = u & 0x7fffu, sg = u & 0x8000u;
-    *w0 = (uint16_t)(sg | (sg ? mag + b - r : mag - a + r));
+    *w0 = (uint16_t)(sg | (sg ? mag + below - r : mag - below + r));
     return 0;
 }
 
@@ -1173,16 +1170,16 @@ struct uloop {
 };
 
 /* One flagged element (or correction's element) x of unmerge_part: the
- * member of its run the receipt's bits name when the fast passes found
- * the run (run_member), else unmerge_one.  0, or -1 after tj_fail. */
+ * member of its run the receipt's bits name when its rank word says the
+ * run (rank_member), else unmerge_one (LORA_RANK_SLOW, or the element of
+ * a correction).  0, or -1 after tj_fail. */
 static inline __attribute__((always_inline)) int
-unmerge_flagged(struct tjob *j, struct block *k, size_t x, struct uloop *L, const lora_fixes *fx,
-                size_t fe, int coded)
+unmerge_flagged(struct tjob *j, struct block *k, size_t x, uint32_t word, struct uloop *L,
+                const lora_fixes *fx, size_t fe, int coded)
 {
-    unsigned c = k->flag[x];
-    if (coded && c >= 2 && x != L->next) {
+    if (word != LORA_RANK_SLOW && x != L->next) {
         uint16_t w0;
-        if (run_member(&L->rd, c, (uint16_t)ld_elem(k->dst + 2 * x, 2), &w0)) {
+        if (rank_member(&L->rd, word, (uint16_t)ld_elem(k->dst + 2 * x, 2), &w0)) {
             block_fail(j, "the receipt's bits do not match the merged tensor and adapter "
                        "(element %llu)", (unsigned long long)(k->first + x));
             return -1;
@@ -1217,26 +1214,30 @@ static int unmerge_part(struct tjob *j, struct block *k)
                 return -1;
         return 0;
     }
-    k->st.changed += lora_fast_unmerge_bf16(k->src, k->dst, k->sum, k->flag, n);
     /* the flagged elements and the corrections' elements in element
      * order (the rank bits are read in it) */
     struct uloop L = {k->rd, k->fi < fe ? (size_t)(fx->index[k->fi] - k->first) : SIZE_MAX, 0};
     int r = 0;
     if (coded) {
-        /* the flagged ones as a list from the runs' pass, in the
-         * scratch after the flags, merged with the corrections' */
-        uint32_t *list = (uint32_t *)(void *)(k->flag + ((n + 63) & ~(size_t)63));
-        size_t nl = lora_fast_runs_list_bf16(k->dst, k->src, k->sum, k->flag, n, list);
+        /* the flagged ones queued by the pass, with their rank words,
+         * merged with the corrections' */
+        lora_flagq q = flag_queue(k->flag, n);
+        size_t nl;
+        k->st.changed += lora_fast_unmerge_q_bf16(k->src, k->dst, k->sum, k->flag, n, &q, &nl);
+        lora_fast_ranks_bf16(&q, nl, k->sum, q.df);
         for (size_t li = 0; !r;) {
-            size_t x = li < nl ? list[li] : SIZE_MAX;
+            size_t x = li < nl ? q.idx[li] : SIZE_MAX;
             if (L.next < x)
                 x = L.next;
             if (x >= n)
                 break;
-            li += li < nl && list[li] == x;
-            r = unmerge_flagged(j, k, x, &L, fx, fe, coded);
+            uint32_t word = LORA_RANK_SLOW;
+            if (li < nl && q.idx[li] == x)
+                word = q.df[li++];
+            r = unmerge_flagged(j, k, x, word, &L, fx, fe, coded);
         }
     } else {
+        k->st.changed += lora_fast_unmerge_bf16(k->src, k->dst, k->sum, k->flag, n);
         /* 64 at a time from a mask, with the corrections' bits */
         uint64_t *masks = flag_masks(k->flag, n);
         for (size_t g = 0; g < n && !r; g += 64) {
@@ -1245,7 +1246,8 @@ static int unmerge_part(struct tjob *j, struct block *k)
             for (size_t f = k->fi; f < fe && fx->index[f] - k->first < ge; f++)
                 mk |= UINT64_C(1) << (fx->index[f] - k->first - g);
             for (; mk && !r; mk &= mk - 1)
-                r = unmerge_flagged(j, k, g + (size_t)__builtin_ctzll(mk), &L, fx, fe, coded);
+                r = unmerge_flagged(j, k, g + (size_t)__builtin_ctzll(mk), LORA_RANK_SLOW, &L, fx,
+                                    fe, coded);
         }
     }
     k->rd = L.rd;

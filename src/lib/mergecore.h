@@ -168,11 +168,21 @@ typedef struct lora_flagq {
  * d != 0, flagged or not. */
 uint64_t lora_fast_merge_q_bf16(const unsigned char *src, unsigned char *dst, const double *sum,
                                 unsigned char *flag, size_t n, lora_flagq *q, size_t *nq);
-/* The queued lanes' runs as rank words: the rank of W0 in its run (its
- * members below W0 in value) | the run's bits (lora_nbits_for(members -
- * 1), at most 15) << 16, what coded_fix_k stores for it;
- * LORA_RANK_SLOW where the full logic must decide.  rank may be q->df. */
+/* lora_fast_unmerge_bf16 (flags too), its flagged lanes queued in q
+ * with c = u, the pass's value (the member of m's run it decodes from). */
+uint64_t lora_fast_unmerge_q_bf16(const unsigned char *src, unsigned char *dst, const double *sum,
+                                  unsigned char *flag, size_t n, lora_flagq *q, size_t *nq);
+/* The queued lanes' runs as rank words: the rank of c (W0, or the
+ * unmerge's u) in its run, its members below c in value, | the run's
+ * span (members - 1, at most 2^15 - 1) << 16; the receipt stores W0's
+ * rank in lora_nbits_for(span) bits (lora_word_bits).  LORA_RANK_SLOW
+ * where the full logic must decide.  rank may be q->df. */
 #define LORA_RANK_SLOW UINT32_C(0xffffffff)
+static inline unsigned lora_word_bits(uint32_t word)
+{
+    uint32_t span = word >> 16;
+    return span ? 32u - (unsigned)__builtin_clz(span) : 0;
+}
 void lora_fast_ranks_bf16(const lora_flagq *q, size_t nl, const double *sum, uint32_t *rank);
 
 #endif

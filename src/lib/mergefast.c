@@ -206,8 +206,7 @@ static inline uint32_t code_rank(unsigned code, uint32_t c)
         return LORA_RANK_SLOW;
     unsigned a, b;
     lora_run_decode(code, &a, &b);
-    uint32_t nb = a + b ? (uint32_t)lora_nbits_for(a + b) : 0;
-    return (c & 0x8000u ? b : a) | nb << 16;
+    return (c & 0x8000u ? b : a) | (a + b) << 16;
 }
 
 #ifdef LORA_AVX2
@@ -620,10 +619,11 @@ static inline AVX512 __mmask16 z16_pow2_unmerge(__m512i u, __m512i m, __m512i a,
  * flags costs time, never a different value (tests/check_merge:
  * test_pass_lanes checks every unflagged lane against a plain loop). */
 static AVX512 uint64_t fast_unmerge_avx512(const unsigned char *src, unsigned char *dst,
-                                           const double *sum, unsigned char *flag, size_t n)
+                                           const double *sum, unsigned char *flag, size_t n,
+                                           lora_flagq *q, size_t *nq)
 {
     uint64_t changed = 0;
-    size_t x = 0;
+    size_t x = 0, nf = 0;
     const __m512i c7f = _mm512_set1_epi32(0x7f), cff = _mm512_set1_epi32(0xff);
     const __m512i h15 = _mm512_set1_epi32(0x8000);
     for (; x + 16 <= n; x += 16) {
@@ -650,9 +650,15 @@ static AVX512 uint64_t fast_unmerge_avx512(const unsigned char *src, unsigned ch
         if (__builtin_expect(unz != 0xffff, 0)) /* in one step of 8 */
             one |= (__mmask16)~unz & _mm512_test_epi32_mask(m, _mm512_set1_epi32(0x7f80)) &
                    z16_pow2_unmerge(u, m, a, j, t, thr);
-        changed += z16_store(dst + 2 * x, flag + x, u, bad | (__mmask16)~one, d0, d1);
+        __mmask16 fb = bad | (__mmask16)~one;
+        changed += z16_store(dst + 2 * x, flag + x, u, fb, d0, d1);
+        if (q && fb) /* the runs' members: c = u */
+            nf = z16_queue(q, nf, x, fb, u, m, df);
     }
-    return changed + fast_unmerge_vec(src + 2 * x, dst + 2 * x, sum + x, flag + x, n - x);
+    changed += fast_unmerge_vec(src + 2 * x, dst + 2 * x, sum + x, flag + x, n - x);
+    if (q)
+        *nq = queue_flags(q, nf, dst, src, sum, flag, x, n);
+    return changed;
 }
 
 /* wide_run_scalar with the 2 x 8 neighbours as lanes: the same
@@ -781,8 +787,8 @@ static inline AVX512 __mmask8 z8_merges_to(__m512i x, __m512d d, __m512i m, __mm
  * error of the candidates.  A lane is kept only where m, a and b are
  * normal with normal neighbours, a and b have c's sign, c lies in [a, b]
  * and d is finite and not 0 (the others go to the full logic): then
- * W0 = c's rank is its members below it in value and the run's span
- * b - a (in bits, one sign) gives its width, as coded_fix_k stores them.
+ * c's rank is its members below it in value, and the run's span is
+ * b - a (in bits, one sign).
  * Lanes past k are not looked at.  Returns the lanes kept; words in
  * out[0 .. 7]. */
 static AVX512 __mmask8 z8_run_ends(const uint32_t *cm, const double *dd, uint32_t *out)
@@ -819,13 +825,10 @@ static AVX512 __mmask8 z8_run_ends(const uint32_t *cm, const double *dd, uint32_
           (__mmask8)~z8_merges_to(_mm512_add_epi64(b, cup), d, m, &b3);
     __m512d cv = z8_val(c);
     ok &= _mm512_cmp_pd_mask(z8_val(a), cv, _CMP_LE_OQ) & _mm512_cmp_pd_mask(cv, z8_val(b), _CMP_LE_OQ);
-    /* one sign: ranks and span from the magnitudes */
+    /* one sign: rank and span from the magnitudes */
     __m512i rank = _mm512_abs_epi64(_mm512_sub_epi64(_mm512_and_si512(c, mag), ma));
     __m512i span = _mm512_abs_epi64(_mm512_sub_epi64(mb, ma));
-    /* lora_nbits_for(span): the exponent of (double)span, 0 for 0 */
-    __m512i e = _mm512_srli_epi64(_mm512_castpd_si512(_mm512_cvtepi64_pd(span)), 52);
-    __m512i nb = _mm512_max_epi64(_mm512_sub_epi64(e, _mm512_set1_epi64(1022)), _mm512_setzero_si512());
-    __m512i w = _mm512_or_si512(rank, _mm512_slli_epi64(nb, 16));
+    __m512i w = _mm512_or_si512(rank, _mm512_slli_epi64(span, 16));
     _mm256_storeu_si256((__m256i *)out, _mm512_cvtepi64_epi32(w));
     return ok;
 }
@@ -864,7 +867,7 @@ static AVX512 void z_ranks16(const lora_flagq *q, size_t i0, int k, const double
     __mmask16 a, b;
     __mmask16 bad = z16_run_masks(c, _mm512_srli_epi32(cm, 16),
                                   _mm512_loadu_ps((const void *)(q->df + i0)), &a, &b);
-    /* a run of 1 + a + b members (a, b <= 1): nbits_for(a + b) = a + b */
+    /* a run of 1 + a + b members (a, b <= 1) */
     const __m512i one = _mm512_set1_epi32(1);
     __m512i va = _mm512_maskz_mov_epi32(a, one), vb = _mm512_maskz_mov_epi32(b, one);
     __mmask16 neg = _mm512_test_epi32_mask(c, _mm512_set1_epi32(0x8000));
@@ -1000,7 +1003,7 @@ uint64_t lora_fast_unmerge_bf16(const unsigned char *src, unsigned char *dst, co
 #ifdef LORA_AVX2
     int lv = fast_level();
     if (lv == 2)
-        return fast_unmerge_avx512(src, dst, sum, flag, n);
+        return fast_unmerge_avx512(src, dst, sum, flag, n, NULL, NULL);
     if (lv == 1)
         return fast_unmerge_avx2(src, dst, sum, flag, n);
 #endif
@@ -1137,4 +1140,16 @@ void lora_fast_ranks_bf16(const lora_flagq *q, size_t nl, const double *sum, uin
         int ab = lora_fast_run_bf16(c, m, d);
         rank[i] = code_rank(ab < 0 ? (unsigned)wide_run_scalar(c, m, d) : 2u + (unsigned)ab, c);
     }
+}
+
+uint64_t lora_fast_unmerge_q_bf16(const unsigned char *src, unsigned char *dst, const double *sum,
+                                  unsigned char *flag, size_t n, lora_flagq *q, size_t *nq)
+{
+#ifdef LORA_AVX2
+    if (fast_level() == 2)
+        return fast_unmerge_avx512(src, dst, sum, flag, n, q, nq);
+#endif
+    uint64_t changed = lora_fast_unmerge_bf16(src, dst, sum, flag, n);
+    *nq = queue_flags(q, 0, dst, src, sum, flag, 0, n);
+    return changed;
 }
