@@ -140,16 +140,6 @@ static inline void lora_run_decode(unsigned code, unsigned *below, unsigned *abo
     *below = code < 6 ? ab & 1 : c / LORA_RUN_WIDE;
     *above = code < 6 ? ab >> 1 : c % LORA_RUN_WIDE;
 }
-/* lora_fast_run_bf16 for every flagged element of n (flag[x] == 1), as
- * codes in flag: 1 the full logic, 2 + (a | b << 1) or LORA_RUN_CODE the
- * run found; c and m read from cb and mb (merge: src, dst; unmerge: dst,
- * src). */
-void lora_fast_runs_bf16(const unsigned char *cb, const unsigned char *mb, const double *sum,
-                         unsigned char *flag, size_t n);
-/* The same, and the flagged elements' indices in list (room for n), in
- * element order: returns their count. */
-size_t lora_fast_runs_list_bf16(const unsigned char *cb, const unsigned char *mb,
-                                const double *sum, unsigned char *flag, size_t n, uint32_t *list);
 /* out[w] bit i set where flag[64 w + i] != 0, for the ceil(n / 64)
  * words of n flags (bits past n clear). */
 void lora_flag_masks(const unsigned char *flag, size_t n, uint64_t *out);

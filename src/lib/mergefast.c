@@ -321,11 +321,11 @@ static AVX2 uint64_t fast_unmerge_avx2(const unsigned char *src, unsigned char *
     return changed + fast_unmerge_vec(src + 2 * x, dst + 2 * x, sum + x, flag + x, n - x);
 }
 
-/* AVX-512 (Zen 4/5, Intel since Skylake-SP): the passes and the runs in
- * float lanes, 16 elements a step, under an error bound that sends
- * every lane it cannot decide to the double logic (fast_merge_avx512);
- * the wide runs (z_wide_run) in double lanes, lane for lane the plain
- * form's computation. */
+/* AVX-512 (Zen 4/5, Intel since Skylake-SP): the passes and the short
+ * runs in float lanes, 16 elements a step, under an error bound that
+ * sends every lane it cannot decide to the double logic
+ * (fast_merge_avx512); the other runs' ends in double lanes, 8 at a time,
+ * verified by the rounding the merge does (z8_run_ends). */
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,bmi2")))
 
 /* 8 BF16 values (16 bytes) -> 8 doubles, and their bits in 64-bit lanes */
@@ -475,8 +475,9 @@ static inline AVX512 __mmask16 z16_pow2_single(__m512i w, __m512i m, __m512i ew,
  * W0's binade not below m's, W0's mantissa not 0 (but z16_pow2_single),
  * s normal and finite as before.  Lanes this flags and the double form
  * proved (about 2^-11 of them) cost time, never a different value:
- * every flagged lane is redone in double (merge_span) or found a run by
- * z_runs16 under the same bound, whose codes are the double ones.
+ * every flagged lane is redone in double (merge_span) or its run found
+ * under the same bound (z16_run_masks) or verified in double
+ * (z8_run_ends).
  * tests/check_merge test_pass_lanes checks every unflagged lane against
  * the reference rounding. */
 /* One step of the merge pass: the 16 results m of src + 16 x, and the
@@ -661,42 +662,17 @@ static AVX512 uint64_t fast_unmerge_avx512(const unsigned char *src, unsigned ch
     return changed;
 }
 
-/* wide_run_scalar with the 2 x 8 neighbours as lanes: the same
- * conditions and result. */
-static AVX512 int z_wide_run(uint16_t c, uint16_t m, double d)
-{
-    __m512i tmp;
-    if (!wide_run_may(c, m, d))
-        return 1;
-    const __m512i steps = _mm512_setr_epi64(1, 2, 3, 4, 5, 6, 7, 8);
-    __m512i cv = _mm512_set1_epi64(c), mv = _mm512_set1_epi64(m);
-    __m512d dv = _mm512_set1_pd(d);
-    /* within one sign a neighbour's bits are c's bits -+ j */
-    __m512i lo = _mm512_sub_epi64(cv, steps), hi = _mm512_add_epi64(cv, steps);
-    __m512d lv = z_bf16_d(_mm512_cvtepi64_epi16(lo), &tmp);
-    __m512d hv = z_bf16_d(_mm512_cvtepi64_epi16(hi), &tmp);
-    __mmask8 bl, bh;
-    __m512i rl = z_round(_mm512_add_pd(lv, dv), &bl), rh = z_round(_mm512_add_pd(hv, dv), &bh);
-    if (bl | bh)
-        return 1;
-    unsigned inl = _mm512_cmpeq_epi64_mask(rl, mv), inh = _mm512_cmpeq_epi64_mask(rh, mv);
-    unsigned below = (unsigned)__builtin_ctz(~inl), above = (unsigned)__builtin_ctz(~inh);
-    if (below >= LORA_RUN_WIDE || above >= LORA_RUN_WIDE)
-        return 1;
-    return LORA_RUN_CODE(below, above);
-}
-
-/* lora_fast_run_bf16 for 16 flagged elements at once (members c,
+/* lora_fast_run_bf16 for 16 queued elements at once (members c,
  * merged values m, fl32(d) df), in float lanes: the five sums (c and
  * its neighbours -+1, -+2 by magnitude, plus d) as fl32(x + fl32(d)),
  * each kept only where its rounding is "far" in fast_merge_avx512's
  * sense (more than 2^(j+4) ulps from a rounding boundary, j its x's
  * binade above the sum's), so that it rounds as the double sum does.
  * Returns the lanes this does not decide (a sum not far, or a run that
- * is not one of lora_fast_run_bf16's): they go to z_wide_run (double),
- * as a bad lane always did.  Elsewhere the run is lora_fast_run_bf16's:
- * *a, *b its a and b.  Twice the lanes of the double form per step
- * (whose 8-lane steps were a third of the flagged elements' cost). */
+ * is not one of lora_fast_run_bf16's): they go to z8_run_ends (double).
+ * Elsewhere the run is lora_fast_run_bf16's: *a, *b its a and b.  Twice
+ * the lanes of the double form per step (whose 8-lane steps were a third
+ * of the flagged elements' cost). */
 static AVX512 __mmask16 z16_run_masks(__m512i c, __m512i m, __m512 df, __mmask16 *a,
                                        __mmask16 *b)
 {
@@ -735,29 +711,6 @@ static AVX512 __mmask16 z16_run_masks(__m512i c, __m512i m, __m512 df, __mmask16
     return bad | (__mmask16)~eq[0] | eq[3] | eq[4];
 }
 
-/* lora_fast_run_bf16 for 16 flagged elements at once (k of them real),
- * from their indices: z16_run_masks on the gathered lanes, the codes
- * into flag (the unmerge's runs). */
-static AVX512 void z_runs16(const unsigned char *cb, const unsigned char *mb, const double *sum,
-                            unsigned char *flag, const uint32_t *idx, int k)
-{
-    uint16_t c16[16], m16[16];
-    double dd[16];
-    for (int i = 0; i < 16; i++) {
-        uint32_t x = idx[i < k ? i : 0];
-        memcpy(&c16[i], cb + 2 * (size_t)x, 2);
-        memcpy(&m16[i], mb + 2 * (size_t)x, 2);
-        dd[i] = sum[x];
-    }
-    __m512i c = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)c16));
-    __m512i m = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)m16));
-    __m512d d0, d1;
-    __mmask16 a, b;
-    __mmask16 bad = z16_run_masks(c, m, z16_delta(dd, &d0, &d1), &a, &b);
-    for (int i = 0; i < k; i++)
-        flag[idx[i]] = (unsigned char)((bad >> i) & 1 ? (unsigned)z_wide_run(c16[i], m16[i], dd[i])
-                                                       : 2u + ((a >> i) & 1u) + 2u * ((b >> i) & 1u));
-}
 
 /* BF16 bits in 64-bit lanes -> doubles (exact) */
 static inline AVX512 __m512d z8_val(__m512i b)
@@ -885,37 +838,6 @@ static AVX512 void z_ranks16(const lora_flagq *q, size_t i0, int k, const double
     }
 }
 
-static AVX512 size_t fast_runs_avx512(const unsigned char *cb, const unsigned char *mb,
-                                      const double *sum, unsigned char *flag, size_t n,
-                                      uint32_t *list)
-{
-    uint32_t idx[16], *at = list ? list : idx;
-    size_t nl = 0;
-    int k = 0;
-    for (size_t x = 0; x < n; x += 64) {
-        uint64_t bits = 0;
-        if (x + 64 <= n) {
-            __m512i v = _mm512_loadu_si512((const void *)(flag + x));
-            bits = _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8(1));
-        } else {
-            for (size_t y = x; y < n; y++)
-                bits |= (uint64_t)(flag[y] == 1) << (y - x);
-        }
-        while (bits) {
-            at[k++] = (uint32_t)(x + (size_t)__builtin_ctzll(bits));
-            bits &= bits - 1;
-            if (k == 16) {
-                z_runs16(cb, mb, sum, flag, at, 16);
-                nl += 16;
-                at = list ? list + nl : idx;
-                k = 0;
-            }
-        }
-    }
-    if (k)
-        z_runs16(cb, mb, sum, flag, at, k);
-    return nl + (size_t)k;
-}
 
 static AVX512 void fast_ranks_avx512(const lora_flagq *q, size_t nl, const double *sum,
                                      uint32_t *rank)
@@ -1074,42 +996,7 @@ int lora_fast_run_bf16(uint16_t c, uint16_t m, double d)
     return (rm1 == m) | (rp1 == m) << 1;
 }
 
-/* Flagged elements' runs, as flag codes: 1 the full logic, 2 + (a | b << 1)
- * the run lora_fast_run_bf16 finds around c (merge: c = W0 from src and
- * m from dst; unmerge: c = the fast pass's u from dst and m from src).
- * Any c that merges to m gives the same run, so a c the fast pass could
- * not round (out of the normal range) only sends its element to the
- * full logic.  Where that run is not found, runs of up to 15 members are
- * looked for (wide_run), as codes LORA_RUN_CODE.  Blocks are at most
- * 2^32 elements (lora_block_rows). */
-size_t lora_fast_runs_list_bf16(const unsigned char *cb, const unsigned char *mb,
-                                const double *sum, unsigned char *flag, size_t n, uint32_t *list)
-{
-#ifdef LORA_AVX2
-    if (fast_level() == 2)
-        return fast_runs_avx512(cb, mb, sum, flag, n, list);
-#endif
-    size_t nl = 0;
-    for (size_t x = 0; x < n; x++) {
-        if (flag[x] != 1) /* 0, or a code the pass found */
-            continue;
-        uint16_t c, m;
-        memcpy(&c, cb + 2 * x, 2);
-        memcpy(&m, mb + 2 * x, 2);
-        int ab = lora_fast_run_bf16(c, m, sum[x]);
-        flag[x] = (unsigned char)(ab < 0 ? wide_run_scalar(c, m, sum[x]) : 2 + ab);
-        if (list)
-            list[nl] = (uint32_t)x;
-        nl++;
-    }
-    return nl;
-}
 
-void lora_fast_runs_bf16(const unsigned char *cb, const unsigned char *mb, const double *sum,
-                         unsigned char *flag, size_t n)
-{
-    (void)lora_fast_runs_list_bf16(cb, mb, sum, flag, n, NULL);
-}
 
 uint64_t lora_fast_merge_q_bf16(const unsigned char *src, unsigned char *dst, const double *sum,
                                 unsigned char *flag, size_t n, lora_flagq *q, size_t *nq)
