@@ -1133,12 +1133,17 @@ static inline __attribute__((always_inline)) int rank_member(bitrd *rd, uint32_t
     if (rd->end - rd->at < (uint64_t)nb)
         return -1;
     /* the nb (<= 15) bits at rd->at, without a branch on nb: the three
-     * bytes they can span, each only inside the block's bits (with nb =
-     * 0, at may be the end of the buffer) */
+     * bytes they can span, read as one word where four bytes are inside
+     * the block's bits, else each only inside them (with nb = 0, at may
+     * be the end of the buffer) */
     uint64_t byte = rd->at >> 3, lim = (rd->end + 7) >> 3;
     uint32_t v = 0;
-    for (unsigned i = 0; i < 3; i++)
-        v |= byte + i < lim ? (uint32_t)rd->bits[byte + i] << (8 * i) : 0;
+    const unsigned char *b = rd->bits + byte;
+    if (__builtin_expect(byte + 4 <= lim, 1))
+        v = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+    else
+        for (unsigned i = 0; i < 3; i++)
+            v |= byte + i < lim ? (uint32_t)b[i] << (8 * i) : 0;
     uint32_t r = (v >> (rd->at & 7)) & ((1u << nb) - 1);
     rd->at += (uint64_t)nb;
     if (r > span) /* ranks 0 .. |S| - 1 */

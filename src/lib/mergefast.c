@@ -540,9 +540,44 @@ static inline AVX512 size_t z16_requeue(lora_flagq *q, size_t nf, size_t x, __mm
     return z16_queue(q, nf, x, fb, w, m, df);
 }
 
+/* A step's 16 flags (bytes 0 or 1) as a mask */
+static inline AVX512 unsigned z16_flag_mask(const unsigned char *flag)
+{
+    return (unsigned)_mm_test_epi8_mask(_mm_loadu_si128((const __m128i *)flag), _mm_set1_epi8(-1));
+}
+
+/* The flagged lanes of the part's first x elements (x a multiple of 16)
+ * queued in q, from the steps' 16-bit masks fm the merge pass left, or
+ * from the unmerge pass's flags (fm NULL); c read from cb, m from mb.
+ * The steps with a flag are listed first, without a branch (a branch on
+ * each step's mask was mispredicted about every other time), then
+ * queued.  The list is in q->idx from 15 x / 16 + 16 on: the entries of
+ * listed step k, stored 16 at a time, end by 16 k + 32, before its
+ * entry k + 1 (k < x / 16).  Returns the count. */
+static AVX512 size_t queue_steps(lora_flagq *q, const unsigned char *cb, const unsigned char *mb,
+                                 const double *sum, const uint16_t *fm, const unsigned char *flag,
+                                 size_t x)
+{
+    size_t nsteps = x / 16;
+    uint32_t *steps = q->idx + 15 * nsteps + 16, ns = 0;
+    for (size_t s = 0; s < nsteps; s++) {
+        unsigned mk = fm ? fm[s] : z16_flag_mask(flag + 16 * s);
+        steps[ns] = (uint32_t)s;
+        ns += mk != 0;
+    }
+    lora_flagq lq = *q;
+    size_t nf = 0;
+    for (uint32_t k = 0; k < ns; k++) {
+        size_t s = steps[k];
+        __mmask16 mk = (__mmask16)(fm ? fm[s] : z16_flag_mask(flag + 16 * s));
+        nf = z16_requeue(&lq, nf, 16 * s, mk, cb, mb, sum);
+    }
+    return nf;
+}
+
 /* The pass with the receipt, its flagged lanes queued (z16_queue).  The
- * pass keeps each step's flags as a 16-bit mask (in flag's room: n / 8
- * bytes), and a second loop queues the steps that have one: queued in
+ * pass keeps each step's flags as a 16-bit mask, and queue_steps queues
+ * the steps that have one: queued in
  * the pass, every store's address waited on the count of the lanes
  * flagged before, hence on the data, and the pass lost the overlap of
  * its loads (0.72 -> 0.95 ns per element streaming from memory, equal in
@@ -553,7 +588,7 @@ static AVX512 uint64_t fast_merge_q_avx512(const unsigned char *src, unsigned ch
                                            const double *sum, unsigned char *flag, size_t n,
                                            lora_flagq *q, size_t *nq)
 {
-    size_t x = 0, nf = 0;
+    size_t x = 0;
     uint16_t *fm = (uint16_t *)(void *)flag; /* step x / 16's mask, below the tail's flags */
     __m512i nz = _mm512_setzero_si512();
     const __m512i minus = _mm512_set1_epi64(-1);
@@ -571,22 +606,11 @@ static AVX512 uint64_t fast_merge_q_avx512(const unsigned char *src, unsigned ch
         fm[x / 16] = fb;
     }
     uint64_t changed = (uint64_t)_mm512_reduce_add_epi64(nz);
-    /* the steps with a flag, listed without a branch (a branch on each
-     * mask was mispredicted about every other time), into the queue's
-     * idx array (the queue entries overwrite it from the start, at most
-     * 16 per listed step, and never pass the list's next entry) */
-    lora_flagq lq = *q;
-    uint32_t *steps = lq.idx + x / 16 * 15 + 16, ns = 0;
-    for (size_t s = 0; s < x / 16; s++) {
-        steps[ns] = (uint32_t)s;
-        ns += fm[s] != 0;
-    }
-    for (uint32_t k = 0; k < ns; k++)
-        nf = z16_requeue(&lq, nf, 16 * (size_t)steps[k], fm[steps[k]], src, dst, sum);
+    /* the tail's flags at flag + x, after the masks (x / 8 bytes) */
     (void)fast_merge_vec(src + 2 * x, dst + 2 * x, sum + x, flag + x, n - x, 1);
     for (size_t y = x; y < n; y++)
         changed += sum[y] != 0;
-    *nq = queue_flags(&lq, nf, src, dst, sum, flag, x, n);
+    *nq = queue_flags(q, queue_steps(q, src, dst, sum, fm, NULL, x), src, dst, sum, flag, x, n);
     return changed;
 }
 
@@ -654,7 +678,7 @@ static AVX512 uint64_t fast_unmerge_avx512(const unsigned char *src, unsigned ch
                                            lora_flagq *q, size_t *nq)
 {
     uint64_t changed = 0;
-    size_t x = 0, nf = 0;
+    size_t x = 0;
     const __m512i c7f = _mm512_set1_epi32(0x7f), cff = _mm512_set1_epi32(0xff);
     const __m512i h15 = _mm512_set1_epi32(0x8000);
     for (; x + 16 <= n; x += 16) {
@@ -681,14 +705,12 @@ static AVX512 uint64_t fast_unmerge_avx512(const unsigned char *src, unsigned ch
         if (__builtin_expect(unz != 0xffff, 0)) /* in one step of 8 */
             one |= (__mmask16)~unz & _mm512_test_epi32_mask(m, _mm512_set1_epi32(0x7f80)) &
                    z16_pow2_unmerge(u, m, a, j, t, thr);
-        __mmask16 fb = bad | (__mmask16)~one;
-        changed += z16_store(dst + 2 * x, flag + x, u, fb, d0, d1);
-        if (q && fb) /* the runs' members: c = u */
-            nf = z16_queue(q, nf, x, fb, u, m, df);
+        changed += z16_store(dst + 2 * x, flag + x, u, bad | (__mmask16)~one, d0, d1);
     }
     changed += fast_unmerge_vec(src + 2 * x, dst + 2 * x, sum + x, flag + x, n - x);
     if (q)
-        *nq = queue_flags(q, nf, dst, src, sum, flag, x, n);
+        *nq = queue_flags(q, queue_steps(q, dst, src, sum, NULL, flag, x), dst, src, sum, flag, x,
+                          n);
     return changed;
 }
 
