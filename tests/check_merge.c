@@ -1176,6 +1176,75 @@ START_TEST(test_flag_masks)
 }
 END_TEST
 
+/* lora_tensor_merge and lora_tensor_unmerge in place (out == w0, as
+ * lora.h allows): the bytes and the receipt of the merge into another
+ * buffer, and W0 back, on every kernel, with and without the receipt,
+ * and on data with long runs and elements the full logic decides (the
+ * fast passes store a part's results before they read its flagged
+ * elements' inputs again: run_block reads each part from a copy). */
+START_TEST(test_in_place)
+{
+    int k = _i;
+    size_t es = k == FP_F32 ? 4 : 2;
+    uint64_t st = 91, rows = 300, cols = 1000, n = rows * cols;
+    tmod a, h;
+    tmod_make(&a, rows, cols, 8, 2.0, 0.1, 0, &st);
+    tmod_make(&h, rows, cols, 2, 30.0, 1.0, 0, &st);
+    unsigned char *w0 = make_base(k, n, &st), *m = malloc(n * es), *ip = malloc(n * es);
+    ck_assert(m && ip);
+    static const char *const kernels[][2] = {{NULL, NULL}, {"1", NULL}, {"1", "1"}};
+    lora_error err;
+    for (int t = 0; t < 2; t++)
+        for (int kv = 0; kv < 3; kv++)
+            for (int rec = 0; rec < 2; rec++) {
+                kernels[kv][0] ? setenv("LORA_NO_AVX512", "1", 1) : unsetenv("LORA_NO_AVX512");
+                kernels[kv][1] ? setenv("LORA_NO_AVX2", "1", 1) : unsetenv("LORA_NO_AVX2");
+                lora_term one[1] = {{t ? &h.m : &a.m, 1.0}};
+                lora_fixes fa = {.coded = 1}, fb = {.coded = 1};
+                ck_assert_int_eq(lora_tensor_merge(kind_dt(k), kind_dt(k), rows, cols, w0, m, one,
+                                                   1, LORA_ROUND_NEAREST, 2, rec ? &fa : NULL,
+                                                   NULL, &err),
+                                 LORA_OK);
+                memcpy(ip, w0, n * es);
+                ck_assert_int_eq(lora_tensor_merge(kind_dt(k), kind_dt(k), rows, cols, ip, ip, one,
+                                                   1, LORA_ROUND_NEAREST, 2, rec ? &fb : NULL,
+                                                   NULL, &err),
+                                 LORA_OK);
+                ck_assert_msg(memcmp(ip, m, n * es) == 0,
+                              "kind %d adapter %d kernel %d receipt %d: in place, other values", k,
+                              t, kv, rec);
+                if (rec) {
+                    ck_assert_uint_eq(fb.nbits, fa.nbits);
+                    ck_assert_uint_eq(fb.n, fa.n);
+                    ck_assert(fa.nbits == 0 || memcmp(fa.bits, fb.bits, (fa.nbits + 7) / 8) == 0);
+                    /* and back, in place */
+                    ck_assert_int_eq(lora_tensor_unmerge(kind_dt(k), kind_dt(k), rows, cols, ip, ip,
+                                                         one, 1, &fa, NULL, 2, NULL, &err),
+                                     LORA_OK);
+                    ck_assert_msg(memcmp(ip, w0, n * es) == 0,
+                                  "kind %d adapter %d kernel %d: in-place unmerge, not W0", k, t,
+                                  kv);
+                }
+                lora_fixes_free(&fa);
+                lora_fixes_free(&fb);
+            }
+    unsetenv("LORA_NO_AVX512");
+    unsetenv("LORA_NO_AVX2");
+    /* in place with another element size would overlap the blocks */
+    if (k == FP_BF16) {
+        lora_term one[1] = {{&a.m, 1.0}};
+        ck_assert_int_eq(lora_tensor_merge(LORA_DT_BF16, LORA_DT_F32, rows, cols, w0, w0, one, 1,
+                                           LORA_ROUND_NEAREST, 2, NULL, NULL, &err),
+                         LORA_EUSAGE);
+    }
+    tmod_free(&a);
+    tmod_free(&h);
+    free(w0);
+    free(m);
+    free(ip);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("merge");
@@ -1197,6 +1266,7 @@ static Suite *suite(void)
     tcase_add_loop_test(tc, test_pass_lanes, 0, 3);
     tcase_add_test(tc, test_rank_words);
     tcase_add_test(tc, test_bits_kernels);
+    tcase_add_loop_test(tc, test_in_place, FP_F32, FP_BF16 + 1);
     tcase_add_test(tc, test_run_ties);
     suite_add_tcase(s, tc);
     return s;

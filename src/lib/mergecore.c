@@ -1368,6 +1368,12 @@ static void run_block(struct tjob *j, int t, uint64_t b)
         v.n = (size_t)((c - a) * j->cols);
         v.src = k.src + off * j->isz;
         v.dst = k.dst + off * j->osz;
+        if (s->dst && s->src == s->dst) {
+            /* in place: the fast passes store a part's results before
+             * they read its flagged elements' inputs again */
+            memcpy(e->ibuf[t], v.src, v.n * j->isz);
+            v.src = e->ibuf[t];
+        }
         memset(&v.st, 0, sizeof v.st);
         memset(&v.nf, 0, sizeof v.nf);
         rc = s->unmerge ? unmerge_part(j, &v) : merge_block(j, &v);
@@ -1656,8 +1662,14 @@ static int mem_call(int unmerge, lora_dtype dt, lora_dtype out_dt, uint64_t rows
     s.record_fixes = fixes != NULL;
     s.ref = ref;
     s.stats = stats;
-    /* out may alias src (in place): each element is read before it is
-     * written, and blocks never overlap */
+    /* out may be src (in place): run_block reads each part from a copy,
+     * and blocks never overlap; with elements of another size they
+     * would, and a block would read what another one wrote */
+    if (src == out && lora_dtype_bits(dt) != lora_dtype_bits(out_dt)) {
+        lora_engine_free(e);
+        return lora_seterr(err, LORA_EUSAGE, "an in-place merge or unmerge keeps the element "
+                           "size (%s to %s)", lora_dtype_name(dt), lora_dtype_name(out_dt));
+    }
     rc = lora_engine_run(e, &s, err);
     lora_engine_free(e);
     return rc;
