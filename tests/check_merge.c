@@ -1046,6 +1046,227 @@ START_TEST(test_flag_masks)
 }
 END_TEST
 
+/* ---- the F16 pass (mergefast_f16.c) ----
+ * The same checks as test_pass_lanes for lora_fast_merge_f16: every
+ * F16 bit pattern as W0 against families of deltas; each unflagged
+ * lane must merge to its m by the reference rounding, with record
+ * neither key-neighbour of W0 may merge to m, and a flagged lane keeps
+ * W0 in dst.  Where the pass exists it must prove most ordinary lanes
+ * (else it could pass by flagging everything); where it does not (no
+ * AVX-512, or LORA_NO_AVX512) it flags every lane. */
+static double f16_ulp(uint16_t v)
+{
+    int e = (v >> 10) & 0x1f;
+    return ldexp(1.0, (e ? e : 1) - 25);
+}
+
+static int f16_merges_to(uint32_t x, double d, uint32_t m)
+{
+    return fp_finite(FP_F16, x) && ref_round16(FP_F16, fp_to_d(FP_F16, x) + d) == m;
+}
+
+/* An offset from a rounding midpoint, in ulps of the sum's binade: the
+ * pass's margin 2^(j+4) float ulps (2^-13 ulp) and one float ulp either
+ * side of it, a float ulp, single_fast's 2^-20, double ulps (2^-42). */
+static double f16_tie(int j, uint64_t *st)
+{
+    j = j < 0 ? 0 : j > 8 ? 8 : j;
+    double mg = ldexp(16.0, j) * 0x1p-13;
+    const double tie[] = {mg,       -mg,      mg + 0x1p-13, -mg - 0x1p-13, mg - 0x1p-13,
+                          0x1p-13 - mg, 0x1p-13, -0x1p-13, 0x1p-20,      -0x1p-20,
+                          0x1p-42,  -0x1p-42, 0x3p-43,      0};
+    return tie[tu_rand(st) % (sizeof tie / sizeof *tie)];
+}
+
+static double f16_delta(int v, uint16_t x, uint64_t *st)
+{
+    double q = f16_ulp(x), xv = fp_to_d(FP_F16, x);
+    double g = tu_randu(st) + tu_randu(st) + tu_randu(st); /* about N(0, 1) */
+    int finite = fp_finite(FP_F16, x);
+    switch (v) {
+    case 0: return g * 0.3 * q;
+    case 1: return g * q;
+    case 2: return g * 3 * q;
+    case 3: return g * 40 * q;
+    case 4: return ((double)(int)(g * 3) + 0.5 + f16_tie((int)(tu_rand(st) % 3) - 1, st)) * q;
+    case 5: { /* near-ties k binades below x (cancellation) or up to 3 above */
+        int k = (int)(tu_rand(st) % 13) - 3;
+        uint32_t y = finite && xv != 0 ? fp_round_f16(ldexp(xv, -k) * (1 + g * 0x1p-4)) : 0;
+        if (!fp_finite(FP_F16, y) || !(y & 0x7c00))
+            return g * q;
+        double yv = fp_to_d(FP_F16, y);
+        int j = k + (int)(tu_rand(st) % 3) - 1;
+        return copysign(fabs(yv) + f16_ulp((uint16_t)y) * (0.5 + f16_tie(j, st)), yv) - xv;
+    }
+    case 6: return -xv * (1 + g * 0x1p-6); /* x + d near 0 */
+    case 7: return -xv * (2 + g * 0.1);    /* across 0 */
+    case 8: return -xv * (0.75 + g * 0.05); /* two binades down */
+    case 9: return xv * (3 + g);            /* binades up */
+    case 10: /* one binade up, by about its width */
+        if (xv == 0 || !finite)
+            return g * q;
+        return copysign(ldexp(1.0, ilogb(xv) + 1), xv) * (1 + g * 0x1p-3) - xv;
+    case 11: /* to 65504, the tie at 65520 and beyond (infinity) */
+        return copysign(65520 + (tu_rand(st) % 4 ? g * 12 : 0), finite ? xv : 1.0) -
+               (finite ? xv : 0);
+    case 12: /* to subnormal results and the normal limit 2^-14 */
+        return (tu_rand(st) % 4 ? g * 0x1p-14 : 0x1p-14 - 0x1p-25) - (finite ? xv : 0);
+    default: {
+        const double sp[] = {0,     -0.0, NAN,    INFINITY, -INFINITY, 1e38,
+                             1e-40, -3e38, 1e300, 1e-300,   finite ? -xv : 0, 1e-8};
+        return sp[tu_rand(st) % 12];
+    }
+    }
+}
+
+static void f16_pass_check(int record)
+{
+    enum { NV = 14, N = 65536 * NV, TAIL = 5 };
+    uint16_t *in = malloc(N * 2), *out = malloc(N * 2);
+    double *d = malloc(N * sizeof *d);
+    unsigned char *flag = malloc(N);
+    uint64_t st = 41 + (uint64_t)record;
+    ck_assert(in && out && d && flag);
+    for (size_t i = 0; i < N; i++) {
+        in[i] = (uint16_t)(i & 0xffff);
+        d[i] = f16_delta((int)(i >> 16), in[i], &st);
+    }
+    for (int kv = 0; kv < 2; kv++) {
+        kv ? setenv("LORA_NO_AVX512", "1", 1) : unsetenv("LORA_NO_AVX512");
+        int avail = lora_fast_f16_available();
+        size_t n = N - TAIL; /* a last step of 11 lanes */
+        memset(out, 0xa5, N * 2);
+        memset(flag, 0xaa, N);
+        uint64_t changed = lora_fast_merge_f16((const unsigned char *)in, (unsigned char *)out,
+                                               d, flag, n, record);
+        uint64_t ordinary = 0, ordinary_proven = 0, proven_nz = 0;
+        for (size_t i = 0; i < n; i++) {
+            uint16_t w = in[i], m = out[i];
+            uint32_t e = (w >> 10) & 0x1f;
+            int plain = (i >> 16) < 3 && e != 0 && e != 31;
+            ordinary += (uint64_t)plain;
+            ck_assert_msg(flag[i] <= 1, "lane %zu: flag %u", i, flag[i]);
+            if (flag[i]) {
+                ck_assert_msg(m == w, "kernel %d: flagged lane %zu: dst %04x, W0 %04x", kv, i, m,
+                              w);
+                continue;
+            }
+            ordinary_proven += (uint64_t)plain;
+            proven_nz += d[i] != 0;
+            ck_assert_msg(isfinite(d[i]) && e != 0 && e != 31,
+                          "record %d kernel %d: lane %zu (%04x + %a) proven", record, kv, i, w,
+                          d[i]);
+            ck_assert_msg(f16_merges_to(w, d[i], m), "record %d kernel %d: %04x + %a does not "
+                          "give %04x", record, kv, w, d[i], m);
+            if (!record)
+                continue;
+            int64_t key = fp_key(FP_F16, w);
+            for (int dir = -1; dir <= 1; dir += 2) {
+                uint32_t x = fp_unkey(FP_F16, key + dir);
+                ck_assert_msg(!f16_merges_to(x, d[i], m),
+                              "kernel %d: %04x + %a proven the only base of %04x, but %04x "
+                              "merges to it too", kv, w, d[i], m, x);
+            }
+        }
+        for (size_t i = n; i < N; i++)
+            ck_assert_msg(flag[i] == 0xaa && out[i] == 0xa5a5, "lane %zu past n written", i);
+        ck_assert_uint_eq(changed, proven_nz);
+        if (avail) /* deltas of under 3 ulps of normal values: nearly all proven */
+            ck_assert_msg(ordinary_proven * 10 > ordinary * 9, "record %d proves %llu of %llu",
+                          record, (unsigned long long)ordinary_proven,
+                          (unsigned long long)ordinary);
+        else
+            ck_assert_uint_eq(ordinary_proven, 0);
+    }
+    unsetenv("LORA_NO_AVX512");
+    free(in);
+    free(out);
+    free(d);
+    free(flag);
+}
+
+START_TEST(test_f16_pass_lanes)
+{
+    f16_pass_check(_i == 1);
+}
+END_TEST
+
+/* An F16 tensor merged with the pass (AVX-512) and without it (the
+ * scalar loop): the same merged bytes, the same receipt (rank bits,
+ * exceptions, counts), with and without the receipt and in place; the
+ * unmerge gives W0 back.  Base values of every binade below 2^15 and
+ * make_base's special ones; deltas small and large (runs, cancellations). */
+START_TEST(test_f16_kernels)
+{
+    uint64_t st = 78, rows = 300, cols = 1000, n = rows * cols;
+    tmod mods[3];
+    tmod_make(&mods[0], rows, cols, 8, 2.0, 0.1, 0, &st);
+    tmod_make(&mods[1], rows, cols, 2, 30.0, 1.0, 0, &st);
+    tmod_make(&mods[2], cols, rows, 16, 0.5, 0.003, 1, &st); /* transposed (Conv1D) */
+    uint16_t *w0 = make_base(FP_F16, n, &st);
+    for (uint64_t i = 0; i < n; i += 5) { /* any binade below 2^15 (no overflow) */
+        uint16_t p = (uint16_t)(tu_rand(&st) >> 48);
+        w0[i] = ((p >> 10) & 0x1f) > 29 ? (uint16_t)(p - (2u << 10)) : p;
+    }
+    uint16_t *m[2], *nr = malloc(n * 2), *ip = malloc(n * 2), *u = malloc(n * 2);
+    m[0] = malloc(n * 2);
+    m[1] = malloc(n * 2);
+    for (int t = 0; t < 3; t++) {
+        lora_term one[1] = {{&mods[t].m, 1.0}};
+        lora_fixes fx[2] = {{.coded = 1}, {.coded = 1}};
+        lora_merge_stats ms[2];
+        lora_error err;
+        for (int kv = 0; kv < 2; kv++) {
+            kv ? setenv("LORA_NO_AVX512", "1", 1) : unsetenv("LORA_NO_AVX512");
+            memset(&ms[kv], 0, sizeof ms[kv]);
+            ck_assert_int_eq(lora_tensor_merge(LORA_DT_F16, LORA_DT_F16, rows, cols, w0, m[kv],
+                                               one, 1, LORA_ROUND_NEAREST, 2, &fx[kv], &ms[kv],
+                                               &err), LORA_OK);
+            ck_assert_int_eq(lora_tensor_merge(LORA_DT_F16, LORA_DT_F16, rows, cols, w0, nr, one,
+                                               1, LORA_ROUND_NEAREST, 2, NULL, NULL, &err),
+                             LORA_OK);
+            ck_assert_msg(memcmp(nr, m[kv], n * 2) == 0, "adapter %d kernel %d: --no-receipt "
+                          "bytes differ", t, kv);
+        }
+        unsetenv("LORA_NO_AVX512");
+        ck_assert_msg(memcmp(m[0], m[1], n * 2) == 0, "adapter %d: merged bytes differ", t);
+        ck_assert_uint_eq(ms[0].changed, ms[1].changed);
+        ck_assert_uint_eq(ms[0].fixes, ms[1].fixes);
+        ck_assert_uint_eq(fx[0].nbits, fx[1].nbits);
+        ck_assert_uint_eq(fx[0].nambig, fx[1].nambig);
+        ck_assert_uint_eq(fx[0].n, fx[1].n);
+        for (size_t i = 0; i < fx[0].n; i++)
+            ck_assert(fx[0].index[i] == fx[1].index[i] && fx[0].step[i] == fx[1].step[i]);
+        for (uint64_t i = 0; i < fx[0].nbits; i++)
+            ck_assert_msg(((fx[1].bits[i / 8] ^ fx[0].bits[i / 8]) >> (i % 8) & 1) == 0,
+                          "adapter %d: rank bit %llu differs", t, (unsigned long long)i);
+        ck_assert_uint_gt(fx[0].nambig, 0);
+        /* in place (out == W0), with the receipt */
+        lora_fixes fi = {.coded = 1};
+        memcpy(ip, w0, n * 2);
+        ck_assert_int_eq(lora_tensor_merge(LORA_DT_F16, LORA_DT_F16, rows, cols, ip, ip, one, 1,
+                                           LORA_ROUND_NEAREST, 2, &fi, NULL, &err), LORA_OK);
+        ck_assert_msg(memcmp(ip, m[0], n * 2) == 0, "adapter %d: in-place bytes differ", t);
+        ck_assert_uint_eq(fi.nbits, fx[0].nbits);
+        ck_assert(fi.nbits == 0 || memcmp(fi.bits, fx[0].bits, (size_t)(fi.nbits / 8)) == 0);
+        ck_assert_int_eq(lora_tensor_unmerge(LORA_DT_F16, LORA_DT_F16, rows, cols, m[0], u, one,
+                                             1, &fx[0], NULL, 2, NULL, &err), LORA_OK);
+        ck_assert_msg(memcmp(u, w0, n * 2) == 0, "adapter %d: unmerge is not W0", t);
+        lora_fixes_free(&fi);
+        lora_fixes_free(&fx[0]);
+        lora_fixes_free(&fx[1]);
+    }
+    for (int t = 0; t < 3; t++)
+        tmod_free(&mods[t]);
+    free(w0);
+    free(m[0]);
+    free(m[1]);
+    free(nr);
+    free(ip);
+    free(u);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("merge");
@@ -1067,6 +1288,8 @@ static Suite *suite(void)
     tcase_add_loop_test(tc, test_pass_lanes, 0, 3);
     tcase_add_test(tc, test_bits_kernels);
     tcase_add_test(tc, test_run_ties);
+    tcase_add_loop_test(tc, test_f16_pass_lanes, 1, 3);
+    tcase_add_test(tc, test_f16_kernels);
     suite_add_tcase(s, tc);
     return s;
 }

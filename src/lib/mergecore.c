@@ -963,6 +963,32 @@ static int merge_bf16_fast(const unsigned char *src, unsigned char *dst, const d
     return 0;
 }
 
+/* F16 merge: the branch-free pass (mergefast_f16.c), then the full
+ * element logic (merge_span, one element at a time) on the elements it
+ * flagged, in element order: their rank bits go to fx in the order
+ * coded_fix appends them in the scalar loop, so the receipt is the
+ * same.  No run codes (F16 has no runs' pass): the flagged element's
+ * own search.  The pass leaves W0 in a flagged element's dst, so an
+ * in-place merge reads it back. */
+static int merge_f16_fast(const unsigned char *src, unsigned char *dst, const double *sum,
+                          unsigned char *flag, size_t n, uint64_t first, int record,
+                          lora_fixes *fx, lora_merge_stats *st, size_t *bad, nonfin *nf)
+{
+    st->changed += lora_fast_merge_f16(src, dst, sum, flag, n, record);
+    uint64_t *masks = flag_masks(flag, n);
+    for (size_t g = 0; g < n; g += 64)
+        for (uint64_t mk = masks[g / 64]; mk; mk &= mk - 1) {
+            size_t x = g + (size_t)__builtin_ctzll(mk);
+            int r = merge_span(FP_F16, FP_F16, 2, 2, record, 0, record, src + 2 * x, dst + 2 * x,
+                               sum + x, 1, first + x, fx, st, bad, nf);
+            if (r) {
+                *bad += x;
+                return r;
+            }
+        }
+    return 0;
+}
+
 struct wargs {
     struct tjob *j;
     int t;
@@ -1017,6 +1043,10 @@ static int merge_block(struct tjob *j, struct block *k)
     else if (ik == FP_BF16 && ok == FP_BF16)
         r = merge_span(FP_BF16, FP_BF16, 2, 2, record, rev, coded, k->src, k->dst, sum, n, first,
                        fx, &k->st, &bad, &k->nf);
+    else if (ik == FP_F16 && ok == FP_F16 && !rev && (!record || coded) &&
+             lora_fast_f16_available())
+        r = merge_f16_fast(k->src, k->dst, sum, k->flag, n, first, record, fx, &k->st, &bad,
+                           &k->nf);
     else if (ik == FP_F16 && ok == FP_F16)
         r = merge_span(FP_F16, FP_F16, 2, 2, record, rev, coded, k->src, k->dst, sum, n, first,
                        fx, &k->st, &bad, &k->nf);

@@ -155,5 +155,11 @@ size_t lora_fast_runs_list_bf16(const unsigned char *cb, const unsigned char *mb
 void lora_flag_masks(const unsigned char *flag, size_t n, uint64_t *out);
 uint64_t lora_fast_unmerge_bf16(const unsigned char *src, unsigned char *dst, const double *sum,
                                 unsigned char *flag, size_t n);
+/* mergefast_f16.c: the F16 merge pass, lora_fast_merge_bf16's contract
+ * for F16 (flagged elements keep W0 in dst).  Only where
+ * lora_fast_f16_available() (AVX-512): elsewhere it flags every element. */
+int lora_fast_f16_available(void);
+uint64_t lora_fast_merge_f16(const unsigned char *src, unsigned char *dst, const double *sum,
+                             unsigned char *flag, size_t n, int record);
 
 #endif

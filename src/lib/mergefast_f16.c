@@ -1,0 +1,158 @@
+/*
+ * mergefast_f16.c - the common case of the merge of F16 tensors, the
+ * counterpart of mergefast.c's BF16 pass: one branch-free AVX-512 pass
+ * in float lanes computes every element as if it were a normal number
+ * whose merge is not ambiguous, and flags the elements where that is
+ * not proven; mergecore.c (merge_f16_fast) redoes the flagged ones with
+ * the full element logic (merge_span), so every element's result and
+ * rank bits are the ones the scalar code gives.  Without AVX-512 there
+ * is no pass (lora_fast_f16_available says so) and mergecore.c keeps
+ * the scalar loop.
+ */
+#include "internal.h"
+#include "mergecore.h"
+#include "fpbits.h"
+
+#include <stdlib.h>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define LORA_AVX2 1
+#include <immintrin.h>
+#endif
+
+#ifdef LORA_AVX2
+#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
+
+/* One step of 16 elements (lanes: the ones that exist), in float lanes.
+ *
+ * Contract (mergecore.h): m = round_f16(fl64(W0 + d)), nearest even;
+ * a lane is left unflagged only where that m is certain, and with
+ * record only where W0 is also proven the only base value that merges
+ * to m (single_fast, mergecore.c: W0 and m normal, W0's binade not
+ * below m's, W0's mantissa not 0, |fl64(W0 + d) - m| below half an ulp
+ * of m by 2^-19 of it).
+ *
+ * sf = fl32(W0 + fl32(d)) stands in for fl64(W0 + d) (W0 -> float is
+ * exact).  Error bound, in float ulps u of sf's binade (exponent field
+ * es), with j = W0's float exponent field - es:
+ *   fl32(d) is within 2^-24 |d| of d, and |d| <= |W0| + |W0 + d| <
+ *   2^(j+24) u + 2^24 u (plus the bound itself), so within 2^j + 1 u
+ *   (j >= 0; 1.5 u for j < 0); the float add rounds by u / 2 at most,
+ *   and fl64 is within 2^-28 u of the exact sum: E <= 2^max(j,0) + 2 u.
+ *   (The bound does not depend on the target dtype: as for BF16.)
+ * F16 keeps 10 of float's 23 mantissa bits, so the rounding drops 13:
+ * rem = those 13 bits of |sf|, q = 2^13 u the F16 ulp of sf's binade.
+ * The rounding boundaries of sf's binade are at rem = 2^12; the one
+ * below the binade (where the spacing halves) is at least q / 4 = 2^11 u
+ * from sf, the one to infinity (65520) is the binade's last midpoint,
+ * and below 2^-14 the subnormals keep the spacing of the lowest binade.
+ * So sf is at least min(t, 2^11) u from every boundary, t = |rem - 2^12|.
+ * A lane is "far" when t > T = 2^(max(j,0) + 4): then t > 4 E, and
+ * 2^11 > E because j is clamped at 8, where T = 2^12 is not below any t
+ * (a sum that cancels down 8 binades or more is always flagged), so
+ * fl64(W0 + d) lies on sf's side of every boundary and rounds to the
+ * same m.  Lanes with t <= T go to the full logic.
+ * The proof of single_fast on fl64(W0 + d): |sf - m| = (2^12 - t) u,
+ * also where the rounding carried into the next binade (m = 2^k, whose
+ * half ulp is then larger still), so |fl64(W0 + d) - m| <= (2^12 - t +
+ * E) u < q / 2 (1 - 2^-19), as t > E + 2^-7; W0's binade not below m's
+ * (m's after the carry), W0's mantissa not 0, m normal as the flags
+ * already require.  W0 = +-2^k (mantissa 0, 1 in 1024 of the values)
+ * is not proven here: those lanes go to the full logic with record.
+ * Flagged besides: W0 not a normal F16 (zero, subnormal, inf, NaN), m
+ * not a normal F16 (below 2^-14, beyond 65504), sums that are not
+ * finite (d non-finite, or beyond float's range).  d == 0 gives sf =
+ * W0, rem = 0: m = W0, as merge_span's copy.
+ * Flagged lanes get W0 in dst (so that an in-place merge, dst == src,
+ * still has it for the full logic); the others m. */
+static inline AVX512 __attribute__((always_inline)) unsigned
+h16_step(const unsigned char *src, unsigned char *dst, const double *sum, unsigned char *flag,
+         __mmask16 lanes, __mmask16 rec)
+{
+    __m256i h = _mm256_maskz_loadu_epi16(lanes, src);
+    __m512d d0 = _mm512_maskz_loadu_pd((__mmask8)lanes, sum);
+    __m512d d1 = _mm512_maskz_loadu_pd((__mmask8)(lanes >> 8), sum + 8);
+    __m512 df = _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(d0)),
+                                   _mm512_cvtpd_ps(d1), 1);
+    __m512 wf = _mm512_cvtph_ps(h);
+    __m512i sb = _mm512_castps_si512(_mm512_add_ps(wf, df));
+    __m512i wb = _mm512_castps_si512(wf);
+    /* round |sf| to F16 bits: 13 bits dropped, nearest even */
+    __m512i a = _mm512_and_si512(sb, _mm512_set1_epi32(0x7fffffff));
+    __m512i r = _mm512_add_epi32(_mm512_add_epi32(a, _mm512_set1_epi32(0xfff)),
+                                 _mm512_and_si512(_mm512_srli_epi32(a, 13), _mm512_set1_epi32(1)));
+    /* m normal: 2^-14 <= |sf|, rounded below 2^16 (float exponents 113, 143) */
+    __mmask16 bad = _mm512_cmplt_epu32_mask(a, _mm512_set1_epi32(113 << 23)) |
+                    _mm512_cmpge_epu32_mask(r, _mm512_set1_epi32(143 << 23));
+    __m512i m = _mm512_or_si512(
+        _mm512_and_si512(_mm512_sub_epi32(_mm512_srli_epi32(r, 13), _mm512_set1_epi32(112 << 10)),
+                         _mm512_set1_epi32(0x7fff)),
+        _mm512_and_si512(_mm512_srli_epi32(sb, 16), _mm512_set1_epi32(0x8000)));
+    /* W0 normal F16: float exponent field in [113, 142] */
+    __m512i ew = _mm512_srli_epi32(_mm512_and_si512(wb, _mm512_set1_epi32(0x7fffffff)), 23);
+    __mmask16 wn = _mm512_cmple_epu32_mask(_mm512_sub_epi32(ew, _mm512_set1_epi32(113)),
+                                           _mm512_set1_epi32(29));
+    __m512i j = _mm512_min_epi32(_mm512_max_epi32(_mm512_sub_epi32(ew, _mm512_srli_epi32(a, 23)),
+                                                  _mm512_setzero_si512()),
+                                 _mm512_set1_epi32(8));
+    __m512i thr = _mm512_sllv_epi32(_mm512_set1_epi32(16), j);
+    __m512i t = _mm512_abs_epi32(_mm512_sub_epi32(_mm512_and_si512(a, _mm512_set1_epi32(0x1fff)),
+                                                  _mm512_set1_epi32(0x1000)));
+    __mmask16 far = _mm512_cmpgt_epu32_mask(t, thr);
+    /* single_fast: W0's mantissa not 0, W0's binade not below m's */
+    __mmask16 one = _mm512_test_epi32_mask(wb, _mm512_set1_epi32(0x7fe000)) &
+                    _mm512_cmpge_epu32_mask(ew, _mm512_srli_epi32(r, 23));
+    __mmask16 fb = (bad | (__mmask16)~wn | (__mmask16)~far | (rec & (__mmask16)~one)) & lanes;
+    __m512i out = _mm512_mask_blend_epi32(fb, m, _mm512_cvtepu16_epi32(h));
+    _mm256_mask_storeu_epi16(dst, lanes, _mm512_cvtepi32_epi16(out));
+    _mm_mask_storeu_epi8(flag, lanes, _mm_maskz_set1_epi8(fb, 1));
+    unsigned nz = (unsigned)_mm512_cmp_pd_mask(d0, _mm512_setzero_pd(), _CMP_NEQ_UQ) |
+                  (unsigned)_mm512_cmp_pd_mask(d1, _mm512_setzero_pd(), _CMP_NEQ_UQ) << 8;
+    return (unsigned)__builtin_popcount(nz & ~(unsigned)fb & (unsigned)lanes);
+}
+
+static AVX512 uint64_t fast_merge_f16_avx512(const unsigned char *src, unsigned char *dst,
+                                             const double *sum, unsigned char *flag, size_t n,
+                                             int record)
+{
+    uint64_t changed = 0;
+    __mmask16 rec = record ? 0xffff : 0;
+    size_t x = 0;
+    for (; x + 16 <= n; x += 16)
+        changed += h16_step(src + 2 * x, dst + 2 * x, sum + x, flag + x, 0xffff, rec);
+    if (x < n)
+        changed += h16_step(src + 2 * x, dst + 2 * x, sum + x, flag + x,
+                            (__mmask16)((1u << (n - x)) - 1), rec);
+    return changed;
+}
+#endif
+
+/* The F16 pass runs where the CPU has AVX-512 (F, BW, VL, DQ) and
+ * neither LORA_NO_AVX512 nor LORA_NO_AVX2 is set (mergefast.c's
+ * fast_level). */
+int lora_fast_f16_available(void)
+{
+#ifdef LORA_AVX2
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+           !getenv("LORA_NO_AVX512") && !getenv("LORA_NO_AVX2");
+#else
+    return 0;
+#endif
+}
+
+uint64_t lora_fast_merge_f16(const unsigned char *src, unsigned char *dst, const double *sum,
+                             unsigned char *flag, size_t n, int record)
+{
+#ifdef LORA_AVX2
+    if (lora_fast_f16_available())
+        return fast_merge_f16_avx512(src, dst, sum, flag, n, record);
+#endif
+    /* no pass: every element to the full logic, W0 in place */
+    (void)sum;
+    (void)record;
+    if (dst != src)
+        memcpy(dst, src, 2 * n);
+    memset(flag, 1, n);
+    return 0;
+}
