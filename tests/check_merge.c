@@ -1111,6 +1111,20 @@ static double f16_delta(int v, uint16_t x, uint64_t *st)
                (finite ? xv : 0);
     case 12: /* to subnormal results and the normal limit 2^-14 */
         return (tu_rand(st) % 4 ? g * 0x1p-14 : 0x1p-14 - 0x1p-25) - (finite ? xv : 0);
+    case 13: { /* sums a few float ulps (2^(k-13) ulps of y) from a midpoint k binades
+                * below x (either sign), d's bits below float's at random: float's
+                * rounding of d errs by up to half d's float ulp (2^k float ulps of the sum) */
+        static const double c[] = {0.5, 0.625, 0.75, 0.875, 1, 1.5, 2, 3, 6};
+        int k = (int)(tu_rand(st) % 10);
+        uint32_t y = finite && xv != 0 ? fp_round_f16(ldexp(xv, -k) * (1 + g * 0x1p-4)) : 0;
+        if (!fp_finite(FP_F16, y) || !(y & 0x7c00))
+            return g * q;
+        y ^= tu_rand(st) % 2 ? 0x8000u : 0;
+        double off = c[tu_rand(st) % 9] * ldexp(1.0, k - 13) * (tu_rand(st) % 2 ? 1 : -1);
+        double yv = fp_to_d(FP_F16, y);
+        double d0 = copysign(fabs(yv) + f16_ulp((uint16_t)y) * (0.5 + off), yv) - xv;
+        return d0 == 0 ? g * q : d0 + tu_randu(st) * ldexp(0.5, ilogb(d0) - 23);
+    }
     default: {
         const double sp[] = {0,     -0.0, NAN,    INFINITY, -INFINITY, 1e38,
                              1e-40, -3e38, 1e300, 1e-300,   finite ? -xv : 0, 1e-8};
@@ -1121,7 +1135,7 @@ static double f16_delta(int v, uint16_t x, uint64_t *st)
 
 static void f16_pass_check(int record)
 {
-    enum { NV = 14, N = 65536 * NV, TAIL = 5 };
+    enum { NV = 15, N = 65536 * NV, TAIL = 5 };
     uint16_t *in = malloc(N * 2), *out = malloc(N * 2);
     double *d = malloc(N * sizeof *d);
     unsigned char *flag = malloc(N);
