@@ -920,6 +920,125 @@ START_TEST(test_pass_lanes)
 }
 END_TEST
 
+/* The merge's queued lanes and their rank words (lora_fast_merge_q_bf16,
+ * lora_fast_ranks_bf16): the queue is exactly the lanes the pass flags,
+ * in order, with their c | m << 16 and fl32(d); every word not
+ * LORA_RANK_SLOW is the rank of W0 among the base values that merge to
+ * m, found here by walking the keys both ways with the reference
+ * rounding, and its bits lora_nbits_for(members - 1).  pass_check's
+ * families plus cancellations that leave W0 + d 1 to 12 binades below
+ * W0 (runs of 2 to 4096 members), on every kernel; the AVX-512 kernel
+ * must decide most of the long runs itself. */
+static double rank_delta(int v, uint16_t x, uint64_t *st)
+{
+    if (v < 12)
+        return pass_delta(v, x, st);
+    double xv = fp_to_d(FP_BF16, x);
+    int k = 1 + (int)(tu_rand(st) % 12);
+    return -xv * (1 - ldexp(1.0 + tu_randu(st), -k));
+}
+
+/* The reference run of m around base value c: its members below c and
+ * above it in value (keys), at most lim each way */
+static void ref_run_sides(uint16_t c, double d, uint16_t m, int64_t lim, int64_t *below, int64_t *above)
+{
+    int64_t kc = fp_key(FP_BF16, c), kmax = 0x7f7f, kmin = -kmax - 1;
+    *below = *above = 0;
+    while (kc - *below - 1 >= kmin && *below < lim &&
+           merges_to(fp_unkey(FP_BF16, kc - *below - 1), d, m))
+        (*below)++;
+    while (kc + *above + 1 <= kmax && *above < lim &&
+           merges_to(fp_unkey(FP_BF16, kc + *above + 1), d, m))
+        (*above)++;
+}
+
+START_TEST(test_rank_words)
+{
+    enum { NV = 13, N = 65536 * NV };
+    uint16_t *in = malloc(N * 2), *out = malloc(N * 2), *out2 = malloc(N * 2);
+    double *d = malloc(N * sizeof *d);
+    unsigned char *flag = malloc(N), *flag2 = malloc(N);
+    uint32_t *qa = malloc(3 * (N + 16) * sizeof *qa);
+    uint64_t st = 57;
+    ck_assert(in && out && out2 && d && flag && flag2 && qa);
+    for (size_t i = 0; i < N; i++) {
+        in[i] = (uint16_t)(i & 0xffff);
+        d[i] = rank_delta((int)(i >> 16), in[i], &st);
+    }
+    static const char *const kernels[][2] = {{NULL, NULL}, {"1", NULL}, {"1", "1"}};
+    for (int kv = 0; kv < 3; kv++) {
+        kernels[kv][0] ? setenv("LORA_NO_AVX512", "1", 1) : unsetenv("LORA_NO_AVX512");
+        kernels[kv][1] ? setenv("LORA_NO_AVX2", "1", 1) : unsetenv("LORA_NO_AVX2");
+        lora_flagq q = {qa, qa + N + 16, qa + 2 * (N + 16)};
+        size_t nl = 0;
+        uint64_t ch = lora_fast_merge_q_bf16((const unsigned char *)in, (unsigned char *)out, d,
+                                             flag, N, &q, &nl);
+        uint64_t ch2 = lora_fast_merge_bf16((const unsigned char *)in, (unsigned char *)out2, d,
+                                            flag2, N, 1);
+        ck_assert_uint_eq(ch, ch2);
+        ck_assert_msg(memcmp(out, out2, N * 2) == 0, "kernel %d: queued pass, other values", kv);
+        size_t at = 0;
+        for (size_t i = 0; i < N; i++) {
+            if (!flag2[i])
+                continue;
+            ck_assert_msg(at < nl && q.idx[at] == i, "kernel %d: lane %zu flagged, not queued", kv,
+                          i);
+            float f = (float)d[i];
+            uint32_t fb;
+            memcpy(&fb, &f, 4);
+            ck_assert_uint_eq(q.cm[at], in[i] | (uint32_t)out[i] << 16);
+            ck_assert_uint_eq(q.df[at], fb);
+            at++;
+        }
+        ck_assert_uint_eq(at, nl);
+        lora_fast_ranks_bf16(&q, nl, d, q.df);
+        uint64_t words = 0, long_runs = 0, long_decided = 0;
+        for (size_t l = 0; l < nl; l++) {
+            size_t i = q.idx[l];
+            uint16_t c = in[i], m = out[i];
+            uint32_t w = q.df[l];
+            /* W0 and m normal, m right (a flagged lane's m is the
+             * float pass's guess): where z8_run_ends is meant to decide */
+            int long_run = (i >> 16) == 12 && (c & 0x7f80) && (c & 0x7f80) != 0x7f80 &&
+                           (m & 0x7f80) && (m & 0x7f80) != 0x7f80 && merges_to(c, d[i], m);
+            long_runs += (uint64_t)long_run;
+            if (w == LORA_RANK_SLOW)
+                continue;
+            long_decided += (uint64_t)long_run;
+            words++;
+            ck_assert_msg(d[i] != 0 && isfinite(d[i]) && merges_to(c, d[i], m),
+                          "kernel %d: word %x for %04x + %a -> %04x, which it does not give", kv,
+                          w, c, d[i], m);
+            int64_t below, above;
+            ref_run_sides(c, d[i], m, 1 << 16, &below, &above);
+            uint32_t want = (uint32_t)below |
+                            (below + above ? (uint32_t)lora_nbits_for((uint64_t)(below + above)) : 0)
+                                << 16;
+            ck_assert_msg(w == want, "kernel %d: %04x + %a -> %04x: word %x, the run has %lld "
+                          "below and %lld above (word %x)", kv, c, d[i], m, w, (long long)below,
+                          (long long)above, want);
+        }
+        /* the portable kernels leave runs of over 15 members to the
+         * full logic */
+        if (kv == 0)
+            ck_assert_msg(long_runs > 10000 && long_decided * 1000 > long_runs * 999,
+                          "AVX-512 decides %llu of %llu long runs",
+                          (unsigned long long)long_decided, (unsigned long long)long_runs);
+        ck_assert_msg(words * 2 > nl, "kernel %d decides %llu of %zu lanes", kv,
+                      (unsigned long long)words, nl);
+    }
+    unsetenv("LORA_NO_AVX512");
+    unsetenv("LORA_NO_AVX2");
+    free(in);
+    free(out);
+    free(out2);
+    free(d);
+    free(flag);
+    free(flag2);
+    free(qa);
+}
+END_TEST
+
 /* The receipt's rank bits are the data's, not the kernel's: the same
  * bits with AVX-512, AVX2 and the portable kernels (whose fast passes
  * and runs decide different lanes), on data with long runs too. */
@@ -1300,6 +1419,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_flag_masks);
     tcase_add_test(tc, test_dense_runs);
     tcase_add_loop_test(tc, test_pass_lanes, 0, 3);
+    tcase_add_test(tc, test_rank_words);
     tcase_add_test(tc, test_bits_kernels);
     tcase_add_test(tc, test_run_ties);
     tcase_add_loop_test(tc, test_f16_pass_lanes, 1, 3);

@@ -129,6 +129,7 @@ int lora_decode_any(lora_dtype dt, const void *src, double *dst, uint64_t n)
 struct lora_engine {
     int nthreads;
     size_t cap;                 /* elements per worker buffer */
+    size_t tcap;                /* doubles per tmp buffer */
     double **sum, **tmp;        /* per worker */
     unsigned char **ibuf;       /* per worker: converted input when the output differs */
     lora_fixes *bfix;           /* per block */
@@ -210,6 +211,16 @@ uint64_t lora_block_rows(uint64_t cols)
     return r ? r : 1;
 }
 
+/* Rows of a part of a block: the delta of about 2^16 elements (512 KB)
+ * is still in the L2 cache when the merge reads it (a whole block's,
+ * 2 MB, was not).  The block stays the unit of hashes, rank bits and
+ * writes; parts only change the order of the work, not its results. */
+static uint64_t part_rows(uint64_t cols)
+{
+    uint64_t r = cols ? (1u << 16) / cols : 1;
+    return r ? r : 1;
+}
+
 static int grow(void **p, size_t *cap, size_t need, size_t elsz)
 {
     if (*cap >= need)
@@ -246,19 +257,28 @@ static int engine_reserve(lora_engine *e, uint64_t cols, uint64_t nblocks, size_
                           lora_error *err)
 {
     uint64_t need = lora_block_rows(cols) * cols;
-    if (need > e->cap) {
+    /* tmp: the delta kernel's scratch (need), then a part's flags and
+     * flagged-lane queue (flag_queue: 13 bytes an element, and slack) */
+    uint64_t tneed = need + 2 * part_rows(cols) * cols + 64;
+    if (need > e->cap || tneed > e->tcap) {
+        /* never smaller than before: e->cap and e->tcap describe them all */
+        if (need < e->cap)
+            need = e->cap;
+        if (tneed < e->tcap)
+            tneed = e->tcap;
         for (int t = 0; t < e->nthreads; t++) {
-            size_t scap = e->cap, mcap = e->cap;
+            size_t scap = e->cap, mcap = e->tcap;
             int bad = grow_aligned(&e->sum[t], &scap, need) |
-                      grow_aligned(&e->tmp[t], &mcap, need);
+                      grow_aligned(&e->tmp[t], &mcap, tneed);
             unsigned char *b = realloc(e->ibuf[t], need * 4);
             if (b) e->ibuf[t] = b;
             if (bad || !b) {
-                e->cap = 0; /* every worker's buffers are grown again next time */
+                e->cap = e->tcap = 0; /* every worker's buffers are grown again next time */
                 return lora_oom(err);
             }
         }
         e->cap = need;
+        e->tcap = tneed;
     }
     if (nblocks > e->nbfix) {
         lora_fixes *n = realloc(e->bfix, nblocks * sizeof *n);
@@ -876,91 +896,97 @@ static uint64_t *flag_masks(unsigned char *flag, size_t n)
     return masks;
 }
 
-/* BF16 merge: the branch-free pass (mergefast.c), then the full element
- * logic (merge_span) on the elements it flagged.  The runs the fast
- * passes found (flag codes 2 and up, nearly all flagged elements)
- * append their rank bits through a bitw: the rank is the run's members
- * below W0 (for a negative W0, those of larger magnitude). */
-/* One flagged element of merge_bf16_fast: its run's rank bits when the
- * fast passes found the run (flag code >= 2), else the full element
- * logic (merge_span).  0, or merge_span's error. */
+/* One flagged element of merge_bf16_fast without the receipt (flag 1):
+ * the full element logic.  0, or merge_span's error (*bad the element). */
 static inline __attribute__((always_inline)) int
-flagged_elem(const unsigned char *src, unsigned char *dst, const double *sum,
-             const unsigned char *flag, size_t x, size_t n, uint64_t first, int record,
-             lora_fixes *fx, lora_merge_stats *st, size_t *bad, nonfin *nf, bitw *w,
-             uint64_t *nrun, uint64_t *namb)
+flagged_elem(const unsigned char *src, unsigned char *dst, const double *sum, size_t x,
+             uint64_t first, lora_merge_stats *st, size_t *bad, nonfin *nf)
 {
-    if (flag[x] >= 2) {
-        unsigned a, b, neg = src[2 * x + 1] >> 7;
-        lora_run_decode(flag[x], &a, &b);
-        /* a + b <= 2 * (LORA_RUN_WIDE - 1): 4 bits at most */
-        bw_put(w, fx->bits, neg ? b : a, a + b ? (unsigned)lora_nbits_for(a + b) : 0);
-        (*nrun)++;
-        *namb += (a | b) != 0;
-        return 0;
-    }
-    if (record)
-        bw_end(w, fx);
-    int r = merge_span(FP_BF16, FP_BF16, 2, 2, record, 0, 1, src + 2 * x, dst + 2 * x, sum + x, 1,
-                       first + x, fx, st, bad, nf);
-    if (r) {
+    int r = merge_span(FP_BF16, FP_BF16, 2, 2, 0, 0, 1, src + 2 * x, dst + 2 * x, sum + x, 1,
+                       first + x, NULL, st, bad, nf);
+    if (r)
         *bad += x;
-        return r;
-    }
-    if (record) {
-        if (bits_reserve(fx, 4 * (uint64_t)(n - x) + 64))
+    return r;
+}
+
+/* The flagged-lane queue of a part (lora_flagq), in the scratch after
+ * its n flags: three arrays of n + 16 entries rounded up to 16, 64-byte
+ * aligned (engine_reserve's room: 13 n bytes and a little). */
+static lora_flagq flag_queue(unsigned char *flag, size_t n)
+{
+    size_t cap = ((n + 15) & ~(size_t)15) + 16;
+    uint32_t *at = (uint32_t *)(void *)(flag + ((n + 63) & ~(size_t)63));
+    lora_flagq q = {at, at + cap, at + 2 * cap};
+    return q;
+}
+
+/* The merge's queued lanes in element order: the rank words' bits
+ * through a bitw (nearly all), the full logic (merge_span, which appends
+ * its own bits or correction to fx) for LORA_RANK_SLOW.  0, or
+ * merge_span's error (*bad the element). */
+static int queued_ranks(const unsigned char *src, unsigned char *dst, const double *sum,
+                        const lora_flagq *q, size_t nl, uint64_t first, lora_fixes *fx,
+                        lora_merge_stats *st, size_t *bad, nonfin *nf)
+{
+    uint64_t nrun = 0, namb = 0;
+    bitw w;
+    /* at most 15 bits a lane (rank words) */
+    if (bits_reserve(fx, 16 * (uint64_t)nl + 64))
+        return -2;
+    bw_start(&w, fx);
+    for (size_t i = 0; i < nl; i++) {
+        uint32_t rk = q->df[i];
+        if (__builtin_expect(rk != LORA_RANK_SLOW, 1)) {
+            bw_put(&w, fx->bits, rk & 0xffffu, rk >> 16);
+            nrun++;
+            namb += rk > 0xffffu;
+            continue;
+        }
+        size_t x = q->idx[i];
+        bw_end(&w, fx);
+        int r = merge_span(FP_BF16, FP_BF16, 2, 2, 1, 0, 1, src + 2 * x, dst + 2 * x, sum + x, 1,
+                           first + x, fx, st, bad, nf);
+        if (r) {
+            *bad += x;
+            return r;
+        }
+        if (bits_reserve(fx, 16 * (uint64_t)(nl - i) + 64))
             return -2;
-        bw_start(w, fx);
+        bw_start(&w, fx);
     }
+    bw_end(&w, fx);
+    st->changed += nrun;
+    fx->nambig += namb;
     return 0;
 }
 
 /* BF16 merge: the branch-free pass (mergefast.c), then the full element
- * logic (merge_span) on the elements it flagged.  The runs the fast
- * passes found (flag codes 2 and up, nearly all flagged elements)
- * append their rank bits through a bitw: the rank is the run's members
- * below W0 (for a negative W0, those of larger magnitude).  With the
- * receipt the flagged elements come as a list from the runs' pass (in
- * the scratch after the flags); without it, from masks. */
+ * logic (merge_span) on the elements it flagged.  With the receipt, the
+ * pass queues the flagged elements (nearly all of them runs the fast
+ * passes find without a search) and their rank words say the bits to
+ * append: the rank is the run's members below W0 (for a negative W0,
+ * those of larger magnitude).  Without it, the flagged elements come
+ * from masks of the flags. */
 static int merge_bf16_fast(const unsigned char *src, unsigned char *dst, const double *sum,
                            unsigned char *flag, size_t n, uint64_t first, int record,
                            lora_fixes *fx, lora_merge_stats *st, size_t *bad, nonfin *nf)
 {
-    st->changed += lora_fast_merge_bf16(src, dst, sum, flag, n, record);
-    /* at most 4 bits per element from the codes (runs of up to 15
-     * members, lora_run_decode) */
-    if (record && bits_reserve(fx, 4 * (uint64_t)n + 64))
-        return -2;
-    bitw w = {0};
-    if (record)
-        bw_start(&w, fx);
-    uint64_t nrun = 0, namb = 0;
-    int r = 0;
     if (record) {
-        /* most flagged elements: their run found without a search
-         * (mergefast.c), as flag codes 2 and up; what coded_fix would
-         * store */
-        uint32_t *list = (uint32_t *)(void *)(flag + ((n + 63) & ~(size_t)63));
-        size_t nl = lora_fast_runs_list_bf16(src, dst, sum, flag, n, list);
-        for (size_t i = 0; i < nl && !r; i++)
-            r = flagged_elem(src, dst, sum, flag, list[i], n, first, record, fx, st, bad, nf, &w,
-                             &nrun, &namb);
-    } else {
-        /* the flagged elements, 64 at a time from a mask: a branch per
-         * element found, not per 8 bytes scanned */
-        uint64_t *masks = flag_masks(flag, n);
-        for (size_t g = 0; g < n && !r; g += 64)
-            for (uint64_t mk = masks[g / 64]; mk && !r; mk &= mk - 1)
-                r = flagged_elem(src, dst, sum, flag, g + (size_t)__builtin_ctzll(mk), n, first,
-                                 record, fx, st, bad, nf, &w, &nrun, &namb);
+        lora_flagq q = flag_queue(flag, n);
+        size_t nl;
+        st->changed += lora_fast_merge_q_bf16(src, dst, sum, flag, n, &q, &nl);
+        lora_fast_ranks_bf16(&q, nl, sum, q.df);
+        return queued_ranks(src, dst, sum, &q, nl, first, fx, st, bad, nf);
     }
-    if (r)
-        return r;
-    if (record)
-        bw_end(&w, fx);
-    st->changed += nrun;
-    fx->nambig += namb;
-    return 0;
+    st->changed += lora_fast_merge_bf16(src, dst, sum, flag, n, 0);
+    /* the flagged elements, 64 at a time from a mask: a branch per
+     * element found, not per 8 bytes scanned */
+    uint64_t *masks = flag_masks(flag, n);
+    int r = 0;
+    for (size_t g = 0; g < n && !r; g += 64)
+        for (uint64_t mk = masks[g / 64]; mk && !r; mk &= mk - 1)
+            r = flagged_elem(src, dst, sum, g + (size_t)__builtin_ctzll(mk), first, st, bad, nf);
+    return r;
 }
 
 /* F16 merge: the branch-free pass (mergefast_f16.c), then the full
@@ -1323,15 +1349,6 @@ static int finish_block(struct tjob *j, struct block *k)
     return 1;
 }
 
-/* Rows of a part of a block: the delta of about 2^16 elements (512 KB)
- * is still in the L2 cache when the merge reads it (a whole block's,
- * 2 MB, was not).  The block stays the unit of hashes, rank bits and
- * writes; parts only change the order of the work, not its results. */
-static uint64_t part_rows(uint64_t cols)
-{
-    uint64_t r = cols ? (1u << 16) / cols : 1;
-    return r ? r : 1;
-}
 
 /* Block b of the job on worker t: part by part, the delta then the
  * merge or unmerge; then its hashes and its write. */

@@ -155,6 +155,24 @@ size_t lora_fast_runs_list_bf16(const unsigned char *cb, const unsigned char *mb
 void lora_flag_masks(const unsigned char *flag, size_t n, uint64_t *out);
 uint64_t lora_fast_unmerge_bf16(const unsigned char *src, unsigned char *dst, const double *sum,
                                 unsigned char *flag, size_t n);
+/* The merge with the receipt keeps its flagged lanes in a queue, in
+ * element order, rather than as flags: their index in the part, c | m << 16
+ * (W0's and the merged value's bits) and fl32(d)'s bits (then their rank
+ * words, lora_fast_ranks_bf16).  Each array has room for n + 16 entries
+ * (the AVX-512 pass stores 16 at a time). */
+typedef struct lora_flagq {
+    uint32_t *idx, *cm, *df;
+} lora_flagq;
+/* lora_fast_merge_bf16 with record, its flagged lanes queued in q (their
+ * count in *nq); flag: scratch for n flags. */
+uint64_t lora_fast_merge_q_bf16(const unsigned char *src, unsigned char *dst, const double *sum,
+                                unsigned char *flag, size_t n, lora_flagq *q, size_t *nq);
+/* The queued lanes' runs as rank words: the rank of W0 in its run (its
+ * members below W0 in value) | the run's bits (lora_nbits_for(members -
+ * 1), at most 15) << 16, what coded_fix_k stores for it;
+ * LORA_RANK_SLOW where the full logic must decide.  rank may be q->df. */
+#define LORA_RANK_SLOW UINT32_C(0xffffffff)
+void lora_fast_ranks_bf16(const lora_flagq *q, size_t nl, const double *sum, uint32_t *rank);
 /* mergefast_f16.c: the F16 merge pass, lora_fast_merge_bf16's contract
  * for F16 (flagged elements keep W0 in dst).  Only where
  * lora_fast_f16_available() (AVX-512): elsewhere it flags every element. */

@@ -176,12 +176,47 @@ uint64_t fast_unmerge_vec(const unsigned char *src, unsigned char *dst, const do
     return changed;
 }
 
+/* The flagged lanes (flag[x] != 0) of [from, n) appended to q at nf,
+ * as the AVX-512 pass queues its own (the portable and AVX2 passes, and
+ * the AVX-512 pass's tail, flag them); returns the new count. */
+static size_t queue_flags(lora_flagq *q, size_t nf, const unsigned char *src,
+                          const unsigned char *dst, const double *sum, const unsigned char *flag,
+                          size_t from, size_t n)
+{
+    for (size_t x = from; x < n; x++) {
+        if (!flag[x])
+            continue;
+        uint16_t c, m;
+        memcpy(&c, src + 2 * x, 2);
+        memcpy(&m, dst + 2 * x, 2);
+        q->idx[nf] = (uint32_t)x;
+        q->cm[nf] = c | (uint32_t)m << 16;
+        float f = (float)sum[x]; /* as _mm512_cvtpd_ps: nearest */
+        memcpy(&q->df[nf], &f, 4);
+        nf++;
+    }
+    return nf;
+}
+
+/* A run's flag code (lora_run_decode) as the rank word of its member c
+ * (lora_fast_ranks_bf16); code 1 (the full logic) as LORA_RANK_SLOW. */
+static inline uint32_t code_rank(unsigned code, uint32_t c)
+{
+    if (code < 2)
+        return LORA_RANK_SLOW;
+    unsigned a, b;
+    lora_run_decode(code, &a, &b);
+    uint32_t nb = a + b ? (uint32_t)lora_nbits_for(a + b) : 0;
+    return (c & 0x8000u ? b : a) | nb << 16;
+}
+
 #ifdef LORA_AVX2
 /* AVX2 (4 elements per step): the same computation as the vector-type
  * kernels and bf16_round_normal / bf16_single, lane for lane; the
  * portable form above is what the tests compare with the scalar code,
  * and run_block's tests compare both with the reference. */
 #define AVX2 __attribute__((target("avx2")))
+
 
 /* 4 BF16 values (32-bit lanes) -> 4 doubles */
 static inline AVX2 __m256d a_bf16_d(__m128i w32)
@@ -332,10 +367,11 @@ static inline AVX512 __m512 z16_delta(const double *sum, __m512d *d0, __m512d *d
 }
 
 static inline AVX512 __m512i z16_sum(const unsigned char *p, const double *sum, int sub,
-                                     __m512i *v, __m512d *d0, __m512d *d1)
+                                     __m512i *v, __m512d *d0, __m512d *d1, __m512 *dfo)
 {
     *v = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
     __m512 df = z16_delta(sum, d0, d1);
+    *dfo = df;
     __m512 vf = _mm512_castsi512_ps(_mm512_slli_epi32(*v, 16));
     return _mm512_castps_si512(sub ? _mm512_sub_ps(vf, df) : _mm512_add_ps(vf, df));
 }
@@ -353,16 +389,37 @@ static inline AVX512 __m512i z16_round(__m512i sb, __m512i *a, __m512i *r, __mma
                            _mm512_and_si512(_mm512_srli_epi32(sb, 16), _mm512_set1_epi32(0x8000)));
 }
 
-/* The step's 16 results and flags stored; its changed elements (not
- * flagged, d != 0) */
+/* A step's changed elements: not flagged (fb), d != 0 */
+static inline AVX512 unsigned z16_changed(__mmask16 fb, __m512d d0, __m512d d1)
+{
+    unsigned nz = (unsigned)_mm512_cmp_pd_mask(d0, _mm512_setzero_pd(), _CMP_NEQ_UQ) |
+                  (unsigned)_mm512_cmp_pd_mask(d1, _mm512_setzero_pd(), _CMP_NEQ_UQ) << 8;
+    return (unsigned)__builtin_popcount(nz & ~(unsigned)fb & 0xffffu);
+}
+
+/* The step's 16 results and flags stored; its changed elements */
 static inline AVX512 unsigned z16_store(unsigned char *dst, unsigned char *flag, __m512i v,
                                         __mmask16 fb, __m512d d0, __m512d d1)
 {
     _mm256_storeu_si256((__m256i *)dst, _mm512_cvtepi32_epi16(v));
     _mm_storeu_si128((__m128i *)flag, _mm_maskz_set1_epi8(fb, 1));
-    unsigned nz = (unsigned)_mm512_cmp_pd_mask(d0, _mm512_setzero_pd(), _CMP_NEQ_UQ) |
-                  (unsigned)_mm512_cmp_pd_mask(d1, _mm512_setzero_pd(), _CMP_NEQ_UQ) << 8;
-    return (unsigned)__builtin_popcount(nz & ~(unsigned)fb & 0xffffu);
+    return z16_changed(fb, d0, d1);
+}
+
+/* The step's flagged lanes (fb) appended to q at nf, in lane order,
+ * without a branch: each of the three stores writes 16 entries (q has
+ * that slack), the count moves by the lanes kept.  Returns the new
+ * count. */
+static inline AVX512 size_t z16_queue(lora_flagq *q, size_t nf, size_t x, __mmask16 fb,
+                                      __m512i w, __m512i m, __m512 df)
+{
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    __m512i idx = _mm512_add_epi32(lane, _mm512_set1_epi32((int)x));
+    _mm512_storeu_si512((void *)(q->idx + nf), _mm512_maskz_compress_epi32(fb, idx));
+    _mm512_storeu_si512((void *)(q->cm + nf),
+                        _mm512_maskz_compress_epi32(fb, _mm512_or_si512(w, _mm512_slli_epi32(m, 16))));
+    _mm512_storeu_ps((void *)(q->df + nf), _mm512_maskz_compress_ps(fb, df));
+    return nf + (size_t)__builtin_popcount(fb);
 }
 
 /* The merge's proof for W0 = +-2^k (mantissa 0, a fifth of the flagged
@@ -425,17 +482,18 @@ static inline AVX512 __mmask16 z16_pow2_single(__m512i w, __m512i m, __m512i ew,
  * the reference rounding. */
 static AVX512 uint64_t fast_merge_avx512(const unsigned char *src, unsigned char *dst,
                                          const double *sum, unsigned char *flag, size_t n,
-                                         int record)
+                                         int record, lora_flagq *q, size_t *nq)
 {
     uint64_t changed = 0;
-    size_t x = 0;
+    size_t x = 0, nf = 0;
     __mmask16 rec = record ? 0xffff : 0;
     const __m512i cff = _mm512_set1_epi32(0xff), c7f = _mm512_set1_epi32(0x7f);
     for (; x + 16 <= n; x += 16) {
         __m512i w, a, r;
         __m512d d0, d1;
+        __m512 df;
         __mmask16 bad;
-        __m512i m = z16_round(z16_sum(src + 2 * x, sum + x, 0, &w, &d0, &d1), &a, &r, &bad);
+        __m512i m = z16_round(z16_sum(src + 2 * x, sum + x, 0, &w, &d0, &d1, &df), &a, &r, &bad);
         __m512i ew = _mm512_and_si512(_mm512_srli_epi32(w, 7), cff);
         __m512i j = _mm512_min_epi32(_mm512_max_epi32(_mm512_sub_epi32(ew, _mm512_srli_epi32(a, 23)),
                                                       _mm512_setzero_si512()),
@@ -450,9 +508,18 @@ static AVX512 uint64_t fast_merge_avx512(const unsigned char *src, unsigned char
         if (__builtin_expect(xnz != 0xffff, 0)) /* in one step of 8 */
             one |= far & (__mmask16)~xnz & z16_pow2_single(w, m, ew, em, a, thr);
         __mmask16 fb = bad | (__mmask16)~far | (rec & (__mmask16)~one);
-        changed += z16_store(dst + 2 * x, flag + x, m, fb, d0, d1);
+        if (q) {
+            changed += z16_changed(fb, d0, d1);
+            _mm256_storeu_si256((__m256i *)(dst + 2 * x), _mm512_cvtepi32_epi16(m));
+            nf = z16_queue(q, nf, x, fb, w, m, df);
+        } else {
+            changed += z16_store(dst + 2 * x, flag + x, m, fb, d0, d1);
+        }
     }
-    return changed + fast_merge_vec(src + 2 * x, dst + 2 * x, sum + x, flag + x, n - x, record);
+    changed += fast_merge_vec(src + 2 * x, dst + 2 * x, sum + x, flag + x, n - x, record);
+    if (q)
+        *nq = queue_flags(q, nf, src, dst, sum, flag, x, n);
+    return changed;
 }
 
 /* The unmerge's proof for u = +-2^k (mantissa 0, a fifth of the
@@ -525,7 +592,8 @@ static AVX512 uint64_t fast_unmerge_avx512(const unsigned char *src, unsigned ch
         __m512i m, a, r;
         __m512d d0, d1;
         __mmask16 bad;
-        __m512i u = z16_round(z16_sum(src + 2 * x, sum + x, 1, &m, &d0, &d1), &a, &r, &bad);
+        __m512 df;
+        __m512i u = z16_round(z16_sum(src + 2 * x, sum + x, 1, &m, &d0, &d1, &df), &a, &r, &bad);
         __m512i rem = _mm512_and_si512(a, _mm512_set1_epi32(0xffff));
         __m512i t = _mm512_abs_epi32(_mm512_sub_epi32(rem, h15));
         __m512i j = _mm512_sub_epi32(_mm512_and_si512(_mm512_srli_epi32(u, 7), cff),
@@ -574,31 +642,20 @@ static AVX512 int z_wide_run(uint16_t c, uint16_t m, double d)
     return LORA_RUN_CODE(below, above);
 }
 
-/* lora_fast_run_bf16 for 16 flagged elements at once (k of them real),
- * in float lanes: the five sums (c and its neighbours -+1, -+2 by
- * magnitude, plus d) as fl32(x + fl32(d)), each kept only where its
- * rounding is "far" in fast_merge_avx512's sense (more than 2^(j+4)
- * ulps from a rounding boundary, j its x's binade above the sum's), so
- * that it rounds as the double sum does; a lane with any sum not far,
- * or whose run is not one of lora_fast_run_bf16's, goes to z_wide_run
- * (double), as a bad lane always did.  The codes are lora_fast_run_bf16's
- * for the same runs.  Twice the lanes of the double form per step
+/* lora_fast_run_bf16 for 16 flagged elements at once (members c,
+ * merged values m, fl32(d) df), in float lanes: the five sums (c and
+ * its neighbours -+1, -+2 by magnitude, plus d) as fl32(x + fl32(d)),
+ * each kept only where its rounding is "far" in fast_merge_avx512's
+ * sense (more than 2^(j+4) ulps from a rounding boundary, j its x's
+ * binade above the sum's), so that it rounds as the double sum does.
+ * Returns the lanes this does not decide (a sum not far, or a run that
+ * is not one of lora_fast_run_bf16's): they go to z_wide_run (double),
+ * as a bad lane always did.  Elsewhere the run is lora_fast_run_bf16's:
+ * *a, *b its a and b.  Twice the lanes of the double form per step
  * (whose 8-lane steps were a third of the flagged elements' cost). */
-static AVX512 void z_runs16(const unsigned char *cb, const unsigned char *mb, const double *sum,
-                            unsigned char *flag, const uint32_t *idx, int k)
+static AVX512 __mmask16 z16_run_masks(__m512i c, __m512i m, __m512 df, __mmask16 *a,
+                                       __mmask16 *b)
 {
-    uint16_t c16[16], m16[16];
-    double dd[16];
-    for (int i = 0; i < 16; i++) {
-        uint32_t x = idx[i < k ? i : 0];
-        memcpy(&c16[i], cb + 2 * (size_t)x, 2);
-        memcpy(&m16[i], mb + 2 * (size_t)x, 2);
-        dd[i] = sum[x];
-    }
-    __m512i c = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)c16));
-    __m512i m = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)m16));
-    __m512d d0, d1;
-    __m512 df = z16_delta(dd, &d0, &d1);
     const __m512i cff = _mm512_set1_epi32(0xff);
     __m512i mag = _mm512_and_si512(c, _mm512_set1_epi32(0x7fff));
     __m512i sg = _mm512_and_si512(c, _mm512_set1_epi32(0x8000));
@@ -614,26 +671,177 @@ static AVX512 void z_runs16(const unsigned char *cb, const unsigned char *mb, co
         __m512i x = _mm512_or_si512(sg, _mm512_and_si512(
                                             _mm512_add_epi32(mag, _mm512_set1_epi32(step[q])),
                                             _mm512_set1_epi32(0x7fff)));
-        __m512i a, r;
-        __mmask16 b;
+        __m512i ax, r;
+        __mmask16 bx;
         __m512i rx = z16_round(_mm512_castps_si512(_mm512_add_ps(
                                    _mm512_castsi512_ps(_mm512_slli_epi32(x, 16)), df)),
-                               &a, &r, &b);
+                               &ax, &r, &bx);
         __m512i j = _mm512_min_epi32(
             _mm512_max_epi32(_mm512_sub_epi32(_mm512_and_si512(_mm512_srli_epi32(x, 7), cff),
-                                              _mm512_srli_epi32(a, 23)),
+                                              _mm512_srli_epi32(ax, 23)),
                              _mm512_setzero_si512()),
             _mm512_set1_epi32(12));
-        __m512i t = _mm512_abs_epi32(_mm512_sub_epi32(_mm512_and_si512(a, _mm512_set1_epi32(0xffff)),
+        __m512i t = _mm512_abs_epi32(_mm512_sub_epi32(_mm512_and_si512(ax, _mm512_set1_epi32(0xffff)),
                                                       _mm512_set1_epi32(0x8000)));
-        bad |= b | _mm512_cmple_epu32_mask(t, _mm512_sllv_epi32(_mm512_set1_epi32(16), j));
+        bad |= bx | _mm512_cmple_epu32_mask(t, _mm512_sllv_epi32(_mm512_set1_epi32(16), j));
         eq[q] = _mm512_cmpeq_epi32_mask(rx, m);
     }
-    bad |= (__mmask16)~eq[0] | eq[3] | eq[4];
+    *a = eq[1];
+    *b = eq[2];
+    return bad | (__mmask16)~eq[0] | eq[3] | eq[4];
+}
+
+/* lora_fast_run_bf16 for 16 flagged elements at once (k of them real),
+ * from their indices: z16_run_masks on the gathered lanes, the codes
+ * into flag (the unmerge's runs). */
+static AVX512 void z_runs16(const unsigned char *cb, const unsigned char *mb, const double *sum,
+                            unsigned char *flag, const uint32_t *idx, int k)
+{
+    uint16_t c16[16], m16[16];
+    double dd[16];
+    for (int i = 0; i < 16; i++) {
+        uint32_t x = idx[i < k ? i : 0];
+        memcpy(&c16[i], cb + 2 * (size_t)x, 2);
+        memcpy(&m16[i], mb + 2 * (size_t)x, 2);
+        dd[i] = sum[x];
+    }
+    __m512i c = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)c16));
+    __m512i m = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)m16));
+    __m512d d0, d1;
+    __mmask16 a, b;
+    __mmask16 bad = z16_run_masks(c, m, z16_delta(dd, &d0, &d1), &a, &b);
     for (int i = 0; i < k; i++)
         flag[idx[i]] = (unsigned char)((bad >> i) & 1 ? (unsigned)z_wide_run(c16[i], m16[i], dd[i])
-                                                       : 2u + ((eq[1] >> i) & 1u) +
-                                                             2u * ((eq[2] >> i) & 1u));
+                                                       : 2u + ((a >> i) & 1u) + 2u * ((b >> i) & 1u));
+}
+
+/* BF16 bits in 64-bit lanes -> doubles (exact) */
+static inline AVX512 __m512d z8_val(__m512i b)
+{
+    __m256i w = _mm512_cvtepi64_epi32(b);
+    return _mm512_cvtps_pd(_mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
+}
+
+/* Lanes where BF16 x + d (double) rounds to m, a normal result; the
+ * lanes whose sum is out of the normal range in *bad (their result is
+ * then at most 0x0080 or at least 0x7f7f in magnitude: not an m of
+ * z8_run_ends, whose magnitudes are in [0x0081, 0x7f7e]) */
+static inline AVX512 __mmask8 z8_merges_to(__m512i x, __m512d d, __m512i m, __mmask8 *bad)
+{
+    __m512i r = z_round(_mm512_add_pd(z8_val(x), d), bad);
+    return _mm512_cmpeq_epi64_mask(r, m) & (__mmask8)~*bad;
+}
+
+/* The runs of 8 queued lanes of any length, as rank words, without a
+ * search: run_ends (mergecore.c) in double lanes.  The base values that
+ * merge to m lie where x + d is inside m's rounding interval, between the
+ * midpoints to m's neighbours (exact in double: few bits); the nearest
+ * BF16 values inside those midpoints less d are the candidate ends a and
+ * b.  Merging is monotonic, so the run is exactly [a, b] where a and b
+ * merge to m and the values just outside them do not: four roundings of
+ * x + d as the merge computes it (fl64, then to BF16), whatever the
+ * error of the candidates.  A lane is kept only where m, a and b are
+ * normal with normal neighbours, a and b have c's sign, c lies in [a, b]
+ * and d is finite and not 0 (the others go to the full logic): then
+ * W0 = c's rank is its members below it in value and the run's span
+ * b - a (in bits, one sign) gives its width, as coded_fix_k stores them.
+ * Lanes past k are not looked at.  Returns the lanes kept; words in
+ * out[0 .. 7]. */
+static AVX512 __mmask8 z8_run_ends(const uint32_t *cm, const double *dd, uint32_t *out)
+{
+    __m512i cmv = _mm512_cvtepu32_epi64(_mm256_loadu_si256((const __m256i *)cm));
+    __m512d d = _mm512_loadu_pd(dd);
+    const __m512i s15 = _mm512_set1_epi64(0x8000), mag = _mm512_set1_epi64(0x7fff);
+    const __m512i lo_ok = _mm512_set1_epi64(0x0081), hi_ok = _mm512_set1_epi64(0x7f7e);
+    const __m512i one = _mm512_set1_epi64(1), minus = _mm512_set1_epi64(-1);
+    __m512i c = _mm512_and_si512(cmv, _mm512_set1_epi64(0xffff)), m = _mm512_srli_epi64(cmv, 16);
+    __m512i mm = _mm512_and_si512(m, mag);
+    __mmask8 ok = _mm512_cmpge_epu64_mask(mm, lo_ok) & _mm512_cmple_epu64_mask(mm, hi_ok) &
+                  _mm512_cmp_pd_mask(d, _mm512_setzero_pd(), _CMP_NEQ_OQ) &
+                  _mm512_cmp_pd_mask(_mm512_abs_pd(d), _mm512_set1_pd(INFINITY), _CMP_LT_OQ);
+    /* one step up in value, in bits: +1 for a positive value, -1 else */
+    __m512i mup = _mm512_mask_blend_epi64(_mm512_test_epi64_mask(m, s15), one, minus);
+    __m512i cup = _mm512_mask_blend_epi64(_mm512_test_epi64_mask(c, s15), one, minus);
+    __m512d mv = z8_val(m), half = _mm512_set1_pd(0.5);
+    __m512d L = _mm512_sub_pd(_mm512_mul_pd(_mm512_add_pd(z8_val(_mm512_sub_epi64(m, mup)), mv), half), d);
+    __m512d U = _mm512_sub_pd(_mm512_mul_pd(_mm512_add_pd(z8_val(_mm512_add_epi64(m, mup)), mv), half), d);
+    __mmask8 bl, bu, b0, b1, b2, b3;
+    __m512i rl = z_round(L, &bl), ru = z_round(U, &bu);
+    /* a: the first value at or above L, b: the last at or below U */
+    __m512i a = _mm512_mask_add_epi64(rl, _mm512_cmp_pd_mask(z8_val(rl), L, _CMP_LT_OQ), rl, cup);
+    __m512i b = _mm512_mask_sub_epi64(ru, _mm512_cmp_pd_mask(z8_val(ru), U, _CMP_GT_OQ), ru, cup);
+    __m512i ma = _mm512_and_si512(a, mag), mb = _mm512_and_si512(b, mag);
+    ok &= _mm512_testn_epi64_mask(_mm512_xor_si512(a, c), s15) &
+          _mm512_testn_epi64_mask(_mm512_xor_si512(b, c), s15) &
+          _mm512_cmpge_epu64_mask(ma, lo_ok) & _mm512_cmple_epu64_mask(ma, hi_ok) &
+          _mm512_cmpge_epu64_mask(mb, lo_ok) & _mm512_cmple_epu64_mask(mb, hi_ok);
+    /* a sum out of the normal range: not m (z8_merges_to) */
+    ok &= (__mmask8)~(bl | bu) & z8_merges_to(a, d, m, &b0) & z8_merges_to(b, d, m, &b1) &
+          (__mmask8)~z8_merges_to(_mm512_sub_epi64(a, cup), d, m, &b2) &
+          (__mmask8)~z8_merges_to(_mm512_add_epi64(b, cup), d, m, &b3);
+    __m512d cv = z8_val(c);
+    ok &= _mm512_cmp_pd_mask(z8_val(a), cv, _CMP_LE_OQ) & _mm512_cmp_pd_mask(cv, z8_val(b), _CMP_LE_OQ);
+    /* one sign: ranks and span from the magnitudes */
+    __m512i rank = _mm512_abs_epi64(_mm512_sub_epi64(_mm512_and_si512(c, mag), ma));
+    __m512i span = _mm512_abs_epi64(_mm512_sub_epi64(mb, ma));
+    /* lora_nbits_for(span): the exponent of (double)span, 0 for 0 */
+    __m512i e = _mm512_srli_epi64(_mm512_castpd_si512(_mm512_cvtepi64_pd(span)), 52);
+    __m512i nb = _mm512_max_epi64(_mm512_sub_epi64(e, _mm512_set1_epi64(1022)), _mm512_setzero_si512());
+    __m512i w = _mm512_or_si512(rank, _mm512_slli_epi64(nb, 16));
+    _mm256_storeu_si256((__m256i *)out, _mm512_cvtepi64_epi32(w));
+    return ok;
+}
+
+/* Queued lanes the masks did not decide, gathered 8 at a time for
+ * z8_run_ends: their c | m << 16, d and place in the rank words. */
+struct wide8 {
+    uint32_t cm[8], pos[8];
+    double d[8];
+    int n;
+};
+
+static AVX512 void wide8_flush(struct wide8 *w, uint32_t *rank)
+{
+    uint32_t word[8];
+    for (int i = w->n; i < 8; i++) { /* a lane that fails: d = 0 */
+        w->cm[i] = 0;
+        w->d[i] = 0;
+    }
+    __mmask8 ok = z8_run_ends(w->cm, w->d, word);
+    for (int i = 0; i < w->n; i++)
+        rank[w->pos[i]] = (ok >> i) & 1 ? word[i] : LORA_RANK_SLOW;
+    w->n = 0;
+}
+
+/* The merge's queued lanes i0 .. i0 + k - 1 (k <= 16) as rank words
+ * (lora_fast_ranks_bf16), from z16_run_masks on the queue's contiguous
+ * c | m << 16 and fl32(d): no gather, no flag codes.  The lanes it does
+ * not decide go to z8_run_ends through w.  rank is q->df: the lanes are
+ * read before the words are stored. */
+static AVX512 void z_ranks16(const lora_flagq *q, size_t i0, int k, const double *sum,
+                             uint32_t *rank, struct wide8 *w)
+{
+    __m512i cm = _mm512_loadu_si512((const void *)(q->cm + i0));
+    __m512i c = _mm512_and_si512(cm, _mm512_set1_epi32(0xffff));
+    __mmask16 a, b;
+    __mmask16 bad = z16_run_masks(c, _mm512_srli_epi32(cm, 16),
+                                  _mm512_loadu_ps((const void *)(q->df + i0)), &a, &b);
+    /* a run of 1 + a + b members (a, b <= 1): nbits_for(a + b) = a + b */
+    const __m512i one = _mm512_set1_epi32(1);
+    __m512i va = _mm512_maskz_mov_epi32(a, one), vb = _mm512_maskz_mov_epi32(b, one);
+    __mmask16 neg = _mm512_test_epi32_mask(c, _mm512_set1_epi32(0x8000));
+    __m512i r = _mm512_or_si512(_mm512_mask_blend_epi32(neg, va, vb),
+                                _mm512_slli_epi32(_mm512_add_epi32(va, vb), 16));
+    _mm512_storeu_si512((void *)(rank + i0), r);
+    bad &= (__mmask16)(k >= 16 ? 0xffffu : (1u << k) - 1);
+    for (unsigned bb = bad; bb; bb &= bb - 1) {
+        size_t i = i0 + (size_t)__builtin_ctz(bb);
+        w->cm[w->n] = q->cm[i];
+        w->d[w->n] = sum[q->idx[i]];
+        w->pos[w->n] = (uint32_t)i;
+        if (++w->n == 8)
+            wide8_flush(w, rank);
+    }
 }
 
 static AVX512 size_t fast_runs_avx512(const unsigned char *cb, const unsigned char *mb,
@@ -668,6 +876,17 @@ static AVX512 size_t fast_runs_avx512(const unsigned char *cb, const unsigned ch
     return nl + (size_t)k;
 }
 
+static AVX512 void fast_ranks_avx512(const lora_flagq *q, size_t nl, const double *sum,
+                                     uint32_t *rank)
+{
+    struct wide8 w;
+    w.n = 0;
+    for (size_t i = 0; i < nl; i += 16)
+        z_ranks16(q, i, nl - i < 16 ? (int)(nl - i) : 16, sum, rank, &w);
+    if (w.n)
+        wide8_flush(&w, rank);
+}
+
 /* lora_flag_masks' 64 flags at a time: one byte test each */
 static AVX512 void flag_masks_avx512(const unsigned char *flag, size_t nfull, uint64_t *out)
 {
@@ -698,7 +917,7 @@ uint64_t lora_fast_merge_bf16(const unsigned char *src, unsigned char *dst, cons
 #ifdef LORA_AVX2
     int lv = fast_level();
     if (lv == 2)
-        return fast_merge_avx512(src, dst, sum, flag, n, record);
+        return fast_merge_avx512(src, dst, sum, flag, n, record, NULL, NULL);
     if (lv == 1)
         return fast_merge_avx2(src, dst, sum, flag, n, record);
 #endif
@@ -849,4 +1068,33 @@ void lora_fast_runs_bf16(const unsigned char *cb, const unsigned char *mb, const
                          unsigned char *flag, size_t n)
 {
     (void)lora_fast_runs_list_bf16(cb, mb, sum, flag, n, NULL);
+}
+
+uint64_t lora_fast_merge_q_bf16(const unsigned char *src, unsigned char *dst, const double *sum,
+                                unsigned char *flag, size_t n, lora_flagq *q, size_t *nq)
+{
+#ifdef LORA_AVX2
+    if (fast_level() == 2)
+        return fast_merge_avx512(src, dst, sum, flag, n, 1, q, nq);
+#endif
+    uint64_t changed = lora_fast_merge_bf16(src, dst, sum, flag, n, 1);
+    *nq = queue_flags(q, 0, src, dst, sum, flag, 0, n);
+    return changed;
+}
+
+void lora_fast_ranks_bf16(const lora_flagq *q, size_t nl, const double *sum, uint32_t *rank)
+{
+#ifdef LORA_AVX2
+    if (fast_level() == 2) {
+        fast_ranks_avx512(q, nl, sum, rank);
+        return;
+    }
+#endif
+    for (size_t i = 0; i < nl; i++) {
+        uint32_t cm = q->cm[i];
+        uint16_t c = (uint16_t)cm, m = (uint16_t)(cm >> 16);
+        double d = sum[q->idx[i]];
+        int ab = lora_fast_run_bf16(c, m, d);
+        rank[i] = code_rank(ab < 0 ? (unsigned)wide_run_scalar(c, m, d) : 2u + (unsigned)ab, c);
+    }
 }
