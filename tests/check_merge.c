@@ -1252,6 +1252,59 @@ static double f16_delta(int v, uint16_t x, uint64_t *st)
     }
 }
 
+/* lora_fast_merge_q_f16 queues the lanes lora_fast_merge_f16 flagged
+ * (out: its results), and the runs lora_fast_runs_f16 finds for them
+ * are lora_fast_run_f16's and the reference walk's: m = round(W0 + d),
+ * and the members of the run by magnitude within W0's sign, a below W0
+ * and b above (the full logic's rank bits are computed from them). */
+static void f16_queue_check(const uint16_t *in, const uint16_t *out, const double *d,
+                            const unsigned char *flag, size_t n, int record, uint64_t changed,
+                            int kv)
+{
+    uint16_t *o2 = malloc(n * 2), *mv = malloc(n * 2);
+    uint32_t *q = malloc((n + 16) * sizeof *q);
+    signed char *ab = malloc(n);
+    size_t nq = 0, nf = 0, found = 0;
+    ck_assert(o2 && q && mv && ab);
+    ck_assert_uint_eq(lora_fast_merge_q_f16((const unsigned char *)in, (unsigned char *)o2, d, n,
+                                            record, q, &nq), changed);
+    ck_assert(memcmp(o2, out, n * 2) == 0);
+    for (size_t i = 0; i < n; i++)
+        if (flag[i]) {
+            ck_assert_msg(nf < nq && q[nf] == i, "kernel %d: flagged lane %zu not queued", kv, i);
+            nf++;
+        }
+    ck_assert_uint_eq(nq, nf);
+    lora_fast_runs_f16((const unsigned char *)in, d, q, nq, ab, mv);
+    for (size_t k = 0; k < nq; k++) {
+        uint16_t c = in[q[k]], m1;
+        double dk = d[q[k]];
+        int ab1 = lora_fast_run_f16(c, dk, &m1);
+        ck_assert_msg(ab1 == ab[k], "kernel %d: %04x + %a: run %d, scalar %d", kv, c, dk, ab[k],
+                      ab1);
+        if (ab1 < 0)
+            continue;
+        found++;
+        ck_assert_msg(m1 == mv[k] && f16_merges_to(c, dk, m1), "kernel %d: %04x + %a: m %04x",
+                      kv, c, dk, mv[k]);
+        uint32_t sg = c & 0x8000u, mag = c & 0x7fffu;
+        unsigned na = 0, nb = 0;
+        while (na < mag && na < 3 && f16_merges_to(sg | (mag - na - 1), dk, m1))
+            na++;
+        while (mag + nb + 1 < 0x7c00u && nb < 3 && f16_merges_to(sg | (mag + nb + 1), dk, m1))
+            nb++;
+        ck_assert_msg(na == ((unsigned)ab1 & 1) && nb == (unsigned)ab1 >> 1,
+                      "kernel %d: %04x + %a -> %04x: run %d, the reference has %u below and %u "
+                      "above", kv, c, dk, m1, ab1, na, nb);
+    }
+    /* many of these lanes' runs are found (of ordinary data's, most) */
+    ck_assert_msg(found * 3 > nq, "kernel %d: runs of %zu of %zu lanes found", kv, found, nq);
+    free(o2);
+    free(q);
+    free(mv);
+    free(ab);
+}
+
 static void f16_pass_check(int record)
 {
     enum { NV = 15, N = 65536 * NV, TAIL = 5 };
@@ -1304,6 +1357,7 @@ static void f16_pass_check(int record)
         for (size_t i = n; i < N; i++)
             ck_assert_msg(flag[i] == 0xaa && out[i] == 0xa5a5, "lane %zu past n written", i);
         ck_assert_uint_eq(changed, proven_nz);
+        f16_queue_check(in, out, d, flag, n, record, changed, kv);
         if (avail) /* deltas of under 3 ulps of normal values: nearly all proven */
             ck_assert_msg(ordinary_proven * 10 > ordinary * 9, "record %d proves %llu of %llu",
                           record, (unsigned long long)ordinary_proven,

@@ -989,29 +989,80 @@ static int merge_bf16_fast(const unsigned char *src, unsigned char *dst, const d
     return r;
 }
 
-/* F16 merge: the branch-free pass (mergefast_f16.c), then the full
- * element logic (merge_span, one element at a time) on the elements it
- * flagged, in element order: their rank bits go to fx in the order
- * coded_fix appends them in the scalar loop, so the receipt is the
- * same.  No run codes (F16 has no runs' pass): the flagged element's
- * own search.  The pass leaves W0 in a flagged element's dst, so an
- * in-place merge reads it back. */
+/* merge_f16_fast's flagged elements idx[0 .. k), in element order: the
+ * runs' rank bits through the bitw, merge_span for the others. */
+static int f16_flagged(const unsigned char *src, unsigned char *dst, const double *sum, size_t n,
+                       uint64_t first, int record, const uint32_t *idx, size_t k,
+                       const signed char *ab, const uint16_t *mv, lora_fixes *fx,
+                       lora_merge_stats *st, size_t *bad, nonfin *nf, bitw *w, uint64_t *namb)
+{
+    for (size_t i = 0; i < k; i++) {
+        size_t x = idx[i];
+        if (record && ab[i] >= 0) { /* what coded_fix_k stores for it */
+            unsigned a = (unsigned)ab[i] & 1, b = (unsigned)ab[i] >> 1;
+            bw_put(w, fx->bits, src[2 * x + 1] >> 7 ? b : a,
+                   a + b ? (unsigned)lora_nbits_for(a + b) : 0);
+            *namb += a + b != 0;
+            st->changed++;
+            st_elem(dst + 2 * x, 2, mv[i]);
+            continue;
+        }
+        if (record)
+            bw_end(w, fx);
+        int r = merge_span(FP_F16, FP_F16, 2, 2, record, 0, record, src + 2 * x, dst + 2 * x,
+                           sum + x, 1, first + x, fx, st, bad, nf);
+        if (r) {
+            *bad += x;
+            return r;
+        }
+        if (record) {
+            if (bits_reserve(fx, 2 * (uint64_t)(n - x) + 64))
+                return -2;
+            bw_start(w, fx);
+        }
+    }
+    return 0;
+}
+
+/* F16 merge: the branch-free pass (mergefast_f16.c), then the flagged
+ * elements in element order, so that their rank bits go to fx in the
+ * order coded_fix appends them in the scalar loop (the receipt is the
+ * same), as the pass queues them.  With the receipt, runs of up to 3
+ * members are found from the neighbours (lora_fast_runs_f16, 8 at a
+ * time) and their rank bits appended through a bitw; the
+ * others go through merge_span (its search).  The pass leaves W0 in a
+ * flagged element's dst, so an in-place merge reads it back. */
 static int merge_f16_fast(const unsigned char *src, unsigned char *dst, const double *sum,
                           unsigned char *flag, size_t n, uint64_t first, int record,
                           lora_fixes *fx, lora_merge_stats *st, size_t *bad, nonfin *nf)
 {
-    st->changed += lora_fast_merge_f16(src, dst, sum, flag, n, record);
-    uint64_t *masks = flag_masks(flag, n);
-    for (size_t g = 0; g < n; g += 64)
-        for (uint64_t mk = masks[g / 64]; mk; mk &= mk - 1) {
-            size_t x = g + (size_t)__builtin_ctzll(mk);
-            int r = merge_span(FP_F16, FP_F16, 2, 2, record, 0, record, src + 2 * x, dst + 2 * x,
-                               sum + x, 1, first + x, fx, st, bad, nf);
-            if (r) {
-                *bad += x;
-                return r;
-            }
-        }
+    /* the queue in the flags' scratch (room for n + 16 indices: the
+     * scratch holds a block's doubles and two parts' more) */
+    uint32_t *q = (uint32_t *)(void *)flag;
+    size_t nq;
+    st->changed += lora_fast_merge_q_f16(src, dst, sum, n, record, q, &nq);
+    /* at most 2 bits per element from the runs found (3 members) */
+    if (record && bits_reserve(fx, 2 * (uint64_t)n + 64))
+        return -2;
+    bitw w = {0};
+    if (record)
+        bw_start(&w, fx);
+    uint64_t namb = 0;
+    enum { NB = 512 };
+    signed char ab[NB];
+    uint16_t mv[NB];
+    for (size_t i = 0; i < nq; i += NB) {
+        size_t k = nq - i < NB ? nq - i : NB;
+        if (record)
+            lora_fast_runs_f16(src, sum, q + i, k, ab, mv);
+        int r = f16_flagged(src, dst, sum, n, first, record, q + i, k, ab, mv, fx, st, bad, nf,
+                            &w, &namb);
+        if (r)
+            return r;
+    }
+    if (record)
+        bw_end(&w, fx);
+    fx->nambig += namb;
     return 0;
 }
 

@@ -179,5 +179,16 @@ void lora_fast_ranks_bf16(const lora_flagq *q, size_t nl, const double *sum, uin
 int lora_fast_f16_available(void);
 uint64_t lora_fast_merge_f16(const unsigned char *src, unsigned char *dst, const double *sum,
                              unsigned char *flag, size_t n, int record);
+/* The same, the flagged elements' indices (< 2^32) in q (room for n +
+ * 16) in element order instead of flags, their count in *nq. */
+uint64_t lora_fast_merge_q_f16(const unsigned char *src, unsigned char *dst, const double *sum,
+                               size_t n, int record, uint32_t *q, size_t *nq);
+/* W0 = c merged with d (m in *m) and its run where that needs no search
+ * (lora_fast_run_bf16 for F16): a | b << 1, or -1. */
+int lora_fast_run_f16(uint16_t c, double d, uint16_t *m);
+/* lora_fast_run_f16 for the nl elements idx[] of src and sum (W0, d),
+ * in ab[] and m[] (AVX-512: 8 at a time, the same results). */
+void lora_fast_runs_f16(const unsigned char *src, const double *sum, const uint32_t *idx,
+                        size_t nl, signed char *ab, uint16_t *m);
 
 #endif

@@ -65,13 +65,17 @@
  * W0, rem = 0: m = W0, as merge_span's copy.
  * Flagged lanes get W0 in dst (so that an in-place merge, dst == src,
  * still has it for the full logic); the others m. */
+/* (lanes all 16: plain loads and stores; q: the flagged lanes' indices,
+ * from base, appended to q at *nq instead of the flags) */
 static inline AVX512 __attribute__((always_inline)) unsigned
 h16_step(const unsigned char *src, unsigned char *dst, const double *sum, unsigned char *flag,
-         __mmask16 lanes, __mmask16 rec)
+         __mmask16 lanes, __mmask16 rec, uint32_t *q, size_t *nq, uint32_t base)
 {
-    __m256i h = _mm256_maskz_loadu_epi16(lanes, src);
-    __m512d d0 = _mm512_maskz_loadu_pd((__mmask8)lanes, sum);
-    __m512d d1 = _mm512_maskz_loadu_pd((__mmask8)(lanes >> 8), sum + 8);
+    int all = lanes == 0xffff;
+    __m256i h = all ? _mm256_loadu_si256((const __m256i *)src) : _mm256_maskz_loadu_epi16(lanes, src);
+    __m512d d0 = all ? _mm512_loadu_pd(sum) : _mm512_maskz_loadu_pd((__mmask8)lanes, sum);
+    __m512d d1 = all ? _mm512_loadu_pd(sum + 8)
+                     : _mm512_maskz_loadu_pd((__mmask8)(lanes >> 8), sum + 8);
     __m512 df = _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(d0)),
                                    _mm512_cvtpd_ps(d1), 1);
     __m512 wf = _mm512_cvtph_ps(h);
@@ -103,29 +107,178 @@ h16_step(const unsigned char *src, unsigned char *dst, const double *sum, unsign
     __mmask16 one = _mm512_test_epi32_mask(wb, _mm512_set1_epi32(0x7fe000)) &
                     _mm512_cmpge_epu32_mask(ew, _mm512_srli_epi32(r, 23));
     __mmask16 fb = (bad | (__mmask16)~wn | (__mmask16)~far | (rec & (__mmask16)~one)) & lanes;
-    __m512i out = _mm512_mask_blend_epi32(fb, m, _mm512_cvtepu16_epi32(h));
-    _mm256_mask_storeu_epi16(dst, lanes, _mm512_cvtepi32_epi16(out));
-    _mm_mask_storeu_epi8(flag, lanes, _mm_maskz_set1_epi8(fb, 1));
+    __m256i out = _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(fb, m, _mm512_cvtepu16_epi32(h)));
+    if (all)
+        _mm256_storeu_si256((__m256i *)dst, out);
+    else
+        _mm256_mask_storeu_epi16(dst, lanes, out);
+    if (q) {
+        const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        _mm512_storeu_si512((void *)(q + *nq),
+                            _mm512_maskz_compress_epi32(fb, _mm512_add_epi32(iota, _mm512_set1_epi32((int)base))));
+        *nq += (size_t)__builtin_popcount(fb);
+    } else if (all) {
+        _mm_storeu_si128((__m128i *)flag, _mm_maskz_set1_epi8(fb, 1));
+    } else {
+        _mm_mask_storeu_epi8(flag, lanes, _mm_maskz_set1_epi8(fb, 1));
+    }
     unsigned nz = (unsigned)_mm512_cmp_pd_mask(d0, _mm512_setzero_pd(), _CMP_NEQ_UQ) |
                   (unsigned)_mm512_cmp_pd_mask(d1, _mm512_setzero_pd(), _CMP_NEQ_UQ) << 8;
     return (unsigned)__builtin_popcount(nz & ~(unsigned)fb & (unsigned)lanes);
+}
+
+static inline AVX512 __attribute__((always_inline)) uint64_t
+fast_merge_f16_steps(const unsigned char *src, unsigned char *dst, const double *sum,
+                     unsigned char *flag, size_t n, int record, uint32_t *q, size_t *nq)
+{
+    uint64_t changed = 0;
+    __mmask16 rec = record ? 0xffff : 0;
+    size_t x = 0;
+    for (; x + 16 <= n; x += 16)
+        changed += h16_step(src + 2 * x, dst + 2 * x, sum + x, flag + x, 0xffff, rec, q, nq,
+                            (uint32_t)x);
+    if (x < n)
+        changed += h16_step(src + 2 * x, dst + 2 * x, sum + x, flag + x,
+                            (__mmask16)((1u << (n - x)) - 1), rec, q, nq, (uint32_t)x);
+    return changed;
 }
 
 static AVX512 uint64_t fast_merge_f16_avx512(const unsigned char *src, unsigned char *dst,
                                              const double *sum, unsigned char *flag, size_t n,
                                              int record)
 {
-    uint64_t changed = 0;
-    __mmask16 rec = record ? 0xffff : 0;
-    size_t x = 0;
-    for (; x + 16 <= n; x += 16)
-        changed += h16_step(src + 2 * x, dst + 2 * x, sum + x, flag + x, 0xffff, rec);
-    if (x < n)
-        changed += h16_step(src + 2 * x, dst + 2 * x, sum + x, flag + x,
-                            (__mmask16)((1u << (n - x)) - 1), rec);
-    return changed;
+    return fast_merge_f16_steps(src, dst, sum, flag, n, record, NULL, NULL);
+}
+
+static AVX512 uint64_t fast_merge_q_f16_avx512(const unsigned char *src, unsigned char *dst,
+                                               const double *sum, size_t n, int record,
+                                               uint32_t *q, size_t *nq)
+{
+    *nq = 0;
+    return fast_merge_f16_steps(src, dst, sum, NULL, n, record, q, nq);
+}
+
+/* f16_round_normal (below) in 64-bit lanes: the bits, lanes out of the
+ * normal range in *bad */
+static inline AVX512 __m512i h8_round(__m512d x, __mmask8 *bad)
+{
+    __m512i u = _mm512_castpd_si512(x);
+    __m512i a = _mm512_and_si512(u, _mm512_set1_epi64(INT64_C(0x7fffffffffffffff)));
+    __m512i r = _mm512_add_epi64(_mm512_add_epi64(a, _mm512_set1_epi64((INT64_C(1) << 41) - 1)),
+                                 _mm512_and_si512(_mm512_srli_epi64(a, 42), _mm512_set1_epi64(1)));
+    *bad = _mm512_cmplt_epu64_mask(_mm512_srli_epi64(a, 52), _mm512_set1_epi64(1009)) |
+           _mm512_cmpgt_epu64_mask(_mm512_srli_epi64(r, 52), _mm512_set1_epi64(1038));
+    __m512i m = _mm512_and_si512(_mm512_sub_epi64(_mm512_srli_epi64(r, 42),
+                                                  _mm512_set1_epi64(1008 << 10)),
+                                 _mm512_set1_epi64(0x7fff));
+    return _mm512_or_si512(m, _mm512_and_si512(_mm512_srli_epi64(u, 48),
+                                               _mm512_set1_epi64(0x8000)));
+}
+
+/* F16 bits in 64-bit lanes -> double (exact) */
+static inline AVX512 __m512d h8_d(__m512i bits)
+{
+    __m512 f = _mm512_cvtph_ps(_mm256_castsi128_si256(_mm512_cvtepi64_epi16(bits)));
+    return _mm512_cvtps_pd(_mm512_castps512_ps256(f));
+}
+
+/* lora_fast_run_f16 for k (<= 8) queued elements at once, lane for lane
+ * the same computation in double (the F16 values and their sums are the
+ * scalar ones: no error bound needed). */
+static AVX512 void runs8_f16(const unsigned char *src, const double *sum, const uint32_t *idx,
+                             int k, signed char *ab, uint16_t *mo)
+{
+    uint16_t c16[8], m16[8];
+    double dd[8];
+    for (int i = 0; i < 8; i++) {
+        uint32_t x = idx[i < k ? i : 0];
+        memcpy(&c16[i], src + 2 * (size_t)x, 2);
+        dd[i] = sum[x];
+    }
+    __m512i c = _mm512_cvtepu16_epi64(_mm_loadu_si128((const __m128i *)c16));
+    __m512d d = _mm512_loadu_pd(dd);
+    __m512i mag = _mm512_and_si512(c, _mm512_set1_epi64(0x7fff));
+    __m512i sg = _mm512_and_si512(c, _mm512_set1_epi64(0x8000));
+    __m512d ad = _mm512_castsi512_pd(_mm512_and_si512(_mm512_castpd_si512(d),
+                                                      _mm512_set1_epi64(INT64_C(0x7fffffffffffffff))));
+    __mmask8 bad = _mm512_cmplt_epu64_mask(mag, _mm512_set1_epi64(0x0402)) |
+                   _mm512_cmpgt_epu64_mask(mag, _mm512_set1_epi64(0x7bfd)) |
+                   _mm512_cmp_pd_mask(d, _mm512_setzero_pd(), _CMP_EQ_OQ) |
+                   (__mmask8)~_mm512_cmp_pd_mask(ad, _mm512_set1_pd(INFINITY), _CMP_LT_OQ);
+    static const int step[5] = {0, -1, 1, -2, 2};
+    __m512i r[5];
+    for (int q = 0; q < 5; q++) {
+        __m512i x = _mm512_or_si512(sg, _mm512_and_si512(_mm512_add_epi64(mag, _mm512_set1_epi64(step[q])),
+                                                         _mm512_set1_epi64(0x7fff)));
+        __mmask8 b;
+        r[q] = h8_round(_mm512_add_pd(h8_d(x), d), &b);
+        bad |= b;
+    }
+    __mmask8 e1 = _mm512_cmpeq_epi64_mask(r[1], r[0]), e2 = _mm512_cmpeq_epi64_mask(r[2], r[0]);
+    bad |= _mm512_cmpeq_epi64_mask(r[3], r[0]) | _mm512_cmpeq_epi64_mask(r[4], r[0]);
+    _mm_storeu_si128((__m128i *)m16, _mm512_cvtepi64_epi16(r[0]));
+    for (int i = 0; i < k; i++) {
+        ab[i] = (signed char)((bad >> i) & 1 ? -1 : ((e1 >> i) & 1) | ((e2 >> i) & 1) << 1);
+        mo[i] = m16[i];
+    }
 }
 #endif
+
+/* Round to F16 where the result is surely normal (else *bad): the
+ * rounding of fp_round_f16's normal branch, without branches (the
+ * F16 form of mergefast.c's bf16_round_normal). */
+static inline __attribute__((always_inline)) uint16_t f16_round_normal(double x, int *bad)
+{
+    uint64_t u = fp_dbits(x);
+    uint64_t a = u & 0x7fffffffffffffffULL;
+    uint64_t r = a + ((1ULL << 41) - 1) + ((a >> 42) & 1);
+    *bad = (a >> 52) < 1009 || (r >> 52) > 1038;
+    return (uint16_t)((((r >> 42) - (1008u << 10)) & 0x7fff) | ((u >> 48) & 0x8000));
+}
+
+/* W0 = c's merged value m and the run of base values that merge to it,
+ * from c's four nearest neighbours (lora_fast_run_bf16's argument for
+ * F16): where c, its neighbours within two steps and every sum are
+ * normal F16 of one sign, d is finite and not 0, and neither neighbour
+ * two steps away merges to m, the run is c and those of its two
+ * nearest neighbours that merge to m (merging is monotonic, and within
+ * one sign a neighbour's bits are its magnitude's).  Returns a | b << 1
+ * (a: the neighbour of smaller magnitude is in the run, b: the larger
+ * one) and m in *m, or -1 for the full logic. */
+int lora_fast_run_f16(uint16_t c, double d, uint16_t *m)
+{
+    uint32_t mag = c & 0x7fffu, sg = c & 0x8000u;
+    int b0, bm1, bp1, bm2, bp2;
+    uint16_t mc = f16_round_normal(fp_f16_d(c) + d, &b0);
+    /* neighbours' magnitudes stay normal: [0x0400, 0x7bff] */
+    int far = mag < 0x0402u || mag > 0x7bfdu;
+    uint32_t lo1 = sg | ((mag - 1) & 0x7fffu), hi1 = sg | ((mag + 1) & 0x7fffu);
+    uint32_t lo2 = sg | ((mag - 2) & 0x7fffu), hi2 = sg | ((mag + 2) & 0x7fffu);
+    uint16_t rm1 = f16_round_normal(fp_f16_d(lo1) + d, &bm1);
+    uint16_t rp1 = f16_round_normal(fp_f16_d(hi1) + d, &bp1);
+    uint16_t rm2 = f16_round_normal(fp_f16_d(lo2) + d, &bm2);
+    uint16_t rp2 = f16_round_normal(fp_f16_d(hi2) + d, &bp2);
+    *m = mc;
+    if (far | b0 | bm1 | bp1 | bm2 | bp2 | (d == 0) | !isfinite(d) | (rm2 == mc) | (rp2 == mc))
+        return -1;
+    return (rm1 == mc) | (rp1 == mc) << 1;
+}
+
+void lora_fast_runs_f16(const unsigned char *src, const double *sum, const uint32_t *idx,
+                        size_t nl, signed char *ab, uint16_t *m)
+{
+    size_t i = 0;
+#ifdef LORA_AVX2
+    if (lora_fast_f16_available())
+        for (; i < nl; i += 8)
+            runs8_f16(src, sum, idx + i, nl - i < 8 ? (int)(nl - i) : 8, ab + i, m + i);
+#endif
+    for (; i < nl; i++) {
+        uint16_t c;
+        memcpy(&c, src + 2 * (size_t)idx[i], 2);
+        ab[i] = (signed char)lora_fast_run_f16(c, sum[idx[i]], &m[i]);
+    }
+}
 
 /* The F16 pass runs where the CPU has AVX-512 (F, BW, VL, DQ) and
  * neither LORA_NO_AVX512 nor LORA_NO_AVX2 is set (mergefast.c's
@@ -154,5 +307,22 @@ uint64_t lora_fast_merge_f16(const unsigned char *src, unsigned char *dst, const
     if (dst != src)
         memcpy(dst, src, 2 * n);
     memset(flag, 1, n);
+    return 0;
+}
+
+uint64_t lora_fast_merge_q_f16(const unsigned char *src, unsigned char *dst, const double *sum,
+                               size_t n, int record, uint32_t *q, size_t *nq)
+{
+#ifdef LORA_AVX2
+    if (lora_fast_f16_available())
+        return fast_merge_q_f16_avx512(src, dst, sum, n, record, q, nq);
+#endif
+    (void)sum;
+    (void)record;
+    if (dst != src)
+        memcpy(dst, src, 2 * n);
+    for (size_t x = 0; x < n; x++)
+        q[x] = (uint32_t)x;
+    *nq = n;
     return 0;
 }
