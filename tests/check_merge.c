@@ -1372,9 +1372,78 @@ static void f16_pass_check(int record)
     free(flag);
 }
 
+/* The F16 unmerge pass: every F16 bit pattern as m; each unflagged
+ * lane's u must be the scalar unmerge's round(m - d), merge back to m,
+ * and neither key-neighbour of u may merge to m (so the receipt has no
+ * bits for it); a flagged lane keeps m in dst. */
+static void f16_unpass_check(void)
+{
+    enum { NV = 15, N = 65536 * NV, TAIL = 3 };
+    uint16_t *in = malloc(N * 2), *out = malloc(N * 2);
+    double *d = malloc(N * sizeof *d);
+    unsigned char *flag = malloc(N);
+    uint64_t st = 57;
+    ck_assert(in && out && d && flag);
+    for (size_t i = 0; i < N; i++) {
+        in[i] = (uint16_t)(i & 0xffff);
+        d[i] = f16_delta((int)(i >> 16), in[i], &st);
+    }
+    for (int kv = 0; kv < 2; kv++) {
+        kv ? setenv("LORA_NO_AVX512", "1", 1) : unsetenv("LORA_NO_AVX512");
+        int avail = lora_fast_f16_available();
+        size_t n = N - TAIL;
+        memset(out, 0xa5, N * 2);
+        memset(flag, 0xaa, N);
+        uint64_t changed = lora_fast_unmerge_f16((const unsigned char *)in, (unsigned char *)out,
+                                                 d, flag, n);
+        uint64_t ordinary = 0, ordinary_proven = 0, proven_nz = 0;
+        for (size_t i = 0; i < n; i++) {
+            uint16_t m = in[i], u = out[i];
+            uint32_t e = (m >> 10) & 0x1f;
+            int plain = (i >> 16) < 3 && e != 0 && e != 31;
+            ordinary += (uint64_t)plain;
+            ck_assert_msg(flag[i] <= 1, "lane %zu: flag %u", i, flag[i]);
+            if (flag[i]) {
+                ck_assert_msg(u == m, "kernel %d: flagged lane %zu: dst %04x, m %04x", kv, i, u, m);
+                continue;
+            }
+            ordinary_proven += (uint64_t)plain;
+            proven_nz += d[i] != 0;
+            ck_assert_msg(isfinite(d[i]) && e != 0 && e != 31, "kernel %d: lane %zu (%04x - %a) "
+                          "proven", kv, i, m, d[i]);
+            ck_assert_msg(u == ref_round16(FP_F16, fp_to_d(FP_F16, m) - d[i]),
+                          "kernel %d: %04x - %a gave %04x, not round(m - d)", kv, m, d[i], u);
+            ck_assert_msg(f16_merges_to(u, d[i], m), "kernel %d: %04x - %a = %04x does not merge "
+                          "back", kv, m, d[i], u);
+            int64_t key = fp_key(FP_F16, u);
+            for (int dir = -1; dir <= 1; dir += 2) {
+                uint32_t x = fp_unkey(FP_F16, key + dir);
+                ck_assert_msg(!f16_merges_to(x, d[i], m), "kernel %d: %04x proven the only base "
+                              "of %04x (d %a), but %04x merges to it too", kv, u, m, d[i], x);
+            }
+        }
+        for (size_t i = n; i < N; i++)
+            ck_assert_msg(flag[i] == 0xaa && out[i] == 0xa5a5, "lane %zu past n written", i);
+        ck_assert_uint_eq(changed, proven_nz);
+        if (avail)
+            ck_assert_msg(ordinary_proven * 10 > ordinary * 9, "unmerge proves %llu of %llu",
+                          (unsigned long long)ordinary_proven, (unsigned long long)ordinary);
+        else
+            ck_assert_uint_eq(ordinary_proven, 0);
+    }
+    unsetenv("LORA_NO_AVX512");
+    free(in);
+    free(out);
+    free(d);
+    free(flag);
+}
+
 START_TEST(test_f16_pass_lanes)
 {
-    f16_pass_check(_i == 1);
+    if (_i)
+        f16_pass_check(_i == 1);
+    else
+        f16_unpass_check();
 }
 END_TEST
 
@@ -1436,9 +1505,35 @@ START_TEST(test_f16_kernels)
         ck_assert_msg(memcmp(ip, m[0], n * 2) == 0, "adapter %d: in-place bytes differ", t);
         ck_assert_uint_eq(fi.nbits, fx[0].nbits);
         ck_assert(fi.nbits == 0 || memcmp(fi.bits, fx[0].bits, (size_t)(fi.nbits / 8)) == 0);
-        ck_assert_int_eq(lora_tensor_unmerge(LORA_DT_F16, LORA_DT_F16, rows, cols, m[0], u, one,
-                                             1, &fx[0], NULL, 2, NULL, &err), LORA_OK);
-        ck_assert_msg(memcmp(u, w0, n * 2) == 0, "adapter %d: unmerge is not W0", t);
+        /* the unmerge with the pass and without, the receipt's bits (and
+         * a version 1 receipt's corrections) and in place */
+        lora_fixes v1 = {0};
+        ck_assert_int_eq(lora_tensor_merge(LORA_DT_F16, LORA_DT_F16, rows, cols, w0, nr, one, 1,
+                                           LORA_ROUND_NEAREST, 2, &v1, NULL, &err), LORA_OK);
+        ck_assert_uint_gt(v1.n, 0);
+        lora_merge_stats us[2];
+        for (int kv = 0; kv < 2; kv++) {
+            kv ? setenv("LORA_NO_AVX512", "1", 1) : unsetenv("LORA_NO_AVX512");
+            memset(&us[kv], 0, sizeof us[kv]);
+            ck_assert_int_eq(lora_tensor_unmerge(LORA_DT_F16, LORA_DT_F16, rows, cols, m[0], u,
+                                                 one, 1, &fx[0], NULL, 2, &us[kv], &err), LORA_OK);
+            ck_assert_msg(memcmp(u, w0, n * 2) == 0, "adapter %d kernel %d: unmerge is not W0", t,
+                          kv);
+            memset(u, 0, n * 2);
+            ck_assert_int_eq(lora_tensor_unmerge(LORA_DT_F16, LORA_DT_F16, rows, cols, nr, u, one,
+                                                 1, &v1, NULL, 2, NULL, &err), LORA_OK);
+            ck_assert_msg(memcmp(u, w0, n * 2) == 0, "adapter %d kernel %d: unmerge with "
+                          "corrections is not W0", t, kv);
+            memcpy(ip, m[0], n * 2);
+            ck_assert_int_eq(lora_tensor_unmerge(LORA_DT_F16, LORA_DT_F16, rows, cols, ip, ip, one,
+                                                 1, &fx[0], NULL, 2, NULL, &err), LORA_OK);
+            ck_assert_msg(memcmp(ip, w0, n * 2) == 0, "adapter %d kernel %d: in-place unmerge is "
+                          "not W0", t, kv);
+        }
+        unsetenv("LORA_NO_AVX512");
+        ck_assert_uint_eq(us[0].changed, us[1].changed);
+        ck_assert_uint_eq(us[0].fixes, us[1].fixes);
+        lora_fixes_free(&v1);
         lora_fixes_free(&fi);
         lora_fixes_free(&fx[0]);
         lora_fixes_free(&fx[1]);
@@ -1476,7 +1571,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_rank_words);
     tcase_add_test(tc, test_bits_kernels);
     tcase_add_test(tc, test_run_ties);
-    tcase_add_loop_test(tc, test_f16_pass_lanes, 1, 3);
+    tcase_add_loop_test(tc, test_f16_pass_lanes, 0, 3);
     tcase_add_test(tc, test_f16_kernels);
     suite_add_tcase(s, tc);
     return s;

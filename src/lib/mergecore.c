@@ -1289,8 +1289,9 @@ static int unmerge_part(struct tjob *j, struct block *k)
     int coded = fx && fx->coded;
     /* BF16 with corrections: the branch-free pass does the elements it
      * proves, run_member most flagged ones, unmerge_one the others and
-     * the corrections */
-    int fast = fx && !s->ref && j->ik == FP_BF16 && j->ok == FP_BF16;
+     * the corrections; F16 (AVX-512): its pass, then unmerge_one */
+    int f16 = fx && !s->ref && j->ik == FP_F16 && j->ok == FP_F16 && lora_fast_f16_available();
+    int fast = (fx && !s->ref && j->ik == FP_BF16 && j->ok == FP_BF16) || f16;
     size_t n = k->n;
     if (!fast) {
         for (size_t x = 0; x < n; x++)
@@ -1298,12 +1299,13 @@ static int unmerge_part(struct tjob *j, struct block *k)
                 return -1;
         return 0;
     }
-    k->st.changed += lora_fast_unmerge_bf16(k->src, k->dst, k->sum, k->flag, n);
+    k->st.changed += f16 ? lora_fast_unmerge_f16(k->src, k->dst, k->sum, k->flag, n)
+                         : lora_fast_unmerge_bf16(k->src, k->dst, k->sum, k->flag, n);
     /* the flagged elements and the corrections' elements in element
      * order (the rank bits are read in it) */
     struct uloop L = {k->rd, k->fi < fe ? (size_t)(fx->index[k->fi] - k->first) : SIZE_MAX, 0};
     int r = 0;
-    if (coded) {
+    if (coded && !f16) {
         /* the flagged ones as a list from the runs' pass, in the
          * scratch after the flags, merged with the corrections' */
         uint32_t *list = (uint32_t *)(void *)(k->flag + ((n + 63) & ~(size_t)63));

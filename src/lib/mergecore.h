@@ -183,6 +183,11 @@ uint64_t lora_fast_merge_f16(const unsigned char *src, unsigned char *dst, const
  * 16) in element order instead of flags, their count in *nq. */
 uint64_t lora_fast_merge_q_f16(const unsigned char *src, unsigned char *dst, const double *sum,
                                size_t n, int record, uint32_t *q, size_t *nq);
+/* The F16 unmerge pass: lora_fast_unmerge_bf16's contract for F16
+ * (flagged elements keep m in dst); flags everything where
+ * lora_fast_f16_available() is 0. */
+uint64_t lora_fast_unmerge_f16(const unsigned char *src, unsigned char *dst, const double *sum,
+                               unsigned char *flag, size_t n);
 /* W0 = c merged with d (m in *m) and its run where that needs no search
  * (lora_fast_run_bf16 for F16): a | b << 1, or -1. */
 int lora_fast_run_f16(uint16_t c, double d, uint16_t *m);

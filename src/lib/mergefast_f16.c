@@ -158,6 +158,90 @@ static AVX512 uint64_t fast_merge_q_f16_avx512(const unsigned char *src, unsigne
     return fast_merge_f16_steps(src, dst, sum, NULL, n, record, q, nq);
 }
 
+/* The unmerge in float lanes, 16 elements a step: u = round_f16(tf),
+ * tf = fl32(m - fl32(d)), kept only where u is proven the only base
+ * value that merges to m (so that the receipt has no bits for it) and
+ * u = round_f16(fl64(m - d)), the scalar unmerge's value (to which a
+ * version 1-2 receipt's corrections apply).  mergefast.c's
+ * fast_unmerge_avx512 for 13 dropped bits.  u's mantissa is not 0 (a
+ * rounding of tf that carried into the next binade leaves it 0), so tf
+ * and u share a binade, f its float ulp (q_u = 2^13 f, u's ulp), and tf
+ * is at least q_u / 2 from the rounding boundaries of the binades
+ * around; rem, the 13 bits of |tf| the rounding drops, puts u within
+ * 2^12 - t f of tf, t = |rem - 2^12|, and tf is within E <= 3 f of T =
+ * m - d, the exact value (the merge pass's bound, with m's binade not
+ * above u's).  So t > 16 makes u the rounding of fl64(m - d) too.  With
+ * j = u's binade above m's (q_m = 2^-j q_u, m's ulp), single_fast(u, m,
+ * s = u + d) (mergecore.c) needs |s - m| = |u - T| (+ fl64's 2^-28 f) <
+ * q_m / 2 (1 - 2^-19), and s must round to m, which holds when m's
+ * mantissa is not 0 (m's rounding interval is then +-q_m / 2; m = 2^k
+ * lanes, 1 in 1024, are flagged): t > 2^12 - 2^(12-j) + 16 suffices
+ * (never true for j < 0 or j >= 13, where the shift leaves 0).  m and u
+ * normal F16, d finite (else tf is not).  Flagged lanes keep m in dst
+ * (for an in-place unmerge). */
+static inline AVX512 __attribute__((always_inline)) unsigned
+h16_unstep(const unsigned char *src, unsigned char *dst, const double *sum, unsigned char *flag,
+           __mmask16 lanes)
+{
+    int all = lanes == 0xffff;
+    __m256i h = all ? _mm256_loadu_si256((const __m256i *)src) : _mm256_maskz_loadu_epi16(lanes, src);
+    __m512d d0 = all ? _mm512_loadu_pd(sum) : _mm512_maskz_loadu_pd((__mmask8)lanes, sum);
+    __m512d d1 = all ? _mm512_loadu_pd(sum + 8)
+                     : _mm512_maskz_loadu_pd((__mmask8)(lanes >> 8), sum + 8);
+    __m512 df = _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(d0)),
+                                   _mm512_cvtpd_ps(d1), 1);
+    __m512 mf = _mm512_cvtph_ps(h);
+    __m512i tb = _mm512_castps_si512(_mm512_sub_ps(mf, df));
+    __m512i mb = _mm512_castps_si512(mf);
+    __m512i a = _mm512_and_si512(tb, _mm512_set1_epi32(0x7fffffff));
+    __m512i r = _mm512_add_epi32(_mm512_add_epi32(a, _mm512_set1_epi32(0xfff)),
+                                 _mm512_and_si512(_mm512_srli_epi32(a, 13), _mm512_set1_epi32(1)));
+    __mmask16 bad = _mm512_cmplt_epu32_mask(a, _mm512_set1_epi32(113 << 23)) |
+                    _mm512_cmpge_epu32_mask(r, _mm512_set1_epi32(143 << 23));
+    __m512i u = _mm512_or_si512(
+        _mm512_and_si512(_mm512_sub_epi32(_mm512_srli_epi32(r, 13), _mm512_set1_epi32(112 << 10)),
+                         _mm512_set1_epi32(0x7fff)),
+        _mm512_and_si512(_mm512_srli_epi32(tb, 16), _mm512_set1_epi32(0x8000)));
+    /* m normal F16 (float exponent field in [113, 142]), mantissa not 0 */
+    __m512i em = _mm512_srli_epi32(_mm512_and_si512(mb, _mm512_set1_epi32(0x7fffffff)), 23);
+    __mmask16 ok = _mm512_cmple_epu32_mask(_mm512_sub_epi32(em, _mm512_set1_epi32(113)),
+                                           _mm512_set1_epi32(29)) &
+                   _mm512_test_epi32_mask(mb, _mm512_set1_epi32(0x7fe000)) &
+                   _mm512_test_epi32_mask(u, _mm512_set1_epi32(0x3ff));
+    __m512i j = _mm512_sub_epi32(_mm512_srli_epi32(r, 23), em);
+    __m512i thr = _mm512_add_epi32(_mm512_sub_epi32(_mm512_set1_epi32(0x1000),
+                                                    _mm512_srlv_epi32(_mm512_set1_epi32(0x1000), j)),
+                                   _mm512_set1_epi32(16));
+    __m512i t = _mm512_abs_epi32(_mm512_sub_epi32(_mm512_and_si512(a, _mm512_set1_epi32(0x1fff)),
+                                                  _mm512_set1_epi32(0x1000)));
+    ok &= _mm512_cmpgt_epu32_mask(t, thr);
+    __mmask16 fb = (bad | (__mmask16)~ok) & lanes;
+    __m256i out = _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(fb, u, _mm512_cvtepu16_epi32(h)));
+    if (all) {
+        _mm256_storeu_si256((__m256i *)dst, out);
+        _mm_storeu_si128((__m128i *)flag, _mm_maskz_set1_epi8(fb, 1));
+    } else {
+        _mm256_mask_storeu_epi16(dst, lanes, out);
+        _mm_mask_storeu_epi8(flag, lanes, _mm_maskz_set1_epi8(fb, 1));
+    }
+    unsigned nz = (unsigned)_mm512_cmp_pd_mask(d0, _mm512_setzero_pd(), _CMP_NEQ_UQ) |
+                  (unsigned)_mm512_cmp_pd_mask(d1, _mm512_setzero_pd(), _CMP_NEQ_UQ) << 8;
+    return (unsigned)__builtin_popcount(nz & ~(unsigned)fb & (unsigned)lanes);
+}
+
+static AVX512 uint64_t fast_unmerge_f16_avx512(const unsigned char *src, unsigned char *dst,
+                                               const double *sum, unsigned char *flag, size_t n)
+{
+    uint64_t changed = 0;
+    size_t x = 0;
+    for (; x + 16 <= n; x += 16)
+        changed += h16_unstep(src + 2 * x, dst + 2 * x, sum + x, flag + x, 0xffff);
+    if (x < n)
+        changed += h16_unstep(src + 2 * x, dst + 2 * x, sum + x, flag + x,
+                              (__mmask16)((1u << (n - x)) - 1));
+    return changed;
+}
+
 /* f16_round_normal (below) in 64-bit lanes: the bits, lanes out of the
  * normal range in *bad */
 static inline AVX512 __m512i h8_round(__m512d x, __mmask8 *bad)
@@ -304,6 +388,20 @@ uint64_t lora_fast_merge_f16(const unsigned char *src, unsigned char *dst, const
     /* no pass: every element to the full logic, W0 in place */
     (void)sum;
     (void)record;
+    if (dst != src)
+        memcpy(dst, src, 2 * n);
+    memset(flag, 1, n);
+    return 0;
+}
+
+uint64_t lora_fast_unmerge_f16(const unsigned char *src, unsigned char *dst, const double *sum,
+                               unsigned char *flag, size_t n)
+{
+#ifdef LORA_AVX2
+    if (lora_fast_f16_available())
+        return fast_unmerge_f16_avx512(src, dst, sum, flag, n);
+#endif
+    (void)sum;
     if (dst != src)
         memcpy(dst, src, 2 * n);
     memset(flag, 1, n);
