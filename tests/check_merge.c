@@ -1425,6 +1425,33 @@ static void f16_unpass_check(void)
         for (size_t i = n; i < N; i++)
             ck_assert_msg(flag[i] == 0xaa && out[i] == 0xa5a5, "lane %zu past n written", i);
         ck_assert_uint_eq(changed, proven_nz);
+        /* the flagged lanes' runs: u in dst merges to m, and the run around
+         * it by the reference walk is the code's */
+        lora_fast_unruns_f16((const unsigned char *)in, (unsigned char *)out, d, flag, n);
+        size_t coded = 0, flagged = 0;
+        for (size_t i = 0; i < n; i++) {
+            flagged += flag[i] != 0;
+            if (flag[i] < 2) {
+                ck_assert_msg(!flag[i] || out[i] == in[i], "lane %zu: flag 1, dst not m", i);
+                continue;
+            }
+            coded++;
+            ck_assert_msg(flag[i] <= 5, "lane %zu: code %u", i, flag[i]);
+            uint16_t c = out[i], m = in[i];
+            uint32_t sg = c & 0x8000u, mag = c & 0x7fffu;
+            unsigned na = 0, nb = 0, ab = flag[i] - 2u;
+            ck_assert_msg(f16_merges_to(c, d[i], m), "kernel %d: run around %04x: not a member "
+                          "(m %04x, d %a)", kv, c, m, d[i]);
+            while (na < mag && na < 3 && f16_merges_to(sg | (mag - na - 1), d[i], m))
+                na++;
+            while (mag + nb + 1 < 0x7c00u && nb < 3 && f16_merges_to(sg | (mag + nb + 1), d[i], m))
+                nb++;
+            ck_assert_msg(na == (ab & 1) && nb == ab >> 1, "kernel %d: m %04x d %a: run around "
+                          "%04x coded %u, the reference has %u below, %u above", kv, m, d[i], c,
+                          ab, na, nb);
+        }
+        ck_assert_msg(coded * 10 > flagged, "kernel %d: %zu of %zu flagged lanes' runs found", kv,
+                      coded, flagged);
         if (avail)
             ck_assert_msg(ordinary_proven * 10 > ordinary * 9, "unmerge proves %llu of %llu",
                           (unsigned long long)ordinary_proven, (unsigned long long)ordinary);

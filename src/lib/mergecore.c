@@ -1301,6 +1301,20 @@ static int unmerge_part(struct tjob *j, struct block *k)
     }
     k->st.changed += f16 ? lora_fast_unmerge_f16(k->src, k->dst, k->sum, k->flag, n)
                          : lora_fast_unmerge_bf16(k->src, k->dst, k->sum, k->flag, n);
+    if (f16 && coded) {
+        /* most flagged elements' runs, as codes run_member decodes (u in
+         * dst); a correction's element goes to unmerge_one, which reads m
+         * from src: m back in dst for it (in place, u took its place) */
+        lora_fast_unruns_f16(k->src, k->dst, k->sum, k->flag, n);
+        for (size_t f = k->fi; f < fe && fx->index[f] - k->first < n; f++) {
+            size_t x = (size_t)(fx->index[f] - k->first);
+            if (k->flag[x] >= 2) {
+                k->flag[x] = 1;
+                st_elem(k->dst + 2 * x, 2,
+                        fp_round_f16(fp_f16_d(ld_elem(k->dst + 2 * x, 2)) + k->sum[x]));
+            }
+        }
+    }
     /* the flagged elements and the corrections' elements in element
      * order (the rank bits are read in it) */
     struct uloop L = {k->rd, k->fi < fe ? (size_t)(fx->index[k->fi] - k->first) : SIZE_MAX, 0};

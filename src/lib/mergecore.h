@@ -188,6 +188,11 @@ uint64_t lora_fast_merge_q_f16(const unsigned char *src, unsigned char *dst, con
  * lora_fast_f16_available() is 0. */
 uint64_t lora_fast_unmerge_f16(const unsigned char *src, unsigned char *dst, const double *sum,
                                unsigned char *flag, size_t n);
+/* The runs of a coded F16 unmerge's flagged elements (after
+ * lora_fast_unmerge_f16) as flag codes 2 + (a | b << 1) around u =
+ * round(m - d), stored in dst (lora_fast_runs_bf16's codes). */
+void lora_fast_unruns_f16(const unsigned char *src, unsigned char *dst, const double *sum,
+                          unsigned char *flag, size_t n);
 /* W0 = c merged with d (m in *m) and its run where that needs no search
  * (lora_fast_run_bf16 for F16): a | b << 1, or -1. */
 int lora_fast_run_f16(uint16_t c, double d, uint16_t *m);

@@ -269,8 +269,9 @@ static inline AVX512 __m512d h8_d(__m512i bits)
 /* lora_fast_run_f16 for k (<= 8) queued elements at once, lane for lane
  * the same computation in double (the F16 values and their sums are the
  * scalar ones: no error bound needed). */
-static AVX512 void runs8_f16(const unsigned char *src, const double *sum, const uint32_t *idx,
-                             int k, signed char *ab, uint16_t *mo)
+static inline AVX512 __attribute__((always_inline)) void
+runs8_k(const unsigned char *src, const double *sum, const uint32_t *idx, int k, signed char *ab,
+        uint16_t *mo, int un)
 {
     uint16_t c16[8], m16[8];
     double dd[8];
@@ -281,6 +282,10 @@ static AVX512 void runs8_f16(const unsigned char *src, const double *sum, const 
     }
     __m512i c = _mm512_cvtepu16_epi64(_mm_loadu_si128((const __m128i *)c16));
     __m512d d = _mm512_loadu_pd(dd);
+    __mmask8 ubad = 0;
+    __m512i mu = c;
+    if (un) /* src holds m: the run around u = round(m - d) */
+        c = h8_round(_mm512_sub_pd(h8_d(mu), d), &ubad);
     __m512i mag = _mm512_and_si512(c, _mm512_set1_epi64(0x7fff));
     __m512i sg = _mm512_and_si512(c, _mm512_set1_epi64(0x8000));
     __m512d ad = _mm512_castsi512_pd(_mm512_and_si512(_mm512_castpd_si512(d),
@@ -300,11 +305,26 @@ static AVX512 void runs8_f16(const unsigned char *src, const double *sum, const 
     }
     __mmask8 e1 = _mm512_cmpeq_epi64_mask(r[1], r[0]), e2 = _mm512_cmpeq_epi64_mask(r[2], r[0]);
     bad |= _mm512_cmpeq_epi64_mask(r[3], r[0]) | _mm512_cmpeq_epi64_mask(r[4], r[0]);
-    _mm_storeu_si128((__m128i *)m16, _mm512_cvtepi64_epi16(r[0]));
+    if (un)
+        bad |= ubad | _mm512_cmpneq_epi64_mask(r[0], mu);
+    _mm_storeu_si128((__m128i *)m16, _mm512_cvtepi64_epi16(un ? c : r[0]));
     for (int i = 0; i < k; i++) {
         ab[i] = (signed char)((bad >> i) & 1 ? -1 : ((e1 >> i) & 1) | ((e2 >> i) & 1) << 1);
         mo[i] = m16[i];
     }
+}
+
+static AVX512 void runs8_f16(const unsigned char *src, const double *sum, const uint32_t *idx,
+                             int k, signed char *ab, uint16_t *mo)
+{
+    runs8_k(src, sum, idx, k, ab, mo, 0);
+}
+
+/* runs8_f16 around u = round(m - d) for m in src: u in mo */
+static AVX512 void unruns8_f16(const unsigned char *src, const double *sum, const uint32_t *idx,
+                               int k, signed char *ab, uint16_t *mo)
+{
+    runs8_k(src, sum, idx, k, ab, mo, 1);
 }
 #endif
 
@@ -361,6 +381,54 @@ void lora_fast_runs_f16(const unsigned char *src, const double *sum, const uint3
         uint16_t c;
         memcpy(&c, src + 2 * (size_t)idx[i], 2);
         ab[i] = (signed char)lora_fast_run_f16(c, sum[idx[i]], &m[i]);
+    }
+}
+
+/* Flagged elements of a coded F16 unmerge (flag[x] == 1, m in src):
+ * where u = round_f16(m - d), the scalar unmerge's value, merges to m
+ * and its run is one lora_fast_run_f16 finds, the flag becomes the run's
+ * code 2 + (a | b << 1) and dst[x] u, a member of the run that
+ * mergecore.c's run_member decodes W0 from (the receipt's rank bits);
+ * elsewhere the flag stays 1 and dst[x] m. */
+void lora_fast_unruns_f16(const unsigned char *src, unsigned char *dst, const double *sum,
+                          unsigned char *flag, size_t n)
+{
+    enum { NB = 512 };
+    uint32_t idx[NB];
+    signed char ab[NB];
+    uint16_t uv[NB];
+    int vec = lora_fast_f16_available();
+    uint64_t mk[64];
+    size_t k = 0;
+    for (size_t x0 = 0; x0 < n; x0 += 64) {
+        if (x0 % 4096 == 0) /* the flags' masks, 4096 at a time */
+            lora_flag_masks(flag + x0, n - x0 < 4096 ? n - x0 : 4096, mk);
+        for (uint64_t v = mk[x0 % 4096 / 64]; v; v &= v - 1)
+            idx[k++] = (uint32_t)(x0 + (size_t)__builtin_ctzll(v));
+        if (k + 64 <= NB && x0 + 64 < n)
+            continue;
+        size_t i = 0;
+#ifdef LORA_AVX2
+        if (vec)
+            for (; i < k; i += 8)
+                unruns8_f16(src, sum, idx + i, k - i < 8 ? (int)(k - i) : 8, ab + i, uv + i);
+#endif
+        for (; i < k; i++) {
+            uint16_t m, m2;
+            memcpy(&m, src + 2 * (size_t)idx[i], 2);
+            double d = sum[idx[i]];
+            int bad;
+            uv[i] = f16_round_normal(fp_f16_d(m) - d, &bad);
+            ab[i] = (signed char)lora_fast_run_f16(uv[i], d, &m2);
+            if (bad || m2 != m)
+                ab[i] = -1;
+        }
+        for (i = 0; i < k; i++)
+            if (ab[i] >= 0) {
+                flag[idx[i]] = (unsigned char)(2 + ab[i]);
+                memcpy(dst + 2 * (size_t)idx[i], &uv[i], 2);
+            }
+        k = 0;
     }
 }
 
