@@ -9,10 +9,11 @@
  * (what mergecore.c hands the pass), W0 = BF16 of N(0, 0.02), the delta
  * N(0, DELTA_SD) (default 2e-4: about 3 % of the elements flagged, as
  * the LLaMA-shaped bench gives), all in cache.  "pass" is
- * lora_fast_merge_bf16 with the receipt's proof; "+ runs" adds
- * lora_fast_runs_bf16 over the flagged elements; "unmerge" is
- * lora_fast_unmerge_bf16 taking the merged part back, with the share
- * of elements it flags.
+ * lora_fast_merge_bf16 with the receipt's proof (flags); "queued" is the
+ * merge with the receipt: lora_fast_merge_q_bf16, the flagged lanes
+ * queued, and "+ ranks" adds lora_fast_ranks_bf16 over them; "unmerge"
+ * is lora_fast_unmerge_q_bf16 and its ranks, taking the merged part
+ * back, with the share of elements it flags.
  */
 #include "internal.h"
 #include "mergecore.h"
@@ -25,6 +26,7 @@
 
 enum { N = 1 << 16 };
 static unsigned char src[2 * N], dst[2 * N], back[2 * N], flag[N];
+static uint32_t qbuf[3 * (N + 16)];
 static double sum[N];
 static uint64_t state = 88172645463325252ULL;
 
@@ -52,9 +54,11 @@ static double cpu_now(void)
 
 /* ns per element of the pass alone, of the pass with the runs and of
  * the unmerge pass; the shares of elements each flags */
-static void measure(int reps, double *pass, double *runs, double *flagged, double *unmerge,
-                    double *uflagged)
+static void measure(int reps, double *pass, double *flagged, double *queued, double *ranks,
+                    double *unmerge, double *uflagged)
 {
+    lora_flagq q = {qbuf, qbuf + N + 16, qbuf + 2 * (N + 16)};
+    size_t nq;
     double t0 = cpu_now();
     for (int r = 0; r < reps; r++)
         lora_fast_merge_bf16(src, dst, sum, flag, N, 1);
@@ -62,22 +66,25 @@ static void measure(int reps, double *pass, double *runs, double *flagged, doubl
     size_t nf = 0;
     for (size_t i = 0; i < N; i++)
         nf += flag[i] != 0;
-    for (int r = 0; r < reps; r++) {
-        lora_fast_merge_bf16(src, dst, sum, flag, N, 1);
-        lora_fast_runs_bf16(src, dst, sum, flag, N);
-    }
-    double t2 = cpu_now();
     for (int r = 0; r < reps; r++)
-        lora_fast_unmerge_bf16(dst, back, sum, flag, N);
+        lora_fast_merge_q_bf16(src, dst, sum, flag, N, &q, &nq);
+    double t2 = cpu_now();
+    for (int r = 0; r < reps; r++) {
+        lora_fast_merge_q_bf16(src, dst, sum, flag, N, &q, &nq);
+        lora_fast_ranks_bf16(&q, nq, sum, q.df);
+    }
     double t3 = cpu_now();
-    size_t nu = 0;
-    for (size_t i = 0; i < N; i++)
-        nu += flag[i] != 0;
+    for (int r = 0; r < reps; r++) {
+        lora_fast_unmerge_q_bf16(dst, back, sum, flag, N, &q, &nq);
+        lora_fast_ranks_bf16(&q, nq, sum, q.df);
+    }
+    double t4 = cpu_now();
     *pass = (t1 - t0) / reps / N * 1e9;
-    *runs = (t2 - t1) / reps / N * 1e9;
     *flagged = 100.0 * (double)nf / N;
-    *unmerge = (t3 - t2) / reps / N * 1e9;
-    *uflagged = 100.0 * (double)nu / N;
+    *queued = (t2 - t1) / reps / N * 1e9;
+    *ranks = (t3 - t2) / reps / N * 1e9;
+    *unmerge = (t4 - t3) / reps / N * 1e9;
+    *uflagged = 100.0 * (double)nq / N;
 }
 
 int main(int argc, char **argv)
@@ -96,18 +103,19 @@ int main(int argc, char **argv)
         const char *name, *no512, *no2;
     } k[] = {{"portable", "1", "1"}, {"AVX2", "1", NULL}, {"AVX-512", NULL, NULL}};
     double base = 0;
-    printf("BF16 merge pass, 2^16 elements in cache, delta sd %g, %d reps\n", sd, reps);
-    printf("%-9s %10s %14s %9s %12s %14s %9s\n", "kernel", "ns/elem", "+runs ns/elem", "flagged",
-           "portable/it", "unmerge ns/el", "flagged");
+    printf("BF16 merge pass, 2^16 elements in cache, delta sd %g, %d reps (ns per element)\n",
+           sd, reps);
+    printf("%-9s %9s %8s %12s %9s %9s %14s %8s\n", "kernel", "pass", "flagged", "portable/it",
+           "queued", "+ ranks", "unmerge+ranks", "flagged");
     for (int i = 0; i < 3; i++) {
         k[i].no512 ? setenv("LORA_NO_AVX512", "1", 1) : unsetenv("LORA_NO_AVX512");
         k[i].no2 ? setenv("LORA_NO_AVX2", "1", 1) : unsetenv("LORA_NO_AVX2");
-        double p, r, f, u, uf;
-        measure(reps, &p, &r, &f, &u, &uf);
+        double p, f, qd, rk, u, uf;
+        measure(reps, &p, &f, &qd, &rk, &u, &uf);
         if (i == 0)
             base = p;
-        printf("%-9s %10.3f %14.3f %8.2f%% %12.2f %14.3f %8.2f%%\n", k[i].name, p, r, f,
-               base / p, u, uf);
+        printf("%-9s %9.3f %7.2f%% %12.2f %9.3f %9.3f %14.3f %7.2f%%\n", k[i].name, p, f,
+               base / p, qd, rk, u, uf);
     }
     return 0;
 }

@@ -299,19 +299,12 @@ int lora_ggw_declare_at(lora_ggw *w, const char *name, uint32_t type, int ndim,
     return LORA_OK;
 }
 
+/* lora_pwrite_all with this writer's error: a write of 0 bytes (a full
+ * device that does not say so) is EIO rather than a loop forever. */
 static int pwrite_all(lora_ggw *w, const void *buf, size_t len, uint64_t off, lora_error *err)
 {
-    const unsigned char *p = buf;
-    while (len) {
-        ssize_t n = pwrite(w->fd, p, len, (off_t)off);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return lora_seterr_errno(err, LORA_EIO, errno, "%s: write", w->path);
-        p += n;
-        len -= (size_t)n;
-        off += (uint64_t)n;
-    }
+    if (lora_pwrite_all(w->fd, buf, len, off) != 0)
+        return lora_seterr_errno(err, LORA_EIO, errno, "%s: write", w->path);
     return LORA_OK;
 }
 

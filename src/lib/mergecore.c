@@ -922,13 +922,14 @@ static lora_flagq flag_queue(unsigned char *flag, size_t n)
 
 /* The merge's queued lanes in element order: the rank words' bits
  * through a bitw (nearly all), the full logic (merge_span, which appends
- * its own bits or correction to fx) for LORA_RANK_SLOW.  0, or
- * merge_span's error (*bad the element). */
+ * its own bits or correction to fx) for LORA_RANK_SLOW.  The pass counted
+ * every d != 0 as changed: a rank word's lane is (d != 0), merge_span
+ * counts its own.  0, or merge_span's error (*bad the element). */
 static int queued_ranks(const unsigned char *src, unsigned char *dst, const double *sum,
                         const lora_flagq *q, size_t nl, uint64_t first, lora_fixes *fx,
                         lora_merge_stats *st, size_t *bad, nonfin *nf)
 {
-    uint64_t nrun = 0, namb = 0;
+    uint64_t namb = 0;
     bitw w;
     /* at most 15 bits a lane (rank words) */
     if (bits_reserve(fx, 16 * (uint64_t)nl + 64))
@@ -937,12 +938,12 @@ static int queued_ranks(const unsigned char *src, unsigned char *dst, const doub
     for (size_t i = 0; i < nl; i++) {
         uint32_t rk = q->df[i];
         if (__builtin_expect(rk != LORA_RANK_SLOW, 1)) {
-            bw_put(&w, fx->bits, rk & 0xffffu, rk >> 16);
-            nrun++;
+            bw_put(&w, fx->bits, rk & 0xffffu, lora_word_bits(rk));
             namb += rk > 0xffffu;
             continue;
         }
         size_t x = q->idx[i];
+        st->changed -= sum[x] != 0;
         bw_end(&w, fx);
         int r = merge_span(FP_BF16, FP_BF16, 2, 2, 1, 0, 1, src + 2 * x, dst + 2 * x, sum + x, 1,
                            first + x, fx, st, bad, nf);
@@ -955,7 +956,6 @@ static int queued_ranks(const unsigned char *src, unsigned char *dst, const doub
         bw_start(&w, fx);
     }
     bw_end(&w, fx);
-    st->changed += nrun;
     fx->nambig += namb;
     return 0;
 }
@@ -1202,35 +1202,37 @@ unmerge_one(struct tjob *j, struct block *k, size_t x, const lora_fixes *fx,
     return 0;
 }
 
-/* A flagged element of a coded BF16 unmerge whose run the fast pass
- * found (flag code c >= 2, lora_fast_runs_bf16): W0 is the member of
- * the rank the receipt's bits give, from u, the pass's value.  What
- * coded_elem decodes, without its search; rd is the caller's local
- * copy, so that the loop keeps it in registers.  0, or -1 when the bits
- * run out or name no member. */
-static inline __attribute__((always_inline)) int run_member(bitrd *rd, unsigned c, uint16_t u,
-                                                            uint16_t *w0)
+/* A queued element of a coded BF16 unmerge whose run was found (rank
+ * word, lora_fast_ranks_bf16, of u, the pass's value): W0 is the member
+ * of the rank the receipt's bits give.  What coded_elem decodes, without
+ * its search; rd is the caller's local copy, so that the loop keeps it
+ * in registers.  0, or -1 when the bits run out or name no member. */
+static inline __attribute__((always_inline)) int rank_member(bitrd *rd, uint32_t word, uint16_t u,
+                                                             uint16_t *w0)
 {
-    unsigned a, b;
-    lora_run_decode(c, &a, &b);
-    int nb = a + b ? lora_nbits_for(a + b) : 0;
+    unsigned nb = lora_word_bits(word), below = word & 0xffffu, span = word >> 16;
     if (rd->end - rd->at < (uint64_t)nb)
         return -1;
-    /* the nb (<= 4) bits at rd->at, without a branch on nb: the two
-     * bytes they can span, each only inside the block's bits (with nb =
-     * 0, at may be the end of the buffer) */
+    /* the nb (<= 15) bits at rd->at, without a branch on nb: the three
+     * bytes they can span, read as one word where four bytes are inside
+     * the block's bits, else each only inside them (with nb = 0, at may
+     * be the end of the buffer) */
     uint64_t byte = rd->at >> 3, lim = (rd->end + 7) >> 3;
-    uint32_t v = byte < lim ? rd->bits[byte] : 0;
-    if (byte + 1 < lim)
-        v |= (uint32_t)rd->bits[byte + 1] << 8;
+    uint32_t v = 0;
+    const unsigned char *b = rd->bits + byte;
+    if (__builtin_expect(byte + 4 <= lim, 1))
+        v = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+    else
+        for (unsigned i = 0; i < 3; i++)
+            v |= byte + i < lim ? (uint32_t)b[i] << (8 * i) : 0;
     uint32_t r = (v >> (rd->at & 7)) & ((1u << nb) - 1);
     rd->at += (uint64_t)nb;
-    if (r > a + b) /* ranks 0 .. |S| - 1 */
+    if (r > span) /* ranks 0 .. |S| - 1 */
         return -1;
     /* the member of rank r, in value order: magnitudes fall as values
      * rise for a negative sign */
     uint32_t mag = u & 0x7fffu, sg = u & 0x8000u;
-    *w0 = (uint16_t)(sg | (sg ? mag + b - r : mag - a + r));
+    *w0 = (uint16_t)(sg | (sg ? mag + below - r : mag - below + r));
     return 0;
 }
 
@@ -1254,16 +1256,16 @@ struct uloop {
 };
 
 /* One flagged element (or correction's element) x of unmerge_part: the
- * member of its run the receipt's bits name when the fast passes found
- * the run (run_member), else unmerge_one.  0, or -1 after tj_fail. */
+ * member of its run the receipt's bits name when its rank word says the
+ * run (rank_member), else unmerge_one (LORA_RANK_SLOW, or the element of
+ * a correction).  0, or -1 after tj_fail. */
 static inline __attribute__((always_inline)) int
-unmerge_flagged(struct tjob *j, struct block *k, size_t x, struct uloop *L, const lora_fixes *fx,
-                size_t fe, int coded)
+unmerge_flagged(struct tjob *j, struct block *k, size_t x, uint32_t word, struct uloop *L,
+                const lora_fixes *fx, size_t fe, int coded)
 {
-    unsigned c = k->flag[x];
-    if (coded && c >= 2 && x != L->next) {
+    if (word != LORA_RANK_SLOW && x != L->next) {
         uint16_t w0;
-        if (run_member(&L->rd, c, (uint16_t)ld_elem(k->dst + 2 * x, 2), &w0)) {
+        if (rank_member(&L->rd, word, (uint16_t)ld_elem(k->dst + 2 * x, 2), &w0)) {
             block_fail(j, "the receipt's bits do not match the merged tensor and adapter "
                        "(element %llu)", (unsigned long long)(k->first + x));
             return -1;
@@ -1279,6 +1281,33 @@ unmerge_flagged(struct tjob *j, struct block *k, size_t x, struct uloop *L, cons
     return r;
 }
 
+/* The rank word (lora_fast_ranks_bf16's form) of a flag code c >= 2, the
+ * run 2 + (a | b << 1) lora_fast_unruns_f16 found around u of sign neg:
+ * its members below u in value, its span; LORA_RANK_SLOW for a flag 0
+ * or 1 (the full logic). */
+static inline __attribute__((always_inline)) uint32_t run_word(unsigned c, unsigned neg)
+{
+    unsigned a = (c - 2) & 1, b = ((c - 2) >> 1) & 1;
+    return c < 2 ? LORA_RANK_SLOW : (neg ? b : a) | (a + b) << 16;
+}
+
+/* A coded F16 unmerge's flagged elements: their runs as flag codes
+ * (lora_fast_unruns_f16: u in dst, a member of the run).  A
+ * correction's element goes to unmerge_one, which reads m from src: m
+ * back in dst and the flag 1 for it (in place, u took m's place). */
+static void f16_unruns(struct block *k, const lora_fixes *fx, size_t fe)
+{
+    lora_fast_unruns_f16(k->src, k->dst, k->sum, k->flag, k->n);
+    for (size_t f = k->fi; f < fe && fx->index[f] - k->first < k->n; f++) {
+        size_t x = (size_t)(fx->index[f] - k->first);
+        if (k->flag[x] >= 2) {
+            k->flag[x] = 1;
+            st_elem(k->dst + 2 * x, 2,
+                    fp_round_f16(fp_f16_d(ld_elem(k->dst + 2 * x, 2)) + k->sum[x]));
+        }
+    }
+}
+
 /* Unmerge of a part of the block (k: its elements, the block's fi and
  * rd).  0, or -1 after tj_fail. */
 static int unmerge_part(struct tjob *j, struct block *k)
@@ -1289,7 +1318,9 @@ static int unmerge_part(struct tjob *j, struct block *k)
     int coded = fx && fx->coded;
     /* BF16 with corrections: the branch-free pass does the elements it
      * proves, run_member most flagged ones, unmerge_one the others and
-     * the corrections; F16 (AVX-512): its pass, then unmerge_one */
+     * the corrections; F16 (AVX-512): its pass, the runs found by
+     * lora_fast_unruns_f16 (with the receipt's bits), unmerge_one the
+     * others */
     int f16 = fx && !s->ref && j->ik == FP_F16 && j->ok == FP_F16 && lora_fast_f16_available();
     int fast = (fx && !s->ref && j->ik == FP_BF16 && j->ok == FP_BF16) || f16;
     size_t n = k->n;
@@ -1299,41 +1330,33 @@ static int unmerge_part(struct tjob *j, struct block *k)
                 return -1;
         return 0;
     }
-    k->st.changed += f16 ? lora_fast_unmerge_f16(k->src, k->dst, k->sum, k->flag, n)
-                         : lora_fast_unmerge_bf16(k->src, k->dst, k->sum, k->flag, n);
-    if (f16 && coded) {
-        /* most flagged elements' runs, as codes run_member decodes (u in
-         * dst); a correction's element goes to unmerge_one, which reads m
-         * from src: m back in dst for it (in place, u took its place) */
-        lora_fast_unruns_f16(k->src, k->dst, k->sum, k->flag, n);
-        for (size_t f = k->fi; f < fe && fx->index[f] - k->first < n; f++) {
-            size_t x = (size_t)(fx->index[f] - k->first);
-            if (k->flag[x] >= 2) {
-                k->flag[x] = 1;
-                st_elem(k->dst + 2 * x, 2,
-                        fp_round_f16(fp_f16_d(ld_elem(k->dst + 2 * x, 2)) + k->sum[x]));
-            }
-        }
-    }
     /* the flagged elements and the corrections' elements in element
      * order (the rank bits are read in it) */
     struct uloop L = {k->rd, k->fi < fe ? (size_t)(fx->index[k->fi] - k->first) : SIZE_MAX, 0};
     int r = 0;
     if (coded && !f16) {
-        /* the flagged ones as a list from the runs' pass, in the
-         * scratch after the flags, merged with the corrections' */
-        uint32_t *list = (uint32_t *)(void *)(k->flag + ((n + 63) & ~(size_t)63));
-        size_t nl = lora_fast_runs_list_bf16(k->dst, k->src, k->sum, k->flag, n, list);
+        /* the flagged ones queued by the pass, with their rank words,
+         * merged with the corrections' */
+        lora_flagq q = flag_queue(k->flag, n);
+        size_t nl;
+        k->st.changed += lora_fast_unmerge_q_bf16(k->src, k->dst, k->sum, k->flag, n, &q, &nl);
+        lora_fast_ranks_bf16(&q, nl, k->sum, q.df);
         for (size_t li = 0; !r;) {
-            size_t x = li < nl ? list[li] : SIZE_MAX;
+            size_t x = li < nl ? q.idx[li] : SIZE_MAX;
             if (L.next < x)
                 x = L.next;
             if (x >= n)
                 break;
-            li += li < nl && list[li] == x;
-            r = unmerge_flagged(j, k, x, &L, fx, fe, coded);
+            uint32_t word = LORA_RANK_SLOW;
+            if (li < nl && q.idx[li] == x)
+                word = q.df[li++];
+            r = unmerge_flagged(j, k, x, word, &L, fx, fe, coded);
         }
     } else {
+        k->st.changed += f16 ? lora_fast_unmerge_f16(k->src, k->dst, k->sum, k->flag, n)
+                             : lora_fast_unmerge_bf16(k->src, k->dst, k->sum, k->flag, n);
+        if (f16 && coded)
+            f16_unruns(k, fx, fe);
         /* 64 at a time from a mask, with the corrections' bits */
         uint64_t *masks = flag_masks(k->flag, n);
         for (size_t g = 0; g < n && !r; g += 64) {
@@ -1341,8 +1364,11 @@ static int unmerge_part(struct tjob *j, struct block *k)
             size_t ge = g + 64 < n ? g + 64 : n;
             for (size_t f = k->fi; f < fe && fx->index[f] - k->first < ge; f++)
                 mk |= UINT64_C(1) << (fx->index[f] - k->first - g);
-            for (; mk && !r; mk &= mk - 1)
-                r = unmerge_flagged(j, k, g + (size_t)__builtin_ctzll(mk), &L, fx, fe, coded);
+            for (; mk && !r; mk &= mk - 1) {
+                size_t x = g + (size_t)__builtin_ctzll(mk);
+                r = unmerge_flagged(j, k, x, run_word(k->flag[x], k->dst[2 * x + 1] >> 7), &L, fx,
+                                    fe, coded);
+            }
         }
     }
     k->rd = L.rd;

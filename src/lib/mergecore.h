@@ -140,16 +140,6 @@ static inline void lora_run_decode(unsigned code, unsigned *below, unsigned *abo
     *below = code < 6 ? ab & 1 : c / LORA_RUN_WIDE;
     *above = code < 6 ? ab >> 1 : c % LORA_RUN_WIDE;
 }
-/* lora_fast_run_bf16 for every flagged element of n (flag[x] == 1), as
- * codes in flag: 1 the full logic, 2 + (a | b << 1) or LORA_RUN_CODE the
- * run found; c and m read from cb and mb (merge: src, dst; unmerge: dst,
- * src). */
-void lora_fast_runs_bf16(const unsigned char *cb, const unsigned char *mb, const double *sum,
-                         unsigned char *flag, size_t n);
-/* The same, and the flagged elements' indices in list (room for n), in
- * element order: returns their count. */
-size_t lora_fast_runs_list_bf16(const unsigned char *cb, const unsigned char *mb,
-                                const double *sum, unsigned char *flag, size_t n, uint32_t *list);
 /* out[w] bit i set where flag[64 w + i] != 0, for the ceil(n / 64)
  * words of n flags (bits past n clear). */
 void lora_flag_masks(const unsigned char *flag, size_t n, uint64_t *out);
@@ -164,14 +154,25 @@ typedef struct lora_flagq {
     uint32_t *idx, *cm, *df;
 } lora_flagq;
 /* lora_fast_merge_bf16 with record, its flagged lanes queued in q (their
- * count in *nq); flag: scratch for n flags. */
+ * count in *nq); flag: scratch for n flags.  Returns the elements with
+ * d != 0, flagged or not. */
 uint64_t lora_fast_merge_q_bf16(const unsigned char *src, unsigned char *dst, const double *sum,
                                 unsigned char *flag, size_t n, lora_flagq *q, size_t *nq);
-/* The queued lanes' runs as rank words: the rank of W0 in its run (its
- * members below W0 in value) | the run's bits (lora_nbits_for(members -
- * 1), at most 15) << 16, what coded_fix_k stores for it;
- * LORA_RANK_SLOW where the full logic must decide.  rank may be q->df. */
+/* lora_fast_unmerge_bf16 (flags too), its flagged lanes queued in q
+ * with c = u, the pass's value (the member of m's run it decodes from). */
+uint64_t lora_fast_unmerge_q_bf16(const unsigned char *src, unsigned char *dst, const double *sum,
+                                  unsigned char *flag, size_t n, lora_flagq *q, size_t *nq);
+/* The queued lanes' runs as rank words: the rank of c (W0, or the
+ * unmerge's u) in its run, its members below c in value, | the run's
+ * span (members - 1, at most 2^15 - 1) << 16; the receipt stores W0's
+ * rank in lora_nbits_for(span) bits (lora_word_bits).  LORA_RANK_SLOW
+ * where the full logic must decide.  rank may be q->df. */
 #define LORA_RANK_SLOW UINT32_C(0xffffffff)
+static inline unsigned lora_word_bits(uint32_t word)
+{
+    uint32_t span = word >> 16;
+    return span ? 32u - (unsigned)__builtin_clz(span) : 0;
+}
 void lora_fast_ranks_bf16(const lora_flagq *q, size_t nl, const double *sum, uint32_t *rank);
 /* mergefast_f16.c: the F16 merge pass, lora_fast_merge_bf16's contract
  * for F16 (flagged elements keep W0 in dst).  Only where

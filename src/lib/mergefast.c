@@ -206,8 +206,7 @@ static inline uint32_t code_rank(unsigned code, uint32_t c)
         return LORA_RANK_SLOW;
     unsigned a, b;
     lora_run_decode(code, &a, &b);
-    uint32_t nb = a + b ? (uint32_t)lora_nbits_for(a + b) : 0;
-    return (c & 0x8000u ? b : a) | nb << 16;
+    return (c & 0x8000u ? b : a) | (a + b) << 16;
 }
 
 #ifdef LORA_AVX2
@@ -322,11 +321,11 @@ static AVX2 uint64_t fast_unmerge_avx2(const unsigned char *src, unsigned char *
     return changed + fast_unmerge_vec(src + 2 * x, dst + 2 * x, sum + x, flag + x, n - x);
 }
 
-/* AVX-512 (Zen 4/5, Intel since Skylake-SP): the passes and the runs in
- * float lanes, 16 elements a step, under an error bound that sends
- * every lane it cannot decide to the double logic (fast_merge_avx512);
- * the wide runs (z_wide_run) in double lanes, lane for lane the plain
- * form's computation. */
+/* AVX-512 (Zen 4/5, Intel since Skylake-SP): the passes and the short
+ * runs in float lanes, 16 elements a step, under an error bound that
+ * sends every lane it cannot decide to the double logic
+ * (fast_merge_avx512); the other runs' ends in double lanes, 8 at a time,
+ * verified by the rounding the merge does (z8_run_ends). */
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,bmi2")))
 
 /* 8 BF16 values (16 bytes) -> 8 doubles, and their bits in 64-bit lanes */
@@ -476,49 +475,142 @@ static inline AVX512 __mmask16 z16_pow2_single(__m512i w, __m512i m, __m512i ew,
  * W0's binade not below m's, W0's mantissa not 0 (but z16_pow2_single),
  * s normal and finite as before.  Lanes this flags and the double form
  * proved (about 2^-11 of them) cost time, never a different value:
- * every flagged lane is redone in double (merge_span) or found a run by
- * z_runs16 under the same bound, whose codes are the double ones.
+ * every flagged lane is redone in double (merge_span) or its run found
+ * under the same bound (z16_run_masks) or verified in double
+ * (z8_run_ends).
  * tests/check_merge test_pass_lanes checks every unflagged lane against
  * the reference rounding. */
+/* One step of the merge pass: the 16 results m of src + 16 x, and the
+ * lanes to flag (rec: all those not proven the only base value of m);
+ * W0's bits, the deltas and fl32(d) in *w, *d0, *d1, *df. */
+static inline AVX512 __m512i z16_merge_step(const unsigned char *src, const double *sum,
+                                            __mmask16 rec, __m512i *w, __m512d *d0, __m512d *d1,
+                                            __m512 *df, __mmask16 *fb)
+{
+    const __m512i cff = _mm512_set1_epi32(0xff), c7f = _mm512_set1_epi32(0x7f);
+    __m512i a, r;
+    __mmask16 bad;
+    __m512i m = z16_round(z16_sum(src, sum, 0, w, d0, d1, df), &a, &r, &bad);
+    __m512i ew = _mm512_and_si512(_mm512_srli_epi32(*w, 7), cff);
+    __m512i j = _mm512_min_epi32(_mm512_max_epi32(_mm512_sub_epi32(ew, _mm512_srli_epi32(a, 23)),
+                                                  _mm512_setzero_si512()),
+                                 _mm512_set1_epi32(12));
+    __m512i thr = _mm512_sllv_epi32(_mm512_set1_epi32(16), j);
+    __m512i t = _mm512_abs_epi32(_mm512_sub_epi32(_mm512_and_si512(a, _mm512_set1_epi32(0xffff)),
+                                                  _mm512_set1_epi32(0x8000)));
+    __mmask16 far = _mm512_cmpgt_epu32_mask(t, thr);
+    __m512i em = _mm512_srli_epi32(r, 23);
+    __mmask16 xnz = _mm512_test_epi32_mask(*w, c7f);
+    __mmask16 one = far & xnz & _mm512_cmpge_epu32_mask(ew, em);
+    if (__builtin_expect(xnz != 0xffff, 0)) /* in one step of 8 */
+        one |= far & (__mmask16)~xnz & z16_pow2_single(*w, m, ew, em, a, thr);
+    *fb = bad | (__mmask16)~far | (rec & (__mmask16)~one);
+    return m;
+}
+
 static AVX512 uint64_t fast_merge_avx512(const unsigned char *src, unsigned char *dst,
                                          const double *sum, unsigned char *flag, size_t n,
-                                         int record, lora_flagq *q, size_t *nq)
+                                         int record)
 {
     uint64_t changed = 0;
-    size_t x = 0, nf = 0;
+    size_t x = 0;
     __mmask16 rec = record ? 0xffff : 0;
-    const __m512i cff = _mm512_set1_epi32(0xff), c7f = _mm512_set1_epi32(0x7f);
     for (; x + 16 <= n; x += 16) {
-        __m512i w, a, r;
+        __m512i w;
         __m512d d0, d1;
         __m512 df;
-        __mmask16 bad;
-        __m512i m = z16_round(z16_sum(src + 2 * x, sum + x, 0, &w, &d0, &d1, &df), &a, &r, &bad);
-        __m512i ew = _mm512_and_si512(_mm512_srli_epi32(w, 7), cff);
-        __m512i j = _mm512_min_epi32(_mm512_max_epi32(_mm512_sub_epi32(ew, _mm512_srli_epi32(a, 23)),
-                                                      _mm512_setzero_si512()),
-                                     _mm512_set1_epi32(12));
-        __m512i thr = _mm512_sllv_epi32(_mm512_set1_epi32(16), j);
-        __m512i t = _mm512_abs_epi32(_mm512_sub_epi32(_mm512_and_si512(a, _mm512_set1_epi32(0xffff)),
-                                                      _mm512_set1_epi32(0x8000)));
-        __mmask16 far = _mm512_cmpgt_epu32_mask(t, thr);
-        __m512i em = _mm512_srli_epi32(r, 23);
-        __mmask16 xnz = _mm512_test_epi32_mask(w, c7f);
-        __mmask16 one = far & xnz & _mm512_cmpge_epu32_mask(ew, em);
-        if (__builtin_expect(xnz != 0xffff, 0)) /* in one step of 8 */
-            one |= far & (__mmask16)~xnz & z16_pow2_single(w, m, ew, em, a, thr);
-        __mmask16 fb = bad | (__mmask16)~far | (rec & (__mmask16)~one);
-        if (q) {
-            changed += z16_changed(fb, d0, d1);
-            _mm256_storeu_si256((__m256i *)(dst + 2 * x), _mm512_cvtepi32_epi16(m));
-            nf = z16_queue(q, nf, x, fb, w, m, df);
-        } else {
-            changed += z16_store(dst + 2 * x, flag + x, m, fb, d0, d1);
-        }
+        __mmask16 fb;
+        __m512i m = z16_merge_step(src + 2 * x, sum + x, rec, &w, &d0, &d1, &df, &fb);
+        changed += z16_store(dst + 2 * x, flag + x, m, fb, d0, d1);
     }
-    changed += fast_merge_vec(src + 2 * x, dst + 2 * x, sum + x, flag + x, n - x, record);
-    if (q)
-        *nq = queue_flags(q, nf, src, dst, sum, flag, x, n);
+    return changed + fast_merge_vec(src + 2 * x, dst + 2 * x, sum + x, flag + x, n - x, record);
+}
+
+/* The step at x's flagged lanes (fb) queued from the part's data: W0,
+ * the result already stored and the delta, reloaded (they are in the
+ * cache still). */
+static inline AVX512 size_t z16_requeue(lora_flagq *q, size_t nf, size_t x, __mmask16 fb,
+                                        const unsigned char *src, const unsigned char *dst,
+                                        const double *sum)
+{
+    __m512d d0, d1;
+    __m512 df = z16_delta(sum + x, &d0, &d1);
+    __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(src + 2 * x)));
+    __m512i m = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(dst + 2 * x)));
+    return z16_queue(q, nf, x, fb, w, m, df);
+}
+
+/* A step's 16 flags (bytes 0 or 1) as a mask */
+static inline AVX512 unsigned z16_flag_mask(const unsigned char *flag)
+{
+    return (unsigned)_mm_test_epi8_mask(_mm_loadu_si128((const __m128i *)flag), _mm_set1_epi8(-1));
+}
+
+/* The flagged lanes of the part's first x elements (x a multiple of 16)
+ * queued in q, from the steps' 16-bit masks fm the merge pass left, or
+ * from the unmerge pass's flags (fm NULL); c read from cb, m from mb.
+ * The steps with a flag are listed first, without a branch (a branch on
+ * each step's mask was mispredicted about every other time), then
+ * queued.  The list is in q->idx from 15 x / 16 + 16 on: the entries of
+ * listed step k, stored 16 at a time, end by 16 k + 32, before its
+ * entry k + 1 (k < x / 16).  Returns the count. */
+static AVX512 size_t queue_steps(lora_flagq *q, const unsigned char *cb, const unsigned char *mb,
+                                 const double *sum, const uint16_t *fm, const unsigned char *flag,
+                                 size_t x)
+{
+    size_t nsteps = x / 16;
+    uint32_t *steps = q->idx + 15 * nsteps + 16, ns = 0;
+    for (size_t s = 0; s < nsteps; s++) {
+        unsigned mk = fm ? fm[s] : z16_flag_mask(flag + 16 * s);
+        steps[ns] = (uint32_t)s;
+        ns += mk != 0;
+    }
+    lora_flagq lq = *q;
+    size_t nf = 0;
+    for (uint32_t k = 0; k < ns; k++) {
+        size_t s = steps[k];
+        __mmask16 mk = (__mmask16)(fm ? fm[s] : z16_flag_mask(flag + 16 * s));
+        nf = z16_requeue(&lq, nf, 16 * s, mk, cb, mb, sum);
+    }
+    return nf;
+}
+
+/* The pass with the receipt, its flagged lanes queued (z16_queue).  The
+ * pass keeps each step's flags as a 16-bit mask, and queue_steps queues
+ * the steps that have one: queued in
+ * the pass, every store's address waited on the count of the lanes
+ * flagged before, hence on the data, and the pass lost the overlap of
+ * its loads (0.72 -> 0.95 ns per element streaming from memory, equal in
+ * cache).  Returns the elements with d != 0, flagged or not, counted in
+ * vector lanes (the popcount of each step's unflagged lanes was a chain
+ * of mask moves on the pass's critical path). */
+static AVX512 uint64_t fast_merge_q_avx512(const unsigned char *src, unsigned char *dst,
+                                           const double *sum, unsigned char *flag, size_t n,
+                                           lora_flagq *q, size_t *nq)
+{
+    size_t x = 0;
+    uint16_t *fm = (uint16_t *)(void *)flag; /* step x / 16's mask, below the tail's flags */
+    __m512i nz = _mm512_setzero_si512();
+    const __m512i minus = _mm512_set1_epi64(-1);
+    for (; x + 16 <= n; x += 16) {
+        __m512i w;
+        __m512d d0, d1;
+        __m512 df;
+        __mmask16 fb;
+        __m512i m = z16_merge_step(src + 2 * x, sum + x, 0xffff, &w, &d0, &d1, &df, &fb);
+        _mm256_storeu_si256((__m256i *)(dst + 2 * x), _mm512_cvtepi32_epi16(m));
+        nz = _mm512_mask_sub_epi64(nz, _mm512_cmp_pd_mask(d0, _mm512_setzero_pd(), _CMP_NEQ_UQ),
+                                   nz, minus);
+        nz = _mm512_mask_sub_epi64(nz, _mm512_cmp_pd_mask(d1, _mm512_setzero_pd(), _CMP_NEQ_UQ),
+                                   nz, minus);
+        fm[x / 16] = fb;
+    }
+    uint64_t changed = (uint64_t)_mm512_reduce_add_epi64(nz);
+    /* the tail's flags at flag + x, after the masks (x / 8 bytes) */
+    (void)fast_merge_vec(src + 2 * x, dst + 2 * x, sum + x, flag + x, n - x, 1);
+    for (size_t y = x; y < n; y++)
+        changed += sum[y] != 0;
+    *nq = queue_flags(q, queue_steps(q, src, dst, sum, fm, NULL, x), src, dst, sum, flag, x, n);
     return changed;
 }
 
@@ -582,7 +674,8 @@ static inline AVX512 __mmask16 z16_pow2_unmerge(__m512i u, __m512i m, __m512i a,
  * flags costs time, never a different value (tests/check_merge:
  * test_pass_lanes checks every unflagged lane against a plain loop). */
 static AVX512 uint64_t fast_unmerge_avx512(const unsigned char *src, unsigned char *dst,
-                                           const double *sum, unsigned char *flag, size_t n)
+                                           const double *sum, unsigned char *flag, size_t n,
+                                           lora_flagq *q, size_t *nq)
 {
     uint64_t changed = 0;
     size_t x = 0;
@@ -614,45 +707,24 @@ static AVX512 uint64_t fast_unmerge_avx512(const unsigned char *src, unsigned ch
                    z16_pow2_unmerge(u, m, a, j, t, thr);
         changed += z16_store(dst + 2 * x, flag + x, u, bad | (__mmask16)~one, d0, d1);
     }
-    return changed + fast_unmerge_vec(src + 2 * x, dst + 2 * x, sum + x, flag + x, n - x);
+    changed += fast_unmerge_vec(src + 2 * x, dst + 2 * x, sum + x, flag + x, n - x);
+    if (q)
+        *nq = queue_flags(q, queue_steps(q, dst, src, sum, NULL, flag, x), dst, src, sum, flag, x,
+                          n);
+    return changed;
 }
 
-/* wide_run_scalar with the 2 x 8 neighbours as lanes: the same
- * conditions and result. */
-static AVX512 int z_wide_run(uint16_t c, uint16_t m, double d)
-{
-    __m512i tmp;
-    if (!wide_run_may(c, m, d))
-        return 1;
-    const __m512i steps = _mm512_setr_epi64(1, 2, 3, 4, 5, 6, 7, 8);
-    __m512i cv = _mm512_set1_epi64(c), mv = _mm512_set1_epi64(m);
-    __m512d dv = _mm512_set1_pd(d);
-    /* within one sign a neighbour's bits are c's bits -+ j */
-    __m512i lo = _mm512_sub_epi64(cv, steps), hi = _mm512_add_epi64(cv, steps);
-    __m512d lv = z_bf16_d(_mm512_cvtepi64_epi16(lo), &tmp);
-    __m512d hv = z_bf16_d(_mm512_cvtepi64_epi16(hi), &tmp);
-    __mmask8 bl, bh;
-    __m512i rl = z_round(_mm512_add_pd(lv, dv), &bl), rh = z_round(_mm512_add_pd(hv, dv), &bh);
-    if (bl | bh)
-        return 1;
-    unsigned inl = _mm512_cmpeq_epi64_mask(rl, mv), inh = _mm512_cmpeq_epi64_mask(rh, mv);
-    unsigned below = (unsigned)__builtin_ctz(~inl), above = (unsigned)__builtin_ctz(~inh);
-    if (below >= LORA_RUN_WIDE || above >= LORA_RUN_WIDE)
-        return 1;
-    return LORA_RUN_CODE(below, above);
-}
-
-/* lora_fast_run_bf16 for 16 flagged elements at once (members c,
+/* lora_fast_run_bf16 for 16 queued elements at once (members c,
  * merged values m, fl32(d) df), in float lanes: the five sums (c and
  * its neighbours -+1, -+2 by magnitude, plus d) as fl32(x + fl32(d)),
  * each kept only where its rounding is "far" in fast_merge_avx512's
  * sense (more than 2^(j+4) ulps from a rounding boundary, j its x's
  * binade above the sum's), so that it rounds as the double sum does.
  * Returns the lanes this does not decide (a sum not far, or a run that
- * is not one of lora_fast_run_bf16's): they go to z_wide_run (double),
- * as a bad lane always did.  Elsewhere the run is lora_fast_run_bf16's:
- * *a, *b its a and b.  Twice the lanes of the double form per step
- * (whose 8-lane steps were a third of the flagged elements' cost). */
+ * is not one of lora_fast_run_bf16's): they go to z8_run_ends (double).
+ * Elsewhere the run is lora_fast_run_bf16's: *a, *b its a and b.  Twice
+ * the lanes of the double form per step (whose 8-lane steps were a third
+ * of the flagged elements' cost). */
 static AVX512 __mmask16 z16_run_masks(__m512i c, __m512i m, __m512 df, __mmask16 *a,
                                        __mmask16 *b)
 {
@@ -691,29 +763,6 @@ static AVX512 __mmask16 z16_run_masks(__m512i c, __m512i m, __m512 df, __mmask16
     return bad | (__mmask16)~eq[0] | eq[3] | eq[4];
 }
 
-/* lora_fast_run_bf16 for 16 flagged elements at once (k of them real),
- * from their indices: z16_run_masks on the gathered lanes, the codes
- * into flag (the unmerge's runs). */
-static AVX512 void z_runs16(const unsigned char *cb, const unsigned char *mb, const double *sum,
-                            unsigned char *flag, const uint32_t *idx, int k)
-{
-    uint16_t c16[16], m16[16];
-    double dd[16];
-    for (int i = 0; i < 16; i++) {
-        uint32_t x = idx[i < k ? i : 0];
-        memcpy(&c16[i], cb + 2 * (size_t)x, 2);
-        memcpy(&m16[i], mb + 2 * (size_t)x, 2);
-        dd[i] = sum[x];
-    }
-    __m512i c = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)c16));
-    __m512i m = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)m16));
-    __m512d d0, d1;
-    __mmask16 a, b;
-    __mmask16 bad = z16_run_masks(c, m, z16_delta(dd, &d0, &d1), &a, &b);
-    for (int i = 0; i < k; i++)
-        flag[idx[i]] = (unsigned char)((bad >> i) & 1 ? (unsigned)z_wide_run(c16[i], m16[i], dd[i])
-                                                       : 2u + ((a >> i) & 1u) + 2u * ((b >> i) & 1u));
-}
 
 /* BF16 bits in 64-bit lanes -> doubles (exact) */
 static inline AVX512 __m512d z8_val(__m512i b)
@@ -743,8 +792,8 @@ static inline AVX512 __mmask8 z8_merges_to(__m512i x, __m512d d, __m512i m, __mm
  * error of the candidates.  A lane is kept only where m, a and b are
  * normal with normal neighbours, a and b have c's sign, c lies in [a, b]
  * and d is finite and not 0 (the others go to the full logic): then
- * W0 = c's rank is its members below it in value and the run's span
- * b - a (in bits, one sign) gives its width, as coded_fix_k stores them.
+ * c's rank is its members below it in value, and the run's span is
+ * b - a (in bits, one sign).
  * Lanes past k are not looked at.  Returns the lanes kept; words in
  * out[0 .. 7]. */
 static AVX512 __mmask8 z8_run_ends(const uint32_t *cm, const double *dd, uint32_t *out)
@@ -781,13 +830,10 @@ static AVX512 __mmask8 z8_run_ends(const uint32_t *cm, const double *dd, uint32_
           (__mmask8)~z8_merges_to(_mm512_add_epi64(b, cup), d, m, &b3);
     __m512d cv = z8_val(c);
     ok &= _mm512_cmp_pd_mask(z8_val(a), cv, _CMP_LE_OQ) & _mm512_cmp_pd_mask(cv, z8_val(b), _CMP_LE_OQ);
-    /* one sign: ranks and span from the magnitudes */
+    /* one sign: rank and span from the magnitudes */
     __m512i rank = _mm512_abs_epi64(_mm512_sub_epi64(_mm512_and_si512(c, mag), ma));
     __m512i span = _mm512_abs_epi64(_mm512_sub_epi64(mb, ma));
-    /* lora_nbits_for(span): the exponent of (double)span, 0 for 0 */
-    __m512i e = _mm512_srli_epi64(_mm512_castpd_si512(_mm512_cvtepi64_pd(span)), 52);
-    __m512i nb = _mm512_max_epi64(_mm512_sub_epi64(e, _mm512_set1_epi64(1022)), _mm512_setzero_si512());
-    __m512i w = _mm512_or_si512(rank, _mm512_slli_epi64(nb, 16));
+    __m512i w = _mm512_or_si512(rank, _mm512_slli_epi64(span, 16));
     _mm256_storeu_si256((__m256i *)out, _mm512_cvtepi64_epi32(w));
     return ok;
 }
@@ -826,7 +872,7 @@ static AVX512 void z_ranks16(const lora_flagq *q, size_t i0, int k, const double
     __mmask16 a, b;
     __mmask16 bad = z16_run_masks(c, _mm512_srli_epi32(cm, 16),
                                   _mm512_loadu_ps((const void *)(q->df + i0)), &a, &b);
-    /* a run of 1 + a + b members (a, b <= 1): nbits_for(a + b) = a + b */
+    /* a run of 1 + a + b members (a, b <= 1) */
     const __m512i one = _mm512_set1_epi32(1);
     __m512i va = _mm512_maskz_mov_epi32(a, one), vb = _mm512_maskz_mov_epi32(b, one);
     __mmask16 neg = _mm512_test_epi32_mask(c, _mm512_set1_epi32(0x8000));
@@ -844,37 +890,6 @@ static AVX512 void z_ranks16(const lora_flagq *q, size_t i0, int k, const double
     }
 }
 
-static AVX512 size_t fast_runs_avx512(const unsigned char *cb, const unsigned char *mb,
-                                      const double *sum, unsigned char *flag, size_t n,
-                                      uint32_t *list)
-{
-    uint32_t idx[16], *at = list ? list : idx;
-    size_t nl = 0;
-    int k = 0;
-    for (size_t x = 0; x < n; x += 64) {
-        uint64_t bits = 0;
-        if (x + 64 <= n) {
-            __m512i v = _mm512_loadu_si512((const void *)(flag + x));
-            bits = _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8(1));
-        } else {
-            for (size_t y = x; y < n; y++)
-                bits |= (uint64_t)(flag[y] == 1) << (y - x);
-        }
-        while (bits) {
-            at[k++] = (uint32_t)(x + (size_t)__builtin_ctzll(bits));
-            bits &= bits - 1;
-            if (k == 16) {
-                z_runs16(cb, mb, sum, flag, at, 16);
-                nl += 16;
-                at = list ? list + nl : idx;
-                k = 0;
-            }
-        }
-    }
-    if (k)
-        z_runs16(cb, mb, sum, flag, at, k);
-    return nl + (size_t)k;
-}
 
 static AVX512 void fast_ranks_avx512(const lora_flagq *q, size_t nl, const double *sum,
                                      uint32_t *rank)
@@ -917,7 +932,7 @@ uint64_t lora_fast_merge_bf16(const unsigned char *src, unsigned char *dst, cons
 #ifdef LORA_AVX2
     int lv = fast_level();
     if (lv == 2)
-        return fast_merge_avx512(src, dst, sum, flag, n, record, NULL, NULL);
+        return fast_merge_avx512(src, dst, sum, flag, n, record);
     if (lv == 1)
         return fast_merge_avx2(src, dst, sum, flag, n, record);
 #endif
@@ -962,7 +977,7 @@ uint64_t lora_fast_unmerge_bf16(const unsigned char *src, unsigned char *dst, co
 #ifdef LORA_AVX2
     int lv = fast_level();
     if (lv == 2)
-        return fast_unmerge_avx512(src, dst, sum, flag, n);
+        return fast_unmerge_avx512(src, dst, sum, flag, n, NULL, NULL);
     if (lv == 1)
         return fast_unmerge_avx2(src, dst, sum, flag, n);
 #endif
@@ -1033,52 +1048,19 @@ int lora_fast_run_bf16(uint16_t c, uint16_t m, double d)
     return (rm1 == m) | (rp1 == m) << 1;
 }
 
-/* Flagged elements' runs, as flag codes: 1 the full logic, 2 + (a | b << 1)
- * the run lora_fast_run_bf16 finds around c (merge: c = W0 from src and
- * m from dst; unmerge: c = the fast pass's u from dst and m from src).
- * Any c that merges to m gives the same run, so a c the fast pass could
- * not round (out of the normal range) only sends its element to the
- * full logic.  Where that run is not found, runs of up to 15 members are
- * looked for (wide_run), as codes LORA_RUN_CODE.  Blocks are at most
- * 2^32 elements (lora_block_rows). */
-size_t lora_fast_runs_list_bf16(const unsigned char *cb, const unsigned char *mb,
-                                const double *sum, unsigned char *flag, size_t n, uint32_t *list)
-{
-#ifdef LORA_AVX2
-    if (fast_level() == 2)
-        return fast_runs_avx512(cb, mb, sum, flag, n, list);
-#endif
-    size_t nl = 0;
-    for (size_t x = 0; x < n; x++) {
-        if (flag[x] != 1) /* 0, or a code the pass found */
-            continue;
-        uint16_t c, m;
-        memcpy(&c, cb + 2 * x, 2);
-        memcpy(&m, mb + 2 * x, 2);
-        int ab = lora_fast_run_bf16(c, m, sum[x]);
-        flag[x] = (unsigned char)(ab < 0 ? wide_run_scalar(c, m, sum[x]) : 2 + ab);
-        if (list)
-            list[nl] = (uint32_t)x;
-        nl++;
-    }
-    return nl;
-}
 
-void lora_fast_runs_bf16(const unsigned char *cb, const unsigned char *mb, const double *sum,
-                         unsigned char *flag, size_t n)
-{
-    (void)lora_fast_runs_list_bf16(cb, mb, sum, flag, n, NULL);
-}
 
 uint64_t lora_fast_merge_q_bf16(const unsigned char *src, unsigned char *dst, const double *sum,
                                 unsigned char *flag, size_t n, lora_flagq *q, size_t *nq)
 {
 #ifdef LORA_AVX2
     if (fast_level() == 2)
-        return fast_merge_avx512(src, dst, sum, flag, n, 1, q, nq);
+        return fast_merge_q_avx512(src, dst, sum, flag, n, q, nq);
 #endif
     uint64_t changed = lora_fast_merge_bf16(src, dst, sum, flag, n, 1);
     *nq = queue_flags(q, 0, src, dst, sum, flag, 0, n);
+    for (size_t i = 0; i < *nq; i++) /* the flagged ones with d != 0 too */
+        changed += sum[q->idx[i]] != 0;
     return changed;
 }
 
@@ -1097,4 +1079,16 @@ void lora_fast_ranks_bf16(const lora_flagq *q, size_t nl, const double *sum, uin
         int ab = lora_fast_run_bf16(c, m, d);
         rank[i] = code_rank(ab < 0 ? (unsigned)wide_run_scalar(c, m, d) : 2u + (unsigned)ab, c);
     }
+}
+
+uint64_t lora_fast_unmerge_q_bf16(const unsigned char *src, unsigned char *dst, const double *sum,
+                                  unsigned char *flag, size_t n, lora_flagq *q, size_t *nq)
+{
+#ifdef LORA_AVX2
+    if (fast_level() == 2)
+        return fast_unmerge_avx512(src, dst, sum, flag, n, q, nq);
+#endif
+    uint64_t changed = lora_fast_unmerge_bf16(src, dst, sum, flag, n);
+    *nq = queue_flags(q, 0, dst, src, sum, flag, 0, n);
+    return changed;
 }
