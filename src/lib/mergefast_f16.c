@@ -388,7 +388,7 @@ void lora_fast_runs_f16(const unsigned char *src, const double *sum, const uint3
  * where u = round_f16(m - d), the scalar unmerge's value, merges to m
  * and its run is one lora_fast_run_f16 finds, the flag becomes the run's
  * code 2 + (a | b << 1) and dst[x] u, a member of the run that
- * mergecore.c's run_member decodes W0 from (the receipt's rank bits);
+ * mergecore.c decodes W0 from (run_word, rank_member: the rank bits);
  * elsewhere the flag stays 1 and dst[x] m. */
 void lora_fast_unruns_f16(const unsigned char *src, unsigned char *dst, const double *sum,
                           unsigned char *flag, size_t n)
