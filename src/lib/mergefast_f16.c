@@ -5,9 +5,12 @@
  * whose merge is not ambiguous, and flags the elements where that is
  * not proven; mergecore.c (merge_f16_fast) redoes the flagged ones with
  * the full element logic (merge_span), so every element's result and
- * rank bits are the ones the scalar code gives.  Without AVX-512 there
- * is no pass (lora_fast_f16_available says so) and mergecore.c keeps
- * the scalar loop.
+ * rank bits are the ones the scalar code gives.  The same for the
+ * unmerge (u = round(m - d)); and the runs of base values merging to m
+ * around the flagged elements, found from their nearest neighbours (8
+ * at a time, in double) so that most need no search.  Without AVX-512
+ * there is no pass (lora_fast_f16_available says so) and mergecore.c
+ * keeps the scalar loop.
  */
 #include "internal.h"
 #include "mergecore.h"
