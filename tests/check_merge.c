@@ -1245,6 +1245,417 @@ START_TEST(test_in_place)
 }
 END_TEST
 
+/* ---- the F16 pass (mergefast_f16.c) ----
+ * The same checks as test_pass_lanes for lora_fast_merge_f16: every
+ * F16 bit pattern as W0 against families of deltas; each unflagged
+ * lane must merge to its m by the reference rounding, with record
+ * neither key-neighbour of W0 may merge to m, and a flagged lane keeps
+ * W0 in dst.  Where the pass exists it must prove most ordinary lanes
+ * (else it could pass by flagging everything); where it does not (no
+ * AVX-512, or LORA_NO_AVX512) it flags every lane. */
+static double f16_ulp(uint16_t v)
+{
+    int e = (v >> 10) & 0x1f;
+    return ldexp(1.0, (e ? e : 1) - 25);
+}
+
+static int f16_merges_to(uint32_t x, double d, uint32_t m)
+{
+    return fp_finite(FP_F16, x) && ref_round16(FP_F16, fp_to_d(FP_F16, x) + d) == m;
+}
+
+/* An offset from a rounding midpoint, in ulps of the sum's binade: the
+ * pass's margin 2^(j+4) float ulps (2^-13 ulp) and one float ulp either
+ * side of it, a float ulp, single_fast's 2^-20, double ulps (2^-42). */
+static double f16_tie(int j, uint64_t *st)
+{
+    j = j < 0 ? 0 : j > 8 ? 8 : j;
+    double mg = ldexp(16.0, j) * 0x1p-13;
+    const double tie[] = {mg,       -mg,      mg + 0x1p-13, -mg - 0x1p-13, mg - 0x1p-13,
+                          0x1p-13 - mg, 0x1p-13, -0x1p-13, 0x1p-20,      -0x1p-20,
+                          0x1p-42,  -0x1p-42, 0x3p-43,      0};
+    return tie[tu_rand(st) % (sizeof tie / sizeof *tie)];
+}
+
+static double f16_delta(int v, uint16_t x, uint64_t *st)
+{
+    double q = f16_ulp(x), xv = fp_to_d(FP_F16, x);
+    double g = tu_randu(st) + tu_randu(st) + tu_randu(st); /* about N(0, 1) */
+    int finite = fp_finite(FP_F16, x);
+    switch (v) {
+    case 0: return g * 0.3 * q;
+    case 1: return g * q;
+    case 2: return g * 3 * q;
+    case 3: return g * 40 * q;
+    case 4: return ((double)(int)(g * 3) + 0.5 + f16_tie((int)(tu_rand(st) % 3) - 1, st)) * q;
+    case 5: { /* near-ties k binades below x (cancellation) or up to 3 above */
+        int k = (int)(tu_rand(st) % 13) - 3;
+        uint32_t y = finite && xv != 0 ? fp_round_f16(ldexp(xv, -k) * (1 + g * 0x1p-4)) : 0;
+        if (!fp_finite(FP_F16, y) || !(y & 0x7c00))
+            return g * q;
+        double yv = fp_to_d(FP_F16, y);
+        int j = k + (int)(tu_rand(st) % 3) - 1;
+        return copysign(fabs(yv) + f16_ulp((uint16_t)y) * (0.5 + f16_tie(j, st)), yv) - xv;
+    }
+    case 6: return -xv * (1 + g * 0x1p-6); /* x + d near 0 */
+    case 7: return -xv * (2 + g * 0.1);    /* across 0 */
+    case 8: return -xv * (0.75 + g * 0.05); /* two binades down */
+    case 9: return xv * (3 + g);            /* binades up */
+    case 10: /* one binade up, by about its width */
+        if (xv == 0 || !finite)
+            return g * q;
+        return copysign(ldexp(1.0, ilogb(xv) + 1), xv) * (1 + g * 0x1p-3) - xv;
+    case 11: /* to 65504, the tie at 65520 and beyond (infinity) */
+        return copysign(65520 + (tu_rand(st) % 4 ? g * 12 : 0), finite ? xv : 1.0) -
+               (finite ? xv : 0);
+    case 12: /* to subnormal results and the normal limit 2^-14 */
+        return (tu_rand(st) % 4 ? g * 0x1p-14 : 0x1p-14 - 0x1p-25) - (finite ? xv : 0);
+    case 13: { /* sums a few float ulps (2^(k-13) ulps of y) from a midpoint k binades
+                * below x (either sign), d's bits below float's at random: float's
+                * rounding of d errs by up to half d's float ulp (2^k float ulps of the sum) */
+        static const double c[] = {0.5, 0.625, 0.75, 0.875, 1, 1.5, 2, 3, 6};
+        int k = (int)(tu_rand(st) % 10);
+        uint32_t y = finite && xv != 0 ? fp_round_f16(ldexp(xv, -k) * (1 + g * 0x1p-4)) : 0;
+        if (!fp_finite(FP_F16, y) || !(y & 0x7c00))
+            return g * q;
+        y ^= tu_rand(st) % 2 ? 0x8000u : 0;
+        double off = c[tu_rand(st) % 9] * ldexp(1.0, k - 13) * (tu_rand(st) % 2 ? 1 : -1);
+        double yv = fp_to_d(FP_F16, y);
+        double d0 = copysign(fabs(yv) + f16_ulp((uint16_t)y) * (0.5 + off), yv) - xv;
+        return d0 == 0 ? g * q : d0 + tu_randu(st) * ldexp(0.5, ilogb(d0) - 23);
+    }
+    default: {
+        const double sp[] = {0,     -0.0, NAN,    INFINITY, -INFINITY, 1e38,
+                             1e-40, -3e38, 1e300, 1e-300,   finite ? -xv : 0, 1e-8};
+        return sp[tu_rand(st) % 12];
+    }
+    }
+}
+
+/* lora_fast_merge_q_f16 queues the lanes lora_fast_merge_f16 flagged
+ * (out: its results), and the runs lora_fast_runs_f16 finds for them
+ * are lora_fast_run_f16's and the reference walk's: m = round(W0 + d),
+ * and the members of the run by magnitude within W0's sign, a below W0
+ * and b above (the full logic's rank bits are computed from them). */
+static void f16_queue_check(const uint16_t *in, const uint16_t *out, const double *d,
+                            const unsigned char *flag, size_t n, int record, uint64_t changed,
+                            int kv)
+{
+    uint16_t *o2 = malloc(n * 2), *mv = malloc(n * 2);
+    uint32_t *q = malloc((n + 16) * sizeof *q);
+    signed char *ab = malloc(n);
+    size_t nq = 0, nf = 0, found = 0;
+    ck_assert(o2 && q && mv && ab);
+    ck_assert_uint_eq(lora_fast_merge_q_f16((const unsigned char *)in, (unsigned char *)o2, d, n,
+                                            record, q, &nq), changed);
+    ck_assert(memcmp(o2, out, n * 2) == 0);
+    for (size_t i = 0; i < n; i++)
+        if (flag[i]) {
+            ck_assert_msg(nf < nq && q[nf] == i, "kernel %d: flagged lane %zu not queued", kv, i);
+            nf++;
+        }
+    ck_assert_uint_eq(nq, nf);
+    lora_fast_runs_f16((const unsigned char *)in, d, q, nq, ab, mv);
+    for (size_t k = 0; k < nq; k++) {
+        uint16_t c = in[q[k]], m1;
+        double dk = d[q[k]];
+        int ab1 = lora_fast_run_f16(c, dk, &m1);
+        ck_assert_msg(ab1 == ab[k], "kernel %d: %04x + %a: run %d, scalar %d", kv, c, dk, ab[k],
+                      ab1);
+        if (ab1 < 0)
+            continue;
+        found++;
+        ck_assert_msg(m1 == mv[k] && f16_merges_to(c, dk, m1), "kernel %d: %04x + %a: m %04x",
+                      kv, c, dk, mv[k]);
+        uint32_t sg = c & 0x8000u, mag = c & 0x7fffu;
+        unsigned na = 0, nb = 0;
+        while (na < mag && na < 3 && f16_merges_to(sg | (mag - na - 1), dk, m1))
+            na++;
+        while (mag + nb + 1 < 0x7c00u && nb < 3 && f16_merges_to(sg | (mag + nb + 1), dk, m1))
+            nb++;
+        ck_assert_msg(na == ((unsigned)ab1 & 1) && nb == (unsigned)ab1 >> 1,
+                      "kernel %d: %04x + %a -> %04x: run %d, the reference has %u below and %u "
+                      "above", kv, c, dk, m1, ab1, na, nb);
+    }
+    /* many of these lanes' runs are found (of ordinary data's, most) */
+    ck_assert_msg(found * 3 > nq, "kernel %d: runs of %zu of %zu lanes found", kv, found, nq);
+    free(o2);
+    free(q);
+    free(mv);
+    free(ab);
+}
+
+static void f16_pass_check(int record)
+{
+    enum { NV = 15, N = 65536 * NV, TAIL = 5 };
+    uint16_t *in = malloc(N * 2), *out = malloc(N * 2);
+    double *d = malloc(N * sizeof *d);
+    unsigned char *flag = malloc(N);
+    uint64_t st = 41 + (uint64_t)record;
+    ck_assert(in && out && d && flag);
+    for (size_t i = 0; i < N; i++) {
+        in[i] = (uint16_t)(i & 0xffff);
+        d[i] = f16_delta((int)(i >> 16), in[i], &st);
+    }
+    for (int kv = 0; kv < 2; kv++) {
+        kv ? setenv("LORA_NO_AVX512", "1", 1) : unsetenv("LORA_NO_AVX512");
+        int avail = lora_fast_f16_available();
+        size_t n = N - TAIL; /* a last step of 11 lanes */
+        memset(out, 0xa5, N * 2);
+        memset(flag, 0xaa, N);
+        uint64_t changed = lora_fast_merge_f16((const unsigned char *)in, (unsigned char *)out,
+                                               d, flag, n, record);
+        uint64_t ordinary = 0, ordinary_proven = 0, proven_nz = 0;
+        for (size_t i = 0; i < n; i++) {
+            uint16_t w = in[i], m = out[i];
+            uint32_t e = (w >> 10) & 0x1f;
+            int plain = (i >> 16) < 3 && e != 0 && e != 31;
+            ordinary += (uint64_t)plain;
+            ck_assert_msg(flag[i] <= 1, "lane %zu: flag %u", i, flag[i]);
+            if (flag[i]) {
+                ck_assert_msg(m == w, "kernel %d: flagged lane %zu: dst %04x, W0 %04x", kv, i, m,
+                              w);
+                continue;
+            }
+            ordinary_proven += (uint64_t)plain;
+            proven_nz += d[i] != 0;
+            ck_assert_msg(isfinite(d[i]) && e != 0 && e != 31,
+                          "record %d kernel %d: lane %zu (%04x + %a) proven", record, kv, i, w,
+                          d[i]);
+            ck_assert_msg(f16_merges_to(w, d[i], m), "record %d kernel %d: %04x + %a does not "
+                          "give %04x", record, kv, w, d[i], m);
+            if (!record)
+                continue;
+            int64_t key = fp_key(FP_F16, w);
+            for (int dir = -1; dir <= 1; dir += 2) {
+                uint32_t x = fp_unkey(FP_F16, key + dir);
+                ck_assert_msg(!f16_merges_to(x, d[i], m),
+                              "kernel %d: %04x + %a proven the only base of %04x, but %04x "
+                              "merges to it too", kv, w, d[i], m, x);
+            }
+        }
+        for (size_t i = n; i < N; i++)
+            ck_assert_msg(flag[i] == 0xaa && out[i] == 0xa5a5, "lane %zu past n written", i);
+        ck_assert_uint_eq(changed, proven_nz);
+        f16_queue_check(in, out, d, flag, n, record, changed, kv);
+        if (avail) /* deltas of under 3 ulps of normal values: nearly all proven */
+            ck_assert_msg(ordinary_proven * 10 > ordinary * 9, "record %d proves %llu of %llu",
+                          record, (unsigned long long)ordinary_proven,
+                          (unsigned long long)ordinary);
+        else
+            ck_assert_uint_eq(ordinary_proven, 0);
+    }
+    unsetenv("LORA_NO_AVX512");
+    free(in);
+    free(out);
+    free(d);
+    free(flag);
+}
+
+/* The F16 unmerge pass: every F16 bit pattern as m; each unflagged
+ * lane's u must be the scalar unmerge's round(m - d), merge back to m,
+ * and neither key-neighbour of u may merge to m (so the receipt has no
+ * bits for it); a flagged lane keeps m in dst. */
+static void f16_unpass_check(void)
+{
+    enum { NV = 15, N = 65536 * NV, TAIL = 3 };
+    uint16_t *in = malloc(N * 2), *out = malloc(N * 2);
+    double *d = malloc(N * sizeof *d);
+    unsigned char *flag = malloc(N);
+    uint64_t st = 57;
+    ck_assert(in && out && d && flag);
+    for (size_t i = 0; i < N; i++) {
+        in[i] = (uint16_t)(i & 0xffff);
+        d[i] = f16_delta((int)(i >> 16), in[i], &st);
+    }
+    for (int kv = 0; kv < 2; kv++) {
+        kv ? setenv("LORA_NO_AVX512", "1", 1) : unsetenv("LORA_NO_AVX512");
+        int avail = lora_fast_f16_available();
+        size_t n = N - TAIL;
+        memset(out, 0xa5, N * 2);
+        memset(flag, 0xaa, N);
+        uint64_t changed = lora_fast_unmerge_f16((const unsigned char *)in, (unsigned char *)out,
+                                                 d, flag, n);
+        uint64_t ordinary = 0, ordinary_proven = 0, proven_nz = 0;
+        for (size_t i = 0; i < n; i++) {
+            uint16_t m = in[i], u = out[i];
+            uint32_t e = (m >> 10) & 0x1f;
+            int plain = (i >> 16) < 3 && e != 0 && e != 31;
+            ordinary += (uint64_t)plain;
+            ck_assert_msg(flag[i] <= 1, "lane %zu: flag %u", i, flag[i]);
+            if (flag[i]) {
+                ck_assert_msg(u == m, "kernel %d: flagged lane %zu: dst %04x, m %04x", kv, i, u, m);
+                continue;
+            }
+            ordinary_proven += (uint64_t)plain;
+            proven_nz += d[i] != 0;
+            ck_assert_msg(isfinite(d[i]) && e != 0 && e != 31, "kernel %d: lane %zu (%04x - %a) "
+                          "proven", kv, i, m, d[i]);
+            ck_assert_msg(u == ref_round16(FP_F16, fp_to_d(FP_F16, m) - d[i]),
+                          "kernel %d: %04x - %a gave %04x, not round(m - d)", kv, m, d[i], u);
+            ck_assert_msg(f16_merges_to(u, d[i], m), "kernel %d: %04x - %a = %04x does not merge "
+                          "back", kv, m, d[i], u);
+            int64_t key = fp_key(FP_F16, u);
+            for (int dir = -1; dir <= 1; dir += 2) {
+                uint32_t x = fp_unkey(FP_F16, key + dir);
+                ck_assert_msg(!f16_merges_to(x, d[i], m), "kernel %d: %04x proven the only base "
+                              "of %04x (d %a), but %04x merges to it too", kv, u, m, d[i], x);
+            }
+        }
+        for (size_t i = n; i < N; i++)
+            ck_assert_msg(flag[i] == 0xaa && out[i] == 0xa5a5, "lane %zu past n written", i);
+        ck_assert_uint_eq(changed, proven_nz);
+        /* the flagged lanes' runs: u in dst merges to m, and the run around
+         * it by the reference walk is the code's */
+        lora_fast_unruns_f16((const unsigned char *)in, (unsigned char *)out, d, flag, n);
+        size_t coded = 0, flagged = 0;
+        for (size_t i = 0; i < n; i++) {
+            flagged += flag[i] != 0;
+            if (flag[i] < 2) {
+                ck_assert_msg(!flag[i] || out[i] == in[i], "lane %zu: flag 1, dst not m", i);
+                continue;
+            }
+            coded++;
+            ck_assert_msg(flag[i] <= 5, "lane %zu: code %u", i, flag[i]);
+            uint16_t c = out[i], m = in[i];
+            uint32_t sg = c & 0x8000u, mag = c & 0x7fffu;
+            unsigned na = 0, nb = 0, ab = flag[i] - 2u;
+            ck_assert_msg(f16_merges_to(c, d[i], m), "kernel %d: run around %04x: not a member "
+                          "(m %04x, d %a)", kv, c, m, d[i]);
+            while (na < mag && na < 3 && f16_merges_to(sg | (mag - na - 1), d[i], m))
+                na++;
+            while (mag + nb + 1 < 0x7c00u && nb < 3 && f16_merges_to(sg | (mag + nb + 1), d[i], m))
+                nb++;
+            ck_assert_msg(na == (ab & 1) && nb == ab >> 1, "kernel %d: m %04x d %a: run around "
+                          "%04x coded %u, the reference has %u below, %u above", kv, m, d[i], c,
+                          ab, na, nb);
+        }
+        ck_assert_msg(coded * 10 > flagged, "kernel %d: %zu of %zu flagged lanes' runs found", kv,
+                      coded, flagged);
+        if (avail)
+            ck_assert_msg(ordinary_proven * 10 > ordinary * 9, "unmerge proves %llu of %llu",
+                          (unsigned long long)ordinary_proven, (unsigned long long)ordinary);
+        else
+            ck_assert_uint_eq(ordinary_proven, 0);
+    }
+    unsetenv("LORA_NO_AVX512");
+    free(in);
+    free(out);
+    free(d);
+    free(flag);
+}
+
+START_TEST(test_f16_pass_lanes)
+{
+    if (_i)
+        f16_pass_check(_i == 1);
+    else
+        f16_unpass_check();
+}
+END_TEST
+
+/* An F16 tensor merged with the pass (AVX-512) and without it (the
+ * scalar loop): the same merged bytes, the same receipt (rank bits,
+ * exceptions, counts), with and without the receipt and in place; the
+ * unmerge gives W0 back.  Base values of every binade below 2^15 and
+ * make_base's special ones; deltas small and large (runs, cancellations). */
+START_TEST(test_f16_kernels)
+{
+    uint64_t st = 78, rows = 300, cols = 1000, n = rows * cols;
+    tmod mods[3];
+    tmod_make(&mods[0], rows, cols, 8, 2.0, 0.1, 0, &st);
+    tmod_make(&mods[1], rows, cols, 2, 30.0, 1.0, 0, &st);
+    tmod_make(&mods[2], cols, rows, 16, 0.5, 0.003, 1, &st); /* transposed (Conv1D) */
+    uint16_t *w0 = make_base(FP_F16, n, &st);
+    for (uint64_t i = 0; i < n; i += 5) { /* any binade below 2^15 (no overflow) */
+        uint16_t p = (uint16_t)(tu_rand(&st) >> 48);
+        w0[i] = ((p >> 10) & 0x1f) > 29 ? (uint16_t)(p - (2u << 10)) : p;
+    }
+    uint16_t *m[2], *nr = malloc(n * 2), *ip = malloc(n * 2), *u = malloc(n * 2);
+    m[0] = malloc(n * 2);
+    m[1] = malloc(n * 2);
+    for (int t = 0; t < 3; t++) {
+        lora_term one[1] = {{&mods[t].m, 1.0}};
+        lora_fixes fx[2] = {{.coded = 1}, {.coded = 1}};
+        lora_merge_stats ms[2];
+        lora_error err;
+        for (int kv = 0; kv < 2; kv++) {
+            kv ? setenv("LORA_NO_AVX512", "1", 1) : unsetenv("LORA_NO_AVX512");
+            memset(&ms[kv], 0, sizeof ms[kv]);
+            ck_assert_int_eq(lora_tensor_merge(LORA_DT_F16, LORA_DT_F16, rows, cols, w0, m[kv],
+                                               one, 1, LORA_ROUND_NEAREST, 2, &fx[kv], &ms[kv],
+                                               &err), LORA_OK);
+            ck_assert_int_eq(lora_tensor_merge(LORA_DT_F16, LORA_DT_F16, rows, cols, w0, nr, one,
+                                               1, LORA_ROUND_NEAREST, 2, NULL, NULL, &err),
+                             LORA_OK);
+            ck_assert_msg(memcmp(nr, m[kv], n * 2) == 0, "adapter %d kernel %d: --no-receipt "
+                          "bytes differ", t, kv);
+        }
+        unsetenv("LORA_NO_AVX512");
+        ck_assert_msg(memcmp(m[0], m[1], n * 2) == 0, "adapter %d: merged bytes differ", t);
+        ck_assert_uint_eq(ms[0].changed, ms[1].changed);
+        ck_assert_uint_eq(ms[0].fixes, ms[1].fixes);
+        ck_assert_uint_eq(fx[0].nbits, fx[1].nbits);
+        ck_assert_uint_eq(fx[0].nambig, fx[1].nambig);
+        ck_assert_uint_eq(fx[0].n, fx[1].n);
+        for (size_t i = 0; i < fx[0].n; i++)
+            ck_assert(fx[0].index[i] == fx[1].index[i] && fx[0].step[i] == fx[1].step[i]);
+        for (uint64_t i = 0; i < fx[0].nbits; i++)
+            ck_assert_msg(((fx[1].bits[i / 8] ^ fx[0].bits[i / 8]) >> (i % 8) & 1) == 0,
+                          "adapter %d: rank bit %llu differs", t, (unsigned long long)i);
+        ck_assert_uint_gt(fx[0].nambig, 0);
+        /* in place (out == W0), with the receipt */
+        lora_fixes fi = {.coded = 1};
+        memcpy(ip, w0, n * 2);
+        ck_assert_int_eq(lora_tensor_merge(LORA_DT_F16, LORA_DT_F16, rows, cols, ip, ip, one, 1,
+                                           LORA_ROUND_NEAREST, 2, &fi, NULL, &err), LORA_OK);
+        ck_assert_msg(memcmp(ip, m[0], n * 2) == 0, "adapter %d: in-place bytes differ", t);
+        ck_assert_uint_eq(fi.nbits, fx[0].nbits);
+        ck_assert(fi.nbits == 0 || memcmp(fi.bits, fx[0].bits, (size_t)(fi.nbits / 8)) == 0);
+        /* the unmerge with the pass and without, the receipt's bits (and
+         * a version 1 receipt's corrections) and in place */
+        lora_fixes v1 = {0};
+        ck_assert_int_eq(lora_tensor_merge(LORA_DT_F16, LORA_DT_F16, rows, cols, w0, nr, one, 1,
+                                           LORA_ROUND_NEAREST, 2, &v1, NULL, &err), LORA_OK);
+        ck_assert_uint_gt(v1.n, 0);
+        lora_merge_stats us[2];
+        for (int kv = 0; kv < 2; kv++) {
+            kv ? setenv("LORA_NO_AVX512", "1", 1) : unsetenv("LORA_NO_AVX512");
+            memset(&us[kv], 0, sizeof us[kv]);
+            ck_assert_int_eq(lora_tensor_unmerge(LORA_DT_F16, LORA_DT_F16, rows, cols, m[0], u,
+                                                 one, 1, &fx[0], NULL, 2, &us[kv], &err), LORA_OK);
+            ck_assert_msg(memcmp(u, w0, n * 2) == 0, "adapter %d kernel %d: unmerge is not W0", t,
+                          kv);
+            memset(u, 0, n * 2);
+            ck_assert_int_eq(lora_tensor_unmerge(LORA_DT_F16, LORA_DT_F16, rows, cols, nr, u, one,
+                                                 1, &v1, NULL, 2, NULL, &err), LORA_OK);
+            ck_assert_msg(memcmp(u, w0, n * 2) == 0, "adapter %d kernel %d: unmerge with "
+                          "corrections is not W0", t, kv);
+            memcpy(ip, m[0], n * 2);
+            ck_assert_int_eq(lora_tensor_unmerge(LORA_DT_F16, LORA_DT_F16, rows, cols, ip, ip, one,
+                                                 1, &fx[0], NULL, 2, NULL, &err), LORA_OK);
+            ck_assert_msg(memcmp(ip, w0, n * 2) == 0, "adapter %d kernel %d: in-place unmerge is "
+                          "not W0", t, kv);
+        }
+        unsetenv("LORA_NO_AVX512");
+        ck_assert_uint_eq(us[0].changed, us[1].changed);
+        ck_assert_uint_eq(us[0].fixes, us[1].fixes);
+        lora_fixes_free(&v1);
+        lora_fixes_free(&fi);
+        lora_fixes_free(&fx[0]);
+        lora_fixes_free(&fx[1]);
+    }
+    for (int t = 0; t < 3; t++)
+        tmod_free(&mods[t]);
+    free(w0);
+    free(m[0]);
+    free(m[1]);
+    free(nr);
+    free(ip);
+    free(u);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("merge");
@@ -1268,6 +1679,8 @@ static Suite *suite(void)
     tcase_add_test(tc, test_bits_kernels);
     tcase_add_loop_test(tc, test_in_place, FP_F32, FP_BF16 + 1);
     tcase_add_test(tc, test_run_ties);
+    tcase_add_loop_test(tc, test_f16_pass_lanes, 0, 3);
+    tcase_add_test(tc, test_f16_kernels);
     suite_add_tcase(s, tc);
     return s;
 }

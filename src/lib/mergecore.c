@@ -989,6 +989,83 @@ static int merge_bf16_fast(const unsigned char *src, unsigned char *dst, const d
     return r;
 }
 
+/* merge_f16_fast's flagged elements idx[0 .. k), in element order: the
+ * runs' rank bits through the bitw, merge_span for the others. */
+static int f16_flagged(const unsigned char *src, unsigned char *dst, const double *sum, size_t n,
+                       uint64_t first, int record, const uint32_t *idx, size_t k,
+                       const signed char *ab, const uint16_t *mv, lora_fixes *fx,
+                       lora_merge_stats *st, size_t *bad, nonfin *nf, bitw *w, uint64_t *namb)
+{
+    for (size_t i = 0; i < k; i++) {
+        size_t x = idx[i];
+        if (record && ab[i] >= 0) { /* what coded_fix_k stores for it */
+            unsigned a = (unsigned)ab[i] & 1, b = (unsigned)ab[i] >> 1;
+            bw_put(w, fx->bits, src[2 * x + 1] >> 7 ? b : a,
+                   a + b ? (unsigned)lora_nbits_for(a + b) : 0);
+            *namb += a + b != 0;
+            st->changed++;
+            st_elem(dst + 2 * x, 2, mv[i]);
+            continue;
+        }
+        if (record)
+            bw_end(w, fx);
+        int r = merge_span(FP_F16, FP_F16, 2, 2, record, 0, record, src + 2 * x, dst + 2 * x,
+                           sum + x, 1, first + x, fx, st, bad, nf);
+        if (r) {
+            *bad += x;
+            return r;
+        }
+        if (record) {
+            if (bits_reserve(fx, 2 * (uint64_t)(n - x) + 64))
+                return -2;
+            bw_start(w, fx);
+        }
+    }
+    return 0;
+}
+
+/* F16 merge: the branch-free pass (mergefast_f16.c), then the flagged
+ * elements in element order, so that their rank bits go to fx in the
+ * order coded_fix appends them in the scalar loop (the receipt is the
+ * same), as the pass queues them.  With the receipt, runs of up to 3
+ * members are found from the neighbours (lora_fast_runs_f16, 8 at a
+ * time) and their rank bits appended through a bitw; the
+ * others go through merge_span (its search).  The pass leaves W0 in a
+ * flagged element's dst, so an in-place merge reads it back. */
+static int merge_f16_fast(const unsigned char *src, unsigned char *dst, const double *sum,
+                          unsigned char *flag, size_t n, uint64_t first, int record,
+                          lora_fixes *fx, lora_merge_stats *st, size_t *bad, nonfin *nf)
+{
+    /* the queue in the flags' scratch (room for n + 16 indices: the
+     * scratch holds a block's doubles and two parts' more) */
+    uint32_t *q = (uint32_t *)(void *)flag;
+    size_t nq;
+    st->changed += lora_fast_merge_q_f16(src, dst, sum, n, record, q, &nq);
+    /* at most 2 bits per element from the runs found (3 members) */
+    if (record && bits_reserve(fx, 2 * (uint64_t)n + 64))
+        return -2;
+    bitw w = {0};
+    if (record)
+        bw_start(&w, fx);
+    uint64_t namb = 0;
+    enum { NB = 512 };
+    signed char ab[NB];
+    uint16_t mv[NB];
+    for (size_t i = 0; i < nq; i += NB) {
+        size_t k = nq - i < NB ? nq - i : NB;
+        if (record)
+            lora_fast_runs_f16(src, sum, q + i, k, ab, mv);
+        int r = f16_flagged(src, dst, sum, n, first, record, q + i, k, ab, mv, fx, st, bad, nf,
+                            &w, &namb);
+        if (r)
+            return r;
+    }
+    if (record)
+        bw_end(&w, fx);
+    fx->nambig += namb;
+    return 0;
+}
+
 struct wargs {
     struct tjob *j;
     int t;
@@ -1043,6 +1120,10 @@ static int merge_block(struct tjob *j, struct block *k)
     else if (ik == FP_BF16 && ok == FP_BF16)
         r = merge_span(FP_BF16, FP_BF16, 2, 2, record, rev, coded, k->src, k->dst, sum, n, first,
                        fx, &k->st, &bad, &k->nf);
+    else if (ik == FP_F16 && ok == FP_F16 && !rev && (!record || coded) &&
+             lora_fast_f16_available())
+        r = merge_f16_fast(k->src, k->dst, sum, k->flag, n, first, record, fx, &k->st, &bad,
+                           &k->nf);
     else if (ik == FP_F16 && ok == FP_F16)
         r = merge_span(FP_F16, FP_F16, 2, 2, record, rev, coded, k->src, k->dst, sum, n, first,
                        fx, &k->st, &bad, &k->nf);
@@ -1200,6 +1281,33 @@ unmerge_flagged(struct tjob *j, struct block *k, size_t x, uint32_t word, struct
     return r;
 }
 
+/* The rank word (lora_fast_ranks_bf16's form) of a flag code c >= 2, the
+ * run 2 + (a | b << 1) lora_fast_unruns_f16 found around u of sign neg:
+ * its members below u in value, its span; LORA_RANK_SLOW for a flag 0
+ * or 1 (the full logic). */
+static inline __attribute__((always_inline)) uint32_t run_word(unsigned c, unsigned neg)
+{
+    unsigned a = (c - 2) & 1, b = ((c - 2) >> 1) & 1;
+    return c < 2 ? LORA_RANK_SLOW : (neg ? b : a) | (a + b) << 16;
+}
+
+/* A coded F16 unmerge's flagged elements: their runs as flag codes
+ * (lora_fast_unruns_f16: u in dst, a member of the run).  A
+ * correction's element goes to unmerge_one, which reads m from src: m
+ * back in dst and the flag 1 for it (in place, u took m's place). */
+static void f16_unruns(struct block *k, const lora_fixes *fx, size_t fe)
+{
+    lora_fast_unruns_f16(k->src, k->dst, k->sum, k->flag, k->n);
+    for (size_t f = k->fi; f < fe && fx->index[f] - k->first < k->n; f++) {
+        size_t x = (size_t)(fx->index[f] - k->first);
+        if (k->flag[x] >= 2) {
+            k->flag[x] = 1;
+            st_elem(k->dst + 2 * x, 2,
+                    fp_round_f16(fp_f16_d(ld_elem(k->dst + 2 * x, 2)) + k->sum[x]));
+        }
+    }
+}
+
 /* Unmerge of a part of the block (k: its elements, the block's fi and
  * rd).  0, or -1 after tj_fail. */
 static int unmerge_part(struct tjob *j, struct block *k)
@@ -1210,8 +1318,11 @@ static int unmerge_part(struct tjob *j, struct block *k)
     int coded = fx && fx->coded;
     /* BF16 with corrections: the branch-free pass does the elements it
      * proves, run_member most flagged ones, unmerge_one the others and
-     * the corrections */
-    int fast = fx && !s->ref && j->ik == FP_BF16 && j->ok == FP_BF16;
+     * the corrections; F16 (AVX-512): its pass, the runs found by
+     * lora_fast_unruns_f16 (with the receipt's bits), unmerge_one the
+     * others */
+    int f16 = fx && !s->ref && j->ik == FP_F16 && j->ok == FP_F16 && lora_fast_f16_available();
+    int fast = (fx && !s->ref && j->ik == FP_BF16 && j->ok == FP_BF16) || f16;
     size_t n = k->n;
     if (!fast) {
         for (size_t x = 0; x < n; x++)
@@ -1223,7 +1334,7 @@ static int unmerge_part(struct tjob *j, struct block *k)
      * order (the rank bits are read in it) */
     struct uloop L = {k->rd, k->fi < fe ? (size_t)(fx->index[k->fi] - k->first) : SIZE_MAX, 0};
     int r = 0;
-    if (coded) {
+    if (coded && !f16) {
         /* the flagged ones queued by the pass, with their rank words,
          * merged with the corrections' */
         lora_flagq q = flag_queue(k->flag, n);
@@ -1242,7 +1353,10 @@ static int unmerge_part(struct tjob *j, struct block *k)
             r = unmerge_flagged(j, k, x, word, &L, fx, fe, coded);
         }
     } else {
-        k->st.changed += lora_fast_unmerge_bf16(k->src, k->dst, k->sum, k->flag, n);
+        k->st.changed += f16 ? lora_fast_unmerge_f16(k->src, k->dst, k->sum, k->flag, n)
+                             : lora_fast_unmerge_bf16(k->src, k->dst, k->sum, k->flag, n);
+        if (f16 && coded)
+            f16_unruns(k, fx, fe);
         /* 64 at a time from a mask, with the corrections' bits */
         uint64_t *masks = flag_masks(k->flag, n);
         for (size_t g = 0; g < n && !r; g += 64) {
@@ -1250,9 +1364,11 @@ static int unmerge_part(struct tjob *j, struct block *k)
             size_t ge = g + 64 < n ? g + 64 : n;
             for (size_t f = k->fi; f < fe && fx->index[f] - k->first < ge; f++)
                 mk |= UINT64_C(1) << (fx->index[f] - k->first - g);
-            for (; mk && !r; mk &= mk - 1)
-                r = unmerge_flagged(j, k, g + (size_t)__builtin_ctzll(mk), LORA_RANK_SLOW, &L, fx,
+            for (; mk && !r; mk &= mk - 1) {
+                size_t x = g + (size_t)__builtin_ctzll(mk);
+                r = unmerge_flagged(j, k, x, run_word(k->flag[x], k->dst[2 * x + 1] >> 7), &L, fx,
                                     fe, coded);
+            }
         }
     }
     k->rd = L.rd;

@@ -174,5 +174,32 @@ static inline unsigned lora_word_bits(uint32_t word)
     return span ? 32u - (unsigned)__builtin_clz(span) : 0;
 }
 void lora_fast_ranks_bf16(const lora_flagq *q, size_t nl, const double *sum, uint32_t *rank);
+/* mergefast_f16.c: the F16 merge pass, lora_fast_merge_bf16's contract
+ * for F16 (flagged elements keep W0 in dst).  Only where
+ * lora_fast_f16_available() (AVX-512): elsewhere it flags every element. */
+int lora_fast_f16_available(void);
+uint64_t lora_fast_merge_f16(const unsigned char *src, unsigned char *dst, const double *sum,
+                             unsigned char *flag, size_t n, int record);
+/* The same, the flagged elements' indices (< 2^32) in q (room for n +
+ * 16) in element order instead of flags, their count in *nq. */
+uint64_t lora_fast_merge_q_f16(const unsigned char *src, unsigned char *dst, const double *sum,
+                               size_t n, int record, uint32_t *q, size_t *nq);
+/* The F16 unmerge pass: lora_fast_unmerge_bf16's contract for F16
+ * (flagged elements keep m in dst); flags everything where
+ * lora_fast_f16_available() is 0. */
+uint64_t lora_fast_unmerge_f16(const unsigned char *src, unsigned char *dst, const double *sum,
+                               unsigned char *flag, size_t n);
+/* The runs of a coded F16 unmerge's flagged elements (after
+ * lora_fast_unmerge_f16) as flag codes 2 + (a | b << 1) around u =
+ * round(m - d), stored in dst (lora_fast_runs_bf16's codes). */
+void lora_fast_unruns_f16(const unsigned char *src, unsigned char *dst, const double *sum,
+                          unsigned char *flag, size_t n);
+/* W0 = c merged with d (m in *m) and its run where that needs no search
+ * (lora_fast_run_bf16 for F16): a | b << 1, or -1. */
+int lora_fast_run_f16(uint16_t c, double d, uint16_t *m);
+/* lora_fast_run_f16 for the nl elements idx[] of src and sum (W0, d),
+ * in ab[] and m[] (AVX-512: 8 at a time, the same results). */
+void lora_fast_runs_f16(const unsigned char *src, const double *sum, const uint32_t *idx,
+                        size_t nl, signed char *ab, uint16_t *m);
 
 #endif
