@@ -1317,8 +1317,9 @@ static int unmerge_part(struct tjob *j, struct block *k)
     size_t fe = fx ? fx->n : 0;
     int coded = fx && fx->coded;
     /* BF16 with corrections: the branch-free pass does the elements it
-     * proves, run_member most flagged ones, unmerge_one the others and
-     * the corrections; F16 (AVX-512): its pass, the runs found by
+     * proves, rank_member most flagged ones (their queue's rank words),
+     * unmerge_one the others and the corrections; F16 (AVX-512): its
+     * pass, the runs found by
      * lora_fast_unruns_f16 (with the receipt's bits), unmerge_one the
      * others */
     int f16 = fx && !s->ref && j->ik == FP_F16 && j->ok == FP_F16 && lora_fast_f16_available();

@@ -191,7 +191,8 @@ uint64_t lora_fast_unmerge_f16(const unsigned char *src, unsigned char *dst, con
                                unsigned char *flag, size_t n);
 /* The runs of a coded F16 unmerge's flagged elements (after
  * lora_fast_unmerge_f16) as flag codes 2 + (a | b << 1) around u =
- * round(m - d), stored in dst (lora_fast_runs_bf16's codes). */
+ * round(m - d), stored in flag (lora_run_decode's codes of runs of up
+ * to 3 members). */
 void lora_fast_unruns_f16(const unsigned char *src, unsigned char *dst, const double *sum,
                           unsigned char *flag, size_t n);
 /* W0 = c merged with d (m in *m) and its run where that needs no search
