@@ -526,18 +526,18 @@ static AVX512 uint64_t fast_merge_avx512(const unsigned char *src, unsigned char
     return changed + fast_merge_vec(src + 2 * x, dst + 2 * x, sum + x, flag + x, n - x, record);
 }
 
-/* The step at x's flagged lanes (fb) queued from the part's data: W0,
- * the result already stored and the delta, reloaded (they are in the
- * cache still). */
+/* The step at x's flagged lanes (fb) queued from the part's data,
+ * reloaded (it is in the cache still): c from cb (the merge's W0, the
+ * unmerge's u), m from mb (the result or the input), and the delta. */
 static inline AVX512 size_t z16_requeue(lora_flagq *q, size_t nf, size_t x, __mmask16 fb,
-                                        const unsigned char *src, const unsigned char *dst,
+                                        const unsigned char *cb, const unsigned char *mb,
                                         const double *sum)
 {
     __m512d d0, d1;
     __m512 df = z16_delta(sum + x, &d0, &d1);
-    __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(src + 2 * x)));
-    __m512i m = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(dst + 2 * x)));
-    return z16_queue(q, nf, x, fb, w, m, df);
+    __m512i c = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(cb + 2 * x)));
+    __m512i m = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(mb + 2 * x)));
+    return z16_queue(q, nf, x, fb, c, m, df);
 }
 
 /* A step's 16 flags (bytes 0 or 1) as a mask */
@@ -577,11 +577,10 @@ static AVX512 size_t queue_steps(lora_flagq *q, const unsigned char *cb, const u
 
 /* The pass with the receipt, its flagged lanes queued (z16_queue).  The
  * pass keeps each step's flags as a 16-bit mask, and queue_steps queues
- * the steps that have one: queued in
- * the pass, every store's address waited on the count of the lanes
- * flagged before, hence on the data, and the pass lost the overlap of
- * its loads (0.72 -> 0.95 ns per element streaming from memory, equal in
- * cache).  Returns the elements with d != 0, flagged or not, counted in
+ * the steps that have one afterwards: queued in the pass, every store's
+ * address waited on the count of the lanes flagged before, hence on the
+ * data, and the pass lost the overlap of its loads (0.72 -> 0.95 ns per
+ * element streaming from memory, equal in cache).  Returns the elements with d != 0, flagged or not, counted in
  * vector lanes (the popcount of each step's unflagged lanes was a chain
  * of mask moves on the pass's critical path). */
 static AVX512 uint64_t fast_merge_q_avx512(const unsigned char *src, unsigned char *dst,
