@@ -26,6 +26,47 @@
 #ifdef LORA_AVX2
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
 
+/* The float-lane steps' shared parts (the merge's h16_step, the
+ * unmerge's h16_unstep).  The lanes' 16 F16 values at p (raw in *h)
+ * and their deltas (in *d0, *d1); returns the deltas rounded to float. */
+static inline AVX512 __attribute__((always_inline)) __m512
+h16_load(const unsigned char *p, const double *sum, __mmask16 lanes, __m256i *h, __m512d *d0,
+         __m512d *d1)
+{
+    int all = lanes == 0xffff;
+    *h = all ? _mm256_loadu_si256((const __m256i *)p) : _mm256_maskz_loadu_epi16(lanes, p);
+    *d0 = all ? _mm512_loadu_pd(sum) : _mm512_maskz_loadu_pd((__mmask8)lanes, sum);
+    *d1 = all ? _mm512_loadu_pd(sum + 8) : _mm512_maskz_loadu_pd((__mmask8)(lanes >> 8), sum + 8);
+    return _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(*d0)), _mm512_cvtpd_ps(*d1),
+                              1);
+}
+
+/* Float bits sb rounded to F16 (13 bits dropped, nearest even): |sb| in
+ * *a, its rounding sum in *r, lanes whose result is not a normal F16
+ * (2^-14 <= |sb|, rounded below 2^16: float exponents 113, 143) in *bad */
+static inline AVX512 __attribute__((always_inline)) __m512i
+h16_round(__m512i sb, __m512i *a, __m512i *r, __mmask16 *bad)
+{
+    *a = _mm512_and_si512(sb, _mm512_set1_epi32(0x7fffffff));
+    *r = _mm512_add_epi32(_mm512_add_epi32(*a, _mm512_set1_epi32(0xfff)),
+                          _mm512_and_si512(_mm512_srli_epi32(*a, 13), _mm512_set1_epi32(1)));
+    *bad = _mm512_cmplt_epu32_mask(*a, _mm512_set1_epi32(113 << 23)) |
+           _mm512_cmpge_epu32_mask(*r, _mm512_set1_epi32(143 << 23));
+    return _mm512_or_si512(
+        _mm512_and_si512(_mm512_sub_epi32(_mm512_srli_epi32(*r, 13), _mm512_set1_epi32(112 << 10)),
+                         _mm512_set1_epi32(0x7fff)),
+        _mm512_and_si512(_mm512_srli_epi32(sb, 16), _mm512_set1_epi32(0x8000)));
+}
+
+/* A step's changed elements: lanes not flagged (fb) with d != 0 */
+static inline AVX512 __attribute__((always_inline)) unsigned
+h16_changed(__m512d d0, __m512d d1, __mmask16 fb, __mmask16 lanes)
+{
+    unsigned nz = (unsigned)_mm512_cmp_pd_mask(d0, _mm512_setzero_pd(), _CMP_NEQ_UQ) |
+                  (unsigned)_mm512_cmp_pd_mask(d1, _mm512_setzero_pd(), _CMP_NEQ_UQ) << 8;
+    return (unsigned)__builtin_popcount(nz & ~(unsigned)fb & (unsigned)lanes);
+}
+
 /* One step of 16 elements (lanes: the ones that exist), in float lanes.
  *
  * Contract (mergecore.h): m = round_f16(fl64(W0 + d)), nearest even;
@@ -75,26 +116,15 @@ h16_step(const unsigned char *src, unsigned char *dst, const double *sum, unsign
          __mmask16 lanes, __mmask16 rec, uint32_t *q, size_t *nq, uint32_t base)
 {
     int all = lanes == 0xffff;
-    __m256i h = all ? _mm256_loadu_si256((const __m256i *)src) : _mm256_maskz_loadu_epi16(lanes, src);
-    __m512d d0 = all ? _mm512_loadu_pd(sum) : _mm512_maskz_loadu_pd((__mmask8)lanes, sum);
-    __m512d d1 = all ? _mm512_loadu_pd(sum + 8)
-                     : _mm512_maskz_loadu_pd((__mmask8)(lanes >> 8), sum + 8);
-    __m512 df = _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(d0)),
-                                   _mm512_cvtpd_ps(d1), 1);
+    __m256i h;
+    __m512d d0, d1;
+    __m512 df = h16_load(src, sum, lanes, &h, &d0, &d1);
     __m512 wf = _mm512_cvtph_ps(h);
     __m512i sb = _mm512_castps_si512(_mm512_add_ps(wf, df));
     __m512i wb = _mm512_castps_si512(wf);
-    /* round |sf| to F16 bits: 13 bits dropped, nearest even */
-    __m512i a = _mm512_and_si512(sb, _mm512_set1_epi32(0x7fffffff));
-    __m512i r = _mm512_add_epi32(_mm512_add_epi32(a, _mm512_set1_epi32(0xfff)),
-                                 _mm512_and_si512(_mm512_srli_epi32(a, 13), _mm512_set1_epi32(1)));
-    /* m normal: 2^-14 <= |sf|, rounded below 2^16 (float exponents 113, 143) */
-    __mmask16 bad = _mm512_cmplt_epu32_mask(a, _mm512_set1_epi32(113 << 23)) |
-                    _mm512_cmpge_epu32_mask(r, _mm512_set1_epi32(143 << 23));
-    __m512i m = _mm512_or_si512(
-        _mm512_and_si512(_mm512_sub_epi32(_mm512_srli_epi32(r, 13), _mm512_set1_epi32(112 << 10)),
-                         _mm512_set1_epi32(0x7fff)),
-        _mm512_and_si512(_mm512_srli_epi32(sb, 16), _mm512_set1_epi32(0x8000)));
+    __m512i a, r;
+    __mmask16 bad;
+    __m512i m = h16_round(sb, &a, &r, &bad);
     /* W0 normal F16: float exponent field in [113, 142] */
     __m512i ew = _mm512_srli_epi32(_mm512_and_si512(wb, _mm512_set1_epi32(0x7fffffff)), 23);
     __mmask16 wn = _mm512_cmple_epu32_mask(_mm512_sub_epi32(ew, _mm512_set1_epi32(113)),
@@ -125,9 +155,7 @@ h16_step(const unsigned char *src, unsigned char *dst, const double *sum, unsign
     } else {
         _mm_mask_storeu_epi8(flag, lanes, _mm_maskz_set1_epi8(fb, 1));
     }
-    unsigned nz = (unsigned)_mm512_cmp_pd_mask(d0, _mm512_setzero_pd(), _CMP_NEQ_UQ) |
-                  (unsigned)_mm512_cmp_pd_mask(d1, _mm512_setzero_pd(), _CMP_NEQ_UQ) << 8;
-    return (unsigned)__builtin_popcount(nz & ~(unsigned)fb & (unsigned)lanes);
+    return h16_changed(d0, d1, fb, lanes);
 }
 
 static inline AVX512 __attribute__((always_inline)) uint64_t
@@ -187,24 +215,15 @@ h16_unstep(const unsigned char *src, unsigned char *dst, const double *sum, unsi
            __mmask16 lanes)
 {
     int all = lanes == 0xffff;
-    __m256i h = all ? _mm256_loadu_si256((const __m256i *)src) : _mm256_maskz_loadu_epi16(lanes, src);
-    __m512d d0 = all ? _mm512_loadu_pd(sum) : _mm512_maskz_loadu_pd((__mmask8)lanes, sum);
-    __m512d d1 = all ? _mm512_loadu_pd(sum + 8)
-                     : _mm512_maskz_loadu_pd((__mmask8)(lanes >> 8), sum + 8);
-    __m512 df = _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(d0)),
-                                   _mm512_cvtpd_ps(d1), 1);
+    __m256i h;
+    __m512d d0, d1;
+    __m512 df = h16_load(src, sum, lanes, &h, &d0, &d1);
     __m512 mf = _mm512_cvtph_ps(h);
     __m512i tb = _mm512_castps_si512(_mm512_sub_ps(mf, df));
     __m512i mb = _mm512_castps_si512(mf);
-    __m512i a = _mm512_and_si512(tb, _mm512_set1_epi32(0x7fffffff));
-    __m512i r = _mm512_add_epi32(_mm512_add_epi32(a, _mm512_set1_epi32(0xfff)),
-                                 _mm512_and_si512(_mm512_srli_epi32(a, 13), _mm512_set1_epi32(1)));
-    __mmask16 bad = _mm512_cmplt_epu32_mask(a, _mm512_set1_epi32(113 << 23)) |
-                    _mm512_cmpge_epu32_mask(r, _mm512_set1_epi32(143 << 23));
-    __m512i u = _mm512_or_si512(
-        _mm512_and_si512(_mm512_sub_epi32(_mm512_srli_epi32(r, 13), _mm512_set1_epi32(112 << 10)),
-                         _mm512_set1_epi32(0x7fff)),
-        _mm512_and_si512(_mm512_srli_epi32(tb, 16), _mm512_set1_epi32(0x8000)));
+    __m512i a, r;
+    __mmask16 bad;
+    __m512i u = h16_round(tb, &a, &r, &bad);
     /* m normal F16 (float exponent field in [113, 142]), mantissa not 0 */
     __m512i em = _mm512_srli_epi32(_mm512_and_si512(mb, _mm512_set1_epi32(0x7fffffff)), 23);
     __mmask16 ok = _mm512_cmple_epu32_mask(_mm512_sub_epi32(em, _mm512_set1_epi32(113)),
@@ -227,9 +246,7 @@ h16_unstep(const unsigned char *src, unsigned char *dst, const double *sum, unsi
         _mm256_mask_storeu_epi16(dst, lanes, out);
         _mm_mask_storeu_epi8(flag, lanes, _mm_maskz_set1_epi8(fb, 1));
     }
-    unsigned nz = (unsigned)_mm512_cmp_pd_mask(d0, _mm512_setzero_pd(), _CMP_NEQ_UQ) |
-                  (unsigned)_mm512_cmp_pd_mask(d1, _mm512_setzero_pd(), _CMP_NEQ_UQ) << 8;
-    return (unsigned)__builtin_popcount(nz & ~(unsigned)fb & (unsigned)lanes);
+    return h16_changed(d0, d1, fb, lanes);
 }
 
 static AVX512 uint64_t fast_unmerge_f16_avx512(const unsigned char *src, unsigned char *dst,
